@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS stock_units (
 );
 CREATE INDEX IF NOT EXISTS stock_units_place
     ON stock_units(district_id, product_id, status);
+-- Units on sale, so browsing costs what is in stock, not what was ever sold.
+CREATE INDEX IF NOT EXISTS stock_units_available
+    ON stock_units(district_id, product_id) WHERE status = 'available';
 CREATE INDEX IF NOT EXISTS stock_units_product ON stock_units(product_id, status);
 CREATE INDEX IF NOT EXISTS stock_units_order ON stock_units(order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS stock_units_reserved

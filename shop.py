@@ -657,7 +657,11 @@ def outbox_counts(conn):
 
 # Services: catalog ###########################################################
 
-_AVAILABLE = ("JOIN districts d ON d.id = u.district_id AND d.is_hidden = 0 "
+# Units on sale joined to their visible place and active product. INDEXED BY:
+# the partial index holds only available units, so browsing never walks the
+# sold ones, however many orders the shop has had.
+_AVAILABLE = ("INDEXED BY stock_units_available "
+              "JOIN districts d ON d.id = u.district_id AND d.is_hidden = 0 "
               "JOIN cities c ON c.id = d.city_id AND c.is_hidden = 0 "
               "JOIN products p ON p.id = u.product_id AND p.is_active = 1 "
               "WHERE u.status = 'available'")

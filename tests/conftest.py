@@ -1,0 +1,201 @@
+"""Fixtures: real database files, the Bot API stand-in, and the real shop as a subprocess."""
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT), str(TESTS)]
+
+import shop  # noqa: E402
+
+TOKEN = "123456:TEST-token"
+
+
+def png(width=4, height=3, rgb=(200, 120, 40)):
+    """A small valid PNG image."""
+    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def write_catalog(folder, data, images=()):
+    """Write a catalog file (and the named PNG images) into folder; return its path."""
+    folder = Path(folder)
+    for i, name in enumerate(images):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(png(rgb=(i * 40 % 256, 100, 200)))
+    path = folder / "catalog.json"
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+# A catalog whose names would break an unescaped message: non-Latin letters,
+# HTML specials, Markdown specials; plus a city without stock and a product
+# that has none.
+HOSTILE = {
+    "cities": [
+        {"name": "Łódź <Centrum>", "districts": ["Bałuty & Widzew", "Śródmieście"]},
+        {"name": "Berlin", "districts": ["Mitte", "Kreuzberg_36"]},
+        {"name": "Empty town", "districts": ["Nowhere"]},
+    ],
+    "products": [
+        {"name": "gift_card *25*", "description": "A <b>bold</b> claim & [link](x) _under_",
+         "price": "25.00", "photo": "img/gift.png",
+         "stock": [{"city": "Łódź <Centrum>", "district": "Bałuty & Widzew", "content": "CODE-<1>&_*"},
+                   {"city": "Łódź <Centrum>", "district": "Bałuty & Widzew", "content": "CODE-2"},
+                   {"city": "Berlin", "district": "Mitte", "content": "CODE-3"}]},
+        {"name": "Kaffee «Grün» 250g", "description": "Bohnen.", "price": "12.90",
+         "stock": [{"city": "Berlin", "district": "Kreuzberg_36",
+                    "content": "Locker 7 <door>\nCode: 11&22", "media": "img/locker.png"}]},
+        {"name": "Плакат A2", "description": "", "price": 9.5,
+         "stock": [{"city": "Łódź <Centrum>", "district": "Śródmieście", "content": "https://example.com/p?a=1&b=2"}]},
+        {"name": "Sold-out e-book", "description": "None left.", "price": "5", "stock": []},
+    ],
+}
+HOSTILE_IMAGES = ("img/gift.png", "img/locker.png")
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    path = tmp_path / "shop.db"
+    shop.init_db(str(path)).close()
+    return path
+
+
+@pytest.fixture
+def conn(db_path):
+    c = shop.connect(str(db_path))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def hostile_catalog(tmp_path):
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    return write_catalog(folder, HOSTILE, HOSTILE_IMAGES)
+
+
+@pytest.fixture
+def fake_tg():
+    from fake_telegram import FakeTelegram
+    fake = FakeTelegram(token=TOKEN).start()
+    yield fake
+    fake.stop()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ShopProcess:
+    """`python shop.py` in a subprocess, with its log captured line by line."""
+
+    def __init__(self, workdir, env):
+        self.workdir, self.env = Path(workdir), env
+        self.port = int(env["PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.lines, self.cond = [], threading.Condition()
+
+    def start(self, *args, ready="shop is running", timeout=20):
+        self.lines.clear()
+        self.eof = False
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "shop.py"), *args], cwd=self.workdir,
+                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, encoding="utf-8")
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        if ready:
+            self.wait_log(ready, timeout)
+        return self
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    @property
+    def log(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def wait_log(self, text, timeout=10):
+        """Wait for a log line containing text and return it; fail if the shop exits first."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.eof:
+                    raise AssertionError(f"shop exited ({self.proc.wait()}) before logging {text!r}:\n"
+                                         + "\n".join(self.lines))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"shop did not log {text!r} within {timeout}s:\n" + "\n".join(self.lines))
+                self.cond.wait(left)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Send sig and wait; returns (exit code, seconds it took)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return (self.proc.returncode if self.proc else None), 0.0
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        return code, time.monotonic() - start
+
+    def kill(self):
+        return self.stop(signal.SIGKILL)
+
+    def health(self):
+        return requests.get(self.url + "/healthz", timeout=5)
+
+
+@pytest.fixture
+def shop_env(tmp_path, fake_tg):
+    """Environment for a shop subprocess talking to the Bot API stand-in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
+    env.update({"SHOP_DB": str(tmp_path / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
+                "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "PYTHONUNBUFFERED": "1",
+                "LOG_LEVEL": "INFO"})
+    return env
+
+
+@pytest.fixture
+def run_shop(tmp_path, shop_env):
+    """Factory: start the real shop (no demo catalog) against the stand-in; stopped at teardown."""
+    procs = []
+
+    def start(*args, env=None, ready="bot: @", **kw):
+        p = ShopProcess(tmp_path, {**shop_env, **(env or {})})
+        procs.append(p)
+        return p.start("--no-demo", *args, ready=ready, **kw)
+    yield start
+    for p in procs:
+        p.kill()

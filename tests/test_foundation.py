@@ -1,0 +1,268 @@
+"""Configuration, logging, the database layer and money parsing, on real files and processes."""
+
+import io
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from decimal import Decimal
+
+import pytest
+
+import shop
+from conftest import ROOT
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in shop.ENV_VARS and not k.startswith(("NOWPAYMENTS_", "BOT_"))}
+    env.update(extra)
+    return env
+
+
+# Configuration
+
+def test_defaults_run_the_offline_sandbox():
+    c = shop.load_config(environ={}, env_file=None)
+    assert c.sandbox and not c.bot_token
+    assert (c.host, c.port, c.shop_db) == ("127.0.0.1", 8080, "shop.db")
+    assert c.webhook_url == "http://127.0.0.1:8080"
+    assert c.min_deposit_cents == 500 and c.reservation_minutes == 30
+    assert c.telegram_api_url == "https://api.telegram.org"
+    assert c.nowpayments_api_url == "https://api.nowpayments.io/v1"
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9001\nMIN_DEPOSIT_EUR=7,50\nADMIN_IDS=1, 2 ,3\nHOST=0.0.0.0\n"
+                        "WEBHOOK_URL=https://shop.example.com/\n")
+    c = shop.load_config(environ={"PORT": "9002"}, env_file=str(env_file))
+    assert c.port == 9002
+    assert c.min_deposit_cents == 750
+    assert c.admin_ids == (1, 2, 3)
+    assert c.webhook_url == "https://shop.example.com"
+
+
+def test_webhook_url_defaults_to_host_and_port():
+    c = shop.load_config(environ={"HOST": "10.0.0.5", "PORT": "9000"}, env_file=None)
+    assert c.webhook_url == "http://10.0.0.5:9000"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PORT", "abc"), ("PORT", "70000"), ("PORT", "-1"), ("MIN_DEPOSIT_EUR", "-1"),
+    ("MIN_DEPOSIT_EUR", "five"), ("MIN_DEPOSIT_EUR", "0"), ("RESERVATION_MINUTES", "0"),
+    ("RESERVATION_MINUTES", "1.5"), ("ADMIN_IDS", "12,abc"), ("WEBHOOK_URL", "ftp://x.example"),
+    ("WEBHOOK_URL", "shop.example.com"), ("TELEGRAM_API_URL", "not a url"),
+    ("BOT_TOKEN", "hello world"), ("LOG_LEVEL", "LOUD"),
+])
+def test_a_bad_value_names_the_variable(name, value):
+    with pytest.raises(shop.ConfigError) as e:
+        shop.load_config(environ={name: value}, env_file=None)
+    assert name in str(e.value)
+
+
+def test_bad_config_stops_startup_with_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "shop.py")], cwd=tmp_path, capture_output=True, text=True,
+                       env=clean_env(PORT="abc"), timeout=30)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PORT" in lines[0] and "abc" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_help_documents_flags_and_variables(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "--help"], cwd=tmp_path, capture_output=True,
+                       text=True, env=clean_env(), timeout=30)
+    assert r.returncode == 0
+    for word in ("--port", "--db", "--no-demo", "--env-file", *shop.ENV_VARS):
+        assert word in r.stdout
+
+
+def test_importing_shop_has_no_side_effects(tmp_path):
+    code = ("import threading, shop; extra = [t.name for t in threading.enumerate() "
+            "if t is not threading.main_thread()]; print(repr(extra))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env=clean_env(PYTHONPATH=str(ROOT)), timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    assert r.stderr == ""
+    assert os.listdir(tmp_path) == []
+
+
+def test_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "--no-demo"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=30,
+                           env=clean_env(PORT=str(port), SHOP_DB=str(tmp_path / "s.db")))
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# Logging
+
+def test_secrets_never_reach_the_log():
+    config = shop.load_config(environ={"BOT_TOKEN": "987654:SECRET-token-value",
+                                       "NOWPAYMENTS_API_KEY": "np-key-123456"}, env_file=None)
+    out = io.StringIO()
+    shop.setup_logging(config, stream=out)
+    try:
+        logger = logging.getLogger("test")
+        logger.error("url http://api/bot%s/sendMessage failed", config.bot_token)
+        logger.error("quoted %s", "987654%3ASECRET-token-value")
+        try:
+            raise RuntimeError("key np-key-123456 refused")
+        except RuntimeError:
+            logger.exception("provider said")
+    finally:
+        logging.getLogger().handlers[:] = []
+    text = out.getvalue()
+    assert "SECRET-token-value" not in text and "np-key-123456" not in text
+    assert text.count("[redacted]") == 4
+
+
+# Database
+
+def test_fresh_database_has_the_schema_and_settings(db_path):
+    conn = shop.connect(str(db_path))
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"users", "cities", "districts", "products", "stock_units", "basket_items", "orders",
+            "order_items", "ledger", "outbox", "settings", "telegram_files"} <= tables
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    shop.init_db(str(db_path)).close()  # idempotent
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
+
+
+def test_every_lookup_uses_an_index(conn):
+    """The bot's catalog queries and the outbox scan never scan a whole table."""
+    plans = {
+        "cities": f"SELECT c.id FROM stock_units u {shop._AVAILABLE} GROUP BY c.id",
+        "products": f"SELECT p.id FROM stock_units u {shop._AVAILABLE} AND d.id = 1 GROUP BY p.id",
+        "outbox": "SELECT chat_id, min(id) FROM outbox WHERE status = 'pending' GROUP BY chat_id",
+        "orders": "SELECT * FROM orders WHERE user_id = 1 AND id < 9 ORDER BY id DESC LIMIT 9",
+        "ledger": "SELECT * FROM ledger WHERE user_id = 1 ORDER BY id",
+    }
+    for name, sql in plans.items():
+        scans = [r["detail"] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)
+                 if r["detail"].startswith("SCAN")]
+        # A scan is fine only over a partial index that holds just the live rows.
+        assert all(s.split()[-1] in ("stock_units_available", "outbox_pending") for s in scans), (name, scans)
+
+
+def test_an_old_database_is_migrated_in_place(tmp_path):
+    path = str(tmp_path / "old.db")
+    conn = shop.init_db(path)
+    with shop.transaction(conn):
+        conn.execute("INSERT INTO cities(name) VALUES ('Berlin')")
+    conn.close()
+    migrations = {2: "ALTER TABLE cities ADD COLUMN note TEXT NOT NULL DEFAULT '';\n"
+                     "UPDATE cities SET note = 'migrated';"}
+    conn = shop.init_db(path, migrations=migrations, schema_version=2)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT name, note FROM cities").fetchone()[:] == ("Berlin", "migrated")
+    backup = sqlite3.connect(f"{path}.v1.bak")
+    assert backup.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert backup.execute("SELECT name FROM cities").fetchall() == [("Berlin",)]
+
+
+def test_a_failing_migration_changes_nothing(tmp_path):
+    path = str(tmp_path / "old.db")
+    shop.init_db(path).close()
+    with pytest.raises(sqlite3.OperationalError):
+        shop.init_db(path, migrations={2: "ALTER TABLE cities ADD COLUMN x TEXT;\nSELECT * FROM nope;"},
+                     schema_version=2)
+    conn = shop.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "x" not in [r["name"] for r in conn.execute("PRAGMA table_info(cities)")]
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda c: c.execute("PRAGMA user_version = 99"), "newer than this shop.py"),
+    (lambda c: c.execute("CREATE TABLE other(x)"), "not created by shop.py"),
+])
+def test_databases_the_shop_cannot_use_are_refused(tmp_path, setup, message):
+    path = str(tmp_path / "x.db")
+    raw = sqlite3.connect(path)
+    setup(raw)
+    raw.commit()
+    raw.close()
+    with pytest.raises(shop.DatabaseError, match=message):
+        shop.init_db(path)
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path):
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(shop.DatabaseError, match="cannot be opened"):
+        shop.init_db(str(path))
+
+
+def test_transactions_roll_back_and_nest(conn):
+    with pytest.raises(ZeroDivisionError):
+        with shop.transaction(conn):
+            conn.execute("INSERT INTO cities(name) VALUES ('A')")
+            1 / 0
+    assert conn.execute("SELECT count(*) FROM cities").fetchone()[0] == 0
+    with shop.transaction(conn):
+        conn.execute("INSERT INTO cities(name) VALUES ('B')")
+        with pytest.raises(sqlite3.IntegrityError):
+            with shop.transaction(conn):
+                conn.execute("INSERT INTO cities(name) VALUES ('C')")
+                conn.execute("INSERT INTO cities(name) VALUES ('B')")
+    assert [r[0] for r in conn.execute("SELECT name FROM cities")] == ["B"]
+
+
+def test_constraints_guard_money_and_statuses(conn):
+    now = shop.now_iso()
+    conn.execute("INSERT INTO users(id, created_at, last_seen_at) VALUES (1, ?, ?)", (now, now))
+    bad = [
+        "UPDATE users SET balance_cents = -1 WHERE id = 1",
+        "INSERT INTO products(name, price_cents, created_at) VALUES ('x', 0, '')",
+        "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at) "
+        "VALUES (1, 'shipped', 100, 'balance', '')",
+        "INSERT INTO ledger(user_id, amount_cents, balance_after_cents, kind, idempotency_key, created_at) "
+        "VALUES (1, 0, 0, 'topup', 'k', '')",
+    ]
+    for sql in bad:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(sql)
+    with shop.transaction(conn):
+        shop.post_ledger(conn, 1, 500, "topup", "k1")
+    for sql in ("UPDATE ledger SET amount_cents = 1", "DELETE FROM ledger"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(sql)
+
+
+# Money and text
+
+@pytest.mark.parametrize("text, cents", [
+    ("20", 2000), ("20.5", 2050), ("20,50", 2050), ("€20", 2000), ("20 €", 2000), ("20 EUR", 2000),
+    (" 0.01 ", 1), (Decimal("25.00"), 2500), (7, 700), ("999999", 99999900),
+])
+def test_amounts_parse_exactly(text, cents):
+    assert shop.parse_eur(text) == cents
+
+
+@pytest.mark.parametrize("text", ["", "-5", "abc", "1.234", "1,000.00", "1e3", "NaN", "0", "0.00",
+                                  "20.", ".5", None, 2.5, True, "10000001"])
+def test_bad_amounts_are_refused(text):
+    with pytest.raises(shop.InvalidInput):
+        shop.parse_eur(text)
+
+
+def test_money_formats_at_the_edges():
+    assert shop.fmt_eur(2550) == "€25.50"
+    assert shop.fmt_eur(5) == "€0.05"
+    assert shop.cents_to_str(-1999) == "-19.99"
+    assert shop.esc("Łódź <Centrum> & gift_card *25*") == "Łódź &lt;Centrum&gt; &amp; gift_card *25*"
+    assert shop.tg_len("a😀") == 3

@@ -1,0 +1,319 @@
+"""Services on a real database file: catalog, basket, balance checkout, ledger, outbox, reservations."""
+
+import threading
+
+import pytest
+
+import shop
+
+
+def seed(conn, units=(("Berlin", "Mitte", "Gift card", 2500, 3),), media=None):
+    """Cities, districts, products and available units: [(city, district, product, price, count)]."""
+    ids = {}
+    with shop.transaction(conn):
+        for city, district, product, price, count in units:
+            conn.execute("INSERT OR IGNORE INTO cities(name) VALUES (?)", (city,))
+            city_id = conn.execute("SELECT id FROM cities WHERE name = ?", (city,)).fetchone()[0]
+            conn.execute("INSERT OR IGNORE INTO districts(city_id, name) VALUES (?, ?)", (city_id, district))
+            district_id = conn.execute("SELECT id FROM districts WHERE city_id = ? AND name = ?",
+                                       (city_id, district)).fetchone()[0]
+            conn.execute("INSERT OR IGNORE INTO products(name, price_cents, created_at) VALUES (?, ?, ?)",
+                         (product, price, shop.now_iso()))
+            product_id = conn.execute("SELECT id FROM products WHERE name = ?", (product,)).fetchone()[0]
+            for i in range(count):
+                conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (product_id, district_id, f"{product}-{district}-{i}", media, shop.now_iso()))
+            ids[(product, district)] = (product_id, district_id)
+    return ids
+
+
+def user(conn, user_id=1, balance=0):
+    shop.touch_user(conn, {"id": user_id, "first_name": f"U{user_id}"})
+    if balance:
+        shop.adjust_balance(conn, user_id, balance, "test funds")
+    return user_id
+
+
+def snapshot(conn):
+    """Everything a failed purchase must leave untouched."""
+    return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("users", "stock_units", "orders", "order_items", "ledger", "outbox", "basket_items")}
+
+
+def rows(snap):
+    return {t: [tuple(r) for r in v] for t, v in snap.items()}
+
+
+# Catalog
+
+def test_only_places_and_products_in_stock_are_offered(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Pankow", "Coffee", 990, 0),
+                      ("Hamburg", "Altona", "Coffee", 990, 0), ("Lisbon", "Baixa", "Poster", 1900, 1)])
+    assert [c["name"] for c in shop.list_cities(conn)] == ["Berlin", "Lisbon"]
+    berlin = shop.list_cities(conn)[0]
+    assert berlin["units"] == 2
+    assert [d["name"] for d in shop.list_districts(conn, berlin["id"])] == ["Mitte"]
+    products = shop.list_products(conn, ids[("Gift card", "Mitte")][1])
+    assert [(p["name"], p["price_cents"], p["available"]) for p in products] == [("Gift card", 2500, 2)]
+    with shop.transaction(conn):
+        conn.execute("UPDATE products SET is_active = 0 WHERE name = 'Poster'")
+        conn.execute("UPDATE cities SET is_hidden = 1 WHERE name = 'Berlin'")
+    assert shop.list_cities(conn) == []
+    with pytest.raises(shop.NotFound):
+        shop.get_offer(conn, *ids[("Gift card", "Mitte")])
+
+
+def test_sold_and_reserved_units_are_not_available(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])
+    uid = user(conn, balance=10000)
+    shop.buy_with_balance(conn, uid, [(*ids[("Gift card", "Mitte")], 2)])
+    assert shop.get_offer(conn, *ids[("Gift card", "Mitte")])["available"] == 1
+    assert shop.list_cities(conn)[0]["units"] == 1
+
+
+# Basket
+
+def test_basket_adds_changes_and_totals(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 5)])
+    uid = user(conn)
+    gift, coffee = ids[("Gift card", "Mitte")], ids[("Coffee", "Mitte")]
+    assert shop.add_to_basket(conn, uid, *gift) == 1
+    assert shop.add_to_basket(conn, uid, *gift) == 2
+    assert shop.add_to_basket(conn, uid, *coffee, quantity=3) == 3
+    basket = shop.get_basket(conn, uid)
+    assert [(l.name, l.quantity, l.total_cents) for l in basket.lines] == [("Gift card", 2, 5000), ("Coffee", 3, 2970)]
+    assert basket.total_cents == 7970 and basket.count == 5
+    with pytest.raises(shop.SoldOut, match="Only 3"):
+        shop.add_to_basket(conn, uid, *gift, quantity=2)
+    coffee_line = basket.lines[1].item_id
+    assert shop.set_basket_quantity(conn, uid, coffee_line, 1) == 1
+    with pytest.raises(shop.SoldOut):
+        shop.set_basket_quantity(conn, uid, coffee_line, 6)
+    assert shop.set_basket_quantity(conn, uid, coffee_line, 0) == 0
+    assert shop.get_basket(conn, uid).total_cents == 5000
+    with pytest.raises(shop.NotFound):
+        shop.set_basket_quantity(conn, 999, basket.lines[0].item_id, 1)  # someone else's line
+    shop.clear_basket(conn, uid)
+    assert shop.get_basket(conn, uid).lines == []
+
+
+@pytest.mark.parametrize("quantity", [0, -1, 101, 1.5, True, "2"])
+def test_bad_quantities_change_nothing(conn, quantity):
+    ids = seed(conn)
+    uid = user(conn)
+    with pytest.raises(shop.InvalidInput):
+        shop.add_to_basket(conn, uid, *ids[("Gift card", "Mitte")], quantity=quantity)
+    assert shop.get_basket(conn, uid).lines == []
+
+
+def test_unknown_products_and_sold_out_places_are_refused(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1), ("Berlin", "Pankow", "Gift card", 2500, 0)])
+    uid = user(conn)
+    with pytest.raises(shop.NotFound):
+        shop.add_to_basket(conn, uid, 9999, 1)
+    with pytest.raises(shop.SoldOut, match="sold out"):
+        shop.add_to_basket(conn, uid, *ids[("Gift card", "Pankow")])
+
+
+# Balance checkout
+
+def test_buying_with_balance_is_one_complete_transaction(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 2)])
+    uid = user(conn, balance=10000)
+    gift, coffee = ids[("Gift card", "Mitte")], ids[("Coffee", "Mitte")]
+    shop.add_to_basket(conn, uid, *gift, quantity=2)
+    shop.add_to_basket(conn, uid, *coffee)
+    lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
+    order_id = shop.buy_with_balance(conn, uid, lines, expected_total_cents=5990, from_basket=True)
+
+    order = shop.get_order(conn, uid, order_id)
+    assert (order["status"], order["total_cents"], order["payment_method"]) == ("paid", 5990, "balance")
+    sold = conn.execute("SELECT product_id, content FROM stock_units WHERE order_id = ? AND status = 'sold'",
+                        (order_id,)).fetchall()
+    assert len(sold) == 3
+    assert [tuple(r) for r in shop.get_order_lines(conn, order_id)] == [
+        ("Gift card", "Berlin / Mitte", 2, 2500), ("Coffee", "Berlin / Mitte", 1, 990)]
+    assert shop.get_user(conn, uid)["balance_cents"] == 4010
+    ledger = conn.execute("SELECT amount_cents, kind, idempotency_key FROM ledger WHERE order_id = ?",
+                          (order_id,)).fetchall()
+    assert [tuple(r) for r in ledger] == [(-5990, "purchase", f"order:{order_id}:balance")]
+    assert shop.check_ledger(conn) == []
+    assert shop.get_basket(conn, uid).lines == []
+    messages = conn.execute("SELECT chat_id, text FROM outbox WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
+    assert all(m["chat_id"] == uid for m in messages)
+    assert f"Order #{order_id} is paid" in messages[0]["text"] and "€40.10" in messages[0]["text"]
+    delivered = "\n".join(m["text"] for m in messages[1:])
+    for unit in sold:
+        assert shop.esc(unit["content"]) in delivered
+
+
+def test_a_purchase_that_cannot_complete_changes_nothing(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)])
+    poor, rich = user(conn, 1, balance=2000), user(conn, 2, balance=100000)
+    gift = ids[("Gift card", "Mitte")]
+    before = rows(snapshot(conn))
+    with pytest.raises(shop.InsufficientBalance) as e:
+        shop.buy_with_balance(conn, poor, [(*gift, 1)])
+    assert e.value.short_cents == 500 and "€5.00 short" in str(e.value)
+    with pytest.raises(shop.SoldOut, match="only 2"):
+        shop.buy_with_balance(conn, rich, [(*gift, 3)])
+    with pytest.raises(shop.PriceChanged):
+        shop.buy_with_balance(conn, rich, [(*gift, 1)], expected_total_cents=2400)
+    with pytest.raises(shop.NotFound):
+        shop.buy_with_balance(conn, rich, [(9999, gift[1], 1)])
+    with pytest.raises(shop.InvalidInput):
+        shop.buy_with_balance(conn, rich, [])
+    shop.set_banned(conn, rich, True)
+    before = rows(snapshot(conn))
+    with pytest.raises(shop.Banned):
+        shop.buy_with_balance(conn, rich, [(*gift, 1)])
+    assert rows(snapshot(conn)) == before
+
+
+def test_the_same_checkout_never_buys_twice(conn):
+    ids = seed(conn)
+    uid = user(conn, balance=10000)
+    first = shop.buy_with_balance(conn, uid, [(*ids[("Gift card", "Mitte")], 1)], checkout_key="1:55")
+    again = shop.buy_with_balance(conn, uid, [(*ids[("Gift card", "Mitte")], 1)], checkout_key="1:55")
+    assert first == again
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    assert shop.get_user(conn, uid)["balance_cents"] == 7500
+
+
+@pytest.mark.parametrize("buyers, units", [(2, 1), (12, 3)])
+def test_racing_shoppers_never_get_the_same_unit(db_path, conn, buyers, units):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, units)])
+    for uid in range(1, buyers + 1):
+        user(conn, uid, balance=5000)
+    barrier = threading.Barrier(buyers)
+    results = {}
+
+    def buy(uid):
+        c = shop.connect(str(db_path))
+        barrier.wait()
+        try:
+            results[uid] = shop.buy_with_balance(c, uid, [(*ids[("Gift card", "Mitte")], 1)])
+        except shop.SoldOut as e:
+            results[uid] = e
+        finally:
+            c.close()
+    threads = [threading.Thread(target=buy, args=(uid,)) for uid in range(1, buyers + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    orders = [r for r in results.values() if isinstance(r, int)]
+    assert len(orders) == units
+    assert sum(isinstance(r, shop.SoldOut) for r in results.values()) == buyers - units
+    assert conn.execute("SELECT count(DISTINCT unit_id), count(*) FROM order_items").fetchone()[:] == (units, units)
+    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'available'").fetchone()[0] == 0
+    assert shop.check_ledger(conn) == []
+    balances = sorted(r[0] for r in conn.execute("SELECT balance_cents FROM users"))
+    assert balances == sorted([2500] * units + [5000] * (buyers - units))
+
+
+# Ledger
+
+def test_ledger_keys_make_credits_idempotent(conn):
+    uid = user(conn)
+    with shop.transaction(conn):
+        assert shop.post_ledger(conn, uid, 1250, "topup", "payment:77:credit") is True
+        assert shop.post_ledger(conn, uid, 1250, "topup", "payment:77:credit") is False
+    assert shop.get_user(conn, uid)["balance_cents"] == 1250
+    with pytest.raises(shop.InsufficientBalance):
+        with shop.transaction(conn):
+            shop.post_ledger(conn, uid, -1251, "purchase", "order:1:balance")
+    for bad in (0, 1.5, True):
+        with pytest.raises(shop.InvalidInput):
+            with shop.transaction(conn):
+                shop.post_ledger(conn, uid, bad, "adjustment", f"k{bad}")
+    with pytest.raises(shop.InvalidInput):
+        shop.adjust_balance(conn, uid, 500, "   ")
+    assert shop.check_ledger(conn) == []
+    assert [tuple(r) for r in conn.execute("SELECT amount_cents, balance_after_cents FROM ledger")] == [(1250, 1250)]
+
+
+def test_check_ledger_spots_a_tampered_balance(conn):
+    uid = user(conn, balance=1000)
+    conn.execute("UPDATE users SET balance_cents = 5000 WHERE id = ?", (uid,))
+    assert shop.check_ledger(conn) == [(uid, 5000, 1000)]
+
+
+# Delivery messages
+
+def test_many_text_units_share_messages_within_telegram_limits(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Licence", 100, 60)])
+    with shop.transaction(conn):
+        conn.execute("UPDATE stock_units SET content = content || ' ' || hex(randomblob(700))")
+    uid = user(conn, balance=10000)
+    order_id = shop.buy_with_balance(conn, uid, [(*ids[("Licence", "Mitte")], 60)])
+    texts = [r["text"] for r in conn.execute("SELECT text FROM outbox WHERE order_id = ? ORDER BY id", (order_id,))]
+    assert 1 + 60 * 1400 // 4096 <= len(texts) < 60
+    assert all(shop.tg_len(shop.html_to_plain(t)) <= 4096 for t in texts)
+    body = "\n".join(texts[1:])
+    for (content,) in conn.execute("SELECT content FROM stock_units WHERE order_id = ?", (order_id,)):
+        assert body.count(shop.esc(content)) == 1
+
+
+def test_a_unit_with_a_photo_gets_its_own_photo_message(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Coffee", 990, 2)], media="0" * 32 + ".png")
+    with shop.transaction(conn):
+        conn.execute("UPDATE stock_units SET content = ? WHERE id = 2", ("x" * 2000,))
+    uid = user(conn, balance=10000)
+    order_id = shop.buy_with_balance(conn, uid, [(*ids[("Coffee", "Mitte")], 2)])
+    out = conn.execute("SELECT text, photo FROM outbox WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
+    assert [r["photo"] for r in out] == [None, "private:" + "0" * 32 + ".png", "private:" + "0" * 32 + ".png", None]
+    assert "Coffee-Mitte-0" in out[1]["text"]                        # short content: caption
+    assert "x" * 2000 not in out[2]["text"] and "x" * 2000 in out[3]["text"]  # long: caption + text
+
+
+def test_resending_an_order_waits_for_the_first_delivery(conn):
+    ids = seed(conn)
+    uid = user(conn, balance=10000)
+    order_id = shop.buy_with_balance(conn, uid, [(*ids[("Gift card", "Mitte")], 1)])
+    assert shop.resend_delivery(conn, uid, order_id) is False
+    conn.execute("UPDATE outbox SET status = 'sent'")
+    assert shop.resend_delivery(conn, uid, order_id) is True
+    assert "your items again" in conn.execute("SELECT text FROM outbox ORDER BY id DESC LIMIT 1 OFFSET 1").fetchone()[0]
+    with pytest.raises(shop.NotFound):
+        shop.resend_delivery(conn, 999, order_id)
+
+
+def test_content_is_escaped_and_codes_are_copyable():
+    assert shop.format_content("AB-<12>") == "<code>AB-&lt;12&gt;</code>"
+    assert shop.format_content("Door 3 & code 7") == "Door 3 &amp; code 7"
+    assert shop.format_content("https://example.com/?a=1&b=2") == "https://example.com/?a=1&amp;b=2"
+
+
+# Reservations
+
+def test_lapsed_reservations_go_back_on_sale(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)])
+    uid = user(conn)
+    with shop.transaction(conn):
+        order_id = conn.execute("INSERT INTO orders(user_id, status, total_cents, payment_method, created_at) "
+                                "VALUES (?, 'pending', 2500, 'crypto', ?)", (uid, shop.now_iso())).lastrowid
+        conn.execute("UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = 1",
+                     (order_id, shop.now_iso(-1)))
+        conn.execute("UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = 2",
+                     (order_id, shop.now_iso(600)))
+    assert shop.get_offer(conn, *ids[("Gift card", "Mitte")])["available"] == 0
+    assert shop.release_expired_reservations(conn) == 1
+    assert shop.get_offer(conn, *ids[("Gift card", "Mitte")])["available"] == 1
+    assert conn.execute("SELECT status FROM orders").fetchone()[0] == "expired"
+    assert shop.release_expired_reservations(conn) == 0
+
+
+# Users
+
+def test_users_are_recorded_and_banned_users_hear_one_refusal(conn):
+    row = shop.touch_user(conn, {"id": 42, "first_name": "Ann <3", "username": "ann_*"})
+    assert (row["first_name"], row["username"], row["balance_cents"]) == ("Ann <3", "ann_*", 0)
+    assert shop.touch_user(conn, {"id": 42, "first_name": "Ann", "username": None})["first_name"] == "Ann"
+    assert shop.should_tell_banned(conn, 42) is False
+    shop.set_banned(conn, 42, True)
+    assert shop.should_tell_banned(conn, 42) is True
+    assert shop.should_tell_banned(conn, 42) is False
+    with pytest.raises(shop.NotFound):
+        shop.set_banned(conn, 43, True)
