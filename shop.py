@@ -59,6 +59,8 @@ import bottle
 import requests
 import telebot
 import waitress
+import waitress.trigger
+import waitress.wasyncore
 from apscheduler.schedulers.background import BackgroundScheduler
 from dotenv import dotenv_values
 from telebot import apihelper, types as tg
@@ -1581,18 +1583,35 @@ class ShopBot:
         user = self.user_of(conn, message.from_user)
         if user["is_banned"]:
             if should_tell_banned(conn, user["id"]):
-                self.bot.send_message(message.chat.id, Banned.__doc__, reply_markup=tg.ReplyKeyboardRemove())
+                self.reply(message.chat.id, Banned.__doc__, reply_markup=tg.ReplyKeyboardRemove())
             return None
         return user
 
+    @staticmethod
+    def api(fn, *args, **kw):
+        """Call the Bot API; on a short 429 wait it out once (the shopper is waiting for this answer)."""
+        try:
+            return fn(*args, **kw)
+        except apihelper.ApiTelegramException as e:
+            retry_after = ((e.result_json or {}).get("parameters") or {}).get("retry_after")
+            if e.error_code != 429 or not isinstance(retry_after, int) or retry_after > 5:
+                raise
+            time.sleep(retry_after)
+            return fn(*args, **kw)
+
+    def reply(self, chat_id, text, **kw):
+        """Send a message straight away (an answer to what the shopper just did)."""
+        self.shop.limiter.note(chat_id)
+        return self.api(self.bot.send_message, chat_id, text, **kw)
+
     def send(self, chat_id, screen, reply_keyboard=None):
-        conn = self.shop.db()
         if screen.photo:
-            return send_photo_cached(self.shop, conn, chat_id, screen.photo, screen.text,
-                                     inline_markup(screen.buttons))
-        return self.bot.send_message(chat_id, screen.text, parse_mode="HTML",
-                                     reply_markup=reply_keyboard or inline_markup(screen.buttons),
-                                     disable_web_page_preview=True)
+            self.shop.limiter.note(chat_id)
+            return self.api(send_photo_cached, self.shop, self.shop.db(), chat_id, screen.photo, screen.text,
+                            inline_markup(screen.buttons))
+        return self.reply(chat_id, screen.text, parse_mode="HTML",
+                          reply_markup=reply_keyboard or inline_markup(screen.buttons),
+                          disable_web_page_preview=True)
 
     def show(self, message, screen):
         """Replace the navigation message with a screen: edit in place, or swap when a photo is involved."""
@@ -1600,9 +1619,9 @@ class ShopBot:
         has_photo = bool(getattr(message, "photo", None))
         if not has_photo and not screen.photo:
             try:
-                self.bot.edit_message_text(screen.text, chat_id, message.message_id, parse_mode="HTML",
-                                           reply_markup=inline_markup(screen.buttons),
-                                           disable_web_page_preview=True)
+                self.api(self.bot.edit_message_text, screen.text, chat_id, message.message_id,
+                         parse_mode="HTML", reply_markup=inline_markup(screen.buttons),
+                         disable_web_page_preview=True)
                 return
             except apihelper.ApiTelegramException as e:
                 if "not modified" in (e.description or ""):
@@ -1623,12 +1642,12 @@ class ShopBot:
                 if self.guard(message) is not None:
                     handler(self, message)
             except ShopError as e:
-                self.bot.send_message(message.chat.id, str(e))
+                self.reply(message.chat.id, str(e))
             except Exception:
                 log.exception("bot: handling %r from user %s failed", (message.text or "")[:40],
                               message.from_user.id)
                 try:
-                    self.bot.send_message(message.chat.id, "Something went wrong on our side. Please try again.")
+                    self.reply(message.chat.id, "Something went wrong on our side. Please try again.")
                 except Exception:
                     log.warning("bot: could not tell user %s about the failure", message.from_user.id)
         wrapper.__name__ = handler.__name__
@@ -1638,7 +1657,7 @@ class ShopBot:
     def on_start(self, message):
         conn = self.shop.db()
         welcome = f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'welcome_text'))}"
-        self.bot.send_message(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
+        self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
 
     @safely
     def on_shop(self, message):
@@ -1668,7 +1687,7 @@ class ShopBot:
 
     @safely
     def on_other(self, message):
-        self.bot.send_message(message.chat.id, "Please use the menu below.", reply_markup=main_menu())
+        self.reply(message.chat.id, "Please use the menu below.", reply_markup=main_menu())
 
     def on_group(self, message):
         try:
@@ -1792,34 +1811,59 @@ class ShopBot:
 # Outbox sender ###############################################################
 
 class RateLimiter:
-    """Token buckets: one for the whole bot, one per chat."""
+    """Token buckets for Telegram's flood limits: one for the whole bot, one per chat.
 
-    def __init__(self, per_second, chat_per_second, chat_burst):
+    The outbox sender asks before each message; the bot's direct replies and
+    edits are noted too, so a delivery right after a reply does not overrun the chat.
+    The rates sit a little under Telegram's so that network jitter does not trip them.
+    """
+
+    def __init__(self, per_second=29.0, chat_per_second=0.95, chat_burst=3):
         self.rate, self.chat_rate, self.chat_burst = per_second, chat_per_second, chat_burst
-        self.tokens, self.stamp = 1.0, time.monotonic()
+        self.tokens, self.stamp = 1.0, float("-inf")
         self.chats = {}   # chat_id -> (tokens, stamp, blocked_until)
+        self.lock = threading.Lock()
 
-    def wait_for(self, chat_id, now):
-        """Seconds until a message to chat_id may go (0: now)."""
+    def _chat(self, chat_id, now):
         tokens, stamp, blocked = self.chats.get(chat_id, (self.chat_burst, now, 0.0))
-        tokens = min(self.chat_burst, tokens + (now - stamp) * self.chat_rate)
-        chat_wait = max(blocked - now, 0.0, (1 - tokens) / self.chat_rate)
-        global_tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate)
-        return max(chat_wait, (1 - global_tokens) / self.rate)
+        return min(self.chat_burst, tokens + (now - stamp) * self.chat_rate), blocked
 
-    def take(self, chat_id, now):
-        tokens, stamp, blocked = self.chats.get(chat_id, (self.chat_burst, now, 0.0))
-        tokens = min(self.chat_burst, tokens + (now - stamp) * self.chat_rate)
+    def acquire(self, chat_id, now=None):
+        """Take a slot for a message to chat_id and return 0, or return the seconds to wait."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            tokens, blocked = self._chat(chat_id, now)
+            global_tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate)
+            wait = max(blocked - now, (1 - tokens) / self.chat_rate, (1 - global_tokens) / self.rate, 0.0)
+            if wait > 1e-6:   # (float dust from the refill arithmetic is not a wait)
+                return wait
+            self._take(chat_id, now, tokens, blocked, global_tokens)
+            return 0.0
+
+    def note(self, chat_id, now=None):
+        """Count a message that went out without asking (a direct reply to the shopper).
+
+        It uses up the chat's burst but never puts the chat in debt: however
+        fast someone taps, their delivery waits at most one interval.
+        """
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            tokens, blocked = self._chat(chat_id, now)
+            global_tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate)
+            self._take(chat_id, now, max(tokens, 1.0), blocked, max(global_tokens, 1.0))
+
+    def _take(self, chat_id, now, tokens, blocked, global_tokens):
         self.chats[chat_id] = (tokens - 1, now, blocked)
-        self.tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate) - 1
-        self.stamp = now
+        self.tokens, self.stamp = global_tokens - 1, now
         if len(self.chats) > 10000:
             self.chats = {c: v for c, v in self.chats.items()
                           if v[0] + (now - v[1]) * self.chat_rate < self.chat_burst or v[2] > now}
 
-    def block(self, chat_id, until):
-        tokens, stamp, _ = self.chats.get(chat_id, (0.0, until, 0.0))
-        self.chats[chat_id] = (tokens, stamp, until)
+    def block(self, chat_id, seconds, now=None):
+        """Telegram said 429 retry_after: nothing to this chat for `seconds`, then one message."""
+        until = (time.monotonic() if now is None else now) + seconds
+        with self.lock:
+            self.chats[chat_id] = (1.0, until, until)
 
 
 OUTBOX_GIVE_UP_SECONDS = 24 * 3600
@@ -1832,9 +1876,9 @@ class OutboxSender:
     403 (blocked by the user) and other 4xx: failed, with the reason kept.
     """
 
-    def __init__(self, shop, *, per_second=29.0, chat_per_second=1.0, chat_burst=3, workers=4):
+    def __init__(self, shop, limiter, *, workers=4):
         self.shop = shop
-        self.limiter = RateLimiter(per_second, chat_per_second, chat_burst)
+        self.limiter = limiter
         self.workers = workers
         self.stopping = threading.Event()
         self.in_flight = set()
@@ -1886,12 +1930,10 @@ class OutboxSender:
                     continue
                 if len(self.in_flight) >= self.workers * 2:
                     return min(wait, 0.05)
-                now = time.monotonic()
-                delay = self.limiter.wait_for(row["chat_id"], now)
+                delay = self.limiter.acquire(row["chat_id"])
                 if delay > 0:
                     wait = min(wait, delay)
                     continue
-                self.limiter.take(row["chat_id"], now)
                 self.in_flight.add(row["chat_id"])
             self.pool.submit(self.deliver, row)
         return wait
@@ -1921,7 +1963,7 @@ class OutboxSender:
             code, description = api_error(e)
             if code == 429:
                 retry_after = int(((e.result_json or {}).get("parameters") or {}).get("retry_after") or 5)
-                self.limiter.block(row["chat_id"], time.monotonic() + retry_after)
+                self.limiter.block(row["chat_id"], retry_after)
                 self.reschedule(conn, row, retry_after, f"429: {description}", count=False)
             elif code is not None and code >= 500:
                 self.retry(conn, row, f"{code}: {description}")
@@ -2013,6 +2055,7 @@ class Shop:
         self.scheduler = None
         self.bot_state = "off"
         self.stopping = threading.Event()
+        self.limiter = RateLimiter()
 
     def db(self):
         """This thread's connection to the shop database."""
@@ -2049,12 +2092,15 @@ class Shop:
         proxy = {"trusted_proxy": c.trusted_proxy, "trusted_proxy_count": 1,
                  "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
                  "clear_untrusted_proxy_headers": True} if c.trusted_proxy else {}
+        self._web_map = {}
         try:
-            self.server = waitress.create_server(make_app(self), host=c.host, port=c.port, threads=8,
-                                                 ident="shop", channel_timeout=60, **proxy)
+            self.server = waitress.create_server(make_app(self), map=self._web_map, host=c.host, port=c.port,
+                                                 threads=8, ident="shop", channel_timeout=60, **proxy)
         except OSError as e:
             raise StartupError(f"cannot listen on {c.host}:{c.port}: {e.strerror}"
                                " (is the shop already running? set PORT)") from None
+        # Closing the server's sockets must happen in its own loop thread; this trigger gets us there.
+        self._web_wake = waitress.trigger.trigger(self._web_map)
         self._thread("web", self.server.run)
         self.scheduler = make_scheduler(self)
         self.scheduler.start()
@@ -2063,7 +2109,7 @@ class Shop:
             apihelper.FILE_URL = c.telegram_api_url + "/file/bot{0}/{1}"
             self.telegram = telebot.TeleBot(c.bot_token, threaded=True, num_threads=6)
             ShopBot(self)
-            self.sender = OutboxSender(self)
+            self.sender = OutboxSender(self, self.limiter)
             self.sender.start()
             self.bot_state = "starting"
             self._thread("bot", self._run_bot)
@@ -2139,7 +2185,8 @@ class Shop:
         if self.scheduler and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.server:
-            self.server.close()
+            self.server.task_dispatcher.shutdown(timeout=2)   # lets requests in flight finish
+            self._web_wake.pull_trigger(lambda: waitress.wasyncore.close_all(self._web_map))
         for name in ("web", "bot"):
             if name in self.threads:
                 self.threads[name].join(1.0)

@@ -1,0 +1,313 @@
+"""End to end: the real shop process, real polling and a real SQLite file, against the Bot API stand-in."""
+
+import re
+import signal
+
+import pytest
+
+import shop
+from conftest import HOSTILE
+
+
+class Shopper:
+    """One Telegram user talking to the bot through the stand-in."""
+
+    def __init__(self, fake, user_id, name="Ann"):
+        self.fake, self.id, self.name = fake, user_id, name
+
+    def send(self, text, expect=""):
+        """Send a message; return the bot's first reply after it that contains `expect`."""
+        sent = self.fake.user_sends(self.id, text, first_name=self.name)
+        return self.fake.wait_for(
+            lambda: next((m for m in self.fake.messages(self.id)
+                          if m.message_id > sent["message_id"] and expect in m.content), None),
+            what=f"a reply to {text!r} containing {expect!r}")
+
+    def click(self, label):
+        """Press an inline button on the newest message that has it; return the callback's notice."""
+        cq = self.fake.click_button(self.id, label)
+        self.fake.wait_for(lambda: cq in self.fake.callback_answers, what=f"an answer to {label!r}")
+        return self.fake.callback_answers[cq].get("text")
+
+    def press(self, button):
+        """Press a button dict (from Message.buttons) on the current screen."""
+        cq = self.fake.user_clicks(self.id, self.screen.message_id, button["callback_data"])
+        self.fake.wait_for(lambda: cq in self.fake.callback_answers, what=f"an answer to {button['text']!r}")
+        return self.fake.callback_answers[cq].get("text") or ""
+
+    @property
+    def screen(self):
+        return self.fake.last_message(self.id)
+
+    def buttons(self):
+        return self.screen.button_texts
+
+
+@pytest.fixture
+def hostile_shop(tmp_path, hostile_catalog, run_shop):
+    conn = shop.init_db(str(tmp_path / "shop.db"))
+    shop.import_catalog(conn, shop.read_catalog_file(hostile_catalog), hostile_catalog.parent,
+                        tmp_path / "media")
+    proc = run_shop()
+    yield proc, conn
+    conn.close()
+    assert " ERROR " not in proc.log, proc.log
+
+
+def fund(conn, user_id, cents):
+    shop.touch_user(conn, {"id": user_id, "first_name": "x"})
+    shop.adjust_balance(conn, user_id, cents, "test funds")
+
+
+def test_start_greets_with_the_menu_and_commands_are_registered(fake_tg, hostile_shop):
+    ann = Shopper(fake_tg, 1001)
+    reply = ann.send("/start", "Welcome")
+    assert reply.keyboard == [["🛒 Shop", "🧺 Basket"], ["👤 Profile", "💰 Top up"], ["📦 Orders", "❓ Help"]]
+    assert [c["command"] for c in fake_tg.commands] == ["start", "shop", "basket", "refill", "profile",
+                                                         "orders", "help"]
+    profile = ann.send("👤 Profile", "Telegram ID")
+    assert "1001" in profile.text and "€0.00" in profile.text
+    assert "Basket" in ann.send("/help", "Basket").text
+    assert "menu" in ann.send("what is this?", "menu").text
+
+
+def test_a_shopper_can_browse_to_every_stocked_product_and_names_show_literally(fake_tg, hostile_shop):
+    ann = Shopper(fake_tg, 1002)
+    nav = ann.send("🛒 Shop", "Choose a city")
+    assert nav.button_texts == ["Łódź <Centrum>", "Berlin"]          # "Empty town" has no stock
+    expected = {  # product -> (city, district, description, price, available)
+        "gift_card *25*": [("Łódź <Centrum>", "Bałuty & Widzew", 2), ("Berlin", "Mitte", 1)],
+        "Kaffee «Grün» 250g": [("Berlin", "Kreuzberg_36", 1)],
+        "Плакат A2": [("Łódź <Centrum>", "Śródmieście", 1)],
+    }
+    seen = set()
+    for city in ["Łódź <Centrum>", "Berlin"]:
+        ann.click(city)
+        assert ann.screen.text.startswith(f"📍 {city}: choose a district")
+        districts = [b for b in ann.buttons() if b != "⬅️ Back"]
+        for district in districts:
+            ann.click(district)
+            assert f"{city} / {district}" in ann.screen.text
+            products = [b for b in ann.buttons() if b != "⬅️ Back"]
+            for label in products:
+                name, _, price = label.rpartition(" · ")
+                ann.click(label)
+                card = ann.screen
+                product = next(p for p in HOSTILE["products"] if p["name"] == name)
+                assert card.content.startswith(name + "\n")
+                assert product["description"] in card.content
+                assert f"{city} / {district}" in card.content
+                available = dict(((c, d), n) for c, d, n in expected[name])[(city, district)]
+                assert f"Available: {available}" in card.content
+                assert price in card.content
+                assert (card.kind == "photo") == ("photo" in product)
+                seen.add((name, city, district))
+                ann.click("⬅️ Back")
+            ann.click("⬅️ Back")
+        ann.click("⬅️ Back")
+    assert seen == {(n, c, d) for n, places in expected.items() for c, d, _ in places}
+    assert "Sold-out e-book" not in str([m.button_texts for m in fake_tg.all_messages(1002)])
+    # Navigation edits one message instead of piling up new ones.
+    assert len(fake_tg.messages(1002)) <= 3
+
+
+def test_photos_are_uploaded_once_then_sent_by_file_id(fake_tg, hostile_shop):
+    ann = Shopper(fake_tg, 1003)
+    ann.send("🛒 Shop", "Choose a city")
+    for _ in range(2):
+        ann.click("Łódź <Centrum>")
+        ann.click("Bałuty & Widzew")
+        ann.click("gift_card *25* · €25.00")
+        assert ann.screen.kind == "photo"
+        ann.click("⬅️ Back")
+        ann.click("⬅️ Back")
+        ann.click("⬅️ Back")
+    photos = [p["photo"] for p in fake_tg.calls_to("sendPhoto")]
+    assert len(photos) == 2
+    assert isinstance(photos[0], dict)                      # uploaded
+    first = next(m for m in fake_tg.all_messages(1003) if m.kind == "photo")
+    assert photos[1] == first.photo_file_id                 # then reused
+
+
+def test_basket_fill_change_and_totals(fake_tg, hostile_shop):
+    ann = Shopper(fake_tg, 1004)
+    ann.send("🛒 Shop", "Choose a city")
+    ann.click("Łódź <Centrum>")
+    ann.click("Bałuty & Widzew")
+    ann.click("gift_card *25* · €25.00")
+    assert "Added to your basket (1" in ann.click("➕ Add to basket")
+    assert "In your basket: 1" in ann.screen.content
+    assert "Added to your basket (2" in ann.click("➕ Add to basket")
+    assert "Only 2" in ann.click("➕ Add to basket")
+    ann.click("⬅️ Back")
+    ann.click("⬅️ Back")
+    ann.click("Śródmieście")
+    ann.click("Плакат A2 · €9.50")
+    ann.click("➕ Add to basket")
+    ann.click("🧺 Basket")
+    text = ann.screen.text
+    assert "1. gift_card *25* · Łódź <Centrum> / Bałuty & Widzew\n    2 × €25.00 = €50.00" in text
+    assert "2. Плакат A2 · Łódź <Centrum> / Śródmieście\n    1 × €9.50 = €9.50" in text
+    assert "Total: €59.50" in text
+    rows = ann.screen.buttons
+    assert [b["text"] for b in rows[0]] == ["➖", "1. gift_card *25* × 2", "➕", "🗑"]
+    ann.press(rows[0][0])
+    assert "1 × €25.00" in ann.screen.text and "Total: €34.50" in ann.screen.text
+    ann.press(rows[0][2])
+    assert "Total: €59.50" in ann.screen.text
+    assert "Only 2" in ann.press(rows[0][2])
+    assert "Total: €59.50" in ann.screen.text
+    ann.press(rows[1][3])
+    assert "Плакат" not in ann.screen.text and "Total: €50.00" in ann.screen.text
+    ann.click("🗑 Clear")
+    assert "Your basket is empty" in ann.screen.text
+    assert "empty" in ann.send("🧺 Basket", "basket").text
+
+
+def test_buying_with_balance_delivers_each_unit_and_orders_show_it_again(fake_tg, hostile_shop, tmp_path):
+    proc, conn = hostile_shop
+    fund(conn, 1005, 10000)
+    ann = Shopper(fake_tg, 1005)
+    ann.send("🛒 Shop", "Choose a city")
+    ann.click("Berlin")
+    ann.click("Kreuzberg_36")
+    ann.click("Kaffee «Grün» 250g · €12.90")
+    ann.click("➕ Add to basket")
+    ann.click("⬅️ Back")
+    ann.click("⬅️ Back")
+    ann.click("Mitte")
+    ann.click("gift_card *25* · €25.00")
+    ann.click("➕ Add to basket")
+    ann.click("🧺 Basket")
+    ann.click("💳 Checkout")
+    assert "Total: €37.90" in ann.screen.text and "Your balance: €100.00" in ann.screen.text
+    assert ann.click("💰 Pay €37.90 from balance").startswith("Order #")
+    order_id = int(re.search(r"Order #(\d+)", ann.screen.text).group(1))
+    header = fake_tg.wait_message(1005, "Balance now: €62.10")
+    assert f"Order #{order_id} is paid: 2 items" in header.text
+    locker = fake_tg.wait_message(1005, "Locker 7 <door>\nCode: 11&22")
+    assert locker.kind == "photo" and locker.photo_file_id
+    code = fake_tg.wait_message(1005, "CODE-3")
+    assert code.message_id > header.message_id
+    assert shop.get_user(conn, 1005)["balance_cents"] == 6210
+    assert shop.check_ledger(conn) == []
+    assert "empty" in ann.send("🧺 Basket", "basket").text
+
+    ann.send("📦 Orders", "Your orders")
+    ann.click(lambda b: b.startswith(f"#{order_id} · "))
+    assert "Kaffee «Grün» 250g · Berlin / Kreuzberg_36 × 1 = €12.90" in ann.screen.text
+    before = len([m for m in fake_tg.messages(1005) if "CODE-3" in m.content])
+    assert "on their way" in ann.click("📨 Send my items again")
+    fake_tg.wait_for(lambda: len([m for m in fake_tg.messages(1005) if "CODE-3" in m.content]) == before + 1)
+    private = tmp_path / "media" / "private"
+    assert not any(name.name in proc.log for name in private.iterdir())
+
+
+def test_a_short_balance_says_by_how_much(fake_tg, hostile_shop):
+    proc, conn = hostile_shop
+    fund(conn, 1006, 2000)
+    ann = Shopper(fake_tg, 1006)
+    ann.send("🛒 Shop", "Choose a city")
+    ann.click("Berlin")
+    ann.click("Mitte")
+    ann.click("gift_card *25* · €25.00")
+    ann.click("⚡ Buy now")
+    assert "Your balance is €5.00 short" in ann.screen.text
+    assert not any(b.startswith("💰 Pay") for b in ann.buttons())
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+def test_two_shoppers_racing_for_the_last_unit(fake_tg, hostile_shop):
+    proc, conn = hostile_shop
+    shoppers = [Shopper(fake_tg, 2001, "A"), Shopper(fake_tg, 2002, "B")]
+    for s in shoppers:
+        fund(conn, s.id, 5000)
+        s.send("🛒 Shop", "Choose a city")
+        s.click("Berlin")
+        s.click("Mitte")
+        s.click("gift_card *25* · €25.00")
+        s.click("⚡ Buy now")
+    cqs = [fake_tg.click_button(s.id, "💰 Pay €25.00 from balance") for s in shoppers]
+    fake_tg.wait_for(lambda: all(cq in fake_tg.callback_answers for cq in cqs))
+    answers = sorted(fake_tg.callback_answers[cq].get("text") or "" for cq in cqs)
+    assert answers[0].startswith("Order #") and "sold out" in answers[1]
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    balances = sorted(shop.get_user(conn, s.id)["balance_cents"] for s in shoppers)
+    assert balances == [2500, 5000]
+    loser = next(s for s in shoppers if shop.get_user(conn, s.id)["balance_cents"] == 5000)
+    assert "sold out" in loser.screen.text
+
+
+def test_a_double_tapped_pay_button_buys_once(fake_tg, hostile_shop):
+    proc, conn = hostile_shop
+    fund(conn, 2003, 10000)
+    ann = Shopper(fake_tg, 2003)
+    ann.send("🛒 Shop", "Choose a city")
+    ann.click("Łódź <Centrum>")
+    ann.click("Bałuty & Widzew")
+    ann.click("gift_card *25* · €25.00")
+    ann.click("⚡ Buy now")
+    message = ann.screen
+    data = next(b["callback_data"] for row in message.buttons for b in row if b["text"].startswith("💰 Pay"))
+    cqs = [fake_tg.user_clicks(2003, message.message_id, data) for _ in range(2)]
+    fake_tg.wait_for(lambda: all(cq in fake_tg.callback_answers for cq in cqs))
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    assert shop.get_user(conn, 2003)["balance_cents"] == 7500
+
+
+def test_a_banned_user_gets_one_polite_refusal(fake_tg, hostile_shop):
+    proc, conn = hostile_shop
+    ann = Shopper(fake_tg, 3001)
+    ann.send("/start", "Welcome")
+    ann.send("🛒 Shop", "Choose a city")
+    shop.set_banned(conn, 3001, True)
+    refusal = ann.send("/start", "not available to you")
+    assert ann.click("Berlin") is None                      # answered silently
+    ann.name = "Ann again"
+    fake_tg.user_sends(3001, "/shop", first_name=ann.name)
+    fake_tg.wait_for(lambda: shop.get_user(conn, 3001)["first_name"] == "Ann again", what="the update handled")
+    assert ann.click("Berlin") is None
+    assert [m.message_id for m in fake_tg.messages(3001) if m.message_id > refusal.message_id] == []
+    assert "Choose a city" in fake_tg.messages(3001)[-2].text   # the old screen did not move
+    shop.set_banned(conn, 3001, False)
+    assert "Choose a city" in ann.send("/shop", "Choose a city").text
+
+
+def test_unsent_deliveries_survive_a_restart(fake_tg, hostile_shop, run_shop):
+    proc, conn = hostile_shop
+    Shopper(fake_tg, 4001).send("/start", "Welcome")
+    proc.kill()
+    fund(conn, 4001, 10000)
+    order_id = shop.buy_with_balance(conn, 4001, [(1, 1, 2)])   # while the shop is down
+    assert conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] == 2
+    run_shop()
+    fake_tg.wait_message(4001, f"Order #{order_id} is paid")
+    body = fake_tg.wait_message(4001, "CODE-<1>&_*")
+    assert "CODE-2" in body.text
+    fake_tg.wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'")
+                     .fetchone()[0] == 0, what="the outbox to drain")
+    assert sum("CODE-2" in m.content for m in fake_tg.messages(4001)) == 1
+
+
+def test_sigterm_stops_the_shop_within_5_seconds(fake_tg, run_shop):
+    proc = run_shop()
+    Shopper(fake_tg, 5001).send("/start", "Welcome")   # a long poll is now in flight
+    code, seconds = proc.stop(signal.SIGTERM)
+    assert code == 0 and seconds < 5, (code, seconds, proc.log)
+    assert "stopped" in proc.log
+
+
+def test_health_reports_each_part(fake_tg, run_shop):
+    proc = run_shop()
+    state = proc.health().json()
+    assert proc.health().status_code == 200
+    assert (state["database"], state["scheduler"], state["bot"], state["outbox"]["sender"]) == \
+        ("ok", "running", "running", "running")
+
+
+def test_a_refused_token_marks_the_bot_down(fake_tg, run_shop):
+    proc = run_shop(env={"BOT_TOKEN": "999:wrong-token"}, ready="shop is running")
+    proc.wait_log("Telegram refused BOT_TOKEN")
+    r = proc.health()
+    assert r.status_code == 503 and r.json()["bot"].startswith("down")
+    assert "wrong-token" not in proc.log
