@@ -1287,7 +1287,6 @@ def import_catalog(conn, data, base_dir, media_dir):
             if not referenced:
                 path.unlink(missing_ok=True)
         raise
-    log.info("catalog imported: %s", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     return counts
 
 
