@@ -169,6 +169,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(chat_id, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox(order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox(sent_at) WHERE status = 'sent';
+CREATE INDEX IF NOT EXISTS outbox_failed ON outbox(id) WHERE status = 'failed';
 
 -- Telegram file_ids of photos already uploaded, so each file is uploaded once
 -- per bot (file_ids are only valid for the bot that received them).

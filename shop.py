@@ -510,7 +510,7 @@ class InsufficientBalance(ShopError):
 
 
 class PriceChanged(ShopError):
-    """Prices changed since you opened checkout; please check the new total."""
+    """Your basket or its prices changed since you opened checkout; please check the new total."""
     status = 409
 
 
@@ -653,8 +653,9 @@ def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=N
 
 
 def outbox_counts(conn):
-    return {r["status"]: r["n"] for r in conn.execute(
-        "SELECT status, count(*) AS n FROM outbox GROUP BY status")}
+    """Messages waiting to be sent and messages that could not be delivered."""
+    return {status: conn.execute("SELECT count(*) FROM outbox WHERE status = ?", (status,)).fetchone()[0]
+            for status in ("pending", "failed")}
 
 
 # Services: catalog ###########################################################
@@ -939,7 +940,7 @@ def enqueue_delivery(conn, order_id, *, first=False):
     enqueue_message(conn, chat, header, order_id=order_id)
     block = ""
     for i, item in enumerate(items, 1):
-        title = f"📦 <b>{esc(item['product_name'])}</b> · {esc(item['place_name'])} ({i}/{n})"
+        title = f"📦 Order #{order_id} ({i}/{n}): <b>{esc(item['product_name'])}</b> · {esc(item['place_name'])}"
         part = f"{title}\n{format_content(item['content'])}"
         if item["media"]:
             if block:
@@ -1548,6 +1549,50 @@ def send_photo_cached(shop, conn, chat_id, photo, caption, markup=None):
     return message
 
 
+class PollingBot(telebot.TeleBot):
+    """A TeleBot that notes when getUpdates last succeeded, so /healthz can tell a stalled bot."""
+    last_poll = None
+
+    def get_updates(self, *args, **kwargs):
+        updates = super().get_updates(*args, **kwargs)
+        self.last_poll = time.monotonic()
+        if isinstance(self.exception_handler, PollingErrors):
+            self.exception_handler.recovered()
+        return updates
+
+
+class PollingErrors(telebot.ExceptionHandler):
+    """What telebot does with errors: polling failures back off and log once a minute, not per try."""
+
+    def __init__(self, shop):
+        self.shop, self.failures, self.warn = shop, 0, Throttle(60)
+
+    def handle(self, exception):
+        if threading.current_thread() is not self.shop.threads.get("bot"):
+            log.error("bot: an update handler failed", exc_info=exception)
+            return True
+        self.failures += 1
+        code = getattr(exception, "error_code", None)
+        if code == 409:
+            reason = "another process is polling with this BOT_TOKEN (409 Conflict); run one shop per bot"
+        elif code == 401:
+            reason = "Telegram refused BOT_TOKEN (401 Unauthorized); check the token with @BotFather"
+        else:
+            reason = f"cannot get updates from Telegram ({api_error(exception)[1] if code else type(exception).__name__})"
+        self.shop.bot_state = f"down: {reason}"
+        if self.warn():
+            log.log(logging.ERROR if code in (401, 409) else logging.WARNING, "bot: %s; retrying", reason)
+        self.shop.stopping.wait(min(30.0, 0.5 * 2 ** min(self.failures, 6)))
+        return True
+
+    def recovered(self):
+        if self.failures:
+            log.info("bot: getting updates from Telegram again after %d failed tries", self.failures)
+            self.failures = 0
+            self.warn = Throttle(60)
+            self.shop.bot_state = "running"
+
+
 class ShopBot:
     """The Telegram adapter: parses updates, calls services, renders screens."""
 
@@ -2106,7 +2151,9 @@ class Shop:
         if c.bot_token:
             apihelper.API_URL = c.telegram_api_url + "/bot{0}/{1}"
             apihelper.FILE_URL = c.telegram_api_url + "/file/bot{0}/{1}"
-            self.telegram = telebot.TeleBot(c.bot_token, threaded=True, num_threads=6)
+            self.polling_errors = PollingErrors(self)
+            self.telegram = PollingBot(c.bot_token, threaded=True, num_threads=6,
+                                       exception_handler=self.polling_errors)
             ShopBot(self)
             self.sender = OutboxSender(self, self.limiter)
             self.sender.start()
@@ -2146,6 +2193,9 @@ class Shop:
             self.telegram.set_my_commands([tg.BotCommand(c, d) for c, d in COMMANDS])
         except Exception as e:
             log.warning("bot: could not register the command list: %s", e)
+        # polling() asks getMe again for the username unless it is cached; an outage at that
+        # moment would bypass our error handling.
+        self.telegram._user = me
         self.bot_state = "running"
         log.info("bot: @%s is polling for updates", me.username)
         self.telegram.infinity_polling(timeout=30, long_polling_timeout=25, logger_level=logging.ERROR,
@@ -2157,17 +2207,19 @@ class Shop:
             conn = self.db()
             conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
             state["database"] = "ok"
-            counts = outbox_counts(conn)
-            state["outbox"] = {"pending": counts.get("pending", 0), "failed": counts.get("failed", 0)}
+            state["outbox"] = outbox_counts(conn)
         except sqlite3.Error as e:
             state["database"] = f"error: {e}"
         state["scheduler"] = "running" if self.scheduler and self.scheduler.running else "down"
-        bot_thread = self.threads.get("bot")
-        if self.config.bot_token and bot_thread and not bot_thread.is_alive() and self.bot_state == "running":
-            self.bot_state = "down: polling stopped"
         state["bot"] = self.bot_state
+        if self.telegram and self.telegram.last_poll is not None:
+            # A long poll returns at least every 25 s when Telegram is reachable.
+            if time.monotonic() - self.telegram.last_poll > 60 and not self.bot_state.startswith("down"):
+                state["bot"] = "down: no answer from Telegram for over a minute"
+            if not self.threads["bot"].is_alive() and not self.stopping.is_set():
+                state["bot"] = "down: polling stopped"
         if self.sender:
-            state["outbox"]["sender"] = "running" if self.sender.alive() else "down"
+            state.setdefault("outbox", {})["sender"] = "running" if self.sender.alive() else "down"
         down = (state["database"] != "ok" or state["scheduler"] != "running"
                 or state["bot"].startswith("down") or (self.sender and not self.sender.alive()))
         if down:

@@ -297,6 +297,21 @@ def test_sigterm_stops_the_shop_within_5_seconds(fake_tg, run_shop):
     assert "stopped" in proc.log
 
 
+def test_polling_survives_a_telegram_outage(fake_tg, run_shop):
+    proc = run_shop()
+    fake_tg.set_down(True)
+    fake_tg.release_polls()
+    proc.wait_log("bot: cannot get updates from Telegram")
+    r = proc.health()
+    assert r.status_code == 503 and r.json()["bot"].startswith("down: cannot get updates")
+    fake_tg.set_down(False)
+    Shopper(fake_tg, 5002).send("/start", "Welcome")     # (the first long poll after the outage returns)
+    proc.wait_log("getting updates from Telegram again")
+    assert proc.health().status_code == 200
+    warnings = [line for line in proc.log.splitlines() if "cannot get updates" in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0]
+
+
 def test_health_reports_each_part(fake_tg, run_shop):
     proc = run_shop()
     state = proc.health().json()
