@@ -29,6 +29,13 @@ class Shopper:
         self.fake.wait_for(lambda: cq in self.fake.callback_answers, what=f"an answer to {label!r}")
         return self.fake.callback_answers[cq].get("text")
 
+    def open_product(self, city, district, label):
+        """From a new 🛒 Shop message, through city and district to a product card."""
+        self.send("🛒 Shop", "Choose a city")
+        for step in (city, district, label):
+            self.click(step)
+        return self.screen
+
     def press(self, button):
         """Press a button dict (from Message.buttons) on the current screen."""
         cq = self.fake.user_clicks(self.id, self.screen.message_id, button["callback_data"])
@@ -131,10 +138,7 @@ def test_photos_are_uploaded_once_then_sent_by_file_id(fake_tg, hostile_shop):
 
 def test_basket_fill_change_and_totals(fake_tg, hostile_shop):
     ann = Shopper(fake_tg, 1004)
-    ann.send("🛒 Shop", "Choose a city")
-    ann.click("Łódź <Centrum>")
-    ann.click("Bałuty & Widzew")
-    ann.click("gift_card *25* · €25.00")
+    ann.open_product("Łódź <Centrum>", "Bałuty & Widzew", "gift_card *25* · €25.00")
     assert "Added to your basket (1" in ann.click("➕ Add to basket")
     assert "In your basket: 1" in ann.screen.content
     assert "Added to your basket (2" in ann.click("➕ Add to basket")
@@ -168,10 +172,7 @@ def test_buying_with_balance_delivers_each_unit_and_orders_show_it_again(fake_tg
     proc, conn = hostile_shop
     fund(conn, 1005, 10000)
     ann = Shopper(fake_tg, 1005)
-    ann.send("🛒 Shop", "Choose a city")
-    ann.click("Berlin")
-    ann.click("Kreuzberg_36")
-    ann.click("Kaffee «Grün» 250g · €12.90")
+    ann.open_product("Berlin", "Kreuzberg_36", "Kaffee «Grün» 250g · €12.90")
     ann.click("➕ Add to basket")
     ann.click("⬅️ Back")
     ann.click("⬅️ Back")
@@ -207,10 +208,7 @@ def test_a_short_balance_says_by_how_much(fake_tg, hostile_shop):
     proc, conn = hostile_shop
     fund(conn, 1006, 2000)
     ann = Shopper(fake_tg, 1006)
-    ann.send("🛒 Shop", "Choose a city")
-    ann.click("Berlin")
-    ann.click("Mitte")
-    ann.click("gift_card *25* · €25.00")
+    ann.open_product("Berlin", "Mitte", "gift_card *25* · €25.00")
     ann.click("⚡ Buy now")
     assert "Your balance is €5.00 short" in ann.screen.text
     assert not any(b.startswith("💰 Pay") for b in ann.buttons())
@@ -222,10 +220,7 @@ def test_two_shoppers_racing_for_the_last_unit(fake_tg, hostile_shop):
     shoppers = [Shopper(fake_tg, 2001, "A"), Shopper(fake_tg, 2002, "B")]
     for s in shoppers:
         fund(conn, s.id, 5000)
-        s.send("🛒 Shop", "Choose a city")
-        s.click("Berlin")
-        s.click("Mitte")
-        s.click("gift_card *25* · €25.00")
+        s.open_product("Berlin", "Mitte", "gift_card *25* · €25.00")
         s.click("⚡ Buy now")
     cqs = [fake_tg.click_button(s.id, "💰 Pay €25.00 from balance") for s in shoppers]
     fake_tg.wait_for(lambda: all(cq in fake_tg.callback_answers for cq in cqs))
@@ -242,10 +237,7 @@ def test_a_double_tapped_pay_button_buys_once(fake_tg, hostile_shop):
     proc, conn = hostile_shop
     fund(conn, 2003, 10000)
     ann = Shopper(fake_tg, 2003)
-    ann.send("🛒 Shop", "Choose a city")
-    ann.click("Łódź <Centrum>")
-    ann.click("Bałuty & Widzew")
-    ann.click("gift_card *25* · €25.00")
+    ann.open_product("Łódź <Centrum>", "Bałuty & Widzew", "gift_card *25* · €25.00")
     ann.click("⚡ Buy now")
     message = ann.screen
     data = next(b["callback_data"] for row in message.buttons for b in row if b["text"].startswith("💰 Pay"))
