@@ -444,6 +444,19 @@ def tg_len(text):
     return len(text.encode("utf-16-le")) // 2
 
 
+def shorten(text, limit):
+    """Text cut to `limit` Telegram characters, ending in '…' when cut."""
+    if tg_len(text) <= limit:
+        return text
+    out, used = [], 0
+    for ch in text:
+        used += tg_len(ch)
+        if used > limit - 1:
+            break
+        out.append(ch)
+    return "".join(out).rstrip() + "…"
+
+
 def html_to_plain(text):
     """What a message built by this module looks like after Telegram parses it."""
     return html.unescape(re.sub(r"<[^>]*>", "", text))
@@ -732,7 +745,9 @@ def catalog_is_empty(conn):
 # Services: basket ############################################################
 
 MAX_QUANTITY = 100
-MAX_BASKET_LINES = 20
+# 15 lines of the longest names still fit the basket and checkout in one
+# Telegram message (4096) and its buttons under the 100-button limit.
+MAX_BASKET_LINES = 15
 
 
 @dataclass
@@ -1400,21 +1415,22 @@ def screen_product(conn, user_id, product_id, district_id):
     offer = get_offer(conn, product_id, district_id)
     in_basket = conn.execute("SELECT quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
                              "AND district_id = ?", (user_id, product_id, district_id)).fetchone()
+    photo = f"public:{offer['photo']}" if offer["photo"] else None
+    facts = ["", f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>",
+             f"📍 {esc(place_name(offer['city_name'], offer['district_name']))}",
+             f"📦 Available: {offer['available']}" if offer["available"] else "❌ Sold out here"]
+    if in_basket:
+        facts.append(f"🧺 In your basket: {in_basket['quantity']}")
     lines = [f"<b>{esc(offer['name'])}</b>"]
     if offer["description"]:
-        lines.append(esc(offer["description"]))
-    lines.append("")
-    lines.append(f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>")
-    lines.append(f"📍 {esc(place_name(offer['city_name'], offer['district_name']))}")
-    lines.append(f"📦 Available: {offer['available']}" if offer["available"] else "❌ Sold out here")
-    if in_basket:
-        lines.append(f"🧺 In your basket: {in_basket['quantity']}")
+        room = (CAPTION_LIMIT if photo else TEXT_LIMIT) - tg_len(html_to_plain("\n".join(lines + facts))) - 1
+        lines.append(esc(shorten(offer["description"], room)))
+    lines += facts
     rows = []
     if offer["available"]:
         rows.append([("➕ Add to basket", f"add:{product_id}:{district_id}"),
                      ("⚡ Buy now", f"buy:{product_id}:{district_id}")])
     rows.append([("🧺 Basket", "basket"), ("⬅️ Back", f"dist:{district_id}")])
-    photo = f"public:{offer['photo']}" if offer["photo"] else None
     return Screen("\n".join(lines), rows, photo)
 
 
@@ -1443,14 +1459,18 @@ def screen_checkout(conn, user, lines, source):
     """Checkout for [(product_id, district_id, qty)]; source is 'b' (basket) or 'p:<pid>:<did>'."""
     total, offers = price_lines(conn, lines)
     text = ["💳 <b>Checkout</b>", ""]
+    short = False
     for offer, (_, _, quantity) in zip(offers, lines):
-        text.append(f"• <b>{esc(offer['name'])}</b> · {esc(place_name(offer['city_name'], offer['district_name']))}"
-                    f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}")
+        line = (f"• <b>{esc(offer['name'])}</b> · {esc(place_name(offer['city_name'], offer['district_name']))}"
+                f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}")
+        if offer["available"] < quantity:
+            short = True
+            line += f" ⚠️ only {offer['available']} left" if offer["available"] else " ⚠️ sold out"
+        text.append(line)
     text += ["", f"Total: <b>{fmt_eur(total)}</b>", f"Your balance: {fmt_eur(user['balance_cents'])}"]
     back = [("⬅️ Back", "basket" if source == "b" else "prod:" + source[2:])]
-    short = [o for o, (_, _, q) in zip(offers, lines) if o["available"] < q]
     if short:
-        text += ["", "⚠️ Not enough left: " + ", ".join(esc(o["name"]) for o in short)]
+        text += ["", "⚠️ Some items are not available in that quantity any more. Please change your basket."]
         return Screen("\n".join(text), [back])
     if user["balance_cents"] >= total:
         return Screen("\n".join(text), [[(f"💰 Pay {fmt_eur(total)} from balance", f"pay:{source}:{total}")], back])

@@ -317,3 +317,34 @@ def test_users_are_recorded_and_banned_users_hear_one_refusal(conn):
     assert shop.should_tell_banned(conn, 42) is False
     with pytest.raises(shop.NotFound):
         shop.set_banned(conn, 43, True)
+
+
+# Telegram's limits hold for the longest names the shop accepts
+
+def test_the_biggest_screens_fit_in_one_telegram_message(conn):
+    name = "W" * 62 + "😀"                       # 64 Telegram characters
+    with shop.transaction(conn):
+        conn.execute("INSERT INTO cities(id, name) VALUES (?, ?)", (10 ** 17, name))
+        conn.execute("INSERT INTO districts(id, city_id, name) VALUES (?, ?, ?)", (10 ** 17, 10 ** 17, name))
+        for i in range(shop.MAX_BASKET_LINES):
+            pid = 10 ** 17 + i
+            conn.execute("INSERT INTO products(id, name, description, price_cents, photo, created_at) "
+                         "VALUES (?, ?, ?, ?, ?, '')", (pid, f"{i:02d}{name[2:]}", "<&>" * 266 + "xx",
+                                                        shop.MAX_EUR_CENTS, "0" * 32 + ".png"))
+            conn.execute("INSERT INTO stock_units(product_id, district_id, content, created_at) "
+                         "VALUES (?, ?, 'c', '')", (pid, 10 ** 17))
+    uid = user(conn, 10 ** 15)
+    conn.execute("INSERT INTO basket_items(id, user_id, product_id, district_id, quantity, added_at) "
+                 "SELECT 10000000000000000 + id, ?, id, ?, 100, '' FROM products",
+                 (uid, 10 ** 17))
+    u = shop.get_user(conn, uid)
+    lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
+    card = shop.screen_product(conn, uid, 10 ** 17, 10 ** 17)
+    screens = {"basket": (shop.screen_basket(conn, uid), 4096), "card": (card, 1024),
+               "checkout": (shop.screen_checkout(conn, u, lines, "b"), 4096)}
+    for what, (screen, limit) in screens.items():
+        assert shop.tg_len(shop.html_to_plain(screen.text)) <= limit, what
+        buttons = [b for row in screen.buttons for b in row]
+        assert len(buttons) <= 100, what
+        assert all(1 <= len(data.encode()) <= 64 for _, data in buttons), what
+    assert card.text.count("…") == 1 and "⚠️" in screens["basket"][0].text
