@@ -871,13 +871,13 @@ def buy_with_balance(conn, user_id, lines, *, expected_total_cents=None, checkou
     A checkout_key already used returns that order instead of buying again.
     Raises SoldOut, InsufficientBalance or PriceChanged and then changes nothing.
     """
-    if not lines:
-        raise InvalidInput("Your basket is empty.")
     with transaction(conn):
         if checkout_key:
             done = conn.execute("SELECT id FROM orders WHERE checkout_key = ?", (checkout_key,)).fetchone()
             if done:
                 return done["id"]
+        if not lines:
+            raise InvalidInput("Your basket is empty.")
         user = get_user(conn, user_id)
         if user["is_banned"]:
             raise Banned()
@@ -1473,7 +1473,10 @@ def screen_checkout(conn, user, lines, source):
         text += ["", "⚠️ Some items are not available in that quantity any more. Please change your basket."]
         return Screen("\n".join(text), [back])
     if user["balance_cents"] >= total:
-        return Screen("\n".join(text), [[(f"💰 Pay {fmt_eur(total)} from balance", f"pay:{source}:{total}")], back])
+        # A fresh nonce per checkout screen: a replayed update or a double tap of this button
+        # finds the order it already made, while a later checkout in the same message is new.
+        pay = f"pay:{secrets.token_hex(3)}:{source}:{total}"
+        return Screen("\n".join(text), [[(f"💰 Pay {fmt_eur(total)} from balance", pay)], back])
     text += ["", f"Your balance is <b>{fmt_eur(total - user['balance_cents'])}</b> short. "
                  "Top up your balance, then come back to pay."]
     return Screen("\n".join(text), [[("💰 Top up", "topup")], back])
@@ -1788,7 +1791,7 @@ class ShopBot:
         """Run one button press; returns a short notice for the shopper, or None."""
         verb, _, rest = (call.data or "").partition(":")
         args = rest.split(":") if rest else []
-        if not all(re.fullmatch(r"\d{1,18}|[bp]", a) for a in args):
+        if not all(re.fullmatch(r"\d{1,18}|[bp]|[0-9a-f]{6}", a) for a in args):
             return "That button is not valid any more."
         ints = [int(a) if a.isdigit() else a for a in args]
         uid, message = user["id"], call.message
@@ -1830,8 +1833,8 @@ class ShopBot:
                     show(screen_basket(conn, uid))
                     return "Your basket is empty."
                 show(screen_checkout(conn, user, lines, "b"))
-            elif verb == "pay" and len(ints) in (2, 4):
-                return self.pay(conn, user, message, ints)
+            elif verb == "pay" and len(args) in (3, 5) and len(args[0]) == 6:
+                return self.pay(conn, user, message, args[0], ints[1:])
             elif verb == "orders":
                 show(screen_orders(conn, uid, ints[0] if ints else None))
             elif verb == "order" and len(ints) == 1:
@@ -1849,8 +1852,8 @@ class ShopBot:
             return str(e)
         return None
 
-    def pay(self, conn, user, message, ints):
-        """Pay a checkout screen from the balance; the screen's message id makes it idempotent."""
+    def pay(self, conn, user, message, nonce, ints):
+        """Pay a checkout screen from the balance; the screen's message and nonce make it idempotent."""
         uid = user["id"]
         if ints[0] == "b":
             lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, uid).lines]
@@ -1860,14 +1863,14 @@ class ShopBot:
             expected, back = ints[3], [[("⬅️ Back", f"prod:{ints[1]}:{ints[2]}")]]
         try:
             order_id = buy_with_balance(conn, uid, lines, expected_total_cents=expected,
-                                        checkout_key=f"{message.chat.id}:{message.message_id}",
+                                        checkout_key=f"{message.chat.id}:{message.message_id}:{nonce}",
                                         from_basket=ints[0] == "b")
         except (SoldOut, PriceChanged, InsufficientBalance) as e:
             self.show(message, Screen(f"⚠️ {esc(e)}", back))
             return str(e)
         order = get_order(conn, uid, order_id)
-        self.show(message, Screen(f"✅ <b>Order #{order_id}</b> is paid: {fmt_eur(order['total_cents'])} "
-                                  "from your balance.\nYour items follow below.",
+        self.show(message, Screen(f"✅ Thank you! {fmt_eur(order['total_cents'])} paid from your balance.\n"
+                                  f"Your items for order #{order_id} are on their way.",
                                   [[("📦 Orders", "orders"), ("🛒 Shop", "cities")]]))
         return f"Order #{order_id} paid."
 
@@ -1877,8 +1880,8 @@ class ShopBot:
 class RateLimiter:
     """Token buckets for Telegram's flood limits: one for the whole bot, one per chat.
 
-    The outbox sender asks before each message; the bot's direct replies and
-    edits are noted too, so a delivery right after a reply does not overrun the chat.
+    The outbox sender asks before each message; the bot's direct replies are
+    noted too, so a delivery right after a reply does not overrun the chat.
     The rates sit a little under Telegram's so that network jitter does not trip them.
     """
 

@@ -64,7 +64,8 @@ HOSTILE = {
          "stock": [{"city": "Berlin", "district": "Kreuzberg_36",
                     "content": "Locker 7 <door>\nCode: 11&22", "media": "img/locker.png"}]},
         {"name": "Плакат A2", "description": "", "price": 9.5,
-         "stock": [{"city": "Łódź <Centrum>", "district": "Śródmieście", "content": "https://example.com/p?a=1&b=2"}]},
+         "stock": [{"city": "Łódź <Centrum>", "district": "Śródmieście", "content": "https://example.com/p?a=1&b=2"},
+                   {"city": "Łódź <Centrum>", "district": "Śródmieście", "content": "https://example.com/p?a=2&b=3"}]},
         {"name": "Sold-out e-book", "description": "None left.", "price": "5", "stock": []},
     ],
 }

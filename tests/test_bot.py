@@ -85,7 +85,7 @@ def test_a_shopper_can_browse_to_every_stocked_product_and_names_show_literally(
     expected = {  # product -> (city, district, description, price, available)
         "gift_card *25*": [("Łódź <Centrum>", "Bałuty & Widzew", 2), ("Berlin", "Mitte", 1)],
         "Kaffee «Grün» 250g": [("Berlin", "Kreuzberg_36", 1)],
-        "Плакат A2": [("Łódź <Centrum>", "Śródmieście", 1)],
+        "Плакат A2": [("Łódź <Centrum>", "Śródmieście", 2)],
     }
     seen = set()
     for city in ["Łódź <Centrum>", "Berlin"]:
@@ -183,7 +183,7 @@ def test_buying_with_balance_delivers_each_unit_and_orders_show_it_again(fake_tg
     ann.click("💳 Checkout")
     assert "Total: €37.90" in ann.screen.text and "Your balance: €100.00" in ann.screen.text
     assert ann.click("💰 Pay €37.90 from balance").startswith("Order #")
-    order_id = int(re.search(r"Order #(\d+)", ann.screen.text).group(1))
+    order_id = int(re.search(r"order #(\d+)", ann.screen.text).group(1))
     header = fake_tg.wait_message(1005, "Balance now: €62.10")
     assert f"Order #{order_id} is paid: 2 items" in header.text
     locker = fake_tg.wait_message(1005, "Locker 7 <door>\nCode: 11&22")
@@ -245,6 +245,27 @@ def test_a_double_tapped_pay_button_buys_once(fake_tg, hostile_shop):
     fake_tg.wait_for(lambda: all(cq in fake_tg.callback_answers for cq in cqs))
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
     assert shop.get_user(conn, 2003)["balance_cents"] == 7500
+
+
+def test_a_second_checkout_in_the_same_message_is_a_new_order(fake_tg, hostile_shop):
+    proc, conn = hostile_shop
+    fund(conn, 2004, 10000)
+    ann = Shopper(fake_tg, 2004)
+    first = ann.open_product("Łódź <Centrum>", "Śródmieście", "Плакат A2 · €9.50")
+    assert first.kind == "text"                                   # no photo: every screen is one edited message
+    for n in (1, 2):
+        if n == 2:
+            ann.click("🛒 Shop")
+            for step in ("Łódź <Centrum>", "Śródmieście", "Плакат A2 · €9.50"):
+                ann.click(step)
+        ann.click("⚡ Buy now")
+        assert ann.click("💰 Pay €9.50 from balance") == f"Order #{n} paid."
+        nav = next(m for m in fake_tg.messages(2004) if m.message_id == first.message_id)
+        assert f"order #{n} are on their way" in nav.text
+    assert conn.execute("SELECT count(*) FROM orders WHERE user_id = 2004").fetchone()[0] == 2
+    assert shop.get_user(conn, 2004)["balance_cents"] == 8100
+    fake_tg.wait_message(2004, "a=1&b=2")
+    fake_tg.wait_message(2004, "a=2&b=3")
 
 
 def test_a_banned_user_gets_one_polite_refusal(fake_tg, hostile_shop):

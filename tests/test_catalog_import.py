@@ -32,7 +32,7 @@ def media_files(tmp_path):
 def test_hostile_names_import_exactly_and_idempotently(tmp_path, hostile_catalog):
     r = run_seed(tmp_path, str(hostile_catalog))
     assert r.returncode == 0, r.stderr
-    assert "units added 5" in r.stdout
+    assert "units added 6" in r.stdout
     conn = shop.connect(str(tmp_path / "shop.db"))
     assert [r[0] for r in conn.execute("SELECT name FROM cities ORDER BY id")] == \
         ["Łódź <Centrum>", "Berlin", "Empty town"]
@@ -48,7 +48,7 @@ def test_hostile_names_import_exactly_and_idempotently(tmp_path, hostile_catalog
 
     again = run_seed(tmp_path, str(hostile_catalog))
     assert again.returncode == 0, again.stderr
-    assert "units added 0" in again.stdout and "units present 5" in again.stdout
+    assert "units added 0" in again.stdout and "units present 6" in again.stdout
     assert "products updated 0" in again.stdout
     assert table_counts(conn) == before
     assert media_files(tmp_path) == files
