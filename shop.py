@@ -467,7 +467,9 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u20
 
 def clean_text(value, what, *, max_len, multiline=False, required=True):
     """Normalise owner-typed text (NFC, trimmed); raise InvalidInput saying what is wrong."""
-    if value is None and not required:
+    if value is None:
+        if required:
+            raise InvalidInput(f"{what} is missing")
         return ""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text")
@@ -559,10 +561,25 @@ def get_setting(conn, key):
     return row["value"] if row else DEFAULT_SETTINGS.get(key, "")
 
 
+# key: (what it is, longest allowed, may span lines)
+SETTING_RULES = {
+    "shop_name": ("The shop name", 64, False),
+    "welcome_text": ("The welcome text", 1000, True),
+    "help_text": ("The help text", 2000, True),
+    "support_contact": ("The support contact", 100, False),
+}
+
+
 def set_setting(conn, key, value):
+    """Change a shop setting (see SETTING_RULES); takes effect on the next message."""
+    if key not in SETTING_RULES:
+        raise InvalidInput(f"Unknown setting {key!r}; settings are: {', '.join(SETTING_RULES)}.")
+    what, max_len, multiline = SETTING_RULES[key]
+    value = clean_text(value, what, max_len=max_len, multiline=multiline, required=key != "support_contact")
     with transaction(conn):
         conn.execute("INSERT INTO settings(key, value) VALUES (?, ?) "
                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+    return value
 
 
 def touch_user(conn, tg_user):
@@ -1230,11 +1247,12 @@ def import_catalog(conn, data, base_dir, media_dir):
     description, price and photo are updated to the file's). A unit whose
     product, district and content already exist, sold or not, is not added
     again, so re-importing a file never re-sells a code. Any problem raises
-    CatalogError and nothing is imported.
+    CatalogError and nothing is imported. A unit listed twice in the file is
+    added once (counted as units_repeated).
     """
     plan = plan_catalog(data, base_dir)
     counts = dict.fromkeys(["cities_added", "districts_added", "products_added", "products_updated",
-                            "units_added", "units_present"], 0)
+                            "units_added", "units_present", "units_repeated"], 0)
     written = []
 
     def save(image, private):
@@ -1263,7 +1281,7 @@ def import_catalog(conn, data, base_dir, media_dir):
                             "INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
                             (city_ids[name], d, position)).lastrowid
                         counts["districts_added"] += 1
-            missing = [f"{u['where']}: {u['district']!r} is not a district of {u['city']!r} "
+            missing = [f"{u['where']}.district: {u['district']!r} is not a district of {u['city']!r} "
                        "(list it under \"cities\")" for u in plan.units
                        if (u["city"], u["district"]) not in district_ids]
             if missing:
@@ -1285,8 +1303,13 @@ def import_catalog(conn, data, base_dir, media_dir):
                     conn.execute("UPDATE products SET description = ?, price_cents = ?, photo = ? "
                                  "WHERE id = ?", (*new, row["id"]))
                     counts["products_updated"] += 1
+            added = set()
             for u in plan.units:
                 key = (product_ids[u["product"]], district_ids[(u["city"], u["district"])], u["content"])
+                if key in added:
+                    counts["units_repeated"] += 1   # the file lists the same unit twice
+                    continue
+                added.add(key)
                 if conn.execute("SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? "
                                 "AND content = ?", key).fetchone():
                     counts["units_present"] += 1
@@ -1546,6 +1569,11 @@ def main_menu():
     return markup
 
 
+NO_PREVIEW = tg.LinkPreviewOptions(is_disabled=True)
+# Failures of the link to Telegram itself, as opposed to Telegram refusing a request.
+NETWORK_ERRORS = (requests.RequestException, apihelper.ApiHTTPException, apihelper.ApiInvalidJSONException)
+
+
 def api_error(e):
     """(code, description) of a Telegram API failure."""
     return getattr(e, "error_code", None), getattr(e, "description", None) or str(e)
@@ -1678,7 +1706,7 @@ class ShopBot:
                             inline_markup(screen.buttons))
         return self.reply(chat_id, screen.text, parse_mode="HTML",
                           reply_markup=reply_keyboard or inline_markup(screen.buttons),
-                          disable_web_page_preview=True)
+                          link_preview_options=NO_PREVIEW)
 
     def show(self, message, screen):
         """Replace the navigation message with a screen: edit in place, or swap when a photo is involved."""
@@ -1688,18 +1716,18 @@ class ShopBot:
             try:
                 self.api(self.bot.edit_message_text, screen.text, chat_id, message.message_id,
                          parse_mode="HTML", reply_markup=inline_markup(screen.buttons),
-                         disable_web_page_preview=True)
+                         link_preview_options=NO_PREVIEW)
                 return
             except apihelper.ApiTelegramException as e:
                 if "not modified" in (e.description or ""):
                     return
                 if "not found" not in (e.description or "") and "no text" not in (e.description or ""):
                     raise
+        self.send(chat_id, screen)   # first, so a failure leaves the old screen in place
         try:
             self.bot.delete_message(chat_id, message.message_id)
         except apihelper.ApiTelegramException as e:
             log.debug("could not delete message %s: %s", message.message_id, e.description)
-        self.send(chat_id, screen)
 
     # Messages
 
@@ -1710,6 +1738,10 @@ class ShopBot:
                     handler(self, message)
             except ShopError as e:
                 self.reply(message.chat.id, str(e))
+            except NETWORK_ERRORS as e:
+                log.warning("bot: could not answer user %s, Telegram unreachable: %s", message.from_user.id,
+                            type(e).__name__)
+                return
             except Exception:
                 log.exception("bot: handling %r from user %s failed", (message.text or "")[:40],
                               message.from_user.id)
@@ -1779,13 +1811,17 @@ class ShopBot:
                 alert = self.dispatch(conn, user, call)
         except ShopError as e:
             alert = str(e)
+        except NETWORK_ERRORS as e:
+            log.warning("bot: could not answer a button of user %s, Telegram unreachable: %s",
+                        call.from_user.id, type(e).__name__)
+            return
         except Exception:
             log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
             alert = "Something went wrong on our side. Please try again."
         try:
             self.bot.answer_callback_query(call.id, text=alert, show_alert=bool(alert and len(alert) > 60))
-        except apihelper.ApiTelegramException as e:
-            log.debug("could not answer callback: %s", e.description)
+        except (apihelper.ApiTelegramException, *NETWORK_ERRORS) as e:
+            log.debug("could not answer callback: %s", e)
 
     def dispatch(self, conn, user, call):
         """Run one button press; returns a short notice for the shopper, or None."""
@@ -2025,7 +2061,7 @@ class OutboxSender:
                 message = send_photo_cached(self.shop, conn, row["chat_id"], row["photo"], row["text"] or None, markup)
             else:
                 message = api.send_message(row["chat_id"], row["text"], parse_mode="HTML",
-                                           reply_markup=markup, disable_web_page_preview=True)
+                                           reply_markup=markup, link_preview_options=NO_PREVIEW)
         except apihelper.ApiTelegramException as e:
             code, description = api_error(e)
             if code == 429:
@@ -2037,7 +2073,7 @@ class OutboxSender:
             else:
                 self.fail(conn, row, f"{code}: {description}")
             return
-        except (requests.RequestException, apihelper.ApiHTTPException, apihelper.ApiInvalidJSONException) as e:
+        except NETWORK_ERRORS as e:
             self.retry(conn, row, f"{type(e).__name__}: {e}")
             return
         except (OSError, ValueError) as e:
@@ -2121,6 +2157,7 @@ class Shop:
         self.sender = None
         self.scheduler = None
         self.bot_state = "off"
+        self.bot_username = None
         self.stopping = threading.Event()
         self.limiter = RateLimiter()
 
@@ -2219,6 +2256,7 @@ class Shop:
         # polling() asks getMe again for the username unless it is cached; an outage at that
         # moment would bypass our error handling.
         self.telegram._user = me
+        self.bot_username = me.username
         self.bot_state = "running"
         log.info("bot: @%s is polling for updates", me.username)
         self.telegram.infinity_polling(timeout=30, long_polling_timeout=25, logger_level=logging.ERROR,
@@ -2269,9 +2307,14 @@ class Shop:
 # Command line ################################################################
 
 def parse_args(argv):
-    epilog = "Configuration comes from the environment and a .env file (the environment wins):\n" + "\n".join(
-        f"  {name:<24}{help_}" + (f" (default {default})" if default else "")
-        for name, (help_, default) in ENV_VARS.items())
+    epilog = ("commands (run without one to start the shop):\n"
+              "  balance ID AMOUNT REASON  credit (20.00) or debit (-5.00) a shopper's balance\n"
+              "  set [KEY VALUE]           show the settings, or change one "
+              f"({', '.join(SETTING_RULES)})\n\n"
+              "Configuration comes from the environment and a .env file in the working directory "
+              "(the environment wins):\n" + "\n".join(
+                  f"  {name:<24}{help_}" + (f" (default {default})" if default else "")
+                  for name, (help_, default) in ENV_VARS.items()))
     parser = argparse.ArgumentParser(
         prog="shop.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
         description="Run the Telegram shop: web server, bot, outbox sender and scheduler in one process. "
@@ -2284,7 +2327,53 @@ def parse_args(argv):
     parser.add_argument("--no-demo", action="store_true",
                         help="in sandbox mode, do not load the demo catalog into an empty shop")
     parser.add_argument("--version", action="version", version=f"shop.py {__version__}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="")
+    balance = commands.add_parser("balance", help="credit or debit a shopper's balance")
+    balance.add_argument("user_id", help="the shopper's Telegram id (👤 Profile shows it)")
+    balance.add_argument("amount", help="EUR to add, like 20.00; a leading - takes money off")
+    balance.add_argument("reason", help="why (kept in the ledger)")
+    setting = commands.add_parser("set", help="show or change shop settings")
+    setting.add_argument("key", nargs="?", choices=list(SETTING_RULES))
+    setting.add_argument("value", nargs="?")
     return parser.parse_args(argv)
+
+
+def run_command(args, config):
+    """The owner's one-off commands; returns the exit status."""
+    try:
+        conn = init_db(config.shop_db)
+    except (DatabaseError, sqlite3.Error) as e:
+        print(f"shop.py: {e}", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "balance":
+            if not re.fullmatch(r"\d{1,20}", args.user_id):
+                raise InvalidInput(f"The user id must be a Telegram id (digits), got {args.user_id!r}.")
+            user_id, amount = int(args.user_id), args.amount.strip()
+            try:
+                cents = -parse_eur(amount[1:]) if amount.startswith("-") else parse_eur(amount.lstrip("+"))
+            except InvalidInput as e:
+                raise InvalidInput(f"The amount {e}.") from None
+            get_user(conn, user_id)
+            adjust_balance(conn, user_id, cents, args.reason)
+            print(f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(get_user(conn, user_id)['balance_cents'])}")
+        elif args.key and args.value is None:
+            print(get_setting(conn, args.key))
+        elif args.key:
+            set_setting(conn, args.key, args.value)
+            print(f"{args.key} set")
+        else:
+            for key in SETTING_RULES:
+                print(f"{key}: {get_setting(conn, key)!r}")
+        return 0
+    except NotFound:
+        print(f"shop.py: user {args.user_id} has not talked to the bot yet (they must send /start first)",
+              file=sys.stderr)
+    except ShopError as e:
+        print(f"shop.py: {e}", file=sys.stderr)
+    finally:
+        conn.close()
+    return 1
 
 
 def main(argv=None):
@@ -2295,6 +2384,8 @@ def main(argv=None):
     except ConfigError as e:
         print(f"shop.py: configuration error: {e}", file=sys.stderr)
         return 2
+    if args.command:
+        return run_command(args, config)
     setup_logging(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -2307,8 +2398,8 @@ def main(argv=None):
         shop.stop()
         return 1
     base = shop.url
-    log.info("%s mode%s", "SANDBOX" if config.sandbox else "LIVE",
-             ": no NOWPAYMENTS_API_KEY, payments are simulated" if config.sandbox else "")
+    if config.sandbox:
+        log.info("SANDBOX mode (no NOWPAYMENTS_API_KEY): no real payments are taken")
     log.info("shop is running: storefront %s/  health %s/healthz  database %s", base, base,
              Path(config.shop_db).resolve())
     stop.wait()

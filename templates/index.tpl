@@ -10,7 +10,7 @@
 <main>
   <h1>{{name}}</h1>
   % if shop.config.sandbox:
-  <p class="badge">Sandbox mode: payments are simulated, nothing is charged.</p>
+  <p class="badge">Sandbox mode: no real payments are taken.</p>
   % end
   % if cities:
   <p>In stock now in:</p>
@@ -22,7 +22,9 @@
   % else:
   <p>The shop is empty right now.</p>
   % end
-  % if shop.config.bot_token:
+  % if shop.bot_username:
+  <p>Shop through our Telegram bot: <a href="https://t.me/{{shop.bot_username}}">@{{shop.bot_username}}</a></p>
+  % elif shop.config.bot_token:
   <p>Shop through our Telegram bot.</p>
   % else:
   <p class="muted">The Telegram bot is not connected yet (set <code>BOT_TOKEN</code>).</p>

@@ -2,6 +2,10 @@
 
 import re
 import signal
+import subprocess
+import sys
+
+import requests
 
 import pytest
 
@@ -268,6 +272,30 @@ def test_a_second_checkout_in_the_same_message_is_a_new_order(fake_tg, hostile_s
     fake_tg.wait_message(2004, "a=2&b=3")
 
 
+def owner(proc, *args):
+    """Run one of the owner's shop.py commands against the running shop's database."""
+    return subprocess.run([sys.executable, str(shop.ROOT / "shop.py"), *args], cwd=proc.workdir, env=proc.env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_owner_credits_a_balance_and_renames_the_shop_while_it_runs(fake_tg, hostile_shop):
+    proc, conn = hostile_shop
+    ann = Shopper(fake_tg, 2005)
+    ann.send("/start", "Welcome")
+    r = owner(proc, "balance", "2005", "20,50", "cash at the counter")
+    assert r.returncode == 0 and "balance now €20.50" in r.stdout, r.stderr
+    assert owner(proc, "balance", "2005", "-0.50", "correction").returncode == 0
+    assert "Balance: €20.00" in ann.send("👤 Profile", "Balance").text
+    for bad in (["balance", "2005", "-30", "x"], ["balance", "2005", "abc", "x"], ["balance", "99", "5", "x"],
+                ["balance", "2005", "5", " "], ["set", "shop_name", ""]):
+        r = owner(proc, *bad)
+        assert r.returncode == 1 and r.stderr.startswith("shop.py: ") and "Traceback" not in r.stderr, bad
+    assert [tuple(x) for x in conn.execute("SELECT amount_cents, reason FROM ledger WHERE user_id = 2005")] == \
+        [(2050, "cash at the counter"), (-50, "correction")]
+    assert owner(proc, "set", "shop_name", "Łódź <Books> & Co").returncode == 0
+    assert ann.send("/start", "Welcome").text.startswith("👋 Łódź <Books> & Co\n")
+
+
 def test_a_banned_user_gets_one_polite_refusal(fake_tg, hostile_shop):
     proc, conn = hostile_shop
     ann = Shopper(fake_tg, 3001)
@@ -327,6 +355,8 @@ def test_polling_survives_a_telegram_outage(fake_tg, run_shop):
 
 def test_health_reports_each_part(fake_tg, run_shop):
     proc = run_shop()
+    page = requests.get(proc.url + "/", timeout=5).text
+    assert 'href="https://t.me/test_shop_bot"' in page
     state = proc.health().json()
     assert proc.health().status_code == 200
     assert (state["database"], state["scheduler"], state["bot"], state["outbox"]["sender"]) == \

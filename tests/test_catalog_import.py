@@ -54,6 +54,15 @@ def test_hostile_names_import_exactly_and_idempotently(tmp_path, hostile_catalog
     assert media_files(tmp_path) == files
 
 
+def test_a_unit_listed_twice_is_added_once_and_counted(tmp_path, conn):
+    data = {"cities": [{"name": "Berlin", "districts": ["Mitte"]}],
+            "products": [{"name": "E-book", "price": "7.50", "stock": [
+                {"city": "Berlin", "district": "Mitte", "content": "https://example.com/dl/1"}] * 3}]}
+    path = write_catalog(tmp_path, data)
+    counts = shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, tmp_path / "media")
+    assert (counts["units_added"], counts["units_repeated"], counts["units_present"]) == (1, 2, 0)
+
+
 def test_reimport_updates_products_but_never_re_adds_sold_codes(tmp_path, conn):
     folder = tmp_path / "c"
     folder.mkdir()
@@ -92,11 +101,13 @@ BAD = {
     "price is negative": (lambda d: d["products"][0].update(price="-5.00"), "products[0].price"),
     "price has 3 decimals": (lambda d: d["products"][2].update(price=9.999), "products[2].price"),
     "price missing": (lambda d: d["products"][1].pop("price"), "products[1].price"),
+    "content missing": (lambda d: d["products"][0]["stock"][0].pop("content"), "products[0].stock[0].content: The content is missing"),
     "price is a word": (lambda d: d["products"][1].update(price="cheap"), "products[1].price"),
     "empty product name": (lambda d: d["products"][3].update(name="  "), "products[3].name"),
     "name too long": (lambda d: d["products"][3].update(name="x" * 65), "products[3].name"),
     "duplicate product": (lambda d: d["products"].append(dict(d["products"][0])), "products[4]"),
-    "unknown district": (lambda d: d["products"][0]["stock"][1].update(district="Atlantis"), "products[0].stock[1]"),
+    "unknown district": (lambda d: d["products"][0]["stock"][1].update(district="Atlantis"),
+                         "products[0].stock[1].district: 'Atlantis' is not a district"),
     "unknown city": (lambda d: d["products"][1]["stock"][0].update(city="Paris"), "products[1].stock[0]"),
     "empty content": (lambda d: d["products"][0]["stock"][2].update(content=""), "products[0].stock[2].content"),
     "missing photo file": (lambda d: d["products"][0].update(photo="img/nope.jpg"), "products[0].photo"),

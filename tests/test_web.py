@@ -31,7 +31,7 @@ def test_the_offline_demo_starts_on_an_empty_directory(demo, tmp_path):
                                                  "database": "ok", "scheduler": "running", "bot": "off",
                                                  "outbox": None}
     page = requests.get(demo.url + "/", timeout=5)
-    assert page.status_code == 200 and "Sandbox mode" in page.text
+    assert page.status_code == 200 and "Sandbox mode" in page.text and "not connected" in page.text
     for city in ("Berlin", "Lisbon", "Kraków"):
         assert city in page.text
     assert (tmp_path / "shop.db").exists()
