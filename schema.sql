@@ -22,7 +22,6 @@ CREATE TABLE IF NOT EXISTS users (
     created_at      TEXT NOT NULL,
     last_seen_at    TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS users_username ON users(username COLLATE NOCASE);
 
 CREATE TABLE IF NOT EXISTS cities (
     id        INTEGER PRIMARY KEY,
@@ -69,8 +68,6 @@ CREATE TABLE IF NOT EXISTS stock_units (
     CHECK ((status = 'available') = (order_id IS NULL)),
     CHECK ((status = 'reserved') = (reserved_until IS NOT NULL))
 );
-CREATE INDEX IF NOT EXISTS stock_units_place
-    ON stock_units(district_id, product_id, status);
 -- Units on sale, so browsing costs what is in stock, not what was ever sold.
 CREATE INDEX IF NOT EXISTS stock_units_available
     ON stock_units(district_id, product_id) WHERE status = 'available';
@@ -106,8 +103,6 @@ CREATE TABLE IF NOT EXISTS orders (
     CHECK ((status = 'paid') <= (paid_at IS NOT NULL))
 );
 CREATE INDEX IF NOT EXISTS orders_user ON orders(user_id, id);
-CREATE INDEX IF NOT EXISTS orders_status ON orders(status, id);
-CREATE INDEX IF NOT EXISTS orders_created ON orders(created_at);
 
 -- One row per unit sold (or reserved) in an order, with the names and price as
 -- they were at the time of sale.

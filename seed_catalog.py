@@ -119,11 +119,13 @@ def demo_catalog(folder):
     }
 
 
-def load_demo(conn, media_dir):
-    """Import the demo catalog; returns the import counts."""
-    import shop
+def load_demo(conn, media_dir, importer=None):
+    """Import the demo catalog with shop.import_catalog (or `importer`); returns the import counts."""
+    if importer is None:
+        import shop
+        importer = shop.import_catalog
     with tempfile.TemporaryDirectory() as folder:
-        return shop.import_catalog(conn, demo_catalog(folder), folder, media_dir)
+        return importer(conn, demo_catalog(folder), folder, media_dir)
 
 
 def main(argv=None):

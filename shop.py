@@ -36,18 +36,16 @@ import html
 import json
 import logging
 import os
+import queue
 import random
 import re
 import secrets
-import shutil
 import signal
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -496,10 +494,6 @@ class ShopError(Exception):
     def __init__(self, message=None):
         super().__init__(message or self.__doc__)
 
-    @property
-    def message(self):
-        return str(self)
-
 
 class InvalidInput(ShopError):
     """That input is not valid."""
@@ -680,6 +674,12 @@ def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=N
                  (chat_id, text, photo, markup, order_id, now, now))
     if outbox_ready.set not in conn.after_commit:
         conn.after_commit.append(outbox_ready.set)
+
+
+def alert_owners(conn, owners, text):
+    """Queue a short note (HTML) to each owner in ADMIN_IDS."""
+    for owner in owners:
+        enqueue_message(conn, owner, text)
 
 
 def outbox_counts(conn):
@@ -863,6 +863,16 @@ def set_basket_quantity(conn, user_id, item_id, quantity):
         return quantity
 
 
+def change_basket_quantity(conn, user_id, item_id, delta):
+    """Add delta (+1/-1) to a basket line inside one transaction; returns the new quantity (0: removed)."""
+    with transaction(conn):
+        row = conn.execute("SELECT quantity FROM basket_items WHERE id = ? AND user_id = ?",
+                           (item_id, user_id)).fetchone()
+        if row is None:
+            raise NotFound("That item is no longer in your basket.")
+        return set_basket_quantity(conn, user_id, item_id, max(0, min(MAX_QUANTITY, row["quantity"] + delta)))
+
+
 def clear_basket(conn, user_id):
     with transaction(conn):
         conn.execute("DELETE FROM basket_items WHERE user_id = ?", (user_id,))
@@ -879,34 +889,44 @@ def price_lines(conn, lines):
     return sum(o["price_cents"] * q for o, (_, _, q) in zip(offers, lines)), offers
 
 
-def buy_with_balance(conn, user_id, lines, *, expected_total_cents=None, checkout_key=None,
-                     from_basket=False):
-    """Buy [(product_id, district_id, quantity)] with the balance, in one transaction.
+def sold_out(offer, left):
+    place = place_name(offer["city_name"], offer["district_name"])
+    return SoldOut(f"Sorry, {offer['name']} in {place} is sold out." if not left
+                   else f"Sorry, only {left} of {offer['name']} left in {place}.")
 
-    Debits the ledger, marks the units sold, records the order, queues the
-    delivery, and (from_basket) removes the bought lines from the basket.
-    A checkout_key already used returns that order instead of buying again.
-    Raises SoldOut, InsufficientBalance or PriceChanged and then changes nothing.
+
+def buy_with_balance(conn, user_id, lines=None, *, expected_total_cents=None, checkout_key=None, owners=()):
+    """Buy [(product_id, district_id, quantity)], or the whole basket (lines=None), with the balance.
+
+    One transaction debits the ledger, marks the units sold, records the order,
+    queues the delivery and the owners' note, and (for the basket) empties the
+    basket. A checkout_key already used returns that order instead of buying
+    again. Raises SoldOut, InsufficientBalance or PriceChanged and then changes nothing.
     """
     with transaction(conn):
         if checkout_key:
             done = conn.execute("SELECT id FROM orders WHERE checkout_key = ?", (checkout_key,)).fetchone()
             if done:
                 return done["id"]
-        if not lines:
-            raise InvalidInput("Your basket is empty.")
         user = get_user(conn, user_id)
         if user["is_banned"]:
             raise Banned()
+        from_basket = lines is None
+        if from_basket:
+            lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user_id).lines]
+        merged = {}
+        for product_id, district_id, quantity in lines:
+            _check_quantity(quantity)
+            merged[(product_id, district_id)] = merged.get((product_id, district_id), 0) + quantity
+        lines = [(p, d, q) for (p, d), q in merged.items()]
+        if not lines:
+            raise InvalidInput("Your basket is empty.")
         total, offers = price_lines(conn, lines)
         if expected_total_cents is not None and total != expected_total_cents:
             raise PriceChanged()
         for offer, (_, _, quantity) in zip(offers, lines):
             if offer["available"] < quantity:
-                place = place_name(offer["city_name"], offer["district_name"])
-                raise SoldOut(f"Sorry, {offer['name']} in {place} is sold out." if not offer["available"]
-                              else f"Sorry, only {offer['available']} of {offer['name']} "
-                                   f"left in {place}.")
+                raise sold_out(offer, offer["available"])
         if user["balance_cents"] < total:
             raise InsufficientBalance(total - user["balance_cents"])
         now = now_iso()
@@ -918,6 +938,8 @@ def buy_with_balance(conn, user_id, lines, *, expected_total_cents=None, checkou
             units = conn.execute(
                 "SELECT id FROM stock_units WHERE product_id = ? AND district_id = ? "
                 "AND status = 'available' ORDER BY id LIMIT ?", (product_id, district_id, quantity)).fetchall()
+            if len(units) < quantity:   # (cannot happen after the check above; guards the invariant)
+                raise sold_out(offer, len(units))
             for unit in units:
                 conn.execute("UPDATE stock_units SET status = 'sold', order_id = ?, sold_at = ? "
                              "WHERE id = ? AND status = 'available'", (order_id, now, unit["id"]))
@@ -926,14 +948,16 @@ def buy_with_balance(conn, user_id, lines, *, expected_total_cents=None, checkou
                     "price_cents) VALUES (?, ?, ?, ?, ?, ?)",
                     (order_id, unit["id"], product_id, offer["name"],
                      place_name(offer["city_name"], offer["district_name"]), offer["price_cents"]))
-            if from_basket:
-                conn.execute("DELETE FROM basket_items WHERE user_id = ? AND product_id = ? "
-                             "AND district_id = ?", (user_id, product_id, district_id))
+        if from_basket:
+            conn.execute("DELETE FROM basket_items WHERE user_id = ?", (user_id,))
         post_ledger(conn, user_id, -total, "purchase", f"order:{order_id}:balance",
                     reason=f"Order #{order_id}", order_id=order_id)
         enqueue_delivery(conn, order_id, first=True)
-        log.info("order #%d paid from balance by user %d: %s, %d unit(s)",
-                 order_id, user_id, fmt_eur(total), sum(q for _, _, q in lines))
+        count = sum(q for _, _, q in lines)
+        who = esc(user["first_name"]) + (f" @{esc(user['username'])}" if user["username"] else "")
+        alert_owners(conn, owners, f"🛒 Order #{order_id} paid from balance: {fmt_eur(total)}, "
+                                   f"{count} item{'s' if count != 1 else ''}, by {who} (<code>{user_id}</code>)")
+        log.info("order #%d paid from balance by user %d: %s, %d unit(s)", order_id, user_id, fmt_eur(total), count)
         return order_id
 
 
@@ -1406,32 +1430,48 @@ class Screen:
     photo: str = None
 
 
-def screen_cities(conn):
+LIST_PAGE = 20   # buttons per page of cities, districts or products (Telegram allows 100 in all)
+
+
+def paged(rows, page, data, back=None):
+    """One page of one-button rows, with ◀️/▶️ to the neighbours (callback `data:<page>`) and back."""
+    pages = max(1, -(-len(rows) // LIST_PAGE))
+    page = min(max(page, 0), pages - 1)
+    out = rows[page * LIST_PAGE:(page + 1) * LIST_PAGE]
+    nav = ([("◀️", f"{data}:{page - 1}")] if page > 0 else []) + \
+          ([("▶️", f"{data}:{page + 1}")] if page < pages - 1 else [])
+    suffix = f" ({page + 1}/{pages})" if pages > 1 else ""
+    return out + ([nav] if nav else []) + ([back] if back else []), suffix
+
+
+def screen_cities(conn, page=0):
     cities = list_cities(conn)
     if not cities:
         return Screen("🛒 The shop is empty right now. Please come back later.", [[("🔄 Refresh", "cities")]])
-    return Screen("🛒 <b>Choose a city</b>", [[(c["name"], f"city:{c['id']}")] for c in cities])
+    rows, suffix = paged([[(c["name"], f"city:{c['id']}")] for c in cities], page, "cities")
+    return Screen(f"🛒 <b>Choose a city</b>{suffix}", rows)
 
 
-def screen_districts(conn, city_id):
+def screen_districts(conn, city_id, page=0):
     city = get_city(conn, city_id)
     districts = list_districts(conn, city_id)
+    back = [("⬅️ Back", "cities")]
     if not districts:
-        return Screen(f"📍 Nothing is left in {esc(city['name'])}.", [[("⬅️ Back", "cities")]])
-    rows = [[(d["name"], f"dist:{d['id']}")] for d in districts]
-    return Screen(f"📍 <b>{esc(city['name'])}</b>: choose a district", rows + [[("⬅️ Back", "cities")]])
+        return Screen(f"📍 Nothing is left in {esc(city['name'])}.", [back])
+    rows, suffix = paged([[(d["name"], f"dist:{d['id']}")] for d in districts], page, f"city:{city_id}", back)
+    return Screen(f"📍 <b>{esc(city['name'])}</b>: choose a district{suffix}", rows)
 
 
-def screen_products(conn, district_id):
+def screen_products(conn, district_id, page=0):
     district = get_district(conn, district_id)
     products = list_products(conn, district_id)
     back = [("⬅️ Back", f"city:{district['city_id']}")]
     place = esc(place_name(district["city_name"], district["name"]))
     if not products:
         return Screen(f"📦 Nothing is left in {place}.", [back])
-    rows = [[(f"{p['name']} · {fmt_eur(p['price_cents'])}", f"prod:{p['id']}:{district_id}")]
-            for p in products]
-    return Screen(f"📦 <b>{place}</b>: choose a product", rows + [back])
+    rows, suffix = paged([[(f"{p['name']} · {fmt_eur(p['price_cents'])}", f"prod:{p['id']}:{district_id}")]
+                          for p in products], page, f"dist:{district_id}", back)
+    return Screen(f"📦 <b>{place}</b>: choose a product{suffix}", rows)
 
 
 def screen_product(conn, user_id, product_id, district_id):
@@ -1818,6 +1858,8 @@ class ShopBot:
         except Exception:
             log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
             alert = "Something went wrong on our side. Please try again."
+        if alert:
+            alert = shorten(alert, 200)   # Telegram refuses longer notices, leaving the button spinning
         try:
             self.bot.answer_callback_query(call.id, text=alert, show_alert=bool(alert and len(alert) > 60))
         except (apihelper.ApiTelegramException, *NETWORK_ERRORS) as e:
@@ -1833,12 +1875,12 @@ class ShopBot:
         uid, message = user["id"], call.message
         show = lambda screen: self.show(message, screen)
         try:
-            if verb == "cities":
-                show(screen_cities(conn))
-            elif verb == "city" and len(ints) == 1:
-                show(screen_districts(conn, ints[0]))
-            elif verb == "dist" and len(ints) == 1:
-                show(screen_products(conn, ints[0]))
+            if verb == "cities" and len(ints) <= 1:
+                show(screen_cities(conn, *ints))
+            elif verb == "city" and len(ints) in (1, 2):
+                show(screen_districts(conn, *ints))
+            elif verb == "dist" and len(ints) in (1, 2):
+                show(screen_products(conn, *ints))
             elif verb == "prod" and len(ints) == 2:
                 show(screen_product(conn, uid, *ints))
             elif verb == "add" and len(ints) == 2:
@@ -1850,14 +1892,11 @@ class ShopBot:
             elif verb == "basket":
                 show(screen_basket(conn, uid))
             elif verb in ("inc", "dec", "del") and len(ints) == 1:
-                row = conn.execute("SELECT quantity FROM basket_items WHERE id = ? AND user_id = ?",
-                                   (ints[0], uid)).fetchone()
-                if row is None:
-                    show(screen_basket(conn, uid))
-                    return "That item is no longer in your basket."
-                quantity = {"inc": row["quantity"] + 1, "dec": row["quantity"] - 1, "del": 0}[verb]
                 try:
-                    set_basket_quantity(conn, uid, ints[0], min(quantity, MAX_QUANTITY))
+                    if verb == "del":
+                        set_basket_quantity(conn, uid, ints[0], 0)
+                    else:
+                        change_basket_quantity(conn, uid, ints[0], 1 if verb == "inc" else -1)
                 finally:
                     show(screen_basket(conn, uid))
             elif verb == "clear":
@@ -1892,15 +1931,14 @@ class ShopBot:
         """Pay a checkout screen from the balance; the screen's message and nonce make it idempotent."""
         uid = user["id"]
         if ints[0] == "b":
-            lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, uid).lines]
-            expected, back = ints[1], [[("🧺 Basket", "basket")]]
+            lines, expected, back = None, ints[1], [[("🧺 Basket", "basket")]]
         else:
-            lines = [(ints[1], ints[2], 1)]
-            expected, back = ints[3], [[("⬅️ Back", f"prod:{ints[1]}:{ints[2]}")]]
+            lines, expected = [(ints[1], ints[2], 1)], ints[3]
+            back = [[("⬅️ Back", f"prod:{ints[1]}:{ints[2]}")]]
         try:
             order_id = buy_with_balance(conn, uid, lines, expected_total_cents=expected,
                                         checkout_key=f"{message.chat.id}:{message.message_id}:{nonce}",
-                                        from_basket=ints[0] == "b")
+                                        owners=self.shop.config.admin_ids)
         except (SoldOut, PriceChanged, InsufficientBalance) as e:
             self.show(message, Screen(f"⚠️ {esc(e)}", back))
             return str(e)
@@ -1976,7 +2014,8 @@ class OutboxSender:
     """Sends pending outbox rows in order per chat within Telegram's limits; survives restarts.
 
     429: wait retry_after. 5xx and network errors: retry with backoff for a day.
-    403 (blocked by the user) and other 4xx: failed, with the reason kept.
+    401/404 (the token or the API address is wrong): wait for the owner, lose nothing.
+    403 (blocked by the user) and other 4xx: failed, with the reason kept and the owners told.
     """
 
     def __init__(self, shop, limiter, *, workers=4):
@@ -1986,22 +2025,25 @@ class OutboxSender:
         self.stopping = threading.Event()
         self.in_flight = set()
         self.lock = threading.Lock()
+        self.queue = queue.Queue()
         self.thread = None
-        self.pool = None
         self.outage_log = Throttle(60)
 
     def start(self):
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="outbox")
+        # Daemon threads: a send stuck on a slow network must not hold up shutdown; its row
+        # stays pending and goes out after the restart.
+        for i in range(self.workers):
+            threading.Thread(target=self.work, name=f"outbox-{i}", daemon=True).start()
         self.thread = threading.Thread(target=self.run, name="outbox-sender", daemon=True)
         self.thread.start()
 
     def stop(self, timeout=2.0):
         self.stopping.set()
         outbox_ready.set()
+        for _ in range(self.workers):
+            self.queue.put(None)
         if self.thread:
             self.thread.join(timeout)
-        if self.pool:
-            self.pool.shutdown(wait=False, cancel_futures=True)
 
     def alive(self):
         return bool(self.thread and self.thread.is_alive())
@@ -2023,7 +2065,7 @@ class OutboxSender:
     def dispatch(self, conn):
         """Hand every sendable head-of-chat row to a worker; return seconds until worth looking again."""
         rows = conn.execute(
-            "SELECT o.* FROM outbox o JOIN (SELECT chat_id, min(id) AS id FROM outbox "
+            "SELECT o.id, o.chat_id FROM outbox o JOIN (SELECT chat_id, min(id) AS id FROM outbox "
             "WHERE status = 'pending' GROUP BY chat_id) h ON h.id = o.id "
             "WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT 200", (now_iso(),)).fetchall()
         wait = 1.0
@@ -2038,19 +2080,28 @@ class OutboxSender:
                     wait = min(wait, delay)
                     continue
                 self.in_flight.add(row["chat_id"])
-            self.pool.submit(self.deliver, row)
+            self.queue.put(row)
         return wait
 
-    def deliver(self, row):
-        conn = self.shop.db()
+    def work(self):
+        while (job := self.queue.get()) is not None:
+            self.deliver(job["id"], job["chat_id"])
+
+    def deliver(self, row_id, chat_id):
+        conn, row = self.shop.db(), None
         try:
-            self.send(conn, row)
+            # Read again: the list dispatch() worked from may be older than a send that just finished.
+            row = conn.execute("SELECT * FROM outbox WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
+                               (row_id, now_iso())).fetchone()
+            if row is not None:
+                self.send(conn, row)
         except Exception:
-            log.exception("outbox: message #%d to chat %d failed unexpectedly", row["id"], row["chat_id"])
-            self.retry(conn, row, "unexpected error")
+            log.exception("outbox: message #%d to chat %d failed unexpectedly", row_id, chat_id)
+            if row is not None:
+                self.retry(conn, row, "unexpected error")
         finally:
             with self.lock:
-                self.in_flight.discard(row["chat_id"])
+                self.in_flight.discard(chat_id)
             outbox_ready.set()
 
     def send(self, conn, row):
@@ -2068,16 +2119,21 @@ class OutboxSender:
                 retry_after = int(((e.result_json or {}).get("parameters") or {}).get("retry_after") or 5)
                 self.limiter.block(row["chat_id"], retry_after)
                 self.reschedule(conn, row, retry_after, f"429: {description}", count=False)
+            elif code in (401, 404):
+                if self.outage_log():
+                    log.error("outbox: Telegram answers %s %s to every message: check BOT_TOKEN and "
+                              "TELEGRAM_API_URL; messages wait until then", code, description)
+                self.reschedule(conn, row, 60, f"{code}: {description}", count=False)
             elif code is not None and code >= 500:
                 self.retry(conn, row, f"{code}: {description}")
             else:
                 self.fail(conn, row, f"{code}: {description}")
             return
         except NETWORK_ERRORS as e:
-            self.retry(conn, row, f"{type(e).__name__}: {e}")
+            self.retry(conn, row, network_reason(e))
             return
         except (OSError, ValueError) as e:
-            self.fail(conn, row, f"photo {row['photo']} cannot be read: {e}")
+            self.fail(conn, row, f"photo {row['photo']} cannot be read: {type(e).__name__}")
             return
         with transaction(conn):
             conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
@@ -2098,12 +2154,26 @@ class OutboxSender:
         self.reschedule(conn, row, delay, error)
 
     def fail(self, conn, row, error):
+        owners = self.shop.config.admin_ids
         with transaction(conn):
+            first = row["order_id"] and not conn.execute(
+                "SELECT 1 FROM outbox WHERE order_id = ? AND status = 'failed'", (row["order_id"],)).fetchone()
             conn.execute("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? "
                          "WHERE id = ?", (error, row["id"]))
+            if first and row["chat_id"] not in owners:
+                alert_owners(conn, owners, f"⚠️ Order #{row['order_id']}: a delivery message to user "
+                                           f"<code>{row['chat_id']}</code> failed: {esc(error)}")
         level = logging.WARNING if error.startswith("403") else logging.ERROR
         log.log(level, "outbox: message #%d to chat %d failed for good: %s%s", row["id"], row["chat_id"],
                 error, f" (order #{row['order_id']})" if row["order_id"] else "")
+
+
+def network_reason(e):
+    """A network failure in words without its URL (which holds the bot token and the message)."""
+    text = str(e)
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    detail = errno.group(0) if errno else re.sub(r"\S*://\S*|/bot\S*", "…", text)[:120]
+    return f"{type(e).__name__}: {detail}"
 
 
 # Scheduler ###################################################################
@@ -2133,7 +2203,14 @@ def make_scheduler(shop):
         if n:
             log.info("pruned %d sent outbox message(s) older than 90 days", n)
 
+    def verify_ledger(conn):
+        for user_id, cached, total in check_ledger(conn):
+            log.error("ledger: user %d has a cached balance of %s but ledger rows summing to %s; "
+                      "the database was changed outside the shop", user_id, cents_to_str(cached), cents_to_str(total))
+
     scheduler.add_job(job(release_expired_reservations), "interval", seconds=30, id="reservations")
+    scheduler.add_job(job(verify_ledger), "interval", hours=1, id="verify_ledger",
+                      next_run_time=datetime.now(timezone.utc) + timedelta(minutes=1))
     scheduler.add_job(job(prune_outbox), "interval", hours=24, id="prune_outbox")
     return scheduler
 
@@ -2185,8 +2262,7 @@ class Shop:
             c.media_dir.joinpath("private").mkdir(parents=True, exist_ok=True)
             if c.sandbox and self.demo and catalog_is_empty(conn):
                 import seed_catalog
-                with tempfile.TemporaryDirectory() as folder:
-                    counts = import_catalog(conn, seed_catalog.demo_catalog(folder), folder, c.media_dir)
+                counts = seed_catalog.load_demo(conn, c.media_dir, importer=import_catalog)
                 log.info("sandbox: loaded the demo catalog (%d products, %d units)",
                          counts["products_added"], counts["units_added"])
         except (OSError, ShopError) as e:

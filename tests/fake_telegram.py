@@ -805,7 +805,7 @@ def _explicit_entities(raw):
             raise _bad("can't parse MessageEntity: Field \"offset\" must be of type Number")
         kind = item["type"]
         if kind not in _ENTITY_TYPES:
-            raise _bad(f"can't parse MessageEntity: Unsupported type specified")
+            raise _bad("can't parse MessageEntity: Unsupported type specified")
         entity = _ent(kind, offset, length)
         if kind == "text_link":
             url = _checked_link(str(item.get("url", "")))
@@ -1548,7 +1548,8 @@ class FakeTelegram:
 
     def fail_next(self, method, status=502, times=1, description=None, retry_after=1):
         """The next `times` calls to `method` answer HTTP `status` with a Telegram-shaped error
-        body; status="disconnect" closes the connection without an answer."""
+        body; status="disconnect" closes the connection without an answer; status="hang" keeps
+        the request waiting `retry_after` seconds (or until stop()) and then disconnects."""
         if description is None:
             description = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
                            404: "Not Found", 409: "Conflict", 429: f"Too Many Requests: retry after {retry_after}",
@@ -1633,6 +1634,11 @@ class FakeTelegram:
             if queue:
                 status, description, retry_after = queue.pop(0)
                 if status == "disconnect":
+                    return None
+                if status == "hang":   # a slow network: no answer for retry_after seconds, then a drop
+                    deadline = time.monotonic() + retry_after
+                    while not self._stopped and time.monotonic() < deadline:
+                        self._cond.wait(deadline - time.monotonic())
                     return None
                 error = TelegramApiError(int(status), description,
                                          {"retry_after": retry_after} if int(status) == 429 else None)

@@ -296,6 +296,32 @@ def test_the_owner_credits_a_balance_and_renames_the_shop_while_it_runs(fake_tg,
     assert ann.send("/start", "Welcome").text.startswith("👋 Łódź <Books> & Co\n")
 
 
+def test_owners_hear_of_paid_orders_and_failed_deliveries(fake_tg, tmp_path, hostile_catalog, run_shop):
+    conn = shop.init_db(str(tmp_path / "shop.db"))
+    shop.import_catalog(conn, shop.read_catalog_file(hostile_catalog), hostile_catalog.parent, tmp_path / "media")
+    run_shop(env={"ADMIN_IDS": "9001"})
+    Shopper(fake_tg, 9001, "Owner").send("/start", "Welcome")
+    ann = Shopper(fake_tg, 2006, "Ann <3")
+    fund(conn, 2006, 10000)
+    ann.open_product("Berlin", "Mitte", "gift_card *25* · €25.00")
+    ann.click("⚡ Buy now")
+    ann.click("💰 Pay €25.00 from balance")
+    alert = fake_tg.wait_message(9001, "Order #1 paid from balance")
+    assert alert.text == "🛒 Order #1 paid from balance: €25.00, 1 item, by Ann <3 (2006)"
+    fake_tg.wait_message(2006, "CODE-3")
+    fake_tg.wait_for(lambda: not conn.execute("SELECT 1 FROM outbox WHERE status = 'pending'").fetchone(),
+                     what="the delivery sent")
+    fake_tg.user_blocks_bot(2006)
+    assert shop.resend_delivery(conn, 2006, 1) is True
+    fake_tg.wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE status = 'failed'").fetchone()[0] == 2,
+                     what="both messages failed")
+    warning = fake_tg.wait_message(9001, "⚠️ Order #1")
+    assert warning.text == ("⚠️ Order #1: a delivery message to user 2006 failed: "
+                            "403: Forbidden: bot was blocked by the user")
+    fake_tg.wait_for(lambda: not conn.execute("SELECT 1 FROM outbox WHERE status = 'pending'").fetchone())
+    assert sum("⚠️" in m.text for m in fake_tg.messages(9001)) == 1
+
+
 def test_a_banned_user_gets_one_polite_refusal(fake_tg, hostile_shop):
     proc, conn = hostile_shop
     ann = Shopper(fake_tg, 3001)

@@ -1,8 +1,10 @@
 """The outbox sender against the Bot API stand-in: order, rate limits, retries and permanent failures."""
 
 import logging
+import signal
 
 import pytest
+import requests
 
 import shop
 from conftest import TOKEN, free_port, png
@@ -99,6 +101,8 @@ def test_a_photo_is_uploaded_once_and_reused(fake_tg, live):
     name = shop.store_media(s.config.media_dir, png(), "png", private=True)
     queue(conn, 51, ["first <b>photo</b>"], photo=f"private:{name}")
     fake_tg.wait_message(51, "first photo")
+    fake_tg.wait_for(lambda: conn.execute("SELECT count(*) FROM telegram_files").fetchone()[0] == 1,
+                     what="the file_id stored")
     queue(conn, 52, ["second photo"], photo=f"private:{name}")
     second = fake_tg.wait_message(52, "second photo")
     sent = [p["photo"] for p in fake_tg.calls_to("sendPhoto")]
@@ -132,3 +136,52 @@ def test_the_rate_limiter_spaces_messages():
     for _ in range(10):                                             # direct replies count too,
         limiter.note(8, t + 1)
     assert limiter.acquire(8, t + 1.1) == pytest.approx(0.9, abs=0.01)   # but never put a chat in debt
+
+
+def test_a_message_already_sent_is_never_sent_again(fake_tg, live):
+    s, conn = live
+    chats(fake_tg, 71)
+    queue(conn, 71, ["CODE-ONCE"])
+    fake_tg.wait_message(71, "CODE-ONCE")
+    row_id = fake_tg.wait_for(lambda: conn.execute("SELECT id FROM outbox WHERE text = 'CODE-ONCE' "
+                                                   "AND status = 'sent'").fetchone(), what="marked sent")[0]
+    s.sender.deliver(row_id, 71)          # as a dispatch working from an older list would
+    assert [p["text"] for p in fake_tg.calls_to("sendMessage")].count("CODE-ONCE") == 1
+
+
+def test_a_refused_token_keeps_messages_waiting_instead_of_failing_them(tmp_path, fake_tg):
+    config = shop.load_config(environ={"SHOP_DB": str(tmp_path / "shop.db"), "PORT": str(free_port()),
+                                       "BOT_TOKEN": "999:revoked", "TELEGRAM_API_URL": fake_tg.base_url},
+                              env_file=None)
+    s = shop.Shop(config, demo=False).start()
+    try:
+        conn = shop.connect(config.shop_db)
+        queue(conn, 81, ["goods for later"])
+        row = fake_tg.wait_for(lambda: conn.execute("SELECT * FROM outbox WHERE last_error IS NOT NULL").fetchone(),
+                               what="the refusal recorded")
+        assert (row["status"], row["attempts"], row["last_error"]) == ("pending", 0, "401: Unauthorized")
+    finally:
+        s.stop()
+
+
+def test_network_errors_are_recorded_without_the_url():
+    try:
+        requests.get("http://127.0.0.1:1/bot123456:SECRET-token/sendMessage?chat_id=5&text=CODE-123", timeout=5)
+    except requests.RequestException as e:
+        reason = shop.network_reason(e)
+    assert reason.startswith("ConnectionError: [Errno")
+    assert "SECRET" not in reason and "CODE-123" not in reason
+
+
+def test_shutdown_does_not_wait_for_a_delivery_stuck_on_the_network(fake_tg, run_shop, tmp_path):
+    proc = run_shop()
+    fake_tg.user_sends(91, "/start")
+    fake_tg.wait_message(91, "Welcome")
+    fake_tg.fail_next("sendMessage", status="hang", retry_after=30)
+    conn = shop.connect(str(tmp_path / "shop.db"))
+    queue(conn, 91, ["slow goods"])
+    fake_tg.wait_for(lambda: any(p.get("text") == "slow goods" for p in fake_tg.calls_to("sendMessage")),
+                     what="the send in flight")
+    code, seconds = proc.stop(signal.SIGTERM)
+    assert code == 0 and seconds < 5, (seconds, proc.log)
+    assert conn.execute("SELECT status FROM outbox WHERE text = 'slow goods'").fetchone()[0] == "pending"

@@ -124,8 +124,7 @@ def test_buying_with_balance_is_one_complete_transaction(conn):
     gift, coffee = ids[("Gift card", "Mitte")], ids[("Coffee", "Mitte")]
     shop.add_to_basket(conn, uid, *gift, quantity=2)
     shop.add_to_basket(conn, uid, *coffee)
-    lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
-    order_id = shop.buy_with_balance(conn, uid, lines, expected_total_cents=5990, from_basket=True)
+    order_id = shop.buy_with_balance(conn, uid, expected_total_cents=5990)   # the basket
 
     order = shop.get_order(conn, uid, order_id)
     assert (order["status"], order["total_cents"], order["payment_method"]) == ("paid", 5990, "balance")
@@ -348,3 +347,52 @@ def test_the_biggest_screens_fit_in_one_telegram_message(conn):
         assert len(buttons) <= 100, what
         assert all(1 <= len(data.encode()) <= 64 for _, data in buttons), what
     assert card.text.count("…") == 1 and "⚠️" in screens["basket"][0].text
+
+
+def test_repeated_lines_are_merged_and_never_charged_without_units(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
+    uid = user(conn, balance=10000)
+    gift = ids[("Gift card", "Mitte")]
+    before = rows(snapshot(conn))
+    with pytest.raises(shop.SoldOut):
+        shop.buy_with_balance(conn, uid, [(*gift, 1), (*gift, 1)])
+    assert rows(snapshot(conn)) == before
+    seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
+    order_id = shop.buy_with_balance(conn, uid, [(*gift, 1), (*gift, 1)])
+    assert shop.get_order(conn, uid, order_id)["total_cents"] == 5000
+    assert conn.execute("SELECT count(*) FROM order_items WHERE order_id = ?", (order_id,)).fetchone()[0] == 2
+
+
+def test_quick_taps_on_plus_all_count(db_path, conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 10)])
+    uid = user(conn)
+    shop.add_to_basket(conn, uid, *ids[("Gift card", "Mitte")])
+    item = shop.get_basket(conn, uid).lines[0].item_id
+    barrier = threading.Barrier(4)
+
+    def tap():
+        c = shop.connect(str(db_path))
+        barrier.wait()
+        shop.change_basket_quantity(c, uid, item, +1)
+        c.close()
+    threads = [threading.Thread(target=tap) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shop.get_basket(conn, uid).lines[0].quantity == 5
+    assert shop.change_basket_quantity(conn, uid, item, -5) == 0
+    assert shop.get_basket(conn, uid).lines == []
+
+
+def test_long_lists_are_paged(conn):
+    ids = seed(conn, [("Berlin", "Mitte", f"Product {i:02d}", 100, 1) for i in range(45)])
+    district = ids[("Product 00", "Mitte")][1]
+    pages = [shop.screen_products(conn, district, page) for page in range(3)]
+    names = [b for p in pages for row in p.buttons for b, _ in row if b.startswith("Product")]
+    assert names == [f"Product {i:02d} · €1.00" for i in range(45)]
+    assert [p.buttons[-2] for p in pages] == [[("▶️", f"dist:{district}:1")],
+                                               [("◀️", f"dist:{district}:0"), ("▶️", f"dist:{district}:2")],
+                                               [("◀️", f"dist:{district}:1")]]
+    assert "(2/3)" in pages[1].text
+    assert shop.screen_products(conn, district, 99).text == pages[2].text   # past the end: the last page
