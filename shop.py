@@ -1742,8 +1742,12 @@ class ShopBot:
     def send(self, chat_id, screen, reply_keyboard=None):
         if screen.photo:
             self.shop.limiter.note(chat_id)
-            return self.api(send_photo_cached, self.shop, self.shop.db(), chat_id, screen.photo, screen.text,
-                            inline_markup(screen.buttons))
+            try:
+                return self.api(send_photo_cached, self.shop, self.shop.db(), chat_id, screen.photo, screen.text,
+                                inline_markup(screen.buttons))
+            except OSError as e:
+                log.warning("bot: photo %s cannot be read (%s); showing the screen without it",
+                            screen.photo, e.strerror)
         return self.reply(chat_id, screen.text, parse_mode="HTML",
                           reply_markup=reply_keyboard or inline_markup(screen.buttons),
                           link_preview_options=NO_PREVIEW)

@@ -140,6 +140,15 @@ def test_photos_are_uploaded_once_then_sent_by_file_id(fake_tg, hostile_shop):
     assert photos[1] == first.photo_file_id                 # then reused
 
 
+def test_a_missing_product_photo_does_not_break_the_card(fake_tg, hostile_shop, tmp_path):
+    proc, conn = hostile_shop
+    photo = conn.execute("SELECT photo FROM products WHERE photo IS NOT NULL").fetchone()[0]
+    (tmp_path / "media" / "public" / photo).unlink()
+    card = Shopper(fake_tg, 1007).open_product("Berlin", "Mitte", "gift_card *25* · €25.00")
+    assert card.kind == "text" and "Available: 1" in card.text
+    proc.wait_log("cannot be read (No such file or directory)")
+
+
 def test_basket_fill_change_and_totals(fake_tg, hostile_shop):
     ann = Shopper(fake_tg, 1004)
     ann.open_product("Łódź <Centrum>", "Bałuty & Widzew", "gift_card *25* · €25.00")
