@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS users (
     balance_cents   INTEGER NOT NULL DEFAULT 0 CHECK (balance_cents >= 0),
     is_banned       INTEGER NOT NULL DEFAULT 0 CHECK (is_banned IN (0, 1)),
     ban_notified_at TEXT,
+    -- What the bot asked this user to type next (e.g. 'topup_amount'), or NULL.
+    awaiting        TEXT,
     created_at      TEXT NOT NULL,
     last_seen_at    TEXT NOT NULL
 );
@@ -178,4 +180,74 @@ CREATE TABLE IF NOT EXISTS telegram_files (
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+
+-- A checkout screen as the shopper saw it: what is being bought (or the top-up
+-- amount) and for how much. Buttons carry only its nonce; paying twice from the
+-- same screen finds the same order or payment.
+CREATE TABLE IF NOT EXISTS checkouts (
+    nonce        TEXT PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users(id),
+    kind         TEXT NOT NULL CHECK (kind IN ('order', 'topup')),
+    lines        TEXT NOT NULL DEFAULT '[]',   -- JSON [[product_id, district_id, quantity]]
+    from_basket  INTEGER NOT NULL DEFAULT 0 CHECK (from_basket IN (0, 1)),
+    amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkouts_created ON checkouts(created_at);
+
+-- One row per NOWPayments payment, bound at creation to its order or top-up,
+-- its EUR price and its coin. Crypto amounts are decimal strings exactly as the
+-- provider wrote them.
+CREATE TABLE IF NOT EXISTS payments (
+    id             INTEGER PRIMARY KEY,
+    provider_id    TEXT NOT NULL UNIQUE,
+    kind           TEXT NOT NULL CHECK (kind IN ('order', 'topup')),
+    user_id        INTEGER NOT NULL REFERENCES users(id),
+    order_id       INTEGER REFERENCES orders(id),
+    parent_id      INTEGER REFERENCES payments(id),   -- a repeated deposit to this payment's address
+    reference      TEXT NOT NULL,                     -- the order_id we gave the provider
+    price_cents    INTEGER NOT NULL CHECK (price_cents > 0),
+    pay_currency   TEXT NOT NULL,
+    pay_amount     TEXT NOT NULL,
+    pay_address    TEXT NOT NULL DEFAULT '',
+    payin_extra_id TEXT,
+    actually_paid  TEXT,
+    status         TEXT NOT NULL CHECK (status IN ('waiting', 'confirming', 'confirmed', 'sending',
+                   'partially_paid', 'finished', 'failed', 'refunded', 'expired')),
+    -- What the shop did when the payment became final, e.g. 'delivered', 'credited'.
+    outcome        TEXT,
+    credited_cents INTEGER NOT NULL DEFAULT 0,
+    expires_at     TEXT NOT NULL,
+    seen_notified  INTEGER NOT NULL DEFAULT 0 CHECK (seen_notified IN (0, 1)),
+    stuck_alerted  INTEGER NOT NULL DEFAULT 0 CHECK (stuck_alerted IN (0, 1)),
+    final_source   TEXT,            -- 'ipn', 'poll', 'check' or 'admin': what made it final
+    created_at     TEXT NOT NULL,
+    updated_at     TEXT NOT NULL,
+    final_at       TEXT,
+    CHECK ((kind = 'order') = (order_id IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS payments_open ON payments(created_at)
+    WHERE status IN ('waiting', 'confirming', 'confirmed', 'sending');
+CREATE INDEX IF NOT EXISTS payments_user ON payments(user_id, created_at);
+CREATE INDEX IF NOT EXISTS payments_order ON payments(order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS payments_parent ON payments(parent_id) WHERE parent_id IS NOT NULL;
+
+-- Every IPN as it arrived, with what the shop made of it.
+CREATE TABLE IF NOT EXISTS ipn_events (
+    id          INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    provider_id TEXT,
+    status      TEXT,
+    body        TEXT NOT NULL,
+    signature   TEXT,
+    verdict     TEXT NOT NULL,
+    remote_addr TEXT
+);
+CREATE INDEX IF NOT EXISTS ipn_events_payment ON ipn_events(provider_id, id);
+
+-- The sandbox's NOWPayments emulator keeps its payments here (JSON as the API returns them).
+CREATE TABLE IF NOT EXISTS sandbox_payments (
+    id   INTEGER PRIMARY KEY,
+    data TEXT NOT NULL
 );

@@ -32,7 +32,9 @@ Run `python shop.py --help`. Importing this module has no side effects.
 
 import argparse
 import hashlib
+import hmac
 import html
+import io
 import json
 import logging
 import os
@@ -55,6 +57,7 @@ from urllib.parse import quote, urlsplit
 
 import bottle
 import requests
+import segno
 import telebot
 import waitress
 import waitress.trigger
@@ -94,6 +97,10 @@ class Config:
     admin_password: str = ""
     admin_ids: tuple = ()
     reservation_minutes: int = 30
+    max_deposit_cents: int = 10_000_00
+    payment_poll_seconds: int = 60
+    max_open_invoices: int = 3
+    max_invoices_per_hour: int = 10
     trusted_proxy: str = ""
     log_level: str = "INFO"
 
@@ -130,6 +137,10 @@ ENV_VARS = {
     "ADMIN_PASSWORD": ("password of the admin pages", ""),
     "ADMIN_IDS": ("Telegram user ids that get owner alerts, comma-separated", ""),
     "RESERVATION_MINUTES": ("how long an unpaid order holds its units", "30"),
+    "MAX_DEPOSIT_EUR": ("largest balance top-up in EUR", "10000.00"),
+    "PAYMENT_POLL_SECONDS": ("how often unfinished payments are checked with NOWPayments", "60"),
+    "MAX_OPEN_INVOICES": ("unpaid invoices one shopper may have at once", "3"),
+    "MAX_INVOICES_PER_HOUR": ("invoices one shopper may create per hour", "10"),
     "TRUSTED_PROXY": ("address of a reverse proxy whose X-Forwarded-* headers to trust", ""),
     "LOG_LEVEL": ("DEBUG, INFO, WARNING or ERROR", "INFO"),
 }
@@ -182,8 +193,17 @@ def load_config(environ=None, env_file=".env", overrides=None):
             kw["min_deposit_cents"] = parse_eur(get("MIN_DEPOSIT_EUR"))
         except InvalidInput as e:
             raise ConfigError(f"MIN_DEPOSIT_EUR {e}") from None
-    if get("RESERVATION_MINUTES"):
-        kw["reservation_minutes"] = _int("RESERVATION_MINUTES", get("RESERVATION_MINUTES"), 1, 1440)
+    if get("MAX_DEPOSIT_EUR"):
+        try:
+            kw["max_deposit_cents"] = parse_eur(get("MAX_DEPOSIT_EUR"))
+        except InvalidInput as e:
+            raise ConfigError(f"MAX_DEPOSIT_EUR {e}") from None
+    if kw.get("max_deposit_cents", Config.max_deposit_cents) < kw.get("min_deposit_cents", Config.min_deposit_cents):
+        raise ConfigError("MAX_DEPOSIT_EUR must not be below MIN_DEPOSIT_EUR")
+    for name, low, high in (("RESERVATION_MINUTES", 1, 1440), ("PAYMENT_POLL_SECONDS", 5, 3600),
+                            ("MAX_OPEN_INVOICES", 1, 100), ("MAX_INVOICES_PER_HOUR", 1, 1000)):
+        if get(name):
+            kw[name.lower()] = _int(name, get(name), low, high)
     ids = get("ADMIN_IDS")
     if ids:
         parts = [p for p in re.split(r"[\s,;]+", ids) if p]
@@ -261,12 +281,14 @@ class Throttle:
 
 # Database ####################################################################
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Numbered migrations for databases created by older versions: {version: SQL}.
 # A migration brings user_version from version-1 to version; schema.sql then
 # adds any new tables and indexes. Keep schema.sql describing the latest shape.
-MIGRATIONS = {}
+MIGRATIONS = {
+    2: "ALTER TABLE users ADD COLUMN awaiting TEXT;",   # crypto payments: the bot asks for a top-up amount
+}
 
 
 class DatabaseError(Exception):
@@ -528,6 +550,30 @@ class Banned(ShopError):
     status = 403
 
 
+class LimitReached(ShopError):
+    """You have too many open invoices; pay or cancel one first."""
+    status = 429
+
+
+class ProviderError(ShopError):
+    """The payment service is not answering right now. Please try again in a few minutes."""
+    status = 502
+
+    def __init__(self, detail, code=None, message=None):
+        super().__init__(message)
+        self.detail, self.code = detail, code
+
+
+class UnknownPayment(ShopError):
+    """No such payment."""
+    status = 404
+
+
+class PaymentMismatch(ShopError):
+    """The payment does not match the one the shop created."""
+    status = 409
+
+
 class CatalogError(ShopError):
     """The catalog file is invalid."""
 
@@ -576,6 +622,17 @@ def set_setting(conn, key, value):
     return value
 
 
+def stored_secret(path, key):
+    """A random secret kept in the settings table, made on first use (e.g. the sandbox's IPN secret)."""
+    conn = connect(path)
+    try:
+        with transaction(conn):
+            conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, secrets.token_hex(24)))
+            return conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
 def touch_user(conn, tg_user):
     """Record a Telegram user (dict with id, first_name, username, language_code); return the row."""
     user_id = int(tg_user["id"])
@@ -592,6 +649,12 @@ def touch_user(conn, tg_user):
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET username = excluded.username, "
             "first_name = excluded.first_name, language_code = excluded.language_code, "
             "last_seen_at = excluded.last_seen_at RETURNING *", (user_id, *fields, now, now)).fetchone()
+
+
+def set_awaiting(conn, user_id, what):
+    """Remember what the bot asked the user to type next (None: nothing)."""
+    with transaction(conn):
+        conn.execute("UPDATE users SET awaiting = ? WHERE id = ?", (what, user_id))
 
 
 def get_user(conn, user_id):
@@ -895,12 +958,82 @@ def sold_out(offer, left):
                    else f"Sorry, only {left} of {offer['name']} left in {place}.")
 
 
+def normalise_lines(lines):
+    """Merge repeated (product, district) lines and check each quantity."""
+    merged = {}
+    for product_id, district_id, quantity in lines:
+        _check_quantity(quantity)
+        merged[(product_id, district_id)] = merged.get((product_id, district_id), 0) + quantity
+    if not merged:
+        raise InvalidInput("Your basket is empty.")
+    for quantity in merged.values():
+        _check_quantity(quantity)
+    return [(p, d, q) for (p, d), q in merged.items()]
+
+
+def open_order(conn, user_id, lines, *, method, expected_total_cents=None, checkout_key=None,
+               reserve_minutes=None):
+    """Inside a transaction: check the lines, create an order and take its units.
+
+    method 'balance' sells the units at once (order 'paid'); 'crypto' reserves
+    them for reserve_minutes (order 'pending'). Returns (order_id, total_cents).
+    """
+    user = get_user(conn, user_id)
+    if user["is_banned"]:
+        raise Banned()
+    lines = normalise_lines(lines)
+    total, offers = price_lines(conn, lines)
+    if expected_total_cents is not None and total != expected_total_cents:
+        raise PriceChanged()
+    for offer, (_, _, quantity) in zip(offers, lines):
+        if offer["available"] < quantity:
+            raise sold_out(offer, offer["available"])
+    if method == "balance" and user["balance_cents"] < total:
+        raise InsufficientBalance(total - user["balance_cents"])
+    now = now_iso()
+    paid = method == "balance"
+    order_id = conn.execute(
+        "INSERT INTO orders(user_id, status, total_cents, payment_method, checkout_key, created_at, paid_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (user_id, "paid" if paid else "pending", total, method, checkout_key, now, now if paid else None)).lastrowid
+    until = None if paid else now_iso(reserve_minutes * 60)
+    for offer, (product_id, district_id, quantity) in zip(offers, lines):
+        units = conn.execute(
+            "SELECT id FROM stock_units WHERE product_id = ? AND district_id = ? "
+            "AND status = 'available' ORDER BY id LIMIT ?", (product_id, district_id, quantity)).fetchall()
+        if len(units) < quantity:   # (cannot happen after the check above; guards the invariant)
+            raise sold_out(offer, len(units))
+        for unit in units:
+            conn.execute("UPDATE stock_units SET status = ?, order_id = ?, reserved_until = ?, sold_at = ? "
+                         "WHERE id = ? AND status = 'available'",
+                         ("sold" if paid else "reserved", order_id, until, now if paid else None, unit["id"]))
+            conn.execute(
+                "INSERT INTO order_items(order_id, unit_id, product_id, product_name, place_name, "
+                "price_cents) VALUES (?, ?, ?, ?, ?, ?)",
+                (order_id, unit["id"], product_id, offer["name"],
+                 place_name(offer["city_name"], offer["district_name"]), offer["price_cents"]))
+    return order_id, total
+
+
+def remove_bought_from_basket(conn, order_id):
+    """What an order bought leaves its buyer's basket."""
+    conn.execute("DELETE FROM basket_items WHERE (user_id, product_id, district_id) IN "
+                 "(SELECT o.user_id, i.product_id, s.district_id FROM orders o "
+                 " JOIN order_items i ON i.order_id = o.id JOIN stock_units s ON s.id = i.unit_id "
+                 " WHERE o.id = ?)", (order_id,))
+
+
+def describe_user(user):
+    return esc(user["first_name"]) + (f" @{esc(user['username'])}" if user["username"] else "") \
+        + f" (<code>{user['id']}</code>)"
+
+
 def buy_with_balance(conn, user_id, lines=None, *, expected_total_cents=None, checkout_key=None, owners=()):
     """Buy [(product_id, district_id, quantity)], or the whole basket (lines=None), with the balance.
 
     One transaction debits the ledger, marks the units sold, records the order,
-    queues the delivery and the owners' note, and (for the basket) empties the
-    basket. A checkout_key already used returns that order instead of buying
+    queues the delivery and the owners' note, and takes what was bought out of
+    the basket. A checkout_key already used returns that order instead of buying
     again. Raises SoldOut, InsufficientBalance or PriceChanged and then changes nothing.
     """
     with transaction(conn):
@@ -908,55 +1041,17 @@ def buy_with_balance(conn, user_id, lines=None, *, expected_total_cents=None, ch
             done = conn.execute("SELECT id FROM orders WHERE checkout_key = ?", (checkout_key,)).fetchone()
             if done:
                 return done["id"]
-        user = get_user(conn, user_id)
-        if user["is_banned"]:
-            raise Banned()
-        from_basket = lines is None
-        if from_basket:
+        if lines is None:
             lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user_id).lines]
-        merged = {}
-        for product_id, district_id, quantity in lines:
-            _check_quantity(quantity)
-            merged[(product_id, district_id)] = merged.get((product_id, district_id), 0) + quantity
-        lines = [(p, d, q) for (p, d), q in merged.items()]
-        if not lines:
-            raise InvalidInput("Your basket is empty.")
-        total, offers = price_lines(conn, lines)
-        if expected_total_cents is not None and total != expected_total_cents:
-            raise PriceChanged()
-        for offer, (_, _, quantity) in zip(offers, lines):
-            if offer["available"] < quantity:
-                raise sold_out(offer, offer["available"])
-        if user["balance_cents"] < total:
-            raise InsufficientBalance(total - user["balance_cents"])
-        now = now_iso()
-        order_id = conn.execute(
-            "INSERT INTO orders(user_id, status, total_cents, payment_method, checkout_key, "
-            "created_at, paid_at) VALUES (?, 'paid', ?, 'balance', ?, ?, ?)",
-            (user_id, total, checkout_key, now, now)).lastrowid
-        for offer, (product_id, district_id, quantity) in zip(offers, lines):
-            units = conn.execute(
-                "SELECT id FROM stock_units WHERE product_id = ? AND district_id = ? "
-                "AND status = 'available' ORDER BY id LIMIT ?", (product_id, district_id, quantity)).fetchall()
-            if len(units) < quantity:   # (cannot happen after the check above; guards the invariant)
-                raise sold_out(offer, len(units))
-            for unit in units:
-                conn.execute("UPDATE stock_units SET status = 'sold', order_id = ?, sold_at = ? "
-                             "WHERE id = ? AND status = 'available'", (order_id, now, unit["id"]))
-                conn.execute(
-                    "INSERT INTO order_items(order_id, unit_id, product_id, product_name, place_name, "
-                    "price_cents) VALUES (?, ?, ?, ?, ?, ?)",
-                    (order_id, unit["id"], product_id, offer["name"],
-                     place_name(offer["city_name"], offer["district_name"]), offer["price_cents"]))
-        if from_basket:
-            conn.execute("DELETE FROM basket_items WHERE user_id = ?", (user_id,))
+        order_id, total = open_order(conn, user_id, lines, method="balance",
+                                     expected_total_cents=expected_total_cents, checkout_key=checkout_key)
+        remove_bought_from_basket(conn, order_id)
         post_ledger(conn, user_id, -total, "purchase", f"order:{order_id}:balance",
                     reason=f"Order #{order_id}", order_id=order_id)
         enqueue_delivery(conn, order_id, first=True)
-        count = sum(q for _, _, q in lines)
-        who = esc(user["first_name"]) + (f" @{esc(user['username'])}" if user["username"] else "")
+        count = conn.execute("SELECT count(*) FROM order_items WHERE order_id = ?", (order_id,)).fetchone()[0]
         alert_owners(conn, owners, f"🛒 Order #{order_id} paid from balance: {fmt_eur(total)}, "
-                                   f"{count} item{'s' if count != 1 else ''}, by {who} (<code>{user_id}</code>)")
+                                   f"{count} item{'s' if count != 1 else ''}, by {describe_user(get_user(conn, user_id))}")
         log.info("order #%d paid from balance by user %d: %s, %d unit(s)", order_id, user_id, fmt_eur(total), count)
         return order_id
 
@@ -1054,22 +1149,445 @@ def list_orders(conn, user_id, *, before_id=None, limit=10):
         (user_id, before_id or 2 ** 62, limit)).fetchall()
 
 
+def release_order_units(conn, order_id):
+    """Put an unpaid order's reserved units back on sale; returns how many."""
+    return conn.execute("UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
+                        "WHERE order_id = ? AND status = 'reserved'", (order_id,)).rowcount
+
+
 def release_expired_reservations(conn):
-    """Put units of lapsed reservations back on sale and expire their orders; returns units freed."""
-    now = now_iso()
+    """Put units of lapsed reservations back on sale, expire their orders and tell each buyer once."""
     with transaction(conn):
-        orders = [r["order_id"] for r in conn.execute(
-            "SELECT DISTINCT order_id FROM stock_units WHERE status = 'reserved' AND reserved_until < ?",
-            (now,))]
-        freed = conn.execute(
-            "UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
-            "WHERE status = 'reserved' AND reserved_until < ?", (now,)).rowcount
-        for order_id in orders:
-            conn.execute("UPDATE orders SET status = 'expired' WHERE id = ? AND status = 'pending'",
-                         (order_id,))
+        orders = conn.execute(
+            "SELECT DISTINCT o.id, o.user_id FROM stock_units s JOIN orders o ON o.id = s.order_id "
+            "WHERE s.status = 'reserved' AND s.reserved_until < ?", (now_iso(),)).fetchall()
+        freed = 0
+        for order in orders:
+            freed += release_order_units(conn, order["id"])
+            if conn.execute("UPDATE orders SET status = 'expired' WHERE id = ? AND status = 'pending'",
+                            (order["id"],)).rowcount:
+                enqueue_message(conn, order["user_id"],
+                                f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items went back "
+                                "on sale. If you already sent the payment, it is not lost: you get the items if "
+                                "they are still there, or the amount on your balance.", order_id=order["id"])
     if freed:
         log.info("released %d reserved unit(s) of %d unpaid order(s)", freed, len(orders))
     return freed
+
+
+# Services: payments ##########################################################
+
+# Provider statuses in the order a payment moves through them. Money states
+# (finished, partially_paid, refunded) are final. expired and failed are final
+# too, except that money arriving later still counts: a payment never loses
+# money by having expired first.
+STATUS_RANK = {"waiting": 0, "confirming": 1, "confirmed": 2, "sending": 3,
+               "partially_paid": 4, "finished": 4, "refunded": 4, "failed": 4, "expired": 4}
+OPEN_STATUSES = ("waiting", "confirming", "confirmed", "sending")
+MONEY_STATUSES = ("finished", "partially_paid", "refunded")
+
+
+def can_move(old, new):
+    if old in MONEY_STATUSES:
+        return False
+    if old in ("failed", "expired"):
+        return new in MONEY_STATUSES
+    return STATUS_RANK[new] > STATUS_RANK[old]
+
+
+def crypto_amount(value, what="amount"):
+    """A provider's crypto amount (number token or string) as a Decimal; InvalidInput if it is not one."""
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise InvalidInput(f"{what} is not a number: {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidInput(f"{what} is not a valid amount: {value!r}")
+    return amount
+
+
+def value_of(price_cents, paid, asked):
+    """EUR cents that `paid` of a coin is worth when `asked` of it was the price: floor, never float."""
+    paid, asked = crypto_amount(paid, "actually_paid"), crypto_amount(asked, "pay_amount")
+    if asked <= 0:
+        return 0
+    return int((Decimal(price_cents) * paid / asked).to_integral_value(rounding="ROUND_FLOOR"))
+
+
+def create_checkout(conn, user_id, kind, amount_cents, lines=(), from_basket=False):
+    """Remember a checkout screen (what it sells and for how much); returns its nonce."""
+    nonce = secrets.token_hex(4)
+    with transaction(conn):
+        conn.execute("DELETE FROM checkouts WHERE created_at < ?", (now_iso(-7 * 86400),))
+        conn.execute("INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (nonce, user_id, kind, json.dumps([list(l) for l in lines]), int(from_basket),
+                      amount_cents, now_iso()))
+    return nonce
+
+
+def get_checkout(conn, user_id, nonce):
+    row = conn.execute("SELECT * FROM checkouts WHERE nonce = ? AND user_id = ?", (nonce, user_id)).fetchone()
+    if row is None:
+        raise NotFound("This checkout is too old. Please open your basket again.")
+    return row
+
+
+def checkout_lines(checkout):
+    return [tuple(line) for line in json.loads(checkout["lines"])]
+
+
+def check_invoice_limits(conn, user_id, max_open, max_per_hour):
+    """Refuse a new invoice to a shopper with too many unpaid ones or too many recent ones."""
+    open_ = conn.execute(
+        "SELECT count(*) FROM payments p LEFT JOIN orders o ON o.id = p.order_id WHERE p.user_id = ? "
+        "AND p.parent_id IS NULL AND p.status = 'waiting' AND p.expires_at > ? "
+        "AND (p.order_id IS NULL OR o.status = 'pending')", (user_id, now_iso())).fetchone()[0]
+    if open_ >= max_open:
+        raise LimitReached(f"You have {open_} unpaid invoices. Pay or cancel one of them first.")
+    recent = conn.execute("SELECT count(*) FROM payments WHERE user_id = ? AND parent_id IS NULL "
+                          "AND created_at > ?", (user_id, now_iso(-3600))).fetchone()[0]
+    if recent >= max_per_hour:
+        raise LimitReached(f"You created {recent} invoices in the last hour. Please wait a little "
+                           "before creating another.")
+
+
+def reserve_for_checkout(conn, user_id, nonce, minutes):
+    """Reserve a checkout's units in a pending crypto order; returns (order_id, total, created)."""
+    with transaction(conn):
+        done = conn.execute("SELECT id, total_cents FROM orders WHERE checkout_key = ?", (nonce,)).fetchone()
+        if done:
+            return done["id"], done["total_cents"], False
+        checkout = get_checkout(conn, user_id, nonce)
+        order_id, total = open_order(conn, user_id, checkout_lines(checkout), method="crypto",
+                                     expected_total_cents=checkout["amount_cents"], checkout_key=nonce,
+                                     reserve_minutes=minutes)
+        return order_id, total, True
+
+
+def drop_reservation(conn, order_id):
+    """The invoice could not be created: release the units and free the checkout for another try."""
+    with transaction(conn):
+        release_order_units(conn, order_id)
+        conn.execute("UPDATE orders SET status = 'cancelled', checkout_key = NULL WHERE id = ? "
+                     "AND status = 'pending'", (order_id,))
+
+
+def record_payment(conn, *, kind, user_id, reference, price_cents, data, expires_at, order_id=None):
+    """Store the payment the provider just created; returns its row."""
+    provider_id = provider_payment_id(data.get("payment_id"))
+    for key in ("pay_amount", "pay_currency", "pay_address"):
+        if data.get(key) in (None, ""):
+            raise ProviderError(f"the new payment has no {key}")
+    crypto_amount(data["pay_amount"], "pay_amount")
+    now = now_iso()
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO payments(provider_id, kind, user_id, order_id, reference, price_cents, pay_currency, "
+            "pay_amount, pay_address, payin_extra_id, status, expires_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
+            (provider_id, kind, user_id, order_id, reference, price_cents, str(data["pay_currency"]).lower(),
+             str(data["pay_amount"]), str(data["pay_address"]),
+             str(data["payin_extra_id"]) if data.get("payin_extra_id") not in (None, "") else None,
+             expires_at, now, now))
+        return conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
+
+
+def provider_payment_id(value):
+    """A provider payment id (number or string) as the digits we store."""
+    text = str(value).strip() if value is not None else ""
+    if not re.fullmatch(r"\d{1,30}", text):
+        raise InvalidInput(f"payment_id must be a number, got {value!r}")
+    return text
+
+
+def get_payment(conn, user_id, payment_id):
+    """One of the user's payments by our id (someone else's is NotFound)."""
+    row = conn.execute("SELECT * FROM payments WHERE id = ? AND user_id = ?", (payment_id, user_id)).fetchone()
+    if row is None:
+        raise NotFound("No such payment.")
+    return row
+
+
+def cancel_invoice(conn, user_id, payment_id):
+    """The shopper gives up on an invoice: an unpaid order releases its units. Money sent later still counts."""
+    with transaction(conn):
+        payment = get_payment(conn, user_id, payment_id)
+        if payment["status"] != "waiting":
+            raise InvalidInput("This payment is already under way and cannot be cancelled.")
+        if payment["order_id"]:
+            release_order_units(conn, payment["order_id"])
+            conn.execute("UPDATE orders SET status = 'cancelled' WHERE id = ? AND status = 'pending'",
+                         (payment["order_id"],))
+        conn.execute("UPDATE payments SET expires_at = ?, updated_at = ? WHERE id = ?",
+                     (now_iso(), now_iso(), payment_id))
+
+
+def check_payment_matches(payment, data):
+    """Raise PaymentMismatch unless the provider's data describes the payment we created."""
+    problems = []
+    currency = str(data.get("pay_currency") or "").lower()
+    if currency != payment["pay_currency"]:
+        problems.append(f"pay_currency {currency!r} is not {payment['pay_currency']!r}")
+    if payment["parent_id"] is None:
+        if str(data.get("order_id") or "") != payment["reference"]:
+            problems.append(f"order_id {data.get('order_id')!r} is not {payment['reference']!r}")
+        try:
+            price = crypto_amount(data.get("price_amount"), "price_amount")
+        except InvalidInput as e:
+            problems.append(str(e))
+        else:
+            if price != Decimal(cents_to_str(payment["price_cents"])):
+                problems.append(f"price_amount {price} is not {cents_to_str(payment['price_cents'])}")
+        price_currency = str(data.get("price_currency") or "eur").lower()
+        if price_currency != "eur":
+            problems.append(f"price_currency {price_currency!r} is not 'eur'")
+    if problems:
+        raise PaymentMismatch("; ".join(problems))
+
+
+STATUS_TEXT = {
+    "waiting": "⏳ Waiting for your payment",
+    "confirming": "🔎 Payment seen, waiting for confirmations",
+    "confirmed": "🔎 Payment confirmed, finishing",
+    "sending": "🔎 Payment confirmed, finishing",
+    "finished": "✅ Paid",
+    "partially_paid": "⚠️ Partly paid",
+    "failed": "❌ Payment failed",
+    "refunded": "↩️ Refunded",
+    "expired": "⌛ Expired",
+}
+
+
+def apply_payment_status(conn, data, *, source, owners=()):
+    """Apply what the provider says about a payment, in one transaction; the one path for every source.
+
+    `data` is a payment as GET /payment/{id} or an IPN describes it. Idempotent
+    and forward-only: a status seen before, or lower than the current one,
+    changes nothing. Returns a short description of what happened.
+    """
+    provider_id = provider_payment_id(data.get("payment_id"))
+    status = str(data.get("payment_status") or "")
+    if status not in STATUS_RANK:
+        raise InvalidInput(f"unknown payment_status {status!r}")
+    with transaction(conn):
+        payment = conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
+        if payment is None:
+            payment = _child_payment(conn, provider_id, data)
+        check_payment_matches(payment, data)
+        old = payment["status"]
+        if status == old or not can_move(old, status):
+            return f"unchanged ({old})"
+        paid = data.get("actually_paid")
+        if paid not in (None, ""):
+            crypto_amount(paid, "actually_paid")
+        now = now_iso()
+        final = status not in OPEN_STATUSES
+        conn.execute("UPDATE payments SET status = ?, actually_paid = coalesce(?, actually_paid), updated_at = ?, "
+                     "final_at = CASE WHEN ? THEN ? ELSE final_at END, "
+                     "final_source = CASE WHEN ? THEN ? ELSE final_source END WHERE id = ?",
+                     (status, str(paid) if paid not in (None, "") else None, now, final, now, final, source,
+                      payment["id"]))
+        payment = conn.execute("SELECT * FROM payments WHERE id = ?", (payment["id"],)).fetchone()
+        if payment["parent_id"]:
+            outcome = _settle_child(conn, payment, owners)
+        elif payment["kind"] == "topup":
+            outcome = _settle_topup(conn, payment, owners)
+        else:
+            outcome = _settle_order(conn, payment, owners)
+        if outcome:
+            conn.execute("UPDATE payments SET outcome = ? WHERE id = ?", (outcome, payment["id"]))
+        log.info("payment %s (%s #%s) %s -> %s via %s%s", provider_id, payment["kind"],
+                 payment["order_id"] or payment["id"], old, status, source, f": {outcome}" if outcome else "")
+        return f"{old} -> {status}" + (f": {outcome}" if outcome else "")
+
+
+def _child_payment(conn, provider_id, data):
+    """A repeated deposit to a known payment's address arrives as a new payment with parent_payment_id."""
+    parent_id = data.get("parent_payment_id")
+    parent = None
+    if parent_id not in (None, ""):
+        parent = conn.execute("SELECT * FROM payments WHERE provider_id = ?",
+                              (provider_payment_id(parent_id),)).fetchone()
+    if parent is None:
+        raise UnknownPayment(f"payment {provider_id} is not one of this shop's")
+    now = now_iso()
+    conn.execute(
+        "INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
+        "pay_currency, pay_amount, pay_address, status, expires_at, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
+        (provider_id, parent["kind"], parent["user_id"], parent["order_id"], parent["id"], parent["reference"],
+         parent["price_cents"], parent["pay_currency"], parent["pay_amount"], parent["pay_address"],
+         parent["expires_at"], now, now))
+    return conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
+
+
+def _credit(conn, payment, cents, kind, key_suffix, reason):
+    """Credit the payment's shopper; returns the cents credited (0 if nothing or already done)."""
+    if cents <= 0:
+        return 0
+    done = post_ledger(conn, payment["user_id"], cents, kind, f"payment:{payment['provider_id']}:{key_suffix}",
+                       reason=reason, order_id=payment["order_id"])
+    if done:
+        conn.execute("UPDATE payments SET credited_cents = credited_cents + ? WHERE id = ?", (cents, payment["id"]))
+    return cents if done else 0
+
+
+def _balance(conn, user_id):
+    return fmt_eur(get_user(conn, user_id)["balance_cents"])
+
+
+def _paid_text(payment):
+    return f"{esc(payment['actually_paid'] or '0')} {esc(payment['pay_currency'].upper())}"
+
+
+def _notify_seen(conn, payment, what):
+    if not payment["seen_notified"]:
+        conn.execute("UPDATE payments SET seen_notified = 1 WHERE id = ?", (payment["id"],))
+        enqueue_message(conn, payment["user_id"], f"🔎 Your payment for {what} is on its way: seen on the "
+                        "blockchain, waiting for confirmations. Nothing to do but wait.",
+                        order_id=payment["order_id"])
+
+
+def _settle_child(conn, payment, owners):
+    if payment["status"] not in ("finished", "partially_paid"):
+        return None
+    cents = _credit(conn, payment, value_of(payment["price_cents"], payment["actually_paid"] or 0,
+                                            payment["pay_amount"]),
+                    "repeat_deposit", "credit", "Another payment to an invoice's address")
+    if cents:
+        enqueue_message(conn, payment["user_id"],
+                        f"💰 Another payment of {_paid_text(payment)} arrived at the address of an earlier invoice. "
+                        f"{fmt_eur(cents)} was added to your balance. Balance: {_balance(conn, payment['user_id'])}.")
+        alert_owners(conn, owners, f"💰 Repeat deposit to payment {payment['provider_id']}: {_paid_text(payment)}, "
+                                   f"{fmt_eur(cents)} credited to <code>{payment['user_id']}</code>")
+    return f"credited {cents_to_str(cents)}"
+
+
+def _settle_topup(conn, payment, owners):
+    status, user_id = payment["status"], payment["user_id"]
+    if status in OPEN_STATUSES:
+        _notify_seen(conn, payment, f"the {fmt_eur(payment['price_cents'])} top-up")
+        return None
+    if status in ("finished", "partially_paid"):
+        value = value_of(payment["price_cents"], payment["actually_paid"] or 0, payment["pay_amount"])
+        cents = max(value, payment["price_cents"]) if status == "finished" else value
+        cents = _credit(conn, payment, cents, "topup", "credit", f"Top-up, {payment['pay_currency'].upper()}")
+        if status == "finished":
+            text = f"✅ Top-up received: {fmt_eur(cents)} added. Balance: {_balance(conn, user_id)}."
+        else:
+            text = (f"⚠️ Your top-up was paid only in part: {_paid_text(payment)} of "
+                    f"{esc(payment['pay_amount'])} {esc(payment['pay_currency'].upper())} arrived, worth "
+                    f"{fmt_eur(cents)}, which was added. Balance: {_balance(conn, user_id)}.")
+        enqueue_message(conn, user_id, text)
+        alert_owners(conn, owners, f"💰 Top-up {fmt_eur(cents)} ({_paid_text(payment)}) by "
+                                   f"{describe_user(get_user(conn, user_id))}")
+        return f"credited {cents_to_str(cents)}"
+    if status in ("expired", "failed"):
+        enqueue_message(conn, user_id, f"⌛ The invoice for your {fmt_eur(payment['price_cents'])} top-up "
+                                       f"{'expired' if status == 'expired' else 'failed'}; nothing was charged.")
+    return None
+
+
+def _settle_order(conn, payment, owners):
+    status, order_id, user_id = payment["status"], payment["order_id"], payment["user_id"]
+    order = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if status in OPEN_STATUSES:
+        _notify_seen(conn, payment, f"order #{order_id}")
+        return None
+    if status == "finished":
+        return _order_paid(conn, payment, order, owners)
+    if status == "partially_paid":
+        if order["status"] == "pending":
+            release_order_units(conn, order_id)
+            conn.execute("UPDATE orders SET status = 'cancelled' WHERE id = ?", (order_id,))
+        cents = _credit(conn, payment, value_of(payment["price_cents"], payment["actually_paid"] or 0,
+                                                payment["pay_amount"]),
+                        "underpayment", "credit", f"Order #{order_id} paid in part")
+        enqueue_message(conn, user_id,
+                        f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of {esc(payment['pay_amount'])} "
+                        f"{esc(payment['pay_currency'].upper())} arrived. The order is cancelled and the value "
+                        f"received, {fmt_eur(cents)}, was added to your balance. Balance: {_balance(conn, user_id)}.",
+                        order_id=order_id)
+        alert_owners(conn, owners, f"⚠️ Order #{order_id} underpaid ({_paid_text(payment)}): cancelled, "
+                                   f"{fmt_eur(cents)} credited")
+        return f"cancelled, credited {cents_to_str(cents)}"
+    if order["status"] == "pending":   # expired, failed or refunded before any money counted
+        release_order_units(conn, order_id)
+        conn.execute("UPDATE orders SET status = ? WHERE id = ?",
+                     ("expired" if status == "expired" else "cancelled", order_id))
+        text = {"expired": "the invoice expired without a payment",
+                "failed": "the payment failed",
+                "refunded": "the payment was refunded by the payment service"}[status]
+        enqueue_message(conn, user_id, f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on sale and "
+                                       "nothing was charged.", order_id=order_id)
+    return None
+
+
+def _order_paid(conn, payment, order, owners):
+    """A finished payment: deliver (late or not) if the goods can be had, else credit the full price."""
+    order_id, user_id = order["id"], payment["user_id"]
+    late = order["status"] != "pending"
+    if not late:
+        outcome = "delivered"
+    elif _retake_units(conn, order_id):
+        outcome = "delivered late"
+    else:
+        outcome = None
+    if outcome:
+        now = now_iso()
+        conn.execute("UPDATE stock_units SET status = 'sold', sold_at = ?, reserved_until = NULL "
+                     "WHERE order_id = ? AND status = 'reserved'", (now, order_id))
+        conn.execute("UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?", (now, order_id))
+        remove_bought_from_basket(conn, order_id)
+        if late:
+            enqueue_message(conn, user_id, f"✅ Your payment for <b>order #{order_id}</b> arrived after the time "
+                                           "to pay had run out, but the items were still there: here they are.",
+                            order_id=order_id)
+        enqueue_delivery(conn, order_id, first=True)
+        alert_owners(conn, owners, f"🛒 Order #{order_id} paid in {esc(payment['pay_currency'].upper())}: "
+                                   f"{fmt_eur(payment['price_cents'])}{' (late)' if late else ''}, by "
+                                   f"{describe_user(get_user(conn, user_id))}")
+    else:
+        cents = _credit(conn, payment, payment["price_cents"], "late_payment", "credit",
+                        f"Order #{order_id} paid after its items were gone")
+        enqueue_message(conn, user_id, f"⚠️ Your payment for <b>order #{order_id}</b> arrived after the time to pay "
+                                       "had run out, and the items are gone. The full price, "
+                                       f"{fmt_eur(cents)}, was added to your balance. Balance: "
+                                       f"{_balance(conn, user_id)}.", order_id=order_id)
+        alert_owners(conn, owners, f"⚠️ Order #{order_id} paid late; items gone, {fmt_eur(cents)} credited")
+        outcome = f"late, credited {cents_to_str(cents)}"
+    paid = payment["actually_paid"]
+    if paid and crypto_amount(paid) > crypto_amount(payment["pay_amount"]):
+        extra = value_of(payment["price_cents"], crypto_amount(paid) - crypto_amount(payment["pay_amount"]),
+                         payment["pay_amount"])
+        extra = _credit(conn, payment, extra, "overpayment", "overpaid", f"Order #{order_id} overpaid")
+        if extra:
+            enqueue_message(conn, user_id, f"💰 You sent more than needed for order #{order_id}; the extra "
+                                           f"{fmt_eur(extra)} was added to your balance. Balance: "
+                                           f"{_balance(conn, user_id)}.", order_id=order_id)
+            outcome += f", overpaid {cents_to_str(extra)} credited"
+    return outcome
+
+
+def _retake_units(conn, order_id):
+    """Reserve again, for a late payment, the order's units or others of the same product and place."""
+    items = conn.execute("SELECT i.id, i.unit_id, i.product_id, s.district_id FROM order_items i "
+                         "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ?", (order_id,)).fetchall()
+    taken = []
+    for item in items:
+        unit = conn.execute(
+            "SELECT id FROM stock_units WHERE status = 'available' AND product_id = ? AND district_id = ? "
+            "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id = ? DESC, id LIMIT 1",
+            (item["product_id"], item["district_id"], json.dumps(taken), item["unit_id"])).fetchone()
+        if unit is None:
+            return False
+        taken.append(unit["id"])
+    for item, unit_id in zip(items, taken):
+        conn.execute("UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = ?",
+                     (order_id, now_iso(), unit_id))
+        conn.execute("UPDATE order_items SET unit_id = ? WHERE id = ?", (unit_id, item["id"]))
+    return True
 
 
 # Services: catalog import ####################################################
@@ -1353,6 +1871,668 @@ def import_catalog(conn, data, base_dir, media_dir):
     return counts
 
 
+# Payment provider: NOWPayments client, IPN signatures, sandbox ###############
+
+COINS = [("btc", "BTC"), ("eth", "ETH"), ("ltc", "LTC"),
+         ("usdttrc20", "USDT · TRC20"), ("usdterc20", "USDT · ERC20"), ("usdtbsc", "USDT · BEP20"),
+         ("usdtsol", "USDT · SOL"), ("usdctrc20", "USDC · TRC20"), ("usdcerc20", "USDC · ERC20"),
+         ("usdcsol", "USDC · SOL"), ("ton", "TON"), ("sol", "SOL")]
+COIN_LABELS = dict(COINS)
+COIN_CODES = [code for code, _ in COINS]
+URI_SCHEMES = {"btc": "bitcoin", "ltc": "litecoin"}   # BIP21-style payment URIs; others get the plain address
+
+
+class Num(str):
+    """A JSON number kept as the exact token the sender wrote (never a float)."""
+
+
+def parse_json(text):
+    """Parse provider JSON keeping every number as its Num token. Raises ValueError."""
+    def no_constants(name):
+        raise ValueError(f"{name} is not allowed")
+    return json.loads(text, parse_float=Num, parse_int=Num, parse_constant=no_constants)
+
+
+def js_number(token):
+    """How JavaScript's JSON.stringify writes the number a JSON token stands for."""
+    x = float(token)
+    if x != x or x in (float("inf"), float("-inf")):
+        return "null"
+    if x == 0:
+        return "0"
+    sign, digits, exponent = Decimal(repr(abs(x))).normalize().as_tuple()
+    ds, k = "".join(map(str, digits)), len(digits)
+    n = exponent + k
+    if k <= n <= 21:
+        out = ds + "0" * (n - k)
+    elif 0 < n <= 21:
+        out = ds[:n] + "." + ds[n:]
+    elif -6 < n <= 0:
+        out = "0." + "0" * -n + ds
+    else:
+        e = n - 1
+        out = (ds if k == 1 else ds[0] + "." + ds[1:]) + ("e+" if e > 0 else "e-") + str(abs(e))
+    return ("-" if x < 0 else "") + out
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encode_json(value, *, sort_keys=False, js_numbers=False):
+    """Compact JSON with raw non-ASCII, Num tokens written as they came (or as JavaScript would)."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass")) if sort_keys else value
+        return "{" + ",".join(encode_json(str(k)) + ":" + encode_json(value[k], sort_keys=sort_keys,
+                                                                          js_numbers=js_numbers)
+                              for k in keys) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(encode_json(v, sort_keys=sort_keys, js_numbers=js_numbers) for v in value) + "]"
+    if isinstance(value, Num):
+        return js_number(value) if js_numbers else str(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def ipn_signature(data, secret, *, js_numbers=True):
+    """NOWPayments' x-nowpayments-sig: HMAC-SHA512 of the body with keys sorted at every depth."""
+    message = encode_json(data, sort_keys=True, js_numbers=js_numbers).encode("utf-8")
+    return hmac.new(secret.strip().encode("utf-8"), message, hashlib.sha512).hexdigest()
+
+
+def verify_ipn(body, signature, secret):
+    """Parse an IPN body and check its signature. Returns (data, verdict); data is None if unusable.
+
+    The provider signs JSON.stringify of the sorted parsed body, so numbers are
+    checked as JavaScript writes them, and as the body wrote them.
+    """
+    try:
+        data = parse_json(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        return None, f"malformed: {str(e)[:80]}"
+    if not isinstance(data, dict):
+        return None, "malformed: not a JSON object"
+    if not secret:
+        return data, "unsigned"
+    if not signature:
+        return data, "missing signature"
+    given = signature.strip().lower().encode()
+    good = False
+    for js in (True, False):
+        good |= hmac.compare_digest(ipn_signature(data, secret, js_numbers=js).encode(), given)
+    return data, "valid signature" if good else "bad signature"
+
+
+class NowPayments:
+    """A thin client for the NOWPayments API v1 (the real one, or the sandbox emulator)."""
+
+    TIMEOUT = (5, 10)
+    CACHE_SECONDS = 600
+
+    def __init__(self, base_url, api_key):
+        self.base_url, self.api_key = base_url.rstrip("/"), api_key
+        self.session = requests.Session()
+        self.lock = threading.Lock()
+        self.coins_cache = (0.0, None)
+        self.minimum_cache = {}
+        self.failing_since = None   # monotonic time of the first failure of an ongoing outage
+
+    def _call(self, method, path, *, params=None, body=None, auth=True):
+        headers = {"x-api-key": self.api_key} if auth else {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            r = self.session.request(method, self.base_url + path, params=params, data=body, headers=headers,
+                                     timeout=self.TIMEOUT)
+        except requests.RequestException as e:
+            self.failing_since = self.failing_since or time.monotonic()
+            raise ProviderError(f"{method} {path}: {network_reason(e)}") from None
+        if r.status_code >= 500:
+            self.failing_since = self.failing_since or time.monotonic()
+        else:
+            self.failing_since = None
+        try:
+            data = parse_json(r.text)
+        except ValueError:
+            raise ProviderError(f"{method} {path}: HTTP {r.status_code} with a body that is not JSON") from None
+        if r.status_code >= 400 or (isinstance(data, dict) and data.get("status") is False):
+            code = data.get("code") if isinstance(data, dict) else None
+            message = data.get("message") if isinstance(data, dict) else None
+            raise ProviderError(f"{method} {path}: HTTP {r.status_code} {code or ''} {message or ''}".strip(),
+                                code=code)
+        if not isinstance(data, dict):
+            raise ProviderError(f"{method} {path}: the answer is not a JSON object")
+        return data
+
+    def status(self):
+        return self._call("GET", "/status", auth=False)
+
+    def merchant_coins(self, fresh=False):
+        """The coins this shop can take: our list, in our order, as far as the merchant enabled them."""
+        with self.lock:
+            stamp, coins = self.coins_cache
+        if coins is not None and not fresh and time.monotonic() - stamp < self.CACHE_SECONDS:
+            return coins
+        data = self._call("GET", "/merchant/coins")
+        listed = data.get("selectedCurrencies", data.get("currencies"))
+        if not isinstance(listed, list):
+            raise ProviderError("GET /merchant/coins: no list of currencies in the answer")
+        enabled = {str(c.get("code") if isinstance(c, dict) else c).lower() for c in listed}
+        coins = [code for code in COIN_CODES if code in enabled]
+        with self.lock:
+            self.coins_cache = (time.monotonic(), coins)
+        return coins
+
+    def minimum_eur(self, coin, fresh=False):
+        """The provider's minimum payment in a coin, in EUR cents (None if it cannot say)."""
+        with self.lock:
+            stamp, cents = self.minimum_cache.get(coin, (0.0, None))
+        if not fresh and time.monotonic() - stamp < self.CACHE_SECONDS:
+            return cents
+        data = self._call("GET", "/min-amount", params={"currency_from": coin, "currency_to": coin,
+                                                        "fiat_equivalent": "eur"})
+        fiat = data.get("fiat_equivalent")
+        if fiat in (None, ""):
+            minimum = crypto_amount(data.get("min_amount"), "min_amount")
+            fiat = self._call("GET", "/estimate", params={"amount": str(minimum), "currency_from": coin,
+                                                          "currency_to": "eur"}).get("estimated_amount")
+        try:
+            cents = int((crypto_amount(fiat, "fiat_equivalent") * 100).to_integral_value(rounding="ROUND_CEILING"))
+        except InvalidInput as e:
+            raise ProviderError(f"GET /min-amount for {coin}: {e}") from None
+        with self.lock:
+            self.minimum_cache[coin] = (time.monotonic(), cents)
+        return cents
+
+    def create_payment(self, *, price_cents, coin, reference, description, ipn_url):
+        # The price goes out as a JSON number written from cents, never through a float.
+        body = encode_json({"price_amount": Num(cents_to_str(price_cents)), "price_currency": "eur",
+                            "pay_currency": coin, "order_id": reference, "order_description": description,
+                            "ipn_callback_url": ipn_url})
+        return self._call("POST", "/payment", body=body.encode("utf-8"))
+
+    def get_payment(self, provider_id):
+        return self._call("GET", f"/payment/{provider_payment_id(provider_id)}")
+
+
+def payment_uri(coin, address, amount):
+    scheme = URI_SCHEMES.get(coin)
+    return f"{scheme}:{address}?amount={amount}" if scheme else address
+
+
+def qr_png(text):
+    """A QR code of text as PNG bytes."""
+    buffer = io.BytesIO()
+    segno.make(text, error="m").save(buffer, kind="png", scale=8, border=3)
+    return buffer.getvalue()
+
+
+# The sandbox: a NOWPayments emulator mounted at /sandbox/v1 when no API key is set.
+# The shop's real client talks to it over HTTP, and "simulate" makes it send signed
+# IPNs to the shop's /webhook, so every layer runs as in production.
+
+SANDBOX_API_KEY = "sandbox-api-key"
+# coin: (EUR per coin, decimals, minimum in coin units)
+SANDBOX_COINS = {
+    "btc": ("60000", 8, "0.0001"), "eth": ("3000", 8, "0.004"), "ltc": ("75", 8, "0.05"),
+    "usdttrc20": ("0.93", 6, "10"), "usdterc20": ("0.93", 6, "20"), "usdtbsc": ("0.93", 6, "5"),
+    "usdtsol": ("0.93", 6, "5"), "usdctrc20": ("0.93", 6, "10"), "usdcerc20": ("0.93", 6, "20"),
+    "usdcsol": ("0.93", 6, "5"), "ton": ("5", 9, "1"), "sol": ("150", 9, "0.05"),
+}
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _sandbox_address(coin):
+    pick = lambda alphabet, n: "".join(secrets.choice(alphabet) for _ in range(n))
+    if coin == "btc":
+        return "tb1q" + pick("023456789acdefghjklmnpqrstuvwxyz", 38)
+    if coin in ("eth", "usdterc20", "usdcerc20", "usdtbsc"):
+        return "0x" + secrets.token_hex(20)
+    if coin in ("usdttrc20", "usdctrc20"):
+        return "T" + pick(_B58, 33)
+    if coin == "ltc":
+        return "tltc1q" + pick("023456789acdefghjklmnpqrstuvwxyz", 38)
+    if coin == "ton":
+        return "EQ" + pick(_B58 + "-_", 46)
+    return pick(_B58, 44)
+
+
+def _np_error(status, code, message):
+    bottle.response.status = status
+    bottle.response.content_type = "application/json"
+    return json.dumps({"status": False, "statusCode": status, "code": code, "message": message})
+
+
+def make_sandbox(shop):
+    """The NOWPayments emulator as a Bottle app (mounted at /sandbox/v1)."""
+    api = bottle.Bottle()
+
+    def load(conn, payment_id):
+        row = conn.execute("SELECT data FROM sandbox_payments WHERE id = ?", (payment_id,)).fetchone()
+        return parse_json(row["data"]) if row else None
+
+    def authorised():
+        return bottle.request.headers.get("x-api-key") == SANDBOX_API_KEY
+
+    def answer(data, status=200):
+        bottle.response.status = status
+        bottle.response.content_type = "application/json"
+        return encode_json(data)
+
+    @api.get("/status")
+    def status():
+        return answer({"message": "OK"})
+
+    @api.get("/currencies")
+    def currencies():
+        return answer({"currencies": list(SANDBOX_COINS)}) if authorised() else \
+            _np_error(403, "INVALID_API_KEY", "Invalid api key")
+
+    @api.get("/merchant/coins")
+    def merchant_coins():
+        if not authorised():
+            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
+        return answer({"selectedCurrencies": [c.upper() for c in SANDBOX_COINS]})
+
+    @api.get("/min-amount")
+    def min_amount():
+        if not authorised():
+            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
+        coin = bottle.request.query.get("currency_from", "").lower()
+        if coin not in SANDBOX_COINS:
+            return _np_error(400, "INVALID_REQUEST_PARAMS", "currency_from is not supported")
+        rate, _, minimum = SANDBOX_COINS[coin]
+        data = {"currency_from": coin, "currency_to": bottle.request.query.get("currency_to", coin).lower(),
+                "min_amount": Num(minimum)}
+        if bottle.request.query.get("fiat_equivalent", "").lower() == "eur":
+            data["fiat_equivalent"] = Num(str((Decimal(minimum) * Decimal(rate)).quantize(Decimal("0.01"))))
+        return answer(data)
+
+    @api.get("/estimate")
+    def estimate():
+        if not authorised():
+            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
+        q = bottle.request.query
+        frm, to = q.get("currency_from", "").lower(), q.get("currency_to", "").lower()
+        try:
+            amount = crypto_amount(q.get("amount", ""))
+        except InvalidInput:
+            return _np_error(400, "INVALID_REQUEST_PARAMS", "amount must be a number")
+        eur = lambda c: Decimal(1) if c == "eur" else Decimal(SANDBOX_COINS[c][0]) if c in SANDBOX_COINS else None
+        if eur(frm) is None or eur(to) is None:
+            return _np_error(400, "INVALID_REQUEST_PARAMS", "currency is not supported")
+        value = amount * eur(frm) / eur(to)
+        places = 2 if to == "eur" else SANDBOX_COINS[to][1]
+        return answer({"currency_from": frm, "amount_from": Num(str(amount)), "currency_to": to,
+                       "estimated_amount": Num(str(value.quantize(Decimal(1).scaleb(-places))))})
+
+    @api.post("/payment")
+    def create_payment():
+        if not authorised():
+            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
+        try:
+            body = parse_json(bottle.request.body.read(65536).decode("utf-8"))
+            assert isinstance(body, dict)
+        except (ValueError, UnicodeDecodeError, AssertionError):
+            return _np_error(400, "INVALID_REQUEST_PARAMS", "body must be a JSON object")
+        for key in ("price_amount", "price_currency", "pay_currency"):
+            if body.get(key) in (None, ""):
+                return _np_error(400, "INVALID_REQUEST_PARAMS", f"{key} is required")
+        coin = str(body["pay_currency"]).lower()
+        if coin not in SANDBOX_COINS:
+            return _np_error(400, "INVALID_REQUEST_PARAMS", f"pay_currency {coin} is not supported")
+        if str(body["price_currency"]).lower() != "eur":
+            return _np_error(400, "INVALID_REQUEST_PARAMS", "the sandbox prices in eur only")
+        try:
+            price = crypto_amount(body["price_amount"], "price_amount")
+        except InvalidInput:
+            return _np_error(400, "INVALID_REQUEST_PARAMS", "price_amount must be a number")
+        url = body.get("ipn_callback_url")
+        if url is not None and urlsplit(str(url)).scheme not in ("http", "https"):
+            return _np_error(400, "INVALID_REQUEST_PARAMS", "ipn_callback_url must be an http(s) URL")
+        rate, places, minimum = SANDBOX_COINS[coin]
+        step = Decimal(1).scaleb(-places)
+        pay_amount = (price / Decimal(rate)).quantize(step, rounding="ROUND_CEILING")
+        if pay_amount < Decimal(minimum):
+            return _np_error(400, "AMOUNT_MINIMAL_ERROR", "amountTo is too small")
+        now = datetime.now(timezone.utc)
+        stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+        payment_id = secrets.randbelow(9 * 10 ** 9) + 10 ** 9
+        data = {"payment_id": Num(str(payment_id)), "payment_status": "waiting",
+                "pay_address": _sandbox_address(coin), "price_amount": body["price_amount"],
+                "price_currency": "eur", "pay_amount": Num(str(pay_amount)), "actually_paid": Num("0"),
+                "pay_currency": coin, "order_id": body.get("order_id"),
+                "order_description": body.get("order_description"), "ipn_callback_url": url,
+                "payin_extra_id": str(secrets.randbelow(10 ** 9)) if coin == "ton" else None,
+                "purchase_id": Num(str(secrets.randbelow(9 * 10 ** 9) + 10 ** 9)), "network": coin,
+                "network_precision": Num(str(places)), "outcome_amount": Num(str(pay_amount)),
+                "outcome_currency": coin, "created_at": stamp(now), "updated_at": stamp(now),
+                "expiration_estimate_date": stamp(now + timedelta(minutes=shop.config.reservation_minutes))}
+        conn = shop.db()
+        with transaction(conn):
+            conn.execute("INSERT INTO sandbox_payments(id, data) VALUES (?, ?)", (payment_id, encode_json(data)))
+        created = dict(data)
+        created["payment_id"] = str(payment_id)   # POST answers the id as a string, GET as a number
+        del created["actually_paid"], created["ipn_callback_url"]
+        return answer(created, 201)
+
+    @api.get("/payment/<payment_id>")
+    def get_payment(payment_id):
+        if not authorised():
+            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
+        data = load(shop.db(), payment_id) if payment_id.isdigit() else None
+        if data is None:
+            return _np_error(404, "PAYMENT_NOT_FOUND", f"Payment {payment_id} not found")
+        data.pop("ipn_callback_url", None)
+        return answer(data)
+
+    @api.post("/simulate/<payment_id>/<outcome>")
+    def simulate_route(payment_id, outcome):
+        try:
+            sandbox_simulate(shop, payment_id, outcome)
+        except (NotFound, InvalidInput) as e:
+            return _np_error(404 if isinstance(e, NotFound) else 400, "SIMULATION_ERROR", str(e))
+        return answer({"simulated": outcome, "payment_id": Num(payment_id)})
+
+    return api
+
+
+SIMULATIONS = {"full": "pay in full", "partial": "pay half", "over": "pay 1.5 times", "expire": "let it expire"}
+
+
+def sandbox_simulate(shop, payment_id, outcome):
+    """Make the emulator's payment paid (in full, half, 1.5x) or expired, then send its IPNs."""
+    if outcome not in SIMULATIONS:
+        raise InvalidInput(f"outcome must be one of {', '.join(SIMULATIONS)}")
+    conn = shop.db()
+    with transaction(conn):
+        row = conn.execute("SELECT data FROM sandbox_payments WHERE id = ?",
+                           (int(payment_id) if str(payment_id).isdigit() else -1,)).fetchone()
+        if row is None:
+            raise NotFound("No such sandbox payment.")
+        data = parse_json(row["data"])
+        if data["payment_status"] != "waiting":
+            raise InvalidInput(f"This sandbox payment is already {data['payment_status']}.")
+        asked = Decimal(data["pay_amount"])
+        places = int(data["network_precision"])
+        factor = {"full": Decimal(1), "partial": Decimal("0.5"), "over": Decimal("1.5"), "expire": Decimal(0)}[outcome]
+        paid = (asked * factor).quantize(Decimal(1).scaleb(-places), rounding="ROUND_FLOOR")
+        final = {"full": "finished", "partial": "partially_paid", "over": "finished", "expire": "expired"}[outcome]
+        data["payment_status"] = final
+        data["actually_paid"] = Num(str(paid.normalize()) if paid else "0")
+        data["updated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?", (encode_json(data), int(payment_id)))
+    steps = ["confirming", final] if outcome != "expire" else [final]
+    threading.Thread(target=_send_sandbox_ipns, args=(shop, data, steps), name="sandbox-ipn", daemon=True).start()
+
+
+def _send_sandbox_ipns(shop, data, steps):
+    """POST the IPNs as NOWPayments does: unsorted keys, a nested fee object, signed, retried on errors."""
+    url = data.get("ipn_callback_url")
+    if not url:
+        return
+    for step in steps:
+        body = {"payment_status": step, "pay_address": data["pay_address"], "price_amount": data["price_amount"],
+                "fee": {"withdrawalFee": Num("0"), "serviceFee": Num("0"), "depositFee": Num("0"),
+                        "currency": data["pay_currency"]},
+                "payment_id": data["payment_id"], "price_currency": "eur", "pay_amount": data["pay_amount"],
+                "actually_paid": data["actually_paid"] if step != "confirming" else Num("0"),
+                "pay_currency": data["pay_currency"], "order_id": data["order_id"],
+                "order_description": data["order_description"], "purchase_id": data["purchase_id"],
+                "outcome_amount": data["outcome_amount"], "outcome_currency": data["outcome_currency"],
+                "payin_extra_id": data["payin_extra_id"], "parent_payment_id": None, "invoice_id": None,
+                "payment_extra_ids": None, "updated_at": Num(str(int(time.time() * 1000)))}
+        text = encode_json(body)
+        signature = ipn_signature(parse_json(text), shop.ipn_secret)
+        for attempt in range(3):
+            try:
+                r = requests.post(url, data=text.encode("utf-8"), timeout=10,
+                                  headers={"Content-Type": "application/json", "x-nowpayments-sig": signature})
+                if r.status_code < 500:
+                    break
+            except requests.RequestException as e:
+                log.warning("sandbox: IPN to %s failed (%s); retrying", url, network_reason(e))
+            if shop.stopping.wait(1.0 + attempt):
+                return
+
+
+def provider_time(text, default):
+    """The provider's ISO time ('2026-11-26T11:55:00.000Z') in our notation, or default if unreadable."""
+    try:
+        t = datetime.strptime(str(text)[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return default
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PaymentDesk:
+    """Runs the shop's payments: opens invoices, applies what the provider says, reconciles.
+
+    Network calls happen here, between transactions, never inside one.
+    """
+
+    def __init__(self, shop, client):
+        self.shop, self.client = shop, client
+        self.alerts = Throttle(600)
+        self.last_refresh = {}
+        self.lock = threading.Lock()
+        self.outage_alerted = False
+
+    @property
+    def owners(self):
+        return self.shop.config.admin_ids
+
+    def coins(self):
+        """[(coin, minimum in EUR cents or None)] for the coins the merchant takes."""
+        coins = []
+        for coin in self.client.merchant_coins():
+            try:
+                coins.append((coin, self.client.minimum_eur(coin)))
+            except ProviderError as e:
+                log.warning("payments: no minimum for %s (%s); offering it anyway", coin, e.detail)
+                coins.append((coin, None))
+        return coins
+
+    def refresh_coins(self):
+        """Scheduled: keep the coin list and minimums fresh so menus need no network."""
+        try:
+            for coin in self.client.merchant_coins(fresh=True):
+                self.client.minimum_eur(coin, fresh=True)
+        except ProviderError as e:
+            if not self.shop.stopping.is_set():
+                log.warning("payments: cannot refresh the coin list: %s", e.detail)
+
+    def _check_coin(self, coin, amount_cents):
+        if coin not in COIN_LABELS:
+            raise InvalidInput("That coin is not offered.")
+        offered = dict(self.coins())
+        if coin not in offered:
+            raise InvalidInput(f"{COIN_LABELS[coin]} is not offered right now. Please choose another coin.")
+        if offered[coin] is not None and offered[coin] > amount_cents:
+            raise InvalidInput(f"{COIN_LABELS[coin]} takes payments from {fmt_eur(offered[coin])}. "
+                               "Please choose another coin.")
+
+    def _create(self, coin, price_cents, reference, description):
+        try:
+            return self.client.create_payment(price_cents=price_cents, coin=coin, reference=reference,
+                                              description=description,
+                                              ipn_url=self.shop.config.webhook_url + "/webhook")
+        except ProviderError as e:
+            if e.code == "AMOUNT_MINIMAL_ERROR":
+                self.client.minimum_cache.pop(coin, None)
+                raise InvalidInput(f"{fmt_eur(price_cents)} is below what {COIN_LABELS[coin]} can take. "
+                                   "Please choose another coin.") from None
+            log.warning("payments: creating a %s payment failed: %s", coin, e.detail)
+            raise
+
+    def open_order_invoice(self, user_id, nonce, coin):
+        """Reserve a checkout's units and create its payment; a repeated tap gets the same invoice."""
+        conn = self.shop.db()
+        existing = conn.execute("SELECT p.* FROM payments p JOIN orders o ON o.id = p.order_id "
+                                "WHERE o.checkout_key = ? AND p.user_id = ? AND p.parent_id IS NULL",
+                                (nonce, user_id)).fetchone()
+        if existing:
+            return existing
+        c = self.shop.config
+        checkout = get_checkout(conn, user_id, nonce)
+        check_invoice_limits(conn, user_id, c.max_open_invoices, c.max_invoices_per_hour)
+        self._check_coin(coin, checkout["amount_cents"])
+        order_id, total, _ = reserve_for_checkout(conn, user_id, nonce, c.reservation_minutes)
+        try:
+            data = self._create(coin, total, f"order-{order_id}", f"Order #{order_id}")
+            until = conn.execute("SELECT min(reserved_until) FROM stock_units WHERE order_id = ?",
+                                 (order_id,)).fetchone()[0] or now_iso(c.reservation_minutes * 60)
+            return record_payment(conn, kind="order", user_id=user_id, reference=f"order-{order_id}",
+                                  price_cents=total, data=data, expires_at=until, order_id=order_id)
+        except BaseException:
+            drop_reservation(conn, order_id)
+            raise
+
+    def open_topup_invoice(self, user_id, nonce, coin):
+        conn = self.shop.db()
+        reference = f"topup-{nonce}"
+        existing = conn.execute("SELECT * FROM payments WHERE reference = ? AND user_id = ? AND parent_id IS NULL",
+                                (reference, user_id)).fetchone()
+        if existing:
+            return existing
+        c = self.shop.config
+        checkout = get_checkout(conn, user_id, nonce)
+        if checkout["kind"] != "topup":
+            raise NotFound("This top-up is too old. Please start again with 💰 Top up.")
+        check_invoice_limits(conn, user_id, c.max_open_invoices, c.max_invoices_per_hour)
+        self._check_coin(coin, checkout["amount_cents"])
+        data = self._create(coin, checkout["amount_cents"], reference, f"Balance top-up {fmt_eur(checkout['amount_cents'])}")
+        expires = provider_time(data.get("expiration_estimate_date"), now_iso(c.reservation_minutes * 60))
+        return record_payment(conn, kind="topup", user_id=user_id, reference=reference,
+                              price_cents=checkout["amount_cents"], data=data, expires_at=expires)
+
+    def refresh(self, provider_id, source, throttle=0):
+        """Ask the provider for a payment's status and apply it. Returns what happened."""
+        if throttle:
+            with self.lock:
+                if time.monotonic() - self.last_refresh.get(provider_id, -1e9) < throttle:
+                    return "throttled"
+                self.last_refresh[provider_id] = time.monotonic()
+        data = self.client.get_payment(provider_id)
+        return self.apply(data, source)
+
+    def apply(self, data, source):
+        try:
+            return apply_payment_status(self.shop.db(), data, source=source, owners=self.owners)
+        except (PaymentMismatch, UnknownPayment, InvalidInput) as e:
+            self.alert("apply", f"⚠️ A payment update ({source}) could not be applied: {esc(e)}")
+            raise
+
+    def alert(self, kind, text):
+        """Tell the owners about something that needs them, at most every ten minutes per kind."""
+        log.error("payments: %s", html_to_plain(text))
+        if self.owners and self.alerts(kind):
+            conn = self.shop.db()
+            with transaction(conn):
+                alert_owners(conn, self.owners, text)
+
+    def handle_ipn(self, body, signature, remote):
+        """POST /webhook: verify, store, apply. Returns (HTTP status, JSON answer)."""
+        data, verdict = verify_ipn(body, signature, self.shop.ipn_secret)
+        provider_id = status = None
+        if data is not None:
+            provider_id = str(data.get("payment_id")) if data.get("payment_id") is not None else None
+            status = str(data.get("payment_status")) if data.get("payment_status") is not None else None
+        code, answer = 200, {"status": "ok"}
+        if data is None:
+            code, answer = 400, {"error": f"the body is not a JSON object ({verdict})"}
+        elif verdict in ("missing signature", "bad signature"):
+            code, answer = 401, {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"}
+            self.alert("signature", f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}).")
+        elif verdict == "unsigned":
+            # No IPN secret: the body proves nothing, so it only says which payment to look up.
+            verdict = "hint: status fetched from the API"
+            try:
+                known = self.shop.db().execute("SELECT 1 FROM payments WHERE provider_id = ?",
+                                               (provider_payment_id(provider_id),)).fetchone()
+            except InvalidInput:
+                known = None
+            if known:
+                threading.Thread(target=self._refresh_quietly, args=(provider_id, "ipn"), daemon=True).start()
+                code, answer = 202, {"status": "accepted; checking with the API"}
+            else:
+                code, answer, verdict = 404, {"error": "unknown payment"}, "hint for an unknown payment"
+        else:
+            try:
+                verdict = "applied: " + self.apply(data, "ipn")
+            except UnknownPayment as e:
+                code, answer, verdict = 404, {"error": str(e)}, f"unknown payment"
+            except PaymentMismatch as e:
+                code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
+            except InvalidInput as e:
+                code, answer, verdict = 400, {"error": str(e)}, f"invalid: {e}"
+        conn = self.shop.db()
+        with transaction(conn):
+            conn.execute("INSERT INTO ipn_events(received_at, provider_id, status, body, signature, verdict, "
+                         "remote_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (now_iso(), provider_id, status, body.decode("utf-8", "replace"),
+                          (signature or "")[:256] or None, verdict[:500], remote))
+        if code >= 400:
+            log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
+        return code, answer
+
+    def _refresh_quietly(self, provider_id, source):
+        try:
+            self.refresh(provider_id, source)
+        except (ShopError, sqlite3.Error) as e:
+            log.warning("payments: checking payment %s failed: %s", provider_id, getattr(e, "detail", e))
+
+    def reconcile(self):
+        """Scheduled: ask the provider about every unfinished payment younger than a week."""
+        conn = self.shop.db()
+        rows = conn.execute("SELECT provider_id, created_at FROM payments WHERE status IN "
+                            "('waiting', 'confirming', 'confirmed', 'sending') AND created_at > ? ORDER BY id",
+                            (now_iso(-7 * 86400),)).fetchall()
+        for row in rows:
+            if self.shop.stopping.is_set():
+                return
+            # Young payments every run; older ones every ten minutes.
+            every = 0 if row["created_at"] > now_iso(-7200) else 600
+            try:
+                self.refresh(row["provider_id"], "poll", throttle=every)
+            except ProviderError as e:
+                log.warning("payments: reconciliation stopped, the provider is not answering: %s", e.detail)
+                break
+            except (PaymentMismatch, UnknownPayment, InvalidInput):
+                continue
+        self.check_stuck(conn)
+        self.check_outage()
+
+    def check_stuck(self, conn):
+        stuck = conn.execute("SELECT * FROM payments WHERE status IN ('confirming', 'confirmed', 'sending') "
+                             "AND stuck_alerted = 0 AND expires_at < ?", (now_iso(-3600),)).fetchall()
+        for p in stuck:
+            with transaction(conn):
+                conn.execute("UPDATE payments SET stuck_alerted = 1 WHERE id = ?", (p["id"],))
+                alert_owners(conn, self.owners, f"⚠️ Payment {p['provider_id']} "
+                                                f"({'order #%s' % p['order_id'] if p['order_id'] else 'top-up'}) "
+                                                f"is still '{p['status']}' an hour after its invoice ran out.")
+            log.warning("payments: payment %s stuck in %s past its expiry", p["provider_id"], p["status"])
+
+    def check_outage(self):
+        since = self.client.failing_since
+        if since and time.monotonic() - since > 300 and not self.outage_alerted:
+            self.outage_alerted = True
+            self.alert("outage", "⚠️ NOWPayments has not been answering for over 5 minutes. Invoices cannot "
+                                 "be created; payments are checked again when it is back.")
+        elif since is None and self.outage_alerted:
+            self.outage_alerted = False
+            log.info("payments: NOWPayments answers again")
+            if self.owners:
+                conn = self.shop.db()
+                with transaction(conn):
+                    alert_owners(conn, self.owners, "✅ NOWPayments answers again.")
+
+
 # Web #########################################################################
 
 def json_response(status, payload):
@@ -1377,6 +2557,21 @@ def make_app(shop):
     def healthz():
         state = shop.health()
         return json_response(200 if state["status"] == "ok" else 503, state)
+
+    @app.post("/webhook")
+    def webhook():
+        """The NOWPayments IPN."""
+        if (bottle.request.content_length or 0) > 65536:
+            return json_response(413, {"error": "the body is larger than 64 KB"})
+        body = bottle.request.body.read(65537)
+        if len(body) > 65536:
+            return json_response(413, {"error": "the body is larger than 64 KB"})
+        code, answer = shop.payments.handle_ipn(body, bottle.request.get_header("x-nowpayments-sig"),
+                                                bottle.request.remote_addr)
+        return json_response(code, answer)
+
+    if shop.config.sandbox:
+        app.mount("/sandbox/v1/", make_sandbox(shop))
 
     @app.get("/")
     def index():
@@ -1424,7 +2619,8 @@ ORDERS_PAGE = 8
 
 @dataclass
 class Screen:
-    """What one bot message shows: HTML text, inline buttons [[(label, data)]], optional photo ref."""
+    """What one bot message shows: HTML text, inline buttons [[(label, data)]], an optional photo
+    (a 'public:'/'private:' media ref, or PNG bytes made for this message)."""
     text: str
     buttons: list = field(default_factory=list)
     photo: str = None
@@ -1518,8 +2714,20 @@ def screen_basket(conn, user_id):
     return Screen("\n".join(text), rows)
 
 
-def screen_checkout(conn, user, lines, source):
-    """Checkout for [(product_id, district_id, qty)]; source is 'b' (basket) or 'p:<pid>:<did>'."""
+def coin_rows(coins, amount_cents, data):
+    """Coin buttons two to a row; a coin whose minimum is above the amount shows that minimum instead."""
+    buttons = []
+    for code, minimum in coins:
+        if minimum is not None and minimum > amount_cents:
+            buttons.append((f"{COIN_LABELS[code]} · min {fmt_eur(minimum)}", f"nocoin:{code}:{minimum}"))
+        else:
+            buttons.append((COIN_LABELS[code], f"{data}:{code}"))
+    return [buttons[i:i + 2] for i in range(0, len(buttons), 2)]
+
+
+def screen_checkout(conn, user, checkout, coins):
+    """A checkout (see create_checkout) with its ways to pay; coins is None when crypto is unavailable."""
+    lines = checkout_lines(checkout)
     total, offers = price_lines(conn, lines)
     text = ["💳 <b>Checkout</b>", ""]
     short = False
@@ -1531,18 +2739,23 @@ def screen_checkout(conn, user, lines, source):
             line += f" ⚠️ only {offer['available']} left" if offer["available"] else " ⚠️ sold out"
         text.append(line)
     text += ["", f"Total: <b>{fmt_eur(total)}</b>", f"Your balance: {fmt_eur(user['balance_cents'])}"]
-    back = [("⬅️ Back", "basket" if source == "b" else "prod:" + source[2:])]
+    back = [("⬅️ Back", "basket" if checkout["from_basket"] else f"prod:{lines[0][0]}:{lines[0][1]}")]
     if short:
         text += ["", "⚠️ Some items are not available in that quantity any more. Please change your basket."]
         return Screen("\n".join(text), [back])
+    rows = []
     if user["balance_cents"] >= total:
-        # A fresh nonce per checkout screen: a replayed update or a double tap of this button
-        # finds the order it already made, while a later checkout in the same message is new.
-        pay = f"pay:{secrets.token_hex(3)}:{source}:{total}"
-        return Screen("\n".join(text), [[(f"💰 Pay {fmt_eur(total)} from balance", pay)], back])
-    text += ["", f"Your balance is <b>{fmt_eur(total - user['balance_cents'])}</b> short. "
-                 "Top up your balance, then come back to pay."]
-    return Screen("\n".join(text), [[("💰 Top up", "topup")], back])
+        rows.append([(f"💰 Pay {fmt_eur(total)} from balance", f"pay:{checkout['nonce']}")])
+    else:
+        text += ["", f"Your balance is <b>{fmt_eur(total - user['balance_cents'])}</b> short."]
+    if coins is None:
+        text += ["", "⚠️ Crypto payments are unavailable right now. Please try again in a few minutes."]
+    elif coins:
+        text += ["", "Pay in crypto:" if user["balance_cents"] < total else "Or pay in crypto:"]
+        rows += coin_rows(coins, total, f"coin:{checkout['nonce']}")
+    if user["balance_cents"] < total:
+        rows.append([("💰 Top up", "topup")])
+    return Screen("\n".join(text), rows + [back])
 
 
 def screen_profile(conn, user):
@@ -1554,10 +2767,58 @@ def screen_profile(conn, user):
                   [[("💰 Top up", "topup"), ("📦 Orders", "orders")]])
 
 
-def screen_topup(conn, user):
-    return Screen(f"💰 <b>Top up</b>\n\nYour balance: {fmt_eur(user['balance_cents'])}\n\n"
-                  "Crypto top-ups are not switched on in this shop yet. "
-                  "Please contact the shop owner to add funds.", [[("👤 Profile", "profile")]])
+def screen_topup_prompt(user, minimum, maximum):
+    quick = [c for c in (1000, 2000, 5000, 10000) if minimum <= c <= maximum]
+    rows = [[(fmt_eur(c), f"tamt:{c}") for c in quick]] if quick else []
+    return Screen(f"💰 <b>Top up your balance</b>\n\nBalance: {fmt_eur(user['balance_cents'])}\n\n"
+                  f"How much do you want to add? Send an amount in EUR from {fmt_eur(minimum)} to "
+                  f"{fmt_eur(maximum)}, for example <code>20</code> or <code>20.50</code>, or pick one:",
+                  rows + [[("✖️ Cancel", "profile")]])
+
+
+def screen_topup_coins(checkout, coins):
+    amount = checkout["amount_cents"]
+    if coins is None:
+        return Screen(f"💰 <b>Top up {fmt_eur(amount)}</b>\n\n⚠️ Crypto payments are unavailable right now. "
+                      "Please try again in a few minutes.", [[("👤 Profile", "profile")]])
+    return Screen(f"💰 <b>Top up {fmt_eur(amount)}</b>\n\nChoose the coin you want to pay with:",
+                  coin_rows(coins, amount, f"tcoin:{checkout['nonce']}") + [[("✖️ Cancel", "profile")]])
+
+
+def screen_invoice(payment, sandbox, with_qr=True):
+    """The invoice for a payment: exact amount and address, memo, expiry, status; QR code as the photo."""
+    coin = payment["pay_currency"]
+    label = COIN_LABELS.get(coin, coin.upper())
+    what = f"Order #{payment['order_id']}" if payment["order_id"] else "Top-up"
+    lines = [f"🧾 <b>{what}</b> · {fmt_eur(payment['price_cents'])}"]
+    if sandbox:
+        lines.append("🧪 <b>SANDBOX</b>: a test invoice, no real money. Use the 🧪 buttons to simulate a payment.")
+    lines += ["", f"Send exactly <code>{esc(payment['pay_amount'])}</code> {esc(label)}",
+              f"to <code>{esc(payment['pay_address'])}</code>"]
+    if payment["payin_extra_id"]:
+        lines.append(f"Memo / tag (required): <code>{esc(payment['payin_extra_id'])}</code>")
+    expires = parse_iso(payment["expires_at"])
+    left = int((expires - datetime.now(timezone.utc)).total_seconds() // 60)
+    status = payment["status"]
+    if status == "waiting" and left < 0:
+        lines += ["", "⌛ This invoice is no longer open. Money sent to it anyway is not lost: it is "
+                      "delivered or credited to your balance."]
+    else:
+        if status == "waiting":
+            reserved = " The items are reserved until then." if payment["order_id"] else ""
+            lines += ["", f"Pay by {expires:%H:%M} UTC ({left} min left).{reserved}"]
+        lines += ["", f"Status: {STATUS_TEXT[status]}"]
+    lines.append(f"Payment id: <code>{payment['provider_id']}</code>")
+    rows = []
+    if status in OPEN_STATUSES and left >= 0:
+        rows.append([("🔄 Check status", f"chk:{payment['id']}")] +
+                    ([("❌ Cancel", f"cxl:{payment['id']}")] if status == "waiting" else []))
+        if sandbox and status == "waiting":
+            rows += [[("🧪 Pay in full", f"sim:{payment['id']}:full"), ("🧪 Pay half", f"sim:{payment['id']}:partial")],
+                     [("🧪 Overpay", f"sim:{payment['id']}:over"), ("🧪 Let it expire", f"sim:{payment['id']}:expire")]]
+    rows.append([("📦 Orders", "orders")] if payment["order_id"] else [("👤 Profile", "profile")])
+    photo = qr_png(payment_uri(coin, payment["pay_address"], payment["pay_amount"])) if with_qr else None
+    return Screen("\n".join(lines), rows, photo)
 
 
 def screen_orders(conn, user_id, before_id=None):
@@ -1740,6 +3001,10 @@ class ShopBot:
         return self.api(self.bot.send_message, chat_id, text, **kw)
 
     def send(self, chat_id, screen, reply_keyboard=None):
+        if isinstance(screen.photo, bytes):   # made for this message (an invoice's QR code)
+            self.shop.limiter.note(chat_id)
+            return self.api(self.bot.send_photo, chat_id, screen.photo, caption=screen.text, parse_mode="HTML",
+                            reply_markup=inline_markup(screen.buttons))
         if screen.photo:
             self.shop.limiter.note(chat_id)
             try:
@@ -1778,8 +3043,12 @@ class ShopBot:
     def safely(handler):
         def wrapper(self, message):
             try:
-                if self.guard(message) is not None:
-                    handler(self, message)
+                user = self.guard(message)
+                if user is None:
+                    return
+                if user["awaiting"] and handler.__name__ != "on_other":
+                    set_awaiting(self.shop.db(), user["id"], None)   # any command ends a question
+                handler(self, message)
             except ShopError as e:
                 self.reply(message.chat.id, str(e))
             except NETWORK_ERRORS as e:
@@ -1799,8 +3068,25 @@ class ShopBot:
     @safely
     def on_start(self, message):
         conn = self.shop.db()
+        payload = (message.text or "").partition(" ")[2].strip()
+        if payload.startswith("refill_"):
+            return self.start_refill_link(conn, message, payload)
         welcome = f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'welcome_text'))}"
         self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
+
+    def start_refill_link(self, conn, message, payload):
+        """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that amount."""
+        parts = payload.split("_")
+        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[1:]) or len(parts[1]) > 20:
+            raise InvalidInput("This top-up link is not valid. Use 💰 Top up instead.")
+        if int(parts[1]) != message.from_user.id:
+            raise InvalidInput("This top-up link was made for another Telegram account. Use 💰 Top up instead.")
+        c = self.shop.config
+        try:
+            cents = parse_eur(".".join(parts[2:]), minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+        except InvalidInput as e:
+            raise InvalidInput(f"The amount in this top-up link {e}.") from None
+        self.send(message.chat.id, self.topup_coins(conn, message.from_user.id, cents))
 
     @safely
     def on_shop(self, message):
@@ -1817,8 +3103,7 @@ class ShopBot:
 
     @safely
     def on_topup(self, message):
-        conn = self.shop.db()
-        self.send(message.chat.id, screen_topup(conn, get_user(conn, message.from_user.id)))
+        self.send(message.chat.id, self.topup_prompt(self.shop.db(), message.from_user.id))
 
     @safely
     def on_orders(self, message):
@@ -1830,6 +3115,17 @@ class ShopBot:
 
     @safely
     def on_other(self, message):
+        conn = self.shop.db()
+        user = get_user(conn, message.from_user.id)
+        if user["awaiting"] == "topup_amount" and message.text:
+            c = self.shop.config
+            try:
+                cents = parse_eur(message.text, minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+            except InvalidInput as e:
+                return self.reply(message.chat.id, f"The amount {e}. Send an amount in EUR like 20 or 20.50, "
+                                                   "or press ✖️ Cancel.")
+            set_awaiting(conn, user["id"], None)
+            return self.send(message.chat.id, self.topup_coins(conn, user["id"], cents))
         self.reply(message.chat.id, "Please use the menu below.", reply_markup=main_menu())
 
     def on_group(self, message):
@@ -1839,6 +3135,30 @@ class ShopBot:
             log.debug("could not answer in group %s: %s", message.chat.id, e.description)
 
     del safely
+
+    # Screens that need the payment service
+
+    def coins(self):
+        """[(coin, minimum cents)] the shop can take now, or None when the payment service is down."""
+        try:
+            return self.shop.payments.coins()
+        except ProviderError as e:
+            log.warning("payments: cannot list coins: %s", e.detail)
+            return None
+
+    def checkout(self, conn, user, lines, from_basket):
+        total, _ = price_lines(conn, lines)
+        nonce = create_checkout(conn, user["id"], "order", total, lines, from_basket)
+        return screen_checkout(conn, user, get_checkout(conn, user["id"], nonce), self.coins())
+
+    def topup_prompt(self, conn, user_id):
+        set_awaiting(conn, user_id, "topup_amount")
+        c = self.shop.config
+        return screen_topup_prompt(get_user(conn, user_id), c.min_deposit_cents, c.max_deposit_cents)
+
+    def topup_coins(self, conn, user_id, cents):
+        nonce = create_checkout(conn, user_id, "topup", cents)
+        return screen_topup_coins(get_checkout(conn, user_id, nonce), self.coins())
 
     # Buttons
 
@@ -1853,6 +3173,9 @@ class ShopBot:
                 alert = "This menu is too old. Send /shop to start again."
             else:
                 alert = self.dispatch(conn, user, call)
+        except ProviderError as e:
+            log.warning("payments: %s", e.detail)
+            alert = str(e)
         except ShopError as e:
             alert = str(e)
         except NETWORK_ERRORS as e:
@@ -1873,29 +3196,30 @@ class ShopBot:
         """Run one button press; returns a short notice for the shopper, or None."""
         verb, _, rest = (call.data or "").partition(":")
         args = rest.split(":") if rest else []
-        if not all(re.fullmatch(r"\d{1,18}|[bp]|[0-9a-f]{6}", a) for a in args):
+        if not all(re.fullmatch(r"[0-9a-z]{1,18}", a) for a in args):
             return "That button is not valid any more."
         ints = [int(a) if a.isdigit() else a for a in args]
         uid, message = user["id"], call.message
         show = lambda screen: self.show(message, screen)
+        numbers = all(isinstance(i, int) for i in ints)
         try:
-            if verb == "cities" and len(ints) <= 1:
+            if verb == "cities" and len(ints) <= 1 and numbers:
                 show(screen_cities(conn, *ints))
-            elif verb == "city" and len(ints) in (1, 2):
+            elif verb == "city" and len(ints) in (1, 2) and numbers:
                 show(screen_districts(conn, *ints))
-            elif verb == "dist" and len(ints) in (1, 2):
+            elif verb == "dist" and len(ints) in (1, 2) and numbers:
                 show(screen_products(conn, *ints))
-            elif verb == "prod" and len(ints) == 2:
+            elif verb == "prod" and len(ints) == 2 and numbers:
                 show(screen_product(conn, uid, *ints))
-            elif verb == "add" and len(ints) == 2:
+            elif verb == "add" and len(ints) == 2 and numbers:
                 quantity = add_to_basket(conn, uid, *ints)
                 show(screen_product(conn, uid, *ints))
                 return f"Added to your basket ({quantity} there now)."
-            elif verb == "buy" and len(ints) == 2:
-                show(screen_checkout(conn, user, [(*ints, 1)], f"p:{ints[0]}:{ints[1]}"))
+            elif verb == "buy" and len(ints) == 2 and numbers:
+                show(self.checkout(conn, user, [(*ints, 1)], from_basket=False))
             elif verb == "basket":
                 show(screen_basket(conn, uid))
-            elif verb in ("inc", "dec", "del") and len(ints) == 1:
+            elif verb in ("inc", "dec", "del") and len(ints) == 1 and numbers:
                 try:
                     if verb == "del":
                         set_basket_quantity(conn, uid, ints[0], 0)
@@ -1911,38 +3235,65 @@ class ShopBot:
                 if not lines:
                     show(screen_basket(conn, uid))
                     return "Your basket is empty."
-                show(screen_checkout(conn, user, lines, "b"))
-            elif verb == "pay" and len(args) in (3, 5) and len(args[0]) == 6:
-                return self.pay(conn, user, message, args[0], ints[1:])
-            elif verb == "orders":
+                show(self.checkout(conn, user, lines, from_basket=True))
+            elif verb == "pay" and len(args) == 1:
+                return self.pay(conn, user, message, args[0])
+            elif verb == "coin" and len(args) == 2 and args[1] in COIN_LABELS:
+                payment = self.shop.payments.open_order_invoice(uid, args[0], args[1])
+                show(screen_invoice(payment, self.shop.config.sandbox))
+            elif verb == "tcoin" and len(args) == 2 and args[1] in COIN_LABELS:
+                payment = self.shop.payments.open_topup_invoice(uid, args[0], args[1])
+                show(screen_invoice(payment, self.shop.config.sandbox))
+            elif verb == "nocoin" and len(ints) == 2 and args[0] in COIN_LABELS:
+                return (f"{COIN_LABELS[args[0]]} takes payments from {fmt_eur(ints[1])}. "
+                        "Please choose another coin.")
+            elif verb == "topup":
+                show(self.topup_prompt(conn, uid))
+            elif verb == "tamt" and len(ints) == 1 and numbers:
+                c = self.shop.config
+                if not c.min_deposit_cents <= ints[0] <= c.max_deposit_cents:
+                    return "That amount is not possible any more."
+                set_awaiting(conn, uid, None)
+                show(self.topup_coins(conn, uid, ints[0]))
+            elif verb == "chk" and len(ints) == 1 and numbers:
+                return self.check_payment(conn, uid, message, ints[0])
+            elif verb == "cxl" and len(ints) == 1 and numbers:
+                cancel_invoice(conn, uid, ints[0])
+                self.recaption(message, screen_invoice(get_payment(conn, uid, ints[0]), self.shop.config.sandbox,
+                                                       with_qr=False))
+                return "Invoice cancelled."
+            elif verb == "sim" and len(args) == 2 and args[1] in SIMULATIONS and isinstance(ints[0], int):
+                if not self.shop.config.sandbox:
+                    return "Simulated payments exist only in sandbox mode."
+                payment = get_payment(conn, uid, ints[0])
+                sandbox_simulate(self.shop, payment["provider_id"], args[1])
+                return f"🧪 Simulating: {SIMULATIONS[args[1]]}. The payment service tells the shop in a moment."
+            elif verb == "orders" and len(ints) <= 1 and numbers:
                 show(screen_orders(conn, uid, ints[0] if ints else None))
-            elif verb == "order" and len(ints) == 1:
+            elif verb == "order" and len(ints) == 1 and numbers:
                 show(screen_order(conn, uid, ints[0]))
-            elif verb == "resend" and len(ints) == 1:
+            elif verb == "resend" and len(ints) == 1 and numbers:
                 queued = resend_delivery(conn, uid, ints[0])
                 return "Your items are on their way." if queued else "Your items are already on their way."
             elif verb == "profile":
-                show(screen_profile(conn, user))
-            elif verb == "topup":
-                show(screen_topup(conn, user))
+                set_awaiting(conn, uid, None)
+                show(screen_profile(conn, get_user(conn, uid)))
             else:
                 return "That button is not valid any more."
         except NotFound as e:
             return str(e)
         return None
 
-    def pay(self, conn, user, message, nonce, ints):
-        """Pay a checkout screen from the balance; the screen's message and nonce make it idempotent."""
+    def pay(self, conn, user, message, nonce):
+        """Pay a checkout from the balance; its nonce makes a double tap or a replayed update buy once."""
         uid = user["id"]
-        if ints[0] == "b":
-            lines, expected, back = None, ints[1], [[("🧺 Basket", "basket")]]
-        else:
-            lines, expected = [(ints[1], ints[2], 1)], ints[3]
-            back = [[("⬅️ Back", f"prod:{ints[1]}:{ints[2]}")]]
+        checkout = get_checkout(conn, uid, nonce)
+        lines = checkout_lines(checkout)
+        back = [[("🧺 Basket", "basket")]] if checkout["from_basket"] else \
+            [[("⬅️ Back", f"prod:{lines[0][0]}:{lines[0][1]}")]]
         try:
-            order_id = buy_with_balance(conn, uid, lines, expected_total_cents=expected,
-                                        checkout_key=f"{message.chat.id}:{message.message_id}:{nonce}",
-                                        owners=self.shop.config.admin_ids)
+            order_id = buy_with_balance(conn, uid, lines, expected_total_cents=checkout["amount_cents"],
+                                        checkout_key=nonce, owners=self.shop.config.admin_ids)
         except (SoldOut, PriceChanged, InsufficientBalance) as e:
             self.show(message, Screen(f"⚠️ {esc(e)}", back))
             return str(e)
@@ -1951,6 +3302,28 @@ class ShopBot:
                                   f"Your items for order #{order_id} are on their way.",
                                   [[("📦 Orders", "orders"), ("🛒 Shop", "cities")]]))
         return f"Order #{order_id} paid."
+
+    def check_payment(self, conn, uid, message, payment_id):
+        """🔄 Check status: ask the provider now (at most every few seconds), then show the invoice's state."""
+        payment = get_payment(conn, uid, payment_id)
+        if payment["status"] in OPEN_STATUSES:
+            try:
+                self.shop.payments.refresh(payment["provider_id"], "check", throttle=5)
+            except ProviderError as e:
+                log.warning("payments: status check failed: %s", e.detail)
+                return "The payment service is not answering right now; the shop keeps checking by itself."
+            payment = get_payment(conn, uid, payment_id)
+        self.recaption(message, screen_invoice(payment, self.shop.config.sandbox, with_qr=False))
+        return STATUS_TEXT[payment["status"]]
+
+    def recaption(self, message, screen):
+        """Update the text and buttons under a photo message (an invoice) in place."""
+        try:
+            self.api(self.bot.edit_message_caption, screen.text, message.chat.id, message.message_id,
+                     parse_mode="HTML", reply_markup=inline_markup(screen.buttons))
+        except apihelper.ApiTelegramException as e:
+            if "not modified" not in (e.description or ""):
+                raise
 
 
 # Outbox sender ###############################################################
@@ -2183,39 +3556,39 @@ def network_reason(e):
 # Scheduler ###################################################################
 
 def make_scheduler(shop):
-    """Background jobs; each opens its own connection and logs instead of raising."""
+    """Background jobs; each logs its failure and runs again on schedule."""
     scheduler = BackgroundScheduler(timezone=timezone.utc,
                                     job_defaults={"coalesce": True, "max_instances": 1,
                                                   "misfire_grace_time": 60})
 
-    def job(fn):
+    def every(name, fn, first=None, **interval):
         def run():
-            conn = connect(shop.config.shop_db)
             try:
-                fn(conn)
+                fn()
             except Exception:
-                log.exception("job %s failed; it runs again on schedule", fn.__name__)
-            finally:
-                conn.close()
-        run.__name__ = fn.__name__
-        return run
+                log.exception("job %s failed; it runs again on schedule", name)
+        scheduler.add_job(run, "interval", id=name, name=name, **interval,
+                          **({"next_run_time": datetime.now(timezone.utc) + timedelta(seconds=first)}
+                             if first is not None else {}))
 
-    def prune_outbox(conn):
+    def prune_outbox():
+        conn = shop.db()
         with transaction(conn):
             n = conn.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?",
                              (now_iso(-90 * 86400),)).rowcount
         if n:
             log.info("pruned %d sent outbox message(s) older than 90 days", n)
 
-    def verify_ledger(conn):
-        for user_id, cached, total in check_ledger(conn):
+    def verify_ledger():
+        for user_id, cached, total in check_ledger(shop.db()):
             log.error("ledger: user %d has a cached balance of %s but ledger rows summing to %s; "
                       "the database was changed outside the shop", user_id, cents_to_str(cached), cents_to_str(total))
 
-    scheduler.add_job(job(release_expired_reservations), "interval", seconds=30, id="reservations")
-    scheduler.add_job(job(verify_ledger), "interval", hours=1, id="verify_ledger",
-                      next_run_time=datetime.now(timezone.utc) + timedelta(minutes=1))
-    scheduler.add_job(job(prune_outbox), "interval", hours=24, id="prune_outbox")
+    every("reservations", lambda: release_expired_reservations(shop.db()), seconds=30)
+    every("reconcile_payments", shop.payments.reconcile, seconds=shop.config.payment_poll_seconds)
+    every("refresh_coins", shop.payments.refresh_coins, first=0, minutes=10)
+    every("verify_ledger", verify_ledger, first=60, hours=1)
+    every("prune_outbox", prune_outbox, hours=24)
     return scheduler
 
 
@@ -2241,6 +3614,8 @@ class Shop:
         self.bot_username = None
         self.stopping = threading.Event()
         self.limiter = RateLimiter()
+        self.payments = None
+        self.ipn_secret = ""
 
     def db(self):
         """This thread's connection to the shop database."""
@@ -2273,6 +3648,14 @@ class Shop:
             raise StartupError(f"cannot prepare {c.media_dir}: {e}") from None
         finally:
             conn.close()
+        self.ipn_secret = c.nowpayments_ipn_secret or (stored_secret(c.shop_db, "sandbox_ipn_secret")
+                                                       if c.sandbox else "")
+        if not c.sandbox and not c.nowpayments_ipn_secret:
+            log.warning("payments: NOWPAYMENTS_IPN_SECRET is not set, so IPNs cannot be verified; each one "
+                        "only makes the shop ask the NOWPayments API for the payment's status")
+        client = (NowPayments(self.url + "/sandbox/v1", SANDBOX_API_KEY) if c.sandbox
+                  else NowPayments(c.nowpayments_api_url, c.nowpayments_api_key))
+        self.payments = PaymentDesk(self, client)
         proxy = {"trusted_proxy": c.trusted_proxy, "trusted_proxy_count": 1,
                  "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
                  "clear_untrusted_proxy_headers": True} if c.trusted_proxy else {}

@@ -164,24 +164,43 @@ def test_an_old_database_is_migrated_in_place(tmp_path):
     with shop.transaction(conn):
         conn.execute("INSERT INTO cities(name) VALUES ('Berlin')")
     conn.close()
-    migrations = {2: "ALTER TABLE cities ADD COLUMN note TEXT NOT NULL DEFAULT '';\n"
+    v = shop.SCHEMA_VERSION + 1
+    migrations = {v: "ALTER TABLE cities ADD COLUMN note TEXT NOT NULL DEFAULT '';\n"
                      "UPDATE cities SET note = 'migrated';"}
-    conn = shop.init_db(path, migrations=migrations, schema_version=2)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn = shop.init_db(path, migrations=migrations, schema_version=v)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == v
     assert conn.execute("SELECT name, note FROM cities").fetchone()[:] == ("Berlin", "migrated")
-    backup = sqlite3.connect(f"{path}.v1.bak")
-    assert backup.execute("PRAGMA user_version").fetchone()[0] == 1
+    backup = sqlite3.connect(f"{path}.v{v - 1}.bak")
+    assert backup.execute("PRAGMA user_version").fetchone()[0] == v - 1
     assert backup.execute("SELECT name FROM cities").fetchall() == [("Berlin",)]
+
+
+def test_a_version_1_database_gets_the_payment_tables(tmp_path):
+    """A shop.db from before crypto payments upgrades with its data intact."""
+    path = str(tmp_path / "v1.db")
+    conn = shop.init_db(path)
+    for table in ("checkouts", "payments", "ipn_events", "sandbox_payments"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("ALTER TABLE users DROP COLUMN awaiting")
+    now = shop.now_iso()
+    conn.execute("INSERT INTO users(id, balance_cents, created_at, last_seen_at) VALUES (7, 0, ?, ?)", (now, now))
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    conn = shop.init_db(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
+    assert conn.execute("SELECT id, awaiting FROM users").fetchall()[0][:] == (7, None)
+    assert conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 0
 
 
 def test_a_failing_migration_changes_nothing(tmp_path):
     path = str(tmp_path / "old.db")
     shop.init_db(path).close()
     with pytest.raises(sqlite3.OperationalError):
-        shop.init_db(path, migrations={2: "ALTER TABLE cities ADD COLUMN x TEXT;\nSELECT * FROM nope;"},
-                     schema_version=2)
+        shop.init_db(path, migrations={shop.SCHEMA_VERSION + 1: "ALTER TABLE cities ADD COLUMN x TEXT;\n"
+                                                                "SELECT * FROM nope;"},
+                     schema_version=shop.SCHEMA_VERSION + 1)
     conn = shop.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
     assert "x" not in [r["name"] for r in conn.execute("PRAGMA table_info(cities)")]
 
 

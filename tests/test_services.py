@@ -287,21 +287,22 @@ def test_content_is_escaped_and_codes_are_copyable():
 
 # Reservations
 
-def test_lapsed_reservations_go_back_on_sale(conn):
-    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)])
+def test_lapsed_reservations_go_back_on_sale_and_the_buyer_hears_once(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])
     uid = user(conn)
+    gift = ids[("Gift card", "Mitte")]
     with shop.transaction(conn):
-        order_id = conn.execute("INSERT INTO orders(user_id, status, total_cents, payment_method, created_at) "
-                                "VALUES (?, 'pending', 2500, 'crypto', ?)", (uid, shop.now_iso())).lastrowid
-        conn.execute("UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = 1",
-                     (order_id, shop.now_iso(-1)))
-        conn.execute("UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = 2",
-                     (order_id, shop.now_iso(600)))
-    assert shop.get_offer(conn, *ids[("Gift card", "Mitte")])["available"] == 0
-    assert shop.release_expired_reservations(conn) == 1
-    assert shop.get_offer(conn, *ids[("Gift card", "Mitte")])["available"] == 1
-    assert conn.execute("SELECT status FROM orders").fetchone()[0] == "expired"
+        lapsed, _ = shop.open_order(conn, uid, [(*gift, 2)], method="crypto", reserve_minutes=1)
+        alive, _ = shop.open_order(conn, uid, [(*gift, 1)], method="crypto", reserve_minutes=30)
+        conn.execute("UPDATE stock_units SET reserved_until = ? WHERE order_id = ?", (shop.now_iso(-1), lapsed))
+    assert shop.get_offer(conn, *gift)["available"] == 0
+    assert shop.release_expired_reservations(conn) == 2
+    assert shop.get_offer(conn, *gift)["available"] == 2
+    statuses = dict(conn.execute("SELECT id, status FROM orders").fetchall())
+    assert statuses == {lapsed: "expired", alive: "pending"}
     assert shop.release_expired_reservations(conn) == 0
+    notes = conn.execute("SELECT text FROM outbox WHERE order_id = ?", (lapsed,)).fetchall()
+    assert len(notes) == 1 and "time to pay ran out" in notes[0][0]
 
 
 # Users
@@ -339,8 +340,10 @@ def test_the_biggest_screens_fit_in_one_telegram_message(conn):
     u = shop.get_user(conn, uid)
     lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
     card = shop.screen_product(conn, uid, 10 ** 17, 10 ** 17)
-    screens = {"basket": (shop.screen_basket(conn, uid), 4096), "card": (card, 1024),
-               "checkout": (shop.screen_checkout(conn, u, lines, "b"), 4096)}
+    nonce = shop.create_checkout(conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True)
+    coins = [(code, 10 ** 9 if i % 2 else None) for i, (code, _) in enumerate(shop.COINS)]
+    checkout = shop.screen_checkout(conn, u, shop.get_checkout(conn, uid, nonce), coins)
+    screens = {"basket": (shop.screen_basket(conn, uid), 4096), "card": (card, 1024), "checkout": (checkout, 4096)}
     for what, (screen, limit) in screens.items():
         assert shop.tg_len(shop.html_to_plain(screen.text)) <= limit, what
         buttons = [b for row in screen.buttons for b in row]
