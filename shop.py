@@ -588,9 +588,10 @@ class CatalogError(ShopError):
 
 DEFAULT_SETTINGS = {
     "shop_name": "Demo Shop",
-    "welcome_text": "Welcome! Browse the shop, fill your basket and pay from your balance. "
+    "welcome_text": "Welcome! Browse the shop, fill your basket and pay in crypto or from your balance. "
                     "Your goods arrive right here in this chat.",
     "help_text": "🛒 Shop: browse by city and district.\n🧺 Basket: change quantities, then check out.\n"
+                 "💳 Pay in crypto (BTC, ETH, LTC, USDT, USDC, TON, SOL) or from your balance.\n"
                  "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
     "support_contact": "",
 }
@@ -1244,7 +1245,8 @@ def check_invoice_limits(conn, user_id, max_open, max_per_hour):
         "AND p.parent_id IS NULL AND p.status = 'waiting' AND p.expires_at > ? "
         "AND (p.order_id IS NULL OR o.status = 'pending')", (user_id, now_iso())).fetchone()[0]
     if open_ >= max_open:
-        raise LimitReached(f"You have {open_} unpaid invoices. Pay or cancel one of them first.")
+        raise LimitReached(f"You have {open_} unpaid invoice{'s' if open_ != 1 else ''}. "
+                           "Pay or cancel one of them first.")
     recent = conn.execute("SELECT count(*) FROM payments WHERE user_id = ? AND parent_id IS NULL "
                           "AND created_at > ?", (user_id, now_iso(-3600))).fetchone()[0]
     if recent >= max_per_hour:
@@ -2424,12 +2426,13 @@ class PaymentDesk:
         try:
             return apply_payment_status(self.shop.db(), data, source=source, owners=self.owners)
         except (PaymentMismatch, UnknownPayment, InvalidInput) as e:
-            self.alert("apply", f"⚠️ A payment update ({source}) could not be applied: {esc(e)}")
+            self.alert(type(e).__name__, f"⚠️ A payment update ({source}) could not be applied: {esc(e)}",
+                       logging.ERROR if isinstance(e, PaymentMismatch) else logging.WARNING)
             raise
 
-    def alert(self, kind, text):
+    def alert(self, kind, text, level=logging.ERROR):
         """Tell the owners about something that needs them, at most every ten minutes per kind."""
-        log.error("payments: %s", html_to_plain(text))
+        log.log(level, "payments: %s", html_to_plain(text))
         if self.owners and self.alerts(kind):
             conn = self.shop.db()
             with transaction(conn):
@@ -2447,7 +2450,9 @@ class PaymentDesk:
             code, answer = 400, {"error": f"the body is not a JSON object ({verdict})"}
         elif verdict in ("missing signature", "bad signature"):
             code, answer = 401, {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"}
-            self.alert("signature", f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}).")
+            self.alert("signature", f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
+                                    "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
+                       logging.WARNING)
         elif verdict == "unsigned":
             # No IPN secret: the body proves nothing, so it only says which payment to look up.
             verdict = "hint: status fetched from the API"
@@ -3752,6 +3757,8 @@ class Shop:
 
     def stop(self):
         """Stop everything; returns within a few seconds even with a long poll in flight."""
+        if self.stopping.is_set():
+            return
         self.stopping.set()
         if self.telegram:
             self.telegram.stop_polling()

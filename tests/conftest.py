@@ -200,3 +200,23 @@ def run_shop(tmp_path, shop_env):
     yield start
     for p in procs:
         p.kill()
+
+
+@pytest.fixture
+def make_shop(tmp_path):
+    """Factory: the real shop started in this process (web server, jobs, and the bot when BOT_TOKEN is
+    given) on its own database; stopped at teardown, after checking every balance against its ledger."""
+    shops = []
+
+    def make(env=None, demo=False, name="shop"):
+        base = {"SHOP_DB": str(tmp_path / f"{name}.db"), "PORT": str(free_port())}
+        config = shop.load_config(environ={**base, **(env or {})}, env_file=None)
+        s = shop.Shop(config, demo=demo).start()
+        shops.append(s)
+        return s
+    yield make
+    for s in shops:
+        s.stop()
+        conn = shop.connect(s.config.shop_db)
+        assert shop.check_ledger(conn) == []
+        conn.close()

@@ -38,7 +38,8 @@ def user(conn, user_id=1, balance=0):
 def snapshot(conn):
     """Everything a failed purchase must leave untouched."""
     return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-            for t in ("users", "stock_units", "orders", "order_items", "ledger", "outbox", "basket_items")}
+            for t in ("users", "stock_units", "orders", "order_items", "ledger", "outbox", "basket_items",
+                      "payments")}
 
 
 def rows(snap):

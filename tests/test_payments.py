@@ -1,0 +1,577 @@
+"""Crypto payments: IPN signatures, the status rules on a real database, the sandbox and /webhook over HTTP."""
+
+import json
+from decimal import Decimal
+
+import pytest
+import requests
+
+import shop
+from test_services import rows, seed, snapshot, user
+
+SECRET = "test-ipn-secret"
+
+# Bodies as NOWPayments sends them, with JSON.stringify(sortObjectDeep(JSON.parse(body))) and its
+# HMAC-SHA512 under SECRET as Node.js computed them (node -e, crypto.createHmac).
+VECTORS = [
+    ('{"payment_status":"finished","pay_address":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh","price_amount":25,'
+     '"fee":{"withdrawalFee":0,"serviceFee":0.00000125,"depositFee":0,"currency":"btc"},"payment_id":5077125051,'
+     '"price_currency":"eur","pay_amount":0.00005,"actually_paid":0.00005,"pay_currency":"btc","order_id":"order-1",'
+     '"order_description":"Łódź <Centrum> – café «Grün» 😀","purchase_id":"5918194356","outcome_amount":0.0000487,'
+     '"outcome_currency":"btc","payin_extra_id":null,"parent_payment_id":null,"updated_at":1767082687409}',
+     '{"actually_paid":0.00005,"fee":{"currency":"btc","depositFee":0,"serviceFee":0.00000125,"withdrawalFee":0},'
+     '"order_description":"Łódź <Centrum> – café «Grün» 😀","order_id":"order-1","outcome_amount":0.0000487,'
+     '"outcome_currency":"btc","parent_payment_id":null,"pay_address":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh",'
+     '"pay_amount":0.00005,"pay_currency":"btc","payin_extra_id":null,"payment_id":5077125051,'
+     '"payment_status":"finished","price_amount":25,"price_currency":"eur","purchase_id":"5918194356",'
+     '"updated_at":1767082687409}',
+     "9efe1b15f4ccad876e040d6e6565c412a9e1ec507beed89ccc18cb2f41dc647616cb8ac405d9c24fc59b6534eac1cd018e87404738"
+     "aaa1fef35339119da35569"),
+    ('{"payment_id":4961871049,"payment_status":"partially_paid","pay_address":"TXYZ","price_amount":10.5,'
+     '"price_currency":"eur","pay_amount":11.290323,"actually_paid":5.64516,"pay_currency":"usdttrc20",'
+     '"order_id":"topup-0a1b2c3d","fee":{"currency":"usdttrc20","depositFee":1e-7,"serviceFee":0.05645,'
+     '"withdrawalFee":0},"payment_extra_ids":[{"b":1,"a":"x"}],"updated_at":1767082687409}',
+     '{"actually_paid":5.64516,"fee":{"currency":"usdttrc20","depositFee":1e-7,"serviceFee":0.05645,"withdrawalFee":0},'
+     '"order_id":"topup-0a1b2c3d","pay_address":"TXYZ","pay_amount":11.290323,"pay_currency":"usdttrc20",'
+     '"payment_extra_ids":[{"a":"x","b":1}],"payment_id":4961871049,"payment_status":"partially_paid",'
+     '"price_amount":10.5,"price_currency":"eur","updated_at":1767082687409}',
+     "ab1e06b5e5b82b558199d26b3e10c700327def6dc83ab0dedd367db8963c4980a972e538ef1db26da1633ceacc20728c57bd3e2395cf7"
+     "94d49b6283719a2b7a8"),
+    ('{"a":1e21,"b":1E-7,"c":123456789012345678901,"d":-0.000001,"e":5.00,"f":0.1,'
+     '"g":"tab\\tnl\\nquote\\"back\\\\slash/ctrl\\u0007","h":true,"i":null}',
+     '{"a":1e+21,"b":1e-7,"c":123456789012345680000,"d":-0.000001,"e":5,"f":0.1,'
+     '"g":"tab\\tnl\\nquote\\"back\\\\slash/ctrl\\u0007","h":true,"i":null}',
+     "bc2162ab3f5c584e7b321e7b777e5f11a75d6a0f5c86eed57dff0b622680e0922b91efd89c6f2d88ed7f2c068b7c2ddcdc9372ecd3c7"
+     "7f4767e8188f30be7739"),
+]
+
+
+# Signatures
+
+@pytest.mark.parametrize("body, canonical, signature", VECTORS)
+def test_signatures_match_what_the_provider_computes(body, canonical, signature):
+    data = shop.parse_json(body)
+    assert shop.encode_json(data, sort_keys=True, js_numbers=True) == canonical
+    assert shop.ipn_signature(data, f"  {SECRET}\n") == signature     # the secret is trimmed
+    assert shop.verify_ipn(body.encode(), signature, SECRET) == (data, "valid signature")
+    assert shop.verify_ipn(body.encode(), signature.upper(), SECRET)[1] == "valid signature"
+
+
+@pytest.mark.parametrize("token, js", [("0.00005", "0.00005"), ("5e-05", "0.00005"), ("1e-7", "1e-7"),
+                                       ("0.000001", "0.000001"), ("1E21", "1e+21"), ("1e16", "10000000000000000"),
+                                       ("25.00", "25"), ("-0.0", "0"), ("0.30000000000000004", "0.30000000000000004"),
+                                       ("123.456e2", "12345.6"), ("1.5e300", "1.5e+300"), ("-1.5e-9", "-1.5e-9")])
+def test_numbers_are_written_the_javascript_way(token, js):
+    assert shop.js_number(token) == js
+
+
+def test_a_body_whose_tokens_differ_from_javascript_still_verifies_when_signed_over_its_own_tokens():
+    """A stand-in may sign its body as written (e.g. 5e-05); that is the same data, so it is accepted."""
+    body = '{"payment_id":1,"pay_amount":5e-05,"payment_status":"waiting"}'
+    data = shop.parse_json(body)
+    raw_signed = shop.ipn_signature(data, SECRET, js_numbers=False)
+    assert shop.verify_ipn(body.encode(), raw_signed, SECRET)[1] == "valid signature"
+
+
+@pytest.mark.parametrize("body, signature, verdict", [
+    (VECTORS[0][0], None, "missing signature"),
+    (VECTORS[0][0], "", "missing signature"),
+    (VECTORS[0][0], "00" * 64, "bad signature"),
+    (VECTORS[0][0], VECTORS[1][2], "bad signature"),
+    (VECTORS[0][0].replace('"price_amount":25', '"price_amount":2500'), VECTORS[0][2], "bad signature"),
+    ("{not json", VECTORS[0][2], "malformed"),
+    ('["a list"]', VECTORS[0][2], "malformed"),
+    ('{"a": NaN}', VECTORS[0][2], "malformed"),
+])
+def test_forged_or_broken_ipns_are_recognised(body, signature, verdict):
+    assert shop.verify_ipn(body.encode(), signature, SECRET)[1].startswith(verdict)
+    assert shop.verify_ipn(b"\xff\xfe", signature, SECRET)[1].startswith("malformed")
+
+
+# The status rules, on a real database
+
+@pytest.fixture
+def gift(conn):
+    return seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])[("Gift card", "Mitte")]
+
+
+_ids = iter(range(7000000000, 8000000000))
+
+
+def order_payment(conn, uid, lines, pay_amount="0.0004", coin="btc", minutes=30):
+    """An invoice as the desk opens it, with a made-up provider answer."""
+    total = shop.price_lines(conn, lines)[0]
+    nonce = shop.create_checkout(conn, uid, "order", total, lines)
+    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, minutes)
+    data = {"payment_id": str(next(_ids)), "pay_amount": pay_amount, "pay_currency": coin, "pay_address": "addr"}
+    return shop.record_payment(conn, kind="order", user_id=uid, reference=f"order-{order_id}", price_cents=total,
+                               data=data, expires_at=shop.now_iso(minutes * 60), order_id=order_id)
+
+
+def topup_payment(conn, uid, cents, pay_amount="0.0004", coin="btc"):
+    data = {"payment_id": str(next(_ids)), "pay_amount": pay_amount, "pay_currency": coin, "pay_address": "addr"}
+    return shop.record_payment(conn, kind="topup", user_id=uid, reference=f"topup-{next(_ids)}", price_cents=cents,
+                               data=data, expires_at=shop.now_iso(1800))
+
+
+def news(payment, status, paid=None, **extra):
+    """What the provider says about a payment (IPN or GET /payment)."""
+    data = {"payment_id": shop.Num(payment["provider_id"]), "payment_status": status,
+            "pay_currency": payment["pay_currency"], "price_amount": shop.Num(shop.cents_to_str(payment["price_cents"])),
+            "price_currency": "eur", "order_id": payment["reference"], "pay_amount": shop.Num(payment["pay_amount"])}
+    if paid is not None:
+        data["actually_paid"] = shop.Num(paid)
+    data.update(extra)
+    return data
+
+
+def apply(conn, data, source="ipn"):
+    return shop.apply_payment_status(conn, data, source=source, owners=(900,))
+
+
+def outbox(conn, chat):
+    return [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = ? ORDER BY id", (chat,))]
+
+
+def status_of(conn, payment):
+    return conn.execute("SELECT status, outcome, credited_cents FROM payments WHERE id = ?",
+                        (payment["id"],)).fetchone()[:]
+
+
+def test_a_finished_payment_delivers_once_whatever_the_order_of_the_news(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 2)], pay_amount="0.00083334")
+    assert apply(conn, news(p, "confirming")) == "waiting -> confirming"
+    assert apply(conn, news(p, "finished", "0.00083334")) == "confirming -> finished: delivered"
+    for again in ("finished", "confirming", "waiting", "sending", "expired", "partially_paid"):
+        assert apply(conn, news(p, again, "0.00083334")).startswith("unchanged")
+    assert status_of(conn, p) == ("finished", "delivered", 0)
+    order = conn.execute("SELECT status FROM orders WHERE id = ?", (p["order_id"],)).fetchone()[0]
+    assert order == "paid"
+    sold = conn.execute("SELECT content FROM stock_units WHERE order_id = ? AND status = 'sold'",
+                        (p["order_id"],)).fetchall()
+    assert len(sold) == 2
+    texts = outbox(conn, uid)
+    assert sum("is on its way: seen on the blockchain" in t for t in texts) == 1
+    assert sum(f"Order #{p['order_id']} is paid" in t for t in texts) == 1
+    for (content,) in sold:
+        assert sum(shop.esc(content) in t for t in texts) == 1
+    assert any("Order #1 paid in BTC: €50.00" in t for t in outbox(conn, 900))
+    assert conn.execute("SELECT final_source FROM payments").fetchone()[0] == "ipn"
+
+
+def test_an_underpayment_cancels_and_credits_what_arrived(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")
+    assert shop.get_offer(conn, *gift)["available"] == 2
+    assert apply(conn, news(p, "partially_paid", "0.00013333")).endswith("cancelled, credited 8.33")
+    assert shop.get_offer(conn, *gift)["available"] == 3            # the unit is back on sale
+    assert shop.get_user(conn, uid)["balance_cents"] == 833          # floor(2500 * 0.00013333 / 0.0004)
+    assert conn.execute("SELECT status FROM orders").fetchone()[0] == "cancelled"
+    assert "only 0.00013333 BTC of 0.0004 BTC arrived" in outbox(conn, uid)[-1]
+    assert apply(conn, news(p, "partially_paid", "0.00013333")).startswith("unchanged")
+    assert apply(conn, news(p, "finished", "0.0004")).startswith("unchanged")
+    assert shop.get_user(conn, uid)["balance_cents"] == 833
+
+
+def test_an_overpayment_delivers_and_credits_the_excess(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")
+    assert apply(conn, news(p, "finished", "0.0005")) == \
+        "waiting -> finished: delivered, overpaid 6.25 credited"
+    assert shop.get_user(conn, uid)["balance_cents"] == 625
+    assert "extra €6.25" in outbox(conn, uid)[-1]
+
+
+def test_a_late_payment_is_delivered_when_the_units_are_still_there(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)])
+    conn.execute("UPDATE stock_units SET reserved_until = ? WHERE order_id = ?", (shop.now_iso(-1), p["order_id"]))
+    shop.release_expired_reservations(conn)
+    assert apply(conn, news(p, "finished", "0.0004")).endswith("delivered late")
+    assert conn.execute("SELECT status FROM orders").fetchone()[0] == "paid"
+    assert any("arrived after the time to pay had run out, but the items were still there" in t
+               for t in outbox(conn, uid))
+    assert shop.get_user(conn, uid)["balance_cents"] == 0
+
+
+def test_a_late_payment_takes_another_unit_of_the_same_product_and_place(conn, gift):
+    uid, other = user(conn, 1), user(conn, 2, balance=2500)
+    p = order_payment(conn, uid, [(*gift, 1)])
+    first_unit = conn.execute("SELECT unit_id FROM order_items WHERE order_id = ?", (p["order_id"],)).fetchone()[0]
+    shop.cancel_invoice(conn, uid, p["id"])
+    conn.execute("UPDATE stock_units SET content = 'taken-by-other' WHERE id = ?", (first_unit,))
+    shop.buy_with_balance(conn, other, [(*gift, 1)])                  # takes the lowest id: our old unit
+    assert apply(conn, news(p, "finished", "0.0004")).endswith("delivered late")
+    unit = conn.execute("SELECT unit_id FROM order_items WHERE order_id = ?", (p["order_id"],)).fetchone()[0]
+    assert unit != first_unit
+    assert conn.execute("SELECT status, order_id FROM stock_units WHERE id = ?", (unit,)).fetchone()[:] == \
+        ("sold", p["order_id"])
+
+
+def test_a_late_payment_for_goods_that_are_gone_credits_the_full_price(conn, gift):
+    uid, other = user(conn, 1), user(conn, 2, balance=10000)
+    p = order_payment(conn, uid, [(*gift, 2)], pay_amount="0.0008")
+    shop.cancel_invoice(conn, uid, p["id"])
+    shop.buy_with_balance(conn, other, [(*gift, 2)])                  # one unit left: not enough for us
+    before = rows(snapshot(conn))["stock_units"]
+    assert apply(conn, news(p, "finished", "0.0008")).endswith("late, credited 50.00")
+    assert shop.get_user(conn, uid)["balance_cents"] == 5000
+    assert rows(snapshot(conn))["stock_units"] == before
+    assert conn.execute("SELECT status FROM orders WHERE id = ?", (p["order_id"],)).fetchone()[0] == "cancelled"
+    assert "the items are gone. The full price, €50.00" in outbox(conn, uid)[-1]
+
+
+def test_an_expired_invoice_releases_its_units_and_money_arriving_later_still_counts(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)])
+    assert apply(conn, news(p, "expired", "0")) == "waiting -> expired"
+    assert shop.get_offer(conn, *gift)["available"] == 3
+    assert apply(conn, news(p, "expired", "0")).startswith("unchanged")
+    assert sum("invoice expired" in t for t in outbox(conn, uid)) == 1
+    assert apply(conn, news(p, "confirming")).startswith("unchanged")       # no going back
+    assert apply(conn, news(p, "finished", "0.0004")).endswith("delivered late")
+
+
+def test_a_repeated_deposit_is_credited_and_never_ships(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")
+    apply(conn, news(p, "finished", "0.0004"))
+    sold = conn.execute("SELECT count(*) FROM stock_units WHERE status = 'sold'").fetchone()[0]
+    child = news(p, "finished", "0.0002", payment_id=shop.Num(str(next(_ids))),
+                 parent_payment_id=shop.Num(p["provider_id"]), price_amount=shop.Num("12.5"), order_id=None)
+    assert apply(conn, child).endswith("credited 12.50")
+    assert apply(conn, child).startswith("unchanged")
+    assert shop.get_user(conn, uid)["balance_cents"] == 1250
+    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'sold'").fetchone()[0] == sold
+    assert conn.execute("SELECT count(*) FROM payments WHERE parent_id IS NOT NULL").fetchone()[0] == 1
+
+
+def test_news_that_does_not_match_the_payment_changes_nothing(conn, gift):
+    uid = user(conn)
+    cheap = order_payment(conn, uid, [(*gift, 1)])
+    dear = order_payment(conn, uid, [(*gift, 2)], pay_amount="0.0008")
+    before = rows(snapshot(conn))
+    forged = [
+        news(dear, "finished", "0.0008", price_amount=shop.Num("25.00"), order_id=cheap["reference"]),
+        news(dear, "finished", "0.0008", pay_currency="ltc"),
+        news(dear, "finished", "0.0008", price_amount=shop.Num("49.99")),
+        news(dear, "finished", "0.0008", price_currency="usd"),
+        news(dear, "finished", "0.0008", order_id="order-999"),
+    ]
+    for data in forged:
+        with pytest.raises(shop.PaymentMismatch):
+            apply(conn, data)
+    for data in (news(dear, "finished", "0.0008", payment_id=shop.Num("1")),
+                 news(dear, "finished", "0.0008", payment_id=shop.Num("1"), parent_payment_id=shop.Num("2"))):
+        with pytest.raises(shop.UnknownPayment):
+            apply(conn, data)
+    for data in (news(dear, "paid"), news(dear, "finished", "lots"), news(dear, "finished", "-1"),
+                 news(dear, "finished", payment_id="12; DROP TABLE")):
+        with pytest.raises(shop.InvalidInput):
+            apply(conn, data)
+    assert rows(snapshot(conn)) == before
+
+
+def test_top_ups_credit_what_arrived(conn):
+    uid = user(conn)
+    full = topup_payment(conn, uid, 2000, pay_amount="0.0004")
+    over = topup_payment(conn, uid, 2000, pay_amount="0.0004")
+    part = topup_payment(conn, uid, 2000, pay_amount="0.0004")
+    gone = topup_payment(conn, uid, 2000, pay_amount="0.0004")
+    assert apply(conn, news(full, "finished", "0.0004")).endswith("credited 20.00")
+    assert apply(conn, news(over, "finished", "0.0005")).endswith("credited 25.00")
+    assert apply(conn, news(part, "partially_paid", "0.0001")).endswith("credited 5.00")
+    assert apply(conn, news(gone, "expired", "0")) == "waiting -> expired"
+    for p in (full, over, part):
+        assert apply(conn, news(p, "finished", "0.0009")).startswith("unchanged")
+    assert shop.get_user(conn, uid)["balance_cents"] == 5000
+    texts = outbox(conn, uid)
+    assert "✅ Top-up received: €20.00 added. Balance: €20.00." in texts
+    assert any("paid only in part" in t and "€5.00" in t for t in texts)
+    assert any("invoice for your €20.00 top-up expired" in t for t in texts)
+    kinds = [r[0] for r in conn.execute("SELECT kind FROM ledger WHERE user_id = ? ORDER BY id", (uid,))]
+    assert kinds == ["topup", "topup", "topup"]
+
+
+def test_the_value_received_is_computed_exactly():
+    assert shop.value_of(1999, "0.333333333", "0.999999999") == 666
+    assert shop.value_of(2500, "0.00005", "0.0001") == 1250
+    assert shop.value_of(100, "1E-8", "3E-8") == 33
+    assert shop.value_of(10 ** 8, "0.1", "0.3") == 33333333
+    assert shop.value_of(2500, "0", "0.0004") == 0
+    with pytest.raises(shop.InvalidInput):
+        shop.value_of(2500, "NaN", "1")
+
+
+def test_cancelling_an_invoice_frees_its_units(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 3)], pay_amount="0.0012")
+    assert shop.get_offer(conn, *gift)["available"] == 0
+    shop.cancel_invoice(conn, uid, p["id"])
+    assert shop.get_offer(conn, *gift)["available"] == 3
+    with pytest.raises(shop.NotFound):
+        shop.cancel_invoice(conn, 999, p["id"])
+    apply(conn, news(p, "confirming"))
+    p2 = order_payment(conn, uid, [(*gift, 1)])
+    apply(conn, news(p2, "confirming"))
+    with pytest.raises(shop.InvalidInput, match="under way"):
+        shop.cancel_invoice(conn, uid, p2["id"])
+
+
+def test_invoice_limits(conn, gift):
+    uid = user(conn)
+    shop.check_invoice_limits(conn, uid, max_open=2, max_per_hour=3)
+    first, second = order_payment(conn, uid, [(*gift, 1)]), order_payment(conn, uid, [(*gift, 1)])
+    with pytest.raises(shop.LimitReached, match="2 unpaid invoices"):
+        shop.check_invoice_limits(conn, uid, max_open=2, max_per_hour=3)
+    shop.cancel_invoice(conn, uid, first["id"])
+    shop.check_invoice_limits(conn, uid, max_open=2, max_per_hour=3)
+    topup_payment(conn, uid, 1000)
+    with pytest.raises(shop.LimitReached, match="3 invoices in the last hour"):
+        shop.check_invoice_limits(conn, uid, max_open=5, max_per_hour=3)
+    shop.check_invoice_limits(conn, user(conn, 2), max_open=2, max_per_hour=3)   # per shopper
+    assert second
+
+
+# The sandbox emulator and /webhook over real HTTP
+
+@pytest.fixture
+def sandbox(make_shop):
+    """A sandbox shop (its emulator at /sandbox/v1) with a small catalog and a shopper with no balance."""
+    s = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET})
+    conn = shop.connect(s.config.shop_db)
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Sticker", 50, 45)])
+    user(conn, 1)
+    s.conn, s.ids = conn, ids
+    yield s
+    conn.close()
+
+
+def post_ipn(s, data=None, *, body=None, signature="sign", secret=SECRET):
+    body = body if body is not None else shop.encode_json(data).encode()
+    headers = {"Content-Type": "application/json"}
+    if signature == "sign":
+        signature = shop.ipn_signature(shop.parse_json(body.decode()), secret)
+    if signature is not None:
+        headers["x-nowpayments-sig"] = signature
+    return requests.post(s.url + "/webhook", data=body, headers=headers, timeout=10)
+
+
+def invoice(s, uid=1, product=("Gift card", "Mitte"), quantity=1, coin="btc"):
+    lines = [(*s.ids[product], quantity)]
+    nonce = shop.create_checkout(s.conn, uid, "order", shop.price_lines(s.conn, lines)[0], lines)
+    return s.payments.open_order_invoice(uid, nonce, coin)
+
+
+def emulator(s, payment):
+    row = s.conn.execute("SELECT data FROM sandbox_payments WHERE id = ?", (int(payment["provider_id"]),)).fetchone()
+    return shop.parse_json(row[0])
+
+
+def test_the_sandbox_answers_like_nowpayments(sandbox):
+    api = sandbox.url + "/sandbox/v1"
+    key = {"x-api-key": shop.SANDBOX_API_KEY}
+    assert requests.get(api + "/status", timeout=5).json() == {"message": "OK"}
+    refused = requests.get(api + "/merchant/coins", timeout=5)
+    assert refused.status_code == 403 and refused.json()["status"] is False and refused.json()["code"]
+    coins = requests.get(api + "/merchant/coins", headers=key, timeout=5).json()["selectedCurrencies"]
+    assert "BTC" in coins and "USDTTRC20" in coins
+    minimum = requests.get(api + "/min-amount", params={"currency_from": "btc", "currency_to": "btc",
+                                                        "fiat_equivalent": "eur"}, headers=key, timeout=5).json()
+    assert minimum == {"currency_from": "btc", "currency_to": "btc", "min_amount": 0.0001, "fiat_equivalent": 6.0}
+    body = {"price_amount": 25, "price_currency": "eur", "pay_currency": "btc", "order_id": "x",
+            "ipn_callback_url": sandbox.url + "/webhook"}
+    created = requests.post(api + "/payment", json=body, headers=key, timeout=5)
+    assert created.status_code == 201
+    assert isinstance(created.json()["payment_id"], str) and created.json()["payment_status"] == "waiting"
+    assert created.text.count('"pay_amount":0.00041667') == 1              # a JSON number, exact
+    got = requests.get(f"{api}/payment/{created.json()['payment_id']}", headers=key, timeout=5).json()
+    assert isinstance(got["payment_id"], int) and got["actually_paid"] == 0
+    small = requests.post(api + "/payment", json={**body, "price_amount": 1}, headers=key, timeout=5)
+    assert small.status_code == 400 and small.json()["code"] == "AMOUNT_MINIMAL_ERROR"
+    bad = requests.post(api + "/payment", json={**body, "ipn_callback_url": "ftp://x"}, headers=key, timeout=5)
+    assert bad.status_code == 400 and bad.json()["code"] == "INVALID_REQUEST_PARAMS"
+    assert requests.get(api + "/payment/1", headers=key, timeout=5).status_code == 404
+
+
+def test_coins_show_their_minimums_in_eur(sandbox):
+    coins = dict(sandbox.payments.coins())
+    assert list(coins) == shop.COIN_CODES
+    assert coins["btc"] == 600 and coins["usdterc20"] == 1860
+    with pytest.raises(shop.InvalidInput, match="USDT · ERC20 takes payments from €18.60"):
+        invoice(sandbox, product=("Sticker", "Mitte"), quantity=5, coin="usdterc20")
+    assert sandbox.conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+def test_an_invoice_reserves_its_units_and_carries_the_providers_exact_amount(sandbox):
+    p = invoice(sandbox, coin="ton", quantity=2)
+    data = emulator(sandbox, p)
+    assert p["pay_amount"] == str(data["pay_amount"]) == "10.000000000"
+    assert p["payin_extra_id"] == data["payin_extra_id"] and p["payin_extra_id"]
+    assert data["order_id"] == p["reference"] == f"order-{p['order_id']}"
+    assert data["ipn_callback_url"] == sandbox.config.webhook_url + "/webhook"
+    assert str(data["price_amount"]) == "50.00"
+    assert shop.get_offer(sandbox.conn, *sandbox.ids[("Gift card", "Mitte")])["available"] == 1
+    screen = shop.screen_invoice(p, sandbox=True)
+    assert "<code>10.000000000</code> TON" in screen.text and "Memo / tag (required)" in screen.text
+    assert "SANDBOX" in screen.text and screen.photo.startswith(b"\x89PNG")
+
+
+def test_a_purchase_paid_by_ipn_is_delivered_once_though_the_ipn_comes_three_times_out_of_order(sandbox):
+    p = invoice(sandbox)
+    data = emulator(sandbox, p)
+    finished = {**data, "payment_status": "finished", "actually_paid": data["pay_amount"],
+                "fee": {"serviceFee": shop.Num("0.0000002"), "currency": "btc", "depositFee": shop.Num("0")}}
+    for status in ("finished", "confirming", "finished", "finished"):
+        r = post_ipn(sandbox, {**finished, "payment_status": status})
+        assert r.status_code == 200, r.text
+    assert sandbox.conn.execute("SELECT status, outcome FROM payments").fetchone()[:] == ("finished", "delivered")
+    headers = sandbox.conn.execute("SELECT count(*) FROM outbox WHERE text LIKE '%is paid%'").fetchone()[0]
+    assert headers == 1
+    verdicts = [r[0] for r in sandbox.conn.execute("SELECT verdict FROM ipn_events ORDER BY id")]
+    assert verdicts == ["applied: waiting -> finished: delivered", "applied: unchanged (finished)",
+                        "applied: unchanged (finished)", "applied: unchanged (finished)"]
+
+
+def test_provider_style_bodies_verify(sandbox):
+    p = invoice(sandbox, product=("Sticker", "Mitte"), coin="usdttrc20", quantity=20)
+    data = emulator(sandbox, p)
+    text = ('{"fee":{"withdrawalFee":0,"serviceFee":0.00005,"depositFee":1e-7,"currency":"usdttrc20"},'
+            f'"payment_status":"confirming","payment_id":{p["provider_id"]},"order_description":"Łódź – «Grün» 😀",'
+            f'"price_amount":10,"pay_amount":{data["pay_amount"]},"actually_paid":0.00005,'
+            f'"pay_currency":"usdttrc20","order_id":"{p["reference"]}","price_currency":"eur"}}')
+    r = post_ipn(sandbox, body=text.encode())
+    assert r.status_code == 200, r.text
+    assert sandbox.conn.execute("SELECT status FROM payments").fetchone()[0] == "confirming"
+
+
+def test_the_webhook_refuses_what_it_cannot_trust_and_changes_nothing(sandbox):
+    cheap = invoice(sandbox, product=("Sticker", "Mitte"), coin="usdttrc20", quantity=20)
+    dear = invoice(sandbox, quantity=2)
+    cheap_ipn = {**emulator(sandbox, cheap), "payment_status": "finished"}
+    before = rows(snapshot(sandbox.conn))
+    replay = {**cheap_ipn, "payment_id": shop.Num(dear["provider_id"])}
+    cases = [
+        (post_ipn(sandbox, cheap_ipn, signature=None), 401, "missing signature"),
+        (post_ipn(sandbox, cheap_ipn, signature="ab" * 64), 401, "bad signature"),
+        (post_ipn(sandbox, cheap_ipn, secret="another-secret"), 401, "bad signature"),
+        (post_ipn(sandbox, replay), 409, "mismatch"),
+        (post_ipn(sandbox, {**cheap_ipn, "payment_id": shop.Num("123")}), 404, "unknown payment"),
+        (post_ipn(sandbox, {**cheap_ipn, "payment_status": "paid"}), 400, "invalid"),
+        (post_ipn(sandbox, body=b'{"payment_id": 1, "payment_status": "finished"', signature="x"), 400, "malformed"),
+        (post_ipn(sandbox, body=b"\x00\xff" * 10, signature="x"), 400, "malformed"),
+        (post_ipn(sandbox, body=b"[]", signature="x"), 400, "malformed"),
+        (post_ipn(sandbox, body=b"{}" + b" " * 70000, signature="x"), 413, None),
+    ]
+    for r, code, verdict in cases:
+        assert r.status_code == code, (verdict, r.text)
+        assert "error" in r.json()
+    verdicts = [r[0] for r in sandbox.conn.execute("SELECT verdict FROM ipn_events ORDER BY id")]
+    assert [v.split(":")[0] for v in verdicts] == [v for _, _, v in cases if v]
+    after = rows(snapshot(sandbox.conn))
+    assert after == before
+    bodies = [r[0] for r in sandbox.conn.execute("SELECT body FROM ipn_events")]
+    assert shop.encode_json(cheap_ipn) in bodies                       # stored raw
+
+
+def test_simulated_payments_run_every_layer(sandbox):
+    p = invoice(sandbox)
+    requests.post(f"{sandbox.url}/sandbox/v1/simulate/{p['provider_id']}/over", timeout=5).raise_for_status()
+    row = wait_for_row(sandbox.conn, "SELECT status, outcome FROM payments WHERE status = 'finished'")
+    # 1.5 x 0.00041667 BTC = 0.00062500 sent; the extra 0.00020833 is worth floor(1249.97) cents.
+    assert row[:] == ("finished", "delivered, overpaid 12.49 credited")
+    verdicts = [r[0] for r in sandbox.conn.execute("SELECT verdict FROM ipn_events ORDER BY id")]
+    assert verdicts == ["applied: waiting -> confirming",
+                        "applied: confirming -> finished: delivered, overpaid 12.49 credited"]
+    again = requests.post(f"{sandbox.url}/sandbox/v1/simulate/{p['provider_id']}/full", timeout=5)
+    assert again.status_code == 400
+
+
+def wait_for_row(conn, sql, args=(), timeout=10):
+    """Poll the database for a row that a background thread writes (nothing signals it)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while (row := conn.execute(sql, args).fetchone()) is None:
+        assert time.monotonic() < deadline, f"no row for {sql}"
+        time.sleep(0.02)
+    return row
+
+
+def test_a_missed_webhook_is_caught_by_reconciliation(make_shop):
+    s = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET, "PAYMENT_POLL_SECONDS": "5"})
+    conn = shop.connect(s.config.shop_db)
+    s.conn, s.ids = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
+    user(conn, 1)
+    p = invoice(s)
+    data = emulator(s, p)
+    data.update(payment_status="finished", actually_paid=data["pay_amount"])
+    with shop.transaction(conn):       # the money arrived; the IPN never came
+        conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?", (shop.encode_json(data), int(p["provider_id"])))
+    row = wait_for_row(conn, "SELECT final_source, outcome FROM payments WHERE status = 'finished'", timeout=20)
+    assert row[:] == ("poll", "delivered")
+    assert conn.execute("SELECT count(*) FROM ipn_events").fetchone()[0] == 0
+
+
+@pytest.fixture
+def provider(make_shop):
+    """Two shops: one in sandbox mode serving as NOWPayments, one live shop using it as its provider."""
+    np_shop = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET}, name="provider")
+    live = make_shop(env={"NOWPAYMENTS_API_KEY": shop.SANDBOX_API_KEY, "NOWPAYMENTS_IPN_SECRET": SECRET,
+                          "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
+    conn = shop.connect(live.config.shop_db)
+    live.conn, live.ids, live.provider_shop = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)]), np_shop
+    user(conn, 1)
+    yield live
+    conn.close()
+
+
+def test_a_live_shop_pays_through_the_provider_over_http(provider):
+    assert not provider.config.sandbox
+    p = invoice(provider)
+    requests.post(f"{provider.provider_shop.url}/sandbox/v1/simulate/{p['provider_id']}/full",
+                  timeout=5).raise_for_status()
+    row = wait_for_row(provider.conn, "SELECT outcome FROM payments WHERE status = 'finished'")
+    assert row[0] == "delivered"
+    assert requests.get(provider.url + "/sandbox/v1/status", timeout=5).status_code == 404   # no emulator in live mode
+
+
+def test_the_provider_down_while_creating_an_invoice_leaves_nothing_reserved(provider):
+    provider.payments.coins()           # the coin list is cached, as the menu would have it
+    provider.provider_shop.stop()
+    before = rows(snapshot(provider.conn))
+    with pytest.raises(shop.ProviderError) as e:
+        invoice(provider)
+    assert "not answering" in str(e.value)
+    assert shop.get_offer(provider.conn, *provider.ids[("Gift card", "Mitte")])["available"] == 2
+    after = rows(snapshot(provider.conn))
+    assert after["stock_units"] == before["stock_units"] and after["payments"] == before["payments"]
+    assert [r[2:4] for r in after["orders"]] == [("cancelled", 2500)]
+
+
+def test_without_an_ipn_secret_an_ipn_is_only_a_hint(make_shop):
+    np_shop = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET}, name="provider")
+    live = make_shop(env={"NOWPAYMENTS_API_KEY": shop.SANDBOX_API_KEY,
+                          "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
+    conn = shop.connect(live.config.shop_db)
+    live.conn, live.ids = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
+    user(conn, 1)
+    p = invoice(live)
+    forged = {**emulator_row(np_shop, p), "payment_status": "finished", "actually_paid": shop.Num("1")}
+    r = post_ipn(live, forged, signature=None)
+    assert r.status_code == 202
+    # The API still says "waiting": the forged news changed nothing.
+    wait_for_row(conn, "SELECT 1 FROM ipn_events WHERE verdict LIKE 'hint%'")
+    assert conn.execute("SELECT status FROM payments").fetchone()[0] == "waiting"
+    requests.post(f"{np_shop.url}/sandbox/v1/simulate/{p['provider_id']}/full", timeout=5).raise_for_status()
+    row = wait_for_row(conn, "SELECT final_source FROM payments WHERE status = 'finished'")
+    assert row[0] == "ipn"
+    conn.close()
+
+
+def emulator_row(np_shop, payment):
+    c = shop.connect(np_shop.config.shop_db)
+    data = shop.parse_json(c.execute("SELECT data FROM sandbox_payments WHERE id = ?",
+                                     (int(payment["provider_id"]),)).fetchone()[0])
+    c.close()
+    return data
