@@ -1326,24 +1326,27 @@ def cancel_invoice(conn, user_id, payment_id):
 
 
 def check_payment_matches(payment, data):
-    """Raise PaymentMismatch unless the provider's data describes the payment we created."""
+    """Raise PaymentMismatch when the provider's data contradicts the payment we created.
+
+    A field the provider left out contradicts nothing; one that differs stops everything.
+    """
     problems = []
-    currency = str(data.get("pay_currency") or "").lower()
-    if currency != payment["pay_currency"]:
-        problems.append(f"pay_currency {currency!r} is not {payment['pay_currency']!r}")
+    present = lambda key: data.get(key) not in (None, "")
+    if present("pay_currency") and str(data["pay_currency"]).lower() != payment["pay_currency"]:
+        problems.append(f"pay_currency {data['pay_currency']!r} is not {payment['pay_currency']!r}")
     if payment["parent_id"] is None:
-        if str(data.get("order_id") or "") != payment["reference"]:
-            problems.append(f"order_id {data.get('order_id')!r} is not {payment['reference']!r}")
-        try:
-            price = crypto_amount(data.get("price_amount"), "price_amount")
-        except InvalidInput as e:
-            problems.append(str(e))
-        else:
-            if price != Decimal(cents_to_str(payment["price_cents"])):
-                problems.append(f"price_amount {price} is not {cents_to_str(payment['price_cents'])}")
-        price_currency = str(data.get("price_currency") or "eur").lower()
-        if price_currency != "eur":
-            problems.append(f"price_currency {price_currency!r} is not 'eur'")
+        if present("order_id") and str(data["order_id"]) != payment["reference"]:
+            problems.append(f"order_id {data['order_id']!r} is not {payment['reference']!r}")
+        if present("price_amount"):
+            try:
+                price = crypto_amount(data["price_amount"], "price_amount")
+            except InvalidInput as e:
+                problems.append(str(e))
+            else:
+                if price != Decimal(cents_to_str(payment["price_cents"])):
+                    problems.append(f"price_amount {price} is not {cents_to_str(payment['price_cents'])}")
+        if present("price_currency") and str(data["price_currency"]).lower() != "eur":
+            problems.append(f"price_currency {data['price_currency']!r} is not 'eur'")
     if problems:
         raise PaymentMismatch("; ".join(problems))
 
@@ -2321,6 +2324,7 @@ class PaymentDesk:
         self.shop, self.client = shop, client
         self.alerts = Throttle(600)
         self.last_refresh = {}
+        self.busy = set()
         self.lock = threading.Lock()
         self.outage_alerted = False
 
@@ -2371,8 +2375,25 @@ class PaymentDesk:
             log.warning("payments: creating a %s payment failed: %s", coin, e.detail)
             raise
 
+    @contextmanager
+    def opening(self, nonce):
+        """One invoice per checkout: a second tap while the first is still talking to the provider waits its turn."""
+        with self.lock:
+            if nonce in self.busy:
+                raise InvalidInput("Your invoice is being prepared, one moment.")
+            self.busy.add(nonce)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.busy.discard(nonce)
+
     def open_order_invoice(self, user_id, nonce, coin):
         """Reserve a checkout's units and create its payment; a repeated tap gets the same invoice."""
+        with self.opening(nonce):
+            return self._open_order_invoice(user_id, nonce, coin)
+
+    def _open_order_invoice(self, user_id, nonce, coin):
         conn = self.shop.db()
         existing = conn.execute("SELECT p.* FROM payments p JOIN orders o ON o.id = p.order_id "
                                 "WHERE o.checkout_key = ? AND p.user_id = ? AND p.parent_id IS NULL",
@@ -2383,7 +2404,9 @@ class PaymentDesk:
         checkout = get_checkout(conn, user_id, nonce)
         check_invoice_limits(conn, user_id, c.max_open_invoices, c.max_invoices_per_hour)
         self._check_coin(coin, checkout["amount_cents"])
-        order_id, total, _ = reserve_for_checkout(conn, user_id, nonce, c.reservation_minutes)
+        order_id, total, created = reserve_for_checkout(conn, user_id, nonce, c.reservation_minutes)
+        if not created:   # an earlier attempt stopped between the reservation and the provider
+            raise InvalidInput("This checkout already has an order; please check out again.")
         try:
             data = self._create(coin, total, f"order-{order_id}", f"Order #{order_id}")
             until = conn.execute("SELECT min(reserved_until) FROM stock_units WHERE order_id = ?",
@@ -2395,6 +2418,10 @@ class PaymentDesk:
             raise
 
     def open_topup_invoice(self, user_id, nonce, coin):
+        with self.opening(nonce):
+            return self._open_topup_invoice(user_id, nonce, coin)
+
+    def _open_topup_invoice(self, user_id, nonce, coin):
         conn = self.shop.db()
         reference = f"topup-{nonce}"
         existing = conn.execute("SELECT * FROM payments WHERE reference = ? AND user_id = ? AND parent_id IS NULL",
@@ -3534,6 +3561,12 @@ class OutboxSender:
         if self.outage_log():
             log.warning("outbox: cannot reach Telegram (%s); retrying, nothing is lost", error)
         self.reschedule(conn, row, delay, error)
+        owners = self.shop.config.admin_ids
+        if row["attempts"] + 1 == 5 and row["order_id"] and row["chat_id"] not in owners:
+            with transaction(conn):   # once per message, on its fifth failed try
+                alert_owners(conn, owners, f"⚠️ Order #{row['order_id']}: a delivery message to user "
+                                           f"<code>{row['chat_id']}</code> keeps failing ({esc(error)}); "
+                                           "the shop keeps trying for a day.")
 
     def fail(self, conn, row, error):
         owners = self.shop.config.admin_ids

@@ -81,8 +81,10 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def conn(db_path):
+    """A connection to a fresh shop database; after the test every balance must equal its ledger sum."""
     c = shop.connect(str(db_path))
     yield c
+    assert shop.check_ledger(c) == []
     c.close()
 
 

@@ -266,6 +266,9 @@ def test_news_that_does_not_match_the_payment_changes_nothing(conn, gift):
                  news(dear, "finished", "0.0008", payment_id=shop.Num("1"), parent_payment_id=shop.Num("2"))):
         with pytest.raises(shop.UnknownPayment):
             apply(conn, data)
+    bare = {"payment_id": shop.Num(dear["provider_id"]), "payment_status": "confirming"}
+    assert apply(conn, bare) == "waiting -> confirming"       # fields left out contradict nothing
+    before = rows(snapshot(conn))
     for data in (news(dear, "paid"), news(dear, "finished", "lots"), news(dear, "finished", "-1"),
                  news(dear, "finished", payment_id="12; DROP TABLE")):
         with pytest.raises(shop.InvalidInput):

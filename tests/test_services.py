@@ -238,6 +238,7 @@ def test_check_ledger_spots_a_tampered_balance(conn):
     uid = user(conn, balance=1000)
     conn.execute("UPDATE users SET balance_cents = 5000 WHERE id = ?", (uid,))
     assert shop.check_ledger(conn) == [(uid, 5000, 1000)]
+    conn.execute("UPDATE users SET balance_cents = 1000 WHERE id = ?", (uid,))
 
 
 # Delivery messages

@@ -1,0 +1,179 @@
+"""Crypto checkout and top-ups as a shopper sees them: the bot through the Bot API stand-in, the sandbox over HTTP."""
+
+import pytest
+import requests
+
+import shop
+from conftest import TOKEN
+from test_bot import Shopper
+from test_payments import SECRET, emulator, post_ipn, wait_for_row
+from test_services import seed
+
+
+@pytest.fixture
+def bot_shop(make_shop, fake_tg):
+    """A sandbox shop with its bot, a small catalog and its owner (9001) listening for alerts."""
+    def make(**env):
+        s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "ADMIN_IDS": "9001",
+                           "NOWPAYMENTS_IPN_SECRET": SECRET, **env})
+        s.conn = shop.connect(s.config.shop_db)
+        s.ids = seed(s.conn, [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Mitte", "Sticker", 50, 40)])
+        fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
+        Shopper(fake_tg, 9001, "Owner").send("/start", "Welcome")
+        return s
+    return make
+
+
+def to_checkout(ann, product, adds=1):
+    ann.open_product("Berlin", "Mitte", product)
+    for _ in range(adds):
+        ann.click("➕ Add to basket")
+    ann.click("🧺 Basket")
+    ann.click("💳 Checkout")
+    return ann.screen
+
+
+def test_a_crypto_purchase_from_checkout_to_delivery(fake_tg, bot_shop):
+    s = bot_shop()
+    ann = Shopper(fake_tg, 101)
+    checkout = to_checkout(ann, "Sticker · €0.50", adds=20)
+    assert "Total: €10.00" in checkout.text and "Your balance is €10.00 short." in checkout.text
+    labels = checkout.button_texts
+    assert "BTC" in labels and "TON" in labels and "USDT · ERC20 · min €18.60" in labels
+    assert not any(label.startswith("💰 Pay") for label in labels)
+    assert ann.click("USDT · ERC20 · min €18.60") == "USDT · ERC20 takes payments from €18.60. Please choose another coin."
+    ann.click("TON")
+    bill = ann.screen
+    assert bill.kind == "photo" and bill.photo_file_id
+    payment = s.conn.execute("SELECT * FROM payments").fetchone()
+    assert f"Send exactly {payment['pay_amount']} TON" in bill.caption
+    assert f"Memo / tag (required): {payment['payin_extra_id']}" in bill.caption
+    assert "SANDBOX" in bill.caption and "Status: ⏳ Waiting for your payment" in bill.caption
+    assert shop.get_offer(s.conn, *s.ids[("Sticker", "Mitte")])["available"] == 20      # reserved
+    assert ann.click("🔄 Check status") == "⏳ Waiting for your payment"
+    assert "pay in full" in ann.click("🧪 Pay in full")
+    delivered = fake_tg.wait_message(101, "Sticker · Berlin / Mitte", timeout=15)
+    assert "Order #1 (1/1)" in delivered.content or "Order #1" in delivered.content
+    fake_tg.wait_message(101, "Order #1 is paid: 20 items, €10.00 in crypto")
+    assert "seen on the blockchain" in fake_tg.wait_message(101, "seen on the blockchain").content
+    fake_tg.wait_message(9001, "Order #1 paid in TON: €10.00")
+    assert ann.click("🔄 Check status") == "✅ Paid"
+    assert "Status: ✅ Paid" in bill_now(fake_tg, 101, bill).caption
+    assert s.conn.execute("SELECT count(*) FROM basket_items").fetchone()[0] == 0   # bought, so out of the basket
+    assert sum("is paid" in m.content for m in fake_tg.messages(101)) == 1
+
+
+def bill_now(fake, chat, bill):
+    return next(m for m in fake.messages(chat) if m.message_id == bill.message_id)
+
+
+def test_buy_now_can_be_paid_in_crypto_and_a_double_tap_makes_one_invoice(fake_tg, bot_shop):
+    s = bot_shop()
+    ann = Shopper(fake_tg, 102)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    screen = ann.screen
+    data = next(b["callback_data"] for row in screen.buttons for b in row if b["text"] == "BTC")
+    cqs = [fake_tg.user_clicks(102, screen.message_id, data) for _ in range(2)]
+    fake_tg.wait_for(lambda: all(cq in fake_tg.callback_answers for cq in cqs))
+    assert s.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 1
+    assert s.conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+
+
+def test_cancelling_an_invoice_puts_the_items_back(fake_tg, bot_shop):
+    s = bot_shop()
+    ann = Shopper(fake_tg, 103)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    ann.click("BTC")
+    assert shop.get_offer(s.conn, *s.ids[("Gift card", "Mitte")])["available"] == 1
+    assert ann.click("❌ Cancel") == "Invoice cancelled."
+    assert shop.get_offer(s.conn, *s.ids[("Gift card", "Mitte")])["available"] == 2
+    assert "no longer open" in ann.screen.caption and "❌ Cancel" not in ann.screen.button_texts
+
+
+def test_top_ups_from_the_menu_the_command_and_a_deep_link(fake_tg, bot_shop):
+    s = bot_shop()
+    ann = Shopper(fake_tg, 104)
+    ann.send("/start", "Welcome")
+    prompt = ann.send("💰 Top up", "How much do you want to add?")
+    assert "from €5.00 to €10000.00" in prompt.text
+    for bad, why in (("abc", "must be an amount in EUR"), ("2", "must be at least 5.00 EUR"),
+                     ("20000", "must be at most 10000.00 EUR"), ("-5", "must be positive")):
+        assert why in ann.send(bad, "The amount").text
+    coins = ann.send("20,50", "Top up €20.50")
+    assert "BTC" in coins.button_texts
+    ann.click("BTC")
+    assert "Top-up" in ann.screen.caption and "€20.50" in ann.screen.caption
+    ann.click("🧪 Pay in full")
+    fake_tg.wait_message(104, "Top-up received: €20.50 added. Balance: €20.50.", timeout=15)
+    fake_tg.wait_message(9001, "Top-up €20.50")
+
+    ann.send("/refill", "How much do you want to add?")
+    ann.click("€10.00")
+    assert "Top up €10.00" in ann.screen.text
+    ann.click("LTC")
+    ann.click("🧪 Pay half")
+    fake_tg.wait_message(104, "paid only in part", timeout=15)
+    assert shop.get_user(s.conn, 104)["balance_cents"] == 2050 + 500
+
+    assert "Top up €15.00" in ann.send("/start refill_104_15", "Top up").text
+    assert "Top up €15.50" in ann.send("/start refill_104_15_50", "Top up").text
+    assert "another Telegram account" in ann.send("/start refill_105_15", "top-up link").text
+    assert "must be at least 5.00 EUR" in ann.send("/start refill_104_1", "top-up link").text
+    assert "not valid" in ann.send("/start refill_104_x", "top-up link").text
+    # A command while the bot waits for an amount ends the question.
+    ann.send("💰 Top up", "How much")
+    assert "Profile" in ann.send("👤 Profile", "Profile").text
+    assert "Please use the menu" in ann.send("30", "menu").text
+
+
+def test_invoice_limits_in_the_bot(fake_tg, bot_shop):
+    s = bot_shop(MAX_OPEN_INVOICES="1")
+    ann = Shopper(fake_tg, 106)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    ann.click("BTC")
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    assert ann.click("ETH") == "You have 1 unpaid invoice. Pay or cancel one of them first."
+    assert s.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 1
+    assert shop.get_offer(s.conn, *s.ids[("Gift card", "Mitte")])["available"] == 1
+
+
+def test_a_signed_ipn_posted_by_hand_pays_a_bot_order(fake_tg, bot_shop):
+    """The webhook as NOWPayments calls it, for an invoice the bot created."""
+    s = bot_shop()
+    ann = Shopper(fake_tg, 107)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    ann.click("ETH")
+    payment = s.conn.execute("SELECT * FROM payments").fetchone()
+    data = {**emulator(s, payment), "payment_status": "finished"}
+    data["actually_paid"] = data["pay_amount"]
+    assert post_ipn(s, data).status_code == 200
+    fake_tg.wait_message(107, "Gift card · Berlin / Mitte")
+
+
+def test_a_restart_between_the_ipn_and_the_delivery_loses_nothing(fake_tg, tmp_path, run_shop):
+    conn = shop.init_db(str(tmp_path / "shop.db"))
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
+    proc = run_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET})
+    ann = Shopper(fake_tg, 108)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    ann.click("BTC")
+    payment = conn.execute("SELECT * FROM payments").fetchone()
+    fake_tg.set_down(True)                  # Telegram unreachable: the delivery cannot go out
+    fake_tg.release_polls()
+    r = requests.post(f"{proc.url}/sandbox/v1/simulate/{payment['provider_id']}/full", timeout=5)
+    r.raise_for_status()
+    wait_for_row(conn, "SELECT 1 FROM payments WHERE status = 'finished'")
+    assert conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] >= 2
+    proc.kill()
+    fake_tg.set_down(False)
+    run_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET})
+    fake_tg.wait_message(108, "Gift card-Mitte-0", timeout=15)
+    wait_for_row(conn, "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')")
+    assert sum("Gift card-Mitte-0" in m.content for m in fake_tg.messages(108)) == 1
+    assert ids and shop.check_ledger(conn) == []
