@@ -185,3 +185,25 @@ def test_shutdown_does_not_wait_for_a_delivery_stuck_on_the_network(fake_tg, run
     code, seconds = proc.stop(signal.SIGTERM)
     assert code == 0 and seconds < 5, (seconds, proc.log)
     assert conn.execute("SELECT status FROM outbox WHERE text = 'slow goods'").fetchone()[0] == "pending"
+
+
+def test_owners_hear_when_a_delivery_keeps_failing(tmp_path, fake_tg):
+    config = shop.load_config(environ={"SHOP_DB": str(tmp_path / "shop.db"), "PORT": str(free_port()),
+                                       "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url,
+                                       "ADMIN_IDS": "500"}, env_file=None)
+    s = shop.Shop(config, demo=False)
+    s.sender = shop.OutboxSender(s, s.limiter)     # not started: we drive its retry step ourselves
+    conn = shop.init_db(config.shop_db)
+    now = shop.now_iso()
+    with shop.transaction(conn):
+        conn.execute("INSERT INTO users(id, created_at, last_seen_at) VALUES (7, ?, ?)", (now, now))
+        conn.execute("INSERT INTO orders(id, user_id, status, total_cents, payment_method, created_at, paid_at) "
+                     "VALUES (3, 7, 'paid', 100, 'balance', ?, ?)", (now, now))
+        shop.enqueue_message(conn, 7, "goods", order_id=3)
+    for attempt in range(6):
+        row = conn.execute("SELECT * FROM outbox WHERE chat_id = 7").fetchone()
+        s.sender.retry(conn, row, "502: Bad Gateway")
+    alerts = [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = 500")]
+    assert alerts == ["⚠️ Order #3: a delivery message to user <code>7</code> keeps failing (502: Bad Gateway); "
+                      "the shop keeps trying for a day."]
+    assert conn.execute("SELECT status, attempts FROM outbox WHERE chat_id = 7").fetchone()[:] == ("pending", 6)
