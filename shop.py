@@ -3782,6 +3782,11 @@ class Shop:
                 state["bot"] = "down: polling stopped"
         if self.sender:
             state.setdefault("outbox", {})["sender"] = "running" if self.sender.alive() else "down"
+        if self.payments:
+            since = self.payments.client.failing_since
+            # Informational: balance purchases and deliveries go on while NOWPayments is away.
+            state["payments"] = "ok" if since is None else \
+                f"NOWPayments not answering for {int(time.monotonic() - since)} s"
         down = (state["database"] != "ok" or state["scheduler"] != "running"
                 or state["bot"].startswith("down") or (self.sender and not self.sender.alive()))
         if down:

@@ -550,6 +550,8 @@ def test_the_provider_down_while_creating_an_invoice_leaves_nothing_reserved(pro
     after = rows(snapshot(provider.conn))
     assert after["stock_units"] == before["stock_units"] and after["payments"] == before["payments"]
     assert [r[2:4] for r in after["orders"]] == [("cancelled", 2500)]
+    health = provider.health()
+    assert health["payments"].startswith("NOWPayments not answering") and health["status"] == "ok"
 
 
 def test_without_an_ipn_secret_an_ipn_is_only_a_hint(make_shop):

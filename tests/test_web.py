@@ -29,7 +29,7 @@ def test_the_offline_demo_starts_on_an_empty_directory(demo, tmp_path):
     assert health.status_code == 200
     assert health.json() | {"outbox": None} == {"status": "ok", "mode": "sandbox", "version": shop.__version__,
                                                  "database": "ok", "scheduler": "running", "bot": "off",
-                                                 "outbox": None}
+                                                 "payments": "ok", "outbox": None}
     page = requests.get(demo.url + "/", timeout=5)
     assert page.status_code == 200 and "Sandbox mode" in page.text and "not connected" in page.text
     for city in ("Berlin", "Lisbon", "Kraków"):
