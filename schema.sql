@@ -99,12 +99,14 @@ CREATE TABLE IF NOT EXISTS orders (
     payment_method TEXT NOT NULL CHECK (payment_method IN ('balance', 'crypto')),
     -- The checkout screen (chat:message) this order was placed from: a replayed
     -- or double-tapped "Pay" button finds the existing order instead of buying twice.
-    checkout_key   TEXT UNIQUE,
+    checkout_key   TEXT,
     created_at     TEXT NOT NULL,
     paid_at        TEXT,
     CHECK ((status = 'paid') <= (paid_at IS NOT NULL))
 );
 CREATE INDEX IF NOT EXISTS orders_user ON orders(user_id, id);
+CREATE UNIQUE INDEX IF NOT EXISTS orders_checkout ON orders(user_id, checkout_key)
+    WHERE checkout_key IS NOT NULL;
 
 -- One row per unit sold (or reserved) in an order, with the names and price as
 -- they were at the time of sale.

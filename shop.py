@@ -37,6 +37,7 @@ import html
 import io
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -52,6 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -559,9 +561,14 @@ class ProviderError(ShopError):
     """The payment service is not answering right now. Please try again in a few minutes."""
     status = 502
 
-    def __init__(self, detail, code=None, message=None):
+    def __init__(self, detail, code=None, http=None, message=None):
         super().__init__(message)
-        self.detail, self.code = detail, code
+        self.detail, self.code, self.http = detail, code, http
+
+    @property
+    def outage(self):
+        """The provider is away (no answer, 5xx, 429), as opposed to refusing this one request."""
+        return self.http is None or self.http >= 500 or self.http == 429
 
 
 class UnknownPayment(ShopError):
@@ -1039,7 +1046,11 @@ def buy_with_balance(conn, user_id, lines=None, *, expected_total_cents=None, ch
     """
     with transaction(conn):
         if checkout_key:
-            done = conn.execute("SELECT id FROM orders WHERE checkout_key = ?", (checkout_key,)).fetchone()
+            done = conn.execute("SELECT id, payment_method FROM orders WHERE checkout_key = ? AND user_id = ?",
+                                (checkout_key, user_id)).fetchone()
+            if done and done["payment_method"] != "balance":
+                raise InvalidInput("This checkout already has a crypto invoice. Pay or cancel that one, "
+                                   "or check out again.")
             if done:
                 return done["id"]
         if lines is None:
@@ -1159,9 +1170,12 @@ def release_order_units(conn, order_id):
 def release_expired_reservations(conn):
     """Put units of lapsed reservations back on sale, expire their orders and tell each buyer once."""
     with transaction(conn):
+        # An order whose payment is already on the chain keeps its items until the payment settles.
         orders = conn.execute(
             "SELECT DISTINCT o.id, o.user_id FROM stock_units s JOIN orders o ON o.id = s.order_id "
-            "WHERE s.status = 'reserved' AND s.reserved_until < ?", (now_iso(),)).fetchall()
+            "WHERE s.status = 'reserved' AND s.reserved_until < ? AND NOT EXISTS (SELECT 1 FROM payments p "
+            "WHERE p.order_id = o.id AND p.status IN ('confirming', 'confirmed', 'sending'))",
+            (now_iso(),)).fetchall()
         freed = 0
         for order in orders:
             freed += release_order_units(conn, order["id"])
@@ -1208,16 +1222,16 @@ def crypto_amount(value, what="amount"):
 
 
 def value_of(price_cents, paid, asked):
-    """EUR cents that `paid` of a coin is worth when `asked` of it was the price: floor, never float."""
+    """EUR cents that `paid` of a coin is worth when `asked` of it was the price: exact floor, never float."""
     paid, asked = crypto_amount(paid, "actually_paid"), crypto_amount(asked, "pay_amount")
     if asked <= 0:
         return 0
-    return int((Decimal(price_cents) * paid / asked).to_integral_value(rounding="ROUND_FLOOR"))
+    return math.floor(Fraction(price_cents) * Fraction(paid) / Fraction(asked))
 
 
 def create_checkout(conn, user_id, kind, amount_cents, lines=(), from_basket=False):
     """Remember a checkout screen (what it sells and for how much); returns its nonce."""
-    nonce = secrets.token_hex(4)
+    nonce = secrets.token_hex(8)
     with transaction(conn):
         conn.execute("DELETE FROM checkouts WHERE created_at < ?", (now_iso(-7 * 86400),))
         conn.execute("INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, created_at) "
@@ -1257,7 +1271,10 @@ def check_invoice_limits(conn, user_id, max_open, max_per_hour):
 def reserve_for_checkout(conn, user_id, nonce, minutes):
     """Reserve a checkout's units in a pending crypto order; returns (order_id, total, created)."""
     with transaction(conn):
-        done = conn.execute("SELECT id, total_cents FROM orders WHERE checkout_key = ?", (nonce,)).fetchone()
+        done = conn.execute("SELECT id, total_cents, payment_method FROM orders WHERE checkout_key = ? "
+                            "AND user_id = ?", (nonce, user_id)).fetchone()
+        if done and done["payment_method"] != "crypto":
+            raise InvalidInput("This checkout was already paid from your balance.")
         if done:
             return done["id"], done["total_cents"], False
         checkout = get_checkout(conn, user_id, nonce)
@@ -1277,11 +1294,14 @@ def drop_reservation(conn, order_id):
 
 def record_payment(conn, *, kind, user_id, reference, price_cents, data, expires_at, order_id=None):
     """Store the payment the provider just created; returns its row."""
-    provider_id = provider_payment_id(data.get("payment_id"))
-    for key in ("pay_amount", "pay_currency", "pay_address"):
-        if data.get(key) in (None, ""):
-            raise ProviderError(f"the new payment has no {key}")
-    crypto_amount(data["pay_amount"], "pay_amount")
+    try:
+        provider_id = provider_payment_id(data.get("payment_id"))
+        for key in ("pay_amount", "pay_currency", "pay_address"):
+            if data.get(key) in (None, ""):
+                raise InvalidInput(f"the new payment has no {key}")
+        crypto_amount(data["pay_amount"], "pay_amount")
+    except InvalidInput as e:
+        raise ProviderError(f"POST /payment: {e}", http=201) from None
     now = now_iso()
     with transaction(conn):
         conn.execute(
@@ -1381,6 +1401,14 @@ def apply_payment_status(conn, data, *, source, owners=()):
             payment = _child_payment(conn, provider_id, data)
         check_payment_matches(payment, data)
         old = payment["status"]
+        if status == "refunded" and old in ("finished", "partially_paid") \
+                and "refunded by the provider" not in (payment["outcome"] or ""):
+            conn.execute("UPDATE payments SET outcome = coalesce(outcome, '') || ' (refunded by the provider)' "
+                         "WHERE id = ?", (payment["id"],))
+            alert_owners(conn, owners, f"⚠️ NOWPayments reports payment {provider_id} as refunded after it was "
+                                       f"{old}. The shop already {esc(payment['outcome'] or 'settled it')}; "
+                                       "check whether the shopper keeps goods or credit twice.")
+            return f"unchanged ({old}); refund reported to the owners"
         if status == old or not can_move(old, status):
             return f"unchanged ({old})"
         paid = data.get("actually_paid")
@@ -1416,6 +1444,9 @@ def _child_payment(conn, provider_id, data):
                               (provider_payment_id(parent_id),)).fetchone()
     if parent is None:
         raise UnknownPayment(f"payment {provider_id} is not one of this shop's")
+    if data.get("pay_address") not in (None, "") and str(data["pay_address"]) != parent["pay_address"]:
+        raise PaymentMismatch(f"payment {provider_id} names parent {parent['provider_id']} but was paid "
+                              "to another address")
     now = now_iso()
     conn.execute(
         "INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
@@ -1423,7 +1454,7 @@ def _child_payment(conn, provider_id, data):
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
         (provider_id, parent["kind"], parent["user_id"], parent["order_id"], parent["id"], parent["reference"],
          parent["price_cents"], parent["pay_currency"], parent["pay_amount"], parent["pay_address"],
-         parent["expires_at"], now, now))
+         now_iso(86400), now, now))
     return conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
 
 
@@ -1891,11 +1922,20 @@ class Num(str):
     """A JSON number kept as the exact token the sender wrote (never a float)."""
 
 
+MAX_JSON_DEPTH = 32
+
+
 def parse_json(text):
     """Parse provider JSON keeping every number as its Num token. Raises ValueError."""
     def no_constants(name):
         raise ValueError(f"{name} is not allowed")
-    return json.loads(text, parse_float=Num, parse_int=Num, parse_constant=no_constants)
+    data = json.loads(text, parse_float=Num, parse_int=Num, parse_constant=no_constants)
+    level = [data]
+    for _ in range(MAX_JSON_DEPTH):   # breadth-first, so a hostile nesting cannot exhaust the stack later
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())]
+        if not level:
+            return data
+    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def js_number(token):
@@ -2003,14 +2043,15 @@ class NowPayments:
         try:
             data = parse_json(r.text)
         except ValueError:
-            raise ProviderError(f"{method} {path}: HTTP {r.status_code} with a body that is not JSON") from None
+            raise ProviderError(f"{method} {path}: HTTP {r.status_code} with a body that is not JSON",
+                                http=r.status_code) from None
         if r.status_code >= 400 or (isinstance(data, dict) and data.get("status") is False):
             code = data.get("code") if isinstance(data, dict) else None
             message = data.get("message") if isinstance(data, dict) else None
             raise ProviderError(f"{method} {path}: HTTP {r.status_code} {code or ''} {message or ''}".strip(),
-                                code=code)
+                                code=code, http=r.status_code)
         if not isinstance(data, dict):
-            raise ProviderError(f"{method} {path}: the answer is not a JSON object")
+            raise ProviderError(f"{method} {path}: the answer is not a JSON object", http=r.status_code)
         return data
 
     def status(self):
@@ -2025,7 +2066,7 @@ class NowPayments:
         data = self._call("GET", "/merchant/coins")
         listed = data.get("selectedCurrencies", data.get("currencies"))
         if not isinstance(listed, list):
-            raise ProviderError("GET /merchant/coins: no list of currencies in the answer")
+            raise ProviderError("GET /merchant/coins: no list of currencies in the answer", http=200)
         enabled = {str(c.get("code") if isinstance(c, dict) else c).lower() for c in listed}
         coins = [code for code in COIN_CODES if code in enabled]
         with self.lock:
@@ -2040,15 +2081,15 @@ class NowPayments:
             return cents
         data = self._call("GET", "/min-amount", params={"currency_from": coin, "currency_to": coin,
                                                         "fiat_equivalent": "eur"})
-        fiat = data.get("fiat_equivalent")
-        if fiat in (None, ""):
-            minimum = crypto_amount(data.get("min_amount"), "min_amount")
-            fiat = self._call("GET", "/estimate", params={"amount": str(minimum), "currency_from": coin,
-                                                          "currency_to": "eur"}).get("estimated_amount")
         try:
+            fiat = data.get("fiat_equivalent")
+            if fiat in (None, ""):
+                minimum = crypto_amount(data.get("min_amount"), "min_amount")
+                fiat = self._call("GET", "/estimate", params={"amount": str(minimum), "currency_from": coin,
+                                                              "currency_to": "eur"}).get("estimated_amount")
             cents = int((crypto_amount(fiat, "fiat_equivalent") * 100).to_integral_value(rounding="ROUND_CEILING"))
         except InvalidInput as e:
-            raise ProviderError(f"GET /min-amount for {coin}: {e}") from None
+            raise ProviderError(f"GET /min-amount for {coin}: {e}", http=200) from None
         with self.lock:
             self.minimum_cache[coin] = (time.monotonic(), cents)
         return cents
@@ -2080,7 +2121,6 @@ def qr_png(text):
 # The shop's real client talks to it over HTTP, and "simulate" makes it send signed
 # IPNs to the shop's /webhook, so every layer runs as in production.
 
-SANDBOX_API_KEY = "sandbox-api-key"
 # coin: (EUR per coin, decimals, minimum in coin units)
 SANDBOX_COINS = {
     "btc": ("60000", 8, "0.0001"), "eth": ("3000", 8, "0.004"), "ltc": ("75", 8, "0.05"),
@@ -2121,7 +2161,8 @@ def make_sandbox(shop):
         return parse_json(row["data"]) if row else None
 
     def authorised():
-        return bottle.request.headers.get("x-api-key") == SANDBOX_API_KEY
+        return hmac.compare_digest(bottle.request.headers.get("x-api-key", "").encode(),
+                                   shop.sandbox_api_key.encode())
 
     def answer(data, status=200):
         bottle.response.status = status
@@ -2237,6 +2278,9 @@ def make_sandbox(shop):
 
     @api.post("/simulate/<payment_id>/<outcome>")
     def simulate_route(payment_id, outcome):
+        """Not part of NOWPayments: make a payment paid or expired (the Mini App and tests use it)."""
+        if not authorised():
+            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
         try:
             sandbox_simulate(shop, payment_id, outcome)
         except (NotFound, InvalidInput) as e:
@@ -2255,8 +2299,9 @@ def sandbox_simulate(shop, payment_id, outcome):
         raise InvalidInput(f"outcome must be one of {', '.join(SIMULATIONS)}")
     conn = shop.db()
     with transaction(conn):
+        known = re.fullmatch(r"[0-9]{1,18}", str(payment_id))
         row = conn.execute("SELECT data FROM sandbox_payments WHERE id = ?",
-                           (int(payment_id) if str(payment_id).isdigit() else -1,)).fetchone()
+                           (int(payment_id) if known else -1,)).fetchone()
         if row is None:
             raise NotFound("No such sandbox payment.")
         data = parse_json(row["data"])
@@ -2326,6 +2371,7 @@ class PaymentDesk:
         self.last_refresh = {}
         self.busy = set()
         self.lock = threading.Lock()
+        self.hints = queue.Queue(maxsize=100)
         self.outage_alerted = False
 
     @property
@@ -2339,7 +2385,8 @@ class PaymentDesk:
             try:
                 coins.append((coin, self.client.minimum_eur(coin)))
             except ProviderError as e:
-                log.warning("payments: no minimum for %s (%s); offering it anyway", coin, e.detail)
+                if self.alerts(f"minimum:{coin}"):
+                    log.warning("payments: no minimum for %s (%s); offering it anyway", coin, e.detail)
                 coins.append((coin, None))
         return coins
 
@@ -2347,7 +2394,12 @@ class PaymentDesk:
         """Scheduled: keep the coin list and minimums fresh so menus need no network."""
         try:
             for coin in self.client.merchant_coins(fresh=True):
-                self.client.minimum_eur(coin, fresh=True)
+                try:
+                    self.client.minimum_eur(coin, fresh=True)
+                except ProviderError as e:
+                    if e.outage:
+                        raise
+                    log.warning("payments: no minimum for %s: %s", coin, e.detail)
         except ProviderError as e:
             if not self.shop.stopping.is_set():
                 log.warning("payments: cannot refresh the coin list: %s", e.detail)
@@ -2440,12 +2492,14 @@ class PaymentDesk:
                               price_cents=checkout["amount_cents"], data=data, expires_at=expires)
 
     def refresh(self, provider_id, source, throttle=0):
-        """Ask the provider for a payment's status and apply it. Returns what happened."""
-        if throttle:
-            with self.lock:
-                if time.monotonic() - self.last_refresh.get(provider_id, -1e9) < throttle:
-                    return "throttled"
-                self.last_refresh[provider_id] = time.monotonic()
+        """Ask the provider for a payment's status and apply it. Returns what happened.
+
+        With throttle, a payment looked up less than that many seconds ago is left alone.
+        """
+        with self.lock:
+            if throttle and time.monotonic() - self.last_refresh.get(provider_id, -1e9) < throttle:
+                return "throttled"
+            self.last_refresh[provider_id] = time.monotonic()
         data = self.client.get_payment(provider_id)
         return self.apply(data, source)
 
@@ -2467,11 +2521,19 @@ class PaymentDesk:
 
     def handle_ipn(self, body, signature, remote):
         """POST /webhook: verify, store, apply. Returns (HTTP status, JSON answer)."""
+        try:
+            return self._handle_ipn(body, signature, remote)
+        except Exception:
+            log.exception("webhook: an IPN from %s could not be handled", remote)
+            self._store_ipn(None, None, body, signature, "error: the shop failed; see its log", remote)
+            return 500, {"error": "the shop could not handle this IPN now; please retry"}
+
+    def _handle_ipn(self, body, signature, remote):
         data, verdict = verify_ipn(body, signature, self.shop.ipn_secret)
         provider_id = status = None
         if data is not None:
-            provider_id = str(data.get("payment_id")) if data.get("payment_id") is not None else None
-            status = str(data.get("payment_status")) if data.get("payment_status") is not None else None
+            provider_id = str(data.get("payment_id"))[:40] if data.get("payment_id") is not None else None
+            status = str(data.get("payment_status"))[:40] if data.get("payment_status") is not None else None
         code, answer = 200, {"status": "ok"}
         if data is None:
             code, answer = 400, {"error": f"the body is not a JSON object ({verdict})"}
@@ -2480,60 +2542,94 @@ class PaymentDesk:
             self.alert("signature", f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
                                     "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
                        logging.WARNING)
-        elif verdict == "unsigned":
-            # No IPN secret: the body proves nothing, so it only says which payment to look up.
-            verdict = "hint: status fetched from the API"
-            try:
-                known = self.shop.db().execute("SELECT 1 FROM payments WHERE provider_id = ?",
-                                               (provider_payment_id(provider_id),)).fetchone()
-            except InvalidInput:
-                known = None
-            if known:
-                threading.Thread(target=self._refresh_quietly, args=(provider_id, "ipn"), daemon=True).start()
-                code, answer = 202, {"status": "accepted; checking with the API"}
-            else:
-                code, answer, verdict = 404, {"error": "unknown payment"}, "hint for an unknown payment"
+        elif verdict == "unsigned" or (status in MONEY_STATUSES and data.get("actually_paid") in (None, "")):
+            # Unsigned, the body proves nothing; without actually_paid it cannot be settled. Either way
+            # it only says which payment to look up with the API.
+            code, answer, verdict = self._hint(data)
         else:
             try:
                 verdict = "applied: " + self.apply(data, "ipn")
             except UnknownPayment as e:
-                code, answer, verdict = 404, {"error": str(e)}, f"unknown payment"
+                code, answer, verdict = 404, {"error": str(e)}, "unknown payment"
             except PaymentMismatch as e:
                 code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
             except InvalidInput as e:
                 code, answer, verdict = 400, {"error": str(e)}, f"invalid: {e}"
+        # A refused body is kept, but short: refusals cost whoever sends them nothing.
+        self._store_ipn(provider_id, status, body if code < 400 else body[:4096], signature, verdict, remote)
+        if code >= 400 and self.alerts(f"refused:{code}"):
+            log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
+        return code, answer
+
+    def _store_ipn(self, provider_id, status, body, signature, verdict, remote):
         conn = self.shop.db()
         with transaction(conn):
             conn.execute("INSERT INTO ipn_events(received_at, provider_id, status, body, signature, verdict, "
                          "remote_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (now_iso(), provider_id, status, body.decode("utf-8", "replace"),
                           (signature or "")[:256] or None, verdict[:500], remote))
-        if code >= 400:
-            log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
-        return code, answer
 
-    def _refresh_quietly(self, provider_id, source):
+    def _hint(self, data):
+        """Queue a look-up of the payment an IPN names (or of its parent's new child). Returns the answer."""
         try:
-            self.refresh(provider_id, source)
-        except (ShopError, sqlite3.Error) as e:
-            log.warning("payments: checking payment %s failed: %s", provider_id, getattr(e, "detail", e))
+            provider_id = provider_payment_id(data.get("payment_id"))
+            parent = data.get("parent_payment_id")
+            parent = provider_payment_id(parent) if parent not in (None, "") else None
+        except InvalidInput as e:
+            return 400, {"error": str(e)}, f"invalid: {e}"
+        conn = self.shop.db()
+        known = conn.execute("SELECT 1 FROM payments WHERE provider_id = ?", (provider_id,)).fetchone() or \
+            (parent and conn.execute("SELECT 1 FROM payments WHERE provider_id = ?", (parent,)).fetchone())
+        if not known:
+            return 404, {"error": "unknown payment"}, "hint for an unknown payment"
+        try:
+            self.hints.put_nowait((provider_id, time.monotonic()))
+        except queue.Full:
+            return 503, {"error": "busy; please retry"}, "hint dropped: too many waiting"
+        return 202, {"status": "accepted; checking with the API"}, "hint: status fetched from the API"
+
+    def work_hints(self):
+        """One thread looks up hinted payments. A hint older than the last look-up of its payment adds
+        nothing and is skipped; look-ups of one payment are two seconds apart. So a flood of hints
+        costs the provider a request every two seconds at most, and no real news is lost."""
+        while (item := self.hints.get()) is not None:
+            provider_id, queued = item
+            try:
+                with self.lock:
+                    last = self.last_refresh.get(provider_id, -1e9)
+                if last < queued:
+                    self.shop.stopping.wait(max(0.0, last + 2 - time.monotonic()))
+                    self.refresh(provider_id, "ipn")
+            except (ShopError, sqlite3.Error) as e:
+                log.warning("payments: checking payment %s failed: %s", provider_id, getattr(e, "detail", e))
+            finally:
+                self.hints.task_done()
 
     def reconcile(self):
-        """Scheduled: ask the provider about every unfinished payment younger than a week."""
+        """Scheduled: ask the provider about every payment younger than a week that may still move.
+
+        Open payments are asked about every run (older ones every ten minutes);
+        expired and failed ones every half hour, since money may still arrive.
+        """
         conn = self.shop.db()
-        rows = conn.execute("SELECT provider_id, created_at FROM payments WHERE status IN "
-                            "('waiting', 'confirming', 'confirmed', 'sending') AND created_at > ? ORDER BY id",
-                            (now_iso(-7 * 86400),)).fetchall()
+        rows = conn.execute("SELECT provider_id, created_at, status FROM payments WHERE status IN "
+                            "('waiting', 'confirming', 'confirmed', 'sending', 'expired', 'failed') "
+                            "AND created_at > ? ORDER BY id", (now_iso(-7 * 86400),)).fetchall()
         for row in rows:
             if self.shop.stopping.is_set():
                 return
-            # Young payments every run; older ones every ten minutes.
-            every = 0 if row["created_at"] > now_iso(-7200) else 600
+            if row["status"] in ("expired", "failed"):
+                every = 1800
+            else:
+                every = 0 if row["created_at"] > now_iso(-7200) else 600
             try:
                 self.refresh(row["provider_id"], "poll", throttle=every)
             except ProviderError as e:
-                log.warning("payments: reconciliation stopped, the provider is not answering: %s", e.detail)
-                break
+                if e.outage:
+                    log.warning("payments: reconciliation paused, NOWPayments is not answering: %s", e.detail)
+                    break
+                self.alert(f"poll:{row['provider_id']}", f"⚠️ NOWPayments refuses to report payment "
+                                                         f"{row['provider_id']}: {esc(e.detail)}", logging.WARNING)
             except (PaymentMismatch, UnknownPayment, InvalidInput):
                 continue
         self.check_stuck(conn)
@@ -3109,7 +3205,7 @@ class ShopBot:
     def start_refill_link(self, conn, message, payload):
         """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that amount."""
         parts = payload.split("_")
-        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[1:]) or len(parts[1]) > 20:
+        if len(parts) not in (3, 4) or not all(re.fullmatch(r"[0-9]{1,20}", p) for p in parts[1:]):
             raise InvalidInput("This top-up link is not valid. Use 💰 Top up instead.")
         if int(parts[1]) != message.from_user.id:
             raise InvalidInput("This top-up link was made for another Telegram account. Use 💰 Top up instead.")
@@ -3276,7 +3372,7 @@ class ShopBot:
             elif verb == "tcoin" and len(args) == 2 and args[1] in COIN_LABELS:
                 payment = self.shop.payments.open_topup_invoice(uid, args[0], args[1])
                 show(screen_invoice(payment, self.shop.config.sandbox))
-            elif verb == "nocoin" and len(ints) == 2 and args[0] in COIN_LABELS:
+            elif verb == "nocoin" and len(ints) == 2 and args[0] in COIN_LABELS and isinstance(ints[1], int):
                 return (f"{COIN_LABELS[args[0]]} takes payments from {fmt_eur(ints[1])}. "
                         "Please choose another coin.")
             elif verb == "topup":
@@ -3290,6 +3386,12 @@ class ShopBot:
             elif verb == "chk" and len(ints) == 1 and numbers:
                 return self.check_payment(conn, uid, message, ints[0])
             elif verb == "cxl" and len(ints) == 1 and numbers:
+                payment = get_payment(conn, uid, ints[0])
+                try:   # the provider may know of money our records have not seen yet
+                    self.shop.payments.refresh(payment["provider_id"], "check")
+                except ProviderError as e:
+                    log.warning("payments: status check before cancelling failed: %s", e.detail)
+                    return "The payment service is not answering, so the invoice cannot be cancelled now."
                 cancel_invoice(conn, uid, ints[0])
                 self.recaption(message, screen_invoice(get_payment(conn, uid, ints[0]), self.shop.config.sandbox,
                                                        with_qr=False))
@@ -3320,6 +3422,8 @@ class ShopBot:
         """Pay a checkout from the balance; its nonce makes a double tap or a replayed update buy once."""
         uid = user["id"]
         checkout = get_checkout(conn, uid, nonce)
+        if checkout["kind"] != "order":
+            return "That button is not valid any more."
         lines = checkout_lines(checkout)
         back = [[("🧺 Basket", "basket")]] if checkout["from_basket"] else \
             [[("⬅️ Back", f"prod:{lines[0][0]}:{lines[0][1]}")]]
@@ -3654,6 +3758,7 @@ class Shop:
         self.limiter = RateLimiter()
         self.payments = None
         self.ipn_secret = ""
+        self.sandbox_api_key = ""
 
     def db(self):
         """This thread's connection to the shop database."""
@@ -3686,14 +3791,19 @@ class Shop:
             raise StartupError(f"cannot prepare {c.media_dir}: {e}") from None
         finally:
             conn.close()
-        self.ipn_secret = c.nowpayments_ipn_secret or (stored_secret(c.shop_db, "sandbox_ipn_secret")
-                                                       if c.sandbox else "")
+        if c.sandbox:
+            # The sandbox signs and checks with secrets of its own, never the owner's real ones.
+            self.ipn_secret = stored_secret(c.shop_db, "sandbox_ipn_secret")
+            self.sandbox_api_key = stored_secret(c.shop_db, "sandbox_api_key")
+        else:
+            self.ipn_secret = c.nowpayments_ipn_secret
         if not c.sandbox and not c.nowpayments_ipn_secret:
             log.warning("payments: NOWPAYMENTS_IPN_SECRET is not set, so IPNs cannot be verified; each one "
                         "only makes the shop ask the NOWPayments API for the payment's status")
-        client = (NowPayments(self.url + "/sandbox/v1", SANDBOX_API_KEY) if c.sandbox
+        client = (NowPayments(self.url + "/sandbox/v1", self.sandbox_api_key) if c.sandbox
                   else NowPayments(c.nowpayments_api_url, c.nowpayments_api_key))
         self.payments = PaymentDesk(self, client)
+        self._thread("payment-hints", self.payments.work_hints)
         proxy = {"trusted_proxy": c.trusted_proxy, "trusted_proxy_count": 1,
                  "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
                  "clear_untrusted_proxy_headers": True} if c.trusted_proxy else {}
@@ -3804,6 +3914,8 @@ class Shop:
             self.sender.stop()
         if self.scheduler and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self.payments:
+            self.payments.hints.put(None)
         if self.server:
             self.server.task_dispatcher.shutdown(timeout=2)   # lets requests in flight finish
             self._web_wake.pull_trigger(lambda: waitress.wasyncore.close_all(self._web_map))

@@ -342,7 +342,7 @@ def test_invoice_limits(conn, gift):
 @pytest.fixture
 def sandbox(make_shop):
     """A sandbox shop (its emulator at /sandbox/v1) with a small catalog and a shopper with no balance."""
-    s = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET})
+    s = make_shop()
     conn = shop.connect(s.config.shop_db)
     ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Sticker", 50, 45)])
     user(conn, 1)
@@ -351,11 +351,12 @@ def sandbox(make_shop):
     conn.close()
 
 
-def post_ipn(s, data=None, *, body=None, signature="sign", secret=SECRET):
+def post_ipn(s, data=None, *, body=None, signature="sign", secret=None):
+    """POST an IPN to a shop's /webhook, signed with its IPN secret unless told otherwise."""
     body = body if body is not None else shop.encode_json(data).encode()
     headers = {"Content-Type": "application/json"}
     if signature == "sign":
-        signature = shop.ipn_signature(shop.parse_json(body.decode()), secret)
+        signature = shop.ipn_signature(shop.parse_json(body.decode()), secret or s.ipn_secret)
     if signature is not None:
         headers["x-nowpayments-sig"] = signature
     return requests.post(s.url + "/webhook", data=body, headers=headers, timeout=10)
@@ -374,7 +375,7 @@ def emulator(s, payment):
 
 def test_the_sandbox_answers_like_nowpayments(sandbox):
     api = sandbox.url + "/sandbox/v1"
-    key = {"x-api-key": shop.SANDBOX_API_KEY}
+    key = {"x-api-key": sandbox.sandbox_api_key}
     assert requests.get(api + "/status", timeout=5).json() == {"message": "OK"}
     refused = requests.get(api + "/merchant/coins", timeout=5)
     assert refused.status_code == 403 and refused.json()["status"] is False and refused.json()["code"]
@@ -480,15 +481,22 @@ def test_the_webhook_refuses_what_it_cannot_trust_and_changes_nothing(sandbox):
 
 def test_simulated_payments_run_every_layer(sandbox):
     p = invoice(sandbox)
-    requests.post(f"{sandbox.url}/sandbox/v1/simulate/{p['provider_id']}/over", timeout=5).raise_for_status()
+    assert simulate(sandbox, p, "over", key="wrong").status_code == 403
+    simulate(sandbox, p, "over").raise_for_status()
     row = wait_for_row(sandbox.conn, "SELECT status, outcome FROM payments WHERE status = 'finished'")
     # 1.5 x 0.00041667 BTC = 0.00062500 sent; the extra 0.00020833 is worth floor(1249.97) cents.
     assert row[:] == ("finished", "delivered, overpaid 12.49 credited")
     verdicts = [r[0] for r in sandbox.conn.execute("SELECT verdict FROM ipn_events ORDER BY id")]
     assert verdicts == ["applied: waiting -> confirming",
                         "applied: confirming -> finished: delivered, overpaid 12.49 credited"]
-    again = requests.post(f"{sandbox.url}/sandbox/v1/simulate/{p['provider_id']}/full", timeout=5)
-    assert again.status_code == 400
+    assert simulate(sandbox, p, "full").status_code == 400
+    assert simulate(sandbox, p, "bribe").status_code == 400
+    assert simulate(sandbox, {"provider_id": "9" * 40}, "full").status_code == 404
+
+
+def simulate(s, payment, outcome, key=None):
+    return requests.post(f"{s.url}/sandbox/v1/simulate/{payment['provider_id']}/{outcome}",
+                         headers={"x-api-key": key or s.sandbox_api_key}, timeout=5)
 
 
 def wait_for_row(conn, sql, args=(), timeout=10):
@@ -502,7 +510,7 @@ def wait_for_row(conn, sql, args=(), timeout=10):
 
 
 def test_a_missed_webhook_is_caught_by_reconciliation(make_shop):
-    s = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET, "PAYMENT_POLL_SECONDS": "5"})
+    s = make_shop()
     conn = shop.connect(s.config.shop_db)
     s.conn, s.ids = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
     user(conn, 1)
@@ -511,16 +519,19 @@ def test_a_missed_webhook_is_caught_by_reconciliation(make_shop):
     data.update(payment_status="finished", actually_paid=data["pay_amount"])
     with shop.transaction(conn):       # the money arrived; the IPN never came
         conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?", (shop.encode_json(data), int(p["provider_id"])))
-    row = wait_for_row(conn, "SELECT final_source, outcome FROM payments WHERE status = 'finished'", timeout=20)
+    s.payments.reconcile()
+    row = conn.execute("SELECT final_source, outcome FROM payments WHERE status = 'finished'").fetchone()
     assert row[:] == ("poll", "delivered")
+    jobs = {job.id: job.trigger.interval.total_seconds() for job in s.scheduler.get_jobs()}
+    assert jobs["reconcile_payments"] == s.config.payment_poll_seconds
     assert conn.execute("SELECT count(*) FROM ipn_events").fetchone()[0] == 0
 
 
 @pytest.fixture
 def provider(make_shop):
     """Two shops: one in sandbox mode serving as NOWPayments, one live shop using it as its provider."""
-    np_shop = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET}, name="provider")
-    live = make_shop(env={"NOWPAYMENTS_API_KEY": shop.SANDBOX_API_KEY, "NOWPAYMENTS_IPN_SECRET": SECRET,
+    np_shop = make_shop(name="provider")
+    live = make_shop(env={"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key, "NOWPAYMENTS_IPN_SECRET": np_shop.ipn_secret,
                           "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
     conn = shop.connect(live.config.shop_db)
     live.conn, live.ids, live.provider_shop = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)]), np_shop
@@ -532,8 +543,7 @@ def provider(make_shop):
 def test_a_live_shop_pays_through_the_provider_over_http(provider):
     assert not provider.config.sandbox
     p = invoice(provider)
-    requests.post(f"{provider.provider_shop.url}/sandbox/v1/simulate/{p['provider_id']}/full",
-                  timeout=5).raise_for_status()
+    simulate(provider.provider_shop, p, "full").raise_for_status()
     row = wait_for_row(provider.conn, "SELECT outcome FROM payments WHERE status = 'finished'")
     assert row[0] == "delivered"
     assert requests.get(provider.url + "/sandbox/v1/status", timeout=5).status_code == 404   # no emulator in live mode
@@ -555,20 +565,23 @@ def test_the_provider_down_while_creating_an_invoice_leaves_nothing_reserved(pro
 
 
 def test_without_an_ipn_secret_an_ipn_is_only_a_hint(make_shop):
-    np_shop = make_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET}, name="provider")
-    live = make_shop(env={"NOWPAYMENTS_API_KEY": shop.SANDBOX_API_KEY,
+    np_shop = make_shop(name="provider")
+    live = make_shop(env={"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key,
                           "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
     conn = shop.connect(live.config.shop_db)
     live.conn, live.ids = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
     user(conn, 1)
     p = invoice(live)
     forged = {**emulator_row(np_shop, p), "payment_status": "finished", "actually_paid": shop.Num("1")}
-    r = post_ipn(live, forged, signature=None)
-    assert r.status_code == 202
+    for _ in range(20):
+        assert post_ipn(live, forged, signature=None).status_code == 202
+    live.payments.hints.join()                    # every hint looked up with the API
     # The API still says "waiting": the forged news changed nothing.
-    wait_for_row(conn, "SELECT 1 FROM ipn_events WHERE verdict LIKE 'hint%'")
     assert conn.execute("SELECT status FROM payments").fetchone()[0] == "waiting"
-    requests.post(f"{np_shop.url}/sandbox/v1/simulate/{p['provider_id']}/full", timeout=5).raise_for_status()
+    assert conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 0
+    assert [v for (v,) in conn.execute("SELECT DISTINCT verdict FROM ipn_events")] == \
+        ["hint: status fetched from the API"]
+    simulate(np_shop, p, "full").raise_for_status()
     row = wait_for_row(conn, "SELECT final_source FROM payments WHERE status = 'finished'")
     assert row[0] == "ipn"
     conn.close()
@@ -580,3 +593,147 @@ def emulator_row(np_shop, payment):
                                      (int(payment["provider_id"]),)).fetchone()[0])
     c.close()
     return data
+
+
+# Regressions from review: money must not be lost at the edges
+
+def test_an_order_whose_payment_is_on_the_chain_keeps_its_items_past_the_deadline(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)])
+    apply(conn, news(p, "confirming"))
+    conn.execute("UPDATE stock_units SET reserved_until = ? WHERE order_id = ?", (shop.now_iso(-60), p["order_id"]))
+    assert shop.release_expired_reservations(conn) == 0
+    assert conn.execute("SELECT status FROM orders").fetchone()[0] == "pending"
+    assert apply(conn, news(p, "finished", "0.0004")).endswith("delivered")
+
+
+def test_paying_from_the_balance_a_checkout_that_has_a_crypto_invoice_is_refused(conn, gift):
+    uid = user(conn, balance=10000)
+    nonce = shop.create_checkout(conn, uid, "order", 2500, [(*gift, 1)])
+    shop.reserve_for_checkout(conn, uid, nonce, 30)
+    with pytest.raises(shop.InvalidInput, match="crypto invoice"):
+        shop.buy_with_balance(conn, uid, [(*gift, 1)], expected_total_cents=2500, checkout_key=nonce)
+    assert shop.get_user(conn, uid)["balance_cents"] == 10000
+    other = user(conn, 2, balance=10000)           # a nonce is only ever looked up for its own shopper
+    assert shop.buy_with_balance(conn, other, [(*gift, 1)], checkout_key=nonce)
+    with pytest.raises(shop.InvalidInput, match="already paid from your balance"):
+        shop.reserve_for_checkout(conn, other, nonce, 30)
+
+
+def test_a_repeat_deposit_to_another_address_is_refused(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)])
+    child = news(p, "finished", "0.0002", payment_id=shop.Num("1234"), parent_payment_id=shop.Num(p["provider_id"]),
+                 pay_address="someone-elses-address", order_id=None)
+    with pytest.raises(shop.PaymentMismatch, match="another address"):
+        apply(conn, child)
+    assert shop.get_user(conn, uid)["balance_cents"] == 0
+
+
+def test_a_refund_after_settlement_is_reported_to_the_owners_once(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)])
+    apply(conn, news(p, "finished", "0.0004"))
+    assert apply(conn, news(p, "refunded", "0.0004")).endswith("refund reported to the owners")
+    assert apply(conn, news(p, "refunded", "0.0004")) == "unchanged (finished)"
+    assert sum("refunded after it was finished" in t for t in outbox(conn, 900)) == 1
+    assert status_of(conn, p)[0] == "finished"
+
+
+def test_exact_floor_beyond_decimal_precision():
+    assert shop.value_of(100, "99999999999.999999999999999999", "100000000000") == 99
+
+
+def test_the_reconciliation_goes_on_past_a_payment_the_provider_refuses(sandbox):
+    now = shop.now_iso()
+    with shop.transaction(sandbox.conn):   # e.g. a payment made with another API key: GET answers 404
+        sandbox.conn.execute(
+            "INSERT INTO payments(provider_id, kind, user_id, reference, price_cents, pay_currency, pay_amount, "
+            "status, expires_at, created_at, updated_at) VALUES ('1234', 'topup', 1, 'topup-x', 500, 'btc', "
+            "'0.0001', 'waiting', ?, ?, ?)", (now, now, now))
+    p = invoice(sandbox)
+    data = {**emulator(sandbox, p), "payment_status": "finished"}
+    data["actually_paid"] = data["pay_amount"]
+    with shop.transaction(sandbox.conn):
+        sandbox.conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?",
+                             (shop.encode_json(data), int(p["provider_id"])))
+    sandbox.payments.reconcile()
+    assert sandbox.conn.execute("SELECT status FROM payments WHERE id = ?", (p["id"],)).fetchone()[0] == "finished"
+
+
+def test_money_after_an_expiry_is_found_by_the_reconciliation(sandbox):
+    p = invoice(sandbox)
+    simulate(sandbox, p, "expire").raise_for_status()
+    wait_for_row(sandbox.conn, "SELECT 1 FROM payments WHERE status = 'expired'")
+    data = {**emulator(sandbox, p), "payment_status": "finished"}
+    data["actually_paid"] = data["pay_amount"]
+    with shop.transaction(sandbox.conn):     # the money came; its IPN was lost
+        sandbox.conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?",
+                             (shop.encode_json(data), int(p["provider_id"])))
+    sandbox.payments.reconcile()
+    assert sandbox.conn.execute("SELECT status, outcome FROM payments").fetchone()[:] == ("finished", "delivered late")
+
+
+def test_a_settling_ipn_without_actually_paid_is_settled_from_the_api(sandbox):
+    p = invoice(sandbox)
+    data = {**emulator(sandbox, p), "payment_status": "partially_paid", "actually_paid": shop.Num("0.0001")}
+    with shop.transaction(sandbox.conn):
+        sandbox.conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?",
+                             (shop.encode_json(data), int(p["provider_id"])))
+    bare = {k: v for k, v in data.items() if k != "actually_paid"}
+    assert post_ipn(sandbox, bare).status_code == 202
+    sandbox.payments.hints.join()
+    assert sandbox.conn.execute("SELECT status, credited_cents FROM payments").fetchone()[:] == \
+        ("partially_paid", 599)                 # floor(2500 * 0.0001 / 0.00041667)
+
+
+def test_a_deeply_nested_ipn_is_refused_not_a_crash(sandbox):
+    body = ('{"a":' * 600 + "1" + "}" * 600).encode()
+    r = post_ipn(sandbox, body=body, signature="x")
+    assert r.status_code == 400 and "nested deeper" in r.json()["error"]
+    assert sandbox.conn.execute("SELECT verdict FROM ipn_events").fetchone()[0].startswith("malformed")
+
+
+def test_without_an_ipn_secret_a_repeat_deposit_is_still_credited(make_shop):
+    np_shop = make_shop(name="provider")
+    live = make_shop(env={"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key,
+                          "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
+    conn = shop.connect(live.config.shop_db)
+    live.conn, live.ids = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
+    user(conn, 1)
+    p = invoice(live)
+    parent = emulator_row(np_shop, p)
+    child = {**parent, "payment_id": shop.Num("5550001111"), "parent_payment_id": parent["payment_id"],
+             "payment_status": "finished", "actually_paid": shop.Num(str(Decimal(parent["pay_amount"]) / 2)),
+             "order_id": None}
+    np_conn = shop.connect(np_shop.config.shop_db)
+    with shop.transaction(np_conn):    # a second deposit to the invoice's address, as NOWPayments records it
+        np_conn.execute("INSERT INTO sandbox_payments(id, data) VALUES (5550001111, ?)", (shop.encode_json(child),))
+    np_conn.close()
+    assert post_ipn(live, child, signature=None).status_code == 202
+    live.payments.hints.join()
+    assert conn.execute("SELECT credited_cents FROM payments WHERE provider_id = '5550001111'").fetchone()[0] == 1250
+    assert shop.get_user(conn, 1)["balance_cents"] == 1250
+    conn.close()
+
+
+def test_odd_provider_minimums_leave_the_coin_offered(tmp_path):
+    """A NOWPayments stand-in that answers /min-amount without the amounts."""
+    import threading
+    import bottle
+    import waitress
+    from conftest import free_port
+    api = bottle.Bottle()
+    api.route("/merchant/coins", callback=lambda: {"currencies": ["btc", {"code": "LTC"}]})
+    api.route("/min-amount", callback=lambda: {"currency_from": "btc", "currency_to": "btc"})
+    port = free_port()
+    server = waitress.create_server(api, host="127.0.0.1", port=port)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        client = shop.NowPayments(f"http://127.0.0.1:{port}", "key")
+        assert client.merchant_coins() == ["btc", "ltc"]
+        with pytest.raises(shop.ProviderError) as e:
+            client.minimum_eur("btc")
+        assert not e.value.outage and "min_amount is not a number" in e.value.detail
+    finally:
+        server.close()

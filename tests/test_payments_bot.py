@@ -6,7 +6,7 @@ import requests
 import shop
 from conftest import TOKEN
 from test_bot import Shopper
-from test_payments import SECRET, emulator, post_ipn, wait_for_row
+from test_payments import emulator, post_ipn, wait_for_row
 from test_services import seed
 
 
@@ -14,8 +14,7 @@ from test_services import seed
 def bot_shop(make_shop, fake_tg):
     """A sandbox shop with its bot, a small catalog and its owner (9001) listening for alerts."""
     def make(**env):
-        s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "ADMIN_IDS": "9001",
-                           "NOWPAYMENTS_IPN_SECRET": SECRET, **env})
+        s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "ADMIN_IDS": "9001", **env})
         s.conn = shop.connect(s.config.shop_db)
         s.ids = seed(s.conn, [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Mitte", "Sticker", 50, 40)])
         fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
@@ -158,7 +157,7 @@ def test_a_signed_ipn_posted_by_hand_pays_a_bot_order(fake_tg, bot_shop):
 def test_a_restart_between_the_ipn_and_the_delivery_loses_nothing(fake_tg, tmp_path, run_shop):
     conn = shop.init_db(str(tmp_path / "shop.db"))
     ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
-    proc = run_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET})
+    proc = run_shop()
     ann = Shopper(fake_tg, 108)
     ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
     ann.click("⚡ Buy now")
@@ -166,14 +165,63 @@ def test_a_restart_between_the_ipn_and_the_delivery_loses_nothing(fake_tg, tmp_p
     payment = conn.execute("SELECT * FROM payments").fetchone()
     fake_tg.set_down(True)                  # Telegram unreachable: the delivery cannot go out
     fake_tg.release_polls()
-    r = requests.post(f"{proc.url}/sandbox/v1/simulate/{payment['provider_id']}/full", timeout=5)
+    key = conn.execute("SELECT value FROM settings WHERE key = 'sandbox_api_key'").fetchone()[0]
+    r = requests.post(f"{proc.url}/sandbox/v1/simulate/{payment['provider_id']}/full",
+                      headers={"x-api-key": key}, timeout=5)
     r.raise_for_status()
     wait_for_row(conn, "SELECT 1 FROM payments WHERE status = 'finished'")
     assert conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] >= 2
     proc.kill()
     fake_tg.set_down(False)
-    run_shop(env={"NOWPAYMENTS_IPN_SECRET": SECRET})
+    run_shop()
     fake_tg.wait_message(108, "Gift card-Mitte-0", timeout=15)
     wait_for_row(conn, "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')")
     assert sum("Gift card-Mitte-0" in m.content for m in fake_tg.messages(108)) == 1
     assert ids and shop.check_ledger(conn) == []
+
+
+def test_cancel_asks_the_provider_first(fake_tg, bot_shop):
+    s = bot_shop()
+    ann = Shopper(fake_tg, 109)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    ann.click("BTC")
+    payment = s.conn.execute("SELECT * FROM payments").fetchone()
+    data = {**emulator(s, payment), "payment_status": "confirming"}
+    with shop.transaction(s.conn):      # the money is on the chain; no IPN has told the shop yet
+        s.conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?",
+                       (shop.encode_json(data), int(payment["provider_id"])))
+    assert "under way" in ann.click("❌ Cancel")
+    assert shop.get_offer(s.conn, *s.ids[("Gift card", "Mitte")])["available"] == 1
+    assert s.conn.execute("SELECT status FROM orders").fetchone()[0] == "pending"
+
+
+def test_crafted_buttons_and_links_get_polite_refusals(fake_tg, bot_shop, caplog):
+    s = bot_shop()
+    other = Shopper(fake_tg, 111)
+    other.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    other.click("⚡ Buy now")
+    other.click("BTC")
+    theirs = s.conn.execute("SELECT id FROM payments").fetchone()[0]
+    their_nonce = s.conn.execute("SELECT nonce FROM checkouts").fetchone()[0]
+    ann = Shopper(fake_tg, 110)
+    ann.send("💰 Top up", "How much")
+    ann.click("€10.00")
+    topup_nonce = s.conn.execute("SELECT nonce FROM checkouts WHERE kind = 'topup'").fetchone()[0]
+    screen = ann.screen
+    crafted = {f"pay:{topup_nonce}": "not valid", "nocoin:btc:abc": "not valid",
+               f"coin:{their_nonce}:btc": "too old", f"pay:{their_nonce}": "too old",
+               f"chk:{theirs}": "No such payment", f"cxl:{theirs}": "No such payment",
+               f"sim:{theirs}:full": "No such payment", f"tcoin:{topup_nonce}:doge": "not valid",
+               "pay:../../etc": "not valid", "orders:x": "not valid", "prod:1": "not valid", "€": "not valid",
+               "sim:1:bribe": "not valid", f"tamt:{10 ** 12}": "not possible"}
+    with caplog.at_level("ERROR", logger="shop"):
+        for data, answer in crafted.items():
+            cq = fake_tg.user_clicks(110, screen.message_id, data, forged=True)
+            fake_tg.wait_for(lambda: cq in fake_tg.callback_answers, what=data)
+            assert answer in (fake_tg.callback_answers[cq].get("text") or ""), data
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert s.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 1
+    for text, answer in (("/start refill_²_5", "not valid"), ("/start refill_110_5_5_5", "not valid"),
+                         ("/start refill_110_20000", "must be at most"), ("/start refill_110_99999999999", "must be an amount")):
+        assert answer in ann.send(text, "top-up link").text
