@@ -368,9 +368,13 @@ def invoice(s, uid=1, product=("Gift card", "Mitte"), quantity=1, coin="btc"):
     return s.payments.open_order_invoice(uid, nonce, coin)
 
 
-def emulator(s, payment):
-    row = s.conn.execute("SELECT data FROM sandbox_payments WHERE id = ?", (int(payment["provider_id"]),)).fetchone()
-    return shop.parse_json(row[0])
+def emulator(np_shop, payment):
+    """The payment as the sandbox shop `np_shop` (acting as NOWPayments) holds it."""
+    c = shop.connect(np_shop.config.shop_db)
+    data = shop.parse_json(c.execute("SELECT data FROM sandbox_payments WHERE id = ?",
+                                     (int(payment["provider_id"]),)).fetchone()[0])
+    c.close()
+    return data
 
 
 def test_the_sandbox_answers_like_nowpayments(sandbox):
@@ -528,16 +532,30 @@ def test_a_missed_webhook_is_caught_by_reconciliation(make_shop):
 
 
 @pytest.fixture
-def provider(make_shop):
-    """Two shops: one in sandbox mode serving as NOWPayments, one live shop using it as its provider."""
-    np_shop = make_shop(name="provider")
-    live = make_shop(env={"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key, "NOWPAYMENTS_IPN_SECRET": np_shop.ipn_secret,
-                          "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
-    conn = shop.connect(live.config.shop_db)
-    live.conn, live.ids, live.provider_shop = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)]), np_shop
-    user(conn, 1)
-    yield live
-    conn.close()
+def live_pair(make_shop):
+    """Factory: a sandbox shop serving as NOWPayments, and a live shop using it as its provider
+    (knowing its IPN secret when signed=True). Returns the live shop; .provider_shop is the other."""
+    conns = []
+
+    def pair(signed=True, units=2):
+        np_shop = make_shop(name="provider")
+        env = {"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key, "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}
+        if signed:
+            env["NOWPAYMENTS_IPN_SECRET"] = np_shop.ipn_secret
+        live = make_shop(env=env, name="live")
+        live.conn = shop.connect(live.config.shop_db)
+        conns.append(live.conn)
+        live.ids, live.provider_shop = seed(live.conn, [("Berlin", "Mitte", "Gift card", 2500, units)]), np_shop
+        user(live.conn, 1)
+        return live
+    yield pair
+    for c in conns:
+        c.close()
+
+
+@pytest.fixture
+def provider(live_pair):
+    return live_pair(signed=True)
 
 
 def test_a_live_shop_pays_through_the_provider_over_http(provider):
@@ -564,15 +582,11 @@ def test_the_provider_down_while_creating_an_invoice_leaves_nothing_reserved(pro
     assert health["payments"].startswith("NOWPayments not answering") and health["status"] == "ok"
 
 
-def test_without_an_ipn_secret_an_ipn_is_only_a_hint(make_shop):
-    np_shop = make_shop(name="provider")
-    live = make_shop(env={"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key,
-                          "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
-    conn = shop.connect(live.config.shop_db)
-    live.conn, live.ids = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
-    user(conn, 1)
+def test_without_an_ipn_secret_an_ipn_is_only_a_hint(live_pair):
+    live = live_pair(signed=False)
+    np_shop, conn = live.provider_shop, live.conn
     p = invoice(live)
-    forged = {**emulator_row(np_shop, p), "payment_status": "finished", "actually_paid": shop.Num("1")}
+    forged = {**emulator(np_shop, p), "payment_status": "finished", "actually_paid": shop.Num("1")}
     for _ in range(20):
         assert post_ipn(live, forged, signature=None).status_code == 202
     live.payments.hints.join()                    # every hint looked up with the API
@@ -584,15 +598,6 @@ def test_without_an_ipn_secret_an_ipn_is_only_a_hint(make_shop):
     simulate(np_shop, p, "full").raise_for_status()
     row = wait_for_row(conn, "SELECT final_source FROM payments WHERE status = 'finished'")
     assert row[0] == "ipn"
-    conn.close()
-
-
-def emulator_row(np_shop, payment):
-    c = shop.connect(np_shop.config.shop_db)
-    data = shop.parse_json(c.execute("SELECT data FROM sandbox_payments WHERE id = ?",
-                                     (int(payment["provider_id"]),)).fetchone()[0])
-    c.close()
-    return data
 
 
 # Regressions from review: money must not be lost at the edges
@@ -694,15 +699,11 @@ def test_a_deeply_nested_ipn_is_refused_not_a_crash(sandbox):
     assert sandbox.conn.execute("SELECT verdict FROM ipn_events").fetchone()[0].startswith("malformed")
 
 
-def test_without_an_ipn_secret_a_repeat_deposit_is_still_credited(make_shop):
-    np_shop = make_shop(name="provider")
-    live = make_shop(env={"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key,
-                          "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1"}, name="live")
-    conn = shop.connect(live.config.shop_db)
-    live.conn, live.ids = conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
-    user(conn, 1)
+def test_without_an_ipn_secret_a_repeat_deposit_is_still_credited(live_pair):
+    live = live_pair(signed=False)
+    np_shop, conn = live.provider_shop, live.conn
     p = invoice(live)
-    parent = emulator_row(np_shop, p)
+    parent = emulator(np_shop, p)
     child = {**parent, "payment_id": shop.Num("5550001111"), "parent_payment_id": parent["payment_id"],
              "payment_status": "finished", "actually_paid": shop.Num(str(Decimal(parent["pay_amount"]) / 2)),
              "order_id": None}
@@ -714,7 +715,6 @@ def test_without_an_ipn_secret_a_repeat_deposit_is_still_credited(make_shop):
     live.payments.hints.join()
     assert conn.execute("SELECT credited_cents FROM payments WHERE provider_id = '5550001111'").fetchone()[0] == 1250
     assert shop.get_user(conn, 1)["balance_cents"] == 1250
-    conn.close()
 
 
 def test_odd_provider_minimums_leave_the_coin_offered(tmp_path):
