@@ -163,7 +163,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     order_id        INTEGER REFERENCES orders(id),
     created_at      TEXT NOT NULL,
     sent_at         TEXT,
-    telegram_message_id INTEGER
+    telegram_message_id INTEGER,
+    -- Set instead of text: edit that message's caption to show the payment's invoice as it is now.
+    edit_message_id INTEGER,
+    payment_id      INTEGER REFERENCES payments(id)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(chat_id, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox(order_id) WHERE order_id IS NOT NULL;
@@ -223,6 +226,7 @@ CREATE TABLE IF NOT EXISTS payments (
     expires_at     TEXT NOT NULL,
     seen_notified  INTEGER NOT NULL DEFAULT 0 CHECK (seen_notified IN (0, 1)),
     stuck_alerted  INTEGER NOT NULL DEFAULT 0 CHECK (stuck_alerted IN (0, 1)),
+    invoice_message_id INTEGER,     -- the bot message showing this invoice, kept up to date
     final_source   TEXT,            -- 'ipn', 'poll', 'check' or 'admin': what made it final
     created_at     TEXT NOT NULL,
     updated_at     TEXT NOT NULL,

@@ -289,7 +289,9 @@ SCHEMA_VERSION = 2
 # A migration brings user_version from version-1 to version; schema.sql then
 # adds any new tables and indexes. Keep schema.sql describing the latest shape.
 MIGRATIONS = {
-    2: "ALTER TABLE users ADD COLUMN awaiting TEXT;",   # crypto payments: the bot asks for a top-up amount
+    2: """ALTER TABLE users ADD COLUMN awaiting TEXT;
+          ALTER TABLE outbox ADD COLUMN edit_message_id INTEGER;
+          ALTER TABLE outbox ADD COLUMN payment_id INTEGER REFERENCES payments(id);""",   # crypto payments
 }
 
 
@@ -567,8 +569,8 @@ class ProviderError(ShopError):
 
     @property
     def outage(self):
-        """The provider is away (no answer, 5xx, 429), as opposed to refusing this one request."""
-        return self.http is None or self.http >= 500 or self.http == 429
+        """Every call fails alike (no answer, 5xx, 429, our API key refused), as opposed to this one request."""
+        return self.http is None or self.http >= 500 or self.http in (401, 403, 429)
 
 
 class UnknownPayment(ShopError):
@@ -745,6 +747,17 @@ def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=N
                  (chat_id, text, photo, markup, order_id, now, now))
     if outbox_ready.set not in conn.after_commit:
         conn.after_commit.append(outbox_ready.set)
+
+
+def enqueue_invoice_refresh(conn, payment):
+    """Queue an update of the bot message that shows this payment's invoice (status, buttons)."""
+    if payment["invoice_message_id"]:
+        now = now_iso()
+        conn.execute("INSERT INTO outbox(chat_id, edit_message_id, payment_id, order_id, next_attempt_at, "
+                     "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                     (payment["user_id"], payment["invoice_message_id"], payment["id"], payment["order_id"], now, now))
+        if outbox_ready.set not in conn.after_commit:
+            conn.after_commit.append(outbox_ready.set)
 
 
 def alert_owners(conn, owners, text):
@@ -1323,6 +1336,11 @@ def provider_payment_id(value):
     return text
 
 
+def set_invoice_message(conn, payment_id, message_id):
+    with transaction(conn):
+        conn.execute("UPDATE payments SET invoice_message_id = ? WHERE id = ?", (message_id, payment_id))
+
+
 def get_payment(conn, user_id, payment_id):
     """One of the user's payments by our id (someone else's is NotFound)."""
     row = conn.execute("SELECT * FROM payments WHERE id = ? AND user_id = ?", (payment_id, user_id)).fetchone()
@@ -1343,6 +1361,7 @@ def cancel_invoice(conn, user_id, payment_id):
                          (payment["order_id"],))
         conn.execute("UPDATE payments SET expires_at = ?, updated_at = ? WHERE id = ?",
                      (now_iso(), now_iso(), payment_id))
+        enqueue_invoice_refresh(conn, get_payment(conn, user_id, payment_id))
 
 
 def check_payment_matches(payment, data):
@@ -1367,6 +1386,12 @@ def check_payment_matches(payment, data):
                     problems.append(f"price_amount {price} is not {cents_to_str(payment['price_cents'])}")
         if present("price_currency") and str(data["price_currency"]).lower() != "eur":
             problems.append(f"price_currency {data['price_currency']!r} is not 'eur'")
+        if present("pay_amount"):
+            try:
+                if crypto_amount(data["pay_amount"], "pay_amount") != crypto_amount(payment["pay_amount"]):
+                    problems.append(f"pay_amount {data['pay_amount']} is not {payment['pay_amount']}")
+            except InvalidInput as e:
+                problems.append(str(e))
     if problems:
         raise PaymentMismatch("; ".join(problems))
 
@@ -1430,6 +1455,7 @@ def apply_payment_status(conn, data, *, source, owners=()):
             outcome = _settle_order(conn, payment, owners)
         if outcome:
             conn.execute("UPDATE payments SET outcome = ? WHERE id = ?", (outcome, payment["id"]))
+        enqueue_invoice_refresh(conn, payment)
         log.info("payment %s (%s #%s) %s -> %s via %s%s", provider_id, payment["kind"],
                  payment["order_id"] or payment["id"], old, status, source, f": {outcome}" if outcome else "")
         return f"{old} -> {status}" + (f": {outcome}" if outcome else "")
@@ -1495,7 +1521,10 @@ def _settle_child(conn, payment, owners):
         enqueue_message(conn, payment["user_id"],
                         f"💰 Another payment of {_paid_text(payment)} arrived at the address of an earlier invoice. "
                         f"{fmt_eur(cents)} was added to your balance. Balance: {_balance(conn, payment['user_id'])}.")
-        alert_owners(conn, owners, f"💰 Repeat deposit to payment {payment['provider_id']}: {_paid_text(payment)}, "
+        parent = conn.execute("SELECT provider_id FROM payments WHERE id = ?", (payment["parent_id"],)).fetchone()
+        alert_owners(conn, owners, f"💰 Repeat deposit of {_paid_text(payment)} to the address of payment "
+                                   f"{parent['provider_id']}"
+                                   f"{' (order #%s)' % payment['order_id'] if payment['order_id'] else ''}: "
                                    f"{fmt_eur(cents)} credited to <code>{payment['user_id']}</code>")
     return f"credited {cents_to_str(cents)}"
 
@@ -1591,7 +1620,6 @@ def _order_paid(conn, payment, order, owners):
                                        "had run out, and the items are gone. The full price, "
                                        f"{fmt_eur(cents)}, was added to your balance. Balance: "
                                        f"{_balance(conn, user_id)}.", order_id=order_id)
-        alert_owners(conn, owners, f"⚠️ Order #{order_id} paid late; items gone, {fmt_eur(cents)} credited")
         outcome = f"late, credited {cents_to_str(cents)}"
     paid = payment["actually_paid"]
     if paid and crypto_amount(paid) > crypto_amount(payment["pay_amount"]):
@@ -1603,6 +1631,10 @@ def _order_paid(conn, payment, order, owners):
                                            f"{fmt_eur(extra)} was added to your balance. Balance: "
                                            f"{_balance(conn, user_id)}.", order_id=order_id)
             outcome += f", overpaid {cents_to_str(extra)} credited"
+    if outcome.startswith("late, credited"):
+        credited = conn.execute("SELECT credited_cents FROM payments WHERE id = ?", (payment["id"],)).fetchone()[0]
+        alert_owners(conn, owners, f"⚠️ Order #{order_id} paid late and its items are gone: "
+                                   f"{fmt_eur(credited)} credited to the shopper's balance")
     return outcome
 
 
@@ -2025,6 +2057,7 @@ class NowPayments:
         self.coins_cache = (0.0, None)
         self.minimum_cache = {}
         self.failing_since = None   # monotonic time of the first failure of an ongoing outage
+        self.refused = None         # the provider's words when it refuses our API key (401/403), else None
 
     def _call(self, method, path, *, params=None, body=None, auth=True):
         headers = {"x-api-key": self.api_key} if auth else {}
@@ -2040,6 +2073,10 @@ class NowPayments:
             self.failing_since = self.failing_since or time.monotonic()
         else:
             self.failing_since = None
+        if auth and r.status_code in (401, 403):
+            self.refused = f"HTTP {r.status_code} {r.text[:120]}"
+        elif auth and r.status_code < 400:
+            self.refused = None
         try:
             data = parse_json(r.text)
         except ValueError:
@@ -2420,11 +2457,15 @@ class PaymentDesk:
                                               description=description,
                                               ipn_url=self.shop.config.webhook_url + "/webhook")
         except ProviderError as e:
+            log.warning("payments: creating a %s payment failed: %s", coin, e.detail)
             if e.code == "AMOUNT_MINIMAL_ERROR":
                 self.client.minimum_cache.pop(coin, None)
                 raise InvalidInput(f"{fmt_eur(price_cents)} is below what {COIN_LABELS[coin]} can take. "
                                    "Please choose another coin.") from None
-            log.warning("payments: creating a %s payment failed: %s", coin, e.detail)
+            if not e.outage:
+                self.client.coins_cache = (0.0, None)   # what is enabled may have changed: ask again next time
+                raise InvalidInput(f"The payment service cannot take {COIN_LABELS[coin]} right now. "
+                                   "Please choose another coin.") from None
             raise
 
     @contextmanager
@@ -2461,8 +2502,9 @@ class PaymentDesk:
             raise InvalidInput("This checkout already has an order; please check out again.")
         try:
             data = self._create(coin, total, f"order-{order_id}", f"Order #{order_id}")
-            until = conn.execute("SELECT min(reserved_until) FROM stock_units WHERE order_id = ?",
-                                 (order_id,)).fetchone()[0] or now_iso(c.reservation_minutes * 60)
+            reserved = conn.execute("SELECT min(reserved_until) FROM stock_units WHERE order_id = ?",
+                                    (order_id,)).fetchone()[0] or now_iso(c.reservation_minutes * 60)
+            until = min(reserved, provider_time(data.get("expiration_estimate_date"), reserved))
             return record_payment(conn, kind="order", user_id=user_id, reference=f"order-{order_id}",
                                   price_cents=total, data=data, expires_at=until, order_id=order_id)
         except BaseException:
@@ -2506,7 +2548,7 @@ class PaymentDesk:
     def apply(self, data, source):
         try:
             return apply_payment_status(self.shop.db(), data, source=source, owners=self.owners)
-        except (PaymentMismatch, UnknownPayment, InvalidInput) as e:
+        except (PaymentMismatch, InvalidInput) as e:
             self.alert(type(e).__name__, f"⚠️ A payment update ({source}) could not be applied: {esc(e)}",
                        logging.ERROR if isinstance(e, PaymentMismatch) else logging.WARNING)
             raise
@@ -2551,6 +2593,12 @@ class PaymentDesk:
                 verdict = "applied: " + self.apply(data, "ipn")
             except UnknownPayment as e:
                 code, answer, verdict = 404, {"error": str(e)}, "unknown payment"
+                # A 'waiting' IPN may beat the answer to our own POST /payment; NOWPayments retries it.
+                # Money for a reference that looks like ours is another matter.
+                if status in MONEY_STATUSES and re.fullmatch(r"(order-\d+|topup-[0-9a-f]+)", str(data.get("order_id"))):
+                    self.alert("unknown", f"⚠️ NOWPayments reports money ({esc(status)}) for payment "
+                                          f"{esc(provider_id)}, {esc(data.get('order_id'))}, which this shop does "
+                                          "not know.")
             except PaymentMismatch as e:
                 code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
             except InvalidInput as e:
@@ -2647,6 +2695,14 @@ class PaymentDesk:
             log.warning("payments: payment %s stuck in %s past its expiry", p["provider_id"], p["status"])
 
     def check_outage(self):
+        if self.client.failing_since is not None:
+            try:   # nothing else may call the provider for a while: ask it directly whether it is back
+                self.client.status()
+            except ProviderError:
+                pass
+        if self.client.refused:
+            self.alert("refused", f"⚠️ NOWPayments refuses the shop's API key ({esc(self.client.refused)}). "
+                                  "Check NOWPAYMENTS_API_KEY; until then no invoice can be created.")
         since = self.client.failing_since
         if since and time.monotonic() - since > 300 and not self.outage_alerted:
             self.outage_alerted = True
@@ -2926,7 +2982,8 @@ def screen_invoice(payment, sandbox, with_qr=True):
     if payment["payin_extra_id"]:
         lines.append(f"Memo / tag (required): <code>{esc(payment['payin_extra_id'])}</code>")
     expires = parse_iso(payment["expires_at"])
-    left = int((expires - datetime.now(timezone.utc)).total_seconds() // 60)
+    seconds = (expires - datetime.now(timezone.utc)).total_seconds()
+    left = math.ceil(seconds / 60) if seconds > 0 else -1
     status = payment["status"]
     if status == "waiting" and left < 0:
         lines += ["", "⌛ This invoice is no longer open. Money sent to it anyway is not lost: it is "
@@ -3146,7 +3203,8 @@ class ShopBot:
                           link_preview_options=NO_PREVIEW)
 
     def show(self, message, screen):
-        """Replace the navigation message with a screen: edit in place, or swap when a photo is involved."""
+        """Replace the navigation message with a screen: edit in place, or swap when a photo is involved.
+        Returns the new message when one was sent."""
         chat_id = message.chat.id
         has_photo = bool(getattr(message, "photo", None))
         if not has_photo and not screen.photo:
@@ -3160,11 +3218,12 @@ class ShopBot:
                     return
                 if "not found" not in (e.description or "") and "no text" not in (e.description or ""):
                     raise
-        self.send(chat_id, screen)   # first, so a failure leaves the old screen in place
+        sent = self.send(chat_id, screen)   # first, so a failure leaves the old screen in place
         try:
             self.bot.delete_message(chat_id, message.message_id)
         except apihelper.ApiTelegramException as e:
             log.debug("could not delete message %s: %s", message.message_id, e.description)
+        return sent
 
     # Messages
 
@@ -3231,7 +3290,16 @@ class ShopBot:
 
     @safely
     def on_topup(self, message):
-        self.send(message.chat.id, self.topup_prompt(self.shop.db(), message.from_user.id))
+        conn, uid = self.shop.db(), message.from_user.id
+        amount = (message.text or "").partition(" ")[2].strip() if (message.text or "").startswith("/") else ""
+        if amount:   # /refill 30
+            c = self.shop.config
+            try:
+                cents = parse_eur(amount, minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+            except InvalidInput as e:
+                raise InvalidInput(f"The amount {e}.") from None
+            return self.send(message.chat.id, self.topup_coins(conn, uid, cents))
+        self.send(message.chat.id, self.topup_prompt(conn, uid))
 
     @safely
     def on_orders(self, message):
@@ -3366,12 +3434,13 @@ class ShopBot:
                 show(self.checkout(conn, user, lines, from_basket=True))
             elif verb == "pay" and len(args) == 1:
                 return self.pay(conn, user, message, args[0])
-            elif verb == "coin" and len(args) == 2 and args[1] in COIN_LABELS:
-                payment = self.shop.payments.open_order_invoice(uid, args[0], args[1])
-                show(screen_invoice(payment, self.shop.config.sandbox))
-            elif verb == "tcoin" and len(args) == 2 and args[1] in COIN_LABELS:
-                payment = self.shop.payments.open_topup_invoice(uid, args[0], args[1])
-                show(screen_invoice(payment, self.shop.config.sandbox))
+            elif verb in ("coin", "tcoin") and len(args) == 2 and args[1] in COIN_LABELS:
+                open_invoice = self.shop.payments.open_order_invoice if verb == "coin" else \
+                    self.shop.payments.open_topup_invoice
+                payment = open_invoice(uid, args[0], args[1])
+                sent = show(screen_invoice(payment, self.shop.config.sandbox))
+                if sent is not None:
+                    set_invoice_message(conn, payment["id"], sent.message_id)
             elif verb == "nocoin" and len(ints) == 2 and args[0] in COIN_LABELS and isinstance(ints[1], int):
                 return (f"{COIN_LABELS[args[0]]} takes payments from {fmt_eur(ints[1])}. "
                         "Please choose another coin.")
@@ -3392,6 +3461,10 @@ class ShopBot:
                 except ProviderError as e:
                     log.warning("payments: status check before cancelling failed: %s", e.detail)
                     return "The payment service is not answering, so the invoice cannot be cancelled now."
+                payment = get_payment(conn, uid, ints[0])
+                if payment["status"] != "waiting":
+                    self.recaption(message, screen_invoice(payment, self.shop.config.sandbox, with_qr=False))
+                    return STATUS_TEXT[payment["status"]]
                 cancel_invoice(conn, uid, ints[0])
                 self.recaption(message, screen_invoice(get_payment(conn, uid, ints[0]), self.shop.config.sandbox,
                                                        with_qr=False))
@@ -3621,6 +3694,8 @@ class OutboxSender:
         api = self.shop.telegram
         markup = tg.InlineKeyboardMarkup.de_json(row["reply_markup"]) if row["reply_markup"] else None
         try:
+            if row["edit_message_id"]:
+                return self.refresh_invoice(conn, row)
             if row["photo"]:
                 message = send_photo_cached(self.shop, conn, row["chat_id"], row["photo"], row["text"] or None, markup)
             else:
@@ -3652,6 +3727,23 @@ class OutboxSender:
             conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
                          "telegram_message_id = ?, last_error = NULL WHERE id = ?",
                          (now_iso(), message.message_id, row["id"]))
+
+    def refresh_invoice(self, conn, row):
+        """Show an invoice as it is now, under its own message (the QR photo stays)."""
+        payment = conn.execute("SELECT * FROM payments WHERE id = ?", (row["payment_id"],)).fetchone()
+        screen = screen_invoice(payment, self.shop.config.sandbox, with_qr=False)
+        note = None
+        try:
+            self.shop.telegram.edit_message_caption(screen.text, row["chat_id"], row["edit_message_id"],
+                                                    parse_mode="HTML", reply_markup=inline_markup(screen.buttons))
+        except apihelper.ApiTelegramException as e:
+            description = e.description or ""
+            if e.error_code != 400 or not any(s in description for s in ("not modified", "not found", "can't be edited")):
+                raise
+            note = description   # nothing to change, or the shopper deleted it: fine either way
+        with transaction(conn):
+            conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = ? "
+                         "WHERE id = ?", (now_iso(), note, row["id"]))
 
     def reschedule(self, conn, row, delay, error, count=True):
         with transaction(conn):
@@ -3797,6 +3889,10 @@ class Shop:
             self.sandbox_api_key = stored_secret(c.shop_db, "sandbox_api_key")
         else:
             self.ipn_secret = c.nowpayments_ipn_secret
+        if not c.sandbox and not c.webhook_url.startswith("https://"):
+            log.warning("payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public https "
+                        "address); payments are then confirmed only by polling every %d s",
+                        c.webhook_url, c.payment_poll_seconds)
         if not c.sandbox and not c.nowpayments_ipn_secret:
             log.warning("payments: NOWPAYMENTS_IPN_SECRET is not set, so IPNs cannot be verified; each one "
                         "only makes the shop ask the NOWPayments API for the payment's status")
@@ -3893,10 +3989,11 @@ class Shop:
         if self.sender:
             state.setdefault("outbox", {})["sender"] = "running" if self.sender.alive() else "down"
         if self.payments:
-            since = self.payments.client.failing_since
+            client = self.payments.client
             # Informational: balance purchases and deliveries go on while NOWPayments is away.
-            state["payments"] = "ok" if since is None else \
-                f"NOWPayments not answering for {int(time.monotonic() - since)} s"
+            state["payments"] = (f"NOWPayments refuses the API key ({client.refused})" if client.refused else
+                                 "ok" if client.failing_since is None else
+                                 f"NOWPayments not answering for {int(time.monotonic() - client.failing_since)} s")
         down = (state["database"] != "ok" or state["scheduler"] != "running"
                 or state["bot"].startswith("down") or (self.sender and not self.sender.alive()))
         if down:

@@ -176,20 +176,25 @@ def test_an_old_database_is_migrated_in_place(tmp_path):
 
 
 def test_a_version_1_database_gets_the_payment_tables(tmp_path):
-    """A shop.db from before crypto payments upgrades with its data intact."""
+    """A shop.db made by the first release (its schema kept in tests/data) upgrades with its data intact."""
     path = str(tmp_path / "v1.db")
-    conn = shop.init_db(path)
-    for table in ("checkouts", "payments", "ipn_events", "sandbox_payments"):
-        conn.execute(f"DROP TABLE {table}")
-    conn.execute("ALTER TABLE users DROP COLUMN awaiting")
+    raw = sqlite3.connect(path)
+    raw.executescript((ROOT / "tests" / "data" / "schema_v1.sql").read_text())
     now = shop.now_iso()
-    conn.execute("INSERT INTO users(id, balance_cents, created_at, last_seen_at) VALUES (7, 0, ?, ?)", (now, now))
-    conn.execute("PRAGMA user_version = 1")
-    conn.close()
+    raw.execute("INSERT INTO users(id, balance_cents, created_at, last_seen_at) VALUES (7, 0, ?, ?)", (now, now))
+    raw.execute("INSERT INTO outbox(chat_id, text, next_attempt_at, created_at) VALUES (7, 'hello', ?, ?)", (now, now))
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
     conn = shop.init_db(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
     assert conn.execute("SELECT id, awaiting FROM users").fetchall()[0][:] == (7, None)
+    assert conn.execute("SELECT text, edit_message_id FROM outbox").fetchall()[0][:] == ("hello", None)
     assert conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 0
+    fresh = shop.init_db(str(tmp_path / "fresh.db"))
+    columns = lambda c, table: [(r["name"], r["type"]) for r in c.execute(f"PRAGMA table_info({table})")]
+    for table in ("users", "outbox", "orders", "payments"):
+        assert sorted(columns(conn, table)) == sorted(columns(fresh, table)), table
 
 
 def test_a_failing_migration_changes_nothing(tmp_path):

@@ -737,3 +737,47 @@ def test_odd_provider_minimums_leave_the_coin_offered(tmp_path):
         assert not e.value.outage and "min_amount is not a number" in e.value.detail
     finally:
         server.close()
+
+
+def test_news_with_another_pay_amount_is_refused(conn, gift):
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")
+    with pytest.raises(shop.PaymentMismatch, match="pay_amount"):
+        apply(conn, news(p, "partially_paid", "0.0001", pay_amount=shop.Num("0.0002")))
+    assert apply(conn, news(p, "finished", "0.0004", pay_amount=shop.Num("4E-4"))).endswith("delivered")
+
+
+def test_a_refused_api_key_is_reported_to_the_owners_and_in_health(make_shop):
+    np_shop = make_shop(name="provider")
+    live = make_shop(env={"NOWPAYMENTS_API_KEY": "revoked-key", "NOWPAYMENTS_IPN_SECRET": "x",
+                          "NOWPAYMENTS_API_URL": np_shop.url + "/sandbox/v1", "ADMIN_IDS": "900"}, name="live")
+    with pytest.raises(shop.ProviderError) as e:
+        live.payments.coins()
+    assert e.value.outage
+    live.payments.reconcile()
+    assert live.health()["payments"].startswith("NOWPayments refuses the API key (HTTP 403")
+    conn = shop.connect(live.config.shop_db)
+    notes = [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = 900")]
+    assert len(notes) == 1 and "refuses the shop's API key" in notes[0]
+    conn.close()
+
+
+def test_an_outage_that_ended_is_noticed_without_other_traffic(provider):
+    import time
+    provider.payments.client.failing_since = time.monotonic() - 400   # a failure long ago, nothing since
+    assert provider.health()["payments"].startswith("NOWPayments not answering")
+    provider.payments.reconcile()                                      # asks /status
+    assert provider.health()["payments"] == "ok"
+
+
+def test_only_unknown_money_that_looks_like_ours_bothers_the_owners(make_shop):
+    s = make_shop(env={"ADMIN_IDS": "900"})
+    conn = shop.connect(s.config.shop_db)
+    waiting = {"payment_id": shop.Num("42"), "payment_status": "waiting", "order_id": "order-7"}
+    assert post_ipn(s, waiting).status_code == 404          # may beat our own POST /payment: no alert
+    assert conn.execute("SELECT count(*) FROM outbox WHERE chat_id = 900").fetchone()[0] == 0
+    paid = {**waiting, "payment_status": "finished", "actually_paid": shop.Num("0.1")}
+    assert post_ipn(s, paid).status_code == 404
+    notes = [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = 900")]
+    assert len(notes) == 1 and "money (finished) for payment 42, order-7" in notes[0]
+    conn.close()

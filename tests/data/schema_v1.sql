@@ -1,0 +1,181 @@
+-- The shop's schema, applied by shop.init_db() at every start. Idempotent: every
+-- statement is IF NOT EXISTS, so running it again on a current database changes
+-- nothing. A fresh database gets this file and PRAGMA user_version set to
+-- shop.SCHEMA_VERSION; an older one first runs the numbered migrations in
+-- shop.MIGRATIONS, then this file (for new tables and indexes).
+--
+-- Conventions: money is integer cents (*_cents), times are UTC ISO-8601 text
+-- ('2026-11-26T10:34:54Z'), flags are 0/1 integers, statuses are CHECKed text.
+
+-- Shoppers. The primary key is the Telegram user id, which is also the id of
+-- their private chat with the bot.
+CREATE TABLE IF NOT EXISTS users (
+    id              INTEGER PRIMARY KEY,
+    username        TEXT,
+    first_name      TEXT NOT NULL DEFAULT '',
+    language_code   TEXT,
+    -- Cached sum of the user's ledger rows; updated in the same transaction as
+    -- every ledger insert and checked by shop.check_ledger().
+    balance_cents   INTEGER NOT NULL DEFAULT 0 CHECK (balance_cents >= 0),
+    is_banned       INTEGER NOT NULL DEFAULT 0 CHECK (is_banned IN (0, 1)),
+    ban_notified_at TEXT,
+    created_at      TEXT NOT NULL,
+    last_seen_at    TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS cities (
+    id        INTEGER PRIMARY KEY,
+    name      TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 64),
+    position  INTEGER NOT NULL DEFAULT 0,
+    is_hidden INTEGER NOT NULL DEFAULT 0 CHECK (is_hidden IN (0, 1))
+);
+
+CREATE TABLE IF NOT EXISTS districts (
+    id        INTEGER PRIMARY KEY,
+    city_id   INTEGER NOT NULL REFERENCES cities(id),
+    name      TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 64),
+    position  INTEGER NOT NULL DEFAULT 0,
+    is_hidden INTEGER NOT NULL DEFAULT 0 CHECK (is_hidden IN (0, 1)),
+    UNIQUE (city_id, name)
+);
+
+CREATE TABLE IF NOT EXISTS products (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 64),
+    description   TEXT NOT NULL DEFAULT '' CHECK (length(description) <= 800),
+    price_cents   INTEGER NOT NULL CHECK (price_cents > 0),
+    -- Public product photo: a file name inside MEDIA_DIR/public.
+    photo         TEXT,
+    is_active     INTEGER NOT NULL DEFAULT 1 CHECK (is_active IN (0, 1)),
+    created_at    TEXT NOT NULL
+);
+
+-- One sellable item with its own delivery content. The content and media are
+-- the goods: they leave the shop only towards the buyer.
+CREATE TABLE IF NOT EXISTS stock_units (
+    id             INTEGER PRIMARY KEY,
+    product_id     INTEGER NOT NULL REFERENCES products(id),
+    district_id    INTEGER NOT NULL REFERENCES districts(id),
+    content        TEXT NOT NULL CHECK (length(content) BETWEEN 1 AND 3500),
+    -- Private media: a file name inside MEDIA_DIR/private, never served publicly.
+    media          TEXT,
+    status         TEXT NOT NULL DEFAULT 'available'
+                   CHECK (status IN ('available', 'reserved', 'sold')),
+    order_id       INTEGER REFERENCES orders(id),
+    reserved_until TEXT,
+    sold_at        TEXT,
+    created_at     TEXT NOT NULL,
+    CHECK ((status = 'available') = (order_id IS NULL)),
+    CHECK ((status = 'reserved') = (reserved_until IS NOT NULL))
+);
+-- Units on sale, so browsing costs what is in stock, not what was ever sold.
+CREATE INDEX IF NOT EXISTS stock_units_available
+    ON stock_units(district_id, product_id) WHERE status = 'available';
+CREATE INDEX IF NOT EXISTS stock_units_product ON stock_units(product_id, status);
+CREATE INDEX IF NOT EXISTS stock_units_order ON stock_units(order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS stock_units_reserved
+    ON stock_units(reserved_until) WHERE status = 'reserved';
+CREATE INDEX IF NOT EXISTS stock_units_dedupe
+    ON stock_units(product_id, district_id, content);
+
+CREATE TABLE IF NOT EXISTS basket_items (
+    id          INTEGER PRIMARY KEY,
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    product_id  INTEGER NOT NULL REFERENCES products(id),
+    district_id INTEGER NOT NULL REFERENCES districts(id),
+    quantity    INTEGER NOT NULL CHECK (quantity BETWEEN 1 AND 100),
+    added_at    TEXT NOT NULL,
+    UNIQUE (user_id, product_id, district_id)
+);
+
+CREATE TABLE IF NOT EXISTS orders (
+    id             INTEGER PRIMARY KEY,
+    user_id        INTEGER NOT NULL REFERENCES users(id),
+    status         TEXT NOT NULL
+                   CHECK (status IN ('pending', 'paid', 'cancelled', 'expired', 'refunded')),
+    total_cents    INTEGER NOT NULL CHECK (total_cents > 0),
+    payment_method TEXT NOT NULL CHECK (payment_method IN ('balance', 'crypto')),
+    -- The checkout screen (chat:message) this order was placed from: a replayed
+    -- or double-tapped "Pay" button finds the existing order instead of buying twice.
+    checkout_key   TEXT UNIQUE,
+    created_at     TEXT NOT NULL,
+    paid_at        TEXT,
+    CHECK ((status = 'paid') <= (paid_at IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS orders_user ON orders(user_id, id);
+
+-- One row per unit sold (or reserved) in an order, with the names and price as
+-- they were at the time of sale.
+CREATE TABLE IF NOT EXISTS order_items (
+    id            INTEGER PRIMARY KEY,
+    order_id      INTEGER NOT NULL REFERENCES orders(id),
+    unit_id       INTEGER NOT NULL REFERENCES stock_units(id),
+    product_id    INTEGER NOT NULL REFERENCES products(id),
+    product_name  TEXT NOT NULL,
+    place_name    TEXT NOT NULL,
+    price_cents   INTEGER NOT NULL CHECK (price_cents > 0)
+);
+CREATE INDEX IF NOT EXISTS order_items_order ON order_items(order_id);
+CREATE INDEX IF NOT EXISTS order_items_unit ON order_items(unit_id);
+
+-- Append-only. Every balance change is one row; the idempotency key makes
+-- replaying an event (an IPN, a retried job) a no-op.
+CREATE TABLE IF NOT EXISTS ledger (
+    id              INTEGER PRIMARY KEY,
+    user_id         INTEGER NOT NULL REFERENCES users(id),
+    amount_cents    INTEGER NOT NULL CHECK (amount_cents <> 0),
+    balance_after_cents INTEGER NOT NULL CHECK (balance_after_cents >= 0),
+    kind            TEXT NOT NULL CHECK (kind IN
+                    ('topup', 'purchase', 'refund', 'adjustment', 'underpayment',
+                     'overpayment', 'late_payment', 'repeat_deposit')),
+    reason          TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT NOT NULL UNIQUE,
+    order_id        INTEGER REFERENCES orders(id),
+    created_at      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_user ON ledger(user_id, id);
+CREATE INDEX IF NOT EXISTS ledger_order ON ledger(order_id) WHERE order_id IS NOT NULL;
+
+CREATE TRIGGER IF NOT EXISTS ledger_append_only_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_append_only_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+
+-- Telegram messages to send, committed with the state change that caused them.
+-- The sender sends them in id order per chat and marks each sent or failed.
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY,
+    chat_id         INTEGER NOT NULL,
+    text            TEXT NOT NULL DEFAULT '',
+    -- 'public:<file>' or 'private:<file>' inside MEDIA_DIR; sent as a photo with
+    -- text as its caption.
+    photo           TEXT,
+    reply_markup    TEXT,
+    status          TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    last_error      TEXT,
+    order_id        INTEGER REFERENCES orders(id),
+    created_at      TEXT NOT NULL,
+    sent_at         TEXT,
+    telegram_message_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(chat_id, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox(order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_sent ON outbox(sent_at) WHERE status = 'sent';
+CREATE INDEX IF NOT EXISTS outbox_failed ON outbox(id) WHERE status = 'failed';
+
+-- Telegram file_ids of photos already uploaded, so each file is uploaded once
+-- per bot (file_ids are only valid for the bot that received them).
+CREATE TABLE IF NOT EXISTS telegram_files (
+    photo   TEXT NOT NULL,
+    bot_id  INTEGER NOT NULL,
+    file_id TEXT NOT NULL,
+    PRIMARY KEY (photo, bot_id)
+);
+
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
