@@ -764,6 +764,7 @@ def test_a_refused_api_key_is_reported_to_the_owners_and_in_health(make_shop):
 
 def test_an_outage_that_ended_is_noticed_without_other_traffic(provider):
     import time
+    provider.scheduler.shutdown(wait=True)          # no background job talks to the provider from here on
     provider.payments.client.failing_since = time.monotonic() - 400   # a failure long ago, nothing since
     assert provider.health()["payments"].startswith("NOWPayments not answering")
     provider.payments.reconcile()                                      # asks /status
