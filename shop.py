@@ -55,7 +55,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import bottle
 import requests
@@ -583,6 +583,11 @@ class PaymentMismatch(ShopError):
     status = 409
 
 
+class Unauthorized(ShopError):
+    """Please open the shop from the Telegram bot."""
+    status = 401
+
+
 class CatalogError(ShopError):
     """The catalog file is invalid."""
 
@@ -739,6 +744,8 @@ outbox_ready = threading.Event()
 def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=None):
     """Queue a Telegram message (HTML text, optional 'public:'/'private:' photo) for the sender."""
     assert conn.in_transaction, "enqueue_message needs a transaction"
+    if chat_id <= 0:   # not a private chat: the Mini App's preview shopper, who has no Telegram chat
+        return
     markup = json.dumps({"inline_keyboard": [[{"text": t, "callback_data": d} for t, d in row]
                                              for row in buttons]}) if buttons else None
     now = now_iso()
@@ -751,7 +758,7 @@ def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=N
 
 def enqueue_invoice_refresh(conn, payment):
     """Queue an update of the bot message that shows this payment's invoice (status, buttons)."""
-    if payment["invoice_message_id"]:
+    if payment["invoice_message_id"] and payment["user_id"] > 0:
         now = now_iso()
         conn.execute("INSERT INTO outbox(chat_id, edit_message_id, payment_id, order_id, next_attempt_at, "
                      "created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1946,6 +1953,12 @@ COINS = [("btc", "BTC"), ("eth", "ETH"), ("ltc", "LTC"),
          ("usdtsol", "USDT · SOL"), ("usdctrc20", "USDC · TRC20"), ("usdcerc20", "USDC · ERC20"),
          ("usdcsol", "USDC · SOL"), ("ton", "TON"), ("sol", "SOL")]
 COIN_LABELS = dict(COINS)
+# code: (name, network) for the Mini App
+COIN_INFO = {"btc": ("Bitcoin", "BTC"), "eth": ("Ethereum", "ERC20"), "ltc": ("Litecoin", "LTC"),
+             "usdttrc20": ("Tether USD", "TRC20"), "usdterc20": ("Tether USD", "ERC20"),
+             "usdtbsc": ("Tether USD", "BEP20"), "usdtsol": ("Tether USD", "SOL"),
+             "usdctrc20": ("USD Coin", "TRC20"), "usdcerc20": ("USD Coin", "ERC20"), "usdcsol": ("USD Coin", "SOL"),
+             "ton": ("Toncoin", "TON"), "sol": ("Solana", "SOL")}
 COIN_CODES = [code for code, _ in COINS]
 URI_SCHEMES = {"btc": "bitcoin", "ltc": "litecoin"}   # BIP21-style payment URIs; others get the plain address
 
@@ -2735,7 +2748,8 @@ def make_app(shop):
         h = bottle.response.headers
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("Referrer-Policy", "same-origin")
-        h.setdefault("X-Frame-Options", "DENY")
+        if bottle.request.path != "/app":   # the Mini App lives in Telegram's frames; see its CSP
+            h.setdefault("X-Frame-Options", "DENY")
 
     @app.get("/healthz")
     def healthz():
@@ -2756,6 +2770,7 @@ def make_app(shop):
 
     if shop.config.sandbox:
         app.mount("/sandbox/v1/", make_sandbox(shop))
+    make_webapp(shop, app)
 
     @app.get("/")
     def index():
@@ -2788,6 +2803,370 @@ def make_app(shop):
     for code in (400, 403, 404, 405, 409, 413, 429, 500):
         app.error(code)(error_page)
     return app
+
+
+# Web: Mini App ###############################################################
+
+PREVIEW_USER = {"id": -1, "first_name": "Preview shopper", "username": None, "language_code": "en"}
+INIT_DATA_MAX_AGE = 24 * 3600
+
+
+def init_data_hash(fields, bot_token):
+    """Telegram's Mini App signature: HMAC-SHA256 over the sorted key=value lines, keyed by
+    HMAC-SHA256("WebAppData", bot token)."""
+    check = "\n".join(f"{k}={fields[k]}" for k in sorted(fields))
+    secret = hmac.new(b"WebAppData", bot_token.encode(), hashlib.sha256).digest()
+    return hmac.new(secret, check.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_init_data(user, bot_token, auth_date=None, **fields):
+    """initData as Telegram would make it for this user (the preview shopper's, and tests')."""
+    fields = {"user": json.dumps(user, ensure_ascii=False, separators=(",", ":")),
+              "auth_date": str(int(auth_date if auth_date is not None else time.time())), **fields}
+    return urlencode({**fields, "hash": init_data_hash(fields, bot_token)}, quote_via=quote)
+
+
+def verify_init_data(init_data, bot_token, *, max_age=INIT_DATA_MAX_AGE, now=None):
+    """Check a Mini App's raw initData; return its user (a dict with an int id) or raise Unauthorized."""
+    if not init_data:
+        raise Unauthorized("Missing Telegram initData: open the shop from the bot.")
+    if len(init_data) > 8192:
+        raise Unauthorized("initData is too long.")
+    try:
+        pairs = parse_qsl(init_data, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise Unauthorized("initData is not a query string.") from None
+    fields = {}
+    for key, value in pairs:
+        if key in fields:
+            raise Unauthorized("initData repeats a field.")
+        fields[key] = value
+    given = fields.pop("hash", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", given):
+        raise Unauthorized("initData has no valid hash.")
+    if not hmac.compare_digest(init_data_hash(fields, bot_token), given):
+        raise Unauthorized("initData is not signed by this shop's bot.")
+    if not re.fullmatch(r"\d{1,12}", fields.get("auth_date", "")):
+        raise Unauthorized("initData has no auth_date.")
+    age = (time.time() if now is None else now) - int(fields["auth_date"])
+    if max_age is not None and age > max_age:
+        raise Unauthorized("This session is older than 24 hours: close the shop and open it again from the bot.")
+    if age < -300:
+        raise Unauthorized("initData comes from the future.")
+    try:
+        user = json.loads(fields.get("user", ""))
+        assert isinstance(user, dict) and isinstance(user.get("id"), int) and not isinstance(user["id"], bool)
+    except (ValueError, AssertionError):
+        raise Unauthorized("initData has no user.") from None
+    return user
+
+
+def _body_int(body, key, low, high):
+    value = body.get(key)
+    if isinstance(value, bool) or not re.fullmatch(r"-?\d{1,18}", str(value) if value is not None else ""):
+        raise InvalidInput(f"{key} must be a whole number.")
+    value = int(value)
+    if not low <= value <= high:
+        raise InvalidInput(f"{key} must be from {low} to {high}.")
+    return value
+
+
+def invoice_json(payment, sandbox):
+    return {"payment_id": payment["provider_id"], "order_id": payment["order_id"], "kind": payment["kind"],
+            "pay_address": payment["pay_address"], "pay_amount": payment["pay_amount"],
+            "pay_currency": payment["pay_currency"], "payin_extra_id": payment["payin_extra_id"],
+            "price_amount": cents_to_str(payment["price_cents"]), "price_currency": "EUR",
+            "expires_at": payment["expires_at"][:19] + "Z", "status": payment["status"],
+            "status_text": STATUS_TEXT[payment["status"]], "final": payment["status"] not in OPEN_STATUSES,
+            "open": payment["status"] == "waiting" and payment["expires_at"] > now_iso(),
+            "credited": cents_to_str(payment["credited_cents"]),
+            "payment_uri": payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
+            "qr_url": f"/api/payment/{payment['provider_id']}/qr", "sandbox": sandbox}
+
+
+def catalog_json(conn):
+    """Everything in stock: cities > districts > products, with availability."""
+    rows = conn.execute(
+        f"SELECT c.id AS city_id, c.name AS city, d.id AS district_id, d.name AS district, p.id, p.name, "
+        f"p.description, p.price_cents, p.photo, count(*) AS available FROM stock_units u {_AVAILABLE} "
+        "GROUP BY d.id, p.id ORDER BY c.position, c.name, d.position, d.name, p.name").fetchall()
+    cities = {}
+    for r in rows:
+        city = cities.setdefault(r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}})
+        district = city["districts"].setdefault(r["district_id"], {"id": r["district_id"], "name": r["district"],
+                                                                  "products": []})
+        district["products"].append({"id": r["id"], "name": r["name"], "description": r["description"],
+                                     "price": cents_to_str(r["price_cents"]), "available": r["available"],
+                                     "photo_url": f"/media/{r['photo']}" if r["photo"] else None})
+    return {"cities": [dict(c, districts=list(c["districts"].values())) for c in cities.values()]}
+
+
+def basket_json(conn, user_id):
+    basket = get_basket(conn, user_id)
+    return {"items": [{"id": l.item_id, "product_id": l.product_id, "district_id": l.district_id, "name": l.name,
+                       "place": l.place, "price": cents_to_str(l.price_cents), "quantity": l.quantity,
+                       "available": l.available} for l in basket.lines],
+            "total": cents_to_str(basket.total_cents), "count": basket.count}
+
+
+def orders_json(conn, user_id, before_id=None):
+    orders = list_orders(conn, user_id, before_id=before_id, limit=20)
+    out = []
+    for o in orders:
+        items = conn.execute(
+            "SELECT i.id, i.product_name, i.place_name, i.price_cents, s.content, s.media FROM order_items i "
+            "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id", (o["id"],)).fetchall()
+        paid = o["status"] == "paid"
+        payment = conn.execute("SELECT * FROM payments WHERE order_id = ? AND parent_id IS NULL ORDER BY id DESC "
+                               "LIMIT 1", (o["id"],)).fetchone()
+        out.append({"id": o["id"], "status": o["status"], "total": cents_to_str(o["total_cents"]),
+                    "method": o["payment_method"], "created_at": o["created_at"][:19] + "Z",
+                    "payment_id": payment["provider_id"] if payment else None,
+                    "items": [{"id": i["id"], "name": i["product_name"], "place": i["place_name"],
+                               "price": cents_to_str(i["price_cents"]),
+                               # The goods themselves, only once paid for, and only to their buyer.
+                               "content": i["content"] if paid else None,
+                               "media_url": f"/api/orders/{o['id']}/items/{i['id']}/media"
+                               if paid and i["media"] else None} for i in items]})
+    return {"orders": out, "next_before": orders[-1]["id"] if len(orders) == 20 else None}
+
+
+def make_webapp(shop, app):
+    """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram initData."""
+
+    def current_user():
+        header = bottle.request.get_header("X-Telegram-Init-Data") or ""
+        if not header:
+            auth = bottle.request.get_header("Authorization") or ""
+            header = auth[4:].strip() if auth[:4].lower() == "tma " else ""
+        user = verify_init_data(header, shop.webapp_token)
+        if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
+            raise Unauthorized("Not a Telegram user.")
+        conn = shop.db()
+        row = touch_user(conn, {"id": user["id"], "first_name": str(user.get("first_name") or "")[:64],
+                                "username": user.get("username"), "language_code": user.get("language_code")})
+        if row["is_banned"]:
+            raise Banned()
+        return row
+
+    def body():
+        if (bottle.request.content_length or 0) > 16384:
+            raise InvalidInput("The request is too large.")
+        raw = bottle.request.body.read(16385)
+        try:
+            data = parse_json(raw.decode("utf-8")) if raw.strip() else {}
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidInput("The request body must be a JSON object.") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("The request body must be a JSON object.")
+        return data
+
+    def api(method, path):
+        def register(fn):
+            def handler(**kw):
+                bottle.response.headers["Cache-Control"] = "no-store"
+                try:
+                    user = current_user()
+                    result = fn(shop.db(), user, body() if method in ("POST", "DELETE") else {}, **kw)
+                except ProviderError as e:
+                    log.warning("mini app: %s", e.detail)
+                    return json_response(e.status, {"error": str(e)})
+                except ShopError as e:
+                    return json_response(e.status, {"error": str(e)})
+                if isinstance(result, bottle.HTTPResponse):
+                    return result
+                return json_response(200, result)
+            app.route(path, method, handler)
+            return fn
+        return register
+
+    def coin_of(data):
+        coin = str(data.get("currency") or "").lower()
+        if coin != "balance" and coin not in COIN_LABELS:
+            raise InvalidInput(f"Unknown currency {str(data.get('currency'))[:20]!r}.")
+        return coin
+
+    def request_id(data):
+        """A client-made id for one checkout, so a repeated request reuses it instead of buying twice."""
+        rid = data.get("request_id")
+        if rid is None:
+            return None
+        if not re.fullmatch(r"[0-9a-f]{16}", str(rid)):
+            raise InvalidInput("request_id must be 16 hex digits.")
+        return str(rid)
+
+    def checkout_for(conn, user, kind, amount, lines=(), from_basket=False, rid=None):
+        if rid:
+            existing = conn.execute("SELECT * FROM checkouts WHERE nonce = ?", (rid,)).fetchone()
+            if existing:
+                if existing["user_id"] != user["id"] or existing["kind"] != kind:
+                    raise InvalidInput("That request_id is taken; make a new one.")
+                return rid
+            with transaction(conn):
+                conn.execute("INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
+                             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (rid, user["id"], kind, json.dumps([list(l) for l in lines]), int(from_basket),
+                              amount, now_iso()))
+            return rid
+        return create_checkout(conn, user["id"], kind, amount, lines, from_basket)
+
+    @api("GET", "/api/me")
+    def me(conn, user, data):
+        c = shop.config
+        return {"id": user["id"], "first_name": user["first_name"], "username": user["username"],
+                "balance": cents_to_str(user["balance_cents"]), "currency": "EUR",
+                "shop_name": get_setting(conn, "shop_name"), "sandbox": c.sandbox,
+                "preview": user["id"] == PREVIEW_USER["id"],
+                "min_deposit": cents_to_str(c.min_deposit_cents), "max_deposit": cents_to_str(c.max_deposit_cents)}
+
+    @api("GET", "/api/catalog")
+    def catalog(conn, user, data):
+        return catalog_json(conn)
+
+    @api("GET", "/api/basket")
+    def basket(conn, user, data):
+        return basket_json(conn, user["id"])
+
+    @api("POST", "/api/basket")
+    def set_basket_line(conn, user, data):
+        """Set the quantity of a product from a district in the basket (0 takes it out)."""
+        product_id = _body_int(data, "product_id", 1, 2 ** 62)
+        district_id = _body_int(data, "district_id", 1, 2 ** 62)
+        quantity = _body_int(data, "quantity", 0, MAX_QUANTITY)
+        row = conn.execute("SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+                           "AND district_id = ?", (user["id"], product_id, district_id)).fetchone()
+        if row and quantity == 0:
+            set_basket_quantity(conn, user["id"], row["id"], 0)
+        elif row:
+            set_basket_quantity(conn, user["id"], row["id"], quantity)
+        elif quantity:
+            add_to_basket(conn, user["id"], product_id, district_id, quantity)
+        return basket_json(conn, user["id"])
+
+    @api("DELETE", "/api/basket/<item_id:int>")
+    def delete_basket_line(conn, user, data, item_id):
+        set_basket_quantity(conn, user["id"], item_id, 0)
+        return basket_json(conn, user["id"])
+
+    @api("GET", "/api/currencies")
+    def currencies(conn, user, data):
+        return [{"code": code, "name": COIN_INFO[code][0], "network": COIN_INFO[code][1],
+                 "label": COIN_LABELS[code], "minimum": cents_to_str(minimum) if minimum is not None else None}
+                for code, minimum in shop.payments.coins()]
+
+    @api("POST", "/api/payment/create")
+    def create_payment(conn, user, data):
+        kind, coin, rid = data.get("type"), coin_of(data), request_id(data)
+        if kind == "basket":
+            lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user["id"]).lines]
+            if not lines:
+                raise InvalidInput("Your basket is empty.")
+        elif kind == "product":
+            lines = [(_body_int(data, "product_id", 1, 2 ** 62), _body_int(data, "district_id", 1, 2 ** 62),
+                      _body_int(data, "quantity", 1, MAX_QUANTITY))]
+        else:
+            raise InvalidInput('type must be "basket" or "product".')
+        total, _ = price_lines(conn, normalise_lines(lines))
+        nonce = checkout_for(conn, user, "order", total, lines, kind == "basket", rid)
+        checkout = get_checkout(conn, user["id"], nonce)
+        if coin == "balance":
+            order_id = buy_with_balance(conn, user["id"], checkout_lines(checkout),
+                                        expected_total_cents=checkout["amount_cents"], checkout_key=nonce,
+                                        owners=shop.config.admin_ids)
+            return {"order_id": order_id, "status": "paid",
+                    "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"])}
+        return invoice_json(shop.payments.open_order_invoice(user["id"], nonce, coin), shop.config.sandbox)
+
+    @api("POST", "/api/payment/refill")
+    def refill(conn, user, data):
+        c = shop.config
+        coin, rid = coin_of(data), request_id(data)
+        if coin == "balance":
+            raise InvalidInput("Top up with a coin, not with the balance.")
+        try:
+            cents = parse_eur(data.get("amount"), minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+        except InvalidInput as e:
+            raise InvalidInput(f"The amount {e}.") from None
+        nonce = checkout_for(conn, user, "topup", cents, rid=rid)
+        return invoice_json(shop.payments.open_topup_invoice(user["id"], nonce, coin), shop.config.sandbox)
+
+    def own_payment(conn, user, payment_id):
+        row = conn.execute("SELECT * FROM payments WHERE provider_id = ? AND user_id = ? AND parent_id IS NULL",
+                           (payment_id, user["id"])).fetchone()
+        if row is None:
+            raise NotFound("No such payment.")
+        return row
+
+    @api("GET", "/api/payment/status/<payment_id:re:[0-9]{1,30}>")
+    def payment_status(conn, user, data, payment_id):
+        payment = own_payment(conn, user, payment_id)
+        if payment["status"] in OPEN_STATUSES:
+            try:
+                shop.payments.refresh(payment["provider_id"], "check", throttle=5)
+            except ProviderError as e:
+                log.warning("mini app: status check failed: %s", e.detail)
+            payment = own_payment(conn, user, payment_id)
+        return invoice_json(payment, shop.config.sandbox)
+
+    @api("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr")
+    def payment_qr(conn, user, data, payment_id):
+        p = own_payment(conn, user, payment_id)
+        return bottle.HTTPResponse(qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
+                                   headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"})
+
+    @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/cancel")
+    def payment_cancel(conn, user, data, payment_id):
+        payment = own_payment(conn, user, payment_id)
+        shop.payments.refresh(payment["provider_id"], "check")
+        cancel_invoice(conn, user["id"], payment["id"])
+        return invoice_json(own_payment(conn, user, payment_id), shop.config.sandbox)
+
+    @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/simulate")
+    def payment_simulate(conn, user, data, payment_id):
+        if not shop.config.sandbox:
+            raise NotFound("Simulated payments exist only in sandbox mode.")
+        payment = own_payment(conn, user, payment_id)
+        sandbox_simulate(shop, payment["provider_id"], str(data.get("outcome") or ""))
+        return {"simulating": data.get("outcome")}
+
+    @api("GET", "/api/orders")
+    def orders(conn, user, data):
+        before = bottle.request.query.get("before", "")
+        return orders_json(conn, user["id"], int(before) if re.fullmatch(r"\d{1,18}", before) else None)
+
+    @api("GET", "/api/orders/<order_id:int>/items/<item_id:int>/media")
+    def order_media(conn, user, data, order_id, item_id):
+        row = conn.execute(
+            "SELECT s.media FROM order_items i JOIN orders o ON o.id = i.order_id JOIN stock_units s "
+            "ON s.id = i.unit_id WHERE i.id = ? AND o.id = ? AND o.user_id = ? AND o.status = 'paid'",
+            (item_id, order_id, user["id"])).fetchone()
+        if row is None or not row["media"]:
+            raise NotFound("No such photo.")
+        response = bottle.static_file(row["media"], root=str(shop.config.media_dir / "private"))
+        response.set_header("Cache-Control", "private, no-store")
+        return response
+
+    @app.get("/app")
+    def page():
+        conn = shop.db()
+        response = bottle.HTTPResponse(bottle.template("app", template_lookup=[str(TEMPLATES_DIR)],
+                                                       name=get_setting(conn, "shop_name"),
+                                                       sandbox=shop.config.sandbox))
+        # Telegram shows Mini Apps in its own frames (web.telegram.org too), so framing by Telegram is allowed.
+        response.set_header("Content-Security-Policy",
+                            "default-src 'self'; script-src 'self' https://telegram.org; style-src 'self'; "
+                            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                            "frame-ancestors 'self' https://web.telegram.org https://*.telegram.org")
+        response.set_header("Cache-Control", "no-cache")
+        return response
+
+    @app.get("/app/preview")
+    def preview():
+        """Sandbox only: initData for the preview shopper, so the Mini App can be tried in a browser."""
+        if not shop.config.sandbox:
+            return json_response(404, {"error": "The preview exists only in sandbox mode; open the shop from the bot."})
+        bottle.response.headers["Cache-Control"] = "no-store"
+        return json_response(200, {"initData": sign_init_data(PREVIEW_USER, shop.webapp_token, query_id="preview")})
 
 
 # Bot #########################################################################
@@ -3851,6 +4230,7 @@ class Shop:
         self.payments = None
         self.ipn_secret = ""
         self.sandbox_api_key = ""
+        self.webapp_token = ""
 
     def db(self):
         """This thread's connection to the shop database."""
@@ -3889,6 +4269,8 @@ class Shop:
             self.sandbox_api_key = stored_secret(c.shop_db, "sandbox_api_key")
         else:
             self.ipn_secret = c.nowpayments_ipn_secret
+        # Mini App initData is signed with the bot token; a sandbox without a bot signs its preview itself.
+        self.webapp_token = c.bot_token or stored_secret(c.shop_db, "sandbox_webapp_token")
         if not c.sandbox and not c.webhook_url.startswith("https://"):
             log.warning("payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public https "
                         "address); payments are then confirmed only by polling every %d s",
