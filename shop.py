@@ -795,7 +795,7 @@ def list_cities(conn):
     """Cities with something in stock: [{id, name, units}]."""
     return conn.execute(
         f"SELECT c.id, c.name, count(*) AS units FROM stock_units u {_AVAILABLE} "
-        "GROUP BY c.id ORDER BY c.position, c.name").fetchall()
+        "GROUP BY c.id ORDER BY c.position, c.name COLLATE NOCASE").fetchall()
 
 
 def get_city(conn, city_id):
@@ -809,7 +809,7 @@ def list_districts(conn, city_id):
     """Districts of a city with something in stock."""
     return conn.execute(
         f"SELECT d.id, d.name, count(*) AS units FROM stock_units u {_AVAILABLE} AND c.id = ? "
-        "GROUP BY d.id ORDER BY d.position, d.name", (city_id,)).fetchall()
+        "GROUP BY d.id ORDER BY d.position, d.name COLLATE NOCASE", (city_id,)).fetchall()
 
 
 def get_district(conn, district_id):
@@ -825,7 +825,7 @@ def list_products(conn, district_id):
     """Products in stock in a district, with how many are available."""
     return conn.execute(
         f"SELECT p.id, p.name, p.price_cents, count(*) AS available FROM stock_units u {_AVAILABLE} "
-        "AND d.id = ? GROUP BY p.id ORDER BY p.name", (district_id,)).fetchall()
+        "AND d.id = ? GROUP BY p.id ORDER BY p.name COLLATE NOCASE", (district_id,)).fetchall()
 
 
 def get_offer(conn, product_id, district_id):
@@ -2889,7 +2889,8 @@ def catalog_json(conn):
     rows = conn.execute(
         f"SELECT c.id AS city_id, c.name AS city, d.id AS district_id, d.name AS district, p.id, p.name, "
         f"p.description, p.price_cents, p.photo, count(*) AS available FROM stock_units u {_AVAILABLE} "
-        "GROUP BY d.id, p.id ORDER BY c.position, c.name, d.position, d.name, p.name").fetchall()
+        "GROUP BY d.id, p.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE, "
+        "p.name COLLATE NOCASE").fetchall()
     cities = {}
     for r in rows:
         city = cities.setdefault(r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}})
@@ -3639,6 +3640,10 @@ class ShopBot:
             return self.start_refill_link(conn, message, payload)
         welcome = f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'welcome_text'))}"
         self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
+        if self.shop.webapp_url:
+            markup = tg.InlineKeyboardMarkup()
+            markup.row(tg.InlineKeyboardButton("🛍 Open shop", web_app=tg.WebAppInfo(self.shop.webapp_url)))
+            self.reply(message.chat.id, "Or shop in the app:", reply_markup=markup)
 
     def start_refill_link(self, conn, message, payload):
         """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that amount."""
@@ -4240,6 +4245,12 @@ class Shop:
         return conn
 
     @property
+    def webapp_url(self):
+        """The Mini App's public address, or None: Telegram opens Mini Apps only over https."""
+        base = self.config.webhook_url
+        return base + "/app" if base.startswith("https://") else None
+
+    @property
     def url(self):
         """The local address the web server answers on."""
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -4342,6 +4353,14 @@ class Shop:
             self.telegram.set_my_commands([tg.BotCommand(c, d) for c, d in COMMANDS])
         except Exception as e:
             log.warning("bot: could not register the command list: %s", e)
+        if self.webapp_url:
+            try:
+                self.telegram.set_chat_menu_button(menu_button=tg.MenuButtonWebApp(
+                    "🛍 Shop", tg.WebAppInfo(self.webapp_url)))
+            except Exception as e:
+                log.warning("bot: could not set the menu button to the Mini App: %s", e)
+        else:
+            log.info("bot: the Mini App needs a public https WEBHOOK_URL; until then the menu button stays as it is")
         # polling() asks getMe again for the username unless it is cached; an outage at that
         # moment would bypass our error handling.
         self.telegram._user = me

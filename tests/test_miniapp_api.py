@@ -1,0 +1,296 @@
+"""The Mini App's JSON API over real HTTP, authenticated by initData signed as Telegram signs it."""
+
+import time
+
+import pytest
+import requests
+
+import shop
+from conftest import TOKEN
+from test_payments import emulator, wait_for_row
+from test_services import seed, user
+
+# From Telegram's documentation of initData validation (reference/telegram.md): valid, with an old auth_date.
+REF_TOKEN = "5768337691:AAGDAe6rjxu1cUgxK4BizYi--Utc3J9v5AU"
+REF_INIT_DATA = (
+    "user=%7B%22id%22%3A279058397%2C%22first_name%22%3A%22Vladislav%22%2C%22last_name%22%3A%22Kibenko%22%2C"
+    "%22username%22%3A%22vdkfrost%22%2C%22language_code%22%3A%22en%22%2C%22is_premium%22%3Atrue%2C"
+    "%22allows_write_to_pm%22%3Atrue%7D&chat_instance=-3788475317572404878&chat_type=private&auth_date=1709144340"
+    "&hash=371697738012ebd26a111ace4aff23ee265596cd64026c8c3677956a85ca1827")
+
+
+def test_telegrams_own_example_verifies():
+    user_ = shop.verify_init_data(REF_INIT_DATA, REF_TOKEN, max_age=None)
+    assert user_["id"] == 279058397 and user_["username"] == "vdkfrost"
+    with pytest.raises(shop.Unauthorized, match="older than 24 hours"):
+        shop.verify_init_data(REF_INIT_DATA, REF_TOKEN)
+    with pytest.raises(shop.Unauthorized, match="not signed"):
+        shop.verify_init_data(REF_INIT_DATA, TOKEN, max_age=None)
+
+
+ANN = {"id": 501, "first_name": "Ann <3", "username": "ann_*", "language_code": "pl"}
+
+
+@pytest.fixture
+def app(make_shop, fake_tg):
+    """A sandbox shop with its bot, whose Mini App initData is signed with the bot's token."""
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url})
+    s.conn = shop.connect(s.config.shop_db)
+    s.ids = seed(s.conn, [("Łódź <Centrum>", "Bałuty & Widzew", "gift_card *25*", 2500, 2),
+                          ("Łódź <Centrum>", "Bałuty & Widzew", "Sticker", 50, 40),
+                          ("Berlin", "Mitte", "Poster", 1900, 1)])
+    yield s
+    s.conn.close()
+
+
+def call(s, method, path, user_=ANN, auth="header", **kw):
+    headers = kw.pop("headers", {})
+    if user_ is not None:
+        init = shop.sign_init_data(user_, TOKEN, query_id="AAH")
+        headers["X-Telegram-Init-Data" if auth == "header" else "Authorization"] = \
+            init if auth == "header" else f"tma {init}"
+    return requests.request(method, s.url + path, headers=headers, timeout=10, **kw)
+
+
+def ok(r):
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()
+
+
+def refused(r, status, words=""):
+    assert r.status_code == status, (r.status_code, r.text)
+    assert words in r.json()["error"], r.json()
+    return r.json()
+
+
+def test_every_call_needs_initData_signed_by_the_bot(app):
+    init = shop.sign_init_data(ANN, TOKEN)
+    forged = init[:-1] + ("0" if init[-1] != "0" else "1")
+    old = shop.sign_init_data(ANN, TOKEN, auth_date=time.time() - 86401)
+    future = shop.sign_init_data(ANN, TOKEN, auth_date=time.time() + 3600)
+    other_bot = shop.sign_init_data(ANN, "999:other-bot")
+    no_user = shop.sign_init_data(ANN, TOKEN).replace("user=", "usr=", 1)
+    for headers, words in [({}, "Missing"), ({"X-Telegram-Init-Data": forged}, "not signed"),
+                           ({"X-Telegram-Init-Data": old}, "older than 24 hours"),
+                           ({"X-Telegram-Init-Data": future}, "future"),
+                           ({"X-Telegram-Init-Data": other_bot}, "not signed"),
+                           ({"X-Telegram-Init-Data": no_user}, ""),
+                           ({"X-Telegram-Init-Data": init + "&hash=" + "0" * 64}, "repeats"),
+                           ({"X-Telegram-Init-Data": "%%%"}, ""),
+                           ({"Authorization": "Bearer " + init}, "Missing")]:
+        for path in ("/api/me", "/api/catalog", "/api/basket", "/api/orders"):
+            refused(requests.get(app.url + path, headers=headers, timeout=5), 401, words)
+    refused(requests.post(app.url + "/api/payment/create", headers={"X-Telegram-Init-Data": forged},
+                          json={"type": "basket", "currency": "btc"}, timeout=5), 401)
+    assert ok(call(app, "GET", "/api/me", auth="tma"))["id"] == 501
+    assert app.conn.execute("SELECT count(*) FROM users WHERE id = 501").fetchone()[0] == 1
+
+
+def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
+    me = ok(call(app, "GET", "/api/me"))
+    assert me == {"id": 501, "first_name": "Ann <3", "username": "ann_*", "balance": "0.00", "currency": "EUR",
+                  "shop_name": "Demo Shop", "sandbox": True, "preview": False, "min_deposit": "5.00",
+                  "max_deposit": "10000.00"}
+    catalog = ok(call(app, "GET", "/api/catalog"))
+    assert [c["name"] for c in catalog["cities"]] == ["Berlin", "Łódź <Centrum>"]
+    products = catalog["cities"][1]["districts"][0]["products"]
+    assert products[0] == {"id": app.ids[("gift_card *25*", "Bałuty & Widzew")][0], "name": "gift_card *25*",
+                           "description": "", "price": "25.00", "available": 2, "photo_url": None}
+    buyer = user(app.conn, 2, balance=1900)
+    shop.buy_with_balance(app.conn, buyer, [(*app.ids[("Poster", "Mitte")], 1)])
+    assert [c["name"] for c in ok(call(app, "GET", "/api/catalog"))["cities"]] == ["Łódź <Centrum>"]  # sold out
+
+
+def test_the_basket_is_the_bots_basket(app):
+    gift, sticker = app.ids[("gift_card *25*", "Bałuty & Widzew")], app.ids[("Sticker", "Bałuty & Widzew")]
+    basket = ok(call(app, "POST", "/api/basket", json={"product_id": gift[0], "district_id": gift[1], "quantity": 2}))
+    assert basket["total"] == "50.00" and basket["count"] == 2
+    ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1], "quantity": "3"}))
+    lines = shop.get_basket(app.conn, 501).lines                   # what the bot's 🧺 Basket shows
+    assert [(l.name, l.quantity) for l in lines] == [("gift_card *25*", 2), ("Sticker", 3)]
+    basket = ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1],
+                                                       "quantity": 1}))
+    assert basket["total"] == "50.50"
+    basket = ok(call(app, "DELETE", f"/api/basket/{basket['items'][0]['id']}"))
+    assert [i["name"] for i in basket["items"]] == ["Sticker"]
+    shop.add_to_basket(app.conn, 501, *gift)                         # and the bot's basket is the app's
+    assert ok(call(app, "GET", "/api/basket"))["count"] == 2
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"product_id": 999, "district_id": 1, "quantity": 1}, 404, "not in the shop"),
+    ({"product_id": 1, "district_id": 1, "quantity": 3}, 409, "Only 2"),
+    ({"product_id": 1, "district_id": 1, "quantity": 101}, 400, "from 0 to 100"),
+    ({"product_id": 1, "district_id": 1, "quantity": -1}, 400, ""),
+    ({"product_id": 1, "district_id": 1, "quantity": 1.5}, 400, "whole number"),
+    ({"product_id": 1, "district_id": 1, "quantity": True}, 400, "whole number"),
+    ({"product_id": "x", "district_id": 1, "quantity": 1}, 400, "whole number"),
+    ({"district_id": 1, "quantity": 1}, 400, "product_id"),
+])
+def test_bad_basket_requests_get_a_reason_and_change_nothing(app, body, status, words):
+    refused(call(app, "POST", "/api/basket", json=body), status, words)
+    assert shop.get_basket(app.conn, 501).lines == []
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"{" * 100 + b"}" * 100,
+                                 b"{}" * 9000])
+def test_garbage_bodies_are_refused(app, raw):
+    r = call(app, "POST", "/api/basket", data=raw, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500 and r.json()["error"]
+
+
+def test_currencies_show_their_minimums(app):
+    coins = ok(call(app, "GET", "/api/currencies"))
+    assert [c["code"] for c in coins] == shop.COIN_CODES
+    assert coins[3] == {"code": "usdttrc20", "name": "Tether USD", "network": "TRC20", "label": "USDT · TRC20",
+                        "minimum": "9.30"}
+
+
+def test_a_crypto_purchase_from_the_app(app):
+    gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
+    invoice = ok(call(app, "POST", "/api/payment/create", json={
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ton",
+        "request_id": "0123456789abcdef"}))
+    assert invoice["status"] == "waiting" and invoice["price_amount"] == "25.00" and invoice["pay_currency"] == "ton"
+    assert invoice["pay_amount"] == "5.000000000" and invoice["payin_extra_id"] and invoice["open"]
+    again = ok(call(app, "POST", "/api/payment/create", json={
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ton",
+        "request_id": "0123456789abcdef"}))
+    assert again["payment_id"] == invoice["payment_id"]                    # a repeated tap: one invoice
+    qr = call(app, "GET", invoice["qr_url"])
+    assert qr.status_code == 200 and qr.content.startswith(b"\x89PNG")
+    ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}))
+    wait_for_row(app.conn, "SELECT 1 FROM payments WHERE status = 'finished'")
+    status = ok(call(app, "GET", f"/api/payment/status/{invoice['payment_id']}"))
+    assert status["status"] == "finished" and status["final"]
+    orders = ok(call(app, "GET", "/api/orders"))["orders"]
+    assert orders[0]["status"] == "paid" and orders[0]["items"][0]["content"] == "gift_card *25*-Bałuty & Widzew-0"
+
+
+def test_paying_the_basket_from_the_balance(app):
+    shop.touch_user(app.conn, ANN)
+    shop.adjust_balance(app.conn, 501, 3000, "test")
+    sticker = app.ids[("Sticker", "Bałuty & Widzew")]
+    ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 4}))
+    paid = ok(call(app, "POST", "/api/payment/create", json={"type": "basket", "currency": "balance"}))
+    assert paid == {"order_id": paid["order_id"], "status": "paid", "balance": "28.00"}
+    assert ok(call(app, "GET", "/api/basket"))["items"] == []
+    assert ok(call(app, "GET", "/api/me"))["balance"] == "28.00"
+    refused(call(app, "POST", "/api/payment/create", json={"type": "basket", "currency": "balance"}), 400, "empty")
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"type": "basket", "currency": "btc"}, 400, "basket is empty"),
+    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 1, "currency": "doge"}, 400, "Unknown currency"),
+    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 0, "currency": "btc"}, 400, "quantity"),
+    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 3, "currency": "btc"}, 409, "only 2"),
+    ({"type": "product", "product_id": 2, "district_id": 1, "quantity": 1, "currency": "btc"}, 400, "takes payments from"),
+    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 1, "currency": "balance"}, 409, "short"),
+    ({"type": "gift", "currency": "btc"}, 400, "type must be"),
+    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 1, "currency": "btc",
+      "request_id": "../../x"}, 400, "request_id"),
+])
+def test_bad_payment_requests_get_a_reason_and_reserve_nothing(app, body, status, words):
+    refused(call(app, "POST", "/api/payment/create", json=body), status, words)
+    assert app.conn.execute("SELECT count(*) FROM stock_units WHERE status != 'available'").fetchone()[0] == 0
+    assert app.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("amount, status, words", [("2", 400, "at least 5.00"), ("20000", 400, "at most"),
+                                                   ("abc", 400, "amount in EUR"), (None, 400, "amount"),
+                                                   (-5, 400, "positive"), ("20,50", 200, "")])
+def test_top_ups_from_the_app(app, amount, status, words):
+    r = call(app, "POST", "/api/payment/refill", json={"amount": amount, "currency": "ltc"})
+    if status == 200:
+        assert ok(r)["price_amount"] == "20.50" and r.json()["kind"] == "topup"
+    else:
+        refused(r, status, words)
+
+
+def test_someone_elses_payment_or_photo_is_not_found(app):
+    gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
+    media = shop.store_media(app.config.media_dir, b"\x89PNG\r\n\x1a\n" + b"x" * 50, "png", private=True)
+    app.conn.execute("UPDATE stock_units SET media = ?", (media,))
+    invoice = ok(call(app, "POST", "/api/payment/create", json={
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}))
+    ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}))
+    wait_for_row(app.conn, "SELECT 1 FROM orders WHERE status = 'paid'")
+    item = ok(call(app, "GET", "/api/orders"))["orders"][0]["items"][0]
+    photo = call(app, "GET", item["media_url"])
+    assert photo.status_code == 200 and photo.content.startswith(b"\x89PNG")
+    assert "no-store" in photo.headers["Cache-Control"]
+    eve = {"id": 666, "first_name": "Eve"}
+    for path in (f"/api/payment/status/{invoice['payment_id']}", invoice["qr_url"], item["media_url"]):
+        refused(call(app, "GET", path, user_=eve), 404)
+        assert call(app, "GET", path, user_=None).status_code == 401
+    refused(call(app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", user_=eve,
+                 json={"outcome": "full"}), 404)
+    assert ok(call(app, "GET", "/api/orders", user_=eve))["orders"] == []
+    assert requests.get(app.url + "/media/" + media, timeout=5).status_code == 404
+
+
+def test_unpaid_orders_show_no_goods(app):
+    gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
+    ok(call(app, "POST", "/api/payment/create", json={
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}))
+    order = ok(call(app, "GET", "/api/orders"))["orders"][0]
+    assert order["status"] == "pending" and order["payment_id"]
+    assert [i["content"] for i in order["items"]] == [None]
+
+
+def test_invoice_limits_hold_in_the_app_too(make_shop, fake_tg):
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_OPEN_INVOICES": "1"})
+    conn = shop.connect(s.config.shop_db)
+    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 5)])[("Gift card", "Mitte")]
+    body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}
+    ok(call(s, "POST", "/api/payment/create", json=body))
+    refused(call(s, "POST", "/api/payment/create", json=body), 429, "1 unpaid invoice")
+    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 1
+    conn.close()
+
+
+def test_cancel_from_the_app_frees_the_items(app):
+    gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
+    invoice = ok(call(app, "POST", "/api/payment/create", json={
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 2, "currency": "btc"}))
+    assert shop.get_offer(app.conn, *gift)["available"] == 0
+    cancelled = ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/cancel"))
+    assert not cancelled["open"] and shop.get_offer(app.conn, *gift)["available"] == 2
+
+
+def test_a_banned_shopper_is_refused(app):
+    shop.touch_user(app.conn, ANN)
+    shop.set_banned(app.conn, 501, True)
+    refused(call(app, "GET", "/api/catalog"), 403, "not available to you")
+
+
+def test_the_page_and_the_preview(app, make_shop):
+    page = requests.get(app.url + "/app", timeout=5)
+    assert page.status_code == 200 and "telegram-web-app.js" in page.text
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self' https://telegram.org" in csp and "frame-ancestors" in csp
+    assert page.headers["X-Content-Type-Options"] == "nosniff" and "X-Frame-Options" not in page.headers
+    init = ok(requests.get(app.url + "/app/preview", timeout=5))["initData"]
+    me = ok(requests.get(app.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=5))
+    assert me["preview"] and me["id"] == -1
+    live = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": app.config.telegram_api_url, "NOWPAYMENTS_API_KEY": "k",
+                          "NOWPAYMENTS_IPN_SECRET": "s", "NOWPAYMENTS_API_URL": "http://127.0.0.1:9"}, name="live")
+    refused(requests.get(live.url + "/app/preview", timeout=5), 404, "sandbox")
+    refused(requests.get(live.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=5), 401)
+    preview_signed_right = shop.sign_init_data(shop.PREVIEW_USER, TOKEN)
+    refused(requests.get(live.url + "/api/me", headers={"X-Telegram-Init-Data": preview_signed_right}, timeout=5),
+            401, "Not a Telegram user")
+
+
+def test_the_preview_shopper_never_gets_telegram_messages(app):
+    init = ok(requests.get(app.url + "/app/preview", timeout=5))["initData"]
+    h = {"X-Telegram-Init-Data": init}
+    gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
+    invoice = ok(requests.post(app.url + "/api/payment/create", headers=h, timeout=5, json={
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}))
+    ok(requests.post(app.url + f"/api/payment/{invoice['payment_id']}/simulate", headers=h, timeout=5,
+                     json={"outcome": "over"}))
+    wait_for_row(app.conn, "SELECT 1 FROM payments WHERE status = 'finished'")
+    assert app.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    assert ok(requests.get(app.url + "/api/me", headers=h, timeout=5))["balance"] == "12.49"
+    assert emulator(app, {"provider_id": invoice["payment_id"]})["payment_status"] == "finished"
