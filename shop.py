@@ -1,31 +1,39 @@
 #!/usr/bin/env python3
 """A self-hosted Telegram shop in one script.
 
-Shoppers browse and buy through a Telegram bot; what they bought (a voucher
-code, a licence key, a download link, pickup instructions, with an optional
-photo) arrives in their chat as soon as it is paid. One process, one SQLite file:
+Shoppers browse and buy through a Telegram bot or its Mini App and pay in crypto
+(NOWPayments) or from their balance; what they bought (a voucher code, a licence
+key, a download link, pickup instructions, with an optional photo) arrives in
+their chat as soon as it is paid. One process, one SQLite file:
 
     telebot polling thread --.
     waitress worker threads --+--> services fn(conn, ...) --> SQLite (WAL, one file)
-    APScheduler jobs ---------+            |
-    outbox sender ------------'            '--> outbox rows --> sender --> Telegram
+    (Mini App API, IPN webhook,|            |
+     sandbox NOWPayments)      |            '--> outbox rows --> sender --> Telegram
+    APScheduler jobs ---------+
+    outbox sender ------------'
 
 Services are plain functions over a connection. They never talk to Telegram or
 the network: what must be said is written to the outbox in the same
 transaction as the state change that caused it, and the sender delivers it,
-within Telegram's rate limits, even across restarts.
+within Telegram's rate limits, even across restarts. Calls to NOWPayments
+happen in PaymentDesk, between transactions.
 
 Flows:
     browse:   /shop -> city -> district -> product card (photo, price, stock)
     basket:   add / change quantity / remove -> checkout
-    buy:      checkout -> pay from balance: one transaction debits the ledger,
-              marks the units sold, records the order and queues the delivery
+    balance:  one transaction debits the ledger, sells the units, records the
+              order and queues the delivery
+    crypto:   reserve the units -> POST /payment -> invoice; IPN, poll or
+              "check status" -> apply_payment_status (one transaction, once):
+              deliver, or credit what arrived, or release the units
     deliver:  outbox -> each unit's content (and photo) in the buyer's chat
 
 Sections, in dependency order (grep for the banners):
     Configuration, Logging, Database, Money and text, Errors,
-    Services: users, ledger, outbox, catalog, basket, orders, catalog import,
-    Web, Bot, Outbox sender, Scheduler, Runtime, Command line.
+    Services: users, ledger, outbox, catalog, basket, orders, payments, catalog import,
+    Payment provider, Web, Web: Mini App, Bot, Outbox sender, Scheduler, Runtime,
+    Command line.
 
 Run `python shop.py --help`. Importing this module has no side effects.
 """
@@ -2739,7 +2747,8 @@ def json_response(status, payload):
 
 
 def make_app(shop):
-    """The Bottle app: health check, public pages, static files, public product photos."""
+    """The Bottle app: health check, public pages, static files, product photos, the IPN webhook,
+    the sandbox's NOWPayments emulator and the Mini App."""
     app = bottle.Bottle()
     app.config["catchall"] = True
 
