@@ -2512,6 +2512,9 @@ class PaymentDesk:
         existing = conn.execute("SELECT p.* FROM payments p JOIN orders o ON o.id = p.order_id "
                                 "WHERE o.checkout_key = ? AND p.user_id = ? AND p.parent_id IS NULL",
                                 (nonce, user_id)).fetchone()
+        if existing and existing["pay_currency"] != coin:
+            raise InvalidInput(f"This checkout already has an invoice in "
+                               f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}.")
         if existing:
             return existing
         c = self.shop.config
@@ -2541,6 +2544,9 @@ class PaymentDesk:
         reference = f"topup-{nonce}"
         existing = conn.execute("SELECT * FROM payments WHERE reference = ? AND user_id = ? AND parent_id IS NULL",
                                 (reference, user_id)).fetchone()
+        if existing and existing["pay_currency"] != coin:
+            raise InvalidInput(f"This top-up already has an invoice in "
+                               f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}.")
         if existing:
             return existing
         c = self.shop.config
@@ -2790,7 +2796,9 @@ def make_app(shop):
 
     @app.get("/static/<path:path>")
     def static(path):
-        return bottle.static_file(path, root=str(STATIC_DIR), headers={"Cache-Control": "public, max-age=3600"})
+        # The Mini App's code revalidates on every load (a cheap 304), so a new version reaches phones at once.
+        cache = "no-cache" if path.startswith("app/") else "public, max-age=3600"
+        return bottle.static_file(path, root=str(STATIC_DIR), headers={"Cache-Control": cache})
 
     @app.get("/media/<name:re:[0-9a-f]{32}\\.(jpg|png|gif|webp)>")
     def public_media(name):
@@ -2880,14 +2888,20 @@ def _body_int(body, key, low, high):
     return value
 
 
-def invoice_json(payment, sandbox):
+def invoice_json(conn, payment, sandbox):
+    closed = payment["status"] == "waiting" and payment["expires_at"] <= now_iso()
+    order = conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone() \
+        if payment["order_id"] else None
     return {"payment_id": payment["provider_id"], "order_id": payment["order_id"], "kind": payment["kind"],
             "pay_address": payment["pay_address"], "pay_amount": payment["pay_amount"],
             "pay_currency": payment["pay_currency"], "payin_extra_id": payment["payin_extra_id"],
             "price_amount": cents_to_str(payment["price_cents"]), "price_currency": "EUR",
             "expires_at": payment["expires_at"][:19] + "Z", "status": payment["status"],
-            "status_text": STATUS_TEXT[payment["status"]], "final": payment["status"] not in OPEN_STATUSES,
-            "open": payment["status"] == "waiting" and payment["expires_at"] > now_iso(),
+            "status_text": "⌛ No longer open" if closed else STATUS_TEXT[payment["status"]],
+            "final": payment["status"] not in OPEN_STATUSES,
+            "open": payment["status"] == "waiting" and not closed,
+            # What the shop did: the order 'paid' (delivered), or 'cancelled'/'expired' (money, if any, credited).
+            "order_status": order["status"] if order else None, "outcome": payment["outcome"],
             "credited": cents_to_str(payment["credited_cents"]),
             "payment_uri": payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
             "qr_url": f"/api/payment/{payment['provider_id']}/qr", "sandbox": sandbox}
@@ -3009,8 +3023,10 @@ def make_webapp(shop, app):
         if rid:
             existing = conn.execute("SELECT * FROM checkouts WHERE nonce = ?", (rid,)).fetchone()
             if existing:
-                if existing["user_id"] != user["id"] or existing["kind"] != kind:
-                    raise InvalidInput("That request_id is taken; make a new one.")
+                same = (existing["user_id"], existing["kind"], existing["amount_cents"], existing["lines"]) == \
+                    (user["id"], kind, amount, json.dumps([list(l) for l in lines]))
+                if not same:
+                    raise InvalidInput("That request_id was used for a different checkout; make a new one.")
                 return rid
             with transaction(conn):
                 conn.execute("INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
@@ -3085,7 +3101,7 @@ def make_webapp(shop, app):
                                         owners=shop.config.admin_ids)
             return {"order_id": order_id, "status": "paid",
                     "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"])}
-        return invoice_json(shop.payments.open_order_invoice(user["id"], nonce, coin), shop.config.sandbox)
+        return invoice_json(conn, shop.payments.open_order_invoice(user["id"], nonce, coin), shop.config.sandbox)
 
     @api("POST", "/api/payment/refill")
     def refill(conn, user, data):
@@ -3098,7 +3114,7 @@ def make_webapp(shop, app):
         except InvalidInput as e:
             raise InvalidInput(f"The amount {e}.") from None
         nonce = checkout_for(conn, user, "topup", cents, rid=rid)
-        return invoice_json(shop.payments.open_topup_invoice(user["id"], nonce, coin), shop.config.sandbox)
+        return invoice_json(conn, shop.payments.open_topup_invoice(user["id"], nonce, coin), shop.config.sandbox)
 
     def own_payment(conn, user, payment_id):
         row = conn.execute("SELECT * FROM payments WHERE provider_id = ? AND user_id = ? AND parent_id IS NULL",
@@ -3116,7 +3132,7 @@ def make_webapp(shop, app):
             except ProviderError as e:
                 log.warning("mini app: status check failed: %s", e.detail)
             payment = own_payment(conn, user, payment_id)
-        return invoice_json(payment, shop.config.sandbox)
+        return invoice_json(conn, payment, shop.config.sandbox)
 
     @api("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr")
     def payment_qr(conn, user, data, payment_id):
@@ -3129,7 +3145,7 @@ def make_webapp(shop, app):
         payment = own_payment(conn, user, payment_id)
         shop.payments.refresh(payment["provider_id"], "check")
         cancel_invoice(conn, user["id"], payment["id"])
-        return invoice_json(own_payment(conn, user, payment_id), shop.config.sandbox)
+        return invoice_json(conn, own_payment(conn, user, payment_id), shop.config.sandbox)
 
     @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/simulate")
     def payment_simulate(conn, user, data, payment_id):

@@ -3,12 +3,17 @@
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
+<meta name="color-scheme" content="light dark">
+<meta name="referrer" content="same-origin">
 <title>{{name}}</title>
 <link rel="stylesheet" href="/static/app/app.css">
+<link rel="modulepreload" href="/static/app/ui.js">
+<link rel="modulepreload" href="/static/app/tg.js">
 <script src="https://telegram.org/js/telegram-web-app.js" defer></script>
 <script type="module" src="/static/app/app.js"></script>
 </head>
 <body data-sandbox="{{'1' if sandbox else '0'}}">
-<main id="app" aria-live="polite"><p class="muted">Loading {{name}}…</p></main>
+<main id="app"><p class="loading">Loading {{name}}…</p></main>
+<noscript><p class="fatal">This shop needs JavaScript. Please open it from the Telegram bot.</p></noscript>
 </body>
 </html>

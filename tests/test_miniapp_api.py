@@ -157,12 +157,17 @@ def test_a_crypto_purchase_from_the_app(app):
         "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ton",
         "request_id": "0123456789abcdef"}))
     assert again["payment_id"] == invoice["payment_id"]                    # a repeated tap: one invoice
+    for change in ({"currency": "btc"}, {"quantity": 2}):
+        refused(call(app, "POST", "/api/payment/create", json={
+            "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ton",
+            "request_id": "0123456789abcdef", **change}), 400, "")
     qr = call(app, "GET", invoice["qr_url"])
     assert qr.status_code == 200 and qr.content.startswith(b"\x89PNG")
     ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}))
     wait_for_row(app.conn, "SELECT 1 FROM payments WHERE status = 'finished'")
     status = ok(call(app, "GET", f"/api/payment/status/{invoice['payment_id']}"))
     assert status["status"] == "finished" and status["final"]
+    assert (status["order_status"], status["outcome"]) == ("paid", "delivered")
     orders = ok(call(app, "GET", "/api/orders"))["orders"]
     assert orders[0]["status"] == "paid" and orders[0]["items"][0]["content"] == "gift_card *25*-Bałuty & Widzew-0"
 
@@ -256,6 +261,7 @@ def test_cancel_from_the_app_frees_the_items(app):
     assert shop.get_offer(app.conn, *gift)["available"] == 0
     cancelled = ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/cancel"))
     assert not cancelled["open"] and shop.get_offer(app.conn, *gift)["available"] == 2
+    assert (cancelled["status_text"], cancelled["order_status"]) == ("⌛ No longer open", "cancelled")
 
 
 def test_a_banned_shopper_is_refused(app):

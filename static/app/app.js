@@ -1,0 +1,722 @@
+// The shop's Telegram Mini App: catalog, basket, checkout, invoices, orders and balance.
+// Screens are functions that return nodes; a stack of routes gives the BackButton its meaning.
+
+import { h, cents, eur, parseAmount, requestId, api, blobUrl, setInitData, toast, copyText, ApiError } from "./ui.js";
+import * as tg from "./tg.js";
+
+const S = { me: null, catalog: { cities: [] }, basket: { items: [], total: "0.00", count: 0 }, basketAt: 0,
+            coins: null, coinsAt: 0 };
+const stack = [];
+const chrome = {};
+let view = null;
+
+const TABS = [["cities", "Shop", "🛍"], ["basket", "Basket", "🧺"], ["orders", "Orders", "📦"], ["account", "Balance", "💰"]];
+const ORDER_STATUS = { pending: "⏳ Awaiting payment", paid: "✅ Paid", cancelled: "✖ Cancelled",
+                       expired: "⌛ Expired", refunded: "↩ Refunded" };
+const SIMULATE = [["full", "Pay in full"], ["partial", "Pay half"], ["over", "Overpay"], ["expire", "Let it expire"]];
+const POLL_MS = 4000;
+
+// Data ########################################################################
+
+function gotBasket(basket) {
+  S.basket = basket;
+  S.basketAt = Date.now();
+  updateChrome();
+}
+
+async function loadBasket() {
+  gotBasket(await api("/api/basket"));
+}
+
+async function loadCatalog() {
+  S.catalog = await api("/api/catalog");
+}
+
+async function loadMe() {
+  S.me = await api("/api/me");
+  updateChrome();
+}
+
+async function loadCoins() {
+  if (!S.coins || Date.now() - S.coinsAt > 60000) {
+    S.coins = await api("/api/currencies");
+    S.coinsAt = Date.now();
+  }
+  return S.coins;
+}
+
+function findOffer(productId, districtId) {
+  for (const city of S.catalog.cities) {
+    for (const district of city.districts) {
+      if (district.id !== districtId) continue;
+      const product = district.products.find((p) => p.id === productId);
+      if (product) return { city, district, product };
+    }
+  }
+  return null;
+}
+
+function basketLine(productId, districtId) {
+  return S.basket.items.find((i) => i.product_id === productId && i.district_id === districtId);
+}
+
+function coinLabel(code) {
+  const coin = (S.coins || []).find((c) => c.code === code);
+  return coin ? coin.label : String(code).toUpperCase();
+}
+
+// Navigation ##################################################################
+
+function makeView() {
+  const v = { alive: true, stops: [], shown: null };
+  v.after = (ms, fn) => {
+    const t = setTimeout(() => v.alive && fn(), ms);
+    v.stops.push(() => clearTimeout(t));
+    return t;
+  };
+  v.every = (ms, fn) => {
+    const t = setInterval(() => v.alive && fn(), ms);
+    v.stops.push(() => clearInterval(t));
+  };
+  v.blob = (url) => { v.stops.push(() => URL.revokeObjectURL(url)); return url; };
+  v.close = () => { v.alive = false; v.stops.forEach((stop) => stop()); };
+  // The MainButton for this screen; while onClick runs it shows progress and ignores taps. It is
+  // shown only once the screen is (v.live), so it never offers what is not on the page yet.
+  v.main = (text, onClick, { disabled = false } = {}) => {
+    const spec = text == null ? null : { text, disabled, onClick: async () => {
+      if (!v.alive) return;
+      tg.setMainButton({ ...spec, busy: true });
+      try { await onClick(); } catch (e) { fail(e); }
+      if (v.alive) tg.setMainButton(spec);
+    } };
+    v.spec = spec;
+    if (v.live) tg.setMainButton(spec);
+  };
+  return v;
+}
+
+function go(name, params = {}, how = "push") {
+  const top = stack[stack.length - 1];
+  if (top) top.scroll = window.scrollY;
+  if (how === "reset") stack.length = 0;
+  else if (how === "replace") stack.pop();
+  stack.push({ name, params });
+  render(0);
+}
+
+function back() {
+  if (stack.length < 2) return;
+  stack.pop();
+  render(stack[stack.length - 1].scroll || 0);
+}
+
+/** Draw the route on top of the stack; scrollTo null keeps the scroll position (a refresh). */
+async function render(scrollTo = null) {
+  const route = stack[stack.length - 1];
+  const y = scrollTo == null ? window.scrollY : scrollTo;
+  if (view) view.close();
+  const v = view = makeView();
+  tg.setBackButton(stack.length > 1);
+  for (const [name, button] of Object.entries(chrome.tabs || {})) {
+    button.setAttribute("aria-current", name === stack[0].name ? "page" : "false");
+  }
+  const main = document.getElementById("app");
+  main.setAttribute("aria-busy", "true");
+  const slow = setTimeout(() => {
+    if (!v.alive) return;
+    tg.setMainButton(null);
+    main.replaceChildren(h("p", { class: "loading" }, "Loading…"));
+  }, 200);
+  let nodes;
+  try {
+    nodes = await SCREENS[route.name](route.params, v);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return fatal(e.message);
+    nodes = [h("p", { class: "empty" }, e.message || String(e)),
+             h("button", { type: "button", class: "btn", onclick: () => render() }, "Try again")];
+  } finally {
+    clearTimeout(slow);
+  }
+  if (!v.alive) return;
+  main.replaceChildren(...nodes.flat().filter((n) => n != null && n !== false));
+  main.removeAttribute("aria-busy");
+  v.live = true;
+  tg.setMainButton(v.spec || null);
+  window.scrollTo(0, y);
+  if (v.shown) v.shown();
+}
+
+function fail(e) {
+  if (e instanceof ApiError && e.status === 401) return fatal(e.message);
+  tg.haptic("error");
+  return tg.showAlert(e.message || String(e));
+}
+
+/** Run an in-page button's action with the button disabled, so a double tap does it once. */
+function busy(button, fn) {
+  return async () => {
+    if (button.disabled) return;
+    button.disabled = true;
+    button.classList.add("busy");
+    try { await fn(); } catch (e) { fail(e); }
+    button.disabled = false;
+    button.classList.remove("busy");
+  };
+}
+
+// Shared pieces ###############################################################
+
+function row(title, sub, onclick) {
+  return h("li", null, h("button", { type: "button", class: "row", onclick },
+    h("span", { class: "row-text" }, h("span", { class: "row-title" }, title), h("span", { class: "row-sub" }, sub)),
+    h("span", { class: "chev", "aria-hidden": "true" }, "›")));
+}
+
+function photo(product, className, lazy = true) {
+  if (product.photo_url && product.photo_url.startsWith("/media/")) {
+    return h("img", { class: className, src: product.photo_url, alt: "", loading: lazy ? "lazy" : "eager", decoding: "async" });
+  }
+  return h("span", { class: className + " no-photo", "aria-hidden": "true" }, Array.from(product.name)[0] || "?");
+}
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+function stock(n) {
+  return n === 1 ? "1 left" : `${n} available`;
+}
+
+function missing(text) {
+  return [h("p", { class: "empty" }, text),
+          h("button", { type: "button", class: "btn", onclick: () => go("cities", {}, "reset") }, "Back to the shop")];
+}
+
+function stepper(quantity, max, name, onChange) {
+  const minus = h("button", { type: "button", class: "step", "aria-label": `One less ${name}` }, "−");
+  const plus = h("button", { type: "button", class: "step", "aria-label": `One more ${name}`,
+                             disabled: quantity >= max }, "+");
+  const change = (delta) => async () => {
+    minus.disabled = plus.disabled = true;
+    await onChange(quantity + delta);
+  };
+  minus.addEventListener("click", change(-1));
+  plus.addEventListener("click", change(+1));
+  return h("div", { class: "stepper" }, minus, h("output", { class: "qty", "aria-label": "Quantity" }, String(quantity)), plus);
+}
+
+/** Set how many of a product from a district are in the basket (0 takes it out). */
+async function setQuantity(productId, districtId, quantity) {
+  const before = (basketLine(productId, districtId) || { quantity: 0 }).quantity;
+  const route = stack[stack.length - 1];
+  try {
+    gotBasket(await api("/api/basket", { method: "POST",
+                                         body: { product_id: productId, district_id: districtId, quantity } }));
+    tg.haptic(quantity > before ? "add" : "select");
+    if (!before && quantity) toast("Added to the basket");
+  } catch (e) {
+    fail(e);
+    // The shown stock was out of date: show what there is now.
+    await Promise.allSettled([loadBasket(), loadCatalog()]);
+  }
+  if (route === stack[stack.length - 1]) render();
+}
+
+function copyRow(label, value, what) {
+  return h("div", { class: "copy-row" },
+    h("span", { class: "copy-label" }, label),
+    h("span", { class: "copy-value" }, h("code", null, value),
+      h("button", { type: "button", class: "btn small", "aria-label": `Copy ${what}`,
+                    onclick: () => copyText(value, what[0].toUpperCase() + what.slice(1)) }, "Copy")));
+}
+
+function option({ title, sub, selected, disabled, onPick, key }) {
+  return h("button", { type: "button", role: "radio", class: "option", "aria-checked": selected ? "true" : "false",
+                       disabled, "data-key": key, onclick: onPick },
+    h("span", { class: "option-title" }, title), sub ? h("span", { class: "option-sub" }, sub) : null);
+}
+
+// Screens #####################################################################
+
+const SCREENS = {
+  async cities(p, v) {
+    const cities = S.catalog.cities;
+    if (!cities.length) return [h("h1", null, "Shop"), h("p", { class: "empty" }, "Nothing is in stock right now. Please look again later.")];
+    return [h("h1", null, "Choose a city"), h("ul", { class: "list" }, cities.map((city) => {
+      const products = city.districts.reduce((n, d) => n + d.products.length, 0);
+      return row(city.name, `${plural(city.districts.length, "district", "districts")} · ${plural(products, "product", "products")}`,
+                 () => go("districts", { city: city.id }));
+    }))];
+  },
+
+  async districts(p) {
+    const city = S.catalog.cities.find((c) => c.id === p.city);
+    if (!city) return missing("Nothing is in stock there any more.");
+    return [h("h1", null, city.name), h("ul", { class: "list" }, city.districts.map((d) => {
+      const from = Math.min(...d.products.map((x) => cents(x.price)));
+      return row(d.name, `${plural(d.products.length, "product", "products")} · from ${eur(from)}`,
+                 () => go("products", { city: city.id, district: d.id }));
+    }))];
+  },
+
+  async products(p, v) {
+    const city = S.catalog.cities.find((c) => c.id === p.city);
+    const district = city && city.districts.find((d) => d.id === p.district);
+    if (!district) return missing("Nothing is in stock there any more.");
+    if (S.basket.count) v.main(`View basket · ${eur(S.basket.total)}`, () => go("basket"));
+    return [h("h1", null, district.name), h("p", { class: "place" }, city.name),
+      h("div", { class: "grid" }, district.products.map((product) => {
+        const line = basketLine(product.id, district.id);
+        return h("button", { type: "button", class: "card", onclick: () => go("product", { product: product.id, district: district.id }) },
+          photo(product, "card-photo"),
+          line ? h("span", { class: "card-badge", "aria-label": "In your basket" }, `×${line.quantity}`) : null,
+          h("span", { class: "card-name" }, product.name),
+          h("span", { class: "card-meta" }, h("span", { class: "price" }, eur(product.price)),
+            h("span", { class: "stock" }, stock(product.available))));
+      }))];
+  },
+
+  async product(p, v) {
+    const found = findOffer(p.product, p.district);
+    if (!found) return missing("This product is sold out here now.");
+    const { city, district, product } = found;
+    const line = basketLine(product.id, district.id);
+    const nodes = [photo(product, "hero", false), h("h1", null, product.name),
+      h("p", { class: "place" }, `${city.name} / ${district.name}`),
+      h("p", { class: "price-row" }, h("span", { class: "price big" }, eur(product.price)),
+        h("span", { class: "stock" }, stock(product.available))),
+      product.description ? h("p", { class: "description" }, product.description) : null];
+    if (line) {
+      nodes.push(h("div", { class: "in-basket" },
+        h("span", null, `In your basket: ${eur(cents(product.price) * line.quantity)}`),
+        stepper(line.quantity, Math.min(product.available, 100), product.name,
+                (q) => setQuantity(product.id, district.id, q))));
+      v.main(`View basket · ${eur(S.basket.total)}`, () => go("basket"));
+    } else {
+      v.main(`Add to basket · ${eur(product.price)}`, () => setQuantity(product.id, district.id, 1));
+      nodes.push(h("button", { type: "button", class: "btn secondary",
+        onclick: () => go("checkout", { type: "product", product: product.id, district: district.id, quantity: 1 }) },
+        "Buy now"));
+    }
+    return nodes;
+  },
+
+  async basket(p, v) {
+    if (Date.now() - S.basketAt > 2000) await loadBasket();   // the bot may have changed it
+    const { items } = S.basket;
+    if (!items.length) {
+      return [h("h1", null, "Basket"), h("p", { class: "empty" }, "Your basket is empty."),
+              h("button", { type: "button", class: "btn", onclick: () => go("cities", {}, "reset") }, "Browse the shop")];
+    }
+    v.main(`Checkout · ${eur(S.basket.total)}`, () => go("checkout", { type: "basket" }));
+    return [h("h1", null, "Basket"), h("ul", { class: "lines" }, items.map((item) => {
+      const short = item.available < item.quantity;
+      const remove = h("button", { type: "button", class: "btn small ghost", "aria-label": `Remove ${item.name}` }, "Remove");
+      remove.addEventListener("click", busy(remove, async () => {
+        gotBasket(await api(`/api/basket/${item.id}`, { method: "DELETE" }));
+        tg.haptic("select");
+        render();
+      }));
+      const title = findOffer(item.product_id, item.district_id)
+        ? h("button", { type: "button", class: "link line-name",
+                        onclick: () => go("product", { product: item.product_id, district: item.district_id }) }, item.name)
+        : h("span", { class: "line-name" }, item.name);
+      return h("li", { class: "line" },
+        h("div", { class: "line-text" }, title, h("span", { class: "line-place" }, item.place),
+          h("span", { class: "line-sum" }, `${item.quantity} × ${eur(item.price)} = ${eur(cents(item.price) * item.quantity)}`),
+          short ? h("span", { class: "warn" }, item.available ? `Only ${item.available} available now` : "Sold out now") : null),
+        h("div", { class: "line-actions" },
+          stepper(item.quantity, Math.min(item.available, 100), item.name,
+                  (q) => setQuantity(item.product_id, item.district_id, q)), remove));
+    })), h("p", { class: "total" }, h("span", null, "Total"), h("strong", null, eur(S.basket.total)))];
+  },
+
+  async checkout(p, v) {
+    p.rid = p.rid || requestId();
+    const [coins] = await Promise.all([loadCoins().catch((e) => e), loadMe(), p.type === "basket" ? loadBasket() : null]);
+    let lines;
+    if (p.type === "basket") {
+      lines = S.basket.items.map((i) => ({ name: i.name, place: i.place, price: i.price, quantity: i.quantity }));
+      if (!lines.length) return missing("Your basket is empty.");
+    } else {
+      const found = findOffer(p.product, p.district);
+      if (!found) return missing("This product is sold out here now.");
+      lines = [{ name: found.product.name, place: `${found.city.name} / ${found.district.name}`,
+                 price: found.product.price, quantity: p.quantity }];
+    }
+    const total = lines.reduce((sum, l) => sum + cents(l.price) * l.quantity, 0);
+    const balance = cents(S.me.balance);
+    if (p.method === undefined) p.method = balance >= total ? "balance" : null;
+    const pick = (key) => () => {
+      p.method = key;
+      tg.haptic("select");
+      for (const o of group.children) o.setAttribute("aria-checked", o.dataset.key === key ? "true" : "false");
+      offer();
+    };
+    const methods = [option({ key: "balance", title: "💰 Balance", selected: p.method === "balance",
+      sub: balance >= total ? `${eur(balance)} available` : `${eur(balance)} · ${eur(total - balance)} short`,
+      disabled: balance < total, onPick: pick("balance") })];
+    let note = null;
+    if (coins instanceof Error) {
+      note = h("p", { class: "warn" }, `Crypto payments are unavailable right now. ${coins.message}`);
+    } else {
+      for (const c of coins) {
+        const tooSmall = c.minimum != null && cents(c.minimum) > total;
+        methods.push(option({ key: c.code, title: c.label, selected: p.method === c.code, disabled: tooSmall,
+          sub: tooSmall ? `from ${eur(c.minimum)}` : c.name, onPick: pick(c.code) }));
+      }
+    }
+    const pay = async () => {
+      const body = p.type === "basket" ? { type: "basket" }
+        : { type: "product", product_id: p.product, district_id: p.district, quantity: p.quantity };
+      let result;
+      try {
+        result = await api("/api/payment/create", { method: "POST",
+                                                     body: { ...body, currency: p.method, request_id: p.rid } });
+      } catch (e) {
+        // Refused: the next try is a new checkout. No answer at all: the same one, so it is not bought twice.
+        if (e.status) p.rid = requestId();
+        throw e;
+      }
+      if (p.method === "balance") {
+        tg.haptic("success");
+        S.me.balance = result.balance;
+        updateChrome();
+        toast(`Order #${result.order_id} is paid`);
+        await Promise.allSettled([loadBasket(), loadCatalog()]);
+        go("orders", { highlight: result.order_id }, "reset");
+      } else {
+        go("invoice", { payment: result.payment_id, invoice: result }, "replace");
+      }
+    };
+    const offer = () => {
+      if (!p.method) v.main("Choose how to pay", null, { disabled: true });
+      else v.main(p.method === "balance" ? `Pay ${eur(total)} from balance` : `Pay ${eur(total)} with ${coinLabel(p.method)}`, pay);
+    };
+    offer();
+    const group = h("div", { class: "options", role: "radiogroup", "aria-label": "Pay with" }, methods);
+    return [h("h1", null, "Checkout"),
+      h("ul", { class: "lines summary" }, lines.map((l) => h("li", { class: "line" },
+        h("div", { class: "line-text" }, h("span", { class: "line-name" }, l.name), h("span", { class: "line-place" }, l.place)),
+        h("span", { class: "line-sum" }, `${l.quantity} × ${eur(l.price)}`)))),
+      h("p", { class: "total" }, h("span", null, "Total"), h("strong", null, eur(total))),
+      h("h2", null, "Pay with"), group, note,
+      balance < total ? h("button", { type: "button", class: "btn secondary", onclick: () => go("account") }, "Top up your balance") : null];
+  },
+
+  async invoice(p, v) {
+    let inv = p.invoice || await api(`/api/payment/status/${encodeURIComponent(p.payment)}`);
+    p.invoice = null;   // coming back here later asks for the status again
+    const what = inv.kind === "topup" ? "Top-up" : `Order #${inv.order_id}`;
+    const status = h("div", { class: "status", role: "status" });
+    const countdown = h("p", { class: "countdown" });
+    const amountLabel = h("span", null, coinLabel(inv.pay_currency));
+    loadCoins().then(() => v.alive && amountLabel.replaceChildren(coinLabel(inv.pay_currency))).catch(() => {});
+    const qr = h("img", { class: "qr", alt: "QR code with the address and amount", width: 220, height: 220 });
+    blobUrl(inv.qr_url).then((url) => { if (v.alive) qr.src = v.blob(url); else URL.revokeObjectURL(url); })
+      .catch(() => qr.replaceWith(h("p", { class: "muted" }, "The QR code could not be loaded; copy the address instead.")));
+    const wallet = /^(bitcoin|litecoin):/.test(inv.payment_uri || "")
+      ? h("a", { class: "btn secondary", href: inv.payment_uri }, "Open in wallet") : null;
+    const details = h("section", { class: "pay-details" },
+      h("div", { class: "copy-row" }, h("span", { class: "copy-label" }, "Send exactly"),
+        h("span", { class: "copy-value" }, h("code", { class: "pay-amount" }, inv.pay_amount), amountLabel,
+          h("button", { type: "button", class: "btn small", "aria-label": "Copy amount",
+                        onclick: () => copyText(inv.pay_amount, "Amount") }, "Copy"))),
+      copyRow("To this address", inv.pay_address, "address"),
+      inv.payin_extra_id ? copyRow("Memo / tag (required)", inv.payin_extra_id, "memo") : null,
+      inv.payin_extra_id ? h("p", { class: "warn" }, "Include the memo, or the payment cannot be matched to you.") : null,
+      h("div", { class: "qr-box" }, qr), wallet);
+    const actions = h("div", { class: "actions" });
+
+    let timer = null;
+    let fast = 0;
+    const done = () => inv.final || (!inv.open && inv.status === "waiting");
+    let settled = done();
+    const schedule = (ms) => {
+      clearTimeout(timer);
+      if (!done()) timer = v.after(ms, poll);
+    };
+    const poll = async () => {
+      try {
+        const next = await api(`/api/payment/status/${inv.payment_id}`);
+        if (v.alive) update(next);
+      } catch (e) {
+        if (v.alive && (e.status === 401 || e.status === 404)) return fail(e);
+      }
+      schedule(fast-- > 0 ? 1000 : POLL_MS);
+    };
+    const tick = () => {
+      const left = (Date.parse(inv.expires_at) - Date.now()) / 1000;
+      if (inv.status !== "waiting" || !inv.open) { countdown.hidden = true; return; }
+      countdown.hidden = false;
+      if (left > 0) {
+        countdown.textContent = `Pay within ${clock(left)}` + (inv.kind === "order" ? " · the items are reserved until then" : "");
+      } else {
+        countdown.textContent = "Time is up; checking…";
+        if (!fast) { fast = 3; schedule(0); }
+      }
+    };
+    const update = (next) => {
+      if (!v.alive) return;
+      inv = next;
+      const credited = cents(inv.credited);
+      const closed = inv.status === "waiting" && !inv.open;
+      const notes = [h("span", { class: `pill ${closed ? "expired" : inv.status}` }, closed ? "⌛ No longer open" : inv.status_text)];
+      if (inv.status === "finished" && inv.kind === "topup") {
+        notes.push(h("p", null, `${eur(credited)} was added to your balance.`));
+      } else if (inv.status === "finished" && credited >= cents(inv.price_amount)) {
+        notes.push(h("p", null, `The payment arrived after the items were gone, so ${eur(credited)} was added to your balance.`));
+      } else if (inv.status === "finished") {
+        notes.push(h("p", null, "Paid. Your items are in My orders."));
+        if (credited) notes.push(h("p", null, `You sent more than needed: the extra ${eur(credited)} was added to your balance.`));
+      } else if (inv.status === "partially_paid") {
+        notes.push(h("p", null, `Only part of the amount arrived${credited ? `: ${eur(credited)} was added to your balance` : ""}.`));
+      } else if (["confirming", "confirmed", "sending"].includes(inv.status)) {
+        notes.push(h("p", null, "Your payment is on its way; this page updates by itself."));
+      } else if (!inv.open) {
+        notes.push(h("p", null, "This invoice is no longer open. Money sent to it anyway is not lost: it is delivered or credited to your balance."));
+      }
+      if (inv.sandbox) notes.unshift(h("p", { class: "sandbox" }, "🧪 Sandbox: a test invoice, no real money."));
+      status.replaceChildren(...notes);
+      details.hidden = inv.final || closed;
+      const buttons = [];
+      if (inv.status === "waiting" && inv.open) {
+        const cancel = h("button", { type: "button", class: "btn ghost" }, "Cancel invoice");
+        cancel.addEventListener("click", busy(cancel, async () => {
+          if (!await tg.showConfirm("Cancel this invoice? Do not send money to it afterwards.")) return;
+          update(await api(`/api/payment/${inv.payment_id}/cancel`, { method: "POST" }));
+        }));
+        buttons.push(cancel);
+        if (inv.sandbox) {
+          buttons.push(h("div", { class: "simulate" }, h("p", { class: "muted" }, "🧪 Simulate payment (sandbox):"),
+            SIMULATE.map(([outcome, label]) => {
+              const b = h("button", { type: "button", class: "btn small secondary" }, label);
+              b.addEventListener("click", busy(b, async () => {
+                await api(`/api/payment/${inv.payment_id}/simulate`, { method: "POST", body: { outcome } });
+                toast("Simulating: the status changes in a moment");
+                fast = 15;
+                schedule(500);
+              }));
+              return b;
+            })));
+        }
+      }
+      actions.replaceChildren(...buttons);
+      tick();
+      if (!settled && done()) {
+        settled = true;
+        tg.haptic(inv.status === "finished" ? "success" : "warning");
+        // Balance, basket and stock may all have moved with it.
+        Promise.allSettled([loadMe(), inv.kind === "order" ? loadBasket() : null, loadCatalog()]);
+      }
+      if (inv.final && inv.kind === "order") v.main("Open my orders", () => go("orders", { highlight: inv.order_id }, "reset"));
+      else if (inv.final) v.main("Done", () => go("account", {}, "reset"));
+      else v.main(null);
+      schedule(fast > 0 ? 1000 : POLL_MS);
+    };
+    v.stops.push(() => clearTimeout(timer));
+    v.every(1000, tick);
+    v.shown = () => update(inv);
+    return [h("h1", null, `${what} · ${eur(inv.price_amount)}`), status, countdown, details, actions];
+  },
+
+  async orders(p, v) {
+    const data = await api("/api/orders");
+    if (!data.orders.length) {
+      return [h("h1", null, "My orders"), h("p", { class: "empty" }, "You have no orders yet."),
+              h("button", { type: "button", class: "btn", onclick: () => go("cities", {}, "reset") }, "Browse the shop")];
+    }
+    const list = h("div", { class: "orders" }, data.orders.map((o) => orderCard(o, v, p.highlight)));
+    const nodes = [h("h1", null, "My orders"), list];
+    let next = data.next_before;
+    if (next) {
+      const more = h("button", { type: "button", class: "btn secondary" }, "Show older orders");
+      more.addEventListener("click", busy(more, async () => {
+        const page = await api(`/api/orders?before=${encodeURIComponent(next)}`);
+        list.append(...page.orders.map((o) => orderCard(o, v)));
+        next = page.next_before;
+        if (!next) more.remove();
+      }));
+      nodes.push(more);
+    }
+    v.shown = () => {
+      const card = p.highlight && document.getElementById(`order-${p.highlight}`);
+      if (card) card.scrollIntoView({ block: "start" });
+    };
+    return nodes;
+  },
+
+  async account(p, v) {
+    const [coins] = await Promise.all([loadCoins().catch((e) => e), loadMe()]);
+    const me = S.me;
+    const min = cents(me.min_deposit);
+    const max = cents(me.max_deposit);
+    p.rid = p.rid || requestId();
+    const input = h("input", { id: "amount", type: "text", inputmode: "decimal", autocomplete: "off",
+                               placeholder: "e.g. 20", "aria-describedby": "amount-hint" });
+    input.value = p.amount || "";
+    const list = h("div", { class: "options", role: "radiogroup", "aria-label": "Top up with" });
+    const refresh = () => {
+      const amount = parseAmount(input.value);
+      const valid = amount >= min && amount <= max;
+      if (coins instanceof Error) {
+        list.replaceChildren(h("p", { class: "warn" }, `Crypto payments are unavailable right now. ${coins.message}`));
+      } else {
+        list.replaceChildren(...coins.map((c) => {
+          const tooSmall = valid && c.minimum != null && cents(c.minimum) > amount;
+          return option({ key: c.code, title: c.label, selected: p.coin === c.code, disabled: tooSmall,
+            sub: tooSmall ? `from ${eur(c.minimum)}` : c.name,
+            onPick: () => { p.coin = c.code; tg.haptic("select"); refresh(); } });
+        }));
+      }
+      if (!input.value.trim()) v.main("Enter an amount", null, { disabled: true });
+      else if (!valid) v.main(`From ${eur(min)} to ${eur(max)}`, null, { disabled: true });
+      else if (!p.coin) v.main("Choose a coin", null, { disabled: true });
+      else v.main(`Top up ${eur(amount)} with ${coinLabel(p.coin)}`, topUp);
+    };
+    const topUp = async () => {
+      const amount = parseAmount(input.value);
+      let invoice;
+      try {
+        invoice = await api("/api/payment/refill", { method: "POST",
+          body: { amount: eur(amount).slice(1), currency: p.coin, request_id: p.rid } });
+      } catch (e) {
+        if (e.status) p.rid = requestId();
+        throw e;
+      }
+      p.rid = null;   // back here later is a new top-up
+      go("invoice", { payment: invoice.payment_id, invoice });
+    };
+    input.addEventListener("input", () => {
+      if (p.amount !== input.value) p.rid = requestId();   // a request_id keeps its first amount
+      p.amount = input.value;
+      refresh();
+    });
+    const chips = [1000, 2000, 5000, 10000].filter((c) => c >= min && c <= max).map((c) =>
+      h("button", { type: "button", class: "chip", onclick: () => {
+        input.value = String(c / 100);
+        input.dispatchEvent(new Event("input"));
+      } }, eur(c)));
+    refresh();
+    return [h("h1", null, "Balance"),
+      h("p", { class: "balance" }, eur(me.balance)),
+      h("p", { class: "muted" }, me.first_name, me.username ? ` (@${me.username})` : "", ` · Telegram ID ${me.id}`),
+      h("h2", null, "Top up"),
+      h("label", { for: "amount", class: "label" }, "Amount in EUR"), input,
+      h("p", { id: "amount-hint", class: "muted small" }, `From ${eur(min)} to ${eur(max)}.`),
+      h("div", { class: "chips" }, chips),
+      h("h3", null, "Pay with"), list];
+  },
+};
+
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const hh = Math.floor(s / 3600);
+  const mm = Math.floor((s % 3600) / 60);
+  const two = (n) => String(n).padStart(2, "0");
+  return (hh ? `${hh}:${two(mm)}` : String(mm)) + ":" + two(s % 60);
+}
+
+function orderCard(order, v, highlight) {
+  const items = order.items.map((item) => {
+    const parts = [h("div", { class: "item-title" }, h("strong", null, item.name), ` · ${item.place} · ${eur(item.price)}`)];
+    if (item.content != null) {
+      parts.push(h("pre", { class: "content" }, item.content),
+        h("button", { type: "button", class: "btn small", "aria-label": `Copy ${item.name}`,
+                      onclick: () => copyText(item.content, "Content") }, "Copy"));
+    }
+    if (item.media_url && item.media_url.startsWith("/api/")) {
+      const img = h("img", { class: "media", alt: `Photo of ${item.name}` });
+      blobUrl(item.media_url).then((url) => { if (v.alive) img.src = v.blob(url); else URL.revokeObjectURL(url); })
+        .catch(() => img.replaceWith(h("p", { class: "muted" }, "The photo could not be loaded.")));
+      parts.push(img);
+    }
+    return h("li", { class: "item" }, parts);
+  });
+  const when = new Date(order.created_at);
+  return h("article", { class: "order" + (order.id === highlight ? " highlight" : ""), id: `order-${order.id}`,
+                        "data-status": order.status },
+    h("header", { class: "order-head" }, h("strong", null, `Order #${order.id}`),
+      h("span", { class: `pill ${order.status}` }, ORDER_STATUS[order.status] || order.status)),
+    h("p", { class: "muted small" }, `${isNaN(when) ? order.created_at : when.toLocaleString()} · ${eur(order.total)}`
+      + (order.method === "balance" ? " · from balance" : " · crypto")),
+    h("ul", { class: "items" }, items),
+    order.status === "pending" && order.payment_id
+      ? h("button", { type: "button", class: "btn", onclick: () => go("invoice", { payment: order.payment_id }) }, "Open invoice")
+      : null);
+}
+
+// Frame: header, tabs, start ##################################################
+
+function updateChrome() {
+  if (chrome.balance && S.me) chrome.balance.textContent = eur(S.me.balance);
+  if (chrome.count) {
+    chrome.count.textContent = S.basket.count ? String(S.basket.count) : "";
+    chrome.count.hidden = !S.basket.count;
+  }
+}
+
+function buildChrome() {
+  const fallback = tg.inTelegram ? null : tg.fallbackButtons();
+  chrome.balance = h("button", { type: "button", class: "chip balance-chip", "aria-label": "Balance",
+                                 onclick: () => go("account", {}, "reset") });
+  const label = S.me.preview ? h("span", { class: "badge preview" }, "Preview (sandbox)")
+    : S.me.sandbox ? h("span", { class: "badge" }, "🧪 Sandbox") : null;
+  const header = h("header", { class: "top" }, fallback && fallback.back,
+    h("span", { class: "shop-name" }, S.me.shop_name), label, chrome.balance);
+  chrome.tabs = {};
+  chrome.count = h("span", { class: "count", "aria-label": "items in the basket" });
+  const nav = h("nav", { class: "tabs" }, TABS.map(([name, text, icon]) => {
+    const button = chrome.tabs[name] = h("button", { type: "button", class: "tab", onclick: () => {
+      if (name === "cities") loadCatalog().then(() => stack.length === 1 && stack[0].name === "cities" && render()).catch(() => {});
+      go(name, {}, "reset");
+    } }, h("span", { class: "tab-icon", "aria-hidden": "true" }, icon), h("span", null, text), name === "basket" ? chrome.count : null);
+    return button;
+  }));
+  const main = document.getElementById("app");
+  main.before(header);
+  if (S.me.preview) {
+    main.before(h("p", { class: "preview-note" },
+      "You are browsing as a preview shopper in the sandbox: nothing here is real, and payments can be simulated."));
+  }
+  main.after(nav);
+  if (fallback) nav.before(fallback.main);
+  updateChrome();
+}
+
+function fatal(message) {
+  if (view) view.close();
+  tg.setMainButton(null);
+  tg.setBackButton(false);
+  document.querySelectorAll("header.top, nav.tabs, .main-button").forEach((n) => n.remove());
+  document.getElementById("app").replaceChildren(h("div", { class: "fatal" }, h("p", null, message)));
+}
+
+async function start() {
+  tg.startTelegram({ onBack: back });
+  let initData = tg.initData;
+  if (!initData) {
+    if (document.body.dataset.sandbox !== "1") {
+      return fatal("Please open this shop from the Telegram bot: tap its 🛍 Shop button in Telegram.");
+    }
+    try {
+      initData = (await api("/app/preview", { auth: false })).initData;
+    } catch (e) {
+      return fatal(e.message);
+    }
+  }
+  setInitData(initData);
+  try {
+    const [me, catalog, basket] = await Promise.all([api("/api/me"), api("/api/catalog"), api("/api/basket")]);
+    S.me = me;
+    S.catalog = catalog;
+    gotBasket(basket);
+  } catch (e) {
+    return fatal(e.message);
+  }
+  buildChrome();
+  go("cities");
+  loadCoins().catch(() => {});   // ready before checkout
+}
+
+start();

@@ -1,0 +1,117 @@
+// The Telegram side of the Mini App: theme, MainButton, BackButton, alerts, haptics.
+// Outside Telegram (a plain browser, or telegram.org unreachable) every piece falls back to
+// something on the page, so the sandbox preview works the same way.
+
+import { h } from "./ui.js";
+
+const W = (window.Telegram && window.Telegram.WebApp) || null;
+// The script exists outside Telegram too; only initData says we are really inside it.
+export const inTelegram = !!(W && W.initData);
+export const initData = inTelegram ? W.initData : "";
+
+function safe(fn) {
+  try { return fn(); } catch (e) { return undefined; }
+}
+
+export function applyTheme() {
+  if (!inTelegram) return;   // a plain browser keeps its own light/dark preference
+  const root = document.documentElement;
+  const params = W.themeParams || {};
+  // telegram-web-app.js sets these too; doing it here keeps the page right if it is late or stubbed.
+  for (const [key, value] of Object.entries(params)) {
+    if (typeof value === "string" && /^#[0-9a-f]{3,8}$/i.test(value)) {
+      root.style.setProperty("--tg-theme-" + key.replace(/_/g, "-"), value);
+    }
+  }
+  if (W.colorScheme === "dark" || W.colorScheme === "light") root.dataset.scheme = W.colorScheme;
+}
+
+// One handler each, registered once; screens only change what they do.
+let mainAction = null;
+let backAction = null;
+let fallbackMain = null;
+let fallbackBack = null;
+
+export function startTelegram({ onBack }) {
+  backAction = onBack;
+  applyTheme();
+  if (inTelegram) {
+    safe(() => W.ready());
+    safe(() => W.expand());
+    safe(() => W.onEvent("themeChanged", applyTheme));
+    safe(() => W.MainButton.onClick(() => mainAction && mainAction()));
+    safe(() => W.BackButton.onClick(() => backAction && backAction()));
+  }
+}
+
+/** The page's own main and back buttons, used when not in Telegram. */
+export function fallbackButtons() {
+  fallbackMain = h("button", { class: "main-button", type: "button", hidden: true,
+                               onclick: () => mainAction && mainAction() });
+  fallbackBack = h("button", { class: "back", type: "button", hidden: true, "aria-label": "Back",
+                               onclick: () => backAction && backAction() }, "‹ Back");
+  return { main: fallbackMain, back: fallbackBack };
+}
+
+/** spec: null (hidden) or {text, onClick, disabled, busy}. */
+export function setMainButton(spec) {
+  mainAction = spec && !spec.disabled && !spec.busy ? spec.onClick : null;
+  if (inTelegram) {
+    const b = W.MainButton;
+    safe(() => {
+      if (!spec) { b.hideProgress(); b.hide(); return; }
+      b.setText(spec.text);
+      if (spec.disabled) b.disable(); else b.enable();
+      if (spec.busy) b.showProgress(false); else b.hideProgress();
+      b.show();
+    });
+  } else if (fallbackMain) {
+    fallbackMain.hidden = !spec;
+    document.body.classList.toggle("has-main", !!spec);
+    if (spec) {
+      fallbackMain.textContent = spec.text;
+      fallbackMain.disabled = !!(spec.disabled || spec.busy);
+      fallbackMain.classList.toggle("busy", !!spec.busy);
+    }
+  }
+}
+
+export function setBackButton(visible) {
+  if (inTelegram) safe(() => (visible ? W.BackButton.show() : W.BackButton.hide()));
+  else if (fallbackBack) fallbackBack.hidden = !visible;
+}
+
+/** Show a message the shopper must acknowledge; resolves when closed. */
+export function showAlert(message) {
+  return new Promise((resolve) => {
+    if (inTelegram) {
+      try { W.showAlert(String(message), () => resolve()); return; } catch (e) { /* old client: below */ }
+    }
+    const box = h("div", { class: "alert", role: "alertdialog", "aria-modal": "true" },
+      h("div", { class: "alert-box" },
+        h("p", { class: "alert-text", role: "alert" }, String(message)),
+        h("button", { type: "button", class: "btn", onclick: () => { box.remove(); resolve(); } }, "OK")));
+    document.body.append(box);
+    box.querySelector("button").focus();
+  });
+}
+
+export function showConfirm(message) {
+  return new Promise((resolve) => {
+    if (inTelegram) {
+      try { W.showConfirm(String(message), (ok) => resolve(!!ok)); return; } catch (e) { /* below */ }
+    }
+    resolve(window.confirm(String(message)));
+  });
+}
+
+/** kind: "add" (a tap that changed something), "success", "error", "select". */
+export function haptic(kind) {
+  if (!inTelegram) return;
+  safe(() => {
+    const f = W.HapticFeedback;
+    if (kind === "add") f.impactOccurred("medium");
+    else if (kind === "select") f.selectionChanged();
+    else f.notificationOccurred(kind);
+  });
+}

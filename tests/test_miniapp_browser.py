@@ -1,0 +1,415 @@
+"""The Mini App as shoppers use it: headless Chromium against the real shop (and its bot on the stand-in).
+
+Inside "Telegram" the page gets a stand-in window.Telegram.WebApp (STUB below) that records what the app
+asks of Telegram: MainButton and BackButton state, haptics, alerts. telegram.org itself is unreachable.
+"""
+
+import json
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+import shop
+from conftest import ROOT, TOKEN, png
+from test_services import seed, user
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:   # the browser fixture says so
+    expect = sync_playwright = None
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+WAIT_MS = 10000
+
+# Names as owners type them: they must show literally, never as markup.
+TEA = '<img src=x onerror="window.__pwned=1">Tea & "Co"'
+TEA_TEXT = "Green <b>sencha</b>\n100 g & more"
+LOCKER = "Locker 7 <door>\nCode: 11&22"
+
+DARK = {"bg_color": "#17212b", "text_color": "#f5f5f5", "hint_color": "#708499", "link_color": "#6ab3f3",
+        "button_color": "#5288c1", "button_text_color": "#ffffff", "secondary_bg_color": "#232e3c"}
+LIGHT = {"bg_color": "#ffffff", "text_color": "#000000", "hint_color": "#999999", "link_color": "#2481cc",
+         "button_color": "#2481cc", "button_text_color": "#ffffff", "secondary_bg_color": "#efeff3"}
+
+# What Telegram's client provides, minus any painting; window.__tg records, __mainButton/__backButton press.
+STUB = """
+(() => {
+  const cfg = __CONFIG__;
+  const rec = window.__tg = { main: { text: "", visible: false, active: true, progress: false },
+    back: { visible: false }, haptics: [], alerts: [], confirms: [], links: [], ready: false };
+  const on = { main: [], back: [], events: {} };
+  const chain = (obj, fns) => { for (const [k, f] of Object.entries(fns)) obj[k] = (...a) => { f(...a); return obj; }; return obj; };
+  const MainButton = chain({}, {
+    setText: (t) => { rec.main.text = String(t); }, show: () => { rec.main.visible = true; },
+    hide: () => { rec.main.visible = false; }, enable: () => { rec.main.active = true; },
+    disable: () => { rec.main.active = false; }, showProgress: () => { rec.main.progress = true; },
+    hideProgress: () => { rec.main.progress = false; },
+    setParams: (p) => { if ("text" in p) rec.main.text = p.text; if ("is_visible" in p) rec.main.visible = p.is_visible;
+                        if ("is_active" in p) rec.main.active = p.is_active; },
+    onClick: (f) => on.main.push(f), offClick: (f) => { on.main = on.main.filter((g) => g !== f); } });
+  const BackButton = chain({}, {
+    show: () => { rec.back.visible = true; }, hide: () => { rec.back.visible = false; },
+    onClick: (f) => on.back.push(f), offClick: (f) => { on.back = on.back.filter((g) => g !== f); } });
+  window.__mainButton = { click() {
+    if (!rec.main.visible || !rec.main.active) throw new Error("the MainButton is hidden or disabled: " + JSON.stringify(rec.main));
+    on.main.forEach((f) => f());
+  } };
+  window.__backButton = { click() {
+    if (!rec.back.visible) throw new Error("the BackButton is hidden");
+    on.back.forEach((f) => f());
+  } };
+  window.Telegram = { WebApp: {
+    initData: cfg.initData, initDataUnsafe: { user: cfg.user, auth_date: cfg.authDate }, version: "8.0",
+    platform: "android", colorScheme: cfg.colorScheme, themeParams: cfg.themeParams,
+    MainButton, BackButton,
+    HapticFeedback: {
+      impactOccurred: (s) => rec.haptics.push("impact:" + s),
+      notificationOccurred: (s) => rec.haptics.push("notification:" + s),
+      selectionChanged: () => rec.haptics.push("selection") },
+    showAlert: (m, cb) => { rec.alerts.push(String(m)); if (cb) setTimeout(cb, 0); },
+    showConfirm: (m, cb) => { rec.confirms.push(String(m)); if (cb) setTimeout(() => cb(true), 0); },
+    openLink: (u) => rec.links.push(u), ready: () => { rec.ready = true; }, expand: () => {},
+    onEvent: (e, f) => { (on.events[e] = on.events[e] || []).push(f); }, offEvent: () => {},
+    isVersionAtLeast: () => true } };
+})();
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = None
+    if not Path(CHROMIUM).exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+    elif sync_playwright is None:
+        reason = "the playwright package is missing (pip install -r requirements-dev.txt)"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"Mini App browser tests cannot run in CI: {reason}")
+        message = f"!!! MINI APP BROWSER TESTS SKIPPED: {reason} !!!"
+        warnings.warn(pytest.PytestWarning(message))
+        pytest.skip(message)
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def live(make_shop, fake_tg):
+    """A sandbox shop whose bot talks to the stand-in, so initData is signed with the bot token."""
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url})
+    s.conn = shop.connect(s.config.shop_db)
+    yield s
+    s.conn.close()
+
+
+@pytest.fixture
+def botless(make_shop):
+    """A sandbox shop without a bot: only the web server, its jobs and the payment emulator."""
+    s = make_shop()
+    s.conn = shop.connect(s.config.shop_db)
+    yield s
+    s.conn.close()
+
+
+def stock(s):
+    """Berlin/Mitte: the tea (2 units, a photo, one unit with a locker photo); Berlin/Pankow: a mug."""
+    conn = s.conn
+    ids = seed(conn, [("Berlin", "Mitte", TEA, 1290, 2), ("Berlin", "Pankow", "Mug", 800, 3)])
+    tea, _ = ids[(TEA, "Mitte")]
+    photo = shop.store_media(s.config.media_dir, png(8, 8, (30, 140, 60)), "png", private=False)
+    locker = shop.store_media(s.config.media_dir, png(6, 4, (200, 30, 30)), "png", private=True)
+    with shop.transaction(conn):
+        conn.execute("UPDATE products SET photo = ?, description = ? WHERE id = ?", (photo, TEA_TEXT, tea))
+        first = conn.execute("SELECT min(id) FROM stock_units WHERE product_id = ?", (tea,)).fetchone()[0]
+        conn.execute("UPDATE stock_units SET content = ?, media = ? WHERE id = ?", (LOCKER, locker, first))
+    return ids
+
+
+class MiniApp:
+    """One shopper's Mini App in a browser tab."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def tg(self, what):
+        """What the app asked of Telegram (the stub's records), e.g. tg("haptics")."""
+        return self.page.evaluate(f"window.__tg.{what}")
+
+    def press_main(self, text):
+        """Wait until the MainButton offers `text` (a prefix) and press it."""
+        self.page.wait_for_function(
+            "t => { const m = window.__tg.main; return m.visible && m.active && !m.progress && m.text.startsWith(t); }",
+            arg=text, timeout=WAIT_MS)
+        self.page.evaluate("window.__mainButton.click()")
+
+    def press_back(self):
+        self.page.wait_for_function("() => window.__tg.back.visible", timeout=WAIT_MS)
+        self.page.evaluate("window.__backButton.click()")
+
+    def button(self, name):
+        return self.page.get_by_role("button", name=name)
+
+    def heading(self):
+        return self.page.locator("main h1")
+
+    def image_loaded(self, selector):
+        """Wait until the image has really been decoded; return its src."""
+        self.page.wait_for_function("s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
+                                    arg=selector, timeout=WAIT_MS)
+        return self.page.eval_on_selector(selector, "i => i.src")
+
+
+@pytest.fixture
+def open_app(browser):
+    """Factory: open_app(shop, user_id) is the Mini App as Telegram opens it for that user; telegram=False
+    is the page in a plain browser. Its tabs are closed after the test (list this fixture last, so that
+    happens before the shop stops)."""
+    contexts = []
+
+    def open_(s, user_id=None, **kw):
+        context = browser.new_context(viewport={"width": 390, "height": 800})
+        contexts.append(context)
+        return _open(context, s, user_id, **kw)
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def _open(context, s, user_id, *, theme=LIGHT, scheme="light", telegram=True, auth_date=None):
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=s.url)
+    context.set_default_timeout(WAIT_MS)
+    context.route("https://telegram.org/**", lambda route: route.abort())
+    if telegram:
+        tg_user = {"id": user_id, "first_name": "Ann", "username": "ann", "language_code": "en"}
+        auth_date = int(time.time()) if auth_date is None else auth_date
+        init_data = shop.sign_init_data(tg_user, s.webapp_token, auth_date, query_id="AAtest")
+        config = {"initData": init_data, "user": tg_user, "authDate": auth_date, "themeParams": theme,
+                  "colorScheme": scheme}
+        context.add_init_script(STUB.replace("__CONFIG__", json.dumps(config)))
+    page = context.new_page()
+    page.errors, page.asked = [], []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("request", lambda r: page.asked.append(r.url))
+    page.goto(s.url + "/app")
+    return MiniApp(page)
+
+
+def text_of(locator):
+    """The element's text exactly as shown (no whitespace folding)."""
+    return locator.evaluate("e => e.textContent")
+
+
+# Stories #####################################################################
+
+def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(live, fake_tg, open_app):
+    stock(live)
+    ann = open_app(live, 101)
+    page = ann.page
+    fake_tg.wait_for(lambda: live.bot_state == "running", what="the bot polling")
+
+    ann.button(re.compile("^Berlin")).click()
+    expect(ann.heading()).to_have_text("Berlin")
+    assert ann.tg("back.visible")
+    ann.button(re.compile("^Mitte")).click()
+    card = page.locator(".card").filter(has_text="€12.90")
+    expect(card).to_contain_text("2 available")
+    expect(card.locator(".card-name")).to_have_text(TEA)           # the owner's name, literally
+    ann.image_loaded(".card img")
+    card.click()
+    expect(ann.heading()).to_have_text(TEA)
+    assert text_of(page.locator(".description")) == TEA_TEXT
+    ann.press_back()                                                # BackButton: back to the grid
+    expect(ann.heading()).to_have_text("Mitte")
+    card.click()
+
+    ann.press_main("Add to basket · €12.90")
+    qty = page.locator(".stepper output")
+    expect(qty).to_have_text("1")
+    assert "impact:medium" in ann.tg("haptics")
+    ann.button(f"One more {TEA}").click()
+    expect(qty).to_have_text("2")
+    expect(ann.button(f"One more {TEA}")).to_be_disabled()         # only 2 in stock
+    expect(page.locator(".tab .count")).to_have_text("2")
+
+    # The basket is the bot's basket too.
+    fake_tg.user_sends(101, "🧺 Basket")
+    assert "2 × €12.90 = €25.80" in fake_tg.wait_message(101, "Your basket").content
+
+    ann.press_main("View basket · €25.80")
+    expect(ann.heading()).to_have_text("Basket")
+    ann.press_main("Checkout · €25.80")
+    expect(page.locator(".option[data-key=balance]")).to_be_disabled()  # €0.00, €25.80 short
+    expect(page.locator(".option[data-key=balance]")).to_contain_text("€25.80 short")
+    page.locator(".option[data-key=btc]").click()
+    ann.press_main("Pay €25.80 with BTC")
+
+    expect(ann.heading()).to_have_text("Order #1 · €25.80")
+    payment = live.conn.execute("SELECT * FROM payments").fetchone()
+    expect(page.locator(".pay-amount")).to_have_text(payment["pay_amount"])
+    expect(page.locator(".copy-row code").nth(1)).to_have_text(payment["pay_address"])
+    assert ann.image_loaded(".qr").startswith("blob:")
+    expect(page.locator(".countdown")).to_contain_text(re.compile(r"Pay within (30:00|29:\d\d)"))
+    expect(page.locator(".status")).to_contain_text("Waiting for your payment")
+    ann.button("Copy address").click()
+    assert page.evaluate("navigator.clipboard.readText()") == payment["pay_address"]
+
+    ann.button("Pay in full").click()
+    expect(page.locator(".status .pill")).to_have_text("✅ Paid", timeout=15000)   # by itself: no reload
+    assert "notification:success" in ann.tg("haptics")
+    expect(page.locator(".pay-details")).to_be_hidden()
+
+    ann.press_main("Open my orders")
+    order = page.locator("#order-1")
+    expect(order).to_contain_text("✅ Paid")
+    contents = page.locator("#order-1 .content")
+    expect(contents).to_have_count(2)
+    assert sorted(text_of(contents.nth(i)) for i in range(2)) == sorted([LOCKER, f"{TEA}-Mitte-1"])
+    assert ann.image_loaded("#order-1 img.media").startswith("blob:")   # the locker photo, for its buyer only
+    expect(page.locator(".tab .count")).to_be_hidden()                  # bought, so out of the basket
+
+    # And the bot knows the order.
+    fake_tg.user_sends(101, "📦 Orders")
+    orders = fake_tg.wait_message(101, "Your orders")
+    assert any(t.startswith("#1 ·") and "€25.80" in t and t.endswith("paid") for t in orders.button_texts)
+    assert page.evaluate("window.__pwned") is None and page.locator("img[src=x]").count() == 0
+    assert page.errors == []
+
+
+def test_a_top_up_raises_the_balance_and_then_pays_for_an_order(live, open_app):
+    stock(live)
+    ann = open_app(live, 102)
+    page = ann.page
+    balance = page.locator(".balance-chip")
+    expect(balance).to_have_text("€0.00")
+
+    page.locator(".tab").filter(has_text="Balance").click()
+    expect(ann.heading()).to_have_text("Balance")
+    page.get_by_label("Amount in EUR").fill("20,50")
+    page.locator(".option[data-key=ltc]").click()
+    ann.press_main("Top up €20.50 with LTC")
+    expect(ann.heading()).to_have_text("Top-up · €20.50")
+    payment = live.conn.execute("SELECT * FROM payments WHERE kind = 'topup'").fetchone()
+    expect(page.locator(".pay-amount")).to_have_text(payment["pay_amount"])
+    ann.button("Pay in full").click()
+    expect(page.locator(".status")).to_contain_text("€20.50 was added to your balance.", timeout=15000)
+    expect(balance).to_have_text("€20.50")
+
+    page.locator(".tab").filter(has_text="Shop").click()
+    ann.button(re.compile("^Berlin")).click()
+    ann.button(re.compile("^Mitte")).click()
+    page.locator(".card").first.click()
+    ann.button("Buy now").click()
+    expect(ann.heading()).to_have_text("Checkout")
+    erc20 = page.locator(".option[data-key=usdterc20]")
+    expect(erc20).to_be_disabled()                                  # its minimum is above €12.90
+    expect(erc20).to_contain_text("from €18.60")
+    expect(page.locator(".option[data-key=balance]")).to_have_attribute("aria-checked", "true")
+    expect(page.locator("main")).not_to_contain_text("null")
+    ann.press_main("Pay €12.90 from balance")
+    expect(page.locator(".order.highlight")).to_contain_text("✅ Paid")
+    expect(page.locator(".order.highlight .content")).to_have_count(1)
+    expect(balance).to_have_text("€7.60")
+    assert shop.get_user(live.conn, 102)["balance_cents"] == 760
+    assert page.errors == []
+
+
+def test_someone_else_buys_the_last_unit_and_the_shop_says_so_in_an_alert(botless, open_app):
+    ids = stock(botless)
+    ann = open_app(botless, 103)
+    page = ann.page
+    ann.button(re.compile("^Berlin")).click()
+    ann.button(re.compile("^Mitte")).click()
+    page.locator(".card").first.click()
+    ann.press_main("Add to basket")
+    expect(page.locator(".stepper output")).to_have_text("1")
+
+    user(botless.conn, 7, balance=5000)                             # meanwhile, Bob buys one of the two
+    shop.buy_with_balance(botless.conn, 7, [(*ids[(TEA, "Mitte")], 1)])
+    ann.button(f"One more {TEA}").click()
+    page.wait_for_function("() => window.__tg.alerts.length > 0")
+    assert ann.tg("alerts") == [f"Only 1 of {TEA} available."]
+    assert "notification:error" in ann.tg("haptics")
+    expect(page.locator(".stepper output")).to_have_text("1")
+    expect(page.locator(".price-row .stock")).to_have_text("1 left")   # the page shows the stock as it is now
+    expect(ann.button(f"One more {TEA}")).to_be_disabled()
+
+
+def test_in_a_plain_browser_the_sandbox_runs_a_labelled_preview_shopper(botless, open_app):
+    stock(botless)
+    app = open_app(botless, telegram=False)
+    page = app.page
+    expect(page.locator(".badge.preview")).to_have_text("Preview (sandbox)")
+    expect(page.locator(".preview-note")).to_contain_text("preview shopper")
+    app.button(re.compile("^Berlin")).click()
+    app.button(re.compile("^Pankow")).click()
+    page.locator(".card").filter(has_text="Mug").click()
+    main = page.locator(".main-button")                             # the page's own, outside Telegram
+    expect(main).to_have_text("Add to basket · €8.00")
+    main.click()
+    expect(main).to_have_text("View basket · €8.00")
+    main.click()
+    expect(main).to_have_text("Checkout · €8.00")
+    main.click()
+    page.locator(".option[data-key=ltc]").click()
+    expect(main).to_have_text("Pay €8.00 with LTC")
+    main.click()
+    expect(page.locator(".pay-amount")).to_be_visible()
+    app.button("Pay in full").click()
+    expect(page.locator(".status .pill")).to_have_text("✅ Paid", timeout=15000)
+    page.locator(".tab").filter(has_text="Orders").click()
+    expect(page.locator(".order .content")).to_have_text(re.compile(r"^Mug-Pankow-\d$"))
+    assert botless.conn.execute("SELECT id FROM orders").fetchone()[0] == 1
+    assert botless.conn.execute("SELECT user_id FROM orders").fetchone()[0] == shop.PREVIEW_USER["id"]
+    assert page.errors == []
+
+
+def test_in_production_outside_telegram_it_asks_to_be_opened_from_the_bot(make_shop, open_app):
+    s = make_shop(env={"NOWPAYMENTS_API_KEY": "live-key", "NOWPAYMENTS_API_URL": "http://127.0.0.1:9/v1"})
+    app = open_app(s, telegram=False)
+    expect(app.page.locator(".fatal")).to_contain_text("Please open this shop from the Telegram bot")
+    expect(app.page.locator(".tabs")).to_have_count(0)
+    assert not any("/api/" in url or "/app/preview" in url for url in app.page.asked)
+
+
+def test_a_session_older_than_a_day_is_told_to_open_the_shop_again(botless, open_app):
+    app = open_app(botless, 105, auth_date=1_700_000_000)
+    expect(app.page.locator(".fatal")).to_contain_text("older than 24 hours: close the shop and open it again")
+    assert app.tg("main.visible") is False
+
+
+def test_the_app_wears_telegrams_theme_dark_or_light(botless, open_app):
+    background = "getComputedStyle(document.body).backgroundColor"
+    for theme, scheme, colour in ((DARK, "dark", "rgb(23, 33, 43)"), (LIGHT, "light", "rgb(255, 255, 255)"),
+                                  ({}, "dark", "rgb(23, 33, 43)")):   # no theme params: the dark fallbacks
+        app = open_app(botless, 104, theme=theme, scheme=scheme)
+        expect(app.page.locator(".tabs")).to_be_visible()
+        assert app.page.evaluate(background) == colour, (theme, scheme)
+        if theme:
+            text = app.page.evaluate("getComputedStyle(document.body).color")
+            assert text == ("rgb(245, 245, 245)" if scheme == "dark" else "rgb(0, 0, 0)")
+
+
+def test_the_app_is_small_and_builds_no_html_from_data():
+    files = sorted((ROOT / "static" / "app").rglob("*.js")) + sorted((ROOT / "static" / "app").rglob("*.css"))
+    template = ROOT / "templates" / "app.tpl"
+    total = sum(f.stat().st_size for f in files + [template])
+    assert total < 100_000, f"the Mini App is {total} bytes: {[(f.name, f.stat().st_size) for f in files]}"
+    for f in files:
+        if f.suffix == ".js":
+            code = f.read_text(encoding="utf-8")
+            for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+                assert banned not in code, f"{f.name} uses {banned}"
+    page = template.read_text(encoding="utf-8")
+    assert " style=" not in page and "<style" not in page
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.DOTALL)
+    assert all(not body.strip() for _, body in scripts), "no inline scripts (the CSP forbids them)"
+    assert [re.search(r'src="([^"]+)"', attrs).group(1) for attrs, _ in scripts] == [
+        "https://telegram.org/js/telegram-web-app.js", "/static/app/app.js"]
