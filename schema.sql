@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS users (
     last_seen_at    TEXT NOT NULL
 );
 
+CREATE INDEX IF NOT EXISTS users_username ON users(username COLLATE NOCASE);
+
 CREATE TABLE IF NOT EXISTS cities (
     id        INTEGER PRIMARY KEY,
     name      TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 64),
@@ -105,6 +107,8 @@ CREATE TABLE IF NOT EXISTS orders (
     CHECK ((status = 'paid') <= (paid_at IS NOT NULL))
 );
 CREATE INDEX IF NOT EXISTS orders_user ON orders(user_id, id);
+CREATE INDEX IF NOT EXISTS orders_status ON orders(status, id);
+CREATE INDEX IF NOT EXISTS orders_paid ON orders(paid_at) WHERE status = 'paid';
 CREATE UNIQUE INDEX IF NOT EXISTS orders_checkout ON orders(user_id, checkout_key)
     WHERE checkout_key IS NOT NULL;
 
@@ -166,12 +170,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     telegram_message_id INTEGER,
     -- Set instead of text: edit that message's caption to show the payment's invoice as it is now.
     edit_message_id INTEGER,
-    payment_id      INTEGER REFERENCES payments(id)
+    payment_id      INTEGER REFERENCES payments(id),
+    broadcast_id    INTEGER REFERENCES broadcasts(id)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(chat_id, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox(order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox(sent_at) WHERE status = 'sent';
 CREATE INDEX IF NOT EXISTS outbox_failed ON outbox(id) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS outbox_broadcast ON outbox(broadcast_id, status) WHERE broadcast_id IS NOT NULL;
 
 -- Telegram file_ids of photos already uploaded, so each file is uploaded once
 -- per bot (file_ids are only valid for the bot that received them).
@@ -256,4 +262,33 @@ CREATE INDEX IF NOT EXISTS ipn_events_payment ON ipn_events(provider_id, id);
 CREATE TABLE IF NOT EXISTS sandbox_payments (
     id   INTEGER PRIMARY KEY,
     data TEXT NOT NULL
+);
+
+-- The owner's admin sessions: only a hash of each cookie's token is kept.
+CREATE TABLE IF NOT EXISTS admin_sessions (
+    token_hash   TEXT PRIMARY KEY,
+    csrf_token   TEXT NOT NULL,
+    flash        TEXT,               -- a message for the next page (the result of the last action)
+    remote_addr  TEXT,
+    created_at   TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL
+);
+
+-- Everything done in the admin, with when, what and from where.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id          INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    details     TEXT NOT NULL DEFAULT '',
+    remote_addr TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log(at);
+
+-- A message to every shopper; its outbox rows carry its id.
+CREATE TABLE IF NOT EXISTS broadcasts (
+    id         INTEGER PRIMARY KEY,
+    text       TEXT NOT NULL,
+    photo      TEXT,
+    recipients INTEGER NOT NULL,
+    created_at TEXT NOT NULL
 );

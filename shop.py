@@ -39,6 +39,8 @@ Run `python shop.py --help`. Importing this module has no side effects.
 """
 
 import argparse
+import collections
+import csv
 import hashlib
 import hmac
 import html
@@ -51,9 +53,11 @@ import queue
 import random
 import re
 import secrets
+import shutil
 import signal
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
@@ -299,7 +303,8 @@ SCHEMA_VERSION = 2
 MIGRATIONS = {
     2: """ALTER TABLE users ADD COLUMN awaiting TEXT;
           ALTER TABLE outbox ADD COLUMN edit_message_id INTEGER;
-          ALTER TABLE outbox ADD COLUMN payment_id INTEGER REFERENCES payments(id);""",   # crypto payments
+          ALTER TABLE outbox ADD COLUMN payment_id INTEGER REFERENCES payments(id);
+          ALTER TABLE outbox ADD COLUMN broadcast_id INTEGER REFERENCES broadcasts(id);""",   # payments, admin
 }
 
 
@@ -623,6 +628,9 @@ def get_setting(conn, key):
     row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
     return row["value"] if row else DEFAULT_SETTINGS.get(key, "")
 
+
+# Settings the owner changes from the admin while the shop runs; the environment gives their defaults.
+RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "enabled_coins")
 
 # key: (what it is, longest allowed, may span lines)
 SETTING_RULES = {
@@ -1865,7 +1873,15 @@ def plan_catalog(data, base_dir):
     return CatalogPlan(cities, products, units)
 
 
-def import_catalog(conn, data, base_dir, media_dir):
+class _DryRun(Exception):
+    """Rolls back a catalog import that was only counting."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self.counts = counts
+
+
+def import_catalog(conn, data, base_dir, media_dir, dry_run=False):
     """Import a parsed catalog file atomically and idempotently; return counts of what changed.
 
     Cities, districts and products match existing rows by name (a product's
@@ -1873,7 +1889,8 @@ def import_catalog(conn, data, base_dir, media_dir):
     product, district and content already exist, sold or not, is not added
     again, so re-importing a file never re-sells a code. Any problem raises
     CatalogError and nothing is imported. A unit listed twice in the file is
-    added once (counted as units_repeated).
+    added once (counted as units_repeated). dry_run counts what would change and
+    changes nothing.
     """
     plan = plan_catalog(data, base_dir)
     counts = dict.fromkeys(["cities_added", "districts_added", "products_added", "products_updated",
@@ -1881,6 +1898,8 @@ def import_catalog(conn, data, base_dir, media_dir):
     written = []
 
     def save(image, private):
+        if dry_run:
+            return "0" * 32 + "." + image[1]
         name = store_media(media_dir, image[0], image[1], private=private)
         written.append(Path(media_dir) / ("private" if private else "public") / name)
         return name
@@ -1943,6 +1962,10 @@ def import_catalog(conn, data, base_dir, media_dir):
                 conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
                              "VALUES (?, ?, ?, ?, ?)", (*key, media, now_iso()))
                 counts["units_added"] += 1
+            if dry_run:
+                raise _DryRun(counts)
+    except _DryRun as done:
+        return done.counts
     except BaseException:
         for path in written:
             referenced = conn.execute(
@@ -1952,6 +1975,369 @@ def import_catalog(conn, data, base_dir, media_dir):
                 path.unlink(missing_ok=True)
         raise
     return counts
+
+
+# Services: admin #############################################################
+
+ADMIN_IDLE_SECONDS = 30 * 60
+ADMIN_MAX_SECONDS = 12 * 3600
+
+
+def audit(conn, action, details="", remote=None):
+    """Record an admin action; call inside the action's own transaction."""
+    conn.execute("INSERT INTO audit_log(at, action, details, remote_addr) VALUES (?, ?, ?, ?)",
+                 (now_iso(), action, details[:2000], remote))
+
+
+def hash_password(password):
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1)
+    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
+
+
+def check_password(password, stored):
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def set_admin_password(conn, password=None):
+    """Store the hash of a new admin password (random if None); returns the password."""
+    password = password or secrets.token_urlsafe(12)
+    with transaction(conn):
+        conn.execute("INSERT INTO settings(key, value) VALUES ('admin_password_hash', ?) "
+                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (hash_password(password),))
+        audit(conn, "admin password set")
+    return password
+
+
+def verify_admin_password(conn, attempt, configured):
+    """ADMIN_PASSWORD when set, else the stored hash."""
+    if configured:
+        return hmac.compare_digest(attempt.encode(), configured.encode())
+    stored = conn.execute("SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()
+    return bool(stored) and check_password(attempt, stored[0])
+
+
+def create_admin_session(conn, remote):
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    now = now_iso()
+    with transaction(conn):
+        conn.execute("DELETE FROM admin_sessions WHERE last_seen_at < ? OR created_at < ?",
+                     (now_iso(-ADMIN_IDLE_SECONDS), now_iso(-ADMIN_MAX_SECONDS)))
+        conn.execute("INSERT INTO admin_sessions(token_hash, csrf_token, remote_addr, created_at, last_seen_at) "
+                     "VALUES (?, ?, ?, ?, ?)", (hashlib.sha256(token.encode()).hexdigest(), csrf, remote, now, now))
+        audit(conn, "logged in", remote=remote)
+    return token, csrf
+
+
+def get_admin_session(conn, token):
+    """The live session for a cookie's token (touching it), or None when missing, idle or too old."""
+    if not token or len(token) > 100:
+        return None
+    key = hashlib.sha256(token.encode()).hexdigest()
+    row = conn.execute("SELECT * FROM admin_sessions WHERE token_hash = ?", (key,)).fetchone()
+    if row is None:
+        return None
+    if row["last_seen_at"] < now_iso(-ADMIN_IDLE_SECONDS) or row["created_at"] < now_iso(-ADMIN_MAX_SECONDS):
+        with transaction(conn):
+            conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (key,))
+        return None
+    if row["last_seen_at"] < now_iso(-30):
+        with transaction(conn):
+            conn.execute("UPDATE admin_sessions SET last_seen_at = ? WHERE token_hash = ?", (now_iso(), key))
+    return row
+
+
+def end_admin_session(conn, token, remote):
+    with transaction(conn):
+        conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (hashlib.sha256(token.encode()).hexdigest(),))
+        audit(conn, "logged out", remote=remote)
+
+
+# Catalog management
+
+def _name(value, what):
+    return clean_text(value, what, max_len=64)
+
+
+def add_city(conn, name, remote=None):
+    name = _name(name, "The city name")
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM cities WHERE name = ?", (name,)).fetchone():
+            raise InvalidInput(f"There is already a city called {name!r}.")
+        position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM cities").fetchone()[0]
+        city_id = conn.execute("INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)).lastrowid
+        audit(conn, "city added", f"#{city_id} {name}", remote)
+        return city_id
+
+
+def add_district(conn, city_id, name, remote=None):
+    name = _name(name, "The district name")
+    with transaction(conn):
+        city = conn.execute("SELECT name FROM cities WHERE id = ?", (city_id,)).fetchone()
+        if city is None:
+            raise NotFound("No such city.")
+        if conn.execute("SELECT 1 FROM districts WHERE city_id = ? AND name = ?", (city_id, name)).fetchone():
+            raise InvalidInput(f"{city['name']} already has a district called {name!r}.")
+        position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM districts WHERE city_id = ?",
+                                (city_id,)).fetchone()[0]
+        district_id = conn.execute("INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
+                                   (city_id, name, position)).lastrowid
+        audit(conn, "district added", f"#{district_id} {city['name']} / {name}", remote)
+        return district_id
+
+
+PLACE_TABLES = {"city": ("cities", "The city name", None), "district": ("districts", "The district name", "city_id")}
+
+
+def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, remote=None):
+    """Rename, hide/show or move (-1 up, +1 down) a city or a district."""
+    table, what, group = PLACE_TABLES[kind]
+    with transaction(conn):
+        row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (place_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"No such {kind}.")
+        if name is not None:
+            name = _name(name, what)
+            clash = conn.execute(f"SELECT 1 FROM {table} WHERE name = ? AND id != ?"
+                                 + (f" AND {group} = ?" if group else ""),
+                                 (name, place_id, *([row[group]] if group else []))).fetchone()
+            if clash:
+                raise InvalidInput(f"That name is taken: {name!r}.")
+            conn.execute(f"UPDATE {table} SET name = ? WHERE id = ?", (name, place_id))
+            audit(conn, f"{kind} renamed", f"#{place_id} {row['name']} -> {name}", remote)
+        if hidden is not None:
+            conn.execute(f"UPDATE {table} SET is_hidden = ? WHERE id = ?", (int(bool(hidden)), place_id))
+            audit(conn, f"{kind} {'hidden' if hidden else 'shown'}", f"#{place_id} {row['name']}", remote)
+        if move in (-1, 1):
+            siblings = conn.execute(f"SELECT id FROM {table}" + (f" WHERE {group} = ?" if group else "")
+                                    + " ORDER BY position, name COLLATE NOCASE",
+                                    ([row[group]] if group else [])).fetchall()
+            order = [r["id"] for r in siblings]
+            i = order.index(place_id)
+            j = i + move
+            if 0 <= j < len(order):
+                order[i], order[j] = order[j], order[i]
+                for position, pid in enumerate(order, 1):
+                    conn.execute(f"UPDATE {table} SET position = ? WHERE id = ?", (position, pid))
+                audit(conn, f"{kind} moved {'up' if move < 0 else 'down'}", f"#{place_id} {row['name']}", remote)
+
+
+def save_product(conn, media_dir, product_id, *, name, description, price, active, photo=None, remote=None):
+    """Create (product_id None) or change a product; photo is (bytes, kind) or None to keep it."""
+    name = _name(name, "The product name")
+    description = clean_text(description, "The description", max_len=800, multiline=True, required=False)
+    try:
+        price_cents = parse_eur(price)
+    except InvalidInput as e:
+        raise InvalidInput(f"The price {e}.") from None
+    stored = store_media(media_dir, photo[0], photo[1], private=False) if photo else None
+    with transaction(conn):
+        clash = conn.execute("SELECT id FROM products WHERE name = ? AND id IS NOT ?", (name, product_id)).fetchone()
+        if clash:
+            raise InvalidInput(f"There is already a product called {name!r}.")
+        if product_id is None:
+            product_id = conn.execute(
+                "INSERT INTO products(name, description, price_cents, photo, is_active, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (name, description, price_cents, stored, int(active), now_iso())).lastrowid
+            audit(conn, "product added", f"#{product_id} {name} {fmt_eur(price_cents)}", remote)
+            return product_id
+        old = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+        if old is None:
+            raise NotFound("No such product.")
+        conn.execute("UPDATE products SET name = ?, description = ?, price_cents = ?, is_active = ?, "
+                     "photo = coalesce(?, photo) WHERE id = ?",
+                     (name, description, price_cents, int(active), stored, product_id))
+        changes = [f"{k}: {old[k]!r} -> {v!r}" for k, v in (("name", name), ("price_cents", price_cents),
+                                                             ("is_active", int(active))) if old[k] != v]
+        if description != old["description"]:
+            changes.append("description changed")
+        if stored:
+            changes.append("new photo")
+        audit(conn, "product changed", f"#{product_id} " + ("; ".join(changes) or "no change"), remote)
+        return product_id
+
+
+def split_units(text):
+    """Unit contents from a textarea: blocks separated by a blank line when there are any, else one per line."""
+    text = (text or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+    if not text:
+        return []
+    if re.search(r"\n[ \t]*\n", text):
+        return [b.strip() for b in re.split(r"\n[ \t]*\n", text) if b.strip()]
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def add_units(conn, media_dir, product_id, district_id, text, media=None, remote=None):
+    """Add stock units (see split_units), each with the same optional private photo; returns how many."""
+    contents = [clean_text(c, f"Unit {i}", max_len=3500, multiline=True) for i, c in enumerate(split_units(text), 1)]
+    if not contents:
+        raise InvalidInput("Write at least one unit: its code, link or pickup instructions.")
+    if len(contents) > 1000:
+        raise InvalidInput("At most 1000 units at a time.")
+    with transaction(conn):
+        product = conn.execute("SELECT name FROM products WHERE id = ?", (product_id,)).fetchone()
+        district = conn.execute("SELECT d.name, c.name AS city FROM districts d JOIN cities c ON c.id = d.city_id "
+                                "WHERE d.id = ?", (district_id,)).fetchone()
+        if product is None or district is None:
+            raise NotFound("No such product or district.")
+        for content in contents:
+            name = store_media(media_dir, media[0], media[1], private=True) if media else None
+            conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+                         "VALUES (?, ?, ?, ?, ?)", (product_id, district_id, content, name, now_iso()))
+        audit(conn, "units added", f"{len(contents)} x #{product_id} {product['name']} in "
+                                   f"{district['city']} / {district['name']}{' with a photo' if media else ''}", remote)
+    return len(contents)
+
+
+def delete_unit(conn, unit_id, remote=None):
+    with transaction(conn):
+        unit = conn.execute("SELECT * FROM stock_units WHERE id = ?", (unit_id,)).fetchone()
+        if unit is None:
+            raise NotFound("No such unit.")
+        if unit["status"] != "available" or conn.execute("SELECT 1 FROM order_items WHERE unit_id = ?",
+                                                         (unit_id,)).fetchone():
+            raise InvalidInput("Only units never ordered can be deleted.")
+        conn.execute("DELETE FROM stock_units WHERE id = ?", (unit_id,))
+        audit(conn, "unit deleted", f"#{unit_id} of product #{unit['product_id']}", remote)
+
+
+# Orders, payments, users
+
+def refund_order(conn, order_id, reason, remote=None):
+    """Refund a paid order to its buyer's balance; the order becomes 'refunded'. The goods were delivered."""
+    reason = clean_text(reason, "The reason", max_len=200)
+    with transaction(conn):
+        order = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+        if order is None:
+            raise NotFound("No such order.")
+        if order["status"] != "paid":
+            raise InvalidInput(f"Order #{order_id} is {order['status']}; only paid orders can be refunded.")
+        conn.execute("UPDATE orders SET status = 'refunded' WHERE id = ?", (order_id,))
+        post_ledger(conn, order["user_id"], order["total_cents"], "refund", f"order:{order_id}:refund",
+                    reason=f"Refund of order #{order_id}: {reason}", order_id=order_id)
+        enqueue_message(conn, order["user_id"], f"↩️ <b>Order #{order_id}</b> was refunded: "
+                                                f"{fmt_eur(order['total_cents'])} is back on your balance. "
+                                                f"Reason: {esc(reason)}. Balance: {_balance(conn, order['user_id'])}.",
+                        order_id=order_id)
+        audit(conn, "order refunded", f"#{order_id} {fmt_eur(order['total_cents'])} to user {order['user_id']}: "
+                                      f"{reason}", remote)
+
+
+def set_user_banned(conn, user_id, banned, remote=None):
+    set_banned(conn, user_id, banned)
+    with transaction(conn):
+        audit(conn, "user banned" if banned else "user unbanned", f"user {user_id}", remote)
+
+
+def admin_adjust_balance(conn, user_id, amount, reason, remote=None):
+    """An owner's balance change from the admin: amount like '12.50' or '-5'."""
+    amount = str(amount or "").strip()
+    try:
+        cents = -parse_eur(amount[1:]) if amount.startswith("-") else parse_eur(amount.lstrip("+"))
+    except InvalidInput as e:
+        raise InvalidInput(f"The amount {e}.") from None
+    reason = clean_text(reason, "The reason", max_len=200)
+    with transaction(conn):
+        get_user(conn, user_id)
+        post_ledger(conn, user_id, cents, "adjustment", f"adjustment:{secrets.token_hex(8)}", reason=reason)
+        enqueue_message(conn, user_id, f"💰 Your balance was {'credited' if cents > 0 else 'debited'} "
+                                       f"{fmt_eur(abs(cents))}: {esc(reason)}. Balance: {_balance(conn, user_id)}.")
+        audit(conn, "balance adjusted", f"user {user_id} {fmt_eur(cents)}: {reason}", remote)
+    return cents
+
+
+def start_broadcast(conn, text, photo=None, media_dir=None, remote=None):
+    """Queue a message (and optional public photo) to every shopper who is not banned; returns its id."""
+    text = clean_text(text, "The message", max_len=CAPTION_LIMIT if photo else TEXT_LIMIT, multiline=True)
+    stored = store_media(media_dir, photo[0], photo[1], private=False) if photo else None
+    with transaction(conn):
+        users = [r[0] for r in conn.execute("SELECT id FROM users WHERE is_banned = 0 AND id > 0 ORDER BY id")]
+        broadcast_id = conn.execute("INSERT INTO broadcasts(text, photo, recipients, created_at) VALUES (?, ?, ?, ?)",
+                                    (text, stored, len(users), now_iso())).lastrowid
+        now = now_iso()
+        conn.executemany("INSERT INTO outbox(chat_id, text, photo, broadcast_id, next_attempt_at, created_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [(u, esc(text), f"public:{stored}" if stored else None, broadcast_id, now, now)
+                          for u in users])
+        conn.after_commit.append(outbox_ready.set)
+        audit(conn, "broadcast started", f"#{broadcast_id} to {len(users)} shoppers: {text[:80]}", remote)
+    return broadcast_id
+
+
+def broadcast_progress(conn, broadcast_id):
+    row = conn.execute("SELECT * FROM broadcasts WHERE id = ?", (broadcast_id,)).fetchone()
+    if row is None:
+        raise NotFound("No such broadcast.")
+    counts = dict(conn.execute("SELECT status, count(*) FROM outbox WHERE broadcast_id = ? GROUP BY status",
+                               (broadcast_id,)).fetchall())
+    return {"id": broadcast_id, "text": row["text"], "total": row["recipients"], "sent": counts.get("sent", 0),
+            "failed": counts.get("failed", 0), "left": counts.get("pending", 0), "created_at": row["created_at"]}
+
+
+def backup_database(conn, path):
+    """A consistent copy of the live database (SQLite's online backup), checked before it is kept."""
+    tmp = Path(f"{path}.part")
+    target = sqlite3.connect(tmp)
+    try:
+        conn.backup(target)
+        if target.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise DatabaseError("the backup copy failed its integrity check")
+    finally:
+        target.close()
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def percentile(values, fraction):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(fraction * len(values)))] if values else None
+
+
+def dashboard_stats(conn):
+    """What the owner sees first: revenue, orders, open invoices, stock, payments, delivery times."""
+    now = datetime.now(timezone.utc)
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    windows = {"today": day_start, "7 days": now - timedelta(days=7), "30 days": now - timedelta(days=30)}
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    revenue = {}
+    for label, since in windows.items():
+        row = conn.execute("SELECT count(*), coalesce(sum(total_cents), 0) FROM orders WHERE status = 'paid' "
+                           "AND paid_at >= ?", (stamp(since),)).fetchone()
+        revenue[label] = {"orders": row[0], "revenue_cents": row[1]}
+    since30 = stamp(windows["30 days"])
+    per_day = dict(conn.execute("SELECT substr(paid_at, 1, 10), sum(total_cents) FROM orders WHERE status = 'paid' "
+                                "AND paid_at >= ? GROUP BY 1", (since30,)).fetchall())
+    days = [(now - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(29, -1, -1)]
+    outcomes = dict(conn.execute("SELECT status, count(*) FROM payments WHERE final_at >= ? AND parent_id IS NULL "
+                                 "GROUP BY status", (since30,)).fetchall())
+    sources = dict(conn.execute("SELECT final_source, count(*) FROM payments WHERE final_at >= ? "
+                                "AND status IN ('finished', 'partially_paid') GROUP BY final_source",
+                                (since30,)).fetchall())
+    latencies = []
+    for final_at, sent_at in conn.execute(
+            "SELECT p.final_at, (SELECT min(sent_at) FROM outbox o WHERE o.order_id = p.order_id "
+            "AND o.status = 'sent' AND o.sent_at >= p.final_at) FROM payments p WHERE p.final_at >= ? "
+            "AND p.status = 'finished' AND p.order_id IS NOT NULL AND p.outcome LIKE 'delivered%'", (since30,)):
+        if sent_at:
+            latencies.append((parse_iso(sent_at) - parse_iso(final_at)).total_seconds())
+    open_invoices = conn.execute("SELECT count(*) FROM payments WHERE status = 'waiting' AND expires_at > ? "
+                                 "AND parent_id IS NULL", (now_iso(),)).fetchone()[0]
+    # Both over indexes that hold only what is on sale, however many units were sold before.
+    low_stock = conn.execute(
+        f"SELECT p.id, p.name, c.name AS city, d.name AS district, count(*) AS available FROM stock_units u "
+        f"{_AVAILABLE} GROUP BY d.id, p.id HAVING available <= 2 ORDER BY available, p.name LIMIT 20").fetchall()
+    sold_out = conn.execute("SELECT id, name FROM products p WHERE is_active = 1 AND NOT EXISTS (SELECT 1 FROM "
+                            "stock_units u WHERE u.product_id = p.id AND u.status = 'available') ORDER BY name "
+                            "LIMIT 20").fetchall()
+    return {"revenue": revenue, "per_day": [(d, per_day.get(d, 0)) for d in days], "outcomes": outcomes,
+            "sources": sources, "open_invoices": open_invoices, "low_stock": low_stock, "sold_out": sold_out,
+            "delivery_median": percentile(latencies, 0.5), "delivery_worst": max(latencies) if latencies else None,
+            "deliveries": len(latencies), "outbox": outbox_counts(conn)}
 
 
 # Payment provider: NOWPayments client, IPN signatures, sandbox ###############
@@ -2315,7 +2701,7 @@ def make_sandbox(shop):
                 "purchase_id": Num(str(secrets.randbelow(9 * 10 ** 9) + 10 ** 9)), "network": coin,
                 "network_precision": Num(str(places)), "outcome_amount": Num(str(pay_amount)),
                 "outcome_currency": coin, "created_at": stamp(now), "updated_at": stamp(now),
-                "expiration_estimate_date": stamp(now + timedelta(minutes=shop.config.reservation_minutes))}
+                "expiration_estimate_date": stamp(now + timedelta(minutes=shop.setting("reservation_minutes")))}
         conn = shop.db()
         with transaction(conn):
             conn.execute("INSERT INTO sandbox_payments(id, data) VALUES (?, ?)", (payment_id, encode_json(data)))
@@ -2439,7 +2825,10 @@ class PaymentDesk:
     def coins(self):
         """[(coin, minimum in EUR cents or None)] for the coins the merchant takes."""
         coins = []
+        enabled = self.shop.setting("enabled_coins")
         for coin in self.client.merchant_coins():
+            if enabled is not None and coin not in enabled:
+                continue
             try:
                 coins.append((coin, self.client.minimum_eur(coin)))
             except ProviderError as e:
@@ -2521,13 +2910,14 @@ class PaymentDesk:
         checkout = get_checkout(conn, user_id, nonce)
         check_invoice_limits(conn, user_id, c.max_open_invoices, c.max_invoices_per_hour)
         self._check_coin(coin, checkout["amount_cents"])
-        order_id, total, created = reserve_for_checkout(conn, user_id, nonce, c.reservation_minutes)
+        minutes = self.shop.setting("reservation_minutes")
+        order_id, total, created = reserve_for_checkout(conn, user_id, nonce, minutes)
         if not created:   # an earlier attempt stopped between the reservation and the provider
             raise InvalidInput("This checkout already has an order; please check out again.")
         try:
             data = self._create(coin, total, f"order-{order_id}", f"Order #{order_id}")
             reserved = conn.execute("SELECT min(reserved_until) FROM stock_units WHERE order_id = ?",
-                                    (order_id,)).fetchone()[0] or now_iso(c.reservation_minutes * 60)
+                                    (order_id,)).fetchone()[0] or now_iso(minutes * 60)
             until = min(reserved, provider_time(data.get("expiration_estimate_date"), reserved))
             return record_payment(conn, kind="order", user_id=user_id, reference=f"order-{order_id}",
                                   price_cents=total, data=data, expires_at=until, order_id=order_id)
@@ -2556,9 +2946,27 @@ class PaymentDesk:
         check_invoice_limits(conn, user_id, c.max_open_invoices, c.max_invoices_per_hour)
         self._check_coin(coin, checkout["amount_cents"])
         data = self._create(coin, checkout["amount_cents"], reference, f"Balance top-up {fmt_eur(checkout['amount_cents'])}")
-        expires = provider_time(data.get("expiration_estimate_date"), now_iso(c.reservation_minutes * 60))
+        expires = provider_time(data.get("expiration_estimate_date"),
+                                now_iso(self.shop.setting("reservation_minutes") * 60))
         return record_payment(conn, kind="topup", user_id=user_id, reference=reference,
                               price_cents=checkout["amount_cents"], data=data, expires_at=expires)
+
+    def mark_paid(self, payment_id, reason, remote=None):
+        """The owner confirms money that arrived outside the flow: applied as 'finished' in full, by the
+        same function as an IPN (so the order is delivered, or the top-up credited, exactly once)."""
+        reason = clean_text(reason, "The reason", max_len=200)
+        conn = self.shop.db()
+        p = conn.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
+        if p is None:
+            raise NotFound("No such payment.")
+        if p["status"] in MONEY_STATUSES:
+            raise InvalidInput(f"This payment is already {p['status']}.")
+        data = {"payment_id": p["provider_id"], "payment_status": "finished", "pay_currency": p["pay_currency"],
+                "pay_amount": p["pay_amount"], "actually_paid": p["pay_amount"]}
+        outcome = apply_payment_status(conn, data, source="admin", owners=self.owners)
+        with transaction(conn):
+            audit(conn, "payment marked as paid", f"payment {p['provider_id']}: {reason} ({outcome})", remote)
+        return outcome
 
     def refresh(self, provider_id, source, throttle=0):
         """Ask the provider for a payment's status and apply it. Returns what happened.
@@ -2786,6 +3194,7 @@ def make_app(shop):
     if shop.config.sandbox:
         app.mount("/sandbox/v1/", make_sandbox(shop))
     make_webapp(shop, app)
+    make_admin(shop, app)
 
     @app.get("/")
     def index():
@@ -3043,7 +3452,8 @@ def make_webapp(shop, app):
                 "balance": cents_to_str(user["balance_cents"]), "currency": "EUR",
                 "shop_name": get_setting(conn, "shop_name"), "sandbox": c.sandbox,
                 "preview": user["id"] == PREVIEW_USER["id"],
-                "min_deposit": cents_to_str(c.min_deposit_cents), "max_deposit": cents_to_str(c.max_deposit_cents)}
+                "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
+                "max_deposit": cents_to_str(c.max_deposit_cents)}
 
     @api("GET", "/api/catalog")
     def catalog(conn, user, data):
@@ -3110,7 +3520,8 @@ def make_webapp(shop, app):
         if coin == "balance":
             raise InvalidInput("Top up with a coin, not with the balance.")
         try:
-            cents = parse_eur(data.get("amount"), minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+            cents = parse_eur(data.get("amount"), minimum=shop.setting("min_deposit_cents"),
+                              maximum=c.max_deposit_cents)
         except InvalidInput as e:
             raise InvalidInput(f"The amount {e}.") from None
         nonce = checkout_for(conn, user, "topup", cents, rid=rid)
@@ -3193,6 +3604,629 @@ def make_webapp(shop, app):
             return json_response(404, {"error": "The preview exists only in sandbox mode; open the shop from the bot."})
         bottle.response.headers["Cache-Control"] = "no-store"
         return json_response(200, {"initData": sign_init_data(PREVIEW_USER, shop.webapp_token, query_id="preview")})
+
+
+# Web: admin ##################################################################
+
+ADMIN_PAGE = 50
+ADMIN_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+             "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+ORDER_STATUSES = ("pending", "paid", "cancelled", "expired", "refunded")
+
+
+def read_upload(upload, what):
+    """An uploaded image as (bytes, kind), or None when no file was chosen; InvalidInput if it is not one."""
+    if upload is None or not getattr(upload, "filename", ""):
+        return None
+    data = upload.file.read(MAX_IMAGE_BYTES + 1)
+    if not data:
+        return None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidInput(f"{what} is larger than 10 MB.")
+    kind = image_kind(data)
+    if not kind:
+        raise InvalidInput(f"{what} is not a JPEG, PNG, GIF or WebP image.")
+    return data, kind
+
+
+def svg_bars(points, width=600, height=120):
+    """A bar chart of [(label, cents)] as SVG markup (numbers only: nothing typed by anyone)."""
+    top = max((v for _, v in points), default=0) or 1
+    step = width / max(len(points), 1)
+    bars = "".join(
+        f'<rect x="{i * step + 1:.1f}" y="{height - v * height / top:.1f}" width="{step - 2:.1f}" '
+        f'height="{v * height / top:.1f}"><title>{label}: {fmt_eur(v)}</title></rect>'
+        for i, (label, v) in enumerate(points))
+    return (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Revenue per day, last 30 days">'
+            f"{bars}</svg>")
+
+
+class LoginThrottle:
+    """At most 5 failed logins per address in 15 minutes."""
+
+    def __init__(self, limit=5, window=900):
+        self.limit, self.window, self.failures, self.lock = limit, window, {}, threading.Lock()
+
+    def blocked(self, addr):
+        now = time.monotonic()
+        with self.lock:
+            recent = [t for t in self.failures.get(addr, []) if now - t < self.window]
+            self.failures[addr] = recent
+            return len(recent) >= self.limit
+
+    def failed(self, addr):
+        with self.lock:
+            self.failures.setdefault(addr, []).append(time.monotonic())
+
+
+def make_admin(shop, app):
+    """The owner's admin: server-rendered pages with htmx; a session cookie and a CSRF token for every change."""
+    throttle = LoginThrottle()
+    cookie = "shop_admin"
+    secure = shop.config.webhook_url.startswith("https://")
+    uploads = {}   # import previews waiting for confirmation: token -> (path, expires)
+
+    def remote():
+        return bottle.request.remote_addr or ""
+
+    def render(name, sess=None, **kw):
+        flash = None
+        if sess is not None and sess["flash"]:
+            flash = sess["flash"]
+            with transaction(shop.db()):
+                shop.db().execute("UPDATE admin_sessions SET flash = NULL WHERE token_hash = ?", (sess["token_hash"],))
+        return bottle.template(f"admin/{name}", template_lookup=[str(TEMPLATES_DIR)], csrf=sess["csrf_token"]
+                               if sess else "", flash=flash, fmt=fmt_eur, shop_name=get_setting(shop.db(), "shop_name"),
+                               sandbox=shop.config.sandbox, **kw)
+
+    def fragment_or_page(fragment, page, sess, **kw):
+        """contact.app's pattern: htmx asks for the fragment, a browser for the whole page around it."""
+        return render(fragment if bottle.request.get_header("HX-Request") else page, sess, **kw)
+
+    def to_login():
+        if bottle.request.get_header("HX-Request"):
+            return bottle.HTTPResponse(status=200, headers={"HX-Redirect": "/admin/login"})
+        target = bottle.request.fullpath if bottle.request.method == "GET" else "/admin"
+        return bottle.redirect("/admin/login?next=" + quote(target, safe="/"), 303)
+
+    def same_origin():
+        """Refuse cross-site requests: browsers say where a request comes from."""
+        site = bottle.request.get_header("Sec-Fetch-Site")
+        if site and site not in ("same-origin", "none"):
+            return False
+        origin = bottle.request.get_header("Origin")
+        if origin and origin != "null":
+            return urlsplit(origin).netloc == bottle.request.get_header("Host")
+        return True
+
+    def flash(sess, message):
+        with transaction(shop.db()):
+            shop.db().execute("UPDATE admin_sessions SET flash = ? WHERE token_hash = ?",
+                              (message[:500], sess["token_hash"]))
+
+    def page(path, method="GET"):
+        def register(fn):
+            def handler(**kw):
+                conn = shop.db()
+                bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
+                bottle.response.headers["Cache-Control"] = "no-store"
+                sess = get_admin_session(conn, bottle.request.get_cookie(cookie))
+                if sess is None:
+                    return to_login()
+                if method != "GET":
+                    token = bottle.request.get_header("X-CSRF-Token") or bottle.request.forms.get("csrf_token") or ""
+                    if not same_origin():
+                        return bottle.HTTPResponse("Cross-site requests are refused.", 403)
+                    if not hmac.compare_digest(token.encode(), sess["csrf_token"].encode()):
+                        return bottle.HTTPResponse("The form is missing its CSRF token or it is wrong: "
+                                                   "reload the page and try again.", 403)
+                    try:
+                        result = fn(conn, sess, **kw)
+                    except ShopError as e:
+                        if isinstance(e, ProviderError):
+                            log.warning("admin: %s", e.detail)
+                        flash(sess, f"⚠️ {e}")
+                        back = bottle.request.get_header("Referer") or "/admin"
+                        back = back if urlsplit(back).netloc in ("", bottle.request.get_header("Host")) else "/admin"
+                        if bottle.request.get_header("HX-Request"):
+                            return bottle.HTTPResponse(status=204, headers={"HX-Redirect": back})
+                        return bottle.redirect(back, 303)
+                    if isinstance(result, tuple):   # (where to go, what to say)
+                        flash(sess, result[1])
+                        result = result[0]
+                    if isinstance(result, str) and result.startswith("/admin"):
+                        if bottle.request.get_header("HX-Request"):   # htmx follows this instead of a 303
+                            return bottle.HTTPResponse(status=204, headers={"HX-Redirect": result})
+                        return bottle.redirect(result, 303)
+                    return result
+                try:
+                    return fn(conn, sess, **kw)
+                except ShopError as e:
+                    return bottle.HTTPResponse(render("error.tpl", sess, message=str(e)), e.status)
+            app.route(path, method, handler)
+            return fn
+        return register
+
+    # Access
+
+    @app.get("/admin/login")
+    def login_form():
+        bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
+        return render("login.tpl", error=None, next=bottle.request.query.get("next", "/admin"))
+
+    @app.post("/admin/login")
+    def login():
+        bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
+        addr = remote()
+        target = bottle.request.forms.get("next") or "/admin"
+        if not target.startswith("/admin") or target.startswith("//"):
+            target = "/admin"
+        if not same_origin():
+            return bottle.HTTPResponse("Cross-site requests are refused.", 403)
+        if throttle.blocked(addr):
+            log.warning("admin: logins from %s are paused after repeated failures", addr)
+            return bottle.HTTPResponse(render("login.tpl", error="Too many failed attempts. Wait 15 minutes.",
+                                              next=target), 429)
+        conn = shop.db()
+        if not verify_admin_password(conn, bottle.request.forms.getunicode("password") or "",
+                                     shop.config.admin_password):
+            throttle.failed(addr)
+            with transaction(conn):
+                audit(conn, "login failed", remote=addr)
+            log.warning("admin: a failed login from %s", addr)
+            return bottle.HTTPResponse(render("login.tpl", error="Wrong password.", next=target), 403)
+        token, _ = create_admin_session(conn, addr)
+        bottle.response.set_cookie(cookie, token, path="/admin", httponly=True, samesite="strict", secure=secure,
+                                   max_age=ADMIN_MAX_SECONDS)
+        return bottle.redirect(target, 303)
+
+    @page("/admin/logout", "POST")
+    def logout(conn, sess):
+        end_admin_session(conn, bottle.request.get_cookie(cookie), remote())
+        bottle.response.delete_cookie(cookie, path="/admin")
+        return bottle.redirect("/admin/login", 303)
+
+    # Dashboard
+
+    @page("/admin")
+    def dashboard(conn, sess):
+        stats = dashboard_stats(conn)
+        return render("dashboard.tpl", sess, stats=stats, chart=svg_bars(stats["per_day"]),
+                      problems=list(shop.problems.records)[::-1][:20], health=shop.health())
+
+    # Catalog
+
+    @page("/admin/catalog")
+    def catalog(conn, sess):
+        cities = conn.execute("SELECT * FROM cities ORDER BY position, name COLLATE NOCASE").fetchall()
+        districts = conn.execute("SELECT * FROM districts ORDER BY position, name COLLATE NOCASE").fetchall()
+        products = conn.execute(
+            "SELECT p.*, (SELECT count(*) FROM stock_units u WHERE u.product_id = p.id AND u.status = 'available') "
+            "AS available FROM products p ORDER BY p.name COLLATE NOCASE").fetchall()
+        return render("catalog.tpl", sess, cities=cities, districts=districts, products=products)
+
+    @page("/admin/cities", "POST")
+    def city_add(conn, sess):
+        add_city(conn, bottle.request.forms.getunicode("name"), remote())
+        return "/admin/catalog", "City added."
+
+    @page("/admin/districts", "POST")
+    def district_add(conn, sess):
+        city_id = bottle.request.forms.get("city_id", "")
+        if not city_id.isdigit():
+            raise InvalidInput("Choose a city.")
+        add_district(conn, int(city_id), bottle.request.forms.getunicode("name"), remote())
+        return "/admin/catalog", "District added."
+
+    @page("/admin/<kind:re:city|district>/<place_id:int>", "POST")
+    def place_change(conn, sess, kind, place_id):
+        action = bottle.request.forms.get("action")
+        kw = {"rename": {"name": bottle.request.forms.getunicode("name")}, "hide": {"hidden": True},
+              "show": {"hidden": False}, "up": {"move": -1}, "down": {"move": 1}}.get(action)
+        if kw is None:
+            raise InvalidInput("Unknown action.")
+        update_place(conn, kind, place_id, remote=remote(), **kw)
+        return "/admin/catalog", f"{kind.title()} updated."
+
+    def product_form(conn, sess, product, error=None):
+        stock = conn.execute(
+            "SELECT d.id, d.name, c.name AS city, sum(u.status = 'available') AS available, "
+            "sum(u.status = 'reserved') AS reserved, sum(u.status = 'sold') AS sold FROM districts d "
+            "JOIN cities c ON c.id = d.city_id LEFT JOIN stock_units u ON u.district_id = d.id AND u.product_id = ? "
+            "GROUP BY d.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE",
+            (product["id"] if product else -1,)).fetchall()
+        units = conn.execute("SELECT u.*, d.name AS district, c.name AS city FROM stock_units u "
+                             "JOIN districts d ON d.id = u.district_id JOIN cities c ON c.id = d.city_id "
+                             "WHERE u.product_id = ? ORDER BY u.status = 'available' DESC, u.id DESC LIMIT 200",
+                             (product["id"] if product else -1,)).fetchall()
+        return render("product.tpl", sess, product=product, stock=stock, units=units)
+
+    @page("/admin/products/new")
+    def product_new(conn, sess):
+        return product_form(conn, sess, None)
+
+    @page("/admin/products/<product_id:int>")
+    def product_edit(conn, sess, product_id):
+        product = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+        if product is None:
+            raise NotFound("No such product.")
+        return product_form(conn, sess, product)
+
+    @page("/admin/products", "POST")
+    @page("/admin/products/<product_id:int>", "POST")
+    def product_save(conn, sess, product_id=None):
+        f = bottle.request.forms
+        product_id = save_product(conn, shop.config.media_dir, product_id, name=f.getunicode("name"),
+                                  description=f.getunicode("description") or "", price=f.getunicode("price"),
+                                  active=f.get("active") == "1",
+                                  photo=read_upload(bottle.request.files.get("photo"), "The photo"), remote=remote())
+        return f"/admin/products/{product_id}", "Product saved."
+
+    @page("/admin/products/<product_id:int>/units", "POST")
+    def units_add(conn, sess, product_id):
+        district_id = bottle.request.forms.get("district_id", "")
+        if not district_id.isdigit():
+            raise InvalidInput("Choose a district.")
+        n = add_units(conn, shop.config.media_dir, product_id, int(district_id),
+                      bottle.request.forms.getunicode("units"),
+                      read_upload(bottle.request.files.get("media"), "The photo"), remote())
+        return f"/admin/products/{product_id}", f"{n} unit{'s' if n != 1 else ''} added."
+
+    @page("/admin/units/<unit_id:int>/delete", "POST")
+    def unit_delete(conn, sess, unit_id):
+        product_id = conn.execute("SELECT product_id FROM stock_units WHERE id = ?", (unit_id,)).fetchone()
+        delete_unit(conn, unit_id, remote())
+        return f"/admin/products/{product_id[0]}", "Unit deleted."
+
+    @page("/admin/import")
+    def import_form(conn, sess):
+        return render("import.tpl", sess, preview=None, token=None, errors=None)
+
+    @page("/admin/import", "POST")
+    def import_preview(conn, sess):
+        """Read an uploaded catalog (JSON, or a ZIP holding catalog.json and its images) and show what would change."""
+        upload = bottle.request.files.get("file")
+        if upload is None or not upload.filename:
+            raise InvalidInput("Choose a catalog file.")
+        data = upload.file.read(50 * 1024 * 1024 + 1)
+        if len(data) > 50 * 1024 * 1024:
+            raise InvalidInput("The file is larger than 50 MB.")
+        folder = Path(tempfile.mkdtemp(prefix="shop-import-"))
+        try:
+            if data[:4] == b"PK\x03\x04":
+                unpack_zip(data, folder)
+            else:
+                (folder / "catalog.json").write_bytes(data)
+            parsed = read_catalog_file(folder / "catalog.json")
+            counts = import_catalog(conn, parsed, folder, shop.config.media_dir, dry_run=True)
+        except CatalogError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            return render("import.tpl", sess, preview=None, token=None, errors=e.errors)
+        token = secrets.token_urlsafe(16)
+        uploads[token] = (folder, time.monotonic() + 3600)
+        return render("import.tpl", sess, preview=counts, token=token, errors=None)
+
+    @page("/admin/import/confirm", "POST")
+    def import_confirm(conn, sess):
+        folder, expires = uploads.pop(bottle.request.forms.get("token", ""), (None, 0))
+        if folder is None or time.monotonic() > expires:
+            raise InvalidInput("That preview is too old; upload the file again.")
+        try:
+            counts = import_catalog(conn, read_catalog_file(folder / "catalog.json"), folder, shop.config.media_dir)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        with transaction(conn):
+            audit(conn, "catalog imported", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()),
+                  remote())
+        return "/admin/catalog", "Catalog imported: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+
+    # Orders
+
+    def keyset(name="before"):
+        value = bottle.request.query.get(name, "")
+        return int(value) if re.fullmatch(r"\d{1,18}", value) else None
+
+    @page("/admin/orders")
+    def orders(conn, sess):
+        q = bottle.request.query
+        status = q.get("status") if q.get("status") in ORDER_STATUSES else None
+        day = lambda v: v if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v or "") else None
+        since, until, search = day(q.get("from")), day(q.get("to")), (q.getunicode("q") or "").strip()
+        where, args = ["o.id < ?"], [keyset() or 2 ** 62]
+        if status:
+            where.append("o.status = ?")
+            args.append(status)
+        if since:
+            where.append("o.created_at >= ?")
+            args.append(since)
+        if until:
+            where.append("o.created_at < ?")
+            args.append((datetime.strptime(until, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d"))
+        if search:
+            digits = search.lstrip("#@")
+            if digits.isdigit():
+                where.append("(o.id = ? OR o.user_id = ?)")
+                args += [int(digits), int(digits)]
+            else:
+                where.append("o.user_id IN (SELECT id FROM users WHERE username = ? COLLATE NOCASE)")
+                args.append(search.lstrip("@"))
+        rows = conn.execute(
+            "SELECT o.*, u.first_name, u.username, (SELECT count(*) FROM order_items i WHERE i.order_id = o.id) "
+            f"AS items FROM orders o JOIN users u ON u.id = o.user_id WHERE {' AND '.join(where)} "
+            f"ORDER BY o.id DESC LIMIT {ADMIN_PAGE + 1}", args).fetchall()
+        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        filters = {"status": status or "", "from": since or "", "to": until or "", "q": search}
+        return fragment_or_page("_orders.tpl", "orders.tpl", sess, orders=rows[:ADMIN_PAGE], more=more,
+                                filters=filters, statuses=ORDER_STATUSES)
+
+    @page("/admin/orders/<order_id:int>")
+    def order(conn, sess, order_id):
+        o = conn.execute("SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
+                         "WHERE o.id = ?", (order_id,)).fetchone()
+        if o is None:
+            raise NotFound("No such order.")
+        items = conn.execute("SELECT i.*, s.content, s.media, s.status AS unit_status FROM order_items i "
+                             "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
+                             (order_id,)).fetchall()
+        payments = conn.execute("SELECT * FROM payments WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
+        ipns = conn.execute("SELECT * FROM ipn_events WHERE provider_id IN (SELECT provider_id FROM payments "
+                            "WHERE order_id = ?) ORDER BY id", (order_id,)).fetchall()
+        messages = conn.execute("SELECT status, count(*) AS n, max(last_error) AS error FROM outbox "
+                                "WHERE order_id = ? GROUP BY status", (order_id,)).fetchall()
+        return render("order.tpl", sess, order=o, items=items, payments=payments, ipns=ipns, messages=messages)
+
+    @page("/admin/orders/<order_id:int>/resend", "POST")
+    def order_resend(conn, sess, order_id):
+        o = conn.execute("SELECT user_id FROM orders WHERE id = ?", (order_id,)).fetchone()
+        if o is None:
+            raise NotFound("No such order.")
+        queued = resend_delivery(conn, o["user_id"], order_id)
+        with transaction(conn):
+            audit(conn, "delivery re-sent", f"order #{order_id}" + ("" if queued else " (already on its way)"),
+                  remote())
+        return f"/admin/orders/{order_id}", "Delivery queued again." if queued else "The delivery is still on its way."
+
+    @page("/admin/orders/<order_id:int>/refund", "POST")
+    def order_refund(conn, sess, order_id):
+        refund_order(conn, order_id, bottle.request.forms.getunicode("reason"), remote())
+        return f"/admin/orders/{order_id}", "Order refunded to the balance."
+
+    # Payments
+
+    @page("/admin/payments")
+    def payments(conn, sess):
+        status = bottle.request.query.get("status")
+        status = status if status in STATUS_RANK else None
+        rows = conn.execute(
+            "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id WHERE p.id < ?"
+            + (" AND p.status = ?" if status else "") + f" ORDER BY p.id DESC LIMIT {ADMIN_PAGE + 1}",
+            [keyset() or 2 ** 62] + ([status] if status else [])).fetchall()
+        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        return fragment_or_page("_payments.tpl", "payments.tpl", sess, payments=rows[:ADMIN_PAGE], more=more,
+                                status=status or "", statuses=list(STATUS_RANK))
+
+    @page("/admin/payments/<payment_id:int>")
+    def payment(conn, sess, payment_id):
+        p = conn.execute("SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
+                         "WHERE p.id = ?", (payment_id,)).fetchone()
+        if p is None:
+            raise NotFound("No such payment.")
+        ipns = conn.execute("SELECT * FROM ipn_events WHERE provider_id = ? ORDER BY id", (p["provider_id"],)).fetchall()
+        children = conn.execute("SELECT * FROM payments WHERE parent_id = ?", (payment_id,)).fetchall()
+        return render("payment.tpl", sess, payment=p, ipns=ipns, children=children)
+
+    @page("/admin/payments/<payment_id:int>/recheck", "POST")
+    def payment_recheck(conn, sess, payment_id):
+        p = conn.execute("SELECT provider_id FROM payments WHERE id = ?", (payment_id,)).fetchone()
+        if p is None:
+            raise NotFound("No such payment.")
+        outcome = shop.payments.refresh(p["provider_id"], "admin")
+        with transaction(conn):
+            audit(conn, "payment re-checked", f"payment {p['provider_id']}: {outcome}", remote())
+        return f"/admin/payments/{payment_id}", f"NOWPayments says: {outcome}"
+
+    @page("/admin/payments/<payment_id:int>/mark-paid", "POST")
+    def payment_mark_paid(conn, sess, payment_id):
+        outcome = shop.payments.mark_paid(payment_id, bottle.request.forms.getunicode("reason"), remote())
+        return f"/admin/payments/{payment_id}", f"Marked as paid: {outcome}"
+
+    # Users
+
+    @page("/admin/users")
+    def users(conn, sess):
+        search = (bottle.request.query.getunicode("q") or "").strip().lstrip("@")
+        where, args = ["id < ?"], [keyset() or 2 ** 62]
+        if search.isdigit():
+            where.append("id = ?")
+            args.append(int(search))
+        elif search:
+            where.append("(username = ? COLLATE NOCASE OR first_name LIKE ? ESCAPE '\\')")
+            args += [search, "%" + re.sub(r"([%_\\])", r"\\\1", search) + "%"]
+        rows = conn.execute(f"SELECT * FROM users WHERE {' AND '.join(where)} ORDER BY id DESC "
+                            f"LIMIT {ADMIN_PAGE + 1}", args).fetchall()
+        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        return fragment_or_page("_users.tpl", "users.tpl", sess, users=rows[:ADMIN_PAGE], more=more, q=search)
+
+    @page("/admin/users/<user_id:int>")
+    def user_page(conn, sess, user_id):
+        u = get_user(conn, user_id)
+        orders_ = conn.execute("SELECT * FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)).fetchall()
+        payments_ = conn.execute("SELECT * FROM payments WHERE user_id = ? ORDER BY id DESC LIMIT 50",
+                                 (user_id,)).fetchall()
+        ledger = conn.execute("SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)).fetchall()
+        return render("user.tpl", sess, user=u, orders=orders_, payments=payments_, ledger=ledger)
+
+    @page("/admin/users/<user_id:int>/balance", "POST")
+    def user_balance(conn, sess, user_id):
+        cents = admin_adjust_balance(conn, user_id, bottle.request.forms.getunicode("amount"),
+                                     bottle.request.forms.getunicode("reason"), remote())
+        return f"/admin/users/{user_id}", f"Balance {'credited' if cents > 0 else 'debited'} {fmt_eur(abs(cents))}."
+
+    @page("/admin/users/<user_id:int>/<action:re:ban|unban>", "POST")
+    def user_ban(conn, sess, user_id, action):
+        set_user_banned(conn, user_id, action == "ban", remote())
+        return f"/admin/users/{user_id}", "User banned." if action == "ban" else "User unbanned."
+
+    # Broadcast
+
+    @page("/admin/broadcast")
+    def broadcast_form(conn, sess):
+        recent = conn.execute("SELECT * FROM broadcasts ORDER BY id DESC LIMIT 10").fetchall()
+        users_ = conn.execute("SELECT count(*) FROM users WHERE is_banned = 0 AND id > 0").fetchone()[0]
+        return render("broadcast.tpl", sess, recent=recent, recipients=users_)
+
+    @page("/admin/broadcast/preview")
+    def broadcast_preview(conn, sess):
+        text = bottle.request.query.getunicode("text") or ""
+        return render("_broadcast_preview.tpl", sess, text=text, length=tg_len(text.strip()))
+
+    @page("/admin/broadcast", "POST")
+    def broadcast_send(conn, sess):
+        photo = read_upload(bottle.request.files.get("photo"), "The photo")
+        broadcast_id = start_broadcast(conn, bottle.request.forms.getunicode("text"), photo, shop.config.media_dir,
+                                       remote())
+        return f"/admin/broadcast/{broadcast_id}", "Broadcast started."
+
+    @page("/admin/broadcast/<broadcast_id:int>")
+    def broadcast_status(conn, sess, broadcast_id):
+        return fragment_or_page("_broadcast_progress.tpl", "broadcast_status.tpl", sess,
+                                progress=broadcast_progress(conn, broadcast_id))
+
+    # Settings, data, audit
+
+    @page("/admin/settings")
+    def settings_form(conn, sess):
+        try:
+            coins = [code for code in shop.payments.client.merchant_coins()]
+        except ProviderError as e:
+            log.warning("admin: cannot list the merchant's coins: %s", e.detail)
+            coins = None
+        values = {key: get_setting(conn, key) for key in SETTING_RULES}
+        return render("settings.tpl", sess, values=values, coins=coins, enabled=shop.setting("enabled_coins"),
+                      labels=COIN_LABELS,
+                      min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
+                      reservation=shop.setting("reservation_minutes"))
+
+    @page("/admin/settings", "POST")
+    def settings_save(conn, sess):
+        f = bottle.request.forms
+        changes = []
+        for key in SETTING_RULES:
+            value = f.getunicode(key)
+            if value is not None and value.strip() != get_setting(conn, key):
+                set_setting(conn, key, value)
+                changes.append(key)
+        try:
+            minimum = parse_eur(f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents)
+        except InvalidInput as e:
+            raise InvalidInput(f"The minimum top-up {e}.") from None
+        minutes = f.get("reservation_minutes", "")
+        if not re.fullmatch(r"\d{1,4}", minutes) or not 1 <= int(minutes) <= 1440:
+            raise InvalidInput("The reservation must be 1 to 1440 minutes.")
+        coins = [c for c in f.getall("coins") if c in COIN_LABELS]
+        if f.get("coins_listed") and not coins:
+            raise InvalidInput("Enable at least one coin.")
+        with transaction(conn):
+            runtime = {"min_deposit_cents": str(minimum), "reservation_minutes": minutes}
+            if f.get("coins_listed"):
+                runtime["enabled_coins"] = ",".join(coins)
+            for key, value in runtime.items():
+                old = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+                if old is None or old[0] != value:
+                    conn.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "
+                                 "DO UPDATE SET value = excluded.value", (key, value))
+                    changes.append(key)
+            audit(conn, "settings changed", ", ".join(changes) or "nothing", remote())
+        return "/admin/settings", "Settings saved." if changes else "Nothing changed."
+
+    @page("/admin/data")
+    def data_page(conn, sess):
+        return render("data.tpl", sess, backups=sorted(shop.backup_dir.glob("shop-*.db"), reverse=True)
+                      if shop.backup_dir.exists() else [])
+
+    def csv_response(name, header, rows):
+        def lines():
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow(row)
+                if buffer.tell() > 65536:
+                    yield buffer.getvalue().encode("utf-8")
+                    buffer.seek(0)
+                    buffer.truncate()
+            yield buffer.getvalue().encode("utf-8")
+        bottle.response.content_type = "text/csv; charset=utf-8"
+        bottle.response.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        return lines()
+
+    @page("/admin/export/orders.csv")
+    def export_orders(conn, sess):
+        with transaction(conn):
+            audit(conn, "orders exported", remote=remote())
+        rows = connect(shop.config.shop_db).execute(
+            "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, o.user_id, u.username, "
+            "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i WHERE i.order_id = o.id) "
+            "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id")
+        return csv_response("orders.csv", ["order", "created_at", "paid_at", "status", "method", "total_eur",
+                                           "user_id", "username", "items"],
+                            ((r[0], r[1], r[2] or "", r[3], r[4], cents_to_str(r[5]), r[6], r[7] or "", r[8] or "")
+                             for r in rows))
+
+    @page("/admin/export/ledger.csv")
+    def export_ledger(conn, sess):
+        with transaction(conn):
+            audit(conn, "ledger exported", remote=remote())
+        rows = connect(shop.config.shop_db).execute(
+            "SELECT id, created_at, user_id, amount_cents, balance_after_cents, kind, reason, order_id, "
+            "idempotency_key FROM ledger ORDER BY id")
+        return csv_response("ledger.csv", ["entry", "created_at", "user_id", "amount_eur", "balance_after_eur", "kind",
+                                           "reason", "order", "key"],
+                            ((r[0], r[1], r[2], cents_to_str(r[3]), cents_to_str(r[4]), r[5], r[6], r[7] or "", r[8])
+                             for r in rows))
+
+    @page("/admin/backup")
+    def download_backup(conn, sess):
+        shop.backup_dir.mkdir(parents=True, exist_ok=True)
+        path = backup_database(conn, shop.backup_dir / f"download-{secrets.token_hex(8)}.db")
+        with transaction(conn):
+            audit(conn, "backup downloaded", remote=remote())
+        data = path.read_bytes()
+        path.unlink()
+        return bottle.HTTPResponse(data, headers={
+            "Content-Type": "application/vnd.sqlite3",
+            "Content-Disposition": f'attachment; filename="shop-{datetime.now(timezone.utc):%Y%m%d-%H%M}.db"',
+            "Cache-Control": "no-store"})
+
+    @page("/admin/audit")
+    def audit_page(conn, sess):
+        rows = conn.execute(f"SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT {ADMIN_PAGE + 1}",
+                            (keyset() or 2 ** 62,)).fetchall()
+        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        return fragment_or_page("_audit.tpl", "audit.tpl", sess, rows=rows[:ADMIN_PAGE], more=more)
+
+
+def unpack_zip(data, folder):
+    """Extract a catalog ZIP safely: no paths outside the folder, bounded size and count."""
+    import zipfile
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except zipfile.BadZipFile:
+        raise CatalogError(["the file is not a valid ZIP archive"]) from None
+    if len(members) > 5000 or sum(m.file_size for m in members) > 200 * 1024 * 1024:
+        raise CatalogError(["the ZIP holds more than 5000 files or 200 MB"])
+    root = folder.resolve()
+    for m in members:
+        target = (folder / m.filename).resolve()
+        if not str(target).startswith(str(root) + os.sep):
+            raise CatalogError([f"the ZIP entry {m.filename!r} points outside the archive"])
+        if m.is_dir():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(archive.read(m))
+    if not (folder / "catalog.json").is_file():
+        raise CatalogError(["the ZIP has no catalog.json at its top level"])
 
 
 # Bot #########################################################################
@@ -3679,7 +4713,7 @@ class ShopBot:
             raise InvalidInput("This top-up link was made for another Telegram account. Use 💰 Top up instead.")
         c = self.shop.config
         try:
-            cents = parse_eur(".".join(parts[2:]), minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+            cents = parse_eur(".".join(parts[2:]), minimum=self.shop.setting("min_deposit_cents"), maximum=c.max_deposit_cents)
         except InvalidInput as e:
             raise InvalidInput(f"The amount in this top-up link {e}.") from None
         self.send(message.chat.id, self.topup_coins(conn, message.from_user.id, cents))
@@ -3704,7 +4738,7 @@ class ShopBot:
         if amount:   # /refill 30
             c = self.shop.config
             try:
-                cents = parse_eur(amount, minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+                cents = parse_eur(amount, minimum=self.shop.setting("min_deposit_cents"), maximum=c.max_deposit_cents)
             except InvalidInput as e:
                 raise InvalidInput(f"The amount {e}.") from None
             return self.send(message.chat.id, self.topup_coins(conn, uid, cents))
@@ -3725,7 +4759,7 @@ class ShopBot:
         if user["awaiting"] == "topup_amount" and message.text:
             c = self.shop.config
             try:
-                cents = parse_eur(message.text, minimum=c.min_deposit_cents, maximum=c.max_deposit_cents)
+                cents = parse_eur(message.text, minimum=self.shop.setting("min_deposit_cents"), maximum=c.max_deposit_cents)
             except InvalidInput as e:
                 return self.reply(message.chat.id, f"The amount {e}. Send an amount in EUR like 20 or 20.50, "
                                                    "or press ✖️ Cancel.")
@@ -3759,7 +4793,7 @@ class ShopBot:
     def topup_prompt(self, conn, user_id):
         set_awaiting(conn, user_id, "topup_amount")
         c = self.shop.config
-        return screen_topup_prompt(get_user(conn, user_id), c.min_deposit_cents, c.max_deposit_cents)
+        return screen_topup_prompt(get_user(conn, user_id), self.shop.setting("min_deposit_cents"), c.max_deposit_cents)
 
     def topup_coins(self, conn, user_id, cents):
         nonce = create_checkout(conn, user_id, "topup", cents)
@@ -3857,7 +4891,7 @@ class ShopBot:
                 show(self.topup_prompt(conn, uid))
             elif verb == "tamt" and len(ints) == 1 and numbers:
                 c = self.shop.config
-                if not c.min_deposit_cents <= ints[0] <= c.max_deposit_cents:
+                if not self.shop.setting("min_deposit_cents") <= ints[0] <= c.max_deposit_cents:
                     return "That amount is not possible any more."
                 set_awaiting(conn, uid, None)
                 show(self.topup_coins(conn, uid, ints[0]))
@@ -4232,6 +5266,12 @@ def make_scheduler(shop):
     every("refresh_coins", shop.payments.refresh_coins, first=0, minutes=10)
     every("verify_ledger", verify_ledger, first=60, hours=1)
     every("prune_outbox", prune_outbox, hours=24)
+    def nightly_backup():
+        try:
+            shop.backup()
+        except Exception:
+            log.exception("the nightly backup failed; it runs again tomorrow")
+    scheduler.add_job(nightly_backup, "cron", hour=3, minute=17, id="backup", name="backup")
     return scheduler
 
 
@@ -4239,6 +5279,19 @@ def make_scheduler(shop):
 
 class StartupError(Exception):
     """The shop cannot start."""
+
+
+class RecentProblems(logging.Handler):
+    """The last warnings and errors, for the admin dashboard (secrets redacted like the log's)."""
+
+    def __init__(self, secrets_, size=50):
+        super().__init__(logging.WARNING)
+        self.records = collections.deque(maxlen=size)
+        self.addFilter(RedactSecrets(secrets_))
+
+    def emit(self, record):
+        self.records.append((datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                             record.levelname, record.name, record.getMessage()))
 
 
 class Shop:
@@ -4258,6 +5311,7 @@ class Shop:
         self.stopping = threading.Event()
         self.limiter = RateLimiter()
         self.payments = None
+        self.problems = RecentProblems(config.secrets())
         self.ipn_secret = ""
         self.sandbox_api_key = ""
         self.webapp_token = ""
@@ -4268,6 +5322,26 @@ class Shop:
         if conn is None:
             conn = self._local.conn = connect(self.config.shop_db)
         return conn
+
+    @property
+    def backup_dir(self):
+        return Path(self.config.shop_db).resolve().parent / "backups"
+
+    def backup(self):
+        """Scheduled nightly: a consistent copy in backups/, keeping the last 7."""
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        path = backup_database(self.db(), self.backup_dir / f"shop-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.db")
+        for old in sorted(self.backup_dir.glob("shop-*.db"))[:-7]:
+            old.unlink()
+        log.info("backup written to %s", path)
+
+    def setting(self, key):
+        """A runtime setting: the owner's choice from the admin, else the configuration's."""
+        row = self.db().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        if key == "enabled_coins":   # None: every coin the merchant account takes
+            return set(row[0].split(",")) - {""} if row else None
+        default = getattr(self.config, key)
+        return int(row[0]) if row and row[0].isdigit() else default
 
     @property
     def webapp_url(self):
@@ -4283,10 +5357,17 @@ class Shop:
 
     def start(self):
         c = self.config
+        logging.getLogger().addHandler(self.problems)
         try:
             conn = init_db(c.shop_db)
         except (DatabaseError, sqlite3.Error, OSError) as e:
             raise StartupError(str(e)) from None
+        if not c.admin_password and not conn.execute(
+                "SELECT 1 FROM settings WHERE key = 'admin_password_hash'").fetchone():
+            password = set_admin_password(conn)
+            # Shown once, on the console only (never the log file's business): only its hash is kept.
+            print(f"\n  Admin password (shown once; set ADMIN_PASSWORD or run `python shop.py admin-password` "
+                  f"to change it): {password}\n", file=sys.stderr, flush=True)
         try:
             c.media_dir.joinpath("public").mkdir(parents=True, exist_ok=True)
             c.media_dir.joinpath("private").mkdir(parents=True, exist_ok=True)
@@ -4324,7 +5405,8 @@ class Shop:
         self._web_map = {}
         try:
             self.server = waitress.create_server(make_app(self), map=self._web_map, host=c.host, port=c.port,
-                                                 threads=8, ident="shop", channel_timeout=60, **proxy)
+                                                 threads=8, ident="shop", channel_timeout=60,
+                                                 max_request_body_size=60 * 1024 * 1024, **proxy)
         except OSError as e:
             raise StartupError(f"cannot listen on {c.host}:{c.port}: {e.strerror}"
                                " (is the shop already running? set PORT)") from None
@@ -4445,6 +5527,7 @@ class Shop:
         for name in ("web", "bot"):
             if name in self.threads:
                 self.threads[name].join(1.0)
+        logging.getLogger().removeHandler(self.problems)
 
 
 # Command line ################################################################
@@ -4452,6 +5535,7 @@ class Shop:
 def parse_args(argv):
     epilog = ("commands (run without one to start the shop):\n"
               "  balance ID AMOUNT REASON  credit (20.00) or debit (-5.00) a shopper's balance\n"
+              "  admin-password [NEW]      set the admin password (prints a random one if NEW is left out)\n"
               "  set [KEY VALUE]           show the settings, or change one "
               f"({', '.join(SETTING_RULES)})\n\n"
               "Configuration comes from the environment and a .env file in the working directory "
@@ -4475,6 +5559,8 @@ def parse_args(argv):
     balance.add_argument("user_id", help="the shopper's Telegram id (👤 Profile shows it)")
     balance.add_argument("amount", help="EUR to add, like 20.00; a leading - takes money off")
     balance.add_argument("reason", help="why (kept in the ledger)")
+    password = commands.add_parser("admin-password", help="set a new admin password (random if none given)")
+    password.add_argument("password", nargs="?")
     setting = commands.add_parser("set", help="show or change shop settings")
     setting.add_argument("key", nargs="?", choices=list(SETTING_RULES))
     setting.add_argument("value", nargs="?")
@@ -4500,6 +5586,12 @@ def run_command(args, config):
             get_user(conn, user_id)
             adjust_balance(conn, user_id, cents, args.reason)
             print(f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(get_user(conn, user_id)['balance_cents'])}")
+        elif args.command == "admin-password":
+            if config.admin_password:
+                raise InvalidInput("ADMIN_PASSWORD is set in the environment or .env; change it there.")
+            if args.password is not None and len(args.password) < 10:
+                raise InvalidInput("Choose a password of at least 10 characters.")
+            print(f"Admin password set: {set_admin_password(conn, args.password)}")
         elif args.key and args.value is None:
             print(get_setting(conn, args.key))
         elif args.key:

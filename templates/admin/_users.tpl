@@ -1,0 +1,15 @@
+<table>
+  <thead><tr><th>Telegram id</th><th>Name</th><th>Username</th><th class="num">Balance</th><th>Last seen (UTC)</th><th></th></tr></thead>
+  <tbody>
+  % for u in users:
+  <tr><td><a href="/admin/users/{{u['id']}}">{{u["id"]}}</a></td><td>{{u["first_name"]}}</td><td>{{("@" + u["username"]) if u["username"] else ""}}</td>
+    <td class="num">{{fmt(u["balance_cents"])}}</td><td>{{u["last_seen_at"][:16].replace("T", " ")}}</td><td>{{"banned" if u["is_banned"] else ""}}</td></tr>
+  % end
+  % if not users:
+  <tr><td colspan="6" class="muted">No users match.</td></tr>
+  % end
+  </tbody>
+</table>
+% if more:
+<p><a class="button secondary" href="/admin/users?before={{more}}&q={{q}}" hx-get="/admin/users?before={{more}}&q={{q}}" hx-target="#users" hx-push-url="true">More users →</a></p>
+% end

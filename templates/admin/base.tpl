@@ -1,0 +1,34 @@
+<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="htmx-config" content='{"includeIndicatorStyles": false, "allowEval": false, "allowScriptTags": false}'>
+<title>{{title}} · {{shop_name}} admin</title>
+<link rel="stylesheet" href="/static/admin/admin.css">
+<script src="/static/vendor/htmx-2.0.11.min.js" defer></script>
+</head>
+<body hx-headers='{"X-CSRF-Token": "{{csrf}}"}'>
+<header class="top">
+  <a class="brand" href="/admin">{{shop_name}}</a>
+  % if sandbox:
+  <span class="badge">sandbox</span>
+  % end
+  <nav>
+    % for href, label in [("/admin", "Dashboard"), ("/admin/catalog", "Catalog"), ("/admin/orders", "Orders"), ("/admin/payments", "Payments"), ("/admin/users", "Users"), ("/admin/broadcast", "Broadcast"), ("/admin/settings", "Settings"), ("/admin/data", "Data"), ("/admin/audit", "Audit log")]:
+    <a href="{{href}}" class="{{'on' if get('section') == href else ''}}">{{label}}</a>
+    % end
+  </nav>
+  <form method="post" action="/admin/logout" class="logout">
+    <input type="hidden" name="csrf_token" value="{{csrf}}">
+    <button type="submit" class="link">Log out</button>
+  </form>
+</header>
+<main>
+  % if flash:
+  <p class="flash {{'bad' if flash.startswith('⚠️') else 'good'}}" role="status">{{flash}}</p>
+  % end
+  {{!base}}
+</main>
+</body>
+</html>

@@ -1,0 +1,52 @@
+% rebase('admin/base.tpl', title='Order #%d' % order['id'], section='/admin/orders')
+<p><a href="/admin/orders">← Orders</a></p>
+<h1>Order #{{order["id"]}} <span class="status {{order['status']}}">{{order["status"]}}</span></h1>
+<section class="card">
+  <p>Shopper: <a href="/admin/users/{{order['user_id']}}">{{order["first_name"]}}{{(" @" + order["username"]) if order["username"] else ""}} ({{order["user_id"]}})</a></p>
+  <p>Total {{fmt(order["total_cents"])}}, paid with {{order["payment_method"]}} · created {{order["created_at"][:19].replace("T", " ")}} UTC{{(" · paid " + order["paid_at"][:19].replace("T", " ") + " UTC") if order["paid_at"] else ""}}</p>
+  <p class="muted">Messages:
+  % for m in messages:
+  {{m["n"]}} {{m["status"]}}{{(" (" + m["error"] + ")") if m["error"] and m["status"] == "failed" else ""}} ·
+  % end
+  </p>
+</section>
+<section class="card">
+  <h2>Items</h2>
+  <table>
+    <thead><tr><th>Product</th><th>Place</th><th class="num">Price</th><th>Content (the goods)</th></tr></thead>
+    <tbody>
+    % for i in items:
+    <tr><td>{{i["product_name"]}}</td><td>{{i["place_name"]}}</td><td class="num">{{fmt(i["price_cents"])}}</td><td class="content">{{i["content"]}}{{" 📷" if i["media"] else ""}}</td></tr>
+    % end
+    </tbody>
+  </table>
+</section>
+% if order["status"] == "paid":
+<section class="cards">
+  <form method="post" action="/admin/orders/{{order['id']}}/resend" class="card form">
+    % include('admin/_csrf.tpl')
+    <h2>Send the items again</h2>
+    <p class="muted">Queues the delivery messages to the shopper once more.</p>
+    <button type="submit">Re-send delivery</button>
+  </form>
+  <form method="post" action="/admin/orders/{{order['id']}}/refund" class="card form">
+    % include('admin/_csrf.tpl')
+    <h2>Refund to balance</h2>
+    <p class="muted">Cancels the order and credits {{fmt(order["total_cents"])}} to the shopper's balance.</p>
+    <label>Reason <input name="reason" required maxlength="200"></label>
+    <button type="submit" class="danger">Refund {{fmt(order["total_cents"])}}</button>
+  </form>
+</section>
+% end
+% if payments:
+<section class="card">
+  <h2>Payments</h2>
+  % include('admin/_payment_rows.tpl', payments=payments)
+</section>
+% end
+% if ipns:
+<section class="card">
+  <h2>IPN history</h2>
+  % include('admin/_ipns.tpl', ipns=ipns)
+</section>
+% end

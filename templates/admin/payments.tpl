@@ -1,0 +1,14 @@
+% rebase('admin/base.tpl', title='Payments', section='/admin/payments')
+<h1>Payments</h1>
+<form class="filters" method="get" action="/admin/payments" hx-get="/admin/payments" hx-target="#payments" hx-trigger="change" hx-push-url="true">
+  <label>Status <select name="status">
+    <option value="">any</option>
+    % for s in statuses:
+    <option value="{{s}}" {{'selected' if status == s else ''}}>{{s}}</option>
+    % end
+  </select></label>
+  <noscript><button type="submit">Filter</button></noscript>
+</form>
+<div id="payments">
+% include('admin/_payments.tpl')
+</div>

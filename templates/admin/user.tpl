@@ -1,0 +1,36 @@
+% rebase('admin/base.tpl', title=user['first_name'] or str(user['id']), section='/admin/users')
+<p><a href="/admin/users">← Users</a></p>
+<h1>{{user["first_name"] or "Shopper"}} {{("@" + user["username"]) if user["username"] else ""}} {{"(banned)" if user["is_banned"] else ""}}</h1>
+<section class="cards">
+  <div class="card stat"><h2>Balance</h2><p class="big">{{fmt(user["balance_cents"])}}</p><p>Telegram id {{user["id"]}} · since {{user["created_at"][:10]}}</p></div>
+  <form method="post" action="/admin/users/{{user['id']}}/balance" class="card form">
+    % include('admin/_csrf.tpl')
+    <h2>Adjust the balance</h2>
+    <label>Amount in EUR (a leading - takes money off) <input name="amount" required inputmode="decimal" placeholder="10.00 or -5.00"></label>
+    <label>Reason <input name="reason" required maxlength="200"></label>
+    <button type="submit">Adjust</button>
+  </form>
+  <form method="post" action="/admin/users/{{user['id']}}/{{'unban' if user['is_banned'] else 'ban'}}" class="card form">
+    % include('admin/_csrf.tpl')
+    <h2>{{"Unban" if user["is_banned"] else "Ban"}}</h2>
+    <p class="muted">{{"They can shop again." if user["is_banned"] else "They get one polite refusal and nothing else."}}</p>
+    <button type="submit" class="{{'' if user['is_banned'] else 'danger'}}">{{"Unban" if user["is_banned"] else "Ban"}}</button>
+  </form>
+</section>
+<section class="card"><h2>Orders</h2>
+  <table><thead><tr><th>#</th><th>Created (UTC)</th><th class="num">Total</th><th>Status</th></tr></thead><tbody>
+  % for o in orders:
+  <tr><td><a href="/admin/orders/{{o['id']}}">#{{o["id"]}}</a></td><td>{{o["created_at"][:16].replace("T", " ")}}</td><td class="num">{{fmt(o["total_cents"])}}</td><td><span class="status {{o['status']}}">{{o["status"]}}</span></td></tr>
+  % end
+  </tbody></table>
+</section>
+<section class="card"><h2>Payments</h2>
+% include('admin/_payment_rows.tpl', payments=payments)
+</section>
+<section class="card"><h2>Ledger</h2>
+  <table><thead><tr><th>When (UTC)</th><th>Kind</th><th class="num">Amount</th><th class="num">Balance after</th><th>Reason</th></tr></thead><tbody>
+  % for l in ledger:
+  <tr><td>{{l["created_at"][:19].replace("T", " ")}}</td><td>{{l["kind"]}}</td><td class="num">{{fmt(l["amount_cents"])}}</td><td class="num">{{fmt(l["balance_after_cents"])}}</td><td>{{l["reason"]}}</td></tr>
+  % end
+  </tbody></table>
+</section>
