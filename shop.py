@@ -3776,7 +3776,7 @@ def make_admin(shop, app):
             log.warning("admin: a failed login from %s", addr)
             return bottle.HTTPResponse(render("login.tpl", error="Wrong password.", next=target), 403)
         token, _ = create_admin_session(conn, addr)
-        bottle.response.set_cookie(cookie, token, path="/admin", httponly=True, samesite="strict", secure=secure,
+        bottle.response.set_cookie(cookie, token, path="/admin", httponly=True, samesite="Strict", secure=secure,
                                    max_age=ADMIN_MAX_SECONDS)
         return bottle.redirect(target, 303)
 
@@ -3944,7 +3944,7 @@ def make_admin(shop, app):
             args.append((datetime.strptime(until, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d"))
         if search:
             digits = search.lstrip("#@")
-            if digits.isdigit():
+            if re.fullmatch(r"[0-9]{1,18}", digits):
                 where.append("(o.id = ? OR o.user_id = ?)")
                 args += [int(digits), int(digits)]
             else:
@@ -4036,7 +4036,7 @@ def make_admin(shop, app):
     def users(conn, sess):
         search = (bottle.request.query.getunicode("q") or "").strip().lstrip("@")
         where, args = ["id < ?"], [keyset() or 2 ** 62]
-        if search.isdigit():
+        if re.fullmatch(r"[0-9]{1,18}", search):
             where.append("id = ?")
             args.append(int(search))
         elif search:

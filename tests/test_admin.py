@@ -1,0 +1,427 @@
+"""The owner's admin over real HTTP: access control, every action's effect and its audit row."""
+
+import html
+import io
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import requests
+
+import shop
+from conftest import ROOT, free_port, png
+from test_payments import emulator, wait_for_row
+from test_services import seed, user
+
+PASSWORD = "correct horse battery"
+
+
+class Admin:
+    """An owner's browser session: cookies, the CSRF token, same-origin headers."""
+
+    def __init__(self, s):
+        self.shop, self.http, self.csrf = s, requests.Session(), None
+
+    def login(self, password=PASSWORD):
+        r = self.http.post(self.shop.url + "/admin/login", data={"password": password, "next": "/admin"},
+                           allow_redirects=False, timeout=10)
+        if r.status_code == 303:
+            self.csrf = re.search(r'name="csrf_token" value="([^"]+)"', self.get("/admin/catalog").text).group(1)
+        return r
+
+    def get(self, path, **kw):
+        return self.http.get(self.shop.url + path, timeout=10, **kw)
+
+    def post(self, path, data=None, csrf=True, files=None, **kw):
+        data = dict(data or {})
+        if csrf:
+            data["csrf_token"] = self.csrf
+        return self.http.post(self.shop.url + path, data=data, files=files, allow_redirects=False, timeout=30, **kw)
+
+    def flash(self, path):
+        return html.unescape(re.search(r'class="flash[^"]*"[^>]*>([^<]*)<', self.get(path).text).group(1))
+
+
+@pytest.fixture
+def admin(make_shop):
+    s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
+    s.conn = shop.connect(s.config.shop_db)
+    a = Admin(s)
+    assert a.login().status_code == 303
+    yield a
+    s.conn.close()
+
+
+def audit_actions(conn):
+    return [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")]
+
+
+# Access
+
+def test_every_admin_page_needs_a_session(make_shop):
+    s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
+    anonymous = requests.Session()
+    for path in ("/admin", "/admin/catalog", "/admin/orders", "/admin/orders/1", "/admin/payments", "/admin/users",
+                 "/admin/broadcast", "/admin/settings", "/admin/data", "/admin/audit", "/admin/backup",
+                 "/admin/export/orders.csv", "/admin/export/ledger.csv", "/admin/products/new"):
+        r = anonymous.get(s.url + path, allow_redirects=False, timeout=5)
+        assert r.status_code == 303 and "/admin/login" in r.headers["Location"], path
+    for path in ("/admin/cities", "/admin/orders/1/refund", "/admin/users/1/balance", "/admin/broadcast",
+                 "/admin/settings", "/admin/logout"):
+        r = anonymous.post(s.url + path, data={"name": "x"}, allow_redirects=False, timeout=5)
+        assert r.status_code == 303 and "/admin/login" in r.headers["Location"], path
+    htmx = anonymous.get(s.url + "/admin/orders", headers={"HX-Request": "true"}, timeout=5)
+    assert htmx.headers["HX-Redirect"] == "/admin/login"
+    login = anonymous.get(s.url + "/admin/login", timeout=5)
+    assert "script-src 'self'" in login.headers["Content-Security-Policy"] and "frame-ancestors 'none'" in \
+        login.headers["Content-Security-Policy"]
+
+
+def test_login_logout_and_the_session_cookie(admin):
+    cookie = next(c for c in admin.http.cookies if c.name == "shop_admin")
+    assert cookie.has_nonstandard_attr("HttpOnly") and cookie.path == "/admin"
+    raw = admin.http.post(admin.shop.url + "/admin/login", data={"password": PASSWORD}, allow_redirects=False,
+                          timeout=5).headers["Set-Cookie"]
+    assert "samesite=strict" in raw.lower() and "HttpOnly" in raw
+    admin.login()                                   # the new session has its own CSRF token
+    token_hashes = [r[0] for r in admin.shop.conn.execute("SELECT token_hash FROM admin_sessions")]
+    assert cookie.value not in token_hashes and len(token_hashes) == 3          # only hashes are kept
+    assert admin.get("/admin").status_code == 200
+    assert admin.post("/admin/logout").status_code == 303
+    assert admin.get("/admin", allow_redirects=False).status_code == 303
+    assert audit_actions(admin.shop.conn)[-1] == "logged out"
+
+
+def test_wrong_passwords_are_refused_and_then_throttled(make_shop):
+    s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
+    a = Admin(s)
+    for _ in range(5):
+        r = a.login("guess")
+        assert r.status_code == 403 and "Wrong password" in r.text
+    r = a.login(PASSWORD)                       # even the right one waits now
+    assert r.status_code == 429 and "Too many failed attempts" in r.text
+    conn = shop.connect(s.config.shop_db)
+    assert audit_actions(conn).count("login failed") == 5
+    conn.close()
+
+
+def test_a_missing_or_wrong_csrf_token_or_a_cross_site_post_is_refused(admin):
+    cases = [({"csrf": False}, "CSRF"), ({"data": {"csrf_token": "forged"}, "csrf": False}, "CSRF"),
+             ({"headers": {"Sec-Fetch-Site": "cross-site"}}, "Cross-site"),
+             ({"headers": {"Origin": "https://evil.example"}}, "Cross-site")]
+    for kw, words in cases:
+        kw.setdefault("data", {})
+        kw["data"] = {**kw["data"], "name": "Atlantis"}
+        r = admin.post("/admin/cities", **kw)
+        assert r.status_code == 403 and words in r.text, kw
+    ok = admin.post("/admin/cities", data={"name": "Atlantis"}, headers={"X-CSRF-Token": admin.csrf}, csrf=False)
+    assert ok.status_code == 303
+    assert [r[0] for r in admin.shop.conn.execute("SELECT name FROM cities")] == ["Atlantis"]
+
+
+def test_an_idle_session_expires(admin):
+    admin.shop.conn.execute("UPDATE admin_sessions SET last_seen_at = ?", (shop.now_iso(-31 * 60),))
+    r = admin.get("/admin", allow_redirects=False)
+    assert r.status_code == 303 and "/admin/login" in r.headers["Location"]
+    assert admin.shop.conn.execute("SELECT count(*) FROM admin_sessions").fetchone()[0] == 0
+
+
+def test_without_admin_password_the_first_start_prints_one_and_keeps_only_its_hash(tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if k not in shop.ENV_VARS}
+    env.update(PORT=str(free_port()), SHOP_DB=str(tmp_path / "s.db"), PYTHONUNBUFFERED="1")
+    from conftest import ShopProcess
+    proc = ShopProcess(tmp_path, env).start("--no-demo")
+    line = proc.wait_log("Admin password (shown once")
+    password = line.rsplit(": ", 1)[1].strip()
+    proc.stop()
+    assert password not in "\n".join(l for l in proc.lines if l is not line)
+    conn = shop.connect(str(tmp_path / "s.db"))
+    stored = conn.execute("SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()[0]
+    assert stored.startswith("scrypt$") and password not in stored and shop.check_password(password, stored)
+    proc2 = ShopProcess(tmp_path, env).start("--no-demo")            # not again on the next start
+    proc2.stop()
+    assert "Admin password" not in proc2.log
+    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "admin-password", "a new long secret"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    assert shop.check_password("a new long secret", conn.execute(
+        "SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()[0])
+    conn.close()
+
+
+# Catalog
+
+def test_places_are_added_renamed_moved_and_hidden(admin):
+    for name in ("Berlin", "Lisbon", "Łódź <Centrum>"):
+        assert admin.post("/admin/cities", {"name": name}).status_code == 303
+    conn = admin.shop.conn
+    ids = dict(conn.execute("SELECT name, id FROM cities").fetchall())
+    admin.post(f"/admin/city/{ids['Łódź <Centrum>']}", {"action": "up"})
+    assert [r[0] for r in conn.execute("SELECT name FROM cities ORDER BY position")] == \
+        ["Berlin", "Łódź <Centrum>", "Lisbon"]
+    admin.post(f"/admin/city/{ids['Lisbon']}", {"action": "rename", "name": "Lisboa"})
+    admin.post(f"/admin/city/{ids['Berlin']}", {"action": "hide"})
+    admin.post("/admin/districts", {"city_id": ids["Lisbon"], "name": "Alfama"})
+    assert conn.execute("SELECT name, is_hidden FROM cities WHERE id = ?", (ids["Berlin"],)).fetchone()[:] == ("Berlin", 1)
+    assert conn.execute("SELECT name FROM districts").fetchall()[0][0] == "Alfama"
+    for bad in ({"name": "Lisboa"}, {"name": ""}, {"name": "x" * 65}):
+        admin.post("/admin/cities", bad)
+        assert admin.flash("/admin/catalog").startswith("⚠️")
+    assert conn.execute("SELECT count(*) FROM cities").fetchone()[0] == 3
+    assert audit_actions(conn)[1:] == ["city added"] * 3 + ["city moved up", "city renamed", "city hidden",
+                                                            "district added"]
+    page = admin.get("/admin/catalog").text
+    assert "Łódź &lt;Centrum&gt;" in page and "<Centrum>" not in page
+
+
+def test_products_photos_and_units(admin, tmp_path):
+    conn = admin.shop.conn
+    admin.post("/admin/cities", {"name": "Berlin"})
+    city = conn.execute("SELECT id FROM cities").fetchone()[0]
+    admin.post("/admin/districts", {"city_id": city, "name": "Mitte"})
+    district = conn.execute("SELECT id FROM districts").fetchone()[0]
+    r = admin.post("/admin/products", {"name": 'Tea <b>& "Co"', "description": "Green\nsencha", "price": "12,50",
+                                       "active": "1"}, files={"photo": ("tea.png", png(), "image/png")})
+    assert r.status_code == 303
+    product = conn.execute("SELECT * FROM products").fetchone()
+    assert (product["name"], product["price_cents"], product["is_active"]) == ('Tea <b>& "Co"', 1250, 1)
+    assert admin.get("/media/" + product["photo"]).content == png()
+    before = conn.execute("SELECT * FROM products").fetchall()
+    for files, words in ((("notes.txt", b"just text", "image/png"), "not a JPEG"),
+                         (("big.png", png() + b"\0" * shop.MAX_IMAGE_BYTES, "image/png"), "larger than 10 MB")):
+        admin.post(f"/admin/products/{product['id']}", {"name": "Changed", "price": "1"}, files={"photo": files})
+        assert words in admin.flash(f"/admin/products/{product['id']}")
+    assert [tuple(r) for r in conn.execute("SELECT * FROM products")] == [tuple(r) for r in before]
+    r = admin.post(f"/admin/products/{product['id']}/units", {"district_id": district,
+                                                              "units": "CODE-1\n\nCODE-2 line one\nline two\n\nCODE-3"},
+                   files={"media": ("locker.png", png(rgb=(1, 2, 3)), "image/png")})
+    assert "3 units added" in admin.flash(f"/admin/products/{product['id']}")
+    units = conn.execute("SELECT content, media FROM stock_units ORDER BY id").fetchall()
+    assert [u[0] for u in units] == ["CODE-1", "CODE-2 line one\nline two", "CODE-3"]
+    assert all(u[1] and admin.get("/media/" + u[1]).status_code == 404 for u in units)   # private
+    admin.post(f"/admin/products/{product['id']}/units", {"district_id": district, "units": "A\nB"})
+    assert conn.execute("SELECT count(*) FROM stock_units").fetchone()[0] == 5
+    buyer = user(conn, 9, balance=1250)
+    shop.buy_with_balance(conn, buyer, [(product["id"], district, 1)])
+    sold = conn.execute("SELECT id FROM stock_units WHERE status = 'sold'").fetchone()[0]
+    admin.post(f"/admin/units/{sold}/delete")
+    assert "never ordered" in admin.flash(f"/admin/products/{product['id']}")
+    spare = conn.execute("SELECT id FROM stock_units WHERE content = 'B'").fetchone()[0]
+    admin.post(f"/admin/units/{spare}/delete", headers={"HX-Request": "true"})
+    assert conn.execute("SELECT count(*) FROM stock_units").fetchone()[0] == 4
+    assert audit_actions(conn)[-4:] == ["product added", "units added", "units added", "unit deleted"]
+
+
+def zip_of(files):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_a_catalog_import_is_previewed_then_confirmed(admin):
+    conn = admin.shop.conn
+    catalog = {"cities": [{"name": "Kraków", "districts": ["Kazimierz"]}],
+               "products": [{"name": "Poster", "price": "19.00", "photo": "img/p.png",
+                             "stock": [{"city": "Kraków", "district": "Kazimierz", "content": "LOCKER 1",
+                                        "media": "img/l.png"}]}]}
+    archive = zip_of({"catalog.json": json.dumps(catalog), "img/p.png": png(), "img/l.png": png(rgb=(9, 9, 9))})
+    r = admin.post("/admin/import", files={"file": ("catalog.zip", archive, "application/zip")})
+    assert r.status_code == 200 and "This import would change" in r.text
+    assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0          # a preview changes nothing
+    assert not list((admin.shop.config.media_dir / "private").glob("*"))
+    token = re.search(r'name="token" value="([^"]+)"', r.text).group(1)
+    assert admin.post("/admin/import/confirm", {"token": token}).status_code == 303
+    assert conn.execute("SELECT count(*) FROM stock_units WHERE media IS NOT NULL").fetchone()[0] == 1
+    assert admin.post("/admin/import/confirm", {"token": token}).status_code == 303     # used up
+    assert "too old" in admin.flash("/admin/catalog")
+    bad = admin.post("/admin/import", files={"file": ("c.json", b'{"cities": 5}', "application/json")})
+    assert "nothing was imported" in bad.text and "cities: must be a list" in bad.text
+    evil = zip_of({"catalog.json": "{}", "../../escape.txt": "x"})
+    r = admin.post("/admin/import", files={"file": ("evil.zip", evil, "application/zip")})
+    assert "points outside the archive" in r.text
+    assert not (admin.shop.config.media_dir.parent.parent / "escape.txt").exists()
+    assert audit_actions(conn).count("catalog imported") == 1
+
+
+# Orders, payments, users
+
+@pytest.fixture
+def sale(admin):
+    """A paid balance order and an open crypto invoice, by two shoppers."""
+    conn = admin.shop.conn
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 4)])
+    gift = ids[("Gift card", "Mitte")]
+    paid = shop.buy_with_balance(conn, user(conn, 11, balance=5000), [(*gift, 1)])
+    user(conn, 12)
+    nonce = shop.create_checkout(conn, 12, "order", 2500, [(*gift, 1)])
+    payment = admin.shop.payments.open_order_invoice(12, nonce, "btc")
+    return paid, payment
+
+
+def test_orders_are_filtered_searched_and_paged(admin, sale):
+    conn = admin.shop.conn
+    gift = conn.execute("SELECT product_id, district_id FROM stock_units LIMIT 1").fetchone()
+    shop.adjust_balance(conn, 11, 200000, "many orders")
+    for _ in range(2):
+        seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 60)])
+    for _ in range(60):
+        shop.buy_with_balance(conn, 11, [(*gift, 1)])
+    page = admin.get("/admin/orders").text
+    assert page.count('href="/admin/orders/') == 50 and "Older orders" in page
+    more = re.search(r'href="(/admin/orders\?before=\d+[^"]*)"', page).group(1).replace("&amp;", "&")
+    rest = admin.get(more, headers={"HX-Request": "true"}).text
+    assert "<html" not in rest and rest.count('href="/admin/orders/') == 12     # the fragment only
+    assert admin.get("/admin/orders?status=pending").text.count('href="/admin/orders/') == 1
+    assert admin.get("/admin/orders?q=12").text.count('href="/admin/orders/') == 2   # order #12, or user 12
+    assert admin.get("/admin/orders?q=%23" + str(sale[0])).text.count('href="/admin/orders/') >= 1
+    for junk in ("?status=x&from=yesterday&q=%00", "?before=abc", "?q=" + "9" * 40):
+        assert admin.get("/admin/orders" + junk).status_code == 200
+    assert admin.get("/admin/orders/999999").status_code == 404
+
+
+def test_refunding_an_order_credits_the_balance_once(admin, sale):
+    paid, _ = sale
+    conn = admin.shop.conn
+    admin.post(f"/admin/orders/{paid}/refund", {"reason": ""})
+    assert "reason is empty" in admin.flash(f"/admin/orders/{paid}")
+    admin.post(f"/admin/orders/{paid}/refund", {"reason": "damaged card"})
+    assert conn.execute("SELECT status FROM orders WHERE id = ?", (paid,)).fetchone()[0] == "refunded"
+    assert shop.get_user(conn, 11)["balance_cents"] == 5000
+    admin.post(f"/admin/orders/{paid}/refund", {"reason": "again"})
+    assert "only paid orders" in admin.flash(f"/admin/orders/{paid}")
+    assert shop.get_user(conn, 11)["balance_cents"] == 5000
+    assert "refunded" in conn.execute("SELECT text FROM outbox ORDER BY id DESC").fetchone()[0]
+    assert audit_actions(conn).count("order refunded") == 1
+
+
+def test_resending_a_delivery(admin, sale):
+    paid, _ = sale
+    conn = admin.shop.conn
+    conn.execute("UPDATE outbox SET status = 'sent'")
+    admin.post(f"/admin/orders/{paid}/resend")
+    assert conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending' AND order_id = ?",
+                        (paid,)).fetchone()[0] >= 2
+    assert "delivery re-sent" in audit_actions(conn)
+
+
+def test_a_payment_is_rechecked_or_marked_as_paid(admin, sale):
+    _, payment = sale
+    conn = admin.shop.conn
+    page = admin.get(f"/admin/payments/{payment['id']}").text
+    assert payment["provider_id"] in page and "No IPN arrived" in page
+    data = {**emulator(admin.shop, payment), "payment_status": "confirming"}
+    with shop.transaction(conn):
+        conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?",
+                     (shop.encode_json(data), int(payment["provider_id"])))
+    admin.post(f"/admin/payments/{payment['id']}/recheck")
+    assert "waiting -> confirming" in admin.flash(f"/admin/payments/{payment['id']}")
+    admin.post(f"/admin/payments/{payment['id']}/mark-paid", {"reason": ""})
+    assert conn.execute("SELECT status FROM payments").fetchone()[0] == "confirming"
+    admin.post(f"/admin/payments/{payment['id']}/mark-paid", {"reason": "paid in cash at the counter"})
+    assert conn.execute("SELECT status, outcome, final_source FROM payments").fetchone()[:] == \
+        ("finished", "delivered", "admin")
+    assert conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()[0] == "paid"
+    admin.post(f"/admin/payments/{payment['id']}/mark-paid", {"reason": "twice"})
+    assert "already finished" in admin.flash(f"/admin/payments/{payment['id']}")
+    assert audit_actions(conn)[-2:] == ["payment re-checked", "payment marked as paid"]
+    assert admin.get("/admin/payments?status=finished").text.count(payment["provider_id"]) == 1
+
+
+def test_users_balance_and_bans(admin, sale):
+    conn = admin.shop.conn
+    assert admin.get("/admin/users?q=11").text.count('href="/admin/users/11"') == 1
+    admin.post("/admin/users/12/balance", {"amount": "10,50", "reason": "cash"})
+    admin.post("/admin/users/12/balance", {"amount": "-0.50", "reason": "fee"})
+    for bad in ({"amount": "5", "reason": ""}, {"amount": "-99", "reason": "too much"}, {"amount": "x", "reason": "r"}):
+        admin.post("/admin/users/12/balance", bad)
+        assert admin.flash("/admin/users/12").startswith("⚠️")
+    assert shop.get_user(conn, 12)["balance_cents"] == 1000
+    admin.post("/admin/users/12/ban")
+    assert shop.get_user(conn, 12)["is_banned"] == 1
+    admin.post("/admin/users/12/unban")
+    assert shop.get_user(conn, 12)["is_banned"] == 0
+    assert audit_actions(conn)[-4:] == ["balance adjusted", "balance adjusted", "user banned", "user unbanned"]
+    assert shop.check_ledger(conn) == []
+    assert admin.get("/admin/users/424242").status_code == 404
+
+
+def test_a_broadcast_reaches_everyone_who_is_not_banned(admin):
+    conn = admin.shop.conn
+    for uid in (21, 22, 23):
+        user(conn, uid)
+    shop.set_banned(conn, 23, True)
+    preview = admin.get("/admin/broadcast/preview", params={"text": "Sale <b>today</b> & tomorrow"})
+    assert "Sale &lt;b&gt;today&lt;/b&gt; &amp; tomorrow" in preview.text
+    r = admin.post("/admin/broadcast", {"text": "Sale <b>today</b> & tomorrow"},
+                   files={"photo": ("sale.png", png(), "image/png")})
+    broadcast = int(r.headers["Location"].rsplit("/", 1)[1])
+    rows = conn.execute("SELECT chat_id, text, photo FROM outbox WHERE broadcast_id = ?", (broadcast,)).fetchall()
+    assert sorted(r[0] for r in rows) == [21, 22]
+    assert rows[0][1] == "Sale &lt;b&gt;today&lt;/b&gt; &amp; tomorrow" and rows[0][2].startswith("public:")
+    progress = admin.get(f"/admin/broadcast/{broadcast}", headers={"HX-Request": "true"}).text
+    assert "2 left" in progress and 'hx-trigger="every 1s"' in progress
+    conn.execute("UPDATE outbox SET status = 'sent' WHERE broadcast_id = ?", (broadcast,))
+    done = admin.get(f"/admin/broadcast/{broadcast}", headers={"HX-Request": "true"}).text
+    assert "2 sent" in done and "0 left" in done and "hx-trigger" not in done
+    admin.post("/admin/broadcast", {"text": "   "})
+    assert admin.flash("/admin/broadcast").startswith("⚠️")
+    assert audit_actions(conn).count("broadcast started") == 1
+
+
+# Settings, data, audit
+
+def test_settings_take_effect_without_a_restart(admin, make_shop):
+    conn = admin.shop.conn
+    page = admin.get("/admin/settings").text
+    assert 'value="usdttrc20"' in page
+    r = admin.post("/admin/settings", {"shop_name": "Paper & Ink", "welcome_text": "Hi", "help_text": "Help",
+                                       "support_contact": "@help", "min_deposit": "7,50", "reservation_minutes": "45",
+                                       "coins_listed": "1", "coins": ["btc", "ltc"]})
+    assert r.status_code == 303
+    assert admin.shop.setting("min_deposit_cents") == 750 and admin.shop.setting("reservation_minutes") == 45
+    assert [c for c, _ in admin.shop.payments.coins()] == ["btc", "ltc"]
+    assert shop.get_setting(conn, "shop_name") == "Paper & Ink"
+    for bad in ({"min_deposit": "0"}, {"reservation_minutes": "0"}, {"coins_listed": "1", "coins": []},
+                {"shop_name": ""}):
+        form = {"shop_name": "Paper & Ink", "welcome_text": "Hi", "help_text": "Help", "min_deposit": "7.50",
+                "reservation_minutes": "45", **bad}
+        admin.post("/admin/settings", form)
+        assert admin.flash("/admin/settings").startswith("⚠️"), bad
+    assert admin.shop.setting("reservation_minutes") == 45
+    assert "settings changed" in audit_actions(conn)
+
+
+def test_exports_and_backups(admin, sale):
+    orders_csv = admin.get("/admin/export/orders.csv")
+    assert orders_csv.headers["Content-Disposition"].endswith('"orders.csv"')
+    lines = orders_csv.text.splitlines()
+    assert lines[0].startswith("order,created_at") and len(lines) == 3
+    ledger = admin.get("/admin/export/ledger.csv").text.splitlines()
+    assert ledger[0].startswith("entry,") and ",-25.00," in ledger[2]
+    backup = admin.get("/admin/backup")
+    assert backup.headers["Content-Type"] == "application/vnd.sqlite3"
+    path = admin.shop.backup_dir / "check.db"
+    path.write_bytes(backup.content)
+    copy = sqlite3.connect(path)
+    assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert copy.execute("SELECT count(*) FROM orders").fetchone()[0] == 2
+    copy.close()
+    admin.shop.backup()                          # the nightly job keeps the last 7
+    for _ in range(8):
+        admin.shop.backup_dir.joinpath(f"shop-2020010{_}-000000.db").write_bytes(b"")
+    admin.shop.backup()
+    assert len(list(admin.shop.backup_dir.glob("shop-*.db"))) == 7
+    assert audit_actions(admin.shop.conn)[-3:] == ["orders exported", "ledger exported", "backup downloaded"]
+
+
+def test_the_dashboard_shows_sales_and_problems(admin, sale):
+    page = admin.get("/admin").text
+    assert "€25.00" in page and "1 paid order" in page and "Open invoices" in page
+    assert '<svg class="chart"' in page
+    assert admin.get("/admin/audit").text.count("logged in") >= 1
