@@ -108,7 +108,7 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE INDEX IF NOT EXISTS orders_user ON orders(user_id, id);
 CREATE INDEX IF NOT EXISTS orders_status ON orders(status, id);
-CREATE INDEX IF NOT EXISTS orders_paid ON orders(paid_at) WHERE status = 'paid';
+CREATE INDEX IF NOT EXISTS orders_paid ON orders(paid_at, total_cents) WHERE status = 'paid';
 CREATE UNIQUE INDEX IF NOT EXISTS orders_checkout ON orders(user_id, checkout_key)
     WHERE checkout_key IS NOT NULL;
 
@@ -242,6 +242,8 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE INDEX IF NOT EXISTS payments_open ON payments(created_at)
     WHERE status IN ('waiting', 'confirming', 'confirmed', 'sending');
 CREATE INDEX IF NOT EXISTS payments_user ON payments(user_id, created_at);
+CREATE INDEX IF NOT EXISTS payments_final
+    ON payments(final_at, status, final_source, parent_id) WHERE final_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS payments_order ON payments(order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS payments_parent ON payments(parent_id) WHERE parent_id IS NOT NULL;
 
