@@ -641,16 +641,29 @@ SETTING_RULES = {
 }
 
 
-def set_setting(conn, key, value):
-    """Change a shop setting (see SETTING_RULES); takes effect on the next message."""
+def clean_setting(key, value):
     if key not in SETTING_RULES:
         raise InvalidInput(f"Unknown setting {key!r}; settings are: {', '.join(SETTING_RULES)}.")
     what, max_len, multiline = SETTING_RULES[key]
-    value = clean_text(value, what, max_len=max_len, multiline=multiline, required=key != "support_contact")
+    return clean_text(value, what, max_len=max_len, multiline=multiline, required=key != "support_contact")
+
+
+def set_setting(conn, key, value):
+    """Change a shop setting (see SETTING_RULES); takes effect on the next message."""
+    value = clean_setting(key, value)
     with transaction(conn):
         conn.execute("INSERT INTO settings(key, value) VALUES (?, ?) "
                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
     return value
+
+
+def save_settings(conn, changes, remote=None):
+    """Store already-checked settings {key: text} together, with one audit row naming them."""
+    with transaction(conn):
+        for key, value in changes.items():
+            conn.execute("INSERT INTO settings(key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        audit(conn, "settings changed", ", ".join(changes) or "nothing", remote)
 
 
 def stored_secret(path, key):
@@ -2068,7 +2081,7 @@ def add_city(conn, name, remote=None):
     name = _name(name, "The city name")
     with transaction(conn):
         if conn.execute("SELECT 1 FROM cities WHERE name = ?", (name,)).fetchone():
-            raise InvalidInput(f"There is already a city called {name!r}.")
+            raise InvalidInput(f"There is already a city called “{name}”.")
         position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM cities").fetchone()[0]
         city_id = conn.execute("INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)).lastrowid
         audit(conn, "city added", f"#{city_id} {name}", remote)
@@ -2082,7 +2095,7 @@ def add_district(conn, city_id, name, remote=None):
         if city is None:
             raise NotFound("No such city.")
         if conn.execute("SELECT 1 FROM districts WHERE city_id = ? AND name = ?", (city_id, name)).fetchone():
-            raise InvalidInput(f"{city['name']} already has a district called {name!r}.")
+            raise InvalidInput(f"{city['name']} already has a district called “{name}”.")
         position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM districts WHERE city_id = ?",
                                 (city_id,)).fetchone()[0]
         district_id = conn.execute("INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
@@ -2107,7 +2120,7 @@ def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, rem
                                  + (f" AND {group} = ?" if group else ""),
                                  (name, place_id, *([row[group]] if group else []))).fetchone()
             if clash:
-                raise InvalidInput(f"That name is taken: {name!r}.")
+                raise InvalidInput(f"That name is taken: “{name}”.")
             conn.execute(f"UPDATE {table} SET name = ? WHERE id = ?", (name, place_id))
             audit(conn, f"{kind} renamed", f"#{place_id} {row['name']} -> {name}", remote)
         if hidden is not None:
@@ -2139,7 +2152,7 @@ def save_product(conn, media_dir, product_id, *, name, description, price, activ
     with transaction(conn):
         clash = conn.execute("SELECT id FROM products WHERE name = ? AND id IS NOT ?", (name, product_id)).fetchone()
         if clash:
-            raise InvalidInput(f"There is already a product called {name!r}.")
+            raise InvalidInput(f"There is already a product called “{name}”.")
         if product_id is None:
             product_id = conn.execute(
                 "INSERT INTO products(name, description, price_cents, photo, is_active, created_at) "
@@ -2243,7 +2256,9 @@ def admin_adjust_balance(conn, user_id, amount, reason, remote=None):
         raise InvalidInput(f"The amount {e}.") from None
     reason = clean_text(reason, "The reason", max_len=200)
     with transaction(conn):
-        get_user(conn, user_id)
+        balance = get_user(conn, user_id)["balance_cents"]
+        if balance + cents < 0:
+            raise InvalidInput(f"The balance is only {fmt_eur(balance)}; it cannot go below zero.")
         post_ledger(conn, user_id, cents, "adjustment", f"adjustment:{secrets.token_hex(8)}", reason=reason)
         enqueue_message(conn, user_id, f"💰 Your balance was {'credited' if cents > 0 else 'debited'} "
                                        f"{fmt_eur(abs(cents))}: {esc(reason)}. Balance: {_balance(conn, user_id)}.")
@@ -3173,6 +3188,10 @@ def make_app(shop):
         if bottle.request.path != "/app":   # the Mini App lives in Telegram's frames; see its CSP
             h.setdefault("X-Frame-Options", "DENY")
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return bottle.HTTPResponse(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/healthz")
     def healthz():
         state = shop.health()
@@ -3751,6 +3770,8 @@ def make_admin(shop, app):
     @app.get("/admin/login")
     def login_form():
         bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
+        if get_admin_session(shop.db(), bottle.request.get_cookie(cookie)):
+            return bottle.redirect("/admin", 303)
         return render("login.tpl", error=None, next=bottle.request.query.get("next", "/admin"))
 
     @app.post("/admin/login")
@@ -3827,7 +3848,11 @@ def make_admin(shop, app):
         update_place(conn, kind, place_id, remote=remote(), **kw)
         return "/admin/catalog", f"{kind.title()} updated."
 
-    def product_form(conn, sess, product, error=None):
+    def keyset(name="before"):
+        value = bottle.request.query.get(name, "")
+        return int(value) if re.fullmatch(r"\d{1,18}", value) else None
+
+    def product_form(conn, sess, product, error=None, form=None):
         stock = conn.execute(
             "SELECT d.id, d.name, c.name AS city, sum(u.status = 'available') AS available, "
             "sum(u.status = 'reserved') AS reserved, sum(u.status = 'sold') AS sold FROM districts d "
@@ -3836,9 +3861,20 @@ def make_admin(shop, app):
             (product["id"] if product else -1,)).fetchall()
         units = conn.execute("SELECT u.*, d.name AS district, c.name AS city FROM stock_units u "
                              "JOIN districts d ON d.id = u.district_id JOIN cities c ON c.id = d.city_id "
-                             "WHERE u.product_id = ? ORDER BY u.status = 'available' DESC, u.id DESC LIMIT 200",
-                             (product["id"] if product else -1,)).fetchall()
-        return render("product.tpl", sess, product=product, stock=stock, units=units)
+                             f"WHERE u.product_id = ? AND u.id < ? ORDER BY u.id DESC LIMIT {ADMIN_PAGE + 1}",
+                             (product["id"] if product else -1, keyset() or 2 ** 62)).fetchall()
+        more = f"/admin/products/{product['id']}?before={units[ADMIN_PAGE - 1]['id']}" \
+            if product and len(units) > ADMIN_PAGE else None
+        units = units[:ADMIN_PAGE]
+        values = {"name": product["name"], "description": product["description"],
+                  "price": cents_to_str(product["price_cents"]), "active": bool(product["is_active"])} if product \
+            else {"name": "", "description": "", "price": "", "active": True}
+        if form is not None:   # a refused save: show what the owner typed, with the reason
+            values = {"name": form.getunicode("name") or "", "description": form.getunicode("description") or "",
+                      "price": form.getunicode("price") or "", "active": form.get("active") == "1"}
+        page_ = render("product.tpl", sess, product=product, stock=stock, units=units, values=values, error=error,
+                       more=more)
+        return bottle.HTTPResponse(page_, 400) if error else page_
 
     @page("/admin/products/new")
     def product_new(conn, sess):
@@ -3855,10 +3891,17 @@ def make_admin(shop, app):
     @page("/admin/products/<product_id:int>", "POST")
     def product_save(conn, sess, product_id=None):
         f = bottle.request.forms
-        product_id = save_product(conn, shop.config.media_dir, product_id, name=f.getunicode("name"),
-                                  description=f.getunicode("description") or "", price=f.getunicode("price"),
-                                  active=f.get("active") == "1",
-                                  photo=read_upload(bottle.request.files.get("photo"), "The photo"), remote=remote())
+        product = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone() if product_id else None
+        if product_id and product is None:
+            raise NotFound("No such product.")
+        try:
+            product_id = save_product(conn, shop.config.media_dir, product_id, name=f.getunicode("name"),
+                                      description=f.getunicode("description") or "", price=f.getunicode("price"),
+                                      active=f.get("active") == "1",
+                                      photo=read_upload(bottle.request.files.get("photo"), "The photo"),
+                                      remote=remote())
+        except InvalidInput as e:
+            return product_form(conn, sess, product, error=str(e), form=f)
         return f"/admin/products/{product_id}", "Product saved."
 
     @page("/admin/products/<product_id:int>/units", "POST")
@@ -3900,7 +3943,9 @@ def make_admin(shop, app):
             counts = import_catalog(conn, parsed, folder, shop.config.media_dir, dry_run=True)
         except CatalogError as e:
             shutil.rmtree(folder, ignore_errors=True)
-            return render("import.tpl", sess, preview=None, token=None, errors=e.errors)
+            shown = upload.filename or "the file"
+            errors = [m.replace(str(folder / "catalog.json"), shown).replace(str(folder), shown) for m in e.errors]
+            return render("import.tpl", sess, preview=None, token=None, errors=errors)
         token = secrets.token_urlsafe(16)
         uploads[token] = (folder, time.monotonic() + 3600)
         return render("import.tpl", sess, preview=counts, token=token, errors=None)
@@ -3920,10 +3965,6 @@ def make_admin(shop, app):
         return "/admin/catalog", "Catalog imported: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
 
     # Orders
-
-    def keyset(name="before"):
-        value = bottle.request.query.get(name, "")
-        return int(value) if re.fullmatch(r"\d{1,18}", value) else None
 
     @page("/admin/orders")
     def orders(conn, sess):
@@ -3955,6 +3996,7 @@ def make_admin(shop, app):
             f"ORDER BY o.id DESC LIMIT {ADMIN_PAGE + 1}", args).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
         filters = {"status": status or "", "from": since or "", "to": until or "", "q": search}
+        more = f"/admin/orders?{urlencode({'before': more, **filters})}" if more else None
         return fragment_or_page("_orders.tpl", "orders.tpl", sess, orders=rows[:ADMIN_PAGE], more=more,
                                 filters=filters, statuses=ORDER_STATUSES)
 
@@ -4001,6 +4043,7 @@ def make_admin(shop, app):
             + (" AND p.status = ?" if status else "") + f" ORDER BY p.id DESC LIMIT {ADMIN_PAGE + 1}",
             [keyset() or 2 ** 62] + ([status] if status else [])).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        more = f"/admin/payments?{urlencode({'before': more, 'status': status or ''})}" if more else None
         return fragment_or_page("_payments.tpl", "payments.tpl", sess, payments=rows[:ADMIN_PAGE], more=more,
                                 status=status or "", statuses=list(STATUS_RANK))
 
@@ -4044,6 +4087,7 @@ def make_admin(shop, app):
         rows = conn.execute(f"SELECT * FROM users WHERE {' AND '.join(where)} ORDER BY id DESC "
                             f"LIMIT {ADMIN_PAGE + 1}", args).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        more = f"/admin/users?{urlencode({'before': more, 'q': search})}" if more else None
         return fragment_or_page("_users.tpl", "users.tpl", sess, users=rows[:ADMIN_PAGE], more=more, q=search)
 
     @page("/admin/users/<user_id:int>")
@@ -4093,68 +4137,78 @@ def make_admin(shop, app):
 
     # Settings, data, audit
 
-    @page("/admin/settings")
-    def settings_form(conn, sess):
+    def settings_page(conn, sess, form=None, error=None):
         try:
             coins = [code for code in shop.payments.client.merchant_coins()]
         except ProviderError as e:
             log.warning("admin: cannot list the merchant's coins: %s", e.detail)
             coins = None
         values = {key: get_setting(conn, key) for key in SETTING_RULES}
-        return render("settings.tpl", sess, values=values, coins=coins, enabled=shop.setting("enabled_coins"),
-                      labels=COIN_LABELS,
-                      min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
-                      reservation=shop.setting("reservation_minutes"))
+        values.update(min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
+                      reservation_minutes=str(shop.setting("reservation_minutes")))
+        enabled = shop.setting("enabled_coins")
+        if form is not None:   # a refused save: show what the owner typed, with the reason
+            values.update({k: form.getunicode(k) or "" for k in values})
+            enabled = set(form.getall("coins")) if form.get("coins_listed") else enabled
+        page_ = render("settings.tpl", sess, values=values, coins=coins, enabled=enabled, labels=COIN_LABELS,
+                       error=error)
+        return bottle.HTTPResponse(page_, 400) if error else page_
+
+    @page("/admin/settings")
+    def settings_form(conn, sess):
+        return settings_page(conn, sess)
 
     @page("/admin/settings", "POST")
     def settings_save(conn, sess):
         f = bottle.request.forms
-        changes = []
-        for key in SETTING_RULES:
-            value = f.getunicode(key)
-            if value is not None and value.strip() != get_setting(conn, key):
-                set_setting(conn, key, value)
-                changes.append(key)
         try:
-            minimum = parse_eur(f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents)
+            wanted = {key: clean_setting(key, f.getunicode(key) or "") for key in SETTING_RULES}
+            try:
+                minimum = parse_eur(f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents)
+            except InvalidInput as e:
+                raise InvalidInput(f"The minimum top-up {e}.") from None
+            minutes = f.get("reservation_minutes", "").strip()
+            if not re.fullmatch(r"\d{1,4}", minutes) or not 1 <= int(minutes) <= 1440:
+                raise InvalidInput("The reservation must be 1 to 1440 minutes.")
+            coins = [c for c in COIN_CODES if c in f.getall("coins")]
+            if f.get("coins_listed") and not coins:
+                raise InvalidInput("Enable at least one coin.")
         except InvalidInput as e:
-            raise InvalidInput(f"The minimum top-up {e}.") from None
-        minutes = f.get("reservation_minutes", "")
-        if not re.fullmatch(r"\d{1,4}", minutes) or not 1 <= int(minutes) <= 1440:
-            raise InvalidInput("The reservation must be 1 to 1440 minutes.")
-        coins = [c for c in f.getall("coins") if c in COIN_LABELS]
-        if f.get("coins_listed") and not coins:
-            raise InvalidInput("Enable at least one coin.")
-        with transaction(conn):
-            runtime = {"min_deposit_cents": str(minimum), "reservation_minutes": minutes}
-            if f.get("coins_listed"):
-                runtime["enabled_coins"] = ",".join(coins)
-            for key, value in runtime.items():
-                old = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-                if old is None or old[0] != value:
-                    conn.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "
-                                 "DO UPDATE SET value = excluded.value", (key, value))
-                    changes.append(key)
-            audit(conn, "settings changed", ", ".join(changes) or "nothing", remote())
-        return "/admin/settings", "Settings saved." if changes else "Nothing changed."
+            return settings_page(conn, sess, form=f, error=str(e))
+        changes = {key: value for key, value in wanted.items() if value != get_setting(conn, key)}
+        if minimum != shop.setting("min_deposit_cents"):
+            changes["min_deposit_cents"] = str(minimum)
+        if int(minutes) != shop.setting("reservation_minutes"):
+            changes["reservation_minutes"] = minutes
+        current = shop.setting("enabled_coins")
+        if f.get("coins_listed") and set(coins) != (current if current is not None else set(shop.payments.client.merchant_coins())):
+            changes["enabled_coins"] = ",".join(coins)
+        if not changes:
+            return "/admin/settings", "Nothing changed."
+        save_settings(conn, changes, remote())
+        return "/admin/settings", "Settings saved: " + ", ".join(k.replace("_", " ") for k in changes) + "."
 
     @page("/admin/data")
     def data_page(conn, sess):
         return render("data.tpl", sess, backups=sorted(shop.backup_dir.glob("shop-*.db"), reverse=True)
                       if shop.backup_dir.exists() else [])
 
-    def csv_response(name, header, rows):
+    def csv_response(name, header, rows, export):
+        """Stream rows as CSV; `export` is the connection they come from, closed at the end."""
         def lines():
             buffer = io.StringIO()
             writer = csv.writer(buffer)
-            writer.writerow(header)
-            for row in rows:
-                writer.writerow(row)
-                if buffer.tell() > 65536:
-                    yield buffer.getvalue().encode("utf-8")
-                    buffer.seek(0)
-                    buffer.truncate()
-            yield buffer.getvalue().encode("utf-8")
+            try:
+                writer.writerow(header)
+                for row in rows:
+                    writer.writerow(row)
+                    if buffer.tell() > 65536:
+                        yield buffer.getvalue().encode("utf-8")
+                        buffer.seek(0)
+                        buffer.truncate()
+                yield buffer.getvalue().encode("utf-8")
+            finally:
+                export.close()
         bottle.response.content_type = "text/csv; charset=utf-8"
         bottle.response.set_header("Content-Disposition", f'attachment; filename="{name}"')
         return lines()
@@ -4163,26 +4217,28 @@ def make_admin(shop, app):
     def export_orders(conn, sess):
         with transaction(conn):
             audit(conn, "orders exported", remote=remote())
-        rows = connect(shop.config.shop_db).execute(
+        export = connect(shop.config.shop_db)   # its own: the rows stream after this handler returns
+        rows = export.execute(
             "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, o.user_id, u.username, "
             "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i WHERE i.order_id = o.id) "
             "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id")
         return csv_response("orders.csv", ["order", "created_at", "paid_at", "status", "method", "total_eur",
                                            "user_id", "username", "items"],
                             ((r[0], r[1], r[2] or "", r[3], r[4], cents_to_str(r[5]), r[6], r[7] or "", r[8] or "")
-                             for r in rows))
+                             for r in rows), export)
 
     @page("/admin/export/ledger.csv")
     def export_ledger(conn, sess):
         with transaction(conn):
             audit(conn, "ledger exported", remote=remote())
-        rows = connect(shop.config.shop_db).execute(
+        export = connect(shop.config.shop_db)
+        rows = export.execute(
             "SELECT id, created_at, user_id, amount_cents, balance_after_cents, kind, reason, order_id, "
             "idempotency_key FROM ledger ORDER BY id")
         return csv_response("ledger.csv", ["entry", "created_at", "user_id", "amount_eur", "balance_after_eur", "kind",
                                            "reason", "order", "key"],
                             ((r[0], r[1], r[2], cents_to_str(r[3]), cents_to_str(r[4]), r[5], r[6], r[7] or "", r[8])
-                             for r in rows))
+                             for r in rows), export)
 
     @page("/admin/backup")
     def download_backup(conn, sess):
@@ -4202,6 +4258,7 @@ def make_admin(shop, app):
         rows = conn.execute(f"SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT {ADMIN_PAGE + 1}",
                             (keyset() or 2 ** 62,)).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        more = f"/admin/audit?before={more}" if more else None
         return fragment_or_page("_audit.tpl", "audit.tpl", sess, rows=rows[:ADMIN_PAGE], more=more)
 
 

@@ -193,8 +193,9 @@ def test_products_photos_and_units(admin, tmp_path):
     before = conn.execute("SELECT * FROM products").fetchall()
     for files, words in ((("notes.txt", b"just text", "image/png"), "not a JPEG"),
                          (("big.png", png() + b"\0" * shop.MAX_IMAGE_BYTES, "image/png"), "larger than 10 MB")):
-        admin.post(f"/admin/products/{product['id']}", {"name": "Changed", "price": "1"}, files={"photo": files})
-        assert words in admin.flash(f"/admin/products/{product['id']}")
+        r = admin.post(f"/admin/products/{product['id']}", {"name": "Changed", "price": "1"}, files={"photo": files})
+        assert r.status_code == 400 and words in r.text
+        assert 'value="Changed"' in r.text                 # what the owner typed is still there
     assert [tuple(r) for r in conn.execute("SELECT * FROM products")] == [tuple(r) for r in before]
     r = admin.post(f"/admin/products/{product['id']}/units", {"district_id": district,
                                                               "units": "CODE-1\n\nCODE-2 line one\nline two\n\nCODE-3"},
@@ -387,14 +388,20 @@ def test_settings_take_effect_without_a_restart(admin, make_shop):
     assert admin.shop.setting("min_deposit_cents") == 750 and admin.shop.setting("reservation_minutes") == 45
     assert [c for c, _ in admin.shop.payments.coins()] == ["btc", "ltc"]
     assert shop.get_setting(conn, "shop_name") == "Paper & Ink"
+    assert audit_actions(conn).count("settings changed") == 1
     for bad in ({"min_deposit": "0"}, {"reservation_minutes": "0"}, {"coins_listed": "1", "coins": []},
                 {"shop_name": ""}):
-        form = {"shop_name": "Paper & Ink", "welcome_text": "Hi", "help_text": "Help", "min_deposit": "7.50",
+        form = {"shop_name": "Renamed", "welcome_text": "Hi", "help_text": "Help", "min_deposit": "7.50",
                 "reservation_minutes": "45", **bad}
-        admin.post("/admin/settings", form)
-        assert admin.flash("/admin/settings").startswith("⚠️"), bad
+        r = admin.post("/admin/settings", form)
+        assert r.status_code == 400 and "Nothing was saved" in r.text, bad
+    assert shop.get_setting(conn, "shop_name") == "Paper & Ink"        # a refused save keeps nothing
     assert admin.shop.setting("reservation_minutes") == 45
-    assert "settings changed" in audit_actions(conn)
+    same = {"shop_name": "Paper & Ink", "welcome_text": "Hi", "help_text": "Help\r\n", "support_contact": "@help",
+            "min_deposit": "7.50", "reservation_minutes": "45", "coins_listed": "1", "coins": ["btc", "ltc"]}
+    admin.post("/admin/settings", same)
+    assert admin.flash("/admin/settings") == "Nothing changed."
+    assert audit_actions(conn).count("settings changed") == 1
 
 
 def test_exports_and_backups(admin, sale):

@@ -7,5 +7,5 @@
   </tbody>
 </table>
 % if more:
-<p><a class="button secondary" href="/admin/audit?before={{more}}" hx-get="/admin/audit?before={{more}}" hx-target="#audit" hx-push-url="true">Older →</a></p>
+<p><a class="button secondary" href="{{more}}" hx-get="{{more}}" hx-target="#audit" hx-push-url="true">Older →</a></p>
 % end

@@ -12,5 +12,5 @@
   </tbody>
 </table>
 % if more:
-<p><a class="button secondary" href="/admin/orders?before={{more}}&status={{filters['status']}}&from={{filters['from']}}&to={{filters['to']}}&q={{filters['q']}}" hx-get="/admin/orders?before={{more}}&status={{filters['status']}}&from={{filters['from']}}&to={{filters['to']}}&q={{filters['q']}}" hx-target="#orders" hx-push-url="true">Older orders →</a></p>
+<p><a class="button secondary" href="{{more}}" hx-get="{{more}}" hx-target="#orders" hx-push-url="true">Older orders →</a></p>
 % end

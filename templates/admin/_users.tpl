@@ -11,5 +11,5 @@
   </tbody>
 </table>
 % if more:
-<p><a class="button secondary" href="/admin/users?before={{more}}&q={{q}}" hx-get="/admin/users?before={{more}}&q={{q}}" hx-target="#users" hx-push-url="true">More users →</a></p>
+<p><a class="button secondary" href="{{more}}" hx-get="{{more}}" hx-target="#users" hx-push-url="true">More users →</a></p>
 % end

@@ -1,3 +1,3 @@
-% rebase('admin/base.tpl', title='Not found')
+% rebase('admin/base.tpl', title='Sorry')
 <h1>Sorry</h1>
 <p>{{message}}</p>

@@ -4,11 +4,7 @@
 <section class="card">
   <p>Shopper: <a href="/admin/users/{{order['user_id']}}">{{order["first_name"]}}{{(" @" + order["username"]) if order["username"] else ""}} ({{order["user_id"]}})</a></p>
   <p>Total {{fmt(order["total_cents"])}}, paid with {{order["payment_method"]}} · created {{order["created_at"][:19].replace("T", " ")}} UTC{{(" · paid " + order["paid_at"][:19].replace("T", " ") + " UTC") if order["paid_at"] else ""}}</p>
-  <p class="muted">Messages:
-  % for m in messages:
-  {{m["n"]}} {{m["status"]}}{{(" (" + m["error"] + ")") if m["error"] and m["status"] == "failed" else ""}} ·
-  % end
-  </p>
+  <p class="muted">Messages to the shopper: {{" · ".join("%d %s%s" % (m["n"], m["status"], (" (" + m["error"] + ")") if m["error"] and m["status"] == "failed" else "") for m in messages) or "none"}}</p>
 </section>
 <section class="card">
   <h2>Items</h2>
@@ -33,7 +29,7 @@
     % include('admin/_csrf.tpl')
     <h2>Refund to balance</h2>
     <p class="muted">Cancels the order and credits {{fmt(order["total_cents"])}} to the shopper's balance.</p>
-    <label>Reason <input name="reason" required maxlength="200"></label>
+    <label>Reason (the shopper is told it) <input name="reason" required maxlength="200"></label>
     <button type="submit" class="danger">Refund {{fmt(order["total_cents"])}}</button>
   </form>
 </section>

@@ -3,14 +3,17 @@
 <h1>{{product["name"] if product else "New product"}}</h1>
 <form method="post" action="/admin/products{{'/%d' % product['id'] if product else ''}}" enctype="multipart/form-data" class="card form">
   % include('admin/_csrf.tpl')
-  <label>Name <input name="name" required maxlength="64" value="{{product['name'] if product else ''}}"></label>
-  <label>Description <textarea name="description" rows="4" maxlength="800">{{product["description"] if product else ""}}</textarea></label>
-  <label>Price in EUR <input name="price" required inputmode="decimal" value="{{'%d.%02d' % divmod(product['price_cents'], 100) if product else ''}}" placeholder="25.00"></label>
+  % if error:
+  <p class="flash bad" role="alert">⚠️ {{error}}</p>
+  % end
+  <label>Name <input name="name" required maxlength="64" value="{{values['name']}}"></label>
+  <label>Description <textarea name="description" rows="4" maxlength="800">{{values["description"]}}</textarea></label>
+  <label>Price in EUR <input name="price" required inputmode="decimal" value="{{values['price']}}" placeholder="25.00"></label>
   <label>Photo (JPEG, PNG, GIF or WebP, up to 10 MB) <input type="file" name="photo" accept="image/jpeg,image/png,image/gif,image/webp"></label>
   % if product and product["photo"]:
   <img class="thumb" src="/media/{{product['photo']}}" alt="Current photo">
   % end
-  <label class="check"><input type="checkbox" name="active" value="1" {{'checked' if not product or product['is_active'] else ''}}> On sale</label>
+  <label class="check"><input type="checkbox" name="active" value="1" {{'checked' if values['active'] else ''}}> On sale</label>
   <button type="submit">Save</button>
 </form>
 
@@ -59,6 +62,9 @@
     % end
     </tbody>
   </table>
+  % if more:
+  <p><a class="button secondary" href="{{more}}">Older units →</a></p>
+  % end
   % else:
   <p class="muted">No units yet.</p>
   % end

@@ -2,12 +2,15 @@
 <h1>Settings</h1>
 <form method="post" action="/admin/settings" class="card form">
   % include('admin/_csrf.tpl')
+  % if get('error'):
+  <p class="flash bad" role="alert">⚠️ {{error}} Nothing was saved.</p>
+  % end
   <label>Shop name <input name="shop_name" value="{{values['shop_name']}}" maxlength="64" required></label>
   <label>Welcome text (after /start) <textarea name="welcome_text" rows="3" maxlength="1000" required>{{values["welcome_text"]}}</textarea></label>
   <label>Help text <textarea name="help_text" rows="5" maxlength="2000" required>{{values["help_text"]}}</textarea></label>
   <label>Support contact (shown in /help) <input name="support_contact" value="{{values['support_contact']}}" maxlength="100"></label>
-  <label>Minimum top-up in EUR <input name="min_deposit" value="{{min_deposit}}" inputmode="decimal" required></label>
-  <label>Reservation (minutes an unpaid order holds its items) <input name="reservation_minutes" value="{{reservation}}" inputmode="numeric" required></label>
+  <label>Minimum top-up in EUR <input name="min_deposit" value="{{values['min_deposit']}}" inputmode="decimal" required></label>
+  <label>Reservation (minutes an unpaid order holds its items) <input name="reservation_minutes" value="{{values['reservation_minutes']}}" inputmode="numeric" required></label>
   <fieldset>
     <legend>Coins offered</legend>
     % if coins is None:

@@ -7,7 +7,7 @@
     % include('admin/_csrf.tpl')
     <h2>Adjust the balance</h2>
     <label>Amount in EUR (a leading - takes money off) <input name="amount" required inputmode="decimal" placeholder="10.00 or -5.00"></label>
-    <label>Reason <input name="reason" required maxlength="200"></label>
+    <label>Reason (the shopper is told it) <input name="reason" required maxlength="200"></label>
     <button type="submit">Adjust</button>
   </form>
   <form method="post" action="/admin/users/{{user['id']}}/{{'unban' if user['is_banned'] else 'ban'}}" class="card form">
