@@ -256,9 +256,11 @@ CREATE TABLE IF NOT EXISTS ipn_events (
     body        TEXT NOT NULL,
     signature   TEXT,
     verdict     TEXT NOT NULL,
-    remote_addr TEXT
+    remote_addr TEXT,
+    refused     INTEGER NOT NULL DEFAULT 0 CHECK (refused IN (0, 1))   -- only the latest 1000 are kept
 );
 CREATE INDEX IF NOT EXISTS ipn_events_payment ON ipn_events(provider_id, id);
+CREATE INDEX IF NOT EXISTS ipn_events_refused ON ipn_events(id) WHERE refused = 1;
 
 -- The sandbox's NOWPayments emulator keeps its payments here (JSON as the API returns them).
 CREATE TABLE IF NOT EXISTS sandbox_payments (

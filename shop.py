@@ -1762,8 +1762,25 @@ class CatalogPlan:
     units: list           # [dict(product, city, district, content, media: (bytes, kind) | None, where)]
 
 
-def plan_catalog(data, base_dir):
-    """Check a parsed catalog file completely, reading its images; raise CatalogError listing every problem."""
+def read_image(path, ref):
+    """(bytes, kind) of an image file, or the reason it cannot be one. Reads at most 10 MB + 1 byte."""
+    try:
+        if not path.is_file():
+            return f"{ref} is not a file" if path.exists() else f"cannot read {ref}: No such file or directory"
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+    except OSError as e:
+        return f"cannot read {ref}: {e.strerror}"
+    if len(data) > MAX_IMAGE_BYTES:
+        return f"{ref} is larger than 10 MB"
+    kind = image_kind(data)
+    return (data, kind) if kind else f"{ref} is not a JPEG, PNG, GIF or WebP image"
+
+
+def plan_catalog(data, base_dir, confine=False):
+    """Check a parsed catalog file completely, reading its images; raise CatalogError listing every problem.
+
+    confine: images must lie inside base_dir (an upload may not name the server's own files)."""
     errors = []
     base_dir = Path(base_dir)
 
@@ -1776,22 +1793,20 @@ def plan_catalog(data, base_dir):
         except InvalidInput as e:
             err(f"{where}.{key}", str(e))
 
+    images = {}   # each file is read once, however many units name it
+
     def image(where, ref):
         if ref is None:
             return None
         if not isinstance(ref, str) or not ref.strip():
             return err(where, "must be a file path relative to the catalog file")
         path = (base_dir / ref).resolve()
-        try:
-            if path.stat().st_size > MAX_IMAGE_BYTES:
-                return err(where, f"{ref} is larger than 10 MB")
-            data = path.read_bytes()
-        except OSError as e:
-            return err(where, f"cannot read {ref}: {e.strerror}")
-        kind = image_kind(data)
-        if not kind:
-            return err(where, f"{ref} is not a JPEG, PNG, GIF or WebP image")
-        return data, kind
+        if confine and not str(path).startswith(str(base_dir.resolve()) + os.sep):
+            return err(where, f"{ref} is outside the uploaded catalog")
+        if path not in images:
+            images[path] = read_image(path, ref)
+        found = images[path]
+        return err(where, found) if isinstance(found, str) else found
 
     if not isinstance(data, dict):
         raise CatalogError(["the catalog must be a JSON object with \"cities\" and \"products\""])
@@ -1894,7 +1909,7 @@ class _DryRun(Exception):
         self.counts = counts
 
 
-def import_catalog(conn, data, base_dir, media_dir, dry_run=False):
+def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False):
     """Import a parsed catalog file atomically and idempotently; return counts of what changed.
 
     Cities, districts and products match existing rows by name (a product's
@@ -1905,7 +1920,7 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False):
     added once (counted as units_repeated). dry_run counts what would change and
     changes nothing.
     """
-    plan = plan_catalog(data, base_dir)
+    plan = plan_catalog(data, base_dir, confine)
     counts = dict.fromkeys(["cities_added", "districts_added", "products_added", "products_updated",
                             "units_added", "units_present", "units_repeated"], 0)
     written = []
@@ -2198,8 +2213,8 @@ def add_units(conn, media_dir, product_id, district_id, text, media=None, remote
                                 "WHERE d.id = ?", (district_id,)).fetchone()
         if product is None or district is None:
             raise NotFound("No such product or district.")
+        name = store_media(media_dir, media[0], media[1], private=True) if media else None
         for content in contents:
-            name = store_media(media_dir, media[0], media[1], private=True) if media else None
             conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
                          "VALUES (?, ?, ?, ?, ?)", (product_id, district_id, content, name, now_iso()))
         audit(conn, "units added", f"{len(contents)} x #{product_id} {product['name']} in "
@@ -2826,6 +2841,7 @@ class PaymentDesk:
     def __init__(self, shop, client):
         self.shop, self.client = shop, client
         self.alerts = Throttle(600)
+        self.refusals_logged = Throttle(60)
         self.last_refresh = {}
         self.busy = set()
         self.lock = threading.Lock()
@@ -3003,9 +3019,11 @@ class PaymentDesk:
             raise
 
     def alert(self, kind, text, level=logging.ERROR):
-        """Tell the owners about something that needs them, at most every ten minutes per kind."""
+        """Tell the owners (and the log) about something that needs them, at most every ten minutes per kind."""
+        if not self.alerts(kind):
+            return
         log.log(level, "payments: %s", html_to_plain(text))
-        if self.owners and self.alerts(kind):
+        if self.owners:
             conn = self.shop.db()
             with transaction(conn):
                 alert_owners(conn, self.owners, text)
@@ -3052,19 +3070,25 @@ class PaymentDesk:
                 code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
             except InvalidInput as e:
                 code, answer, verdict = 400, {"error": str(e)}, f"invalid: {e}"
-        # A refused body is kept, but short: refusals cost whoever sends them nothing.
-        self._store_ipn(provider_id, status, body if code < 400 else body[:4096], signature, verdict, remote)
-        if code >= 400 and self.alerts(f"refused:{code}"):
+        # A refused IPN costs its sender nothing, so it is kept short and only the latest ones are kept.
+        self._store_ipn(provider_id, status, body if code < 400 else body[:512], signature, verdict, remote,
+                        refused=code >= 400)
+        if code >= 400 and self.refusals_logged(f"refused:{code}"):
             log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
         return code, answer
 
-    def _store_ipn(self, provider_id, status, body, signature, verdict, remote):
+    REFUSED_KEPT = 1000
+
+    def _store_ipn(self, provider_id, status, body, signature, verdict, remote, refused=False):
         conn = self.shop.db()
         with transaction(conn):
-            conn.execute("INSERT INTO ipn_events(received_at, provider_id, status, body, signature, verdict, "
-                         "remote_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (now_iso(), provider_id, status, body.decode("utf-8", "replace"),
-                          (signature or "")[:256] or None, verdict[:500], remote))
+            row = conn.execute("INSERT INTO ipn_events(received_at, provider_id, status, body, signature, verdict, "
+                               "remote_addr, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               (now_iso(), provider_id, status, body.decode("utf-8", "replace"),
+                                (signature or "")[:256] or None, verdict[:500], remote, int(refused))).lastrowid
+            if refused and row % 100 == 0:
+                conn.execute("DELETE FROM ipn_events WHERE refused = 1 AND id <= (SELECT id FROM ipn_events "
+                             "WHERE refused = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)", (self.REFUSED_KEPT,))
 
     def _hint(self, data):
         """Queue a look-up of the payment an IPN names (or of its parent's new child). Returns the answer."""
@@ -3174,15 +3198,42 @@ def json_response(status, payload):
     return json.dumps(payload)
 
 
+def header(name):
+    """A request header, or None when missing or not text (a header that cannot be decoded is junk)."""
+    try:
+        return bottle.request.get_header(name)
+    except UnicodeError:
+        return None
+
+
 def make_app(shop):
     """The Bottle app: health check, public pages, static files, product photos, the IPN webhook,
-    the sandbox's NOWPayments emulator and the Mini App."""
+    the sandbox's NOWPayments emulator, the Mini App and the admin."""
     app = bottle.Bottle()
     app.config["catchall"] = True
+    # Ids in paths: at most 18 digits, so they always fit SQLite's integers.
+    app.router.add_filter("id", lambda conf: (r"[0-9]{1,18}", int, str))
+
+    @app.hook("before_request")
+    def undecodable_input():
+        """Headers and form fields that are not text get a 400 here, not a traceback later."""
+        try:
+            dict(bottle.request.headers)
+            kind = (bottle.request.content_type or "").lower()
+            if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+                bottle.request.forms.decode()
+                for upload in bottle.request.files.values():
+                    upload.filename
+            bottle.request.query.decode()
+        except (UnicodeError, LookupError, ValueError):
+            raise bottle.HTTPError(400, "The request is not readable text.") from None
 
     @app.hook("after_request")
     def security_headers():
         h = bottle.response.headers
+        if bottle.request.path.startswith("/admin"):
+            h["Content-Security-Policy"] = ADMIN_CSP
+            h["Cache-Control"] = "no-store"
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("Referrer-Policy", "same-origin")
         if bottle.request.path != "/app":   # the Mini App lives in Telegram's frames; see its CSP
@@ -3205,7 +3256,7 @@ def make_app(shop):
         body = bottle.request.body.read(65537)
         if len(body) > 65536:
             return json_response(413, {"error": "the body is larger than 64 KB"})
-        code, answer = shop.payments.handle_ipn(body, bottle.request.get_header("x-nowpayments-sig"),
+        code, answer = shop.payments.handle_ipn(body, header("x-nowpayments-sig"),
                                                 bottle.request.remote_addr)
         return json_response(code, answer)
 
@@ -3386,9 +3437,9 @@ def make_webapp(shop, app):
     """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram initData."""
 
     def current_user():
-        header = bottle.request.get_header("X-Telegram-Init-Data") or ""
+        header = header("X-Telegram-Init-Data") or ""
         if not header:
-            auth = bottle.request.get_header("Authorization") or ""
+            auth = header("Authorization") or ""
             header = auth[4:].strip() if auth[:4].lower() == "tma " else ""
         user = verify_init_data(header, shop.webapp_token)
         if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
@@ -3497,7 +3548,7 @@ def make_webapp(shop, app):
             add_to_basket(conn, user["id"], product_id, district_id, quantity)
         return basket_json(conn, user["id"])
 
-    @api("DELETE", "/api/basket/<item_id:int>")
+    @api("DELETE", "/api/basket/<item_id:id>")
     def delete_basket_line(conn, user, data, item_id):
         set_basket_quantity(conn, user["id"], item_id, 0)
         return basket_json(conn, user["id"])
@@ -3589,7 +3640,7 @@ def make_webapp(shop, app):
         before = bottle.request.query.get("before", "")
         return orders_json(conn, user["id"], int(before) if re.fullmatch(r"\d{1,18}", before) else None)
 
-    @api("GET", "/api/orders/<order_id:int>/items/<item_id:int>/media")
+    @api("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media")
     def order_media(conn, user, data, order_id, item_id):
         row = conn.execute(
             "SELECT s.media FROM order_items i JOIN orders o ON o.id = i.order_id JOIN stock_units s "
@@ -3660,21 +3711,27 @@ def svg_bars(points, width=600, height=120):
 
 
 class LoginThrottle:
-    """At most 5 failed logins per address in 15 minutes."""
+    """At most 5 failed logins per address in 15 minutes, counted before the password is checked,
+    so that many attempts at once cannot slip through together."""
 
     def __init__(self, limit=5, window=900):
         self.limit, self.window, self.failures, self.lock = limit, window, {}, threading.Lock()
 
-    def blocked(self, addr):
+    def attempt(self, addr):
+        """Count an attempt; returns its stamp, or None when the address must wait."""
         now = time.monotonic()
         with self.lock:
             recent = [t for t in self.failures.get(addr, []) if now - t < self.window]
-            self.failures[addr] = recent
-            return len(recent) >= self.limit
+            if len(recent) >= self.limit:
+                self.failures[addr] = recent
+                return None
+            self.failures[addr] = recent + [now]
+            return now
 
-    def failed(self, addr):
+    def succeeded(self, addr, stamp):
         with self.lock:
-            self.failures.setdefault(addr, []).append(time.monotonic())
+            if stamp in self.failures.get(addr, []):
+                self.failures[addr].remove(stamp)
 
 
 def make_admin(shop, app):
@@ -3699,22 +3756,22 @@ def make_admin(shop, app):
 
     def fragment_or_page(fragment, page, sess, **kw):
         """contact.app's pattern: htmx asks for the fragment, a browser for the whole page around it."""
-        return render(fragment if bottle.request.get_header("HX-Request") else page, sess, **kw)
+        return render(fragment if header("HX-Request") else page, sess, **kw)
 
     def to_login():
-        if bottle.request.get_header("HX-Request"):
+        if header("HX-Request"):
             return bottle.HTTPResponse(status=200, headers={"HX-Redirect": "/admin/login"})
         target = bottle.request.fullpath if bottle.request.method == "GET" else "/admin"
         return bottle.redirect("/admin/login?next=" + quote(target, safe="/"), 303)
 
     def same_origin():
         """Refuse cross-site requests: browsers say where a request comes from."""
-        site = bottle.request.get_header("Sec-Fetch-Site")
+        site = header("Sec-Fetch-Site")
         if site and site not in ("same-origin", "none"):
             return False
-        origin = bottle.request.get_header("Origin")
+        origin = header("Origin")
         if origin and origin != "null":
-            return urlsplit(origin).netloc == bottle.request.get_header("Host")
+            return urlsplit(origin).netloc == header("Host")
         return True
 
     def flash(sess, message):
@@ -3732,7 +3789,7 @@ def make_admin(shop, app):
                 if sess is None:
                     return to_login()
                 if method != "GET":
-                    token = bottle.request.get_header("X-CSRF-Token") or bottle.request.forms.get("csrf_token") or ""
+                    token = header("X-CSRF-Token") or bottle.request.forms.get("csrf_token") or ""
                     if not same_origin():
                         return bottle.HTTPResponse("Cross-site requests are refused.", 403)
                     if not hmac.compare_digest(token.encode(), sess["csrf_token"].encode()):
@@ -3744,16 +3801,16 @@ def make_admin(shop, app):
                         if isinstance(e, ProviderError):
                             log.warning("admin: %s", e.detail)
                         flash(sess, f"⚠️ {e}")
-                        back = bottle.request.get_header("Referer") or "/admin"
-                        back = back if urlsplit(back).netloc in ("", bottle.request.get_header("Host")) else "/admin"
-                        if bottle.request.get_header("HX-Request"):
+                        back = header("Referer") or "/admin"
+                        back = back if urlsplit(back).netloc in ("", header("Host")) else "/admin"
+                        if header("HX-Request"):
                             return bottle.HTTPResponse(status=204, headers={"HX-Redirect": back})
                         return bottle.redirect(back, 303)
                     if isinstance(result, tuple):   # (where to go, what to say)
                         flash(sess, result[1])
                         result = result[0]
                     if isinstance(result, str) and result.startswith("/admin"):
-                        if bottle.request.get_header("HX-Request"):   # htmx follows this instead of a 303
+                        if header("HX-Request"):   # htmx follows this instead of a 303
                             return bottle.HTTPResponse(status=204, headers={"HX-Redirect": result})
                         return bottle.redirect(result, 303)
                     return result
@@ -3783,18 +3840,19 @@ def make_admin(shop, app):
             target = "/admin"
         if not same_origin():
             return bottle.HTTPResponse("Cross-site requests are refused.", 403)
-        if throttle.blocked(addr):
+        stamp = throttle.attempt(addr)
+        if stamp is None:
             log.warning("admin: logins from %s are paused after repeated failures", addr)
             return bottle.HTTPResponse(render("login.tpl", error="Too many failed attempts. Wait 15 minutes.",
                                               next=target), 429)
         conn = shop.db()
         if not verify_admin_password(conn, bottle.request.forms.getunicode("password") or "",
                                      shop.config.admin_password):
-            throttle.failed(addr)
             with transaction(conn):
                 audit(conn, "login failed", remote=addr)
             log.warning("admin: a failed login from %s", addr)
             return bottle.HTTPResponse(render("login.tpl", error="Wrong password.", next=target), 403)
+        throttle.succeeded(addr, stamp)
         token, _ = create_admin_session(conn, addr)
         bottle.response.set_cookie(cookie, token, path="/admin", httponly=True, samesite="Strict", secure=secure,
                                    max_age=ADMIN_MAX_SECONDS)
@@ -3833,12 +3891,12 @@ def make_admin(shop, app):
     @page("/admin/districts", "POST")
     def district_add(conn, sess):
         city_id = bottle.request.forms.get("city_id", "")
-        if not city_id.isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", city_id):
             raise InvalidInput("Choose a city.")
         add_district(conn, int(city_id), bottle.request.forms.getunicode("name"), remote())
         return "/admin/catalog", "District added."
 
-    @page("/admin/<kind:re:city|district>/<place_id:int>", "POST")
+    @page("/admin/<kind:re:city|district>/<place_id:id>", "POST")
     def place_change(conn, sess, kind, place_id):
         action = bottle.request.forms.get("action")
         kw = {"rename": {"name": bottle.request.forms.getunicode("name")}, "hide": {"hidden": True},
@@ -3880,7 +3938,7 @@ def make_admin(shop, app):
     def product_new(conn, sess):
         return product_form(conn, sess, None)
 
-    @page("/admin/products/<product_id:int>")
+    @page("/admin/products/<product_id:id>")
     def product_edit(conn, sess, product_id):
         product = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
         if product is None:
@@ -3888,7 +3946,7 @@ def make_admin(shop, app):
         return product_form(conn, sess, product)
 
     @page("/admin/products", "POST")
-    @page("/admin/products/<product_id:int>", "POST")
+    @page("/admin/products/<product_id:id>", "POST")
     def product_save(conn, sess, product_id=None):
         f = bottle.request.forms
         product = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone() if product_id else None
@@ -3904,17 +3962,17 @@ def make_admin(shop, app):
             return product_form(conn, sess, product, error=str(e), form=f)
         return f"/admin/products/{product_id}", "Product saved."
 
-    @page("/admin/products/<product_id:int>/units", "POST")
+    @page("/admin/products/<product_id:id>/units", "POST")
     def units_add(conn, sess, product_id):
         district_id = bottle.request.forms.get("district_id", "")
-        if not district_id.isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", district_id):
             raise InvalidInput("Choose a district.")
         n = add_units(conn, shop.config.media_dir, product_id, int(district_id),
                       bottle.request.forms.getunicode("units"),
                       read_upload(bottle.request.files.get("media"), "The photo"), remote())
         return f"/admin/products/{product_id}", f"{n} unit{'s' if n != 1 else ''} added."
 
-    @page("/admin/units/<unit_id:int>/delete", "POST")
+    @page("/admin/units/<unit_id:id>/delete", "POST")
     def unit_delete(conn, sess, unit_id):
         product_id = conn.execute("SELECT product_id FROM stock_units WHERE id = ?", (unit_id,)).fetchone()
         delete_unit(conn, unit_id, remote())
@@ -3923,6 +3981,14 @@ def make_admin(shop, app):
     @page("/admin/import")
     def import_form(conn, sess):
         return render("import.tpl", sess, preview=None, token=None, errors=None)
+
+    def sweep_uploads(keep=None):
+        """Drop previews older than an hour (and their folders); at most 3 wait at once."""
+        now = time.monotonic()
+        for token, (folder, expires) in list(uploads.items()):
+            if expires < now or (keep is not None and len(uploads) > keep):
+                uploads.pop(token, None)
+                shutil.rmtree(folder, ignore_errors=True)
 
     @page("/admin/import", "POST")
     def import_preview(conn, sess):
@@ -3933,30 +3999,37 @@ def make_admin(shop, app):
         data = upload.file.read(50 * 1024 * 1024 + 1)
         if len(data) > 50 * 1024 * 1024:
             raise InvalidInput("The file is larger than 50 MB.")
-        folder = Path(tempfile.mkdtemp(prefix="shop-import-"))
+        sweep_uploads(keep=2)
+        shop.import_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="import-", dir=shop.import_dir))
         try:
             if data[:4] == b"PK\x03\x04":
                 unpack_zip(data, folder)
             else:
                 (folder / "catalog.json").write_bytes(data)
             parsed = read_catalog_file(folder / "catalog.json")
-            counts = import_catalog(conn, parsed, folder, shop.config.media_dir, dry_run=True)
+            counts = import_catalog(conn, parsed, folder, shop.config.media_dir, dry_run=True, confine=True)
         except CatalogError as e:
             shutil.rmtree(folder, ignore_errors=True)
             shown = upload.filename or "the file"
             errors = [m.replace(str(folder / "catalog.json"), shown).replace(str(folder), shown) for m in e.errors]
             return render("import.tpl", sess, preview=None, token=None, errors=errors)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         token = secrets.token_urlsafe(16)
         uploads[token] = (folder, time.monotonic() + 3600)
         return render("import.tpl", sess, preview=counts, token=token, errors=None)
 
     @page("/admin/import/confirm", "POST")
     def import_confirm(conn, sess):
-        folder, expires = uploads.pop(bottle.request.forms.get("token", ""), (None, 0))
-        if folder is None or time.monotonic() > expires:
+        sweep_uploads()
+        folder, _ = uploads.pop(bottle.request.forms.get("token", ""), (None, 0))
+        if folder is None:
             raise InvalidInput("That preview is too old; upload the file again.")
         try:
-            counts = import_catalog(conn, read_catalog_file(folder / "catalog.json"), folder, shop.config.media_dir)
+            counts = import_catalog(conn, read_catalog_file(folder / "catalog.json"), folder, shop.config.media_dir,
+                                    confine=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         with transaction(conn):
@@ -3970,7 +4043,12 @@ def make_admin(shop, app):
     def orders(conn, sess):
         q = bottle.request.query
         status = q.get("status") if q.get("status") in ORDER_STATUSES else None
-        day = lambda v: v if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v or "") else None
+        def day(value):
+            try:
+                datetime.strptime(value or "", "%Y-%m-%d")
+                return value if value < "9999" else None
+            except ValueError:
+                return None
         since, until, search = day(q.get("from")), day(q.get("to")), (q.getunicode("q") or "").strip()
         where, args = ["o.id < ?"], [keyset() or 2 ** 62]
         if status:
@@ -4000,7 +4078,7 @@ def make_admin(shop, app):
         return fragment_or_page("_orders.tpl", "orders.tpl", sess, orders=rows[:ADMIN_PAGE], more=more,
                                 filters=filters, statuses=ORDER_STATUSES)
 
-    @page("/admin/orders/<order_id:int>")
+    @page("/admin/orders/<order_id:id>")
     def order(conn, sess, order_id):
         o = conn.execute("SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
                          "WHERE o.id = ?", (order_id,)).fetchone()
@@ -4016,7 +4094,7 @@ def make_admin(shop, app):
                                 "WHERE order_id = ? GROUP BY status", (order_id,)).fetchall()
         return render("order.tpl", sess, order=o, items=items, payments=payments, ipns=ipns, messages=messages)
 
-    @page("/admin/orders/<order_id:int>/resend", "POST")
+    @page("/admin/orders/<order_id:id>/resend", "POST")
     def order_resend(conn, sess, order_id):
         o = conn.execute("SELECT user_id FROM orders WHERE id = ?", (order_id,)).fetchone()
         if o is None:
@@ -4027,7 +4105,7 @@ def make_admin(shop, app):
                   remote())
         return f"/admin/orders/{order_id}", "Delivery queued again." if queued else "The delivery is still on its way."
 
-    @page("/admin/orders/<order_id:int>/refund", "POST")
+    @page("/admin/orders/<order_id:id>/refund", "POST")
     def order_refund(conn, sess, order_id):
         refund_order(conn, order_id, bottle.request.forms.getunicode("reason"), remote())
         return f"/admin/orders/{order_id}", "Order refunded to the balance."
@@ -4047,7 +4125,7 @@ def make_admin(shop, app):
         return fragment_or_page("_payments.tpl", "payments.tpl", sess, payments=rows[:ADMIN_PAGE], more=more,
                                 status=status or "", statuses=list(STATUS_RANK))
 
-    @page("/admin/payments/<payment_id:int>")
+    @page("/admin/payments/<payment_id:id>")
     def payment(conn, sess, payment_id):
         p = conn.execute("SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
                          "WHERE p.id = ?", (payment_id,)).fetchone()
@@ -4057,7 +4135,7 @@ def make_admin(shop, app):
         children = conn.execute("SELECT * FROM payments WHERE parent_id = ?", (payment_id,)).fetchall()
         return render("payment.tpl", sess, payment=p, ipns=ipns, children=children)
 
-    @page("/admin/payments/<payment_id:int>/recheck", "POST")
+    @page("/admin/payments/<payment_id:id>/recheck", "POST")
     def payment_recheck(conn, sess, payment_id):
         p = conn.execute("SELECT provider_id FROM payments WHERE id = ?", (payment_id,)).fetchone()
         if p is None:
@@ -4067,7 +4145,7 @@ def make_admin(shop, app):
             audit(conn, "payment re-checked", f"payment {p['provider_id']}: {outcome}", remote())
         return f"/admin/payments/{payment_id}", f"NOWPayments says: {outcome}"
 
-    @page("/admin/payments/<payment_id:int>/mark-paid", "POST")
+    @page("/admin/payments/<payment_id:id>/mark-paid", "POST")
     def payment_mark_paid(conn, sess, payment_id):
         outcome = shop.payments.mark_paid(payment_id, bottle.request.forms.getunicode("reason"), remote())
         return f"/admin/payments/{payment_id}", f"Marked as paid: {outcome}"
@@ -4090,7 +4168,7 @@ def make_admin(shop, app):
         more = f"/admin/users?{urlencode({'before': more, 'q': search})}" if more else None
         return fragment_or_page("_users.tpl", "users.tpl", sess, users=rows[:ADMIN_PAGE], more=more, q=search)
 
-    @page("/admin/users/<user_id:int>")
+    @page("/admin/users/<user_id:id>")
     def user_page(conn, sess, user_id):
         u = get_user(conn, user_id)
         orders_ = conn.execute("SELECT * FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)).fetchall()
@@ -4099,13 +4177,13 @@ def make_admin(shop, app):
         ledger = conn.execute("SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)).fetchall()
         return render("user.tpl", sess, user=u, orders=orders_, payments=payments_, ledger=ledger)
 
-    @page("/admin/users/<user_id:int>/balance", "POST")
+    @page("/admin/users/<user_id:id>/balance", "POST")
     def user_balance(conn, sess, user_id):
         cents = admin_adjust_balance(conn, user_id, bottle.request.forms.getunicode("amount"),
                                      bottle.request.forms.getunicode("reason"), remote())
         return f"/admin/users/{user_id}", f"Balance {'credited' if cents > 0 else 'debited'} {fmt_eur(abs(cents))}."
 
-    @page("/admin/users/<user_id:int>/<action:re:ban|unban>", "POST")
+    @page("/admin/users/<user_id:id>/<action:re:ban|unban>", "POST")
     def user_ban(conn, sess, user_id, action):
         set_user_banned(conn, user_id, action == "ban", remote())
         return f"/admin/users/{user_id}", "User banned." if action == "ban" else "User unbanned."
@@ -4130,7 +4208,7 @@ def make_admin(shop, app):
                                        remote())
         return f"/admin/broadcast/{broadcast_id}", "Broadcast started."
 
-    @page("/admin/broadcast/<broadcast_id:int>")
+    @page("/admin/broadcast/<broadcast_id:id>")
     def broadcast_status(conn, sess, broadcast_id):
         return fragment_or_page("_broadcast_progress.tpl", "broadcast_status.tpl", sess,
                                 progress=broadcast_progress(conn, broadcast_id))
@@ -4240,18 +4318,32 @@ def make_admin(shop, app):
                             ((r[0], r[1], r[2], cents_to_str(r[3]), cents_to_str(r[4]), r[5], r[6], r[7] or "", r[8])
                              for r in rows), export)
 
+    backup_lock = threading.Lock()
+
     @page("/admin/backup")
     def download_backup(conn, sess):
-        shop.backup_dir.mkdir(parents=True, exist_ok=True)
-        path = backup_database(conn, shop.backup_dir / f"download-{secrets.token_hex(8)}.db")
-        with transaction(conn):
-            audit(conn, "backup downloaded", remote=remote())
-        data = path.read_bytes()
-        path.unlink()
-        return bottle.HTTPResponse(data, headers={
+        """A consistent copy, streamed from disk; one at a time."""
+        if bottle.request.method == "HEAD":
+            return bottle.HTTPResponse(status=200, headers={"Content-Type": "application/vnd.sqlite3"})
+        if not backup_lock.acquire(blocking=False):
+            return bottle.HTTPResponse("A backup is being made already; try again in a moment.", 429)
+        try:
+            shop.backup_dir.mkdir(parents=True, exist_ok=True)
+            path = backup_database(conn, shop.backup_dir / f"download-{secrets.token_hex(8)}.db")
+            with transaction(conn):
+                audit(conn, "backup downloaded", remote=remote())
+            handle = open(path, "rb")
+            path.unlink()   # gone from the folder; the open handle still reads it
+        finally:
+            backup_lock.release()
+
+        def chunks():
+            with handle:
+                while block := handle.read(1 << 20):
+                    yield block
+        return bottle.HTTPResponse(chunks(), headers={
             "Content-Type": "application/vnd.sqlite3",
-            "Content-Disposition": f'attachment; filename="shop-{datetime.now(timezone.utc):%Y%m%d-%H%M}.db"',
-            "Cache-Control": "no-store"})
+            "Content-Disposition": f'attachment; filename="shop-{datetime.now(timezone.utc):%Y%m%d-%H%M}.db"'})
 
     @page("/admin/audit")
     def audit_page(conn, sess):
@@ -4265,10 +4357,11 @@ def make_admin(shop, app):
 def unpack_zip(data, folder):
     """Extract a catalog ZIP safely: no paths outside the folder, bounded size and count."""
     import zipfile
+    import zlib
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = archive.infolist()
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, ValueError, EOFError):
         raise CatalogError(["the file is not a valid ZIP archive"]) from None
     if len(members) > 5000 or sum(m.file_size for m in members) > 200 * 1024 * 1024:
         raise CatalogError(["the ZIP holds more than 5000 files or 200 MB"])
@@ -4279,8 +4372,14 @@ def unpack_zip(data, folder):
             raise CatalogError([f"the ZIP entry {m.filename!r} points outside the archive"])
         if m.is_dir():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(archive.read(m))
+        if m.flag_bits & 1:
+            raise CatalogError([f"the ZIP entry {m.filename!r} is encrypted"])
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(m) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError, zlib.error) as e:
+            raise CatalogError([f"the ZIP entry {m.filename!r} cannot be read: {type(e).__name__}"]) from None
     if not (folder / "catalog.json").is_file():
         raise CatalogError(["the ZIP has no catalog.json at its top level"])
 
@@ -5380,6 +5479,11 @@ class Shop:
         return conn
 
     @property
+    def import_dir(self):
+        """Where uploaded catalogs wait for their confirmation; emptied at every start."""
+        return Path(self.config.shop_db).resolve().parent / "imports"
+
+    @property
     def backup_dir(self):
         return Path(self.config.shop_db).resolve().parent / "backups"
 
@@ -5414,6 +5518,7 @@ class Shop:
     def start(self):
         c = self.config
         logging.getLogger().addHandler(self.problems)
+        shutil.rmtree(self.import_dir, ignore_errors=True)
         try:
             conn = init_db(c.shop_db)
         except (DatabaseError, sqlite3.Error, OSError) as e:

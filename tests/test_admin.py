@@ -432,3 +432,82 @@ def test_the_dashboard_shows_sales_and_problems(admin, sale):
     assert "€25.00" in page and "1 paid order" in page and "Open invoices" in page
     assert '<svg class="chart"' in page
     assert admin.get("/admin/audit").text.count("logged in") >= 1
+
+
+# Hardening: hostile input gets a 4xx, never a traceback or unbounded storage
+
+def test_undecodable_headers_and_fields_get_a_400(admin):
+    url = admin.shop.url
+    for method, path, headers in (("GET", "/admin", {"HX-Request": b"\xff"}),
+                                  ("POST", "/admin/login", {"Origin": b"\xff"}),
+                                  ("GET", "/api/me", {"X-Telegram-Init-Data": b"\xff"}),
+                                  ("POST", "/webhook", {"x-nowpayments-sig": b"\xff"})):
+        r = requests.request(method, url + path, headers=headers, data=b"{}", timeout=5)
+        assert r.status_code == 400, (path, r.status_code)
+    body = b"--b\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\n\xff\xfe\r\n--b--\r\n"
+    r = requests.post(url + "/admin/login", data=body, timeout=5,
+                      headers={"Content-Type": "multipart/form-data; boundary=b; charset=nope"})
+    assert r.status_code == 400
+    assert not [p for p in admin.shop.problems.records if p[1] == "ERROR"]
+
+
+def test_huge_ids_and_bad_dates_are_not_found_not_a_crash(admin):
+    big = "9" * 25
+    for path in (f"/admin/products/{big}", f"/admin/orders/{big}", f"/admin/users/{big}", f"/admin/payments/{big}",
+                 f"/admin/broadcast/{big}"):
+        assert admin.get(path).status_code == 404, path
+    assert admin.post(f"/admin/orders/{big}/refund", {"reason": "x"}).status_code == 404
+    assert admin.post("/admin/districts", {"city_id": big, "name": "x"}).status_code == 303
+    for q in ("?to=2024-99-99", "?to=9999-12-31", "?from=0000-01-01"):
+        assert admin.get("/admin/orders" + q).status_code == 200, q
+    page = admin.get("/admin/orders/123")
+    assert page.status_code == 404 and "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Cache-Control"] == "no-store"
+
+
+def test_refused_ipns_are_kept_short_and_bounded(make_shop):
+    s = make_shop()
+    s.payments.REFUSED_KEPT = 50
+    body = json.dumps({"payment_id": 1, "payment_status": "finished", "junk": "x" * 60000}).encode()
+    for _ in range(300):
+        r = requests.post(s.url + "/webhook", data=body, headers={"x-nowpayments-sig": "00"}, timeout=5)
+        assert r.status_code == 401
+    conn = shop.connect(s.config.shop_db)
+    count, longest = conn.execute("SELECT count(*), max(length(body)) FROM ipn_events").fetchone()
+    assert count <= 150 and longest <= 512
+    conn.close()
+
+
+def test_concurrent_wrong_passwords_still_count(make_shop):
+    import concurrent.futures
+    s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: Admin(s).login("guess").status_code, range(40)))
+    assert codes.count(403) == 5 and codes.count(429) == 35
+
+
+def test_an_uploaded_catalog_cannot_name_the_servers_files(admin, tmp_path):
+    conn = admin.shop.conn
+    secret = admin.shop.config.media_dir / "private" / ("f" * 32 + ".png")
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_bytes(png())
+    for ref in (str(secret), "../../../etc/passwd", "/dev/zero", "img/../../" + secret.name):
+        catalog = {"cities": [], "products": [{"name": "P", "price": "1.00", "photo": ref}]}
+        r = admin.post("/admin/import", files={"file": ("c.json", json.dumps(catalog), "application/json")})
+        assert "outside the uploaded catalog" in r.text, ref
+    assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
+    for junk, words in ((b"PK\x03\x04" + b"\0" * 100, "not a valid ZIP"),
+                        (zip_of({"catalog.json": "{}", "a": "x", "a/b": "y"}), "cannot be read")):
+        r = admin.post("/admin/import", files={"file": ("c.zip", junk, "application/zip")})
+        assert r.status_code == 200 and words in r.text
+    assert not any(admin.shop.import_dir.iterdir())           # nothing left behind
+
+
+def test_one_photo_for_a_batch_of_units_is_stored_once(admin):
+    conn = admin.shop.conn
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 0)])
+    product, district = ids[("Gift card", "Mitte")]
+    admin.post(f"/admin/products/{product}/units", {"district_id": district, "units": "\n".join(map(str, range(50)))},
+               files={"media": ("l.png", png(), "image/png")})
+    assert conn.execute("SELECT count(DISTINCT media), count(*) FROM stock_units").fetchone()[:] == (1, 50)
+    assert len(list((admin.shop.config.media_dir / "private").iterdir())) == 1
