@@ -3437,11 +3437,11 @@ def make_webapp(shop, app):
     """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram initData."""
 
     def current_user():
-        header = header("X-Telegram-Init-Data") or ""
-        if not header:
+        init_data = header("X-Telegram-Init-Data") or ""
+        if not init_data:
             auth = header("Authorization") or ""
-            header = auth[4:].strip() if auth[:4].lower() == "tma " else ""
-        user = verify_init_data(header, shop.webapp_token)
+            init_data = auth[4:].strip() if auth[:4].lower() == "tma " else ""
+        user = verify_init_data(init_data, shop.webapp_token)
         if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
             raise Unauthorized("Not a Telegram user.")
         conn = shop.db()

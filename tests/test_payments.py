@@ -480,7 +480,7 @@ def test_the_webhook_refuses_what_it_cannot_trust_and_changes_nothing(sandbox):
     after = rows(snapshot(sandbox.conn))
     assert after == before
     bodies = [r[0] for r in sandbox.conn.execute("SELECT body FROM ipn_events")]
-    assert shop.encode_json(cheap_ipn) in bodies                       # stored raw
+    assert shop.encode_json(cheap_ipn)[:512] in bodies                 # stored raw (refused ones, their start)
 
 
 def test_simulated_payments_run_every_layer(sandbox):
