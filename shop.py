@@ -3801,8 +3801,10 @@ def make_admin(shop, app):
                         if isinstance(e, ProviderError):
                             log.warning("admin: %s", e.detail)
                         flash(sess, f"⚠️ {e}")
-                        back = header("Referer") or "/admin"
-                        back = back if urlsplit(back).netloc in ("", header("Host")) else "/admin"
+                        ref = urlsplit(header("Referer") or "")
+                        back = "/admin"
+                        if ref.netloc in ("", header("Host")) and ref.path.startswith("/admin"):
+                            back = ref.path + (f"?{ref.query}" if ref.query else "")
                         if header("HX-Request"):
                             return bottle.HTTPResponse(status=204, headers={"HX-Redirect": back})
                         return bottle.redirect(back, 303)
@@ -4271,13 +4273,13 @@ def make_admin(shop, app):
         return render("data.tpl", sess, backups=sorted(shop.backup_dir.glob("shop-*.db"), reverse=True)
                       if shop.backup_dir.exists() else [])
 
-    def csv_response(name, header, rows, export):
+    def csv_response(name, columns, rows, export):
         """Stream rows as CSV; `export` is the connection they come from, closed at the end."""
         def lines():
             buffer = io.StringIO()
             writer = csv.writer(buffer)
             try:
-                writer.writerow(header)
+                writer.writerow(columns)
                 for row in rows:
                     writer.writerow(row)
                     if buffer.tell() > 65536:

@@ -352,6 +352,17 @@ def test_users_balance_and_bans(admin, sale):
     assert admin.get("/admin/users/424242").status_code == 404
 
 
+def test_a_refused_action_goes_back_only_to_an_admin_page_of_this_shop(admin, sale):
+    bad = {"amount": "5", "reason": ""}
+    host = admin.shop.url.split("//")[1]
+    for referer, back in ((f"{admin.shop.url}/admin/users/12?tab=ledger", "/admin/users/12?tab=ledger"),
+                          ("https://elsewhere.example/admin/users", "/admin"),
+                          (f"http://{host}//elsewhere.example/x", "/admin"),
+                          (f"{admin.shop.url}/app", "/admin"), (None, "/admin")):
+        r = admin.post("/admin/users/12/balance", bad, headers={"Referer": referer} if referer else {})
+        assert (r.status_code, r.headers["Location"].split(host)[-1]) == (303, back), referer
+
+
 def test_a_broadcast_reaches_everyone_who_is_not_banned(admin):
     conn = admin.shop.conn
     for uid in (21, 22, 23):
