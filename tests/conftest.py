@@ -24,6 +24,11 @@ import shop  # noqa: E402
 TOKEN = "123456:TEST-token"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "chaos: kill -9, outages and full disks (slow; CI runs them)")
+    config.addinivalue_line("markers", "fuzz: generated inputs for everything the shop parses (CI runs them)")
+
+
 def png(width=4, height=3, rgb=(200, 120, 40)):
     """A small valid PNG image."""
     raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
