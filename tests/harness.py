@@ -1,0 +1,105 @@
+"""What both the tests and the benchmarks use to run the real shop: ports, images, `python shop.py`
+as a subprocess with its log captured (standard library only, so tests/bench.py needs no pytest)."""
+
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+TOKEN = "123456:TEST-token"
+
+
+def png(width=4, height=3, rgb=(200, 120, 40)):
+    """A small valid PNG image."""
+    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ShopProcess:
+    """`python shop.py` in a subprocess, with its log captured line by line."""
+
+    def __init__(self, workdir, env):
+        self.workdir, self.env = Path(workdir), env
+        self.port = int(env["PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.lines, self.cond = [], threading.Condition()
+
+    def start(self, *args, ready="shop is running", timeout=20):
+        self.lines.clear()
+        self.eof = False
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "shop.py"), *args], cwd=self.workdir,
+                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, encoding="utf-8")
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        if ready:
+            self.wait_log(ready, timeout)
+        return self
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    @property
+    def log(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def wait_log(self, text, timeout=10):
+        """Wait for a log line containing text and return it; fail if the shop exits first."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.eof:
+                    raise AssertionError(f"shop exited ({self.proc.wait()}) before logging {text!r}:\n"
+                                         + "\n".join(self.lines))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"shop did not log {text!r} within {timeout}s:\n" + "\n".join(self.lines))
+                self.cond.wait(left)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Send sig and wait; returns (exit code, seconds it took)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return (self.proc.returncode if self.proc else None), 0.0
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        return code, time.monotonic() - start
+
+    def kill(self):
+        return self.stop(signal.SIGKILL)
+
+    def health(self):
+        return requests.get(self.url + "/healthz", timeout=5)
