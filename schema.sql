@@ -108,7 +108,6 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE INDEX IF NOT EXISTS orders_user ON orders(user_id, id);
 CREATE INDEX IF NOT EXISTS orders_status ON orders(status, id);
-CREATE INDEX IF NOT EXISTS orders_paid ON orders(paid_at, total_cents) WHERE status = 'paid';
 CREATE UNIQUE INDEX IF NOT EXISTS orders_checkout ON orders(user_id, checkout_key)
     WHERE checkout_key IS NOT NULL;
 
@@ -296,3 +295,64 @@ CREATE TABLE IF NOT EXISTS broadcasts (
     recipients INTEGER NOT NULL,
     created_at TEXT NOT NULL
 );
+
+-- Per UTC day: paid orders and their revenue, and payments by how they ended. Triggers keep them
+-- exact through every change of an order or payment, so the dashboard reads 30 rows per table
+-- however many orders the shop has taken (a refund takes an order out of its day's revenue).
+CREATE TABLE IF NOT EXISTS daily_sales (
+    day           TEXT PRIMARY KEY,          -- YYYY-MM-DD of paid_at
+    orders        INTEGER NOT NULL,
+    revenue_cents INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS daily_sales_insert AFTER INSERT ON orders WHEN NEW.status = 'paid'
+BEGIN
+    INSERT INTO daily_sales(day, orders, revenue_cents) VALUES (substr(NEW.paid_at, 1, 10), 1, NEW.total_cents)
+        ON CONFLICT(day) DO UPDATE SET orders = orders + 1, revenue_cents = revenue_cents + excluded.revenue_cents;
+END;
+CREATE TRIGGER IF NOT EXISTS daily_sales_update AFTER UPDATE OF status, paid_at, total_cents ON orders
+    WHEN OLD.status = 'paid' OR NEW.status = 'paid'
+BEGIN
+    UPDATE daily_sales SET orders = orders - 1, revenue_cents = revenue_cents - OLD.total_cents
+        WHERE OLD.status = 'paid' AND day = substr(OLD.paid_at, 1, 10);
+    INSERT INTO daily_sales(day, orders, revenue_cents)
+        SELECT substr(NEW.paid_at, 1, 10), 1, NEW.total_cents WHERE NEW.status = 'paid'
+        ON CONFLICT(day) DO UPDATE SET orders = orders + 1, revenue_cents = revenue_cents + excluded.revenue_cents;
+END;
+CREATE TRIGGER IF NOT EXISTS daily_sales_delete AFTER DELETE ON orders WHEN OLD.status = 'paid'
+BEGIN
+    UPDATE daily_sales SET orders = orders - 1, revenue_cents = revenue_cents - OLD.total_cents
+        WHERE day = substr(OLD.paid_at, 1, 10);
+END;
+
+CREATE TABLE IF NOT EXISTS daily_payments (
+    day      TEXT NOT NULL,                  -- YYYY-MM-DD of final_at
+    status   TEXT NOT NULL,
+    source   TEXT NOT NULL,                  -- final_source, '' when none
+    is_child INTEGER NOT NULL,               -- a repeated deposit (parent_id set)
+    payments INTEGER NOT NULL,
+    PRIMARY KEY (day, status, source, is_child)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS daily_payments_insert AFTER INSERT ON payments WHEN NEW.final_at IS NOT NULL
+BEGIN
+    INSERT INTO daily_payments VALUES (substr(NEW.final_at, 1, 10), NEW.status, coalesce(NEW.final_source, ''),
+                                       NEW.parent_id IS NOT NULL, 1)
+        ON CONFLICT DO UPDATE SET payments = payments + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS daily_payments_update
+    AFTER UPDATE OF final_at, status, final_source, parent_id ON payments
+    WHEN OLD.final_at IS NOT NULL OR NEW.final_at IS NOT NULL
+BEGIN
+    UPDATE daily_payments SET payments = payments - 1
+        WHERE OLD.final_at IS NOT NULL AND day = substr(OLD.final_at, 1, 10) AND status = OLD.status
+          AND source = coalesce(OLD.final_source, '') AND is_child = (OLD.parent_id IS NOT NULL);
+    INSERT INTO daily_payments
+        SELECT substr(NEW.final_at, 1, 10), NEW.status, coalesce(NEW.final_source, ''), NEW.parent_id IS NOT NULL, 1
+        WHERE NEW.final_at IS NOT NULL
+        ON CONFLICT DO UPDATE SET payments = payments + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS daily_payments_delete AFTER DELETE ON payments WHEN OLD.final_at IS NOT NULL
+BEGIN
+    UPDATE daily_payments SET payments = payments - 1
+        WHERE day = substr(OLD.final_at, 1, 10) AND status = OLD.status
+          AND source = coalesce(OLD.final_source, '') AND is_child = (OLD.parent_id IS NOT NULL);
+END;

@@ -401,3 +401,83 @@ def test_long_lists_are_paged(conn):
                                                [("◀️", f"dist:{district}:1")]]
     assert "(2/3)" in pages[1].text
     assert shop.screen_products(conn, district, 99).text == pages[2].text   # past the end: the last page
+
+
+# The dashboard's per-day totals
+
+def recomputed_totals(conn):
+    sales = {tuple(r) for r in conn.execute("SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) FROM orders "
+                                            "WHERE status = 'paid' GROUP BY 1")}
+    payments = {tuple(r) for r in conn.execute(
+        "SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), parent_id IS NOT NULL, count(*) "
+        "FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4")}
+    return sales, payments
+
+
+def kept_totals(conn):
+    return ({tuple(r) for r in conn.execute("SELECT * FROM daily_sales WHERE orders != 0")},
+            {tuple(r) for r in conn.execute("SELECT * FROM daily_payments WHERE payments != 0")})
+
+
+def test_the_daily_totals_follow_every_change_of_an_order_or_payment(conn):
+    import random
+    rnd = random.Random(7)
+    user(conn, 1)
+    days = ["2026-11-01T10:00:00Z", "2026-11-02T23:59:59Z", "2026-11-03T00:00:00Z"]
+    with shop.transaction(conn):
+        for i in range(60):
+            status = rnd.choice(["pending", "paid", "cancelled", "refunded"])
+            conn.execute("INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
+                         "VALUES (1, ?, ?, 'crypto', ?, ?)", (status, rnd.randint(1, 9999), days[0],
+                                                              rnd.choice(days) if status != "pending" else None))
+            final = rnd.choice([None, *days])
+            conn.execute("INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
+                         "pay_currency, pay_amount, status, final_source, expires_at, created_at, updated_at, final_at) "
+                         "VALUES (?, 'order', 1, ?, ?, 'r', 100, 'btc', '0.1', ?, ?, ?, ?, ?, ?)",
+                         (str(i), i + 1, rnd.choice([None, 1]) if i else None,
+                          rnd.choice(["finished", "partially_paid", "expired"]) if final else "waiting",
+                          rnd.choice([None, "ipn", "poll"]), days[0], days[0], days[0], final))
+    assert kept_totals(conn) == recomputed_totals(conn)
+    for _ in range(200):
+        order, payment = rnd.randint(1, 60), rnd.randint(1, 60)
+        with shop.transaction(conn):
+            match rnd.randrange(6):
+                case 0:
+                    conn.execute("UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?", (rnd.choice(days), order))
+                case 1:
+                    conn.execute("UPDATE orders SET status = 'refunded' WHERE id = ? AND status = 'paid'", (order,))
+                case 2:
+                    conn.execute("UPDATE orders SET total_cents = ? WHERE id = ?", (rnd.randint(1, 9999), order))
+                case 3:
+                    conn.execute("UPDATE payments SET status = ?, final_at = ?, final_source = ? WHERE id = ?",
+                                 (rnd.choice(["finished", "refunded"]), rnd.choice(days), rnd.choice(["ipn", None]),
+                                  payment))
+                case 4:
+                    conn.execute("UPDATE payments SET final_at = NULL, status = 'waiting' WHERE id = ?", (payment,))
+                case 5:
+                    conn.execute("DELETE FROM payments WHERE id = ? AND id NOT IN (SELECT coalesce(parent_id, 0) "
+                                 "FROM payments)", (payment,))
+        assert kept_totals(conn) == recomputed_totals(conn)
+
+
+def test_a_version_2_database_gets_its_daily_totals(tmp_path):
+    path = str(tmp_path / "v2.db")
+    conn = shop.init_db(path)
+    user(conn, 1)
+    with shop.transaction(conn):
+        for i, (status, paid) in enumerate([("paid", "2026-10-01T08:00:00Z"), ("paid", "2026-10-01T09:00:00Z"),
+                                            ("refunded", "2026-10-02T08:00:00Z"), ("paid", "2026-10-03T08:00:00Z")]):
+            conn.execute("INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
+                         "VALUES (1, ?, ?, 'balance', ?, ?)", (status, 100 * (i + 1), paid, paid))
+        for statement in ("DROP TRIGGER daily_sales_insert", "DROP TRIGGER daily_sales_update",
+                          "DROP TRIGGER daily_sales_delete", "DROP TABLE daily_sales",
+                          "DROP TRIGGER daily_payments_insert", "DROP TRIGGER daily_payments_update",
+                          "DROP TRIGGER daily_payments_delete", "DROP TABLE daily_payments",
+                          "PRAGMA user_version = 2"):
+            conn.execute(statement)
+    conn.close()
+    conn = shop.init_db(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
+    assert kept_totals(conn) == recomputed_totals(conn)
+    assert {r[0]: r[1:] for r in kept_totals(conn)[0]} == {"2026-10-01": (2, 300), "2026-10-03": (1, 400)}
+    conn.close()
