@@ -632,6 +632,29 @@ class CatalogError(ShopError):
         super().__init__("\n".join(shown) + (f"\n... and {more} more" if more > 0 else ""))
 
 
+# SQLite errors that mean the database cannot be written now, and what the owner should look at.
+STORAGE_PROBLEMS = {"database or disk is full": "the disk holding the database is full; free some space",
+                    "readonly database": "the database file is read-only; check its permissions and mount",
+                    "disk I/O error": "the disk reported an I/O error; check the disk",
+                    "database is locked": "another program holds the database locked; stop it",
+                    "unable to open database": "the database file cannot be opened; check its folder"}
+STORAGE_BUSY = "The shop cannot save anything right now. Please try again in a few minutes."
+_storage_alarm = Throttle(60)
+
+
+def storage_problem(e):
+    """If `e` says the database cannot be written (a full disk, a read-only file ...), log it for the
+    owner (once a minute) and return True; the caller tells the shopper STORAGE_BUSY."""
+    if not isinstance(e, sqlite3.OperationalError):
+        return False
+    for key, advice in STORAGE_PROBLEMS.items():
+        if key in str(e):
+            if _storage_alarm(key):
+                log.error("database: %s (%s); nothing can be saved until then, orders and payments wait", advice, e)
+            return True
+    return False
+
+
 # Services: users and settings ################################################
 
 DEFAULT_SETTINGS = {
@@ -3053,7 +3076,9 @@ class PaymentDesk:
         """POST /webhook: verify, store, apply. Returns (HTTP status, JSON answer)."""
         try:
             return self._handle_ipn(body, signature, remote)
-        except Exception:
+        except Exception as e:
+            if storage_problem(e):     # nothing was applied; NOWPayments sends it again later
+                return 503, {"error": "the shop cannot save this IPN now; please retry"}
             log.exception("webhook: an IPN from %s could not be handled", remote)
             self._store_ipn(None, None, body, signature, "error: the shop failed; see its log", remote)
             return 500, {"error": "the shop could not handle this IPN now; please retry"}
@@ -3306,10 +3331,15 @@ def make_app(shop):
                                   headers={"Cache-Control": "public, max-age=86400"})
 
     def error_page(error):
-        if error.status_code >= 500:
+        message = error.body
+        if storage_problem(error.exception):     # logged there for the owner
+            bottle.response.status = 503
+            bottle.response.set_header("Retry-After", "60")
+            message = STORAGE_BUSY
+        elif error.status_code >= 500:
             log.error("web: %s %s failed: %s", bottle.request.method, bottle.request.path,
                       error.exception or error.body, exc_info=error.exception)
-        message = error.body if error.status_code < 500 else "Internal error; the owner can find it in the log."
+            message = "Internal error; the owner can find it in the log."
         if bottle.request.path.startswith(("/api", "/healthz", "/webhook", "/sandbox")):
             bottle.response.content_type = "application/json"
             return json.dumps({"error": message})
@@ -4859,6 +4889,14 @@ class ShopBot:
                 log.warning("bot: could not answer user %s, Telegram unreachable: %s", message.from_user.id,
                             type(e).__name__)
                 return
+            except sqlite3.OperationalError as e:
+                if not storage_problem(e):
+                    log.exception("bot: handling %r from user %s failed", (message.text or "")[:40],
+                                  message.from_user.id)
+                try:
+                    self.reply(message.chat.id, STORAGE_BUSY)
+                except Exception:
+                    log.warning("bot: could not tell user %s about the failure", message.from_user.id)
             except Exception:
                 log.exception("bot: handling %r from user %s failed", (message.text or "")[:40],
                               message.from_user.id)
@@ -4999,9 +5037,12 @@ class ShopBot:
             log.warning("bot: could not answer a button of user %s, Telegram unreachable: %s",
                         call.from_user.id, type(e).__name__)
             return
-        except Exception:
-            log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
-            alert = "Something went wrong on our side. Please try again."
+        except Exception as e:
+            if storage_problem(e):
+                alert = STORAGE_BUSY
+            else:
+                log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
+                alert = "Something went wrong on our side. Please try again."
         if alert:
             alert = shorten(alert, 200)   # Telegram refuses longer notices, leaving the button spinning
         try:
@@ -5302,7 +5343,9 @@ class OutboxSender:
                                (row_id, now_iso())).fetchone()
             if row is not None:
                 self.send(conn, row)
-        except Exception:
+        except Exception as e:
+            if storage_problem(e):
+                return    # it stays pending and is sent once the database can record it
             log.exception("outbox: message #%d to chat %d failed unexpectedly", row_id, chat_id)
             if row is not None:
                 self.retry(conn, row, "unexpected error")
@@ -5420,8 +5463,9 @@ def make_scheduler(shop):
         def run():
             try:
                 fn()
-            except Exception:
-                log.exception("job %s failed; it runs again on schedule", name)
+            except Exception as e:
+                if not storage_problem(e):
+                    log.exception("job %s failed; it runs again on schedule", name)
         scheduler.add_job(run, "interval", id=name, name=name, **interval,
                           **({"next_run_time": datetime.now(timezone.utc) + timedelta(seconds=first)}
                              if first is not None else {}))
