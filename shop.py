@@ -5276,6 +5276,7 @@ class OutboxSender:
         self.queue = queue.Queue()
         self.thread = None
         self.outage_log = Throttle(60)
+        self.unrecorded = {}   # outbox id -> (message id, note): Telegram has it, the database not yet
 
     def start(self):
         # Daemon threads: a send stuck on a slow network must not hold up shutdown; its row
@@ -5341,11 +5342,16 @@ class OutboxSender:
             # Read again: the list dispatch() worked from may be older than a send that just finished.
             row = conn.execute("SELECT * FROM outbox WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
                                (row_id, now_iso())).fetchone()
-            if row is not None:
+            if row is not None and row["id"] in self.unrecorded:   # sent; only our record of it is missing
+                self.mark_sent(conn, row["id"], *self.unrecorded[row["id"]])
+            elif row is not None:
                 self.send(conn, row)
         except Exception as e:
             if storage_problem(e):
-                return    # it stays pending and is sent once the database can record it
+                # It stays pending and is recorded (never sent again) once the database can be written;
+                # until then the chat is left alone for a few seconds rather than retried at once.
+                self.limiter.block(chat_id, 5)
+                return
             log.exception("outbox: message #%d to chat %d failed unexpectedly", row_id, chat_id)
             if row is not None:
                 self.retry(conn, row, "unexpected error")
@@ -5387,10 +5393,17 @@ class OutboxSender:
         except (OSError, ValueError) as e:
             self.fail(conn, row, f"photo {row['photo']} cannot be read: {type(e).__name__}")
             return
+        self.unrecorded[row["id"]] = (message.message_id, None)
+        self.mark_sent(conn, row["id"], message.message_id, None)
+
+    def mark_sent(self, conn, row_id, message_id, note):
+        """Record a message Telegram took. Until that commits the row is remembered in memory, so a
+        database that cannot be written (a full disk) never makes a shopper get it again and again."""
         with transaction(conn):
             conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-                         "telegram_message_id = ?, last_error = NULL WHERE id = ?",
-                         (now_iso(), message.message_id, row["id"]))
+                         "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? WHERE id = ?",
+                         (now_iso(), message_id, note, row_id))
+        self.unrecorded.pop(row_id, None)
 
     def refresh_invoice(self, conn, row):
         """Show an invoice as it is now, under its own message (the QR photo stays)."""
@@ -5405,9 +5418,8 @@ class OutboxSender:
             if e.error_code != 400 or not any(s in description for s in ("not modified", "not found", "can't be edited")):
                 raise
             note = description   # nothing to change, or the shopper deleted it: fine either way
-        with transaction(conn):
-            conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = ? "
-                         "WHERE id = ?", (now_iso(), note, row["id"]))
+        self.unrecorded[row["id"]] = (None, note)
+        self.mark_sent(conn, row["id"], None, note)
 
     def reschedule(self, conn, row, delay, error, count=True):
         with transaction(conn):
