@@ -1311,6 +1311,8 @@ def crypto_amount(value, what="amount"):
         raise InvalidInput(f"{what} is not a number: {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise InvalidInput(f"{what} is not a valid amount: {value!r}")
+    if amount and not -30 <= amount.adjusted() <= 15:   # no coin amount is near 1e16 or 1e-31
+        raise InvalidInput(f"{what} is out of range: {value!r}")
     return amount
 
 
@@ -1568,6 +1570,9 @@ def _credit(conn, payment, cents, kind, key_suffix, reason):
     """Credit the payment's shopper; returns the cents credited (0 if nothing or already done)."""
     if cents <= 0:
         return 0
+    if cents > MAX_EUR_CENTS:   # worth more than the shop ever takes at once: for the owner to check, not to book
+        raise InvalidInput(f"payment {payment['provider_id']} would credit {fmt_eur(cents)}; refused: check it "
+                           "with NOWPayments")
     done = post_ledger(conn, payment["user_id"], cents, kind, f"payment:{payment['provider_id']}:{key_suffix}",
                        reason=reason, order_id=payment["order_id"])
     if done:
@@ -1842,7 +1847,7 @@ def plan_catalog(data, base_dir, confine=False):
     def image(where, ref):
         if ref is None:
             return None
-        if not isinstance(ref, str) or not ref.strip():
+        if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
             return err(where, "must be a file path relative to the catalog file")
         path = (base_dir / ref).resolve()
         if confine and not str(path).startswith(str(base_dir.resolve()) + os.sep):
@@ -2739,8 +2744,9 @@ def make_sandbox(shop):
             return _np_error(403, "INVALID_API_KEY", "Invalid api key")
         try:
             body = parse_json(bottle.request.body.read(65536).decode("utf-8"))
-            assert isinstance(body, dict)
-        except (ValueError, UnicodeDecodeError, AssertionError):
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
             return _np_error(400, "INVALID_REQUEST_PARAMS", "body must be a JSON object")
         for key in ("price_amount", "price_currency", "pay_currency"):
             if body.get(key) in (None, ""):
@@ -3401,9 +3407,14 @@ def verify_init_data(init_data, bot_token, *, max_age=INIT_DATA_MAX_AGE, now=Non
         raise Unauthorized("initData comes from the future.")
     try:
         user = json.loads(fields.get("user", ""))
-        assert isinstance(user, dict) and isinstance(user.get("id"), int) and not isinstance(user["id"], bool)
-    except (ValueError, AssertionError):
-        raise Unauthorized("initData has no user.") from None
+    except ValueError:
+        user = None
+    if not isinstance(user, dict) or not isinstance(user.get("id"), int) or isinstance(user["id"], bool):
+        raise Unauthorized("initData has no user.")
+    # Telegram writes ids that fit SQLite's integers and text for names; anything else is not a user.
+    if not -2 ** 63 < user["id"] < 2 ** 63 or not all(
+            isinstance(user.get(k), (str, type(None))) for k in ("first_name", "username", "language_code")):
+        raise Unauthorized("initData has no valid user.")
     return user
 
 
