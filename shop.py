@@ -4777,7 +4777,7 @@ class PollingErrors(telebot.ExceptionHandler):
         self.shop.bot_state = f"down: {reason}"
         if self.warn():
             log.log(logging.ERROR if code in (401, 409) else logging.WARNING, "bot: %s; retrying", reason)
-        self.shop.stopping.wait(min(30.0, 0.5 * 2 ** min(self.failures, 6)))
+        self.shop.stopping.wait(min(10.0, 0.5 * 2 ** min(self.failures, 5)))
         return True
 
     def recovered(self):
@@ -4786,6 +4786,7 @@ class PollingErrors(telebot.ExceptionHandler):
             self.failures = 0
             self.warn = Throttle(60)
             self.shop.bot_state = "running"
+            catch_up_outbox(self.shop.db())
 
 
 class ShopBot:
@@ -5464,6 +5465,16 @@ class OutboxSender:
         level = logging.WARNING if error.startswith("403") else logging.ERROR
         log.log(level, "outbox: message #%d to chat %d failed for good: %s%s", row["id"], row["chat_id"],
                 error, f" (order #{row['order_id']})" if row["order_id"] else "")
+
+
+def catch_up_outbox(conn):
+    """Telegram answers again: messages waiting out a retry backoff go now, not minutes later."""
+    with transaction(conn):
+        n = conn.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ? "
+                         "AND last_error IS NOT NULL AND last_error NOT LIKE '429%'", (now_iso(), now_iso())).rowcount
+    if n:
+        log.info("outbox: Telegram is back; sending %d delayed message(s) now", n)
+        outbox_ready.set()
 
 
 def network_reason(e):

@@ -45,6 +45,9 @@ class ShopProcess:
         self.lines, self.cond = [], threading.Condition()
 
     def start(self, *args, ready="shop is running", timeout=20):
+        if self.proc is not None:                 # the previous process's reader finishes first
+            with self.cond:
+                self.cond.wait_for(lambda: self.eof, 10)
         self.lines.clear()
         self.eof = False
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "shop.py"), *args], cwd=self.workdir,
