@@ -122,7 +122,7 @@ def test_a_missing_photo_file_fails_with_its_reason(fake_tg, live):
 
 
 def test_the_rate_limiter_spaces_messages():
-    limiter = shop.RateLimiter(per_second=10, chat_per_second=1.0, chat_burst=3)
+    limiter = shop.RateLimiter(per_second=10, chat_per_second=1.0, chat_burst=3, burst=1)
     t = 100.0
     for _ in range(3):            # a chat's burst
         assert limiter.acquire(7, t) == 0
@@ -136,6 +136,14 @@ def test_the_rate_limiter_spaces_messages():
     for _ in range(10):                                             # direct replies count too,
         limiter.note(8, t + 1)
     assert limiter.acquire(8, t + 1.1) == pytest.approx(0.9, abs=0.01)   # but never put a chat in debt
+
+
+def test_a_sender_woken_late_catches_up_by_one_message_but_no_more():
+    limiter = shop.RateLimiter(per_second=10, chat_per_second=1.0, chat_burst=3)   # burst 2 by default
+    assert [limiter.acquire(chat, 100.0) for chat in (1, 2)] == [0, 0]
+    assert limiter.acquire(3, 100.0) == pytest.approx(0.1)
+    assert [limiter.acquire(chat, 101.0) for chat in (3, 4)] == [0, 0]   # idle for a while: only two at once
+    assert limiter.acquire(5, 101.0) == pytest.approx(0.1)
 
 
 def test_a_message_already_sent_is_never_sent_again(fake_tg, live):

@@ -1,0 +1,381 @@
+"""Benchmarks 2 and 3: bot reply latency against a bare telebot echo bot, and outbox delivery throughput
+against Telegram's flood limits. Both run the real shop (`python shop.py --no-demo`) as a subprocess
+against the Bot API stand-in (tests/fake_telegram.py), which this module subclasses only to timestamp
+what passes through it. Standard library plus the shop's own dependencies.
+
+    python tests/bench.py --only bot,delivery [--quick]
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+
+import shop  # noqa: E402
+from bench import Row, ratio  # noqa: E402
+from fake_telegram import FakeTelegram, _to_int  # noqa: E402
+from harness import ROOT, TOKEN, ShopProcess, free_port  # noqa: E402
+
+# What counts as "the bot answered": the first of these calls for the chat after the update was pushed.
+ANSWERS = ("sendMessage", "sendPhoto", "editMessageText", "editMessageCaption", "editMessageMedia",
+           "answerCallbackQuery")
+
+
+def shop_env(tmp, fake, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
+    env.update({"SHOP_DB": str(Path(tmp) / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
+                "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake.base_url, "PYTHONUNBUFFERED": "1",
+                "LOG_LEVEL": "INFO", **extra})
+    return env
+
+
+def pct(values, fraction):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# the stand-in with timestamps
+
+class TimedTelegram(FakeTelegram):
+    """FakeTelegram that timestamps each pushed update and the first answer to it in its chat, and wakes
+    the simulated shopper waiting in that chat when the bot has finished answering.
+
+    Pushed: inside _push_update (under the stand-in's lock, the moment getUpdates can return it).
+    Answered: when the stand-in starts handling the first sendMessage/editMessageText/answerCallbackQuery
+    (or photo equivalents) for that chat, i.e. after the request has arrived and been parsed."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.pending = {}      # chat -> (pushed at, kind) of the update waiting for its first answer
+        self.samples = []      # (kind, seconds)
+        self.waiters = {}      # chat -> (what finishes the exchange: "message" | query id, Event)
+        self.sends = []        # (perf_counter, chat, ok) of every sendMessage, for the delivery benchmark
+
+    def expect(self, chat, done):
+        event = threading.Event()
+        with self._lock:
+            self.waiters[chat] = (done, event)
+        return event
+
+    def _push_update(self, kind, obj):
+        chat = (obj.get("chat") or {}).get("id") if kind == "message" else (obj.get("from") or {}).get("id")
+        if chat is not None:
+            self.pending[chat] = (time.perf_counter(), kind)
+        return super()._push_update(kind, obj)
+
+    def _timed(self, method, params, fn):
+        now = time.perf_counter()
+        if method == "answerCallbackQuery":
+            query = self._callback_queries.get(str(params.get("callback_query_id")))
+            chat = query["user_id"] if query else None
+        else:
+            chat = _to_int(params.get("chat_id"))
+        started = self.pending.pop(chat, None)
+        if started is not None:
+            self.samples.append((started[1], now - started[0]))
+        try:
+            result = fn(params, None)
+        except Exception:
+            if method == "sendMessage":
+                self.sends.append((now, chat, False))
+            raise
+        if method == "sendMessage":
+            self.sends.append((now, chat, True))
+        waiter = self.waiters.get(chat)
+        if waiter is not None:
+            done, event = waiter
+            if (done == "message" and method in ("sendMessage", "sendPhoto")) or \
+                    (method == "answerCallbackQuery" and done == str(params.get("callback_query_id"))):
+                del self.waiters[chat]
+                event.set()
+        return result
+
+
+def _timed_method(name):
+    base = getattr(FakeTelegram, "_m_" + name)
+
+    def method(self, params, files):
+        return self._timed(name, params, lambda p, _: base(self, p, files))
+    method.__name__ = "_m_" + name
+    return method
+
+
+for _name in ANSWERS:
+    setattr(TimedTelegram, "_m_" + _name, _timed_method(_name))
+
+
+# --------------------------------------------------------------------------------------------
+# 2. bot reply latency
+
+# The baseline: a bare telebot bot with the shop's polling settings (shop.py, Shop.start/_run_bot:
+# PollingBot(token, threaded=True, num_threads=6); infinity_polling(timeout=30, long_polling_timeout=25,
+# allowed_updates=["message", "callback_query"])). It answers a message with a message carrying inline
+# buttons and a button press by editing that message and answering the query: the calls the shop makes.
+ECHO_BOT = textwrap.dedent('''
+    import html, itertools, logging, os
+    import telebot
+    from telebot import apihelper, types
+    base = os.environ["TELEGRAM_API_URL"]
+    apihelper.API_URL = base + "/bot{0}/{1}"
+    apihelper.FILE_URL = base + "/file/bot{0}/{1}"
+    bot = telebot.TeleBot(os.environ["BOT_TOKEN"], threaded=True, num_threads=6)
+    counter = itertools.count()
+    def keyboard():
+        kb = types.InlineKeyboardMarkup()
+        kb.row(types.InlineKeyboardButton("one", callback_data="pick:1"))
+        kb.row(types.InlineKeyboardButton("two", callback_data="pick:2"))
+        kb.row(types.InlineKeyboardButton("⬅️ Back", callback_data="back"))
+        return kb
+    @bot.message_handler(func=lambda m: True)
+    def echo(m):
+        bot.send_message(m.chat.id, "<b>echo</b> " + html.escape(m.text or ""), parse_mode="HTML",
+                         reply_markup=keyboard())
+    @bot.callback_query_handler(func=lambda c: True)
+    def press(c):
+        bot.edit_message_text(f"<b>echo</b> {html.escape(c.data)} {next(counter)}", c.message.chat.id,
+                              c.message.message_id, parse_mode="HTML", reply_markup=keyboard())
+        bot.answer_callback_query(c.id)
+    bot._user = bot.get_me()
+    print("echo bot polling", flush=True)
+    bot.infinity_polling(timeout=30, long_polling_timeout=25, logger_level=logging.ERROR,
+                         allowed_updates=["message", "callback_query"])
+''')
+
+# One shopper's session: messages are sent as text, "pick" presses a catalog button (a city, a district,
+# a product) on the current screen, "back" presses ⬅️ Back.
+SESSION = ["/start", "🛒 Shop", "pick", "pick", "pick", "back", "pick", "back", "back", "pick", "pick",
+           "back", "👤 Profile"]
+NAV = ("city:", "dist:", "prod:")
+
+
+def catalog(cities=20, districts=5, products=10, units=2):
+    """The catalog benchmark 1 uses: 20 cities x 5 districts x 10 products, every product everywhere."""
+    cs = [{"name": f"City {c:02d}", "districts": [f"District {c:02d}-{d}" for d in range(districts)]}
+          for c in range(cities)]
+    ps = [{"name": f"Product {p:02d}", "description": f"A fine product number {p}.", "price": f"{5 + p}.50",
+           "stock": [{"city": c["name"], "district": d, "content": f"CODE-{p}-{d}-{u}"}
+                     for c in cs for d in c["districts"] for u in range(units)]}
+          for p in range(products)]
+    return {"cities": cs, "products": ps}
+
+
+def seed_catalog(db, media):
+    conn = shop.init_db(str(db))
+    try:
+        shop.import_catalog(conn, catalog(), Path(media).parent, Path(media))
+    finally:
+        conn.close()
+
+
+class Shopper(threading.Thread):
+    def __init__(self, fake, user_id, steps, think, rng, is_shop, failures):
+        super().__init__(daemon=True, name=f"shopper-{user_id}")
+        self.fake, self.id, self.steps, self.think, self.rng = fake, user_id, steps, think, rng
+        self.is_shop, self.failures = is_shop, failures
+
+    def button(self, step):
+        screen = self.fake.last_message(self.id)
+        buttons = [b for row in (screen.buttons if screen else []) for b in row if "callback_data" in b]
+        if self.is_shop:
+            if step == "back":
+                buttons = [b for b in buttons if b["text"] == "⬅️ Back"]
+            else:
+                buttons = [b for b in buttons if b["callback_data"].startswith(NAV)
+                           and b["text"] not in ("◀️", "▶️", "⬅️ Back")]
+        else:
+            buttons = [b for b in buttons if (b["callback_data"] == "back") == (step == "back")]
+        if not buttons:
+            raise AssertionError(f"chat {self.id}: no {step!r} button on {screen!r}")
+        return screen.message_id, self.rng.choice(buttons)["callback_data"]
+
+    def run(self):
+        try:
+            time.sleep(self.rng.uniform(0, self.think[1]))   # staggered arrivals (think time, not sync)
+            for step in self.steps:
+                if step in ("pick", "back"):
+                    message_id, data = self.button(step)
+                    query = self.fake.user_clicks(self.id, message_id, data)
+                    done = self.fake.expect(self.id, query)
+                    # expect() after the push is fine: the answer needs a poll + a handler, and the
+                    # stand-in's waiter check runs under its lock; but guard the race anyway:
+                    if query in self.fake.callback_answers:
+                        done.set()
+                else:
+                    done = self.fake.expect(self.id, "message")
+                    self.fake.user_sends(self.id, step, first_name=f"Shopper{self.id}")
+                if not done.wait(30):
+                    raise AssertionError(f"chat {self.id}: no answer to {step!r} within 30 s")
+                time.sleep(self.rng.uniform(*self.think))   # the shopper reads the screen
+        except Exception as e:  # reported, not raised: a thread
+            self.failures.append(f"{type(e).__name__}: {e}")
+
+
+def run_shoppers(fake, is_shop, shoppers, steps, think, seed):
+    failures = []
+    threads = [Shopper(fake, 9_000_000 + i, steps, think, random.Random(seed * 1000 + i), is_shop, failures)
+               for i in range(shoppers)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return failures, time.monotonic() - started
+
+
+def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
+    """Run one bot (the shop or the echo bot) against a fresh stand-in; return its latency samples."""
+    tmp = Path(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    fake = TimedTelegram(token=TOKEN).start()
+    proc = echo = None
+    try:
+        env = shop_env(tmp, fake)
+        if is_shop:
+            seed_catalog(env["SHOP_DB"], tmp / "media")
+            proc = ShopProcess(tmp, env).start("--no-demo", ready="bot: @", timeout=30)
+        else:
+            script = tmp / "echo_bot.py"
+            script.write_text(ECHO_BOT, encoding="utf-8")
+            echo = subprocess.Popen([sys.executable, str(script)], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.STDOUT)
+        fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=30, what="the bot polling")
+        # Warm-up (not measured): one shopper's first screens, so imports and caches are loaded.
+        failures, _ = run_shoppers(fake, is_shop, 1, steps[:5], (0.0, 0.0), seed + 99)
+        if failures:
+            raise AssertionError(f"warm-up failed: {failures}")
+        fake.samples.clear()
+        failures, seconds = run_shoppers(fake, is_shop, shoppers, steps, think, seed)
+        samples = list(fake.samples)
+        if fake.errors:
+            failures.append(f"stand-in errors: {fake.errors[:2]}")
+        if proc is not None and " ERROR " in proc.log:
+            failures.append("shop logged errors:\n" + "\n".join(l for l in proc.lines if " ERROR " in l)[:2000])
+        return samples, failures, seconds
+    finally:
+        if proc is not None:
+            proc.stop()
+        if echo is not None:
+            echo.send_signal(signal.SIGTERM)
+            try:
+                echo.wait(5)
+            except subprocess.TimeoutExpired:
+                echo.kill()
+                echo.wait()
+        fake.stop()
+
+
+def bench_bot(ctx):
+    shoppers = 50
+    steps = SESSION if not ctx.quick else SESSION[:6]
+    think = (0.3, 0.9)   # seconds a shopper looks at a screen before the next tap
+    results = {}
+    for name, is_shop in (("echo", False), ("shop", True)):
+        samples, failures, seconds = measure_bot(ctx.tmp / name, is_shop, shoppers, steps, think)
+        lat = [s for _, s in samples]
+        results[name] = {"median": pct(lat, 0.5), "p99": pct(lat, 0.99), "n": len(lat), "failures": failures,
+                         "rate": len(lat) / seconds if seconds else 0,
+                         "msg": pct([s for k, s in samples if k == "message"], 0.5),
+                         "cb": pct([s for k, s in samples if k == "callback_query"], 0.5)}
+        print(f"#   bot/{name}: {len(lat)} answers in {seconds:.1f} s ({results[name]['rate']:.0f}/s); "
+              f"median {results[name]['median'] * 1000:.1f} ms (messages {results[name]['msg'] * 1000:.1f}, "
+              f"buttons {results[name]['cb'] * 1000:.1f}), p99 {results[name]['p99'] * 1000:.1f} ms"
+              + (f"; FAILURES: {failures[:3]}" if failures else ""), file=sys.stderr, flush=True)
+    shop_, echo = results["shop"], results["echo"]
+    expected = shoppers * len(steps)
+    ok = not shop_["failures"] and not echo["failures"] and shop_["n"] == expected and echo["n"] == expected
+    ms = lambda v: f"{v * 1000:.1f} ms"
+    label = "2. Bot reply latency"
+    what = f"{shoppers} shoppers, {len(steps)} taps each, {think[0]}-{think[1]} s apart"
+    met = "yes" if ok and shop_["median"] <= 1.5 * echo["median"] else "no"
+    return [
+        Row(label, f"median update → answer ({what})", ms(shop_["median"]), ms(echo["median"]) + " (echo bot)",
+            ratio(shop_["median"], echo["median"]), "≤ 1.5x", met),
+        Row(label, "p99 update → answer", ms(shop_["p99"]), ms(echo["p99"]) + " (echo bot)",
+            ratio(shop_["p99"], echo["p99"]), "", ""),
+    ] + ([] if ok else [Row(label, "failures", "; ".join((shop_["failures"] + echo["failures"])[:3])[:300],
+                            "", "", "none", "no")])
+
+
+# --------------------------------------------------------------------------------------------
+# 3. delivery throughput
+
+DELIVERY_MESSAGES = 3000
+
+def bench_delivery(ctx):
+    count = 300 if ctx.quick else DELIVERY_MESSAGES
+    tmp = ctx.tmp
+    fake = TimedTelegram(token=TOKEN).start()
+    proc = None
+    try:
+        env = shop_env(tmp, fake)
+        shop.init_db(env["SHOP_DB"]).close()
+        proc = ShopProcess(tmp, env).start("--no-demo", ready="bot: @", timeout=30)
+        fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=30, what="the shop polling")
+        chats = [7_000_000 + i for i in range(count)]
+        with fake._cond:   # chats the stand-in knows (each user once wrote to the bot), without updates
+            for chat in chats:
+                fake._ensure_chat(chat, "Ann", None, "en")
+        fake.enforce_limits(per_second=30, per_chat_per_second=1.0, per_chat_burst=3)
+        conn = shop.connect(env["SHOP_DB"])
+        with shop.transaction(conn):
+            for i, chat in enumerate(chats):
+                shop.enqueue_message(conn, chat, f"Delivery {i} for you")
+        queued = time.perf_counter()
+        ok_sends = lambda: sum(1 for _, _, ok in fake.sends if ok)
+        fake.wait_for(lambda: ok_sends() >= count, timeout=count / 20 + 30, what=f"{count} messages delivered")
+        fake.wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] == 0,
+                      timeout=30, what="every outbox row marked sent")
+        sends = list(fake.sends)
+        statuses = dict(conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
+        conn.close()
+        got = {chat: [m.content for m in fake.messages(chat)] for chat in chats}
+    finally:
+        if proc is not None:
+            proc.stop()
+        fake.stop()
+    times = sorted(t for t, _, ok in sends if ok)
+    lost = sum(1 for i, chat in enumerate(chats) if f"Delivery {i} for you" not in got[chat])
+    duplicated = sum(1 for texts in got.values() if len(texts) > 1)
+    limited = sum(1 for _, _, ok in sends if not ok)
+    # Steady part: between the 5th and the 95th percentile of arrivals (leaves out the sender noticing the
+    # new rows and the stand-in's initial burst allowance of 30, and the tail).
+    a, b = int(0.05 * len(times)), int(0.95 * len(times)) - 1
+    sustained = (b - a) / (times[b] - times[a])
+    overall = len(times) / (times[-1] - queued)
+    share = limited / len(sends) if sends else 0
+    print(f"#   delivery: {len(times)} delivered, {limited} answered 429, outbox {statuses}; sustained "
+          f"{sustained:.2f}/s, whole run {overall:.2f}/s ({times[-1] - queued:.1f} s from commit to last)",
+          file=sys.stderr, flush=True)
+    label = "3. Delivery throughput"
+    return [
+        Row(label, f"sustained messages/s, {count} chats (5th-95th percentile of arrivals)", f"{sustained:.1f}/s",
+            "30/s (the limit)", ratio(sustained, 30.0), "≥ 0.9x", "yes" if sustained >= 27 else "no"),
+        Row(label, "whole run, commit to last arrival", f"{overall:.1f}/s", "30/s (the limit)",
+            ratio(overall, 30.0), "", ""),
+        Row(label, "lost / duplicated / left pending", f"{lost} / {duplicated} / {statuses.get('pending', 0)}",
+            "", "", "0 / 0 / 0", "yes" if lost == duplicated == statuses.get("pending", 0) == 0 else "no"),
+        Row(label, "429 answers, share of sends", f"{limited} of {len(sends)} ({share:.2%})", "", "", "< 1%",
+            "yes" if share < 0.01 else "no"),
+    ]
+
+
+BENCHMARKS = {"bot": bench_bot, "delivery": bench_delivery}
+
+
+if __name__ == "__main__":   # python tests/bench_bot.py [bot|delivery] [--quick]
+    import tempfile
+    from bench import Context, table
+    names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(BENCHMARKS)
+    rows = []
+    for n in names:
+        with tempfile.TemporaryDirectory() as d:
+            rows += BENCHMARKS[n](Context(Path(d), "--quick" in sys.argv))
+    print(table(rows))
