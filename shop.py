@@ -337,11 +337,23 @@ class ShopConnection(sqlite3.Connection):
         super().__init__(*args, **kwargs)
         self.after_commit = []
         self.depth = 0
+        self.write_lock = None
+
+
+# One writer at a time per database file within this process. SQLite lets only one
+# transaction write anyway; without this, threads waiting for it poll in SQLite's busy
+# handler, which sleeps up to 100 ms between tries: a waiting IPN or checkout could sit
+# for hundreds of milliseconds after the lock was free. Here they queue and wake at once.
+# (Other processes, e.g. `shop.py balance`, still wait through busy_timeout.)
+_write_locks = {}
+_write_locks_guard = threading.Lock()
 
 
 def connect(path):
     """Open the shop database with the settings every connection needs."""
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, factory=ShopConnection)
+    with _write_locks_guard:
+        conn.write_lock = _write_locks.setdefault(os.path.realpath(path), threading.RLock())
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -368,22 +380,23 @@ def transaction(conn):
         finally:
             conn.depth -= 1
         return
-    conn.execute("BEGIN IMMEDIATE")
-    conn.depth = 1
-    try:
-        yield conn
-    except BaseException:
-        conn.after_commit.clear()
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
-        callbacks, conn.after_commit = conn.after_commit, []
-        for callback in callbacks:
-            callback()
-    finally:
-        conn.depth = 0
+    with conn.write_lock:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.depth = 1
+        try:
+            yield conn
+        except BaseException:
+            conn.after_commit.clear()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+        finally:
+            conn.depth = 0
+    callbacks, conn.after_commit = conn.after_commit, []
+    for callback in callbacks:
+        callback()
 
 
 def sql_statements(script):
@@ -2526,9 +2539,10 @@ def verify_ipn(body, signature, secret):
     if not signature:
         return data, "missing signature"
     given = signature.strip().lower().encode()
-    good = False
-    for js in (True, False):
-        good |= hmac.compare_digest(ipn_signature(data, secret, js_numbers=js).encode(), given)
+    # As JavaScript writes the numbers first (what NOWPayments signs); the body's own tokens only if that
+    # fails. Each comparison is constant-time; which variant matched tells nothing about the secret.
+    good = any(hmac.compare_digest(ipn_signature(data, secret, js_numbers=js).encode(), given)
+               for js in (True, False))
     return data, "valid signature" if good else "bad signature"
 
 
@@ -3098,36 +3112,38 @@ class PaymentDesk:
         if data is not None:
             provider_id = str(data.get("payment_id"))[:40] if data.get("payment_id") is not None else None
             status = str(data.get("payment_status"))[:40] if data.get("payment_status") is not None else None
-        code, answer = 200, {"status": "ok"}
-        if data is None:
-            code, answer = 400, {"error": f"the body is not a JSON object ({verdict})"}
-        elif verdict in ("missing signature", "bad signature"):
-            code, answer = 401, {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"}
-            self.alert("signature", f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
-                                    "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
-                       logging.WARNING)
-        elif verdict == "unsigned" or (status in MONEY_STATUSES and data.get("actually_paid") in (None, "")):
-            # Unsigned, the body proves nothing; without actually_paid it cannot be settled. Either way
-            # it only says which payment to look up with the API.
-            code, answer, verdict = self._hint(data)
-        else:
-            try:
-                verdict = "applied: " + self.apply(data, "ipn")
-            except UnknownPayment as e:
-                code, answer, verdict = 404, {"error": str(e)}, "unknown payment"
-                # A 'waiting' IPN may beat the answer to our own POST /payment; NOWPayments retries it.
-                # Money for a reference that looks like ours is another matter.
-                if status in MONEY_STATUSES and re.fullmatch(r"(order-\d+|topup-[0-9a-f]+)", str(data.get("order_id"))):
-                    self.alert("unknown", f"⚠️ NOWPayments reports money ({esc(status)}) for payment "
-                                          f"{esc(provider_id)}, {esc(data.get('order_id'))}, which this shop does "
-                                          "not know.")
-            except PaymentMismatch as e:
-                code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
-            except InvalidInput as e:
-                code, answer, verdict = 400, {"error": str(e)}, f"invalid: {e}"
-        # A refused IPN costs its sender nothing, so it is kept short and only the latest ones are kept.
-        self._store_ipn(provider_id, status, body if code < 400 else body[:512], signature, verdict, remote,
-                        refused=code >= 400)
+        # The news applied and the IPN stored commit together: one disk sync per IPN, not two.
+        with transaction(self.shop.db()):
+            code, answer = 200, {"status": "ok"}
+            if data is None:
+                code, answer = 400, {"error": f"the body is not a JSON object ({verdict})"}
+            elif verdict in ("missing signature", "bad signature"):
+                code, answer = 401, {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"}
+                self.alert("signature", f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
+                                        "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
+                           logging.WARNING)
+            elif verdict == "unsigned" or (status in MONEY_STATUSES and data.get("actually_paid") in (None, "")):
+                # Unsigned, the body proves nothing; without actually_paid it cannot be settled. Either way
+                # it only says which payment to look up with the API.
+                code, answer, verdict = self._hint(data)
+            else:
+                try:
+                    verdict = "applied: " + self.apply(data, "ipn")
+                except UnknownPayment as e:
+                    code, answer, verdict = 404, {"error": str(e)}, "unknown payment"
+                    # A 'waiting' IPN may beat the answer to our own POST /payment; NOWPayments retries it.
+                    # Money for a reference that looks like ours is another matter.
+                    if status in MONEY_STATUSES and re.fullmatch(r"(order-\d+|topup-[0-9a-f]+)", str(data.get("order_id"))):
+                        self.alert("unknown", f"⚠️ NOWPayments reports money ({esc(status)}) for payment "
+                                              f"{esc(provider_id)}, {esc(data.get('order_id'))}, which this shop does "
+                                              "not know.")
+                except PaymentMismatch as e:
+                    code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
+                except InvalidInput as e:
+                    code, answer, verdict = 400, {"error": str(e)}, f"invalid: {e}"
+            # A refused IPN costs its sender nothing, so it is kept short and only the latest ones are kept.
+            self._store_ipn(provider_id, status, body if code < 400 else body[:512], signature, verdict, remote,
+                            refused=code >= 400)
         if code >= 400 and self.refusals_logged(f"refused:{code}"):
             log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
         return code, answer
@@ -3468,6 +3484,20 @@ def catalog_json(conn):
     return {"cities": [dict(c, districts=list(c["districts"].values())) for c in cities.values()]}
 
 
+def catalog_bytes(conn):
+    """catalog_json encoded, remade only when the database changed since this connection last made it:
+    PRAGMA data_version moves with every commit by another connection, total_changes with this one's."""
+    key = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+    cached = getattr(conn, "catalog_cache", None)
+    if cached is None or cached[0] != key:
+        with _catalog_lock:   # one thread builds at a time: the web threads never hold 8 half-built catalogs
+            cached = conn.catalog_cache = (key, json.dumps(catalog_json(conn)).encode())
+    return cached[1]
+
+
+_catalog_lock = threading.Lock()
+
+
 def basket_json(conn, user_id):
     basket = get_basket(conn, user_id)
     return {"items": [{"id": l.item_id, "product_id": l.product_id, "district_id": l.district_id, "name": l.name,
@@ -3542,6 +3572,9 @@ def make_webapp(shop, app):
                     return json_response(e.status, {"error": str(e)})
                 if isinstance(result, bottle.HTTPResponse):
                     return result
+                if isinstance(result, bytes):   # JSON already encoded (the cached catalog)
+                    bottle.response.content_type = "application/json"
+                    return result
                 return json_response(200, result)
             app.route(path, method, handler)
             return fn
@@ -3591,7 +3624,7 @@ def make_webapp(shop, app):
 
     @api("GET", "/api/catalog")
     def catalog(conn, user, data):
-        return catalog_json(conn)
+        return catalog_bytes(conn)
 
     @api("GET", "/api/basket")
     def basket(conn, user, data):
