@@ -61,6 +61,7 @@ import tempfile
 import threading
 import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -2551,6 +2552,9 @@ class NowPayments:
 
     TIMEOUT = (5, 10)
     CACHE_SECONDS = 600
+    # Calls at once. A slow provider then holds at most this many of the web server's 8 threads, and
+    # the rest stay free for IPNs, pages and, in sandbox mode, the emulator that answers these calls.
+    CONCURRENT = 4
 
     def __init__(self, base_url, api_key):
         self.base_url, self.api_key = base_url.rstrip("/"), api_key
@@ -2560,8 +2564,18 @@ class NowPayments:
         self.minimum_cache = {}
         self.failing_since = None   # monotonic time of the first failure of an ongoing outage
         self.refused = None         # the provider's words when it refuses our API key (401/403), else None
+        self.slots = threading.BoundedSemaphore(self.CONCURRENT)
 
-    def _call(self, method, path, *, params=None, body=None, auth=True):
+    def _call(self, method, path, **kw):
+        if not self.slots.acquire(timeout=self.TIMEOUT[1]):
+            raise ProviderError(f"{method} {path}: {self.CONCURRENT} calls to NOWPayments already waiting",
+                                message="The payment service is busy right now. Please try again in a moment.")
+        try:
+            return self._request(method, path, **kw)
+        finally:
+            self.slots.release()
+
+    def _request(self, method, path, *, params=None, body=None, auth=True):
         headers = {"x-api-key": self.api_key} if auth else {}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -2689,6 +2703,56 @@ def _np_error(status, code, message):
     bottle.response.status = status
     bottle.response.content_type = "application/json"
     return json.dumps({"status": False, "statusCode": status, "code": code, "message": message})
+
+
+class InProcess(requests.adapters.BaseAdapter):
+    """Answers requests under a URL prefix with a WSGI app of this process (the sandbox emulator) on
+    threads of its own: the shop's calls to its own sandbox take no web-server thread and no socket,
+    so however many invoices are made at once, the shop never waits on itself."""
+
+    def __init__(self, app, prefix, threads=NowPayments.CONCURRENT):
+        super().__init__()
+        self.app, self.prefix = app, prefix.rstrip("/")
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="sandbox")
+
+    def send(self, request, timeout=None, **kw):
+        url = urlsplit(request.url)
+        body = request.body or b""
+        body = body.encode() if isinstance(body, str) else body
+        environ = {"REQUEST_METHOD": request.method, "SCRIPT_NAME": self.prefix,
+                   "PATH_INFO": url.path[len(self.prefix):] or "/", "QUERY_STRING": url.query,
+                   "SERVER_NAME": url.hostname or "localhost", "SERVER_PORT": str(url.port or 80),
+                   "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "CONTENT_LENGTH": str(len(body)),
+                   "CONTENT_TYPE": request.headers.get("Content-Type", ""), "wsgi.input": io.BytesIO(body),
+                   "wsgi.errors": sys.stderr, "wsgi.url_scheme": url.scheme, "wsgi.version": (1, 0),
+                   "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False}
+        for name, value in request.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                environ["HTTP_" + name.upper().replace("-", "_")] = value
+
+        def call():
+            started = {}
+            chunks = self.app(environ, lambda status, headers, exc_info=None: started.update(
+                status=status, headers=headers))
+            try:
+                return started, b"".join(chunks)
+            finally:
+                getattr(chunks, "close", lambda: None)()
+        try:
+            started, content = self.pool.submit(call).result(timeout=timeout[1] if isinstance(timeout, tuple)
+                                                             else timeout)
+        except FuturesTimeout:
+            raise requests.exceptions.ReadTimeout(f"the sandbox did not answer {request.method} {url.path}") from None
+        response = requests.Response()
+        response.status_code = int(started["status"].split(" ", 1)[0])
+        response.reason = started["status"].partition(" ")[2]
+        response.headers = requests.structures.CaseInsensitiveDict(started["headers"])
+        response._content, response.url, response.request = content, request.url, request
+        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+        return response
+
+    def close(self):
+        self.pool.shutdown(wait=False)
 
 
 def make_sandbox(shop):
@@ -3332,7 +3396,7 @@ def make_app(shop):
         return json_response(code, answer)
 
     if shop.config.sandbox:
-        app.mount("/sandbox/v1/", make_sandbox(shop))
+        app.mount("/sandbox/v1/", shop.sandbox_app)
     make_webapp(shop, app)
     make_admin(shop, app)
 
@@ -5696,6 +5760,9 @@ class Shop:
                         "only makes the shop ask the NOWPayments API for the payment's status")
         client = (NowPayments(self.url + "/sandbox/v1", self.sandbox_api_key) if c.sandbox
                   else NowPayments(c.nowpayments_api_url, c.nowpayments_api_key))
+        self.sandbox_app = make_sandbox(self) if c.sandbox else None
+        if c.sandbox:
+            client.session.mount(self.url + "/sandbox/v1/", InProcess(self.sandbox_app, "/sandbox/v1"))
         self.payments = PaymentDesk(self, client)
         self._thread("payment-hints", self.payments.work_hints)
         proxy = {"trusted_proxy": c.trusted_proxy, "trusted_proxy_count": 1,
@@ -5820,6 +5887,7 @@ class Shop:
             self.scheduler.shutdown(wait=False)
         if self.payments:
             self.payments.hints.put(None)
+            self.payments.client.session.close()   # and the sandbox's own threads, if any
         if self.server:
             self.server.task_dispatcher.shutdown(timeout=2)   # lets requests in flight finish
             self._web_wake.pull_trigger(lambda: waitress.wasyncore.close_all(self._web_map))

@@ -300,3 +300,15 @@ def test_the_preview_shopper_never_gets_telegram_messages(app):
     assert app.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
     assert ok(requests.get(app.url + "/api/me", headers=h, timeout=5))["balance"] == "12.49"
     assert emulator(app, {"provider_id": invoice["payment_id"]})["payment_status"] == "finished"
+
+
+def test_many_top_ups_at_once_in_sandbox_mode_never_starve_the_web_server(app):
+    """The sandbox answers the shop's provider calls from the same web server: with more invoices being
+    made at once than it has threads, the calls queue for a few slots instead of taking every thread."""
+    from concurrent.futures import ThreadPoolExecutor
+    shoppers = [{"id": 700 + i, "first_name": f"S{i}"} for i in range(12)]
+    with ThreadPoolExecutor(len(shoppers)) as pool:
+        answers = list(pool.map(lambda u: call(app, "POST", "/api/payment/refill", user_=u,
+                                               json={"amount": "10", "currency": "ltc"}), shoppers))
+    assert [r.status_code for r in answers] == [200] * len(shoppers), [r.text for r in answers if r.status_code != 200]
+    assert app.conn.execute("SELECT count(*) FROM payments WHERE kind = 'topup'").fetchone()[0] == len(shoppers)
