@@ -356,3 +356,36 @@ BEGIN
         WHERE day = substr(OLD.final_at, 1, 10) AND status = OLD.status
           AND source = coalesce(OLD.final_source, '') AND is_child = (OLD.parent_id IS NOT NULL);
 END;
+
+
+-- Moves with every change to what the catalog shows (places, products, units and their status), so
+-- the Mini App's catalog is built once per change and served from memory in between.
+CREATE TABLE IF NOT EXISTS catalog_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO catalog_version VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS catalog_version_cities_insert AFTER INSERT ON cities
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_cities_update AFTER UPDATE ON cities
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_cities_delete AFTER DELETE ON cities
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_districts_insert AFTER INSERT ON districts
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_districts_update AFTER UPDATE ON districts
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_districts_delete AFTER DELETE ON districts
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_products_insert AFTER INSERT ON products
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_products_update AFTER UPDATE ON products
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_products_delete AFTER DELETE ON products
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_stock_units_insert AFTER INSERT ON stock_units
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_stock_units_update AFTER UPDATE ON stock_units
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_stock_units_delete AFTER DELETE ON stock_units
+    BEGIN UPDATE catalog_version SET version = version + 1; END;

@@ -41,10 +41,12 @@ Run `python shop.py --help`. Importing this module has no side effects.
 import argparse
 import collections
 import csv
+import gzip
 import hashlib
 import hmac
 import html
 import io
+import itertools
 import json
 import logging
 import math
@@ -72,7 +74,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import bottle
 import requests
-import segno
 import telebot
 import waitress
 import waitress.trigger
@@ -275,8 +276,9 @@ def setup_logging(config, stream=None):
     # telebot installs its own stderr handler on import; route it through ours.
     telebot.logger.handlers[:] = []
     telebot.logger.setLevel(logging.CRITICAL if config.log_level != "DEBUG" else logging.DEBUG)
-    for noisy in ("waitress.queue", "urllib3", "apscheduler"):
+    for noisy in ("urllib3", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("waitress.queue").setLevel(max(logging.WARNING, root.level))
 
 
 class Throttle:
@@ -393,11 +395,27 @@ def transaction(conn):
             raise
         else:
             conn.execute("COMMIT")
+            _commits.bump()
         finally:
             conn.depth = 0
     callbacks, conn.after_commit = conn.after_commit, []
     for callback in callbacks:
         callback()
+
+
+class CommitCounter:
+    """Moves after every commit made through transaction() in this process. What is read after taking
+    its value and cached with it is still current while the value has not moved (for this process's
+    writes; other processes' are caught by the cache's own time limit)."""
+
+    def __init__(self):
+        self.value, self._next = 0, itertools.count(1)
+
+    def bump(self):
+        self.value = next(self._next)
+
+
+_commits = CommitCounter()
 
 
 def sql_statements(script):
@@ -2666,6 +2684,7 @@ def payment_uri(coin, address, amount):
 def qr_png(text):
     """A QR code of text as PNG bytes."""
     buffer = io.BytesIO()
+    import segno   # here, not at the top: most shops draw a QR code now and then, and memory is tight
     segno.make(text, error="m").save(buffer, kind="png", scale=8, border=3)
     return buffer.getvalue()
 
@@ -3548,18 +3567,33 @@ def catalog_json(conn):
     return {"cities": [dict(c, districts=list(c["districts"].values())) for c in cities.values()]}
 
 
-def catalog_bytes(conn):
-    """catalog_json encoded, remade only when the database changed since this connection last made it:
-    PRAGMA data_version moves with every commit by another connection, total_changes with this one's."""
-    key = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
-    cached = getattr(conn, "catalog_cache", None)
-    if cached is None or cached[0] != key:
-        with _catalog_lock:   # one thread builds at a time: the web threads never hold 8 half-built catalogs
-            cached = conn.catalog_cache = (key, json.dumps(catalog_json(conn)).encode())
-    return cached[1]
+class CatalogCache:
+    """The Mini App's catalog encoded, plain and gzipped, built again only when catalog_version moved
+    (triggers move it with every change to places, products and units, from any connection or
+    process). While nothing was committed in this process it is served without asking SQLite, checked
+    once a second for other processes' changes (an import from the command line). Gzip makes a
+    1,000-offer catalog many times smaller, for phones and for the server's buffers."""
 
+    CHECK_SECONDS = 1.0
 
-_catalog_lock = threading.Lock()
+    def __init__(self):
+        self.built = (None, None, 0.0, b"", b"")   # (version, commits, checked at, plain, gzipped), replaced whole
+        self.lock = threading.Lock()              # one build at a time; the others wait for it and share it
+
+    def get(self, conn):
+        commits, now = _commits.value, time.monotonic()    # both before anything is read
+        version, seen, checked, raw, packed = self.built
+        if seen == commits and now - checked < self.CHECK_SECONDS:
+            return raw, packed
+        current = conn.execute("SELECT version FROM catalog_version").fetchone()[0]
+        if current != version:
+            with self.lock:
+                if self.built[0] != current:
+                    raw = json.dumps(catalog_json(conn)).encode()
+                    self.built = (current, commits, now, raw, gzip.compress(raw, 6, mtime=0))
+                    return self.built[3:]
+        self.built = (current, commits, now, *self.built[3:])
+        return self.built[3:]
 
 
 def basket_json(conn, user_id):
@@ -3595,17 +3629,32 @@ def orders_json(conn, user_id, before_id=None):
 def make_webapp(shop, app):
     """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram initData."""
 
+    catalog_cache = CatalogCache()
+    users = {}      # (id, names) -> (row, commits, when): no query per request while nothing changed
+    verified = {}   # initData -> (its user, its auth_date): the app sends the same one all session long
+
     def current_user():
         init_data = header("X-Telegram-Init-Data") or ""
         if not init_data:
             auth = header("Authorization") or ""
             init_data = auth[4:].strip() if auth[:4].lower() == "tma " else ""
-        user = verify_init_data(init_data, shop.webapp_token)
+        user, signed_at = verified.get(init_data, (None, 0))
+        if user is None or time.time() - signed_at > INIT_DATA_MAX_AGE:
+            user = verify_init_data(init_data, shop.webapp_token)
+            if len(verified) >= 4096:
+                verified.clear()
+            verified[init_data] = (user, int(dict(parse_qsl(init_data))["auth_date"]))
         if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
             raise Unauthorized("Not a Telegram user.")
-        conn = shop.db()
-        row = touch_user(conn, {"id": user["id"], "first_name": str(user.get("first_name") or "")[:64],
-                                "username": user.get("username"), "language_code": user.get("language_code")})
+        person = {"id": user["id"], "first_name": str(user.get("first_name") or "")[:64],
+                  "username": user.get("username"), "language_code": user.get("language_code")}
+        key, commits, now = tuple(person.values()), _commits.value, time.monotonic()
+        row, seen, fetched = users.get(key, (None, None, 0.0))
+        if row is None or seen != commits or now - fetched > 2.0:   # a commit in between may have changed it
+            row = touch_user(shop.db(), person)
+            if len(users) >= 4096:
+                users.clear()
+            users[key] = (row, commits, now)
         if row["is_banned"]:
             raise Banned()
         return row
@@ -3635,9 +3684,6 @@ def make_webapp(shop, app):
                 except ShopError as e:
                     return json_response(e.status, {"error": str(e)})
                 if isinstance(result, bottle.HTTPResponse):
-                    return result
-                if isinstance(result, bytes):   # JSON already encoded (the cached catalog)
-                    bottle.response.content_type = "application/json"
                     return result
                 return json_response(200, result)
             app.route(path, method, handler)
@@ -3688,7 +3734,11 @@ def make_webapp(shop, app):
 
     @api("GET", "/api/catalog")
     def catalog(conn, user, data):
-        return catalog_bytes(conn)
+        raw, packed = catalog_cache.get(conn)
+        packing = "gzip" in (header("Accept-Encoding") or "").lower()
+        return bottle.HTTPResponse(packed if packing else raw, headers={
+            "Content-Type": "application/json", "Cache-Control": "no-store", "Vary": "Accept-Encoding",
+            **({"Content-Encoding": "gzip"} if packing else {})})
 
     @api("GET", "/api/basket")
     def basket(conn, user, data):
@@ -5978,6 +6028,17 @@ def run_command(args, config):
     return 1
 
 
+def limit_malloc_arenas(arenas=2):
+    """glibc gives each busy thread its own heap (up to 8 per core); with some 25 threads that keeps
+    memory the shop freed long ago. Two heaps are plenty for threads that mostly wait on I/O
+    (what MALLOC_ARENA_MAX=2 does). Nothing happens on other C libraries."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)   # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -5989,6 +6050,7 @@ def main(argv=None):
     if args.command:
         return run_command(args, config)
     setup_logging(config)
+    limit_malloc_arenas()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

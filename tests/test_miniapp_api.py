@@ -91,7 +91,11 @@ def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
     assert me == {"id": 501, "first_name": "Ann <3", "username": "ann_*", "balance": "0.00", "currency": "EUR",
                   "shop_name": "Demo Shop", "sandbox": True, "preview": False, "min_deposit": "5.00",
                   "max_deposit": "10000.00"}
-    catalog = ok(call(app, "GET", "/api/catalog"))
+    packed = call(app, "GET", "/api/catalog")
+    assert packed.headers["Content-Encoding"] == "gzip" and packed.headers["Vary"] == "Accept-Encoding"
+    plain = call(app, "GET", "/api/catalog", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and plain.json() == packed.json()
+    catalog = ok(packed)
     assert [c["name"] for c in catalog["cities"]] == ["Berlin", "Łódź <Centrum>"]
     products = catalog["cities"][1]["districts"][0]["products"]
     assert products[0] == {"id": app.ids[("gift_card *25*", "Bałuty & Widzew")][0], "name": "gift_card *25*",
