@@ -2515,15 +2515,54 @@ def js_number(token):
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+class _Unusual(Exception):
+    """A value the quick way of encode_json cannot write exactly."""
+
+
+_PLACEHOLDER = re.compile(r'"\\u0000(\d+)\\u0000"')
+
+
 def encode_json(value, *, sort_keys=False, js_numbers=False):
-    """Compact JSON with raw non-ASCII, Num tokens written as they came (or as JavaScript would)."""
+    """Compact JSON with raw non-ASCII, Num tokens written as they came (or as JavaScript would);
+    keys sorted as JavaScript sorts them (by UTF-16 code units) when asked."""
+    # Quick way: numbers become placeholder strings, the C encoder writes the rest in one go, then the
+    # placeholders are swapped for the tokens. Keys that are not ASCII (whose order may differ in
+    # UTF-16), strings holding NUL (the placeholders' mark) or lone surrogates go the careful way.
+    tokens = []
+
+    def swap(v):
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) and k.isascii() for k in v):
+                raise _Unusual
+            return {k: swap(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [swap(x) for x in v]
+        if isinstance(v, str) and not isinstance(v, Num):
+            if "\x00" in v or _LONE_SURROGATE.search(v):
+                raise _Unusual
+            return v
+        if isinstance(v, bool) or v is None:
+            return v
+        if isinstance(v, (Num, int, Decimal)):
+            tokens.append(js_number(v) if js_numbers and isinstance(v, Num) else str(v))
+            return f"\x00{len(tokens) - 1}\x00"
+        raise TypeError(f"cannot encode {type(v).__name__}")
+    try:
+        text = json.dumps(swap(value), ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":"))
+    except _Unusual:
+        return _encode_json_carefully(value, sort_keys=sort_keys, js_numbers=js_numbers)
+    return _PLACEHOLDER.sub(lambda m: tokens[int(m.group(1))], text) if tokens else text
+
+
+def _encode_json_carefully(value, *, sort_keys=False, js_numbers=False):
+    """encode_json one value at a time, for what its quick way cannot write exactly."""
     if isinstance(value, dict):
         keys = sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass")) if sort_keys else value
-        return "{" + ",".join(encode_json(str(k)) + ":" + encode_json(value[k], sort_keys=sort_keys,
-                                                                          js_numbers=js_numbers)
-                              for k in keys) + "}"
+        return "{" + ",".join(_encode_json_carefully(str(k)) + ":" + _encode_json_carefully(
+            value[k], sort_keys=sort_keys, js_numbers=js_numbers) for k in keys) + "}"
     if isinstance(value, list):
-        return "[" + ",".join(encode_json(v, sort_keys=sort_keys, js_numbers=js_numbers) for v in value) + "]"
+        return "[" + ",".join(_encode_json_carefully(v, sort_keys=sort_keys, js_numbers=js_numbers)
+                              for v in value) + "]"
     if isinstance(value, Num):
         return js_number(value) if js_numbers else str(value)
     if isinstance(value, bool) or value is None:
