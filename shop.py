@@ -3410,14 +3410,18 @@ def make_app(shop):
     @app.hook("before_request")
     def undecodable_input():
         """Headers and form fields that are not text get a 400 here, not a traceback later."""
+        environ = bottle.request.environ
         try:
-            dict(bottle.request.headers)
+            for key, value in environ.items():   # as bottle decodes a header when it is read
+                if (key[:5] == "HTTP_" or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) and isinstance(value, str):
+                    value.encode("latin1").decode("utf8")
             kind = (bottle.request.content_type or "").lower()
             if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
                 bottle.request.forms.decode()
                 for upload in bottle.request.files.values():
                     upload.filename
-            bottle.request.query.decode()
+            if environ.get("QUERY_STRING"):
+                bottle.request.query.decode()
         except (UnicodeError, LookupError, ValueError):
             raise bottle.HTTPError(400, "The request is not readable text.") from None
 

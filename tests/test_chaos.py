@@ -145,39 +145,31 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
             problems.append("foreign_key_check is not empty")
         for uid, cached, total in shop.check_ledger(conn):
             problems.append(f"ledger: user {uid} balance {cached} but ledger sums to {total}")
-        negative = conn.execute("SELECT id, balance_cents FROM users WHERE balance_cents < 0").fetchall()
-        if negative:
-            problems.append(f"negative balances: {[tuple(r) for r in negative]}")
-
-        # Stock: every unit exists once, is in one state, and sold/reserved ones belong to one fitting order.
         count = conn.execute("SELECT count(*) FROM stock_units").fetchone()[0]
         if count != total_units:
             problems.append(f"{count} stock units, expected {total_units}")
-        double = conn.execute("SELECT i.unit_id, count(*) FROM order_items i JOIN orders o ON o.id = i.order_id "
-                              "WHERE o.status = 'paid' GROUP BY i.unit_id HAVING count(*) > 1").fetchall()
-        if double:
-            problems.append(f"units sold twice: {[tuple(r) for r in double]}")
-        bad_sold = conn.execute(
-            "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
-            "WHERE s.status = 'sold' AND (o.status IS NOT 'paid' OR NOT EXISTS (SELECT 1 FROM order_items i "
-            "WHERE i.order_id = s.order_id AND i.unit_id = s.id))").fetchall()
-        if bad_sold:
-            problems.append(f"sold units without a paid order: {[tuple(r) for r in bad_sold][:5]}")
-        bad_reserved = conn.execute(
-            "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
-            "WHERE s.status = 'reserved' AND o.status IS NOT 'pending'").fetchall()
-        if bad_reserved:
-            problems.append(f"reserved units of an order that is not pending: {[tuple(r) for r in bad_reserved][:5]}")
-        lost = conn.execute(
-            "SELECT i.order_id, i.unit_id, s.status, s.order_id FROM order_items i JOIN orders o ON o.id = i.order_id "
-            "JOIN stock_units s ON s.id = i.unit_id WHERE o.status = 'paid' "
-            "AND (s.status != 'sold' OR s.order_id != o.id)").fetchall()
-        if lost:
-            problems.append(f"paid orders whose units are not sold to them: {[tuple(r) for r in lost][:5]}")
-        keys = conn.execute("SELECT user_id, checkout_key, count(*) FROM orders WHERE checkout_key IS NOT NULL "
-                            "GROUP BY 1, 2 HAVING count(*) > 1").fetchall()
-        if keys:
-            problems.append(f"one checkout bought twice: {[tuple(r) for r in keys]}")
+        # (what it means, the rows that show it): each must find nothing.
+        for what, sql in (
+                ("negative balances", "SELECT id, balance_cents FROM users WHERE balance_cents < 0"),
+                # Stock: every unit is in one state, and sold/reserved ones belong to one fitting order.
+                ("units sold twice", "SELECT i.unit_id, count(*) FROM order_items i JOIN orders o ON o.id = i.order_id "
+                                     "WHERE o.status = 'paid' GROUP BY i.unit_id HAVING count(*) > 1"),
+                ("sold units without a paid order",
+                 "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
+                 "WHERE s.status = 'sold' AND (o.status IS NOT 'paid' OR NOT EXISTS (SELECT 1 FROM order_items i "
+                 "WHERE i.order_id = s.order_id AND i.unit_id = s.id))"),
+                ("reserved units of an order that is not pending",
+                 "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
+                 "WHERE s.status = 'reserved' AND o.status IS NOT 'pending'"),
+                ("paid orders whose units are not sold to them",
+                 "SELECT i.order_id, i.unit_id, s.status, s.order_id FROM order_items i JOIN orders o "
+                 "ON o.id = i.order_id JOIN stock_units s ON s.id = i.unit_id WHERE o.status = 'paid' "
+                 "AND (s.status != 'sold' OR s.order_id != o.id)"),
+                ("one checkout bought twice", "SELECT user_id, checkout_key, count(*) FROM orders WHERE checkout_key "
+                                              "IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1")):
+            found = conn.execute(sql).fetchall()
+            if found:
+                problems.append(f"{what}: {[tuple(r) for r in found][:5]}")
         for o in conn.execute("SELECT * FROM orders WHERE payment_method = 'balance'"):
             debit = conn.execute("SELECT coalesce(sum(amount_cents), 0) FROM ledger WHERE idempotency_key = ?",
                                  (f"order:{o['id']}:balance",)).fetchone()[0]
