@@ -151,8 +151,13 @@ class FlakyProxy:
         except OSError:
             client.close()
             return
-        upstream.settimeout(None)
-        client.settimeout(None)
+        try:
+            upstream.settimeout(None)
+            client.settimeout(None)      # (the client may have been cut by a mode change meanwhile)
+        except OSError:
+            upstream.close()
+            client.close()
+            return
         self._track(upstream)
         with self.lock:
             if self.mode != "pass":          # the mode changed while we connected
