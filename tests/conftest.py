@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,38 @@ from harness import ROOT, TESTS, TOKEN, ShopProcess, free_port, png  # noqa: E40
 def pytest_configure(config):
     config.addinivalue_line("markers", "chaos: kill -9, outages and full disks (slow; CI runs them)")
     config.addinivalue_line("markers", "fuzz: generated inputs for everything the shop parses (CI runs them)")
+
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-quic"]
+BROWSER_WAIT_MS = 10000
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium through Playwright. Without it the browser tests are skipped with a
+    loud warning, except in CI, where that is a failure."""
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        sync_playwright = None
+    reason = None
+    if not Path(CHROMIUM).exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+    elif sync_playwright is None:
+        reason = "the playwright package is missing (pip install -r requirements-dev.txt)"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"The browser tests cannot run in CI: {reason}")
+        message = f"!!! BROWSER TESTS SKIPPED: {reason} !!!"
+        warnings.warn(pytest.PytestWarning(message))
+        pytest.skip(message)
+    expect.set_options(timeout=BROWSER_WAIT_MS)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield b
+        b.close()
 
 
 def write_catalog(folder, data, images=()):

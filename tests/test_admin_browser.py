@@ -5,29 +5,22 @@ messages), then looks for the result where it matters: in the bot through the Bo
 database, in the audit log. A script error or a CSP refusal in any admin page fails the story.
 """
 
-import os
 import re
 import sqlite3
-import warnings
-from pathlib import Path
 
 import pytest
 import requests
 
 import shop
-from conftest import TOKEN, png
+from conftest import BROWSER_WAIT_MS as WAIT_MS, TOKEN, png
 from test_bot import Shopper
 from test_services import seed
 
 try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:   # the browser fixture says so
-    expect = sync_playwright = None
+    from playwright.sync_api import expect
+except ImportError:   # the browser fixture (conftest.py) says so
+    expect = None
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
-WAIT_MS = 10000
 PASSWORD = "correct horse battery staple"
 
 # Names as owners type them: they must show literally, in the admin and in the bot.
@@ -35,26 +28,6 @@ TEA = 'Tea <b>& "Co"'
 TEA_TEXT = "Green <i>sencha</i>\n100 g & more"
 CITY = "Łódź <Centrum>"
 DISTRICT = "Bałuty & Widzew"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = None
-    if not Path(CHROMIUM).exists():
-        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
-    elif sync_playwright is None:
-        reason = "the playwright package is missing (pip install -r requirements-dev.txt)"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"Admin browser tests cannot run in CI: {reason}")
-        message = f"!!! ADMIN BROWSER TESTS SKIPPED: {reason} !!!"
-        warnings.warn(pytest.PytestWarning(message))
-        pytest.skip(message)
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -5,27 +5,20 @@ asks of Telegram: MainButton and BackButton state, haptics, alerts. telegram.org
 """
 
 import json
-import os
 import re
 import time
-import warnings
-from pathlib import Path
 
 import pytest
 
 import shop
-from conftest import ROOT, TOKEN, png
+from conftest import BROWSER_WAIT_MS as WAIT_MS, ROOT, TOKEN, png
 from test_services import seed, user
 
 try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:   # the browser fixture says so
-    expect = sync_playwright = None
+    from playwright.sync_api import expect
+except ImportError:   # the browser fixture (conftest.py) says so
+    expect = None
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
-WAIT_MS = 10000
 
 # Names as owners type them: they must show literally, never as markup.
 TEA = '<img src=x onerror="window.__pwned=1">Tea & "Co"'
@@ -79,26 +72,6 @@ STUB = """
     isVersionAtLeast: () => true } };
 })();
 """
-
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = None
-    if not Path(CHROMIUM).exists():
-        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
-    elif sync_playwright is None:
-        reason = "the playwright package is missing (pip install -r requirements-dev.txt)"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"Mini App browser tests cannot run in CI: {reason}")
-        message = f"!!! MINI APP BROWSER TESTS SKIPPED: {reason} !!!"
-        warnings.warn(pytest.PytestWarning(message))
-        pytest.skip(message)
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
