@@ -276,9 +276,8 @@ def setup_logging(config, stream=None):
     # telebot installs its own stderr handler on import; route it through ours.
     telebot.logger.handlers[:] = []
     telebot.logger.setLevel(logging.CRITICAL if config.log_level != "DEBUG" else logging.DEBUG)
-    for noisy in ("urllib3", "apscheduler"):
+    for noisy in ("waitress.queue", "urllib3", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("waitress.queue").setLevel(max(logging.WARNING, root.level))
 
 
 class Throttle:
