@@ -303,13 +303,11 @@ SCHEMA_VERSION = 3
 def _daily_totals(conn):
     """Fill the dashboard's per-day tables from the orders and payments a shop already has."""
     conn.execute("DROP INDEX IF EXISTS orders_paid")     # the dashboard's old way to its revenue
-    conn.execute("CREATE TABLE IF NOT EXISTS daily_sales (day TEXT PRIMARY KEY, orders INTEGER NOT NULL, "
-                 "revenue_cents INTEGER NOT NULL) WITHOUT ROWID")
+    for statement in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8")):   # the tables as schema.sql has them
+        if "CREATE TABLE IF NOT EXISTS daily_" in statement:
+            conn.execute(statement)
     conn.execute("INSERT INTO daily_sales SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) FROM orders "
                  "WHERE status = 'paid' GROUP BY 1")
-    conn.execute("CREATE TABLE IF NOT EXISTS daily_payments (day TEXT NOT NULL, status TEXT NOT NULL, "
-                 "source TEXT NOT NULL, is_child INTEGER NOT NULL, payments INTEGER NOT NULL, "
-                 "PRIMARY KEY (day, status, source, is_child)) WITHOUT ROWID")
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'payments'").fetchone():   # none before version 2
         conn.execute("INSERT INTO daily_payments SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), "
                      "parent_id IS NOT NULL, count(*) FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4")

@@ -35,6 +35,13 @@ class Context:
     quick: bool         # smoke run with less load
 
 
+def pct(values, fraction):
+    """The shop's own percentile (nearest rank), NaN for no values."""
+    import shop
+    found = shop.percentile(values, fraction)
+    return float("nan") if found is None else found
+
+
 def ratio(value, base):
     return f"{value / base:.2f}x" if base else ""
 

@@ -6,7 +6,6 @@ what passes through it. Standard library plus the shop's own dependencies.
     python tests/bench.py --only bot,delivery [--quick]
 """
 
-import os
 import random
 import signal
 import subprocess
@@ -19,26 +18,13 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import shop  # noqa: E402
-from bench import Row, ratio  # noqa: E402
+from bench import Row, pct, ratio  # noqa: E402
 from fake_telegram import FakeTelegram, _to_int  # noqa: E402
-from harness import ROOT, TOKEN, ShopProcess, free_port  # noqa: E402
+from harness import TOKEN, ShopProcess, shop_env  # noqa: E402
 
 # What counts as "the bot answered": the first of these calls for the chat after the update was pushed.
 ANSWERS = ("sendMessage", "sendPhoto", "editMessageText", "editMessageCaption", "editMessageMedia",
            "answerCallbackQuery")
-
-
-def shop_env(tmp, fake, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
-    env.update({"SHOP_DB": str(Path(tmp) / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
-                "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake.base_url, "PYTHONUNBUFFERED": "1",
-                "LOG_LEVEL": "INFO", **extra})
-    return env
-
-
-def pct(values, fraction):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +223,7 @@ def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
     fake = TimedTelegram(token=TOKEN).start()
     proc = echo = None
     try:
-        env = shop_env(tmp, fake)
+        env = shop_env(tmp, fake.base_url)
         if is_shop:
             seed_catalog(env["SHOP_DB"], tmp / "media")
             proc = ShopProcess(tmp, env).start("--no-demo", ready="bot: @", timeout=30)
@@ -315,7 +301,7 @@ def bench_delivery(ctx):
     fake = TimedTelegram(token=TOKEN).start()
     proc = None
     try:
-        env = shop_env(tmp, fake)
+        env = shop_env(tmp, fake.base_url)
         shop.init_db(env["SHOP_DB"]).close()
         proc = ShopProcess(tmp, env).start("--no-demo", ready="bot: @", timeout=30)
         fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=30, what="the shop polling")

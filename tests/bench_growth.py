@@ -24,7 +24,7 @@ import sqlite3
 import statistics
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
@@ -119,7 +119,7 @@ def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, l
     payment_id = 10 * orders    # top-ups; the orders' own payments take the ids of their orders
     item_id = 0
     outbox_since = iso(now - 90 * DAY)      # the shop prunes sent messages after 90 days
-    rand, randrange, choice = rng.random, rng.randrange, rng.choice
+    rand, choice = rng.random, rng.choice
     n_pairs = len(pairs)
     prices = {p: price for p, (_, price) in products.items()}
     batch_first = 1
@@ -287,12 +287,12 @@ def timed(fn, repeat, warmup=3):
 def measure_shop(tmp, db, facts, repeat):
     """Start the real shop on db against the Bot API stand-in and time each page; returns {name: seconds}."""
     import requests
-    from bench_bot import TimedTelegram, shop_env
-    from harness import TOKEN, ShopProcess
+    from bench_bot import TimedTelegram
+    from harness import TOKEN, ShopProcess, shop_env
     fake = TimedTelegram(token=TOKEN).start()
     proc = None
     try:
-        env = shop_env(tmp, fake, SHOP_DB=str(db), ADMIN_PASSWORD=ADMIN_PASSWORD, LOG_LEVEL="WARNING")
+        env = shop_env(tmp, fake.base_url, SHOP_DB=str(db), ADMIN_PASSWORD=ADMIN_PASSWORD, LOG_LEVEL="WARNING")
         proc = ShopProcess(tmp, env).start("--no-demo", ready=None)
         url = f"http://127.0.0.1:{env['PORT']}"
         fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=60, what="the shop polling")

@@ -18,7 +18,6 @@ import http.client
 import itertools
 import gzip
 import json
-import os
 import random
 import subprocess
 import sys
@@ -31,21 +30,13 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import shop  # noqa: E402
-from bench import Row, ratio  # noqa: E402
+from bench import Row, pct, ratio  # noqa: E402
 from fake_telegram import FakeTelegram  # noqa: E402
-from harness import TOKEN, ShopProcess, free_port, png  # noqa: E402
+from harness import TOKEN, ShopProcess, free_port, png, shop_env  # noqa: E402
 
 
 def note(text):
     print(f"#   {text}", file=sys.stderr, flush=True)
-
-
-def pct(values, q):
-    """The q-quantile (0..1) of values, nearest rank; 0 for none."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
 
 
 def ms(seconds):
@@ -54,22 +45,13 @@ def ms(seconds):
 
 # The shop and the baselines as subprocesses ###################################
 
-def shop_env(tmp, fake, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
-    env.update({"SHOP_DB": str(tmp / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
-                "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake.base_url, "PYTHONUNBUFFERED": "1",
-                "LOG_LEVEL": "INFO", "ADMIN_PASSWORD": "bench-admin-password"})
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
 @contextmanager
 def running_shop(tmp, seed=None, wait_bot=True, **env):
     """A fresh database seeded by seed(conn, db_path, port), the Bot API stand-in, and the real shop."""
     tmp.mkdir(parents=True, exist_ok=True)
     db = tmp / "shop.db"
     fake = FakeTelegram(token=TOKEN).start()
-    proc = ShopProcess(tmp, shop_env(tmp, fake, **env))
+    proc = ShopProcess(tmp, shop_env(tmp, fake.base_url, **{"ADMIN_PASSWORD": "bench-admin-password", **env}))
     try:
         conn = shop.init_db(str(db))
         try:

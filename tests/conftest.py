@@ -11,6 +11,7 @@ import pytest
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import shop  # noqa: E402
+import harness  # noqa: E402
 from harness import ROOT, TESTS, TOKEN, ShopProcess, free_port, png  # noqa: E402,F401
 
 
@@ -18,6 +19,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "chaos: kill -9, outages and full disks (slow; CI runs them)")
     config.addinivalue_line("markers", "fuzz: generated inputs for everything the shop parses (CI runs them)")
 
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:   # the browser fixture says so
+    expect = sync_playwright = None
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -29,10 +35,6 @@ BROWSER_WAIT_MS = 10000
 def browser():
     """Debian's headless Chromium through Playwright. Without it the browser tests are skipped with a
     loud warning, except in CI, where that is a failure."""
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        sync_playwright = None
     reason = None
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} is missing (apt-get install chromium)"
@@ -123,11 +125,7 @@ def fake_tg():
 @pytest.fixture
 def shop_env(tmp_path, fake_tg):
     """Environment for a shop subprocess talking to the Bot API stand-in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
-    env.update({"SHOP_DB": str(tmp_path / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
-                "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "PYTHONUNBUFFERED": "1",
-                "LOG_LEVEL": "INFO"})
-    return env
+    return harness.shop_env(tmp_path, fake_tg.base_url)
 
 
 @pytest.fixture

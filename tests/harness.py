@@ -1,6 +1,7 @@
 """What both the tests and the benchmarks use to run the real shop: ports, images, `python shop.py`
 as a subprocess with its log captured (standard library only, so tests/bench.py needs no pytest)."""
 
+import os
 import signal
 import socket
 import struct
@@ -106,3 +107,14 @@ class ShopProcess:
 
     def health(self):
         return requests.get(self.url + "/healthz", timeout=5)
+
+
+def shop_env(folder, telegram_url, **extra):
+    """Environment for `python shop.py` in `folder` against a Bot API at telegram_url: sandbox payments,
+    no admin password, none of the caller's shop settings (extra ones override)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
+    env.update({"SHOP_DB": str(Path(folder) / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
+                "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": telegram_url, "PYTHONUNBUFFERED": "1",
+                "LOG_LEVEL": "INFO"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

@@ -12,14 +12,9 @@ import pytest
 import requests
 
 import shop
-from conftest import BROWSER_WAIT_MS as WAIT_MS, TOKEN, png
+from conftest import BROWSER_WAIT_MS as WAIT_MS, expect, TOKEN, png
 from test_bot import Shopper
 from test_services import seed
-
-try:
-    from playwright.sync_api import expect
-except ImportError:   # the browser fixture (conftest.py) says so
-    expect = None
 
 PASSWORD = "correct horse battery staple"
 

@@ -21,7 +21,7 @@ import requests
 import shop
 from conftest import ROOT, TOKEN, free_port
 from flaky_proxy import FlakyProxy
-from test_services import user
+from test_services import seed, user
 
 pytestmark = pytest.mark.chaos
 
@@ -37,22 +37,9 @@ CATALOG = [("Berlin", "Mitte", "Gift card", 2500, 150), ("Berlin", "Mitte", "Sti
 
 
 def seed_catalog(conn, catalog=CATALOG):
-    ids = {}
-    with shop.transaction(conn):
-        for n, (city, district, product, price, count) in enumerate(catalog):
-            conn.execute("INSERT OR IGNORE INTO cities(name) VALUES (?)", (city,))
-            city_id = conn.execute("SELECT id FROM cities WHERE name = ?", (city,)).fetchone()[0]
-            conn.execute("INSERT OR IGNORE INTO districts(city_id, name) VALUES (?, ?)", (city_id, district))
-            district_id = conn.execute("SELECT id FROM districts WHERE city_id = ? AND name = ?",
-                                       (city_id, district)).fetchone()[0]
-            conn.execute("INSERT INTO products(name, price_cents, created_at) VALUES (?, ?, ?)",
-                         (product, price, shop.now_iso()))
-            product_id = conn.execute("SELECT id FROM products WHERE name = ?", (product,)).fetchone()[0]
-            for i in range(count):
-                conn.execute("INSERT INTO stock_units(product_id, district_id, content, created_at) VALUES (?, ?, ?, ?)",
-                             (product_id, district_id, f"U{n}X{i:04d}Z", shop.now_iso()))
-            ids[product] = (product_id, district_id)
-    return ids
+    """The catalog with fixed-width unit codes; {product: (product id, district id)}."""
+    ids = seed(conn, catalog, content=lambda n, product, district, i: f"U{n}X{i:04d}Z")
+    return {product: ids[(product, district)] for _, district, product, *_ in catalog}
 
 
 def api(base, method, path, uid, **kw):

@@ -11,13 +11,8 @@ import time
 import pytest
 
 import shop
-from conftest import BROWSER_WAIT_MS as WAIT_MS, ROOT, TOKEN, png
+from conftest import BROWSER_WAIT_MS as WAIT_MS, expect, ROOT, TOKEN, png
 from test_services import seed, user
-
-try:
-    from playwright.sync_api import expect
-except ImportError:   # the browser fixture (conftest.py) says so
-    expect = None
 
 
 # Names as owners type them: they must show literally, never as markup.

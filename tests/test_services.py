@@ -7,11 +7,13 @@ import pytest
 import shop
 
 
-def seed(conn, units=(("Berlin", "Mitte", "Gift card", 2500, 3),), media=None):
-    """Cities, districts, products and available units: [(city, district, product, price, count)]."""
+def seed(conn, units=(("Berlin", "Mitte", "Gift card", 2500, 3),), media=None,
+         content=lambda n, product, district, i: f"{product}-{district}-{i}"):
+    """Cities, districts, products and available units: [(city, district, product, price, count)];
+    the i-th unit of the n-th line holds content(n, product, district, i)."""
     ids = {}
     with shop.transaction(conn):
-        for city, district, product, price, count in units:
+        for n, (city, district, product, price, count) in enumerate(units):
             conn.execute("INSERT OR IGNORE INTO cities(name) VALUES (?)", (city,))
             city_id = conn.execute("SELECT id FROM cities WHERE name = ?", (city,)).fetchone()[0]
             conn.execute("INSERT OR IGNORE INTO districts(city_id, name) VALUES (?, ?)", (city_id, district))
@@ -23,7 +25,7 @@ def seed(conn, units=(("Berlin", "Mitte", "Gift card", 2500, 3),), media=None):
             for i in range(count):
                 conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
                              "VALUES (?, ?, ?, ?, ?)",
-                             (product_id, district_id, f"{product}-{district}-{i}", media, shop.now_iso()))
+                             (product_id, district_id, content(n, product, district, i), media, shop.now_iso()))
             ids[(product, district)] = (product_id, district_id)
     return ids
 
