@@ -202,9 +202,14 @@ CREATE TABLE IF NOT EXISTS checkouts (
     lines        TEXT NOT NULL DEFAULT '[]',   -- JSON [[product_id, district_id, quantity]]
     from_basket  INTEGER NOT NULL DEFAULT 0 CHECK (from_basket IN (0, 1)),
     amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
-    created_at   TEXT NOT NULL
+    created_at   TEXT NOT NULL,
+    -- Set while a top-up's invoice is being made (the provider has not answered yet), so it counts
+    -- against the shopper's invoice limits like an open one; cleared when the payment is recorded.
+    invoicing_since TEXT
 );
 CREATE INDEX IF NOT EXISTS checkouts_created ON checkouts(created_at);
+CREATE INDEX IF NOT EXISTS checkouts_invoicing ON checkouts(user_id, invoicing_since)
+    WHERE invoicing_since IS NOT NULL;
 
 -- One row per NOWPayments payment, bound at creation to its order or top-up,
 -- its EUR price and its coin. Crypto amounts are decimal strings exactly as the

@@ -41,6 +41,7 @@ Run `python shop.py --help`. Importing this module has no side effects.
 import argparse
 import collections
 import csv
+import glob
 import gzip
 import hashlib
 import hmac
@@ -112,11 +113,13 @@ class Config:
     port: int = 8080
     admin_password: str = ""
     admin_ids: tuple = ()
+    tester_ids: tuple = ()
     reservation_minutes: int = 30
     max_deposit_cents: int = 10_000_00
     payment_poll_seconds: int = 60
     max_open_invoices: int = 3
     max_invoices_per_hour: int = 10
+    max_unpaid_units: int = 50
     trusted_proxy: str = ""
     log_level: str = "INFO"
 
@@ -152,11 +155,14 @@ ENV_VARS = {
     "PORT": ("port to listen on", "8080"),
     "ADMIN_PASSWORD": ("password of the admin pages", ""),
     "ADMIN_IDS": ("Telegram user ids that get owner alerts, comma-separated", ""),
+    "TESTER_IDS": ("Telegram user ids who, besides ADMIN_IDS, may buy with simulated payments in test mode "
+                   "(a bot but no NOWPAYMENTS_API_KEY)", ""),
     "RESERVATION_MINUTES": ("how long an unpaid order holds its units", "30"),
     "MAX_DEPOSIT_EUR": ("largest balance top-up in EUR", "10000.00"),
     "PAYMENT_POLL_SECONDS": ("how often unfinished payments are checked with NOWPayments", "60"),
     "MAX_OPEN_INVOICES": ("unpaid invoices one shopper may have at once", "3"),
     "MAX_INVOICES_PER_HOUR": ("invoices one shopper may create per hour", "10"),
+    "MAX_UNPAID_UNITS": ("items one shopper's unpaid invoices may hold at once (the admin can change it)", "50"),
     "TRUSTED_PROXY": ("address of a reverse proxy whose X-Forwarded-* headers to trust", ""),
     "LOG_LEVEL": ("DEBUG, INFO, WARNING or ERROR", "INFO"),
 }
@@ -217,15 +223,17 @@ def load_config(environ=None, env_file=".env", overrides=None):
     if kw.get("max_deposit_cents", Config.max_deposit_cents) < kw.get("min_deposit_cents", Config.min_deposit_cents):
         raise ConfigError("MAX_DEPOSIT_EUR must not be below MIN_DEPOSIT_EUR")
     for name, low, high in (("RESERVATION_MINUTES", 1, 1440), ("PAYMENT_POLL_SECONDS", 5, 3600),
-                            ("MAX_OPEN_INVOICES", 1, 100), ("MAX_INVOICES_PER_HOUR", 1, 1000)):
+                            ("MAX_OPEN_INVOICES", 1, 100), ("MAX_INVOICES_PER_HOUR", 1, 1000),
+                            ("MAX_UNPAID_UNITS", 1, 10000)):
         if get(name):
             kw[name.lower()] = _int(name, get(name), low, high)
-    ids = get("ADMIN_IDS")
-    if ids:
-        parts = [p for p in re.split(r"[\s,;]+", ids) if p]
-        if not all(re.fullmatch(r"\d{1,20}", p) for p in parts):
-            raise ConfigError(f"ADMIN_IDS must be Telegram user ids separated by commas, got {ids!r}")
-        kw["admin_ids"] = tuple(int(p) for p in parts)
+    for name in ("ADMIN_IDS", "TESTER_IDS"):
+        ids = get(name)
+        if ids:
+            parts = [p for p in re.split(r"[\s,;]+", ids) if p]
+            if not all(re.fullmatch(r"\d{1,20}", p) for p in parts):
+                raise ConfigError(f"{name} must be Telegram user ids separated by commas, got {ids[:100]!r}")
+            kw[name.lower()] = tuple(int(p) for p in parts)
     kw["admin_password"] = get("ADMIN_PASSWORD")
     kw["trusted_proxy"] = get("TRUSTED_PROXY")
     level = get("LOG_LEVEL").upper() or "INFO"
@@ -297,7 +305,7 @@ class Throttle:
 
 # Database ####################################################################
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _daily_totals(conn):
@@ -313,6 +321,13 @@ def _daily_totals(conn):
                      "parent_id IS NOT NULL, count(*) FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4")
 
 
+def _invoicing_claims(conn):
+    """checkouts.invoicing_since, where there is a checkouts table already (schema.sql makes new ones)."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(checkouts)")]
+    if columns and "invoicing_since" not in columns:
+        conn.execute("ALTER TABLE checkouts ADD COLUMN invoicing_since TEXT")
+
+
 # Numbered migrations for databases created by older versions: {version: SQL or
 # a function of the connection}. A migration brings user_version from version-1
 # to version; schema.sql then adds any new tables, indexes and triggers. Keep
@@ -323,6 +338,7 @@ MIGRATIONS = {
           ALTER TABLE outbox ADD COLUMN payment_id INTEGER REFERENCES payments(id);
           ALTER TABLE outbox ADD COLUMN broadcast_id INTEGER REFERENCES broadcasts(id);""",   # payments, admin
     3: _daily_totals,   # the dashboard's per-day totals
+    4: _invoicing_claims,   # top-up invoices being made count against the invoice limits
 }
 
 
@@ -617,6 +633,11 @@ class Banned(ShopError):
     status = 403
 
 
+class NotSellingYet(ShopError):
+    """🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid here. You are welcome to look around."""
+    status = 403
+
+
 class LimitReached(ShopError):
     """You have too many open invoices; pay or cancel one first."""
     status = 429
@@ -703,7 +724,7 @@ def get_setting(conn, key):
 
 
 # Settings the owner changes from the admin while the shop runs; the environment gives their defaults.
-RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "enabled_coins")
+RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "max_unpaid_units", "enabled_coins")
 
 # key: (what it is, longest allowed, may span lines)
 SETTING_RULES = {
@@ -970,6 +991,7 @@ class BasketLine:
     price_cents: int
     quantity: int
     available: int
+    reserved: int = 0   # units of it held for this shopper by their unpaid orders: never "sold out" to them
 
     @property
     def total_cents(self):
@@ -995,13 +1017,15 @@ def get_basket(conn, user_id):
         "d.name AS district_name, c.name AS city_name, "
         "(SELECT count(*) FROM stock_units u WHERE u.product_id = b.product_id "
         " AND u.district_id = b.district_id AND u.status = 'available' AND p.is_active = 1 "
-        " AND d.is_hidden = 0 AND c.is_hidden = 0) AS available "
+        " AND d.is_hidden = 0 AND c.is_hidden = 0) AS available, "
+        "(SELECT count(*) FROM stock_units u JOIN orders o ON o.id = u.order_id WHERE u.product_id = b.product_id "
+        " AND u.status = 'reserved' AND u.district_id = b.district_id AND o.user_id = b.user_id) AS reserved "
         "FROM basket_items b JOIN products p ON p.id = b.product_id "
         "JOIN districts d ON d.id = b.district_id JOIN cities c ON c.id = d.city_id "
         "WHERE b.user_id = ? ORDER BY b.id", (user_id,)).fetchall()
     return Basket([BasketLine(r["id"], r["product_id"], r["district_id"], r["name"],
                               place_name(r["city_name"], r["district_name"]), r["price_cents"],
-                              r["quantity"], r["available"]) for r in rows])
+                              r["quantity"], r["available"], r["reserved"]) for r in rows])
 
 
 def _check_quantity(quantity):
@@ -1153,6 +1177,60 @@ def remove_bought_from_basket(conn, order_id):
                  " WHERE o.id = ?)", (order_id,))
 
 
+def order_from_basket(conn, order_id):
+    """Whether the order was made from its buyer's basket (rather than ⚡ Buy now)."""
+    row = conn.execute("SELECT c.from_basket FROM orders o JOIN checkouts c ON c.nonce = o.checkout_key "
+                       "AND c.user_id = o.user_id WHERE o.id = ?", (order_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def _order_quantities(conn, order_id):
+    """[(user_id, product_id, district_id, quantity)] of an order."""
+    return conn.execute("SELECT o.user_id, i.product_id, s.district_id, count(*) FROM orders o "
+                        "JOIN order_items i ON i.order_id = o.id JOIN stock_units s ON s.id = i.unit_id "
+                        "WHERE o.id = ? GROUP BY i.product_id, s.district_id ORDER BY min(i.id)",
+                        (order_id,)).fetchall()
+
+
+def take_from_basket(conn, order_id):
+    """An invoice was opened for the basket: its lines move into the order (so they cannot be checked out
+    twice), leaving whatever the basket holds beyond them."""
+    for user_id, product_id, district_id, quantity in _order_quantities(conn, order_id):
+        conn.execute("DELETE FROM basket_items WHERE user_id = ? AND product_id = ? AND district_id = ? "
+                     "AND quantity <= ?", (user_id, product_id, district_id, quantity))
+        conn.execute("UPDATE basket_items SET quantity = quantity - ? WHERE user_id = ? AND product_id = ? "
+                     "AND district_id = ?", (quantity, user_id, product_id, district_id))
+
+
+def return_to_basket(conn, order_id):
+    """A basket order's invoice was cancelled or ran out: its lines go back into the basket, as far as
+    they are still on sale (call after its units were released). Returns how many lines came back."""
+    if not order_from_basket(conn, order_id):
+        return 0
+    restored = 0
+    for user_id, product_id, district_id, quantity in _order_quantities(conn, order_id):
+        try:
+            available = get_offer(conn, product_id, district_id)["available"]
+        except NotFound:
+            continue
+        row = conn.execute("SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+                           "AND district_id = ?", (user_id, product_id, district_id)).fetchone()
+        have = row["quantity"] if row else 0
+        new = min(have + quantity, available, MAX_QUANTITY)
+        if new <= have:
+            continue
+        if row:
+            conn.execute("UPDATE basket_items SET quantity = ? WHERE id = ?", (new, row["id"]))
+        elif conn.execute("SELECT count(*) FROM basket_items WHERE user_id = ?",
+                          (user_id,)).fetchone()[0] < MAX_BASKET_LINES:
+            conn.execute("INSERT INTO basket_items(user_id, product_id, district_id, quantity, added_at) "
+                         "VALUES (?, ?, ?, ?, ?)", (user_id, product_id, district_id, new, now_iso()))
+        else:
+            continue
+        restored += 1
+    return restored
+
+
 def describe_user(user):
     return esc(user["first_name"]) + (f" @{esc(user['username'])}" if user["username"] else "") \
         + f" (<code>{user['id']}</code>)"
@@ -1284,9 +1362,13 @@ def list_orders(conn, user_id, *, before_id=None, limit=10):
 
 
 def release_order_units(conn, order_id):
-    """Put an unpaid order's reserved units back on sale; returns how many."""
-    return conn.execute("UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
-                        "WHERE order_id = ? AND status = 'reserved'", (order_id,)).rowcount
+    """Put an unpaid order's reserved units back on sale, and a basket order's lines back in the basket;
+    returns how many units."""
+    freed = conn.execute("UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
+                         "WHERE order_id = ? AND status = 'reserved'", (order_id,)).rowcount
+    if freed:
+        return_to_basket(conn, order_id)
+    return freed
 
 
 def release_expired_reservations(conn):
@@ -1303,10 +1385,11 @@ def release_expired_reservations(conn):
             freed += release_order_units(conn, order["id"])
             if conn.execute("UPDATE orders SET status = 'expired' WHERE id = ? AND status = 'pending'",
                             (order["id"],)).rowcount:
+                back = " and back into your basket" if order_from_basket(conn, order["id"]) else ""
                 enqueue_message(conn, order["user_id"],
                                 f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items went back "
-                                "on sale. If you already sent the payment, it is not lost: you get the items if "
-                                "they are still there, or the amount on your balance.", order_id=order["id"])
+                                f"on sale{back}. If you already sent the payment, it is not lost: you get the items "
+                                "if they are still there, or the amount on your balance.", order_id=order["id"])
     if freed:
         log.info("released %d reserved unit(s) of %d unpaid order(s)", freed, len(orders))
     return freed
@@ -1376,24 +1459,60 @@ def checkout_lines(checkout):
     return [tuple(line) for line in json.loads(checkout["lines"])]
 
 
-def check_invoice_limits(conn, user_id, max_open, max_per_hour):
-    """Refuse a new invoice to a shopper with too many unpaid ones or too many recent ones."""
-    open_ = conn.execute(
-        "SELECT count(*) FROM payments p LEFT JOIN orders o ON o.id = p.order_id WHERE p.user_id = ? "
-        "AND p.parent_id IS NULL AND p.status = 'waiting' AND p.expires_at > ? "
-        "AND (p.order_id IS NULL OR o.status = 'pending')", (user_id, now_iso())).fetchone()[0]
+# An invoice being made (the provider has not answered yet) counts against the limits for this long at most,
+# so that one lost in a crash stops counting.
+CLAIM_SECONDS = 120
+
+
+def check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_units=None, units=0, claim=None):
+    """Inside the transaction that opens an invoice (BEGIN IMMEDIATE: one decision at a time, however
+    the bot's and the Mini App's requests interleave), refuse it if the shopper would then have more
+    than max_open unpaid invoices, more than max_per_hour invoices in the last hour, or more than
+    max_unpaid_units items held by unpaid invoices. Invoices still being made count too: a pending
+    order (its units reserved before the provider is asked) and a claimed top-up (checkouts.invoicing_since).
+    `units`: what the new invoice would hold; `claim`: the top-up checkout being decided (not counted)."""
+    with transaction(conn):   # (a savepoint within the caller's transaction)
+        _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_units, units, claim)
+
+
+def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_units, units, claim):
+    now = now_iso()
+    # Orders waiting for money (or for their invoice): their units are held until the reservation ends.
+    orders = conn.execute(
+        "SELECT o.id, (SELECT count(*) FROM stock_units s WHERE s.order_id = o.id AND s.status = 'reserved') "
+        "AS units, EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.parent_id IS NULL) AS invoiced "
+        "FROM orders o WHERE o.user_id = ? AND o.status = 'pending' "
+        "AND EXISTS (SELECT 1 FROM stock_units s WHERE s.order_id = o.id AND s.status = 'reserved' "
+        "            AND s.reserved_until > ?) "
+        "AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id "
+        "                AND p.status IN ('confirming', 'confirmed', 'sending'))", (user_id, now)).fetchall()
+    topups = conn.execute("SELECT count(*) FROM payments WHERE user_id = ? AND kind = 'topup' AND parent_id IS NULL "
+                          "AND status = 'waiting' AND expires_at > ?", (user_id, now)).fetchone()[0]
+    claims = conn.execute("SELECT count(*) FROM checkouts WHERE user_id = ? AND invoicing_since > ? "
+                          "AND nonce IS NOT ?", (user_id, now_iso(-CLAIM_SECONDS), claim)).fetchone()[0]
+    open_ = len(orders) + topups + claims
     if open_ >= max_open:
         raise LimitReached(f"You have {open_} unpaid invoice{'s' if open_ != 1 else ''}. "
                            "Pay or cancel one of them first.")
+    being_made = sum(1 for o in orders if not o["invoiced"]) + claims
     recent = conn.execute("SELECT count(*) FROM payments WHERE user_id = ? AND parent_id IS NULL "
-                          "AND created_at > ?", (user_id, now_iso(-3600))).fetchone()[0]
+                          "AND created_at > ?", (user_id, now_iso(-3600))).fetchone()[0] + being_made
     if recent >= max_per_hour:
         raise LimitReached(f"You created {recent} invoices in the last hour. Please wait a little "
                            "before creating another.")
+    held = sum(o["units"] for o in orders)
+    if max_unpaid_units is not None and units and held + units > max_unpaid_units:
+        raise LimitReached(f"Unpaid invoices can hold at most {max_unpaid_units} items at once"
+                           + (f"; yours hold {held} already" if held else "")
+                           + f" and this one would hold {units}. Pay or cancel an invoice first, or buy fewer.")
 
 
-def reserve_for_checkout(conn, user_id, nonce, minutes):
-    """Reserve a checkout's units in a pending crypto order; returns (order_id, total, created)."""
+def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
+    """Reserve a checkout's units in a pending crypto order; returns (order_id, total, created).
+
+    limits: check_invoice_limits' keywords, decided in the same transaction as the reservation. A basket
+    checkout moves its lines out of the basket into the order (a cancelled or expired invoice puts them
+    back)."""
     with transaction(conn):
         done = conn.execute("SELECT id, total_cents, payment_method FROM orders WHERE checkout_key = ? "
                             "AND user_id = ?", (nonce, user_id)).fetchone()
@@ -1402,22 +1521,44 @@ def reserve_for_checkout(conn, user_id, nonce, minutes):
         if done:
             return done["id"], done["total_cents"], False
         checkout = get_checkout(conn, user_id, nonce)
-        order_id, total = open_order(conn, user_id, checkout_lines(checkout), method="crypto",
+        lines = checkout_lines(checkout)
+        if limits:
+            check_invoice_limits(conn, user_id, **limits, units=sum(q for _, _, q in normalise_lines(lines)))
+        order_id, total = open_order(conn, user_id, lines, method="crypto",
                                      expected_total_cents=checkout["amount_cents"], checkout_key=nonce,
                                      reserve_minutes=minutes)
+        if checkout["from_basket"]:
+            take_from_basket(conn, order_id)
         return order_id, total, True
 
 
+def claim_topup_invoice(conn, user_id, nonce, limits):
+    """A top-up invoice is about to be made: decide the limits and mark its checkout as being invoiced, in
+    one transaction, so that top-ups requested at once are counted one after another."""
+    with transaction(conn):
+        checkout = get_checkout(conn, user_id, nonce)
+        if checkout["kind"] != "topup":
+            raise NotFound("This top-up is too old. Please start again with 💰 Top up.")
+        check_invoice_limits(conn, user_id, **limits, claim=nonce)
+        conn.execute("UPDATE checkouts SET invoicing_since = ? WHERE nonce = ?", (now_iso(), nonce))
+
+
+def release_topup_claim(conn, nonce):
+    with transaction(conn):
+        conn.execute("UPDATE checkouts SET invoicing_since = NULL WHERE nonce = ?", (nonce,))
+
+
 def drop_reservation(conn, order_id):
-    """The invoice could not be created: release the units and free the checkout for another try."""
+    """The invoice could not be created: release the units, put the lines back in the basket and free
+    the checkout for another try."""
     with transaction(conn):
         release_order_units(conn, order_id)
         conn.execute("UPDATE orders SET status = 'cancelled', checkout_key = NULL WHERE id = ? "
                      "AND status = 'pending'", (order_id,))
 
 
-def record_payment(conn, *, kind, user_id, reference, price_cents, data, expires_at, order_id=None):
-    """Store the payment the provider just created; returns its row."""
+def record_payment(conn, *, kind, user_id, reference, price_cents, data, expires_at, order_id=None, claim=None):
+    """Store the payment the provider just created (ending the top-up checkout's claim); returns its row."""
     try:
         provider_id = provider_payment_id(data.get("payment_id"))
         for key in ("pay_amount", "pay_currency", "pay_address"):
@@ -1436,6 +1577,8 @@ def record_payment(conn, *, kind, user_id, reference, price_cents, data, expires
              str(data["pay_amount"]), str(data["pay_address"]),
              str(data["payin_extra_id"]) if data.get("payin_extra_id") not in (None, "") else None,
              expires_at, now, now))
+        if claim:
+            conn.execute("UPDATE checkouts SET invoicing_since = NULL WHERE nonce = ?", (claim,))
         return conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
 
 
@@ -1460,12 +1603,20 @@ def get_payment(conn, user_id, payment_id):
     return row
 
 
+def invoice_is_open(payment):
+    """Waiting for money and not yet past its time (or cancelled, which ends its time at once)."""
+    return payment["status"] == "waiting" and payment["expires_at"] > now_iso()
+
+
 def cancel_invoice(conn, user_id, payment_id):
-    """The shopper gives up on an invoice: an unpaid order releases its units. Money sent later still counts."""
+    """The shopper gives up on an invoice: an unpaid order releases its units. Money sent later still counts.
+    Returns False, changing nothing, when the invoice was closed already."""
     with transaction(conn):
         payment = get_payment(conn, user_id, payment_id)
         if payment["status"] != "waiting":
             raise InvalidInput("This payment is already under way and cannot be cancelled.")
+        if not invoice_is_open(payment):
+            return False
         if payment["order_id"]:
             release_order_units(conn, payment["order_id"])
             conn.execute("UPDATE orders SET status = 'cancelled' WHERE id = ? AND status = 'pending'",
@@ -1473,6 +1624,7 @@ def cancel_invoice(conn, user_id, payment_id):
         conn.execute("UPDATE payments SET expires_at = ?, updated_at = ? WHERE id = ?",
                      (now_iso(), now_iso(), payment_id))
         enqueue_invoice_refresh(conn, get_payment(conn, user_id, payment_id))
+        return True
 
 
 def check_payment_matches(payment, data):
@@ -1698,8 +1850,9 @@ def _settle_order(conn, payment, owners):
         text = {"expired": "the invoice expired without a payment",
                 "failed": "the payment failed",
                 "refunded": "the payment was refunded by the payment service"}[status]
-        enqueue_message(conn, user_id, f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on sale and "
-                                       "nothing was charged.", order_id=order_id)
+        back = " and back into your basket" if order_from_basket(conn, order_id) else ""
+        enqueue_message(conn, user_id, f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on sale{back} "
+                                       "and nothing was charged.", order_id=order_id)
     return None
 
 
@@ -1718,7 +1871,10 @@ def _order_paid(conn, payment, order, owners):
         conn.execute("UPDATE stock_units SET status = 'sold', sold_at = ?, reserved_until = NULL "
                      "WHERE order_id = ? AND status = 'reserved'", (now, order_id))
         conn.execute("UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?", (now, order_id))
-        remove_bought_from_basket(conn, order_id)
+        if not order_from_basket(conn, order_id):
+            remove_bought_from_basket(conn, order_id)
+        elif late:   # its lines went back into the basket when it lapsed; now they are bought after all
+            take_from_basket(conn, order_id)
         if late:
             enqueue_message(conn, user_id, f"✅ Your payment for <b>order #{order_id}</b> arrived after the time "
                                            "to pay had run out, but the items were still there: here they are.",
@@ -2111,13 +2267,53 @@ def check_password(password, stored):
 
 
 def set_admin_password(conn, password=None):
-    """Store the hash of a new admin password (random if None); returns the password."""
+    """Store the hash of a new admin password (random if None) and end every admin session, which
+    were opened with the old one; returns the password."""
     password = password or secrets.token_urlsafe(12)
+    stored = hash_password(password)
     with transaction(conn):
         conn.execute("INSERT INTO settings(key, value) VALUES ('admin_password_hash', ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (hash_password(password),))
-        audit(conn, "admin password set")
+                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (stored,))
+        ended = _end_admin_sessions(conn, "stored:" + stored)
+        audit(conn, "admin password set", f"{ended} session(s) ended")
     return password
+
+
+def _end_admin_sessions(conn, password_mark):
+    """Inside a transaction: delete every admin session and note which password the next ones belong to."""
+    ended = conn.execute("DELETE FROM admin_sessions").rowcount
+    conn.execute("INSERT INTO settings(key, value) VALUES ('admin_sessions_password', ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (password_mark,))
+    return ended
+
+
+def end_sessions_of_an_old_password(conn, configured):
+    """At start: sessions opened under another password than today's (ADMIN_PASSWORD changed, set or
+    removed since) end here, across restarts. Returns how many ended."""
+    mark = conn.execute("SELECT value FROM settings WHERE key = 'admin_sessions_password'").fetchone()
+    mark = mark[0] if mark else ""
+    if configured:
+        if mark.startswith("env:") and check_password(configured, mark[4:]):
+            return 0
+        new = "env:" + hash_password(configured)
+    else:
+        stored = conn.execute("SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()
+        new = "stored:" + (stored[0] if stored else "")
+        if mark == new:
+            return 0
+    with transaction(conn):
+        ended = _end_admin_sessions(conn, new)
+        if ended:
+            audit(conn, "admin sessions ended", f"{ended} session(s): the admin password changed")
+    return ended
+
+
+def end_all_admin_sessions(conn, remote=None):
+    """'Log out everywhere': every session of every browser ends; returns how many."""
+    with transaction(conn):
+        ended = conn.execute("DELETE FROM admin_sessions").rowcount
+        audit(conn, "logged out everywhere", f"{ended} session(s) ended", remote)
+    return ended
 
 
 def verify_admin_password(conn, attempt, configured):
@@ -2279,25 +2475,52 @@ def split_units(text):
 
 
 def add_units(conn, media_dir, product_id, district_id, text, media=None, remote=None):
-    """Add stock units (see split_units), each with the same optional private photo; returns how many."""
+    """Add stock units (see split_units), each with the same optional private photo, by the catalog
+    import's rule: a unit whose product, district and content exist already, sold or not, is not added
+    again (so no code is sold twice), and one pasted twice is added once.
+    Returns {"added": n, "present": [contents], "repeated": [contents]}."""
     contents = [clean_text(c, f"Unit {i}", max_len=3500, multiline=True) for i, c in enumerate(split_units(text), 1)]
     if not contents:
         raise InvalidInput("Write at least one unit: its code, link or pickup instructions.")
     if len(contents) > 1000:
         raise InvalidInput("At most 1000 units at a time.")
+    unique, repeated = [], []
+    for content in contents:
+        (repeated if content in unique else unique).append(content)
     with transaction(conn):
         product = conn.execute("SELECT name FROM products WHERE id = ?", (product_id,)).fetchone()
         district = conn.execute("SELECT d.name, c.name AS city FROM districts d JOIN cities c ON c.id = d.city_id "
                                 "WHERE d.id = ?", (district_id,)).fetchone()
         if product is None or district is None:
             raise NotFound("No such product or district.")
-        name = store_media(media_dir, media[0], media[1], private=True) if media else None
-        for content in contents:
+        present = [c for c in unique if conn.execute(
+            "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? AND content = ?",
+            (product_id, district_id, c)).fetchone()]
+        new = [c for c in unique if c not in present]
+        name = store_media(media_dir, media[0], media[1], private=True) if media and new else None
+        for content in new:
             conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
                          "VALUES (?, ?, ?, ?, ?)", (product_id, district_id, content, name, now_iso()))
-        audit(conn, "units added", f"{len(contents)} x #{product_id} {product['name']} in "
-                                   f"{district['city']} / {district['name']}{' with a photo' if media else ''}", remote)
-    return len(contents)
+        skipped = f"; skipped {len(present)} already in the shop, {len(repeated)} repeated" if present or repeated else ""
+        audit(conn, "units added", f"{len(new)} x #{product_id} {product['name']} in {district['city']} / "
+                                   f"{district['name']}{' with a photo' if name else ''}{skipped}", remote)
+    return {"added": len(new), "present": present, "repeated": repeated}
+
+
+def units_added_text(result):
+    """What the owner reads after adding units: how many, and which were skipped and why."""
+    n = result["added"]
+    parts = [f"{n} unit{'s' if n != 1 else ''} added."]
+    quote_ = lambda contents: ", ".join(shorten(c.replace("\n", " "), 40) for c in contents[:5]) + \
+        (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+    if result["present"]:
+        k = len(result["present"])
+        parts.append(f"{k} skipped: already in the shop for this product and district, sold or not, so they "
+                     f"are not added again ({quote_(result['present'])}).")
+    if result["repeated"]:
+        k = len(result["repeated"])
+        parts.append(f"{k} skipped: repeated in what you pasted, added once ({quote_(result['repeated'])}).")
+    return " ".join(parts)
 
 
 def delete_unit(conn, unit_id, remote=None):
@@ -3109,6 +3332,7 @@ class PaymentDesk:
 
     def open_order_invoice(self, user_id, nonce, coin):
         """Reserve a checkout's units and create its payment; a repeated tap gets the same invoice."""
+        self.shop.check_may_buy(user_id)
         with self.opening(nonce):
             return self._open_order_invoice(user_id, nonce, coin)
 
@@ -3122,12 +3346,10 @@ class PaymentDesk:
                                f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}.")
         if existing:
             return existing
-        c = self.shop.config
         checkout = get_checkout(conn, user_id, nonce)
-        check_invoice_limits(conn, user_id, c.max_open_invoices, c.max_invoices_per_hour)
         self._check_coin(coin, checkout["amount_cents"])
         minutes = self.shop.setting("reservation_minutes")
-        order_id, total, created = reserve_for_checkout(conn, user_id, nonce, minutes)
+        order_id, total, created = reserve_for_checkout(conn, user_id, nonce, minutes, self.limits())
         if not created:   # an earlier attempt stopped between the reservation and the provider
             raise InvalidInput("This checkout already has an order; please check out again.")
         try:
@@ -3142,6 +3364,7 @@ class PaymentDesk:
             raise
 
     def open_topup_invoice(self, user_id, nonce, coin):
+        self.shop.check_may_buy(user_id)
         with self.opening(nonce):
             return self._open_topup_invoice(user_id, nonce, coin)
 
@@ -3155,17 +3378,36 @@ class PaymentDesk:
                                f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}.")
         if existing:
             return existing
-        c = self.shop.config
         checkout = get_checkout(conn, user_id, nonce)
         if checkout["kind"] != "topup":
             raise NotFound("This top-up is too old. Please start again with 💰 Top up.")
-        check_invoice_limits(conn, user_id, c.max_open_invoices, c.max_invoices_per_hour)
         self._check_coin(coin, checkout["amount_cents"])
-        data = self._create(coin, checkout["amount_cents"], reference, f"Balance top-up {fmt_eur(checkout['amount_cents'])}")
-        expires = provider_time(data.get("expiration_estimate_date"),
-                                now_iso(self.shop.setting("reservation_minutes") * 60))
-        return record_payment(conn, kind="topup", user_id=user_id, reference=reference,
-                              price_cents=checkout["amount_cents"], data=data, expires_at=expires)
+        claim_topup_invoice(conn, user_id, nonce, self.limits())
+        try:
+            data = self._create(coin, checkout["amount_cents"], reference,
+                                f"Balance top-up {fmt_eur(checkout['amount_cents'])}")
+            expires = provider_time(data.get("expiration_estimate_date"),
+                                    now_iso(self.shop.setting("reservation_minutes") * 60))
+            return record_payment(conn, kind="topup", user_id=user_id, reference=reference,
+                                  price_cents=checkout["amount_cents"], data=data, expires_at=expires, claim=nonce)
+        except BaseException:
+            release_topup_claim(conn, nonce)
+            raise
+
+    def limits(self):
+        """The invoice limits as they are now (check_invoice_limits' keywords)."""
+        c = self.shop.config
+        return {"max_open": c.max_open_invoices, "max_per_hour": c.max_invoices_per_hour,
+                "max_unpaid_units": self.shop.setting("max_unpaid_units")}
+
+    def simulate(self, user_id, payment_id, outcome):
+        """🧪 in the bot or the Mini App: the sandbox's NOWPayments pays (or lets expire) one of the shopper's
+        invoices. Only in sandbox mode, and with a bot connected only for owners."""
+        if not self.shop.config.sandbox:
+            raise NotFound("Simulated payments exist only in sandbox mode.")
+        self.shop.check_may_buy(user_id)
+        payment = get_payment(self.shop.db(), user_id, payment_id)
+        sandbox_simulate(self.shop, payment["provider_id"], outcome)
 
     def mark_paid(self, payment_id, reason, remote=None):
         """The owner confirms money that arrived outside the flow: applied as 'finished' in full, by the
@@ -3195,6 +3437,33 @@ class PaymentDesk:
             self.last_refresh[provider_id] = time.monotonic()
         data = self.client.get_payment(provider_id)
         return self.apply(data, source)
+
+    CHECK_SECONDS = 5   # 🔄 Check status and ❌ Cancel ask the provider about one payment at most this often
+
+    def check(self, user_id, payment_id):
+        """🔄 Check status (bot or Mini App): an unfinished payment is looked up with the provider, at most
+        every CHECK_SECONDS; returns the payment as it is now."""
+        conn = self.shop.db()
+        payment = get_payment(conn, user_id, payment_id)
+        if payment["status"] in OPEN_STATUSES:
+            self.refresh(payment["provider_id"], "check", throttle=self.CHECK_SECONDS)
+            payment = get_payment(conn, user_id, payment_id)
+        return payment
+
+    def cancel(self, user_id, payment_id):
+        """❌ Cancel (bot or Mini App): an open invoice is first looked up with the provider, which may know
+        of money on its way, at most every CHECK_SECONDS as for 🔄 Check status; a closed one answers from the
+        database without asking anyone. Returns (the payment as it is now, whether this cancelled it)."""
+        conn = self.shop.db()
+        payment = get_payment(conn, user_id, payment_id)
+        if not invoice_is_open(payment):
+            return payment, False
+        self.refresh(payment["provider_id"], "check", throttle=self.CHECK_SECONDS)
+        payment = get_payment(conn, user_id, payment_id)
+        if payment["status"] != "waiting":
+            return payment, False
+        cancelled = cancel_invoice(conn, user_id, payment_id)
+        return get_payment(conn, user_id, payment_id), cancelled
 
     def apply(self, data, source):
         try:
@@ -3513,6 +3782,14 @@ def init_data_hash(fields, bot_token):
     return hmac.new(secret, check.encode(), hashlib.sha256).hexdigest()
 
 
+PREVIEW_FOR_OWNERS = ("With a bot connected, the Mini App preview in a browser is for the shop's owners: "
+                      "log in to the admin first, or open the shop from the bot.")
+
+
+def preview_init_data(shop):
+    return sign_init_data(PREVIEW_USER, shop.webapp_token, query_id="preview")
+
+
 def sign_init_data(user, bot_token, auth_date=None, **fields):
     """initData as Telegram would make it for this user (the preview shopper's, and tests')."""
     fields = {"user": json.dumps(user, ensure_ascii=False, separators=(",", ":")),
@@ -3570,7 +3847,7 @@ def _body_int(body, key, low, high):
     return value
 
 
-def invoice_json(conn, payment, sandbox):
+def invoice_json(conn, payment, sandbox, simulate=False):
     closed = payment["status"] == "waiting" and payment["expires_at"] <= now_iso()
     order = conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone() \
         if payment["order_id"] else None
@@ -3586,7 +3863,8 @@ def invoice_json(conn, payment, sandbox):
             "order_status": order["status"] if order else None, "outcome": payment["outcome"],
             "credited": cents_to_str(payment["credited_cents"]),
             "payment_uri": payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
-            "qr_url": f"/api/payment/{payment['provider_id']}/qr", "sandbox": sandbox}
+            "qr_url": f"/api/payment/{payment['provider_id']}/qr", "sandbox": sandbox,
+            "simulate": simulate and payment["status"] == "waiting" and not closed}
 
 
 def catalog_json(conn):
@@ -3640,7 +3918,7 @@ def basket_json(conn, user_id):
     basket = get_basket(conn, user_id)
     return {"items": [{"id": l.item_id, "product_id": l.product_id, "district_id": l.district_id, "name": l.name,
                        "place": l.place, "price": cents_to_str(l.price_cents), "quantity": l.quantity,
-                       "available": l.available} for l in basket.lines],
+                       "available": l.available, "reserved": l.reserved} for l in basket.lines],
             "total": cents_to_str(basket.total_cents), "count": basket.count}
 
 
@@ -3768,7 +4046,8 @@ def make_webapp(shop, app):
         return {"id": user["id"], "first_name": user["first_name"], "username": user["username"],
                 "balance": cents_to_str(user["balance_cents"]), "currency": "EUR",
                 "shop_name": get_setting(conn, "shop_name"), "sandbox": c.sandbox,
-                "preview": user["id"] == PREVIEW_USER["id"],
+                "preview": user["id"] == PREVIEW_USER["id"], "test_mode": shop.test_mode,
+                "can_buy": shop.may_buy(user["id"]),
                 "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
                 "max_deposit": cents_to_str(c.max_deposit_cents)}
 
@@ -3814,17 +4093,24 @@ def make_webapp(shop, app):
     @api("POST", "/api/payment/create")
     def create_payment(conn, user, data):
         kind, coin, rid = data.get("type"), coin_of(data), request_id(data)
-        if kind == "basket":
-            lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user["id"]).lines]
-            if not lines:
-                raise InvalidInput("Your basket is empty.")
-        elif kind == "product":
-            lines = [(_body_int(data, "product_id", 1, 2 ** 62), _body_int(data, "district_id", 1, 2 ** 62),
-                      _body_int(data, "quantity", 1, MAX_QUANTITY))]
+        shop.check_may_buy(user["id"])
+        # A basket checkout moves the basket into its order: the same request again finds that checkout.
+        repeated = kind == "basket" and rid and conn.execute(
+            "SELECT 1 FROM checkouts WHERE nonce = ? AND user_id = ? AND from_basket = 1", (rid, user["id"])).fetchone()
+        if repeated:
+            nonce = rid
         else:
-            raise InvalidInput('type must be "basket" or "product".')
-        total, _ = price_lines(conn, normalise_lines(lines))
-        nonce = checkout_for(conn, user, "order", total, lines, kind == "basket", rid)
+            if kind == "basket":
+                lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user["id"]).lines]
+                if not lines:
+                    raise InvalidInput("Your basket is empty.")
+            elif kind == "product":
+                lines = [(_body_int(data, "product_id", 1, 2 ** 62), _body_int(data, "district_id", 1, 2 ** 62),
+                          _body_int(data, "quantity", 1, MAX_QUANTITY))]
+            else:
+                raise InvalidInput('type must be "basket" or "product".')
+            total, _ = price_lines(conn, normalise_lines(lines))
+            nonce = checkout_for(conn, user, "order", total, lines, kind == "basket", rid)
         checkout = get_checkout(conn, user["id"], nonce)
         if coin == "balance":
             order_id = buy_with_balance(conn, user["id"], checkout_lines(checkout),
@@ -3832,11 +4118,12 @@ def make_webapp(shop, app):
                                         owners=shop.config.admin_ids)
             return {"order_id": order_id, "status": "paid",
                     "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"])}
-        return invoice_json(conn, shop.payments.open_order_invoice(user["id"], nonce, coin), shop.config.sandbox)
+        return invoice(conn, user, shop.payments.open_order_invoice(user["id"], nonce, coin))
 
     @api("POST", "/api/payment/refill")
     def refill(conn, user, data):
         c = shop.config
+        shop.check_may_buy(user["id"])
         coin, rid = coin_of(data), request_id(data)
         if coin == "balance":
             raise InvalidInput("Top up with a coin, not with the balance.")
@@ -3846,7 +4133,10 @@ def make_webapp(shop, app):
         except InvalidInput as e:
             raise InvalidInput(f"The amount {e}.") from None
         nonce = checkout_for(conn, user, "topup", cents, rid=rid)
-        return invoice_json(conn, shop.payments.open_topup_invoice(user["id"], nonce, coin), shop.config.sandbox)
+        return invoice(conn, user, shop.payments.open_topup_invoice(user["id"], nonce, coin))
+
+    def invoice(conn, user, payment):
+        return invoice_json(conn, payment, shop.config.sandbox, shop.may_simulate(user["id"]))
 
     def own_payment(conn, user, payment_id):
         row = conn.execute("SELECT * FROM payments WHERE provider_id = ? AND user_id = ? AND parent_id IS NULL",
@@ -3858,13 +4148,11 @@ def make_webapp(shop, app):
     @api("GET", "/api/payment/status/<payment_id:re:[0-9]{1,30}>")
     def payment_status(conn, user, data, payment_id):
         payment = own_payment(conn, user, payment_id)
-        if payment["status"] in OPEN_STATUSES:
-            try:
-                shop.payments.refresh(payment["provider_id"], "check", throttle=5)
-            except ProviderError as e:
-                log.warning("mini app: status check failed: %s", e.detail)
-            payment = own_payment(conn, user, payment_id)
-        return invoice_json(conn, payment, shop.config.sandbox)
+        try:
+            payment = shop.payments.check(user["id"], payment["id"])
+        except ProviderError as e:
+            log.warning("mini app: status check failed: %s", e.detail)
+        return invoice(conn, user, payment)
 
     @api("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr")
     def payment_qr(conn, user, data, payment_id):
@@ -3874,17 +4162,14 @@ def make_webapp(shop, app):
 
     @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/cancel")
     def payment_cancel(conn, user, data, payment_id):
-        payment = own_payment(conn, user, payment_id)
-        shop.payments.refresh(payment["provider_id"], "check")
-        cancel_invoice(conn, user["id"], payment["id"])
-        return invoice_json(conn, own_payment(conn, user, payment_id), shop.config.sandbox)
+        payment, _ = shop.payments.cancel(user["id"], own_payment(conn, user, payment_id)["id"])
+        return invoice(conn, user, payment)
 
     @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/simulate")
     def payment_simulate(conn, user, data, payment_id):
         if not shop.config.sandbox:
             raise NotFound("Simulated payments exist only in sandbox mode.")
-        payment = own_payment(conn, user, payment_id)
-        sandbox_simulate(shop, payment["provider_id"], str(data.get("outcome") or ""))
+        shop.payments.simulate(user["id"], own_payment(conn, user, payment_id)["id"], str(data.get("outcome") or ""))
         return {"simulating": data.get("outcome")}
 
     @api("GET", "/api/orders")
@@ -3907,9 +4192,12 @@ def make_webapp(shop, app):
     @app.get("/app")
     def page():
         conn = shop.db()
+        # Where a plain browser gets the preview shopper's initData, if anywhere (see preview()).
+        preview_url = "" if not shop.config.sandbox else "/admin/app-preview" if shop.config.bot_token \
+            else "/app/preview"
         response = bottle.HTTPResponse(bottle.template("app", template_lookup=[str(TEMPLATES_DIR)],
                                                        name=get_setting(conn, "shop_name"),
-                                                       sandbox=shop.config.sandbox))
+                                                       preview_url=preview_url))
         # Telegram shows Mini Apps in its own frames (web.telegram.org too), so framing by Telegram is allowed.
         response.set_header("Content-Security-Policy",
                             "default-src 'self'; script-src 'self' https://telegram.org; style-src 'self'; "
@@ -3920,11 +4208,15 @@ def make_webapp(shop, app):
 
     @app.get("/app/preview")
     def preview():
-        """Sandbox only: initData for the preview shopper, so the Mini App can be tried in a browser."""
+        """Sandbox without a bot: initData for the preview shopper, so the Mini App can be tried in a browser.
+        With a bot connected, anyone who can reach the shop could use it to simulate payments and take real
+        goods: then the admin hands it out to owners (/admin/app-preview)."""
         if not shop.config.sandbox:
             return json_response(404, {"error": "The preview exists only in sandbox mode; open the shop from the bot."})
+        if shop.config.bot_token:
+            return json_response(403, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"})
         bottle.response.headers["Cache-Control"] = "no-store"
-        return json_response(200, {"initData": sign_init_data(PREVIEW_USER, shop.webapp_token, query_id="preview")})
+        return json_response(200, {"initData": preview_init_data(shop)})
 
 
 # Web: admin ##################################################################
@@ -4090,7 +4382,7 @@ def make_admin(shop, app):
         bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
         addr = remote()
         target = bottle.request.forms.get("next") or "/admin"
-        if not target.startswith("/admin") or target.startswith("//"):
+        if target != "/app" and (not target.startswith("/admin") or target.startswith("//")):
             target = "/admin"
         if not same_origin():
             return bottle.HTTPResponse("Cross-site requests are refused.", 403)
@@ -4115,6 +4407,23 @@ def make_admin(shop, app):
     @page("/admin/logout", "POST")
     def logout(conn, sess):
         end_admin_session(conn, bottle.request.get_cookie(cookie), remote())
+        bottle.response.delete_cookie(cookie, path="/admin")
+        return bottle.redirect("/admin/login", 303)
+
+    @app.get("/admin/app-preview")
+    def app_preview():
+        """Sandbox with a bot: the preview shopper's initData, for owners logged in to the admin only."""
+        bottle.response.headers["Cache-Control"] = "no-store"
+        if not shop.config.sandbox:
+            return json_response(404, {"error": "The preview exists only in sandbox mode; open the shop from the bot."})
+        if get_admin_session(shop.db(), bottle.request.get_cookie(cookie)) is None:
+            return json_response(401, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"})
+        return json_response(200, {"initData": preview_init_data(shop)})
+
+    @page("/admin/logout-everywhere", "POST")
+    def logout_everywhere(conn, sess):
+        """Every browser's session ends, this one's too (a lost phone, a shared computer)."""
+        end_all_admin_sessions(conn, remote())
         bottle.response.delete_cookie(cookie, path="/admin")
         return bottle.redirect("/admin/login", 303)
 
@@ -4221,10 +4530,10 @@ def make_admin(shop, app):
         district_id = bottle.request.forms.get("district_id", "")
         if not re.fullmatch(r"[0-9]{1,18}", district_id):
             raise InvalidInput("Choose a district.")
-        n = add_units(conn, shop.config.media_dir, product_id, int(district_id),
-                      bottle.request.forms.getunicode("units"),
-                      read_upload(bottle.request.files.get("media"), "The photo"), remote())
-        return f"/admin/products/{product_id}", f"{n} unit{'s' if n != 1 else ''} added."
+        result = add_units(conn, shop.config.media_dir, product_id, int(district_id),
+                           bottle.request.forms.getunicode("units"),
+                           read_upload(bottle.request.files.get("media"), "The photo"), remote())
+        return f"/admin/products/{product_id}", units_added_text(result)
 
     @page("/admin/units/<unit_id:id>/delete", "POST")
     def unit_delete(conn, sess, unit_id):
@@ -4477,13 +4786,17 @@ def make_admin(shop, app):
             coins = None
         values = {key: get_setting(conn, key) for key in SETTING_RULES}
         values.update(min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
-                      reservation_minutes=str(shop.setting("reservation_minutes")))
+                      reservation_minutes=str(shop.setting("reservation_minutes")),
+                      max_unpaid_units=str(shop.setting("max_unpaid_units")))
         enabled = shop.setting("enabled_coins")
         if form is not None:   # a refused save: show what the owner typed, with the reason
             values.update({k: form.getunicode(k) or "" for k in values})
             enabled = set(form.getall("coins")) if form.get("coins_listed") else enabled
+        sessions = conn.execute("SELECT * FROM admin_sessions WHERE last_seen_at >= ? AND created_at >= ? "
+                                "ORDER BY last_seen_at DESC", (now_iso(-ADMIN_IDLE_SECONDS),
+                                                               now_iso(-ADMIN_MAX_SECONDS))).fetchall()
         page_ = render("settings.tpl", sess, values=values, coins=coins, enabled=enabled, labels=COIN_LABELS,
-                       error=error)
+                       error=error, sessions=sessions, session_hash=sess["token_hash"])
         return bottle.HTTPResponse(page_, 400) if error else page_
 
     @page("/admin/settings")
@@ -4502,6 +4815,9 @@ def make_admin(shop, app):
             minutes = f.get("reservation_minutes", "").strip()
             if not re.fullmatch(r"\d{1,4}", minutes) or not 1 <= int(minutes) <= 1440:
                 raise InvalidInput("The reservation must be 1 to 1440 minutes.")
+            unpaid = f.get("max_unpaid_units", str(shop.setting("max_unpaid_units"))).strip()
+            if not re.fullmatch(r"\d{1,5}", unpaid) or not 1 <= int(unpaid) <= 10000:
+                raise InvalidInput("The items one shopper may hold unpaid must be a number from 1 to 10000.")
             coins = [c for c in COIN_CODES if c in f.getall("coins")]
             if f.get("coins_listed") and not coins:
                 raise InvalidInput("Enable at least one coin.")
@@ -4512,6 +4828,8 @@ def make_admin(shop, app):
             changes["min_deposit_cents"] = str(minimum)
         if int(minutes) != shop.setting("reservation_minutes"):
             changes["reservation_minutes"] = minutes
+        if int(unpaid) != shop.setting("max_unpaid_units"):
+            changes["max_unpaid_units"] = str(int(unpaid))
         current = shop.setting("enabled_coins")
         if f.get("coins_listed") and set(coins) != (current if current is not None else set(shop.payments.client.merchant_coins())):
             changes["enabled_coins"] = ",".join(coins)
@@ -4533,7 +4851,7 @@ def make_admin(shop, app):
             try:
                 writer.writerow(columns)
                 for row in rows:
-                    writer.writerow(row)
+                    writer.writerow([spreadsheet_text(cell) for cell in row])
                     if buffer.tell() > 65536:
                         yield buffer.getvalue().encode("utf-8")
                         buffer.seek(0)
@@ -4606,6 +4924,18 @@ def make_admin(shop, app):
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
         more = f"/admin/audit?before={more}" if more else None
         return fragment_or_page("_audit.tpl", "audit.tpl", sess, rows=rows[:ADMIN_PAGE], more=more)
+
+
+_NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
+
+
+def spreadsheet_text(cell):
+    """A CSV cell that a spreadsheet shows as the text it is: one beginning with = + - @, a tab or a
+    carriage return would be read as a formula (OWASP's CSV injection), so it gets a leading ' ,
+    which spreadsheets show as text. Numbers the shop wrote (-5.00) stay numbers."""
+    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER_RE.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 def unpack_zip(data, folder):
@@ -4734,9 +5064,10 @@ def screen_basket(conn, user_id):
     for i, line in enumerate(basket.lines, 1):
         text.append(f"{i}. <b>{esc(line.name)}</b> · {esc(line.place)}\n"
                     f"    {line.quantity} × {fmt_eur(line.price_cents)} = {fmt_eur(line.total_cents)}")
-        if line.available < line.quantity:
-            text.append(f"    ⚠️ only {line.available} available now" if line.available
-                        else "    ⚠️ sold out now")
+        if line.reserved:   # (held for this shopper, so not for sale to them either: never "sold out")
+            text.append(f"    ⏳ {line.reserved} reserved for you in an unpaid order (📦 Orders)")
+        elif line.available < line.quantity:
+            text.append(f"    ⚠️ only {line.available} available now" if line.available else "    ⚠️ sold out now")
         rows.append([("➖", f"dec:{line.item_id}"),
                      (f"{i}. {line.name} × {line.quantity}", f"prod:{line.product_id}:{line.district_id}"),
                      ("➕", f"inc:{line.item_id}"), ("🗑", f"del:{line.item_id}")])
@@ -4757,8 +5088,17 @@ def coin_rows(coins, amount_cents, data):
     return [buttons[i:i + 2] for i in range(0, len(buttons), 2)]
 
 
-def screen_checkout(conn, user, checkout, coins):
-    """A checkout (see create_checkout) with its ways to pay; coins is None when crypto is unavailable."""
+TEST_MODE_OWNER = ("🧪 <b>Test mode</b>: you may buy here and pay with the 🧪 buttons, which simulate payments "
+                   "(you are in ADMIN_IDS or TESTER_IDS). Other shoppers cannot buy until NOWPAYMENTS_API_KEY is set.")
+
+
+def screen_not_selling():
+    return Screen(esc(NotSellingYet.__doc__), [[("🛒 Shop", "cities"), ("👤 Profile", "profile")]])
+
+
+def screen_checkout(conn, user, checkout, coins, selling=True):
+    """A checkout (see create_checkout) with its ways to pay; coins is None when crypto is unavailable.
+    selling=False: test mode for a shopper who may not buy, who is told so instead."""
     lines = checkout_lines(checkout)
     total, offers = price_lines(conn, lines)
     text = ["💳 <b>Checkout</b>", ""]
@@ -4775,6 +5115,8 @@ def screen_checkout(conn, user, checkout, coins):
     if short:
         text += ["", "⚠️ Some items are not available in that quantity any more. Please change your basket."]
         return Screen("\n".join(text), [back])
+    if not selling:
+        return Screen("\n".join(text + ["", esc(NotSellingYet.__doc__)]), [back])
     rows = []
     if user["balance_cents"] >= total:
         rows.append([(f"💰 Pay {fmt_eur(total)} from balance", f"pay:{checkout['nonce']}")])
@@ -4817,14 +5159,16 @@ def screen_topup_coins(checkout, coins):
                   coin_rows(coins, amount, f"tcoin:{checkout['nonce']}") + [[("✖️ Cancel", "profile")]])
 
 
-def screen_invoice(payment, sandbox, with_qr=True):
-    """The invoice for a payment: exact amount and address, memo, expiry, status; QR code as the photo."""
+def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
+    """The invoice for a payment: exact amount and address, memo, expiry, status; QR code as the photo.
+    simulate: the 🧪 buttons that make the sandbox pay it (for whom Shop.may_simulate allows)."""
     coin = payment["pay_currency"]
     label = COIN_LABELS.get(coin, coin.upper())
     what = f"Order #{payment['order_id']}" if payment["order_id"] else "Top-up"
     lines = [f"🧾 <b>{what}</b> · {fmt_eur(payment['price_cents'])}"]
     if sandbox:
-        lines.append("🧪 <b>SANDBOX</b>: a test invoice, no real money. Use the 🧪 buttons to simulate a payment.")
+        lines.append("🧪 <b>SANDBOX</b>: a test invoice, no real money."
+                     + (" Use the 🧪 buttons to simulate a payment." if simulate else ""))
     lines += ["", f"Send exactly <code>{esc(payment['pay_amount'])}</code> {esc(label)}",
               f"to <code>{esc(payment['pay_address'])}</code>"]
     if payment["payin_extra_id"]:
@@ -4846,7 +5190,7 @@ def screen_invoice(payment, sandbox, with_qr=True):
     if status in OPEN_STATUSES and left >= 0:
         rows.append([("🔄 Check status", f"chk:{payment['id']}")] +
                     ([("❌ Cancel", f"cxl:{payment['id']}")] if status == "waiting" else []))
-        if sandbox and status == "waiting":
+        if simulate and status == "waiting":
             rows += [[("🧪 Pay in full", f"sim:{payment['id']}:full"), ("🧪 Pay half", f"sim:{payment['id']}:partial")],
                      [("🧪 Overpay", f"sim:{payment['id']}:over"), ("🧪 Let it expire", f"sim:{payment['id']}:expire")]]
     rows.append([("📦 Orders", "orders")] if payment["order_id"] else [("👤 Profile", "profile")])
@@ -5116,6 +5460,9 @@ class ShopBot:
         if payload.startswith("refill_"):
             return self.start_refill_link(conn, message, payload)
         welcome = f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'welcome_text'))}"
+        if self.shop.test_mode:
+            welcome += "\n\n" + (TEST_MODE_OWNER if self.shop.may_buy(message.from_user.id)
+                                  else esc(NotSellingYet.__doc__))
         self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
         if self.shop.webapp_url:
             markup = tg.InlineKeyboardMarkup()
@@ -5206,14 +5553,21 @@ class ShopBot:
     def checkout(self, conn, user, lines, from_basket):
         total, _ = price_lines(conn, lines)
         nonce = create_checkout(conn, user["id"], "order", total, lines, from_basket)
-        return screen_checkout(conn, user, get_checkout(conn, user["id"], nonce), self.coins())
+        checkout = get_checkout(conn, user["id"], nonce)
+        if not self.shop.may_buy(user["id"]):
+            return screen_checkout(conn, user, checkout, None, selling=False)
+        return screen_checkout(conn, user, checkout, self.coins())
 
     def topup_prompt(self, conn, user_id):
+        if not self.shop.may_buy(user_id):
+            return screen_not_selling()
         set_awaiting(conn, user_id, "topup_amount")
         c = self.shop.config
         return screen_topup_prompt(get_user(conn, user_id), self.shop.setting("min_deposit_cents"), c.max_deposit_cents)
 
     def topup_coins(self, conn, user_id, cents):
+        if not self.shop.may_buy(user_id):
+            return screen_not_selling()
         nonce = create_checkout(conn, user_id, "topup", cents)
         return screen_topup_coins(get_checkout(conn, user_id, nonce), self.coins())
 
@@ -5302,7 +5656,7 @@ class ShopBot:
                 open_invoice = self.shop.payments.open_order_invoice if verb == "coin" else \
                     self.shop.payments.open_topup_invoice
                 payment = open_invoice(uid, args[0], args[1])
-                sent = show(screen_invoice(payment, self.shop.config.sandbox))
+                sent = show(self.invoice_screen(payment))
                 if sent is not None:
                     set_invoice_message(conn, payment["id"], sent.message_id)
             elif verb == "nocoin" and len(ints) == 2 and args[0] in COIN_LABELS and isinstance(ints[1], int):
@@ -5319,25 +5673,20 @@ class ShopBot:
             elif verb == "chk" and len(ints) == 1 and numbers:
                 return self.check_payment(conn, uid, message, ints[0])
             elif verb == "cxl" and len(ints) == 1 and numbers:
-                payment = get_payment(conn, uid, ints[0])
                 try:   # the provider may know of money our records have not seen yet
-                    self.shop.payments.refresh(payment["provider_id"], "check")
+                    payment, cancelled = self.shop.payments.cancel(uid, ints[0])
                 except ProviderError as e:
                     log.warning("payments: status check before cancelling failed: %s", e.detail)
                     return "The payment service is not answering, so the invoice cannot be cancelled now."
-                payment = get_payment(conn, uid, ints[0])
-                if payment["status"] != "waiting":
-                    self.recaption(message, screen_invoice(payment, self.shop.config.sandbox, with_qr=False))
-                    return STATUS_TEXT[payment["status"]]
-                cancel_invoice(conn, uid, ints[0])
-                self.recaption(message, screen_invoice(get_payment(conn, uid, ints[0]), self.shop.config.sandbox,
-                                                       with_qr=False))
-                return "Invoice cancelled."
+                self.recaption(message, self.invoice_screen(payment, with_qr=False))
+                if cancelled:
+                    return "Invoice cancelled."
+                return "This invoice is closed already." if payment["status"] == "waiting" \
+                    else STATUS_TEXT[payment["status"]]
             elif verb == "sim" and len(args) == 2 and args[1] in SIMULATIONS and isinstance(ints[0], int):
                 if not self.shop.config.sandbox:
                     return "Simulated payments exist only in sandbox mode."
-                payment = get_payment(conn, uid, ints[0])
-                sandbox_simulate(self.shop, payment["provider_id"], args[1])
+                self.shop.payments.simulate(uid, ints[0], args[1])
                 return f"🧪 Simulating: {SIMULATIONS[args[1]]}. The payment service tells the shop in a moment."
             elif verb == "orders" and len(ints) <= 1 and numbers:
                 show(screen_orders(conn, uid, ints[0] if ints else None))
@@ -5358,6 +5707,7 @@ class ShopBot:
     def pay(self, conn, user, message, nonce):
         """Pay a checkout from the balance; its nonce makes a double tap or a replayed update buy once."""
         uid = user["id"]
+        self.shop.check_may_buy(uid)
         checkout = get_checkout(conn, uid, nonce)
         if checkout["kind"] != "order":
             return "That button is not valid any more."
@@ -5378,16 +5728,17 @@ class ShopBot:
 
     def check_payment(self, conn, uid, message, payment_id):
         """🔄 Check status: ask the provider now (at most every few seconds), then show the invoice's state."""
-        payment = get_payment(conn, uid, payment_id)
-        if payment["status"] in OPEN_STATUSES:
-            try:
-                self.shop.payments.refresh(payment["provider_id"], "check", throttle=5)
-            except ProviderError as e:
-                log.warning("payments: status check failed: %s", e.detail)
-                return "The payment service is not answering right now; the shop keeps checking by itself."
-            payment = get_payment(conn, uid, payment_id)
-        self.recaption(message, screen_invoice(payment, self.shop.config.sandbox, with_qr=False))
+        try:
+            payment = self.shop.payments.check(uid, payment_id)
+        except ProviderError as e:
+            log.warning("payments: status check failed: %s", e.detail)
+            return "The payment service is not answering right now; the shop keeps checking by itself."
+        self.recaption(message, self.invoice_screen(payment, with_qr=False))
         return STATUS_TEXT[payment["status"]]
+
+    def invoice_screen(self, payment, with_qr=True):
+        return screen_invoice(payment, self.shop.config.sandbox, with_qr,
+                              simulate=self.shop.may_simulate(payment["user_id"]))
 
     def recaption(self, message, screen):
         """Update the text and buttons under a photo message (an invoice) in place."""
@@ -5463,6 +5814,11 @@ OUTBOX_GIVE_UP_SECONDS = 24 * 3600
 
 class OutboxSender:
     """Sends pending outbox rows in order per chat within Telegram's limits; survives restarts.
+
+    The rule: a row is `sent` only after Telegram answered ok for that row (mark_sent is reached only from a
+    successful answer, with that answer's message id; an edit Telegram answers 'not modified' or 'not found'
+    counts as done). Anything else leaves it pending or, for a refusal, failed: a message is never recorded
+    as delivered on a guess. The price is that a crash between Telegram's ok and the commit sends it again.
 
     429: wait retry_after. 5xx and network errors: retry with backoff for a day.
     401/404 (the token or the API address is wrong): wait for the owner, lose nothing.
@@ -5600,8 +5956,9 @@ class OutboxSender:
         self.mark_sent(conn, row["id"], message.message_id, None)
 
     def mark_sent(self, conn, row_id, message_id, note):
-        """Record a message Telegram took. Until that commits the row is remembered in memory, so a
-        database that cannot be written (a full disk) never makes a shopper get it again and again."""
+        """Record a message Telegram answered ok for (and only such a one). Until that commits the row is
+        remembered in memory, so a database that cannot be written (a full disk) never makes a shopper get
+        it again and again."""
         with transaction(conn):
             conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
                          "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? WHERE id = ?",
@@ -5611,7 +5968,8 @@ class OutboxSender:
     def refresh_invoice(self, conn, row):
         """Show an invoice as it is now, under its own message (the QR photo stays)."""
         payment = conn.execute("SELECT * FROM payments WHERE id = ?", (row["payment_id"],)).fetchone()
-        screen = screen_invoice(payment, self.shop.config.sandbox, with_qr=False)
+        screen = screen_invoice(payment, self.shop.config.sandbox, with_qr=False,
+                                simulate=self.shop.may_simulate(payment["user_id"]))
         note = None
         try:
             self.shop.telegram.edit_message_caption(screen.text, row["chat_id"], row["edit_message_id"],
@@ -5741,6 +6099,61 @@ class RecentProblems(logging.Handler):
                              record.levelname, record.name, record.getMessage()))
 
 
+def hold_instance_lock(db_path, holder):
+    """One running shop per database. An exclusive lock on `<database>.lock`, held for as long as this
+    process lives: the operating system drops it when the process ends, however it ends (kill -9
+    included), so a crash never blocks the next start. The file names the holder for the refusal.
+    Returns the open file (close it to let go), or None where the system has no flock()."""
+    try:
+        import fcntl
+    except ImportError:
+        log.warning("this system cannot lock %s; make sure only one shop runs on it", db_path)
+        return None
+    path = f"{db_path}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StartupError(f"cannot open {path}: {e.strerror}") from None
+    handle = os.fdopen(fd, "r+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        running = handle.read().strip() or "a process that has not said which"
+        handle.close()
+        raise StartupError(f"another shop is already running on {db_path} ({running}); stop it first, "
+                           "or give this one its own database with SHOP_DB") from None
+    handle.truncate(0)
+    handle.write(holder + "\n")
+    handle.flush()
+    return handle
+
+
+def make_files_private(config):
+    """Everything the shop keeps (the database and its companions, copies, backups, media with the
+    goods, uploads) readable by the shop's user only. New files are, by the umask main() sets; this
+    tightens what an older version or another tool left open. Returns (tightened, not ours) paths."""
+    db = Path(config.shop_db)
+    folder = db.resolve().parent
+    paths = [db.with_name(db.name + suffix) for suffix in ("", "-wal", "-shm", ".lock")]
+    paths += sorted(folder.glob(glob.escape(db.name) + ".v*.bak"))
+    for tree in (config.media_dir, folder / "backups", folder / "imports"):
+        if tree.is_dir() and not tree.is_symlink():
+            paths.append(tree)
+            paths += [p for p in sorted(tree.rglob("*")) if not p.is_symlink()]
+    tightened, stuck = [], []
+    for path in paths:
+        try:
+            mode = path.lstat().st_mode
+            if mode & 0o077:
+                os.chmod(path, mode & 0o700)
+                tightened.append(os.path.relpath(path))
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            stuck.append(os.path.relpath(path))
+    return tightened, stuck
+
+
 class Shop:
     """The running shop: configuration, the web server, the bot, the sender and the jobs."""
 
@@ -5762,6 +6175,8 @@ class Shop:
         self.ipn_secret = ""
         self.sandbox_api_key = ""
         self.webapp_token = ""
+        self.instance_lock = None
+        self.new_admin_password = None   # generated on the first start without ADMIN_PASSWORD, shown once
 
     def db(self):
         """This thread's connection to the shop database."""
@@ -5822,20 +6237,65 @@ class Shop:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"http://{'[%s]' % host if ':' in host else host}:{self.config.port}"
 
+    def addresses(self):
+        """What the owner needs once the shop listens: [(what, where)], the storefront first."""
+        c, base = self.config, self.config.webhook_url
+        mode = ("live: payments through NOWPayments" if not c.sandbox else
+                "TEST MODE: payments are simulated, only ADMIN_IDS and TESTER_IDS can buy" if self.test_mode else
+                "sandbox: payments are simulated, no real money")
+        rows = [("shop is running", f"{base}/  (storefront; {mode})"), ("admin", f"{base}/admin")]
+        if self.webapp_url:
+            rows.append(("Mini App", f"{self.webapp_url}  (the bot's 🛍 Shop button opens it)"))
+        if c.sandbox:
+            rows.append(("Mini App preview", f"{base}/app" + ("  (for owners: log in to the admin first)"
+                                                               if c.bot_token else "  (a preview shopper)")))
+        rows.append(("health", f"{base}/healthz"))
+        if base != self.url:
+            rows.append(("listening on", self.url))
+        rows.append(("database", str(Path(c.shop_db).resolve())))
+        return rows
+
+    @property
+    def test_mode(self):
+        """A bot is connected but payments are simulated: only owners may buy or simulate anything."""
+        return self.config.sandbox and bool(self.config.bot_token)
+
+    def may_buy(self, user_id):
+        """Everyone may buy, except in test mode: there simulated payments would hand out real goods, so
+        only owners (ADMIN_IDS), the testers they name (TESTER_IDS) and the browser preview's shopper
+        (whom the admin hands out to owners) may buy or simulate anything."""
+        c = self.config
+        return not self.test_mode or user_id in c.admin_ids or user_id in c.tester_ids \
+            or user_id == PREVIEW_USER["id"]
+
+    def check_may_buy(self, user_id):
+        if not self.may_buy(user_id):
+            raise NotSellingYet()
+
+    def may_simulate(self, user_id):
+        return self.config.sandbox and self.may_buy(user_id)
+
     def start(self):
         c = self.config
         logging.getLogger().addHandler(self.problems)
+        self.instance_lock = hold_instance_lock(c.shop_db, f"pid {os.getpid()}, web server {self.url}, "
+                                                           f"started {now_iso()[:19].replace('T', ' ')} UTC")
+        exposed, stuck = make_files_private(c)
+        if exposed:
+            log.warning("files: %d of the shop's files were readable by other users of this machine (%s); "
+                        "now only the shop's own user can read them", len(exposed), ", ".join(exposed[:5])
+                        + (", ..." if len(exposed) > 5 else ""))
+        if stuck:
+            log.warning("files: cannot make %s readable by the shop's user only; check who owns them",
+                        ", ".join(stuck[:5]))
         shutil.rmtree(self.import_dir, ignore_errors=True)
         try:
             conn = init_db(c.shop_db)
         except (DatabaseError, sqlite3.Error, OSError) as e:
             raise StartupError(str(e)) from None
-        if not c.admin_password and not conn.execute(
-                "SELECT 1 FROM settings WHERE key = 'admin_password_hash'").fetchone():
-            password = set_admin_password(conn)
-            # Shown once, on the console only (never the log file's business): only its hash is kept.
-            print(f"\n  Admin password (shown once; set ADMIN_PASSWORD or run `python shop.py admin-password` "
-                  f"to change it): {password}\n", file=sys.stderr, flush=True)
+        ended = end_sessions_of_an_old_password(conn, c.admin_password)
+        if ended:
+            log.info("admin: the admin password changed, so %d earlier session(s) ended", ended)
         try:
             c.media_dir.joinpath("public").mkdir(parents=True, exist_ok=True)
             c.media_dir.joinpath("private").mkdir(parents=True, exist_ok=True)
@@ -5876,8 +6336,9 @@ class Shop:
                  "clear_untrusted_proxy_headers": True} if c.trusted_proxy else {}
         self._web_map = {}
         try:
+            # poll(), not select(): select() cannot watch a socket whose number is 1024 or more.
             self.server = waitress.create_server(make_app(self), map=self._web_map, host=c.host, port=c.port,
-                                                 threads=8, ident="shop", channel_timeout=60,
+                                                 threads=8, ident="shop", channel_timeout=60, asyncore_use_poll=True,
                                                  max_request_body_size=60 * 1024 * 1024, **proxy)
         except OSError as e:
             raise StartupError(f"cannot listen on {c.host}:{c.port}: {e.strerror}"
@@ -5885,6 +6346,18 @@ class Shop:
         # Closing the server's sockets must happen in its own loop thread; this trigger gets us there.
         self._web_wake = waitress.trigger.trigger(self._web_map)
         self._thread("web", self.server.run)
+        # Only now, with the shop listening: a start that fails never uses up the password shown once.
+        if not c.admin_password and not self.db().execute(
+                "SELECT 1 FROM settings WHERE key = 'admin_password_hash'").fetchone():
+            self.new_admin_password = set_admin_password(self.db())
+        if self.test_mode:
+            buyers = ", ".join(map(str, c.admin_ids + c.tester_ids)) or "none yet: set ADMIN_IDS to your Telegram id"
+            log.warning("TEST MODE (SANDBOX mode with a bot): NOWPAYMENTS_API_KEY is not set, so payments are "
+                        "simulated. Only owners and testers (ADMIN_IDS, TESTER_IDS: %s) can buy and simulate "
+                        "payments, in the bot and the Mini App; every other shopper is told the shop is in test "
+                        "mode and can buy nothing. Set NOWPAYMENTS_API_KEY to open the shop.", buyers)
+        elif c.sandbox:
+            log.info("SANDBOX mode (no NOWPAYMENTS_API_KEY): payments are simulated, no real money is taken")
         self.scheduler = make_scheduler(self)
         self.scheduler.start()
         if c.bot_token:
@@ -5945,7 +6418,7 @@ class Shop:
         self.telegram._user = me
         self.bot_username = me.username
         self.bot_state = "running"
-        log.info("bot: @%s is polling for updates", me.username)
+        log.info("bot: @%s is polling for updates; shoppers find it at https://t.me/%s", me.username, me.username)
         self.telegram.infinity_polling(timeout=30, long_polling_timeout=25, logger_level=logging.ERROR,
                                        allowed_updates=["message", "callback_query"])
 
@@ -5987,6 +6460,8 @@ class Shop:
         self.stopping.set()
         if self.telegram:
             self.telegram.stop_polling()
+            for worker in self.telegram.worker_pool.workers:   # (stop_polling leaves them waiting for updates)
+                worker.stop()
         if self.sender:
             self.sender.stop()
         if self.scheduler and self.scheduler.running:
@@ -6000,6 +6475,12 @@ class Shop:
         for name in ("web", "bot"):
             if name in self.threads:
                 self.threads[name].join(1.0)
+        if self.instance_lock:
+            self.instance_lock.close()   # the next shop on this database may start
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:   # this thread's; the other threads' go with their threads
+            self._local.conn = None
+            conn.close()
         logging.getLogger().removeHandler(self.problems)
 
 
@@ -6096,6 +6577,9 @@ def limit_malloc_arenas(arenas=2):
 
 
 def main(argv=None):
+    # Whatever the shop writes (the database with the goods and balances, backups, media) is for its
+    # own user only.
+    os.umask(0o077)
     args = parse_args(argv)
     try:
         config = load_config(env_file=args.env_file, overrides={
@@ -6117,11 +6601,12 @@ def main(argv=None):
         log.error("cannot start: %s", e)
         shop.stop()
         return 1
-    base = shop.url
-    if config.sandbox:
-        log.info("SANDBOX mode (no NOWPAYMENTS_API_KEY): no real payments are taken")
-    log.info("shop is running: storefront %s/  health %s/healthz  database %s", base, base,
-             Path(config.shop_db).resolve())
+    for label, address in shop.addresses():
+        log.info("%-16s %s", label, address)
+    if shop.new_admin_password:
+        # Shown once, on the console only (never the log file's business): only its hash is kept.
+        print(f"\n  Admin password (shown once; set ADMIN_PASSWORD or run `python shop.py admin-password` "
+              f"to change it): {shop.new_admin_password}\n", file=sys.stderr, flush=True)
     stop.wait()
     log.info("stopping")
     shop.stop()

@@ -12,7 +12,7 @@
 <script src="https://telegram.org/js/telegram-web-app.js" defer></script>
 <script type="module" src="/static/app/app.js"></script>
 </head>
-<body data-sandbox="{{'1' if sandbox else '0'}}">
+<body data-preview="{{preview_url}}">
 <main id="app"><p class="loading">Loading {{name}}…</p></main>
 <noscript><p class="fatal">This shop needs JavaScript. Please open it from the Telegram bot.</p></noscript>
 </body>

@@ -9,7 +9,9 @@
 <body>
 <main>
   <h1>{{name}}</h1>
-  % if shop.config.sandbox:
+  % if shop.test_mode:
+  <p class="badge">Test mode: payments are simulated and only the shop's owners can buy. The shop opens once it takes real payments.</p>
+  % elif shop.config.sandbox:
   <p class="badge">Sandbox mode: no real payments are taken.</p>
   % end
   % if cities:
@@ -23,11 +25,21 @@
   <p>The shop is empty right now.</p>
   % end
   % if shop.bot_username:
-  <p>Shop through our Telegram bot: <a href="https://t.me/{{shop.bot_username}}">@{{shop.bot_username}}</a></p>
+  <p><a class="button" href="https://t.me/{{shop.bot_username}}">Shop in Telegram: @{{shop.bot_username}}</a></p>
   % elif shop.config.bot_token:
   <p>Shop through our Telegram bot.</p>
   % else:
   <p class="muted">The Telegram bot is not connected yet (set <code>BOT_TOKEN</code>).</p>
+  % end
+  % if shop.config.sandbox:
+  <ul class="links">
+    % if shop.config.bot_token:
+    <li><a href="/app">Try the Mini App in this browser</a> <span class="muted">(owners: log in to the admin first)</span></li>
+    % else:
+    <li><a href="/app">Try the Mini App in this browser</a> <span class="muted">as a preview shopper</span></li>
+    % end
+    <li><a href="/admin">Run the shop: the admin</a></li>
+  </ul>
   % end
   <p class="muted">Status: <a href="/healthz">{{health["status"]}}</a></p>
 </main>

@@ -12,7 +12,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 import shop  # noqa: E402
 import harness  # noqa: E402
-from harness import ROOT, TESTS, TOKEN, ShopProcess, free_port, png  # noqa: E402,F401
+from harness import ROOT, TESTERS, TESTS, TOKEN, ShopProcess, free_port, png  # noqa: E402,F401
 
 
 def pytest_configure(config):
@@ -149,7 +149,7 @@ def make_shop(tmp_path):
     shops = []
 
     def make(env=None, demo=False, name="shop"):
-        base = {"SHOP_DB": str(tmp_path / f"{name}.db"), "PORT": str(free_port())}
+        base = {"SHOP_DB": str(tmp_path / f"{name}.db"), "PORT": str(free_port()), "TESTER_IDS": TESTERS}
         config = shop.load_config(environ={**base, **(env or {})}, env_file=None)
         s = shop.Shop(config, demo=demo).start()
         shops.append(s)

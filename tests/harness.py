@@ -17,6 +17,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 TOKEN = "123456:TEST-token"
+# The Telegram ids the tests shop as. A sandbox shop with a bot is in test mode, where only owners and the
+# testers they name may buy: the tests' shops name these (TESTER_IDS), as an owner names the friends who try
+# their bot. A test of what everyone else sees uses an id outside them (or sets TESTER_IDS itself).
+TESTERS = ",".join(str(i) for r in (range(1, 10), range(100, 120), range(300, 340), range(500, 510),
+                                    range(700, 720), range(1000, 1100), range(2000, 2010), range(3000, 3010),
+                                    range(4000, 4010), range(5000, 5010)) for i in r)
 
 
 def png(width=4, height=3, rgb=(200, 120, 40)):
@@ -112,9 +118,9 @@ class ShopProcess:
 def shop_env(folder, telegram_url, **extra):
     """Environment for `python shop.py` in `folder` against a Bot API at telegram_url: sandbox payments,
     no admin password, none of the caller's shop settings (extra ones override)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_", "TESTER_"))}
     env.update({"SHOP_DB": str(Path(folder) / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
                 "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": telegram_url, "PYTHONUNBUFFERED": "1",
-                "LOG_LEVEL": "INFO"})
+                "LOG_LEVEL": "INFO", "TESTER_IDS": TESTERS})
     env.update({k: str(v) for k, v in extra.items()})
     return env

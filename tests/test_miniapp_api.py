@@ -1,5 +1,6 @@
 """The Mini App's JSON API over real HTTP, authenticated by initData signed as Telegram signs it."""
 
+import threading
 import time
 
 import pytest
@@ -8,7 +9,7 @@ import requests
 import shop
 from conftest import TOKEN
 from test_payments import emulator, wait_for_row
-from test_services import seed, user
+from test_services import rows, seed, snapshot, user
 
 # From Telegram's documentation of initData validation (reference/telegram.md): valid, with an old auth_date.
 REF_TOKEN = "5768337691:AAGDAe6rjxu1cUgxK4BizYi--Utc3J9v5AU"
@@ -89,8 +90,8 @@ def test_every_call_needs_initData_signed_by_the_bot(app):
 def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
     me = ok(call(app, "GET", "/api/me"))
     assert me == {"id": 501, "first_name": "Ann <3", "username": "ann_*", "balance": "0.00", "currency": "EUR",
-                  "shop_name": "Demo Shop", "sandbox": True, "preview": False, "min_deposit": "5.00",
-                  "max_deposit": "10000.00"}
+                  "shop_name": "Demo Shop", "sandbox": True, "preview": False, "test_mode": True, "can_buy": True,
+                  "min_deposit": "5.00", "max_deposit": "10000.00"}
     packed = call(app, "GET", "/api/catalog")
     assert packed.headers["Content-Encoding"] == "gzip" and packed.headers["Vary"] == "Accept-Encoding"
     plain = call(app, "GET", "/api/catalog", headers={"Accept-Encoding": "identity"})
@@ -274,13 +275,29 @@ def test_a_banned_shopper_is_refused(app):
     refused(call(app, "GET", "/api/catalog"), 403, "not available to you")
 
 
+def preview_init_data(s):
+    """The preview shopper's initData as the Mini App page in a browser gets it: with a bot connected, from the
+    admin, for an owner who logged in."""
+    owner = requests.Session()
+    r = owner.post(s.url + "/admin/login", data={"password": s.new_admin_password, "next": "/app"},
+                   allow_redirects=False, timeout=10)
+    assert r.status_code == 303 and r.headers["Location"].endswith("/app"), r.text
+    return ok(owner.get(s.url + "/admin/app-preview", timeout=5))["initData"]
+
+
 def test_the_page_and_the_preview(app, make_shop):
     page = requests.get(app.url + "/app", timeout=5)
     assert page.status_code == 200 and "telegram-web-app.js" in page.text
+    assert 'data-preview="/admin/app-preview"' in page.text
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self' https://telegram.org" in csp and "frame-ancestors" in csp
     assert page.headers["X-Content-Type-Options"] == "nosniff" and "X-Frame-Options" not in page.headers
-    init = ok(requests.get(app.url + "/app/preview", timeout=5))["initData"]
+    # With a bot connected, the preview shopper (who may simulate payments) is for owners only.
+    assert refused(requests.get(app.url + "/app/preview", timeout=5), 403, "log in to the admin")["login"] == \
+        "/admin/login?next=/app"
+    assert refused(requests.get(app.url + "/admin/app-preview", timeout=5), 401, "log in")["login"] == \
+        "/admin/login?next=/app"
+    init = preview_init_data(app)
     me = ok(requests.get(app.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=5))
     assert me["preview"] and me["id"] == -1
     live = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": app.config.telegram_api_url, "NOWPAYMENTS_API_KEY": "k",
@@ -293,7 +310,7 @@ def test_the_page_and_the_preview(app, make_shop):
 
 
 def test_the_preview_shopper_never_gets_telegram_messages(app):
-    init = ok(requests.get(app.url + "/app/preview", timeout=5))["initData"]
+    init = preview_init_data(app)
     h = {"X-Telegram-Init-Data": init}
     gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
     invoice = ok(requests.post(app.url + "/api/payment/create", headers=h, timeout=5, json={
@@ -316,3 +333,130 @@ def test_many_top_ups_at_once_in_sandbox_mode_never_starve_the_web_server(app):
                                                json={"amount": "10", "currency": "ltc"}), shoppers))
     assert [r.status_code for r in answers] == [200] * len(shoppers), [r.text for r in answers if r.status_code != 200]
     assert app.conn.execute("SELECT count(*) FROM payments WHERE kind = 'topup'").fetchone()[0] == len(shoppers)
+
+
+# Trust under pressure (issue 10)
+
+def at_once(s, requests_):
+    """Send [(method, path, user, body)] to shop s all at the same moment; return the answers in order."""
+    from concurrent.futures import ThreadPoolExecutor
+    start = threading.Barrier(len(requests_))
+
+    def send(args):
+        method, path, user_, body = args
+        start.wait()
+        return call(s, method, path, user_=user_, json=body)
+    with ThreadPoolExecutor(len(requests_)) as pool:
+        return list(pool.map(send, requests_))
+
+
+def test_invoice_limits_hold_when_one_shopper_sends_30_requests_at_once(make_shop, fake_tg):
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_OPEN_INVOICES": "3",
+                       "MAX_INVOICES_PER_HOUR": "100", "MAX_UNPAID_UNITS": "1000"})
+    conn = shop.connect(s.config.shop_db)
+    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 400)])[("Gift card", "Mitte")]
+    orders = at_once(s, [("POST", "/api/payment/create", ANN, {
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 40, "currency": "ltc",
+        "request_id": f"{i:016x}"}) for i in range(30)])
+    codes = sorted(r.status_code for r in orders)
+    assert codes == [200] * 3 + [429] * 27, [r.text for r in orders if r.status_code not in (200, 429)]
+    assert all("3 unpaid invoices" in r.json()["error"] for r in orders if r.status_code == 429)
+    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 120
+    assert conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0] == 3
+    # Top-ups: the same race, the same answer (here against a shopper of their own).
+    bob = {"id": 502, "first_name": "Bob"}
+    topups = at_once(s, [("POST", "/api/payment/refill", bob, {"amount": "10", "currency": "ltc",
+                                                             "request_id": f"{i:016x}"}) for i in range(100, 130)])
+    assert sorted(r.status_code for r in topups) == [200] * 3 + [429] * 27
+    assert conn.execute("SELECT count(*) FROM payments WHERE user_id = 502").fetchone()[0] == 3
+    assert conn.execute("SELECT count(*) FROM checkouts WHERE invoicing_since IS NOT NULL").fetchone()[0] == 0
+    conn.close()
+
+
+def test_the_bot_and_the_app_together_stay_within_the_limits(make_shop, fake_tg):
+    """Invoices from the bot's coin buttons and the Mini App, for one shopper, at the same moment."""
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_OPEN_INVOICES": "2",
+                       "MAX_UNPAID_UNITS": "1000"})
+    conn = shop.connect(s.config.shop_db)
+    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 50)])[("Gift card", "Mitte")]
+    fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
+    fake_tg.user_sends(501, "/start")
+    screen = fake_tg.wait_message(501, "Welcome")
+    nonces = [shop.create_checkout(conn, 501, "order", 2500, [(*gift, 1)]) for _ in range(6)]
+    clicks = [fake_tg.user_clicks(501, screen.message_id, f"coin:{n}:ltc", forged=True) for n in nonces]
+    answers = at_once(s, [("POST", "/api/payment/create", ANN, {
+        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ltc",
+        "request_id": f"{i:016x}"}) for i in range(6)])
+    for cq in clicks:
+        fake_tg.wait_for(lambda: cq in fake_tg.callback_answers, what="the bot's answer to a coin button")
+    assert conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 2
+    assert sum(r.status_code == 200 for r in answers) <= 2
+    conn.close()
+
+
+def test_one_shopper_cannot_hold_more_than_the_owner_allows_unpaid(make_shop, fake_tg):
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_UNPAID_UNITS": "10"})
+    conn = shop.connect(s.config.shop_db)
+    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 400)])[("Gift card", "Mitte")]
+    body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "currency": "ltc"}
+    ok(call(s, "POST", "/api/payment/create", json={**body, "quantity": 6}))
+    refused(call(s, "POST", "/api/payment/create", json={**body, "quantity": 5}), 429,
+            "at most 10 items at once; yours hold 6 already and this one would hold 5")
+    ok(call(s, "POST", "/api/payment/create", json={**body, "quantity": 4}))
+    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 10
+    # Paying from the balance holds nothing unpaid, so the cap does not apply to it.
+    shop.touch_user(conn, ANN)
+    shop.adjust_balance(conn, 501, 50000, "test")
+    ok(call(s, "POST", "/api/payment/create", json={**body, "quantity": 12, "currency": "balance"}))
+    conn.close()
+
+
+def test_in_test_mode_only_owners_and_their_testers_can_buy_or_simulate(make_shop, fake_tg):
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "ADMIN_IDS": "9001",
+                       "TESTER_IDS": ""})
+    conn = shop.connect(s.config.shop_db)
+    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])[("Gift card", "Mitte")]
+    owner = {"id": 9001, "first_name": "Owner"}
+    body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1}
+    me = ok(call(s, "GET", "/api/me"))
+    assert me["test_mode"] and not me["can_buy"]
+    shop.adjust_balance(conn, 501, 10000, "a balance that must not buy either")
+    before = rows(snapshot(conn))
+    for path, payload in (("/api/payment/create", {**body, "currency": "btc"}),
+                          ("/api/payment/create", {**body, "currency": "balance"}),
+                          ("/api/payment/refill", {"amount": "20", "currency": "ltc"})):
+        refused(call(s, "POST", path, json=payload), 403, "test mode")
+    invoice = ok(call(s, "POST", "/api/payment/create", user_=owner, json={**body, "currency": "btc"}))
+    assert invoice["simulate"] and invoice["sandbox"]
+    refused(call(s, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}), 404)
+    after = rows(snapshot(conn))
+    assert after["ledger"] == before["ledger"] and [r for r in after["orders"] if r[1] == 501] == []
+    ok(call(s, "POST", f"/api/payment/{invoice['payment_id']}/simulate", user_=owner, json={"outcome": "full"}))
+    wait_for_row(conn, "SELECT 1 FROM orders WHERE user_id = 9001 AND status = 'paid'")
+    assert ok(call(s, "GET", "/api/me", user_=owner))["can_buy"]
+    conn.close()
+
+
+def test_without_a_bot_the_preview_shopper_is_open_to_the_browser(make_shop):
+    s = make_shop()
+    assert 'data-preview="/app/preview"' in requests.get(s.url + "/app", timeout=5).text
+    init = ok(requests.get(s.url + "/app/preview", timeout=5))["initData"]
+    me = ok(requests.get(s.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=5))
+    assert me["preview"] and me["can_buy"] and not me["test_mode"]
+
+
+def test_a_basket_invoice_empties_the_basket_and_cancelling_it_fills_it_again(app):
+    gift, sticker = app.ids[("gift_card *25*", "Bałuty & Widzew")], app.ids[("Sticker", "Bałuty & Widzew")]
+    ok(call(app, "POST", "/api/basket", json={"product_id": gift[0], "district_id": gift[1], "quantity": 2}))
+    ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 3}))
+    body = {"type": "basket", "currency": "btc", "request_id": "00000000000000aa"}
+    invoice = ok(call(app, "POST", "/api/payment/create", json=body))
+    assert ok(call(app, "GET", "/api/basket"))["items"] == []
+    assert ok(call(app, "POST", "/api/payment/create", json=body))["payment_id"] == invoice["payment_id"]  # a retry
+    refused(call(app, "POST", "/api/payment/create", json={**body, "request_id": "00000000000000bb"}), 400, "empty")
+    assert app.conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/cancel"))
+    basket = ok(call(app, "GET", "/api/basket"))
+    assert [(i["name"], i["quantity"], i["reserved"]) for i in basket["items"]] == \
+        [("gift_card *25*", 2, 0), ("Sticker", 3, 0)]

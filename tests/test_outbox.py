@@ -215,3 +215,18 @@ def test_owners_hear_when_a_delivery_keeps_failing(tmp_path, fake_tg):
     assert alerts == ["⚠️ Order #3: a delivery message to user <code>7</code> keeps failing (502: Bad Gateway); "
                       "the shop keeps trying for a day."]
     assert conn.execute("SELECT status, attempts FROM outbox WHERE chat_id = 7").fetchone()[:] == ("pending", 6)
+
+
+def test_a_row_is_marked_sent_only_after_telegram_answered_ok_for_it(fake_tg, live):
+    """The rule the chaos test checks after every kill: Telegram holding the request is not enough."""
+    s, conn = live
+    chats(fake_tg, 81)
+    fake_tg.fail_next("sendMessage", status="hang", retry_after=2)      # taken, then no answer, then dropped
+    queue(conn, 81, ["CODE-WAITS"])
+    fake_tg.wait_for(lambda: any(p.get("text") == "CODE-WAITS" for p in fake_tg.calls_to("sendMessage")),
+                     what="Telegram holding the request")
+    assert conn.execute("SELECT status FROM outbox WHERE text = 'CODE-WAITS'").fetchone()[0] == "pending"
+    row = fake_tg.wait_for(lambda: conn.execute("SELECT * FROM outbox WHERE text = 'CODE-WAITS' AND status = 'sent'")
+                           .fetchone(), timeout=20, what="the row marked sent after a retry")
+    delivered = [m for m in fake_tg.all_messages(81) if m.content == "CODE-WAITS"]
+    assert [m.message_id for m in delivered] == [row["telegram_message_id"]]

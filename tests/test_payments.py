@@ -782,3 +782,97 @@ def test_only_unknown_money_that_looks_like_ours_bothers_the_owners(make_shop):
     notes = [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = 900")]
     assert len(notes) == 1 and "money (finished) for payment 42, order-7" in notes[0]
     conn.close()
+
+
+# Trust under pressure (issue 10): cancelling costs the provider little, limits hold however requests arrive
+
+def test_cancel_asks_the_provider_at_most_every_few_seconds_and_a_closed_invoice_answers_from_the_database(make_shop):
+    from flaky_proxy import FlakyProxy
+    np_shop = make_shop(name="provider")
+    link = FlakyProxy("127.0.0.1", np_shop.config.port).start()
+    live = make_shop(env={"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key, "NOWPAYMENTS_IPN_SECRET": np_shop.ipn_secret,
+                          "NOWPAYMENTS_API_URL": link.url + "/sandbox/v1"}, name="live")
+    conn = shop.connect(live.config.shop_db)
+    try:
+        ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])
+        gift = ids[("Gift card", "Mitte")]
+        init = shop.sign_init_data({"id": 1, "first_name": "Ann"}, live.webapp_token)
+        call = lambda method, path: requests.request(method, live.url + path, timeout=20,
+                                                     headers={"X-Telegram-Init-Data": init})
+        made = requests.post(live.url + "/api/payment/create", headers={"X-Telegram-Init-Data": init}, timeout=20,
+                             json={"type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1,
+                                   "currency": "btc"})
+        assert made.status_code == 200, made.text
+        pid = made.json()["payment_id"]
+        assert call("GET", f"/api/payment/status/{pid}").json()["open"]   # 🔄 Check status: asked just now
+        link.set_mode("refuse")                                            # NOWPayments unreachable from here on
+        # Asked a moment ago, so ❌ Cancel does not ask again: it cancels.
+        cancelled = call("POST", f"/api/payment/{pid}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert not cancelled.json()["open"] and cancelled.json()["order_status"] == "cancelled"
+        assert shop.get_offer(conn, *gift)["available"] == 3
+        # A cancelled invoice answers from the database, however often it is tapped; nothing is queued for it.
+        before = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        for _ in range(10):
+            again = call("POST", f"/api/payment/{pid}/cancel")
+            assert again.status_code == 200 and again.json() == cancelled.json()
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == before
+        # An open invoice not looked at for a while is still checked first: money may be on its way.
+        link.set_mode("pass")
+        second = requests.post(live.url + "/api/payment/create", headers={"X-Telegram-Init-Data": init}, timeout=20,
+                               json={"type": "product", "product_id": gift[0], "district_id": gift[1],
+                                     "quantity": 1, "currency": "btc"}).json()["payment_id"]
+        live.payments.last_refresh.clear()
+        link.set_mode("refuse")
+        refused = call("POST", f"/api/payment/{second}/cancel")
+        assert refused.status_code == 502 and "not answering" in refused.json()["error"]
+        assert call("GET", f"/api/payment/status/{second}").json()["open"]
+    finally:
+        conn.close()
+        link.stop()
+
+
+def test_invoice_limits_are_decided_with_the_reservation(conn, gift):
+    """The count and the reservation are one transaction: an order being invoiced counts at once."""
+    uid = user(conn)
+    limits = {"max_open": 2, "max_per_hour": 10, "max_unpaid_units": 5}
+    for _ in range(2):   # reserved, the provider not yet asked (no payment row): they count already
+        lines = [(*gift, 1)]
+        nonce = shop.create_checkout(conn, uid, "order", shop.price_lines(conn, lines)[0], lines)
+        shop.reserve_for_checkout(conn, uid, nonce, 30, limits)
+    lines = [(*gift, 1)]
+    nonce = shop.create_checkout(conn, uid, "order", shop.price_lines(conn, lines)[0], lines)
+    before = rows(snapshot(conn))
+    with pytest.raises(shop.LimitReached, match="2 unpaid invoices"):
+        shop.reserve_for_checkout(conn, uid, nonce, 30, limits)
+    assert rows(snapshot(conn)) == before
+    topup = shop.create_checkout(conn, uid, "topup", 1000)
+    with pytest.raises(shop.LimitReached, match="2 unpaid invoices"):
+        shop.claim_topup_invoice(conn, uid, topup, limits)
+    # What one shopper may hold unpaid is capped in items, whatever the number of invoices.
+    other = user(conn, 2)
+    lines = [(*gift, 3)]
+    big = shop.create_checkout(conn, other, "order", shop.price_lines(conn, lines)[0], lines)
+    with pytest.raises(shop.LimitReached, match="at most 2 items"):
+        shop.reserve_for_checkout(conn, other, big, 30, {**limits, "max_unpaid_units": 2})
+    shop.claim_topup_invoice(conn, other, shop.create_checkout(conn, other, "topup", 1000), limits)
+    second = shop.create_checkout(conn, other, "topup", 1000)
+    with pytest.raises(shop.LimitReached, match="1 unpaid invoice"):   # a top-up being made counts too
+        shop.claim_topup_invoice(conn, other, second, {**limits, "max_open": 1})
+
+
+def test_a_late_payment_for_a_basket_order_takes_its_lines_out_of_the_basket_again(conn, gift):
+    uid = user(conn)
+    shop.add_to_basket(conn, uid, *gift, 2)
+    lines = [(*gift, 2)]
+    nonce = shop.create_checkout(conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True)
+    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, 30)
+    data = {"payment_id": str(next(_ids)), "pay_amount": "0.0008", "pay_currency": "btc", "pay_address": "addr"}
+    p = shop.record_payment(conn, kind="order", user_id=uid, reference=f"order-{order_id}", price_cents=total,
+                            data=data, expires_at=shop.now_iso(1800), order_id=order_id)
+    with shop.transaction(conn):
+        conn.execute("UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'", (shop.now_iso(-1),))
+    shop.release_expired_reservations(conn)
+    assert [(l.name, l.quantity) for l in shop.get_basket(conn, uid).lines] == [("Gift card", 2)]
+    assert apply(conn, news(p, "finished", paid="0.0008")).endswith("delivered late")
+    assert shop.get_basket(conn, uid).lines == []

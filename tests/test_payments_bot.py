@@ -13,14 +13,19 @@ from test_services import seed
 @pytest.fixture
 def bot_shop(make_shop, fake_tg):
     """A sandbox shop with its bot, a small catalog and its owner (9001) listening for alerts."""
+    made = []
+
     def make(**env):
         s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "ADMIN_IDS": "9001", **env})
         s.conn = shop.connect(s.config.shop_db)
+        made.append(s)
         s.ids = seed(s.conn, [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Mitte", "Sticker", 50, 40)])
         fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
         Shopper(fake_tg, 9001, "Owner").send("/start", "Welcome")
         return s
-    return make
+    yield make
+    for s in made:
+        s.conn.close()
 
 
 def to_checkout(ann, product, adds=1):
@@ -228,3 +233,67 @@ def test_crafted_buttons_and_links_get_polite_refusals(fake_tg, bot_shop, caplog
     for text, answer in (("/start refill_²_5", "not valid"), ("/start refill_110_5_5_5", "not valid"),
                          ("/start refill_110_20000", "must be at most"), ("/start refill_110_99999999999", "must be an amount")):
         assert answer in ann.send(text, "top-up link").text
+
+
+# Trust under pressure (issue 10)
+
+def test_in_test_mode_a_stranger_sees_it_and_cannot_obtain_goods(fake_tg, bot_shop):
+    """A bot but no NOWPayments key: simulated payments would hand out real stock, so only owners (and the
+    testers they name) may buy. Here 6001 is neither; 9001 is the owner."""
+    s = bot_shop(TESTER_IDS="")
+    stranger = Shopper(fake_tg, 6001)
+    assert "test mode" in stranger.send("/start", "Welcome").text
+    shop.touch_user(s.conn, {"id": 6001, "first_name": "S"})
+    shop.adjust_balance(s.conn, 6001, 5000, "a balance that must not buy either")
+    checkout = to_checkout(stranger, "Gift card · €25.00")
+    assert "test mode" in checkout.text and "not selling yet" in checkout.text
+    assert checkout.button_texts == ["⬅️ Back"]                          # no coin, no balance button
+    assert "not selling yet" in stranger.send("💰 Top up", "test mode").text
+    nonce = s.conn.execute("SELECT nonce FROM checkouts WHERE user_id = 6001").fetchone()[0]
+    for data in (f"coin:{nonce}:btc", f"pay:{nonce}", "tamt:1000"):
+        cq = fake_tg.user_clicks(6001, stranger.screen.message_id, data, forged=True)
+        fake_tg.wait_for(lambda: cq in fake_tg.callback_answers, what=data)
+        assert "test mode" in (fake_tg.callback_answers[cq].get("text") or stranger.screen.text), data
+    # The owner's own invoice: the stranger cannot make the sandbox pay it either.
+    owner = Shopper(fake_tg, 9001, "Owner")
+    to_checkout(owner, "Gift card · €25.00")
+    owner.click("BTC")
+    assert "🧪 Pay in full" in owner.screen.button_texts
+    theirs = s.conn.execute("SELECT id FROM payments WHERE user_id = 9001").fetchone()[0]
+    cq = fake_tg.user_clicks(6001, stranger.screen.message_id, f"sim:{theirs}:full", forged=True)
+    fake_tg.wait_for(lambda: cq in fake_tg.callback_answers)
+    assert "test mode" in fake_tg.callback_answers[cq]["text"]
+    assert s.conn.execute("SELECT count(*) FROM orders WHERE user_id = 6001").fetchone()[0] == 0
+    assert s.conn.execute("SELECT count(*) FROM payments WHERE user_id = 6001").fetchone()[0] == 0
+    assert shop.get_user(s.conn, 6001)["balance_cents"] == 5000
+    assert "pay in full" in owner.click("🧪 Pay in full")                  # owners try the whole flow
+    fake_tg.wait_message(9001, "Order #", timeout=15)
+
+
+def test_a_basket_checked_out_in_crypto_moves_into_the_order_and_comes_back_if_cancelled(fake_tg, bot_shop):
+    s = bot_shop()
+    ann = Shopper(fake_tg, 105)
+    to_checkout(ann, "Gift card · €25.00", adds=2)
+    ann.click("BTC")
+    assert shop.get_basket(s.conn, 105).lines == []                      # in the order now, not twice
+    basket = ann.send("🧺 Basket", "basket")
+    assert "Your basket is empty" in basket.text and "sold out" not in basket.text
+    invoice = next(m for m in reversed(fake_tg.messages(105)) if m.kind == "photo")
+    fake_tg.user_clicks(105, invoice.message_id, next(b["callback_data"] for row in invoice.buttons for b in row
+                                                      if b["text"] == "❌ Cancel"))
+    fake_tg.wait_for(lambda: shop.get_basket(s.conn, 105).lines, what="the basket back")
+    assert [(l.name, l.quantity) for l in shop.get_basket(s.conn, 105).lines] == [("Gift card", 2)]
+    basket = ann.send("🧺 Basket", "Your basket")
+    assert "Gift card" in basket.text and "sold out" not in basket.text
+
+
+def test_items_reserved_for_the_shopper_are_never_shown_to_them_as_sold_out(fake_tg, bot_shop):
+    s = bot_shop()
+    ann = Shopper(fake_tg, 106)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("➕ Add to basket")
+    ann.click("➕ Add to basket")                                        # both gift cards in the basket
+    ann.click("⚡ Buy now")                                              # and one of them in crypto now
+    ann.click("BTC")
+    basket = ann.send("🧺 Basket", "Your basket")
+    assert "1 reserved for you in an unpaid order" in basket.text and "sold out" not in basket.text

@@ -483,3 +483,48 @@ def test_a_version_2_database_gets_its_daily_totals(tmp_path):
     assert kept_totals(conn) == recomputed_totals(conn)
     assert {r[0]: r[1:] for r in kept_totals(conn)[0]} == {"2026-10-01": (2, 300), "2026-10-03": (1, 400)}
     conn.close()
+
+
+# The basket after a crypto checkout (issue 10)
+
+def basket_of(conn, uid):
+    return [(l.name, l.quantity) for l in shop.get_basket(conn, uid).lines]
+
+
+def test_a_basket_invoice_takes_the_lines_and_an_expiry_or_a_failed_invoice_puts_them_back(conn):
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 5),
+                      ("Berlin", "Mitte", "Poster", 1900, 1)])
+    gift, coffee, poster = (ids[(p, "Mitte")] for p in ("Gift card", "Coffee", "Poster"))
+    uid = user(conn)
+    shop.add_to_basket(conn, uid, *gift, 2)
+    shop.add_to_basket(conn, uid, *coffee, 1)
+
+    def invoice_the_basket():
+        lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
+        nonce = shop.create_checkout(conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True)
+        return shop.reserve_for_checkout(conn, uid, nonce, 30)[0]
+    order_id = invoice_the_basket()
+    assert basket_of(conn, uid) == []
+    with pytest.raises(shop.InvalidInput, match="empty"):       # the same items cannot be checked out twice
+        shop.normalise_lines([(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines])
+    shop.add_to_basket(conn, uid, *poster, 1)                   # meanwhile the shopper goes on shopping
+    shop.add_to_basket(conn, uid, *coffee, 1)
+    with shop.transaction(conn):
+        conn.execute("UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'", (shop.now_iso(-1),))
+    shop.release_expired_reservations(conn)
+    assert basket_of(conn, uid) == [("Poster", 1), ("Coffee", 2), ("Gift card", 2)]
+    assert "back on sale and back into your basket" in conn.execute(
+        "SELECT text FROM outbox WHERE order_id = ?", (order_id,)).fetchone()[0]
+    # The provider refusing the invoice puts the basket back exactly as it was.
+    shop.clear_basket(conn, uid)
+    shop.add_to_basket(conn, uid, *gift, 3)
+    order_id = invoice_the_basket()
+    assert basket_of(conn, uid) == []
+    shop.drop_reservation(conn, order_id)
+    assert basket_of(conn, uid) == [("Gift card", 3)]
+    # What is no longer on sale does not come back.
+    order_id = invoice_the_basket()
+    with shop.transaction(conn):
+        conn.execute("UPDATE products SET is_active = 0 WHERE id = ?", (gift[0],))
+    shop.drop_reservation(conn, order_id)
+    assert basket_of(conn, uid) == []

@@ -23,8 +23,9 @@ def demo(tmp_path):
 def test_the_offline_demo_starts_on_an_empty_directory(demo, tmp_path):
     assert demo.wait_log("bot: off")
     assert demo.wait_log("SANDBOX mode")
-    running = demo.wait_log("shop is running")
-    assert f"{demo.url}/" in running and f"{demo.url}/healthz" in running
+    assert f"{demo.url}/" in demo.wait_log("shop is running")
+    for what, path in (("admin", "/admin"), ("Mini App preview", "/app"), ("health", "/healthz")):
+        assert f"{demo.url}{path}" in demo.wait_log(f"{what} "), what
     health = demo.health()
     assert health.status_code == 200
     assert health.json() | {"outbox": None} == {"status": "ok", "mode": "sandbox", "version": shop.__version__,
@@ -32,6 +33,7 @@ def test_the_offline_demo_starts_on_an_empty_directory(demo, tmp_path):
                                                  "payments": "ok", "outbox": None}
     page = requests.get(demo.url + "/", timeout=5)
     assert page.status_code == 200 and "Sandbox mode" in page.text and "not connected" in page.text
+    assert 'href="/app"' in page.text and 'href="/admin"' in page.text
     for city in ("Berlin", "Lisbon", "Kraków"):
         assert city in page.text
     assert (tmp_path / "shop.db").exists()

@@ -15,6 +15,7 @@ const ORDER_STATUS = { pending: "⏳ Awaiting payment", paid: "✅ Paid", cancel
                        expired: "⌛ Expired", refunded: "↩ Refunded" };
 const SIMULATE = [["full", "Pay in full"], ["partial", "Pay half"], ["over", "Overpay"], ["expire", "Let it expire"]];
 const POLL_MS = 4000;
+const NOT_SELLING = "🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid here.";
 
 // Data ########################################################################
 
@@ -324,7 +325,8 @@ const SCREENS = {
       return h("li", { class: "line" },
         h("div", { class: "line-text" }, title, h("span", { class: "line-place" }, item.place),
           h("span", { class: "line-sum" }, `${item.quantity} × ${eur(item.price)} = ${eur(cents(item.price) * item.quantity)}`),
-          short ? h("span", { class: "warn" }, item.available ? `Only ${item.available} available now` : "Sold out now") : null),
+          item.reserved ? h("span", { class: "note" }, `${item.reserved} reserved for you: waiting for your payment`)
+            : short ? h("span", { class: "warn" }, item.available ? `Only ${item.available} available now` : "Sold out now") : null),
         h("div", { class: "line-actions" },
           stepper(item.quantity, Math.min(item.available, 100), item.name,
                   (q) => setQuantity(item.product_id, item.district_id, q)), remove));
@@ -334,6 +336,7 @@ const SCREENS = {
   async checkout(p, v) {
     p.rid = p.rid || requestId();
     const [coins] = await Promise.all([loadCoins().catch((e) => e), loadMe(), p.type === "basket" ? loadBasket() : null]);
+    if (!S.me.can_buy) return [h("h1", null, "Checkout"), h("p", { class: "warn" }, NOT_SELLING)];
     let lines;
     if (p.type === "basket") {
       lines = S.basket.items.map((i) => ({ name: i.name, place: i.place, price: i.price, quantity: i.quantity }));
@@ -386,6 +389,7 @@ const SCREENS = {
         await Promise.allSettled([loadBasket(), loadCatalog()]);
         go("orders", { highlight: result.order_id }, "reset");
       } else {
+        if (p.type === "basket") loadBasket().catch(() => {});   // its lines moved into the order
         go("invoice", { payment: result.payment_id, invoice: result }, "replace");
       }
     };
@@ -487,7 +491,7 @@ const SCREENS = {
           update(await api(`/api/payment/${inv.payment_id}/cancel`, { method: "POST" }));
         }));
         buttons.push(cancel);
-        if (inv.sandbox) {
+        if (inv.simulate) {
           buttons.push(h("div", { class: "simulate" }, h("p", { class: "muted" }, "🧪 Simulate payment (sandbox):"),
             SIMULATE.map(([outcome, label]) => {
               const b = h("button", { type: "button", class: "btn small secondary" }, label);
@@ -597,6 +601,9 @@ const SCREENS = {
         input.value = String(c / 100);
         input.dispatchEvent(new Event("input"));
       } }, eur(c)));
+    const who = h("p", { class: "muted" }, me.first_name, me.username ? ` (@${me.username})` : "", ` · Telegram ID ${me.id}`);
+    if (!me.can_buy) return [h("h1", null, "Balance"), h("p", { class: "balance" }, eur(me.balance)), who,
+                             h("p", { class: "warn" }, NOT_SELLING)];
     refresh();
     return [h("h1", null, "Balance"),
       h("p", { class: "balance" }, eur(me.balance)),
@@ -661,6 +668,7 @@ function buildChrome() {
   chrome.balance = h("button", { type: "button", class: "chip balance-chip", "aria-label": "Balance",
                                  onclick: () => go("account", {}, "reset") });
   const label = S.me.preview ? h("span", { class: "badge preview" }, "Preview (sandbox)")
+    : S.me.test_mode ? h("span", { class: "badge" }, "🧪 Test mode")
     : S.me.sandbox ? h("span", { class: "badge" }, "🧪 Sandbox") : null;
   const header = h("header", { class: "top" }, fallback && fallback.back,
     h("span", { class: "shop-name" }, S.me.shop_name), label, chrome.balance);
@@ -678,31 +686,38 @@ function buildChrome() {
   if (S.me.preview) {
     main.before(h("p", { class: "preview-note" },
       "You are browsing as a preview shopper in the sandbox: nothing here is real, and payments can be simulated."));
+  } else if (S.me.test_mode) {
+    main.before(h("p", { class: "preview-note test-mode", role: "status" }, S.me.can_buy
+      ? "🧪 Test mode: you may buy here and simulate payments. Other shoppers cannot buy until the shop takes real payments."
+      : "🧪 Test mode: this shop is not selling yet. You are welcome to look around, but nothing can be bought."));
   }
   main.after(nav);
   if (fallback) nav.before(fallback.main);
   updateChrome();
 }
 
-function fatal(message) {
+function fatal(message, link) {
   if (view) view.close();
   tg.setMainButton(null);
   tg.setBackButton(false);
   document.querySelectorAll("header.top, nav.tabs, .main-button").forEach((n) => n.remove());
-  document.getElementById("app").replaceChildren(h("div", { class: "fatal" }, h("p", null, message)));
+  document.getElementById("app").replaceChildren(h("div", { class: "fatal" }, h("p", null, message),
+    link ? h("a", { class: "btn", href: link }, "Log in to the admin") : null));
 }
 
 async function start() {
   tg.startTelegram({ onBack: back });
   let initData = tg.initData;
   if (!initData) {
-    if (document.body.dataset.sandbox !== "1") {
+    // Outside Telegram: a preview shopper, where the shop offers one (sandbox; with a bot, owners only).
+    const preview = document.body.dataset.preview;
+    if (!preview) {
       return fatal("Please open this shop from the Telegram bot: tap its 🛍 Shop button in Telegram.");
     }
     try {
-      initData = (await api("/app/preview", { auth: false })).initData;
+      initData = (await api(preview, { auth: false })).initData;
     } catch (e) {
-      return fatal(e.message);
+      return fatal(e.message, e.status === 401 || e.status === 403 ? "/admin/login?next=/app" : null);
     }
   }
   setInitData(initData);

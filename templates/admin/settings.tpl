@@ -11,6 +11,7 @@
   <label>Support contact (shown in /help) <input name="support_contact" value="{{values['support_contact']}}" maxlength="100"></label>
   <label>Minimum top-up in EUR <input name="min_deposit" value="{{values['min_deposit']}}" inputmode="decimal" required></label>
   <label>Reservation (minutes an unpaid order holds its items) <input name="reservation_minutes" value="{{values['reservation_minutes']}}" inputmode="numeric" required></label>
+  <label>Items one shopper's unpaid invoices may hold at once <input name="max_unpaid_units" value="{{values['max_unpaid_units']}}" inputmode="numeric" required></label>
   <fieldset>
     <legend>Coins offered</legend>
     % if coins is None:
@@ -24,3 +25,16 @@
   </fieldset>
   <button type="submit">Save</button>
 </form>
+<section class="card">
+  <h2>Admin sessions</h2>
+  <p class="muted">Browsers logged in to this admin now. Changing the admin password ends them all.</p>
+  <ul class="sessions">
+    % for row in sessions:
+    <li>{{row["remote_addr"] or "unknown address"}} · since {{row["created_at"][:16].replace("T", " ")}} UTC · last seen {{row["last_seen_at"][11:16]}} UTC{{" · this browser" if row["token_hash"] == session_hash else ""}}</li>
+    % end
+  </ul>
+  <form method="post" action="/admin/logout-everywhere">
+    % include('admin/_csrf.tpl')
+    <button type="submit" class="danger">Log out everywhere</button>
+  </form>
+</section>
