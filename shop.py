@@ -2508,7 +2508,8 @@ def add_units(conn, media_dir, product_id, district_id, text, media=None, remote
 
 
 def units_added_text(result):
-    """What the owner reads after adding units: how many, and which were skipped and why."""
+    """What the owner reads after adding units: how many, and which were skipped and why (a code pasted
+    twice is 'kept once': added, unless it was in the shop already)."""
     n = result["added"]
     parts = [f"{n} unit{'s' if n != 1 else ''} added."]
     quote_ = lambda contents: ", ".join(shorten(c.replace("\n", " "), 40) for c in contents[:5]) + \
@@ -2519,7 +2520,7 @@ def units_added_text(result):
                      f"are not added again ({quote_(result['present'])}).")
     if result["repeated"]:
         k = len(result["repeated"])
-        parts.append(f"{k} skipped: repeated in what you pasted, added once ({quote_(result['repeated'])}).")
+        parts.append(f"{k} skipped: pasted more than once, so kept once ({quote_(result['repeated'])}).")
     return " ".join(parts)
 
 
@@ -4296,7 +4297,7 @@ def make_admin(shop, app):
                 shop.db().execute("UPDATE admin_sessions SET flash = NULL WHERE token_hash = ?", (sess["token_hash"],))
         return bottle.template(f"admin/{name}", template_lookup=[str(TEMPLATES_DIR)], csrf=sess["csrf_token"]
                                if sess else "", flash=flash, fmt=fmt_eur, shop_name=get_setting(shop.db(), "shop_name"),
-                               sandbox=shop.config.sandbox, **kw)
+                               sandbox=shop.config.sandbox, test_mode=shop.test_mode, **kw)
 
     def fragment_or_page(fragment, page, sess, **kw):
         """contact.app's pattern: htmx asks for the fragment, a browser for the whole page around it."""
@@ -6113,7 +6114,8 @@ def hold_instance_lock(db_path, holder):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
-        raise StartupError(f"cannot open {path}: {e.strerror}") from None
+        raise StartupError(f"{db_path} cannot be opened for writing: its lock file {path} cannot be made "
+                           f"({e.strerror}); check the owner and permissions of its folder") from None
     handle = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

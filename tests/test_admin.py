@@ -605,7 +605,7 @@ def test_adding_units_never_adds_a_code_twice(admin):
     product, district = ids[("Gift card", "Mitte")]
     page = f"/admin/products/{product}"
     admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA2\nA1"})
-    assert admin.flash(page).startswith("2 units added. 1 skipped: repeated in what you pasted, added once (A1).")
+    assert admin.flash(page).startswith("2 units added. 1 skipped: pasted more than once, so kept once (A1).")
     admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA3"})
     assert admin.flash(page).startswith("1 unit added. 1 skipped: already in the shop for this product and district")
     shop.buy_with_balance(conn, user(conn, 22, balance=2500), [(product, district, 1)])      # A1 is sold now

@@ -106,6 +106,9 @@ class ErrorLog(logging.Handler):
                             + (f" [{record.exc_info[0].__name__}: {record.exc_info[1]}]" if record.exc_info else ""))
 
 
+FUZZ_UIDS = range(880001, 890000)   # the Telegram ids the fuzzing shoppers take, one each
+
+
 def start_shop(folder, **env):
     config = shop.load_config(environ={"SHOP_DB": str(folder / "shop.db"), "PORT": str(free_port()),
                                        "PAYMENT_POLL_SECONDS": "3600", **env}, env_file=None)
@@ -139,7 +142,9 @@ def bot(tmp_path_factory):
     """A sandbox shop with its bot, polling the Bot API stand-in."""
     from fake_telegram import FakeTelegram
     fake = FakeTelegram(token=TOKEN).start()
-    s = start_shop(tmp_path_factory.mktemp("fuzz-bot"), BOT_TOKEN=TOKEN, TELEGRAM_API_URL=fake.base_url)
+    # A sandbox shop with a bot is in test mode: the fuzzing shoppers are its testers, so they may buy.
+    s = start_shop(tmp_path_factory.mktemp("fuzz-bot"), BOT_TOKEN=TOKEN, TELEGRAM_API_URL=fake.base_url,
+                   TESTER_IDS=",".join(map(str, FUZZ_UIDS)))
     s.fake = fake
     yield s
     stop_shop(s)
@@ -180,7 +185,7 @@ def test_parse_eur_reads_back_what_the_shop_writes(cents, style, comma):
 
 # Deep links and typed amounts, through the Bot API stand-in #################
 
-_uids = iter(range(880001, 890000))
+_uids = iter(FUZZ_UIDS)
 
 
 def bot_reply(s, uid, text):

@@ -336,7 +336,7 @@ const SCREENS = {
   async checkout(p, v) {
     p.rid = p.rid || requestId();
     const [coins] = await Promise.all([loadCoins().catch((e) => e), loadMe(), p.type === "basket" ? loadBasket() : null]);
-    if (!S.me.can_buy) return [h("h1", null, "Checkout"), h("p", { class: "warn" }, NOT_SELLING)];
+    if (!S.me.can_buy) return [h("h1", null, "Checkout"), h("p", { class: "note" }, NOT_SELLING)];
     let lines;
     if (p.type === "basket") {
       lines = S.basket.items.map((i) => ({ name: i.name, place: i.place, price: i.price, quantity: i.quantity }));
@@ -603,7 +603,7 @@ const SCREENS = {
       } }, eur(c)));
     const who = h("p", { class: "muted" }, me.first_name, me.username ? ` (@${me.username})` : "", ` · Telegram ID ${me.id}`);
     if (!me.can_buy) return [h("h1", null, "Balance"), h("p", { class: "balance" }, eur(me.balance)), who,
-                             h("p", { class: "warn" }, NOT_SELLING)];
+                             h("p", { class: "muted" }, "Top-ups open once the shop starts selling.")];
     refresh();
     return [h("h1", null, "Balance"),
       h("p", { class: "balance" }, eur(me.balance)),

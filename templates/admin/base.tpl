@@ -11,7 +11,9 @@
 <body hx-headers='{"X-CSRF-Token": "{{csrf}}"}'>
 <header class="top">
   <a class="brand" href="/admin">{{shop_name}}</a>
-  % if sandbox:
+  % if test_mode:
+  <span class="badge" title="A bot without NOWPAYMENTS_API_KEY: payments are simulated and only ADMIN_IDS and TESTER_IDS can buy">test mode</span>
+  % elif sandbox:
   <span class="badge">sandbox</span>
   % end
   <nav>
