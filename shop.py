@@ -3865,7 +3865,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
             "credited": cents_to_str(payment["credited_cents"]),
             "payment_uri": payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
             "qr_url": f"/api/payment/{payment['provider_id']}/qr", "sandbox": sandbox,
-            "simulate": simulate and payment["status"] == "waiting" and not closed}
+            "simulate": simulate and invoice_is_open(payment)}
 
 
 def catalog_json(conn):
@@ -6277,9 +6277,10 @@ class Shop:
     def may_simulate(self, user_id):
         return self.config.sandbox and self.may_buy(user_id)
 
-    def start(self):
+    def claim_files(self):
+        """Before anything is read or written: this process's lock on the database (one shop per database)
+        and the shop's files for its own user only."""
         c = self.config
-        logging.getLogger().addHandler(self.problems)
         self.instance_lock = hold_instance_lock(c.shop_db, f"pid {os.getpid()}, web server {self.url}, "
                                                            f"started {now_iso()[:19].replace('T', ' ')} UTC")
         exposed, stuck = make_files_private(c)
@@ -6291,6 +6292,31 @@ class Shop:
             log.warning("files: cannot make %s readable by the shop's user only; check who owns them",
                         ", ".join(stuck[:5]))
         shutil.rmtree(self.import_dir, ignore_errors=True)
+
+    def announce_mode(self):
+        c = self.config
+        if self.test_mode:
+            ids = c.admin_ids + c.tester_ids
+            buyers = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "") \
+                or "none yet: set ADMIN_IDS to your Telegram id"
+            log.warning("TEST MODE (SANDBOX mode with a bot): NOWPAYMENTS_API_KEY is not set, so payments are "
+                        "simulated. Only owners and testers (ADMIN_IDS, TESTER_IDS: %s) can buy and simulate "
+                        "payments, in the bot and the Mini App; every other shopper is told the shop is in test "
+                        "mode and can buy nothing. Set NOWPAYMENTS_API_KEY to open the shop.", buyers)
+        elif c.sandbox:
+            log.info("SANDBOX mode (no NOWPAYMENTS_API_KEY): payments are simulated, no real money is taken")
+        if not c.sandbox and not c.webhook_url.startswith("https://"):
+            log.warning("payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public https "
+                        "address); payments are then confirmed only by polling every %d s",
+                        c.webhook_url, c.payment_poll_seconds)
+        if not c.sandbox and not c.nowpayments_ipn_secret:
+            log.warning("payments: NOWPAYMENTS_IPN_SECRET is not set, so IPNs cannot be verified; each one "
+                        "only makes the shop ask the NOWPayments API for the payment's status")
+
+    def start(self):
+        c = self.config
+        logging.getLogger().addHandler(self.problems)
+        self.claim_files()
         try:
             conn = init_db(c.shop_db)
         except (DatabaseError, sqlite3.Error, OSError) as e:
@@ -6318,13 +6344,6 @@ class Shop:
             self.ipn_secret = c.nowpayments_ipn_secret
         # Mini App initData is signed with the bot token; a sandbox without a bot signs its preview itself.
         self.webapp_token = c.bot_token or stored_secret(c.shop_db, "sandbox_webapp_token")
-        if not c.sandbox and not c.webhook_url.startswith("https://"):
-            log.warning("payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public https "
-                        "address); payments are then confirmed only by polling every %d s",
-                        c.webhook_url, c.payment_poll_seconds)
-        if not c.sandbox and not c.nowpayments_ipn_secret:
-            log.warning("payments: NOWPAYMENTS_IPN_SECRET is not set, so IPNs cannot be verified; each one "
-                        "only makes the shop ask the NOWPayments API for the payment's status")
         client = (NowPayments(self.url + "/sandbox/v1", self.sandbox_api_key) if c.sandbox
                   else NowPayments(c.nowpayments_api_url, c.nowpayments_api_key))
         self.sandbox_app = make_sandbox(self) if c.sandbox else None
@@ -6352,14 +6371,7 @@ class Shop:
         if not c.admin_password and not self.db().execute(
                 "SELECT 1 FROM settings WHERE key = 'admin_password_hash'").fetchone():
             self.new_admin_password = set_admin_password(self.db())
-        if self.test_mode:
-            buyers = ", ".join(map(str, c.admin_ids + c.tester_ids)) or "none yet: set ADMIN_IDS to your Telegram id"
-            log.warning("TEST MODE (SANDBOX mode with a bot): NOWPAYMENTS_API_KEY is not set, so payments are "
-                        "simulated. Only owners and testers (ADMIN_IDS, TESTER_IDS: %s) can buy and simulate "
-                        "payments, in the bot and the Mini App; every other shopper is told the shop is in test "
-                        "mode and can buy nothing. Set NOWPAYMENTS_API_KEY to open the shop.", buyers)
-        elif c.sandbox:
-            log.info("SANDBOX mode (no NOWPAYMENTS_API_KEY): payments are simulated, no real money is taken")
+        self.announce_mode()
         self.scheduler = make_scheduler(self)
         self.scheduler.start()
         if c.bot_token:

@@ -284,7 +284,9 @@ def bench_checkout(ctx):
                 shop.adjust_balance(conn, uid, funds, "bench funds")
         return product, district
 
-    with running_shop(ctx.tmp / "shop", seed) as (proc, fake, (product, district)):
+    # A sandbox shop with a bot is in test mode: the benchmark's shoppers are its testers, so they may buy.
+    testers = ",".join(str(uid) for uid in range(first_user, first_user + shoppers))
+    with running_shop(ctx.tmp / "shop", seed, TESTER_IDS=testers) as (proc, fake, (product, district)):
         body = json.dumps({"type": "product", "product_id": product, "district_id": district, "quantity": 1,
                            "currency": "balance"})
         answers = [None] * shoppers
@@ -599,8 +601,9 @@ def bench_memory(ctx):
                 shop.adjust_balance(conn, uid, 10000, "bench funds")
         return product, district
 
-    with running_shop(ctx.tmp / "shop", seed, wait_bot=False, MAX_OPEN_INVOICES=100,
-                      MAX_INVOICES_PER_HOUR=1000) as (proc, fake, (product, district)):
+    testers = ",".join(str(uid) for uid in range(first_user, first_user + shoppers))   # (test mode, as above)
+    with running_shop(ctx.tmp / "shop", seed, wait_bot=False, MAX_OPEN_INVOICES=100, MAX_INVOICES_PER_HOUR=1000,
+                      TESTER_IDS=testers) as (proc, fake, (product, district)):
         started = rss_kb(proc.proc.pid)          # right after "shop is running"
         proc.wait_log("bot: @", timeout=20)
         # Bot traffic: shoppers open the bot and browse the catalog (answers and edits through the API).

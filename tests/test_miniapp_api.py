@@ -350,11 +350,16 @@ def at_once(s, requests_):
         return list(pool.map(send, requests_))
 
 
-def test_invoice_limits_hold_when_one_shopper_sends_30_requests_at_once(make_shop, fake_tg):
-    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_OPEN_INVOICES": "3",
-                       "MAX_INVOICES_PER_HOUR": "100", "MAX_UNPAID_UNITS": "1000"})
+def shop_with_gift_cards(make_shop, fake_tg, units, **env):
+    """A sandbox shop with its bot (so: in test mode) and `units` gift cards; (shop, connection, gift ids)."""
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, **env})
     conn = shop.connect(s.config.shop_db)
-    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 400)])[("Gift card", "Mitte")]
+    return s, conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, units)])[("Gift card", "Mitte")]
+
+
+def test_invoice_limits_hold_when_one_shopper_sends_30_requests_at_once(make_shop, fake_tg):
+    s, conn, gift = shop_with_gift_cards(make_shop, fake_tg, 400, MAX_OPEN_INVOICES="3", MAX_INVOICES_PER_HOUR="100",
+                                         MAX_UNPAID_UNITS="1000")
     orders = at_once(s, [("POST", "/api/payment/create", ANN, {
         "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 40, "currency": "ltc",
         "request_id": f"{i:016x}"}) for i in range(30)])
@@ -375,10 +380,7 @@ def test_invoice_limits_hold_when_one_shopper_sends_30_requests_at_once(make_sho
 
 def test_the_bot_and_the_app_together_stay_within_the_limits(make_shop, fake_tg):
     """Invoices from the bot's coin buttons and the Mini App, for one shopper, at the same moment."""
-    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_OPEN_INVOICES": "2",
-                       "MAX_UNPAID_UNITS": "1000"})
-    conn = shop.connect(s.config.shop_db)
-    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 50)])[("Gift card", "Mitte")]
+    s, conn, gift = shop_with_gift_cards(make_shop, fake_tg, 50, MAX_OPEN_INVOICES="2", MAX_UNPAID_UNITS="1000")
     fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
     fake_tg.user_sends(501, "/start")
     screen = fake_tg.wait_message(501, "Welcome")
@@ -396,9 +398,7 @@ def test_the_bot_and_the_app_together_stay_within_the_limits(make_shop, fake_tg)
 
 
 def test_one_shopper_cannot_hold_more_than_the_owner_allows_unpaid(make_shop, fake_tg):
-    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_UNPAID_UNITS": "10"})
-    conn = shop.connect(s.config.shop_db)
-    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 400)])[("Gift card", "Mitte")]
+    s, conn, gift = shop_with_gift_cards(make_shop, fake_tg, 400, MAX_UNPAID_UNITS="10")
     body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "currency": "ltc"}
     ok(call(s, "POST", "/api/payment/create", json={**body, "quantity": 6}))
     refused(call(s, "POST", "/api/payment/create", json={**body, "quantity": 5}), 429,
@@ -413,10 +413,7 @@ def test_one_shopper_cannot_hold_more_than_the_owner_allows_unpaid(make_shop, fa
 
 
 def test_in_test_mode_only_owners_and_their_testers_can_buy_or_simulate(make_shop, fake_tg):
-    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "ADMIN_IDS": "9001",
-                       "TESTER_IDS": ""})
-    conn = shop.connect(s.config.shop_db)
-    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])[("Gift card", "Mitte")]
+    s, conn, gift = shop_with_gift_cards(make_shop, fake_tg, 3, ADMIN_IDS="9001", TESTER_IDS="")
     owner = {"id": 9001, "first_name": "Owner"}
     body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1}
     me = ok(call(s, "GET", "/api/me"))

@@ -288,7 +288,7 @@ def test_a_basket_checked_out_in_crypto_moves_into_the_order_and_comes_back_if_c
 
 
 def test_items_reserved_for_the_shopper_are_never_shown_to_them_as_sold_out(fake_tg, bot_shop):
-    s = bot_shop()
+    bot_shop()
     ann = Shopper(fake_tg, 106)
     ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
     ann.click("➕ Add to basket")
