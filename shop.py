@@ -6582,10 +6582,15 @@ def run_command(args, config):
 def limit_malloc_arenas(arenas=2):
     """glibc gives each busy thread its own heap (up to 8 per core); with some 25 threads that keeps
     memory the shop freed long ago. Two heaps are plenty for threads that mostly wait on I/O
-    (what MALLOC_ARENA_MAX=2 does). Nothing happens on other C libraries."""
+    (what MALLOC_ARENA_MAX=2 does). And a fixed mmap threshold: glibc otherwise raises it to the size
+    of the largest block it has given back, and scrypt (an admin password checked at start or at a
+    login) takes 16 MB at once, after which blocks up to that size stay in the heaps for good (8 MB
+    more after the benchmark's mixed load). Nothing happens on other C libraries."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)   # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)         # M_ARENA_MAX
+        libc.mallopt(-3, 128 * 1024)     # M_MMAP_THRESHOLD, glibc's default, kept from moving
     except (OSError, AttributeError):
         pass
 
