@@ -1363,12 +1363,15 @@ def list_orders(conn, user_id, *, before_id=None, limit=10):
 
 def release_order_units(conn, order_id):
     """Put an unpaid order's reserved units back on sale, and a basket order's lines back in the basket;
-    returns how many units."""
+    returns (units freed, basket lines back)."""
     freed = conn.execute("UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
                          "WHERE order_id = ? AND status = 'reserved'", (order_id,)).rowcount
-    if freed:
-        return_to_basket(conn, order_id)
-    return freed
+    return freed, return_to_basket(conn, order_id) if freed else 0
+
+
+def went_back(lines_back):
+    """The end of 'the items went back on sale' for a shopper whose basket got lines back."""
+    return " and back into your basket" if lines_back else ""
 
 
 def release_expired_reservations(conn):
@@ -1382,13 +1385,13 @@ def release_expired_reservations(conn):
             (now_iso(),)).fetchall()
         freed = 0
         for order in orders:
-            freed += release_order_units(conn, order["id"])
+            units, lines_back = release_order_units(conn, order["id"])
+            freed += units
             if conn.execute("UPDATE orders SET status = 'expired' WHERE id = ? AND status = 'pending'",
                             (order["id"],)).rowcount:
-                back = " and back into your basket" if order_from_basket(conn, order["id"]) else ""
                 enqueue_message(conn, order["user_id"],
                                 f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items went back "
-                                f"on sale{back}. If you already sent the payment, it is not lost: you get the items "
+                                f"on sale{went_back(lines_back)}. If you already sent the payment, it is not lost: you get the items "
                                 "if they are still there, or the amount on your balance.", order_id=order["id"])
     if freed:
         log.info("released %d reserved unit(s) of %d unpaid order(s)", freed, len(orders))
@@ -1844,15 +1847,14 @@ def _settle_order(conn, payment, owners):
                                    f"{fmt_eur(cents)} credited")
         return f"cancelled, credited {cents_to_str(cents)}"
     if order["status"] == "pending":   # expired, failed or refunded before any money counted
-        release_order_units(conn, order_id)
+        _, lines_back = release_order_units(conn, order_id)
         conn.execute("UPDATE orders SET status = ? WHERE id = ?",
                      ("expired" if status == "expired" else "cancelled", order_id))
         text = {"expired": "the invoice expired without a payment",
                 "failed": "the payment failed",
                 "refunded": "the payment was refunded by the payment service"}[status]
-        back = " and back into your basket" if order_from_basket(conn, order_id) else ""
-        enqueue_message(conn, user_id, f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on sale{back} "
-                                       "and nothing was charged.", order_id=order_id)
+        enqueue_message(conn, user_id, f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on "
+                                       f"sale{went_back(lines_back)} and nothing was charged.", order_id=order_id)
     return None
 
 
@@ -3849,7 +3851,7 @@ def _body_int(body, key, low, high):
 
 
 def invoice_json(conn, payment, sandbox, simulate=False):
-    closed = payment["status"] == "waiting" and payment["expires_at"] <= now_iso()
+    closed = payment["status"] == "waiting" and not invoice_is_open(payment)
     order = conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone() \
         if payment["order_id"] else None
     return {"payment_id": payment["provider_id"], "order_id": payment["order_id"], "kind": payment["kind"],
