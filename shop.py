@@ -95,6 +95,7 @@ log = logging.getLogger("shop")
 
 # Configuration ###############################################################
 
+
 class ConfigError(Exception):
     """The configuration is invalid."""
 
@@ -137,8 +138,16 @@ class Config:
         return int(self.bot_token.split(":", 1)[0]) if self.bot_token else 0
 
     def secrets(self):
-        return [s for s in (self.bot_token, self.nowpayments_api_key,
-                            self.nowpayments_ipn_secret, self.admin_password) if s]
+        return [
+            s
+            for s in (
+                self.bot_token,
+                self.nowpayments_api_key,
+                self.nowpayments_ipn_secret,
+                self.admin_password,
+            )
+            if s
+        ]
 
 
 # name: (help, default shown in --help)
@@ -155,14 +164,20 @@ ENV_VARS = {
     "PORT": ("port to listen on", "8080"),
     "ADMIN_PASSWORD": ("password of the admin pages", ""),
     "ADMIN_IDS": ("Telegram user ids that get owner alerts, comma-separated", ""),
-    "TESTER_IDS": ("Telegram user ids who, besides ADMIN_IDS, may buy with simulated payments in test mode "
-                   "(a bot but no NOWPAYMENTS_API_KEY)", ""),
+    "TESTER_IDS": (
+        "Telegram user ids who, besides ADMIN_IDS, may buy with simulated payments in test mode "
+        "(a bot but no NOWPAYMENTS_API_KEY)",
+        "",
+    ),
     "RESERVATION_MINUTES": ("how long an unpaid order holds its units", "30"),
     "MAX_DEPOSIT_EUR": ("largest balance top-up in EUR", "10000.00"),
     "PAYMENT_POLL_SECONDS": ("how often unfinished payments are checked with NOWPayments", "60"),
     "MAX_OPEN_INVOICES": ("unpaid invoices one shopper may have at once", "3"),
     "MAX_INVOICES_PER_HOUR": ("invoices one shopper may create per hour", "10"),
-    "MAX_UNPAID_UNITS": ("items one shopper's unpaid invoices may hold at once (the admin can change it)", "50"),
+    "MAX_UNPAID_UNITS": (
+        "items one shopper's unpaid invoices may hold at once (the admin can change it)",
+        "50",
+    ),
     "TRUSTED_PROXY": ("address of a reverse proxy whose X-Forwarded-* headers to trust", ""),
     "LOG_LEVEL": ("DEBUG, INFO, WARNING or ERROR", "INFO"),
 }
@@ -198,7 +213,9 @@ def load_config(environ=None, env_file=".env", overrides=None):
     kw = {}
     token = get("BOT_TOKEN")
     if token and not TOKEN_RE.match(token):
-        raise ConfigError("BOT_TOKEN does not look like a bot token (digits:letters, from @BotFather)")
+        raise ConfigError(
+            "BOT_TOKEN does not look like a bot token (digits:letters, from @BotFather)"
+        )
     kw["bot_token"] = token
     for name in ("TELEGRAM_API_URL", "NOWPAYMENTS_API_URL"):
         if get(name):
@@ -220,11 +237,17 @@ def load_config(environ=None, env_file=".env", overrides=None):
             kw["max_deposit_cents"] = parse_eur(get("MAX_DEPOSIT_EUR"))
         except InvalidInput as e:
             raise ConfigError(f"MAX_DEPOSIT_EUR {e}") from None
-    if kw.get("max_deposit_cents", Config.max_deposit_cents) < kw.get("min_deposit_cents", Config.min_deposit_cents):
+    if kw.get("max_deposit_cents", Config.max_deposit_cents) < kw.get(
+        "min_deposit_cents", Config.min_deposit_cents
+    ):
         raise ConfigError("MAX_DEPOSIT_EUR must not be below MIN_DEPOSIT_EUR")
-    for name, low, high in (("RESERVATION_MINUTES", 1, 1440), ("PAYMENT_POLL_SECONDS", 5, 3600),
-                            ("MAX_OPEN_INVOICES", 1, 100), ("MAX_INVOICES_PER_HOUR", 1, 1000),
-                            ("MAX_UNPAID_UNITS", 1, 10000)):
+    for name, low, high in (
+        ("RESERVATION_MINUTES", 1, 1440),
+        ("PAYMENT_POLL_SECONDS", 5, 3600),
+        ("MAX_OPEN_INVOICES", 1, 100),
+        ("MAX_INVOICES_PER_HOUR", 1, 1000),
+        ("MAX_UNPAID_UNITS", 1, 10000),
+    ):
         if get(name):
             kw[name.lower()] = _int(name, get(name), low, high)
     for name in ("ADMIN_IDS", "TESTER_IDS"):
@@ -232,21 +255,29 @@ def load_config(environ=None, env_file=".env", overrides=None):
         if ids:
             parts = [p for p in re.split(r"[\s,;]+", ids) if p]
             if not all(re.fullmatch(r"\d{1,20}", p) for p in parts):
-                raise ConfigError(f"{name} must be Telegram user ids separated by commas, got {ids[:100]!r}")
+                raise ConfigError(
+                    f"{name} must be Telegram user ids separated by commas, got {ids[:100]!r}"
+                )
             kw[name.lower()] = tuple(int(p) for p in parts)
     kw["admin_password"] = get("ADMIN_PASSWORD")
     kw["trusted_proxy"] = get("TRUSTED_PROXY")
     level = get("LOG_LEVEL").upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {get('LOG_LEVEL')!r}")
+        raise ConfigError(
+            f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {get('LOG_LEVEL')!r}"
+        )
     kw["log_level"] = level
     host_for_url = kw["host"] if kw["host"] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    kw["webhook_url"] = (_url("WEBHOOK_URL", get("WEBHOOK_URL")) if get("WEBHOOK_URL")
-                         else f"http://{host_for_url}:{kw.get('port', Config.port)}")
+    kw["webhook_url"] = (
+        _url("WEBHOOK_URL", get("WEBHOOK_URL"))
+        if get("WEBHOOK_URL")
+        else f"http://{host_for_url}:{kw.get('port', Config.port)}"
+    )
     return Config(**kw)
 
 
 # Logging #####################################################################
+
 
 class RedactSecrets(logging.Filter):
     """Replaces configured secrets in every log record, whoever logged it."""
@@ -275,8 +306,9 @@ class RedactSecrets(logging.Filter):
 
 def setup_logging(config, stream=None):
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
     handler.addFilter(RedactSecrets(config.secrets()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -310,15 +342,23 @@ SCHEMA_VERSION = 4
 
 def _daily_totals(conn):
     """Fill the dashboard's per-day tables from the orders and payments a shop already has."""
-    conn.execute("DROP INDEX IF EXISTS orders_paid")     # the dashboard's old way to its revenue
-    for statement in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8")):   # the tables as schema.sql has them
+    conn.execute("DROP INDEX IF EXISTS orders_paid")  # the dashboard's old way to its revenue
+    for statement in sql_statements(
+        SCHEMA_PATH.read_text(encoding="utf-8")
+    ):  # the tables as schema.sql has them
         if "CREATE TABLE IF NOT EXISTS daily_" in statement:
             conn.execute(statement)
-    conn.execute("INSERT INTO daily_sales SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) FROM orders "
-                 "WHERE status = 'paid' GROUP BY 1")
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'payments'").fetchone():   # none before version 2
-        conn.execute("INSERT INTO daily_payments SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), "
-                     "parent_id IS NOT NULL, count(*) FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4")
+    conn.execute(
+        "INSERT INTO daily_sales SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) FROM orders "
+        "WHERE status = 'paid' GROUP BY 1"
+    )
+    if conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'payments'"
+    ).fetchone():  # none before version 2
+        conn.execute(
+            "INSERT INTO daily_payments SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), "
+            "parent_id IS NOT NULL, count(*) FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4"
+        )
 
 
 def _invoicing_claims(conn):
@@ -336,9 +376,9 @@ MIGRATIONS = {
     2: """ALTER TABLE users ADD COLUMN awaiting TEXT;
           ALTER TABLE outbox ADD COLUMN edit_message_id INTEGER;
           ALTER TABLE outbox ADD COLUMN payment_id INTEGER REFERENCES payments(id);
-          ALTER TABLE outbox ADD COLUMN broadcast_id INTEGER REFERENCES broadcasts(id);""",   # payments, admin
-    3: _daily_totals,   # the dashboard's per-day totals
-    4: _invoicing_claims,   # top-up invoices being made count against the invoice limits
+          ALTER TABLE outbox ADD COLUMN broadcast_id INTEGER REFERENCES broadcasts(id);""",  # payments, admin
+    3: _daily_totals,  # the dashboard's per-day totals
+    4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
 }
 
 
@@ -456,13 +496,19 @@ def init_db(path, migrations=None, schema_version=None):
         raise DatabaseError(f"{path} cannot be opened as an SQLite database: {e}") from None
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
     if version > schema_version:
-        raise DatabaseError(f"{path} has schema version {version}, newer than this shop.py "
-                            f"({schema_version}); upgrade shop.py")
+        raise DatabaseError(
+            f"{path} has schema version {version}, newer than this shop.py "
+            f"({schema_version}); upgrade shop.py"
+        )
     if version == 0:
-        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[
+            0
+        ]
         if tables:
-            raise DatabaseError(f"{path} holds tables but no schema version: it was not created "
-                                "by shop.py; point SHOP_DB at a new file")
+            raise DatabaseError(
+                f"{path} holds tables but no schema version: it was not created "
+                "by shop.py; point SHOP_DB at a new file"
+            )
         with transaction(conn):
             for statement in sql_statements(schema):
                 conn.execute(statement)
@@ -473,7 +519,13 @@ def init_db(path, migrations=None, schema_version=None):
         with connect(backup) as copy:
             conn.backup(copy)
         copy.close()
-        log.info("upgrading %s from schema %d to %d (backup in %s)", path, version, schema_version, backup)
+        log.info(
+            "upgrading %s from schema %d to %d (backup in %s)",
+            path,
+            version,
+            schema_version,
+            backup,
+        )
         for v in range(version + 1, schema_version + 1):
             with transaction(conn):
                 if callable(migrations[v]):
@@ -592,8 +644,10 @@ def clean_text(value, what, *, max_len, multiline=False, required=True):
 
 # Errors ######################################################################
 
+
 class ShopError(Exception):
     """Something went wrong."""
+
     status = 400
 
     def __init__(self, message=None):
@@ -606,16 +660,19 @@ class InvalidInput(ShopError):
 
 class NotFound(ShopError):
     """That does not exist (any more)."""
+
     status = 404
 
 
 class SoldOut(ShopError):
     """Sorry, that is sold out."""
+
     status = 409
 
 
 class InsufficientBalance(ShopError):
     """Your balance is too low."""
+
     status = 409
 
     def __init__(self, short_cents, message=None):
@@ -625,26 +682,31 @@ class InsufficientBalance(ShopError):
 
 class PriceChanged(ShopError):
     """Your basket or its prices changed since you opened checkout; please check the new total."""
+
     status = 409
 
 
 class Banned(ShopError):
     """Sorry, this shop is not available to you."""
+
     status = 403
 
 
 class NotSellingYet(ShopError):
     """🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid here. You are welcome to look around."""
+
     status = 403
 
 
 class LimitReached(ShopError):
     """You have too many open invoices; pay or cancel one first."""
+
     status = 429
 
 
 class ProviderError(ShopError):
     """The payment service is not answering right now. Please try again in a few minutes."""
+
     status = 502
 
     def __init__(self, detail, code=None, http=None, message=None):
@@ -659,16 +721,19 @@ class ProviderError(ShopError):
 
 class UnknownPayment(ShopError):
     """No such payment."""
+
     status = 404
 
 
 class PaymentMismatch(ShopError):
     """The payment does not match the one the shop created."""
+
     status = 409
 
 
 class Unauthorized(ShopError):
     """Please open the shop from the Telegram bot."""
+
     status = 401
 
 
@@ -683,11 +748,13 @@ class CatalogError(ShopError):
 
 
 # SQLite errors that mean the database cannot be written now, and what the owner should look at.
-STORAGE_PROBLEMS = {"database or disk is full": "the disk holding the database is full; free some space",
-                    "readonly database": "the database file is read-only; check its permissions and mount",
-                    "disk I/O error": "the disk reported an I/O error; check the disk",
-                    "database is locked": "another program holds the database locked; stop it",
-                    "unable to open database": "the database file cannot be opened; check its folder"}
+STORAGE_PROBLEMS = {
+    "database or disk is full": "the disk holding the database is full; free some space",
+    "readonly database": "the database file is read-only; check its permissions and mount",
+    "disk I/O error": "the disk reported an I/O error; check the disk",
+    "database is locked": "another program holds the database locked; stop it",
+    "unable to open database": "the database file cannot be opened; check its folder",
+}
 STORAGE_BUSY = "The shop cannot save anything right now. Please try again in a few minutes."
 _storage_alarm = Throttle(60)
 
@@ -700,7 +767,11 @@ def storage_problem(e):
     for key, advice in STORAGE_PROBLEMS.items():
         if key in str(e):
             if _storage_alarm(key):
-                log.error("database: %s (%s); nothing can be saved until then, orders and payments wait", advice, e)
+                log.error(
+                    "database: %s (%s); nothing can be saved until then, orders and payments wait",
+                    advice,
+                    e,
+                )
             return True
     return False
 
@@ -710,10 +781,10 @@ def storage_problem(e):
 DEFAULT_SETTINGS = {
     "shop_name": "Demo Shop",
     "welcome_text": "Welcome! Browse the shop, fill your basket and pay in crypto or from your balance. "
-                    "Your goods arrive right here in this chat.",
+    "Your goods arrive right here in this chat.",
     "help_text": "🛒 Shop: browse by city and district.\n🧺 Basket: change quantities, then check out.\n"
-                 "💳 Pay in crypto (BTC, ETH, LTC, USDT, USDC, TON, SOL) or from your balance.\n"
-                 "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
+    "💳 Pay in crypto (BTC, ETH, LTC, USDT, USDC, TON, SOL) or from your balance.\n"
+    "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
     "support_contact": "",
 }
 
@@ -739,15 +810,20 @@ def clean_setting(key, value):
     if key not in SETTING_RULES:
         raise InvalidInput(f"Unknown setting {key!r}; settings are: {', '.join(SETTING_RULES)}.")
     what, max_len, multiline = SETTING_RULES[key]
-    return clean_text(value, what, max_len=max_len, multiline=multiline, required=key != "support_contact")
+    return clean_text(
+        value, what, max_len=max_len, multiline=multiline, required=key != "support_contact"
+    )
 
 
 def set_setting(conn, key, value):
     """Change a shop setting (see SETTING_RULES); takes effect on the next message."""
     value = clean_setting(key, value)
     with transaction(conn):
-        conn.execute("INSERT INTO settings(key, value) VALUES (?, ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        conn.execute(
+            "INSERT INTO settings(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
     return value
 
 
@@ -755,8 +831,11 @@ def save_settings(conn, changes, remote=None):
     """Store already-checked settings {key: text} together, with one audit row naming them."""
     with transaction(conn):
         for key, value in changes.items():
-            conn.execute("INSERT INTO settings(key, value) VALUES (?, ?) "
-                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
         audit(conn, "settings changed", ", ".join(changes) or "nothing", remote)
 
 
@@ -765,7 +844,10 @@ def stored_secret(path, key):
     conn = connect(path)
     try:
         with transaction(conn):
-            conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, secrets.token_hex(24)))
+            conn.execute(
+                "INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)",
+                (key, secrets.token_hex(24)),
+            )
             return conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
     finally:
         conn.close()
@@ -774,11 +856,18 @@ def stored_secret(path, key):
 def touch_user(conn, tg_user):
     """Record a Telegram user (dict with id, first_name, username, language_code); return the row."""
     user_id = int(tg_user["id"])
-    fields = (tg_user.get("username"), tg_user.get("first_name") or "", tg_user.get("language_code"))
+    fields = (
+        tg_user.get("username"),
+        tg_user.get("first_name") or "",
+        tg_user.get("language_code"),
+    )
     row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
     stale = now_iso(-300)
-    if row and (row["username"], row["first_name"], row["language_code"]) == fields \
-            and row["last_seen_at"] > stale:
+    if (
+        row
+        and (row["username"], row["first_name"], row["language_code"]) == fields
+        and row["last_seen_at"] > stale
+    ):
         return row
     now = now_iso()
     with transaction(conn):
@@ -786,7 +875,9 @@ def touch_user(conn, tg_user):
             "INSERT INTO users(id, username, first_name, language_code, created_at, last_seen_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET username = excluded.username, "
             "first_name = excluded.first_name, language_code = excluded.language_code, "
-            "last_seen_at = excluded.last_seen_at RETURNING *", (user_id, *fields, now, now)).fetchone()
+            "last_seen_at = excluded.last_seen_at RETURNING *",
+            (user_id, *fields, now, now),
+        ).fetchone()
 
 
 def set_awaiting(conn, user_id, what):
@@ -804,21 +895,31 @@ def get_user(conn, user_id):
 
 def set_banned(conn, user_id, banned):
     with transaction(conn):
-        if conn.execute("UPDATE users SET is_banned = ?, ban_notified_at = NULL WHERE id = ?",
-                        (int(bool(banned)), user_id)).rowcount != 1:
+        if (
+            conn.execute(
+                "UPDATE users SET is_banned = ?, ban_notified_at = NULL WHERE id = ?",
+                (int(bool(banned)), user_id),
+            ).rowcount
+            != 1
+        ):
             raise NotFound("No such user.")
 
 
 def should_tell_banned(conn, user_id):
     """A banned user hears one polite refusal a day, however often they write."""
     with transaction(conn):
-        return conn.execute(
-            "UPDATE users SET ban_notified_at = ? WHERE id = ? AND is_banned = 1 "
-            "AND (ban_notified_at IS NULL OR ban_notified_at < ?)",
-            (now_iso(), user_id, now_iso(-86400))).rowcount == 1
+        return (
+            conn.execute(
+                "UPDATE users SET ban_notified_at = ? WHERE id = ? AND is_banned = 1 "
+                "AND (ban_notified_at IS NULL OR ban_notified_at < ?)",
+                (now_iso(), user_id, now_iso(-86400)),
+            ).rowcount
+            == 1
+        )
 
 
 # Services: ledger ############################################################
+
 
 def post_ledger(conn, user_id, amount_cents, kind, key, *, reason="", order_id=None):
     """Append one balance change. Returns False (and changes nothing) if `key` was posted before.
@@ -836,9 +937,11 @@ def post_ledger(conn, user_id, amount_cents, kind, key, *, reason="", order_id=N
     balance = row["balance_cents"] + amount_cents
     if balance < 0:
         raise InsufficientBalance(-balance)
-    conn.execute("INSERT INTO ledger(user_id, amount_cents, balance_after_cents, kind, reason, "
-                 "idempotency_key, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                 (user_id, amount_cents, balance, kind, reason, key, order_id, now_iso()))
+    conn.execute(
+        "INSERT INTO ledger(user_id, amount_cents, balance_after_cents, kind, reason, "
+        "idempotency_key, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (user_id, amount_cents, balance, kind, reason, key, order_id, now_iso()),
+    )
     conn.execute("UPDATE users SET balance_cents = ? WHERE id = ?", (balance, user_id))
     return True
 
@@ -847,15 +950,25 @@ def adjust_balance(conn, user_id, amount_cents, reason, key=None):
     """An owner's manual balance change; the reason is required and kept in the ledger."""
     reason = clean_text(reason, "The reason", max_len=200)
     with transaction(conn):
-        return post_ledger(conn, user_id, amount_cents, "adjustment",
-                           key or f"adjustment:{secrets.token_hex(8)}", reason=reason)
+        return post_ledger(
+            conn,
+            user_id,
+            amount_cents,
+            "adjustment",
+            key or f"adjustment:{secrets.token_hex(8)}",
+            reason=reason,
+        )
 
 
 def check_ledger(conn):
     """Users whose cached balance differs from their ledger sum: [(id, cached, ledger)]."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT u.id, u.balance_cents, coalesce(sum(l.amount_cents), 0) AS total FROM users u "
-        "LEFT JOIN ledger l ON l.user_id = u.id GROUP BY u.id HAVING u.balance_cents <> total")]
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT u.id, u.balance_cents, coalesce(sum(l.amount_cents), 0) AS total FROM users u "
+            "LEFT JOIN ledger l ON l.user_id = u.id GROUP BY u.id HAVING u.balance_cents <> total"
+        )
+    ]
 
 
 # Services: outbox ############################################################
@@ -867,14 +980,25 @@ outbox_ready = threading.Event()
 def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=None):
     """Queue a Telegram message (HTML text, optional 'public:'/'private:' photo) for the sender."""
     assert conn.in_transaction, "enqueue_message needs a transaction"
-    if chat_id <= 0:   # not a private chat: the Mini App's preview shopper, who has no Telegram chat
+    if chat_id <= 0:  # not a private chat: the Mini App's preview shopper, who has no Telegram chat
         return
-    markup = json.dumps({"inline_keyboard": [[{"text": t, "callback_data": d} for t, d in row]
-                                             for row in buttons]}) if buttons else None
+    markup = (
+        json.dumps(
+            {
+                "inline_keyboard": [
+                    [{"text": t, "callback_data": d} for t, d in row] for row in buttons
+                ]
+            }
+        )
+        if buttons
+        else None
+    )
     now = now_iso()
-    conn.execute("INSERT INTO outbox(chat_id, text, photo, reply_markup, order_id, next_attempt_at, "
-                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (chat_id, text, photo, markup, order_id, now, now))
+    conn.execute(
+        "INSERT INTO outbox(chat_id, text, photo, reply_markup, order_id, next_attempt_at, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (chat_id, text, photo, markup, order_id, now, now),
+    )
     if outbox_ready.set not in conn.after_commit:
         conn.after_commit.append(outbox_ready.set)
 
@@ -883,9 +1007,18 @@ def enqueue_invoice_refresh(conn, payment):
     """Queue an update of the bot message that shows this payment's invoice (status, buttons)."""
     if payment["invoice_message_id"] and payment["user_id"] > 0:
         now = now_iso()
-        conn.execute("INSERT INTO outbox(chat_id, edit_message_id, payment_id, order_id, next_attempt_at, "
-                     "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                     (payment["user_id"], payment["invoice_message_id"], payment["id"], payment["order_id"], now, now))
+        conn.execute(
+            "INSERT INTO outbox(chat_id, edit_message_id, payment_id, order_id, next_attempt_at, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                payment["user_id"],
+                payment["invoice_message_id"],
+                payment["id"],
+                payment["order_id"],
+                now,
+                now,
+            ),
+        )
         if outbox_ready.set not in conn.after_commit:
             conn.after_commit.append(outbox_ready.set)
 
@@ -898,8 +1031,12 @@ def alert_owners(conn, owners, text):
 
 def outbox_counts(conn):
     """Messages waiting to be sent and messages that could not be delivered."""
-    return {status: conn.execute("SELECT count(*) FROM outbox WHERE status = ?", (status,)).fetchone()[0]
-            for status in ("pending", "failed")}
+    return {
+        status: conn.execute("SELECT count(*) FROM outbox WHERE status = ?", (status,)).fetchone()[
+            0
+        ]
+        for status in ("pending", "failed")
+    }
 
 
 # Services: catalog ###########################################################
@@ -907,18 +1044,21 @@ def outbox_counts(conn):
 # Units on sale joined to their visible place and active product. INDEXED BY:
 # the partial index holds only available units, so browsing never walks the
 # sold ones, however many orders the shop has had.
-_AVAILABLE = ("INDEXED BY stock_units_available "
-              "JOIN districts d ON d.id = u.district_id AND d.is_hidden = 0 "
-              "JOIN cities c ON c.id = d.city_id AND c.is_hidden = 0 "
-              "JOIN products p ON p.id = u.product_id AND p.is_active = 1 "
-              "WHERE u.status = 'available'")
+_AVAILABLE = (
+    "INDEXED BY stock_units_available "
+    "JOIN districts d ON d.id = u.district_id AND d.is_hidden = 0 "
+    "JOIN cities c ON c.id = d.city_id AND c.is_hidden = 0 "
+    "JOIN products p ON p.id = u.product_id AND p.is_active = 1 "
+    "WHERE u.status = 'available'"
+)
 
 
 def list_cities(conn):
     """Cities with something in stock: [{id, name, units}]."""
     return conn.execute(
         f"SELECT c.id, c.name, count(*) AS units FROM stock_units u {_AVAILABLE} "
-        "GROUP BY c.id ORDER BY c.position, c.name COLLATE NOCASE").fetchall()
+        "GROUP BY c.id ORDER BY c.position, c.name COLLATE NOCASE"
+    ).fetchall()
 
 
 def get_city(conn, city_id):
@@ -932,13 +1072,17 @@ def list_districts(conn, city_id):
     """Districts of a city with something in stock."""
     return conn.execute(
         f"SELECT d.id, d.name, count(*) AS units FROM stock_units u {_AVAILABLE} AND c.id = ? "
-        "GROUP BY d.id ORDER BY d.position, d.name COLLATE NOCASE", (city_id,)).fetchall()
+        "GROUP BY d.id ORDER BY d.position, d.name COLLATE NOCASE",
+        (city_id,),
+    ).fetchall()
 
 
 def get_district(conn, district_id):
     row = conn.execute(
         "SELECT d.*, c.name AS city_name FROM districts d JOIN cities c ON c.id = d.city_id "
-        "WHERE d.id = ? AND d.is_hidden = 0 AND c.is_hidden = 0", (district_id,)).fetchone()
+        "WHERE d.id = ? AND d.is_hidden = 0 AND c.is_hidden = 0",
+        (district_id,),
+    ).fetchone()
     if row is None:
         raise NotFound("That district is not in the shop any more.")
     return row
@@ -948,7 +1092,9 @@ def list_products(conn, district_id):
     """Products in stock in a district, with how many are available."""
     return conn.execute(
         f"SELECT p.id, p.name, p.price_cents, count(*) AS available FROM stock_units u {_AVAILABLE} "
-        "AND d.id = ? GROUP BY p.id ORDER BY p.name COLLATE NOCASE", (district_id,)).fetchall()
+        "AND d.id = ? GROUP BY p.id ORDER BY p.name COLLATE NOCASE",
+        (district_id,),
+    ).fetchall()
 
 
 def get_offer(conn, product_id, district_id):
@@ -959,7 +1105,8 @@ def get_offer(conn, product_id, district_id):
         " AND u.status = 'available') AS available "
         "FROM products p, districts d JOIN cities c ON c.id = d.city_id "
         "WHERE p.id = ? AND d.id = ? AND p.is_active = 1 AND d.is_hidden = 0 AND c.is_hidden = 0",
-        (product_id, district_id)).fetchone()
+        (product_id, district_id),
+    ).fetchone()
     if row is None:
         raise NotFound("That product is not in the shop any more.")
     return row
@@ -991,7 +1138,9 @@ class BasketLine:
     price_cents: int
     quantity: int
     available: int
-    reserved: int = 0   # units of it held for this shopper by their unpaid orders: never "sold out" to them
+    reserved: int = (
+        0  # units of it held for this shopper by their unpaid orders: never "sold out" to them
+    )
 
     @property
     def total_cents(self):
@@ -1022,14 +1171,33 @@ def get_basket(conn, user_id):
         " AND u.status = 'reserved' AND u.district_id = b.district_id AND o.user_id = b.user_id) AS reserved "
         "FROM basket_items b JOIN products p ON p.id = b.product_id "
         "JOIN districts d ON d.id = b.district_id JOIN cities c ON c.id = d.city_id "
-        "WHERE b.user_id = ? ORDER BY b.id", (user_id,)).fetchall()
-    return Basket([BasketLine(r["id"], r["product_id"], r["district_id"], r["name"],
-                              place_name(r["city_name"], r["district_name"]), r["price_cents"],
-                              r["quantity"], r["available"], r["reserved"]) for r in rows])
+        "WHERE b.user_id = ? ORDER BY b.id",
+        (user_id,),
+    ).fetchall()
+    return Basket(
+        [
+            BasketLine(
+                r["id"],
+                r["product_id"],
+                r["district_id"],
+                r["name"],
+                place_name(r["city_name"], r["district_name"]),
+                r["price_cents"],
+                r["quantity"],
+                r["available"],
+                r["reserved"],
+            )
+            for r in rows
+        ]
+    )
 
 
 def _check_quantity(quantity):
-    if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
+    if (
+        not isinstance(quantity, int)
+        or isinstance(quantity, bool)
+        or not 1 <= quantity <= MAX_QUANTITY
+    ):
         raise InvalidInput(f"The quantity must be a whole number from 1 to {MAX_QUANTITY}.")
 
 
@@ -1038,25 +1206,36 @@ def add_to_basket(conn, user_id, product_id, district_id, quantity=1):
     _check_quantity(quantity)
     with transaction(conn):
         offer = get_offer(conn, product_id, district_id)
-        row = conn.execute("SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
-                           "AND district_id = ?", (user_id, product_id, district_id)).fetchone()
+        row = conn.execute(
+            "SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+            "AND district_id = ?",
+            (user_id, product_id, district_id),
+        ).fetchone()
         new = (row["quantity"] if row else 0) + quantity
         if offer["available"] == 0:
-            raise SoldOut(f"Sorry, {offer['name']} is sold out in "
-                          f"{place_name(offer['city_name'], offer['district_name'])}.")
+            raise SoldOut(
+                f"Sorry, {offer['name']} is sold out in "
+                f"{place_name(offer['city_name'], offer['district_name'])}."
+            )
         if new > offer["available"]:
-            raise SoldOut(f"Only {offer['available']} of {offer['name']} available in "
-                          f"{place_name(offer['city_name'], offer['district_name'])}.")
+            raise SoldOut(
+                f"Only {offer['available']} of {offer['name']} available in "
+                f"{place_name(offer['city_name'], offer['district_name'])}."
+            )
         _check_quantity(new)
         if row:
             conn.execute("UPDATE basket_items SET quantity = ? WHERE id = ?", (new, row["id"]))
         else:
-            lines = conn.execute("SELECT count(*) FROM basket_items WHERE user_id = ?",
-                                 (user_id,)).fetchone()[0]
+            lines = conn.execute(
+                "SELECT count(*) FROM basket_items WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
             if lines >= MAX_BASKET_LINES:
                 raise InvalidInput(f"Your basket holds at most {MAX_BASKET_LINES} different items.")
-            conn.execute("INSERT INTO basket_items(user_id, product_id, district_id, quantity, added_at) "
-                         "VALUES (?, ?, ?, ?, ?)", (user_id, product_id, district_id, new, now_iso()))
+            conn.execute(
+                "INSERT INTO basket_items(user_id, product_id, district_id, quantity, added_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (user_id, product_id, district_id, new, now_iso()),
+            )
         return new
 
 
@@ -1065,8 +1244,9 @@ def set_basket_quantity(conn, user_id, item_id, quantity):
     if quantity != 0:
         _check_quantity(quantity)
     with transaction(conn):
-        row = conn.execute("SELECT * FROM basket_items WHERE id = ? AND user_id = ?",
-                           (item_id, user_id)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM basket_items WHERE id = ? AND user_id = ?", (item_id, user_id)
+        ).fetchone()
         if row is None:
             raise NotFound("That item is no longer in your basket.")
         if quantity == 0:
@@ -1083,11 +1263,14 @@ def set_basket_quantity(conn, user_id, item_id, quantity):
 def change_basket_quantity(conn, user_id, item_id, delta):
     """Add delta (+1/-1) to a basket line inside one transaction; returns the new quantity (0: removed)."""
     with transaction(conn):
-        row = conn.execute("SELECT quantity FROM basket_items WHERE id = ? AND user_id = ?",
-                           (item_id, user_id)).fetchone()
+        row = conn.execute(
+            "SELECT quantity FROM basket_items WHERE id = ? AND user_id = ?", (item_id, user_id)
+        ).fetchone()
         if row is None:
             raise NotFound("That item is no longer in your basket.")
-        return set_basket_quantity(conn, user_id, item_id, max(0, min(MAX_QUANTITY, row["quantity"] + delta)))
+        return set_basket_quantity(
+            conn, user_id, item_id, max(0, min(MAX_QUANTITY, row["quantity"] + delta))
+        )
 
 
 def clear_basket(conn, user_id):
@@ -1096,6 +1279,7 @@ def clear_basket(conn, user_id):
 
 
 # Services: orders ############################################################
+
 
 def price_lines(conn, lines):
     """[(product_id, district_id, quantity)] -> (total_cents, [offer rows]) at today's prices."""
@@ -1108,8 +1292,11 @@ def price_lines(conn, lines):
 
 def sold_out(offer, left):
     place = place_name(offer["city_name"], offer["district_name"])
-    return SoldOut(f"Sorry, {offer['name']} in {place} is sold out." if not left
-                   else f"Sorry, only {left} of {offer['name']} left in {place}.")
+    return SoldOut(
+        f"Sorry, {offer['name']} in {place} is sold out."
+        if not left
+        else f"Sorry, only {left} of {offer['name']} left in {place}."
+    )
 
 
 def normalise_lines(lines):
@@ -1125,8 +1312,16 @@ def normalise_lines(lines):
     return [(p, d, q) for (p, d), q in merged.items()]
 
 
-def open_order(conn, user_id, lines, *, method, expected_total_cents=None, checkout_key=None,
-               reserve_minutes=None):
+def open_order(
+    conn,
+    user_id,
+    lines,
+    *,
+    method,
+    expected_total_cents=None,
+    checkout_key=None,
+    reserve_minutes=None,
+):
     """Inside a transaction: check the lines, create an order and take its units.
 
     method 'balance' sells the units at once (order 'paid'); 'crypto' reserves
@@ -1149,57 +1344,97 @@ def open_order(conn, user_id, lines, *, method, expected_total_cents=None, check
     order_id = conn.execute(
         "INSERT INTO orders(user_id, status, total_cents, payment_method, checkout_key, created_at, paid_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (user_id, "paid" if paid else "pending", total, method, checkout_key, now, now if paid else None)).lastrowid
+        (
+            user_id,
+            "paid" if paid else "pending",
+            total,
+            method,
+            checkout_key,
+            now,
+            now if paid else None,
+        ),
+    ).lastrowid
     until = None if paid else now_iso(reserve_minutes * 60)
     for offer, (product_id, district_id, quantity) in zip(offers, lines):
         units = conn.execute(
             "SELECT id FROM stock_units WHERE product_id = ? AND district_id = ? "
-            "AND status = 'available' ORDER BY id LIMIT ?", (product_id, district_id, quantity)).fetchall()
-        if len(units) < quantity:   # (cannot happen after the check above; guards the invariant)
+            "AND status = 'available' ORDER BY id LIMIT ?",
+            (product_id, district_id, quantity),
+        ).fetchall()
+        if len(units) < quantity:  # (cannot happen after the check above; guards the invariant)
             raise sold_out(offer, len(units))
         for unit in units:
-            conn.execute("UPDATE stock_units SET status = ?, order_id = ?, reserved_until = ?, sold_at = ? "
-                         "WHERE id = ? AND status = 'available'",
-                         ("sold" if paid else "reserved", order_id, until, now if paid else None, unit["id"]))
+            conn.execute(
+                "UPDATE stock_units SET status = ?, order_id = ?, reserved_until = ?, sold_at = ? "
+                "WHERE id = ? AND status = 'available'",
+                (
+                    "sold" if paid else "reserved",
+                    order_id,
+                    until,
+                    now if paid else None,
+                    unit["id"],
+                ),
+            )
             conn.execute(
                 "INSERT INTO order_items(order_id, unit_id, product_id, product_name, place_name, "
                 "price_cents) VALUES (?, ?, ?, ?, ?, ?)",
-                (order_id, unit["id"], product_id, offer["name"],
-                 place_name(offer["city_name"], offer["district_name"]), offer["price_cents"]))
+                (
+                    order_id,
+                    unit["id"],
+                    product_id,
+                    offer["name"],
+                    place_name(offer["city_name"], offer["district_name"]),
+                    offer["price_cents"],
+                ),
+            )
     return order_id, total
 
 
 def remove_bought_from_basket(conn, order_id):
     """What an order bought leaves its buyer's basket."""
-    conn.execute("DELETE FROM basket_items WHERE (user_id, product_id, district_id) IN "
-                 "(SELECT o.user_id, i.product_id, s.district_id FROM orders o "
-                 " JOIN order_items i ON i.order_id = o.id JOIN stock_units s ON s.id = i.unit_id "
-                 " WHERE o.id = ?)", (order_id,))
+    conn.execute(
+        "DELETE FROM basket_items WHERE (user_id, product_id, district_id) IN "
+        "(SELECT o.user_id, i.product_id, s.district_id FROM orders o "
+        " JOIN order_items i ON i.order_id = o.id JOIN stock_units s ON s.id = i.unit_id "
+        " WHERE o.id = ?)",
+        (order_id,),
+    )
 
 
 def order_from_basket(conn, order_id):
     """Whether the order was made from its buyer's basket (rather than ⚡ Buy now)."""
-    row = conn.execute("SELECT c.from_basket FROM orders o JOIN checkouts c ON c.nonce = o.checkout_key "
-                       "AND c.user_id = o.user_id WHERE o.id = ?", (order_id,)).fetchone()
+    row = conn.execute(
+        "SELECT c.from_basket FROM orders o JOIN checkouts c ON c.nonce = o.checkout_key "
+        "AND c.user_id = o.user_id WHERE o.id = ?",
+        (order_id,),
+    ).fetchone()
     return bool(row and row[0])
 
 
 def _order_quantities(conn, order_id):
     """[(user_id, product_id, district_id, quantity)] of an order."""
-    return conn.execute("SELECT o.user_id, i.product_id, s.district_id, count(*) FROM orders o "
-                        "JOIN order_items i ON i.order_id = o.id JOIN stock_units s ON s.id = i.unit_id "
-                        "WHERE o.id = ? GROUP BY i.product_id, s.district_id ORDER BY min(i.id)",
-                        (order_id,)).fetchall()
+    return conn.execute(
+        "SELECT o.user_id, i.product_id, s.district_id, count(*) FROM orders o "
+        "JOIN order_items i ON i.order_id = o.id JOIN stock_units s ON s.id = i.unit_id "
+        "WHERE o.id = ? GROUP BY i.product_id, s.district_id ORDER BY min(i.id)",
+        (order_id,),
+    ).fetchall()
 
 
 def take_from_basket(conn, order_id):
     """An invoice was opened for the basket: its lines move into the order (so they cannot be checked out
     twice), leaving whatever the basket holds beyond them."""
     for user_id, product_id, district_id, quantity in _order_quantities(conn, order_id):
-        conn.execute("DELETE FROM basket_items WHERE user_id = ? AND product_id = ? AND district_id = ? "
-                     "AND quantity <= ?", (user_id, product_id, district_id, quantity))
-        conn.execute("UPDATE basket_items SET quantity = quantity - ? WHERE user_id = ? AND product_id = ? "
-                     "AND district_id = ?", (quantity, user_id, product_id, district_id))
+        conn.execute(
+            "DELETE FROM basket_items WHERE user_id = ? AND product_id = ? AND district_id = ? "
+            "AND quantity <= ?",
+            (user_id, product_id, district_id, quantity),
+        )
+        conn.execute(
+            "UPDATE basket_items SET quantity = quantity - ? WHERE user_id = ? AND product_id = ? "
+            "AND district_id = ?",
+            (quantity, user_id, product_id, district_id),
+        )
 
 
 def return_to_basket(conn, order_id):
@@ -1213,18 +1448,28 @@ def return_to_basket(conn, order_id):
             available = get_offer(conn, product_id, district_id)["available"]
         except NotFound:
             continue
-        row = conn.execute("SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
-                           "AND district_id = ?", (user_id, product_id, district_id)).fetchone()
+        row = conn.execute(
+            "SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+            "AND district_id = ?",
+            (user_id, product_id, district_id),
+        ).fetchone()
         have = row["quantity"] if row else 0
         new = min(have + quantity, available, MAX_QUANTITY)
         if new <= have:
             continue
         if row:
             conn.execute("UPDATE basket_items SET quantity = ? WHERE id = ?", (new, row["id"]))
-        elif conn.execute("SELECT count(*) FROM basket_items WHERE user_id = ?",
-                          (user_id,)).fetchone()[0] < MAX_BASKET_LINES:
-            conn.execute("INSERT INTO basket_items(user_id, product_id, district_id, quantity, added_at) "
-                         "VALUES (?, ?, ?, ?, ?)", (user_id, product_id, district_id, new, now_iso()))
+        elif (
+            conn.execute(
+                "SELECT count(*) FROM basket_items WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+            < MAX_BASKET_LINES
+        ):
+            conn.execute(
+                "INSERT INTO basket_items(user_id, product_id, district_id, quantity, added_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (user_id, product_id, district_id, new, now_iso()),
+            )
         else:
             continue
         restored += 1
@@ -1232,11 +1477,16 @@ def return_to_basket(conn, order_id):
 
 
 def describe_user(user):
-    return esc(user["first_name"]) + (f" @{esc(user['username'])}" if user["username"] else "") \
+    return (
+        esc(user["first_name"])
+        + (f" @{esc(user['username'])}" if user["username"] else "")
         + f" (<code>{user['id']}</code>)"
+    )
 
 
-def buy_with_balance(conn, user_id, lines=None, *, expected_total_cents=None, checkout_key=None, owners=()):
+def buy_with_balance(
+    conn, user_id, lines=None, *, expected_total_cents=None, checkout_key=None, owners=()
+):
     """Buy [(product_id, district_id, quantity)], or the whole basket (lines=None), with the balance.
 
     One transaction debits the ledger, marks the units sold, records the order,
@@ -1246,32 +1496,67 @@ def buy_with_balance(conn, user_id, lines=None, *, expected_total_cents=None, ch
     """
     with transaction(conn):
         if checkout_key:
-            done = conn.execute("SELECT id, payment_method FROM orders WHERE checkout_key = ? AND user_id = ?",
-                                (checkout_key, user_id)).fetchone()
+            done = conn.execute(
+                "SELECT id, payment_method FROM orders WHERE checkout_key = ? AND user_id = ?",
+                (checkout_key, user_id),
+            ).fetchone()
             if done and done["payment_method"] != "balance":
-                raise InvalidInput("This checkout already has a crypto invoice. Pay or cancel that one, "
-                                   "or check out again.")
+                raise InvalidInput(
+                    "This checkout already has a crypto invoice. Pay or cancel that one, "
+                    "or check out again."
+                )
             if done:
                 return done["id"]
         if lines is None:
-            lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user_id).lines]
-        order_id, total = open_order(conn, user_id, lines, method="balance",
-                                     expected_total_cents=expected_total_cents, checkout_key=checkout_key)
+            lines = [
+                (l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user_id).lines
+            ]
+        order_id, total = open_order(
+            conn,
+            user_id,
+            lines,
+            method="balance",
+            expected_total_cents=expected_total_cents,
+            checkout_key=checkout_key,
+        )
         remove_bought_from_basket(conn, order_id)
-        post_ledger(conn, user_id, -total, "purchase", f"order:{order_id}:balance",
-                    reason=f"Order #{order_id}", order_id=order_id)
+        post_ledger(
+            conn,
+            user_id,
+            -total,
+            "purchase",
+            f"order:{order_id}:balance",
+            reason=f"Order #{order_id}",
+            order_id=order_id,
+        )
         enqueue_delivery(conn, order_id, first=True)
-        count = conn.execute("SELECT count(*) FROM order_items WHERE order_id = ?", (order_id,)).fetchone()[0]
-        alert_owners(conn, owners, f"🛒 Order #{order_id} paid from balance: {fmt_eur(total)}, "
-                                   f"{count} item{'s' if count != 1 else ''}, by {describe_user(get_user(conn, user_id))}")
-        log.info("order #%d paid from balance by user %d: %s, %d unit(s)", order_id, user_id, fmt_eur(total), count)
+        count = conn.execute(
+            "SELECT count(*) FROM order_items WHERE order_id = ?", (order_id,)
+        ).fetchone()[0]
+        alert_owners(
+            conn,
+            owners,
+            f"🛒 Order #{order_id} paid from balance: {fmt_eur(total)}, "
+            f"{count} item{'s' if count != 1 else ''}, by {describe_user(get_user(conn, user_id))}",
+        )
+        log.info(
+            "order #%d paid from balance by user %d: %s, %d unit(s)",
+            order_id,
+            user_id,
+            fmt_eur(total),
+            count,
+        )
         return order_id
 
 
 def format_content(content):
     """A unit's content for HTML: a lone code in <code> (tap to copy), anything else as text."""
-    if "\n" not in content and " " not in content and len(content) <= 200 \
-            and not re.match(r"(?i)https?://", content):
+    if (
+        "\n" not in content
+        and " " not in content
+        and len(content) <= 200
+        and not re.match(r"(?i)https?://", content)
+    ):
         return f"<code>{esc(content)}</code>"
     return esc(content)
 
@@ -1286,18 +1571,24 @@ def enqueue_delivery(conn, order_id, *, first=False):
     Text-only units share messages up to Telegram's length limit; a unit with a
     photo gets its own photo message (with the content as caption when it fits).
     """
-    order = conn.execute("SELECT o.*, u.balance_cents FROM orders o JOIN users u ON u.id = o.user_id "
-                         "WHERE o.id = ?", (order_id,)).fetchone()
+    order = conn.execute(
+        "SELECT o.*, u.balance_cents FROM orders o JOIN users u ON u.id = o.user_id WHERE o.id = ?",
+        (order_id,),
+    ).fetchone()
     items = conn.execute(
         "SELECT i.product_name, i.place_name, s.content, s.media FROM order_items i "
-        "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id", (order_id,)).fetchall()
+        "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
+        (order_id,),
+    ).fetchall()
     chat = order["user_id"]
     n = len(items)
     if first:
         paid = "from your balance" if order["payment_method"] == "balance" else "in crypto"
-        header = (f"✅ <b>Order #{order_id} is paid</b>: {n} item{'s' if n != 1 else ''}, "
-                  f"{fmt_eur(order['total_cents'])} {paid}.\n"
-                  f"Balance now: {fmt_eur(order['balance_cents'])}.\n\nYour items:")
+        header = (
+            f"✅ <b>Order #{order_id} is paid</b>: {n} item{'s' if n != 1 else ''}, "
+            f"{fmt_eur(order['total_cents'])} {paid}.\n"
+            f"Balance now: {fmt_eur(order['balance_cents'])}.\n\nYour items:"
+        )
     else:
         header = f"📨 <b>Order #{order_id}</b>: your items again."
     enqueue_message(conn, chat, header, order_id=order_id)
@@ -1310,9 +1601,13 @@ def enqueue_delivery(conn, order_id, *, first=False):
                 enqueue_message(conn, chat, block, order_id=order_id)
                 block = ""
             if tg_len(html_to_plain(part)) <= CAPTION_LIMIT:
-                enqueue_message(conn, chat, part, photo=f"private:{item['media']}", order_id=order_id)
+                enqueue_message(
+                    conn, chat, part, photo=f"private:{item['media']}", order_id=order_id
+                )
             else:
-                enqueue_message(conn, chat, title, photo=f"private:{item['media']}", order_id=order_id)
+                enqueue_message(
+                    conn, chat, title, photo=f"private:{item['media']}", order_id=order_id
+                )
                 enqueue_message(conn, chat, part, order_id=order_id)
             continue
         joined = f"{block}\n\n{part}" if block else part
@@ -1329,9 +1624,12 @@ def resend_delivery(conn, user_id, order_id):
     with transaction(conn):
         order = get_order(conn, user_id, order_id)
         if order["status"] != "paid":
-            raise InvalidInput(f"Order #{order_id} is {order['status']}; it has nothing to deliver.")
-        if conn.execute("SELECT 1 FROM outbox WHERE order_id = ? AND status = 'pending'",
-                        (order_id,)).fetchone():
+            raise InvalidInput(
+                f"Order #{order_id} is {order['status']}; it has nothing to deliver."
+            )
+        if conn.execute(
+            "SELECT 1 FROM outbox WHERE order_id = ? AND status = 'pending'", (order_id,)
+        ).fetchone():
             return False
         enqueue_delivery(conn, order_id)
         return True
@@ -1339,7 +1637,9 @@ def resend_delivery(conn, user_id, order_id):
 
 def get_order(conn, user_id, order_id):
     """One of the user's orders (someone else's is NotFound)."""
-    row = conn.execute("SELECT * FROM orders WHERE id = ? AND user_id = ?", (order_id, user_id)).fetchone()
+    row = conn.execute(
+        "SELECT * FROM orders WHERE id = ? AND user_id = ?", (order_id, user_id)
+    ).fetchone()
     if row is None:
         raise NotFound("No such order.")
     return row
@@ -1350,7 +1650,8 @@ def get_order_lines(conn, order_id):
     return conn.execute(
         "SELECT product_name, place_name, count(*) AS quantity, price_cents FROM order_items "
         "WHERE order_id = ? GROUP BY product_id, place_name, price_cents ORDER BY min(id)",
-        (order_id,)).fetchall()
+        (order_id,),
+    ).fetchall()
 
 
 def list_orders(conn, user_id, *, before_id=None, limit=10):
@@ -1358,14 +1659,18 @@ def list_orders(conn, user_id, *, before_id=None, limit=10):
     return conn.execute(
         "SELECT o.*, (SELECT count(*) FROM order_items i WHERE i.order_id = o.id) AS items "
         "FROM orders o WHERE o.user_id = ? AND o.id < ? ORDER BY o.id DESC LIMIT ?",
-        (user_id, before_id or 2 ** 62, limit)).fetchall()
+        (user_id, before_id or 2**62, limit),
+    ).fetchall()
 
 
 def release_order_units(conn, order_id):
     """Put an unpaid order's reserved units back on sale, and a basket order's lines back in the basket;
     returns (units freed, basket lines back)."""
-    freed = conn.execute("UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
-                         "WHERE order_id = ? AND status = 'reserved'", (order_id,)).rowcount
+    freed = conn.execute(
+        "UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
+        "WHERE order_id = ? AND status = 'reserved'",
+        (order_id,),
+    ).rowcount
     return freed, return_to_basket(conn, order_id) if freed else 0
 
 
@@ -1382,17 +1687,24 @@ def release_expired_reservations(conn):
             "SELECT DISTINCT o.id, o.user_id FROM stock_units s JOIN orders o ON o.id = s.order_id "
             "WHERE s.status = 'reserved' AND s.reserved_until < ? AND NOT EXISTS (SELECT 1 FROM payments p "
             "WHERE p.order_id = o.id AND p.status IN ('confirming', 'confirmed', 'sending'))",
-            (now_iso(),)).fetchall()
+            (now_iso(),),
+        ).fetchall()
         freed = 0
         for order in orders:
             units, lines_back = release_order_units(conn, order["id"])
             freed += units
-            if conn.execute("UPDATE orders SET status = 'expired' WHERE id = ? AND status = 'pending'",
-                            (order["id"],)).rowcount:
-                enqueue_message(conn, order["user_id"],
-                                f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items went back "
-                                f"on sale{went_back(lines_back)}. If you already sent the payment, it is not lost: you get the items "
-                                "if they are still there, or the amount on your balance.", order_id=order["id"])
+            if conn.execute(
+                "UPDATE orders SET status = 'expired' WHERE id = ? AND status = 'pending'",
+                (order["id"],),
+            ).rowcount:
+                enqueue_message(
+                    conn,
+                    order["user_id"],
+                    f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items went back "
+                    f"on sale{went_back(lines_back)}. If you already sent the payment, it is not lost: you get the items "
+                    "if they are still there, or the amount on your balance.",
+                    order_id=order["id"],
+                )
     if freed:
         log.info("released %d reserved unit(s) of %d unpaid order(s)", freed, len(orders))
     return freed
@@ -1404,8 +1716,17 @@ def release_expired_reservations(conn):
 # (finished, partially_paid, refunded) are final. expired and failed are final
 # too, except that money arriving later still counts: a payment never loses
 # money by having expired first.
-STATUS_RANK = {"waiting": 0, "confirming": 1, "confirmed": 2, "sending": 3,
-               "partially_paid": 4, "finished": 4, "refunded": 4, "failed": 4, "expired": 4}
+STATUS_RANK = {
+    "waiting": 0,
+    "confirming": 1,
+    "confirmed": 2,
+    "sending": 3,
+    "partially_paid": 4,
+    "finished": 4,
+    "refunded": 4,
+    "failed": 4,
+    "expired": 4,
+}
 OPEN_STATUSES = ("waiting", "confirming", "confirmed", "sending")
 MONEY_STATUSES = ("finished", "partially_paid", "refunded")
 
@@ -1426,7 +1747,7 @@ def crypto_amount(value, what="amount"):
         raise InvalidInput(f"{what} is not a number: {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise InvalidInput(f"{what} is not a valid amount: {value!r}")
-    if amount and not -30 <= amount.adjusted() <= 15:   # no coin amount is near 1e16 or 1e-31
+    if amount and not -30 <= amount.adjusted() <= 15:  # no coin amount is near 1e16 or 1e-31
         raise InvalidInput(f"{what} is out of range: {value!r}")
     return amount
 
@@ -1444,15 +1765,26 @@ def create_checkout(conn, user_id, kind, amount_cents, lines=(), from_basket=Fal
     nonce = secrets.token_hex(8)
     with transaction(conn):
         conn.execute("DELETE FROM checkouts WHERE created_at < ?", (now_iso(-7 * 86400),))
-        conn.execute("INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, created_at) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (nonce, user_id, kind, json.dumps([list(l) for l in lines]), int(from_basket),
-                      amount_cents, now_iso()))
+        conn.execute(
+            "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                nonce,
+                user_id,
+                kind,
+                json.dumps([list(l) for l in lines]),
+                int(from_basket),
+                amount_cents,
+                now_iso(),
+            ),
+        )
     return nonce
 
 
 def get_checkout(conn, user_id, nonce):
-    row = conn.execute("SELECT * FROM checkouts WHERE nonce = ? AND user_id = ?", (nonce, user_id)).fetchone()
+    row = conn.execute(
+        "SELECT * FROM checkouts WHERE nonce = ? AND user_id = ?", (nonce, user_id)
+    ).fetchone()
     if row is None:
         raise NotFound("This checkout is too old. Please open your basket again.")
     return row
@@ -1467,14 +1799,16 @@ def checkout_lines(checkout):
 CLAIM_SECONDS = 120
 
 
-def check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_units=None, units=0, claim=None):
+def check_invoice_limits(
+    conn, user_id, max_open, max_per_hour, max_unpaid_units=None, units=0, claim=None
+):
     """Inside the transaction that opens an invoice (BEGIN IMMEDIATE: one decision at a time, however
     the bot's and the Mini App's requests interleave), refuse it if the shopper would then have more
     than max_open unpaid invoices, more than max_per_hour invoices in the last hour, or more than
     max_unpaid_units items held by unpaid invoices. Invoices still being made count too: a pending
     order (its units reserved before the provider is asked) and a claimed top-up (checkouts.invoicing_since).
     `units`: what the new invoice would hold; `claim`: the top-up checkout being decided (not counted)."""
-    with transaction(conn):   # (a savepoint within the caller's transaction)
+    with transaction(conn):  # (a savepoint within the caller's transaction)
         _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_units, units, claim)
 
 
@@ -1488,26 +1822,46 @@ def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_unit
         "AND EXISTS (SELECT 1 FROM stock_units s WHERE s.order_id = o.id AND s.status = 'reserved' "
         "            AND s.reserved_until > ?) "
         "AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id "
-        "                AND p.status IN ('confirming', 'confirmed', 'sending'))", (user_id, now)).fetchall()
-    topups = conn.execute("SELECT count(*) FROM payments WHERE user_id = ? AND kind = 'topup' AND parent_id IS NULL "
-                          "AND status = 'waiting' AND expires_at > ?", (user_id, now)).fetchone()[0]
-    claims = conn.execute("SELECT count(*) FROM checkouts WHERE user_id = ? AND invoicing_since > ? "
-                          "AND nonce IS NOT ?", (user_id, now_iso(-CLAIM_SECONDS), claim)).fetchone()[0]
+        "                AND p.status IN ('confirming', 'confirmed', 'sending'))",
+        (user_id, now),
+    ).fetchall()
+    topups = conn.execute(
+        "SELECT count(*) FROM payments WHERE user_id = ? AND kind = 'topup' AND parent_id IS NULL "
+        "AND status = 'waiting' AND expires_at > ?",
+        (user_id, now),
+    ).fetchone()[0]
+    claims = conn.execute(
+        "SELECT count(*) FROM checkouts WHERE user_id = ? AND invoicing_since > ? "
+        "AND nonce IS NOT ?",
+        (user_id, now_iso(-CLAIM_SECONDS), claim),
+    ).fetchone()[0]
     open_ = len(orders) + topups + claims
     if open_ >= max_open:
-        raise LimitReached(f"You have {open_} unpaid invoice{'s' if open_ != 1 else ''}. "
-                           "Pay or cancel one of them first.")
+        raise LimitReached(
+            f"You have {open_} unpaid invoice{'s' if open_ != 1 else ''}. "
+            "Pay or cancel one of them first."
+        )
     being_made = sum(1 for o in orders if not o["invoiced"]) + claims
-    recent = conn.execute("SELECT count(*) FROM payments WHERE user_id = ? AND parent_id IS NULL "
-                          "AND created_at > ?", (user_id, now_iso(-3600))).fetchone()[0] + being_made
+    recent = (
+        conn.execute(
+            "SELECT count(*) FROM payments WHERE user_id = ? AND parent_id IS NULL "
+            "AND created_at > ?",
+            (user_id, now_iso(-3600)),
+        ).fetchone()[0]
+        + being_made
+    )
     if recent >= max_per_hour:
-        raise LimitReached(f"You created {recent} invoices in the last hour. Please wait a little "
-                           "before creating another.")
+        raise LimitReached(
+            f"You created {recent} invoices in the last hour. Please wait a little "
+            "before creating another."
+        )
     held = sum(o["units"] for o in orders)
     if max_unpaid_units is not None and units and held + units > max_unpaid_units:
-        raise LimitReached(f"Unpaid invoices can hold at most {max_unpaid_units} items at once"
-                           + (f"; yours hold {held} already" if held else "")
-                           + f" and this one would hold {units}. Pay or cancel an invoice first, or buy fewer.")
+        raise LimitReached(
+            f"Unpaid invoices can hold at most {max_unpaid_units} items at once"
+            + (f"; yours hold {held} already" if held else "")
+            + f" and this one would hold {units}. Pay or cancel an invoice first, or buy fewer."
+        )
 
 
 def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
@@ -1517,8 +1871,11 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
     checkout moves its lines out of the basket into the order (a cancelled or expired invoice puts them
     back)."""
     with transaction(conn):
-        done = conn.execute("SELECT id, total_cents, payment_method FROM orders WHERE checkout_key = ? "
-                            "AND user_id = ?", (nonce, user_id)).fetchone()
+        done = conn.execute(
+            "SELECT id, total_cents, payment_method FROM orders WHERE checkout_key = ? "
+            "AND user_id = ?",
+            (nonce, user_id),
+        ).fetchone()
         if done and done["payment_method"] != "crypto":
             raise InvalidInput("This checkout was already paid from your balance.")
         if done:
@@ -1526,10 +1883,18 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
         checkout = get_checkout(conn, user_id, nonce)
         lines = checkout_lines(checkout)
         if limits:
-            check_invoice_limits(conn, user_id, **limits, units=sum(q for _, _, q in normalise_lines(lines)))
-        order_id, total = open_order(conn, user_id, lines, method="crypto",
-                                     expected_total_cents=checkout["amount_cents"], checkout_key=nonce,
-                                     reserve_minutes=minutes)
+            check_invoice_limits(
+                conn, user_id, **limits, units=sum(q for _, _, q in normalise_lines(lines))
+            )
+        order_id, total = open_order(
+            conn,
+            user_id,
+            lines,
+            method="crypto",
+            expected_total_cents=checkout["amount_cents"],
+            checkout_key=nonce,
+            reserve_minutes=minutes,
+        )
         if checkout["from_basket"]:
             take_from_basket(conn, order_id)
         return order_id, total, True
@@ -1556,11 +1921,16 @@ def drop_reservation(conn, order_id):
     the checkout for another try."""
     with transaction(conn):
         release_order_units(conn, order_id)
-        conn.execute("UPDATE orders SET status = 'cancelled', checkout_key = NULL WHERE id = ? "
-                     "AND status = 'pending'", (order_id,))
+        conn.execute(
+            "UPDATE orders SET status = 'cancelled', checkout_key = NULL WHERE id = ? "
+            "AND status = 'pending'",
+            (order_id,),
+        )
 
 
-def record_payment(conn, *, kind, user_id, reference, price_cents, data, expires_at, order_id=None, claim=None):
+def record_payment(
+    conn, *, kind, user_id, reference, price_cents, data, expires_at, order_id=None, claim=None
+):
     """Store the payment the provider just created (ending the top-up checkout's claim); returns its row."""
     try:
         provider_id = provider_payment_id(data.get("payment_id"))
@@ -1576,13 +1946,29 @@ def record_payment(conn, *, kind, user_id, reference, price_cents, data, expires
             "INSERT INTO payments(provider_id, kind, user_id, order_id, reference, price_cents, pay_currency, "
             "pay_amount, pay_address, payin_extra_id, status, expires_at, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
-            (provider_id, kind, user_id, order_id, reference, price_cents, str(data["pay_currency"]).lower(),
-             str(data["pay_amount"]), str(data["pay_address"]),
-             str(data["payin_extra_id"]) if data.get("payin_extra_id") not in (None, "") else None,
-             expires_at, now, now))
+            (
+                provider_id,
+                kind,
+                user_id,
+                order_id,
+                reference,
+                price_cents,
+                str(data["pay_currency"]).lower(),
+                str(data["pay_amount"]),
+                str(data["pay_address"]),
+                str(data["payin_extra_id"])
+                if data.get("payin_extra_id") not in (None, "")
+                else None,
+                expires_at,
+                now,
+                now,
+            ),
+        )
         if claim:
             conn.execute("UPDATE checkouts SET invoicing_since = NULL WHERE nonce = ?", (claim,))
-        return conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
+        return conn.execute(
+            "SELECT * FROM payments WHERE provider_id = ?", (provider_id,)
+        ).fetchone()
 
 
 def provider_payment_id(value):
@@ -1595,12 +1981,16 @@ def provider_payment_id(value):
 
 def set_invoice_message(conn, payment_id, message_id):
     with transaction(conn):
-        conn.execute("UPDATE payments SET invoice_message_id = ? WHERE id = ?", (message_id, payment_id))
+        conn.execute(
+            "UPDATE payments SET invoice_message_id = ? WHERE id = ?", (message_id, payment_id)
+        )
 
 
 def get_payment(conn, user_id, payment_id):
     """One of the user's payments by our id (someone else's is NotFound)."""
-    row = conn.execute("SELECT * FROM payments WHERE id = ? AND user_id = ?", (payment_id, user_id)).fetchone()
+    row = conn.execute(
+        "SELECT * FROM payments WHERE id = ? AND user_id = ?", (payment_id, user_id)
+    ).fetchone()
     if row is None:
         raise NotFound("No such payment.")
     return row
@@ -1622,10 +2012,14 @@ def cancel_invoice(conn, user_id, payment_id):
             return False
         if payment["order_id"]:
             release_order_units(conn, payment["order_id"])
-            conn.execute("UPDATE orders SET status = 'cancelled' WHERE id = ? AND status = 'pending'",
-                         (payment["order_id"],))
-        conn.execute("UPDATE payments SET expires_at = ?, updated_at = ? WHERE id = ?",
-                     (now_iso(), now_iso(), payment_id))
+            conn.execute(
+                "UPDATE orders SET status = 'cancelled' WHERE id = ? AND status = 'pending'",
+                (payment["order_id"],),
+            )
+        conn.execute(
+            "UPDATE payments SET expires_at = ?, updated_at = ? WHERE id = ?",
+            (now_iso(), now_iso(), payment_id),
+        )
         enqueue_invoice_refresh(conn, get_payment(conn, user_id, payment_id))
         return True
 
@@ -1649,13 +2043,19 @@ def check_payment_matches(payment, data):
                 problems.append(str(e))
             else:
                 if price != Decimal(cents_to_str(payment["price_cents"])):
-                    problems.append(f"price_amount {price} is not {cents_to_str(payment['price_cents'])}")
+                    problems.append(
+                        f"price_amount {price} is not {cents_to_str(payment['price_cents'])}"
+                    )
         if present("price_currency") and str(data["price_currency"]).lower() != "eur":
             problems.append(f"price_currency {data['price_currency']!r} is not 'eur'")
         if present("pay_amount"):
             try:
-                if crypto_amount(data["pay_amount"], "pay_amount") != crypto_amount(payment["pay_amount"]):
-                    problems.append(f"pay_amount {data['pay_amount']} is not {payment['pay_amount']}")
+                if crypto_amount(data["pay_amount"], "pay_amount") != crypto_amount(
+                    payment["pay_amount"]
+                ):
+                    problems.append(
+                        f"pay_amount {data['pay_amount']} is not {payment['pay_amount']}"
+                    )
             except InvalidInput as e:
                 problems.append(str(e))
     if problems:
@@ -1687,18 +2087,30 @@ def apply_payment_status(conn, data, *, source, owners=()):
     if status not in STATUS_RANK:
         raise InvalidInput(f"unknown payment_status {status!r}")
     with transaction(conn):
-        payment = conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
+        payment = conn.execute(
+            "SELECT * FROM payments WHERE provider_id = ?", (provider_id,)
+        ).fetchone()
         if payment is None:
             payment = _child_payment(conn, provider_id, data)
         check_payment_matches(payment, data)
         old = payment["status"]
-        if status == "refunded" and old in ("finished", "partially_paid") \
-                and "refunded by the provider" not in (payment["outcome"] or ""):
-            conn.execute("UPDATE payments SET outcome = coalesce(outcome, '') || ' (refunded by the provider)' "
-                         "WHERE id = ?", (payment["id"],))
-            alert_owners(conn, owners, f"⚠️ NOWPayments reports payment {provider_id} as refunded after it was "
-                                       f"{old}. The shop already {esc(payment['outcome'] or 'settled it')}; "
-                                       "check whether the shopper keeps goods or credit twice.")
+        if (
+            status == "refunded"
+            and old in ("finished", "partially_paid")
+            and "refunded by the provider" not in (payment["outcome"] or "")
+        ):
+            conn.execute(
+                "UPDATE payments SET outcome = coalesce(outcome, '') || ' (refunded by the provider)' "
+                "WHERE id = ?",
+                (payment["id"],),
+            )
+            alert_owners(
+                conn,
+                owners,
+                f"⚠️ NOWPayments reports payment {provider_id} as refunded after it was "
+                f"{old}. The shop already {esc(payment['outcome'] or 'settled it')}; "
+                "check whether the shopper keeps goods or credit twice.",
+            )
             return f"unchanged ({old}); refund reported to the owners"
         if status == old or not can_move(old, status):
             return f"unchanged ({old})"
@@ -1707,11 +2119,21 @@ def apply_payment_status(conn, data, *, source, owners=()):
             crypto_amount(paid, "actually_paid")
         now = now_iso()
         final = status not in OPEN_STATUSES
-        conn.execute("UPDATE payments SET status = ?, actually_paid = coalesce(?, actually_paid), updated_at = ?, "
-                     "final_at = CASE WHEN ? THEN ? ELSE final_at END, "
-                     "final_source = CASE WHEN ? THEN ? ELSE final_source END WHERE id = ?",
-                     (status, str(paid) if paid not in (None, "") else None, now, final, now, final, source,
-                      payment["id"]))
+        conn.execute(
+            "UPDATE payments SET status = ?, actually_paid = coalesce(?, actually_paid), updated_at = ?, "
+            "final_at = CASE WHEN ? THEN ? ELSE final_at END, "
+            "final_source = CASE WHEN ? THEN ? ELSE final_source END WHERE id = ?",
+            (
+                status,
+                str(paid) if paid not in (None, "") else None,
+                now,
+                final,
+                now,
+                final,
+                source,
+                payment["id"],
+            ),
+        )
         payment = conn.execute("SELECT * FROM payments WHERE id = ?", (payment["id"],)).fetchone()
         if payment["parent_id"]:
             outcome = _settle_child(conn, payment, owners)
@@ -1722,8 +2144,16 @@ def apply_payment_status(conn, data, *, source, owners=()):
         if outcome:
             conn.execute("UPDATE payments SET outcome = ? WHERE id = ?", (outcome, payment["id"]))
         enqueue_invoice_refresh(conn, payment)
-        log.info("payment %s (%s #%s) %s -> %s via %s%s", provider_id, payment["kind"],
-                 payment["order_id"] or payment["id"], old, status, source, f": {outcome}" if outcome else "")
+        log.info(
+            "payment %s (%s #%s) %s -> %s via %s%s",
+            provider_id,
+            payment["kind"],
+            payment["order_id"] or payment["id"],
+            old,
+            status,
+            source,
+            f": {outcome}" if outcome else "",
+        )
         return f"{old} -> {status}" + (f": {outcome}" if outcome else "")
 
 
@@ -1732,21 +2162,40 @@ def _child_payment(conn, provider_id, data):
     parent_id = data.get("parent_payment_id")
     parent = None
     if parent_id not in (None, ""):
-        parent = conn.execute("SELECT * FROM payments WHERE provider_id = ?",
-                              (provider_payment_id(parent_id),)).fetchone()
+        parent = conn.execute(
+            "SELECT * FROM payments WHERE provider_id = ?", (provider_payment_id(parent_id),)
+        ).fetchone()
     if parent is None:
         raise UnknownPayment(f"payment {provider_id} is not one of this shop's")
-    if data.get("pay_address") not in (None, "") and str(data["pay_address"]) != parent["pay_address"]:
-        raise PaymentMismatch(f"payment {provider_id} names parent {parent['provider_id']} but was paid "
-                              "to another address")
+    if (
+        data.get("pay_address") not in (None, "")
+        and str(data["pay_address"]) != parent["pay_address"]
+    ):
+        raise PaymentMismatch(
+            f"payment {provider_id} names parent {parent['provider_id']} but was paid "
+            "to another address"
+        )
     now = now_iso()
     conn.execute(
         "INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
         "pay_currency, pay_amount, pay_address, status, expires_at, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
-        (provider_id, parent["kind"], parent["user_id"], parent["order_id"], parent["id"], parent["reference"],
-         parent["price_cents"], parent["pay_currency"], parent["pay_amount"], parent["pay_address"],
-         now_iso(86400), now, now))
+        (
+            provider_id,
+            parent["kind"],
+            parent["user_id"],
+            parent["order_id"],
+            parent["id"],
+            parent["reference"],
+            parent["price_cents"],
+            parent["pay_currency"],
+            parent["pay_amount"],
+            parent["pay_address"],
+            now_iso(86400),
+            now,
+            now,
+        ),
+    )
     return conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
 
 
@@ -1754,13 +2203,27 @@ def _credit(conn, payment, cents, kind, key_suffix, reason):
     """Credit the payment's shopper; returns the cents credited (0 if nothing or already done)."""
     if cents <= 0:
         return 0
-    if cents > MAX_EUR_CENTS:   # worth more than the shop ever takes at once: for the owner to check, not to book
-        raise InvalidInput(f"payment {payment['provider_id']} would credit {fmt_eur(cents)}; refused: check it "
-                           "with NOWPayments")
-    done = post_ledger(conn, payment["user_id"], cents, kind, f"payment:{payment['provider_id']}:{key_suffix}",
-                       reason=reason, order_id=payment["order_id"])
+    if (
+        cents > MAX_EUR_CENTS
+    ):  # worth more than the shop ever takes at once: for the owner to check, not to book
+        raise InvalidInput(
+            f"payment {payment['provider_id']} would credit {fmt_eur(cents)}; refused: check it "
+            "with NOWPayments"
+        )
+    done = post_ledger(
+        conn,
+        payment["user_id"],
+        cents,
+        kind,
+        f"payment:{payment['provider_id']}:{key_suffix}",
+        reason=reason,
+        order_id=payment["order_id"],
+    )
     if done:
-        conn.execute("UPDATE payments SET credited_cents = credited_cents + ? WHERE id = ?", (cents, payment["id"]))
+        conn.execute(
+            "UPDATE payments SET credited_cents = credited_cents + ? WHERE id = ?",
+            (cents, payment["id"]),
+        )
     return cents if done else 0
 
 
@@ -1775,26 +2238,44 @@ def _paid_text(payment):
 def _notify_seen(conn, payment, what):
     if not payment["seen_notified"]:
         conn.execute("UPDATE payments SET seen_notified = 1 WHERE id = ?", (payment["id"],))
-        enqueue_message(conn, payment["user_id"], f"🔎 Your payment for {what} is on its way: seen on the "
-                        "blockchain, waiting for confirmations. Nothing to do but wait.",
-                        order_id=payment["order_id"])
+        enqueue_message(
+            conn,
+            payment["user_id"],
+            f"🔎 Your payment for {what} is on its way: seen on the "
+            "blockchain, waiting for confirmations. Nothing to do but wait.",
+            order_id=payment["order_id"],
+        )
 
 
 def _settle_child(conn, payment, owners):
     if payment["status"] not in ("finished", "partially_paid"):
         return None
-    cents = _credit(conn, payment, value_of(payment["price_cents"], payment["actually_paid"] or 0,
-                                            payment["pay_amount"]),
-                    "repeat_deposit", "credit", "Another payment to an invoice's address")
+    cents = _credit(
+        conn,
+        payment,
+        value_of(payment["price_cents"], payment["actually_paid"] or 0, payment["pay_amount"]),
+        "repeat_deposit",
+        "credit",
+        "Another payment to an invoice's address",
+    )
     if cents:
-        enqueue_message(conn, payment["user_id"],
-                        f"💰 Another payment of {_paid_text(payment)} arrived at the address of an earlier invoice. "
-                        f"{fmt_eur(cents)} was added to your balance. Balance: {_balance(conn, payment['user_id'])}.")
-        parent = conn.execute("SELECT provider_id FROM payments WHERE id = ?", (payment["parent_id"],)).fetchone()
-        alert_owners(conn, owners, f"💰 Repeat deposit of {_paid_text(payment)} to the address of payment "
-                                   f"{parent['provider_id']}"
-                                   f"{' (order #%s)' % payment['order_id'] if payment['order_id'] else ''}: "
-                                   f"{fmt_eur(cents)} credited to <code>{payment['user_id']}</code>")
+        enqueue_message(
+            conn,
+            payment["user_id"],
+            f"💰 Another payment of {_paid_text(payment)} arrived at the address of an earlier invoice. "
+            f"{fmt_eur(cents)} was added to your balance. Balance: {_balance(conn, payment['user_id'])}.",
+        )
+        parent = conn.execute(
+            "SELECT provider_id FROM payments WHERE id = ?", (payment["parent_id"],)
+        ).fetchone()
+        alert_owners(
+            conn,
+            owners,
+            f"💰 Repeat deposit of {_paid_text(payment)} to the address of payment "
+            f"{parent['provider_id']}"
+            f"{' (order #%s)' % payment['order_id'] if payment['order_id'] else ''}: "
+            f"{fmt_eur(cents)} credited to <code>{payment['user_id']}</code>",
+        )
     return f"credited {cents_to_str(cents)}"
 
 
@@ -1804,22 +2285,38 @@ def _settle_topup(conn, payment, owners):
         _notify_seen(conn, payment, f"the {fmt_eur(payment['price_cents'])} top-up")
         return None
     if status in ("finished", "partially_paid"):
-        value = value_of(payment["price_cents"], payment["actually_paid"] or 0, payment["pay_amount"])
+        value = value_of(
+            payment["price_cents"], payment["actually_paid"] or 0, payment["pay_amount"]
+        )
         cents = max(value, payment["price_cents"]) if status == "finished" else value
-        cents = _credit(conn, payment, cents, "topup", "credit", f"Top-up, {payment['pay_currency'].upper()}")
+        cents = _credit(
+            conn, payment, cents, "topup", "credit", f"Top-up, {payment['pay_currency'].upper()}"
+        )
         if status == "finished":
-            text = f"✅ Top-up received: {fmt_eur(cents)} added. Balance: {_balance(conn, user_id)}."
+            text = (
+                f"✅ Top-up received: {fmt_eur(cents)} added. Balance: {_balance(conn, user_id)}."
+            )
         else:
-            text = (f"⚠️ Your top-up was paid only in part: {_paid_text(payment)} of "
-                    f"{esc(payment['pay_amount'])} {esc(payment['pay_currency'].upper())} arrived, worth "
-                    f"{fmt_eur(cents)}, which was added. Balance: {_balance(conn, user_id)}.")
+            text = (
+                f"⚠️ Your top-up was paid only in part: {_paid_text(payment)} of "
+                f"{esc(payment['pay_amount'])} {esc(payment['pay_currency'].upper())} arrived, worth "
+                f"{fmt_eur(cents)}, which was added. Balance: {_balance(conn, user_id)}."
+            )
         enqueue_message(conn, user_id, text)
-        alert_owners(conn, owners, f"💰 Top-up {fmt_eur(cents)} ({_paid_text(payment)}) by "
-                                   f"{describe_user(get_user(conn, user_id))}")
+        alert_owners(
+            conn,
+            owners,
+            f"💰 Top-up {fmt_eur(cents)} ({_paid_text(payment)}) by "
+            f"{describe_user(get_user(conn, user_id))}",
+        )
         return f"credited {cents_to_str(cents)}"
     if status in ("expired", "failed"):
-        enqueue_message(conn, user_id, f"⌛ The invoice for your {fmt_eur(payment['price_cents'])} top-up "
-                                       f"{'expired' if status == 'expired' else 'failed'}; nothing was charged.")
+        enqueue_message(
+            conn,
+            user_id,
+            f"⌛ The invoice for your {fmt_eur(payment['price_cents'])} top-up "
+            f"{'expired' if status == 'expired' else 'failed'}; nothing was charged.",
+        )
     return None
 
 
@@ -1835,26 +2332,47 @@ def _settle_order(conn, payment, owners):
         if order["status"] == "pending":
             release_order_units(conn, order_id)
             conn.execute("UPDATE orders SET status = 'cancelled' WHERE id = ?", (order_id,))
-        cents = _credit(conn, payment, value_of(payment["price_cents"], payment["actually_paid"] or 0,
-                                                payment["pay_amount"]),
-                        "underpayment", "credit", f"Order #{order_id} paid in part")
-        enqueue_message(conn, user_id,
-                        f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of {esc(payment['pay_amount'])} "
-                        f"{esc(payment['pay_currency'].upper())} arrived. The order is cancelled and the value "
-                        f"received, {fmt_eur(cents)}, was added to your balance. Balance: {_balance(conn, user_id)}.",
-                        order_id=order_id)
-        alert_owners(conn, owners, f"⚠️ Order #{order_id} underpaid ({_paid_text(payment)}): cancelled, "
-                                   f"{fmt_eur(cents)} credited")
+        cents = _credit(
+            conn,
+            payment,
+            value_of(payment["price_cents"], payment["actually_paid"] or 0, payment["pay_amount"]),
+            "underpayment",
+            "credit",
+            f"Order #{order_id} paid in part",
+        )
+        enqueue_message(
+            conn,
+            user_id,
+            f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of {esc(payment['pay_amount'])} "
+            f"{esc(payment['pay_currency'].upper())} arrived. The order is cancelled and the value "
+            f"received, {fmt_eur(cents)}, was added to your balance. Balance: {_balance(conn, user_id)}.",
+            order_id=order_id,
+        )
+        alert_owners(
+            conn,
+            owners,
+            f"⚠️ Order #{order_id} underpaid ({_paid_text(payment)}): cancelled, "
+            f"{fmt_eur(cents)} credited",
+        )
         return f"cancelled, credited {cents_to_str(cents)}"
-    if order["status"] == "pending":   # expired, failed or refunded before any money counted
+    if order["status"] == "pending":  # expired, failed or refunded before any money counted
         _, lines_back = release_order_units(conn, order_id)
-        conn.execute("UPDATE orders SET status = ? WHERE id = ?",
-                     ("expired" if status == "expired" else "cancelled", order_id))
-        text = {"expired": "the invoice expired without a payment",
-                "failed": "the payment failed",
-                "refunded": "the payment was refunded by the payment service"}[status]
-        enqueue_message(conn, user_id, f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on "
-                                       f"sale{went_back(lines_back)} and nothing was charged.", order_id=order_id)
+        conn.execute(
+            "UPDATE orders SET status = ? WHERE id = ?",
+            ("expired" if status == "expired" else "cancelled", order_id),
+        )
+        text = {
+            "expired": "the invoice expired without a payment",
+            "failed": "the payment failed",
+            "refunded": "the payment was refunded by the payment service",
+        }[status]
+        enqueue_message(
+            conn,
+            user_id,
+            f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on "
+            f"sale{went_back(lines_back)} and nothing was charged.",
+            order_id=order_id,
+        )
     return None
 
 
@@ -1870,62 +2388,108 @@ def _order_paid(conn, payment, order, owners):
         outcome = None
     if outcome:
         now = now_iso()
-        conn.execute("UPDATE stock_units SET status = 'sold', sold_at = ?, reserved_until = NULL "
-                     "WHERE order_id = ? AND status = 'reserved'", (now, order_id))
+        conn.execute(
+            "UPDATE stock_units SET status = 'sold', sold_at = ?, reserved_until = NULL "
+            "WHERE order_id = ? AND status = 'reserved'",
+            (now, order_id),
+        )
         conn.execute("UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?", (now, order_id))
         if not order_from_basket(conn, order_id):
             remove_bought_from_basket(conn, order_id)
-        elif late:   # its lines went back into the basket when it lapsed; now they are bought after all
+        elif (
+            late
+        ):  # its lines went back into the basket when it lapsed; now they are bought after all
             take_from_basket(conn, order_id)
         if late:
-            enqueue_message(conn, user_id, f"✅ Your payment for <b>order #{order_id}</b> arrived after the time "
-                                           "to pay had run out, but the items were still there: here they are.",
-                            order_id=order_id)
+            enqueue_message(
+                conn,
+                user_id,
+                f"✅ Your payment for <b>order #{order_id}</b> arrived after the time "
+                "to pay had run out, but the items were still there: here they are.",
+                order_id=order_id,
+            )
         enqueue_delivery(conn, order_id, first=True)
-        alert_owners(conn, owners, f"🛒 Order #{order_id} paid in {esc(payment['pay_currency'].upper())}: "
-                                   f"{fmt_eur(payment['price_cents'])}{' (late)' if late else ''}, by "
-                                   f"{describe_user(get_user(conn, user_id))}")
+        alert_owners(
+            conn,
+            owners,
+            f"🛒 Order #{order_id} paid in {esc(payment['pay_currency'].upper())}: "
+            f"{fmt_eur(payment['price_cents'])}{' (late)' if late else ''}, by "
+            f"{describe_user(get_user(conn, user_id))}",
+        )
     else:
-        cents = _credit(conn, payment, payment["price_cents"], "late_payment", "credit",
-                        f"Order #{order_id} paid after its items were gone")
-        enqueue_message(conn, user_id, f"⚠️ Your payment for <b>order #{order_id}</b> arrived after the time to pay "
-                                       "had run out, and the items are gone. The full price, "
-                                       f"{fmt_eur(cents)}, was added to your balance. Balance: "
-                                       f"{_balance(conn, user_id)}.", order_id=order_id)
+        cents = _credit(
+            conn,
+            payment,
+            payment["price_cents"],
+            "late_payment",
+            "credit",
+            f"Order #{order_id} paid after its items were gone",
+        )
+        enqueue_message(
+            conn,
+            user_id,
+            f"⚠️ Your payment for <b>order #{order_id}</b> arrived after the time to pay "
+            "had run out, and the items are gone. The full price, "
+            f"{fmt_eur(cents)}, was added to your balance. Balance: "
+            f"{_balance(conn, user_id)}.",
+            order_id=order_id,
+        )
         outcome = f"late, credited {cents_to_str(cents)}"
     paid = payment["actually_paid"]
     if paid and crypto_amount(paid) > crypto_amount(payment["pay_amount"]):
-        extra = value_of(payment["price_cents"], crypto_amount(paid) - crypto_amount(payment["pay_amount"]),
-                         payment["pay_amount"])
-        extra = _credit(conn, payment, extra, "overpayment", "overpaid", f"Order #{order_id} overpaid")
+        extra = value_of(
+            payment["price_cents"],
+            crypto_amount(paid) - crypto_amount(payment["pay_amount"]),
+            payment["pay_amount"],
+        )
+        extra = _credit(
+            conn, payment, extra, "overpayment", "overpaid", f"Order #{order_id} overpaid"
+        )
         if extra:
-            enqueue_message(conn, user_id, f"💰 You sent more than needed for order #{order_id}; the extra "
-                                           f"{fmt_eur(extra)} was added to your balance. Balance: "
-                                           f"{_balance(conn, user_id)}.", order_id=order_id)
+            enqueue_message(
+                conn,
+                user_id,
+                f"💰 You sent more than needed for order #{order_id}; the extra "
+                f"{fmt_eur(extra)} was added to your balance. Balance: "
+                f"{_balance(conn, user_id)}.",
+                order_id=order_id,
+            )
             outcome += f", overpaid {cents_to_str(extra)} credited"
     if outcome.startswith("late, credited"):
-        credited = conn.execute("SELECT credited_cents FROM payments WHERE id = ?", (payment["id"],)).fetchone()[0]
-        alert_owners(conn, owners, f"⚠️ Order #{order_id} paid late and its items are gone: "
-                                   f"{fmt_eur(credited)} credited to the shopper's balance")
+        credited = conn.execute(
+            "SELECT credited_cents FROM payments WHERE id = ?", (payment["id"],)
+        ).fetchone()[0]
+        alert_owners(
+            conn,
+            owners,
+            f"⚠️ Order #{order_id} paid late and its items are gone: "
+            f"{fmt_eur(credited)} credited to the shopper's balance",
+        )
     return outcome
 
 
 def _retake_units(conn, order_id):
     """Reserve again, for a late payment, the order's units or others of the same product and place."""
-    items = conn.execute("SELECT i.id, i.unit_id, i.product_id, s.district_id FROM order_items i "
-                         "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ?", (order_id,)).fetchall()
+    items = conn.execute(
+        "SELECT i.id, i.unit_id, i.product_id, s.district_id FROM order_items i "
+        "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ?",
+        (order_id,),
+    ).fetchall()
     taken = []
     for item in items:
         unit = conn.execute(
             "SELECT id FROM stock_units WHERE status = 'available' AND product_id = ? AND district_id = ? "
             "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id = ? DESC, id LIMIT 1",
-            (item["product_id"], item["district_id"], json.dumps(taken), item["unit_id"])).fetchone()
+            (item["product_id"], item["district_id"], json.dumps(taken), item["unit_id"]),
+        ).fetchone()
         if unit is None:
             return False
         taken.append(unit["id"])
     for item, unit_id in zip(items, taken):
-        conn.execute("UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = ?",
-                     (order_id, now_iso(), unit_id))
+        conn.execute(
+            "UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = ?",
+            (order_id, now_iso(), unit_id),
+        )
         conn.execute("UPDATE order_items SET unit_id = ? WHERE id = ?", (unit_id, item["id"]))
     return True
 
@@ -1933,7 +2497,12 @@ def _retake_units(conn, order_id):
 # Services: catalog import ####################################################
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
-IMAGE_TYPES = {b"\xff\xd8\xff": "jpg", b"\x89PNG\r\n\x1a\n": "png", b"GIF87a": "gif", b"GIF89a": "gif"}
+IMAGE_TYPES = {
+    b"\xff\xd8\xff": "jpg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+}
 
 
 def image_kind(data):
@@ -1950,7 +2519,9 @@ def store_media(media_dir, data, kind, *, private):
     """Save an image under media/public (named by its hash) or media/private (random name)."""
     folder = Path(media_dir) / ("private" if private else "public")
     folder.mkdir(parents=True, exist_ok=True)
-    name = (secrets.token_hex(16) if private else hashlib.sha256(data).hexdigest()[:32]) + "." + kind
+    name = (
+        (secrets.token_hex(16) if private else hashlib.sha256(data).hexdigest()[:32]) + "." + kind
+    )
     path = folder / name
     if not path.exists():
         tmp = folder / f".{name}.tmp"
@@ -1962,7 +2533,9 @@ def store_media(media_dir, data, kind, *, private):
 def media_path(media_dir, ref):
     """'public:<name>' / 'private:<name>' -> the file's path."""
     scope, _, name = ref.partition(":")
-    if scope not in ("public", "private") or not re.fullmatch(r"[0-9a-f]{32}\.(jpg|png|gif|webp)", name):
+    if scope not in ("public", "private") or not re.fullmatch(
+        r"[0-9a-f]{32}\.(jpg|png|gif|webp)", name
+    ):
         raise ValueError(f"bad media reference {ref!r}")
     return Path(media_dir) / scope / name
 
@@ -1983,26 +2556,33 @@ def read_catalog_file(path):
 
     def no_constants(name):
         raise ValueError(f"{name} is not a number")
+
     try:
         return json.loads(text, parse_float=Decimal, parse_constant=no_constants)
     except json.JSONDecodeError as e:
-        raise CatalogError([f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"]) from None
+        raise CatalogError(
+            [f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"]
+        ) from None
     except (ValueError, RecursionError) as e:
         raise CatalogError([f"{path}: not valid JSON: {e}"]) from None
 
 
 @dataclass
 class CatalogPlan:
-    cities: list          # [(name, [district names])]
-    products: list        # [dict(name, description, price_cents, photo: (bytes, kind) | None)]
-    units: list           # [dict(product, city, district, content, media: (bytes, kind) | None, where)]
+    cities: list  # [(name, [district names])]
+    products: list  # [dict(name, description, price_cents, photo: (bytes, kind) | None)]
+    units: list  # [dict(product, city, district, content, media: (bytes, kind) | None, where)]
 
 
 def read_image(path, ref):
     """(bytes, kind) of an image file, or the reason it cannot be one. Reads at most 10 MB + 1 byte."""
     try:
         if not path.is_file():
-            return f"{ref} is not a file" if path.exists() else f"cannot read {ref}: No such file or directory"
+            return (
+                f"{ref} is not a file"
+                if path.exists()
+                else f"cannot read {ref}: No such file or directory"
+            )
         with open(path, "rb") as f:
             data = f.read(MAX_IMAGE_BYTES + 1)
     except OSError as e:
@@ -2029,7 +2609,7 @@ def plan_catalog(data, base_dir, confine=False):
         except InvalidInput as e:
             err(f"{where}.{key}", str(e))
 
-    images = {}   # each file is read once, however many units name it
+    images = {}  # each file is read once, however many units name it
 
     def image(where, ref):
         if ref is None:
@@ -2045,10 +2625,10 @@ def plan_catalog(data, base_dir, confine=False):
         return err(where, found) if isinstance(found, str) else found
 
     if not isinstance(data, dict):
-        raise CatalogError(["the catalog must be a JSON object with \"cities\" and \"products\""])
+        raise CatalogError(['the catalog must be a JSON object with "cities" and "products"'])
     unknown = set(data) - {"cities", "products"}
     if unknown:
-        err("catalog", f"unknown keys {sorted(unknown)} (expected \"cities\" and \"products\")")
+        err("catalog", f'unknown keys {sorted(unknown)} (expected "cities" and "products")')
     cities, seen_cities = [], set()
     raw_cities = data.get("cities", [])
     if not isinstance(raw_cities, list):
@@ -2057,7 +2637,7 @@ def plan_catalog(data, base_dir, confine=False):
     for i, c in enumerate(raw_cities):
         where = f"cities[{i}]"
         if not isinstance(c, dict):
-            err(where, "must be an object with \"name\" and \"districts\"")
+            err(where, 'must be an object with "name" and "districts"')
             continue
         name = text(where, c, "name", "The city name", max_len=64)
         if name in seen_cities:
@@ -2088,7 +2668,7 @@ def plan_catalog(data, base_dir, confine=False):
     for i, p in enumerate(raw_products):
         where = f"products[{i}]"
         if not isinstance(p, dict):
-            err(where, "must be an object with \"name\", \"price\" and \"stock\"")
+            err(where, 'must be an object with "name", "price" and "stock"')
             continue
         extra = set(p) - {"name", "description", "price", "photo", "stock"}
         if extra:
@@ -2097,11 +2677,12 @@ def plan_catalog(data, base_dir, confine=False):
         if name in seen_products:
             err(where, f"product {name!r} is listed twice")
         seen_products.add(name)
-        description = text(where, p, "description", "The description", max_len=800,
-                           multiline=True, required=False)
+        description = text(
+            where, p, "description", "The description", max_len=800, multiline=True, required=False
+        )
         price = p.get("price")
         if isinstance(price, float) or isinstance(price, bool) or price is None:
-            err(f"{where}.price", "must be a price in EUR like \"25.00\"")
+            err(f"{where}.price", 'must be a price in EUR like "25.00"')
             price_cents = None
         else:
             try:
@@ -2112,8 +2693,15 @@ def plan_catalog(data, base_dir, confine=False):
                 err(f"{where}.price", str(e))
                 price_cents = None
         photo = image(f"{where}.photo", p.get("photo"))
-        products.append({"name": name, "description": description, "price_cents": price_cents,
-                         "photo": photo, "has_photo": p.get("photo") is not None})
+        products.append(
+            {
+                "name": name,
+                "description": description,
+                "price_cents": price_cents,
+                "photo": photo,
+                "has_photo": p.get("photo") is not None,
+            }
+        )
         stock = p.get("stock", [])
         if not isinstance(stock, list):
             err(f"{where}.stock", "must be a list")
@@ -2121,7 +2709,7 @@ def plan_catalog(data, base_dir, confine=False):
         for j, s in enumerate(stock):
             w = f"{where}.stock[{j}]"
             if not isinstance(s, dict):
-                err(w, "must be an object with \"city\", \"district\" and \"content\"")
+                err(w, 'must be an object with "city", "district" and "content"')
                 continue
             extra = set(s) - {"city", "district", "content", "media"}
             if extra:
@@ -2130,8 +2718,16 @@ def plan_catalog(data, base_dir, confine=False):
             district = text(w, s, "district", "The district", max_len=64)
             content = text(w, s, "content", "The content", max_len=3500, multiline=True)
             media = image(f"{w}.media", s.get("media"))
-            units.append({"product": name, "city": city, "district": district, "content": content,
-                          "media": media, "where": w})
+            units.append(
+                {
+                    "product": name,
+                    "city": city,
+                    "district": district,
+                    "content": content,
+                    "media": media,
+                    "where": w,
+                }
+            )
     if errors:
         raise CatalogError(errors)
     return CatalogPlan(cities, products, units)
@@ -2157,8 +2753,18 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
     changes nothing.
     """
     plan = plan_catalog(data, base_dir, confine)
-    counts = dict.fromkeys(["cities_added", "districts_added", "products_added", "products_updated",
-                            "units_added", "units_present", "units_repeated"], 0)
+    counts = dict.fromkeys(
+        [
+            "cities_added",
+            "districts_added",
+            "products_added",
+            "products_updated",
+            "units_added",
+            "units_present",
+            "units_repeated",
+        ],
+        0,
+    )
     written = []
 
     def save(image, private):
@@ -2167,31 +2773,44 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
         name = store_media(media_dir, image[0], image[1], private=private)
         written.append(Path(media_dir) / ("private" if private else "public") / name)
         return name
+
     try:
         with transaction(conn):
             city_ids, district_ids = {}, {}
             for row in conn.execute("SELECT id, name FROM cities"):
                 city_ids[row["name"]] = row["id"]
-            for row in conn.execute("SELECT d.id, d.name, c.name AS city FROM districts d "
-                                    "JOIN cities c ON c.id = d.city_id"):
+            for row in conn.execute(
+                "SELECT d.id, d.name, c.name AS city FROM districts d "
+                "JOIN cities c ON c.id = d.city_id"
+            ):
                 district_ids[(row["city"], row["name"])] = row["id"]
             for name, districts in plan.cities:
                 if name not in city_ids:
-                    position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM cities").fetchone()[0]
-                    city_ids[name] = conn.execute("INSERT INTO cities(name, position) VALUES (?, ?)",
-                                                  (name, position)).lastrowid
+                    position = conn.execute(
+                        "SELECT coalesce(max(position), 0) + 1 FROM cities"
+                    ).fetchone()[0]
+                    city_ids[name] = conn.execute(
+                        "INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)
+                    ).lastrowid
                     counts["cities_added"] += 1
                 for d in districts:
                     if (name, d) not in district_ids:
-                        position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM districts "
-                                                "WHERE city_id = ?", (city_ids[name],)).fetchone()[0]
+                        position = conn.execute(
+                            "SELECT coalesce(max(position), 0) + 1 FROM districts "
+                            "WHERE city_id = ?",
+                            (city_ids[name],),
+                        ).fetchone()[0]
                         district_ids[(name, d)] = conn.execute(
                             "INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
-                            (city_ids[name], d, position)).lastrowid
+                            (city_ids[name], d, position),
+                        ).lastrowid
                         counts["districts_added"] += 1
-            missing = [f"{u['where']}.district: {u['district']!r} is not a district of {u['city']!r} "
-                       "(list it under \"cities\")" for u in plan.units
-                       if (u["city"], u["district"]) not in district_ids]
+            missing = [
+                f"{u['where']}.district: {u['district']!r} is not a district of {u['city']!r} "
+                '(list it under "cities")'
+                for u in plan.units
+                if (u["city"], u["district"]) not in district_ids
+            ]
             if missing:
                 raise CatalogError(missing)
             product_ids = {}
@@ -2202,29 +2821,47 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
                     product_ids[p["name"]] = conn.execute(
                         "INSERT INTO products(name, description, price_cents, photo, created_at) "
                         "VALUES (?, ?, ?, ?, ?)",
-                        (p["name"], p["description"], p["price_cents"], photo, now_iso())).lastrowid
+                        (p["name"], p["description"], p["price_cents"], photo, now_iso()),
+                    ).lastrowid
                     counts["products_added"] += 1
                     continue
                 product_ids[p["name"]] = row["id"]
-                new = (p["description"], p["price_cents"], photo if p["has_photo"] else row["photo"])
+                new = (
+                    p["description"],
+                    p["price_cents"],
+                    photo if p["has_photo"] else row["photo"],
+                )
                 if new != (row["description"], row["price_cents"], row["photo"]):
-                    conn.execute("UPDATE products SET description = ?, price_cents = ?, photo = ? "
-                                 "WHERE id = ?", (*new, row["id"]))
+                    conn.execute(
+                        "UPDATE products SET description = ?, price_cents = ?, photo = ? "
+                        "WHERE id = ?",
+                        (*new, row["id"]),
+                    )
                     counts["products_updated"] += 1
             added = set()
             for u in plan.units:
-                key = (product_ids[u["product"]], district_ids[(u["city"], u["district"])], u["content"])
+                key = (
+                    product_ids[u["product"]],
+                    district_ids[(u["city"], u["district"])],
+                    u["content"],
+                )
                 if key in added:
-                    counts["units_repeated"] += 1   # the file lists the same unit twice
+                    counts["units_repeated"] += 1  # the file lists the same unit twice
                     continue
                 added.add(key)
-                if conn.execute("SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? "
-                                "AND content = ?", key).fetchone():
+                if conn.execute(
+                    "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? "
+                    "AND content = ?",
+                    key,
+                ).fetchone():
                     counts["units_present"] += 1
                     continue
                 media = save(u["media"], private=True) if u["media"] else None
-                conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
-                             "VALUES (?, ?, ?, ?, ?)", (*key, media, now_iso()))
+                conn.execute(
+                    "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (*key, media, now_iso()),
+                )
                 counts["units_added"] += 1
             if dry_run:
                 raise _DryRun(counts)
@@ -2234,7 +2871,8 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
         for path in written:
             referenced = conn.execute(
                 "SELECT 1 FROM products WHERE photo = ? UNION SELECT 1 FROM stock_units WHERE media = ?",
-                (path.name, path.name)).fetchone()
+                (path.name, path.name),
+            ).fetchone()
             if not referenced:
                 path.unlink(missing_ok=True)
         raise
@@ -2249,20 +2887,24 @@ ADMIN_MAX_SECONDS = 12 * 3600
 
 def audit(conn, action, details="", remote=None):
     """Record an admin action; call inside the action's own transaction."""
-    conn.execute("INSERT INTO audit_log(at, action, details, remote_addr) VALUES (?, ?, ?, ?)",
-                 (now_iso(), action, details[:2000], remote))
+    conn.execute(
+        "INSERT INTO audit_log(at, action, details, remote_addr) VALUES (?, ?, ?, ?)",
+        (now_iso(), action, details[:2000], remote),
+    )
 
 
 def hash_password(password):
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
     return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
 
 
 def check_password(password, stored):
     try:
         _, n, r, p, salt, digest = stored.split("$")
-        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+        got = hashlib.scrypt(
+            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got.hex(), digest)
@@ -2274,8 +2916,11 @@ def set_admin_password(conn, password=None):
     password = password or secrets.token_urlsafe(12)
     stored = hash_password(password)
     with transaction(conn):
-        conn.execute("INSERT INTO settings(key, value) VALUES ('admin_password_hash', ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (stored,))
+        conn.execute(
+            "INSERT INTO settings(key, value) VALUES ('admin_password_hash', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (stored,),
+        )
         ended = _end_admin_sessions(conn, "stored:" + stored)
         audit(conn, "admin password set", f"{ended} session(s) ended")
     return password
@@ -2284,22 +2929,29 @@ def set_admin_password(conn, password=None):
 def _end_admin_sessions(conn, password_mark):
     """Inside a transaction: delete every admin session and note which password the next ones belong to."""
     ended = conn.execute("DELETE FROM admin_sessions").rowcount
-    conn.execute("INSERT INTO settings(key, value) VALUES ('admin_sessions_password', ?) "
-                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (password_mark,))
+    conn.execute(
+        "INSERT INTO settings(key, value) VALUES ('admin_sessions_password', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (password_mark,),
+    )
     return ended
 
 
 def end_sessions_of_an_old_password(conn, configured):
     """At start: sessions opened under another password than today's (ADMIN_PASSWORD changed, set or
     removed since) end here, across restarts. Returns how many ended."""
-    mark = conn.execute("SELECT value FROM settings WHERE key = 'admin_sessions_password'").fetchone()
+    mark = conn.execute(
+        "SELECT value FROM settings WHERE key = 'admin_sessions_password'"
+    ).fetchone()
     mark = mark[0] if mark else ""
     if configured:
         if mark.startswith("env:") and check_password(configured, mark[4:]):
             return 0
         new = "env:" + hash_password(configured)
     else:
-        stored = conn.execute("SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()
+        stored = conn.execute(
+            "SELECT value FROM settings WHERE key = 'admin_password_hash'"
+        ).fetchone()
         new = "stored:" + (stored[0] if stored else "")
         if mark == new:
             return 0
@@ -2330,10 +2982,15 @@ def create_admin_session(conn, remote):
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     now = now_iso()
     with transaction(conn):
-        conn.execute("DELETE FROM admin_sessions WHERE last_seen_at < ? OR created_at < ?",
-                     (now_iso(-ADMIN_IDLE_SECONDS), now_iso(-ADMIN_MAX_SECONDS)))
-        conn.execute("INSERT INTO admin_sessions(token_hash, csrf_token, remote_addr, created_at, last_seen_at) "
-                     "VALUES (?, ?, ?, ?, ?)", (hashlib.sha256(token.encode()).hexdigest(), csrf, remote, now, now))
+        conn.execute(
+            "DELETE FROM admin_sessions WHERE last_seen_at < ? OR created_at < ?",
+            (now_iso(-ADMIN_IDLE_SECONDS), now_iso(-ADMIN_MAX_SECONDS)),
+        )
+        conn.execute(
+            "INSERT INTO admin_sessions(token_hash, csrf_token, remote_addr, created_at, last_seen_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (hashlib.sha256(token.encode()).hexdigest(), csrf, remote, now, now),
+        )
         audit(conn, "logged in", remote=remote)
     return token, csrf
 
@@ -2346,23 +3003,31 @@ def get_admin_session(conn, token):
     row = conn.execute("SELECT * FROM admin_sessions WHERE token_hash = ?", (key,)).fetchone()
     if row is None:
         return None
-    if row["last_seen_at"] < now_iso(-ADMIN_IDLE_SECONDS) or row["created_at"] < now_iso(-ADMIN_MAX_SECONDS):
+    if row["last_seen_at"] < now_iso(-ADMIN_IDLE_SECONDS) or row["created_at"] < now_iso(
+        -ADMIN_MAX_SECONDS
+    ):
         with transaction(conn):
             conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (key,))
         return None
     if row["last_seen_at"] < now_iso(-30):
         with transaction(conn):
-            conn.execute("UPDATE admin_sessions SET last_seen_at = ? WHERE token_hash = ?", (now_iso(), key))
+            conn.execute(
+                "UPDATE admin_sessions SET last_seen_at = ? WHERE token_hash = ?", (now_iso(), key)
+            )
     return row
 
 
 def end_admin_session(conn, token, remote):
     with transaction(conn):
-        conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (hashlib.sha256(token.encode()).hexdigest(),))
+        conn.execute(
+            "DELETE FROM admin_sessions WHERE token_hash = ?",
+            (hashlib.sha256(token.encode()).hexdigest(),),
+        )
         audit(conn, "logged out", remote=remote)
 
 
 # Catalog management
+
 
 def _name(value, what):
     return clean_text(value, what, max_len=64)
@@ -2374,7 +3039,9 @@ def add_city(conn, name, remote=None):
         if conn.execute("SELECT 1 FROM cities WHERE name = ?", (name,)).fetchone():
             raise InvalidInput(f"There is already a city called “{name}”.")
         position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM cities").fetchone()[0]
-        city_id = conn.execute("INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)).lastrowid
+        city_id = conn.execute(
+            "INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)
+        ).lastrowid
         audit(conn, "city added", f"#{city_id} {name}", remote)
         return city_id
 
@@ -2385,17 +3052,25 @@ def add_district(conn, city_id, name, remote=None):
         city = conn.execute("SELECT name FROM cities WHERE id = ?", (city_id,)).fetchone()
         if city is None:
             raise NotFound("No such city.")
-        if conn.execute("SELECT 1 FROM districts WHERE city_id = ? AND name = ?", (city_id, name)).fetchone():
+        if conn.execute(
+            "SELECT 1 FROM districts WHERE city_id = ? AND name = ?", (city_id, name)
+        ).fetchone():
             raise InvalidInput(f"{city['name']} already has a district called “{name}”.")
-        position = conn.execute("SELECT coalesce(max(position), 0) + 1 FROM districts WHERE city_id = ?",
-                                (city_id,)).fetchone()[0]
-        district_id = conn.execute("INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
-                                   (city_id, name, position)).lastrowid
+        position = conn.execute(
+            "SELECT coalesce(max(position), 0) + 1 FROM districts WHERE city_id = ?", (city_id,)
+        ).fetchone()[0]
+        district_id = conn.execute(
+            "INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
+            (city_id, name, position),
+        ).lastrowid
         audit(conn, "district added", f"#{district_id} {city['name']} / {name}", remote)
         return district_id
 
 
-PLACE_TABLES = {"city": ("cities", "The city name", None), "district": ("districts", "The district name", "city_id")}
+PLACE_TABLES = {
+    "city": ("cities", "The city name", None),
+    "district": ("districts", "The district name", "city_id"),
+}
 
 
 def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, remote=None):
@@ -2407,20 +3082,32 @@ def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, rem
             raise NotFound(f"No such {kind}.")
         if name is not None:
             name = _name(name, what)
-            clash = conn.execute(f"SELECT 1 FROM {table} WHERE name = ? AND id != ?"
-                                 + (f" AND {group} = ?" if group else ""),
-                                 (name, place_id, *([row[group]] if group else []))).fetchone()
+            clash = conn.execute(
+                f"SELECT 1 FROM {table} WHERE name = ? AND id != ?"
+                + (f" AND {group} = ?" if group else ""),
+                (name, place_id, *([row[group]] if group else [])),
+            ).fetchone()
             if clash:
                 raise InvalidInput(f"That name is taken: “{name}”.")
             conn.execute(f"UPDATE {table} SET name = ? WHERE id = ?", (name, place_id))
             audit(conn, f"{kind} renamed", f"#{place_id} {row['name']} -> {name}", remote)
         if hidden is not None:
-            conn.execute(f"UPDATE {table} SET is_hidden = ? WHERE id = ?", (int(bool(hidden)), place_id))
-            audit(conn, f"{kind} {'hidden' if hidden else 'shown'}", f"#{place_id} {row['name']}", remote)
+            conn.execute(
+                f"UPDATE {table} SET is_hidden = ? WHERE id = ?", (int(bool(hidden)), place_id)
+            )
+            audit(
+                conn,
+                f"{kind} {'hidden' if hidden else 'shown'}",
+                f"#{place_id} {row['name']}",
+                remote,
+            )
         if move in (-1, 1):
-            siblings = conn.execute(f"SELECT id FROM {table}" + (f" WHERE {group} = ?" if group else "")
-                                    + " ORDER BY position, name COLLATE NOCASE",
-                                    ([row[group]] if group else [])).fetchall()
+            siblings = conn.execute(
+                f"SELECT id FROM {table}"
+                + (f" WHERE {group} = ?" if group else "")
+                + " ORDER BY position, name COLLATE NOCASE",
+                ([row[group]] if group else []),
+            ).fetchall()
             order = [r["id"] for r in siblings]
             i = order.index(place_id)
             j = i + move
@@ -2428,41 +3115,61 @@ def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, rem
                 order[i], order[j] = order[j], order[i]
                 for position, pid in enumerate(order, 1):
                     conn.execute(f"UPDATE {table} SET position = ? WHERE id = ?", (position, pid))
-                audit(conn, f"{kind} moved {'up' if move < 0 else 'down'}", f"#{place_id} {row['name']}", remote)
+                audit(
+                    conn,
+                    f"{kind} moved {'up' if move < 0 else 'down'}",
+                    f"#{place_id} {row['name']}",
+                    remote,
+                )
 
 
-def save_product(conn, media_dir, product_id, *, name, description, price, active, photo=None, remote=None):
+def save_product(
+    conn, media_dir, product_id, *, name, description, price, active, photo=None, remote=None
+):
     """Create (product_id None) or change a product; photo is (bytes, kind) or None to keep it."""
     name = _name(name, "The product name")
-    description = clean_text(description, "The description", max_len=800, multiline=True, required=False)
+    description = clean_text(
+        description, "The description", max_len=800, multiline=True, required=False
+    )
     try:
         price_cents = parse_eur(price)
     except InvalidInput as e:
         raise InvalidInput(f"The price {e}.") from None
     stored = store_media(media_dir, photo[0], photo[1], private=False) if photo else None
     with transaction(conn):
-        clash = conn.execute("SELECT id FROM products WHERE name = ? AND id IS NOT ?", (name, product_id)).fetchone()
+        clash = conn.execute(
+            "SELECT id FROM products WHERE name = ? AND id IS NOT ?", (name, product_id)
+        ).fetchone()
         if clash:
             raise InvalidInput(f"There is already a product called “{name}”.")
         if product_id is None:
             product_id = conn.execute(
                 "INSERT INTO products(name, description, price_cents, photo, is_active, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (name, description, price_cents, stored, int(active), now_iso())).lastrowid
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, description, price_cents, stored, int(active), now_iso()),
+            ).lastrowid
             audit(conn, "product added", f"#{product_id} {name} {fmt_eur(price_cents)}", remote)
             return product_id
         old = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
         if old is None:
             raise NotFound("No such product.")
-        conn.execute("UPDATE products SET name = ?, description = ?, price_cents = ?, is_active = ?, "
-                     "photo = coalesce(?, photo) WHERE id = ?",
-                     (name, description, price_cents, int(active), stored, product_id))
-        changes = [f"{k}: {old[k]!r} -> {v!r}" for k, v in (("name", name), ("price_cents", price_cents),
-                                                             ("is_active", int(active))) if old[k] != v]
+        conn.execute(
+            "UPDATE products SET name = ?, description = ?, price_cents = ?, is_active = ?, "
+            "photo = coalesce(?, photo) WHERE id = ?",
+            (name, description, price_cents, int(active), stored, product_id),
+        )
+        changes = [
+            f"{k}: {old[k]!r} -> {v!r}"
+            for k, v in (("name", name), ("price_cents", price_cents), ("is_active", int(active)))
+            if old[k] != v
+        ]
         if description != old["description"]:
             changes.append("description changed")
         if stored:
             changes.append("new photo")
-        audit(conn, "product changed", f"#{product_id} " + ("; ".join(changes) or "no change"), remote)
+        audit(
+            conn, "product changed", f"#{product_id} " + ("; ".join(changes) or "no change"), remote
+        )
         return product_id
 
 
@@ -2481,7 +3188,10 @@ def add_units(conn, media_dir, product_id, district_id, text, media=None, remote
     import's rule: a unit whose product, district and content exist already, sold or not, is not added
     again (so no code is sold twice), and one pasted twice is added once.
     Returns {"added": n, "present": [contents], "repeated": [contents]}."""
-    contents = [clean_text(c, f"Unit {i}", max_len=3500, multiline=True) for i, c in enumerate(split_units(text), 1)]
+    contents = [
+        clean_text(c, f"Unit {i}", max_len=3500, multiline=True)
+        for i, c in enumerate(split_units(text), 1)
+    ]
     if not contents:
         raise InvalidInput("Write at least one unit: its code, link or pickup instructions.")
     if len(contents) > 1000:
@@ -2491,21 +3201,41 @@ def add_units(conn, media_dir, product_id, district_id, text, media=None, remote
         (repeated if content in unique else unique).append(content)
     with transaction(conn):
         product = conn.execute("SELECT name FROM products WHERE id = ?", (product_id,)).fetchone()
-        district = conn.execute("SELECT d.name, c.name AS city FROM districts d JOIN cities c ON c.id = d.city_id "
-                                "WHERE d.id = ?", (district_id,)).fetchone()
+        district = conn.execute(
+            "SELECT d.name, c.name AS city FROM districts d JOIN cities c ON c.id = d.city_id "
+            "WHERE d.id = ?",
+            (district_id,),
+        ).fetchone()
         if product is None or district is None:
             raise NotFound("No such product or district.")
-        present = [c for c in unique if conn.execute(
-            "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? AND content = ?",
-            (product_id, district_id, c)).fetchone()]
+        present = [
+            c
+            for c in unique
+            if conn.execute(
+                "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? AND content = ?",
+                (product_id, district_id, c),
+            ).fetchone()
+        ]
         new = [c for c in unique if c not in present]
         name = store_media(media_dir, media[0], media[1], private=True) if media and new else None
         for content in new:
-            conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
-                         "VALUES (?, ?, ?, ?, ?)", (product_id, district_id, content, name, now_iso()))
-        skipped = f"; skipped {len(present)} already in the shop, {len(repeated)} repeated" if present or repeated else ""
-        audit(conn, "units added", f"{len(new)} x #{product_id} {product['name']} in {district['city']} / "
-                                   f"{district['name']}{' with a photo' if name else ''}{skipped}", remote)
+            conn.execute(
+                "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (product_id, district_id, content, name, now_iso()),
+            )
+        skipped = (
+            f"; skipped {len(present)} already in the shop, {len(repeated)} repeated"
+            if present or repeated
+            else ""
+        )
+        audit(
+            conn,
+            "units added",
+            f"{len(new)} x #{product_id} {product['name']} in {district['city']} / "
+            f"{district['name']}{' with a photo' if name else ''}{skipped}",
+            remote,
+        )
     return {"added": len(new), "present": present, "repeated": repeated}
 
 
@@ -2514,15 +3244,21 @@ def units_added_text(result):
     twice is 'kept once': added, unless it was in the shop already)."""
     n = result["added"]
     parts = [f"{n} unit{'s' if n != 1 else ''} added."]
-    quote_ = lambda contents: ", ".join(shorten(c.replace("\n", " "), 40) for c in contents[:5]) + \
-        (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+    quote_ = lambda contents: (
+        ", ".join(shorten(c.replace("\n", " "), 40) for c in contents[:5])
+        + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+    )
     if result["present"]:
         k = len(result["present"])
-        parts.append(f"{k} skipped: already in the shop for this product and district, sold or not, so they "
-                     f"are not added again ({quote_(result['present'])}).")
+        parts.append(
+            f"{k} skipped: already in the shop for this product and district, sold or not, so they "
+            f"are not added again ({quote_(result['present'])})."
+        )
     if result["repeated"]:
         k = len(result["repeated"])
-        parts.append(f"{k} skipped: pasted more than once, so kept once ({quote_(result['repeated'])}).")
+        parts.append(
+            f"{k} skipped: pasted more than once, so kept once ({quote_(result['repeated'])})."
+        )
     return " ".join(parts)
 
 
@@ -2531,14 +3267,17 @@ def delete_unit(conn, unit_id, remote=None):
         unit = conn.execute("SELECT * FROM stock_units WHERE id = ?", (unit_id,)).fetchone()
         if unit is None:
             raise NotFound("No such unit.")
-        if unit["status"] != "available" or conn.execute("SELECT 1 FROM order_items WHERE unit_id = ?",
-                                                         (unit_id,)).fetchone():
+        if (
+            unit["status"] != "available"
+            or conn.execute("SELECT 1 FROM order_items WHERE unit_id = ?", (unit_id,)).fetchone()
+        ):
             raise InvalidInput("Only units never ordered can be deleted.")
         conn.execute("DELETE FROM stock_units WHERE id = ?", (unit_id,))
         audit(conn, "unit deleted", f"#{unit_id} of product #{unit['product_id']}", remote)
 
 
 # Orders, payments, users
+
 
 def refund_order(conn, order_id, reason, remote=None):
     """Refund a paid order to its buyer's balance; the order becomes 'refunded'. The goods were delivered."""
@@ -2548,16 +3287,33 @@ def refund_order(conn, order_id, reason, remote=None):
         if order is None:
             raise NotFound("No such order.")
         if order["status"] != "paid":
-            raise InvalidInput(f"Order #{order_id} is {order['status']}; only paid orders can be refunded.")
+            raise InvalidInput(
+                f"Order #{order_id} is {order['status']}; only paid orders can be refunded."
+            )
         conn.execute("UPDATE orders SET status = 'refunded' WHERE id = ?", (order_id,))
-        post_ledger(conn, order["user_id"], order["total_cents"], "refund", f"order:{order_id}:refund",
-                    reason=f"Refund of order #{order_id}: {reason}", order_id=order_id)
-        enqueue_message(conn, order["user_id"], f"↩️ <b>Order #{order_id}</b> was refunded: "
-                                                f"{fmt_eur(order['total_cents'])} is back on your balance. "
-                                                f"Reason: {esc(reason)}. Balance: {_balance(conn, order['user_id'])}.",
-                        order_id=order_id)
-        audit(conn, "order refunded", f"#{order_id} {fmt_eur(order['total_cents'])} to user {order['user_id']}: "
-                                      f"{reason}", remote)
+        post_ledger(
+            conn,
+            order["user_id"],
+            order["total_cents"],
+            "refund",
+            f"order:{order_id}:refund",
+            reason=f"Refund of order #{order_id}: {reason}",
+            order_id=order_id,
+        )
+        enqueue_message(
+            conn,
+            order["user_id"],
+            f"↩️ <b>Order #{order_id}</b> was refunded: "
+            f"{fmt_eur(order['total_cents'])} is back on your balance. "
+            f"Reason: {esc(reason)}. Balance: {_balance(conn, order['user_id'])}.",
+            order_id=order_id,
+        )
+        audit(
+            conn,
+            "order refunded",
+            f"#{order_id} {fmt_eur(order['total_cents'])} to user {order['user_id']}: {reason}",
+            remote,
+        )
 
 
 def set_user_banned(conn, user_id, banned, remote=None):
@@ -2578,28 +3334,50 @@ def admin_adjust_balance(conn, user_id, amount, reason, remote=None):
         balance = get_user(conn, user_id)["balance_cents"]
         if balance + cents < 0:
             raise InvalidInput(f"The balance is only {fmt_eur(balance)}; it cannot go below zero.")
-        post_ledger(conn, user_id, cents, "adjustment", f"adjustment:{secrets.token_hex(8)}", reason=reason)
-        enqueue_message(conn, user_id, f"💰 Your balance was {'credited' if cents > 0 else 'debited'} "
-                                       f"{fmt_eur(abs(cents))}: {esc(reason)}. Balance: {_balance(conn, user_id)}.")
+        post_ledger(
+            conn, user_id, cents, "adjustment", f"adjustment:{secrets.token_hex(8)}", reason=reason
+        )
+        enqueue_message(
+            conn,
+            user_id,
+            f"💰 Your balance was {'credited' if cents > 0 else 'debited'} "
+            f"{fmt_eur(abs(cents))}: {esc(reason)}. Balance: {_balance(conn, user_id)}.",
+        )
         audit(conn, "balance adjusted", f"user {user_id} {fmt_eur(cents)}: {reason}", remote)
     return cents
 
 
 def start_broadcast(conn, text, photo=None, media_dir=None, remote=None):
     """Queue a message (and optional public photo) to every shopper who is not banned; returns its id."""
-    text = clean_text(text, "The message", max_len=CAPTION_LIMIT if photo else TEXT_LIMIT, multiline=True)
+    text = clean_text(
+        text, "The message", max_len=CAPTION_LIMIT if photo else TEXT_LIMIT, multiline=True
+    )
     stored = store_media(media_dir, photo[0], photo[1], private=False) if photo else None
     with transaction(conn):
-        users = [r[0] for r in conn.execute("SELECT id FROM users WHERE is_banned = 0 AND id > 0 ORDER BY id")]
-        broadcast_id = conn.execute("INSERT INTO broadcasts(text, photo, recipients, created_at) VALUES (?, ?, ?, ?)",
-                                    (text, stored, len(users), now_iso())).lastrowid
+        users = [
+            r[0]
+            for r in conn.execute("SELECT id FROM users WHERE is_banned = 0 AND id > 0 ORDER BY id")
+        ]
+        broadcast_id = conn.execute(
+            "INSERT INTO broadcasts(text, photo, recipients, created_at) VALUES (?, ?, ?, ?)",
+            (text, stored, len(users), now_iso()),
+        ).lastrowid
         now = now_iso()
-        conn.executemany("INSERT INTO outbox(chat_id, text, photo, broadcast_id, next_attempt_at, created_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         [(u, esc(text), f"public:{stored}" if stored else None, broadcast_id, now, now)
-                          for u in users])
+        conn.executemany(
+            "INSERT INTO outbox(chat_id, text, photo, broadcast_id, next_attempt_at, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (u, esc(text), f"public:{stored}" if stored else None, broadcast_id, now, now)
+                for u in users
+            ],
+        )
         conn.after_commit.append(outbox_ready.set)
-        audit(conn, "broadcast started", f"#{broadcast_id} to {len(users)} shoppers: {text[:80]}", remote)
+        audit(
+            conn,
+            "broadcast started",
+            f"#{broadcast_id} to {len(users)} shoppers: {text[:80]}",
+            remote,
+        )
     return broadcast_id
 
 
@@ -2607,10 +3385,21 @@ def broadcast_progress(conn, broadcast_id):
     row = conn.execute("SELECT * FROM broadcasts WHERE id = ?", (broadcast_id,)).fetchone()
     if row is None:
         raise NotFound("No such broadcast.")
-    counts = dict(conn.execute("SELECT status, count(*) FROM outbox WHERE broadcast_id = ? GROUP BY status",
-                               (broadcast_id,)).fetchall())
-    return {"id": broadcast_id, "text": row["text"], "total": row["recipients"], "sent": counts.get("sent", 0),
-            "failed": counts.get("failed", 0), "left": counts.get("pending", 0), "created_at": row["created_at"]}
+    counts = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM outbox WHERE broadcast_id = ? GROUP BY status",
+            (broadcast_id,),
+        ).fetchall()
+    )
+    return {
+        "id": broadcast_id,
+        "text": row["text"],
+        "total": row["recipients"],
+        "sent": counts.get("sent", 0),
+        "failed": counts.get("failed", 0),
+        "left": counts.get("pending", 0),
+        "created_at": row["created_at"],
+    }
 
 
 def backup_database(conn, path):
@@ -2638,59 +3427,118 @@ def dashboard_stats(conn):
     days = [(now - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(29, -1, -1)]
     since30 = days[0]
     # Per-day totals kept by triggers (schema.sql): 30 rows, however big the shop.
-    per_day = {d: (n, cents) for d, n, cents in conn.execute(
-        "SELECT day, orders, revenue_cents FROM daily_sales WHERE day >= ?", (since30,))}
+    per_day = {
+        d: (n, cents)
+        for d, n, cents in conn.execute(
+            "SELECT day, orders, revenue_cents FROM daily_sales WHERE day >= ?", (since30,)
+        )
+    }
     revenue = {}
     for label, span in (("today", 1), ("7 days", 7), ("30 days", 30)):
         picked = [per_day.get(d, (0, 0)) for d in days[-span:]]
-        revenue[label] = {"orders": sum(n for n, _ in picked), "revenue_cents": sum(c for _, c in picked)}
-    outcomes = {status: n for status, n in conn.execute(
-        "SELECT status, sum(payments) FROM daily_payments WHERE day >= ? AND NOT is_child GROUP BY status "
-        "HAVING sum(payments) > 0", (since30,))}
-    sources = {source or None: n for source, n in conn.execute(
-        "SELECT source, sum(payments) FROM daily_payments WHERE day >= ? AND status IN ('finished', "
-        "'partially_paid') GROUP BY source HAVING sum(payments) > 0", (since30,))}
+        revenue[label] = {
+            "orders": sum(n for n, _ in picked),
+            "revenue_cents": sum(c for _, c in picked),
+        }
+    outcomes = {
+        status: n
+        for status, n in conn.execute(
+            "SELECT status, sum(payments) FROM daily_payments WHERE day >= ? AND NOT is_child GROUP BY status "
+            "HAVING sum(payments) > 0",
+            (since30,),
+        )
+    }
+    sources = {
+        source or None: n
+        for source, n in conn.execute(
+            "SELECT source, sum(payments) FROM daily_payments WHERE day >= ? AND status IN ('finished', "
+            "'partially_paid') GROUP BY source HAVING sum(payments) > 0",
+            (since30,),
+        )
+    }
     # Over the last 1000 crypto deliveries, so the page costs the same in a big shop; the seconds are
     # worked out by SQLite (parsing 2000 timestamps with strptime took 80 ms).
-    latencies = [seconds for (seconds,) in conn.execute(
-        "SELECT (julianday(sent_at) - julianday(final_at)) * 86400.0 FROM (SELECT p.final_at, "
-        "(SELECT min(sent_at) FROM outbox o WHERE o.order_id = p.order_id AND o.status = 'sent' "
-        "AND o.sent_at >= p.final_at) AS sent_at FROM payments p WHERE p.final_at >= ? "
-        "AND p.status = 'finished' AND p.order_id IS NOT NULL AND p.outcome LIKE 'delivered%' "
-        "ORDER BY p.final_at DESC LIMIT 1000) WHERE sent_at IS NOT NULL", (since30,))]
+    latencies = [
+        seconds
+        for (seconds,) in conn.execute(
+            "SELECT (julianday(sent_at) - julianday(final_at)) * 86400.0 FROM (SELECT p.final_at, "
+            "(SELECT min(sent_at) FROM outbox o WHERE o.order_id = p.order_id AND o.status = 'sent' "
+            "AND o.sent_at >= p.final_at) AS sent_at FROM payments p WHERE p.final_at >= ? "
+            "AND p.status = 'finished' AND p.order_id IS NOT NULL AND p.outcome LIKE 'delivered%' "
+            "ORDER BY p.final_at DESC LIMIT 1000) WHERE sent_at IS NOT NULL",
+            (since30,),
+        )
+    ]
     # The status IN (...) term lets SQLite use the partial index payments_open (only unpaid invoices);
     # without it this counted by scanning every payment the shop ever had.
-    open_invoices = conn.execute("SELECT count(*) FROM payments WHERE status IN ('waiting', 'confirming', "
-                                 "'confirmed', 'sending') AND status = 'waiting' AND expires_at > ? "
-                                 "AND parent_id IS NULL", (now_iso(),)).fetchone()[0]
+    open_invoices = conn.execute(
+        "SELECT count(*) FROM payments WHERE status IN ('waiting', 'confirming', "
+        "'confirmed', 'sending') AND status = 'waiting' AND expires_at > ? "
+        "AND parent_id IS NULL",
+        (now_iso(),),
+    ).fetchone()[0]
     # Both over indexes that hold only what is on sale, however many units were sold before.
     low_stock = conn.execute(
         f"SELECT p.id, p.name, c.name AS city, d.name AS district, count(*) AS available FROM stock_units u "
-        f"{_AVAILABLE} GROUP BY d.id, p.id HAVING available <= 2 ORDER BY available, p.name LIMIT 20").fetchall()
-    sold_out = conn.execute("SELECT id, name FROM products p WHERE is_active = 1 AND NOT EXISTS (SELECT 1 FROM "
-                            "stock_units u WHERE u.product_id = p.id AND u.status = 'available') ORDER BY name "
-                            "LIMIT 20").fetchall()
-    return {"revenue": revenue, "per_day": [(d, per_day.get(d, (0, 0))[1]) for d in days], "outcomes": outcomes,
-            "sources": sources, "open_invoices": open_invoices, "low_stock": low_stock, "sold_out": sold_out,
-            "delivery_median": percentile(latencies, 0.5), "delivery_worst": max(latencies) if latencies else None,
-            "deliveries": len(latencies), "outbox": outbox_counts(conn)}
+        f"{_AVAILABLE} GROUP BY d.id, p.id HAVING available <= 2 ORDER BY available, p.name LIMIT 20"
+    ).fetchall()
+    sold_out = conn.execute(
+        "SELECT id, name FROM products p WHERE is_active = 1 AND NOT EXISTS (SELECT 1 FROM "
+        "stock_units u WHERE u.product_id = p.id AND u.status = 'available') ORDER BY name "
+        "LIMIT 20"
+    ).fetchall()
+    return {
+        "revenue": revenue,
+        "per_day": [(d, per_day.get(d, (0, 0))[1]) for d in days],
+        "outcomes": outcomes,
+        "sources": sources,
+        "open_invoices": open_invoices,
+        "low_stock": low_stock,
+        "sold_out": sold_out,
+        "delivery_median": percentile(latencies, 0.5),
+        "delivery_worst": max(latencies) if latencies else None,
+        "deliveries": len(latencies),
+        "outbox": outbox_counts(conn),
+    }
 
 
 # Payment provider: NOWPayments client, IPN signatures, sandbox ###############
 
-COINS = [("btc", "BTC"), ("eth", "ETH"), ("ltc", "LTC"),
-         ("usdttrc20", "USDT · TRC20"), ("usdterc20", "USDT · ERC20"), ("usdtbsc", "USDT · BEP20"),
-         ("usdtsol", "USDT · SOL"), ("usdctrc20", "USDC · TRC20"), ("usdcerc20", "USDC · ERC20"),
-         ("usdcsol", "USDC · SOL"), ("ton", "TON"), ("sol", "SOL")]
+COINS = [
+    ("btc", "BTC"),
+    ("eth", "ETH"),
+    ("ltc", "LTC"),
+    ("usdttrc20", "USDT · TRC20"),
+    ("usdterc20", "USDT · ERC20"),
+    ("usdtbsc", "USDT · BEP20"),
+    ("usdtsol", "USDT · SOL"),
+    ("usdctrc20", "USDC · TRC20"),
+    ("usdcerc20", "USDC · ERC20"),
+    ("usdcsol", "USDC · SOL"),
+    ("ton", "TON"),
+    ("sol", "SOL"),
+]
 COIN_LABELS = dict(COINS)
 # code: (name, network) for the Mini App
-COIN_INFO = {"btc": ("Bitcoin", "BTC"), "eth": ("Ethereum", "ERC20"), "ltc": ("Litecoin", "LTC"),
-             "usdttrc20": ("Tether USD", "TRC20"), "usdterc20": ("Tether USD", "ERC20"),
-             "usdtbsc": ("Tether USD", "BEP20"), "usdtsol": ("Tether USD", "SOL"),
-             "usdctrc20": ("USD Coin", "TRC20"), "usdcerc20": ("USD Coin", "ERC20"), "usdcsol": ("USD Coin", "SOL"),
-             "ton": ("Toncoin", "TON"), "sol": ("Solana", "SOL")}
+COIN_INFO = {
+    "btc": ("Bitcoin", "BTC"),
+    "eth": ("Ethereum", "ERC20"),
+    "ltc": ("Litecoin", "LTC"),
+    "usdttrc20": ("Tether USD", "TRC20"),
+    "usdterc20": ("Tether USD", "ERC20"),
+    "usdtbsc": ("Tether USD", "BEP20"),
+    "usdtsol": ("Tether USD", "SOL"),
+    "usdctrc20": ("USD Coin", "TRC20"),
+    "usdcerc20": ("USD Coin", "ERC20"),
+    "usdcsol": ("USD Coin", "SOL"),
+    "ton": ("Toncoin", "TON"),
+    "sol": ("Solana", "SOL"),
+}
 COIN_CODES = [code for code, _ in COINS]
-URI_SCHEMES = {"btc": "bitcoin", "ltc": "litecoin"}   # BIP21-style payment URIs; others get the plain address
+URI_SCHEMES = {
+    "btc": "bitcoin",
+    "ltc": "litecoin",
+}  # BIP21-style payment URIs; others get the plain address
 
 
 class Num(str):
@@ -2702,12 +3550,20 @@ MAX_JSON_DEPTH = 32
 
 def parse_json(text):
     """Parse provider JSON keeping every number as its Num token. Raises ValueError."""
+
     def no_constants(name):
         raise ValueError(f"{name} is not allowed")
+
     data = json.loads(text, parse_float=Num, parse_int=Num, parse_constant=no_constants)
     level = [data]
-    for _ in range(MAX_JSON_DEPTH):   # breadth-first, so a hostile nesting cannot exhaust the stack later
-        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())]
+    for _ in range(
+        MAX_JSON_DEPTH
+    ):  # breadth-first, so a hostile nesting cannot exhaust the stack later
+        level = [
+            v
+            for x in level
+            for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())
+        ]
         if not level:
             return data
     raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
@@ -2770,8 +3626,11 @@ def encode_json(value, *, sort_keys=False, js_numbers=False):
             tokens.append(js_number(v) if js_numbers and isinstance(v, Num) else str(v))
             return f"\x00{len(tokens) - 1}\x00"
         raise TypeError(f"cannot encode {type(v).__name__}")
+
     try:
-        text = json.dumps(swap(value), ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":"))
+        text = json.dumps(
+            swap(value), ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":")
+        )
     except _Unusual:
         return _encode_json_carefully(value, sort_keys=sort_keys, js_numbers=js_numbers)
     return _PLACEHOLDER.sub(lambda m: tokens[int(m.group(1))], text) if tokens else text
@@ -2780,12 +3639,29 @@ def encode_json(value, *, sort_keys=False, js_numbers=False):
 def _encode_json_carefully(value, *, sort_keys=False, js_numbers=False):
     """encode_json one value at a time, for what its quick way cannot write exactly."""
     if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass")) if sort_keys else value
-        return "{" + ",".join(_encode_json_carefully(str(k)) + ":" + _encode_json_carefully(
-            value[k], sort_keys=sort_keys, js_numbers=js_numbers) for k in keys) + "}"
+        keys = (
+            sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))
+            if sort_keys
+            else value
+        )
+        return (
+            "{"
+            + ",".join(
+                _encode_json_carefully(str(k))
+                + ":"
+                + _encode_json_carefully(value[k], sort_keys=sort_keys, js_numbers=js_numbers)
+                for k in keys
+            )
+            + "}"
+        )
     if isinstance(value, list):
-        return "[" + ",".join(_encode_json_carefully(v, sort_keys=sort_keys, js_numbers=js_numbers)
-                              for v in value) + "]"
+        return (
+            "["
+            + ",".join(
+                _encode_json_carefully(v, sort_keys=sort_keys, js_numbers=js_numbers) for v in value
+            )
+            + "]"
+        )
     if isinstance(value, Num):
         return js_number(value) if js_numbers else str(value)
     if isinstance(value, bool) or value is None:
@@ -2793,7 +3669,9 @@ def _encode_json_carefully(value, *, sort_keys=False, js_numbers=False):
     if isinstance(value, (int, Decimal)):
         return str(value)
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+        return _LONE_SURROGATE.sub(
+            lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False)
+        )
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -2822,8 +3700,10 @@ def verify_ipn(body, signature, secret):
     given = signature.strip().lower().encode()
     # As JavaScript writes the numbers first (what NOWPayments signs); the body's own tokens only if that
     # fails. Each comparison is constant-time; which variant matched tells nothing about the secret.
-    good = any(hmac.compare_digest(ipn_signature(data, secret, js_numbers=js).encode(), given)
-               for js in (True, False))
+    good = any(
+        hmac.compare_digest(ipn_signature(data, secret, js_numbers=js).encode(), given)
+        for js in (True, False)
+    )
     return data, "valid signature" if good else "bad signature"
 
 
@@ -2842,14 +3722,16 @@ class NowPayments:
         self.lock = threading.Lock()
         self.coins_cache = (0.0, None)
         self.minimum_cache = {}
-        self.failing_since = None   # monotonic time of the first failure of an ongoing outage
-        self.refused = None         # the provider's words when it refuses our API key (401/403), else None
+        self.failing_since = None  # monotonic time of the first failure of an ongoing outage
+        self.refused = None  # the provider's words when it refuses our API key (401/403), else None
         self.slots = threading.BoundedSemaphore(self.CONCURRENT)
 
     def _call(self, method, path, **kw):
         if not self.slots.acquire(timeout=self.TIMEOUT[1]):
-            raise ProviderError(f"{method} {path}: {self.CONCURRENT} calls to NOWPayments already waiting",
-                                message="The payment service is busy right now. Please try again in a moment.")
+            raise ProviderError(
+                f"{method} {path}: {self.CONCURRENT} calls to NOWPayments already waiting",
+                message="The payment service is busy right now. Please try again in a moment.",
+            )
         try:
             return self._request(method, path, **kw)
         finally:
@@ -2860,8 +3742,14 @@ class NowPayments:
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            r = self.session.request(method, self.base_url + path, params=params, data=body, headers=headers,
-                                     timeout=self.TIMEOUT)
+            r = self.session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                data=body,
+                headers=headers,
+                timeout=self.TIMEOUT,
+            )
         except requests.RequestException as e:
             self.failing_since = self.failing_since or time.monotonic()
             raise ProviderError(f"{method} {path}: {network_reason(e)}") from None
@@ -2876,15 +3764,22 @@ class NowPayments:
         try:
             data = parse_json(r.text)
         except ValueError:
-            raise ProviderError(f"{method} {path}: HTTP {r.status_code} with a body that is not JSON",
-                                http=r.status_code) from None
+            raise ProviderError(
+                f"{method} {path}: HTTP {r.status_code} with a body that is not JSON",
+                http=r.status_code,
+            ) from None
         if r.status_code >= 400 or (isinstance(data, dict) and data.get("status") is False):
             code = data.get("code") if isinstance(data, dict) else None
             message = data.get("message") if isinstance(data, dict) else None
-            raise ProviderError(f"{method} {path}: HTTP {r.status_code} {code or ''} {message or ''}".strip(),
-                                code=code, http=r.status_code)
+            raise ProviderError(
+                f"{method} {path}: HTTP {r.status_code} {code or ''} {message or ''}".strip(),
+                code=code,
+                http=r.status_code,
+            )
         if not isinstance(data, dict):
-            raise ProviderError(f"{method} {path}: the answer is not a JSON object", http=r.status_code)
+            raise ProviderError(
+                f"{method} {path}: the answer is not a JSON object", http=r.status_code
+            )
         return data
 
     def status(self):
@@ -2899,7 +3794,9 @@ class NowPayments:
         data = self._call("GET", "/merchant/coins")
         listed = data.get("selectedCurrencies", data.get("currencies"))
         if not isinstance(listed, list):
-            raise ProviderError("GET /merchant/coins: no list of currencies in the answer", http=200)
+            raise ProviderError(
+                "GET /merchant/coins: no list of currencies in the answer", http=200
+            )
         enabled = {str(c.get("code") if isinstance(c, dict) else c).lower() for c in listed}
         coins = [code for code in COIN_CODES if code in enabled]
         with self.lock:
@@ -2912,15 +3809,25 @@ class NowPayments:
             stamp, cents = self.minimum_cache.get(coin, (0.0, None))
         if not fresh and time.monotonic() - stamp < self.CACHE_SECONDS:
             return cents
-        data = self._call("GET", "/min-amount", params={"currency_from": coin, "currency_to": coin,
-                                                        "fiat_equivalent": "eur"})
+        data = self._call(
+            "GET",
+            "/min-amount",
+            params={"currency_from": coin, "currency_to": coin, "fiat_equivalent": "eur"},
+        )
         try:
             fiat = data.get("fiat_equivalent")
             if fiat in (None, ""):
                 minimum = crypto_amount(data.get("min_amount"), "min_amount")
-                fiat = self._call("GET", "/estimate", params={"amount": str(minimum), "currency_from": coin,
-                                                              "currency_to": "eur"}).get("estimated_amount")
-            cents = int((crypto_amount(fiat, "fiat_equivalent") * 100).to_integral_value(rounding="ROUND_CEILING"))
+                fiat = self._call(
+                    "GET",
+                    "/estimate",
+                    params={"amount": str(minimum), "currency_from": coin, "currency_to": "eur"},
+                ).get("estimated_amount")
+            cents = int(
+                (crypto_amount(fiat, "fiat_equivalent") * 100).to_integral_value(
+                    rounding="ROUND_CEILING"
+                )
+            )
         except InvalidInput as e:
             raise ProviderError(f"GET /min-amount for {coin}: {e}", http=200) from None
         with self.lock:
@@ -2929,9 +3836,16 @@ class NowPayments:
 
     def create_payment(self, *, price_cents, coin, reference, description, ipn_url):
         # The price goes out as a JSON number written from cents, never through a float.
-        body = encode_json({"price_amount": Num(cents_to_str(price_cents)), "price_currency": "eur",
-                            "pay_currency": coin, "order_id": reference, "order_description": description,
-                            "ipn_callback_url": ipn_url})
+        body = encode_json(
+            {
+                "price_amount": Num(cents_to_str(price_cents)),
+                "price_currency": "eur",
+                "pay_currency": coin,
+                "order_id": reference,
+                "order_description": description,
+                "ipn_callback_url": ipn_url,
+            }
+        )
         return self._call("POST", "/payment", body=body.encode("utf-8"))
 
     def get_payment(self, provider_id):
@@ -2946,7 +3860,8 @@ def payment_uri(coin, address, amount):
 def qr_png(text):
     """A QR code of text as PNG bytes."""
     buffer = io.BytesIO()
-    import segno   # here, not at the top: most shops draw a QR code now and then, and memory is tight
+    import segno  # here, not at the top: most shops draw a QR code now and then, and memory is tight
+
     segno.make(text, error="m").save(buffer, kind="png", scale=8, border=3)
     return buffer.getvalue()
 
@@ -2957,10 +3872,18 @@ def qr_png(text):
 
 # coin: (EUR per coin, decimals, minimum in coin units)
 SANDBOX_COINS = {
-    "btc": ("60000", 8, "0.0001"), "eth": ("3000", 8, "0.004"), "ltc": ("75", 8, "0.05"),
-    "usdttrc20": ("0.93", 6, "10"), "usdterc20": ("0.93", 6, "20"), "usdtbsc": ("0.93", 6, "5"),
-    "usdtsol": ("0.93", 6, "5"), "usdctrc20": ("0.93", 6, "10"), "usdcerc20": ("0.93", 6, "20"),
-    "usdcsol": ("0.93", 6, "5"), "ton": ("5", 9, "1"), "sol": ("150", 9, "0.05"),
+    "btc": ("60000", 8, "0.0001"),
+    "eth": ("3000", 8, "0.004"),
+    "ltc": ("75", 8, "0.05"),
+    "usdttrc20": ("0.93", 6, "10"),
+    "usdterc20": ("0.93", 6, "20"),
+    "usdtbsc": ("0.93", 6, "5"),
+    "usdtsol": ("0.93", 6, "5"),
+    "usdctrc20": ("0.93", 6, "10"),
+    "usdcerc20": ("0.93", 6, "20"),
+    "usdcsol": ("0.93", 6, "5"),
+    "ton": ("5", 9, "1"),
+    "sol": ("150", 9, "0.05"),
 }
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
@@ -3000,30 +3923,50 @@ class InProcess(requests.adapters.BaseAdapter):
         url = urlsplit(request.url)
         body = request.body or b""
         body = body.encode() if isinstance(body, str) else body
-        environ = {"REQUEST_METHOD": request.method, "SCRIPT_NAME": self.prefix,
-                   "PATH_INFO": url.path[len(self.prefix):] or "/", "QUERY_STRING": url.query,
-                   "SERVER_NAME": url.hostname or "localhost", "SERVER_PORT": str(url.port or 80),
-                   "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "CONTENT_LENGTH": str(len(body)),
-                   "CONTENT_TYPE": request.headers.get("Content-Type", ""), "wsgi.input": io.BytesIO(body),
-                   "wsgi.errors": sys.stderr, "wsgi.url_scheme": url.scheme, "wsgi.version": (1, 0),
-                   "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False}
+        environ = {
+            "REQUEST_METHOD": request.method,
+            "SCRIPT_NAME": self.prefix,
+            "PATH_INFO": url.path[len(self.prefix) :] or "/",
+            "QUERY_STRING": url.query,
+            "SERVER_NAME": url.hostname or "localhost",
+            "SERVER_PORT": str(url.port or 80),
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": request.headers.get("Content-Type", ""),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "wsgi.url_scheme": url.scheme,
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
         for name, value in request.headers.items():
             if name.lower() not in ("content-type", "content-length"):
                 environ["HTTP_" + name.upper().replace("-", "_")] = value
 
         def call():
             started = {}
-            chunks = self.app(environ, lambda status, headers, exc_info=None: started.update(
-                status=status, headers=headers))
+            chunks = self.app(
+                environ,
+                lambda status, headers, exc_info=None: started.update(
+                    status=status, headers=headers
+                ),
+            )
             try:
                 return started, b"".join(chunks)
             finally:
                 getattr(chunks, "close", lambda: None)()
+
         try:
-            started, content = self.pool.submit(call).result(timeout=timeout[1] if isinstance(timeout, tuple)
-                                                             else timeout)
+            started, content = self.pool.submit(call).result(
+                timeout=timeout[1] if isinstance(timeout, tuple) else timeout
+            )
         except FuturesTimeout:
-            raise requests.exceptions.ReadTimeout(f"the sandbox did not answer {request.method} {url.path}") from None
+            raise requests.exceptions.ReadTimeout(
+                f"the sandbox did not answer {request.method} {url.path}"
+            ) from None
         response = requests.Response()
         response.status_code = int(started["status"].split(" ", 1)[0])
         response.reason = started["status"].partition(" ")[2]
@@ -3041,12 +3984,15 @@ def make_sandbox(shop):
     api = bottle.Bottle()
 
     def load(conn, payment_id):
-        row = conn.execute("SELECT data FROM sandbox_payments WHERE id = ?", (payment_id,)).fetchone()
+        row = conn.execute(
+            "SELECT data FROM sandbox_payments WHERE id = ?", (payment_id,)
+        ).fetchone()
         return parse_json(row["data"]) if row else None
 
     def authorised():
-        return hmac.compare_digest(bottle.request.headers.get("x-api-key", "").encode(),
-                                   shop.sandbox_api_key.encode())
+        return hmac.compare_digest(
+            bottle.request.headers.get("x-api-key", "").encode(), shop.sandbox_api_key.encode()
+        )
 
     def answer(data, status=200):
         bottle.response.status = status
@@ -3059,8 +4005,11 @@ def make_sandbox(shop):
 
     @api.get("/currencies")
     def currencies():
-        return answer({"currencies": list(SANDBOX_COINS)}) if authorised() else \
-            _np_error(403, "INVALID_API_KEY", "Invalid api key")
+        return (
+            answer({"currencies": list(SANDBOX_COINS)})
+            if authorised()
+            else _np_error(403, "INVALID_API_KEY", "Invalid api key")
+        )
 
     @api.get("/merchant/coins")
     def merchant_coins():
@@ -3076,10 +4025,15 @@ def make_sandbox(shop):
         if coin not in SANDBOX_COINS:
             return _np_error(400, "INVALID_REQUEST_PARAMS", "currency_from is not supported")
         rate, _, minimum = SANDBOX_COINS[coin]
-        data = {"currency_from": coin, "currency_to": bottle.request.query.get("currency_to", coin).lower(),
-                "min_amount": Num(minimum)}
+        data = {
+            "currency_from": coin,
+            "currency_to": bottle.request.query.get("currency_to", coin).lower(),
+            "min_amount": Num(minimum),
+        }
         if bottle.request.query.get("fiat_equivalent", "").lower() == "eur":
-            data["fiat_equivalent"] = Num(str((Decimal(minimum) * Decimal(rate)).quantize(Decimal("0.01"))))
+            data["fiat_equivalent"] = Num(
+                str((Decimal(minimum) * Decimal(rate)).quantize(Decimal("0.01")))
+            )
         return answer(data)
 
     @api.get("/estimate")
@@ -3092,13 +4046,25 @@ def make_sandbox(shop):
             amount = crypto_amount(q.get("amount", ""))
         except InvalidInput:
             return _np_error(400, "INVALID_REQUEST_PARAMS", "amount must be a number")
-        eur = lambda c: Decimal(1) if c == "eur" else Decimal(SANDBOX_COINS[c][0]) if c in SANDBOX_COINS else None
+        eur = lambda c: (
+            Decimal(1)
+            if c == "eur"
+            else Decimal(SANDBOX_COINS[c][0])
+            if c in SANDBOX_COINS
+            else None
+        )
         if eur(frm) is None or eur(to) is None:
             return _np_error(400, "INVALID_REQUEST_PARAMS", "currency is not supported")
         value = amount * eur(frm) / eur(to)
         places = 2 if to == "eur" else SANDBOX_COINS[to][1]
-        return answer({"currency_from": frm, "amount_from": Num(str(amount)), "currency_to": to,
-                       "estimated_amount": Num(str(value.quantize(Decimal(1).scaleb(-places))))})
+        return answer(
+            {
+                "currency_from": frm,
+                "amount_from": Num(str(amount)),
+                "currency_to": to,
+                "estimated_amount": Num(str(value.quantize(Decimal(1).scaleb(-places)))),
+            }
+        )
 
     @api.post("/payment")
     def create_payment():
@@ -3124,7 +4090,9 @@ def make_sandbox(shop):
             return _np_error(400, "INVALID_REQUEST_PARAMS", "price_amount must be a number")
         url = body.get("ipn_callback_url")
         if url is not None and urlsplit(str(url)).scheme not in ("http", "https"):
-            return _np_error(400, "INVALID_REQUEST_PARAMS", "ipn_callback_url must be an http(s) URL")
+            return _np_error(
+                400, "INVALID_REQUEST_PARAMS", "ipn_callback_url must be an http(s) URL"
+            )
         rate, places, minimum = SANDBOX_COINS[coin]
         step = Decimal(1).scaleb(-places)
         pay_amount = (price / Decimal(rate)).quantize(step, rounding="ROUND_CEILING")
@@ -3132,22 +4100,39 @@ def make_sandbox(shop):
             return _np_error(400, "AMOUNT_MINIMAL_ERROR", "amountTo is too small")
         now = datetime.now(timezone.utc)
         stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-        payment_id = secrets.randbelow(9 * 10 ** 9) + 10 ** 9
-        data = {"payment_id": Num(str(payment_id)), "payment_status": "waiting",
-                "pay_address": _sandbox_address(coin), "price_amount": body["price_amount"],
-                "price_currency": "eur", "pay_amount": Num(str(pay_amount)), "actually_paid": Num("0"),
-                "pay_currency": coin, "order_id": body.get("order_id"),
-                "order_description": body.get("order_description"), "ipn_callback_url": url,
-                "payin_extra_id": str(secrets.randbelow(10 ** 9)) if coin == "ton" else None,
-                "purchase_id": Num(str(secrets.randbelow(9 * 10 ** 9) + 10 ** 9)), "network": coin,
-                "network_precision": Num(str(places)), "outcome_amount": Num(str(pay_amount)),
-                "outcome_currency": coin, "created_at": stamp(now), "updated_at": stamp(now),
-                "expiration_estimate_date": stamp(now + timedelta(minutes=shop.setting("reservation_minutes")))}
+        payment_id = secrets.randbelow(9 * 10**9) + 10**9
+        data = {
+            "payment_id": Num(str(payment_id)),
+            "payment_status": "waiting",
+            "pay_address": _sandbox_address(coin),
+            "price_amount": body["price_amount"],
+            "price_currency": "eur",
+            "pay_amount": Num(str(pay_amount)),
+            "actually_paid": Num("0"),
+            "pay_currency": coin,
+            "order_id": body.get("order_id"),
+            "order_description": body.get("order_description"),
+            "ipn_callback_url": url,
+            "payin_extra_id": str(secrets.randbelow(10**9)) if coin == "ton" else None,
+            "purchase_id": Num(str(secrets.randbelow(9 * 10**9) + 10**9)),
+            "network": coin,
+            "network_precision": Num(str(places)),
+            "outcome_amount": Num(str(pay_amount)),
+            "outcome_currency": coin,
+            "created_at": stamp(now),
+            "updated_at": stamp(now),
+            "expiration_estimate_date": stamp(
+                now + timedelta(minutes=shop.setting("reservation_minutes"))
+            ),
+        }
         conn = shop.db()
         with transaction(conn):
-            conn.execute("INSERT INTO sandbox_payments(id, data) VALUES (?, ?)", (payment_id, encode_json(data)))
+            conn.execute(
+                "INSERT INTO sandbox_payments(id, data) VALUES (?, ?)",
+                (payment_id, encode_json(data)),
+            )
         created = dict(data)
-        created["payment_id"] = str(payment_id)   # POST answers the id as a string, GET as a number
+        created["payment_id"] = str(payment_id)  # POST answers the id as a string, GET as a number
         del created["actually_paid"], created["ipn_callback_url"]
         return answer(created, 201)
 
@@ -3175,7 +4160,12 @@ def make_sandbox(shop):
     return api
 
 
-SIMULATIONS = {"full": "pay in full", "partial": "pay half", "over": "pay 1.5 times", "expire": "let it expire"}
+SIMULATIONS = {
+    "full": "pay in full",
+    "partial": "pay half",
+    "over": "pay 1.5 times",
+    "expire": "let it expire",
+}
 
 
 def sandbox_simulate(shop, payment_id, outcome):
@@ -3185,8 +4175,9 @@ def sandbox_simulate(shop, payment_id, outcome):
     conn = shop.db()
     with transaction(conn):
         known = re.fullmatch(r"[0-9]{1,18}", str(payment_id))
-        row = conn.execute("SELECT data FROM sandbox_payments WHERE id = ?",
-                           (int(payment_id) if known else -1,)).fetchone()
+        row = conn.execute(
+            "SELECT data FROM sandbox_payments WHERE id = ?", (int(payment_id) if known else -1,)
+        ).fetchone()
         if row is None:
             raise NotFound("No such sandbox payment.")
         data = parse_json(row["data"])
@@ -3194,15 +4185,30 @@ def sandbox_simulate(shop, payment_id, outcome):
             raise InvalidInput(f"This sandbox payment is already {data['payment_status']}.")
         asked = Decimal(data["pay_amount"])
         places = int(data["network_precision"])
-        factor = {"full": Decimal(1), "partial": Decimal("0.5"), "over": Decimal("1.5"), "expire": Decimal(0)}[outcome]
+        factor = {
+            "full": Decimal(1),
+            "partial": Decimal("0.5"),
+            "over": Decimal("1.5"),
+            "expire": Decimal(0),
+        }[outcome]
         paid = (asked * factor).quantize(Decimal(1).scaleb(-places), rounding="ROUND_FLOOR")
-        final = {"full": "finished", "partial": "partially_paid", "over": "finished", "expire": "expired"}[outcome]
+        final = {
+            "full": "finished",
+            "partial": "partially_paid",
+            "over": "finished",
+            "expire": "expired",
+        }[outcome]
         data["payment_status"] = final
         data["actually_paid"] = Num(str(paid.normalize()) if paid else "0")
         data["updated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?", (encode_json(data), int(payment_id)))
+        conn.execute(
+            "UPDATE sandbox_payments SET data = ? WHERE id = ?",
+            (encode_json(data), int(payment_id)),
+        )
     steps = ["confirming", final] if outcome != "expire" else [final]
-    threading.Thread(target=_send_sandbox_ipns, args=(shop, data, steps), name="sandbox-ipn", daemon=True).start()
+    threading.Thread(
+        target=_send_sandbox_ipns, args=(shop, data, steps), name="sandbox-ipn", daemon=True
+    ).start()
 
 
 def _send_sandbox_ipns(shop, data, steps):
@@ -3211,22 +4217,42 @@ def _send_sandbox_ipns(shop, data, steps):
     if not url:
         return
     for step in steps:
-        body = {"payment_status": step, "pay_address": data["pay_address"], "price_amount": data["price_amount"],
-                "fee": {"withdrawalFee": Num("0"), "serviceFee": Num("0"), "depositFee": Num("0"),
-                        "currency": data["pay_currency"]},
-                "payment_id": data["payment_id"], "price_currency": "eur", "pay_amount": data["pay_amount"],
-                "actually_paid": data["actually_paid"] if step != "confirming" else Num("0"),
-                "pay_currency": data["pay_currency"], "order_id": data["order_id"],
-                "order_description": data["order_description"], "purchase_id": data["purchase_id"],
-                "outcome_amount": data["outcome_amount"], "outcome_currency": data["outcome_currency"],
-                "payin_extra_id": data["payin_extra_id"], "parent_payment_id": None, "invoice_id": None,
-                "payment_extra_ids": None, "updated_at": Num(str(int(time.time() * 1000)))}
+        body = {
+            "payment_status": step,
+            "pay_address": data["pay_address"],
+            "price_amount": data["price_amount"],
+            "fee": {
+                "withdrawalFee": Num("0"),
+                "serviceFee": Num("0"),
+                "depositFee": Num("0"),
+                "currency": data["pay_currency"],
+            },
+            "payment_id": data["payment_id"],
+            "price_currency": "eur",
+            "pay_amount": data["pay_amount"],
+            "actually_paid": data["actually_paid"] if step != "confirming" else Num("0"),
+            "pay_currency": data["pay_currency"],
+            "order_id": data["order_id"],
+            "order_description": data["order_description"],
+            "purchase_id": data["purchase_id"],
+            "outcome_amount": data["outcome_amount"],
+            "outcome_currency": data["outcome_currency"],
+            "payin_extra_id": data["payin_extra_id"],
+            "parent_payment_id": None,
+            "invoice_id": None,
+            "payment_extra_ids": None,
+            "updated_at": Num(str(int(time.time() * 1000))),
+        }
         text = encode_json(body)
         signature = ipn_signature(parse_json(text), shop.ipn_secret)
         for attempt in range(3):
             try:
-                r = requests.post(url, data=text.encode("utf-8"), timeout=10,
-                                  headers={"Content-Type": "application/json", "x-nowpayments-sig": signature})
+                r = requests.post(
+                    url,
+                    data=text.encode("utf-8"),
+                    timeout=10,
+                    headers={"Content-Type": "application/json", "x-nowpayments-sig": signature},
+                )
                 if r.status_code < 500:
                     break
             except requests.RequestException as e:
@@ -3275,7 +4301,9 @@ class PaymentDesk:
                 coins.append((coin, self.client.minimum_eur(coin)))
             except ProviderError as e:
                 if self.alerts(f"minimum:{coin}"):
-                    log.warning("payments: no minimum for %s (%s); offering it anyway", coin, e.detail)
+                    log.warning(
+                        "payments: no minimum for %s (%s); offering it anyway", coin, e.detail
+                    )
                 coins.append((coin, None))
         return coins
 
@@ -3298,26 +4326,41 @@ class PaymentDesk:
             raise InvalidInput("That coin is not offered.")
         offered = dict(self.coins())
         if coin not in offered:
-            raise InvalidInput(f"{COIN_LABELS[coin]} is not offered right now. Please choose another coin.")
+            raise InvalidInput(
+                f"{COIN_LABELS[coin]} is not offered right now. Please choose another coin."
+            )
         if offered[coin] is not None and offered[coin] > amount_cents:
-            raise InvalidInput(f"{COIN_LABELS[coin]} takes payments from {fmt_eur(offered[coin])}. "
-                               "Please choose another coin.")
+            raise InvalidInput(
+                f"{COIN_LABELS[coin]} takes payments from {fmt_eur(offered[coin])}. "
+                "Please choose another coin."
+            )
 
     def _create(self, coin, price_cents, reference, description):
         try:
-            return self.client.create_payment(price_cents=price_cents, coin=coin, reference=reference,
-                                              description=description,
-                                              ipn_url=self.shop.config.webhook_url + "/webhook")
+            return self.client.create_payment(
+                price_cents=price_cents,
+                coin=coin,
+                reference=reference,
+                description=description,
+                ipn_url=self.shop.config.webhook_url + "/webhook",
+            )
         except ProviderError as e:
             log.warning("payments: creating a %s payment failed: %s", coin, e.detail)
             if e.code == "AMOUNT_MINIMAL_ERROR":
                 self.client.minimum_cache.pop(coin, None)
-                raise InvalidInput(f"{fmt_eur(price_cents)} is below what {COIN_LABELS[coin]} can take. "
-                                   "Please choose another coin.") from None
+                raise InvalidInput(
+                    f"{fmt_eur(price_cents)} is below what {COIN_LABELS[coin]} can take. "
+                    "Please choose another coin."
+                ) from None
             if not e.outage:
-                self.client.coins_cache = (0.0, None)   # what is enabled may have changed: ask again next time
-                raise InvalidInput(f"The payment service cannot take {COIN_LABELS[coin]} right now. "
-                                   "Please choose another coin.") from None
+                self.client.coins_cache = (
+                    0.0,
+                    None,
+                )  # what is enabled may have changed: ask again next time
+                raise InvalidInput(
+                    f"The payment service cannot take {COIN_LABELS[coin]} right now. "
+                    "Please choose another coin."
+                ) from None
             raise
 
     @contextmanager
@@ -3341,27 +4384,42 @@ class PaymentDesk:
 
     def _open_order_invoice(self, user_id, nonce, coin):
         conn = self.shop.db()
-        existing = conn.execute("SELECT p.* FROM payments p JOIN orders o ON o.id = p.order_id "
-                                "WHERE o.checkout_key = ? AND p.user_id = ? AND p.parent_id IS NULL",
-                                (nonce, user_id)).fetchone()
+        existing = conn.execute(
+            "SELECT p.* FROM payments p JOIN orders o ON o.id = p.order_id "
+            "WHERE o.checkout_key = ? AND p.user_id = ? AND p.parent_id IS NULL",
+            (nonce, user_id),
+        ).fetchone()
         if existing and existing["pay_currency"] != coin:
-            raise InvalidInput(f"This checkout already has an invoice in "
-                               f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}.")
+            raise InvalidInput(
+                f"This checkout already has an invoice in "
+                f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}."
+            )
         if existing:
             return existing
         checkout = get_checkout(conn, user_id, nonce)
         self._check_coin(coin, checkout["amount_cents"])
         minutes = self.shop.setting("reservation_minutes")
-        order_id, total, created = reserve_for_checkout(conn, user_id, nonce, minutes, self.limits())
-        if not created:   # an earlier attempt stopped between the reservation and the provider
+        order_id, total, created = reserve_for_checkout(
+            conn, user_id, nonce, minutes, self.limits()
+        )
+        if not created:  # an earlier attempt stopped between the reservation and the provider
             raise InvalidInput("This checkout already has an order; please check out again.")
         try:
             data = self._create(coin, total, f"order-{order_id}", f"Order #{order_id}")
-            reserved = conn.execute("SELECT min(reserved_until) FROM stock_units WHERE order_id = ?",
-                                    (order_id,)).fetchone()[0] or now_iso(minutes * 60)
+            reserved = conn.execute(
+                "SELECT min(reserved_until) FROM stock_units WHERE order_id = ?", (order_id,)
+            ).fetchone()[0] or now_iso(minutes * 60)
             until = min(reserved, provider_time(data.get("expiration_estimate_date"), reserved))
-            return record_payment(conn, kind="order", user_id=user_id, reference=f"order-{order_id}",
-                                  price_cents=total, data=data, expires_at=until, order_id=order_id)
+            return record_payment(
+                conn,
+                kind="order",
+                user_id=user_id,
+                reference=f"order-{order_id}",
+                price_cents=total,
+                data=data,
+                expires_at=until,
+                order_id=order_id,
+            )
         except BaseException:
             drop_reservation(conn, order_id)
             raise
@@ -3374,11 +4432,15 @@ class PaymentDesk:
     def _open_topup_invoice(self, user_id, nonce, coin):
         conn = self.shop.db()
         reference = f"topup-{nonce}"
-        existing = conn.execute("SELECT * FROM payments WHERE reference = ? AND user_id = ? AND parent_id IS NULL",
-                                (reference, user_id)).fetchone()
+        existing = conn.execute(
+            "SELECT * FROM payments WHERE reference = ? AND user_id = ? AND parent_id IS NULL",
+            (reference, user_id),
+        ).fetchone()
         if existing and existing["pay_currency"] != coin:
-            raise InvalidInput(f"This top-up already has an invoice in "
-                               f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}.")
+            raise InvalidInput(
+                f"This top-up already has an invoice in "
+                f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}."
+            )
         if existing:
             return existing
         checkout = get_checkout(conn, user_id, nonce)
@@ -3387,12 +4449,26 @@ class PaymentDesk:
         self._check_coin(coin, checkout["amount_cents"])
         claim_topup_invoice(conn, user_id, nonce, self.limits())
         try:
-            data = self._create(coin, checkout["amount_cents"], reference,
-                                f"Balance top-up {fmt_eur(checkout['amount_cents'])}")
-            expires = provider_time(data.get("expiration_estimate_date"),
-                                    now_iso(self.shop.setting("reservation_minutes") * 60))
-            return record_payment(conn, kind="topup", user_id=user_id, reference=reference,
-                                  price_cents=checkout["amount_cents"], data=data, expires_at=expires, claim=nonce)
+            data = self._create(
+                coin,
+                checkout["amount_cents"],
+                reference,
+                f"Balance top-up {fmt_eur(checkout['amount_cents'])}",
+            )
+            expires = provider_time(
+                data.get("expiration_estimate_date"),
+                now_iso(self.shop.setting("reservation_minutes") * 60),
+            )
+            return record_payment(
+                conn,
+                kind="topup",
+                user_id=user_id,
+                reference=reference,
+                price_cents=checkout["amount_cents"],
+                data=data,
+                expires_at=expires,
+                claim=nonce,
+            )
         except BaseException:
             release_topup_claim(conn, nonce)
             raise
@@ -3400,8 +4476,11 @@ class PaymentDesk:
     def limits(self):
         """The invoice limits as they are now (check_invoice_limits' keywords)."""
         c = self.shop.config
-        return {"max_open": c.max_open_invoices, "max_per_hour": c.max_invoices_per_hour,
-                "max_unpaid_units": self.shop.setting("max_unpaid_units")}
+        return {
+            "max_open": c.max_open_invoices,
+            "max_per_hour": c.max_invoices_per_hour,
+            "max_unpaid_units": self.shop.setting("max_unpaid_units"),
+        }
 
     def simulate(self, user_id, payment_id, outcome):
         """🧪 in the bot or the Mini App: the sandbox's NOWPayments pays (or lets expire) one of the shopper's
@@ -3422,11 +4501,21 @@ class PaymentDesk:
             raise NotFound("No such payment.")
         if p["status"] in MONEY_STATUSES:
             raise InvalidInput(f"This payment is already {p['status']}.")
-        data = {"payment_id": p["provider_id"], "payment_status": "finished", "pay_currency": p["pay_currency"],
-                "pay_amount": p["pay_amount"], "actually_paid": p["pay_amount"]}
+        data = {
+            "payment_id": p["provider_id"],
+            "payment_status": "finished",
+            "pay_currency": p["pay_currency"],
+            "pay_amount": p["pay_amount"],
+            "actually_paid": p["pay_amount"],
+        }
         outcome = apply_payment_status(conn, data, source="admin", owners=self.owners)
         with transaction(conn):
-            audit(conn, "payment marked as paid", f"payment {p['provider_id']}: {reason} ({outcome})", remote)
+            audit(
+                conn,
+                "payment marked as paid",
+                f"payment {p['provider_id']}: {reason} ({outcome})",
+                remote,
+            )
         return outcome
 
     def refresh(self, provider_id, source, throttle=0):
@@ -3441,7 +4530,9 @@ class PaymentDesk:
         data = self.client.get_payment(provider_id)
         return self.apply(data, source)
 
-    CHECK_SECONDS = 5   # 🔄 Check status and ❌ Cancel ask the provider about one payment at most this often
+    CHECK_SECONDS = (
+        5  # 🔄 Check status and ❌ Cancel ask the provider about one payment at most this often
+    )
 
     def check(self, user_id, payment_id):
         """🔄 Check status (bot or Mini App): an unfinished payment is looked up with the provider, at most
@@ -3472,8 +4563,11 @@ class PaymentDesk:
         try:
             return apply_payment_status(self.shop.db(), data, source=source, owners=self.owners)
         except (PaymentMismatch, InvalidInput) as e:
-            self.alert(type(e).__name__, f"⚠️ A payment update ({source}) could not be applied: {esc(e)}",
-                       logging.ERROR if isinstance(e, PaymentMismatch) else logging.WARNING)
+            self.alert(
+                type(e).__name__,
+                f"⚠️ A payment update ({source}) could not be applied: {esc(e)}",
+                logging.ERROR if isinstance(e, PaymentMismatch) else logging.WARNING,
+            )
             raise
 
     def alert(self, kind, text, level=logging.ERROR):
@@ -3491,29 +4585,45 @@ class PaymentDesk:
         try:
             return self._handle_ipn(body, signature, remote)
         except Exception as e:
-            if storage_problem(e):     # nothing was applied; NOWPayments sends it again later
+            if storage_problem(e):  # nothing was applied; NOWPayments sends it again later
                 return 503, {"error": "the shop cannot save this IPN now; please retry"}
             log.exception("webhook: an IPN from %s could not be handled", remote)
-            self._store_ipn(None, None, body, signature, "error: the shop failed; see its log", remote)
+            self._store_ipn(
+                None, None, body, signature, "error: the shop failed; see its log", remote
+            )
             return 500, {"error": "the shop could not handle this IPN now; please retry"}
 
     def _handle_ipn(self, body, signature, remote):
         data, verdict = verify_ipn(body, signature, self.shop.ipn_secret)
         provider_id = status = None
         if data is not None:
-            provider_id = str(data.get("payment_id"))[:40] if data.get("payment_id") is not None else None
-            status = str(data.get("payment_status"))[:40] if data.get("payment_status") is not None else None
+            provider_id = (
+                str(data.get("payment_id"))[:40] if data.get("payment_id") is not None else None
+            )
+            status = (
+                str(data.get("payment_status"))[:40]
+                if data.get("payment_status") is not None
+                else None
+            )
         # The news applied and the IPN stored commit together: one disk sync per IPN, not two.
         with transaction(self.shop.db()):
             code, answer = 200, {"status": "ok"}
             if data is None:
                 code, answer = 400, {"error": f"the body is not a JSON object ({verdict})"}
             elif verdict in ("missing signature", "bad signature"):
-                code, answer = 401, {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"}
-                self.alert("signature", f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
-                                        "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
-                           logging.WARNING)
-            elif verdict == "unsigned" or (status in MONEY_STATUSES and data.get("actually_paid") in (None, "")):
+                code, answer = (
+                    401,
+                    {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"},
+                )
+                self.alert(
+                    "signature",
+                    f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
+                    "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
+                    logging.WARNING,
+                )
+            elif verdict == "unsigned" or (
+                status in MONEY_STATUSES and data.get("actually_paid") in (None, "")
+            ):
                 # Unsigned, the body proves nothing; without actually_paid it cannot be settled. Either way
                 # it only says which payment to look up with the API.
                 code, answer, verdict = self._hint(data)
@@ -3524,17 +4634,29 @@ class PaymentDesk:
                     code, answer, verdict = 404, {"error": str(e)}, "unknown payment"
                     # A 'waiting' IPN may beat the answer to our own POST /payment; NOWPayments retries it.
                     # Money for a reference that looks like ours is another matter.
-                    if status in MONEY_STATUSES and re.fullmatch(r"(order-\d+|topup-[0-9a-f]+)", str(data.get("order_id"))):
-                        self.alert("unknown", f"⚠️ NOWPayments reports money ({esc(status)}) for payment "
-                                              f"{esc(provider_id)}, {esc(data.get('order_id'))}, which this shop does "
-                                              "not know.")
+                    if status in MONEY_STATUSES and re.fullmatch(
+                        r"(order-\d+|topup-[0-9a-f]+)", str(data.get("order_id"))
+                    ):
+                        self.alert(
+                            "unknown",
+                            f"⚠️ NOWPayments reports money ({esc(status)}) for payment "
+                            f"{esc(provider_id)}, {esc(data.get('order_id'))}, which this shop does "
+                            "not know.",
+                        )
                 except PaymentMismatch as e:
                     code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
                 except InvalidInput as e:
                     code, answer, verdict = 400, {"error": str(e)}, f"invalid: {e}"
             # A refused IPN costs its sender nothing, so it is kept short and only the latest ones are kept.
-            self._store_ipn(provider_id, status, body if code < 400 else body[:512], signature, verdict, remote,
-                            refused=code >= 400)
+            self._store_ipn(
+                provider_id,
+                status,
+                body if code < 400 else body[:512],
+                signature,
+                verdict,
+                remote,
+                refused=code >= 400,
+            )
         if code >= 400 and self.refusals_logged(f"refused:{code}"):
             log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
         return code, answer
@@ -3544,13 +4666,26 @@ class PaymentDesk:
     def _store_ipn(self, provider_id, status, body, signature, verdict, remote, refused=False):
         conn = self.shop.db()
         with transaction(conn):
-            row = conn.execute("INSERT INTO ipn_events(received_at, provider_id, status, body, signature, verdict, "
-                               "remote_addr, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               (now_iso(), provider_id, status, body.decode("utf-8", "replace"),
-                                (signature or "")[:256] or None, verdict[:500], remote, int(refused))).lastrowid
+            row = conn.execute(
+                "INSERT INTO ipn_events(received_at, provider_id, status, body, signature, verdict, "
+                "remote_addr, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    now_iso(),
+                    provider_id,
+                    status,
+                    body.decode("utf-8", "replace"),
+                    (signature or "")[:256] or None,
+                    verdict[:500],
+                    remote,
+                    int(refused),
+                ),
+            ).lastrowid
             if refused and row % 100 == 0:
-                conn.execute("DELETE FROM ipn_events WHERE refused = 1 AND id <= (SELECT id FROM ipn_events "
-                             "WHERE refused = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)", (self.REFUSED_KEPT,))
+                conn.execute(
+                    "DELETE FROM ipn_events WHERE refused = 1 AND id <= (SELECT id FROM ipn_events "
+                    "WHERE refused = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (self.REFUSED_KEPT,),
+                )
 
     def _hint(self, data):
         """Queue a look-up of the payment an IPN names (or of its parent's new child). Returns the answer."""
@@ -3561,15 +4696,23 @@ class PaymentDesk:
         except InvalidInput as e:
             return 400, {"error": str(e)}, f"invalid: {e}"
         conn = self.shop.db()
-        known = conn.execute("SELECT 1 FROM payments WHERE provider_id = ?", (provider_id,)).fetchone() or \
-            (parent and conn.execute("SELECT 1 FROM payments WHERE provider_id = ?", (parent,)).fetchone())
+        known = conn.execute(
+            "SELECT 1 FROM payments WHERE provider_id = ?", (provider_id,)
+        ).fetchone() or (
+            parent
+            and conn.execute("SELECT 1 FROM payments WHERE provider_id = ?", (parent,)).fetchone()
+        )
         if not known:
             return 404, {"error": "unknown payment"}, "hint for an unknown payment"
         try:
             self.hints.put_nowait((provider_id, time.monotonic()))
         except queue.Full:
             return 503, {"error": "busy; please retry"}, "hint dropped: too many waiting"
-        return 202, {"status": "accepted; checking with the API"}, "hint: status fetched from the API"
+        return (
+            202,
+            {"status": "accepted; checking with the API"},
+            "hint: status fetched from the API",
+        )
 
     def work_hints(self):
         """One thread looks up hinted payments. A hint older than the last look-up of its payment adds
@@ -3584,7 +4727,9 @@ class PaymentDesk:
                     self.shop.stopping.wait(max(0.0, last + 2 - time.monotonic()))
                     self.refresh(provider_id, "ipn")
             except (ShopError, sqlite3.Error) as e:
-                log.warning("payments: checking payment %s failed: %s", provider_id, getattr(e, "detail", e))
+                log.warning(
+                    "payments: checking payment %s failed: %s", provider_id, getattr(e, "detail", e)
+                )
             finally:
                 self.hints.task_done()
 
@@ -3595,9 +4740,12 @@ class PaymentDesk:
         expired and failed ones every half hour, since money may still arrive.
         """
         conn = self.shop.db()
-        rows = conn.execute("SELECT provider_id, created_at, status FROM payments WHERE status IN "
-                            "('waiting', 'confirming', 'confirmed', 'sending', 'expired', 'failed') "
-                            "AND created_at > ? ORDER BY id", (now_iso(-7 * 86400),)).fetchall()
+        rows = conn.execute(
+            "SELECT provider_id, created_at, status FROM payments WHERE status IN "
+            "('waiting', 'confirming', 'confirmed', 'sending', 'expired', 'failed') "
+            "AND created_at > ? ORDER BY id",
+            (now_iso(-7 * 86400),),
+        ).fetchall()
         for row in rows:
             if self.shop.stopping.is_set():
                 return
@@ -3609,40 +4757,62 @@ class PaymentDesk:
                 self.refresh(row["provider_id"], "poll", throttle=every)
             except ProviderError as e:
                 if e.outage:
-                    log.warning("payments: reconciliation paused, NOWPayments is not answering: %s", e.detail)
+                    log.warning(
+                        "payments: reconciliation paused, NOWPayments is not answering: %s",
+                        e.detail,
+                    )
                     break
-                self.alert(f"poll:{row['provider_id']}", f"⚠️ NOWPayments refuses to report payment "
-                                                         f"{row['provider_id']}: {esc(e.detail)}", logging.WARNING)
+                self.alert(
+                    f"poll:{row['provider_id']}",
+                    f"⚠️ NOWPayments refuses to report payment "
+                    f"{row['provider_id']}: {esc(e.detail)}",
+                    logging.WARNING,
+                )
             except (PaymentMismatch, UnknownPayment, InvalidInput):
                 continue
         self.check_stuck(conn)
         self.check_outage()
 
     def check_stuck(self, conn):
-        stuck = conn.execute("SELECT * FROM payments WHERE status IN ('confirming', 'confirmed', 'sending') "
-                             "AND stuck_alerted = 0 AND expires_at < ?", (now_iso(-3600),)).fetchall()
+        stuck = conn.execute(
+            "SELECT * FROM payments WHERE status IN ('confirming', 'confirmed', 'sending') "
+            "AND stuck_alerted = 0 AND expires_at < ?",
+            (now_iso(-3600),),
+        ).fetchall()
         for p in stuck:
             with transaction(conn):
                 conn.execute("UPDATE payments SET stuck_alerted = 1 WHERE id = ?", (p["id"],))
-                alert_owners(conn, self.owners, f"⚠️ Payment {p['provider_id']} "
-                                                f"({'order #%s' % p['order_id'] if p['order_id'] else 'top-up'}) "
-                                                f"is still '{p['status']}' an hour after its invoice ran out.")
-            log.warning("payments: payment %s stuck in %s past its expiry", p["provider_id"], p["status"])
+                alert_owners(
+                    conn,
+                    self.owners,
+                    f"⚠️ Payment {p['provider_id']} "
+                    f"({'order #%s' % p['order_id'] if p['order_id'] else 'top-up'}) "
+                    f"is still '{p['status']}' an hour after its invoice ran out.",
+                )
+            log.warning(
+                "payments: payment %s stuck in %s past its expiry", p["provider_id"], p["status"]
+            )
 
     def check_outage(self):
         if self.client.failing_since is not None:
-            try:   # nothing else may call the provider for a while: ask it directly whether it is back
+            try:  # nothing else may call the provider for a while: ask it directly whether it is back
                 self.client.status()
             except ProviderError:
                 pass
         if self.client.refused:
-            self.alert("refused", f"⚠️ NOWPayments refuses the shop's API key ({esc(self.client.refused)}). "
-                                  "Check NOWPAYMENTS_API_KEY; until then no invoice can be created.")
+            self.alert(
+                "refused",
+                f"⚠️ NOWPayments refuses the shop's API key ({esc(self.client.refused)}). "
+                "Check NOWPAYMENTS_API_KEY; until then no invoice can be created.",
+            )
         since = self.client.failing_since
         if since and time.monotonic() - since > 300 and not self.outage_alerted:
             self.outage_alerted = True
-            self.alert("outage", "⚠️ NOWPayments has not been answering for over 5 minutes. Invoices cannot "
-                                 "be created; payments are checked again when it is back.")
+            self.alert(
+                "outage",
+                "⚠️ NOWPayments has not been answering for over 5 minutes. Invoices cannot "
+                "be created; payments are checked again when it is back.",
+            )
         elif since is None and self.outage_alerted:
             self.outage_alerted = False
             log.info("payments: NOWPayments answers again")
@@ -3653,6 +4823,7 @@ class PaymentDesk:
 
 
 # Web #########################################################################
+
 
 def json_response(status, payload):
     bottle.response.status = status
@@ -3681,8 +4852,10 @@ def make_app(shop):
         """Headers and form fields that are not text get a 400 here, not a traceback later."""
         environ = bottle.request.environ
         try:
-            for key, value in environ.items():   # as bottle decodes a header when it is read
-                if (key[:5] == "HTTP_" or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) and isinstance(value, str):
+            for key, value in environ.items():  # as bottle decodes a header when it is read
+                if (key[:5] == "HTTP_" or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) and isinstance(
+                    value, str
+                ):
                     value.encode("latin1").decode("utf8")
             kind = (bottle.request.content_type or "").lower()
             if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
@@ -3702,7 +4875,7 @@ def make_app(shop):
             h["Cache-Control"] = "no-store"
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("Referrer-Policy", "same-origin")
-        if bottle.request.path != "/app":   # the Mini App lives in Telegram's frames; see its CSP
+        if bottle.request.path != "/app":  # the Mini App lives in Telegram's frames; see its CSP
             h.setdefault("X-Frame-Options", "DENY")
 
     @app.get("/favicon.ico")
@@ -3722,8 +4895,9 @@ def make_app(shop):
         body = bottle.request.body.read(65537)
         if len(body) > 65536:
             return json_response(413, {"error": "the body is larger than 64 KB"})
-        code, answer = shop.payments.handle_ipn(body, header("x-nowpayments-sig"),
-                                                bottle.request.remote_addr)
+        code, answer = shop.payments.handle_ipn(
+            body, header("x-nowpayments-sig"), bottle.request.remote_addr
+        )
         return json_response(code, answer)
 
     if shop.config.sandbox:
@@ -3734,9 +4908,14 @@ def make_app(shop):
     @app.get("/")
     def index():
         conn = shop.db()
-        return bottle.template("index", template_lookup=[str(TEMPLATES_DIR)], shop=shop,
-                               name=get_setting(conn, "shop_name"), cities=list_cities(conn),
-                               health=shop.health())
+        return bottle.template(
+            "index",
+            template_lookup=[str(TEMPLATES_DIR)],
+            shop=shop,
+            name=get_setting(conn, "shop_name"),
+            cities=list_cities(conn),
+            health=shop.health(),
+        )
 
     @app.get("/static/<path:path>")
     def static(path):
@@ -3747,18 +4926,26 @@ def make_app(shop):
     @app.get("/media/<name:re:[0-9a-f]{32}\\.(jpg|png|gif|webp)>")
     def public_media(name):
         # Only product photos live here; unit media (the goods) are in media/private, never routed.
-        return bottle.static_file(name, root=str(shop.config.media_dir / "public"),
-                                  headers={"Cache-Control": "public, max-age=86400"})
+        return bottle.static_file(
+            name,
+            root=str(shop.config.media_dir / "public"),
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     def error_page(error):
         message = error.body
-        if storage_problem(error.exception):     # logged there for the owner
+        if storage_problem(error.exception):  # logged there for the owner
             bottle.response.status = 503
             bottle.response.set_header("Retry-After", "60")
             message = STORAGE_BUSY
         elif error.status_code >= 500:
-            log.error("web: %s %s failed: %s", bottle.request.method, bottle.request.path,
-                      error.exception or error.body, exc_info=error.exception)
+            log.error(
+                "web: %s %s failed: %s",
+                bottle.request.method,
+                bottle.request.path,
+                error.exception or error.body,
+                exc_info=error.exception,
+            )
             message = "Internal error; the owner can find it in the log."
         if bottle.request.path.startswith(("/api", "/healthz", "/webhook", "/sandbox")):
             bottle.response.content_type = "application/json"
@@ -3785,8 +4972,10 @@ def init_data_hash(fields, bot_token):
     return hmac.new(secret, check.encode(), hashlib.sha256).hexdigest()
 
 
-PREVIEW_FOR_OWNERS = ("With a bot connected, the Mini App preview in a browser is for the shop's owners: "
-                      "log in to the admin first, or open the shop from the bot.")
+PREVIEW_FOR_OWNERS = (
+    "With a bot connected, the Mini App preview in a browser is for the shop's owners: "
+    "log in to the admin first, or open the shop from the bot."
+)
 
 
 def preview_init_data(shop):
@@ -3795,8 +4984,11 @@ def preview_init_data(shop):
 
 def sign_init_data(user, bot_token, auth_date=None, **fields):
     """initData as Telegram would make it for this user (the preview shopper's, and tests')."""
-    fields = {"user": json.dumps(user, ensure_ascii=False, separators=(",", ":")),
-              "auth_date": str(int(auth_date if auth_date is not None else time.time())), **fields}
+    fields = {
+        "user": json.dumps(user, ensure_ascii=False, separators=(",", ":")),
+        "auth_date": str(int(auth_date if auth_date is not None else time.time())),
+        **fields,
+    }
     return urlencode({**fields, "hash": init_data_hash(fields, bot_token)}, quote_via=quote)
 
 
@@ -3824,25 +5016,35 @@ def verify_init_data(init_data, bot_token, *, max_age=INIT_DATA_MAX_AGE, now=Non
         raise Unauthorized("initData has no auth_date.")
     age = (time.time() if now is None else now) - int(fields["auth_date"])
     if max_age is not None and age > max_age:
-        raise Unauthorized("This session is older than 24 hours: close the shop and open it again from the bot.")
+        raise Unauthorized(
+            "This session is older than 24 hours: close the shop and open it again from the bot."
+        )
     if age < -300:
         raise Unauthorized("initData comes from the future.")
     try:
         user = json.loads(fields.get("user", ""))
     except ValueError:
         user = None
-    if not isinstance(user, dict) or not isinstance(user.get("id"), int) or isinstance(user["id"], bool):
+    if (
+        not isinstance(user, dict)
+        or not isinstance(user.get("id"), int)
+        or isinstance(user["id"], bool)
+    ):
         raise Unauthorized("initData has no user.")
     # Telegram writes ids that fit SQLite's integers and text for names; anything else is not a user.
-    if not -2 ** 63 < user["id"] < 2 ** 63 or not all(
-            isinstance(user.get(k), (str, type(None))) for k in ("first_name", "username", "language_code")):
+    if not -(2**63) < user["id"] < 2**63 or not all(
+        isinstance(user.get(k), (str, type(None)))
+        for k in ("first_name", "username", "language_code")
+    ):
         raise Unauthorized("initData has no valid user.")
     return user
 
 
 def _body_int(body, key, low, high):
     value = body.get(key)
-    if isinstance(value, bool) or not re.fullmatch(r"-?\d{1,18}", str(value) if value is not None else ""):
+    if isinstance(value, bool) or not re.fullmatch(
+        r"-?\d{1,18}", str(value) if value is not None else ""
+    ):
         raise InvalidInput(f"{key} must be a whole number.")
     value = int(value)
     if not low <= value <= high:
@@ -3852,22 +5054,37 @@ def _body_int(body, key, low, high):
 
 def invoice_json(conn, payment, sandbox, simulate=False):
     closed = payment["status"] == "waiting" and not invoice_is_open(payment)
-    order = conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone() \
-        if payment["order_id"] else None
-    return {"payment_id": payment["provider_id"], "order_id": payment["order_id"], "kind": payment["kind"],
-            "pay_address": payment["pay_address"], "pay_amount": payment["pay_amount"],
-            "pay_currency": payment["pay_currency"], "payin_extra_id": payment["payin_extra_id"],
-            "price_amount": cents_to_str(payment["price_cents"]), "price_currency": "EUR",
-            "expires_at": payment["expires_at"][:19] + "Z", "status": payment["status"],
-            "status_text": "⌛ No longer open" if closed else STATUS_TEXT[payment["status"]],
-            "final": payment["status"] not in OPEN_STATUSES,
-            "open": payment["status"] == "waiting" and not closed,
-            # What the shop did: the order 'paid' (delivered), or 'cancelled'/'expired' (money, if any, credited).
-            "order_status": order["status"] if order else None, "outcome": payment["outcome"],
-            "credited": cents_to_str(payment["credited_cents"]),
-            "payment_uri": payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
-            "qr_url": f"/api/payment/{payment['provider_id']}/qr", "sandbox": sandbox,
-            "simulate": simulate and invoice_is_open(payment)}
+    order = (
+        conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()
+        if payment["order_id"]
+        else None
+    )
+    return {
+        "payment_id": payment["provider_id"],
+        "order_id": payment["order_id"],
+        "kind": payment["kind"],
+        "pay_address": payment["pay_address"],
+        "pay_amount": payment["pay_amount"],
+        "pay_currency": payment["pay_currency"],
+        "payin_extra_id": payment["payin_extra_id"],
+        "price_amount": cents_to_str(payment["price_cents"]),
+        "price_currency": "EUR",
+        "expires_at": payment["expires_at"][:19] + "Z",
+        "status": payment["status"],
+        "status_text": "⌛ No longer open" if closed else STATUS_TEXT[payment["status"]],
+        "final": payment["status"] not in OPEN_STATUSES,
+        "open": payment["status"] == "waiting" and not closed,
+        # What the shop did: the order 'paid' (delivered), or 'cancelled'/'expired' (money, if any, credited).
+        "order_status": order["status"] if order else None,
+        "outcome": payment["outcome"],
+        "credited": cents_to_str(payment["credited_cents"]),
+        "payment_uri": payment_uri(
+            payment["pay_currency"], payment["pay_address"], payment["pay_amount"]
+        ),
+        "qr_url": f"/api/payment/{payment['provider_id']}/qr",
+        "sandbox": sandbox,
+        "simulate": simulate and invoice_is_open(payment),
+    }
 
 
 def catalog_json(conn):
@@ -3876,15 +5093,26 @@ def catalog_json(conn):
         f"SELECT c.id AS city_id, c.name AS city, d.id AS district_id, d.name AS district, p.id, p.name, "
         f"p.description, p.price_cents, p.photo, count(*) AS available FROM stock_units u {_AVAILABLE} "
         "GROUP BY d.id, p.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE, "
-        "p.name COLLATE NOCASE").fetchall()
+        "p.name COLLATE NOCASE"
+    ).fetchall()
     cities = {}
     for r in rows:
-        city = cities.setdefault(r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}})
-        district = city["districts"].setdefault(r["district_id"], {"id": r["district_id"], "name": r["district"],
-                                                                  "products": []})
-        district["products"].append({"id": r["id"], "name": r["name"], "description": r["description"],
-                                     "price": cents_to_str(r["price_cents"]), "available": r["available"],
-                                     "photo_url": f"/media/{r['photo']}" if r["photo"] else None})
+        city = cities.setdefault(
+            r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}}
+        )
+        district = city["districts"].setdefault(
+            r["district_id"], {"id": r["district_id"], "name": r["district"], "products": []}
+        )
+        district["products"].append(
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "description": r["description"],
+                "price": cents_to_str(r["price_cents"]),
+                "available": r["available"],
+                "photo_url": f"/media/{r['photo']}" if r["photo"] else None,
+            }
+        )
     return {"cities": [dict(c, districts=list(c["districts"].values())) for c in cities.values()]}
 
 
@@ -3898,11 +5126,17 @@ class CatalogCache:
     CHECK_SECONDS = 1.0
 
     def __init__(self):
-        self.built = (None, None, 0.0, b"", b"")   # (version, commits, checked at, plain, gzipped), replaced whole
-        self.lock = threading.Lock()              # one build at a time; the others wait for it and share it
+        self.built = (
+            None,
+            None,
+            0.0,
+            b"",
+            b"",
+        )  # (version, commits, checked at, plain, gzipped), replaced whole
+        self.lock = threading.Lock()  # one build at a time; the others wait for it and share it
 
     def get(self, conn):
-        commits, now = _commits.value, time.monotonic()    # both before anything is read
+        commits, now = _commits.value, time.monotonic()  # both before anything is read
         version, seen, checked, raw, packed = self.built
         if seen == commits and now - checked < self.CHECK_SECONDS:
             return raw, packed
@@ -3919,10 +5153,24 @@ class CatalogCache:
 
 def basket_json(conn, user_id):
     basket = get_basket(conn, user_id)
-    return {"items": [{"id": l.item_id, "product_id": l.product_id, "district_id": l.district_id, "name": l.name,
-                       "place": l.place, "price": cents_to_str(l.price_cents), "quantity": l.quantity,
-                       "available": l.available, "reserved": l.reserved} for l in basket.lines],
-            "total": cents_to_str(basket.total_cents), "count": basket.count}
+    return {
+        "items": [
+            {
+                "id": l.item_id,
+                "product_id": l.product_id,
+                "district_id": l.district_id,
+                "name": l.name,
+                "place": l.place,
+                "price": cents_to_str(l.price_cents),
+                "quantity": l.quantity,
+                "available": l.available,
+                "reserved": l.reserved,
+            }
+            for l in basket.lines
+        ],
+        "total": cents_to_str(basket.total_cents),
+        "count": basket.count,
+    }
 
 
 def orders_json(conn, user_id, before_id=None):
@@ -3931,19 +5179,39 @@ def orders_json(conn, user_id, before_id=None):
     for o in orders:
         items = conn.execute(
             "SELECT i.id, i.product_name, i.place_name, i.price_cents, s.content, s.media FROM order_items i "
-            "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id", (o["id"],)).fetchall()
+            "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
+            (o["id"],),
+        ).fetchall()
         paid = o["status"] == "paid"
-        payment = conn.execute("SELECT * FROM payments WHERE order_id = ? AND parent_id IS NULL ORDER BY id DESC "
-                               "LIMIT 1", (o["id"],)).fetchone()
-        out.append({"id": o["id"], "status": o["status"], "total": cents_to_str(o["total_cents"]),
-                    "method": o["payment_method"], "created_at": o["created_at"][:19] + "Z",
-                    "payment_id": payment["provider_id"] if payment else None,
-                    "items": [{"id": i["id"], "name": i["product_name"], "place": i["place_name"],
-                               "price": cents_to_str(i["price_cents"]),
-                               # The goods themselves, only once paid for, and only to their buyer.
-                               "content": i["content"] if paid else None,
-                               "media_url": f"/api/orders/{o['id']}/items/{i['id']}/media"
-                               if paid and i["media"] else None} for i in items]})
+        payment = conn.execute(
+            "SELECT * FROM payments WHERE order_id = ? AND parent_id IS NULL ORDER BY id DESC "
+            "LIMIT 1",
+            (o["id"],),
+        ).fetchone()
+        out.append(
+            {
+                "id": o["id"],
+                "status": o["status"],
+                "total": cents_to_str(o["total_cents"]),
+                "method": o["payment_method"],
+                "created_at": o["created_at"][:19] + "Z",
+                "payment_id": payment["provider_id"] if payment else None,
+                "items": [
+                    {
+                        "id": i["id"],
+                        "name": i["product_name"],
+                        "place": i["place_name"],
+                        "price": cents_to_str(i["price_cents"]),
+                        # The goods themselves, only once paid for, and only to their buyer.
+                        "content": i["content"] if paid else None,
+                        "media_url": f"/api/orders/{o['id']}/items/{i['id']}/media"
+                        if paid and i["media"]
+                        else None,
+                    }
+                    for i in items
+                ],
+            }
+        )
     return {"orders": out, "next_before": orders[-1]["id"] if len(orders) == 20 else None}
 
 
@@ -3951,8 +5219,8 @@ def make_webapp(shop, app):
     """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram initData."""
 
     catalog_cache = CatalogCache()
-    users = {}      # (id, names) -> (row, commits, when): no query per request while nothing changed
-    verified = {}   # initData -> (its user, its auth_date): the app sends the same one all session long
+    users = {}  # (id, names) -> (row, commits, when): no query per request while nothing changed
+    verified = {}  # initData -> (its user, its auth_date): the app sends the same one all session long
 
     def current_user():
         init_data = header("X-Telegram-Init-Data") or ""
@@ -3967,11 +5235,17 @@ def make_webapp(shop, app):
             verified[init_data] = (user, int(dict(parse_qsl(init_data))["auth_date"]))
         if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
             raise Unauthorized("Not a Telegram user.")
-        person = {"id": user["id"], "first_name": str(user.get("first_name") or "")[:64],
-                  "username": user.get("username"), "language_code": user.get("language_code")}
+        person = {
+            "id": user["id"],
+            "first_name": str(user.get("first_name") or "")[:64],
+            "username": user.get("username"),
+            "language_code": user.get("language_code"),
+        }
         key, commits, now = tuple(person.values()), _commits.value, time.monotonic()
         row, seen, fetched = users.get(key, (None, None, 0.0))
-        if row is None or seen != commits or now - fetched > 2.0:   # a commit in between may have changed it
+        if (
+            row is None or seen != commits or now - fetched > 2.0
+        ):  # a commit in between may have changed it
             row = touch_user(shop.db(), person)
             if len(users) >= 4096:
                 users.clear()
@@ -3998,7 +5272,9 @@ def make_webapp(shop, app):
                 bottle.response.headers["Cache-Control"] = "no-store"
                 try:
                     user = current_user()
-                    result = fn(shop.db(), user, body() if method in ("POST", "DELETE") else {}, **kw)
+                    result = fn(
+                        shop.db(), user, body() if method in ("POST", "DELETE") else {}, **kw
+                    )
                 except ProviderError as e:
                     log.warning("mini app: %s", e.detail)
                     return json_response(e.status, {"error": str(e)})
@@ -4007,8 +5283,10 @@ def make_webapp(shop, app):
                 if isinstance(result, bottle.HTTPResponse):
                     return result
                 return json_response(200, result)
+
             app.route(path, method, handler)
             return fn
+
         return register
 
     def coin_of(data):
@@ -4030,37 +5308,65 @@ def make_webapp(shop, app):
         if rid:
             existing = conn.execute("SELECT * FROM checkouts WHERE nonce = ?", (rid,)).fetchone()
             if existing:
-                same = (existing["user_id"], existing["kind"], existing["amount_cents"], existing["lines"]) == \
-                    (user["id"], kind, amount, json.dumps([list(l) for l in lines]))
+                same = (
+                    existing["user_id"],
+                    existing["kind"],
+                    existing["amount_cents"],
+                    existing["lines"],
+                ) == (user["id"], kind, amount, json.dumps([list(l) for l in lines]))
                 if not same:
-                    raise InvalidInput("That request_id was used for a different checkout; make a new one.")
+                    raise InvalidInput(
+                        "That request_id was used for a different checkout; make a new one."
+                    )
                 return rid
             with transaction(conn):
-                conn.execute("INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
-                             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (rid, user["id"], kind, json.dumps([list(l) for l in lines]), int(from_basket),
-                              amount, now_iso()))
+                conn.execute(
+                    "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rid,
+                        user["id"],
+                        kind,
+                        json.dumps([list(l) for l in lines]),
+                        int(from_basket),
+                        amount,
+                        now_iso(),
+                    ),
+                )
             return rid
         return create_checkout(conn, user["id"], kind, amount, lines, from_basket)
 
     @api("GET", "/api/me")
     def me(conn, user, data):
         c = shop.config
-        return {"id": user["id"], "first_name": user["first_name"], "username": user["username"],
-                "balance": cents_to_str(user["balance_cents"]), "currency": "EUR",
-                "shop_name": get_setting(conn, "shop_name"), "sandbox": c.sandbox,
-                "preview": user["id"] == PREVIEW_USER["id"], "test_mode": shop.test_mode,
-                "can_buy": shop.may_buy(user["id"]),
-                "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
-                "max_deposit": cents_to_str(c.max_deposit_cents)}
+        return {
+            "id": user["id"],
+            "first_name": user["first_name"],
+            "username": user["username"],
+            "balance": cents_to_str(user["balance_cents"]),
+            "currency": "EUR",
+            "shop_name": get_setting(conn, "shop_name"),
+            "sandbox": c.sandbox,
+            "preview": user["id"] == PREVIEW_USER["id"],
+            "test_mode": shop.test_mode,
+            "can_buy": shop.may_buy(user["id"]),
+            "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
+            "max_deposit": cents_to_str(c.max_deposit_cents),
+        }
 
     @api("GET", "/api/catalog")
     def catalog(conn, user, data):
         raw, packed = catalog_cache.get(conn)
         packing = "gzip" in (header("Accept-Encoding") or "").lower()
-        return bottle.HTTPResponse(packed if packing else raw, headers={
-            "Content-Type": "application/json", "Cache-Control": "no-store", "Vary": "Accept-Encoding",
-            **({"Content-Encoding": "gzip"} if packing else {})})
+        return bottle.HTTPResponse(
+            packed if packing else raw,
+            headers={
+                "Content-Type": "application/json",
+                "Cache-Control": "no-store",
+                "Vary": "Accept-Encoding",
+                **({"Content-Encoding": "gzip"} if packing else {}),
+            },
+        )
 
     @api("GET", "/api/basket")
     def basket(conn, user, data):
@@ -4069,11 +5375,14 @@ def make_webapp(shop, app):
     @api("POST", "/api/basket")
     def set_basket_line(conn, user, data):
         """Set the quantity of a product from a district in the basket (0 takes it out)."""
-        product_id = _body_int(data, "product_id", 1, 2 ** 62)
-        district_id = _body_int(data, "district_id", 1, 2 ** 62)
+        product_id = _body_int(data, "product_id", 1, 2**62)
+        district_id = _body_int(data, "district_id", 1, 2**62)
         quantity = _body_int(data, "quantity", 0, MAX_QUANTITY)
-        row = conn.execute("SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
-                           "AND district_id = ?", (user["id"], product_id, district_id)).fetchone()
+        row = conn.execute(
+            "SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+            "AND district_id = ?",
+            (user["id"], product_id, district_id),
+        ).fetchone()
         if row and quantity == 0:
             set_basket_quantity(conn, user["id"], row["id"], 0)
         elif row:
@@ -4089,38 +5398,67 @@ def make_webapp(shop, app):
 
     @api("GET", "/api/currencies")
     def currencies(conn, user, data):
-        return [{"code": code, "name": COIN_INFO[code][0], "network": COIN_INFO[code][1],
-                 "label": COIN_LABELS[code], "minimum": cents_to_str(minimum) if minimum is not None else None}
-                for code, minimum in shop.payments.coins()]
+        return [
+            {
+                "code": code,
+                "name": COIN_INFO[code][0],
+                "network": COIN_INFO[code][1],
+                "label": COIN_LABELS[code],
+                "minimum": cents_to_str(minimum) if minimum is not None else None,
+            }
+            for code, minimum in shop.payments.coins()
+        ]
 
     @api("POST", "/api/payment/create")
     def create_payment(conn, user, data):
         kind, coin, rid = data.get("type"), coin_of(data), request_id(data)
         shop.check_may_buy(user["id"])
         # A basket checkout moves the basket into its order: the same request again finds that checkout.
-        repeated = kind == "basket" and rid and conn.execute(
-            "SELECT 1 FROM checkouts WHERE nonce = ? AND user_id = ? AND from_basket = 1", (rid, user["id"])).fetchone()
+        repeated = (
+            kind == "basket"
+            and rid
+            and conn.execute(
+                "SELECT 1 FROM checkouts WHERE nonce = ? AND user_id = ? AND from_basket = 1",
+                (rid, user["id"]),
+            ).fetchone()
+        )
         if repeated:
             nonce = rid
         else:
             if kind == "basket":
-                lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user["id"]).lines]
+                lines = [
+                    (l.product_id, l.district_id, l.quantity)
+                    for l in get_basket(conn, user["id"]).lines
+                ]
                 if not lines:
                     raise InvalidInput("Your basket is empty.")
             elif kind == "product":
-                lines = [(_body_int(data, "product_id", 1, 2 ** 62), _body_int(data, "district_id", 1, 2 ** 62),
-                          _body_int(data, "quantity", 1, MAX_QUANTITY))]
+                lines = [
+                    (
+                        _body_int(data, "product_id", 1, 2**62),
+                        _body_int(data, "district_id", 1, 2**62),
+                        _body_int(data, "quantity", 1, MAX_QUANTITY),
+                    )
+                ]
             else:
                 raise InvalidInput('type must be "basket" or "product".')
             total, _ = price_lines(conn, normalise_lines(lines))
             nonce = checkout_for(conn, user, "order", total, lines, kind == "basket", rid)
         checkout = get_checkout(conn, user["id"], nonce)
         if coin == "balance":
-            order_id = buy_with_balance(conn, user["id"], checkout_lines(checkout),
-                                        expected_total_cents=checkout["amount_cents"], checkout_key=nonce,
-                                        owners=shop.config.admin_ids)
-            return {"order_id": order_id, "status": "paid",
-                    "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"])}
+            order_id = buy_with_balance(
+                conn,
+                user["id"],
+                checkout_lines(checkout),
+                expected_total_cents=checkout["amount_cents"],
+                checkout_key=nonce,
+                owners=shop.config.admin_ids,
+            )
+            return {
+                "order_id": order_id,
+                "status": "paid",
+                "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"]),
+            }
         return invoice(conn, user, shop.payments.open_order_invoice(user["id"], nonce, coin))
 
     @api("POST", "/api/payment/refill")
@@ -4131,8 +5469,11 @@ def make_webapp(shop, app):
         if coin == "balance":
             raise InvalidInput("Top up with a coin, not with the balance.")
         try:
-            cents = parse_eur(data.get("amount"), minimum=shop.setting("min_deposit_cents"),
-                              maximum=c.max_deposit_cents)
+            cents = parse_eur(
+                data.get("amount"),
+                minimum=shop.setting("min_deposit_cents"),
+                maximum=c.max_deposit_cents,
+            )
         except InvalidInput as e:
             raise InvalidInput(f"The amount {e}.") from None
         nonce = checkout_for(conn, user, "topup", cents, rid=rid)
@@ -4142,8 +5483,10 @@ def make_webapp(shop, app):
         return invoice_json(conn, payment, shop.config.sandbox, shop.may_simulate(user["id"]))
 
     def own_payment(conn, user, payment_id):
-        row = conn.execute("SELECT * FROM payments WHERE provider_id = ? AND user_id = ? AND parent_id IS NULL",
-                           (payment_id, user["id"])).fetchone()
+        row = conn.execute(
+            "SELECT * FROM payments WHERE provider_id = ? AND user_id = ? AND parent_id IS NULL",
+            (payment_id, user["id"]),
+        ).fetchone()
         if row is None:
             raise NotFound("No such payment.")
         return row
@@ -4160,8 +5503,10 @@ def make_webapp(shop, app):
     @api("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr")
     def payment_qr(conn, user, data, payment_id):
         p = own_payment(conn, user, payment_id)
-        return bottle.HTTPResponse(qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
-                                   headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"})
+        return bottle.HTTPResponse(
+            qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
+            headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"},
+        )
 
     @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/cancel")
     def payment_cancel(conn, user, data, payment_id):
@@ -4172,20 +5517,25 @@ def make_webapp(shop, app):
     def payment_simulate(conn, user, data, payment_id):
         if not shop.config.sandbox:
             raise NotFound("Simulated payments exist only in sandbox mode.")
-        shop.payments.simulate(user["id"], own_payment(conn, user, payment_id)["id"], str(data.get("outcome") or ""))
+        shop.payments.simulate(
+            user["id"], own_payment(conn, user, payment_id)["id"], str(data.get("outcome") or "")
+        )
         return {"simulating": data.get("outcome")}
 
     @api("GET", "/api/orders")
     def orders(conn, user, data):
         before = bottle.request.query.get("before", "")
-        return orders_json(conn, user["id"], int(before) if re.fullmatch(r"\d{1,18}", before) else None)
+        return orders_json(
+            conn, user["id"], int(before) if re.fullmatch(r"\d{1,18}", before) else None
+        )
 
     @api("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media")
     def order_media(conn, user, data, order_id, item_id):
         row = conn.execute(
             "SELECT s.media FROM order_items i JOIN orders o ON o.id = i.order_id JOIN stock_units s "
             "ON s.id = i.unit_id WHERE i.id = ? AND o.id = ? AND o.user_id = ? AND o.status = 'paid'",
-            (item_id, order_id, user["id"])).fetchone()
+            (item_id, order_id, user["id"]),
+        ).fetchone()
         if row is None or not row["media"]:
             raise NotFound("No such photo.")
         response = bottle.static_file(row["media"], root=str(shop.config.media_dir / "private"))
@@ -4196,16 +5546,28 @@ def make_webapp(shop, app):
     def page():
         conn = shop.db()
         # Where a plain browser gets the preview shopper's initData, if anywhere (see preview()).
-        preview_url = "" if not shop.config.sandbox else "/admin/app-preview" if shop.config.bot_token \
+        preview_url = (
+            ""
+            if not shop.config.sandbox
+            else "/admin/app-preview"
+            if shop.config.bot_token
             else "/app/preview"
-        response = bottle.HTTPResponse(bottle.template("app", template_lookup=[str(TEMPLATES_DIR)],
-                                                       name=get_setting(conn, "shop_name"),
-                                                       preview_url=preview_url))
+        )
+        response = bottle.HTTPResponse(
+            bottle.template(
+                "app",
+                template_lookup=[str(TEMPLATES_DIR)],
+                name=get_setting(conn, "shop_name"),
+                preview_url=preview_url,
+            )
+        )
         # Telegram shows Mini Apps in its own frames (web.telegram.org too), so framing by Telegram is allowed.
-        response.set_header("Content-Security-Policy",
-                            "default-src 'self'; script-src 'self' https://telegram.org; style-src 'self'; "
-                            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-                            "frame-ancestors 'self' https://web.telegram.org https://*.telegram.org")
+        response.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self' https://telegram.org; style-src 'self'; "
+            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'self' https://web.telegram.org https://*.telegram.org",
+        )
         response.set_header("Cache-Control", "no-cache")
         return response
 
@@ -4215,9 +5577,14 @@ def make_webapp(shop, app):
         With a bot connected, anyone who can reach the shop could use it to simulate payments and take real
         goods: then the admin hands it out to owners (/admin/app-preview)."""
         if not shop.config.sandbox:
-            return json_response(404, {"error": "The preview exists only in sandbox mode; open the shop from the bot."})
+            return json_response(
+                404,
+                {"error": "The preview exists only in sandbox mode; open the shop from the bot."},
+            )
         if shop.config.bot_token:
-            return json_response(403, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"})
+            return json_response(
+                403, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"}
+            )
         bottle.response.headers["Cache-Control"] = "no-store"
         return json_response(200, {"initData": preview_init_data(shop)})
 
@@ -4225,8 +5592,10 @@ def make_webapp(shop, app):
 # Web: admin ##################################################################
 
 ADMIN_PAGE = 50
-ADMIN_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-             "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+ADMIN_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 ORDER_STATUSES = ("pending", "paid", "cancelled", "expired", "refunded")
 
 
@@ -4252,9 +5621,12 @@ def svg_bars(points, width=600, height=120):
     bars = "".join(
         f'<rect x="{i * step + 1:.1f}" y="{height - v * height / top:.1f}" width="{step - 2:.1f}" '
         f'height="{v * height / top:.1f}"><title>{label}: {fmt_eur(v)}</title></rect>'
-        for i, (label, v) in enumerate(points))
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Revenue per day, last 30 days">'
-            f"{bars}</svg>")
+        for i, (label, v) in enumerate(points)
+    )
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Revenue per day, last 30 days">'
+        f"{bars}</svg>"
+    )
 
 
 class LoginThrottle:
@@ -4286,7 +5658,7 @@ def make_admin(shop, app):
     throttle = LoginThrottle()
     cookie = "shop_admin"
     secure = shop.config.webhook_url.startswith("https://")
-    uploads = {}   # import previews waiting for confirmation: token -> (path, expires)
+    uploads = {}  # import previews waiting for confirmation: token -> (path, expires)
 
     def remote():
         return bottle.request.remote_addr or ""
@@ -4296,10 +5668,21 @@ def make_admin(shop, app):
         if sess is not None and sess["flash"]:
             flash = sess["flash"]
             with transaction(shop.db()):
-                shop.db().execute("UPDATE admin_sessions SET flash = NULL WHERE token_hash = ?", (sess["token_hash"],))
-        return bottle.template(f"admin/{name}", template_lookup=[str(TEMPLATES_DIR)], csrf=sess["csrf_token"]
-                               if sess else "", flash=flash, fmt=fmt_eur, shop_name=get_setting(shop.db(), "shop_name"),
-                               sandbox=shop.config.sandbox, test_mode=shop.test_mode, **kw)
+                shop.db().execute(
+                    "UPDATE admin_sessions SET flash = NULL WHERE token_hash = ?",
+                    (sess["token_hash"],),
+                )
+        return bottle.template(
+            f"admin/{name}",
+            template_lookup=[str(TEMPLATES_DIR)],
+            csrf=sess["csrf_token"] if sess else "",
+            flash=flash,
+            fmt=fmt_eur,
+            shop_name=get_setting(shop.db(), "shop_name"),
+            sandbox=shop.config.sandbox,
+            test_mode=shop.test_mode,
+            **kw,
+        )
 
     def fragment_or_page(fragment, page, sess, **kw):
         """contact.app's pattern: htmx asks for the fragment, a browser for the whole page around it."""
@@ -4323,8 +5706,10 @@ def make_admin(shop, app):
 
     def flash(sess, message):
         with transaction(shop.db()):
-            shop.db().execute("UPDATE admin_sessions SET flash = ? WHERE token_hash = ?",
-                              (message[:500], sess["token_hash"]))
+            shop.db().execute(
+                "UPDATE admin_sessions SET flash = ? WHERE token_hash = ?",
+                (message[:500], sess["token_hash"]),
+            )
 
     def page(path, method="GET"):
         def register(fn):
@@ -4340,8 +5725,11 @@ def make_admin(shop, app):
                     if not same_origin():
                         return bottle.HTTPResponse("Cross-site requests are refused.", 403)
                     if not hmac.compare_digest(token.encode(), sess["csrf_token"].encode()):
-                        return bottle.HTTPResponse("The form is missing its CSRF token or it is wrong: "
-                                                   "reload the page and try again.", 403)
+                        return bottle.HTTPResponse(
+                            "The form is missing its CSRF token or it is wrong: "
+                            "reload the page and try again.",
+                            403,
+                        )
                     try:
                         result = fn(conn, sess, **kw)
                     except ShopError as e:
@@ -4355,11 +5743,11 @@ def make_admin(shop, app):
                         if header("HX-Request"):
                             return bottle.HTTPResponse(status=204, headers={"HX-Redirect": back})
                         return bottle.redirect(back, 303)
-                    if isinstance(result, tuple):   # (where to go, what to say)
+                    if isinstance(result, tuple):  # (where to go, what to say)
                         flash(sess, result[1])
                         result = result[0]
                     if isinstance(result, str) and result.startswith("/admin"):
-                        if header("HX-Request"):   # htmx follows this instead of a 303
+                        if header("HX-Request"):  # htmx follows this instead of a 303
                             return bottle.HTTPResponse(status=204, headers={"HX-Redirect": result})
                         return bottle.redirect(result, 303)
                     return result
@@ -4367,8 +5755,10 @@ def make_admin(shop, app):
                     return fn(conn, sess, **kw)
                 except ShopError as e:
                     return bottle.HTTPResponse(render("error.tpl", sess, message=str(e)), e.status)
+
             app.route(path, method, handler)
             return fn
+
         return register
 
     # Access
@@ -4392,19 +5782,33 @@ def make_admin(shop, app):
         stamp = throttle.attempt(addr)
         if stamp is None:
             log.warning("admin: logins from %s are paused after repeated failures", addr)
-            return bottle.HTTPResponse(render("login.tpl", error="Too many failed attempts. Wait 15 minutes.",
-                                              next=target), 429)
+            return bottle.HTTPResponse(
+                render(
+                    "login.tpl", error="Too many failed attempts. Wait 15 minutes.", next=target
+                ),
+                429,
+            )
         conn = shop.db()
-        if not verify_admin_password(conn, bottle.request.forms.getunicode("password") or "",
-                                     shop.config.admin_password):
+        if not verify_admin_password(
+            conn, bottle.request.forms.getunicode("password") or "", shop.config.admin_password
+        ):
             with transaction(conn):
                 audit(conn, "login failed", remote=addr)
             log.warning("admin: a failed login from %s", addr)
-            return bottle.HTTPResponse(render("login.tpl", error="Wrong password.", next=target), 403)
+            return bottle.HTTPResponse(
+                render("login.tpl", error="Wrong password.", next=target), 403
+            )
         throttle.succeeded(addr, stamp)
         token, _ = create_admin_session(conn, addr)
-        bottle.response.set_cookie(cookie, token, path="/admin", httponly=True, samesite="Strict", secure=secure,
-                                   max_age=ADMIN_MAX_SECONDS)
+        bottle.response.set_cookie(
+            cookie,
+            token,
+            path="/admin",
+            httponly=True,
+            samesite="Strict",
+            secure=secure,
+            max_age=ADMIN_MAX_SECONDS,
+        )
         return bottle.redirect(target, 303)
 
     @page("/admin/logout", "POST")
@@ -4418,9 +5822,14 @@ def make_admin(shop, app):
         """Sandbox with a bot: the preview shopper's initData, for owners logged in to the admin only."""
         bottle.response.headers["Cache-Control"] = "no-store"
         if not shop.config.sandbox:
-            return json_response(404, {"error": "The preview exists only in sandbox mode; open the shop from the bot."})
+            return json_response(
+                404,
+                {"error": "The preview exists only in sandbox mode; open the shop from the bot."},
+            )
         if get_admin_session(shop.db(), bottle.request.get_cookie(cookie)) is None:
-            return json_response(401, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"})
+            return json_response(
+                401, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"}
+            )
         return json_response(200, {"initData": preview_init_data(shop)})
 
     @page("/admin/logout-everywhere", "POST")
@@ -4435,18 +5844,29 @@ def make_admin(shop, app):
     @page("/admin")
     def dashboard(conn, sess):
         stats = dashboard_stats(conn)
-        return render("dashboard.tpl", sess, stats=stats, chart=svg_bars(stats["per_day"]),
-                      problems=list(shop.problems.records)[::-1][:20], health=shop.health())
+        return render(
+            "dashboard.tpl",
+            sess,
+            stats=stats,
+            chart=svg_bars(stats["per_day"]),
+            problems=list(shop.problems.records)[::-1][:20],
+            health=shop.health(),
+        )
 
     # Catalog
 
     @page("/admin/catalog")
     def catalog(conn, sess):
-        cities = conn.execute("SELECT * FROM cities ORDER BY position, name COLLATE NOCASE").fetchall()
-        districts = conn.execute("SELECT * FROM districts ORDER BY position, name COLLATE NOCASE").fetchall()
+        cities = conn.execute(
+            "SELECT * FROM cities ORDER BY position, name COLLATE NOCASE"
+        ).fetchall()
+        districts = conn.execute(
+            "SELECT * FROM districts ORDER BY position, name COLLATE NOCASE"
+        ).fetchall()
         products = conn.execute(
             "SELECT p.*, (SELECT count(*) FROM stock_units u WHERE u.product_id = p.id AND u.status = 'available') "
-            "AS available FROM products p ORDER BY p.name COLLATE NOCASE").fetchall()
+            "AS available FROM products p ORDER BY p.name COLLATE NOCASE"
+        ).fetchall()
         return render("catalog.tpl", sess, cities=cities, districts=districts, products=products)
 
     @page("/admin/cities", "POST")
@@ -4465,8 +5885,13 @@ def make_admin(shop, app):
     @page("/admin/<kind:re:city|district>/<place_id:id>", "POST")
     def place_change(conn, sess, kind, place_id):
         action = bottle.request.forms.get("action")
-        kw = {"rename": {"name": bottle.request.forms.getunicode("name")}, "hide": {"hidden": True},
-              "show": {"hidden": False}, "up": {"move": -1}, "down": {"move": 1}}.get(action)
+        kw = {
+            "rename": {"name": bottle.request.forms.getunicode("name")},
+            "hide": {"hidden": True},
+            "show": {"hidden": False},
+            "up": {"move": -1},
+            "down": {"move": 1},
+        }.get(action)
         if kw is None:
             raise InvalidInput("Unknown action.")
         update_place(conn, kind, place_id, remote=remote(), **kw)
@@ -4482,22 +5907,47 @@ def make_admin(shop, app):
             "sum(u.status = 'reserved') AS reserved, sum(u.status = 'sold') AS sold FROM districts d "
             "JOIN cities c ON c.id = d.city_id LEFT JOIN stock_units u ON u.district_id = d.id AND u.product_id = ? "
             "GROUP BY d.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE",
-            (product["id"] if product else -1,)).fetchall()
-        units = conn.execute("SELECT u.*, d.name AS district, c.name AS city FROM stock_units u "
-                             "JOIN districts d ON d.id = u.district_id JOIN cities c ON c.id = d.city_id "
-                             f"WHERE u.product_id = ? AND u.id < ? ORDER BY u.id DESC LIMIT {ADMIN_PAGE + 1}",
-                             (product["id"] if product else -1, keyset() or 2 ** 62)).fetchall()
-        more = f"/admin/products/{product['id']}?before={units[ADMIN_PAGE - 1]['id']}" \
-            if product and len(units) > ADMIN_PAGE else None
+            (product["id"] if product else -1,),
+        ).fetchall()
+        units = conn.execute(
+            "SELECT u.*, d.name AS district, c.name AS city FROM stock_units u "
+            "JOIN districts d ON d.id = u.district_id JOIN cities c ON c.id = d.city_id "
+            f"WHERE u.product_id = ? AND u.id < ? ORDER BY u.id DESC LIMIT {ADMIN_PAGE + 1}",
+            (product["id"] if product else -1, keyset() or 2**62),
+        ).fetchall()
+        more = (
+            f"/admin/products/{product['id']}?before={units[ADMIN_PAGE - 1]['id']}"
+            if product and len(units) > ADMIN_PAGE
+            else None
+        )
         units = units[:ADMIN_PAGE]
-        values = {"name": product["name"], "description": product["description"],
-                  "price": cents_to_str(product["price_cents"]), "active": bool(product["is_active"])} if product \
+        values = (
+            {
+                "name": product["name"],
+                "description": product["description"],
+                "price": cents_to_str(product["price_cents"]),
+                "active": bool(product["is_active"]),
+            }
+            if product
             else {"name": "", "description": "", "price": "", "active": True}
-        if form is not None:   # a refused save: show what the owner typed, with the reason
-            values = {"name": form.getunicode("name") or "", "description": form.getunicode("description") or "",
-                      "price": form.getunicode("price") or "", "active": form.get("active") == "1"}
-        page_ = render("product.tpl", sess, product=product, stock=stock, units=units, values=values, error=error,
-                       more=more)
+        )
+        if form is not None:  # a refused save: show what the owner typed, with the reason
+            values = {
+                "name": form.getunicode("name") or "",
+                "description": form.getunicode("description") or "",
+                "price": form.getunicode("price") or "",
+                "active": form.get("active") == "1",
+            }
+        page_ = render(
+            "product.tpl",
+            sess,
+            product=product,
+            stock=stock,
+            units=units,
+            values=values,
+            error=error,
+            more=more,
+        )
         return bottle.HTTPResponse(page_, 400) if error else page_
 
     @page("/admin/products/new")
@@ -4515,15 +5965,25 @@ def make_admin(shop, app):
     @page("/admin/products/<product_id:id>", "POST")
     def product_save(conn, sess, product_id=None):
         f = bottle.request.forms
-        product = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone() if product_id else None
+        product = (
+            conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+            if product_id
+            else None
+        )
         if product_id and product is None:
             raise NotFound("No such product.")
         try:
-            product_id = save_product(conn, shop.config.media_dir, product_id, name=f.getunicode("name"),
-                                      description=f.getunicode("description") or "", price=f.getunicode("price"),
-                                      active=f.get("active") == "1",
-                                      photo=read_upload(bottle.request.files.get("photo"), "The photo"),
-                                      remote=remote())
+            product_id = save_product(
+                conn,
+                shop.config.media_dir,
+                product_id,
+                name=f.getunicode("name"),
+                description=f.getunicode("description") or "",
+                price=f.getunicode("price"),
+                active=f.get("active") == "1",
+                photo=read_upload(bottle.request.files.get("photo"), "The photo"),
+                remote=remote(),
+            )
         except InvalidInput as e:
             return product_form(conn, sess, product, error=str(e), form=f)
         return f"/admin/products/{product_id}", "Product saved."
@@ -4533,14 +5993,22 @@ def make_admin(shop, app):
         district_id = bottle.request.forms.get("district_id", "")
         if not re.fullmatch(r"[0-9]{1,18}", district_id):
             raise InvalidInput("Choose a district.")
-        result = add_units(conn, shop.config.media_dir, product_id, int(district_id),
-                           bottle.request.forms.getunicode("units"),
-                           read_upload(bottle.request.files.get("media"), "The photo"), remote())
+        result = add_units(
+            conn,
+            shop.config.media_dir,
+            product_id,
+            int(district_id),
+            bottle.request.forms.getunicode("units"),
+            read_upload(bottle.request.files.get("media"), "The photo"),
+            remote(),
+        )
         return f"/admin/products/{product_id}", units_added_text(result)
 
     @page("/admin/units/<unit_id:id>/delete", "POST")
     def unit_delete(conn, sess, unit_id):
-        product_id = conn.execute("SELECT product_id FROM stock_units WHERE id = ?", (unit_id,)).fetchone()
+        product_id = conn.execute(
+            "SELECT product_id FROM stock_units WHERE id = ?", (unit_id,)
+        ).fetchone()
         delete_unit(conn, unit_id, remote())
         return f"/admin/products/{product_id[0]}", "Unit deleted."
 
@@ -4574,11 +6042,16 @@ def make_admin(shop, app):
             else:
                 (folder / "catalog.json").write_bytes(data)
             parsed = read_catalog_file(folder / "catalog.json")
-            counts = import_catalog(conn, parsed, folder, shop.config.media_dir, dry_run=True, confine=True)
+            counts = import_catalog(
+                conn, parsed, folder, shop.config.media_dir, dry_run=True, confine=True
+            )
         except CatalogError as e:
             shutil.rmtree(folder, ignore_errors=True)
             shown = upload.filename or "the file"
-            errors = [m.replace(str(folder / "catalog.json"), shown).replace(str(folder), shown) for m in e.errors]
+            errors = [
+                m.replace(str(folder / "catalog.json"), shown).replace(str(folder), shown)
+                for m in e.errors
+            ]
             return render("import.tpl", sess, preview=None, token=None, errors=errors)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -4594,14 +6067,25 @@ def make_admin(shop, app):
         if folder is None:
             raise InvalidInput("That preview is too old; upload the file again.")
         try:
-            counts = import_catalog(conn, read_catalog_file(folder / "catalog.json"), folder, shop.config.media_dir,
-                                    confine=True)
+            counts = import_catalog(
+                conn,
+                read_catalog_file(folder / "catalog.json"),
+                folder,
+                shop.config.media_dir,
+                confine=True,
+            )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         with transaction(conn):
-            audit(conn, "catalog imported", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()),
-                  remote())
-        return "/admin/catalog", "Catalog imported: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+            audit(
+                conn,
+                "catalog imported",
+                ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()),
+                remote(),
+            )
+        return "/admin/catalog", "Catalog imported: " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
+        )
 
     # Orders
 
@@ -4609,14 +6093,20 @@ def make_admin(shop, app):
     def orders(conn, sess):
         q = bottle.request.query
         status = q.get("status") if q.get("status") in ORDER_STATUSES else None
+
         def day(value):
             try:
                 datetime.strptime(value or "", "%Y-%m-%d")
                 return value if value < "9999" else None
             except ValueError:
                 return None
-        since, until, search = day(q.get("from")), day(q.get("to")), (q.getunicode("q") or "").strip()
-        where, args = ["o.id < ?"], [keyset() or 2 ** 62]
+
+        since, until, search = (
+            day(q.get("from")),
+            day(q.get("to")),
+            (q.getunicode("q") or "").strip(),
+        )
+        where, args = ["o.id < ?"], [keyset() or 2**62]
         if status:
             where.append("o.status = ?")
             args.append(status)
@@ -4625,40 +6115,68 @@ def make_admin(shop, app):
             args.append(since)
         if until:
             where.append("o.created_at < ?")
-            args.append((datetime.strptime(until, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d"))
+            args.append(
+                (datetime.strptime(until, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d")
+            )
         if search:
             digits = search.lstrip("#@")
             if re.fullmatch(r"[0-9]{1,18}", digits):
                 where.append("(o.id = ? OR o.user_id = ?)")
                 args += [int(digits), int(digits)]
             else:
-                where.append("o.user_id IN (SELECT id FROM users WHERE username = ? COLLATE NOCASE)")
+                where.append(
+                    "o.user_id IN (SELECT id FROM users WHERE username = ? COLLATE NOCASE)"
+                )
                 args.append(search.lstrip("@"))
         rows = conn.execute(
             "SELECT o.*, u.first_name, u.username, (SELECT count(*) FROM order_items i WHERE i.order_id = o.id) "
             f"AS items FROM orders o JOIN users u ON u.id = o.user_id WHERE {' AND '.join(where)} "
-            f"ORDER BY o.id DESC LIMIT {ADMIN_PAGE + 1}", args).fetchall()
+            f"ORDER BY o.id DESC LIMIT {ADMIN_PAGE + 1}",
+            args,
+        ).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
         filters = {"status": status or "", "from": since or "", "to": until or "", "q": search}
         more = f"/admin/orders?{urlencode({'before': more, **filters})}" if more else None
-        return fragment_or_page("_orders.tpl", "orders.tpl", sess, orders=rows[:ADMIN_PAGE], more=more,
-                                filters=filters, statuses=ORDER_STATUSES)
+        return fragment_or_page(
+            "_orders.tpl",
+            "orders.tpl",
+            sess,
+            orders=rows[:ADMIN_PAGE],
+            more=more,
+            filters=filters,
+            statuses=ORDER_STATUSES,
+        )
 
     @page("/admin/orders/<order_id:id>")
     def order(conn, sess, order_id):
-        o = conn.execute("SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
-                         "WHERE o.id = ?", (order_id,)).fetchone()
+        o = conn.execute(
+            "SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
+            "WHERE o.id = ?",
+            (order_id,),
+        ).fetchone()
         if o is None:
             raise NotFound("No such order.")
-        items = conn.execute("SELECT i.*, s.content, s.media, s.status AS unit_status FROM order_items i "
-                             "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
-                             (order_id,)).fetchall()
-        payments = conn.execute("SELECT * FROM payments WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
-        ipns = conn.execute("SELECT * FROM ipn_events WHERE provider_id IN (SELECT provider_id FROM payments "
-                            "WHERE order_id = ?) ORDER BY id", (order_id,)).fetchall()
-        messages = conn.execute("SELECT status, count(*) AS n, max(last_error) AS error FROM outbox "
-                                "WHERE order_id = ? GROUP BY status", (order_id,)).fetchall()
-        return render("order.tpl", sess, order=o, items=items, payments=payments, ipns=ipns, messages=messages)
+        items = conn.execute(
+            "SELECT i.*, s.content, s.media, s.status AS unit_status FROM order_items i "
+            "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
+            (order_id,),
+        ).fetchall()
+        payments = conn.execute(
+            "SELECT * FROM payments WHERE order_id = ? ORDER BY id", (order_id,)
+        ).fetchall()
+        ipns = conn.execute(
+            "SELECT * FROM ipn_events WHERE provider_id IN (SELECT provider_id FROM payments "
+            "WHERE order_id = ?) ORDER BY id",
+            (order_id,),
+        ).fetchall()
+        messages = conn.execute(
+            "SELECT status, count(*) AS n, max(last_error) AS error FROM outbox "
+            "WHERE order_id = ? GROUP BY status",
+            (order_id,),
+        ).fetchall()
+        return render(
+            "order.tpl", sess, order=o, items=items, payments=payments, ipns=ipns, messages=messages
+        )
 
     @page("/admin/orders/<order_id:id>/resend", "POST")
     def order_resend(conn, sess, order_id):
@@ -4667,9 +6185,16 @@ def make_admin(shop, app):
             raise NotFound("No such order.")
         queued = resend_delivery(conn, o["user_id"], order_id)
         with transaction(conn):
-            audit(conn, "delivery re-sent", f"order #{order_id}" + ("" if queued else " (already on its way)"),
-                  remote())
-        return f"/admin/orders/{order_id}", "Delivery queued again." if queued else "The delivery is still on its way."
+            audit(
+                conn,
+                "delivery re-sent",
+                f"order #{order_id}" + ("" if queued else " (already on its way)"),
+                remote(),
+            )
+        return (
+            f"/admin/orders/{order_id}",
+            "Delivery queued again." if queued else "The delivery is still on its way.",
+        )
 
     @page("/admin/orders/<order_id:id>/refund", "POST")
     def order_refund(conn, sess, order_id):
@@ -4684,21 +6209,41 @@ def make_admin(shop, app):
         status = status if status in STATUS_RANK else None
         rows = conn.execute(
             "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id WHERE p.id < ?"
-            + (" AND p.status = ?" if status else "") + f" ORDER BY p.id DESC LIMIT {ADMIN_PAGE + 1}",
-            [keyset() or 2 ** 62] + ([status] if status else [])).fetchall()
+            + (" AND p.status = ?" if status else "")
+            + f" ORDER BY p.id DESC LIMIT {ADMIN_PAGE + 1}",
+            [keyset() or 2**62] + ([status] if status else []),
+        ).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
-        more = f"/admin/payments?{urlencode({'before': more, 'status': status or ''})}" if more else None
-        return fragment_or_page("_payments.tpl", "payments.tpl", sess, payments=rows[:ADMIN_PAGE], more=more,
-                                status=status or "", statuses=list(STATUS_RANK))
+        more = (
+            f"/admin/payments?{urlencode({'before': more, 'status': status or ''})}"
+            if more
+            else None
+        )
+        return fragment_or_page(
+            "_payments.tpl",
+            "payments.tpl",
+            sess,
+            payments=rows[:ADMIN_PAGE],
+            more=more,
+            status=status or "",
+            statuses=list(STATUS_RANK),
+        )
 
     @page("/admin/payments/<payment_id:id>")
     def payment(conn, sess, payment_id):
-        p = conn.execute("SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
-                         "WHERE p.id = ?", (payment_id,)).fetchone()
+        p = conn.execute(
+            "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
+            "WHERE p.id = ?",
+            (payment_id,),
+        ).fetchone()
         if p is None:
             raise NotFound("No such payment.")
-        ipns = conn.execute("SELECT * FROM ipn_events WHERE provider_id = ? ORDER BY id", (p["provider_id"],)).fetchall()
-        children = conn.execute("SELECT * FROM payments WHERE parent_id = ?", (payment_id,)).fetchall()
+        ipns = conn.execute(
+            "SELECT * FROM ipn_events WHERE provider_id = ? ORDER BY id", (p["provider_id"],)
+        ).fetchall()
+        children = conn.execute(
+            "SELECT * FROM payments WHERE parent_id = ?", (payment_id,)
+        ).fetchall()
         return render("payment.tpl", sess, payment=p, ipns=ipns, children=children)
 
     @page("/admin/payments/<payment_id:id>/recheck", "POST")
@@ -4713,7 +6258,9 @@ def make_admin(shop, app):
 
     @page("/admin/payments/<payment_id:id>/mark-paid", "POST")
     def payment_mark_paid(conn, sess, payment_id):
-        outcome = shop.payments.mark_paid(payment_id, bottle.request.forms.getunicode("reason"), remote())
+        outcome = shop.payments.mark_paid(
+            payment_id, bottle.request.forms.getunicode("reason"), remote()
+        )
         return f"/admin/payments/{payment_id}", f"Marked as paid: {outcome}"
 
     # Users
@@ -4721,33 +6268,51 @@ def make_admin(shop, app):
     @page("/admin/users")
     def users(conn, sess):
         search = (bottle.request.query.getunicode("q") or "").strip().lstrip("@")
-        where, args = ["id < ?"], [keyset() or 2 ** 62]
+        where, args = ["id < ?"], [keyset() or 2**62]
         if re.fullmatch(r"[0-9]{1,18}", search):
             where.append("id = ?")
             args.append(int(search))
         elif search:
             where.append("(username = ? COLLATE NOCASE OR first_name LIKE ? ESCAPE '\\')")
             args += [search, "%" + re.sub(r"([%_\\])", r"\\\1", search) + "%"]
-        rows = conn.execute(f"SELECT * FROM users WHERE {' AND '.join(where)} ORDER BY id DESC "
-                            f"LIMIT {ADMIN_PAGE + 1}", args).fetchall()
+        rows = conn.execute(
+            f"SELECT * FROM users WHERE {' AND '.join(where)} ORDER BY id DESC "
+            f"LIMIT {ADMIN_PAGE + 1}",
+            args,
+        ).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
         more = f"/admin/users?{urlencode({'before': more, 'q': search})}" if more else None
-        return fragment_or_page("_users.tpl", "users.tpl", sess, users=rows[:ADMIN_PAGE], more=more, q=search)
+        return fragment_or_page(
+            "_users.tpl", "users.tpl", sess, users=rows[:ADMIN_PAGE], more=more, q=search
+        )
 
     @page("/admin/users/<user_id:id>")
     def user_page(conn, sess, user_id):
         u = get_user(conn, user_id)
-        orders_ = conn.execute("SELECT * FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)).fetchall()
-        payments_ = conn.execute("SELECT * FROM payments WHERE user_id = ? ORDER BY id DESC LIMIT 50",
-                                 (user_id,)).fetchall()
-        ledger = conn.execute("SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)).fetchall()
+        orders_ = conn.execute(
+            "SELECT * FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)
+        ).fetchall()
+        payments_ = conn.execute(
+            "SELECT * FROM payments WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)
+        ).fetchall()
+        ledger = conn.execute(
+            "SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)
+        ).fetchall()
         return render("user.tpl", sess, user=u, orders=orders_, payments=payments_, ledger=ledger)
 
     @page("/admin/users/<user_id:id>/balance", "POST")
     def user_balance(conn, sess, user_id):
-        cents = admin_adjust_balance(conn, user_id, bottle.request.forms.getunicode("amount"),
-                                     bottle.request.forms.getunicode("reason"), remote())
-        return f"/admin/users/{user_id}", f"Balance {'credited' if cents > 0 else 'debited'} {fmt_eur(abs(cents))}."
+        cents = admin_adjust_balance(
+            conn,
+            user_id,
+            bottle.request.forms.getunicode("amount"),
+            bottle.request.forms.getunicode("reason"),
+            remote(),
+        )
+        return (
+            f"/admin/users/{user_id}",
+            f"Balance {'credited' if cents > 0 else 'debited'} {fmt_eur(abs(cents))}.",
+        )
 
     @page("/admin/users/<user_id:id>/<action:re:ban|unban>", "POST")
     def user_ban(conn, sess, user_id, action):
@@ -4759,7 +6324,9 @@ def make_admin(shop, app):
     @page("/admin/broadcast")
     def broadcast_form(conn, sess):
         recent = conn.execute("SELECT * FROM broadcasts ORDER BY id DESC LIMIT 10").fetchall()
-        users_ = conn.execute("SELECT count(*) FROM users WHERE is_banned = 0 AND id > 0").fetchone()[0]
+        users_ = conn.execute(
+            "SELECT count(*) FROM users WHERE is_banned = 0 AND id > 0"
+        ).fetchone()[0]
         return render("broadcast.tpl", sess, recent=recent, recipients=users_)
 
     @page("/admin/broadcast/preview")
@@ -4770,14 +6337,19 @@ def make_admin(shop, app):
     @page("/admin/broadcast", "POST")
     def broadcast_send(conn, sess):
         photo = read_upload(bottle.request.files.get("photo"), "The photo")
-        broadcast_id = start_broadcast(conn, bottle.request.forms.getunicode("text"), photo, shop.config.media_dir,
-                                       remote())
+        broadcast_id = start_broadcast(
+            conn, bottle.request.forms.getunicode("text"), photo, shop.config.media_dir, remote()
+        )
         return f"/admin/broadcast/{broadcast_id}", "Broadcast started."
 
     @page("/admin/broadcast/<broadcast_id:id>")
     def broadcast_status(conn, sess, broadcast_id):
-        return fragment_or_page("_broadcast_progress.tpl", "broadcast_status.tpl", sess,
-                                progress=broadcast_progress(conn, broadcast_id))
+        return fragment_or_page(
+            "_broadcast_progress.tpl",
+            "broadcast_status.tpl",
+            sess,
+            progress=broadcast_progress(conn, broadcast_id),
+        )
 
     # Settings, data, audit
 
@@ -4788,18 +6360,31 @@ def make_admin(shop, app):
             log.warning("admin: cannot list the merchant's coins: %s", e.detail)
             coins = None
         values = {key: get_setting(conn, key) for key in SETTING_RULES}
-        values.update(min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
-                      reservation_minutes=str(shop.setting("reservation_minutes")),
-                      max_unpaid_units=str(shop.setting("max_unpaid_units")))
+        values.update(
+            min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
+            reservation_minutes=str(shop.setting("reservation_minutes")),
+            max_unpaid_units=str(shop.setting("max_unpaid_units")),
+        )
         enabled = shop.setting("enabled_coins")
-        if form is not None:   # a refused save: show what the owner typed, with the reason
+        if form is not None:  # a refused save: show what the owner typed, with the reason
             values.update({k: form.getunicode(k) or "" for k in values})
             enabled = set(form.getall("coins")) if form.get("coins_listed") else enabled
-        sessions = conn.execute("SELECT * FROM admin_sessions WHERE last_seen_at >= ? AND created_at >= ? "
-                                "ORDER BY last_seen_at DESC", (now_iso(-ADMIN_IDLE_SECONDS),
-                                                               now_iso(-ADMIN_MAX_SECONDS))).fetchall()
-        page_ = render("settings.tpl", sess, values=values, coins=coins, enabled=enabled, labels=COIN_LABELS,
-                       error=error, sessions=sessions, session_hash=sess["token_hash"])
+        sessions = conn.execute(
+            "SELECT * FROM admin_sessions WHERE last_seen_at >= ? AND created_at >= ? "
+            "ORDER BY last_seen_at DESC",
+            (now_iso(-ADMIN_IDLE_SECONDS), now_iso(-ADMIN_MAX_SECONDS)),
+        ).fetchall()
+        page_ = render(
+            "settings.tpl",
+            sess,
+            values=values,
+            coins=coins,
+            enabled=enabled,
+            labels=COIN_LABELS,
+            error=error,
+            sessions=sessions,
+            session_hash=sess["token_hash"],
+        )
         return bottle.HTTPResponse(page_, 400) if error else page_
 
     @page("/admin/settings")
@@ -4812,7 +6397,9 @@ def make_admin(shop, app):
         try:
             wanted = {key: clean_setting(key, f.getunicode(key) or "") for key in SETTING_RULES}
             try:
-                minimum = parse_eur(f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents)
+                minimum = parse_eur(
+                    f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents
+                )
             except InvalidInput as e:
                 raise InvalidInput(f"The minimum top-up {e}.") from None
             minutes = f.get("reservation_minutes", "").strip()
@@ -4820,7 +6407,9 @@ def make_admin(shop, app):
                 raise InvalidInput("The reservation must be 1 to 1440 minutes.")
             unpaid = f.get("max_unpaid_units", str(shop.setting("max_unpaid_units"))).strip()
             if not re.fullmatch(r"\d{1,5}", unpaid) or not 1 <= int(unpaid) <= 10000:
-                raise InvalidInput("The items one shopper may hold unpaid must be a number from 1 to 10000.")
+                raise InvalidInput(
+                    "The items one shopper may hold unpaid must be a number from 1 to 10000."
+                )
             coins = [c for c in COIN_CODES if c in f.getall("coins")]
             if f.get("coins_listed") and not coins:
                 raise InvalidInput("Enable at least one coin.")
@@ -4834,20 +6423,30 @@ def make_admin(shop, app):
         if int(unpaid) != shop.setting("max_unpaid_units"):
             changes["max_unpaid_units"] = str(int(unpaid))
         current = shop.setting("enabled_coins")
-        if f.get("coins_listed") and set(coins) != (current if current is not None else set(shop.payments.client.merchant_coins())):
+        if f.get("coins_listed") and set(coins) != (
+            current if current is not None else set(shop.payments.client.merchant_coins())
+        ):
             changes["enabled_coins"] = ",".join(coins)
         if not changes:
             return "/admin/settings", "Nothing changed."
         save_settings(conn, changes, remote())
-        return "/admin/settings", "Settings saved: " + ", ".join(k.replace("_", " ") for k in changes) + "."
+        return "/admin/settings", "Settings saved: " + ", ".join(
+            k.replace("_", " ") for k in changes
+        ) + "."
 
     @page("/admin/data")
     def data_page(conn, sess):
-        return render("data.tpl", sess, backups=sorted(shop.backup_dir.glob("shop-*.db"), reverse=True)
-                      if shop.backup_dir.exists() else [])
+        return render(
+            "data.tpl",
+            sess,
+            backups=sorted(shop.backup_dir.glob("shop-*.db"), reverse=True)
+            if shop.backup_dir.exists()
+            else [],
+        )
 
     def csv_response(name, columns, rows, export):
         """Stream rows as CSV; `export` is the connection they come from, closed at the end."""
+
         def lines():
             buffer = io.StringIO()
             writer = csv.writer(buffer)
@@ -4862,6 +6461,7 @@ def make_admin(shop, app):
                 yield buffer.getvalue().encode("utf-8")
             finally:
                 export.close()
+
         bottle.response.content_type = "text/csv; charset=utf-8"
         bottle.response.set_header("Content-Disposition", f'attachment; filename="{name}"')
         return lines()
@@ -4870,15 +6470,41 @@ def make_admin(shop, app):
     def export_orders(conn, sess):
         with transaction(conn):
             audit(conn, "orders exported", remote=remote())
-        export = connect(shop.config.shop_db)   # its own: the rows stream after this handler returns
+        export = connect(shop.config.shop_db)  # its own: the rows stream after this handler returns
         rows = export.execute(
             "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, o.user_id, u.username, "
             "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i WHERE i.order_id = o.id) "
-            "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id")
-        return csv_response("orders.csv", ["order", "created_at", "paid_at", "status", "method", "total_eur",
-                                           "user_id", "username", "items"],
-                            ((r[0], r[1], r[2] or "", r[3], r[4], cents_to_str(r[5]), r[6], r[7] or "", r[8] or "")
-                             for r in rows), export)
+            "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id"
+        )
+        return csv_response(
+            "orders.csv",
+            [
+                "order",
+                "created_at",
+                "paid_at",
+                "status",
+                "method",
+                "total_eur",
+                "user_id",
+                "username",
+                "items",
+            ],
+            (
+                (
+                    r[0],
+                    r[1],
+                    r[2] or "",
+                    r[3],
+                    r[4],
+                    cents_to_str(r[5]),
+                    r[6],
+                    r[7] or "",
+                    r[8] or "",
+                )
+                for r in rows
+            ),
+            export,
+        )
 
     @page("/admin/export/ledger.csv")
     def export_ledger(conn, sess):
@@ -4887,11 +6513,37 @@ def make_admin(shop, app):
         export = connect(shop.config.shop_db)
         rows = export.execute(
             "SELECT id, created_at, user_id, amount_cents, balance_after_cents, kind, reason, order_id, "
-            "idempotency_key FROM ledger ORDER BY id")
-        return csv_response("ledger.csv", ["entry", "created_at", "user_id", "amount_eur", "balance_after_eur", "kind",
-                                           "reason", "order", "key"],
-                            ((r[0], r[1], r[2], cents_to_str(r[3]), cents_to_str(r[4]), r[5], r[6], r[7] or "", r[8])
-                             for r in rows), export)
+            "idempotency_key FROM ledger ORDER BY id"
+        )
+        return csv_response(
+            "ledger.csv",
+            [
+                "entry",
+                "created_at",
+                "user_id",
+                "amount_eur",
+                "balance_after_eur",
+                "kind",
+                "reason",
+                "order",
+                "key",
+            ],
+            (
+                (
+                    r[0],
+                    r[1],
+                    r[2],
+                    cents_to_str(r[3]),
+                    cents_to_str(r[4]),
+                    r[5],
+                    r[6],
+                    r[7] or "",
+                    r[8],
+                )
+                for r in rows
+            ),
+            export,
+        )
 
     backup_lock = threading.Lock()
 
@@ -4899,16 +6551,20 @@ def make_admin(shop, app):
     def download_backup(conn, sess):
         """A consistent copy, streamed from disk; one at a time."""
         if bottle.request.method == "HEAD":
-            return bottle.HTTPResponse(status=200, headers={"Content-Type": "application/vnd.sqlite3"})
+            return bottle.HTTPResponse(
+                status=200, headers={"Content-Type": "application/vnd.sqlite3"}
+            )
         if not backup_lock.acquire(blocking=False):
-            return bottle.HTTPResponse("A backup is being made already; try again in a moment.", 429)
+            return bottle.HTTPResponse(
+                "A backup is being made already; try again in a moment.", 429
+            )
         try:
             shop.backup_dir.mkdir(parents=True, exist_ok=True)
             path = backup_database(conn, shop.backup_dir / f"download-{secrets.token_hex(8)}.db")
             with transaction(conn):
                 audit(conn, "backup downloaded", remote=remote())
             handle = open(path, "rb")
-            path.unlink()   # gone from the folder; the open handle still reads it
+            path.unlink()  # gone from the folder; the open handle still reads it
         finally:
             backup_lock.release()
 
@@ -4916,14 +6572,21 @@ def make_admin(shop, app):
             with handle:
                 while block := handle.read(1 << 20):
                     yield block
-        return bottle.HTTPResponse(chunks(), headers={
-            "Content-Type": "application/vnd.sqlite3",
-            "Content-Disposition": f'attachment; filename="shop-{datetime.now(timezone.utc):%Y%m%d-%H%M}.db"'})
+
+        return bottle.HTTPResponse(
+            chunks(),
+            headers={
+                "Content-Type": "application/vnd.sqlite3",
+                "Content-Disposition": f'attachment; filename="shop-{datetime.now(timezone.utc):%Y%m%d-%H%M}.db"',
+            },
+        )
 
     @page("/admin/audit")
     def audit_page(conn, sess):
-        rows = conn.execute(f"SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT {ADMIN_PAGE + 1}",
-                            (keyset() or 2 ** 62,)).fetchall()
+        rows = conn.execute(
+            f"SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT {ADMIN_PAGE + 1}",
+            (keyset() or 2**62,),
+        ).fetchall()
         more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
         more = f"/admin/audit?before={more}" if more else None
         return fragment_or_page("_audit.tpl", "audit.tpl", sess, rows=rows[:ADMIN_PAGE], more=more)
@@ -4936,7 +6599,11 @@ def spreadsheet_text(cell):
     """A CSV cell that a spreadsheet shows as the text it is: one beginning with = + - @, a tab or a
     carriage return would be read as a formula (OWASP's CSV injection), so it gets a leading ' ,
     which spreadsheets show as text. Numbers the shop wrote (-5.00) stay numbers."""
-    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER_RE.fullmatch(cell):
+    if (
+        isinstance(cell, str)
+        and cell[:1] in ("=", "+", "-", "@", "\t", "\r")
+        and not _NUMBER_RE.fullmatch(cell)
+    ):
         return "'" + cell
     return cell
 
@@ -4945,6 +6612,7 @@ def unpack_zip(data, folder):
     """Extract a catalog ZIP safely: no paths outside the folder, bounded size and count."""
     import zipfile
     import zlib
+
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = archive.infolist()
@@ -4965,8 +6633,17 @@ def unpack_zip(data, folder):
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(m) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError, zlib.error) as e:
-            raise CatalogError([f"the ZIP entry {m.filename!r} cannot be read: {type(e).__name__}"]) from None
+        except (
+            zipfile.BadZipFile,
+            RuntimeError,
+            NotImplementedError,
+            OSError,
+            EOFError,
+            zlib.error,
+        ) as e:
+            raise CatalogError(
+                [f"the ZIP entry {m.filename!r} cannot be read: {type(e).__name__}"]
+            ) from None
     if not (folder / "catalog.json").is_file():
         raise CatalogError(["the ZIP has no catalog.json at its top level"])
 
@@ -4976,9 +6653,15 @@ def unpack_zip(data, folder):
 MENU_SHOP, MENU_BASKET, MENU_PROFILE = "🛒 Shop", "🧺 Basket", "👤 Profile"
 MENU_TOPUP, MENU_ORDERS, MENU_HELP = "💰 Top up", "📦 Orders", "❓ Help"
 MENU = [[MENU_SHOP, MENU_BASKET], [MENU_PROFILE, MENU_TOPUP], [MENU_ORDERS, MENU_HELP]]
-COMMANDS = [("start", "Main menu"), ("shop", "Browse the shop"), ("basket", "Your basket"),
-            ("refill", "Top up your balance"), ("profile", "Your balance and id"),
-            ("orders", "Your orders"), ("help", "How this shop works")]
+COMMANDS = [
+    ("start", "Main menu"),
+    ("shop", "Browse the shop"),
+    ("basket", "Your basket"),
+    ("refill", "Top up your balance"),
+    ("profile", "Your balance and id"),
+    ("orders", "Your orders"),
+    ("help", "How this shop works"),
+]
 ORDERS_PAGE = 8
 
 
@@ -4986,21 +6669,23 @@ ORDERS_PAGE = 8
 class Screen:
     """What one bot message shows: HTML text, inline buttons [[(label, data)]], an optional photo
     (a 'public:'/'private:' media ref, or PNG bytes made for this message)."""
+
     text: str
     buttons: list = field(default_factory=list)
     photo: str = None
 
 
-LIST_PAGE = 20   # buttons per page of cities, districts or products (Telegram allows 100 in all)
+LIST_PAGE = 20  # buttons per page of cities, districts or products (Telegram allows 100 in all)
 
 
 def paged(rows, page, data, back=None):
     """One page of one-button rows, with ◀️/▶️ to the neighbours (callback `data:<page>`) and back."""
     pages = max(1, -(-len(rows) // LIST_PAGE))
     page = min(max(page, 0), pages - 1)
-    out = rows[page * LIST_PAGE:(page + 1) * LIST_PAGE]
-    nav = ([("◀️", f"{data}:{page - 1}")] if page > 0 else []) + \
-          ([("▶️", f"{data}:{page + 1}")] if page < pages - 1 else [])
+    out = rows[page * LIST_PAGE : (page + 1) * LIST_PAGE]
+    nav = ([("◀️", f"{data}:{page - 1}")] if page > 0 else []) + (
+        [("▶️", f"{data}:{page + 1}")] if page < pages - 1 else []
+    )
     suffix = f" ({page + 1}/{pages})" if pages > 1 else ""
     return out + ([nav] if nav else []) + ([back] if back else []), suffix
 
@@ -5008,7 +6693,9 @@ def paged(rows, page, data, back=None):
 def screen_cities(conn, page=0):
     cities = list_cities(conn)
     if not cities:
-        return Screen("🛒 The shop is empty right now. Please come back later.", [[("🔄 Refresh", "cities")]])
+        return Screen(
+            "🛒 The shop is empty right now. Please come back later.", [[("🔄 Refresh", "cities")]]
+        )
     rows, suffix = paged([[(c["name"], f"city:{c['id']}")] for c in cities], page, "cities")
     return Screen(f"🛒 <b>Choose a city</b>{suffix}", rows)
 
@@ -5019,7 +6706,9 @@ def screen_districts(conn, city_id, page=0):
     back = [("⬅️ Back", "cities")]
     if not districts:
         return Screen(f"📍 Nothing is left in {esc(city['name'])}.", [back])
-    rows, suffix = paged([[(d["name"], f"dist:{d['id']}")] for d in districts], page, f"city:{city_id}", back)
+    rows, suffix = paged(
+        [[(d["name"], f"dist:{d['id']}")] for d in districts], page, f"city:{city_id}", back
+    )
     return Screen(f"📍 <b>{esc(city['name'])}</b>: choose a district{suffix}", rows)
 
 
@@ -5030,30 +6719,51 @@ def screen_products(conn, district_id, page=0):
     place = esc(place_name(district["city_name"], district["name"]))
     if not products:
         return Screen(f"📦 Nothing is left in {place}.", [back])
-    rows, suffix = paged([[(f"{p['name']} · {fmt_eur(p['price_cents'])}", f"prod:{p['id']}:{district_id}")]
-                          for p in products], page, f"dist:{district_id}", back)
+    rows, suffix = paged(
+        [
+            [(f"{p['name']} · {fmt_eur(p['price_cents'])}", f"prod:{p['id']}:{district_id}")]
+            for p in products
+        ],
+        page,
+        f"dist:{district_id}",
+        back,
+    )
     return Screen(f"📦 <b>{place}</b>: choose a product{suffix}", rows)
 
 
 def screen_product(conn, user_id, product_id, district_id):
     offer = get_offer(conn, product_id, district_id)
-    in_basket = conn.execute("SELECT quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
-                             "AND district_id = ?", (user_id, product_id, district_id)).fetchone()
+    in_basket = conn.execute(
+        "SELECT quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+        "AND district_id = ?",
+        (user_id, product_id, district_id),
+    ).fetchone()
     photo = f"public:{offer['photo']}" if offer["photo"] else None
-    facts = ["", f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>",
-             f"📍 {esc(place_name(offer['city_name'], offer['district_name']))}",
-             f"📦 Available: {offer['available']}" if offer["available"] else "❌ Sold out here"]
+    facts = [
+        "",
+        f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>",
+        f"📍 {esc(place_name(offer['city_name'], offer['district_name']))}",
+        f"📦 Available: {offer['available']}" if offer["available"] else "❌ Sold out here",
+    ]
     if in_basket:
         facts.append(f"🧺 In your basket: {in_basket['quantity']}")
     lines = [f"<b>{esc(offer['name'])}</b>"]
     if offer["description"]:
-        room = (CAPTION_LIMIT if photo else TEXT_LIMIT) - tg_len(html_to_plain("\n".join(lines + facts))) - 1
+        room = (
+            (CAPTION_LIMIT if photo else TEXT_LIMIT)
+            - tg_len(html_to_plain("\n".join(lines + facts)))
+            - 1
+        )
         lines.append(esc(shorten(offer["description"], room)))
     lines += facts
     rows = []
     if offer["available"]:
-        rows.append([("➕ Add to basket", f"add:{product_id}:{district_id}"),
-                     ("⚡ Buy now", f"buy:{product_id}:{district_id}")])
+        rows.append(
+            [
+                ("➕ Add to basket", f"add:{product_id}:{district_id}"),
+                ("⚡ Buy now", f"buy:{product_id}:{district_id}"),
+            ]
+        )
     rows.append([("🧺 Basket", "basket"), ("⬅️ Back", f"dist:{district_id}")])
     return Screen("\n".join(lines), rows, photo)
 
@@ -5065,15 +6775,31 @@ def screen_basket(conn, user_id):
     text = ["🧺 <b>Your basket</b>", ""]
     rows = []
     for i, line in enumerate(basket.lines, 1):
-        text.append(f"{i}. <b>{esc(line.name)}</b> · {esc(line.place)}\n"
-                    f"    {line.quantity} × {fmt_eur(line.price_cents)} = {fmt_eur(line.total_cents)}")
-        if line.reserved:   # (held for this shopper, so not for sale to them either: never "sold out")
+        text.append(
+            f"{i}. <b>{esc(line.name)}</b> · {esc(line.place)}\n"
+            f"    {line.quantity} × {fmt_eur(line.price_cents)} = {fmt_eur(line.total_cents)}"
+        )
+        if (
+            line.reserved
+        ):  # (held for this shopper, so not for sale to them either: never "sold out")
             text.append(f"    ⏳ {line.reserved} reserved for you in an unpaid order (📦 Orders)")
         elif line.available < line.quantity:
-            text.append(f"    ⚠️ only {line.available} available now" if line.available else "    ⚠️ sold out now")
-        rows.append([("➖", f"dec:{line.item_id}"),
-                     (f"{i}. {line.name} × {line.quantity}", f"prod:{line.product_id}:{line.district_id}"),
-                     ("➕", f"inc:{line.item_id}"), ("🗑", f"del:{line.item_id}")])
+            text.append(
+                f"    ⚠️ only {line.available} available now"
+                if line.available
+                else "    ⚠️ sold out now"
+            )
+        rows.append(
+            [
+                ("➖", f"dec:{line.item_id}"),
+                (
+                    f"{i}. {line.name} × {line.quantity}",
+                    f"prod:{line.product_id}:{line.district_id}",
+                ),
+                ("➕", f"inc:{line.item_id}"),
+                ("🗑", f"del:{line.item_id}"),
+            ]
+        )
     text += ["", f"Total: <b>{fmt_eur(basket.total_cents)}</b>"]
     rows.append([("🗑 Clear", "clear"), ("💳 Checkout", "checkout")])
     rows.append([("🛒 Continue shopping", "cities")])
@@ -5085,14 +6811,18 @@ def coin_rows(coins, amount_cents, data):
     buttons = []
     for code, minimum in coins:
         if minimum is not None and minimum > amount_cents:
-            buttons.append((f"{COIN_LABELS[code]} · min {fmt_eur(minimum)}", f"nocoin:{code}:{minimum}"))
+            buttons.append(
+                (f"{COIN_LABELS[code]} · min {fmt_eur(minimum)}", f"nocoin:{code}:{minimum}")
+            )
         else:
             buttons.append((COIN_LABELS[code], f"{data}:{code}"))
-    return [buttons[i:i + 2] for i in range(0, len(buttons), 2)]
+    return [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
 
 
-TEST_MODE_OWNER = ("🧪 <b>Test mode</b>: you may buy here and pay with the 🧪 buttons, which simulate payments "
-                   "(you are in ADMIN_IDS or TESTER_IDS). Other shoppers cannot buy until NOWPAYMENTS_API_KEY is set.")
+TEST_MODE_OWNER = (
+    "🧪 <b>Test mode</b>: you may buy here and pay with the 🧪 buttons, which simulate payments "
+    "(you are in ADMIN_IDS or TESTER_IDS). Other shoppers cannot buy until NOWPAYMENTS_API_KEY is set."
+)
 
 
 def screen_not_selling():
@@ -5107,16 +6837,27 @@ def screen_checkout(conn, user, checkout, coins, selling=True):
     text = ["💳 <b>Checkout</b>", ""]
     short = False
     for offer, (_, _, quantity) in zip(offers, lines):
-        line = (f"• <b>{esc(offer['name'])}</b> · {esc(place_name(offer['city_name'], offer['district_name']))}"
-                f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}")
+        line = (
+            f"• <b>{esc(offer['name'])}</b> · {esc(place_name(offer['city_name'], offer['district_name']))}"
+            f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}"
+        )
         if offer["available"] < quantity:
             short = True
             line += f" ⚠️ only {offer['available']} left" if offer["available"] else " ⚠️ sold out"
         text.append(line)
-    text += ["", f"Total: <b>{fmt_eur(total)}</b>", f"Your balance: {fmt_eur(user['balance_cents'])}"]
-    back = [("⬅️ Back", "basket" if checkout["from_basket"] else f"prod:{lines[0][0]}:{lines[0][1]}")]
+    text += [
+        "",
+        f"Total: <b>{fmt_eur(total)}</b>",
+        f"Your balance: {fmt_eur(user['balance_cents'])}",
+    ]
+    back = [
+        ("⬅️ Back", "basket" if checkout["from_basket"] else f"prod:{lines[0][0]}:{lines[0][1]}")
+    ]
     if short:
-        text += ["", "⚠️ Some items are not available in that quantity any more. Please change your basket."]
+        text += [
+            "",
+            "⚠️ Some items are not available in that quantity any more. Please change your basket.",
+        ]
         return Screen("\n".join(text), [back])
     if not selling:
         return Screen("\n".join(text + ["", esc(NotSellingYet.__doc__)]), [back])
@@ -5126,7 +6867,10 @@ def screen_checkout(conn, user, checkout, coins, selling=True):
     else:
         text += ["", f"Your balance is <b>{fmt_eur(total - user['balance_cents'])}</b> short."]
     if coins is None:
-        text += ["", "⚠️ Crypto payments are unavailable right now. Please try again in a few minutes."]
+        text += [
+            "",
+            "⚠️ Crypto payments are unavailable right now. Please try again in a few minutes.",
+        ]
     elif coins:
         text += ["", "Pay in crypto:" if user["balance_cents"] < total else "Or pay in crypto:"]
         rows += coin_rows(coins, total, f"coin:{checkout['nonce']}")
@@ -5136,30 +6880,40 @@ def screen_checkout(conn, user, checkout, coins, selling=True):
 
 
 def screen_profile(conn, user):
-    orders = conn.execute("SELECT count(*) FROM orders WHERE user_id = ? AND status = 'paid'",
-                          (user["id"],)).fetchone()[0]
+    orders = conn.execute(
+        "SELECT count(*) FROM orders WHERE user_id = ? AND status = 'paid'", (user["id"],)
+    ).fetchone()[0]
     name = esc(user["first_name"]) + (f" (@{esc(user['username'])})" if user["username"] else "")
-    return Screen(f"👤 <b>Profile</b>\n\nName: {name}\nTelegram ID: <code>{user['id']}</code>\n"
-                  f"Balance: <b>{fmt_eur(user['balance_cents'])}</b>\nOrders: {orders}",
-                  [[("💰 Top up", "topup"), ("📦 Orders", "orders")]])
+    return Screen(
+        f"👤 <b>Profile</b>\n\nName: {name}\nTelegram ID: <code>{user['id']}</code>\n"
+        f"Balance: <b>{fmt_eur(user['balance_cents'])}</b>\nOrders: {orders}",
+        [[("💰 Top up", "topup"), ("📦 Orders", "orders")]],
+    )
 
 
 def screen_topup_prompt(user, minimum, maximum):
     quick = [c for c in (1000, 2000, 5000, 10000) if minimum <= c <= maximum]
     rows = [[(fmt_eur(c), f"tamt:{c}") for c in quick]] if quick else []
-    return Screen(f"💰 <b>Top up your balance</b>\n\nBalance: {fmt_eur(user['balance_cents'])}\n\n"
-                  f"How much do you want to add? Send an amount in EUR from {fmt_eur(minimum)} to "
-                  f"{fmt_eur(maximum)}, for example <code>20</code> or <code>20.50</code>, or pick one:",
-                  rows + [[("✖️ Cancel", "profile")]])
+    return Screen(
+        f"💰 <b>Top up your balance</b>\n\nBalance: {fmt_eur(user['balance_cents'])}\n\n"
+        f"How much do you want to add? Send an amount in EUR from {fmt_eur(minimum)} to "
+        f"{fmt_eur(maximum)}, for example <code>20</code> or <code>20.50</code>, or pick one:",
+        rows + [[("✖️ Cancel", "profile")]],
+    )
 
 
 def screen_topup_coins(checkout, coins):
     amount = checkout["amount_cents"]
     if coins is None:
-        return Screen(f"💰 <b>Top up {fmt_eur(amount)}</b>\n\n⚠️ Crypto payments are unavailable right now. "
-                      "Please try again in a few minutes.", [[("👤 Profile", "profile")]])
-    return Screen(f"💰 <b>Top up {fmt_eur(amount)}</b>\n\nChoose the coin you want to pay with:",
-                  coin_rows(coins, amount, f"tcoin:{checkout['nonce']}") + [[("✖️ Cancel", "profile")]])
+        return Screen(
+            f"💰 <b>Top up {fmt_eur(amount)}</b>\n\n⚠️ Crypto payments are unavailable right now. "
+            "Please try again in a few minutes.",
+            [[("👤 Profile", "profile")]],
+        )
+    return Screen(
+        f"💰 <b>Top up {fmt_eur(amount)}</b>\n\nChoose the coin you want to pay with:",
+        coin_rows(coins, amount, f"tcoin:{checkout['nonce']}") + [[("✖️ Cancel", "profile")]],
+    )
 
 
 def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
@@ -5170,10 +6924,15 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
     what = f"Order #{payment['order_id']}" if payment["order_id"] else "Top-up"
     lines = [f"🧾 <b>{what}</b> · {fmt_eur(payment['price_cents'])}"]
     if sandbox:
-        lines.append("🧪 <b>SANDBOX</b>: a test invoice, no real money."
-                     + (" Use the 🧪 buttons to simulate a payment." if simulate else ""))
-    lines += ["", f"Send exactly <code>{esc(payment['pay_amount'])}</code> {esc(label)}",
-              f"to <code>{esc(payment['pay_address'])}</code>"]
+        lines.append(
+            "🧪 <b>SANDBOX</b>: a test invoice, no real money."
+            + (" Use the 🧪 buttons to simulate a payment." if simulate else "")
+        )
+    lines += [
+        "",
+        f"Send exactly <code>{esc(payment['pay_amount'])}</code> {esc(label)}",
+        f"to <code>{esc(payment['pay_address'])}</code>",
+    ]
     if payment["payin_extra_id"]:
         lines.append(f"Memo / tag (required): <code>{esc(payment['payin_extra_id'])}</code>")
     expires = parse_iso(payment["expires_at"])
@@ -5181,8 +6940,11 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
     left = math.ceil(seconds / 60) if seconds > 0 else -1
     status = payment["status"]
     if status == "waiting" and left < 0:
-        lines += ["", "⌛ This invoice is no longer open. Money sent to it anyway is not lost: it is "
-                      "delivered or credited to your balance."]
+        lines += [
+            "",
+            "⌛ This invoice is no longer open. Money sent to it anyway is not lost: it is "
+            "delivered or credited to your balance.",
+        ]
     else:
         if status == "waiting":
             reserved = " The items are reserved until then." if payment["order_id"] else ""
@@ -5191,13 +6953,27 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
     lines.append(f"Payment id: <code>{payment['provider_id']}</code>")
     rows = []
     if status in OPEN_STATUSES and left >= 0:
-        rows.append([("🔄 Check status", f"chk:{payment['id']}")] +
-                    ([("❌ Cancel", f"cxl:{payment['id']}")] if status == "waiting" else []))
+        rows.append(
+            [("🔄 Check status", f"chk:{payment['id']}")]
+            + ([("❌ Cancel", f"cxl:{payment['id']}")] if status == "waiting" else [])
+        )
         if simulate and status == "waiting":
-            rows += [[("🧪 Pay in full", f"sim:{payment['id']}:full"), ("🧪 Pay half", f"sim:{payment['id']}:partial")],
-                     [("🧪 Overpay", f"sim:{payment['id']}:over"), ("🧪 Let it expire", f"sim:{payment['id']}:expire")]]
+            rows += [
+                [
+                    ("🧪 Pay in full", f"sim:{payment['id']}:full"),
+                    ("🧪 Pay half", f"sim:{payment['id']}:partial"),
+                ],
+                [
+                    ("🧪 Overpay", f"sim:{payment['id']}:over"),
+                    ("🧪 Let it expire", f"sim:{payment['id']}:expire"),
+                ],
+            ]
     rows.append([("📦 Orders", "orders")] if payment["order_id"] else [("👤 Profile", "profile")])
-    photo = qr_png(payment_uri(coin, payment["pay_address"], payment["pay_amount"])) if with_qr else None
+    photo = (
+        qr_png(payment_uri(coin, payment["pay_address"], payment["pay_amount"]))
+        if with_qr
+        else None
+    )
     return Screen("\n".join(lines), rows, photo)
 
 
@@ -5205,8 +6981,15 @@ def screen_orders(conn, user_id, before_id=None):
     orders = list_orders(conn, user_id, before_id=before_id, limit=ORDERS_PAGE + 1)
     if not orders and not before_id:
         return Screen("📦 You have no orders yet.", [[("🛒 Shop", "cities")]])
-    rows = [[(f"#{o['id']} · {o['created_at'][:10]} · {fmt_eur(o['total_cents'])} · {o['status']}",
-              f"order:{o['id']}")] for o in orders[:ORDERS_PAGE]]
+    rows = [
+        [
+            (
+                f"#{o['id']} · {o['created_at'][:10]} · {fmt_eur(o['total_cents'])} · {o['status']}",
+                f"order:{o['id']}",
+            )
+        ]
+        for o in orders[:ORDERS_PAGE]
+    ]
     nav = []
     if before_id:
         nav.append(("⏮ Newest", "orders"))
@@ -5217,17 +7000,25 @@ def screen_orders(conn, user_id, before_id=None):
 
 def screen_order(conn, user_id, order_id):
     order = get_order(conn, user_id, order_id)
-    text = [f"📦 <b>Order #{order['id']}</b> · {order['status']}", f"Placed {order['created_at'][:16].replace('T', ' ')} UTC", ""]
+    text = [
+        f"📦 <b>Order #{order['id']}</b> · {order['status']}",
+        f"Placed {order['created_at'][:16].replace('T', ' ')} UTC",
+        "",
+    ]
     for line in get_order_lines(conn, order_id):
-        text.append(f"• <b>{esc(line['product_name'])}</b> · {esc(line['place_name'])} × {line['quantity']}"
-                    f" = {fmt_eur(line['price_cents'] * line['quantity'])}")
+        text.append(
+            f"• <b>{esc(line['product_name'])}</b> · {esc(line['place_name'])} × {line['quantity']}"
+            f" = {fmt_eur(line['price_cents'] * line['quantity'])}"
+        )
     text += ["", f"Total: <b>{fmt_eur(order['total_cents'])}</b>"]
     rows = [[("📨 Send my items again", f"resend:{order_id}")]] if order["status"] == "paid" else []
     return Screen("\n".join(text), rows + [[("⬅️ Orders", "orders")]])
 
 
 def screen_help(conn):
-    text = f"❓ <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'help_text'))}"
+    text = (
+        f"❓ <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'help_text'))}"
+    )
     contact = get_setting(conn, "support_contact")
     if contact:
         text += f"\n\nSupport: {esc(contact)}"
@@ -5252,7 +7043,11 @@ def main_menu():
 
 NO_PREVIEW = tg.LinkPreviewOptions(is_disabled=True)
 # Failures of the link to Telegram itself, as opposed to Telegram refusing a request.
-NETWORK_ERRORS = (requests.RequestException, apihelper.ApiHTTPException, apihelper.ApiInvalidJSONException)
+NETWORK_ERRORS = (
+    requests.RequestException,
+    apihelper.ApiHTTPException,
+    apihelper.ApiInvalidJSONException,
+)
 
 
 def api_error(e):
@@ -5263,26 +7058,33 @@ def api_error(e):
 def send_photo_cached(shop, conn, chat_id, photo, caption, markup=None):
     """Send a photo ref, uploading its file once per bot and reusing Telegram's file_id after."""
     api, bot_id = shop.telegram, shop.config.bot_id
-    row = conn.execute("SELECT file_id FROM telegram_files WHERE photo = ? AND bot_id = ?",
-                       (photo, bot_id)).fetchone()
+    row = conn.execute(
+        "SELECT file_id FROM telegram_files WHERE photo = ? AND bot_id = ?", (photo, bot_id)
+    ).fetchone()
     if row:
         try:
-            return api.send_photo(chat_id, row["file_id"], caption=caption, parse_mode="HTML",
-                                  reply_markup=markup)
+            return api.send_photo(
+                chat_id, row["file_id"], caption=caption, parse_mode="HTML", reply_markup=markup
+            )
         except apihelper.ApiTelegramException as e:
             if e.error_code != 400 or "file" not in (e.description or "").lower():
                 raise
             log.warning("Telegram no longer knows the file_id of %s; uploading it again", photo)
     with open(media_path(shop.config.media_dir, photo), "rb") as f:
-        message = api.send_photo(chat_id, f, caption=caption, parse_mode="HTML", reply_markup=markup)
+        message = api.send_photo(
+            chat_id, f, caption=caption, parse_mode="HTML", reply_markup=markup
+        )
     with transaction(conn):
-        conn.execute("INSERT OR REPLACE INTO telegram_files(photo, bot_id, file_id) VALUES (?, ?, ?)",
-                     (photo, bot_id, message.photo[-1].file_id))
+        conn.execute(
+            "INSERT OR REPLACE INTO telegram_files(photo, bot_id, file_id) VALUES (?, ?, ?)",
+            (photo, bot_id, message.photo[-1].file_id),
+        )
     return message
 
 
 class PollingBot(telebot.TeleBot):
     """A TeleBot that notes when getUpdates last succeeded, so /healthz can tell a stalled bot."""
+
     last_poll = None
 
     def get_updates(self, *args, **kwargs):
@@ -5308,18 +7110,26 @@ class PollingErrors(telebot.ExceptionHandler):
         if code == 409:
             reason = "another process is polling with this BOT_TOKEN (409 Conflict); run one shop per bot"
         elif code == 401:
-            reason = "Telegram refused BOT_TOKEN (401 Unauthorized); check the token with @BotFather"
+            reason = (
+                "Telegram refused BOT_TOKEN (401 Unauthorized); check the token with @BotFather"
+            )
         else:
             reason = f"cannot get updates from Telegram ({api_error(exception)[1] if code else type(exception).__name__})"
         self.shop.bot_state = f"down: {reason}"
         if self.warn():
-            log.log(logging.ERROR if code in (401, 409) else logging.WARNING, "bot: %s; retrying", reason)
+            log.log(
+                logging.ERROR if code in (401, 409) else logging.WARNING,
+                "bot: %s; retrying",
+                reason,
+            )
         self.shop.stopping.wait(min(10.0, 0.5 * 2 ** min(self.failures, 5)))
         return True
 
     def recovered(self):
         if self.failures:
-            log.info("bot: getting updates from Telegram again after %d failed tries", self.failures)
+            log.info(
+                "bot: getting updates from Telegram again after %d failed tries", self.failures
+            )
             self.failures = 0
             self.warn = Throttle(60)
             self.shop.bot_state = "running"
@@ -5334,25 +7144,46 @@ class ShopBot:
         self.bot = shop.telegram
         b = self.bot
         b.register_message_handler(self.on_start, commands=["start"], chat_types=["private"])
-        for command, handler in (("shop", self.on_shop), ("basket", self.on_basket),
-                                 ("refill", self.on_topup), ("profile", self.on_profile),
-                                 ("orders", self.on_orders), ("help", self.on_help)):
+        for command, handler in (
+            ("shop", self.on_shop),
+            ("basket", self.on_basket),
+            ("refill", self.on_topup),
+            ("profile", self.on_profile),
+            ("orders", self.on_orders),
+            ("help", self.on_help),
+        ):
             b.register_message_handler(handler, commands=[command], chat_types=["private"])
-        menu = {MENU_SHOP: self.on_shop, MENU_BASKET: self.on_basket, MENU_PROFILE: self.on_profile,
-                MENU_TOPUP: self.on_topup, MENU_ORDERS: self.on_orders, MENU_HELP: self.on_help}
-        b.register_message_handler(lambda m: menu[m.text](m), chat_types=["private"],
-                                   func=lambda m: m.text in menu)
-        b.register_message_handler(self.on_other, chat_types=["private"],
-                                   content_types=telebot.util.content_type_media)
-        b.register_message_handler(self.on_group, func=lambda m: m.chat.type != "private",
-                                   commands=["start"])
+        menu = {
+            MENU_SHOP: self.on_shop,
+            MENU_BASKET: self.on_basket,
+            MENU_PROFILE: self.on_profile,
+            MENU_TOPUP: self.on_topup,
+            MENU_ORDERS: self.on_orders,
+            MENU_HELP: self.on_help,
+        }
+        b.register_message_handler(
+            lambda m: menu[m.text](m), chat_types=["private"], func=lambda m: m.text in menu
+        )
+        b.register_message_handler(
+            self.on_other, chat_types=["private"], content_types=telebot.util.content_type_media
+        )
+        b.register_message_handler(
+            self.on_group, func=lambda m: m.chat.type != "private", commands=["start"]
+        )
         b.register_callback_query_handler(self.on_callback, func=lambda c: True)
 
     # Plumbing
 
     def user_of(self, conn, tg_user):
-        return touch_user(conn, {"id": tg_user.id, "first_name": tg_user.first_name,
-                                 "username": tg_user.username, "language_code": tg_user.language_code})
+        return touch_user(
+            conn,
+            {
+                "id": tg_user.id,
+                "first_name": tg_user.first_name,
+                "username": tg_user.username,
+                "language_code": tg_user.language_code,
+            },
+        )
 
     def guard(self, message):
         """The shopper's row, or None (after at most one polite refusal) when banned."""
@@ -5382,21 +7213,41 @@ class ShopBot:
         return self.api(self.bot.send_message, chat_id, text, **kw)
 
     def send(self, chat_id, screen, reply_keyboard=None):
-        if isinstance(screen.photo, bytes):   # made for this message (an invoice's QR code)
+        if isinstance(screen.photo, bytes):  # made for this message (an invoice's QR code)
             self.shop.limiter.note(chat_id)
-            return self.api(self.bot.send_photo, chat_id, screen.photo, caption=screen.text, parse_mode="HTML",
-                            reply_markup=inline_markup(screen.buttons))
+            return self.api(
+                self.bot.send_photo,
+                chat_id,
+                screen.photo,
+                caption=screen.text,
+                parse_mode="HTML",
+                reply_markup=inline_markup(screen.buttons),
+            )
         if screen.photo:
             self.shop.limiter.note(chat_id)
             try:
-                return self.api(send_photo_cached, self.shop, self.shop.db(), chat_id, screen.photo, screen.text,
-                                inline_markup(screen.buttons))
+                return self.api(
+                    send_photo_cached,
+                    self.shop,
+                    self.shop.db(),
+                    chat_id,
+                    screen.photo,
+                    screen.text,
+                    inline_markup(screen.buttons),
+                )
             except OSError as e:
-                log.warning("bot: photo %s cannot be read (%s); showing the screen without it",
-                            screen.photo, e.strerror)
-        return self.reply(chat_id, screen.text, parse_mode="HTML",
-                          reply_markup=reply_keyboard or inline_markup(screen.buttons),
-                          link_preview_options=NO_PREVIEW)
+                log.warning(
+                    "bot: photo %s cannot be read (%s); showing the screen without it",
+                    screen.photo,
+                    e.strerror,
+                )
+        return self.reply(
+            chat_id,
+            screen.text,
+            parse_mode="HTML",
+            reply_markup=reply_keyboard or inline_markup(screen.buttons),
+            link_preview_options=NO_PREVIEW,
+        )
 
     def show(self, message, screen):
         """Replace the navigation message with a screen: edit in place, or swap when a photo is involved.
@@ -5405,16 +7256,24 @@ class ShopBot:
         has_photo = bool(getattr(message, "photo", None))
         if not has_photo and not screen.photo:
             try:
-                self.api(self.bot.edit_message_text, screen.text, chat_id, message.message_id,
-                         parse_mode="HTML", reply_markup=inline_markup(screen.buttons),
-                         link_preview_options=NO_PREVIEW)
+                self.api(
+                    self.bot.edit_message_text,
+                    screen.text,
+                    chat_id,
+                    message.message_id,
+                    parse_mode="HTML",
+                    reply_markup=inline_markup(screen.buttons),
+                    link_preview_options=NO_PREVIEW,
+                )
                 return
             except apihelper.ApiTelegramException as e:
                 if "not modified" in (e.description or ""):
                     return
-                if "not found" not in (e.description or "") and "no text" not in (e.description or ""):
+                if "not found" not in (e.description or "") and "no text" not in (
+                    e.description or ""
+                ):
                     raise
-        sent = self.send(chat_id, screen)   # first, so a failure leaves the old screen in place
+        sent = self.send(chat_id, screen)  # first, so a failure leaves the old screen in place
         try:
             self.bot.delete_message(chat_id, message.message_id)
         except apihelper.ApiTelegramException as e:
@@ -5430,29 +7289,45 @@ class ShopBot:
                 if user is None:
                     return
                 if user["awaiting"] and handler.__name__ != "on_other":
-                    set_awaiting(self.shop.db(), user["id"], None)   # any command ends a question
+                    set_awaiting(self.shop.db(), user["id"], None)  # any command ends a question
                 handler(self, message)
             except ShopError as e:
                 self.reply(message.chat.id, str(e))
             except NETWORK_ERRORS as e:
-                log.warning("bot: could not answer user %s, Telegram unreachable: %s", message.from_user.id,
-                            type(e).__name__)
+                log.warning(
+                    "bot: could not answer user %s, Telegram unreachable: %s",
+                    message.from_user.id,
+                    type(e).__name__,
+                )
                 return
             except sqlite3.OperationalError as e:
                 if not storage_problem(e):
-                    log.exception("bot: handling %r from user %s failed", (message.text or "")[:40],
-                                  message.from_user.id)
+                    log.exception(
+                        "bot: handling %r from user %s failed",
+                        (message.text or "")[:40],
+                        message.from_user.id,
+                    )
                 try:
                     self.reply(message.chat.id, STORAGE_BUSY)
                 except Exception:
-                    log.warning("bot: could not tell user %s about the failure", message.from_user.id)
+                    log.warning(
+                        "bot: could not tell user %s about the failure", message.from_user.id
+                    )
             except Exception:
-                log.exception("bot: handling %r from user %s failed", (message.text or "")[:40],
-                              message.from_user.id)
+                log.exception(
+                    "bot: handling %r from user %s failed",
+                    (message.text or "")[:40],
+                    message.from_user.id,
+                )
                 try:
-                    self.reply(message.chat.id, "Something went wrong on our side. Please try again.")
+                    self.reply(
+                        message.chat.id, "Something went wrong on our side. Please try again."
+                    )
                 except Exception:
-                    log.warning("bot: could not tell user %s about the failure", message.from_user.id)
+                    log.warning(
+                        "bot: could not tell user %s about the failure", message.from_user.id
+                    )
+
         wrapper.__name__ = handler.__name__
         return wrapper
 
@@ -5464,12 +7339,17 @@ class ShopBot:
             return self.start_refill_link(conn, message, payload)
         welcome = f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'welcome_text'))}"
         if self.shop.test_mode:
-            welcome += "\n\n" + (TEST_MODE_OWNER if self.shop.may_buy(message.from_user.id)
-                                  else esc(NotSellingYet.__doc__))
+            welcome += "\n\n" + (
+                TEST_MODE_OWNER
+                if self.shop.may_buy(message.from_user.id)
+                else esc(NotSellingYet.__doc__)
+            )
         self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
         if self.shop.webapp_url:
             markup = tg.InlineKeyboardMarkup()
-            markup.row(tg.InlineKeyboardButton("🛍 Open shop", web_app=tg.WebAppInfo(self.shop.webapp_url)))
+            markup.row(
+                tg.InlineKeyboardButton("🛍 Open shop", web_app=tg.WebAppInfo(self.shop.webapp_url))
+            )
             self.reply(message.chat.id, "Or shop in the app:", reply_markup=markup)
 
     def start_refill_link(self, conn, message, payload):
@@ -5478,10 +7358,16 @@ class ShopBot:
         if len(parts) not in (3, 4) or not all(re.fullmatch(r"[0-9]{1,20}", p) for p in parts[1:]):
             raise InvalidInput("This top-up link is not valid. Use 💰 Top up instead.")
         if int(parts[1]) != message.from_user.id:
-            raise InvalidInput("This top-up link was made for another Telegram account. Use 💰 Top up instead.")
+            raise InvalidInput(
+                "This top-up link was made for another Telegram account. Use 💰 Top up instead."
+            )
         c = self.shop.config
         try:
-            cents = parse_eur(".".join(parts[2:]), minimum=self.shop.setting("min_deposit_cents"), maximum=c.max_deposit_cents)
+            cents = parse_eur(
+                ".".join(parts[2:]),
+                minimum=self.shop.setting("min_deposit_cents"),
+                maximum=c.max_deposit_cents,
+            )
         except InvalidInput as e:
             raise InvalidInput(f"The amount in this top-up link {e}.") from None
         self.send(message.chat.id, self.topup_coins(conn, message.from_user.id, cents))
@@ -5502,11 +7388,19 @@ class ShopBot:
     @safely
     def on_topup(self, message):
         conn, uid = self.shop.db(), message.from_user.id
-        amount = (message.text or "").partition(" ")[2].strip() if (message.text or "").startswith("/") else ""
-        if amount:   # /refill 30
+        amount = (
+            (message.text or "").partition(" ")[2].strip()
+            if (message.text or "").startswith("/")
+            else ""
+        )
+        if amount:  # /refill 30
             c = self.shop.config
             try:
-                cents = parse_eur(amount, minimum=self.shop.setting("min_deposit_cents"), maximum=c.max_deposit_cents)
+                cents = parse_eur(
+                    amount,
+                    minimum=self.shop.setting("min_deposit_cents"),
+                    maximum=c.max_deposit_cents,
+                )
             except InvalidInput as e:
                 raise InvalidInput(f"The amount {e}.") from None
             return self.send(message.chat.id, self.topup_coins(conn, uid, cents))
@@ -5527,10 +7421,16 @@ class ShopBot:
         if user["awaiting"] == "topup_amount" and message.text:
             c = self.shop.config
             try:
-                cents = parse_eur(message.text, minimum=self.shop.setting("min_deposit_cents"), maximum=c.max_deposit_cents)
+                cents = parse_eur(
+                    message.text,
+                    minimum=self.shop.setting("min_deposit_cents"),
+                    maximum=c.max_deposit_cents,
+                )
             except InvalidInput as e:
-                return self.reply(message.chat.id, f"The amount {e}. Send an amount in EUR like 20 or 20.50, "
-                                                   "or press ✖️ Cancel.")
+                return self.reply(
+                    message.chat.id,
+                    f"The amount {e}. Send an amount in EUR like 20 or 20.50, or press ✖️ Cancel.",
+                )
             set_awaiting(conn, user["id"], None)
             return self.send(message.chat.id, self.topup_coins(conn, user["id"], cents))
         self.reply(message.chat.id, "Please use the menu below.", reply_markup=main_menu())
@@ -5566,7 +7466,9 @@ class ShopBot:
             return screen_not_selling()
         set_awaiting(conn, user_id, "topup_amount")
         c = self.shop.config
-        return screen_topup_prompt(get_user(conn, user_id), self.shop.setting("min_deposit_cents"), c.max_deposit_cents)
+        return screen_topup_prompt(
+            get_user(conn, user_id), self.shop.setting("min_deposit_cents"), c.max_deposit_cents
+        )
 
     def topup_coins(self, conn, user_id, cents):
         if not self.shop.may_buy(user_id):
@@ -5593,8 +7495,11 @@ class ShopBot:
         except ShopError as e:
             alert = str(e)
         except NETWORK_ERRORS as e:
-            log.warning("bot: could not answer a button of user %s, Telegram unreachable: %s",
-                        call.from_user.id, type(e).__name__)
+            log.warning(
+                "bot: could not answer a button of user %s, Telegram unreachable: %s",
+                call.from_user.id,
+                type(e).__name__,
+            )
             return
         except Exception as e:
             if storage_problem(e):
@@ -5603,9 +7508,13 @@ class ShopBot:
                 log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
                 alert = "Something went wrong on our side. Please try again."
         if alert:
-            alert = shorten(alert, 200)   # Telegram refuses longer notices, leaving the button spinning
+            alert = shorten(
+                alert, 200
+            )  # Telegram refuses longer notices, leaving the button spinning
         try:
-            self.bot.answer_callback_query(call.id, text=alert, show_alert=bool(alert and len(alert) > 60))
+            self.bot.answer_callback_query(
+                call.id, text=alert, show_alert=bool(alert and len(alert) > 60)
+            )
         except (apihelper.ApiTelegramException, *NETWORK_ERRORS) as e:
             log.debug("could not answer callback: %s", e)
 
@@ -5648,7 +7557,9 @@ class ShopBot:
                 clear_basket(conn, uid)
                 show(screen_basket(conn, uid))
             elif verb == "checkout":
-                lines = [(l.product_id, l.district_id, l.quantity) for l in get_basket(conn, uid).lines]
+                lines = [
+                    (l.product_id, l.district_id, l.quantity) for l in get_basket(conn, uid).lines
+                ]
                 if not lines:
                     show(screen_basket(conn, uid))
                     return "Your basket is empty."
@@ -5656,15 +7567,25 @@ class ShopBot:
             elif verb == "pay" and len(args) == 1:
                 return self.pay(conn, user, message, args[0])
             elif verb in ("coin", "tcoin") and len(args) == 2 and args[1] in COIN_LABELS:
-                open_invoice = self.shop.payments.open_order_invoice if verb == "coin" else \
-                    self.shop.payments.open_topup_invoice
+                open_invoice = (
+                    self.shop.payments.open_order_invoice
+                    if verb == "coin"
+                    else self.shop.payments.open_topup_invoice
+                )
                 payment = open_invoice(uid, args[0], args[1])
                 sent = show(self.invoice_screen(payment))
                 if sent is not None:
                     set_invoice_message(conn, payment["id"], sent.message_id)
-            elif verb == "nocoin" and len(ints) == 2 and args[0] in COIN_LABELS and isinstance(ints[1], int):
-                return (f"{COIN_LABELS[args[0]]} takes payments from {fmt_eur(ints[1])}. "
-                        "Please choose another coin.")
+            elif (
+                verb == "nocoin"
+                and len(ints) == 2
+                and args[0] in COIN_LABELS
+                and isinstance(ints[1], int)
+            ):
+                return (
+                    f"{COIN_LABELS[args[0]]} takes payments from {fmt_eur(ints[1])}. "
+                    "Please choose another coin."
+                )
             elif verb == "topup":
                 show(self.topup_prompt(conn, uid))
             elif verb == "tamt" and len(ints) == 1 and numbers:
@@ -5676,7 +7597,7 @@ class ShopBot:
             elif verb == "chk" and len(ints) == 1 and numbers:
                 return self.check_payment(conn, uid, message, ints[0])
             elif verb == "cxl" and len(ints) == 1 and numbers:
-                try:   # the provider may know of money our records have not seen yet
+                try:  # the provider may know of money our records have not seen yet
                     payment, cancelled = self.shop.payments.cancel(uid, ints[0])
                 except ProviderError as e:
                     log.warning("payments: status check before cancelling failed: %s", e.detail)
@@ -5684,9 +7605,17 @@ class ShopBot:
                 self.recaption(message, self.invoice_screen(payment, with_qr=False))
                 if cancelled:
                     return "Invoice cancelled."
-                return "This invoice is closed already." if payment["status"] == "waiting" \
+                return (
+                    "This invoice is closed already."
+                    if payment["status"] == "waiting"
                     else STATUS_TEXT[payment["status"]]
-            elif verb == "sim" and len(args) == 2 and args[1] in SIMULATIONS and isinstance(ints[0], int):
+                )
+            elif (
+                verb == "sim"
+                and len(args) == 2
+                and args[1] in SIMULATIONS
+                and isinstance(ints[0], int)
+            ):
                 if not self.shop.config.sandbox:
                     return "Simulated payments exist only in sandbox mode."
                 self.shop.payments.simulate(uid, ints[0], args[1])
@@ -5697,7 +7626,11 @@ class ShopBot:
                 show(screen_order(conn, uid, ints[0]))
             elif verb == "resend" and len(ints) == 1 and numbers:
                 queued = resend_delivery(conn, uid, ints[0])
-                return "Your items are on their way." if queued else "Your items are already on their way."
+                return (
+                    "Your items are on their way."
+                    if queued
+                    else "Your items are already on their way."
+                )
             elif verb == "profile":
                 set_awaiting(conn, uid, None)
                 show(screen_profile(conn, get_user(conn, uid)))
@@ -5715,18 +7648,32 @@ class ShopBot:
         if checkout["kind"] != "order":
             return "That button is not valid any more."
         lines = checkout_lines(checkout)
-        back = [[("🧺 Basket", "basket")]] if checkout["from_basket"] else \
-            [[("⬅️ Back", f"prod:{lines[0][0]}:{lines[0][1]}")]]
+        back = (
+            [[("🧺 Basket", "basket")]]
+            if checkout["from_basket"]
+            else [[("⬅️ Back", f"prod:{lines[0][0]}:{lines[0][1]}")]]
+        )
         try:
-            order_id = buy_with_balance(conn, uid, lines, expected_total_cents=checkout["amount_cents"],
-                                        checkout_key=nonce, owners=self.shop.config.admin_ids)
+            order_id = buy_with_balance(
+                conn,
+                uid,
+                lines,
+                expected_total_cents=checkout["amount_cents"],
+                checkout_key=nonce,
+                owners=self.shop.config.admin_ids,
+            )
         except (SoldOut, PriceChanged, InsufficientBalance) as e:
             self.show(message, Screen(f"⚠️ {esc(e)}", back))
             return str(e)
         order = get_order(conn, uid, order_id)
-        self.show(message, Screen(f"✅ Thank you! {fmt_eur(order['total_cents'])} paid from your balance.\n"
-                                  f"Your items for order #{order_id} are on their way.",
-                                  [[("📦 Orders", "orders"), ("🛒 Shop", "cities")]]))
+        self.show(
+            message,
+            Screen(
+                f"✅ Thank you! {fmt_eur(order['total_cents'])} paid from your balance.\n"
+                f"Your items for order #{order_id} are on their way.",
+                [[("📦 Orders", "orders"), ("🛒 Shop", "cities")]],
+            ),
+        )
         return f"Order #{order_id} paid."
 
     def check_payment(self, conn, uid, message, payment_id):
@@ -5735,25 +7682,38 @@ class ShopBot:
             payment = self.shop.payments.check(uid, payment_id)
         except ProviderError as e:
             log.warning("payments: status check failed: %s", e.detail)
-            return "The payment service is not answering right now; the shop keeps checking by itself."
+            return (
+                "The payment service is not answering right now; the shop keeps checking by itself."
+            )
         self.recaption(message, self.invoice_screen(payment, with_qr=False))
         return STATUS_TEXT[payment["status"]]
 
     def invoice_screen(self, payment, with_qr=True):
-        return screen_invoice(payment, self.shop.config.sandbox, with_qr,
-                              simulate=self.shop.may_simulate(payment["user_id"]))
+        return screen_invoice(
+            payment,
+            self.shop.config.sandbox,
+            with_qr,
+            simulate=self.shop.may_simulate(payment["user_id"]),
+        )
 
     def recaption(self, message, screen):
         """Update the text and buttons under a photo message (an invoice) in place."""
         try:
-            self.api(self.bot.edit_message_caption, screen.text, message.chat.id, message.message_id,
-                     parse_mode="HTML", reply_markup=inline_markup(screen.buttons))
+            self.api(
+                self.bot.edit_message_caption,
+                screen.text,
+                message.chat.id,
+                message.message_id,
+                parse_mode="HTML",
+                reply_markup=inline_markup(screen.buttons),
+            )
         except apihelper.ApiTelegramException as e:
             if "not modified" not in (e.description or ""):
                 raise
 
 
 # Outbox sender ###############################################################
+
 
 class RateLimiter:
     """Token buckets for Telegram's flood limits: one for the whole bot, one per chat.
@@ -5765,9 +7725,14 @@ class RateLimiter:
 
     def __init__(self, per_second=29.0, chat_per_second=0.95, chat_burst=3, burst=2.0):
         # burst: a sender woken a little late may catch up by one message instead of losing the slot
-        self.rate, self.chat_rate, self.chat_burst, self.burst = per_second, chat_per_second, chat_burst, burst
+        self.rate, self.chat_rate, self.chat_burst, self.burst = (
+            per_second,
+            chat_per_second,
+            chat_burst,
+            burst,
+        )
         self.tokens, self.stamp = 1.0, float("-inf")
-        self.chats = {}   # chat_id -> (tokens, stamp, blocked_until)
+        self.chats = {}  # chat_id -> (tokens, stamp, blocked_until)
         self.lock = threading.Lock()
 
     def _chat(self, chat_id, now):
@@ -5780,8 +7745,10 @@ class RateLimiter:
         with self.lock:
             tokens, blocked = self._chat(chat_id, now)
             global_tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            wait = max(blocked - now, (1 - tokens) / self.chat_rate, (1 - global_tokens) / self.rate, 0.0)
-            if wait > 1e-6:   # (float dust from the refill arithmetic is not a wait)
+            wait = max(
+                blocked - now, (1 - tokens) / self.chat_rate, (1 - global_tokens) / self.rate, 0.0
+            )
+            if wait > 1e-6:  # (float dust from the refill arithmetic is not a wait)
                 return wait
             self._take(chat_id, now, tokens, blocked, global_tokens)
             return 0.0
@@ -5802,8 +7769,11 @@ class RateLimiter:
         self.chats[chat_id] = (tokens - 1, now, blocked)
         self.tokens, self.stamp = global_tokens - 1, now
         if len(self.chats) > 10000:
-            self.chats = {c: v for c, v in self.chats.items()
-                          if v[0] + (now - v[1]) * self.chat_rate < self.chat_burst or v[2] > now}
+            self.chats = {
+                c: v
+                for c, v in self.chats.items()
+                if v[0] + (now - v[1]) * self.chat_rate < self.chat_burst or v[2] > now
+            }
 
     def block(self, chat_id, seconds, now=None):
         """Telegram said 429 retry_after: nothing to this chat for `seconds`, then one message."""
@@ -5838,7 +7808,7 @@ class OutboxSender:
         self.queue = queue.Queue()
         self.thread = None
         self.outage_log = Throttle(60)
-        self.unrecorded = {}   # outbox id -> (message id, note): Telegram has it, the database not yet
+        self.unrecorded = {}  # outbox id -> (message id, note): Telegram has it, the database not yet
 
     def start(self):
         # Daemon threads: a send stuck on a slow network must not hold up shutdown; its row
@@ -5878,7 +7848,9 @@ class OutboxSender:
         rows = conn.execute(
             "SELECT o.id, o.chat_id FROM outbox o JOIN (SELECT chat_id, min(id) AS id FROM outbox "
             "WHERE status = 'pending' GROUP BY chat_id) h ON h.id = o.id "
-            "WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT 200", (now_iso(),)).fetchall()
+            "WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT 200",
+            (now_iso(),),
+        ).fetchall()
         wait = 1.0
         for row in rows:
             with self.lock:
@@ -5902,9 +7874,13 @@ class OutboxSender:
         conn, row = self.shop.db(), None
         try:
             # Read again: the list dispatch() worked from may be older than a send that just finished.
-            row = conn.execute("SELECT * FROM outbox WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
-                               (row_id, now_iso())).fetchone()
-            if row is not None and row["id"] in self.unrecorded:   # sent; only our record of it is missing
+            row = conn.execute(
+                "SELECT * FROM outbox WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
+                (row_id, now_iso()),
+            ).fetchone()
+            if (
+                row is not None and row["id"] in self.unrecorded
+            ):  # sent; only our record of it is missing
                 self.mark_sent(conn, row["id"], *self.unrecorded[row["id"]])
             elif row is not None:
                 self.send(conn, row)
@@ -5924,25 +7900,40 @@ class OutboxSender:
 
     def send(self, conn, row):
         api = self.shop.telegram
-        markup = tg.InlineKeyboardMarkup.de_json(row["reply_markup"]) if row["reply_markup"] else None
+        markup = (
+            tg.InlineKeyboardMarkup.de_json(row["reply_markup"]) if row["reply_markup"] else None
+        )
         try:
             if row["edit_message_id"]:
                 return self.refresh_invoice(conn, row)
             if row["photo"]:
-                message = send_photo_cached(self.shop, conn, row["chat_id"], row["photo"], row["text"] or None, markup)
+                message = send_photo_cached(
+                    self.shop, conn, row["chat_id"], row["photo"], row["text"] or None, markup
+                )
             else:
-                message = api.send_message(row["chat_id"], row["text"], parse_mode="HTML",
-                                           reply_markup=markup, link_preview_options=NO_PREVIEW)
+                message = api.send_message(
+                    row["chat_id"],
+                    row["text"],
+                    parse_mode="HTML",
+                    reply_markup=markup,
+                    link_preview_options=NO_PREVIEW,
+                )
         except apihelper.ApiTelegramException as e:
             code, description = api_error(e)
             if code == 429:
-                retry_after = int(((e.result_json or {}).get("parameters") or {}).get("retry_after") or 5)
+                retry_after = int(
+                    ((e.result_json or {}).get("parameters") or {}).get("retry_after") or 5
+                )
                 self.limiter.block(row["chat_id"], retry_after)
                 self.reschedule(conn, row, retry_after, f"429: {description}", count=False)
             elif code in (401, 404):
                 if self.outage_log():
-                    log.error("outbox: Telegram answers %s %s to every message: check BOT_TOKEN and "
-                              "TELEGRAM_API_URL; messages wait until then", code, description)
+                    log.error(
+                        "outbox: Telegram answers %s %s to every message: check BOT_TOKEN and "
+                        "TELEGRAM_API_URL; messages wait until then",
+                        code,
+                        description,
+                    )
                 self.reschedule(conn, row, 60, f"{code}: {description}", count=False)
             elif code is not None and code >= 500:
                 self.retry(conn, row, f"{code}: {description}")
@@ -5963,35 +7954,55 @@ class OutboxSender:
         remembered in memory, so a database that cannot be written (a full disk) never makes a shopper get
         it again and again."""
         with transaction(conn):
-            conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-                         "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? WHERE id = ?",
-                         (now_iso(), message_id, note, row_id))
+            conn.execute(
+                "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
+                "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? WHERE id = ?",
+                (now_iso(), message_id, note, row_id),
+            )
         self.unrecorded.pop(row_id, None)
 
     def refresh_invoice(self, conn, row):
         """Show an invoice as it is now, under its own message (the QR photo stays)."""
-        payment = conn.execute("SELECT * FROM payments WHERE id = ?", (row["payment_id"],)).fetchone()
-        screen = screen_invoice(payment, self.shop.config.sandbox, with_qr=False,
-                                simulate=self.shop.may_simulate(payment["user_id"]))
+        payment = conn.execute(
+            "SELECT * FROM payments WHERE id = ?", (row["payment_id"],)
+        ).fetchone()
+        screen = screen_invoice(
+            payment,
+            self.shop.config.sandbox,
+            with_qr=False,
+            simulate=self.shop.may_simulate(payment["user_id"]),
+        )
         note = None
         try:
-            self.shop.telegram.edit_message_caption(screen.text, row["chat_id"], row["edit_message_id"],
-                                                    parse_mode="HTML", reply_markup=inline_markup(screen.buttons))
+            self.shop.telegram.edit_message_caption(
+                screen.text,
+                row["chat_id"],
+                row["edit_message_id"],
+                parse_mode="HTML",
+                reply_markup=inline_markup(screen.buttons),
+            )
         except apihelper.ApiTelegramException as e:
             description = e.description or ""
-            if e.error_code != 400 or not any(s in description for s in ("not modified", "not found", "can't be edited")):
+            if e.error_code != 400 or not any(
+                s in description for s in ("not modified", "not found", "can't be edited")
+            ):
                 raise
-            note = description   # nothing to change, or the shopper deleted it: fine either way
+            note = description  # nothing to change, or the shopper deleted it: fine either way
         self.unrecorded[row["id"]] = (None, note)
         self.mark_sent(conn, row["id"], None, note)
 
     def reschedule(self, conn, row, delay, error, count=True):
         with transaction(conn):
-            conn.execute("UPDATE outbox SET next_attempt_at = ?, attempts = attempts + ?, last_error = ? "
-                         "WHERE id = ?", (now_iso(delay), int(count), error, row["id"]))
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, attempts = attempts + ?, last_error = ? "
+                "WHERE id = ?",
+                (now_iso(delay), int(count), error, row["id"]),
+            )
 
     def retry(self, conn, row, error):
-        if parse_iso(row["created_at"]) < datetime.now(timezone.utc) - timedelta(seconds=OUTBOX_GIVE_UP_SECONDS):
+        if parse_iso(row["created_at"]) < datetime.now(timezone.utc) - timedelta(
+            seconds=OUTBOX_GIVE_UP_SECONDS
+        ):
             return self.fail(conn, row, f"gave up after {row['attempts'] + 1} attempts: {error}")
         delay = min(600.0, 2.0 ** min(row["attempts"], 10)) * random.uniform(0.5, 1.0)
         if self.outage_log():
@@ -5999,31 +8010,56 @@ class OutboxSender:
         self.reschedule(conn, row, delay, error)
         owners = self.shop.config.admin_ids
         if row["attempts"] + 1 == 5 and row["order_id"] and row["chat_id"] not in owners:
-            with transaction(conn):   # once per message, on its fifth failed try
-                alert_owners(conn, owners, f"⚠️ Order #{row['order_id']}: a delivery message to user "
-                                           f"<code>{row['chat_id']}</code> keeps failing ({esc(error)}); "
-                                           "the shop keeps trying for a day.")
+            with transaction(conn):  # once per message, on its fifth failed try
+                alert_owners(
+                    conn,
+                    owners,
+                    f"⚠️ Order #{row['order_id']}: a delivery message to user "
+                    f"<code>{row['chat_id']}</code> keeps failing ({esc(error)}); "
+                    "the shop keeps trying for a day.",
+                )
 
     def fail(self, conn, row, error):
         owners = self.shop.config.admin_ids
         with transaction(conn):
-            first = row["order_id"] and not conn.execute(
-                "SELECT 1 FROM outbox WHERE order_id = ? AND status = 'failed'", (row["order_id"],)).fetchone()
-            conn.execute("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? "
-                         "WHERE id = ?", (error, row["id"]))
+            first = (
+                row["order_id"]
+                and not conn.execute(
+                    "SELECT 1 FROM outbox WHERE order_id = ? AND status = 'failed'",
+                    (row["order_id"],),
+                ).fetchone()
+            )
+            conn.execute(
+                "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? "
+                "WHERE id = ?",
+                (error, row["id"]),
+            )
             if first and row["chat_id"] not in owners:
-                alert_owners(conn, owners, f"⚠️ Order #{row['order_id']}: a delivery message to user "
-                                           f"<code>{row['chat_id']}</code> failed: {esc(error)}")
+                alert_owners(
+                    conn,
+                    owners,
+                    f"⚠️ Order #{row['order_id']}: a delivery message to user "
+                    f"<code>{row['chat_id']}</code> failed: {esc(error)}",
+                )
         level = logging.WARNING if error.startswith("403") else logging.ERROR
-        log.log(level, "outbox: message #%d to chat %d failed for good: %s%s", row["id"], row["chat_id"],
-                error, f" (order #{row['order_id']})" if row["order_id"] else "")
+        log.log(
+            level,
+            "outbox: message #%d to chat %d failed for good: %s%s",
+            row["id"],
+            row["chat_id"],
+            error,
+            f" (order #{row['order_id']})" if row["order_id"] else "",
+        )
 
 
 def catch_up_outbox(conn):
     """Telegram answers again: messages waiting out a retry backoff go now, not minutes later."""
     with transaction(conn):
-        n = conn.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ? "
-                         "AND last_error IS NOT NULL AND last_error NOT LIKE '429%'", (now_iso(), now_iso())).rowcount
+        n = conn.execute(
+            "UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ? "
+            "AND last_error IS NOT NULL AND last_error NOT LIKE '429%'",
+            (now_iso(), now_iso()),
+        ).rowcount
     if n:
         log.info("outbox: Telegram is back; sending %d delayed message(s) now", n)
         outbox_ready.set()
@@ -6039,11 +8075,13 @@ def network_reason(e):
 
 # Scheduler ###################################################################
 
+
 def make_scheduler(shop):
     """Background jobs; each logs its failure and runs again on schedule."""
-    scheduler = BackgroundScheduler(timezone=timezone.utc,
-                                    job_defaults={"coalesce": True, "max_instances": 1,
-                                                  "misfire_grace_time": 60})
+    scheduler = BackgroundScheduler(
+        timezone=timezone.utc,
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+    )
 
     def every(name, fn, first=None, **interval):
         def run():
@@ -6052,38 +8090,57 @@ def make_scheduler(shop):
             except Exception as e:
                 if not storage_problem(e):
                     log.exception("job %s failed; it runs again on schedule", name)
-        scheduler.add_job(run, "interval", id=name, name=name, **interval,
-                          **({"next_run_time": datetime.now(timezone.utc) + timedelta(seconds=first)}
-                             if first is not None else {}))
+
+        scheduler.add_job(
+            run,
+            "interval",
+            id=name,
+            name=name,
+            **interval,
+            **(
+                {"next_run_time": datetime.now(timezone.utc) + timedelta(seconds=first)}
+                if first is not None
+                else {}
+            ),
+        )
 
     def prune_outbox():
         conn = shop.db()
         with transaction(conn):
-            n = conn.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?",
-                             (now_iso(-90 * 86400),)).rowcount
+            n = conn.execute(
+                "DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (now_iso(-90 * 86400),)
+            ).rowcount
         if n:
             log.info("pruned %d sent outbox message(s) older than 90 days", n)
 
     def verify_ledger():
         for user_id, cached, total in check_ledger(shop.db()):
-            log.error("ledger: user %d has a cached balance of %s but ledger rows summing to %s; "
-                      "the database was changed outside the shop", user_id, cents_to_str(cached), cents_to_str(total))
+            log.error(
+                "ledger: user %d has a cached balance of %s but ledger rows summing to %s; "
+                "the database was changed outside the shop",
+                user_id,
+                cents_to_str(cached),
+                cents_to_str(total),
+            )
 
     every("reservations", lambda: release_expired_reservations(shop.db()), seconds=30)
     every("reconcile_payments", shop.payments.reconcile, seconds=shop.config.payment_poll_seconds)
     every("refresh_coins", shop.payments.refresh_coins, first=0, minutes=10)
     every("verify_ledger", verify_ledger, first=60, hours=1)
     every("prune_outbox", prune_outbox, hours=24)
+
     def nightly_backup():
         try:
             shop.backup()
         except Exception:
             log.exception("the nightly backup failed; it runs again tomorrow")
+
     scheduler.add_job(nightly_backup, "cron", hour=3, minute=17, id="backup", name="backup")
     return scheduler
 
 
 # Runtime #####################################################################
+
 
 class StartupError(Exception):
     """The shop cannot start."""
@@ -6098,8 +8155,14 @@ class RecentProblems(logging.Handler):
         self.addFilter(RedactSecrets(secrets_))
 
     def emit(self, record):
-        self.records.append((datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-                             record.levelname, record.name, record.getMessage()))
+        self.records.append(
+            (
+                datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                record.levelname,
+                record.name,
+                record.getMessage(),
+            )
+        )
 
 
 def hold_instance_lock(db_path, holder):
@@ -6116,16 +8179,20 @@ def hold_instance_lock(db_path, holder):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
-        raise StartupError(f"{db_path} cannot be opened for writing: its lock file {path} cannot be made "
-                           f"({e.strerror}); check the owner and permissions of its folder") from None
+        raise StartupError(
+            f"{db_path} cannot be opened for writing: its lock file {path} cannot be made "
+            f"({e.strerror}); check the owner and permissions of its folder"
+        ) from None
     handle = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         running = handle.read().strip() or "a process that has not said which"
         handle.close()
-        raise StartupError(f"another shop is already running on {db_path} ({running}); stop it first, "
-                           "or give this one its own database with SHOP_DB") from None
+        raise StartupError(
+            f"another shop is already running on {db_path} ({running}); stop it first, "
+            "or give this one its own database with SHOP_DB"
+        ) from None
     handle.truncate(0)
     handle.write(holder + "\n")
     handle.flush()
@@ -6180,14 +8247,18 @@ class Shop:
         self.sandbox_api_key = ""
         self.webapp_token = ""
         self.instance_lock = None
-        self.new_admin_password = None   # generated on the first start without ADMIN_PASSWORD, shown once
+        self.new_admin_password = (
+            None  # generated on the first start without ADMIN_PASSWORD, shown once
+        )
 
     def db(self):
         """This thread's connection to the shop database."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = connect(self.config.shop_db)
-            conn.execute("PRAGMA wal_autocheckpoint = 0")   # the checkpoint thread does it, off the request path
+            conn.execute(
+                "PRAGMA wal_autocheckpoint = 0"
+            )  # the checkpoint thread does it, off the request path
         return conn
 
     def checkpoint_wal(self, every=1.0):
@@ -6216,7 +8287,9 @@ class Shop:
     def backup(self):
         """Scheduled nightly: a consistent copy in backups/, keeping the last 7."""
         self.backup_dir.mkdir(parents=True, exist_ok=True)
-        path = backup_database(self.db(), self.backup_dir / f"shop-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.db")
+        path = backup_database(
+            self.db(), self.backup_dir / f"shop-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.db"
+        )
         for old in sorted(self.backup_dir.glob("shop-*.db"))[:-7]:
             old.unlink()
         log.info("backup written to %s", path)
@@ -6224,7 +8297,7 @@ class Shop:
     def setting(self, key):
         """A runtime setting: the owner's choice from the admin, else the configuration's."""
         row = self.db().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        if key == "enabled_coins":   # None: every coin the merchant account takes
+        if key == "enabled_coins":  # None: every coin the merchant account takes
             return set(row[0].split(",")) - {""} if row else None
         default = getattr(self.config, key)
         return int(row[0]) if row and row[0].isdigit() else default
@@ -6244,15 +8317,28 @@ class Shop:
     def addresses(self):
         """What the owner needs once the shop listens: [(what, where)], the storefront first."""
         c, base = self.config, self.config.webhook_url
-        mode = ("live: payments through NOWPayments" if not c.sandbox else
-                "TEST MODE: payments are simulated, only ADMIN_IDS and TESTER_IDS can buy" if self.test_mode else
-                "sandbox: payments are simulated, no real money")
+        mode = (
+            "live: payments through NOWPayments"
+            if not c.sandbox
+            else "TEST MODE: payments are simulated, only ADMIN_IDS and TESTER_IDS can buy"
+            if self.test_mode
+            else "sandbox: payments are simulated, no real money"
+        )
         rows = [("shop is running", f"{base}/  (storefront; {mode})"), ("admin", f"{base}/admin")]
         if self.webapp_url:
             rows.append(("Mini App", f"{self.webapp_url}  (the bot's 🛍 Shop button opens it)"))
         if c.sandbox:
-            rows.append(("Mini App preview", f"{base}/app" + ("  (for owners: log in to the admin first)"
-                                                               if c.bot_token else "  (a preview shopper)")))
+            rows.append(
+                (
+                    "Mini App preview",
+                    f"{base}/app"
+                    + (
+                        "  (for owners: log in to the admin first)"
+                        if c.bot_token
+                        else "  (a preview shopper)"
+                    ),
+                )
+            )
         rows.append(("health", f"{base}/healthz"))
         if base != self.url:
             rows.append(("listening on", self.url))
@@ -6269,8 +8355,12 @@ class Shop:
         only owners (ADMIN_IDS), the testers they name (TESTER_IDS) and the browser preview's shopper
         (whom the admin hands out to owners) may buy or simulate anything."""
         c = self.config
-        return not self.test_mode or user_id in c.admin_ids or user_id in c.tester_ids \
+        return (
+            not self.test_mode
+            or user_id in c.admin_ids
+            or user_id in c.tester_ids
             or user_id == PREVIEW_USER["id"]
+        )
 
     def check_may_buy(self, user_id):
         if not self.may_buy(user_id):
@@ -6283,37 +8373,58 @@ class Shop:
         """Before anything is read or written: this process's lock on the database (one shop per database)
         and the shop's files for its own user only."""
         c = self.config
-        self.instance_lock = hold_instance_lock(c.shop_db, f"pid {os.getpid()}, web server {self.url}, "
-                                                           f"started {now_iso()[:19].replace('T', ' ')} UTC")
+        self.instance_lock = hold_instance_lock(
+            c.shop_db,
+            f"pid {os.getpid()}, web server {self.url}, "
+            f"started {now_iso()[:19].replace('T', ' ')} UTC",
+        )
         exposed, stuck = make_files_private(c)
         if exposed:
-            log.warning("files: %d of the shop's files were readable by other users of this machine (%s); "
-                        "now only the shop's own user can read them", len(exposed), ", ".join(exposed[:5])
-                        + (", ..." if len(exposed) > 5 else ""))
+            log.warning(
+                "files: %d of the shop's files were readable by other users of this machine (%s); "
+                "now only the shop's own user can read them",
+                len(exposed),
+                ", ".join(exposed[:5]) + (", ..." if len(exposed) > 5 else ""),
+            )
         if stuck:
-            log.warning("files: cannot make %s readable by the shop's user only; check who owns them",
-                        ", ".join(stuck[:5]))
+            log.warning(
+                "files: cannot make %s readable by the shop's user only; check who owns them",
+                ", ".join(stuck[:5]),
+            )
         shutil.rmtree(self.import_dir, ignore_errors=True)
 
     def announce_mode(self):
         c = self.config
         if self.test_mode:
             ids = c.admin_ids + c.tester_ids
-            buyers = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "") \
+            buyers = (
+                ", ".join(map(str, ids[:10]))
+                + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
                 or "none yet: set ADMIN_IDS to your Telegram id"
-            log.warning("TEST MODE (SANDBOX mode with a bot): NOWPAYMENTS_API_KEY is not set, so payments are "
-                        "simulated. Only owners and testers (ADMIN_IDS, TESTER_IDS: %s) can buy and simulate "
-                        "payments, in the bot and the Mini App; every other shopper is told the shop is in test "
-                        "mode and can buy nothing. Set NOWPAYMENTS_API_KEY to open the shop.", buyers)
+            )
+            log.warning(
+                "TEST MODE (SANDBOX mode with a bot): NOWPAYMENTS_API_KEY is not set, so payments are "
+                "simulated. Only owners and testers (ADMIN_IDS, TESTER_IDS: %s) can buy and simulate "
+                "payments, in the bot and the Mini App; every other shopper is told the shop is in test "
+                "mode and can buy nothing. Set NOWPAYMENTS_API_KEY to open the shop.",
+                buyers,
+            )
         elif c.sandbox:
-            log.info("SANDBOX mode (no NOWPAYMENTS_API_KEY): payments are simulated, no real money is taken")
+            log.info(
+                "SANDBOX mode (no NOWPAYMENTS_API_KEY): payments are simulated, no real money is taken"
+            )
         if not c.sandbox and not c.webhook_url.startswith("https://"):
-            log.warning("payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public https "
-                        "address); payments are then confirmed only by polling every %d s",
-                        c.webhook_url, c.payment_poll_seconds)
+            log.warning(
+                "payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public https "
+                "address); payments are then confirmed only by polling every %d s",
+                c.webhook_url,
+                c.payment_poll_seconds,
+            )
         if not c.sandbox and not c.nowpayments_ipn_secret:
-            log.warning("payments: NOWPAYMENTS_IPN_SECRET is not set, so IPNs cannot be verified; each one "
-                        "only makes the shop ask the NOWPayments API for the payment's status")
+            log.warning(
+                "payments: NOWPAYMENTS_IPN_SECRET is not set, so IPNs cannot be verified; each one "
+                "only makes the shop ask the NOWPayments API for the payment's status"
+            )
 
     def start(self):
         c = self.config
@@ -6331,9 +8442,13 @@ class Shop:
             c.media_dir.joinpath("private").mkdir(parents=True, exist_ok=True)
             if c.sandbox and self.demo and catalog_is_empty(conn):
                 import seed_catalog
+
                 counts = seed_catalog.load_demo(conn, c.media_dir, importer=import_catalog)
-                log.info("sandbox: loaded the demo catalog (%d products, %d units)",
-                         counts["products_added"], counts["units_added"])
+                log.info(
+                    "sandbox: loaded the demo catalog (%d products, %d units)",
+                    counts["products_added"],
+                    counts["units_added"],
+                )
         except (OSError, ShopError) as e:
             raise StartupError(f"cannot prepare {c.media_dir}: {e}") from None
         finally:
@@ -6346,32 +8461,59 @@ class Shop:
             self.ipn_secret = c.nowpayments_ipn_secret
         # Mini App initData is signed with the bot token; a sandbox without a bot signs its preview itself.
         self.webapp_token = c.bot_token or stored_secret(c.shop_db, "sandbox_webapp_token")
-        client = (NowPayments(self.url + "/sandbox/v1", self.sandbox_api_key) if c.sandbox
-                  else NowPayments(c.nowpayments_api_url, c.nowpayments_api_key))
+        client = (
+            NowPayments(self.url + "/sandbox/v1", self.sandbox_api_key)
+            if c.sandbox
+            else NowPayments(c.nowpayments_api_url, c.nowpayments_api_key)
+        )
         self.sandbox_app = make_sandbox(self) if c.sandbox else None
         if c.sandbox:
-            client.session.mount(self.url + "/sandbox/v1/", InProcess(self.sandbox_app, "/sandbox/v1"))
+            client.session.mount(
+                self.url + "/sandbox/v1/", InProcess(self.sandbox_app, "/sandbox/v1")
+            )
         self.payments = PaymentDesk(self, client)
         self._thread("payment-hints", self.payments.work_hints)
         self._thread("checkpoint", self.checkpoint_wal)
-        proxy = {"trusted_proxy": c.trusted_proxy, "trusted_proxy_count": 1,
-                 "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
-                 "clear_untrusted_proxy_headers": True} if c.trusted_proxy else {}
+        proxy = (
+            {
+                "trusted_proxy": c.trusted_proxy,
+                "trusted_proxy_count": 1,
+                "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
+                "clear_untrusted_proxy_headers": True,
+            }
+            if c.trusted_proxy
+            else {}
+        )
         self._web_map = {}
         try:
             # poll(), not select(): select() cannot watch a socket whose number is 1024 or more.
-            self.server = waitress.create_server(make_app(self), map=self._web_map, host=c.host, port=c.port,
-                                                 threads=8, ident="shop", channel_timeout=60, asyncore_use_poll=True,
-                                                 max_request_body_size=60 * 1024 * 1024, **proxy)
+            self.server = waitress.create_server(
+                make_app(self),
+                map=self._web_map,
+                host=c.host,
+                port=c.port,
+                threads=8,
+                ident="shop",
+                channel_timeout=60,
+                asyncore_use_poll=True,
+                max_request_body_size=60 * 1024 * 1024,
+                **proxy,
+            )
         except OSError as e:
-            raise StartupError(f"cannot listen on {c.host}:{c.port}: {e.strerror}"
-                               " (is the shop already running? set PORT)") from None
+            raise StartupError(
+                f"cannot listen on {c.host}:{c.port}: {e.strerror}"
+                " (is the shop already running? set PORT)"
+            ) from None
         # Closing the server's sockets must happen in its own loop thread; this trigger gets us there.
         self._web_wake = waitress.trigger.trigger(self._web_map)
         self._thread("web", self.server.run)
         # Only now, with the shop listening: a start that fails never uses up the password shown once.
-        if not c.admin_password and not self.db().execute(
-                "SELECT 1 FROM settings WHERE key = 'admin_password_hash'").fetchone():
+        if (
+            not c.admin_password
+            and not self.db()
+            .execute("SELECT 1 FROM settings WHERE key = 'admin_password_hash'")
+            .fetchone()
+        ):
             self.new_admin_password = set_admin_password(self.db())
         self.announce_mode()
         self.scheduler = make_scheduler(self)
@@ -6380,8 +8522,9 @@ class Shop:
             apihelper.API_URL = c.telegram_api_url + "/bot{0}/{1}"
             apihelper.FILE_URL = c.telegram_api_url + "/file/bot{0}/{1}"
             self.polling_errors = PollingErrors(self)
-            self.telegram = PollingBot(c.bot_token, threaded=True, num_threads=6,
-                                       exception_handler=self.polling_errors)
+            self.telegram = PollingBot(
+                c.bot_token, threaded=True, num_threads=6, exception_handler=self.polling_errors
+            )
             ShopBot(self)
             self.sender = OutboxSender(self, self.limiter)
             self.sender.start()
@@ -6405,8 +8548,10 @@ class Shop:
             except apihelper.ApiTelegramException as e:
                 if e.error_code in (401, 404):
                     self.bot_state = "down: Telegram refused BOT_TOKEN"
-                    log.error("bot: Telegram refused BOT_TOKEN (%s); check the token with @BotFather",
-                              e.description)
+                    log.error(
+                        "bot: Telegram refused BOT_TOKEN (%s); check the token with @BotFather",
+                        e.description,
+                    )
                     return
                 self.bot_state = f"down: {e.description}"
             except Exception as e:
@@ -6423,23 +8568,38 @@ class Shop:
             log.warning("bot: could not register the command list: %s", e)
         if self.webapp_url:
             try:
-                self.telegram.set_chat_menu_button(menu_button=tg.MenuButtonWebApp(
-                    "🛍 Shop", tg.WebAppInfo(self.webapp_url)))
+                self.telegram.set_chat_menu_button(
+                    menu_button=tg.MenuButtonWebApp("🛍 Shop", tg.WebAppInfo(self.webapp_url))
+                )
             except Exception as e:
                 log.warning("bot: could not set the menu button to the Mini App: %s", e)
         else:
-            log.info("bot: the Mini App needs a public https WEBHOOK_URL; until then the menu button stays as it is")
+            log.info(
+                "bot: the Mini App needs a public https WEBHOOK_URL; until then the menu button stays as it is"
+            )
         # polling() asks getMe again for the username unless it is cached; an outage at that
         # moment would bypass our error handling.
         self.telegram._user = me
         self.bot_username = me.username
         self.bot_state = "running"
-        log.info("bot: @%s is polling for updates; shoppers find it at https://t.me/%s", me.username, me.username)
-        self.telegram.infinity_polling(timeout=30, long_polling_timeout=25, logger_level=logging.ERROR,
-                                       allowed_updates=["message", "callback_query"])
+        log.info(
+            "bot: @%s is polling for updates; shoppers find it at https://t.me/%s",
+            me.username,
+            me.username,
+        )
+        self.telegram.infinity_polling(
+            timeout=30,
+            long_polling_timeout=25,
+            logger_level=logging.ERROR,
+            allowed_updates=["message", "callback_query"],
+        )
 
     def health(self):
-        state = {"status": "ok", "mode": "sandbox" if self.config.sandbox else "live", "version": __version__}
+        state = {
+            "status": "ok",
+            "mode": "sandbox" if self.config.sandbox else "live",
+            "version": __version__,
+        }
         try:
             conn = self.db()
             conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
@@ -6451,7 +8611,9 @@ class Shop:
         state["bot"] = self.bot_state
         if self.telegram and self.telegram.last_poll is not None:
             # A long poll returns at least every 25 s when Telegram is reachable.
-            if time.monotonic() - self.telegram.last_poll > 60 and not self.bot_state.startswith("down"):
+            if time.monotonic() - self.telegram.last_poll > 60 and not self.bot_state.startswith(
+                "down"
+            ):
                 state["bot"] = "down: no answer from Telegram for over a minute"
             if not self.threads["bot"].is_alive() and not self.stopping.is_set():
                 state["bot"] = "down: polling stopped"
@@ -6460,11 +8622,19 @@ class Shop:
         if self.payments:
             client = self.payments.client
             # Informational: balance purchases and deliveries go on while NOWPayments is away.
-            state["payments"] = (f"NOWPayments refuses the API key ({client.refused})" if client.refused else
-                                 "ok" if client.failing_since is None else
-                                 f"NOWPayments not answering for {int(time.monotonic() - client.failing_since)} s")
-        down = (state["database"] != "ok" or state["scheduler"] != "running"
-                or state["bot"].startswith("down") or (self.sender and not self.sender.alive()))
+            state["payments"] = (
+                f"NOWPayments refuses the API key ({client.refused})"
+                if client.refused
+                else "ok"
+                if client.failing_since is None
+                else f"NOWPayments not answering for {int(time.monotonic() - client.failing_since)} s"
+            )
+        down = (
+            state["database"] != "ok"
+            or state["scheduler"] != "running"
+            or state["bot"].startswith("down")
+            or (self.sender and not self.sender.alive())
+        )
         if down:
             state["status"] = "down"
         return state
@@ -6476,7 +8646,9 @@ class Shop:
         self.stopping.set()
         if self.telegram:
             self.telegram.stop_polling()
-            for worker in self.telegram.worker_pool.workers:   # (stop_polling leaves them waiting for updates)
+            for worker in (
+                self.telegram.worker_pool.workers
+            ):  # (stop_polling leaves them waiting for updates)
                 worker.stop()
         if self.sender:
             self.sender.stop()
@@ -6484,17 +8656,17 @@ class Shop:
             self.scheduler.shutdown(wait=False)
         if self.payments:
             self.payments.hints.put(None)
-            self.payments.client.session.close()   # and the sandbox's own threads, if any
+            self.payments.client.session.close()  # and the sandbox's own threads, if any
         if self.server:
-            self.server.task_dispatcher.shutdown(timeout=2)   # lets requests in flight finish
+            self.server.task_dispatcher.shutdown(timeout=2)  # lets requests in flight finish
             self._web_wake.pull_trigger(lambda: waitress.wasyncore.close_all(self._web_map))
         for name in ("web", "bot"):
             if name in self.threads:
                 self.threads[name].join(1.0)
         if self.instance_lock:
-            self.instance_lock.close()   # the next shop on this database may start
+            self.instance_lock.close()  # the next shop on this database may start
         conn = getattr(self._local, "conn", None)
-        if conn is not None:   # this thread's; the other threads' go with their threads
+        if conn is not None:  # this thread's; the other threads' go with their threads
             self._local.conn = None
             conn.close()
         logging.getLogger().removeHandler(self.problems)
@@ -6502,34 +8674,49 @@ class Shop:
 
 # Command line ################################################################
 
+
 def parse_args(argv):
-    epilog = ("commands (run without one to start the shop):\n"
-              "  balance ID AMOUNT REASON  credit (20.00) or debit (-5.00) a shopper's balance\n"
-              "  admin-password [NEW]      set the admin password (prints a random one if NEW is left out)\n"
-              "  set [KEY VALUE]           show the settings, or change one "
-              f"({', '.join(SETTING_RULES)})\n\n"
-              "Configuration comes from the environment and a .env file in the working directory "
-              "(the environment wins):\n" + "\n".join(
-                  f"  {name:<24}{help_}" + (f" (default {default})" if default else "")
-                  for name, (help_, default) in ENV_VARS.items()))
+    epilog = (
+        "commands (run without one to start the shop):\n"
+        "  balance ID AMOUNT REASON  credit (20.00) or debit (-5.00) a shopper's balance\n"
+        "  admin-password [NEW]      set the admin password (prints a random one if NEW is left out)\n"
+        "  set [KEY VALUE]           show the settings, or change one "
+        f"({', '.join(SETTING_RULES)})\n\n"
+        "Configuration comes from the environment and a .env file in the working directory "
+        "(the environment wins):\n"
+        + "\n".join(
+            f"  {name:<24}{help_}" + (f" (default {default})" if default else "")
+            for name, (help_, default) in ENV_VARS.items()
+        )
+    )
     parser = argparse.ArgumentParser(
-        prog="shop.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+        prog="shop.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog,
         description="Run the Telegram shop: web server, bot, outbox sender and scheduler in one process. "
-                    "With no NOWPAYMENTS_API_KEY it runs in sandbox mode with a demo catalog.")
+        "With no NOWPAYMENTS_API_KEY it runs in sandbox mode with a demo catalog.",
+    )
     parser.add_argument("--host", help="address to listen on (overrides HOST)")
     parser.add_argument("--port", help="port to listen on (overrides PORT)")
     parser.add_argument("--db", help="SQLite database file (overrides SHOP_DB)")
-    parser.add_argument("--env-file", default=".env", help="file with VAR=value lines (default .env)")
+    parser.add_argument(
+        "--env-file", default=".env", help="file with VAR=value lines (default .env)"
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides LOG_LEVEL)")
-    parser.add_argument("--no-demo", action="store_true",
-                        help="in sandbox mode, do not load the demo catalog into an empty shop")
+    parser.add_argument(
+        "--no-demo",
+        action="store_true",
+        help="in sandbox mode, do not load the demo catalog into an empty shop",
+    )
     parser.add_argument("--version", action="version", version=f"shop.py {__version__}")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="")
     balance = commands.add_parser("balance", help="credit or debit a shopper's balance")
     balance.add_argument("user_id", help="the shopper's Telegram id (👤 Profile shows it)")
     balance.add_argument("amount", help="EUR to add, like 20.00; a leading - takes money off")
     balance.add_argument("reason", help="why (kept in the ledger)")
-    password = commands.add_parser("admin-password", help="set a new admin password (random if none given)")
+    password = commands.add_parser(
+        "admin-password", help="set a new admin password (random if none given)"
+    )
     password.add_argument("password", nargs="?")
     setting = commands.add_parser("set", help="show or change shop settings")
     setting.add_argument("key", nargs="?", choices=list(SETTING_RULES))
@@ -6547,18 +8734,28 @@ def run_command(args, config):
     try:
         if args.command == "balance":
             if not re.fullmatch(r"\d{1,20}", args.user_id):
-                raise InvalidInput(f"The user id must be a Telegram id (digits), got {args.user_id!r}.")
+                raise InvalidInput(
+                    f"The user id must be a Telegram id (digits), got {args.user_id!r}."
+                )
             user_id, amount = int(args.user_id), args.amount.strip()
             try:
-                cents = -parse_eur(amount[1:]) if amount.startswith("-") else parse_eur(amount.lstrip("+"))
+                cents = (
+                    -parse_eur(amount[1:])
+                    if amount.startswith("-")
+                    else parse_eur(amount.lstrip("+"))
+                )
             except InvalidInput as e:
                 raise InvalidInput(f"The amount {e}.") from None
             get_user(conn, user_id)
             adjust_balance(conn, user_id, cents, args.reason)
-            print(f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(get_user(conn, user_id)['balance_cents'])}")
+            print(
+                f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(get_user(conn, user_id)['balance_cents'])}"
+            )
         elif args.command == "admin-password":
             if config.admin_password:
-                raise InvalidInput("ADMIN_PASSWORD is set in the environment or .env; change it there.")
+                raise InvalidInput(
+                    "ADMIN_PASSWORD is set in the environment or .env; change it there."
+                )
             if args.password is not None and len(args.password) < 10:
                 raise InvalidInput("Choose a password of at least 10 characters.")
             print(f"Admin password set: {set_admin_password(conn, args.password)}")
@@ -6572,8 +8769,10 @@ def run_command(args, config):
                 print(f"{key}: {get_setting(conn, key)!r}")
         return 0
     except NotFound:
-        print(f"shop.py: user {args.user_id} has not talked to the bot yet (they must send /start first)",
-              file=sys.stderr)
+        print(
+            f"shop.py: user {args.user_id} has not talked to the bot yet (they must send /start first)",
+            file=sys.stderr,
+        )
     except ShopError as e:
         print(f"shop.py: {e}", file=sys.stderr)
     finally:
@@ -6590,9 +8789,10 @@ def limit_malloc_arenas(arenas=2):
     more after the benchmark's mixed load). Nothing happens on other C libraries."""
     try:
         import ctypes
+
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, arenas)         # M_ARENA_MAX
-        libc.mallopt(-3, 128 * 1024)     # M_MMAP_THRESHOLD, glibc's default, kept from moving
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, glibc's default, kept from moving
     except (OSError, AttributeError):
         pass
 
@@ -6603,8 +8803,15 @@ def main(argv=None):
     os.umask(0o077)
     args = parse_args(argv)
     try:
-        config = load_config(env_file=args.env_file, overrides={
-            "HOST": args.host, "PORT": args.port, "SHOP_DB": args.db, "LOG_LEVEL": args.log_level})
+        config = load_config(
+            env_file=args.env_file,
+            overrides={
+                "HOST": args.host,
+                "PORT": args.port,
+                "SHOP_DB": args.db,
+                "LOG_LEVEL": args.log_level,
+            },
+        )
     except ConfigError as e:
         print(f"shop.py: configuration error: {e}", file=sys.stderr)
         return 2
@@ -6626,8 +8833,12 @@ def main(argv=None):
         log.info("%-16s %s", label, address)
     if shop.new_admin_password:
         # Shown once, on the console only (never the log file's business): only its hash is kept.
-        print(f"\n  Admin password (shown once; set ADMIN_PASSWORD or run `python shop.py admin-password` "
-              f"to change it): {shop.new_admin_password}\n", file=sys.stderr, flush=True)
+        print(
+            f"\n  Admin password (shown once; set ADMIN_PASSWORD or run `python shop.py admin-password` "
+            f"to change it): {shop.new_admin_password}\n",
+            file=sys.stderr,
+            flush=True,
+        )
     stop.wait()
     log.info("stopping")
     shop.stop()

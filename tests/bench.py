@@ -20,24 +20,25 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 @dataclass
 class Row:
-    benchmark: str      # "1. Mini App catalog API"
-    figure: str         # "requests/s, 32 keep-alive clients"
-    shop: str           # the shop's figure, formatted
-    baseline: str       # the baseline's figure, formatted ("" when there is none)
-    ratio: str          # shop/baseline, formatted ("" when there is none)
-    goal: str           # "≥ 0.6x"
-    met: str            # "yes", "no", or "" for figures without a goal
+    benchmark: str  # "1. Mini App catalog API"
+    figure: str  # "requests/s, 32 keep-alive clients"
+    shop: str  # the shop's figure, formatted
+    baseline: str  # the baseline's figure, formatted ("" when there is none)
+    ratio: str  # shop/baseline, formatted ("" when there is none)
+    goal: str  # "≥ 0.6x"
+    met: str  # "yes", "no", or "" for figures without a goal
 
 
 @dataclass
 class Context:
-    tmp: Path           # a scratch folder for this benchmark, removed afterwards
-    quick: bool         # smoke run with less load
+    tmp: Path  # a scratch folder for this benchmark, removed afterwards
+    quick: bool  # smoke run with less load
 
 
 def pct(values, fraction):
     """The shop's own percentile (nearest rank), NaN for no values."""
     import shop
+
     found = shop.percentile(values, fraction)
     return float("nan") if found is None else found
 
@@ -57,8 +58,14 @@ def machine():
 
 
 def table(rows):
-    out = ["| Benchmark | Figure | Shop | Baseline | Ratio | Goal | Met |", "|---|---|---|---|---|---|---|"]
-    out += [f"| {r.benchmark} | {r.figure} | {r.shop} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |" for r in rows]
+    out = [
+        "| Benchmark | Figure | Shop | Baseline | Ratio | Goal | Met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r.benchmark} | {r.figure} | {r.shop} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |"
+        for r in rows
+    ]
     return "\n".join(out)
 
 
@@ -67,6 +74,7 @@ def benchmarks():
     import bench_web
     import bench_bot
     import bench_growth
+
     found = {}
     for module in (bench_web, bench_bot, bench_growth):
         found.update(module.BENCHMARKS)
@@ -76,8 +84,12 @@ def benchmarks():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated names: " + ", ".join(
-        ["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth"]))
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated names: "
+        + ", ".join(["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth"]),
+    )
     parser.add_argument("--quick", action="store_true", help="less load: a smoke run")
     args = parser.parse_args(argv)
     chosen = benchmarks()
@@ -95,8 +107,11 @@ def main(argv=None):
         rows += result
         print(f"# {name}: {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
         for r in result:
-            print(f"#   {r.figure}: {r.shop} vs {r.baseline} ({r.ratio}) goal {r.goal} met {r.met}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"#   {r.figure}: {r.shop} vs {r.baseline} ({r.ratio}) goal {r.goal} met {r.met}",
+                file=sys.stderr,
+                flush=True,
+            )
     print(f"Machine: {machine()}; whole run {time.monotonic() - started:.0f} s\n")
     print(table(rows))
     return 0 if all(r.met != "no" for r in rows) else 1

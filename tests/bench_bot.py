@@ -23,12 +23,19 @@ from fake_telegram import FakeTelegram, _to_int  # noqa: E402
 from harness import TOKEN, ShopProcess, shop_env  # noqa: E402
 
 # What counts as "the bot answered": the first of these calls for the chat after the update was pushed.
-ANSWERS = ("sendMessage", "sendPhoto", "editMessageText", "editMessageCaption", "editMessageMedia",
-           "answerCallbackQuery")
+ANSWERS = (
+    "sendMessage",
+    "sendPhoto",
+    "editMessageText",
+    "editMessageCaption",
+    "editMessageMedia",
+    "answerCallbackQuery",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # the stand-in with timestamps
+
 
 class TimedTelegram(FakeTelegram):
     """FakeTelegram that timestamps each pushed update and the first answer to it in its chat, and wakes
@@ -40,10 +47,10 @@ class TimedTelegram(FakeTelegram):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.pending = {}      # chat -> (pushed at, kind) of the update waiting for its first answer
-        self.samples = []      # (kind, seconds)
-        self.waiters = {}      # chat -> (what finishes the exchange: "message" | query id, Event)
-        self.sends = []        # (perf_counter, chat, ok) of every sendMessage, for the delivery benchmark
+        self.pending = {}  # chat -> (pushed at, kind) of the update waiting for its first answer
+        self.samples = []  # (kind, seconds)
+        self.waiters = {}  # chat -> (what finishes the exchange: "message" | query id, Event)
+        self.sends = []  # (perf_counter, chat, ok) of every sendMessage, for the delivery benchmark
 
     def expect(self, chat, done):
         event = threading.Event()
@@ -52,7 +59,11 @@ class TimedTelegram(FakeTelegram):
         return event
 
     def _push_update(self, kind, obj):
-        chat = (obj.get("chat") or {}).get("id") if kind == "message" else (obj.get("from") or {}).get("id")
+        chat = (
+            (obj.get("chat") or {}).get("id")
+            if kind == "message"
+            else (obj.get("from") or {}).get("id")
+        )
         if chat is not None:
             self.pending[chat] = (time.perf_counter(), kind)
         return super()._push_update(kind, obj)
@@ -78,8 +89,9 @@ class TimedTelegram(FakeTelegram):
         waiter = self.waiters.get(chat)
         if waiter is not None:
             done, event = waiter
-            if (done == "message" and method in ("sendMessage", "sendPhoto")) or \
-                    (method == "answerCallbackQuery" and done == str(params.get("callback_query_id"))):
+            if (done == "message" and method in ("sendMessage", "sendPhoto")) or (
+                method == "answerCallbackQuery" and done == str(params.get("callback_query_id"))
+            ):
                 del self.waiters[chat]
                 event.set()
         return result
@@ -90,6 +102,7 @@ def _timed_method(name):
 
     def method(self, params, files):
         return self._timed(name, params, lambda p, _: base(self, p, files))
+
     method.__name__ = "_m_" + name
     return method
 
@@ -105,7 +118,7 @@ for _name in ANSWERS:
 # PollingBot(token, threaded=True, num_threads=6); infinity_polling(timeout=30, long_polling_timeout=25,
 # allowed_updates=["message", "callback_query"])). It answers a message with a message carrying inline
 # buttons and a button press by editing that message and answering the query: the calls the shop makes.
-ECHO_BOT = textwrap.dedent('''
+ECHO_BOT = textwrap.dedent("""
     import html, itertools, logging, os
     import telebot
     from telebot import apihelper, types
@@ -133,23 +146,48 @@ ECHO_BOT = textwrap.dedent('''
     print("echo bot polling", flush=True)
     bot.infinity_polling(timeout=30, long_polling_timeout=25, logger_level=logging.ERROR,
                          allowed_updates=["message", "callback_query"])
-''')
+""")
 
 # One shopper's session: messages are sent as text, "pick" presses a catalog button (a city, a district,
 # a product) on the current screen, "back" presses ⬅️ Back.
-SESSION = ["/start", "🛒 Shop", "pick", "pick", "pick", "back", "pick", "back", "back", "pick", "pick",
-           "back", "👤 Profile"]
+SESSION = [
+    "/start",
+    "🛒 Shop",
+    "pick",
+    "pick",
+    "pick",
+    "back",
+    "pick",
+    "back",
+    "back",
+    "pick",
+    "pick",
+    "back",
+    "👤 Profile",
+]
 NAV = ("city:", "dist:", "prod:")
 
 
 def catalog(cities=20, districts=5, products=10, units=2):
     """The catalog benchmark 1 uses: 20 cities x 5 districts x 10 products, every product everywhere."""
-    cs = [{"name": f"City {c:02d}", "districts": [f"District {c:02d}-{d}" for d in range(districts)]}
-          for c in range(cities)]
-    ps = [{"name": f"Product {p:02d}", "description": f"A fine product number {p}.", "price": f"{5 + p}.50",
-           "stock": [{"city": c["name"], "district": d, "content": f"CODE-{p}-{d}-{u}"}
-                     for c in cs for d in c["districts"] for u in range(units)]}
-          for p in range(products)]
+    cs = [
+        {"name": f"City {c:02d}", "districts": [f"District {c:02d}-{d}" for d in range(districts)]}
+        for c in range(cities)
+    ]
+    ps = [
+        {
+            "name": f"Product {p:02d}",
+            "description": f"A fine product number {p}.",
+            "price": f"{5 + p}.50",
+            "stock": [
+                {"city": c["name"], "district": d, "content": f"CODE-{p}-{d}-{u}"}
+                for c in cs
+                for d in c["districts"]
+                for u in range(units)
+            ],
+        }
+        for p in range(products)
+    ]
     return {"cities": cs, "products": ps}
 
 
@@ -169,13 +207,18 @@ class Shopper(threading.Thread):
 
     def button(self, step):
         screen = self.fake.last_message(self.id)
-        buttons = [b for row in (screen.buttons if screen else []) for b in row if "callback_data" in b]
+        buttons = [
+            b for row in (screen.buttons if screen else []) for b in row if "callback_data" in b
+        ]
         if self.is_shop:
             if step == "back":
                 buttons = [b for b in buttons if b["text"] == "⬅️ Back"]
             else:
-                buttons = [b for b in buttons if b["callback_data"].startswith(NAV)
-                           and b["text"] not in ("◀️", "▶️", "⬅️ Back")]
+                buttons = [
+                    b
+                    for b in buttons
+                    if b["callback_data"].startswith(NAV) and b["text"] not in ("◀️", "▶️", "⬅️ Back")
+                ]
         else:
             buttons = [b for b in buttons if (b["callback_data"] == "back") == (step == "back")]
         if not buttons:
@@ -184,7 +227,9 @@ class Shopper(threading.Thread):
 
     def run(self):
         try:
-            time.sleep(self.rng.uniform(0, self.think[1]))   # staggered arrivals (think time, not sync)
+            time.sleep(
+                self.rng.uniform(0, self.think[1])
+            )  # staggered arrivals (think time, not sync)
             for step in self.steps:
                 if step in ("pick", "back"):
                     message_id, data = self.button(step)
@@ -199,15 +244,19 @@ class Shopper(threading.Thread):
                     self.fake.user_sends(self.id, step, first_name=f"Shopper{self.id}")
                 if not done.wait(30):
                     raise AssertionError(f"chat {self.id}: no answer to {step!r} within 30 s")
-                time.sleep(self.rng.uniform(*self.think))   # the shopper reads the screen
+                time.sleep(self.rng.uniform(*self.think))  # the shopper reads the screen
         except Exception as e:  # reported, not raised: a thread
             self.failures.append(f"{type(e).__name__}: {e}")
 
 
 def run_shoppers(fake, is_shop, shoppers, steps, think, seed):
     failures = []
-    threads = [Shopper(fake, 9_000_000 + i, steps, think, random.Random(seed * 1000 + i), is_shop, failures)
-               for i in range(shoppers)]
+    threads = [
+        Shopper(
+            fake, 9_000_000 + i, steps, think, random.Random(seed * 1000 + i), is_shop, failures
+        )
+        for i in range(shoppers)
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -230,8 +279,13 @@ def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
         else:
             script = tmp / "echo_bot.py"
             script.write_text(ECHO_BOT, encoding="utf-8")
-            echo = subprocess.Popen([sys.executable, str(script)], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.STDOUT)
+            echo = subprocess.Popen(
+                [sys.executable, str(script)],
+                cwd=tmp,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
         fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=30, what="the bot polling")
         # Warm-up (not measured): one shopper's first screens, so imports and caches are loaded.
         failures, _ = run_shoppers(fake, is_shop, 1, steps[:5], (0.0, 0.0), seed + 99)
@@ -243,7 +297,9 @@ def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
         if fake.errors:
             failures.append(f"stand-in errors: {fake.errors[:2]}")
         if proc is not None and " ERROR " in proc.log:
-            failures.append("shop logged errors:\n" + "\n".join(l for l in proc.lines if " ERROR " in l)[:2000])
+            failures.append(
+                "shop logged errors:\n" + "\n".join(l for l in proc.lines if " ERROR " in l)[:2000]
+            )
         return samples, failures, seconds
     finally:
         if proc is not None:
@@ -261,39 +317,81 @@ def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
 def bench_bot(ctx):
     shoppers = 50
     steps = SESSION if not ctx.quick else SESSION[:6]
-    think = (0.3, 0.9)   # seconds a shopper looks at a screen before the next tap
+    think = (0.3, 0.9)  # seconds a shopper looks at a screen before the next tap
     results = {}
     for name, is_shop in (("echo", False), ("shop", True)):
         samples, failures, seconds = measure_bot(ctx.tmp / name, is_shop, shoppers, steps, think)
         lat = [s for _, s in samples]
-        results[name] = {"median": pct(lat, 0.5), "p99": pct(lat, 0.99), "n": len(lat), "failures": failures,
-                         "rate": len(lat) / seconds if seconds else 0,
-                         "msg": pct([s for k, s in samples if k == "message"], 0.5),
-                         "cb": pct([s for k, s in samples if k == "callback_query"], 0.5)}
-        print(f"#   bot/{name}: {len(lat)} answers in {seconds:.1f} s ({results[name]['rate']:.0f}/s); "
-              f"median {results[name]['median'] * 1000:.1f} ms (messages {results[name]['msg'] * 1000:.1f}, "
-              f"buttons {results[name]['cb'] * 1000:.1f}), p99 {results[name]['p99'] * 1000:.1f} ms"
-              + (f"; FAILURES: {failures[:3]}" if failures else ""), file=sys.stderr, flush=True)
+        results[name] = {
+            "median": pct(lat, 0.5),
+            "p99": pct(lat, 0.99),
+            "n": len(lat),
+            "failures": failures,
+            "rate": len(lat) / seconds if seconds else 0,
+            "msg": pct([s for k, s in samples if k == "message"], 0.5),
+            "cb": pct([s for k, s in samples if k == "callback_query"], 0.5),
+        }
+        print(
+            f"#   bot/{name}: {len(lat)} answers in {seconds:.1f} s ({results[name]['rate']:.0f}/s); "
+            f"median {results[name]['median'] * 1000:.1f} ms (messages {results[name]['msg'] * 1000:.1f}, "
+            f"buttons {results[name]['cb'] * 1000:.1f}), p99 {results[name]['p99'] * 1000:.1f} ms"
+            + (f"; FAILURES: {failures[:3]}" if failures else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     shop_, echo = results["shop"], results["echo"]
     expected = shoppers * len(steps)
-    ok = not shop_["failures"] and not echo["failures"] and shop_["n"] == expected and echo["n"] == expected
+    ok = (
+        not shop_["failures"]
+        and not echo["failures"]
+        and shop_["n"] == expected
+        and echo["n"] == expected
+    )
     ms = lambda v: f"{v * 1000:.1f} ms"
     label = "2. Bot reply latency"
     what = f"{shoppers} shoppers, {len(steps)} taps each, {think[0]}-{think[1]} s apart"
     met = "yes" if ok and shop_["median"] <= 1.5 * echo["median"] else "no"
     return [
-        Row(label, f"median update → answer ({what})", ms(shop_["median"]), ms(echo["median"]) + " (echo bot)",
-            ratio(shop_["median"], echo["median"]), "≤ 1.5x", met),
-        Row(label, "p99 update → answer", ms(shop_["p99"]), ms(echo["p99"]) + " (echo bot)",
-            ratio(shop_["p99"], echo["p99"]), "", ""),
-    ] + ([] if ok else [Row(label, "failures", "; ".join((shop_["failures"] + echo["failures"])[:3])[:300],
-                            "", "", "none", "no")])
+        Row(
+            label,
+            f"median update → answer ({what})",
+            ms(shop_["median"]),
+            ms(echo["median"]) + " (echo bot)",
+            ratio(shop_["median"], echo["median"]),
+            "≤ 1.5x",
+            met,
+        ),
+        Row(
+            label,
+            "p99 update → answer",
+            ms(shop_["p99"]),
+            ms(echo["p99"]) + " (echo bot)",
+            ratio(shop_["p99"], echo["p99"]),
+            "",
+            "",
+        ),
+    ] + (
+        []
+        if ok
+        else [
+            Row(
+                label,
+                "failures",
+                "; ".join((shop_["failures"] + echo["failures"])[:3])[:300],
+                "",
+                "",
+                "none",
+                "no",
+            )
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # 3. delivery throughput
 
 DELIVERY_MESSAGES = 3000
+
 
 def bench_delivery(ctx):
     count = 300 if ctx.quick else DELIVERY_MESSAGES
@@ -306,7 +404,9 @@ def bench_delivery(ctx):
         proc = ShopProcess(tmp, env).start("--no-demo", ready="bot: @", timeout=30)
         fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=30, what="the shop polling")
         chats = [7_000_000 + i for i in range(count)]
-        with fake._cond:   # chats the stand-in knows (each user once wrote to the bot), without updates
+        with (
+            fake._cond
+        ):  # chats the stand-in knows (each user once wrote to the bot), without updates
             for chat in chats:
                 fake._ensure_chat(chat, "Ann", None, "en")
         fake.enforce_limits(per_second=30, per_chat_per_second=1.0, per_chat_burst=3)
@@ -316,11 +416,21 @@ def bench_delivery(ctx):
                 shop.enqueue_message(conn, chat, f"Delivery {i} for you")
         queued = time.perf_counter()
         ok_sends = lambda: sum(1 for _, _, ok in fake.sends if ok)
-        fake.wait_for(lambda: ok_sends() >= count, timeout=count / 20 + 30, what=f"{count} messages delivered")
-        fake.wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] == 0,
-                      timeout=30, what="every outbox row marked sent")
+        fake.wait_for(
+            lambda: ok_sends() >= count, timeout=count / 20 + 30, what=f"{count} messages delivered"
+        )
+        fake.wait_for(
+            lambda: (
+                conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+                == 0
+            ),
+            timeout=30,
+            what="every outbox row marked sent",
+        )
         sends = list(fake.sends)
-        statuses = dict(conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
+        statuses = dict(
+            conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
+        )
         conn.close()
         got = {chat: [m.content for m in fake.messages(chat)] for chat in chats}
     finally:
@@ -337,28 +447,60 @@ def bench_delivery(ctx):
     sustained = (b - a) / (times[b] - times[a])
     overall = len(times) / (times[-1] - queued)
     share = limited / len(sends) if sends else 0
-    print(f"#   delivery: {len(times)} delivered, {limited} answered 429, outbox {statuses}; sustained "
-          f"{sustained:.2f}/s, whole run {overall:.2f}/s ({times[-1] - queued:.1f} s from commit to last)",
-          file=sys.stderr, flush=True)
+    print(
+        f"#   delivery: {len(times)} delivered, {limited} answered 429, outbox {statuses}; sustained "
+        f"{sustained:.2f}/s, whole run {overall:.2f}/s ({times[-1] - queued:.1f} s from commit to last)",
+        file=sys.stderr,
+        flush=True,
+    )
     label = "3. Delivery throughput"
     return [
-        Row(label, f"sustained messages/s, {count} chats (5th-95th percentile of arrivals)", f"{sustained:.1f}/s",
-            "30/s (the limit)", ratio(sustained, 30.0), "≥ 0.9x", "yes" if sustained >= 27 else "no"),
-        Row(label, "whole run, commit to last arrival", f"{overall:.1f}/s", "30/s (the limit)",
-            ratio(overall, 30.0), "", ""),
-        Row(label, "lost / duplicated / left pending", f"{lost} / {duplicated} / {statuses.get('pending', 0)}",
-            "", "", "0 / 0 / 0", "yes" if lost == duplicated == statuses.get("pending", 0) == 0 else "no"),
-        Row(label, "429 answers, share of sends", f"{limited} of {len(sends)} ({share:.2%})", "", "", "< 1%",
-            "yes" if share < 0.01 else "no"),
+        Row(
+            label,
+            f"sustained messages/s, {count} chats (5th-95th percentile of arrivals)",
+            f"{sustained:.1f}/s",
+            "30/s (the limit)",
+            ratio(sustained, 30.0),
+            "≥ 0.9x",
+            "yes" if sustained >= 27 else "no",
+        ),
+        Row(
+            label,
+            "whole run, commit to last arrival",
+            f"{overall:.1f}/s",
+            "30/s (the limit)",
+            ratio(overall, 30.0),
+            "",
+            "",
+        ),
+        Row(
+            label,
+            "lost / duplicated / left pending",
+            f"{lost} / {duplicated} / {statuses.get('pending', 0)}",
+            "",
+            "",
+            "0 / 0 / 0",
+            "yes" if lost == duplicated == statuses.get("pending", 0) == 0 else "no",
+        ),
+        Row(
+            label,
+            "429 answers, share of sends",
+            f"{limited} of {len(sends)} ({share:.2%})",
+            "",
+            "",
+            "< 1%",
+            "yes" if share < 0.01 else "no",
+        ),
     ]
 
 
 BENCHMARKS = {"bot": bench_bot, "delivery": bench_delivery}
 
 
-if __name__ == "__main__":   # python tests/bench_bot.py [bot|delivery] [--quick]
+if __name__ == "__main__":  # python tests/bench_bot.py [bot|delivery] [--quick]
     import tempfile
     from bench import Context, table
+
     names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(BENCHMARKS)
     rows = []
     for n in names:

@@ -45,13 +45,16 @@ def ms(seconds):
 
 # The shop and the baselines as subprocesses ###################################
 
+
 @contextmanager
 def running_shop(tmp, seed=None, wait_bot=True, **env):
     """A fresh database seeded by seed(conn, db_path, port), the Bot API stand-in, and the real shop."""
     tmp.mkdir(parents=True, exist_ok=True)
     db = tmp / "shop.db"
     fake = FakeTelegram(token=TOKEN).start()
-    proc = ShopProcess(tmp, shop_env(tmp, fake.base_url, **{"ADMIN_PASSWORD": "bench-admin-password", **env}))
+    proc = ShopProcess(
+        tmp, shop_env(tmp, fake.base_url, **{"ADMIN_PASSWORD": "bench-admin-password", **env})
+    )
     try:
         conn = shop.init_db(str(db))
         try:
@@ -67,7 +70,7 @@ def running_shop(tmp, seed=None, wait_bot=True, **env):
         fake.stop()
 
 
-BARE_APP = r'''
+BARE_APP = r"""
 import hashlib, hmac, json, sys
 import bottle, waitress
 
@@ -109,7 +112,7 @@ server = waitress.create_server(app, host="127.0.0.1", port=port, threads=8, ide
                                 max_request_body_size=60 * 1024 * 1024)
 print("bare is running", flush=True)
 server.run()
-'''
+"""
 
 
 @contextmanager
@@ -118,13 +121,17 @@ def bare_app(tmp, catalog_body=b"{}", secret="-"):
     body_file = tmp / "bare-body.json"
     body_file.write_bytes(catalog_body)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port), str(body_file), secret],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE_APP, str(port), str(body_file), secret],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         if "bare is running" not in line:
             raise RuntimeError(f"the bare app did not start: {line}{proc.stdout.read()}")
-        threading.Thread(target=proc.stdout.read, daemon=True).start()   # keep its pipe drained
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
         yield port
     finally:
         proc.kill()
@@ -132,6 +139,7 @@ def bare_app(tmp, catalog_body=b"{}", secret="-"):
 
 
 # HTTP clients #################################################################
+
 
 class Client:
     """One keep-alive HTTP/1.1 connection."""
@@ -204,27 +212,44 @@ def hammer(port, make_request, clients, warmup, duration):
 
 def init_headers(user_id, **extra):
     user = {"id": user_id, "first_name": f"Shopper {user_id}", "language_code": "en"}
-    return {"X-Telegram-Init-Data": shop.sign_init_data(user, TOKEN, query_id=f"AAH{user_id}"), **extra}
+    return {
+        "X-Telegram-Init-Data": shop.sign_init_data(user, TOKEN, query_id=f"AAH{user_id}"),
+        **extra,
+    }
 
 
 # 1. Mini App catalog API #######################################################
 
+
 def seed_catalog(conn, media_dir, cities=20, districts=5, products=10, units=3):
     """cities x districts x products offers, `units` units each, through the admin's own functions."""
     with shop.transaction(conn):
-        product_ids = [shop.save_product(conn, media_dir, None, name=f"Product {p + 1:02d} – gift card",
-                                         description=f"Product {p + 1}: a voucher for all our stores, valid "
-                                                     "for two years, delivered as a code in the chat.",
-                                         price=f"{5 + p * 2.5:.2f}", active=True,
-                                         photo=(png(rgb=(p * 20, 80, 160)), "png"))
-                       for p in range(products)]
+        product_ids = [
+            shop.save_product(
+                conn,
+                media_dir,
+                None,
+                name=f"Product {p + 1:02d} – gift card",
+                description=f"Product {p + 1}: a voucher for all our stores, valid "
+                "for two years, delivered as a code in the chat.",
+                price=f"{5 + p * 2.5:.2f}",
+                active=True,
+                photo=(png(rgb=(p * 20, 80, 160)), "png"),
+            )
+            for p in range(products)
+        ]
         for c in range(cities):
             city_id = shop.add_city(conn, f"City {c + 1:02d}")
             for d in range(districts):
                 district_id = shop.add_district(conn, city_id, f"District {d + 1}")
                 for p, product_id in enumerate(product_ids):
-                    shop.add_units(conn, media_dir, product_id, district_id,
-                                   "\n".join(f"CODE-{c}-{d}-{p}-{u}" for u in range(units)))
+                    shop.add_units(
+                        conn,
+                        media_dir,
+                        product_id,
+                        district_id,
+                        "\n".join(f"CODE-{c}-{d}-{p}-{u}" for u in range(units)),
+                    )
 
 
 def bench_catalog(ctx):
@@ -235,36 +260,54 @@ def bench_catalog(ctx):
         seed_catalog(conn, db.parent / "media")
 
     # As the Mini App's browser asks: gzip welcome.
-    headers = [init_headers(1000 + i, **{"Accept-Encoding": "gzip, deflate, br"}) for i in range(clients)]
+    headers = [
+        init_headers(1000 + i, **{"Accept-Encoding": "gzip, deflate, br"}) for i in range(clients)
+    ]
     request = lambda i: ("GET", "/api/catalog", None, headers[i])
     with running_shop(ctx.tmp / "shop", seed) as (proc, fake, _):
         r = Client(proc.port).connect()
         status, body = r.request("GET", "/api/catalog", headers=headers[0])
         r.close()
         plain = gzip.decompress(body)
-        offers = sum(len(d["products"]) for c in json.loads(plain)["cities"] for d in c["districts"])
+        offers = sum(
+            len(d["products"]) for c in json.loads(plain)["cities"] for d in c["districts"]
+        )
         assert status == 200 and offers == 1000, (status, offers, body[:200])
         shop_rps, shop_lat, shop_status, _ = hammer(proc.port, request, clients, warmup, duration)
     with bare_app(ctx.tmp, catalog_body=body) as port:
         bare_rps, bare_lat, bare_status, sample = hammer(port, request, clients, warmup, duration)
         assert sample == body
-    note(f"catalog: {len(plain)} bytes, {len(body)} gzipped, {offers} offers; shop {shop_status}, bare {bare_status}")
+    note(
+        f"catalog: {len(plain)} bytes, {len(body)} gzipped, {offers} offers; shop {shop_status}, bare {bare_status}"
+    )
     ok = set(shop_status) == {200} and set(bare_status) == {200}
     errors = "" if ok else f" (answers {shop_status})"
     r = shop_rps / bare_rps if bare_rps else 0
     return [
-        Row("1. Mini App catalog API", f"requests/s, {clients} keep-alive clients, {len(plain) // 1024} KB catalog "
+        Row(
+            "1. Mini App catalog API",
+            f"requests/s, {clients} keep-alive clients, {len(plain) // 1024} KB catalog "
             f"({len(body) // 1024} KB gzipped)",
-            f"{shop_rps:.0f}{errors}", f"{bare_rps:.0f}", ratio(shop_rps, bare_rps), "≥ 0.6x",
-            "yes" if ok and r >= 0.6 else "no"),
-        Row("1. Mini App catalog API", "latency p50 / p99",
-            f"{ms(pct(shop_lat, .5))} / {ms(pct(shop_lat, .99))}",
-            f"{ms(pct(bare_lat, .5))} / {ms(pct(bare_lat, .99))}", ratio(pct(shop_lat, .5), pct(bare_lat, .5)),
-            "", ""),
+            f"{shop_rps:.0f}{errors}",
+            f"{bare_rps:.0f}",
+            ratio(shop_rps, bare_rps),
+            "≥ 0.6x",
+            "yes" if ok and r >= 0.6 else "no",
+        ),
+        Row(
+            "1. Mini App catalog API",
+            "latency p50 / p99",
+            f"{ms(pct(shop_lat, 0.5))} / {ms(pct(shop_lat, 0.99))}",
+            f"{ms(pct(bare_lat, 0.5))} / {ms(pct(bare_lat, 0.99))}",
+            ratio(pct(shop_lat, 0.5), pct(bare_lat, 0.5)),
+            "",
+            "",
+        ),
     ]
 
 
 # 4. Checkout under contention ###################################################
+
 
 def bench_checkout(ctx):
     shoppers, units = (40, 10) if ctx.quick else (200, 50)
@@ -276,19 +319,41 @@ def bench_checkout(ctx):
         with shop.transaction(conn):
             city = shop.add_city(conn, "Berlin")
             district = shop.add_district(conn, city, "Mitte")
-            product = shop.save_product(conn, media, None, name="Gift card 15", description="A voucher.",
-                                        price=shop.cents_to_str(price), active=True)
-            shop.add_units(conn, media, product, district, "\n".join(f"GC-{i:04d}" for i in range(units)))
+            product = shop.save_product(
+                conn,
+                media,
+                None,
+                name="Gift card 15",
+                description="A voucher.",
+                price=shop.cents_to_str(price),
+                active=True,
+            )
+            shop.add_units(
+                conn, media, product, district, "\n".join(f"GC-{i:04d}" for i in range(units))
+            )
             for uid in range(first_user, first_user + shoppers):
-                shop.touch_user(conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"})
+                shop.touch_user(
+                    conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"}
+                )
                 shop.adjust_balance(conn, uid, funds, "bench funds")
         return product, district
 
     # A sandbox shop with a bot is in test mode: the benchmark's shoppers are its testers, so they may buy.
     testers = ",".join(str(uid) for uid in range(first_user, first_user + shoppers))
-    with running_shop(ctx.tmp / "shop", seed, TESTER_IDS=testers) as (proc, fake, (product, district)):
-        body = json.dumps({"type": "product", "product_id": product, "district_id": district, "quantity": 1,
-                           "currency": "balance"})
+    with running_shop(ctx.tmp / "shop", seed, TESTER_IDS=testers) as (
+        proc,
+        fake,
+        (product, district),
+    ):
+        body = json.dumps(
+            {
+                "type": "product",
+                "product_id": product,
+                "district_id": district,
+                "quantity": 1,
+                "currency": "balance",
+            }
+        )
         answers = [None] * shoppers
         barrier = threading.Barrier(shoppers + 1)
 
@@ -321,15 +386,32 @@ def bench_checkout(ctx):
     lat = [a[2] for a in answers]
     for p in problems:
         note(f"checkout PROBLEM: {p}")
-    note(f"checkout: {shoppers} answers in {elapsed:.2f} s, latency p50 {ms(pct(lat, .5))} p99 {ms(pct(lat, .99))}")
+    note(
+        f"checkout: {shoppers} answers in {elapsed:.2f} s, latency p50 {ms(pct(lat, 0.5))} p99 {ms(pct(lat, 0.99))}"
+    )
     met = "no" if problems else "yes"
     why = f"; FAILED: {'; '.join(problems)[:300]}" if problems else ""
     return [
-        Row("4. Checkout under contention", f"checkouts/s, {shoppers} shoppers paying by balance for {units} units",
-            f"{rate:.0f}/s (p99 {ms(pct(lat, .99))})", "", "", "", ""),
-        Row("4. Checkout under contention", "sold / sold out / other answers; ledger",
-            f"{sold} / {sold_out} / {other}; " + ("ledger consistent" if not problems else "see below") + why,
-            "", "", f"{units} / {shoppers - units} / 0, no unit twice, ledger consistent", met),
+        Row(
+            "4. Checkout under contention",
+            f"checkouts/s, {shoppers} shoppers paying by balance for {units} units",
+            f"{rate:.0f}/s (p99 {ms(pct(lat, 0.99))})",
+            "",
+            "",
+            "",
+            "",
+        ),
+        Row(
+            "4. Checkout under contention",
+            "sold / sold out / other answers; ledger",
+            f"{sold} / {sold_out} / {other}; "
+            + ("ledger consistent" if not problems else "see below")
+            + why,
+            "",
+            "",
+            f"{units} / {shoppers - units} / 0, no unit twice, ledger consistent",
+            met,
+        ),
     ]
 
 
@@ -342,8 +424,11 @@ def check_checkout(conn, answers, first_user, units, price, funds):
         except ValueError:
             payload = None
         if status == 200:
-            if not (isinstance(payload, dict) and payload.get("status") == "paid"
-                    and payload.get("balance") == shop.cents_to_str(funds - price)):
+            if not (
+                isinstance(payload, dict)
+                and payload.get("status") == "paid"
+                and payload.get("balance") == shop.cents_to_str(funds - price)
+            ):
                 problems.append(f"a 200 without a paid order: {data[:120]!r}")
             buyers.add(first_user + i)
         elif status == 409:
@@ -357,13 +442,17 @@ def check_checkout(conn, answers, first_user, units, price, funds):
     left = conn.execute("SELECT count(*) FROM stock_units WHERE status != 'sold'").fetchone()[0]
     if (sold, left) != (units, 0):
         problems.append(f"{sold} units sold and {left} left, not {units} and 0")
-    items, distinct = conn.execute("SELECT count(*), count(DISTINCT unit_id) FROM order_items").fetchone()
+    items, distinct = conn.execute(
+        "SELECT count(*), count(DISTINCT unit_id) FROM order_items"
+    ).fetchone()
     if items != distinct:
         problems.append(f"a unit sold twice: {items} order items for {distinct} units")
     owners = {r[0] for r in conn.execute("SELECT user_id FROM orders WHERE status = 'paid'")}
     if owners != buyers or conn.execute("SELECT count(*) FROM orders").fetchone()[0] != units:
         problems.append(f"orders ({len(owners)} paid) do not match the shoppers told they bought")
-    for uid, balance in conn.execute("SELECT id, balance_cents FROM users WHERE id >= ?", (first_user,)):
+    for uid, balance in conn.execute(
+        "SELECT id, balance_cents FROM users WHERE id >= ?", (first_user,)
+    ):
         if balance != (funds - price if uid in buyers else funds):
             problems.append(f"user {uid} has {balance} cents")
             break
@@ -374,6 +463,7 @@ def check_checkout(conn, answers, first_user, units, price, funds):
 
 # 5. IPN storm ###################################################################
 
+
 def create_topups(port, users, count, workers=4):
     """`count` sandbox top-up invoices (10.00 EUR in LTC) through the Mini App's API; [(user, provider id)]."""
     body = json.dumps({"amount": "10.00", "currency": "ltc"})
@@ -383,8 +473,12 @@ def create_topups(port, users, count, workers=4):
         client = Client(port).connect()
         while (i := next(counter)) < count:
             uid = users[i % len(users)]
-            status, data = client.request("POST", "/api/payment/refill", body,
-                                          init_headers(uid, **{"Content-Type": "application/json"}))
+            status, data = client.request(
+                "POST",
+                "/api/payment/refill",
+                body,
+                init_headers(uid, **{"Content-Type": "application/json"}),
+            )
             with lock:
                 if status == 200:
                     made.append((uid, json.loads(data)["payment_id"]))
@@ -407,43 +501,92 @@ def seed_topups(conn, users, count, webhook_url):
     checkout, the emulator's payment (sandbox_payments, as its POST /payment stores it) and the shop's
     payment row (record_payment), in one transaction. [The emulator's payment data]"""
     rate, places, _ = shop.SANDBOX_COINS["ltc"]
-    pay_amount = str((Decimal("10.00") / Decimal(rate)).quantize(Decimal(1).scaleb(-places), rounding="ROUND_CEILING"))
-    made, ids = [], random.Random(5).sample(range(10 ** 9, 10 ** 10), count)
+    pay_amount = str(
+        (Decimal("10.00") / Decimal(rate)).quantize(
+            Decimal(1).scaleb(-places), rounding="ROUND_CEILING"
+        )
+    )
+    made, ids = [], random.Random(5).sample(range(10**9, 10**10), count)
     stamp = shop.now_iso()[:23] + "Z"
     with shop.transaction(conn):
         for i, provider_id in enumerate(ids):
             uid = users[i % len(users)]
             nonce = shop.create_checkout(conn, uid, "topup", 1000)
-            data = {"payment_id": shop.Num(str(provider_id)), "payment_status": "waiting",
-                    "pay_address": shop._sandbox_address("ltc"), "price_amount": shop.Num("10.00"),
-                    "price_currency": "eur", "pay_amount": shop.Num(pay_amount), "actually_paid": shop.Num("0"),
-                    "pay_currency": "ltc", "order_id": f"topup-{nonce}", "order_description": "Balance top-up €10.00",
-                    "ipn_callback_url": webhook_url + "/webhook", "payin_extra_id": None,
-                    "purchase_id": shop.Num(str(provider_id + 7)), "network": "ltc",
-                    "network_precision": shop.Num(str(places)), "outcome_amount": shop.Num(pay_amount),
-                    "outcome_currency": "ltc", "created_at": stamp, "updated_at": stamp,
-                    "expiration_estimate_date": stamp}
-            conn.execute("INSERT INTO sandbox_payments(id, data) VALUES (?, ?)", (provider_id, shop.encode_json(data)))
-            shop.record_payment(conn, kind="topup", user_id=uid, reference=f"topup-{nonce}", price_cents=1000,
-                                data={**data, "payment_id": str(provider_id)}, expires_at=shop.now_iso(1800))
+            data = {
+                "payment_id": shop.Num(str(provider_id)),
+                "payment_status": "waiting",
+                "pay_address": shop._sandbox_address("ltc"),
+                "price_amount": shop.Num("10.00"),
+                "price_currency": "eur",
+                "pay_amount": shop.Num(pay_amount),
+                "actually_paid": shop.Num("0"),
+                "pay_currency": "ltc",
+                "order_id": f"topup-{nonce}",
+                "order_description": "Balance top-up €10.00",
+                "ipn_callback_url": webhook_url + "/webhook",
+                "payin_extra_id": None,
+                "purchase_id": shop.Num(str(provider_id + 7)),
+                "network": "ltc",
+                "network_precision": shop.Num(str(places)),
+                "outcome_amount": shop.Num(pay_amount),
+                "outcome_currency": "ltc",
+                "created_at": stamp,
+                "updated_at": stamp,
+                "expiration_estimate_date": stamp,
+            }
+            conn.execute(
+                "INSERT INTO sandbox_payments(id, data) VALUES (?, ?)",
+                (provider_id, shop.encode_json(data)),
+            )
+            shop.record_payment(
+                conn,
+                kind="topup",
+                user_id=uid,
+                reference=f"topup-{nonce}",
+                price_cents=1000,
+                data={**data, "payment_id": str(provider_id)},
+                expires_at=shop.now_iso(1800),
+            )
             made.append(data)
     return made
 
 
 def finished_ipn(data, secret):
     """The finished IPN NOWPayments (and the sandbox) sends for a payment: its body and signature."""
-    body = {"payment_status": "finished", "pay_address": data["pay_address"], "price_amount": data["price_amount"],
-            "fee": {"withdrawalFee": shop.Num("0"), "serviceFee": shop.Num("0"), "depositFee": shop.Num("0"),
-                    "currency": data["pay_currency"]},
-            "payment_id": data["payment_id"], "price_currency": "eur", "pay_amount": data["pay_amount"],
-            "actually_paid": data["pay_amount"], "pay_currency": data["pay_currency"], "order_id": data["order_id"],
-            "order_description": data["order_description"], "purchase_id": data["purchase_id"],
-            "outcome_amount": data["outcome_amount"], "outcome_currency": data["outcome_currency"],
-            "payin_extra_id": data["payin_extra_id"], "parent_payment_id": None, "invoice_id": None,
-            "payment_extra_ids": None, "updated_at": shop.Num(str(int(time.time() * 1000)))}
+    body = {
+        "payment_status": "finished",
+        "pay_address": data["pay_address"],
+        "price_amount": data["price_amount"],
+        "fee": {
+            "withdrawalFee": shop.Num("0"),
+            "serviceFee": shop.Num("0"),
+            "depositFee": shop.Num("0"),
+            "currency": data["pay_currency"],
+        },
+        "payment_id": data["payment_id"],
+        "price_currency": "eur",
+        "pay_amount": data["pay_amount"],
+        "actually_paid": data["pay_amount"],
+        "pay_currency": data["pay_currency"],
+        "order_id": data["order_id"],
+        "order_description": data["order_description"],
+        "purchase_id": data["purchase_id"],
+        "outcome_amount": data["outcome_amount"],
+        "outcome_currency": data["outcome_currency"],
+        "payin_extra_id": data["payin_extra_id"],
+        "parent_payment_id": None,
+        "invoice_id": None,
+        "payment_extra_ids": None,
+        "updated_at": shop.Num(str(int(time.time() * 1000))),
+    }
     # Numbers as NOWPayments (Node.js, JSON.stringify) writes them: 10, not 10.00.
-    js = lambda v: {k: js(x) for k, x in v.items()} if isinstance(v, dict) else \
-        shop.Num(shop.js_number(v)) if isinstance(v, shop.Num) else v
+    js = lambda v: (
+        {k: js(x) for k, x in v.items()}
+        if isinstance(v, dict)
+        else shop.Num(shop.js_number(v))
+        if isinstance(v, shop.Num)
+        else v
+    )
     text = shop.encode_json(js(body))
     return text.encode("utf-8"), shop.ipn_signature(shop.parse_json(text), secret)
 
@@ -457,8 +600,12 @@ def storm(port, deliveries, senders=8):
         while (i := next(counter)) < len(deliveries):
             body, signature = deliveries[i]
             t0 = time.monotonic()
-            status, data = client.request("POST", "/webhook", body, {"Content-Type": "application/json",
-                                                                     "x-nowpayments-sig": signature})
+            status, data = client.request(
+                "POST",
+                "/webhook",
+                body,
+                {"Content-Type": "application/json", "x-nowpayments-sig": signature},
+            )
             answers[i] = (status, time.monotonic() - t0, data)
         client.close()
 
@@ -485,9 +632,13 @@ def bench_ipn(ctx):
     secret = {}
 
     def seed(conn, db, port):
-        secret["ipn"] = shop.stored_secret(str(db), "sandbox_ipn_secret")   # the sandbox signs with its own
+        secret["ipn"] = shop.stored_secret(
+            str(db), "sandbox_ipn_secret"
+        )  # the sandbox signs with its own
         for uid in users:
-            shop.touch_user(conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"})
+            shop.touch_user(
+                conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"}
+            )
         # Made directly (2,000 through POST /api/payment/refill take ~13 s on 2 cores; the memory
         # benchmark creates its invoices over HTTP).
         return seed_topups(conn, users, payments, f"http://127.0.0.1:{port}")
@@ -513,19 +664,40 @@ def bench_ipn(ctx):
     n = len(deliveries)
     shop_rate, bare_rate = n / shop_time, n / bare_time
     shop_lat, bare_lat = [a[1] for a in shop_answers], [a[1] for a in bare_answers]
-    p99 = pct(shop_lat, .99)
-    note(f"ipn: shop p50 {ms(pct(shop_lat, .5))} p99 {ms(p99)} max {ms(max(shop_lat))}; "
-         f"bare p50 {ms(pct(bare_lat, .5))} p99 {ms(pct(bare_lat, .99))}")
+    p99 = pct(shop_lat, 0.99)
+    note(
+        f"ipn: shop p50 {ms(pct(shop_lat, 0.5))} p99 {ms(p99)} max {ms(max(shop_lat))}; "
+        f"bare p50 {ms(pct(bare_lat, 0.5))} p99 {ms(pct(bare_lat, 0.99))}"
+    )
     why = f"; FAILED: {'; '.join(problems)[:300]}" if problems else ""
     return [
-        Row("5. IPN storm", f"IPNs/s, {payments:,} payments x 3 deliveries shuffled, 8 senders",
-            f"{shop_rate:.0f}", f"{bare_rate:.0f}", ratio(shop_rate, bare_rate), "", ""),
-        Row("5. IPN storm", "latency p50 / p99", f"{ms(pct(shop_lat, .5))} / {ms(p99)}",
-            f"{ms(pct(bare_lat, .5))} / {ms(pct(bare_lat, .99))}", ratio(p99, pct(bare_lat, .99)),
-            "p99 < 100 ms", "yes" if p99 < 0.1 else "no"),
-        Row("5. IPN storm", "payments applied exactly once; ledger",
-            ("all once, ledger consistent" if not problems else "see below") + why, "", "",
-            f"{payments:,} credited once each", "no" if problems else "yes"),
+        Row(
+            "5. IPN storm",
+            f"IPNs/s, {payments:,} payments x 3 deliveries shuffled, 8 senders",
+            f"{shop_rate:.0f}",
+            f"{bare_rate:.0f}",
+            ratio(shop_rate, bare_rate),
+            "",
+            "",
+        ),
+        Row(
+            "5. IPN storm",
+            "latency p50 / p99",
+            f"{ms(pct(shop_lat, 0.5))} / {ms(p99)}",
+            f"{ms(pct(bare_lat, 0.5))} / {ms(pct(bare_lat, 0.99))}",
+            ratio(p99, pct(bare_lat, 0.99)),
+            "p99 < 100 ms",
+            "yes" if p99 < 0.1 else "no",
+        ),
+        Row(
+            "5. IPN storm",
+            "payments applied exactly once; ledger",
+            ("all once, ledger consistent" if not problems else "see below") + why,
+            "",
+            "",
+            f"{payments:,} credited once each",
+            "no" if problems else "yes",
+        ),
     ]
 
 
@@ -533,24 +705,37 @@ def check_ipns(conn, answers, payments):
     problems = []
     refused = [a for a in answers if a[0] != 200]
     if refused:
-        problems.append(f"{len(refused)} IPNs answered non-200, e.g. HTTP {refused[0][0]} {refused[0][2][:100]!r}")
-    finished = conn.execute("SELECT count(*) FROM payments WHERE status = 'finished' AND final_source = 'ipn'"
-                            ).fetchone()[0]
+        problems.append(
+            f"{len(refused)} IPNs answered non-200, e.g. HTTP {refused[0][0]} {refused[0][2][:100]!r}"
+        )
+    finished = conn.execute(
+        "SELECT count(*) FROM payments WHERE status = 'finished' AND final_source = 'ipn'"
+    ).fetchone()[0]
     if finished != payments:
         problems.append(f"{finished} payments finished by IPN, not {payments}")
-    credits, total = conn.execute("SELECT count(*), coalesce(sum(amount_cents), 0) FROM ledger "
-                                  "WHERE kind = 'topup'").fetchone()
+    credits, total = conn.execute(
+        "SELECT count(*), coalesce(sum(amount_cents), 0) FROM ledger WHERE kind = 'topup'"
+    ).fetchone()
     if (credits, total) != (payments, payments * 1000):
-        problems.append(f"{credits} top-up credits worth {total} cents, not {payments} worth {payments * 1000}")
-    twice = conn.execute("SELECT count(*) FROM (SELECT reason, count(*) FROM ledger WHERE kind = 'topup' "
-                         "GROUP BY idempotency_key HAVING count(*) > 1)").fetchone()[0]
+        problems.append(
+            f"{credits} top-up credits worth {total} cents, not {payments} worth {payments * 1000}"
+        )
+    twice = conn.execute(
+        "SELECT count(*) FROM (SELECT reason, count(*) FROM ledger WHERE kind = 'topup' "
+        "GROUP BY idempotency_key HAVING count(*) > 1)"
+    ).fetchone()[0]
     if twice:
         problems.append(f"{twice} payments credited twice")
-    applied = conn.execute("SELECT count(*) FROM ipn_events WHERE verdict LIKE 'applied: waiting -> finished%'"
-                           ).fetchone()[0]
-    unchanged = conn.execute("SELECT count(*) FROM ipn_events WHERE verdict LIKE 'applied: unchanged%'").fetchone()[0]
+    applied = conn.execute(
+        "SELECT count(*) FROM ipn_events WHERE verdict LIKE 'applied: waiting -> finished%'"
+    ).fetchone()[0]
+    unchanged = conn.execute(
+        "SELECT count(*) FROM ipn_events WHERE verdict LIKE 'applied: unchanged%'"
+    ).fetchone()[0]
     if (applied, unchanged) != (payments, 2 * payments):
-        problems.append(f"IPN verdicts: {applied} applied, {unchanged} unchanged; expected {payments}, {2 * payments}")
+        problems.append(
+            f"IPN verdicts: {applied} applied, {unchanged} unchanged; expected {payments}, {2 * payments}"
+        )
     if shop.check_ledger(conn):
         problems.append(f"ledger inconsistent: {shop.check_ledger(conn)[:3]}")
     return problems
@@ -558,9 +743,11 @@ def check_ipns(conn, answers, payments):
 
 # 6. Memory ######################################################################
 
-BARE_IMPORTS = ("import telebot, telebot.apihelper, telebot.types, bottle, waitress, waitress.trigger, "
-                "apscheduler.schedulers.background, requests; print('bare is running', flush=True); "
-                "import time; time.sleep(600)")
+BARE_IMPORTS = (
+    "import telebot, telebot.apihelper, telebot.types, bottle, waitress, waitress.trigger, "
+    "apscheduler.schedulers.background, requests; print('bare is running', flush=True); "
+    "import time; time.sleep(600)"
+)
 
 
 def rss_kb(pid):
@@ -595,16 +782,28 @@ def bench_memory(ctx):
         with shop.transaction(conn):
             product = conn.execute("SELECT id FROM products ORDER BY id LIMIT 1").fetchone()[0]
             district = conn.execute("SELECT id FROM districts ORDER BY id LIMIT 1").fetchone()[0]
-            shop.add_units(conn, media, product, district, "\n".join(f"MEM-{i}" for i in range(shoppers)))
+            shop.add_units(
+                conn, media, product, district, "\n".join(f"MEM-{i}" for i in range(shoppers))
+            )
             for uid in range(first_user, first_user + shoppers):
-                shop.touch_user(conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"})
+                shop.touch_user(
+                    conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"}
+                )
                 shop.adjust_balance(conn, uid, 10000, "bench funds")
         return product, district
 
-    testers = ",".join(str(uid) for uid in range(first_user, first_user + shoppers))   # (test mode, as above)
-    with running_shop(ctx.tmp / "shop", seed, wait_bot=False, MAX_OPEN_INVOICES=100, MAX_INVOICES_PER_HOUR=1000,
-                      TESTER_IDS=testers) as (proc, fake, (product, district)):
-        started = rss_kb(proc.proc.pid)          # right after "shop is running"
+    testers = ",".join(
+        str(uid) for uid in range(first_user, first_user + shoppers)
+    )  # (test mode, as above)
+    with running_shop(
+        ctx.tmp / "shop",
+        seed,
+        wait_bot=False,
+        MAX_OPEN_INVOICES=100,
+        MAX_INVOICES_PER_HOUR=1000,
+        TESTER_IDS=testers,
+    ) as (proc, fake, (product, district)):
+        started = rss_kb(proc.proc.pid)  # right after "shop is running"
         proc.wait_log("bot: @", timeout=20)
         # Bot traffic: shoppers open the bot and browse the catalog (answers and edits through the API).
         register_chats(fake, bot_users)
@@ -622,18 +821,36 @@ def bench_memory(ctx):
             fake.wait_message(uid, "District 3", timeout=30)
         # The Mini App catalog under 32 clients.
         headers = [init_headers(first_user + i) for i in range(32)]
-        hammer(proc.port, lambda i: ("GET", "/api/catalog", None, headers[i]), 32, 0, 1.0 if quick else 3.0)
+        hammer(
+            proc.port,
+            lambda i: ("GET", "/api/catalog", None, headers[i]),
+            32,
+            0,
+            1.0 if quick else 3.0,
+        )
         # Checkouts with the balance (deliveries go out through the outbox).
-        body = json.dumps({"type": "product", "product_id": product, "district_id": district, "quantity": 1,
-                           "currency": "balance"})
+        body = json.dumps(
+            {
+                "type": "product",
+                "product_id": product,
+                "district_id": district,
+                "quantity": 1,
+                "currency": "balance",
+            }
+        )
         counter = itertools.count()
 
         def buy():
             client = Client(proc.port).connect()
             while (i := next(counter)) < shoppers:
-                client.request("POST", "/api/payment/create", body,
-                               init_headers(first_user + i, **{"Content-Type": "application/json"}))
+                client.request(
+                    "POST",
+                    "/api/payment/create",
+                    body,
+                    init_headers(first_user + i, **{"Content-Type": "application/json"}),
+                )
             client.close()
+
         threads = [threading.Thread(target=buy, daemon=True) for _ in range(8)]
         for t in threads:
             t.start()
@@ -641,32 +858,69 @@ def bench_memory(ctx):
             t.join()
         # Top-ups paid by IPN, each delivered twice.
         register_chats(fake, range(first_user, first_user + shoppers))
-        made = create_topups(proc.port, list(range(first_user, first_user + shoppers)), 100 if quick else 400)
+        made = create_topups(
+            proc.port, list(range(first_user, first_user + shoppers)), 100 if quick else 400
+        )
         conn = shop.connect(str(ctx.tmp / "shop" / "shop.db"))
         try:
-            bodies = [finished_ipn(shop.parse_json(conn.execute("SELECT data FROM sandbox_payments WHERE id = ?",
-                                                                (int(pid),)).fetchone()[0]), secret["ipn"])
-                      for _, pid in made]
+            bodies = [
+                finished_ipn(
+                    shop.parse_json(
+                        conn.execute(
+                            "SELECT data FROM sandbox_payments WHERE id = ?", (int(pid),)
+                        ).fetchone()[0]
+                    ),
+                    secret["ipn"],
+                )
+                for _, pid in made
+            ]
             storm(proc.port, bodies * 2)
             # Let the outbox send for a while (it keeps Telegram's 30 messages/s).
             deadline = time.monotonic() + (3 if quick else 8)
-            while time.monotonic() < deadline and \
-                    conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]:
+            while (
+                time.monotonic() < deadline
+                and conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[
+                    0
+                ]
+            ):
                 time.sleep(0.2)
-            pending = conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+            pending = conn.execute(
+                "SELECT count(*) FROM outbox WHERE status = 'pending'"
+            ).fetchone()[0]
             sent = conn.execute("SELECT count(*) FROM outbox WHERE status = 'sent'").fetchone()[0]
         finally:
             conn.close()
         loaded = rss_kb(proc.proc.pid)
-        note(f"memory: outbox {sent} sent, {pending} still pending when measured; fake got {fake.sent_count} sends")
+        note(
+            f"memory: outbox {sent} sent, {pending} still pending when measured; fake got {fake.sent_count} sends"
+        )
     bare = bare_rss()
     mb = lambda kb: f"{kb / 1024:.1f} MB"
     return [
-        Row("6. Memory", "VmRSS right after start", mb(started), mb(bare), ratio(started, bare), "≤ 1.5x",
-            "yes" if started <= 1.5 * bare else "no"),
-        Row("6. Memory", "VmRSS after mixed load (catalog, checkouts, IPNs, bot, outbox)", mb(loaded), mb(bare),
-            ratio(loaded, bare), "≤ 2x", "yes" if loaded <= 2 * bare else "no"),
+        Row(
+            "6. Memory",
+            "VmRSS right after start",
+            mb(started),
+            mb(bare),
+            ratio(started, bare),
+            "≤ 1.5x",
+            "yes" if started <= 1.5 * bare else "no",
+        ),
+        Row(
+            "6. Memory",
+            "VmRSS after mixed load (catalog, checkouts, IPNs, bot, outbox)",
+            mb(loaded),
+            mb(bare),
+            ratio(loaded, bare),
+            "≤ 2x",
+            "yes" if loaded <= 2 * bare else "no",
+        ),
     ]
 
 
-BENCHMARKS = {"catalog": bench_catalog, "checkout": bench_checkout, "ipn": bench_ipn, "memory": bench_memory}
+BENCHMARKS = {
+    "catalog": bench_catalog,
+    "checkout": bench_checkout,
+    "ipn": bench_ipn,
+    "memory": bench_memory,
+}

@@ -16,18 +16,29 @@ from harness import ROOT, TESTERS, TESTS, TOKEN, ShopProcess, free_port, png  # 
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "chaos: kill -9, outages and full disks (slow; CI runs them)")
-    config.addinivalue_line("markers", "fuzz: generated inputs for everything the shop parses (CI runs them)")
+    config.addinivalue_line(
+        "markers", "chaos: kill -9, outages and full disks (slow; CI runs them)"
+    )
+    config.addinivalue_line(
+        "markers", "fuzz: generated inputs for everything the shop parses (CI runs them)"
+    )
 
 
 try:
     from playwright.sync_api import expect, sync_playwright
-except ImportError:   # the browser fixture says so
+except ImportError:  # the browser fixture says so
     expect = sync_playwright = None
 
 CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 BROWSER_WAIT_MS = 10000
 
 
@@ -74,17 +85,47 @@ HOSTILE = {
         {"name": "Empty town", "districts": ["Nowhere"]},
     ],
     "products": [
-        {"name": "gift_card *25*", "description": "A <b>bold</b> claim & [link](x) _under_",
-         "price": "25.00", "photo": "img/gift.png",
-         "stock": [{"city": "Łódź <Centrum>", "district": "Bałuty & Widzew", "content": "CODE-<1>&_*"},
-                   {"city": "Łódź <Centrum>", "district": "Bałuty & Widzew", "content": "CODE-2"},
-                   {"city": "Berlin", "district": "Mitte", "content": "CODE-3"}]},
-        {"name": "Kaffee «Grün» 250g", "description": "Bohnen.", "price": "12.90",
-         "stock": [{"city": "Berlin", "district": "Kreuzberg_36",
-                    "content": "Locker 7 <door>\nCode: 11&22", "media": "img/locker.png"}]},
-        {"name": "Плакат A2", "description": "", "price": 9.5,
-         "stock": [{"city": "Łódź <Centrum>", "district": "Śródmieście", "content": "https://example.com/p?a=1&b=2"},
-                   {"city": "Łódź <Centrum>", "district": "Śródmieście", "content": "https://example.com/p?a=2&b=3"}]},
+        {
+            "name": "gift_card *25*",
+            "description": "A <b>bold</b> claim & [link](x) _under_",
+            "price": "25.00",
+            "photo": "img/gift.png",
+            "stock": [
+                {"city": "Łódź <Centrum>", "district": "Bałuty & Widzew", "content": "CODE-<1>&_*"},
+                {"city": "Łódź <Centrum>", "district": "Bałuty & Widzew", "content": "CODE-2"},
+                {"city": "Berlin", "district": "Mitte", "content": "CODE-3"},
+            ],
+        },
+        {
+            "name": "Kaffee «Grün» 250g",
+            "description": "Bohnen.",
+            "price": "12.90",
+            "stock": [
+                {
+                    "city": "Berlin",
+                    "district": "Kreuzberg_36",
+                    "content": "Locker 7 <door>\nCode: 11&22",
+                    "media": "img/locker.png",
+                }
+            ],
+        },
+        {
+            "name": "Плакат A2",
+            "description": "",
+            "price": 9.5,
+            "stock": [
+                {
+                    "city": "Łódź <Centrum>",
+                    "district": "Śródmieście",
+                    "content": "https://example.com/p?a=1&b=2",
+                },
+                {
+                    "city": "Łódź <Centrum>",
+                    "district": "Śródmieście",
+                    "content": "https://example.com/p?a=2&b=3",
+                },
+            ],
+        },
         {"name": "Sold-out e-book", "description": "None left.", "price": "5", "stock": []},
     ],
 }
@@ -117,6 +158,7 @@ def hostile_catalog(tmp_path):
 @pytest.fixture
 def fake_tg():
     from fake_telegram import FakeTelegram
+
     fake = FakeTelegram(token=TOKEN).start()
     yield fake
     fake.stop()
@@ -137,6 +179,7 @@ def run_shop(tmp_path, shop_env):
         p = ShopProcess(tmp_path, {**shop_env, **(env or {})})
         procs.append(p)
         return p.start("--no-demo", *args, ready=ready, **kw)
+
     yield start
     for p in procs:
         p.kill()
@@ -149,11 +192,16 @@ def make_shop(tmp_path):
     shops = []
 
     def make(env=None, demo=False, name="shop"):
-        base = {"SHOP_DB": str(tmp_path / f"{name}.db"), "PORT": str(free_port()), "TESTER_IDS": TESTERS}
+        base = {
+            "SHOP_DB": str(tmp_path / f"{name}.db"),
+            "PORT": str(free_port()),
+            "TESTER_IDS": TESTERS,
+        }
         config = shop.load_config(environ={**base, **(env or {})}, env_file=None)
         s = shop.Shop(config, demo=demo).start()
         shops.append(s)
         return s
+
     yield make
     for s in shops:
         s.stop()

@@ -38,6 +38,7 @@ __all__ = ["FakeTelegram", "Message", "TelegramApiError"]
 # --------------------------------------------------------------------------------------------
 # errors
 
+
 class TelegramApiError(Exception):
     """An error answer of the API; the HTTP status equals error_code."""
 
@@ -62,14 +63,17 @@ class _EntityError(Exception):
     """A parse error of formatted text; reported as "can't parse entities: <message>"."""
 
 
-_NOT_MODIFIED = ("message is not modified: specified new message content and reply markup are "
-                 "exactly the same as a current content and reply markup of the message")
+_NOT_MODIFIED = (
+    "message is not modified: specified new message content and reply markup are "
+    "exactly the same as a current content and reply markup of the message"
+)
 _QUERY_TOO_OLD = "query is too old and response timeout expired or query ID is invalid"
 _BLOCKED = "Forbidden: bot was blocked by the user"
 
 
 # --------------------------------------------------------------------------------------------
 # small helpers
+
 
 def _u16len(s):
     """Length of a str in UTF-16 code units (Telegram's unit for offsets and lengths)."""
@@ -138,6 +142,7 @@ def _json_value(value, error):
 # formatted text: ports of tdlib's parse_html / parse_markdown_v2 / parse_markdown, operating on
 # UTF-8 bytes so that error offsets are byte offsets and entity offsets UTF-16 units, as in td.
 
+
 class _Bytes:
     """UTF-8 bytes of a str where reading past the end gives 0, like td's C strings."""
 
@@ -174,8 +179,9 @@ def _u16_units(lead_byte):
 
 
 def _ascii_lower(b):
-    return b.decode("utf-8", "replace").translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ",
-                                                                "abcdefghijklmnopqrstuvwxyz"))
+    return b.decode("utf-8", "replace").translate(
+        str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+    )
 
 
 def _ent(kind, offset, length, **extra):
@@ -202,12 +208,16 @@ def _checked_link(url):
             return None
         scheme, rest, need_dot = "http", url, True
     cut = re.search(r"[/?#]", rest)
-    host, tail = (rest[:cut.start()], rest[cut.start():]) if cut else (rest, "")
+    host, tail = (rest[: cut.start()], rest[cut.start() :]) if cut else (rest, "")
     hostname = host.rsplit("@", 1)[-1]
     port_match = re.match(r"^(.*?)(?::(\d{1,5}))?$", hostname)
     hostname = port_match.group(1)
-    if not hostname or not re.fullmatch(r"[\w\-.]+", hostname) or hostname.startswith(".") \
-            or ".." in hostname:
+    if (
+        not hostname
+        or not re.fullmatch(r"[\w\-.]+", hostname)
+        or hostname.startswith(".")
+        or ".." in hostname
+    ):
         return None
     if need_dot and "." not in hostname.strip("."):
         return None
@@ -219,8 +229,12 @@ def _checked_link(url):
 def _link_entity(url, offset, length):
     m = re.match(r"(?i)^tg://user\?id=(\d+)$", url.strip())
     if m:
-        return _ent("text_mention", offset, length,
-                    user={"id": int(m.group(1)), "is_bot": False, "first_name": ""})
+        return _ent(
+            "text_mention",
+            offset,
+            length,
+            user={"id": int(m.group(1)), "is_bot": False, "first_name": ""},
+        )
     checked = _checked_link(url)
     if checked is None:
         return None  # td silently drops links it can't accept
@@ -247,7 +261,7 @@ def _decode_html_entity(t, pos):
     else:
         while _is_alpha(t[end]):
             end += 1
-        res = {b"lt": 0x3C, b"gt": 0x3E, b"amp": 0x26, b"quot": 0x22}.get(t.b[pos + 1:end], 0)
+        res = {b"lt": 0x3C, b"gt": 0x3E, b"amp": 0x26, b"quot": 0x22}.get(t.b[pos + 1 : end], 0)
         if not res:
             return 0, pos, False
     if t[end] == 0x3B:
@@ -258,25 +272,41 @@ def _decode_html_entity(t, pos):
 def _html_entity_at(t, pos):
     """Decode an HTML entity strictly (stricter than Telegram, see module docstring)."""
     code, end, terminated = _decode_html_entity(t, pos)
-    snippet = t.b[pos:pos + 10].decode("utf-8", "replace")
+    snippet = t.b[pos : pos + 10].decode("utf-8", "replace")
     if not code:
         raise _EntityError(
             f'Unsupported HTML entity "{snippet}" at byte offset {pos}: a literal "&" must be written '
-            f'as "&amp;" (the test stand-in is stricter than Telegram here)')
+            f'as "&amp;" (the test stand-in is stricter than Telegram here)'
+        )
     if not terminated:
-        raise _EntityError(f'HTML entity at byte offset {pos} is not terminated by ";" '
-                           f'(the test stand-in is stricter than Telegram here)')
+        raise _EntityError(
+            f'HTML entity at byte offset {pos} is not terminated by ";" '
+            f"(the test stand-in is stricter than Telegram here)"
+        )
     if 0xD800 <= code <= 0xDFFF:
-        raise _EntityError("Text contains invalid Unicode characters after decoding HTML entities, "
-                           "check for unmatched surrogate code units")
+        raise _EntityError(
+            "Text contains invalid Unicode characters after decoding HTML entities, "
+            "check for unmatched surrogate code units"
+        )
     return code, end
 
 
-_HTML_TAGS = frozenset("a b strong i em s strike del u ins tg-spoiler tg-emoji span pre code "
-                       "blockquote".split())
-_HTML_SIMPLE = {"i": "italic", "em": "italic", "b": "bold", "strong": "bold", "s": "strikethrough",
-                "strike": "strikethrough", "del": "strikethrough", "u": "underline",
-                "ins": "underline", "tg-spoiler": "spoiler", "span": "spoiler"}
+_HTML_TAGS = frozenset(
+    "a b strong i em s strike del u ins tg-spoiler tg-emoji span pre code blockquote".split()
+)
+_HTML_SIMPLE = {
+    "i": "italic",
+    "em": "italic",
+    "b": "bold",
+    "strong": "bold",
+    "s": "strikethrough",
+    "strike": "strikethrough",
+    "del": "strikethrough",
+    "u": "underline",
+    "ins": "underline",
+    "tg-spoiler": "spoiler",
+    "span": "spoiler",
+}
 
 
 def _parse_html(text):
@@ -306,7 +336,7 @@ def _parse_html(text):
                 i += 1
             if i >= n:
                 raise _EntityError(f"Unclosed start tag at byte offset {begin}")
-            tag = _ascii_lower(t.b[begin + 1:i])
+            tag = _ascii_lower(t.b[begin + 1 : i])
             if tag not in _HTML_TAGS:
                 raise _EntityError(f'Unsupported start tag "{tag}" at byte offset {begin}')
             argument = ""
@@ -322,15 +352,18 @@ def _parse_html(text):
                 attr_name = t.b[attr_begin:i].decode("utf-8", "replace")
                 if not attr_name:
                     raise _EntityError(
-                        f'Empty attribute name in the tag "{tag}" at byte offset {begin}')
+                        f'Empty attribute name in the tag "{tag}" at byte offset {begin}'
+                    )
                 while i < n and _is_space(t[i]):
                     i += 1
                 if t[i] != 0x3D:
                     if tag == "blockquote" and attr_name.lower() == "expandable":
                         expandable = True
                         continue
-                    raise _EntityError("Expected equal sign in declaration of an attribute of the "
-                                       f'tag "{tag}" at byte offset {begin}')
+                    raise _EntityError(
+                        "Expected equal sign in declaration of an attribute of the "
+                        f'tag "{tag}" at byte offset {begin}'
+                    )
                 i += 1
                 while i < n and _is_space(t[i]):
                     i += 1
@@ -342,7 +375,9 @@ def _parse_html(text):
                         i += 1
                     value = _ascii_lower(t.b[token_begin:i])
                     if not _is_space(t[i]) and t[i] != 0x3E:
-                        raise _EntityError(f"Unexpected end of name token at byte offset {token_begin}")
+                        raise _EntityError(
+                            f"Unexpected end of name token at byte offset {token_begin}"
+                        )
                 else:
                     quote = t[i]
                     i += 1
@@ -368,7 +403,9 @@ def _parse_html(text):
                 elif tag == "tg-emoji" and attr_name == "emoji-id":
                     argument = value
             if tag == "span" and argument != "spoiler":
-                raise _EntityError(f'Tag "span" must have class "tg-spoiler" at byte offset {begin}')
+                raise _EntityError(
+                    f'Tag "span" must have class "tg-spoiler" at byte offset {begin}'
+                )
             stack.append((tag, argument, u16, len(out), expandable))
             i += 1  # past '>'
             continue
@@ -377,15 +414,17 @@ def _parse_html(text):
             raise _EntityError(f"Unexpected end tag at byte offset {begin}")
         while not _is_space(t[i]) and t[i] != 0x3E:
             i += 1
-        end_name = _ascii_lower(t.b[begin + 2:i])
+        end_name = _ascii_lower(t.b[begin + 2 : i])
         while i < n and _is_space(t[i]):
             i += 1
         if t[i] != 0x3E or i >= n:
             raise _EntityError(f"Unclosed end tag at byte offset {begin}")
         tag, argument, offset, out_pos, expandable = stack[-1]
         if end_name and end_name != tag:
-            raise _EntityError(f'Unmatched end tag at byte offset {begin}, expected "</{tag}>", '
-                               f'found "</{end_name}>"')
+            raise _EntityError(
+                f'Unmatched end tag at byte offset {begin}, expected "</{tag}>", '
+                f'found "</{end_name}>"'
+            )
         length = u16 - offset
         if length > 0:
             if tag in _HTML_SIMPLE:
@@ -401,8 +440,12 @@ def _parse_html(text):
                     entities.append(entity)
             elif tag == "pre":
                 last = entities[-1] if entities else None
-                if last and last["type"] == "code" and last["offset"] == offset \
-                        and last["length"] == length:
+                if (
+                    last
+                    and last["type"] == "code"
+                    and last["offset"] == offset
+                    and last["length"] == length
+                ):
                     language = last.pop("_language", "")
                     last["type"] = "pre"
                     if language:
@@ -411,8 +454,12 @@ def _parse_html(text):
                     entities.append(_ent("pre", offset, length))
             elif tag == "code":
                 last = entities[-1] if entities else None
-                if last and last["type"] == "pre" and last["offset"] == offset \
-                        and last["length"] == length:
+                if (
+                    last
+                    and last["type"] == "pre"
+                    and last["offset"] == offset
+                    and last["length"] == length
+                ):
                     if argument:
                         last["language"] = argument
                 else:
@@ -421,8 +468,9 @@ def _parse_html(text):
                         entity["_language"] = argument
                     entities.append(entity)
             elif tag == "blockquote":
-                entities.append(_ent("expandable_blockquote" if expandable else "blockquote",
-                                     offset, length))
+                entities.append(
+                    _ent("expandable_blockquote" if expandable else "blockquote", offset, length)
+                )
         stack.pop()
         i += 1
     if stack:
@@ -432,10 +480,18 @@ def _parse_html(text):
     return out.decode("utf-8"), entities
 
 
-_MDV2_NAMES = {"bold": "Bold", "italic": "Italic", "underline": "Underline",
-               "strikethrough": "Strikethrough", "spoiler": "Spoiler", "code": "Code",
-               "pre": "Pre", "text_link": "TextUrl", "custom_emoji": "CustomEmoji",
-               "blockquote": "BlockQuote"}
+_MDV2_NAMES = {
+    "bold": "Bold",
+    "italic": "Italic",
+    "underline": "Underline",
+    "strikethrough": "Strikethrough",
+    "spoiler": "Spoiler",
+    "code": "Code",
+    "pre": "Pre",
+    "text_link": "TextUrl",
+    "custom_emoji": "CustomEmoji",
+    "blockquote": "BlockQuote",
+}
 
 
 def _mdv2_name(kind, argument):
@@ -445,7 +501,9 @@ def _mdv2_name(kind, argument):
 
 
 def _reserved(ch):
-    return _EntityError(f"Character '{chr(ch)}' is reserved and must be escaped with the preceding '\\'")
+    return _EntityError(
+        f"Character '{chr(ch)}' is reserved and must be escaped with the preceding '\\'"
+    )
 
 
 def _parse_markdown_v2(text):
@@ -560,8 +618,10 @@ def _parse_markdown_v2(text):
         # end of an entity
         kind, argument, offset, byte_offset, out_pos = stack[-1]
         if c == 0x0A and kind != "blockquote":
-            raise _EntityError(f"Can't find end of {_mdv2_name(kind, argument)} entity at byte "
-                               f"offset {byte_offset}")
+            raise _EntityError(
+                f"Can't find end of {_mdv2_name(kind, argument)} entity at byte "
+                f"offset {byte_offset}"
+            )
         skip = u16 == offset
         extra = {}
         if kind in ("underline", "spoiler"):
@@ -617,8 +677,9 @@ def _parse_markdown_v2(text):
         stack.pop()
     if stack:
         kind, argument, _, byte_offset, _ = stack[-1]
-        raise _EntityError(f"Can't find end of {_mdv2_name(kind, argument)} entity at byte offset "
-                           f"{byte_offset}")
+        raise _EntityError(
+            f"Can't find end of {_mdv2_name(kind, argument)} entity at byte offset {byte_offset}"
+        )
     return out.decode("utf-8"), entities
 
 
@@ -662,7 +723,9 @@ def _parse_markdown(text):
                 else:
                     i += 1
         offset = u16
-        while i < n and (t[i] != end_char or (is_pre and not (t[i + 1] == 0x60 and t[i + 2] == 0x60))):
+        while i < n and (
+            t[i] != end_char or (is_pre and not (t[i + 1] == 0x60 and t[i + 2] == 0x60))
+        ):
             u16 += _u16_units(t[i])
             out.append(t[i])
             i += 1
@@ -676,7 +739,7 @@ def _parse_markdown(text):
                 entities.append(_ent("bold", offset, length))
             elif c == 0x5B:
                 if t[i + 1] != 0x28:
-                    url = t.b[begin + 1:i].decode("utf-8", "replace")
+                    url = t.b[begin + 1 : i].decode("utf-8", "replace")
                 else:
                     i += 2
                     raw = bytearray()
@@ -704,12 +767,24 @@ def _parse_markdown(text):
 # hashtags and URLs with an explicit http(s) scheme)
 _AUTO_ENTITY_PATTERNS = (
     ("url", re.compile(r"(?i)(?<![\w@])https?://[^\s<>\"]+")),
-    ("bot_command", re.compile(r"(?<![\w/<>])/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{3,32})?(?![\w/<>])")),
+    (
+        "bot_command",
+        re.compile(r"(?<![\w/<>])/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{3,32})?(?![\w/<>])"),
+    ),
     ("mention", re.compile(r"(?<!\w)@[A-Za-z0-9_]{4,32}(?!\w)")),
     ("hashtag", re.compile(r"(?<![\w#])#\w{1,256}(?!\w*#)")),
 )
-_SPLITTABLE = frozenset(("bold", "italic", "underline", "strikethrough", "spoiler", "blockquote",
-                         "expandable_blockquote"))
+_SPLITTABLE = frozenset(
+    (
+        "bold",
+        "italic",
+        "underline",
+        "strikethrough",
+        "spoiler",
+        "blockquote",
+        "expandable_blockquote",
+    )
+)
 _HIDDEN_DATA = frozenset(("text_link", "text_mention", "custom_emoji"))
 
 
@@ -722,7 +797,7 @@ def _find_entities(text):
             if kind == "url":
                 while end > start and text[end - 1] in ".,;:!?)]}'\"":
                     end -= 1
-            if kind == "hashtag" and not any(ch.isalpha() for ch in text[start + 1:end]):
+            if kind == "hashtag" and not any(ch.isalpha() for ch in text[start + 1 : end]):
                 continue
             if any(start < e and s < end for s, e in taken):
                 continue
@@ -778,8 +853,10 @@ def _finish_text(text, entities, allow_empty):
         start += 1
     for entity in kept:
         entity["offset"] -= start
-    result = units[2 * start:2 * new_total].decode("utf-16-le")
-    continuous = [(e["offset"], e["offset"] + e["length"]) for e in kept if e["type"] not in _SPLITTABLE]
+    result = units[2 * start : 2 * new_total].decode("utf-16-le")
+    continuous = [
+        (e["offset"], e["offset"] + e["length"]) for e in kept if e["type"] not in _SPLITTABLE
+    ]
     for entity in _find_entities(result):
         s, e = entity["offset"], entity["offset"] + entity["length"]
         if not any(s < ce and cs < e for cs, ce in continuous):
@@ -787,10 +864,29 @@ def _finish_text(text, entities, allow_empty):
     return result, _sort_entities(kept)
 
 
-_ENTITY_TYPES = frozenset(("mention", "hashtag", "cashtag", "bot_command", "url", "email",
-                           "phone_number", "bold", "italic", "underline", "strikethrough",
-                           "spoiler", "blockquote", "expandable_blockquote", "code", "pre",
-                           "text_link", "text_mention", "custom_emoji"))
+_ENTITY_TYPES = frozenset(
+    (
+        "mention",
+        "hashtag",
+        "cashtag",
+        "bot_command",
+        "url",
+        "email",
+        "phone_number",
+        "bold",
+        "italic",
+        "underline",
+        "strikethrough",
+        "spoiler",
+        "blockquote",
+        "expandable_blockquote",
+        "code",
+        "pre",
+        "text_link",
+        "text_mention",
+        "custom_emoji",
+    )
+)
 
 
 def _explicit_entities(raw):
@@ -799,10 +895,10 @@ def _explicit_entities(raw):
     result = []
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-            raise _bad("can't parse MessageEntity: Field \"type\" must be of type String")
+            raise _bad('can\'t parse MessageEntity: Field "type" must be of type String')
         offset, length = _to_int(item.get("offset")), _to_int(item.get("length"))
         if offset is None or length is None:
-            raise _bad("can't parse MessageEntity: Field \"offset\" must be of type Number")
+            raise _bad('can\'t parse MessageEntity: Field "offset" must be of type Number')
         kind = item["type"]
         if kind not in _ENTITY_TYPES:
             raise _bad("can't parse MessageEntity: Unsupported type specified")
@@ -827,6 +923,7 @@ def _explicit_entities(raw):
 # --------------------------------------------------------------------------------------------
 # images
 
+
 def _image_size(data):
     """(width, height) from a PNG/JPEG/GIF/WebP header, or None. Raises ValueError if the
     data is not an image of those kinds."""
@@ -846,7 +943,9 @@ def _image_size(data):
                 return w & 0x3FFF, h & 0x3FFF
             if chunk == b"VP8L":
                 b0, b1, b2, b3 = data[21:25]
-                return 1 + (((b1 & 0x3F) << 8) | b0), 1 + (((b3 & 0xF) << 10) | (b2 << 2) | ((b1 & 0xC0) >> 6))
+                return 1 + (((b1 & 0x3F) << 8) | b0), 1 + (
+                    ((b3 & 0xF) << 10) | (b2 << 2) | ((b1 & 0xC0) >> 6)
+                )
             if chunk == b"VP8X":
                 w = int.from_bytes(data[24:27], "little") + 1
                 h = int.from_bytes(data[27:30], "little") + 1
@@ -868,11 +967,11 @@ def _image_size(data):
                 continue
             if i + 4 > len(data):
                 return None
-            seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
+            seg_len = struct.unpack(">H", data[i + 2 : i + 4])[0]
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                 if i + 9 > len(data):
                     return None
-                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
                 return w, h
             i += 2 + seg_len
         return None
@@ -882,9 +981,22 @@ def _image_size(data):
 # --------------------------------------------------------------------------------------------
 # state objects
 
+
 class _File:
-    __slots__ = ("file_id", "file_unique_id", "kind", "data", "url", "size", "path", "width",
-                 "height", "file_name", "mime_type", "group")
+    __slots__ = (
+        "file_id",
+        "file_unique_id",
+        "kind",
+        "data",
+        "url",
+        "size",
+        "path",
+        "width",
+        "height",
+        "file_name",
+        "mime_type",
+        "group",
+    )
 
     def __init__(self, **kw):
         for name in self.__slots__:
@@ -899,25 +1011,25 @@ class Message:
         self._fake = fake
         self.message_id = message_id
         self.chat_id = chat_id
-        self.kind = kind                # "text" | "photo" | "document"
+        self.kind = kind  # "text" | "photo" | "document"
         self.date = int(time.time())
         self.edit_date = None
         self.text = None
         self.caption = None
         self._entities = []
-        self.photo = None               # list of PhotoSize dicts, largest last
-        self.document = None            # Document dict
-        self.media_url = None           # when a photo/document was sent by http(s) URL
-        self.reply_markup = None        # the markup as the bot last sent it (parsed JSON), or None
-        self._inline = None             # normalised inline keyboard rows, or None
-        self.keyboard = None            # reply keyboard rows of button texts, or None
+        self.photo = None  # list of PhotoSize dicts, largest last
+        self.document = None  # Document dict
+        self.media_url = None  # when a photo/document was sent by http(s) URL
+        self.reply_markup = None  # the markup as the bot last sent it (parsed JSON), or None
+        self._inline = None  # normalised inline keyboard rows, or None
+        self.keyboard = None  # reply keyboard rows of button texts, or None
         self.remove_keyboard = False
         self.parse_mode = None
         self.deleted = False
         self.edit_count = 0
         self.reply_to_message_id = None
         self._reply_to_json = None
-        self.params = None              # the parameters of the call that created the message
+        self.params = None  # the parameters of the call that created the message
 
     @property
     def entities(self):
@@ -948,8 +1060,12 @@ class Message:
     def to_json(self):
         """The Message object as Telegram returns it."""
         fake = self._fake
-        d = {"message_id": self.message_id, "from": fake._bot_from(), "chat": fake._chat_json(self.chat_id),
-             "date": self.date}
+        d = {
+            "message_id": self.message_id,
+            "from": fake._bot_from(),
+            "chat": fake._chat_json(self.chat_id),
+            "date": self.date,
+        }
         if self.edit_date:
             d["edit_date"] = self.edit_date
         if self._reply_to_json is not None:
@@ -975,8 +1091,10 @@ class Message:
         flags = " deleted" if self.deleted else ""
         if self.edit_count:
             flags += f" edited×{self.edit_count}"
-        return (f"<Message {self.chat_id}/{self.message_id} {self.kind}{flags} {self.content!r}"
-                f"{' buttons=' + repr(self.button_texts) if self._inline else ''}>")
+        return (
+            f"<Message {self.chat_id}/{self.message_id} {self.kind}{flags} {self.content!r}"
+            f"{' buttons=' + repr(self.button_texts) if self._inline else ''}>"
+        )
 
 
 class _Markup:
@@ -989,25 +1107,73 @@ class _Markup:
         self.remove_keyboard = remove_keyboard
 
 
-_INLINE_ACTIONS = ("url", "login_url", "callback_data", "switch_inline_query",
-                   "switch_inline_query_current_chat", "switch_inline_query_chosen_chat",
-                   "callback_game", "pay", "web_app", "copy_text")
+_INLINE_ACTIONS = (
+    "url",
+    "login_url",
+    "callback_data",
+    "switch_inline_query",
+    "switch_inline_query_current_chat",
+    "switch_inline_query_chosen_chat",
+    "callback_game",
+    "pay",
+    "web_app",
+    "copy_text",
+)
 
-_CHAT_ACTIONS = frozenset(("typing", "upload_photo", "record_video", "upload_video", "record_voice",
-                           "upload_voice", "upload_document", "choose_sticker", "find_location",
-                           "record_video_note", "upload_video_note"))
+_CHAT_ACTIONS = frozenset(
+    (
+        "typing",
+        "upload_photo",
+        "record_video",
+        "upload_video",
+        "record_voice",
+        "upload_voice",
+        "upload_document",
+        "choose_sticker",
+        "find_location",
+        "record_video_note",
+        "upload_video_note",
+    )
+)
 
-_DEFAULT_UPDATE_TYPES = frozenset(("message", "edited_message", "channel_post", "edited_channel_post",
-                                   "business_connection", "business_message",
-                                   "edited_business_message", "deleted_business_messages",
-                                   "inline_query", "chosen_inline_result", "callback_query",
-                                   "shipping_query", "pre_checkout_query", "purchased_paid_media",
-                                   "poll", "poll_answer", "my_chat_member", "chat_join_request",
-                                   "chat_boost", "removed_chat_boost"))
+_DEFAULT_UPDATE_TYPES = frozenset(
+    (
+        "message",
+        "edited_message",
+        "channel_post",
+        "edited_channel_post",
+        "business_connection",
+        "business_message",
+        "edited_business_message",
+        "deleted_business_messages",
+        "inline_query",
+        "chosen_inline_result",
+        "callback_query",
+        "shipping_query",
+        "pre_checkout_query",
+        "purchased_paid_media",
+        "poll",
+        "poll_answer",
+        "my_chat_member",
+        "chat_join_request",
+        "chat_boost",
+        "removed_chat_boost",
+    )
+)
 
-_RATE_LIMITED = frozenset(("sendmessage", "sendphoto", "senddocument", "editmessagetext",
-                           "editmessagecaption", "editmessagemedia", "editmessagereplymarkup",
-                           "copymessage", "forwardmessage"))
+_RATE_LIMITED = frozenset(
+    (
+        "sendmessage",
+        "sendphoto",
+        "senddocument",
+        "editmessagetext",
+        "editmessagecaption",
+        "editmessagemedia",
+        "editmessagereplymarkup",
+        "copymessage",
+        "forwardmessage",
+    )
+)
 
 _PHOTO_LIMIT = 10 * 1024 * 1024
 _DOCUMENT_LIMIT = 50 * 1024 * 1024
@@ -1017,20 +1183,21 @@ _BODY_LIMIT = 60 * 1024 * 1024
 # --------------------------------------------------------------------------------------------
 # HTTP plumbing
 
+
 def _disposition_param(header, key):
-    m = re.search(rb'(?:^|;)\s*' + key.encode() + rb'\*=([^;]*)', header, re.I)
+    m = re.search(rb"(?:^|;)\s*" + key.encode() + rb"\*=([^;]*)", header, re.I)
     if m:  # RFC 5987: charset'lang'percent-encoded
         value = m.group(1).strip().decode("latin-1")
         charset, _, rest = value.partition("'")
         _, _, encoded = rest.partition("'")
         return urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="replace")
-    m = re.search(rb'(?:^|;)\s*' + key.encode() + rb'="((?:[^"\\]|\\.)*)"', header, re.I)
+    m = re.search(rb"(?:^|;)\s*" + key.encode() + rb'="((?:[^"\\]|\\.)*)"', header, re.I)
     if m:
         return re.sub(rb"\\(.)", rb"\1", m.group(1)).decode("utf-8", "replace")
     # unquoted: telebot sends `filename=<raw name>` as the last parameter, so a filename runs
     # to the end of the header (it may contain ";" or spaces)
-    tail = rb'=([^\r\n]*)$' if key == "filename" else rb'=([^;\r\n]*)'
-    m = re.search(rb'(?:^|;)\s*' + key.encode() + tail, header, re.I)
+    tail = rb"=([^\r\n]*)$" if key == "filename" else rb"=([^;\r\n]*)"
+    m = re.search(rb"(?:^|;)\s*" + key.encode() + tail, header, re.I)
     if m:
         return m.group(1).strip().decode("utf-8", "replace")
     return None
@@ -1062,8 +1229,11 @@ def _parse_multipart(body, content_type):
             continue
         filename = _disposition_param(disposition, "filename")
         if filename is not None:
-            files[name] = {"filename": filename, "data": data,
-                           "content_type": headers.get("content-type", b"").decode("latin-1") or None}
+            files[name] = {
+                "filename": filename,
+                "data": data,
+                "content_type": headers.get("content-type", b"").decode("latin-1") or None,
+            }
         else:
             fields[name] = data.decode("utf-8", "replace")
     return fields, files
@@ -1086,13 +1256,26 @@ def _parse_request(query, content_type, body):
             fields, files = _parse_multipart(body, content_type)
             params.update(fields)
         else:
-            params.update(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            params.update(
+                urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+            )
     return params, files
 
 
-_JSON_PARAMS = frozenset(("reply_markup", "media", "commands", "entities", "caption_entities",
-                          "allowed_updates", "scope", "menu_button", "reply_parameters",
-                          "link_preview_options"))
+_JSON_PARAMS = frozenset(
+    (
+        "reply_markup",
+        "media",
+        "commands",
+        "entities",
+        "caption_entities",
+        "allowed_updates",
+        "scope",
+        "menu_button",
+        "reply_parameters",
+        "link_preview_options",
+    )
+)
 
 
 def _params_for_record(params, files):
@@ -1167,7 +1350,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # an outage: no answer at all
             return
         if body is None:
-            answer = fake._json_answer(TelegramApiError(413, "Request Entity Too Large").body(), 413)
+            answer = fake._json_answer(
+                TelegramApiError(413, "Request Entity Too Large").body(), 413
+            )
             self.close_connection = True
         else:
             answer = fake._dispatch(self.path, self.headers.get("Content-Type", ""), body)
@@ -1194,16 +1379,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------------------------
 # the fake
 
+
 class FakeTelegram:
     """A Telegram Bot API server for tests. See the module docstring."""
 
     def __init__(self, token="123456:TEST-token", host="127.0.0.1", port=0):
         self.token = token
         prefix = token.split(":", 1)[0]
-        self.bot_user = {"id": int(prefix) if prefix.isdigit() else 123456, "is_bot": True,
-                         "first_name": "Test Shop", "username": "test_shop_bot",
-                         "can_join_groups": True, "can_read_all_group_messages": False,
-                         "supports_inline_queries": False}
+        self.bot_user = {
+            "id": int(prefix) if prefix.isdigit() else 123456,
+            "is_bot": True,
+            "first_name": "Test Shop",
+            "username": "test_shop_bot",
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
         self._host, self._port = host, port
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -1221,12 +1412,12 @@ class FakeTelegram:
         self._allowed_updates = None
         self._webhook_url = ""
         # chats and messages
-        self._chats = {}            # chat id -> {"user": dict, "next_id": int, "chat_instance": str}
-        self._bot_messages = {}     # chat id -> {message id: Message}
-        self._user_messages = {}    # chat id -> {message id: {"json": dict, "deleted": bool}}
+        self._chats = {}  # chat id -> {"user": dict, "next_id": int, "chat_instance": str}
+        self._bot_messages = {}  # chat id -> {message id: Message}
+        self._user_messages = {}  # chat id -> {message id: {"json": dict, "deleted": bool}}
         self._blocked = set()
         self._callback_queries = {}
-        self._next_query = secrets.randbelow(10 ** 12) * 10 ** 6
+        self._next_query = secrets.randbelow(10**12) * 10**6
         # files
         self._files = {}
         self._files_by_path = {}
@@ -1236,9 +1427,9 @@ class FakeTelegram:
         self.callback_answers = {}
         self.commands = None
         self.uploads = {}
-        self.chat_actions = []      # (chat_id, action)
-        self.menu_buttons = {}      # chat id (None = default) -> MenuButton dict
-        self.errors = []            # internal errors of the stand-in itself (should stay empty)
+        self.chat_actions = []  # (chat_id, action)
+        self.menu_buttons = {}  # chat id (None = default) -> MenuButton dict
+        self.errors = []  # internal errors of the stand-in itself (should stay empty)
         self.rate_limited = 0
         self.sent_count = 0
         self._commands_by_scope = {}
@@ -1258,8 +1449,12 @@ class FakeTelegram:
         server = _Server((self._host, self._port), _Handler)
         server.fake = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                         name="FakeTelegram", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="FakeTelegram",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -1323,7 +1518,7 @@ class FakeTelegram:
         if language_code:
             user["language_code"] = language_code
         if chat is None:
-            chat = {"user": user, "next_id": 1, "chat_instance": str(-secrets.randbelow(2 ** 62))}
+            chat = {"user": user, "next_id": 1, "chat_instance": str(-secrets.randbelow(2**62))}
             self._chats[user_id] = chat
             self._bot_messages[user_id] = {}
             self._user_messages[user_id] = {}
@@ -1352,9 +1547,16 @@ class FakeTelegram:
         old = {"user": bot, "status": old_status}
         if old_status == "kicked":
             old["until_date"] = 0
-        self._push_update("my_chat_member", {
-            "chat": self._chat_json(user_id), "from": copy.deepcopy(self._chats[user_id]["user"]),
-            "date": int(time.time()), "old_chat_member": old, "new_chat_member": new})
+        self._push_update(
+            "my_chat_member",
+            {
+                "chat": self._chat_json(user_id),
+                "from": copy.deepcopy(self._chats[user_id]["user"]),
+                "date": int(time.time()),
+                "old_chat_member": old,
+                "new_chat_member": new,
+            },
+        )
 
     def user_sends(self, user_id, text, first_name="Ann", username=None, language_code="en"):
         """The user writes `text` to the bot in their private chat; returns the Message dict."""
@@ -1365,13 +1567,20 @@ class FakeTelegram:
             if user_id in self._blocked:  # "Restart bot" unblocks, then sends
                 self._blocked.discard(user_id)
                 self._member_update(user_id, "kicked", "member")
-            message = {"message_id": self._next_message_id(user_id),
-                       "from": copy.deepcopy(self._chats[user_id]["user"]),
-                       "chat": self._chat_json(user_id), "date": int(time.time()), "text": text}
+            message = {
+                "message_id": self._next_message_id(user_id),
+                "from": copy.deepcopy(self._chats[user_id]["user"]),
+                "chat": self._chat_json(user_id),
+                "date": int(time.time()),
+                "text": text,
+            }
             entities = _sort_entities(_find_entities(text))
             if entities:
                 message["entities"] = entities
-            self._user_messages[user_id][message["message_id"]] = {"json": message, "deleted": False}
+            self._user_messages[user_id][message["message_id"]] = {
+                "json": message,
+                "deleted": False,
+            }
             self._push_update("message", copy.deepcopy(message))
             return copy.deepcopy(message)
 
@@ -1384,21 +1593,36 @@ class FakeTelegram:
             message = self._bot_messages[user_id].get(message_id)
             if message is None or message.deleted:
                 state = "was deleted" if message is not None else "does not exist"
-                raise AssertionError(f"user {user_id} cannot click: bot message {message_id} in that "
-                                     f"chat {state}")
-            if not forged and not any(b.get("callback_data") == callback_data
-                                      for row in (message._inline or []) for b in row):
+                raise AssertionError(
+                    f"user {user_id} cannot click: bot message {message_id} in that chat {state}"
+                )
+            if not forged and not any(
+                b.get("callback_data") == callback_data
+                for row in (message._inline or [])
+                for b in row
+            ):
                 raise AssertionError(
                     f"bot message {message_id} in chat {user_id} has no inline button with "
-                    f"callback_data {callback_data!r}; its buttons now: {message.buttons}")
+                    f"callback_data {callback_data!r}; its buttons now: {message.buttons}"
+                )
             self._next_query += 1
             query_id = str(self._next_query)
-            self._callback_queries[query_id] = {"user_id": user_id, "answered": False,
-                                                "data": callback_data, "message_id": message_id}
-            self._push_update("callback_query", {
-                "id": query_id, "from": copy.deepcopy(self._chats[user_id]["user"]),
-                "message": message.to_json(), "chat_instance": self._chats[user_id]["chat_instance"],
-                "data": callback_data})
+            self._callback_queries[query_id] = {
+                "user_id": user_id,
+                "answered": False,
+                "data": callback_data,
+                "message_id": message_id,
+            }
+            self._push_update(
+                "callback_query",
+                {
+                    "id": query_id,
+                    "from": copy.deepcopy(self._chats[user_id]["user"]),
+                    "message": message.to_json(),
+                    "chat_instance": self._chats[user_id]["chat_instance"],
+                    "data": callback_data,
+                },
+            )
             return query_id
 
     def click_button(self, user_id, text):
@@ -1412,13 +1636,25 @@ class FakeTelegram:
                     for button in row:
                         if matches(button["text"]):
                             if "callback_data" in button:
-                                return self.user_clicks(user_id, message.message_id, button["callback_data"])
+                                return self.user_clicks(
+                                    user_id, message.message_id, button["callback_data"]
+                                )
                             non_callback.append((message.message_id, button))
-            listing = "\n".join(f"  message {m.message_id}: {m.button_texts}"
-                                for m in self._visible(user_id) if m._inline) or "  (none)"
-            hint = f"\nmatching buttons without callback_data: {non_callback}" if non_callback else ""
-            raise AssertionError(f"no visible inline button {text!r} in chat {user_id}{hint}\n"
-                                 f"visible buttons:\n{listing}")
+            listing = (
+                "\n".join(
+                    f"  message {m.message_id}: {m.button_texts}"
+                    for m in self._visible(user_id)
+                    if m._inline
+                )
+                or "  (none)"
+            )
+            hint = (
+                f"\nmatching buttons without callback_data: {non_callback}" if non_callback else ""
+            )
+            raise AssertionError(
+                f"no visible inline button {text!r} in chat {user_id}{hint}\n"
+                f"visible buttons:\n{listing}"
+            )
 
     def user_blocks_bot(self, user_id):
         """From now on sends to this chat fail with 403 (until the user writes again)."""
@@ -1458,8 +1694,11 @@ class FakeTelegram:
     def user_messages(self, chat_id):
         """The messages the user sent in that chat (dicts), deleted ones excluded."""
         with self._lock:
-            return [copy.deepcopy(v["json"]) for _, v in sorted(self._user_messages.get(chat_id, {}).items())
-                    if not v["deleted"]]
+            return [
+                copy.deepcopy(v["json"])
+                for _, v in sorted(self._user_messages.get(chat_id, {}).items())
+                if not v["deleted"]
+            ]
 
     def calls_to(self, method):
         method = method.lower()
@@ -1517,6 +1756,7 @@ class FakeTelegram:
     def wait_message(self, chat_id, contains, timeout=10):
         """Wait for a visible bot message in that chat whose content contains `contains`
         (edited messages count with their current content); returns the newest such message."""
+
         def find():
             for message in reversed(self.messages(chat_id)):
                 if contains in message.content:
@@ -1526,7 +1766,10 @@ class FakeTelegram:
         def details():
             listing = "\n".join(f"  {m!r}" for m in self.messages(chat_id)) or "  (none)"
             return f"visible bot messages in chat {chat_id}:\n{listing}"
-        return self._wait(find, timeout, f"a bot message in chat {chat_id} containing {contains!r}", details)
+
+        return self._wait(
+            find, timeout, f"a bot message in chat {chat_id} containing {contains!r}", details
+        )
 
     def release_polls(self):
         """Make every waiting getUpdates return now (with whatever is pending, usually [])."""
@@ -1542,7 +1785,11 @@ class FakeTelegram:
             if per_second is None:
                 self._limits = None
             else:
-                self._limits = (float(per_second), float(per_chat_per_second), float(per_chat_burst))
+                self._limits = (
+                    float(per_second),
+                    float(per_chat_per_second),
+                    float(per_chat_burst),
+                )
                 self._global_bucket = [float(per_second), time.monotonic()]
                 self._chat_buckets = {}
             self._notify()
@@ -1552,10 +1799,18 @@ class FakeTelegram:
         body; status="disconnect" closes the connection without an answer; status="hang" keeps
         the request waiting `retry_after` seconds (or until stop()) and then disconnects."""
         if description is None:
-            description = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-                           404: "Not Found", 409: "Conflict", 429: f"Too Many Requests: retry after {retry_after}",
-                           500: "Internal Server Error", 502: "Bad Gateway",
-                           503: "Service Unavailable", 504: "Gateway Timeout"}.get(status, "Bad Gateway")
+            description = {
+                400: "Bad Request",
+                401: "Unauthorized",
+                403: "Forbidden",
+                404: "Not Found",
+                409: "Conflict",
+                429: f"Too Many Requests: retry after {retry_after}",
+                500: "Internal Server Error",
+                502: "Bad Gateway",
+                503: "Service Unavailable",
+                504: "Gateway Timeout",
+            }.get(status, "Bad Gateway")
         with self._cond:
             queue = self._failures.setdefault(method.lower(), [])
             for _ in range(times):
@@ -1587,8 +1842,9 @@ class FakeTelegram:
         if wait > 0:
             self.rate_limited += 1
             retry_after = max(1, math.ceil(wait))
-            raise TelegramApiError(429, f"Too Many Requests: retry after {retry_after}",
-                                   {"retry_after": retry_after})
+            raise TelegramApiError(
+                429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
+            )
         if consume:
             bucket[0] -= 1
             chat_bucket[0] -= 1
@@ -1605,7 +1861,7 @@ class FakeTelegram:
         unauthorized = TelegramApiError(401, "Unauthorized").body()
         not_found = TelegramApiError(404, "Not Found").body()
         if path.startswith("/file/bot"):
-            token, _, file_path = path[len("/file/bot"):].partition("/")
+            token, _, file_path = path[len("/file/bot") :].partition("/")
             if token != self.token:
                 return self._json_answer(unauthorized, 401)
             with self._lock:
@@ -1615,7 +1871,7 @@ class FakeTelegram:
             return 200, record.data, record.mime_type or "application/octet-stream"
         if not path.startswith("/bot"):
             return self._json_answer(not_found, 404)
-        token, _, method = path[len("/bot"):].partition("/")
+        token, _, method = path[len("/bot") :].partition("/")
         if token != self.token:
             return self._json_answer(unauthorized, 401)
         handler, canonical = self._methods.get(method.lower(), (None, method))
@@ -1636,13 +1892,18 @@ class FakeTelegram:
                 status, description, retry_after = queue.pop(0)
                 if status == "disconnect":
                     return None
-                if status == "hang":   # a slow network: no answer for retry_after seconds, then a drop
+                if (
+                    status == "hang"
+                ):  # a slow network: no answer for retry_after seconds, then a drop
                     deadline = time.monotonic() + retry_after
                     while not self._stopped and time.monotonic() < deadline:
                         self._cond.wait(deadline - time.monotonic())
                     return None
-                error = TelegramApiError(int(status), description,
-                                         {"retry_after": retry_after} if int(status) == 429 else None)
+                error = TelegramApiError(
+                    int(status),
+                    description,
+                    {"retry_after": retry_after} if int(status) == 429 else None,
+                )
                 return self._json_answer(error.body(), error.code)
             try:
                 result = handler(params, files)
@@ -1652,19 +1913,47 @@ class FakeTelegram:
             except Exception:  # a bug in the stand-in: make it loud
                 text = traceback.format_exc()
                 self.errors.append(f"{canonical}: {text}")
-                answer = self._json_answer(TelegramApiError(
-                    500, f"Internal Server Error: stand-in crashed in {canonical}: {text.splitlines()[-1]}").body(), 500)
+                answer = self._json_answer(
+                    TelegramApiError(
+                        500,
+                        f"Internal Server Error: stand-in crashed in {canonical}: {text.splitlines()[-1]}",
+                    ).body(),
+                    500,
+                )
             self._notify()
             return answer
 
     def _method_table(self):
-        names = ["getMe", "getUpdates", "deleteWebhook", "setWebhook", "getWebhookInfo",
-                 "setMyCommands", "getMyCommands", "deleteMyCommands", "setChatMenuButton",
-                 "getChatMenuButton", "sendMessage", "sendPhoto", "sendDocument", "editMessageText",
-                 "editMessageCaption", "editMessageMedia", "editMessageReplyMarkup", "deleteMessage",
-                 "answerCallbackQuery", "sendChatAction", "getFile", "getChat", "setMyDescription",
-                 "getMyDescription", "setMyShortDescription", "getMyShortDescription", "setMyName",
-                 "getMyName"]
+        names = [
+            "getMe",
+            "getUpdates",
+            "deleteWebhook",
+            "setWebhook",
+            "getWebhookInfo",
+            "setMyCommands",
+            "getMyCommands",
+            "deleteMyCommands",
+            "setChatMenuButton",
+            "getChatMenuButton",
+            "sendMessage",
+            "sendPhoto",
+            "sendDocument",
+            "editMessageText",
+            "editMessageCaption",
+            "editMessageMedia",
+            "editMessageReplyMarkup",
+            "deleteMessage",
+            "answerCallbackQuery",
+            "sendChatAction",
+            "getFile",
+            "getChat",
+            "setMyDescription",
+            "getMyDescription",
+            "setMyShortDescription",
+            "getMyShortDescription",
+            "setMyName",
+            "getMyName",
+        ]
         return {name.lower(): (getattr(self, "_m_" + name), name) for name in names}
 
     # ----- JSON shapes -----------------------------------------------------------------------
@@ -1743,7 +2032,9 @@ class FakeTelegram:
             total = 0
             for row in rows:
                 if not isinstance(row, list):
-                    raise _bad('Field "inline_keyboard" of the InlineKeyboardMarkup must be an Array of Arrays')
+                    raise _bad(
+                        'Field "inline_keyboard" of the InlineKeyboardMarkup must be an Array of Arrays'
+                    )
                 out_row = [self._inline_button(button) for button in row]
                 total += len(out_row)
                 if out_row:
@@ -1760,7 +2051,9 @@ class FakeTelegram:
             texts = []
             for row in rows:
                 if not isinstance(row, list):
-                    raise _bad('Field "keyboard" of the ReplyKeyboardMarkup must be an Array of Arrays')
+                    raise _bad(
+                        'Field "keyboard" of the ReplyKeyboardMarkup must be an Array of Arrays'
+                    )
                 out_row = []
                 for button in row:
                     if isinstance(button, str):
@@ -1768,7 +2061,9 @@ class FakeTelegram:
                     elif isinstance(button, dict) and isinstance(button.get("text"), str):
                         out_row.append(button["text"])
                     else:
-                        raise _bad("can't parse keyboard button: Field \"text\" must be of type String")
+                        raise _bad(
+                            'can\'t parse keyboard button: Field "text" must be of type String'
+                        )
                 if out_row:
                     texts.append(out_row)
             return _Markup(value, keyboard=texts)
@@ -1783,7 +2078,7 @@ class FakeTelegram:
         if not isinstance(button, dict):
             raise _bad("can't parse inline keyboard button: InlineKeyboardButton must be an Object")
         if "text" not in button:
-            raise _bad('can\'t parse inline keyboard button: Can\'t find field "text"')
+            raise _bad("can't parse inline keyboard button: Can't find field \"text\"")
         text = button["text"]
         if not isinstance(text, str):
             raise _bad('can\'t parse inline keyboard button: Field "text" must be of type String')
@@ -1796,7 +2091,9 @@ class FakeTelegram:
             out = {"text": text}
             if action == "callback_data":
                 if not isinstance(value, str):
-                    raise _bad('can\'t parse inline keyboard button: Field "callback_data" must be of type String')
+                    raise _bad(
+                        'can\'t parse inline keyboard button: Field "callback_data" must be of type String'
+                    )
                 if not 1 <= len(value.encode("utf-8")) <= 64:
                     raise _bad("BUTTON_DATA_INVALID")
             elif action == "url":
@@ -1804,18 +2101,25 @@ class FakeTelegram:
                     raise _bad("BUTTON_URL_INVALID")
             elif action == "web_app":
                 url = value.get("url") if isinstance(value, dict) else None
-                if not isinstance(url, str) or not url.lower().startswith("https://") \
-                        or _checked_link(url) is None:
+                if (
+                    not isinstance(url, str)
+                    or not url.lower().startswith("https://")
+                    or _checked_link(url) is None
+                ):
                     raise _bad("BUTTON_URL_INVALID")
                 value = {"url": url}
             out[action] = copy.deepcopy(value)
             if "style" in button:
                 out["style"] = button["style"]
             return out
-        raise _bad("can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard")
+        raise _bad(
+            "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"
+        )
 
     def _reply_to(self, chat_id, params):
-        reply = _json_value(params.get("reply_parameters"), _bad("can't parse reply parameters JSON object"))
+        reply = _json_value(
+            params.get("reply_parameters"), _bad("can't parse reply parameters JSON object")
+        )
         allow_missing = _to_bool(params.get("allow_sending_without_reply"))
         message_id = _to_int(params.get("reply_to_message_id"))
         if isinstance(reply, dict):
@@ -1840,7 +2144,9 @@ class FakeTelegram:
         message.params = _params_for_record(params, {})
         self._apply_markup(message, markup)
         if markup is not None:
-            message.keyboard = copy.deepcopy(markup.keyboard) if markup.keyboard is not None else None
+            message.keyboard = (
+                copy.deepcopy(markup.keyboard) if markup.keyboard is not None else None
+            )
             message.remove_keyboard = markup.remove_keyboard
         message.reply_to_message_id, message._reply_to_json = reply
         self._bot_messages[chat_id][message.message_id] = message
@@ -1850,7 +2156,9 @@ class FakeTelegram:
     @staticmethod
     def _apply_markup(message, markup):
         message.reply_markup = copy.deepcopy(markup.raw) if markup is not None else None
-        message._inline = copy.deepcopy(markup.inline) if markup is not None and markup.inline else None
+        message._inline = (
+            copy.deepcopy(markup.inline) if markup is not None and markup.inline else None
+        )
 
     # ----- files -----------------------------------------------------------------------------
 
@@ -1876,8 +2184,15 @@ class FakeTelegram:
         width, height = size if size and size[0] and size[1] else (512, 512)
         if width + height > 10000 or max(width, height) > 20 * min(width, height):
             raise _bad("PHOTO_INVALID_DIMENSIONS")
-        mime = "image/png" if data[:4] == b"\x89PNG" else "image/gif" if data[:3] == b"GIF" \
-            else "image/webp" if data[:4] == b"RIFF" else "image/jpeg"
+        mime = (
+            "image/png"
+            if data[:4] == b"\x89PNG"
+            else "image/gif"
+            if data[:3] == b"GIF"
+            else "image/webp"
+            if data[:4] == b"RIFF"
+            else "image/jpeg"
+        )
         group = self._photo_group(width, height, len(data), data, None, mime)
         self.uploads[group[-1].file_id] = data
         return group
@@ -1897,8 +2212,17 @@ class FakeTelegram:
             file_id, unique_id = self._new_file_ids("AgACAgIAAxkBAAI")
             last = index == len(dims) - 1
             file_size = size if last else max(1, int(size * (w * h) / max(1, width * height)))
-            record = _File(file_id=file_id, file_unique_id=unique_id, kind="photo", data=data,
-                           url=url, size=file_size, width=w, height=h, mime_type=mime)
+            record = _File(
+                file_id=file_id,
+                file_unique_id=unique_id,
+                kind="photo",
+                data=data,
+                url=url,
+                size=file_size,
+                width=w,
+                height=h,
+                mime_type=mime,
+            )
             self._register_file(record, ".jpg")
             group.append(record)
         for record in group:
@@ -1907,8 +2231,16 @@ class FakeTelegram:
 
     @staticmethod
     def _photo_json(group):
-        return [{"file_id": r.file_id, "file_unique_id": r.file_unique_id, "file_size": r.size,
-                 "width": r.width, "height": r.height} for r in group]
+        return [
+            {
+                "file_id": r.file_id,
+                "file_unique_id": r.file_unique_id,
+                "file_size": r.size,
+                "width": r.width,
+                "height": r.height,
+            }
+            for r in group
+        ]
 
     def _resolve_photo(self, value, files):
         if isinstance(value, dict) and "data" in value:
@@ -1917,7 +2249,7 @@ class FakeTelegram:
         if not value:
             raise _bad("there is no photo in the request")
         if value.startswith("attach://"):
-            upload = files.get(value[len("attach://"):])
+            upload = files.get(value[len("attach://") :])
             if upload is None:
                 raise _bad("wrong file identifier/HTTP URL specified")
             return self._photo_from_bytes(upload), None
@@ -1939,7 +2271,7 @@ class FakeTelegram:
         if not value:
             raise _bad("there is no document in the request")
         if value.startswith("attach://"):
-            upload = files.get(value[len("attach://"):])
+            upload = files.get(value[len("attach://") :])
             if upload is None:
                 raise _bad("wrong file identifier/HTTP URL specified")
             return self._document_from_bytes(upload), None
@@ -1948,9 +2280,16 @@ class FakeTelegram:
                 raise _bad("wrong file identifier/HTTP URL specified")
             name = urllib.parse.urlsplit(value).path.rsplit("/", 1)[-1] or "file"
             file_id, unique_id = self._new_file_ids("BQACAgIAAxkBAAI")
-            record = _File(file_id=file_id, file_unique_id=unique_id, kind="document", data=None,
-                           url=value, size=0, file_name=name,
-                           mime_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+            record = _File(
+                file_id=file_id,
+                file_unique_id=unique_id,
+                kind="document",
+                data=None,
+                url=value,
+                size=0,
+                file_name=name,
+                mime_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+            )
             return self._register_file(record, ""), value
         record = self._files.get(value)
         if record is None:
@@ -1970,8 +2309,15 @@ class FakeTelegram:
         if not mime or mime == "application/octet-stream":
             mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
         file_id, unique_id = self._new_file_ids("BQACAgIAAxkBAAI")
-        record = _File(file_id=file_id, file_unique_id=unique_id, kind="document", data=data,
-                       size=len(data), file_name=name, mime_type=mime)
+        record = _File(
+            file_id=file_id,
+            file_unique_id=unique_id,
+            kind="document",
+            data=data,
+            size=len(data),
+            file_name=name,
+            mime_type=mime,
+        )
         extension = "." + name.rsplit(".", 1)[-1] if "." in name else ""
         self._register_file(record, extension)
         self.uploads[file_id] = data
@@ -1979,8 +2325,12 @@ class FakeTelegram:
 
     @staticmethod
     def _document_json(record):
-        d = {"file_name": record.file_name, "mime_type": record.mime_type, "file_id": record.file_id,
-             "file_unique_id": record.file_unique_id}
+        d = {
+            "file_name": record.file_name,
+            "mime_type": record.mime_type,
+            "file_id": record.file_id,
+            "file_unique_id": record.file_unique_id,
+        }
         if record.size:
             d["file_size"] = record.size
         return d
@@ -1996,12 +2346,17 @@ class FakeTelegram:
 
     def _m_getUpdates(self, params, files):
         if self._webhook_url:
-            raise TelegramApiError(409, "Conflict: can't use getUpdates method while webhook is "
-                                        "active; use deleteWebhook to delete the webhook first")
+            raise TelegramApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is "
+                "active; use deleteWebhook to delete the webhook first",
+            )
         offset = _to_int(params.get("offset"), 0)
         limit = min(100, max(1, _to_int(params.get("limit"), 100)))
         timeout = max(0.0, _to_float(params.get("timeout"), 0.0))
-        allowed = _json_value(params.get("allowed_updates"), _bad("can't parse allowed_updates JSON object"))
+        allowed = _json_value(
+            params.get("allowed_updates"), _bad("can't parse allowed_updates JSON object")
+        )
         if allowed is not None:
             self._allowed_updates = list(allowed) if allowed else None
         self._poll_generation += 1
@@ -2017,9 +2372,14 @@ class FakeTelegram:
             if self._stopped:
                 return []
             if self._poll_generation != mine:
-                raise TelegramApiError(409, "Conflict: terminated by other getUpdates request; make "
-                                            "sure that only one bot instance is running")
-            allowed_types = set(self._allowed_updates) if self._allowed_updates else _DEFAULT_UPDATE_TYPES
+                raise TelegramApiError(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make "
+                    "sure that only one bot instance is running",
+                )
+            allowed_types = (
+                set(self._allowed_updates) if self._allowed_updates else _DEFAULT_UPDATE_TYPES
+            )
             self._updates = [u for u in self._updates if (set(u) - {"update_id"}) & allowed_types]
             if self._updates:
                 return copy.deepcopy(self._updates[:limit])
@@ -2044,8 +2404,11 @@ class FakeTelegram:
         return True
 
     def _m_getWebhookInfo(self, params, files):
-        info = {"url": self._webhook_url, "has_custom_certificate": False,
-                "pending_update_count": len(self._updates)}
+        info = {
+            "url": self._webhook_url,
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._updates),
+        }
         if self._allowed_updates:
             info["allowed_updates"] = list(self._allowed_updates)
         return info
@@ -2053,19 +2416,24 @@ class FakeTelegram:
     def _scope_key(self, params):
         scope = _json_value(params.get("scope"), _bad("can't parse BotCommandScope JSON object"))
         scope = scope if isinstance(scope, dict) else {"type": "default"}
-        return json.dumps(scope, sort_keys=True) + "|" + (_to_str(params.get("language_code")) or "")
+        return (
+            json.dumps(scope, sort_keys=True) + "|" + (_to_str(params.get("language_code")) or "")
+        )
 
     def _m_setMyCommands(self, params, files):
         commands = _json_value(params.get("commands"), _bad("can't parse commands JSON object"))
         if not isinstance(commands, list):
-            raise _bad("Field \"commands\" must be an Array")
+            raise _bad('Field "commands" must be an Array')
         if len(commands) > 100:
             raise _bad("BOT_COMMANDS_TOO_MUCH")
         result = []
         for item in commands:
-            if not isinstance(item, dict) or not isinstance(item.get("command"), str) \
-                    or not isinstance(item.get("description"), str):
-                raise _bad("can't parse BotCommand: Field \"command\" must be of type String")
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("command"), str)
+                or not isinstance(item.get("description"), str)
+            ):
+                raise _bad('can\'t parse BotCommand: Field "command" must be of type String')
             command = item["command"]
             if command.startswith("/"):
                 command = command[1:]
@@ -2091,20 +2459,34 @@ class FakeTelegram:
         button = _json_value(params.get("menu_button"), _bad("can't parse menu button JSON object"))
         if button is None:
             button = {"type": "default"}
-        if not isinstance(button, dict) or button.get("type") not in ("default", "commands", "web_app"):
+        if not isinstance(button, dict) or button.get("type") not in (
+            "default",
+            "commands",
+            "web_app",
+        ):
             raise _bad("can't parse menu button: unsupported type")
         if button["type"] == "web_app":
-            url = (button.get("web_app") or {}).get("url") if isinstance(button.get("web_app"), dict) else None
+            url = (
+                (button.get("web_app") or {}).get("url")
+                if isinstance(button.get("web_app"), dict)
+                else None
+            )
             if not isinstance(button.get("text"), str) or not button["text"]:
-                raise _bad("can't parse menu button: Field \"text\" must be of type String")
-            if not isinstance(url, str) or not url.lower().startswith("https://") or _checked_link(url) is None:
+                raise _bad('can\'t parse menu button: Field "text" must be of type String')
+            if (
+                not isinstance(url, str)
+                or not url.lower().startswith("https://")
+                or _checked_link(url) is None
+            ):
                 raise _bad("BUTTON_URL_INVALID")
         self.menu_buttons[chat_id] = copy.deepcopy(button)
         return True
 
     def _m_getChatMenuButton(self, params, files):
         chat_id = self._chat_id(params, required=False)
-        button = self.menu_buttons.get(chat_id) or self.menu_buttons.get(None) or {"type": "default"}
+        button = (
+            self.menu_buttons.get(chat_id) or self.menu_buttons.get(None) or {"type": "default"}
+        )
         return copy.deepcopy(button)
 
     def _m_setMyDescription(self, params, files):
@@ -2134,8 +2516,14 @@ class FakeTelegram:
         chat_id = self._chat_id(params)
         if params.get("text") is None:
             raise _bad("message text is empty")
-        text, entities, mode = self._format(params.get("text"), params.get("parse_mode"),
-                                            params.get("entities"), 4096, "message is too long", False)
+        text, entities, mode = self._format(
+            params.get("text"),
+            params.get("parse_mode"),
+            params.get("entities"),
+            4096,
+            "message is too long",
+            False,
+        )
         if not text:
             raise _bad("message text is empty")
         markup = self._markup(params)
@@ -2148,8 +2536,14 @@ class FakeTelegram:
 
     def _caption(self, params, source=None):
         source = params if source is None else source
-        return self._format(source.get("caption"), source.get("parse_mode"), source.get("caption_entities"),
-                            1024, "message caption is too long", True)
+        return self._format(
+            source.get("caption"),
+            source.get("parse_mode"),
+            source.get("caption_entities"),
+            1024,
+            "message caption is too long",
+            True,
+        )
 
     def _m_sendPhoto(self, params, files):
         chat_id = self._chat_id(params)
@@ -2206,8 +2600,14 @@ class FakeTelegram:
             raise _bad("there is no text in the message to edit")
         if params.get("text") is None:
             raise _bad("message text is empty")
-        text, entities, mode = self._format(params.get("text"), params.get("parse_mode"),
-                                            params.get("entities"), 4096, "message is too long", False)
+        text, entities, mode = self._format(
+            params.get("text"),
+            params.get("parse_mode"),
+            params.get("entities"),
+            4096,
+            "message is too long",
+            False,
+        )
         if not text:
             raise _bad("message text is empty")
         markup = self._markup(params, inline_only=True)
@@ -2225,7 +2625,11 @@ class FakeTelegram:
         caption, entities, mode = self._caption(params)
         markup = self._markup(params, inline_only=True)
         inline = markup.inline if markup else None
-        if (caption or None) == message.caption and entities == message._entities and inline == message._inline:
+        if (
+            (caption or None) == message.caption
+            and entities == message._entities
+            and inline == message._inline
+        ):
             raise _bad(_NOT_MODIFIED)
         self._rate_check(chat_id)
         message.caption, message._entities, message.parse_mode = caption or None, entities, mode
@@ -2247,8 +2651,11 @@ class FakeTelegram:
             raise _bad("can't parse InputMedia JSON object")
         kind = media.get("type")
         if kind not in ("photo", "document"):
-            raise _bad("can't parse InputMedia: unsupported media type" if kind else
-                       "can't parse InputMedia: Field \"type\" must be of type String")
+            raise _bad(
+                "can't parse InputMedia: unsupported media type"
+                if kind
+                else 'can\'t parse InputMedia: Field "type" must be of type String'
+            )
         if message.kind == "text":
             raise _bad("there is no media in the message to edit")
         caption, entities, mode = self._caption(params, media)
@@ -2263,11 +2670,20 @@ class FakeTelegram:
             record, url = self._resolve_document(media.get("media"), files)
             photo, document = None, self._document_json(record)
             same_file = message.kind == "document" and message.document_file_id == record.file_id
-        if same_file and (caption or None) == message.caption and entities == message._entities \
-                and inline == message._inline:
+        if (
+            same_file
+            and (caption or None) == message.caption
+            and entities == message._entities
+            and inline == message._inline
+        ):
             raise _bad(_NOT_MODIFIED)
         self._rate_check(chat_id)
-        message.kind, message.photo, message.document, message.media_url = kind, photo, document, url
+        message.kind, message.photo, message.document, message.media_url = (
+            kind,
+            photo,
+            document,
+            url,
+        )
         message.caption, message._entities, message.parse_mode = caption or None, entities, mode
         return self._mark_edited(message, markup)
 

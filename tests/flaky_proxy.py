@@ -27,7 +27,7 @@ class FlakyProxy:
         self.lock = threading.Lock()
         self.listener = None
         self.conns = set()
-        self.accepted = 0           # connections accepted (any mode)
+        self.accepted = 0  # connections accepted (any mode)
         self.answered_502 = 0
         self.stopped = False
 
@@ -74,7 +74,7 @@ class FlakyProxy:
             s, self.listener = self.listener, None
         if s is not None:
             try:
-                s.shutdown(socket.SHUT_RDWR)     # wakes the accept() below
+                s.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
             except OSError:
                 pass
             s.close()
@@ -133,8 +133,13 @@ class FlakyProxy:
                     break
                 rest += chunk
             body = b'{"ok":false,"error_code":502,"description":"Bad Gateway"}'
-            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            client.sendall(
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
+                b"Content-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
             with self.lock:
                 self.answered_502 += 1
         except (OSError, ValueError):
@@ -153,14 +158,14 @@ class FlakyProxy:
             return
         try:
             upstream.settimeout(None)
-            client.settimeout(None)      # (the client may have been cut by a mode change meanwhile)
+            client.settimeout(None)  # (the client may have been cut by a mode change meanwhile)
         except OSError:
             upstream.close()
             client.close()
             return
         self._track(upstream)
         with self.lock:
-            if self.mode != "pass":          # the mode changed while we connected
+            if self.mode != "pass":  # the mode changed while we connected
                 upstream.close()
                 client.close()
                 return
@@ -180,6 +185,7 @@ class FlakyProxy:
                         s.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
+
         t = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         t.start()
         pump(client, upstream)

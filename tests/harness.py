@@ -20,9 +20,22 @@ TOKEN = "123456:TEST-token"
 # The Telegram ids the tests shop as. A sandbox shop with a bot is in test mode, where only owners and the
 # testers they name may buy: the tests' shops name these (TESTER_IDS), as an owner names the friends who try
 # their bot. A test of what everyone else sees uses an id outside them (or sets TESTER_IDS itself).
-TESTERS = ",".join(str(i) for r in (range(1, 10), range(100, 120), range(300, 340), range(500, 510),
-                                    range(700, 720), range(1000, 1100), range(2000, 2010), range(3000, 3010),
-                                    range(4000, 4010), range(5000, 5010)) for i in r)
+TESTERS = ",".join(
+    str(i)
+    for r in (
+        range(1, 10),
+        range(100, 120),
+        range(300, 340),
+        range(500, 510),
+        range(700, 720),
+        range(1000, 1100),
+        range(2000, 2010),
+        range(3000, 3010),
+        range(4000, 4010),
+        range(5000, 5010),
+    )
+    for i in r
+)
 
 
 def png(width=4, height=3, rgb=(200, 120, 40)):
@@ -30,9 +43,16 @@ def png(width=4, height=3, rgb=(200, 120, 40)):
     raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def free_port():
@@ -52,14 +72,20 @@ class ShopProcess:
         self.lines, self.cond = [], threading.Condition()
 
     def start(self, *args, ready="shop is running", timeout=20):
-        if self.proc is not None:                 # the previous process's reader finishes first
+        if self.proc is not None:  # the previous process's reader finishes first
             with self.cond:
                 self.cond.wait_for(lambda: self.eof, 10)
         self.lines.clear()
         self.eof = False
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "shop.py"), *args], cwd=self.workdir,
-                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "shop.py"), *args],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+        )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         if ready:
             self.wait_log(ready, timeout)
@@ -88,11 +114,15 @@ class ShopProcess:
                     if text in line:
                         return line
                 if self.eof:
-                    raise AssertionError(f"shop exited ({self.proc.wait()}) before logging {text!r}:\n"
-                                         + "\n".join(self.lines))
+                    raise AssertionError(
+                        f"shop exited ({self.proc.wait()}) before logging {text!r}:\n"
+                        + "\n".join(self.lines)
+                    )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"shop did not log {text!r} within {timeout}s:\n" + "\n".join(self.lines))
+                    raise AssertionError(
+                        f"shop did not log {text!r} within {timeout}s:\n" + "\n".join(self.lines)
+                    )
                 self.cond.wait(left)
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
@@ -118,9 +148,22 @@ class ShopProcess:
 def shop_env(folder, telegram_url, **extra):
     """Environment for `python shop.py` in `folder` against a Bot API at telegram_url: sandbox payments,
     no admin password, none of the caller's shop settings (extra ones override)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_", "TESTER_"))}
-    env.update({"SHOP_DB": str(Path(folder) / "shop.db"), "PORT": str(free_port()), "HOST": "127.0.0.1",
-                "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": telegram_url, "PYTHONUNBUFFERED": "1",
-                "LOG_LEVEL": "INFO", "TESTER_IDS": TESTERS})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_", "TESTER_"))
+    }
+    env.update(
+        {
+            "SHOP_DB": str(Path(folder) / "shop.db"),
+            "PORT": str(free_port()),
+            "HOST": "127.0.0.1",
+            "BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_URL": telegram_url,
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+            "TESTER_IDS": TESTERS,
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env

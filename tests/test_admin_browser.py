@@ -28,7 +28,9 @@ DISTRICT = "Bałuty & Widzew"
 @pytest.fixture
 def owner_shop(make_shop, fake_tg):
     """A sandbox shop with an admin password and its bot polling the stand-in."""
-    s = make_shop(env={"ADMIN_PASSWORD": PASSWORD, "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url})
+    s = make_shop(
+        env={"ADMIN_PASSWORD": PASSWORD, "BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url}
+    )
     s.conn = shop.connect(s.config.shop_db)
     fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
     yield s
@@ -75,7 +77,8 @@ class Admin:
         """The Audit log page's rows, newest first: [(action, details)]."""
         self.nav("Audit log")
         return self.page.locator("#audit tbody tr").evaluate_all(
-            "rows => rows.map(r => [r.cells[1].textContent, r.cells[2].textContent])")
+            "rows => rows.map(r => [r.cells[1].textContent, r.cells[2].textContent])"
+        )
 
 
 @pytest.fixture
@@ -87,13 +90,26 @@ def admin(browser, owner_shop):
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     # A script or style the CSP refuses is a console error; failed loads are told apart below.
-    page.on("console", lambda m: errors.append(m.text)
-            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     # Every page, fragment, script and style loads, save the 403 that answers a wrong password and
     # the 400 of a form shown again with the reason it was refused.
-    page.on("response", lambda r: errors.append(f"{r.status} {r.request.method} {r.url}")
-            if r.status >= 400 and not (r.status == 403 and r.url.endswith("/admin/login"))
-            and not (r.status == 400 and r.request.method == "POST") else None)
+    page.on(
+        "response",
+        lambda r: (
+            errors.append(f"{r.status} {r.request.method} {r.url}")
+            if r.status >= 400
+            and not (r.status == 403 and r.url.endswith("/admin/login"))
+            and not (r.status == 400 and r.request.method == "POST")
+            else None
+        ),
+    )
     yield Admin(page, owner_shop)
     context.close()
     assert errors == [], f"errors in the admin's pages: {errors}"
@@ -105,19 +121,24 @@ def text_of(locator):
 
 
 def stat_card(page, title):
-    return page.locator(".card.stat").filter(has=page.get_by_role("heading", name=title, exact=True))
+    return page.locator(".card.stat").filter(
+        has=page.get_by_role("heading", name=title, exact=True)
+    )
 
 
 # Stories #####################################################################
 
-def test_the_owner_logs_in_builds_a_catalog_and_a_shopper_sees_it_in_the_bot(admin, owner_shop, fake_tg, tmp_path):
+
+def test_the_owner_logs_in_builds_a_catalog_and_a_shopper_sees_it_in_the_bot(
+    admin, owner_shop, fake_tg, tmp_path
+):
     page = admin.page
-    admin.go("/admin/catalog")                                      # a bookmark: the password first
+    admin.go("/admin/catalog")  # a bookmark: the password first
     expect(page).to_have_url(owner_shop.url + "/admin/login?next=/admin/catalog")
     admin.log_in("not the password")
     expect(page.get_by_role("alert")).to_have_text("Wrong password.")
     admin.log_in(PASSWORD)
-    expect(page).to_have_url(owner_shop.url + "/admin/catalog")     # back where the owner was going
+    expect(page).to_have_url(owner_shop.url + "/admin/catalog")  # back where the owner was going
     expect(admin.heading()).to_have_text("Catalog")
     expect(page.locator("main")).to_contain_text("No products yet.")
 
@@ -141,17 +162,21 @@ def test_the_owner_logs_in_builds_a_catalog_and_a_shopper_sees_it_in_the_bot(adm
     page.get_by_label("Photo").set_input_files(photo)
     admin.button("Save").click()
     admin.says("Product saved.")
-    expect(admin.heading()).to_have_text(TEA)                       # literally: no <b> made of the name
+    expect(admin.heading()).to_have_text(TEA)  # literally: no <b> made of the name
     expect(admin.heading().locator("b")).to_have_count(0)
     expect(page.get_by_label("Price in EUR")).to_have_value("12.90")
-    page.wait_for_function("() => { const i = document.querySelector('img.thumb'); "
-                           "return i && i.complete && i.naturalWidth === 8; }")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('img.thumb'); "
+        "return i && i.complete && i.naturalWidth === 8; }"
+    )
 
     page.get_by_label("Add units in").select_option(label=f"{CITY} / {DISTRICT}")
     page.get_by_label("Contents").fill("CODE-1 <x>\nCODE-2 & y\nCODE-3")
     admin.button("Add units").click()
     admin.says("3 units added.")
-    stock_row = page.locator("tr").filter(has=page.get_by_role("cell", name=f"{CITY} / {DISTRICT}", exact=True))
+    stock_row = page.locator("tr").filter(
+        has=page.get_by_role("cell", name=f"{CITY} / {DISTRICT}", exact=True)
+    )
     expect(stock_row.locator("td.num").first).to_have_text("3")
     expect(page.locator("td.content")).to_have_text(["CODE-3", "CODE-2 & y", "CODE-1 <x>"])
 
@@ -180,7 +205,9 @@ def test_a_paid_order_shows_on_the_dashboard_and_the_owner_refunds_it(admin, own
     expect(today).to_contain_text("1 paid order")
 
     admin.nav("Orders")
-    row = page.locator("#orders tbody tr").filter(has=page.get_by_role("link", name="#1", exact=True))
+    row = page.locator("#orders tbody tr").filter(
+        has=page.get_by_role("link", name="#1", exact=True)
+    )
     expect(row).to_contain_text("Ann")
     expect(row).to_contain_text("€25.00")
     expect(row.locator(".status")).to_have_text("paid")
@@ -193,12 +220,16 @@ def test_a_paid_order_shows_on_the_dashboard_and_the_owner_refunds_it(admin, own
     admin.button("Refund €25.00").click()
     admin.says("Order refunded to the balance.")
     expect(admin.heading()).to_have_text("Order #1 refunded")
-    expect(page.get_by_role("button", name=re.compile("^Refund"))).to_have_count(0)   # once is enough
+    expect(page.get_by_role("button", name=re.compile("^Refund"))).to_have_count(
+        0
+    )  # once is enough
     told = fake_tg.wait_message(302, "was refunded")
-    assert told.content == (f"↩️ Order #1 was refunded: €25.00 is back on your balance. Reason: {reason}. "
-                            "Balance: €25.00.")
+    assert told.content == (
+        f"↩️ Order #1 was refunded: €25.00 is back on your balance. Reason: {reason}. "
+        "Balance: €25.00."
+    )
 
-    page.get_by_role("link", name=re.compile(r"^Ann .*\(302\)$")).click()          # the shopper's page
+    page.get_by_role("link", name=re.compile(r"^Ann .*\(302\)$")).click()  # the shopper's page
     expect(page.locator(".card.stat .big")).to_have_text("€25.00")
     credit = page.locator("tr").filter(has=page.get_by_role("cell", name="refund", exact=True))
     expect(credit).to_contain_text(f"Refund of order #1: {reason}")
@@ -206,8 +237,8 @@ def test_a_paid_order_shows_on_the_dashboard_and_the_owner_refunds_it(admin, own
     assert "Balance: €25.00" in ann.send("👤 Profile", "Balance").content
 
     admin.nav("Orders")
-    page.evaluate("window.__stayed = true")                         # gone if the page reloads
-    page.get_by_label("Status").select_option("paid")               # htmx swaps the list in
+    page.evaluate("window.__stayed = true")  # gone if the page reloads
+    page.get_by_label("Status").select_option("paid")  # htmx swaps the list in
     expect(page.locator("#orders tbody")).to_have_text("No orders match.")
     page.get_by_label("Status").select_option("refunded")
     expect(page.locator("#orders tbody tr .status")).to_have_text(["refunded"])
@@ -215,8 +246,12 @@ def test_a_paid_order_shows_on_the_dashboard_and_the_owner_refunds_it(admin, own
     assert page.evaluate("window.__stayed") is True
 
 
-def test_a_broadcast_reaches_every_shopper_and_its_progress_fills_by_itself(admin, owner_shop, fake_tg):
-    shoppers = [Shopper(fake_tg, 310 + i, name) for i, name in enumerate(("Ann", "Bob", "Cy", "Di"))]
+def test_a_broadcast_reaches_every_shopper_and_its_progress_fills_by_itself(
+    admin, owner_shop, fake_tg
+):
+    shoppers = [
+        Shopper(fake_tg, 310 + i, name) for i, name in enumerate(("Ann", "Bob", "Cy", "Di"))
+    ]
     for s in shoppers:
         s.send("/start", "Welcome")
     news = 'Sale on <b>tea</b> & "coffee": 20% off\nSee you in Mitte!'
@@ -225,20 +260,22 @@ def test_a_broadcast_reaches_every_shopper_and_its_progress_fills_by_itself(admi
     admin.log_in_at("/admin/broadcast")
     message = page.get_by_label("Message to 4 shoppers")
     message.fill(news)
-    bubble = page.locator("#preview .bubble")                       # the live preview, from the server
+    bubble = page.locator("#preview .bubble")  # the live preview, from the server
     expect(bubble).to_be_visible()
     assert text_of(bubble) == news
     expect(bubble.locator("b")).to_have_count(0)
     expect(page.locator("#preview")).to_contain_text(f"Preview ({len(news)} characters)")
 
-    fake_tg.fail_next("sendMessage", status=429, times=2, retry_after=3)   # Telegram holds two back a while
+    fake_tg.fail_next(
+        "sendMessage", status=429, times=2, retry_after=3
+    )  # Telegram holds two back a while
     admin.button("Send to everyone").click()
     admin.says("Broadcast started.")
     expect(admin.heading()).to_have_text("Broadcast #1")
     left = page.locator("#progress .left")
     expect(left).not_to_have_text("0 left")
-    page.evaluate("window.__stayed = true")                         # gone if the page reloads
-    expect(left).to_have_text("0 left", timeout=15000)              # htmx polls every second by itself
+    page.evaluate("window.__stayed = true")  # gone if the page reloads
+    expect(left).to_have_text("0 left", timeout=15000)  # htmx polls every second by itself
     expect(page.locator("#progress .sent")).to_have_text("4 sent")
     expect(page.locator("#progress .failed")).to_have_text("0 failed")
     expect(page.locator("#progress progress")).to_have_attribute("value", "4")
@@ -250,7 +287,8 @@ def test_a_broadcast_reaches_every_shopper_and_its_progress_fills_by_itself(admi
 
 
 def test_the_owner_finds_a_shopper_adjusts_the_balance_bans_and_unbans_and_the_audit_log_has_it_all(
-        admin, owner_shop, fake_tg):
+    admin, owner_shop, fake_tg
+):
     Shopper(fake_tg, 320, "Ann").send("/start", "Welcome")
     fake_tg.user_sends(321, "/start", first_name="Bob", username="bobby_b")
     fake_tg.wait_message(321, "Welcome")
@@ -261,7 +299,7 @@ def test_the_owner_finds_a_shopper_adjusts_the_balance_bans_and_unbans_and_the_a
     rows = page.locator("#users tbody tr")
     expect(rows).to_have_count(2)
     search = page.get_by_label("Telegram id, @username or name")
-    search.fill("@bobby_b")                                         # htmx searches as the owner types
+    search.fill("@bobby_b")  # htmx searches as the owner types
     expect(rows).to_have_count(1)
     expect(rows).to_contain_text("Bob")
     search.fill("nobody like that")
@@ -285,7 +323,7 @@ def test_the_owner_finds_a_shopper_adjusts_the_balance_bans_and_unbans_and_the_a
     admin.says("Balance credited €10.00.")
     expect(balance).to_have_text("€10.00")
     fake_tg.wait_message(321, "Your balance was credited €10.00: Welcome gift. Balance: €10.00.")
-    adjust("-2.50", "   ")                                          # spaces pass the browser's "required"
+    adjust("-2.50", "   ")  # spaces pass the browser's "required"
     admin.says("⚠️ The reason is empty")
     expect(balance).to_have_text("€10.00")
     adjust("-100", "Too much")
@@ -294,21 +332,28 @@ def test_the_owner_finds_a_shopper_adjusts_the_balance_bans_and_unbans_and_the_a
     adjust("-2.50", "Typo <fixed> & sorry")
     admin.says("Balance debited €2.50.")
     expect(balance).to_have_text("€7.50")
-    fake_tg.wait_message(321, "Your balance was debited €2.50: Typo <fixed> & sorry. Balance: €7.50.")
+    fake_tg.wait_message(
+        321, "Your balance was debited €2.50: Typo <fixed> & sorry. Balance: €7.50."
+    )
 
     admin.button("Ban").click()
     admin.says("User banned.")
     expect(admin.heading()).to_have_text(re.compile(r"^Bob .*\(banned\)$"))
-    assert bob.send("🛒 Shop", "not available").content == "Sorry, this shop is not available to you."
+    assert (
+        bob.send("🛒 Shop", "not available").content == "Sorry, this shop is not available to you."
+    )
     admin.button("Unban").click()
     admin.says("User unbanned.")
     expect(admin.heading()).not_to_contain_text("banned")
-    bob.send("🛒 Shop", "The shop is empty")                        # served again
+    bob.send("🛒 Shop", "The shop is empty")  # served again
 
     about_bob = [(action, details) for action, details in admin.audit() if "user 321" in details]
-    assert about_bob == [("user unbanned", "user 321"), ("user banned", "user 321"),
-                         ("balance adjusted", "user 321 -€2.50: Typo <fixed> & sorry"),
-                         ("balance adjusted", "user 321 €10.00: Welcome gift")]
+    assert about_bob == [
+        ("user unbanned", "user 321"),
+        ("user banned", "user 321"),
+        ("balance adjusted", "user 321 -€2.50: Typo <fixed> & sorry"),
+        ("balance adjusted", "user 321 €10.00: Welcome gift"),
+    ]
 
 
 def test_settings_apply_to_the_bot_at_once(admin, owner_shop, fake_tg):
@@ -327,14 +372,18 @@ def test_settings_apply_to_the_bot_at_once(admin, owner_shop, fake_tg):
     expect(page.locator("header .brand")).to_have_text(name)
     expect(page).to_have_title(f"Settings · {name} admin")
 
-    assert ann.send("/start", "Welcome").content.startswith(f"👋 {name}\n")   # no restart
+    assert ann.send("/start", "Welcome").content.startswith(f"👋 {name}\n")  # no restart
     assert "from €7.50 to" in ann.send("💰 Top up", "How much").content
     assert "must be at least 7.50 EUR" in ann.send("5", "The amount").content
     action, details = admin.audit()[0]
-    assert action == "settings changed" and {"shop_name", "min_deposit_cents"} <= set(details.split(", "))
+    assert action == "settings changed" and {"shop_name", "min_deposit_cents"} <= set(
+        details.split(", ")
+    )
 
 
-def test_a_file_that_is_not_an_image_is_refused_and_the_backup_is_a_sound_database(admin, owner_shop, tmp_path):
+def test_a_file_that_is_not_an_image_is_refused_and_the_backup_is_a_sound_database(
+    admin, owner_shop, tmp_path
+):
     conn = owner_shop.conn
     product_id, _ = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])[("Gift card", "Mitte")]
     photo = shop.store_media(owner_shop.config.media_dir, png(), "png", private=False)
@@ -352,7 +401,9 @@ def test_a_file_that_is_not_an_image_is_refused_and_the_backup_is_a_sound_databa
     admin.button("Save").click()
     admin.says("⚠️ The photo is not a JPEG, PNG, GIF or WebP image.")
     expect(page).to_have_url(owner_shop.url + f"/admin/products/{product_id}")
-    expect(page.get_by_label("Price in EUR")).to_have_value("99.00")     # what was typed stays, unsaved
+    expect(page.get_by_label("Price in EUR")).to_have_value(
+        "99.00"
+    )  # what was typed stays, unsaved
     expect(page.locator("img.thumb")).to_have_attribute("src", f"/media/{photo}")
 
     admin.nav("Catalog")
@@ -362,7 +413,9 @@ def test_a_file_that_is_not_an_image_is_refused_and_the_backup_is_a_sound_databa
     page.get_by_label("Photo").set_input_files(not_an_image)
     admin.button("Save").click()
     admin.says("⚠️ The photo is not a JPEG, PNG, GIF or WebP image.")
-    assert [tuple(r) for r in conn.execute("SELECT * FROM products").fetchall()] == [tuple(r) for r in before]
+    assert [tuple(r) for r in conn.execute("SELECT * FROM products").fetchall()] == [
+        tuple(r) for r in before
+    ]
     assert sorted(owner_shop.config.media_dir.rglob("*")) == media
 
     admin.nav("Data")
@@ -375,10 +428,12 @@ def test_a_file_that_is_not_an_image_is_refused_and_the_backup_is_a_sound_databa
     copy = sqlite3.connect(path)
     try:
         assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert copy.execute("SELECT name, price_cents, photo FROM products").fetchall() == [("Gift card", 2500, photo)]
+        assert copy.execute("SELECT name, price_cents, photo FROM products").fetchall() == [
+            ("Gift card", 2500, photo)
+        ]
     finally:
         copy.close()
-    assert list(owner_shop.backup_dir.glob("*")) == []              # the download's copy is not left behind
+    assert list(owner_shop.backup_dir.glob("*")) == []  # the download's copy is not left behind
     assert admin.audit()[0][0] == "backup downloaded"
 
 
@@ -390,14 +445,16 @@ def test_logging_out_ends_the_session(admin, owner_shop):
     expect(page).to_have_url(owner_shop.url + "/admin/login")
     expect(page.get_by_label("Admin password")).to_be_visible()
 
-    page.go_back()                                                  # the page before is not shown again
+    page.go_back()  # the page before is not shown again
     expect(page).to_have_url(owner_shop.url + "/admin/login?next=/admin/audit")
     expect(page.locator("#audit")).to_have_count(0)
     admin.go("/admin")
     expect(page).to_have_url(owner_shop.url + "/admin/login?next=/admin")
 
     # Not just the cookie gone from this browser: the server forgot the session.
-    r = requests.get(owner_shop.url + "/admin", cookies={"shop_admin": token}, allow_redirects=False, timeout=5)
+    r = requests.get(
+        owner_shop.url + "/admin", cookies={"shop_admin": token}, allow_redirects=False, timeout=5
+    )
     assert r.status_code == 303 and r.headers["Location"].endswith("/admin/login?next=/admin")
     actions = [r[0] for r in owner_shop.conn.execute("SELECT action FROM audit_log ORDER BY id")]
     assert actions[-2:] == ["logged in", "logged out"]

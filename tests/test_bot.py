@@ -23,9 +23,16 @@ class Shopper:
         """Send a message; return the bot's first reply after it that contains `expect`."""
         sent = self.fake.user_sends(self.id, text, first_name=self.name)
         return self.fake.wait_for(
-            lambda: next((m for m in self.fake.messages(self.id)
-                          if m.message_id > sent["message_id"] and expect in m.content), None),
-            what=f"a reply to {text!r} containing {expect!r}")
+            lambda: next(
+                (
+                    m
+                    for m in self.fake.messages(self.id)
+                    if m.message_id > sent["message_id"] and expect in m.content
+                ),
+                None,
+            ),
+            what=f"a reply to {text!r} containing {expect!r}",
+        )
 
     def click(self, label):
         """Press an inline button on the newest message that has it; return the callback's notice."""
@@ -43,7 +50,9 @@ class Shopper:
     def press(self, button):
         """Press a button dict (from Message.buttons) on the current screen."""
         cq = self.fake.user_clicks(self.id, self.screen.message_id, button["callback_data"])
-        self.fake.wait_for(lambda: cq in self.fake.callback_answers, what=f"an answer to {button['text']!r}")
+        self.fake.wait_for(
+            lambda: cq in self.fake.callback_answers, what=f"an answer to {button['text']!r}"
+        )
         return self.fake.callback_answers[cq].get("text") or ""
 
     @property
@@ -57,8 +66,9 @@ class Shopper:
 @pytest.fixture
 def hostile_shop(tmp_path, hostile_catalog, run_shop):
     conn = shop.init_db(str(tmp_path / "shop.db"))
-    shop.import_catalog(conn, shop.read_catalog_file(hostile_catalog), hostile_catalog.parent,
-                        tmp_path / "media")
+    shop.import_catalog(
+        conn, shop.read_catalog_file(hostile_catalog), hostile_catalog.parent, tmp_path / "media"
+    )
     proc = run_shop()
     yield proc, conn
     conn.close()
@@ -73,19 +83,32 @@ def fund(conn, user_id, cents):
 def test_start_greets_with_the_menu_and_commands_are_registered(fake_tg, hostile_shop):
     ann = Shopper(fake_tg, 1001)
     reply = ann.send("/start", "Welcome")
-    assert reply.keyboard == [["🛒 Shop", "🧺 Basket"], ["👤 Profile", "💰 Top up"], ["📦 Orders", "❓ Help"]]
-    assert [c["command"] for c in fake_tg.commands] == ["start", "shop", "basket", "refill", "profile",
-                                                         "orders", "help"]
+    assert reply.keyboard == [
+        ["🛒 Shop", "🧺 Basket"],
+        ["👤 Profile", "💰 Top up"],
+        ["📦 Orders", "❓ Help"],
+    ]
+    assert [c["command"] for c in fake_tg.commands] == [
+        "start",
+        "shop",
+        "basket",
+        "refill",
+        "profile",
+        "orders",
+        "help",
+    ]
     profile = ann.send("👤 Profile", "Telegram ID")
     assert "1001" in profile.text and "€0.00" in profile.text
     assert "Basket" in ann.send("/help", "Basket").text
     assert "menu" in ann.send("what is this?", "menu").text
 
 
-def test_a_shopper_can_browse_to_every_stocked_product_and_names_show_literally(fake_tg, hostile_shop):
+def test_a_shopper_can_browse_to_every_stocked_product_and_names_show_literally(
+    fake_tg, hostile_shop
+):
     ann = Shopper(fake_tg, 1002)
     nav = ann.send("🛒 Shop", "Choose a city")
-    assert nav.button_texts == ["Łódź <Centrum>", "Berlin"]          # "Empty town" has no stock
+    assert nav.button_texts == ["Łódź <Centrum>", "Berlin"]  # "Empty town" has no stock
     expected = {  # product -> (city, district, description, price, available)
         "gift_card *25*": [("Łódź <Centrum>", "Bałuty & Widzew", 2), ("Berlin", "Mitte", 1)],
         "Kaffee «Grün» 250g": [("Berlin", "Kreuzberg_36", 1)],
@@ -135,9 +158,9 @@ def test_photos_are_uploaded_once_then_sent_by_file_id(fake_tg, hostile_shop):
         ann.click("⬅️ Back")
     photos = [p["photo"] for p in fake_tg.calls_to("sendPhoto")]
     assert len(photos) == 2
-    assert isinstance(photos[0], dict)                      # uploaded
+    assert isinstance(photos[0], dict)  # uploaded
     first = next(m for m in fake_tg.all_messages(1003) if m.kind == "photo")
-    assert photos[1] == first.photo_file_id                 # then reused
+    assert photos[1] == first.photo_file_id  # then reused
 
 
 def test_a_missing_product_photo_does_not_break_the_card(fake_tg, hostile_shop, tmp_path):
@@ -181,7 +204,9 @@ def test_basket_fill_change_and_totals(fake_tg, hostile_shop):
     assert "empty" in ann.send("🧺 Basket", "basket").text
 
 
-def test_buying_with_balance_delivers_each_unit_and_orders_show_it_again(fake_tg, hostile_shop, tmp_path):
+def test_buying_with_balance_delivers_each_unit_and_orders_show_it_again(
+    fake_tg, hostile_shop, tmp_path
+):
     proc, conn = hostile_shop
     fund(conn, 1005, 10000)
     ann = Shopper(fake_tg, 1005)
@@ -212,7 +237,9 @@ def test_buying_with_balance_delivers_each_unit_and_orders_show_it_again(fake_tg
     assert "Kaffee «Grün» 250g · Berlin / Kreuzberg_36 × 1 = €12.90" in ann.screen.text
     before = len([m for m in fake_tg.messages(1005) if "CODE-3" in m.content])
     assert "on their way" in ann.click("📨 Send my items again")
-    fake_tg.wait_for(lambda: len([m for m in fake_tg.messages(1005) if "CODE-3" in m.content]) == before + 1)
+    fake_tg.wait_for(
+        lambda: len([m for m in fake_tg.messages(1005) if "CODE-3" in m.content]) == before + 1
+    )
     private = tmp_path / "media" / "private"
     assert not any(name.name in proc.log for name in private.iterdir())
 
@@ -253,7 +280,9 @@ def test_a_double_tapped_pay_button_buys_once(fake_tg, hostile_shop):
     ann.open_product("Łódź <Centrum>", "Bałuty & Widzew", "gift_card *25* · €25.00")
     ann.click("⚡ Buy now")
     message = ann.screen
-    data = next(b["callback_data"] for row in message.buttons for b in row if b["text"].startswith("💰 Pay"))
+    data = next(
+        b["callback_data"] for row in message.buttons for b in row if b["text"].startswith("💰 Pay")
+    )
     cqs = [fake_tg.user_clicks(2003, message.message_id, data) for _ in range(2)]
     fake_tg.wait_for(lambda: all(cq in fake_tg.callback_answers for cq in cqs))
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
@@ -265,7 +294,7 @@ def test_a_second_checkout_in_the_same_message_is_a_new_order(fake_tg, hostile_s
     fund(conn, 2004, 10000)
     ann = Shopper(fake_tg, 2004)
     first = ann.open_product("Łódź <Centrum>", "Śródmieście", "Плакат A2 · €9.50")
-    assert first.kind == "text"                                   # no photo: every screen is one edited message
+    assert first.kind == "text"  # no photo: every screen is one edited message
     for n in (1, 2):
         if n == 2:
             ann.click("🛒 Shop")
@@ -283,8 +312,14 @@ def test_a_second_checkout_in_the_same_message_is_a_new_order(fake_tg, hostile_s
 
 def owner(proc, *args):
     """Run one of the owner's shop.py commands against the running shop's database."""
-    return subprocess.run([sys.executable, str(shop.ROOT / "shop.py"), *args], cwd=proc.workdir, env=proc.env,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, str(shop.ROOT / "shop.py"), *args],
+        cwd=proc.workdir,
+        env=proc.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_the_owner_credits_a_balance_and_renames_the_shop_while_it_runs(fake_tg, hostile_shop):
@@ -295,19 +330,32 @@ def test_the_owner_credits_a_balance_and_renames_the_shop_while_it_runs(fake_tg,
     assert r.returncode == 0 and "balance now €20.50" in r.stdout, r.stderr
     assert owner(proc, "balance", "2005", "-0.50", "correction").returncode == 0
     assert "Balance: €20.00" in ann.send("👤 Profile", "Balance").text
-    for bad in (["balance", "2005", "-30", "x"], ["balance", "2005", "abc", "x"], ["balance", "99", "5", "x"],
-                ["balance", "2005", "5", " "], ["set", "shop_name", ""]):
+    for bad in (
+        ["balance", "2005", "-30", "x"],
+        ["balance", "2005", "abc", "x"],
+        ["balance", "99", "5", "x"],
+        ["balance", "2005", "5", " "],
+        ["set", "shop_name", ""],
+    ):
         r = owner(proc, *bad)
-        assert r.returncode == 1 and r.stderr.startswith("shop.py: ") and "Traceback" not in r.stderr, bad
-    assert [tuple(x) for x in conn.execute("SELECT amount_cents, reason FROM ledger WHERE user_id = 2005")] == \
-        [(2050, "cash at the counter"), (-50, "correction")]
+        assert (
+            r.returncode == 1 and r.stderr.startswith("shop.py: ") and "Traceback" not in r.stderr
+        ), bad
+    assert [
+        tuple(x)
+        for x in conn.execute("SELECT amount_cents, reason FROM ledger WHERE user_id = 2005")
+    ] == [(2050, "cash at the counter"), (-50, "correction")]
     assert owner(proc, "set", "shop_name", "Łódź <Books> & Co").returncode == 0
     assert ann.send("/start", "Welcome").text.startswith("👋 Łódź <Books> & Co\n")
 
 
-def test_owners_hear_of_paid_orders_and_failed_deliveries(fake_tg, tmp_path, hostile_catalog, run_shop):
+def test_owners_hear_of_paid_orders_and_failed_deliveries(
+    fake_tg, tmp_path, hostile_catalog, run_shop
+):
     conn = shop.init_db(str(tmp_path / "shop.db"))
-    shop.import_catalog(conn, shop.read_catalog_file(hostile_catalog), hostile_catalog.parent, tmp_path / "media")
+    shop.import_catalog(
+        conn, shop.read_catalog_file(hostile_catalog), hostile_catalog.parent, tmp_path / "media"
+    )
     run_shop(env={"ADMIN_IDS": "9001"})
     Shopper(fake_tg, 9001, "Owner").send("/start", "Welcome")
     ann = Shopper(fake_tg, 2006, "Ann <3")
@@ -318,16 +366,26 @@ def test_owners_hear_of_paid_orders_and_failed_deliveries(fake_tg, tmp_path, hos
     alert = fake_tg.wait_message(9001, "Order #1 paid from balance")
     assert alert.text == "🛒 Order #1 paid from balance: €25.00, 1 item, by Ann <3 (2006)"
     fake_tg.wait_message(2006, "CODE-3")
-    fake_tg.wait_for(lambda: not conn.execute("SELECT 1 FROM outbox WHERE status = 'pending'").fetchone(),
-                     what="the delivery sent")
+    fake_tg.wait_for(
+        lambda: not conn.execute("SELECT 1 FROM outbox WHERE status = 'pending'").fetchone(),
+        what="the delivery sent",
+    )
     fake_tg.user_blocks_bot(2006)
     assert shop.resend_delivery(conn, 2006, 1) is True
-    fake_tg.wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE status = 'failed'").fetchone()[0] == 2,
-                     what="both messages failed")
+    fake_tg.wait_for(
+        lambda: (
+            conn.execute("SELECT count(*) FROM outbox WHERE status = 'failed'").fetchone()[0] == 2
+        ),
+        what="both messages failed",
+    )
     warning = fake_tg.wait_message(9001, "⚠️ Order #1")
-    assert warning.text == ("⚠️ Order #1: a delivery message to user 2006 failed: "
-                            "403: Forbidden: bot was blocked by the user")
-    fake_tg.wait_for(lambda: not conn.execute("SELECT 1 FROM outbox WHERE status = 'pending'").fetchone())
+    assert warning.text == (
+        "⚠️ Order #1: a delivery message to user 2006 failed: "
+        "403: Forbidden: bot was blocked by the user"
+    )
+    fake_tg.wait_for(
+        lambda: not conn.execute("SELECT 1 FROM outbox WHERE status = 'pending'").fetchone()
+    )
     assert sum("⚠️" in m.text for m in fake_tg.messages(9001)) == 1
 
 
@@ -338,13 +396,15 @@ def test_a_banned_user_gets_one_polite_refusal(fake_tg, hostile_shop):
     ann.send("🛒 Shop", "Choose a city")
     shop.set_banned(conn, 3001, True)
     refusal = ann.send("/start", "not available to you")
-    assert ann.click("Berlin") is None                      # answered silently
+    assert ann.click("Berlin") is None  # answered silently
     ann.name = "Ann again"
     fake_tg.user_sends(3001, "/shop", first_name=ann.name)
-    fake_tg.wait_for(lambda: shop.get_user(conn, 3001)["first_name"] == "Ann again", what="the update handled")
+    fake_tg.wait_for(
+        lambda: shop.get_user(conn, 3001)["first_name"] == "Ann again", what="the update handled"
+    )
     assert ann.click("Berlin") is None
     assert [m.message_id for m in fake_tg.messages(3001) if m.message_id > refusal.message_id] == []
-    assert "Choose a city" in fake_tg.messages(3001)[-2].text   # the old screen did not move
+    assert "Choose a city" in fake_tg.messages(3001)[-2].text  # the old screen did not move
     shop.set_banned(conn, 3001, False)
     assert "Choose a city" in ann.send("/shop", "Choose a city").text
 
@@ -354,20 +414,24 @@ def test_unsent_deliveries_survive_a_restart(fake_tg, hostile_shop, run_shop):
     Shopper(fake_tg, 4001).send("/start", "Welcome")
     proc.kill()
     fund(conn, 4001, 10000)
-    order_id = shop.buy_with_balance(conn, 4001, [(1, 1, 2)])   # while the shop is down
+    order_id = shop.buy_with_balance(conn, 4001, [(1, 1, 2)])  # while the shop is down
     assert conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] == 2
     run_shop()
     fake_tg.wait_message(4001, f"Order #{order_id} is paid")
     body = fake_tg.wait_message(4001, "CODE-<1>&_*")
     assert "CODE-2" in body.text
-    fake_tg.wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'")
-                     .fetchone()[0] == 0, what="the outbox to drain")
+    fake_tg.wait_for(
+        lambda: (
+            conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] == 0
+        ),
+        what="the outbox to drain",
+    )
     assert sum("CODE-2" in m.content for m in fake_tg.messages(4001)) == 1
 
 
 def test_sigterm_stops_the_shop_within_5_seconds(fake_tg, run_shop):
     proc = run_shop()
-    Shopper(fake_tg, 5001).send("/start", "Welcome")   # a long poll is now in flight
+    Shopper(fake_tg, 5001).send("/start", "Welcome")  # a long poll is now in flight
     code, seconds = proc.stop(signal.SIGTERM)
     assert code == 0 and seconds < 5, (code, seconds, proc.log)
     assert "stopped" in proc.log
@@ -381,7 +445,9 @@ def test_polling_survives_a_telegram_outage(fake_tg, run_shop):
     r = proc.health()
     assert r.status_code == 503 and r.json()["bot"].startswith("down: cannot get updates")
     fake_tg.set_down(False)
-    Shopper(fake_tg, 5002).send("/start", "Welcome")     # (the first long poll after the outage returns)
+    Shopper(fake_tg, 5002).send(
+        "/start", "Welcome"
+    )  # (the first long poll after the outage returns)
     proc.wait_log("getting updates from Telegram again")
     assert proc.health().status_code == 200
     warnings = [line for line in proc.log.splitlines() if "cannot get updates" in line]
@@ -394,8 +460,12 @@ def test_health_reports_each_part(fake_tg, run_shop):
     assert 'href="https://t.me/test_shop_bot"' in page
     state = proc.health().json()
     assert proc.health().status_code == 200
-    assert (state["database"], state["scheduler"], state["bot"], state["outbox"]["sender"]) == \
-        ("ok", "running", "running", "running")
+    assert (state["database"], state["scheduler"], state["bot"], state["outbox"]["sender"]) == (
+        "ok",
+        "running",
+        "running",
+        "running",
+    )
 
 
 def test_a_refused_token_marks_the_bot_down(fake_tg, run_shop):
@@ -414,6 +484,10 @@ def test_a_bot_without_payment_keys_says_test_mode_loudly(fake_tg, run_shop):
     assert "owners: log in to the admin first" in proc.wait_log("Mini App preview")
     assert "https://t.me/test_shop_bot" in proc.wait_log("bot: @test_shop_bot is polling")
     page = requests.get(proc.url + "/", timeout=5).text
-    assert "Test mode" in page and 'href="https://t.me/test_shop_bot"' in page and 'href="/admin"' in page
+    assert (
+        "Test mode" in page
+        and 'href="https://t.me/test_shop_bot"' in page
+        and 'href="/admin"' in page
+    )
     assert "not selling yet" in Shopper(fake_tg, 6002).send("/start", "Welcome").text
     assert "you may buy here" in Shopper(fake_tg, 9001).send("/start", "Welcome").text

@@ -15,18 +15,29 @@ from conftest import HOSTILE, HOSTILE_IMAGES, ROOT, png, write_catalog
 def run_seed(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k not in shop.ENV_VARS}
     env["SHOP_DB"] = str(tmp_path / "shop.db")
-    return subprocess.run([sys.executable, str(ROOT / "seed_catalog.py"), *args], cwd=tmp_path,
-                          capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "seed_catalog.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def table_counts(conn):
-    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-            for t in ("cities", "districts", "products", "stock_units")}
+    return {
+        t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        for t in ("cities", "districts", "products", "stock_units")
+    }
 
 
 def media_files(tmp_path):
-    return sorted(p.relative_to(tmp_path) for p in (tmp_path / "media").rglob("*") if p.is_file()) \
-        if (tmp_path / "media").exists() else []
+    return (
+        sorted(p.relative_to(tmp_path) for p in (tmp_path / "media").rglob("*") if p.is_file())
+        if (tmp_path / "media").exists()
+        else []
+    )
 
 
 def test_hostile_names_import_exactly_and_idempotently(tmp_path, hostile_catalog):
@@ -34,16 +45,33 @@ def test_hostile_names_import_exactly_and_idempotently(tmp_path, hostile_catalog
     assert r.returncode == 0, r.stderr
     assert "units added 6" in r.stdout
     conn = shop.connect(str(tmp_path / "shop.db"))
-    assert [r[0] for r in conn.execute("SELECT name FROM cities ORDER BY id")] == \
-        ["Łódź <Centrum>", "Berlin", "Empty town"]
-    assert [r[0] for r in conn.execute("SELECT name FROM products ORDER BY id")] == \
-        ["gift_card *25*", "Kaffee «Grün» 250g", "Плакат A2", "Sold-out e-book"]
-    assert conn.execute("SELECT price_cents FROM products WHERE name = 'Плакат A2'").fetchone()[0] == 950
-    assert conn.execute("SELECT content FROM stock_units WHERE content LIKE 'CODE-<%'").fetchone()[0] == "CODE-<1>&_*"
+    assert [r[0] for r in conn.execute("SELECT name FROM cities ORDER BY id")] == [
+        "Łódź <Centrum>",
+        "Berlin",
+        "Empty town",
+    ]
+    assert [r[0] for r in conn.execute("SELECT name FROM products ORDER BY id")] == [
+        "gift_card *25*",
+        "Kaffee «Grün» 250g",
+        "Плакат A2",
+        "Sold-out e-book",
+    ]
+    assert (
+        conn.execute("SELECT price_cents FROM products WHERE name = 'Плакат A2'").fetchone()[0]
+        == 950
+    )
+    assert (
+        conn.execute("SELECT content FROM stock_units WHERE content LIKE 'CODE-<%'").fetchone()[0]
+        == "CODE-<1>&_*"
+    )
     photo = conn.execute("SELECT photo FROM products WHERE name = 'gift_card *25*'").fetchone()[0]
     media = conn.execute("SELECT media FROM stock_units WHERE media IS NOT NULL").fetchone()[0]
-    assert (tmp_path / "media" / "public" / photo).read_bytes() == (hostile_catalog.parent / "img/gift.png").read_bytes()
-    assert (tmp_path / "media" / "private" / media).read_bytes() == (hostile_catalog.parent / "img/locker.png").read_bytes()
+    assert (tmp_path / "media" / "public" / photo).read_bytes() == (
+        hostile_catalog.parent / "img/gift.png"
+    ).read_bytes()
+    assert (tmp_path / "media" / "private" / media).read_bytes() == (
+        hostile_catalog.parent / "img/locker.png"
+    ).read_bytes()
     before, files = table_counts(conn), media_files(tmp_path)
 
     again = run_seed(tmp_path, str(hostile_catalog))
@@ -55,9 +83,19 @@ def test_hostile_names_import_exactly_and_idempotently(tmp_path, hostile_catalog
 
 
 def test_a_unit_listed_twice_is_added_once_and_counted(tmp_path, conn):
-    data = {"cities": [{"name": "Berlin", "districts": ["Mitte"]}],
-            "products": [{"name": "E-book", "price": "7.50", "stock": [
-                {"city": "Berlin", "district": "Mitte", "content": "https://example.com/dl/1"}] * 3}]}
+    data = {
+        "cities": [{"name": "Berlin", "districts": ["Mitte"]}],
+        "products": [
+            {
+                "name": "E-book",
+                "price": "7.50",
+                "stock": [
+                    {"city": "Berlin", "district": "Mitte", "content": "https://example.com/dl/1"}
+                ]
+                * 3,
+            }
+        ],
+    }
     path = write_catalog(tmp_path, data)
     counts = shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, tmp_path / "media")
     assert (counts["units_added"], counts["units_repeated"], counts["units_present"]) == (1, 2, 0)
@@ -66,22 +104,38 @@ def test_a_unit_listed_twice_is_added_once_and_counted(tmp_path, conn):
 def test_reimport_updates_products_but_never_re_adds_sold_codes(tmp_path, conn):
     folder = tmp_path / "c"
     folder.mkdir()
-    data = {"cities": [{"name": "Berlin", "districts": ["Mitte"]}],
-            "products": [{"name": "Gift card", "price": "25.00",
-                          "stock": [{"city": "Berlin", "district": "Mitte", "content": "CODE-1"}]}]}
+    data = {
+        "cities": [{"name": "Berlin", "districts": ["Mitte"]}],
+        "products": [
+            {
+                "name": "Gift card",
+                "price": "25.00",
+                "stock": [{"city": "Berlin", "district": "Mitte", "content": "CODE-1"}],
+            }
+        ],
+    }
     path = write_catalog(folder, data)
     media = tmp_path / "media"
     shop.import_catalog(conn, shop.read_catalog_file(path), folder, media)
     shop.touch_user(conn, {"id": 1, "first_name": "A"})
     shop.adjust_balance(conn, 1, 2500, "test")
-    shop.buy_with_balance(conn, 1, [(1, 1, 1)])   # CODE-1 is sold and delivered
+    shop.buy_with_balance(conn, 1, [(1, 1, 1)])  # CODE-1 is sold and delivered
     data["products"][0]["price"] = "27.50"
     data["products"][0]["description"] = "New text"
-    data["products"][0]["stock"].append({"city": "Berlin", "district": "Mitte", "content": "CODE-2"})
+    data["products"][0]["stock"].append(
+        {"city": "Berlin", "district": "Mitte", "content": "CODE-2"}
+    )
     path = write_catalog(folder, data)
     counts = shop.import_catalog(conn, shop.read_catalog_file(path), folder, media)
-    assert counts["products_updated"] == 1 and counts["units_added"] == 1 and counts["units_present"] == 1
-    assert conn.execute("SELECT price_cents, description FROM products").fetchone()[:] == (2750, "New text")
+    assert (
+        counts["products_updated"] == 1
+        and counts["units_added"] == 1
+        and counts["units_present"] == 1
+    )
+    assert conn.execute("SELECT price_cents, description FROM products").fetchone()[:] == (
+        2750,
+        "New text",
+    )
 
 
 @pytest.fixture
@@ -101,22 +155,48 @@ BAD = {
     "price is negative": (lambda d: d["products"][0].update(price="-5.00"), "products[0].price"),
     "price has 3 decimals": (lambda d: d["products"][2].update(price=9.999), "products[2].price"),
     "price missing": (lambda d: d["products"][1].pop("price"), "products[1].price"),
-    "content missing": (lambda d: d["products"][0]["stock"][0].pop("content"), "products[0].stock[0].content: The content is missing"),
+    "content missing": (
+        lambda d: d["products"][0]["stock"][0].pop("content"),
+        "products[0].stock[0].content: The content is missing",
+    ),
     "price is a word": (lambda d: d["products"][1].update(price="cheap"), "products[1].price"),
     "empty product name": (lambda d: d["products"][3].update(name="  "), "products[3].name"),
     "name too long": (lambda d: d["products"][3].update(name="x" * 65), "products[3].name"),
     "duplicate product": (lambda d: d["products"].append(dict(d["products"][0])), "products[4]"),
-    "unknown district": (lambda d: d["products"][0]["stock"][1].update(district="Atlantis"),
-                         "products[0].stock[1].district: 'Atlantis' is not a district"),
-    "unknown city": (lambda d: d["products"][1]["stock"][0].update(city="Paris"), "products[1].stock[0]"),
-    "empty content": (lambda d: d["products"][0]["stock"][2].update(content=""), "products[0].stock[2].content"),
-    "missing photo file": (lambda d: d["products"][0].update(photo="img/nope.jpg"), "products[0].photo"),
-    "photo is not an image": (lambda d: d["products"][1].update(photo="catalog.json"), "products[1].photo"),
-    "media not a string": (lambda d: d["products"][1]["stock"][0].update(media=5), "products[1].stock[0].media"),
-    "stock not a list": (lambda d: d["products"][2].update(stock={"city": "x"}), "products[2].stock"),
+    "unknown district": (
+        lambda d: d["products"][0]["stock"][1].update(district="Atlantis"),
+        "products[0].stock[1].district: 'Atlantis' is not a district",
+    ),
+    "unknown city": (
+        lambda d: d["products"][1]["stock"][0].update(city="Paris"),
+        "products[1].stock[0]",
+    ),
+    "empty content": (
+        lambda d: d["products"][0]["stock"][2].update(content=""),
+        "products[0].stock[2].content",
+    ),
+    "missing photo file": (
+        lambda d: d["products"][0].update(photo="img/nope.jpg"),
+        "products[0].photo",
+    ),
+    "photo is not an image": (
+        lambda d: d["products"][1].update(photo="catalog.json"),
+        "products[1].photo",
+    ),
+    "media not a string": (
+        lambda d: d["products"][1]["stock"][0].update(media=5),
+        "products[1].stock[0].media",
+    ),
+    "stock not a list": (
+        lambda d: d["products"][2].update(stock={"city": "x"}),
+        "products[2].stock",
+    ),
     "unknown key": (lambda d: d["products"][0].update(colour="red"), "products[0]"),
     "city without name": (lambda d: d["cities"].append({"districts": []}), "cities[3].name"),
-    "districts not a list": (lambda d: d["cities"][0].update(districts="Mitte"), "cities[0].districts"),
+    "districts not a list": (
+        lambda d: d["cities"][0].update(districts="Mitte"),
+        "cities[0].districts",
+    ),
     "control character": (lambda d: d["cities"][1].update(name="Ber\x00lin"), "cities[1].name"),
 }
 
@@ -132,17 +212,22 @@ def test_a_bad_entry_is_named_and_nothing_is_imported(tmp_path, case):
     assert "nothing imported" in r.stderr and where in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     conn = shop.connect(str(tmp_path / "shop.db"))
-    assert table_counts(conn) == dict.fromkeys(("cities", "districts", "products", "stock_units"), 0)
+    assert table_counts(conn) == dict.fromkeys(
+        ("cities", "districts", "products", "stock_units"), 0
+    )
     assert media_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"{not json", "not valid JSON"),
-    (b"\xff\xfe\x00garbage", "not UTF-8"),
-    (b"[1, 2, 3]", "must be a JSON object"),
-    (b'{"cities": [], "products": [{"name": "x", "price": NaN}]}', "not valid JSON"),
-    (b"", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe\x00garbage", "not UTF-8"),
+        (b"[1, 2, 3]", "must be a JSON object"),
+        (b'{"cities": [], "products": [{"name": "x", "price": NaN}]}', "not valid JSON"),
+        (b"", "not valid JSON"),
+    ],
+)
 def test_garbage_files_are_refused_clearly(tmp_path, content, message):
     path = tmp_path / "garbage.json"
     path.write_bytes(content)
@@ -162,7 +247,9 @@ def test_the_demo_catalog_loads_with_photos(tmp_path):
     conn = shop.connect(str(tmp_path / "shop.db"))
     assert {r[0] for r in conn.execute("SELECT name FROM cities")} == {"Berlin", "Lisbon", "Kraków"}
     assert conn.execute("SELECT count(*) FROM products WHERE photo IS NOT NULL").fetchone()[0] == 5
-    assert conn.execute("SELECT count(*) FROM stock_units WHERE media IS NOT NULL").fetchone()[0] == 4
+    assert (
+        conn.execute("SELECT count(*) FROM stock_units WHERE media IS NOT NULL").fetchone()[0] == 4
+    )
     for (name,) in conn.execute("SELECT media FROM stock_units WHERE media IS NOT NULL"):
         assert shop.image_kind((tmp_path / "media" / "private" / name).read_bytes()) == "png"
     assert run_seed(tmp_path).returncode == 0

@@ -33,8 +33,11 @@ FINAL = ("finished", "partially_paid", "expired", "failed", "refunded")
 
 # What the catalog holds: (city, district, product, price in cents, units). Unit contents are
 # fixed-width codes, so no code is a substring of another and a delivery can be found by its code.
-CATALOG = [("Berlin", "Mitte", "Gift card", 2500, 150), ("Berlin", "Mitte", "Sticker", 150, 200),
-           ("Lisbon", "Baixa", "Coffee", 990, 120)]
+CATALOG = [
+    ("Berlin", "Mitte", "Gift card", 2500, 150),
+    ("Berlin", "Mitte", "Sticker", 150, 200),
+    ("Lisbon", "Baixa", "Coffee", 990, 120),
+]
 
 
 def seed_catalog(conn, catalog=CATALOG):
@@ -47,20 +50,31 @@ def api(base, method, path, uid, **kw):
     """A Mini App call signed for Telegram user uid."""
     # The same name as FakeTelegram gives the shopper in the chat, so the two do not rename each other.
     init = shop.sign_init_data({"id": uid, "first_name": "Ann", "language_code": "en"}, TOKEN)
-    return requests.request(method, base + path, headers={"X-Telegram-Init-Data": init},
-                            timeout=kw.pop("timeout", 15), **kw)
+    return requests.request(
+        method,
+        base + path,
+        headers={"X-Telegram-Init-Data": init},
+        timeout=kw.pop("timeout", 15),
+        **kw,
+    )
 
 
 def simulate(np_shop, provider_id, outcome):
-    return requests.post(f"{np_shop.url}/sandbox/v1/simulate/{provider_id}/{outcome}",
-                         headers={"x-api-key": np_shop.sandbox_api_key}, timeout=10)
+    return requests.post(
+        f"{np_shop.url}/sandbox/v1/simulate/{provider_id}/{outcome}",
+        headers={"x-api-key": np_shop.sandbox_api_key},
+        timeout=10,
+    )
 
 
 def provider_truth(np_shop):
     """provider id -> the payment as NOWPayments (the sandbox shop) holds it."""
     c = shop.connect(np_shop.config.shop_db)
     try:
-        return {str(i): shop.parse_json(d) for i, d in c.execute("SELECT id, data FROM sandbox_payments")}
+        return {
+            str(i): shop.parse_json(d)
+            for i, d in c.execute("SELECT id, data FROM sandbox_payments")
+        }
     finally:
         c.close()
 
@@ -68,8 +82,12 @@ def provider_truth(np_shop):
 def post_ipn(base, data, secret):
     body = shop.encode_json(data)
     sig = shop.ipn_signature(shop.parse_json(body), secret)
-    return requests.post(base + "/webhook", data=body.encode(), timeout=10,
-                         headers={"Content-Type": "application/json", "x-nowpayments-sig": sig})
+    return requests.post(
+        base + "/webhook",
+        data=body.encode(),
+        timeout=10,
+        headers={"Content-Type": "application/json", "x-nowpayments-sig": sig},
+    )
 
 
 class Admin:
@@ -77,15 +95,23 @@ class Admin:
         self.base, self.http, self.csrf = base, requests.Session(), None
 
     def login(self):
-        r = self.http.post(self.base + "/admin/login", data={"password": PASSWORD, "next": "/admin"},
-                           allow_redirects=False, timeout=10)
+        r = self.http.post(
+            self.base + "/admin/login",
+            data={"password": PASSWORD, "next": "/admin"},
+            allow_redirects=False,
+            timeout=10,
+        )
         assert r.status_code == 303, r.text[:300]
         page = self.http.get(self.base + "/admin/broadcast", timeout=10).text
         self.csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
     def broadcast(self, text):
-        return self.http.post(self.base + "/admin/broadcast", data={"text": text, "csrf_token": self.csrf},
-                              allow_redirects=False, timeout=10)
+        return self.http.post(
+            self.base + "/admin/broadcast",
+            data={"text": text, "csrf_token": self.csrf},
+            allow_redirects=False,
+            timeout=10,
+        )
 
 
 def wait_until(predicate, timeout, what, interval=0.05):
@@ -101,10 +127,16 @@ def wait_until(predicate, timeout, what, interval=0.05):
 
 
 def live_env(np_shop, api_url=None, **extra):
-    env = {"NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key, "NOWPAYMENTS_IPN_SECRET": np_shop.ipn_secret,
-           "NOWPAYMENTS_API_URL": (api_url or np_shop.url) + "/sandbox/v1", "PAYMENT_POLL_SECONDS": "5",
-           "ADMIN_PASSWORD": PASSWORD, "ADMIN_IDS": str(OWNER), "MAX_OPEN_INVOICES": "100",
-           "MAX_INVOICES_PER_HOUR": "1000"}
+    env = {
+        "NOWPAYMENTS_API_KEY": np_shop.sandbox_api_key,
+        "NOWPAYMENTS_IPN_SECRET": np_shop.ipn_secret,
+        "NOWPAYMENTS_API_URL": (api_url or np_shop.url) + "/sandbox/v1",
+        "PAYMENT_POLL_SECONDS": "5",
+        "ADMIN_PASSWORD": PASSWORD,
+        "ADMIN_IDS": str(OWNER),
+        "MAX_OPEN_INVOICES": "100",
+        "MAX_INVOICES_PER_HOUR": "1000",
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -120,6 +152,7 @@ def prepare_db(path, shoppers, balance=20000):
 
 
 # The invariants ###############################################################
+
 
 def check_invariants(db_path, np_shop, fake, total_units, converged=True, drained=True):
     """Everything that must hold of the live shop's database; returns a list of problems (empty: fine)."""
@@ -138,40 +171,64 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
             problems.append(f"{count} stock units, expected {total_units}")
         # (what it means, the rows that show it): each must find nothing.
         for what, sql in (
-                ("negative balances", "SELECT id, balance_cents FROM users WHERE balance_cents < 0"),
-                # Stock: every unit is in one state, and sold/reserved ones belong to one fitting order.
-                ("units sold twice", "SELECT i.unit_id, count(*) FROM order_items i JOIN orders o ON o.id = i.order_id "
-                                     "WHERE o.status = 'paid' GROUP BY i.unit_id HAVING count(*) > 1"),
-                ("sold units without a paid order",
-                 "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
-                 "WHERE s.status = 'sold' AND (o.status IS NOT 'paid' OR NOT EXISTS (SELECT 1 FROM order_items i "
-                 "WHERE i.order_id = s.order_id AND i.unit_id = s.id))"),
-                ("reserved units of an order that is not pending",
-                 "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
-                 "WHERE s.status = 'reserved' AND o.status IS NOT 'pending'"),
-                ("paid orders whose units are not sold to them",
-                 "SELECT i.order_id, i.unit_id, s.status, s.order_id FROM order_items i JOIN orders o "
-                 "ON o.id = i.order_id JOIN stock_units s ON s.id = i.unit_id WHERE o.status = 'paid' "
-                 "AND (s.status != 'sold' OR s.order_id != o.id)"),
-                ("one checkout bought twice", "SELECT user_id, checkout_key, count(*) FROM orders WHERE checkout_key "
-                                              "IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1")):
+            ("negative balances", "SELECT id, balance_cents FROM users WHERE balance_cents < 0"),
+            # Stock: every unit is in one state, and sold/reserved ones belong to one fitting order.
+            (
+                "units sold twice",
+                "SELECT i.unit_id, count(*) FROM order_items i JOIN orders o ON o.id = i.order_id "
+                "WHERE o.status = 'paid' GROUP BY i.unit_id HAVING count(*) > 1",
+            ),
+            (
+                "sold units without a paid order",
+                "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
+                "WHERE s.status = 'sold' AND (o.status IS NOT 'paid' OR NOT EXISTS (SELECT 1 FROM order_items i "
+                "WHERE i.order_id = s.order_id AND i.unit_id = s.id))",
+            ),
+            (
+                "reserved units of an order that is not pending",
+                "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
+                "WHERE s.status = 'reserved' AND o.status IS NOT 'pending'",
+            ),
+            (
+                "paid orders whose units are not sold to them",
+                "SELECT i.order_id, i.unit_id, s.status, s.order_id FROM order_items i JOIN orders o "
+                "ON o.id = i.order_id JOIN stock_units s ON s.id = i.unit_id WHERE o.status = 'paid' "
+                "AND (s.status != 'sold' OR s.order_id != o.id)",
+            ),
+            (
+                "one checkout bought twice",
+                "SELECT user_id, checkout_key, count(*) FROM orders WHERE checkout_key "
+                "IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1",
+            ),
+        ):
             found = conn.execute(sql).fetchall()
             if found:
                 problems.append(f"{what}: {[tuple(r) for r in found][:5]}")
         for o in conn.execute("SELECT * FROM orders WHERE payment_method = 'balance'"):
-            debit = conn.execute("SELECT coalesce(sum(amount_cents), 0) FROM ledger WHERE idempotency_key = ?",
-                                 (f"order:{o['id']}:balance",)).fetchone()[0]
+            debit = conn.execute(
+                "SELECT coalesce(sum(amount_cents), 0) FROM ledger WHERE idempotency_key = ?",
+                (f"order:{o['id']}:balance",),
+            ).fetchone()[0]
             if o["status"] == "paid" and debit != -o["total_cents"]:
-                problems.append(f"balance order #{o['id']} paid {o['total_cents']} but debited {debit}")
+                problems.append(
+                    f"balance order #{o['id']} paid {o['total_cents']} but debited {debit}"
+                )
 
         # Deliveries: each unit of a paid order is handed over in exactly one queued message (resends aside).
         for o in conn.execute("SELECT id, user_id FROM orders WHERE status = 'paid'"):
-            for (content,) in conn.execute("SELECT s.content FROM order_items i JOIN stock_units s ON s.id = i.unit_id "
-                                           "WHERE i.order_id = ?", (o["id"],)):
-                n = conn.execute("SELECT count(*) FROM outbox WHERE chat_id = ? AND text LIKE ?",
-                                 (o["user_id"], f"%{content}%")).fetchone()[0]
+            for (content,) in conn.execute(
+                "SELECT s.content FROM order_items i JOIN stock_units s ON s.id = i.unit_id "
+                "WHERE i.order_id = ?",
+                (o["id"],),
+            ):
+                n = conn.execute(
+                    "SELECT count(*) FROM outbox WHERE chat_id = ? AND text LIKE ?",
+                    (o["user_id"], f"%{content}%"),
+                ).fetchone()[0]
                 if n != 1:
-                    problems.append(f"order #{o['id']}: unit {content} is in {n} queued messages, not 1")
+                    problems.append(
+                        f"order #{o['id']}: unit {content} is in {n} queued messages, not 1"
+                    )
 
         # Payments: what NOWPayments says is final is applied in the shop, with the right money, once.
         truth = provider_truth(np_shop)
@@ -183,46 +240,78 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
             status = t["payment_status"]
             if status not in FINAL:
                 if p["status"] in FINAL:
-                    problems.append(f"payment {p['provider_id']} is {p['status']} here but {status} at the provider")
+                    problems.append(
+                        f"payment {p['provider_id']} is {p['status']} here but {status} at the provider"
+                    )
                 continue
             if p["status"] != status:
                 if converged:
-                    problems.append(f"payment {p['provider_id']} is {p['status']} here but {status} at the provider")
+                    problems.append(
+                        f"payment {p['provider_id']} is {p['status']} here but {status} at the provider"
+                    )
                 continue
             price, paid, asked = p["price_cents"], t.get("actually_paid") or 0, t["pay_amount"]
             if p["kind"] == "topup":
-                expected = (max(price, shop.value_of(price, paid, asked)) if status == "finished"
-                            else shop.value_of(price, paid, asked) if status == "partially_paid" else 0)
+                expected = (
+                    max(price, shop.value_of(price, paid, asked))
+                    if status == "finished"
+                    else shop.value_of(price, paid, asked)
+                    if status == "partially_paid"
+                    else 0
+                )
             elif status == "finished":
-                expected = shop.value_of(price, shop.Num(str(shop.crypto_amount(paid) - shop.crypto_amount(asked))),
-                                         asked) if shop.crypto_amount(paid) > shop.crypto_amount(asked) else 0
+                expected = (
+                    shop.value_of(
+                        price,
+                        shop.Num(str(shop.crypto_amount(paid) - shop.crypto_amount(asked))),
+                        asked,
+                    )
+                    if shop.crypto_amount(paid) > shop.crypto_amount(asked)
+                    else 0
+                )
             else:
                 expected = shop.value_of(price, paid, asked) if status == "partially_paid" else 0
-            credited = conn.execute("SELECT coalesce(sum(amount_cents), 0) FROM ledger WHERE idempotency_key LIKE ?",
-                                    (f"payment:{p['provider_id']}:%",)).fetchone()[0]
+            credited = conn.execute(
+                "SELECT coalesce(sum(amount_cents), 0) FROM ledger WHERE idempotency_key LIKE ?",
+                (f"payment:{p['provider_id']}:%",),
+            ).fetchone()[0]
             if credited != expected or p["credited_cents"] != expected:
-                problems.append(f"{p['kind']} payment {p['provider_id']} ({status}, paid {paid} of {asked}): "
-                                f"credited {credited} (column {p['credited_cents']}), expected {expected}")
+                problems.append(
+                    f"{p['kind']} payment {p['provider_id']} ({status}, paid {paid} of {asked}): "
+                    f"credited {credited} (column {p['credited_cents']}), expected {expected}"
+                )
             if p["kind"] == "order":
-                order = conn.execute("SELECT status FROM orders WHERE id = ?", (p["order_id"],)).fetchone()[0]
+                order = conn.execute(
+                    "SELECT status FROM orders WHERE id = ?", (p["order_id"],)
+                ).fetchone()[0]
                 want = {"finished": "paid", "partially_paid": "cancelled"}.get(status)
                 if want and order != want:
-                    problems.append(f"order #{p['order_id']} is {order} after its payment became {status}")
+                    problems.append(
+                        f"order #{p['order_id']} is {order} after its payment became {status}"
+                    )
                 if status == "expired" and order == "paid":
                     problems.append(f"order #{p['order_id']} is paid though its payment expired")
 
         # Broadcasts reach every recipient once.
         for b in conn.execute("SELECT id, recipients FROM broadcasts"):
-            n = conn.execute("SELECT count(*) FROM outbox WHERE broadcast_id = ?", (b["id"],)).fetchone()[0]
+            n = conn.execute(
+                "SELECT count(*) FROM outbox WHERE broadcast_id = ?", (b["id"],)
+            ).fetchone()[0]
             if n != b["recipients"]:
-                problems.append(f"broadcast {b['id']}: {n} messages for {b['recipients']} recipients")
+                problems.append(
+                    f"broadcast {b['id']}: {n} messages for {b['recipients']} recipients"
+                )
 
         # The outbox: after recovery nothing waits or failed, and Telegram got every message that was sent.
-        failed = conn.execute("SELECT id, chat_id, last_error FROM outbox WHERE status = 'failed'").fetchall()
+        failed = conn.execute(
+            "SELECT id, chat_id, last_error FROM outbox WHERE status = 'failed'"
+        ).fetchall()
         if failed:
             problems.append(f"outbox rows failed: {[tuple(r) for r in failed][:5]}")
         if drained:
-            left = conn.execute("SELECT id, chat_id, status, last_error FROM outbox WHERE status != 'sent'").fetchall()
+            left = conn.execute(
+                "SELECT id, chat_id, status, last_error FROM outbox WHERE status != 'sent'"
+            ).fetchall()
             if left:
                 problems.append(f"outbox rows not sent: {[tuple(r) for r in left][:5]}")
         if converged:
@@ -240,16 +329,24 @@ def sent_but_never_received(conn, fake):
     answers. So every row read as sent was in the stand-in's records before that read, and the shop's rows must
     be read first: read the other way round, a message sent between the two reads (the shop keeps sending while
     this runs, and on a busy machine the reads can be far apart) would look lost though Telegram has it."""
-    rows = conn.execute("SELECT id, chat_id, text, telegram_message_id FROM outbox WHERE status = 'sent' "
-                        "AND photo IS NULL AND edit_message_id IS NULL").fetchall()
-    sent = collections.Counter((str(call.get("chat_id")), call.get("text")) for call in fake.calls_to("sendMessage"))
+    rows = conn.execute(
+        "SELECT id, chat_id, text, telegram_message_id FROM outbox WHERE status = 'sent' "
+        "AND photo IS NULL AND edit_message_id IS NULL"
+    ).fetchall()
+    sent = collections.Counter(
+        (str(call.get("chat_id")), call.get("text")) for call in fake.calls_to("sendMessage")
+    )
     problems = []
     for r in rows:
         if not sent[(str(r["chat_id"]), r["text"])]:
             problems.append(f"outbox #{r['id']} marked sent but Telegram never got it")
-        elif not any(m.message_id == r["telegram_message_id"] for m in fake.all_messages(r["chat_id"])):
-            problems.append(f"outbox #{r['id']} marked sent as message {r['telegram_message_id']}, which Telegram "
-                            "never gave")
+        elif not any(
+            m.message_id == r["telegram_message_id"] for m in fake.all_messages(r["chat_id"])
+        ):
+            problems.append(
+                f"outbox #{r['id']} marked sent as message {r['telegram_message_id']}, which Telegram "
+                "never gave"
+            )
     return problems
 
 
@@ -266,15 +363,21 @@ def test_a_message_sent_while_the_check_runs_is_not_taken_for_a_lost_one(tmp_pat
 
     def shop_sends(row_id, text):
         """What the shop's sender does: Telegram answers ok, then the row is marked sent with its message id."""
-        answer = requests.post(f"{fake_tg.base_url}/bot{TOKEN}/sendMessage", timeout=10,
-                               params={"chat_id": 1001, "text": text, "parse_mode": "HTML"}).json()
+        answer = requests.post(
+            f"{fake_tg.base_url}/bot{TOKEN}/sendMessage",
+            timeout=10,
+            params={"chat_id": 1001, "text": text, "parse_mode": "HTML"},
+        ).json()
         assert answer["ok"]
         with shop.transaction(conn):
-            conn.execute("UPDATE outbox SET status = 'sent', telegram_message_id = ? WHERE id = ?",
-                         (answer["result"]["message_id"], row_id))
+            conn.execute(
+                "UPDATE outbox SET status = 'sent', telegram_message_id = ? WHERE id = ?",
+                (answer["result"]["message_id"], row_id),
+            )
 
     class SendingMeanwhile:
         """Telegram's records, with the shop sending a message right after they were read."""
+
         sent = False
 
         def calls_to(self, method):
@@ -291,12 +394,18 @@ def test_a_message_sent_while_the_check_runs_is_not_taken_for_a_lost_one(tmp_pat
     assert sent_but_never_received(conn, fake_tg) == []
     # And a row marked sent that Telegram never got, or under a message id it never gave, is still found.
     with shop.transaction(conn):
-        conn.execute("UPDATE outbox SET status = 'sent', telegram_message_id = 999 WHERE id = ?", (never,))
-    assert sent_but_never_received(conn, fake_tg) == [f"outbox #{never} marked sent but Telegram never got it"]
+        conn.execute(
+            "UPDATE outbox SET status = 'sent', telegram_message_id = 999 WHERE id = ?", (never,)
+        )
+    assert sent_but_never_received(conn, fake_tg) == [
+        f"outbox #{never} marked sent but Telegram never got it"
+    ]
     with shop.transaction(conn):
         conn.execute("UPDATE outbox SET telegram_message_id = 999 WHERE id = ?", (during,))
-    assert sent_but_never_received(conn, fake_tg)[0] == \
-        f"outbox #{during} marked sent as message 999, which Telegram never gave"
+    assert (
+        sent_but_never_received(conn, fake_tg)[0]
+        == f"outbox #{during} marked sent as message 999, which Telegram never gave"
+    )
     conn.close()
 
 
@@ -305,12 +414,22 @@ def not_converged(db_path, np_shop):
     truth = provider_truth(np_shop)
     conn = shop.connect(str(db_path))
     try:
-        behind = [(p["provider_id"], p["status"], truth[p["provider_id"]]["payment_status"])
-                  for p in conn.execute("SELECT provider_id, status FROM payments WHERE parent_id IS NULL")
-                  if p["provider_id"] in truth and truth[p["provider_id"]]["payment_status"] in FINAL
-                  and p["status"] != truth[p["provider_id"]]["payment_status"]]
-        pending = [tuple(r) for r in conn.execute("SELECT chat_id, count(*), min(next_attempt_at), max(attempts), "
-                                                  "max(last_error) FROM outbox WHERE status = 'pending' GROUP BY 1")]
+        behind = [
+            (p["provider_id"], p["status"], truth[p["provider_id"]]["payment_status"])
+            for p in conn.execute(
+                "SELECT provider_id, status FROM payments WHERE parent_id IS NULL"
+            )
+            if p["provider_id"] in truth
+            and truth[p["provider_id"]]["payment_status"] in FINAL
+            and p["status"] != truth[p["provider_id"]]["payment_status"]
+        ]
+        pending = [
+            tuple(r)
+            for r in conn.execute(
+                "SELECT chat_id, count(*), min(next_attempt_at), max(attempts), "
+                "max(last_error) FROM outbox WHERE status = 'pending' GROUP BY 1"
+            )
+        ]
         return f"payments behind the provider: {behind}\npending outbox per chat: {pending}"
     finally:
         conn.close()
@@ -326,42 +445,62 @@ def converged(db_path, np_shop, outbox=True):
             t = truth.get(p["provider_id"])
             if t and t["payment_status"] in FINAL and p["status"] != t["payment_status"]:
                 return False
-        return not outbox or conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] == 0
+        return (
+            not outbox
+            or conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+            == 0
+        )
     finally:
         conn.close()
 
 
 # kill -9 ######################################################################
 
+
 class Load:
     """Mixed traffic from a few threads until stopped: balance checkouts, crypto invoices paid at the
     provider (which sends IPNs), top-ups, replayed IPNs, admin broadcasts and bot messages."""
 
     def __init__(self, base, np_shop, fake, shoppers, ids, admin, rng_seed):
-        self.base, self.np, self.fake, self.shoppers, self.ids, self.admin = base, np_shop, fake, shoppers, ids, admin
+        self.base, self.np, self.fake, self.shoppers, self.ids, self.admin = (
+            base,
+            np_shop,
+            fake,
+            shoppers,
+            ids,
+            admin,
+        )
         self.rng_seed = rng_seed
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.unknown_checkouts = []     # (uid, body) of balance checkouts cut off by the kill
-        self.paid_orders = {}           # request_id -> order id the shop confirmed
-        self.invoices = []              # provider ids the shop handed out
+        self.unknown_checkouts = []  # (uid, body) of balance checkouts cut off by the kill
+        self.paid_orders = {}  # request_id -> order id the shop confirmed
+        self.invoices = []  # provider ids the shop handed out
         self.counts = {}
-        self.errors = []                # 5xx answers (a crash is fine, a 500 is not)
+        self.errors = []  # 5xx answers (a crash is fine, a 500 is not)
 
     def note(self, what):
         with self.lock:
             self.counts[what] = self.counts.get(what, 0) + 1
 
     def run(self, n_threads):
-        threads = [threading.Thread(target=self.worker, args=(i,), daemon=True) for i in range(n_threads)]
+        threads = [
+            threading.Thread(target=self.worker, args=(i,), daemon=True) for i in range(n_threads)
+        ]
         for t in threads:
             t.start()
         return threads
 
     def worker(self, index):
         rng = random.Random(self.rng_seed * 100 + index)
-        actions = [(self.balance_checkout, 4), (self.crypto_order, 3), (self.topup, 2), (self.replay_ipn, 2),
-                   (self.bot, 2), (self.broadcast, 0.3)]
+        actions = [
+            (self.balance_checkout, 4),
+            (self.crypto_order, 3),
+            (self.topup, 2),
+            (self.replay_ipn, 2),
+            (self.bot, 2),
+            (self.broadcast, 0.3),
+        ]
         while not self.stop.is_set():
             action = rng.choices([a for a, _ in actions], [w for _, w in actions])[0]
             try:
@@ -382,8 +521,14 @@ class Load:
     def balance_checkout(self, rng):
         uid = rng.choice(self.shoppers)
         product = rng.choice(["Sticker", "Coffee", "Gift card"])
-        body = {"type": "product", "product_id": self.ids[product][0], "district_id": self.ids[product][1],
-                "quantity": rng.randint(1, 2), "currency": "balance", "request_id": "%016x" % rng.getrandbits(64)}
+        body = {
+            "type": "product",
+            "product_id": self.ids[product][0],
+            "district_id": self.ids[product][1],
+            "quantity": rng.randint(1, 2),
+            "currency": "balance",
+            "request_id": "%016x" % rng.getrandbits(64),
+        }
         try:
             r = api(self.base, "POST", "/api/payment/create", uid, json=body)
         except requests.RequestException:
@@ -399,9 +544,19 @@ class Load:
     def crypto_order(self, rng):
         uid = rng.choice(self.shoppers)
         product = rng.choice(["Gift card", "Coffee"])
-        r = api(self.base, "POST", "/api/payment/create", uid, json={
-            "type": "product", "product_id": self.ids[product][0], "district_id": self.ids[product][1],
-            "quantity": 1, "currency": rng.choice(["btc", "ltc", "usdttrc20"])})
+        r = api(
+            self.base,
+            "POST",
+            "/api/payment/create",
+            uid,
+            json={
+                "type": "product",
+                "product_id": self.ids[product][0],
+                "district_id": self.ids[product][1],
+                "quantity": 1,
+                "currency": rng.choice(["btc", "ltc", "usdttrc20"]),
+            },
+        )
         self.check(r, "crypto invoice")
         self.note(f"crypto invoice {r.status_code}")
         if r.status_code == 200:
@@ -410,8 +565,16 @@ class Load:
     def topup(self, rng):
         uid = rng.choice(self.shoppers)
         cents = rng.randint(1000, 9000)
-        r = api(self.base, "POST", "/api/payment/refill", uid,
-                json={"amount": f"{cents // 100}.{cents % 100:02d}", "currency": rng.choice(["ltc", "usdttrc20"])})
+        r = api(
+            self.base,
+            "POST",
+            "/api/payment/refill",
+            uid,
+            json={
+                "amount": f"{cents // 100}.{cents % 100:02d}",
+                "currency": rng.choice(["ltc", "usdttrc20"]),
+            },
+        )
         self.check(r, "top-up invoice")
         self.note(f"top-up invoice {r.status_code}")
         if r.status_code == 200:
@@ -421,7 +584,7 @@ class Load:
         with self.lock:
             self.invoices.append(str(provider_id))
         outcome = rng.choices(["full", "over", "partial", "expire", None], [5, 2, 2, 1, 1])[0]
-        if outcome:      # the provider is up throughout; its IPNs to a dead shop are retried, then lost
+        if outcome:  # the provider is up throughout; its IPNs to a dead shop are retried, then lost
             simulate(self.np, provider_id, outcome).raise_for_status()
             self.note(f"paid {outcome}")
 
@@ -449,12 +612,14 @@ class Load:
         self.note(f"broadcast {r.status_code}")
 
 
-def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(make_shop, fake_tg, run_shop, tmp_path):
+def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(
+    make_shop, fake_tg, run_shop, tmp_path
+):
     print(f"CHAOS_SEED={SEED}")
     rng = random.Random(SEED)
     np_shop = make_shop(name="provider")
     shoppers = list(range(1001, 1009))
-    for uid in shoppers + [OWNER]:                 # Telegram knows their chats
+    for uid in shoppers + [OWNER]:  # Telegram knows their chats
         fake_tg.user_sends(uid, "hello")
     db = tmp_path / "shop.db"
     ids = prepare_db(db, shoppers)
@@ -488,23 +653,46 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(make_shop
         # Per cycle: the payments catch up (IPN retries, else reconciliation every 5 s). The outbox drains at
         # Telegram's 1 message/s per chat, so that it ends with nothing left is checked after the last cycle.
         try:
-            wait_until(lambda: converged(db, np_shop, outbox=False), 40, "the shop to catch up with the provider")
+            wait_until(
+                lambda: converged(db, np_shop, outbox=False),
+                40,
+                "the shop to catch up with the provider",
+            )
         except AssertionError:
             print("\n\n".join(logs[-2:]) + "\n" + proc.log)
-            raise AssertionError(f"cycle {cycle + 1} (CHAOS_SEED={SEED}): {not_converged(db, np_shop)}")
+            raise AssertionError(
+                f"cycle {cycle + 1} (CHAOS_SEED={SEED}): {not_converged(db, np_shop)}"
+            )
         problems = check_invariants(db, np_shop, fake_tg, total_units, drained=False)
         conn = shop.connect(str(db))
         for rid, order_id in load.paid_orders.items():
-            row = conn.execute("SELECT id, status FROM orders WHERE checkout_key = ?", (rid,)).fetchone()
+            row = conn.execute(
+                "SELECT id, status FROM orders WHERE checkout_key = ?", (rid,)
+            ).fetchone()
             if row is None or (row["id"], row["status"]) != (order_id, "paid"):
-                problems.append(f"checkout {rid} was confirmed as order #{order_id}, the database says {row and tuple(row)}")
+                problems.append(
+                    f"checkout {rid} was confirmed as order #{order_id}, the database says {row and tuple(row)}"
+                )
         conn.close()
         problems += load.errors
-        print(f"cycle {cycle + 1}: {dict(sorted(load.counts.items()))} ({time.monotonic() - started:.1f} s)")
-        assert not problems, f"cycle {cycle + 1} (CHAOS_SEED={SEED}):\n" + "\n".join(problems) + "\n" + proc.log[-5000:]
+        print(
+            f"cycle {cycle + 1}: {dict(sorted(load.counts.items()))} ({time.monotonic() - started:.1f} s)"
+        )
+        assert not problems, (
+            f"cycle {cycle + 1} (CHAOS_SEED={SEED}):\n"
+            + "\n".join(problems)
+            + "\n"
+            + proc.log[-5000:]
+        )
     # The stand-in notes a client vanishing mid-request (the killed shop) as an error of its own: not a fault.
-    assert [e for e in fake_tg.errors if not re.search(r"reset by peer|Broken pipe|Connection aborted", e)] == []
-    wait_until(lambda: converged(db, np_shop), 90, "every outbox message sent after the last restart")
+    assert [
+        e
+        for e in fake_tg.errors
+        if not re.search(r"reset by peer|Broken pipe|Connection aborted", e)
+    ] == []
+    wait_until(
+        lambda: converged(db, np_shop), 90, "every outbox message sent after the last restart"
+    )
     problems = check_invariants(db, np_shop, fake_tg, total_units)
     assert not problems, "\n".join(problems) + "\n" + proc.log[-5000:]
     print(f"drained ({time.monotonic() - started:.1f} s)")
@@ -513,10 +701,11 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(make_shop
     paid = conn.execute("SELECT count(*) FROM payments WHERE status = 'finished'").fetchone()[0]
     conn.close()
     print(f"20 kills: {sold} units sold, {paid} payments finished")
-    assert sold > 20 and paid > 5           # the load really ran
+    assert sold > 20 and paid > 5  # the load really ran
 
 
 # Outages ######################################################################
+
 
 @pytest.fixture
 def partitioned(make_shop, fake_tg, run_shop, tmp_path):
@@ -531,8 +720,11 @@ def partitioned(make_shop, fake_tg, run_shop, tmp_path):
     ids = prepare_db(db, [1001, 1002])
     for uid in (1001, 1002, OWNER):
         fake_tg.user_sends(uid, "hello")
-    proc = run_shop(env=live_env(np_shop, api_url=np.url, PORT=shop_port, TELEGRAM_API_URL=tg.url,
-                                 WEBHOOK_URL=hook.url))
+    proc = run_shop(
+        env=live_env(
+            np_shop, api_url=np.url, PORT=shop_port, TELEGRAM_API_URL=tg.url, WEBHOOK_URL=hook.url
+        )
+    )
     yield proc, np_shop, tg, np, hook, ids, db
     for p in (tg, np, hook):
         p.stop()
@@ -542,7 +734,7 @@ def down(proxy, seconds, phases=("refuse", "502")):
     """The link is down for `seconds` of real time: first refusing connections, then answering 502."""
     for mode in phases:
         proxy.set_mode(mode)
-        time.sleep(seconds / len(phases))      # the outage itself: real time, as the issue asks
+        time.sleep(seconds / len(phases))  # the outage itself: real time, as the issue asks
     proxy.set_mode("pass")
 
 
@@ -555,22 +747,49 @@ def test_telegram_down_for_30_s_loses_nothing_and_catches_up(partitioned, fake_t
     outage.start()
     try:
         # Meanwhile the Mini App sells and the shopper sees the goods there; the chat waits.
-        r = api(proc.url, "POST", "/api/payment/create", 1001, json={
-            "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 2, "currency": "balance"})
+        r = api(
+            proc.url,
+            "POST",
+            "/api/payment/create",
+            1001,
+            json={
+                "type": "product",
+                "product_id": gift[0],
+                "district_id": gift[1],
+                "quantity": 2,
+                "currency": "balance",
+            },
+        )
         assert r.status_code == 200, r.text
         order_id = r.json()["order_id"]
         orders = api(proc.url, "GET", "/api/orders", 1001).json()["orders"]
         contents = [i["content"] for i in orders[0]["items"]]
-        assert orders[0]["id"] == order_id and all(re.fullmatch(r"U0X\d{4}Z", c) for c in contents), orders
-        topup = api(proc.url, "POST", "/api/payment/refill", 1002, json={"amount": "20.00", "currency": "ltc"})
+        assert orders[0]["id"] == order_id and all(
+            re.fullmatch(r"U0X\d{4}Z", c) for c in contents
+        ), orders
+        topup = api(
+            proc.url,
+            "POST",
+            "/api/payment/refill",
+            1002,
+            json={"amount": "20.00", "currency": "ltc"},
+        )
         assert topup.status_code == 200, topup.text
         simulate(np_shop, topup.json()["payment_id"], "full").raise_for_status()
         admin = Admin(proc.url)
         admin.login()
         assert admin.broadcast("Open late today, 20:00").status_code == 303
-        fake_tg.user_sends(1002, "/profile")           # waits at Telegram for the bot
-        health = wait_until(lambda: (h := requests.get(proc.url + "/healthz", timeout=5).json())["bot"]
-                            .startswith("down") and h, 25, "/healthz to tell that the bot is cut off")
+        fake_tg.user_sends(1002, "/profile")  # waits at Telegram for the bot
+        health = wait_until(
+            lambda: (
+                (h := requests.get(proc.url + "/healthz", timeout=5).json())["bot"].startswith(
+                    "down"
+                )
+                and h
+            ),
+            25,
+            "/healthz to tell that the bot is cut off",
+        )
         assert health["status"] == "down"
         assert tg.accepted or tg.mode == "refuse"
     finally:
@@ -578,8 +797,10 @@ def test_telegram_down_for_30_s_loses_nothing_and_catches_up(partitioned, fake_t
     recovered = time.monotonic()
     for content in contents:
         fake_tg.wait_message(1001, content, timeout=60)
-    fake_tg.wait_message(1002, "Balance", timeout=60)           # the answer to /profile sent during the outage
-    fake_tg.wait_message(1002, "€20.00", timeout=60)            # the top-up credit
+    fake_tg.wait_message(
+        1002, "Balance", timeout=60
+    )  # the answer to /profile sent during the outage
+    fake_tg.wait_message(1002, "€20.00", timeout=60)  # the top-up credit
     for uid in (1001, 1002):
         fake_tg.wait_message(uid, "Open late today, 20:00", timeout=60)
     wait_until(lambda: converged(db, np_shop), 60, "every outbox message sent")
@@ -596,13 +817,26 @@ def test_nowpayments_down_for_30_s_shoppers_are_told_and_payments_catch_up(parti
     proc, np_shop, tg, np, hook, ids, db = partitioned
     gift, coffee = ids["Gift card"], ids["Coffee"]
     conn = shop.connect(str(db))
-    before = api(proc.url, "POST", "/api/payment/create", 1001, json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"})
+    before = api(
+        proc.url,
+        "POST",
+        "/api/payment/create",
+        1001,
+        json={
+            "type": "product",
+            "product_id": gift[0],
+            "district_id": gift[1],
+            "quantity": 1,
+            "currency": "btc",
+        },
+    )
     assert before.status_code == 200, before.text
     paid_during = before.json()["payment_id"]
     # NOWPayments' API and its IPNs to the shop are cut, both ways, for 30 s.
-    outages = [threading.Thread(target=down, args=(np, 30.0)),
-               threading.Thread(target=down, args=(hook, 30.0, ("refuse",)))]
+    outages = [
+        threading.Thread(target=down, args=(np, 30.0)),
+        threading.Thread(target=down, args=(hook, 30.0, ("refuse",))),
+    ]
     for t in outages:
         t.start()
     try:
@@ -611,48 +845,120 @@ def test_nowpayments_down_for_30_s_shoppers_are_told_and_payments_catch_up(parti
         simulate(np_shop, paid_during, "full").raise_for_status()
         units = conn.execute("SELECT status, count(*) FROM stock_units GROUP BY 1").fetchall()
         # A new invoice: a clear answer, nothing reserved.
-        r = api(proc.url, "POST", "/api/payment/create", 1002, json={
-            "type": "product", "product_id": coffee[0], "district_id": coffee[1], "quantity": 1, "currency": "btc"})
+        r = api(
+            proc.url,
+            "POST",
+            "/api/payment/create",
+            1002,
+            json={
+                "type": "product",
+                "product_id": coffee[0],
+                "district_id": coffee[1],
+                "quantity": 1,
+                "currency": "btc",
+            },
+        )
         assert r.status_code in (502, 503), (r.status_code, r.text)
-        assert "payment service" in r.json()["error"] and "try again" in r.json()["error"].lower(), r.json()
-        assert conn.execute("SELECT status, count(*) FROM stock_units GROUP BY 1").fetchall() == units
+        assert (
+            "payment service" in r.json()["error"] and "try again" in r.json()["error"].lower()
+        ), r.json()
+        assert (
+            conn.execute("SELECT status, count(*) FROM stock_units GROUP BY 1").fetchall() == units
+        )
         # The same in the bot: a top-up asks for a coin, and then says what is wrong.
         fake_tg.user_sends(1002, "/refill")
         fake_tg.wait_message(1002, "How much")
         fake_tg.user_sends(1002, "20")
-        fake_tg.wait_for(lambda: any(b == "BTC" or b.startswith("BTC") for m in fake_tg.messages(1002)
-                                     for b in m.button_texts), what="the coin buttons")
+        fake_tg.wait_for(
+            lambda: any(
+                b == "BTC" or b.startswith("BTC")
+                for m in fake_tg.messages(1002)
+                for b in m.button_texts
+            ),
+            what="the coin buttons",
+        )
         query = fake_tg.click_button(1002, lambda t: t.startswith("BTC"))
-        answer = fake_tg.wait_for(lambda: fake_tg.callback_answers.get(query), timeout=30,
-                                  what="the answer to the coin button")
-        told = json.dumps(answer, ensure_ascii=False) + " ".join(m.content for m in fake_tg.messages(1002)[-2:])
+        answer = fake_tg.wait_for(
+            lambda: fake_tg.callback_answers.get(query),
+            timeout=30,
+            what="the answer to the coin button",
+        )
+        told = json.dumps(answer, ensure_ascii=False) + " ".join(
+            m.content for m in fake_tg.messages(1002)[-2:]
+        )
         assert "payment service" in told and "try again" in told.lower(), told
         # Balance purchases and their deliveries go on meanwhile.
-        b = api(proc.url, "POST", "/api/payment/create", 1002, json={
-            "type": "product", "product_id": coffee[0], "district_id": coffee[1], "quantity": 1, "currency": "balance"})
+        b = api(
+            proc.url,
+            "POST",
+            "/api/payment/create",
+            1002,
+            json={
+                "type": "product",
+                "product_id": coffee[0],
+                "district_id": coffee[1],
+                "quantity": 1,
+                "currency": "balance",
+            },
+        )
         assert b.status_code == 200, b.text
         fake_tg.wait_message(1002, f"Order #{b.json()['order_id']} is paid")
         status = api(proc.url, "GET", f"/api/payment/status/{paid_during}", 1001)
         assert status.status_code == 200 and status.json()["status"] == "waiting", status.text
-        health = wait_until(lambda: (h := requests.get(proc.url + "/healthz", timeout=5).json())["payments"]
-                            .startswith("NOWPayments not answering") and h, 10, "/healthz to tell")
-        assert health["status"] == "ok"           # the shop itself is up
+        health = wait_until(
+            lambda: (
+                (h := requests.get(proc.url + "/healthz", timeout=5).json())["payments"].startswith(
+                    "NOWPayments not answering"
+                )
+                and h
+            ),
+            10,
+            "/healthz to tell",
+        )
+        assert health["status"] == "ok"  # the shop itself is up
     finally:
         for t in outages:
             t.join()
     recovered = time.monotonic()
     # Reconciliation finds the payment whose IPN was lost, and the goods go out.
-    wait_until(lambda: conn.execute("SELECT status FROM payments WHERE provider_id = ?",
-                                    (str(paid_during),)).fetchone()[0] == "finished", 30, "reconciliation")
-    order = conn.execute("SELECT order_id FROM payments WHERE provider_id = ?", (str(paid_during),)).fetchone()[0]
+    wait_until(
+        lambda: (
+            conn.execute(
+                "SELECT status FROM payments WHERE provider_id = ?", (str(paid_during),)
+            ).fetchone()[0]
+            == "finished"
+        ),
+        30,
+        "reconciliation",
+    )
+    order = conn.execute(
+        "SELECT order_id FROM payments WHERE provider_id = ?", (str(paid_during),)
+    ).fetchone()[0]
     fake_tg.wait_message(1001, f"Order #{order} is paid", timeout=20)
     print(f"caught up {time.monotonic() - recovered:.1f} s after NOWPayments came back")
-    final = conn.execute("SELECT final_source FROM payments WHERE provider_id = ?", (str(paid_during),)).fetchone()[0]
+    final = conn.execute(
+        "SELECT final_source FROM payments WHERE provider_id = ?", (str(paid_during),)
+    ).fetchone()[0]
     assert final == "poll"
-    again = api(proc.url, "POST", "/api/payment/create", 1002, json={
-        "type": "product", "product_id": coffee[0], "district_id": coffee[1], "quantity": 1, "currency": "btc"})
+    again = api(
+        proc.url,
+        "POST",
+        "/api/payment/create",
+        1002,
+        json={
+            "type": "product",
+            "product_id": coffee[0],
+            "district_id": coffee[1],
+            "quantity": 1,
+            "currency": "btc",
+        },
+    )
     assert again.status_code == 200, again.text
-    wait_until(lambda: requests.get(proc.url + "/healthz", timeout=5).json()["payments"] == "ok", 15, "health ok")
+    wait_until(
+        lambda: requests.get(proc.url + "/healthz", timeout=5).json()["payments"] == "ok",
+        15,
+        "health ok",
+    )
     wait_until(lambda: converged(db, np_shop), 30, "every outbox message sent")
     problems = check_invariants(db, np_shop, fake_tg, sum(c[-1] for c in CATALOG))
     conn.close()
@@ -661,17 +967,29 @@ def test_nowpayments_down_for_30_s_shoppers_are_told_and_payments_catch_up(parti
 
 # Disk full and read-only database ############################################
 
+
 def snapshot(db_path):
     conn = shop.connect(str(db_path))
     try:
-        return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
-                for t in ("users", "stock_units", "orders", "order_items", "ledger", "payments", "basket_items")}
+        return {
+            t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
+            for t in (
+                "users",
+                "stock_units",
+                "orders",
+                "order_items",
+                "ledger",
+                "payments",
+                "basket_items",
+            )
+        }
     finally:
         conn.close()
 
 
-def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(make_shop, fake_tg, run_shop,
-                                                                                tmp_path):
+def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(
+    make_shop, fake_tg, run_shop, tmp_path
+):
     """RLIMIT_FSIZE 0 on the running shop: every write to a file fails (EFBIG; Python ignores SIGXFSZ,
     so the process lives on), as on a full disk or a file system remounted read-only; SQLite reports
     an I/O error or a full disk. Raising the limit again is the space coming back."""
@@ -682,12 +1000,23 @@ def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(m
         fake_tg.user_sends(uid, "hello")
     proc = run_shop(env=live_env(np_shop))
     gift, sticker = ids["Gift card"], ids["Sticker"]
-    for uid in (1001, 1002):         # seen recently: browsing needs no write
+    for uid in (1001, 1002):  # seen recently: browsing needs no write
         assert api(proc.url, "GET", "/api/me", uid).status_code == 200
     fake_tg.user_sends(1001, "/profile")
     fake_tg.wait_message(1001, "Balance")
-    invoice = api(proc.url, "POST", "/api/payment/create", 1002, json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"})
+    invoice = api(
+        proc.url,
+        "POST",
+        "/api/payment/create",
+        1002,
+        json={
+            "type": "product",
+            "product_id": gift[0],
+            "district_id": gift[1],
+            "quantity": 1,
+            "currency": "btc",
+        },
+    )
     assert invoice.status_code == 200, invoice.text
     pid = invoice.json()["payment_id"]
     soft, hard = resource.prlimit(proc.proc.pid, resource.RLIMIT_FSIZE)
@@ -698,14 +1027,27 @@ def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(m
         catalog = api(proc.url, "GET", "/api/catalog", 1001)
         assert catalog.status_code == 200, catalog.text
         # Buying gets a clear 503, not a 500 with a traceback, and changes nothing.
-        body = {"type": "product", "product_id": sticker[0], "district_id": sticker[1], "quantity": 2,
-                "currency": "balance", "request_id": "00000000000000aa"}
+        body = {
+            "type": "product",
+            "product_id": sticker[0],
+            "district_id": sticker[1],
+            "quantity": 2,
+            "currency": "balance",
+            "request_id": "00000000000000aa",
+        }
         r = api(proc.url, "POST", "/api/payment/create", 1001, json=body)
         assert r.status_code == 503, (r.status_code, r.text)
         assert "try again" in r.json()["error"].lower() and "Traceback" not in r.text, r.text
-        basket = api(proc.url, "POST", "/api/basket", 1001, json={"product_id": sticker[0],
-                                                                  "district_id": sticker[1], "quantity": 1})
-        assert basket.status_code == 503 and "try again" in basket.json()["error"].lower(), basket.text
+        basket = api(
+            proc.url,
+            "POST",
+            "/api/basket",
+            1001,
+            json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 1},
+        )
+        assert basket.status_code == 503 and "try again" in basket.json()["error"].lower(), (
+            basket.text
+        )
         # The IPN for a paid invoice is refused with a 5xx, so NOWPayments sends it again later.
         simulate(np_shop, pid, "full").raise_for_status()
         data = provider_truth(np_shop)[str(pid)]
@@ -723,7 +1065,9 @@ def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(m
             shop.enqueue_message(conn, 1002, "Queued before the disk filled: CODE-DF1")
         conn.close()
         fake_tg.wait_message(1002, "CODE-DF1", timeout=15)
-        time.sleep(5)    # an observation window: what must NOT happen (a resend loop) cannot be awaited
+        time.sleep(
+            5
+        )  # an observation window: what must NOT happen (a resend loop) cannot be awaited
         sends = [c for c in fake_tg.calls_to("sendMessage") if "CODE-DF1" in str(c.get("text"))]
         assert len(sends) <= 2, f"sent {len(sends)} times in 5 s while the disk was full"
         assert proc.proc.poll() is None, "the shop died (SIGXFSZ?)"
@@ -761,28 +1105,49 @@ def test_a_read_only_database_stops_the_start_with_one_clear_line_and_is_left_in
         for f in folder.iterdir():
             os.chmod(f, 0o444)
         before = db.read_bytes()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))}
-        env.update({"SHOP_DB": str(db), "PORT": str(free_port()), "ADMIN_PASSWORD": PASSWORD,
-                    "PYTHONUNBUFFERED": "1"})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("NOWPAYMENTS_", "BOT_", "ADMIN_"))
+        }
+        env.update(
+            {
+                "SHOP_DB": str(db),
+                "PORT": str(free_port()),
+                "ADMIN_PASSWORD": PASSWORD,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
 
         def without_root_override():
             """As root, drop CAP_DAC_OVERRIDE from the bounding set (PR_CAPBSET_DROP), so that the shop,
             still uid 0, is bound by file modes like anyone else."""
             if os.geteuid() == 0:
                 import ctypes
+
                 if ctypes.CDLL(None, use_errno=True).prctl(24, 1, 0, 0, 0) != 0:
                     raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")
+
         os.chmod(folder, 0o555)
         try:
-            done = subprocess.run([sys.executable, str(ROOT / "shop.py"), "--no-demo"], cwd=folder, env=env,
-                                  capture_output=True, text=True, timeout=30, preexec_fn=without_root_override)
+            done = subprocess.run(
+                [sys.executable, str(ROOT / "shop.py"), "--no-demo"],
+                cwd=folder,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                preexec_fn=without_root_override,
+            )
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"the shop kept running on a read-only database:\n{e.stdout}\n{e.stderr}")
         out = done.stdout + done.stderr
         print(out)
         assert done.returncode == 1, out
         assert "Traceback" not in out, out
-        assert re.search(r"cannot start: .*(read-only|readonly|cannot be opened|unable to open)", out), out
+        assert re.search(
+            r"cannot start: .*(read-only|readonly|cannot be opened|unable to open)", out
+        ), out
         assert db.read_bytes() == before
         os.chmod(folder, 0o755)
         for f in folder.iterdir():

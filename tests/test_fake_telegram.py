@@ -26,11 +26,19 @@ pytestmark = pytest.mark.timeout(30)
 
 def png_bytes(width, height):
     """A valid PNG of the given size."""
+
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     raw = b"".join(b"\x00" + b"\x00\x00\x00" * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def mdv2_escape(text):
@@ -72,6 +80,7 @@ def api_error(excinfo):
 
 # ---------------------------------------------------------------- routes and encodings
 
+
 def test_get_me_routes_and_errors(fake, bot):
     me = bot.get_me()
     assert (me.id, me.is_bot, me.username) == (123456, True, "test_shop_bot")
@@ -92,29 +101,51 @@ def test_get_me_routes_and_errors(fake, bot):
 
 def test_parameters_from_every_encoding(fake, chat):
     markup = {"inline_keyboard": [[{"text": "Buy", "callback_data": "buy:1"}]]}
-    as_json = api(fake, "sendMessage", json={"chat_id": chat, "text": "json", "reply_markup": markup})
-    as_form = api(fake, "sendMessage", data={"chat_id": str(chat), "text": "form",
-                                             "reply_markup": json.dumps(markup)})
-    as_query = api(fake, "sendMessage", params={"chat_id": chat, "text": "query",
-                                                "reply_markup": json.dumps(markup)})
-    as_multipart = api(fake, "sendMessage", data={"chat_id": str(chat), "text": "multi"},
-                       files={"reply_markup": (None, json.dumps(markup))})
+    as_json = api(
+        fake, "sendMessage", json={"chat_id": chat, "text": "json", "reply_markup": markup}
+    )
+    as_form = api(
+        fake,
+        "sendMessage",
+        data={"chat_id": str(chat), "text": "form", "reply_markup": json.dumps(markup)},
+    )
+    as_query = api(
+        fake,
+        "sendMessage",
+        params={"chat_id": chat, "text": "query", "reply_markup": json.dumps(markup)},
+    )
+    as_multipart = api(
+        fake,
+        "sendMessage",
+        data={"chat_id": str(chat), "text": "multi"},
+        files={"reply_markup": (None, json.dumps(markup))},
+    )
     for response in (as_json, as_form, as_query, as_multipart):
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["ok"] is True
         assert body["result"]["reply_markup"] == markup
-        assert body["result"]["chat"] == {"id": chat, "first_name": "Ann", "username": "ann", "type": "private"}
+        assert body["result"]["chat"] == {
+            "id": chat,
+            "first_name": "Ann",
+            "username": "ann",
+            "type": "private",
+        }
         assert body["result"]["from"]["id"] == 123456
     assert [m.text for m in fake.messages(chat)] == ["json", "form", "query", "multi"]
     # the user's "hello" was message 1: ids are shared within the chat
     assert [m.message_id for m in fake.messages(chat)] == [2, 3, 4, 5]
     assert fake.calls_to("sendMessage")[1]["reply_markup"] == markup
 
-    broken = api(fake, "sendMessage", params={"chat_id": chat, "text": "x", "reply_markup": "{nope"})
+    broken = api(
+        fake, "sendMessage", params={"chat_id": chat, "text": "x", "reply_markup": "{nope"}
+    )
     assert broken.status_code == 400
-    assert broken.json() == {"ok": False, "error_code": 400,
-                             "description": "Bad Request: can't parse reply keyboard markup JSON object"}
+    assert broken.json() == {
+        "ok": False,
+        "error_code": 400,
+        "description": "Bad Request: can't parse reply keyboard markup JSON object",
+    }
     unknown_chat = api(fake, "sendMessage", json={"chat_id": 777, "text": "x"})
     assert unknown_chat.json()["description"] == "Bad Request: chat not found"
 
@@ -131,12 +162,15 @@ def test_reply_keyboard_is_stored_but_not_returned(fake, bot, chat):
 
 # ---------------------------------------------------------------- updates
 
+
 def test_long_poll_wakes_immediately_and_offsets_confirm(fake):
     results = {}
 
     def poll():
         started = time.monotonic()
-        body = requests.get(f"{fake.base_url}/bot{TOKEN}/getUpdates", params={"timeout": 5}, timeout=10).json()
+        body = requests.get(
+            f"{fake.base_url}/bot{TOKEN}/getUpdates", params={"timeout": 5}, timeout=10
+        ).json()
         results["body"], results["took"] = body, time.monotonic() - started
 
     poller = threading.Thread(target=poll)
@@ -152,14 +186,21 @@ def test_long_poll_wakes_immediately_and_offsets_confirm(fake):
     message = updates[0]["message"]
     assert message["text"] == "/start ref_42"
     assert message["entities"] == [{"type": "bot_command", "offset": 0, "length": 6}]
-    assert message["from"] == {"id": USER, "is_bot": False, "first_name": "Ann", "language_code": "en"}
+    assert message["from"] == {
+        "id": USER,
+        "is_bot": False,
+        "first_name": "Ann",
+        "language_code": "en",
+    }
     assert message["chat"]["id"] == USER
 
     first_id = updates[0]["update_id"]
     again = api(fake, "getUpdates", json={"timeout": 0}).json()["result"]
-    assert [u["update_id"] for u in again] == [first_id]           # not confirmed yet
+    assert [u["update_id"] for u in again] == [first_id]  # not confirmed yet
     fake.user_sends(USER, "second")
-    confirmed = api(fake, "getUpdates", json={"offset": first_id + 1, "timeout": 0}).json()["result"]
+    confirmed = api(fake, "getUpdates", json={"offset": first_id + 1, "timeout": 0}).json()[
+        "result"
+    ]
     assert [u["message"]["text"] for u in confirmed] == ["second"]
     assert confirmed[0]["update_id"] == first_id + 1
     empty = api(fake, "getUpdates", params={"offset": first_id + 2, "timeout": 0}).json()["result"]
@@ -170,8 +211,9 @@ def test_second_get_updates_terminates_the_first(fake):
     results = {}
 
     def poll():
-        results["response"] = requests.get(f"{fake.base_url}/bot{TOKEN}/getUpdates",
-                                           params={"timeout": 5}, timeout=10)
+        results["response"] = requests.get(
+            f"{fake.base_url}/bot{TOKEN}/getUpdates", params={"timeout": 5}, timeout=10
+        )
 
     poller = threading.Thread(target=poll)
     poller.start()
@@ -181,19 +223,26 @@ def test_second_get_updates_terminates_the_first(fake):
     assert second.json() == {"ok": True, "result": []}
     first = results["response"]
     assert first.status_code == 409
-    assert first.json()["description"] == ("Conflict: terminated by other getUpdates request; "
-                                           "make sure that only one bot instance is running")
+    assert first.json()["description"] == (
+        "Conflict: terminated by other getUpdates request; "
+        "make sure that only one bot instance is running"
+    )
 
 
 def test_polling_bot_answers_start(fake, bot):
     @bot.message_handler(commands=["start"])
     def start(message):
-        bot.send_message(message.chat.id, f"Welcome, {html.escape(message.from_user.first_name)}! "
-                                          f"<b>payload</b>: {html.escape(message.text.split()[-1])}",
-                         parse_mode="HTML")
+        bot.send_message(
+            message.chat.id,
+            f"Welcome, {html.escape(message.from_user.first_name)}! "
+            f"<b>payload</b>: {html.escape(message.text.split()[-1])}",
+            parse_mode="HTML",
+        )
 
-    runner = threading.Thread(target=bot.infinity_polling,
-                              kwargs={"timeout": 5, "long_polling_timeout": 1, "logger_level": None})
+    runner = threading.Thread(
+        target=bot.infinity_polling,
+        kwargs={"timeout": 5, "long_polling_timeout": 1, "logger_level": None},
+    )
     runner.start()
     try:
         fake.user_sends(USER, "/start promo<1>", first_name="Zoë <3")
@@ -211,45 +260,63 @@ def test_polling_bot_answers_start(fake, bot):
 
 # ---------------------------------------------------------------- formatting
 
+
 def test_html_hostile_text(fake, bot, chat):
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.send_message(chat, "Łódź <Centrum>", parse_mode="HTML")
-    assert api_error(excinfo) == (400, 'Bad Request: can\'t parse entities: Unsupported start tag "centrum" '
-                                       'at byte offset 8')
-    sent = bot.send_message(chat, f"<b>{html.escape('Łódź <Centrum>')}</b> &amp; more", parse_mode="HTML")
+    assert api_error(excinfo) == (
+        400,
+        'Bad Request: can\'t parse entities: Unsupported start tag "centrum" at byte offset 8',
+    )
+    sent = bot.send_message(
+        chat, f"<b>{html.escape('Łódź <Centrum>')}</b> &amp; more", parse_mode="HTML"
+    )
     assert sent.text == "Łódź <Centrum> & more"
     assert fake.last_message(chat).entities == [{"type": "bold", "offset": 0, "length": 14}]
 
-    for bad, fragment in [("a < b", 'Unsupported start tag ""'),
-                          ("fish & chips", 'Unsupported HTML entity "& chips" at byte offset 5'),
-                          ("1 &lt 2", 'HTML entity at byte offset 2 is not terminated by ";"'),
-                          ("<b>open", 'Can\'t find end tag corresponding to start tag "b"'),
-                          ("x</i>", "Unexpected end tag at byte offset 1"),
-                          ('<a href=https://x.io>x</a>', "Unexpected end of name token at byte offset 8")]:
+    for bad, fragment in [
+        ("a < b", 'Unsupported start tag ""'),
+        ("fish & chips", 'Unsupported HTML entity "& chips" at byte offset 5'),
+        ("1 &lt 2", 'HTML entity at byte offset 2 is not terminated by ";"'),
+        ("<b>open", 'Can\'t find end tag corresponding to start tag "b"'),
+        ("x</i>", "Unexpected end tag at byte offset 1"),
+        ("<a href=https://x.io>x</a>", "Unexpected end of name token at byte offset 8"),
+    ]:
         with pytest.raises(ApiTelegramException) as excinfo:
             bot.send_message(chat, bad, parse_mode="HTML")
         assert excinfo.value.error_code == 400
         assert excinfo.value.description.startswith("Bad Request: can't parse entities: ")
         assert fragment in excinfo.value.description, excinfo.value.description
 
-    emoji = bot.send_message(chat, '🎁 <i>gift</i> <a href="https://shop.example/p?id=1&amp;x=2">card</a>',
-                             parse_mode="HTML")
+    emoji = bot.send_message(
+        chat,
+        '🎁 <i>gift</i> <a href="https://shop.example/p?id=1&amp;x=2">card</a>',
+        parse_mode="HTML",
+    )
     assert emoji.text == "🎁 gift card"
     assert [(e.type, e.offset, e.length, e.url) for e in emoji.entities] == [
-        ("italic", 3, 4, None), ("text_link", 8, 4, "https://shop.example/p?id=1&x=2")]
+        ("italic", 3, 4, None),
+        ("text_link", 8, 4, "https://shop.example/p?id=1&x=2"),
+    ]
     assert bot.send_message(chat, "no <b>parse</b> mode").text == "no <b>parse</b> mode"
 
 
 def test_markdown_v2_and_legacy_markdown(fake, bot, chat):
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.send_message(chat, "gift_card *25*", parse_mode="MarkdownV2")
-    assert api_error(excinfo) == (400, "Bad Request: can't parse entities: Can't find end of Italic entity "
-                                       "at byte offset 4")
+    assert api_error(excinfo) == (
+        400,
+        "Bad Request: can't parse entities: Can't find end of Italic entity at byte offset 4",
+    )
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.send_message(chat, "Total: 25.00", parse_mode="MarkdownV2")
-    assert excinfo.value.description == ("Bad Request: can't parse entities: Character '.' is reserved and "
-                                         "must be escaped with the preceding '\\'")
-    ok = bot.send_message(chat, "*" + mdv2_escape("gift_card *25* (x1).") + "*", parse_mode="MarkdownV2")
+    assert excinfo.value.description == (
+        "Bad Request: can't parse entities: Character '.' is reserved and "
+        "must be escaped with the preceding '\\'"
+    )
+    ok = bot.send_message(
+        chat, "*" + mdv2_escape("gift_card *25* (x1).") + "*", parse_mode="MarkdownV2"
+    )
     assert ok.text == "gift_card *25* (x1)."
     assert [(e.type, e.offset, e.length) for e in ok.entities] == [("bold", 0, 20)]
 
@@ -257,12 +324,13 @@ def test_markdown_v2_and_legacy_markdown(fake, bot, chat):
     assert legacy.text == "bold and code"
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.send_message(chat, "snake_case", parse_mode="Markdown")
-    assert excinfo.value.description == ("Bad Request: can't parse entities: Can't find end of the entity "
-                                         "starting at byte offset 5")
+    assert excinfo.value.description == (
+        "Bad Request: can't parse entities: Can't find end of the entity starting at byte offset 5"
+    )
 
 
 def test_text_length_limits_count_utf16(fake, bot, chat):
-    assert len(bot.send_message(chat, "😀" * 2048).text) == 2048       # 4096 UTF-16 units
+    assert len(bot.send_message(chat, "😀" * 2048).text) == 2048  # 4096 UTF-16 units
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.send_message(chat, "😀" * 2048 + "x")
     assert excinfo.value.description == "Bad Request: message is too long"
@@ -280,36 +348,52 @@ def test_text_length_limits_count_utf16(fake, bot, chat):
 
 # ---------------------------------------------------------------- keyboards and callbacks
 
+
 def test_callback_data_is_limited_to_64_bytes(fake, bot, chat):
     def keyboard(**button):
         markup = types.InlineKeyboardMarkup()
         markup.add(types.InlineKeyboardButton("Pay", **button))
         return markup
 
-    sixty_four = "é" * 32                       # 32 characters, 64 bytes
+    sixty_four = "é" * 32  # 32 characters, 64 bytes
     sent = bot.send_message(chat, "ok", reply_markup=keyboard(callback_data=sixty_four))
     assert sent.reply_markup.keyboard[0][0].callback_data == sixty_four
     for data in (sixty_four + "x", ""):
         with pytest.raises(ApiTelegramException) as excinfo:
-            bot.send_message(chat, "no", reply_markup=json.dumps(
-                {"inline_keyboard": [[{"text": "Pay", "callback_data": data}]]}))
+            bot.send_message(
+                chat,
+                "no",
+                reply_markup=json.dumps(
+                    {"inline_keyboard": [[{"text": "Pay", "callback_data": data}]]}
+                ),
+            )
         assert api_error(excinfo) == (400, "Bad Request: BUTTON_DATA_INVALID"), data
     with pytest.raises(ApiTelegramException) as excinfo:
-        bot.send_message(chat, "no", reply_markup=json.dumps({"inline_keyboard": [[{"text": "Just text"}]]}))
-    assert excinfo.value.description == ("Bad Request: can't parse inline keyboard button: Text buttons are "
-                                         "unallowed in the inline keyboard")
+        bot.send_message(
+            chat, "no", reply_markup=json.dumps({"inline_keyboard": [[{"text": "Just text"}]]})
+        )
+    assert excinfo.value.description == (
+        "Bad Request: can't parse inline keyboard button: Text buttons are "
+        "unallowed in the inline keyboard"
+    )
     with pytest.raises(ApiTelegramException) as excinfo:
-        bot.send_message(chat, "no", reply_markup=keyboard(web_app=types.WebAppInfo("http://shop.example/app")))
+        bot.send_message(
+            chat, "no", reply_markup=keyboard(web_app=types.WebAppInfo("http://shop.example/app"))
+        )
     assert excinfo.value.description == "Bad Request: BUTTON_URL_INVALID"
-    app = bot.send_message(chat, "app", reply_markup=keyboard(web_app=types.WebAppInfo("https://shop.example/app")))
+    app = bot.send_message(
+        chat, "app", reply_markup=keyboard(web_app=types.WebAppInfo("https://shop.example/app"))
+    )
     assert app.reply_markup.keyboard[0][0].web_app.url == "https://shop.example/app"
     assert [m.text for m in fake.messages(chat)] == ["ok", "app"]
 
 
 def test_clicks_only_on_existing_buttons_and_answers(fake, bot, chat):
     markup = types.InlineKeyboardMarkup()
-    markup.row(types.InlineKeyboardButton("Buy 🎁", callback_data="buy:7"),
-               types.InlineKeyboardButton("Site", url="https://shop.example"))
+    markup.row(
+        types.InlineKeyboardButton("Buy 🎁", callback_data="buy:7"),
+        types.InlineKeyboardButton("Site", url="https://shop.example"),
+    )
     sent = bot.send_message(chat, "Gift card", reply_markup=markup)
 
     with pytest.raises(AssertionError, match="no inline button with callback_data 'buy:8'"):
@@ -329,8 +413,9 @@ def test_clicks_only_on_existing_buttons_and_answers(fake, bot, chat):
     assert fake.callback_answers[query_id]["text"] == "Added to cart"
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.answer_callback_query(query_id)
-    assert excinfo.value.description == ("Bad Request: query is too old and response timeout expired or "
-                                         "query ID is invalid")
+    assert excinfo.value.description == (
+        "Bad Request: query is too old and response timeout expired or query ID is invalid"
+    )
 
     bot.edit_message_reply_markup(chat, sent.message_id, reply_markup=None)  # keyboard removed
     with pytest.raises(AssertionError):
@@ -339,16 +424,22 @@ def test_clicks_only_on_existing_buttons_and_answers(fake, bot, chat):
 
 # ---------------------------------------------------------------- edits and deletes
 
+
 def test_edits_not_modified_and_wrong_kind(fake, bot, chat):
     markup = types.InlineKeyboardMarkup()
     markup.add(types.InlineKeyboardButton("Refresh", callback_data="refresh"))
     sent = bot.send_message(chat, "<b>Cart</b>: 1 item", parse_mode="HTML", reply_markup=markup)
 
     with pytest.raises(ApiTelegramException) as excinfo:
-        bot.edit_message_text("<b>Cart</b>: 1 item", chat, sent.message_id, parse_mode="HTML", reply_markup=markup)
-    assert api_error(excinfo) == (400, "Bad Request: message is not modified: specified new message content "
-                                       "and reply markup are exactly the same as a current content and reply "
-                                       "markup of the message")
+        bot.edit_message_text(
+            "<b>Cart</b>: 1 item", chat, sent.message_id, parse_mode="HTML", reply_markup=markup
+        )
+    assert api_error(excinfo) == (
+        400,
+        "Bad Request: message is not modified: specified new message content "
+        "and reply markup are exactly the same as a current content and reply "
+        "markup of the message",
+    )
     # the same text without the markup is a change: it removes the keyboard, as on Telegram
     edited = bot.edit_message_text("<b>Cart</b>: 1 item", chat, sent.message_id, parse_mode="HTML")
     assert edited.message_id == sent.message_id and edited.edit_date
@@ -364,8 +455,12 @@ def test_edits_not_modified_and_wrong_kind(fake, bot, chat):
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.edit_message_caption("caption", chat, sent.message_id)
     assert excinfo.value.description == "Bad Request: there is no caption in the message to edit"
-    assert bot.edit_message_caption("New <i>caption</i>", chat, photo.message_id, parse_mode="HTML").caption \
+    assert (
+        bot.edit_message_caption(
+            "New <i>caption</i>", chat, photo.message_id, parse_mode="HTML"
+        ).caption
         == "New caption"
+    )
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.edit_message_text("x", chat, 999)
     assert excinfo.value.description == "Bad Request: message to edit not found"
@@ -384,13 +479,16 @@ def test_delete_and_edit_media(fake, bot, chat):
 
     photo = bot.send_photo(chat, io.BytesIO(png_bytes(10, 10)))
     new_image = png_bytes(20, 10)
-    edited = bot.edit_message_media(types.InputMediaPhoto(io.BytesIO(new_image), caption="v2"), chat, photo.message_id)
+    edited = bot.edit_message_media(
+        types.InputMediaPhoto(io.BytesIO(new_image), caption="v2"), chat, photo.message_id
+    )
     assert (edited.photo[-1].width, edited.photo[-1].height, edited.caption) == (20, 10, "v2")
     assert fake.uploads[edited.photo[-1].file_id] == new_image
     assert fake.last_message(chat).photo_file_id == edited.photo[-1].file_id
 
 
 # ---------------------------------------------------------------- files
+
 
 def test_photo_upload_then_resend_by_file_id(fake, bot, chat):
     image = png_bytes(1600, 900)
@@ -409,12 +507,16 @@ def test_photo_upload_then_resend_by_file_id(fake, bot, chat):
     assert [m.photo_file_id for m in fake.messages(chat)] == [file_id, file_id]
 
     assert bot.download_file(bot.get_file(file_id).file_path) == image
-    for bad_photo, description in [(io.BytesIO(b"not an image"), "Bad Request: IMAGE_PROCESS_FAILED"),
-                                   ("no-such-file-id", "Bad Request: wrong file identifier/HTTP URL specified")]:
+    for bad_photo, description in [
+        (io.BytesIO(b"not an image"), "Bad Request: IMAGE_PROCESS_FAILED"),
+        ("no-such-file-id", "Bad Request: wrong file identifier/HTTP URL specified"),
+    ]:
         with pytest.raises(ApiTelegramException) as excinfo:
             bot.send_photo(chat, bad_photo)
         assert excinfo.value.description == description
-    document = bot.send_document(chat, io.BytesIO(b"order,total\n1,25\n"), visible_file_name="orders.csv")
+    document = bot.send_document(
+        chat, io.BytesIO(b"order,total\n1,25\n"), visible_file_name="orders.csv"
+    )
     assert document.document.file_name == "orders.csv"
     assert fake.last_message(chat).kind == "document"
     with pytest.raises(ApiTelegramException) as excinfo:
@@ -423,6 +525,7 @@ def test_photo_upload_then_resend_by_file_id(fake, bot, chat):
 
 
 # ---------------------------------------------------------------- faults
+
 
 def test_flood_limit_answers_429_with_retry_after(fake, bot, chat):
     fake.enforce_limits(per_second=30, per_chat_per_second=1.0, per_chat_burst=3)
@@ -447,7 +550,11 @@ def test_fail_next_and_outage(fake, bot, chat):
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.send_message(chat, "lost")
     assert excinfo.value.error_code == 502
-    assert excinfo.value.result_json == {"ok": False, "error_code": 502, "description": "Bad Gateway"}
+    assert excinfo.value.result_json == {
+        "ok": False,
+        "error_code": 502,
+        "description": "Bad Gateway",
+    }
     assert bot.send_message(chat, "retried").text == "retried"
 
     fake.fail_next("sendmessage", status="disconnect")
@@ -467,8 +574,11 @@ def test_blocked_user_gets_403(fake, bot, chat):
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.send_message(chat, "promo")
     assert api_error(excinfo) == (403, "Forbidden: bot was blocked by the user")
-    assert excinfo.value.result_json == {"ok": False, "error_code": 403,
-                                         "description": "Forbidden: bot was blocked by the user"}
+    assert excinfo.value.result_json == {
+        "ok": False,
+        "error_code": 403,
+        "description": "Forbidden: bot was blocked by the user",
+    }
     updates = [types.Update.de_json(u) for u in api(fake, "getUpdates", json={}).json()["result"]]
     assert updates[-1].my_chat_member.new_chat_member.status == "kicked"
     fake.user_sends(chat, "/start")  # "Restart" unblocks
@@ -476,6 +586,7 @@ def test_blocked_user_gets_403(fake, bot, chat):
 
 
 # ---------------------------------------------------------------- waiting and concurrency
+
 
 def test_wait_for_times_out_with_a_useful_message(fake, bot):
     bot.get_me()
@@ -507,17 +618,25 @@ def test_concurrent_senders_and_wait_message(fake, bot, chat):
 def test_commands_and_menu_button(fake, bot, chat):
     commands = [types.BotCommand("start", "Open the shop"), types.BotCommand("orders", "My orders")]
     assert bot.set_my_commands(commands) is True
-    assert fake.commands == [{"command": "start", "description": "Open the shop"},
-                             {"command": "orders", "description": "My orders"}]
+    assert fake.commands == [
+        {"command": "start", "description": "Open the shop"},
+        {"command": "orders", "description": "My orders"},
+    ]
     assert [c.command for c in bot.get_my_commands()] == ["start", "orders"]
     with pytest.raises(ApiTelegramException) as excinfo:
         bot.set_my_commands([types.BotCommand("Bad Command", "x")])
     assert excinfo.value.description == "Bad Request: BOT_COMMAND_INVALID"
     button = types.MenuButtonWebApp("Shop", types.WebAppInfo("https://shop.example/app"))
     assert bot.set_chat_menu_button(chat, button) is True
-    assert fake.menu_buttons[chat] == {"type": "web_app", "text": "Shop",
-                                       "web_app": {"url": "https://shop.example/app"}}
-    assert api(fake, "getChatMenuButton", json={"chat_id": chat}).json()["result"] == fake.menu_buttons[chat]
+    assert fake.menu_buttons[chat] == {
+        "type": "web_app",
+        "text": "Shop",
+        "web_app": {"url": "https://shop.example/app"},
+    }
+    assert (
+        api(fake, "getChatMenuButton", json={"chat_id": chat}).json()["result"]
+        == fake.menu_buttons[chat]
+    )
     assert bot.send_chat_action(chat, "typing") is True
     assert fake.chat_actions == [(chat, "typing")]
     assert bot.get_chat(chat).first_name == "Ann"
@@ -529,8 +648,9 @@ def test_stop_releases_long_polls():
 
     def poll():
         try:
-            outcome["body"] = requests.get(f"{server.base_url}/bot{TOKEN}/getUpdates",
-                                           params={"timeout": 20}, timeout=30).json()
+            outcome["body"] = requests.get(
+                f"{server.base_url}/bot{TOKEN}/getUpdates", params={"timeout": 20}, timeout=30
+            ).json()
         except requests.exceptions.ConnectionError as error:
             outcome["error"] = error
 

@@ -16,13 +16,17 @@ from conftest import ROOT, ShopProcess, free_port
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in shop.ENV_VARS and not k.startswith(("NOWPAYMENTS_", "BOT_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in shop.ENV_VARS and not k.startswith(("NOWPAYMENTS_", "BOT_"))
+    }
     env.update(extra)
     return env
 
 
 # Configuration
+
 
 def test_defaults_run_the_offline_sandbox():
     c = shop.load_config(environ={}, env_file=None)
@@ -36,8 +40,10 @@ def test_defaults_run_the_offline_sandbox():
 
 def test_env_file_is_read_and_the_environment_wins(tmp_path):
     env_file = tmp_path / ".env"
-    env_file.write_text("PORT=9001\nMIN_DEPOSIT_EUR=7,50\nADMIN_IDS=1, 2 ,3\nHOST=0.0.0.0\n"
-                        "WEBHOOK_URL=https://shop.example.com/\n")
+    env_file.write_text(
+        "PORT=9001\nMIN_DEPOSIT_EUR=7,50\nADMIN_IDS=1, 2 ,3\nHOST=0.0.0.0\n"
+        "WEBHOOK_URL=https://shop.example.com/\n"
+    )
     c = shop.load_config(environ={"PORT": "9002"}, env_file=str(env_file))
     assert c.port == 9002
     assert c.min_deposit_cents == 750
@@ -50,13 +56,25 @@ def test_webhook_url_defaults_to_host_and_port():
     assert c.webhook_url == "http://10.0.0.5:9000"
 
 
-@pytest.mark.parametrize("name, value", [
-    ("PORT", "abc"), ("PORT", "70000"), ("PORT", "-1"), ("MIN_DEPOSIT_EUR", "-1"),
-    ("MIN_DEPOSIT_EUR", "five"), ("MIN_DEPOSIT_EUR", "0"), ("RESERVATION_MINUTES", "0"),
-    ("RESERVATION_MINUTES", "1.5"), ("ADMIN_IDS", "12,abc"), ("WEBHOOK_URL", "ftp://x.example"),
-    ("WEBHOOK_URL", "shop.example.com"), ("TELEGRAM_API_URL", "not a url"),
-    ("BOT_TOKEN", "hello world"), ("LOG_LEVEL", "LOUD"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("MIN_DEPOSIT_EUR", "-1"),
+        ("MIN_DEPOSIT_EUR", "five"),
+        ("MIN_DEPOSIT_EUR", "0"),
+        ("RESERVATION_MINUTES", "0"),
+        ("RESERVATION_MINUTES", "1.5"),
+        ("ADMIN_IDS", "12,abc"),
+        ("WEBHOOK_URL", "ftp://x.example"),
+        ("WEBHOOK_URL", "shop.example.com"),
+        ("TELEGRAM_API_URL", "not a url"),
+        ("BOT_TOKEN", "hello world"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
 def test_a_bad_value_names_the_variable(name, value):
     with pytest.raises(shop.ConfigError) as e:
         shop.load_config(environ={name: value}, env_file=None)
@@ -64,8 +82,14 @@ def test_a_bad_value_names_the_variable(name, value):
 
 
 def test_bad_config_stops_startup_with_one_line(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "shop.py")], cwd=tmp_path, capture_output=True, text=True,
-                       env=clean_env(PORT="abc"), timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "shop.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(PORT="abc"),
+        timeout=30,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "PORT" in lines[0] and "abc" in lines[0], r.stderr
@@ -74,18 +98,32 @@ def test_bad_config_stops_startup_with_one_line(tmp_path):
 
 
 def test_help_documents_flags_and_variables(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "--help"], cwd=tmp_path, capture_output=True,
-                       text=True, env=clean_env(), timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "shop.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
     assert r.returncode == 0
     for word in ("--port", "--db", "--no-demo", "--env-file", *shop.ENV_VARS):
         assert word in r.stdout
 
 
 def test_importing_shop_has_no_side_effects(tmp_path):
-    code = ("import threading, shop; extra = [t.name for t in threading.enumerate() "
-            "if t is not threading.main_thread()]; print(repr(extra))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                       env=clean_env(PYTHONPATH=str(ROOT)), timeout=30)
+    code = (
+        "import threading, shop; extra = [t.name for t in threading.enumerate() "
+        "if t is not threading.main_thread()]; print(repr(extra))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
     assert r.stderr == ""
@@ -94,23 +132,36 @@ def test_importing_shop_has_no_side_effects(tmp_path):
 
 def test_port_in_use_is_one_clear_line_and_does_not_use_up_the_password(tmp_path):
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "--no-demo"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=30,
-                           env=clean_env(PORT=str(port), SHOP_DB=str(tmp_path / "s.db")))
+        r = subprocess.run(
+            [sys.executable, str(ROOT / "shop.py"), "--no-demo"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=clean_env(PORT=str(port), SHOP_DB=str(tmp_path / "s.db")),
+        )
     assert r.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
     # The password shown once is made only once the shop listens: this failed start did not use it up.
     assert "Admin password" not in r.stderr
     conn = shop.connect(str(tmp_path / "s.db"))
-    assert conn.execute("SELECT count(*) FROM settings WHERE key = 'admin_password_hash'").fetchone()[0] == 0
+    assert (
+        conn.execute("SELECT count(*) FROM settings WHERE key = 'admin_password_hash'").fetchone()[
+            0
+        ]
+        == 0
+    )
     conn.close()
-    proc = ShopProcess(tmp_path, clean_env(PORT=str(free_port()), SHOP_DB=str(tmp_path / "s.db"),
-                                           PYTHONUNBUFFERED="1")).start("--no-demo")
+    proc = ShopProcess(
+        tmp_path,
+        clean_env(PORT=str(free_port()), SHOP_DB=str(tmp_path / "s.db"), PYTHONUNBUFFERED="1"),
+    ).start("--no-demo")
     try:
         proc.wait_log("Admin password (shown once")
         lines = proc.lines
@@ -121,17 +172,27 @@ def test_port_in_use_is_one_clear_line_and_does_not_use_up_the_password(tmp_path
 
 
 def test_a_second_shop_on_the_same_database_refuses_and_a_killed_one_never_blocks(tmp_path):
-    env = clean_env(SHOP_DB=str(tmp_path / "s.db"), PYTHONUNBUFFERED="1", ADMIN_PASSWORD="a long password")
+    env = clean_env(
+        SHOP_DB=str(tmp_path / "s.db"), PYTHONUNBUFFERED="1", ADMIN_PASSWORD="a long password"
+    )
     first = ShopProcess(tmp_path, {**env, "PORT": str(free_port())}).start("--no-demo")
     try:
-        second = subprocess.run([sys.executable, str(ROOT / "shop.py"), "--no-demo"], cwd=tmp_path, timeout=30,
-                                env={**env, "PORT": str(free_port())}, capture_output=True, text=True)
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "shop.py"), "--no-demo"],
+            cwd=tmp_path,
+            timeout=30,
+            env={**env, "PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+        )
         assert second.returncode == 1
         refusal = [line for line in second.stderr.splitlines() if line.strip()]
-        assert len(refusal) == 1 and "another shop is already running on" in refusal[0], second.stderr
+        assert len(refusal) == 1 and "another shop is already running on" in refusal[0], (
+            second.stderr
+        )
         assert f"pid {first.proc.pid}" in refusal[0] and first.url in refusal[0]
-        assert first.health().status_code == 200                  # the running one goes on
-        first.kill()                                               # kill -9: no clean-up at all
+        assert first.health().status_code == 200  # the running one goes on
+        first.kill()  # kill -9: no clean-up at all
         third = ShopProcess(tmp_path, {**env, "PORT": str(free_port())}).start("--no-demo")
         assert third.health().status_code == 200
         third.stop()
@@ -144,22 +205,36 @@ def test_the_shops_files_are_for_its_own_user_only(tmp_path):
     companions, copies, backups and media). Files an older version left open are closed once, with a line."""
     db = tmp_path / "shop.db"
     shop.init_db(str(db)).close()
-    for path in (tmp_path / "shop.db.v3.bak", tmp_path / "backups" / "shop-20261201-031700.db",
-                 tmp_path / "media" / "private" / ("a" * 32 + ".png"), tmp_path / "media" / "public" / ("b" * 32 + ".png")):
+    for path in (
+        tmp_path / "shop.db.v3.bak",
+        tmp_path / "backups" / "shop-20261201-031700.db",
+        tmp_path / "media" / "private" / ("a" * 32 + ".png"),
+        tmp_path / "media" / "public" / ("b" * 32 + ".png"),
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     for path in [db, *tmp_path.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    env = clean_env(SHOP_DB=str(db), PORT=str(free_port()), PYTHONUNBUFFERED="1", ADMIN_PASSWORD="a long password")
+    env = clean_env(
+        SHOP_DB=str(db),
+        PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+        ADMIN_PASSWORD="a long password",
+    )
     proc = ShopProcess(tmp_path, env).start("--no-demo")
     try:
         assert "were readable by other users of this machine" in proc.wait_log("files: ")
         config = shop.load_config(environ=env, env_file=None)
         s = requests.Session()
         s.post(proc.url + "/admin/login", data={"password": "a long password"}, timeout=10)
-        assert s.get(proc.url + "/admin/backup", timeout=10).status_code == 200   # writes and removes a copy
-        open_to_others = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
-                          for p in [db, *tmp_path.rglob("*")] if p.stat().st_mode & 0o077}
+        assert (
+            s.get(proc.url + "/admin/backup", timeout=10).status_code == 200
+        )  # writes and removes a copy
+        open_to_others = {
+            str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+            for p in [db, *tmp_path.rglob("*")]
+            if p.stat().st_mode & 0o077
+        }
         assert open_to_others == {}
         assert (tmp_path / "shop.db-wal").exists() and (tmp_path / "shop.db.lock").exists()
         assert config.media_dir == tmp_path / "media"
@@ -168,17 +243,26 @@ def test_the_shops_files_are_for_its_own_user_only(tmp_path):
     # The owner's commands create what they create for the shop's user only too.
     fresh = tmp_path / "new" / "other.db"
     fresh.parent.mkdir()
-    r = subprocess.run([sys.executable, str(ROOT / "shop.py"), "set", "shop_name", "Paper & Ink"], cwd=tmp_path,
-                       env=clean_env(SHOP_DB=str(fresh)), capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "shop.py"), "set", "shop_name", "Paper & Ink"],
+        cwd=tmp_path,
+        env=clean_env(SHOP_DB=str(fresh)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert fresh.stat().st_mode & 0o777 == 0o600
 
 
 # Logging
 
+
 def test_secrets_never_reach_the_log():
-    config = shop.load_config(environ={"BOT_TOKEN": "987654:SECRET-token-value",
-                                       "NOWPAYMENTS_API_KEY": "np-key-123456"}, env_file=None)
+    config = shop.load_config(
+        environ={"BOT_TOKEN": "987654:SECRET-token-value", "NOWPAYMENTS_API_KEY": "np-key-123456"},
+        env_file=None,
+    )
     out = io.StringIO()
     shop.setup_logging(config, stream=out)
     try:
@@ -198,11 +282,24 @@ def test_secrets_never_reach_the_log():
 
 # Database
 
+
 def test_fresh_database_has_the_schema_and_settings(db_path):
     conn = shop.connect(str(db_path))
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"users", "cities", "districts", "products", "stock_units", "basket_items", "orders",
-            "order_items", "ledger", "outbox", "settings", "telegram_files"} <= tables
+    assert {
+        "users",
+        "cities",
+        "districts",
+        "products",
+        "stock_units",
+        "basket_items",
+        "orders",
+        "order_items",
+        "ledger",
+        "outbox",
+        "settings",
+        "telegram_files",
+    } <= tables
     assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -221,10 +318,16 @@ def test_every_lookup_uses_an_index(conn):
         "ledger": "SELECT * FROM ledger WHERE user_id = 1 ORDER BY id",
     }
     for name, sql in plans.items():
-        scans = [r["detail"] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)
-                 if r["detail"].startswith("SCAN")]
+        scans = [
+            r["detail"]
+            for r in conn.execute("EXPLAIN QUERY PLAN " + sql)
+            if r["detail"].startswith("SCAN")
+        ]
         # A scan is fine only over a partial index that holds just the live rows.
-        assert all(s.split()[-1] in ("stock_units_available", "outbox_pending") for s in scans), (name, scans)
+        assert all(s.split()[-1] in ("stock_units_available", "outbox_pending") for s in scans), (
+            name,
+            scans,
+        )
 
 
 def test_an_old_database_is_migrated_in_place(tmp_path):
@@ -234,8 +337,10 @@ def test_an_old_database_is_migrated_in_place(tmp_path):
         conn.execute("INSERT INTO cities(name) VALUES ('Berlin')")
     conn.close()
     v = shop.SCHEMA_VERSION + 1
-    migrations = {v: "ALTER TABLE cities ADD COLUMN note TEXT NOT NULL DEFAULT '';\n"
-                     "UPDATE cities SET note = 'migrated';"}
+    migrations = {
+        v: "ALTER TABLE cities ADD COLUMN note TEXT NOT NULL DEFAULT '';\n"
+        "UPDATE cities SET note = 'migrated';"
+    }
     conn = shop.init_db(path, migrations=migrations, schema_version=v)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == v
     assert conn.execute("SELECT name, note FROM cities").fetchone()[:] == ("Berlin", "migrated")
@@ -250,18 +355,29 @@ def test_a_version_1_database_gets_the_payment_tables(tmp_path):
     raw = sqlite3.connect(path)
     raw.executescript((ROOT / "tests" / "data" / "schema_v1.sql").read_text())
     now = shop.now_iso()
-    raw.execute("INSERT INTO users(id, balance_cents, created_at, last_seen_at) VALUES (7, 0, ?, ?)", (now, now))
-    raw.execute("INSERT INTO outbox(chat_id, text, next_attempt_at, created_at) VALUES (7, 'hello', ?, ?)", (now, now))
+    raw.execute(
+        "INSERT INTO users(id, balance_cents, created_at, last_seen_at) VALUES (7, 0, ?, ?)",
+        (now, now),
+    )
+    raw.execute(
+        "INSERT INTO outbox(chat_id, text, next_attempt_at, created_at) VALUES (7, 'hello', ?, ?)",
+        (now, now),
+    )
     raw.execute("PRAGMA user_version = 1")
     raw.commit()
     raw.close()
     conn = shop.init_db(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
     assert conn.execute("SELECT id, awaiting FROM users").fetchall()[0][:] == (7, None)
-    assert conn.execute("SELECT text, edit_message_id FROM outbox").fetchall()[0][:] == ("hello", None)
+    assert conn.execute("SELECT text, edit_message_id FROM outbox").fetchall()[0][:] == (
+        "hello",
+        None,
+    )
     assert conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 0
     fresh = shop.init_db(str(tmp_path / "fresh.db"))
-    columns = lambda c, table: [(r["name"], r["type"]) for r in c.execute(f"PRAGMA table_info({table})")]
+    columns = lambda c, table: [
+        (r["name"], r["type"]) for r in c.execute(f"PRAGMA table_info({table})")
+    ]
     for table in ("users", "outbox", "orders", "payments"):
         assert sorted(columns(conn, table)) == sorted(columns(fresh, table)), table
 
@@ -270,18 +386,26 @@ def test_a_failing_migration_changes_nothing(tmp_path):
     path = str(tmp_path / "old.db")
     shop.init_db(path).close()
     with pytest.raises(sqlite3.OperationalError):
-        shop.init_db(path, migrations={shop.SCHEMA_VERSION + 1: "ALTER TABLE cities ADD COLUMN x TEXT;\n"
-                                                                "SELECT * FROM nope;"},
-                     schema_version=shop.SCHEMA_VERSION + 1)
+        shop.init_db(
+            path,
+            migrations={
+                shop.SCHEMA_VERSION + 1: "ALTER TABLE cities ADD COLUMN x TEXT;\n"
+                "SELECT * FROM nope;"
+            },
+            schema_version=shop.SCHEMA_VERSION + 1,
+        )
     conn = shop.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
     assert "x" not in [r["name"] for r in conn.execute("PRAGMA table_info(cities)")]
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda c: c.execute("PRAGMA user_version = 99"), "newer than this shop.py"),
-    (lambda c: c.execute("CREATE TABLE other(x)"), "not created by shop.py"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda c: c.execute("PRAGMA user_version = 99"), "newer than this shop.py"),
+        (lambda c: c.execute("CREATE TABLE other(x)"), "not created by shop.py"),
+    ],
+)
 def test_databases_the_shop_cannot_use_are_refused(tmp_path, setup, message):
     path = str(tmp_path / "x.db")
     raw = sqlite3.connect(path)
@@ -337,16 +461,46 @@ def test_constraints_guard_money_and_statuses(conn):
 
 # Money and text
 
-@pytest.mark.parametrize("text, cents", [
-    ("20", 2000), ("20.5", 2050), ("20,50", 2050), ("€20", 2000), ("20 €", 2000), ("20 EUR", 2000),
-    (" 0.01 ", 1), (Decimal("25.00"), 2500), (7, 700), ("999999", 99999900),
-])
+
+@pytest.mark.parametrize(
+    "text, cents",
+    [
+        ("20", 2000),
+        ("20.5", 2050),
+        ("20,50", 2050),
+        ("€20", 2000),
+        ("20 €", 2000),
+        ("20 EUR", 2000),
+        (" 0.01 ", 1),
+        (Decimal("25.00"), 2500),
+        (7, 700),
+        ("999999", 99999900),
+    ],
+)
 def test_amounts_parse_exactly(text, cents):
     assert shop.parse_eur(text) == cents
 
 
-@pytest.mark.parametrize("text", ["", "-5", "abc", "1.234", "1,000.00", "1e3", "NaN", "0", "0.00",
-                                  "20.", ".5", None, 2.5, True, "10000001"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "-5",
+        "abc",
+        "1.234",
+        "1,000.00",
+        "1e3",
+        "NaN",
+        "0",
+        "0.00",
+        "20.",
+        ".5",
+        None,
+        2.5,
+        True,
+        "10000001",
+    ],
+)
 def test_bad_amounts_are_refused(text):
     with pytest.raises(shop.InvalidInput):
         shop.parse_eur(text)
@@ -356,5 +510,7 @@ def test_money_formats_at_the_edges():
     assert shop.fmt_eur(2550) == "€25.50"
     assert shop.fmt_eur(5) == "€0.05"
     assert shop.cents_to_str(-1999) == "-19.99"
-    assert shop.esc("Łódź <Centrum> & gift_card *25*") == "Łódź &lt;Centrum&gt; &amp; gift_card *25*"
+    assert (
+        shop.esc("Łódź <Centrum> & gift_card *25*") == "Łódź &lt;Centrum&gt; &amp; gift_card *25*"
+    )
     assert shop.tg_len("a😀") == 3

@@ -17,7 +17,8 @@ REF_INIT_DATA = (
     "user=%7B%22id%22%3A279058397%2C%22first_name%22%3A%22Vladislav%22%2C%22last_name%22%3A%22Kibenko%22%2C"
     "%22username%22%3A%22vdkfrost%22%2C%22language_code%22%3A%22en%22%2C%22is_premium%22%3Atrue%2C"
     "%22allows_write_to_pm%22%3Atrue%7D&chat_instance=-3788475317572404878&chat_type=private&auth_date=1709144340"
-    "&hash=371697738012ebd26a111ace4aff23ee265596cd64026c8c3677956a85ca1827")
+    "&hash=371697738012ebd26a111ace4aff23ee265596cd64026c8c3677956a85ca1827"
+)
 
 
 def test_telegrams_own_example_verifies():
@@ -37,9 +38,14 @@ def app(make_shop, fake_tg):
     """A sandbox shop with its bot, whose Mini App initData is signed with the bot's token."""
     s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url})
     s.conn = shop.connect(s.config.shop_db)
-    s.ids = seed(s.conn, [("Łódź <Centrum>", "Bałuty & Widzew", "gift_card *25*", 2500, 2),
-                          ("Łódź <Centrum>", "Bałuty & Widzew", "Sticker", 50, 40),
-                          ("Berlin", "Mitte", "Poster", 1900, 1)])
+    s.ids = seed(
+        s.conn,
+        [
+            ("Łódź <Centrum>", "Bałuty & Widzew", "gift_card *25*", 2500, 2),
+            ("Łódź <Centrum>", "Bałuty & Widzew", "Sticker", 50, 40),
+            ("Berlin", "Mitte", "Poster", 1900, 1),
+        ],
+    )
     yield s
     s.conn.close()
 
@@ -48,8 +54,9 @@ def call(s, method, path, user_=ANN, auth="header", **kw):
     headers = kw.pop("headers", {})
     if user_ is not None:
         init = shop.sign_init_data(user_, TOKEN, query_id="AAH")
-        headers["X-Telegram-Init-Data" if auth == "header" else "Authorization"] = \
+        headers["X-Telegram-Init-Data" if auth == "header" else "Authorization"] = (
             init if auth == "header" else f"tma {init}"
+        )
     return requests.request(method, s.url + path, headers=headers, timeout=10, **kw)
 
 
@@ -71,74 +78,132 @@ def test_every_call_needs_initData_signed_by_the_bot(app):
     future = shop.sign_init_data(ANN, TOKEN, auth_date=time.time() + 3600)
     other_bot = shop.sign_init_data(ANN, "999:other-bot")
     no_user = shop.sign_init_data(ANN, TOKEN).replace("user=", "usr=", 1)
-    for headers, words in [({}, "Missing"), ({"X-Telegram-Init-Data": forged}, "not signed"),
-                           ({"X-Telegram-Init-Data": old}, "older than 24 hours"),
-                           ({"X-Telegram-Init-Data": future}, "future"),
-                           ({"X-Telegram-Init-Data": other_bot}, "not signed"),
-                           ({"X-Telegram-Init-Data": no_user}, ""),
-                           ({"X-Telegram-Init-Data": init + "&hash=" + "0" * 64}, "repeats"),
-                           ({"X-Telegram-Init-Data": "%%%"}, ""),
-                           ({"Authorization": "Bearer " + init}, "Missing")]:
+    for headers, words in [
+        ({}, "Missing"),
+        ({"X-Telegram-Init-Data": forged}, "not signed"),
+        ({"X-Telegram-Init-Data": old}, "older than 24 hours"),
+        ({"X-Telegram-Init-Data": future}, "future"),
+        ({"X-Telegram-Init-Data": other_bot}, "not signed"),
+        ({"X-Telegram-Init-Data": no_user}, ""),
+        ({"X-Telegram-Init-Data": init + "&hash=" + "0" * 64}, "repeats"),
+        ({"X-Telegram-Init-Data": "%%%"}, ""),
+        ({"Authorization": "Bearer " + init}, "Missing"),
+    ]:
         for path in ("/api/me", "/api/catalog", "/api/basket", "/api/orders"):
             refused(requests.get(app.url + path, headers=headers, timeout=5), 401, words)
-    refused(requests.post(app.url + "/api/payment/create", headers={"X-Telegram-Init-Data": forged},
-                          json={"type": "basket", "currency": "btc"}, timeout=5), 401)
+    refused(
+        requests.post(
+            app.url + "/api/payment/create",
+            headers={"X-Telegram-Init-Data": forged},
+            json={"type": "basket", "currency": "btc"},
+            timeout=5,
+        ),
+        401,
+    )
     assert ok(call(app, "GET", "/api/me", auth="tma"))["id"] == 501
     assert app.conn.execute("SELECT count(*) FROM users WHERE id = 501").fetchone()[0] == 1
 
 
 def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
     me = ok(call(app, "GET", "/api/me"))
-    assert me == {"id": 501, "first_name": "Ann <3", "username": "ann_*", "balance": "0.00", "currency": "EUR",
-                  "shop_name": "Demo Shop", "sandbox": True, "preview": False, "test_mode": True, "can_buy": True,
-                  "min_deposit": "5.00", "max_deposit": "10000.00"}
+    assert me == {
+        "id": 501,
+        "first_name": "Ann <3",
+        "username": "ann_*",
+        "balance": "0.00",
+        "currency": "EUR",
+        "shop_name": "Demo Shop",
+        "sandbox": True,
+        "preview": False,
+        "test_mode": True,
+        "can_buy": True,
+        "min_deposit": "5.00",
+        "max_deposit": "10000.00",
+    }
     packed = call(app, "GET", "/api/catalog")
-    assert packed.headers["Content-Encoding"] == "gzip" and packed.headers["Vary"] == "Accept-Encoding"
+    assert (
+        packed.headers["Content-Encoding"] == "gzip" and packed.headers["Vary"] == "Accept-Encoding"
+    )
     plain = call(app, "GET", "/api/catalog", headers={"Accept-Encoding": "identity"})
     assert "Content-Encoding" not in plain.headers and plain.json() == packed.json()
     catalog = ok(packed)
     assert [c["name"] for c in catalog["cities"]] == ["Berlin", "Łódź <Centrum>"]
     products = catalog["cities"][1]["districts"][0]["products"]
-    assert products[0] == {"id": app.ids[("gift_card *25*", "Bałuty & Widzew")][0], "name": "gift_card *25*",
-                           "description": "", "price": "25.00", "available": 2, "photo_url": None}
+    assert products[0] == {
+        "id": app.ids[("gift_card *25*", "Bałuty & Widzew")][0],
+        "name": "gift_card *25*",
+        "description": "",
+        "price": "25.00",
+        "available": 2,
+        "photo_url": None,
+    }
     buyer = user(app.conn, 2, balance=1900)
     shop.buy_with_balance(app.conn, buyer, [(*app.ids[("Poster", "Mitte")], 1)])
-    assert [c["name"] for c in ok(call(app, "GET", "/api/catalog"))["cities"]] == ["Łódź <Centrum>"]  # sold out
+    assert [c["name"] for c in ok(call(app, "GET", "/api/catalog"))["cities"]] == [
+        "Łódź <Centrum>"
+    ]  # sold out
 
 
 def test_the_basket_is_the_bots_basket(app):
-    gift, sticker = app.ids[("gift_card *25*", "Bałuty & Widzew")], app.ids[("Sticker", "Bałuty & Widzew")]
-    basket = ok(call(app, "POST", "/api/basket", json={"product_id": gift[0], "district_id": gift[1], "quantity": 2}))
+    gift, sticker = (
+        app.ids[("gift_card *25*", "Bałuty & Widzew")],
+        app.ids[("Sticker", "Bałuty & Widzew")],
+    )
+    basket = ok(
+        call(
+            app,
+            "POST",
+            "/api/basket",
+            json={"product_id": gift[0], "district_id": gift[1], "quantity": 2},
+        )
+    )
     assert basket["total"] == "50.00" and basket["count"] == 2
-    ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1], "quantity": "3"}))
-    lines = shop.get_basket(app.conn, 501).lines                   # what the bot's 🧺 Basket shows
+    ok(
+        call(
+            app,
+            "POST",
+            "/api/basket",
+            json={"product_id": sticker[0], "district_id": sticker[1], "quantity": "3"},
+        )
+    )
+    lines = shop.get_basket(app.conn, 501).lines  # what the bot's 🧺 Basket shows
     assert [(l.name, l.quantity) for l in lines] == [("gift_card *25*", 2), ("Sticker", 3)]
-    basket = ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1],
-                                                       "quantity": 1}))
+    basket = ok(
+        call(
+            app,
+            "POST",
+            "/api/basket",
+            json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 1},
+        )
+    )
     assert basket["total"] == "50.50"
     basket = ok(call(app, "DELETE", f"/api/basket/{basket['items'][0]['id']}"))
     assert [i["name"] for i in basket["items"]] == ["Sticker"]
-    shop.add_to_basket(app.conn, 501, *gift)                         # and the bot's basket is the app's
+    shop.add_to_basket(app.conn, 501, *gift)  # and the bot's basket is the app's
     assert ok(call(app, "GET", "/api/basket"))["count"] == 2
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({"product_id": 999, "district_id": 1, "quantity": 1}, 404, "not in the shop"),
-    ({"product_id": 1, "district_id": 1, "quantity": 3}, 409, "Only 2"),
-    ({"product_id": 1, "district_id": 1, "quantity": 101}, 400, "from 0 to 100"),
-    ({"product_id": 1, "district_id": 1, "quantity": -1}, 400, ""),
-    ({"product_id": 1, "district_id": 1, "quantity": 1.5}, 400, "whole number"),
-    ({"product_id": 1, "district_id": 1, "quantity": True}, 400, "whole number"),
-    ({"product_id": "x", "district_id": 1, "quantity": 1}, 400, "whole number"),
-    ({"district_id": 1, "quantity": 1}, 400, "product_id"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"product_id": 999, "district_id": 1, "quantity": 1}, 404, "not in the shop"),
+        ({"product_id": 1, "district_id": 1, "quantity": 3}, 409, "Only 2"),
+        ({"product_id": 1, "district_id": 1, "quantity": 101}, 400, "from 0 to 100"),
+        ({"product_id": 1, "district_id": 1, "quantity": -1}, 400, ""),
+        ({"product_id": 1, "district_id": 1, "quantity": 1.5}, 400, "whole number"),
+        ({"product_id": 1, "district_id": 1, "quantity": True}, 400, "whole number"),
+        ({"product_id": "x", "district_id": 1, "quantity": 1}, 400, "whole number"),
+        ({"district_id": 1, "quantity": 1}, 400, "product_id"),
+    ],
+)
 def test_bad_basket_requests_get_a_reason_and_change_nothing(app, body, status, words):
     refused(call(app, "POST", "/api/basket", json=body), status, words)
     assert shop.get_basket(app.conn, 501).lines == []
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"{" * 100 + b"}" * 100,
-                                 b"{}" * 9000])
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"{" * 100 + b"}" * 100, b"{}" * 9000]
+)
 def test_garbage_bodies_are_refused(app, raw):
     r = call(app, "POST", "/api/basket", data=raw, headers={"Content-Type": "application/json"})
     assert 400 <= r.status_code < 500 and r.json()["error"]
@@ -147,68 +212,212 @@ def test_garbage_bodies_are_refused(app, raw):
 def test_currencies_show_their_minimums(app):
     coins = ok(call(app, "GET", "/api/currencies"))
     assert [c["code"] for c in coins] == shop.COIN_CODES
-    assert coins[3] == {"code": "usdttrc20", "name": "Tether USD", "network": "TRC20", "label": "USDT · TRC20",
-                        "minimum": "9.30"}
+    assert coins[3] == {
+        "code": "usdttrc20",
+        "name": "Tether USD",
+        "network": "TRC20",
+        "label": "USDT · TRC20",
+        "minimum": "9.30",
+    }
 
 
 def test_a_crypto_purchase_from_the_app(app):
     gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
-    invoice = ok(call(app, "POST", "/api/payment/create", json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ton",
-        "request_id": "0123456789abcdef"}))
-    assert invoice["status"] == "waiting" and invoice["price_amount"] == "25.00" and invoice["pay_currency"] == "ton"
+    invoice = ok(
+        call(
+            app,
+            "POST",
+            "/api/payment/create",
+            json={
+                "type": "product",
+                "product_id": gift[0],
+                "district_id": gift[1],
+                "quantity": 1,
+                "currency": "ton",
+                "request_id": "0123456789abcdef",
+            },
+        )
+    )
+    assert (
+        invoice["status"] == "waiting"
+        and invoice["price_amount"] == "25.00"
+        and invoice["pay_currency"] == "ton"
+    )
     assert invoice["pay_amount"] == "5.000000000" and invoice["payin_extra_id"] and invoice["open"]
-    again = ok(call(app, "POST", "/api/payment/create", json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ton",
-        "request_id": "0123456789abcdef"}))
-    assert again["payment_id"] == invoice["payment_id"]                    # a repeated tap: one invoice
+    again = ok(
+        call(
+            app,
+            "POST",
+            "/api/payment/create",
+            json={
+                "type": "product",
+                "product_id": gift[0],
+                "district_id": gift[1],
+                "quantity": 1,
+                "currency": "ton",
+                "request_id": "0123456789abcdef",
+            },
+        )
+    )
+    assert again["payment_id"] == invoice["payment_id"]  # a repeated tap: one invoice
     for change in ({"currency": "btc"}, {"quantity": 2}):
-        refused(call(app, "POST", "/api/payment/create", json={
-            "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ton",
-            "request_id": "0123456789abcdef", **change}), 400, "")
+        refused(
+            call(
+                app,
+                "POST",
+                "/api/payment/create",
+                json={
+                    "type": "product",
+                    "product_id": gift[0],
+                    "district_id": gift[1],
+                    "quantity": 1,
+                    "currency": "ton",
+                    "request_id": "0123456789abcdef",
+                    **change,
+                },
+            ),
+            400,
+            "",
+        )
     qr = call(app, "GET", invoice["qr_url"])
     assert qr.status_code == 200 and qr.content.startswith(b"\x89PNG")
-    ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}))
+    ok(
+        call(
+            app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}
+        )
+    )
     wait_for_row(app.conn, "SELECT 1 FROM payments WHERE status = 'finished'")
     status = ok(call(app, "GET", f"/api/payment/status/{invoice['payment_id']}"))
     assert status["status"] == "finished" and status["final"]
     assert (status["order_status"], status["outcome"]) == ("paid", "delivered")
     orders = ok(call(app, "GET", "/api/orders"))["orders"]
-    assert orders[0]["status"] == "paid" and orders[0]["items"][0]["content"] == "gift_card *25*-Bałuty & Widzew-0"
+    assert (
+        orders[0]["status"] == "paid"
+        and orders[0]["items"][0]["content"] == "gift_card *25*-Bałuty & Widzew-0"
+    )
 
 
 def test_paying_the_basket_from_the_balance(app):
     shop.touch_user(app.conn, ANN)
     shop.adjust_balance(app.conn, 501, 3000, "test")
     sticker = app.ids[("Sticker", "Bałuty & Widzew")]
-    ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 4}))
-    paid = ok(call(app, "POST", "/api/payment/create", json={"type": "basket", "currency": "balance"}))
+    ok(
+        call(
+            app,
+            "POST",
+            "/api/basket",
+            json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 4},
+        )
+    )
+    paid = ok(
+        call(app, "POST", "/api/payment/create", json={"type": "basket", "currency": "balance"})
+    )
     assert paid == {"order_id": paid["order_id"], "status": "paid", "balance": "28.00"}
     assert ok(call(app, "GET", "/api/basket"))["items"] == []
     assert ok(call(app, "GET", "/api/me"))["balance"] == "28.00"
-    refused(call(app, "POST", "/api/payment/create", json={"type": "basket", "currency": "balance"}), 400, "empty")
+    refused(
+        call(app, "POST", "/api/payment/create", json={"type": "basket", "currency": "balance"}),
+        400,
+        "empty",
+    )
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({"type": "basket", "currency": "btc"}, 400, "basket is empty"),
-    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 1, "currency": "doge"}, 400, "Unknown currency"),
-    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 0, "currency": "btc"}, 400, "quantity"),
-    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 3, "currency": "btc"}, 409, "only 2"),
-    ({"type": "product", "product_id": 2, "district_id": 1, "quantity": 1, "currency": "btc"}, 400, "takes payments from"),
-    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 1, "currency": "balance"}, 409, "short"),
-    ({"type": "gift", "currency": "btc"}, 400, "type must be"),
-    ({"type": "product", "product_id": 1, "district_id": 1, "quantity": 1, "currency": "btc",
-      "request_id": "../../x"}, 400, "request_id"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"type": "basket", "currency": "btc"}, 400, "basket is empty"),
+        (
+            {
+                "type": "product",
+                "product_id": 1,
+                "district_id": 1,
+                "quantity": 1,
+                "currency": "doge",
+            },
+            400,
+            "Unknown currency",
+        ),
+        (
+            {
+                "type": "product",
+                "product_id": 1,
+                "district_id": 1,
+                "quantity": 0,
+                "currency": "btc",
+            },
+            400,
+            "quantity",
+        ),
+        (
+            {
+                "type": "product",
+                "product_id": 1,
+                "district_id": 1,
+                "quantity": 3,
+                "currency": "btc",
+            },
+            409,
+            "only 2",
+        ),
+        (
+            {
+                "type": "product",
+                "product_id": 2,
+                "district_id": 1,
+                "quantity": 1,
+                "currency": "btc",
+            },
+            400,
+            "takes payments from",
+        ),
+        (
+            {
+                "type": "product",
+                "product_id": 1,
+                "district_id": 1,
+                "quantity": 1,
+                "currency": "balance",
+            },
+            409,
+            "short",
+        ),
+        ({"type": "gift", "currency": "btc"}, 400, "type must be"),
+        (
+            {
+                "type": "product",
+                "product_id": 1,
+                "district_id": 1,
+                "quantity": 1,
+                "currency": "btc",
+                "request_id": "../../x",
+            },
+            400,
+            "request_id",
+        ),
+    ],
+)
 def test_bad_payment_requests_get_a_reason_and_reserve_nothing(app, body, status, words):
     refused(call(app, "POST", "/api/payment/create", json=body), status, words)
-    assert app.conn.execute("SELECT count(*) FROM stock_units WHERE status != 'available'").fetchone()[0] == 0
+    assert (
+        app.conn.execute("SELECT count(*) FROM stock_units WHERE status != 'available'").fetchone()[
+            0
+        ]
+        == 0
+    )
     assert app.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 0
 
 
-@pytest.mark.parametrize("amount, status, words", [("2", 400, "at least 5.00"), ("20000", 400, "at most"),
-                                                   ("abc", 400, "amount in EUR"), (None, 400, "amount"),
-                                                   (-5, 400, "positive"), ("20,50", 200, "")])
+@pytest.mark.parametrize(
+    "amount, status, words",
+    [
+        ("2", 400, "at least 5.00"),
+        ("20000", 400, "at most"),
+        ("abc", 400, "amount in EUR"),
+        (None, 400, "amount"),
+        (-5, 400, "positive"),
+        ("20,50", 200, ""),
+    ],
+)
 def test_top_ups_from_the_app(app, amount, status, words):
     r = call(app, "POST", "/api/payment/refill", json={"amount": amount, "currency": "ltc"})
     if status == 200:
@@ -219,54 +428,122 @@ def test_top_ups_from_the_app(app, amount, status, words):
 
 def test_someone_elses_payment_or_photo_is_not_found(app):
     gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
-    media = shop.store_media(app.config.media_dir, b"\x89PNG\r\n\x1a\n" + b"x" * 50, "png", private=True)
+    media = shop.store_media(
+        app.config.media_dir, b"\x89PNG\r\n\x1a\n" + b"x" * 50, "png", private=True
+    )
     app.conn.execute("UPDATE stock_units SET media = ?", (media,))
-    invoice = ok(call(app, "POST", "/api/payment/create", json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}))
-    ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}))
+    invoice = ok(
+        call(
+            app,
+            "POST",
+            "/api/payment/create",
+            json={
+                "type": "product",
+                "product_id": gift[0],
+                "district_id": gift[1],
+                "quantity": 1,
+                "currency": "btc",
+            },
+        )
+    )
+    ok(
+        call(
+            app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}
+        )
+    )
     wait_for_row(app.conn, "SELECT 1 FROM orders WHERE status = 'paid'")
     item = ok(call(app, "GET", "/api/orders"))["orders"][0]["items"][0]
     photo = call(app, "GET", item["media_url"])
     assert photo.status_code == 200 and photo.content.startswith(b"\x89PNG")
     assert "no-store" in photo.headers["Cache-Control"]
     eve = {"id": 666, "first_name": "Eve"}
-    for path in (f"/api/payment/status/{invoice['payment_id']}", invoice["qr_url"], item["media_url"]):
+    for path in (
+        f"/api/payment/status/{invoice['payment_id']}",
+        invoice["qr_url"],
+        item["media_url"],
+    ):
         refused(call(app, "GET", path, user_=eve), 404)
         assert call(app, "GET", path, user_=None).status_code == 401
-    refused(call(app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", user_=eve,
-                 json={"outcome": "full"}), 404)
+    refused(
+        call(
+            app,
+            "POST",
+            f"/api/payment/{invoice['payment_id']}/simulate",
+            user_=eve,
+            json={"outcome": "full"},
+        ),
+        404,
+    )
     assert ok(call(app, "GET", "/api/orders", user_=eve))["orders"] == []
     assert requests.get(app.url + "/media/" + media, timeout=5).status_code == 404
 
 
 def test_unpaid_orders_show_no_goods(app):
     gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
-    ok(call(app, "POST", "/api/payment/create", json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}))
+    ok(
+        call(
+            app,
+            "POST",
+            "/api/payment/create",
+            json={
+                "type": "product",
+                "product_id": gift[0],
+                "district_id": gift[1],
+                "quantity": 1,
+                "currency": "btc",
+            },
+        )
+    )
     order = ok(call(app, "GET", "/api/orders"))["orders"][0]
     assert order["status"] == "pending" and order["payment_id"]
     assert [i["content"] for i in order["items"]] == [None]
 
 
 def test_invoice_limits_hold_in_the_app_too(make_shop, fake_tg):
-    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_OPEN_INVOICES": "1"})
+    s = make_shop(
+        env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "MAX_OPEN_INVOICES": "1"}
+    )
     conn = shop.connect(s.config.shop_db)
     gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 5)])[("Gift card", "Mitte")]
-    body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}
+    body = {
+        "type": "product",
+        "product_id": gift[0],
+        "district_id": gift[1],
+        "quantity": 1,
+        "currency": "btc",
+    }
     ok(call(s, "POST", "/api/payment/create", json=body))
     refused(call(s, "POST", "/api/payment/create", json=body), 429, "1 unpaid invoice")
-    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 1
+    assert (
+        conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0]
+        == 1
+    )
     conn.close()
 
 
 def test_cancel_from_the_app_frees_the_items(app):
     gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
-    invoice = ok(call(app, "POST", "/api/payment/create", json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 2, "currency": "btc"}))
+    invoice = ok(
+        call(
+            app,
+            "POST",
+            "/api/payment/create",
+            json={
+                "type": "product",
+                "product_id": gift[0],
+                "district_id": gift[1],
+                "quantity": 2,
+                "currency": "btc",
+            },
+        )
+    )
     assert shop.get_offer(app.conn, *gift)["available"] == 0
     cancelled = ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/cancel"))
     assert not cancelled["open"] and shop.get_offer(app.conn, *gift)["available"] == 2
-    assert (cancelled["status_text"], cancelled["order_status"]) == ("⌛ No longer open", "cancelled")
+    assert (cancelled["status_text"], cancelled["order_status"]) == (
+        "⌛ No longer open",
+        "cancelled",
+    )
 
 
 def test_a_banned_shopper_is_refused(app):
@@ -279,8 +556,12 @@ def preview_init_data(s):
     """The preview shopper's initData as the Mini App page in a browser gets it: with a bot connected, from the
     admin, for an owner who logged in."""
     owner = requests.Session()
-    r = owner.post(s.url + "/admin/login", data={"password": s.new_admin_password, "next": "/app"},
-                   allow_redirects=False, timeout=10)
+    r = owner.post(
+        s.url + "/admin/login",
+        data={"password": s.new_admin_password, "next": "/app"},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert r.status_code == 303 and r.headers["Location"].endswith("/app"), r.text
     return ok(owner.get(s.url + "/admin/app-preview", timeout=5))["initData"]
 
@@ -291,32 +572,74 @@ def test_the_page_and_the_preview(app, make_shop):
     assert 'data-preview="/admin/app-preview"' in page.text
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self' https://telegram.org" in csp and "frame-ancestors" in csp
-    assert page.headers["X-Content-Type-Options"] == "nosniff" and "X-Frame-Options" not in page.headers
+    assert (
+        page.headers["X-Content-Type-Options"] == "nosniff"
+        and "X-Frame-Options" not in page.headers
+    )
     # With a bot connected, the preview shopper (who may simulate payments) is for owners only.
-    assert refused(requests.get(app.url + "/app/preview", timeout=5), 403, "log in to the admin")["login"] == \
-        "/admin/login?next=/app"
-    assert refused(requests.get(app.url + "/admin/app-preview", timeout=5), 401, "log in")["login"] == \
-        "/admin/login?next=/app"
+    assert (
+        refused(requests.get(app.url + "/app/preview", timeout=5), 403, "log in to the admin")[
+            "login"
+        ]
+        == "/admin/login?next=/app"
+    )
+    assert (
+        refused(requests.get(app.url + "/admin/app-preview", timeout=5), 401, "log in")["login"]
+        == "/admin/login?next=/app"
+    )
     init = preview_init_data(app)
     me = ok(requests.get(app.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=5))
     assert me["preview"] and me["id"] == -1
-    live = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": app.config.telegram_api_url, "NOWPAYMENTS_API_KEY": "k",
-                          "NOWPAYMENTS_IPN_SECRET": "s", "NOWPAYMENTS_API_URL": "http://127.0.0.1:9"}, name="live")
+    live = make_shop(
+        env={
+            "BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_URL": app.config.telegram_api_url,
+            "NOWPAYMENTS_API_KEY": "k",
+            "NOWPAYMENTS_IPN_SECRET": "s",
+            "NOWPAYMENTS_API_URL": "http://127.0.0.1:9",
+        },
+        name="live",
+    )
     refused(requests.get(live.url + "/app/preview", timeout=5), 404, "sandbox")
-    refused(requests.get(live.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=5), 401)
+    refused(
+        requests.get(live.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=5), 401
+    )
     preview_signed_right = shop.sign_init_data(shop.PREVIEW_USER, TOKEN)
-    refused(requests.get(live.url + "/api/me", headers={"X-Telegram-Init-Data": preview_signed_right}, timeout=5),
-            401, "Not a Telegram user")
+    refused(
+        requests.get(
+            live.url + "/api/me", headers={"X-Telegram-Init-Data": preview_signed_right}, timeout=5
+        ),
+        401,
+        "Not a Telegram user",
+    )
 
 
 def test_the_preview_shopper_never_gets_telegram_messages(app):
     init = preview_init_data(app)
     h = {"X-Telegram-Init-Data": init}
     gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
-    invoice = ok(requests.post(app.url + "/api/payment/create", headers=h, timeout=5, json={
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "btc"}))
-    ok(requests.post(app.url + f"/api/payment/{invoice['payment_id']}/simulate", headers=h, timeout=5,
-                     json={"outcome": "over"}))
+    invoice = ok(
+        requests.post(
+            app.url + "/api/payment/create",
+            headers=h,
+            timeout=5,
+            json={
+                "type": "product",
+                "product_id": gift[0],
+                "district_id": gift[1],
+                "quantity": 1,
+                "currency": "btc",
+            },
+        )
+    )
+    ok(
+        requests.post(
+            app.url + f"/api/payment/{invoice['payment_id']}/simulate",
+            headers=h,
+            timeout=5,
+            json={"outcome": "over"},
+        )
+    )
     wait_for_row(app.conn, "SELECT 1 FROM payments WHERE status = 'finished'")
     assert app.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
     assert ok(requests.get(app.url + "/api/me", headers=h, timeout=5))["balance"] == "12.49"
@@ -327,25 +650,43 @@ def test_many_top_ups_at_once_in_sandbox_mode_never_starve_the_web_server(app):
     """The sandbox answers the shop's provider calls from the same web server: with more invoices being
     made at once than it has threads, the calls queue for a few slots instead of taking every thread."""
     from concurrent.futures import ThreadPoolExecutor
+
     shoppers = [{"id": 700 + i, "first_name": f"S{i}"} for i in range(12)]
     with ThreadPoolExecutor(len(shoppers)) as pool:
-        answers = list(pool.map(lambda u: call(app, "POST", "/api/payment/refill", user_=u,
-                                               json={"amount": "10", "currency": "ltc"}), shoppers))
-    assert [r.status_code for r in answers] == [200] * len(shoppers), [r.text for r in answers if r.status_code != 200]
-    assert app.conn.execute("SELECT count(*) FROM payments WHERE kind = 'topup'").fetchone()[0] == len(shoppers)
+        answers = list(
+            pool.map(
+                lambda u: call(
+                    app,
+                    "POST",
+                    "/api/payment/refill",
+                    user_=u,
+                    json={"amount": "10", "currency": "ltc"},
+                ),
+                shoppers,
+            )
+        )
+    assert [r.status_code for r in answers] == [200] * len(shoppers), [
+        r.text for r in answers if r.status_code != 200
+    ]
+    assert app.conn.execute("SELECT count(*) FROM payments WHERE kind = 'topup'").fetchone()[
+        0
+    ] == len(shoppers)
 
 
 # Trust under pressure (issue 10)
 
+
 def at_once(s, requests_):
     """Send [(method, path, user, body)] to shop s all at the same moment; return the answers in order."""
     from concurrent.futures import ThreadPoolExecutor
+
     start = threading.Barrier(len(requests_))
 
     def send(args):
         method, path, user_, body = args
         start.wait()
         return call(s, method, path, user_=user_, json=body)
+
     with ThreadPoolExecutor(len(requests_)) as pool:
         return list(pool.map(send, requests_))
 
@@ -354,45 +695,116 @@ def shop_with_gift_cards(make_shop, fake_tg, units, **env):
     """A sandbox shop with its bot (so: in test mode) and `units` gift cards; (shop, connection, gift ids)."""
     s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, **env})
     conn = shop.connect(s.config.shop_db)
-    return s, conn, seed(conn, [("Berlin", "Mitte", "Gift card", 2500, units)])[("Gift card", "Mitte")]
+    return (
+        s,
+        conn,
+        seed(conn, [("Berlin", "Mitte", "Gift card", 2500, units)])[("Gift card", "Mitte")],
+    )
 
 
 def test_invoice_limits_hold_when_one_shopper_sends_30_requests_at_once(make_shop, fake_tg):
-    s, conn, gift = shop_with_gift_cards(make_shop, fake_tg, 400, MAX_OPEN_INVOICES="3", MAX_INVOICES_PER_HOUR="100",
-                                         MAX_UNPAID_UNITS="1000")
-    orders = at_once(s, [("POST", "/api/payment/create", ANN, {
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 40, "currency": "ltc",
-        "request_id": f"{i:016x}"}) for i in range(30)])
+    s, conn, gift = shop_with_gift_cards(
+        make_shop,
+        fake_tg,
+        400,
+        MAX_OPEN_INVOICES="3",
+        MAX_INVOICES_PER_HOUR="100",
+        MAX_UNPAID_UNITS="1000",
+    )
+    orders = at_once(
+        s,
+        [
+            (
+                "POST",
+                "/api/payment/create",
+                ANN,
+                {
+                    "type": "product",
+                    "product_id": gift[0],
+                    "district_id": gift[1],
+                    "quantity": 40,
+                    "currency": "ltc",
+                    "request_id": f"{i:016x}",
+                },
+            )
+            for i in range(30)
+        ],
+    )
     codes = sorted(r.status_code for r in orders)
-    assert codes == [200] * 3 + [429] * 27, [r.text for r in orders if r.status_code not in (200, 429)]
+    assert codes == [200] * 3 + [429] * 27, [
+        r.text for r in orders if r.status_code not in (200, 429)
+    ]
     assert all("3 unpaid invoices" in r.json()["error"] for r in orders if r.status_code == 429)
-    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 120
+    assert (
+        conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0]
+        == 120
+    )
     assert conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0] == 3
     # Top-ups: the same race, the same answer (here against a shopper of their own).
     bob = {"id": 502, "first_name": "Bob"}
-    topups = at_once(s, [("POST", "/api/payment/refill", bob, {"amount": "10", "currency": "ltc",
-                                                             "request_id": f"{i:016x}"}) for i in range(100, 130)])
+    topups = at_once(
+        s,
+        [
+            (
+                "POST",
+                "/api/payment/refill",
+                bob,
+                {"amount": "10", "currency": "ltc", "request_id": f"{i:016x}"},
+            )
+            for i in range(100, 130)
+        ],
+    )
     assert sorted(r.status_code for r in topups) == [200] * 3 + [429] * 27
     assert conn.execute("SELECT count(*) FROM payments WHERE user_id = 502").fetchone()[0] == 3
-    assert conn.execute("SELECT count(*) FROM checkouts WHERE invoicing_since IS NOT NULL").fetchone()[0] == 0
+    assert (
+        conn.execute("SELECT count(*) FROM checkouts WHERE invoicing_since IS NOT NULL").fetchone()[
+            0
+        ]
+        == 0
+    )
     conn.close()
 
 
 def test_the_bot_and_the_app_together_stay_within_the_limits(make_shop, fake_tg):
     """Invoices from the bot's coin buttons and the Mini App, for one shopper, at the same moment."""
-    s, conn, gift = shop_with_gift_cards(make_shop, fake_tg, 50, MAX_OPEN_INVOICES="2", MAX_UNPAID_UNITS="1000")
+    s, conn, gift = shop_with_gift_cards(
+        make_shop, fake_tg, 50, MAX_OPEN_INVOICES="2", MAX_UNPAID_UNITS="1000"
+    )
     fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
     fake_tg.user_sends(501, "/start")
     screen = fake_tg.wait_message(501, "Welcome")
     nonces = [shop.create_checkout(conn, 501, "order", 2500, [(*gift, 1)]) for _ in range(6)]
-    clicks = [fake_tg.user_clicks(501, screen.message_id, f"coin:{n}:ltc", forged=True) for n in nonces]
-    answers = at_once(s, [("POST", "/api/payment/create", ANN, {
-        "type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 1, "currency": "ltc",
-        "request_id": f"{i:016x}"}) for i in range(6)])
+    clicks = [
+        fake_tg.user_clicks(501, screen.message_id, f"coin:{n}:ltc", forged=True) for n in nonces
+    ]
+    answers = at_once(
+        s,
+        [
+            (
+                "POST",
+                "/api/payment/create",
+                ANN,
+                {
+                    "type": "product",
+                    "product_id": gift[0],
+                    "district_id": gift[1],
+                    "quantity": 1,
+                    "currency": "ltc",
+                    "request_id": f"{i:016x}",
+                },
+            )
+            for i in range(6)
+        ],
+    )
     for cq in clicks:
-        fake_tg.wait_for(lambda: cq in fake_tg.callback_answers, what="the bot's answer to a coin button")
+        fake_tg.wait_for(
+            lambda: cq in fake_tg.callback_answers, what="the bot's answer to a coin button"
+        )
     assert conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0] == 2
-    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 2
+    assert (
+        conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0]
+        == 2
+    )
     assert sum(r.status_code == 200 for r in answers) <= 2
     conn.close()
 
@@ -401,10 +813,16 @@ def test_one_shopper_cannot_hold_more_than_the_owner_allows_unpaid(make_shop, fa
     s, conn, gift = shop_with_gift_cards(make_shop, fake_tg, 400, MAX_UNPAID_UNITS="10")
     body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "currency": "ltc"}
     ok(call(s, "POST", "/api/payment/create", json={**body, "quantity": 6}))
-    refused(call(s, "POST", "/api/payment/create", json={**body, "quantity": 5}), 429,
-            "at most 10 items at once; yours hold 6 already and this one would hold 5")
+    refused(
+        call(s, "POST", "/api/payment/create", json={**body, "quantity": 5}),
+        429,
+        "at most 10 items at once; yours hold 6 already and this one would hold 5",
+    )
     ok(call(s, "POST", "/api/payment/create", json={**body, "quantity": 4}))
-    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0] == 10
+    assert (
+        conn.execute("SELECT count(*) FROM stock_units WHERE status = 'reserved'").fetchone()[0]
+        == 10
+    )
     # Paying from the balance holds nothing unpaid, so the cap does not apply to it.
     shop.touch_user(conn, ANN)
     shop.adjust_balance(conn, 501, 50000, "test")
@@ -420,16 +838,31 @@ def test_in_test_mode_only_owners_and_their_testers_can_buy_or_simulate(make_sho
     assert me["test_mode"] and not me["can_buy"]
     shop.adjust_balance(conn, 501, 10000, "a balance that must not buy either")
     before = rows(snapshot(conn))
-    for path, payload in (("/api/payment/create", {**body, "currency": "btc"}),
-                          ("/api/payment/create", {**body, "currency": "balance"}),
-                          ("/api/payment/refill", {"amount": "20", "currency": "ltc"})):
+    for path, payload in (
+        ("/api/payment/create", {**body, "currency": "btc"}),
+        ("/api/payment/create", {**body, "currency": "balance"}),
+        ("/api/payment/refill", {"amount": "20", "currency": "ltc"}),
+    ):
         refused(call(s, "POST", path, json=payload), 403, "test mode")
-    invoice = ok(call(s, "POST", "/api/payment/create", user_=owner, json={**body, "currency": "btc"}))
+    invoice = ok(
+        call(s, "POST", "/api/payment/create", user_=owner, json={**body, "currency": "btc"})
+    )
     assert invoice["simulate"] and invoice["sandbox"]
-    refused(call(s, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}), 404)
+    refused(
+        call(s, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}),
+        404,
+    )
     after = rows(snapshot(conn))
     assert after["ledger"] == before["ledger"] and [r for r in after["orders"] if r[1] == 501] == []
-    ok(call(s, "POST", f"/api/payment/{invoice['payment_id']}/simulate", user_=owner, json={"outcome": "full"}))
+    ok(
+        call(
+            s,
+            "POST",
+            f"/api/payment/{invoice['payment_id']}/simulate",
+            user_=owner,
+            json={"outcome": "full"},
+        )
+    )
     wait_for_row(conn, "SELECT 1 FROM orders WHERE user_id = 9001 AND status = 'paid'")
     assert ok(call(s, "GET", "/api/me", user_=owner))["can_buy"]
     conn.close()
@@ -444,16 +877,42 @@ def test_without_a_bot_the_preview_shopper_is_open_to_the_browser(make_shop):
 
 
 def test_a_basket_invoice_empties_the_basket_and_cancelling_it_fills_it_again(app):
-    gift, sticker = app.ids[("gift_card *25*", "Bałuty & Widzew")], app.ids[("Sticker", "Bałuty & Widzew")]
-    ok(call(app, "POST", "/api/basket", json={"product_id": gift[0], "district_id": gift[1], "quantity": 2}))
-    ok(call(app, "POST", "/api/basket", json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 3}))
+    gift, sticker = (
+        app.ids[("gift_card *25*", "Bałuty & Widzew")],
+        app.ids[("Sticker", "Bałuty & Widzew")],
+    )
+    ok(
+        call(
+            app,
+            "POST",
+            "/api/basket",
+            json={"product_id": gift[0], "district_id": gift[1], "quantity": 2},
+        )
+    )
+    ok(
+        call(
+            app,
+            "POST",
+            "/api/basket",
+            json={"product_id": sticker[0], "district_id": sticker[1], "quantity": 3},
+        )
+    )
     body = {"type": "basket", "currency": "btc", "request_id": "00000000000000aa"}
     invoice = ok(call(app, "POST", "/api/payment/create", json=body))
     assert ok(call(app, "GET", "/api/basket"))["items"] == []
-    assert ok(call(app, "POST", "/api/payment/create", json=body))["payment_id"] == invoice["payment_id"]  # a retry
-    refused(call(app, "POST", "/api/payment/create", json={**body, "request_id": "00000000000000bb"}), 400, "empty")
+    assert (
+        ok(call(app, "POST", "/api/payment/create", json=body))["payment_id"]
+        == invoice["payment_id"]
+    )  # a retry
+    refused(
+        call(app, "POST", "/api/payment/create", json={**body, "request_id": "00000000000000bb"}),
+        400,
+        "empty",
+    )
     assert app.conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
     ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/cancel"))
     basket = ok(call(app, "GET", "/api/basket"))
-    assert [(i["name"], i["quantity"], i["reserved"]) for i in basket["items"]] == \
-        [("gift_card *25*", 2, 0), ("Sticker", 3, 0)]
+    assert [(i["name"], i["quantity"], i["reserved"]) for i in basket["items"]] == [
+        ("gift_card *25*", 2, 0),
+        ("Sticker", 3, 0),
+    ]

@@ -20,10 +20,24 @@ TEA = '<img src=x onerror="window.__pwned=1">Tea & "Co"'
 TEA_TEXT = "Green <b>sencha</b>\n100 g & more"
 LOCKER = "Locker 7 <door>\nCode: 11&22"
 
-DARK = {"bg_color": "#17212b", "text_color": "#f5f5f5", "hint_color": "#708499", "link_color": "#6ab3f3",
-        "button_color": "#5288c1", "button_text_color": "#ffffff", "secondary_bg_color": "#232e3c"}
-LIGHT = {"bg_color": "#ffffff", "text_color": "#000000", "hint_color": "#999999", "link_color": "#2481cc",
-         "button_color": "#2481cc", "button_text_color": "#ffffff", "secondary_bg_color": "#efeff3"}
+DARK = {
+    "bg_color": "#17212b",
+    "text_color": "#f5f5f5",
+    "hint_color": "#708499",
+    "link_color": "#6ab3f3",
+    "button_color": "#5288c1",
+    "button_text_color": "#ffffff",
+    "secondary_bg_color": "#232e3c",
+}
+LIGHT = {
+    "bg_color": "#ffffff",
+    "text_color": "#000000",
+    "hint_color": "#999999",
+    "link_color": "#2481cc",
+    "button_color": "#2481cc",
+    "button_text_color": "#ffffff",
+    "secondary_bg_color": "#efeff3",
+}
 
 # What Telegram's client provides, minus any painting; window.__tg records, __mainButton/__backButton press.
 STUB = """
@@ -95,9 +109,15 @@ def stock(s):
     photo = shop.store_media(s.config.media_dir, png(8, 8, (30, 140, 60)), "png", private=False)
     locker = shop.store_media(s.config.media_dir, png(6, 4, (200, 30, 30)), "png", private=True)
     with shop.transaction(conn):
-        conn.execute("UPDATE products SET photo = ?, description = ? WHERE id = ?", (photo, TEA_TEXT, tea))
-        first = conn.execute("SELECT min(id) FROM stock_units WHERE product_id = ?", (tea,)).fetchone()[0]
-        conn.execute("UPDATE stock_units SET content = ?, media = ? WHERE id = ?", (LOCKER, locker, first))
+        conn.execute(
+            "UPDATE products SET photo = ?, description = ? WHERE id = ?", (photo, TEA_TEXT, tea)
+        )
+        first = conn.execute(
+            "SELECT min(id) FROM stock_units WHERE product_id = ?", (tea,)
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE stock_units SET content = ?, media = ? WHERE id = ?", (LOCKER, locker, first)
+        )
     return ids
 
 
@@ -115,7 +135,9 @@ class MiniApp:
         """Wait until the MainButton offers `text` (a prefix) and press it."""
         self.page.wait_for_function(
             "t => { const m = window.__tg.main; return m.visible && m.active && !m.progress && m.text.startsWith(t); }",
-            arg=text, timeout=WAIT_MS)
+            arg=text,
+            timeout=WAIT_MS,
+        )
         self.page.evaluate("window.__mainButton.click()")
 
     def press_back(self):
@@ -130,8 +152,11 @@ class MiniApp:
 
     def image_loaded(self, selector):
         """Wait until the image has really been decoded; return its src."""
-        self.page.wait_for_function("s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
-                                    arg=selector, timeout=WAIT_MS)
+        self.page.wait_for_function(
+            "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
+            arg=selector,
+            timeout=WAIT_MS,
+        )
         return self.page.eval_on_selector(selector, "i => i.src")
 
 
@@ -146,6 +171,7 @@ def open_app(browser):
         context = browser.new_context(viewport={"width": 390, "height": 800})
         contexts.append(context)
         return _open(context, s, user_id, **kw)
+
     yield open_
     for context in contexts:
         context.close()
@@ -159,8 +185,13 @@ def _open(context, s, user_id, *, theme=LIGHT, scheme="light", telegram=True, au
         tg_user = {"id": user_id, "first_name": "Ann", "username": "ann", "language_code": "en"}
         auth_date = int(time.time()) if auth_date is None else auth_date
         init_data = shop.sign_init_data(tg_user, s.webapp_token, auth_date, query_id="AAtest")
-        config = {"initData": init_data, "user": tg_user, "authDate": auth_date, "themeParams": theme,
-                  "colorScheme": scheme}
+        config = {
+            "initData": init_data,
+            "user": tg_user,
+            "authDate": auth_date,
+            "themeParams": theme,
+            "colorScheme": scheme,
+        }
         context.add_init_script(STUB.replace("__CONFIG__", json.dumps(config)))
     page = context.new_page()
     page.errors, page.asked = [], []
@@ -177,7 +208,10 @@ def text_of(locator):
 
 # Stories #####################################################################
 
-def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(live, fake_tg, open_app):
+
+def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(
+    live, fake_tg, open_app
+):
     stock(live)
     ann = open_app(live, 101)
     page = ann.page
@@ -189,12 +223,12 @@ def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(live
     ann.button(re.compile("^Mitte")).click()
     card = page.locator(".card").filter(has_text="€12.90")
     expect(card).to_contain_text("2 available")
-    expect(card.locator(".card-name")).to_have_text(TEA)           # the owner's name, literally
+    expect(card.locator(".card-name")).to_have_text(TEA)  # the owner's name, literally
     ann.image_loaded(".card img")
     card.click()
     expect(ann.heading()).to_have_text(TEA)
     assert text_of(page.locator(".description")) == TEA_TEXT
-    ann.press_back()                                                # BackButton: back to the grid
+    ann.press_back()  # BackButton: back to the grid
     expect(ann.heading()).to_have_text("Mitte")
     card.click()
 
@@ -204,7 +238,7 @@ def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(live
     assert "impact:medium" in ann.tg("haptics")
     ann.button(f"One more {TEA}").click()
     expect(qty).to_have_text("2")
-    expect(ann.button(f"One more {TEA}")).to_be_disabled()         # only 2 in stock
+    expect(ann.button(f"One more {TEA}")).to_be_disabled()  # only 2 in stock
     expect(page.locator(".tab .count")).to_have_text("2")
 
     # The basket is the bot's basket too.
@@ -230,7 +264,9 @@ def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(live
     assert page.evaluate("navigator.clipboard.readText()") == payment["pay_address"]
 
     ann.button("Pay in full").click()
-    expect(page.locator(".status .pill")).to_have_text("✅ Paid", timeout=15000)   # by itself: no reload
+    expect(page.locator(".status .pill")).to_have_text(
+        "✅ Paid", timeout=15000
+    )  # by itself: no reload
     assert "notification:success" in ann.tg("haptics")
     expect(page.locator(".pay-details")).to_be_hidden()
 
@@ -240,13 +276,17 @@ def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(live
     contents = page.locator("#order-1 .content")
     expect(contents).to_have_count(2)
     assert sorted(text_of(contents.nth(i)) for i in range(2)) == sorted([LOCKER, f"{TEA}-Mitte-1"])
-    assert ann.image_loaded("#order-1 img.media").startswith("blob:")   # the locker photo, for its buyer only
-    expect(page.locator(".tab .count")).to_be_hidden()                  # bought, so out of the basket
+    assert ann.image_loaded("#order-1 img.media").startswith(
+        "blob:"
+    )  # the locker photo, for its buyer only
+    expect(page.locator(".tab .count")).to_be_hidden()  # bought, so out of the basket
 
     # And the bot knows the order.
     fake_tg.user_sends(101, "📦 Orders")
     orders = fake_tg.wait_message(101, "Your orders")
-    assert any(t.startswith("#1 ·") and "€25.80" in t and t.endswith("paid") for t in orders.button_texts)
+    assert any(
+        t.startswith("#1 ·") and "€25.80" in t and t.endswith("paid") for t in orders.button_texts
+    )
     assert page.evaluate("window.__pwned") is None and page.locator("img[src=x]").count() == 0
     assert page.errors == []
 
@@ -267,7 +307,9 @@ def test_a_top_up_raises_the_balance_and_then_pays_for_an_order(live, open_app):
     payment = live.conn.execute("SELECT * FROM payments WHERE kind = 'topup'").fetchone()
     expect(page.locator(".pay-amount")).to_have_text(payment["pay_amount"])
     ann.button("Pay in full").click()
-    expect(page.locator(".status")).to_contain_text("€20.50 was added to your balance.", timeout=15000)
+    expect(page.locator(".status")).to_contain_text(
+        "€20.50 was added to your balance.", timeout=15000
+    )
     expect(balance).to_have_text("€20.50")
 
     page.locator(".tab").filter(has_text="Shop").click()
@@ -277,7 +319,7 @@ def test_a_top_up_raises_the_balance_and_then_pays_for_an_order(live, open_app):
     ann.button("Buy now").click()
     expect(ann.heading()).to_have_text("Checkout")
     erc20 = page.locator(".option[data-key=usdterc20]")
-    expect(erc20).to_be_disabled()                                  # its minimum is above €12.90
+    expect(erc20).to_be_disabled()  # its minimum is above €12.90
     expect(erc20).to_contain_text("from €18.60")
     expect(page.locator(".option[data-key=balance]")).to_have_attribute("aria-checked", "true")
     expect(page.locator("main")).not_to_contain_text("null")
@@ -299,14 +341,16 @@ def test_someone_else_buys_the_last_unit_and_the_shop_says_so_in_an_alert(botles
     ann.press_main("Add to basket")
     expect(page.locator(".stepper output")).to_have_text("1")
 
-    user(botless.conn, 7, balance=5000)                             # meanwhile, Bob buys one of the two
+    user(botless.conn, 7, balance=5000)  # meanwhile, Bob buys one of the two
     shop.buy_with_balance(botless.conn, 7, [(*ids[(TEA, "Mitte")], 1)])
     ann.button(f"One more {TEA}").click()
     page.wait_for_function("() => window.__tg.alerts.length > 0")
     assert ann.tg("alerts") == [f"Only 1 of {TEA} available."]
     assert "notification:error" in ann.tg("haptics")
     expect(page.locator(".stepper output")).to_have_text("1")
-    expect(page.locator(".price-row .stock")).to_have_text("1 left")   # the page shows the stock as it is now
+    expect(page.locator(".price-row .stock")).to_have_text(
+        "1 left"
+    )  # the page shows the stock as it is now
     expect(ann.button(f"One more {TEA}")).to_be_disabled()
 
 
@@ -319,7 +363,7 @@ def test_in_a_plain_browser_the_sandbox_runs_a_labelled_preview_shopper(botless,
     app.button(re.compile("^Berlin")).click()
     app.button(re.compile("^Pankow")).click()
     page.locator(".card").filter(has_text="Mug").click()
-    main = page.locator(".main-button")                             # the page's own, outside Telegram
+    main = page.locator(".main-button")  # the page's own, outside Telegram
     expect(main).to_have_text("Add to basket · €8.00")
     main.click()
     expect(main).to_have_text("View basket · €8.00")
@@ -335,28 +379,39 @@ def test_in_a_plain_browser_the_sandbox_runs_a_labelled_preview_shopper(botless,
     page.locator(".tab").filter(has_text="Orders").click()
     expect(page.locator(".order .content")).to_have_text(re.compile(r"^Mug-Pankow-\d$"))
     assert botless.conn.execute("SELECT id FROM orders").fetchone()[0] == 1
-    assert botless.conn.execute("SELECT user_id FROM orders").fetchone()[0] == shop.PREVIEW_USER["id"]
+    assert (
+        botless.conn.execute("SELECT user_id FROM orders").fetchone()[0] == shop.PREVIEW_USER["id"]
+    )
     assert page.errors == []
 
 
 def test_in_production_outside_telegram_it_asks_to_be_opened_from_the_bot(make_shop, open_app):
-    s = make_shop(env={"NOWPAYMENTS_API_KEY": "live-key", "NOWPAYMENTS_API_URL": "http://127.0.0.1:9/v1"})
+    s = make_shop(
+        env={"NOWPAYMENTS_API_KEY": "live-key", "NOWPAYMENTS_API_URL": "http://127.0.0.1:9/v1"}
+    )
     app = open_app(s, telegram=False)
-    expect(app.page.locator(".fatal")).to_contain_text("Please open this shop from the Telegram bot")
+    expect(app.page.locator(".fatal")).to_contain_text(
+        "Please open this shop from the Telegram bot"
+    )
     expect(app.page.locator(".tabs")).to_have_count(0)
     assert not any("/api/" in url or "/app/preview" in url for url in app.page.asked)
 
 
 def test_a_session_older_than_a_day_is_told_to_open_the_shop_again(botless, open_app):
     app = open_app(botless, 105, auth_date=1_700_000_000)
-    expect(app.page.locator(".fatal")).to_contain_text("older than 24 hours: close the shop and open it again")
+    expect(app.page.locator(".fatal")).to_contain_text(
+        "older than 24 hours: close the shop and open it again"
+    )
     assert app.tg("main.visible") is False
 
 
 def test_the_app_wears_telegrams_theme_dark_or_light(botless, open_app):
     background = "getComputedStyle(document.body).backgroundColor"
-    for theme, scheme, colour in ((DARK, "dark", "rgb(23, 33, 43)"), (LIGHT, "light", "rgb(255, 255, 255)"),
-                                  ({}, "dark", "rgb(23, 33, 43)")):   # no theme params: the dark fallbacks
+    for theme, scheme, colour in (
+        (DARK, "dark", "rgb(23, 33, 43)"),
+        (LIGHT, "light", "rgb(255, 255, 255)"),
+        ({}, "dark", "rgb(23, 33, 43)"),
+    ):  # no theme params: the dark fallbacks
         app = open_app(botless, 104, theme=theme, scheme=scheme)
         expect(app.page.locator(".tabs")).to_be_visible()
         assert app.page.evaluate(background) == colour, (theme, scheme)
@@ -366,18 +421,31 @@ def test_the_app_wears_telegrams_theme_dark_or_light(botless, open_app):
 
 
 def test_the_app_is_small_and_builds_no_html_from_data():
-    files = sorted((ROOT / "static" / "app").rglob("*.js")) + sorted((ROOT / "static" / "app").rglob("*.css"))
+    files = sorted((ROOT / "static" / "app").rglob("*.js")) + sorted(
+        (ROOT / "static" / "app").rglob("*.css")
+    )
     template = ROOT / "templates" / "app.tpl"
     total = sum(f.stat().st_size for f in files + [template])
-    assert total < 100_000, f"the Mini App is {total} bytes: {[(f.name, f.stat().st_size) for f in files]}"
+    assert total < 100_000, (
+        f"the Mini App is {total} bytes: {[(f.name, f.stat().st_size) for f in files]}"
+    )
     for f in files:
         if f.suffix == ".js":
             code = f.read_text(encoding="utf-8")
-            for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            for banned in (
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+                "new Function",
+            ):
                 assert banned not in code, f"{f.name} uses {banned}"
     page = template.read_text(encoding="utf-8")
     assert " style=" not in page and "<style" not in page
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.DOTALL)
     assert all(not body.strip() for _, body in scripts), "no inline scripts (the CSP forbids them)"
     assert [re.search(r'src="([^"]+)"', attrs).group(1) for attrs, _ in scripts] == [
-        "https://telegram.org/js/telegram-web-app.js", "/static/app/app.js"]
+        "https://telegram.org/js/telegram-web-app.js",
+        "/static/app/app.js",
+    ]

@@ -16,13 +16,24 @@ def bot_shop(make_shop, fake_tg):
     made = []
 
     def make(**env):
-        s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, "ADMIN_IDS": "9001", **env})
+        s = make_shop(
+            env={
+                "BOT_TOKEN": TOKEN,
+                "TELEGRAM_API_URL": fake_tg.base_url,
+                "ADMIN_IDS": "9001",
+                **env,
+            }
+        )
         s.conn = shop.connect(s.config.shop_db)
         made.append(s)
-        s.ids = seed(s.conn, [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Mitte", "Sticker", 50, 40)])
+        s.ids = seed(
+            s.conn,
+            [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Mitte", "Sticker", 50, 40)],
+        )
         fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
         Shopper(fake_tg, 9001, "Owner").send("/start", "Welcome")
         return s
+
     yield make
     for s in made:
         s.conn.close()
@@ -45,7 +56,10 @@ def test_a_crypto_purchase_from_checkout_to_delivery(fake_tg, bot_shop):
     labels = checkout.button_texts
     assert "BTC" in labels and "TON" in labels and "USDT · ERC20 · min €18.60" in labels
     assert not any(label.startswith("💰 Pay") for label in labels)
-    assert ann.click("USDT · ERC20 · min €18.60") == "USDT · ERC20 takes payments from €18.60. Please choose another coin."
+    assert (
+        ann.click("USDT · ERC20 · min €18.60")
+        == "USDT · ERC20 takes payments from €18.60. Please choose another coin."
+    )
     ann.click("TON")
     bill = ann.screen
     assert bill.kind == "photo" and bill.photo_file_id
@@ -53,7 +67,7 @@ def test_a_crypto_purchase_from_checkout_to_delivery(fake_tg, bot_shop):
     assert f"Send exactly {payment['pay_amount']} TON" in bill.caption
     assert f"Memo / tag (required): {payment['payin_extra_id']}" in bill.caption
     assert "SANDBOX" in bill.caption and "Status: ⏳ Waiting for your payment" in bill.caption
-    assert shop.get_offer(s.conn, *s.ids[("Sticker", "Mitte")])["available"] == 20      # reserved
+    assert shop.get_offer(s.conn, *s.ids[("Sticker", "Mitte")])["available"] == 20  # reserved
     assert ann.click("🔄 Check status") == "⏳ Waiting for your payment"
     assert "pay in full" in ann.click("🧪 Pay in full")
     delivered = fake_tg.wait_message(101, "Sticker · Berlin / Mitte", timeout=15)
@@ -62,9 +76,14 @@ def test_a_crypto_purchase_from_checkout_to_delivery(fake_tg, bot_shop):
     assert "seen on the blockchain" in fake_tg.wait_message(101, "seen on the blockchain").content
     fake_tg.wait_message(9001, "Order #1 paid in TON: €10.00")
     # The invoice updates itself: final status, and no more buttons to pay or cancel.
-    fake_tg.wait_for(lambda: "Status: ✅ Paid" in bill_now(fake_tg, 101, bill).caption, what="the invoice updated")
+    fake_tg.wait_for(
+        lambda: "Status: ✅ Paid" in bill_now(fake_tg, 101, bill).caption,
+        what="the invoice updated",
+    )
     assert bill_now(fake_tg, 101, bill).button_texts == ["📦 Orders"]
-    assert s.conn.execute("SELECT count(*) FROM basket_items").fetchone()[0] == 0   # bought, so out of the basket
+    assert (
+        s.conn.execute("SELECT count(*) FROM basket_items").fetchone()[0] == 0
+    )  # bought, so out of the basket
     assert sum("is paid" in m.content for m in fake_tg.messages(101)) == 1
 
 
@@ -103,8 +122,12 @@ def test_top_ups_from_the_menu_the_command_and_a_deep_link(fake_tg, bot_shop):
     ann.send("/start", "Welcome")
     prompt = ann.send("💰 Top up", "How much do you want to add?")
     assert "from €5.00 to €10000.00" in prompt.text
-    for bad, why in (("abc", "must be an amount in EUR"), ("2", "must be at least 5.00 EUR"),
-                     ("20000", "must be at most 10000.00 EUR"), ("-5", "must be positive")):
+    for bad, why in (
+        ("abc", "must be an amount in EUR"),
+        ("2", "must be at least 5.00 EUR"),
+        ("20000", "must be at most 10000.00 EUR"),
+        ("-5", "must be positive"),
+    ):
         assert why in ann.send(bad, "The amount").text
     coins = ann.send("20,50", "Top up €20.50")
     assert "BTC" in coins.button_texts
@@ -170,11 +193,14 @@ def test_a_restart_between_the_ipn_and_the_delivery_loses_nothing(fake_tg, tmp_p
     ann.click("⚡ Buy now")
     ann.click("BTC")
     payment = conn.execute("SELECT * FROM payments").fetchone()
-    fake_tg.set_down(True)                  # Telegram unreachable: the delivery cannot go out
+    fake_tg.set_down(True)  # Telegram unreachable: the delivery cannot go out
     fake_tg.release_polls()
     key = conn.execute("SELECT value FROM settings WHERE key = 'sandbox_api_key'").fetchone()[0]
-    r = requests.post(f"{proc.url}/sandbox/v1/simulate/{payment['provider_id']}/full",
-                      headers={"x-api-key": key}, timeout=5)
+    r = requests.post(
+        f"{proc.url}/sandbox/v1/simulate/{payment['provider_id']}/full",
+        headers={"x-api-key": key},
+        timeout=5,
+    )
     r.raise_for_status()
     wait_for_row(conn, "SELECT 1 FROM payments WHERE status = 'finished'")
     assert conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] >= 2
@@ -195,9 +221,11 @@ def test_cancel_asks_the_provider_first(fake_tg, bot_shop):
     ann.click("BTC")
     payment = s.conn.execute("SELECT * FROM payments").fetchone()
     data = {**emulator(s, payment), "payment_status": "confirming"}
-    with shop.transaction(s.conn):      # the money is on the chain; no IPN has told the shop yet
-        s.conn.execute("UPDATE sandbox_payments SET data = ? WHERE id = ?",
-                       (shop.encode_json(data), int(payment["provider_id"])))
+    with shop.transaction(s.conn):  # the money is on the chain; no IPN has told the shop yet
+        s.conn.execute(
+            "UPDATE sandbox_payments SET data = ? WHERE id = ?",
+            (shop.encode_json(data), int(payment["provider_id"])),
+        )
     assert ann.click("❌ Cancel") == "🔎 Payment seen, waiting for confirmations"
     assert "❌ Cancel" not in ann.screen.button_texts
     assert shop.get_offer(s.conn, *s.ids[("Gift card", "Mitte")])["available"] == 1
@@ -217,12 +245,22 @@ def test_crafted_buttons_and_links_get_polite_refusals(fake_tg, bot_shop, caplog
     ann.click("€10.00")
     topup_nonce = s.conn.execute("SELECT nonce FROM checkouts WHERE kind = 'topup'").fetchone()[0]
     screen = ann.screen
-    crafted = {f"pay:{topup_nonce}": "not valid", "nocoin:btc:abc": "not valid",
-               f"coin:{their_nonce}:btc": "too old", f"pay:{their_nonce}": "too old",
-               f"chk:{theirs}": "No such payment", f"cxl:{theirs}": "No such payment",
-               f"sim:{theirs}:full": "No such payment", f"tcoin:{topup_nonce}:doge": "not valid",
-               "pay:../../etc": "not valid", "orders:x": "not valid", "prod:1": "not valid", "€": "not valid",
-               "sim:1:bribe": "not valid", f"tamt:{10 ** 12}": "not possible"}
+    crafted = {
+        f"pay:{topup_nonce}": "not valid",
+        "nocoin:btc:abc": "not valid",
+        f"coin:{their_nonce}:btc": "too old",
+        f"pay:{their_nonce}": "too old",
+        f"chk:{theirs}": "No such payment",
+        f"cxl:{theirs}": "No such payment",
+        f"sim:{theirs}:full": "No such payment",
+        f"tcoin:{topup_nonce}:doge": "not valid",
+        "pay:../../etc": "not valid",
+        "orders:x": "not valid",
+        "prod:1": "not valid",
+        "€": "not valid",
+        "sim:1:bribe": "not valid",
+        f"tamt:{10**12}": "not possible",
+    }
     with caplog.at_level("ERROR", logger="shop"):
         for data, answer in crafted.items():
             cq = fake_tg.user_clicks(110, screen.message_id, data, forged=True)
@@ -230,12 +268,17 @@ def test_crafted_buttons_and_links_get_polite_refusals(fake_tg, bot_shop, caplog
             assert answer in (fake_tg.callback_answers[cq].get("text") or ""), data
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert s.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 1
-    for text, answer in (("/start refill_²_5", "not valid"), ("/start refill_110_5_5_5", "not valid"),
-                         ("/start refill_110_20000", "must be at most"), ("/start refill_110_99999999999", "must be an amount")):
+    for text, answer in (
+        ("/start refill_²_5", "not valid"),
+        ("/start refill_110_5_5_5", "not valid"),
+        ("/start refill_110_20000", "must be at most"),
+        ("/start refill_110_99999999999", "must be an amount"),
+    ):
         assert answer in ann.send(text, "top-up link").text
 
 
 # Trust under pressure (issue 10)
+
 
 def test_in_test_mode_a_stranger_sees_it_and_cannot_obtain_goods(fake_tg, bot_shop):
     """A bot but no NOWPayments key: simulated payments would hand out real stock, so only owners (and the
@@ -247,13 +290,15 @@ def test_in_test_mode_a_stranger_sees_it_and_cannot_obtain_goods(fake_tg, bot_sh
     shop.adjust_balance(s.conn, 6001, 5000, "a balance that must not buy either")
     checkout = to_checkout(stranger, "Gift card · €25.00")
     assert "test mode" in checkout.text and "not selling yet" in checkout.text
-    assert checkout.button_texts == ["⬅️ Back"]                          # no coin, no balance button
+    assert checkout.button_texts == ["⬅️ Back"]  # no coin, no balance button
     assert "not selling yet" in stranger.send("💰 Top up", "test mode").text
     nonce = s.conn.execute("SELECT nonce FROM checkouts WHERE user_id = 6001").fetchone()[0]
     for data in (f"coin:{nonce}:btc", f"pay:{nonce}", "tamt:1000"):
         cq = fake_tg.user_clicks(6001, stranger.screen.message_id, data, forged=True)
         fake_tg.wait_for(lambda: cq in fake_tg.callback_answers, what=data)
-        assert "test mode" in (fake_tg.callback_answers[cq].get("text") or stranger.screen.text), data
+        assert "test mode" in (fake_tg.callback_answers[cq].get("text") or stranger.screen.text), (
+            data
+        )
     # The owner's own invoice: the stranger cannot make the sandbox pay it either.
     owner = Shopper(fake_tg, 9001, "Owner")
     to_checkout(owner, "Gift card · €25.00")
@@ -266,21 +311,28 @@ def test_in_test_mode_a_stranger_sees_it_and_cannot_obtain_goods(fake_tg, bot_sh
     assert s.conn.execute("SELECT count(*) FROM orders WHERE user_id = 6001").fetchone()[0] == 0
     assert s.conn.execute("SELECT count(*) FROM payments WHERE user_id = 6001").fetchone()[0] == 0
     assert shop.get_user(s.conn, 6001)["balance_cents"] == 5000
-    assert "pay in full" in owner.click("🧪 Pay in full")                  # owners try the whole flow
+    assert "pay in full" in owner.click("🧪 Pay in full")  # owners try the whole flow
     fake_tg.wait_message(9001, "Order #", timeout=15)
 
 
-def test_a_basket_checked_out_in_crypto_moves_into_the_order_and_comes_back_if_cancelled(fake_tg, bot_shop):
+def test_a_basket_checked_out_in_crypto_moves_into_the_order_and_comes_back_if_cancelled(
+    fake_tg, bot_shop
+):
     s = bot_shop()
     ann = Shopper(fake_tg, 105)
     to_checkout(ann, "Gift card · €25.00", adds=2)
     ann.click("BTC")
-    assert shop.get_basket(s.conn, 105).lines == []                      # in the order now, not twice
+    assert shop.get_basket(s.conn, 105).lines == []  # in the order now, not twice
     basket = ann.send("🧺 Basket", "basket")
     assert "Your basket is empty" in basket.text and "sold out" not in basket.text
     invoice = next(m for m in reversed(fake_tg.messages(105)) if m.kind == "photo")
-    fake_tg.user_clicks(105, invoice.message_id, next(b["callback_data"] for row in invoice.buttons for b in row
-                                                      if b["text"] == "❌ Cancel"))
+    fake_tg.user_clicks(
+        105,
+        invoice.message_id,
+        next(
+            b["callback_data"] for row in invoice.buttons for b in row if b["text"] == "❌ Cancel"
+        ),
+    )
     fake_tg.wait_for(lambda: shop.get_basket(s.conn, 105).lines, what="the basket back")
     assert [(l.name, l.quantity) for l in shop.get_basket(s.conn, 105).lines] == [("Gift card", 2)]
     basket = ann.send("🧺 Basket", "Your basket")
@@ -292,8 +344,8 @@ def test_items_reserved_for_the_shopper_are_never_shown_to_them_as_sold_out(fake
     ann = Shopper(fake_tg, 106)
     ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
     ann.click("➕ Add to basket")
-    ann.click("➕ Add to basket")                                        # both gift cards in the basket
-    ann.click("⚡ Buy now")                                              # and one of them in crypto now
+    ann.click("➕ Add to basket")  # both gift cards in the basket
+    ann.click("⚡ Buy now")  # and one of them in crypto now
     ann.click("BTC")
     basket = ann.send("🧺 Basket", "Your basket")
     assert "1 reserved for you in an unpaid order" in basket.text and "sold out" not in basket.text

@@ -7,8 +7,12 @@ import pytest
 import shop
 
 
-def seed(conn, units=(("Berlin", "Mitte", "Gift card", 2500, 3),), media=None,
-         content=lambda n, product, district, i: f"{product}-{district}-{i}"):
+def seed(
+    conn,
+    units=(("Berlin", "Mitte", "Gift card", 2500, 3),),
+    media=None,
+    content=lambda n, product, district, i: f"{product}-{district}-{i}",
+):
     """Cities, districts, products and available units: [(city, district, product, price, count)];
     the i-th unit of the n-th line holds content(n, product, district, i)."""
     ids = {}
@@ -16,16 +20,31 @@ def seed(conn, units=(("Berlin", "Mitte", "Gift card", 2500, 3),), media=None,
         for n, (city, district, product, price, count) in enumerate(units):
             conn.execute("INSERT OR IGNORE INTO cities(name) VALUES (?)", (city,))
             city_id = conn.execute("SELECT id FROM cities WHERE name = ?", (city,)).fetchone()[0]
-            conn.execute("INSERT OR IGNORE INTO districts(city_id, name) VALUES (?, ?)", (city_id, district))
-            district_id = conn.execute("SELECT id FROM districts WHERE city_id = ? AND name = ?",
-                                       (city_id, district)).fetchone()[0]
-            conn.execute("INSERT OR IGNORE INTO products(name, price_cents, created_at) VALUES (?, ?, ?)",
-                         (product, price, shop.now_iso()))
-            product_id = conn.execute("SELECT id FROM products WHERE name = ?", (product,)).fetchone()[0]
+            conn.execute(
+                "INSERT OR IGNORE INTO districts(city_id, name) VALUES (?, ?)", (city_id, district)
+            )
+            district_id = conn.execute(
+                "SELECT id FROM districts WHERE city_id = ? AND name = ?", (city_id, district)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT OR IGNORE INTO products(name, price_cents, created_at) VALUES (?, ?, ?)",
+                (product, price, shop.now_iso()),
+            )
+            product_id = conn.execute(
+                "SELECT id FROM products WHERE name = ?", (product,)
+            ).fetchone()[0]
             for i in range(count):
-                conn.execute("INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             (product_id, district_id, content(n, product, district, i), media, shop.now_iso()))
+                conn.execute(
+                    "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        product_id,
+                        district_id,
+                        content(n, product, district, i),
+                        media,
+                        shop.now_iso(),
+                    ),
+                )
             ids[(product, district)] = (product_id, district_id)
     return ids
 
@@ -39,9 +58,19 @@ def user(conn, user_id=1, balance=0):
 
 def snapshot(conn):
     """Everything a failed purchase must leave untouched."""
-    return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-            for t in ("users", "stock_units", "orders", "order_items", "ledger", "outbox", "basket_items",
-                      "payments")}
+    return {
+        t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+        for t in (
+            "users",
+            "stock_units",
+            "orders",
+            "order_items",
+            "ledger",
+            "outbox",
+            "basket_items",
+            "payments",
+        )
+    }
 
 
 def rows(snap):
@@ -50,15 +79,25 @@ def rows(snap):
 
 # Catalog
 
+
 def test_only_places_and_products_in_stock_are_offered(conn):
-    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Pankow", "Coffee", 990, 0),
-                      ("Hamburg", "Altona", "Coffee", 990, 0), ("Lisbon", "Baixa", "Poster", 1900, 1)])
+    ids = seed(
+        conn,
+        [
+            ("Berlin", "Mitte", "Gift card", 2500, 2),
+            ("Berlin", "Pankow", "Coffee", 990, 0),
+            ("Hamburg", "Altona", "Coffee", 990, 0),
+            ("Lisbon", "Baixa", "Poster", 1900, 1),
+        ],
+    )
     assert [c["name"] for c in shop.list_cities(conn)] == ["Berlin", "Lisbon"]
     berlin = shop.list_cities(conn)[0]
     assert berlin["units"] == 2
     assert [d["name"] for d in shop.list_districts(conn, berlin["id"])] == ["Mitte"]
     products = shop.list_products(conn, ids[("Gift card", "Mitte")][1])
-    assert [(p["name"], p["price_cents"], p["available"]) for p in products] == [("Gift card", 2500, 2)]
+    assert [(p["name"], p["price_cents"], p["available"]) for p in products] == [
+        ("Gift card", 2500, 2)
+    ]
     with shop.transaction(conn):
         conn.execute("UPDATE products SET is_active = 0 WHERE name = 'Poster'")
         conn.execute("UPDATE cities SET is_hidden = 1 WHERE name = 'Berlin'")
@@ -77,15 +116,21 @@ def test_sold_and_reserved_units_are_not_available(conn):
 
 # Basket
 
+
 def test_basket_adds_changes_and_totals(conn):
-    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 5)])
+    ids = seed(
+        conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 5)]
+    )
     uid = user(conn)
     gift, coffee = ids[("Gift card", "Mitte")], ids[("Coffee", "Mitte")]
     assert shop.add_to_basket(conn, uid, *gift) == 1
     assert shop.add_to_basket(conn, uid, *gift) == 2
     assert shop.add_to_basket(conn, uid, *coffee, quantity=3) == 3
     basket = shop.get_basket(conn, uid)
-    assert [(l.name, l.quantity, l.total_cents) for l in basket.lines] == [("Gift card", 2, 5000), ("Coffee", 3, 2970)]
+    assert [(l.name, l.quantity, l.total_cents) for l in basket.lines] == [
+        ("Gift card", 2, 5000),
+        ("Coffee", 3, 2970),
+    ]
     assert basket.total_cents == 7970 and basket.count == 5
     with pytest.raises(shop.SoldOut, match="Only 3"):
         shop.add_to_basket(conn, uid, *gift, quantity=2)
@@ -111,7 +156,10 @@ def test_bad_quantities_change_nothing(conn, quantity):
 
 
 def test_unknown_products_and_sold_out_places_are_refused(conn):
-    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1), ("Berlin", "Pankow", "Gift card", 2500, 0)])
+    ids = seed(
+        conn,
+        [("Berlin", "Mitte", "Gift card", 2500, 1), ("Berlin", "Pankow", "Gift card", 2500, 0)],
+    )
     uid = user(conn)
     with pytest.raises(shop.NotFound):
         shop.add_to_basket(conn, uid, 9999, 1)
@@ -121,28 +169,42 @@ def test_unknown_products_and_sold_out_places_are_refused(conn):
 
 # Balance checkout
 
+
 def test_buying_with_balance_is_one_complete_transaction(conn):
-    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 2)])
+    ids = seed(
+        conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 2)]
+    )
     uid = user(conn, balance=10000)
     gift, coffee = ids[("Gift card", "Mitte")], ids[("Coffee", "Mitte")]
     shop.add_to_basket(conn, uid, *gift, quantity=2)
     shop.add_to_basket(conn, uid, *coffee)
-    order_id = shop.buy_with_balance(conn, uid, expected_total_cents=5990)   # the basket
+    order_id = shop.buy_with_balance(conn, uid, expected_total_cents=5990)  # the basket
 
     order = shop.get_order(conn, uid, order_id)
-    assert (order["status"], order["total_cents"], order["payment_method"]) == ("paid", 5990, "balance")
-    sold = conn.execute("SELECT product_id, content FROM stock_units WHERE order_id = ? AND status = 'sold'",
-                        (order_id,)).fetchall()
+    assert (order["status"], order["total_cents"], order["payment_method"]) == (
+        "paid",
+        5990,
+        "balance",
+    )
+    sold = conn.execute(
+        "SELECT product_id, content FROM stock_units WHERE order_id = ? AND status = 'sold'",
+        (order_id,),
+    ).fetchall()
     assert len(sold) == 3
     assert [tuple(r) for r in shop.get_order_lines(conn, order_id)] == [
-        ("Gift card", "Berlin / Mitte", 2, 2500), ("Coffee", "Berlin / Mitte", 1, 990)]
+        ("Gift card", "Berlin / Mitte", 2, 2500),
+        ("Coffee", "Berlin / Mitte", 1, 990),
+    ]
     assert shop.get_user(conn, uid)["balance_cents"] == 4010
-    ledger = conn.execute("SELECT amount_cents, kind, idempotency_key FROM ledger WHERE order_id = ?",
-                          (order_id,)).fetchall()
+    ledger = conn.execute(
+        "SELECT amount_cents, kind, idempotency_key FROM ledger WHERE order_id = ?", (order_id,)
+    ).fetchall()
     assert [tuple(r) for r in ledger] == [(-5990, "purchase", f"order:{order_id}:balance")]
     assert shop.check_ledger(conn) == []
     assert shop.get_basket(conn, uid).lines == []
-    messages = conn.execute("SELECT chat_id, text FROM outbox WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
+    messages = conn.execute(
+        "SELECT chat_id, text FROM outbox WHERE order_id = ? ORDER BY id", (order_id,)
+    ).fetchall()
     assert all(m["chat_id"] == uid for m in messages)
     assert f"Order #{order_id} is paid" in messages[0]["text"] and "€40.10" in messages[0]["text"]
     delivered = "\n".join(m["text"] for m in messages[1:])
@@ -176,8 +238,12 @@ def test_a_purchase_that_cannot_complete_changes_nothing(conn):
 def test_the_same_checkout_never_buys_twice(conn):
     ids = seed(conn)
     uid = user(conn, balance=10000)
-    first = shop.buy_with_balance(conn, uid, [(*ids[("Gift card", "Mitte")], 1)], checkout_key="1:55")
-    again = shop.buy_with_balance(conn, uid, [(*ids[("Gift card", "Mitte")], 1)], checkout_key="1:55")
+    first = shop.buy_with_balance(
+        conn, uid, [(*ids[("Gift card", "Mitte")], 1)], checkout_key="1:55"
+    )
+    again = shop.buy_with_balance(
+        conn, uid, [(*ids[("Gift card", "Mitte")], 1)], checkout_key="1:55"
+    )
     assert first == again
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
     assert shop.get_user(conn, uid)["balance_cents"] == 7500
@@ -200,6 +266,7 @@ def test_racing_shoppers_never_get_the_same_unit(db_path, conn, buyers, units):
             results[uid] = e
         finally:
             c.close()
+
     threads = [threading.Thread(target=buy, args=(uid,)) for uid in range(1, buyers + 1)]
     for t in threads:
         t.start()
@@ -208,14 +275,20 @@ def test_racing_shoppers_never_get_the_same_unit(db_path, conn, buyers, units):
     orders = [r for r in results.values() if isinstance(r, int)]
     assert len(orders) == units
     assert sum(isinstance(r, shop.SoldOut) for r in results.values()) == buyers - units
-    assert conn.execute("SELECT count(DISTINCT unit_id), count(*) FROM order_items").fetchone()[:] == (units, units)
-    assert conn.execute("SELECT count(*) FROM stock_units WHERE status = 'available'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(DISTINCT unit_id), count(*) FROM order_items").fetchone()[
+        :
+    ] == (units, units)
+    assert (
+        conn.execute("SELECT count(*) FROM stock_units WHERE status = 'available'").fetchone()[0]
+        == 0
+    )
     assert shop.check_ledger(conn) == []
     balances = sorted(r[0] for r in conn.execute("SELECT balance_cents FROM users"))
     assert balances == sorted([2500] * units + [5000] * (buyers - units))
 
 
 # Ledger
+
 
 def test_ledger_keys_make_credits_idempotent(conn):
     uid = user(conn)
@@ -233,7 +306,9 @@ def test_ledger_keys_make_credits_idempotent(conn):
     with pytest.raises(shop.InvalidInput):
         shop.adjust_balance(conn, uid, 500, "   ")
     assert shop.check_ledger(conn) == []
-    assert [tuple(r) for r in conn.execute("SELECT amount_cents, balance_after_cents FROM ledger")] == [(1250, 1250)]
+    assert [
+        tuple(r) for r in conn.execute("SELECT amount_cents, balance_after_cents FROM ledger")
+    ] == [(1250, 1250)]
 
 
 def test_check_ledger_spots_a_tampered_balance(conn):
@@ -245,17 +320,23 @@ def test_check_ledger_spots_a_tampered_balance(conn):
 
 # Delivery messages
 
+
 def test_many_text_units_share_messages_within_telegram_limits(conn):
     ids = seed(conn, [("Berlin", "Mitte", "Licence", 100, 60)])
     with shop.transaction(conn):
         conn.execute("UPDATE stock_units SET content = content || ' ' || hex(randomblob(700))")
     uid = user(conn, balance=10000)
     order_id = shop.buy_with_balance(conn, uid, [(*ids[("Licence", "Mitte")], 60)])
-    texts = [r["text"] for r in conn.execute("SELECT text FROM outbox WHERE order_id = ? ORDER BY id", (order_id,))]
+    texts = [
+        r["text"]
+        for r in conn.execute("SELECT text FROM outbox WHERE order_id = ? ORDER BY id", (order_id,))
+    ]
     assert 1 + 60 * 1400 // 4096 <= len(texts) < 60
     assert all(shop.tg_len(shop.html_to_plain(t)) <= 4096 for t in texts)
     body = "\n".join(texts[1:])
-    for (content,) in conn.execute("SELECT content FROM stock_units WHERE order_id = ?", (order_id,)):
+    for (content,) in conn.execute(
+        "SELECT content FROM stock_units WHERE order_id = ?", (order_id,)
+    ):
         assert body.count(shop.esc(content)) == 1
 
 
@@ -265,9 +346,16 @@ def test_a_unit_with_a_photo_gets_its_own_photo_message(conn):
         conn.execute("UPDATE stock_units SET content = ? WHERE id = 2", ("x" * 2000,))
     uid = user(conn, balance=10000)
     order_id = shop.buy_with_balance(conn, uid, [(*ids[("Coffee", "Mitte")], 2)])
-    out = conn.execute("SELECT text, photo FROM outbox WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
-    assert [r["photo"] for r in out] == [None, "private:" + "0" * 32 + ".png", "private:" + "0" * 32 + ".png", None]
-    assert "Coffee-Mitte-0" in out[1]["text"]                        # short content: caption
+    out = conn.execute(
+        "SELECT text, photo FROM outbox WHERE order_id = ? ORDER BY id", (order_id,)
+    ).fetchall()
+    assert [r["photo"] for r in out] == [
+        None,
+        "private:" + "0" * 32 + ".png",
+        "private:" + "0" * 32 + ".png",
+        None,
+    ]
+    assert "Coffee-Mitte-0" in out[1]["text"]  # short content: caption
     assert "x" * 2000 not in out[2]["text"] and "x" * 2000 in out[3]["text"]  # long: caption + text
 
 
@@ -278,7 +366,10 @@ def test_resending_an_order_waits_for_the_first_delivery(conn):
     assert shop.resend_delivery(conn, uid, order_id) is False
     conn.execute("UPDATE outbox SET status = 'sent'")
     assert shop.resend_delivery(conn, uid, order_id) is True
-    assert "your items again" in conn.execute("SELECT text FROM outbox ORDER BY id DESC LIMIT 1 OFFSET 1").fetchone()[0]
+    assert (
+        "your items again"
+        in conn.execute("SELECT text FROM outbox ORDER BY id DESC LIMIT 1 OFFSET 1").fetchone()[0]
+    )
     with pytest.raises(shop.NotFound):
         shop.resend_delivery(conn, 999, order_id)
 
@@ -291,6 +382,7 @@ def test_content_is_escaped_and_codes_are_copyable():
 
 # Reservations
 
+
 def test_lapsed_reservations_go_back_on_sale_and_the_buyer_hears_once(conn):
     ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])
     uid = user(conn)
@@ -298,7 +390,10 @@ def test_lapsed_reservations_go_back_on_sale_and_the_buyer_hears_once(conn):
     with shop.transaction(conn):
         lapsed, _ = shop.open_order(conn, uid, [(*gift, 2)], method="crypto", reserve_minutes=1)
         alive, _ = shop.open_order(conn, uid, [(*gift, 1)], method="crypto", reserve_minutes=30)
-        conn.execute("UPDATE stock_units SET reserved_until = ? WHERE order_id = ?", (shop.now_iso(-1), lapsed))
+        conn.execute(
+            "UPDATE stock_units SET reserved_until = ? WHERE order_id = ?",
+            (shop.now_iso(-1), lapsed),
+        )
     assert shop.get_offer(conn, *gift)["available"] == 0
     assert shop.release_expired_reservations(conn) == 2
     assert shop.get_offer(conn, *gift)["available"] == 2
@@ -311,10 +406,14 @@ def test_lapsed_reservations_go_back_on_sale_and_the_buyer_hears_once(conn):
 
 # Users
 
+
 def test_users_are_recorded_and_banned_users_hear_one_refusal(conn):
     row = shop.touch_user(conn, {"id": 42, "first_name": "Ann <3", "username": "ann_*"})
     assert (row["first_name"], row["username"], row["balance_cents"]) == ("Ann <3", "ann_*", 0)
-    assert shop.touch_user(conn, {"id": 42, "first_name": "Ann", "username": None})["first_name"] == "Ann"
+    assert (
+        shop.touch_user(conn, {"id": 42, "first_name": "Ann", "username": None})["first_name"]
+        == "Ann"
+    )
     assert shop.should_tell_banned(conn, 42) is False
     shop.set_banned(conn, 42, True)
     assert shop.should_tell_banned(conn, 42) is True
@@ -325,29 +424,51 @@ def test_users_are_recorded_and_banned_users_hear_one_refusal(conn):
 
 # Telegram's limits hold for the longest names the shop accepts
 
+
 def test_the_biggest_screens_fit_in_one_telegram_message(conn):
-    name = "W" * 62 + "😀"                       # 64 Telegram characters
+    name = "W" * 62 + "😀"  # 64 Telegram characters
     with shop.transaction(conn):
-        conn.execute("INSERT INTO cities(id, name) VALUES (?, ?)", (10 ** 17, name))
-        conn.execute("INSERT INTO districts(id, city_id, name) VALUES (?, ?, ?)", (10 ** 17, 10 ** 17, name))
+        conn.execute("INSERT INTO cities(id, name) VALUES (?, ?)", (10**17, name))
+        conn.execute(
+            "INSERT INTO districts(id, city_id, name) VALUES (?, ?, ?)", (10**17, 10**17, name)
+        )
         for i in range(shop.MAX_BASKET_LINES):
-            pid = 10 ** 17 + i
-            conn.execute("INSERT INTO products(id, name, description, price_cents, photo, created_at) "
-                         "VALUES (?, ?, ?, ?, ?, '')", (pid, f"{i:02d}{name[2:]}", "<&>" * 266 + "xx",
-                                                        shop.MAX_EUR_CENTS, "0" * 32 + ".png"))
-            conn.execute("INSERT INTO stock_units(product_id, district_id, content, created_at) "
-                         "VALUES (?, ?, 'c', '')", (pid, 10 ** 17))
-    uid = user(conn, 10 ** 15)
-    conn.execute("INSERT INTO basket_items(id, user_id, product_id, district_id, quantity, added_at) "
-                 "SELECT 10000000000000000 + id, ?, id, ?, 100, '' FROM products",
-                 (uid, 10 ** 17))
+            pid = 10**17 + i
+            conn.execute(
+                "INSERT INTO products(id, name, description, price_cents, photo, created_at) "
+                "VALUES (?, ?, ?, ?, ?, '')",
+                (
+                    pid,
+                    f"{i:02d}{name[2:]}",
+                    "<&>" * 266 + "xx",
+                    shop.MAX_EUR_CENTS,
+                    "0" * 32 + ".png",
+                ),
+            )
+            conn.execute(
+                "INSERT INTO stock_units(product_id, district_id, content, created_at) "
+                "VALUES (?, ?, 'c', '')",
+                (pid, 10**17),
+            )
+    uid = user(conn, 10**15)
+    conn.execute(
+        "INSERT INTO basket_items(id, user_id, product_id, district_id, quantity, added_at) "
+        "SELECT 10000000000000000 + id, ?, id, ?, 100, '' FROM products",
+        (uid, 10**17),
+    )
     u = shop.get_user(conn, uid)
     lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
-    card = shop.screen_product(conn, uid, 10 ** 17, 10 ** 17)
-    nonce = shop.create_checkout(conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True)
-    coins = [(code, 10 ** 9 if i % 2 else None) for i, (code, _) in enumerate(shop.COINS)]
+    card = shop.screen_product(conn, uid, 10**17, 10**17)
+    nonce = shop.create_checkout(
+        conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True
+    )
+    coins = [(code, 10**9 if i % 2 else None) for i, (code, _) in enumerate(shop.COINS)]
     checkout = shop.screen_checkout(conn, u, shop.get_checkout(conn, uid, nonce), coins)
-    screens = {"basket": (shop.screen_basket(conn, uid), 4096), "card": (card, 1024), "checkout": (checkout, 4096)}
+    screens = {
+        "basket": (shop.screen_basket(conn, uid), 4096),
+        "card": (card, 1024),
+        "checkout": (checkout, 4096),
+    }
     for what, (screen, limit) in screens.items():
         assert shop.tg_len(shop.html_to_plain(screen.text)) <= limit, what
         buttons = [b for row in screen.buttons for b in row]
@@ -367,7 +488,12 @@ def test_repeated_lines_are_merged_and_never_charged_without_units(conn):
     seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
     order_id = shop.buy_with_balance(conn, uid, [(*gift, 1), (*gift, 1)])
     assert shop.get_order(conn, uid, order_id)["total_cents"] == 5000
-    assert conn.execute("SELECT count(*) FROM order_items WHERE order_id = ?", (order_id,)).fetchone()[0] == 2
+    assert (
+        conn.execute("SELECT count(*) FROM order_items WHERE order_id = ?", (order_id,)).fetchone()[
+            0
+        ]
+        == 2
+    )
 
 
 def test_quick_taps_on_plus_all_count(db_path, conn):
@@ -382,6 +508,7 @@ def test_quick_taps_on_plus_all_count(db_path, conn):
         barrier.wait()
         shop.change_basket_quantity(c, uid, item, +1)
         c.close()
+
     threads = [threading.Thread(target=tap) for _ in range(4)]
     for t in threads:
         t.start()
@@ -398,67 +525,122 @@ def test_long_lists_are_paged(conn):
     pages = [shop.screen_products(conn, district, page) for page in range(3)]
     names = [b for p in pages for row in p.buttons for b, _ in row if b.startswith("Product")]
     assert names == [f"Product {i:02d} · €1.00" for i in range(45)]
-    assert [p.buttons[-2] for p in pages] == [[("▶️", f"dist:{district}:1")],
-                                               [("◀️", f"dist:{district}:0"), ("▶️", f"dist:{district}:2")],
-                                               [("◀️", f"dist:{district}:1")]]
+    assert [p.buttons[-2] for p in pages] == [
+        [("▶️", f"dist:{district}:1")],
+        [("◀️", f"dist:{district}:0"), ("▶️", f"dist:{district}:2")],
+        [("◀️", f"dist:{district}:1")],
+    ]
     assert "(2/3)" in pages[1].text
-    assert shop.screen_products(conn, district, 99).text == pages[2].text   # past the end: the last page
+    assert (
+        shop.screen_products(conn, district, 99).text == pages[2].text
+    )  # past the end: the last page
 
 
 # The dashboard's per-day totals
 
+
 def recomputed_totals(conn):
-    sales = {tuple(r) for r in conn.execute("SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) FROM orders "
-                                            "WHERE status = 'paid' GROUP BY 1")}
-    payments = {tuple(r) for r in conn.execute(
-        "SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), parent_id IS NOT NULL, count(*) "
-        "FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4")}
+    sales = {
+        tuple(r)
+        for r in conn.execute(
+            "SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) FROM orders "
+            "WHERE status = 'paid' GROUP BY 1"
+        )
+    }
+    payments = {
+        tuple(r)
+        for r in conn.execute(
+            "SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), parent_id IS NOT NULL, count(*) "
+            "FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4"
+        )
+    }
     return sales, payments
 
 
 def kept_totals(conn):
-    return ({tuple(r) for r in conn.execute("SELECT * FROM daily_sales WHERE orders != 0")},
-            {tuple(r) for r in conn.execute("SELECT * FROM daily_payments WHERE payments != 0")})
+    return (
+        {tuple(r) for r in conn.execute("SELECT * FROM daily_sales WHERE orders != 0")},
+        {tuple(r) for r in conn.execute("SELECT * FROM daily_payments WHERE payments != 0")},
+    )
 
 
 def test_the_daily_totals_follow_every_change_of_an_order_or_payment(conn):
     import random
+
     rnd = random.Random(7)
     user(conn, 1)
     days = ["2026-11-01T10:00:00Z", "2026-11-02T23:59:59Z", "2026-11-03T00:00:00Z"]
     with shop.transaction(conn):
         for i in range(60):
             status = rnd.choice(["pending", "paid", "cancelled", "refunded"])
-            conn.execute("INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
-                         "VALUES (1, ?, ?, 'crypto', ?, ?)", (status, rnd.randint(1, 9999), days[0],
-                                                              rnd.choice(days) if status != "pending" else None))
+            conn.execute(
+                "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
+                "VALUES (1, ?, ?, 'crypto', ?, ?)",
+                (
+                    status,
+                    rnd.randint(1, 9999),
+                    days[0],
+                    rnd.choice(days) if status != "pending" else None,
+                ),
+            )
             final = rnd.choice([None, *days])
-            conn.execute("INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
-                         "pay_currency, pay_amount, status, final_source, expires_at, created_at, updated_at, final_at) "
-                         "VALUES (?, 'order', 1, ?, ?, 'r', 100, 'btc', '0.1', ?, ?, ?, ?, ?, ?)",
-                         (str(i), i + 1, rnd.choice([None, 1]) if i else None,
-                          rnd.choice(["finished", "partially_paid", "expired"]) if final else "waiting",
-                          rnd.choice([None, "ipn", "poll"]), days[0], days[0], days[0], final))
+            conn.execute(
+                "INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
+                "pay_currency, pay_amount, status, final_source, expires_at, created_at, updated_at, final_at) "
+                "VALUES (?, 'order', 1, ?, ?, 'r', 100, 'btc', '0.1', ?, ?, ?, ?, ?, ?)",
+                (
+                    str(i),
+                    i + 1,
+                    rnd.choice([None, 1]) if i else None,
+                    rnd.choice(["finished", "partially_paid", "expired"]) if final else "waiting",
+                    rnd.choice([None, "ipn", "poll"]),
+                    days[0],
+                    days[0],
+                    days[0],
+                    final,
+                ),
+            )
     assert kept_totals(conn) == recomputed_totals(conn)
     for _ in range(200):
         order, payment = rnd.randint(1, 60), rnd.randint(1, 60)
         with shop.transaction(conn):
             match rnd.randrange(6):
                 case 0:
-                    conn.execute("UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?", (rnd.choice(days), order))
+                    conn.execute(
+                        "UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?",
+                        (rnd.choice(days), order),
+                    )
                 case 1:
-                    conn.execute("UPDATE orders SET status = 'refunded' WHERE id = ? AND status = 'paid'", (order,))
+                    conn.execute(
+                        "UPDATE orders SET status = 'refunded' WHERE id = ? AND status = 'paid'",
+                        (order,),
+                    )
                 case 2:
-                    conn.execute("UPDATE orders SET total_cents = ? WHERE id = ?", (rnd.randint(1, 9999), order))
+                    conn.execute(
+                        "UPDATE orders SET total_cents = ? WHERE id = ?",
+                        (rnd.randint(1, 9999), order),
+                    )
                 case 3:
-                    conn.execute("UPDATE payments SET status = ?, final_at = ?, final_source = ? WHERE id = ?",
-                                 (rnd.choice(["finished", "refunded"]), rnd.choice(days), rnd.choice(["ipn", None]),
-                                  payment))
+                    conn.execute(
+                        "UPDATE payments SET status = ?, final_at = ?, final_source = ? WHERE id = ?",
+                        (
+                            rnd.choice(["finished", "refunded"]),
+                            rnd.choice(days),
+                            rnd.choice(["ipn", None]),
+                            payment,
+                        ),
+                    )
                 case 4:
-                    conn.execute("UPDATE payments SET final_at = NULL, status = 'waiting' WHERE id = ?", (payment,))
+                    conn.execute(
+                        "UPDATE payments SET final_at = NULL, status = 'waiting' WHERE id = ?",
+                        (payment,),
+                    )
                 case 5:
-                    conn.execute("DELETE FROM payments WHERE id = ? AND id NOT IN (SELECT coalesce(parent_id, 0) "
-                                 "FROM payments)", (payment,))
+                    conn.execute(
+                        "DELETE FROM payments WHERE id = ? AND id NOT IN (SELECT coalesce(parent_id, 0) "
+                        "FROM payments)",
+                        (payment,),
+                    )
         assert kept_totals(conn) == recomputed_totals(conn)
 
 
@@ -467,54 +649,93 @@ def test_a_version_2_database_gets_its_daily_totals(tmp_path):
     conn = shop.init_db(path)
     user(conn, 1)
     with shop.transaction(conn):
-        for i, (status, paid) in enumerate([("paid", "2026-10-01T08:00:00Z"), ("paid", "2026-10-01T09:00:00Z"),
-                                            ("refunded", "2026-10-02T08:00:00Z"), ("paid", "2026-10-03T08:00:00Z")]):
-            conn.execute("INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
-                         "VALUES (1, ?, ?, 'balance', ?, ?)", (status, 100 * (i + 1), paid, paid))
-        for statement in ("DROP TRIGGER daily_sales_insert", "DROP TRIGGER daily_sales_update",
-                          "DROP TRIGGER daily_sales_delete", "DROP TABLE daily_sales",
-                          "DROP TRIGGER daily_payments_insert", "DROP TRIGGER daily_payments_update",
-                          "DROP TRIGGER daily_payments_delete", "DROP TABLE daily_payments",
-                          "PRAGMA user_version = 2"):
+        for i, (status, paid) in enumerate(
+            [
+                ("paid", "2026-10-01T08:00:00Z"),
+                ("paid", "2026-10-01T09:00:00Z"),
+                ("refunded", "2026-10-02T08:00:00Z"),
+                ("paid", "2026-10-03T08:00:00Z"),
+            ]
+        ):
+            conn.execute(
+                "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
+                "VALUES (1, ?, ?, 'balance', ?, ?)",
+                (status, 100 * (i + 1), paid, paid),
+            )
+        for statement in (
+            "DROP TRIGGER daily_sales_insert",
+            "DROP TRIGGER daily_sales_update",
+            "DROP TRIGGER daily_sales_delete",
+            "DROP TABLE daily_sales",
+            "DROP TRIGGER daily_payments_insert",
+            "DROP TRIGGER daily_payments_update",
+            "DROP TRIGGER daily_payments_delete",
+            "DROP TABLE daily_payments",
+            "PRAGMA user_version = 2",
+        ):
             conn.execute(statement)
     conn.close()
     conn = shop.init_db(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION
     assert kept_totals(conn) == recomputed_totals(conn)
-    assert {r[0]: r[1:] for r in kept_totals(conn)[0]} == {"2026-10-01": (2, 300), "2026-10-03": (1, 400)}
+    assert {r[0]: r[1:] for r in kept_totals(conn)[0]} == {
+        "2026-10-01": (2, 300),
+        "2026-10-03": (1, 400),
+    }
     conn.close()
 
 
 # The basket after a crypto checkout (issue 10)
+
 
 def basket_of(conn, uid):
     return [(l.name, l.quantity) for l in shop.get_basket(conn, uid).lines]
 
 
 def test_a_basket_invoice_takes_the_lines_and_an_expiry_or_a_failed_invoice_puts_them_back(conn):
-    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3), ("Berlin", "Mitte", "Coffee", 990, 5),
-                      ("Berlin", "Mitte", "Poster", 1900, 1)])
+    ids = seed(
+        conn,
+        [
+            ("Berlin", "Mitte", "Gift card", 2500, 3),
+            ("Berlin", "Mitte", "Coffee", 990, 5),
+            ("Berlin", "Mitte", "Poster", 1900, 1),
+        ],
+    )
     gift, coffee, poster = (ids[(p, "Mitte")] for p in ("Gift card", "Coffee", "Poster"))
     uid = user(conn)
     shop.add_to_basket(conn, uid, *gift, 2)
     shop.add_to_basket(conn, uid, *coffee, 1)
 
     def invoice_the_basket():
-        lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
-        nonce = shop.create_checkout(conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True)
+        lines = [
+            (l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines
+        ]
+        nonce = shop.create_checkout(
+            conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True
+        )
         return shop.reserve_for_checkout(conn, uid, nonce, 30)[0]
+
     order_id = invoice_the_basket()
     assert basket_of(conn, uid) == []
-    with pytest.raises(shop.InvalidInput, match="empty"):       # the same items cannot be checked out twice
-        shop.normalise_lines([(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines])
-    shop.add_to_basket(conn, uid, *poster, 1)                   # meanwhile the shopper goes on shopping
+    with pytest.raises(
+        shop.InvalidInput, match="empty"
+    ):  # the same items cannot be checked out twice
+        shop.normalise_lines(
+            [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
+        )
+    shop.add_to_basket(conn, uid, *poster, 1)  # meanwhile the shopper goes on shopping
     shop.add_to_basket(conn, uid, *coffee, 1)
     with shop.transaction(conn):
-        conn.execute("UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'", (shop.now_iso(-1),))
+        conn.execute(
+            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
+            (shop.now_iso(-1),),
+        )
     shop.release_expired_reservations(conn)
     assert basket_of(conn, uid) == [("Poster", 1), ("Coffee", 2), ("Gift card", 2)]
-    assert "back on sale and back into your basket" in conn.execute(
-        "SELECT text FROM outbox WHERE order_id = ?", (order_id,)).fetchone()[0]
+    assert (
+        "back on sale and back into your basket"
+        in conn.execute("SELECT text FROM outbox WHERE order_id = ?", (order_id,)).fetchone()[0]
+    )
     # The provider refusing the invoice puts the basket back exactly as it was.
     shop.clear_basket(conn, uid)
     shop.add_to_basket(conn, uid, *gift, 3)
@@ -526,7 +747,10 @@ def test_a_basket_invoice_takes_the_lines_and_an_expiry_or_a_failed_invoice_puts
     order_id = invoice_the_basket()
     with shop.transaction(conn):
         conn.execute("UPDATE products SET is_active = 0 WHERE id = ?", (gift[0],))
-        conn.execute("UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'", (shop.now_iso(-1),))
+        conn.execute(
+            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
+            (shop.now_iso(-1),),
+        )
     shop.release_expired_reservations(conn)
     assert basket_of(conn, uid) == []
     told = conn.execute("SELECT text FROM outbox WHERE order_id = ?", (order_id,)).fetchone()[0]

@@ -13,7 +13,11 @@ from conftest import ShopProcess, free_port
 @pytest.fixture
 def demo(tmp_path):
     """`python shop.py` as a new user runs it: an empty directory, nothing configured."""
-    env = {k: v for k, v in os.environ.items() if k not in shop.ENV_VARS and not k.startswith("NOWPAYMENTS_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in shop.ENV_VARS and not k.startswith("NOWPAYMENTS_")
+    }
     env.update(PORT=str(free_port()), PYTHONUNBUFFERED="1")
     proc = ShopProcess(tmp_path, env).start()
     yield proc
@@ -28,9 +32,16 @@ def test_the_offline_demo_starts_on_an_empty_directory(demo, tmp_path):
         assert f"{demo.url}{path}" in demo.wait_log(f"{what} "), what
     health = demo.health()
     assert health.status_code == 200
-    assert health.json() | {"outbox": None} == {"status": "ok", "mode": "sandbox", "version": shop.__version__,
-                                                 "database": "ok", "scheduler": "running", "bot": "off",
-                                                 "payments": "ok", "outbox": None}
+    assert health.json() | {"outbox": None} == {
+        "status": "ok",
+        "mode": "sandbox",
+        "version": shop.__version__,
+        "database": "ok",
+        "scheduler": "running",
+        "bot": "off",
+        "payments": "ok",
+        "outbox": None,
+    }
     page = requests.get(demo.url + "/", timeout=5)
     assert page.status_code == 200 and "Sandbox mode" in page.text and "not connected" in page.text
     assert 'href="/app"' in page.text and 'href="/admin"' in page.text
@@ -44,8 +55,9 @@ def test_the_offline_demo_starts_on_an_empty_directory(demo, tmp_path):
 
 @pytest.fixture
 def web(tmp_path):
-    config = shop.load_config(environ={"SHOP_DB": str(tmp_path / "shop.db"), "PORT": str(free_port())},
-                              env_file=None)
+    config = shop.load_config(
+        environ={"SHOP_DB": str(tmp_path / "shop.db"), "PORT": str(free_port())}, env_file=None
+    )
     s = shop.Shop(config).start()
     yield s
     s.stop()
@@ -56,17 +68,34 @@ def test_product_photos_are_public_and_unit_photos_are_not(web):
     photo = conn.execute("SELECT photo FROM products WHERE photo IS NOT NULL").fetchone()[0]
     media = conn.execute("SELECT media FROM stock_units WHERE media IS NOT NULL").fetchone()[0]
     r = requests.get(f"{web.url}/media/{photo}", timeout=5)
-    assert r.status_code == 200 and r.content == (web.config.media_dir / "public" / photo).read_bytes()
-    for path in (f"/media/{media}", f"/media/private/{media}", f"/media/../private/{media}",
-                 f"/media/%2e%2e/private/{media}", f"/static/../media/private/{media}", "/static/../shop.db",
-                 "/static/%2e%2e/shop.py", "/media/..%2fshop.db"):
+    assert (
+        r.status_code == 200 and r.content == (web.config.media_dir / "public" / photo).read_bytes()
+    )
+    for path in (
+        f"/media/{media}",
+        f"/media/private/{media}",
+        f"/media/../private/{media}",
+        f"/media/%2e%2e/private/{media}",
+        f"/static/../media/private/{media}",
+        "/static/../shop.db",
+        "/static/%2e%2e/shop.py",
+        "/media/..%2fshop.db",
+    ):
         r = requests.get(web.url + path, timeout=5)
         assert r.status_code in (403, 404), path
         assert r.content != (web.config.media_dir / "private" / media).read_bytes()
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/nope"), ("POST", "/healthz"), ("GET", "/media/x.jpg"),
-                                           ("GET", "/static/nothing.css"), ("DELETE", "/")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/nope"),
+        ("POST", "/healthz"),
+        ("GET", "/media/x.jpg"),
+        ("GET", "/static/nothing.css"),
+        ("DELETE", "/"),
+    ],
+)
 def test_bad_requests_get_clear_errors_not_500(web, method, path):
     r = requests.request(method, web.url + path, timeout=5)
     assert 400 <= r.status_code < 500
