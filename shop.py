@@ -41,6 +41,7 @@ Run `python shop.py --help`. Importing this module has no side effects.
 import argparse
 import collections
 import csv
+import functools
 import glob
 import gzip
 import hashlib
@@ -4829,6 +4830,13 @@ def json_response(status, payload):
     bottle.response.status = status
     bottle.response.content_type = "application/json"
     return json.dumps(payload)
+
+
+def add_routes(app, shop, routes):
+    """Registers a route table, [(method, path, handler)], on a Bottle app. Handlers are module-level
+    functions called as handler(shop, **url_args), so each can be read and tested on its own."""
+    for method, path, handler in routes:
+        app.route(path, method, functools.partial(handler, shop))
 
 
 def header(name):
