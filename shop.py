@@ -1121,6 +1121,23 @@ def catalog_is_empty(conn):
     return conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
 
 
+def list_catalog_offers(conn):
+    """Everything in stock, a row per product and district with its available count, in the
+    catalog's order: cities, then their districts, then their products."""
+    return conn.execute(
+        "SELECT c.id AS city_id, c.name AS city, d.id AS district_id, d.name AS district, "
+        "p.id, p.name, p.description, p.price_cents, p.photo, count(*) AS available "
+        f"FROM stock_units u {_AVAILABLE} "
+        "GROUP BY d.id, p.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, "
+        "d.name COLLATE NOCASE, p.name COLLATE NOCASE"
+    ).fetchall()
+
+
+def get_catalog_version(conn):
+    """Moved by triggers with every change to places, products and units."""
+    return conn.execute("SELECT version FROM catalog_version").fetchone()[0]
+
+
 # Services: basket ############################################################
 
 MAX_QUANTITY = 100
@@ -1277,6 +1294,15 @@ def change_basket_quantity(conn, user_id, item_id, delta):
 def clear_basket(conn, user_id):
     with transaction(conn):
         conn.execute("DELETE FROM basket_items WHERE user_id = ?", (user_id,))
+
+
+def find_basket_line(conn, user_id, product_id, district_id):
+    """The user's basket line (id, quantity) for a product from a district, or None."""
+    return conn.execute(
+        "SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+        "AND district_id = ?",
+        (user_id, product_id, district_id),
+    ).fetchone()
 
 
 # Services: orders ############################################################
@@ -2493,6 +2519,93 @@ def _retake_units(conn, order_id):
         )
         conn.execute("UPDATE order_items SET unit_id = ? WHERE id = ?", (unit_id, item["id"]))
     return True
+
+
+def checkout_for_request(
+    conn, user_id, kind, amount_cents, lines=(), from_basket=False, request_id=None
+):
+    """A checkout's nonce. With a client-made request_id, that is the nonce: a repeated request
+    finds its checkout instead of making another (InvalidInput if it was for something else)."""
+    if not request_id:
+        return create_checkout(conn, user_id, kind, amount_cents, lines, from_basket)
+    encoded = json.dumps([list(line) for line in lines])
+    existing = conn.execute("SELECT * FROM checkouts WHERE nonce = ?", (request_id,)).fetchone()
+    if existing:
+        same = (
+            existing["user_id"],
+            existing["kind"],
+            existing["amount_cents"],
+            existing["lines"],
+        ) == (user_id, kind, amount_cents, encoded)
+        if not same:
+            raise InvalidInput("That request_id was used for a different checkout; make a new one.")
+        return request_id
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (request_id, user_id, kind, encoded, int(from_basket), amount_cents, now_iso()),
+        )
+    return request_id
+
+
+def is_basket_checkout(conn, user_id, nonce):
+    """Whether the user has a checkout of their basket with this nonce."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM checkouts WHERE nonce = ? AND user_id = ? AND from_basket = 1",
+            (nonce, user_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def get_payment_by_provider_id(conn, user_id, provider_id):
+    """One of the user's invoices (not a child payment) by the provider's payment id; someone
+    else's is NotFound."""
+    row = conn.execute(
+        "SELECT * FROM payments WHERE provider_id = ? AND user_id = ? AND parent_id IS NULL",
+        (provider_id, user_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such payment.")
+    return row
+
+
+def get_order_status(conn, order_id):
+    """An order's status; None without an order."""
+    if not order_id:
+        return None
+    row = conn.execute("SELECT status FROM orders WHERE id = ?", (order_id,)).fetchone()
+    return row["status"] if row else None
+
+
+def list_order_goods(conn, order_id):
+    """An order's items with their units' goods (content, media), in order."""
+    return conn.execute(
+        "SELECT i.id, i.product_name, i.place_name, i.price_cents, s.content, s.media "
+        "FROM order_items i JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? "
+        "ORDER BY i.id",
+        (order_id,),
+    ).fetchall()
+
+
+def latest_order_payment(conn, order_id):
+    """An order's latest invoice (not a child payment), or None."""
+    return conn.execute(
+        "SELECT * FROM payments WHERE order_id = ? AND parent_id IS NULL ORDER BY id DESC LIMIT 1",
+        (order_id,),
+    ).fetchone()
+
+
+def find_paid_item_media(conn, user_id, order_id, item_id):
+    """The media file of an item of one of the user's paid orders, or None."""
+    row = conn.execute(
+        "SELECT s.media FROM order_items i JOIN orders o ON o.id = i.order_id JOIN stock_units s "
+        "ON s.id = i.unit_id WHERE i.id = ? AND o.id = ? AND o.user_id = ? AND o.status = 'paid'",
+        (item_id, order_id, user_id),
+    ).fetchone()
+    return row["media"] if row else None
 
 
 # Services: catalog import ####################################################
@@ -4833,18 +4946,141 @@ def json_response(status, payload):
 
 
 def add_routes(app, shop, routes):
-    """Registers a route table, [(method, path, handler)], on a Bottle app. Handlers are module-level
-    functions called as handler(shop, **url_args), so each can be read and tested on its own."""
+    """Registers a route table, [(method, path, handler)], on a Bottle app. Handlers are
+    module-level functions called as handler(shop, **url_args), so each can be read and tested on
+    its own."""
     for method, path, handler in routes:
         app.route(path, method, functools.partial(handler, shop))
 
 
 def header(name):
-    """A request header, or None when missing or not text (a header that cannot be decoded is junk)."""
+    """A request header, or None when missing or not text (a header that cannot be decoded is
+    junk)."""
     try:
         return bottle.request.get_header(name)
     except UnicodeError:
         return None
+
+
+def web_id_filter(conf):
+    """Ids in paths: at most 18 digits, so they always fit SQLite's integers."""
+    return r"[0-9]{1,18}", int, str
+
+
+def web_undecodable_input():
+    """Headers and form fields that are not text get a 400 here, not a traceback later."""
+    environ = bottle.request.environ
+    try:
+        for key, value in environ.items():  # as bottle decodes a header when it is read
+            if (key[:5] == "HTTP_" or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) and isinstance(
+                value, str
+            ):
+                value.encode("latin1").decode("utf8")
+        kind = (bottle.request.content_type or "").lower()
+        if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            bottle.request.forms.decode()
+            for upload in bottle.request.files.values():
+                _ = upload.filename  # reading it decodes it
+        if environ.get("QUERY_STRING"):
+            bottle.request.query.decode()
+    except (UnicodeError, LookupError, ValueError):
+        raise bottle.HTTPError(400, "The request is not readable text.") from None
+
+
+def web_security_headers():
+    h = bottle.response.headers
+    if bottle.request.path.startswith("/admin"):
+        h["Content-Security-Policy"] = ADMIN_CSP
+        h["Cache-Control"] = "no-store"
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("Referrer-Policy", "same-origin")
+    if bottle.request.path != "/app":  # the Mini App lives in Telegram's frames; see its CSP
+        h.setdefault("X-Frame-Options", "DENY")
+
+
+def web_favicon(shop):
+    return bottle.HTTPResponse(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def web_healthz(shop):
+    state = shop.health()
+    return json_response(200 if state["status"] == "ok" else 503, state)
+
+
+def web_nowpayments_ipn(shop):
+    """The NOWPayments IPN."""
+    if (bottle.request.content_length or 0) > 65536:
+        return json_response(413, {"error": "the body is larger than 64 KB"})
+    body = bottle.request.body.read(65537)
+    if len(body) > 65536:
+        return json_response(413, {"error": "the body is larger than 64 KB"})
+    code, answer = shop.payments.handle_ipn(
+        body, header("x-nowpayments-sig"), bottle.request.remote_addr
+    )
+    return json_response(code, answer)
+
+
+def web_index(shop):
+    conn = shop.db()
+    return bottle.template(
+        "index",
+        template_lookup=[str(TEMPLATES_DIR)],
+        shop=shop,
+        name=get_setting(conn, "shop_name"),
+        cities=list_cities(conn),
+        health=shop.health(),
+    )
+
+
+def web_static(shop, path):
+    # The Mini App's code revalidates on every load (a cheap 304): new versions reach phones now.
+    cache = "no-cache" if path.startswith("app/") else "public, max-age=3600"
+    return bottle.static_file(path, root=str(STATIC_DIR), headers={"Cache-Control": cache})
+
+
+def web_media(shop, name):
+    # Only product photos live here; unit media (the goods) are in media/private, never routed.
+    return bottle.static_file(
+        name,
+        root=str(shop.config.media_dir / "public"),
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
+
+
+def web_error_page(error):
+    message = error.body
+    if storage_problem(error.exception):  # logged there for the owner
+        bottle.response.status = 503
+        bottle.response.set_header("Retry-After", "60")
+        message = STORAGE_BUSY
+    elif error.status_code >= 500:
+        log.error(
+            "web: %s %s failed: %s",
+            bottle.request.method,
+            bottle.request.path,
+            error.exception or error.body,
+            exc_info=error.exception,
+        )
+        message = "Internal error; the owner can find it in the log."
+    if bottle.request.path.startswith(("/api", "/healthz", "/webhook", "/sandbox")):
+        bottle.response.content_type = "application/json"
+        return json.dumps({"error": message})
+    bottle.response.content_type = "text/html; charset=utf-8"
+    return (
+        f"<!doctype html><title>{error.status_code}</title><h1>{error.status_code}</h1>"
+        f"<p>{html.escape(str(message))}</p>"
+    )
+
+
+WEB_ROUTES = [
+    ("GET", "/favicon.ico", web_favicon),
+    ("GET", "/healthz", web_healthz),
+    ("POST", "/webhook", web_nowpayments_ipn),
+    ("GET", "/", web_index),
+    ("GET", "/static/<path:path>", web_static),
+    ("GET", "/media/<name:re:[0-9a-f]{32}\\.(jpg|png|gif|webp)>", web_media),
+]
+WEB_ERROR_CODES = (400, 403, 404, 405, 409, 413, 429, 500)
 
 
 def make_app(shop):
@@ -4852,117 +5088,16 @@ def make_app(shop):
     the sandbox's NOWPayments emulator, the Mini App and the admin."""
     app = bottle.Bottle()
     app.config["catchall"] = True
-    # Ids in paths: at most 18 digits, so they always fit SQLite's integers.
-    app.router.add_filter("id", lambda conf: (r"[0-9]{1,18}", int, str))
-
-    @app.hook("before_request")
-    def undecodable_input():
-        """Headers and form fields that are not text get a 400 here, not a traceback later."""
-        environ = bottle.request.environ
-        try:
-            for key, value in environ.items():  # as bottle decodes a header when it is read
-                if (key[:5] == "HTTP_" or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) and isinstance(
-                    value, str
-                ):
-                    value.encode("latin1").decode("utf8")
-            kind = (bottle.request.content_type or "").lower()
-            if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-                bottle.request.forms.decode()
-                for upload in bottle.request.files.values():
-                    upload.filename
-            if environ.get("QUERY_STRING"):
-                bottle.request.query.decode()
-        except (UnicodeError, LookupError, ValueError):
-            raise bottle.HTTPError(400, "The request is not readable text.") from None
-
-    @app.hook("after_request")
-    def security_headers():
-        h = bottle.response.headers
-        if bottle.request.path.startswith("/admin"):
-            h["Content-Security-Policy"] = ADMIN_CSP
-            h["Cache-Control"] = "no-store"
-        h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("Referrer-Policy", "same-origin")
-        if bottle.request.path != "/app":  # the Mini App lives in Telegram's frames; see its CSP
-            h.setdefault("X-Frame-Options", "DENY")
-
-    @app.get("/favicon.ico")
-    def favicon():
-        return bottle.HTTPResponse(status=204, headers={"Cache-Control": "public, max-age=86400"})
-
-    @app.get("/healthz")
-    def healthz():
-        state = shop.health()
-        return json_response(200 if state["status"] == "ok" else 503, state)
-
-    @app.post("/webhook")
-    def webhook():
-        """The NOWPayments IPN."""
-        if (bottle.request.content_length or 0) > 65536:
-            return json_response(413, {"error": "the body is larger than 64 KB"})
-        body = bottle.request.body.read(65537)
-        if len(body) > 65536:
-            return json_response(413, {"error": "the body is larger than 64 KB"})
-        code, answer = shop.payments.handle_ipn(
-            body, header("x-nowpayments-sig"), bottle.request.remote_addr
-        )
-        return json_response(code, answer)
-
+    app.router.add_filter("id", web_id_filter)
+    app.add_hook("before_request", web_undecodable_input)
+    app.add_hook("after_request", web_security_headers)
+    add_routes(app, shop, WEB_ROUTES)
     if shop.config.sandbox:
         app.mount("/sandbox/v1/", shop.sandbox_app)
     make_webapp(shop, app)
     make_admin(shop, app)
-
-    @app.get("/")
-    def index():
-        conn = shop.db()
-        return bottle.template(
-            "index",
-            template_lookup=[str(TEMPLATES_DIR)],
-            shop=shop,
-            name=get_setting(conn, "shop_name"),
-            cities=list_cities(conn),
-            health=shop.health(),
-        )
-
-    @app.get("/static/<path:path>")
-    def static(path):
-        # The Mini App's code revalidates on every load (a cheap 304), so a new version reaches phones at once.
-        cache = "no-cache" if path.startswith("app/") else "public, max-age=3600"
-        return bottle.static_file(path, root=str(STATIC_DIR), headers={"Cache-Control": cache})
-
-    @app.get("/media/<name:re:[0-9a-f]{32}\\.(jpg|png|gif|webp)>")
-    def public_media(name):
-        # Only product photos live here; unit media (the goods) are in media/private, never routed.
-        return bottle.static_file(
-            name,
-            root=str(shop.config.media_dir / "public"),
-            headers={"Cache-Control": "public, max-age=86400"},
-        )
-
-    def error_page(error):
-        message = error.body
-        if storage_problem(error.exception):  # logged there for the owner
-            bottle.response.status = 503
-            bottle.response.set_header("Retry-After", "60")
-            message = STORAGE_BUSY
-        elif error.status_code >= 500:
-            log.error(
-                "web: %s %s failed: %s",
-                bottle.request.method,
-                bottle.request.path,
-                error.exception or error.body,
-                exc_info=error.exception,
-            )
-            message = "Internal error; the owner can find it in the log."
-        if bottle.request.path.startswith(("/api", "/healthz", "/webhook", "/sandbox")):
-            bottle.response.content_type = "application/json"
-            return json.dumps({"error": message})
-        bottle.response.content_type = "text/html; charset=utf-8"
-        return f"<!doctype html><title>{error.status_code}</title><h1>{error.status_code}</h1><p>{html.escape(str(message))}</p>"
-
-    for code in (400, 403, 404, 405, 409, 413, 429, 500):
-        app.error(code)(error_page)
+    for code in WEB_ERROR_CODES:
+        app.error(code)(web_error_page)
     return app
 
 
@@ -5001,7 +5136,8 @@ def sign_init_data(user, bot_token, auth_date=None, **fields):
 
 
 def verify_init_data(init_data, bot_token, *, max_age=INIT_DATA_MAX_AGE, now=None):
-    """Check a Mini App's raw initData; return its user (a dict with an int id) or raise Unauthorized."""
+    """Check a Mini App's raw initData; return its user (a dict with an int id) or raise
+    Unauthorized."""
     if not init_data:
         raise Unauthorized("Missing Telegram initData: open the shop from the bot.")
     if len(init_data) > 8192:
@@ -5039,7 +5175,7 @@ def verify_init_data(init_data, bot_token, *, max_age=INIT_DATA_MAX_AGE, now=Non
         or isinstance(user["id"], bool)
     ):
         raise Unauthorized("initData has no user.")
-    # Telegram writes ids that fit SQLite's integers and text for names; anything else is not a user.
+    # Telegram writes ids that fit SQLite's integers and text for names; anything else is no user.
     if not -(2**63) < user["id"] < 2**63 or not all(
         isinstance(user.get(k), (str, type(None)))
         for k in ("first_name", "username", "language_code")
@@ -5062,11 +5198,7 @@ def _body_int(body, key, low, high):
 
 def invoice_json(conn, payment, sandbox, simulate=False):
     closed = payment["status"] == "waiting" and not invoice_is_open(payment)
-    order = (
-        conn.execute("SELECT status FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()
-        if payment["order_id"]
-        else None
-    )
+    order_status = get_order_status(conn, payment["order_id"])
     return {
         "payment_id": payment["provider_id"],
         "order_id": payment["order_id"],
@@ -5082,8 +5214,9 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "status_text": "⌛ No longer open" if closed else STATUS_TEXT[payment["status"]],
         "final": payment["status"] not in OPEN_STATUSES,
         "open": payment["status"] == "waiting" and not closed,
-        # What the shop did: the order 'paid' (delivered), or 'cancelled'/'expired' (money, if any, credited).
-        "order_status": order["status"] if order else None,
+        # What the shop did: the order 'paid' (delivered), or 'cancelled'/'expired' (money, if
+        # any, credited).
+        "order_status": order_status,
         "outcome": payment["outcome"],
         "credited": cents_to_str(payment["credited_cents"]),
         "payment_uri": payment_uri(
@@ -5097,14 +5230,8 @@ def invoice_json(conn, payment, sandbox, simulate=False):
 
 def catalog_json(conn):
     """Everything in stock: cities > districts > products, with availability."""
-    rows = conn.execute(
-        f"SELECT c.id AS city_id, c.name AS city, d.id AS district_id, d.name AS district, p.id, p.name, "
-        f"p.description, p.price_cents, p.photo, count(*) AS available FROM stock_units u {_AVAILABLE} "
-        "GROUP BY d.id, p.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE, "
-        "p.name COLLATE NOCASE"
-    ).fetchall()
     cities = {}
-    for r in rows:
+    for r in list_catalog_offers(conn):
         city = cities.setdefault(
             r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}}
         )
@@ -5125,22 +5252,17 @@ def catalog_json(conn):
 
 
 class CatalogCache:
-    """The Mini App's catalog encoded, plain and gzipped, built again only when catalog_version moved
-    (triggers move it with every change to places, products and units, from any connection or
-    process). While nothing was committed in this process it is served without asking SQLite, checked
-    once a second for other processes' changes (an import from the command line). Gzip makes a
-    1,000-offer catalog many times smaller, for phones and for the server's buffers."""
+    """The Mini App's catalog encoded, plain and gzipped, built again only when catalog_version
+    moved (triggers move it with every change to places, products and units, from any connection or
+    process). While nothing was committed in this process it is served without asking SQLite,
+    checked once a second for other processes' changes (an import from the command line). Gzip
+    makes a 1,000-offer catalog many times smaller, for phones and for the server's buffers."""
 
     CHECK_SECONDS = 1.0
 
     def __init__(self):
-        self.built = (
-            None,
-            None,
-            0.0,
-            b"",
-            b"",
-        )  # (version, commits, checked at, plain, gzipped), replaced whole
+        # (version, commits, checked at, plain, gzipped), replaced whole
+        self.built = (None, None, 0.0, b"", b"")
         self.lock = threading.Lock()  # one build at a time; the others wait for it and share it
 
     def get(self, conn):
@@ -5148,7 +5270,7 @@ class CatalogCache:
         version, seen, checked, raw, packed = self.built
         if seen == commits and now - checked < self.CHECK_SECONDS:
             return raw, packed
-        current = conn.execute("SELECT version FROM catalog_version").fetchone()[0]
+        current = get_catalog_version(conn)
         if current != version:
             with self.lock:
                 if self.built[0] != current:
@@ -5164,17 +5286,17 @@ def basket_json(conn, user_id):
     return {
         "items": [
             {
-                "id": l.item_id,
-                "product_id": l.product_id,
-                "district_id": l.district_id,
-                "name": l.name,
-                "place": l.place,
-                "price": cents_to_str(l.price_cents),
-                "quantity": l.quantity,
-                "available": l.available,
-                "reserved": l.reserved,
+                "id": line.item_id,
+                "product_id": line.product_id,
+                "district_id": line.district_id,
+                "name": line.name,
+                "place": line.place,
+                "price": cents_to_str(line.price_cents),
+                "quantity": line.quantity,
+                "available": line.available,
+                "reserved": line.reserved,
             }
-            for l in basket.lines
+            for line in basket.lines
         ],
         "total": cents_to_str(basket.total_cents),
         "count": basket.count,
@@ -5185,17 +5307,9 @@ def orders_json(conn, user_id, before_id=None):
     orders = list_orders(conn, user_id, before_id=before_id, limit=20)
     out = []
     for o in orders:
-        items = conn.execute(
-            "SELECT i.id, i.product_name, i.place_name, i.price_cents, s.content, s.media FROM order_items i "
-            "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
-            (o["id"],),
-        ).fetchall()
+        items = list_order_goods(conn, o["id"])
         paid = o["status"] == "paid"
-        payment = conn.execute(
-            "SELECT * FROM payments WHERE order_id = ? AND parent_id IS NULL ORDER BY id DESC "
-            "LIMIT 1",
-            (o["id"],),
-        ).fetchone()
+        payment = latest_order_payment(conn, o["id"])
         out.append(
             {
                 "id": o["id"],
@@ -5223,378 +5337,382 @@ def orders_json(conn, user_id, before_id=None):
     return {"orders": out, "next_before": orders[-1]["id"] if len(orders) == 20 else None}
 
 
-def make_webapp(shop, app):
-    """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram initData."""
+class MiniAppCache:
+    """A dict shared by the web server's threads, behind a lock, emptied when it holds `limit`
+    entries (what it holds is found again at the cost of a query or a signature check)."""
 
-    catalog_cache = CatalogCache()
-    users = {}  # (id, names) -> (row, commits, when): no query per request while nothing changed
-    verified = {}  # initData -> (its user, its auth_date): the app sends the same one all session long
+    def __init__(self, limit=4096):
+        self.items, self.limit, self.lock = {}, limit, threading.Lock()
 
-    def current_user():
-        init_data = header("X-Telegram-Init-Data") or ""
-        if not init_data:
-            auth = header("Authorization") or ""
-            init_data = auth[4:].strip() if auth[:4].lower() == "tma " else ""
-        user, signed_at = verified.get(init_data, (None, 0))
-        if user is None or time.time() - signed_at > INIT_DATA_MAX_AGE:
-            user = verify_init_data(init_data, shop.webapp_token)
-            if len(verified) >= 4096:
-                verified.clear()
-            verified[init_data] = (user, int(dict(parse_qsl(init_data))["auth_date"]))
-        if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
-            raise Unauthorized("Not a Telegram user.")
-        person = {
-            "id": user["id"],
-            "first_name": str(user.get("first_name") or "")[:64],
-            "username": user.get("username"),
-            "language_code": user.get("language_code"),
-        }
-        key, commits, now = tuple(person.values()), _commits.value, time.monotonic()
-        row, seen, fetched = users.get(key, (None, None, 0.0))
-        if (
-            row is None or seen != commits or now - fetched > 2.0
-        ):  # a commit in between may have changed it
-            row = touch_user(shop.db(), person)
-            if len(users) >= 4096:
-                users.clear()
-            users[key] = (row, commits, now)
-        if row["is_banned"]:
-            raise Banned()
-        return row
+    def get(self, key, default=None):
+        with self.lock:
+            return self.items.get(key, default)
 
-    def body():
-        if (bottle.request.content_length or 0) > 16384:
-            raise InvalidInput("The request is too large.")
-        raw = bottle.request.body.read(16385)
-        try:
-            data = parse_json(raw.decode("utf-8")) if raw.strip() else {}
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidInput("The request body must be a JSON object.") from None
-        if not isinstance(data, dict):
-            raise InvalidInput("The request body must be a JSON object.")
-        return data
+    def put(self, key, value):
+        with self.lock:
+            if len(self.items) >= self.limit:
+                self.items.clear()
+            self.items[key] = value
 
-    def api(method, path):
-        def register(fn):
-            def handler(**kw):
-                bottle.response.headers["Cache-Control"] = "no-store"
-                try:
-                    user = current_user()
-                    result = fn(
-                        shop.db(), user, body() if method in ("POST", "DELETE") else {}, **kw
-                    )
-                except ProviderError as e:
-                    log.warning("mini app: %s", e.detail)
-                    return json_response(e.status, {"error": str(e)})
-                except ShopError as e:
-                    return json_response(e.status, {"error": str(e)})
-                if isinstance(result, bottle.HTTPResponse):
-                    return result
-                return json_response(200, result)
 
-            app.route(path, method, handler)
-            return fn
+class MiniAppCaches:
+    """What the Mini App keeps between requests, shared by the web server's threads."""
 
-        return register
+    def __init__(self):
+        self.catalog = CatalogCache()
+        # (id, names) -> (row, commits, when): no query per request while nothing changed
+        self.users = MiniAppCache()
+        # initData -> (its user, its auth_date): the app sends the same one all session long
+        self.verified = MiniAppCache()
 
-    def coin_of(data):
-        coin = str(data.get("currency") or "").lower()
-        if coin != "balance" and coin not in COIN_LABELS:
-            raise InvalidInput(f"Unknown currency {str(data.get('currency'))[:20]!r}.")
-        return coin
 
-    def request_id(data):
-        """A client-made id for one checkout, so a repeated request reuses it instead of buying twice."""
-        rid = data.get("request_id")
-        if rid is None:
-            return None
-        if not re.fullmatch(r"[0-9a-f]{16}", str(rid)):
-            raise InvalidInput("request_id must be 16 hex digits.")
-        return str(rid)
+def api_init_data():
+    """The request's raw initData: its own header, or the Authorization header's "tma" one."""
+    init_data = header("X-Telegram-Init-Data") or ""
+    if not init_data:
+        auth = header("Authorization") or ""
+        init_data = auth[4:].strip() if auth[:4].lower() == "tma " else ""
+    return init_data
 
-    def checkout_for(conn, user, kind, amount, lines=(), from_basket=False, rid=None):
-        if rid:
-            existing = conn.execute("SELECT * FROM checkouts WHERE nonce = ?", (rid,)).fetchone()
-            if existing:
-                same = (
-                    existing["user_id"],
-                    existing["kind"],
-                    existing["amount_cents"],
-                    existing["lines"],
-                ) == (user["id"], kind, amount, json.dumps([list(l) for l in lines]))
-                if not same:
-                    raise InvalidInput(
-                        "That request_id was used for a different checkout; make a new one."
-                    )
-                return rid
-            with transaction(conn):
-                conn.execute(
-                    "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rid,
-                        user["id"],
-                        kind,
-                        json.dumps([list(l) for l in lines]),
-                        int(from_basket),
-                        amount,
-                        now_iso(),
-                    ),
-                )
-            return rid
-        return create_checkout(conn, user["id"], kind, amount, lines, from_basket)
 
-    @api("GET", "/api/me")
-    def me(conn, user, data):
-        c = shop.config
-        return {
-            "id": user["id"],
-            "first_name": user["first_name"],
-            "username": user["username"],
-            "balance": cents_to_str(user["balance_cents"]),
-            "currency": "EUR",
-            "shop_name": get_setting(conn, "shop_name"),
-            "sandbox": c.sandbox,
-            "preview": user["id"] == PREVIEW_USER["id"],
-            "test_mode": shop.test_mode,
-            "can_buy": shop.may_buy(user["id"]),
-            "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
-            "max_deposit": cents_to_str(c.max_deposit_cents),
-        }
+def api_current_user(shop):
+    """The shopper whose initData signs this request (their users row), or Unauthorized/Banned."""
+    caches, init_data = shop.miniapp, api_init_data()
+    user, signed_at = caches.verified.get(init_data, (None, 0))
+    if user is None or time.time() - signed_at > INIT_DATA_MAX_AGE:
+        user = verify_init_data(init_data, shop.webapp_token)
+        caches.verified.put(init_data, (user, int(dict(parse_qsl(init_data))["auth_date"])))
+    if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
+        raise Unauthorized("Not a Telegram user.")
+    person = {
+        "id": user["id"],
+        "first_name": str(user.get("first_name") or "")[:64],
+        "username": user.get("username"),
+        "language_code": user.get("language_code"),
+    }
+    key, commits, now = tuple(person.values()), _commits.value, time.monotonic()
+    row, seen, fetched = caches.users.get(key, (None, None, 0.0))
+    if row is None or seen != commits or now - fetched > 2.0:  # a commit may have changed it
+        row = touch_user(shop.db(), person)
+        caches.users.put(key, (row, commits, now))
+    if row["is_banned"]:
+        raise Banned()
+    return row
 
-    @api("GET", "/api/catalog")
-    def catalog(conn, user, data):
-        raw, packed = catalog_cache.get(conn)
-        packing = "gzip" in (header("Accept-Encoding") or "").lower()
-        return bottle.HTTPResponse(
-            packed if packing else raw,
-            headers={
-                "Content-Type": "application/json",
-                "Cache-Control": "no-store",
-                "Vary": "Accept-Encoding",
-                **({"Content-Encoding": "gzip"} if packing else {}),
-            },
+
+def api_body():
+    """The request's JSON object (at most 16 KB); an empty body is {}."""
+    if (bottle.request.content_length or 0) > 16384:
+        raise InvalidInput("The request is too large.")
+    raw = bottle.request.body.read(16385)
+    try:
+        data = parse_json(raw.decode("utf-8")) if raw.strip() else {}
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput("The request body must be a JSON object.") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return data
+
+
+def api_call(shop, method, fn, **url_args):
+    """Runs a Mini App API handler, fn(shop, conn, user, data, **url_args), for the shopper whose
+    initData signs the request: its result as JSON (or the response it made), errors as JSON."""
+    bottle.response.headers["Cache-Control"] = "no-store"
+    try:
+        user = api_current_user(shop)
+        result = fn(
+            shop, shop.db(), user, api_body() if method in ("POST", "DELETE") else {}, **url_args
         )
+    except ProviderError as e:
+        log.warning("mini app: %s", e.detail)
+        return json_response(e.status, {"error": str(e)})
+    except ShopError as e:
+        return json_response(e.status, {"error": str(e)})
+    if isinstance(result, bottle.HTTPResponse):
+        return result
+    return json_response(200, result)
 
-    @api("GET", "/api/basket")
-    def basket(conn, user, data):
-        return basket_json(conn, user["id"])
 
-    @api("POST", "/api/basket")
-    def set_basket_line(conn, user, data):
-        """Set the quantity of a product from a district in the basket (0 takes it out)."""
-        product_id = _body_int(data, "product_id", 1, 2**62)
-        district_id = _body_int(data, "district_id", 1, 2**62)
-        quantity = _body_int(data, "quantity", 0, MAX_QUANTITY)
-        row = conn.execute(
-            "SELECT id, quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
-            "AND district_id = ?",
-            (user["id"], product_id, district_id),
-        ).fetchone()
-        if row and quantity == 0:
-            set_basket_quantity(conn, user["id"], row["id"], 0)
-        elif row:
-            set_basket_quantity(conn, user["id"], row["id"], quantity)
-        elif quantity:
-            add_to_basket(conn, user["id"], product_id, district_id, quantity)
-        return basket_json(conn, user["id"])
+def api_coin_of(data):
+    coin = str(data.get("currency") or "").lower()
+    if coin != "balance" and coin not in COIN_LABELS:
+        raise InvalidInput(f"Unknown currency {str(data.get('currency'))[:20]!r}.")
+    return coin
 
-    @api("DELETE", "/api/basket/<item_id:id>")
-    def delete_basket_line(conn, user, data, item_id):
-        set_basket_quantity(conn, user["id"], item_id, 0)
-        return basket_json(conn, user["id"])
 
-    @api("GET", "/api/currencies")
-    def currencies(conn, user, data):
-        return [
-            {
-                "code": code,
-                "name": COIN_INFO[code][0],
-                "network": COIN_INFO[code][1],
-                "label": COIN_LABELS[code],
-                "minimum": cents_to_str(minimum) if minimum is not None else None,
-            }
-            for code, minimum in shop.payments.coins()
+def api_request_id(data):
+    """A client-made id for one checkout, so a repeated request reuses it instead of buying
+    twice."""
+    rid = data.get("request_id")
+    if rid is None:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{16}", str(rid)):
+        raise InvalidInput("request_id must be 16 hex digits.")
+    return str(rid)
+
+
+def api_invoice(shop, conn, user, payment):
+    return invoice_json(conn, payment, shop.config.sandbox, shop.may_simulate(user["id"]))
+
+
+def api_me(shop, conn, user, data):
+    c = shop.config
+    return {
+        "id": user["id"],
+        "first_name": user["first_name"],
+        "username": user["username"],
+        "balance": cents_to_str(user["balance_cents"]),
+        "currency": "EUR",
+        "shop_name": get_setting(conn, "shop_name"),
+        "sandbox": c.sandbox,
+        "preview": user["id"] == PREVIEW_USER["id"],
+        "test_mode": shop.test_mode,
+        "can_buy": shop.may_buy(user["id"]),
+        "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
+        "max_deposit": cents_to_str(c.max_deposit_cents),
+    }
+
+
+def api_catalog(shop, conn, user, data):
+    raw, packed = shop.miniapp.catalog.get(conn)
+    packing = "gzip" in (header("Accept-Encoding") or "").lower()
+    return bottle.HTTPResponse(
+        packed if packing else raw,
+        headers={
+            "Content-Type": "application/json",
+            "Cache-Control": "no-store",
+            "Vary": "Accept-Encoding",
+            **({"Content-Encoding": "gzip"} if packing else {}),
+        },
+    )
+
+
+def api_basket(shop, conn, user, data):
+    return basket_json(conn, user["id"])
+
+
+def api_set_basket_line(shop, conn, user, data):
+    """Set the quantity of a product from a district in the basket (0 takes it out)."""
+    product_id = _body_int(data, "product_id", 1, 2**62)
+    district_id = _body_int(data, "district_id", 1, 2**62)
+    quantity = _body_int(data, "quantity", 0, MAX_QUANTITY)
+    row = find_basket_line(conn, user["id"], product_id, district_id)
+    if row and quantity == 0:
+        set_basket_quantity(conn, user["id"], row["id"], 0)
+    elif row:
+        set_basket_quantity(conn, user["id"], row["id"], quantity)
+    elif quantity:
+        add_to_basket(conn, user["id"], product_id, district_id, quantity)
+    return basket_json(conn, user["id"])
+
+
+def api_delete_basket_line(shop, conn, user, data, item_id):
+    set_basket_quantity(conn, user["id"], item_id, 0)
+    return basket_json(conn, user["id"])
+
+
+def api_currencies(shop, conn, user, data):
+    return [
+        {
+            "code": code,
+            "name": COIN_INFO[code][0],
+            "network": COIN_INFO[code][1],
+            "label": COIN_LABELS[code],
+            "minimum": cents_to_str(minimum) if minimum is not None else None,
+        }
+        for code, minimum in shop.payments.coins()
+    ]
+
+
+def api_order_lines(conn, user, kind, data):
+    """What an order checkout of this type sells: [(product_id, district_id, quantity)]."""
+    if kind == "basket":
+        lines = [
+            (line.product_id, line.district_id, line.quantity)
+            for line in get_basket(conn, user["id"]).lines
         ]
-
-    @api("POST", "/api/payment/create")
-    def create_payment(conn, user, data):
-        kind, coin, rid = data.get("type"), coin_of(data), request_id(data)
-        shop.check_may_buy(user["id"])
-        # A basket checkout moves the basket into its order: the same request again finds that checkout.
-        repeated = (
-            kind == "basket"
-            and rid
-            and conn.execute(
-                "SELECT 1 FROM checkouts WHERE nonce = ? AND user_id = ? AND from_basket = 1",
-                (rid, user["id"]),
-            ).fetchone()
-        )
-        if repeated:
-            nonce = rid
-        else:
-            if kind == "basket":
-                lines = [
-                    (l.product_id, l.district_id, l.quantity)
-                    for l in get_basket(conn, user["id"]).lines
-                ]
-                if not lines:
-                    raise InvalidInput("Your basket is empty.")
-            elif kind == "product":
-                lines = [
-                    (
-                        _body_int(data, "product_id", 1, 2**62),
-                        _body_int(data, "district_id", 1, 2**62),
-                        _body_int(data, "quantity", 1, MAX_QUANTITY),
-                    )
-                ]
-            else:
-                raise InvalidInput('type must be "basket" or "product".')
-            total, _ = price_lines(conn, normalise_lines(lines))
-            nonce = checkout_for(conn, user, "order", total, lines, kind == "basket", rid)
-        checkout = get_checkout(conn, user["id"], nonce)
-        if coin == "balance":
-            order_id = buy_with_balance(
-                conn,
-                user["id"],
-                checkout_lines(checkout),
-                expected_total_cents=checkout["amount_cents"],
-                checkout_key=nonce,
-                owners=shop.config.admin_ids,
+        if not lines:
+            raise InvalidInput("Your basket is empty.")
+        return lines
+    if kind == "product":
+        return [
+            (
+                _body_int(data, "product_id", 1, 2**62),
+                _body_int(data, "district_id", 1, 2**62),
+                _body_int(data, "quantity", 1, MAX_QUANTITY),
             )
-            return {
-                "order_id": order_id,
-                "status": "paid",
-                "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"]),
-            }
-        return invoice(conn, user, shop.payments.open_order_invoice(user["id"], nonce, coin))
+        ]
+    raise InvalidInput('type must be "basket" or "product".')
 
-    @api("POST", "/api/payment/refill")
-    def refill(conn, user, data):
-        c = shop.config
-        shop.check_may_buy(user["id"])
-        coin, rid = coin_of(data), request_id(data)
-        if coin == "balance":
-            raise InvalidInput("Top up with a coin, not with the balance.")
-        try:
-            cents = parse_eur(
-                data.get("amount"),
-                minimum=shop.setting("min_deposit_cents"),
-                maximum=c.max_deposit_cents,
-            )
-        except InvalidInput as e:
-            raise InvalidInput(f"The amount {e}.") from None
-        nonce = checkout_for(conn, user, "topup", cents, rid=rid)
-        return invoice(conn, user, shop.payments.open_topup_invoice(user["id"], nonce, coin))
 
-    def invoice(conn, user, payment):
-        return invoice_json(conn, payment, shop.config.sandbox, shop.may_simulate(user["id"]))
-
-    def own_payment(conn, user, payment_id):
-        row = conn.execute(
-            "SELECT * FROM payments WHERE provider_id = ? AND user_id = ? AND parent_id IS NULL",
-            (payment_id, user["id"]),
-        ).fetchone()
-        if row is None:
-            raise NotFound("No such payment.")
-        return row
-
-    @api("GET", "/api/payment/status/<payment_id:re:[0-9]{1,30}>")
-    def payment_status(conn, user, data, payment_id):
-        payment = own_payment(conn, user, payment_id)
-        try:
-            payment = shop.payments.check(user["id"], payment["id"])
-        except ProviderError as e:
-            log.warning("mini app: status check failed: %s", e.detail)
-        return invoice(conn, user, payment)
-
-    @api("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr")
-    def payment_qr(conn, user, data, payment_id):
-        p = own_payment(conn, user, payment_id)
-        return bottle.HTTPResponse(
-            qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
-            headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"},
+def api_create_payment(shop, conn, user, data):
+    kind, coin, rid = data.get("type"), api_coin_of(data), api_request_id(data)
+    shop.check_may_buy(user["id"])
+    # A basket checkout moves the basket into its order: the same request again finds that checkout.
+    if kind == "basket" and rid and is_basket_checkout(conn, user["id"], rid):
+        nonce = rid
+    else:
+        lines = api_order_lines(conn, user, kind, data)
+        total, _ = price_lines(conn, normalise_lines(lines))
+        nonce = checkout_for_request(conn, user["id"], "order", total, lines, kind == "basket", rid)
+    checkout = get_checkout(conn, user["id"], nonce)
+    if coin == "balance":
+        order_id = buy_with_balance(
+            conn,
+            user["id"],
+            checkout_lines(checkout),
+            expected_total_cents=checkout["amount_cents"],
+            checkout_key=nonce,
+            owners=shop.config.admin_ids,
         )
+        return {
+            "order_id": order_id,
+            "status": "paid",
+            "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"]),
+        }
+    return api_invoice(shop, conn, user, shop.payments.open_order_invoice(user["id"], nonce, coin))
 
-    @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/cancel")
-    def payment_cancel(conn, user, data, payment_id):
-        payment, _ = shop.payments.cancel(user["id"], own_payment(conn, user, payment_id)["id"])
-        return invoice(conn, user, payment)
 
-    @api("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/simulate")
-    def payment_simulate(conn, user, data, payment_id):
-        if not shop.config.sandbox:
-            raise NotFound("Simulated payments exist only in sandbox mode.")
-        shop.payments.simulate(
-            user["id"], own_payment(conn, user, payment_id)["id"], str(data.get("outcome") or "")
+def api_refill(shop, conn, user, data):
+    c = shop.config
+    shop.check_may_buy(user["id"])
+    coin, rid = api_coin_of(data), api_request_id(data)
+    if coin == "balance":
+        raise InvalidInput("Top up with a coin, not with the balance.")
+    try:
+        cents = parse_eur(
+            data.get("amount"),
+            minimum=shop.setting("min_deposit_cents"),
+            maximum=c.max_deposit_cents,
         )
-        return {"simulating": data.get("outcome")}
+    except InvalidInput as e:
+        raise InvalidInput(f"The amount {e}.") from None
+    nonce = checkout_for_request(conn, user["id"], "topup", cents, request_id=rid)
+    return api_invoice(shop, conn, user, shop.payments.open_topup_invoice(user["id"], nonce, coin))
 
-    @api("GET", "/api/orders")
-    def orders(conn, user, data):
-        before = bottle.request.query.get("before", "")
-        return orders_json(
-            conn, user["id"], int(before) if re.fullmatch(r"\d{1,18}", before) else None
-        )
 
-    @api("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media")
-    def order_media(conn, user, data, order_id, item_id):
-        row = conn.execute(
-            "SELECT s.media FROM order_items i JOIN orders o ON o.id = i.order_id JOIN stock_units s "
-            "ON s.id = i.unit_id WHERE i.id = ? AND o.id = ? AND o.user_id = ? AND o.status = 'paid'",
-            (item_id, order_id, user["id"]),
-        ).fetchone()
-        if row is None or not row["media"]:
-            raise NotFound("No such photo.")
-        response = bottle.static_file(row["media"], root=str(shop.config.media_dir / "private"))
-        response.set_header("Cache-Control", "private, no-store")
-        return response
+def api_payment_status(shop, conn, user, data, payment_id):
+    payment = get_payment_by_provider_id(conn, user["id"], payment_id)
+    try:
+        payment = shop.payments.check(user["id"], payment["id"])
+    except ProviderError as e:
+        log.warning("mini app: status check failed: %s", e.detail)
+    return api_invoice(shop, conn, user, payment)
 
-    @app.get("/app")
-    def page():
-        conn = shop.db()
-        # Where a plain browser gets the preview shopper's initData, if anywhere (see preview()).
-        preview_url = (
-            ""
-            if not shop.config.sandbox
-            else "/admin/app-preview"
-            if shop.config.bot_token
-            else "/app/preview"
-        )
-        response = bottle.HTTPResponse(
-            bottle.template(
-                "app",
-                template_lookup=[str(TEMPLATES_DIR)],
-                name=get_setting(conn, "shop_name"),
-                preview_url=preview_url,
-            )
-        )
-        # Telegram shows Mini Apps in its own frames (web.telegram.org too), so framing by Telegram is allowed.
-        response.set_header(
-            "Content-Security-Policy",
-            "default-src 'self'; script-src 'self' https://telegram.org; style-src 'self'; "
-            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-            "frame-ancestors 'self' https://web.telegram.org https://*.telegram.org",
-        )
-        response.set_header("Cache-Control", "no-cache")
-        return response
 
-    @app.get("/app/preview")
-    def preview():
-        """Sandbox without a bot: initData for the preview shopper, so the Mini App can be tried in a browser.
-        With a bot connected, anyone who can reach the shop could use it to simulate payments and take real
-        goods: then the admin hands it out to owners (/admin/app-preview)."""
-        if not shop.config.sandbox:
-            return json_response(
-                404,
-                {"error": "The preview exists only in sandbox mode; open the shop from the bot."},
-            )
-        if shop.config.bot_token:
-            return json_response(
-                403, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"}
-            )
-        bottle.response.headers["Cache-Control"] = "no-store"
-        return json_response(200, {"initData": preview_init_data(shop)})
+def api_payment_qr(shop, conn, user, data, payment_id):
+    p = get_payment_by_provider_id(conn, user["id"], payment_id)
+    return bottle.HTTPResponse(
+        qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
+        headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"},
+    )
+
+
+def api_payment_cancel(shop, conn, user, data, payment_id):
+    own = get_payment_by_provider_id(conn, user["id"], payment_id)
+    payment, _ = shop.payments.cancel(user["id"], own["id"])
+    return api_invoice(shop, conn, user, payment)
+
+
+def api_payment_simulate(shop, conn, user, data, payment_id):
+    if not shop.config.sandbox:
+        raise NotFound("Simulated payments exist only in sandbox mode.")
+    own = get_payment_by_provider_id(conn, user["id"], payment_id)
+    shop.payments.simulate(user["id"], own["id"], str(data.get("outcome") or ""))
+    return {"simulating": data.get("outcome")}
+
+
+def api_orders(shop, conn, user, data):
+    before = bottle.request.query.get("before", "")
+    return orders_json(conn, user["id"], int(before) if re.fullmatch(r"\d{1,18}", before) else None)
+
+
+def api_order_media(shop, conn, user, data, order_id, item_id):
+    media = find_paid_item_media(conn, user["id"], order_id, item_id)
+    if not media:
+        raise NotFound("No such photo.")
+    response = bottle.static_file(media, root=str(shop.config.media_dir / "private"))
+    response.set_header("Cache-Control", "private, no-store")
+    return response
+
+
+API_ROUTES = [
+    ("GET", "/api/me", api_me),
+    ("GET", "/api/catalog", api_catalog),
+    ("GET", "/api/basket", api_basket),
+    ("POST", "/api/basket", api_set_basket_line),
+    ("DELETE", "/api/basket/<item_id:id>", api_delete_basket_line),
+    ("GET", "/api/currencies", api_currencies),
+    ("POST", "/api/payment/create", api_create_payment),
+    ("POST", "/api/payment/refill", api_refill),
+    ("GET", "/api/payment/status/<payment_id:re:[0-9]{1,30}>", api_payment_status),
+    ("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr", api_payment_qr),
+    ("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/cancel", api_payment_cancel),
+    ("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/simulate", api_payment_simulate),
+    ("GET", "/api/orders", api_orders),
+    ("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media", api_order_media),
+]
+
+# Telegram shows Mini Apps in its own frames (web.telegram.org too): framing by Telegram is allowed.
+MINIAPP_CSP = (
+    "default-src 'self'; script-src 'self' https://telegram.org; style-src 'self'; "
+    "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'self' https://web.telegram.org https://*.telegram.org"
+)
+
+
+def web_miniapp_page(shop):
+    conn = shop.db()
+    # Where a plain browser gets the preview shopper's initData, if anywhere: see
+    # web_miniapp_preview.
+    preview_url = (
+        ""
+        if not shop.config.sandbox
+        else "/admin/app-preview"
+        if shop.config.bot_token
+        else "/app/preview"
+    )
+    response = bottle.HTTPResponse(
+        bottle.template(
+            "app",
+            template_lookup=[str(TEMPLATES_DIR)],
+            name=get_setting(conn, "shop_name"),
+            preview_url=preview_url,
+        )
+    )
+    response.set_header("Content-Security-Policy", MINIAPP_CSP)
+    response.set_header("Cache-Control", "no-cache")
+    return response
+
+
+def web_miniapp_preview(shop):
+    """Sandbox without a bot: initData for the preview shopper, so the Mini App can be tried in a
+    browser. With a bot connected, anyone who can reach the shop could use it to simulate payments
+    and take real goods: then the admin hands it out to owners (/admin/app-preview)."""
+    if not shop.config.sandbox:
+        return json_response(
+            404,
+            {"error": "The preview exists only in sandbox mode; open the shop from the bot."},
+        )
+    if shop.config.bot_token:
+        return json_response(403, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"})
+    bottle.response.headers["Cache-Control"] = "no-store"
+    return json_response(200, {"initData": preview_init_data(shop)})
+
+
+MINIAPP_ROUTES = [
+    ("GET", "/app", web_miniapp_page),
+    ("GET", "/app/preview", web_miniapp_preview),
+]
+
+
+def make_webapp(shop, app):
+    """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram
+    initData."""
+    shop.miniapp = MiniAppCaches()
+    for method, path, handler in API_ROUTES:
+        app.route(path, method, functools.partial(api_call, shop, method, handler))
+    add_routes(app, shop, MINIAPP_ROUTES)
 
 
 # Web: admin ##################################################################
