@@ -3041,7 +3041,8 @@ def set_admin_password(conn, password=None):
 
 
 def _end_admin_sessions(conn, password_mark):
-    """Inside a transaction: delete every admin session and note which password the next ones belong to."""
+    """Inside a transaction: delete every admin session and note which password the next ones
+    belong to."""
     ended = conn.execute("DELETE FROM admin_sessions").rowcount
     conn.execute(
         "INSERT INTO settings(key, value) VALUES ('admin_sessions_password', ?) "
@@ -3101,7 +3102,8 @@ def create_admin_session(conn, remote):
             (now_iso(-ADMIN_IDLE_SECONDS), now_iso(-ADMIN_MAX_SECONDS)),
         )
         conn.execute(
-            "INSERT INTO admin_sessions(token_hash, csrf_token, remote_addr, created_at, last_seen_at) "
+            "INSERT INTO admin_sessions(token_hash, csrf_token, remote_addr, created_at, "
+            "last_seen_at) "
             "VALUES (?, ?, ?, ?, ?)",
             (hashlib.sha256(token.encode()).hexdigest(), csrf, remote, now, now),
         )
@@ -3110,7 +3112,8 @@ def create_admin_session(conn, remote):
 
 
 def get_admin_session(conn, token):
-    """The live session for a cookie's token (touching it), or None when missing, idle or too old."""
+    """The live session for a cookie's token (touching it), or None when missing, idle or too
+    old."""
     if not token or len(token) > 100:
         return None
     key = hashlib.sha256(token.encode()).hexdigest()
@@ -3258,7 +3261,8 @@ def save_product(
             raise InvalidInput(f"There is already a product called “{name}”.")
         if product_id is None:
             product_id = conn.execute(
-                "INSERT INTO products(name, description, price_cents, photo, is_active, created_at) "
+                "INSERT INTO products(name, description, price_cents, photo, is_active, "
+                "created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (name, description, price_cents, stored, int(active), now_iso()),
             ).lastrowid
@@ -3288,7 +3292,8 @@ def save_product(
 
 
 def split_units(text):
-    """Unit contents from a textarea: blocks separated by a blank line when there are any, else one per line."""
+    """Unit contents from a textarea: blocks separated by a blank line when there are any, else
+    one per line."""
     text = (text or "").replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text:
         return []
@@ -3299,8 +3304,8 @@ def split_units(text):
 
 def add_units(conn, media_dir, product_id, district_id, text, media=None, remote=None):
     """Add stock units (see split_units), each with the same optional private photo, by the catalog
-    import's rule: a unit whose product, district and content exist already, sold or not, is not added
-    again (so no code is sold twice), and one pasted twice is added once.
+    import's rule: a unit whose product, district and content exist already, sold or not, is not
+    added again (so no code is sold twice), and one pasted twice is added once.
     Returns {"added": n, "present": [contents], "repeated": [contents]}."""
     contents = [
         clean_text(c, f"Unit {i}", max_len=3500, multiline=True)
@@ -3326,7 +3331,8 @@ def add_units(conn, media_dir, product_id, district_id, text, media=None, remote
             c
             for c in unique
             if conn.execute(
-                "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? AND content = ?",
+                "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? "
+                "AND content = ?",
                 (product_id, district_id, c),
             ).fetchone()
         ]
@@ -3353,25 +3359,28 @@ def add_units(conn, media_dir, product_id, district_id, text, media=None, remote
     return {"added": len(new), "present": present, "repeated": repeated}
 
 
+def quote_units(contents):
+    """The first five contents, each shortened to one line, joined by commas (and how many more)."""
+    return ", ".join(shorten(c.replace("\n", " "), 40) for c in contents[:5]) + (
+        f" and {len(contents) - 5} more" if len(contents) > 5 else ""
+    )
+
+
 def units_added_text(result):
-    """What the owner reads after adding units: how many, and which were skipped and why (a code pasted
-    twice is 'kept once': added, unless it was in the shop already)."""
+    """What the owner reads after adding units: how many, and which were skipped and why (a code
+    pasted twice is 'kept once': added, unless it was in the shop already)."""
     n = result["added"]
     parts = [f"{n} unit{'s' if n != 1 else ''} added."]
-    quote_ = lambda contents: (
-        ", ".join(shorten(c.replace("\n", " "), 40) for c in contents[:5])
-        + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
-    )
     if result["present"]:
         k = len(result["present"])
         parts.append(
             f"{k} skipped: already in the shop for this product and district, sold or not, so they "
-            f"are not added again ({quote_(result['present'])})."
+            f"are not added again ({quote_units(result['present'])})."
         )
     if result["repeated"]:
         k = len(result["repeated"])
         parts.append(
-            f"{k} skipped: pasted more than once, so kept once ({quote_(result['repeated'])})."
+            f"{k} skipped: pasted more than once, so kept once ({quote_units(result['repeated'])})."
         )
     return " ".join(parts)
 
@@ -3394,7 +3403,8 @@ def delete_unit(conn, unit_id, remote=None):
 
 
 def refund_order(conn, order_id, reason, remote=None):
-    """Refund a paid order to its buyer's balance; the order becomes 'refunded'. The goods were delivered."""
+    """Refund a paid order to its buyer's balance; the order becomes 'refunded'. The goods were
+    delivered."""
     reason = clean_text(reason, "The reason", max_len=200)
     with transaction(conn):
         order = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
@@ -3462,7 +3472,8 @@ def admin_adjust_balance(conn, user_id, amount, reason, remote=None):
 
 
 def start_broadcast(conn, text, photo=None, media_dir=None, remote=None):
-    """Queue a message (and optional public photo) to every shopper who is not banned; returns its id."""
+    """Queue a message (and optional public photo) to every shopper who is not banned; returns its
+    id."""
     text = clean_text(
         text, "The message", max_len=CAPTION_LIMIT if photo else TEXT_LIMIT, multiline=True
     )
@@ -3517,7 +3528,8 @@ def broadcast_progress(conn, broadcast_id):
 
 
 def backup_database(conn, path):
-    """A consistent copy of the live database (SQLite's online backup), checked before it is kept."""
+    """A consistent copy of the live database (SQLite's online backup), checked before it is
+    kept."""
     tmp = Path(f"{path}.part")
     target = sqlite3.connect(tmp)
     try:
@@ -3535,8 +3547,26 @@ def percentile(values, fraction):
     return values[min(len(values) - 1, int(fraction * len(values)))] if values else None
 
 
+def find_delivery_seconds(conn, since):
+    """Seconds from a crypto payment's end to its goods' first message sent, for the deliveries
+    since a day. Over the last 1000, so the page costs the same in a big shop; the seconds are
+    worked out by SQLite (parsing 2000 timestamps with strptime took 80 ms)."""
+    return [
+        seconds
+        for (seconds,) in conn.execute(
+            "SELECT (julianday(sent_at) - julianday(final_at)) * 86400.0 FROM (SELECT p.final_at, "
+            "(SELECT min(sent_at) FROM outbox o WHERE o.order_id = p.order_id "
+            "AND o.status = 'sent' AND o.sent_at >= p.final_at) AS sent_at "
+            "FROM payments p WHERE p.final_at >= ? "
+            "AND p.status = 'finished' AND p.order_id IS NOT NULL AND p.outcome LIKE 'delivered%' "
+            "ORDER BY p.final_at DESC LIMIT 1000) WHERE sent_at IS NOT NULL",
+            (since,),
+        )
+    ]
+
+
 def dashboard_stats(conn):
-    """What the owner sees first: revenue, orders, open invoices, stock, payments, delivery times."""
+    """What the owner sees first: revenue, orders, open invoices, stock, payments, deliveries."""
     now = datetime.now(timezone.utc)
     days = [(now - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(29, -1, -1)]
     since30 = days[0]
@@ -3557,34 +3587,23 @@ def dashboard_stats(conn):
     outcomes = {
         status: n
         for status, n in conn.execute(
-            "SELECT status, sum(payments) FROM daily_payments WHERE day >= ? AND NOT is_child GROUP BY status "
-            "HAVING sum(payments) > 0",
+            "SELECT status, sum(payments) FROM daily_payments WHERE day >= ? AND NOT is_child "
+            "GROUP BY status HAVING sum(payments) > 0",
             (since30,),
         )
     }
     sources = {
         source or None: n
         for source, n in conn.execute(
-            "SELECT source, sum(payments) FROM daily_payments WHERE day >= ? AND status IN ('finished', "
-            "'partially_paid') GROUP BY source HAVING sum(payments) > 0",
+            "SELECT source, sum(payments) FROM daily_payments WHERE day >= ? "
+            "AND status IN ('finished', 'partially_paid') GROUP BY source "
+            "HAVING sum(payments) > 0",
             (since30,),
         )
     }
-    # Over the last 1000 crypto deliveries, so the page costs the same in a big shop; the seconds are
-    # worked out by SQLite (parsing 2000 timestamps with strptime took 80 ms).
-    latencies = [
-        seconds
-        for (seconds,) in conn.execute(
-            "SELECT (julianday(sent_at) - julianday(final_at)) * 86400.0 FROM (SELECT p.final_at, "
-            "(SELECT min(sent_at) FROM outbox o WHERE o.order_id = p.order_id AND o.status = 'sent' "
-            "AND o.sent_at >= p.final_at) AS sent_at FROM payments p WHERE p.final_at >= ? "
-            "AND p.status = 'finished' AND p.order_id IS NOT NULL AND p.outcome LIKE 'delivered%' "
-            "ORDER BY p.final_at DESC LIMIT 1000) WHERE sent_at IS NOT NULL",
-            (since30,),
-        )
-    ]
-    # The status IN (...) term lets SQLite use the partial index payments_open (only unpaid invoices);
-    # without it this counted by scanning every payment the shop ever had.
+    latencies = find_delivery_seconds(conn, since30)
+    # The status IN (...) term lets SQLite use the partial index payments_open (only unpaid
+    # invoices); without it this counted by scanning every payment the shop ever had.
     open_invoices = conn.execute(
         "SELECT count(*) FROM payments WHERE status IN ('waiting', 'confirming', "
         "'confirmed', 'sending') AND status = 'waiting' AND expires_at > ? "
@@ -3593,8 +3612,9 @@ def dashboard_stats(conn):
     ).fetchone()[0]
     # Both over indexes that hold only what is on sale, however many units were sold before.
     low_stock = conn.execute(
-        f"SELECT p.id, p.name, c.name AS city, d.name AS district, count(*) AS available FROM stock_units u "
-        f"{_AVAILABLE} GROUP BY d.id, p.id HAVING available <= 2 ORDER BY available, p.name LIMIT 20"
+        "SELECT p.id, p.name, c.name AS city, d.name AS district, count(*) AS available "
+        f"FROM stock_units u {_AVAILABLE} GROUP BY d.id, p.id HAVING available <= 2 "
+        "ORDER BY available, p.name LIMIT 20"
     ).fetchall()
     sold_out = conn.execute(
         "SELECT id, name FROM products p WHERE is_active = 1 AND NOT EXISTS (SELECT 1 FROM "
@@ -3614,6 +3634,312 @@ def dashboard_stats(conn):
         "deliveries": len(latencies),
         "outbox": outbox_counts(conn),
     }
+
+
+# The admin's pages: what they read, and the actions they record
+
+
+def record_audit(conn, action, details="", remote=None):
+    """An admin action that changes nothing else, recorded in a transaction of its own."""
+    with transaction(conn):
+        audit(conn, action, details, remote)
+
+
+def set_admin_flash(conn, token_hash, message):
+    """The message a session's next page shows once."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE admin_sessions SET flash = ? WHERE token_hash = ?",
+            (message, token_hash),
+        )
+
+
+def clear_admin_flash(conn, token_hash):
+    with transaction(conn):
+        conn.execute("UPDATE admin_sessions SET flash = NULL WHERE token_hash = ?", (token_hash,))
+
+
+def find_live_admin_sessions(conn):
+    """The sessions not yet idle or too old, the most recently used first."""
+    return conn.execute(
+        "SELECT * FROM admin_sessions WHERE last_seen_at >= ? AND created_at >= ? "
+        "ORDER BY last_seen_at DESC",
+        (now_iso(-ADMIN_IDLE_SECONDS), now_iso(-ADMIN_MAX_SECONDS)),
+    ).fetchall()
+
+
+def find_catalog(conn):
+    """Every city, district and product (with its units on sale), hidden or not."""
+    return {
+        "cities": conn.execute(
+            "SELECT * FROM cities ORDER BY position, name COLLATE NOCASE"
+        ).fetchall(),
+        "districts": conn.execute(
+            "SELECT * FROM districts ORDER BY position, name COLLATE NOCASE"
+        ).fetchall(),
+        "products": conn.execute(
+            "SELECT p.*, (SELECT count(*) FROM stock_units u WHERE u.product_id = p.id "
+            "AND u.status = 'available') "
+            "AS available FROM products p ORDER BY p.name COLLATE NOCASE"
+        ).fetchall(),
+    }
+
+
+def find_product(conn, product_id):
+    """A product's row, or None."""
+    return conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+
+
+def find_product_stock(conn, product_id):
+    """Per district (all, in the shop's order): a product's units available, reserved, sold."""
+    return conn.execute(
+        "SELECT d.id, d.name, c.name AS city, sum(u.status = 'available') AS available, "
+        "sum(u.status = 'reserved') AS reserved, sum(u.status = 'sold') AS sold "
+        "FROM districts d "
+        "JOIN cities c ON c.id = d.city_id LEFT JOIN stock_units u ON u.district_id = d.id "
+        "AND u.product_id = ? "
+        "GROUP BY d.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, "
+        "d.name COLLATE NOCASE",
+        (product_id,),
+    ).fetchall()
+
+
+def find_product_units(conn, product_id, before, limit):
+    """A page of a product's units, newest first, below the id `before`."""
+    return conn.execute(
+        "SELECT u.*, d.name AS district, c.name AS city FROM stock_units u "
+        "JOIN districts d ON d.id = u.district_id JOIN cities c ON c.id = d.city_id "
+        f"WHERE u.product_id = ? AND u.id < ? ORDER BY u.id DESC LIMIT {int(limit)}",
+        (product_id, before),
+    ).fetchall()
+
+
+def find_unit_product_id(conn, unit_id):
+    """The product a unit belongs to, or None when there is no such unit."""
+    row = conn.execute("SELECT product_id FROM stock_units WHERE id = ?", (unit_id,)).fetchone()
+    return row[0] if row else None
+
+
+def find_orders(conn, filters, before, limit):
+    """A page of orders, newest first, below the id `before`, by the admin's filters: status, from
+    and to (days, YYYY-MM-DD, both included) and q (an order or user id, or a username); an empty
+    filter is no filter."""
+    where, args = ["o.id < ?"], [before]
+    if filters["status"]:
+        where.append("o.status = ?")
+        args.append(filters["status"])
+    if filters["from"]:
+        where.append("o.created_at >= ?")
+        args.append(filters["from"])
+    if filters["to"]:
+        where.append("o.created_at < ?")
+        until = datetime.strptime(filters["to"], "%Y-%m-%d") + timedelta(days=1)
+        args.append(until.strftime("%Y-%m-%d"))
+    search = filters["q"]
+    if search:
+        digits = search.lstrip("#@")
+        if re.fullmatch(r"[0-9]{1,18}", digits):
+            where.append("(o.id = ? OR o.user_id = ?)")
+            args += [int(digits), int(digits)]
+        else:
+            where.append("o.user_id IN (SELECT id FROM users WHERE username = ? COLLATE NOCASE)")
+            args.append(search.lstrip("@"))
+    return conn.execute(
+        "SELECT o.*, u.first_name, u.username, "
+        "(SELECT count(*) FROM order_items i WHERE i.order_id = o.id) "
+        f"AS items FROM orders o JOIN users u ON u.id = o.user_id WHERE {' AND '.join(where)} "
+        f"ORDER BY o.id DESC LIMIT {int(limit)}",
+        args,
+    ).fetchall()
+
+
+def find_order_details(conn, order_id):
+    """An order with its buyer's name, its items (with their units), its payments, their IPNs and
+    its messages per status."""
+    order = conn.execute(
+        "SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
+        "WHERE o.id = ?",
+        (order_id,),
+    ).fetchone()
+    if order is None:
+        raise NotFound("No such order.")
+    items = conn.execute(
+        "SELECT i.*, s.content, s.media, s.status AS unit_status FROM order_items i "
+        "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
+        (order_id,),
+    ).fetchall()
+    payments = conn.execute(
+        "SELECT * FROM payments WHERE order_id = ? ORDER BY id", (order_id,)
+    ).fetchall()
+    ipns = conn.execute(
+        "SELECT * FROM ipn_events WHERE provider_id IN (SELECT provider_id FROM payments "
+        "WHERE order_id = ?) ORDER BY id",
+        (order_id,),
+    ).fetchall()
+    messages = conn.execute(
+        "SELECT status, count(*) AS n, max(last_error) AS error FROM outbox "
+        "WHERE order_id = ? GROUP BY status",
+        (order_id,),
+    ).fetchall()
+    return {
+        "order": order,
+        "items": items,
+        "payments": payments,
+        "ipns": ipns,
+        "messages": messages,
+    }
+
+
+def resend_order_delivery(conn, order_id, remote=None):
+    """Queue an order's delivery again, unless it is still on its way; returns whether it was."""
+    order = conn.execute("SELECT user_id FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if order is None:
+        raise NotFound("No such order.")
+    queued = resend_delivery(conn, order["user_id"], order_id)
+    with transaction(conn):
+        audit(
+            conn,
+            "delivery re-sent",
+            f"order #{order_id}" + ("" if queued else " (already on its way)"),
+            remote,
+        )
+    return queued
+
+
+def find_payments(conn, status, before, limit):
+    """A page of payments, newest first, below the id `before`; of one status unless it is None."""
+    return conn.execute(
+        "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
+        "WHERE p.id < ?"
+        + (" AND p.status = ?" if status else "")
+        + f" ORDER BY p.id DESC LIMIT {int(limit)}",
+        [before] + ([status] if status else []),
+    ).fetchall()
+
+
+def find_payment_details(conn, payment_id):
+    """A payment with its payer's name, its IPNs and the payments made after it (its children)."""
+    payment = conn.execute(
+        "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
+        "WHERE p.id = ?",
+        (payment_id,),
+    ).fetchone()
+    if payment is None:
+        raise NotFound("No such payment.")
+    ipns = conn.execute(
+        "SELECT * FROM ipn_events WHERE provider_id = ? ORDER BY id", (payment["provider_id"],)
+    ).fetchall()
+    children = conn.execute("SELECT * FROM payments WHERE parent_id = ?", (payment_id,)).fetchall()
+    return {"payment": payment, "ipns": ipns, "children": children}
+
+
+def find_payment_provider_id(conn, payment_id):
+    """The id NOWPayments knows a payment by."""
+    row = conn.execute("SELECT provider_id FROM payments WHERE id = ?", (payment_id,)).fetchone()
+    if row is None:
+        raise NotFound("No such payment.")
+    return row["provider_id"]
+
+
+def find_users(conn, search, before, limit):
+    """A page of users, newest first, below the id `before`; search is an id, a username or part
+    of a first name ('' for everyone)."""
+    where, args = ["id < ?"], [before]
+    if re.fullmatch(r"[0-9]{1,18}", search):
+        where.append("id = ?")
+        args.append(int(search))
+    elif search:
+        where.append("(username = ? COLLATE NOCASE OR first_name LIKE ? ESCAPE '\\')")
+        args += [search, "%" + re.sub(r"([%_\\])", r"\\\1", search) + "%"]
+    return conn.execute(
+        f"SELECT * FROM users WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT {int(limit)}",
+        args,
+    ).fetchall()
+
+
+def find_user_details(conn, user_id):
+    """A user with their last 50 orders and payments and last 100 ledger entries."""
+    return {
+        "user": get_user(conn, user_id),
+        "orders": conn.execute(
+            "SELECT * FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)
+        ).fetchall(),
+        "payments": conn.execute(
+            "SELECT * FROM payments WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)
+        ).fetchall(),
+        "ledger": conn.execute(
+            "SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)
+        ).fetchall(),
+    }
+
+
+def find_broadcasts(conn):
+    """The last 10 broadcasts, and how many shoppers a new one would reach."""
+    return {
+        "recent": conn.execute("SELECT * FROM broadcasts ORDER BY id DESC LIMIT 10").fetchall(),
+        "recipients": conn.execute(
+            "SELECT count(*) FROM users WHERE is_banned = 0 AND id > 0"
+        ).fetchone()[0],
+    }
+
+
+def find_audit_log(conn, before, limit):
+    """A page of the audit log, newest first, below the id `before`."""
+    return conn.execute(
+        f"SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT {int(limit)}", (before,)
+    ).fetchall()
+
+
+ORDERS_CSV_COLUMNS = [
+    "order",
+    "created_at",
+    "paid_at",
+    "status",
+    "method",
+    "total_eur",
+    "user_id",
+    "username",
+    "items",
+]
+LEDGER_CSV_COLUMNS = [
+    "entry",
+    "created_at",
+    "user_id",
+    "amount_eur",
+    "balance_after_eur",
+    "kind",
+    "reason",
+    "order",
+    "key",
+]
+
+
+def export_orders(conn):
+    """Every order as a CSV row (ORDERS_CSV_COLUMNS), read from `conn` as the rows are used."""
+    rows = conn.execute(
+        "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, "
+        "o.user_id, u.username, "
+        "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i "
+        "WHERE i.order_id = o.id) "
+        "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id"
+    )
+    return (
+        (r[0], r[1], r[2] or "", r[3], r[4], cents_to_str(r[5]), r[6], r[7] or "", r[8] or "")
+        for r in rows
+    )
+
+
+def export_ledger(conn):
+    """Every ledger entry as a CSV row (LEDGER_CSV_COLUMNS), read from `conn` as the rows are
+    used."""
+    rows = conn.execute(
+        "SELECT id, created_at, user_id, amount_cents, balance_after_cents, kind, reason, "
+        "order_id, idempotency_key FROM ledger ORDER BY id"
+    )
+    return (
+        (r[0], r[1], r[2], cents_to_str(r[3]), cents_to_str(r[4]), r[5], r[6], r[7] or "", r[8])
+        for r in rows
+    )
 
 
 # Payment provider: NOWPayments client, IPN signatures, sandbox ###############
@@ -5726,7 +6052,8 @@ ORDER_STATUSES = ("pending", "paid", "cancelled", "expired", "refunded")
 
 
 def read_upload(upload, what):
-    """An uploaded image as (bytes, kind), or None when no file was chosen; InvalidInput if it is not one."""
+    """An uploaded image as (bytes, kind), or None when no file was chosen; InvalidInput if it is
+    not one."""
     if upload is None or not getattr(upload, "filename", ""):
         return None
     data = upload.file.read(MAX_IMAGE_BYTES + 1)
@@ -5750,7 +6077,8 @@ def svg_bars(points, width=600, height=120):
         for i, (label, v) in enumerate(points)
     )
     return (
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Revenue per day, last 30 days">'
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        'aria-label="Revenue per day, last 30 days">'
         f"{bars}</svg>"
     )
 
@@ -5779,198 +6107,278 @@ class LoginThrottle:
                 self.failures[addr].remove(stamp)
 
 
-def make_admin(shop, app):
-    """The owner's admin: server-rendered pages with htmx; a session cookie and a CSRF token for every change."""
-    throttle = LoginThrottle()
-    cookie = "shop_admin"
-    secure = shop.config.webhook_url.startswith("https://")
-    uploads = {}  # import previews waiting for confirmation: token -> (path, expires)
+ADMIN_COOKIE = "shop_admin"
 
-    def remote():
-        return bottle.request.remote_addr or ""
 
-    def render(name, sess=None, **kw):
-        flash = None
-        if sess is not None and sess["flash"]:
-            flash = sess["flash"]
-            with transaction(shop.db()):
-                shop.db().execute(
-                    "UPDATE admin_sessions SET flash = NULL WHERE token_hash = ?",
-                    (sess["token_hash"],),
-                )
-        return bottle.template(
-            f"admin/{name}",
-            template_lookup=[str(TEMPLATES_DIR)],
-            csrf=sess["csrf_token"] if sess else "",
-            flash=flash,
-            fmt=fmt_eur,
-            shop_name=get_setting(shop.db(), "shop_name"),
-            sandbox=shop.config.sandbox,
-            test_mode=shop.test_mode,
-            **kw,
+class AdminImportPreviews:
+    """Uploaded catalogs waiting for the owner's confirmation, token -> (folder, expires), shared by
+    the web server's threads: an hour each, at most 3 at once."""
+
+    def __init__(self):
+        self.waiting, self.lock = {}, threading.Lock()
+
+    def sweep(self, keep=None):
+        """Drop the previews older than an hour and the oldest beyond `keep`, and their folders."""
+        now, dropped = time.monotonic(), []
+        with self.lock:
+            for token, (folder, expires) in list(self.waiting.items()):
+                if expires < now or (keep is not None and len(self.waiting) > keep):
+                    self.waiting.pop(token, None)
+                    dropped.append(folder)
+        for folder in dropped:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def add(self, folder):
+        """Keep a preview's folder for an hour; returns the token that confirms it."""
+        token = secrets.token_urlsafe(16)
+        with self.lock:
+            self.waiting[token] = (folder, time.monotonic() + 3600)
+        return token
+
+    def take(self, token):
+        """The folder of a waiting preview, which waits no more; None when there is none."""
+        with self.lock:
+            folder, _ = self.waiting.pop(token, (None, 0))
+        return folder
+
+
+class AdminState:
+    """What the admin keeps between requests, shared by the web server's threads: the login
+    throttle, the catalog previews waiting for confirmation, and the lock that lets one backup be
+    made at a time."""
+
+    def __init__(self):
+        self.throttle = LoginThrottle()
+        self.previews = AdminImportPreviews()
+        self.backup_lock = threading.Lock()
+
+
+def admin_remote():
+    return bottle.request.remote_addr or ""
+
+
+def admin_render(shop, name, sess=None, **kw):
+    """An admin template; the session's flash message is shown once."""
+    flash = None
+    if sess is not None and sess["flash"]:
+        flash = sess["flash"]
+        clear_admin_flash(shop.db(), sess["token_hash"])
+    return bottle.template(
+        f"admin/{name}",
+        template_lookup=[str(TEMPLATES_DIR)],
+        csrf=sess["csrf_token"] if sess else "",
+        flash=flash,
+        fmt=fmt_eur,
+        shop_name=get_setting(shop.db(), "shop_name"),
+        sandbox=shop.config.sandbox,
+        test_mode=shop.test_mode,
+        **kw,
+    )
+
+
+def admin_fragment_or_page(shop, fragment, page, sess, **kw):
+    """contact.app's pattern: htmx asks for the fragment, a browser for the whole page around it."""
+    return admin_render(shop, fragment if header("HX-Request") else page, sess, **kw)
+
+
+def admin_to_login():
+    """The answer to a request without a live session (bottle.redirect raises it)."""
+    if header("HX-Request"):
+        return bottle.HTTPResponse(status=200, headers={"HX-Redirect": "/admin/login"})
+    target = bottle.request.fullpath if bottle.request.method == "GET" else "/admin"
+    return bottle.redirect("/admin/login?next=" + quote(target, safe="/"), 303)
+
+
+def admin_same_origin():
+    """Refuse cross-site requests: browsers say where a request comes from."""
+    site = header("Sec-Fetch-Site")
+    if site and site not in ("same-origin", "none"):
+        return False
+    origin = header("Origin")
+    if origin and origin != "null":
+        return urlsplit(origin).netloc == header("Host")
+    return True
+
+
+def admin_flash(shop, sess, message):
+    """Say something on the session's next page."""
+    set_admin_flash(shop.db(), sess["token_hash"], message[:500])
+
+
+def admin_redirect(target):
+    """Go to an admin page after a change: htmx follows an HX-Redirect instead of a 303 (which
+    bottle.redirect raises)."""
+    if header("HX-Request"):
+        return bottle.HTTPResponse(status=204, headers={"HX-Redirect": target})
+    return bottle.redirect(target, 303)
+
+
+def admin_done(shop, sess, target, message):
+    """The end of a change: go to `target`, which says `message`."""
+    admin_flash(shop, sess, message)
+    return admin_redirect(target)
+
+
+def admin_back():
+    """The admin page a request came from (its Referer), else the dashboard."""
+    ref = urlsplit(header("Referer") or "")
+    if ref.netloc in ("", header("Host")) and ref.path.startswith("/admin"):
+        return ref.path + (f"?{ref.query}" if ref.query else "")
+    return "/admin"
+
+
+def admin_start(shop, change):
+    """The checks before every admin page: a live session, else the login page, and for a change
+    (change=True) a same-origin request with the session's CSRF token. Returns (conn, session);
+    raises the answer to a request refused."""
+    conn = shop.db()
+    bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
+    bottle.response.headers["Cache-Control"] = "no-store"
+    sess = get_admin_session(conn, bottle.request.get_cookie(ADMIN_COOKIE))
+    if sess is None:
+        raise admin_to_login()
+    if change:
+        token = header("X-CSRF-Token") or bottle.request.forms.get("csrf_token") or ""
+        if not admin_same_origin():
+            raise bottle.HTTPResponse("Cross-site requests are refused.", 403)
+        if not hmac.compare_digest(token.encode(), sess["csrf_token"].encode()):
+            raise bottle.HTTPResponse(
+                "The form is missing its CSRF token or it is wrong: reload the page and try again.",
+                403,
+            )
+    return conn, sess
+
+
+@contextmanager
+def admin_page(shop):
+    """`with admin_page(shop) as (conn, sess):` around the work of a page (a GET): a ShopError
+    shows the error page, with its status."""
+    conn, sess = admin_start(shop, change=False)
+    try:
+        yield conn, sess
+    except ShopError as e:
+        page = admin_render(shop, "error.tpl", sess, message=str(e))
+        raise bottle.HTTPResponse(page, e.status) from None
+
+
+@contextmanager
+def admin_change(shop):
+    """`with admin_change(shop) as (conn, sess):` around the work of a change (a POST): a
+    ShopError is said on the page the owner came from."""
+    conn, sess = admin_start(shop, change=True)
+    try:
+        yield conn, sess
+    except ShopError as e:
+        if isinstance(e, ProviderError):
+            log.warning("admin: %s", e.detail)
+        admin_flash(shop, sess, f"⚠️ {e}")
+        raise admin_redirect(admin_back()) from None
+
+
+def admin_before():
+    """Where a page of a list starts: below the id in ?before=, else at the newest."""
+    value = bottle.request.query.get("before", "")
+    return (int(value) if re.fullmatch(r"\d{1,18}", value) else None) or 2**62
+
+
+def admin_more(rows):
+    """The id the next page starts below, when there is one (the rows are a page and one more)."""
+    return rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+
+
+# Access
+
+
+def admin_login_form(shop):
+    bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
+    if get_admin_session(shop.db(), bottle.request.get_cookie(ADMIN_COOKIE)):
+        return bottle.redirect("/admin", 303)
+    return admin_render(
+        shop, "login.tpl", error=None, next=bottle.request.query.get("next", "/admin")
+    )
+
+
+def admin_login(shop):
+    bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
+    addr = admin_remote()
+    target = bottle.request.forms.get("next") or "/admin"
+    if target != "/app" and (not target.startswith("/admin") or target.startswith("//")):
+        target = "/admin"
+    if not admin_same_origin():
+        return bottle.HTTPResponse("Cross-site requests are refused.", 403)
+    throttle = shop.admin_state.throttle
+    stamp = throttle.attempt(addr)
+    if stamp is None:
+        log.warning("admin: logins from %s are paused after repeated failures", addr)
+        return bottle.HTTPResponse(
+            admin_render(
+                shop,
+                "login.tpl",
+                error="Too many failed attempts. Wait 15 minutes.",
+                next=target,
+            ),
+            429,
         )
-
-    def fragment_or_page(fragment, page, sess, **kw):
-        """contact.app's pattern: htmx asks for the fragment, a browser for the whole page around it."""
-        return render(fragment if header("HX-Request") else page, sess, **kw)
-
-    def to_login():
-        if header("HX-Request"):
-            return bottle.HTTPResponse(status=200, headers={"HX-Redirect": "/admin/login"})
-        target = bottle.request.fullpath if bottle.request.method == "GET" else "/admin"
-        return bottle.redirect("/admin/login?next=" + quote(target, safe="/"), 303)
-
-    def same_origin():
-        """Refuse cross-site requests: browsers say where a request comes from."""
-        site = header("Sec-Fetch-Site")
-        if site and site not in ("same-origin", "none"):
-            return False
-        origin = header("Origin")
-        if origin and origin != "null":
-            return urlsplit(origin).netloc == header("Host")
-        return True
-
-    def flash(sess, message):
-        with transaction(shop.db()):
-            shop.db().execute(
-                "UPDATE admin_sessions SET flash = ? WHERE token_hash = ?",
-                (message[:500], sess["token_hash"]),
-            )
-
-    def page(path, method="GET"):
-        def register(fn):
-            def handler(**kw):
-                conn = shop.db()
-                bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
-                bottle.response.headers["Cache-Control"] = "no-store"
-                sess = get_admin_session(conn, bottle.request.get_cookie(cookie))
-                if sess is None:
-                    return to_login()
-                if method != "GET":
-                    token = header("X-CSRF-Token") or bottle.request.forms.get("csrf_token") or ""
-                    if not same_origin():
-                        return bottle.HTTPResponse("Cross-site requests are refused.", 403)
-                    if not hmac.compare_digest(token.encode(), sess["csrf_token"].encode()):
-                        return bottle.HTTPResponse(
-                            "The form is missing its CSRF token or it is wrong: "
-                            "reload the page and try again.",
-                            403,
-                        )
-                    try:
-                        result = fn(conn, sess, **kw)
-                    except ShopError as e:
-                        if isinstance(e, ProviderError):
-                            log.warning("admin: %s", e.detail)
-                        flash(sess, f"⚠️ {e}")
-                        ref = urlsplit(header("Referer") or "")
-                        back = "/admin"
-                        if ref.netloc in ("", header("Host")) and ref.path.startswith("/admin"):
-                            back = ref.path + (f"?{ref.query}" if ref.query else "")
-                        if header("HX-Request"):
-                            return bottle.HTTPResponse(status=204, headers={"HX-Redirect": back})
-                        return bottle.redirect(back, 303)
-                    if isinstance(result, tuple):  # (where to go, what to say)
-                        flash(sess, result[1])
-                        result = result[0]
-                    if isinstance(result, str) and result.startswith("/admin"):
-                        if header("HX-Request"):  # htmx follows this instead of a 303
-                            return bottle.HTTPResponse(status=204, headers={"HX-Redirect": result})
-                        return bottle.redirect(result, 303)
-                    return result
-                try:
-                    return fn(conn, sess, **kw)
-                except ShopError as e:
-                    return bottle.HTTPResponse(render("error.tpl", sess, message=str(e)), e.status)
-
-            app.route(path, method, handler)
-            return fn
-
-        return register
-
-    # Access
-
-    @app.get("/admin/login")
-    def login_form():
-        bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
-        if get_admin_session(shop.db(), bottle.request.get_cookie(cookie)):
-            return bottle.redirect("/admin", 303)
-        return render("login.tpl", error=None, next=bottle.request.query.get("next", "/admin"))
-
-    @app.post("/admin/login")
-    def login():
-        bottle.response.headers["Content-Security-Policy"] = ADMIN_CSP
-        addr = remote()
-        target = bottle.request.forms.get("next") or "/admin"
-        if target != "/app" and (not target.startswith("/admin") or target.startswith("//")):
-            target = "/admin"
-        if not same_origin():
-            return bottle.HTTPResponse("Cross-site requests are refused.", 403)
-        stamp = throttle.attempt(addr)
-        if stamp is None:
-            log.warning("admin: logins from %s are paused after repeated failures", addr)
-            return bottle.HTTPResponse(
-                render(
-                    "login.tpl", error="Too many failed attempts. Wait 15 minutes.", next=target
-                ),
-                429,
-            )
-        conn = shop.db()
-        if not verify_admin_password(
-            conn, bottle.request.forms.getunicode("password") or "", shop.config.admin_password
-        ):
-            with transaction(conn):
-                audit(conn, "login failed", remote=addr)
-            log.warning("admin: a failed login from %s", addr)
-            return bottle.HTTPResponse(
-                render("login.tpl", error="Wrong password.", next=target), 403
-            )
-        throttle.succeeded(addr, stamp)
-        token, _ = create_admin_session(conn, addr)
-        bottle.response.set_cookie(
-            cookie,
-            token,
-            path="/admin",
-            httponly=True,
-            samesite="Strict",
-            secure=secure,
-            max_age=ADMIN_MAX_SECONDS,
+    conn = shop.db()
+    if not verify_admin_password(
+        conn, bottle.request.forms.getunicode("password") or "", shop.config.admin_password
+    ):
+        record_audit(conn, "login failed", remote=addr)
+        log.warning("admin: a failed login from %s", addr)
+        return bottle.HTTPResponse(
+            admin_render(shop, "login.tpl", error="Wrong password.", next=target), 403
         )
-        return bottle.redirect(target, 303)
+    throttle.succeeded(addr, stamp)
+    token, _ = create_admin_session(conn, addr)
+    bottle.response.set_cookie(
+        ADMIN_COOKIE,
+        token,
+        path="/admin",
+        httponly=True,
+        samesite="Strict",
+        secure=shop.config.webhook_url.startswith("https://"),
+        max_age=ADMIN_MAX_SECONDS,
+    )
+    return bottle.redirect(target, 303)
 
-    @page("/admin/logout", "POST")
-    def logout(conn, sess):
-        end_admin_session(conn, bottle.request.get_cookie(cookie), remote())
-        bottle.response.delete_cookie(cookie, path="/admin")
+
+def admin_logout(shop):
+    with admin_change(shop) as (conn, _):
+        end_admin_session(conn, bottle.request.get_cookie(ADMIN_COOKIE), admin_remote())
+        bottle.response.delete_cookie(ADMIN_COOKIE, path="/admin")
         return bottle.redirect("/admin/login", 303)
 
-    @app.get("/admin/app-preview")
-    def app_preview():
-        """Sandbox with a bot: the preview shopper's initData, for owners logged in to the admin only."""
-        bottle.response.headers["Cache-Control"] = "no-store"
-        if not shop.config.sandbox:
-            return json_response(
-                404,
-                {"error": "The preview exists only in sandbox mode; open the shop from the bot."},
-            )
-        if get_admin_session(shop.db(), bottle.request.get_cookie(cookie)) is None:
-            return json_response(
-                401, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"}
-            )
-        return json_response(200, {"initData": preview_init_data(shop)})
 
-    @page("/admin/logout-everywhere", "POST")
-    def logout_everywhere(conn, sess):
-        """Every browser's session ends, this one's too (a lost phone, a shared computer)."""
-        end_all_admin_sessions(conn, remote())
-        bottle.response.delete_cookie(cookie, path="/admin")
+def admin_app_preview(shop):
+    """Sandbox with a bot: the preview shopper's initData, for owners logged in to the admin
+    only."""
+    bottle.response.headers["Cache-Control"] = "no-store"
+    if not shop.config.sandbox:
+        return json_response(
+            404,
+            {"error": "The preview exists only in sandbox mode; open the shop from the bot."},
+        )
+    if get_admin_session(shop.db(), bottle.request.get_cookie(ADMIN_COOKIE)) is None:
+        return json_response(401, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"})
+    return json_response(200, {"initData": preview_init_data(shop)})
+
+
+def admin_logout_everywhere(shop):
+    """Every browser's session ends, this one's too (a lost phone, a shared computer)."""
+    with admin_change(shop) as (conn, _):
+        end_all_admin_sessions(conn, admin_remote())
+        bottle.response.delete_cookie(ADMIN_COOKIE, path="/admin")
         return bottle.redirect("/admin/login", 303)
 
-    # Dashboard
 
-    @page("/admin")
-    def dashboard(conn, sess):
+# Dashboard
+
+
+def admin_dashboard(shop):
+    with admin_page(shop) as (conn, sess):
         stats = dashboard_stats(conn)
-        return render(
+        return admin_render(
+            shop,
             "dashboard.tpl",
             sess,
             stats=stats,
@@ -5979,37 +6387,32 @@ def make_admin(shop, app):
             health=shop.health(),
         )
 
-    # Catalog
 
-    @page("/admin/catalog")
-    def catalog(conn, sess):
-        cities = conn.execute(
-            "SELECT * FROM cities ORDER BY position, name COLLATE NOCASE"
-        ).fetchall()
-        districts = conn.execute(
-            "SELECT * FROM districts ORDER BY position, name COLLATE NOCASE"
-        ).fetchall()
-        products = conn.execute(
-            "SELECT p.*, (SELECT count(*) FROM stock_units u WHERE u.product_id = p.id AND u.status = 'available') "
-            "AS available FROM products p ORDER BY p.name COLLATE NOCASE"
-        ).fetchall()
-        return render("catalog.tpl", sess, cities=cities, districts=districts, products=products)
+# Catalog
 
-    @page("/admin/cities", "POST")
-    def city_add(conn, sess):
-        add_city(conn, bottle.request.forms.getunicode("name"), remote())
-        return "/admin/catalog", "City added."
 
-    @page("/admin/districts", "POST")
-    def district_add(conn, sess):
+def admin_catalog(shop):
+    with admin_page(shop) as (conn, sess):
+        return admin_render(shop, "catalog.tpl", sess, **find_catalog(conn))
+
+
+def admin_city_add(shop):
+    with admin_change(shop) as (conn, sess):
+        add_city(conn, bottle.request.forms.getunicode("name"), admin_remote())
+    return admin_done(shop, sess, "/admin/catalog", "City added.")
+
+
+def admin_district_add(shop):
+    with admin_change(shop) as (conn, sess):
         city_id = bottle.request.forms.get("city_id", "")
         if not re.fullmatch(r"[0-9]{1,18}", city_id):
             raise InvalidInput("Choose a city.")
-        add_district(conn, int(city_id), bottle.request.forms.getunicode("name"), remote())
-        return "/admin/catalog", "District added."
+        add_district(conn, int(city_id), bottle.request.forms.getunicode("name"), admin_remote())
+    return admin_done(shop, sess, "/admin/catalog", "District added.")
 
-    @page("/admin/<kind:re:city|district>/<place_id:id>", "POST")
-    def place_change(conn, sess, kind, place_id):
+
+def admin_place_change(shop, kind, place_id):
+    with admin_change(shop) as (conn, sess):
         action = bottle.request.forms.get("action")
         kw = {
             "rename": {"name": bottle.request.forms.getunicode("name")},
@@ -6020,82 +6423,70 @@ def make_admin(shop, app):
         }.get(action)
         if kw is None:
             raise InvalidInput("Unknown action.")
-        update_place(conn, kind, place_id, remote=remote(), **kw)
-        return "/admin/catalog", f"{kind.title()} updated."
+        update_place(conn, kind, place_id, remote=admin_remote(), **kw)
+    return admin_done(shop, sess, "/admin/catalog", f"{kind.title()} updated.")
 
-    def keyset(name="before"):
-        value = bottle.request.query.get(name, "")
-        return int(value) if re.fullmatch(r"\d{1,18}", value) else None
 
-    def product_form(conn, sess, product, error=None, form=None):
-        stock = conn.execute(
-            "SELECT d.id, d.name, c.name AS city, sum(u.status = 'available') AS available, "
-            "sum(u.status = 'reserved') AS reserved, sum(u.status = 'sold') AS sold FROM districts d "
-            "JOIN cities c ON c.id = d.city_id LEFT JOIN stock_units u ON u.district_id = d.id AND u.product_id = ? "
-            "GROUP BY d.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE",
-            (product["id"] if product else -1,),
-        ).fetchall()
-        units = conn.execute(
-            "SELECT u.*, d.name AS district, c.name AS city FROM stock_units u "
-            "JOIN districts d ON d.id = u.district_id JOIN cities c ON c.id = d.city_id "
-            f"WHERE u.product_id = ? AND u.id < ? ORDER BY u.id DESC LIMIT {ADMIN_PAGE + 1}",
-            (product["id"] if product else -1, keyset() or 2**62),
-        ).fetchall()
-        more = (
-            f"/admin/products/{product['id']}?before={units[ADMIN_PAGE - 1]['id']}"
-            if product and len(units) > ADMIN_PAGE
-            else None
-        )
-        units = units[:ADMIN_PAGE]
-        values = (
-            {
-                "name": product["name"],
-                "description": product["description"],
-                "price": cents_to_str(product["price_cents"]),
-                "active": bool(product["is_active"]),
-            }
-            if product
-            else {"name": "", "description": "", "price": "", "active": True}
-        )
-        if form is not None:  # a refused save: show what the owner typed, with the reason
-            values = {
-                "name": form.getunicode("name") or "",
-                "description": form.getunicode("description") or "",
-                "price": form.getunicode("price") or "",
-                "active": form.get("active") == "1",
-            }
-        page_ = render(
-            "product.tpl",
-            sess,
-            product=product,
-            stock=stock,
-            units=units,
-            values=values,
-            error=error,
-            more=more,
-        )
-        return bottle.HTTPResponse(page_, 400) if error else page_
+def admin_product_form(shop, conn, sess, product, error=None, form=None):
+    """A product's page (a new one's when product is None): its form, stock and units; after a
+    refused save, the form as the owner typed it, with the reason, and status 400."""
+    product_id = product["id"] if product else -1
+    stock = find_product_stock(conn, product_id)
+    units = find_product_units(conn, product_id, admin_before(), ADMIN_PAGE + 1)
+    more = (
+        f"/admin/products/{product['id']}?before={units[ADMIN_PAGE - 1]['id']}"
+        if product and len(units) > ADMIN_PAGE
+        else None
+    )
+    units = units[:ADMIN_PAGE]
+    values = (
+        {
+            "name": product["name"],
+            "description": product["description"],
+            "price": cents_to_str(product["price_cents"]),
+            "active": bool(product["is_active"]),
+        }
+        if product
+        else {"name": "", "description": "", "price": "", "active": True}
+    )
+    if form is not None:  # a refused save: show what the owner typed, with the reason
+        values = {
+            "name": form.getunicode("name") or "",
+            "description": form.getunicode("description") or "",
+            "price": form.getunicode("price") or "",
+            "active": form.get("active") == "1",
+        }
+    page = admin_render(
+        shop,
+        "product.tpl",
+        sess,
+        product=product,
+        stock=stock,
+        units=units,
+        values=values,
+        error=error,
+        more=more,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
 
-    @page("/admin/products/new")
-    def product_new(conn, sess):
-        return product_form(conn, sess, None)
 
-    @page("/admin/products/<product_id:id>")
-    def product_edit(conn, sess, product_id):
-        product = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+def admin_product_new(shop):
+    with admin_page(shop) as (conn, sess):
+        return admin_product_form(shop, conn, sess, None)
+
+
+def admin_product_edit(shop, product_id):
+    with admin_page(shop) as (conn, sess):
+        product = find_product(conn, product_id)
         if product is None:
             raise NotFound("No such product.")
-        return product_form(conn, sess, product)
+        return admin_product_form(shop, conn, sess, product)
 
-    @page("/admin/products", "POST")
-    @page("/admin/products/<product_id:id>", "POST")
-    def product_save(conn, sess, product_id=None):
+
+def admin_product_save(shop, product_id=None):
+    with admin_change(shop) as (conn, sess):
         f = bottle.request.forms
-        product = (
-            conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
-            if product_id
-            else None
-        )
+        product = find_product(conn, product_id) if product_id else None
         if product_id and product is None:
             raise NotFound("No such product.")
         try:
@@ -6108,14 +6499,15 @@ def make_admin(shop, app):
                 price=f.getunicode("price"),
                 active=f.get("active") == "1",
                 photo=read_upload(bottle.request.files.get("photo"), "The photo"),
-                remote=remote(),
+                remote=admin_remote(),
             )
         except InvalidInput as e:
-            return product_form(conn, sess, product, error=str(e), form=f)
-        return f"/admin/products/{product_id}", "Product saved."
+            return admin_product_form(shop, conn, sess, product, error=str(e), form=f)
+    return admin_done(shop, sess, f"/admin/products/{product_id}", "Product saved.")
 
-    @page("/admin/products/<product_id:id>/units", "POST")
-    def units_add(conn, sess, product_id):
+
+def admin_units_add(shop, product_id):
+    with admin_change(shop) as (conn, sess):
         district_id = bottle.request.forms.get("district_id", "")
         if not re.fullmatch(r"[0-9]{1,18}", district_id):
             raise InvalidInput("Choose a district.")
@@ -6126,40 +6518,36 @@ def make_admin(shop, app):
             int(district_id),
             bottle.request.forms.getunicode("units"),
             read_upload(bottle.request.files.get("media"), "The photo"),
-            remote(),
+            admin_remote(),
         )
-        return f"/admin/products/{product_id}", units_added_text(result)
+        message = units_added_text(result)
+    return admin_done(shop, sess, f"/admin/products/{product_id}", message)
 
-    @page("/admin/units/<unit_id:id>/delete", "POST")
-    def unit_delete(conn, sess, unit_id):
-        product_id = conn.execute(
-            "SELECT product_id FROM stock_units WHERE id = ?", (unit_id,)
-        ).fetchone()
-        delete_unit(conn, unit_id, remote())
-        return f"/admin/products/{product_id[0]}", "Unit deleted."
 
-    @page("/admin/import")
-    def import_form(conn, sess):
-        return render("import.tpl", sess, preview=None, token=None, errors=None)
+def admin_unit_delete(shop, unit_id):
+    with admin_change(shop) as (conn, sess):
+        product_id = find_unit_product_id(conn, unit_id)
+        delete_unit(conn, unit_id, admin_remote())  # NotFound when there is no such unit
+    return admin_done(shop, sess, f"/admin/products/{product_id}", "Unit deleted.")
 
-    def sweep_uploads(keep=None):
-        """Drop previews older than an hour (and their folders); at most 3 wait at once."""
-        now = time.monotonic()
-        for token, (folder, expires) in list(uploads.items()):
-            if expires < now or (keep is not None and len(uploads) > keep):
-                uploads.pop(token, None)
-                shutil.rmtree(folder, ignore_errors=True)
 
-    @page("/admin/import", "POST")
-    def import_preview(conn, sess):
-        """Read an uploaded catalog (JSON, or a ZIP holding catalog.json and its images) and show what would change."""
+def admin_import_form(shop):
+    with admin_page(shop) as (_, sess):
+        return admin_render(shop, "import.tpl", sess, preview=None, token=None, errors=None)
+
+
+def admin_import_preview(shop):
+    """Read an uploaded catalog (JSON, or a ZIP holding catalog.json and its images) and show what
+    would change."""
+    with admin_change(shop) as (conn, sess):
         upload = bottle.request.files.get("file")
         if upload is None or not upload.filename:
             raise InvalidInput("Choose a catalog file.")
         data = upload.file.read(50 * 1024 * 1024 + 1)
         if len(data) > 50 * 1024 * 1024:
             raise InvalidInput("The file is larger than 50 MB.")
-        sweep_uploads(keep=2)
+        previews = shop.admin_state.previews
+        previews.sweep(keep=2)
         shop.import_dir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="import-", dir=shop.import_dir))
         try:
@@ -6178,18 +6566,19 @@ def make_admin(shop, app):
                 m.replace(str(folder / "catalog.json"), shown).replace(str(folder), shown)
                 for m in e.errors
             ]
-            return render("import.tpl", sess, preview=None, token=None, errors=errors)
+            return admin_render(shop, "import.tpl", sess, preview=None, token=None, errors=errors)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        token = secrets.token_urlsafe(16)
-        uploads[token] = (folder, time.monotonic() + 3600)
-        return render("import.tpl", sess, preview=counts, token=token, errors=None)
+        token = previews.add(folder)
+        return admin_render(shop, "import.tpl", sess, preview=counts, token=token, errors=None)
 
-    @page("/admin/import/confirm", "POST")
-    def import_confirm(conn, sess):
-        sweep_uploads()
-        folder, _ = uploads.pop(bottle.request.forms.get("token", ""), (None, 0))
+
+def admin_import_confirm(shop):
+    with admin_change(shop) as (conn, sess):
+        previews = shop.admin_state.previews
+        previews.sweep()
+        folder = previews.take(bottle.request.forms.get("token", ""))
         if folder is None:
             raise InvalidInput("That preview is too old; upload the file again.")
         try:
@@ -6202,68 +6591,37 @@ def make_admin(shop, app):
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        with transaction(conn):
-            audit(
-                conn,
-                "catalog imported",
-                ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()),
-                remote(),
-            )
-        return "/admin/catalog", "Catalog imported: " + ", ".join(
-            f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
-        )
+        done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+        record_audit(conn, "catalog imported", done, admin_remote())
+    return admin_done(shop, sess, "/admin/catalog", "Catalog imported: " + done)
 
-    # Orders
 
-    @page("/admin/orders")
-    def orders(conn, sess):
+# Orders
+
+
+def admin_day(value):
+    """A day typed in a filter (YYYY-MM-DD), or None."""
+    try:
+        datetime.strptime(value or "", "%Y-%m-%d")
+        return value if value < "9999" else None
+    except ValueError:
+        return None
+
+
+def admin_orders(shop):
+    with admin_page(shop) as (conn, sess):
         q = bottle.request.query
-        status = q.get("status") if q.get("status") in ORDER_STATUSES else None
-
-        def day(value):
-            try:
-                datetime.strptime(value or "", "%Y-%m-%d")
-                return value if value < "9999" else None
-            except ValueError:
-                return None
-
-        since, until, search = (
-            day(q.get("from")),
-            day(q.get("to")),
-            (q.getunicode("q") or "").strip(),
-        )
-        where, args = ["o.id < ?"], [keyset() or 2**62]
-        if status:
-            where.append("o.status = ?")
-            args.append(status)
-        if since:
-            where.append("o.created_at >= ?")
-            args.append(since)
-        if until:
-            where.append("o.created_at < ?")
-            args.append(
-                (datetime.strptime(until, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d")
-            )
-        if search:
-            digits = search.lstrip("#@")
-            if re.fullmatch(r"[0-9]{1,18}", digits):
-                where.append("(o.id = ? OR o.user_id = ?)")
-                args += [int(digits), int(digits)]
-            else:
-                where.append(
-                    "o.user_id IN (SELECT id FROM users WHERE username = ? COLLATE NOCASE)"
-                )
-                args.append(search.lstrip("@"))
-        rows = conn.execute(
-            "SELECT o.*, u.first_name, u.username, (SELECT count(*) FROM order_items i WHERE i.order_id = o.id) "
-            f"AS items FROM orders o JOIN users u ON u.id = o.user_id WHERE {' AND '.join(where)} "
-            f"ORDER BY o.id DESC LIMIT {ADMIN_PAGE + 1}",
-            args,
-        ).fetchall()
-        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
-        filters = {"status": status or "", "from": since or "", "to": until or "", "q": search}
+        filters = {
+            "status": q.get("status") if q.get("status") in ORDER_STATUSES else "",
+            "from": admin_day(q.get("from")) or "",
+            "to": admin_day(q.get("to")) or "",
+            "q": (q.getunicode("q") or "").strip(),
+        }
+        rows = find_orders(conn, filters, admin_before(), ADMIN_PAGE + 1)
+        more = admin_more(rows)
         more = f"/admin/orders?{urlencode({'before': more, **filters})}" if more else None
-        return fragment_or_page(
+        return admin_fragment_or_page(
+            shop,
             "_orders.tpl",
             "orders.tpl",
             sess,
@@ -6273,79 +6631,45 @@ def make_admin(shop, app):
             statuses=ORDER_STATUSES,
         )
 
-    @page("/admin/orders/<order_id:id>")
-    def order(conn, sess, order_id):
-        o = conn.execute(
-            "SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
-            "WHERE o.id = ?",
-            (order_id,),
-        ).fetchone()
-        if o is None:
-            raise NotFound("No such order.")
-        items = conn.execute(
-            "SELECT i.*, s.content, s.media, s.status AS unit_status FROM order_items i "
-            "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
-            (order_id,),
-        ).fetchall()
-        payments = conn.execute(
-            "SELECT * FROM payments WHERE order_id = ? ORDER BY id", (order_id,)
-        ).fetchall()
-        ipns = conn.execute(
-            "SELECT * FROM ipn_events WHERE provider_id IN (SELECT provider_id FROM payments "
-            "WHERE order_id = ?) ORDER BY id",
-            (order_id,),
-        ).fetchall()
-        messages = conn.execute(
-            "SELECT status, count(*) AS n, max(last_error) AS error FROM outbox "
-            "WHERE order_id = ? GROUP BY status",
-            (order_id,),
-        ).fetchall()
-        return render(
-            "order.tpl", sess, order=o, items=items, payments=payments, ipns=ipns, messages=messages
-        )
 
-    @page("/admin/orders/<order_id:id>/resend", "POST")
-    def order_resend(conn, sess, order_id):
-        o = conn.execute("SELECT user_id FROM orders WHERE id = ?", (order_id,)).fetchone()
-        if o is None:
-            raise NotFound("No such order.")
-        queued = resend_delivery(conn, o["user_id"], order_id)
-        with transaction(conn):
-            audit(
-                conn,
-                "delivery re-sent",
-                f"order #{order_id}" + ("" if queued else " (already on its way)"),
-                remote(),
-            )
-        return (
-            f"/admin/orders/{order_id}",
-            "Delivery queued again." if queued else "The delivery is still on its way.",
-        )
+def admin_order(shop, order_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_render(shop, "order.tpl", sess, **find_order_details(conn, order_id))
 
-    @page("/admin/orders/<order_id:id>/refund", "POST")
-    def order_refund(conn, sess, order_id):
-        refund_order(conn, order_id, bottle.request.forms.getunicode("reason"), remote())
-        return f"/admin/orders/{order_id}", "Order refunded to the balance."
 
-    # Payments
+def admin_order_resend(shop, order_id):
+    with admin_change(shop) as (conn, sess):
+        queued = resend_order_delivery(conn, order_id, admin_remote())
+    return admin_done(
+        shop,
+        sess,
+        f"/admin/orders/{order_id}",
+        "Delivery queued again." if queued else "The delivery is still on its way.",
+    )
 
-    @page("/admin/payments")
-    def payments(conn, sess):
+
+def admin_order_refund(shop, order_id):
+    with admin_change(shop) as (conn, sess):
+        refund_order(conn, order_id, bottle.request.forms.getunicode("reason"), admin_remote())
+    return admin_done(shop, sess, f"/admin/orders/{order_id}", "Order refunded to the balance.")
+
+
+# Payments
+
+
+def admin_payments(shop):
+    with admin_page(shop) as (conn, sess):
         status = bottle.request.query.get("status")
         status = status if status in STATUS_RANK else None
-        rows = conn.execute(
-            "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id WHERE p.id < ?"
-            + (" AND p.status = ?" if status else "")
-            + f" ORDER BY p.id DESC LIMIT {ADMIN_PAGE + 1}",
-            [keyset() or 2**62] + ([status] if status else []),
-        ).fetchall()
-        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        rows = find_payments(conn, status, admin_before(), ADMIN_PAGE + 1)
+        more = admin_more(rows)
         more = (
             f"/admin/payments?{urlencode({'before': more, 'status': status or ''})}"
             if more
             else None
         )
-        return fragment_or_page(
+        return admin_fragment_or_page(
+            shop,
             "_payments.tpl",
             "payments.tpl",
             sess,
@@ -6355,192 +6679,190 @@ def make_admin(shop, app):
             statuses=list(STATUS_RANK),
         )
 
-    @page("/admin/payments/<payment_id:id>")
-    def payment(conn, sess, payment_id):
-        p = conn.execute(
-            "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
-            "WHERE p.id = ?",
-            (payment_id,),
-        ).fetchone()
-        if p is None:
-            raise NotFound("No such payment.")
-        ipns = conn.execute(
-            "SELECT * FROM ipn_events WHERE provider_id = ? ORDER BY id", (p["provider_id"],)
-        ).fetchall()
-        children = conn.execute(
-            "SELECT * FROM payments WHERE parent_id = ?", (payment_id,)
-        ).fetchall()
-        return render("payment.tpl", sess, payment=p, ipns=ipns, children=children)
 
-    @page("/admin/payments/<payment_id:id>/recheck", "POST")
-    def payment_recheck(conn, sess, payment_id):
-        p = conn.execute("SELECT provider_id FROM payments WHERE id = ?", (payment_id,)).fetchone()
-        if p is None:
-            raise NotFound("No such payment.")
-        outcome = shop.payments.refresh(p["provider_id"], "admin")
-        with transaction(conn):
-            audit(conn, "payment re-checked", f"payment {p['provider_id']}: {outcome}", remote())
-        return f"/admin/payments/{payment_id}", f"NOWPayments says: {outcome}"
+def admin_payment(shop, payment_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_render(shop, "payment.tpl", sess, **find_payment_details(conn, payment_id))
 
-    @page("/admin/payments/<payment_id:id>/mark-paid", "POST")
-    def payment_mark_paid(conn, sess, payment_id):
+
+def admin_payment_recheck(shop, payment_id):
+    with admin_change(shop) as (conn, sess):
+        provider_id = find_payment_provider_id(conn, payment_id)
+        outcome = shop.payments.refresh(provider_id, "admin")
+        record_audit(
+            conn, "payment re-checked", f"payment {provider_id}: {outcome}", admin_remote()
+        )
+    return admin_done(shop, sess, f"/admin/payments/{payment_id}", f"NOWPayments says: {outcome}")
+
+
+def admin_payment_mark_paid(shop, payment_id):
+    with admin_change(shop) as (_, sess):
         outcome = shop.payments.mark_paid(
-            payment_id, bottle.request.forms.getunicode("reason"), remote()
+            payment_id, bottle.request.forms.getunicode("reason"), admin_remote()
         )
-        return f"/admin/payments/{payment_id}", f"Marked as paid: {outcome}"
+    return admin_done(shop, sess, f"/admin/payments/{payment_id}", f"Marked as paid: {outcome}")
 
-    # Users
 
-    @page("/admin/users")
-    def users(conn, sess):
+# Users
+
+
+def admin_users(shop):
+    with admin_page(shop) as (conn, sess):
         search = (bottle.request.query.getunicode("q") or "").strip().lstrip("@")
-        where, args = ["id < ?"], [keyset() or 2**62]
-        if re.fullmatch(r"[0-9]{1,18}", search):
-            where.append("id = ?")
-            args.append(int(search))
-        elif search:
-            where.append("(username = ? COLLATE NOCASE OR first_name LIKE ? ESCAPE '\\')")
-            args += [search, "%" + re.sub(r"([%_\\])", r"\\\1", search) + "%"]
-        rows = conn.execute(
-            f"SELECT * FROM users WHERE {' AND '.join(where)} ORDER BY id DESC "
-            f"LIMIT {ADMIN_PAGE + 1}",
-            args,
-        ).fetchall()
-        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+        rows = find_users(conn, search, admin_before(), ADMIN_PAGE + 1)
+        more = admin_more(rows)
         more = f"/admin/users?{urlencode({'before': more, 'q': search})}" if more else None
-        return fragment_or_page(
-            "_users.tpl", "users.tpl", sess, users=rows[:ADMIN_PAGE], more=more, q=search
+        return admin_fragment_or_page(
+            shop, "_users.tpl", "users.tpl", sess, users=rows[:ADMIN_PAGE], more=more, q=search
         )
 
-    @page("/admin/users/<user_id:id>")
-    def user_page(conn, sess, user_id):
-        u = get_user(conn, user_id)
-        orders_ = conn.execute(
-            "SELECT * FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)
-        ).fetchall()
-        payments_ = conn.execute(
-            "SELECT * FROM payments WHERE user_id = ? ORDER BY id DESC LIMIT 50", (user_id,)
-        ).fetchall()
-        ledger = conn.execute(
-            "SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)
-        ).fetchall()
-        return render("user.tpl", sess, user=u, orders=orders_, payments=payments_, ledger=ledger)
 
-    @page("/admin/users/<user_id:id>/balance", "POST")
-    def user_balance(conn, sess, user_id):
+def admin_user(shop, user_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_render(shop, "user.tpl", sess, **find_user_details(conn, user_id))
+
+
+def admin_user_balance(shop, user_id):
+    with admin_change(shop) as (conn, sess):
         cents = admin_adjust_balance(
             conn,
             user_id,
             bottle.request.forms.getunicode("amount"),
             bottle.request.forms.getunicode("reason"),
-            remote(),
+            admin_remote(),
         )
-        return (
-            f"/admin/users/{user_id}",
-            f"Balance {'credited' if cents > 0 else 'debited'} {fmt_eur(abs(cents))}.",
-        )
+    return admin_done(
+        shop,
+        sess,
+        f"/admin/users/{user_id}",
+        f"Balance {'credited' if cents > 0 else 'debited'} {fmt_eur(abs(cents))}.",
+    )
 
-    @page("/admin/users/<user_id:id>/<action:re:ban|unban>", "POST")
-    def user_ban(conn, sess, user_id, action):
-        set_user_banned(conn, user_id, action == "ban", remote())
-        return f"/admin/users/{user_id}", "User banned." if action == "ban" else "User unbanned."
 
-    # Broadcast
+def admin_user_ban(shop, user_id, action):
+    with admin_change(shop) as (conn, sess):
+        set_user_banned(conn, user_id, action == "ban", admin_remote())
+    return admin_done(
+        shop,
+        sess,
+        f"/admin/users/{user_id}",
+        "User banned." if action == "ban" else "User unbanned.",
+    )
 
-    @page("/admin/broadcast")
-    def broadcast_form(conn, sess):
-        recent = conn.execute("SELECT * FROM broadcasts ORDER BY id DESC LIMIT 10").fetchall()
-        users_ = conn.execute(
-            "SELECT count(*) FROM users WHERE is_banned = 0 AND id > 0"
-        ).fetchone()[0]
-        return render("broadcast.tpl", sess, recent=recent, recipients=users_)
 
-    @page("/admin/broadcast/preview")
-    def broadcast_preview(conn, sess):
+# Broadcast
+
+
+def admin_broadcast_form(shop):
+    with admin_page(shop) as (conn, sess):
+        return admin_render(shop, "broadcast.tpl", sess, **find_broadcasts(conn))
+
+
+def admin_broadcast_preview(shop):
+    with admin_page(shop) as (_, sess):
         text = bottle.request.query.getunicode("text") or ""
-        return render("_broadcast_preview.tpl", sess, text=text, length=tg_len(text.strip()))
+        return admin_render(
+            shop, "_broadcast_preview.tpl", sess, text=text, length=tg_len(text.strip())
+        )
 
-    @page("/admin/broadcast", "POST")
-    def broadcast_send(conn, sess):
+
+def admin_broadcast_send(shop):
+    with admin_change(shop) as (conn, sess):
         photo = read_upload(bottle.request.files.get("photo"), "The photo")
         broadcast_id = start_broadcast(
-            conn, bottle.request.forms.getunicode("text"), photo, shop.config.media_dir, remote()
+            conn,
+            bottle.request.forms.getunicode("text"),
+            photo,
+            shop.config.media_dir,
+            admin_remote(),
         )
-        return f"/admin/broadcast/{broadcast_id}", "Broadcast started."
+    return admin_done(shop, sess, f"/admin/broadcast/{broadcast_id}", "Broadcast started.")
 
-    @page("/admin/broadcast/<broadcast_id:id>")
-    def broadcast_status(conn, sess, broadcast_id):
-        return fragment_or_page(
+
+def admin_broadcast_status(shop, broadcast_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_fragment_or_page(
+            shop,
             "_broadcast_progress.tpl",
             "broadcast_status.tpl",
             sess,
             progress=broadcast_progress(conn, broadcast_id),
         )
 
-    # Settings, data, audit
 
-    def settings_page(conn, sess, form=None, error=None):
-        try:
-            coins = [code for code in shop.payments.client.merchant_coins()]
-        except ProviderError as e:
-            log.warning("admin: cannot list the merchant's coins: %s", e.detail)
-            coins = None
-        values = {key: get_setting(conn, key) for key in SETTING_RULES}
-        values.update(
-            min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
-            reservation_minutes=str(shop.setting("reservation_minutes")),
-            max_unpaid_units=str(shop.setting("max_unpaid_units")),
+# Settings, data, audit
+
+
+def admin_settings_page(shop, conn, sess, form=None, error=None):
+    """The settings, the coins the merchant can take and the live sessions; after a refused save,
+    the form as the owner typed it, with the reason, and status 400."""
+    try:
+        coins = [code for code in shop.payments.client.merchant_coins()]
+    except ProviderError as e:
+        log.warning("admin: cannot list the merchant's coins: %s", e.detail)
+        coins = None
+    values = {key: get_setting(conn, key) for key in SETTING_RULES}
+    values.update(
+        min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
+        reservation_minutes=str(shop.setting("reservation_minutes")),
+        max_unpaid_units=str(shop.setting("max_unpaid_units")),
+    )
+    enabled = shop.setting("enabled_coins")
+    if form is not None:  # a refused save: show what the owner typed, with the reason
+        values.update({k: form.getunicode(k) or "" for k in values})
+        enabled = set(form.getall("coins")) if form.get("coins_listed") else enabled
+    sessions = find_live_admin_sessions(conn)
+    page = admin_render(
+        shop,
+        "settings.tpl",
+        sess,
+        values=values,
+        coins=coins,
+        enabled=enabled,
+        labels=COIN_LABELS,
+        error=error,
+        sessions=sessions,
+        session_hash=sess["token_hash"],
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
+def admin_settings_form(shop):
+    with admin_page(shop) as (conn, sess):
+        return admin_settings_page(shop, conn, sess)
+
+
+def admin_settings_read(shop, f):
+    """The settings form, checked: (settings, minimum top-up in cents, reservation minutes, unpaid
+    items, coins); InvalidInput says what is wrong."""
+    wanted = {key: clean_setting(key, f.getunicode(key) or "") for key in SETTING_RULES}
+    try:
+        minimum = parse_eur(
+            f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents
         )
-        enabled = shop.setting("enabled_coins")
-        if form is not None:  # a refused save: show what the owner typed, with the reason
-            values.update({k: form.getunicode(k) or "" for k in values})
-            enabled = set(form.getall("coins")) if form.get("coins_listed") else enabled
-        sessions = conn.execute(
-            "SELECT * FROM admin_sessions WHERE last_seen_at >= ? AND created_at >= ? "
-            "ORDER BY last_seen_at DESC",
-            (now_iso(-ADMIN_IDLE_SECONDS), now_iso(-ADMIN_MAX_SECONDS)),
-        ).fetchall()
-        page_ = render(
-            "settings.tpl",
-            sess,
-            values=values,
-            coins=coins,
-            enabled=enabled,
-            labels=COIN_LABELS,
-            error=error,
-            sessions=sessions,
-            session_hash=sess["token_hash"],
+    except InvalidInput as e:
+        raise InvalidInput(f"The minimum top-up {e}.") from None
+    minutes = f.get("reservation_minutes", "").strip()
+    if not re.fullmatch(r"\d{1,4}", minutes) or not 1 <= int(minutes) <= 1440:
+        raise InvalidInput("The reservation must be 1 to 1440 minutes.")
+    unpaid = f.get("max_unpaid_units", str(shop.setting("max_unpaid_units"))).strip()
+    if not re.fullmatch(r"\d{1,5}", unpaid) or not 1 <= int(unpaid) <= 10000:
+        raise InvalidInput(
+            "The items one shopper may hold unpaid must be a number from 1 to 10000."
         )
-        return bottle.HTTPResponse(page_, 400) if error else page_
+    coins = [c for c in COIN_CODES if c in f.getall("coins")]
+    if f.get("coins_listed") and not coins:
+        raise InvalidInput("Enable at least one coin.")
+    return wanted, minimum, minutes, unpaid, coins
 
-    @page("/admin/settings")
-    def settings_form(conn, sess):
-        return settings_page(conn, sess)
 
-    @page("/admin/settings", "POST")
-    def settings_save(conn, sess):
+def admin_settings_save(shop):
+    with admin_change(shop) as (conn, sess):
         f = bottle.request.forms
         try:
-            wanted = {key: clean_setting(key, f.getunicode(key) or "") for key in SETTING_RULES}
-            try:
-                minimum = parse_eur(
-                    f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents
-                )
-            except InvalidInput as e:
-                raise InvalidInput(f"The minimum top-up {e}.") from None
-            minutes = f.get("reservation_minutes", "").strip()
-            if not re.fullmatch(r"\d{1,4}", minutes) or not 1 <= int(minutes) <= 1440:
-                raise InvalidInput("The reservation must be 1 to 1440 minutes.")
-            unpaid = f.get("max_unpaid_units", str(shop.setting("max_unpaid_units"))).strip()
-            if not re.fullmatch(r"\d{1,5}", unpaid) or not 1 <= int(unpaid) <= 10000:
-                raise InvalidInput(
-                    "The items one shopper may hold unpaid must be a number from 1 to 10000."
-                )
-            coins = [c for c in COIN_CODES if c in f.getall("coins")]
-            if f.get("coins_listed") and not coins:
-                raise InvalidInput("Enable at least one coin.")
+            wanted, minimum, minutes, unpaid, coins = admin_settings_read(shop, f)
         except InvalidInput as e:
-            return settings_page(conn, sess, form=f, error=str(e))
+            return admin_settings_page(shop, conn, sess, form=f, error=str(e))
         changes = {key: value for key, value in wanted.items() if value != get_setting(conn, key)}
         if minimum != shop.setting("min_deposit_cents"):
             changes["min_deposit_cents"] = str(minimum)
@@ -6554,15 +6876,17 @@ def make_admin(shop, app):
         ):
             changes["enabled_coins"] = ",".join(coins)
         if not changes:
-            return "/admin/settings", "Nothing changed."
-        save_settings(conn, changes, remote())
-        return "/admin/settings", "Settings saved: " + ", ".join(
-            k.replace("_", " ") for k in changes
-        ) + "."
+            message = "Nothing changed."
+        else:
+            save_settings(conn, changes, admin_remote())
+            message = "Settings saved: " + ", ".join(k.replace("_", " ") for k in changes) + "."
+    return admin_done(shop, sess, "/admin/settings", message)
 
-    @page("/admin/data")
-    def data_page(conn, sess):
-        return render(
+
+def admin_data(shop):
+    with admin_page(shop) as (_, sess):
+        return admin_render(
+            shop,
             "data.tpl",
             sess,
             backups=sorted(shop.backup_dir.glob("shop-*.db"), reverse=True)
@@ -6570,116 +6894,61 @@ def make_admin(shop, app):
             else [],
         )
 
-    def csv_response(name, columns, rows, export):
-        """Stream rows as CSV; `export` is the connection they come from, closed at the end."""
 
-        def lines():
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            try:
-                writer.writerow(columns)
-                for row in rows:
-                    writer.writerow([spreadsheet_text(cell) for cell in row])
-                    if buffer.tell() > 65536:
-                        yield buffer.getvalue().encode("utf-8")
-                        buffer.seek(0)
-                        buffer.truncate()
+def admin_csv_lines(columns, rows, export):
+    """CSV text in blocks of about 64 KB; `export` is the connection the rows come from, closed at
+    the end."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    try:
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([spreadsheet_text(cell) for cell in row])
+            if buffer.tell() > 65536:
                 yield buffer.getvalue().encode("utf-8")
-            finally:
-                export.close()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue().encode("utf-8")
+    finally:
+        export.close()
 
-        bottle.response.content_type = "text/csv; charset=utf-8"
-        bottle.response.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        return lines()
 
-    @page("/admin/export/orders.csv")
-    def export_orders(conn, sess):
-        with transaction(conn):
-            audit(conn, "orders exported", remote=remote())
+def admin_csv_response(name, columns, rows, export):
+    """Stream rows as CSV; `export` is the connection they come from, closed at the end."""
+    bottle.response.content_type = "text/csv; charset=utf-8"
+    bottle.response.set_header("Content-Disposition", f'attachment; filename="{name}"')
+    return admin_csv_lines(columns, rows, export)
+
+
+def admin_export_orders(shop):
+    with admin_page(shop) as (conn, _):
+        record_audit(conn, "orders exported", remote=admin_remote())
         export = connect(shop.config.shop_db)  # its own: the rows stream after this handler returns
-        rows = export.execute(
-            "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, o.user_id, u.username, "
-            "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i WHERE i.order_id = o.id) "
-            "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id"
-        )
-        return csv_response(
-            "orders.csv",
-            [
-                "order",
-                "created_at",
-                "paid_at",
-                "status",
-                "method",
-                "total_eur",
-                "user_id",
-                "username",
-                "items",
-            ],
-            (
-                (
-                    r[0],
-                    r[1],
-                    r[2] or "",
-                    r[3],
-                    r[4],
-                    cents_to_str(r[5]),
-                    r[6],
-                    r[7] or "",
-                    r[8] or "",
-                )
-                for r in rows
-            ),
-            export,
-        )
+        return admin_csv_response("orders.csv", ORDERS_CSV_COLUMNS, export_orders(export), export)
 
-    @page("/admin/export/ledger.csv")
-    def export_ledger(conn, sess):
-        with transaction(conn):
-            audit(conn, "ledger exported", remote=remote())
+
+def admin_export_ledger(shop):
+    with admin_page(shop) as (conn, _):
+        record_audit(conn, "ledger exported", remote=admin_remote())
         export = connect(shop.config.shop_db)
-        rows = export.execute(
-            "SELECT id, created_at, user_id, amount_cents, balance_after_cents, kind, reason, order_id, "
-            "idempotency_key FROM ledger ORDER BY id"
-        )
-        return csv_response(
-            "ledger.csv",
-            [
-                "entry",
-                "created_at",
-                "user_id",
-                "amount_eur",
-                "balance_after_eur",
-                "kind",
-                "reason",
-                "order",
-                "key",
-            ],
-            (
-                (
-                    r[0],
-                    r[1],
-                    r[2],
-                    cents_to_str(r[3]),
-                    cents_to_str(r[4]),
-                    r[5],
-                    r[6],
-                    r[7] or "",
-                    r[8],
-                )
-                for r in rows
-            ),
-            export,
-        )
+        return admin_csv_response("ledger.csv", LEDGER_CSV_COLUMNS, export_ledger(export), export)
 
-    backup_lock = threading.Lock()
 
-    @page("/admin/backup")
-    def download_backup(conn, sess):
-        """A consistent copy, streamed from disk; one at a time."""
+def admin_file_chunks(handle):
+    """A file's content in blocks of 1 MB; the file is closed at the end."""
+    with handle:
+        while block := handle.read(1 << 20):
+            yield block
+
+
+def admin_backup(shop):
+    """A consistent copy, streamed from disk; one at a time."""
+    with admin_page(shop) as (conn, _):
         if bottle.request.method == "HEAD":
             return bottle.HTTPResponse(
                 status=200, headers={"Content-Type": "application/vnd.sqlite3"}
             )
+        backup_lock = shop.admin_state.backup_lock
         if not backup_lock.acquire(blocking=False):
             return bottle.HTTPResponse(
                 "A backup is being made already; try again in a moment.", 429
@@ -6687,35 +6956,82 @@ def make_admin(shop, app):
         try:
             shop.backup_dir.mkdir(parents=True, exist_ok=True)
             path = backup_database(conn, shop.backup_dir / f"download-{secrets.token_hex(8)}.db")
-            with transaction(conn):
-                audit(conn, "backup downloaded", remote=remote())
+            record_audit(conn, "backup downloaded", remote=admin_remote())
             handle = open(path, "rb")
             path.unlink()  # gone from the folder; the open handle still reads it
         finally:
             backup_lock.release()
-
-        def chunks():
-            with handle:
-                while block := handle.read(1 << 20):
-                    yield block
-
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
         return bottle.HTTPResponse(
-            chunks(),
+            admin_file_chunks(handle),
             headers={
                 "Content-Type": "application/vnd.sqlite3",
-                "Content-Disposition": f'attachment; filename="shop-{datetime.now(timezone.utc):%Y%m%d-%H%M}.db"',
+                "Content-Disposition": f'attachment; filename="shop-{stamp}.db"',
             },
         )
 
-    @page("/admin/audit")
-    def audit_page(conn, sess):
-        rows = conn.execute(
-            f"SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT {ADMIN_PAGE + 1}",
-            (keyset() or 2**62,),
-        ).fetchall()
-        more = rows[ADMIN_PAGE - 1]["id"] if len(rows) > ADMIN_PAGE else None
+
+def admin_audit(shop):
+    with admin_page(shop) as (conn, sess):
+        rows = find_audit_log(conn, admin_before(), ADMIN_PAGE + 1)
+        more = admin_more(rows)
         more = f"/admin/audit?before={more}" if more else None
-        return fragment_or_page("_audit.tpl", "audit.tpl", sess, rows=rows[:ADMIN_PAGE], more=more)
+        return admin_fragment_or_page(
+            shop, "_audit.tpl", "audit.tpl", sess, rows=rows[:ADMIN_PAGE], more=more
+        )
+
+
+ADMIN_ROUTES = [
+    ("GET", "/admin/login", admin_login_form),
+    ("POST", "/admin/login", admin_login),
+    ("POST", "/admin/logout", admin_logout),
+    ("GET", "/admin/app-preview", admin_app_preview),
+    ("POST", "/admin/logout-everywhere", admin_logout_everywhere),
+    ("GET", "/admin", admin_dashboard),
+    ("GET", "/admin/catalog", admin_catalog),
+    ("POST", "/admin/cities", admin_city_add),
+    ("POST", "/admin/districts", admin_district_add),
+    ("POST", "/admin/<kind:re:city|district>/<place_id:id>", admin_place_change),
+    ("GET", "/admin/products/new", admin_product_new),
+    ("GET", "/admin/products/<product_id:id>", admin_product_edit),
+    ("POST", "/admin/products/<product_id:id>", admin_product_save),
+    ("POST", "/admin/products", admin_product_save),
+    ("POST", "/admin/products/<product_id:id>/units", admin_units_add),
+    ("POST", "/admin/units/<unit_id:id>/delete", admin_unit_delete),
+    ("GET", "/admin/import", admin_import_form),
+    ("POST", "/admin/import", admin_import_preview),
+    ("POST", "/admin/import/confirm", admin_import_confirm),
+    ("GET", "/admin/orders", admin_orders),
+    ("GET", "/admin/orders/<order_id:id>", admin_order),
+    ("POST", "/admin/orders/<order_id:id>/resend", admin_order_resend),
+    ("POST", "/admin/orders/<order_id:id>/refund", admin_order_refund),
+    ("GET", "/admin/payments", admin_payments),
+    ("GET", "/admin/payments/<payment_id:id>", admin_payment),
+    ("POST", "/admin/payments/<payment_id:id>/recheck", admin_payment_recheck),
+    ("POST", "/admin/payments/<payment_id:id>/mark-paid", admin_payment_mark_paid),
+    ("GET", "/admin/users", admin_users),
+    ("GET", "/admin/users/<user_id:id>", admin_user),
+    ("POST", "/admin/users/<user_id:id>/balance", admin_user_balance),
+    ("POST", "/admin/users/<user_id:id>/<action:re:ban|unban>", admin_user_ban),
+    ("GET", "/admin/broadcast", admin_broadcast_form),
+    ("GET", "/admin/broadcast/preview", admin_broadcast_preview),
+    ("POST", "/admin/broadcast", admin_broadcast_send),
+    ("GET", "/admin/broadcast/<broadcast_id:id>", admin_broadcast_status),
+    ("GET", "/admin/settings", admin_settings_form),
+    ("POST", "/admin/settings", admin_settings_save),
+    ("GET", "/admin/data", admin_data),
+    ("GET", "/admin/export/orders.csv", admin_export_orders),
+    ("GET", "/admin/export/ledger.csv", admin_export_ledger),
+    ("GET", "/admin/backup", admin_backup),
+    ("GET", "/admin/audit", admin_audit),
+]
+
+
+def make_admin(shop, app):
+    """The owner's admin: server-rendered pages with htmx; a session cookie and a CSRF token for
+    every change. Its pages are ADMIN_ROUTES; what it keeps between requests, shop.admin_state."""
+    shop.admin_state = AdminState()
+    add_routes(app, shop, ADMIN_ROUTES)
 
 
 _NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
