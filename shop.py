@@ -199,6 +199,10 @@ def _int(name, value, low, high):
     return int(value)
 
 
+def _config_value(values, name):
+    return str(values.get(name, "")).strip()
+
+
 def load_config(environ=None, env_file=".env", overrides=None):
     """Build a Config from a .env file, the environment (which wins) and CLI overrides."""
     values = {}
@@ -209,7 +213,7 @@ def load_config(environ=None, env_file=".env", overrides=None):
             raise ConfigError(f"cannot read {env_file}: {e}") from None
     values.update(os.environ if environ is None else environ)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    get = lambda name: str(values.get(name, "")).strip()
+    get = functools.partial(_config_value, values)
 
     kw = {}
     token = get("BOT_TOKEN")
@@ -350,20 +354,22 @@ def _daily_totals(conn):
         if "CREATE TABLE IF NOT EXISTS daily_" in statement:
             conn.execute(statement)
     conn.execute(
-        "INSERT INTO daily_sales SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) FROM orders "
-        "WHERE status = 'paid' GROUP BY 1"
+        "INSERT INTO daily_sales SELECT substr(paid_at, 1, 10), count(*), sum(total_cents) "
+        "FROM orders WHERE status = 'paid' GROUP BY 1"
     )
     if conn.execute(
         "SELECT 1 FROM sqlite_master WHERE name = 'payments'"
     ).fetchone():  # none before version 2
         conn.execute(
-            "INSERT INTO daily_payments SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), "
-            "parent_id IS NOT NULL, count(*) FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4"
+            "INSERT INTO daily_payments SELECT substr(final_at, 1, 10), status, "
+            "coalesce(final_source, ''), parent_id IS NOT NULL, count(*) FROM payments "
+            "WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4"
         )
 
 
 def _invoicing_claims(conn):
-    """checkouts.invoicing_since, where there is a checkouts table already (schema.sql makes new ones)."""
+    """checkouts.invoicing_since, where there is a checkouts table already (schema.sql makes
+    new ones)."""
     columns = [row[1] for row in conn.execute("PRAGMA table_info(checkouts)")]
     if columns and "invoicing_since" not in columns:
         conn.execute("ALTER TABLE checkouts ADD COLUMN invoicing_since TEXT")
@@ -374,10 +380,11 @@ def _invoicing_claims(conn):
 # to version; schema.sql then adds any new tables, indexes and triggers. Keep
 # schema.sql describing the latest shape.
 MIGRATIONS = {
+    # payments, admin
     2: """ALTER TABLE users ADD COLUMN awaiting TEXT;
           ALTER TABLE outbox ADD COLUMN edit_message_id INTEGER;
           ALTER TABLE outbox ADD COLUMN payment_id INTEGER REFERENCES payments(id);
-          ALTER TABLE outbox ADD COLUMN broadcast_id INTEGER REFERENCES broadcasts(id);""",  # payments, admin
+          ALTER TABLE outbox ADD COLUMN broadcast_id INTEGER REFERENCES broadcasts(id);""",
     3: _daily_totals,  # the dashboard's per-day totals
     4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
 }
@@ -406,8 +413,11 @@ _write_locks = {}
 _write_locks_guard = threading.Lock()
 
 
-def connect(path):
-    """Open the shop database with the settings every connection needs."""
+def connect(path, *, autocheckpoint=True):
+    """Open the shop database with the settings every connection needs.
+
+    autocheckpoint=False: its commits never run a WAL checkpoint; the running shop's checkpoint
+    thread does them (wal_checkpoint), off the request path."""
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, factory=ShopConnection)
     with _write_locks_guard:
         conn.write_lock = _write_locks.setdefault(os.path.realpath(path), threading.RLock())
@@ -416,7 +426,14 @@ def connect(path):
     conn.execute("PRAGMA foreign_keys = ON")
     # FULL: a commit the shop has acted on (a purchase, a paid IPN) survives power loss.
     conn.execute("PRAGMA synchronous = FULL")
+    if not autocheckpoint:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn
+
+
+def wal_checkpoint(conn):
+    """Copy committed pages from the WAL into the database file (PASSIVE: waits for no one)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 @contextmanager
@@ -458,9 +475,9 @@ def transaction(conn):
 
 
 class CommitCounter:
-    """Moves after every commit made through transaction() in this process. What is read after taking
-    its value and cached with it is still current while the value has not moved (for this process's
-    writes; other processes' are caught by the cache's own time limit)."""
+    """Moves after every commit made through transaction() in this process. What is read after
+    taking its value and cached with it is still current while the value has not moved (for this
+    process's writes; other processes' are caught by the cache's own time limit)."""
 
     def __init__(self):
         self.value, self._next = 0, itertools.count(1)
@@ -917,6 +934,34 @@ def should_tell_banned(conn, user_id):
             ).rowcount
             == 1
         )
+
+
+def runtime_setting(conn, config, key):
+    """A runtime setting (RUNTIME_SETTINGS): the owner's choice from the admin, else the
+    configuration's."""
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    if key == "enabled_coins":  # None: every coin the merchant account takes
+        return set(row[0].split(",")) - {""} if row else None
+    default = getattr(config, key)
+    return int(row[0]) if row and row[0].isdigit() else default
+
+
+def admin_password_is_stored(conn):
+    """Whether the settings hold an admin password's hash (set_admin_password made one)."""
+    return bool(conn.execute("SELECT 1 FROM settings WHERE key = 'admin_password_hash'").fetchone())
+
+
+def probe_database(conn):
+    """Read from the database (for the health check); raises sqlite3.Error if it cannot."""
+    conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
+
+
+def prune_sent_outbox(conn, days=90):
+    """Delete sent outbox messages older than `days`; return how many."""
+    with transaction(conn):
+        return conn.execute(
+            "DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (now_iso(-days * 86400),)
+        ).rowcount
 
 
 # Services: ledger ############################################################
@@ -2654,6 +2699,10 @@ def media_path(media_dir, ref):
     return Path(media_dir) / scope / name
 
 
+def _no_json_constants(name):
+    raise ValueError(f"{name} is not a number")
+
+
 def read_catalog_file(path):
     """Parse a catalog JSON file exactly (prices as Decimal); raise CatalogError saying why not."""
     path = Path(path)
@@ -2667,12 +2716,8 @@ def read_catalog_file(path):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise CatalogError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
-
-    def no_constants(name):
-        raise ValueError(f"{name} is not a number")
-
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=no_constants)
+        return json.loads(text, parse_float=Decimal, parse_constant=_no_json_constants)
     except json.JSONDecodeError as e:
         raise CatalogError(
             [f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"]
@@ -2689,7 +2734,8 @@ class CatalogPlan:
 
 
 def read_image(path, ref):
-    """(bytes, kind) of an image file, or the reason it cannot be one. Reads at most 10 MB + 1 byte."""
+    """(bytes, kind) of an image file, or the reason it cannot be one. Reads at most 10 MB + 1
+    byte."""
     try:
         if not path.is_file():
             return (
@@ -2707,106 +2753,156 @@ def read_image(path, ref):
     return (data, kind) if kind else f"{ref} is not a JPEG, PNG, GIF or WebP image"
 
 
-def plan_catalog(data, base_dir, confine=False):
-    """Check a parsed catalog file completely, reading its images; raise CatalogError listing every problem.
+@dataclass
+class _CatalogCheck:
+    """What plan_catalog has found so far: the problems, in order, and the images it has read."""
 
-    confine: images must lie inside base_dir (an upload may not name the server's own files)."""
-    errors = []
-    base_dir = Path(base_dir)
+    base_dir: Path
+    confine: bool
+    errors: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)  # each file is read once, however many name it
 
-    def err(where, message):
-        errors.append(f"{where}: {message}")
 
-    def text(where, obj, key, what, **kw):
+def _plan_error(check, where, message):
+    check.errors.append(f"{where}: {message}")
+
+
+def _plan_text(check, where, obj, key, what, **kw):
+    try:
+        return clean_text(obj.get(key), what, **kw)
+    except InvalidInput as e:
+        _plan_error(check, f"{where}.{key}", str(e))
+
+
+def _plan_image(check, where, ref):
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
+        return _plan_error(check, where, "must be a file path relative to the catalog file")
+    path = (check.base_dir / ref).resolve()
+    if check.confine and not str(path).startswith(str(check.base_dir.resolve()) + os.sep):
+        return _plan_error(check, where, f"{ref} is outside the uploaded catalog")
+    if path not in check.images:
+        check.images[path] = read_image(path, ref)
+    found = check.images[path]
+    return _plan_error(check, where, found) if isinstance(found, str) else found
+
+
+def _plan_list(check, data, key, where):
+    """data[key] if it is a list (missing: empty); else the problem is noted and it is empty."""
+    items = data.get(key, [])
+    if not isinstance(items, list):
+        _plan_error(check, where, "must be a list")
+        return []
+    return items
+
+
+def _plan_districts(check, where, city):
+    districts, seen = [], set()
+    raw = city.get("districts", [])
+    if not isinstance(raw, list):
+        _plan_error(check, f"{where}.districts", "must be a list of names")
+        raw = []
+    for j, d in enumerate(raw):
         try:
-            return clean_text(obj.get(key), what, **kw)
+            d = clean_text(d, "The district name", max_len=64)
         except InvalidInput as e:
-            err(f"{where}.{key}", str(e))
+            _plan_error(check, f"{where}.districts[{j}]", str(e))
+            continue
+        if d in seen:
+            _plan_error(check, f"{where}.districts[{j}]", f"district {d!r} is listed twice")
+        seen.add(d)
+        districts.append(d)
+    return districts
 
-    images = {}  # each file is read once, however many units name it
 
-    def image(where, ref):
-        if ref is None:
-            return None
-        if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
-            return err(where, "must be a file path relative to the catalog file")
-        path = (base_dir / ref).resolve()
-        if confine and not str(path).startswith(str(base_dir.resolve()) + os.sep):
-            return err(where, f"{ref} is outside the uploaded catalog")
-        if path not in images:
-            images[path] = read_image(path, ref)
-        found = images[path]
-        return err(where, found) if isinstance(found, str) else found
-
-    if not isinstance(data, dict):
-        raise CatalogError(['the catalog must be a JSON object with "cities" and "products"'])
-    unknown = set(data) - {"cities", "products"}
-    if unknown:
-        err("catalog", f'unknown keys {sorted(unknown)} (expected "cities" and "products")')
+def _plan_cities(check, data):
+    """[(name, [district names])] of the file's cities."""
     cities, seen_cities = [], set()
-    raw_cities = data.get("cities", [])
-    if not isinstance(raw_cities, list):
-        err("cities", "must be a list")
-        raw_cities = []
-    for i, c in enumerate(raw_cities):
+    for i, c in enumerate(_plan_list(check, data, "cities", "cities")):
         where = f"cities[{i}]"
         if not isinstance(c, dict):
-            err(where, 'must be an object with "name" and "districts"')
+            _plan_error(check, where, 'must be an object with "name" and "districts"')
             continue
-        name = text(where, c, "name", "The city name", max_len=64)
+        name = _plan_text(check, where, c, "name", "The city name", max_len=64)
         if name in seen_cities:
-            err(where, f"city {name!r} is listed twice")
+            _plan_error(check, where, f"city {name!r} is listed twice")
         seen_cities.add(name)
-        districts, seen = [], set()
-        raw = c.get("districts", [])
-        if not isinstance(raw, list):
-            err(f"{where}.districts", "must be a list of names")
-            raw = []
-        for j, d in enumerate(raw):
-            try:
-                d = clean_text(d, "The district name", max_len=64)
-            except InvalidInput as e:
-                err(f"{where}.districts[{j}]", str(e))
-                continue
-            if d in seen:
-                err(f"{where}.districts[{j}]", f"district {d!r} is listed twice")
-            seen.add(d)
-            districts.append(d)
+        districts = _plan_districts(check, where, c)
         if name:
             cities.append((name, districts))
+    return cities
+
+
+def _plan_price(check, where, price):
+    """The price in cents, or None (with the problem noted)."""
+    if isinstance(price, float) or isinstance(price, bool) or price is None:
+        _plan_error(check, f"{where}.price", 'must be a price in EUR like "25.00"')
+        return None
+    try:
+        if isinstance(price, Decimal) and price != price.quantize(Decimal("0.01")):
+            raise InvalidInput(f"must have at most 2 decimals, got {price}")
+        return parse_eur(price)
+    except (InvalidInput, InvalidOperation) as e:
+        _plan_error(check, f"{where}.price", str(e))
+        return None
+
+
+def _plan_units(check, where, product_name, product):
+    """The units of one product's "stock"."""
+    units = []
+    for j, s in enumerate(_plan_list(check, product, "stock", f"{where}.stock")):
+        w = f"{where}.stock[{j}]"
+        if not isinstance(s, dict):
+            _plan_error(check, w, 'must be an object with "city", "district" and "content"')
+            continue
+        extra = set(s) - {"city", "district", "content", "media"}
+        if extra:
+            _plan_error(check, w, f"unknown keys {sorted(extra)}")
+        city = _plan_text(check, w, s, "city", "The city", max_len=64)
+        district = _plan_text(check, w, s, "district", "The district", max_len=64)
+        content = _plan_text(check, w, s, "content", "The content", max_len=3500, multiline=True)
+        media = _plan_image(check, f"{w}.media", s.get("media"))
+        units.append(
+            {
+                "product": product_name,
+                "city": city,
+                "district": district,
+                "content": content,
+                "media": media,
+                "where": w,
+            }
+        )
+    return units
+
+
+def _plan_products(check, data):
+    """(products, units) of the file's products."""
     products, units, seen_products = [], [], set()
-    raw_products = data.get("products", [])
-    if not isinstance(raw_products, list):
-        err("products", "must be a list")
-        raw_products = []
-    for i, p in enumerate(raw_products):
+    for i, p in enumerate(_plan_list(check, data, "products", "products")):
         where = f"products[{i}]"
         if not isinstance(p, dict):
-            err(where, 'must be an object with "name", "price" and "stock"')
+            _plan_error(check, where, 'must be an object with "name", "price" and "stock"')
             continue
         extra = set(p) - {"name", "description", "price", "photo", "stock"}
         if extra:
-            err(where, f"unknown keys {sorted(extra)}")
-        name = text(where, p, "name", "The product name", max_len=64)
+            _plan_error(check, where, f"unknown keys {sorted(extra)}")
+        name = _plan_text(check, where, p, "name", "The product name", max_len=64)
         if name in seen_products:
-            err(where, f"product {name!r} is listed twice")
+            _plan_error(check, where, f"product {name!r} is listed twice")
         seen_products.add(name)
-        description = text(
-            where, p, "description", "The description", max_len=800, multiline=True, required=False
+        description = _plan_text(
+            check,
+            where,
+            p,
+            "description",
+            "The description",
+            max_len=800,
+            multiline=True,
+            required=False,
         )
-        price = p.get("price")
-        if isinstance(price, float) or isinstance(price, bool) or price is None:
-            err(f"{where}.price", 'must be a price in EUR like "25.00"')
-            price_cents = None
-        else:
-            try:
-                if isinstance(price, Decimal) and price != price.quantize(Decimal("0.01")):
-                    raise InvalidInput(f"must have at most 2 decimals, got {price}")
-                price_cents = parse_eur(price)
-            except (InvalidInput, InvalidOperation) as e:
-                err(f"{where}.price", str(e))
-                price_cents = None
-        photo = image(f"{where}.photo", p.get("photo"))
+        price_cents = _plan_price(check, where, p.get("price"))
+        photo = _plan_image(check, f"{where}.photo", p.get("photo"))
         products.append(
             {
                 "name": name,
@@ -2816,34 +2912,27 @@ def plan_catalog(data, base_dir, confine=False):
                 "has_photo": p.get("photo") is not None,
             }
         )
-        stock = p.get("stock", [])
-        if not isinstance(stock, list):
-            err(f"{where}.stock", "must be a list")
-            stock = []
-        for j, s in enumerate(stock):
-            w = f"{where}.stock[{j}]"
-            if not isinstance(s, dict):
-                err(w, 'must be an object with "city", "district" and "content"')
-                continue
-            extra = set(s) - {"city", "district", "content", "media"}
-            if extra:
-                err(w, f"unknown keys {sorted(extra)}")
-            city = text(w, s, "city", "The city", max_len=64)
-            district = text(w, s, "district", "The district", max_len=64)
-            content = text(w, s, "content", "The content", max_len=3500, multiline=True)
-            media = image(f"{w}.media", s.get("media"))
-            units.append(
-                {
-                    "product": name,
-                    "city": city,
-                    "district": district,
-                    "content": content,
-                    "media": media,
-                    "where": w,
-                }
-            )
-    if errors:
-        raise CatalogError(errors)
+        units += _plan_units(check, where, name, p)
+    return products, units
+
+
+def plan_catalog(data, base_dir, confine=False):
+    """Check a parsed catalog file completely, reading its images; raise CatalogError listing every
+    problem.
+
+    confine: images must lie inside base_dir (an upload may not name the server's own files)."""
+    check = _CatalogCheck(Path(base_dir), confine)
+    if not isinstance(data, dict):
+        raise CatalogError(['the catalog must be a JSON object with "cities" and "products"'])
+    unknown = set(data) - {"cities", "products"}
+    if unknown:
+        _plan_error(
+            check, "catalog", f'unknown keys {sorted(unknown)} (expected "cities" and "products")'
+        )
+    cities = _plan_cities(check, data)
+    products, units = _plan_products(check, data)
+    if check.errors:
+        raise CatalogError(check.errors)
     return CatalogPlan(cities, products, units)
 
 
@@ -2853,6 +2942,152 @@ class _DryRun(Exception):
     def __init__(self, counts):
         super().__init__()
         self.counts = counts
+
+
+_IMPORT_COUNTS = (
+    "cities_added",
+    "districts_added",
+    "products_added",
+    "products_updated",
+    "units_added",
+    "units_present",
+    "units_repeated",
+)
+
+
+@dataclass
+class _CatalogImport:
+    """One import under way: where its images go, the files it wrote, what it changed."""
+
+    media_dir: Path
+    dry_run: bool
+    written: list = field(default_factory=list)
+    counts: dict = field(default_factory=lambda: dict.fromkeys(_IMPORT_COUNTS, 0))
+
+
+def _import_image(job, image, private):
+    """Store an image of the catalog; return its name (a dry run stores nothing)."""
+    if job.dry_run:
+        return "0" * 32 + "." + image[1]
+    name = store_media(job.media_dir, image[0], image[1], private=private)
+    job.written.append(Path(job.media_dir) / ("private" if private else "public") / name)
+    return name
+
+
+def _import_places(conn, job, plan):
+    """Add the cities and districts the shop lacks; return their ids by name and (city, name)."""
+    city_ids, district_ids = {}, {}
+    for row in conn.execute("SELECT id, name FROM cities"):
+        city_ids[row["name"]] = row["id"]
+    for row in conn.execute(
+        "SELECT d.id, d.name, c.name AS city FROM districts d JOIN cities c ON c.id = d.city_id"
+    ):
+        district_ids[(row["city"], row["name"])] = row["id"]
+    for name, districts in plan.cities:
+        if name not in city_ids:
+            (position,) = conn.execute(
+                "SELECT coalesce(max(position), 0) + 1 FROM cities"
+            ).fetchone()
+            city_ids[name] = conn.execute(
+                "INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)
+            ).lastrowid
+            job.counts["cities_added"] += 1
+        for d in districts:
+            if (name, d) not in district_ids:
+                position = conn.execute(
+                    "SELECT coalesce(max(position), 0) + 1 FROM districts WHERE city_id = ?",
+                    (city_ids[name],),
+                ).fetchone()[0]
+                district_ids[(name, d)] = conn.execute(
+                    "INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
+                    (city_ids[name], d, position),
+                ).lastrowid
+                job.counts["districts_added"] += 1
+    return city_ids, district_ids
+
+
+def _import_products(conn, job, plan):
+    """Add or update the file's products; return their ids by name."""
+    product_ids = {}
+    for p in plan.products:
+        row = conn.execute("SELECT * FROM products WHERE name = ?", (p["name"],)).fetchone()
+        photo = _import_image(job, p["photo"], private=False) if p["photo"] else None
+        if row is None:
+            product_ids[p["name"]] = conn.execute(
+                "INSERT INTO products(name, description, price_cents, photo, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (p["name"], p["description"], p["price_cents"], photo, now_iso()),
+            ).lastrowid
+            job.counts["products_added"] += 1
+            continue
+        product_ids[p["name"]] = row["id"]
+        new = (
+            p["description"],
+            p["price_cents"],
+            photo if p["has_photo"] else row["photo"],
+        )
+        if new != (row["description"], row["price_cents"], row["photo"]):
+            conn.execute(
+                "UPDATE products SET description = ?, price_cents = ?, photo = ? WHERE id = ?",
+                (*new, row["id"]),
+            )
+            job.counts["products_updated"] += 1
+    return product_ids
+
+
+def _import_units(conn, job, plan, product_ids, district_ids):
+    """Add the units the shop does not have yet (sold or not)."""
+    added = set()
+    for u in plan.units:
+        key = (
+            product_ids[u["product"]],
+            district_ids[(u["city"], u["district"])],
+            u["content"],
+        )
+        if key in added:
+            job.counts["units_repeated"] += 1  # the file lists the same unit twice
+            continue
+        added.add(key)
+        if conn.execute(
+            "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? AND content = ?",
+            key,
+        ).fetchone():
+            job.counts["units_present"] += 1
+            continue
+        media = _import_image(job, u["media"], private=True) if u["media"] else None
+        conn.execute(
+            "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (*key, media, now_iso()),
+        )
+        job.counts["units_added"] += 1
+
+
+def _import_plan(conn, job, plan):
+    """The import itself, inside the caller's transaction."""
+    _, district_ids = _import_places(conn, job, plan)
+    missing = [
+        f"{u['where']}.district: {u['district']!r} is not a district of {u['city']!r} "
+        '(list it under "cities")'
+        for u in plan.units
+        if (u["city"], u["district"]) not in district_ids
+    ]
+    if missing:
+        raise CatalogError(missing)
+    product_ids = _import_products(conn, job, plan)
+    _import_units(conn, job, plan, product_ids, district_ids)
+
+
+def _forget_written(conn, written):
+    """Delete the image files a failed import wrote that nothing in the database names."""
+    for path in written:
+        referenced = conn.execute(
+            "SELECT 1 FROM products WHERE photo = ? "
+            "UNION SELECT 1 FROM stock_units WHERE media = ?",
+            (path.name, path.name),
+        ).fetchone()
+        if not referenced:
+            path.unlink(missing_ok=True)
 
 
 def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False):
@@ -2867,130 +3102,191 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
     changes nothing.
     """
     plan = plan_catalog(data, base_dir, confine)
-    counts = dict.fromkeys(
-        [
-            "cities_added",
-            "districts_added",
-            "products_added",
-            "products_updated",
-            "units_added",
-            "units_present",
-            "units_repeated",
-        ],
-        0,
-    )
-    written = []
-
-    def save(image, private):
-        if dry_run:
-            return "0" * 32 + "." + image[1]
-        name = store_media(media_dir, image[0], image[1], private=private)
-        written.append(Path(media_dir) / ("private" if private else "public") / name)
-        return name
-
+    job = _CatalogImport(media_dir, dry_run)
     try:
         with transaction(conn):
-            city_ids, district_ids = {}, {}
-            for row in conn.execute("SELECT id, name FROM cities"):
-                city_ids[row["name"]] = row["id"]
-            for row in conn.execute(
-                "SELECT d.id, d.name, c.name AS city FROM districts d "
-                "JOIN cities c ON c.id = d.city_id"
-            ):
-                district_ids[(row["city"], row["name"])] = row["id"]
-            for name, districts in plan.cities:
-                if name not in city_ids:
-                    position = conn.execute(
-                        "SELECT coalesce(max(position), 0) + 1 FROM cities"
-                    ).fetchone()[0]
-                    city_ids[name] = conn.execute(
-                        "INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)
-                    ).lastrowid
-                    counts["cities_added"] += 1
-                for d in districts:
-                    if (name, d) not in district_ids:
-                        position = conn.execute(
-                            "SELECT coalesce(max(position), 0) + 1 FROM districts "
-                            "WHERE city_id = ?",
-                            (city_ids[name],),
-                        ).fetchone()[0]
-                        district_ids[(name, d)] = conn.execute(
-                            "INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
-                            (city_ids[name], d, position),
-                        ).lastrowid
-                        counts["districts_added"] += 1
-            missing = [
-                f"{u['where']}.district: {u['district']!r} is not a district of {u['city']!r} "
-                '(list it under "cities")'
-                for u in plan.units
-                if (u["city"], u["district"]) not in district_ids
-            ]
-            if missing:
-                raise CatalogError(missing)
-            product_ids = {}
-            for p in plan.products:
-                row = conn.execute("SELECT * FROM products WHERE name = ?", (p["name"],)).fetchone()
-                photo = save(p["photo"], private=False) if p["photo"] else None
-                if row is None:
-                    product_ids[p["name"]] = conn.execute(
-                        "INSERT INTO products(name, description, price_cents, photo, created_at) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (p["name"], p["description"], p["price_cents"], photo, now_iso()),
-                    ).lastrowid
-                    counts["products_added"] += 1
-                    continue
-                product_ids[p["name"]] = row["id"]
-                new = (
-                    p["description"],
-                    p["price_cents"],
-                    photo if p["has_photo"] else row["photo"],
-                )
-                if new != (row["description"], row["price_cents"], row["photo"]):
-                    conn.execute(
-                        "UPDATE products SET description = ?, price_cents = ?, photo = ? "
-                        "WHERE id = ?",
-                        (*new, row["id"]),
-                    )
-                    counts["products_updated"] += 1
-            added = set()
-            for u in plan.units:
-                key = (
-                    product_ids[u["product"]],
-                    district_ids[(u["city"], u["district"])],
-                    u["content"],
-                )
-                if key in added:
-                    counts["units_repeated"] += 1  # the file lists the same unit twice
-                    continue
-                added.add(key)
-                if conn.execute(
-                    "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? "
-                    "AND content = ?",
-                    key,
-                ).fetchone():
-                    counts["units_present"] += 1
-                    continue
-                media = save(u["media"], private=True) if u["media"] else None
-                conn.execute(
-                    "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (*key, media, now_iso()),
-                )
-                counts["units_added"] += 1
+            _import_plan(conn, job, plan)
             if dry_run:
-                raise _DryRun(counts)
+                raise _DryRun(job.counts)
     except _DryRun as done:
         return done.counts
     except BaseException:
-        for path in written:
-            referenced = conn.execute(
-                "SELECT 1 FROM products WHERE photo = ? UNION SELECT 1 FROM stock_units WHERE media = ?",
-                (path.name, path.name),
-            ).fetchone()
-            if not referenced:
-                path.unlink(missing_ok=True)
+        _forget_written(conn, job.written)
         raise
-    return counts
+    return job.counts
+
+
+DEMO_IMAGES = STATIC_DIR / "img" / "demo"
+# The demo catalog, as a catalog file. Product photos come with the shop (DEMO_IMAGES); the pickup
+# photos (locker-door-N.png, door N highlighted) are drawn by load_demo beside the file.
+DEMO_LOCKER_DOORS = (3, 17)
+DEMO_CATALOG = {
+    "cities": [
+        {"name": "Berlin", "districts": ["Mitte", "Kreuzberg"]},
+        {"name": "Lisbon", "districts": ["Baixa", "Alfama"]},
+        {"name": "Kraków", "districts": ["Stare Miasto", "Kazimierz"]},
+    ],
+    "products": [
+        {
+            "name": "Paper & Ink gift card 25 €",
+            "price": "25.00",
+            "photo": str(DEMO_IMAGES / "giftcard-books.jpg"),
+            "description": "A gift card for Paper & Ink Books, valid in every shop and online "
+            "for three years. Redeem the code at the till or at checkout.",
+            "stock": [
+                {"city": c, "district": d, "content": code}
+                for c, d, code in [
+                    ("Berlin", "Mitte", "PINK-25-7F3K-Q9D2"),
+                    ("Berlin", "Mitte", "PINK-25-M2XW-4RTA"),
+                    ("Berlin", "Kreuzberg", "PINK-25-H8NC-ZP61"),
+                    ("Lisbon", "Baixa", "PINK-25-UV5E-3KDM"),
+                    ("Lisbon", "Baixa", "PINK-25-BQ7Y-W0LS"),
+                    ("Kraków", "Stare Miasto", "PINK-25-9JHF-C2VE"),
+                ]
+            ],
+        },
+        {
+            "name": "Corner Café voucher 10 €",
+            "price": "10.00",
+            "photo": str(DEMO_IMAGES / "voucher-coffee.jpg"),
+            "description": "Coffee, cake or breakfast for 10 € at any Corner Café. Show the code "
+            "at the counter.",
+            "stock": [
+                {"city": c, "district": d, "content": code}
+                for c, d, code in [
+                    ("Berlin", "Kreuzberg", "CAFE-10-QX4T8N"),
+                    ("Berlin", "Kreuzberg", "CAFE-10-LM3R7D"),
+                    ("Berlin", "Mitte", "CAFE-10-ZK9W2P"),
+                    ("Kraków", "Kazimierz", "CAFE-10-HV6J5S"),
+                    ("Kraków", "Kazimierz", "CAFE-10-TB1F8G"),
+                ]
+            ],
+        },
+        {
+            "name": "Ethiopian Yirgacheffe beans 250 g",
+            "price": "12.90",
+            "photo": str(DEMO_IMAGES / "coffee-beans.jpg"),
+            "description": "Washed Yirgacheffe, light roast: jasmine, lemon and honey. "
+            "Whole beans, roasted this week. Collected from a parcel locker near you.",
+            "stock": [
+                {
+                    "city": "Berlin",
+                    "district": "Mitte",
+                    "media": "locker-door-3.png",
+                    "content": 'Parcel locker "Mitte 14", Invalidenstraße 112 '
+                    "(next to the bakery).\n"
+                    "Door 3 (highlighted in the photo), pickup code 4711-2093.\n"
+                    "Please collect within 48 hours.",
+                },
+                {
+                    "city": "Berlin",
+                    "district": "Mitte",
+                    "media": "locker-door-17.png",
+                    "content": 'Parcel locker "Mitte 14", Invalidenstraße 112 '
+                    "(next to the bakery).\n"
+                    "Door 17 (highlighted in the photo), pickup code 4711-5528.\n"
+                    "Please collect within 48 hours.",
+                },
+                {
+                    "city": "Lisbon",
+                    "district": "Alfama",
+                    "media": "locker-door-3.png",
+                    "content": 'Cacifo "Alfama 2", Rua dos Remédios 41 '
+                    "(inside the pharmacy entrance).\n"
+                    "Door 3, pickup code 2026-8814. Please collect within 48 hours.",
+                },
+            ],
+        },
+        {
+            "name": "E-book: The Little Sourdough Handbook",
+            "price": "7.50",
+            "photo": str(DEMO_IMAGES / "ebook-sourdough.jpg"),
+            "description": "From starter to first loaf in a weekend. EPUB and PDF, 142 pages, "
+            "no DRM.",
+            "stock": [
+                {
+                    "city": c,
+                    "district": d,
+                    "content": f"Download your copy (EPUB + PDF): "
+                    f"https://example.com/dl/sourdough/{key}\n"
+                    "The link works for 30 days.",
+                }
+                for c, d, key in [
+                    ("Berlin", "Mitte", "8f3a1c72"),
+                    ("Berlin", "Kreuzberg", "b41e09d5"),
+                    ("Lisbon", "Baixa", "2c7d6e18"),
+                    ("Kraków", "Stare Miasto", "e95f3a40"),
+                    ("Kraków", "Kazimierz", "71ab2c6f"),
+                ]
+            ],
+        },
+        {
+            "name": "Poster: Lisbon Tram 28 (A2)",
+            "price": "19.00",
+            "photo": str(DEMO_IMAGES / "poster-tram.jpg"),
+            "description": "Screen-printed A2 poster of the yellow tram 28 on heavy matte paper, "
+            "rolled in a tube.",
+            "stock": [
+                {
+                    "city": "Lisbon",
+                    "district": "Baixa",
+                    "media": "locker-door-17.png",
+                    "content": 'Cacifo "Baixa 7", Rua Augusta 210 (arcade, left side).\n'
+                    "Door 17, pickup code 2026-3391. Please collect within 48 hours.",
+                },
+                {
+                    "city": "Lisbon",
+                    "district": "Alfama",
+                    "content": "Pickup at the Alfama kiosk, Largo das Portas do Sol, "
+                    "10:00-18:00.\nSay order word TRAM-28-LUA.",
+                },
+            ],
+        },
+    ],
+}
+
+
+def demo_locker_png(door):
+    """A small PNG of a wall of parcel lockers with `door` highlighted (the demo's pickup photo)."""
+    import zlib  # (only here: the shop itself never compresses)
+
+    width, height, cols, rows = 360, 240, 6, 4
+    cell_w, cell_h = width // cols, height // rows
+    pixels = bytearray()
+    for y in range(height):
+        pixels.append(0)  # PNG filter: none
+        for x in range(width):
+            col, row = x // cell_w, y // cell_h
+            edge = x % cell_w in (0, 1, cell_w - 1) or y % cell_h in (0, 1, cell_h - 1)
+            handle = (
+                cell_w - 12 <= x % cell_w <= cell_w - 8
+                and cell_h // 2 - 8 <= y % cell_h <= cell_h // 2 + 8
+            )
+            if edge:
+                rgb = (60, 64, 72)
+            elif row * cols + col + 1 == door:
+                rgb = (40, 40, 40) if handle else (245, 180, 40)
+            else:
+                rgb = (40, 40, 40) if handle else (170, 178, 190)
+            pixels += bytes(rgb)
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n"
+    for kind, data in (
+        (b"IHDR", header),
+        (b"IDAT", zlib.compress(bytes(pixels), 9)),
+        (b"IEND", b""),
+    ):
+        crc = zlib.crc32(kind + data)
+        png += len(data).to_bytes(4, "big") + kind + data + crc.to_bytes(4, "big")
+    return png
+
+
+def load_demo(conn, media_dir):
+    """Import the demo catalog (DEMO_CATALOG); returns the import counts."""
+    with tempfile.TemporaryDirectory() as folder:
+        for door in DEMO_LOCKER_DOORS:
+            Path(folder, f"locker-door-{door}.png").write_bytes(demo_locker_png(door))
+        return import_catalog(conn, DEMO_CATALOG, folder, media_dir)
 
 
 # Services: admin #############################################################
@@ -8230,10 +8526,11 @@ OUTBOX_GIVE_UP_SECONDS = 24 * 3600
 class OutboxSender:
     """Sends pending outbox rows in order per chat within Telegram's limits; survives restarts.
 
-    The rule: a row is `sent` only after Telegram answered ok for that row (mark_sent is reached only from a
-    successful answer, with that answer's message id; an edit Telegram answers 'not modified' or 'not found'
-    counts as done). Anything else leaves it pending or, for a refusal, failed: a message is never recorded
-    as delivered on a guess. The price is that a crash between Telegram's ok and the commit sends it again.
+    The rule: a row is `sent` only after Telegram answered ok for that row (mark_sent is reached
+    only from a successful answer, with that answer's message id; an edit Telegram answers 'not
+    modified' or 'not found' counts as done). Anything else leaves it pending or, for a refusal,
+    failed: a message is never recorded as delivered on a guess. The price is that a crash between
+    Telegram's ok and the commit sends it again.
 
     429: wait retry_after. 5xx and network errors: retry with backoff for a day.
     401/404 (the token or the API address is wrong): wait for the owner, lose nothing.
@@ -8250,7 +8547,8 @@ class OutboxSender:
         self.queue = queue.Queue()
         self.thread = None
         self.outage_log = Throttle(60)
-        self.unrecorded = {}  # outbox id -> (message id, note): Telegram has it, the database not yet
+        # outbox id -> (message id, note): Telegram has it, the database not yet
+        self.unrecorded = {}
 
     def start(self):
         # Daemon threads: a send stuck on a slow network must not hold up shutdown; its row
@@ -8286,7 +8584,8 @@ class OutboxSender:
             conn.close()
 
     def dispatch(self, conn):
-        """Hand every sendable head-of-chat row to a worker; return seconds until worth looking again."""
+        """Hand every sendable head-of-chat row to a worker; return seconds until worth looking
+        again."""
         rows = conn.execute(
             "SELECT o.id, o.chat_id FROM outbox o JOIN (SELECT chat_id, min(id) AS id FROM outbox "
             "WHERE status = 'pending' GROUP BY chat_id) h ON h.id = o.id "
@@ -8315,7 +8614,8 @@ class OutboxSender:
     def deliver(self, row_id, chat_id):
         conn, row = self.shop.db(), None
         try:
-            # Read again: the list dispatch() worked from may be older than a send that just finished.
+            # Read again: the list dispatch() worked from may be older than a send that just
+            # finished.
             row = conn.execute(
                 "SELECT * FROM outbox WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
                 (row_id, now_iso()),
@@ -8328,8 +8628,9 @@ class OutboxSender:
                 self.send(conn, row)
         except Exception as e:
             if storage_problem(e):
-                # It stays pending and is recorded (never sent again) once the database can be written;
-                # until then the chat is left alone for a few seconds rather than retried at once.
+                # It stays pending and is recorded (never sent again) once the database can be
+                # written; until then the chat is left alone for a few seconds rather than retried
+                # at once.
                 self.limiter.block(chat_id, 5)
                 return
             log.exception("outbox: message #%d to chat %d failed unexpectedly", row_id, chat_id)
@@ -8392,13 +8693,14 @@ class OutboxSender:
         self.mark_sent(conn, row["id"], message.message_id, None)
 
     def mark_sent(self, conn, row_id, message_id, note):
-        """Record a message Telegram answered ok for (and only such a one). Until that commits the row is
-        remembered in memory, so a database that cannot be written (a full disk) never makes a shopper get
-        it again and again."""
+        """Record a message Telegram answered ok for (and only such a one). Until that commits the
+        row is remembered in memory, so a database that cannot be written (a full disk) never makes
+        a shopper get it again and again."""
         with transaction(conn):
             conn.execute(
                 "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? WHERE id = ?",
+                "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? "
+                "WHERE id = ?",
                 (now_iso(), message_id, note, row_id),
             )
         self.unrecorded.pop(row_id, None)
@@ -8498,8 +8800,8 @@ def catch_up_outbox(conn):
     """Telegram answers again: messages waiting out a retry backoff go now, not minutes later."""
     with transaction(conn):
         n = conn.execute(
-            "UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ? "
-            "AND last_error IS NOT NULL AND last_error NOT LIKE '429%'",
+            "UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' "
+            "AND next_attempt_at > ? AND last_error IS NOT NULL AND last_error NOT LIKE '429%'",
             (now_iso(), now_iso()),
         ).rowcount
     if n:
@@ -8517,68 +8819,76 @@ def network_reason(e):
 
 # Scheduler ###################################################################
 
+# The background jobs, each a function of the running shop. run_job runs them: a failure is logged
+# and the job runs again on schedule.
 
-def make_scheduler(shop):
-    """Background jobs; each logs its failure and runs again on schedule."""
-    scheduler = BackgroundScheduler(
-        timezone=timezone.utc,
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
-    )
 
-    def every(name, fn, first=None, **interval):
-        def run():
-            try:
-                fn()
-            except Exception as e:
-                if not storage_problem(e):
-                    log.exception("job %s failed; it runs again on schedule", name)
+def job_reservations(shop):
+    release_expired_reservations(shop.db())
 
-        scheduler.add_job(
-            run,
-            "interval",
-            id=name,
-            name=name,
-            **interval,
-            **(
-                {"next_run_time": datetime.now(timezone.utc) + timedelta(seconds=first)}
-                if first is not None
-                else {}
-            ),
+
+def job_reconcile_payments(shop):
+    shop.payments.reconcile()
+
+
+def job_refresh_coins(shop):
+    shop.payments.refresh_coins()
+
+
+def job_verify_ledger(shop):
+    for user_id, cached, total in check_ledger(shop.db()):
+        log.error(
+            "ledger: user %d has a cached balance of %s but ledger rows summing to %s; "
+            "the database was changed outside the shop",
+            user_id,
+            cents_to_str(cached),
+            cents_to_str(total),
         )
 
-    def prune_outbox():
-        conn = shop.db()
-        with transaction(conn):
-            n = conn.execute(
-                "DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (now_iso(-90 * 86400),)
-            ).rowcount
-        if n:
-            log.info("pruned %d sent outbox message(s) older than 90 days", n)
 
-    def verify_ledger():
-        for user_id, cached, total in check_ledger(shop.db()):
-            log.error(
-                "ledger: user %d has a cached balance of %s but ledger rows summing to %s; "
-                "the database was changed outside the shop",
-                user_id,
-                cents_to_str(cached),
-                cents_to_str(total),
-            )
+def job_prune_outbox(shop):
+    n = prune_sent_outbox(shop.db(), days=90)
+    if n:
+        log.info("pruned %d sent outbox message(s) older than 90 days", n)
 
-    every("reservations", lambda: release_expired_reservations(shop.db()), seconds=30)
-    every("reconcile_payments", shop.payments.reconcile, seconds=shop.config.payment_poll_seconds)
-    every("refresh_coins", shop.payments.refresh_coins, first=0, minutes=10)
-    every("verify_ledger", verify_ledger, first=60, hours=1)
-    every("prune_outbox", prune_outbox, hours=24)
 
-    def nightly_backup():
-        try:
-            shop.backup()
-        except Exception:
-            log.exception("the nightly backup failed; it runs again tomorrow")
+def job_backup(shop):
+    try:
+        shop.backup()
+    except Exception:
+        log.exception("the nightly backup failed; it runs again tomorrow")
 
-    scheduler.add_job(nightly_backup, "cron", hour=3, minute=17, id="backup", name="backup")
-    return scheduler
+
+# (id, job, trigger, the trigger's arguments). An argument given as a string is the Config field
+# holding its value; "first_run": seconds from the start to the first run (else one interval).
+JOBS = [
+    ("reservations", job_reservations, "interval", {"seconds": 30}),
+    ("reconcile_payments", job_reconcile_payments, "interval", {"seconds": "payment_poll_seconds"}),
+    ("refresh_coins", job_refresh_coins, "interval", {"minutes": 10, "first_run": 0}),
+    ("verify_ledger", job_verify_ledger, "interval", {"hours": 1, "first_run": 60}),
+    ("prune_outbox", job_prune_outbox, "interval", {"hours": 24}),
+    ("backup", job_backup, "cron", {"hour": 3, "minute": 17}),
+]
+
+JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
+
+
+def schedule_arguments(config, arguments):
+    """A JOBS entry's trigger arguments for BackgroundScheduler.add_job, read from `config`."""
+    kwargs = {k: getattr(config, v) if isinstance(v, str) else v for k, v in arguments.items()}
+    first = kwargs.pop("first_run", None)
+    if first is not None:
+        kwargs["next_run_time"] = datetime.now(timezone.utc) + timedelta(seconds=first)
+    return kwargs
+
+
+def run_job(shop, name, job):
+    """Run one of JOBS; a failure is logged (a full disk and the like by storage_problem)."""
+    try:
+        job(shop)
+    except Exception as e:
+        if not storage_problem(e):
+            log.exception("job %s failed; it runs again on schedule", name)
 
 
 # Runtime #####################################################################
@@ -8608,10 +8918,10 @@ class RecentProblems(logging.Handler):
 
 
 def hold_instance_lock(db_path, holder):
-    """One running shop per database. An exclusive lock on `<database>.lock`, held for as long as this
-    process lives: the operating system drops it when the process ends, however it ends (kill -9
-    included), so a crash never blocks the next start. The file names the holder for the refusal.
-    Returns the open file (close it to let go), or None where the system has no flock()."""
+    """One running shop per database. An exclusive lock on `<database>.lock`, held for as long as
+    this process lives: the operating system drops it when the process ends, however it ends (kill
+    -9 included), so a crash never blocks the next start. The file names the holder for the
+    refusal. Returns the open file (close it to let go), or None where the system has no flock()."""
     try:
         import fcntl
     except ImportError:
@@ -8644,7 +8954,8 @@ def hold_instance_lock(db_path, holder):
 def make_files_private(config):
     """Everything the shop keeps (the database and its companions, copies, backups, media with the
     goods, uploads) readable by the shop's user only. New files are, by the umask main() sets; this
-    tightens what an older version or another tool left open. Returns (tightened, not ours) paths."""
+    tightens what an older version or another tool left open. Returns (tightened, not ours)
+    paths."""
     db = Path(config.shop_db)
     folder = db.resolve().parent
     paths = [db.with_name(db.name + suffix) for suffix in ("", "-wal", "-shm", ".lock")]
@@ -8697,20 +9008,19 @@ class Shop:
         """This thread's connection to the shop database."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.config.shop_db)
-            conn.execute(
-                "PRAGMA wal_autocheckpoint = 0"
-            )  # the checkpoint thread does it, off the request path
+            # The checkpoint thread does them, off the request path.
+            conn = self._local.conn = connect(self.config.shop_db, autocheckpoint=False)
         return conn
 
     def checkpoint_wal(self, every=1.0):
-        """Copy committed pages from the WAL into the database file once a second, so no IPN or checkout
-        pays for a checkpoint inside its commit (SQLite would otherwise run one every 1000 pages)."""
+        """Copy committed pages from the WAL into the database file once a second, so no IPN or
+        checkout pays for a checkpoint inside its commit (SQLite would otherwise run one every 1000
+        pages)."""
         conn = connect(self.config.shop_db)
         try:
             while not self.stopping.wait(every):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    wal_checkpoint(conn)
                 except sqlite3.Error as e:
                     if not storage_problem(e):
                         log.warning("database: checkpoint failed, trying again: %s", e)
@@ -8738,11 +9048,7 @@ class Shop:
 
     def setting(self, key):
         """A runtime setting: the owner's choice from the admin, else the configuration's."""
-        row = self.db().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        if key == "enabled_coins":  # None: every coin the merchant account takes
-            return set(row[0].split(",")) - {""} if row else None
-        default = getattr(self.config, key)
-        return int(row[0]) if row and row[0].isdigit() else default
+        return runtime_setting(self.db(), self.config, key)
 
     @property
     def webapp_url(self):
@@ -8789,13 +9095,14 @@ class Shop:
 
     @property
     def test_mode(self):
-        """A bot is connected but payments are simulated: only owners may buy or simulate anything."""
+        """A bot is connected but payments are simulated: only owners may buy or simulate
+        anything."""
         return self.config.sandbox and bool(self.config.bot_token)
 
     def may_buy(self, user_id):
-        """Everyone may buy, except in test mode: there simulated payments would hand out real goods, so
-        only owners (ADMIN_IDS), the testers they name (TESTER_IDS) and the browser preview's shopper
-        (whom the admin hands out to owners) may buy or simulate anything."""
+        """Everyone may buy, except in test mode: there simulated payments would hand out real
+        goods, so only owners (ADMIN_IDS), the testers they name (TESTER_IDS) and the browser
+        preview's shopper (whom the admin hands out to owners) may buy or simulate anything."""
         c = self.config
         return (
             not self.test_mode
@@ -8812,8 +9119,8 @@ class Shop:
         return self.config.sandbox and self.may_buy(user_id)
 
     def claim_files(self):
-        """Before anything is read or written: this process's lock on the database (one shop per database)
-        and the shop's files for its own user only."""
+        """Before anything is read or written: this process's lock on the database (one shop per
+        database) and the shop's files for its own user only."""
         c = self.config
         self.instance_lock = hold_instance_lock(
             c.shop_db,
@@ -8845,20 +9152,22 @@ class Shop:
                 or "none yet: set ADMIN_IDS to your Telegram id"
             )
             log.warning(
-                "TEST MODE (SANDBOX mode with a bot): NOWPAYMENTS_API_KEY is not set, so payments are "
-                "simulated. Only owners and testers (ADMIN_IDS, TESTER_IDS: %s) can buy and simulate "
-                "payments, in the bot and the Mini App; every other shopper is told the shop is in test "
-                "mode and can buy nothing. Set NOWPAYMENTS_API_KEY to open the shop.",
+                "TEST MODE (SANDBOX mode with a bot): NOWPAYMENTS_API_KEY is not set, so payments "
+                "are simulated. Only owners and testers (ADMIN_IDS, TESTER_IDS: %s) can buy and "
+                "simulate payments, in the bot and the Mini App; every other shopper is told the "
+                "shop is in test mode and can buy nothing. Set NOWPAYMENTS_API_KEY to open the "
+                "shop.",
                 buyers,
             )
         elif c.sandbox:
             log.info(
-                "SANDBOX mode (no NOWPAYMENTS_API_KEY): payments are simulated, no real money is taken"
+                "SANDBOX mode (no NOWPAYMENTS_API_KEY): payments are simulated, "
+                "no real money is taken"
             )
         if not c.sandbox and not c.webhook_url.startswith("https://"):
             log.warning(
-                "payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public https "
-                "address); payments are then confirmed only by polling every %d s",
+                "payments: WEBHOOK_URL is %s, which NOWPayments cannot call (it needs a public "
+                "https address); payments are then confirmed only by polling every %d s",
                 c.webhook_url,
                 c.payment_poll_seconds,
             )
@@ -8869,9 +9178,25 @@ class Shop:
             )
 
     def start(self):
-        c = self.config
         logging.getLogger().addHandler(self.problems)
         self.claim_files()
+        self.prepare_database()
+        self.start_payments()
+        self._thread("checkpoint", self.checkpoint_wal)
+        self.start_web()
+        # Only now, with the shop listening: a start that fails never uses up the password shown
+        # once.
+        if not self.config.admin_password and not admin_password_is_stored(self.db()):
+            self.new_admin_password = set_admin_password(self.db())
+        self.announce_mode()
+        self.start_jobs()
+        self.start_bot()
+        return self
+
+    def prepare_database(self):
+        """Create or upgrade the database, end the sessions of an old admin password, make the
+        media folders and, in a sandbox with an empty catalog, load the demo catalog."""
+        c = self.config
         try:
             conn = init_db(c.shop_db)
         except (DatabaseError, sqlite3.Error, OSError) as e:
@@ -8883,9 +9208,7 @@ class Shop:
             c.media_dir.joinpath("public").mkdir(parents=True, exist_ok=True)
             c.media_dir.joinpath("private").mkdir(parents=True, exist_ok=True)
             if c.sandbox and self.demo and catalog_is_empty(conn):
-                import seed_catalog
-
-                counts = seed_catalog.load_demo(conn, c.media_dir, importer=import_catalog)
+                counts = load_demo(conn, c.media_dir)
                 log.info(
                     "sandbox: loaded the demo catalog (%d products, %d units)",
                     counts["products_added"],
@@ -8895,6 +9218,9 @@ class Shop:
             raise StartupError(f"cannot prepare {c.media_dir}: {e}") from None
         finally:
             conn.close()
+
+    def start_payments(self):
+        c = self.config
         if c.sandbox:
             # The sandbox signs and checks with secrets of its own, never the owner's real ones.
             self.ipn_secret = stored_secret(c.shop_db, "sandbox_ipn_secret")
@@ -8915,7 +9241,10 @@ class Shop:
             )
         self.payments = PaymentDesk(self, client)
         self._thread("payment-hints", self.payments.work_hints)
-        self._thread("checkpoint", self.checkpoint_wal)
+
+    def start_web(self):
+        """The web server, in its own thread."""
+        c = self.config
         proxy = (
             {
                 "trusted_proxy": c.trusted_proxy,
@@ -8946,20 +9275,27 @@ class Shop:
                 f"cannot listen on {c.host}:{c.port}: {e.strerror}"
                 " (is the shop already running? set PORT)"
             ) from None
-        # Closing the server's sockets must happen in its own loop thread; this trigger gets us there.
+        # Closing the server's sockets must happen in its own loop thread; this trigger gets us
+        # there.
         self._web_wake = waitress.trigger.trigger(self._web_map)
         self._thread("web", self.server.run)
-        # Only now, with the shop listening: a start that fails never uses up the password shown once.
-        if (
-            not c.admin_password
-            and not self.db()
-            .execute("SELECT 1 FROM settings WHERE key = 'admin_password_hash'")
-            .fetchone()
-        ):
-            self.new_admin_password = set_admin_password(self.db())
-        self.announce_mode()
-        self.scheduler = make_scheduler(self)
+
+    def start_jobs(self):
+        """The background jobs (JOBS), in the scheduler's thread."""
+        self.scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults=JOB_DEFAULTS)
+        for name, job, trigger, arguments in JOBS:
+            self.scheduler.add_job(
+                functools.partial(run_job, self, name, job),
+                trigger,
+                id=name,
+                name=name,
+                **schedule_arguments(self.config, arguments),
+            )
         self.scheduler.start()
+
+    def start_bot(self):
+        """The bot (polling) and the outbox sender, if there is a BOT_TOKEN."""
+        c = self.config
         if c.bot_token:
             apihelper.API_URL = c.telegram_api_url + "/bot{0}/{1}"
             apihelper.FILE_URL = c.telegram_api_url + "/file/bot{0}/{1}"
@@ -8974,7 +9310,6 @@ class Shop:
             self._thread("bot", self._run_bot)
         else:
             log.info("bot: off (set BOT_TOKEN to connect the Telegram bot)")
-        return self
 
     def _thread(self, name, target):
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -9017,7 +9352,8 @@ class Shop:
                 log.warning("bot: could not set the menu button to the Mini App: %s", e)
         else:
             log.info(
-                "bot: the Mini App needs a public https WEBHOOK_URL; until then the menu button stays as it is"
+                "bot: the Mini App needs a public https WEBHOOK_URL; "
+                "until then the menu button stays as it is"
             )
         # polling() asks getMe again for the username unless it is cached; an outage at that
         # moment would bypass our error handling.
@@ -9044,7 +9380,7 @@ class Shop:
         }
         try:
             conn = self.db()
-            conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
+            probe_database(conn)
             state["database"] = "ok"
             state["outbox"] = outbox_counts(conn)
         except sqlite3.Error as e:
@@ -9069,7 +9405,8 @@ class Shop:
                 if client.refused
                 else "ok"
                 if client.failing_since is None
-                else f"NOWPayments not answering for {int(time.monotonic() - client.failing_since)} s"
+                else "NOWPayments not answering for "
+                f"{int(time.monotonic() - client.failing_since)} s"
             )
         down = (
             state["database"] != "ok"
@@ -9121,7 +9458,8 @@ def parse_args(argv):
     epilog = (
         "commands (run without one to start the shop):\n"
         "  balance ID AMOUNT REASON  credit (20.00) or debit (-5.00) a shopper's balance\n"
-        "  admin-password [NEW]      set the admin password (prints a random one if NEW is left out)\n"
+        "  admin-password [NEW]      set the admin password "
+        "(prints a random one if NEW is left out)\n"
         "  set [KEY VALUE]           show the settings, or change one "
         f"({', '.join(SETTING_RULES)})\n\n"
         "Configuration comes from the environment and a .env file in the working directory "
@@ -9135,8 +9473,8 @@ def parse_args(argv):
         prog="shop.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=epilog,
-        description="Run the Telegram shop: web server, bot, outbox sender and scheduler in one process. "
-        "With no NOWPAYMENTS_API_KEY it runs in sandbox mode with a demo catalog.",
+        description="Run the Telegram shop: web server, bot, outbox sender and scheduler in one "
+        "process. With no NOWPAYMENTS_API_KEY it runs in sandbox mode with a demo catalog.",
     )
     parser.add_argument("--host", help="address to listen on (overrides HOST)")
     parser.add_argument("--port", help="port to listen on (overrides PORT)")
@@ -9190,9 +9528,8 @@ def run_command(args, config):
                 raise InvalidInput(f"The amount {e}.") from None
             get_user(conn, user_id)
             adjust_balance(conn, user_id, cents, args.reason)
-            print(
-                f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(get_user(conn, user_id)['balance_cents'])}"
-            )
+            balance = get_user(conn, user_id)["balance_cents"]
+            print(f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(balance)}")
         elif args.command == "admin-password":
             if config.admin_password:
                 raise InvalidInput(
@@ -9212,7 +9549,8 @@ def run_command(args, config):
         return 0
     except NotFound:
         print(
-            f"shop.py: user {args.user_id} has not talked to the bot yet (they must send /start first)",
+            f"shop.py: user {args.user_id} has not talked to the bot yet "
+            "(they must send /start first)",
             file=sys.stderr,
         )
     except ShopError as e:
@@ -9225,10 +9563,10 @@ def run_command(args, config):
 def limit_malloc_arenas(arenas=2):
     """glibc gives each busy thread its own heap (up to 8 per core); with some 25 threads that keeps
     memory the shop freed long ago. Two heaps are plenty for threads that mostly wait on I/O
-    (what MALLOC_ARENA_MAX=2 does). And a fixed mmap threshold: glibc otherwise raises it to the size
-    of the largest block it has given back, and scrypt (an admin password checked at start or at a
-    login) takes 16 MB at once, after which blocks up to that size stay in the heaps for good (8 MB
-    more after the benchmark's mixed load). Nothing happens on other C libraries."""
+    (what MALLOC_ARENA_MAX=2 does). And a fixed mmap threshold: glibc otherwise raises it to the
+    size of the largest block it has given back, and scrypt (an admin password checked at start or
+    at a login) takes 16 MB at once, after which blocks up to that size stay in the heaps for good
+    (8 MB more after the benchmark's mixed load). Nothing happens on other C libraries."""
     try:
         import ctypes
 
@@ -9276,8 +9614,8 @@ def main(argv=None):
     if shop.new_admin_password:
         # Shown once, on the console only (never the log file's business): only its hash is kept.
         print(
-            f"\n  Admin password (shown once; set ADMIN_PASSWORD or run `python shop.py admin-password` "
-            f"to change it): {shop.new_admin_password}\n",
+            "\n  Admin password (shown once; set ADMIN_PASSWORD or run "
+            f"`python shop.py admin-password` to change it): {shop.new_admin_password}\n",
             file=sys.stderr,
             flush=True,
         )
