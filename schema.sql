@@ -216,7 +216,8 @@ CREATE INDEX IF NOT EXISTS checkouts_invoicing ON checkouts(user_id, invoicing_s
 -- provider wrote them.
 CREATE TABLE IF NOT EXISTS payments (
     id             INTEGER PRIMARY KEY,
-    provider_id    TEXT NOT NULL UNIQUE,
+    provider       TEXT NOT NULL DEFAULT 'nowpayments',   -- a name in shop.py's PAYMENT_PROVIDERS
+    provider_id    TEXT NOT NULL,                     -- the provider's own id for the payment
     kind           TEXT NOT NULL CHECK (kind IN ('order', 'topup')),
     user_id        INTEGER NOT NULL REFERENCES users(id),
     order_id       INTEGER REFERENCES orders(id),
@@ -241,7 +242,8 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at     TEXT NOT NULL,
     updated_at     TEXT NOT NULL,
     final_at       TEXT,
-    CHECK ((kind = 'order') = (order_id IS NOT NULL))
+    CHECK ((kind = 'order') = (order_id IS NOT NULL)),
+    UNIQUE (provider, provider_id)
 );
 CREATE INDEX IF NOT EXISTS payments_open ON payments(created_at)
     WHERE status IN ('waiting', 'confirming', 'confirmed', 'sending');
@@ -261,7 +263,8 @@ CREATE TABLE IF NOT EXISTS ipn_events (
     signature   TEXT,
     verdict     TEXT NOT NULL,
     remote_addr TEXT,
-    refused     INTEGER NOT NULL DEFAULT 0 CHECK (refused IN (0, 1))   -- only the latest 1000 are kept
+    refused     INTEGER NOT NULL DEFAULT 0 CHECK (refused IN (0, 1)),  -- only the latest 1000 are kept
+    provider    TEXT           -- whose webhook: a name in shop.py's PAYMENT_PROVIDERS
 );
 CREATE INDEX IF NOT EXISTS ipn_events_payment ON ipn_events(provider_id, id);
 CREATE INDEX IF NOT EXISTS ipn_events_refused ON ipn_events(id) WHERE refused = 1;

@@ -342,7 +342,7 @@ class Throttle:
 
 # Database ####################################################################
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _daily_totals(conn):
@@ -375,6 +375,27 @@ def _invoicing_claims(conn):
         conn.execute("ALTER TABLE checkouts ADD COLUMN invoicing_since TEXT")
 
 
+def _payment_providers(conn):
+    """payments.provider, unique with provider_id (the table is rebuilt, since SQLite cannot drop
+    the old UNIQUE on provider_id alone), and ipn_events.provider. Payments the sandbox's emulator
+    made are the sandbox's; every other one is NOWPayments'."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'payments'").fetchone():
+        return  # none before version 2: schema.sql makes the tables as they are now
+    schema = SCHEMA_PATH.read_text(encoding="utf-8")
+    table = next(s for s in sql_statements(schema) if "CREATE TABLE IF NOT EXISTS payments " in s)
+    conn.execute(table.replace("IF NOT EXISTS payments ", "payments_new ", 1))
+    columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(payments)"))
+    conn.execute(f"INSERT INTO payments_new({columns}) SELECT {columns} FROM payments")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sandbox_payments'").fetchone():
+        conn.execute(
+            "UPDATE payments_new SET provider = 'sandbox' WHERE provider_id IN "
+            "(SELECT CAST(id AS TEXT) FROM sandbox_payments)"
+        )
+    conn.execute("DROP TABLE payments")  # and its indexes and triggers; schema.sql makes them again
+    conn.execute("ALTER TABLE payments_new RENAME TO payments")
+    conn.execute("ALTER TABLE ipn_events ADD COLUMN provider TEXT")
+
+
 # Numbered migrations for databases created by older versions: {version: SQL or
 # a function of the connection}. A migration brings user_version from version-1
 # to version; schema.sql then adds any new tables, indexes and triggers. Keep
@@ -387,6 +408,7 @@ MIGRATIONS = {
           ALTER TABLE outbox ADD COLUMN broadcast_id INTEGER REFERENCES broadcasts(id);""",
     3: _daily_totals,  # the dashboard's per-day totals
     4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
+    5: _payment_providers,  # payments.provider: more than one way to pay
 }
 
 
@@ -502,6 +524,25 @@ def sql_statements(script):
         raise DatabaseError(f"incomplete SQL statement: {statement.strip()[:60]}")
 
 
+def _migrate(conn, path, version, schema_version, migrations):
+    """Run the migrations from `version` up, each in its transaction, refusing one that would leave
+    a reference dangling."""
+    for v in range(version + 1, schema_version + 1):
+        with transaction(conn):
+            if callable(migrations[v]):
+                migrations[v](conn)
+            else:
+                for statement in sql_statements(migrations[v]):
+                    conn.execute(statement)
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise DatabaseError(
+                    f"upgrading {path} to schema {v} would break {len(broken)} references "
+                    f"(first: {tuple(broken[0])}); nothing was changed"
+                )
+            conn.execute(f"PRAGMA user_version = {v}")
+
+
 def init_db(path, migrations=None, schema_version=None):
     """Create or upgrade the database at `path`; return a connection to it."""
     migrations = MIGRATIONS if migrations is None else migrations
@@ -544,14 +585,13 @@ def init_db(path, migrations=None, schema_version=None):
             schema_version,
             backup,
         )
-        for v in range(version + 1, schema_version + 1):
-            with transaction(conn):
-                if callable(migrations[v]):
-                    migrations[v](conn)
-                else:
-                    for statement in sql_statements(migrations[v]):
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {v}")
+        # Foreign keys are off while a migration runs (a table being rebuilt is dropped while rows
+        # still point at it) and checked before it commits: SQLite's way to change a table.
+        conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            _migrate(conn, path, version, schema_version, migrations)
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
     with transaction(conn):
         for statement in sql_statements(schema):
             conn.execute(statement)
@@ -1803,6 +1843,41 @@ OPEN_STATUSES = ("waiting", "confirming", "confirmed", "sending")
 MONEY_STATUSES = ("finished", "partially_paid", "refunded")
 
 
+@dataclass(frozen=True)
+class PaymentNews:
+    """What a payment provider says about one of its payments, in the shop's terms: the status in
+    the shop's words (STATUS_RANK; a provider maps its own onto them) and amounts as exact decimal
+    strings in the payment's currency. Fields the provider did not send are None; a number it sent
+    that is not one is kept in `unreadable` ({field: what is wrong}), for the checks to report."""
+
+    provider: str  # payments.provider: the provider's name in PAYMENT_PROVIDERS
+    provider_id: str  # the provider's own id for the payment
+    status: str
+    by: str = "The payment provider"  # who says so, in messages to the owners
+    paid: str = None  # what actually arrived
+    currency: str = None  # what it is paid in (a coin's code)
+    amount: str = None  # what the invoice asks for, in that currency
+    price: str = None  # the price the provider was given, in price_currency
+    price_currency: str = None
+    reference: str = None  # the reference the shop gave the invoice (order-12, topup-...)
+    address: str = None  # where the money is sent
+    parent_id: str = None  # a repeated deposit: the provider id of the payment it follows
+    unreadable: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewInvoice:
+    """An invoice a provider has just created, as the shop stores it."""
+
+    provider: str
+    provider_id: str
+    currency: str
+    amount: str  # exact decimal string
+    address: str = ""
+    extra_id: str = None  # a memo or tag some coins need besides the address
+    expires_at: str = None  # when the provider closes it (our notation), if it says
+
+
 def can_move(old, new):
     if old in MONEY_STATUSES:
         return False
@@ -2001,36 +2076,28 @@ def drop_reservation(conn, order_id):
 
 
 def record_payment(
-    conn, *, kind, user_id, reference, price_cents, data, expires_at, order_id=None, claim=None
+    conn, *, kind, user_id, reference, price_cents, invoice, expires_at, order_id=None, claim=None
 ):
-    """Store the payment the provider just created (ending the top-up checkout's claim); returns its row."""
-    try:
-        provider_id = provider_payment_id(data.get("payment_id"))
-        for key in ("pay_amount", "pay_currency", "pay_address"):
-            if data.get(key) in (None, ""):
-                raise InvalidInput(f"the new payment has no {key}")
-        crypto_amount(data["pay_amount"], "pay_amount")
-    except InvalidInput as e:
-        raise ProviderError(f"POST /payment: {e}", http=201) from None
+    """Store the payment a provider just created (a NewInvoice), ending the top-up checkout's claim;
+    returns its row."""
     now = now_iso()
     with transaction(conn):
         conn.execute(
-            "INSERT INTO payments(provider_id, kind, user_id, order_id, reference, price_cents, pay_currency, "
-            "pay_amount, pay_address, payin_extra_id, status, expires_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
+            "INSERT INTO payments(provider, provider_id, kind, user_id, order_id, reference, "
+            "price_cents, pay_currency, pay_amount, pay_address, payin_extra_id, status, expires_at, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
             (
-                provider_id,
+                invoice.provider,
+                invoice.provider_id,
                 kind,
                 user_id,
                 order_id,
                 reference,
                 price_cents,
-                str(data["pay_currency"]).lower(),
-                str(data["pay_amount"]),
-                str(data["pay_address"]),
-                str(data["payin_extra_id"])
-                if data.get("payin_extra_id") not in (None, "")
-                else None,
+                invoice.currency,
+                invoice.amount,
+                invoice.address,
+                invoice.extra_id,
                 expires_at,
                 now,
                 now,
@@ -2039,16 +2106,176 @@ def record_payment(
         if claim:
             conn.execute("UPDATE checkouts SET invoicing_since = NULL WHERE nonce = ?", (claim,))
         return conn.execute(
-            "SELECT * FROM payments WHERE provider_id = ?", (provider_id,)
+            "SELECT * FROM payments WHERE provider = ? AND provider_id = ?",
+            (invoice.provider, invoice.provider_id),
         ).fetchone()
 
 
-def provider_payment_id(value):
-    """A provider payment id (number or string) as the digits we store."""
-    text = str(value).strip() if value is not None else ""
-    if not re.fullmatch(r"\d{1,30}", text):
-        raise InvalidInput(f"payment_id must be a number, got {value!r}")
-    return text
+def find_checkout_payment(conn, user_id, nonce):
+    """The invoice already made for an order checkout, if any."""
+    return conn.execute(
+        "SELECT p.* FROM payments p JOIN orders o ON o.id = p.order_id "
+        "WHERE o.checkout_key = ? AND p.user_id = ? AND p.parent_id IS NULL",
+        (nonce, user_id),
+    ).fetchone()
+
+
+def find_topup_payment(conn, user_id, reference):
+    """The invoice already made for a top-up checkout, if any."""
+    return conn.execute(
+        "SELECT * FROM payments WHERE reference = ? AND user_id = ? AND parent_id IS NULL",
+        (reference, user_id),
+    ).fetchone()
+
+
+def reservation_end(conn, order_id):
+    """When the order's reserved units go back on sale (None if it holds none)."""
+    return conn.execute(
+        "SELECT min(reserved_until) FROM stock_units WHERE order_id = ?", (order_id,)
+    ).fetchone()[0]
+
+
+def find_payment(conn, payment_id):
+    """Any payment by our id (for the owner)."""
+    row = conn.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
+    if row is None:
+        raise NotFound("No such payment.")
+    return row
+
+
+def payment_is_known(conn, provider, provider_id, parent=None):
+    """Whether a provider's payment (or the parent of a new one) is one of this shop's."""
+    return any(
+        conn.execute(
+            "SELECT 1 FROM payments WHERE provider = ? AND provider_id = ?", (provider, pid)
+        ).fetchone()
+        for pid in (provider_id, parent)
+        if pid
+    )
+
+
+def payments_to_reconcile(conn, providers):
+    """Payments younger than a week, of the given providers, that may still move."""
+    return conn.execute(
+        "SELECT provider, provider_id, created_at, status FROM payments WHERE status IN "
+        "('waiting', 'confirming', 'confirmed', 'sending', 'expired', 'failed') "
+        "AND created_at > ? AND provider IN (SELECT value FROM json_each(?)) ORDER BY id",
+        (now_iso(-7 * 86400), json.dumps(providers)),
+    ).fetchall()
+
+
+def flag_stuck_payments(conn, owners):
+    """Payments still under way an hour after their invoice ran out: the owners are told once.
+    Returns them."""
+    stuck = conn.execute(
+        "SELECT * FROM payments WHERE status IN ('confirming', 'confirmed', 'sending') "
+        "AND stuck_alerted = 0 AND expires_at < ?",
+        (now_iso(-3600),),
+    ).fetchall()
+    for p in stuck:
+        with transaction(conn):
+            conn.execute("UPDATE payments SET stuck_alerted = 1 WHERE id = ?", (p["id"],))
+            alert_owners(
+                conn,
+                owners,
+                f"⚠️ Payment {p['provider_id']} "
+                f"({'order #%s' % p['order_id'] if p['order_id'] else 'top-up'}) "
+                f"is still '{p['status']}' an hour after its invoice ran out.",
+            )
+    return stuck
+
+
+def tell_owners(conn, owners, text):
+    """A message to every owner, on its own."""
+    if owners:
+        with transaction(conn):
+            alert_owners(conn, owners, text)
+
+
+def audit_payment_marked_paid(conn, payment, reason, outcome, remote):
+    with transaction(conn):
+        audit(
+            conn,
+            "payment marked as paid",
+            f"payment {payment['provider_id']}: {reason} ({outcome})",
+            remote,
+        )
+
+
+# Webhooks refused are kept short and only this many of the latest: they cost their senders nothing.
+REFUSED_WEBHOOKS_KEPT = 1000
+
+
+def store_webhook(conn, provider, ids, body, signature, verdict, remote, refused=False):
+    """Keep a webhook as it arrived, with what the shop made of it. ids: (provider id, status)."""
+    with transaction(conn):
+        row = conn.execute(
+            "INSERT INTO ipn_events(provider, received_at, provider_id, status, body, signature, "
+            "verdict, remote_addr, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                provider,
+                now_iso(),
+                *ids,
+                body.decode("utf-8", "replace"),
+                (signature or "")[:256] or None,
+                verdict[:500],
+                remote,
+                int(refused),
+            ),
+        ).lastrowid
+        if refused and row % 100 == 0:
+            conn.execute(
+                "DELETE FROM ipn_events WHERE refused = 1 AND id <= (SELECT id FROM ipn_events "
+                "WHERE refused = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (REFUSED_WEBHOOKS_KEPT,),
+            )
+
+
+def save_sandbox_payment(conn, payment_id, data):
+    """The sandbox emulator's new payment (its JSON as the API returns it)."""
+    with transaction(conn):
+        conn.execute("INSERT INTO sandbox_payments(id, data) VALUES (?, ?)", (payment_id, data))
+
+
+def load_sandbox_payment(conn, payment_id):
+    """The emulator's payment JSON, or None (also for an id that is not a number)."""
+    if not re.fullmatch(r"[0-9]{1,18}", str(payment_id)):
+        return None
+    row = conn.execute(
+        "SELECT data FROM sandbox_payments WHERE id = ?", (int(payment_id),)
+    ).fetchone()
+    return row["data"] if row else None
+
+
+SANDBOX_OUTCOMES = {  # outcome: (share of the amount paid, final status)
+    "full": (Decimal(1), "finished"),
+    "partial": (Decimal("0.5"), "partially_paid"),
+    "over": (Decimal("1.5"), "finished"),
+    "expire": (Decimal(0), "expired"),
+}
+
+
+def settle_sandbox_payment(conn, payment_id, outcome):
+    """The emulator's waiting payment paid (in full, half, 1.5x) or expired. Returns its JSON data
+    and the statuses its IPNs announce."""
+    with transaction(conn):
+        text = load_sandbox_payment(conn, payment_id)
+        if text is None:
+            raise NotFound("No such sandbox payment.")
+        data = parse_json(text)
+        if data["payment_status"] != "waiting":
+            raise InvalidInput(f"This sandbox payment is already {data['payment_status']}.")
+        factor, final = SANDBOX_OUTCOMES[outcome]
+        step = Decimal(1).scaleb(-int(data["network_precision"]))
+        paid = (Decimal(data["pay_amount"]) * factor).quantize(step, rounding="ROUND_FLOOR")
+        data["payment_status"] = final
+        data["actually_paid"] = Num(str(paid.normalize()) if paid else "0")
+        data["updated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        conn.execute(
+            "UPDATE sandbox_payments SET data = ? WHERE id = ?",
+            (encode_json(data), int(payment_id)),
+        )
+    return data, (["confirming", final] if outcome != "expire" else [final])
 
 
 def set_invoice_message(conn, payment_id, message_id):
@@ -2096,40 +2323,30 @@ def cancel_invoice(conn, user_id, payment_id):
         return True
 
 
-def check_payment_matches(payment, data):
-    """Raise PaymentMismatch when the provider's data contradicts the payment we created.
+def check_payment_matches(payment, news):
+    """Raise PaymentMismatch when the provider's news contradicts the payment we created.
 
     A field the provider left out contradicts nothing; one that differs stops everything.
     """
     problems = []
-    present = lambda key: data.get(key) not in (None, "")
-    if present("pay_currency") and str(data["pay_currency"]).lower() != payment["pay_currency"]:
-        problems.append(f"pay_currency {data['pay_currency']!r} is not {payment['pay_currency']!r}")
+    if news.currency is not None and news.currency.lower() != payment["pay_currency"]:
+        problems.append(f"pay_currency {news.currency!r} is not {payment['pay_currency']!r}")
     if payment["parent_id"] is None:
-        if present("order_id") and str(data["order_id"]) != payment["reference"]:
-            problems.append(f"order_id {data['order_id']!r} is not {payment['reference']!r}")
-        if present("price_amount"):
-            try:
-                price = crypto_amount(data["price_amount"], "price_amount")
-            except InvalidInput as e:
-                problems.append(str(e))
-            else:
-                if price != Decimal(cents_to_str(payment["price_cents"])):
-                    problems.append(
-                        f"price_amount {price} is not {cents_to_str(payment['price_cents'])}"
-                    )
-        if present("price_currency") and str(data["price_currency"]).lower() != "eur":
-            problems.append(f"price_currency {data['price_currency']!r} is not 'eur'")
-        if present("pay_amount"):
-            try:
-                if crypto_amount(data["pay_amount"], "pay_amount") != crypto_amount(
-                    payment["pay_amount"]
-                ):
-                    problems.append(
-                        f"pay_amount {data['pay_amount']} is not {payment['pay_amount']}"
-                    )
-            except InvalidInput as e:
-                problems.append(str(e))
+        if news.reference is not None and news.reference != payment["reference"]:
+            problems.append(f"order_id {news.reference!r} is not {payment['reference']!r}")
+        price = cents_to_str(payment["price_cents"])
+        if "price_amount" in news.unreadable:
+            problems.append(news.unreadable["price_amount"])
+        elif news.price is not None and crypto_amount(news.price) != Decimal(price):
+            problems.append(f"price_amount {crypto_amount(news.price)} is not {price}")
+        if news.price_currency is not None and news.price_currency.lower() != "eur":
+            problems.append(f"price_currency {news.price_currency!r} is not 'eur'")
+        if "pay_amount" in news.unreadable:
+            problems.append(news.unreadable["pay_amount"])
+        elif news.amount is not None and crypto_amount(news.amount) != crypto_amount(
+            payment["pay_amount"]
+        ):
+            problems.append(f"pay_amount {news.amount} is not {payment['pay_amount']}")
     if problems:
         raise PaymentMismatch("; ".join(problems))
 
@@ -2147,66 +2364,31 @@ STATUS_TEXT = {
 }
 
 
-def apply_payment_status(conn, data, *, source, owners=()):
-    """Apply what the provider says about a payment, in one transaction; the one path for every source.
+def apply_payment_status(conn, news, *, source, owners=()):
+    """Apply what a provider says about a payment (PaymentNews), in one transaction; the one path
+    for every provider and every source (webhook, poll, check, the owner).
 
-    `data` is a payment as GET /payment/{id} or an IPN describes it. Idempotent
-    and forward-only: a status seen before, or lower than the current one,
-    changes nothing. Returns a short description of what happened.
+    Idempotent and forward-only: a status seen before, or lower than the current one, changes
+    nothing. Returns a short description of what happened.
     """
-    provider_id = provider_payment_id(data.get("payment_id"))
-    status = str(data.get("payment_status") or "")
-    if status not in STATUS_RANK:
-        raise InvalidInput(f"unknown payment_status {status!r}")
+    if news.status not in STATUS_RANK:
+        raise InvalidInput(f"unknown payment_status {news.status!r}")
     with transaction(conn):
         payment = conn.execute(
-            "SELECT * FROM payments WHERE provider_id = ?", (provider_id,)
+            "SELECT * FROM payments WHERE provider = ? AND provider_id = ?",
+            (news.provider, news.provider_id),
         ).fetchone()
         if payment is None:
-            payment = _child_payment(conn, provider_id, data)
-        check_payment_matches(payment, data)
-        old = payment["status"]
-        if (
-            status == "refunded"
-            and old in ("finished", "partially_paid")
-            and "refunded by the provider" not in (payment["outcome"] or "")
-        ):
-            conn.execute(
-                "UPDATE payments SET outcome = coalesce(outcome, '') || ' (refunded by the provider)' "
-                "WHERE id = ?",
-                (payment["id"],),
-            )
-            alert_owners(
-                conn,
-                owners,
-                f"⚠️ NOWPayments reports payment {provider_id} as refunded after it was "
-                f"{old}. The shop already {esc(payment['outcome'] or 'settled it')}; "
-                "check whether the shopper keeps goods or credit twice.",
-            )
-            return f"unchanged ({old}); refund reported to the owners"
+            payment = _child_payment(conn, news)
+        check_payment_matches(payment, news)
+        old, status = payment["status"], news.status
+        if status == "refunded" and old in ("finished", "partially_paid"):
+            return _refund_reported(conn, payment, news, owners)
         if status == old or not can_move(old, status):
             return f"unchanged ({old})"
-        paid = data.get("actually_paid")
-        if paid not in (None, ""):
-            crypto_amount(paid, "actually_paid")
-        now = now_iso()
-        final = status not in OPEN_STATUSES
-        conn.execute(
-            "UPDATE payments SET status = ?, actually_paid = coalesce(?, actually_paid), updated_at = ?, "
-            "final_at = CASE WHEN ? THEN ? ELSE final_at END, "
-            "final_source = CASE WHEN ? THEN ? ELSE final_source END WHERE id = ?",
-            (
-                status,
-                str(paid) if paid not in (None, "") else None,
-                now,
-                final,
-                now,
-                final,
-                source,
-                payment["id"],
-            ),
-        )
-        payment = conn.execute("SELECT * FROM payments WHERE id = ?", (payment["id"],)).fetchone()
+        if "actually_paid" in news.unreadable:
+            raise InvalidInput(news.unreadable["actually_paid"])
+        payment = _move_payment(conn, payment, news, source)
         if payment["parent_id"]:
             outcome = _settle_child(conn, payment, owners)
         elif payment["kind"] == "topup":
@@ -2218,7 +2400,7 @@ def apply_payment_status(conn, data, *, source, owners=()):
         enqueue_invoice_refresh(conn, payment)
         log.info(
             "payment %s (%s #%s) %s -> %s via %s%s",
-            provider_id,
+            news.provider_id,
             payment["kind"],
             payment["order_id"] or payment["id"],
             old,
@@ -2229,31 +2411,64 @@ def apply_payment_status(conn, data, *, source, owners=()):
         return f"{old} -> {status}" + (f": {outcome}" if outcome else "")
 
 
-def _child_payment(conn, provider_id, data):
-    """A repeated deposit to a known payment's address arrives as a new payment with parent_payment_id."""
-    parent_id = data.get("parent_payment_id")
+def _refund_reported(conn, payment, news, owners):
+    """A provider refunded a payment the shop had already settled: the owners decide."""
+    old = payment["status"]
+    if "refunded by the provider" in (payment["outcome"] or ""):
+        return f"unchanged ({old})"
+    conn.execute(
+        "UPDATE payments SET outcome = coalesce(outcome, '') || ' (refunded by the provider)' "
+        "WHERE id = ?",
+        (payment["id"],),
+    )
+    alert_owners(
+        conn,
+        owners,
+        f"⚠️ {news.by} reports payment {news.provider_id} as refunded after it was "
+        f"{old}. The shop already {esc(payment['outcome'] or 'settled it')}; "
+        "check whether the shopper keeps goods or credit twice.",
+    )
+    return f"unchanged ({old}); refund reported to the owners"
+
+
+def _move_payment(conn, payment, news, source):
+    """The payment's new status (and what arrived), with when and how it became final."""
+    now = now_iso()
+    final = news.status not in OPEN_STATUSES
+    conn.execute(
+        "UPDATE payments SET status = ?, actually_paid = coalesce(?, actually_paid), "
+        "updated_at = ?, final_at = CASE WHEN ? THEN ? ELSE final_at END, "
+        "final_source = CASE WHEN ? THEN ? ELSE final_source END WHERE id = ?",
+        (news.status, news.paid, now, final, now, final, source, payment["id"]),
+    )
+    return conn.execute("SELECT * FROM payments WHERE id = ?", (payment["id"],)).fetchone()
+
+
+def _child_payment(conn, news):
+    """A repeated deposit to a known payment's address arrives as a new payment naming its parent."""
+    if "parent_payment_id" in news.unreadable:
+        raise InvalidInput(news.unreadable["parent_payment_id"])
     parent = None
-    if parent_id not in (None, ""):
+    if news.parent_id is not None:
         parent = conn.execute(
-            "SELECT * FROM payments WHERE provider_id = ?", (provider_payment_id(parent_id),)
+            "SELECT * FROM payments WHERE provider = ? AND provider_id = ?",
+            (news.provider, news.parent_id),
         ).fetchone()
     if parent is None:
-        raise UnknownPayment(f"payment {provider_id} is not one of this shop's")
-    if (
-        data.get("pay_address") not in (None, "")
-        and str(data["pay_address"]) != parent["pay_address"]
-    ):
+        raise UnknownPayment(f"payment {news.provider_id} is not one of this shop's")
+    if news.address is not None and news.address != parent["pay_address"]:
         raise PaymentMismatch(
-            f"payment {provider_id} names parent {parent['provider_id']} but was paid "
+            f"payment {news.provider_id} names parent {parent['provider_id']} but was paid "
             "to another address"
         )
     now = now_iso()
     conn.execute(
-        "INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
-        "pay_currency, pay_amount, pay_address, status, expires_at, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
+        "INSERT INTO payments(provider, provider_id, kind, user_id, order_id, parent_id, "
+        "reference, price_cents, pay_currency, pay_amount, pay_address, status, expires_at, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
         (
-            provider_id,
+            news.provider,
+            news.provider_id,
             parent["kind"],
             parent["user_id"],
             parent["order_id"],
@@ -2268,7 +2483,10 @@ def _child_payment(conn, provider_id, data):
             now,
         ),
     )
-    return conn.execute("SELECT * FROM payments WHERE provider_id = ?", (provider_id,)).fetchone()
+    return conn.execute(
+        "SELECT * FROM payments WHERE provider = ? AND provider_id = ?",
+        (news.provider, news.provider_id),
+    ).fetchone()
 
 
 def _credit(conn, payment, cents, kind, key_suffix, reason):
@@ -2280,7 +2498,7 @@ def _credit(conn, payment, cents, kind, key_suffix, reason):
     ):  # worth more than the shop ever takes at once: for the owner to check, not to book
         raise InvalidInput(
             f"payment {payment['provider_id']} would credit {fmt_eur(cents)}; refused: check it "
-            "with NOWPayments"
+            f"with its provider ({payment['provider']})"
         )
     done = post_ledger(
         conn,
@@ -4129,14 +4347,6 @@ def find_payment_details(conn, payment_id):
     return {"payment": payment, "ipns": ipns, "children": children}
 
 
-def find_payment_provider_id(conn, payment_id):
-    """The id NOWPayments knows a payment by."""
-    row = conn.execute("SELECT provider_id FROM payments WHERE id = ?", (payment_id,)).fetchone()
-    if row is None:
-        raise NotFound("No such payment.")
-    return row["provider_id"]
-
-
 def find_users(conn, search, before, limit):
     """A page of users, newest first, below the id `before`; search is an id, a username or part
     of a first name ('' for everyone)."""
@@ -4238,7 +4448,7 @@ def export_ledger(conn):
     )
 
 
-# Payment provider: NOWPayments client, IPN signatures, sandbox ###############
+# Payment providers: the seam, NOWPayments, the sandbox ######################
 
 COINS = [
     ("btc", "BTC"),
@@ -4443,24 +4653,115 @@ def verify_ipn(body, signature, secret):
     return data, "valid signature" if good else "bad signature"
 
 
-class NowPayments:
-    """A thin client for the NOWPayments API v1 (the real one, or the sandbox emulator)."""
+class PaymentProvider:
+    """One way for shoppers to pay, as the payment desk sees it. A provider says what it offers for
+    an amount, creates invoices, fetches a payment's state and reads its webhooks, always answering
+    in the shop's terms (NewInvoice, PaymentNews); the desk does everything else: limits,
+    reservations, applying news exactly once, reconciliation, alerts.
 
+    Adding a provider: subclass this, fill in the methods, and register the class in
+    PAYMENT_PROVIDERS. Its payments are stored with its `name`; its webhooks arrive at
+    `webhook_path` (by default /webhook/<name>)."""
+
+    name = ""  # stored in payments.provider; the key in PAYMENT_PROVIDERS
+    label = ""  # what owners read ("NOWPayments")
+    failing_since = None  # monotonic time of the first failure of an ongoing outage
+    refused = None  # the provider's words when it refuses the shop's credentials, else None
+    credentials = "the provider's credentials"  # what the owner checks when they are refused
+    signature_header = None  # the webhook header kept with each webhook
+
+    @property
+    def webhook_path(self):
+        return f"/webhook/{self.name}"
+
+    @classmethod
+    def configured(cls, shop):
+        """The constructor's keywords for this shop, or None when it does not use this provider."""
+        return None
+
+    def methods(self, fresh=False):
+        """The payment methods (coins, for a crypto provider) the merchant takes, in order."""
+        raise NotImplementedError
+
+    def minimum_cents(self, method, fresh=False):
+        """The smallest payment a method takes, in EUR cents, or None when there is none."""
+        return None
+
+    def method_label(self, method):
+        return method
+
+    def create_invoice(self, *, method, price_cents, reference, description, webhook_url):
+        """Ask the provider for an invoice; returns a NewInvoice or raises ProviderError (or
+        InvalidInput with what the shopper can do about it)."""
+        raise NotImplementedError
+
+    def fetch(self, provider_id):
+        """The provider's word on one of its payments, as PaymentNews."""
+        raise NotImplementedError
+
+    def read_webhook(self, body, headers, remote):
+        """A webhook's body and headers as a Webhook (news to apply, a payment to look up, or a
+        refusal). Never raises for bad input."""
+        raise NotImplementedError
+
+    def ping(self):
+        """Ask the provider whether it answers (after an outage); raises ProviderError if not."""
+
+    def close(self):
+        """Release connections and threads at shutdown."""
+
+
+@dataclass
+class Webhook:
+    """What a provider made of a webhook. Exactly one of: `refuse` (HTTP status, JSON answer),
+    `look_up` (the body proves nothing by itself: ask the API about `payload`'s payment), or news
+    to apply (read from `payload` by provider.news, inside the desk's transaction)."""
+
+    payload: dict = None
+    verdict: str = ""
+    provider_id: str = None  # as the body names them, for the record of webhooks
+    status: str = None
+    refuse: tuple = None
+    look_up: bool = False
+    alert: tuple = None  # (kind, text, level): something for the owners
+
+
+class NowPayments(PaymentProvider):
+    """NOWPayments (API v1): crypto invoices, signed IPNs at /webhook. The sandbox is the same
+    client talking to the shop's own emulator."""
+
+    name = "nowpayments"
+    label = "NOWPayments"
+    credentials = "NOWPAYMENTS_API_KEY"
+    signature_header = "x-nowpayments-sig"
     TIMEOUT = (5, 10)
     CACHE_SECONDS = 600
     # Calls at once. A slow provider then holds at most this many of the web server's 8 threads, and
     # the rest stay free for IPNs, pages and, in sandbox mode, the emulator that answers these calls.
     CONCURRENT = 4
 
-    def __init__(self, base_url, api_key):
-        self.base_url, self.api_key = base_url.rstrip("/"), api_key
+    def __init__(self, base_url, api_key, ipn_secret=""):
+        self.base_url, self.api_key, self.ipn_secret = base_url.rstrip("/"), api_key, ipn_secret
         self.session = requests.Session()
         self.lock = threading.Lock()
         self.coins_cache = (0.0, None)
         self.minimum_cache = {}
-        self.failing_since = None  # monotonic time of the first failure of an ongoing outage
-        self.refused = None  # the provider's words when it refuses our API key (401/403), else None
+        self.failing_since = None
+        self.refused = None
         self.slots = threading.BoundedSemaphore(self.CONCURRENT)
+
+    webhook_path = "/webhook"  # the address NOWPayments has always been given
+
+    @classmethod
+    def configured(cls, shop):
+        c = shop.config
+        if c.sandbox:
+            return None
+        return {
+            "base_url": c.nowpayments_api_url,
+            "api_key": c.nowpayments_api_key,
+            "ipn_secret": c.nowpayments_ipn_secret,
+        }
 
     def _call(self, method, path, **kw):
         if not self.slots.acquire(timeout=self.TIMEOUT[1]):
@@ -4497,6 +4798,9 @@ class NowPayments:
             self.refused = f"HTTP {r.status_code} {r.text[:120]}"
         elif auth and r.status_code < 400:
             self.refused = None
+        return self._answer(method, path, r)
+
+    def _answer(self, method, path, r):
         try:
             data = parse_json(r.text)
         except ValueError:
@@ -4520,6 +4824,12 @@ class NowPayments:
 
     def status(self):
         return self._call("GET", "/status", auth=False)
+
+    def ping(self):
+        self.status()
+
+    def close(self):
+        self.session.close()  # and the sandbox's own threads, if any
 
     def merchant_coins(self, fresh=False):
         """The coins this shop can take: our list, in our order, as far as the merchant enabled them."""
@@ -4570,6 +4880,15 @@ class NowPayments:
             self.minimum_cache[coin] = (time.monotonic(), cents)
         return cents
 
+    def methods(self, fresh=False):
+        return self.merchant_coins(fresh=fresh)
+
+    def minimum_cents(self, method, fresh=False):
+        return self.minimum_eur(method, fresh=fresh)
+
+    def method_label(self, method):
+        return COIN_LABELS.get(method, method.upper())
+
     def create_payment(self, *, price_cents, coin, reference, description, ipn_url):
         # The price goes out as a JSON number written from cents, never through a float.
         body = encode_json(
@@ -4586,6 +4905,160 @@ class NowPayments:
 
     def get_payment(self, provider_id):
         return self._call("GET", f"/payment/{provider_payment_id(provider_id)}")
+
+    def create_invoice(self, *, method, price_cents, reference, description, webhook_url):
+        try:
+            data = self.create_payment(
+                price_cents=price_cents,
+                coin=method,
+                reference=reference,
+                description=description,
+                ipn_url=webhook_url,
+            )
+        except ProviderError as e:
+            raise self._invoice_refused(e, method, price_cents) from None
+        return self.new_invoice(data)
+
+    def _invoice_refused(self, e, coin, price_cents):
+        """What a refused POST /payment means for the shopper (or the outage itself)."""
+        log.warning("payments: creating a %s payment failed: %s", coin, e.detail)
+        if e.code == "AMOUNT_MINIMAL_ERROR":
+            self.minimum_cache.pop(coin, None)
+            return InvalidInput(
+                f"{fmt_eur(price_cents)} is below what {COIN_LABELS[coin]} can take. "
+                "Please choose another coin."
+            )
+        if e.outage:
+            return e
+        self.coins_cache = (0.0, None)  # what is enabled may have changed: ask again next time
+        return InvalidInput(
+            f"The payment service cannot take {COIN_LABELS[coin]} right now. "
+            "Please choose another coin."
+        )
+
+    @classmethod
+    def new_invoice(cls, data):
+        """POST /payment's answer as a NewInvoice (ProviderError if it lacks what a shopper needs)."""
+        try:
+            provider_id = provider_payment_id(data.get("payment_id"))
+            for key in ("pay_amount", "pay_currency", "pay_address"):
+                if data.get(key) in (None, ""):
+                    raise InvalidInput(f"the new payment has no {key}")
+            crypto_amount(data["pay_amount"], "pay_amount")
+        except InvalidInput as e:
+            raise ProviderError(f"POST /payment: {e}", http=201) from None
+        extra = data.get("payin_extra_id")
+        return NewInvoice(
+            provider=cls.name,
+            provider_id=provider_id,
+            currency=str(data["pay_currency"]).lower(),
+            amount=str(data["pay_amount"]),
+            address=str(data["pay_address"]),
+            extra_id=str(extra) if extra not in (None, "") else None,
+            expires_at=provider_time(data.get("expiration_estimate_date"), None),
+        )
+
+    def fetch(self, provider_id):
+        return self.news(self.get_payment(provider_id))
+
+    @classmethod
+    def news(cls, data):
+        """A payment as GET /payment/{id} or an IPN describes it, as PaymentNews. InvalidInput when
+        its id or status cannot be read; numbers that are not numbers are kept as `unreadable`."""
+        provider_id = provider_payment_id(data.get("payment_id"))
+        status = str(data.get("payment_status") or "")
+        if status not in STATUS_RANK:
+            raise InvalidInput(f"unknown payment_status {status!r}")
+        unreadable = {}
+        amounts = {}
+        for key in ("actually_paid", "pay_amount", "price_amount"):
+            if data.get(key) not in (None, ""):
+                try:
+                    crypto_amount(data[key], key)
+                    amounts[key] = str(data[key])
+                except InvalidInput as e:
+                    unreadable[key] = str(e)
+        parent = data.get("parent_payment_id")
+        if parent not in (None, ""):
+            try:
+                parent = provider_payment_id(parent)
+            except InvalidInput as e:
+                unreadable["parent_payment_id"] = str(e)
+                parent = None
+        text = lambda key: str(data[key]) if data.get(key) not in (None, "") else None  # noqa: E731
+        return PaymentNews(
+            provider=cls.name,
+            provider_id=provider_id,
+            status=status,
+            by=cls.label,
+            paid=amounts.get("actually_paid"),
+            currency=text("pay_currency"),
+            amount=amounts.get("pay_amount"),
+            price=amounts.get("price_amount"),
+            price_currency=text("price_currency"),
+            reference=text("order_id"),
+            address=text("pay_address"),
+            parent_id=parent,
+            unreadable=unreadable,
+        )
+
+    def read_webhook(self, body, headers, remote):
+        """An IPN: the body, signed by x-nowpayments-sig with the IPN secret (HMAC-SHA512 of the
+        body with sorted keys). Unsigned (no secret set), or money without actually_paid: only a
+        hint of which payment to look up with the API."""
+        signature = headers.get(self.signature_header)
+        data, verdict = verify_ipn(body, signature, self.ipn_secret)
+        hook = Webhook(payload=data, verdict=verdict)
+        if data is None:
+            hook.refuse = (400, {"error": f"the body is not a JSON object ({verdict})"})
+            return hook
+        if data.get("payment_id") is not None:
+            hook.provider_id = str(data.get("payment_id"))[:40]
+        if data.get("payment_status") is not None:
+            hook.status = str(data.get("payment_status"))[:40]
+        if verdict in ("missing signature", "bad signature"):
+            hook.refuse = (
+                401,
+                {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"},
+            )
+            hook.alert = (
+                "signature",
+                f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
+                "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
+                logging.WARNING,
+            )
+        elif verdict == "unsigned" or (
+            hook.status in MONEY_STATUSES and data.get("actually_paid") in (None, "")
+        ):
+            # Unsigned, the body proves nothing; without actually_paid it cannot be settled. Either
+            # way it only says which payment to look up with the API.
+            hook.look_up = True
+        return hook
+
+    def look_up_ids(self, data):
+        """(payment id, parent payment id or None) an IPN names; InvalidInput if unreadable."""
+        parent = data.get("parent_payment_id")
+        return (
+            provider_payment_id(data.get("payment_id")),
+            provider_payment_id(parent) if parent not in (None, "") else None,
+        )
+
+
+def provider_payment_id(value):
+    """A NOWPayments payment id (number or string) as the digits we store."""
+    text = str(value).strip() if value is not None else ""
+    if not re.fullmatch(r"\d{1,30}", text):
+        raise InvalidInput(f"payment_id must be a number, got {value!r}")
+    return text
+
+
+def provider_time(text, default):
+    """The provider's ISO time ('2026-11-26T11:55:00.000Z') in our notation, or default if unreadable."""
+    try:
+        t = datetime.strptime(str(text)[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return default
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def payment_uri(coin, address, amount):
@@ -4606,7 +5079,29 @@ def qr_png(text):
 # The shop's real client talks to it over HTTP, and "simulate" makes it send signed
 # IPNs to the shop's /webhook, so every layer runs as in production.
 
-# coin: (EUR per coin, decimals, minimum in coin units)
+
+class SandboxPayments(NowPayments):
+    """NOWPayments as the sandbox emulates it: the same client and the same IPNs, against the
+    emulator at /sandbox/v1 with secrets of the sandbox's own; payments are simulated."""
+
+    name = "sandbox"
+    simulated = True
+
+    @classmethod
+    def configured(cls, shop):
+        if not shop.config.sandbox:
+            return None
+        return {
+            "base_url": shop.url + "/sandbox/v1",
+            "api_key": shop.sandbox_api_key,
+            "ipn_secret": shop.ipn_secret,
+        }
+
+
+# Every provider the shop can use, by the name its payments are stored with. The runtime starts
+# the ones the configuration asks for (Shop.start_providers).
+PAYMENT_PROVIDERS = {"nowpayments": NowPayments, "sandbox": SandboxPayments}
+
 SANDBOX_COINS = {
     "btc": ("60000", 8, "0.0001"),
     "eth": ("3000", 8, "0.004"),
@@ -4682,21 +5177,8 @@ class InProcess(requests.adapters.BaseAdapter):
             if name.lower() not in ("content-type", "content-length"):
                 environ["HTTP_" + name.upper().replace("-", "_")] = value
 
-        def call():
-            started = {}
-            chunks = self.app(
-                environ,
-                lambda status, headers, exc_info=None: started.update(
-                    status=status, headers=headers
-                ),
-            )
-            try:
-                return started, b"".join(chunks)
-            finally:
-                getattr(chunks, "close", lambda: None)()
-
         try:
-            started, content = self.pool.submit(call).result(
+            started, content = self.pool.submit(self._run_app, environ).result(
                 timeout=timeout[1] if isinstance(timeout, tuple) else timeout
             )
         except FuturesTimeout:
@@ -4711,190 +5193,211 @@ class InProcess(requests.adapters.BaseAdapter):
         response.encoding = requests.utils.get_encoding_from_headers(response.headers)
         return response
 
+    def _run_app(self, environ):
+        started = {}
+        chunks = self.app(
+            environ,
+            lambda status, headers, exc_info=None: started.update(status=status, headers=headers),
+        )
+        try:
+            return started, b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+
     def close(self):
         self.pool.shutdown(wait=False)
 
 
-def make_sandbox(shop):
-    """The NOWPayments emulator as a Bottle app (mounted at /sandbox/v1)."""
-    api = bottle.Bottle()
+def sandbox_answer(data, status=200):
+    bottle.response.status = status
+    bottle.response.content_type = "application/json"
+    return encode_json(data)
 
-    def load(conn, payment_id):
-        row = conn.execute(
-            "SELECT data FROM sandbox_payments WHERE id = ?", (payment_id,)
-        ).fetchone()
-        return parse_json(row["data"]) if row else None
 
-    def authorised():
-        return hmac.compare_digest(
-            bottle.request.headers.get("x-api-key", "").encode(), shop.sandbox_api_key.encode()
+def sandbox_refused(shop):
+    """The emulator's answer to a request without the sandbox's API key, else None."""
+    if hmac.compare_digest(
+        bottle.request.headers.get("x-api-key", "").encode(), shop.sandbox_api_key.encode()
+    ):
+        return None
+    return _np_error(403, "INVALID_API_KEY", "Invalid api key")
+
+
+def sandbox_status(shop):
+    return sandbox_answer({"message": "OK"})
+
+
+def sandbox_currencies(shop):
+    return sandbox_refused(shop) or sandbox_answer({"currencies": list(SANDBOX_COINS)})
+
+
+def sandbox_merchant_coins(shop):
+    return sandbox_refused(shop) or sandbox_answer(
+        {"selectedCurrencies": [c.upper() for c in SANDBOX_COINS]}
+    )
+
+
+def sandbox_min_amount(shop):
+    if refused := sandbox_refused(shop):
+        return refused
+    coin = bottle.request.query.get("currency_from", "").lower()
+    if coin not in SANDBOX_COINS:
+        return _np_error(400, "INVALID_REQUEST_PARAMS", "currency_from is not supported")
+    rate, _, minimum = SANDBOX_COINS[coin]
+    data = {
+        "currency_from": coin,
+        "currency_to": bottle.request.query.get("currency_to", coin).lower(),
+        "min_amount": Num(minimum),
+    }
+    if bottle.request.query.get("fiat_equivalent", "").lower() == "eur":
+        data["fiat_equivalent"] = Num(
+            str((Decimal(minimum) * Decimal(rate)).quantize(Decimal("0.01")))
         )
+    return sandbox_answer(data)
 
-    def answer(data, status=200):
-        bottle.response.status = status
-        bottle.response.content_type = "application/json"
-        return encode_json(data)
 
-    @api.get("/status")
-    def status():
-        return answer({"message": "OK"})
+def _sandbox_eur(currency):
+    """EUR per unit of a currency the emulator knows, else None."""
+    if currency == "eur":
+        return Decimal(1)
+    return Decimal(SANDBOX_COINS[currency][0]) if currency in SANDBOX_COINS else None
 
-    @api.get("/currencies")
-    def currencies():
-        return (
-            answer({"currencies": list(SANDBOX_COINS)})
-            if authorised()
-            else _np_error(403, "INVALID_API_KEY", "Invalid api key")
-        )
 
-    @api.get("/merchant/coins")
-    def merchant_coins():
-        if not authorised():
-            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
-        return answer({"selectedCurrencies": [c.upper() for c in SANDBOX_COINS]})
-
-    @api.get("/min-amount")
-    def min_amount():
-        if not authorised():
-            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
-        coin = bottle.request.query.get("currency_from", "").lower()
-        if coin not in SANDBOX_COINS:
-            return _np_error(400, "INVALID_REQUEST_PARAMS", "currency_from is not supported")
-        rate, _, minimum = SANDBOX_COINS[coin]
-        data = {
-            "currency_from": coin,
-            "currency_to": bottle.request.query.get("currency_to", coin).lower(),
-            "min_amount": Num(minimum),
+def sandbox_estimate(shop):
+    if refused := sandbox_refused(shop):
+        return refused
+    q = bottle.request.query
+    frm, to = q.get("currency_from", "").lower(), q.get("currency_to", "").lower()
+    try:
+        amount = crypto_amount(q.get("amount", ""))
+    except InvalidInput:
+        return _np_error(400, "INVALID_REQUEST_PARAMS", "amount must be a number")
+    if _sandbox_eur(frm) is None or _sandbox_eur(to) is None:
+        return _np_error(400, "INVALID_REQUEST_PARAMS", "currency is not supported")
+    value = amount * _sandbox_eur(frm) / _sandbox_eur(to)
+    places = 2 if to == "eur" else SANDBOX_COINS[to][1]
+    return sandbox_answer(
+        {
+            "currency_from": frm,
+            "amount_from": Num(str(amount)),
+            "currency_to": to,
+            "estimated_amount": Num(str(value.quantize(Decimal(1).scaleb(-places)))),
         }
-        if bottle.request.query.get("fiat_equivalent", "").lower() == "eur":
-            data["fiat_equivalent"] = Num(
-                str((Decimal(minimum) * Decimal(rate)).quantize(Decimal("0.01")))
-            )
-        return answer(data)
+    )
 
-    @api.get("/estimate")
-    def estimate():
-        if not authorised():
-            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
-        q = bottle.request.query
-        frm, to = q.get("currency_from", "").lower(), q.get("currency_to", "").lower()
-        try:
-            amount = crypto_amount(q.get("amount", ""))
-        except InvalidInput:
-            return _np_error(400, "INVALID_REQUEST_PARAMS", "amount must be a number")
-        eur = lambda c: (
-            Decimal(1)
-            if c == "eur"
-            else Decimal(SANDBOX_COINS[c][0])
-            if c in SANDBOX_COINS
-            else None
+
+def _sandbox_request():
+    """POST /payment's body checked as NOWPayments checks it: (body, None) or (None, error)."""
+    try:
+        body = parse_json(bottle.request.body.read(65536).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return None, _np_error(400, "INVALID_REQUEST_PARAMS", "body must be a JSON object")
+    for key in ("price_amount", "price_currency", "pay_currency"):
+        if body.get(key) in (None, ""):
+            return None, _np_error(400, "INVALID_REQUEST_PARAMS", f"{key} is required")
+    coin = str(body["pay_currency"]).lower()
+    if coin not in SANDBOX_COINS:
+        return None, _np_error(
+            400, "INVALID_REQUEST_PARAMS", f"pay_currency {coin} is not supported"
         )
-        if eur(frm) is None or eur(to) is None:
-            return _np_error(400, "INVALID_REQUEST_PARAMS", "currency is not supported")
-        value = amount * eur(frm) / eur(to)
-        places = 2 if to == "eur" else SANDBOX_COINS[to][1]
-        return answer(
-            {
-                "currency_from": frm,
-                "amount_from": Num(str(amount)),
-                "currency_to": to,
-                "estimated_amount": Num(str(value.quantize(Decimal(1).scaleb(-places)))),
-            }
+    if str(body["price_currency"]).lower() != "eur":
+        return None, _np_error(400, "INVALID_REQUEST_PARAMS", "the sandbox prices in eur only")
+    try:
+        crypto_amount(body["price_amount"], "price_amount")
+    except InvalidInput:
+        return None, _np_error(400, "INVALID_REQUEST_PARAMS", "price_amount must be a number")
+    url = body.get("ipn_callback_url")
+    if url is not None and urlsplit(str(url)).scheme not in ("http", "https"):
+        return None, _np_error(
+            400, "INVALID_REQUEST_PARAMS", "ipn_callback_url must be an http(s) URL"
         )
+    return body, None
 
-    @api.post("/payment")
-    def create_payment():
-        if not authorised():
-            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
-        try:
-            body = parse_json(bottle.request.body.read(65536).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
-            return _np_error(400, "INVALID_REQUEST_PARAMS", "body must be a JSON object")
-        for key in ("price_amount", "price_currency", "pay_currency"):
-            if body.get(key) in (None, ""):
-                return _np_error(400, "INVALID_REQUEST_PARAMS", f"{key} is required")
-        coin = str(body["pay_currency"]).lower()
-        if coin not in SANDBOX_COINS:
-            return _np_error(400, "INVALID_REQUEST_PARAMS", f"pay_currency {coin} is not supported")
-        if str(body["price_currency"]).lower() != "eur":
-            return _np_error(400, "INVALID_REQUEST_PARAMS", "the sandbox prices in eur only")
-        try:
-            price = crypto_amount(body["price_amount"], "price_amount")
-        except InvalidInput:
-            return _np_error(400, "INVALID_REQUEST_PARAMS", "price_amount must be a number")
-        url = body.get("ipn_callback_url")
-        if url is not None and urlsplit(str(url)).scheme not in ("http", "https"):
-            return _np_error(
-                400, "INVALID_REQUEST_PARAMS", "ipn_callback_url must be an http(s) URL"
-            )
-        rate, places, minimum = SANDBOX_COINS[coin]
-        step = Decimal(1).scaleb(-places)
-        pay_amount = (price / Decimal(rate)).quantize(step, rounding="ROUND_CEILING")
-        if pay_amount < Decimal(minimum):
-            return _np_error(400, "AMOUNT_MINIMAL_ERROR", "amountTo is too small")
-        now = datetime.now(timezone.utc)
-        stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-        payment_id = secrets.randbelow(9 * 10**9) + 10**9
-        data = {
-            "payment_id": Num(str(payment_id)),
-            "payment_status": "waiting",
-            "pay_address": _sandbox_address(coin),
-            "price_amount": body["price_amount"],
-            "price_currency": "eur",
-            "pay_amount": Num(str(pay_amount)),
-            "actually_paid": Num("0"),
-            "pay_currency": coin,
-            "order_id": body.get("order_id"),
-            "order_description": body.get("order_description"),
-            "ipn_callback_url": url,
-            "payin_extra_id": str(secrets.randbelow(10**9)) if coin == "ton" else None,
-            "purchase_id": Num(str(secrets.randbelow(9 * 10**9) + 10**9)),
-            "network": coin,
-            "network_precision": Num(str(places)),
-            "outcome_amount": Num(str(pay_amount)),
-            "outcome_currency": coin,
-            "created_at": stamp(now),
-            "updated_at": stamp(now),
-            "expiration_estimate_date": stamp(
-                now + timedelta(minutes=shop.setting("reservation_minutes"))
-            ),
-        }
-        conn = shop.db()
-        with transaction(conn):
-            conn.execute(
-                "INSERT INTO sandbox_payments(id, data) VALUES (?, ?)",
-                (payment_id, encode_json(data)),
-            )
-        created = dict(data)
-        created["payment_id"] = str(payment_id)  # POST answers the id as a string, GET as a number
-        del created["actually_paid"], created["ipn_callback_url"]
-        return answer(created, 201)
 
-    @api.get("/payment/<payment_id>")
-    def get_payment(payment_id):
-        if not authorised():
-            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
-        data = load(shop.db(), payment_id) if payment_id.isdigit() else None
-        if data is None:
-            return _np_error(404, "PAYMENT_NOT_FOUND", f"Payment {payment_id} not found")
-        data.pop("ipn_callback_url", None)
-        return answer(data)
+def _sandbox_stamp(t):
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
-    @api.post("/simulate/<payment_id>/<outcome>")
-    def simulate_route(payment_id, outcome):
-        """Not part of NOWPayments: make a payment paid or expired (the Mini App and tests use it)."""
-        if not authorised():
-            return _np_error(403, "INVALID_API_KEY", "Invalid api key")
-        try:
-            sandbox_simulate(shop, payment_id, outcome)
-        except (NotFound, InvalidInput) as e:
-            return _np_error(404 if isinstance(e, NotFound) else 400, "SIMULATION_ERROR", str(e))
-        return answer({"simulated": outcome, "payment_id": Num(payment_id)})
 
-    return api
+def sandbox_create_payment(shop):
+    if refused := sandbox_refused(shop):
+        return refused
+    body, error = _sandbox_request()
+    if error:
+        return error
+    coin = str(body["pay_currency"]).lower()
+    rate, places, minimum = SANDBOX_COINS[coin]
+    price = crypto_amount(body["price_amount"], "price_amount")
+    pay_amount = (price / Decimal(rate)).quantize(
+        Decimal(1).scaleb(-places), rounding="ROUND_CEILING"
+    )
+    if pay_amount < Decimal(minimum):
+        return _np_error(400, "AMOUNT_MINIMAL_ERROR", "amountTo is too small")
+    now = datetime.now(timezone.utc)
+    payment_id = secrets.randbelow(9 * 10**9) + 10**9
+    minutes = shop.setting("reservation_minutes")
+    data = {
+        "payment_id": Num(str(payment_id)),
+        "payment_status": "waiting",
+        "pay_address": _sandbox_address(coin),
+        "price_amount": body["price_amount"],
+        "price_currency": "eur",
+        "pay_amount": Num(str(pay_amount)),
+        "actually_paid": Num("0"),
+        "pay_currency": coin,
+        "order_id": body.get("order_id"),
+        "order_description": body.get("order_description"),
+        "ipn_callback_url": body.get("ipn_callback_url"),
+        "payin_extra_id": str(secrets.randbelow(10**9)) if coin == "ton" else None,
+        "purchase_id": Num(str(secrets.randbelow(9 * 10**9) + 10**9)),
+        "network": coin,
+        "network_precision": Num(str(places)),
+        "outcome_amount": Num(str(pay_amount)),
+        "outcome_currency": coin,
+        "created_at": _sandbox_stamp(now),
+        "updated_at": _sandbox_stamp(now),
+        "expiration_estimate_date": _sandbox_stamp(now + timedelta(minutes=minutes)),
+    }
+    save_sandbox_payment(shop.db(), payment_id, encode_json(data))
+    created = dict(data)
+    created["payment_id"] = str(payment_id)  # POST answers the id as a string, GET as a number
+    del created["actually_paid"], created["ipn_callback_url"]
+    return sandbox_answer(created, 201)
 
+
+def sandbox_get_payment(shop, payment_id):
+    if refused := sandbox_refused(shop):
+        return refused
+    row = load_sandbox_payment(shop.db(), payment_id)
+    if row is None:
+        return _np_error(404, "PAYMENT_NOT_FOUND", f"Payment {payment_id} not found")
+    data = parse_json(row)
+    data.pop("ipn_callback_url", None)
+    return sandbox_answer(data)
+
+
+def sandbox_simulate_route(shop, payment_id, outcome):
+    """Not part of NOWPayments: make a payment paid or expired (the Mini App and tests use it)."""
+    if refused := sandbox_refused(shop):
+        return refused
+    try:
+        sandbox_simulate(shop, payment_id, outcome)
+    except (NotFound, InvalidInput) as e:
+        return _np_error(404 if isinstance(e, NotFound) else 400, "SIMULATION_ERROR", str(e))
+    return sandbox_answer({"simulated": outcome, "payment_id": Num(payment_id)})
+
+
+SANDBOX_ROUTES = [
+    ("GET", "/status", sandbox_status),
+    ("GET", "/currencies", sandbox_currencies),
+    ("GET", "/merchant/coins", sandbox_merchant_coins),
+    ("GET", "/min-amount", sandbox_min_amount),
+    ("GET", "/estimate", sandbox_estimate),
+    ("POST", "/payment", sandbox_create_payment),
+    ("GET", "/payment/<payment_id>", sandbox_get_payment),
+    ("POST", "/simulate/<payment_id>/<outcome>", sandbox_simulate_route),
+]
 
 SIMULATIONS = {
     "full": "pay in full",
@@ -4908,40 +5411,7 @@ def sandbox_simulate(shop, payment_id, outcome):
     """Make the emulator's payment paid (in full, half, 1.5x) or expired, then send its IPNs."""
     if outcome not in SIMULATIONS:
         raise InvalidInput(f"outcome must be one of {', '.join(SIMULATIONS)}")
-    conn = shop.db()
-    with transaction(conn):
-        known = re.fullmatch(r"[0-9]{1,18}", str(payment_id))
-        row = conn.execute(
-            "SELECT data FROM sandbox_payments WHERE id = ?", (int(payment_id) if known else -1,)
-        ).fetchone()
-        if row is None:
-            raise NotFound("No such sandbox payment.")
-        data = parse_json(row["data"])
-        if data["payment_status"] != "waiting":
-            raise InvalidInput(f"This sandbox payment is already {data['payment_status']}.")
-        asked = Decimal(data["pay_amount"])
-        places = int(data["network_precision"])
-        factor = {
-            "full": Decimal(1),
-            "partial": Decimal("0.5"),
-            "over": Decimal("1.5"),
-            "expire": Decimal(0),
-        }[outcome]
-        paid = (asked * factor).quantize(Decimal(1).scaleb(-places), rounding="ROUND_FLOOR")
-        final = {
-            "full": "finished",
-            "partial": "partially_paid",
-            "over": "finished",
-            "expire": "expired",
-        }[outcome]
-        data["payment_status"] = final
-        data["actually_paid"] = Num(str(paid.normalize()) if paid else "0")
-        data["updated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        conn.execute(
-            "UPDATE sandbox_payments SET data = ? WHERE id = ?",
-            (encode_json(data), int(payment_id)),
-        )
-    steps = ["confirming", final] if outcome != "expire" else [final]
+    data, steps = settle_sandbox_payment(shop.db(), payment_id, outcome)
     threading.Thread(
         target=_send_sandbox_ipns, args=(shop, data, steps), name="sandbox-ipn", daemon=True
     ).start()
@@ -4997,44 +5467,51 @@ def _send_sandbox_ipns(shop, data, steps):
                 return
 
 
-def provider_time(text, default):
-    """The provider's ISO time ('2026-11-26T11:55:00.000Z') in our notation, or default if unreadable."""
-    try:
-        t = datetime.strptime(str(text)[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return default
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# Payment desk ################################################################
 
 
 class PaymentDesk:
-    """Runs the shop's payments: opens invoices, applies what the provider says, reconciles.
+    """Runs the shop's payments through its providers: opens invoices, applies what a provider
+    says, reconciles. Provider-neutral: each payment names its provider, and the desk asks that one.
 
     Network calls happen here, between transactions, never inside one.
     """
 
-    def __init__(self, shop, client):
-        self.shop, self.client = shop, client
+    def __init__(self, shop, providers):
+        self.shop = shop
+        self.providers = {p.name: p for p in providers}
+        # The provider of coins (NOWPayments, or the sandbox's emulation of it).
+        self.client = next(p for p in providers if isinstance(p, NowPayments))
         self.alerts = Throttle(600)
         self.refusals_logged = Throttle(60)
         self.last_refresh = {}
         self.busy = set()
         self.lock = threading.Lock()
         self.hints = queue.Queue(maxsize=100)
-        self.outage_alerted = False
+        self.outage_alerted = set()
 
     @property
     def owners(self):
         return self.shop.config.admin_ids
 
+    def close(self):
+        for provider in self.providers.values():
+            provider.close()
+
+    def label_of(self, name):
+        """A provider's name as owners read it ("NOWPayments")."""
+        provider = self.providers.get(name) or PAYMENT_PROVIDERS.get(name)
+        return provider.label if provider else name
+
     def coins(self):
         """[(coin, minimum in EUR cents or None)] for the coins the merchant takes."""
         coins = []
         enabled = self.shop.setting("enabled_coins")
-        for coin in self.client.merchant_coins():
+        for coin in self.client.methods():
             if enabled is not None and coin not in enabled:
                 continue
             try:
-                coins.append((coin, self.client.minimum_eur(coin)))
+                coins.append((coin, self.client.minimum_cents(coin)))
             except ProviderError as e:
                 if self.alerts(f"minimum:{coin}"):
                     log.warning(
@@ -5046,9 +5523,9 @@ class PaymentDesk:
     def refresh_coins(self):
         """Scheduled: keep the coin list and minimums fresh so menus need no network."""
         try:
-            for coin in self.client.merchant_coins(fresh=True):
+            for coin in self.client.methods(fresh=True):
                 try:
-                    self.client.minimum_eur(coin, fresh=True)
+                    self.client.minimum_cents(coin, fresh=True)
                 except ProviderError as e:
                     if e.outage:
                         raise
@@ -5071,37 +5548,19 @@ class PaymentDesk:
                 "Please choose another coin."
             )
 
-    def _create(self, coin, price_cents, reference, description):
-        try:
-            return self.client.create_payment(
-                price_cents=price_cents,
-                coin=coin,
-                reference=reference,
-                description=description,
-                ipn_url=self.shop.config.webhook_url + "/webhook",
-            )
-        except ProviderError as e:
-            log.warning("payments: creating a %s payment failed: %s", coin, e.detail)
-            if e.code == "AMOUNT_MINIMAL_ERROR":
-                self.client.minimum_cache.pop(coin, None)
-                raise InvalidInput(
-                    f"{fmt_eur(price_cents)} is below what {COIN_LABELS[coin]} can take. "
-                    "Please choose another coin."
-                ) from None
-            if not e.outage:
-                self.client.coins_cache = (
-                    0.0,
-                    None,
-                )  # what is enabled may have changed: ask again next time
-                raise InvalidInput(
-                    f"The payment service cannot take {COIN_LABELS[coin]} right now. "
-                    "Please choose another coin."
-                ) from None
-            raise
+    def _create(self, provider, method, price_cents, reference, description):
+        return provider.create_invoice(
+            method=method,
+            price_cents=price_cents,
+            reference=reference,
+            description=description,
+            webhook_url=self.shop.config.webhook_url + provider.webhook_path,
+        )
 
     @contextmanager
     def opening(self, nonce):
-        """One invoice per checkout: a second tap while the first is still talking to the provider waits its turn."""
+        """One invoice per checkout: a second tap while the first is still talking to the provider
+        waits its turn."""
         with self.lock:
             if nonce in self.busy:
                 raise InvalidInput("Your invoice is being prepared, one moment.")
@@ -5120,11 +5579,7 @@ class PaymentDesk:
 
     def _open_order_invoice(self, user_id, nonce, coin):
         conn = self.shop.db()
-        existing = conn.execute(
-            "SELECT p.* FROM payments p JOIN orders o ON o.id = p.order_id "
-            "WHERE o.checkout_key = ? AND p.user_id = ? AND p.parent_id IS NULL",
-            (nonce, user_id),
-        ).fetchone()
+        existing = find_checkout_payment(conn, user_id, nonce)
         if existing and existing["pay_currency"] != coin:
             raise InvalidInput(
                 f"This checkout already has an invoice in "
@@ -5141,19 +5596,18 @@ class PaymentDesk:
         if not created:  # an earlier attempt stopped between the reservation and the provider
             raise InvalidInput("This checkout already has an order; please check out again.")
         try:
-            data = self._create(coin, total, f"order-{order_id}", f"Order #{order_id}")
-            reserved = conn.execute(
-                "SELECT min(reserved_until) FROM stock_units WHERE order_id = ?", (order_id,)
-            ).fetchone()[0] or now_iso(minutes * 60)
-            until = min(reserved, provider_time(data.get("expiration_estimate_date"), reserved))
+            invoice = self._create(
+                self.client, coin, total, f"order-{order_id}", f"Order #{order_id}"
+            )
+            reserved = reservation_end(conn, order_id) or now_iso(minutes * 60)
             return record_payment(
                 conn,
                 kind="order",
                 user_id=user_id,
                 reference=f"order-{order_id}",
                 price_cents=total,
-                data=data,
-                expires_at=until,
+                invoice=invoice,
+                expires_at=min(reserved, invoice.expires_at or reserved),
                 order_id=order_id,
             )
         except BaseException:
@@ -5168,10 +5622,7 @@ class PaymentDesk:
     def _open_topup_invoice(self, user_id, nonce, coin):
         conn = self.shop.db()
         reference = f"topup-{nonce}"
-        existing = conn.execute(
-            "SELECT * FROM payments WHERE reference = ? AND user_id = ? AND parent_id IS NULL",
-            (reference, user_id),
-        ).fetchone()
+        existing = find_topup_payment(conn, user_id, reference)
         if existing and existing["pay_currency"] != coin:
             raise InvalidInput(
                 f"This top-up already has an invoice in "
@@ -5185,23 +5636,18 @@ class PaymentDesk:
         self._check_coin(coin, checkout["amount_cents"])
         claim_topup_invoice(conn, user_id, nonce, self.limits())
         try:
-            data = self._create(
-                coin,
-                checkout["amount_cents"],
-                reference,
-                f"Balance top-up {fmt_eur(checkout['amount_cents'])}",
+            amount = checkout["amount_cents"]
+            invoice = self._create(
+                self.client, coin, amount, reference, f"Balance top-up {fmt_eur(amount)}"
             )
-            expires = provider_time(
-                data.get("expiration_estimate_date"),
-                now_iso(self.shop.setting("reservation_minutes") * 60),
-            )
+            expires = invoice.expires_at or now_iso(self.shop.setting("reservation_minutes") * 60)
             return record_payment(
                 conn,
                 kind="topup",
                 user_id=user_id,
                 reference=reference,
-                price_cents=checkout["amount_cents"],
-                data=data,
+                price_cents=amount,
+                invoice=invoice,
                 expires_at=expires,
                 claim=nonce,
             )
@@ -5219,85 +5665,92 @@ class PaymentDesk:
         }
 
     def simulate(self, user_id, payment_id, outcome):
-        """🧪 in the bot or the Mini App: the sandbox's NOWPayments pays (or lets expire) one of the shopper's
-        invoices. Only in sandbox mode, and with a bot connected only for owners."""
+        """🧪 in the bot or the Mini App: the sandbox's NOWPayments pays (or lets expire) one of the
+        shopper's invoices. Only in sandbox mode, and with a bot connected only for owners."""
         if not self.shop.config.sandbox:
             raise NotFound("Simulated payments exist only in sandbox mode.")
         self.shop.check_may_buy(user_id)
         payment = get_payment(self.shop.db(), user_id, payment_id)
+        if not getattr(self.providers.get(payment["provider"]), "simulated", False):
+            raise NotFound("This payment was not made in the sandbox.")
         sandbox_simulate(self.shop, payment["provider_id"], outcome)
 
     def mark_paid(self, payment_id, reason, remote=None):
-        """The owner confirms money that arrived outside the flow: applied as 'finished' in full, by the
-        same function as an IPN (so the order is delivered, or the top-up credited, exactly once)."""
+        """The owner confirms money that arrived outside the flow: applied as 'finished' in full, by
+        the same function as an IPN (so the order is delivered, or the top-up credited, exactly
+        once)."""
         reason = clean_text(reason, "The reason", max_len=200)
         conn = self.shop.db()
-        p = conn.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
-        if p is None:
-            raise NotFound("No such payment.")
+        p = find_payment(conn, payment_id)
         if p["status"] in MONEY_STATUSES:
             raise InvalidInput(f"This payment is already {p['status']}.")
-        data = {
-            "payment_id": p["provider_id"],
-            "payment_status": "finished",
-            "pay_currency": p["pay_currency"],
-            "pay_amount": p["pay_amount"],
-            "actually_paid": p["pay_amount"],
-        }
-        outcome = apply_payment_status(conn, data, source="admin", owners=self.owners)
-        with transaction(conn):
-            audit(
-                conn,
-                "payment marked as paid",
-                f"payment {p['provider_id']}: {reason} ({outcome})",
-                remote,
-            )
+        news = PaymentNews(
+            provider=p["provider"],
+            provider_id=p["provider_id"],
+            status="finished",
+            currency=p["pay_currency"],
+            amount=p["pay_amount"],
+            paid=p["pay_amount"],
+        )
+        outcome = apply_payment_status(conn, news, source="admin", owners=self.owners)
+        audit_payment_marked_paid(conn, p, reason, outcome, remote)
         return outcome
 
-    def refresh(self, provider_id, source, throttle=0):
-        """Ask the provider for a payment's status and apply it. Returns what happened.
-
-        With throttle, a payment looked up less than that many seconds ago is left alone.
-        """
+    def refresh(self, provider_id, source, throttle=0, provider=None):
+        """Ask the provider (by default the coins' one) for a payment's status and apply it.
+        Returns what happened. With throttle, a payment looked up less than that many seconds ago
+        is left alone."""
+        provider = self.providers.get(provider or self.client.name)
+        if provider is None:  # a payment of a provider this shop no longer uses: nobody to ask
+            return "not asked: its provider is not in use"
+        key = (provider.name, provider_id)
         with self.lock:
-            if throttle and time.monotonic() - self.last_refresh.get(provider_id, -1e9) < throttle:
+            if throttle and time.monotonic() - self.last_refresh.get(key, -1e9) < throttle:
                 return "throttled"
-            self.last_refresh[provider_id] = time.monotonic()
-        data = self.client.get_payment(provider_id)
-        return self.apply(data, source)
+            self.last_refresh[key] = time.monotonic()
+        return self.apply(provider.fetch(provider_id), source)
 
-    CHECK_SECONDS = (
-        5  # 🔄 Check status and ❌ Cancel ask the provider about one payment at most this often
-    )
+    CHECK_SECONDS = 5  # 🔄 Check status and ❌ Cancel ask about one payment at most this often
 
     def check(self, user_id, payment_id):
-        """🔄 Check status (bot or Mini App): an unfinished payment is looked up with the provider, at most
-        every CHECK_SECONDS; returns the payment as it is now."""
+        """🔄 Check status (bot or Mini App): an unfinished payment is looked up with the provider,
+        at most every CHECK_SECONDS; returns the payment as it is now."""
         conn = self.shop.db()
         payment = get_payment(conn, user_id, payment_id)
         if payment["status"] in OPEN_STATUSES:
-            self.refresh(payment["provider_id"], "check", throttle=self.CHECK_SECONDS)
+            self.refresh(
+                payment["provider_id"],
+                "check",
+                throttle=self.CHECK_SECONDS,
+                provider=payment["provider"],
+            )
             payment = get_payment(conn, user_id, payment_id)
         return payment
 
     def cancel(self, user_id, payment_id):
-        """❌ Cancel (bot or Mini App): an open invoice is first looked up with the provider, which may know
-        of money on its way, at most every CHECK_SECONDS as for 🔄 Check status; a closed one answers from the
-        database without asking anyone. Returns (the payment as it is now, whether this cancelled it)."""
+        """❌ Cancel (bot or Mini App): an open invoice is first looked up with the provider, which
+        may know of money on its way, at most every CHECK_SECONDS as for 🔄 Check status; a closed
+        one answers from the database without asking anyone. Returns (the payment as it is now,
+        whether this cancelled it)."""
         conn = self.shop.db()
         payment = get_payment(conn, user_id, payment_id)
         if not invoice_is_open(payment):
             return payment, False
-        self.refresh(payment["provider_id"], "check", throttle=self.CHECK_SECONDS)
+        self.refresh(
+            payment["provider_id"],
+            "check",
+            throttle=self.CHECK_SECONDS,
+            provider=payment["provider"],
+        )
         payment = get_payment(conn, user_id, payment_id)
         if payment["status"] != "waiting":
             return payment, False
         cancelled = cancel_invoice(conn, user_id, payment_id)
         return get_payment(conn, user_id, payment_id), cancelled
 
-    def apply(self, data, source):
+    def apply(self, news, source):
         try:
-            return apply_payment_status(self.shop.db(), data, source=source, owners=self.owners)
+            return apply_payment_status(self.shop.db(), news, source=source, owners=self.owners)
         except (PaymentMismatch, InvalidInput) as e:
             self.alert(
                 type(e).__name__,
@@ -5307,88 +5760,53 @@ class PaymentDesk:
             raise
 
     def alert(self, kind, text, level=logging.ERROR):
-        """Tell the owners (and the log) about something that needs them, at most every ten minutes per kind."""
+        """Tell the owners (and the log) about something that needs them, at most every ten minutes
+        per kind."""
         if not self.alerts(kind):
             return
         log.log(level, "payments: %s", html_to_plain(text))
-        if self.owners:
-            conn = self.shop.db()
-            with transaction(conn):
-                alert_owners(conn, self.owners, text)
+        tell_owners(self.shop.db(), self.owners, text)
 
     def handle_ipn(self, body, signature, remote):
-        """POST /webhook: verify, store, apply. Returns (HTTP status, JSON answer)."""
+        """POST /webhook: NOWPayments' IPN (the sandbox's in sandbox mode)."""
+        return self.handle_webhook(self.client.name, body, {"x-nowpayments-sig": signature}, remote)
+
+    def handle_webhook(self, name, body, headers, remote):
+        """POST /webhook/<provider>: read, store, apply. Returns (HTTP status, JSON answer)."""
+        provider = self.providers.get(name)
+        if provider is None:
+            return 404, {"error": f"no payment provider {name[:40]!r} in this shop"}
         try:
-            return self._handle_ipn(body, signature, remote)
+            return self._handle_webhook(provider, body, headers, remote)
         except Exception as e:
-            if storage_problem(e):  # nothing was applied; NOWPayments sends it again later
+            if storage_problem(e):  # nothing was applied; the provider sends it again later
                 return 503, {"error": "the shop cannot save this IPN now; please retry"}
             log.exception("webhook: an IPN from %s could not be handled", remote)
-            self._store_ipn(
-                None, None, body, signature, "error: the shop failed; see its log", remote
-            )
+            signature = headers.get(provider.signature_header)
+            failed = "error: the shop failed; see its log"
+            store_webhook(self.shop.db(), name, (None, None), body, signature, failed, remote)
             return 500, {"error": "the shop could not handle this IPN now; please retry"}
 
-    def _handle_ipn(self, body, signature, remote):
-        data, verdict = verify_ipn(body, signature, self.shop.ipn_secret)
-        provider_id = status = None
-        if data is not None:
-            provider_id = (
-                str(data.get("payment_id"))[:40] if data.get("payment_id") is not None else None
-            )
-            status = (
-                str(data.get("payment_status"))[:40]
-                if data.get("payment_status") is not None
-                else None
-            )
+    def _handle_webhook(self, provider, body, headers, remote):
+        hook = provider.read_webhook(body, headers, remote)
+        if hook.alert:
+            self.alert(*hook.alert)
         # The news applied and the IPN stored commit together: one disk sync per IPN, not two.
         with transaction(self.shop.db()):
-            code, answer = 200, {"status": "ok"}
-            if data is None:
-                code, answer = 400, {"error": f"the body is not a JSON object ({verdict})"}
-            elif verdict in ("missing signature", "bad signature"):
-                code, answer = (
-                    401,
-                    {"error": f"{verdict}: x-nowpayments-sig must be the HMAC of this body"},
-                )
-                self.alert(
-                    "signature",
-                    f"⚠️ An IPN with a {verdict} was refused (from {esc(remote)}). If this "
-                    "repeats, check that NOWPAYMENTS_IPN_SECRET matches the dashboard.",
-                    logging.WARNING,
-                )
-            elif verdict == "unsigned" or (
-                status in MONEY_STATUSES and data.get("actually_paid") in (None, "")
-            ):
-                # Unsigned, the body proves nothing; without actually_paid it cannot be settled. Either way
-                # it only says which payment to look up with the API.
-                code, answer, verdict = self._hint(data)
+            if hook.refuse:
+                (code, answer), verdict = hook.refuse, hook.verdict
+            elif hook.look_up:
+                code, answer, verdict = self._hint(provider, hook.payload)
             else:
-                try:
-                    verdict = "applied: " + self.apply(data, "ipn")
-                except UnknownPayment as e:
-                    code, answer, verdict = 404, {"error": str(e)}, "unknown payment"
-                    # A 'waiting' IPN may beat the answer to our own POST /payment; NOWPayments retries it.
-                    # Money for a reference that looks like ours is another matter.
-                    if status in MONEY_STATUSES and re.fullmatch(
-                        r"(order-\d+|topup-[0-9a-f]+)", str(data.get("order_id"))
-                    ):
-                        self.alert(
-                            "unknown",
-                            f"⚠️ NOWPayments reports money ({esc(status)}) for payment "
-                            f"{esc(provider_id)}, {esc(data.get('order_id'))}, which this shop does "
-                            "not know.",
-                        )
-                except PaymentMismatch as e:
-                    code, answer, verdict = 409, {"error": str(e)}, f"mismatch: {e}"
-                except InvalidInput as e:
-                    code, answer, verdict = 400, {"error": str(e)}, f"invalid: {e}"
-            # A refused IPN costs its sender nothing, so it is kept short and only the latest ones are kept.
-            self._store_ipn(
-                provider_id,
-                status,
+                code, answer, verdict = self._apply_webhook(provider, hook)
+            # A refused IPN costs its sender nothing, so it is kept short and only the latest
+            # ones are kept.
+            store_webhook(
+                self.shop.db(),
+                provider.name,
+                (hook.provider_id, hook.status),
                 body if code < 400 else body[:512],
-                signature,
+                headers.get(provider.signature_header),
                 verdict,
                 remote,
                 refused=code >= 400,
@@ -5397,51 +5815,43 @@ class PaymentDesk:
             log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
         return code, answer
 
-    REFUSED_KEPT = 1000
-
-    def _store_ipn(self, provider_id, status, body, signature, verdict, remote, refused=False):
-        conn = self.shop.db()
-        with transaction(conn):
-            row = conn.execute(
-                "INSERT INTO ipn_events(received_at, provider_id, status, body, signature, verdict, "
-                "remote_addr, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    now_iso(),
-                    provider_id,
-                    status,
-                    body.decode("utf-8", "replace"),
-                    (signature or "")[:256] or None,
-                    verdict[:500],
-                    remote,
-                    int(refused),
-                ),
-            ).lastrowid
-            if refused and row % 100 == 0:
-                conn.execute(
-                    "DELETE FROM ipn_events WHERE refused = 1 AND id <= (SELECT id FROM ipn_events "
-                    "WHERE refused = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (self.REFUSED_KEPT,),
-                )
-
-    def _hint(self, data):
-        """Queue a look-up of the payment an IPN names (or of its parent's new child). Returns the answer."""
+    def _apply_webhook(self, provider, hook):
+        """Apply a webhook's news: (HTTP status, JSON answer, verdict)."""
         try:
-            provider_id = provider_payment_id(data.get("payment_id"))
-            parent = data.get("parent_payment_id")
-            parent = provider_payment_id(parent) if parent not in (None, "") else None
+            return (
+                200,
+                {"status": "ok"},
+                "applied: " + self.apply(provider.news(hook.payload), "ipn"),
+            )
+        except UnknownPayment as e:
+            # A 'waiting' IPN may beat the answer to our own invoice request; the provider retries
+            # it. Money for a reference that looks like ours is another matter.
+            reference = str(hook.payload.get("order_id"))
+            if hook.status in MONEY_STATUSES and re.fullmatch(
+                r"(order-\d+|topup-[0-9a-f]+)", reference
+            ):
+                self.alert(
+                    "unknown",
+                    f"⚠️ {provider.label} reports money ({esc(hook.status)}) for payment "
+                    f"{esc(hook.provider_id)}, {esc(reference)}, which this shop does not know.",
+                )
+            return 404, {"error": str(e)}, "unknown payment"
+        except PaymentMismatch as e:
+            return 409, {"error": str(e)}, f"mismatch: {e}"
         except InvalidInput as e:
             return 400, {"error": str(e)}, f"invalid: {e}"
-        conn = self.shop.db()
-        known = conn.execute(
-            "SELECT 1 FROM payments WHERE provider_id = ?", (provider_id,)
-        ).fetchone() or (
-            parent
-            and conn.execute("SELECT 1 FROM payments WHERE provider_id = ?", (parent,)).fetchone()
-        )
-        if not known:
+
+    def _hint(self, provider, data):
+        """Queue a look-up of the payment a webhook names (or of its parent's new child). Returns
+        (HTTP status, JSON answer, verdict)."""
+        try:
+            provider_id, parent = provider.look_up_ids(data)
+        except InvalidInput as e:
+            return 400, {"error": str(e)}, f"invalid: {e}"
+        if not payment_is_known(self.shop.db(), provider.name, provider_id, parent):
             return 404, {"error": "unknown payment"}, "hint for an unknown payment"
         try:
-            self.hints.put_nowait((provider_id, time.monotonic()))
+            self.hints.put_nowait((provider.name, provider_id, time.monotonic()))
         except queue.Full:
             return 503, {"error": "busy; please retry"}, "hint dropped: too many waiting"
         return (
@@ -5451,17 +5861,17 @@ class PaymentDesk:
         )
 
     def work_hints(self):
-        """One thread looks up hinted payments. A hint older than the last look-up of its payment adds
-        nothing and is skipped; look-ups of one payment are two seconds apart. So a flood of hints
-        costs the provider a request every two seconds at most, and no real news is lost."""
+        """One thread looks up hinted payments. A hint older than the last look-up of its payment
+        adds nothing and is skipped; look-ups of one payment are two seconds apart. So a flood of
+        hints costs the provider a request every two seconds at most, and no real news is lost."""
         while (item := self.hints.get()) is not None:
-            provider_id, queued = item
+            name, provider_id, queued = item
             try:
                 with self.lock:
-                    last = self.last_refresh.get(provider_id, -1e9)
+                    last = self.last_refresh.get((name, provider_id), -1e9)
                 if last < queued:
                     self.shop.stopping.wait(max(0.0, last + 2 - time.monotonic()))
-                    self.refresh(provider_id, "ipn")
+                    self.refresh(provider_id, "ipn", provider=name)
             except (ShopError, sqlite3.Error) as e:
                 log.warning(
                     "payments: checking payment %s failed: %s", provider_id, getattr(e, "detail", e)
@@ -5470,92 +5880,76 @@ class PaymentDesk:
                 self.hints.task_done()
 
     def reconcile(self):
-        """Scheduled: ask the provider about every payment younger than a week that may still move.
+        """Scheduled: ask each provider about its payments younger than a week that may still move.
 
         Open payments are asked about every run (older ones every ten minutes);
         expired and failed ones every half hour, since money may still arrive.
         """
         conn = self.shop.db()
-        rows = conn.execute(
-            "SELECT provider_id, created_at, status FROM payments WHERE status IN "
-            "('waiting', 'confirming', 'confirmed', 'sending', 'expired', 'failed') "
-            "AND created_at > ? ORDER BY id",
-            (now_iso(-7 * 86400),),
-        ).fetchall()
-        for row in rows:
+        paused = set()
+        for row in payments_to_reconcile(conn, list(self.providers)):
             if self.shop.stopping.is_set():
                 return
+            if row["provider"] in paused:
+                continue
             if row["status"] in ("expired", "failed"):
                 every = 1800
             else:
                 every = 0 if row["created_at"] > now_iso(-7200) else 600
-            try:
-                self.refresh(row["provider_id"], "poll", throttle=every)
-            except ProviderError as e:
-                if e.outage:
-                    log.warning(
-                        "payments: reconciliation paused, NOWPayments is not answering: %s",
-                        e.detail,
-                    )
-                    break
-                self.alert(
-                    f"poll:{row['provider_id']}",
-                    f"⚠️ NOWPayments refuses to report payment "
-                    f"{row['provider_id']}: {esc(e.detail)}",
-                    logging.WARNING,
-                )
-            except (PaymentMismatch, UnknownPayment, InvalidInput):
-                continue
-        self.check_stuck(conn)
-        self.check_outage()
-
-    def check_stuck(self, conn):
-        stuck = conn.execute(
-            "SELECT * FROM payments WHERE status IN ('confirming', 'confirmed', 'sending') "
-            "AND stuck_alerted = 0 AND expires_at < ?",
-            (now_iso(-3600),),
-        ).fetchall()
-        for p in stuck:
-            with transaction(conn):
-                conn.execute("UPDATE payments SET stuck_alerted = 1 WHERE id = ?", (p["id"],))
-                alert_owners(
-                    conn,
-                    self.owners,
-                    f"⚠️ Payment {p['provider_id']} "
-                    f"({'order #%s' % p['order_id'] if p['order_id'] else 'top-up'}) "
-                    f"is still '{p['status']}' an hour after its invoice ran out.",
-                )
+            self._reconcile_one(row, every, paused)
+        for p in flag_stuck_payments(conn, self.owners):
             log.warning(
                 "payments: payment %s stuck in %s past its expiry", p["provider_id"], p["status"]
             )
+        for provider in self.providers.values():
+            self.check_outage(provider)
 
-    def check_outage(self):
-        if self.client.failing_since is not None:
+    def _reconcile_one(self, row, every, paused):
+        provider = self.providers[row["provider"]]
+        try:
+            self.refresh(row["provider_id"], "poll", throttle=every, provider=provider.name)
+        except ProviderError as e:
+            if e.outage:
+                log.warning(
+                    "payments: reconciliation paused, %s is not answering: %s",
+                    provider.label,
+                    e.detail,
+                )
+                paused.add(provider.name)
+                return
+            self.alert(
+                f"poll:{row['provider_id']}",
+                f"⚠️ {provider.label} refuses to report payment "
+                f"{row['provider_id']}: {esc(e.detail)}",
+                logging.WARNING,
+            )
+        except (PaymentMismatch, UnknownPayment, InvalidInput):
+            pass
+
+    def check_outage(self, provider):
+        if provider.failing_since is not None:
             try:  # nothing else may call the provider for a while: ask it directly whether it is back
-                self.client.status()
+                provider.ping()
             except ProviderError:
                 pass
-        if self.client.refused:
+        if provider.refused:
             self.alert(
                 "refused",
-                f"⚠️ NOWPayments refuses the shop's API key ({esc(self.client.refused)}). "
-                "Check NOWPAYMENTS_API_KEY; until then no invoice can be created.",
+                f"⚠️ {provider.label} refuses the shop's API key ({esc(provider.refused)}). "
+                f"Check {provider.credentials}; until then no invoice can be created.",
             )
-        since = self.client.failing_since
-        if since and time.monotonic() - since > 300 and not self.outage_alerted:
-            self.outage_alerted = True
+        since = provider.failing_since
+        if since and time.monotonic() - since > 300 and provider.name not in self.outage_alerted:
+            self.outage_alerted.add(provider.name)
             self.alert(
                 "outage",
-                "⚠️ NOWPayments has not been answering for over 5 minutes. Invoices cannot "
+                f"⚠️ {provider.label} has not been answering for over 5 minutes. Invoices cannot "
                 "be created; payments are checked again when it is back.",
             )
-        elif since is None and self.outage_alerted:
-            self.outage_alerted = False
-            log.info("payments: NOWPayments answers again")
-            if self.owners:
-                conn = self.shop.db()
-                with transaction(conn):
-                    alert_owners(conn, self.owners, "✅ NOWPayments answers again.")
+        elif since is None and provider.name in self.outage_alerted:
+            self.outage_alerted.discard(provider.name)
+            log.info("payments: %s answers again", provider.label)
+            tell_owners(self.shop.db(), self.owners, f"✅ {provider.label} answers again.")
 
 
 # Web #########################################################################
@@ -5629,15 +6023,32 @@ def web_healthz(shop):
     return json_response(200 if state["status"] == "ok" else 503, state)
 
 
-def web_nowpayments_ipn(shop):
-    """The NOWPayments IPN."""
+def web_webhook_body():
+    """A webhook's body, or None when it is over 64 KB (no provider sends one that large)."""
     if (bottle.request.content_length or 0) > 65536:
-        return json_response(413, {"error": "the body is larger than 64 KB"})
+        return None
     body = bottle.request.body.read(65537)
-    if len(body) > 65536:
+    return body if len(body) <= 65536 else None
+
+
+def web_nowpayments_ipn(shop):
+    """The NOWPayments IPN (the sandbox's, in sandbox mode), at the address it has always had."""
+    body = web_webhook_body()
+    if body is None:
         return json_response(413, {"error": "the body is larger than 64 KB"})
     code, answer = shop.payments.handle_ipn(
         body, header("x-nowpayments-sig"), bottle.request.remote_addr
+    )
+    return json_response(code, answer)
+
+
+def web_webhook(shop, provider):
+    """POST /webhook/<provider>: a payment provider's news."""
+    body = web_webhook_body()
+    if body is None:
+        return json_response(413, {"error": "the body is larger than 64 KB"})
+    code, answer = shop.payments.handle_webhook(
+        provider, body, bottle.request.headers, bottle.request.remote_addr
     )
     return json_response(code, answer)
 
@@ -5698,6 +6109,7 @@ WEB_ROUTES = [
     ("GET", "/favicon.ico", web_favicon),
     ("GET", "/healthz", web_healthz),
     ("POST", "/webhook", web_nowpayments_ipn),
+    ("POST", "/webhook/<provider:re:[a-z0-9_]{1,40}>", web_webhook),
     ("GET", "/", web_index),
     ("GET", "/static/<path:path>", web_static),
     ("GET", "/media/<name:re:[0-9a-f]{32}\\.(jpg|png|gif|webp)>", web_media),
@@ -6983,12 +7395,13 @@ def admin_payment(shop, payment_id):
 
 def admin_payment_recheck(shop, payment_id):
     with admin_change(shop) as (conn, sess):
-        provider_id = find_payment_provider_id(conn, payment_id)
-        outcome = shop.payments.refresh(provider_id, "admin")
+        p = find_payment(conn, payment_id)
+        outcome = shop.payments.refresh(p["provider_id"], "admin", provider=p["provider"])
         record_audit(
-            conn, "payment re-checked", f"payment {provider_id}: {outcome}", admin_remote()
+            conn, "payment re-checked", f"payment {p['provider_id']}: {outcome}", admin_remote()
         )
-    return admin_done(shop, sess, f"/admin/payments/{payment_id}", f"NOWPayments says: {outcome}")
+    said = f"{shop.payments.label_of(p['provider'])} says: {outcome}"
+    return admin_done(shop, sess, f"/admin/payments/{payment_id}", said)
 
 
 def admin_payment_mark_paid(shop, payment_id):
@@ -8978,6 +9391,13 @@ def make_files_private(config):
     return tightened, stuck
 
 
+def make_sandbox(shop):
+    """The NOWPayments emulator as a Bottle app (mounted at /sandbox/v1)."""
+    api = bottle.Bottle()
+    add_routes(api, shop, SANDBOX_ROUTES)
+    return api
+
+
 class Shop:
     """The running shop: configuration, the web server, the bot, the sender and the jobs."""
 
@@ -8998,6 +9418,7 @@ class Shop:
         self.problems = RecentProblems(config.secrets())
         self.ipn_secret = ""
         self.sandbox_api_key = ""
+        self.sandbox_app = None  # the sandbox's NOWPayments emulator (a WSGI app), in sandbox mode
         self.webapp_token = ""
         self.instance_lock = None
         self.new_admin_password = (
@@ -9220,26 +9641,12 @@ class Shop:
             conn.close()
 
     def start_payments(self):
+        """The payment providers and the desk over them, and the key the Mini App's initData is
+        signed with."""
         c = self.config
-        if c.sandbox:
-            # The sandbox signs and checks with secrets of its own, never the owner's real ones.
-            self.ipn_secret = stored_secret(c.shop_db, "sandbox_ipn_secret")
-            self.sandbox_api_key = stored_secret(c.shop_db, "sandbox_api_key")
-        else:
-            self.ipn_secret = c.nowpayments_ipn_secret
-        # Mini App initData is signed with the bot token; a sandbox without a bot signs its preview itself.
+        self.start_providers()
+        # initData is signed with the bot token; a sandbox without a bot signs its preview itself.
         self.webapp_token = c.bot_token or stored_secret(c.shop_db, "sandbox_webapp_token")
-        client = (
-            NowPayments(self.url + "/sandbox/v1", self.sandbox_api_key)
-            if c.sandbox
-            else NowPayments(c.nowpayments_api_url, c.nowpayments_api_key)
-        )
-        self.sandbox_app = make_sandbox(self) if c.sandbox else None
-        if c.sandbox:
-            client.session.mount(
-                self.url + "/sandbox/v1/", InProcess(self.sandbox_app, "/sandbox/v1")
-            )
-        self.payments = PaymentDesk(self, client)
         self._thread("payment-hints", self.payments.work_hints)
 
     def start_web(self):
@@ -9310,6 +9717,27 @@ class Shop:
             self._thread("bot", self._run_bot)
         else:
             log.info("bot: off (set BOT_TOKEN to connect the Telegram bot)")
+
+    def start_providers(self):
+        """The payment providers this configuration uses (PAYMENT_PROVIDERS), and the desk."""
+        c = self.config
+        if c.sandbox:
+            # The sandbox signs and checks with secrets of its own, never the owner's real ones.
+            self.ipn_secret = stored_secret(c.shop_db, "sandbox_ipn_secret")
+            self.sandbox_api_key = stored_secret(c.shop_db, "sandbox_api_key")
+            self.sandbox_app = make_sandbox(self)
+        else:
+            self.ipn_secret = c.nowpayments_ipn_secret
+        providers = []
+        for cls in PAYMENT_PROVIDERS.values():
+            settings = cls.configured(self)
+            if settings is not None:
+                providers.append(cls(**settings))
+        for provider in providers:
+            if isinstance(provider, SandboxPayments):  # its API answers in this process
+                adapter = InProcess(self.sandbox_app, "/sandbox/v1")
+                provider.session.mount(self.url + "/sandbox/v1/", adapter)
+        self.payments = PaymentDesk(self, providers)
 
     def _thread(self, name, target):
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -9435,7 +9863,7 @@ class Shop:
             self.scheduler.shutdown(wait=False)
         if self.payments:
             self.payments.hints.put(None)
-            self.payments.client.session.close()  # and the sandbox's own threads, if any
+            self.payments.close()  # and the sandbox's own threads, if any
         if self.server:
             self.server.task_dispatcher.shutdown(timeout=2)  # lets requests in flight finish
             self._web_wake.pull_trigger(lambda: waitress.wasyncore.close_all(self._web_map))

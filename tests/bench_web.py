@@ -544,7 +544,7 @@ def seed_topups(conn, users, count, webhook_url):
                 user_id=uid,
                 reference=f"topup-{nonce}",
                 price_cents=1000,
-                data={**data, "payment_id": str(provider_id)},
+                invoice=shop.SandboxPayments.new_invoice({**data, "payment_id": str(provider_id)}),
                 expires_at=shop.now_iso(1800),
             )
             made.append(data)

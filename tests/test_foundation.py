@@ -514,3 +514,127 @@ def test_money_formats_at_the_edges():
         shop.esc("Łódź <Centrum> & gift_card *25*") == "Łódź &lt;Centrum&gt; &amp; gift_card *25*"
     )
     assert shop.tg_len("a😀") == 3
+
+
+def test_a_version_4_database_keeps_its_payments_and_learns_their_providers(tmp_path):
+    """Schema 5 rebuilds payments with a provider column, unique with the provider's id: every
+    payment, the rows pointing at it, and the daily totals come through; the sandbox's own
+    payments become the sandbox's."""
+    path = str(tmp_path / "v4.db")
+    raw = sqlite3.connect(path)
+    raw.executescript((ROOT / "tests" / "data" / "schema_v4.sql").read_text())
+    now = shop.now_iso()
+    raw.execute(
+        "INSERT INTO users(id, balance_cents, created_at, last_seen_at) VALUES (7, 500, ?, ?)",
+        (now, now),
+    )
+    columns = (
+        "id, provider_id, kind, user_id, parent_id, reference, price_cents, pay_currency, "
+        "pay_amount, pay_address, status, expires_at, created_at, updated_at, final_at"
+    )
+    rows = [
+        (
+            1,
+            "5001",
+            "topup",
+            7,
+            None,
+            "topup-ab",
+            500,
+            "btc",
+            "0.0001",
+            "a",
+            "finished",
+            now,
+            now,
+            now,
+            now,
+        ),
+        (
+            2,
+            "5002",
+            "topup",
+            7,
+            1,
+            "topup-ab",
+            500,
+            "btc",
+            "0.0001",
+            "a",
+            "waiting",
+            now,
+            now,
+            now,
+            None,
+        ),
+        (
+            3,
+            "6001",
+            "topup",
+            7,
+            None,
+            "topup-cd",
+            900,
+            "ltc",
+            "0.2",
+            "b",
+            "waiting",
+            now,
+            now,
+            now,
+            None,
+        ),
+    ]
+    raw.executemany(f"INSERT INTO payments({columns}) VALUES ({', '.join('?' * 15)})", rows)
+    raw.execute("INSERT INTO sandbox_payments(id, data) VALUES (6001, '{}')")
+    raw.execute(
+        "INSERT INTO ledger(user_id, amount_cents, balance_after_cents, kind, idempotency_key, "
+        "created_at) VALUES (7, 500, 500, 'topup', 'payment:5001:credit', ?)",
+        (now,),
+    )
+    raw.execute(
+        "INSERT INTO outbox(chat_id, text, next_attempt_at, created_at, payment_id) "
+        "VALUES (7, 'Paid', ?, ?, 1)",
+        (now, now),
+    )
+    raw.execute("PRAGMA user_version = 4")
+    raw.commit()
+    before_daily = raw.execute("SELECT * FROM daily_payments").fetchall()
+    raw.close()
+    conn = shop.init_db(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION == 5
+    got = conn.execute(
+        "SELECT id, provider, provider_id, parent_id, status FROM payments ORDER BY id"
+    ).fetchall()
+    assert [tuple(r) for r in got] == [
+        (1, "nowpayments", "5001", None, "finished"),
+        (2, "nowpayments", "5002", 1, "waiting"),
+        (3, "sandbox", "6001", None, "waiting"),
+    ]
+    assert conn.execute("SELECT payment_id FROM outbox").fetchone()[0] == 1
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert [tuple(r) for r in conn.execute("SELECT * FROM daily_payments")] == before_daily
+    shop.check_ledger(conn)
+    # The same id may come from two providers, but not twice from one.
+    with shop.transaction(conn):
+        conn.execute(
+            "INSERT INTO payments(provider, provider_id, kind, user_id, reference, price_cents, "
+            "pay_currency, pay_amount, status, expires_at, created_at, updated_at) "
+            "VALUES ('sandbox', '5001', 'topup', 7, 'topup-ef', 100, 'btc', '1', 'waiting', ?, ?, ?)",
+            (now, now, now),
+        )
+    with pytest.raises(sqlite3.IntegrityError), shop.transaction(conn):
+        conn.execute(
+            "INSERT INTO payments(provider, provider_id, kind, user_id, reference, price_cents, "
+            "pay_currency, pay_amount, status, expires_at, created_at, updated_at) "
+            "VALUES ('sandbox', '5001', 'topup', 7, 'topup-gh', 100, 'btc', '1', 'waiting', ?, ?, ?)",
+            (now, now, now),
+        )
+    # The triggers came back with the table: a payment that becomes final is counted.
+    with shop.transaction(conn):
+        conn.execute("UPDATE payments SET status = 'expired', final_at = ? WHERE id = 3", (now,))
+    assert sum(r["payments"] for r in conn.execute("SELECT payments FROM daily_payments")) == (
+        sum(r[-1] for r in before_daily) + 1
+    )
+    # The webhooks' record names providers too.
+    assert "provider" in [r[1] for r in conn.execute("PRAGMA table_info(ipn_events)")]

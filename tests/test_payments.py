@@ -143,7 +143,7 @@ def order_payment(conn, uid, lines, pay_amount="0.0004", coin="btc", minutes=30)
         user_id=uid,
         reference=f"order-{order_id}",
         price_cents=total,
-        data=data,
+        invoice=shop.SandboxPayments.new_invoice(data),
         expires_at=shop.now_iso(minutes * 60),
         order_id=order_id,
     )
@@ -162,7 +162,7 @@ def topup_payment(conn, uid, cents, pay_amount="0.0004", coin="btc"):
         user_id=uid,
         reference=f"topup-{next(_ids)}",
         price_cents=cents,
-        data=data,
+        invoice=shop.SandboxPayments.new_invoice(data),
         expires_at=shop.now_iso(1800),
     )
 
@@ -185,7 +185,9 @@ def news(payment, status, paid=None, **extra):
 
 
 def apply(conn, data, source="ipn"):
-    return shop.apply_payment_status(conn, data, source=source, owners=(900,))
+    return shop.apply_payment_status(
+        conn, shop.SandboxPayments.news(data), source=source, owners=(900,)
+    )
 
 
 def outbox(conn, chat):
@@ -1161,7 +1163,7 @@ def test_a_late_payment_for_a_basket_order_takes_its_lines_out_of_the_basket_aga
         user_id=uid,
         reference=f"order-{order_id}",
         price_cents=total,
-        data=data,
+        invoice=shop.SandboxPayments.new_invoice(data),
         expires_at=shop.now_iso(1800),
         order_id=order_id,
     )
