@@ -1822,6 +1822,47 @@ def release_expired_reservations(conn):
     return freed
 
 
+def get_basket_line_quantity(conn, user_id, product_id, district_id):
+    """How many of a product in a place the shopper has in their basket (None: not there)."""
+    row = conn.execute(
+        "SELECT quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
+        "AND district_id = ?",
+        (user_id, product_id, district_id),
+    ).fetchone()
+    return row["quantity"] if row is not None else None
+
+
+def list_basket_lines(conn, user_id):
+    """The shopper's basket as order lines [(product_id, district_id, quantity)]."""
+    return [
+        (line.product_id, line.district_id, line.quantity)
+        for line in get_basket(conn, user_id).lines
+    ]
+
+
+def count_user_paid_orders(conn, user_id):
+    return conn.execute(
+        "SELECT count(*) FROM orders WHERE user_id = ? AND status = 'paid'", (user_id,)
+    ).fetchone()[0]
+
+
+def get_telegram_file_id(conn, photo, bot_id):
+    """Telegram's file_id of a photo ref this bot uploaded before, or None."""
+    row = conn.execute(
+        "SELECT file_id FROM telegram_files WHERE photo = ? AND bot_id = ?", (photo, bot_id)
+    ).fetchone()
+    return row["file_id"] if row is not None else None
+
+
+def save_telegram_file_id(conn, photo, bot_id, file_id):
+    """Remember the file_id Telegram gave a photo ref this bot uploaded."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO telegram_files(photo, bot_id, file_id) VALUES (?, ?, ?)",
+            (photo, bot_id, file_id),
+        )
+
+
 # Services: payments ##########################################################
 
 # Provider statuses in the order a payment moves through them. Money states
@@ -7884,11 +7925,7 @@ def screen_products(conn, district_id, page=0):
 
 def screen_product(conn, user_id, product_id, district_id):
     offer = get_offer(conn, product_id, district_id)
-    in_basket = conn.execute(
-        "SELECT quantity FROM basket_items WHERE user_id = ? AND product_id = ? "
-        "AND district_id = ?",
-        (user_id, product_id, district_id),
-    ).fetchone()
+    in_basket = get_basket_line_quantity(conn, user_id, product_id, district_id)
     photo = f"public:{offer['photo']}" if offer["photo"] else None
     facts = [
         "",
@@ -7896,8 +7933,8 @@ def screen_product(conn, user_id, product_id, district_id):
         f"📍 {esc(place_name(offer['city_name'], offer['district_name']))}",
         f"📦 Available: {offer['available']}" if offer["available"] else "❌ Sold out here",
     ]
-    if in_basket:
-        facts.append(f"🧺 In your basket: {in_basket['quantity']}")
+    if in_basket is not None:
+        facts.append(f"🧺 In your basket: {in_basket}")
     lines = [f"<b>{esc(offer['name'])}</b>"]
     if offer["description"]:
         room = (
@@ -7958,7 +7995,8 @@ def screen_basket(conn, user_id):
 
 
 def coin_rows(coins, amount_cents, data):
-    """Coin buttons two to a row; a coin whose minimum is above the amount shows that minimum instead."""
+    """Coin buttons two to a row; a coin whose minimum is above the amount shows that minimum
+    instead."""
     buttons = []
     for code, minimum in coins:
         if minimum is not None and minimum > amount_cents:
@@ -7972,7 +8010,8 @@ def coin_rows(coins, amount_cents, data):
 
 TEST_MODE_OWNER = (
     "🧪 <b>Test mode</b>: you may buy here and pay with the 🧪 buttons, which simulate payments "
-    "(you are in ADMIN_IDS or TESTER_IDS). Other shoppers cannot buy until NOWPAYMENTS_API_KEY is set."
+    "(you are in ADMIN_IDS or TESTER_IDS). Other shoppers cannot buy until NOWPAYMENTS_API_KEY "
+    "is set."
 )
 
 
@@ -7981,15 +8020,17 @@ def screen_not_selling():
 
 
 def screen_checkout(conn, user, checkout, coins, selling=True):
-    """A checkout (see create_checkout) with its ways to pay; coins is None when crypto is unavailable.
+    """A checkout (see create_checkout) with its ways to pay; coins is None when crypto is
+    unavailable.
     selling=False: test mode for a shopper who may not buy, who is told so instead."""
     lines = checkout_lines(checkout)
     total, offers = price_lines(conn, lines)
     text = ["💳 <b>Checkout</b>", ""]
     short = False
-    for offer, (_, _, quantity) in zip(offers, lines):
+    for offer, (_, _, quantity) in zip(offers, lines, strict=False):
+        place = esc(place_name(offer["city_name"], offer["district_name"]))
         line = (
-            f"• <b>{esc(offer['name'])}</b> · {esc(place_name(offer['city_name'], offer['district_name']))}"
+            f"• <b>{esc(offer['name'])}</b> · {place}"
             f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}"
         )
         if offer["available"] < quantity:
@@ -8031,9 +8072,7 @@ def screen_checkout(conn, user, checkout, coins, selling=True):
 
 
 def screen_profile(conn, user):
-    orders = conn.execute(
-        "SELECT count(*) FROM orders WHERE user_id = ? AND status = 'paid'", (user["id"],)
-    ).fetchone()[0]
+    orders = count_user_paid_orders(conn, user["id"])
     name = esc(user["first_name"]) + (f" (@{esc(user['username'])})" if user["username"] else "")
     return Screen(
         f"👤 <b>Profile</b>\n\nName: {name}\nTelegram ID: <code>{user['id']}</code>\n"
@@ -8068,7 +8107,8 @@ def screen_topup_coins(checkout, coins):
 
 
 def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
-    """The invoice for a payment: exact amount and address, memo, expiry, status; QR code as the photo.
+    """The invoice for a payment: exact amount and address, memo, expiry, status; QR code as the
+    photo.
     simulate: the 🧪 buttons that make the sandbox pay it (for whom Shop.may_simulate allows)."""
     coin = payment["pay_currency"]
     label = COIN_LABELS.get(coin, coin.upper())
@@ -8135,7 +8175,8 @@ def screen_orders(conn, user_id, before_id=None):
     rows = [
         [
             (
-                f"#{o['id']} · {o['created_at'][:10]} · {fmt_eur(o['total_cents'])} · {o['status']}",
+                f"#{o['id']} · {o['created_at'][:10]} · {fmt_eur(o['total_cents'])}"
+                f" · {o['status']}",
                 f"order:{o['id']}",
             )
         ]
@@ -8209,13 +8250,11 @@ def api_error(e):
 def send_photo_cached(shop, conn, chat_id, photo, caption, markup=None):
     """Send a photo ref, uploading its file once per bot and reusing Telegram's file_id after."""
     api, bot_id = shop.telegram, shop.config.bot_id
-    row = conn.execute(
-        "SELECT file_id FROM telegram_files WHERE photo = ? AND bot_id = ?", (photo, bot_id)
-    ).fetchone()
-    if row:
+    file_id = get_telegram_file_id(conn, photo, bot_id)
+    if file_id is not None:
         try:
             return api.send_photo(
-                chat_id, row["file_id"], caption=caption, parse_mode="HTML", reply_markup=markup
+                chat_id, file_id, caption=caption, parse_mode="HTML", reply_markup=markup
             )
         except apihelper.ApiTelegramException as e:
             if e.error_code != 400 or "file" not in (e.description or "").lower():
@@ -8225,11 +8264,7 @@ def send_photo_cached(shop, conn, chat_id, photo, caption, markup=None):
         message = api.send_photo(
             chat_id, f, caption=caption, parse_mode="HTML", reply_markup=markup
         )
-    with transaction(conn):
-        conn.execute(
-            "INSERT OR REPLACE INTO telegram_files(photo, bot_id, file_id) VALUES (?, ?, ?)",
-            (photo, bot_id, message.photo[-1].file_id),
-        )
+    save_telegram_file_id(conn, photo, bot_id, message.photo[-1].file_id)
     return message
 
 
@@ -8247,7 +8282,8 @@ class PollingBot(telebot.TeleBot):
 
 
 class PollingErrors(telebot.ExceptionHandler):
-    """What telebot does with errors: polling failures back off and log once a minute, not per try."""
+    """What telebot does with errors: polling failures back off and log once a minute, not per
+    try."""
 
     def __init__(self, shop):
         self.shop, self.failures, self.warn = shop, 0, Throttle(60)
@@ -8259,13 +8295,17 @@ class PollingErrors(telebot.ExceptionHandler):
         self.failures += 1
         code = getattr(exception, "error_code", None)
         if code == 409:
-            reason = "another process is polling with this BOT_TOKEN (409 Conflict); run one shop per bot"
+            reason = (
+                "another process is polling with this BOT_TOKEN (409 Conflict); "
+                "run one shop per bot"
+            )
         elif code == 401:
             reason = (
                 "Telegram refused BOT_TOKEN (401 Unauthorized); check the token with @BotFather"
             )
         else:
-            reason = f"cannot get updates from Telegram ({api_error(exception)[1] if code else type(exception).__name__})"
+            detail = api_error(exception)[1] if code else type(exception).__name__
+            reason = f"cannot get updates from Telegram ({detail})"
         self.shop.bot_state = f"down: {reason}"
         if self.warn():
             log.log(
@@ -8294,32 +8334,38 @@ class ShopBot:
         self.shop = shop
         self.bot = shop.telegram
         b = self.bot
-        b.register_message_handler(self.on_start, commands=["start"], chat_types=["private"])
         for command, handler in (
-            ("shop", self.on_shop),
-            ("basket", self.on_basket),
-            ("refill", self.on_topup),
-            ("profile", self.on_profile),
-            ("orders", self.on_orders),
-            ("help", self.on_help),
+            ("start", self.msg_start),
+            ("shop", self.msg_shop),
+            ("basket", self.msg_basket),
+            ("refill", self.msg_topup),
+            ("profile", self.msg_profile),
+            ("orders", self.msg_orders),
+            ("help", self.msg_help),
         ):
-            b.register_message_handler(handler, commands=[command], chat_types=["private"])
+            b.register_message_handler(
+                self.guarded(handler), commands=[command], chat_types=["private"]
+            )
         menu = {
-            MENU_SHOP: self.on_shop,
-            MENU_BASKET: self.on_basket,
-            MENU_PROFILE: self.on_profile,
-            MENU_TOPUP: self.on_topup,
-            MENU_ORDERS: self.on_orders,
-            MENU_HELP: self.on_help,
+            MENU_SHOP: self.msg_shop,
+            MENU_BASKET: self.msg_basket,
+            MENU_PROFILE: self.msg_profile,
+            MENU_TOPUP: self.msg_topup,
+            MENU_ORDERS: self.msg_orders,
+            MENU_HELP: self.msg_help,
         }
         b.register_message_handler(
-            lambda m: menu[m.text](m), chat_types=["private"], func=lambda m: m.text in menu
+            lambda m: self.run_guarded(menu[m.text], m),
+            chat_types=["private"],
+            func=lambda m: m.text in menu,
         )
         b.register_message_handler(
-            self.on_other, chat_types=["private"], content_types=telebot.util.content_type_media
+            self.guarded(self.msg_other),
+            chat_types=["private"],
+            content_types=telebot.util.content_type_media,
         )
         b.register_message_handler(
-            self.on_group, func=lambda m: m.chat.type != "private", commands=["start"]
+            self.msg_group, func=lambda m: m.chat.type != "private", commands=["start"]
         )
         b.register_callback_query_handler(self.on_callback, func=lambda c: True)
 
@@ -8348,7 +8394,8 @@ class ShopBot:
 
     @staticmethod
     def api(fn, *args, **kw):
-        """Call the Bot API; on a short 429 wait it out once (the shopper is waiting for this answer)."""
+        """Call the Bot API; on a short 429 wait it out once (the shopper is waiting for this
+        answer)."""
         try:
             return fn(*args, **kw)
         except apihelper.ApiTelegramException as e:
@@ -8401,8 +8448,8 @@ class ShopBot:
         )
 
     def show(self, message, screen):
-        """Replace the navigation message with a screen: edit in place, or swap when a photo is involved.
-        Returns the new message when one was sent."""
+        """Replace the navigation message with a screen: edit in place, or swap when a photo is
+        involved. Returns the new message when one was sent."""
         chat_id = message.chat.id
         has_photo = bool(getattr(message, "photo", None))
         if not has_photo and not screen.photo:
@@ -8431,64 +8478,86 @@ class ShopBot:
             log.debug("could not delete message %s: %s", message.message_id, e.description)
         return sent
 
+    def recaption(self, message, screen):
+        """Update the text and buttons under a photo message (an invoice) in place."""
+        try:
+            self.api(
+                self.bot.edit_message_caption,
+                screen.text,
+                message.chat.id,
+                message.message_id,
+                parse_mode="HTML",
+                reply_markup=inline_markup(screen.buttons),
+            )
+        except apihelper.ApiTelegramException as e:
+            if "not modified" not in (e.description or ""):
+                raise
+
     # Messages
 
-    def safely(handler):
-        def wrapper(self, message):
-            try:
-                user = self.guard(message)
-                if user is None:
-                    return
-                if user["awaiting"] and handler.__name__ != "on_other":
-                    set_awaiting(self.shop.db(), user["id"], None)  # any command ends a question
-                handler(self, message)
-            except ShopError as e:
-                self.reply(message.chat.id, str(e))
-            except NETWORK_ERRORS as e:
-                log.warning(
-                    "bot: could not answer user %s, Telegram unreachable: %s",
-                    message.from_user.id,
-                    type(e).__name__,
-                )
+    def guarded(self, handler):
+        """A message handler for telebot: handler(message) run by run_guarded."""
+        return functools.partial(self.run_guarded, handler)
+
+    def run_guarded(self, handler, message):
+        """Run a message handler for a shopper who is not banned; any command ends a question, and
+        failures become a short answer instead of an exception."""
+        try:
+            user = self.guard(message)
+            if user is None:
                 return
-            except sqlite3.OperationalError as e:
-                if not storage_problem(e):
-                    log.exception(
-                        "bot: handling %r from user %s failed",
-                        (message.text or "")[:40],
-                        message.from_user.id,
-                    )
-                try:
-                    self.reply(message.chat.id, STORAGE_BUSY)
-                except Exception:
-                    log.warning(
-                        "bot: could not tell user %s about the failure", message.from_user.id
-                    )
-            except Exception:
+            if user["awaiting"] and handler != self.msg_other:
+                set_awaiting(self.shop.db(), user["id"], None)  # any command ends a question
+            handler(message)
+        except ShopError as e:
+            self.reply(message.chat.id, str(e))
+        except NETWORK_ERRORS as e:
+            log.warning(
+                "bot: could not answer user %s, Telegram unreachable: %s",
+                message.from_user.id,
+                type(e).__name__,
+            )
+            return
+        except sqlite3.OperationalError as e:
+            if not storage_problem(e):
                 log.exception(
                     "bot: handling %r from user %s failed",
                     (message.text or "")[:40],
                     message.from_user.id,
                 )
-                try:
-                    self.reply(
-                        message.chat.id, "Something went wrong on our side. Please try again."
-                    )
-                except Exception:
-                    log.warning(
-                        "bot: could not tell user %s about the failure", message.from_user.id
-                    )
+            self.tell_failure(message, STORAGE_BUSY)
+        except Exception:
+            log.exception(
+                "bot: handling %r from user %s failed",
+                (message.text or "")[:40],
+                message.from_user.id,
+            )
+            self.tell_failure(message, "Something went wrong on our side. Please try again.")
 
-        wrapper.__name__ = handler.__name__
-        return wrapper
+    def tell_failure(self, message, text):
+        try:
+            self.reply(message.chat.id, text)
+        except Exception:
+            log.warning("bot: could not tell user %s about the failure", message.from_user.id)
 
-    @safely
-    def on_start(self, message):
+    def parse_deposit(self, text):
+        """Cents of a top-up amount the shopper typed, within the shop's limits (else
+        InvalidInput)."""
+        return parse_eur(
+            text,
+            minimum=self.shop.setting("min_deposit_cents"),
+            maximum=self.shop.config.max_deposit_cents,
+        )
+
+    def msg_start(self, message):
         conn = self.shop.db()
         payload = (message.text or "").partition(" ")[2].strip()
         if payload.startswith("refill_"):
             return self.start_refill_link(conn, message, payload)
-        welcome = f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'welcome_text'))}"
+        welcome = (
+            f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n"
+            f"{esc(get_setting(conn, 'welcome_text'))}"
+        )
         if self.shop.test_mode:
             welcome += "\n\n" + (
                 TEST_MODE_OWNER
@@ -8504,7 +8573,8 @@ class ShopBot:
             self.reply(message.chat.id, "Or shop in the app:", reply_markup=markup)
 
     def start_refill_link(self, conn, message, payload):
-        """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that amount."""
+        """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that
+        amount."""
         parts = payload.split("_")
         if len(parts) not in (3, 4) or not all(re.fullmatch(r"[0-9]{1,20}", p) for p in parts[1:]):
             raise InvalidInput("This top-up link is not valid. Use 💰 Top up instead.")
@@ -8512,32 +8582,23 @@ class ShopBot:
             raise InvalidInput(
                 "This top-up link was made for another Telegram account. Use 💰 Top up instead."
             )
-        c = self.shop.config
         try:
-            cents = parse_eur(
-                ".".join(parts[2:]),
-                minimum=self.shop.setting("min_deposit_cents"),
-                maximum=c.max_deposit_cents,
-            )
+            cents = self.parse_deposit(".".join(parts[2:]))
         except InvalidInput as e:
             raise InvalidInput(f"The amount in this top-up link {e}.") from None
         self.send(message.chat.id, self.topup_coins(conn, message.from_user.id, cents))
 
-    @safely
-    def on_shop(self, message):
+    def msg_shop(self, message):
         self.send(message.chat.id, screen_cities(self.shop.db()))
 
-    @safely
-    def on_basket(self, message):
+    def msg_basket(self, message):
         self.send(message.chat.id, screen_basket(self.shop.db(), message.from_user.id))
 
-    @safely
-    def on_profile(self, message):
+    def msg_profile(self, message):
         conn = self.shop.db()
         self.send(message.chat.id, screen_profile(conn, get_user(conn, message.from_user.id)))
 
-    @safely
-    def on_topup(self, message):
+    def msg_topup(self, message):
         conn, uid = self.shop.db(), message.from_user.id
         amount = (
             (message.text or "").partition(" ")[2].strip()
@@ -8545,38 +8606,25 @@ class ShopBot:
             else ""
         )
         if amount:  # /refill 30
-            c = self.shop.config
             try:
-                cents = parse_eur(
-                    amount,
-                    minimum=self.shop.setting("min_deposit_cents"),
-                    maximum=c.max_deposit_cents,
-                )
+                cents = self.parse_deposit(amount)
             except InvalidInput as e:
                 raise InvalidInput(f"The amount {e}.") from None
             return self.send(message.chat.id, self.topup_coins(conn, uid, cents))
         self.send(message.chat.id, self.topup_prompt(conn, uid))
 
-    @safely
-    def on_orders(self, message):
+    def msg_orders(self, message):
         self.send(message.chat.id, screen_orders(self.shop.db(), message.from_user.id))
 
-    @safely
-    def on_help(self, message):
+    def msg_help(self, message):
         self.send(message.chat.id, screen_help(self.shop.db()), reply_keyboard=main_menu())
 
-    @safely
-    def on_other(self, message):
+    def msg_other(self, message):
         conn = self.shop.db()
         user = get_user(conn, message.from_user.id)
         if user["awaiting"] == "topup_amount" and message.text:
-            c = self.shop.config
             try:
-                cents = parse_eur(
-                    message.text,
-                    minimum=self.shop.setting("min_deposit_cents"),
-                    maximum=c.max_deposit_cents,
-                )
+                cents = self.parse_deposit(message.text)
             except InvalidInput as e:
                 return self.reply(
                     message.chat.id,
@@ -8586,18 +8634,17 @@ class ShopBot:
             return self.send(message.chat.id, self.topup_coins(conn, user["id"], cents))
         self.reply(message.chat.id, "Please use the menu below.", reply_markup=main_menu())
 
-    def on_group(self, message):
+    def msg_group(self, message):
         try:
             self.bot.reply_to(message, "I work in private chats: open a chat with me to shop.")
         except apihelper.ApiTelegramException as e:
             log.debug("could not answer in group %s: %s", message.chat.id, e.description)
 
-    del safely
-
     # Screens that need the payment service
 
     def coins(self):
-        """[(coin, minimum cents)] the shop can take now, or None when the payment service is down."""
+        """[(coin, minimum cents)] the shop can take now, or None when the payment service is
+        down."""
         try:
             return self.shop.payments.coins()
         except ProviderError as e:
@@ -8627,7 +8674,55 @@ class ShopBot:
         nonce = create_checkout(conn, user_id, "topup", cents)
         return screen_topup_coins(get_checkout(conn, user_id, nonce), self.coins())
 
-    # Buttons
+    def invoice_screen(self, payment, with_qr=True):
+        return screen_invoice(
+            payment,
+            self.shop.config.sandbox,
+            with_qr,
+            simulate=self.shop.may_simulate(payment["user_id"]),
+        )
+
+    # Buttons: callback data is `verb[:arg...]`, each argument [0-9a-z]{1,18}. CALLBACKS maps a
+    # verb to (the arguments it takes, the method that runs it as method(conn, user, message,
+    # *args)). The arguments: a pattern with one letter per argument (ARG_KINDS: "i" digits,
+    # passed as an int; "s" any, "c" a coin, "m" a simulation, passed as text), a tuple of such
+    # patterns, or ARGS_ANY (any arguments, which the method does not get).
+
+    ARGS_ANY = None
+    ARGS_PAGE = ("", "i")  # an optional page (or position) number
+    ARG_KINDS = {
+        "i": str.isdigit,
+        "s": lambda arg: True,
+        "c": lambda arg: arg in COIN_LABELS,
+        "m": lambda arg: arg in SIMULATIONS,
+    }
+    CALLBACKS = {
+        "cities": (ARGS_PAGE, "on_cities"),
+        "city": (("i", "ii"), "on_city"),
+        "dist": (("i", "ii"), "on_district"),
+        "prod": ("ii", "on_product"),
+        "add": ("ii", "on_add"),
+        "buy": ("ii", "on_buy"),
+        "basket": (ARGS_ANY, "on_basket"),
+        "inc": ("i", "on_inc"),
+        "dec": ("i", "on_dec"),
+        "del": ("i", "on_del"),
+        "clear": (ARGS_ANY, "on_clear"),
+        "checkout": (ARGS_ANY, "on_checkout"),
+        "pay": ("s", "on_pay"),
+        "coin": ("sc", "on_coin"),
+        "tcoin": ("sc", "on_tcoin"),
+        "nocoin": ("ci", "on_nocoin"),
+        "topup": (ARGS_ANY, "on_topup"),
+        "tamt": ("i", "on_tamt"),
+        "chk": ("i", "on_check"),
+        "cxl": ("i", "on_cancel"),
+        "sim": ("im", "on_simulate"),
+        "orders": (ARGS_PAGE, "on_orders"),
+        "order": ("i", "on_order"),
+        "resend": ("i", "on_resend"),
+        "profile": (ARGS_ANY, "on_profile"),
+    }
 
     def on_callback(self, call):
         alert = None
@@ -8659,9 +8754,8 @@ class ShopBot:
                 log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
                 alert = "Something went wrong on our side. Please try again."
         if alert:
-            alert = shorten(
-                alert, 200
-            )  # Telegram refuses longer notices, leaving the button spinning
+            # Telegram refuses longer notices, leaving the button spinning
+            alert = shorten(alert, 200)
         try:
             self.bot.answer_callback_query(
                 call.id, text=alert, show_alert=bool(alert and len(alert) > 60)
@@ -8669,130 +8763,97 @@ class ShopBot:
         except (apihelper.ApiTelegramException, *NETWORK_ERRORS) as e:
             log.debug("could not answer callback: %s", e)
 
+    @classmethod
+    def button_args(cls, spec, args):
+        """The values of a button's arguments when they fit its spec (see CALLBACKS), else None."""
+        if spec is cls.ARGS_ANY:
+            return []
+        for pattern in (spec,) if isinstance(spec, str) else spec:
+            if len(pattern) == len(args) and all(
+                cls.ARG_KINDS[kind](arg) for kind, arg in zip(pattern, args, strict=True)
+            ):
+                return [
+                    int(arg) if kind == "i" else arg
+                    for kind, arg in zip(pattern, args, strict=True)
+                ]
+        return None
+
     def dispatch(self, conn, user, call):
         """Run one button press; returns a short notice for the shopper, or None."""
         verb, _, rest = (call.data or "").partition(":")
         args = rest.split(":") if rest else []
         if not all(re.fullmatch(r"[0-9a-z]{1,18}", a) for a in args):
             return "That button is not valid any more."
-        ints = [int(a) if a.isdigit() else a for a in args]
-        uid, message = user["id"], call.message
-        show = lambda screen: self.show(message, screen)
-        numbers = all(isinstance(i, int) for i in ints)
+        spec, method = self.CALLBACKS.get(verb, ((), None))
+        values = self.button_args(spec, args)
+        if method is None or values is None:
+            return "That button is not valid any more."
         try:
-            if verb == "cities" and len(ints) <= 1 and numbers:
-                show(screen_cities(conn, *ints))
-            elif verb == "city" and len(ints) in (1, 2) and numbers:
-                show(screen_districts(conn, *ints))
-            elif verb == "dist" and len(ints) in (1, 2) and numbers:
-                show(screen_products(conn, *ints))
-            elif verb == "prod" and len(ints) == 2 and numbers:
-                show(screen_product(conn, uid, *ints))
-            elif verb == "add" and len(ints) == 2 and numbers:
-                quantity = add_to_basket(conn, uid, *ints)
-                show(screen_product(conn, uid, *ints))
-                return f"Added to your basket ({quantity} there now)."
-            elif verb == "buy" and len(ints) == 2 and numbers:
-                show(self.checkout(conn, user, [(*ints, 1)], from_basket=False))
-            elif verb == "basket":
-                show(screen_basket(conn, uid))
-            elif verb in ("inc", "dec", "del") and len(ints) == 1 and numbers:
-                try:
-                    if verb == "del":
-                        set_basket_quantity(conn, uid, ints[0], 0)
-                    else:
-                        change_basket_quantity(conn, uid, ints[0], 1 if verb == "inc" else -1)
-                finally:
-                    show(screen_basket(conn, uid))
-            elif verb == "clear":
-                clear_basket(conn, uid)
-                show(screen_basket(conn, uid))
-            elif verb == "checkout":
-                lines = [
-                    (l.product_id, l.district_id, l.quantity) for l in get_basket(conn, uid).lines
-                ]
-                if not lines:
-                    show(screen_basket(conn, uid))
-                    return "Your basket is empty."
-                show(self.checkout(conn, user, lines, from_basket=True))
-            elif verb == "pay" and len(args) == 1:
-                return self.pay(conn, user, message, args[0])
-            elif verb in ("coin", "tcoin") and len(args) == 2 and args[1] in COIN_LABELS:
-                open_invoice = (
-                    self.shop.payments.open_order_invoice
-                    if verb == "coin"
-                    else self.shop.payments.open_topup_invoice
-                )
-                payment = open_invoice(uid, args[0], args[1])
-                sent = show(self.invoice_screen(payment))
-                if sent is not None:
-                    set_invoice_message(conn, payment["id"], sent.message_id)
-            elif (
-                verb == "nocoin"
-                and len(ints) == 2
-                and args[0] in COIN_LABELS
-                and isinstance(ints[1], int)
-            ):
-                return (
-                    f"{COIN_LABELS[args[0]]} takes payments from {fmt_eur(ints[1])}. "
-                    "Please choose another coin."
-                )
-            elif verb == "topup":
-                show(self.topup_prompt(conn, uid))
-            elif verb == "tamt" and len(ints) == 1 and numbers:
-                c = self.shop.config
-                if not self.shop.setting("min_deposit_cents") <= ints[0] <= c.max_deposit_cents:
-                    return "That amount is not possible any more."
-                set_awaiting(conn, uid, None)
-                show(self.topup_coins(conn, uid, ints[0]))
-            elif verb == "chk" and len(ints) == 1 and numbers:
-                return self.check_payment(conn, uid, message, ints[0])
-            elif verb == "cxl" and len(ints) == 1 and numbers:
-                try:  # the provider may know of money our records have not seen yet
-                    payment, cancelled = self.shop.payments.cancel(uid, ints[0])
-                except ProviderError as e:
-                    log.warning("payments: status check before cancelling failed: %s", e.detail)
-                    return "The payment service is not answering, so the invoice cannot be cancelled now."
-                self.recaption(message, self.invoice_screen(payment, with_qr=False))
-                if cancelled:
-                    return "Invoice cancelled."
-                return (
-                    "This invoice is closed already."
-                    if payment["status"] == "waiting"
-                    else STATUS_TEXT[payment["status"]]
-                )
-            elif (
-                verb == "sim"
-                and len(args) == 2
-                and args[1] in SIMULATIONS
-                and isinstance(ints[0], int)
-            ):
-                if not self.shop.config.sandbox:
-                    return "Simulated payments exist only in sandbox mode."
-                self.shop.payments.simulate(uid, ints[0], args[1])
-                return f"🧪 Simulating: {SIMULATIONS[args[1]]}. The payment service tells the shop in a moment."
-            elif verb == "orders" and len(ints) <= 1 and numbers:
-                show(screen_orders(conn, uid, ints[0] if ints else None))
-            elif verb == "order" and len(ints) == 1 and numbers:
-                show(screen_order(conn, uid, ints[0]))
-            elif verb == "resend" and len(ints) == 1 and numbers:
-                queued = resend_delivery(conn, uid, ints[0])
-                return (
-                    "Your items are on their way."
-                    if queued
-                    else "Your items are already on their way."
-                )
-            elif verb == "profile":
-                set_awaiting(conn, uid, None)
-                show(screen_profile(conn, get_user(conn, uid)))
-            else:
-                return "That button is not valid any more."
+            return getattr(self, method)(conn, user, call.message, *values)
         except NotFound as e:
             return str(e)
-        return None
 
-    def pay(self, conn, user, message, nonce):
-        """Pay a checkout from the balance; its nonce makes a double tap or a replayed update buy once."""
+    # Buttons: the shop
+
+    def on_cities(self, conn, user, message, page=0):
+        self.show(message, screen_cities(conn, page))
+
+    def on_city(self, conn, user, message, city_id, page=0):
+        self.show(message, screen_districts(conn, city_id, page))
+
+    def on_district(self, conn, user, message, district_id, page=0):
+        self.show(message, screen_products(conn, district_id, page))
+
+    def on_product(self, conn, user, message, product_id, district_id):
+        self.show(message, screen_product(conn, user["id"], product_id, district_id))
+
+    def on_add(self, conn, user, message, product_id, district_id):
+        quantity = add_to_basket(conn, user["id"], product_id, district_id)
+        self.show(message, screen_product(conn, user["id"], product_id, district_id))
+        return f"Added to your basket ({quantity} there now)."
+
+    def on_buy(self, conn, user, message, product_id, district_id):
+        lines = [(product_id, district_id, 1)]
+        self.show(message, self.checkout(conn, user, lines, from_basket=False))
+
+    # Buttons: the basket
+
+    def on_basket(self, conn, user, message):
+        self.show(message, screen_basket(conn, user["id"]))
+
+    def on_inc(self, conn, user, message, item_id):
+        self.change_basket(conn, user, message, change_basket_quantity, item_id, 1)
+
+    def on_dec(self, conn, user, message, item_id):
+        self.change_basket(conn, user, message, change_basket_quantity, item_id, -1)
+
+    def on_del(self, conn, user, message, item_id):
+        self.change_basket(conn, user, message, set_basket_quantity, item_id, 0)
+
+    def change_basket(self, conn, user, message, change, item_id, number):
+        """change(conn, user id, item_id, number), then the basket, whether the change worked or
+        not."""
+        try:
+            change(conn, user["id"], item_id, number)
+        finally:
+            self.show(message, screen_basket(conn, user["id"]))
+
+    def on_clear(self, conn, user, message):
+        clear_basket(conn, user["id"])
+        self.show(message, screen_basket(conn, user["id"]))
+
+    def on_checkout(self, conn, user, message):
+        lines = list_basket_lines(conn, user["id"])
+        if not lines:
+            self.show(message, screen_basket(conn, user["id"]))
+            return "Your basket is empty."
+        self.show(message, self.checkout(conn, user, lines, from_basket=True))
+
+    # Buttons: paying
+
+    def on_pay(self, conn, user, message, nonce):
+        """Pay a checkout from the balance; its nonce makes a double tap or a replayed update buy
+        once."""
         uid = user["id"]
         self.shop.check_may_buy(uid)
         checkout = get_checkout(conn, uid, nonce)
@@ -8827,10 +8888,41 @@ class ShopBot:
         )
         return f"Order #{order_id} paid."
 
-    def check_payment(self, conn, uid, message, payment_id):
-        """🔄 Check status: ask the provider now (at most every few seconds), then show the invoice's state."""
+    def on_coin(self, conn, user, message, nonce, coin):
+        payment = self.shop.payments.open_order_invoice(user["id"], nonce, coin)
+        self.show_invoice(conn, message, payment)
+
+    def on_tcoin(self, conn, user, message, nonce, coin):
+        payment = self.shop.payments.open_topup_invoice(user["id"], nonce, coin)
+        self.show_invoice(conn, message, payment)
+
+    def show_invoice(self, conn, message, payment):
+        """Show a new invoice in place of the coin menu, and note its message to update later."""
+        sent = self.show(message, self.invoice_screen(payment))
+        if sent is not None:
+            set_invoice_message(conn, payment["id"], sent.message_id)
+
+    def on_nocoin(self, conn, user, message, coin, minimum):
+        return (
+            f"{COIN_LABELS[coin]} takes payments from {fmt_eur(minimum)}. "
+            "Please choose another coin."
+        )
+
+    def on_topup(self, conn, user, message):
+        self.show(message, self.topup_prompt(conn, user["id"]))
+
+    def on_tamt(self, conn, user, message, cents):
+        c = self.shop.config
+        if not self.shop.setting("min_deposit_cents") <= cents <= c.max_deposit_cents:
+            return "That amount is not possible any more."
+        set_awaiting(conn, user["id"], None)
+        self.show(message, self.topup_coins(conn, user["id"], cents))
+
+    def on_check(self, conn, user, message, payment_id):
+        """🔄 Check status: ask the provider now (at most every few seconds), then show the
+        invoice's state."""
         try:
-            payment = self.shop.payments.check(uid, payment_id)
+            payment = self.shop.payments.check(user["id"], payment_id)
         except ProviderError as e:
             log.warning("payments: status check failed: %s", e.detail)
             return (
@@ -8839,28 +8931,42 @@ class ShopBot:
         self.recaption(message, self.invoice_screen(payment, with_qr=False))
         return STATUS_TEXT[payment["status"]]
 
-    def invoice_screen(self, payment, with_qr=True):
-        return screen_invoice(
-            payment,
-            self.shop.config.sandbox,
-            with_qr,
-            simulate=self.shop.may_simulate(payment["user_id"]),
+    def on_cancel(self, conn, user, message, payment_id):
+        try:  # the provider may know of money our records have not seen yet
+            payment, cancelled = self.shop.payments.cancel(user["id"], payment_id)
+        except ProviderError as e:
+            log.warning("payments: status check before cancelling failed: %s", e.detail)
+            return "The payment service is not answering, so the invoice cannot be cancelled now."
+        self.recaption(message, self.invoice_screen(payment, with_qr=False))
+        if cancelled:
+            return "Invoice cancelled."
+        return (
+            "This invoice is closed already."
+            if payment["status"] == "waiting"
+            else STATUS_TEXT[payment["status"]]
         )
 
-    def recaption(self, message, screen):
-        """Update the text and buttons under a photo message (an invoice) in place."""
-        try:
-            self.api(
-                self.bot.edit_message_caption,
-                screen.text,
-                message.chat.id,
-                message.message_id,
-                parse_mode="HTML",
-                reply_markup=inline_markup(screen.buttons),
-            )
-        except apihelper.ApiTelegramException as e:
-            if "not modified" not in (e.description or ""):
-                raise
+    def on_simulate(self, conn, user, message, payment_id, how):
+        if not self.shop.config.sandbox:
+            return "Simulated payments exist only in sandbox mode."
+        self.shop.payments.simulate(user["id"], payment_id, how)
+        return f"🧪 Simulating: {SIMULATIONS[how]}. The payment service tells the shop in a moment."
+
+    # Buttons: orders and profile
+
+    def on_orders(self, conn, user, message, before_id=None):
+        self.show(message, screen_orders(conn, user["id"], before_id))
+
+    def on_order(self, conn, user, message, order_id):
+        self.show(message, screen_order(conn, user["id"], order_id))
+
+    def on_resend(self, conn, user, message, order_id):
+        queued = resend_delivery(conn, user["id"], order_id)
+        return "Your items are on their way." if queued else "Your items are already on their way."
+
+    def on_profile(self, conn, user, message):
+        set_awaiting(conn, user["id"], None)
+        self.show(message, screen_profile(conn, get_user(conn, user["id"])))
 
 
 # Outbox sender ###############################################################
