@@ -2,7 +2,7 @@
 """A self-hosted Telegram shop in one script.
 
 Shoppers browse and buy through a Telegram bot or its Mini App and pay in crypto
-(NOWPayments) or from their balance; what they bought (a voucher code, a licence
+(NOWPayments, behind a payment-provider seam) or from their balance; what they bought (a voucher code, a licence
 key, a download link, pickup instructions, with an optional photo) arrives in
 their chat as soon as it is paid. One process, one SQLite file:
 
@@ -16,7 +16,7 @@ their chat as soon as it is paid. One process, one SQLite file:
 Services are plain functions over a connection. They never talk to Telegram or
 the network: what must be said is written to the outbox in the same
 transaction as the state change that caused it, and the sender delivers it,
-within Telegram's rate limits, even across restarts. Calls to NOWPayments
+within Telegram's rate limits, even across restarts. Calls to payment providers
 happen in PaymentDesk, between transactions.
 
 Flows:
@@ -24,16 +24,46 @@ Flows:
     basket:   add / change quantity / remove -> checkout
     balance:  one transaction debits the ledger, sells the units, records the
               order and queues the delivery
-    crypto:   reserve the units -> POST /payment -> invoice; IPN, poll or
-              "check status" -> apply_payment_status (one transaction, once):
-              deliver, or credit what arrived, or release the units
+    crypto:   reserve the units -> provider.create_invoice -> invoice; webhook, poll
+              or "check status" -> PaymentNews -> apply_payment_status (one
+              transaction, once): deliver, or credit what arrived, or release the units
     deliver:  outbox -> each unit's content (and photo) in the buyer's chat
 
-Sections, in dependency order (grep for the banners):
-    Configuration, Logging, Database, Money and text, Errors,
-    Services: users, ledger, outbox, catalog, basket, orders, payments, catalog import,
-    Payment provider, Web, Web: Mini App, Bot, Outbox sender, Scheduler, Runtime,
-    Command line.
+Sections (grep for their banners, "# Name ####"):
+     1. Errors -- ShopError and its kinds (the docstring is the message), storage trouble
+     2. Money, time, text and JSON -- cents, exact decimals, timestamps, Telegram HTML
+     3. Configuration -- Config from the environment and .env
+     4. Logging -- secrets redacted, honest levels
+     5. Database -- connect(), transaction(), schema.sql and numbered MIGRATIONS
+     6. Services: users and settings
+     7. Services: ledger
+     8. Services: outbox
+     9. Services: catalog
+    10. Services: catalog import
+    11. Services: basket
+    12. Services: orders
+    13. Services: payments -- PaymentNews in, exactly once; checkouts and limits
+    14. Services: owner -- the admin's sessions, catalog edits, refunds, pages, exports
+    15. Payment providers -- PaymentProvider, NowPayments, the sandbox, PAYMENT_PROVIDERS
+    16. Payment desk -- invoices, webhooks, checks, reconciliation, for every provider
+    17. Web -- the app's hooks, the storefront, webhooks
+    18. Web: Mini App -- /app and its JSON API
+    19. Web: admin -- the htmx admin
+    20. Bot -- pure screen_* functions, then ShopBot's handlers
+    21. Outbox sender
+    22. Scheduler -- JOBS
+    23. Runtime -- Shop builds and starts everything
+    24. Command line
+
+The rule (tests/test_layering.py checks it): a section uses only sections above
+it. Services take `conn` and plain values, never the Shop, bottle, telebot or
+requests. Adapters (web and bot handlers, scheduler jobs) hold no SQL and no
+transaction(): they call services. Only the runtime builds the long-lived
+objects (the Shop, the desk, the bot, the sender, the scheduler, the apps).
+
+A new way to pay is a PaymentProvider subclass registered in PAYMENT_PROVIDERS:
+it says what it offers, creates invoices and reads its webhooks into PaymentNews;
+the desk, the limits, the reservations and the exactly-once settling are shared.
 
 Run `python shop.py --help`. Importing this module has no side effects.
 """
@@ -94,7 +124,401 @@ TEMPLATES_DIR = ROOT / "templates"
 log = logging.getLogger("shop")
 
 
-# Configuration ###############################################################
+# Errors ########################################################################
+
+
+class Throttle:
+    """Lets a repeated event through at most once per `seconds`."""
+
+    def __init__(self, seconds):
+        self.seconds, self.last, self.lock = seconds, {}, threading.Lock()
+
+    def __call__(self, key=None):
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last.get(key, -1e9) < self.seconds:
+                return False
+            self.last[key] = now
+            return True
+
+
+class ShopError(Exception):
+    """Something went wrong."""
+
+    status = 400
+
+    def __init__(self, message=None):
+        super().__init__(message or self.__doc__)
+
+
+class InvalidInput(ShopError):
+    """That input is not valid."""
+
+
+class NotFound(ShopError):
+    """That does not exist (any more)."""
+
+    status = 404
+
+
+class SoldOut(ShopError):
+    """Sorry, that is sold out."""
+
+    status = 409
+
+
+class PriceChanged(ShopError):
+    """Your basket or its prices changed since you opened checkout; please check the new total."""
+
+    status = 409
+
+
+class Banned(ShopError):
+    """Sorry, this shop is not available to you."""
+
+    status = 403
+
+
+class NotSellingYet(ShopError):
+    """🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid here. You are welcome to look around."""
+
+    status = 403
+
+
+class LimitReached(ShopError):
+    """You have too many open invoices; pay or cancel one first."""
+
+    status = 429
+
+
+class ProviderError(ShopError):
+    """The payment service is not answering right now. Please try again in a few minutes."""
+
+    status = 502
+
+    def __init__(self, detail, code=None, http=None, message=None):
+        super().__init__(message)
+        self.detail, self.code, self.http = detail, code, http
+
+    @property
+    def outage(self):
+        """Every call fails alike (no answer, 5xx, 429, our API key refused), as opposed to this one request."""
+        return self.http is None or self.http >= 500 or self.http in (401, 403, 429)
+
+
+class UnknownPayment(ShopError):
+    """No such payment."""
+
+    status = 404
+
+
+class PaymentMismatch(ShopError):
+    """The payment does not match the one the shop created."""
+
+    status = 409
+
+
+class Unauthorized(ShopError):
+    """Please open the shop from the Telegram bot."""
+
+    status = 401
+
+
+class CatalogError(ShopError):
+    """The catalog file is invalid."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        shown = self.errors[:20]
+        more = len(self.errors) - len(shown)
+        super().__init__("\n".join(shown) + (f"\n... and {more} more" if more > 0 else ""))
+
+
+# SQLite errors that mean the database cannot be written now, and what the owner should look at.
+STORAGE_PROBLEMS = {
+    "database or disk is full": "the disk holding the database is full; free some space",
+    "readonly database": "the database file is read-only; check its permissions and mount",
+    "disk I/O error": "the disk reported an I/O error; check the disk",
+    "database is locked": "another program holds the database locked; stop it",
+    "unable to open database": "the database file cannot be opened; check its folder",
+}
+
+
+STORAGE_BUSY = "The shop cannot save anything right now. Please try again in a few minutes."
+
+
+_storage_alarm = Throttle(60)
+
+
+def storage_problem(e):
+    """If `e` says the database cannot be written (a full disk, a read-only file ...), log it for the
+    owner (once a minute) and return True; the caller tells the shopper STORAGE_BUSY."""
+    if not isinstance(e, sqlite3.OperationalError):
+        return False
+    for key, advice in STORAGE_PROBLEMS.items():
+        if key in str(e):
+            if _storage_alarm(key):
+                log.error(
+                    "database: %s (%s); nothing can be saved until then, orders and payments wait",
+                    advice,
+                    e,
+                )
+            return True
+    return False
+
+
+def network_reason(e):
+    """A network failure in words without its URL (which holds the bot token and the message)."""
+    text = str(e)
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    detail = errno.group(0) if errno else re.sub(r"\S*://\S*|/bot\S*", "…", text)[:120]
+    return f"{type(e).__name__}: {detail}"
+
+
+# Money, time, text and JSON ####################################################
+
+MAX_EUR_CENTS = 1_000_000_00
+
+
+_AMOUNT_RE = re.compile(r"^(\d{1,9})(?:[.,](\d{1,2}))?$")
+
+
+def parse_eur(text, *, minimum=1, maximum=MAX_EUR_CENTS):
+    """'20', '20.5', '20,50', '€20', '20 EUR' -> cents. Raises InvalidInput saying why."""
+    if isinstance(text, Decimal) or (isinstance(text, int) and not isinstance(text, bool)):
+        text = str(text)
+    if not isinstance(text, str):
+        raise InvalidInput("must be an amount in EUR like 25.00")
+    raw = text
+    text = text.strip().replace("\u00a0", " ")
+    text = re.sub(r"^(€|eur)\s*|\s*(€|eur|euro|euros)$", "", text, flags=re.IGNORECASE).strip()
+    if text.startswith("-"):
+        raise InvalidInput(f"must be positive, got {raw!r}")
+    m = _AMOUNT_RE.match(text)
+    if not m:
+        raise InvalidInput(f"must be an amount in EUR like 25.00, got {raw!r}")
+    cents = int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
+    if cents < minimum:
+        raise InvalidInput(f"must be at least {cents_to_str(minimum)} EUR, got {raw!r}")
+    if cents > maximum:
+        raise InvalidInput(f"must be at most {cents_to_str(maximum)} EUR, got {raw!r}")
+    return cents
+
+
+def cents_to_str(cents):
+    """2550 -> '25.50' (the API's and the ledger's notation)."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
+def fmt_eur(cents):
+    """2550 -> '€25.50' (what shoppers read)."""
+    return ("-€" if cents < 0 else "€") + cents_to_str(abs(cents))
+
+
+def esc(value):
+    """Escape text typed by owners or shoppers for Telegram's HTML parse mode."""
+    return html.escape(str(value), quote=False)
+
+
+def tg_len(text):
+    """Length as Telegram counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def shorten(text, limit):
+    """Text cut to `limit` Telegram characters, ending in '…' when cut."""
+    if tg_len(text) <= limit:
+        return text
+    out, used = [], 0
+    for ch in text:
+        used += tg_len(ch)
+        if used > limit - 1:
+            break
+        out.append(ch)
+    return "".join(out).rstrip() + "…"
+
+
+def html_to_plain(text):
+    """What a message built by this module looks like after Telegram parses it."""
+    return html.unescape(re.sub(r"<[^>]*>", "", text))
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value, what, *, max_len, multiline=False, required=True):
+    """Normalise owner-typed text (NFC, trimmed); raise InvalidInput saying what is wrong."""
+    if value is None:
+        if required:
+            raise InvalidInput(f"{what} is missing")
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text")
+    value = unicodedata.normalize("NFC", value).strip()
+    if multiline:
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
+        if _CONTROL_RE.search(value.replace("\n", "").replace("\t", "")):
+            raise InvalidInput(f"{what} contains control characters")
+    elif _CONTROL_RE.search(value) or "\n" in value or "\t" in value:
+        raise InvalidInput(f"{what} must be one line without control characters")
+    if required and not value:
+        raise InvalidInput(f"{what} is empty")
+    if tg_len(value) > max_len:
+        raise InvalidInput(f"{what} is longer than {max_len} characters")
+    return value
+
+
+def now_iso(delta_seconds=0.0):
+    """UTC time as fixed-width ISO-8601 text, which sorts like the time it is."""
+    t = datetime.now(timezone.utc) + timedelta(seconds=delta_seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text):
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def percentile(values, fraction):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(fraction * len(values)))] if values else None
+
+
+class Num(str):
+    """A JSON number kept as the exact token the sender wrote (never a float)."""
+
+
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(text):
+    """Parse provider JSON keeping every number as its Num token. Raises ValueError."""
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not allowed")
+
+    data = json.loads(text, parse_float=Num, parse_int=Num, parse_constant=no_constants)
+    level = [data]
+    for _ in range(
+        MAX_JSON_DEPTH
+    ):  # breadth-first, so a hostile nesting cannot exhaust the stack later
+        level = [
+            v
+            for x in level
+            for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())
+        ]
+        if not level:
+            return data
+    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def js_number(token):
+    """How JavaScript's JSON.stringify writes the number a JSON token stands for."""
+    x = float(token)
+    if x != x or x in (float("inf"), float("-inf")):
+        return "null"
+    if x == 0:
+        return "0"
+    sign, digits, exponent = Decimal(repr(abs(x))).normalize().as_tuple()
+    ds, k = "".join(map(str, digits)), len(digits)
+    n = exponent + k
+    if k <= n <= 21:
+        out = ds + "0" * (n - k)
+    elif 0 < n <= 21:
+        out = ds[:n] + "." + ds[n:]
+    elif -6 < n <= 0:
+        out = "0." + "0" * -n + ds
+    else:
+        e = n - 1
+        out = (ds if k == 1 else ds[0] + "." + ds[1:]) + ("e+" if e > 0 else "e-") + str(abs(e))
+    return ("-" if x < 0 else "") + out
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Unusual(Exception):
+    """A value the quick way of encode_json cannot write exactly."""
+
+
+_PLACEHOLDER = re.compile(r'"\\u0000(\d+)\\u0000"')
+
+
+def encode_json(value, *, sort_keys=False, js_numbers=False):
+    """Compact JSON with raw non-ASCII, Num tokens written as they came (or as JavaScript would);
+    keys sorted as JavaScript sorts them (by UTF-16 code units) when asked."""
+    # Quick way: numbers become placeholder strings, the C encoder writes the rest in one go, then the
+    # placeholders are swapped for the tokens. Keys that are not ASCII (whose order may differ in
+    # UTF-16), strings holding NUL (the placeholders' mark) or lone surrogates go the careful way.
+    tokens = []
+
+    def swap(v):
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) and k.isascii() for k in v):
+                raise _Unusual
+            return {k: swap(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [swap(x) for x in v]
+        if isinstance(v, str) and not isinstance(v, Num):
+            if "\x00" in v or _LONE_SURROGATE.search(v):
+                raise _Unusual
+            return v
+        if isinstance(v, bool) or v is None:
+            return v
+        if isinstance(v, (Num, int, Decimal)):
+            tokens.append(js_number(v) if js_numbers and isinstance(v, Num) else str(v))
+            return f"\x00{len(tokens) - 1}\x00"
+        raise TypeError(f"cannot encode {type(v).__name__}")
+
+    try:
+        text = json.dumps(
+            swap(value), ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":")
+        )
+    except _Unusual:
+        return _encode_json_carefully(value, sort_keys=sort_keys, js_numbers=js_numbers)
+    return _PLACEHOLDER.sub(lambda m: tokens[int(m.group(1))], text) if tokens else text
+
+
+def _encode_json_carefully(value, *, sort_keys=False, js_numbers=False):
+    """encode_json one value at a time, for what its quick way cannot write exactly."""
+    if isinstance(value, dict):
+        keys = (
+            sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))
+            if sort_keys
+            else value
+        )
+        return (
+            "{"
+            + ",".join(
+                _encode_json_carefully(str(k))
+                + ":"
+                + _encode_json_carefully(value[k], sort_keys=sort_keys, js_numbers=js_numbers)
+                for k in keys
+            )
+            + "}"
+        )
+    if isinstance(value, list):
+        return (
+            "["
+            + ",".join(
+                _encode_json_carefully(v, sort_keys=sort_keys, js_numbers=js_numbers) for v in value
+            )
+            + "]"
+        )
+    if isinstance(value, Num):
+        return js_number(value) if js_numbers else str(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub(
+            lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False)
+        )
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+# Configuration #################################################################
 
 
 class ConfigError(Exception):
@@ -182,6 +606,7 @@ ENV_VARS = {
     "TRUSTED_PROXY": ("address of a reverse proxy whose X-Forwarded-* headers to trust", ""),
     "LOG_LEVEL": ("DEBUG, INFO, WARNING or ERROR", "INFO"),
 }
+
 
 TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{1,100}$")
 
@@ -281,7 +706,7 @@ def load_config(environ=None, env_file=".env", overrides=None):
     return Config(**kw)
 
 
-# Logging #####################################################################
+# Logging #######################################################################
 
 
 class RedactSecrets(logging.Filter):
@@ -325,22 +750,7 @@ def setup_logging(config, stream=None):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-class Throttle:
-    """Lets a repeated event through at most once per `seconds`."""
-
-    def __init__(self, seconds):
-        self.seconds, self.last, self.lock = seconds, {}, threading.Lock()
-
-    def __call__(self, key=None):
-        now = time.monotonic()
-        with self.lock:
-            if now - self.last.get(key, -1e9) < self.seconds:
-                return False
-            self.last[key] = now
-            return True
-
-
-# Database ####################################################################
+# Database ######################################################################
 
 SCHEMA_VERSION = 5
 
@@ -432,6 +842,8 @@ class ShopConnection(sqlite3.Connection):
 # for hundreds of milliseconds after the lock was free. Here they queue and wake at once.
 # (Other processes, e.g. `shop.py balance`, still wait through busy_timeout.)
 _write_locks = {}
+
+
 _write_locks_guard = threading.Lock()
 
 
@@ -598,243 +1010,7 @@ def init_db(path, migrations=None, schema_version=None):
     return conn
 
 
-def now_iso(delta_seconds=0.0):
-    """UTC time as fixed-width ISO-8601 text, which sorts like the time it is."""
-    t = datetime.now(timezone.utc) + timedelta(seconds=delta_seconds)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso(text):
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-
-
-# Money and text ##############################################################
-
-MAX_EUR_CENTS = 1_000_000_00
-_AMOUNT_RE = re.compile(r"^(\d{1,9})(?:[.,](\d{1,2}))?$")
-
-
-def parse_eur(text, *, minimum=1, maximum=MAX_EUR_CENTS):
-    """'20', '20.5', '20,50', '€20', '20 EUR' -> cents. Raises InvalidInput saying why."""
-    if isinstance(text, Decimal) or (isinstance(text, int) and not isinstance(text, bool)):
-        text = str(text)
-    if not isinstance(text, str):
-        raise InvalidInput("must be an amount in EUR like 25.00")
-    raw = text
-    text = text.strip().replace("\u00a0", " ")
-    text = re.sub(r"^(€|eur)\s*|\s*(€|eur|euro|euros)$", "", text, flags=re.IGNORECASE).strip()
-    if text.startswith("-"):
-        raise InvalidInput(f"must be positive, got {raw!r}")
-    m = _AMOUNT_RE.match(text)
-    if not m:
-        raise InvalidInput(f"must be an amount in EUR like 25.00, got {raw!r}")
-    cents = int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
-    if cents < minimum:
-        raise InvalidInput(f"must be at least {cents_to_str(minimum)} EUR, got {raw!r}")
-    if cents > maximum:
-        raise InvalidInput(f"must be at most {cents_to_str(maximum)} EUR, got {raw!r}")
-    return cents
-
-
-def cents_to_str(cents):
-    """2550 -> '25.50' (the API's and the ledger's notation)."""
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
-
-
-def fmt_eur(cents):
-    """2550 -> '€25.50' (what shoppers read)."""
-    return ("-€" if cents < 0 else "€") + cents_to_str(abs(cents))
-
-
-def esc(value):
-    """Escape text typed by owners or shoppers for Telegram's HTML parse mode."""
-    return html.escape(str(value), quote=False)
-
-
-def tg_len(text):
-    """Length as Telegram counts it: UTF-16 code units."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def shorten(text, limit):
-    """Text cut to `limit` Telegram characters, ending in '…' when cut."""
-    if tg_len(text) <= limit:
-        return text
-    out, used = [], 0
-    for ch in text:
-        used += tg_len(ch)
-        if used > limit - 1:
-            break
-        out.append(ch)
-    return "".join(out).rstrip() + "…"
-
-
-def html_to_plain(text):
-    """What a message built by this module looks like after Telegram parses it."""
-    return html.unescape(re.sub(r"<[^>]*>", "", text))
-
-
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def clean_text(value, what, *, max_len, multiline=False, required=True):
-    """Normalise owner-typed text (NFC, trimmed); raise InvalidInput saying what is wrong."""
-    if value is None:
-        if required:
-            raise InvalidInput(f"{what} is missing")
-        return ""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be text")
-    value = unicodedata.normalize("NFC", value).strip()
-    if multiline:
-        value = value.replace("\r\n", "\n").replace("\r", "\n")
-        if _CONTROL_RE.search(value.replace("\n", "").replace("\t", "")):
-            raise InvalidInput(f"{what} contains control characters")
-    elif _CONTROL_RE.search(value) or "\n" in value or "\t" in value:
-        raise InvalidInput(f"{what} must be one line without control characters")
-    if required and not value:
-        raise InvalidInput(f"{what} is empty")
-    if tg_len(value) > max_len:
-        raise InvalidInput(f"{what} is longer than {max_len} characters")
-    return value
-
-
-# Errors ######################################################################
-
-
-class ShopError(Exception):
-    """Something went wrong."""
-
-    status = 400
-
-    def __init__(self, message=None):
-        super().__init__(message or self.__doc__)
-
-
-class InvalidInput(ShopError):
-    """That input is not valid."""
-
-
-class NotFound(ShopError):
-    """That does not exist (any more)."""
-
-    status = 404
-
-
-class SoldOut(ShopError):
-    """Sorry, that is sold out."""
-
-    status = 409
-
-
-class InsufficientBalance(ShopError):
-    """Your balance is too low."""
-
-    status = 409
-
-    def __init__(self, short_cents, message=None):
-        super().__init__(message or f"Your balance is {fmt_eur(short_cents)} short.")
-        self.short_cents = short_cents
-
-
-class PriceChanged(ShopError):
-    """Your basket or its prices changed since you opened checkout; please check the new total."""
-
-    status = 409
-
-
-class Banned(ShopError):
-    """Sorry, this shop is not available to you."""
-
-    status = 403
-
-
-class NotSellingYet(ShopError):
-    """🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid here. You are welcome to look around."""
-
-    status = 403
-
-
-class LimitReached(ShopError):
-    """You have too many open invoices; pay or cancel one first."""
-
-    status = 429
-
-
-class ProviderError(ShopError):
-    """The payment service is not answering right now. Please try again in a few minutes."""
-
-    status = 502
-
-    def __init__(self, detail, code=None, http=None, message=None):
-        super().__init__(message)
-        self.detail, self.code, self.http = detail, code, http
-
-    @property
-    def outage(self):
-        """Every call fails alike (no answer, 5xx, 429, our API key refused), as opposed to this one request."""
-        return self.http is None or self.http >= 500 or self.http in (401, 403, 429)
-
-
-class UnknownPayment(ShopError):
-    """No such payment."""
-
-    status = 404
-
-
-class PaymentMismatch(ShopError):
-    """The payment does not match the one the shop created."""
-
-    status = 409
-
-
-class Unauthorized(ShopError):
-    """Please open the shop from the Telegram bot."""
-
-    status = 401
-
-
-class CatalogError(ShopError):
-    """The catalog file is invalid."""
-
-    def __init__(self, errors):
-        self.errors = list(errors)
-        shown = self.errors[:20]
-        more = len(self.errors) - len(shown)
-        super().__init__("\n".join(shown) + (f"\n... and {more} more" if more > 0 else ""))
-
-
-# SQLite errors that mean the database cannot be written now, and what the owner should look at.
-STORAGE_PROBLEMS = {
-    "database or disk is full": "the disk holding the database is full; free some space",
-    "readonly database": "the database file is read-only; check its permissions and mount",
-    "disk I/O error": "the disk reported an I/O error; check the disk",
-    "database is locked": "another program holds the database locked; stop it",
-    "unable to open database": "the database file cannot be opened; check its folder",
-}
-STORAGE_BUSY = "The shop cannot save anything right now. Please try again in a few minutes."
-_storage_alarm = Throttle(60)
-
-
-def storage_problem(e):
-    """If `e` says the database cannot be written (a full disk, a read-only file ...), log it for the
-    owner (once a minute) and return True; the caller tells the shopper STORAGE_BUSY."""
-    if not isinstance(e, sqlite3.OperationalError):
-        return False
-    for key, advice in STORAGE_PROBLEMS.items():
-        if key in str(e):
-            if _storage_alarm(key):
-                log.error(
-                    "database: %s (%s); nothing can be saved until then, orders and payments wait",
-                    advice,
-                    e,
-                )
-            return True
-    return False
-
-
-# Services: users and settings ################################################
+# Services: users and settings ##################################################
 
 DEFAULT_SETTINGS = {
     "shop_name": "Demo Shop",
@@ -854,6 +1030,7 @@ def get_setting(conn, key):
 
 # Settings the owner changes from the admin while the shop runs; the environment gives their defaults.
 RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "max_unpaid_units", "enabled_coins")
+
 
 # key: (what it is, longest allowed, may span lines)
 SETTING_RULES = {
@@ -1004,7 +1181,25 @@ def prune_sent_outbox(conn, days=90):
         ).rowcount
 
 
-# Services: ledger ############################################################
+def audit(conn, action, details="", remote=None):
+    """Record an admin action; call inside the action's own transaction."""
+    conn.execute(
+        "INSERT INTO audit_log(at, action, details, remote_addr) VALUES (?, ?, ?, ?)",
+        (now_iso(), action, details[:2000], remote),
+    )
+
+
+# Services: ledger ##############################################################
+
+
+class InsufficientBalance(ShopError):
+    """Your balance is too low."""
+
+    status = 409
+
+    def __init__(self, short_cents, message=None):
+        super().__init__(message or f"Your balance is {fmt_eur(short_cents)} short.")
+        self.short_cents = short_cents
 
 
 def post_ledger(conn, user_id, amount_cents, kind, key, *, reason="", order_id=None):
@@ -1057,7 +1252,7 @@ def check_ledger(conn):
     ]
 
 
-# Services: outbox ############################################################
+# Services: outbox ##############################################################
 
 # Set after a transaction that queued messages commits; wakes the sender.
 outbox_ready = threading.Event()
@@ -1125,7 +1320,20 @@ def outbox_counts(conn):
     }
 
 
-# Services: catalog ###########################################################
+def catch_up_outbox(conn):
+    """Telegram answers again: messages waiting out a retry backoff go now, not minutes later."""
+    with transaction(conn):
+        n = conn.execute(
+            "UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' "
+            "AND next_attempt_at > ? AND last_error IS NOT NULL AND last_error NOT LIKE '429%'",
+            (now_iso(), now_iso()),
+        ).rowcount
+    if n:
+        log.info("outbox: Telegram is back; sending %d delayed message(s) now", n)
+        outbox_ready.set()
+
+
+# Services: catalog #############################################################
 
 # Units on sale joined to their visible place and active product. INDEXED BY:
 # the partial index holds only available units, so browsing never walks the
@@ -1223,9 +1431,653 @@ def get_catalog_version(conn):
     return conn.execute("SELECT version FROM catalog_version").fetchone()[0]
 
 
-# Services: basket ############################################################
+# Services: catalog import ######################################################
+
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+
+
+IMAGE_TYPES = {
+    b"\xff\xd8\xff": "jpg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+}
+
+
+def image_kind(data):
+    """'jpg', 'png', 'gif' or 'webp' from the file's first bytes; None if not an image."""
+    for magic, kind in IMAGE_TYPES.items():
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def store_media(media_dir, data, kind, *, private):
+    """Save an image under media/public (named by its hash) or media/private (random name)."""
+    folder = Path(media_dir) / ("private" if private else "public")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = (
+        (secrets.token_hex(16) if private else hashlib.sha256(data).hexdigest()[:32]) + "." + kind
+    )
+    path = folder / name
+    if not path.exists():
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return name
+
+
+def media_path(media_dir, ref):
+    """'public:<name>' / 'private:<name>' -> the file's path."""
+    scope, _, name = ref.partition(":")
+    if scope not in ("public", "private") or not re.fullmatch(
+        r"[0-9a-f]{32}\.(jpg|png|gif|webp)", name
+    ):
+        raise ValueError(f"bad media reference {ref!r}")
+    return Path(media_dir) / scope / name
+
+
+def _no_json_constants(name):
+    raise ValueError(f"{name} is not a number")
+
+
+def read_catalog_file(path):
+    """Parse a catalog JSON file exactly (prices as Decimal); raise CatalogError saying why not."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > 20 * 1024 * 1024:
+            raise CatalogError([f"{path}: larger than 20 MB"])
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CatalogError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CatalogError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_no_json_constants)
+    except json.JSONDecodeError as e:
+        raise CatalogError(
+            [f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"]
+        ) from None
+    except (ValueError, RecursionError) as e:
+        raise CatalogError([f"{path}: not valid JSON: {e}"]) from None
+
+
+@dataclass
+class CatalogPlan:
+    cities: list  # [(name, [district names])]
+    products: list  # [dict(name, description, price_cents, photo: (bytes, kind) | None)]
+    units: list  # [dict(product, city, district, content, media: (bytes, kind) | None, where)]
+
+
+def read_image(path, ref):
+    """(bytes, kind) of an image file, or the reason it cannot be one. Reads at most 10 MB + 1
+    byte."""
+    try:
+        if not path.is_file():
+            return (
+                f"{ref} is not a file"
+                if path.exists()
+                else f"cannot read {ref}: No such file or directory"
+            )
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+    except OSError as e:
+        return f"cannot read {ref}: {e.strerror}"
+    if len(data) > MAX_IMAGE_BYTES:
+        return f"{ref} is larger than 10 MB"
+    kind = image_kind(data)
+    return (data, kind) if kind else f"{ref} is not a JPEG, PNG, GIF or WebP image"
+
+
+@dataclass
+class _CatalogCheck:
+    """What plan_catalog has found so far: the problems, in order, and the images it has read."""
+
+    base_dir: Path
+    confine: bool
+    errors: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)  # each file is read once, however many name it
+
+
+def _plan_error(check, where, message):
+    check.errors.append(f"{where}: {message}")
+
+
+def _plan_text(check, where, obj, key, what, **kw):
+    try:
+        return clean_text(obj.get(key), what, **kw)
+    except InvalidInput as e:
+        _plan_error(check, f"{where}.{key}", str(e))
+
+
+def _plan_image(check, where, ref):
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
+        return _plan_error(check, where, "must be a file path relative to the catalog file")
+    path = (check.base_dir / ref).resolve()
+    if check.confine and not str(path).startswith(str(check.base_dir.resolve()) + os.sep):
+        return _plan_error(check, where, f"{ref} is outside the uploaded catalog")
+    if path not in check.images:
+        check.images[path] = read_image(path, ref)
+    found = check.images[path]
+    return _plan_error(check, where, found) if isinstance(found, str) else found
+
+
+def _plan_list(check, data, key, where):
+    """data[key] if it is a list (missing: empty); else the problem is noted and it is empty."""
+    items = data.get(key, [])
+    if not isinstance(items, list):
+        _plan_error(check, where, "must be a list")
+        return []
+    return items
+
+
+def _plan_districts(check, where, city):
+    districts, seen = [], set()
+    raw = city.get("districts", [])
+    if not isinstance(raw, list):
+        _plan_error(check, f"{where}.districts", "must be a list of names")
+        raw = []
+    for j, d in enumerate(raw):
+        try:
+            d = clean_text(d, "The district name", max_len=64)
+        except InvalidInput as e:
+            _plan_error(check, f"{where}.districts[{j}]", str(e))
+            continue
+        if d in seen:
+            _plan_error(check, f"{where}.districts[{j}]", f"district {d!r} is listed twice")
+        seen.add(d)
+        districts.append(d)
+    return districts
+
+
+def _plan_cities(check, data):
+    """[(name, [district names])] of the file's cities."""
+    cities, seen_cities = [], set()
+    for i, c in enumerate(_plan_list(check, data, "cities", "cities")):
+        where = f"cities[{i}]"
+        if not isinstance(c, dict):
+            _plan_error(check, where, 'must be an object with "name" and "districts"')
+            continue
+        name = _plan_text(check, where, c, "name", "The city name", max_len=64)
+        if name in seen_cities:
+            _plan_error(check, where, f"city {name!r} is listed twice")
+        seen_cities.add(name)
+        districts = _plan_districts(check, where, c)
+        if name:
+            cities.append((name, districts))
+    return cities
+
+
+def _plan_price(check, where, price):
+    """The price in cents, or None (with the problem noted)."""
+    if isinstance(price, float) or isinstance(price, bool) or price is None:
+        _plan_error(check, f"{where}.price", 'must be a price in EUR like "25.00"')
+        return None
+    try:
+        if isinstance(price, Decimal) and price != price.quantize(Decimal("0.01")):
+            raise InvalidInput(f"must have at most 2 decimals, got {price}")
+        return parse_eur(price)
+    except (InvalidInput, InvalidOperation) as e:
+        _plan_error(check, f"{where}.price", str(e))
+        return None
+
+
+def _plan_units(check, where, product_name, product):
+    """The units of one product's "stock"."""
+    units = []
+    for j, s in enumerate(_plan_list(check, product, "stock", f"{where}.stock")):
+        w = f"{where}.stock[{j}]"
+        if not isinstance(s, dict):
+            _plan_error(check, w, 'must be an object with "city", "district" and "content"')
+            continue
+        extra = set(s) - {"city", "district", "content", "media"}
+        if extra:
+            _plan_error(check, w, f"unknown keys {sorted(extra)}")
+        city = _plan_text(check, w, s, "city", "The city", max_len=64)
+        district = _plan_text(check, w, s, "district", "The district", max_len=64)
+        content = _plan_text(check, w, s, "content", "The content", max_len=3500, multiline=True)
+        media = _plan_image(check, f"{w}.media", s.get("media"))
+        units.append(
+            {
+                "product": product_name,
+                "city": city,
+                "district": district,
+                "content": content,
+                "media": media,
+                "where": w,
+            }
+        )
+    return units
+
+
+def _plan_products(check, data):
+    """(products, units) of the file's products."""
+    products, units, seen_products = [], [], set()
+    for i, p in enumerate(_plan_list(check, data, "products", "products")):
+        where = f"products[{i}]"
+        if not isinstance(p, dict):
+            _plan_error(check, where, 'must be an object with "name", "price" and "stock"')
+            continue
+        extra = set(p) - {"name", "description", "price", "photo", "stock"}
+        if extra:
+            _plan_error(check, where, f"unknown keys {sorted(extra)}")
+        name = _plan_text(check, where, p, "name", "The product name", max_len=64)
+        if name in seen_products:
+            _plan_error(check, where, f"product {name!r} is listed twice")
+        seen_products.add(name)
+        description = _plan_text(
+            check,
+            where,
+            p,
+            "description",
+            "The description",
+            max_len=800,
+            multiline=True,
+            required=False,
+        )
+        price_cents = _plan_price(check, where, p.get("price"))
+        photo = _plan_image(check, f"{where}.photo", p.get("photo"))
+        products.append(
+            {
+                "name": name,
+                "description": description,
+                "price_cents": price_cents,
+                "photo": photo,
+                "has_photo": p.get("photo") is not None,
+            }
+        )
+        units += _plan_units(check, where, name, p)
+    return products, units
+
+
+def plan_catalog(data, base_dir, confine=False):
+    """Check a parsed catalog file completely, reading its images; raise CatalogError listing every
+    problem.
+
+    confine: images must lie inside base_dir (an upload may not name the server's own files)."""
+    check = _CatalogCheck(Path(base_dir), confine)
+    if not isinstance(data, dict):
+        raise CatalogError(['the catalog must be a JSON object with "cities" and "products"'])
+    unknown = set(data) - {"cities", "products"}
+    if unknown:
+        _plan_error(
+            check, "catalog", f'unknown keys {sorted(unknown)} (expected "cities" and "products")'
+        )
+    cities = _plan_cities(check, data)
+    products, units = _plan_products(check, data)
+    if check.errors:
+        raise CatalogError(check.errors)
+    return CatalogPlan(cities, products, units)
+
+
+class _DryRun(Exception):
+    """Rolls back a catalog import that was only counting."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self.counts = counts
+
+
+_IMPORT_COUNTS = (
+    "cities_added",
+    "districts_added",
+    "products_added",
+    "products_updated",
+    "units_added",
+    "units_present",
+    "units_repeated",
+)
+
+
+@dataclass
+class _CatalogImport:
+    """One import under way: where its images go, the files it wrote, what it changed."""
+
+    media_dir: Path
+    dry_run: bool
+    written: list = field(default_factory=list)
+    counts: dict = field(default_factory=lambda: dict.fromkeys(_IMPORT_COUNTS, 0))
+
+
+def _import_image(job, image, private):
+    """Store an image of the catalog; return its name (a dry run stores nothing)."""
+    if job.dry_run:
+        return "0" * 32 + "." + image[1]
+    name = store_media(job.media_dir, image[0], image[1], private=private)
+    job.written.append(Path(job.media_dir) / ("private" if private else "public") / name)
+    return name
+
+
+def _import_places(conn, job, plan):
+    """Add the cities and districts the shop lacks; return their ids by name and (city, name)."""
+    city_ids, district_ids = {}, {}
+    for row in conn.execute("SELECT id, name FROM cities"):
+        city_ids[row["name"]] = row["id"]
+    for row in conn.execute(
+        "SELECT d.id, d.name, c.name AS city FROM districts d JOIN cities c ON c.id = d.city_id"
+    ):
+        district_ids[(row["city"], row["name"])] = row["id"]
+    for name, districts in plan.cities:
+        if name not in city_ids:
+            (position,) = conn.execute(
+                "SELECT coalesce(max(position), 0) + 1 FROM cities"
+            ).fetchone()
+            city_ids[name] = conn.execute(
+                "INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)
+            ).lastrowid
+            job.counts["cities_added"] += 1
+        for d in districts:
+            if (name, d) not in district_ids:
+                position = conn.execute(
+                    "SELECT coalesce(max(position), 0) + 1 FROM districts WHERE city_id = ?",
+                    (city_ids[name],),
+                ).fetchone()[0]
+                district_ids[(name, d)] = conn.execute(
+                    "INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
+                    (city_ids[name], d, position),
+                ).lastrowid
+                job.counts["districts_added"] += 1
+    return city_ids, district_ids
+
+
+def _import_products(conn, job, plan):
+    """Add or update the file's products; return their ids by name."""
+    product_ids = {}
+    for p in plan.products:
+        row = conn.execute("SELECT * FROM products WHERE name = ?", (p["name"],)).fetchone()
+        photo = _import_image(job, p["photo"], private=False) if p["photo"] else None
+        if row is None:
+            product_ids[p["name"]] = conn.execute(
+                "INSERT INTO products(name, description, price_cents, photo, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (p["name"], p["description"], p["price_cents"], photo, now_iso()),
+            ).lastrowid
+            job.counts["products_added"] += 1
+            continue
+        product_ids[p["name"]] = row["id"]
+        new = (
+            p["description"],
+            p["price_cents"],
+            photo if p["has_photo"] else row["photo"],
+        )
+        if new != (row["description"], row["price_cents"], row["photo"]):
+            conn.execute(
+                "UPDATE products SET description = ?, price_cents = ?, photo = ? WHERE id = ?",
+                (*new, row["id"]),
+            )
+            job.counts["products_updated"] += 1
+    return product_ids
+
+
+def _import_units(conn, job, plan, product_ids, district_ids):
+    """Add the units the shop does not have yet (sold or not)."""
+    added = set()
+    for u in plan.units:
+        key = (
+            product_ids[u["product"]],
+            district_ids[(u["city"], u["district"])],
+            u["content"],
+        )
+        if key in added:
+            job.counts["units_repeated"] += 1  # the file lists the same unit twice
+            continue
+        added.add(key)
+        if conn.execute(
+            "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? AND content = ?",
+            key,
+        ).fetchone():
+            job.counts["units_present"] += 1
+            continue
+        media = _import_image(job, u["media"], private=True) if u["media"] else None
+        conn.execute(
+            "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (*key, media, now_iso()),
+        )
+        job.counts["units_added"] += 1
+
+
+def _import_plan(conn, job, plan):
+    """The import itself, inside the caller's transaction."""
+    _, district_ids = _import_places(conn, job, plan)
+    missing = [
+        f"{u['where']}.district: {u['district']!r} is not a district of {u['city']!r} "
+        '(list it under "cities")'
+        for u in plan.units
+        if (u["city"], u["district"]) not in district_ids
+    ]
+    if missing:
+        raise CatalogError(missing)
+    product_ids = _import_products(conn, job, plan)
+    _import_units(conn, job, plan, product_ids, district_ids)
+
+
+def _forget_written(conn, written):
+    """Delete the image files a failed import wrote that nothing in the database names."""
+    for path in written:
+        referenced = conn.execute(
+            "SELECT 1 FROM products WHERE photo = ? "
+            "UNION SELECT 1 FROM stock_units WHERE media = ?",
+            (path.name, path.name),
+        ).fetchone()
+        if not referenced:
+            path.unlink(missing_ok=True)
+
+
+def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False):
+    """Import a parsed catalog file atomically and idempotently; return counts of what changed.
+
+    Cities, districts and products match existing rows by name (a product's
+    description, price and photo are updated to the file's). A unit whose
+    product, district and content already exist, sold or not, is not added
+    again, so re-importing a file never re-sells a code. Any problem raises
+    CatalogError and nothing is imported. A unit listed twice in the file is
+    added once (counted as units_repeated). dry_run counts what would change and
+    changes nothing.
+    """
+    plan = plan_catalog(data, base_dir, confine)
+    job = _CatalogImport(media_dir, dry_run)
+    try:
+        with transaction(conn):
+            _import_plan(conn, job, plan)
+            if dry_run:
+                raise _DryRun(job.counts)
+    except _DryRun as done:
+        return done.counts
+    except BaseException:
+        _forget_written(conn, job.written)
+        raise
+    return job.counts
+
+
+DEMO_IMAGES = STATIC_DIR / "img" / "demo"
+
+
+# The demo catalog, as a catalog file. Product photos come with the shop (DEMO_IMAGES); the pickup
+# photos (locker-door-N.png, door N highlighted) are drawn by load_demo beside the file.
+DEMO_LOCKER_DOORS = (3, 17)
+
+
+DEMO_CATALOG = {
+    "cities": [
+        {"name": "Berlin", "districts": ["Mitte", "Kreuzberg"]},
+        {"name": "Lisbon", "districts": ["Baixa", "Alfama"]},
+        {"name": "Kraków", "districts": ["Stare Miasto", "Kazimierz"]},
+    ],
+    "products": [
+        {
+            "name": "Paper & Ink gift card 25 €",
+            "price": "25.00",
+            "photo": str(DEMO_IMAGES / "giftcard-books.jpg"),
+            "description": "A gift card for Paper & Ink Books, valid in every shop and online "
+            "for three years. Redeem the code at the till or at checkout.",
+            "stock": [
+                {"city": c, "district": d, "content": code}
+                for c, d, code in [
+                    ("Berlin", "Mitte", "PINK-25-7F3K-Q9D2"),
+                    ("Berlin", "Mitte", "PINK-25-M2XW-4RTA"),
+                    ("Berlin", "Kreuzberg", "PINK-25-H8NC-ZP61"),
+                    ("Lisbon", "Baixa", "PINK-25-UV5E-3KDM"),
+                    ("Lisbon", "Baixa", "PINK-25-BQ7Y-W0LS"),
+                    ("Kraków", "Stare Miasto", "PINK-25-9JHF-C2VE"),
+                ]
+            ],
+        },
+        {
+            "name": "Corner Café voucher 10 €",
+            "price": "10.00",
+            "photo": str(DEMO_IMAGES / "voucher-coffee.jpg"),
+            "description": "Coffee, cake or breakfast for 10 € at any Corner Café. Show the code "
+            "at the counter.",
+            "stock": [
+                {"city": c, "district": d, "content": code}
+                for c, d, code in [
+                    ("Berlin", "Kreuzberg", "CAFE-10-QX4T8N"),
+                    ("Berlin", "Kreuzberg", "CAFE-10-LM3R7D"),
+                    ("Berlin", "Mitte", "CAFE-10-ZK9W2P"),
+                    ("Kraków", "Kazimierz", "CAFE-10-HV6J5S"),
+                    ("Kraków", "Kazimierz", "CAFE-10-TB1F8G"),
+                ]
+            ],
+        },
+        {
+            "name": "Ethiopian Yirgacheffe beans 250 g",
+            "price": "12.90",
+            "photo": str(DEMO_IMAGES / "coffee-beans.jpg"),
+            "description": "Washed Yirgacheffe, light roast: jasmine, lemon and honey. "
+            "Whole beans, roasted this week. Collected from a parcel locker near you.",
+            "stock": [
+                {
+                    "city": "Berlin",
+                    "district": "Mitte",
+                    "media": "locker-door-3.png",
+                    "content": 'Parcel locker "Mitte 14", Invalidenstraße 112 '
+                    "(next to the bakery).\n"
+                    "Door 3 (highlighted in the photo), pickup code 4711-2093.\n"
+                    "Please collect within 48 hours.",
+                },
+                {
+                    "city": "Berlin",
+                    "district": "Mitte",
+                    "media": "locker-door-17.png",
+                    "content": 'Parcel locker "Mitte 14", Invalidenstraße 112 '
+                    "(next to the bakery).\n"
+                    "Door 17 (highlighted in the photo), pickup code 4711-5528.\n"
+                    "Please collect within 48 hours.",
+                },
+                {
+                    "city": "Lisbon",
+                    "district": "Alfama",
+                    "media": "locker-door-3.png",
+                    "content": 'Cacifo "Alfama 2", Rua dos Remédios 41 '
+                    "(inside the pharmacy entrance).\n"
+                    "Door 3, pickup code 2026-8814. Please collect within 48 hours.",
+                },
+            ],
+        },
+        {
+            "name": "E-book: The Little Sourdough Handbook",
+            "price": "7.50",
+            "photo": str(DEMO_IMAGES / "ebook-sourdough.jpg"),
+            "description": "From starter to first loaf in a weekend. EPUB and PDF, 142 pages, "
+            "no DRM.",
+            "stock": [
+                {
+                    "city": c,
+                    "district": d,
+                    "content": f"Download your copy (EPUB + PDF): "
+                    f"https://example.com/dl/sourdough/{key}\n"
+                    "The link works for 30 days.",
+                }
+                for c, d, key in [
+                    ("Berlin", "Mitte", "8f3a1c72"),
+                    ("Berlin", "Kreuzberg", "b41e09d5"),
+                    ("Lisbon", "Baixa", "2c7d6e18"),
+                    ("Kraków", "Stare Miasto", "e95f3a40"),
+                    ("Kraków", "Kazimierz", "71ab2c6f"),
+                ]
+            ],
+        },
+        {
+            "name": "Poster: Lisbon Tram 28 (A2)",
+            "price": "19.00",
+            "photo": str(DEMO_IMAGES / "poster-tram.jpg"),
+            "description": "Screen-printed A2 poster of the yellow tram 28 on heavy matte paper, "
+            "rolled in a tube.",
+            "stock": [
+                {
+                    "city": "Lisbon",
+                    "district": "Baixa",
+                    "media": "locker-door-17.png",
+                    "content": 'Cacifo "Baixa 7", Rua Augusta 210 (arcade, left side).\n'
+                    "Door 17, pickup code 2026-3391. Please collect within 48 hours.",
+                },
+                {
+                    "city": "Lisbon",
+                    "district": "Alfama",
+                    "content": "Pickup at the Alfama kiosk, Largo das Portas do Sol, "
+                    "10:00-18:00.\nSay order word TRAM-28-LUA.",
+                },
+            ],
+        },
+    ],
+}
+
+
+def demo_locker_png(door):
+    """A small PNG of a wall of parcel lockers with `door` highlighted (the demo's pickup photo)."""
+    import zlib  # (only here: the shop itself never compresses)
+
+    width, height, cols, rows = 360, 240, 6, 4
+    cell_w, cell_h = width // cols, height // rows
+    pixels = bytearray()
+    for y in range(height):
+        pixels.append(0)  # PNG filter: none
+        for x in range(width):
+            col, row = x // cell_w, y // cell_h
+            edge = x % cell_w in (0, 1, cell_w - 1) or y % cell_h in (0, 1, cell_h - 1)
+            handle = (
+                cell_w - 12 <= x % cell_w <= cell_w - 8
+                and cell_h // 2 - 8 <= y % cell_h <= cell_h // 2 + 8
+            )
+            if edge:
+                rgb = (60, 64, 72)
+            elif row * cols + col + 1 == door:
+                rgb = (40, 40, 40) if handle else (245, 180, 40)
+            else:
+                rgb = (40, 40, 40) if handle else (170, 178, 190)
+            pixels += bytes(rgb)
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n"
+    for kind, data in (
+        (b"IHDR", header),
+        (b"IDAT", zlib.compress(bytes(pixels), 9)),
+        (b"IEND", b""),
+    ):
+        crc = zlib.crc32(kind + data)
+        png += len(data).to_bytes(4, "big") + kind + data + crc.to_bytes(4, "big")
+    return png
+
+
+def load_demo(conn, media_dir):
+    """Import the demo catalog (DEMO_CATALOG); returns the import counts."""
+    with tempfile.TemporaryDirectory() as folder:
+        for door in DEMO_LOCKER_DOORS:
+            Path(folder, f"locker-door-{door}.png").write_bytes(demo_locker_png(door))
+        return import_catalog(conn, DEMO_CATALOG, folder, media_dir)
+
+
+# Services: basket ##############################################################
 
 MAX_QUANTITY = 100
+
+
 # 15 lines of the longest names still fit the basket and checkout in one
 # Telegram message (4096) and its buttons under the 100-button limit.
 MAX_BASKET_LINES = 15
@@ -1390,7 +2242,7 @@ def find_basket_line(conn, user_id, product_id, district_id):
     ).fetchone()
 
 
-# Services: orders ############################################################
+# Services: orders ##############################################################
 
 
 def price_lines(conn, lines):
@@ -1674,6 +2526,8 @@ def format_content(content):
 
 
 CAPTION_LIMIT = 1024
+
+
 TEXT_LIMIT = 4096
 
 
@@ -1863,7 +2717,7 @@ def save_telegram_file_id(conn, photo, bot_id, file_id):
         )
 
 
-# Services: payments ##########################################################
+# Services: payments ############################################################
 
 # Provider statuses in the order a payment moves through them. Money states
 # (finished, partially_paid, refunded) are final. expired and failed are final
@@ -1880,7 +2734,11 @@ STATUS_RANK = {
     "failed": 4,
     "expired": 4,
 }
+
+
 OPEN_STATUSES = ("waiting", "confirming", "confirmed", "sending")
+
+
 MONEY_STATUSES = ("finished", "partially_paid", "refunded")
 
 
@@ -2766,26 +3624,7 @@ def _order_paid(conn, payment, order, owners):
             order_id=order_id,
         )
         outcome = f"late, credited {cents_to_str(cents)}"
-    paid = payment["actually_paid"]
-    if paid and crypto_amount(paid) > crypto_amount(payment["pay_amount"]):
-        extra = value_of(
-            payment["price_cents"],
-            crypto_amount(paid) - crypto_amount(payment["pay_amount"]),
-            payment["pay_amount"],
-        )
-        extra = _credit(
-            conn, payment, extra, "overpayment", "overpaid", f"Order #{order_id} overpaid"
-        )
-        if extra:
-            enqueue_message(
-                conn,
-                user_id,
-                f"💰 You sent more than needed for order #{order_id}; the extra "
-                f"{fmt_eur(extra)} was added to your balance. Balance: "
-                f"{_balance(conn, user_id)}.",
-                order_id=order_id,
-            )
-            outcome += f", overpaid {cents_to_str(extra)} credited"
+    outcome += _credit_overpayment(conn, payment, order_id)
     if outcome.startswith("late, credited"):
         credited = conn.execute(
             "SELECT credited_cents FROM payments WHERE id = ?", (payment["id"],)
@@ -2797,6 +3636,27 @@ def _order_paid(conn, payment, order, owners):
             f"{fmt_eur(credited)} credited to the shopper's balance",
         )
     return outcome
+
+
+def _credit_overpayment(conn, payment, order_id):
+    """What arrived beyond the invoice's amount, credited to the shopper; returns the words for
+    the payment's outcome ("" when nothing was over)."""
+    paid, asked, user_id = payment["actually_paid"], payment["pay_amount"], payment["user_id"]
+    if not paid or crypto_amount(paid) <= crypto_amount(asked):
+        return ""
+    extra = value_of(payment["price_cents"], crypto_amount(paid) - crypto_amount(asked), asked)
+    extra = _credit(conn, payment, extra, "overpayment", "overpaid", f"Order #{order_id} overpaid")
+    if not extra:
+        return ""
+    enqueue_message(
+        conn,
+        user_id,
+        f"💰 You sent more than needed for order #{order_id}; the extra "
+        f"{fmt_eur(extra)} was added to your balance. Balance: "
+        f"{_balance(conn, user_id)}.",
+        order_id=order_id,
+    )
+    return f", overpaid {cents_to_str(extra)} credited"
 
 
 def _retake_units(conn, order_id):
@@ -2912,654 +3772,12 @@ def find_paid_item_media(conn, user_id, order_id, item_id):
     return row["media"] if row else None
 
 
-# Services: catalog import ####################################################
-
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-IMAGE_TYPES = {
-    b"\xff\xd8\xff": "jpg",
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-}
-
-
-def image_kind(data):
-    """'jpg', 'png', 'gif' or 'webp' from the file's first bytes; None if not an image."""
-    for magic, kind in IMAGE_TYPES.items():
-        if data.startswith(magic):
-            return kind
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
-def store_media(media_dir, data, kind, *, private):
-    """Save an image under media/public (named by its hash) or media/private (random name)."""
-    folder = Path(media_dir) / ("private" if private else "public")
-    folder.mkdir(parents=True, exist_ok=True)
-    name = (
-        (secrets.token_hex(16) if private else hashlib.sha256(data).hexdigest()[:32]) + "." + kind
-    )
-    path = folder / name
-    if not path.exists():
-        tmp = folder / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return name
-
-
-def media_path(media_dir, ref):
-    """'public:<name>' / 'private:<name>' -> the file's path."""
-    scope, _, name = ref.partition(":")
-    if scope not in ("public", "private") or not re.fullmatch(
-        r"[0-9a-f]{32}\.(jpg|png|gif|webp)", name
-    ):
-        raise ValueError(f"bad media reference {ref!r}")
-    return Path(media_dir) / scope / name
-
-
-def _no_json_constants(name):
-    raise ValueError(f"{name} is not a number")
-
-
-def read_catalog_file(path):
-    """Parse a catalog JSON file exactly (prices as Decimal); raise CatalogError saying why not."""
-    path = Path(path)
-    try:
-        if path.stat().st_size > 20 * 1024 * 1024:
-            raise CatalogError([f"{path}: larger than 20 MB"])
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CatalogError([f"{path}: cannot read: {e.strerror}"]) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CatalogError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
-    try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_no_json_constants)
-    except json.JSONDecodeError as e:
-        raise CatalogError(
-            [f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"]
-        ) from None
-    except (ValueError, RecursionError) as e:
-        raise CatalogError([f"{path}: not valid JSON: {e}"]) from None
-
-
-@dataclass
-class CatalogPlan:
-    cities: list  # [(name, [district names])]
-    products: list  # [dict(name, description, price_cents, photo: (bytes, kind) | None)]
-    units: list  # [dict(product, city, district, content, media: (bytes, kind) | None, where)]
-
-
-def read_image(path, ref):
-    """(bytes, kind) of an image file, or the reason it cannot be one. Reads at most 10 MB + 1
-    byte."""
-    try:
-        if not path.is_file():
-            return (
-                f"{ref} is not a file"
-                if path.exists()
-                else f"cannot read {ref}: No such file or directory"
-            )
-        with open(path, "rb") as f:
-            data = f.read(MAX_IMAGE_BYTES + 1)
-    except OSError as e:
-        return f"cannot read {ref}: {e.strerror}"
-    if len(data) > MAX_IMAGE_BYTES:
-        return f"{ref} is larger than 10 MB"
-    kind = image_kind(data)
-    return (data, kind) if kind else f"{ref} is not a JPEG, PNG, GIF or WebP image"
-
-
-@dataclass
-class _CatalogCheck:
-    """What plan_catalog has found so far: the problems, in order, and the images it has read."""
-
-    base_dir: Path
-    confine: bool
-    errors: list = field(default_factory=list)
-    images: dict = field(default_factory=dict)  # each file is read once, however many name it
-
-
-def _plan_error(check, where, message):
-    check.errors.append(f"{where}: {message}")
-
-
-def _plan_text(check, where, obj, key, what, **kw):
-    try:
-        return clean_text(obj.get(key), what, **kw)
-    except InvalidInput as e:
-        _plan_error(check, f"{where}.{key}", str(e))
-
-
-def _plan_image(check, where, ref):
-    if ref is None:
-        return None
-    if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
-        return _plan_error(check, where, "must be a file path relative to the catalog file")
-    path = (check.base_dir / ref).resolve()
-    if check.confine and not str(path).startswith(str(check.base_dir.resolve()) + os.sep):
-        return _plan_error(check, where, f"{ref} is outside the uploaded catalog")
-    if path not in check.images:
-        check.images[path] = read_image(path, ref)
-    found = check.images[path]
-    return _plan_error(check, where, found) if isinstance(found, str) else found
-
-
-def _plan_list(check, data, key, where):
-    """data[key] if it is a list (missing: empty); else the problem is noted and it is empty."""
-    items = data.get(key, [])
-    if not isinstance(items, list):
-        _plan_error(check, where, "must be a list")
-        return []
-    return items
-
-
-def _plan_districts(check, where, city):
-    districts, seen = [], set()
-    raw = city.get("districts", [])
-    if not isinstance(raw, list):
-        _plan_error(check, f"{where}.districts", "must be a list of names")
-        raw = []
-    for j, d in enumerate(raw):
-        try:
-            d = clean_text(d, "The district name", max_len=64)
-        except InvalidInput as e:
-            _plan_error(check, f"{where}.districts[{j}]", str(e))
-            continue
-        if d in seen:
-            _plan_error(check, f"{where}.districts[{j}]", f"district {d!r} is listed twice")
-        seen.add(d)
-        districts.append(d)
-    return districts
-
-
-def _plan_cities(check, data):
-    """[(name, [district names])] of the file's cities."""
-    cities, seen_cities = [], set()
-    for i, c in enumerate(_plan_list(check, data, "cities", "cities")):
-        where = f"cities[{i}]"
-        if not isinstance(c, dict):
-            _plan_error(check, where, 'must be an object with "name" and "districts"')
-            continue
-        name = _plan_text(check, where, c, "name", "The city name", max_len=64)
-        if name in seen_cities:
-            _plan_error(check, where, f"city {name!r} is listed twice")
-        seen_cities.add(name)
-        districts = _plan_districts(check, where, c)
-        if name:
-            cities.append((name, districts))
-    return cities
-
-
-def _plan_price(check, where, price):
-    """The price in cents, or None (with the problem noted)."""
-    if isinstance(price, float) or isinstance(price, bool) or price is None:
-        _plan_error(check, f"{where}.price", 'must be a price in EUR like "25.00"')
-        return None
-    try:
-        if isinstance(price, Decimal) and price != price.quantize(Decimal("0.01")):
-            raise InvalidInput(f"must have at most 2 decimals, got {price}")
-        return parse_eur(price)
-    except (InvalidInput, InvalidOperation) as e:
-        _plan_error(check, f"{where}.price", str(e))
-        return None
-
-
-def _plan_units(check, where, product_name, product):
-    """The units of one product's "stock"."""
-    units = []
-    for j, s in enumerate(_plan_list(check, product, "stock", f"{where}.stock")):
-        w = f"{where}.stock[{j}]"
-        if not isinstance(s, dict):
-            _plan_error(check, w, 'must be an object with "city", "district" and "content"')
-            continue
-        extra = set(s) - {"city", "district", "content", "media"}
-        if extra:
-            _plan_error(check, w, f"unknown keys {sorted(extra)}")
-        city = _plan_text(check, w, s, "city", "The city", max_len=64)
-        district = _plan_text(check, w, s, "district", "The district", max_len=64)
-        content = _plan_text(check, w, s, "content", "The content", max_len=3500, multiline=True)
-        media = _plan_image(check, f"{w}.media", s.get("media"))
-        units.append(
-            {
-                "product": product_name,
-                "city": city,
-                "district": district,
-                "content": content,
-                "media": media,
-                "where": w,
-            }
-        )
-    return units
-
-
-def _plan_products(check, data):
-    """(products, units) of the file's products."""
-    products, units, seen_products = [], [], set()
-    for i, p in enumerate(_plan_list(check, data, "products", "products")):
-        where = f"products[{i}]"
-        if not isinstance(p, dict):
-            _plan_error(check, where, 'must be an object with "name", "price" and "stock"')
-            continue
-        extra = set(p) - {"name", "description", "price", "photo", "stock"}
-        if extra:
-            _plan_error(check, where, f"unknown keys {sorted(extra)}")
-        name = _plan_text(check, where, p, "name", "The product name", max_len=64)
-        if name in seen_products:
-            _plan_error(check, where, f"product {name!r} is listed twice")
-        seen_products.add(name)
-        description = _plan_text(
-            check,
-            where,
-            p,
-            "description",
-            "The description",
-            max_len=800,
-            multiline=True,
-            required=False,
-        )
-        price_cents = _plan_price(check, where, p.get("price"))
-        photo = _plan_image(check, f"{where}.photo", p.get("photo"))
-        products.append(
-            {
-                "name": name,
-                "description": description,
-                "price_cents": price_cents,
-                "photo": photo,
-                "has_photo": p.get("photo") is not None,
-            }
-        )
-        units += _plan_units(check, where, name, p)
-    return products, units
-
-
-def plan_catalog(data, base_dir, confine=False):
-    """Check a parsed catalog file completely, reading its images; raise CatalogError listing every
-    problem.
-
-    confine: images must lie inside base_dir (an upload may not name the server's own files)."""
-    check = _CatalogCheck(Path(base_dir), confine)
-    if not isinstance(data, dict):
-        raise CatalogError(['the catalog must be a JSON object with "cities" and "products"'])
-    unknown = set(data) - {"cities", "products"}
-    if unknown:
-        _plan_error(
-            check, "catalog", f'unknown keys {sorted(unknown)} (expected "cities" and "products")'
-        )
-    cities = _plan_cities(check, data)
-    products, units = _plan_products(check, data)
-    if check.errors:
-        raise CatalogError(check.errors)
-    return CatalogPlan(cities, products, units)
-
-
-class _DryRun(Exception):
-    """Rolls back a catalog import that was only counting."""
-
-    def __init__(self, counts):
-        super().__init__()
-        self.counts = counts
-
-
-_IMPORT_COUNTS = (
-    "cities_added",
-    "districts_added",
-    "products_added",
-    "products_updated",
-    "units_added",
-    "units_present",
-    "units_repeated",
-)
-
-
-@dataclass
-class _CatalogImport:
-    """One import under way: where its images go, the files it wrote, what it changed."""
-
-    media_dir: Path
-    dry_run: bool
-    written: list = field(default_factory=list)
-    counts: dict = field(default_factory=lambda: dict.fromkeys(_IMPORT_COUNTS, 0))
-
-
-def _import_image(job, image, private):
-    """Store an image of the catalog; return its name (a dry run stores nothing)."""
-    if job.dry_run:
-        return "0" * 32 + "." + image[1]
-    name = store_media(job.media_dir, image[0], image[1], private=private)
-    job.written.append(Path(job.media_dir) / ("private" if private else "public") / name)
-    return name
-
-
-def _import_places(conn, job, plan):
-    """Add the cities and districts the shop lacks; return their ids by name and (city, name)."""
-    city_ids, district_ids = {}, {}
-    for row in conn.execute("SELECT id, name FROM cities"):
-        city_ids[row["name"]] = row["id"]
-    for row in conn.execute(
-        "SELECT d.id, d.name, c.name AS city FROM districts d JOIN cities c ON c.id = d.city_id"
-    ):
-        district_ids[(row["city"], row["name"])] = row["id"]
-    for name, districts in plan.cities:
-        if name not in city_ids:
-            (position,) = conn.execute(
-                "SELECT coalesce(max(position), 0) + 1 FROM cities"
-            ).fetchone()
-            city_ids[name] = conn.execute(
-                "INSERT INTO cities(name, position) VALUES (?, ?)", (name, position)
-            ).lastrowid
-            job.counts["cities_added"] += 1
-        for d in districts:
-            if (name, d) not in district_ids:
-                position = conn.execute(
-                    "SELECT coalesce(max(position), 0) + 1 FROM districts WHERE city_id = ?",
-                    (city_ids[name],),
-                ).fetchone()[0]
-                district_ids[(name, d)] = conn.execute(
-                    "INSERT INTO districts(city_id, name, position) VALUES (?, ?, ?)",
-                    (city_ids[name], d, position),
-                ).lastrowid
-                job.counts["districts_added"] += 1
-    return city_ids, district_ids
-
-
-def _import_products(conn, job, plan):
-    """Add or update the file's products; return their ids by name."""
-    product_ids = {}
-    for p in plan.products:
-        row = conn.execute("SELECT * FROM products WHERE name = ?", (p["name"],)).fetchone()
-        photo = _import_image(job, p["photo"], private=False) if p["photo"] else None
-        if row is None:
-            product_ids[p["name"]] = conn.execute(
-                "INSERT INTO products(name, description, price_cents, photo, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (p["name"], p["description"], p["price_cents"], photo, now_iso()),
-            ).lastrowid
-            job.counts["products_added"] += 1
-            continue
-        product_ids[p["name"]] = row["id"]
-        new = (
-            p["description"],
-            p["price_cents"],
-            photo if p["has_photo"] else row["photo"],
-        )
-        if new != (row["description"], row["price_cents"], row["photo"]):
-            conn.execute(
-                "UPDATE products SET description = ?, price_cents = ?, photo = ? WHERE id = ?",
-                (*new, row["id"]),
-            )
-            job.counts["products_updated"] += 1
-    return product_ids
-
-
-def _import_units(conn, job, plan, product_ids, district_ids):
-    """Add the units the shop does not have yet (sold or not)."""
-    added = set()
-    for u in plan.units:
-        key = (
-            product_ids[u["product"]],
-            district_ids[(u["city"], u["district"])],
-            u["content"],
-        )
-        if key in added:
-            job.counts["units_repeated"] += 1  # the file lists the same unit twice
-            continue
-        added.add(key)
-        if conn.execute(
-            "SELECT 1 FROM stock_units WHERE product_id = ? AND district_id = ? AND content = ?",
-            key,
-        ).fetchone():
-            job.counts["units_present"] += 1
-            continue
-        media = _import_image(job, u["media"], private=True) if u["media"] else None
-        conn.execute(
-            "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (*key, media, now_iso()),
-        )
-        job.counts["units_added"] += 1
-
-
-def _import_plan(conn, job, plan):
-    """The import itself, inside the caller's transaction."""
-    _, district_ids = _import_places(conn, job, plan)
-    missing = [
-        f"{u['where']}.district: {u['district']!r} is not a district of {u['city']!r} "
-        '(list it under "cities")'
-        for u in plan.units
-        if (u["city"], u["district"]) not in district_ids
-    ]
-    if missing:
-        raise CatalogError(missing)
-    product_ids = _import_products(conn, job, plan)
-    _import_units(conn, job, plan, product_ids, district_ids)
-
-
-def _forget_written(conn, written):
-    """Delete the image files a failed import wrote that nothing in the database names."""
-    for path in written:
-        referenced = conn.execute(
-            "SELECT 1 FROM products WHERE photo = ? "
-            "UNION SELECT 1 FROM stock_units WHERE media = ?",
-            (path.name, path.name),
-        ).fetchone()
-        if not referenced:
-            path.unlink(missing_ok=True)
-
-
-def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False):
-    """Import a parsed catalog file atomically and idempotently; return counts of what changed.
-
-    Cities, districts and products match existing rows by name (a product's
-    description, price and photo are updated to the file's). A unit whose
-    product, district and content already exist, sold or not, is not added
-    again, so re-importing a file never re-sells a code. Any problem raises
-    CatalogError and nothing is imported. A unit listed twice in the file is
-    added once (counted as units_repeated). dry_run counts what would change and
-    changes nothing.
-    """
-    plan = plan_catalog(data, base_dir, confine)
-    job = _CatalogImport(media_dir, dry_run)
-    try:
-        with transaction(conn):
-            _import_plan(conn, job, plan)
-            if dry_run:
-                raise _DryRun(job.counts)
-    except _DryRun as done:
-        return done.counts
-    except BaseException:
-        _forget_written(conn, job.written)
-        raise
-    return job.counts
-
-
-DEMO_IMAGES = STATIC_DIR / "img" / "demo"
-# The demo catalog, as a catalog file. Product photos come with the shop (DEMO_IMAGES); the pickup
-# photos (locker-door-N.png, door N highlighted) are drawn by load_demo beside the file.
-DEMO_LOCKER_DOORS = (3, 17)
-DEMO_CATALOG = {
-    "cities": [
-        {"name": "Berlin", "districts": ["Mitte", "Kreuzberg"]},
-        {"name": "Lisbon", "districts": ["Baixa", "Alfama"]},
-        {"name": "Kraków", "districts": ["Stare Miasto", "Kazimierz"]},
-    ],
-    "products": [
-        {
-            "name": "Paper & Ink gift card 25 €",
-            "price": "25.00",
-            "photo": str(DEMO_IMAGES / "giftcard-books.jpg"),
-            "description": "A gift card for Paper & Ink Books, valid in every shop and online "
-            "for three years. Redeem the code at the till or at checkout.",
-            "stock": [
-                {"city": c, "district": d, "content": code}
-                for c, d, code in [
-                    ("Berlin", "Mitte", "PINK-25-7F3K-Q9D2"),
-                    ("Berlin", "Mitte", "PINK-25-M2XW-4RTA"),
-                    ("Berlin", "Kreuzberg", "PINK-25-H8NC-ZP61"),
-                    ("Lisbon", "Baixa", "PINK-25-UV5E-3KDM"),
-                    ("Lisbon", "Baixa", "PINK-25-BQ7Y-W0LS"),
-                    ("Kraków", "Stare Miasto", "PINK-25-9JHF-C2VE"),
-                ]
-            ],
-        },
-        {
-            "name": "Corner Café voucher 10 €",
-            "price": "10.00",
-            "photo": str(DEMO_IMAGES / "voucher-coffee.jpg"),
-            "description": "Coffee, cake or breakfast for 10 € at any Corner Café. Show the code "
-            "at the counter.",
-            "stock": [
-                {"city": c, "district": d, "content": code}
-                for c, d, code in [
-                    ("Berlin", "Kreuzberg", "CAFE-10-QX4T8N"),
-                    ("Berlin", "Kreuzberg", "CAFE-10-LM3R7D"),
-                    ("Berlin", "Mitte", "CAFE-10-ZK9W2P"),
-                    ("Kraków", "Kazimierz", "CAFE-10-HV6J5S"),
-                    ("Kraków", "Kazimierz", "CAFE-10-TB1F8G"),
-                ]
-            ],
-        },
-        {
-            "name": "Ethiopian Yirgacheffe beans 250 g",
-            "price": "12.90",
-            "photo": str(DEMO_IMAGES / "coffee-beans.jpg"),
-            "description": "Washed Yirgacheffe, light roast: jasmine, lemon and honey. "
-            "Whole beans, roasted this week. Collected from a parcel locker near you.",
-            "stock": [
-                {
-                    "city": "Berlin",
-                    "district": "Mitte",
-                    "media": "locker-door-3.png",
-                    "content": 'Parcel locker "Mitte 14", Invalidenstraße 112 '
-                    "(next to the bakery).\n"
-                    "Door 3 (highlighted in the photo), pickup code 4711-2093.\n"
-                    "Please collect within 48 hours.",
-                },
-                {
-                    "city": "Berlin",
-                    "district": "Mitte",
-                    "media": "locker-door-17.png",
-                    "content": 'Parcel locker "Mitte 14", Invalidenstraße 112 '
-                    "(next to the bakery).\n"
-                    "Door 17 (highlighted in the photo), pickup code 4711-5528.\n"
-                    "Please collect within 48 hours.",
-                },
-                {
-                    "city": "Lisbon",
-                    "district": "Alfama",
-                    "media": "locker-door-3.png",
-                    "content": 'Cacifo "Alfama 2", Rua dos Remédios 41 '
-                    "(inside the pharmacy entrance).\n"
-                    "Door 3, pickup code 2026-8814. Please collect within 48 hours.",
-                },
-            ],
-        },
-        {
-            "name": "E-book: The Little Sourdough Handbook",
-            "price": "7.50",
-            "photo": str(DEMO_IMAGES / "ebook-sourdough.jpg"),
-            "description": "From starter to first loaf in a weekend. EPUB and PDF, 142 pages, "
-            "no DRM.",
-            "stock": [
-                {
-                    "city": c,
-                    "district": d,
-                    "content": f"Download your copy (EPUB + PDF): "
-                    f"https://example.com/dl/sourdough/{key}\n"
-                    "The link works for 30 days.",
-                }
-                for c, d, key in [
-                    ("Berlin", "Mitte", "8f3a1c72"),
-                    ("Berlin", "Kreuzberg", "b41e09d5"),
-                    ("Lisbon", "Baixa", "2c7d6e18"),
-                    ("Kraków", "Stare Miasto", "e95f3a40"),
-                    ("Kraków", "Kazimierz", "71ab2c6f"),
-                ]
-            ],
-        },
-        {
-            "name": "Poster: Lisbon Tram 28 (A2)",
-            "price": "19.00",
-            "photo": str(DEMO_IMAGES / "poster-tram.jpg"),
-            "description": "Screen-printed A2 poster of the yellow tram 28 on heavy matte paper, "
-            "rolled in a tube.",
-            "stock": [
-                {
-                    "city": "Lisbon",
-                    "district": "Baixa",
-                    "media": "locker-door-17.png",
-                    "content": 'Cacifo "Baixa 7", Rua Augusta 210 (arcade, left side).\n'
-                    "Door 17, pickup code 2026-3391. Please collect within 48 hours.",
-                },
-                {
-                    "city": "Lisbon",
-                    "district": "Alfama",
-                    "content": "Pickup at the Alfama kiosk, Largo das Portas do Sol, "
-                    "10:00-18:00.\nSay order word TRAM-28-LUA.",
-                },
-            ],
-        },
-    ],
-}
-
-
-def demo_locker_png(door):
-    """A small PNG of a wall of parcel lockers with `door` highlighted (the demo's pickup photo)."""
-    import zlib  # (only here: the shop itself never compresses)
-
-    width, height, cols, rows = 360, 240, 6, 4
-    cell_w, cell_h = width // cols, height // rows
-    pixels = bytearray()
-    for y in range(height):
-        pixels.append(0)  # PNG filter: none
-        for x in range(width):
-            col, row = x // cell_w, y // cell_h
-            edge = x % cell_w in (0, 1, cell_w - 1) or y % cell_h in (0, 1, cell_h - 1)
-            handle = (
-                cell_w - 12 <= x % cell_w <= cell_w - 8
-                and cell_h // 2 - 8 <= y % cell_h <= cell_h // 2 + 8
-            )
-            if edge:
-                rgb = (60, 64, 72)
-            elif row * cols + col + 1 == door:
-                rgb = (40, 40, 40) if handle else (245, 180, 40)
-            else:
-                rgb = (40, 40, 40) if handle else (170, 178, 190)
-            pixels += bytes(rgb)
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 0))
-    png = b"\x89PNG\r\n\x1a\n"
-    for kind, data in (
-        (b"IHDR", header),
-        (b"IDAT", zlib.compress(bytes(pixels), 9)),
-        (b"IEND", b""),
-    ):
-        crc = zlib.crc32(kind + data)
-        png += len(data).to_bytes(4, "big") + kind + data + crc.to_bytes(4, "big")
-    return png
-
-
-def load_demo(conn, media_dir):
-    """Import the demo catalog (DEMO_CATALOG); returns the import counts."""
-    with tempfile.TemporaryDirectory() as folder:
-        for door in DEMO_LOCKER_DOORS:
-            Path(folder, f"locker-door-{door}.png").write_bytes(demo_locker_png(door))
-        return import_catalog(conn, DEMO_CATALOG, folder, media_dir)
-
-
-# Services: admin #############################################################
+# Services: owner ###############################################################
 
 ADMIN_IDLE_SECONDS = 30 * 60
+
+
 ADMIN_MAX_SECONDS = 12 * 3600
-
-
-def audit(conn, action, details="", remote=None):
-    """Record an admin action; call inside the action's own transaction."""
-    conn.execute(
-        "INSERT INTO audit_log(at, action, details, remote_addr) VALUES (?, ?, ?, ?)",
-        (now_iso(), action, details[:2000], remote),
-    )
 
 
 def hash_password(password):
@@ -4097,11 +4315,6 @@ def backup_database(conn, path):
     return Path(path)
 
 
-def percentile(values, fraction):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(fraction * len(values)))] if values else None
-
-
 def find_delivery_seconds(conn, since):
     """Seconds from a crypto payment's end to its goods' first message sent, for the deliveries
     since a day. Over the last 1000, so the page costs the same in a big shop; the seconds are
@@ -4448,6 +4661,8 @@ ORDERS_CSV_COLUMNS = [
     "username",
     "items",
 ]
+
+
 LEDGER_CSV_COLUMNS = [
     "entry",
     "created_at",
@@ -4489,7 +4704,7 @@ def export_ledger(conn):
     )
 
 
-# Payment providers: the seam, NOWPayments, the sandbox ######################
+# Payment providers #############################################################
 
 COINS = [
     ("btc", "BTC"),
@@ -4505,7 +4720,11 @@ COINS = [
     ("ton", "TON"),
     ("sol", "SOL"),
 ]
+
+
 COIN_LABELS = dict(COINS)
+
+
 # code: (name, network) for the Mini App
 COIN_INFO = {
     "btc": ("Bitcoin", "BTC"),
@@ -4521,145 +4740,15 @@ COIN_INFO = {
     "ton": ("Toncoin", "TON"),
     "sol": ("Solana", "SOL"),
 }
+
+
 COIN_CODES = [code for code, _ in COINS]
+
+
 URI_SCHEMES = {
     "btc": "bitcoin",
     "ltc": "litecoin",
 }  # BIP21-style payment URIs; others get the plain address
-
-
-class Num(str):
-    """A JSON number kept as the exact token the sender wrote (never a float)."""
-
-
-MAX_JSON_DEPTH = 32
-
-
-def parse_json(text):
-    """Parse provider JSON keeping every number as its Num token. Raises ValueError."""
-
-    def no_constants(name):
-        raise ValueError(f"{name} is not allowed")
-
-    data = json.loads(text, parse_float=Num, parse_int=Num, parse_constant=no_constants)
-    level = [data]
-    for _ in range(
-        MAX_JSON_DEPTH
-    ):  # breadth-first, so a hostile nesting cannot exhaust the stack later
-        level = [
-            v
-            for x in level
-            for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())
-        ]
-        if not level:
-            return data
-    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-
-
-def js_number(token):
-    """How JavaScript's JSON.stringify writes the number a JSON token stands for."""
-    x = float(token)
-    if x != x or x in (float("inf"), float("-inf")):
-        return "null"
-    if x == 0:
-        return "0"
-    sign, digits, exponent = Decimal(repr(abs(x))).normalize().as_tuple()
-    ds, k = "".join(map(str, digits)), len(digits)
-    n = exponent + k
-    if k <= n <= 21:
-        out = ds + "0" * (n - k)
-    elif 0 < n <= 21:
-        out = ds[:n] + "." + ds[n:]
-    elif -6 < n <= 0:
-        out = "0." + "0" * -n + ds
-    else:
-        e = n - 1
-        out = (ds if k == 1 else ds[0] + "." + ds[1:]) + ("e+" if e > 0 else "e-") + str(abs(e))
-    return ("-" if x < 0 else "") + out
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class _Unusual(Exception):
-    """A value the quick way of encode_json cannot write exactly."""
-
-
-_PLACEHOLDER = re.compile(r'"\\u0000(\d+)\\u0000"')
-
-
-def encode_json(value, *, sort_keys=False, js_numbers=False):
-    """Compact JSON with raw non-ASCII, Num tokens written as they came (or as JavaScript would);
-    keys sorted as JavaScript sorts them (by UTF-16 code units) when asked."""
-    # Quick way: numbers become placeholder strings, the C encoder writes the rest in one go, then the
-    # placeholders are swapped for the tokens. Keys that are not ASCII (whose order may differ in
-    # UTF-16), strings holding NUL (the placeholders' mark) or lone surrogates go the careful way.
-    tokens = []
-
-    def swap(v):
-        if isinstance(v, dict):
-            if not all(isinstance(k, str) and k.isascii() for k in v):
-                raise _Unusual
-            return {k: swap(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [swap(x) for x in v]
-        if isinstance(v, str) and not isinstance(v, Num):
-            if "\x00" in v or _LONE_SURROGATE.search(v):
-                raise _Unusual
-            return v
-        if isinstance(v, bool) or v is None:
-            return v
-        if isinstance(v, (Num, int, Decimal)):
-            tokens.append(js_number(v) if js_numbers and isinstance(v, Num) else str(v))
-            return f"\x00{len(tokens) - 1}\x00"
-        raise TypeError(f"cannot encode {type(v).__name__}")
-
-    try:
-        text = json.dumps(
-            swap(value), ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":")
-        )
-    except _Unusual:
-        return _encode_json_carefully(value, sort_keys=sort_keys, js_numbers=js_numbers)
-    return _PLACEHOLDER.sub(lambda m: tokens[int(m.group(1))], text) if tokens else text
-
-
-def _encode_json_carefully(value, *, sort_keys=False, js_numbers=False):
-    """encode_json one value at a time, for what its quick way cannot write exactly."""
-    if isinstance(value, dict):
-        keys = (
-            sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))
-            if sort_keys
-            else value
-        )
-        return (
-            "{"
-            + ",".join(
-                _encode_json_carefully(str(k))
-                + ":"
-                + _encode_json_carefully(value[k], sort_keys=sort_keys, js_numbers=js_numbers)
-                for k in keys
-            )
-            + "}"
-        )
-    if isinstance(value, list):
-        return (
-            "["
-            + ",".join(
-                _encode_json_carefully(v, sort_keys=sort_keys, js_numbers=js_numbers) for v in value
-            )
-            + "]"
-        )
-    if isinstance(value, Num):
-        return js_number(value) if js_numbers else str(value)
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, (int, Decimal)):
-        return str(value)
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub(
-            lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False)
-        )
-    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def ipn_signature(data, secret, *, js_numbers=True):
@@ -5143,6 +5232,7 @@ class SandboxPayments(NowPayments):
 # the ones the configuration asks for (Shop.start_providers).
 PAYMENT_PROVIDERS = {"nowpayments": NowPayments, "sandbox": SandboxPayments}
 
+
 SANDBOX_COINS = {
     "btc": ("60000", 8, "0.0001"),
     "eth": ("3000", 8, "0.004"),
@@ -5157,6 +5247,8 @@ SANDBOX_COINS = {
     "ton": ("5", 9, "1"),
     "sol": ("150", 9, "0.05"),
 }
+
+
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
@@ -5440,6 +5532,7 @@ SANDBOX_ROUTES = [
     ("POST", "/simulate/<payment_id>/<outcome>", sandbox_simulate_route),
 ]
 
+
 SIMULATIONS = {
     "full": "pay in full",
     "partial": "pay half",
@@ -5508,7 +5601,7 @@ def _send_sandbox_ipns(shop, data, steps):
                 return
 
 
-# Payment desk ################################################################
+# Payment desk ##################################################################
 
 
 class PaymentDesk:
@@ -5993,7 +6086,12 @@ class PaymentDesk:
             tell_owners(self.shop.db(), self.owners, f"✅ {provider.label} answers again.")
 
 
-# Web #########################################################################
+# Web ###########################################################################
+
+ADMIN_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 def json_response(status, payload):
@@ -6155,30 +6253,16 @@ WEB_ROUTES = [
     ("GET", "/static/<path:path>", web_static),
     ("GET", "/media/<name:re:[0-9a-f]{32}\\.(jpg|png|gif|webp)>", web_media),
 ]
+
+
 WEB_ERROR_CODES = (400, 403, 404, 405, 409, 413, 429, 500)
 
 
-def make_app(shop):
-    """The Bottle app: health check, public pages, static files, product photos, the IPN webhook,
-    the sandbox's NOWPayments emulator, the Mini App and the admin."""
-    app = bottle.Bottle()
-    app.config["catchall"] = True
-    app.router.add_filter("id", web_id_filter)
-    app.add_hook("before_request", web_undecodable_input)
-    app.add_hook("after_request", web_security_headers)
-    add_routes(app, shop, WEB_ROUTES)
-    if shop.config.sandbox:
-        app.mount("/sandbox/v1/", shop.sandbox_app)
-    make_webapp(shop, app)
-    make_admin(shop, app)
-    for code in WEB_ERROR_CODES:
-        app.error(code)(web_error_page)
-    return app
-
-
-# Web: Mini App ###############################################################
+# Web: Mini App #################################################################
 
 PREVIEW_USER = {"id": -1, "first_name": "Preview shopper", "username": None, "language_code": "en"}
+
+
 INIT_DATA_MAX_AGE = 24 * 3600
 
 
@@ -6728,6 +6812,7 @@ API_ROUTES = [
     ("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media", api_order_media),
 ]
 
+
 # Telegram shows Mini Apps in its own frames (web.telegram.org too): framing by Telegram is allowed.
 MINIAPP_CSP = (
     "default-src 'self'; script-src 'self' https://telegram.org; style-src 'self'; "
@@ -6781,22 +6866,11 @@ MINIAPP_ROUTES = [
 ]
 
 
-def make_webapp(shop, app):
-    """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram
-    initData."""
-    shop.miniapp = MiniAppCaches()
-    for method, path, handler in API_ROUTES:
-        app.route(path, method, functools.partial(api_call, shop, method, handler))
-    add_routes(app, shop, MINIAPP_ROUTES)
-
-
-# Web: admin ##################################################################
+# Web: admin ####################################################################
 
 ADMIN_PAGE = 50
-ADMIN_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-)
+
+
 ORDER_STATUSES = ("pending", "paid", "cancelled", "expired", "refunded")
 
 
@@ -7777,13 +7851,6 @@ ADMIN_ROUTES = [
 ]
 
 
-def make_admin(shop, app):
-    """The owner's admin: server-rendered pages with htmx; a session cookie and a CSRF token for
-    every change. Its pages are ADMIN_ROUTES; what it keeps between requests, shop.admin_state."""
-    shop.admin_state = AdminState()
-    add_routes(app, shop, ADMIN_ROUTES)
-
-
 _NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
 
 
@@ -7840,11 +7907,17 @@ def unpack_zip(data, folder):
         raise CatalogError(["the ZIP has no catalog.json at its top level"])
 
 
-# Bot #########################################################################
+# Bot ###########################################################################
 
 MENU_SHOP, MENU_BASKET, MENU_PROFILE = "🛒 Shop", "🧺 Basket", "👤 Profile"
+
+
 MENU_TOPUP, MENU_ORDERS, MENU_HELP = "💰 Top up", "📦 Orders", "❓ Help"
+
+
 MENU = [[MENU_SHOP, MENU_BASKET], [MENU_PROFILE, MENU_TOPUP], [MENU_ORDERS, MENU_HELP]]
+
+
 COMMANDS = [
     ("start", "Main menu"),
     ("shop", "Browse the shop"),
@@ -7854,6 +7927,8 @@ COMMANDS = [
     ("orders", "Your orders"),
     ("help", "How this shop works"),
 ]
+
+
 ORDERS_PAGE = 8
 
 
@@ -8234,6 +8309,8 @@ def main_menu():
 
 
 NO_PREVIEW = tg.LinkPreviewOptions(is_disabled=True)
+
+
 # Failures of the link to Telegram itself, as opposed to Telegram refusing a request.
 NETWORK_ERRORS = (
     requests.RequestException,
@@ -8969,7 +9046,7 @@ class ShopBot:
         self.show(message, screen_profile(conn, get_user(conn, user["id"])))
 
 
-# Outbox sender ###############################################################
+# Outbox sender #################################################################
 
 
 class RateLimiter:
@@ -9315,28 +9392,7 @@ class OutboxSender:
         )
 
 
-def catch_up_outbox(conn):
-    """Telegram answers again: messages waiting out a retry backoff go now, not minutes later."""
-    with transaction(conn):
-        n = conn.execute(
-            "UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' "
-            "AND next_attempt_at > ? AND last_error IS NOT NULL AND last_error NOT LIKE '429%'",
-            (now_iso(), now_iso()),
-        ).rowcount
-    if n:
-        log.info("outbox: Telegram is back; sending %d delayed message(s) now", n)
-        outbox_ready.set()
-
-
-def network_reason(e):
-    """A network failure in words without its URL (which holds the bot token and the message)."""
-    text = str(e)
-    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-    detail = errno.group(0) if errno else re.sub(r"\S*://\S*|/bot\S*", "…", text)[:120]
-    return f"{type(e).__name__}: {detail}"
-
-
-# Scheduler ###################################################################
+# Scheduler #####################################################################
 
 # The background jobs, each a function of the running shop. run_job runs them: a failure is logged
 # and the job runs again on schedule.
@@ -9389,6 +9445,7 @@ JOBS = [
     ("backup", job_backup, "cron", {"hour": 3, "minute": 17}),
 ]
 
+
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
 
 
@@ -9410,7 +9467,48 @@ def run_job(shop, name, job):
             log.exception("job %s failed; it runs again on schedule", name)
 
 
-# Runtime #####################################################################
+# Runtime #######################################################################
+
+
+def make_app(shop):
+    """The Bottle app: health check, public pages, static files, product photos, the IPN webhook,
+    the sandbox's NOWPayments emulator, the Mini App and the admin."""
+    app = bottle.Bottle()
+    app.config["catchall"] = True
+    app.router.add_filter("id", web_id_filter)
+    app.add_hook("before_request", web_undecodable_input)
+    app.add_hook("after_request", web_security_headers)
+    add_routes(app, shop, WEB_ROUTES)
+    if shop.config.sandbox:
+        app.mount("/sandbox/v1/", shop.sandbox_app)
+    make_webapp(shop, app)
+    make_admin(shop, app)
+    for code in WEB_ERROR_CODES:
+        app.error(code)(web_error_page)
+    return app
+
+
+def make_webapp(shop, app):
+    """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram
+    initData."""
+    shop.miniapp = MiniAppCaches()
+    for method, path, handler in API_ROUTES:
+        app.route(path, method, functools.partial(api_call, shop, method, handler))
+    add_routes(app, shop, MINIAPP_ROUTES)
+
+
+def make_admin(shop, app):
+    """The owner's admin: server-rendered pages with htmx; a session cookie and a CSRF token for
+    every change. Its pages are ADMIN_ROUTES; what it keeps between requests, shop.admin_state."""
+    shop.admin_state = AdminState()
+    add_routes(app, shop, ADMIN_ROUTES)
+
+
+def make_sandbox(shop):
+    """The NOWPayments emulator as a Bottle app (mounted at /sandbox/v1)."""
+    api = bottle.Bottle()
+    add_routes(api, shop, SANDBOX_ROUTES)
+    return api
 
 
 class StartupError(Exception):
@@ -9495,13 +9593,6 @@ def make_files_private(config):
         except PermissionError:
             stuck.append(os.path.relpath(path))
     return tightened, stuck
-
-
-def make_sandbox(shop):
-    """The NOWPayments emulator as a Bottle app (mounted at /sandbox/v1)."""
-    api = bottle.Bottle()
-    add_routes(api, shop, SANDBOX_ROUTES)
-    return api
 
 
 class Shop:
@@ -9985,7 +10076,7 @@ class Shop:
         logging.getLogger().removeHandler(self.problems)
 
 
-# Command line ################################################################
+# Command line ##################################################################
 
 
 def parse_args(argv):
