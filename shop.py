@@ -789,12 +789,16 @@ def _payment_providers(conn):
     """payments.provider, unique with provider_id (the table is rebuilt, since SQLite cannot drop
     the old UNIQUE on provider_id alone), and ipn_events.provider. Payments the sandbox's emulator
     made are the sandbox's; every other one is NOWPayments'."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'payments'").fetchone():
-        return  # none before version 2: schema.sql makes the tables as they are now
+    webhooks = [r[1] for r in conn.execute("PRAGMA table_info(ipn_events)")]
+    if webhooks and "provider" not in webhooks:
+        conn.execute("ALTER TABLE ipn_events ADD COLUMN provider TEXT")
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(payments)")]
+    if not columns or "provider" in columns:
+        return  # no payments before version 2; schema.sql makes the tables as they are now
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
     table = next(s for s in sql_statements(schema) if "CREATE TABLE IF NOT EXISTS payments " in s)
     conn.execute(table.replace("IF NOT EXISTS payments ", "payments_new ", 1))
-    columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(payments)"))
+    columns = ", ".join(columns)
     conn.execute(f"INSERT INTO payments_new({columns}) SELECT {columns} FROM payments")
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sandbox_payments'").fetchone():
         conn.execute(
@@ -803,7 +807,6 @@ def _payment_providers(conn):
         )
     conn.execute("DROP TABLE payments")  # and its indexes and triggers; schema.sql makes them again
     conn.execute("ALTER TABLE payments_new RENAME TO payments")
-    conn.execute("ALTER TABLE ipn_events ADD COLUMN provider TEXT")
 
 
 # Numbered migrations for databases created by older versions: {version: SQL or
@@ -3101,12 +3104,9 @@ def audit_payment_marked_paid(conn, payment, reason, outcome, remote):
         )
 
 
-# Webhooks refused are kept short and only this many of the latest: they cost their senders nothing.
-REFUSED_WEBHOOKS_KEPT = 1000
-
-
-def store_webhook(conn, provider, ids, body, signature, verdict, remote, refused=False):
-    """Keep a webhook as it arrived, with what the shop made of it. ids: (provider id, status)."""
+def store_webhook(conn, provider, ids, body, signature, verdict, remote, refused=False, keep=1000):
+    """Keep a webhook as it arrived, with what the shop made of it. ids: (provider id, status).
+    Refused ones cost their senders nothing, so only the latest `keep` of them are kept."""
     with transaction(conn):
         row = conn.execute(
             "INSERT INTO ipn_events(provider, received_at, provider_id, status, body, signature, "
@@ -3126,7 +3126,7 @@ def store_webhook(conn, provider, ids, body, signature, verdict, remote, refused
             conn.execute(
                 "DELETE FROM ipn_events WHERE refused = 1 AND id <= (SELECT id FROM ipn_events "
                 "WHERE refused = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (REFUSED_WEBHOOKS_KEPT,),
+                (keep,),
             )
 
 
@@ -5944,10 +5944,13 @@ class PaymentDesk:
                 verdict,
                 remote,
                 refused=code >= 400,
+                keep=self.REFUSED_KEPT,
             )
         if code >= 400 and self.refusals_logged(f"refused:{code}"):
             log.warning("webhook: refused an IPN from %s (%d): %s", remote, code, verdict)
         return code, answer
+
+    REFUSED_KEPT = 1000  # refused webhooks kept
 
     def _apply_webhook(self, provider, hook):
         """Apply a webhook's news: (HTTP status, JSON answer, verdict)."""
