@@ -1336,6 +1336,75 @@ def catch_up_outbox(conn):
         outbox_ready.set()
 
 
+def outbox_heads(conn, limit=200):
+    """The first pending message of each chat that is due now, oldest first."""
+    return conn.execute(
+        "SELECT o.id, o.chat_id FROM outbox o JOIN (SELECT chat_id, min(id) AS id FROM outbox "
+        "WHERE status = 'pending' GROUP BY chat_id) h ON h.id = o.id "
+        "WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
+        (now_iso(), limit),
+    ).fetchall()
+
+
+def outbox_row_due(conn, row_id):
+    """The message, if it is still pending and due."""
+    return conn.execute(
+        "SELECT * FROM outbox WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
+        (row_id, now_iso()),
+    ).fetchone()
+
+
+def mark_outbox_sent(conn, row_id, message_id, note=None):
+    with transaction(conn):
+        conn.execute(
+            "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
+            "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? "
+            "WHERE id = ?",
+            (now_iso(), message_id, note, row_id),
+        )
+
+
+def reschedule_outbox(conn, row_id, delay, error, count=True):
+    """Try the message again in `delay` seconds (counting this attempt unless count is False)."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE outbox SET next_attempt_at = ?, attempts = attempts + ?, last_error = ? "
+            "WHERE id = ?",
+            (now_iso(delay), int(count), error, row_id),
+        )
+
+
+def fail_outbox_row(conn, row, error, owners):
+    """The message failed for good; the owners hear of the first failed delivery of an order."""
+    with transaction(conn):
+        first = (
+            row["order_id"]
+            and not conn.execute(
+                "SELECT 1 FROM outbox WHERE order_id = ? AND status = 'failed'",
+                (row["order_id"],),
+            ).fetchone()
+        )
+        conn.execute(
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? "
+            "WHERE id = ?",
+            (error, row["id"]),
+        )
+        if first and row["chat_id"] not in owners:
+            alert_owners(
+                conn,
+                owners,
+                f"⚠️ Order #{row['order_id']}: a delivery message to user "
+                f"<code>{row['chat_id']}</code> failed: {esc(error)}",
+            )
+
+
+def tell_owners(conn, owners, text):
+    """A message to every owner, on its own."""
+    if owners:
+        with transaction(conn):
+            alert_owners(conn, owners, text)
+
+
 # Services: catalog #############################################################
 
 # Units on sale joined to their visible place and active product. INDEXED BY:
@@ -3085,13 +3154,6 @@ def flag_stuck_payments(conn, owners):
                 f"is still '{p['status']}' an hour after its invoice ran out.",
             )
     return stuck
-
-
-def tell_owners(conn, owners, text):
-    """A message to every owner, on its own."""
-    if owners:
-        with transaction(conn):
-            alert_owners(conn, owners, text)
 
 
 def audit_payment_marked_paid(conn, payment, reason, outcome, remote):
@@ -9185,12 +9247,7 @@ class OutboxSender:
     def dispatch(self, conn):
         """Hand every sendable head-of-chat row to a worker; return seconds until worth looking
         again."""
-        rows = conn.execute(
-            "SELECT o.id, o.chat_id FROM outbox o JOIN (SELECT chat_id, min(id) AS id FROM outbox "
-            "WHERE status = 'pending' GROUP BY chat_id) h ON h.id = o.id "
-            "WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT 200",
-            (now_iso(),),
-        ).fetchall()
+        rows = outbox_heads(conn)
         wait = 1.0
         for row in rows:
             with self.lock:
@@ -9215,10 +9272,7 @@ class OutboxSender:
         try:
             # Read again: the list dispatch() worked from may be older than a send that just
             # finished.
-            row = conn.execute(
-                "SELECT * FROM outbox WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
-                (row_id, now_iso()),
-            ).fetchone()
+            row = outbox_row_due(conn, row_id)
             if (
                 row is not None and row["id"] in self.unrecorded
             ):  # sent; only our record of it is missing
@@ -9295,20 +9349,12 @@ class OutboxSender:
         """Record a message Telegram answered ok for (and only such a one). Until that commits the
         row is remembered in memory, so a database that cannot be written (a full disk) never makes
         a shopper get it again and again."""
-        with transaction(conn):
-            conn.execute(
-                "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "telegram_message_id = coalesce(?, telegram_message_id), last_error = ? "
-                "WHERE id = ?",
-                (now_iso(), message_id, note, row_id),
-            )
+        mark_outbox_sent(conn, row_id, message_id, note)
         self.unrecorded.pop(row_id, None)
 
     def refresh_invoice(self, conn, row):
         """Show an invoice as it is now, under its own message (the QR photo stays)."""
-        payment = conn.execute(
-            "SELECT * FROM payments WHERE id = ?", (row["payment_id"],)
-        ).fetchone()
+        payment = find_payment(conn, row["payment_id"])
         screen = screen_invoice(
             payment,
             self.shop.config.sandbox,
@@ -9335,12 +9381,7 @@ class OutboxSender:
         self.mark_sent(conn, row["id"], None, note)
 
     def reschedule(self, conn, row, delay, error, count=True):
-        with transaction(conn):
-            conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, attempts = attempts + ?, last_error = ? "
-                "WHERE id = ?",
-                (now_iso(delay), int(count), error, row["id"]),
-            )
+        reschedule_outbox(conn, row["id"], delay, error, count)
 
     def retry(self, conn, row, error):
         if parse_iso(row["created_at"]) < datetime.now(timezone.utc) - timedelta(
@@ -9353,37 +9394,17 @@ class OutboxSender:
         self.reschedule(conn, row, delay, error)
         owners = self.shop.config.admin_ids
         if row["attempts"] + 1 == 5 and row["order_id"] and row["chat_id"] not in owners:
-            with transaction(conn):  # once per message, on its fifth failed try
-                alert_owners(
-                    conn,
-                    owners,
-                    f"⚠️ Order #{row['order_id']}: a delivery message to user "
-                    f"<code>{row['chat_id']}</code> keeps failing ({esc(error)}); "
-                    "the shop keeps trying for a day.",
-                )
+            # once per message, on its fifth failed try
+            tell_owners(
+                conn,
+                owners,
+                f"⚠️ Order #{row['order_id']}: a delivery message to user "
+                f"<code>{row['chat_id']}</code> keeps failing ({esc(error)}); "
+                "the shop keeps trying for a day.",
+            )
 
     def fail(self, conn, row, error):
-        owners = self.shop.config.admin_ids
-        with transaction(conn):
-            first = (
-                row["order_id"]
-                and not conn.execute(
-                    "SELECT 1 FROM outbox WHERE order_id = ? AND status = 'failed'",
-                    (row["order_id"],),
-                ).fetchone()
-            )
-            conn.execute(
-                "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? "
-                "WHERE id = ?",
-                (error, row["id"]),
-            )
-            if first and row["chat_id"] not in owners:
-                alert_owners(
-                    conn,
-                    owners,
-                    f"⚠️ Order #{row['order_id']}: a delivery message to user "
-                    f"<code>{row['chat_id']}</code> failed: {esc(error)}",
-                )
+        fail_outbox_row(conn, row, error, self.shop.config.admin_ids)
         level = logging.WARNING if error.startswith("403") else logging.ERROR
         log.log(
             level,
