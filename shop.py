@@ -5694,6 +5694,17 @@ class PaymentDesk:
         for provider in self.providers.values():
             provider.close()
 
+    def health(self):
+        """ "ok", or what is wrong with each provider that is not."""
+        problems = []
+        for p in self.providers.values():
+            if p.refused:
+                problems.append(f"{p.label} refuses the API key ({p.refused})")
+            elif p.failing_since is not None:
+                seconds = int(time.monotonic() - p.failing_since)
+                problems.append(f"{p.label} not answering for {seconds} s")
+        return "; ".join(problems) or "ok"
+
     def label_of(self, name):
         """A provider's name as owners read it ("NOWPayments")."""
         provider = self.providers.get(name) or PAYMENT_PROVIDERS.get(name)
@@ -10047,16 +10058,8 @@ class Shop:
         if self.sender:
             state.setdefault("outbox", {})["sender"] = "running" if self.sender.alive() else "down"
         if self.payments:
-            client = self.payments.client
-            # Informational: balance purchases and deliveries go on while NOWPayments is away.
-            state["payments"] = (
-                f"NOWPayments refuses the API key ({client.refused})"
-                if client.refused
-                else "ok"
-                if client.failing_since is None
-                else "NOWPayments not answering for "
-                f"{int(time.monotonic() - client.failing_since)} s"
-            )
+            # Informational: balance purchases and deliveries go on while a provider is away.
+            state["payments"] = self.payments.health()
         down = (
             state["database"] != "ok"
             or state["scheduler"] != "running"
