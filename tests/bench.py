@@ -1,5 +1,5 @@
-"""Benchmarks: `python tests/bench.py` measures the shop against baselines run on the same machine in
-the same run, and prints a markdown table (figure, shop, baseline, ratio, goal).
+"""Benchmarks: `python tests/bench.py` measures the shop against baselines run on the same machine
+in the same run, and prints a markdown table (figure, shop, baseline, ratio, goal).
 
 Loopback only, standard library plus the shop's own dependencies. Absolute times drift on shared
 machines; the ratios are what to compare. `--only NAME[,NAME]` runs some of them; `--quick` runs
@@ -12,39 +12,11 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
-
-@dataclass
-class Row:
-    benchmark: str  # "1. Mini App catalog API"
-    figure: str  # "requests/s, 32 keep-alive clients"
-    shop: str  # the shop's figure, formatted
-    baseline: str  # the baseline's figure, formatted ("" when there is none)
-    ratio: str  # shop/baseline, formatted ("" when there is none)
-    goal: str  # "≥ 0.6x"
-    met: str  # "yes", "no", or "" for figures without a goal
-
-
-@dataclass
-class Context:
-    tmp: Path  # a scratch folder for this benchmark, removed afterwards
-    quick: bool  # smoke run with less load
-
-
-def pct(values, fraction):
-    """The shop's own percentile (nearest rank), NaN for no values."""
-    import shop
-
-    found = shop.percentile(values, fraction)
-    return float("nan") if found is None else found
-
-
-def ratio(value, base):
-    return f"{value / base:.2f}x" if base else ""
+from harness import Context, table  # noqa: E402
 
 
 def machine():
@@ -54,19 +26,10 @@ def machine():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
-
-
-def table(rows):
-    out = [
-        "| Benchmark | Figure | Shop | Baseline | Ratio | Goal | Met |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    out += [
-        f"| {r.benchmark} | {r.figure} | {r.shop} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |"
-        for r in rows
-    ]
-    return "\n".join(out)
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def benchmarks():

@@ -1,7 +1,8 @@
-"""Benchmarks 2 and 3: bot reply latency against a bare telebot echo bot, and outbox delivery throughput
-against Telegram's flood limits. Both run the real shop (`python shop.py --no-demo`) as a subprocess
-against the Bot API stand-in (tests/fake_telegram.py), which this module subclasses only to timestamp
-what passes through it. Standard library plus the shop's own dependencies.
+"""Benchmarks 2 and 3: bot reply latency against a bare telebot echo bot, and outbox delivery
+throughput against Telegram's flood limits. Both run the real shop (`python shop.py --no-demo`) as a
+subprocess against the Bot API stand-in (tests/fake_telegram.py), subclassed by TimedTelegram
+(tests/harness.py) only to timestamp what passes through it. Standard library plus the shop's own
+dependencies.
 
     python tests/bench.py --only bot,delivery [--quick]
 """
@@ -18,106 +19,27 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import shop  # noqa: E402
-from bench import Row, pct, ratio  # noqa: E402
-from fake_telegram import FakeTelegram, _to_int  # noqa: E402
-from harness import TOKEN, ShopProcess, shop_env  # noqa: E402
-
-# What counts as "the bot answered": the first of these calls for the chat after the update was pushed.
-ANSWERS = (
-    "sendMessage",
-    "sendPhoto",
-    "editMessageText",
-    "editMessageCaption",
-    "editMessageMedia",
-    "answerCallbackQuery",
+from harness import (  # noqa: E402
+    TOKEN,
+    Context,
+    Row,
+    ShopProcess,
+    TimedTelegram,
+    bench_catalog,
+    pct,
+    ratio,
+    shop_env,
+    table,
 )
-
-
-# --------------------------------------------------------------------------------------------
-# the stand-in with timestamps
-
-
-class TimedTelegram(FakeTelegram):
-    """FakeTelegram that timestamps each pushed update and the first answer to it in its chat, and wakes
-    the simulated shopper waiting in that chat when the bot has finished answering.
-
-    Pushed: inside _push_update (under the stand-in's lock, the moment getUpdates can return it).
-    Answered: when the stand-in starts handling the first sendMessage/editMessageText/answerCallbackQuery
-    (or photo equivalents) for that chat, i.e. after the request has arrived and been parsed."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.pending = {}  # chat -> (pushed at, kind) of the update waiting for its first answer
-        self.samples = []  # (kind, seconds)
-        self.waiters = {}  # chat -> (what finishes the exchange: "message" | query id, Event)
-        self.sends = []  # (perf_counter, chat, ok) of every sendMessage, for the delivery benchmark
-
-    def expect(self, chat, done):
-        event = threading.Event()
-        with self._lock:
-            self.waiters[chat] = (done, event)
-        return event
-
-    def _push_update(self, kind, obj):
-        chat = (
-            (obj.get("chat") or {}).get("id")
-            if kind == "message"
-            else (obj.get("from") or {}).get("id")
-        )
-        if chat is not None:
-            self.pending[chat] = (time.perf_counter(), kind)
-        return super()._push_update(kind, obj)
-
-    def _timed(self, method, params, fn):
-        now = time.perf_counter()
-        if method == "answerCallbackQuery":
-            query = self._callback_queries.get(str(params.get("callback_query_id")))
-            chat = query["user_id"] if query else None
-        else:
-            chat = _to_int(params.get("chat_id"))
-        started = self.pending.pop(chat, None)
-        if started is not None:
-            self.samples.append((started[1], now - started[0]))
-        try:
-            result = fn(params, None)
-        except Exception:
-            if method == "sendMessage":
-                self.sends.append((now, chat, False))
-            raise
-        if method == "sendMessage":
-            self.sends.append((now, chat, True))
-        waiter = self.waiters.get(chat)
-        if waiter is not None:
-            done, event = waiter
-            if (done == "message" and method in ("sendMessage", "sendPhoto")) or (
-                method == "answerCallbackQuery" and done == str(params.get("callback_query_id"))
-            ):
-                del self.waiters[chat]
-                event.set()
-        return result
-
-
-def _timed_method(name):
-    base = getattr(FakeTelegram, "_m_" + name)
-
-    def method(self, params, files):
-        return self._timed(name, params, lambda p, _: base(self, p, files))
-
-    method.__name__ = "_m_" + name
-    return method
-
-
-for _name in ANSWERS:
-    setattr(TimedTelegram, "_m_" + _name, _timed_method(_name))
-
 
 # --------------------------------------------------------------------------------------------
 # 2. bot reply latency
 
 # The baseline: a bare telebot bot with the shop's polling settings (shop.py, Shop.start/_run_bot:
-# PollingBot(token, threaded=True, num_threads=6); infinity_polling(timeout=30, long_polling_timeout=25,
-# allowed_updates=["message", "callback_query"])). It answers a message with a message carrying inline
-# buttons and a button press by editing that message and answering the query: the calls the shop makes.
+# PollingBot(token, threaded=True, num_threads=6); infinity_polling(timeout=30,
+# long_polling_timeout=25, allowed_updates=["message", "callback_query"])). It answers a message
+# with a message carrying inline buttons and a button press by editing that message and answering
+# the query: the calls the shop makes.
 ECHO_BOT = textwrap.dedent("""
     import html, itertools, logging, os
     import telebot
@@ -139,8 +61,9 @@ ECHO_BOT = textwrap.dedent("""
                          reply_markup=keyboard())
     @bot.callback_query_handler(func=lambda c: True)
     def press(c):
-        bot.edit_message_text(f"<b>echo</b> {html.escape(c.data)} {next(counter)}", c.message.chat.id,
-                              c.message.message_id, parse_mode="HTML", reply_markup=keyboard())
+        bot.edit_message_text(f"<b>echo</b> {html.escape(c.data)} {next(counter)}",
+                              c.message.chat.id, c.message.message_id, parse_mode="HTML",
+                              reply_markup=keyboard())
         bot.answer_callback_query(c.id)
     bot._user = bot.get_me()
     print("echo bot polling", flush=True)
@@ -148,8 +71,8 @@ ECHO_BOT = textwrap.dedent("""
                          allowed_updates=["message", "callback_query"])
 """)
 
-# One shopper's session: messages are sent as text, "pick" presses a catalog button (a city, a district,
-# a product) on the current screen, "back" presses ⬅️ Back.
+# One shopper's session: messages are sent as text, "pick" presses a catalog button (a city, a
+# district, a product) on the current screen, "back" presses ⬅️ Back.
 SESSION = [
     "/start",
     "🛒 Shop",
@@ -168,33 +91,10 @@ SESSION = [
 NAV = ("city:", "dist:", "prod:")
 
 
-def catalog(cities=20, districts=5, products=10, units=2):
-    """The catalog benchmark 1 uses: 20 cities x 5 districts x 10 products, every product everywhere."""
-    cs = [
-        {"name": f"City {c:02d}", "districts": [f"District {c:02d}-{d}" for d in range(districts)]}
-        for c in range(cities)
-    ]
-    ps = [
-        {
-            "name": f"Product {p:02d}",
-            "description": f"A fine product number {p}.",
-            "price": f"{5 + p}.50",
-            "stock": [
-                {"city": c["name"], "district": d, "content": f"CODE-{p}-{d}-{u}"}
-                for c in cs
-                for d in c["districts"]
-                for u in range(units)
-            ],
-        }
-        for p in range(products)
-    ]
-    return {"cities": cs, "products": ps}
-
-
 def seed_catalog(db, media):
     conn = shop.init_db(str(db))
     try:
-        shop.import_catalog(conn, catalog(), Path(media).parent, Path(media))
+        shop.import_catalog(conn, bench_catalog(), Path(media).parent, Path(media))
     finally:
         conn.close()
 
@@ -266,7 +166,8 @@ def run_shoppers(fake, is_shop, shoppers, steps, think, seed):
 
 
 def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
-    """Run one bot (the shop or the echo bot) against a fresh stand-in; return its latency samples."""
+    """Run one bot (the shop or the echo bot) against a fresh stand-in; return its latency
+    samples."""
     tmp = Path(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     fake = TimedTelegram(token=TOKEN).start()
@@ -298,7 +199,8 @@ def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
             failures.append(f"stand-in errors: {fake.errors[:2]}")
         if proc is not None and " ERROR " in proc.log:
             failures.append(
-                "shop logged errors:\n" + "\n".join(l for l in proc.lines if " ERROR " in l)[:2000]
+                "shop logged errors:\n"
+                + "\n".join(line for line in proc.lines if " ERROR " in line)[:2000]
             )
         return samples, failures, seconds
     finally:
@@ -332,8 +234,9 @@ def bench_bot(ctx):
             "cb": pct([s for k, s in samples if k == "callback_query"], 0.5),
         }
         print(
-            f"#   bot/{name}: {len(lat)} answers in {seconds:.1f} s ({results[name]['rate']:.0f}/s); "
-            f"median {results[name]['median'] * 1000:.1f} ms (messages {results[name]['msg'] * 1000:.1f}, "
+            f"#   bot/{name}: {len(lat)} answers in {seconds:.1f} s "
+            f"({results[name]['rate']:.0f}/s); median {results[name]['median'] * 1000:.1f} ms "
+            f"(messages {results[name]['msg'] * 1000:.1f}, "
             f"buttons {results[name]['cb'] * 1000:.1f}), p99 {results[name]['p99'] * 1000:.1f} ms"
             + (f"; FAILURES: {failures[:3]}" if failures else ""),
             file=sys.stderr,
@@ -347,7 +250,10 @@ def bench_bot(ctx):
         and shop_["n"] == expected
         and echo["n"] == expected
     )
-    ms = lambda v: f"{v * 1000:.1f} ms"
+
+    def ms(v):
+        return f"{v * 1000:.1f} ms"
+
     label = "2. Bot reply latency"
     what = f"{shoppers} shoppers, {len(steps)} taps each, {think[0]}-{think[1]} s apart"
     met = "yes" if ok and shop_["median"] <= 1.5 * echo["median"] else "no"
@@ -415,7 +321,10 @@ def bench_delivery(ctx):
             for i, chat in enumerate(chats):
                 shop.enqueue_message(conn, chat, f"Delivery {i} for you")
         queued = time.perf_counter()
-        ok_sends = lambda: sum(1 for _, _, ok in fake.sends if ok)
+
+        def ok_sends():
+            return sum(1 for _, _, ok in fake.sends if ok)
+
         fake.wait_for(
             lambda: ok_sends() >= count, timeout=count / 20 + 30, what=f"{count} messages delivered"
         )
@@ -441,15 +350,16 @@ def bench_delivery(ctx):
     lost = sum(1 for i, chat in enumerate(chats) if f"Delivery {i} for you" not in got[chat])
     duplicated = sum(1 for texts in got.values() if len(texts) > 1)
     limited = sum(1 for _, _, ok in sends if not ok)
-    # Steady part: between the 5th and the 95th percentile of arrivals (leaves out the sender noticing the
-    # new rows and the stand-in's initial burst allowance of 30, and the tail).
+    # Steady part: between the 5th and the 95th percentile of arrivals (leaves out the sender
+    # noticing the new rows and the stand-in's initial burst allowance of 30, and the tail).
     a, b = int(0.05 * len(times)), int(0.95 * len(times)) - 1
     sustained = (b - a) / (times[b] - times[a])
     overall = len(times) / (times[-1] - queued)
     share = limited / len(sends) if sends else 0
     print(
-        f"#   delivery: {len(times)} delivered, {limited} answered 429, outbox {statuses}; sustained "
-        f"{sustained:.2f}/s, whole run {overall:.2f}/s ({times[-1] - queued:.1f} s from commit to last)",
+        f"#   delivery: {len(times)} delivered, {limited} answered 429, "
+        f"outbox {statuses}; sustained {sustained:.2f}/s, "
+        f"whole run {overall:.2f}/s ({times[-1] - queued:.1f} s from commit to last)",
         file=sys.stderr,
         flush=True,
     )
@@ -499,7 +409,6 @@ BENCHMARKS = {"bot": bench_bot, "delivery": bench_delivery}
 
 if __name__ == "__main__":  # python tests/bench_bot.py [bot|delivery] [--quick]
     import tempfile
-    from bench import Context, table
 
     names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(BENCHMARKS)
     rows = []

@@ -1,21 +1,21 @@
-"""Benchmark 7 (growth): the same pages against a shop with 10,000 orders and one with 1,000,000, and the
-generator of those shops.
+"""Benchmark 7 (growth): the same pages against a shop with 10,000 orders and one with 1,000,000,
+and the generator of those shops.
 
     python tests/bench.py --only growth [--quick]
     python tests/bench_growth.py --generate PATH --orders N --users M [--seed S] [--check]
 
-The generator builds a consistent shop database quickly: the schema from shop.init_db, the catalog through
-shop.import_catalog, then users, orders, order lines, stock units, payments, ledger rows and delivery
-messages with executemany in one transaction (indexes and the per-day triggers dropped during the load,
-then rebuilt; the per-day totals filled the way the shop's own migration fills them). Standard library
-plus the shop's own dependencies.
+The generator builds a consistent shop database quickly: the schema from shop.init_db, the catalog
+through shop.import_catalog, then users, orders, order lines, stock units, payments, ledger rows and
+delivery messages with executemany in one transaction (indexes and the per-day triggers dropped
+during the load, then rebuilt; the per-day totals filled the way the shop's own migration fills
+them). Standard library plus the shop's own dependencies.
 
-What makes the two shops comparable: the same catalog (20 cities x 5 districts x 10 products, 2 units on
-sale in each place), the same two years of history ending now, the same mix (payment methods, statuses,
-lines per order), users in proportion to orders (10 orders per user on average, so a shopper's history
-is as long in both), and the same 10 regular shoppers with 60 orders each (whose /orders is timed). The
-big shop has 100x more of everything that accumulates: orders, lines, sold units, payments, ledger rows,
-and orders per day (about 1,370 a day at 1M, 14 at 10k).
+What makes the two shops comparable: the same catalog (20 cities x 5 districts x 10 products, 2
+units on sale in each place), the same two years of history ending now, the same mix (payment
+methods, statuses, lines per order), users in proportion to orders (10 orders per user on average,
+so a shopper's history is as long in both), and the same 10 regular shoppers with 60 orders each
+(whose /orders is timed). The big shop has 100x more of everything that accumulates: orders, lines,
+sold units, payments, ledger rows, and orders per day (about 1,370 a day at 1M, 14 at 10k).
 """
 
 import argparse
@@ -29,8 +29,18 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
+import requests  # noqa: E402
+
 import shop  # noqa: E402
-from bench import Row  # noqa: E402
+from harness import (  # noqa: E402
+    TOKEN,
+    AdminClient,
+    Row,
+    ShopProcess,
+    TimedTelegram,
+    bench_catalog,
+    shop_env,
+)
 
 DAY = 86400
 COINS = ["btc", "eth", "ltc", "usdttrc20", "usdterc20", "usdtbsc", "ton", "sol"]
@@ -58,8 +68,9 @@ class Clock:
 
 
 def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, log=None):
-    """Build a shop database at path with `orders` orders by `users` users over the last `years` years.
-    Returns a dict of facts the benchmark needs (the regular shoppers' ids, the order id range...)."""
+    """Build a shop database at path with `orders` orders by `users` users over the last `years`
+    years. Returns a dict of facts the benchmark needs (the regular shoppers' ids, the order id
+    range...)."""
     t_start = time.monotonic()
     path = Path(path)
     for suffix in ("", "-wal", "-shm"):
@@ -73,10 +84,8 @@ def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, l
     iso = clock.iso
 
     # Schema and catalog through the shop's own functions.
-    import bench_bot
-
     conn = shop.init_db(str(path))
-    shop.import_catalog(conn, bench_bot.catalog(), media.parent, media)
+    shop.import_catalog(conn, bench_catalog(), media.parent, media)
     conn.close()
 
     db = sqlite3.connect(str(path), isolation_level=None)
@@ -109,7 +118,8 @@ def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, l
     rebuild = [
         (kind, name, sql)
         for kind, name, sql in db.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND sql IS NOT NULL"
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') "
+            "AND sql IS NOT NULL"
         )
         if kind == "index" or (daily and name.startswith("daily_"))
     ]
@@ -117,15 +127,17 @@ def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, l
     for kind, name, _ in rebuild:
         db.execute(f"DROP {kind.upper()} {name}")
 
-    # Users: Telegram ids; the regulars first; sign-ups spread over the two years, growing with time.
+    # Users: Telegram ids; the regulars first; sign-ups spread over the two years, growing with
+    # time.
     base_id = 100_000_000
     user_created = [begin + span * i / users for i in range(users)]
     balance = [0] * users
     last_seen = list(user_created)
 
-    # Python decides each order (who, when, what, how paid, what became of it) and the ledger (running
-    # balances); SQL derives the bulky rest from those rows: order lines, sold units, the orders' payments
-    # and their delivery messages (INSERT ... SELECT per batch, so ids still follow time).
+    # Python decides each order (who, when, what, how paid, what became of it) and the ledger
+    # (running balances); SQL derives the bulky rest from those rows: order lines, sold units, the
+    # orders' payments and their delivery messages (INSERT ... SELECT per batch, so ids still follow
+    # time).
     db.execute(
         "CREATE TEMP TABLE gen_items (id INTEGER PRIMARY KEY, order_id INTEGER, unit_id INTEGER, "
         "product_id INTEGER, district_id INTEGER, sold INTEGER)"
@@ -154,16 +166,17 @@ def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, l
 
     def flush(last):
         db.executemany(
-            "INSERT INTO orders(id, user_id, status, total_cents, payment_method, created_at, paid_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO orders(id, user_id, status, total_cents, payment_method, created_at, "
+            "paid_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             order_rows,
         )
         db.executemany("INSERT INTO gen_items VALUES (?, ?, ?, ?, ?, ?)", item_rows)
         db.executemany(
-            "INSERT INTO payments(id, provider_id, kind, user_id, reference, price_cents, pay_currency, "
-            "pay_amount, pay_address, actually_paid, status, outcome, credited_cents, expires_at, "
-            "seen_notified, final_source, created_at, updated_at, final_at) "
-            "VALUES (?, ?, 'topup', ?, ?, ?, 'btc', ?, ?, ?, 'finished', 'credited', ?, ?, 1, 'ipn', ?, ?, ?)",
+            "INSERT INTO payments(id, provider_id, kind, user_id, reference, price_cents, "
+            "pay_currency, pay_amount, pay_address, actually_paid, status, outcome, "
+            "credited_cents, expires_at, seen_notified, final_source, created_at, updated_at, "
+            "final_at) VALUES (?, ?, 'topup', ?, ?, ?, 'btc', ?, ?, ?, 'finished', 'credited', ?, "
+            "?, 1, 'ipn', ?, ?, ?)",
             pay_rows,
         )
         db.executemany(
@@ -173,32 +186,34 @@ def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, l
         )
         span_ = (batch_first, last)
         db.execute(
-            "INSERT INTO stock_units(id, product_id, district_id, content, status, order_id, sold_at, created_at) "
-            "SELECT g.unit_id, g.product_id, g.district_id, 'CODE-' || g.unit_id || '-' || g.district_id, "
-            "'sold', g.order_id, o.paid_at, o.created_at FROM gen_items g JOIN orders o ON o.id = g.order_id "
-            "WHERE g.sold = 1 ORDER BY g.unit_id"
+            "INSERT INTO stock_units(id, product_id, district_id, content, status, order_id, "
+            "sold_at, created_at) SELECT g.unit_id, g.product_id, g.district_id, "
+            "'CODE-' || g.unit_id || '-' || g.district_id, 'sold', g.order_id, o.paid_at, "
+            "o.created_at FROM gen_items g JOIN orders o ON o.id = g.order_id WHERE g.sold = 1 "
+            "ORDER BY g.unit_id"
         )
         db.execute(
-            "INSERT INTO order_items(id, order_id, unit_id, product_id, product_name, place_name, price_cents) "
-            "SELECT g.id, g.order_id, g.unit_id, g.product_id, p.name, pl.name, p.price_cents FROM gen_items g "
-            "JOIN products p ON p.id = g.product_id JOIN gen_places pl ON pl.id = g.district_id ORDER BY g.id"
+            "INSERT INTO order_items(id, order_id, unit_id, product_id, product_name, place_name, "
+            "price_cents) SELECT g.id, g.order_id, g.unit_id, g.product_id, p.name, pl.name, "
+            "p.price_cents FROM gen_items g JOIN products p ON p.id = g.product_id "
+            "JOIN gen_places pl ON pl.id = g.district_id ORDER BY g.id"
         )
         later = (
             "strftime('%Y-%m-%dT%H:%M:%S', {0}, '{1}') || substr({0}, 20)"  # keeps the microseconds
         )
         expires = later.format("o.created_at", "+3600 seconds")
         db.execute(
-            "INSERT INTO payments(id, provider_id, kind, user_id, order_id, reference, price_cents, pay_currency, "
-            "pay_amount, pay_address, actually_paid, status, outcome, credited_cents, expires_at, seen_notified, "
-            "stuck_alerted, final_source, created_at, updated_at, final_at) "
-            "SELECT o.id, 'np-' || o.id, 'order', o.user_id, o.id, 'order-' || o.id, o.total_cents, "
-            "CASE o.id % 4 WHEN 0 THEN 'btc' WHEN 1 THEN 'usdttrc20' WHEN 2 THEN 'eth' ELSE 'ltc' END, "
+            "INSERT INTO payments(id, provider_id, kind, user_id, order_id, reference, "
+            "price_cents, pay_currency, pay_amount, pay_address, actually_paid, status, outcome, "
+            "credited_cents, expires_at, seen_notified, stuck_alerted, final_source, created_at, "
+            "updated_at, final_at) SELECT o.id, 'np-' || o.id, 'order', o.user_id, o.id, "
+            "'order-' || o.id, o.total_cents, CASE o.id % 4 WHEN 0 THEN 'btc' WHEN 1 "
+            "THEN 'usdttrc20' WHEN 2 THEN 'eth' ELSE 'ltc' END, "
             "o.total_cents || '.' || printf('%08d', o.id * 7919 % 100000000), 'addr' || o.id, "
-            "CASE WHEN o.paid_at IS NOT NULL THEN o.total_cents || '.' || printf('%08d', o.id * 7919 % 100000000) END, "
-            "CASE o.status WHEN 'paid' THEN 'finished' WHEN 'refunded' THEN 'finished' WHEN 'expired' THEN 'expired' "
-            "ELSE 'failed' END, CASE WHEN o.paid_at IS NOT NULL THEN 'delivered' END, 0, "
-            + expires
-            + ", 1, 0, "
+            "CASE WHEN o.paid_at IS NOT NULL THEN o.total_cents || '.' || printf('%08d', "
+            "o.id * 7919 % 100000000) END, CASE o.status WHEN 'paid' THEN 'finished' "
+            "WHEN 'refunded' THEN 'finished' WHEN 'expired' THEN 'expired' ELSE 'failed' END, "
+            "CASE WHEN o.paid_at IS NOT NULL THEN 'delivered' END, 0, " + expires + ", 1, 0, "
             "CASE WHEN o.id % 10 = 3 THEN 'poll' ELSE 'ipn' END, o.created_at, coalesce(o.paid_at, "
             + expires
             + "), "
@@ -207,8 +222,9 @@ def generate(path, orders, users, *, seed=7, years=2.0, now=None, check=False, l
             span_,
         )
         db.execute(
-            "INSERT INTO outbox(chat_id, text, status, attempts, next_attempt_at, order_id, created_at, sent_at, "
-            "telegram_message_id) SELECT o.user_id, '✅ Order #' || o.id || ': your items', 'sent', 1, o.paid_at, "
+            "INSERT INTO outbox(chat_id, text, status, attempts, next_attempt_at, order_id, "
+            "created_at, sent_at, telegram_message_id) SELECT o.user_id, "
+            "'✅ Order #' || o.id || ': your items', 'sent', 1, o.paid_at, "
             "o.id, o.paid_at, " + later.format("o.paid_at", "+2 seconds") + ", o.id FROM orders o "
             "WHERE o.id BETWEEN ? AND ? AND o.paid_at >= ? ORDER BY o.id",
             (*span_, outbox_since),
@@ -401,11 +417,8 @@ def timed(fn, repeat, warmup=3):
 
 
 def measure_shop(tmp, db, facts, repeat):
-    """Start the real shop on db against the Bot API stand-in and time each page; returns {name: seconds}."""
-    import requests
-    from bench_bot import TimedTelegram
-    from harness import TOKEN, ShopProcess, shop_env
-
+    """Start the real shop on db against the Bot API stand-in and time each page; returns
+    {name: seconds}."""
     fake = TimedTelegram(token=TOKEN).start()
     proc = None
     try:
@@ -415,13 +428,9 @@ def measure_shop(tmp, db, facts, repeat):
         proc = ShopProcess(tmp, env).start("--no-demo", ready=None)
         url = f"http://127.0.0.1:{env['PORT']}"
         fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=60, what="the shop polling")
-        web = requests.Session()
-        login = web.post(
-            url + "/admin/login",
-            data={"password": ADMIN_PASSWORD, "next": "/admin"},
-            allow_redirects=False,
-            timeout=30,
-        )
+        admin = AdminClient(url, ADMIN_PASSWORD)
+        login = admin.login(token_page=None, timeout=30)
+        web = admin.http
         assert login.status_code == 303 and "shop_admin" in web.cookies, (
             login.status_code,
             login.text[:300],
@@ -463,7 +472,7 @@ def measure_shop(tmp, db, facts, repeat):
         timed(bot_orders, repeat)
         answers = [s for _, s in fake.samples][3:]  # update pushed -> the bot's reply arriving
         times["bot /orders (update → reply)"] = statistics.median(answers)
-        problems = [l for l in proc.lines if " ERROR " in l]
+        problems = [line for line in proc.lines if " ERROR " in line]
         return times, problems
     finally:
         if proc is not None:
@@ -474,7 +483,10 @@ def measure_shop(tmp, db, facts, repeat):
 def bench_growth(ctx):
     small, big = (10_000, 1_000), ((100_000, 10_000) if ctx.quick else (1_000_000, 100_000))
     repeat = 10 if ctx.quick else 30
-    log = lambda text: print(f"#   growth: {text}", file=sys.stderr, flush=True)
+
+    def log(text):
+        print(f"#   growth: {text}", file=sys.stderr, flush=True)
+
     results, gen = {}, {}
     for label, (orders, users) in (("small", small), ("big", big)):
         folder = ctx.tmp / label
@@ -503,7 +515,8 @@ def bench_growth(ctx):
                 "yes" if t_big <= 2 * t_small else "no",
             )
         )
-    # The generator's speed is the benchmark's own cost, not the shop's: reported, with the aim, not judged.
+    # The generator's speed is the benchmark's own cost, not the shop's: reported, with the aim, not
+    # judged.
     rows.append(
         Row(
             "7. Growth",

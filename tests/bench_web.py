@@ -2,15 +2,16 @@
 
 - catalog:  GET /api/catalog requests/s at 32 keep-alive clients vs a bare Bottle app on waitress
             (the same waitress settings) answering the same bytes.
-- checkout: 200 shoppers racing over HTTP for 50 units with their balance; checkouts/s and correctness.
+- checkout: 200 shoppers racing over HTTP for 50 units with their balance; checkouts/s and
+            correctness.
 - ipn:      2,000 sandbox top-ups, each finished IPN delivered 3 times, shuffled, by 8 senders;
             IPNs/s and latency vs a bare Bottle app that only checks the HMAC; each applied once.
 - memory:   VmRSS of the shop after start and after a mixed load vs a bare process importing the
             same libraries.
 
-The shop runs for real: `python shop.py --no-demo` as a subprocess (tests/harness.py) in sandbox mode,
-talking to the Bot API stand-in; data is seeded with the shop's own functions. Clients are threads
-with keep-alive http.client connections, the same client for the shop and for each baseline.
+The shop runs for real: `python shop.py --no-demo` as a subprocess (tests/harness.py) in sandbox
+mode, talking to the Bot API stand-in; data is seeded with the shop's own functions. Clients are
+threads with keep-alive http.client connections, the same client for the shop and for each baseline.
 Standard library plus the shop's own dependencies only.
 """
 
@@ -30,9 +31,8 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import shop  # noqa: E402
-from bench import Row, pct, ratio  # noqa: E402
 from fake_telegram import FakeTelegram  # noqa: E402
-from harness import TOKEN, ShopProcess, free_port, png, shop_env  # noqa: E402
+from harness import TOKEN, Row, ShopProcess, free_port, pct, png, ratio, shop_env  # noqa: E402
 
 
 def note(text):
@@ -48,7 +48,8 @@ def ms(seconds):
 
 @contextmanager
 def running_shop(tmp, seed=None, wait_bot=True, **env):
-    """A fresh database seeded by seed(conn, db_path, port), the Bot API stand-in, and the real shop."""
+    """A fresh database seeded by seed(conn, db_path, port), the Bot API stand-in, and the real
+    shop."""
     tmp.mkdir(parents=True, exist_ok=True)
     db = tmp / "shop.db"
     fake = FakeTelegram(token=TOKEN).start()
@@ -108,8 +109,8 @@ def webhook():
     return '{"status": "ok"}'
 
 
-server = waitress.create_server(app, host="127.0.0.1", port=port, threads=8, ident="bare", channel_timeout=60,
-                                max_request_body_size=60 * 1024 * 1024)
+server = waitress.create_server(app, host="127.0.0.1", port=port, threads=8, ident="bare",
+                                channel_timeout=60, max_request_body_size=60 * 1024 * 1024)
 print("bare is running", flush=True)
 server.run()
 """
@@ -222,7 +223,8 @@ def init_headers(user_id, **extra):
 
 
 def seed_catalog(conn, media_dir, cities=20, districts=5, products=10, units=3):
-    """cities x districts x products offers, `units` units each, through the admin's own functions."""
+    """cities x districts x products offers, `units` units each, through the admin's own
+    functions."""
     with shop.transaction(conn):
         product_ids = [
             shop.save_product(
@@ -263,7 +265,10 @@ def bench_catalog(ctx):
     headers = [
         init_headers(1000 + i, **{"Accept-Encoding": "gzip, deflate, br"}) for i in range(clients)
     ]
-    request = lambda i: ("GET", "/api/catalog", None, headers[i])
+
+    def request(i):
+        return ("GET", "/api/catalog", None, headers[i])
+
     with running_shop(ctx.tmp / "shop", seed) as (proc, fake, _):
         r = Client(proc.port).connect()
         status, body = r.request("GET", "/api/catalog", headers=headers[0])
@@ -278,7 +283,8 @@ def bench_catalog(ctx):
         bare_rps, bare_lat, bare_status, sample = hammer(port, request, clients, warmup, duration)
         assert sample == body
     note(
-        f"catalog: {len(plain)} bytes, {len(body)} gzipped, {offers} offers; shop {shop_status}, bare {bare_status}"
+        f"catalog: {len(plain)} bytes, {len(body)} gzipped, {offers} offers; shop {shop_status}, "
+        f"bare {bare_status}"
     )
     ok = set(shop_status) == {200} and set(bare_status) == {200}
     errors = "" if ok else f" (answers {shop_status})"
@@ -338,7 +344,8 @@ def bench_checkout(ctx):
                 shop.adjust_balance(conn, uid, funds, "bench funds")
         return product, district
 
-    # A sandbox shop with a bot is in test mode: the benchmark's shoppers are its testers, so they may buy.
+    # A sandbox shop with a bot is in test mode: the benchmark's shoppers are its testers, so they
+    # may buy.
     testers = ",".join(str(uid) for uid in range(first_user, first_user + shoppers))
     with running_shop(ctx.tmp / "shop", seed, TESTER_IDS=testers) as (
         proc,
@@ -387,7 +394,8 @@ def bench_checkout(ctx):
     for p in problems:
         note(f"checkout PROBLEM: {p}")
     note(
-        f"checkout: {shoppers} answers in {elapsed:.2f} s, latency p50 {ms(pct(lat, 0.5))} p99 {ms(pct(lat, 0.99))}"
+        f"checkout: {shoppers} answers in {elapsed:.2f} s, latency p50 {ms(pct(lat, 0.5))} p99 "
+        f"{ms(pct(lat, 0.99))}"
     )
     met = "no" if problems else "yes"
     why = f"; FAILED: {'; '.join(problems)[:300]}" if problems else ""
@@ -465,7 +473,8 @@ def check_checkout(conn, answers, first_user, units, price, funds):
 
 
 def create_topups(port, users, count, workers=4):
-    """`count` sandbox top-up invoices (10.00 EUR in LTC) through the Mini App's API; [(user, provider id)]."""
+    """`count` sandbox top-up invoices (10.00 EUR in LTC) through the Mini App's API;
+    [(user, provider id)]."""
     body = json.dumps({"amount": "10.00", "currency": "ltc"})
     made, failures, counter, lock = [], [], itertools.count(), threading.Lock()
 
@@ -497,9 +506,9 @@ def create_topups(port, users, count, workers=4):
 
 
 def seed_topups(conn, users, count, webhook_url):
-    """`count` open 10.00 EUR top-up invoices in LTC, made as the shop makes them in sandbox mode: the
-    checkout, the emulator's payment (sandbox_payments, as its POST /payment stores it) and the shop's
-    payment row (record_payment), in one transaction. [The emulator's payment data]"""
+    """`count` open 10.00 EUR top-up invoices in LTC, made as the shop makes them in sandbox mode:
+    the checkout, the emulator's payment (sandbox_payments, as its POST /payment stores it) and the
+    shop's payment row (record_payment), in one transaction. [The emulator's payment data]"""
     rate, places, _ = shop.SANDBOX_COINS["ltc"]
     pay_amount = str(
         (Decimal("10.00") / Decimal(rate)).quantize(
@@ -552,7 +561,8 @@ def seed_topups(conn, users, count, webhook_url):
 
 
 def finished_ipn(data, secret):
-    """The finished IPN NOWPayments (and the sandbox) sends for a payment: its body and signature."""
+    """The finished IPN NOWPayments (and the sandbox) sends for a payment: its body and
+    signature."""
     body = {
         "payment_status": "finished",
         "pay_address": data["pay_address"],
@@ -580,19 +590,19 @@ def finished_ipn(data, secret):
         "updated_at": shop.Num(str(int(time.time() * 1000))),
     }
     # Numbers as NOWPayments (Node.js, JSON.stringify) writes them: 10, not 10.00.
-    js = lambda v: (
-        {k: js(x) for k, x in v.items()}
-        if isinstance(v, dict)
-        else shop.Num(shop.js_number(v))
-        if isinstance(v, shop.Num)
-        else v
-    )
+
+    def js(v):
+        if isinstance(v, dict):
+            return {k: js(x) for k, x in v.items()}
+        return shop.Num(shop.js_number(v)) if isinstance(v, shop.Num) else v
+
     text = shop.encode_json(js(body))
     return text.encode("utf-8"), shop.ipn_signature(shop.parse_json(text), secret)
 
 
 def storm(port, deliveries, senders=8):
-    """POST every (body, signature) to /webhook from `senders` keep-alive clients; (seconds, [(status, latency)])."""
+    """POST every (body, signature) to /webhook from `senders` keep-alive clients;
+    (seconds, [(status, latency)])."""
     counter, answers = itertools.count(), [None] * len(deliveries)
 
     def run():
@@ -706,7 +716,8 @@ def check_ipns(conn, answers, payments):
     refused = [a for a in answers if a[0] != 200]
     if refused:
         problems.append(
-            f"{len(refused)} IPNs answered non-200, e.g. HTTP {refused[0][0]} {refused[0][2][:100]!r}"
+            f"{len(refused)} IPNs answered non-200, "
+            f"e.g. HTTP {refused[0][0]} {refused[0][2][:100]!r}"
         )
     finished = conn.execute(
         "SELECT count(*) FROM payments WHERE status = 'finished' AND final_source = 'ipn'"
@@ -734,7 +745,8 @@ def check_ipns(conn, answers, payments):
     ).fetchone()[0]
     if (applied, unchanged) != (payments, 2 * payments):
         problems.append(
-            f"IPN verdicts: {applied} applied, {unchanged} unchanged; expected {payments}, {2 * payments}"
+            f"IPN verdicts: {applied} applied, {unchanged} unchanged; expected {payments}, "
+            f"{2 * payments}"
         )
     if shop.check_ledger(conn):
         problems.append(f"ledger inconsistent: {shop.check_ledger(conn)[:3]}")
@@ -805,7 +817,8 @@ def bench_memory(ctx):
     ) as (proc, fake, (product, district)):
         started = rss_kb(proc.proc.pid)  # right after "shop is running"
         proc.wait_log("bot: @", timeout=20)
-        # Bot traffic: shoppers open the bot and browse the catalog (answers and edits through the API).
+        # Bot traffic: shoppers open the bot and browse the catalog (answers and edits through the
+        # API).
         register_chats(fake, bot_users)
         for uid in bot_users:
             fake.user_sends(uid, "🛒 Shop", first_name=f"Shopper {uid}")
@@ -892,10 +905,14 @@ def bench_memory(ctx):
             conn.close()
         loaded = rss_kb(proc.proc.pid)
         note(
-            f"memory: outbox {sent} sent, {pending} still pending when measured; fake got {fake.sent_count} sends"
+            f"memory: outbox {sent} sent, {pending} still pending when measured; fake got "
+            f"{fake.sent_count} sends"
         )
     bare = bare_rss()
-    mb = lambda kb: f"{kb / 1024:.1f} MB"
+
+    def mb(kb):
+        return f"{kb / 1024:.1f} MB"
+
     return [
         Row(
             "6. Memory",

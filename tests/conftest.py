@@ -3,10 +3,12 @@
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import pytest
+import requests
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
@@ -44,8 +46,8 @@ BROWSER_WAIT_MS = 10000
 
 @pytest.fixture(scope="session")
 def browser():
-    """Debian's headless Chromium through Playwright. Without it the browser tests are skipped with a
-    loud warning, except in CI, where that is a failure."""
+    """Debian's headless Chromium through Playwright. Without it the browser tests are skipped with
+    a loud warning, except in CI, where that is a failure."""
     reason = None
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} is missing (apt-get install chromium)"
@@ -55,7 +57,7 @@ def browser():
         if os.environ.get("CI"):
             pytest.fail(f"The browser tests cannot run in CI: {reason}")
         message = f"!!! BROWSER TESTS SKIPPED: {reason} !!!"
-        warnings.warn(pytest.PytestWarning(message))
+        warnings.warn(pytest.PytestWarning(message), stacklevel=2)
         pytest.skip(message)
     expect.set_options(timeout=BROWSER_WAIT_MS)
     with sync_playwright() as p:
@@ -141,7 +143,8 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def conn(db_path):
-    """A connection to a fresh shop database; after the test every balance must equal its ledger sum."""
+    """A connection to a fresh shop database; after the test every balance must equal its ledger
+    sum."""
     c = shop.connect(str(db_path))
     yield c
     assert shop.check_ledger(c) == []
@@ -187,8 +190,9 @@ def run_shop(tmp_path, shop_env):
 
 @pytest.fixture
 def make_shop(tmp_path):
-    """Factory: the real shop started in this process (web server, jobs, and the bot when BOT_TOKEN is
-    given) on its own database; stopped at teardown, after checking every balance against its ledger."""
+    """Factory: the real shop started in this process (web server, jobs, and the bot when BOT_TOKEN
+    is given) on its own database; stopped at teardown, after checking every balance against its
+    ledger."""
     shops = []
 
     def make(env=None, demo=False, name="shop"):
@@ -208,3 +212,232 @@ def make_shop(tmp_path):
         conn = shop.connect(s.config.shop_db)
         assert shop.check_ledger(conn) == []
         conn.close()
+
+
+# Helpers the test modules share ##############################################
+
+# The admin password of the tests' shops that log in to the admin over HTTP (harness.AdminClient).
+ADMIN_PASSWORD = "correct horse battery"
+
+
+# The database: a catalog, shoppers, and what a failed purchase must leave untouched.
+
+
+def seed(
+    conn,
+    units=(("Berlin", "Mitte", "Gift card", 2500, 3),),
+    media=None,
+    content=lambda n, product, district, i: f"{product}-{district}-{i}",
+):
+    """Cities, districts, products and available units: [(city, district, product, price, count)];
+    the i-th unit of the n-th line holds content(n, product, district, i)."""
+    ids = {}
+    with shop.transaction(conn):
+        for n, (city, district, product, price, count) in enumerate(units):
+            conn.execute("INSERT OR IGNORE INTO cities(name) VALUES (?)", (city,))
+            city_id = conn.execute("SELECT id FROM cities WHERE name = ?", (city,)).fetchone()[0]
+            conn.execute(
+                "INSERT OR IGNORE INTO districts(city_id, name) VALUES (?, ?)", (city_id, district)
+            )
+            district_id = conn.execute(
+                "SELECT id FROM districts WHERE city_id = ? AND name = ?", (city_id, district)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT OR IGNORE INTO products(name, price_cents, created_at) VALUES (?, ?, ?)",
+                (product, price, shop.now_iso()),
+            )
+            product_id = conn.execute(
+                "SELECT id FROM products WHERE name = ?", (product,)
+            ).fetchone()[0]
+            for i in range(count):
+                conn.execute(
+                    "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        product_id,
+                        district_id,
+                        content(n, product, district, i),
+                        media,
+                        shop.now_iso(),
+                    ),
+                )
+            ids[(product, district)] = (product_id, district_id)
+    return ids
+
+
+def user(conn, user_id=1, balance=0):
+    shop.touch_user(conn, {"id": user_id, "first_name": f"U{user_id}"})
+    if balance:
+        shop.adjust_balance(conn, user_id, balance, "test funds")
+    return user_id
+
+
+def snapshot(conn):
+    """Everything a failed purchase must leave untouched."""
+    return {
+        t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+        for t in (
+            "users",
+            "stock_units",
+            "orders",
+            "order_items",
+            "ledger",
+            "outbox",
+            "basket_items",
+            "payments",
+        )
+    }
+
+
+def rows(snap):
+    return {t: [tuple(r) for r in v] for t, v in snap.items()}
+
+
+# Payments: invoices with made-up provider answers, IPNs, the sandbox provider's view.
+
+# Made-up provider payment ids, unique within the test run.
+PAYMENT_IDS = iter(range(7000000000, 8000000000))
+
+
+def order_payment(conn, uid, lines, pay_amount="0.0004", coin="btc", minutes=30):
+    """An invoice as the desk opens it, with a made-up provider answer."""
+    total = shop.price_lines(conn, lines)[0]
+    nonce = shop.create_checkout(conn, uid, "order", total, lines)
+    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, minutes)
+    data = {
+        "payment_id": str(next(PAYMENT_IDS)),
+        "pay_amount": pay_amount,
+        "pay_currency": coin,
+        "pay_address": "addr",
+    }
+    return shop.record_payment(
+        conn,
+        kind="order",
+        user_id=uid,
+        reference=f"order-{order_id}",
+        price_cents=total,
+        invoice=shop.SandboxPayments.new_invoice(data),
+        expires_at=shop.now_iso(minutes * 60),
+        order_id=order_id,
+    )
+
+
+def topup_payment(conn, uid, cents, pay_amount="0.0004", coin="btc"):
+    data = {
+        "payment_id": str(next(PAYMENT_IDS)),
+        "pay_amount": pay_amount,
+        "pay_currency": coin,
+        "pay_address": "addr",
+    }
+    return shop.record_payment(
+        conn,
+        kind="topup",
+        user_id=uid,
+        reference=f"topup-{next(PAYMENT_IDS)}",
+        price_cents=cents,
+        invoice=shop.SandboxPayments.new_invoice(data),
+        expires_at=shop.now_iso(1800),
+    )
+
+
+def news(payment, status, paid=None, **extra):
+    """What the provider says about a payment (IPN or GET /payment)."""
+    data = {
+        "payment_id": shop.Num(payment["provider_id"]),
+        "payment_status": status,
+        "pay_currency": payment["pay_currency"],
+        "price_amount": shop.Num(shop.cents_to_str(payment["price_cents"])),
+        "price_currency": "eur",
+        "order_id": payment["reference"],
+        "pay_amount": shop.Num(payment["pay_amount"]),
+    }
+    if paid is not None:
+        data["actually_paid"] = shop.Num(paid)
+    data.update(extra)
+    return data
+
+
+def post_ipn(s, data=None, *, body=None, signature="sign", secret=None):
+    """POST an IPN to a shop's /webhook, signed with its IPN secret unless told otherwise."""
+    body = body if body is not None else shop.encode_json(data).encode()
+    headers = {"Content-Type": "application/json"}
+    if signature == "sign":
+        signature = shop.ipn_signature(shop.parse_json(body.decode()), secret or s.ipn_secret)
+    if signature is not None:
+        headers["x-nowpayments-sig"] = signature
+    return requests.post(s.url + "/webhook", data=body, headers=headers, timeout=10)
+
+
+def emulator(np_shop, payment):
+    """The payment as the sandbox shop `np_shop` (acting as NOWPayments) holds it."""
+    c = shop.connect(np_shop.config.shop_db)
+    data = shop.parse_json(
+        c.execute(
+            "SELECT data FROM sandbox_payments WHERE id = ?", (int(payment["provider_id"]),)
+        ).fetchone()[0]
+    )
+    c.close()
+    return data
+
+
+def wait_for_row(conn, sql, args=(), timeout=10):
+    """Poll the database for a row that a background thread writes (nothing signals it)."""
+    deadline = time.monotonic() + timeout
+    while (row := conn.execute(sql, args).fetchone()) is None:
+        assert time.monotonic() < deadline, f"no row for {sql}"
+        time.sleep(0.02)
+    return row
+
+
+# The bot: a Telegram user talking to it through the stand-in.
+
+
+class Shopper:
+    """One Telegram user talking to the bot through the stand-in."""
+
+    def __init__(self, fake, user_id, name="Ann"):
+        self.fake, self.id, self.name = fake, user_id, name
+
+    def send(self, text, expect=""):
+        """Send a message; return the bot's first reply after it that contains `expect`."""
+        sent = self.fake.user_sends(self.id, text, first_name=self.name)
+        return self.fake.wait_for(
+            lambda: next(
+                (
+                    m
+                    for m in self.fake.messages(self.id)
+                    if m.message_id > sent["message_id"] and expect in m.content
+                ),
+                None,
+            ),
+            what=f"a reply to {text!r} containing {expect!r}",
+        )
+
+    def click(self, label):
+        """Press an inline button on the newest message that has it; return the callback's
+        notice."""
+        cq = self.fake.click_button(self.id, label)
+        self.fake.wait_for(lambda: cq in self.fake.callback_answers, what=f"an answer to {label!r}")
+        return self.fake.callback_answers[cq].get("text")
+
+    def open_product(self, city, district, label):
+        """From a new 🛒 Shop message, through city and district to a product card."""
+        self.send("🛒 Shop", "Choose a city")
+        for step in (city, district, label):
+            self.click(step)
+        return self.screen
+
+    def press(self, button):
+        """Press a button dict (from Message.buttons) on the current screen."""
+        cq = self.fake.user_clicks(self.id, self.screen.message_id, button["callback_data"])
+        self.fake.wait_for(
+            lambda: cq in self.fake.callback_answers, what=f"an answer to {button['text']!r}"
+        )
+        return self.fake.callback_answers[cq].get("text") or ""
+
+    @property
+    def screen(self):
+        return self.fake.last_message(self.id)
+
+    def buttons(self):
+        return self.screen.button_texts

@@ -275,8 +275,8 @@ def _html_entity_at(t, pos):
     snippet = t.b[pos : pos + 10].decode("utf-8", "replace")
     if not code:
         raise _EntityError(
-            f'Unsupported HTML entity "{snippet}" at byte offset {pos}: a literal "&" must be written '
-            f'as "&amp;" (the test stand-in is stricter than Telegram here)'
+            f'Unsupported HTML entity "{snippet}" at byte offset {pos}: a literal "&" must be '
+            'written as "&amp;" (the test stand-in is stricter than Telegram here)'
         )
     if not terminated:
         raise _EntityError(
@@ -1745,7 +1745,8 @@ class FakeTelegram:
                 result = predicate()
                 if result:
                     return result
-                message = f"timed out after {timeout}s waiting for {what or getattr(predicate, '__name__', predicate)}"
+                waited_for = what or getattr(predicate, "__name__", predicate)
+                message = f"timed out after {timeout}s waiting for {waited_for}"
                 if details:
                     message += "\n" + details()
                 message += "\n" + self._recent_calls()
@@ -1916,7 +1917,8 @@ class FakeTelegram:
                 answer = self._json_answer(
                     TelegramApiError(
                         500,
-                        f"Internal Server Error: stand-in crashed in {canonical}: {text.splitlines()[-1]}",
+                        f"Internal Server Error: stand-in crashed in {canonical}: "
+                        f"{text.splitlines()[-1]}",
                     ).body(),
                     500,
                 )
@@ -2033,7 +2035,8 @@ class FakeTelegram:
             for row in rows:
                 if not isinstance(row, list):
                     raise _bad(
-                        'Field "inline_keyboard" of the InlineKeyboardMarkup must be an Array of Arrays'
+                        'Field "inline_keyboard" of the InlineKeyboardMarkup '
+                        "must be an Array of Arrays"
                     )
                 out_row = [self._inline_button(button) for button in row]
                 total += len(out_row)
@@ -2092,7 +2095,8 @@ class FakeTelegram:
             if action == "callback_data":
                 if not isinstance(value, str):
                     raise _bad(
-                        'can\'t parse inline keyboard button: Field "callback_data" must be of type String'
+                        "can't parse inline keyboard button: "
+                        'Field "callback_data" must be of type String'
                     )
                 if not 1 <= len(value.encode("utf-8")) <= 64:
                     raise _bad("BUTTON_DATA_INVALID")

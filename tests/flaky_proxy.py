@@ -1,7 +1,7 @@
 """A TCP forwarder that can fail on command, for the chaos tests (standard library only).
 
-Put it in front of an HTTP service (the Bot API stand-in, the NOWPayments stand-in, or the shop's own
-/webhook as the provider sees it) and switch its mode at any time:
+Put it in front of an HTTP service (the Bot API stand-in, the NOWPayments stand-in, or the shop's
+own /webhook as the provider sees it) and switch its mode at any time:
 
 - "pass":   bytes go through both ways, untouched (keep-alive and long polls included);
 - "refuse": the listening socket is closed, so connecting fails with ECONNREFUSED;

@@ -1,7 +1,11 @@
-"""What both the tests and the benchmarks use to run the real shop: ports, images, `python shop.py`
-as a subprocess with its log captured (standard library only, so tests/bench.py needs no pytest)."""
+"""What the tests and the benchmarks share (standard library plus the shop's own dependencies, so
+tests/bench.py needs no pytest): ports, images, `python shop.py` as a subprocess with its log
+captured, the owner's admin client over HTTP, the benchmarks' table rows and their timed Bot API
+stand-in."""
 
+import html
 import os
+import re
 import signal
 import socket
 import struct
@@ -10,16 +14,20 @@ import sys
 import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
+from fake_telegram import FakeTelegram, _to_int
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 TOKEN = "123456:TEST-token"
-# The Telegram ids the tests shop as. A sandbox shop with a bot is in test mode, where only owners and the
-# testers they name may buy: the tests' shops name these (TESTER_IDS), as an owner names the friends who try
-# their bot. A test of what everyone else sees uses an id outside them (or sets TESTER_IDS itself).
+# The Telegram ids the tests shop as. A sandbox shop with a bot is in test mode, where only owners
+# and the testers they name may buy: the tests' shops name these (TESTER_IDS), as an owner names the
+# friends who try their bot. A test of what everyone else sees uses an id outside them (or sets
+# TESTER_IDS itself).
 TESTERS = ",".join(
     str(i)
     for r in (
@@ -146,8 +154,8 @@ class ShopProcess:
 
 
 def shop_env(folder, telegram_url, **extra):
-    """Environment for `python shop.py` in `folder` against a Bot API at telegram_url: sandbox payments,
-    no admin password, none of the caller's shop settings (extra ones override)."""
+    """Environment for `python shop.py` in `folder` against a Bot API at telegram_url: sandbox
+    payments, no admin password, none of the caller's shop settings (extra ones override)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -167,3 +175,212 @@ def shop_env(folder, telegram_url, **extra):
     )
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+# The admin over HTTP #########################################################
+
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class AdminClient:
+    """The owner's session on the admin over HTTP, as a browser keeps it: the session cookie and the
+    CSRF token of the forms. `shop` is the Shop under test when it runs in this process (else None).
+
+    login() posts the password and, when it is accepted (303), reads the CSRF token off token_page;
+    post() adds that token to every form unless csrf=False."""
+
+    def __init__(self, url, password, shop=None):
+        self.url, self.password, self.shop = url, password, shop
+        self.http, self.csrf = requests.Session(), None
+
+    def login(self, password=None, next_path="/admin", token_page="/admin/catalog", timeout=10):
+        """POST /admin/login (with this client's password unless told otherwise); the response."""
+        r = self.http.post(
+            self.url + "/admin/login",
+            data={"password": self.password if password is None else password, "next": next_path},
+            allow_redirects=False,
+            timeout=timeout,
+        )
+        if r.status_code == 303 and token_page:
+            self.csrf = CSRF_FIELD.search(self.get(token_page).text).group(1)
+        return r
+
+    def get(self, path, timeout=10, **kw):
+        return self.http.get(self.url + path, timeout=timeout, **kw)
+
+    def post(self, path, data=None, csrf=True, files=None, timeout=30, **kw):
+        """POST a form (with the CSRF token unless csrf=False); redirects are not followed."""
+        data = dict(data or {})
+        if csrf:
+            data["csrf_token"] = self.csrf
+        return self.http.post(
+            self.url + path, data=data, files=files, allow_redirects=False, timeout=timeout, **kw
+        )
+
+    def flash(self, path):
+        """The flash message that the page at path shows."""
+        return html.unescape(
+            re.search(r'class="flash[^"]*"[^>]*>([^<]*)<', self.get(path).text).group(1)
+        )
+
+    def broadcast(self, text, timeout=10):
+        """Send a broadcast to every shopper (POST /admin/broadcast)."""
+        return self.post("/admin/broadcast", {"text": text}, timeout=timeout)
+
+
+# What the benchmarks share ####################################################
+
+
+@dataclass
+class Row:
+    benchmark: str  # "1. Mini App catalog API"
+    figure: str  # "requests/s, 32 keep-alive clients"
+    shop: str  # the shop's figure, formatted
+    baseline: str  # the baseline's figure, formatted ("" when there is none)
+    ratio: str  # shop/baseline, formatted ("" when there is none)
+    goal: str  # "≥ 0.6x"
+    met: str  # "yes", "no", or "" for figures without a goal
+
+
+@dataclass
+class Context:
+    tmp: Path  # a scratch folder for this benchmark, removed afterwards
+    quick: bool  # smoke run with less load
+
+
+def pct(values, fraction):
+    """The shop's own percentile (nearest rank), NaN for no values."""
+    import shop
+
+    found = shop.percentile(values, fraction)
+    return float("nan") if found is None else found
+
+
+def ratio(value, base):
+    return f"{value / base:.2f}x" if base else ""
+
+
+def table(rows):
+    out = [
+        "| Benchmark | Figure | Shop | Baseline | Ratio | Goal | Met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r.benchmark} | {r.figure} | {r.shop} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |"
+        for r in rows
+    ]
+    return "\n".join(out)
+
+
+def bench_catalog(cities=20, districts=5, products=10, units=2):
+    """The catalog benchmark 1 uses: 20 cities x 5 districts x 10 products, every product
+    everywhere."""
+    cs = [
+        {"name": f"City {c:02d}", "districts": [f"District {c:02d}-{d}" for d in range(districts)]}
+        for c in range(cities)
+    ]
+    ps = [
+        {
+            "name": f"Product {p:02d}",
+            "description": f"A fine product number {p}.",
+            "price": f"{5 + p}.50",
+            "stock": [
+                {"city": c["name"], "district": d, "content": f"CODE-{p}-{d}-{u}"}
+                for c in cs
+                for d in c["districts"]
+                for u in range(units)
+            ],
+        }
+        for p in range(products)
+    ]
+    return {"cities": cs, "products": ps}
+
+
+# What counts as "the bot answered": the first of these calls for the chat after the update was
+# pushed.
+ANSWERS = (
+    "sendMessage",
+    "sendPhoto",
+    "editMessageText",
+    "editMessageCaption",
+    "editMessageMedia",
+    "answerCallbackQuery",
+)
+
+
+# The Bot API stand-in with timestamps
+
+
+class TimedTelegram(FakeTelegram):
+    """FakeTelegram that timestamps each pushed update and the first answer to it in its chat, and
+    wakes the simulated shopper waiting in that chat when the bot has finished answering.
+
+    Pushed: inside _push_update (under the stand-in's lock, the moment getUpdates can return it).
+    Answered: when the stand-in starts handling the first
+    sendMessage/editMessageText/answerCallbackQuery (or photo equivalents) for that chat, i.e. after
+    the request has arrived and been parsed."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.pending = {}  # chat -> (pushed at, kind) of the update waiting for its first answer
+        self.samples = []  # (kind, seconds)
+        self.waiters = {}  # chat -> (what finishes the exchange: "message" | query id, Event)
+        self.sends = []  # (perf_counter, chat, ok) of every sendMessage, for the delivery benchmark
+
+    def expect(self, chat, done):
+        event = threading.Event()
+        with self._lock:
+            self.waiters[chat] = (done, event)
+        return event
+
+    def _push_update(self, kind, obj):
+        chat = (
+            (obj.get("chat") or {}).get("id")
+            if kind == "message"
+            else (obj.get("from") or {}).get("id")
+        )
+        if chat is not None:
+            self.pending[chat] = (time.perf_counter(), kind)
+        return super()._push_update(kind, obj)
+
+    def _timed(self, method, params, fn):
+        now = time.perf_counter()
+        if method == "answerCallbackQuery":
+            query = self._callback_queries.get(str(params.get("callback_query_id")))
+            chat = query["user_id"] if query else None
+        else:
+            chat = _to_int(params.get("chat_id"))
+        started = self.pending.pop(chat, None)
+        if started is not None:
+            self.samples.append((started[1], now - started[0]))
+        try:
+            result = fn(params, None)
+        except Exception:
+            if method == "sendMessage":
+                self.sends.append((now, chat, False))
+            raise
+        if method == "sendMessage":
+            self.sends.append((now, chat, True))
+        waiter = self.waiters.get(chat)
+        if waiter is not None:
+            done, event = waiter
+            if (done == "message" and method in ("sendMessage", "sendPhoto")) or (
+                method == "answerCallbackQuery" and done == str(params.get("callback_query_id"))
+            ):
+                del self.waiters[chat]
+                event.set()
+        return result
+
+
+def _timed_method(name):
+    base = getattr(FakeTelegram, "_m_" + name)
+
+    def method(self, params, files):
+        return self._timed(name, params, lambda p, _: base(self, p, files))
+
+    method.__name__ = "_m_" + name
+    return method
+
+
+for _name in ANSWERS:
+    setattr(TimedTelegram, "_m_" + _name, _timed_method(_name))

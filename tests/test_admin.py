@@ -1,7 +1,6 @@
 """The owner's admin over real HTTP: access control, every action's effect and its audit row."""
 
 import csv
-import html
 import io
 import json
 import re
@@ -14,54 +13,16 @@ import pytest
 import requests
 
 import shop
-from conftest import ROOT, free_port, png
-from test_payments import emulator, wait_for_row
-from test_services import seed, user
-
-PASSWORD = "correct horse battery"
-
-
-class Admin:
-    """An owner's browser session: cookies, the CSRF token, same-origin headers."""
-
-    def __init__(self, s):
-        self.shop, self.http, self.csrf = s, requests.Session(), None
-
-    def login(self, password=PASSWORD):
-        r = self.http.post(
-            self.shop.url + "/admin/login",
-            data={"password": password, "next": "/admin"},
-            allow_redirects=False,
-            timeout=10,
-        )
-        if r.status_code == 303:
-            self.csrf = re.search(
-                r'name="csrf_token" value="([^"]+)"', self.get("/admin/catalog").text
-            ).group(1)
-        return r
-
-    def get(self, path, **kw):
-        return self.http.get(self.shop.url + path, timeout=10, **kw)
-
-    def post(self, path, data=None, csrf=True, files=None, **kw):
-        data = dict(data or {})
-        if csrf:
-            data["csrf_token"] = self.csrf
-        return self.http.post(
-            self.shop.url + path, data=data, files=files, allow_redirects=False, timeout=30, **kw
-        )
-
-    def flash(self, path):
-        return html.unescape(
-            re.search(r'class="flash[^"]*"[^>]*>([^<]*)<', self.get(path).text).group(1)
-        )
+from conftest import ADMIN_PASSWORD as PASSWORD
+from conftest import ROOT, emulator, free_port, png, seed, user
+from harness import AdminClient
 
 
 @pytest.fixture
 def admin(make_shop):
     s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
     s.conn = shop.connect(s.config.shop_db)
-    a = Admin(s)
+    a = AdminClient(s.url, PASSWORD, shop=s)
     assert a.login().status_code == 303
     yield a
     s.conn.close()
@@ -135,7 +96,7 @@ def test_login_logout_and_the_session_cookie(admin):
 
 def test_wrong_passwords_are_refused_and_then_throttled(make_shop):
     s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
-    a = Admin(s)
+    a = AdminClient(s.url, PASSWORD)
     for _ in range(5):
         r = a.login("guess")
         assert r.status_code == 403 and "Wrong password" in r.text
@@ -181,7 +142,7 @@ def test_without_admin_password_the_first_start_prints_one_and_keeps_only_its_ha
     line = proc.wait_log("Admin password (shown once")
     password = line.rsplit(": ", 1)[1].strip()
     proc.stop()
-    assert password not in "\n".join(l for l in proc.lines if l is not line)
+    assert password not in "\n".join(logged for logged in proc.lines if logged is not line)
     conn = shop.connect(str(tmp_path / "s.db"))
     stored = conn.execute(
         "SELECT value FROM settings WHERE key = 'admin_password_hash'"
@@ -698,7 +659,9 @@ def test_concurrent_wrong_passwords_still_count(make_shop):
 
     s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(lambda _: Admin(s).login("guess").status_code, range(40)))
+        codes = list(
+            pool.map(lambda _: AdminClient(s.url, PASSWORD).login("guess").status_code, range(40))
+        )
     assert codes.count(403) == 5 and codes.count(429) == 35
 
 
@@ -747,25 +710,27 @@ def session_works(a):
 
 def test_changing_the_password_ends_every_session(make_shop, tmp_path):
     s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
-    phone, desk = Admin(s), Admin(s)
+    phone, desk = AdminClient(s.url, PASSWORD), AdminClient(s.url, PASSWORD)
     assert phone.login().status_code == 303 and desk.login().status_code == 303
     s.stop()
     env = {"SHOP_DB": s.config.shop_db}
-    # A restart with the same ADMIN_PASSWORD keeps them; another password ends them, across the restart.
+    # A restart with the same ADMIN_PASSWORD keeps them; another password ends them, across the
+    # restart.
     same = make_shop(env={**env, "ADMIN_PASSWORD": PASSWORD})
-    phone.shop = desk.shop = same
+    phone.url = desk.url = same.url
     assert session_works(phone) and session_works(desk)
     same.stop()
     changed = make_shop(env={**env, "ADMIN_PASSWORD": "a brand new password"})
-    phone.shop = desk.shop = changed
+    phone.url = desk.url = changed.url
     assert not session_works(phone) and not session_works(desk)
     conn = shop.connect(s.config.shop_db)
     assert conn.execute("SELECT count(*) FROM admin_sessions").fetchone()[0] == 0
     assert "admin sessions ended" in audit_actions(conn)
     changed.stop()
-    # Without ADMIN_PASSWORD: `python shop.py admin-password` while the shop runs ends the sessions at once.
+    # Without ADMIN_PASSWORD: `python shop.py admin-password` while the shop runs ends the sessions
+    # at once.
     stored = make_shop(env=env)
-    owner = Admin(stored)
+    owner = AdminClient(stored.url, stored.new_admin_password)
     assert owner.login(stored.new_admin_password).status_code == 303 and session_works(owner)
     r = subprocess.run(
         [sys.executable, str(ROOT / "shop.py"), "admin-password", "another long secret"],
@@ -782,7 +747,7 @@ def test_changing_the_password_ends_every_session(make_shop, tmp_path):
 
 
 def test_log_out_everywhere_ends_every_browsers_session(admin):
-    other = Admin(admin.shop)
+    other = AdminClient(admin.url, PASSWORD)
     assert other.login().status_code == 303
     page = admin.get("/admin/settings").text
     assert (

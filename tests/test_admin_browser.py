@@ -1,8 +1,10 @@
-"""The owner's admin as the owner uses it: headless Chromium against the real shop and its bot on the stand-in.
+"""The owner's admin as the owner uses it: headless Chromium against the real shop and its bot on
+the stand-in.
 
-Every story logs in with the password and works the pages as an owner does (forms, htmx fragments, flash
-messages), then looks for the result where it matters: in the bot through the Bot API stand-in, in the
-database, in the audit log. A script error or a CSP refusal in any admin page fails the story.
+Every story logs in with the password and works the pages as an owner does (forms, htmx fragments,
+flash messages), then looks for the result where it matters: in the bot through the Bot API
+stand-in, in the database, in the audit log. A script error or a CSP refusal in any admin page fails
+the story.
 """
 
 import re
@@ -12,9 +14,8 @@ import pytest
 import requests
 
 import shop
-from conftest import BROWSER_WAIT_MS as WAIT_MS, expect, TOKEN, png
-from test_bot import Shopper
-from test_services import seed
+from conftest import BROWSER_WAIT_MS as WAIT_MS
+from conftest import TOKEN, Shopper, expect, png, seed
 
 PASSWORD = "correct horse battery staple"
 
@@ -37,7 +38,7 @@ def owner_shop(make_shop, fake_tg):
     s.conn.close()
 
 
-class Admin:
+class AdminTab:
     """The owner's browser tab on the admin."""
 
     def __init__(self, page, shop_):
@@ -110,7 +111,7 @@ def admin(browser, owner_shop):
             else None
         ),
     )
-    yield Admin(page, owner_shop)
+    yield AdminTab(page, owner_shop)
     context.close()
     assert errors == [], f"errors in the admin's pages: {errors}"
 

@@ -1,4 +1,5 @@
-"""End to end: the real shop process, real polling and a real SQLite file, against the Bot API stand-in."""
+"""End to end: the real shop process, real polling and a real SQLite file, against the Bot API
+stand-in."""
 
 import re
 import signal
@@ -10,57 +11,7 @@ import requests
 import pytest
 
 import shop
-from conftest import HOSTILE
-
-
-class Shopper:
-    """One Telegram user talking to the bot through the stand-in."""
-
-    def __init__(self, fake, user_id, name="Ann"):
-        self.fake, self.id, self.name = fake, user_id, name
-
-    def send(self, text, expect=""):
-        """Send a message; return the bot's first reply after it that contains `expect`."""
-        sent = self.fake.user_sends(self.id, text, first_name=self.name)
-        return self.fake.wait_for(
-            lambda: next(
-                (
-                    m
-                    for m in self.fake.messages(self.id)
-                    if m.message_id > sent["message_id"] and expect in m.content
-                ),
-                None,
-            ),
-            what=f"a reply to {text!r} containing {expect!r}",
-        )
-
-    def click(self, label):
-        """Press an inline button on the newest message that has it; return the callback's notice."""
-        cq = self.fake.click_button(self.id, label)
-        self.fake.wait_for(lambda: cq in self.fake.callback_answers, what=f"an answer to {label!r}")
-        return self.fake.callback_answers[cq].get("text")
-
-    def open_product(self, city, district, label):
-        """From a new 🛒 Shop message, through city and district to a product card."""
-        self.send("🛒 Shop", "Choose a city")
-        for step in (city, district, label):
-            self.click(step)
-        return self.screen
-
-    def press(self, button):
-        """Press a button dict (from Message.buttons) on the current screen."""
-        cq = self.fake.user_clicks(self.id, self.screen.message_id, button["callback_data"])
-        self.fake.wait_for(
-            lambda: cq in self.fake.callback_answers, what=f"an answer to {button['text']!r}"
-        )
-        return self.fake.callback_answers[cq].get("text") or ""
-
-    @property
-    def screen(self):
-        return self.fake.last_message(self.id)
-
-    def buttons(self):
-        return self.screen.button_texts
+from conftest import HOSTILE, Shopper
 
 
 @pytest.fixture

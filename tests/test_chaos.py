@@ -1,7 +1,8 @@
 """Chaos: kill -9 under mixed load, the Bot API and NOWPayments down for 30 s, a full disk and a
 read-only database. The real shop runs as a subprocess (`python shop.py`); NOWPayments is a sandbox
 shop in this process (its emulator keeps the truth about every payment); Telegram is FakeTelegram.
-Faults are put in the path by tests/flaky_proxy.py. Randomness is seeded (CHAOS_SEED) and printed."""
+Faults are put in the path by tests/flaky_proxy.py. Randomness is seeded (CHAOS_SEED) and
+printed."""
 
 import collections
 import json
@@ -20,9 +21,9 @@ import pytest
 import requests
 
 import shop
-from conftest import ROOT, TOKEN, free_port
+from conftest import ROOT, TOKEN, free_port, seed, user
 from flaky_proxy import FlakyProxy
-from test_services import seed, user
+from harness import AdminClient
 
 pytestmark = pytest.mark.chaos
 
@@ -48,7 +49,8 @@ def seed_catalog(conn, catalog=CATALOG):
 
 def api(base, method, path, uid, **kw):
     """A Mini App call signed for Telegram user uid."""
-    # The same name as FakeTelegram gives the shopper in the chat, so the two do not rename each other.
+    # The same name as FakeTelegram gives the shopper in the chat, so the two do not rename each
+    # other.
     init = shop.sign_init_data({"id": uid, "first_name": "Ann", "language_code": "en"}, TOKEN)
     return requests.request(
         method,
@@ -90,28 +92,12 @@ def post_ipn(base, data, secret):
     )
 
 
-class Admin:
-    def __init__(self, base):
-        self.base, self.http, self.csrf = base, requests.Session(), None
-
-    def login(self):
-        r = self.http.post(
-            self.base + "/admin/login",
-            data={"password": PASSWORD, "next": "/admin"},
-            allow_redirects=False,
-            timeout=10,
-        )
-        assert r.status_code == 303, r.text[:300]
-        page = self.http.get(self.base + "/admin/broadcast", timeout=10).text
-        self.csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-    def broadcast(self, text):
-        return self.http.post(
-            self.base + "/admin/broadcast",
-            data={"text": text, "csrf_token": self.csrf},
-            allow_redirects=False,
-            timeout=10,
-        )
+def admin_session(base):
+    """The owner logged in to the admin at base (the CSRF token read off the broadcast page)."""
+    admin = AdminClient(base, PASSWORD)
+    r = admin.login(token_page="/admin/broadcast")
+    assert r.status_code == 303, r.text[:300]
+    return admin
 
 
 def wait_until(predicate, timeout, what, interval=0.05):
@@ -155,7 +141,8 @@ def prepare_db(path, shoppers, balance=20000):
 
 
 def check_invariants(db_path, np_shop, fake, total_units, converged=True, drained=True):
-    """Everything that must hold of the live shop's database; returns a list of problems (empty: fine)."""
+    """Everything that must hold of the live shop's database; returns a list of problems
+    (empty: fine)."""
     problems = []
     conn = shop.connect(str(db_path))
     try:
@@ -180,20 +167,21 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
             ),
             (
                 "sold units without a paid order",
-                "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
-                "WHERE s.status = 'sold' AND (o.status IS NOT 'paid' OR NOT EXISTS (SELECT 1 FROM order_items i "
-                "WHERE i.order_id = s.order_id AND i.unit_id = s.id))",
+                "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o "
+                "ON o.id = s.order_id WHERE s.status = 'sold' AND (o.status IS NOT 'paid' "
+                "OR NOT EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = s.order_id "
+                "AND i.unit_id = s.id))",
             ),
             (
                 "reserved units of an order that is not pending",
-                "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o ON o.id = s.order_id "
-                "WHERE s.status = 'reserved' AND o.status IS NOT 'pending'",
+                "SELECT s.id, s.order_id, o.status FROM stock_units s LEFT JOIN orders o "
+                "ON o.id = s.order_id WHERE s.status = 'reserved' AND o.status IS NOT 'pending'",
             ),
             (
                 "paid orders whose units are not sold to them",
-                "SELECT i.order_id, i.unit_id, s.status, s.order_id FROM order_items i JOIN orders o "
-                "ON o.id = i.order_id JOIN stock_units s ON s.id = i.unit_id WHERE o.status = 'paid' "
-                "AND (s.status != 'sold' OR s.order_id != o.id)",
+                "SELECT i.order_id, i.unit_id, s.status, s.order_id FROM order_items i "
+                "JOIN orders o ON o.id = i.order_id JOIN stock_units s ON s.id = i.unit_id "
+                "WHERE o.status = 'paid' AND (s.status != 'sold' OR s.order_id != o.id)",
             ),
             (
                 "one checkout bought twice",
@@ -214,7 +202,8 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
                     f"balance order #{o['id']} paid {o['total_cents']} but debited {debit}"
                 )
 
-        # Deliveries: each unit of a paid order is handed over in exactly one queued message (resends aside).
+        # Deliveries: each unit of a paid order is handed over in exactly one queued message
+        # (resends aside).
         for o in conn.execute("SELECT id, user_id FROM orders WHERE status = 'paid'"):
             for (content,) in conn.execute(
                 "SELECT s.content FROM order_items i JOIN stock_units s ON s.id = i.unit_id "
@@ -230,7 +219,8 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
                         f"order #{o['id']}: unit {content} is in {n} queued messages, not 1"
                     )
 
-        # Payments: what NOWPayments says is final is applied in the shop, with the right money, once.
+        # Payments: what NOWPayments says is final is applied in the shop, with the right money,
+        # once.
         truth = provider_truth(np_shop)
         for p in conn.execute("SELECT * FROM payments WHERE parent_id IS NULL"):
             t = truth.get(p["provider_id"])
@@ -241,13 +231,15 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
             if status not in FINAL:
                 if p["status"] in FINAL:
                     problems.append(
-                        f"payment {p['provider_id']} is {p['status']} here but {status} at the provider"
+                        f"payment {p['provider_id']} is {p['status']} here but {status} at the "
+                        "provider"
                     )
                 continue
             if p["status"] != status:
                 if converged:
                     problems.append(
-                        f"payment {p['provider_id']} is {p['status']} here but {status} at the provider"
+                        f"payment {p['provider_id']} is {p['status']} here but {status} at the "
+                        "provider"
                     )
                 continue
             price, paid, asked = p["price_cents"], t.get("actually_paid") or 0, t["pay_amount"]
@@ -302,7 +294,8 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
                     f"broadcast {b['id']}: {n} messages for {b['recipients']} recipients"
                 )
 
-        # The outbox: after recovery nothing waits or failed, and Telegram got every message that was sent.
+        # The outbox: after recovery nothing waits or failed, and Telegram got every message that
+        # was sent.
         failed = conn.execute(
             "SELECT id, chat_id, last_error FROM outbox WHERE status = 'failed'"
         ).fetchall()
@@ -322,13 +315,14 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
 
 
 def sent_but_never_received(conn, fake):
-    """Outbox rows the shop marked sent that Telegram never got, as it got them: the text in that chat, under
-    the message id the shop recorded.
+    """Outbox rows the shop marked sent that Telegram never got, as it got them: the text in that
+    chat, under the message id the shop recorded.
 
-    The shop marks a row sent only after Telegram answered ok for it, and the stand-in records a call before it
-    answers. So every row read as sent was in the stand-in's records before that read, and the shop's rows must
-    be read first: read the other way round, a message sent between the two reads (the shop keeps sending while
-    this runs, and on a busy machine the reads can be far apart) would look lost though Telegram has it."""
+    The shop marks a row sent only after Telegram answered ok for it, and the stand-in records a
+    call before it answers. So every row read as sent was in the stand-in's records before that
+    read, and the shop's rows must be read first: read the other way round, a message sent between
+    the two reads (the shop keeps sending while this runs, and on a busy machine the reads can be
+    far apart) would look lost though Telegram has it."""
     rows = conn.execute(
         "SELECT id, chat_id, text, telegram_message_id FROM outbox WHERE status = 'sent' "
         "AND photo IS NULL AND edit_message_id IS NULL"
@@ -344,16 +338,17 @@ def sent_but_never_received(conn, fake):
             m.message_id == r["telegram_message_id"] for m in fake.all_messages(r["chat_id"])
         ):
             problems.append(
-                f"outbox #{r['id']} marked sent as message {r['telegram_message_id']}, which Telegram "
-                "never gave"
+                f"outbox #{r['id']} marked sent as message {r['telegram_message_id']}, "
+                "which Telegram never gave"
             )
     return problems
 
 
 def test_a_message_sent_while_the_check_runs_is_not_taken_for_a_lost_one(tmp_path, fake_tg):
-    """Issue 10.1 (`outbox #155 marked sent but Telegram never got it`, once, on a busy machine): the shop was
-    right, the check was not. It read Telegram's calls before the shop's rows, so a message sent between the
-    two reads looked lost. Here the send lands exactly there, as a busy machine's scheduler may have it."""
+    """Issue 10.1 (`outbox #155 marked sent but Telegram never got it`, once, on a busy machine):
+    the shop was right, the check was not. It read Telegram's calls before the shop's rows, so a
+    message sent between the two reads looked lost. Here the send lands exactly there, as a busy
+    machine's scheduler may have it."""
     conn = shop.init_db(str(tmp_path / "shop.db"))
     fake_tg.user_sends(1001, "hello")
     with shop.transaction(conn):
@@ -362,7 +357,8 @@ def test_a_message_sent_while_the_check_runs_is_not_taken_for_a_lost_one(tmp_pat
     (during, _), (never, _) = conn.execute("SELECT id, text FROM outbox ORDER BY id").fetchall()
 
     def shop_sends(row_id, text):
-        """What the shop's sender does: Telegram answers ok, then the row is marked sent with its message id."""
+        """What the shop's sender does: Telegram answers ok, then the row is marked sent with its
+        message id."""
         answer = requests.post(
             f"{fake_tg.base_url}/bot{TOKEN}/sendMessage",
             timeout=10,
@@ -392,7 +388,8 @@ def test_a_message_sent_while_the_check_runs_is_not_taken_for_a_lost_one(tmp_pat
 
     assert sent_but_never_received(conn, SendingMeanwhile()) == []
     assert sent_but_never_received(conn, fake_tg) == []
-    # And a row marked sent that Telegram never got, or under a message id it never gave, is still found.
+    # And a row marked sent that Telegram never got, or under a message id it never gave, is still
+    # found.
     with shop.transaction(conn):
         conn.execute(
             "UPDATE outbox SET status = 'sent', telegram_message_id = 999 WHERE id = ?", (never,)
@@ -436,8 +433,8 @@ def not_converged(db_path, np_shop):
 
 
 def converged(db_path, np_shop, outbox=True):
-    """True once the shop agrees with the provider on every final payment (and, with outbox, has sent its
-    whole outbox)."""
+    """True once the shop agrees with the provider on every final payment (and, with outbox, has
+    sent its whole outbox)."""
     truth = provider_truth(np_shop)
     conn = shop.connect(str(db_path))
     try:
@@ -458,8 +455,8 @@ def converged(db_path, np_shop, outbox=True):
 
 
 class Load:
-    """Mixed traffic from a few threads until stopped: balance checkouts, crypto invoices paid at the
-    provider (which sends IPNs), top-ups, replayed IPNs, admin broadcasts and bot messages."""
+    """Mixed traffic from a few threads until stopped: balance checkouts, crypto invoices paid at
+    the provider (which sends IPNs), top-ups, replayed IPNs, admin broadcasts and bot messages."""
 
     def __init__(self, base, np_shop, fake, shoppers, ids, admin, rng_seed):
         self.base, self.np, self.fake, self.shoppers, self.ids, self.admin = (
@@ -509,8 +506,8 @@ class Load:
                 self.note("cut off")
                 if self.stop.is_set():
                     return
-            # A pace a small shop sees at its busiest; faster only piles up messages that Telegram lets
-            # through at 1/s per chat, and waiting for those is not what this test is about.
+            # A pace a small shop sees at its busiest; faster only piles up messages that Telegram
+            # lets through at 1/s per chat, and waiting for those is not what this test is about.
             self.stop.wait(rng.uniform(0.1, 0.5))
 
     def check(self, r, what):
@@ -626,43 +623,45 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(
     total_units = sum(c[-1] for c in CATALOG)
     # No ADMIN_IDS here: a note per paid order would queue up in one chat at Telegram's 1/s.
     proc = run_shop(env={**live_env(np_shop), "ADMIN_IDS": ""})
-    admin = Admin(proc.url)
-    admin.login()
+    admin = admin_session(proc.url)
     logs, started = [], time.monotonic()
     for cycle in range(20):
         load = Load(proc.url, np_shop, fake_tg, shoppers, ids, admin, rng.getrandbits(32))
         threads = load.run(3)
-        # The moment of the kill: mostly within 2 s of the start, sometimes while reconciliation runs (5 s).
+        # The moment of the kill: mostly within 2 s of the start, sometimes while reconciliation
+        # runs (5 s).
         time.sleep(rng.uniform(4.5, 6.0) if rng.random() < 0.2 else rng.uniform(0.2, 2.0))
         proc.kill()
         load.stop.set()
         for t in threads:
             t.join(20)
-        # The log reader of the killed process must reach its end first, or its "end of output" would
-        # be taken for the new process's (ShopProcess.start shares one flag between the two).
+        # The log reader of the killed process must reach its end first, or its "end of output"
+        # would be taken for the new process's (ShopProcess.start shares one flag between the two).
         with proc.cond:
             assert proc.cond.wait_for(lambda: proc.eof, 10), "the killed shop's output did not end"
         logs.append(proc.log)
         proc.start("--no-demo", ready="bot: @", timeout=30)
-        # A shopper whose checkout was cut off taps again (same request): bought once or refused, never twice.
+        # A shopper whose checkout was cut off taps again (same request): bought once or refused,
+        # never twice.
         for uid, body in load.unknown_checkouts:
             r = api(proc.url, "POST", "/api/payment/create", uid, json=body)
             assert r.status_code < 500, (cycle, r.status_code, r.text)
             if r.status_code == 200:
                 load.paid_orders[body["request_id"]] = r.json()["order_id"]
-        # Per cycle: the payments catch up (IPN retries, else reconciliation every 5 s). The outbox drains at
-        # Telegram's 1 message/s per chat, so that it ends with nothing left is checked after the last cycle.
+        # Per cycle: the payments catch up (IPN retries, else reconciliation every 5 s). The outbox
+        # drains at Telegram's 1 message/s per chat, so that it ends with nothing left is checked
+        # after the last cycle.
         try:
             wait_until(
                 lambda: converged(db, np_shop, outbox=False),
                 40,
                 "the shop to catch up with the provider",
             )
-        except AssertionError:
+        except AssertionError as err:
             print("\n\n".join(logs[-2:]) + "\n" + proc.log)
             raise AssertionError(
                 f"cycle {cycle + 1} (CHAOS_SEED={SEED}): {not_converged(db, np_shop)}"
-            )
+            ) from err
         problems = check_invariants(db, np_shop, fake_tg, total_units, drained=False)
         conn = shop.connect(str(db))
         for rid, order_id in load.paid_orders.items():
@@ -671,12 +670,14 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(
             ).fetchone()
             if row is None or (row["id"], row["status"]) != (order_id, "paid"):
                 problems.append(
-                    f"checkout {rid} was confirmed as order #{order_id}, the database says {row and tuple(row)}"
+                    f"checkout {rid} was confirmed as order #{order_id}, "
+                    f"the database says {row and tuple(row)}"
                 )
         conn.close()
         problems += load.errors
         print(
-            f"cycle {cycle + 1}: {dict(sorted(load.counts.items()))} ({time.monotonic() - started:.1f} s)"
+            f"cycle {cycle + 1}: {dict(sorted(load.counts.items()))} "
+            f"({time.monotonic() - started:.1f} s)"
         )
         assert not problems, (
             f"cycle {cycle + 1} (CHAOS_SEED={SEED}):\n"
@@ -684,7 +685,8 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(
             + "\n"
             + proc.log[-5000:]
         )
-    # The stand-in notes a client vanishing mid-request (the killed shop) as an error of its own: not a fault.
+    # The stand-in notes a client vanishing mid-request (the killed shop) as an error of its own:
+    # not a fault.
     assert [
         e
         for e in fake_tg.errors
@@ -709,8 +711,8 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(
 
 @pytest.fixture
 def partitioned(make_shop, fake_tg, run_shop, tmp_path):
-    """The live shop with a flaky proxy on each of its links: to Telegram, to the NOWPayments API, and
-    NOWPayments' IPNs to its /webhook."""
+    """The live shop with a flaky proxy on each of its links: to Telegram, to the NOWPayments API,
+    and NOWPayments' IPNs to its /webhook."""
     np_shop = make_shop(name="provider")
     tg = FlakyProxy("127.0.0.1", int(fake_tg.base_url.rsplit(":", 1)[1])).start()
     np = FlakyProxy("127.0.0.1", np_shop.config.port).start()
@@ -731,7 +733,8 @@ def partitioned(make_shop, fake_tg, run_shop, tmp_path):
 
 
 def down(proxy, seconds, phases=("refuse", "502")):
-    """The link is down for `seconds` of real time: first refusing connections, then answering 502."""
+    """The link is down for `seconds` of real time: first refusing connections, then answering
+    502."""
     for mode in phases:
         proxy.set_mode(mode)
         time.sleep(seconds / len(phases))  # the outage itself: real time, as the issue asks
@@ -776,8 +779,7 @@ def test_telegram_down_for_30_s_loses_nothing_and_catches_up(partitioned, fake_t
         )
         assert topup.status_code == 200, topup.text
         simulate(np_shop, topup.json()["payment_id"], "full").raise_for_status()
-        admin = Admin(proc.url)
-        admin.login()
+        admin = admin_session(proc.url)
         assert admin.broadcast("Open late today, 20:00").status_code == 303
         fake_tg.user_sends(1002, "/profile")  # waits at Telegram for the bot
         health = wait_until(
@@ -807,7 +809,8 @@ def test_telegram_down_for_30_s_loses_nothing_and_catches_up(partitioned, fake_t
     print(f"caught up {time.monotonic() - recovered:.1f} s after Telegram came back")
     problems = check_invariants(db, np_shop, fake_tg, sum(c[-1] for c in CATALOG))
     assert not problems, "\n".join(problems) + "\n" + proc.log[-4000:]
-    # Each delivery reached the chat once: the stand-in was refusing or failing, never half-delivering.
+    # Each delivery reached the chat once: the stand-in was refusing or failing, never
+    # half-delivering.
     for content in contents:
         assert sum(content in m.content for m in fake_tg.messages(1001)) == 1
     assert requests.get(proc.url + "/healthz", timeout=5).json()["bot"] == "running"
@@ -990,9 +993,9 @@ def snapshot(db_path):
 def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(
     make_shop, fake_tg, run_shop, tmp_path
 ):
-    """RLIMIT_FSIZE 0 on the running shop: every write to a file fails (EFBIG; Python ignores SIGXFSZ,
-    so the process lives on), as on a full disk or a file system remounted read-only; SQLite reports
-    an I/O error or a full disk. Raising the limit again is the space coming back."""
+    """RLIMIT_FSIZE 0 on the running shop: every write to a file fails (EFBIG; Python ignores
+    SIGXFSZ, so the process lives on), as on a full disk or a file system remounted read-only;
+    SQLite reports an I/O error or a full disk. Raising the limit again is the space coming back."""
     np_shop = make_shop(name="provider")
     db = tmp_path / "shop.db"
     ids = prepare_db(db, [1001, 1002], balance=10000)
@@ -1058,8 +1061,8 @@ def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(
         fake_tg.user_sends(1001, "/refill")
         reply = fake_tg.wait_message(1001, "ry again", timeout=15)
         assert "cannot save" in reply.content or "try again" in reply.content.lower(), reply.content
-        # Messages queued before the disk filled (written here by another process) are sent, but the shop
-        # cannot record that: it must not send them again and again while the disk stays full.
+        # Messages queued before the disk filled (written here by another process) are sent, but the
+        # shop cannot record that: it must not send them again and again while the disk stays full.
         conn = shop.connect(str(db))
         with shop.transaction(conn):
             shop.enqueue_message(conn, 1002, "Queued before the disk filled: CODE-DF1")
@@ -1089,8 +1092,8 @@ def test_a_full_disk_gets_clear_answers_corrupts_nothing_and_the_shop_recovers(
 
 
 def test_a_read_only_database_stops_the_start_with_one_clear_line_and_is_left_intact(tmp_path):
-    """A database the shop cannot write (restored with the wrong owner, a read-only mount): it must not
-    start half-way or corrupt anything. Root ignores file modes, so as root the shop runs
+    """A database the shop cannot write (restored with the wrong owner, a read-only mount): it must
+    not start half-way or corrupt anything. Root ignores file modes, so as root the shop runs
     without the capability to override file modes (CAP_DAC_OVERRIDE); the files and their folder are
     made read-only."""
     folder = Path(tempfile.mkdtemp(prefix="chaos-ro-"))
@@ -1120,8 +1123,8 @@ def test_a_read_only_database_stops_the_start_with_one_clear_line_and_is_left_in
         )
 
         def without_root_override():
-            """As root, drop CAP_DAC_OVERRIDE from the bounding set (PR_CAPBSET_DROP), so that the shop,
-            still uid 0, is bound by file modes like anyone else."""
+            """As root, drop CAP_DAC_OVERRIDE from the bounding set (PR_CAPBSET_DROP), so that the
+            shop, still uid 0, is bound by file modes like anyone else."""
             if os.geteuid() == 0:
                 import ctypes
 

@@ -11,23 +11,33 @@ same examples every time.
 import io
 import json
 import logging
-import os
 import string
-import threading
 import time
 import zipfile
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
 import pytest
 import requests
 from hypothesis import HealthCheck, assume, given, note, settings, strategies as st
 
 import shop
-from conftest import HOSTILE, HOSTILE_IMAGES, TOKEN, free_port, png, write_catalog
-from test_admin import PASSWORD, Admin
-from test_payments import news, order_payment, post_ipn, topup_payment
-from test_services import rows, seed, snapshot, user
+from conftest import (
+    ADMIN_PASSWORD,
+    HOSTILE,
+    HOSTILE_IMAGES,
+    TOKEN,
+    free_port,
+    news,
+    order_payment,
+    png,
+    rows,
+    seed,
+    snapshot,
+    topup_payment,
+    user,
+    write_catalog,
+)
+from harness import AdminClient
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")]
 
@@ -187,7 +197,8 @@ number_tokens = st.one_of(
 def test_the_quick_json_encoder_writes_exactly_what_the_careful_one_writes(
     value, sort_keys, js_numbers
 ):
-    """IPN signatures are computed over encode_json; its quick way must agree with the careful one."""
+    """IPN signatures are computed over encode_json; its quick way must agree with the careful
+    one."""
     assert shop.encode_json(
         value, sort_keys=sort_keys, js_numbers=js_numbers
     ) == shop._encode_json_carefully(value, sort_keys=sort_keys, js_numbers=js_numbers)
@@ -245,12 +256,12 @@ def stop_shop(s):
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     """One sandbox shop for the module's HTTP fuzzing: Mini App API, /webhook, admin (logged in)."""
-    s = start_shop(tmp_path_factory.mktemp("fuzz-web"), ADMIN_PASSWORD=PASSWORD)
+    s = start_shop(tmp_path_factory.mktemp("fuzz-web"), ADMIN_PASSWORD=ADMIN_PASSWORD)
     s.ids = seed(
         s.conn,
         [("Berlin", "Mitte", "Gift card", 2500, 400), ("Berlin", "Mitte", "Sticker", 50, 400)],
     )
-    s.admin = Admin(s)
+    s.admin = AdminClient(s.url, ADMIN_PASSWORD)
     assert s.admin.login().status_code == 303
     yield s
     stop_shop(s)
@@ -262,7 +273,8 @@ def bot(tmp_path_factory):
     from fake_telegram import FakeTelegram
 
     fake = FakeTelegram(token=TOKEN).start()
-    # A sandbox shop with a bot is in test mode: the fuzzing shoppers are its testers, so they may buy.
+    # A sandbox shop with a bot is in test mode: the fuzzing shoppers are its testers, so they may
+    # buy.
     s = start_shop(
         tmp_path_factory.mktemp("fuzz-bot"),
         BOT_TOKEN=TOKEN,
@@ -773,7 +785,8 @@ def test_signed_ipns_with_odd_fields_are_applied_only_when_they_match(web, data)
 def test_a_signed_ipn_settles_whatever_amount_it_says_arrived_or_refuses_it(
     web, paid, status, kind, pay_amount
 ):
-    """Everything matches the payment; only actually_paid is odd: zero, negative, huge, tiny, not a number."""
+    """Everything matches the payment; only actually_paid is odd: zero, negative, huge, tiny, not a
+    number."""
     conn = web.conn
     uid = user(conn, next(_uids))
     if kind == "order":

@@ -7,11 +7,11 @@ import pytest
 import requests
 
 import shop
-from conftest import TOKEN
-from test_payments import emulator, wait_for_row
-from test_services import rows, seed, snapshot, user
+from conftest import TOKEN, emulator, rows, seed, snapshot, user, wait_for_row
+from harness import AdminClient
 
-# From Telegram's documentation of initData validation (reference/telegram.md): valid, with an old auth_date.
+# From Telegram's documentation of initData validation (reference/telegram.md): valid, with an old
+# auth_date.
 REF_TOKEN = "5768337691:AAGDAe6rjxu1cUgxK4BizYi--Utc3J9v5AU"
 REF_INIT_DATA = (
     "user=%7B%22id%22%3A279058397%2C%22first_name%22%3A%22Vladislav%22%2C%22last_name%22%3A%22Kibenko%22%2C"
@@ -167,7 +167,7 @@ def test_the_basket_is_the_bots_basket(app):
         )
     )
     lines = shop.get_basket(app.conn, 501).lines  # what the bot's 🧺 Basket shows
-    assert [(l.name, l.quantity) for l in lines] == [("gift_card *25*", 2), ("Sticker", 3)]
+    assert [(item.name, item.quantity) for item in lines] == [("gift_card *25*", 2), ("Sticker", 3)]
     basket = ok(
         call(
             app,
@@ -553,17 +553,12 @@ def test_a_banned_shopper_is_refused(app):
 
 
 def preview_init_data(s):
-    """The preview shopper's initData as the Mini App page in a browser gets it: with a bot connected, from the
-    admin, for an owner who logged in."""
-    owner = requests.Session()
-    r = owner.post(
-        s.url + "/admin/login",
-        data={"password": s.new_admin_password, "next": "/app"},
-        allow_redirects=False,
-        timeout=10,
-    )
+    """The preview shopper's initData as the Mini App page in a browser gets it: with a bot
+    connected, from the admin, for an owner who logged in."""
+    owner = AdminClient(s.url, s.new_admin_password)
+    r = owner.login(next_path="/app", token_page=None)
     assert r.status_code == 303 and r.headers["Location"].endswith("/app"), r.text
-    return ok(owner.get(s.url + "/admin/app-preview", timeout=5))["initData"]
+    return ok(owner.get("/admin/app-preview", timeout=5))["initData"]
 
 
 def test_the_page_and_the_preview(app, make_shop):
@@ -647,8 +642,9 @@ def test_the_preview_shopper_never_gets_telegram_messages(app):
 
 
 def test_many_top_ups_at_once_in_sandbox_mode_never_starve_the_web_server(app):
-    """The sandbox answers the shop's provider calls from the same web server: with more invoices being
-    made at once than it has threads, the calls queue for a few slots instead of taking every thread."""
+    """The sandbox answers the shop's provider calls from the same web server: with more invoices
+    being made at once than it has threads, the calls queue for a few slots instead of taking every
+    thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     shoppers = [{"id": 700 + i, "first_name": f"S{i}"} for i in range(12)]
@@ -677,7 +673,8 @@ def test_many_top_ups_at_once_in_sandbox_mode_never_starve_the_web_server(app):
 
 
 def at_once(s, requests_):
-    """Send [(method, path, user, body)] to shop s all at the same moment; return the answers in order."""
+    """Send [(method, path, user, body)] to shop s all at the same moment; return the answers in
+    order."""
     from concurrent.futures import ThreadPoolExecutor
 
     start = threading.Barrier(len(requests_))
@@ -692,7 +689,8 @@ def at_once(s, requests_):
 
 
 def shop_with_gift_cards(make_shop, fake_tg, units, **env):
-    """A sandbox shop with its bot (so: in test mode) and `units` gift cards; (shop, connection, gift ids)."""
+    """A sandbox shop with its bot (so: in test mode) and `units` gift cards;
+    (shop, connection, gift ids)."""
     s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url, **env})
     conn = shop.connect(s.config.shop_db)
     return (
@@ -766,7 +764,8 @@ def test_invoice_limits_hold_when_one_shopper_sends_30_requests_at_once(make_sho
 
 
 def test_the_bot_and_the_app_together_stay_within_the_limits(make_shop, fake_tg):
-    """Invoices from the bot's coin buttons and the Mini App, for one shopper, at the same moment."""
+    """Invoices from the bot's coin buttons and the Mini App, for one shopper, at the same
+    moment."""
     s, conn, gift = shop_with_gift_cards(
         make_shop, fake_tg, 50, MAX_OPEN_INVOICES="2", MAX_UNPAID_UNITS="1000"
     )
@@ -798,7 +797,7 @@ def test_the_bot_and_the_app_together_stay_within_the_limits(make_shop, fake_tg)
     )
     for cq in clicks:
         fake_tg.wait_for(
-            lambda: cq in fake_tg.callback_answers, what="the bot's answer to a coin button"
+            lambda cq=cq: cq in fake_tg.callback_answers, what="the bot's answer to a coin button"
         )
     assert conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0] == 2
     assert (

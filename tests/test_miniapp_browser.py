@@ -1,7 +1,9 @@
-"""The Mini App as shoppers use it: headless Chromium against the real shop (and its bot on the stand-in).
+"""The Mini App as shoppers use it: headless Chromium against the real shop (and its bot on the
+stand-in).
 
-Inside "Telegram" the page gets a stand-in window.Telegram.WebApp (STUB below) that records what the app
-asks of Telegram: MainButton and BackButton state, haptics, alerts. telegram.org itself is unreachable.
+Inside "Telegram" the page gets a stand-in window.Telegram.WebApp (STUB below) that records what the
+app asks of Telegram: MainButton and BackButton state, haptics, alerts. telegram.org itself is
+unreachable.
 """
 
 import json
@@ -11,8 +13,8 @@ import time
 import pytest
 
 import shop
-from conftest import BROWSER_WAIT_MS as WAIT_MS, expect, ROOT, TOKEN, png
-from test_services import seed, user
+from conftest import BROWSER_WAIT_MS as WAIT_MS
+from conftest import ROOT, TOKEN, expect, png, seed, user
 
 
 # Names as owners type them: they must show literally, never as markup.
@@ -39,27 +41,35 @@ LIGHT = {
     "secondary_bg_color": "#efeff3",
 }
 
-# What Telegram's client provides, minus any painting; window.__tg records, __mainButton/__backButton press.
+# What Telegram's client provides, minus any painting; window.__tg records,
+# __mainButton/__backButton press.
 STUB = """
 (() => {
   const cfg = __CONFIG__;
   const rec = window.__tg = { main: { text: "", visible: false, active: true, progress: false },
     back: { visible: false }, haptics: [], alerts: [], confirms: [], links: [], ready: false };
   const on = { main: [], back: [], events: {} };
-  const chain = (obj, fns) => { for (const [k, f] of Object.entries(fns)) obj[k] = (...a) => { f(...a); return obj; }; return obj; };
+  const chain = (obj, fns) => {
+    for (const [k, f] of Object.entries(fns)) obj[k] = (...a) => { f(...a); return obj; };
+    return obj;
+  };
   const MainButton = chain({}, {
     setText: (t) => { rec.main.text = String(t); }, show: () => { rec.main.visible = true; },
     hide: () => { rec.main.visible = false; }, enable: () => { rec.main.active = true; },
     disable: () => { rec.main.active = false; }, showProgress: () => { rec.main.progress = true; },
     hideProgress: () => { rec.main.progress = false; },
-    setParams: (p) => { if ("text" in p) rec.main.text = p.text; if ("is_visible" in p) rec.main.visible = p.is_visible;
+    setParams: (p) => { if ("text" in p) rec.main.text = p.text;
+                        if ("is_visible" in p) rec.main.visible = p.is_visible;
                         if ("is_active" in p) rec.main.active = p.is_active; },
-    onClick: (f) => on.main.push(f), offClick: (f) => { on.main = on.main.filter((g) => g !== f); } });
+    onClick: (f) => on.main.push(f),
+    offClick: (f) => { on.main = on.main.filter((g) => g !== f); } });
   const BackButton = chain({}, {
     show: () => { rec.back.visible = true; }, hide: () => { rec.back.visible = false; },
-    onClick: (f) => on.back.push(f), offClick: (f) => { on.back = on.back.filter((g) => g !== f); } });
+    onClick: (f) => on.back.push(f),
+    offClick: (f) => { on.back = on.back.filter((g) => g !== f); } });
   window.__mainButton = { click() {
-    if (!rec.main.visible || !rec.main.active) throw new Error("the MainButton is hidden or disabled: " + JSON.stringify(rec.main));
+    if (!rec.main.visible || !rec.main.active)
+      throw new Error("the MainButton is hidden or disabled: " + JSON.stringify(rec.main));
     on.main.forEach((f) => f());
   } };
   window.__backButton = { click() {
@@ -67,7 +77,8 @@ STUB = """
     on.back.forEach((f) => f());
   } };
   window.Telegram = { WebApp: {
-    initData: cfg.initData, initDataUnsafe: { user: cfg.user, auth_date: cfg.authDate }, version: "8.0",
+    initData: cfg.initData, initDataUnsafe: { user: cfg.user, auth_date: cfg.authDate },
+    version: "8.0",
     platform: "android", colorScheme: cfg.colorScheme, themeParams: cfg.themeParams,
     MainButton, BackButton,
     HapticFeedback: {
@@ -75,7 +86,8 @@ STUB = """
       notificationOccurred: (s) => rec.haptics.push("notification:" + s),
       selectionChanged: () => rec.haptics.push("selection") },
     showAlert: (m, cb) => { rec.alerts.push(String(m)); if (cb) setTimeout(cb, 0); },
-    showConfirm: (m, cb) => { rec.confirms.push(String(m)); if (cb) setTimeout(() => cb(true), 0); },
+    showConfirm: (m, cb) => {
+      rec.confirms.push(String(m)); if (cb) setTimeout(() => cb(true), 0); },
     openLink: (u) => rec.links.push(u), ready: () => { rec.ready = true; }, expand: () => {},
     onEvent: (e, f) => { (on.events[e] = on.events[e] || []).push(f); }, offEvent: () => {},
     isVersionAtLeast: () => true } };
@@ -102,7 +114,8 @@ def botless(make_shop):
 
 
 def stock(s):
-    """Berlin/Mitte: the tea (2 units, a photo, one unit with a locker photo); Berlin/Pankow: a mug."""
+    """Berlin/Mitte: the tea (2 units, a photo, one unit with a locker photo); Berlin/Pankow: a
+    mug."""
     conn = s.conn
     ids = seed(conn, [("Berlin", "Mitte", TEA, 1290, 2), ("Berlin", "Pankow", "Mug", 800, 3)])
     tea, _ = ids[(TEA, "Mitte")]
@@ -134,7 +147,8 @@ class MiniApp:
     def press_main(self, text):
         """Wait until the MainButton offers `text` (a prefix) and press it."""
         self.page.wait_for_function(
-            "t => { const m = window.__tg.main; return m.visible && m.active && !m.progress && m.text.startsWith(t); }",
+            "t => { const m = window.__tg.main; return m.visible && m.active && !m.progress && "
+            "m.text.startsWith(t); }",
             arg=text,
             timeout=WAIT_MS,
         )
@@ -153,7 +167,8 @@ class MiniApp:
     def image_loaded(self, selector):
         """Wait until the image has really been decoded; return its src."""
         self.page.wait_for_function(
-            "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
+            "s => { const i = document.querySelector(s); return i && i.complete && "
+            "i.naturalWidth > 0; }",
             arg=selector,
             timeout=WAIT_MS,
         )
@@ -162,9 +177,9 @@ class MiniApp:
 
 @pytest.fixture
 def open_app(browser):
-    """Factory: open_app(shop, user_id) is the Mini App as Telegram opens it for that user; telegram=False
-    is the page in a plain browser. Its tabs are closed after the test (list this fixture last, so that
-    happens before the shop stops)."""
+    """Factory: open_app(shop, user_id) is the Mini App as Telegram opens it for that user;
+    telegram=False is the page in a plain browser. Its tabs are closed after the test (list this
+    fixture last, so that happens before the shop stops)."""
     contexts = []
 
     def open_(s, user_id=None, **kw):

@@ -1,4 +1,5 @@
-"""The outbox sender against the Bot API stand-in: order, rate limits, retries and permanent failures."""
+"""The outbox sender against the Bot API stand-in: order, rate limits, retries and permanent
+failures."""
 
 import logging
 import signal
@@ -57,7 +58,9 @@ def test_messages_reach_every_chat_in_order_within_the_limits(fake_tg, live):
         queue(conn, chat, [f"msg {chat}-{i}" for i in range(6)])
     for chat in (11, 12, 13):
         fake_tg.wait_for(
-            lambda: len(texts(fake_tg, chat, "msg")) == 6, timeout=20, what=f"chat {chat}"
+            lambda chat=chat: len(texts(fake_tg, chat, "msg")) == 6,
+            timeout=20,
+            what=f"chat {chat}",
         )
         assert texts(fake_tg, chat, "msg") == [f"msg {chat}-{i}" for i in range(6)]
     assert fake_tg.rate_limited == 0
@@ -287,12 +290,12 @@ def test_owners_hear_when_a_delivery_keeps_failing(tmp_path, fake_tg):
     with shop.transaction(conn):
         conn.execute("INSERT INTO users(id, created_at, last_seen_at) VALUES (7, ?, ?)", (now, now))
         conn.execute(
-            "INSERT INTO orders(id, user_id, status, total_cents, payment_method, created_at, paid_at) "
-            "VALUES (3, 7, 'paid', 100, 'balance', ?, ?)",
+            "INSERT INTO orders(id, user_id, status, total_cents, payment_method, created_at, "
+            "paid_at) VALUES (3, 7, 'paid', 100, 'balance', ?, ?)",
             (now, now),
         )
         shop.enqueue_message(conn, 7, "goods", order_id=3)
-    for attempt in range(6):
+    for _ in range(6):
         row = conn.execute("SELECT * FROM outbox WHERE chat_id = 7").fetchone()
         s.sender.retry(conn, row, "502: Bad Gateway")
     alerts = [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = 500")]
@@ -307,7 +310,8 @@ def test_owners_hear_when_a_delivery_keeps_failing(tmp_path, fake_tg):
 
 
 def test_a_row_is_marked_sent_only_after_telegram_answered_ok_for_it(fake_tg, live):
-    """The rule the chaos test checks after every kill: Telegram holding the request is not enough."""
+    """The rule the chaos test checks after every kill: Telegram holding the request is not
+    enough."""
     s, conn = live
     chats(fake_tg, 81)
     fake_tg.fail_next(

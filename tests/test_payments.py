@@ -1,13 +1,25 @@
-"""Crypto payments: IPN signatures, the status rules on a real database, the sandbox and /webhook over HTTP."""
+"""Crypto payments: IPN signatures, the status rules on a real database, the sandbox and /webhook
+over HTTP."""
 
-import json
 from decimal import Decimal
 
 import pytest
 import requests
 
 import shop
-from test_services import rows, seed, snapshot, user
+from conftest import (
+    PAYMENT_IDS,
+    emulator,
+    news,
+    order_payment,
+    post_ipn,
+    rows,
+    seed,
+    snapshot,
+    topup_payment,
+    user,
+    wait_for_row,
+)
 
 SECRET = "test-ipn-secret"
 
@@ -18,10 +30,12 @@ VECTORS = [
         '{"payment_status":"finished","pay_address":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh","price_amount":25,'
         '"fee":{"withdrawalFee":0,"serviceFee":0.00000125,"depositFee":0,"currency":"btc"},"payment_id":5077125051,'
         '"price_currency":"eur","pay_amount":0.00005,"actually_paid":0.00005,"pay_currency":"btc","order_id":"order-1",'
-        '"order_description":"Łódź <Centrum> – café «Grün» 😀","purchase_id":"5918194356","outcome_amount":0.0000487,'
+        '"order_description":"Łódź <Centrum> – café «Grün» 😀","purchase_id":"5918194356",'
+        '"outcome_amount":0.0000487,'
         '"outcome_currency":"btc","payin_extra_id":null,"parent_payment_id":null,"updated_at":1767082687409}',
         '{"actually_paid":0.00005,"fee":{"currency":"btc","depositFee":0,"serviceFee":0.00000125,"withdrawalFee":0},'
-        '"order_description":"Łódź <Centrum> – café «Grün» 😀","order_id":"order-1","outcome_amount":0.0000487,'
+        '"order_description":"Łódź <Centrum> – café «Grün» 😀","order_id":"order-1",'
+        '"outcome_amount":0.0000487,'
         '"outcome_currency":"btc","parent_payment_id":null,"pay_address":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh",'
         '"pay_amount":0.00005,"pay_currency":"btc","payin_extra_id":null,"payment_id":5077125051,'
         '"payment_status":"finished","price_amount":25,"price_currency":"eur","purchase_id":"5918194356",'
@@ -85,8 +99,9 @@ def test_numbers_are_written_the_javascript_way(token, js):
     assert shop.js_number(token) == js
 
 
-def test_a_body_whose_tokens_differ_from_javascript_still_verifies_when_signed_over_its_own_tokens():
-    """A stand-in may sign its body as written (e.g. 5e-05); that is the same data, so it is accepted."""
+def test_a_body_whose_tokens_differ_from_javascript_verifies_when_signed_over_its_own_tokens():
+    """A stand-in may sign its body as written (e.g. 5e-05); that is the same data, so it is
+    accepted."""
     body = '{"payment_id":1,"pay_amount":5e-05,"payment_status":"waiting"}'
     data = shop.parse_json(body)
     raw_signed = shop.ipn_signature(data, SECRET, js_numbers=False)
@@ -121,67 +136,6 @@ def test_forged_or_broken_ipns_are_recognised(body, signature, verdict):
 @pytest.fixture
 def gift(conn):
     return seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])[("Gift card", "Mitte")]
-
-
-_ids = iter(range(7000000000, 8000000000))
-
-
-def order_payment(conn, uid, lines, pay_amount="0.0004", coin="btc", minutes=30):
-    """An invoice as the desk opens it, with a made-up provider answer."""
-    total = shop.price_lines(conn, lines)[0]
-    nonce = shop.create_checkout(conn, uid, "order", total, lines)
-    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, minutes)
-    data = {
-        "payment_id": str(next(_ids)),
-        "pay_amount": pay_amount,
-        "pay_currency": coin,
-        "pay_address": "addr",
-    }
-    return shop.record_payment(
-        conn,
-        kind="order",
-        user_id=uid,
-        reference=f"order-{order_id}",
-        price_cents=total,
-        invoice=shop.SandboxPayments.new_invoice(data),
-        expires_at=shop.now_iso(minutes * 60),
-        order_id=order_id,
-    )
-
-
-def topup_payment(conn, uid, cents, pay_amount="0.0004", coin="btc"):
-    data = {
-        "payment_id": str(next(_ids)),
-        "pay_amount": pay_amount,
-        "pay_currency": coin,
-        "pay_address": "addr",
-    }
-    return shop.record_payment(
-        conn,
-        kind="topup",
-        user_id=uid,
-        reference=f"topup-{next(_ids)}",
-        price_cents=cents,
-        invoice=shop.SandboxPayments.new_invoice(data),
-        expires_at=shop.now_iso(1800),
-    )
-
-
-def news(payment, status, paid=None, **extra):
-    """What the provider says about a payment (IPN or GET /payment)."""
-    data = {
-        "payment_id": shop.Num(payment["provider_id"]),
-        "payment_status": status,
-        "pay_currency": payment["pay_currency"],
-        "price_amount": shop.Num(shop.cents_to_str(payment["price_cents"])),
-        "price_currency": "eur",
-        "order_id": payment["reference"],
-        "pay_amount": shop.Num(payment["pay_amount"]),
-    }
-    if paid is not None:
-        data["actually_paid"] = shop.Num(paid)
-    data.update(extra)
-    return data
 
 
 def apply(conn, data, source="ipn"):
@@ -322,7 +276,7 @@ def test_a_repeated_deposit_is_credited_and_never_ships(conn, gift):
         p,
         "finished",
         "0.0002",
-        payment_id=shop.Num(str(next(_ids))),
+        payment_id=shop.Num(str(next(PAYMENT_IDS))),
         parent_payment_id=shop.Num(p["provider_id"]),
         price_amount=shop.Num("12.5"),
         order_id=None,
@@ -443,7 +397,8 @@ def test_invoice_limits(conn, gift):
 
 @pytest.fixture
 def sandbox(make_shop):
-    """A sandbox shop (its emulator at /sandbox/v1) with a small catalog and a shopper with no balance."""
+    """A sandbox shop (its emulator at /sandbox/v1) with a small catalog and a shopper with no
+    balance."""
     s = make_shop()
     conn = shop.connect(s.config.shop_db)
     ids = seed(
@@ -455,33 +410,10 @@ def sandbox(make_shop):
     conn.close()
 
 
-def post_ipn(s, data=None, *, body=None, signature="sign", secret=None):
-    """POST an IPN to a shop's /webhook, signed with its IPN secret unless told otherwise."""
-    body = body if body is not None else shop.encode_json(data).encode()
-    headers = {"Content-Type": "application/json"}
-    if signature == "sign":
-        signature = shop.ipn_signature(shop.parse_json(body.decode()), secret or s.ipn_secret)
-    if signature is not None:
-        headers["x-nowpayments-sig"] = signature
-    return requests.post(s.url + "/webhook", data=body, headers=headers, timeout=10)
-
-
 def invoice(s, uid=1, product=("Gift card", "Mitte"), quantity=1, coin="btc"):
     lines = [(*s.ids[product], quantity)]
     nonce = shop.create_checkout(s.conn, uid, "order", shop.price_lines(s.conn, lines)[0], lines)
     return s.payments.open_order_invoice(uid, nonce, coin)
-
-
-def emulator(np_shop, payment):
-    """The payment as the sandbox shop `np_shop` (acting as NOWPayments) holds it."""
-    c = shop.connect(np_shop.config.shop_db)
-    data = shop.parse_json(
-        c.execute(
-            "SELECT data FROM sandbox_payments WHERE id = ?", (int(payment["provider_id"]),)
-        ).fetchone()[0]
-    )
-    c.close()
-    return data
 
 
 def test_the_sandbox_answers_like_nowpayments(sandbox):
@@ -600,7 +532,8 @@ def test_provider_style_bodies_verify(sandbox):
     data = emulator(sandbox, p)
     text = (
         '{"fee":{"withdrawalFee":0,"serviceFee":0.00005,"depositFee":1e-7,"currency":"usdttrc20"},'
-        f'"payment_status":"confirming","payment_id":{p["provider_id"]},"order_description":"Łódź – «Grün» 😀",'
+        f'"payment_status":"confirming","payment_id":{p["provider_id"]},'
+        '"order_description":"Łódź – «Grün» 😀",'
         f'"price_amount":10,"pay_amount":{data["pay_amount"]},"actually_paid":0.00005,'
         f'"pay_currency":"usdttrc20","order_id":"{p["reference"]}","price_currency":"eur"}}'
     )
@@ -671,17 +604,6 @@ def simulate(s, payment, outcome, key=None):
     )
 
 
-def wait_for_row(conn, sql, args=(), timeout=10):
-    """Poll the database for a row that a background thread writes (nothing signals it)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while (row := conn.execute(sql, args).fetchone()) is None:
-        assert time.monotonic() < deadline, f"no row for {sql}"
-        time.sleep(0.02)
-    return row
-
-
 def test_a_missed_webhook_is_caught_by_reconciliation(make_shop):
     s = make_shop()
     conn = shop.connect(s.config.shop_db)
@@ -708,7 +630,8 @@ def test_a_missed_webhook_is_caught_by_reconciliation(make_shop):
 @pytest.fixture
 def live_pair(make_shop):
     """Factory: a sandbox shop serving as NOWPayments, and a live shop using it as its provider
-    (knowing its IPN secret when signed=True). Returns the live shop; .provider_shop is the other."""
+    (knowing its IPN secret when signed=True). Returns the live shop; .provider_shop is the
+    other."""
     conns = []
 
     def pair(signed=True, units=2):
@@ -852,9 +775,9 @@ def test_the_reconciliation_goes_on_past_a_payment_the_provider_refuses(sandbox)
         sandbox.conn
     ):  # e.g. a payment made with another API key: GET answers 404
         sandbox.conn.execute(
-            "INSERT INTO payments(provider_id, kind, user_id, reference, price_cents, pay_currency, pay_amount, "
-            "status, expires_at, created_at, updated_at) VALUES ('1234', 'topup', 1, 'topup-x', 500, 'btc', "
-            "'0.0001', 'waiting', ?, ?, ?)",
+            "INSERT INTO payments(provider_id, kind, user_id, reference, price_cents, "
+            "pay_currency, pay_amount, status, expires_at, created_at, updated_at) "
+            "VALUES ('1234', 'topup', 1, 'topup-x', 500, 'btc', '0.0001', 'waiting', ?, ?, ?)",
             (now, now, now),
         )
     p = invoice(sandbox)
@@ -1033,10 +956,11 @@ def test_only_unknown_money_that_looks_like_ours_bothers_the_owners(make_shop):
     conn.close()
 
 
-# Trust under pressure (issue 10): cancelling costs the provider little, limits hold however requests arrive
+# Trust under pressure (issue 10): cancelling costs the provider little, limits hold however
+# requests arrive
 
 
-def test_cancel_asks_the_provider_at_most_every_few_seconds_and_a_closed_invoice_answers_from_the_database(
+def test_cancel_asks_the_provider_at_most_every_few_seconds_and_closed_invoices_answer_from_the_db(
     make_shop,
 ):
     from flaky_proxy import FlakyProxy
@@ -1056,9 +980,12 @@ def test_cancel_asks_the_provider_at_most_every_few_seconds_and_a_closed_invoice
         ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])
         gift = ids[("Gift card", "Mitte")]
         init = shop.sign_init_data({"id": 1, "first_name": "Ann"}, live.webapp_token)
-        call = lambda method, path: requests.request(
-            method, live.url + path, timeout=20, headers={"X-Telegram-Init-Data": init}
-        )
+
+        def call(method, path):
+            return requests.request(
+                method, live.url + path, timeout=20, headers={"X-Telegram-Init-Data": init}
+            )
+
         made = requests.post(
             live.url + "/api/payment/create",
             headers={"X-Telegram-Init-Data": init},
@@ -1082,7 +1009,8 @@ def test_cancel_asks_the_provider_at_most_every_few_seconds_and_a_closed_invoice
         assert cancelled.status_code == 200, cancelled.text
         assert not cancelled.json()["open"] and cancelled.json()["order_status"] == "cancelled"
         assert shop.get_offer(conn, *gift)["available"] == 3
-        # A cancelled invoice answers from the database, however often it is tapped; nothing is queued for it.
+        # A cancelled invoice answers from the database, however often it is tapped; nothing is
+        # queued for it.
         before = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
         for _ in range(10):
             again = call("POST", f"/api/payment/{pid}/cancel")
@@ -1152,7 +1080,7 @@ def test_a_late_payment_for_a_basket_order_takes_its_lines_out_of_the_basket_aga
     )
     order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, 30)
     data = {
-        "payment_id": str(next(_ids)),
+        "payment_id": str(next(PAYMENT_IDS)),
         "pay_amount": "0.0008",
         "pay_currency": "btc",
         "pay_address": "addr",
@@ -1173,6 +1101,8 @@ def test_a_late_payment_for_a_basket_order_takes_its_lines_out_of_the_basket_aga
             (shop.now_iso(-1),),
         )
     shop.release_expired_reservations(conn)
-    assert [(l.name, l.quantity) for l in shop.get_basket(conn, uid).lines] == [("Gift card", 2)]
+    assert [(item.name, item.quantity) for item in shop.get_basket(conn, uid).lines] == [
+        ("Gift card", 2)
+    ]
     assert apply(conn, news(p, "finished", paid="0.0008")).endswith("delivered late")
     assert shop.get_basket(conn, uid).lines == []

@@ -1,13 +1,11 @@
-"""Crypto checkout and top-ups as a shopper sees them: the bot through the Bot API stand-in, the sandbox over HTTP."""
+"""Crypto checkout and top-ups as a shopper sees them: the bot through the Bot API stand-in, the
+sandbox over HTTP."""
 
 import pytest
 import requests
 
 import shop
-from conftest import TOKEN
-from test_bot import Shopper
-from test_payments import emulator, post_ipn, wait_for_row
-from test_services import seed
+from conftest import TOKEN, Shopper, emulator, post_ipn, seed, wait_for_row
 
 
 @pytest.fixture
@@ -264,7 +262,7 @@ def test_crafted_buttons_and_links_get_polite_refusals(fake_tg, bot_shop, caplog
     with caplog.at_level("ERROR", logger="shop"):
         for data, answer in crafted.items():
             cq = fake_tg.user_clicks(110, screen.message_id, data, forged=True)
-            fake_tg.wait_for(lambda: cq in fake_tg.callback_answers, what=data)
+            fake_tg.wait_for(lambda cq=cq: cq in fake_tg.callback_answers, what=data)
             assert answer in (fake_tg.callback_answers[cq].get("text") or ""), data
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert s.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 1
@@ -281,8 +279,8 @@ def test_crafted_buttons_and_links_get_polite_refusals(fake_tg, bot_shop, caplog
 
 
 def test_in_test_mode_a_stranger_sees_it_and_cannot_obtain_goods(fake_tg, bot_shop):
-    """A bot but no NOWPayments key: simulated payments would hand out real stock, so only owners (and the
-    testers they name) may buy. Here 6001 is neither; 9001 is the owner."""
+    """A bot but no NOWPayments key: simulated payments would hand out real stock, so only owners
+    (and the testers they name) may buy. Here 6001 is neither; 9001 is the owner."""
     s = bot_shop(TESTER_IDS="")
     stranger = Shopper(fake_tg, 6001)
     assert "test mode" in stranger.send("/start", "Welcome").text
@@ -295,7 +293,7 @@ def test_in_test_mode_a_stranger_sees_it_and_cannot_obtain_goods(fake_tg, bot_sh
     nonce = s.conn.execute("SELECT nonce FROM checkouts WHERE user_id = 6001").fetchone()[0]
     for data in (f"coin:{nonce}:btc", f"pay:{nonce}", "tamt:1000"):
         cq = fake_tg.user_clicks(6001, stranger.screen.message_id, data, forged=True)
-        fake_tg.wait_for(lambda: cq in fake_tg.callback_answers, what=data)
+        fake_tg.wait_for(lambda cq=cq: cq in fake_tg.callback_answers, what=data)
         assert "test mode" in (fake_tg.callback_answers[cq].get("text") or stranger.screen.text), (
             data
         )
@@ -334,7 +332,9 @@ def test_a_basket_checked_out_in_crypto_moves_into_the_order_and_comes_back_if_c
         ),
     )
     fake_tg.wait_for(lambda: shop.get_basket(s.conn, 105).lines, what="the basket back")
-    assert [(l.name, l.quantity) for l in shop.get_basket(s.conn, 105).lines] == [("Gift card", 2)]
+    assert [(item.name, item.quantity) for item in shop.get_basket(s.conn, 105).lines] == [
+        ("Gift card", 2)
+    ]
     basket = ann.send("🧺 Basket", "Your basket")
     assert "Gift card" in basket.text and "sold out" not in basket.text
 

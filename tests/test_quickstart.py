@@ -1,6 +1,6 @@
-"""The README's quick start, exactly as written, as a new owner runs it: a fresh clone, a fresh virtual
-environment, `pip install` from the package index, `python shop.py`. (A fresh clone has what is committed:
-run this after committing.)"""
+"""The README's quick start, exactly as written, as a new owner runs it: a fresh clone, a fresh
+virtual environment, `pip install` from the package index, `python shop.py`. (A fresh clone has what
+is committed: run this after committing.)"""
 
 import os
 import re

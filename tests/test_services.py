@@ -1,80 +1,12 @@
-"""Services on a real database file: catalog, basket, balance checkout, ledger, outbox, reservations."""
+"""Services on a real database file: catalog, basket, balance checkout, ledger, outbox,
+reservations."""
 
 import threading
 
 import pytest
 
 import shop
-
-
-def seed(
-    conn,
-    units=(("Berlin", "Mitte", "Gift card", 2500, 3),),
-    media=None,
-    content=lambda n, product, district, i: f"{product}-{district}-{i}",
-):
-    """Cities, districts, products and available units: [(city, district, product, price, count)];
-    the i-th unit of the n-th line holds content(n, product, district, i)."""
-    ids = {}
-    with shop.transaction(conn):
-        for n, (city, district, product, price, count) in enumerate(units):
-            conn.execute("INSERT OR IGNORE INTO cities(name) VALUES (?)", (city,))
-            city_id = conn.execute("SELECT id FROM cities WHERE name = ?", (city,)).fetchone()[0]
-            conn.execute(
-                "INSERT OR IGNORE INTO districts(city_id, name) VALUES (?, ?)", (city_id, district)
-            )
-            district_id = conn.execute(
-                "SELECT id FROM districts WHERE city_id = ? AND name = ?", (city_id, district)
-            ).fetchone()[0]
-            conn.execute(
-                "INSERT OR IGNORE INTO products(name, price_cents, created_at) VALUES (?, ?, ?)",
-                (product, price, shop.now_iso()),
-            )
-            product_id = conn.execute(
-                "SELECT id FROM products WHERE name = ?", (product,)
-            ).fetchone()[0]
-            for i in range(count):
-                conn.execute(
-                    "INSERT INTO stock_units(product_id, district_id, content, media, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        product_id,
-                        district_id,
-                        content(n, product, district, i),
-                        media,
-                        shop.now_iso(),
-                    ),
-                )
-            ids[(product, district)] = (product_id, district_id)
-    return ids
-
-
-def user(conn, user_id=1, balance=0):
-    shop.touch_user(conn, {"id": user_id, "first_name": f"U{user_id}"})
-    if balance:
-        shop.adjust_balance(conn, user_id, balance, "test funds")
-    return user_id
-
-
-def snapshot(conn):
-    """Everything a failed purchase must leave untouched."""
-    return {
-        t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-        for t in (
-            "users",
-            "stock_units",
-            "orders",
-            "order_items",
-            "ledger",
-            "outbox",
-            "basket_items",
-            "payments",
-        )
-    }
-
-
-def rows(snap):
-    return {t: [tuple(r) for r in v] for t, v in snap.items()}
+from conftest import rows, seed, snapshot, user
 
 
 # Catalog
@@ -127,7 +59,7 @@ def test_basket_adds_changes_and_totals(conn):
     assert shop.add_to_basket(conn, uid, *gift) == 2
     assert shop.add_to_basket(conn, uid, *coffee, quantity=3) == 3
     basket = shop.get_basket(conn, uid)
-    assert [(l.name, l.quantity, l.total_cents) for l in basket.lines] == [
+    assert [(item.name, item.quantity, item.total_cents) for item in basket.lines] == [
         ("Gift card", 2, 5000),
         ("Coffee", 3, 2970),
     ]
@@ -457,7 +389,10 @@ def test_the_biggest_screens_fit_in_one_telegram_message(conn):
         (uid, 10**17),
     )
     u = shop.get_user(conn, uid)
-    lines = [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
+    lines = [
+        (item.product_id, item.district_id, item.quantity)
+        for item in shop.get_basket(conn, uid).lines
+    ]
     card = shop.screen_product(conn, uid, 10**17, 10**17)
     nonce = shop.create_checkout(
         conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True
@@ -550,8 +485,9 @@ def recomputed_totals(conn):
     payments = {
         tuple(r)
         for r in conn.execute(
-            "SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), parent_id IS NOT NULL, count(*) "
-            "FROM payments WHERE final_at IS NOT NULL GROUP BY 1, 2, 3, 4"
+            "SELECT substr(final_at, 1, 10), status, coalesce(final_source, ''), "
+            "parent_id IS NOT NULL, count(*) FROM payments WHERE final_at IS NOT NULL "
+            "GROUP BY 1, 2, 3, 4"
         )
     }
     return sales, payments
@@ -574,8 +510,8 @@ def test_the_daily_totals_follow_every_change_of_an_order_or_payment(conn):
         for i in range(60):
             status = rnd.choice(["pending", "paid", "cancelled", "refunded"])
             conn.execute(
-                "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
-                "VALUES (1, ?, ?, 'crypto', ?, ?)",
+                "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, "
+                "paid_at) VALUES (1, ?, ?, 'crypto', ?, ?)",
                 (
                     status,
                     rnd.randint(1, 9999),
@@ -585,9 +521,10 @@ def test_the_daily_totals_follow_every_change_of_an_order_or_payment(conn):
             )
             final = rnd.choice([None, *days])
             conn.execute(
-                "INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, price_cents, "
-                "pay_currency, pay_amount, status, final_source, expires_at, created_at, updated_at, final_at) "
-                "VALUES (?, 'order', 1, ?, ?, 'r', 100, 'btc', '0.1', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO payments(provider_id, kind, user_id, order_id, parent_id, reference, "
+                "price_cents, pay_currency, pay_amount, status, final_source, expires_at, "
+                "created_at, updated_at, final_at) VALUES (?, 'order', 1, ?, ?, 'r', 100, 'btc', "
+                "'0.1', ?, ?, ?, ?, ?, ?)",
                 (
                     str(i),
                     i + 1,
@@ -622,7 +559,8 @@ def test_the_daily_totals_follow_every_change_of_an_order_or_payment(conn):
                     )
                 case 3:
                     conn.execute(
-                        "UPDATE payments SET status = ?, final_at = ?, final_source = ? WHERE id = ?",
+                        "UPDATE payments SET status = ?, final_at = ?, final_source = ? "
+                        "WHERE id = ?",
                         (
                             rnd.choice(["finished", "refunded"]),
                             rnd.choice(days),
@@ -637,8 +575,8 @@ def test_the_daily_totals_follow_every_change_of_an_order_or_payment(conn):
                     )
                 case 5:
                     conn.execute(
-                        "DELETE FROM payments WHERE id = ? AND id NOT IN (SELECT coalesce(parent_id, 0) "
-                        "FROM payments)",
+                        "DELETE FROM payments WHERE id = ? "
+                        "AND id NOT IN (SELECT coalesce(parent_id, 0) FROM payments)",
                         (payment,),
                     )
         assert kept_totals(conn) == recomputed_totals(conn)
@@ -658,8 +596,8 @@ def test_a_version_2_database_gets_its_daily_totals(tmp_path):
             ]
         ):
             conn.execute(
-                "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, paid_at) "
-                "VALUES (1, ?, ?, 'balance', ?, ?)",
+                "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at, "
+                "paid_at) VALUES (1, ?, ?, 'balance', ?, ?)",
                 (status, 100 * (i + 1), paid, paid),
             )
         for statement in (
@@ -689,7 +627,7 @@ def test_a_version_2_database_gets_its_daily_totals(tmp_path):
 
 
 def basket_of(conn, uid):
-    return [(l.name, l.quantity) for l in shop.get_basket(conn, uid).lines]
+    return [(item.name, item.quantity) for item in shop.get_basket(conn, uid).lines]
 
 
 def test_a_basket_invoice_takes_the_lines_and_an_expiry_or_a_failed_invoice_puts_them_back(conn):
@@ -708,7 +646,8 @@ def test_a_basket_invoice_takes_the_lines_and_an_expiry_or_a_failed_invoice_puts
 
     def invoice_the_basket():
         lines = [
-            (l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines
+            (item.product_id, item.district_id, item.quantity)
+            for item in shop.get_basket(conn, uid).lines
         ]
         nonce = shop.create_checkout(
             conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True
@@ -721,7 +660,10 @@ def test_a_basket_invoice_takes_the_lines_and_an_expiry_or_a_failed_invoice_puts
         shop.InvalidInput, match="empty"
     ):  # the same items cannot be checked out twice
         shop.normalise_lines(
-            [(l.product_id, l.district_id, l.quantity) for l in shop.get_basket(conn, uid).lines]
+            [
+                (item.product_id, item.district_id, item.quantity)
+                for item in shop.get_basket(conn, uid).lines
+            ]
         )
     shop.add_to_basket(conn, uid, *poster, 1)  # meanwhile the shopper goes on shopping
     shop.add_to_basket(conn, uid, *coffee, 1)

@@ -1,4 +1,5 @@
-"""The web server over real HTTP: the offline demo, health, public pages and what must stay private."""
+"""The web server over real HTTP: the offline demo, health, public pages and what must stay
+private."""
 
 import os
 import signal
