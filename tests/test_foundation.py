@@ -622,14 +622,16 @@ def test_a_version_4_database_keeps_its_payments_and_learns_their_providers(tmp_
         conn.execute(
             "INSERT INTO payments(provider, provider_id, kind, user_id, reference, price_cents, "
             "pay_currency, pay_amount, status, expires_at, created_at, updated_at) "
-            "VALUES ('sandbox', '5001', 'topup', 7, 'topup-ef', 100, 'btc', '1', 'waiting', ?, ?, ?)",
+            "VALUES ('sandbox', '5001', 'topup', 7, 'topup-ef', 100, 'btc', '1', 'waiting', "
+            "?, ?, ?)",
             (now, now, now),
         )
     with pytest.raises(sqlite3.IntegrityError), shop.transaction(conn):
         conn.execute(
             "INSERT INTO payments(provider, provider_id, kind, user_id, reference, price_cents, "
             "pay_currency, pay_amount, status, expires_at, created_at, updated_at) "
-            "VALUES ('sandbox', '5001', 'topup', 7, 'topup-gh', 100, 'btc', '1', 'waiting', ?, ?, ?)",
+            "VALUES ('sandbox', '5001', 'topup', 7, 'topup-gh', 100, 'btc', '1', 'waiting', "
+            "?, ?, ?)",
             (now, now, now),
         )
     # The triggers came back with the table: a payment that becomes final is counted.
