@@ -2,9 +2,10 @@
 """A self-hosted Telegram shop in one script.
 
 Shoppers browse and buy through a Telegram bot or its Mini App and pay in crypto
-(NOWPayments, behind a payment-provider seam) or from their balance; what they bought (a voucher code, a licence
-key, a download link, pickup instructions, with an optional photo) arrives in
-their chat as soon as it is paid. One process, one SQLite file:
+(NOWPayments, behind a payment-provider seam) or from their balance; what they
+bought (a voucher code, a licence key, a download link, pickup instructions, with
+an optional photo) arrives in their chat as soon as it is paid. One process, one
+SQLite file:
 
     telebot polling thread --.
     waitress worker threads --+--> services fn(conn, ...) --> SQLite (WAL, one file)
@@ -180,7 +181,8 @@ class Banned(ShopError):
 
 
 class NotSellingYet(ShopError):
-    """🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid here. You are welcome to look around."""
+    """🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid \
+here. You are welcome to look around."""
 
     status = 403
 
@@ -202,7 +204,8 @@ class ProviderError(ShopError):
 
     @property
     def outage(self):
-        """Every call fails alike (no answer, 5xx, 429, our API key refused), as opposed to this one request."""
+        """Every call fails alike (no answer, 5xx, 429, our API key refused), as opposed to this
+        one request."""
         return self.http is None or self.http >= 500 or self.http in (401, 403, 429)
 
 
@@ -251,8 +254,8 @@ _storage_alarm = Throttle(60)
 
 
 def storage_problem(e):
-    """If `e` says the database cannot be written (a full disk, a read-only file ...), log it for the
-    owner (once a minute) and return True; the caller tells the shopper STORAGE_BUSY."""
+    """If `e` says the database cannot be written (a full disk, a read-only file ...), log it for
+    the owner (once a minute) and return True; the caller tells the shopper STORAGE_BUSY."""
     if not isinstance(e, sqlite3.OperationalError):
         return False
     for key, advice in STORAGE_PROBLEMS.items():
@@ -391,17 +394,17 @@ class Num(str):
 MAX_JSON_DEPTH = 32
 
 
+def _refuse_json_constant(name):
+    """parse_json's parse_constant: NaN, Infinity and -Infinity are not JSON numbers."""
+    raise ValueError(f"{name} is not allowed")
+
+
 def parse_json(text):
     """Parse provider JSON keeping every number as its Num token. Raises ValueError."""
-
-    def no_constants(name):
-        raise ValueError(f"{name} is not allowed")
-
-    data = json.loads(text, parse_float=Num, parse_int=Num, parse_constant=no_constants)
+    data = json.loads(text, parse_float=Num, parse_int=Num, parse_constant=_refuse_json_constant)
     level = [data]
-    for _ in range(
-        MAX_JSON_DEPTH
-    ):  # breadth-first, so a hostile nesting cannot exhaust the stack later
+    # breadth-first, so a hostile nesting cannot exhaust the stack later
+    for _ in range(MAX_JSON_DEPTH):
         level = [
             v
             for x in level
@@ -444,35 +447,41 @@ class _Unusual(Exception):
 _PLACEHOLDER = re.compile(r'"\\u0000(\d+)\\u0000"')
 
 
+def _swap_numbers(v, tokens, js_numbers):
+    """encode_json's quick way: v with each number replaced by a placeholder string naming its
+    token, appended to tokens; raises _Unusual for what the quick way cannot write exactly."""
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) and k.isascii() for k in v):
+            raise _Unusual
+        return {k: _swap_numbers(x, tokens, js_numbers) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_swap_numbers(x, tokens, js_numbers) for x in v]
+    if isinstance(v, str) and not isinstance(v, Num):
+        if "\x00" in v or _LONE_SURROGATE.search(v):
+            raise _Unusual
+        return v
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, (Num, int, Decimal)):
+        tokens.append(js_number(v) if js_numbers and isinstance(v, Num) else str(v))
+        return f"\x00{len(tokens) - 1}\x00"
+    raise TypeError(f"cannot encode {type(v).__name__}")
+
+
 def encode_json(value, *, sort_keys=False, js_numbers=False):
     """Compact JSON with raw non-ASCII, Num tokens written as they came (or as JavaScript would);
     keys sorted as JavaScript sorts them (by UTF-16 code units) when asked."""
-    # Quick way: numbers become placeholder strings, the C encoder writes the rest in one go, then the
-    # placeholders are swapped for the tokens. Keys that are not ASCII (whose order may differ in
-    # UTF-16), strings holding NUL (the placeholders' mark) or lone surrogates go the careful way.
+    # Quick way: numbers become placeholder strings, the C encoder writes the rest in one go, then
+    # the placeholders are swapped for the tokens. Keys that are not ASCII (whose order may differ
+    # in UTF-16), strings holding NUL (the placeholders' mark) or lone surrogates go the careful
+    # way.
     tokens = []
-
-    def swap(v):
-        if isinstance(v, dict):
-            if not all(isinstance(k, str) and k.isascii() for k in v):
-                raise _Unusual
-            return {k: swap(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [swap(x) for x in v]
-        if isinstance(v, str) and not isinstance(v, Num):
-            if "\x00" in v or _LONE_SURROGATE.search(v):
-                raise _Unusual
-            return v
-        if isinstance(v, bool) or v is None:
-            return v
-        if isinstance(v, (Num, int, Decimal)):
-            tokens.append(js_number(v) if js_numbers and isinstance(v, Num) else str(v))
-            return f"\x00{len(tokens) - 1}\x00"
-        raise TypeError(f"cannot encode {type(v).__name__}")
-
     try:
         text = json.dumps(
-            swap(value), ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":")
+            _swap_numbers(value, tokens, js_numbers),
+            ensure_ascii=False,
+            sort_keys=sort_keys,
+            separators=(",", ":"),
         )
     except _Unusual:
         return _encode_json_carefully(value, sort_keys=sort_keys, js_numbers=js_numbers)
@@ -1017,9 +1026,10 @@ def init_db(path, migrations=None, schema_version=None):
 
 DEFAULT_SETTINGS = {
     "shop_name": "Demo Shop",
-    "welcome_text": "Welcome! Browse the shop, fill your basket and pay in crypto or from your balance. "
-    "Your goods arrive right here in this chat.",
-    "help_text": "🛒 Shop: browse by city and district.\n🧺 Basket: change quantities, then check out.\n"
+    "welcome_text": "Welcome! Browse the shop, fill your basket and pay in crypto or from your "
+    "balance. Your goods arrive right here in this chat.",
+    "help_text": "🛒 Shop: browse by city and district.\n"
+    "🧺 Basket: change quantities, then check out.\n"
     "💳 Pay in crypto (BTC, ETH, LTC, USDT, USDC, TON, SOL) or from your balance.\n"
     "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
     "support_contact": "",
@@ -1031,7 +1041,8 @@ def get_setting(conn, key):
     return row["value"] if row else DEFAULT_SETTINGS.get(key, "")
 
 
-# Settings the owner changes from the admin while the shop runs; the environment gives their defaults.
+# Settings the owner changes from the admin while the shop runs; the environment gives their
+# defaults.
 RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "max_unpaid_units", "enabled_coins")
 
 
@@ -1078,7 +1089,8 @@ def save_settings(conn, changes, remote=None):
 
 
 def stored_secret(path, key):
-    """A random secret kept in the settings table, made on first use (e.g. the sandbox's IPN secret)."""
+    """A random secret kept in the settings table, made on first use (e.g. the sandbox's IPN
+    secret)."""
     conn = connect(path)
     try:
         with transaction(conn):
@@ -1092,7 +1104,8 @@ def stored_secret(path, key):
 
 
 def touch_user(conn, tg_user):
-    """Record a Telegram user (dict with id, first_name, username, language_code); return the row."""
+    """Record a Telegram user (dict with id, first_name, username, language_code); return the
+    row."""
     user_id = int(tg_user["id"])
     fields = (
         tg_user.get("username"),
@@ -1457,7 +1470,8 @@ def get_district(conn, district_id):
 def list_products(conn, district_id):
     """Products in stock in a district, with how many are available."""
     return conn.execute(
-        f"SELECT p.id, p.name, p.price_cents, count(*) AS available FROM stock_units u {_AVAILABLE} "
+        "SELECT p.id, p.name, p.price_cents, count(*) AS available "
+        f"FROM stock_units u {_AVAILABLE} "
         "AND d.id = ? GROUP BY p.id ORDER BY p.name COLLATE NOCASE",
         (district_id,),
     ).fetchall()
@@ -2194,8 +2208,10 @@ def get_basket(conn, user_id):
         "(SELECT count(*) FROM stock_units u WHERE u.product_id = b.product_id "
         " AND u.district_id = b.district_id AND u.status = 'available' AND p.is_active = 1 "
         " AND d.is_hidden = 0 AND c.is_hidden = 0) AS available, "
-        "(SELECT count(*) FROM stock_units u JOIN orders o ON o.id = u.order_id WHERE u.product_id = b.product_id "
-        " AND u.status = 'reserved' AND u.district_id = b.district_id AND o.user_id = b.user_id) AS reserved "
+        "(SELECT count(*) FROM stock_units u JOIN orders o ON o.id = u.order_id "
+        "WHERE u.product_id = b.product_id "
+        " AND u.status = 'reserved' AND u.district_id = b.district_id AND o.user_id = b.user_id) "
+        "AS reserved "
         "FROM basket_items b JOIN products p ON p.id = b.product_id "
         "JOIN districts d ON d.id = b.district_id JOIN cities c ON c.id = d.city_id "
         "WHERE b.user_id = ? ORDER BY b.id",
@@ -2288,7 +2304,8 @@ def set_basket_quantity(conn, user_id, item_id, quantity):
 
 
 def change_basket_quantity(conn, user_id, item_id, delta):
-    """Add delta (+1/-1) to a basket line inside one transaction; returns the new quantity (0: removed)."""
+    """Add delta (+1/-1) to a basket line inside one transaction; returns the new quantity
+    (0: removed)."""
     with transaction(conn):
         row = conn.execute(
             "SELECT quantity FROM basket_items WHERE id = ? AND user_id = ?", (item_id, user_id)
@@ -2323,7 +2340,7 @@ def price_lines(conn, lines):
     for product_id, district_id, quantity in lines:
         _check_quantity(quantity)
         offers.append(get_offer(conn, product_id, district_id))
-    return sum(o["price_cents"] * q for o, (_, _, q) in zip(offers, lines)), offers
+    return sum(o["price_cents"] * q for o, (_, _, q) in zip(offers, lines, strict=False)), offers
 
 
 def sold_out(offer, left):
@@ -2370,7 +2387,7 @@ def open_order(
     total, offers = price_lines(conn, lines)
     if expected_total_cents is not None and total != expected_total_cents:
         raise PriceChanged()
-    for offer, (_, _, quantity) in zip(offers, lines):
+    for offer, (_, _, quantity) in zip(offers, lines, strict=False):
         if offer["available"] < quantity:
             raise sold_out(offer, offer["available"])
     if method == "balance" and user["balance_cents"] < total:
@@ -2378,8 +2395,8 @@ def open_order(
     now = now_iso()
     paid = method == "balance"
     order_id = conn.execute(
-        "INSERT INTO orders(user_id, status, total_cents, payment_method, checkout_key, created_at, paid_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO orders(user_id, status, total_cents, payment_method, checkout_key, "
+        "created_at, paid_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             user_id,
             "paid" if paid else "pending",
@@ -2391,7 +2408,7 @@ def open_order(
         ),
     ).lastrowid
     until = None if paid else now_iso(reserve_minutes * 60)
-    for offer, (product_id, district_id, quantity) in zip(offers, lines):
+    for offer, (product_id, district_id, quantity) in zip(offers, lines, strict=False):
         units = conn.execute(
             "SELECT id FROM stock_units WHERE product_id = ? AND district_id = ? "
             "AND status = 'available' ORDER BY id LIMIT ?",
@@ -2458,8 +2475,8 @@ def _order_quantities(conn, order_id):
 
 
 def take_from_basket(conn, order_id):
-    """An invoice was opened for the basket: its lines move into the order (so they cannot be checked out
-    twice), leaving whatever the basket holds beyond them."""
+    """An invoice was opened for the basket: its lines move into the order (so they cannot be
+    checked out twice), leaving whatever the basket holds beyond them."""
     for user_id, product_id, district_id, quantity in _order_quantities(conn, order_id):
         conn.execute(
             "DELETE FROM basket_items WHERE user_id = ? AND product_id = ? AND district_id = ? "
@@ -2474,8 +2491,9 @@ def take_from_basket(conn, order_id):
 
 
 def return_to_basket(conn, order_id):
-    """A basket order's invoice was cancelled or ran out: its lines go back into the basket, as far as
-    they are still on sale (call after its units were released). Returns how many lines came back."""
+    """A basket order's invoice was cancelled or ran out: its lines go back into the basket, as far
+    as they are still on sale (call after its units were released). Returns how many lines came
+    back."""
     if not order_from_basket(conn, order_id):
         return 0
     restored = 0
@@ -2523,7 +2541,8 @@ def describe_user(user):
 def buy_with_balance(
     conn, user_id, lines=None, *, expected_total_cents=None, checkout_key=None, owners=()
 ):
-    """Buy [(product_id, district_id, quantity)], or the whole basket (lines=None), with the balance.
+    """Buy [(product_id, district_id, quantity)], or the whole basket (lines=None), with the
+    balance.
 
     One transaction debits the ledger, marks the units sold, records the order,
     queues the delivery and the owners' note, and takes what was bought out of
@@ -2545,7 +2564,8 @@ def buy_with_balance(
                 return done["id"]
         if lines is None:
             lines = [
-                (l.product_id, l.district_id, l.quantity) for l in get_basket(conn, user_id).lines
+                (line.product_id, line.district_id, line.quantity)
+                for line in get_basket(conn, user_id).lines
             ]
         order_id, total = open_order(
             conn,
@@ -2632,7 +2652,10 @@ def enqueue_delivery(conn, order_id, *, first=False):
     enqueue_message(conn, chat, header, order_id=order_id)
     block = ""
     for i, item in enumerate(items, 1):
-        title = f"📦 Order #{order_id} ({i}/{n}): <b>{esc(item['product_name'])}</b> · {esc(item['place_name'])}"
+        title = (
+            f"📦 Order #{order_id} ({i}/{n}): <b>{esc(item['product_name'])}</b> · "
+            f"{esc(item['place_name'])}"
+        )
         part = f"{title}\n{format_content(item['content'])}"
         if item["media"]:
             if block:
@@ -2684,7 +2707,8 @@ def get_order(conn, user_id, order_id):
 
 
 def get_order_lines(conn, order_id):
-    """An order's items grouped by product and place: [{product_name, place_name, quantity, price_cents}]."""
+    """An order's items grouped by product and place:
+    [{product_name, place_name, quantity, price_cents}]."""
     return conn.execute(
         "SELECT product_name, place_name, count(*) AS quantity, price_cents FROM order_items "
         "WHERE order_id = ? GROUP BY product_id, place_name, price_cents ORDER BY min(id)",
@@ -2702,8 +2726,8 @@ def list_orders(conn, user_id, *, before_id=None, limit=10):
 
 
 def release_order_units(conn, order_id):
-    """Put an unpaid order's reserved units back on sale, and a basket order's lines back in the basket;
-    returns (units freed, basket lines back)."""
+    """Put an unpaid order's reserved units back on sale, and a basket order's lines back in the
+    basket; returns (units freed, basket lines back)."""
     freed = conn.execute(
         "UPDATE stock_units SET status = 'available', order_id = NULL, reserved_until = NULL "
         "WHERE order_id = ? AND status = 'reserved'",
@@ -2718,12 +2742,14 @@ def went_back(lines_back):
 
 
 def release_expired_reservations(conn):
-    """Put units of lapsed reservations back on sale, expire their orders and tell each buyer once."""
+    """Put units of lapsed reservations back on sale, expire their orders and tell each buyer
+    once."""
     with transaction(conn):
         # An order whose payment is already on the chain keeps its items until the payment settles.
         orders = conn.execute(
             "SELECT DISTINCT o.id, o.user_id FROM stock_units s JOIN orders o ON o.id = s.order_id "
-            "WHERE s.status = 'reserved' AND s.reserved_until < ? AND NOT EXISTS (SELECT 1 FROM payments p "
+            "WHERE s.status = 'reserved' AND s.reserved_until < ? "
+            "AND NOT EXISTS (SELECT 1 FROM payments p "
             "WHERE p.order_id = o.id AND p.status IN ('confirming', 'confirmed', 'sending'))",
             (now_iso(),),
         ).fetchall()
@@ -2738,8 +2764,9 @@ def release_expired_reservations(conn):
                 enqueue_message(
                     conn,
                     order["user_id"],
-                    f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items went back "
-                    f"on sale{went_back(lines_back)}. If you already sent the payment, it is not lost: you get the items "
+                    f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items "
+                    f"went back on sale{went_back(lines_back)}. If you already sent the payment, "
+                    "it is not lost: you get the items "
                     "if they are still there, or the amount on your balance.",
                     order_id=order["id"],
                 )
@@ -2858,7 +2885,8 @@ def can_move(old, new):
 
 
 def crypto_amount(value, what="amount"):
-    """A provider's crypto amount (number token or string) as a Decimal; InvalidInput if it is not one."""
+    """A provider's crypto amount (number token or string) as a Decimal; InvalidInput if it is not
+    one."""
     try:
         amount = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
@@ -2871,7 +2899,8 @@ def crypto_amount(value, what="amount"):
 
 
 def value_of(price_cents, paid, asked):
-    """EUR cents that `paid` of a coin is worth when `asked` of it was the price: exact floor, never float."""
+    """EUR cents that `paid` of a coin is worth when `asked` of it was the price: exact floor, never
+    float."""
     paid, asked = crypto_amount(paid, "actually_paid"), crypto_amount(asked, "pay_amount")
     if asked <= 0:
         return 0
@@ -2884,13 +2913,13 @@ def create_checkout(conn, user_id, kind, amount_cents, lines=(), from_basket=Fal
     with transaction(conn):
         conn.execute("DELETE FROM checkouts WHERE created_at < ?", (now_iso(-7 * 86400),))
         conn.execute(
-            "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 nonce,
                 user_id,
                 kind,
-                json.dumps([list(l) for l in lines]),
+                json.dumps([list(line) for line in lines]),
                 int(from_basket),
                 amount_cents,
                 now_iso(),
@@ -2912,30 +2941,34 @@ def checkout_lines(checkout):
     return [tuple(line) for line in json.loads(checkout["lines"])]
 
 
-# An invoice being made (the provider has not answered yet) counts against the limits for this long at most,
-# so that one lost in a crash stops counting.
+# An invoice being made (the provider has not answered yet) counts against the limits for this
+# long at most, so that one lost in a crash stops counting.
 CLAIM_SECONDS = 120
 
 
 def check_invoice_limits(
     conn, user_id, max_open, max_per_hour, max_unpaid_units=None, units=0, claim=None
 ):
-    """Inside the transaction that opens an invoice (BEGIN IMMEDIATE: one decision at a time, however
-    the bot's and the Mini App's requests interleave), refuse it if the shopper would then have more
-    than max_open unpaid invoices, more than max_per_hour invoices in the last hour, or more than
-    max_unpaid_units items held by unpaid invoices. Invoices still being made count too: a pending
-    order (its units reserved before the provider is asked) and a claimed top-up (checkouts.invoicing_since).
-    `units`: what the new invoice would hold; `claim`: the top-up checkout being decided (not counted)."""
+    """Inside the transaction that opens an invoice (BEGIN IMMEDIATE: one decision at a time,
+    however the bot's and the Mini App's requests interleave), refuse it if the shopper would then
+    have more than max_open unpaid invoices, more than max_per_hour invoices in the last hour, or
+    more than max_unpaid_units items held by unpaid invoices. Invoices still being made count too:
+    a pending order (its units reserved before the provider is asked) and a claimed top-up
+    (checkouts.invoicing_since). `units`: what the new invoice would hold; `claim`: the top-up
+    checkout being decided (not counted)."""
     with transaction(conn):  # (a savepoint within the caller's transaction)
         _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_units, units, claim)
 
 
 def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_units, units, claim):
     now = now_iso()
-    # Orders waiting for money (or for their invoice): their units are held until the reservation ends.
+    # Orders waiting for money (or for their invoice): their units are held until the reservation
+    # ends.
     orders = conn.execute(
-        "SELECT o.id, (SELECT count(*) FROM stock_units s WHERE s.order_id = o.id AND s.status = 'reserved') "
-        "AS units, EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.parent_id IS NULL) AS invoiced "
+        "SELECT o.id, (SELECT count(*) FROM stock_units s WHERE s.order_id = o.id "
+        "AND s.status = 'reserved') "
+        "AS units, EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id "
+        "AND p.parent_id IS NULL) AS invoiced "
         "FROM orders o WHERE o.user_id = ? AND o.status = 'pending' "
         "AND EXISTS (SELECT 1 FROM stock_units s WHERE s.order_id = o.id AND s.status = 'reserved' "
         "            AND s.reserved_until > ?) "
@@ -2985,9 +3018,9 @@ def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_unit
 def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
     """Reserve a checkout's units in a pending crypto order; returns (order_id, total, created).
 
-    limits: check_invoice_limits' keywords, decided in the same transaction as the reservation. A basket
-    checkout moves its lines out of the basket into the order (a cancelled or expired invoice puts them
-    back)."""
+    limits: check_invoice_limits' keywords, decided in the same transaction as the reservation. A
+    basket checkout moves its lines out of the basket into the order (a cancelled or expired invoice
+    puts them back)."""
     with transaction(conn):
         done = conn.execute(
             "SELECT id, total_cents, payment_method FROM orders WHERE checkout_key = ? "
@@ -3019,8 +3052,9 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
 
 
 def claim_topup_invoice(conn, user_id, nonce, limits):
-    """A top-up invoice is about to be made: decide the limits and mark its checkout as being invoiced, in
-    one transaction, so that top-ups requested at once are counted one after another."""
+    """A top-up invoice is about to be made: decide the limits and mark its checkout as being
+    invoiced, in one transaction, so that top-ups requested at once are counted one after
+    another."""
     with transaction(conn):
         checkout = get_checkout(conn, user_id, nonce)
         if checkout["kind"] != "topup":
@@ -3035,8 +3069,8 @@ def release_topup_claim(conn, nonce):
 
 
 def drop_reservation(conn, order_id):
-    """The invoice could not be created: release the units, put the lines back in the basket and free
-    the checkout for another try."""
+    """The invoice could not be created: release the units, put the lines back in the basket and
+    free the checkout for another try."""
     with transaction(conn):
         release_order_units(conn, order_id)
         conn.execute(
@@ -3055,8 +3089,9 @@ def record_payment(
     with transaction(conn):
         conn.execute(
             "INSERT INTO payments(provider, provider_id, kind, user_id, order_id, reference, "
-            "price_cents, pay_currency, pay_amount, pay_address, payin_extra_id, status, expires_at, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
+            "price_cents, pay_currency, pay_amount, pay_address, payin_extra_id, status, "
+            "expires_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
             (
                 invoice.provider,
                 invoice.provider_id,
@@ -3262,8 +3297,8 @@ def invoice_is_open(payment):
 
 
 def cancel_invoice(conn, user_id, payment_id):
-    """The shopper gives up on an invoice: an unpaid order releases its units. Money sent later still counts.
-    Returns False, changing nothing, when the invoice was closed already."""
+    """The shopper gives up on an invoice: an unpaid order releases its units. Money sent later
+    still counts. Returns False, changing nothing, when the invoice was closed already."""
     with transaction(conn):
         payment = get_payment(conn, user_id, payment_id)
         if payment["status"] != "waiting":
@@ -3406,7 +3441,8 @@ def _move_payment(conn, payment, news, source):
 
 
 def _child_payment(conn, news):
-    """A repeated deposit to a known payment's address arrives as a new payment naming its parent."""
+    """A repeated deposit to a known payment's address arrives as a new payment naming its
+    parent."""
     if "parent_payment_id" in news.unreadable:
         raise InvalidInput(news.unreadable["parent_payment_id"])
     parent = None
@@ -3513,8 +3549,9 @@ def _settle_child(conn, payment, owners):
         enqueue_message(
             conn,
             payment["user_id"],
-            f"💰 Another payment of {_paid_text(payment)} arrived at the address of an earlier invoice. "
-            f"{fmt_eur(cents)} was added to your balance. Balance: {_balance(conn, payment['user_id'])}.",
+            f"💰 Another payment of {_paid_text(payment)} arrived at the address of an earlier "
+            f"invoice. {fmt_eur(cents)} was added to your balance. "
+            f"Balance: {_balance(conn, payment['user_id'])}.",
         )
         parent = conn.execute(
             "SELECT provider_id FROM payments WHERE id = ?", (payment["parent_id"],)
@@ -3550,7 +3587,8 @@ def _settle_topup(conn, payment, owners):
         else:
             text = (
                 f"⚠️ Your top-up was paid only in part: {_paid_text(payment)} of "
-                f"{esc(payment['pay_amount'])} {esc(payment['pay_currency'].upper())} arrived, worth "
+                f"{esc(payment['pay_amount'])} {esc(payment['pay_currency'].upper())} arrived, "
+                "worth "
                 f"{fmt_eur(cents)}, which was added. Balance: {_balance(conn, user_id)}."
             )
         enqueue_message(conn, user_id, text)
@@ -3594,9 +3632,11 @@ def _settle_order(conn, payment, owners):
         enqueue_message(
             conn,
             user_id,
-            f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of {esc(payment['pay_amount'])} "
+            f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of "
+            f"{esc(payment['pay_amount'])} "
             f"{esc(payment['pay_currency'].upper())} arrived. The order is cancelled and the value "
-            f"received, {fmt_eur(cents)}, was added to your balance. Balance: {_balance(conn, user_id)}.",
+            f"received, {fmt_eur(cents)}, was added to your balance. "
+            f"Balance: {_balance(conn, user_id)}.",
             order_id=order_id,
         )
         alert_owners(
@@ -3628,7 +3668,8 @@ def _settle_order(conn, payment, owners):
 
 
 def _order_paid(conn, payment, order, owners):
-    """A finished payment: deliver (late or not) if the goods can be had, else credit the full price."""
+    """A finished payment: deliver (late or not) if the goods can be had, else credit the full
+    price."""
     order_id, user_id = order["id"], payment["user_id"]
     late = order["status"] != "pending"
     if not late:
@@ -3722,7 +3763,8 @@ def _credit_overpayment(conn, payment, order_id):
 
 
 def _retake_units(conn, order_id):
-    """Reserve again, for a late payment, the order's units or others of the same product and place."""
+    """Reserve again, for a late payment, the order's units or others of the same product and
+    place."""
     items = conn.execute(
         "SELECT i.id, i.unit_id, i.product_id, s.district_id FROM order_items i "
         "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ?",
@@ -3731,16 +3773,18 @@ def _retake_units(conn, order_id):
     taken = []
     for item in items:
         unit = conn.execute(
-            "SELECT id FROM stock_units WHERE status = 'available' AND product_id = ? AND district_id = ? "
+            "SELECT id FROM stock_units WHERE status = 'available' AND product_id = ? "
+            "AND district_id = ? "
             "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id = ? DESC, id LIMIT 1",
             (item["product_id"], item["district_id"], json.dumps(taken), item["unit_id"]),
         ).fetchone()
         if unit is None:
             return False
         taken.append(unit["id"])
-    for item, unit_id in zip(items, taken):
+    for item, unit_id in zip(items, taken, strict=False):
         conn.execute(
-            "UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? WHERE id = ?",
+            "UPDATE stock_units SET status = 'reserved', order_id = ?, reserved_until = ? "
+            "WHERE id = ?",
             (order_id, now_iso(), unit_id),
         )
         conn.execute("UPDATE order_items SET unit_id = ? WHERE id = ?", (unit_id, item["id"]))
@@ -4836,8 +4880,9 @@ def verify_ipn(body, signature, secret):
     if not signature:
         return data, "missing signature"
     given = signature.strip().lower().encode()
-    # As JavaScript writes the numbers first (what NOWPayments signs); the body's own tokens only if that
-    # fails. Each comparison is constant-time; which variant matched tells nothing about the secret.
+    # As JavaScript writes the numbers first (what NOWPayments signs); the body's own tokens only if
+    # that fails. Each comparison is constant-time; which variant matched tells nothing about the
+    # secret.
     good = any(
         hmac.compare_digest(ipn_signature(data, secret, js_numbers=js).encode(), given)
         for js in (True, False)
@@ -4928,8 +4973,9 @@ class NowPayments(PaymentProvider):
     signature_header = "x-nowpayments-sig"
     TIMEOUT = (5, 10)
     CACHE_SECONDS = 600
-    # Calls at once. A slow provider then holds at most this many of the web server's 8 threads, and
-    # the rest stay free for IPNs, pages and, in sandbox mode, the emulator that answers these calls.
+    # Calls at once. A slow provider then holds at most this many of the web server's 8 threads,
+    # and the rest stay free for IPNs, pages and, in sandbox mode, the emulator that answers these
+    # calls.
     CONCURRENT = 4
 
     def __init__(self, base_url, api_key, ipn_secret=""):
@@ -5024,7 +5070,8 @@ class NowPayments(PaymentProvider):
         self.session.close()  # and the sandbox's own threads, if any
 
     def merchant_coins(self, fresh=False):
-        """The coins this shop can take: our list, in our order, as far as the merchant enabled them."""
+        """The coins this shop can take: our list, in our order, as far as the merchant enabled
+        them."""
         with self.lock:
             stamp, coins = self.coins_cache
         if coins is not None and not fresh and time.monotonic() - stamp < self.CACHE_SECONDS:
@@ -5130,7 +5177,8 @@ class NowPayments(PaymentProvider):
 
     @classmethod
     def new_invoice(cls, data):
-        """POST /payment's answer as a NewInvoice (ProviderError if it lacks what a shopper needs)."""
+        """POST /payment's answer as a NewInvoice (ProviderError if it lacks what a shopper
+        needs)."""
         try:
             provider_id = provider_payment_id(data.get("payment_id"))
             for key in ("pay_amount", "pay_currency", "pay_address"):
@@ -5245,7 +5293,8 @@ def provider_payment_id(value):
 
 
 def provider_time(text, default):
-    """The provider's ISO time ('2026-11-26T11:55:00.000Z') in our notation, or default if unreadable."""
+    """The provider's ISO time ('2026-11-26T11:55:00.000Z') in our notation, or default if
+    unreadable."""
     try:
         t = datetime.strptime(str(text)[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
     except ValueError:
@@ -5261,7 +5310,8 @@ def payment_uri(coin, address, amount):
 def qr_png(text):
     """A QR code of text as PNG bytes."""
     buffer = io.BytesIO()
-    import segno  # here, not at the top: most shops draw a QR code now and then, and memory is tight
+    # here, not at the top: most shops draw a QR code now and then, and memory is tight
+    import segno
 
     segno.make(text, error="m").save(buffer, kind="png", scale=8, border=3)
     return buffer.getvalue()
@@ -5314,19 +5364,23 @@ SANDBOX_COINS = {
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
+def _random_chars(alphabet, n):
+    """n characters drawn at random from alphabet."""
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
 def _sandbox_address(coin):
-    pick = lambda alphabet, n: "".join(secrets.choice(alphabet) for _ in range(n))
     if coin == "btc":
-        return "tb1q" + pick("023456789acdefghjklmnpqrstuvwxyz", 38)
+        return "tb1q" + _random_chars("023456789acdefghjklmnpqrstuvwxyz", 38)
     if coin in ("eth", "usdterc20", "usdcerc20", "usdtbsc"):
         return "0x" + secrets.token_hex(20)
     if coin in ("usdttrc20", "usdctrc20"):
-        return "T" + pick(_B58, 33)
+        return "T" + _random_chars(_B58, 33)
     if coin == "ltc":
-        return "tltc1q" + pick("023456789acdefghjklmnpqrstuvwxyz", 38)
+        return "tltc1q" + _random_chars("023456789acdefghjklmnpqrstuvwxyz", 38)
     if coin == "ton":
-        return "EQ" + pick(_B58 + "-_", 46)
-    return pick(_B58, 44)
+        return "EQ" + _random_chars(_B58 + "-_", 46)
+    return _random_chars(_B58, 44)
 
 
 def _np_error(status, code, message):
@@ -5614,7 +5668,8 @@ def sandbox_simulate(shop, payment_id, outcome):
 
 
 def _send_sandbox_ipns(shop, data, steps):
-    """POST the IPNs as NOWPayments does: unsorted keys, a nested fee object, signed, retried on errors."""
+    """POST the IPNs as NOWPayments does: unsorted keys, a nested fee object, signed, retried on
+    errors."""
     url = data.get("ipn_callback_url")
     if not url:
         return
@@ -5779,7 +5834,8 @@ class PaymentDesk:
                 self.busy.discard(nonce)
 
     def open_order_invoice(self, user_id, nonce, coin):
-        """Reserve a checkout's units and create its payment; a repeated tap gets the same invoice."""
+        """Reserve a checkout's units and create its payment; a repeated tap gets the same
+        invoice."""
         self.shop.check_may_buy(user_id)
         with self.opening(nonce):
             return self._open_order_invoice(user_id, nonce, coin)
@@ -6138,7 +6194,8 @@ class PaymentDesk:
 
     def check_outage(self, provider):
         if provider.failing_since is not None:
-            try:  # nothing else may call the provider for a while: ask it directly whether it is back
+            # nothing else may call the provider for a while: ask it directly whether it is back
+            try:
                 provider.ping()
             except ProviderError:
                 pass
@@ -8022,7 +8079,8 @@ LIST_PAGE = 20  # buttons per page of cities, districts or products (Telegram al
 
 
 def paged(rows, page, data, back=None):
-    """One page of one-button rows, with ◀️/▶️ to the neighbours (callback `data:<page>`) and back."""
+    """One page of one-button rows, with ◀️/▶️ to the neighbours (callback `data:<page>`) and
+    back."""
     pages = max(1, -(-len(rows) // LIST_PAGE))
     page = min(max(page, 0), pages - 1)
     out = rows[page * LIST_PAGE : (page + 1) * LIST_PAGE]
