@@ -1036,14 +1036,22 @@ DEFAULT_SETTINGS = {
 }
 
 
-def get_setting(conn, key):
-    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-    return row["value"] if row else DEFAULT_SETTINGS.get(key, "")
-
-
 # Settings the owner changes from the admin while the shop runs; the environment gives their
 # defaults.
 RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "max_unpaid_units", "enabled_coins")
+
+
+def get_setting(conn, key, config=None):
+    """The one way to read a setting: the owner's choice (the settings table), else its default.
+    The shop's texts default to DEFAULT_SETTINGS and read as text. Given the configuration, a
+    runtime setting (RUNTIME_SETTINGS) defaults to it and reads as an int, or for enabled_coins as
+    a set of coins (None: every coin the merchant account takes)."""
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    if config is None or key not in RUNTIME_SETTINGS:
+        return row["value"] if row else DEFAULT_SETTINGS.get(key, "")
+    if key == "enabled_coins":
+        return set(row[0].split(",")) - {""} if row else None
+    return int(row[0]) if row and row[0].isdigit() else getattr(config, key)
 
 
 # key: (what it is, longest allowed, may span lines)
@@ -1167,16 +1175,6 @@ def should_tell_banned(conn, user_id):
             ).rowcount
             == 1
         )
-
-
-def runtime_setting(conn, config, key):
-    """A runtime setting (RUNTIME_SETTINGS): the owner's choice from the admin, else the
-    configuration's."""
-    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-    if key == "enabled_coins":  # None: every coin the merchant account takes
-        return set(row[0].split(",")) - {""} if row else None
-    default = getattr(config, key)
-    return int(row[0]) if row and row[0].isdigit() else default
 
 
 def admin_password_is_stored(conn):
@@ -9759,7 +9757,7 @@ class Shop:
 
     def setting(self, key):
         """A runtime setting: the owner's choice from the admin, else the configuration's."""
-        return runtime_setting(self.db(), self.config, key)
+        return get_setting(self.db(), key, self.config)
 
     @property
     def webapp_url(self):
