@@ -10340,8 +10340,10 @@ def run_as_module():
     for as long as that script runs (this file's takes some 12 MB of a 65 MB shop), while a module's
     tree is freed once compiled, and later starts read the compiled module from __pycache__ (8 MB
     less again). -P and PYTHONPATH: this file is found, not one of the same name in the current
-    folder. Returns only where exec or -P does not exist."""
+    folder. Returns where exec or -P does not exist, or PYTHONPATH would be ignored."""
     if os.name != "posix" or not sys.executable or sys.version_info < (3, 11):
+        return
+    if sys.flags.isolated or sys.flags.ignore_environment:  # -I or -E: PYTHONPATH would not count
         return
     options = sys.orig_argv[1 : len(sys.orig_argv) - len(sys.argv)]  # -u, -X ... as given
     env = dict(os.environ)

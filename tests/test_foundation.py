@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -642,3 +643,22 @@ def test_a_version_4_database_keeps_its_payments_and_learns_their_providers(tmp_
     )
     # The webhooks' record names providers too.
     assert "provider" in [r[1] for r in conn.execute("PRAGMA table_info(ipn_events)")]
+
+
+def test_python_shop_py_runs_as_this_module_in_the_same_process(tmp_path):
+    """`python shop.py` starts itself again as `python -P -m shop` (CPython then frees the syntax
+    tree it would keep for a script): the same pid, and never a shop.py of the current folder."""
+    (tmp_path / "shop.py").write_text('raise SystemExit("the wrong shop.py ran")\n')
+    env = clean_env(
+        SHOP_DB=str(tmp_path / "s.db"),
+        PYTHONUNBUFFERED="1",
+        ADMIN_PASSWORD="a long password",
+        PORT=str(free_port()),
+    )
+    proc = ShopProcess(tmp_path, env).start("--no-demo")
+    try:
+        cmdline = Path(f"/proc/{proc.proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1:5] == [b"-P", b"-m", b"shop", b"--no-demo"]
+        assert proc.health().status_code == 200
+    finally:
+        proc.stop()
