@@ -1072,16 +1072,87 @@ def clean_setting(key, value):
     )
 
 
-def set_setting(conn, key, value):
-    """Change a shop setting (see SETTING_RULES); takes effect on the next message."""
-    value = clean_setting(key, value)
-    with transaction(conn):
-        conn.execute(
-            "INSERT INTO settings(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
+# Every setting the owner changes, on the admin's Settings page and with `python shop.py set`, by
+# the name the form and the command line use: (stored key, what the owner types).
+OWNER_SETTINGS = {
+    "shop_name": ("shop_name", "the shop's name, one line of up to 64 characters"),
+    "welcome_text": ("welcome_text", "what the bot says after /start, up to 1000 characters"),
+    "help_text": ("help_text", "what /help says, up to 2000 characters"),
+    "support_contact": ("support_contact", "how shoppers reach you, shown in /help (may be empty)"),
+    "min_deposit": ("min_deposit_cents", "the smallest balance top-up, in EUR like 5.00"),
+    "reservation_minutes": (
+        "reservation_minutes",
+        "minutes an unpaid order holds its items, 1-1440",
+    ),
+    "max_unpaid_units": ("max_unpaid_units", "items one shopper may hold unpaid at once, 1-10000"),
+    "coins": ("enabled_coins", "the coins offered, comma-separated, like btc,eth,usdttrc20"),
+}
+
+
+# The whole-number settings: (largest allowed, what is wrong otherwise); the smallest is 1.
+NUMBER_SETTINGS = {
+    "reservation_minutes": (1440, "The reservation must be 1 to 1440 minutes."),
+    "max_unpaid_units": (
+        10000,
+        "The items one shopper may hold unpaid must be a number from 1 to 10000.",
+    ),
+}
+
+
+def clean_owner_setting(name, text, *, max_deposit_cents, coin_codes):
+    """A setting as the owner typed it (by its OWNER_SETTINGS name), checked the one way both the
+    admin's Settings page and `python shop.py set` check it: (stored key, stored text). The coins
+    are codes from `coin_codes`, comma- or space-separated. InvalidInput says what is wrong."""
+    if name not in OWNER_SETTINGS:
+        raise InvalidInput(f"Unknown setting {name!r}; settings are: {', '.join(OWNER_SETTINGS)}.")
+    key = OWNER_SETTINGS[name][0]
+    if name in SETTING_RULES:
+        return key, clean_setting(name, text)
+    if name == "min_deposit":
+        try:
+            return key, str(parse_eur(text or "", maximum=max_deposit_cents))
+        except InvalidInput as e:
+            raise InvalidInput(f"The minimum top-up {e}.") from None
+    text = (text or "").strip()
+    if name == "coins":
+        typed = set(re.split(r"[\s,]+", text.lower())) - {""}
+        unknown = sorted(typed - set(coin_codes))
+        if unknown:
+            raise InvalidInput(
+                f"Unknown coin {unknown[0]!r}; the coins are: {', '.join(coin_codes)}."
+            )
+        if not typed:
+            raise InvalidInput("Enable at least one coin.")
+        return key, ",".join(code for code in coin_codes if code in typed)
+    highest, wrong = NUMBER_SETTINGS[name]
+    if not re.fullmatch(r"[0-9]{1,%d}" % len(str(highest)), text) or not 1 <= int(text) <= highest:
+        raise InvalidInput(wrong)
+    return key, str(int(text))
+
+
+def clean_owner_settings(typed, *, max_deposit_cents, coin_codes):
+    """Settings as the owner typed them {name: text}, checked in OWNER_SETTINGS' order (the first
+    wrong one raises InvalidInput): {stored key: stored text}."""
+    return dict(
+        clean_owner_setting(
+            name, typed[name], max_deposit_cents=max_deposit_cents, coin_codes=coin_codes
         )
-    return value
+        for name in OWNER_SETTINGS
+        if name in typed
+    )
+
+
+def owner_setting_text(conn, name, config):
+    """A setting (by its OWNER_SETTINGS name) as the owner reads and types it: the minimum top-up
+    in EUR like 5.00, whole numbers as digits, the coins comma-separated (None: not chosen, every
+    coin the merchant account takes)."""
+    key = OWNER_SETTINGS[name][0]
+    value = get_setting(conn, key, config)
+    if name == "min_deposit":
+        return cents_to_str(value)
+    if name == "coins":  # as stored, in the coin list's order
+        return None if value is None else get_setting(conn, key)
+    return str(value)
 
 
 def save_settings(conn, changes, remote=None):
@@ -7788,48 +7859,44 @@ def admin_settings_form(shop):
 
 
 def admin_settings_read(shop, f):
-    """The settings form, checked: (settings, minimum top-up in cents, reservation minutes, unpaid
-    items, coins); InvalidInput says what is wrong."""
-    wanted = {key: clean_setting(key, f.getunicode(key) or "") for key in SETTING_RULES}
-    try:
-        minimum = parse_eur(
-            f.getunicode("min_deposit") or "", maximum=shop.config.max_deposit_cents
-        )
-    except InvalidInput as e:
-        raise InvalidInput(f"The minimum top-up {e}.") from None
-    minutes = f.get("reservation_minutes", "").strip()
-    if not re.fullmatch(r"\d{1,4}", minutes) or not 1 <= int(minutes) <= 1440:
-        raise InvalidInput("The reservation must be 1 to 1440 minutes.")
-    unpaid = f.get("max_unpaid_units", str(shop.setting("max_unpaid_units"))).strip()
-    if not re.fullmatch(r"\d{1,5}", unpaid) or not 1 <= int(unpaid) <= 10000:
-        raise InvalidInput(
-            "The items one shopper may hold unpaid must be a number from 1 to 10000."
-        )
-    coins = [c for c in COIN_CODES if c in f.getall("coins")]
-    if f.get("coins_listed") and not coins:
-        raise InvalidInput("Enable at least one coin.")
-    return wanted, minimum, minutes, unpaid, coins
+    """The settings form, checked as `python shop.py set` checks them: {stored key: text} with the
+    coins only when the form listed them; InvalidInput says what is wrong."""
+    typed = {name: f.getunicode(name) or "" for name in OWNER_SETTINGS if name != "coins"}
+    if "max_unpaid_units" not in f:
+        typed["max_unpaid_units"] = str(shop.setting("max_unpaid_units"))
+    if f.get("coins_listed"):
+        typed["coins"] = ",".join(f.getall("coins"))
+    return clean_owner_settings(
+        typed, max_deposit_cents=shop.config.max_deposit_cents, coin_codes=COIN_CODES
+    )
+
+
+def admin_settings_changes(shop, conn, checked):
+    """Those of the checked settings that differ from what the shop uses now."""
+    changes = {}
+    for key, value in checked.items():
+        if key == "enabled_coins":
+            current = shop.setting(key)
+            if current is None:
+                current = set(shop.payments.client.merchant_coins())
+            changed = set(value.split(",")) != current
+        elif key in RUNTIME_SETTINGS:
+            changed = int(value) != shop.setting(key)
+        else:
+            changed = value != get_setting(conn, key)
+        if changed:
+            changes[key] = value
+    return changes
 
 
 def admin_settings_save(shop):
     with admin_change(shop) as (conn, sess):
         f = bottle.request.forms
         try:
-            wanted, minimum, minutes, unpaid, coins = admin_settings_read(shop, f)
+            checked = admin_settings_read(shop, f)
         except InvalidInput as e:
             return admin_settings_page(shop, conn, sess, form=f, error=str(e))
-        changes = {key: value for key, value in wanted.items() if value != get_setting(conn, key)}
-        if minimum != shop.setting("min_deposit_cents"):
-            changes["min_deposit_cents"] = str(minimum)
-        if int(minutes) != shop.setting("reservation_minutes"):
-            changes["reservation_minutes"] = minutes
-        if int(unpaid) != shop.setting("max_unpaid_units"):
-            changes["max_unpaid_units"] = str(int(unpaid))
-        current = shop.setting("enabled_coins")
-        if f.get("coins_listed") and set(coins) != (
-            current if current is not None else set(shop.payments.client.merchant_coins())
-        ):
-            changes["enabled_coins"] = ",".join(coins)
+        changes = admin_settings_changes(shop, conn, checked)
         if not changes:
             message = "Nothing changed."
         else:
@@ -10162,14 +10229,24 @@ class Shop:
 # Command line ##################################################################
 
 
+# The owner's one-off commands, for --help: name: (its arguments, what it does).
+OWNER_COMMANDS = {
+    "balance": ("ID AMOUNT REASON", "credit (20.00) or debit (-5.00) a shopper's balance"),
+    "admin-password": ("[NEW]", "set the admin password (prints a random one if NEW is left out)"),
+    "set": ("[KEY [VALUE]]", "list the settings, show one, or change one"),
+}
+
+
 def parse_args(argv):
+    description = (
+        "Run the Telegram shop: web server, bot, outbox sender and scheduler in one process.\n"
+        "With no NOWPAYMENTS_API_KEY it runs in sandbox mode with a demo catalog.\n\n"
+        "commands (without one, the shop runs; shop.py COMMAND --help says more):\n"
+        + "\n".join(
+            f"  {f'{name} {args}':<26}{what}" for name, (args, what) in OWNER_COMMANDS.items()
+        )
+    )
     epilog = (
-        "commands (run without one to start the shop):\n"
-        "  balance ID AMOUNT REASON  credit (20.00) or debit (-5.00) a shopper's balance\n"
-        "  admin-password [NEW]      set the admin password "
-        "(prints a random one if NEW is left out)\n"
-        "  set [KEY VALUE]           show the settings, or change one "
-        f"({', '.join(SETTING_RULES)})\n\n"
         "Configuration comes from the environment and a .env file in the working directory "
         "(the environment wins):\n"
         + "\n".join(
@@ -10179,10 +10256,10 @@ def parse_args(argv):
     )
     parser = argparse.ArgumentParser(
         prog="shop.py",
+        usage="%(prog)s [OPTIONS] [COMMAND ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
         epilog=epilog,
-        description="Run the Telegram shop: web server, bot, outbox sender and scheduler in one "
-        "process. With no NOWPAYMENTS_API_KEY it runs in sandbox mode with a demo catalog.",
     )
     parser.add_argument("--host", help="address to listen on (overrides HOST)")
     parser.add_argument("--port", help="port to listen on (overrides PORT)")
@@ -10197,19 +10274,110 @@ def parse_args(argv):
         help="in sandbox mode, do not load the demo catalog into an empty shop",
     )
     parser.add_argument("--version", action="version", version=f"shop.py {__version__}")
-    commands = parser.add_subparsers(dest="command", title="commands", metavar="")
-    balance = commands.add_parser("balance", help="credit or debit a shopper's balance")
-    balance.add_argument("user_id", help="the shopper's Telegram id (👤 Profile shows it)")
-    balance.add_argument("amount", help="EUR to add, like 20.00; a leading - takes money off")
-    balance.add_argument("reason", help="why (kept in the ledger)")
-    password = commands.add_parser(
-        "admin-password", help="set a new admin password (random if none given)"
+    # Listed once, in the description: argparse's own list would repeat them without arguments.
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help=argparse.SUPPRESS, prog="shop.py"
     )
-    password.add_argument("password", nargs="?")
-    setting = commands.add_parser("set", help="show or change shop settings")
-    setting.add_argument("key", nargs="?", choices=list(SETTING_RULES))
-    setting.add_argument("value", nargs="?")
+    balance = commands.add_parser("balance", description=OWNER_COMMANDS["balance"][1])
+    balance.add_argument("user_id", metavar="ID", help="the shopper's Telegram id (👤 Profile)")
+    balance.add_argument("amount", metavar="AMOUNT", help="EUR to add, like 20.00; -5.00 takes off")
+    balance.add_argument("reason", metavar="REASON", help="why (kept in the ledger)")
+    password = commands.add_parser(
+        "admin-password", description=OWNER_COMMANDS["admin-password"][1]
+    )
+    password.add_argument("password", nargs="?", metavar="NEW", help="at least 10 characters")
+    setting = commands.add_parser(
+        "set",
+        description=OWNER_COMMANDS["set"][1] + ", with the checks of the admin's Settings page",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings:\n"
+        + "\n".join(f"  {name:<21}{what}" for name, (_, what) in OWNER_SETTINGS.items())
+        + f"\n\ncoins: {', '.join(COIN_CODES)}"
+        + "\n\nA change applies at once, also while the shop runs, and goes in the audit log.",
+    )
+    setting.add_argument(
+        "key", nargs="?", choices=list(OWNER_SETTINGS), metavar="KEY", help="one of the settings"
+    )
+    setting.add_argument("value", nargs="?", metavar="VALUE", help="its new value")
     return parser.parse_args(argv)
+
+
+def balance_cents(text):
+    """The balance command's AMOUNT in cents, '20.00' to add, '-5.00' to take off; InvalidInput
+    says to the owner what is wrong."""
+    amount = text.strip()
+    sign = -1 if amount.startswith("-") else 1
+    try:
+        cents = parse_eur(amount.removeprefix("-").removeprefix("+"), minimum=0, maximum=10**12)
+    except InvalidInput:
+        raise InvalidInput(
+            f"The amount must be in EUR, like 20.00 to add or -5.00 to take off; got {text!r}."
+        ) from None
+    if cents == 0:
+        raise InvalidInput(
+            "The amount is zero, which changes nothing: give 20.00 to add or -5.00 to take off."
+        )
+    if cents > MAX_EUR_CENTS:
+        raise InvalidInput(f"The amount must be at most {fmt_eur(MAX_EUR_CENTS)}, got {text!r}.")
+    return sign * cents
+
+
+def run_balance(conn, args):
+    """`shop.py balance ID AMOUNT REASON`; InvalidInput says to the owner what is wrong."""
+    if not re.fullmatch(r"\d{1,20}", args.user_id):
+        raise InvalidInput(
+            f"The user id must be a shopper's Telegram id (digits, under 👤 Profile in the bot), "
+            f"got {args.user_id!r}."
+        )
+    user_id, cents = int(args.user_id), balance_cents(args.amount)
+    try:
+        get_user(conn, user_id)
+    except NotFound:
+        raise InvalidInput(
+            f"No shopper has the Telegram id {user_id}: they have not talked to the bot yet "
+            "(a shopper appears once they send /start)."
+        ) from None
+    try:
+        adjust_balance(conn, user_id, cents, args.reason)
+    except InsufficientBalance as e:
+        raise InvalidInput(
+            f"The shopper's balance is {fmt_eur(-cents - e.short_cents)}; a debit of "
+            f"{fmt_eur(-cents)} would take it below zero. Nothing was changed."
+        ) from None
+    balance = get_user(conn, user_id)["balance_cents"]
+    print(f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(balance)}")
+
+
+def setting_shown(conn, name, config, one=False):
+    """A setting as `shop.py set` shows it: texts quoted in the list (as they are when `one`),
+    the minimum top-up in EUR, the coins as they can be typed back."""
+    text = owner_setting_text(conn, name, config)
+    if name in SETTING_RULES:
+        return text if one else repr(text)
+    if name == "min_deposit":
+        return f"{text} EUR"
+    if text is None:  # the coins, never chosen
+        return "every coin the merchant account takes (none chosen)"
+    return text
+
+
+def run_set(conn, args, config):
+    """`shop.py set [KEY [VALUE]]`: a change is checked and stored as the admin's Settings page
+    does it, with an audit row; InvalidInput says what is wrong."""
+    if args.key is None:
+        for name in OWNER_SETTINGS:
+            print(f"{name}: {setting_shown(conn, name, config)}")
+    elif args.value is None:
+        print(setting_shown(conn, args.key, config, one=True))
+    else:
+        key, value = clean_owner_setting(
+            args.key,
+            args.value,
+            max_deposit_cents=config.max_deposit_cents,
+            coin_codes=COIN_CODES,
+        )
+        save_settings(conn, {key: value}, "command line")
+        print(f"{args.key} set to {setting_shown(conn, args.key, config)}")
 
 
 def run_command(args, config):
@@ -10221,23 +10389,7 @@ def run_command(args, config):
         return 1
     try:
         if args.command == "balance":
-            if not re.fullmatch(r"\d{1,20}", args.user_id):
-                raise InvalidInput(
-                    f"The user id must be a Telegram id (digits), got {args.user_id!r}."
-                )
-            user_id, amount = int(args.user_id), args.amount.strip()
-            try:
-                cents = (
-                    -parse_eur(amount[1:])
-                    if amount.startswith("-")
-                    else parse_eur(amount.lstrip("+"))
-                )
-            except InvalidInput as e:
-                raise InvalidInput(f"The amount {e}.") from None
-            get_user(conn, user_id)
-            adjust_balance(conn, user_id, cents, args.reason)
-            balance = get_user(conn, user_id)["balance_cents"]
-            print(f"{fmt_eur(cents)} for user {user_id}: balance now {fmt_eur(balance)}")
+            run_balance(conn, args)
         elif args.command == "admin-password":
             if config.admin_password:
                 raise InvalidInput(
@@ -10246,21 +10398,9 @@ def run_command(args, config):
             if args.password is not None and len(args.password) < 10:
                 raise InvalidInput("Choose a password of at least 10 characters.")
             print(f"Admin password set: {set_admin_password(conn, args.password)}")
-        elif args.key and args.value is None:
-            print(get_setting(conn, args.key))
-        elif args.key:
-            set_setting(conn, args.key, args.value)
-            print(f"{args.key} set")
         else:
-            for key in SETTING_RULES:
-                print(f"{key}: {get_setting(conn, key)!r}")
+            run_set(conn, args, config)
         return 0
-    except NotFound:
-        print(
-            f"shop.py: user {args.user_id} has not talked to the bot yet "
-            "(they must send /start first)",
-            file=sys.stderr,
-        )
     except ShopError as e:
         print(f"shop.py: {e}", file=sys.stderr)
     finally:

@@ -662,3 +662,158 @@ def test_python_shop_py_runs_as_this_module_in_the_same_process(tmp_path):
         assert proc.health().status_code == 200
     finally:
         proc.stop()
+
+
+# Command line
+
+
+def owner_command(db, *args):
+    """`python shop.py ARGS` as the owner runs it, on the database file `db`."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "shop.py"), *args],
+        cwd=db.parent,
+        env=clean_env(SHOP_DB=str(db)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_help_lists_each_command_once_with_what_it_does(tmp_path):
+    out = owner_command(tmp_path / "shop.db", "--help").stdout
+    lines = out.splitlines()
+    for command, usage in (
+        ("balance", "balance ID AMOUNT REASON"),
+        ("admin-password", "admin-password [NEW]"),
+        ("set", "set [KEY [VALUE]]"),
+    ):
+        listed = [line for line in lines if line.split()[:1] == [command]]
+        assert len(listed) == 1, (command, listed)
+        assert listed[0].strip().startswith(usage) and len(listed[0].split()) > 3
+    assert not [line for line in lines if line and not line.strip()]  # no line of blanks
+    keys = owner_command(tmp_path / "shop.db", "set", "--help").stdout
+    for key in SETTINGS_PAGE:
+        assert f"\n  {key} " in keys, key
+    assert not (tmp_path / "shop.db").exists()
+
+
+# The Settings page's fields, by the names `shop.py set` takes.
+SETTINGS_PAGE = (
+    "shop_name",
+    "welcome_text",
+    "help_text",
+    "support_contact",
+    "min_deposit",
+    "reservation_minutes",
+    "max_unpaid_units",
+    "coins",
+)
+
+
+def stored(db):
+    conn = sqlite3.connect(db)
+    try:
+        settings = dict(
+            conn.execute("SELECT key, value FROM settings WHERE key NOT LIKE '%secret'")
+        )
+        audit = conn.execute("SELECT action, details, remote_addr FROM audit_log").fetchall()
+        return settings, audit
+    finally:
+        conn.close()
+
+
+def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(tmp_path):
+    """`shop.py set KEY VALUE` takes what the admin's Settings page takes, checks it the same way,
+    stores it in the same form, with an audit row; `shop.py set` lists them as the owner types
+    them."""
+    db = tmp_path / "shop.db"
+    for key, value, said in (
+        ("shop_name", " Paper & Ink ", "'Paper & Ink'"),
+        ("support_contact", "@paperink", "'@paperink'"),
+        ("min_deposit", "7,5", "7.50 EUR"),
+        ("reservation_minutes", "045", "45"),
+        ("max_unpaid_units", "12", "12"),
+        ("coins", "LTC, btc", "btc,ltc"),
+    ):
+        r = owner_command(db, "set", key, value)
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"{key} set to {said}\n", ""), key
+    settings, audit = stored(db)
+    assert settings == {
+        "shop_name": "Paper & Ink",
+        "support_contact": "@paperink",
+        "min_deposit_cents": "750",
+        "reservation_minutes": "45",
+        "max_unpaid_units": "12",
+        "enabled_coins": "btc,ltc",
+    }
+    assert audit[-1] == ("settings changed", "enabled_coins", "command line") and len(audit) == 6
+    config = shop.load_config(environ={"SHOP_DB": str(db)}, env_file=None)
+    conn = shop.connect(str(db))
+    assert shop.get_setting(conn, "min_deposit_cents", config) == 750
+    assert shop.get_setting(conn, "enabled_coins", config) == {"btc", "ltc"}
+    conn.close()
+    listed = owner_command(db, "set").stdout.splitlines()
+    assert [line.split(":")[0] for line in listed] == list(SETTINGS_PAGE)
+    assert listed[4:] == [
+        "min_deposit: 7.50 EUR",
+        "reservation_minutes: 45",
+        "max_unpaid_units: 12",
+        "coins: btc,ltc",
+    ]
+    assert owner_command(db, "set", "min_deposit").stdout == "7.50 EUR\n"
+    for args, said in (
+        (("min_deposit", "0"), "The minimum top-up must be at least 0.01 EUR, got '0'."),
+        (("min_deposit", "20000"), "The minimum top-up must be at most 10000.00 EUR, got '20000'."),
+        (("reservation_minutes", "1441"), "The reservation must be 1 to 1440 minutes."),
+        (
+            ("max_unpaid_units", "many"),
+            "The items one shopper may hold unpaid must be a number from 1 to 10000.",
+        ),
+        (("coins", ","), "Enable at least one coin."),
+        (("coins", "btc,doge"), "Unknown coin 'doge'; the coins are: btc, eth, ltc, usdttrc20, "),
+        (("shop_name", " "), "The shop name is empty"),
+    ):
+        r = owner_command(db, "set", *args)
+        assert r.returncode == 1 and r.stdout == "", args
+        assert r.stderr.startswith(f"shop.py: {said}"), r.stderr
+    r = owner_command(db, "set", "min_deposit_cents", "750")
+    assert r.returncode == 2 and "invalid choice: 'min_deposit_cents'" in r.stderr
+    assert all(f"'{key}'" in r.stderr for key in SETTINGS_PAGE)
+    assert stored(db) == (settings, audit)  # nothing changed
+
+
+def test_balance_errors_speak_to_the_owner(tmp_path):
+    db = tmp_path / "shop.db"
+    conn = shop.init_db(str(db))
+    shop.touch_user(conn, {"id": 2005, "first_name": "Ann"})
+    shop.adjust_balance(conn, 2005, 46700, "cash")
+    for args, said in (
+        (
+            ("2005", "-500", "refund"),
+            "The shopper's balance is €467.00; a debit of €500.00 would take it below zero. "
+            "Nothing was changed.",
+        ),
+        (
+            ("2005", "0", "x"),
+            "The amount is zero, which changes nothing: give 20.00 to add or -5.00 to take off.",
+        ),
+        (
+            ("2005", "-0.00", "x"),
+            "The amount is zero, which changes nothing: give 20.00 to add or -5.00 to take off.",
+        ),
+        (
+            ("2005", "twenty", "x"),
+            "The amount must be in EUR, like 20.00 to add or -5.00 to take off; got 'twenty'.",
+        ),
+        (
+            ("99", "5", "x"),
+            "No shopper has the Telegram id 99: they have not talked to the bot yet (a shopper "
+            "appears once they send /start).",
+        ),
+    ):
+        r = owner_command(db, "balance", *args)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"shop.py: {said}\n"), args
+    assert shop.get_user(conn, 2005)["balance_cents"] == 46700
+    r = owner_command(db, "balance", "2005", "-467", "closing")
+    assert r.returncode == 0 and "balance now €0.00" in r.stdout
+    conn.close()
