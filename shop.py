@@ -3345,6 +3345,14 @@ def check_payment_matches(payment, news):
         raise PaymentMismatch("; ".join(problems))
 
 
+def payment_status_text(payment):
+    """What a payment's status says to the shopper: a payment short within the owner's tolerance
+    paid its order, so it reads as paid."""
+    if payment["status"] == "partially_paid" and (payment["outcome"] or "").startswith("delivered"):
+        return STATUS_TEXT["finished"]
+    return STATUS_TEXT[payment["status"]]
+
+
 STATUS_TEXT = {
     "waiting": "⏳ Waiting for your payment",
     "confirming": "🔎 Payment seen, waiting for confirmations",
@@ -3615,6 +3623,11 @@ def _settle_order(conn, payment, owners):
         return None
     if status == "finished":
         return _order_paid(conn, payment, order, owners)
+    short = _short_percent(payment)
+    if status == "partially_paid" and order["status"] == "pending":
+        if short <= underpayment_tolerance(conn):
+            note = f"{short:f}% short, within the tolerance"
+            return _order_paid(conn, payment, order, owners, note=note) + f", {note}"
     if status == "partially_paid":
         if order["status"] == "pending":
             release_order_units(conn, order_id)
@@ -3632,7 +3645,8 @@ def _settle_order(conn, payment, owners):
             user_id,
             f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of "
             f"{esc(payment['pay_amount'])} "
-            f"{esc(payment['pay_currency'].upper())} arrived. The order is cancelled and the value "
+            f"{esc(payment['pay_currency'].upper())} arrived, {_missing_text(payment)} short. "
+            "The order is cancelled and the value "
             f"received, {fmt_eur(cents)}, was added to your balance. "
             f"Balance: {_balance(conn, user_id)}.",
             order_id=order_id,
@@ -3665,9 +3679,9 @@ def _settle_order(conn, payment, owners):
     return None
 
 
-def _order_paid(conn, payment, order, owners):
+def _order_paid(conn, payment, order, owners, note=None):
     """A finished payment: deliver (late or not) if the goods can be had, else credit the full
-    price."""
+    price. `note`: what the owners should know besides (a payment short within the tolerance)."""
     order_id, user_id = order["id"], payment["user_id"]
     late = order["status"] != "pending"
     if not late:
@@ -3703,7 +3717,8 @@ def _order_paid(conn, payment, order, owners):
             conn,
             owners,
             f"🛒 Order #{order_id} paid in {esc(payment['pay_currency'].upper())}: "
-            f"{fmt_eur(payment['price_cents'])}{' (late)' if late else ''}, by "
+            f"{fmt_eur(payment['price_cents'])}{' (late)' if late else ''}"
+            f"{f' ({esc(note)})' if note else ''}, by "
             f"{describe_user(get_user(conn, user_id))}",
         )
     else:
@@ -3737,6 +3752,27 @@ def _order_paid(conn, payment, order, owners):
             f"{fmt_eur(credited)} credited to the shopper's balance",
         )
     return outcome
+
+
+def underpayment_tolerance(conn):
+    """The owner's underpayment tolerance, a percentage (Decimal, 0 unless set): a crypto payment
+    short by at most this much of its amount pays its order in full, as BTCPay's "payment
+    tolerance" does (network fees and wallets that round make small shortfalls common)."""
+    return Decimal(get_setting(conn, "underpayment_tolerance") or "0")
+
+
+def _short_percent(payment):
+    """How much of the invoice's amount did not arrive, in percent of it, exactly (0 if none)."""
+    asked, paid = crypto_amount(payment["pay_amount"]), crypto_amount(payment["actually_paid"] or 0)
+    if asked <= 0 or paid >= asked:
+        return Decimal(0)
+    return ((asked - paid) * 100 / asked).quantize(Decimal("0.01"), rounding="ROUND_CEILING")
+
+
+def _missing_text(payment):
+    """What did not arrive, in the payment's coin and exactly."""
+    missing = crypto_amount(payment["pay_amount"]) - crypto_amount(payment["actually_paid"] or 0)
+    return f"{esc(str(missing))} {esc(payment['pay_currency'].upper())}"
 
 
 def _credit_overpayment(conn, payment, order_id):
@@ -6501,7 +6537,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "price_currency": "EUR",
         "expires_at": payment["expires_at"][:19] + "Z",
         "status": payment["status"],
-        "status_text": "⌛ No longer open" if closed else STATUS_TEXT[payment["status"]],
+        "status_text": "⌛ No longer open" if closed else payment_status_text(payment),
         "final": payment["status"] not in OPEN_STATUSES,
         "open": payment["status"] == "waiting" and not closed,
         # What the shop did: the order 'paid' (delivered), or 'cancelled'/'expired' (money, if
@@ -8347,7 +8383,7 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
         if status == "waiting":
             reserved = " The items are reserved until then." if payment["order_id"] else ""
             lines += ["", f"Pay by {expires:%H:%M} UTC ({left} min left).{reserved}"]
-        lines += ["", f"Status: {STATUS_TEXT[status]}"]
+        lines += ["", f"Status: {payment_status_text(payment)}"]
     lines.append(f"Payment id: <code>{payment['provider_id']}</code>")
     rows = []
     if status in OPEN_STATUSES and left >= 0:
@@ -9138,7 +9174,7 @@ class ShopBot:
                 "The payment service is not answering right now; the shop keeps checking by itself."
             )
         self.recaption(message, self.invoice_screen(payment, with_qr=False))
-        return STATUS_TEXT[payment["status"]]
+        return payment_status_text(payment)
 
     def on_cancel(self, conn, user, message, payment_id):
         try:  # the provider may know of money our records have not seen yet
@@ -9152,7 +9188,7 @@ class ShopBot:
         return (
             "This invoice is closed already."
             if payment["status"] == "waiting"
-            else STATUS_TEXT[payment["status"]]
+            else payment_status_text(payment)
         )
 
     def on_simulate(self, conn, user, message, payment_id, how):
