@@ -825,3 +825,16 @@ def test_adding_units_never_adds_a_code_twice(admin):
         "skipped 3 already in the shop"
         in conn.execute("SELECT details FROM audit_log ORDER BY id DESC").fetchone()[0]
     )
+
+
+def test_from_payment_to_delivery_counts_every_paid_order(admin, sale):
+    """Balance orders (the bot's and the Mini App's) count as much as crypto ones."""
+    conn = admin.shop.conn
+    paid, _ = sale
+    assert "No paid order delivered in the last 30 days" in admin.get("/admin").text
+    row = conn.execute(
+        "SELECT id FROM outbox WHERE order_id = ? ORDER BY id LIMIT 1", (paid,)
+    ).fetchone()
+    shop.mark_outbox_sent(conn, row["id"], 77)
+    page = admin.get("/admin").text
+    assert "over 1 paid order (30 days)" in page and "No paid order delivered" not in page

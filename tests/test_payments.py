@@ -179,6 +179,30 @@ def test_a_finished_payment_delivers_once_whatever_the_order_of_the_news(conn, g
     assert conn.execute("SELECT final_source FROM payments").fetchone()[0] == "ipn"
 
 
+def test_a_payment_short_within_the_owners_tolerance_pays_in_full(conn, gift):
+    """Underpayment tolerance (issue 13): off by default; a payment short by at most the owner's
+    percentage delivers as if paid in full; one short by more is cancelled and credited, and the
+    shopper is told exactly how much is missing."""
+    uid = user(conn)
+    p = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")
+    assert apply(conn, news(p, "partially_paid", "0.000397")).endswith("cancelled, credited 24.81")
+    assert "only 0.000397 BTC of 0.0004 BTC arrived, 0.000003 BTC short." in outbox(conn, uid)[-1]
+    shop.save_settings(conn, {"underpayment_tolerance": "1"})
+    within = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")
+    outcome = apply(conn, news(within, "partially_paid", "0.000397"))
+    assert outcome.endswith("delivered, 0.75% short, within the tolerance"), outcome
+    order = shop.get_order(conn, uid, within["order_id"])
+    assert order["status"] == "paid"
+    assert shop.get_user(conn, uid)["balance_cents"] == 2481  # only the first payment's credit
+    assert any("(0.75% short, within the tolerance)" in t for t in outbox(conn, 900))
+    paid = conn.execute("SELECT * FROM payments WHERE id = ?", (within["id"],)).fetchone()
+    assert shop.payment_status_text(paid) == "✅ Paid"
+    beyond = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")
+    assert apply(conn, news(beyond, "partially_paid", "0.000395")).startswith("waiting -> ")
+    assert shop.get_order(conn, uid, beyond["order_id"])["status"] == "cancelled"
+    assert "0.000005 BTC short" in outbox(conn, uid)[-1]
+
+
 def test_an_underpayment_cancels_and_credits_what_arrived(conn, gift):
     uid = user(conn)
     p = order_payment(conn, uid, [(*gift, 1)], pay_amount="0.0004")

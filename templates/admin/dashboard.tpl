@@ -26,9 +26,9 @@
   <div class="card">
     <h2>From payment to delivery</h2>
     % if stats["deliveries"]:
-    <p>Median <b>{{"%.1f" % stats["delivery_median"]}} s</b>, worst <b>{{"%.1f" % stats["delivery_worst"]}} s</b> over {{stats["deliveries"]}} crypto orders (30 days).</p>
+    <p>Median <b>{{"%.1f" % stats["delivery_median"]}} s</b>, worst <b>{{"%.1f" % stats["delivery_worst"]}} s</b> over {{stats["deliveries"]}} paid order{{"" if stats["deliveries"] == 1 else "s"}} (30 days).</p>
     % else:
-    <p class="muted">No crypto order delivered in the last 30 days.</p>
+    <p class="muted">No paid order delivered in the last 30 days.</p>
     % end
     <p class="muted">Messages waiting: {{stats["outbox"]["pending"]}} · failed: {{stats["outbox"]["failed"]}}</p>
   </div>
