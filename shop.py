@@ -1033,6 +1033,7 @@ DEFAULT_SETTINGS = {
     "💳 Pay in crypto (BTC, ETH, LTC, USDT, USDC, TON, SOL) or from your balance.\n"
     "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
     "support_contact": "",
+    "underpayment_tolerance": "0",
 }
 
 
@@ -1086,6 +1087,10 @@ OWNER_SETTINGS = {
     ),
     "max_unpaid_units": ("max_unpaid_units", "items one shopper may hold unpaid at once, 1-10000"),
     "coins": ("enabled_coins", "the coins offered, comma-separated, like btc,eth,usdttrc20"),
+    "underpayment_tolerance": (
+        "underpayment_tolerance",
+        "a crypto payment short by at most this % pays in full, 0-10 (0: off)",
+    ),
 }
 
 
@@ -1114,6 +1119,13 @@ def clean_owner_setting(name, text, *, max_deposit_cents, coin_codes):
         except InvalidInput as e:
             raise InvalidInput(f"The minimum top-up {e}.") from None
     text = (text or "").strip()
+    if name == "underpayment_tolerance":
+        if not re.fullmatch(r"[0-9]{1,2}(\.[0-9]{1,2})?", text) or Decimal(text) > 10:
+            raise InvalidInput(
+                "The underpayment tolerance must be a percentage from 0 to 10, like 0.5 "
+                f"(0 turns it off); got {text[:20]!r}."
+            )
+        return key, f"{Decimal(text).normalize():f}"
     if name == "coins":
         typed = set(re.split(r"[\s,]+", text.lower())) - {""}
         unknown = sorted(typed - set(coin_codes))
@@ -7868,6 +7880,7 @@ def admin_settings_page(shop, conn, sess, form=None, error=None):
         min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
         reservation_minutes=str(shop.setting("reservation_minutes")),
         max_unpaid_units=str(shop.setting("max_unpaid_units")),
+        underpayment_tolerance=get_setting(conn, "underpayment_tolerance"),
     )
     enabled = shop.setting("enabled_coins")
     if form is not None:  # a refused save: show what the owner typed, with the reason
@@ -7900,6 +7913,8 @@ def admin_settings_read(shop, f):
     typed = {name: f.getunicode(name) or "" for name in OWNER_SETTINGS if name != "coins"}
     if "max_unpaid_units" not in f:
         typed["max_unpaid_units"] = str(shop.setting("max_unpaid_units"))
+    if "underpayment_tolerance" not in f:
+        typed["underpayment_tolerance"] = get_setting(shop.db(), "underpayment_tolerance")
     if f.get("coins_listed"):
         typed["coins"] = ",".join(f.getall("coins"))
     return clean_owner_settings(
@@ -10327,7 +10342,7 @@ def parse_args(argv):
         description=OWNER_COMMANDS["set"][1] + ", with the checks of the admin's Settings page",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings:\n"
-        + "\n".join(f"  {name:<21}{what}" for name, (_, what) in OWNER_SETTINGS.items())
+        + "\n".join(f"  {name:<24}{what}" for name, (_, what) in OWNER_SETTINGS.items())
         + f"\n\ncoins: {', '.join(COIN_CODES)}"
         + "\n\nA change applies at once, also while the shop runs, and goes in the audit log.",
     )

@@ -707,6 +707,7 @@ SETTINGS_PAGE = (
     "reservation_minutes",
     "max_unpaid_units",
     "coins",
+    "underpayment_tolerance",
 )
 
 
@@ -734,6 +735,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         ("reservation_minutes", "045", "45"),
         ("max_unpaid_units", "12", "12"),
         ("coins", "LTC, btc", "btc,ltc"),
+        ("underpayment_tolerance", "0.50", "0.5"),
     ):
         r = owner_command(db, "set", key, value)
         assert (r.returncode, r.stdout, r.stderr) == (0, f"{key} set to {said}\n", ""), key
@@ -745,8 +747,10 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "reservation_minutes": "45",
         "max_unpaid_units": "12",
         "enabled_coins": "btc,ltc",
+        "underpayment_tolerance": "0.5",
     }
-    assert audit[-1] == ("settings changed", "enabled_coins", "command line") and len(audit) == 6
+    assert audit[-1] == ("settings changed", "underpayment_tolerance", "command line")
+    assert len(audit) == 7
     config = shop.load_config(environ={"SHOP_DB": str(db)}, env_file=None)
     conn = shop.connect(str(db))
     assert shop.get_setting(conn, "min_deposit_cents", config) == 750
@@ -759,6 +763,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "reservation_minutes: 45",
         "max_unpaid_units: 12",
         "coins: btc,ltc",
+        "underpayment_tolerance: 0.5",
     ]
     assert owner_command(db, "set", "min_deposit").stdout == "7.50 EUR\n"
     for args, said in (
@@ -772,6 +777,10 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         (("coins", ","), "Enable at least one coin."),
         (("coins", "btc,doge"), "Unknown coin 'doge'; the coins are: btc, eth, ltc, usdttrc20, "),
         (("shop_name", " "), "The shop name is empty"),
+        (
+            ("underpayment_tolerance", "12"),
+            "The underpayment tolerance must be a percentage from 0 to 10, like 0.5",
+        ),
     ):
         r = owner_command(db, "set", *args)
         assert r.returncode == 1 and r.stdout == "", args

@@ -12,6 +12,7 @@
   <label>Minimum top-up in EUR <input name="min_deposit" value="{{values['min_deposit']}}" inputmode="decimal" required></label>
   <label>Reservation (minutes an unpaid order holds its items) <input name="reservation_minutes" value="{{values['reservation_minutes']}}" inputmode="numeric" required></label>
   <label>Items one shopper's unpaid invoices may hold at once <input name="max_unpaid_units" value="{{values['max_unpaid_units']}}" inputmode="numeric" required></label>
+  <label>Underpayment tolerance in % (a crypto payment short by at most this much pays its order in full; 0 turns it off) <input name="underpayment_tolerance" value="{{values['underpayment_tolerance']}}" inputmode="decimal" required></label>
   <fieldset>
     <legend>Coins offered</legend>
     % if coins is None:
