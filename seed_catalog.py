@@ -14,9 +14,11 @@ A catalog file:
                               "media": "img/u1.jpg"}]}]}
 
 `photo` (public product photo) and `media` (a private photo delivered with the
-unit) are optional paths relative to the file. Importing is idempotent and
+unit) are optional paths relative to the file. A price is EUR, "25.00" or 25.00
+("25,00" reads as 25.00; no thousands separators). Importing is idempotent and
 atomic: names match existing rows, a unit already there is not added again,
-and a file with any problem imports nothing and exits with status 1.
+and a file with any problem imports nothing, lists every problem (each with its
+place in the file, in file order) and exits with status 1.
 """
 
 import argparse
@@ -52,9 +54,11 @@ def main(argv=None):
         else:
             counts = shop.load_demo(conn, config.media_dir)
     except shop.CatalogError as e:
+        count = f"{len(e.errors)} problem" + ("s" if len(e.errors) != 1 else "")
         print(
-            f"seed_catalog.py: nothing imported; {args.file or 'the demo catalog'} has "
-            f"problems:\n{e}",
+            f"seed_catalog.py: nothing imported; {args.file or 'the demo catalog'} has {count}:",
+            *e.errors,  # every one (str(e) shows the first 20)
+            sep="\n",
             file=sys.stderr,
         )
         return 1

@@ -1702,114 +1702,228 @@ def read_image(path, ref):
 
 @dataclass
 class _CatalogCheck:
-    """What plan_catalog has found so far: the problems, in order, and the images it has read."""
+    """What plan_catalog has found so far: the problems, as (place, message) with the place a path
+    like ("products", 3, "price"), the images it has read, the names of the cities and products by
+    their place, and the places a stock line may name."""
 
     base_dir: Path
     confine: bool
-    errors: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
     images: dict = field(default_factory=dict)  # each file is read once, however many name it
+    labels: dict = field(default_factory=dict)  # ("products", 3) -> "product 'Gift card'"
+    places: dict = field(default_factory=dict)  # city -> {districts}; None: its list is unreadable
+    cities_readable: bool = True  # False when "cities" is not a list: no city can be called unknown
 
 
-def _plan_error(check, where, message):
-    check.errors.append(f"{where}: {message}")
+def _plan_error(check, path, message):
+    check.problems.append((tuple(path), message))
 
 
-def _plan_text(check, where, obj, key, what, **kw):
+def _catalog_where(path):
+    """("products", 3, "stock", 0, "city") -> 'products[3].stock[0].city'; () -> 'catalog'."""
+    where = ""
+    for step in path:
+        where += f"[{step}]" if isinstance(step, int) else (f".{step}" if where else step)
+    return where or "catalog"
+
+
+def _catalog_order(data, path):
+    """Where a place is in the file, as a tuple that sorts in file order (a missing key sorts
+    after the keys its object has)."""
+    order, node = [], data
+    for step in path:
+        if isinstance(node, dict):
+            keys = list(node)
+            order.append(keys.index(step) if step in node else len(keys))
+            node = node.get(step)
+        elif isinstance(node, list) and isinstance(step, int) and step < len(node):
+            order.append(step)
+            node = node[step]
+        else:
+            order.append(0)
+            node = None
+    return tuple(order)
+
+
+def _catalog_problems(check, data):
+    """The problems as lines, each once, in the order of their places in the file; a problem in a
+    city or product that has a name says the name (without one, its position names it)."""
+    found = sorted(
+        (_catalog_order(data, path), n, path, message)
+        for n, (path, message) in enumerate(dict.fromkeys(check.problems))
+    )
+    lines = []
+    for _, _, path, message in found:
+        label = check.labels.get(path[:2])
+        lines.append(f"{_catalog_where(path)}: {message}" + (f" ({label})" if label else ""))
+    return lines
+
+
+def _plan_text(check, path, obj, key, what, **kw):
     try:
         return clean_text(obj.get(key), what, **kw)
     except InvalidInput as e:
-        _plan_error(check, f"{where}.{key}", str(e))
+        _plan_error(check, (*path, key), str(e))
 
 
-def _plan_image(check, where, ref):
+def _plan_image(check, path, ref):
     if ref is None:
         return None
     if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
-        return _plan_error(check, where, "must be a file path relative to the catalog file")
-    path = (check.base_dir / ref).resolve()
-    if check.confine and not str(path).startswith(str(check.base_dir.resolve()) + os.sep):
-        return _plan_error(check, where, f"{ref} is outside the uploaded catalog")
-    if path not in check.images:
-        check.images[path] = read_image(path, ref)
-    found = check.images[path]
-    return _plan_error(check, where, found) if isinstance(found, str) else found
+        return _plan_error(check, path, "must be a file path relative to the catalog file")
+    file = (check.base_dir / ref).resolve()
+    if check.confine and not str(file).startswith(str(check.base_dir.resolve()) + os.sep):
+        return _plan_error(check, path, f"{ref} is outside the uploaded catalog")
+    if file not in check.images:
+        check.images[file] = read_image(file, ref)
+    found = check.images[file]
+    return _plan_error(check, path, found) if isinstance(found, str) else found
 
 
-def _plan_list(check, data, key, where):
-    """data[key] if it is a list (missing: empty); else the problem is noted and it is empty."""
-    items = data.get(key, [])
-    if not isinstance(items, list):
-        _plan_error(check, where, "must be a list")
-        return []
-    return items
+def _plan_list(check, obj, key, path, what):
+    """obj[key] if it is a list (missing: empty); None, the problem noted, if it is not one."""
+    items = obj.get(key, [])
+    if isinstance(items, list):
+        return items
+    _plan_error(check, (*path, key), f"must be a list of {what}")
+    return None
 
 
-def _plan_districts(check, where, city):
+def _plan_keys(check, path, obj, allowed):
+    extra = set(obj) - set(allowed)
+    if extra:
+        _plan_error(check, path, f"unknown keys {sorted(extra)} (expected {', '.join(allowed)})")
+
+
+def _plan_districts(check, path, city):
+    """The city's district names; None if its "districts" is not a list."""
     districts, seen = [], set()
-    raw = city.get("districts", [])
-    if not isinstance(raw, list):
-        _plan_error(check, f"{where}.districts", "must be a list of names")
-        raw = []
-    for j, d in enumerate(raw):
+    raw = _plan_list(check, city, "districts", path, "names")
+    for j, d in enumerate(raw or []):
         try:
             d = clean_text(d, "The district name", max_len=64)
         except InvalidInput as e:
-            _plan_error(check, f"{where}.districts[{j}]", str(e))
+            _plan_error(check, (*path, "districts", j), str(e))
             continue
         if d in seen:
-            _plan_error(check, f"{where}.districts[{j}]", f"district {d!r} is listed twice")
+            _plan_error(check, (*path, "districts", j), f"district {d!r} is listed twice")
         seen.add(d)
         districts.append(d)
-    return districts
+    return None if raw is None else districts
 
 
 def _plan_cities(check, data):
-    """[(name, [district names])] of the file's cities."""
-    cities, seen_cities = [], set()
-    for i, c in enumerate(_plan_list(check, data, "cities", "cities")):
-        where = f"cities[{i}]"
+    """[(name, [district names])] of the file's cities; notes them as places stock may name."""
+    cities, first = [], {}
+    raw = _plan_list(check, data, "cities", (), "cities")
+    check.cities_readable = raw is not None
+    for i, c in enumerate(raw or []):
+        path = ("cities", i)
         if not isinstance(c, dict):
-            _plan_error(check, where, 'must be an object with "name" and "districts"')
+            _plan_error(check, path, 'must be an object with "name" and "districts"')
             continue
-        name = _plan_text(check, where, c, "name", "The city name", max_len=64)
-        if name in seen_cities:
-            _plan_error(check, where, f"city {name!r} is listed twice")
-        seen_cities.add(name)
-        districts = _plan_districts(check, where, c)
-        if name:
-            cities.append((name, districts))
+        _plan_keys(check, path, c, ("name", "districts"))
+        name = _plan_text(check, path, c, "name", "The city name", max_len=64)
+        districts = _plan_districts(check, path, c)
+        if name is None:
+            continue
+        check.labels[path] = f"city {name!r}"
+        if name in first:
+            _plan_error(check, path, f"listed twice, first as cities[{first[name]}]")
+        first.setdefault(name, i)
+        cities.append((name, districts or []))
+        if districts is None:
+            check.places[name] = None  # which districts it has is unknown
+        elif check.places.get(name, set()) is not None:
+            check.places[name] = check.places.get(name, set()) | set(districts)
     return cities
 
 
-def _plan_price(check, where, price):
+_PRICE_HINT = 'write it like "25.00"'
+
+
+def _price_text(check, path, price):
+    """A price as text parse_eur reads (a JSON number exactly, "1E+3" as "1000.00"); None, the
+    problem noted, if it cannot be one."""
+    if price is None:
+        return _plan_error(check, path, f"the price is missing; {_PRICE_HINT}")
+    if isinstance(price, str):
+        return price
+    if isinstance(price, int) and not isinstance(price, bool):
+        return str(price)
+    if isinstance(price, float):  # (only from Python: read_catalog_file reads numbers exactly)
+        return _plan_error(check, path, f"{price!r} is a float, not exact; {_PRICE_HINT}")
+    if not isinstance(price, Decimal):  # true, a list, an object
+        shown = json.dumps(price, ensure_ascii=False, default=str)[:40]
+        return _plan_error(check, path, f"{shown} is not an amount in EUR; {_PRICE_HINT}")
+    if not price.is_finite() or not -(10**12) < price < 10**12:
+        return _plan_error(check, path, f"{price} is not a price in EUR; {_PRICE_HINT}")
+    if price != round(price, 2):
+        return _plan_error(check, path, f"{price} has more than 2 decimals (a price is in cents)")
+    return f"{price:.2f}"
+
+
+def _price_problem(text, error):
+    """Why parse_eur refused a price, with how to write it instead. A comma before the last one or
+    two digits is read as the decimal point ("25,00"), never guessed otherwise: "1.234,50",
+    "1,234.50" and "1,234" are refused."""
+    shown = text.strip()
+    try:
+        parse_eur(shown, minimum=0, maximum=10**30)
+        return str(error)  # an amount, but out of range
+    except InvalidInput:
+        pass
+    if shown.startswith("-"):
+        return str(error)
+    if re.fullmatch(r"[0-9]+(?:[.,'\u00a0 ][0-9]+)+", shown):
+        return (
+            f'{text!r} has a thousands separator or more than 2 decimals; write it like "1234.50"'
+        )
+    if re.fullmatch(r"[0-9]+", shown):
+        return f"must be at most {cents_to_str(MAX_EUR_CENTS)} EUR, got {text!r}"
+    return f"{text!r} is not an amount in EUR; {_PRICE_HINT}"
+
+
+def _plan_price(check, path, price):
     """The price in cents, or None (with the problem noted)."""
-    if isinstance(price, float) or isinstance(price, bool) or price is None:
-        _plan_error(check, f"{where}.price", 'must be a price in EUR like "25.00"')
+    text = _price_text(check, path, price)
+    if text is None:
         return None
     try:
-        if isinstance(price, Decimal) and price != price.quantize(Decimal("0.01")):
-            raise InvalidInput(f"must have at most 2 decimals, got {price}")
-        return parse_eur(price)
-    except (InvalidInput, InvalidOperation) as e:
-        _plan_error(check, f"{where}.price", str(e))
-        return None
+        return parse_eur(text)
+    except InvalidInput as e:
+        return _plan_error(check, path, _price_problem(text, e))
 
 
-def _plan_units(check, where, product_name, product):
+def _plan_place(check, path, city, district):
+    """Note a stock line naming a city or district that is neither in the file nor in the shop."""
+    if city is None or district is None or not check.cities_readable:
+        return
+    if city not in check.places:
+        _plan_error(check, (*path, "city"), f'unknown city {city!r}; add it under "cities"')
+    elif check.places[city] is not None and district not in check.places[city]:
+        _plan_error(
+            check,
+            (*path, "district"),
+            f"{district!r} is not a district of {city!r}: an unknown district; "
+            'add it to the city\'s "districts"',
+        )
+
+
+def _plan_units(check, path, product_name, product):
     """The units of one product's "stock"."""
     units = []
-    for j, s in enumerate(_plan_list(check, product, "stock", f"{where}.stock")):
-        w = f"{where}.stock[{j}]"
+    for j, s in enumerate(_plan_list(check, product, "stock", path, "units") or []):
+        w = (*path, "stock", j)
         if not isinstance(s, dict):
             _plan_error(check, w, 'must be an object with "city", "district" and "content"')
             continue
-        extra = set(s) - {"city", "district", "content", "media"}
-        if extra:
-            _plan_error(check, w, f"unknown keys {sorted(extra)}")
+        _plan_keys(check, w, s, ("city", "district", "content", "media"))
         city = _plan_text(check, w, s, "city", "The city", max_len=64)
         district = _plan_text(check, w, s, "district", "The district", max_len=64)
+        _plan_place(check, w, city, district)
         content = _plan_text(check, w, s, "content", "The content", max_len=3500, multiline=True)
-        media = _plan_image(check, f"{w}.media", s.get("media"))
+        media = _plan_image(check, (*w, "media"), s.get("media"))
         units.append(
             {
                 "product": product_name,
@@ -1817,70 +1931,90 @@ def _plan_units(check, where, product_name, product):
                 "district": district,
                 "content": content,
                 "media": media,
-                "where": w,
+                "where": _catalog_where(w),
             }
         )
     return units
 
 
+def _plan_product(check, i, p, first):
+    """(product, units) of products[i]; first: the position of each product name seen so far."""
+    path = ("products", i)
+    _plan_keys(check, path, p, ("name", "description", "price", "photo", "stock"))
+    name = _plan_text(check, path, p, "name", "The product name", max_len=64)
+    if name is not None:
+        check.labels[path] = f"product {name!r}"
+        if name in first:
+            _plan_error(check, path, f"listed twice, first as products[{first[name]}]")
+        first.setdefault(name, i)
+    description = _plan_text(
+        check,
+        path,
+        p,
+        "description",
+        "The description",
+        max_len=800,
+        multiline=True,
+        required=False,
+    )
+    product = {
+        "name": name,
+        "description": description,
+        "price_cents": _plan_price(check, (*path, "price"), p.get("price")),
+        "photo": _plan_image(check, (*path, "photo"), p.get("photo")),
+        "has_photo": p.get("photo") is not None,
+    }
+    return product, _plan_units(check, path, name, p)
+
+
 def _plan_products(check, data):
     """(products, units) of the file's products."""
-    products, units, seen_products = [], [], set()
-    for i, p in enumerate(_plan_list(check, data, "products", "products")):
-        where = f"products[{i}]"
+    products, units, first = [], [], {}
+    if "products" not in data:
+        _plan_error(
+            check, ("products",), 'the list of products is missing (write "products": [] for none)'
+        )
+    for i, p in enumerate(_plan_list(check, data, "products", (), "products") or []):
         if not isinstance(p, dict):
-            _plan_error(check, where, 'must be an object with "name", "price" and "stock"')
+            _plan_error(
+                check, ("products", i), 'must be an object with "name", "price" and "stock"'
+            )
             continue
-        extra = set(p) - {"name", "description", "price", "photo", "stock"}
-        if extra:
-            _plan_error(check, where, f"unknown keys {sorted(extra)}")
-        name = _plan_text(check, where, p, "name", "The product name", max_len=64)
-        if name in seen_products:
-            _plan_error(check, where, f"product {name!r} is listed twice")
-        seen_products.add(name)
-        description = _plan_text(
-            check,
-            where,
-            p,
-            "description",
-            "The description",
-            max_len=800,
-            multiline=True,
-            required=False,
-        )
-        price_cents = _plan_price(check, where, p.get("price"))
-        photo = _plan_image(check, f"{where}.photo", p.get("photo"))
-        products.append(
-            {
-                "name": name,
-                "description": description,
-                "price_cents": price_cents,
-                "photo": photo,
-                "has_photo": p.get("photo") is not None,
-            }
-        )
-        units += _plan_units(check, where, name, p)
+        product, product_units = _plan_product(check, i, p, first)
+        products.append(product)
+        units += product_units
     return products, units
 
 
-def plan_catalog(data, base_dir, confine=False):
+def plan_catalog(data, base_dir, confine=False, shop_places=None):
     """Check a parsed catalog file completely, reading its images; raise CatalogError listing every
-    problem.
+    problem, each once, in file order.
 
-    confine: images must lie inside base_dir (an upload may not name the server's own files)."""
-    check = _CatalogCheck(Path(base_dir), confine)
+    confine: images must lie inside base_dir (an upload may not name the server's own files).
+    shop_places: {city: {districts}} the shop has already; a stock line may name them too."""
     if not isinstance(data, dict):
         raise CatalogError(['the catalog must be a JSON object with "cities" and "products"'])
-    unknown = set(data) - {"cities", "products"}
-    if unknown:
-        _plan_error(
-            check, "catalog", f'unknown keys {sorted(unknown)} (expected "cities" and "products")'
-        )
-    cities = _plan_cities(check, data)
+    check = _CatalogCheck(Path(base_dir), confine)
+    check.places = {city: set(districts) for city, districts in (shop_places or {}).items()}
+    _plan_keys(check, (), data, ("cities", "products"))
+    cities = _plan_cities(check, data)  # first, wherever they are: stock lines name them
     products, units = _plan_products(check, data)
-    if check.errors:
-        raise CatalogError(check.errors)
+    if check.problems:
+        raise CatalogError(_catalog_problems(check, data))
     return CatalogPlan(cities, products, units)
+
+
+def _shop_places(conn):
+    """{city: {districts}} of the places the shop has."""
+    places = {}
+    for row in conn.execute(
+        "SELECT c.name AS city, d.name AS district "
+        "FROM cities c LEFT JOIN districts d ON d.city_id = c.id"
+    ):
+        places.setdefault(row["city"], set())
+        if row["district"] is not None:
+            places[row["city"]].add(row["district"])
+    return places
 
 
 class _DryRun(Exception):
@@ -2048,7 +2182,7 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
     added once (counted as units_repeated). dry_run counts what would change and
     changes nothing.
     """
-    plan = plan_catalog(data, base_dir, confine)
+    plan = plan_catalog(data, base_dir, confine, _shop_places(conn))
     job = _CatalogImport(media_dir, dry_run)
     try:
         with transaction(conn):

@@ -1,15 +1,18 @@
 """Catalog import: seed_catalog.py and shop.import_catalog on real files."""
 
 import copy
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 import shop
-from conftest import HOSTILE, HOSTILE_IMAGES, ROOT, png, write_catalog
+from conftest import ADMIN_PASSWORD, HOSTILE, HOSTILE_IMAGES, ROOT, png, write_catalog
+from harness import AdminClient
 
 
 def run_seed(tmp_path, *args):
@@ -265,3 +268,210 @@ def test_an_oversized_image_is_refused(tmp_path, conn):
     path.write_text(json.dumps(data))
     with pytest.raises(shop.CatalogError, match="larger than 10 MB"):
         shop.import_catalog(conn, shop.read_catalog_file(path), folder, tmp_path / "media")
+
+
+# Every problem in one run, each once, where it is, in file order (issue 13, point 2)
+
+# A file with problems of every kind: parts that are not what they must be (a city and a product
+# that are not objects, a "stock" that is not a list), names missing (twice, so a check for
+# duplicates could say "None is listed twice"), a product listed twice, prices that are not
+# amounts, an unknown city and district, a missing photo, a unit without content.
+EVERY_KIND = {
+    "cities": [
+        {"name": "Berlin", "districts": ["Mitte", "Kreuzberg"]},
+        "Lisbon",
+        {"districts": ["Baixa"]},
+        {"districts": []},
+    ],
+    "products": [
+        {
+            "name": "Gift card",
+            "price": "25.00",
+            "stock": [{"city": "Berlin", "district": "Mitte", "content": "GC-1"}],
+        },
+        ["not", "a", "product"],
+        {"price": "5.00"},
+        {
+            "name": "Corner Café voucher",
+            "price": "abc",
+            "photo": "img/nope.jpg",
+            "stock": [
+                {"city": "Paris", "district": "Louvre", "content": "CAFE-1"},
+                {"city": "Berlin", "district": "Atlantis", "content": "CAFE-2"},
+                {"city": "Berlin", "district": "Mitte"},
+            ],
+        },
+        {"description": "No name, no price"},
+        {"name": "Gift card", "price": "1.234,50", "stock": "GC-2"},
+    ],
+}
+CAFE = " (product 'Corner Café voucher')"
+EVERY_KIND_PROBLEMS = [
+    'cities[1]: must be an object with "name" and "districts"',
+    "cities[2].name: The city name is missing",
+    "cities[3].name: The city name is missing",
+    'products[1]: must be an object with "name", "price" and "stock"',
+    "products[2].name: The product name is missing",
+    "products[3].price: 'abc' is not an amount in EUR; write it like \"25.00\"" + CAFE,
+    "products[3].photo: cannot read img/nope.jpg: No such file or directory" + CAFE,
+    "products[3].stock[0].city: unknown city 'Paris'; add it under \"cities\"" + CAFE,
+    "products[3].stock[1].district: 'Atlantis' is not a district of 'Berlin': an unknown "
+    'district; add it to the city\'s "districts"' + CAFE,
+    "products[3].stock[2].content: The content is missing" + CAFE,
+    "products[4].name: The product name is missing",
+    'products[4].price: the price is missing; write it like "25.00"',
+    "products[5]: listed twice, first as products[0] (product 'Gift card')",
+    "products[5].price: '1.234,50' has a thousands separator or more than 2 decimals; "
+    "write it like \"1234.50\" (product 'Gift card')",
+    "products[5].stock: must be a list of units (product 'Gift card')",
+]
+
+
+def test_one_run_lists_every_problem_once_where_it_is_in_file_order(tmp_path):
+    path = write_catalog(tmp_path, EVERY_KIND)
+    r = run_seed(tmp_path, str(path))
+    assert r.returncode == 1, r.stdout
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"seed_catalog.py: nothing imported; {path} has 15 problems:"
+    assert lines[1:] == EVERY_KIND_PROBLEMS
+    assert "None" not in r.stderr and "Traceback" not in r.stderr
+    conn = shop.connect(str(tmp_path / "shop.db"))
+    assert set(table_counts(conn).values()) == {0}
+
+
+@pytest.fixture
+def admin(make_shop):
+    s = make_shop(env={"ADMIN_PASSWORD": ADMIN_PASSWORD})
+    a = AdminClient(s.url, ADMIN_PASSWORD, shop=s)
+    assert a.login().status_code == 303
+    return a
+
+
+def test_the_admin_import_lists_the_same_problems(admin):
+    upload = json.dumps(EVERY_KIND, ensure_ascii=False).encode()
+    r = admin.post("/admin/import", files={"file": ("c.json", upload, "application/json")})
+    assert r.status_code == 200 and "nothing was imported" in r.text
+    shown = re.search(r'<ul class="errors">(.*?)</ul>', r.text, re.S).group(1)
+    assert [html.unescape(e) for e in re.findall(r"<li>(.*?)</li>", shown)] == EVERY_KIND_PROBLEMS
+
+
+def test_more_than_twenty_problems_are_all_listed(tmp_path):
+    data = {"cities": [], "products": [{"name": f"P{i}", "price": "x"} for i in range(25)]}
+    r = run_seed(tmp_path, str(write_catalog(tmp_path, data)))
+    assert r.returncode == 1
+    assert "has 25 problems:" in r.stderr and "... and" not in r.stderr
+    assert [line.split(":")[0] for line in r.stderr.splitlines()[1:]] == [
+        f"products[{i}].price" for i in range(25)
+    ]
+
+
+def test_a_missing_products_list_is_reported_with_the_other_problems(tmp_path, conn):
+    data = {
+        "cities": [{"name": "Berlin", "districts": ["Mitte", 5]}],
+        "product": [{"name": "Gift card", "price": "25.00"}],
+    }
+    path = write_catalog(tmp_path, data)
+    with pytest.raises(shop.CatalogError) as e:
+        shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, tmp_path / "media")
+    assert e.value.errors == [
+        "catalog: unknown keys ['product'] (expected cities, products)",
+        "cities[0].districts[1]: The district name must be text (city 'Berlin')",
+        'products: the list of products is missing (write "products": [] for none)',
+    ]
+
+
+def test_problems_come_in_file_order_whatever_the_order_of_its_parts(tmp_path, conn):
+    data = {
+        "products": [
+            {
+                "stock": [{"city": "Berlin", "district": "Wedding", "content": "X"}],
+                "price": "0",
+                "name": "Gift card",
+            }
+        ],
+        "cities": [{"name": "Berlin", "districts": ["Mitte", "Mitte"]}],
+    }
+    path = write_catalog(tmp_path, data)
+    with pytest.raises(shop.CatalogError) as e:
+        shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, tmp_path / "media")
+    assert e.value.errors == [
+        "products[0].stock[0].district: 'Wedding' is not a district of 'Berlin': an unknown "
+        "district; add it to the city's \"districts\" (product 'Gift card')",
+        "products[0].price: must be at least 0.01 EUR, got '0' (product 'Gift card')",
+        "cities[0].districts[1]: district 'Mitte' is listed twice (city 'Berlin')",
+    ]
+
+
+def test_stock_may_name_the_shops_places_and_an_unknown_city_comes_with_the_rest(tmp_path, conn):
+    first = {"cities": [{"name": "Kraków", "districts": ["Kazimierz"]}], "products": []}
+    media = tmp_path / "media"
+    shop.import_catalog(conn, first, tmp_path, media)
+    data = {
+        "products": [
+            {
+                "name": "Poster",
+                "price": "19",
+                "stock": [
+                    {"city": "Kraków", "district": "Kazimierz", "content": "P-1"},
+                    {"city": "Kraków", "district": "Podgórze", "content": "P-2"},
+                    {"city": "Paris", "district": "Louvre", "content": "P-3"},
+                ],
+            },
+            {"name": "Voucher", "price": "ten"},
+        ]
+    }
+    path = write_catalog(tmp_path, data)
+    with pytest.raises(shop.CatalogError) as e:
+        shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, media)
+    assert e.value.errors == [
+        "products[0].stock[1].district: 'Podgórze' is not a district of 'Kraków': an unknown "
+        "district; add it to the city's \"districts\" (product 'Poster')",
+        "products[0].stock[2].city: unknown city 'Paris'; add it under \"cities\" "
+        "(product 'Poster')",
+        "products[1].price: 'ten' is not an amount in EUR; write it like \"25.00\" "
+        "(product 'Voucher')",
+    ]
+    del data["products"][0]["stock"][1:]
+    data["products"][1]["price"] = "10"
+    path = write_catalog(tmp_path, data)
+    counts = shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, media)
+    assert (counts["cities_added"], counts["units_added"]) == (0, 1)
+
+
+def test_prices_are_read_exactly_and_a_decimal_comma_on_purpose(tmp_path, conn):
+    prices = ['"25,00"', '"25,5"', '"25.50"', '"€7.50"', "1E+3", "12.900", "7"]
+    products = ", ".join(f'{{"name": "P{i}", "price": {p}}}' for i, p in enumerate(prices))
+    path = tmp_path / "catalog.json"
+    path.write_text(f'{{"cities": [], "products": [{products}]}}', encoding="utf-8")
+    shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, tmp_path / "media")
+    assert [r[0] for r in conn.execute("SELECT price_cents FROM products ORDER BY id")] == [
+        2500,
+        2550,
+        2550,
+        750,
+        100000,
+        1290,
+        700,
+    ]
+
+
+@pytest.mark.parametrize(
+    "price, problem",
+    [
+        ("1.234,50", 'has a thousands separator or more than 2 decimals; write it like "1234.50"'),
+        ("1,234.50", 'has a thousands separator or more than 2 decimals; write it like "1234.50"'),
+        ("1,234", 'has a thousands separator or more than 2 decimals; write it like "1234.50"'),
+        ("25.000", 'has a thousands separator or more than 2 decimals; write it like "1234.50"'),
+        ("1 234", 'has a thousands separator or more than 2 decimals; write it like "1234.50"'),
+        ("abc", 'is not an amount in EUR; write it like "25.00"'),
+        ("25.00 USD", 'is not an amount in EUR; write it like "25.00"'),
+    ],
+)
+def test_a_price_that_could_be_misread_is_refused_saying_how_to_write_it(tmp_path, price, problem):
+    data = {"cities": [], "products": [{"name": "Gift card", "price": price}]}
+    path = write_catalog(tmp_path, data)
+    r = run_seed(tmp_path, str(path))
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[1:] == [
+        f"products[0].price: {price!r} {problem} (product 'Gift card')"
+    ]
