@@ -475,3 +475,12 @@ def test_a_price_that_could_be_misread_is_refused_saying_how_to_write_it(tmp_pat
     assert r.stderr.splitlines()[1:] == [
         f"products[0].price: {price!r} {problem} (product 'Gift card')"
     ]
+
+
+def test_the_admin_import_lists_more_than_fifty_problems_with_their_count(admin):
+    data = {"cities": [], "products": [{"name": f"P{i}", "price": "x"} for i in range(60)]}
+    upload = json.dumps(data).encode()
+    r = admin.post("/admin/import", files={"file": ("c.json", upload, "application/json")})
+    assert r.status_code == 200 and "The file has 60 problems; nothing was imported" in r.text
+    shown = re.search(r'<ul class="errors">(.*?)</ul>', r.text, re.S).group(1)
+    assert len(re.findall(r"<li>", shown)) == 60

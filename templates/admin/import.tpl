@@ -9,9 +9,9 @@
 </form>
 % if errors:
 <section class="card">
-  <h2>The file has problems; nothing was imported</h2>
+  <h2>The file has {{len(errors)}} problem{{"" if len(errors) == 1 else "s"}}; nothing was imported</h2>
   <ul class="errors">
-    % for e in errors[:50]:
+    % for e in errors:
     <li>{{e}}</li>
     % end
   </ul>
