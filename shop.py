@@ -1034,6 +1034,7 @@ DEFAULT_SETTINGS = {
     "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
     "support_contact": "",
     "underpayment_tolerance": "0",
+    "low_stock_threshold": "2",
 }
 
 
@@ -1091,15 +1092,26 @@ OWNER_SETTINGS = {
         "underpayment_tolerance",
         "a crypto payment short by at most this % pays in full, 0-10 (0: off)",
     ),
+    "low_stock_threshold": (
+        "low_stock_threshold",
+        "low stock on the dashboard: this many left or fewer, 0-1000 (0: no list)",
+    ),
 }
 
 
-# The whole-number settings: (largest allowed, what is wrong otherwise); the smallest is 1.
+# The whole-number settings: (smallest allowed, largest allowed, what is wrong otherwise).
 NUMBER_SETTINGS = {
-    "reservation_minutes": (1440, "The reservation must be 1 to 1440 minutes."),
+    "reservation_minutes": (1, 1440, "The reservation must be 1 to 1440 minutes."),
     "max_unpaid_units": (
+        1,
         10000,
         "The items one shopper may hold unpaid must be a number from 1 to 10000.",
+    ),
+    "low_stock_threshold": (
+        0,
+        1000,
+        "The low-stock threshold must be a whole number from 0 to 1000 (0 turns the dashboard's "
+        "low-stock list off).",
     ),
 }
 
@@ -1136,8 +1148,10 @@ def clean_owner_setting(name, text, *, max_deposit_cents, coin_codes):
         if not typed:
             raise InvalidInput("Enable at least one coin.")
         return key, ",".join(code for code in coin_codes if code in typed)
-    highest, wrong = NUMBER_SETTINGS[name]
-    if not re.fullmatch(r"[0-9]{1,%d}" % len(str(highest)), text) or not 1 <= int(text) <= highest:
+    lowest, highest, wrong = NUMBER_SETTINGS[name]
+    if not re.fullmatch(r"[0-9]{1,%d}" % len(str(highest)), text) or not (
+        lowest <= int(text) <= highest
+    ):
         raise InvalidInput(wrong)
     return key, str(int(text))
 
@@ -4690,6 +4704,48 @@ def find_delivery_seconds(conn, since):
     ]
 
 
+# Stock the owner should see to, over indexes that hold only what is on sale (or, for "was it ever
+# here", one seek per place and product), so they cost the catalog's size, never the sales'. Each
+# row carries the count of all rows (total) since the dashboard shows only the first DASHBOARD_ROWS.
+_PLACE_ORDER = (
+    "c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE, p.name COLLATE NOCASE"
+)
+# Products with 1 to ? units available in a place, the fewest first.
+_LOW_STOCK = (
+    "SELECT p.id, p.name, c.name AS city, d.name AS district, count(*) AS available, "
+    f"count(*) OVER () AS total FROM stock_units u {_AVAILABLE} GROUP BY d.id, p.id "
+    f"HAVING available <= ? ORDER BY available, {_PLACE_ORDER} LIMIT ?"
+)
+# Active products with nothing available in a visible place where they had units (sold or held by
+# an unpaid order; units the owner deleted unsold do not count), with how many are held.
+_SOLD_OUT = (
+    "SELECT p.id, p.name, c.name AS city, d.name AS district, "
+    "(SELECT count(*) FROM stock_units r INDEXED BY stock_units_product WHERE r.product_id = p.id "
+    "AND r.status = 'reserved' AND r.district_id = d.id) AS reserved, count(*) OVER () AS total "
+    "FROM cities c JOIN districts d ON d.city_id = c.id AND d.is_hidden = 0 "
+    "JOIN products p ON p.is_active = 1 WHERE c.is_hidden = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM stock_units a INDEXED BY stock_units_available "
+    "WHERE a.district_id = d.id AND a.product_id = p.id AND a.status = 'available') "
+    "AND EXISTS (SELECT 1 FROM stock_units e INDEXED BY stock_units_dedupe "
+    "WHERE e.product_id = p.id AND e.district_id = d.id) "
+    f"ORDER BY {_PLACE_ORDER} LIMIT ?"
+)
+DASHBOARD_ROWS = 20
+
+
+def low_stock_threshold(conn):
+    """The owner's low-stock threshold (0: no low-stock list)."""
+    return int(get_setting(conn, "low_stock_threshold") or 0)
+
+
+def find_stock_alerts(conn, threshold, limit=DASHBOARD_ROWS):
+    """(low, sold out): a place's products with 1 to `threshold` units available (none when the
+    threshold is 0), and those sold out there; at most `limit` rows each, every row with the
+    count of all (total)."""
+    low = conn.execute(_LOW_STOCK, (threshold, limit)).fetchall() if threshold > 0 else []
+    return low, conn.execute(_SOLD_OUT, (limit,)).fetchall()
+
+
 def dashboard_stats(conn):
     """What the owner sees first: revenue, orders, open invoices, stock, payments, deliveries."""
     now = datetime.now(timezone.utc)
@@ -4735,24 +4791,16 @@ def dashboard_stats(conn):
         "AND parent_id IS NULL",
         (now_iso(),),
     ).fetchone()[0]
-    # Both over indexes that hold only what is on sale, however many units were sold before.
-    low_stock = conn.execute(
-        "SELECT p.id, p.name, c.name AS city, d.name AS district, count(*) AS available "
-        f"FROM stock_units u {_AVAILABLE} GROUP BY d.id, p.id HAVING available <= 2 "
-        "ORDER BY available, p.name LIMIT 20"
-    ).fetchall()
-    sold_out = conn.execute(
-        "SELECT id, name FROM products p WHERE is_active = 1 AND NOT EXISTS (SELECT 1 FROM "
-        "stock_units u WHERE u.product_id = p.id AND u.status = 'available') ORDER BY name "
-        "LIMIT 20"
-    ).fetchall()
+    threshold = low_stock_threshold(conn)
+    low_stock, sold_out = find_stock_alerts(conn, threshold)
     return {
         "revenue": revenue,
-        "per_day": [(d, per_day.get(d, (0, 0))[1]) for d in days],
+        "per_day": [(d, *per_day.get(d, (0, 0))) for d in days],  # (day, orders, cents)
         "outcomes": outcomes,
         "sources": sources,
         "open_invoices": open_invoices,
         "low_stock": low_stock,
+        "low_stock_threshold": threshold,
         "sold_out": sold_out,
         "delivery_median": percentile(latencies, 0.5),
         "delivery_worst": max(latencies) if latencies else None,
@@ -7274,19 +7322,88 @@ def read_upload(upload, what):
     return data, kind
 
 
-def svg_bars(points, width=600, height=120):
-    """A bar chart of [(label, cents)] as SVG markup (numbers only: nothing typed by anyone)."""
-    top = max((v for _, v in points), default=0) or 1
-    step = width / max(len(points), 1)
-    bars = "".join(
-        f'<rect x="{i * step + 1:.1f}" y="{height - v * height / top:.1f}" width="{step - 2:.1f}" '
-        f'height="{v * height / top:.1f}"><title>{label}: {fmt_eur(v)}</title></rect>'
-        for i, (label, v) in enumerate(points)
-    )
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def day_label(day, long=False):
+    """'2026-12-02' -> '2 Dec', or with `long` 'Wed 2 Dec 2026' (the same in every locale)."""
+    d = datetime.strptime(day, "%Y-%m-%d")
+    short = f"{d.day} {MONTHS[d.month - 1]}"
+    return f"{WEEKDAYS[d.weekday()]} {short} {d.year}" if long else short
+
+
+def eur_tick(cents):
+    """An axis label: whole euros with thousands separators (€1,500), cents only when needed."""
+    return f"€{cents // 100:,}" if cents % 100 == 0 else fmt_eur(cents)
+
+
+def nice_step(top, most=4):
+    """The smallest 1, 2 or 5 times a power of ten (in cents) covering `top` in `most` steps."""
+    power = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * power * most >= top:
+                return m * power
+        power *= 10
+
+
+def chart_summary(days):
+    """The chart in words, for screen readers: [(day, orders, cents)] -> text."""
+    span = f"{day_label(days[0][0])} to {day_label(days[-1][0])}"
+    orders, cents = sum(n for _, n, _ in days), sum(c for _, _, c in days)
+    if not orders and not cents:
+        return f"Revenue per day, {span}: no sales."
+    best = max(days, key=lambda row: row[2])
     return (
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        'aria-label="Revenue per day, last 30 days">'
-        f"{bars}</svg>"
+        f"Revenue per day, {span}: {fmt_eur(cents)} from {orders} paid "
+        f"order{'s' if orders != 1 else ''}; best day {day_label(best[0])} with {fmt_eur(best[2])}."
+    )
+
+
+def revenue_chart(days, height=160):
+    """A bar chart of revenue per day [(day 'YYYY-MM-DD', orders, cents)] as SVG markup (numbers
+    and dates only: nothing typed by anyone). Across in percent and down in pixels, so its text
+    keeps its size on a phone and a desk: a y axis in round euros (its labels left of the SVG's
+    box, in the margin admin.css gives it), dates every 7 days back from the last, and each day a
+    <title> with its exact total. Pixel heights may be fractions; the money shown never is."""
+    top_pad, base = 10, 10 + height
+    high = max((max(c, 0) for _, _, c in days), default=0)
+    step = nice_step(high) if high else 0
+    top = -(-high // step) * step if high else 0  # the highest tick: a whole number of steps
+    parts = [f'<line class="axis" x1="0" x2="0" y1="{top_pad}" y2="{base}"/>']
+    for tick in range(0, top + 1, step) if top else [0]:
+        y = base - (tick * height / top if top else 0)
+        parts.append(
+            f'<line class="{"axis" if tick == 0 else "grid"}" x1="0" x2="100%" y1="{y:.1f}" '
+            f'y2="{y:.1f}"/><text class="ytick" x="-6" y="{y:.1f}" dy="0.35em">'
+            f"{eur_tick(tick)}</text>"
+        )
+    slot = 100 / max(len(days), 1)
+    for i, (day, orders, cents) in enumerate(days):
+        h = max(cents, 0) * height / top if top else 0
+        h = max(h, 1.5) if cents > 0 else 0  # a small day still shows
+        what = f"{fmt_eur(cents)}, {orders} paid order{'s' if orders != 1 else ''}"
+        parts.append(
+            f"<g><title>{day_label(day, long=True)}: {what}</title>"
+            f'<rect class="hit" x="{i * slot:.3f}%" y="{top_pad}" width="{slot:.3f}%" '
+            f'height="{height}"/><rect class="bar" x="{(i + 0.15) * slot:.3f}%" '
+            f'y="{base - h:.1f}" width="{slot * 0.7:.3f}%" height="{h:.1f}"/></g>'
+        )
+        if (len(days) - 1 - i) % 7 == 0:
+            x = (i + 0.5) * slot
+            parts.append(
+                f'<line class="axis" x1="{x:.3f}%" x2="{x:.3f}%" y1="{base}" y2="{base + 4}"/>'
+                f'<text class="xtick" x="{x:.3f}%" y="{base + 18}">{day_label(day)}</text>'
+            )
+    if not top:
+        parts.append(
+            f'<text class="empty" x="50%" y="{top_pad + height / 2:.0f}">'
+            "No sales in the last 30 days</text>"
+        )
+    return (
+        f'<svg class="chart revenue-chart" height="{base + 24}" role="img" '
+        f'aria-label="{html.escape(chart_summary(days))}">{"".join(parts)}</svg>'
     )
 
 
@@ -7589,7 +7706,8 @@ def admin_dashboard(shop):
             "dashboard.tpl",
             sess,
             stats=stats,
-            chart=svg_bars(stats["per_day"]),
+            chart=revenue_chart(stats["per_day"]),
+            day_label=day_label,
             problems=list(shop.problems.records)[::-1][:20],
             health=shop.health(),
         )
@@ -8015,6 +8133,7 @@ def admin_settings_page(shop, conn, sess, form=None, error=None):
         reservation_minutes=str(shop.setting("reservation_minutes")),
         max_unpaid_units=str(shop.setting("max_unpaid_units")),
         underpayment_tolerance=get_setting(conn, "underpayment_tolerance"),
+        low_stock_threshold=get_setting(conn, "low_stock_threshold"),
     )
     enabled = shop.setting("enabled_coins")
     if form is not None:  # a refused save: show what the owner typed, with the reason
@@ -8049,6 +8168,8 @@ def admin_settings_read(shop, f):
         typed["max_unpaid_units"] = str(shop.setting("max_unpaid_units"))
     if "underpayment_tolerance" not in f:
         typed["underpayment_tolerance"] = get_setting(shop.db(), "underpayment_tolerance")
+    if "low_stock_threshold" not in f:
+        typed["low_stock_threshold"] = get_setting(shop.db(), "low_stock_threshold")
     if f.get("coins_listed"):
         typed["coins"] = ",".join(f.getall("coins"))
     return clean_owner_settings(

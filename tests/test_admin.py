@@ -1,6 +1,7 @@
 """The owner's admin over real HTTP: access control, every action's effect and its audit row."""
 
 import csv
+import html
 import io
 import json
 import re
@@ -589,8 +590,230 @@ def test_exports_and_backups(admin, sale):
 def test_the_dashboard_shows_sales_and_problems(admin, sale):
     page = admin.get("/admin").text
     assert "€25.00" in page and "1 paid order" in page and "Open invoices" in page
-    assert '<svg class="chart"' in page
+    assert '<svg class="chart revenue-chart"' in page
     assert admin.get("/admin/audit").text.count("logged in") >= 1
+
+
+def chart_of(page):
+    """The dashboard's revenue chart: (its aria-label, y tick labels bottom up, x date labels,
+    {title: bar height})."""
+    svg = re.search(r'<svg class="chart revenue-chart".*?</svg>', page, re.S).group(0)
+    label = html.unescape(re.search(r'role="img" aria-label="([^"]*)"', svg).group(1))
+    y_ticks = re.findall(r'<text class="ytick"[^>]*>([^<]*)</text>', svg)
+    x_dates = re.findall(r'<text class="xtick"[^>]*>([^<]*)</text>', svg)
+    bars = {
+        title: float(height)
+        for title, height in re.findall(
+            r'<g><title>([^<]*)</title><rect class="hit"[^>]*/><rect class="bar"[^>]*'
+            r'height="([0-9.]+)"/></g>',
+            svg,
+        )
+    }
+    return label, y_ticks, x_dates, bars
+
+
+def test_the_revenue_chart_has_axes_dates_and_each_days_exact_total(admin):
+    """Server-drawn: a y axis in round euros, dates every 7 days back from today, and a title per
+    day with its exact total; with no sales, the axes and the words "no sales", not a blank box."""
+    from datetime import datetime, timedelta, timezone
+
+    today = datetime.now(timezone.utc)
+    days = [today - timedelta(days=back) for back in range(29, -1, -1)]
+
+    def short(d):
+        return f"{d.day} {d:%b}"
+
+    def long(d):
+        return f"{d:%a} {d.day} {d:%b} {d.year}"
+
+    label, y_ticks, x_dates, bars = chart_of(admin.get("/admin").text)
+    assert "No sales in the last 30 days" in admin.get("/admin").text
+    assert label.endswith(": no sales.") and y_ticks == ["€0"]
+    assert x_dates == [short(days[i]) for i in (1, 8, 15, 22, 29)]
+    assert len(bars) == 30 and set(bars.values()) == {0.0}
+    assert bars[f"{long(days[-1])}: €0.00, 0 paid orders"] == 0
+
+    conn = admin.shop.conn
+    ids = seed(conn, [("Berlin", "Mitte", "Camera", 61728, 2), ("Berlin", "Mitte", "Pen", 250, 3)])
+    buyer = user(conn, 31, balance=200000)
+    big = shop.buy_with_balance(conn, buyer, [(*ids[("Camera", "Mitte")], 2)])  # €1234.56
+    small = [shop.buy_with_balance(conn, buyer, [(*ids[("Pen", "Mitte")], 1)]) for _ in range(3)]
+    with shop.transaction(conn):  # paid on other days (the per-day totals follow, by trigger)
+        for order, back in ((big, 9), (small[0], 9), (small[1], 20)):
+            when = (today - timedelta(days=back)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+            conn.execute("UPDATE orders SET paid_at = ? WHERE id = ?", (when, order))
+    page = admin.get("/admin").text
+    assert "No sales in the last 30 days" not in page
+    label, y_ticks, x_dates, bars = chart_of(page)
+    assert y_ticks == ["€0", "€500", "€1,000", "€1,500"]  # round steps above the best day
+    assert x_dates == [short(days[i]) for i in (1, 8, 15, 22, 29)]
+    assert len(bars) == 30
+    best = f"{long(days[-10])}: €1237.06, 2 paid orders"
+    assert bars[best] == pytest.approx(160 * 123706 / 150000, abs=0.1)
+    assert bars[f"{long(days[-21])}: €2.50, 1 paid order"] == 1.5  # small, but visible
+    assert bars[f"{long(days[-1])}: €2.50, 1 paid order"] == 1.5
+    assert bars[f"{long(days[-2])}: €0.00, 0 paid orders"] == 0
+    assert label == (
+        f"Revenue per day, {short(days[0])} to {short(days[-1])}: €1242.06 from 4 paid orders; "
+        f"best day {short(days[-10])} with €1237.06."
+    )
+    numbers = re.search(r"<table class=\"chart-numbers\">.*?</table>", page, re.S).group(0)
+    assert re.findall(r'<th scope="row">([^<]*)</th><td class="num">(\d+)</td>', numbers) == [
+        (long(days[-1]), "1"),
+        (long(days[-10]), "2"),
+        (long(days[-21]), "1"),
+    ]
+
+
+def stock_list(page, card):
+    """The dashboard's low-stock or sold-out list: [(product, place, note)]."""
+    part = re.search(rf'<div class="card stock" id="{card}">.*?</div>', page, re.S).group(0)
+    return [
+        (html.unescape(name), html.unescape(place), " ".join(note.split()))
+        for name, place, note in re.findall(
+            r'<a href="/admin/products/\d+">([^<]*)</a> <span class="place">([^<]*)</span></span>'
+            r"(.*?)</li>",
+            part,
+            re.S,
+        )
+    ]
+
+
+def test_the_low_stock_threshold_decides_what_the_dashboard_lists(admin):
+    conn = admin.shop.conn
+    seed(
+        conn,
+        [
+            ("Berlin", "Mitte", "Tea", 500, 1),
+            ("Berlin", "Mitte", "Mug", 900, 2),
+            ("Berlin", "Mitte", "Pen", 250, 3),
+            ("Berlin", "Pankow", "Tea", 500, 2),
+            ("Berlin", "Pankow", "Map", 300, 7),
+            ("Lisbon", "Baixa", "Pen", 250, 1),  # a hidden city's: not on sale, not listed
+        ],
+    )
+    conn.execute("UPDATE cities SET is_hidden = 1 WHERE name = 'Lisbon'")
+    page = admin.get("/admin").text
+    assert "At most 2 left in a place" in page  # the default threshold
+    assert stock_list(page, "low-stock") == [
+        ("Tea", "Berlin / Mitte", '<b class="left">1 left</b>'),
+        ("Mug", "Berlin / Mitte", '<b class="left">2 left</b>'),
+        ("Tea", "Berlin / Pankow", '<b class="left">2 left</b>'),
+    ]
+    shop.save_settings(conn, {"low_stock_threshold": "3"})
+    page = admin.get("/admin").text
+    assert "At most 3 left in a place" in page
+    assert [(name, place) for name, place, _ in stock_list(page, "low-stock")] == [
+        ("Tea", "Berlin / Mitte"),
+        ("Mug", "Berlin / Mitte"),
+        ("Tea", "Berlin / Pankow"),
+        ("Pen", "Berlin / Mitte"),
+    ]
+    shop.save_settings(conn, {"low_stock_threshold": "1"})
+    assert [row[:2] for row in stock_list(admin.get("/admin").text, "low-stock")] == [
+        ("Tea", "Berlin / Mitte")
+    ]
+    shop.save_settings(conn, {"low_stock_threshold": "0"})  # 0: no low-stock list
+    page = admin.get("/admin").text
+    assert stock_list(page, "low-stock") == [] and "The low-stock list is off" in page
+    shop.save_settings(conn, {"low_stock_threshold": "1000"})
+    page = admin.get("/admin").text
+    assert len(stock_list(page, "low-stock")) == 5 and "Nothing is sold out." in page
+    more = [("Vienna", f"District {i:02d}", "Tea", 500, 1) for i in range(25)]
+    seed(conn, more)
+    page = admin.get("/admin").text  # the first 20, and how many more
+    assert len(stock_list(page, "low-stock")) == 20 and "…and 10 more." in page
+
+
+def test_sold_out_items_have_their_own_list(admin):
+    """Sold out in a place (nothing available, the product active, the place visible, units there
+    once) is listed on its own, even when the product is on sale elsewhere; units held by unpaid
+    orders are told."""
+    conn = admin.shop.conn
+    ids = seed(
+        conn,
+        [
+            ("Berlin", "Mitte", "Tea", 500, 1),
+            ("Berlin", "Pankow", "Tea", 500, 5),
+            ("Berlin", "Pankow", "Mug", 900, 2),
+            ("Berlin", "Mitte", "Pen", 250, 1),
+            ("Berlin", "Mitte", "Map", 300, 1),
+            ("Berlin", "Wedding", "Map", 300, 1),
+            ("Berlin", "Mitte", "Cup", 800, 0),  # never had units in Mitte: not sold out there
+        ],
+    )
+    buyer = user(conn, 41, balance=100000)
+    shop.buy_with_balance(conn, buyer, [(*ids[("Tea", "Mitte")], 1)])
+    shop.buy_with_balance(conn, buyer, [(*ids[("Pen", "Mitte")], 1)])
+    shop.buy_with_balance(conn, buyer, [(*ids[("Map", "Mitte")], 1)])
+    shop.buy_with_balance(conn, buyer, [(*ids[("Map", "Wedding")], 1)])
+    user(conn, 42)
+    nonce = shop.create_checkout(conn, 42, "order", 1800, [(*ids[("Mug", "Pankow")], 2)])
+    admin.shop.payments.open_order_invoice(42, nonce, "btc")  # holds both mugs
+    with shop.transaction(conn):
+        conn.execute("UPDATE products SET is_active = 0 WHERE name = 'Pen'")  # not sold any more
+        conn.execute("UPDATE districts SET is_hidden = 1 WHERE name = 'Wedding'")
+    page = admin.get("/admin").text
+    assert stock_list(page, "sold-out") == [
+        ("Map", "Berlin / Mitte", ""),
+        ("Tea", "Berlin / Mitte", ""),
+        (
+            "Mug",
+            "Berlin / Pankow",
+            '<span class="held">2 held by unpaid orders: back on sale if not paid in time</span>',
+        ),
+    ]
+    assert stock_list(page, "low-stock") == []  # Tea in Pankow has 5: neither low nor sold out
+    plans = {
+        name: [r["detail"] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+        for name, sql, args in (
+            ("low", shop._LOW_STOCK, (2, 20)),
+            ("sold out", shop._SOLD_OUT, (20,)),
+        )
+    }
+    for name, plan in plans.items():  # stock units only through indexes, never the sold ones
+        units = [d for d in plan if re.match(r"(SCAN|SEARCH) [uare] ", d)]
+        assert units and all("USING" in d and "INDEX" in d for d in units), (name, plan)
+        assert all(d.startswith("SEARCH") or "stock_units_available" in d for d in units), plan
+
+
+def test_the_low_stock_threshold_is_set_on_the_settings_page_and_the_command_line(admin):
+    conn = admin.shop.conn
+    seed(conn, [("Berlin", "Mitte", "Tea", 500, 4)])
+    page = admin.get("/admin/settings").text
+    assert re.search(r'name="low_stock_threshold" id="low_stock_threshold" value="2"', page)
+    form = {
+        "shop_name": "Demo Shop",
+        "welcome_text": "Hi",
+        "help_text": "Help",
+        "min_deposit": "5.00",
+        "reservation_minutes": "30",
+        "low_stock_threshold": " 4 ",
+    }
+    assert admin.post("/admin/settings", form).status_code == 303
+    assert shop.get_setting(conn, "low_stock_threshold") == "4"
+    assert stock_list(admin.get("/admin").text, "low-stock") == [
+        ("Tea", "Berlin / Mitte", '<b class="left">4 left</b>')
+    ]
+    for bad in ("1001", "-1", "two", ""):
+        r = admin.post("/admin/settings", {**form, "low_stock_threshold": bad})
+        assert r.status_code == 400 and "Nothing was saved" in r.text, bad
+        assert "The low-stock threshold must be a whole number from 0 to 1000" in r.text, bad
+    assert shop.get_setting(conn, "low_stock_threshold") == "4"
+    for value, said, code in (("0", "low_stock_threshold set to 0\n", 0), ("1e3", "", 1)):
+        r = subprocess.run(
+            [sys.executable, str(ROOT / "shop.py"), "set", "low_stock_threshold", value],
+            cwd=ROOT,
+            env={"SHOP_DB": admin.shop.config.shop_db, "PATH": __import__("os").environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (r.returncode, r.stdout) == (code, said), r.stderr
+    assert "The low-stock threshold must be a whole number from 0 to 1000" in r.stderr
+    page = admin.get("/admin").text  # while the shop runs, at once
+    assert "The low-stock list is off" in page and stock_list(page, "low-stock") == []
+    assert audit_actions(conn).count("settings changed") == 2
 
 
 # Hardening: hostile input gets a 4xx, never a traceback or unbounded storage

@@ -708,6 +708,7 @@ SETTINGS_PAGE = (
     "max_unpaid_units",
     "coins",
     "underpayment_tolerance",
+    "low_stock_threshold",
 )
 
 
@@ -736,6 +737,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         ("max_unpaid_units", "12", "12"),
         ("coins", "LTC, btc", "btc,ltc"),
         ("underpayment_tolerance", "0.50", "0.5"),
+        ("low_stock_threshold", "05", "5"),
     ):
         r = owner_command(db, "set", key, value)
         assert (r.returncode, r.stdout, r.stderr) == (0, f"{key} set to {said}\n", ""), key
@@ -748,9 +750,10 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "max_unpaid_units": "12",
         "enabled_coins": "btc,ltc",
         "underpayment_tolerance": "0.5",
+        "low_stock_threshold": "5",
     }
-    assert audit[-1] == ("settings changed", "underpayment_tolerance", "command line")
-    assert len(audit) == 7
+    assert audit[-1] == ("settings changed", "low_stock_threshold", "command line")
+    assert len(audit) == 8
     config = shop.load_config(environ={"SHOP_DB": str(db)}, env_file=None)
     conn = shop.connect(str(db))
     assert shop.get_setting(conn, "min_deposit_cents", config) == 750
@@ -764,6 +767,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "max_unpaid_units: 12",
         "coins: btc,ltc",
         "underpayment_tolerance: 0.5",
+        "low_stock_threshold: 5",
     ]
     assert owner_command(db, "set", "min_deposit").stdout == "7.50 EUR\n"
     for args, said in (
@@ -780,6 +784,10 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         (
             ("underpayment_tolerance", "12"),
             "The underpayment tolerance must be a percentage from 0 to 10, like 0.5",
+        ),
+        (
+            ("low_stock_threshold", "1001"),
+            "The low-stock threshold must be a whole number from 0 to 1000 (0 turns the ",
         ),
     ):
         r = owner_command(db, "set", *args)

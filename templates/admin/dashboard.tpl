@@ -3,15 +3,73 @@
 % if health["status"] != "ok" or health.get("payments", "ok") != "ok":
 <p class="flash bad">Health: {{health["status"]}} · bot {{health["bot"]}} · payments {{health.get("payments", "-")}}</p>
 % end
-<section class="cards">
+<section class="cards stats">
   % for label, row in stats["revenue"].items():
   <div class="card stat"><h2>{{label}}</h2><p class="big">{{fmt(row["revenue_cents"])}}</p><p>{{row["orders"]}} paid order{{'s' if row["orders"] != 1 else ''}}</p></div>
   % end
   <div class="card stat"><h2>Open invoices</h2><p class="big">{{stats["open_invoices"]}}</p><p>waiting for payment</p></div>
 </section>
-<section class="card">
+<section class="card revenue">
   <h2>Revenue per day, last 30 days</h2>
   {{!chart}}
+  % sales = [row for row in stats["per_day"] if row[1] or row[2]][::-1]
+  % if sales:
+  <details>
+    <summary>The numbers, day by day</summary>
+    <table class="chart-numbers">
+      <thead><tr><th scope="col">Day (UTC)</th><th scope="col" class="num">Paid orders</th><th scope="col" class="num">Revenue</th></tr></thead>
+      <tbody>
+      % for day, orders, cents in sales:
+      <tr><th scope="row">{{day_label(day, long=True)}}</th><td class="num">{{orders}}</td><td class="num">{{fmt(cents)}}</td></tr>
+      % end
+      </tbody>
+    </table>
+    <p class="muted">Days without sales are left out.</p>
+  </details>
+  % end
+</section>
+<section class="cards stock-alerts">
+  <div class="card stock" id="low-stock">
+    <h2>Low stock</h2>
+    % threshold = stats["low_stock_threshold"]
+    % if not threshold:
+    <p class="muted">The low-stock list is off: its threshold is 0 in <a href="/admin/settings#low_stock_threshold">Settings</a>.</p>
+    % else:
+    <p class="muted">At most {{threshold}} left in a place (<a href="/admin/settings#low_stock_threshold">change</a>).</p>
+    % if stats["low_stock"]:
+    <ul class="stock-list">
+      % for row in stats["low_stock"]:
+      <li><span class="what"><a href="/admin/products/{{row['id']}}">{{row["name"]}}</a> <span class="place">{{row["city"]}} / {{row["district"]}}</span></span> <b class="left">{{row["available"]}} left</b></li>
+      % end
+    </ul>
+    % if stats["low_stock"][0]["total"] > len(stats["low_stock"]):
+    <p class="muted">…and {{stats["low_stock"][0]["total"] - len(stats["low_stock"])}} more.</p>
+    % end
+    % else:
+    <p>Nothing is down to {{threshold}} or fewer.</p>
+    % end
+    % end
+  </div>
+  <div class="card stock" id="sold-out">
+    <h2>Sold out</h2>
+    % if stats["sold_out"]:
+    <p class="muted">Nothing left to sell in these places.</p>
+    <ul class="stock-list">
+      % for row in stats["sold_out"]:
+      <li><span class="what"><a href="/admin/products/{{row['id']}}">{{row["name"]}}</a> <span class="place">{{row["city"]}} / {{row["district"]}}</span></span>
+      % if row["reserved"]:
+      <span class="held">{{row["reserved"]}} held by {{"an unpaid order" if row["reserved"] == 1 else "unpaid orders"}}: back on sale if not paid in time</span>
+      % end
+      </li>
+      % end
+    </ul>
+    % if stats["sold_out"][0]["total"] > len(stats["sold_out"]):
+    <p class="muted">…and {{stats["sold_out"][0]["total"] - len(stats["sold_out"])}} more.</p>
+    % end
+    % else:
+    <p>Nothing is sold out.</p>
+    % end
+  </div>
 </section>
 <section class="cards">
   <div class="card">
@@ -31,23 +89,6 @@
     <p class="muted">No paid order delivered in the last 30 days.</p>
     % end
     <p class="muted">Messages waiting: {{stats["outbox"]["pending"]}} · failed: {{stats["outbox"]["failed"]}}</p>
-  </div>
-</section>
-<section class="cards">
-  <div class="card">
-    <h2>Low stock</h2>
-    % if stats["low_stock"] or stats["sold_out"]:
-    <ul>
-      % for row in stats["low_stock"]:
-      <li><a href="/admin/products/{{row['id']}}">{{row["name"]}}</a> · {{row["city"]}} / {{row["district"]}}: {{row["available"]}} left</li>
-      % end
-      % for row in stats["sold_out"]:
-      <li><a href="/admin/products/{{row['id']}}">{{row["name"]}}</a>: sold out everywhere</li>
-      % end
-    </ul>
-    % else:
-    <p class="muted">Everything is well stocked.</p>
-    % end
   </div>
   <div class="card">
     <h2>Recent problems</h2>
