@@ -1,10 +1,10 @@
-<table>
+<table class="rows">
   <thead><tr><th>#</th><th>Created (UTC)</th><th>Shopper</th><th class="num">Items</th><th class="num">Total</th><th>Paid with</th><th>Status</th></tr></thead>
   <tbody>
   % for o in orders:
-  <tr><td><a href="/admin/orders/{{o['id']}}">#{{o["id"]}}</a></td><td>{{o["created_at"][:16].replace("T", " ")}}</td>
-    <td><a href="/admin/users/{{o['user_id']}}">{{o["first_name"] or o["user_id"]}}</a>{{(" @" + o["username"]) if o["username"] else ""}}</td>
-    <td class="num">{{o["items"]}}</td><td class="num">{{fmt(o["total_cents"])}}</td><td>{{o["payment_method"]}}</td><td><span class="status {{o['status']}}">{{o["status"]}}</span></td></tr>
+  <tr><td class="key"><a href="/admin/orders/{{o['id']}}">#{{o["id"]}}</a></td><td data-label="Created (UTC)">{{o["created_at"][:16].replace("T", " ")}}</td>
+    <td data-label="Shopper"><a href="/admin/users/{{o['user_id']}}">{{o["first_name"] or o["user_id"]}}</a>{{(" @" + o["username"]) if o["username"] else ""}}</td>
+    <td data-label="Items" class="num">{{o["items"]}}</td><td data-label="Total" class="num">{{fmt(o["total_cents"])}}</td><td data-label="Paid with">{{o["payment_method"]}}</td><td data-label="Status" class="aside"><span class="status {{o['status']}}">{{o["status"]}}</span></td></tr>
   % end
   % if not orders:
   <tr><td colspan="7" class="muted">No orders match.</td></tr>

@@ -16,15 +16,21 @@
   % elif sandbox:
   <span class="badge">sandbox</span>
   % end
-  <nav>
-    % for href, label in [("/admin", "Dashboard"), ("/admin/catalog", "Catalog"), ("/admin/orders", "Orders"), ("/admin/payments", "Payments"), ("/admin/users", "Users"), ("/admin/broadcast", "Broadcast"), ("/admin/settings", "Settings"), ("/admin/data", "Data"), ("/admin/audit", "Audit log")]:
-    <a href="{{href}}" class="{{'on' if get('section') == href else ''}}">{{label}}</a>
-    % end
-  </nav>
-  <form method="post" action="/admin/logout" class="logout">
-    <input type="hidden" name="csrf_token" value="{{csrf}}">
-    <button type="submit" class="link">Log out</button>
-  </form>
+  <details class="menu-toggle">
+    <summary aria-controls="menu"><span class="icon" aria-hidden="true"></span>Menu</summary>
+  </details>
+  <div class="menu" id="menu">
+    <nav aria-label="Admin sections">
+      % for href, label in [("/admin", "Dashboard"), ("/admin/catalog", "Catalog"), ("/admin/orders", "Orders"), ("/admin/payments", "Payments"), ("/admin/users", "Users"), ("/admin/broadcast", "Broadcast"), ("/admin/settings", "Settings"), ("/admin/data", "Data"), ("/admin/audit", "Audit log")]:
+      % here = get('section') == href
+      <a href="{{href}}" class="{{'on' if here else ''}}" {{!'aria-current="page"' if here else ''}}>{{label}}</a>
+      % end
+    </nav>
+    <form method="post" action="/admin/logout" class="logout">
+      <input type="hidden" name="csrf_token" value="{{csrf}}">
+      <button type="submit" class="link">Log out</button>
+    </form>
+  </div>
 </header>
 <main>
   % if flash:

@@ -36,12 +36,12 @@
 <section class="card">
   <h2>Products</h2>
   % if products:
-  <table>
+  <table class="rows">
     <thead><tr><th>Name</th><th class="num">Price</th><th class="num">Available</th><th>Status</th></tr></thead>
     <tbody>
     % for p in products:
-    <tr><td><a href="/admin/products/{{p['id']}}">{{p["name"]}}</a></td><td class="num">{{fmt(p["price_cents"])}}</td>
-        <td class="num">{{p["available"]}}</td><td>{{"on sale" if p["is_active"] else "hidden"}}</td></tr>
+    <tr><td class="key"><a href="/admin/products/{{p['id']}}">{{p["name"]}}</a></td><td data-label="Price" class="num">{{fmt(p["price_cents"])}}</td>
+        <td data-label="Available" class="num">{{p["available"]}}</td><td data-label="Status" class="aside">{{"on sale" if p["is_active"] else "hidden"}}</td></tr>
     % end
     </tbody>
   </table>

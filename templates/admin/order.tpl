@@ -8,11 +8,11 @@
 </section>
 <section class="card">
   <h2>Items</h2>
-  <table>
+  <table class="rows">
     <thead><tr><th>Product</th><th>Place</th><th class="num">Price</th><th>Content (the goods)</th></tr></thead>
     <tbody>
     % for i in items:
-    <tr><td>{{i["product_name"]}}</td><td>{{i["place_name"]}}</td><td class="num">{{fmt(i["price_cents"])}}</td><td class="content">{{i["content"]}}{{" 📷" if i["media"] else ""}}</td></tr>
+    <tr><td data-label="Product" class="key">{{i["product_name"]}}</td><td data-label="Place">{{i["place_name"]}}</td><td data-label="Price" class="num">{{fmt(i["price_cents"])}}</td><td data-label="Content (the goods)" class="content wide">{{i["content"]}}{{" 📷" if i["media"] else ""}}</td></tr>
     % end
     </tbody>
   </table>

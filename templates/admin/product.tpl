@@ -20,11 +20,11 @@
 % if product:
 <section class="card">
   <h2>Stock</h2>
-  <table>
+  <table class="rows cols3">
     <thead><tr><th>Place</th><th class="num">Available</th><th class="num">Reserved</th><th class="num">Sold</th></tr></thead>
     <tbody>
     % for row in stock:
-    <tr><td>{{row["city"]}} / {{row["name"]}}</td><td class="num">{{row["available"] or 0}}</td><td class="num">{{row["reserved"] or 0}}</td><td class="num">{{row["sold"] or 0}}</td></tr>
+    <tr><td class="key">{{row["city"]}} / {{row["name"]}}</td><td data-label="Available" class="num">{{row["available"] or 0}}</td><td data-label="Reserved" class="num">{{row["reserved"] or 0}}</td><td data-label="Sold" class="num">{{row["sold"] or 0}}</td></tr>
     % end
     </tbody>
   </table>
@@ -48,12 +48,12 @@
 <section class="card">
   <h2>Units</h2>
   % if units:
-  <table>
-    <thead><tr><th>#</th><th>Place</th><th>Content</th><th>Status</th><th></th></tr></thead>
+  <table class="rows">
+    <thead><tr><th>Unit</th><th>Place</th><th>Content</th><th>Status</th><th></th></tr></thead>
     <tbody>
     % for u in units:
-    <tr><td>{{u["id"]}}</td><td>{{u["city"]}} / {{u["district"]}}</td><td class="content">{{u["content"]}}{{" 📷" if u["media"] else ""}}</td>
-      <td>{{u["status"]}}{{(" · order #%d" % u["order_id"]) if u["order_id"] else ""}}</td>
+    <tr><td class="key" data-label="Unit">{{u["id"]}}</td><td data-label="Place">{{u["city"]}} / {{u["district"]}}</td><td data-label="Content" class="content wide">{{u["content"]}}{{" 📷" if u["media"] else ""}}</td>
+      <td data-label="Status">{{u["status"]}}{{(" · order #%d" % u["order_id"]) if u["order_id"] else ""}}</td>
       <td>
       % if u["status"] == "available":
         <button type="button" class="small danger" hx-post="/admin/units/{{u['id']}}/delete" hx-confirm="Delete this unit?">Delete</button>

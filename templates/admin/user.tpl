@@ -18,9 +18,12 @@
   </form>
 </section>
 <section class="card"><h2>Orders</h2>
-  <table><thead><tr><th>#</th><th>Created (UTC)</th><th class="num">Total</th><th>Status</th></tr></thead><tbody>
+  <table class="rows"><thead><tr><th>#</th><th>Created (UTC)</th><th class="num">Total</th><th>Status</th></tr></thead><tbody>
   % for o in orders:
-  <tr><td><a href="/admin/orders/{{o['id']}}">#{{o["id"]}}</a></td><td>{{o["created_at"][:16].replace("T", " ")}}</td><td class="num">{{fmt(o["total_cents"])}}</td><td><span class="status {{o['status']}}">{{o["status"]}}</span></td></tr>
+  <tr><td class="key"><a href="/admin/orders/{{o['id']}}">#{{o["id"]}}</a></td><td data-label="Created (UTC)">{{o["created_at"][:16].replace("T", " ")}}</td><td data-label="Total" class="num">{{fmt(o["total_cents"])}}</td><td data-label="Status" class="aside"><span class="status {{o['status']}}">{{o["status"]}}</span></td></tr>
+  % end
+  % if not orders:
+  <tr><td colspan="4" class="muted">No orders.</td></tr>
   % end
   </tbody></table>
 </section>
@@ -28,9 +31,12 @@
 % include('admin/_payment_rows.tpl', payments=payments)
 </section>
 <section class="card"><h2>Ledger</h2>
-  <table><thead><tr><th>When (UTC)</th><th>Kind</th><th class="num">Amount</th><th class="num">Balance after</th><th>Reason</th></tr></thead><tbody>
+  <table class="rows"><thead><tr><th>When (UTC)</th><th>Kind</th><th class="num">Amount</th><th class="num">Balance after</th><th>Reason</th></tr></thead><tbody>
   % for l in ledger:
-  <tr><td>{{l["created_at"][:19].replace("T", " ")}}</td><td>{{l["kind"]}}</td><td class="num">{{fmt(l["amount_cents"])}}</td><td class="num">{{fmt(l["balance_after_cents"])}}</td><td>{{l["reason"]}}</td></tr>
+  <tr><td data-label="When (UTC)">{{l["created_at"][:19].replace("T", " ")}}</td><td data-label="Kind">{{l["kind"]}}</td><td data-label="Amount" class="num">{{fmt(l["amount_cents"])}}</td><td data-label="Balance after" class="num">{{fmt(l["balance_after_cents"])}}</td><td data-label="Reason" class="wide">{{l["reason"]}}</td></tr>
+  % end
+  % if not ledger:
+  <tr><td colspan="5" class="muted">No balance changes.</td></tr>
   % end
   </tbody></table>
 </section>

@@ -1,0 +1,294 @@
+"""The admin on a phone (390x844, touch) and on a desk: headless Chromium against a shop with data.
+
+Every admin page fits the phone's width (nothing scrolls sideways, long codes and addresses wrap),
+the menu is one "Menu" button until it is opened, and what a thumb presses is at least 44 px tall.
+"""
+
+import re
+import time
+
+import pytest
+
+import shop
+from conftest import ADMIN_PASSWORD as PASSWORD
+from conftest import BROWSER_WAIT_MS as WAIT_MS
+from conftest import expect, seed, user
+
+PHONE = {"width": 390, "height": 844}
+DESK = {"width": 1280, "height": 800}
+
+# What owners and shoppers type, at its longest: nothing here may widen a page.
+LONG_NAME = "Premium-gift-card-for-the-whole-family-valid-everywhere-2025"[:64]
+LONG_CODE = "GIFT-" + "7F3A9C2E" * 10  # a licence key with no place to break
+LONG_USERNAME = "a_shopper_with_a_very_long_username_x"
+
+
+def fill(s):
+    """A shop with what the admin shows: places, products with long names and codes, a paid
+    balance order, a crypto order paid through the sandbox's IPNs, an open crypto invoice, an
+    expired one, a top-up, a banned shopper and an audit log. Returns the ids the pages need."""
+    conn = shop.connect(s.config.shop_db)
+    try:
+        ids = seed(
+            conn,
+            [
+                ("Berlin", "Mitte", "Gift card", 2500, 6),
+                ("Berlin", "Kreuzberg_36", LONG_NAME, 4999, 4),
+                ("Łódź <Centrum>", "Bałuty & Widzew", "Kaffee «Grün» 250g", 1290, 2),
+            ],
+            content=lambda n, product, district, i: (
+                f"{LONG_CODE}-{n}{i}" if n == 1 else f"{product}-{district}-{i}"
+            ),
+        )
+        gift, long_one = ids[("Gift card", "Mitte")], ids[(LONG_NAME, "Kreuzberg_36")]
+        user(conn, 11, balance=20000)
+        shop.touch_user(
+            conn, {"id": 5551234567, "first_name": "Anna-Maria", "username": LONG_USERNAME}
+        )
+        paid = shop.buy_with_balance(conn, 11, [(*gift, 1), (*long_one, 1)])
+
+        def invoice(uid, lines, coin):
+            total = shop.price_lines(conn, lines)[0]
+            nonce = shop.create_checkout(conn, uid, "order", total, lines)
+            return s.payments.open_order_invoice(uid, nonce, coin)
+
+        crypto = invoice(5551234567, [(*long_one, 2)], "usdttrc20")
+        shop.sandbox_simulate(s, crypto["provider_id"], "full")
+        user(conn, 12)
+        waiting = invoice(12, [(*gift, 1)], "btc")
+        expired = invoice(12, [(*gift, 1)], "ton")
+        shop.sandbox_simulate(s, expired["provider_id"], "expire")
+        nonce = shop.create_checkout(conn, 11, "topup", 5000)
+        topup = s.payments.open_topup_invoice(11, nonce, "eth")
+        user(conn, 13)
+        with shop.transaction(conn):
+            conn.execute("UPDATE users SET is_banned = 1 WHERE id = 13")
+        shop.record_audit(conn, "settings changed", "welcome_text, help_text, " + LONG_CODE)
+        broadcast = shop.start_broadcast(conn, f"Sale on {LONG_NAME}!\nCode: {LONG_CODE}")
+        deadline = 200
+        while deadline:  # the sandbox's IPNs arrive from a thread
+            done = conn.execute(
+                "SELECT count(*) FROM payments WHERE status IN ('finished', 'expired')"
+            ).fetchone()[0]
+            if done == 2:
+                break
+            deadline -= 1
+            time.sleep(0.05)
+        assert deadline, "the sandbox's IPNs did not arrive"
+        return {
+            "product": long_one[0],
+            "paid_order": paid,
+            "crypto_order": crypto["order_id"],
+            "crypto_payment": crypto["id"],
+            "waiting_payment": waiting["id"],
+            "topup_payment": topup["id"],
+            "user": 5551234567,
+            "broadcast": broadcast,
+        }
+    finally:
+        conn.close()
+
+
+def admin_pages(ids):
+    """Every page of the admin a logged-in owner opens, with data on it."""
+    return [
+        "/admin",
+        "/admin/catalog",
+        f"/admin/products/{ids['product']}",
+        "/admin/products/new",
+        "/admin/import",
+        "/admin/orders",
+        f"/admin/orders/{ids['crypto_order']}",
+        f"/admin/orders/{ids['paid_order']}",
+        "/admin/payments",
+        f"/admin/payments/{ids['crypto_payment']}",
+        f"/admin/payments/{ids['waiting_payment']}",
+        f"/admin/payments/{ids['topup_payment']}",
+        "/admin/users",
+        f"/admin/users/{ids['user']}",
+        "/admin/broadcast",
+        f"/admin/broadcast/{ids['broadcast']}",
+        "/admin/settings",
+        "/admin/data",
+        "/admin/audit",
+        "/admin/orders/999999",  # the error page
+    ]
+
+
+@pytest.fixture
+def busy_shop(make_shop):
+    s = make_shop(env={"ADMIN_PASSWORD": PASSWORD})
+    s.ids = fill(s)
+    return s
+
+
+def open_tab(browser, s, viewport, phone):
+    context = browser.new_context(
+        viewport=viewport, device_scale_factor=1, is_mobile=phone, has_touch=phone
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    page.goto(s.url + "/admin/login")
+    page.get_by_label("Admin password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(s.url + "/admin")
+    return context, page
+
+
+WIDTHS = """() => ({
+    scroll: document.documentElement.scrollWidth,
+    inner: window.innerWidth,
+    wide: [...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+        .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + e.textContent.slice(0, 40)),
+})"""
+
+# What a thumb presses in the page's main part, and how tall it is.
+TARGETS = """() => [...document.querySelectorAll(
+        'main button, main .button, main select, main summary, header summary, header button,'
+        + ' main input:not([type=hidden]):not([type=checkbox])')]
+    .filter(e => e.getClientRects().length)
+    .map(e => [e.outerHTML.slice(0, 80), e.getBoundingClientRect().height,
+               parseFloat(getComputedStyle(e).fontSize)])"""
+
+
+def test_no_admin_page_scrolls_sideways_on_a_phone_and_everything_is_thumb_sized(
+    browser, busy_shop
+):
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(busy_shop.url + "/admin/login")
+    login = page.evaluate(WIDTHS)
+    assert login["scroll"] <= login["inner"] == PHONE["width"], login
+    context.close()
+
+    context, page = open_tab(browser, busy_shop, PHONE, phone=True)
+    too_wide, too_small = [], []
+    try:
+        for path in admin_pages(busy_shop.ids):
+            page.goto(busy_shop.url + path)
+            expect(page.locator("main h1")).to_be_visible()
+            widths = page.evaluate(WIDTHS)
+            # A page wider than the phone makes Chromium zoom out: innerWidth grows with it.
+            if not widths["scroll"] <= widths["inner"] == PHONE["width"]:
+                too_wide.append((path, widths["scroll"], widths["inner"], widths["wide"]))
+            for html, height, font in page.evaluate(TARGETS):
+                if height < 44:
+                    too_small.append((path, html, height))
+                if font < 16 and not html.startswith(("<button", "<a", "<summary")):
+                    too_small.append((path, html, f"{font}px font"))  # iOS zooms into those
+    finally:
+        context.close()
+    assert too_wide == [], "pages that scroll sideways on a phone"
+    assert too_small == [], "controls too small for a thumb"
+
+
+# Each table's cells, with their column's heading, their label and how the label shows.
+CELLS = """() => [...document.querySelectorAll('table.rows')].flatMap(table => {
+    const heads = [...table.tHead.rows[0].cells].map(th => th.textContent);
+    return [...table.tBodies[0].rows].flatMap(tr => [...tr.cells].map((td, i) => [
+        heads[i], td.dataset.label ?? null, td.className,
+        getComputedStyle(td, '::before').content, td.colSpan]));
+})"""
+
+
+def test_tables_become_labelled_rows_on_a_phone(browser, busy_shop):
+    ids = busy_shop.ids
+    context, page = open_tab(browser, busy_shop, PHONE, phone=True)
+    try:
+        for path in admin_pages(ids):
+            page.goto(busy_shop.url + path)
+            for heading, label, classes, shown, span in page.evaluate(CELLS):
+                if span > 1 or not heading:  # "No orders match."; the "banned" mark
+                    continue
+                if label is None and "key" in classes.split():  # a card's title: #12, a name
+                    continue
+                # Each value says what it is, as its column's heading did on a wide screen.
+                assert label == heading, (path, heading, label)
+                if (
+                    "aside" not in classes.split()
+                ):  # a status in the card's corner speaks for itself
+                    assert shown == f'"{heading}"', (path, heading, shown)
+            expect(page.locator("table.rows > thead")).to_have_count(
+                page.locator("table.rows").count()
+            )
+            for thead in page.locator("table.rows > thead").all():
+                expect(thead).to_be_hidden()
+
+        page.goto(busy_shop.url + f"/admin/orders/{ids['crypto_order']}")
+        goods = page.locator("td.content").first
+        expect(goods).to_contain_text(LONG_CODE)  # wrapped, not cut
+        assert goods.bounding_box()["width"] < PHONE["width"] - 40
+
+        page.goto(busy_shop.url + "/admin/orders")
+        card = page.locator("#orders tbody tr").filter(
+            has=page.get_by_role("link", name=f"#{ids['crypto_order']}", exact=True)
+        )
+        created, total = (
+            card.locator("td[data-label='Created (UTC)']"),
+            card.locator("td[data-label='Total']"),
+        )
+        assert total.bounding_box()["y"] > created.bounding_box()["y"]  # stacked, not side by side
+        total.scroll_into_view_if_needed()
+        box = total.bounding_box()  # anywhere on the card opens the order
+        page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(page.locator("main h1")).to_contain_text(f"Order #{ids['crypto_order']}")
+        page.go_back()
+        card.get_by_role("link", name="Anna-Maria").tap()  # its other links still work
+        expect(page.locator("main h1")).to_contain_text("Anna-Maria")
+    finally:
+        context.close()
+
+
+def test_the_menu_is_one_button_on_a_phone_and_opens_by_keyboard_and_touch(browser, busy_shop):
+    context, page = open_tab(browser, busy_shop, PHONE, phone=True)
+    try:
+        menu = page.locator("header summary")
+        links = page.locator("header nav a")
+        expect(menu).to_be_visible()
+        expect(menu).to_have_text(re.compile("Menu"))
+        expect(links.first).to_be_hidden()
+        expect(page.get_by_role("button", name="Log out")).to_be_hidden()
+        header = page.locator("header").bounding_box()
+        assert header["height"] < 70, header  # one row, not five
+
+        menu.tap()
+        for link in links.all():
+            expect(link).to_be_visible()
+            assert link.bounding_box()["height"] >= 44
+        expect(page.get_by_role("button", name="Log out")).to_be_visible()
+        page.locator("header nav").get_by_role("link", name="Orders", exact=True).tap()
+        expect(page.locator("main h1")).to_have_text("Orders")
+        expect(links.first).to_be_hidden()  # a new page starts with the menu closed
+        expect(page.locator("header nav a.on")).to_have_text("Orders")
+
+        page.keyboard.press("Tab")  # the keyboard: the shop's name, then the menu
+        page.keyboard.press("Tab")
+        expect(menu).to_be_focused()
+        assert menu.evaluate("e => e.matches(':focus-visible')")
+        assert menu.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+        page.keyboard.press("Enter")
+        expect(links.first).to_be_visible()
+        page.keyboard.press("Enter")
+        expect(links.first).to_be_hidden()
+    finally:
+        context.close()
+
+
+def test_on_a_desk_the_menu_is_a_row_of_links(browser, busy_shop):
+    context, page = open_tab(browser, busy_shop, DESK, phone=False)
+    try:
+        expect(page.locator("header summary")).to_be_hidden()
+        links = page.locator("header nav a")
+        expect(links).to_have_count(9)
+        tops = {round(b["y"]) for b in (link.bounding_box() for link in links.all())}
+        assert len(tops) == 1, tops  # one row
+        expect(page.get_by_role("button", name="Log out")).to_be_visible()
+        for path in admin_pages(busy_shop.ids):
+            page.goto(busy_shop.url + path)
+            widths = page.evaluate(WIDTHS)
+            assert widths["scroll"] <= widths["inner"], (path, widths)
+        page.goto(busy_shop.url + "/admin/orders")
+        expect(page.locator("#orders thead")).to_be_visible()  # a table, as before
+    finally:
+        context.close()
