@@ -372,6 +372,331 @@ def clean_text(value, what, *, max_len, multiline=False, required=True):
     return value
 
 
+# Telegram HTML as owners write it (broadcasts). parse_tg_html reads it the way Telegram's own
+# parser does, into a tree of the elements Telegram knows, and refuses, with the reason and the
+# line, what Telegram would refuse or would quietly show otherwise than typed; tg_html writes the
+# tree out again as the HTML the outbox sends, tg_plain as the text a shopper reads (what
+# Telegram's limits count).
+
+# The tags Telegram reads (lower case, as written) -> the element they make.
+TG_TAGS = {
+    "b": "b",
+    "strong": "b",
+    "i": "i",
+    "em": "i",
+    "u": "u",
+    "ins": "u",
+    "s": "s",
+    "strike": "s",
+    "del": "s",
+    "tg-spoiler": "spoiler",
+    "span": "spoiler",
+    "a": "a",
+    "code": "code",
+    "pre": "pre",
+    "blockquote": "blockquote",
+}
+
+
+TG_TAG_LIST = '<b>, <i>, <u>, <s>, <a href="…">, <code>, <pre>, <tg-spoiler> and <blockquote>'
+
+
+TG_MAX_DEPTH = 16
+
+
+_TG_SPECIAL = re.compile(r"</?[A-Za-z]|&")
+
+
+_TG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+
+
+_TG_ENTITY = re.compile(r"&(?:#[xX]([0-9A-Fa-f]+)|#([0-9]+)|([A-Za-z]+))(;?)")
+
+
+_TG_ATTRIBUTE = re.compile(r"[^\s=>/\"']+")
+
+
+_TG_TOKEN = re.compile(r"[A-Za-z0-9.-]*")
+
+
+@dataclass
+class TgNode:
+    """An element of owner-written Telegram HTML (kind: a value of TG_TAGS, "" for the whole text)
+    and its children, str and TgNode. tag is the name as written (its end tag must say it), url
+    the address a link opens (http(s), tg or ton), language a code block's."""
+
+    kind: str
+    tag: str = ""
+    line: int = 1
+    href: str = ""
+    url: str = ""
+    language: str = ""
+    expandable: bool = False
+    children: list = field(default_factory=list)
+
+
+def parse_tg_html(text):
+    """Owner-written Telegram HTML -> its TgNode tree; InvalidInput says what is wrong and where.
+
+    As Telegram reads it: the tags of TG_TAGS only, each closed in order; the entities &lt; &gt;
+    &amp; &quot; and numbered ones (&#8364; &#x20AC;); any other "&" is itself. Stricter, with a
+    reason, where Telegram would quietly show something else than typed: an unknown &name; entity,
+    a link Telegram would not open, formatting inside code, a link or quote inside its own kind.
+    Kinder: a "<" not followed by a letter (or "/" and a letter) is itself ("a < b", "<3")."""
+    root = TgNode("")
+    stack = [root]
+    i = 0
+    while True:
+        m = _TG_SPECIAL.search(text, i)
+        _tg_add_text(stack[-1], text[i : m.start() if m else len(text)])
+        if m is None:
+            break
+        if m.group() == "&":
+            char, i = _tg_entity(text, m.start())
+            _tg_add_text(stack[-1], char)
+        elif m.group().startswith("</"):
+            i = _tg_end_tag(text, m.start(), stack)
+        else:
+            i = _tg_start_tag(text, m.start(), stack)
+    if len(stack) > 1:
+        node = stack[-1]
+        raise InvalidInput(
+            f"Line {node.line}: <{node.tag}> is never closed: add </{node.tag}> where it ends."
+        )
+    return root
+
+
+def _tg_line(text, pos):
+    return text.count("\n", 0, pos) + 1
+
+
+def _tg_add_text(node, text):
+    if not text:
+        return
+    if node.children and isinstance(node.children[-1], str):
+        node.children[-1] += text
+    else:
+        node.children.append(text)
+
+
+def _tg_entity(text, pos):
+    """The character an "&" at pos stands for and where the text goes on."""
+    m = _TG_ENTITY.match(text, pos)
+    if m is None:
+        return "&", pos + 1
+    hexa, number, name, semicolon = m.groups()
+    where = f"Line {_tg_line(text, pos)}"
+    if name is not None:
+        known = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}.get(name)
+        if known:
+            return known, m.end()
+        if semicolon:
+            raise InvalidInput(
+                f'{where}: "&{name};" is not an entity Telegram knows (only &lt; &gt; &amp; &quot; '
+                'and numbered ones like &#8364;): type the character itself, and "&" as &amp;.'
+            )
+        return "&", pos + 1
+    digits = hexa or number
+    code = int(digits, 16 if hexa else 10) if len(digits) <= 7 else 0
+    char = chr(code) if 0 < code < 0x10FFFF and not 0xD800 <= code <= 0xDFFF else ""
+    if not char or (_CONTROL_RE.search(char) and char not in "\n\t"):
+        raise InvalidInput(f'{where}: "{m.group()}" is not a character that can be sent.')
+    return char, m.end()
+
+
+def _tg_decode(text, line):
+    """An attribute's value with its entities decoded."""
+    out, i = [], 0
+    while (amp := text.find("&", i)) >= 0:
+        out.append(text[i:amp])
+        try:
+            char, i = _tg_entity(text, amp)
+        except InvalidInput as e:
+            raise InvalidInput(re.sub(r"^Line \d+", f"Line {line}", str(e))) from None
+        out.append(char)
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _tg_start_tag(text, pos, stack):
+    """Read the start tag at pos onto the stack; returns where the text goes on."""
+    line = _tg_line(text, pos)
+    tag = _TG_NAME.match(text, pos + 1).group().lower()
+    if tag not in TG_TAGS:
+        hint = " For a new line, just start a new line." if tag in ("br", "p", "div") else ""
+        raise InvalidInput(
+            f"Line {line}: <{tag}> is not a tag Telegram knows; it knows {TG_TAG_LIST}.{hint} "
+            'To show a "<" itself, write &lt;.'
+        )
+    attributes, end = _tg_attributes(text, pos + 1 + len(tag), tag, line)
+    node = TgNode(TG_TAGS[tag], tag, line, expandable="expandable" in attributes)
+    if tag == "a":
+        node.href = attributes.get("href", "").strip()
+        node.url = _tg_link(node.href, line)
+    elif tag == "span" and attributes.get("class") != "tg-spoiler":
+        raise InvalidInput(
+            f'Line {line}: <span> is only for spoilers: <span class="tg-spoiler">…</span>, or '
+            "<tg-spoiler>…</tg-spoiler>."
+        )
+    elif tag == "code" and attributes.get("class", "").startswith("language-"):
+        node.language = attributes["class"][len("language-") :]
+    _tg_may_nest(stack, node)
+    stack[-1].children.append(node)
+    stack.append(node)
+    return end
+
+
+def _tg_attributes(text, i, tag, line):
+    """The attributes of a start tag from i: ({name: value}, the position after its ">")."""
+    attributes = {}
+    unfinished = InvalidInput(f'Line {line}: the tag <{tag} … is never finished with ">".')
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            raise unfinished
+        if text[i] == ">":
+            return attributes, i + 1
+        name = _TG_ATTRIBUTE.match(text, i)
+        if name is None:
+            raise InvalidInput(
+                f"Line {line}: <{tag}> is not written as Telegram reads tags: write <{tag}>, "
+                f"text, then </{tag}>."
+            )
+        key, i = name.group().lower(), name.end()
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if text[i : i + 1] != "=":
+            if tag == "blockquote" and key == "expandable":
+                attributes[key] = ""
+                continue
+            raise InvalidInput(f'Line {line}: {key} in <{tag}> needs a value, like {key}="…".')
+        i += 1
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if text[i : i + 1] in ('"', "'"):
+            close = text.find(text[i], i + 1)
+            if close < 0:
+                raise unfinished
+            value, i = _tg_decode(text[i + 1 : close], line), close + 1
+        else:
+            value = _TG_TOKEN.match(text, i).group()
+            i += len(value)
+            if i < len(text) and not (text[i].isspace() or text[i] == ">"):
+                raise InvalidInput(f'Line {line}: put the {key} of <{tag}> in quotes: {key}="…".')
+            value = value.lower()
+        attributes.setdefault(key, value)
+
+
+def _tg_link(href, line):
+    """The address a link's href opens, as Telegram reads it; InvalidInput if it opens none."""
+    shown = shorten(href, 60)
+    if not href:
+        raise InvalidInput(
+            f'Line {line}: <a> needs the address it opens: <a href="https://…">text</a>.'
+        )
+    if any(ch.isspace() for ch in href):
+        raise InvalidInput(f'Line {line}: the link address "{shown}" has a space in it.')
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):(?!\d)", href)
+    rest = href[scheme.end() :] if scheme else "//" + href
+    kind = scheme.group(1).lower() if scheme else "http"
+    if kind not in ("http", "https", "tg", "ton") or not rest.startswith("//") or rest == "//":
+        raise InvalidInput(
+            f'Line {line}: Telegram opens no link to "{shown}": use an address starting with '
+            "https://."
+        )
+    if kind in ("tg", "ton"):
+        return f"{kind}:{rest}"
+    host = re.match(r"[^/?#]*", rest[2:]).group().rsplit("@", 1)[-1]
+    host = re.sub(r":\d{1,5}$", "", host)
+    if (
+        not re.fullmatch(r"[\w.-]+", host)
+        or host.startswith(".")
+        or ".." in host
+        or (not scheme and "." not in host.strip("."))
+    ):
+        raise InvalidInput(
+            f'Line {line}: "{shown}" is not a web address; write it in full, like '
+            "https://example.com."
+        )
+    return f"{kind}:{rest}"
+
+
+def _tg_may_nest(stack, node):
+    """Refuse an element where Telegram would drop it or what is around it."""
+    where = f"Line {node.line}: <{node.tag}>"
+    parent = stack[-1]
+    if len(stack) > TG_MAX_DEPTH:
+        raise InvalidInput(f"{where} is inside more than {TG_MAX_DEPTH} other tags.")
+    if parent.kind == "pre" and node.kind == "code" and not parent.children:
+        return  # <pre><code class="language-…">: a code block in that language
+    for outer in stack[1:]:
+        if outer.kind in ("code", "pre"):
+            raise InvalidInput(
+                f"{where} cannot be inside <{outer.tag}>: code shows its text exactly as typed, "
+                "without formatting."
+            )
+        if outer.kind == "a" and node.kind in ("a", "code", "pre", "blockquote"):
+            raise InvalidInput(f"{where} cannot be inside a link (<a>).")
+        if outer.kind == "blockquote" and node.kind == "blockquote":
+            raise InvalidInput(f"{where} cannot be inside another quote.")
+
+
+def _tg_end_tag(text, pos, stack):
+    """Close the element the end tag at pos names; returns where the text goes on."""
+    line = _tg_line(text, pos)
+    tag = _TG_NAME.match(text, pos + 2).group().lower()
+    i = pos + 2 + len(tag)
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if text[i : i + 1] != ">":
+        raise InvalidInput(f'Line {line}: the end tag </{tag} … is never finished with ">".')
+    node = stack[-1]
+    if tag != node.tag:
+        if any(open_.tag == tag for open_ in stack):
+            raise InvalidInput(
+                f"Line {line}: </{tag}> comes before </{node.tag}>: close tags in the reverse "
+                "order you opened them, like <b><i>…</i></b>."
+            )
+        raise InvalidInput(f"Line {line}: </{tag}> closes nothing: no <{tag}> is open there.")
+    if node.kind == "pre" and any(isinstance(c, TgNode) for c in node.children):
+        if len(node.children) != 1:
+            raise InvalidInput(
+                f"Line {node.line}: inside <pre>, put either text or one "
+                '<code class="language-…"> around all of it.'
+            )
+        code = node.children[0]
+        node.language, node.children = code.language, code.children
+    stack.pop()
+    return i + 1
+
+
+def tg_plain(node):
+    """The text of a TgNode tree as a shopper reads it."""
+    return "".join(c if isinstance(c, str) else tg_plain(c) for c in node.children)
+
+
+def tg_html(node):
+    """A TgNode tree as the Telegram HTML the outbox sends: its tags only, the text escaped."""
+    out = []
+    for child in node.children:
+        if isinstance(child, str):
+            out.append(esc(child))
+            continue
+        inner = tg_html(child)
+        if child.kind == "a":
+            out.append(f'<a href="{html.escape(child.href)}">{inner}</a>')
+        elif child.kind == "pre" and child.language:
+            language = html.escape(child.language)
+            out.append(f'<pre><code class="language-{language}">{inner}</code></pre>')
+        elif child.kind == "blockquote" and child.expandable:
+            out.append(f"<blockquote expandable>{inner}</blockquote>")
+        else:
+            tag = "tg-spoiler" if child.kind == "spoiler" else child.kind
+            out.append(f"<{tag}>{inner}</{tag}>")
+    return "".join(out)
+
+
 def now_iso(delta_seconds=0.0):
     """UTC time as fixed-width ISO-8601 text, which sorts like the time it is."""
     t = datetime.now(timezone.utc) + timedelta(seconds=delta_seconds)
@@ -4615,39 +4940,135 @@ def admin_adjust_balance(conn, user_id, amount, reason, remote=None):
     return cents
 
 
-def start_broadcast(conn, text, photo=None, media_dir=None, remote=None):
-    """Queue a message (and optional public photo) to every shopper who is not banned; returns its
-    id."""
-    text = clean_text(
-        text, "The message", max_len=CAPTION_LIMIT if photo else TEXT_LIMIT, multiline=True
-    )
-    stored = store_media(media_dir, photo[0], photo[1], private=False) if photo else None
+# Broadcasts: the owner's message, in Telegram HTML (parse_tg_html), to every shopper the bot can
+# reach: not banned, and not refused by Telegram with a 403 (they blocked the bot or deleted their
+# account) since they last wrote to it. The confirmation page and the send count them alike.
+_BROADCAST_AUDIENCE = (
+    "FROM users WHERE is_banned = 0 AND id > 0 AND id NOT IN (SELECT o.chat_id FROM outbox o "
+    "JOIN users b ON b.id = o.chat_id WHERE o.status = 'failed' AND o.last_error LIKE '403%' "
+    "AND o.created_at >= b.last_seen_at)"
+)
+
+
+# Characters of HTML an owner may type; the tags do not count toward Telegram's limits.
+BROADCAST_HTML_LIMIT = 20000
+
+
+class AudienceChanged(InvalidInput):
+    """The number of shoppers this broadcast reaches changed since you looked: check it and confirm
+    again."""
+
+    status = 409
+
+
+NOBODY_TO_SEND_TO = (
+    "There is nobody to send it to: no shopper the bot can reach (not banned and not blocking "
+    "the bot) yet."
+)
+
+
+def broadcast_message(text, photo=None):
+    """The owner's broadcast read as Telegram will read it: (its TgNode tree, the Telegram HTML to
+    send, its length as Telegram counts it). InvalidInput says what is wrong: a tag Telegram
+    refuses (see parse_tg_html), no text, or more than 4096 characters (1024 under a photo) once
+    the tags are gone."""
+    text = clean_text(text, "The message", max_len=BROADCAST_HTML_LIMIT, multiline=True)
+    root = parse_tg_html(text)
+    plain = tg_plain(root).strip()
+    if not plain:
+        raise InvalidInput("The message has tags but no text.")
+    limit = CAPTION_LIMIT if photo else TEXT_LIMIT
+    length = tg_len(plain)
+    if length > limit:
+        raise InvalidInput(
+            f"The message is {length} characters long as Telegram counts them (the tags do not "
+            f"count, an emoji counts as 2); the limit is {limit}"
+            f"{' under a photo' if photo else ''}."
+        )
+    return root, tg_html(root), length
+
+
+def broadcast_photo(media_dir, photo):
+    """The outbox's reference to a broadcast's photo, stored already (its public name), or None."""
+    if not photo:
+        return None
+    try:
+        path = media_path(media_dir, f"public:{photo}")
+    except ValueError:
+        raise InvalidInput("That photo is not one this shop stored; choose it again.") from None
+    if not path.exists():
+        raise InvalidInput("That photo is gone; choose it again.")
+    return f"public:{photo}"
+
+
+def broadcast_audience(conn):
+    """Who a broadcast would reach now: {recipients, shoppers, banned, blocked}."""
+    recipients = conn.execute(f"SELECT count(*) {_BROADCAST_AUDIENCE}").fetchone()[0]
+    shoppers, banned = conn.execute(
+        "SELECT count(*), coalesce(sum(is_banned), 0) FROM users WHERE id > 0"
+    ).fetchone()
+    return {
+        "recipients": recipients,
+        "shoppers": shoppers,
+        "banned": banned,
+        "blocked": shoppers - banned - recipients,
+    }
+
+
+def start_broadcast(conn, text, photo=None, media_dir=None, remote=None, *, expected=None):
+    """Queue the owner's message (Telegram HTML, see broadcast_message) and optional photo (the name
+    store_media gave it) to every shopper the bot can reach; returns the broadcast's id. expected:
+    the number of recipients the owner confirmed; AudienceChanged if it is not the number now.
+    Nothing is queued when there is nobody to send to."""
+    root, message, _ = broadcast_message(text, photo)
+    ref = broadcast_photo(media_dir, photo)
     with transaction(conn):
-        users = [
-            r[0]
-            for r in conn.execute("SELECT id FROM users WHERE is_banned = 0 AND id > 0 ORDER BY id")
-        ]
+        users = [r[0] for r in conn.execute(f"SELECT id {_BROADCAST_AUDIENCE} ORDER BY id")]
+        if not users:
+            raise InvalidInput(NOBODY_TO_SEND_TO)
+        if expected is not None and expected != len(users):
+            raise AudienceChanged()
+        now = now_iso()
         broadcast_id = conn.execute(
             "INSERT INTO broadcasts(text, photo, recipients, created_at) VALUES (?, ?, ?, ?)",
-            (text, stored, len(users), now_iso()),
+            (message, photo, len(users), now),
         ).lastrowid
-        now = now_iso()
         conn.executemany(
             "INSERT INTO outbox(chat_id, text, photo, broadcast_id, next_attempt_at, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (u, esc(text), f"public:{stored}" if stored else None, broadcast_id, now, now)
-                for u in users
-            ],
+            [(u, message, ref, broadcast_id, now, now) for u in users],
         )
         conn.after_commit.append(outbox_ready.set)
         audit(
             conn,
             "broadcast started",
-            f"#{broadcast_id} to {len(users)} shoppers: {text[:80]}",
+            f"#{broadcast_id} to {len(users)} shoppers: {tg_plain(root)[:80]}",
             remote,
         )
     return broadcast_id
+
+
+def send_broadcast_test(conn, text, photo, media_dir, owners, remote=None):
+    """Queue the broadcast to the owners' own chats (ADMIN_IDS) only, through the outbox as the
+    real one goes; returns how many chats. InvalidInput when no owner is set."""
+    root, message, _ = broadcast_message(text, photo)
+    ref = broadcast_photo(media_dir, photo)
+    owners = [o for o in owners if o > 0]
+    if not owners:
+        raise InvalidInput(
+            "No owner chat is set, so there is nowhere to send a test: put your Telegram id "
+            "(👤 Profile in the bot shows it) in ADMIN_IDS in .env and restart the shop."
+        )
+    with transaction(conn):
+        for owner in owners:
+            enqueue_message(conn, owner, message, photo=ref)
+        audit(
+            conn,
+            "broadcast test sent",
+            f"to {', '.join(map(str, owners))}: {tg_plain(root)[:80]}",
+            remote,
+        )
+    return len(owners)
 
 
 def broadcast_progress(conn, broadcast_id):
@@ -5039,12 +5460,10 @@ def find_user_details(conn, user_id):
 
 
 def find_broadcasts(conn):
-    """The last 10 broadcasts, and how many shoppers a new one would reach."""
+    """The last 10 broadcasts, and who a new one would reach (broadcast_audience)."""
     return {
         "recent": conn.execute("SELECT * FROM broadcasts ORDER BY id DESC LIMIT 10").fetchall(),
-        "recipients": conn.execute(
-            "SELECT count(*) FROM users WHERE is_banned = 0 AND id > 0"
-        ).fetchone()[0],
+        "audience": broadcast_audience(conn),
     }
 
 
@@ -7982,6 +8401,20 @@ def admin_order_refund(shop, order_id):
 # Payments
 
 
+# The payments page's status filter says these words; its query values stay the provider's.
+PAYMENT_STATUS_WORDS = {
+    "waiting": "waiting for payment",
+    "confirming": "confirming",
+    "confirmed": "confirmed",
+    "sending": "being forwarded",
+    "partially_paid": "partly paid",
+    "finished": "paid",
+    "refunded": "refunded",
+    "failed": "failed",
+    "expired": "expired",
+}
+
+
 def admin_payments(shop):
     with admin_page(shop) as (conn, sess):
         status = bottle.request.query.get("status")
@@ -8001,7 +8434,7 @@ def admin_payments(shop):
             payments=rows[:ADMIN_PAGE],
             more=more,
             status=status or "",
-            statuses=list(STATUS_RANK),
+            statuses=[(s, PAYMENT_STATUS_WORDS.get(s, s)) for s in STATUS_RANK],
         )
 
 
@@ -8078,41 +8511,229 @@ def admin_user_ban(shop, user_id, action):
 
 # Broadcast
 
+_ADMIN_TG_TAGS = {
+    "b": ("<b>", "</b>"),
+    "i": ("<i>", "</i>"),
+    "u": ("<u>", "</u>"),
+    "s": ("<s>", "</s>"),
+    "spoiler": ('<span class="tg-spoiler" title="A spoiler: hidden until tapped">', "</span>"),
+    "code": ("<code>", "</code>"),
+    "pre": ("<pre>", "</pre>"),
+    "blockquote": ("<blockquote>", "</blockquote>"),
+}
+
+
+_ADMIN_AUTOLINK = re.compile(r"(?i)\bhttps?://[^\s<>\"']+")
+
+
+def admin_tg_link(url, inner):
+    """A link in a preview: http(s) ones open (in a new tab), tg:// and ton:// ones only show."""
+    url = html.escape(url)
+    if re.match(r"(?i)https?://", url):
+        return (
+            f'<a href="{url}" title="{url}" target="_blank" rel="noopener noreferrer">{inner}</a>'
+        )
+    return f'<span class="tg-link" title="{url}">{inner}</span>'
+
+
+def admin_autolinks(text):
+    """Plain text, escaped, with the web addresses in it as links (Telegram finds them itself)."""
+    out, i = [], 0
+    for m in _ADMIN_AUTOLINK.finditer(text):
+        url = m.group().rstrip(".,;:!?)]}")
+        out += [html.escape(text[i : m.start()]), admin_tg_link(url, html.escape(url))]
+        i = m.start() + len(url)
+    return "".join(out) + html.escape(text[i:])
+
+
+def admin_tg_preview(node, plain=False):
+    """A TgNode tree as the admin shows it, the way Telegram does: HTML built from the tree's
+    whitelisted elements, every text and address escaped, never the owner's HTML itself. plain:
+    inside a link or code, where Telegram finds no links."""
+    out = []
+    for child in node.children:
+        if isinstance(child, str):
+            out.append(html.escape(child) if plain else admin_autolinks(child))
+            continue
+        inner = admin_tg_preview(child, plain or child.kind in ("a", "code", "pre"))
+        if child.kind == "a":
+            out.append(admin_tg_link(child.url, inner))
+        else:
+            start, end = _ADMIN_TG_TAGS[child.kind]
+            out.append(f"{start}{inner}{end}")
+    return "".join(out)
+
+
+def admin_tg_message(text):
+    """A stored broadcast's Telegram HTML as a preview (an old one that was plain text, as text)."""
+    try:
+        return admin_tg_preview(parse_tg_html(text))
+    except InvalidInput:
+        return html.escape(text)
+
+
+def admin_tg_plain(text):
+    try:
+        return tg_plain(parse_tg_html(text))
+    except InvalidInput:
+        return text
+
+
+def admin_audience_words(audience):
+    """Who a broadcast reaches, in a sentence."""
+    n, left_out = audience["recipients"], []
+    if audience["banned"]:
+        left_out.append(f"{audience['banned']} banned")
+    if audience["blocked"]:
+        left_out.append(f"{audience['blocked']} who blocked the bot")
+    if n:
+        but = f" (left out: {', '.join(left_out)})" if left_out else ""
+        return f"It goes to {n} shopper{'s' if n != 1 else ''}{but}."
+    if not audience["shoppers"]:
+        return "Nobody can get it yet: no shopper has started the bot."
+    return f"Nobody can get it: every shopper is left out ({', '.join(left_out)})."
+
+
+def admin_broadcast_check(text, photo=None):
+    """What the preview shows of a message: the message as Telegram shows it and its length, or
+    why Telegram would refuse it."""
+    limit = CAPTION_LIMIT if photo else TEXT_LIMIT
+    if not text.strip():
+        return {"error": None, "html": None, "length": 0, "limit": limit}
+    try:
+        root, _, length = broadcast_message(text, photo)
+    except InvalidInput as e:
+        return {"error": str(e), "html": None, "length": None, "limit": limit}
+    return {"error": None, "html": admin_tg_preview(root), "length": length, "limit": limit}
+
+
+def admin_broadcast_page(shop, conn, sess, text="", photo=None, error=None, notice=None):
+    """The Broadcast page: the form (as the owner left it, after a refusal with the reason and
+    status 400), its preview, and the recent broadcasts."""
+    found = find_broadcasts(conn)
+    page = admin_render(
+        shop,
+        "broadcast.tpl",
+        sess,
+        recent=[dict(b, plain=admin_tg_plain(b["text"])) for b in found["recent"]],
+        audience=found["audience"],
+        audience_words=admin_audience_words(found["audience"]),
+        text=text,
+        photo=photo,
+        check=admin_broadcast_check(text, photo),
+        error=error,
+        notice=notice,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
+def admin_broadcast_confirm(shop, conn, sess, text, photo, changed=False):
+    """The confirmation: the message as Telegram shows it, and the exact number of shoppers who get
+    it, counted as the send counts them; no Send button when that is nobody."""
+    root, _, length = broadcast_message(text, photo)
+    broadcast_photo(shop.config.media_dir, photo)
+    audience = broadcast_audience(conn)
+    page = admin_render(
+        shop,
+        "broadcast_confirm.tpl",
+        sess,
+        text=text,
+        photo=photo,
+        preview=admin_tg_preview(root),
+        length=length,
+        audience=audience,
+        audience_words=admin_audience_words(audience),
+        changed=changed,
+    )
+    return bottle.HTTPResponse(page, 409) if changed else page
+
+
+def admin_broadcast_photo(shop):
+    """The broadcast's photo (its public name): a new upload, stored now so that the next step
+    needs none, else the one the form carries unless the owner removed it. InvalidInput if the
+    upload is not an image."""
+    f = bottle.request.forms
+    upload = read_upload(bottle.request.files.get("photo"), "The photo")
+    if upload:
+        return store_media(shop.config.media_dir, *upload, private=False)
+    kept = f.get("photo_ref") or ""
+    if f.get("drop_photo") or not re.fullmatch(r"[0-9a-f]{32}\.(jpg|png|gif|webp)", kept):
+        return None
+    return kept
+
 
 def admin_broadcast_form(shop):
     with admin_page(shop) as (conn, sess):
-        return admin_render(shop, "broadcast.tpl", sess, **find_broadcasts(conn))
+        return admin_broadcast_page(shop, conn, sess)
 
 
 def admin_broadcast_preview(shop):
     with admin_page(shop) as (_, sess):
-        text = bottle.request.query.getunicode("text") or ""
-        return admin_render(
-            shop, "_broadcast_preview.tpl", sess, text=text, length=tg_len(text.strip())
-        )
+        q = bottle.request.query
+        photo = q.get("photo_ref") or None
+        check = admin_broadcast_check(q.getunicode("text") or "", photo)
+        return admin_render(shop, "_broadcast_preview.tpl", sess, check=check)
 
 
 def admin_broadcast_send(shop):
+    """The form's "Review and send" shows the confirmation; its "Send to N shoppers" (with the N
+    the owner saw) starts the broadcast, "Change the message" goes back to the form."""
     with admin_change(shop) as (conn, sess):
-        photo = read_upload(bottle.request.files.get("photo"), "The photo")
-        broadcast_id = start_broadcast(
-            conn,
-            bottle.request.forms.getunicode("text"),
-            photo,
-            shop.config.media_dir,
-            admin_remote(),
-        )
+        f = bottle.request.forms
+        text, photo = f.getunicode("text") or "", None
+        try:
+            photo = admin_broadcast_photo(shop)
+            if f.get("action") == "edit":
+                return admin_broadcast_page(shop, conn, sess, text, photo)
+            if "recipients" not in f:
+                return admin_broadcast_confirm(shop, conn, sess, text, photo)
+            confirmed = f.get("recipients")
+            broadcast_id = start_broadcast(
+                conn,
+                text,
+                photo,
+                shop.config.media_dir,
+                admin_remote(),
+                expected=int(confirmed) if re.fullmatch(r"\d{1,9}", confirmed) else -1,
+            )
+        except AudienceChanged:
+            return admin_broadcast_confirm(shop, conn, sess, text, photo, changed=True)
+        except InvalidInput as e:
+            return admin_broadcast_page(shop, conn, sess, text, photo, error=str(e))
     return admin_done(shop, sess, f"/admin/broadcast/{broadcast_id}", "Broadcast started.")
+
+
+def admin_broadcast_test(shop):
+    """Send the message being written to the owners' own chats (ADMIN_IDS) only; then the form
+    again, as it was."""
+    with admin_change(shop) as (conn, sess):
+        text, photo = bottle.request.forms.getunicode("text") or "", None
+        try:
+            photo = admin_broadcast_photo(shop)
+            owners = shop.config.admin_ids
+            n = send_broadcast_test(
+                conn, text, photo, shop.config.media_dir, owners, admin_remote()
+            )
+        except InvalidInput as e:
+            return admin_broadcast_page(shop, conn, sess, text, photo, error=str(e))
+        notice = (
+            f"Test sent to {'your own chat' if n == 1 else f'the {n} owner chats'} "
+            f"(ADMIN_IDS {', '.join(map(str, owners))}); it arrives in a few seconds. If it does "
+            "not, send /start to the bot from there first."
+        )
+        return admin_broadcast_page(shop, conn, sess, text, photo, notice=notice)
 
 
 def admin_broadcast_status(shop, broadcast_id):
     with admin_page(shop) as (conn, sess):
+        progress = broadcast_progress(conn, broadcast_id)
         return admin_fragment_or_page(
             shop,
             "_broadcast_progress.tpl",
             "broadcast_status.tpl",
             sess,
-            progress=broadcast_progress(conn, broadcast_id),
+            progress=progress,
+            preview=admin_tg_message(progress["text"]),
         )
 
 
@@ -8344,6 +8965,7 @@ ADMIN_ROUTES = [
     ("GET", "/admin/broadcast", admin_broadcast_form),
     ("GET", "/admin/broadcast/preview", admin_broadcast_preview),
     ("POST", "/admin/broadcast", admin_broadcast_send),
+    ("POST", "/admin/broadcast/test", admin_broadcast_test),
     ("GET", "/admin/broadcast/<broadcast_id:id>", admin_broadcast_status),
     ("GET", "/admin/settings", admin_settings_form),
     ("POST", "/admin/settings", admin_settings_save),

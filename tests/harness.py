@@ -224,8 +224,15 @@ class AdminClient:
         )
 
     def broadcast(self, text, timeout=10):
-        """Send a broadcast to every shopper (POST /admin/broadcast)."""
-        return self.post("/admin/broadcast", {"text": text}, timeout=timeout)
+        """Send a broadcast to every shopper as the owner does: POST /admin/broadcast answers with
+        the confirmation, which holds the number of recipients; the same POST with that number
+        sends it (303 to its progress page). A refusal (400) is the first answer."""
+        r = self.post("/admin/broadcast", {"text": text}, timeout=timeout)
+        count = re.search(r'name="recipients" value="(\d+)"', r.text)
+        if r.status_code != 200 or count is None:
+            return r
+        data = {"text": text, "recipients": count.group(1)}
+        return self.post("/admin/broadcast", data, timeout=timeout)
 
 
 # What the benchmarks share ####################################################

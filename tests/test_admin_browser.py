@@ -255,22 +255,29 @@ def test_a_broadcast_reaches_every_shopper_and_its_progress_fills_by_itself(
     ]
     for s in shoppers:
         s.send("/start", "Welcome")
+    typed = 'Sale on tea & "coffee": 20% off\nSee you in Mitte!'
     news = 'Sale on <b>tea</b> & "coffee": 20% off\nSee you in Mitte!'
 
     page = admin.page
     admin.log_in_at("/admin/broadcast")
-    message = page.get_by_label("Message to 4 shoppers")
-    message.fill(news)
+    expect(page.locator("form .audience")).to_have_text("It goes to 4 shoppers.")
+    message = page.get_by_label("Message", exact=True)
+    message.fill(typed)
+    message.evaluate("t => t.setSelectionRange(8, 11)")  # "tea"
+    page.get_by_role("toolbar", name="Formatting").get_by_role("button", name="B").click()
+    expect(message).to_have_value(news)
     bubble = page.locator("#preview .bubble")  # the live preview, from the server
-    expect(bubble).to_be_visible()
-    assert text_of(bubble) == news
-    expect(bubble.locator("b")).to_have_count(0)
-    expect(page.locator("#preview")).to_contain_text(f"Preview ({len(news)} characters)")
+    expect(bubble.locator("b")).to_have_text("tea")  # shown as Telegram shows it
+    assert text_of(bubble) == typed
+    expect(page.locator("#preview")).to_contain_text(f"({len(typed)} of 4096 characters)")
 
+    admin.button("Review and send…").click()
+    expect(admin.heading()).to_have_text("Send this broadcast?")
+    expect(page.locator(".tg-confirm .bubble b")).to_have_text("tea")
     fake_tg.fail_next(
         "sendMessage", status=429, times=2, retry_after=3
     )  # Telegram holds two back a while
-    admin.button("Send to everyone").click()
+    admin.button("Send to 4 shoppers").click()
     admin.says("Broadcast started.")
     expect(admin.heading()).to_have_text("Broadcast #1")
     left = page.locator("#progress .left")
@@ -284,7 +291,9 @@ def test_a_broadcast_reaches_every_shopper_and_its_progress_fills_by_itself(
     assert page.evaluate("window.__stayed") is True
 
     for s in shoppers:
-        assert fake_tg.wait_message(s.id, "Sale on").content == news
+        got = fake_tg.wait_message(s.id, "Sale on")
+        assert got.content == typed  # the text came through the hidden field, new line and all
+        assert got.entities == [{"type": "bold", "offset": 8, "length": 3}]
 
 
 def test_the_owner_finds_a_shopper_adjusts_the_balance_bans_and_unbans_and_the_audit_log_has_it_all(

@@ -1,4 +1,6 @@
-% if text.strip():
-<p class="muted">Preview ({{length}} characters):</p>
-<div class="bubble">{{text.strip()}}</div>
+% if check["error"]:
+<p class="tg-refused" role="alert">⚠️ Telegram would refuse this: {{check["error"]}}</p>
+% elif check["html"]:
+<p class="muted">Preview, as Telegram shows it ({{check["length"]}} of {{check["limit"]}} characters):</p>
+<div class="bubble tg">{{!check["html"]}}</div>
 % end

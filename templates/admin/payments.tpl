@@ -2,9 +2,9 @@
 <h1>Payments</h1>
 <form class="filters" method="get" action="/admin/payments" hx-get="/admin/payments" hx-target="#payments" hx-trigger="change" hx-push-url="true">
   <label>Status <select name="status">
-    <option value="">any</option>
-    % for s in statuses:
-    <option value="{{s}}" {{'selected' if status == s else ''}}>{{s}}</option>
+    <option value="">any status</option>
+    % for s, words in statuses:
+    <option value="{{s}}" {{'selected' if status == s else ''}}>{{words}}</option>
     % end
   </select></label>
   <noscript><button type="submit">Filter</button></noscript>
