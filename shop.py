@@ -3755,7 +3755,7 @@ def audit_payment_marked_paid(conn, payment, reason, outcome, remote):
         )
 
 
-def store_webhook(conn, provider, ids, body, signature, verdict, remote, refused=False, keep=1000):
+def store_webhook(conn, provider, ids, body, signature, verdict, remote, *, keep, refused=False):
     """Keep a webhook as it arrived, with what the shop made of it. ids: (provider id, status).
     Refused ones cost their senders nothing, so only the latest `keep` of them are kept."""
     with transaction(conn):
@@ -3797,11 +3797,13 @@ def load_sandbox_payment(conn, payment_id):
     return row["data"] if row else None
 
 
-SANDBOX_OUTCOMES = {  # outcome: (share of the amount paid, final status)
-    "full": (Decimal(1), "finished"),
-    "partial": (Decimal("0.5"), "partially_paid"),
-    "over": (Decimal("1.5"), "finished"),
-    "expire": (Decimal(0), "expired"),
+# What the sandbox can make of a payment (the bot's and Mini App's 🧪 buttons, tests):
+# outcome: (what it does, share of the amount paid, final status).
+SANDBOX_OUTCOMES = {
+    "full": ("pay in full", Decimal(1), "finished"),
+    "partial": ("pay half", Decimal("0.5"), "partially_paid"),
+    "over": ("pay 1.5 times", Decimal("1.5"), "finished"),
+    "expire": ("let it expire", Decimal(0), "expired"),
 }
 
 
@@ -3815,7 +3817,7 @@ def settle_sandbox_payment(conn, payment_id, outcome):
         data = parse_json(text)
         if data["payment_status"] != "waiting":
             raise InvalidInput(f"This sandbox payment is already {data['payment_status']}.")
-        factor, final = SANDBOX_OUTCOMES[outcome]
+        _, factor, final = SANDBOX_OUTCOMES[outcome]
         step = Decimal(1).scaleb(-int(data["network_precision"]))
         paid = (Decimal(data["pay_amount"]) * factor).quantize(step, rounding="ROUND_FLOOR")
         data["payment_status"] = final
@@ -4179,8 +4181,8 @@ def _settle_order(conn, payment, owners):
         return None
     if status == "finished":
         return _order_paid(conn, payment, order, owners)
-    short = _short_percent(payment)
     if status == "partially_paid" and order["status"] == "pending":
+        short = _short_percent(payment)
         if short <= underpayment_tolerance(conn):
             note = f"{short:f}% short, within the tolerance"
             return _order_paid(conn, payment, order, owners, note=note) + f", {note}"
@@ -5420,8 +5422,10 @@ def find_payment_details(conn, payment_id):
     ).fetchone()
     if payment is None:
         raise NotFound("No such payment.")
+    # Webhooks stored before schema 5 name no provider.
     ipns = conn.execute(
-        "SELECT * FROM ipn_events WHERE provider_id = ? ORDER BY id", (payment["provider_id"],)
+        "SELECT * FROM ipn_events WHERE provider_id = ? AND coalesce(provider, ?) = ? ORDER BY id",
+        (payment["provider_id"], payment["provider"], payment["provider"]),
     ).fetchall()
     children = conn.execute("SELECT * FROM payments WHERE parent_id = ?", (payment_id,)).fetchall()
     return {"payment": payment, "ipns": ipns, "children": children}
@@ -5642,9 +5646,6 @@ class PaymentProvider:
         """The smallest payment a method takes, in EUR cents, or None when there is none."""
         return None
 
-    def method_label(self, method):
-        return method
-
     def create_invoice(self, *, method, price_cents, reference, description, webhook_url):
         """Ask the provider for an invoice; returns a NewInvoice or raises ProviderError (or
         InvalidInput with what the shopper can do about it)."""
@@ -5843,9 +5844,6 @@ class NowPayments(PaymentProvider):
     def minimum_cents(self, method, fresh=False):
         return self.minimum_eur(method, fresh=fresh)
 
-    def method_label(self, method):
-        return COIN_LABELS.get(method, method.upper())
-
     def create_payment(self, *, price_cents, coin, reference, description, ipn_url):
         # The price goes out as a JSON number written from cents, never through a float.
         body = encode_json(
@@ -5943,19 +5941,18 @@ class NowPayments(PaymentProvider):
             except InvalidInput as e:
                 unreadable["parent_payment_id"] = str(e)
                 parent = None
-        text = lambda key: str(data[key]) if data.get(key) not in (None, "") else None  # noqa: E731
         return PaymentNews(
             provider=cls.name,
             provider_id=provider_id,
             status=status,
             by=cls.label,
             paid=amounts.get("actually_paid"),
-            currency=text("pay_currency"),
+            currency=_given(data, "pay_currency"),
             amount=amounts.get("pay_amount"),
             price=amounts.get("price_amount"),
-            price_currency=text("price_currency"),
-            reference=text("order_id"),
-            address=text("pay_address"),
+            price_currency=_given(data, "price_currency"),
+            reference=_given(data, "order_id"),
+            address=_given(data, "pay_address"),
             parent_id=parent,
             unreadable=unreadable,
         )
@@ -6000,6 +5997,11 @@ class NowPayments(PaymentProvider):
             provider_payment_id(data.get("payment_id")),
             provider_payment_id(parent) if parent not in (None, "") else None,
         )
+
+
+def _given(data, key):
+    """A field the provider sent, as text; None when it left it out or empty."""
+    return str(data[key]) if data.get(key) not in (None, "") else None
 
 
 def provider_payment_id(value):
@@ -6367,12 +6369,7 @@ SANDBOX_ROUTES = [
 ]
 
 
-SIMULATIONS = {
-    "full": "pay in full",
-    "partial": "pay half",
-    "over": "pay 1.5 times",
-    "expire": "let it expire",
-}
+SIMULATIONS = {outcome: what for outcome, (what, _, _) in SANDBOX_OUTCOMES.items()}
 
 
 def sandbox_simulate(shop, payment_id, outcome):
@@ -6765,7 +6762,16 @@ class PaymentDesk:
             log.exception("webhook: an IPN from %s could not be handled", remote)
             signature = headers.get(provider.signature_header)
             failed = "error: the shop failed; see its log"
-            store_webhook(self.shop.db(), name, (None, None), body, signature, failed, remote)
+            store_webhook(
+                self.shop.db(),
+                name,
+                (None, None),
+                body,
+                signature,
+                failed,
+                remote,
+                keep=self.REFUSED_KEPT,
+            )
             return 500, {"error": "the shop could not handle this IPN now; please retry"}
 
     def _handle_webhook(self, provider, body, headers, remote):
@@ -8440,7 +8446,9 @@ def admin_payments(shop):
 
 def admin_payment(shop, payment_id):
     with admin_page(shop) as (conn, sess):
-        return admin_render(shop, "payment.tpl", sess, **find_payment_details(conn, payment_id))
+        details = find_payment_details(conn, payment_id)
+        provider = shop.payments.label_of(details["payment"]["provider"])
+        return admin_render(shop, "payment.tpl", sess, provider=provider, **details)
 
 
 def admin_payment_recheck(shop, payment_id):
@@ -8748,14 +8756,11 @@ def admin_settings_page(shop, conn, sess, form=None, error=None):
     except ProviderError as e:
         log.warning("admin: cannot list the merchant's coins: %s", e.detail)
         coins = None
-    values = {key: get_setting(conn, key) for key in SETTING_RULES}
-    values.update(
-        min_deposit=cents_to_str(shop.setting("min_deposit_cents")),
-        reservation_minutes=str(shop.setting("reservation_minutes")),
-        max_unpaid_units=str(shop.setting("max_unpaid_units")),
-        underpayment_tolerance=get_setting(conn, "underpayment_tolerance"),
-        low_stock_threshold=get_setting(conn, "low_stock_threshold"),
-    )
+    values = {
+        name: owner_setting_text(conn, name, shop.config)
+        for name in OWNER_SETTINGS
+        if name != "coins"
+    }
     enabled = shop.setting("enabled_coins")
     if form is not None:  # a refused save: show what the owner typed, with the reason
         values.update({k: form.getunicode(k) or "" for k in values})
@@ -8781,16 +8786,18 @@ def admin_settings_form(shop):
         return admin_settings_page(shop, conn, sess)
 
 
+# Settings the form gained after its first version: a form without them (an older page still
+# open, a script) keeps their values instead of being refused.
+ADMIN_SETTINGS_ADDED_LATER = ("max_unpaid_units", "underpayment_tolerance", "low_stock_threshold")
+
+
 def admin_settings_read(shop, f):
     """The settings form, checked as `python shop.py set` checks them: {stored key: text} with the
     coins only when the form listed them; InvalidInput says what is wrong."""
     typed = {name: f.getunicode(name) or "" for name in OWNER_SETTINGS if name != "coins"}
-    if "max_unpaid_units" not in f:
-        typed["max_unpaid_units"] = str(shop.setting("max_unpaid_units"))
-    if "underpayment_tolerance" not in f:
-        typed["underpayment_tolerance"] = get_setting(shop.db(), "underpayment_tolerance")
-    if "low_stock_threshold" not in f:
-        typed["low_stock_threshold"] = get_setting(shop.db(), "low_stock_threshold")
+    for name in ADMIN_SETTINGS_ADDED_LATER:
+        if name not in f:
+            typed[name] = owner_setting_text(shop.db(), name, shop.config)
     if f.get("coins_listed"):
         typed["coins"] = ",".join(f.getall("coins"))
     return clean_owner_settings(

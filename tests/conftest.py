@@ -299,43 +299,43 @@ def rows(snap):
 PAYMENT_IDS = iter(range(7000000000, 8000000000))
 
 
+def made_up_invoice(pay_amount="0.0004", coin="btc"):
+    """The sandbox provider's answer to an invoice request, made up: a NewInvoice."""
+    return shop.SandboxPayments.new_invoice(
+        {
+            "payment_id": str(next(PAYMENT_IDS)),
+            "pay_amount": pay_amount,
+            "pay_currency": coin,
+            "pay_address": "addr",
+        }
+    )
+
+
 def order_payment(conn, uid, lines, pay_amount="0.0004", coin="btc", minutes=30):
     """An invoice as the desk opens it, with a made-up provider answer."""
     total = shop.price_lines(conn, lines)[0]
     nonce = shop.create_checkout(conn, uid, "order", total, lines)
     order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, minutes)
-    data = {
-        "payment_id": str(next(PAYMENT_IDS)),
-        "pay_amount": pay_amount,
-        "pay_currency": coin,
-        "pay_address": "addr",
-    }
     return shop.record_payment(
         conn,
         kind="order",
         user_id=uid,
         reference=f"order-{order_id}",
         price_cents=total,
-        invoice=shop.SandboxPayments.new_invoice(data),
+        invoice=made_up_invoice(pay_amount, coin),
         expires_at=shop.now_iso(minutes * 60),
         order_id=order_id,
     )
 
 
 def topup_payment(conn, uid, cents, pay_amount="0.0004", coin="btc"):
-    data = {
-        "payment_id": str(next(PAYMENT_IDS)),
-        "pay_amount": pay_amount,
-        "pay_currency": coin,
-        "pay_address": "addr",
-    }
     return shop.record_payment(
         conn,
         kind="topup",
         user_id=uid,
         reference=f"topup-{next(PAYMENT_IDS)}",
         price_cents=cents,
-        invoice=shop.SandboxPayments.new_invoice(data),
+        invoice=made_up_invoice(pay_amount, coin),
         expires_at=shop.now_iso(1800),
     )
 

@@ -187,14 +187,12 @@ def test_functions_are_short_flat_and_named_once():
     nested = sorted(set(nested))
     assert not long, long
     assert len(nested) <= 10, nested
-    seen = {}
     twice = []
     for scope in [TREE] + [n for n in ast.walk(TREE) if isinstance(n, ast.ClassDef)]:
         names = [name for node in scope.body for name in defined_names(node)]
         twice += [
             f"{getattr(scope, 'name', 'module')}.{name}" for name in names if names.count(name) > 1
         ]
-        seen[getattr(scope, "name", "module")] = names
     assert not twice, sorted(set(twice))
 
 

@@ -10,6 +10,7 @@ import shop
 from conftest import (
     PAYMENT_IDS,
     emulator,
+    made_up_invoice,
     news,
     order_payment,
     post_ipn,
@@ -1103,19 +1104,13 @@ def test_a_late_payment_for_a_basket_order_takes_its_lines_out_of_the_basket_aga
         conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True
     )
     order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, 30)
-    data = {
-        "payment_id": str(next(PAYMENT_IDS)),
-        "pay_amount": "0.0008",
-        "pay_currency": "btc",
-        "pay_address": "addr",
-    }
     p = shop.record_payment(
         conn,
         kind="order",
         user_id=uid,
         reference=f"order-{order_id}",
         price_cents=total,
-        invoice=shop.SandboxPayments.new_invoice(data),
+        invoice=made_up_invoice("0.0008"),
         expires_at=shop.now_iso(1800),
         order_id=order_id,
     )

@@ -20,15 +20,15 @@
 <section class="cards">
   <form method="post" action="/admin/payments/{{payment['id']}}/recheck" class="card form">
     % include('admin/_csrf.tpl')
-    <h2>Re-check with NOWPayments</h2>
-    <p class="muted">Asks NOWPayments for this payment's status and applies it as an IPN would.</p>
+    <h2>Re-check with {{provider}}</h2>
+    <p class="muted">Asks {{provider}} for this payment's status and applies it as an IPN would.</p>
     <button type="submit">Re-check</button>
   </form>
   % if payment["status"] not in ("finished", "partially_paid", "refunded"):
   <form method="post" action="/admin/payments/{{payment['id']}}/mark-paid" class="card form">
     % include('admin/_csrf.tpl')
     <h2>Mark as paid</h2>
-    <p class="muted">For money that reached you outside NOWPayments: delivers the order (or credits the top-up) exactly as a finished payment would.</p>
+    <p class="muted">For money that reached you outside {{provider}}: delivers the order (or credits the top-up) exactly as a finished payment would.</p>
     <label>Reason <input name="reason" required maxlength="200"></label>
     <button type="submit" class="danger">Mark as paid</button>
   </form>
