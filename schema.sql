@@ -51,7 +51,14 @@ CREATE TABLE IF NOT EXISTS products (
     -- Public product photo: a file name inside MEDIA_DIR/public.
     photo         TEXT,
     is_active     INTEGER NOT NULL DEFAULT 1 CHECK (is_active IN (0, 1)),
-    created_at    TEXT NOT NULL
+    created_at    TEXT NOT NULL,
+    -- What the product is: Telegram's rule says digital goods are paid in Stars. NULL: not said
+    -- (a product from before kinds existed), sold as before.
+    kind          TEXT CHECK (kind IN ('digital', 'physical')),
+    -- The ways it may be paid, comma-separated from shop.PAY_METHODS; NULL: every way.
+    pay_methods   TEXT,
+    -- Its own price in Telegram Stars; NULL: the euro price at the shop's rate, rounded up.
+    stars_price   INTEGER CHECK (stars_price IS NULL OR stars_price BETWEEN 1 AND 100000)
 );
 
 -- One sellable item with its own delivery content. The content and media are
@@ -98,7 +105,7 @@ CREATE TABLE IF NOT EXISTS orders (
     status         TEXT NOT NULL
                    CHECK (status IN ('pending', 'paid', 'cancelled', 'expired', 'refunded')),
     total_cents    INTEGER NOT NULL CHECK (total_cents > 0),
-    payment_method TEXT NOT NULL CHECK (payment_method IN ('balance', 'crypto')),
+    payment_method TEXT NOT NULL CHECK (payment_method IN ('balance', 'crypto', 'stars')),
     -- The checkout screen (chat:message) this order was placed from: a replayed
     -- or double-tapped "Pay" button finds the existing order instead of buying twice.
     checkout_key   TEXT,
@@ -242,9 +249,12 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at     TEXT NOT NULL,
     updated_at     TEXT NOT NULL,
     final_at       TEXT,
+    -- Telegram Stars: the telegram_payment_charge_id of the money received (the key for refunds).
+    charge_id      TEXT,
     CHECK ((kind = 'order') = (order_id IS NOT NULL)),
     UNIQUE (provider, provider_id)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS payments_charge ON payments(charge_id) WHERE charge_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS payments_open ON payments(created_at)
     WHERE status IN ('waiting', 'confirming', 'confirmed', 'sending');
 CREATE INDEX IF NOT EXISTS payments_user ON payments(user_id, created_at);
@@ -252,6 +262,24 @@ CREATE INDEX IF NOT EXISTS payments_final
     ON payments(final_at, status, final_source, parent_id) WHERE final_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS payments_order ON payments(order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS payments_parent ON payments(parent_id) WHERE parent_id IS NOT NULL;
+
+-- Telegram Stars given back: one row per charge (so a charge is refunded at most once), made in
+-- the transaction that decided it and sent to Telegram (refundStarPayment) after it, with retries.
+CREATE TABLE IF NOT EXISTS star_refunds (
+    charge_id       TEXT PRIMARY KEY,                   -- telegram_payment_charge_id
+    user_id         INTEGER NOT NULL,
+    payment_id      INTEGER REFERENCES payments(id),    -- NULL: a charge the shop knows nothing of
+    stars           INTEGER NOT NULL CHECK (stars > 0),
+    reason          TEXT NOT NULL,
+    requested_by    TEXT NOT NULL CHECK (requested_by IN ('shop', 'owner')),
+    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    next_attempt_at TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    done_at         TEXT
+);
+CREATE INDEX IF NOT EXISTS star_refunds_pending ON star_refunds(next_attempt_at) WHERE status = 'pending';
 
 -- Every IPN as it arrived, with what the shop made of it.
 CREATE TABLE IF NOT EXISTS ipn_events (

@@ -1086,7 +1086,7 @@ def setup_logging(config, stream=None):
 
 # Database ######################################################################
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _daily_totals(conn):
@@ -1119,6 +1119,19 @@ def _invoicing_claims(conn):
         conn.execute("ALTER TABLE checkouts ADD COLUMN invoicing_since TEXT")
 
 
+def _rebuild_table(conn, name):
+    """Make a table again as schema.sql has it now, keeping its rows (SQLite cannot change a
+    CHECK in place). Runs with foreign keys off; the references of other tables follow the name.
+    Its indexes and triggers go with it; schema.sql makes them again."""
+    columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({name})"))
+    schema = SCHEMA_PATH.read_text(encoding="utf-8")
+    table = next(s for s in sql_statements(schema) if f"CREATE TABLE IF NOT EXISTS {name} " in s)
+    conn.execute(table.replace(f"IF NOT EXISTS {name} ", f"{name}_new ", 1))
+    conn.execute(f"INSERT INTO {name}_new({columns}) SELECT {columns} FROM {name}")
+    conn.execute(f"DROP TABLE {name}")
+    conn.execute(f"ALTER TABLE {name}_new RENAME TO {name}")
+
+
 def _payment_providers(conn):
     """payments.provider, unique with provider_id (the table is rebuilt, since SQLite cannot drop
     the old UNIQUE on provider_id alone), and ipn_events.provider. Payments the sandbox's emulator
@@ -1129,18 +1142,34 @@ def _payment_providers(conn):
     columns = [row[1] for row in conn.execute("PRAGMA table_info(payments)")]
     if not columns or "provider" in columns:
         return  # no payments before version 2; schema.sql makes the tables as they are now
-    schema = SCHEMA_PATH.read_text(encoding="utf-8")
-    table = next(s for s in sql_statements(schema) if "CREATE TABLE IF NOT EXISTS payments " in s)
-    conn.execute(table.replace("IF NOT EXISTS payments ", "payments_new ", 1))
-    columns = ", ".join(columns)
-    conn.execute(f"INSERT INTO payments_new({columns}) SELECT {columns} FROM payments")
+    _rebuild_table(conn, "payments")
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sandbox_payments'").fetchone():
         conn.execute(
-            "UPDATE payments_new SET provider = 'sandbox' WHERE provider_id IN "
+            "UPDATE payments SET provider = 'sandbox' WHERE provider_id IN "
             "(SELECT CAST(id AS TEXT) FROM sandbox_payments)"
         )
-    conn.execute("DROP TABLE payments")  # and its indexes and triggers; schema.sql makes them again
-    conn.execute("ALTER TABLE payments_new RENAME TO payments")
+
+
+def _stars(conn):
+    """Telegram Stars: products say what they are, how they may be paid and their Stars price;
+    orders may be paid in Stars; payments keep Telegram's charge id. A shop from before keeps
+    selling as it did: Telegram's rule for digital goods stays off until its owner turns it on."""
+    products = [row[1] for row in conn.execute("PRAGMA table_info(products)")]
+    for column, kind in (
+        ("kind", "TEXT CHECK (kind IN ('digital', 'physical'))"),
+        ("pay_methods", "TEXT"),
+        ("stars_price", "INTEGER CHECK (stars_price IS NULL OR stars_price BETWEEN 1 AND 100000)"),
+    ):
+        if products and column not in products:
+            conn.execute(f"ALTER TABLE products ADD COLUMN {column} {kind}")
+    payments = [row[1] for row in conn.execute("PRAGMA table_info(payments)")]
+    if payments and "charge_id" not in payments:
+        conn.execute("ALTER TABLE payments ADD COLUMN charge_id TEXT")
+    orders = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'orders'").fetchone()
+    if orders and "'stars'" not in orders[0]:
+        _rebuild_table(conn, "orders")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'settings'").fetchone():
+        conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('telegram_rule', '0')")
 
 
 # Numbered migrations for databases created by older versions: {version: SQL or
@@ -1156,6 +1185,7 @@ MIGRATIONS = {
     3: _daily_totals,  # the dashboard's per-day totals
     4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
     5: _payment_providers,  # payments.provider: more than one way to pay
+    6: _stars,  # Telegram Stars: product kinds and methods, Stars orders, charge ids
 }
 
 
@@ -1360,6 +1390,12 @@ DEFAULT_SETTINGS = {
     "support_contact": "",
     "underpayment_tolerance": "0",
     "low_stock_threshold": "2",
+    # On for new shops; the migration to Stars sets it off for shops from before.
+    "telegram_rule": "1",
+    # About what shoppers pay for Stars in Telegram (100 ⭐ for about $1.99 in the app stores).
+    "stars_per_euro": "50",
+    "terms_text": "",  # empty: default_terms_text()
+    "paysupport_text": "",  # empty: default_paysupport_text()
 }
 
 
@@ -1387,7 +1423,13 @@ SETTING_RULES = {
     "welcome_text": ("The welcome text", 1000, True),
     "help_text": ("The help text", 2000, True),
     "support_contact": ("The support contact", 100, False),
+    "terms_text": ("The terms", 3000, True),
+    "paysupport_text": ("The payment support text", 2000, True),
 }
+
+
+# Texts that may be left empty (the shop then says its default).
+OPTIONAL_TEXTS = ("support_contact", "terms_text", "paysupport_text")
 
 
 def clean_setting(key, value):
@@ -1395,7 +1437,7 @@ def clean_setting(key, value):
         raise InvalidInput(f"Unknown setting {key!r}; settings are: {', '.join(SETTING_RULES)}.")
     what, max_len, multiline = SETTING_RULES[key]
     return clean_text(
-        value, what, max_len=max_len, multiline=multiline, required=key != "support_contact"
+        value, what, max_len=max_len, multiline=multiline, required=key not in OPTIONAL_TEXTS
     )
 
 
@@ -1420,6 +1462,20 @@ OWNER_SETTINGS = {
     "low_stock_threshold": (
         "low_stock_threshold",
         "low stock on the dashboard: this many left or fewer, 0-1000 (0: no list)",
+    ),
+    "telegram_rule": (
+        "telegram_rule",
+        "on: digital products are paid only in Telegram Stars, as Telegram requires; off: as "
+        "each product allows",
+    ),
+    "stars_per_euro": (
+        "stars_per_euro",
+        "Telegram Stars per euro for products without a Stars price, like 50 (1-10000)",
+    ),
+    "terms_text": ("terms_text", "what /terms says, up to 3000 characters (empty: the default)"),
+    "paysupport_text": (
+        "paysupport_text",
+        "what /paysupport says, up to 2000 characters (empty: the default, naming the contact)",
     ),
 }
 
@@ -1463,6 +1519,17 @@ def clean_owner_setting(name, text, *, max_deposit_cents, coin_codes):
                 f"(0 turns it off); got {text[:20]!r}."
             )
         return key, f"{Decimal(text).normalize():f}"
+    if name == "telegram_rule":
+        if text.lower() not in ("on", "off", "1", "0", "yes", "no"):
+            raise InvalidInput(f"Telegram's rule is on or off; got {text[:20]!r}.")
+        return key, "1" if text.lower() in ("on", "1", "yes") else "0"
+    if name == "stars_per_euro":
+        if not re.fullmatch(r"[0-9]{1,5}(\.[0-9]{1,4})?", text) or not 1 <= Decimal(text) <= 10000:
+            raise InvalidInput(
+                f"The Stars rate must be a number of Stars per euro from 1 to 10000, like 50; "
+                f"got {text[:20]!r}."
+            )
+        return key, f"{Decimal(text).normalize():f}"
     if name == "coins":
         typed = set(re.split(r"[\s,]+", text.lower())) - {""}
         unknown = sorted(typed - set(coin_codes))
@@ -1503,6 +1570,8 @@ def owner_setting_text(conn, name, config):
         return cents_to_str(value)
     if name == "coins":  # as stored, in the coin list's order
         return None if value is None else get_setting(conn, key)
+    if name == "telegram_rule":
+        return "off" if value == "0" else "on"
     return str(value)
 
 
@@ -1930,6 +1999,51 @@ def list_catalog_offers(conn):
         "GROUP BY d.id, p.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, "
         "d.name COLLATE NOCASE, p.name COLLATE NOCASE"
     ).fetchall()
+
+
+# The ways a product may be paid, in the order checkout offers them.
+PAY_METHODS = ("stars", "crypto", "balance")
+METHOD_LABELS = {"stars": "⭐ Telegram Stars", "crypto": "crypto", "balance": "balance"}
+INVOICE_OF = {"stars": "a Telegram Stars invoice", "crypto": "a crypto invoice"}
+PRODUCT_KINDS = ("digital", "physical")
+
+
+def declared_methods(product):
+    """The ways the owner lets a product be paid (every way unless they said otherwise)."""
+    chosen = set((product["pay_methods"] or ",".join(PAY_METHODS)).split(","))
+    return tuple(m for m in PAY_METHODS if m in chosen)
+
+
+def telegram_rule(conn):
+    """Whether the shop follows Telegram's rule that digital goods are paid only in Stars inside
+    Telegram (on for new shops; a shop from before Stars keeps it off until its owner decides)."""
+    return get_setting(conn, "telegram_rule") != "0"
+
+
+def product_methods(product, rule):
+    """The ways a product may be paid now: what the owner allows, and for digital goods under
+    Telegram's rule, Stars alone."""
+    methods = declared_methods(product)
+    if rule and product["kind"] == "digital":
+        methods = tuple(m for m in methods if m == "stars")
+    return methods
+
+
+def breaks_rule(product):
+    """A digital product its owner lets be paid other than in Stars (or not in Stars at all)."""
+    return product["kind"] == "digital" and declared_methods(product) != ("stars",)
+
+
+def stars_per_euro(conn):
+    """The owner's rate for products without a Stars price of their own: Stars per euro."""
+    return Decimal(get_setting(conn, "stars_per_euro") or DEFAULT_SETTINGS["stars_per_euro"])
+
+
+def stars_of(product, rate):
+    """A product's price in whole Stars: its own, else its euro price at the rate, rounded up."""
+    if product["stars_price"]:
+        return product["stars_price"]
+    return math.ceil(Fraction(product["price_cents"]) * Fraction(rate) / 100)
 
 
 def get_catalog_version(conn):
@@ -2897,6 +3011,47 @@ def price_lines(conn, lines):
     return sum(o["price_cents"] * q for o, (_, _, q) in zip(offers, lines, strict=False)), offers
 
 
+def check_methods(conn, offers, method):
+    """InvalidInput, naming the product, when one of them may not be paid this way."""
+    rule = telegram_rule(conn)
+    for offer in offers:
+        if method not in product_methods(offer, rule):
+            why = (
+                " (digital goods are paid in Telegram Stars, by Telegram's rule)"
+                if rule and offer["kind"] == "digital"
+                else ""
+            )
+            raise InvalidInput(
+                f"{offer['name']} cannot be paid with {METHOD_LABELS[method]}{why}. "
+                "Please choose another way to pay."
+            )
+
+
+def checkout_methods(conn, offers):
+    """The ways every one of these offers may be paid, in PAY_METHODS order."""
+    rule = telegram_rule(conn)
+    common = set(PAY_METHODS)
+    for offer in offers:
+        common &= set(product_methods(offer, rule))
+    return tuple(m for m in PAY_METHODS if m in common)
+
+
+def split_by_methods(conn, lines, offers):
+    """A basket whose products share no way to pay, in parts that each do: [(methods, lines)],
+    the parts in the order their first line appears."""
+    rule = telegram_rule(conn)
+    parts = {}
+    for line, offer in zip(lines, offers, strict=True):
+        parts.setdefault(product_methods(offer, rule), []).append(line)
+    return list(parts.items())
+
+
+def stars_total(conn, offers, lines):
+    """What the lines cost in Telegram Stars (each product's Stars price times its quantity)."""
+    rate = stars_per_euro(conn)
+    return sum(stars_of(o, rate) * q for o, (_, _, q) in zip(offers, lines, strict=True))
+
+
 def sold_out(offer, left):
     place = place_name(offer["city_name"], offer["district_name"])
     return SoldOut(
@@ -2931,8 +3086,9 @@ def open_order(
 ):
     """Inside a transaction: check the lines, create an order and take its units.
 
-    method 'balance' sells the units at once (order 'paid'); 'crypto' reserves
-    them for reserve_minutes (order 'pending'). Returns (order_id, total_cents).
+    method 'balance' sells the units at once (order 'paid'); 'crypto' and 'stars' reserve
+    them for reserve_minutes (order 'pending'). Every product must allow the method
+    (product_methods). Returns (order_id, total_cents).
     """
     user = get_user(conn, user_id)
     if user["is_banned"]:
@@ -2941,6 +3097,7 @@ def open_order(
     total, offers = price_lines(conn, lines)
     if expected_total_cents is not None and total != expected_total_cents:
         raise PriceChanged()
+    check_methods(conn, offers, method)
     for offer, (_, _, quantity) in zip(offers, lines, strict=False):
         if offer["available"] < quantity:
             raise sold_out(offer, offer["available"])
@@ -3111,8 +3268,8 @@ def buy_with_balance(
             ).fetchone()
             if done and done["payment_method"] != "balance":
                 raise InvalidInput(
-                    "This checkout already has a crypto invoice. Pay or cancel that one, "
-                    "or check out again."
+                    f"This checkout already has {INVOICE_OF[done['payment_method']]}. Pay or "
+                    "cancel that one, or check out again."
                 )
             if done:
                 return done["id"]
@@ -3569,8 +3726,9 @@ def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_unit
         )
 
 
-def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
-    """Reserve a checkout's units in a pending crypto order; returns (order_id, total, created).
+def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None, method="crypto"):
+    """Reserve a checkout's units in a pending order paid by `method` (crypto or stars); returns
+    (order_id, total, created).
 
     limits: check_invoice_limits' keywords, decided in the same transaction as the reservation. A
     basket checkout moves its lines out of the basket into the order (a cancelled or expired invoice
@@ -3581,8 +3739,13 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
             "AND user_id = ?",
             (nonce, user_id),
         ).fetchone()
-        if done and done["payment_method"] != "crypto":
+        if done and done["payment_method"] == "balance":
             raise InvalidInput("This checkout was already paid from your balance.")
+        if done and done["payment_method"] != method:
+            raise InvalidInput(
+                f"This checkout already has {INVOICE_OF[done['payment_method']]}. "
+                "Pay or cancel that one, or check out again."
+            )
         if done:
             return done["id"], done["total_cents"], False
         checkout = get_checkout(conn, user_id, nonce)
@@ -3595,7 +3758,7 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None):
             conn,
             user_id,
             lines,
-            method="crypto",
+            method=method,
             expected_total_cents=checkout["amount_cents"],
             checkout_key=nonce,
             reserve_minutes=minutes,
