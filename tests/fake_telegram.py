@@ -8,6 +8,21 @@
     fake.click_button(42, "Buy")                  # a callback query for that button
     fake.stop()
 
+Telegram Stars (currency "XTR"): the bot sends an invoice (sendInvoice) or makes a link
+(createInvoiceLink, listed by fake.invoice_links()); the test plays the buyer:
+
+    invoice = fake.wait_message(42, "Gift card")  # the sendInvoice message (kind "invoice")
+    payment = fake.user_pays(42, invoice)         # or fake.user_pays(42, "https://t.me/$...")
+    # a pre_checkout_query update, then up to 10 s (fake.pre_checkout_timeout, or timeout=)
+    # for answerPreCheckoutQuery; ok -> the user is charged: a StarTransaction, and a `message`
+    # update with successful_payment in the user's chat
+    assert payment.status == "paid" and payment.charge_id  # or "refused" / "timed_out"
+    later = fake.user_pays(42, link, wait=False)  # "pending" at once; later.wait() blocks
+    fake.user_pays(42, link, drop_successful_payment=True)  # charged, the update is lost
+    fake.replay_update(payment.update_id)         # that update delivered once more
+    fake.star_transactions()                      # what getStarTransactions lists
+    fake.refunds                                  # the refundStarPayment calls that refunded
+
 The server speaks the wire format of api.telegram.org: parameters from the query string,
 urlencoded, JSON or multipart bodies; {"ok":true,"result":...} or {"ok":false,"error_code":N,
 "description":"..."} with HTTP status N; Telegram's error texts for the mistakes a bot makes
@@ -32,7 +47,7 @@ import time
 import traceback
 import urllib.parse
 
-__all__ = ["FakeTelegram", "Message", "TelegramApiError"]
+__all__ = ["FakeTelegram", "Message", "Payment", "TelegramApiError"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,6 +84,20 @@ _NOT_MODIFIED = (
 )
 _QUERY_TOO_OLD = "query is too old and response timeout expired or query ID is invalid"
 _BLOCKED = "Forbidden: bot was blocked by the user"
+
+# Telegram Stars. Sources: core.telegram.org/bots/api (sendInvoice, Invoice, SuccessfulPayment,
+# RefundedPayment, StarTransaction, TransactionPartnerUser), the telegram-bot-api server source
+# (Client.cpp: parameter parsing and its error texts, JSON shapes) and tdlib (InputInvoice.cpp:
+# "Total price must be positive"). Errors that come from Telegram's servers are named as in the
+# MTProto error lists (STARS_INVOICE_INVALID, CURRENCY_TOTAL_AMOUNT_INVALID,
+# INVOICE_PAYLOAD_INVALID, PAYMENT_PROVIDER_INVALID, REPLY_MARKUP_BUY_EMPTY,
+# CHARGE_ALREADY_REFUNDED) and in public reports of them; see the notes at each check.
+_XTR = "XTR"
+# The largest one-off Stars invoice: 100000 was accepted and 150000 refused with
+# CURRENCY_TOTAL_AMOUNT_INVALID in a public measurement (createInvoiceLink, 2026-09); the exact
+# ceiling between the two is not documented, the stand-in uses 100000.
+_XTR_MAX_AMOUNT = 100000
+_PRE_CHECKOUT_TIMEOUT = 10.0  # seconds Telegram waits for answerPreCheckoutQuery
 
 
 # --------------------------------------------------------------------------------------------
@@ -1011,7 +1040,7 @@ class Message:
         self._fake = fake
         self.message_id = message_id
         self.chat_id = chat_id
-        self.kind = kind  # "text" | "photo" | "document"
+        self.kind = kind  # "text" | "photo" | "document" | "invoice"
         self.date = int(time.time())
         self.edit_date = None
         self.text = None
@@ -1019,6 +1048,8 @@ class Message:
         self._entities = []
         self.photo = None  # list of PhotoSize dicts, largest last
         self.document = None  # Document dict
+        self.invoice = None  # Invoice dict (as in the JSON) for kind "invoice"
+        self._invoice = None  # the server-side _Invoice record (payload, paid ...)
         self.media_url = None  # when a photo/document was sent by http(s) URL
         self.reply_markup = None  # the markup as the bot last sent it (parsed JSON), or None
         self._inline = None  # normalised inline keyboard rows, or None
@@ -1039,7 +1070,14 @@ class Message:
     def content(self):
         if self.kind == "text":
             return self.text or ""
+        if self.kind == "invoice":
+            return f"{self.invoice['title']}\n{self.invoice['description']}"
         return self.caption or ""
+
+    @property
+    def invoice_payload(self):
+        """The payload of an invoice message (never part of the message JSON)."""
+        return self._invoice.payload if self._invoice else None
 
     @property
     def photo_file_id(self):
@@ -1074,6 +1112,8 @@ class Message:
             d["text"] = self.text
             if self._entities:
                 d["entities"] = copy.deepcopy(self._entities)
+        elif self.kind == "invoice":
+            d["invoice"] = copy.deepcopy(self.invoice)
         else:
             if self.kind == "photo":
                 d["photo"] = copy.deepcopy(self.photo)
@@ -1105,6 +1145,119 @@ class _Markup:
         self.inline = inline
         self.keyboard = keyboard
         self.remove_keyboard = remove_keyboard
+
+
+class _Invoice:
+    """An invoice as Telegram keeps it server-side: from sendInvoice (chat_id, message_id) or
+    createInvoiceLink (link). The payload never appears in the invoice message's JSON."""
+
+    __slots__ = (
+        "title",
+        "description",
+        "payload",
+        "currency",
+        "prices",
+        "total_amount",
+        "start_parameter",
+        "chat_id",
+        "message_id",
+        "link",
+        "paid",
+    )
+
+    def __init__(self, **kw):
+        for name in self.__slots__:
+            setattr(self, name, kw.get(name))
+        self.paid = False
+
+    def to_json(self):
+        """The Invoice object of the message."""
+        return {
+            "title": self.title,
+            "description": self.description,
+            "start_parameter": self.start_parameter,
+            "currency": self.currency,
+            "total_amount": self.total_amount,
+        }
+
+
+class Payment:
+    """A user's attempt to pay an invoice (FakeTelegram.user_pays). Live: the stand-in updates it
+    when the bot answers the pre-checkout query, when the answer time runs out and on refund.
+
+    status: "pending" (the pre_checkout_query is out, no answer yet), "paid", "refused" (the bot
+    answered ok=False; error_message is what Telegram showed the user) or "timed_out" (no answer
+    in time: nobody was charged). When paid: charge_id (telegram_payment_charge_id), message
+    (the successful_payment Message dict in the user's chat) and update_ids (the updates that
+    carried it to the bot: [] when dropped, two when duplicated)."""
+
+    def __init__(self, fake, user_id, invoice, query_id, deadline, drop, duplicate):
+        self._fake = fake
+        self._invoice = invoice
+        self._deadline = deadline
+        self._drop = drop
+        self._duplicate = duplicate
+        self._status = "pending"
+        self._answered = False
+        self.user_id = user_id
+        self.query_id = query_id
+        self.currency = invoice.currency
+        self.total_amount = invoice.total_amount
+        self.invoice_payload = invoice.payload
+        self.invoice_link = invoice.link
+        self.invoice_message_id = invoice.message_id
+        self.error_message = None
+        self.charge_id = None
+        self.message = None
+        self.update_ids = []
+        self.refunded = False
+
+    @property
+    def status(self):
+        with self._fake._lock:
+            self._fake._expire(self)
+            return self._status
+
+    @property
+    def done(self):
+        return self.status != "pending"
+
+    @property
+    def ok(self):
+        return self.status == "paid"
+
+    @property
+    def update_id(self):
+        """The update_id of the successful_payment update (None when dropped or not paid)."""
+        return self.update_ids[0] if self.update_ids else None
+
+    @property
+    def dropped(self):
+        return self.status == "paid" and self._drop
+
+    def wait(self):
+        """Block until the bot answers the pre-checkout query or its time runs out (or the
+        stand-in stops); returns self."""
+        fake = self._fake
+        with fake._cond:
+            while not fake._stopped:
+                fake._expire(self)
+                if self._status != "pending":
+                    break
+                fake._cond.wait(max(0.001, self._deadline - time.monotonic()))
+        return self
+
+    def __repr__(self):
+        what = self.invoice_link or f"message {self.user_id}/{self.invoice_message_id}"
+        extra = ""
+        if self.charge_id:
+            extra = f" charge={self.charge_id}" + (" refunded" if self.refunded else "")
+        elif self.error_message is not None:
+            extra = f" error_message={self.error_message!r}"
+        return (
+            f"<Payment {self.status} user={self.user_id} {self.total_amount} {self.currency} "
+            f"payload={self.invoice_payload!r} for {what}{extra}>"
+        )
 
 
 _INLINE_ACTIONS = (
@@ -1172,6 +1325,7 @@ _RATE_LIMITED = frozenset(
         "editmessagereplymarkup",
         "copymessage",
         "forwardmessage",
+        "sendinvoice",
     )
 )
 
@@ -1274,6 +1428,8 @@ _JSON_PARAMS = frozenset(
         "menu_button",
         "reply_parameters",
         "link_preview_options",
+        "prices",
+        "suggested_tip_amounts",
     )
 )
 
@@ -1434,6 +1590,15 @@ class FakeTelegram:
         self.sent_count = 0
         self._commands_by_scope = {}
         self._bot_texts = {}
+        # Telegram Stars
+        self.pre_checkout_timeout = _PRE_CHECKOUT_TIMEOUT  # seconds; tests may shorten it
+        self.payments = []  # Payment objects, oldest first
+        self.refunds = []  # successful refundStarPayment calls (dicts), oldest first
+        self._pre_checkout = {}  # query id (int) -> Payment
+        self._charges = {}  # telegram_payment_charge_id -> Payment
+        self._star_transactions = []  # StarTransaction dicts, oldest first
+        self._invoice_links = {}  # url -> _Invoice
+        self._update_log = {}  # update_id -> (kind, object) of every update created
         # faults
         self._failures = {}
         self._limits = None
@@ -1532,10 +1697,18 @@ class FakeTelegram:
         chat["next_id"] += 1
         return message_id
 
+    def _allowed_types(self):
+        return set(self._allowed_updates) if self._allowed_updates else _DEFAULT_UPDATE_TYPES
+
     def _push_update(self, kind, obj):
+        """Queue an update for getUpdates and return it; None when the allowed_updates the bot
+        last gave exclude its kind (Telegram then does not create the update at all)."""
+        if kind not in self._allowed_types():
+            return None
         update = {"update_id": self._next_update_id, kind: obj}
         self._next_update_id += 1
         self._updates.append(update)
+        self._update_log[update["update_id"]] = (kind, copy.deepcopy(obj))
         self._notify()
         return update
 
@@ -1673,7 +1846,179 @@ class FakeTelegram:
                 self._member_update(user_id, "kicked", "member")
             self._notify()
 
+    def user_pays(
+        self,
+        user_id,
+        invoice,
+        wait=True,
+        timeout=None,
+        drop_successful_payment=False,
+        duplicate_successful_payment=False,
+    ):
+        """The user confirms paying `invoice` in Telegram Stars: an invoice message the bot sent
+        with sendInvoice (a Message from messages()/wait_message(), its JSON dict or a telebot
+        Message) or a link the bot made with createInvoiceLink. Returns a Payment.
+
+        Telegram sends the bot a pre_checkout_query update and waits `timeout` seconds (default
+        fake.pre_checkout_timeout, 10 like Telegram) for answerPreCheckoutQuery. Answered ok:
+        the user is charged (a StarTransaction is recorded) and a `message` update with
+        successful_payment goes to the bot in the user's private chat. Refused or not answered
+        in time: nobody is charged and nothing is sent. wait=False returns at once (status
+        "pending"; Payment.wait() blocks, Payment.status tells). drop_successful_payment=True:
+        the charge happens but its update never reaches the bot (a shop that died after
+        getUpdates returned it); duplicate_successful_payment=True: it is delivered twice."""
+        if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+            raise ValueError("user_id must be a positive int")
+        with self._cond:
+            record = self._invoice_to_pay(user_id, invoice)
+            if user_id not in self._chats:
+                self._ensure_chat(user_id, "Ann", None, "en")
+            self._next_query += 1
+            query_id = self._next_query
+            seconds = self.pre_checkout_timeout if timeout is None else timeout
+            payment = Payment(
+                self,
+                user_id,
+                record,
+                str(query_id),
+                time.monotonic() + seconds,
+                bool(drop_successful_payment),
+                bool(duplicate_successful_payment),
+            )
+            self._pre_checkout[query_id] = payment
+            self.payments.append(payment)
+            self._push_update(
+                "pre_checkout_query",
+                {
+                    "id": str(query_id),
+                    "from": copy.deepcopy(self._chats[user_id]["user"]),
+                    "currency": record.currency,
+                    "total_amount": record.total_amount,
+                    "invoice_payload": record.payload,
+                },
+            )
+        if wait:
+            payment.wait()
+        return payment
+
+    def _invoice_to_pay(self, user_id, invoice):
+        if isinstance(invoice, str):
+            record = self._invoice_links.get(invoice.strip())
+            if record is None:
+                raise AssertionError(
+                    f"no invoice link {invoice!r}; links the bot created: "
+                    f"{list(self._invoice_links) or '(none)'}"
+                )
+            return record
+        if isinstance(invoice, Message):
+            chat_id, message_id = invoice.chat_id, invoice.message_id
+        elif isinstance(invoice, dict):
+            chat_id = (invoice.get("chat") or {}).get("id")
+            message_id = invoice.get("message_id")
+        else:  # a telebot Message
+            chat_id = getattr(getattr(invoice, "chat", None), "id", None)
+            message_id = getattr(invoice, "message_id", None)
+        message = self._bot_messages.get(chat_id, {}).get(message_id)
+        if message is None or message.kind != "invoice":
+            raise AssertionError(
+                f"bot message {message_id} in chat {chat_id} is not an invoice: {message!r}"
+            )
+        if message.deleted:
+            raise AssertionError(f"invoice message {chat_id}/{message_id} was deleted")
+        if chat_id != user_id:
+            raise AssertionError(
+                f"invoice message {chat_id}/{message_id} is in another user's chat, not {user_id}"
+            )
+        if message._invoice.paid:
+            raise AssertionError(
+                f"invoice message {chat_id}/{message_id} is already paid: Telegram shows a "
+                "Receipt button instead of Pay"
+            )
+        return message._invoice
+
+    def _expire(self, payment):
+        """A pending pre-checkout query whose answer time is over fails (lock held)."""
+        if payment._status == "pending" and time.monotonic() >= payment._deadline:
+            payment._status = "timed_out"
+            self._notify()
+
+    def _charge(self, payment):
+        """The bot said ok in time: charge the user and tell the bot (lock held)."""
+        record, user_id = payment._invoice, payment.user_id
+        user = copy.deepcopy(self._chats[user_id]["user"])
+        charge_id = "stx" + secrets.token_urlsafe(36)
+        now = int(time.time())
+        self._star_transactions.append(
+            {
+                "id": charge_id,
+                "date": now,
+                "source": self._partner_json(user, record.payload),
+                "amount": record.total_amount,
+            }
+        )
+        message = {
+            "message_id": self._next_message_id(user_id),
+            "from": user,
+            "chat": self._chat_json(user_id),
+            "date": now,
+            "successful_payment": {
+                "currency": record.currency,
+                "total_amount": record.total_amount,
+                "invoice_payload": record.payload,
+                "telegram_payment_charge_id": charge_id,
+                # Stars have no payment provider: an empty string, as the public Stars
+                # examples show it (not verified against Telegram)
+                "provider_payment_charge_id": "",
+            },
+        }
+        self._user_messages[user_id][message["message_id"]] = {"json": message, "deleted": False}
+        payment._status, payment.charge_id = "paid", charge_id
+        payment.message = copy.deepcopy(message)
+        self._charges[charge_id] = payment
+        if record.message_id is not None:
+            record.paid = True
+        if not payment._drop:
+            for _ in range(2 if payment._duplicate else 1):
+                update = self._push_update("message", copy.deepcopy(message))
+                if update is not None:
+                    payment.update_ids.append(update["update_id"])
+        self._notify()
+
+    @staticmethod
+    def _partner_json(user, payload):
+        """TransactionPartnerUser of an invoice payment or of its refund."""
+        partner = {"transaction_type": "invoice_payment", "type": "user", "user": user}
+        if payload:
+            partner["invoice_payload"] = payload
+        return partner
+
+    def replay_update(self, update_id):
+        """Deliver an update created earlier once more as a new update: a fresh update_id, the
+        same content (the same message_id, the same charge id ...), like a duplicated or
+        replayed delivery. Returns the new update_id (None if allowed_updates now exclude it).
+        (A redelivery with the same update_id needs no help: getUpdates without a confirming
+        offset returns the unconfirmed updates again, as Telegram does.)"""
+        with self._cond:
+            entry = self._update_log.get(update_id)
+            if entry is None:
+                raise AssertionError(f"no update {update_id} was ever created")
+            update = self._push_update(entry[0], copy.deepcopy(entry[1]))
+            return update["update_id"] if update else None
+
     # ----- reading what the bot did -----------------------------------------------------------
+
+    def star_transactions(self):
+        """The bot's StarTransaction dicts, newest first (what getStarTransactions lists)."""
+        with self._lock:
+            return copy.deepcopy(self._star_transactions[::-1])
+
+    def invoice_links(self):
+        """The links the bot made with createInvoiceLink, oldest first, with what they sell."""
+        with self._lock:
+            return [
+                dict(record.to_json(), url=url, payload=record.payload)
+                for url, record in self._invoice_links.items()
+            ]
 
     def _visible(self, chat_id):
         return [m for _, m in sorted(self._bot_messages.get(chat_id, {}).items()) if not m.deleted]
@@ -1955,6 +2300,12 @@ class FakeTelegram:
             "getMyShortDescription",
             "setMyName",
             "getMyName",
+            "sendInvoice",
+            "createInvoiceLink",
+            "answerPreCheckoutQuery",
+            "refundStarPayment",
+            "getStarTransactions",
+            "getMyStarBalance",
         ]
         return {name.lower(): (getattr(self, "_m_" + name), name) for name in names}
 
@@ -2381,9 +2732,7 @@ class FakeTelegram:
                     "Conflict: terminated by other getUpdates request; make "
                     "sure that only one bot instance is running",
                 )
-            allowed_types = (
-                set(self._allowed_updates) if self._allowed_updates else _DEFAULT_UPDATE_TYPES
-            )
+            allowed_types = self._allowed_types()
             self._updates = [u for u in self._updates if (set(u) - {"update_id"}) & allowed_types]
             if self._updates:
                 return copy.deepcopy(self._updates[:limit])
@@ -2624,7 +2973,7 @@ class FakeTelegram:
 
     def _m_editMessageCaption(self, params, files):
         chat_id, message = self._edit_target(params)
-        if message.kind == "text":
+        if message.kind in ("text", "invoice"):
             raise _bad("there is no caption in the message to edit")
         caption, entities, mode = self._caption(params)
         markup = self._markup(params, inline_only=True)
@@ -2642,6 +2991,8 @@ class FakeTelegram:
     def _m_editMessageReplyMarkup(self, params, files):
         chat_id, message = self._edit_target(params)
         markup = self._markup(params, inline_only=True)
+        if message.kind == "invoice":
+            self._check_pay_button(markup)
         inline = markup.inline if markup else None
         if inline == message._inline:
             raise _bad(_NOT_MODIFIED)
@@ -2660,7 +3011,7 @@ class FakeTelegram:
                 if kind
                 else 'can\'t parse InputMedia: Field "type" must be of type String'
             )
-        if message.kind == "text":
+        if message.kind in ("text", "invoice"):
             raise _bad("there is no media in the message to edit")
         caption, entities, mode = self._caption(params, media)
         markup = self._markup(params, inline_only=True)
@@ -2717,6 +3068,220 @@ class FakeTelegram:
         query["answered"] = True
         self.callback_answers[query_id] = _params_for_record(params, {})
         return True
+
+    # ----- methods: Telegram Stars -----------------------------------------------------------
+
+    @staticmethod
+    def _labeled_price(item):
+        """telegram-bot-api's get_labeled_price_part; raises its error message."""
+        if not isinstance(item, dict):
+            raise ValueError("LabeledPrice must be an Object")
+        if "label" not in item:
+            raise ValueError('Can\'t find field "label"')
+        label = item["label"]
+        if isinstance(label, bool) or not isinstance(label, (str, int, float)):
+            raise ValueError('Field "label" must be of type String')
+        label = label if isinstance(label, str) else json.dumps(label)
+        if not label:
+            raise ValueError("LabeledPrice label must be non-empty")
+        if "amount" not in item:
+            raise ValueError('Can\'t find field "amount"')
+        amount = item["amount"]
+        if isinstance(amount, bool) or not isinstance(amount, (str, int, float)):
+            raise ValueError('Field "amount" must be a Number')
+        text = amount if isinstance(amount, str) else json.dumps(amount)
+        if not re.fullmatch(r"-?[0-9]+", text) or not -(2**63) <= int(text) < 2**63:
+            raise ValueError('Field "amount" must be a valid Number')  # 1.5, "5.0", "1e3"
+        return {"label": label, "amount": int(text)}
+
+    def _invoice_params(self, params):
+        """sendInvoice/createInvoiceLink parameters, checked in the order the Bot API server
+        parses them (telegram-bot-api get_input_message_invoice); returns an _Invoice."""
+        found = {}
+        for name in ("title", "description", "payload", "currency", "prices"):
+            value = params.get(name)
+            if value is None or value == "":
+                raise _bad(f'parameter "{name}" is required')
+            found[name] = value if name == "prices" else _to_str(value)
+        prices = _json_value(found["prices"], _bad("can't parse prices JSON object"))
+        if not isinstance(prices, list):
+            raise _bad("expected an Array of labeled prices")
+        parts = []
+        for item in prices:
+            try:
+                parts.append(self._labeled_price(item))
+            except ValueError as error:
+                raise _bad(f"can't parse labeled price: {error}") from None
+        if not parts:
+            raise _bad("there must be at least one price")
+        tip = params.get("max_tip_amount")
+        if tip not in (None, "") and _to_int(tip) is None:
+            raise _bad('can\'t parse "max_tip_amount" as Number')
+        _json_value(
+            params.get("suggested_tip_amounts"),
+            _bad("can't parse suggested_tip_amounts JSON object"),
+        )
+        if params.get("subscription_period") not in (None, "", 0, "0"):
+            raise _bad("subscription invoices are not simulated by the test stand-in")
+        return _Invoice(
+            title=found["title"],
+            description=found["description"],
+            payload=found["payload"],
+            currency=found["currency"],
+            prices=parts,
+            total_amount=sum(part["amount"] for part in parts),
+            start_parameter=_to_str(params.get("start_parameter")) or "",
+        )
+
+    @staticmethod
+    def _check_invoice(invoice, params):
+        """The checks tdlib and Telegram's servers make on an invoice."""
+        # tdlib (InputInvoice.cpp), before anything reaches the server
+        for part in invoice.prices:
+            if abs(part["amount"]) > 9999999999999:
+                raise _bad("too big amount of the currency specified")
+        if invoice.total_amount <= 0:
+            raise _bad("total price must be positive")
+        if invoice.total_amount > 9999999999999:
+            raise _bad("total price is too big")
+        # the server. Only Stars are simulated: no payment provider is connected to the test
+        # bot, so another currency fails as a mistyped "XTS"/"TXR" is reported to fail on
+        # Telegram; a provider token with XTR is refused the same way (unverified).
+        if invoice.currency != _XTR or (_to_str(params.get("provider_token")) or ""):
+            raise _bad("PAYMENT_PROVIDER_INVALID")
+        # exactly one price, no tips: reported as STARS_INVOICE_INVALID (e.g. an XTR invoice
+        # with max_tip_amount/suggested_tip_amounts)
+        suggested = _json_value(params.get("suggested_tip_amounts"), _bad("STARS_INVOICE_INVALID"))
+        if len(invoice.prices) != 1 or _to_int(params.get("max_tip_amount"), 0) or suggested:
+            raise _bad("STARS_INVOICE_INVALID")
+        if invoice.total_amount > _XTR_MAX_AMOUNT:
+            raise _bad("CURRENCY_TOTAL_AMOUNT_INVALID")
+        if len(invoice.payload.encode("utf-8")) > 128:
+            raise _bad("INVOICE_PAYLOAD_INVALID")
+        # The Bot API documents 1-32 and 1-255 characters; Telegram's own error text for a
+        # longer title/description is not documented, so these texts are the stand-in's.
+        if len(invoice.title) > 32:
+            raise _bad("invoice title must be 1-32 characters (the test stand-in's wording)")
+        if len(invoice.description) > 255:
+            raise _bad("invoice description must be 1-255 characters (the test stand-in's wording)")
+
+    @staticmethod
+    def _check_pay_button(markup):
+        """An invoice's keyboard must start with a Pay button (MTProto REPLY_MARKUP_BUY_EMPTY)."""
+        if markup is not None and markup.inline and not markup.inline[0][0].get("pay"):
+            raise _bad("REPLY_MARKUP_BUY_EMPTY")
+
+    def _m_sendInvoice(self, params, files):
+        invoice = self._invoice_params(params)
+        chat_id = self._chat_id(params)
+        markup = self._markup(params, inline_only=True)
+        reply = self._reply_to(chat_id, params)
+        self._check_invoice(invoice, params)
+        self._check_pay_button(markup)
+        self._check_not_blocked(chat_id)
+        self._rate_check(chat_id)
+        message = self._new_message(chat_id, "invoice", params, markup, reply)
+        invoice.chat_id, invoice.message_id = chat_id, message.message_id
+        message.invoice, message._invoice = invoice.to_json(), invoice
+        return message.to_json()
+
+    def _m_createInvoiceLink(self, params, files):
+        invoice = self._invoice_params(params)
+        self._check_invoice(invoice, params)
+        invoice.link = "https://t.me/$" + secrets.token_urlsafe(20)
+        self._invoice_links[invoice.link] = invoice
+        return invoice.link
+
+    def _m_answerPreCheckoutQuery(self, params, files):
+        ok = _to_bool(params.get("ok"))
+        error_message = _to_str(params.get("error_message")) or ""
+        if not ok and not error_message:
+            raise _bad('parameter "error_message" is required')
+        # the Bot API reads the id as an integer; anything else is query 0, which never exists
+        payment = self._pre_checkout.get(_to_int(params.get("pre_checkout_query_id"), 0))
+        if payment is not None:
+            self._expire(payment)
+        if payment is None or payment._answered or payment._status != "pending":
+            raise _bad(_QUERY_TOO_OLD)
+        payment._answered = True
+        if ok:
+            self._charge(payment)
+        else:
+            payment._status, payment.error_message = "refused", error_message
+            self._notify()
+        return True
+
+    def _m_refundStarPayment(self, params, files):
+        user_id = _to_int(params.get("user_id"), 0)
+        if user_id <= 0:
+            raise _bad("invalid user_id specified")
+        charge_id = _to_str(params.get("telegram_payment_charge_id")) or ""
+        if not charge_id:
+            raise _bad('parameter "telegram_payment_charge_id" is required')
+        if user_id not in self._chats:
+            raise _bad("user not found")
+        payment = self._charges.get(charge_id)
+        if payment is None or payment.user_id != user_id:
+            # refundStarsCharge documents CHARGE_ALREADY_REFUNDED, CHARGE_ID_EMPTY and
+            # USER_ID_INVALID only; for a charge id that is not this user's payment the MTProto
+            # error list offers CHARGE_ID_INVALID (and CHARGE_NOT_FOUND), which bots report
+            # handling: the stand-in answers CHARGE_ID_INVALID (unverified against Telegram)
+            raise _bad("CHARGE_ID_INVALID")
+        if payment.refunded:
+            raise _bad("CHARGE_ALREADY_REFUNDED")
+        record = payment._invoice
+        now = int(time.time())
+        user = copy.deepcopy(self._chats[user_id]["user"])
+        # an outgoing transaction: the id of the original charge, the user as receiver
+        self._star_transactions.append(
+            {
+                "id": charge_id,
+                "date": now,
+                "receiver": self._partner_json(user, record.payload),
+                "amount": record.total_amount,
+            }
+        )
+        payment.refunded = True
+        # the service message the bot gets about it (telegram-bot-api does not skip this
+        # outgoing message): from the bot, in the user's chat
+        message = {
+            "message_id": self._next_message_id(user_id),
+            "from": self._bot_from(),
+            "chat": self._chat_json(user_id),
+            "date": now,
+            "refunded_payment": {
+                "currency": record.currency,
+                "total_amount": record.total_amount,
+                "invoice_payload": record.payload,
+                "telegram_payment_charge_id": charge_id,
+            },
+        }
+        self.refunds.append(
+            {
+                "user_id": user_id,
+                "telegram_payment_charge_id": charge_id,
+                "total_amount": record.total_amount,
+                "invoice_payload": record.payload,
+                "date": now,
+                "message": copy.deepcopy(message),
+            }
+        )
+        self._push_update("message", message)
+        return True
+
+    def _m_getStarTransactions(self, params, files):
+        # the Bot API clamps both (get_integer_arg): offset >= 0, limit 1..100, default 100;
+        # newest first, the server's default order
+        offset = max(0, _to_int(params.get("offset"), 0) or 0)
+        limit = min(100, max(1, _to_int(params.get("limit"), 100)))
+        newest_first = self._star_transactions[::-1]
+        return {"transactions": copy.deepcopy(newest_first[offset : offset + limit])}
+
+    def _m_getMyStarBalance(self, params, files):
+        balance = sum(
+            t["amount"] if "source" in t else -t["amount"] for t in self._star_transactions
+        )
+        return {"amount": balance}
 
     def _m_sendChatAction(self, params, files):
         chat_id = self._chat_id(params)

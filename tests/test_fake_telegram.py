@@ -664,3 +664,446 @@ def test_stop_releases_long_polls():
     assert outcome.get("body", {"ok": True, "result": []}) == {"ok": True, "result": []}
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"{server.base_url}/bot{TOKEN}/getMe", timeout=2)
+
+
+# ---------------------------------------------------------------- Telegram Stars
+
+
+def stars(label, amount):
+    return [types.LabeledPrice(label, amount)]
+
+
+def send_stars_invoice(bot, chat, payload="order-7", amount=25, **kwargs):
+    return bot.send_invoice(
+        chat, "Gift card", "A €25 gift card", payload, None, "XTR", stars("Card", amount), **kwargs
+    )
+
+
+def updates_of(fake, kind, **params):
+    """The pending updates of that kind; all pending updates are confirmed."""
+    result = api(fake, "getUpdates", json={"timeout": 0, **params}).json()["result"]
+    if result:
+        api(fake, "getUpdates", json={"timeout": 0, "offset": result[-1]["update_id"] + 1})
+    return [u for u in result if kind in u]
+
+
+def test_send_invoice_and_invoice_link_wire_format(fake, bot, chat):
+    sent = send_stars_invoice(bot, chat, payload="order-7:secret")
+    assert sent.content_type == "invoice"
+    assert sent.json["invoice"] == {
+        "title": "Gift card",
+        "description": "A €25 gift card",
+        "start_parameter": "",
+        "currency": "XTR",
+        "total_amount": 25,
+    }
+    assert "order-7:secret" not in json.dumps(sent.json)  # the payload stays server-side
+    assert "reply_markup" not in sent.json
+    message = fake.wait_message(chat, "Gift card")
+    assert (message.kind, message.message_id, message.invoice_payload) == (
+        "invoice",
+        sent.message_id,
+        "order-7:secret",
+    )
+    assert fake.calls_to("sendInvoice")[0]["prices"] == [{"label": "Card", "amount": 25}]
+
+    pay_first = types.InlineKeyboardMarkup()
+    pay_first.add(types.InlineKeyboardButton("Pay ⭐️25", pay=True))
+    pay_first.add(types.InlineKeyboardButton("Cancel", callback_data="cancel"))
+    with_keyboard = send_stars_invoice(bot, chat, reply_markup=pay_first, start_parameter="gift")
+    assert with_keyboard.json["reply_markup"] == {
+        "inline_keyboard": [
+            [{"text": "Pay ⭐️25", "pay": True}],
+            [{"text": "Cancel", "callback_data": "cancel"}],
+        ]
+    }
+    assert with_keyboard.invoice.start_parameter == "gift"
+    callback_first = types.InlineKeyboardMarkup()
+    callback_first.add(types.InlineKeyboardButton("Cancel", callback_data="cancel"))
+    with pytest.raises(ApiTelegramException) as excinfo:
+        send_stars_invoice(bot, chat, reply_markup=callback_first)
+    assert api_error(excinfo) == (400, "Bad Request: REPLY_MARKUP_BUY_EMPTY")
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.edit_message_reply_markup(chat, with_keyboard.message_id, reply_markup=callback_first)
+    assert excinfo.value.description == "Bad Request: REPLY_MARKUP_BUY_EMPTY"
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.edit_message_text("text", chat, sent.message_id)
+    assert excinfo.value.description == "Bad Request: there is no text in the message to edit"
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.edit_message_caption("caption", chat, sent.message_id)
+    assert excinfo.value.description == "Bad Request: there is no caption in the message to edit"
+
+    link = bot.create_invoice_link(
+        "Gift card", "A €25 gift card", "order-8", None, "XTR", stars("Card", 25)
+    )
+    assert re.fullmatch(r"https://t\.me/\$[A-Za-z0-9_-]{20,}", link), link
+    assert fake.invoice_links() == [
+        {
+            "title": "Gift card",
+            "description": "A €25 gift card",
+            "start_parameter": "",
+            "currency": "XTR",
+            "total_amount": 25,
+            "url": link,
+            "payload": "order-8",
+        }
+    ]
+    assert [m.kind for m in fake.messages(chat)] == ["invoice", "invoice"]  # no link message
+
+
+def test_invoice_errors_as_telegram_gives_them(fake, bot, chat):
+    def error_of(method="sendInvoice", **changes):
+        params = {
+            "chat_id": chat,
+            "title": "Gift card",
+            "description": "A gift card",
+            "payload": "order-1",
+            "currency": "XTR",
+            "prices": json.dumps([{"label": "Card", "amount": 25}]),
+        }
+        params.update(changes)
+        if method == "createInvoiceLink":
+            params.pop("chat_id")
+        params = {key: value for key, value in params.items() if value is not None}
+        response = api(fake, method, params=params)
+        assert response.status_code == response.json()["error_code"], response.text
+        return response.json()["description"]
+
+    assert error_of(title="") == 'Bad Request: parameter "title" is required'
+    assert error_of(description=None) == 'Bad Request: parameter "description" is required'
+    assert error_of(payload="") == 'Bad Request: parameter "payload" is required'
+    assert error_of(prices=None) == 'Bad Request: parameter "prices" is required'
+    assert error_of(prices="[{nope") == "Bad Request: can't parse prices JSON object"
+    assert error_of(prices="{}") == "Bad Request: expected an Array of labeled prices"
+    assert error_of(prices="[]") == "Bad Request: there must be at least one price"
+    assert error_of(prices='[{"amount": 5}]') == (
+        "Bad Request: can't parse labeled price: Can't find field \"label\""
+    )
+    assert error_of(prices='[{"label": "", "amount": 5}]') == (
+        "Bad Request: can't parse labeled price: LabeledPrice label must be non-empty"
+    )
+    assert error_of(prices='[{"label": "Card", "amount": 2.5}]') == (
+        'Bad Request: can\'t parse labeled price: Field "amount" must be a valid Number'
+    )
+    assert error_of(prices='[{"label": "Card", "amount": null}]') == (
+        'Bad Request: can\'t parse labeled price: Field "amount" must be a Number'
+    )
+    assert error_of(chat_id=999) == "Bad Request: chat not found"
+    for amount in (0, -5):
+        assert error_of(prices=json.dumps([{"label": "Card", "amount": amount}])) == (
+            "Bad Request: total price must be positive"
+        )
+    assert error_of(prices='[{"label": "Card", "amount": 100001}]') == (
+        "Bad Request: CURRENCY_TOTAL_AMOUNT_INVALID"
+    )
+    two_prices = json.dumps([{"label": "Card", "amount": 20}, {"label": "Fee", "amount": 5}])
+    assert error_of(prices=two_prices) == "Bad Request: STARS_INVOICE_INVALID"
+    assert error_of(max_tip_amount=5) == "Bad Request: STARS_INVOICE_INVALID"
+    assert error_of(provider_token="284685063:TEST:abc") == "Bad Request: PAYMENT_PROVIDER_INVALID"
+    assert error_of(currency="XTS") == "Bad Request: PAYMENT_PROVIDER_INVALID"
+    assert error_of(payload="é" * 65) == "Bad Request: INVOICE_PAYLOAD_INVALID"  # 130 bytes
+    assert "1-32 characters" in error_of(title="T" * 33)
+    assert "1-255 characters" in error_of(description="D" * 256)
+    assert error_of("createInvoiceLink", prices=two_prices) == "Bad Request: STARS_INVOICE_INVALID"
+    assert error_of("createInvoiceLink", title="") == 'Bad Request: parameter "title" is required'
+    assert fake.messages(chat) == [] and fake.invoice_links() == []
+
+    # the limits: 32 characters (not bytes), 128 bytes, 100000 Stars, an empty provider_token
+    ok = api(
+        fake,
+        "sendInvoice",
+        params={
+            "chat_id": chat,
+            "title": "é" * 32,
+            "description": "D" * 255,
+            "payload": "p" * 128,
+            "provider_token": "",
+            "currency": "XTR",
+            "prices": '[{"label": "Card", "amount": "100000"}]',
+        },
+    )
+    assert ok.json()["result"]["invoice"]["total_amount"] == 100000
+
+    # like sendMessage: a blocked user and the flood limit
+    fake.user_blocks_bot(chat)
+    with pytest.raises(ApiTelegramException) as excinfo:
+        send_stars_invoice(bot, chat)
+    assert api_error(excinfo) == (403, "Forbidden: bot was blocked by the user")
+    fake.user_unblocks_bot(chat)
+    fake.enforce_limits(per_second=30, per_chat_per_second=1.0, per_chat_burst=2)
+    send_stars_invoice(bot, chat)
+    bot.send_message(chat, "one more")
+    with pytest.raises(ApiTelegramException) as excinfo:
+        send_stars_invoice(bot, chat)
+    assert excinfo.value.error_code == 429
+
+
+def test_polling_bot_sells_with_telebot_handlers(fake, bot):
+    seen = []
+
+    @bot.pre_checkout_query_handler(func=lambda query: True)
+    def checkout(query):
+        if query.invoice_payload == "sold-out":
+            bot.answer_pre_checkout_query(query.id, ok=False, error_message="Sold out, sorry")
+        else:
+            bot.answer_pre_checkout_query(query.id, ok=True)
+
+    @bot.message_handler(content_types=["successful_payment"])
+    def paid(message):
+        payment = message.successful_payment
+        seen.append(payment)
+        bot.send_message(message.chat.id, f"Thanks! Paid {payment.total_amount} ⭐️")
+
+    runner = threading.Thread(
+        target=bot.infinity_polling,
+        kwargs={
+            "timeout": 5,
+            "long_polling_timeout": 1,
+            "logger_level": None,
+            "allowed_updates": ["message", "callback_query", "pre_checkout_query"],
+        },
+    )
+    fake.user_sends(USER, "/start")
+    invoice = send_stars_invoice(bot, USER, payload="order-7")
+    sold_out = send_stars_invoice(bot, USER, payload="sold-out")
+    runner.start()
+    try:
+        payment = fake.user_pays(USER, fake.messages(USER)[0])
+        assert (payment.status, payment.ok, payment.total_amount) == ("paid", True, 25)
+        thanks = fake.wait_message(USER, "Thanks!", timeout=10)
+        assert thanks.text == "Thanks! Paid 25 ⭐️"
+        assert [p.telegram_payment_charge_id for p in seen] == [payment.charge_id]
+        assert (seen[0].invoice_payload, seen[0].currency) == ("order-7", "XTR")
+        assert seen[0].provider_payment_charge_id == ""
+        assert payment.message["successful_payment"]["telegram_payment_charge_id"] == (
+            payment.charge_id
+        )
+        assert payment.message["from"]["id"] == USER
+        assert payment.message["message_id"] > invoice.message_id
+
+        refused = fake.user_pays(USER, sold_out)
+        assert (refused.status, refused.error_message, refused.charge_id) == (
+            "refused",
+            "Sold out, sorry",
+            None,
+        )
+    finally:
+        bot.stop_polling()
+        fake.release_polls()
+        runner.join(10)
+    assert not runner.is_alive()
+    assert len(seen) == 1  # nothing for the refused one
+    assert [t["id"] for t in fake.star_transactions()] == [payment.charge_id]
+    assert fake.calls_to("getUpdates")[0]["allowed_updates"] == [
+        "message",
+        "callback_query",
+        "pre_checkout_query",
+    ]
+    with pytest.raises(AssertionError, match="already paid"):
+        fake.user_pays(USER, invoice)
+
+
+def test_pre_checkout_answer_rules_and_timeout(fake, bot, chat):
+    link = bot.create_invoice_link("Gift", "A gift", "order-9", "", "XTR", stars("Gift", 10))
+    started = time.monotonic()
+    late = fake.user_pays(chat, link, timeout=0.3)  # nobody answers
+    assert late.status == "timed_out" and 0.3 <= time.monotonic() - started < 3
+    assert (late.charge_id, late.done, late.ok) == (None, True, False)
+    query = updates_of(fake, "pre_checkout_query")[-1]["pre_checkout_query"]
+    assert query == {
+        "id": late.query_id,
+        "from": {
+            "id": chat,
+            "is_bot": False,
+            "first_name": "Ann",
+            "username": "ann",
+            "language_code": "en",
+        },
+        "currency": "XTR",
+        "total_amount": 10,
+        "invoice_payload": "order-9",
+    }
+    too_old = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.answer_pre_checkout_query(late.query_id, ok=True)  # after the time ran out
+    assert api_error(excinfo) == (400, too_old)
+    assert fake.star_transactions() == [] and late.status == "timed_out"
+
+    fake.pre_checkout_timeout = 5
+    pending = fake.user_pays(chat, link, wait=False)
+    assert pending.status == "pending" and not pending.done
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.answer_pre_checkout_query(pending.query_id, ok=False)  # no error_message
+    assert excinfo.value.description == 'Bad Request: parameter "error_message" is required'
+    for wrong_id in ("123", "not-a-number"):
+        with pytest.raises(ApiTelegramException) as excinfo:
+            bot.answer_pre_checkout_query(wrong_id, ok=True)
+        assert excinfo.value.description == too_old
+    assert pending.status == "pending"
+    assert bot.answer_pre_checkout_query(pending.query_id, ok=True) is True
+    assert pending.wait().status == "paid"
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.answer_pre_checkout_query(pending.query_id, ok=True)  # answered already
+    assert excinfo.value.description == too_old
+    assert [t["amount"] for t in fake.star_transactions()] == [10]
+    # the fake's default is Telegram's 10 seconds
+    assert FakeTelegram(token=TOKEN).pre_checkout_timeout == 10
+
+
+def test_refunds_once_and_star_transactions(fake, bot, chat):
+    fake.user_sends(2002, "hi", first_name="Bob")
+    payments = []
+    for amount in (5, 7, 9):
+        link = bot.create_invoice_link(
+            "Gift", "A gift", f"order-{amount}", None, "XTR", stars("Gift", amount)
+        )
+        payment = fake.user_pays(chat, link, wait=False)
+        bot.answer_pre_checkout_query(payment.query_id, ok=True)
+        payments.append(payment.wait())
+    first, second, third = payments
+    assert len({p.charge_id for p in payments}) == 3
+
+    assert bot.refund_star_payment(chat, second.charge_id) is True
+    assert second.refunded and not first.refunded
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.refund_star_payment(chat, second.charge_id)
+    assert api_error(excinfo) == (400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+    for user_id, charge_id in ((2002, first.charge_id), (chat, "stx-no-such-charge")):
+        with pytest.raises(ApiTelegramException) as excinfo:
+            bot.refund_star_payment(user_id, charge_id)
+        assert excinfo.value.description == "Bad Request: CHARGE_ID_INVALID"
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.refund_star_payment(chat, "")
+    assert excinfo.value.description == (
+        'Bad Request: parameter "telegram_payment_charge_id" is required'
+    )
+    assert len(fake.calls_to("refundStarPayment")) == 5
+    assert [r["telegram_payment_charge_id"] for r in fake.refunds] == [second.charge_id]
+    assert (fake.refunds[0]["user_id"], fake.refunds[0]["total_amount"]) == (chat, 7)
+
+    # the bot is told with a refunded_payment service message from itself
+    message = updates_of(fake, "message")[-1]["message"]
+    assert message["from"]["id"] == fake.bot_user["id"] and message["chat"]["id"] == chat
+    assert message["refunded_payment"] == {
+        "currency": "XTR",
+        "total_amount": 7,
+        "invoice_payload": "order-7",
+        "telegram_payment_charge_id": second.charge_id,
+    }
+    assert types.Message.de_json(message).refunded_payment.total_amount == 7
+
+    # newest first: the refund (receiver, the id of the original), then the payments (source)
+    listed = api(fake, "getStarTransactions", params={}).json()["result"]["transactions"]
+    user = {
+        "id": chat,
+        "is_bot": False,
+        "first_name": "Ann",
+        "username": "ann",
+        "language_code": "en",
+    }
+    assert listed[0] == {
+        "id": second.charge_id,
+        "date": listed[0]["date"],
+        "receiver": {
+            "transaction_type": "invoice_payment",
+            "type": "user",
+            "user": user,
+            "invoice_payload": "order-7",
+        },
+        "amount": 7,
+    }
+    assert [(t["id"], "source" in t, t["amount"]) for t in listed] == [
+        (second.charge_id, False, 7),
+        (third.charge_id, True, 9),
+        (second.charge_id, True, 7),
+        (first.charge_id, True, 5),
+    ]
+    assert listed[1]["source"]["invoice_payload"] == "order-9"
+    assert listed == fake.star_transactions()
+
+    via_telebot = bot.get_star_transactions(offset=1, limit=2).transactions
+    assert [(t.id, t.amount, t.source.user.id) for t in via_telebot] == [
+        (third.charge_id, 9, chat),
+        (second.charge_id, 7, chat),
+    ]
+    assert via_telebot[0].source.transaction_type == "invoice_payment"
+    clamped = api(fake, "getStarTransactions", params={"limit": 0}).json()["result"]
+    assert len(clamped["transactions"]) == 1  # the Bot API clamps limit to 1..100
+    assert api(fake, "getStarTransactions", params={"offset": 9}).json()["result"] == {
+        "transactions": []
+    }
+    assert api(fake, "getMyStarBalance").json()["result"] == {"amount": 5 + 9}
+
+
+def test_dropped_duplicated_and_replayed_payment_updates(fake, bot, chat):
+    link = bot.create_invoice_link("Gift", "A gift", "order-1", None, "XTR", stars("Gift", 3))
+
+    def answer_next_query():
+        query = updates_of(fake, "pre_checkout_query")[-1]["pre_checkout_query"]
+        bot.answer_pre_checkout_query(query["id"], ok=True)
+
+    # dropped: charged, but the successful_payment update never reaches the bot
+    dropped = fake.user_pays(chat, link, wait=False, drop_successful_payment=True)
+    answer_next_query()
+    assert dropped.wait().status == "paid" and dropped.dropped
+    assert dropped.update_ids == [] and dropped.update_id is None
+    assert updates_of(fake, "message") == []
+    assert fake.star_transactions()[0]["id"] == dropped.charge_id  # found again this way
+    assert dropped.message["successful_payment"]["invoice_payload"] == "order-1"
+    assert dropped.message in fake.user_messages(chat)  # it is in the chat all the same
+
+    # duplicated: two updates, the same message
+    twice = fake.user_pays(chat, link, wait=False, duplicate_successful_payment=True)
+    answer_next_query()
+    assert twice.wait().ok and len(twice.update_ids) == 2
+    delivered = updates_of(fake, "message")
+    assert [u["update_id"] for u in delivered] == twice.update_ids
+    assert delivered[0]["message"] == delivered[1]["message"] == twice.message
+
+    # replayed: any update once more, with a fresh update_id
+    replayed_id = fake.replay_update(twice.update_id)
+    assert replayed_id > twice.update_ids[-1]
+    again = [u for u in updates_of(fake, "message") if u["update_id"] == replayed_id]
+    assert again[0]["message"] == twice.message
+    with pytest.raises(AssertionError):
+        fake.replay_update(1)
+    assert [t["id"] for t in fake.star_transactions()] == [twice.charge_id, dropped.charge_id]
+
+
+def test_pre_checkout_queries_follow_allowed_updates(fake, bot, chat):
+    link = bot.create_invoice_link("Gift", "A gift", "order-1", None, "XTR", stars("Gift", 3))
+    # the shop polls for messages and callbacks only: Telegram remembers that list
+    api(fake, "getUpdates", json={"timeout": 0, "allowed_updates": ["message", "callback_query"]})
+    unseen = fake.user_pays(chat, link, timeout=0.3)
+    assert unseen.status == "timed_out"
+    assert updates_of(fake, "pre_checkout_query") == []  # without allowed_updates: remembered
+    assert fake.star_transactions() == []
+
+    with_queries = updates_of(fake, "pre_checkout_query", allowed_updates=["pre_checkout_query"])
+    assert with_queries == []  # not created back then
+    pending = fake.user_pays(chat, link, wait=False)
+    delivered = updates_of(fake, "pre_checkout_query")
+    assert [u["pre_checkout_query"]["id"] for u in delivered] == [pending.query_id]
+    bot.answer_pre_checkout_query(pending.query_id, ok=True)
+    assert pending.wait().ok
+    assert pending.update_ids == []  # "message" is not allowed now: no successful_payment update
+    api(fake, "getUpdates", json={"timeout": 0, "allowed_updates": []})  # back to the default
+    paid_again = fake.user_pays(chat, link, wait=False)
+    bot.answer_pre_checkout_query(paid_again.query_id, ok=True)
+    assert paid_again.wait().ok and len(paid_again.update_ids) == 1
+
+
+def test_user_pays_checks_what_is_paid(fake, bot, chat):
+    fake.user_sends(2002, "hi")
+    invoice = send_stars_invoice(bot, chat)
+    with pytest.raises(AssertionError, match="another user's chat"):
+        fake.user_pays(2002, invoice)
+    with pytest.raises(AssertionError, match="no invoice link"):
+        fake.user_pays(chat, "https://t.me/$unknown")
+    text = bot.send_message(chat, "not an invoice")
+    with pytest.raises(AssertionError, match="not an invoice"):
+        fake.user_pays(chat, text)
+    bot.delete_message(chat, invoice.message_id)
+    with pytest.raises(AssertionError, match="deleted"):
+        fake.user_pays(chat, invoice.json)
+    assert fake.payments == []
