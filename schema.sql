@@ -425,3 +425,10 @@ CREATE TRIGGER IF NOT EXISTS catalog_version_stock_units_update AFTER UPDATE ON 
     BEGIN UPDATE catalog_version SET version = version + 1; END;
 CREATE TRIGGER IF NOT EXISTS catalog_version_stock_units_delete AFTER DELETE ON stock_units
     BEGIN UPDATE catalog_version SET version = version + 1; END;
+-- The Mini App's catalog shows prices in Stars and the ways to pay, which these settings change.
+CREATE TRIGGER IF NOT EXISTS catalog_version_settings_insert AFTER INSERT ON settings
+    WHEN NEW.key IN ('telegram_rule', 'stars_per_euro')
+    BEGIN UPDATE catalog_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS catalog_version_settings_update AFTER UPDATE ON settings
+    WHEN NEW.key IN ('telegram_rule', 'stars_per_euro')
+    BEGIN UPDATE catalog_version SET version = version + 1; END;

@@ -319,6 +319,11 @@ def fmt_eur(cents):
     return ("-€" if cents < 0 else "€") + cents_to_str(abs(cents))
 
 
+def fmt_stars(stars):
+    """1250 -> '1,250 ⭐' (whole Telegram Stars)."""
+    return f"{int(stars):,} ⭐"
+
+
 def esc(value):
     """Escape text typed by owners or shoppers for Telegram's HTML parse mode."""
     return html.escape(str(value), quote=False)
@@ -1404,6 +1409,29 @@ DEFAULT_SETTINGS = {
 RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "max_unpaid_units", "enabled_coins")
 
 
+def default_terms_text(conn):
+    """/terms when the owner wrote none."""
+    contact = get_setting(conn, "support_contact")
+    return (
+        f"{get_setting(conn, 'shop_name')} sells the goods in its catalog at the prices shown at "
+        "checkout. Goods are delivered in this chat as soon as the payment is final. Digital "
+        "goods (codes, keys, downloads) cannot be returned once delivered; if one does not work, "
+        "we replace it or refund it. Payments in Telegram Stars are refunded in Stars. "
+        + (f"Questions: {contact}." if contact else "Questions: use /paysupport.")
+    )
+
+
+def default_paysupport_text(conn):
+    """/paysupport when the owner wrote none: it names the support contact."""
+    contact = get_setting(conn, "support_contact")
+    reach = f"write to {contact}" if contact else "reply here with your order number"
+    return (
+        f"A problem with a payment or an order? {reach[0].upper() + reach[1:]} and say what "
+        "happened; we answer within a day. Your orders and their payments are under 📦 Orders. "
+        "Telegram's support cannot help with purchases from this shop."
+    )
+
+
 def get_setting(conn, key, config=None):
     """The one way to read a setting: the owner's choice (the settings table), else its default.
     The shop's texts default to DEFAULT_SETTINGS and read as text. Given the configuration, a
@@ -1994,7 +2022,8 @@ def list_catalog_offers(conn):
     catalog's order: cities, then their districts, then their products."""
     return conn.execute(
         "SELECT c.id AS city_id, c.name AS city, d.id AS district_id, d.name AS district, "
-        "p.id, p.name, p.description, p.price_cents, p.photo, count(*) AS available "
+        "p.id, p.name, p.description, p.price_cents, p.photo, p.kind, p.pay_methods, "
+        "p.stars_price, count(*) AS available "
         f"FROM stock_units u {_AVAILABLE} "
         "GROUP BY d.id, p.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, "
         "d.name COLLATE NOCASE, p.name COLLATE NOCASE"
@@ -3458,7 +3487,8 @@ def release_expired_reservations(conn):
     with transaction(conn):
         # An order whose payment is already on the chain keeps its items until the payment settles.
         orders = conn.execute(
-            "SELECT DISTINCT o.id, o.user_id FROM stock_units s JOIN orders o ON o.id = s.order_id "
+            "SELECT DISTINCT o.id, o.user_id, o.payment_method FROM stock_units s "
+            "JOIN orders o ON o.id = s.order_id "
             "WHERE s.status = 'reserved' AND s.reserved_until < ? "
             "AND NOT EXISTS (SELECT 1 FROM payments p "
             "WHERE p.order_id = o.id AND p.status IN ('confirming', 'confirmed', 'sending'))",
@@ -3476,9 +3506,13 @@ def release_expired_reservations(conn):
                     conn,
                     order["user_id"],
                     f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items "
-                    f"went back on sale{went_back(lines_back)}. If you already sent the payment, "
-                    "it is not lost: you get the items "
-                    "if they are still there, or the amount on your balance.",
+                    f"went back on sale{went_back(lines_back)}. "
+                    + (
+                        "You can still pay its invoice while the items are there."
+                        if order["payment_method"] == "stars"
+                        else "If you already sent the payment, it is not lost: you get the items "
+                        "if they are still there, or the amount on your balance."
+                    ),
                     order_id=order["id"],
                 )
     if freed:
@@ -3571,6 +3605,9 @@ class PaymentNews:
     reference: str = None  # the reference the shop gave the invoice (order-12, topup-...)
     address: str = None  # where the money is sent
     parent_id: str = None  # a repeated deposit: the provider id of the payment it follows
+    # The id of the money movement, where one invoice could be paid twice (Telegram Stars:
+    # telegram_payment_charge_id); kept with the payment, and a second one is given back.
+    charge_id: str = None
     unreadable: dict = field(default_factory=dict)
 
 
@@ -4105,6 +4142,8 @@ def apply_payment_status(conn, news, *, source, owners=()):
             payment = _child_payment(conn, news)
         check_payment_matches(payment, news)
         old, status = payment["status"], news.status
+        if news.charge_id and payment["charge_id"] not in (None, news.charge_id):
+            return _second_charge(conn, payment, news, owners)
         if status == "refunded" and old in ("finished", "partially_paid"):
             return _refund_reported(conn, payment, news, owners)
         if status == old or not can_move(old, status):
@@ -4161,8 +4200,9 @@ def _move_payment(conn, payment, news, source):
     conn.execute(
         "UPDATE payments SET status = ?, actually_paid = coalesce(?, actually_paid), "
         "updated_at = ?, final_at = CASE WHEN ? THEN ? ELSE final_at END, "
-        "final_source = CASE WHEN ? THEN ? ELSE final_source END WHERE id = ?",
-        (news.status, news.paid, now, final, now, final, source, payment["id"]),
+        "final_source = CASE WHEN ? THEN ? ELSE final_source END, "
+        "charge_id = coalesce(charge_id, ?) WHERE id = ?",
+        (news.status, news.paid, now, final, now, final, source, news.charge_id, payment["id"]),
     )
     return conn.execute("SELECT * FROM payments WHERE id = ?", (payment["id"],)).fetchone()
 
@@ -4442,6 +4482,10 @@ def _order_paid(conn, payment, order, owners, note=None):
             f"{f' ({esc(note)})' if note else ''}, by "
             f"{describe_user(get_user(conn, user_id))}",
         )
+    elif payment["provider"] in REFUNDED_IN_KIND:
+        return _give_back(
+            conn, payment, owners, f"order #{order_id} was paid after its items were gone"
+        )
     else:
         cents = _credit(
             conn,
@@ -4473,6 +4517,304 @@ def _order_paid(conn, payment, order, owners, note=None):
             f"{fmt_eur(credited)} credited to the shopper's balance",
         )
     return outcome
+
+
+# Providers whose money the shop cannot turn into balance credit (Telegram's rule: Stars buy
+# digital goods, not a balance for anything): a payment it cannot honour goes back to the payer.
+REFUNDED_IN_KIND = ("stars", "sandbox_stars")
+
+
+def _give_back(conn, payment, owners, why):
+    """A Stars payment the shop cannot honour: its refund is queued (made after this commits) and
+    the shopper and the owners are told."""
+    queue_star_refund(
+        conn,
+        charge_id=payment["charge_id"],
+        user_id=payment["user_id"],
+        stars=int(payment["pay_amount"]),
+        reason=why[0].upper() + why[1:],
+        requested_by="shop",
+        payment_id=payment["id"],
+    )
+    enqueue_message(
+        conn,
+        payment["user_id"],
+        f"⚠️ Sorry: {esc(why)}. Your {payment['pay_amount']} ⭐ are being refunded to you.",
+        order_id=payment["order_id"],
+    )
+    alert_owners(
+        conn,
+        owners,
+        f"↩️ {esc(why[0].upper() + why[1:])}: refunding {payment['pay_amount']} ⭐ to "
+        f"{describe_user(get_user(conn, payment['user_id']))}",
+    )
+    return f"refunding {payment['pay_amount']} Stars"
+
+
+def _second_charge(conn, payment, news, owners):
+    """One invoice paid twice (a second charge for a payment the shop already has money for):
+    the second charge goes back."""
+    queue_star_refund(
+        conn,
+        charge_id=news.charge_id,
+        user_id=payment["user_id"],
+        stars=int(Decimal(news.paid or payment["pay_amount"])),
+        reason=f"Payment {payment['id']} was paid twice",
+        requested_by="shop",
+    )
+    enqueue_message(
+        conn,
+        payment["user_id"],
+        f"↩️ You paid for {'order #%s' % payment['order_id'] if payment['order_id'] else 'this'} "
+        f"twice; the second payment of {esc(news.paid or payment['pay_amount'])} ⭐ is being "
+        "refunded to you.",
+        order_id=payment["order_id"],
+    )
+    alert_owners(conn, owners, f"↩️ Payment {payment['id']} was paid twice; refunding the second.")
+    return f"unchanged ({payment['status']}); a second charge is refunded"
+
+
+def queue_star_refund(conn, *, charge_id, user_id, stars, reason, requested_by, payment_id=None):
+    """Inside a transaction: a refund of a Stars charge, to be made once (a charge already queued
+    or refunded is left alone). Returns whether it is new."""
+    now = now_iso()
+    return (
+        conn.execute(
+            "INSERT OR IGNORE INTO star_refunds(charge_id, user_id, payment_id, stars, reason, "
+            "requested_by, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (charge_id, user_id, payment_id, stars, reason, requested_by, now, now),
+        ).rowcount
+        == 1
+    )
+
+
+def refund_unknown_charge(conn, news, user_id, owners):
+    """Stars paid for an invoice this shop does not know (or cannot match): given back, once."""
+    with transaction(conn):
+        if not queue_star_refund(
+            conn,
+            charge_id=news.charge_id,
+            user_id=user_id,
+            stars=int(Decimal(news.paid or news.amount or "0")) or 1,
+            reason=f"A payment for an invoice this shop does not know ({news.provider_id[:40]})",
+            requested_by="shop",
+        ):
+            return "already being refunded"
+        enqueue_message(
+            conn,
+            user_id,
+            "⚠️ Sorry: the shop could not match your Stars payment to an open order. "
+            f"Your {esc(news.paid)} ⭐ are being refunded to you.",
+        )
+        alert_owners(
+            conn,
+            owners,
+            f"↩️ Telegram Stars paid for an unknown invoice ({esc(news.provider_id[:40])}) by "
+            f"<code>{user_id}</code>: refunding {esc(news.paid)} ⭐",
+        )
+        return "unknown invoice: refunding"
+
+
+def star_refunds_due(conn, limit=20):
+    """Refunds waiting to be made now, oldest first."""
+    return conn.execute(
+        "SELECT * FROM star_refunds WHERE status = 'pending' AND next_attempt_at <= ? "
+        "ORDER BY next_attempt_at LIMIT ?",
+        (now_iso(), limit),
+    ).fetchall()
+
+
+def star_refund_done(conn, charge_id, note=""):
+    """Telegram gave the Stars back: the refund, its payment and (an owner's refund) its order
+    say so, and the shopper is told. Idempotent."""
+    with transaction(conn):
+        refund = conn.execute(
+            "SELECT * FROM star_refunds WHERE charge_id = ?", (charge_id,)
+        ).fetchone()
+        if refund is None or refund["status"] == "done":
+            return False
+        now = now_iso()
+        conn.execute(
+            "UPDATE star_refunds SET status = 'done', done_at = ?, last_error = ? "
+            "WHERE charge_id = ?",
+            (now, note or None, charge_id),
+        )
+        payment = None
+        if refund["payment_id"]:
+            payment = find_payment(conn, refund["payment_id"])
+        if payment is not None and payment["charge_id"] == charge_id:
+            conn.execute(
+                "UPDATE payments SET status = 'refunded', updated_at = ?, "
+                "outcome = coalesce(outcome || ', ', '') || 'refunded in Stars' WHERE id = ?",
+                (now, payment["id"]),
+            )
+            if refund["requested_by"] == "owner":
+                conn.execute(
+                    "UPDATE orders SET status = 'refunded' WHERE id = ? AND status = 'paid'",
+                    (payment["order_id"],),
+                )
+        order = payment["order_id"] if payment else None
+        enqueue_message(
+            conn,
+            refund["user_id"],
+            f"↩️ {refund['stars']} ⭐ were refunded to you"
+            + (f" for order #{order}" if order else "")
+            + (f": {esc(refund['reason'])}." if refund["requested_by"] == "owner" else "."),
+            order_id=order,
+        )
+        log.info("stars: refunded %d Stars of charge %s", refund["stars"], charge_id[:12])
+        return True
+
+
+def star_refund_failed(conn, charge_id, error):
+    """Telegram did not make the refund now: tried again later (30 s, doubling up to an hour).
+    Returns how many times it failed."""
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT attempts FROM star_refunds WHERE charge_id = ?", (charge_id,)
+        ).fetchone()
+        attempts = row["attempts"] + 1
+        conn.execute(
+            "UPDATE star_refunds SET attempts = ?, last_error = ?, next_attempt_at = ? "
+            "WHERE charge_id = ?",
+            (attempts, error[:300], now_iso(min(3600, 30 * 2 ** (attempts - 1))), charge_id),
+        )
+        return attempts
+
+
+def request_owner_star_refund(conn, order_id, reason, remote=None):
+    """The owner refunds a paid Stars order ("Refund in Stars"): queued once, audited. Returns the
+    refund's charge id; InvalidInput when there is nothing to refund or it was asked already."""
+    reason = clean_text(reason, "The reason", max_len=200)
+    with transaction(conn):
+        order = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+        if order is None:
+            raise NotFound("No such order.")
+        payment = conn.execute(
+            "SELECT * FROM payments WHERE order_id = ? AND charge_id IS NOT NULL "
+            "AND provider IN (SELECT value FROM json_each(?)) ORDER BY id DESC LIMIT 1",
+            (order_id, json.dumps(REFUNDED_IN_KIND)),
+        ).fetchone()
+        if payment is None or order["payment_method"] != "stars":
+            raise InvalidInput(f"Order #{order_id} was not paid in Telegram Stars.")
+        if order["status"] != "paid":
+            raise InvalidInput(
+                f"Order #{order_id} is {order['status']}; only a paid one is refunded."
+            )
+        if not queue_star_refund(
+            conn,
+            charge_id=payment["charge_id"],
+            user_id=order["user_id"],
+            stars=int(payment["pay_amount"]),
+            reason=reason,
+            requested_by="owner",
+            payment_id=payment["id"],
+        ):
+            raise InvalidInput(f"Order #{order_id}'s Stars were already refunded (or are being).")
+        audit(
+            conn,
+            "stars refund",
+            f"order #{order_id}: {payment['pay_amount']} Stars, charge {payment['charge_id']}: "
+            f"{reason}",
+            remote,
+        )
+        return payment["charge_id"]
+
+
+STARS_HOLD_SECONDS = 300  # a pre-checkout holds the items this long for Telegram to charge
+
+
+def stars_pre_checkout(conn, providers, user_id, payload, currency, total):
+    """Telegram asks whether a Stars payment may go ahead (pre_checkout_query). Returns None (yes:
+    the items are held for it) or the reason, for the shopper, why not; the shopper is then not
+    charged. An order whose reservation lapsed takes its items again if they are still there."""
+    with transaction(conn):
+        payment = conn.execute(
+            "SELECT * FROM payments WHERE provider IN (SELECT value FROM json_each(?)) "
+            "AND provider_id = ?",
+            (json.dumps(list(providers)), payload),
+        ).fetchone()
+        if payment is None or payment["user_id"] != user_id or not payment["order_id"]:
+            return "This invoice is not valid any more. Please check out again."
+        if currency != "XTR" or str(total) != payment["pay_amount"]:
+            return "The price of this order changed. Please check out again."
+        order = conn.execute("SELECT * FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()
+        if get_user(conn, user_id)["is_banned"]:
+            return Banned.__doc__
+        if payment["status"] in MONEY_STATUSES or order["status"] == "paid":
+            return f"Order #{order['id']} is already paid."
+        if order["status"] in ("cancelled", "refunded") or payment["status"] == "failed":
+            return f"Order #{order['id']} was cancelled. Please check out again."
+        if order["status"] == "expired":
+            if not _retake_units(conn, order["id"]):
+                return (
+                    f"Sorry, the items of order #{order['id']} sold out after its time to pay ran "
+                    "out. Please check out again."
+                )
+            conn.execute("UPDATE orders SET status = 'pending' WHERE id = ?", (order["id"],))
+            if order_from_basket(conn, order["id"]):
+                take_from_basket(conn, order["id"])
+        hold = now_iso(STARS_HOLD_SECONDS)
+        conn.execute(
+            "UPDATE stock_units SET reserved_until = max(reserved_until, ?) "
+            "WHERE order_id = ? AND status = 'reserved'",
+            (hold, order["id"]),
+        )
+        conn.execute(
+            "UPDATE payments SET expires_at = max(expires_at, ?), updated_at = ? WHERE id = ?",
+            (hold, now_iso(), payment["id"]),
+        )
+        return None
+
+
+def stars_news(provider, payload, charge_id, total, currency="XTR"):
+    """A Stars payment Telegram reports (successful_payment, or found in getStarTransactions)."""
+    return PaymentNews(
+        provider=provider,
+        provider_id=payload,
+        status="finished",
+        by="Telegram",
+        currency=currency.lower(),
+        amount=str(total),
+        paid=str(total),
+        charge_id=charge_id,
+    )
+
+
+def lapsed_stars_invoices(conn, providers, grace_seconds=600):
+    """Stars invoices still waiting well after their items were released (Telegram never says an
+    invoice ran out): their provider ids, to be marked expired."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT p.provider_id FROM payments p JOIN orders o ON o.id = p.order_id "
+            "WHERE p.status = 'waiting' AND p.provider IN (SELECT value FROM json_each(?)) "
+            "AND p.expires_at < ? AND o.status != 'pending'",
+            (json.dumps(list(providers)), now_iso(-grace_seconds)),
+        )
+    ]
+
+
+def charge_is_known(conn, charge_id):
+    """Whether a Stars charge was applied to a payment or is being (or was) refunded."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM payments WHERE charge_id = ? UNION ALL "
+            "SELECT 1 FROM star_refunds WHERE charge_id = ?",
+            (charge_id, charge_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def order_summary(conn, order_id):
+    """An order's items in one line, like "Gift card €25 × 2, Coffee beans" (for an invoice)."""
+    counts = conn.execute(
+        "SELECT product_name, count(*) FROM order_items WHERE order_id = ? GROUP BY product_id "
+        "ORDER BY min(id)",
+        (order_id,),
+    ).fetchall()
+    return ", ".join(f"{name} × {n}" if n > 1 else name for name, n in counts) or f"#{order_id}"
 
 
 def underpayment_tolerance(conn):
@@ -6223,9 +6565,188 @@ class SandboxPayments(NowPayments):
         }
 
 
+STARS_PAYLOAD = re.compile(r"order-\d{1,18}-[0-9a-f]{16}")
+
+
+class StarsPayments(PaymentProvider):
+    """Telegram Stars (currency XTR) through the Bot API: invoices sent into the shopper's chat
+    (sendInvoice) or opened from the Mini App (createInvoiceLink). Telegram's word arrives as
+    updates to the bot (pre_checkout_query, successful_payment), not as webhooks; what an update
+    lost on the way would have said is found again in getStarTransactions (sweep)."""
+
+    name = "stars"
+    label = "Telegram Stars"
+    credentials = "BOT_TOKEN"
+    method = "stars"  # the PAY_METHODS entry it serves
+    bulk = True  # reconciled by sweep() over recent transactions, not payment by payment
+    SWEEP_PAGES = 10  # at most this many pages of 100 transactions per sweep
+
+    def __init__(self, token):
+        self.token = token
+        self.api = telebot.TeleBot(token, threaded=False)
+
+    @classmethod
+    def configured(cls, shop):
+        c = shop.config
+        return {"token": c.bot_token} if c.bot_token and not c.sandbox else None
+
+    def methods(self, fresh=False):
+        return ["xtr"]
+
+    @staticmethod
+    def payload(reference):
+        """The invoice's payload: the order it is for and 64 random bits, so that no one can name
+        another's invoice (Telegram hands it back in every update about the payment)."""
+        return f"{reference}-{secrets.token_hex(8)}"
+
+    def _call(self, what, fn, *args, **kw):
+        try:
+            result = fn(*args, **kw)
+        except apihelper.ApiTelegramException as e:
+            raise ProviderError(
+                f"Telegram refused {what}: {e.description}",
+                http=e.error_code,
+                message="Telegram could not make the invoice. Please try again in a few minutes.",
+            ) from None
+        except (requests.RequestException, OSError) as e:
+            self.failing_since = self.failing_since or time.monotonic()
+            raise ProviderError(f"cannot reach Telegram for {what} ({type(e).__name__})") from None
+        self.failing_since = None
+        return result
+
+    def create_invoice(self, *, method, price_cents, reference, description, webhook_url, **stars):
+        """stars: amount (whole Stars), title, and chat_id to send the invoice into a chat (else a
+        link for the Mini App)."""
+        payload = self.payload(reference)
+        title, amount = stars["title"][:32], stars["amount"]
+        prices = [tg.LabeledPrice(label=title, amount=amount)]
+        if stars.get("chat_id"):
+            self._send_invoice(stars["chat_id"], title, description, payload, prices)
+            link = ""
+        else:
+            link = self._invoice_link(title, description, payload, prices)
+        return NewInvoice(
+            provider=self.name,
+            provider_id=payload,
+            currency="xtr",
+            amount=str(amount),
+            address=link,
+        )
+
+    def _send_invoice(self, chat_id, title, description, payload, prices):
+        self._call(
+            "the invoice",
+            self.api.send_invoice,
+            chat_id,
+            title,
+            description[:255],
+            payload,
+            None,
+            "XTR",
+            prices,
+        )
+
+    def _invoice_link(self, title, description, payload, prices):
+        return self._call(
+            "the invoice link",
+            self.api.create_invoice_link,
+            title,
+            description[:255],
+            payload,
+            None,
+            "XTR",
+            prices,
+        )
+
+    def fetch(self, provider_id):
+        raise ProviderError("Telegram Stars payments are found by sweep()", http=400)
+
+    def read_webhook(self, body, headers, remote):
+        return Webhook(refuse=(404, {"error": "Telegram Stars have no webhook"}), verdict="refused")
+
+    def refund(self, user_id, charge_id):
+        """Give a charge's Stars back (refundStarPayment). Returns a note: "" when done now,
+        or Telegram's words when it was refunded before. ProviderError otherwise."""
+        try:
+            self.api.refund_star_payment(user_id, charge_id)
+        except apihelper.ApiTelegramException as e:
+            if "ALREADY_REFUNDED" in (e.description or ""):
+                return e.description
+            raise ProviderError(
+                f"Telegram refused the refund: {e.description}", http=e.error_code
+            ) from None
+        except (requests.RequestException, OSError) as e:
+            raise ProviderError(
+                f"cannot reach Telegram for a refund ({type(e).__name__})"
+            ) from None
+        return ""
+
+    def sweep(self, since):
+        """Telegram's record of recent Star transactions (newest first, back to `since`, a Unix
+        time): ([(PaymentNews, user id)] for payments of the shop's invoices, {refunded charge
+        ids})."""
+        payments, refunded, offset = [], set(), 0
+        for _ in range(self.SWEEP_PAGES):
+            page = self._call(
+                "the Star transactions", apihelper.get_star_transactions, self.token, offset, 100
+            )
+            transactions = (page or {}).get("transactions") or []
+            for t in transactions:
+                self._read_transaction(t, payments, refunded)
+            offset += len(transactions)
+            if len(transactions) < 100 or min(t.get("date", 0) for t in transactions) < since:
+                break
+        return payments, refunded
+
+    def _read_transaction(self, t, payments, refunded):
+        partner = t.get("source") or t.get("receiver") or {}
+        if partner.get("type") != "user" or not isinstance(partner.get("user"), dict):
+            return
+        if t.get("receiver"):  # money going out to a user: a refund of the charge with this id
+            refunded.add(str(t.get("id")))
+            return
+        payload = partner.get("invoice_payload") or ""
+        if STARS_PAYLOAD.fullmatch(payload) and isinstance(t.get("amount"), int):
+            news = stars_news(self.name, payload, str(t["id"]), t["amount"])
+            payments.append((news, partner["user"].get("id")))
+
+
+class SandboxStars(StarsPayments):
+    """Telegram Stars as the sandbox plays them: invoices that exist only in the shop, paid with
+    the 🧪 buttons (which go through the same pre-checkout and payment as real Stars)."""
+
+    name = "sandbox_stars"
+    label = "Telegram Stars (sandbox)"
+    simulated = True
+
+    def __init__(self):
+        self.token = ""
+
+    @classmethod
+    def configured(cls, shop):
+        return {} if shop.config.sandbox else None
+
+    def _send_invoice(self, chat_id, title, description, payload, prices):
+        pass  # the bot shows the sandbox's invoice itself
+
+    def _invoice_link(self, title, description, payload, prices):
+        return ""
+
+    def refund(self, user_id, charge_id):
+        return ""
+
+    def sweep(self, since):
+        return [], set()
+
+
 # Every provider the shop can use, by the name its payments are stored with. The runtime starts
 # the ones the configuration asks for (Shop.start_providers).
-PAYMENT_PROVIDERS = {"nowpayments": NowPayments, "sandbox": SandboxPayments}
+PAYMENT_PROVIDERS = {
+    "nowpayments": NowPayments,
+    "sandbox": SandboxPayments,
+    "stars": StarsPayments,
+    "sandbox_stars": SandboxStars,
+}
 
 
 SANDBOX_COINS = {
@@ -6611,6 +7132,10 @@ class PaymentDesk:
         self.providers = {p.name: p for p in providers}
         # The provider of coins (NOWPayments, or the sandbox's emulation of it).
         self.client = next(p for p in providers if isinstance(p, NowPayments))
+        # Telegram Stars (real with a bot, played in the sandbox), or None.
+        self.stars = next((p for p in providers if isinstance(p, StarsPayments)), None)
+        self.stars_names = [p.name for p in providers if isinstance(p, StarsPayments)]
+        self.refund_lock = threading.Lock()
         self.alerts = Throttle(600)
         self.refusals_logged = Throttle(60)
         self.last_refresh = {}
@@ -6796,6 +7321,121 @@ class PaymentDesk:
             release_topup_claim(conn, nonce)
             raise
 
+    def open_stars_invoice(self, user_id, nonce, chat_id=None):
+        """Reserve a checkout's units in an order paid in Telegram Stars and make its invoice: sent
+        into the chat (the bot) or as a link (the Mini App). A repeated tap gets the same one."""
+        self.shop.check_may_buy(user_id)
+        if self.stars is None:
+            raise InvalidInput("Telegram Stars are not taken here (the shop has no bot).")
+        with self.opening(nonce):
+            conn = self.shop.db()
+            existing = find_checkout_payment(conn, user_id, nonce)
+            if existing and existing["pay_currency"] != "xtr":
+                raise InvalidInput("This checkout already has a crypto invoice.")
+            if existing:
+                return existing
+            checkout = get_checkout(conn, user_id, nonce)
+            lines = normalise_lines(checkout_lines(checkout))
+            stars = stars_total(conn, price_lines(conn, lines)[1], lines)
+            minutes = self.shop.setting("reservation_minutes")
+            order_id, total, created = reserve_for_checkout(
+                conn, user_id, nonce, minutes, self.limits(), method="stars"
+            )
+            if not created:
+                raise InvalidInput("This checkout already has an order; please check out again.")
+            try:
+                invoice = self.stars.create_invoice(
+                    method="xtr",
+                    price_cents=total,
+                    reference=f"order-{order_id}",
+                    description=order_summary(conn, order_id),
+                    webhook_url="",
+                    amount=stars,
+                    title=f"Order #{order_id}",
+                    chat_id=chat_id,
+                )
+                return record_payment(
+                    conn,
+                    kind="order",
+                    user_id=user_id,
+                    reference=f"order-{order_id}",
+                    price_cents=total,
+                    invoice=invoice,
+                    expires_at=reservation_end(conn, order_id) or now_iso(minutes * 60),
+                    order_id=order_id,
+                )
+            except BaseException:
+                drop_reservation(conn, order_id)
+                raise
+
+    def stars_pre_checkout(self, user_id, payload, currency, total):
+        """Telegram's pre_checkout_query: None to let the payment go ahead, else the reason for the
+        shopper. Telegram waits 10 s at most, so a failure here refuses rather than raises."""
+        try:
+            return stars_pre_checkout(
+                self.shop.db(), self.stars_names, user_id, payload, currency, total
+            )
+        except Exception as e:
+            log.warning("stars: could not check a payment before it was made: %s", e)
+            return (
+                "The shop could not check this order right now. Nothing was charged; "
+                "please try again."
+            )
+
+    def stars_paid(self, user_id, payload, charge_id, total, currency="XTR", source="telegram"):
+        """Telegram took the Stars (successful_payment, or found again by the sweep): deliver once,
+        or give them back when the shop cannot honour the payment. Returns what happened."""
+        name = self.stars.name if self.stars else "stars"
+        news = stars_news(name, payload, charge_id, total, currency)
+        conn = self.shop.db()
+        try:
+            outcome = apply_payment_status(conn, news, source=source, owners=self.owners)
+        except (UnknownPayment, PaymentMismatch) as e:
+            log.warning("stars: a payment of %s Stars cannot be honoured: %s", total, e)
+            outcome = refund_unknown_charge(conn, news, user_id, self.owners)
+        self.make_refunds()
+        return outcome
+
+    def make_refunds(self):
+        """Ask Telegram for the Stars refunds that are due (after the transaction that decided
+        them, and again later when Telegram did not make one); the owners hear of failures."""
+        if self.stars is None:
+            return
+        conn = self.shop.db()
+        with self.refund_lock:
+            for refund in star_refunds_due(conn):
+                try:
+                    note = self.stars.refund(refund["user_id"], refund["charge_id"])
+                except ProviderError as e:
+                    attempts = star_refund_failed(conn, refund["charge_id"], e.detail)
+                    self.alert(
+                        f"refund:{refund['charge_id']}",
+                        f"⚠️ A refund of {refund['stars']} ⭐ to <code>{refund['user_id']}</code> "
+                        f"failed ({esc(e.detail)}); tried {attempts} time(s), trying again.",
+                        logging.ERROR,
+                    )
+                    continue
+                star_refund_done(conn, refund["charge_id"], note)
+
+    def sweep_stars(self):
+        """Scheduled: find Stars payments whose update never reached the shop in Telegram's record
+        of the last week, apply each (once), note refunds made, and close lapsed invoices."""
+        if self.stars is None:
+            return
+        conn = self.shop.db()
+        payments, refunded = self.stars.sweep(int(time.time()) - 7 * 86400)
+        for charge_id in refunded:
+            star_refund_done(conn, charge_id, "found refunded in Telegram's record")
+        for news, user_id in payments:
+            if news.charge_id in refunded or charge_is_known(conn, news.charge_id):
+                continue
+            log.warning("stars: payment %s found by the sweep", news.charge_id[:12])
+            self.stars_paid(user_id, news.provider_id, news.charge_id, news.paid, source="poll")
+        for provider_id in lapsed_stars_invoices(conn, self.stars_names):
+            news = PaymentNews(provider=self.stars.name, provider_id=provider_id, status="expired")
+            apply_payment_status(conn, news, source="poll", owners=self.owners)
+        self.make_refunds()
+
     def limits(self):
         """The invoice limits as they are now (check_invoice_limits' keywords)."""
         c = self.shop.config
@@ -6812,9 +7452,24 @@ class PaymentDesk:
             raise NotFound("Simulated payments exist only in sandbox mode.")
         self.shop.check_may_buy(user_id)
         payment = get_payment(self.shop.db(), user_id, payment_id)
-        if not getattr(self.providers.get(payment["provider"]), "simulated", False):
+        provider = self.providers.get(payment["provider"])
+        if not getattr(provider, "simulated", False):
             raise NotFound("This payment was not made in the sandbox.")
+        if isinstance(provider, StarsPayments):
+            return self.simulate_stars(user_id, payment, outcome)
         sandbox_simulate(self.shop, payment["provider_id"], outcome)
+
+    def simulate_stars(self, user_id, payment, outcome):
+        """🧪 Pay with Stars: the sandbox's shopper pays, through the same pre-checkout and payment
+        as Telegram's updates."""
+        if outcome != "full":
+            raise InvalidInput("A Stars invoice is paid in full or not at all.")
+        args = (user_id, payment["provider_id"])
+        reason = self.stars_pre_checkout(*args, "XTR", int(payment["pay_amount"]))
+        if reason:
+            raise InvalidInput(reason)
+        charge = "sandbox-" + secrets.token_hex(12)
+        return self.stars_paid(*args, charge, payment["pay_amount"], source="check")
 
     def mark_paid(self, payment_id, reason, remote=None):
         """The owner confirms money that arrived outside the flow: applied as 'finished' in full, by
@@ -6825,6 +7480,8 @@ class PaymentDesk:
         p = find_payment(conn, payment_id)
         if p["status"] in MONEY_STATUSES:
             raise InvalidInput(f"This payment is already {p['status']}.")
+        if p["provider"] in self.stars_names:
+            raise InvalidInput("Telegram Stars payments are made only through Telegram.")
         news = PaymentNews(
             provider=p["provider"],
             provider_id=p["provider_id"],
@@ -6844,6 +7501,8 @@ class PaymentDesk:
         provider = self.providers.get(provider or self.client.name)
         if provider is None:  # a payment of a provider this shop no longer uses: nobody to ask
             return "not asked: its provider is not in use"
+        if getattr(provider, "bulk", False):  # its news comes by update, or in its sweep
+            return "not asked: its provider reports in bulk"
         key = (provider.name, provider_id)
         with self.lock:
             if throttle and time.monotonic() - self.last_refresh.get(key, -1e9) < throttle:
@@ -7040,7 +7699,8 @@ class PaymentDesk:
         """
         conn = self.shop.db()
         paused = set()
-        for row in payments_to_reconcile(conn, list(self.providers)):
+        asked = [p.name for p in self.providers.values() if not getattr(p, "bulk", False)]
+        for row in payments_to_reconcile(conn, asked):
             if self.shop.stopping.is_set():
                 return
             if row["provider"] in paused:
@@ -7377,6 +8037,7 @@ def _body_int(body, key, low, high):
 
 def invoice_json(conn, payment, sandbox, simulate=False):
     closed = payment["status"] == "waiting" and not invoice_is_open(payment)
+    stars = payment["pay_currency"] == "xtr"
     order_status = get_order_status(conn, payment["order_id"])
     return {
         "payment_id": payment["provider_id"],
@@ -7398,18 +8059,24 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "order_status": order_status,
         "outcome": payment["outcome"],
         "credited": cents_to_str(payment["credited_cents"]),
-        "payment_uri": payment_uri(
-            payment["pay_currency"], payment["pay_address"], payment["pay_amount"]
-        ),
+        "payment_uri": None
+        if stars
+        else payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
         "qr_url": f"/api/payment/{payment['provider_id']}/qr",
+        # Telegram Stars: the link Telegram.WebApp.openInvoice opens (none in the sandbox), and
+        # the amount in whole Stars.
+        "invoice_link": payment["pay_address"] or None if stars else None,
+        "stars": int(payment["pay_amount"]) if stars else None,
         "sandbox": sandbox,
         "simulate": simulate and invoice_is_open(payment),
     }
 
 
-def catalog_json(conn):
-    """Everything in stock: cities > districts > products, with availability."""
-    cities = {}
+def catalog_json(conn, stars=True):
+    """Everything in stock: cities > districts > products, with availability, price in Stars
+    (None when not paid in Stars) and the ways each may be paid. stars: whether the shop takes
+    Telegram Stars."""
+    rule, rate, cities = telegram_rule(conn), stars_per_euro(conn), {}
     for r in list_catalog_offers(conn):
         city = cities.setdefault(
             r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}}
@@ -7417,6 +8084,7 @@ def catalog_json(conn):
         district = city["districts"].setdefault(
             r["district_id"], {"id": r["district_id"], "name": r["district"], "products": []}
         )
+        methods = [m for m in product_methods(r, rule) if m != "stars" or stars]
         district["products"].append(
             {
                 "id": r["id"],
@@ -7425,6 +8093,9 @@ def catalog_json(conn):
                 "price": cents_to_str(r["price_cents"]),
                 "available": r["available"],
                 "photo_url": f"/media/{r['photo']}" if r["photo"] else None,
+                "kind": r["kind"],
+                "methods": methods,
+                "stars": stars_of(r, rate) if "stars" in methods else None,
             }
         )
     return {"cities": [dict(c, districts=list(c["districts"].values())) for c in cities.values()]}
@@ -7444,7 +8115,8 @@ class CatalogCache:
         self.built = (None, None, 0.0, b"", b"")
         self.lock = threading.Lock()  # one build at a time; the others wait for it and share it
 
-    def get(self, conn):
+    def get(self, conn, stars=True):
+        """stars: whether the shop takes Telegram Stars (the same for the life of the process)."""
         commits, now = _commits.value, time.monotonic()  # both before anything is read
         version, seen, checked, raw, packed = self.built
         if seen == commits and now - checked < self.CHECK_SECONDS:
@@ -7453,16 +8125,49 @@ class CatalogCache:
         if current != version:
             with self.lock:
                 if self.built[0] != current:
-                    raw = json.dumps(catalog_json(conn)).encode()
+                    raw = json.dumps(catalog_json(conn, stars)).encode()
                     self.built = (current, commits, now, raw, gzip.compress(raw, 6, mtime=0))
                     return self.built[3:]
         self.built = (current, commits, now, *self.built[3:])
         return self.built[3:]
 
 
-def basket_json(conn, user_id):
+def payment_ways_json(conn, lines, stars=True):
+    """How lines [(product_id, district_id, quantity)] may be paid: the ways all of them allow,
+    their price in Stars (None unless Stars is one), and when they share none, the parts that
+    each do (checked out one at a time with {"part": true})."""
+    lines = normalise_lines(lines)
+    total, offers = price_lines(conn, lines)
+    methods = [m for m in checkout_methods(conn, offers) if m != "stars" or stars]
+    ways = {
+        "methods": methods,
+        "stars": stars_total(conn, offers, lines) if "stars" in methods else None,
+        "parts": [],
+    }
+    if not methods:
+        for part_methods, part in split_by_methods(conn, lines, offers):
+            part_offers = price_lines(conn, part)[1]
+            usable = [m for m in part_methods if m != "stars" or stars]
+            ways["parts"].append(
+                {
+                    "methods": usable,
+                    "lines": [[p, d, q] for p, d, q in part],
+                    "total": cents_to_str(price_lines(conn, part)[0]),
+                    "stars": stars_total(conn, part_offers, part) if "stars" in usable else None,
+                }
+            )
+    return ways
+
+
+def basket_json(conn, user_id, stars=True):
     basket = get_basket(conn, user_id)
+    lines = [(line.product_id, line.district_id, line.quantity) for line in basket.lines]
+    try:
+        ways = payment_ways_json(conn, lines, stars) if lines else None
+    except ShopError:  # a line no longer on sale: the basket shows it; checkout says what to do
+        ways = None
     return {
+        "payment": ways,
         "items": [
             {
                 "id": line.item_id,
@@ -7614,7 +8319,7 @@ def api_call(shop, method, fn, **url_args):
 
 def api_coin_of(data):
     coin = str(data.get("currency") or "").lower()
-    if coin != "balance" and coin not in COIN_LABELS:
+    if coin not in ("balance", "stars") and coin not in COIN_LABELS:
         raise InvalidInput(f"Unknown currency {str(data.get('currency'))[:20]!r}.")
     return coin
 
@@ -7647,13 +8352,15 @@ def api_me(shop, conn, user, data):
         "preview": user["id"] == PREVIEW_USER["id"],
         "test_mode": shop.test_mode,
         "can_buy": shop.may_buy(user["id"]),
+        "stars": shop.payments.stars is not None,  # whether the shop takes Telegram Stars
+        "telegram_rule": telegram_rule(conn),
         "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
         "max_deposit": cents_to_str(c.max_deposit_cents),
     }
 
 
 def api_catalog(shop, conn, user, data):
-    raw, packed = shop.miniapp.catalog.get(conn)
+    raw, packed = shop.miniapp.catalog.get(conn, shop.payments.stars is not None)
     packing = "gzip" in (header("Accept-Encoding") or "").lower()
     return bottle.HTTPResponse(
         packed if packing else raw,
@@ -7667,7 +8374,7 @@ def api_catalog(shop, conn, user, data):
 
 
 def api_basket(shop, conn, user, data):
-    return basket_json(conn, user["id"])
+    return basket_json(conn, user["id"], shop.payments.stars is not None)
 
 
 def api_set_basket_line(shop, conn, user, data):
@@ -7682,12 +8389,12 @@ def api_set_basket_line(shop, conn, user, data):
         set_basket_quantity(conn, user["id"], row["id"], quantity)
     elif quantity:
         add_to_basket(conn, user["id"], product_id, district_id, quantity)
-    return basket_json(conn, user["id"])
+    return basket_json(conn, user["id"], shop.payments.stars is not None)
 
 
 def api_delete_basket_line(shop, conn, user, data, item_id):
     set_basket_quantity(conn, user["id"], item_id, 0)
-    return basket_json(conn, user["id"])
+    return basket_json(conn, user["id"], shop.payments.stars is not None)
 
 
 def api_currencies(shop, conn, user, data):
@@ -7712,6 +8419,19 @@ def api_order_lines(conn, user, kind, data):
         ]
         if not lines:
             raise InvalidInput("Your basket is empty.")
+        if data.get("part") is True:  # only what may be paid the chosen way; the rest stays
+            coin = str(data.get("currency") or "").lower()
+            method = coin if coin in ("stars", "balance") else "crypto"
+            lines = normalise_lines(lines)
+            offers = price_lines(conn, lines)[1]
+            rule = telegram_rule(conn)
+            lines = [
+                line
+                for line, offer in zip(lines, offers, strict=True)
+                if method in product_methods(offer, rule)
+            ]
+            if not lines:
+                raise InvalidInput(f"Nothing in your basket is paid with {METHOD_LABELS[method]}.")
         return lines
     if kind == "product":
         return [
@@ -7735,6 +8455,9 @@ def api_create_payment(shop, conn, user, data):
         total, _ = price_lines(conn, normalise_lines(lines))
         nonce = checkout_for_request(conn, user["id"], "order", total, lines, kind == "basket", rid)
     checkout = get_checkout(conn, user["id"], nonce)
+    if coin == "stars":
+        payment = shop.payments.open_stars_invoice(user["id"], nonce)
+        return api_invoice(shop, conn, user, payment)
     if coin == "balance":
         order_id = buy_with_balance(
             conn,
@@ -8951,7 +9674,15 @@ def admin_settings_form(shop):
 
 # Settings the form gained after its first version: a form without them (an older page still
 # open, a script) keeps their values instead of being refused.
-ADMIN_SETTINGS_ADDED_LATER = ("max_unpaid_units", "underpayment_tolerance", "low_stock_threshold")
+ADMIN_SETTINGS_ADDED_LATER = (
+    "max_unpaid_units",
+    "underpayment_tolerance",
+    "low_stock_threshold",
+    "telegram_rule",
+    "stars_per_euro",
+    "terms_text",
+    "paysupport_text",
+)
 
 
 def admin_settings_read(shop, f):
@@ -9222,6 +9953,8 @@ COMMANDS = [
     ("profile", "Your balance and id"),
     ("orders", "Your orders"),
     ("help", "How this shop works"),
+    ("paysupport", "Help with a payment"),
+    ("terms", "Terms of sale"),
 ]
 
 
@@ -9299,9 +10032,11 @@ def screen_product(conn, user_id, product_id, district_id):
     offer = get_offer(conn, product_id, district_id)
     in_basket = get_basket_line_quantity(conn, user_id, product_id, district_id)
     photo = f"public:{offer['photo']}" if offer["photo"] else None
+    stars = offer_stars(conn, offer)
     facts = [
         "",
-        f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>",
+        f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>"
+        + (f" · {fmt_stars(stars)}" if stars else ""),
         f"📍 {esc(place_name(offer['city_name'], offer['district_name']))}",
         f"📦 Available: {offer['available']}" if offer["available"] else "❌ Sold out here",
     ]
@@ -9391,29 +10126,38 @@ def screen_not_selling():
     return Screen(esc(NotSellingYet.__doc__), [[("🛒 Shop", "cities"), ("👤 Profile", "profile")]])
 
 
-def screen_checkout(conn, user, checkout, coins, selling=True):
-    """A checkout (see create_checkout) with its ways to pay; coins is None when crypto is
-    unavailable.
+def offer_stars(conn, offer):
+    """What an offer costs in Stars, or None when it is not paid in Stars."""
+    if "stars" not in product_methods(offer, telegram_rule(conn)):
+        return None
+    return stars_of(offer, stars_per_euro(conn))
+
+
+def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
+    """A checkout (see create_checkout) with its ways to pay: those every product in it allows
+    (checkout_methods). coins is None when crypto is unavailable; stars: whether the shop takes
+    Telegram Stars. A basket whose products share no way to pay is split into parts that do.
     selling=False: test mode for a shopper who may not buy, who is told so instead."""
-    lines = checkout_lines(checkout)
+    lines = normalise_lines(checkout_lines(checkout))
     total, offers = price_lines(conn, lines)
     text = ["💳 <b>Checkout</b>", ""]
     short = False
     for offer, (_, _, quantity) in zip(offers, lines, strict=False):
         place = esc(place_name(offer["city_name"], offer["district_name"]))
+        each_stars = offer_stars(conn, offer) if stars else None
         line = (
             f"• <b>{esc(offer['name'])}</b> · {place}"
             f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}"
+            + (f" · {fmt_stars(each_stars * quantity)}" if each_stars else "")
         )
         if offer["available"] < quantity:
             short = True
             line += f" ⚠️ only {offer['available']} left" if offer["available"] else " ⚠️ sold out"
         text.append(line)
-    text += [
-        "",
-        f"Total: <b>{fmt_eur(total)}</b>",
-        f"Your balance: {fmt_eur(user['balance_cents'])}",
-    ]
+    methods = [m for m in checkout_methods(conn, offers) if m != "stars" or stars]
+    text += ["", f"Total: <b>{fmt_eur(total)}</b>"]
+    if "balance" in methods:
+        text.append(f"Your balance: {fmt_eur(user['balance_cents'])}")
     back = [
         ("⬅️ Back", "basket" if checkout["from_basket"] else f"prod:{lines[0][0]}:{lines[0][1]}")
     ]
@@ -9423,23 +10167,54 @@ def screen_checkout(conn, user, checkout, coins, selling=True):
             "⚠️ Some items are not available in that quantity any more. Please change your basket.",
         ]
         return Screen("\n".join(text), [back])
+    if not methods:
+        return _screen_split(conn, user, checkout, lines, offers, text, back, stars)
     if not selling:
         return Screen("\n".join(text + ["", esc(NotSellingYet.__doc__)]), [back])
     rows = []
-    if user["balance_cents"] >= total:
+    if "stars" in methods:
+        if "crypto" not in methods and "balance" not in methods and telegram_rule(conn):
+            text += ["", "Digital goods are paid in Telegram Stars, by Telegram's rule."]
+        amount = stars_total(conn, offers, lines)
+        rows.append([(f"⭐ Pay {fmt_stars(amount)}", f"stars:{checkout['nonce']}")])
+    if "balance" in methods and user["balance_cents"] >= total:
         rows.append([(f"💰 Pay {fmt_eur(total)} from balance", f"pay:{checkout['nonce']}")])
-    else:
+    elif "balance" in methods:
         text += ["", f"Your balance is <b>{fmt_eur(total - user['balance_cents'])}</b> short."]
-    if coins is None:
+    if "crypto" in methods and coins is None:
         text += [
             "",
             "⚠️ Crypto payments are unavailable right now. Please try again in a few minutes.",
         ]
-    elif coins:
-        text += ["", "Pay in crypto:" if user["balance_cents"] < total else "Or pay in crypto:"]
+    elif "crypto" in methods and coins:
+        text += ["", "Pay in crypto:" if not rows else "Or pay in crypto:"]
         rows += coin_rows(coins, total, f"coin:{checkout['nonce']}")
-    if user["balance_cents"] < total:
+    if "balance" in methods and user["balance_cents"] < total:
         rows.append([("💰 Top up", "topup")])
+    return Screen("\n".join(text), rows + [back])
+
+
+def _screen_split(conn, user, checkout, lines, offers, text, back, stars):
+    """A basket whose products share no way to pay: each part that does is checked out on its
+    own (the rest stays in the basket)."""
+    parts = split_by_methods(conn, lines, offers)
+    text += [
+        "",
+        "These items are paid in different ways, so they are checked out one part at a time:",
+    ]
+    rows = []
+    for methods, part in parts:
+        names = ", ".join(esc(get_offer(conn, p, d)["name"]) for p, d, _ in part)
+        ways = [METHOD_LABELS[m] for m in methods if m != "stars" or stars]
+        text.append(f"• {names}: {' or '.join(ways) if ways else 'not on sale right now'}")
+        if not ways:
+            continue
+        cents, _ = price_lines(conn, part)
+        nonce = create_checkout(conn, user["id"], "order", cents, part, checkout["from_basket"])
+        label = ", ".join(get_offer(conn, p, d)["name"] for p, d, _ in part)
+        rows.append([(f"💳 {shorten(label, 40)} · {fmt_eur(cents)}", f"part:{nonce}")])
+    if telegram_rule(conn) and any(o["kind"] == "digital" for o in offers):
+        text += ["", "Digital goods are paid in Telegram Stars, by Telegram's rule."]
     return Screen("\n".join(text), rows + [back])
 
 
@@ -9482,6 +10257,8 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
     """The invoice for a payment: exact amount and address, memo, expiry, status; QR code as the
     photo.
     simulate: the 🧪 buttons that make the sandbox pay it (for whom Shop.may_simulate allows)."""
+    if payment["pay_currency"] == "xtr":
+        return screen_stars_invoice(payment, sandbox, simulate)
     coin = payment["pay_currency"]
     label = COIN_LABELS.get(coin, coin.upper())
     what = f"Order #{payment['order_id']}" if payment["order_id"] else "Top-up"
@@ -9540,6 +10317,46 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
     return Screen("\n".join(lines), rows, photo)
 
 
+def screen_stars_invoice(payment, sandbox, simulate=False):
+    """A Stars invoice's state, above Telegram's own invoice message (which has the Pay button);
+    in the sandbox there is none, and 🧪 pays."""
+    stars = int(payment["pay_amount"])
+    lines = [
+        f"⭐ <b>Order #{payment['order_id']}</b> · {fmt_stars(stars)} "
+        f"({fmt_eur(payment['price_cents'])})"
+    ]
+    if sandbox:
+        lines.append(
+            "🧪 <b>SANDBOX</b>: a test invoice, no real Stars."
+            + (" Use the 🧪 button to simulate the payment." if simulate else "")
+        )
+    expires = parse_iso(payment["expires_at"])
+    seconds = (expires - datetime.now(timezone.utc)).total_seconds()
+    status, open_ = payment["status"], payment["status"] == "waiting" and seconds > 0
+    if open_:
+        where = "with the 🧪 button" if sandbox else "with <b>Pay</b> on the invoice below"
+        lines += [
+            "",
+            f"Pay {where} by {expires:%H:%M} UTC ({math.ceil(seconds / 60)} min left). "
+            "The items are reserved until then.",
+        ]
+    elif status == "waiting":
+        lines += [
+            "",
+            "⌛ The time to pay ran out. The invoice still works while the items are there; "
+            "if they are gone, Telegram does not charge you.",
+        ]
+    else:
+        lines += ["", f"Status: {payment_status_text(payment)}"]
+    rows = []
+    if open_:
+        rows.append([("❌ Cancel", f"cxl:{payment['id']}")])
+        if simulate:
+            rows.insert(0, [(f"🧪 Pay {fmt_stars(stars)}", f"sim:{payment['id']}:full")])
+    rows.append([("📦 Orders", "orders")])
+    return Screen("\n".join(lines), rows)
+
+
 def screen_orders(conn, user_id, before_id=None):
     orders = list_orders(conn, user_id, before_id=before_id, limit=ORDERS_PAGE + 1)
     if not orders and not before_id:
@@ -9587,6 +10404,18 @@ def screen_help(conn):
     if contact:
         text += f"\n\nSupport: {esc(contact)}"
     return Screen(text)
+
+
+def screen_terms(conn):
+    """/terms: the owner's terms, or the default."""
+    text = get_setting(conn, "terms_text") or default_terms_text(conn)
+    return Screen(f"📜 <b>Terms</b>\n\n{esc(text)}")
+
+
+def screen_paysupport(conn):
+    """/paysupport: how to get help with a payment (Telegram asks Stars sellers to answer it)."""
+    text = get_setting(conn, "paysupport_text") or default_paysupport_text(conn)
+    return Screen(f"🛟 <b>Payment support</b>\n\n{esc(text)}")
 
 
 def inline_markup(buttons):
@@ -9716,10 +10545,17 @@ class ShopBot:
             ("profile", self.msg_profile),
             ("orders", self.msg_orders),
             ("help", self.msg_help),
+            ("paysupport", self.msg_paysupport),
+            ("terms", self.msg_terms),
         ):
             b.register_message_handler(
                 self.guarded(handler), commands=[command], chat_types=["private"]
             )
+        # Telegram Stars: before the catch-all below, which would take a successful_payment too.
+        b.register_pre_checkout_query_handler(self.on_pre_checkout, func=lambda q: True)
+        b.register_message_handler(
+            self.msg_successful_payment, content_types=["successful_payment"]
+        )
         menu = {
             MENU_SHOP: self.msg_shop,
             MENU_BASKET: self.msg_basket,
@@ -9853,10 +10689,12 @@ class ShopBot:
         return sent
 
     def recaption(self, message, screen):
-        """Update the text and buttons under a photo message (an invoice) in place."""
+        """Update an invoice's message in place: the caption under its QR code, or the text of a
+        Stars invoice's state."""
+        has_photo = bool(getattr(message, "photo", None))
         try:
             self.api(
-                self.bot.edit_message_caption,
+                self.bot.edit_message_caption if has_photo else self.bot.edit_message_text,
                 screen.text,
                 message.chat.id,
                 message.message_id,
@@ -9993,6 +10831,39 @@ class ShopBot:
     def msg_help(self, message):
         self.send(message.chat.id, screen_help(self.shop.db()), reply_keyboard=main_menu())
 
+    def msg_paysupport(self, message):
+        self.send(message.chat.id, screen_paysupport(self.shop.db()), reply_keyboard=main_menu())
+
+    def msg_terms(self, message):
+        self.send(message.chat.id, screen_terms(self.shop.db()), reply_keyboard=main_menu())
+
+    def on_pre_checkout(self, query):
+        """Telegram asks, before charging, whether a Stars payment may go ahead: answered within
+        its 10 seconds, yes only when the order is open, its price unchanged and its items held."""
+        reason = self.shop.payments.stars_pre_checkout(
+            query.from_user.id, query.invoice_payload, query.currency, query.total_amount
+        )
+        try:
+            self.bot.answer_pre_checkout_query(
+                query.id, ok=reason is None, error_message=reason and shorten(reason, 200)
+            )
+        except Exception as e:  # too late or refused: Telegram does not charge the shopper
+            log.warning("stars: could not answer a pre-checkout query: %s", api_error(e))
+
+    def msg_successful_payment(self, message):
+        """Telegram took the Stars: deliver (once; a repeated update changes nothing)."""
+        paid = message.successful_payment
+        try:
+            self.shop.payments.stars_paid(
+                message.from_user.id,
+                paid.invoice_payload,
+                paid.telegram_payment_charge_id,
+                paid.total_amount,
+                paid.currency,
+            )
+        except Exception:  # the sweep over getStarTransactions finds it again
+            log.exception("stars: a successful payment could not be applied now")
+
     def msg_other(self, message):
         conn = self.shop.db()
         user = get_user(conn, message.from_user.id)
@@ -10028,10 +10899,13 @@ class ShopBot:
     def checkout(self, conn, user, lines, from_basket):
         total, _ = price_lines(conn, lines)
         nonce = create_checkout(conn, user["id"], "order", total, lines, from_basket)
-        checkout = get_checkout(conn, user["id"], nonce)
+        return self.checkout_screen(conn, user, get_checkout(conn, user["id"], nonce))
+
+    def checkout_screen(self, conn, user, checkout):
+        stars = self.shop.payments.stars is not None
         if not self.shop.may_buy(user["id"]):
-            return screen_checkout(conn, user, checkout, None, selling=False)
-        return screen_checkout(conn, user, checkout, self.coins())
+            return screen_checkout(conn, user, checkout, None, selling=False, stars=stars)
+        return screen_checkout(conn, user, checkout, self.coins(), stars=stars)
 
     def topup_prompt(self, conn, user_id):
         if not self.shop.may_buy(user_id):
@@ -10085,6 +10959,8 @@ class ShopBot:
         "checkout": (ARGS_ANY, "on_checkout"),
         "pay": ("s", "on_pay"),
         "coin": ("sc", "on_coin"),
+        "stars": ("s", "on_stars"),
+        "part": ("s", "on_part"),
         "tcoin": ("sc", "on_tcoin"),
         "nocoin": ("ci", "on_nocoin"),
         "topup": (ARGS_ANY, "on_topup"),
@@ -10266,6 +11142,22 @@ class ShopBot:
         payment = self.shop.payments.open_order_invoice(user["id"], nonce, coin)
         self.show_invoice(conn, message, payment)
 
+    def on_stars(self, conn, user, message, nonce):
+        """⭐ Pay N Stars: the order's items are reserved and Telegram's invoice (with its Pay
+        button) is sent below this message, which then shows the invoice's state."""
+        payment = self.shop.payments.open_stars_invoice(
+            user["id"], nonce, chat_id=None if self.shop.config.sandbox else message.chat.id
+        )
+        sent = self.show(message, self.invoice_screen(payment))
+        set_invoice_message(conn, payment["id"], (sent or message).message_id)
+
+    def on_part(self, conn, user, message, nonce):
+        """One part of a basket whose products are paid in different ways."""
+        checkout = get_checkout(conn, user["id"], nonce)
+        if checkout["kind"] != "order":
+            return "That button is not valid any more."
+        self.show(message, self.checkout_screen(conn, user, checkout))
+
     def on_tcoin(self, conn, user, message, nonce, coin):
         payment = self.shop.payments.open_topup_invoice(user["id"], nonce, coin)
         self.show_invoice(conn, message, payment)
@@ -10323,7 +11215,10 @@ class ShopBot:
     def on_simulate(self, conn, user, message, payment_id, how):
         if not self.shop.config.sandbox:
             return "Simulated payments exist only in sandbox mode."
-        self.shop.payments.simulate(user["id"], payment_id, how)
+        outcome = self.shop.payments.simulate(user["id"], payment_id, how)
+        if outcome is not None:  # Stars: paid at once, through the same path as Telegram's
+            self.recaption(message, self.invoice_screen(get_payment(conn, user["id"], payment_id)))
+            return "🧪 Paid with Stars (simulated)."
         return f"🧪 Simulating: {SIMULATIONS[how]}. The payment service tells the shop in a moment."
 
     # Buttons: orders and profile
@@ -10662,6 +11557,16 @@ def job_reconcile_payments(shop):
     shop.payments.reconcile()
 
 
+def job_stars(shop):
+    """Telegram Stars: refunds due, payments whose update was lost, lapsed invoices."""
+    try:
+        shop.payments.sweep_stars()
+    except ProviderError as e:
+        if not shop.stopping.is_set():
+            log.warning("stars: cannot read the Star transactions now: %s", e.detail)
+            shop.payments.make_refunds()
+
+
 def job_refresh_coins(shop):
     shop.payments.refresh_coins()
 
@@ -10695,6 +11600,7 @@ def job_backup(shop):
 JOBS = [
     ("reservations", job_reservations, "interval", {"seconds": 30}),
     ("reconcile_payments", job_reconcile_payments, "interval", {"seconds": "payment_poll_seconds"}),
+    ("stars", job_stars, "interval", {"seconds": "payment_poll_seconds", "first_run": 5}),
     ("refresh_coins", job_refresh_coins, "interval", {"minutes": 10, "first_run": 0}),
     ("verify_ledger", job_verify_ledger, "interval", {"hours": 1, "first_run": 60}),
     ("prune_outbox", job_prune_outbox, "interval", {"hours": 24}),
@@ -11097,6 +12003,9 @@ class Shop:
         """The payment providers and the desk over them, and the key the Mini App's initData is
         signed with."""
         c = self.config
+        if c.bot_token:  # every Bot API call, the bot's and Telegram Stars', goes here
+            apihelper.API_URL = c.telegram_api_url + "/bot{0}/{1}"
+            apihelper.FILE_URL = c.telegram_api_url + "/file/bot{0}/{1}"
         self.start_providers()
         # initData is signed with the bot token; a sandbox without a bot signs its preview itself.
         self.webapp_token = c.bot_token or stored_secret(c.shop_db, "sandbox_webapp_token")
@@ -11157,8 +12066,6 @@ class Shop:
         """The bot (polling) and the outbox sender, if there is a BOT_TOKEN."""
         c = self.config
         if c.bot_token:
-            apihelper.API_URL = c.telegram_api_url + "/bot{0}/{1}"
-            apihelper.FILE_URL = c.telegram_api_url + "/file/bot{0}/{1}"
             self.polling_errors = PollingErrors(self)
             self.telegram = PollingBot(
                 c.bot_token, threaded=True, num_threads=6, exception_handler=self.polling_errors
@@ -11250,7 +12157,7 @@ class Shop:
             timeout=30,
             long_polling_timeout=25,
             logger_level=logging.ERROR,
-            allowed_updates=["message", "callback_query"],
+            allowed_updates=["message", "callback_query", "pre_checkout_query"],
         )
 
     def health(self):

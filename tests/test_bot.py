@@ -47,6 +47,8 @@ def test_start_greets_with_the_menu_and_commands_are_registered(fake_tg, hostile
         "profile",
         "orders",
         "help",
+        "paysupport",
+        "terms",
     ]
     profile = ann.send("👤 Profile", "Telegram ID")
     assert "1001" in profile.text and "€0.00" in profile.text

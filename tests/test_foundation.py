@@ -709,6 +709,10 @@ SETTINGS_PAGE = (
     "coins",
     "underpayment_tolerance",
     "low_stock_threshold",
+    "telegram_rule",
+    "stars_per_euro",
+    "terms_text",
+    "paysupport_text",
 )
 
 
@@ -738,6 +742,13 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         ("coins", "LTC, btc", "btc,ltc"),
         ("underpayment_tolerance", "0.50", "0.5"),
         ("low_stock_threshold", "05", "5"),
+        ("telegram_rule", "OFF", "off"),
+        ("stars_per_euro", "62.50", "62.5"),
+        (
+            "paysupport_text",
+            "Write to @paperink with your order number.",
+            "'Write to @paperink with your order number.'",
+        ),
     ):
         r = owner_command(db, "set", key, value)
         assert (r.returncode, r.stdout, r.stderr) == (0, f"{key} set to {said}\n", ""), key
@@ -751,9 +762,12 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "enabled_coins": "btc,ltc",
         "underpayment_tolerance": "0.5",
         "low_stock_threshold": "5",
+        "telegram_rule": "0",
+        "stars_per_euro": "62.5",
+        "paysupport_text": "Write to @paperink with your order number.",
     }
-    assert audit[-1] == ("settings changed", "low_stock_threshold", "command line")
-    assert len(audit) == 8
+    assert audit[-1] == ("settings changed", "paysupport_text", "command line")
+    assert len(audit) == 11
     config = shop.load_config(environ={"SHOP_DB": str(db)}, env_file=None)
     conn = shop.connect(str(db))
     assert shop.get_setting(conn, "min_deposit_cents", config) == 750
@@ -768,6 +782,10 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "coins: btc,ltc",
         "underpayment_tolerance: 0.5",
         "low_stock_threshold: 5",
+        "telegram_rule: off",
+        "stars_per_euro: 62.5",
+        "terms_text: ''",
+        "paysupport_text: 'Write to @paperink with your order number.'",
     ]
     assert owner_command(db, "set", "min_deposit").stdout == "7.50 EUR\n"
     for args, said in (
@@ -789,6 +807,9 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
             ("low_stock_threshold", "1001"),
             "The low-stock threshold must be a whole number from 0 to 1000 (0 turns the ",
         ),
+        (("telegram_rule", "maybe"), "Telegram's rule is on or off; got 'maybe'."),
+        (("stars_per_euro", "0"), "The Stars rate must be a number of Stars per euro from 1"),
+        (("stars_per_euro", "1e3"), "The Stars rate must be a number of Stars per euro from 1"),
     ):
         r = owner_command(db, "set", *args)
         assert r.returncode == 1 and r.stdout == "", args

@@ -119,6 +119,8 @@ def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
         "can_buy": True,
         "min_deposit": "5.00",
         "max_deposit": "10000.00",
+        "stars": True,
+        "telegram_rule": True,
     }
     packed = call(app, "GET", "/api/catalog")
     assert (
