@@ -138,6 +138,9 @@ def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
         "price": "25.00",
         "available": 2,
         "photo_url": None,
+        "kind": None,
+        "methods": ["stars", "crypto", "balance"],
+        "stars": 1250,  # €25.00 at the default 50 Stars per euro
     }
     buyer = user(app.conn, 2, balance=1900)
     shop.buy_with_balance(app.conn, buyer, [(*app.ids[("Poster", "Mitte")], 1)])
