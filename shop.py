@@ -3380,7 +3380,18 @@ def enqueue_delivery(conn, order_id, *, first=False):
     ).fetchall()
     chat = order["user_id"]
     n = len(items)
-    if first:
+    if first and order["payment_method"] == "stars":
+        stars = conn.execute(
+            "SELECT pay_amount FROM payments WHERE order_id = ? AND charge_id IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (order_id,),
+        ).fetchone()
+        header = (
+            f"✅ <b>Order #{order_id} is paid</b>: {n} item{'s' if n != 1 else ''}, "
+            f"{fmt_stars(stars[0]) if stars else fmt_eur(order['total_cents'])} in Telegram "
+            "Stars.\n\nYour items:"
+        )
+    elif first:
         paid = "from your balance" if order["payment_method"] == "balance" else "in crypto"
         header = (
             f"✅ <b>Order #{order_id} is paid</b>: {n} item{'s' if n != 1 else ''}, "
@@ -4281,6 +4292,13 @@ def _credit(conn, payment, cents, kind, key_suffix, reason):
     return cents if done else 0
 
 
+def _paid_in(payment):
+    """How a payment was made, for the owners: "BTC", "Telegram Stars (1,250 ⭐)"."""
+    if payment["pay_currency"] == "xtr":
+        return f"Telegram Stars ({fmt_stars(payment['pay_amount'])})"
+    return esc(payment["pay_currency"].upper())
+
+
 def _balance(conn, user_id):
     return fmt_eur(get_user(conn, user_id)["balance_cents"])
 
@@ -4477,7 +4495,7 @@ def _order_paid(conn, payment, order, owners, note=None):
         alert_owners(
             conn,
             owners,
-            f"🛒 Order #{order_id} paid in {esc(payment['pay_currency'].upper())}: "
+            f"🛒 Order #{order_id} paid in {_paid_in(payment)}: "
             f"{fmt_eur(payment['price_cents'])}{' (late)' if late else ''}"
             f"{f' ({esc(note)})' if note else ''}, by "
             f"{describe_user(get_user(conn, user_id))}",
@@ -8547,10 +8565,10 @@ API_ROUTES = [
     ("GET", "/api/currencies", api_currencies),
     ("POST", "/api/payment/create", api_create_payment),
     ("POST", "/api/payment/refill", api_refill),
-    ("GET", "/api/payment/status/<payment_id:re:[0-9]{1,30}>", api_payment_status),
-    ("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr", api_payment_qr),
-    ("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/cancel", api_payment_cancel),
-    ("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/simulate", api_payment_simulate),
+    ("GET", "/api/payment/status/<payment_id:re:[0-9a-z-]{1,40}>", api_payment_status),
+    ("GET", "/api/payment/<payment_id:re:[0-9a-z-]{1,40}>/qr", api_payment_qr),
+    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,40}>/cancel", api_payment_cancel),
+    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,40}>/simulate", api_payment_simulate),
     ("GET", "/api/orders", api_orders),
     ("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media", api_order_media),
 ]
@@ -11489,8 +11507,13 @@ class OutboxSender:
             simulate=self.shop.may_simulate(payment["user_id"]),
         )
         note = None
+        edit = (
+            self.shop.telegram.edit_message_text
+            if payment["pay_currency"] == "xtr"  # a Stars invoice's state is a text message
+            else self.shop.telegram.edit_message_caption
+        )
         try:
-            self.shop.telegram.edit_message_caption(
+            edit(
                 screen.text,
                 row["chat_id"],
                 row["edit_message_id"],
