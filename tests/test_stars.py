@@ -359,3 +359,89 @@ def test_the_mini_app_pays_in_stars_through_an_invoice_link(fake_tg, stars_shop)
         s.url + f"/api/payment/status/{bill['payment_id']}", headers=headers, timeout=10
     ).json()
     assert (status["status"], status["order_status"]) == ("finished", "paid")
+
+
+def test_a_version_5_database_upgrades_with_every_order_and_payment_intact(tmp_path):
+    """Schema 6 rebuilds orders (so they may be paid in Stars) and adds the products' kind, ways
+    to pay and Stars price, and the payments' charge id: every order, item, unit, payment, ledger
+    row and daily total comes through, the triggers work again, and the shop keeps selling as it
+    did (Telegram's rule off until its owner turns it on)."""
+    import sqlite3
+    from pathlib import Path
+
+    path = str(tmp_path / "v5.db")
+    raw = sqlite3.connect(path)
+    raw.executescript((Path(__file__).parent / "data" / "schema_v5.sql").read_text())
+    now = shop.now_iso()
+    raw.executescript(
+        f"""
+        INSERT INTO cities(id, name) VALUES (1, 'Berlin');
+        INSERT INTO districts(id, city_id, name) VALUES (1, 1, 'Mitte');
+        INSERT INTO products(id, name, price_cents, created_at) VALUES (1, 'Gift card', 2500, '{now}');
+        INSERT INTO users(id, first_name, balance_cents, created_at, last_seen_at)
+            VALUES (7, 'Ann', 2500, '{now}', '{now}');
+        INSERT INTO orders(id, user_id, status, total_cents, payment_method, created_at, paid_at)
+            VALUES (1, 7, 'paid', 2500, 'balance', '{now}', '{now}'),
+                   (2, 7, 'pending', 2500, 'crypto', '{now}', NULL);
+        INSERT INTO stock_units(id, product_id, district_id, content, status, order_id,
+                                reserved_until, sold_at, created_at)
+            VALUES (1, 1, 1, 'code-1', 'sold', 1, NULL, '{now}', '{now}'),
+                   (2, 1, 1, 'code-2', 'reserved', 2, '{shop.now_iso(1800)}', NULL, '{now}'),
+                   (3, 1, 1, 'code-3', 'available', NULL, NULL, NULL, '{now}');
+        INSERT INTO order_items(order_id, unit_id, product_id, product_name, place_name, price_cents)
+            VALUES (1, 1, 1, 'Gift card', 'Berlin / Mitte', 2500),
+                   (2, 2, 1, 'Gift card', 'Berlin / Mitte', 2500);
+        INSERT INTO ledger(user_id, amount_cents, balance_after_cents, kind, idempotency_key,
+                           created_at)
+            VALUES (7, 5000, 5000, 'topup', 'seed', '{now}'),
+                   (7, -2500, 2500, 'purchase', 'order:1:balance', '{now}');
+        INSERT INTO payments(provider, provider_id, kind, user_id, order_id, reference,
+                             price_cents, pay_currency, pay_amount, status, expires_at,
+                             created_at, updated_at)
+            VALUES ('nowpayments', '5001', 'order', 7, 2, 'order-2', 2500, 'btc', '0.0004',
+                    'waiting', '{shop.now_iso(1800)}', '{now}', '{now}');
+        PRAGMA user_version = 5;
+        """
+    )
+    raw.commit()
+    pending = 2
+    conn = raw
+    tables = ("orders", "order_items", "stock_units", "payments", "ledger", "daily_sales", "users")
+    before = {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in tables}
+    conn.close()
+
+    conn = shop.init_db(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION == 6
+    after = {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in tables}
+    assert after["orders"] == before["orders"] and after["order_items"] == before["order_items"]
+    assert after["ledger"] == before["ledger"] and after["daily_sales"] == before["daily_sales"]
+    assert [r[:-1] for r in after["payments"]] == before["payments"]  # + charge_id (NULL)
+    assert [r[:-3] for r in conn.execute("SELECT * FROM products")][0][1] == "Gift card"
+    assert conn.execute("SELECT kind, pay_methods, stars_price FROM products").fetchone()[:] == (
+        None,
+        None,
+        None,
+    )
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert not shop.telegram_rule(conn)  # an old shop keeps selling as it did
+    assert shop.check_ledger(conn) == []
+    # The orders' triggers came back: paying the pending order counts in the day's sales.
+    with shop.transaction(conn):
+        conn.execute(
+            "UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?", (shop.now_iso(), pending)
+        )
+    day = conn.execute("SELECT orders, revenue_cents FROM daily_sales").fetchall()
+    assert sum(r[0] for r in day) == 2 and sum(r[1] for r in day) == 5000
+    # And an order may now be paid in Stars.
+    with shop.transaction(conn):
+        conn.execute(
+            "INSERT INTO orders(user_id, status, total_cents, payment_method, created_at) "
+            "VALUES (7, 'pending', 100, 'stars', ?)",
+            (shop.now_iso(),),
+        )
+    # A second start changes nothing.
+    conn.close()
+    conn = shop.init_db(path)
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 3
+    conn.close()
