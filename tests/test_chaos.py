@@ -222,7 +222,9 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
         # Payments: what NOWPayments says is final is applied in the shop, with the right money,
         # once.
         truth = provider_truth(np_shop)
-        for p in conn.execute("SELECT * FROM payments WHERE parent_id IS NULL"):
+        for p in conn.execute(
+            "SELECT * FROM payments WHERE parent_id IS NULL AND provider = 'nowpayments'"
+        ):
             t = truth.get(p["provider_id"])
             if t is None:
                 problems.append(f"payment {p['provider_id']} unknown to the provider")
@@ -283,6 +285,8 @@ def check_invariants(db_path, np_shop, fake, total_units, converged=True, draine
                     )
                 if status == "expired" and order == "paid":
                     problems.append(f"order #{p['order_id']} is paid though its payment expired")
+
+        problems += stars_problems(conn, fake, converged)
 
         # Broadcasts reach every recipient once.
         for b in conn.execute("SELECT id, recipients FROM broadcasts"):
@@ -406,6 +410,60 @@ def test_a_message_sent_while_the_check_runs_is_not_taken_for_a_lost_one(tmp_pat
     conn.close()
 
 
+def stars_problems(conn, fake, converged=True):
+    """Telegram Stars: every charge Telegram made is the shop's once (a paid order, or a refund),
+    every refund the shop decided was made once at Telegram, and every order paid in Stars has its
+    charge."""
+    problems = []
+    charged = {p.charge_id: p for p in fake.payments if p.status == "paid"}
+    refunded = [r["telegram_payment_charge_id"] for r in fake.refunds]
+    if len(refunded) != len(set(refunded)):
+        problems.append(f"charges refunded twice at Telegram: {sorted(refunded)}")
+    known = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            "SELECT p.charge_id, p.status, o.status FROM payments p JOIN orders o "
+            "ON o.id = p.order_id WHERE p.charge_id IS NOT NULL"
+        )
+    }
+    refunds = dict(conn.execute("SELECT charge_id, status FROM star_refunds").fetchall())
+    for charge_id, payment in charged.items():
+        if charge_id not in known and charge_id not in refunds and converged:
+            problems.append(f"Stars charge {charge_id} ({payment.invoice_payload}) is not applied")
+        if charge_id in known and known[charge_id] not in (
+            ("finished", "paid"),
+            ("refunded", "refunded"),
+            ("refunded", "cancelled"),
+            ("refunded", "expired"),
+        ):
+            problems.append(f"Stars charge {charge_id}: payment and order are {known[charge_id]}")
+        if (charge_id in refunds and refunds[charge_id] == "done") != (charge_id in refunded):
+            problems.append(f"Stars charge {charge_id}: refund {refunds.get(charge_id)} here")
+    for charge_id in set(known) | set(refunds):
+        if charge_id not in charged:
+            problems.append(f"Stars charge {charge_id} is not one Telegram made")
+    for (order_id,) in conn.execute(
+        "SELECT id FROM orders WHERE payment_method = 'stars' AND status = 'paid' AND NOT EXISTS "
+        "(SELECT 1 FROM payments p WHERE p.order_id = orders.id AND p.charge_id IS NOT NULL)"
+    ):
+        problems.append(f"order #{order_id} is paid in Stars without a charge")
+    if converged and any(p.status == "pending" for p in fake.payments):
+        problems.append("Stars payments still waiting for the shop's pre-checkout answer")
+    return problems
+
+
+def stars_converged(db_path, fake):
+    """Every Stars charge is applied and every decided refund made."""
+    conn = shop.connect(str(db_path))
+    try:
+        pending = conn.execute(
+            "SELECT count(*) FROM star_refunds WHERE status = 'pending'"
+        ).fetchone()[0]
+        return pending == 0 and not stars_problems(conn, fake)
+    finally:
+        conn.close()
+
+
 def not_converged(db_path, np_shop):
     """What the shop has not caught up with yet (for a failure message)."""
     truth = provider_truth(np_shop)
@@ -473,6 +531,7 @@ class Load:
         self.unknown_checkouts = []  # (uid, body) of balance checkouts cut off by the kill
         self.paid_orders = {}  # request_id -> order id the shop confirmed
         self.invoices = []  # provider ids the shop handed out
+        self.stars = 0  # Stars invoices the shop handed out
         self.counts = {}
         self.errors = []  # 5xx answers (a crash is fine, a 500 is not)
 
@@ -493,6 +552,7 @@ class Load:
         actions = [
             (self.balance_checkout, 4),
             (self.crypto_order, 3),
+            (self.stars_order, 2),
             (self.topup, 2),
             (self.replay_ipn, 2),
             (self.bot, 2),
@@ -558,6 +618,33 @@ class Load:
         self.note(f"crypto invoice {r.status_code}")
         if r.status_code == 200:
             self.pay(rng, r.json()["payment_id"])
+
+    def stars_order(self, rng):
+        """A Mini App order paid in Telegram Stars; now and then Telegram's successful_payment
+        update is lost on its way (the shop's sweep of getStarTransactions must find it)."""
+        uid = rng.choice(self.shoppers)
+        product = rng.choice(["Gift card", "Coffee", "Sticker"])
+        r = api(
+            self.base,
+            "POST",
+            "/api/payment/create",
+            uid,
+            json={
+                "type": "product",
+                "product_id": self.ids[product][0],
+                "district_id": self.ids[product][1],
+                "quantity": 1,
+                "currency": "stars",
+            },
+        )
+        self.check(r, "Stars invoice")
+        self.note(f"Stars invoice {r.status_code}")
+        if r.status_code == 200 and rng.random() < 0.9:
+            drop = rng.random() < 0.3
+            self.fake.user_pays(
+                uid, r.json()["invoice_link"], wait=False, drop_successful_payment=drop
+            )
+            self.note("Stars paid, update dropped" if drop else "Stars paid")
 
     def topup(self, rng):
         uid = rng.choice(self.shoppers)
@@ -653,14 +740,15 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(
         # after the last cycle.
         try:
             wait_until(
-                lambda: converged(db, np_shop, outbox=False),
+                lambda: converged(db, np_shop, outbox=False) and stars_converged(db, fake_tg),
                 40,
-                "the shop to catch up with the provider",
+                "the shop to catch up with the provider and with Telegram's Stars",
             )
         except AssertionError as err:
             print("\n\n".join(logs[-2:]) + "\n" + proc.log)
             raise AssertionError(
-                f"cycle {cycle + 1} (CHAOS_SEED={SEED}): {not_converged(db, np_shop)}"
+                f"cycle {cycle + 1} (CHAOS_SEED={SEED}): {not_converged(db, np_shop)}\n"
+                f"{stars_problems(shop.connect(str(db)), fake_tg)}"
             ) from err
         problems = check_invariants(db, np_shop, fake_tg, total_units, drained=False)
         conn = shop.connect(str(db))
@@ -701,9 +789,18 @@ def test_kill_9_during_mixed_load_loses_nothing_and_does_nothing_twice(
     conn = shop.connect(str(db))
     sold = conn.execute("SELECT count(*) FROM stock_units WHERE status = 'sold'").fetchone()[0]
     paid = conn.execute("SELECT count(*) FROM payments WHERE status = 'finished'").fetchone()[0]
+    stars = conn.execute(
+        "SELECT count(*) FROM payments WHERE status = 'finished' AND charge_id IS NOT NULL"
+    ).fetchone()[0]
+    swept = conn.execute(
+        "SELECT count(*) FROM payments WHERE charge_id IS NOT NULL AND final_source = 'poll'"
+    ).fetchone()[0]
     conn.close()
-    print(f"20 kills: {sold} units sold, {paid} payments finished")
-    assert sold > 20 and paid > 5  # the load really ran
+    print(
+        f"20 kills: {sold} units sold, {paid} payments finished ({stars} in Stars, {swept} of "
+        f"them found by the sweep), {len(fake_tg.refunds)} Stars refunds"
+    )
+    assert sold > 20 and paid > 5 and stars > 3  # the load really ran
 
 
 # Outages ######################################################################
