@@ -377,7 +377,8 @@ def test_a_version_5_database_upgrades_with_every_order_and_payment_intact(tmp_p
         f"""
         INSERT INTO cities(id, name) VALUES (1, 'Berlin');
         INSERT INTO districts(id, city_id, name) VALUES (1, 1, 'Mitte');
-        INSERT INTO products(id, name, price_cents, created_at) VALUES (1, 'Gift card', 2500, '{now}');
+        INSERT INTO products(id, name, price_cents, created_at)
+            VALUES (1, 'Gift card', 2500, '{now}');
         INSERT INTO users(id, first_name, balance_cents, created_at, last_seen_at)
             VALUES (7, 'Ann', 2500, '{now}', '{now}');
         INSERT INTO orders(id, user_id, status, total_cents, payment_method, created_at, paid_at)
@@ -388,7 +389,8 @@ def test_a_version_5_database_upgrades_with_every_order_and_payment_intact(tmp_p
             VALUES (1, 1, 1, 'code-1', 'sold', 1, NULL, '{now}', '{now}'),
                    (2, 1, 1, 'code-2', 'reserved', 2, '{shop.now_iso(1800)}', NULL, '{now}'),
                    (3, 1, 1, 'code-3', 'available', NULL, NULL, NULL, '{now}');
-        INSERT INTO order_items(order_id, unit_id, product_id, product_name, place_name, price_cents)
+        INSERT INTO order_items(order_id, unit_id, product_id, product_name, place_name,
+                                price_cents)
             VALUES (1, 1, 1, 'Gift card', 'Berlin / Mitte', 2500),
                    (2, 2, 1, 'Gift card', 'Berlin / Mitte', 2500);
         INSERT INTO ledger(user_id, amount_cents, balance_after_cents, kind, idempotency_key,
