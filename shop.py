@@ -10410,6 +10410,9 @@ def screen_order(conn, user_id, order_id):
             f" = {fmt_eur(line['price_cents'] * line['quantity'])}"
         )
     text += ["", f"Total: <b>{fmt_eur(order['total_cents'])}</b>"]
+    payment = latest_order_payment(conn, order_id)
+    if payment is not None and payment["pay_currency"] == "xtr" and payment["charge_id"]:
+        text[-1] += f" · paid {fmt_stars(payment['pay_amount'])} in Telegram Stars"
     rows = [[("📨 Send my items again", f"resend:{order_id}")]] if order["status"] == "paid" else []
     return Screen("\n".join(text), rows + [[("⬅️ Orders", "orders")]])
 

@@ -447,3 +447,34 @@ def test_a_version_5_database_upgrades_with_every_order_and_payment_intact(tmp_p
     conn = shop.init_db(path)
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 3
     conn.close()
+
+
+def test_in_the_sandbox_an_owner_pays_a_stars_invoice_with_the_test_button(make_shop, fake_tg):
+    """Test mode (a bot, payments simulated): no real invoice is sent; the 🧪 button pays through
+    the same pre-checkout and delivery as Telegram's updates."""
+    s = make_shop(env={"BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_tg.base_url})
+    conn = shop.connect(s.config.shop_db)
+    seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)])
+    fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
+    tester = Shopper(fake_tg, 7)  # in TESTER_IDS
+    tester.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    tester.click("⚡ Buy now")
+    tester.click("⭐ Pay 1,250 ⭐")
+    screen = tester.screen
+    assert "SANDBOX" in screen.content and "Pay with the 🧪 button" in screen.content
+    assert screen.button_texts == ["🧪 Pay 1,250 ⭐", "❌ Cancel", "📦 Orders"]
+    assert tester.click("🧪 Pay 1,250 ⭐") == "🧪 Paid with Stars (simulated)."
+    fake_tg.wait_message(7, "Gift card-Mitte-0")
+    assert (
+        "Status: ✅ Paid" in tester.screen.content
+        or "Status: ✅ Paid"
+        in next(m for m in fake_tg.messages(7) if m.message_id == screen.message_id).content
+    )
+    assert fake_tg.calls_to("sendInvoice") == [] and fake_tg.payments == []
+    row = conn.execute("SELECT provider, status, charge_id FROM payments").fetchone()
+    assert row["provider"] == "sandbox_stars" and row["status"] == "finished"
+    assert row["charge_id"].startswith("sandbox-")
+    tester.send("📦 Orders", "Your orders")
+    tester.click(next(label for label in tester.buttons() if "#1" in label))
+    assert "paid 1,250 ⭐ in Telegram Stars" in tester.screen.content
+    conn.close()
