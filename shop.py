@@ -324,6 +324,19 @@ def fmt_stars(stars):
     return f"{int(stars):,} ⭐"
 
 
+def fmt_coin(value):
+    """A crypto amount as shoppers read it, one way everywhere: plain digits, no exponent, no
+    trailing zeros ('0.00020000' and '2E-4' -> '0.0002'); exact (never through a float)."""
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return str(value)
+    if not amount.is_finite():
+        return str(value)
+    text = f"{amount.normalize():f}"
+    return text if text != "-0" else "0"
+
+
 def esc(value):
     """Escape text typed by owners or shoppers for Telegram's HTML parse mode."""
     return html.escape(str(value), quote=False)
@@ -1791,8 +1804,12 @@ def check_ledger(conn):
 outbox_ready = threading.Event()
 
 
-def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=None):
-    """Queue a Telegram message (HTML text, optional 'public:'/'private:' photo) for the sender."""
+def enqueue_message(
+    conn, chat_id, text, *, photo=None, buttons=None, order_id=None, payment_id=None
+):
+    """Queue a Telegram message (HTML text, optional 'public:'/'private:' photo) for the sender.
+    payment_id: a note about an open payment, dropped if it is still unsent when the payment
+    becomes final (drop_open_payment_notes)."""
     assert conn.in_transaction, "enqueue_message needs a transaction"
     if chat_id <= 0:  # not a private chat: the Mini App's preview shopper, who has no Telegram chat
         return
@@ -1809,12 +1826,22 @@ def enqueue_message(conn, chat_id, text, *, photo=None, buttons=None, order_id=N
     )
     now = now_iso()
     conn.execute(
-        "INSERT INTO outbox(chat_id, text, photo, reply_markup, order_id, next_attempt_at, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (chat_id, text, photo, markup, order_id, now, now),
+        "INSERT INTO outbox(chat_id, text, photo, reply_markup, order_id, payment_id, "
+        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (chat_id, text, photo, markup, order_id, payment_id, now, now),
     )
     if outbox_ready.set not in conn.after_commit:
         conn.after_commit.append(outbox_ready.set)
+
+
+def drop_open_payment_notes(conn, payment_id):
+    """A payment became final: its notes written while it was open ("on its way") that are not
+    sent yet would only contradict the invoice, which now says how it ended."""
+    conn.execute(
+        "DELETE FROM outbox WHERE payment_id = ? AND edit_message_id IS NULL "
+        "AND status = 'pending'",
+        (payment_id,),
+    )
 
 
 def enqueue_invoice_refresh(conn, payment):
@@ -3400,14 +3427,22 @@ def enqueue_delivery(conn, order_id, *, first=False):
         )
     else:
         header = f"📨 <b>Order #{order_id}</b>: your items again."
-    enqueue_message(conn, chat, header, order_id=order_id)
-    block = ""
+    # One receipt: the header and the goods in one message as far as they fit (a photo's caption
+    # holds less, so a long one comes after its photo).
+    block = header
     for i, item in enumerate(items, 1):
         title = (
             f"📦 Order #{order_id} ({i}/{n}): <b>{esc(item['product_name'])}</b> · "
             f"{esc(item['place_name'])}"
         )
         part = f"{title}\n{format_content(item['content'])}"
+        with_block = f"{block}\n\n{part}" if block else part
+        if item["media"] and tg_len(html_to_plain(with_block)) <= CAPTION_LIMIT:
+            enqueue_message(
+                conn, chat, with_block, photo=f"private:{item['media']}", order_id=order_id
+            )
+            block = ""
+            continue
         if item["media"]:
             if block:
                 enqueue_message(conn, chat, block, order_id=order_id)
@@ -4162,6 +4197,8 @@ def apply_payment_status(conn, news, *, source, owners=()):
         if "actually_paid" in news.unreadable:
             raise InvalidInput(news.unreadable["actually_paid"])
         payment = _move_payment(conn, payment, news, source)
+        if status not in OPEN_STATUSES:
+            drop_open_payment_notes(conn, payment["id"])
         if payment["parent_id"]:
             outcome = _settle_child(conn, payment, owners)
         elif payment["kind"] == "topup":
@@ -4304,7 +4341,9 @@ def _balance(conn, user_id):
 
 
 def _paid_text(payment):
-    return f"{esc(payment['actually_paid'] or '0')} {esc(payment['pay_currency'].upper())}"
+    return (
+        f"{esc(fmt_coin(payment['actually_paid'] or '0'))} {esc(payment['pay_currency'].upper())}"
+    )
 
 
 def _notify_seen(conn, payment, what):
@@ -4316,6 +4355,7 @@ def _notify_seen(conn, payment, what):
             f"🔎 Your payment for {what} is on its way: seen on the "
             "blockchain, waiting for confirmations. Nothing to do but wait.",
             order_id=payment["order_id"],
+            payment_id=payment["id"],
         )
 
 
@@ -4372,7 +4412,8 @@ def _settle_topup(conn, payment, owners):
         else:
             text = (
                 f"⚠️ Your top-up was paid only in part: {_paid_text(payment)} of "
-                f"{esc(payment['pay_amount'])} {esc(payment['pay_currency'].upper())} arrived, "
+                f"{esc(fmt_coin(payment['pay_amount']))} {esc(payment['pay_currency'].upper())} "
+                "arrived, "
                 "worth "
                 f"{fmt_eur(cents)}, which was added. Balance: {_balance(conn, user_id)}."
             )
@@ -4423,7 +4464,7 @@ def _settle_order(conn, payment, owners):
             conn,
             user_id,
             f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of "
-            f"{esc(payment['pay_amount'])} "
+            f"{esc(fmt_coin(payment['pay_amount']))} "
             f"{esc(payment['pay_currency'].upper())} arrived, {_missing_text(payment)} short. "
             "The order is cancelled and the value "
             f"received, {fmt_eur(cents)}, was added to your balance. "
@@ -4853,7 +4894,7 @@ def _short_percent(payment):
 def _missing_text(payment):
     """What did not arrive, in the payment's coin and exactly."""
     missing = crypto_amount(payment["pay_amount"]) - crypto_amount(payment["actually_paid"] or 0)
-    return f"{esc(str(missing))} {esc(payment['pay_currency'].upper())}"
+    return f"{esc(fmt_coin(missing))} {esc(payment['pay_currency'].upper())}"
 
 
 def _credit_overpayment(conn, payment, order_id):

@@ -71,7 +71,10 @@ def test_a_crypto_purchase_from_checkout_to_delivery(fake_tg, bot_shop):
     delivered = fake_tg.wait_message(101, "Sticker · Berlin / Mitte", timeout=15)
     assert "Order #1 (1/1)" in delivered.content or "Order #1" in delivered.content
     fake_tg.wait_message(101, "Order #1 is paid: 20 items, €10.00 in crypto")
-    assert "seen on the blockchain" in fake_tg.wait_message(101, "seen on the blockchain").content
+    # "On its way" goes out only if it went before the payment finished; never after the receipt.
+    texts = [m.content for m in fake_tg.messages(101)]
+    receipt = next(i for i, t in enumerate(texts) if "Order #1 is paid" in t)
+    assert all(i < receipt for i, t in enumerate(texts) if "seen on the blockchain" in t)
     fake_tg.wait_message(9001, "Order #1 paid in TON: €10.00")
     # The invoice updates itself: final status, and no more buttons to pay or cancel.
     fake_tg.wait_for(
