@@ -10720,10 +10720,13 @@ class ShopBot:
         )
 
     def show(self, message, screen):
-        """Replace the navigation message with a screen: edit in place, or swap when a photo is
-        involved. Returns the new message when one was sent."""
+        """Replace the navigation message with a screen: edit in place (a photo card's photo too,
+        with editMessageMedia), or swap when a photo message must become text or the other way
+        round. Returns the new message when one was sent."""
         chat_id = message.chat.id
         has_photo = bool(getattr(message, "photo", None))
+        if has_photo and isinstance(screen.photo, str) and self.edit_photo(message, screen):
+            return None
         if not has_photo and not screen.photo:
             try:
                 self.api(
@@ -10749,6 +10752,24 @@ class ShopBot:
         except apihelper.ApiTelegramException as e:
             log.debug("could not delete message %s: %s", message.message_id, e.description)
         return sent
+
+    def edit_photo(self, message, screen):
+        """Show a photo screen in a photo message's place, with a photo Telegram already has (its
+        file_id); False when there is none yet (the caller sends it, which uploads it once)."""
+        file_id = get_telegram_file_id(self.shop.db(), screen.photo, self.shop.config.bot_id)
+        if file_id is None:
+            return False
+        try:
+            self.api(
+                self.bot.edit_message_media,
+                tg.InputMediaPhoto(file_id, caption=screen.text, parse_mode="HTML"),
+                message.chat.id,
+                message.message_id,
+                reply_markup=inline_markup(screen.buttons),
+            )
+        except apihelper.ApiTelegramException as e:
+            return "not modified" in (e.description or "")  # else: sent anew
+        return True
 
     def recaption(self, message, screen):
         """Update an invoice's message in place: the caption under its QR code, or the text of a
