@@ -8062,7 +8062,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "payment_uri": None
         if stars
         else payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
-        "qr_url": f"/api/payment/{payment['provider_id']}/qr",
+        "qr_url": None if stars else f"/api/payment/{payment['provider_id']}/qr",
         # Telegram Stars: the link Telegram.WebApp.openInvoice opens (none in the sandbox), and
         # the amount in whole Stars.
         "invoice_link": payment["pay_address"] or None if stars else None,
@@ -8104,9 +8104,11 @@ def catalog_json(conn, stars=True):
 class CatalogCache:
     """The Mini App's catalog encoded, plain and gzipped, built again only when catalog_version
     moved (triggers move it with every change to places, products and units, from any connection or
-    process). While nothing was committed in this process it is served without asking SQLite,
-    checked once a second for other processes' changes (an import from the command line). Gzip
-    makes a 1,000-offer catalog many times smaller, for phones and for the server's buffers."""
+    process) or a setting it shows changed (Telegram's rule, the Stars rate: they decide each
+    product's ways to pay and Stars price). While nothing was committed in this process it is
+    served without asking SQLite, checked once a second for other processes' changes (an import
+    or `python shop.py set` from the command line). Gzip makes a 1,000-offer catalog many times
+    smaller, for phones and for the server's buffers."""
 
     CHECK_SECONDS = 1.0
 
@@ -8121,7 +8123,7 @@ class CatalogCache:
         version, seen, checked, raw, packed = self.built
         if seen == commits and now - checked < self.CHECK_SECONDS:
             return raw, packed
-        current = get_catalog_version(conn)
+        current = (get_catalog_version(conn), telegram_rule(conn), stars_per_euro(conn))
         if current != version:
             with self.lock:
                 if self.built[0] != current:
@@ -8200,6 +8202,10 @@ def orders_json(conn, user_id, before_id=None):
                 "status": o["status"],
                 "total": cents_to_str(o["total_cents"]),
                 "method": o["payment_method"],
+                # Paid (or to be paid) in Telegram Stars: how many, else None.
+                "stars": int(payment["pay_amount"])
+                if payment and payment["pay_currency"] == "xtr"
+                else None,
                 "created_at": o["created_at"][:19] + "Z",
                 "payment_id": payment["provider_id"] if payment else None,
                 "items": [
@@ -8504,6 +8510,8 @@ def api_payment_status(shop, conn, user, data, payment_id):
 
 def api_payment_qr(shop, conn, user, data, payment_id):
     p = get_payment_by_provider_id(conn, user["id"], payment_id)
+    if p["pay_currency"] == "xtr":
+        raise NotFound("A Telegram Stars invoice is paid in Telegram: it has no QR code.")
     return bottle.HTTPResponse(
         qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
         headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"},
@@ -8538,6 +8546,7 @@ def api_order_media(shop, conn, user, data, order_id, item_id):
     return response
 
 
+# A payment's id in URLs: NOWPayments' (digits), or a Stars invoice's payload (order-12-<hex>).
 API_ROUTES = [
     ("GET", "/api/me", api_me),
     ("GET", "/api/catalog", api_catalog),
@@ -8547,10 +8556,10 @@ API_ROUTES = [
     ("GET", "/api/currencies", api_currencies),
     ("POST", "/api/payment/create", api_create_payment),
     ("POST", "/api/payment/refill", api_refill),
-    ("GET", "/api/payment/status/<payment_id:re:[0-9]{1,30}>", api_payment_status),
-    ("GET", "/api/payment/<payment_id:re:[0-9]{1,30}>/qr", api_payment_qr),
-    ("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/cancel", api_payment_cancel),
-    ("POST", "/api/payment/<payment_id:re:[0-9]{1,30}>/simulate", api_payment_simulate),
+    ("GET", "/api/payment/status/<payment_id:re:[0-9a-z-]{1,64}>", api_payment_status),
+    ("GET", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/qr", api_payment_qr),
+    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/cancel", api_payment_cancel),
+    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/simulate", api_payment_simulate),
     ("GET", "/api/orders", api_orders),
     ("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media", api_order_media),
 ]
