@@ -8104,11 +8104,9 @@ def catalog_json(conn, stars=True):
 class CatalogCache:
     """The Mini App's catalog encoded, plain and gzipped, built again only when catalog_version
     moved (triggers move it with every change to places, products and units, from any connection or
-    process) or a setting it shows changed (Telegram's rule, the Stars rate: they decide each
-    product's ways to pay and Stars price). While nothing was committed in this process it is
-    served without asking SQLite, checked once a second for other processes' changes (an import
-    or `python shop.py set` from the command line). Gzip makes a 1,000-offer catalog many times
-    smaller, for phones and for the server's buffers."""
+    process). While nothing was committed in this process it is served without asking SQLite,
+    checked once a second for other processes' changes (an import from the command line). Gzip
+    makes a 1,000-offer catalog many times smaller, for phones and for the server's buffers."""
 
     CHECK_SECONDS = 1.0
 
@@ -8123,7 +8121,7 @@ class CatalogCache:
         version, seen, checked, raw, packed = self.built
         if seen == commits and now - checked < self.CHECK_SECONDS:
             return raw, packed
-        current = (get_catalog_version(conn), telegram_rule(conn), stars_per_euro(conn))
+        current = get_catalog_version(conn)
         if current != version:
             with self.lock:
                 if self.built[0] != current:

@@ -553,7 +553,7 @@ def test_a_digital_product_is_paid_in_stars_in_the_sandbox_preview(botless, open
     pay = app.button("🧪 Pay 1,250 ⭐ (simulated)")
     pay.dblclick()  # a double tap pays once
     expect(page.locator(".status .pill")).to_have_text("✅ Paid")
-    expect(page.locator(".status")).to_contain_text("Paid with 1,250 ⭐.")
+    expect(page.locator(".status")).to_contain_text("Paid with 1,250 ⭐. Here are your items")
     expect(page.locator(".goods .content")).to_have_text(
         re.compile(rf"^{re.escape(EBOOK)}-Mitte-\d$")
     )

@@ -455,7 +455,7 @@ function cryptoNotes(inv) {
     return [say(`The payment arrived after the items were gone, so ${eur(credited)} was added to your balance.`)];
   }
   if (inv.status === "finished") {
-    return [say("Paid. Your items are in My orders."),
+    return [say(inv.order_status === "paid" ? "Paid. Here are your items; they stay in My orders." : "Paid. Your items are in My orders."),
       credited ? say(`You sent more than needed: the extra ${eur(credited)} was added to your balance.`) : null];
   }
   if (inv.status === "partially_paid") {
@@ -480,7 +480,7 @@ function starsDetails(inv) {
 function starsNotes(inv, hint) {
   const paid = starsText(inv.stars);
   const say = (text) => [h("p", null, text)];
-  if (inv.status === "finished" && inv.order_status === "paid") return say(`Paid with ${paid}. Your items are in My orders.`);
+  if (inv.status === "finished" && inv.order_status === "paid") return say(`Paid with ${paid}. Here are your items; they stay in My orders.`);
   if (inv.status === "finished") return say(`The payment arrived after the items were gone, so your ${paid} are being given back to you.`);
   if (inv.status === "refunded") {
     return say(inv.order_status === "refunded" ? `The shop refunded this order: your ${paid} were given back to you.`
