@@ -8121,7 +8121,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "payment_uri": None
         if stars
         else payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
-        "qr_url": f"/api/payment/{payment['provider_id']}/qr",
+        "qr_url": None if stars else f"/api/payment/{payment['provider_id']}/qr",
         # Telegram Stars: the link Telegram.WebApp.openInvoice opens (none in the sandbox), and
         # the amount in whole Stars.
         "invoice_link": payment["pay_address"] or None if stars else None,
@@ -8259,6 +8259,10 @@ def orders_json(conn, user_id, before_id=None):
                 "status": o["status"],
                 "total": cents_to_str(o["total_cents"]),
                 "method": o["payment_method"],
+                # Paid (or to be paid) in Telegram Stars: how many, else None.
+                "stars": int(payment["pay_amount"])
+                if payment and payment["pay_currency"] == "xtr"
+                else None,
                 "created_at": o["created_at"][:19] + "Z",
                 "payment_id": payment["provider_id"] if payment else None,
                 "items": [
@@ -8563,6 +8567,8 @@ def api_payment_status(shop, conn, user, data, payment_id):
 
 def api_payment_qr(shop, conn, user, data, payment_id):
     p = get_payment_by_provider_id(conn, user["id"], payment_id)
+    if p["pay_currency"] == "xtr":
+        raise NotFound("A Telegram Stars invoice is paid in Telegram: it has no QR code.")
     return bottle.HTTPResponse(
         qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
         headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"},
@@ -8597,6 +8603,7 @@ def api_order_media(shop, conn, user, data, order_id, item_id):
     return response
 
 
+# A payment's id in URLs: NOWPayments' (digits), or a Stars invoice's payload (order-12-<hex>).
 API_ROUTES = [
     ("GET", "/api/me", api_me),
     ("GET", "/api/catalog", api_catalog),
@@ -8606,10 +8613,10 @@ API_ROUTES = [
     ("GET", "/api/currencies", api_currencies),
     ("POST", "/api/payment/create", api_create_payment),
     ("POST", "/api/payment/refill", api_refill),
-    ("GET", "/api/payment/status/<payment_id:re:[0-9a-z-]{1,40}>", api_payment_status),
-    ("GET", "/api/payment/<payment_id:re:[0-9a-z-]{1,40}>/qr", api_payment_qr),
-    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,40}>/cancel", api_payment_cancel),
-    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,40}>/simulate", api_payment_simulate),
+    ("GET", "/api/payment/status/<payment_id:re:[0-9a-z-]{1,64}>", api_payment_status),
+    ("GET", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/qr", api_payment_qr),
+    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/cancel", api_payment_cancel),
+    ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/simulate", api_payment_simulate),
     ("GET", "/api/orders", api_orders),
     ("GET", "/api/orders/<order_id:id>/items/<item_id:id>/media", api_order_media),
 ]

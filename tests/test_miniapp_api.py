@@ -920,3 +920,142 @@ def test_a_basket_invoice_empties_the_basket_and_cancelling_it_fills_it_again(ap
         ("gift_card *25*", 2, 0),
         ("Sticker", 3, 0),
     ]
+
+
+# Telegram Stars ##############################################################
+
+
+def kinds(s, **products):
+    """Set products' kind and ways to pay: name=(kind, "stars,crypto" or None)."""
+    with shop.transaction(s.conn):
+        for name, (kind, methods) in products.items():
+            s.conn.execute(
+                "UPDATE products SET kind = ?, pay_methods = ? WHERE name = ?",
+                (kind, methods, name),
+            )
+
+
+def put(s, product, quantity, user_=ANN):
+    ids = s.ids[(product, "Bałuty & Widzew")]
+    body = {"product_id": ids[0], "district_id": ids[1], "quantity": quantity}
+    return ok(call(s, "POST", "/api/basket", user_=user_, json=body))
+
+
+def test_a_basket_that_shares_no_way_to_pay_is_checked_out_one_part_at_a_time(app):
+    kinds(app, **{"gift_card *25*": ("digital", None), "Sticker": ("physical", "crypto,balance")})
+    gift, sticker = (
+        app.ids[("gift_card *25*", "Bałuty & Widzew")],
+        app.ids[("Sticker", "Bałuty & Widzew")],
+    )
+    put(app, "gift_card *25*", 2)
+    basket = put(app, "Sticker", 3)
+    assert basket["payment"] == {
+        "methods": [],
+        "stars": None,
+        "parts": [
+            {"methods": ["stars"], "lines": [[*gift, 2]], "total": "50.00", "stars": 2500},
+            {
+                "methods": ["crypto", "balance"],
+                "lines": [[*sticker, 3]],
+                "total": "1.50",
+                "stars": None,
+            },
+        ],
+    }
+    whole = {"type": "basket", "currency": "stars"}
+    refused(call(app, "POST", "/api/payment/create", json=whole), 400, "Sticker cannot be paid")
+    assert ok(call(app, "GET", "/api/basket"))["count"] == 5  # nothing moved
+
+    part = {**whole, "part": True, "request_id": "0000000000000c01"}
+    invoice = ok(call(app, "POST", "/api/payment/create", json=part))
+    assert (invoice["pay_currency"], invoice["stars"], invoice["price_amount"]) == (
+        "xtr",
+        2500,
+        "50.00",
+    )
+    assert (invoice["invoice_link"], invoice["payment_uri"], invoice["qr_url"]) == (
+        None,
+        None,
+        None,
+    )
+    assert invoice["simulate"] is True and invoice["open"]
+    assert (
+        ok(call(app, "POST", "/api/payment/create", json=part))["payment_id"]
+        == invoice["payment_id"]
+    )
+    rest = ok(call(app, "GET", "/api/basket"))
+    assert [(i["name"], i["quantity"]) for i in rest["items"]] == [("Sticker", 3)]
+    assert rest["payment"] == {"methods": ["crypto", "balance"], "stars": None, "parts": []}
+    refused(
+        call(app, "POST", "/api/payment/create", json={**part, "request_id": "0000000000000c02"}),
+        400,
+        "Nothing in your basket is paid with ⭐ Telegram Stars",
+    )
+
+    pid = invoice["payment_id"]
+    refused(call(app, "GET", f"/api/payment/{pid}/qr"), 404, "no QR code")
+    refused(
+        call(app, "POST", f"/api/payment/{pid}/simulate", json={"outcome": "partial"}),
+        400,
+        "paid in full or not at all",
+    )
+    ok(call(app, "POST", f"/api/payment/{pid}/simulate", json={"outcome": "full"}))
+    status = ok(call(app, "GET", f"/api/payment/status/{pid}"))
+    assert (status["status"], status["order_status"], status["final"]) == ("finished", "paid", True)
+    [order] = ok(call(app, "GET", "/api/orders"))["orders"]
+    assert (order["method"], order["stars"], order["total"]) == ("stars", 2500, "50.00")
+    assert [i["content"] is not None for i in order["items"]] == [True, True]
+
+    shop.adjust_balance(app.conn, 501, 1000, "test")
+    paid = ok(
+        call(
+            app,
+            "POST",
+            "/api/payment/create",
+            json={"type": "basket", "currency": "balance", "part": True},
+        )
+    )
+    assert paid["balance"] == "8.50" and ok(call(app, "GET", "/api/basket"))["items"] == []
+    orders = ok(call(app, "GET", "/api/orders"))["orders"]
+    assert [(o["method"], o["stars"]) for o in orders] == [("balance", None), ("stars", 2500)]
+
+
+def test_a_stars_invoice_is_cancelled_like_a_crypto_one(app):
+    kinds(app, **{"gift_card *25*": ("digital", None)})
+    gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
+    body = {"type": "product", "product_id": gift[0], "district_id": gift[1], "quantity": 2}
+    refused(
+        call(app, "POST", "/api/payment/create", json={**body, "currency": "balance"}),
+        400,
+        "by Telegram's rule",
+    )
+    invoice = ok(call(app, "POST", "/api/payment/create", json={**body, "currency": "stars"}))
+    assert shop.get_offer(app.conn, *gift)["available"] == 0
+    cancelled = ok(call(app, "POST", f"/api/payment/{invoice['payment_id']}/cancel"))
+    assert (cancelled["open"], cancelled["order_status"]) == (False, "cancelled")
+    assert shop.get_offer(app.conn, *gift)["available"] == 2
+    refused(
+        call(
+            app, "POST", f"/api/payment/{invoice['payment_id']}/simulate", json={"outcome": "full"}
+        ),
+        400,
+    )
+    assert (
+        app.conn.execute("SELECT count(*) FROM stock_units WHERE status = 'sold'").fetchone()[0]
+        == 0
+    )
+
+
+def test_the_catalog_follows_telegrams_rule_and_the_stars_rate_at_once(app):
+    kinds(app, **{"gift_card *25*": ("digital", None)})
+
+    def gift():
+        catalog = ok(call(app, "GET", "/api/catalog"))
+        products = catalog["cities"][1]["districts"][0]["products"]
+        return next((p["methods"], p["stars"]) for p in products if p["name"] == "gift_card *25*")
+
+    assert gift() == (["stars"], 1250)
+    shop.save_settings(app.conn, {"telegram_rule": "0"})
+    assert gift() == (["stars", "crypto", "balance"], 1250)
+    shop.save_settings(app.conn, {"stars_per_euro": "60"})
+    assert gift() == (["stars", "crypto", "balance"], 1500)

@@ -3,7 +3,8 @@ stand-in).
 
 Inside "Telegram" the page gets a stand-in window.Telegram.WebApp (STUB below) that records what the
 app asks of Telegram: MainButton and BackButton state, haptics, alerts. telegram.org itself is
-unreachable.
+unreachable. Stars invoices the app opens with openInvoice are recorded too (window.__tg.invoices),
+and window.__invoiceClosed(status) plays Telegram closing the last one with that status.
 """
 
 import json
@@ -47,7 +48,8 @@ STUB = """
 (() => {
   const cfg = __CONFIG__;
   const rec = window.__tg = { main: { text: "", visible: false, active: true, progress: false },
-    back: { visible: false }, haptics: [], alerts: [], confirms: [], links: [], ready: false };
+    back: { visible: false }, haptics: [], alerts: [], confirms: [], links: [], invoices: [],
+    ready: false };
   const on = { main: [], back: [], events: {} };
   const chain = (obj, fns) => {
     for (const [k, f] of Object.entries(fns)) obj[k] = (...a) => { f(...a); return obj; };
@@ -89,6 +91,8 @@ STUB = """
     showConfirm: (m, cb) => {
       rec.confirms.push(String(m)); if (cb) setTimeout(() => cb(true), 0); },
     openLink: (u) => rec.links.push(u), ready: () => { rec.ready = true; }, expand: () => {},
+    openInvoice: (u, cb) => { rec.invoices.push(String(u));
+                              window.__invoiceClosed = (status) => cb && cb(status); },
     onEvent: (e, f) => { (on.events[e] = on.events[e] || []).push(f); }, offEvent: () => {},
     isVersionAtLeast: () => true } };
 })();
@@ -464,3 +468,277 @@ def test_the_app_is_small_and_builds_no_html_from_data():
         "https://telegram.org/js/telegram-web-app.js",
         "/static/app/app.js",
     ]
+
+
+# Telegram Stars ##############################################################
+
+EBOOK = "E-book <licence>"
+
+
+def stars_stock(s):
+    """Berlin/Mitte: a digital e-book (€25.00: 1,250 Stars at the default rate; by Telegram's rule
+    paid in Stars only) and physical coffee beans (€12.90, paid in crypto or from the balance)."""
+    ids = seed(
+        s.conn, [("Berlin", "Mitte", EBOOK, 2500, 2), ("Berlin", "Mitte", "Coffee", 1290, 3)]
+    )
+    with shop.transaction(s.conn):
+        s.conn.execute(
+            "UPDATE products SET kind = 'digital' WHERE id = ?", (ids[(EBOOK, "Mitte")][0],)
+        )
+        s.conn.execute(
+            "UPDATE products SET kind = 'physical', pay_methods = 'crypto,balance' WHERE id = ?",
+            (ids[("Coffee", "Mitte")][0],),
+        )
+    return ids
+
+
+def open_mitte(app):
+    app.button(re.compile("^Berlin")).click()
+    app.button(re.compile("^Mitte")).click()
+    expect(app.heading()).to_have_text("Mitte")
+
+
+def covers_nothing(page):
+    """Scrolled to the bottom, the page's own MainButton (outside Telegram) covers no content."""
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    gap = page.evaluate(
+        """() => {
+      const button = document.querySelector(".main-button").getBoundingClientRect();
+      const shown = [...document.querySelectorAll("main > *")].filter((e) => e.offsetHeight);
+      return button.top - shown[shown.length - 1].getBoundingClientRect().bottom;
+    }"""
+    )
+    assert gap >= 0, f"the MainButton covers {-gap}px of the page"
+
+
+def sold(conn, product_id):
+    return conn.execute(
+        "SELECT count(*) FROM stock_units WHERE product_id = ? AND status = 'sold'", (product_id,)
+    ).fetchone()[0]
+
+
+def test_a_digital_product_is_paid_in_stars_in_the_sandbox_preview(botless, open_app):
+    ids = stars_stock(botless)
+    app = open_app(botless, telegram=False)
+    page = app.page
+    open_mitte(app)
+    expect(page.locator(".card").filter(has_text=EBOOK).locator(".price")).to_have_text(
+        "€25.00 · 1,250 ⭐"
+    )
+    expect(page.locator(".card").filter(has_text="Coffee").locator(".price")).to_have_text(
+        "€12.90"
+    )  # not paid in Stars
+    page.locator(".card").filter(has_text=EBOOK).click()
+    expect(page.locator(".price-row .price")).to_have_text("€25.00 · 1,250 ⭐")
+    app.button("Buy now").click()
+
+    # Telegram's rule: a digital product is paid in Stars only, and the page says why.
+    options = page.locator(".option")
+    expect(options).to_have_count(1)
+    expect(options.first).to_have_attribute("data-key", "stars")
+    expect(options.first).to_contain_text("⭐ Telegram Stars — 1,250 ⭐")
+    expect(options.first).to_have_attribute("aria-checked", "true")
+    expect(page.locator(".rule-note")).to_have_text(
+        "Digital goods are paid in Telegram Stars, by Telegram's rule."
+    )
+    main = page.locator(".main-button")
+    expect(main).to_have_text("Pay 1,250 ⭐")
+    covers_nothing(page)
+    main.click()
+
+    expect(app.heading()).to_have_text("Order #1 · 1,250 ⭐")
+    expect(page.locator(".status .pill")).to_have_text("⏳ Waiting for your payment")
+    expect(page.locator(".status .sandbox")).to_contain_text("no real Stars")
+    expect(page.locator(".countdown")).to_contain_text("Pay within")
+    pay = app.button("🧪 Pay 1,250 ⭐ (simulated)")
+    pay.dblclick()  # a double tap pays once
+    expect(page.locator(".status .pill")).to_have_text("✅ Paid")
+    expect(page.locator(".status")).to_contain_text("Paid with 1,250 ⭐. Here are your items")
+    expect(page.locator(".goods .content")).to_have_text(
+        re.compile(rf"^{re.escape(EBOOK)}-Mitte-\d$")
+    )
+    expect(pay).to_have_count(0)
+    expect(page.locator(".pay-details")).to_be_hidden()
+    expect(main).to_have_text("Open my orders")
+    covers_nothing(page)
+
+    conn, ebook = botless.conn, ids[(EBOOK, "Mitte")][0]
+    orders = conn.execute("SELECT status, payment_method FROM orders").fetchall()
+    assert [tuple(o) for o in orders] == [("paid", "stars")]
+    payments = conn.execute("SELECT status, pay_currency, pay_amount, charge_id FROM payments")
+    [(status, currency, amount, charge)] = payments.fetchall()
+    assert (status, currency, amount) == ("finished", "xtr", "1250") and charge
+    assert sold(conn, ebook) == 1  # delivered exactly once
+    assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] == 1
+
+    main.click()
+    expect(page.locator("#order-1")).to_contain_text("€25.00 · 1,250 ⭐ · Stars")
+    expect(page.locator("#order-1 .content")).to_have_count(1)
+    assert page.errors == []
+
+
+def test_in_telegram_a_stars_purchase_in_the_sandbox_is_delivered_once(live, fake_tg, open_app):
+    ids = stars_stock(live)
+    ann = open_app(live, 101)
+    page = ann.page
+    fake_tg.wait_for(lambda: live.bot_state == "running", what="the bot polling")
+    fake_tg.user_sends(101, "/start")  # Ann has a chat with the bot, where her goods go
+    open_mitte(ann)
+    page.locator(".card").filter(has_text=EBOOK).click()
+    ann.button("Buy now").click()
+    expect(page.locator(".option")).to_have_count(1)
+    ann.press_main("Pay 1,250 ⭐")
+    expect(ann.heading()).to_have_text("Order #1 · 1,250 ⭐")
+    assert ann.tg("invoices") == []  # the sandbox has no Telegram invoice to open
+    ann.button("🧪 Pay 1,250 ⭐ (simulated)").click()
+    expect(page.locator(".goods .content")).to_have_count(1)
+    assert "notification:success" in ann.tg("haptics")
+    fake_tg.wait_message(101, "Order #1 is paid")
+    content = text_of(page.locator(".goods .content"))
+    fake_tg.wait_message(101, content)
+    ann.press_main("Open my orders")  # by now the outbox has sent what it will
+    expect(page.locator("#order-1")).to_contain_text("· Stars")
+    texts = [m.content for m in fake_tg.messages(101)]
+    assert sum("Order #1 is paid" in t for t in texts) == 1
+    assert sum(content in t for t in texts) == 1
+    assert sold(live.conn, ids[(EBOOK, "Mitte")][0]) == 1
+    assert page.errors == []
+
+
+def test_real_stars_open_telegrams_invoice_and_the_shops_status_decides(
+    make_shop, fake_tg, open_app
+):
+    s = make_shop(
+        env={
+            "BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_URL": fake_tg.base_url,
+            "NOWPAYMENTS_API_KEY": "live-key",
+            "NOWPAYMENTS_API_URL": "http://127.0.0.1:9/v1",
+        }
+    )
+    s.conn = shop.connect(s.config.shop_db)
+    try:
+        ids = stars_stock(s)
+        ann = open_app(s, 101)
+        page = ann.page
+        fake_tg.wait_for(lambda: s.bot_state == "running", what="the bot polling")
+        fake_tg.user_sends(101, "/start")
+        open_mitte(ann)
+        page.locator(".card").filter(has_text=EBOOK).click()
+        ann.button("Buy now").click()
+        ann.press_main("Pay 1,250 ⭐")
+        expect(ann.heading()).to_have_text("Order #1 · 1,250 ⭐")
+        page.wait_for_function("() => window.__tg.invoices.length === 1")
+        [link] = ann.tg("invoices")
+        assert link.startswith("https://t.me/$")
+        assert [i["url"] for i in fake_tg.invoice_links()] == [link]
+        expect(page.locator(".simulate-stars")).to_have_count(0)  # no 🧪 outside the sandbox
+
+        # Telegram's callback is a hint: "paid" alone changes nothing the shop has not seen.
+        page.evaluate("window.__invoiceClosed('paid')")
+        expect(page.locator(".status .hint")).to_have_text(
+            "Telegram says it is paid: waiting for the shop to confirm…"
+        )
+        expect(page.locator(".status .pill")).to_have_text("⏳ Waiting for your payment")
+        assert s.conn.execute("SELECT status FROM orders").fetchone()[0] == "pending"
+
+        payment = fake_tg.user_pays(101, link, duplicate_successful_payment=True)
+        assert payment.status == "paid"
+        expect(page.locator(".status .pill")).to_have_text("✅ Paid")
+        expect(page.locator(".goods .content")).to_have_count(1)
+        fake_tg.wait_message(101, text_of(page.locator(".goods .content")))
+        ann.press_main("Open my orders")
+        expect(page.locator("#order-1")).to_contain_text("1,250 ⭐ · Stars")
+        texts = [m.content for m in fake_tg.messages(101)]
+        assert sum("Order #1 is paid" in t for t in texts) == 1
+        assert sold(s.conn, ids[(EBOOK, "Mitte")][0]) == 1
+        assert page.errors == []
+    finally:
+        s.conn.close()
+
+
+def test_a_basket_that_shares_no_way_to_pay_is_paid_one_part_at_a_time(botless, open_app):
+    ids = stars_stock(botless)
+    shop.touch_user(botless.conn, shop.PREVIEW_USER)
+    for product in (EBOOK, "Coffee"):
+        shop.add_to_basket(botless.conn, shop.PREVIEW_USER["id"], *ids[(product, "Mitte")])
+    app = open_app(botless, telegram=False)
+    page = app.page
+    page.locator(".tab").filter(has_text="Basket").click()
+    expect(page.locator(".split-note")).to_contain_text("paid in different ways")
+    main = page.locator(".main-button")
+    expect(main).to_have_text("Checkout · €37.90")
+    main.click()
+
+    # Never refused: each part with its ways and total, and a way to pay one of them.
+    expect(page.locator(".split-note")).to_contain_text("the rest stays in your basket")
+    expect(page.locator(".rule-note")).to_be_visible()
+    parts = page.locator(".part")
+    expect(parts).to_have_count(2)
+    expect(parts.nth(0)).to_contain_text(f"{EBOOK} × 1")
+    expect(parts.nth(0)).to_contain_text("€25.00 · 1,250 ⭐")
+    expect(parts.nth(0)).to_contain_text("Paid with ⭐ Telegram Stars")
+    expect(parts.nth(1)).to_contain_text("Coffee × 1")
+    expect(parts.nth(1)).to_contain_text("€12.90")
+    expect(parts.nth(1)).to_contain_text("Paid with crypto or your balance")
+    expect(parts.nth(0)).to_have_attribute("aria-checked", "true")
+    expect(page.locator(".option")).to_have_count(1)
+    parts.nth(1).click()
+    expect(page.locator(".option[data-key=stars]")).to_have_count(0)
+    expect(page.locator(".option[data-key=balance]")).to_be_disabled()  # €0.00
+    expect(page.locator(".option[data-key=ltc]")).to_be_visible()
+    expect(main).to_have_text("Choose how to pay")
+    covers_nothing(page)
+    parts.nth(0).click()
+    expect(main).to_have_text("Pay 1,250 ⭐")
+    main.click()
+
+    expect(app.heading()).to_have_text("Order #1 · 1,250 ⭐")
+    app.button("🧪 Pay 1,250 ⭐ (simulated)").click()
+    expect(page.locator(".status .pill")).to_have_text("✅ Paid")
+    rest = app.button("Pay for the rest of your basket (1 item)")
+    rest.click()
+    expect(app.heading()).to_have_text("Basket")
+    expect(page.locator(".line-name")).to_have_text(["Coffee"])
+    expect(page.locator(".split-note")).to_have_count(0)
+    assert [i.name for i in shop.get_basket(botless.conn, shop.PREVIEW_USER["id"]).lines] == [
+        "Coffee"
+    ]
+    assert sold(botless.conn, ids[(EBOOK, "Mitte")][0]) == 1
+    assert sold(botless.conn, ids[("Coffee", "Mitte")][0]) == 0
+    main.click()  # the rest checks out as usual, the ways it allows
+    expect(page.locator(".part")).to_have_count(0)
+    expect(page.locator(".option[data-key=stars]")).to_have_count(0)
+    expect(page.locator(".option[data-key=balance]")).to_be_visible()
+    assert page.errors == []
+
+
+def test_telegrams_rule_hides_balance_and_crypto_for_digital_goods(botless, open_app):
+    ids = stars_stock(botless)
+    user(botless.conn, 104, balance=5000)
+    ann = open_app(botless, 104)
+    page = ann.page
+    open_mitte(ann)
+    page.locator(".card").filter(has_text=EBOOK).click()
+    ann.button("Buy now").click()
+    expect(page.locator(".option")).to_have_count(1)
+    expect(page.locator(".option[data-key=balance]")).to_have_count(0)  # though €50 would pay it
+    expect(page.locator(".option[data-key=btc]")).to_have_count(0)
+    expect(page.locator(".rule-note")).to_be_visible()
+
+    key, value = shop.clean_owner_setting(
+        "telegram_rule", "off", max_deposit_cents=10**6, coin_codes=list(shop.COIN_LABELS)
+    )
+    shop.save_settings(botless.conn, {key: value})
+    page.reload()
+    open_mitte(ann)
+    page.locator(".card").filter(has_text=EBOOK).click()
+    ann.button("Buy now").click()
+    expect(page.locator(".option[data-key=stars]")).to_contain_text("1,250 ⭐")
+    expect(page.locator(".option[data-key=balance]")).to_have_attribute("aria-checked", "true")
+    expect(page.locator(".option[data-key=btc]")).to_be_visible()
+    expect(page.locator(".rule-note")).to_have_count(0)
+    ann.press_main("Pay €25.00 from balance")
+    expect(page.locator(".order.highlight")).to_contain_text("€25.00 · from balance")
+    assert sold(botless.conn, ids[(EBOOK, "Mitte")][0]) == 1
+    assert page.errors == []

@@ -1,7 +1,7 @@
 // The shop's Telegram Mini App: catalog, basket, checkout, invoices, orders and balance.
 // Screens are functions that return nodes; a stack of routes gives the BackButton its meaning.
 
-import { h, cents, eur, parseAmount, requestId, api, blobUrl, setInitData, toast, copyText, ApiError } from "./ui.js";
+import { h, cents, eur, starsText, parseAmount, requestId, api, blobUrl, setInitData, toast, copyText, ApiError } from "./ui.js";
 import * as tg from "./tg.js";
 
 const S = { me: null, catalog: { cities: [] }, basket: { items: [], total: "0.00", count: 0 }, basketAt: 0,
@@ -14,6 +14,15 @@ const TABS = [["cities", "Shop", "🛍"], ["basket", "Basket", "🧺"], ["orders
 const ORDER_STATUS = { pending: "⏳ Awaiting payment", paid: "✅ Paid", cancelled: "✖ Cancelled",
                        expired: "⌛ Expired", refunded: "↩ Refunded" };
 const SIMULATE = [["full", "Pay in full"], ["partial", "Pay half"], ["over", "Overpay"], ["expire", "Let it expire"]];
+const WAYS = { stars: "⭐ Telegram Stars", crypto: "crypto", balance: "your balance" };
+const RULE_NOTE = "Digital goods are paid in Telegram Stars, by Telegram's rule.";
+// What Telegram says when its invoice closes: only a hint until the shop's own status agrees.
+const STARS_HINTS = {
+  paid: "Telegram says it is paid: waiting for the shop to confirm…",
+  pending: "Telegram is processing the payment; this page updates by itself.",
+  cancelled: "The invoice was closed without paying. You can open it again.",
+  failed: "Telegram could not take the payment. You can try again.",
+};
 const POLL_MS = 4000;
 const NOT_SELLING = "🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid here.";
 
@@ -180,6 +189,12 @@ function photo(product, className, lazy = true) {
   return h("span", { class: className + " no-photo", "aria-hidden": "true" }, Array.from(product.name)[0] || "?");
 }
 
+/** "€25.00 · 1,250 ⭐" where the product may be paid in Stars, else "€25.00". */
+function priceTag(product, className = "price") {
+  return h("span", { class: className }, eur(product.price),
+    product.stars != null ? h("span", { class: "in-stars" }, ` · ${starsText(product.stars)}`) : null);
+}
+
 function plural(n, one, many) {
   return `${n} ${n === 1 ? one : many}`;
 }
@@ -231,10 +246,251 @@ function copyRow(label, value, what) {
                     onclick: () => copyText(value, what[0].toUpperCase() + what.slice(1)) }, "Copy")));
 }
 
-function option({ title, sub, selected, disabled, onPick, key }) {
-  return h("button", { type: "button", role: "radio", class: "option", "aria-checked": selected ? "true" : "false",
+function option({ title, sub, selected, disabled, onPick, key, wide }) {
+  return h("button", { type: "button", role: "radio", class: wide ? "option wide" : "option", "aria-checked": selected ? "true" : "false",
                        disabled, "data-key": key, onclick: onPick },
     h("span", { class: "option-title" }, title), sub ? h("span", { class: "option-sub" }, sub) : null);
+}
+
+// Checkout ####################################################################
+
+const sumLines = (lines) => lines.reduce((sum, l) => sum + cents(l.price) * l.quantity, 0);
+
+function onlyStars(methods) {
+  return Array.isArray(methods) && methods.length === 1 && methods[0] === "stars";
+}
+
+/** Whether only Stars is offered because Telegram's rule makes digital goods Stars-only. */
+function ruled(lines, methods) {
+  return !!S.me.telegram_rule && onlyStars(methods) && lines.some((l) => {
+    const found = findOffer(l.product_id, l.district_id);
+    return found && found.product.kind === "digital";
+  });
+}
+
+/** What a checkout sells and the ways the shop takes for it: {lines, total (cents), methods, stars,
+ * parts, body}. methods null: the shop cannot tell (a line is no longer sold). null: nothing to sell. */
+function checkoutPlan(p) {
+  if (p.type === "basket") {
+    if (!S.basket.items.length) return null;
+    const pay = S.basket.payment;
+    const lines = S.basket.items.map((i) => ({ name: i.name, place: i.place, price: i.price, quantity: i.quantity,
+                                               product_id: i.product_id, district_id: i.district_id }));
+    return { lines, total: sumLines(lines), methods: pay ? pay.methods : null, stars: pay ? pay.stars : null,
+             parts: pay ? pay.parts : [], body: { type: "basket" } };
+  }
+  const found = findOffer(p.product, p.district);
+  if (!found) return null;
+  const { product } = found;
+  const lines = [{ name: product.name, place: `${found.city.name} / ${found.district.name}`, price: product.price,
+                   quantity: p.quantity, product_id: product.id, district_id: found.district.id }];
+  return { lines, total: sumLines(lines), methods: product.methods || ["crypto", "balance"],
+           stars: product.stars != null ? product.stars * p.quantity : null, parts: [],
+           body: { type: "product", product_id: p.product, district_id: p.district, quantity: p.quantity } };
+}
+
+function summary(lines) {
+  return h("ul", { class: "lines summary" }, lines.map((l) => h("li", { class: "line" },
+    h("div", { class: "line-text" }, h("span", { class: "line-name" }, l.name), h("span", { class: "line-place" }, l.place)),
+    h("span", { class: "line-sum" }, `${l.quantity} × ${eur(l.price)}`))));
+}
+
+function allows(methods, key) {
+  return methods.includes(key in WAYS ? key : "crypto");
+}
+
+function payLabel(method, { total, stars }) {
+  if (method === "stars") return `Pay ${starsText(stars)}`;
+  if (method === "balance") return `Pay ${eur(total)} from balance`;
+  return `Pay ${eur(total)} with ${coinLabel(method)}`;
+}
+
+/** The ways to pay as radio options (Stars first, then the balance, then each coin) and the
+ * MainButton that pays the chosen way. amountOf(method) -> {total (cents), stars}. */
+function payChoice(p, v, methods, amountOf, coins, pay) {
+  const balance = cents(S.me.balance);
+  const forBalance = amountOf("balance").total;
+  if (p.method === undefined || (p.method && !allows(methods, p.method))) {
+    p.method = methods.includes("balance") && balance >= forBalance ? "balance" : onlyStars(methods) ? "stars" : null;
+  }
+  const offer = () => {
+    if (!p.method) v.main("Choose how to pay", null, { disabled: true });
+    else v.main(payLabel(p.method, amountOf(p.method)), pay);
+  };
+  const pick = (key) => () => {
+    p.method = key;
+    tg.haptic("select");
+    for (const o of group.children) o.setAttribute("aria-checked", o.dataset.key === key ? "true" : "false");
+    offer();
+  };
+  const options = [];
+  if (methods.includes("stars")) {
+    options.push(option({ key: "stars", wide: true, title: `⭐ Telegram Stars — ${starsText(amountOf("stars").stars)}`,
+      sub: S.me.sandbox ? "🧪 Simulated here: no real Stars" : "Paid inside Telegram", selected: p.method === "stars",
+      onPick: pick("stars") }));
+  }
+  if (methods.includes("balance")) {
+    options.push(option({ key: "balance", title: "💰 Balance", selected: p.method === "balance",
+      sub: balance >= forBalance ? `${eur(balance)} available` : `${eur(balance)} · ${eur(forBalance - balance)} short`,
+      disabled: balance < forBalance, onPick: pick("balance") }));
+  }
+  let note = null;
+  if (methods.includes("crypto") && coins instanceof Error) {
+    note = h("p", { class: "warn" }, `Crypto payments are unavailable right now. ${coins.message}`);
+  } else if (methods.includes("crypto")) {
+    const total = amountOf("crypto").total;
+    for (const c of coins) {
+      const tooSmall = c.minimum != null && cents(c.minimum) > total;
+      options.push(option({ key: c.code, title: c.label, selected: p.method === c.code, disabled: tooSmall,
+        sub: tooSmall ? `from ${eur(c.minimum)}` : c.name, onPick: pick(c.code) }));
+    }
+  }
+  offer();
+  const group = h("div", { class: "options", role: "radiogroup", "aria-label": "Pay with" }, options);
+  return [group, note, methods.includes("balance") && balance < forBalance
+    ? h("button", { type: "button", class: "btn secondary", onclick: () => go("account") }, "Top up your balance") : null];
+}
+
+async function startPayment(p, body) {
+  let result;
+  try {
+    result = await api("/api/payment/create", { method: "POST", body: { ...body, currency: p.method, request_id: p.rid } });
+  } catch (e) {
+    // Refused: the next try is a new checkout. No answer at all: the same one, so it is not bought twice.
+    if (e.status) p.rid = requestId();
+    throw e;
+  }
+  if (p.method === "balance") {
+    tg.haptic("success");
+    S.me.balance = result.balance;
+    updateChrome();
+    await Promise.allSettled([loadBasket(), loadCatalog()]);
+    toast(body.part && S.basket.count ? `Order #${result.order_id} is paid; the rest is still in your basket`
+      : `Order #${result.order_id} is paid`);
+    go("orders", { highlight: result.order_id }, "reset");
+  } else {
+    if (body.type === "basket") loadBasket().catch(() => {});   // its lines moved into the order
+    go("invoice", { payment: result.payment_id, invoice: result, open: true }, "replace");
+  }
+}
+
+function partCard(part, index, lines, selected, onPick) {
+  const names = part.lines.map(([productId, districtId, quantity]) => {
+    const line = lines.find((l) => l.product_id === productId && l.district_id === districtId);
+    return h("span", { class: "part-line" }, `${line ? line.name : "An item"} × ${quantity}`);
+  });
+  return h("button", { type: "button", role: "radio", class: "part", "aria-checked": selected ? "true" : "false",
+                       "data-part": index, disabled: !part.methods.length, onclick: onPick },
+    h("span", { class: "part-head" }, h("strong", null, `Part ${index + 1}`),
+      h("span", { class: "part-total" }, eur(part.total), part.stars != null ? ` · ${starsText(part.stars)}` : "")),
+    names, h("span", { class: "part-ways" }, part.methods.length
+      ? `Paid with ${part.methods.map((m) => WAYS[m]).join(" or ")}` : "Cannot be paid here right now"));
+}
+
+/** A basket whose lines share no way to pay: each part with its ways and total. The shopper pays
+ * one part (the shop checks out every line that may be paid the chosen way); the rest stays. */
+function splitCheckout(p, v, plan, coins) {
+  const { parts } = plan;
+  const payable = parts.map((part, i) => (part.methods.length ? i : -1)).filter((i) => i >= 0);
+  if (!payable.includes(p.part)) p.part = payable.length ? payable[0] : null;
+  const cards = h("div", { class: "parts", role: "radiogroup", "aria-label": "Parts of your basket" });
+  const payArea = h("div", { class: "part-pay" });
+  const amountOf = (method) => {
+    const paid = parts.filter((part) => allows(part.methods, method));
+    return { total: paid.reduce((sum, part) => sum + cents(part.total), 0),
+             stars: paid.reduce((sum, part) => sum + (part.stars || 0), 0) };
+  };
+  const draw = () => {
+    cards.replaceChildren(...parts.map((part, i) => partCard(part, i, plan.lines, p.part === i, () => {
+      if (p.part === i) return;
+      p.part = i;
+      p.method = undefined;
+      p.rid = requestId();   // another part is another checkout
+      tg.haptic("select");
+      draw();
+    })));
+    if (p.part == null) {
+      payArea.replaceChildren(h("p", { class: "warn" }, "None of these can be paid here right now."));
+      v.main(null);
+      return;
+    }
+    const choice = payChoice(p, v, parts[p.part].methods, amountOf, coins, () => startPayment(p, { type: "basket", part: true }));
+    payArea.replaceChildren(h("h2", null, `Pay for part ${p.part + 1} with`), ...choice.filter(Boolean));
+  };
+  draw();
+  const partLines = (part) => part.lines.map(([productId, districtId]) => ({ product_id: productId, district_id: districtId }));
+  return [h("h1", null, "Checkout"),
+    h("p", { class: "split-note" }, "These items are paid in different ways, so they cannot be paid together. "
+      + "Pay for one part now; the rest stays in your basket to pay next."),
+    parts.some((part) => ruled(partLines(part), part.methods)) ? h("p", { class: "note rule-note" }, RULE_NOTE) : null,
+    cards, payArea];
+}
+
+// Invoices ####################################################################
+
+function cryptoDetails(inv, v) {
+  const amountLabel = h("span", null, coinLabel(inv.pay_currency));
+  loadCoins().then(() => v.alive && amountLabel.replaceChildren(coinLabel(inv.pay_currency))).catch(() => {});
+  const qr = h("img", { class: "qr", alt: "QR code with the address and amount", width: 220, height: 220 });
+  blobUrl(inv.qr_url).then((url) => { if (v.alive) qr.src = v.blob(url); else URL.revokeObjectURL(url); })
+    .catch(() => qr.replaceWith(h("p", { class: "muted" }, "The QR code could not be loaded; copy the address instead.")));
+  const wallet = /^(bitcoin|litecoin):/.test(inv.payment_uri || "")
+    ? h("a", { class: "btn secondary", href: inv.payment_uri }, "Open in wallet") : null;
+  return h("section", { class: "pay-details" },
+    h("div", { class: "copy-row" }, h("span", { class: "copy-label" }, "Send exactly"),
+      h("span", { class: "copy-value" }, h("code", { class: "pay-amount" }, inv.pay_amount), amountLabel,
+        h("button", { type: "button", class: "btn small", "aria-label": "Copy amount",
+                      onclick: () => copyText(inv.pay_amount, "Amount") }, "Copy"))),
+    copyRow("To this address", inv.pay_address, "address"),
+    inv.payin_extra_id ? copyRow("Memo / tag (required)", inv.payin_extra_id, "memo") : null,
+    inv.payin_extra_id ? h("p", { class: "warn" }, "Include the memo, or the payment cannot be matched to you.") : null,
+    h("div", { class: "qr-box" }, qr), wallet);
+}
+
+function cryptoNotes(inv) {
+  const credited = cents(inv.credited);
+  const say = (text) => h("p", null, text);
+  if (inv.status === "finished" && inv.kind === "topup") return [say(`${eur(credited)} was added to your balance.`)];
+  if (inv.status === "finished" && credited >= cents(inv.price_amount)) {
+    return [say(`The payment arrived after the items were gone, so ${eur(credited)} was added to your balance.`)];
+  }
+  if (inv.status === "finished") {
+    return [say(inv.order_status === "paid" ? "Paid. Here are your items; they stay in My orders." : "Paid. Your items are in My orders."),
+      credited ? say(`You sent more than needed: the extra ${eur(credited)} was added to your balance.`) : null];
+  }
+  if (inv.status === "partially_paid") {
+    return [say(`Only part of the amount arrived${credited ? `: ${eur(credited)} was added to your balance` : ""}.`)];
+  }
+  if (["confirming", "confirmed", "sending"].includes(inv.status)) return [say("Your payment is on its way; this page updates by itself.")];
+  if (!inv.open) return [say("This invoice is no longer open. Money sent to it anyway is not lost: it is delivered or credited to your balance.")];
+  return [];
+}
+
+function starsDetails(inv) {
+  return h("section", { class: "pay-details stars-pay" },
+    h("p", { class: "stars-amount" }, starsText(inv.stars)),
+    h("p", { class: "muted" }, inv.invoice_link
+      ? "Telegram shows the invoice over the shop: confirm it there. This page shows what the shop received."
+      : inv.simulate
+        ? "🧪 There is no real Telegram invoice in the sandbox: the button below plays the payment, through the same checks and delivery as real Stars."
+        : "Pay this invoice in the bot's chat; this page shows what the shop received."));
+}
+
+/** What a Stars invoice's status means to the shopper; Telegram's hint only while it is open. */
+function starsNotes(inv, hint) {
+  const paid = starsText(inv.stars);
+  const say = (text) => [h("p", null, text)];
+  if (inv.status === "finished" && inv.order_status === "paid") return say(`Paid with ${paid}. Here are your items; they stay in My orders.`);
+  if (inv.status === "finished") return say(`The payment arrived after the items were gone, so your ${paid} are being given back to you.`);
+  if (inv.status === "refunded") {
+    return say(inv.order_status === "refunded" ? `The shop refunded this order: your ${paid} were given back to you.`
+      : `Your ${paid} were given back to you.`);
+  }
+  if (inv.status === "waiting" && inv.open) return hint && STARS_HINTS[hint] ? [h("p", { class: "hint" }, STARS_HINTS[hint])] : [];
+  if (inv.order_status === "cancelled") {
+    return say("You cancelled this invoice and its items went back on sale. Stars paid for it anyway are given back to you.");
+  }
+  return say("This invoice is no longer open and its items went back on sale. Stars paid for it anyway are given back to you.");
 }
 
 // Screens #####################################################################
@@ -272,7 +528,7 @@ const SCREENS = {
           photo(product, "card-photo"),
           line ? h("span", { class: "card-badge", "aria-label": "In your basket" }, `×${line.quantity}`) : null,
           h("span", { class: "card-name" }, product.name),
-          h("span", { class: "card-meta" }, h("span", { class: "price" }, eur(product.price)),
+          h("span", { class: "card-meta" }, priceTag(product),
             h("span", { class: "stock" }, stock(product.available))));
       }))];
   },
@@ -284,8 +540,9 @@ const SCREENS = {
     const line = basketLine(product.id, district.id);
     const nodes = [photo(product, "hero", false), h("h1", null, product.name),
       h("p", { class: "place" }, `${city.name} / ${district.name}`),
-      h("p", { class: "price-row" }, h("span", { class: "price big" }, eur(product.price)),
+      h("p", { class: "price-row" }, priceTag(product, "price big"),
         h("span", { class: "stock" }, stock(product.available))),
+      onlyStars(product.methods) ? h("p", { class: "muted small" }, "⭐ Paid in Telegram Stars") : null,
       product.description ? h("p", { class: "description" }, product.description) : null];
     if (line) {
       nodes.push(h("div", { class: "in-basket" },
@@ -310,6 +567,10 @@ const SCREENS = {
               h("button", { type: "button", class: "btn", onclick: () => go("cities", {}, "reset") }, "Browse the shop")];
     }
     v.main(`Checkout · ${eur(S.basket.total)}`, () => go("checkout", { type: "basket" }));
+    const pay = S.basket.payment;
+    const split = pay && !pay.methods.length && pay.parts.length > 1
+      ? h("p", { class: "note split-note" }, "These items are paid in different ways, so checkout takes them one part at a time.")
+      : null;
     return [h("h1", null, "Basket"), h("ul", { class: "lines" }, items.map((item) => {
       const short = item.available < item.quantity;
       const remove = h("button", { type: "button", class: "btn small ghost", "aria-label": `Remove ${item.name}` }, "Remove");
@@ -330,110 +591,48 @@ const SCREENS = {
         h("div", { class: "line-actions" },
           stepper(item.quantity, Math.min(item.available, 100), item.name,
                   (q) => setQuantity(item.product_id, item.district_id, q)), remove));
-    })), h("p", { class: "total" }, h("span", null, "Total"), h("strong", null, eur(S.basket.total)))];
+    })), h("p", { class: "total" }, h("span", null, "Total"),
+      h("strong", null, eur(S.basket.total), pay && pay.stars != null ? h("span", { class: "in-stars" }, ` · ${starsText(pay.stars)}`) : null)),
+    split];
   },
 
   async checkout(p, v) {
     p.rid = p.rid || requestId();
     const [coins] = await Promise.all([loadCoins().catch((e) => e), loadMe(), p.type === "basket" ? loadBasket() : null]);
     if (!S.me.can_buy) return [h("h1", null, "Checkout"), h("p", { class: "note" }, NOT_SELLING)];
-    let lines;
-    if (p.type === "basket") {
-      lines = S.basket.items.map((i) => ({ name: i.name, place: i.place, price: i.price, quantity: i.quantity }));
-      if (!lines.length) return missing("Your basket is empty.");
-    } else {
-      const found = findOffer(p.product, p.district);
-      if (!found) return missing("This product is sold out here now.");
-      lines = [{ name: found.product.name, place: `${found.city.name} / ${found.district.name}`,
-                 price: found.product.price, quantity: p.quantity }];
+    const plan = checkoutPlan(p);
+    if (!plan) return missing(p.type === "basket" ? "Your basket is empty." : "This product is sold out here now.");
+    if (!plan.methods) {
+      return [h("h1", null, "Checkout"), summary(plan.lines),
+        h("p", { class: "warn" }, "Something in your basket is no longer sold here. Please take it out of the basket first."),
+        h("button", { type: "button", class: "btn", onclick: () => go("basket", {}, "reset") }, "Back to the basket")];
     }
-    const total = lines.reduce((sum, l) => sum + cents(l.price) * l.quantity, 0);
-    const balance = cents(S.me.balance);
-    if (p.method === undefined) p.method = balance >= total ? "balance" : null;
-    const pick = (key) => () => {
-      p.method = key;
-      tg.haptic("select");
-      for (const o of group.children) o.setAttribute("aria-checked", o.dataset.key === key ? "true" : "false");
-      offer();
-    };
-    const methods = [option({ key: "balance", title: "💰 Balance", selected: p.method === "balance",
-      sub: balance >= total ? `${eur(balance)} available` : `${eur(balance)} · ${eur(total - balance)} short`,
-      disabled: balance < total, onPick: pick("balance") })];
-    let note = null;
-    if (coins instanceof Error) {
-      note = h("p", { class: "warn" }, `Crypto payments are unavailable right now. ${coins.message}`);
-    } else {
-      for (const c of coins) {
-        const tooSmall = c.minimum != null && cents(c.minimum) > total;
-        methods.push(option({ key: c.code, title: c.label, selected: p.method === c.code, disabled: tooSmall,
-          sub: tooSmall ? `from ${eur(c.minimum)}` : c.name, onPick: pick(c.code) }));
-      }
-    }
-    const pay = async () => {
-      const body = p.type === "basket" ? { type: "basket" }
-        : { type: "product", product_id: p.product, district_id: p.district, quantity: p.quantity };
-      let result;
-      try {
-        result = await api("/api/payment/create", { method: "POST",
-                                                     body: { ...body, currency: p.method, request_id: p.rid } });
-      } catch (e) {
-        // Refused: the next try is a new checkout. No answer at all: the same one, so it is not bought twice.
-        if (e.status) p.rid = requestId();
-        throw e;
-      }
-      if (p.method === "balance") {
-        tg.haptic("success");
-        S.me.balance = result.balance;
-        updateChrome();
-        toast(`Order #${result.order_id} is paid`);
-        await Promise.allSettled([loadBasket(), loadCatalog()]);
-        go("orders", { highlight: result.order_id }, "reset");
-      } else {
-        if (p.type === "basket") loadBasket().catch(() => {});   // its lines moved into the order
-        go("invoice", { payment: result.payment_id, invoice: result }, "replace");
-      }
-    };
-    const offer = () => {
-      if (!p.method) v.main("Choose how to pay", null, { disabled: true });
-      else v.main(p.method === "balance" ? `Pay ${eur(total)} from balance` : `Pay ${eur(total)} with ${coinLabel(p.method)}`, pay);
-    };
-    offer();
-    const group = h("div", { class: "options", role: "radiogroup", "aria-label": "Pay with" }, methods);
-    return [h("h1", null, "Checkout"),
-      h("ul", { class: "lines summary" }, lines.map((l) => h("li", { class: "line" },
-        h("div", { class: "line-text" }, h("span", { class: "line-name" }, l.name), h("span", { class: "line-place" }, l.place)),
-        h("span", { class: "line-sum" }, `${l.quantity} × ${eur(l.price)}`)))),
-      h("p", { class: "total" }, h("span", null, "Total"), h("strong", null, eur(total))),
-      h("h2", null, "Pay with"), group, note,
-      balance < total ? h("button", { type: "button", class: "btn secondary", onclick: () => go("account") }, "Top up your balance") : null];
+    if (!plan.methods.length && plan.parts.length) return splitCheckout(p, v, plan, coins);
+    const amount = () => ({ total: plan.total, stars: plan.stars });
+    const choice = plan.methods.length ? payChoice(p, v, plan.methods, amount, coins, () => startPayment(p, plan.body)) : null;
+    return [h("h1", null, "Checkout"), summary(plan.lines),
+      h("p", { class: "total" }, h("span", null, "Total"), h("strong", null, eur(plan.total),
+        plan.stars != null ? h("span", { class: "in-stars" }, ` · ${starsText(plan.stars)}`) : null)),
+      plan.methods.length ? h("h2", null, "Pay with") : h("p", { class: "warn" }, "This cannot be paid here right now."),
+      ruled(plan.lines, plan.methods) ? h("p", { class: "note rule-note" }, RULE_NOTE) : null,
+      choice];
   },
 
   async invoice(p, v) {
     let inv = p.invoice || await api(`/api/payment/status/${encodeURIComponent(p.payment)}`);
     p.invoice = null;   // coming back here later asks for the status again
+    const stars = inv.pay_currency === "xtr";
     const what = inv.kind === "topup" ? "Top-up" : `Order #${inv.order_id}`;
     const status = h("div", { class: "status", role: "status" });
     const countdown = h("p", { class: "countdown" });
-    const amountLabel = h("span", null, coinLabel(inv.pay_currency));
-    loadCoins().then(() => v.alive && amountLabel.replaceChildren(coinLabel(inv.pay_currency))).catch(() => {});
-    const qr = h("img", { class: "qr", alt: "QR code with the address and amount", width: 220, height: 220 });
-    blobUrl(inv.qr_url).then((url) => { if (v.alive) qr.src = v.blob(url); else URL.revokeObjectURL(url); })
-      .catch(() => qr.replaceWith(h("p", { class: "muted" }, "The QR code could not be loaded; copy the address instead.")));
-    const wallet = /^(bitcoin|litecoin):/.test(inv.payment_uri || "")
-      ? h("a", { class: "btn secondary", href: inv.payment_uri }, "Open in wallet") : null;
-    const details = h("section", { class: "pay-details" },
-      h("div", { class: "copy-row" }, h("span", { class: "copy-label" }, "Send exactly"),
-        h("span", { class: "copy-value" }, h("code", { class: "pay-amount" }, inv.pay_amount), amountLabel,
-          h("button", { type: "button", class: "btn small", "aria-label": "Copy amount",
-                        onclick: () => copyText(inv.pay_amount, "Amount") }, "Copy"))),
-      copyRow("To this address", inv.pay_address, "address"),
-      inv.payin_extra_id ? copyRow("Memo / tag (required)", inv.payin_extra_id, "memo") : null,
-      inv.payin_extra_id ? h("p", { class: "warn" }, "Include the memo, or the payment cannot be matched to you.") : null,
-      h("div", { class: "qr-box" }, qr), wallet);
+    const details = stars ? starsDetails(inv) : cryptoDetails(inv, v);
+    const goods = h("div", { class: "goods" });
     const actions = h("div", { class: "actions" });
 
     let timer = null;
     let fast = 0;
+    let hint = null;   // what Telegram said when its invoice closed: a hint, until the shop's status moves
+    let goodsAsked = false;
     const done = () => inv.final || (!inv.open && inv.status === "waiting");
     let settled = done();
     const schedule = (ms) => {
@@ -449,6 +648,13 @@ const SCREENS = {
       }
       schedule(fast-- > 0 ? 1000 : POLL_MS);
     };
+    const hurry = () => { fast = 15; schedule(0); };
+    const openStars = () => tg.openInvoice(inv.invoice_link, (said) => {
+      if (!v.alive) return;
+      hint = said;
+      update(inv);
+      if (said === "paid" || said === "pending") hurry();
+    });
     const tick = () => {
       const left = (Date.parse(inv.expires_at) - Date.now()) / 1000;
       if (inv.status !== "waiting" || !inv.open) { countdown.hidden = true; return; }
@@ -460,68 +666,82 @@ const SCREENS = {
         if (!fast) { fast = 3; schedule(0); }
       }
     };
+    const showGoods = async () => {
+      goodsAsked = true;
+      try {
+        const order = (await api("/api/orders")).orders.find((o) => o.id === inv.order_id);
+        if (v.alive && order) goods.replaceChildren(h("h2", null, "Your items"), orderCard(order, v));
+      } catch (e) { /* they are in My orders too */ }
+    };
     const update = (next) => {
       if (!v.alive) return;
+      if (next.status !== inv.status || next.open !== inv.open) hint = null;
       inv = next;
-      const credited = cents(inv.credited);
       const closed = inv.status === "waiting" && !inv.open;
-      const notes = [h("span", { class: `pill ${closed ? "expired" : inv.status}` }, closed ? "⌛ No longer open" : inv.status_text)];
-      if (inv.status === "finished" && inv.kind === "topup") {
-        notes.push(h("p", null, `${eur(credited)} was added to your balance.`));
-      } else if (inv.status === "finished" && credited >= cents(inv.price_amount)) {
-        notes.push(h("p", null, `The payment arrived after the items were gone, so ${eur(credited)} was added to your balance.`));
-      } else if (inv.status === "finished") {
-        notes.push(h("p", null, "Paid. Your items are in My orders."));
-        if (credited) notes.push(h("p", null, `You sent more than needed: the extra ${eur(credited)} was added to your balance.`));
-      } else if (inv.status === "partially_paid") {
-        notes.push(h("p", null, `Only part of the amount arrived${credited ? `: ${eur(credited)} was added to your balance` : ""}.`));
-      } else if (["confirming", "confirmed", "sending"].includes(inv.status)) {
-        notes.push(h("p", null, "Your payment is on its way; this page updates by itself."));
-      } else if (!inv.open) {
-        notes.push(h("p", null, "This invoice is no longer open. Money sent to it anyway is not lost: it is delivered or credited to your balance."));
-      }
-      if (inv.sandbox) notes.unshift(h("p", { class: "sandbox" }, "🧪 Sandbox: a test invoice, no real money."));
+      const notes = [h("span", { class: `pill ${closed ? "expired" : inv.status}` }, closed ? "⌛ No longer open" : inv.status_text),
+        ...(stars ? starsNotes(inv, hint) : cryptoNotes(inv))];
+      if (inv.sandbox) notes.unshift(h("p", { class: "sandbox" }, stars ? "🧪 Sandbox: a test invoice, no real Stars." : "🧪 Sandbox: a test invoice, no real money."));
       status.replaceChildren(...notes);
       details.hidden = inv.final || closed;
       const buttons = [];
       if (inv.status === "waiting" && inv.open) {
+        if (stars && inv.simulate && !inv.invoice_link) {
+          const pay = h("button", { type: "button", class: "btn simulate-stars" }, `🧪 Pay ${starsText(inv.stars)} (simulated)`);
+          pay.addEventListener("click", busy(pay, async () => {
+            await api(`/api/payment/${inv.payment_id}/simulate`, { method: "POST", body: { outcome: "full" } });
+            hurry();
+          }));
+          buttons.push(pay);
+        }
         const cancel = h("button", { type: "button", class: "btn ghost" }, "Cancel invoice");
         cancel.addEventListener("click", busy(cancel, async () => {
-          if (!await tg.showConfirm("Cancel this invoice? Do not send money to it afterwards.")) return;
+          const ask = stars ? "Cancel this invoice? Its items go back on sale." : "Cancel this invoice? Do not send money to it afterwards.";
+          if (!await tg.showConfirm(ask)) return;
           update(await api(`/api/payment/${inv.payment_id}/cancel`, { method: "POST" }));
         }));
         buttons.push(cancel);
-        if (inv.simulate) {
+        if (inv.simulate && !stars) {
           buttons.push(h("div", { class: "simulate" }, h("p", { class: "muted" }, "🧪 Simulate payment (sandbox):"),
             SIMULATE.map(([outcome, label]) => {
               const b = h("button", { type: "button", class: "btn small secondary" }, label);
               b.addEventListener("click", busy(b, async () => {
                 await api(`/api/payment/${inv.payment_id}/simulate`, { method: "POST", body: { outcome } });
                 toast("Simulating: the status changes in a moment");
-                fast = 15;
-                schedule(500);
+                hurry();
               }));
               return b;
             })));
         }
       }
+      if (inv.final && inv.kind === "order" && S.basket.count) {
+        buttons.push(h("button", { type: "button", class: "btn secondary", onclick: () => go("basket", {}, "reset") },
+          `Pay for the rest of your basket (${plural(S.basket.count, "item", "items")})`));
+      }
       actions.replaceChildren(...buttons);
       tick();
+      if (inv.kind === "order" && inv.order_status === "paid" && !goodsAsked) showGoods();
       if (!settled && done()) {
         settled = true;
         tg.haptic(inv.status === "finished" ? "success" : "warning");
         // Balance, basket and stock may all have moved with it.
-        Promise.allSettled([loadMe(), inv.kind === "order" ? loadBasket() : null, loadCatalog()]);
+        Promise.allSettled([loadMe(), inv.kind === "order" ? loadBasket() : null, loadCatalog()]).then(() => update(inv));
       }
       if (inv.final && inv.kind === "order") v.main("Open my orders", () => go("orders", { highlight: inv.order_id }, "reset"));
       else if (inv.final) v.main("Done", () => go("account", {}, "reset"));
+      else if (stars && inv.invoice_link && inv.open && inv.status === "waiting") v.main(`Pay ${starsText(inv.stars)}`, openStars);
       else v.main(null);
       schedule(fast > 0 ? 1000 : POLL_MS);
     };
     v.stops.push(() => clearTimeout(timer));
     v.every(1000, tick);
-    v.shown = () => update(inv);
-    return [h("h1", null, `${what} · ${eur(inv.price_amount)}`), status, countdown, details, actions];
+    v.shown = () => {
+      update(inv);
+      if (p.open && stars && inv.invoice_link && inv.open) openStars();
+      p.open = false;   // back here later: the shopper opens it with the button
+    };
+    const title = stars ? `${what} · ${starsText(inv.stars)}` : `${what} · ${eur(inv.price_amount)}`;
+    return [h("h1", null, title), stars ? h("p", { class: "muted" }, `${eur(inv.price_amount)} in Telegram Stars`) : null,
+      status, countdown, details, actions, goods];
   },
 
   async orders(p, v) {
@@ -646,7 +866,8 @@ function orderCard(order, v, highlight) {
     h("header", { class: "order-head" }, h("strong", null, `Order #${order.id}`),
       h("span", { class: `pill ${order.status}` }, ORDER_STATUS[order.status] || order.status)),
     h("p", { class: "muted small" }, `${isNaN(when) ? order.created_at : when.toLocaleString()} · ${eur(order.total)}`
-      + (order.method === "balance" ? " · from balance" : " · crypto")),
+      + (order.method === "balance" ? " · from balance"
+        : order.method === "stars" ? `${order.stars != null ? ` · ${starsText(order.stars)}` : ""} · Stars` : " · crypto")),
     h("ul", { class: "items" }, items),
     order.status === "pending" && order.payment_id
       ? h("button", { type: "button", class: "btn", onclick: () => go("invoice", { payment: order.payment_id }) }, "Open invoice")

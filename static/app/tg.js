@@ -1,4 +1,4 @@
-// The Telegram side of the Mini App: theme, MainButton, BackButton, alerts, haptics.
+// The Telegram side of the Mini App: theme, MainButton, BackButton, alerts, haptics, invoices.
 // Outside Telegram (a plain browser, or telegram.org unreachable) every piece falls back to
 // something on the page, so the sandbox preview works the same way.
 
@@ -79,6 +79,24 @@ export function setMainButton(spec) {
 export function setBackButton(visible) {
   if (inTelegram) safe(() => (visible ? W.BackButton.show() : W.BackButton.hide()));
   else if (fallbackBack) fallbackBack.hidden = !visible;
+}
+
+/** Open a Telegram Stars invoice (a link from createInvoiceLink) over the app. Telegram calls
+ * onClose("paid" | "cancelled" | "failed" | "pending") when it closes: only a hint, the shop's own
+ * status is what counts. Outside Telegram, or in a client too old for invoices, the link opens the
+ * Telegram app instead and onClose is never called. Returns whether it opened in place. */
+export function openInvoice(url, onClose) {
+  if (inTelegram && typeof W.openInvoice === "function" && safe(() => W.isVersionAtLeast("6.1")) !== false) {
+    try {
+      W.openInvoice(url, (status) => onClose && onClose(String(status)));
+      return true;
+    } catch (e) { /* below */ }
+  }
+  if (inTelegram && typeof W.openTelegramLink === "function" && safe(() => { W.openTelegramLink(url); return true; })) {
+    return false;
+  }
+  window.open(url, "_blank", "noopener");
+  return false;
 }
 
 /** Show a message the shopper must acknowledge; resolves when closed. */

@@ -30,6 +30,11 @@ export function eur(value) {
   return (c < 0 ? "−€" : "€") + Math.floor(abs / 100) + "." + String(abs % 100).padStart(2, "0");
 }
 
+/** 1250 -> "1,250 ⭐": an amount in Telegram Stars (always whole). */
+export function starsText(n) {
+  return `${Math.round(Number(n)).toLocaleString("en-US")} ⭐`;
+}
+
 /** "20", "20.5", "20,50" -> 2050 cents, or NaN. */
 export function parseAmount(text) {
   const m = /^\s*(\d{1,7})(?:[.,](\d{1,2}))?\s*$/.exec(text);
