@@ -598,10 +598,9 @@ class Load:
                 self.paid_orders[body["request_id"]] = r.json()["order_id"]
         self.note(f"balance checkout {r.status_code}")
 
-    def crypto_order(self, rng):
-        uid = rng.choice(self.shoppers)
-        product = rng.choice(["Gift card", "Coffee"])
-        r = api(
+    def order(self, uid, product, currency):
+        """A Mini App order of one unit, to be paid in a coin or in Stars."""
+        return api(
             self.base,
             "POST",
             "/api/payment/create",
@@ -611,9 +610,14 @@ class Load:
                 "product_id": self.ids[product][0],
                 "district_id": self.ids[product][1],
                 "quantity": 1,
-                "currency": rng.choice(["btc", "ltc", "usdttrc20"]),
+                "currency": currency,
             },
         )
+
+    def crypto_order(self, rng):
+        uid = rng.choice(self.shoppers)
+        product = rng.choice(["Gift card", "Coffee"])
+        r = self.order(uid, product, rng.choice(["btc", "ltc", "usdttrc20"]))
         self.check(r, "crypto invoice")
         self.note(f"crypto invoice {r.status_code}")
         if r.status_code == 200:
@@ -623,27 +627,13 @@ class Load:
         """A Mini App order paid in Telegram Stars; now and then Telegram's successful_payment
         update is lost on its way (the shop's sweep of getStarTransactions must find it)."""
         uid = rng.choice(self.shoppers)
-        product = rng.choice(["Gift card", "Coffee", "Sticker"])
-        r = api(
-            self.base,
-            "POST",
-            "/api/payment/create",
-            uid,
-            json={
-                "type": "product",
-                "product_id": self.ids[product][0],
-                "district_id": self.ids[product][1],
-                "quantity": 1,
-                "currency": "stars",
-            },
-        )
+        r = self.order(uid, rng.choice(["Gift card", "Coffee", "Sticker"]), "stars")
         self.check(r, "Stars invoice")
         self.note(f"Stars invoice {r.status_code}")
         if r.status_code == 200 and rng.random() < 0.9:
             drop = rng.random() < 0.3
-            self.fake.user_pays(
-                uid, r.json()["invoice_link"], wait=False, drop_successful_payment=drop
-            )
+            link = r.json()["invoice_link"]
+            self.fake.user_pays(uid, link, wait=False, drop_successful_payment=drop)
             self.note("Stars paid, update dropped" if drop else "Stars paid")
 
     def topup(self, rng):

@@ -71,6 +71,34 @@ def buy_now_in_stars(ann, product="Gift card · €25.00"):
     return invoice_of(ann.fake, ann.id)
 
 
+def app_buy(s, uid, product, currency, **extra):
+    """POST /api/payment/create for one unit of a product, as Mini App user uid."""
+    body = {"type": "product", "product_id": product[0], "district_id": product[1]}
+    return app_call(
+        s,
+        uid,
+        "POST",
+        "/api/payment/create",
+        json={**body, "quantity": 1, "currency": currency, **extra},
+    )
+
+
+def app_call(s, uid, method, path, **kw):
+    init = shop.sign_init_data({"id": uid, "first_name": "Ann"}, TOKEN)
+    headers = {"X-Telegram-Init-Data": init}
+    return requests.request(method, s.url + path, headers=headers, timeout=10, **kw)
+
+
+def lapse(conn):
+    """Every reservation runs out now, as the scheduler would find it."""
+    with shop.transaction(conn):
+        conn.execute(
+            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
+            (shop.now_iso(-1),),
+        )
+    shop.release_expired_reservations(conn)
+
+
 def deliveries(fake, chat_id, content):
     return sum(content in m.content for m in fake.messages(chat_id))
 
@@ -164,19 +192,7 @@ def test_the_rule_refuses_crypto_and_balance_for_digital_goods_on_every_path(sta
     assert s.conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
     assert shop.get_user(s.conn, buyer)["balance_cents"] == 5000
     # The Mini App's API says the same, as a 400 with the reason.
-    init = shop.sign_init_data({"id": buyer, "first_name": "Ann"}, TOKEN)
-    r = requests.post(
-        s.url + "/api/payment/create",
-        json={
-            "type": "product",
-            "product_id": gift[0],
-            "district_id": gift[1],
-            "quantity": 1,
-            "currency": "balance",
-        },
-        headers={"X-Telegram-Init-Data": init},
-        timeout=10,
-    )
+    r = app_buy(s, buyer, gift, "balance")
     assert r.status_code == 400 and "by Telegram's rule" in r.json()["error"]
 
 
@@ -220,12 +236,7 @@ def test_the_pre_checkout_refuses_a_sold_out_or_cancelled_order_and_nobody_is_ch
 
     # An order whose time ran out, and its items sold to someone else meanwhile.
     bill = buy_now_in_stars(ann)
-    with shop.transaction(s.conn):
-        s.conn.execute(
-            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
-            (shop.now_iso(-1),),
-        )
-    shop.release_expired_reservations(s.conn)
+    lapse(s.conn)
     other = user(s.conn, 106, balance=9000)
     shop.save_settings(s.conn, {"telegram_rule": "0"})  # so the other shopper may pay by balance
     shop.buy_with_balance(s.conn, other, [(*s.ids[("Gift card", "Mitte")], 2)])
@@ -245,12 +256,7 @@ def test_a_lapsed_order_whose_items_remain_is_paid_and_delivered_after_all(fake_
     s = stars_shop()
     ann = Shopper(fake_tg, 107)
     bill = buy_now_in_stars(ann)
-    with shop.transaction(s.conn):
-        s.conn.execute(
-            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
-            (shop.now_iso(-1),),
-        )
-    shop.release_expired_reservations(s.conn)
+    lapse(s.conn)
     assert shop.get_order_status(s.conn, 1) == "expired"
     assert fake_tg.user_pays(107, bill).status == "paid"
     fake_tg.wait_message(107, "Gift card-Mitte-0")
@@ -281,12 +287,7 @@ def test_a_payment_the_shop_cannot_honour_is_refunded_in_stars_and_the_shopper_t
     bill = buy_now_in_stars(ann)
     # Telegram charged, the update was lost, and meanwhile the order lapsed and its items sold.
     paid = fake_tg.user_pays(109, bill, drop_successful_payment=True)
-    with shop.transaction(s.conn):
-        s.conn.execute(
-            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
-            (shop.now_iso(-1),),
-        )
-    shop.release_expired_reservations(s.conn)
+    lapse(s.conn)
     shop.save_settings(s.conn, {"telegram_rule": "0"})
     other = user(s.conn, 110, balance=9000)
     shop.buy_with_balance(s.conn, other, [(*s.ids[("Gift card", "Mitte")], 2)])
@@ -332,21 +333,7 @@ def test_an_owner_refund_calls_telegram_once_and_a_failed_one_is_retried_with_an
 def test_the_mini_app_pays_in_stars_through_an_invoice_link(fake_tg, stars_shop):
     s = stars_shop()
     gift = s.ids[("Gift card", "Mitte")]
-    init = shop.sign_init_data({"id": 112, "first_name": "Ann"}, TOKEN)
-    headers = {"X-Telegram-Init-Data": init}
-    r = requests.post(
-        s.url + "/api/payment/create",
-        json={
-            "type": "product",
-            "product_id": gift[0],
-            "district_id": gift[1],
-            "quantity": 1,
-            "currency": "stars",
-            "request_id": "00112aaaaaaaaaaa",
-        },
-        headers=headers,
-        timeout=10,
-    )
+    r = app_buy(s, 112, gift, "stars", request_id="00112aaaaaaaaaaa")
     assert r.status_code == 200, r.text
     bill = r.json()
     assert bill["pay_currency"] == "xtr" and bill["stars"] == 1250
@@ -355,9 +342,7 @@ def test_the_mini_app_pays_in_stars_through_an_invoice_link(fake_tg, stars_shop)
     assert fake_tg.user_pays(112, bill["invoice_link"]).status == "paid"
     fake_tg.wait_message(112, "Gift card-Mitte-0")
     wait_for_row(s.conn, "SELECT 1 FROM payments WHERE status = 'finished'")
-    status = requests.get(
-        s.url + f"/api/payment/status/{bill['payment_id']}", headers=headers, timeout=10
-    ).json()
+    status = app_call(s, 112, "GET", f"/api/payment/status/{bill['payment_id']}").json()
     assert (status["status"], status["order_status"]) == ("finished", "paid")
 
 
