@@ -1836,11 +1836,14 @@ def enqueue_message(
 
 def drop_open_payment_notes(conn, payment_id):
     """A payment became final: its notes written while it was open ("on its way") that are not
-    sent yet would only contradict the invoice, which now says how it ended."""
+    sent yet would only contradict the invoice, which now says how it ended. They are closed
+    unsent, with the reason (kept, not deleted: a deleted last row's id would be used again, and
+    the sender remembers rows by id)."""
     conn.execute(
-        "DELETE FROM outbox WHERE payment_id = ? AND edit_message_id IS NULL "
-        "AND status = 'pending'",
-        (payment_id,),
+        "UPDATE outbox SET status = 'sent', sent_at = ?, "
+        "last_error = 'not sent: the payment became final first' "
+        "WHERE payment_id = ? AND edit_message_id IS NULL AND status = 'pending'",
+        (now_iso(), payment_id),
     )
 
 
@@ -7407,7 +7410,7 @@ class PaymentDesk:
                     method="xtr",
                     price_cents=total,
                     reference=f"order-{order_id}",
-                    description=order_summary(conn, order_id),
+                    description=f"{shorten(order_summary(conn, order_id), 230)} · {fmt_eur(total)}",
                     webhook_url="",
                     amount=stars,
                     title=f"Order #{order_id}",

@@ -172,8 +172,13 @@ def test_a_finished_payment_delivers_once_whatever_the_order_of_the_news(conn, g
     ).fetchall()
     assert len(sold) == 2
     texts = outbox(conn, uid)
-    # "On its way" was still unsent when the payment finished: dropped, as the invoice says ✅ Paid.
-    assert sum("is on its way: seen on the blockchain" in t for t in texts) == 0
+    # "On its way" was still unsent when the payment finished: closed unsent, as the invoice now
+    # says ✅ Paid.
+    note = conn.execute(
+        "SELECT status, telegram_message_id, last_error FROM outbox WHERE text LIKE ?",
+        ("%is on its way: seen on the blockchain%",),
+    ).fetchall()
+    assert [tuple(r) for r in note] == [("sent", None, "not sent: the payment became final first")]
     assert sum(f"Order #{p['order_id']} is paid" in t for t in texts) == 1
     for (content,) in sold:
         assert sum(shop.esc(content) in t for t in texts) == 1

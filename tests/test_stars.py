@@ -119,7 +119,7 @@ def test_a_digital_product_bought_with_stars_in_the_bot_is_delivered_exactly_onc
     bill = invoice_of(fake_tg, 101)
     assert bill.invoice == {
         "title": "Order #1",
-        "description": "Gift card",
+        "description": "Gift card · €25.00",
         "start_parameter": "",
         "currency": "XTR",
         "total_amount": 1250,
