@@ -31,7 +31,7 @@
   <p class="muted">Not paid: Telegram has not charged this order's invoice.</p>
   % end
   % if pending_refund:
-  <p class="flash warn">A refund in Stars is under way: Telegram has not confirmed it yet. The shop keeps asking (see below) and alerts the owners if it keeps failing.</p>
+  <div class="flash warn">A refund in Stars is under way: Telegram has not confirmed it yet. The shop keeps asking (see below) and alerts the owners if it keeps failing.</div>
   % elif order["status"] == "refunded" and star_refunds:
   <p>Refunded in Stars to the shopper.</p>
   % end

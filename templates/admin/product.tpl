@@ -14,7 +14,7 @@
   <label>Price in EUR <input name="price" required inputmode="decimal" value="{{values['price']}}" placeholder="25.00"></label>
   <fieldset class="choices" id="kind">
     <legend>What it is</legend>
-    <label class="check"><input type="radio" name="kind" value="digital" {{'checked' if values['kind'] == 'digital' else ''}} {{'required' if not product else ''}}> Digital: a code, key, e-book or download link</label>
+    <label class="check"><input type="radio" name="kind" value="digital" {{'checked' if values['kind'] == 'digital' else ''}} > Digital: a code, key, e-book or download link</label>
     <label class="check"><input type="radio" name="kind" value="physical" {{'checked' if values['kind'] == 'physical' else ''}}> Physical: a parcel, a pickup, goods in hand</label>
     % if product and not product["kind"]:
     <label class="check"><input type="radio" name="kind" value="" {{'checked' if not values['kind'] else ''}}> Not said yet (sold every way it allows, as before)</label>
