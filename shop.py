@@ -8975,11 +8975,13 @@ ADMIN_PAGE = 50
 ORDER_STATUSES = ("pending", "paid", "cancelled", "expired", "refunded")
 
 
-# The ways of paying, as the admin names them (orders.payment_method, PAY_METHODS).
+# The ways of paying, as the admin names them (orders.payment_method, PAY_METHODS), and in short
+# where a product's ways are listed together.
 ADMIN_METHOD_WORDS = {"balance": "balance", "crypto": "crypto", "stars": "⭐ Telegram Stars"}
+ADMIN_METHOD_SHORT = {"balance": "balance", "crypto": "crypto", "stars": "⭐ Stars"}
 
 
-# Telegram's rule, in one sentence, with its source.
+# Where Telegram states its rule for digital goods (the admin links to it wherever it says it).
 TELEGRAM_RULE_SOURCE = "https://core.telegram.org/bots/payments-stars"
 
 
@@ -9153,6 +9155,7 @@ class AdminState:
         self.previews = AdminImportPreviews()
         self.backup_lock = threading.Lock()
         self.revenue_memo = {}  # the dashboard's revenue per way of paying, day by day
+        self.revenue_lock = threading.Lock()  # one dashboard at a time reads and fills it
 
 
 def admin_remote():
@@ -9381,7 +9384,8 @@ def admin_logout_everywhere(shop):
 
 def admin_dashboard(shop):
     with admin_page(shop) as (conn, sess):
-        stats = dashboard_stats(conn, shop.admin_state.revenue_memo)
+        with shop.admin_state.revenue_lock:
+            stats = dashboard_stats(conn, shop.admin_state.revenue_memo)
         return admin_render(
             shop,
             "dashboard.tpl",
@@ -9402,7 +9406,7 @@ def admin_product_ways(product, rule):
     """How a product may be paid, in words: the ways its owner allows, and what Telegram's rule
     leaves of them when the shop follows it."""
     declared = declared_methods(product)
-    words = " · ".join(ADMIN_METHOD_WORDS[m].replace(" Telegram", "") for m in declared)
+    words = " · ".join(ADMIN_METHOD_SHORT[m] for m in declared)
     if not (rule and breaks_rule(product)):
         return words
     if "stars" in declared:
@@ -9849,6 +9853,11 @@ def admin_payment(shop, payment_id):
 def admin_payment_recheck(shop, payment_id):
     with admin_change(shop) as (conn, sess):
         p = find_payment(conn, payment_id)
+        if p["provider"] in STARS_PROVIDERS:
+            raise InvalidInput(
+                "A Telegram Stars payment is not re-checked on its own: the shop reads Telegram's "
+                "record of Star transactions regularly and applies what it finds."
+            )
         outcome = shop.payments.refresh(p["provider_id"], "admin", provider=p["provider"])
         record_audit(
             conn, "payment re-checked", f"payment {p['provider_id']}: {outcome}", admin_remote()

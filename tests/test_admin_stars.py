@@ -810,6 +810,22 @@ def test_orders_and_payments_are_filtered_by_way_of_paying_with_charge_ids(admin
     assert f'<code class="charge">{charge}</code>' in page
     assert "Telegram Stars (sandbox)" in page and "1,111 ⭐" in page
     assert "/recheck" not in page and "/mark-paid" not in page and "<h2>IPNs</h2>" not in page
+    before = s.conn.execute("SELECT * FROM payments").fetchall()
+    admin.post(f"/admin/payments/{done['stars_payment']}/recheck")
+    said = admin.flash(f"/admin/payments/{done['stars_payment']}")
+    assert said.startswith("⚠️ A Telegram Stars payment is not re-checked on its own")
+    with shop.transaction(s.conn):  # even an unpaid one is paid only through Telegram
+        s.conn.execute(
+            "UPDATE payments SET status = 'waiting' WHERE id = ?", (done["stars_payment"],)
+        )
+    admin.post(f"/admin/payments/{done['stars_payment']}/mark-paid", {"reason": "cash"})
+    said = admin.flash(f"/admin/payments/{done['stars_payment']}")
+    assert said == "⚠️ Telegram Stars payments are made only through Telegram."
+    with shop.transaction(s.conn):
+        s.conn.execute(
+            "UPDATE payments SET status = 'finished' WHERE id = ?", (done["stars_payment"],)
+        )
+    assert s.conn.execute("SELECT * FROM payments").fetchall() == before
     page = admin.get(f"/admin/payments/{done['crypto_payment']}").text
     assert "/recheck" in page and "<h2>IPNs</h2>" in page
 
