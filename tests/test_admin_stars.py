@@ -717,7 +717,7 @@ def test_the_dashboard_splits_revenue_by_way_of_paying_stars_in_stars_and_euros(
     assert by_method(page) == {
         "Balance": today * 3,
         "Crypto": ["€25.00 1 order"] * 3,
-        "⭐ Telegram Stars": ["1,236 ⭐ €27.50 at the prices 2 orders"] * 3,
+        "⭐ Telegram Stars": ["1,236 ⭐ = €27.50 2 orders"] * 3,
     }
     assert "€57.50" in page and "4 paid orders" in page  # the ways add up to the revenue
 
@@ -732,16 +732,16 @@ def test_the_revenue_per_way_follows_a_refund_of_an_earlier_days_order(admin):
             conn.execute("UPDATE payments SET final_at = ? WHERE order_id = ?", (earlier, order))
     rows = by_method(admin.get("/admin").text)
     assert rows["⭐ Telegram Stars"] == [
-        "125 ⭐ €2.50 at the prices 1 order",
-        "1,236 ⭐ €27.50 at the prices 2 orders",
-        "1,236 ⭐ €27.50 at the prices 2 orders",
+        "125 ⭐ = €2.50 1 order",
+        "1,236 ⭐ = €27.50 2 orders",
+        "1,236 ⭐ = €27.50 2 orders",
     ]
     assert rows["Crypto"] == ["€0.00 0 orders", "€25.00 1 order", "€25.00 1 order"]
     # The admin remembers the days before today; a refund of one of their orders still counts.
     assert s.admin_state.revenue_memo
     admin.post(f"/admin/orders/{done['stars'][0]}/refund-stars", {"reason": "broken"})
     rows = by_method(admin.get("/admin").text)
-    assert rows["⭐ Telegram Stars"] == ["125 ⭐ €2.50 at the prices 1 order"] * 3
+    assert rows["⭐ Telegram Stars"] == ["125 ⭐ = €2.50 1 order"] * 3
     assert rows["Crypto"] == ["€0.00 0 orders", "€25.00 1 order", "€25.00 1 order"]
     assert rows["Balance"] == ["€5.00 1 order"] * 3
 

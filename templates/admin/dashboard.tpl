@@ -27,7 +27,7 @@
       % cell = row["methods"][m]
       <td data-label="{{label.capitalize()}}" class="num">
         % if m == "stars":
-        <b>{{stars(cell["stars"])}}</b><span class="sub">{{fmt(cell["revenue_cents"])}} at the prices</span>
+        <b>{{stars(cell["stars"])}}</b><span class="sub">= {{fmt(cell["revenue_cents"])}}</span>
         % else:
         <b>{{fmt(cell["revenue_cents"])}}</b>
         % end

@@ -18,8 +18,8 @@
     <legend>Telegram Stars</legend>
     <label for="telegram_rule">Telegram's rule for digital goods
       <select name="telegram_rule" id="telegram_rule">
-        <option value="on" {{'selected' if values['telegram_rule'] == 'on' else ''}}>On: digital products are paid in Stars only inside Telegram</option>
-        <option value="off" {{'selected' if values['telegram_rule'] == 'off' else ''}}>Off: each product is paid every way it allows</option>
+        <option value="on" {{'selected' if values['telegram_rule'] == 'on' else ''}}>On: digital products in Stars only</option>
+        <option value="off" {{'selected' if values['telegram_rule'] == 'off' else ''}}>Off: every way each product allows</option>
       </select></label>
     <p class="muted">Telegram requires digital goods sold in a bot or Mini App to be paid in Telegram Stars, and may hide bots that sell them any other way from mobile users (<a href="{{rule_source}}" target="_blank" rel="noopener noreferrer">Telegram's rules</a>).
     % if rule_summary:
