@@ -2188,7 +2188,9 @@ def read_catalog_file(path):
 @dataclass
 class CatalogPlan:
     cities: list  # [(name, [district names])]
-    products: list  # [dict(name, description, price_cents, photo: (bytes, kind) | None)]
+    # [dict(name, description, price_cents, photo: (bytes, kind) | None, has_photo,
+    #       fields: {kind, pay_methods, stars_price} as far as the file says them)]
+    products: list
     units: list  # [dict(product, city, district, content, media: (bytes, kind) | None, where)]
 
 
@@ -2449,10 +2451,95 @@ def _plan_units(check, path, product_name, product):
     return units
 
 
+def _json_text(value):
+    """A value of a catalog file as it is written there (at most 40 characters)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)[:40]
+
+
+def stored_pay_methods(methods):
+    """The ways to pay as products.pay_methods stores them: in PAY_METHODS' order, comma-separated;
+    None when they are every way (as a product that never said)."""
+    chosen = [m for m in PAY_METHODS if m in methods]
+    return None if len(chosen) == len(PAY_METHODS) else ",".join(chosen)
+
+
+_METHODS_HINT = '"stars", "crypto" and "balance"'
+
+
+def _plan_kind(check, path, kind):
+    """A product's "kind": 'digital', 'physical', or None (null: not said)."""
+    if kind is None or kind in PRODUCT_KINDS:
+        return kind
+    return _plan_error(check, path, f'must be "digital" or "physical", got {_json_text(kind)}')
+
+
+def _plan_methods(check, path, methods):
+    """A product's "methods", the ways it may be paid: a list of PAY_METHODS, each once, at least
+    one. Returns what products.pay_methods stores (None: null or all of them, every way)."""
+    if methods is None:
+        return None
+    if not isinstance(methods, list):
+        return _plan_error(
+            check,
+            path,
+            f'must be a list of ways to pay, like ["stars"]; got {_json_text(methods)}',
+        )
+    if not methods:
+        return _plan_error(
+            check, path, 'must list at least one way to pay ("stars", "crypto" or "balance")'
+        )
+    for j, method in enumerate(methods):
+        if not isinstance(method, str) or method not in PAY_METHODS:
+            _plan_error(
+                check,
+                (*path, j),
+                f"{_json_text(method)} is not a way to pay; the ways are {_METHODS_HINT}",
+            )
+        elif method in methods[:j]:
+            _plan_error(check, (*path, j), f'"{method}" is listed twice')
+    return stored_pay_methods(methods)
+
+
+MAX_STARS_PRICE = 100000
+
+
+def _plan_stars_price(check, path, price):
+    """A product's own "stars_price": whole Stars, or None (null: the euro price at the shop's
+    rate)."""
+    if price is None or (
+        isinstance(price, int) and not isinstance(price, bool) and 1 <= price <= MAX_STARS_PRICE
+    ):
+        return price
+    return _plan_error(
+        check,
+        path,
+        f"must be a whole number of Stars from 1 to {MAX_STARS_PRICE}, like 250 (or null: the "
+        f"euro price at the shop's rate); got {_json_text(price)}",
+    )
+
+
+def _plan_payment_fields(check, path, p):
+    """The product's kind, ways to pay and Stars price, as the products table stores them: only
+    those the file says (a missing key keeps what the shop has; null sets "not said")."""
+    fields = {}
+    if "kind" in p:
+        fields["kind"] = _plan_kind(check, (*path, "kind"), p["kind"])
+    if "methods" in p:
+        fields["pay_methods"] = _plan_methods(check, (*path, "methods"), p["methods"])
+    if "stars_price" in p:
+        fields["stars_price"] = _plan_stars_price(check, (*path, "stars_price"), p["stars_price"])
+    return fields
+
+
+_PRODUCT_KEYS = ("name", "description", "price", "photo", "stock", "kind", "methods", "stars_price")
+
+
 def _plan_product(check, i, p, first):
     """(product, units) of products[i]; first: the position of each product name seen so far."""
     path = ("products", i)
-    _plan_keys(check, path, p, ("name", "description", "price", "photo", "stock"))
+    _plan_keys(check, path, p, _PRODUCT_KEYS)
     name = _plan_text(check, path, p, "name", "The product name", max_len=64)
     if name is not None:
         check.labels[path] = f"product {name!r}"
@@ -2475,6 +2562,7 @@ def _plan_product(check, i, p, first):
         "price_cents": _plan_price(check, (*path, "price"), p.get("price")),
         "photo": _plan_image(check, (*path, "photo"), p.get("photo")),
         "has_photo": p.get("photo") is not None,
+        "fields": _plan_payment_fields(check, path, p),
     }
     return product, _plan_units(check, path, name, p)
 
@@ -2605,24 +2693,33 @@ def _import_products(conn, job, plan):
     for p in plan.products:
         row = conn.execute("SELECT * FROM products WHERE name = ?", (p["name"],)).fetchone()
         photo = _import_image(job, p["photo"], private=False) if p["photo"] else None
+        fields = p["fields"]
         if row is None:
             product_ids[p["name"]] = conn.execute(
-                "INSERT INTO products(name, description, price_cents, photo, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (p["name"], p["description"], p["price_cents"], photo, now_iso()),
+                "INSERT INTO products(name, description, price_cents, photo, created_at, kind, "
+                "pay_methods, stars_price) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    p["name"],
+                    p["description"],
+                    p["price_cents"],
+                    photo,
+                    now_iso(),
+                    *(fields.get(k) for k in ("kind", "pay_methods", "stars_price")),
+                ),
             ).lastrowid
             job.counts["products_added"] += 1
             continue
         product_ids[p["name"]] = row["id"]
-        new = (
-            p["description"],
-            p["price_cents"],
-            photo if p["has_photo"] else row["photo"],
-        )
-        if new != (row["description"], row["price_cents"], row["photo"]):
+        new = {
+            "description": p["description"],
+            "price_cents": p["price_cents"],
+            "photo": photo if p["has_photo"] else row["photo"],
+            **fields,
+        }
+        if any(row[k] != v for k, v in new.items()):
             conn.execute(
-                "UPDATE products SET description = ?, price_cents = ?, photo = ? WHERE id = ?",
-                (*new, row["id"]),
+                f"UPDATE products SET {', '.join(f'{k} = ?' for k in new)} WHERE id = ?",
+                (*new.values(), row["id"]),
             )
             job.counts["products_updated"] += 1
     return product_ids
@@ -2687,7 +2784,8 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
     """Import a parsed catalog file atomically and idempotently; return counts of what changed.
 
     Cities, districts and products match existing rows by name (a product's
-    description, price and photo are updated to the file's). A unit whose
+    description, price and photo are updated to the file's, and so are its kind,
+    ways to pay and Stars price when the file says them). A unit whose
     product, district and content already exist, sold or not, is not added
     again, so re-importing a file never re-sells a code. Any problem raises
     CatalogError and nothing is imported. A unit listed twice in the file is
@@ -5278,10 +5376,74 @@ def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, rem
                 )
 
 
+def clean_product_payment(kind=None, methods=None, stars_price=None):
+    """The product form's kind, ways to pay and Stars price as the products table stores them,
+    only those given (None: keep what the product has). kind: 'digital', 'physical' or '' (not
+    said); methods: the ways chosen, at least one; stars_price: whole Stars as typed, '' for the
+    euro price at the shop's rate. InvalidInput says what is wrong."""
+    fields = {}
+    if kind is not None:
+        if kind not in ("", *PRODUCT_KINDS):
+            raise InvalidInput("Choose what the product is: digital or physical.")
+        fields["kind"] = kind or None
+    if methods is not None:
+        unknown = [m for m in methods if m not in PAY_METHODS]
+        if unknown:
+            raise InvalidInput(f"Unknown way to pay {unknown[0][:20]!r}.")
+        if not methods:
+            raise InvalidInput("Choose at least one way the product may be paid.")
+        fields["pay_methods"] = stored_pay_methods(methods)
+    if stars_price is not None:
+        text = stars_price.strip().replace("⭐", "").strip()
+        if text and not (re.fullmatch(r"[0-9]{1,6}", text) and 1 <= int(text) <= MAX_STARS_PRICE):
+            raise InvalidInput(
+                f"The Stars price must be a whole number of Stars from 1 to {MAX_STARS_PRICE}, "
+                f"like 250 (empty: the euro price at the shop's rate); got {text[:20]!r}."
+            )
+        fields["stars_price"] = int(text) if text else None
+    return fields
+
+
+def product_payment_words(kind, pay_methods, stars_price):
+    """A product's kind, ways to pay and Stars price in the owner's words, for the audit log."""
+    ways = declared_methods({"pay_methods": pay_methods})
+    return (
+        f"kind {kind or 'not said'}, paid by "
+        + ("every way" if pay_methods is None else "/".join(ways))
+        + f", Stars price {stars_price or 'from the rate'}"
+    )
+
+
+def _product_changes(old, new, description, stored):
+    """What a product's save changed, for the audit log."""
+    changes = [
+        f"{k}: {old[k]!r} -> {v!r}" for k, v in new.items() if k != "description" and old[k] != v
+    ]
+    if description != old["description"]:
+        changes.append("description changed")
+    if stored:
+        changes.append("new photo")
+    return "; ".join(changes) or "no change"
+
+
 def save_product(
-    conn, media_dir, product_id, *, name, description, price, active, photo=None, remote=None
+    conn,
+    media_dir,
+    product_id,
+    *,
+    name,
+    description,
+    price,
+    active,
+    photo=None,
+    kind=None,
+    methods=None,
+    stars_price=None,
+    remote=None,
 ):
-    """Create (product_id None) or change a product; photo is (bytes, kind) or None to keep it."""
+    """Create (product_id None) or change a product; photo is (bytes, kind) or None to keep it;
+    kind, methods and stars_price as clean_product_payment takes them (None: keep, or for a new
+    product not said, every way, from the rate)."""
     name = _name(name, "The product name")
     description = clean_text(
         description, "The description", max_len=800, multiline=True, required=False
@@ -5290,6 +5452,7 @@ def save_product(
         price_cents = parse_eur(price)
     except InvalidInput as e:
         raise InvalidInput(f"The price {e}.") from None
+    fields = clean_product_payment(kind, methods, stars_price)
     stored = store_media(media_dir, photo[0], photo[1], private=False) if photo else None
     with transaction(conn):
         clash = conn.execute(
@@ -5298,34 +5461,31 @@ def save_product(
         if clash:
             raise InvalidInput(f"There is already a product called “{name}”.")
         if product_id is None:
+            payment = {k: fields.get(k) for k in ("kind", "pay_methods", "stars_price")}
             product_id = conn.execute(
                 "INSERT INTO products(name, description, price_cents, photo, is_active, "
-                "created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, description, price_cents, stored, int(active), now_iso()),
+                "created_at, kind, pay_methods, stars_price) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, description, price_cents, stored, int(active), now_iso(), *payment.values()),
             ).lastrowid
-            audit(conn, "product added", f"#{product_id} {name} {fmt_eur(price_cents)}", remote)
+            audit(
+                conn,
+                "product added",
+                f"#{product_id} {name} {fmt_eur(price_cents)}; {product_payment_words(**payment)}",
+                remote,
+            )
             return product_id
         old = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
         if old is None:
             raise NotFound("No such product.")
+        new = {"name": name, "description": description, "price_cents": price_cents}
+        new.update(is_active=int(active), **fields)
         conn.execute(
-            "UPDATE products SET name = ?, description = ?, price_cents = ?, is_active = ?, "
+            f"UPDATE products SET {', '.join(f'{k} = ?' for k in new)}, "
             "photo = coalesce(?, photo) WHERE id = ?",
-            (name, description, price_cents, int(active), stored, product_id),
+            (*new.values(), stored, product_id),
         )
-        changes = [
-            f"{k}: {old[k]!r} -> {v!r}"
-            for k, v in (("name", name), ("price_cents", price_cents), ("is_active", int(active)))
-            if old[k] != v
-        ]
-        if description != old["description"]:
-            changes.append("description changed")
-        if stored:
-            changes.append("new photo")
-        audit(
-            conn, "product changed", f"#{product_id} " + ("; ".join(changes) or "no change"), remote
-        )
+        changes = _product_changes(old, new, description, stored)
+        audit(conn, "product changed", f"#{product_id} {changes}", remote)
         return product_id
 
 
@@ -5437,17 +5597,64 @@ def delete_unit(conn, unit_id, remote=None):
         audit(conn, "unit deleted", f"#{unit_id} of product #{unit['product_id']}", remote)
 
 
+# Telegram's rule: digital goods are paid in Stars inside Telegram
+
+
+def find_rule_report(conn):
+    """Where the catalog stands with Telegram's rule: {rule: whether the shop follows it,
+    breaking: digital products the owner lets be paid other than in Stars alone, unsaid: products
+    whose kind is not said}, each list in name order."""
+    products = conn.execute("SELECT * FROM products ORDER BY name COLLATE NOCASE").fetchall()
+    return {
+        "rule": telegram_rule(conn),
+        "breaking": [p for p in products if breaks_rule(p)],
+        "unsaid": [p for p in products if p["kind"] is None],
+    }
+
+
+def make_digital_stars_only(conn, remote=None):
+    """The rule's one action: every digital product paid other than in Stars alone becomes Stars
+    only. Returns how many changed (audited when any did)."""
+    with transaction(conn):
+        breaking = [
+            p
+            for p in conn.execute("SELECT * FROM products WHERE kind = 'digital' ORDER BY id")
+            if breaks_rule(p)
+        ]
+        for p in breaking:
+            conn.execute("UPDATE products SET pay_methods = 'stars' WHERE id = ?", (p["id"],))
+        if breaking:
+            audit(
+                conn,
+                "digital products made Stars only",
+                ", ".join(
+                    f"#{p['id']} {p['name']} (was {p['pay_methods'] or 'every way'})"
+                    for p in breaking
+                ),
+                remote,
+            )
+    return len(breaking)
+
+
 # Orders, payments, users
+
+# The providers whose payments are Telegram Stars (the ones refunded in kind).
+STARS_PROVIDERS = REFUNDED_IN_KIND
 
 
 def refund_order(conn, order_id, reason, remote=None):
     """Refund a paid order to its buyer's balance; the order becomes 'refunded'. The goods were
-    delivered."""
+    delivered. An order paid in Stars is refunded in Stars (request_owner_star_refund) instead."""
     reason = clean_text(reason, "The reason", max_len=200)
     with transaction(conn):
         order = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
         if order is None:
             raise NotFound("No such order.")
+        if order["payment_method"] == "stars":
+            raise InvalidInput(
+                f"Order #{order_id} was paid in Telegram Stars, so it is refunded in Stars (with "
+                "“Refund in Stars”), never to the balance."
+            )
         if order["status"] != "paid":
             raise InvalidInput(
                 f"Order #{order_id} is {order['status']}; only paid orders can be refunded."
@@ -5736,8 +5943,80 @@ def find_stock_alerts(conn, threshold, limit=DASHBOARD_ROWS):
     return low, conn.execute(_SOLD_OUT, (limit,)).fetchall()
 
 
-def dashboard_stats(conn):
-    """What the owner sees first: revenue, orders, open invoices, stock, payments, deliveries."""
+# The ways of paying the dashboard splits revenue by, in its order.
+REVENUE_METHODS = ("balance", "crypto", "stars")
+
+
+def _revenue_by_method_of(conn, days, per_day):
+    """revenue_by_method for some days, from the database: orders paid in crypto or Stars are found
+    through their payments, over the index of payments by when they became final (from the day
+    before the first, so an order paid a moment after its payment still counts, with no end, so
+    one whose payment moved later does too); what daily_sales has left over was paid from the
+    balance. Costs the payments made since the first day."""
+    found = {day: {m: [0, 0, 0] for m in REVENUE_METHODS} for day in days}
+    since = datetime.strptime(min(days), "%Y-%m-%d") - timedelta(days=1)
+    for day, method, orders, cents, stars in conn.execute(
+        "SELECT substr(o.paid_at, 1, 10), o.payment_method, count(*), sum(o.total_cents), "
+        "coalesce(sum((SELECT CAST(s.pay_amount AS INTEGER) FROM payments s "
+        "WHERE s.order_id = o.id AND s.charge_id IS NOT NULL AND o.payment_method = 'stars' "
+        "ORDER BY s.id DESC LIMIT 1)), 0) FROM orders o "
+        "WHERE o.id IN (SELECT order_id FROM payments WHERE final_at >= ? "
+        "AND order_id IS NOT NULL) AND o.status = 'paid' AND o.paid_at >= ? "
+        "AND o.payment_method != 'balance' GROUP BY 1, 2",
+        (since.strftime("%Y-%m-%d"), min(days)),
+    ):
+        if day in found and method in found[day]:
+            found[day][method] = [orders, cents, stars]
+    for day, methods in found.items():
+        orders, cents = per_day.get(day, (0, 0))
+        methods["balance"] = [
+            orders - sum(m[0] for m in methods.values()),
+            cents - sum(m[1] for m in methods.values()),
+            0,
+        ]
+    return found
+
+
+def revenue_by_method(conn, days, per_day, memo=None):
+    """Paid orders and revenue per way of paying, for each of `days` (YYYY-MM-DD, oldest first,
+    the last today), counted as per_day ({day: (orders, cents)} from daily_sales) counts them:
+    orders paid that UTC day and not refunded since. Returns {day: {method: [orders, cents,
+    stars]}}, stars being the Stars the orders paid in Telegram Stars took.
+
+    memo (a dict the caller keeps between calls) holds the days before today as they were found,
+    with their daily_sales totals: a day is read again only when its totals changed (an order of
+    it was refunded), so a dashboard costs today's payments, not the month's."""
+    memo = {} if memo is None else memo
+    found, needed = {}, []
+    for day in days:
+        kept = memo.get(day)
+        if day != days[-1] and kept and kept[0] == per_day.get(day, (0, 0)):
+            found[day] = kept[1]
+        else:
+            needed.append(day)
+    if needed:
+        found.update(_revenue_by_method_of(conn, needed, per_day))
+    for day in set(memo) - set(days[:-1]):
+        memo.pop(day, None)
+    for day in days[:-1]:
+        memo[day] = (per_day.get(day, (0, 0)), found[day])
+    return found
+
+
+def _methods_over(by_method, days):
+    """revenue_by_method's rows summed over some days: {method: {orders, revenue_cents, stars}}."""
+    return {
+        m: {
+            key: sum(by_method[d][m][i] for d in days)
+            for i, key in enumerate(("orders", "revenue_cents", "stars"))
+        }
+        for m in REVENUE_METHODS
+    }
+
+
+def dashboard_stats(conn, memo=None):
+    """What the owner sees first: revenue (in all and per way of paying), orders, open invoices,
+    stock, payments, deliveries. memo: kept between calls for revenue_by_method."""
     now = datetime.now(timezone.utc)
     days = [(now - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(29, -1, -1)]
     since30 = days[0]
@@ -5748,12 +6027,14 @@ def dashboard_stats(conn):
             "SELECT day, orders, revenue_cents FROM daily_sales WHERE day >= ?", (since30,)
         )
     }
+    by_method = revenue_by_method(conn, days, per_day, memo)
     revenue = {}
     for label, span in (("today", 1), ("7 days", 7), ("30 days", 30)):
         picked = [per_day.get(d, (0, 0)) for d in days[-span:]]
         revenue[label] = {
             "orders": sum(n for n, _ in picked),
             "revenue_cents": sum(c for _, c in picked),
+            "methods": _methods_over(by_method, days[-span:]),
         }
     outcomes = {
         status: n
@@ -5884,13 +6165,14 @@ def find_unit_product_id(conn, unit_id):
 
 
 def find_orders(conn, filters, before, limit):
-    """A page of orders, newest first, below the id `before`, by the admin's filters: status, from
-    and to (days, YYYY-MM-DD, both included) and q (an order or user id, or a username); an empty
-    filter is no filter."""
+    """A page of orders, newest first, below the id `before`, by the admin's filters: status,
+    method (how it was paid: balance, crypto or stars), from and to (days, YYYY-MM-DD, both
+    included) and q (an order or user id, or a username); an empty filter is no filter."""
     where, args = ["o.id < ?"], [before]
-    if filters["status"]:
-        where.append("o.status = ?")
-        args.append(filters["status"])
+    for column in ("status", "method"):
+        if filters.get(column):
+            where.append(f"o.{'payment_method' if column == 'method' else column} = ?")
+            args.append(filters[column])
     if filters["from"]:
         where.append("o.created_at >= ?")
         args.append(filters["from"])
@@ -5950,7 +6232,22 @@ def find_order_details(conn, order_id):
         "payments": payments,
         "ipns": ipns,
         "messages": messages,
+        # The Stars payment that paid it (the one a refund in Stars gives back), or None.
+        "stars_payment": next(
+            (p for p in reversed(payments) if p["charge_id"] and p["provider"] in STARS_PROVIDERS),
+            None,
+        ),
+        "star_refunds": conn.execute(
+            "SELECT * FROM star_refunds WHERE payment_id IN (SELECT id FROM payments "
+            "WHERE order_id = ?) ORDER BY created_at",
+            (order_id,),
+        ).fetchall(),
     }
+
+
+def find_star_refund(conn, charge_id):
+    """A Stars refund's row (star_refunds), or None."""
+    return conn.execute("SELECT * FROM star_refunds WHERE charge_id = ?", (charge_id,)).fetchone()
 
 
 def resend_order_delivery(conn, order_id, remote=None):
@@ -5969,14 +6266,22 @@ def resend_order_delivery(conn, order_id, remote=None):
     return queued
 
 
-def find_payments(conn, status, before, limit):
-    """A page of payments, newest first, below the id `before`; of one status unless it is None."""
+def find_payments(conn, status, before, limit, method=None):
+    """A page of payments, newest first, below the id `before`; of one status unless it is None,
+    and paid one way ('stars' or 'crypto') unless method is None."""
+    where, args = ["p.id < ?"], [before]
+    if status:
+        where.append("p.status = ?")
+        args.append(status)
+    if method:
+        where.append(
+            f"p.provider {'IN' if method == 'stars' else 'NOT IN'} (SELECT value FROM json_each(?))"
+        )
+        args.append(json.dumps(STARS_PROVIDERS))
     return conn.execute(
         "SELECT p.*, u.first_name, u.username FROM payments p JOIN users u ON u.id = p.user_id "
-        "WHERE p.id < ?"
-        + (" AND p.status = ?" if status else "")
-        + f" ORDER BY p.id DESC LIMIT {int(limit)}",
-        [before] + ([status] if status else []),
+        f"WHERE {' AND '.join(where)} ORDER BY p.id DESC LIMIT {int(limit)}",
+        args,
     ).fetchall()
 
 
@@ -5995,7 +6300,10 @@ def find_payment_details(conn, payment_id):
         (payment["provider_id"], payment["provider"], payment["provider"]),
     ).fetchall()
     children = conn.execute("SELECT * FROM payments WHERE parent_id = ?", (payment_id,)).fetchall()
-    return {"payment": payment, "ipns": ipns, "children": children}
+    refunds = conn.execute(
+        "SELECT * FROM star_refunds WHERE payment_id = ? ORDER BY created_at", (payment_id,)
+    ).fetchall()
+    return {"payment": payment, "ipns": ipns, "children": children, "star_refunds": refunds}
 
 
 def find_users(conn, search, before, limit):
@@ -6055,6 +6363,27 @@ ORDERS_CSV_COLUMNS = [
     "user_id",
     "username",
     "items",
+    "stars",
+]
+
+
+PAYMENTS_CSV_COLUMNS = [
+    "payment",
+    "created_at",
+    "final_at",
+    "status",
+    "method",
+    "provider",
+    "provider_id",
+    "for",
+    "order",
+    "user_id",
+    "price_eur",
+    "pay_currency",
+    "pay_amount",
+    "actually_paid",
+    "charge_id",
+    "outcome",
 ]
 
 
@@ -6077,11 +6406,40 @@ def export_orders(conn):
         "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, "
         "o.user_id, u.username, "
         "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i "
-        "WHERE i.order_id = o.id) "
+        "WHERE i.order_id = o.id), "
+        "CASE WHEN o.payment_method = 'stars' THEN (SELECT s.pay_amount FROM payments s "
+        "WHERE s.order_id = o.id AND s.charge_id IS NOT NULL ORDER BY s.id DESC LIMIT 1) END "
         "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id"
     )
     return (
-        (r[0], r[1], r[2] or "", r[3], r[4], cents_to_str(r[5]), r[6], r[7] or "", r[8] or "")
+        (
+            r[0],
+            r[1],
+            r[2] or "",
+            r[3],
+            r[4],
+            cents_to_str(r[5]),
+            r[6],
+            r[7] or "",
+            r[8] or "",
+            r[9] or "",
+        )
+        for r in rows
+    )
+
+
+def export_payments(conn):
+    """Every payment as a CSV row (PAYMENTS_CSV_COLUMNS): its method ('stars' or 'crypto') and,
+    for Telegram Stars, the charge id a refund needs; read from `conn` as the rows are used."""
+    rows = conn.execute(
+        "SELECT id, created_at, final_at, status, provider IN (SELECT value FROM json_each(?)), "
+        "provider, provider_id, kind, order_id, user_id, price_cents, pay_currency, pay_amount, "
+        "actually_paid, charge_id, outcome FROM payments ORDER BY id",
+        (json.dumps(STARS_PROVIDERS),),
+    )
+    return (
+        [*r[:2], r[2] or "", r[3], "stars" if r[4] else "crypto", *r[5:8], r[8] or "", r[9]]
+        + [cents_to_str(r[10]), r[11], r[12], r[13] or "", r[14] or "", r[15] or ""]
         for r in rows
     )
 
@@ -8686,6 +9044,16 @@ ADMIN_PAGE = 50
 ORDER_STATUSES = ("pending", "paid", "cancelled", "expired", "refunded")
 
 
+# The ways of paying, as the admin names them (orders.payment_method, PAY_METHODS), and in short
+# where a product's ways are listed together.
+ADMIN_METHOD_WORDS = {"balance": "balance", "crypto": "crypto", "stars": "⭐ Telegram Stars"}
+ADMIN_METHOD_SHORT = {"balance": "balance", "crypto": "crypto", "stars": "⭐ Stars"}
+
+
+# Where Telegram states its rule for digital goods (the admin links to it wherever it says it).
+TELEGRAM_RULE_SOURCE = "https://core.telegram.org/bots/payments-stars"
+
+
 def read_upload(upload, what):
     """An uploaded image as (bytes, kind), or None when no file was chosen; InvalidInput if it is
     not one."""
@@ -8848,13 +9216,15 @@ class AdminImportPreviews:
 
 class AdminState:
     """What the admin keeps between requests, shared by the web server's threads: the login
-    throttle, the catalog previews waiting for confirmation, and the lock that lets one backup be
-    made at a time."""
+    throttle, the catalog previews waiting for confirmation, the lock that lets one backup be
+    made at a time, and the dashboard's revenue per way of paying of the days before today."""
 
     def __init__(self):
         self.throttle = LoginThrottle()
         self.previews = AdminImportPreviews()
         self.backup_lock = threading.Lock()
+        self.revenue_memo = {}  # the dashboard's revenue per way of paying, day by day
+        self.revenue_lock = threading.Lock()  # one dashboard at a time reads and fills it
 
 
 def admin_remote():
@@ -8873,6 +9243,9 @@ def admin_render(shop, name, sess=None, **kw):
         csrf=sess["csrf_token"] if sess else "",
         flash=flash,
         fmt=fmt_eur,
+        stars=fmt_stars,
+        method_words=ADMIN_METHOD_WORDS,
+        coin_labels=COIN_LABELS,
         shop_name=get_setting(shop.db(), "shop_name"),
         sandbox=shop.config.sandbox,
         test_mode=shop.test_mode,
@@ -9080,7 +9453,8 @@ def admin_logout_everywhere(shop):
 
 def admin_dashboard(shop):
     with admin_page(shop) as (conn, sess):
-        stats = dashboard_stats(conn)
+        with shop.admin_state.revenue_lock:
+            stats = dashboard_stats(conn, shop.admin_state.revenue_memo)
         return admin_render(
             shop,
             "dashboard.tpl",
@@ -9090,15 +9464,75 @@ def admin_dashboard(shop):
             day_label=day_label,
             problems=list(shop.problems.records)[::-1][:20],
             health=shop.health(),
+            rule_summary=admin_rule_summary(find_rule_report(conn)),
         )
 
 
 # Catalog
 
 
+def admin_product_ways(product, rule):
+    """How a product may be paid, in words: the ways its owner allows, and what Telegram's rule
+    leaves of them when the shop follows it."""
+    declared = declared_methods(product)
+    words = " · ".join(ADMIN_METHOD_SHORT[m] for m in declared)
+    if not (rule and breaks_rule(product)):
+        return words
+    if "stars" in declared:
+        return f"{words} (Telegram's rule: Stars only)"
+    return f"{words} (Telegram's rule leaves no way: it cannot be bought)"
+
+
+def admin_rule_summary(report):
+    """What find_rule_report found that the owner should see to, in a line ('' when nothing)."""
+    n, k = len(report["breaking"]), len(report["unsaid"])
+    parts = []
+    if n:
+        parts.append(f"{n} digital product{'s' if n != 1 else ''} may be paid other than in Stars")
+    if k:
+        parts.append(
+            f"{k} product{'s do' if k != 1 else ' does'} not say whether "
+            f"{'they are' if k != 1 else 'it is'} digital or physical"
+        )
+    return "; ".join(parts)
+
+
+def admin_catalog_helpers(conn):
+    """What the catalog's pages show beside each product: its ways to pay and its Stars price."""
+    return {
+        "rate": stars_per_euro(conn),
+        "rule_on": telegram_rule(conn),
+        "ways_of": admin_product_ways,  # (product, rule_on)
+        "stars_of": stars_of,  # (product, rate)
+    }
+
+
 def admin_catalog(shop):
     with admin_page(shop) as (conn, sess):
-        return admin_render(shop, "catalog.tpl", sess, **find_catalog(conn))
+        return admin_render(
+            shop,
+            "catalog.tpl",
+            sess,
+            report=find_rule_report(conn),
+            rule_source=TELEGRAM_RULE_SOURCE,
+            **find_catalog(conn),
+            **admin_catalog_helpers(conn),
+        )
+
+
+def admin_catalog_stars_only(shop):
+    """Telegram's rule in one action: the digital products that may be paid other than in Stars
+    become Stars only."""
+    with admin_change(shop) as (conn, sess):
+        n = make_digital_stars_only(conn, admin_remote())
+    if not n:
+        said = "Nothing to change: every digital product is paid in Stars only already."
+    else:
+        said = (
+            f"{n} digital product{'s are' if n != 1 else ' is'} now paid in Telegram Stars only, "
+            "as Telegram's rule asks."
+        )
+    return admin_done(shop, sess, "/admin/catalog#telegram-rule", said)
 
 
 def admin_city_add(shop):
@@ -9132,6 +9566,53 @@ def admin_place_change(shop, kind, place_id):
     return admin_done(shop, sess, "/admin/catalog", f"{kind.title()} updated.")
 
 
+def admin_product_values(product, form=None):
+    """The product form's fields: the product's (a new one's defaults when it is None), or after a
+    refused save what the owner typed."""
+    if form is not None:
+        listed = bool(form.get("methods_listed"))
+        return {
+            "name": form.getunicode("name") or "",
+            "description": form.getunicode("description") or "",
+            "price": form.getunicode("price") or "",
+            "active": form.get("active") == "1",
+            "kind": form.get("kind", (product["kind"] or "") if product else ""),
+            "methods": set(form.getall("methods")) if listed else set(PAY_METHODS),
+            "stars_price": form.getunicode("stars_price") or "",
+        }
+    if product is None:
+        return {
+            "name": "",
+            "description": "",
+            "price": "",
+            "active": True,
+            "kind": "",
+            "methods": set(PAY_METHODS),
+            "stars_price": "",
+        }
+    return {
+        "name": product["name"],
+        "description": product["description"],
+        "price": cents_to_str(product["price_cents"]),
+        "active": bool(product["is_active"]),
+        "kind": product["kind"] or "",
+        "methods": set(declared_methods(product)),
+        "stars_price": str(product["stars_price"] or ""),
+    }
+
+
+def admin_stars_hint(product, rate):
+    """What a blank Stars price means for this product."""
+    rate_words = f"{rate:f} Stars per euro"
+    if product is None:
+        return f"Blank: its euro price at {rate_words}, rounded up to whole Stars."
+    at_rate = stars_of({"stars_price": None, "price_cents": product["price_cents"]}, rate)
+    return (
+        f"Blank: from the rate: {fmt_stars(at_rate)} ({fmt_eur(product['price_cents'])} at "
+        f"{rate_words}, rounded up)."
+    )
+
+
 def admin_product_form(shop, conn, sess, product, error=None, form=None):
     """A product's page (a new one's when product is None): its form, stock and units; after a
     refused save, the form as the owner typed it, with the reason, and status 400."""
@@ -9143,34 +9624,20 @@ def admin_product_form(shop, conn, sess, product, error=None, form=None):
         if product and len(units) > ADMIN_PAGE
         else None
     )
-    units = units[:ADMIN_PAGE]
-    values = (
-        {
-            "name": product["name"],
-            "description": product["description"],
-            "price": cents_to_str(product["price_cents"]),
-            "active": bool(product["is_active"]),
-        }
-        if product
-        else {"name": "", "description": "", "price": "", "active": True}
-    )
-    if form is not None:  # a refused save: show what the owner typed, with the reason
-        values = {
-            "name": form.getunicode("name") or "",
-            "description": form.getunicode("description") or "",
-            "price": form.getunicode("price") or "",
-            "active": form.get("active") == "1",
-        }
+    helpers = admin_catalog_helpers(conn)
     page = admin_render(
         shop,
         "product.tpl",
         sess,
         product=product,
         stock=stock,
-        units=units,
-        values=values,
+        units=units[:ADMIN_PAGE],
+        values=admin_product_values(product, form),
         error=error,
         more=more,
+        stars_hint=admin_stars_hint(product, helpers["rate"]),
+        rule_source=TELEGRAM_RULE_SOURCE,
+        **helpers,
     )
     return bottle.HTTPResponse(page, 400) if error else page
 
@@ -9204,11 +9671,23 @@ def admin_product_save(shop, product_id=None):
                 price=f.getunicode("price"),
                 active=f.get("active") == "1",
                 photo=read_upload(bottle.request.files.get("photo"), "The photo"),
+                # A field the form did not send (an older page, a script) keeps its value.
+                kind=f.get("kind") if "kind" in f else None,
+                methods=f.getall("methods") if f.get("methods_listed") else None,
+                stars_price=f.getunicode("stars_price") if "stars_price" in f else None,
                 remote=admin_remote(),
             )
         except InvalidInput as e:
             return admin_product_form(shop, conn, sess, product, error=str(e), form=f)
-    return admin_done(shop, sess, f"/admin/products/{product_id}", "Product saved.")
+        saved = find_product(conn, product_id)
+        said = "Product saved."
+        if not product_methods(saved, telegram_rule(conn)):
+            said = (
+                "⚠️ Product saved, but nobody can buy it now: it is digital and does not allow "
+                "Telegram Stars, the only way this shop offers digital goods under Telegram's "
+                "rule. Tick Telegram Stars (or turn the rule off in Settings)."
+            )
+    return admin_done(shop, sess, f"/admin/products/{product_id}", said)
 
 
 def admin_units_add(shop, product_id):
@@ -9318,6 +9797,7 @@ def admin_orders(shop):
         q = bottle.request.query
         filters = {
             "status": q.get("status") if q.get("status") in ORDER_STATUSES else "",
+            "method": q.get("method") if q.get("method") in ADMIN_METHOD_WORDS else "",
             "from": admin_day(q.get("from")) or "",
             "to": admin_day(q.get("to")) or "",
             "q": (q.getunicode("q") or "").strip(),
@@ -9340,6 +9820,31 @@ def admin_orders(shop):
 def admin_order(shop, order_id):
     with admin_page(shop) as (conn, sess):
         return admin_render(shop, "order.tpl", sess, **find_order_details(conn, order_id))
+
+
+def admin_star_refund_words(refund):
+    """What became of a refund in Stars the owner just asked for (its star_refunds row)."""
+    stars = fmt_stars(refund["stars"])
+    if refund["status"] == "done":
+        return f"Refunded {stars} to the shopper in Telegram; the order is refunded."
+    if refund["last_error"]:
+        return (
+            f"⚠️ Telegram has not made the refund of {stars} yet ({refund['last_error']}). It "
+            "stays queued: the shop tries again by itself, and alerts the owners if it keeps "
+            "failing."
+        )
+    return f"The refund of {stars} is queued: the shop asks Telegram for it and retries until done."
+
+
+def admin_order_star_refund(shop, order_id):
+    """Refund in Stars: queued once (a second click is refused), then asked of Telegram at once."""
+    with admin_change(shop) as (conn, sess):
+        charge_id = request_owner_star_refund(
+            conn, order_id, bottle.request.forms.getunicode("reason"), admin_remote()
+        )
+        shop.payments.make_refunds()
+        said = admin_star_refund_words(find_star_refund(conn, charge_id))
+    return admin_done(shop, sess, f"/admin/orders/{order_id}", said)
 
 
 def admin_order_resend(shop, order_id):
@@ -9376,17 +9881,20 @@ PAYMENT_STATUS_WORDS = {
 }
 
 
+# The payments page's filter by way of paying (a payment is an invoice: never the balance).
+PAYMENT_METHOD_WORDS = {"crypto": "crypto", "stars": "⭐ Telegram Stars"}
+
+
 def admin_payments(shop):
     with admin_page(shop) as (conn, sess):
         status = bottle.request.query.get("status")
         status = status if status in STATUS_RANK else None
-        rows = find_payments(conn, status, admin_before(), ADMIN_PAGE + 1)
+        method = bottle.request.query.get("method")
+        method = method if method in PAYMENT_METHOD_WORDS else None
+        rows = find_payments(conn, status, admin_before(), ADMIN_PAGE + 1, method)
         more = admin_more(rows)
-        more = (
-            f"/admin/payments?{urlencode({'before': more, 'status': status or ''})}"
-            if more
-            else None
-        )
+        query = {"status": status or "", "method": method or ""}
+        more = f"/admin/payments?{urlencode({'before': more, **query})}" if more else None
         return admin_fragment_or_page(
             shop,
             "_payments.tpl",
@@ -9396,6 +9904,8 @@ def admin_payments(shop):
             more=more,
             status=status or "",
             statuses=[(s, PAYMENT_STATUS_WORDS.get(s, s)) for s in STATUS_RANK],
+            method=method or "",
+            methods=PAYMENT_METHOD_WORDS,
         )
 
 
@@ -9403,12 +9913,20 @@ def admin_payment(shop, payment_id):
     with admin_page(shop) as (conn, sess):
         details = find_payment_details(conn, payment_id)
         provider = shop.payments.label_of(details["payment"]["provider"])
-        return admin_render(shop, "payment.tpl", sess, provider=provider, **details)
+        is_stars = details["payment"]["provider"] in STARS_PROVIDERS
+        return admin_render(
+            shop, "payment.tpl", sess, provider=provider, is_stars=is_stars, **details
+        )
 
 
 def admin_payment_recheck(shop, payment_id):
     with admin_change(shop) as (conn, sess):
         p = find_payment(conn, payment_id)
+        if p["provider"] in STARS_PROVIDERS:
+            raise InvalidInput(
+                "A Telegram Stars payment is not re-checked on its own: the shop reads Telegram's "
+                "record of Star transactions regularly and applies what it finds."
+            )
         outcome = shop.payments.refresh(p["provider_id"], "admin", provider=p["provider"])
         record_audit(
             conn, "payment re-checked", f"payment {p['provider_id']}: {outcome}", admin_remote()
@@ -9732,6 +10250,12 @@ def admin_settings_page(shop, conn, sess, form=None, error=None):
         error=error,
         sessions=sessions,
         session_hash=sess["token_hash"],
+        defaults={
+            "terms_text": default_terms_text(conn),
+            "paysupport_text": default_paysupport_text(conn),
+        },
+        rule_summary=admin_rule_summary(find_rule_report(conn)),
+        rule_source=TELEGRAM_RULE_SOURCE,
     )
     return bottle.HTTPResponse(page, 400) if error else page
 
@@ -9846,6 +10370,15 @@ def admin_export_orders(shop):
         return admin_csv_response("orders.csv", ORDERS_CSV_COLUMNS, export_orders(export), export)
 
 
+def admin_export_payments(shop):
+    with admin_page(shop) as (conn, _):
+        record_audit(conn, "payments exported", remote=admin_remote())
+        export = connect(shop.config.shop_db)
+        return admin_csv_response(
+            "payments.csv", PAYMENTS_CSV_COLUMNS, export_payments(export), export
+        )
+
+
 def admin_export_ledger(shop):
     with admin_page(shop) as (conn, _):
         record_audit(conn, "ledger exported", remote=admin_remote())
@@ -9908,6 +10441,7 @@ ADMIN_ROUTES = [
     ("POST", "/admin/logout-everywhere", admin_logout_everywhere),
     ("GET", "/admin", admin_dashboard),
     ("GET", "/admin/catalog", admin_catalog),
+    ("POST", "/admin/catalog/stars-only", admin_catalog_stars_only),
     ("POST", "/admin/cities", admin_city_add),
     ("POST", "/admin/districts", admin_district_add),
     ("POST", "/admin/<kind:re:city|district>/<place_id:id>", admin_place_change),
@@ -9924,6 +10458,7 @@ ADMIN_ROUTES = [
     ("GET", "/admin/orders/<order_id:id>", admin_order),
     ("POST", "/admin/orders/<order_id:id>/resend", admin_order_resend),
     ("POST", "/admin/orders/<order_id:id>/refund", admin_order_refund),
+    ("POST", "/admin/orders/<order_id:id>/refund-stars", admin_order_star_refund),
     ("GET", "/admin/payments", admin_payments),
     ("GET", "/admin/payments/<payment_id:id>", admin_payment),
     ("POST", "/admin/payments/<payment_id:id>/recheck", admin_payment_recheck),
@@ -9941,6 +10476,7 @@ ADMIN_ROUTES = [
     ("POST", "/admin/settings", admin_settings_save),
     ("GET", "/admin/data", admin_data),
     ("GET", "/admin/export/orders.csv", admin_export_orders),
+    ("GET", "/admin/export/payments.csv", admin_export_payments),
     ("GET", "/admin/export/ledger.csv", admin_export_ledger),
     ("GET", "/admin/backup", admin_backup),
     ("GET", "/admin/audit", admin_audit),

@@ -75,6 +75,7 @@ def fill(s):
             deadline -= 1
             time.sleep(0.05)
         assert deadline, "the sandbox's IPNs did not arrive"
+        stars = fill_stars(s, conn, gift, long_one)
         return {
             "product": long_one[0],
             "paid_order": paid,
@@ -84,9 +85,40 @@ def fill(s):
             "topup_payment": topup["id"],
             "user": 5551234567,
             "broadcast": broadcast,
+            **stars,
         }
     finally:
         conn.close()
+
+
+def fill_stars(s, conn, gift, long_one):
+    """Telegram Stars in the sandbox: products that say what they are (the gift card digital but
+    payable every way, so it breaks Telegram's rule; the long one physical with its own Stars
+    price; the coffee not said), and three gift cards paid in Stars: one refunded, one whose
+    refund Telegram refused so far, one to refund."""
+    with shop.transaction(conn):
+        conn.execute("UPDATE products SET kind = 'digital' WHERE id = ?", (gift[0],))
+        conn.execute(
+            "UPDATE products SET kind = 'physical', pay_methods = 'stars,crypto', "
+            "stars_price = 2499 WHERE id = ?",
+            (long_one[0],),
+        )
+    orders = []
+    for _ in range(3):
+        nonce = shop.create_checkout(conn, 11, "order", 2500, [(*gift, 1)])
+        payment = s.payments.open_stars_invoice(11, nonce)
+        s.payments.simulate_stars(11, payment, "full")
+        orders.append(payment)
+    shop.request_owner_star_refund(conn, orders[0]["order_id"], "the code did not work")
+    s.payments.make_refunds()
+    charge = shop.request_owner_star_refund(conn, orders[1]["order_id"], f"wrong {LONG_CODE}")
+    shop.star_refund_failed(conn, charge, "Telegram refused the refund: Bad Request: " + LONG_CODE)
+    return {
+        "stars_refunded": orders[0]["order_id"],
+        "stars_refunding": orders[1]["order_id"],
+        "stars_order": orders[2]["order_id"],
+        "stars_payment": orders[2]["id"],
+    }
 
 
 def admin_pages(ids):
@@ -100,6 +132,10 @@ def admin_pages(ids):
         "/admin/orders",
         f"/admin/orders/{ids['crypto_order']}",
         f"/admin/orders/{ids['paid_order']}",
+        f"/admin/orders/{ids['stars_order']}",
+        f"/admin/orders/{ids['stars_refunded']}",
+        f"/admin/orders/{ids['stars_refunding']}",
+        f"/admin/payments/{ids['stars_payment']}",
         "/admin/payments",
         f"/admin/payments/{ids['crypto_payment']}",
         f"/admin/payments/{ids['waiting_payment']}",
@@ -146,7 +182,7 @@ WIDTHS = """() => ({
 # What a thumb presses in the page's main part, and how tall it is.
 TARGETS = """() => [...document.querySelectorAll(
         'main button, main .button, main select, main summary, header summary, header button,'
-        + ' main input:not([type=hidden]):not([type=checkbox])')]
+        + ' main input:not([type=hidden]):not([type=checkbox]):not([type=radio])')]
     .filter(e => e.getClientRects().length)
     .map(e => [e.outerHTML.slice(0, 80), e.getBoundingClientRect().height,
                parseFloat(getComputedStyle(e).fontSize)])"""

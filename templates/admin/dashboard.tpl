@@ -9,6 +9,36 @@
   % end
   <div class="card stat"><h2>Open invoices</h2><p class="big">{{stats["open_invoices"]}}</p><p>waiting for payment</p></div>
 </section>
+% if rule_summary:
+<div class="flash warn notice">Telegram's rule for digital goods: {{rule_summary}}. <a href="/admin/catalog#telegram-rule">See them in the Catalog</a>.</div>
+% end
+<section class="card by-method">
+  <h2>Revenue by way of paying</h2>
+  <table class="rows cols3">
+    <thead><tr><th>Paid with</th>
+    % for label in stats["revenue"]:
+    <th class="num">{{label.capitalize()}}</th>
+    % end
+    </tr></thead>
+    <tbody>
+    % for m in ("balance", "crypto", "stars"):
+    <tr><td class="key">{{method_words[m][:1].upper() + method_words[m][1:]}}</td>
+      % for label, row in stats["revenue"].items():
+      % cell = row["methods"][m]
+      <td data-label="{{label.capitalize()}}" class="num">
+        % if m == "stars":
+        <b>{{stars(cell["stars"])}}</b><span class="sub">= {{fmt(cell["revenue_cents"])}}</span>
+        % else:
+        <b>{{fmt(cell["revenue_cents"])}}</b>
+        % end
+        <span class="sub">{{cell["orders"]}} order{{"s" if cell["orders"] != 1 else ""}}</span></td>
+      % end
+    </tr>
+    % end
+    </tbody>
+  </table>
+  <p class="muted">Paid orders, not refunded since (UTC days). Stars are what shoppers paid in Telegram; the euro value is the orders' prices.</p>
+</section>
 <section class="card revenue">
   <h2>Revenue per day, last 30 days</h2>
   {{!chart}}

@@ -3,7 +3,7 @@
 <section class="cards">
   <div class="card">
     <h2>Exports (CSV)</h2>
-    <p><a class="button" href="/admin/export/orders.csv">Orders</a> <a class="button" href="/admin/export/ledger.csv">Balance ledger</a></p>
+    <p><a class="button" href="/admin/export/orders.csv">Orders</a> <a class="button" href="/admin/export/payments.csv">Payments</a> <a class="button" href="/admin/export/ledger.csv">Balance ledger</a></p>
   </div>
   <div class="card">
     <h2>Backup</h2>

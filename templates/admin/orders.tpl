@@ -7,6 +7,12 @@
     <option value="{{s}}" {{'selected' if filters['status'] == s else ''}}>{{s}}</option>
     % end
   </select></label>
+  <label>Paid with <select name="method">
+    <option value="">any way</option>
+    % for m, words in method_words.items():
+    <option value="{{m}}" {{'selected' if filters['method'] == m else ''}}>{{words}}</option>
+    % end
+  </select></label>
   <label>From <input type="date" name="from" value="{{filters['from']}}"></label>
   <label>To <input type="date" name="to" value="{{filters['to']}}"></label>
   <label>Order #, user id or @username <input name="q" value="{{filters['q']}}" type="search"></label>

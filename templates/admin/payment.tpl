@@ -10,13 +10,40 @@
     </td></tr>
     <tr><th>Shopper</th><td><a href="/admin/users/{{payment['user_id']}}">{{payment["first_name"]}}{{(" @" + payment["username"]) if payment["username"] else ""}} ({{payment["user_id"]}})</a></td></tr>
     <tr><th>Price</th><td>{{fmt(payment["price_cents"])}}</td></tr>
+    % if is_stars:
+    <tr><th>Paid with</th><td>{{provider}}</td></tr>
+    <tr><th>Amount</th><td>{{stars(payment["pay_amount"])}}</td></tr>
+    <tr><th>Charge id</th><td>
+      % if payment["charge_id"]:
+      <code class="charge">{{payment["charge_id"]}}</code> <span class="muted">(Telegram's telegram_payment_charge_id: the key of a refund and of a dispute)</span>
+      % else:
+      <span class="muted">none: Telegram has not charged this invoice</span>
+      % end
+    </td></tr>
+    % else:
     <tr><th>Asked</th><td>{{payment["pay_amount"]}} {{payment["pay_currency"].upper()}} to <code>{{payment["pay_address"]}}</code>{{(" memo " + payment["payin_extra_id"]) if payment["payin_extra_id"] else ""}}</td></tr>
     <tr><th>Received</th><td>{{payment["actually_paid"] or "0"}} {{payment["pay_currency"].upper()}}</td></tr>
+    % end
     <tr><th>Outcome</th><td>{{payment["outcome"] or "—"}}{{(", credited " + fmt(payment["credited_cents"])) if payment["credited_cents"] else ""}}</td></tr>
     <tr><th>Created / expires</th><td>{{payment["created_at"][:19].replace("T", " ")}} / {{payment["expires_at"][:19].replace("T", " ")}} UTC</td></tr>
     <tr><th>Final</th><td>{{(payment["final_at"][:19].replace("T", " ") + " UTC, by " + (payment["final_source"] or "?")) if payment["final_at"] else "not yet"}}</td></tr>
   </tbody></table>
 </section>
+% if is_stars:
+<section class="card">
+  <h2>Telegram Stars</h2>
+  % if payment["provider"] == "sandbox_stars":
+  <p class="muted">A sandbox payment: the shop played Telegram (🧪), and no Stars moved.</p>
+  % end
+  <p class="muted">Telegram tells the shop about a Stars payment in the bot's updates, and the shop also reads Telegram's record of Star transactions every <code>PAYMENT_POLL_SECONDS</code> (a minute by default), so a payment whose update was lost is found again: there is nothing to re-check or mark as paid by hand.{{" To give the Stars back, use Refund in Stars on the order's page." if payment["order_id"] and payment["charge_id"] else ""}}</p>
+</section>
+% if star_refunds:
+<section class="card">
+  <h2>Refunds in Stars</h2>
+  % include('admin/_star_refunds.tpl', refunds=star_refunds)
+</section>
+% end
+% else:
 <section class="cards">
   <form method="post" action="/admin/payments/{{payment['id']}}/recheck" class="card form">
     % include('admin/_csrf.tpl')
@@ -47,3 +74,4 @@
   <p class="muted">No IPN arrived for this payment.</p>
   % end
 </section>
+% end

@@ -7,6 +7,12 @@
     <option value="{{s}}" {{'selected' if status == s else ''}}>{{words}}</option>
     % end
   </select></label>
+  <label>Paid with <select name="method">
+    <option value="">any way</option>
+    % for m, words in methods.items():
+    <option value="{{m}}" {{'selected' if method == m else ''}}>{{words}}</option>
+    % end
+  </select></label>
   <noscript><button type="submit">Filter</button></noscript>
 </form>
 <div id="payments">

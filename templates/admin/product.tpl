@@ -1,6 +1,9 @@
 % rebase('admin/base.tpl', title=product['name'] if product else 'New product', section='/admin/catalog')
 <p><a href="/admin/catalog">← Catalog</a></p>
 <h1>{{product["name"] if product else "New product"}}</h1>
+% if product:
+<p class="facts">{{(product["kind"] or "kind not said yet").capitalize()}} · {{fmt(product["price_cents"])}} = {{stars(stars_of(product, rate))}}{{" (its own Stars price)" if product["stars_price"] else " (at the rate)"}} · paid by {{ways_of(product, rule_on)}}</p>
+% end
 <form method="post" action="/admin/products{{'/%d' % product['id'] if product else ''}}" enctype="multipart/form-data" class="card form">
   % include('admin/_csrf.tpl')
   % if error:
@@ -9,6 +12,24 @@
   <label>Name <input name="name" required maxlength="64" value="{{values['name']}}"></label>
   <label>Description <textarea name="description" rows="4" maxlength="800">{{values["description"]}}</textarea></label>
   <label>Price in EUR <input name="price" required inputmode="decimal" value="{{values['price']}}" placeholder="25.00"></label>
+  <fieldset class="choices" id="kind">
+    <legend>What it is</legend>
+    <label class="check"><input type="radio" name="kind" value="digital" {{'checked' if values['kind'] == 'digital' else ''}} > Digital: a code, key, e-book or download link</label>
+    <label class="check"><input type="radio" name="kind" value="physical" {{'checked' if values['kind'] == 'physical' else ''}}> Physical: a parcel, a pickup, goods in hand</label>
+    % if product and not product["kind"]:
+    <label class="check"><input type="radio" name="kind" value="" {{'checked' if not values['kind'] else ''}}> Not said yet (sold every way it allows, as before)</label>
+    % end
+    <p class="muted">Telegram requires digital goods to be paid in Telegram Stars inside Telegram (<a href="{{rule_source}}" target="_blank" rel="noopener noreferrer">its rules</a>).{{" This shop follows the rule, so a digital product is offered in Stars only." if rule_on else ""}}</p>
+  </fieldset>
+  <fieldset class="choices" id="methods">
+    <legend>Ways it may be paid (at least one)</legend>
+    <input type="hidden" name="methods_listed" value="1">
+    % for m in ("stars", "crypto", "balance"):
+    <label class="check"><input type="checkbox" name="methods" value="{{m}}" {{'checked' if m in values['methods'] else ''}}> {{method_words[m]}}</label>
+    % end
+  </fieldset>
+  <label>Its own price in Telegram Stars (optional) <input name="stars_price" inputmode="numeric" value="{{values['stars_price']}}" placeholder="from the rate" aria-describedby="stars-hint"></label>
+  <p class="muted hint" id="stars-hint">{{stars_hint}} A whole number from 1 to 100000 sets its own.</p>
   <label>Photo (JPEG, PNG, GIF or WebP, up to 10 MB) <input type="file" name="photo" accept="image/jpeg,image/png,image/gif,image/webp"></label>
   % if product and product["photo"]:
   <img class="thumb" src="/media/{{product['photo']}}" alt="Current photo">

@@ -14,6 +14,23 @@
   <label>Items one shopper's unpaid invoices may hold at once <input name="max_unpaid_units" value="{{values['max_unpaid_units']}}" inputmode="numeric" required></label>
   <label>Underpayment tolerance in % (a crypto payment short by at most this much pays its order in full; 0 turns it off) <input name="underpayment_tolerance" value="{{values['underpayment_tolerance']}}" inputmode="decimal" required></label>
   <label>Low stock: the dashboard lists what has this many or fewer left in a place (0 turns the list off; sold out is always listed) <input name="low_stock_threshold" id="low_stock_threshold" value="{{values['low_stock_threshold']}}" inputmode="numeric" required></label>
+  <fieldset class="stars-settings">
+    <legend>Telegram Stars</legend>
+    <label for="telegram_rule">Telegram's rule for digital goods
+      <select name="telegram_rule" id="telegram_rule">
+        <option value="on" {{'selected' if values['telegram_rule'] == 'on' else ''}}>On: digital products in Stars only</option>
+        <option value="off" {{'selected' if values['telegram_rule'] == 'off' else ''}}>Off: every way each product allows</option>
+      </select></label>
+    <p class="muted">Telegram requires digital goods sold in a bot or Mini App to be paid in Telegram Stars, and may hide bots that sell them any other way from mobile users (<a href="{{rule_source}}" target="_blank" rel="noopener noreferrer">Telegram's rules</a>).
+    % if rule_summary:
+    <a href="/admin/catalog#telegram-rule">{{rule_summary}}</a>.
+    % end
+    </p>
+    <label>Stars per euro, for products without a Stars price of their own <input name="stars_per_euro" id="stars_per_euro" value="{{values['stars_per_euro']}}" inputmode="decimal" required aria-describedby="rate-note"></label>
+    <p class="muted" id="rate-note">50 is about what shoppers pay for Stars in Telegram; you receive less when you withdraw them, so raise it to keep your margin. Prices are rounded up to whole Stars.</p>
+    <label>/terms: what the bot says about the terms of sale (empty: the default, shown greyed while the box is empty) <textarea name="terms_text" rows="5" maxlength="3000" placeholder="{{defaults['terms_text']}}">{{values["terms_text"]}}</textarea></label>
+    <label>/paysupport: what the bot says to a shopper with a payment problem (empty: the default, which names the support contact, shown greyed while the box is empty) <textarea name="paysupport_text" rows="4" maxlength="2000" placeholder="{{defaults['paysupport_text']}}">{{values["paysupport_text"]}}</textarea></label>
+  </fieldset>
   <fieldset>
     <legend>Coins offered</legend>
     % if coins is None:
