@@ -9,12 +9,15 @@ A catalog file:
 
     {"cities": [{"name": "Berlin", "districts": ["Mitte", "Kreuzberg"]}],
      "products": [{"name": "Gift card 25 EUR", "description": "...", "price": "25.00",
-                   "photo": "img/gc.jpg",
+                   "photo": "img/gc.jpg", "kind": "digital", "methods": ["stars"],
+                   "stars_price": 1250,
                    "stock": [{"city": "Berlin", "district": "Mitte", "content": "CODE-1234",
                               "media": "img/u1.jpg"}]}]}
 
 `photo` (public product photo) and `media` (a private photo delivered with the
-unit) are optional paths relative to the file. A price is EUR, "25.00" or 25.00
+unit) are optional paths relative to the file. `kind` ("digital" or "physical"),
+`methods` (any of "stars", "crypto", "balance") and `stars_price` (whole Telegram
+Stars) are optional too; see the README's "Telegram Stars". A price is EUR, "25.00" or 25.00
 ("25,00" reads as 25.00; no thousands separators). Importing is idempotent and
 atomic: names match existing rows, a unit already there is not added again,
 and a file with any problem imports nothing, lists every problem (each with its

@@ -2824,6 +2824,7 @@ DEMO_CATALOG = {
     "products": [
         {
             "name": "Paper & Ink gift card 25 €",
+            "kind": "digital",
             "price": "25.00",
             "photo": str(DEMO_IMAGES / "giftcard-books.jpg"),
             "description": "A gift card for Paper & Ink Books, valid in every shop and online "
@@ -2842,6 +2843,7 @@ DEMO_CATALOG = {
         },
         {
             "name": "Corner Café voucher 10 €",
+            "kind": "digital",
             "price": "10.00",
             "photo": str(DEMO_IMAGES / "voucher-coffee.jpg"),
             "description": "Coffee, cake or breakfast for 10 € at any Corner Café. Show the code "
@@ -2859,6 +2861,7 @@ DEMO_CATALOG = {
         },
         {
             "name": "Ethiopian Yirgacheffe beans 250 g",
+            "kind": "physical",
             "price": "12.90",
             "photo": str(DEMO_IMAGES / "coffee-beans.jpg"),
             "description": "Washed Yirgacheffe, light roast: jasmine, lemon and honey. "
@@ -2894,6 +2897,7 @@ DEMO_CATALOG = {
         },
         {
             "name": "E-book: The Little Sourdough Handbook",
+            "kind": "digital",
             "price": "7.50",
             "photo": str(DEMO_IMAGES / "ebook-sourdough.jpg"),
             "description": "From starter to first loaf in a weekend. EPUB and PDF, 142 pages, "
@@ -2917,6 +2921,7 @@ DEMO_CATALOG = {
         },
         {
             "name": "Poster: Lisbon Tram 28 (A2)",
+            "kind": "physical",
             "price": "19.00",
             "photo": str(DEMO_IMAGES / "poster-tram.jpg"),
             "description": "Screen-printed A2 poster of the yellow tram 28 on heavy matte paper, "
