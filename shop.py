@@ -1929,7 +1929,7 @@ def reschedule_outbox(conn, row_id, delay, error, count=True):
     with transaction(conn):
         conn.execute(
             "UPDATE outbox SET next_attempt_at = ?, attempts = attempts + ?, last_error = ? "
-            "WHERE id = ?",
+            "WHERE id = ? AND status = 'pending'",  # a note closed unsent meanwhile stays closed
             (now_iso(delay), int(count), error, row_id),
         )
 
@@ -1944,12 +1944,13 @@ def fail_outbox_row(conn, row, error, owners):
                 (row["order_id"],),
             ).fetchone()
         )
-        conn.execute(
+        # A note closed unsent while it was being tried (drop_open_payment_notes) stays closed.
+        failed = conn.execute(
             "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? "
-            "WHERE id = ?",
+            "WHERE id = ? AND status = 'pending'",
             (error, row["id"]),
-        )
-        if first and row["chat_id"] not in owners:
+        ).rowcount
+        if failed and first and row["chat_id"] not in owners:
             alert_owners(
                 conn,
                 owners,

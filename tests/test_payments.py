@@ -179,6 +179,13 @@ def test_a_finished_payment_delivers_once_whatever_the_order_of_the_news(conn, g
         ("%is on its way: seen on the blockchain%",),
     ).fetchall()
     assert [tuple(r) for r in note] == [("sent", None, "not sent: the payment became final first")]
+    # The sender was trying it meanwhile and Telegram did not answer: it stays closed unsent.
+    (note_id,) = conn.execute("SELECT id FROM outbox WHERE text LIKE '%is on its way%'").fetchone()
+    shop.reschedule_outbox(conn, note_id, 5, "network: timeout")
+    shop.fail_outbox_row(conn, {"id": note_id, "order_id": p["order_id"], "chat_id": uid}, "x", [])
+    assert tuple(
+        conn.execute("SELECT status, last_error FROM outbox WHERE id = ?", (note_id,)).fetchone()
+    ) == ("sent", "not sent: the payment became final first")
     assert sum(f"Order #{p['order_id']} is paid" in t for t in texts) == 1
     for (content,) in sold:
         assert sum(shop.esc(content) in t for t in texts) == 1
