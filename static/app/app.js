@@ -1000,8 +1000,7 @@ function buildChrome() {
   }
   chrome.dock = h("div", { class: "dock" }, fallback && fallback.main, nav);
   main.after(chrome.dock);
-  fitDock();
-  if (window.ResizeObserver) new ResizeObserver(fitDock).observe(chrome.dock);
+  if (window.ResizeObserver) new ResizeObserver(fitDock).observe(chrome.dock);   // also once at the start
   updateChrome();
 }
 

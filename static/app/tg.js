@@ -117,13 +117,14 @@ export function setMainButton(spec) {
       b.show();
     });
   } else if (fallbackMain) {
+    const was = `${fallbackMain.hidden}${fallbackMain.textContent}`;
     fallbackMain.hidden = !spec;
     if (spec) {
       fallbackMain.textContent = spec.text;
       fallbackMain.disabled = !!(spec.disabled || spec.busy);
       fallbackMain.classList.toggle("busy", !!spec.busy);
     }
-    if (mainMoved) mainMoved();
+    if (mainMoved && was !== `${fallbackMain.hidden}${fallbackMain.textContent}`) mainMoved();
   }
 }
 
