@@ -8585,6 +8585,15 @@ def payment_ways_json(conn, lines, stars=True):
     return ways
 
 
+def basket_photo_url(conn, line):
+    """A basket line's product photo (its thumbnail), or None: no photo, or no longer on sale."""
+    try:
+        photo = get_offer(conn, line.product_id, line.district_id)["photo"]
+    except NotFound:
+        return None
+    return f"/media/{photo}" if photo else None
+
+
 def basket_json(conn, user_id, stars=True):
     basket = get_basket(conn, user_id)
     lines = [(line.product_id, line.district_id, line.quantity) for line in basket.lines]
@@ -8605,6 +8614,7 @@ def basket_json(conn, user_id, stars=True):
                 "quantity": line.quantity,
                 "available": line.available,
                 "reserved": line.reserved,
+                "photo_url": basket_photo_url(conn, line),
             }
             for line in basket.lines
         ],
@@ -8834,6 +8844,8 @@ def api_currencies(shop, conn, user, data):
             "name": COIN_INFO[code][0],
             "network": COIN_INFO[code][1],
             "label": COIN_LABELS[code],
+            # What the shopper picks first (USDT), then the network (TRC20), when there are several.
+            "asset": COIN_LABELS[code].split(" · ")[0],
             "minimum": cents_to_str(minimum) if minimum is not None else None,
         }
         for code, minimum in shop.payments.coins()

@@ -13,7 +13,7 @@
 <script type="module" src="/static/app/app.js"></script>
 </head>
 <body data-preview="{{preview_url}}">
-<main id="app"><p class="loading">Loading {{name}}…</p></main>
+<main id="app"><p class="loading boot">Loading {{name}}…</p></main>
 <noscript><p class="fatal">This shop needs JavaScript. Please open it from the Telegram bot.</p></noscript>
 </body>
 </html>

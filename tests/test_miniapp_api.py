@@ -188,6 +188,35 @@ def test_the_basket_is_the_bots_basket(app):
     assert ok(call(app, "GET", "/api/basket"))["count"] == 2
 
 
+def test_basket_lines_carry_their_products_photo_for_thumbnails(app):
+    """The product's public photo, None without one, and None once the product is off sale (the
+    line stays, so the shopper can take it out)."""
+    gift, sticker = (
+        app.ids[("gift_card *25*", "Bałuty & Widzew")],
+        app.ids[("Sticker", "Bałuty & Widzew")],
+    )
+    photo = shop.store_media(
+        app.config.media_dir, b"\x89PNG\r\n\x1a\n" + b"x" * 50, "png", private=False
+    )
+    with shop.transaction(app.conn):
+        app.conn.execute("UPDATE products SET photo = ? WHERE id = ?", (photo, gift[0]))
+    for product, district in (gift, sticker):
+        body = {"product_id": product, "district_id": district, "quantity": 1}
+        basket = ok(call(app, "POST", "/api/basket", json=body))
+    assert [(i["name"], i["photo_url"]) for i in basket["items"]] == [
+        ("gift_card *25*", f"/media/{photo}"),
+        ("Sticker", None),
+    ]
+    assert requests.get(app.url + f"/media/{photo}", timeout=5).status_code == 200  # public
+    with shop.transaction(app.conn):
+        app.conn.execute("UPDATE products SET is_active = 0 WHERE id = ?", (gift[0],))
+    basket = ok(call(app, "GET", "/api/basket"))
+    assert [(i["name"], i["photo_url"]) for i in basket["items"]] == [
+        ("gift_card *25*", None),
+        ("Sticker", None),
+    ]
+
+
 @pytest.mark.parametrize(
     "body, status, words",
     [
@@ -222,7 +251,21 @@ def test_currencies_show_their_minimums(app):
         "name": "Tether USD",
         "network": "TRC20",
         "label": "USDT · TRC20",
+        "asset": "USDT",
         "minimum": "9.30",
+    }
+    # The Mini App groups coins by asset, each with its networks.
+    groups = {}
+    for c in coins:
+        groups.setdefault(c["asset"], []).append(c["network"])
+    assert groups == {
+        "BTC": ["BTC"],
+        "ETH": ["ERC20"],
+        "LTC": ["LTC"],
+        "USDT": ["TRC20", "ERC20", "BEP20", "SOL"],
+        "USDC": ["TRC20", "ERC20", "SOL"],
+        "TON": ["TON"],
+        "SOL": ["SOL"],
     }
 
 

@@ -4,9 +4,13 @@ stand-in).
 Inside "Telegram" the page gets a stand-in window.Telegram.WebApp (STUB below) that records what the
 app asks of Telegram: MainButton and BackButton state, haptics, alerts. telegram.org itself is
 unreachable. Stars invoices the app opens with openInvoice are recorded too (window.__tg.invoices),
-and window.__invoiceClosed(status) plays Telegram closing the last one with that status.
+and window.__invoiceClosed(status) plays Telegram closing the last one with that status. The stub
+is the Telegram version the test asks for (8.0 unless told): full screen and the home screen
+(Bot API 8.0) are recorded in window.__tg.fullscreen / .homeScreen, and window.__tgEvent(name,
+data) plays one of Telegram's events.
 """
 
+import functools
 import json
 import re
 import time
@@ -49,7 +53,7 @@ STUB = """
   const cfg = __CONFIG__;
   const rec = window.__tg = { main: { text: "", visible: false, active: true, progress: false },
     back: { visible: false }, haptics: [], alerts: [], confirms: [], links: [], invoices: [],
-    ready: false };
+    fullscreen: [], homeScreen: [], ready: false };
   const on = { main: [], back: [], events: {} };
   const chain = (obj, fns) => {
     for (const [k, f] of Object.entries(fns)) obj[k] = (...a) => { f(...a); return obj; };
@@ -78,9 +82,14 @@ STUB = """
     if (!rec.back.visible) throw new Error("the BackButton is hidden");
     on.back.forEach((f) => f());
   } };
-  window.Telegram = { WebApp: {
+  const atLeast = (v) => {
+    const [a, b] = [cfg.version, v].map((x) => x.split(".").map(Number));
+    return a[0] > b[0] || (a[0] === b[0] && (a[1] || 0) >= (b[1] || 0));
+  };
+  const fire = window.__tgEvent = (name, data) => (on.events[name] || []).forEach((f) => f(data));
+  const W = {
     initData: cfg.initData, initDataUnsafe: { user: cfg.user, auth_date: cfg.authDate },
-    version: "8.0",
+    version: cfg.version,
     platform: "android", colorScheme: cfg.colorScheme, themeParams: cfg.themeParams,
     MainButton, BackButton,
     HapticFeedback: {
@@ -94,7 +103,26 @@ STUB = """
     openInvoice: (u, cb) => { rec.invoices.push(String(u));
                               window.__invoiceClosed = (status) => cb && cb(status); },
     onEvent: (e, f) => { (on.events[e] = on.events[e] || []).push(f); }, offEvent: () => {},
-    isVersionAtLeast: () => true } };
+    isVersionAtLeast: atLeast, isFullscreen: false,
+    safeAreaInset: { top: 0, bottom: 0, left: 0, right: 0 },
+    contentSafeAreaInset: { top: 0, bottom: 0, left: 0, right: 0 } };
+  if (atLeast("8.0")) {   // Bot API 8.0; in full screen Telegram's buttons take the top 46 px
+    const full = (yes) => {
+      rec.fullscreen.push(yes ? "request" : "exit");
+      const failed = (error) => fire("fullscreenFailed", { error });
+      if (W.isFullscreen === yes) { failed("ALREADY_FULLSCREEN"); return; }
+      if (!cfg.fullscreenWorks) { failed("UNSUPPORTED"); return; }
+      W.isFullscreen = yes;
+      W.contentSafeAreaInset = { top: yes ? 46 : 0, bottom: 0, left: 0, right: 0 };
+      fire("fullscreenChanged"); fire("contentSafeAreaChanged");
+    };
+    Object.assign(W, {
+      requestFullscreen: () => full(true), exitFullscreen: () => full(false),
+      addToHomeScreen: () => rec.homeScreen.push("add"),
+      checkHomeScreenStatus: (cb) => { rec.homeScreen.push("check");
+                                       setTimeout(() => cb(cfg.homeScreen), 0); } });
+  }
+  window.Telegram = { WebApp: W };
 })();
 """
 
@@ -186,8 +214,10 @@ def open_app(browser):
     fixture last, so that happens before the shop stops)."""
     contexts = []
 
-    def open_(s, user_id=None, **kw):
-        context = browser.new_context(viewport={"width": 390, "height": 800})
+    def open_(s, user_id=None, viewport=None, color_scheme="light", **kw):
+        context = browser.new_context(
+            viewport=viewport or {"width": 390, "height": 800}, color_scheme=color_scheme
+        )
         contexts.append(context)
         return _open(context, s, user_id, **kw)
 
@@ -196,7 +226,19 @@ def open_app(browser):
         context.close()
 
 
-def _open(context, s, user_id, *, theme=LIGHT, scheme="light", telegram=True, auth_date=None):
+def _open(
+    context,
+    s,
+    user_id,
+    *,
+    theme=LIGHT,
+    scheme="light",
+    telegram=True,
+    auth_date=None,
+    version="8.0",
+    home_screen="missed",
+    fullscreen_works=True,
+):
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=s.url)
     context.set_default_timeout(WAIT_MS)
     context.route("https://telegram.org/**", lambda route: route.abort())
@@ -210,6 +252,9 @@ def _open(context, s, user_id, *, theme=LIGHT, scheme="light", telegram=True, au
             "authDate": auth_date,
             "themeParams": theme,
             "colorScheme": scheme,
+            "version": version,
+            "homeScreen": home_screen,
+            "fullscreenWorks": fullscreen_works,
         }
         context.add_init_script(STUB.replace("__CONFIG__", json.dumps(config)))
     page = context.new_page()
@@ -258,7 +303,8 @@ def test_a_shopper_browses_fills_the_basket_the_bot_sees_and_pays_in_crypto(
     ann.button(f"One more {TEA}").click()
     expect(qty).to_have_text("2")
     expect(ann.button(f"One more {TEA}")).to_be_disabled()  # only 2 in stock
-    expect(page.locator(".tab .count")).to_have_text("2")
+    expect(page.locator(".tab .count")).to_have_text("2 items")  # "2" on the tab, then read out
+    expect(page.locator(".tab").nth(1)).to_have_accessible_name("Basket 2 items")
 
     # The basket is the bot's basket too.
     fake_tg.user_sends(101, "🧺 Basket")
@@ -337,15 +383,21 @@ def test_a_top_up_raises_the_balance_and_then_pays_for_an_order(live, open_app):
     page.locator(".card").first.click()
     ann.button("Buy now").click()
     expect(ann.heading()).to_have_text("Checkout")
-    erc20 = page.locator(".option[data-key=usdterc20]")
+    erc20 = page.locator(".net[data-key=usdterc20]")  # USDT on the ERC20 network
     expect(erc20).to_be_disabled()  # its minimum is above €12.90
     expect(erc20).to_contain_text("from €18.60")
     expect(page.locator(".option[data-key=balance]")).to_have_attribute("aria-checked", "true")
     expect(page.locator("main")).not_to_contain_text("null")
     ann.press_main("Pay €12.90 from balance")
+    # The paid screen shows the goods at once, as after a crypto or Stars payment.
+    expect(ann.heading()).to_have_text("Order #1 · €12.90")
+    expect(page.locator(".status .pill")).to_have_text("✅ Paid")
+    expect(page.locator(".status")).to_contain_text("Paid from your balance; €7.60 is left.")
+    expect(page.locator(".goods .content")).to_have_count(1)
+    expect(balance).to_have_text("€7.60")
+    ann.press_main("Open my orders")
     expect(page.locator(".order.highlight")).to_contain_text("✅ Paid")
     expect(page.locator(".order.highlight .content")).to_have_count(1)
-    expect(balance).to_have_text("€7.60")
     assert shop.get_user(live.conn, 102)["balance_cents"] == 760
     assert page.errors == []
 
@@ -368,7 +420,7 @@ def test_someone_else_buys_the_last_unit_and_the_shop_says_so_in_an_alert(botles
     assert "notification:error" in ann.tg("haptics")
     expect(page.locator(".stepper output")).to_have_text("1")
     expect(page.locator(".price-row .stock")).to_have_text(
-        "1 left"
+        "1 available"
     )  # the page shows the stock as it is now
     expect(ann.button(f"One more {TEA}")).to_be_disabled()
 
@@ -498,17 +550,45 @@ def open_mitte(app):
     expect(app.heading()).to_have_text("Mitte")
 
 
-def covers_nothing(page):
-    """Scrolled to the bottom, the page's own MainButton (outside Telegram) covers no content."""
-    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
-    gap = page.evaluate(
-        """() => {
-      const button = document.querySelector(".main-button").getBoundingClientRect();
-      const shown = [...document.querySelectorAll("main > *")].filter((e) => e.offsetHeight);
-      return button.top - shown[shown.length - 1].getBoundingClientRect().bottom;
-    }"""
+# A screen at 390 px, scrolled to its end: nothing wider than the screen, and nothing to read or tap
+# under the dock (the page's own main button outside Telegram, and the tabs) or under a toast.
+LAYOUT = """() => {
+  window.scrollTo(0, document.scrollingElement.scrollHeight);
+  const problems = [];
+  const wide = document.scrollingElement.scrollWidth;
+  if (wide > innerWidth) problems.push(`the page is ${wide}px wide in a ${innerWidth}px screen`);
+  const dock = document.querySelector(".dock");
+  const floor = dock ? dock.getBoundingClientRect().top : innerHeight;
+  const ownText = (e) => [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+  const say = (e) => `<${e.tagName.toLowerCase()} class="${e.className}"> ` +
+    (e.textContent || e.getAttribute("alt") || "").trim().slice(0, 40);
+  for (const e of document.querySelectorAll("header *, aside, main *, .toast")) {
+    const r = e.getBoundingClientRect();
+    if (!r.width || !r.height || getComputedStyle(e).visibility === "hidden") continue;
+    if (!e.matches("button, a, input, img, [role=radio]") && !ownText(e)) continue;
+    if (r.right > innerWidth + 0.5 || r.left < -0.5) problems.push(`${say(e)} sticks out sideways`);
+    if (r.bottom > floor + 0.5 && r.top < innerHeight) {
+      problems.push(`${say(e)} is under the dock (${Math.round(r.bottom)} > ${Math.round(floor)})`);
+    }
+  }
+  return problems;
+}"""
+
+
+def settle(page):
+    """Wait until the screen is drawn and its images have loaded (they may move what is below)."""
+    page.wait_for_function(
+        """() => { const m = document.getElementById("app");
+        return !m.hasAttribute("aria-busy") &&
+          [...m.querySelectorAll("img")].every((i) => i.getAttribute("src") && i.complete); }"""
     )
-    assert gap >= 0, f"the MainButton covers {-gap}px of the page"
+
+
+def covers_nothing(page, screen=""):
+    """The screen scrolls no way but down, and the dock covers none of it at its end."""
+    settle(page)
+    problems = page.evaluate(LAYOUT)
+    assert not problems, f"{screen}: {problems}"
 
 
 def sold(conn, product_id):
@@ -739,6 +819,513 @@ def test_telegrams_rule_hides_balance_and_crypto_for_digital_goods(botless, open
     expect(page.locator(".option[data-key=btc]")).to_be_visible()
     expect(page.locator(".rule-note")).to_have_count(0)
     ann.press_main("Pay €25.00 from balance")
+    expect(page.locator(".goods .content")).to_have_count(1)
+    ann.press_main("Open my orders")
     expect(page.locator(".order.highlight")).to_contain_text("€25.00 · from balance")
     assert sold(botless.conn, ids[(EBOOK, "Mitte")][0]) == 1
+    assert page.errors == []
+
+
+# Issue 13: a Mini App as polished as the ones shoppers use every day ######################
+
+PHONE = {"width": 390, "height": 844}
+MACHINE = "Espresso machine"
+LONG_NAME = "Die kleine Kaffeerösterei am Prenzlauer Berg: Bohnen und Zubehör"  # 64 characters
+
+
+def tour_stock(s):
+    """stars_stock (a Stars-only e-book, coffee paid in crypto or from the balance) and an espresso
+    machine without a photo at €1,234.50 (61,725 ⭐), two units each of all but the coffee."""
+    ids = stars_stock(s)
+    ids.update(seed(s.conn, [("Berlin", "Mitte", MACHINE, 123450, 2)]))
+    return ids
+
+
+class Shopper:
+    """The Mini App in Telegram (its MainButton and BackButton) or in a plain browser (the page's
+    own), driven the same way."""
+
+    def __init__(self, app, telegram):
+        self.app, self.page, self.telegram = app, app.page, telegram
+
+    def main(self, text):
+        if self.telegram:
+            self.app.press_main(text)
+        else:
+            button = self.page.locator(".main-button")
+            expect(button).to_have_text(re.compile("^" + re.escape(text)))
+            button.click()
+
+    def tab(self, name):
+        self.page.locator(".tab").filter(has_text=name).click()
+
+    def shows(self, heading, screen):
+        expect(self.app.heading()).to_have_text(heading)
+        covers_nothing(self.page, screen)
+        expect(self.page.locator("main")).not_to_contain_text(re.compile(r"\bnull\b|undefined|NaN"))
+
+
+@pytest.mark.parametrize("telegram", [False, True], ids=["browser", "telegram"])
+def test_no_screen_scrolls_sideways_and_the_dock_covers_nothing(botless, open_app, telegram):
+    """Every screen at 390x844, scrolled to its end, with a long shop name and four-digit prices."""
+    tour_stock(botless)
+    key, value = shop.clean_owner_setting(
+        "shop_name", LONG_NAME, max_deposit_cents=10**6, coin_codes=list(shop.COIN_LABELS)
+    )
+    shop.save_settings(botless.conn, {key: value})
+    uid = 130 if telegram else shop.PREVIEW_USER["id"]
+    shop.touch_user(botless.conn, {"id": uid, "first_name": "Ann"})
+    shop.adjust_balance(botless.conn, uid, 2000, "test funds")
+    ann = Shopper(open_app(botless, uid, telegram=telegram, viewport=PHONE), telegram)
+    page = ann.page
+    ann.shows("Choose a city", "catalog")
+    ann.app.button(re.compile("^Berlin")).click()
+    ann.shows("Berlin", "city")
+    ann.app.button(re.compile("^Mitte")).click()
+    ann.shows("Mitte", "district")
+    page.locator(".card").filter(has_text=MACHINE).click()
+    ann.shows(MACHINE, "product")
+    ann.main("Add to basket · €1,234.50")
+    expect(page.locator(".toast")).to_be_visible()
+    covers_nothing(page, "product with a toast")
+    ann.shows(MACHINE, "product in the basket")
+    ann.tab("Shop")
+    open_mitte(ann.app)
+    page.locator(".card").filter(has_text="Coffee").click()
+    ann.main("Add to basket · €12.90")
+    ann.tab("Basket")
+    ann.shows("Basket", "basket")
+    ann.main("Checkout · €1,247.40")
+    expect(page.locator(".coin-group")).to_have_count(2)
+    ann.shows("Checkout", "checkout in crypto")
+    page.locator("[data-key=ltc]").click()
+    ann.main("Pay €1,247.40 with LTC")
+    expect(page.locator(".pay-amount")).to_be_visible()
+    ann.shows("Order #1 · €1,247.40", "crypto invoice")
+    ann.app.button("Pay in full").click()
+    expect(page.locator(".goods .content")).to_have_count(2, timeout=15000)
+    ann.shows("Order #1 · €1,247.40", "paid in crypto")
+    ann.tab("Orders")
+    ann.shows("My orders", "orders")
+    ann.tab("Balance")
+    page.get_by_label("Amount in EUR").fill("1,234.50")
+    page.locator("[data-key=usdttrc20]").click()
+    ann.shows("Balance", "top-up")
+    ann.tab("Shop")
+    open_mitte(ann.app)
+    page.locator(".card").filter(has_text=EBOOK).click()
+    ann.app.button("Buy now").click()
+    ann.shows("Checkout", "checkout in Stars")
+    ann.main("Pay 1,250 ⭐")
+    ann.shows("Order #2 · 1,250 ⭐", "Stars invoice")
+    ann.app.button("🧪 Pay 1,250 ⭐ (simulated)").click()
+    expect(page.locator(".goods .content")).to_have_count(1)
+    ann.shows("Order #2 · 1,250 ⭐", "paid in Stars")
+    ann.tab("Shop")
+    open_mitte(ann.app)
+    page.locator(".card").filter(has_text="Coffee").click()
+    ann.app.button("Buy now").click()
+    ann.main("Pay €12.90 from balance")
+    expect(page.locator(".goods .content")).to_have_count(1)
+    ann.shows("Order #3 · €12.90", "paid from the balance")
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("name", ["Demo Shop", LONG_NAME])
+def test_the_shops_name_is_never_cut(botless, open_app, name):
+    """Beside Back, the preview badge and the balance: the whole name, on up to two lines."""
+    stock(botless)
+    key, value = shop.clean_owner_setting(
+        "shop_name", name, max_deposit_cents=10**6, coin_codes=list(shop.COIN_LABELS)
+    )
+    shop.save_settings(botless.conn, {key: value})
+    app = open_app(botless, telegram=False, viewport=PHONE)
+    app.button(re.compile("^Berlin")).click()
+    expect(app.page.locator(".top .back")).to_be_visible()
+    box = app.page.evaluate(
+        """() => {
+      const rect = (s) => document.querySelector(s).getBoundingClientRect();
+      const n = document.querySelector(".shop-name");
+      return { text: n.textContent, clipped: n.scrollWidth > n.clientWidth || n.scrollHeight >
+               n.clientHeight, name: rect(".shop-name").toJSON(), back: rect(".top .back").toJSON(),
+               badge: rect(".badge").toJSON(), chip: rect(".balance-chip").toJSON(),
+               lineHeight: parseFloat(getComputedStyle(n).lineHeight) };
+    }"""
+    )
+    assert box["text"] == name and not box["clipped"], box
+    for other in ("back", "badge", "chip"):  # nothing is drawn over the name
+        a, b = box["name"], box[other]
+        apart = a["right"] <= b["left"] or b["right"] <= a["left"]
+        assert apart or a["bottom"] <= b["top"] or b["bottom"] <= a["top"], (other, box)
+    assert box["name"]["left"] >= 16 and box["name"]["right"] <= 390 - 16, box
+    assert box["name"]["height"] <= 2 * box["lineHeight"] + 1, box
+    expect(app.page.locator(".badge.preview")).to_have_text("Preview (sandbox)")
+
+
+def test_basket_lines_have_thumbnails(botless, open_app):
+    """The product's photo, or its initial on a tint when it has none; at checkout too."""
+    ids = stock(botless)
+    shop.touch_user(botless.conn, shop.PREVIEW_USER)
+    for product, district in ((TEA, "Mitte"), ("Mug", "Pankow")):
+        shop.add_to_basket(botless.conn, shop.PREVIEW_USER["id"], *ids[(product, district)])
+    photo = botless.conn.execute(
+        "SELECT photo FROM products WHERE id = ?", (ids[(TEA, "Mitte")][0],)
+    ).fetchone()[0]
+    app = open_app(botless, telegram=False, viewport=PHONE)
+    page = app.page
+    page.locator(".tab").filter(has_text="Basket").click()
+    lines = page.locator(".line")
+    expect(lines).to_have_count(2)
+    src = app.image_loaded(".line:nth-child(1) img.thumb")
+    assert src.endswith(f"/media/{photo}")
+    placeholder = lines.nth(1).locator(".thumb.no-photo")
+    expect(placeholder).to_have_text("M")
+    expect(placeholder).to_have_attribute("aria-hidden", "true")
+    for thumb in (lines.nth(0).locator(".thumb"), placeholder):
+        size = thumb.bounding_box()
+        assert (size["width"], size["height"]) == (56, 56)
+    page.locator(".main-button").click()  # checkout shows them as well, smaller
+    expect(page.locator(".summary .line img.thumb.small")).to_have_count(1)
+    expect(page.locator(".summary .line .thumb.small.no-photo")).to_have_text("M")
+    assert page.errors == []
+
+
+def test_stock_is_worded_one_way_everywhere(botless, open_app):
+    """Stock reads "N available" on cards, the product page and in the basket, never "left"."""
+    ids = stock(botless)
+    tea = ids[(TEA, "Mitte")]
+    user(botless.conn, 131)
+    shop.add_to_basket(botless.conn, 131, *tea, quantity=2)
+    ann = open_app(botless, 131, viewport=PHONE)
+    page = ann.page
+    open_mitte(ann)
+    card = page.locator(".card").filter(has_text=TEA)
+    expect(card.locator(".stock")).to_have_text("2 available")
+    card.click()
+    expect(page.locator(".price-row .stock")).to_have_text("2 available")
+    user(botless.conn, 7, balance=5000)
+    for left, says in ((1, "Only 1 available now"), (0, "Sold out now")):
+        shop.buy_with_balance(botless.conn, 7, [(*tea, 1)])  # meanwhile, Bob buys one
+        again = open_app(botless, 131, viewport=PHONE)
+        again.page.locator(".tab").filter(has_text="Basket").click()
+        expect(again.page.locator(".line .warn")).to_have_text(says)
+        if left:
+            again.page.locator(".line-name").click()  # the product page agrees
+            expect(again.page.locator(".price-row .stock")).to_have_text("1 available")
+        for words in (" left", "in stock"):
+            expect(again.page.locator("main")).not_to_contain_text(words)
+        assert again.page.errors == []
+
+
+def test_coins_are_grouped_by_asset_with_their_networks(botless, open_app):
+    stock(botless)
+    ann = open_app(botless, 132, viewport=PHONE)
+    page = ann.page
+    ann.button(re.compile("^Berlin")).click()
+    ann.button(re.compile("^Pankow")).click()
+    page.locator(".card").filter(has_text="Mug").click()
+    ann.button("Buy now").click()  # €8.00
+    groups = page.locator(".coin-group")
+    expect(groups).to_have_count(2)
+    expect(groups.nth(0)).to_have_attribute("aria-label", "USDT, Tether USD: networks")
+    expect(groups.nth(0).locator(".net")).to_have_text(
+        ["TRC20 · from €9.30", "ERC20 · from €18.60", "BEP20", "SOL"]
+    )
+    expect(groups.nth(0).locator(".net[data-key=usdterc20]")).to_be_disabled()
+    expect(groups.nth(0).locator(".net[data-key=usdtbsc]")).to_be_enabled()
+    expect(groups.nth(1).locator(".net")).to_have_text(
+        ["TRC20 · from €9.30", "ERC20 · from €18.60", "SOL"]
+    )
+    singles = page.locator(".options > .option[data-key]")
+    expect(singles).to_have_text(
+        [
+            re.compile("^⭐ Telegram Stars"),
+            re.compile("^💰 Balance"),
+            "BTCBitcoin",
+            "ETHfrom €12.00",
+            "LTCLitecoin",
+            "TONToncoin",
+            "SOLSolana",
+        ]  # fmt: skip
+    )
+    keys = page.eval_on_selector_all("[role=radio][data-key]", "es => es.map(e => e.dataset.key)")
+    coins = sorted(k for k in keys if k not in ("stars", "balance"))
+    assert coins == sorted(shop.COIN_CODES)  # each coin once
+    page.locator("[data-key=usdtbsc]").click()
+    checked = page.locator("[role=radio][aria-checked=true]")
+    expect(checked).to_have_count(1)
+    expect(checked).to_have_attribute("data-key", "usdtbsc")
+    assert ann.tg("main.text") == "Pay €8.00 with USDT · BEP20"
+    page.locator("[data-key=btc]").click()
+    expect(checked).to_have_count(1)
+    expect(checked).to_have_attribute("data-key", "btc")
+    page.locator("[data-key=usdtsol]").click()
+    ann.press_main("Pay €8.00 with USDT · SOL")
+    expect(page.locator(".pay-details .copy-value").first).to_contain_text("USDT · SOL")
+
+    # Top-ups: the same groups; a network's minimum counts once there is an amount.
+    page.locator(".tab").filter(has_text="Balance").click()
+    expect(page.locator(".coin-group")).to_have_count(2)
+    erc20 = page.locator(".net[data-key=usdterc20]")
+    expect(erc20).to_have_text("ERC20")
+    expect(erc20).to_be_enabled()
+    erc20.click()
+    amount = page.get_by_label("Amount in EUR")
+    amount.fill("20")
+    ann.press_main("Top up €20.00 with USDT · ERC20")
+    expect(ann.heading()).to_have_text("Top-up · €20.00")
+    ann.press_back()
+    expect(ann.heading()).to_have_text("Balance")
+    amount.fill("10")
+    expect(erc20).to_contain_text("ERC20 · from €18.60")
+    expect(erc20).to_be_disabled()
+    page.wait_for_function("() => window.__tg.main.text.startsWith('USDT · ERC20 takes €18.60')")
+    assert ann.tg("main.active") is False
+    assert page.errors == []
+
+
+def test_amounts_have_thousands_separators_and_crypto_amounts_stay_exact(botless, open_app):
+    tour_stock(botless)
+    ann = open_app(botless, 133, viewport=PHONE)
+    page = ann.page
+    expect(page.locator(".tabs")).to_be_visible()
+    formats = page.evaluate(
+        """async () => {
+      const m = await import("/static/app/ui.js");
+      return [m.eur(123456789), m.eur("1234.5"), m.eur(-123450), m.eur(5), m.eur("999.99"),
+              m.starsText(1234567), m.starsText(999), m.plainAmount(123450),
+              m.grouped("12345678901234567890"), m.parseAmount("1,234.50"),
+              m.parseAmount("1.234,50"), m.parseAmount("20,50"), m.parseAmount("1 234"),
+              String(m.parseAmount("1,23,4"))];
+    }"""
+    )
+    assert formats == [
+        "€1,234,567.89",
+        "€1,234.50",
+        "−€1,234.50",
+        "€0.05",
+        "€999.99",
+        "1,234,567 ⭐",
+        "999 ⭐",
+        "1234.50",
+        "12,345,678,901,234,567,890",  # text in, text out: no float anywhere
+        123450,
+        123450,
+        2050,
+        123400,
+        "NaN",
+    ]
+    open_mitte(ann)
+    card = page.locator(".card").filter(has_text=MACHINE)
+    expect(card.locator(".price")).to_have_text("€1,234.50 · 61,725 ⭐")
+    card.click()
+    ann.press_main("Add to basket · €1,234.50")
+    ann.button(f"One more {MACHINE}").click()
+    expect(page.locator(".in-basket")).to_contain_text("In your basket: €2,469.00")
+    page.locator(".tab").filter(has_text="Basket").click()
+    expect(page.locator(".line-sum")).to_have_text("2 × €1,234.50 = €2,469.00")
+    expect(page.locator(".total")).to_have_text("Total€2,469.00 · 123,450 ⭐")
+    ann.press_main("Checkout · €2,469.00")
+    page.locator("[data-key=ltc]").click()
+    ann.press_main("Pay €2,469.00 with LTC")
+    expect(ann.heading()).to_have_text("Order #1 · €2,469.00")
+    payment = botless.conn.execute("SELECT pay_amount FROM payments").fetchone()
+    expect(page.locator(".pay-amount")).to_have_text(payment["pay_amount"])  # exactly as issued
+
+    page.locator(".tab").filter(has_text="Balance").click()
+    expect(page.locator("#amount-hint")).to_have_text("From €5.00 to €10,000.00.")
+    page.get_by_label("Amount in EUR").fill("1,234.50")
+    page.locator("[data-key=ltc]").click()
+    ann.press_main("Top up €1,234.50 with LTC")
+    expect(ann.heading()).to_have_text("Top-up · €1,234.50")
+    top_up = botless.conn.execute("SELECT * FROM payments WHERE kind = 'topup'").fetchone()
+    assert top_up["price_cents"] == 123450
+    expect(page.locator(".pay-amount")).to_have_text(top_up["pay_amount"])
+    ann.button("Pay in full").click()
+    expect(page.locator(".status")).to_contain_text(
+        "€1,234.50 was added to your balance.", timeout=15000
+    )
+    expect(page.locator(".balance-chip")).to_have_text("€1,234.50")
+    assert page.errors == []
+
+
+def test_full_screen_and_the_home_screen_where_telegram_has_them(botless, open_app):
+    """Bot API 8.0: offered on the catalog's first screen, feature-detected by version."""
+    ann = open_app(botless, 134, viewport=PHONE)
+    page = ann.page
+    full, home = ann.button("⛶ Full screen"), ann.button("📲 Add to home screen")
+    expect(full).to_be_visible()
+    expect(home).to_be_visible()  # Telegram says it is not on the home screen yet
+    assert ann.tg("homeScreen") == ["check"]
+    full.click()
+    leave = ann.button("↙ Leave full screen")
+    expect(leave).to_be_visible()
+    assert ann.tg("fullscreen") == ["request"]
+    # Telegram's own buttons take the top 46 px in full screen: the header starts below them.
+    expect(page.locator("html")).to_have_class(re.compile(r"\bfullscreen\b"))
+    assert page.locator(".shop-name").bounding_box()["y"] >= 46
+    leave.click()
+    expect(full).to_be_visible()
+    assert ann.tg("fullscreen") == ["request", "exit"]
+    assert page.locator(".shop-name").bounding_box()["y"] < 46
+    home.click()
+    assert ann.tg("homeScreen") == ["check", "add"]
+    page.evaluate("window.__tgEvent('homeScreenAdded', {})")
+    expect(home).to_be_hidden()
+
+    # Already on the home screen; a Telegram that cannot go full screen says so.
+    bob = open_app(botless, 135, home_screen="added", fullscreen_works=False)
+    bob.button("⛶ Full screen").click()
+    expect(bob.page.locator(".toast")).to_have_text("Full screen is not available here.")
+    expect(bob.button("📲 Add to home screen")).to_be_hidden()
+    assert bob.tg("homeScreen") == ["check"]
+
+    # An older Telegram, and a plain browser: neither is offered, nothing is asked.
+    for app in (open_app(botless, 136, version="7.10"), open_app(botless, telegram=False)):
+        expect(app.heading()).to_have_text("Shop")
+        expect(app.page.locator(".app-tools")).to_be_hidden()
+        expect(app.page.locator(".app-tools button:visible")).to_have_count(0)
+        assert app.page.errors == []
+    assert ann.page.errors == [] and bob.page.errors == []
+
+
+def back_shown(app, telegram, shown):
+    """Wait until Telegram's BackButton (or the page's own) is shown, or hidden."""
+    if telegram:
+        app.page.wait_for_function("s => window.__tg.back.visible === s", arg=shown)
+    else:
+        expect(app.page.locator(".top .back")).to_be_visible(visible=shown)
+
+
+def press_back(app, telegram):
+    if telegram:
+        app.press_back()
+    else:
+        app.page.locator(".top .back").click()
+
+
+@pytest.mark.parametrize("telegram", [True, False], ids=["telegram", "browser"])
+def test_the_back_button_is_on_every_screen_but_the_catalogs_first(botless, open_app, telegram):
+    """Telegram's BackButton and the page's own go the same way: a tab's first screen goes back to
+    the catalog, the catalog's first screen has none (Telegram shows Close there)."""
+    stock(botless)
+    app = open_app(botless, 137, telegram=telegram, viewport=PHONE)
+    page = app.page
+    expect(app.heading()).to_have_text("Choose a city")
+    back_shown(app, telegram, False)
+    for tab, heading in (("Basket", "Basket"), ("Orders", "My orders"), ("Balance", "Balance")):
+        page.locator(".tab").filter(has_text=tab).click()
+        expect(app.heading()).to_have_text(heading)
+        back_shown(app, telegram, True)
+        press_back(app, telegram)
+        expect(app.heading()).to_have_text("Choose a city")
+        back_shown(app, telegram, False)
+    open_mitte(app)
+    page.locator(".card").filter(has_text=TEA).click()
+    expect(app.heading()).to_have_text(TEA)
+    for heading in ("Mitte", "Berlin", "Choose a city"):
+        back_shown(app, telegram, True)
+        press_back(app, telegram)
+        expect(app.heading()).to_have_text(heading)
+    back_shown(app, telegram, False)
+    assert page.errors == []
+
+
+# Like axe's color-contrast and label-content-name-mismatch: every piece of text against the
+# background it is drawn on (WCAG AA: 4.5:1, large text 3:1; disabled controls are exempt), and
+# every control's accessible name holds the words it shows.
+A11Y = r"""() => {
+  const parse = (c) => {
+    const m = /rgba?\(([^)]+)\)/.exec(c);
+    if (!m) return null;
+    const p = m[1].split(/[\s,/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const over = (top, base) =>
+    [0, 1, 2].map((i) => top[i] * top[3] + base[i] * (1 - top[3])).concat(1);
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+  };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+                            return (x + 0.05) / (y + 0.05); };
+  const backdrop = (e) => {
+    const layers = [];
+    for (let n = e; n; n = n.parentElement) {
+      const c = parse(getComputedStyle(n).backgroundColor);
+      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    return layers.reverse().reduce((bg, layer) => over(layer, bg), [255, 255, 255, 1]);
+  };
+  const problems = [];
+  const ownText = (e) => [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+  for (const e of document.querySelectorAll("body *")) {
+    if (!e.getClientRects().length || !ownText(e) || e.closest(":disabled, noscript")) continue;
+    const style = getComputedStyle(e);
+    if (style.visibility === "hidden" || e.closest(".sr-only")) continue;
+    const bg = backdrop(e);
+    const fg = over(parse(style.color), bg);
+    const size = parseFloat(style.fontSize);
+    const need = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700) ? 3 : 4.5;
+    const got = ratio(fg, bg);
+    if (got < need) {
+      problems.push(`"${e.textContent.trim().slice(0, 30)}" (${e.className}): ${got.toFixed(2)}:1`);
+    }
+  }
+  for (const b of document.querySelectorAll("button, a, [role=radio]")) {
+    if (!b.getClientRects().length) continue;
+    const text = b.textContent.replace(/\s+/g, " ").trim();
+    const label = b.getAttribute("aria-label");
+    if (!label && !text) problems.push(`a ${b.tagName} (${b.className}) has no name`);
+    // Its words, less symbols such as "‹" or "−" (which a name need not repeat).
+    const words = text.toLowerCase().match(/[\p{L}\p{N}][\p{L}\p{N}.,:']*/gu) || [];
+    if (label && !words.every((w) => label.toLowerCase().includes(w))) {
+      problems.push(`"${label}" does not say what its button shows: "${text}"`);
+    }
+  }
+  return problems;
+}"""
+
+
+def readable(page, scheme, screen):
+    settle(page)
+    problems = page.evaluate(A11Y)
+    assert not problems, f"{scheme}, {screen}: {problems}"
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_has_enough_contrast_and_buttons_say_what_they_show(botless, open_app, scheme):
+    """The page's own colours (a plain browser, light or dark; in Telegram they are Telegram's) on
+    every kind of screen."""
+    ids = stock(botless)
+    shop.touch_user(botless.conn, shop.PREVIEW_USER)
+    shop.add_to_basket(botless.conn, shop.PREVIEW_USER["id"], *ids[("Mug", "Pankow")])
+    app = open_app(botless, telegram=False, viewport=PHONE, color_scheme=scheme)
+    page = app.page
+    check = functools.partial(readable, page, scheme)
+
+    check("catalog")
+    open_mitte(app)
+    check("district")
+    page.locator(".card").first.click()
+    check("product")
+    page.locator(".tab").filter(has_text="Basket").click()
+    expect(page.locator(".line")).to_have_count(1)
+    check("basket")
+    page.locator(".main-button").click()
+    expect(page.locator(".coin-group")).to_have_count(2)
+    check("checkout")
+    page.locator("[data-key=ltc]").click()
+    page.locator(".main-button").click()
+    expect(page.locator(".pay-amount")).to_be_visible()
+    check("invoice")
+    app.button("Pay in full").click()
+    expect(page.locator(".goods .content")).to_have_count(1, timeout=15000)
+    check("paid")
+    page.locator(".tab").filter(has_text="Orders").click()
+    expect(page.locator(".order")).to_have_count(1)
+    check("orders")
+    page.locator(".tab").filter(has_text="Balance").click()
+    page.get_by_label("Amount in EUR").fill("3")
+    check("balance")
     assert page.errors == []

@@ -1,7 +1,7 @@
 // The shop's Telegram Mini App: catalog, basket, checkout, invoices, orders and balance.
 // Screens are functions that return nodes; a stack of routes gives the BackButton its meaning.
 
-import { h, cents, eur, starsText, parseAmount, requestId, api, blobUrl, setInitData, toast, copyText, ApiError } from "./ui.js";
+import { h, cents, eur, plainAmount, starsText, parseAmount, requestId, api, blobUrl, setInitData, toast, copyText, ApiError } from "./ui.js";
 import * as tg from "./tg.js";
 
 const S = { me: null, catalog: { cities: [] }, basket: { items: [], total: "0.00", count: 0 }, basketAt: 0,
@@ -114,10 +114,19 @@ function go(name, params = {}, how = "push") {
   render(0);
 }
 
+/** Where Back goes: the screen before, or from a tab's first screen, the catalog. */
 function back() {
-  if (stack.length < 2) return;
-  stack.pop();
-  render(stack[stack.length - 1].scroll || 0);
+  if (stack.length > 1) {
+    stack.pop();
+    render(stack[stack.length - 1].scroll || 0);
+  } else if (!atRoot()) {
+    go("cities", {}, "reset");
+  }
+}
+
+/** The catalog's first screen: the only one without a Back button (Telegram shows Close there). */
+function atRoot() {
+  return stack.length === 1 && stack[0].name === "cities";
 }
 
 /** Draw the route on top of the stack; scrollTo null keeps the scroll position (a refresh). */
@@ -126,7 +135,7 @@ async function render(scrollTo = null) {
   const y = scrollTo == null ? window.scrollY : scrollTo;
   if (view) view.close();
   const v = view = makeView();
-  tg.setBackButton(stack.length > 1);
+  tg.setBackButton(!atRoot());
   for (const [name, button] of Object.entries(chrome.tabs || {})) {
     button.setAttribute("aria-current", name === stack[0].name ? "page" : "false");
   }
@@ -182,11 +191,15 @@ function row(title, sub, onclick) {
     h("span", { class: "chev", "aria-hidden": "true" }, "›")));
 }
 
+/** A product's photo ({name, photo_url}), or its initial on a tint of its own when it has none. */
 function photo(product, className, lazy = true) {
   if (product.photo_url && product.photo_url.startsWith("/media/")) {
     return h("img", { class: className, src: product.photo_url, alt: "", loading: lazy ? "lazy" : "eager", decoding: "async" });
   }
-  return h("span", { class: className + " no-photo", "aria-hidden": "true" }, Array.from(product.name)[0] || "?");
+  const name = String(product.name || "").trim();
+  let hue = 0;
+  for (const ch of name) hue = (hue * 31 + ch.codePointAt(0)) % 6;
+  return h("span", { class: `${className} no-photo tint-${hue}`, "aria-hidden": "true" }, (Array.from(name)[0] || "?").toUpperCase());
 }
 
 /** "€25.00 · 1,250 ⭐" where the product may be paid in Stars, else "€25.00". */
@@ -199,8 +212,9 @@ function plural(n, one, many) {
   return `${n} ${n === 1 ? one : many}`;
 }
 
+/** The one way stock is worded: on cards, the product page and in the basket. */
 function stock(n) {
-  return n === 1 ? "1 left" : `${n} available`;
+  return n > 0 ? `${n} available` : "Sold out";
 }
 
 function missing(text) {
@@ -235,7 +249,9 @@ async function setQuantity(productId, districtId, quantity) {
     // The shown stock was out of date: show what there is now.
     await Promise.allSettled([loadBasket(), loadCatalog()]);
   }
-  if (route === stack[stack.length - 1]) render();
+  // The screen it was asked from, or the basket if the shopper went there meanwhile.
+  const top = stack[stack.length - 1];
+  if (top === route || top.name === "basket") render();
 }
 
 function copyRow(label, value, what) {
@@ -250,6 +266,32 @@ function option({ title, sub, selected, disabled, onPick, key, wide }) {
   return h("button", { type: "button", role: "radio", class: wide ? "option wide" : "option", "aria-checked": selected ? "true" : "false",
                        disabled, "data-key": key, onclick: onPick },
     h("span", { class: "option-title" }, title), sub ? h("span", { class: "option-sub" }, sub) : null);
+}
+
+/** The coins grouped by asset: a coin on one network is one choice (BTC), an asset on several is
+ * one group with a choice per network (USDT: TRC20 · ERC20 · BEP20 · SOL). amount (cents) or null:
+ * a coin whose minimum is above it cannot be chosen. onPick(code) makes a click handler. */
+function coinChoices(coins, amount, selected, onPick) {
+  const assets = new Map();
+  for (const c of coins) {
+    const asset = c.asset || String(c.label).split(" · ")[0];
+    if (!assets.has(asset)) assets.set(asset, []);
+    assets.get(asset).push(c);
+  }
+  const tooSmall = (c) => amount != null && c.minimum != null && cents(c.minimum) > amount;
+  return Array.from(assets, ([asset, list]) => {
+    if (list.length === 1) {
+      const [c] = list;
+      return option({ key: c.code, title: c.label, sub: tooSmall(c) ? `from ${eur(c.minimum)}` : c.name,
+                      selected: selected === c.code, disabled: tooSmall(c), onPick: onPick(c.code) });
+    }
+    return h("div", { class: "option coin-group wide", role: "group", "aria-label": `${asset}, ${list[0].name}: networks` },
+      h("span", { class: "option-title" }, asset, h("span", { class: "option-sub" }, ` ${list[0].name} · choose the network`)),
+      h("span", { class: "nets" }, list.map((c) => h("button", {
+        type: "button", role: "radio", class: "net", "data-key": c.code, disabled: tooSmall(c),
+        "aria-checked": selected === c.code ? "true" : "false", onclick: onPick(c.code) },
+      c.network, tooSmall(c) ? h("span", { class: "net-min" }, ` · from ${eur(c.minimum)}`) : null))));
+  });
 }
 
 // Checkout ####################################################################
@@ -275,7 +317,7 @@ function checkoutPlan(p) {
     if (!S.basket.items.length) return null;
     const pay = S.basket.payment;
     const lines = S.basket.items.map((i) => ({ name: i.name, place: i.place, price: i.price, quantity: i.quantity,
-                                               product_id: i.product_id, district_id: i.district_id }));
+                                               product_id: i.product_id, district_id: i.district_id, photo_url: i.photo_url }));
     return { lines, total: sumLines(lines), methods: pay ? pay.methods : null, stars: pay ? pay.stars : null,
              parts: pay ? pay.parts : [], body: { type: "basket" } };
   }
@@ -283,14 +325,14 @@ function checkoutPlan(p) {
   if (!found) return null;
   const { product } = found;
   const lines = [{ name: product.name, place: `${found.city.name} / ${found.district.name}`, price: product.price,
-                   quantity: p.quantity, product_id: product.id, district_id: found.district.id }];
+                   quantity: p.quantity, product_id: product.id, district_id: found.district.id, photo_url: product.photo_url }];
   return { lines, total: sumLines(lines), methods: product.methods || ["crypto", "balance"],
            stars: product.stars != null ? product.stars * p.quantity : null, parts: [],
            body: { type: "product", product_id: p.product, district_id: p.district, quantity: p.quantity } };
 }
 
 function summary(lines) {
-  return h("ul", { class: "lines summary" }, lines.map((l) => h("li", { class: "line" },
+  return h("ul", { class: "lines summary" }, lines.map((l) => h("li", { class: "line" }, photo(l, "thumb small"),
     h("div", { class: "line-text" }, h("span", { class: "line-name" }, l.name), h("span", { class: "line-place" }, l.place)),
     h("span", { class: "line-sum" }, `${l.quantity} × ${eur(l.price)}`))));
 }
@@ -320,7 +362,7 @@ function payChoice(p, v, methods, amountOf, coins, pay) {
   const pick = (key) => () => {
     p.method = key;
     tg.haptic("select");
-    for (const o of group.children) o.setAttribute("aria-checked", o.dataset.key === key ? "true" : "false");
+    for (const o of group.querySelectorAll("[role=radio]")) o.setAttribute("aria-checked", o.dataset.key === key ? "true" : "false");
     offer();
   };
   const options = [];
@@ -338,12 +380,7 @@ function payChoice(p, v, methods, amountOf, coins, pay) {
   if (methods.includes("crypto") && coins instanceof Error) {
     note = h("p", { class: "warn" }, `Crypto payments are unavailable right now. ${coins.message}`);
   } else if (methods.includes("crypto")) {
-    const total = amountOf("crypto").total;
-    for (const c of coins) {
-      const tooSmall = c.minimum != null && cents(c.minimum) > total;
-      options.push(option({ key: c.code, title: c.label, selected: p.method === c.code, disabled: tooSmall,
-        sub: tooSmall ? `from ${eur(c.minimum)}` : c.name, onPick: pick(c.code) }));
-    }
+    options.push(...coinChoices(coins, amountOf("crypto").total, p.method, pick));
   }
   offer();
   const group = h("div", { class: "options", role: "radiogroup", "aria-label": "Pay with" }, options);
@@ -365,9 +402,7 @@ async function startPayment(p, body) {
     S.me.balance = result.balance;
     updateChrome();
     await Promise.allSettled([loadBasket(), loadCatalog()]);
-    toast(body.part && S.basket.count ? `Order #${result.order_id} is paid; the rest is still in your basket`
-      : `Order #${result.order_id} is paid`);
-    go("orders", { highlight: result.order_id }, "reset");
+    go("paid", { order: result.order_id }, "replace");
   } else {
     if (body.type === "basket") loadBasket().catch(() => {});   // its lines moved into the order
     go("invoice", { payment: result.payment_id, invoice: result, open: true }, "replace");
@@ -493,17 +528,36 @@ function starsNotes(inv, hint) {
   return say("This invoice is no longer open and its items went back on sale. Stars paid for it anyway are given back to you.");
 }
 
+/** Full screen and a home screen shortcut, where the shopper's Telegram has them (Bot API 8.0). */
+function appTools(v) {
+  const box = h("div", { class: "app-tools", hidden: true });
+  const full = tg.canFullscreen() ? h("button", { type: "button", class: "chip tool", onclick: () => tg.setFullscreen(!tg.isFullscreen()) }) : null;
+  const home = h("button", { type: "button", class: "chip tool", hidden: true, onclick: () => tg.addToHomeScreen() }, "📲 Add to home screen");
+  const draw = (homeStatus) => {
+    if (full) full.textContent = tg.isFullscreen() ? "↙ Leave full screen" : "⛶ Full screen";
+    if (homeStatus) home.hidden = !["missed", "unknown"].includes(homeStatus);
+    box.hidden = !full && home.hidden;
+  };
+  v.onApp = (event) => draw(event === "homeScreenAdded" ? "added" : null);
+  if (tg.canAddToHomeScreen()) tg.homeScreenStatus().then((status) => v.alive && draw(status));
+  draw(null);
+  box.append(...[full, home].filter(Boolean));
+  return box;
+}
+
 // Screens #####################################################################
 
 const SCREENS = {
   async cities(p, v) {
     const cities = S.catalog.cities;
-    if (!cities.length) return [h("h1", null, "Shop"), h("p", { class: "empty" }, "Nothing is in stock right now. Please look again later.")];
+    if (!cities.length) {
+      return [h("h1", null, "Shop"), h("p", { class: "empty" }, "Nothing is in stock right now. Please look again later."), appTools(v)];
+    }
     return [h("h1", null, "Choose a city"), h("ul", { class: "list" }, cities.map((city) => {
       const products = city.districts.reduce((n, d) => n + d.products.length, 0);
       return row(city.name, `${plural(city.districts.length, "district", "districts")} · ${plural(products, "product", "products")}`,
                  () => go("districts", { city: city.id }));
-    }))];
+    })), appTools(v)];
   },
 
   async districts(p) {
@@ -583,11 +637,11 @@ const SCREENS = {
         ? h("button", { type: "button", class: "link line-name",
                         onclick: () => go("product", { product: item.product_id, district: item.district_id }) }, item.name)
         : h("span", { class: "line-name" }, item.name);
-      return h("li", { class: "line" },
+      return h("li", { class: "line" }, photo(item, "thumb"),
         h("div", { class: "line-text" }, title, h("span", { class: "line-place" }, item.place),
           h("span", { class: "line-sum" }, `${item.quantity} × ${eur(item.price)} = ${eur(cents(item.price) * item.quantity)}`),
           item.reserved ? h("span", { class: "note" }, `${item.reserved} reserved for you: waiting for your payment`)
-            : short ? h("span", { class: "warn" }, item.available ? `Only ${item.available} available now` : "Sold out now") : null),
+            : short ? h("span", { class: "warn" }, item.available ? `Only ${stock(item.available)} now` : "Sold out now") : null),
         h("div", { class: "line-actions" },
           stepper(item.quantity, Math.min(item.available, 100), item.name,
                   (q) => setQuantity(item.product_id, item.district_id, q)), remove));
@@ -670,7 +724,7 @@ const SCREENS = {
       goodsAsked = true;
       try {
         const order = (await api("/api/orders")).orders.find((o) => o.id === inv.order_id);
-        if (v.alive && order) goods.replaceChildren(h("h2", null, "Your items"), orderCard(order, v));
+        if (v.alive && order) goods.replaceChildren(...goodsSection(order, v));
       } catch (e) { /* they are in My orders too */ }
     };
     const update = (next) => {
@@ -681,7 +735,7 @@ const SCREENS = {
       const notes = [h("span", { class: `pill ${closed ? "expired" : inv.status}` }, closed ? "⌛ No longer open" : inv.status_text),
         ...(stars ? starsNotes(inv, hint) : cryptoNotes(inv))];
       if (inv.sandbox) notes.unshift(h("p", { class: "sandbox" }, stars ? "🧪 Sandbox: a test invoice, no real Stars." : "🧪 Sandbox: a test invoice, no real money."));
-      status.replaceChildren(...notes);
+      status.replaceChildren(...notes.filter(Boolean));
       details.hidden = inv.final || closed;
       const buttons = [];
       if (inv.status === "waiting" && inv.open) {
@@ -713,11 +767,8 @@ const SCREENS = {
             })));
         }
       }
-      if (inv.final && inv.kind === "order" && S.basket.count) {
-        buttons.push(h("button", { type: "button", class: "btn secondary", onclick: () => go("basket", {}, "reset") },
-          `Pay for the rest of your basket (${plural(S.basket.count, "item", "items")})`));
-      }
-      actions.replaceChildren(...buttons);
+      if (inv.final && inv.kind === "order") buttons.push(restOfBasket());
+      actions.replaceChildren(...buttons.filter(Boolean));
       tick();
       if (inv.kind === "order" && inv.order_status === "paid" && !goodsAsked) showGoods();
       if (!settled && done()) {
@@ -742,6 +793,17 @@ const SCREENS = {
     const title = stars ? `${what} · ${starsText(inv.stars)}` : `${what} · ${eur(inv.price_amount)}`;
     return [h("h1", null, title), stars ? h("p", { class: "muted" }, `${eur(inv.price_amount)} in Telegram Stars`) : null,
       status, countdown, details, actions, goods];
+  },
+
+  /** A purchase paid from the balance: paid at once, so its goods are here at once. */
+  async paid(p, v) {
+    const order = (await api("/api/orders")).orders.find((o) => o.id === p.order);
+    if (!order) return missing("This order is not among your orders.");
+    v.main("Open my orders", () => go("orders", { highlight: order.id }, "reset"));
+    return [h("h1", null, `Order #${order.id} · ${eur(order.total)}`),
+      h("div", { class: "status", role: "status" }, h("span", { class: `pill ${order.status}` }, ORDER_STATUS[order.status] || order.status),
+        h("p", null, `Paid from your balance; ${eur(S.me.balance)} is left. Here are your items; they stay in My orders.`)),
+      h("div", { class: "actions" }, restOfBasket()), h("div", { class: "goods" }, goodsSection(order, v))];
   },
 
   async orders(p, v) {
@@ -783,27 +845,26 @@ const SCREENS = {
     const refresh = () => {
       const amount = parseAmount(input.value);
       const valid = amount >= min && amount <= max;
+      const coin = Array.isArray(coins) ? coins.find((c) => c.code === p.coin) : null;
       if (coins instanceof Error) {
         list.replaceChildren(h("p", { class: "warn" }, `Crypto payments are unavailable right now. ${coins.message}`));
       } else {
-        list.replaceChildren(...coins.map((c) => {
-          const tooSmall = valid && c.minimum != null && cents(c.minimum) > amount;
-          return option({ key: c.code, title: c.label, selected: p.coin === c.code, disabled: tooSmall,
-            sub: tooSmall ? `from ${eur(c.minimum)}` : c.name,
-            onPick: () => { p.coin = c.code; tg.haptic("select"); refresh(); } });
-        }));
+        list.replaceChildren(...coinChoices(coins, valid ? amount : null, p.coin,
+          (code) => () => { p.coin = code; tg.haptic("select"); refresh(); }));
       }
       if (!input.value.trim()) v.main("Enter an amount", null, { disabled: true });
       else if (!valid) v.main(`From ${eur(min)} to ${eur(max)}`, null, { disabled: true });
       else if (!p.coin) v.main("Choose a coin", null, { disabled: true });
-      else v.main(`Top up ${eur(amount)} with ${coinLabel(p.coin)}`, topUp);
+      else if (coin && coin.minimum != null && cents(coin.minimum) > amount) {
+        v.main(`${coin.label} takes ${eur(coin.minimum)} or more`, null, { disabled: true });
+      } else v.main(`Top up ${eur(amount)} with ${coinLabel(p.coin)}`, topUp);
     };
     const topUp = async () => {
       const amount = parseAmount(input.value);
       let invoice;
       try {
         invoice = await api("/api/payment/refill", { method: "POST",
-          body: { amount: eur(amount).slice(1), currency: p.coin, request_id: p.rid } });
+          body: { amount: plainAmount(amount), currency: p.coin, request_id: p.rid } });
       } catch (e) {
         if (e.status) p.rid = requestId();
         throw e;
@@ -844,8 +905,19 @@ function clock(seconds) {
   return (hh ? `${hh}:${two(mm)}` : String(mm)) + ":" + two(s % 60);
 }
 
-function orderCard(order, v, highlight) {
-  const items = order.items.map((item) => {
+/** After a purchase, what is still in the basket (a basket paid one part at a time). */
+function restOfBasket() {
+  return S.basket.count ? h("button", { type: "button", class: "btn secondary", onclick: () => go("basket", {}, "reset") },
+    `Pay for the rest of your basket (${plural(S.basket.count, "item", "items")})`) : null;
+}
+
+/** A paid order's goods on the screen that says it is paid. */
+function goodsSection(order, v) {
+  return [h("h2", null, "Your items"), h("section", { class: "goods-box" }, orderItems(order, v))];
+}
+
+function orderItems(order, v) {
+  return h("ul", { class: "items" }, order.items.map((item) => {
     const parts = [h("div", { class: "item-title" }, h("strong", null, item.name), ` · ${item.place} · ${eur(item.price)}`)];
     if (item.content != null) {
       parts.push(h("pre", { class: "content" }, item.content),
@@ -859,7 +931,10 @@ function orderCard(order, v, highlight) {
       parts.push(img);
     }
     return h("li", { class: "item" }, parts);
-  });
+  }));
+}
+
+function orderCard(order, v, highlight) {
   const when = new Date(order.created_at);
   return h("article", { class: "order" + (order.id === highlight ? " highlight" : ""), id: `order-${order.id}`,
                         "data-status": order.status },
@@ -868,7 +943,7 @@ function orderCard(order, v, highlight) {
     h("p", { class: "muted small" }, `${isNaN(when) ? order.created_at : when.toLocaleString()} · ${eur(order.total)}`
       + (order.method === "balance" ? " · from balance"
         : order.method === "stars" ? `${order.stars != null ? ` · ${starsText(order.stars)}` : ""} · Stars` : " · crypto")),
-    h("ul", { class: "items" }, items),
+    orderItems(order, v),
     order.status === "pending" && order.payment_id
       ? h("button", { type: "button", class: "btn", onclick: () => go("invoice", { payment: order.payment_id }) }, "Open invoice")
       : null);
@@ -877,24 +952,35 @@ function orderCard(order, v, highlight) {
 // Frame: header, tabs, start ##################################################
 
 function updateChrome() {
-  if (chrome.balance && S.me) chrome.balance.textContent = eur(S.me.balance);
+  if (chrome.balance && S.me) {
+    chrome.balance.textContent = eur(S.me.balance);
+    chrome.balance.setAttribute("aria-label", `Balance: ${eur(S.me.balance)}`);
+  }
   if (chrome.count) {
-    chrome.count.textContent = S.basket.count ? String(S.basket.count) : "";
+    // Read out as "Basket 2 items"; shown as a 2 on the tab.
+    chrome.count.replaceChildren(String(S.basket.count), h("span", { class: "sr-only" }, S.basket.count === 1 ? " item" : " items"));
     chrome.count.hidden = !S.basket.count;
   }
 }
 
+/** Keep the page's bottom padding (and toasts) clear of the dock: the main button and the tabs. */
+function fitDock() {
+  if (chrome.dock) document.documentElement.style.setProperty("--dock-h", `${chrome.dock.offsetHeight}px`);
+}
+
 function buildChrome() {
-  const fallback = tg.inTelegram ? null : tg.fallbackButtons();
-  chrome.balance = h("button", { type: "button", class: "chip balance-chip", "aria-label": "Balance",
-                                 onclick: () => go("account", {}, "reset") });
+  const fallback = tg.inTelegram ? null : tg.fallbackButtons(fitDock);
+  chrome.balance = h("button", { type: "button", class: "chip balance-chip", onclick: () => go("account", {}, "reset") });
   const label = S.me.preview ? h("span", { class: "badge preview" }, "Preview (sandbox)")
     : S.me.test_mode ? h("span", { class: "badge" }, "🧪 Test mode")
     : S.me.sandbox ? h("span", { class: "badge" }, "🧪 Sandbox") : null;
-  const header = h("header", { class: "top" }, fallback && fallback.back,
+  // The name is never cut: beside Back and the balance with the badge under it, or when it is long,
+  // on a row of its own under them.
+  const long = Array.from(S.me.shop_name).length > 36;
+  const header = h("header", { class: `top${long ? " long-name" : ""}${label ? "" : " no-badge"}` }, fallback && fallback.back,
     h("span", { class: "shop-name" }, S.me.shop_name), label, chrome.balance);
   chrome.tabs = {};
-  chrome.count = h("span", { class: "count", "aria-label": "items in the basket" });
+  chrome.count = h("span", { class: "count" });
   const nav = h("nav", { class: "tabs" }, TABS.map(([name, text, icon]) => {
     const button = chrome.tabs[name] = h("button", { type: "button", class: "tab", onclick: () => {
       if (name === "cities") loadCatalog().then(() => stack.length === 1 && stack[0].name === "cities" && render()).catch(() => {});
@@ -905,15 +991,16 @@ function buildChrome() {
   const main = document.getElementById("app");
   main.before(header);
   if (S.me.preview) {
-    main.before(h("p", { class: "preview-note" },
+    main.before(h("aside", { class: "preview-note", "aria-label": "Preview" },
       "You are browsing as a preview shopper in the sandbox: nothing here is real, and payments can be simulated."));
   } else if (S.me.test_mode) {
-    main.before(h("p", { class: "preview-note test-mode", role: "status" }, S.me.can_buy
+    main.before(h("aside", { class: "preview-note test-mode", "aria-label": "Test mode" }, h("p", { role: "status" }, S.me.can_buy
       ? "🧪 Test mode: you may buy here and simulate payments. Other shoppers cannot buy until the shop takes real payments."
-      : "🧪 Test mode: this shop is not selling yet. You are welcome to look around, but nothing can be bought."));
+      : "🧪 Test mode: this shop is not selling yet. You are welcome to look around, but nothing can be bought.")));
   }
-  main.after(nav);
-  if (fallback) nav.before(fallback.main);
+  chrome.dock = h("div", { class: "dock" }, fallback && fallback.main, nav);
+  main.after(chrome.dock);
+  if (window.ResizeObserver) new ResizeObserver(fitDock).observe(chrome.dock);   // also once at the start
   updateChrome();
 }
 
@@ -921,13 +1008,18 @@ function fatal(message, link) {
   if (view) view.close();
   tg.setMainButton(null);
   tg.setBackButton(false);
-  document.querySelectorAll("header.top, nav.tabs, .main-button").forEach((n) => n.remove());
+  document.querySelectorAll("header.top, .dock").forEach((n) => n.remove());
+  document.documentElement.style.removeProperty("--dock-h");
   document.getElementById("app").replaceChildren(h("div", { class: "fatal" }, h("p", null, message),
     link ? h("a", { class: "btn", href: link }, "Log in to the admin") : null));
 }
 
 async function start() {
   tg.startTelegram({ onBack: back });
+  tg.onAppEvent((event, data) => {
+    if (event === "fullscreenFailed" && data.error !== "ALREADY_FULLSCREEN") toast("Full screen is not available here.");
+    if (view && view.alive && view.onApp) view.onApp(event, data);
+  });
   let initData = tg.initData;
   if (!initData) {
     // Outside Telegram: a preview shopper, where the shop offers one (sandbox; with a bot, owners only).

@@ -26,11 +26,26 @@ export function applyTheme() {
   if (W.colorScheme === "dark" || W.colorScheme === "light") root.dataset.scheme = W.colorScheme;
 }
 
+/** Telegram's safe areas (a notch; in full screen, Telegram's own buttons over the top) as CSS
+ * variables. telegram-web-app.js sets them too; doing it here keeps them right if it is stubbed. */
+function applyInsets() {
+  const root = document.documentElement;
+  for (const [name, inset] of [["safe-area", W.safeAreaInset], ["content-safe-area", W.contentSafeAreaInset]]) {
+    for (const side of ["top", "bottom"]) {
+      const px = inset && Number(inset[side]);
+      if (Number.isFinite(px)) root.style.setProperty(`--tg-${name}-inset-${side}`, `${px}px`);
+    }
+  }
+  root.classList.toggle("fullscreen", !!W.isFullscreen);
+}
+
 // One handler each, registered once; screens only change what they do.
 let mainAction = null;
 let backAction = null;
 let fallbackMain = null;
 let fallbackBack = null;
+let mainMoved = null;
+const listeners = [];
 
 export function startTelegram({ onBack }) {
   backAction = onBack;
@@ -41,11 +56,47 @@ export function startTelegram({ onBack }) {
     safe(() => W.onEvent("themeChanged", applyTheme));
     safe(() => W.MainButton.onClick(() => mainAction && mainAction()));
     safe(() => W.BackButton.onClick(() => backAction && backAction()));
+    safe(applyInsets);
+    for (const event of ["fullscreenChanged", "fullscreenFailed", "homeScreenAdded", "safeAreaChanged", "contentSafeAreaChanged"]) {
+      safe(() => W.onEvent(event, (data) => {
+        safe(applyInsets);
+        listeners.forEach((fn) => fn(event, data || {}));
+      }));
+    }
   }
 }
 
-/** The page's own main and back buttons, used when not in Telegram. */
-export function fallbackButtons() {
+/** fn(event, data) on Telegram's fullscreenChanged, fullscreenFailed and homeScreenAdded. */
+export function onAppEvent(fn) {
+  listeners.push(fn);
+}
+
+// Bot API 8.0: full screen and home screen shortcuts, where the shopper's Telegram has them.
+const since8 = () => inTelegram && safe(() => W.isVersionAtLeast("8.0")) === true;
+export const canFullscreen = () => since8() && typeof W.requestFullscreen === "function" && typeof W.exitFullscreen === "function";
+export const isFullscreen = () => !!(inTelegram && W.isFullscreen);
+export const canAddToHomeScreen = () => since8() && typeof W.addToHomeScreen === "function";
+
+export function setFullscreen(on) {
+  safe(() => (on ? W.requestFullscreen() : W.exitFullscreen()));
+}
+
+export function addToHomeScreen() {
+  safe(() => W.addToHomeScreen());
+}
+
+/** Resolves to "unsupported", "unknown", "added" or "missed" (Telegram's checkHomeScreenStatus). */
+export function homeScreenStatus() {
+  return new Promise((resolve) => {
+    if (!canAddToHomeScreen() || typeof W.checkHomeScreenStatus !== "function") { resolve("unsupported"); return; }
+    try { W.checkHomeScreenStatus((status) => resolve(String(status || "unknown"))); } catch (e) { resolve("unknown"); }
+  });
+}
+
+/** The page's own main and back buttons, used when not in Telegram. onMove() runs when the main
+ * button shows, hides or changes, so the page can keep its content clear of it. */
+export function fallbackButtons(onMove) {
+  mainMoved = onMove;
   fallbackMain = h("button", { class: "main-button", type: "button", hidden: true,
                                onclick: () => mainAction && mainAction() });
   fallbackBack = h("button", { class: "back", type: "button", hidden: true, "aria-label": "Back",
@@ -66,13 +117,14 @@ export function setMainButton(spec) {
       b.show();
     });
   } else if (fallbackMain) {
+    const was = `${fallbackMain.hidden}${fallbackMain.textContent}`;
     fallbackMain.hidden = !spec;
-    document.body.classList.toggle("has-main", !!spec);
     if (spec) {
       fallbackMain.textContent = spec.text;
       fallbackMain.disabled = !!(spec.disabled || spec.busy);
       fallbackMain.classList.toggle("busy", !!spec.busy);
     }
+    if (mainMoved && was !== `${fallbackMain.hidden}${fallbackMain.textContent}`) mainMoved();
   }
 }
 

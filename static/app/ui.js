@@ -23,21 +23,35 @@ export function cents(text) {
   return m[1] ? -value : value;
 }
 
+/** "1234567" -> "1,234,567": digits grouped in threes (text in, text out: exact for any length). */
+export function grouped(digits) {
+  return String(digits).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
+/** 123450 or "1234.50" -> "€1,234.50" (shown to the shopper). */
 export function eur(value) {
   const c = typeof value === "number" ? value : cents(value);
   if (!Number.isFinite(c)) return "€" + value;
   const abs = Math.abs(c);
-  return (c < 0 ? "−€" : "€") + Math.floor(abs / 100) + "." + String(abs % 100).padStart(2, "0");
+  return (c < 0 ? "−€" : "€") + grouped(Math.floor(abs / 100)) + "." + String(abs % 100).padStart(2, "0");
+}
+
+/** 123450 -> "1234.50": an amount as the shop's API reads it (no grouping, no sign). */
+export function plainAmount(c) {
+  return `${Math.floor(c / 100)}.${String(c % 100).padStart(2, "0")}`;
 }
 
 /** 1250 -> "1,250 ⭐": an amount in Telegram Stars (always whole). */
 export function starsText(n) {
-  return `${Math.round(Number(n)).toLocaleString("en-US")} ⭐`;
+  return `${grouped(Math.round(Number(n)))} ⭐`;
 }
 
-/** "20", "20.5", "20,50" -> 2050 cents, or NaN. */
+/** "20", "20.5", "20,50", "1,234.50", "1.234,50", "1 234" -> cents, or NaN. */
 export function parseAmount(text) {
-  const m = /^\s*(\d{1,7})(?:[.,](\d{1,2}))?\s*$/.exec(text);
+  let t = String(text).replace(/[\s\u00a0\u202f]/g, "");
+  if (/^\d{1,3}(,\d{3})+(\.\d{1,2})?$/.test(t)) t = t.replace(/,/g, "");
+  else if (/^\d{1,3}(\.\d{3})+(,\d{1,2})?$/.test(t)) t = t.replace(/\./g, "");
+  const m = /^(\d{1,7})(?:[.,](\d{1,2}))?$/.exec(t);
   return m ? Number(m[1]) * 100 + Number((m[2] || "").padEnd(2, "0")) : NaN;
 }
 
