@@ -72,6 +72,7 @@ Run `python shop.py --help`. Importing this module has no side effects.
 import argparse
 import collections
 import csv
+import email.utils
 import functools
 import glob
 import gzip
@@ -3220,7 +3221,7 @@ def sold_out(offer, left):
     return SoldOut(
         f"Sorry, {offer['name']} in {place} is sold out."
         if not left
-        else f"Sorry, only {left} of {offer['name']} left in {place}."
+        else f"Sorry, only {left} of {offer['name']} available in {place}."
     )
 
 
@@ -8310,10 +8311,60 @@ def web_index(shop):
     )
 
 
+class StaticGzip:
+    """Text assets (scripts, styles, SVG) gzipped once per version of the file and kept, shared
+    by the web server's threads: phones fetch a fraction of the bytes, the server compresses each
+    file once."""
+
+    TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+
+    def __init__(self):
+        self.files = {}  # path -> (mtime_ns, size, gzipped bytes)
+        self.lock = threading.Lock()
+
+    def get(self, path):
+        """(gzipped bytes, ETag, mtime) of a text asset under STATIC_DIR; None for any other."""
+        full = (STATIC_DIR / path).resolve()
+        if full.suffix not in self.TYPES or not full.is_relative_to(STATIC_DIR.resolve()):
+            return None
+        try:
+            stat = full.stat()
+        except OSError:
+            return None
+        with self.lock:
+            cached = self.files.get(path)
+            if not cached or cached[:2] != (stat.st_mtime_ns, stat.st_size):
+                cached = (stat.st_mtime_ns, stat.st_size, gzip.compress(full.read_bytes(), 9))
+                self.files[path] = cached
+        return cached[2], f'"{stat.st_mtime_ns:x}-{stat.st_size:x}-gz"', stat.st_mtime
+
+
 def web_static(shop, path):
     # The Mini App's code revalidates on every load (a cheap 304): new versions reach phones now.
     cache = "no-cache" if path.startswith("app/") else "public, max-age=3600"
-    return bottle.static_file(path, root=str(STATIC_DIR), headers={"Cache-Control": cache})
+    packed = None
+    if "gzip" in (header("Accept-Encoding") or "").lower():
+        packed = shop.static_gzip.get(path)
+    if packed is None:
+        return bottle.static_file(path, root=str(STATIC_DIR), headers={"Cache-Control": cache})
+    body, etag, mtime = packed
+    headers = {
+        "Cache-Control": cache,
+        "ETag": etag,
+        "Vary": "Accept-Encoding",
+        "Last-Modified": email.utils.formatdate(mtime, usegmt=True),
+    }
+    if header("If-None-Match") == etag:
+        return bottle.HTTPResponse(status=304, headers=headers)
+    content_type = StaticGzip.TYPES[Path(path).suffix]
+    return bottle.HTTPResponse(
+        body,
+        headers={
+            **headers,
+            "Content-Type": f"{content_type}; charset=UTF-8",
+            "Content-Encoding": "gzip",
+        },
+    )
 
 
 def web_media(shop, name):
@@ -10775,7 +10826,9 @@ def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
         )
         if offer["available"] < quantity:
             short = True
-            line += f" ⚠️ only {offer['available']} left" if offer["available"] else " ⚠️ sold out"
+            line += (
+                f" ⚠️ only {offer['available']} available" if offer["available"] else " ⚠️ sold out"
+            )
         text.append(line)
     methods = [m for m in checkout_methods(conn, offers) if m != "stars" or stars]
     text += ["", f"Total: <b>{fmt_eur(total)}</b>"]
@@ -12306,6 +12359,7 @@ def make_webapp(shop, app):
     """The Mini App: its page at /app and its JSON API under /api, each call signed by Telegram
     initData."""
     shop.miniapp = MiniAppCaches()
+    shop.static_gzip = StaticGzip()
     for method, path, handler in API_ROUTES:
         app.route(path, method, functools.partial(api_call, shop, method, handler))
     add_routes(app, shop, MINIAPP_ROUTES)

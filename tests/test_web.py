@@ -106,3 +106,31 @@ def test_bad_requests_get_clear_errors_not_500(web, method, path):
 def test_static_files_are_served(web):
     r = requests.get(web.url + "/static/css/site.css", timeout=5)
     assert r.status_code == 200 and "text/css" in r.headers["Content-Type"]
+
+
+def test_scripts_and_styles_are_served_gzipped_to_who_takes_gzip(web):
+    import gzip
+
+    path = shop.STATIC_DIR / "app" / "app.js"
+    plain = requests.get(
+        web.url + "/static/app/app.js", headers={"Accept-Encoding": "identity"}, timeout=5
+    )
+    assert plain.status_code == 200 and "Content-Encoding" not in plain.headers
+    assert plain.content == path.read_bytes()
+    raw = requests.get(
+        web.url + "/static/app/app.js", headers={"Accept-Encoding": "gzip"}, timeout=5, stream=True
+    )
+    body = raw.raw.read()
+    assert raw.headers["Content-Encoding"] == "gzip" and raw.headers["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(body) == path.read_bytes() and len(body) < path.stat().st_size / 2
+    assert raw.headers["Content-Type"].startswith("text/javascript")
+    again = requests.get(
+        web.url + "/static/app/app.js",
+        headers={"Accept-Encoding": "gzip", "If-None-Match": raw.headers["ETag"]},
+        timeout=5,
+    )
+    assert again.status_code == 304 and again.content == b""
+    # Not a text asset, or not there: as before.
+    for target, status in (("/static/img/nothing.js", 404), ("/static/%2e%2e/shop.py", 403)):
+        r = requests.get(web.url + target, headers={"Accept-Encoding": "gzip"}, timeout=5)
+        assert r.status_code == status and "Content-Encoding" not in r.headers
