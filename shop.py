@@ -2864,6 +2864,7 @@ DEMO_CATALOG = {
         {
             "name": "Ethiopian Yirgacheffe beans 250 g",
             "kind": "physical",
+            "methods": ["crypto", "balance"],
             "price": "12.90",
             "photo": str(DEMO_IMAGES / "coffee-beans.jpg"),
             "description": "Washed Yirgacheffe, light roast: jasmine, lemon and honey. "
@@ -2924,6 +2925,7 @@ DEMO_CATALOG = {
         {
             "name": "Poster: Lisbon Tram 28 (A2)",
             "kind": "physical",
+            "methods": ["crypto", "balance"],
             "price": "19.00",
             "photo": str(DEMO_IMAGES / "poster-tram.jpg"),
             "description": "Screen-printed A2 poster of the yellow tram 28 on heavy matte paper, "
