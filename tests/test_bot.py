@@ -446,3 +446,19 @@ def test_a_bot_without_payment_keys_says_test_mode_loudly(fake_tg, run_shop):
     )
     assert "not selling yet" in Shopper(fake_tg, 6002).send("/start", "Welcome").text
     assert "you may buy here" in Shopper(fake_tg, 9001).send("/start", "Welcome").text
+
+
+def test_a_photo_card_shown_again_is_edited_in_place_not_sent_anew(fake_tg, hostile_shop):
+    """Adding to the basket from a product card with a photo edits that message in place
+    (editMessageMedia with the photo's file_id): no delete, no new message, no second upload."""
+    ann = Shopper(fake_tg, 1010)
+    card = ann.open_product("Berlin", "Mitte", "gift_card *25* · €25.00")
+    assert card.kind == "photo"
+    uploads, deletes = len(fake_tg.calls_to("sendPhoto")), len(fake_tg.calls_to("deleteMessage"))
+    assert ann.click("➕ Add to basket").startswith("Added to your basket")
+    again = ann.screen
+    assert again.message_id == card.message_id and again.kind == "photo"
+    assert "In your basket: 1" in again.content
+    assert len(fake_tg.calls_to("editMessageMedia")) == 1
+    assert len(fake_tg.calls_to("sendPhoto")) == uploads
+    assert len(fake_tg.calls_to("deleteMessage")) == deletes

@@ -697,3 +697,12 @@ def test_a_basket_invoice_takes_the_lines_and_an_expiry_or_a_failed_invoice_puts
     assert basket_of(conn, uid) == []
     told = conn.execute("SELECT text FROM outbox WHERE order_id = ?", (order_id,)).fetchone()[0]
     assert "went back on sale." in told and "basket" not in told
+
+
+def test_crypto_amounts_read_one_way_in_every_message():
+    """fmt_coin: plain digits, no exponent, no trailing zeros, exact."""
+    assert [
+        shop.fmt_coin(v)
+        for v in ("0.00020000", "2E-4", "1.5e1", "0", "0.000", "123456789.12345678")
+    ] == ["0.0002", "0.0002", "15", "0", "0", "123456789.12345678"]
+    assert shop.fmt_coin("not a number") == "not a number"
