@@ -143,15 +143,22 @@ def test_the_owner_logs_in_builds_a_catalog_and_a_shopper_sees_it_in_the_bot(
     expect(admin.heading()).to_have_text("Catalog")
     expect(page.locator("main")).to_contain_text("No products yet.")
 
-    page.get_by_label("New city").fill(CITY)
+    page.evaluate("window.__stayed = true")  # gone if the page reloads
+    places_say = page.locator("#places-status")
+    page.get_by_label("New city").fill(CITY)  # no places yet: the form is open
     admin.button("Add city").click()
-    admin.says("City added.")
+    expect(places_say).to_have_text("City added.")
+    expect(page.get_by_label("New city")).to_be_focused()  # still open, for the next one
     page.get_by_label("New district in").select_option(label=CITY)
     page.get_by_label("named").fill(DISTRICT)
     admin.button("Add district").click()
-    admin.says("District added.")
-    expect(page.locator("tr.city input[name=name]")).to_have_value(CITY)
-    expect(page.locator("tr.district input[name=name]")).to_have_value(DISTRICT)
+    expect(places_say).to_have_text("District added.")
+    page.get_by_label("named").fill(" ")  # spaces pass the browser's "required"
+    admin.button("Add district").click()
+    expect(page.locator("#add-place [role=alert]")).to_have_text("⚠️ The district name is empty")
+    assert page.evaluate("window.__stayed") is True
+    expect(page.locator("#places li.city > .place-row .place-name")).to_have_text(CITY)
+    expect(page.locator("#places li.district .place-name")).to_have_text(DISTRICT)
 
     page.get_by_role("link", name="New product").click()
     expect(admin.heading()).to_have_text("New product")
