@@ -49,6 +49,12 @@
     return items(list).map(function (el) { return el.id; }).join(",");
   }
 
+  // Follow a row's Edit or a form's Cancel as htmx does, even the moment it arrived.
+  function follow(link) {
+    if (window.htmx) window.htmx.process(link);
+    link.click();
+  }
+
   // Dragging ----------------------------------------------------------------------------------
   document.addEventListener("pointerdown", function (event) {
     var handle = event.target.closest("[data-handle]");
@@ -103,7 +109,7 @@
       if (drag) { drop(false); event.preventDefault(); return; }
       var form = event.target.closest && event.target.closest("form.place-row, .inline-edit");
       var cancel = form && form.querySelector("a.cancel");
-      if (cancel) { cancel.click(); event.preventDefault(); }
+      if (cancel) { follow(cancel); event.preventDefault(); }
       return;
     }
     var handle = event.target.closest && event.target.closest("[data-handle]");
@@ -129,7 +135,7 @@
     if (!row || event.target.closest("a, button, input, select, textarea, label, summary")) return;
     if (window.getSelection && String(window.getSelection())) return;  // the owner is copying text
     var edit = row.querySelector("a.edit");
-    if (edit) edit.click();
+    if (edit) follow(edit);
   });
 
   // A form that opens partly off the screen (a phone) scrolls into view.
