@@ -355,6 +355,7 @@ def test_the_owner_puts_places_in_order_by_dragging_and_by_keyboard(admin, owner
         "added since the page was loaded), so nothing was moved."
     )
     assert places_shown(page) == [*new_order, ("Faro", [])]  # as they are now
+    expect(page.get_by_role("button", name="Move Lisbon, 3 of 4")).to_be_focused()
     assert places_stored(conn) == [*new_order, ("Faro", [])]
     page.get_by_role("button", name="Move Faro, 4 of 4").focus()
     page.keyboard.press("Home")

@@ -36,11 +36,15 @@
     });
   }
 
+  var lastMoved = null;  // the place whose handle keeps the focus when the list comes back
+
   function moved(item, list) {
+    lastMoved = item.id;
     relabel(list);
     var all = items(list);
     var handle = item.querySelector("[data-handle]");
-    say(handle.getAttribute("data-name") + " moved to " + (all.indexOf(item) + 1) + " of " + all.length + "…");
+    var where = all.indexOf(item) + 1 + " of " + all.length;
+    say(handle.getAttribute("data-name") + " moved to " + where + "…");
     var form = document.getElementById(list.getAttribute("data-sortable"));
     if (form && window.htmx) window.htmx.trigger(form, "reorder");
   }
@@ -138,19 +142,22 @@
     if (edit) follow(edit);
   });
 
-  // A form that opens partly off the screen (a phone) scrolls into view.
-  document.addEventListener("htmx:afterSwap", function (event) {
-    var form = event.detail.target;
-    if (!form || !form.matches || !form.matches("tr.editing, form.place-row")) return;
-    var box = form.getBoundingClientRect();
-    if (box.top < 0 || box.bottom > window.innerHeight) form.scrollIntoView({ block: "start" });
-  });
-
   // The server's reasons for a refusal (400) are shown where the owner was working.
+  var refocus = null;
   document.addEventListener("htmx:beforeSwap", function (event) {
     if (event.detail.xhr.status === 400 && event.detail.elt.closest("#products, #places")) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
+      var from = (event.detail.requestConfig || {}).elt;
+      if (from && from.id === "places-order") refocus = lastMoved;
     }
+  });
+
+  // Places sent back after a refused order leave the focus on the handle that was moving.
+  document.addEventListener("htmx:load", function (event) {
+    if (event.target.id !== "places" || !refocus) return;
+    var handle = document.querySelector("#" + refocus + " > .place-row [data-handle]");
+    refocus = null;
+    if (handle) handle.focus();
   });
 })();
