@@ -5335,8 +5335,12 @@ PLACE_TABLES = {
 }
 
 
-def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, remote=None):
-    """Rename, hide/show or move (-1 up, +1 down) a city or a district."""
+def update_place(
+    conn, kind, place_id, *, name=None, hidden=None, move=None, position=None, remote=None
+):
+    """Rename, hide/show or move a city or a district among its siblings: `move` -1 up or +1
+    down, or `position` 1 (first) to the number of siblings. InvalidInput, changing nothing, for
+    a name that is wrong or taken and a position out of range."""
     table, what, group = PLACE_TABLES[kind]
     with transaction(conn):
         row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (place_id,)).fetchone()
@@ -5351,9 +5355,10 @@ def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, rem
             ).fetchone()
             if clash:
                 raise InvalidInput(f"That name is taken: “{name}”.")
-            conn.execute(f"UPDATE {table} SET name = ? WHERE id = ?", (name, place_id))
-            audit(conn, f"{kind} renamed", f"#{place_id} {row['name']} -> {name}", remote)
-        if hidden is not None:
+            if name != row["name"]:
+                conn.execute(f"UPDATE {table} SET name = ? WHERE id = ?", (name, place_id))
+                audit(conn, f"{kind} renamed", f"#{place_id} {row['name']} -> {name}", remote)
+        if hidden is not None and bool(hidden) != bool(row["is_hidden"]):
             conn.execute(
                 f"UPDATE {table} SET is_hidden = ? WHERE id = ?", (int(bool(hidden)), place_id)
             )
@@ -5363,26 +5368,85 @@ def update_place(conn, kind, place_id, *, name=None, hidden=None, move=None, rem
                 f"#{place_id} {row['name']}",
                 remote,
             )
-        if move in (-1, 1):
-            siblings = conn.execute(
-                f"SELECT id FROM {table}"
-                + (f" WHERE {group} = ?" if group else "")
-                + " ORDER BY position, name COLLATE NOCASE",
-                ([row[group]] if group else []),
-            ).fetchall()
-            order = [r["id"] for r in siblings]
-            i = order.index(place_id)
-            j = i + move
-            if 0 <= j < len(order):
-                order[i], order[j] = order[j], order[i]
-                for position, pid in enumerate(order, 1):
-                    conn.execute(f"UPDATE {table} SET position = ? WHERE id = ?", (position, pid))
-                audit(
-                    conn,
-                    f"{kind} moved {'up' if move < 0 else 'down'}",
-                    f"#{place_id} {row['name']}",
-                    remote,
+        if move in (-1, 1) or position is not None:
+            _move_place(conn, kind, row, move, position, remote)
+
+
+def _move_place(conn, kind, row, move, position, remote):
+    """update_place's move: one step (move -1 or +1) or to `position` among the place's siblings."""
+    table, _, group = PLACE_TABLES[kind]
+    siblings = conn.execute(
+        f"SELECT id FROM {table}"
+        + (f" WHERE {group} = ?" if group else "")
+        + " ORDER BY position, name COLLATE NOCASE",
+        ([row[group]] if group else []),
+    ).fetchall()
+    order = [r["id"] for r in siblings]
+    i = order.index(row["id"])
+    if position is not None:
+        if not (isinstance(position, int) and 1 <= position <= len(order)):
+            raise InvalidInput(f"Choose a position from 1 to {len(order)}.")
+        j, said = position - 1, f"{kind} moved"
+    else:
+        j, said = i + move, f"{kind} moved {'up' if move < 0 else 'down'}"
+    if j == i or not 0 <= j < len(order):
+        return
+    order.insert(j, order.pop(i))
+    for number, pid in enumerate(order, 1):
+        conn.execute(f"UPDATE {table} SET position = ? WHERE id = ?", (number, pid))
+    where = f" to {j + 1} of {len(order)}" if position is not None else ""
+    audit(conn, said, f"#{row['id']} {row['name']}{where}", remote)
+
+
+def _check_order(given, stored, plural):
+    """InvalidInput unless the ids `given` are the ids `stored`, each once, in any order."""
+    seen = set()
+    for i in given:
+        if i in seen:
+            raise InvalidInput(f"The new order names one of the {plural} twice (#{i}).")
+        seen.add(i)
+    if seen != set(stored):
+        raise InvalidInput(
+            f"The new order does not list the shop's {plural} as they are now (one may have "
+            "been added since the page was loaded), so nothing was moved."
+        )
+
+
+def reorder_places(conn, city_ids, district_ids, remote=None):
+    """Put the cities, and the districts of each city, in the order given: every city once and
+    every district once, as the catalog page lists them (a district stays in its city). One
+    transaction; InvalidInput, changing nothing, when the lists are not exactly the shop's
+    places. Returns what moved in words ('' when nothing did), which the audit log records."""
+    with transaction(conn):
+        cities = conn.execute(
+            "SELECT id, name FROM cities ORDER BY position, name COLLATE NOCASE"
+        ).fetchall()
+        districts = conn.execute(
+            "SELECT id, city_id, name FROM districts ORDER BY position, name COLLATE NOCASE"
+        ).fetchall()
+        _check_order(city_ids, [c["id"] for c in cities], "cities")
+        _check_order(district_ids, [d["id"] for d in districts], "districts")
+        moved = []
+        city_names = {c["id"]: c["name"] for c in cities}
+        if list(city_ids) != list(city_names):
+            for number, city_id in enumerate(city_ids, 1):
+                conn.execute("UPDATE cities SET position = ? WHERE id = ?", (number, city_id))
+            moved.append("cities: " + ", ".join(city_names[i] for i in city_ids))
+        city_of = {d["id"]: d["city_id"] for d in districts}
+        names = {d["id"]: d["name"] for d in districts}
+        for city_id in city_ids:
+            before = [d["id"] for d in districts if d["city_id"] == city_id]
+            after = [i for i in district_ids if city_of[i] == city_id]
+            if after == before:
+                continue
+            for number, district_id in enumerate(after, 1):
+                conn.execute(
+                    "UPDATE districts SET position = ? WHERE id = ?", (number, district_id)
                 )
+            moved.append(f"{city_names[city_id]}: " + ", ".join(names[i] for i in after))
+        if moved:
+            audit(conn, "places reordered", "; ".join(moved), remote)
+        return "; ".join(moved)
 
 
 def clean_product_payment(kind=None, methods=None, stars_price=None):
@@ -5451,12 +5515,14 @@ def save_product(
     remote=None,
 ):
     """Create (product_id None) or change a product; photo is (bytes, kind) or None to keep it;
-    kind, methods and stars_price as clean_product_payment takes them (None: keep, or for a new
-    product not said, every way, from the rate)."""
+    description None keeps it (a new product's is empty); kind, methods and stars_price as
+    clean_product_payment takes them (None: keep, or for a new product not said, every way, from
+    the rate)."""
     name = _name(name, "The product name")
-    description = clean_text(
-        description, "The description", max_len=800, multiline=True, required=False
-    )
+    if description is not None:
+        description = clean_text(
+            description, "The description", max_len=800, multiline=True, required=False
+        )
     try:
         price_cents = parse_eur(price)
     except InvalidInput as e:
@@ -5470,6 +5536,7 @@ def save_product(
         if clash:
             raise InvalidInput(f"There is already a product called “{name}”.")
         if product_id is None:
+            description = description or ""
             payment = {k: fields.get(k) for k in ("kind", "pay_methods", "stars_price")}
             product_id = conn.execute(
                 "INSERT INTO products(name, description, price_cents, photo, is_active, "
@@ -5486,6 +5553,7 @@ def save_product(
         old = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
         if old is None:
             raise NotFound("No such product.")
+        description = old["description"] if description is None else description
         new = {"name": name, "description": description, "price_cents": price_cents}
         new.update(is_active=int(active), **fields)
         conn.execute(
@@ -6121,21 +6189,53 @@ def find_live_admin_sessions(conn):
     ).fetchall()
 
 
+# The catalog page's products: each with its units on sale.
+CATALOG_PRODUCTS = (
+    "SELECT p.*, (SELECT count(*) FROM stock_units u WHERE u.product_id = p.id "
+    "AND u.status = 'available') AS available FROM products p"
+)
+
+
+def find_catalog_stock(conn, product_id=None):
+    """Units on sale per product and place, in the shop's order of places: {product id: [rows
+    of city, district, available]} (of one product when product_id is given)."""
+    rows = conn.execute(
+        "SELECT u.product_id, c.name AS city, d.name AS district, count(*) AS available "
+        "FROM stock_units u JOIN districts d ON d.id = u.district_id "
+        "JOIN cities c ON c.id = d.city_id WHERE u.status = 'available' "
+        "AND (? IS NULL OR u.product_id = ?) GROUP BY u.product_id, d.id "
+        "ORDER BY c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE",
+        (product_id, product_id),
+    ).fetchall()
+    stock = {}
+    for row in rows:
+        stock.setdefault(row["product_id"], []).append(row)
+    return stock
+
+
 def find_catalog(conn):
-    """Every city, district and product (with its units on sale), hidden or not."""
+    """Every city, district and product, hidden or not, as the catalog page shows them: each
+    place with its units on sale ("available"), each product with its units on sale in all and
+    per place ("stock", as find_catalog_stock)."""
     return {
         "cities": conn.execute(
-            "SELECT * FROM cities ORDER BY position, name COLLATE NOCASE"
+            "SELECT c.*, (SELECT count(*) FROM stock_units u JOIN districts d "
+            "ON d.id = u.district_id WHERE d.city_id = c.id AND u.status = 'available') "
+            "AS available FROM cities c ORDER BY c.position, c.name COLLATE NOCASE"
         ).fetchall(),
         "districts": conn.execute(
-            "SELECT * FROM districts ORDER BY position, name COLLATE NOCASE"
+            "SELECT d.*, (SELECT count(*) FROM stock_units u WHERE u.district_id = d.id "
+            "AND u.status = 'available') AS available FROM districts d "
+            "ORDER BY d.position, d.name COLLATE NOCASE"
         ).fetchall(),
-        "products": conn.execute(
-            "SELECT p.*, (SELECT count(*) FROM stock_units u WHERE u.product_id = p.id "
-            "AND u.status = 'available') "
-            "AS available FROM products p ORDER BY p.name COLLATE NOCASE"
-        ).fetchall(),
+        "products": conn.execute(CATALOG_PRODUCTS + " ORDER BY p.name COLLATE NOCASE").fetchall(),
+        "stock": find_catalog_stock(conn),
     }
+
+
+def find_catalog_product(conn, product_id):
+    """A product as the catalog page lists it (with its units on sale), or None."""
+    return conn.execute(CATALOG_PRODUCTS + " WHERE p.id = ?", (product_id,)).fetchone()
 
 
 def find_product(conn, product_id):
@@ -9578,17 +9678,181 @@ def admin_catalog_helpers(conn):
     }
 
 
-def admin_catalog(shop):
-    with admin_page(shop) as (conn, sess):
-        return admin_render(
-            shop,
-            "catalog.tpl",
-            sess,
-            report=find_rule_report(conn),
-            rule_source=TELEGRAM_RULE_SOURCE,
-            **find_catalog(conn),
-            **admin_catalog_helpers(conn),
+def admin_catalog_page(shop, conn, sess, part="catalog.tpl", **kw):
+    """The catalog page, or its places section alone (part="_places.tpl", for htmx)."""
+    catalog = find_catalog(conn)
+    return admin_render(
+        shop,
+        part,
+        sess,
+        report=find_rule_report(conn),
+        rule_summary=admin_rule_summary,
+        rule_source=TELEGRAM_RULE_SOURCE,
+        places=admin_place_tree(catalog),
+        **catalog,
+        **admin_catalog_helpers(conn),
+        **kw,
+    )
+
+
+# A place on the catalog page, as ?edit= names the one whose form is open: "city-3", "district-5".
+ADMIN_PLACE_KEY = re.compile(r"(city|district)-[0-9]{1,18}")
+
+
+def admin_on_sale(n):
+    return f"{n} on sale" if n else "nothing on sale"
+
+
+def admin_place_tree(catalog):
+    """The places as the catalog page lists them, each city with its districts: [{kind, key,
+    place, pos (1 = first), count (of its siblings), meta (what it holds, in words),
+    districts}]."""
+    tree, cities = [], catalog["cities"]
+    for i, city in enumerate(cities, 1):
+        its = [d for d in catalog["districts"] if d["city_id"] == city["id"]]
+        n = len(its)
+        tree.append(
+            {
+                "kind": "city",
+                "key": f"city-{city['id']}",
+                "place": city,
+                "pos": i,
+                "count": len(cities),
+                "meta": f"{n} district{'s' if n != 1 else ''} · {admin_on_sale(city['available'])}",
+                "districts": [
+                    {
+                        "kind": "district",
+                        "key": f"district-{d['id']}",
+                        "place": d,
+                        "pos": j,
+                        "count": n,
+                        "meta": admin_on_sale(d["available"]),
+                    }
+                    for j, d in enumerate(its, 1)
+                ],
+            }
         )
+    return tree
+
+
+def admin_find_place(conn, kind, place_id):
+    """One place of admin_place_tree; NotFound when there is no such place."""
+    key = f"{kind}-{place_id}"
+    for city in admin_place_tree(find_catalog(conn)):
+        for entry in (city, *city["districts"]):
+            if entry["key"] == key:
+                return entry
+    raise NotFound(f"No such {kind}.")
+
+
+def admin_catalog(shop):
+    """The catalog: products and places to read, each changed in place on demand. Without
+    JavaScript, ?edit=city-3 opens that place's form."""
+    with admin_page(shop) as (conn, sess):
+        key = bottle.request.query.get("edit", "")
+        editing = {"key": key} if ADMIN_PLACE_KEY.fullmatch(key) else None
+        return admin_catalog_page(shop, conn, sess, editing=editing)
+
+
+def admin_place_part(shop, kind, place_id, editing):
+    """A place's row on the catalog page (htmx): to read, or its form."""
+    with admin_page(shop) as (conn, sess):
+        entry = admin_find_place(conn, kind, place_id)
+        return admin_render(shop, "_place.tpl", sess, **entry, editing=editing, focus=not editing)
+
+
+def admin_place_edit(shop, kind, place_id):
+    return admin_place_part(shop, kind, place_id, editing=True)
+
+
+def admin_place_row(shop, kind, place_id):
+    return admin_place_part(shop, kind, place_id, editing=False)
+
+
+def admin_place_change(shop, kind, place_id):
+    with admin_change(shop) as (conn, sess):
+        action = bottle.request.forms.get("action")
+        if action == "save":
+            return admin_place_save(shop, conn, sess, kind, place_id)
+        kw = {
+            "rename": {"name": bottle.request.forms.getunicode("name")},
+            "hide": {"hidden": True},
+            "show": {"hidden": False},
+            "up": {"move": -1},
+            "down": {"move": 1},
+        }.get(action)
+        if kw is None:
+            raise InvalidInput("Unknown action.")
+        update_place(conn, kind, place_id, remote=admin_remote(), **kw)
+    return admin_done(shop, sess, "/admin/catalog", f"{kind.title()} updated.")
+
+
+def admin_place_save(shop, conn, sess, kind, place_id):
+    """A place's form on the catalog page: its name, position and whether it is hidden, at once.
+    htmx gets the places section back, saying so, or the form as typed with the reason it was
+    refused (400); a plain form goes back to the catalog."""
+    f = bottle.request.forms
+    typed = f.get("position", "")
+    position = int(typed) if re.fullmatch(r"[0-9]{1,6}", typed) else None
+    try:
+        if position is None:
+            raise InvalidInput("Choose a position.")
+        update_place(
+            conn,
+            kind,
+            place_id,
+            name=f.getunicode("name"),
+            hidden=f.get("hidden") == "1",
+            position=position,
+            remote=admin_remote(),
+        )
+    except InvalidInput as e:
+        if not header("HX-Request"):
+            raise
+        entry = admin_find_place(conn, kind, place_id)
+        values = {"name": f.getunicode("name") or "", "hidden": f.get("hidden") == "1"}
+        values["position"] = position or entry["pos"]
+        page = admin_render(
+            shop, "_place.tpl", sess, **entry, editing=True, error=str(e), values=values
+        )
+        return bottle.HTTPResponse(page, 400)
+    said = f"{admin_find_place(conn, kind, place_id)['place']['name']} saved."
+    if not header("HX-Request"):
+        return admin_done(shop, sess, f"/admin/catalog#{kind}-{place_id}", said)
+    page = admin_catalog_page(
+        shop, conn, sess, part="_places.tpl", status=said, focus=f"{kind}-{place_id}"
+    )
+    return bottle.HTTPResponse(page, headers={"HX-Retarget": "#places", "HX-Reswap": "outerHTML"})
+
+
+def admin_form_ids(name):
+    """The ids a form lists under `name`, in its order; InvalidInput for one that is not an id."""
+    values = bottle.request.forms.getall(name)
+    if not all(re.fullmatch(r"[0-9]{1,18}", v) for v in values):
+        raise InvalidInput(f"The new order lists a {name} that is not one of the shop's.")
+    return [int(v) for v in values]
+
+
+def admin_places_order(shop):
+    """The places in a new order, every city and every district (the catalog page's drag and
+    drop, and its arrow keys). htmx gets a line to say; a refused order brings the places
+    section back as it is, with the reason (400)."""
+    with admin_change(shop) as (conn, sess):
+        try:
+            moved = reorder_places(
+                conn, admin_form_ids("city"), admin_form_ids("district"), admin_remote()
+            )
+        except InvalidInput as e:
+            if not header("HX-Request"):
+                raise
+            page = admin_catalog_page(shop, conn, sess, part="_places.tpl", alert=str(e))
+            return bottle.HTTPResponse(
+                page, 400, headers={"HX-Retarget": "#places", "HX-Reswap": "outerHTML"}
+            )
+    said = "Order saved: shoppers see the places in this order." if moved else "Nothing moved."
+    if not header("HX-Request"):
+        return admin_done(shop, sess, "/admin/catalog#places", said)
+    return said
 
 
 def admin_catalog_stars_only(shop):
@@ -9606,35 +9870,52 @@ def admin_catalog_stars_only(shop):
     return admin_done(shop, sess, "/admin/catalog#telegram-rule", said)
 
 
+def admin_place_added(shop, conn, sess, what, said=None, error=None):
+    """After the catalog's "Add a city or a district" (htmx): the places section with the form
+    still open for the next one, saying so, or with the reason it was refused and what the owner
+    typed (400). what: "city" or "district"."""
+    f = bottle.request.forms
+    typed = {"what": what, "name": f.getunicode("name") or "", "city_id": f.get("city_id", "")}
+    page = admin_catalog_page(
+        shop,
+        conn,
+        sess,
+        part="_places.tpl",
+        status=said,
+        adding=typed if error else {"what": what, "city_id": typed["city_id"]},
+        add_error=error,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
 def admin_city_add(shop):
     with admin_change(shop) as (conn, sess):
-        add_city(conn, bottle.request.forms.getunicode("name"), admin_remote())
+        try:
+            add_city(conn, bottle.request.forms.getunicode("name"), admin_remote())
+        except InvalidInput as e:
+            if not header("HX-Request"):
+                raise
+            return admin_place_added(shop, conn, sess, "city", error=str(e))
+        if header("HX-Request"):
+            return admin_place_added(shop, conn, sess, "city", said="City added.")
     return admin_done(shop, sess, "/admin/catalog", "City added.")
 
 
 def admin_district_add(shop):
     with admin_change(shop) as (conn, sess):
         city_id = bottle.request.forms.get("city_id", "")
-        if not re.fullmatch(r"[0-9]{1,18}", city_id):
-            raise InvalidInput("Choose a city.")
-        add_district(conn, int(city_id), bottle.request.forms.getunicode("name"), admin_remote())
+        try:
+            if not re.fullmatch(r"[0-9]{1,18}", city_id):
+                raise InvalidInput("Choose a city.")
+            name = bottle.request.forms.getunicode("name")
+            add_district(conn, int(city_id), name, admin_remote())
+        except InvalidInput as e:
+            if not header("HX-Request"):
+                raise
+            return admin_place_added(shop, conn, sess, "district", error=str(e))
+        if header("HX-Request"):
+            return admin_place_added(shop, conn, sess, "district", said="District added.")
     return admin_done(shop, sess, "/admin/catalog", "District added.")
-
-
-def admin_place_change(shop, kind, place_id):
-    with admin_change(shop) as (conn, sess):
-        action = bottle.request.forms.get("action")
-        kw = {
-            "rename": {"name": bottle.request.forms.getunicode("name")},
-            "hide": {"hidden": True},
-            "show": {"hidden": False},
-            "up": {"move": -1},
-            "down": {"move": 1},
-        }.get(action)
-        if kw is None:
-            raise InvalidInput("Unknown action.")
-        update_place(conn, kind, place_id, remote=admin_remote(), **kw)
-    return admin_done(shop, sess, "/admin/catalog", f"{kind.title()} updated.")
 
 
 def admin_product_values(product, form=None):
@@ -9726,6 +10007,30 @@ def admin_product_edit(shop, product_id):
         return admin_product_form(shop, conn, sess, product)
 
 
+def admin_product_fields(form):
+    """save_product's fields from a product form (the product page's or the catalog's row); a
+    field the form did not send (an older page, a script) keeps its value."""
+    return {
+        "name": form.getunicode("name"),
+        "price": form.getunicode("price"),
+        "active": form.get("active") == "1",
+        "kind": form.get("kind") if "kind" in form else None,
+        "methods": form.getall("methods") if form.get("methods_listed") else None,
+        "stars_price": form.getunicode("stars_price") if "stars_price" in form else None,
+    }
+
+
+def admin_product_saved(conn, product_id, subject="Product"):
+    """What the owner reads after saving a product: saved, or saved but nobody can buy it."""
+    if product_methods(find_product(conn, product_id), telegram_rule(conn)):
+        return f"{subject} saved."
+    return (
+        f"⚠️ {subject} saved, but nobody can buy it now: it is digital and does not allow "
+        "Telegram Stars, the only way this shop offers digital goods under Telegram's "
+        "rule. Tick Telegram Stars (or turn the rule off in Settings)."
+    )
+
+
 def admin_product_save(shop, product_id=None):
     with admin_change(shop) as (conn, sess):
         f = bottle.request.forms
@@ -9737,28 +10042,81 @@ def admin_product_save(shop, product_id=None):
                 conn,
                 shop.config.media_dir,
                 product_id,
-                name=f.getunicode("name"),
                 description=f.getunicode("description") or "",
-                price=f.getunicode("price"),
-                active=f.get("active") == "1",
                 photo=read_upload(bottle.request.files.get("photo"), "The photo"),
-                # A field the form did not send (an older page, a script) keeps its value.
-                kind=f.get("kind") if "kind" in f else None,
-                methods=f.getall("methods") if f.get("methods_listed") else None,
-                stars_price=f.getunicode("stars_price") if "stars_price" in f else None,
                 remote=admin_remote(),
+                **admin_product_fields(f),
             )
         except InvalidInput as e:
             return admin_product_form(shop, conn, sess, product, error=str(e), form=f)
-        saved = find_product(conn, product_id)
-        said = "Product saved."
-        if not product_methods(saved, telegram_rule(conn)):
-            said = (
-                "⚠️ Product saved, but nobody can buy it now: it is digital and does not allow "
-                "Telegram Stars, the only way this shop offers digital goods under Telegram's "
-                "rule. Tick Telegram Stars (or turn the rule off in Settings)."
-            )
+        said = admin_product_saved(conn, product_id)
     return admin_done(shop, sess, f"/admin/products/{product_id}", said)
+
+
+def admin_product_part(shop, conn, sess, product_id, editing, error=None, form=None, said=None):
+    """A product's row on the catalog page (htmx): to read, or its form (after a refused save as
+    the owner typed it, with the reason, and status 400). After a save (`said`), the page's
+    status line and Telegram's rule panel come along, as they are now."""
+    product = find_catalog_product(conn, product_id)
+    if product is None:
+        raise NotFound("No such product.")
+    helpers = admin_catalog_helpers(conn)
+    page = admin_render(
+        shop,
+        "_product_row.tpl",
+        sess,
+        p=product,
+        places=find_catalog_stock(conn, product_id).get(product_id, []),
+        editing=editing,
+        error=error,
+        values=admin_product_values(product, form) if editing else None,
+        stars_hint=admin_stars_hint(product, helpers["rate"]),
+        focus=not editing,
+        oob=said is not None,
+        said=said or "",
+        report=find_rule_report(conn),
+        rule_summary=admin_rule_summary,
+        rule_source=TELEGRAM_RULE_SOURCE,
+        **helpers,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
+def admin_product_row_edit(shop, product_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_product_part(shop, conn, sess, product_id, editing=True)
+
+
+def admin_product_row(shop, product_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_product_part(shop, conn, sess, product_id, editing=False)
+
+
+def admin_product_row_save(shop, product_id):
+    """A product's form on the catalog page: what the catalog lists of it (its description and
+    photo stay as they are). htmx gets the row back, or the form with the reason it was refused;
+    a plain form goes back to the catalog."""
+    with admin_change(shop) as (conn, sess):
+        f = bottle.request.forms
+        if find_product(conn, product_id) is None:
+            raise NotFound("No such product.")
+        try:
+            save_product(
+                conn,
+                shop.config.media_dir,
+                product_id,
+                description=None,
+                remote=admin_remote(),
+                **admin_product_fields(f),
+            )
+        except InvalidInput as e:
+            if not header("HX-Request"):
+                raise
+            return admin_product_part(shop, conn, sess, product_id, True, error=str(e), form=f)
+        said = admin_product_saved(conn, product_id, find_product(conn, product_id)["name"])
+        if not header("HX-Request"):
+            return admin_done(shop, sess, f"/admin/catalog#product-{product_id}", said)
+        return admin_product_part(shop, conn, sess, product_id, False, said=said)
 
 
 def admin_units_add(shop, product_id):
@@ -10516,9 +10874,15 @@ ADMIN_ROUTES = [
     ("POST", "/admin/cities", admin_city_add),
     ("POST", "/admin/districts", admin_district_add),
     ("POST", "/admin/<kind:re:city|district>/<place_id:id>", admin_place_change),
+    ("GET", "/admin/<kind:re:city|district>/<place_id:id>/edit", admin_place_edit),
+    ("GET", "/admin/<kind:re:city|district>/<place_id:id>/row", admin_place_row),
+    ("POST", "/admin/places/order", admin_places_order),
     ("GET", "/admin/products/new", admin_product_new),
     ("GET", "/admin/products/<product_id:id>", admin_product_edit),
     ("POST", "/admin/products/<product_id:id>", admin_product_save),
+    ("GET", "/admin/products/<product_id:id>/edit", admin_product_row_edit),
+    ("GET", "/admin/products/<product_id:id>/row", admin_product_row),
+    ("POST", "/admin/products/<product_id:id>/row", admin_product_row_save),
     ("POST", "/admin/products", admin_product_save),
     ("POST", "/admin/products/<product_id:id>/units", admin_units_add),
     ("POST", "/admin/units/<unit_id:id>/delete", admin_unit_delete),

@@ -207,6 +207,202 @@ def test_places_are_added_renamed_moved_and_hidden(admin):
     assert "Łódź &lt;Centrum&gt;" in page and "<Centrum>" not in page
 
 
+def places_in_order(conn):
+    """The cities in the order shoppers see them, each with its districts: [(city, [district])]."""
+    cities = conn.execute("SELECT id, name FROM cities ORDER BY position, name").fetchall()
+    return [
+        (
+            name,
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM districts WHERE city_id = ? ORDER BY position, name", (cid,)
+                )
+            ],
+        )
+        for cid, name in cities
+    ]
+
+
+def place_ids(conn, table, *names):
+    ids = dict(conn.execute(f"SELECT name, id FROM {table}").fetchall())
+    return [ids[n] for n in names]
+
+
+HTMX = {"HX-Request": "true"}
+
+
+def test_places_are_put_in_order_at_once_and_a_wrong_order_changes_nothing(admin):
+    conn = admin.shop.conn
+    seed(conn, [(c, d, "Gift card", 2500, 1) for c, d in [
+        ("Berlin", "Mitte"), ("Berlin", "Kreuzberg"), ("Lisbon", "Alfama"), ("Porto", "Ribeira")
+    ]])  # fmt: skip
+    cities = place_ids(conn, "cities", "Porto", "Berlin", "Lisbon")
+    districts = place_ids(conn, "districts", "Ribeira", "Mitte", "Kreuzberg", "Alfama")
+    r = admin.post("/admin/places/order", {"city": cities, "district": districts})
+    assert r.status_code == 303 and r.headers["Location"].endswith("/admin/catalog#places")
+    assert admin.flash("/admin/catalog") == "Order saved: shoppers see the places in this order."
+    order = [("Porto", ["Ribeira"]), ("Berlin", ["Mitte", "Kreuzberg"]), ("Lisbon", ["Alfama"])]
+    assert places_in_order(conn) == order
+    assert (
+        conn.execute("SELECT details FROM audit_log WHERE action = 'places reordered'").fetchall()[
+            0
+        ][0]
+        == "cities: Porto, Berlin, Lisbon; Berlin: Mitte, Kreuzberg"
+    )
+
+    audited = len(audit_actions(conn))
+    same = admin.post("/admin/places/order", {"city": cities, "district": districts}, headers=HTMX)
+    assert same.status_code == 200 and same.text == "Nothing moved."
+    berlin_first = [cities[1], cities[0], cities[2]]
+    wrong = [
+        ({"csrf": False}, 403, "CSRF"),
+        ({"headers": {"Origin": "https://evil.example"}}, 403, "Cross-site"),
+        ({"data": {"city": cities[:2], "district": districts}}, 400, "the shop's cities"),
+        ({"data": {"city": cities + cities[:1], "district": districts}}, 400, "twice (#"),
+        ({"data": {"city": cities[:2] + [99], "district": districts}}, 400, "the shop's cities"),
+        ({"data": {"city": cities, "district": districts[:-1]}}, 400, "the shop's districts"),
+        ({"data": {"city": [*cities[:2], "x"], "district": districts}}, 400, "not one of"),
+        ({"data": {"city": berlin_first}}, 400, "the shop's districts"),  # every district, too
+    ]
+    for kw, status, words in wrong:
+        kw = {"data": {"city": berlin_first, "district": districts}, **kw}
+        r = admin.post("/admin/places/order", headers={**HTMX, **kw.pop("headers", {})}, **kw)
+        said = html.unescape(r.text)
+        assert r.status_code == status and words in said, (kw, r.status_code, said[:300])
+        if status == 400:  # the places as they are, with the reason, where the owner dragged
+            assert r.headers["HX-Retarget"] == "#places" and 'role="alert"' in r.text
+            assert r.text.index("Porto") < r.text.index("Berlin") < r.text.index("Lisbon")
+    plain = admin.post("/admin/places/order", {"city": cities[:1], "district": districts})
+    assert plain.status_code == 303
+    assert admin.flash("/admin/catalog").startswith("⚠️ The new order does not list the shop's")
+    assert places_in_order(conn) == order and len(audit_actions(conn)) == audited
+
+
+def test_a_place_is_changed_in_its_own_form_on_the_catalog_page(admin):
+    conn = admin.shop.conn
+    seed(conn, [(c, "Centre", "Gift card", 2500, 1) for c in ("Berlin", "Lisbon", "Porto")])
+    berlin, lisbon, porto = place_ids(conn, "cities", "Berlin", "Lisbon", "Porto")
+    row = admin.get(f"/admin/city/{lisbon}/row", headers=HTMX).text
+    assert 'id="city-%d-row"' % lisbon in row and "1 district · 1 on sale" in row
+    form = admin.get(f"/admin/city/{lisbon}/edit", headers=HTMX).text
+    assert 'name="name" required maxlength="64" value="Lisbon"' in form
+    assert '<option value="2" selected>2</option>' in form
+    page = admin.get(f"/admin/catalog?edit=city-{lisbon}").text  # the same, without JavaScript
+    assert f'action="/admin/city/{lisbon}"' in page and 'value="Lisbon" autofocus' in page
+
+    before = [tuple(r) for r in conn.execute("SELECT * FROM cities ORDER BY id")]
+    refused = [  # the rename comes first in the form: a later refusal undoes it too
+        ({"name": "Lisboa", "position": "4"}, 400, "Choose a position from 1 to 3."),
+        ({"name": "Lisboa", "position": "first"}, 400, "Choose a position."),
+        ({"name": "Berlin", "position": "2"}, 400, "That name is taken: “Berlin”."),
+        ({"name": "  ", "position": "2"}, 400, "The city name is empty"),
+        ({"name": "Lisboa", "position": "1", "csrf": False}, 403, "CSRF"),
+    ]
+    for data, status, words in refused:
+        csrf = data.pop("csrf", True)
+        r = admin.post(
+            f"/admin/city/{lisbon}", {"action": "save", "hidden": "1", **data}, csrf, headers=HTMX
+        )
+        assert r.status_code == status and words in html.unescape(r.text), (data, r.text[:300])
+        if status == 400:  # the form again, as typed, with the reason
+            assert 'role="alert"' in r.text and f'value="{data["name"]}"' in r.text
+            assert "checked" in r.text.split('name="hidden"')[1][:40]
+    assert [tuple(r) for r in conn.execute("SELECT * FROM cities ORDER BY id")] == before
+
+    r = admin.post(
+        f"/admin/city/{lisbon}",
+        {"action": "save", "name": "Lisboa", "position": "3", "hidden": "1"},
+        headers=HTMX,
+    )
+    assert r.status_code == 200 and r.headers["HX-Retarget"] == "#places"
+    assert (
+        "Lisboa saved." in r.text
+        and "autofocus" in r.text.split(f"/admin/city/{lisbon}/edit")[1][:120]
+    )
+    assert [c for c, _ in places_in_order(conn)] == ["Berlin", "Porto", "Lisboa"]
+    assert conn.execute("SELECT is_hidden FROM cities WHERE id = ?", (lisbon,)).fetchone()[0] == 1
+    r = admin.post(  # a plain form: back to the catalog, which says so
+        f"/admin/city/{porto}", {"action": "save", "name": "Porto", "position": "1"}
+    )
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"/admin/catalog#city-{porto}")
+    assert admin.flash("/admin/catalog") == "Porto saved."
+    assert [c for c, _ in places_in_order(conn)] == ["Porto", "Berlin", "Lisboa"]
+    assert audit_actions(conn)[-4:] == ["city renamed", "city hidden", "city moved", "city moved"]
+    assert (
+        conn.execute(
+            "SELECT details FROM audit_log WHERE action = 'city moved' ORDER BY id"
+        ).fetchall()[0][0]
+        == f"#{lisbon} Lisbon to 3 of 3"
+    )
+
+
+def rule_part(page):
+    """Telegram's rule panel in a page or fragment."""
+    return page[page.index('id="telegram-rule"') :]
+
+
+def test_a_product_is_changed_in_its_row_on_the_catalog_page(admin):
+    conn = admin.shop.conn
+    seed(
+        conn,
+        [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Kreuzberg", "Gift card", 2500, 1)],
+    )
+    photo = shop.store_media(admin.shop.config.media_dir, png(), "png", private=False)
+    with shop.transaction(conn):
+        conn.execute(
+            "UPDATE products SET description = 'Any shop', photo = ?, kind = 'digital'", (photo,)
+        )
+    product = conn.execute("SELECT id FROM products").fetchone()[0]
+    row = admin.get(f"/admin/products/{product}/row", headers=HTMX).text
+    assert f'src="/media/{photo}"' in row and "Berlin / Mitte <b>2</b>" in row
+    assert "Berlin / Kreuzberg <b>1</b>" in row and '<b class="total">3</b>' in row
+    form = admin.get(f"/admin/products/{product}/edit", headers=HTMX).text
+    assert 'name="price" required inputmode="decimal" value="25.00"' in form
+    assert 'value="digital" checked' in form
+
+    fields = {"name": "Gift card", "price": "25.00", "kind": "digital", "active": "1"}
+    fields |= {"methods_listed": "1", "methods": ["stars"], "stars_price": ""}
+    before = [tuple(r) for r in conn.execute("SELECT * FROM products")]
+    audited = len(audit_actions(conn))
+    for change, status, words in [
+        ({"price": "abc"}, 400, "The price must be an amount in EUR"),
+        ({"stars_price": "0"}, 400, "The Stars price must be a whole number"),
+        ({"methods": []}, 400, "Choose at least one way"),
+        ({"name": ""}, 400, "The product name is empty"),
+        ({"csrf": False}, 403, "CSRF"),
+    ]:
+        csrf = change.pop("csrf", True)
+        r = admin.post(f"/admin/products/{product}/row", {**fields, **change}, csrf, headers=HTMX)
+        assert r.status_code == status and words in html.unescape(r.text), (change, r.text[:300])
+        if status == 400:  # the row's form again, as typed, with the reason
+            assert 'role="alert"' in r.text and 'class="product editing"' in r.text
+    assert [tuple(r) for r in conn.execute("SELECT * FROM products")] == before
+    assert len(audit_actions(conn)) == audited
+
+    r = admin.post(
+        f"/admin/products/{product}/row",
+        {**fields, "price": "19,90", "stars_price": "900", "methods": ["stars", "crypto"]},
+        headers=HTMX,
+    )
+    assert r.status_code == 200 and "€19.90" in r.text and "900 ⭐" in r.text
+    said = re.search(r'<p id="catalog-status"[^>]*hx-swap-oob="true">([^<]*)</p>', r.text)
+    assert said.group(1) == "Gift card saved."  # and Telegram's rule panel, as it is now:
+    assert 'id="telegram-rule" hx-swap-oob="true"' in r.text and "Gift card" in rule_part(r.text)
+    saved = conn.execute("SELECT * FROM products").fetchone()
+    assert (saved["price_cents"], saved["stars_price"], saved["pay_methods"]) == (
+        1990,
+        900,
+        "stars,crypto",
+    )
+    assert (saved["description"], saved["photo"]) == ("Any shop", photo)  # not in the row's form
+    assert audit_actions(conn)[-1] == "product changed"
+    r = admin.post(f"/admin/products/{product}/row", {**fields, "methods": ["crypto"]})
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"#product-{product}")
+    assert admin.flash("/admin/catalog").startswith("⚠️ Gift card saved, but nobody can buy it now")
+    assert admin.get("/admin/products/999/edit", headers=HTMX).status_code == 404
+
+
 def test_products_photos_and_units(admin, tmp_path):
     conn = admin.shop.conn
     admin.post("/admin/cities", {"name": "Berlin"})

@@ -143,15 +143,22 @@ def test_the_owner_logs_in_builds_a_catalog_and_a_shopper_sees_it_in_the_bot(
     expect(admin.heading()).to_have_text("Catalog")
     expect(page.locator("main")).to_contain_text("No products yet.")
 
-    page.get_by_label("New city").fill(CITY)
+    page.evaluate("window.__stayed = true")  # gone if the page reloads
+    places_say = page.locator("#places-status")
+    page.get_by_label("New city").fill(CITY)  # no places yet: the form is open
     admin.button("Add city").click()
-    admin.says("City added.")
+    expect(places_say).to_have_text("City added.")
+    expect(page.get_by_label("New city")).to_be_focused()  # still open, for the next one
     page.get_by_label("New district in").select_option(label=CITY)
     page.get_by_label("named").fill(DISTRICT)
     admin.button("Add district").click()
-    admin.says("District added.")
-    expect(page.locator("tr.city input[name=name]")).to_have_value(CITY)
-    expect(page.locator("tr.district input[name=name]")).to_have_value(DISTRICT)
+    expect(places_say).to_have_text("District added.")
+    page.get_by_label("named").fill(" ")  # spaces pass the browser's "required"
+    admin.button("Add district").click()
+    expect(page.locator("#add-place [role=alert]")).to_have_text("⚠️ The district name is empty")
+    assert page.evaluate("window.__stayed") is True
+    expect(page.locator("#places li.city > .place-row .place-name")).to_have_text(CITY)
+    expect(page.locator("#places li.district .place-name")).to_have_text(DISTRICT)
 
     page.get_by_role("link", name="New product").click()
     expect(admin.heading()).to_have_text("New product")
@@ -187,6 +194,194 @@ def test_the_owner_logs_in_builds_a_catalog_and_a_shopper_sees_it_in_the_bot(
     assert card.content.startswith(f"{TEA}\n{TEA_TEXT}\n")
     assert "Available: 3" in card.content and "Price: €12.90" in card.content
     assert f"{CITY} / {DISTRICT}" in card.content
+
+
+def places_shown(page):
+    """The places as the catalog page lists them: [(city, [its districts])]."""
+    return [
+        tuple(row)
+        for row in page.locator("#places li.city").evaluate_all(
+            "cities => cities.map(c => [c.querySelector(':scope > .place-row .place-name')"
+            ".textContent, [...c.querySelectorAll('li.district .place-name')]"
+            ".map(d => d.textContent)])"
+        )
+    ]
+
+
+def places_stored(conn):
+    """The places in the order shoppers see them: [(city, [its districts])]."""
+    return [
+        (
+            city,
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM districts WHERE city_id = ? ORDER BY position, name", (cid,)
+                )
+            ],
+        )
+        for cid, city in conn.execute("SELECT id, name FROM cities ORDER BY position, name")
+    ]
+
+
+def drag(page, handle, onto):
+    """Press the mouse on a handle, move it in steps to the top edge of `onto`, let go."""
+    onto.scroll_into_view_if_needed()
+    handle.scroll_into_view_if_needed()
+    start, end = handle.bounding_box(), onto.bounding_box()
+    page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(end["x"] + end["width"] / 2, end["y"] + 2, steps=12)
+
+
+def test_the_owner_changes_a_product_in_its_row_cancels_and_is_told_what_is_wrong(
+    admin, owner_shop, fake_tg
+):
+    conn = owner_shop.conn
+    seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2), ("Berlin", "Mitte", "Beans", 1290, 1)])
+    with shop.transaction(conn):
+        conn.execute("UPDATE products SET kind = 'digital', description = 'Any shop' WHERE id = 1")
+        conn.execute("UPDATE products SET kind = 'physical' WHERE id = 2")
+    before = [tuple(r) for r in conn.execute("SELECT * FROM products ORDER BY id")]
+    page = admin.page
+    admin.log_in_at("/admin/catalog")
+    page.evaluate("window.__stayed = true")  # gone if the page reloads
+    expect(page.locator("#rule-notice")).to_contain_text("1 digital product may be paid other")
+    row = page.locator("#product-1")
+    expect(row.locator("td[data-label=Kind]")).to_have_text("digital")
+    expect(row.locator("td[data-label='In stock']")).to_contain_text("Berlin / Mitte 2")
+
+    row.locator("td[data-label=Price]").click()  # anywhere on the row opens its form
+    expect(row.get_by_label("Name")).to_be_focused()
+    row.get_by_label("Price in EUR").fill("1.00")
+    row.get_by_role("link", name="Cancel").click()
+    expect(row.locator("td[data-label=Price]")).to_have_text("€25.00")
+    expect(row.get_by_role("link", name="Edit Gift card")).to_be_focused()  # back where it was
+
+    row.get_by_role("link", name="Edit Gift card").click()
+    row.get_by_label("Price in EUR").fill("twelve")
+    admin.button("Save").click()
+    expect(row.get_by_role("alert")).to_have_text(
+        "⚠️ The price must be an amount in EUR like 25.00, got 'twelve'."
+    )
+    expect(row.get_by_label("Price in EUR")).to_have_value("twelve")  # as typed, unsaved
+    assert [tuple(r) for r in conn.execute("SELECT * FROM products ORDER BY id")] == before
+
+    row.get_by_label("Price in EUR").fill("19.90")
+    row.get_by_label("crypto", exact=True).uncheck()
+    row.get_by_label("balance", exact=True).uncheck()
+    admin.button("Save").click()
+    expect(page.locator("#catalog-status")).to_have_text("Gift card saved.")
+    expect(row.locator("td[data-label=Price]")).to_have_text("€19.90")
+    expect(row.locator("td[data-label='Ways to pay']")).to_have_text("⭐ Stars")
+    expect(page.locator("#rule-notice")).to_have_text("")  # Telegram's rule is kept now
+    expect(page.locator("#telegram-rule")).to_contain_text(
+        "✓ Every digital product is paid in Telegram Stars only."
+    )
+    saved = conn.execute("SELECT * FROM products WHERE name = 'Gift card'").fetchone()
+    assert (saved["price_cents"], saved["pay_methods"], saved["description"]) == (
+        1990,
+        "stars",
+        "Any shop",
+    )
+
+    beans = page.locator("#product-2")
+    beans.get_by_role("link", name="Edit Beans").click()
+    beans.get_by_label("Name").press("Escape")  # Escape cancels too
+    expect(beans.get_by_role("link", name="Edit Beans")).to_be_focused()
+    assert page.evaluate("window.__stayed") is True
+    assert (
+        "Price: €19.90"
+        in Shopper(fake_tg, 303).open_product("Berlin", "Mitte", "Gift card · €19.90").content
+    )
+
+
+def test_the_owner_puts_places_in_order_by_dragging_and_by_keyboard(admin, owner_shop, fake_tg):
+    conn = owner_shop.conn
+    seed(
+        conn,
+        [
+            (c, d, "Gift card", 2500, 1)
+            for c, d in [
+                ("Berlin", "Mitte"),
+                ("Berlin", "Kreuzberg"),
+                ("Lisbon", "Alfama"),
+                ("Porto", "Ribeira"),
+            ]
+        ],
+    )
+    page = admin.page
+    admin.log_in_at("/admin/catalog")
+    page.evaluate("window.__stayed = true")  # gone if the page reloads
+    status = page.locator("#places-status")
+    saved = "Order saved: shoppers see the places in this order."
+    assert places_shown(page) == [
+        ("Berlin", ["Kreuzberg", "Mitte"]),
+        ("Lisbon", ["Alfama"]),
+        ("Porto", ["Ribeira"]),
+    ]
+
+    porto = page.get_by_role("button", name="Move Porto, 3 of 3")
+    drag(page, porto, page.get_by_role("button", name="Move Berlin, 1 of 3"))
+    page.mouse.up()
+    expect(status).to_have_text(saved)
+    new_order = [("Porto", ["Ribeira"]), ("Berlin", ["Kreuzberg", "Mitte"]), ("Lisbon", ["Alfama"])]
+    assert places_shown(page) == new_order and places_stored(conn) == new_order
+    expect(page.get_by_role("button", name="Move Porto, 1 of 3")).to_be_focused()
+
+    page.get_by_role("button", name="Move Mitte, 2 of 2").focus()  # the keyboard
+    page.keyboard.press("ArrowUp")
+    expect(page.get_by_role("button", name="Move Mitte, 1 of 2")).to_be_focused()
+    expect(status).to_have_text(saved)
+    new_order[1] = ("Berlin", ["Mitte", "Kreuzberg"])
+    assert places_stored(conn) == new_order
+    page.keyboard.press("ArrowUp")  # already first: nothing is sent
+    expect(page.get_by_role("button", name="Move Mitte, 1 of 2")).to_be_focused()
+
+    drag(page, page.get_by_role("button", name="Move Lisbon, 3 of 3"), page.locator("#city-3"))
+    assert places_shown(page)[0][0] == "Lisbon"  # on its way ...
+    page.keyboard.press("Escape")  # ... and back
+    page.mouse.up()
+    assert places_shown(page) == new_order
+
+    buttons = Shopper(fake_tg, 304).send("🛒 Shop", "Choose a city").button_texts
+    assert buttons[:3] == ["Porto", "Berlin", "Lisbon"]  # the shoppers' order too
+
+    shop.add_city(conn, "Faro")  # meanwhile, in another tab
+    page.get_by_role("button", name="Move Lisbon, 3 of 3").focus()
+    page.keyboard.press("ArrowUp")
+    expect(page.locator("#places [role=alert]")).to_have_text(
+        "⚠️ The new order does not list the shop's cities as they are now (one may have been "
+        "added since the page was loaded), so nothing was moved."
+    )
+    assert places_shown(page) == [*new_order, ("Faro", [])]  # as they are now
+    expect(page.get_by_role("button", name="Move Lisbon, 3 of 4")).to_be_focused()
+    assert places_stored(conn) == [*new_order, ("Faro", [])]
+    page.get_by_role("button", name="Move Faro, 4 of 4").focus()
+    page.keyboard.press("Home")
+    expect(status).to_have_text(saved)
+    assert [c for c, _ in places_stored(conn)] == ["Faro", "Porto", "Berlin", "Lisbon"]
+
+    lisbon = page.locator("#city-2-row")
+    lisbon.locator(".place-meta").click()  # its form
+    lisbon.get_by_label("City name").fill("Porto")
+    admin.button("Save").click()
+    expect(lisbon.get_by_role("alert")).to_have_text("⚠️ That name is taken: “Porto”.")
+    lisbon.get_by_label("City name").fill("Lisboa")
+    lisbon.get_by_label("Position").select_option("2")
+    lisbon.get_by_label("Hidden from shoppers").check()
+    admin.button("Save").click()
+    expect(status).to_have_text("Lisboa saved.")
+    expect(page.get_by_role("link", name="Edit Lisboa")).to_be_focused()
+    expect(page.locator("#city-2-row .tag")).to_have_text("hidden")
+    assert [c for c, _ in places_stored(conn)] == ["Faro", "Lisboa", "Porto", "Berlin"]
+    assert page.evaluate("window.__stayed") is True
+    actions = [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")][-7:]
+    assert actions == ["places reordered"] * 2 + ["city added", "places reordered"] + [
+        "city renamed",
+        "city hidden",
+        "city moved",
+    ]
 
 
 def test_a_paid_order_shows_on_the_dashboard_and_the_owner_refunds_it(admin, owner_shop, fake_tg):

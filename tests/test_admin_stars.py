@@ -334,17 +334,20 @@ def test_the_catalog_shows_each_products_kind_ways_and_stars_price(admin):
             "UPDATE products SET kind = 'physical', pay_methods = 'stars,balance', "
             "stars_price = 700 WHERE id = 2"
         )
-    table = section(admin.get("/admin/catalog").text, "<h2>Products</h2>")
-    rows = {
-        text_of(row.split("</td>")[0]): text_of(row)
-        for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]
+    table = section(admin.get("/admin/catalog").text, '<h2 id="products-title">Products</h2>')
+    rows = {  # each row's cells after the name (and its photo), up to its Edit button
+        text_of(re.search(r'<a href="/admin/products/\d+">(.*?)</a>', row).group(1)): text_of(
+            row.split("</td>", 1)[1].split('<td class="actions">')[0]
+        )
+        for row in re.findall(r"<tr\b[^>]*>(.*?)</tr>", table, re.S)[1:]
     }
     assert rows == {
-        "Gift card": "Gift card €25.00 1,250 ⭐ at the rate digital 2 crypto (Telegram's rule "
-        "leaves no way: it cannot be bought) on sale",
-        "Beans": "Beans €12.90 700 ⭐ its own price physical 1 ⭐ Stars · balance on sale",
-        "Poster": "Poster €19.00 950 ⭐ at the rate not said yet 1 ⭐ Stars · crypto · balance "
+        "Gift card": "€25.00 1,250 ⭐ at the rate digital crypto (Telegram's rule leaves no way: "
+        "it cannot be bought) 2 Berlin / Mitte 2 on sale",
+        "Beans": "€12.90 700 ⭐ its own price physical ⭐ Stars · balance 1 Berlin / Mitte 1 "
         "on sale",
+        "Poster": "€19.00 950 ⭐ at the rate not said yet ⭐ Stars · crypto · balance 1 "
+        "Berlin / Mitte 1 on sale",
     }
 
 

@@ -1,5 +1,5 @@
 % breaking, unsaid = report["breaking"], report["unsaid"]
-<section class="card rule" id="telegram-rule">
+<section class="card rule" id="telegram-rule"{{!' hx-swap-oob="true"' if get('oob') else ''}}>
   <h2>Telegram's rule for digital goods</h2>
   <p>Telegram requires digital goods (codes, keys, e-books, download links) sold in a bot or Mini App to be paid in Telegram Stars, and may hide bots that sell them any other way from mobile users (<a href="{{rule_source}}" target="_blank" rel="noopener noreferrer">Telegram's rules</a>).</p>
   % if report["rule"]:

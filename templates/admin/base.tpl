@@ -3,7 +3,7 @@
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="htmx-config" content='{"includeIndicatorStyles": false, "allowEval": false, "allowScriptTags": false}'>
+<meta name="htmx-config" content='{"includeIndicatorStyles": false, "allowEval": false, "allowScriptTags": false, "defaultSettleDelay": 0}'>
 <title>{{title}} · {{shop_name}} admin</title>
 <link rel="stylesheet" href="/static/admin/admin.css">
 <script src="/static/vendor/htmx-2.0.11.min.js" defer></script>

@@ -70,14 +70,14 @@
   <h2>Units</h2>
   % if units:
   <table class="rows">
-    <thead><tr><th>Unit</th><th>Place</th><th>Content</th><th>Status</th><th></th></tr></thead>
+    <thead><tr><th>Unit</th><th>Place</th><th>Content</th><th>Status</th><th><span class="visually-hidden">Actions</span></th></tr></thead>
     <tbody>
     % for u in units:
     <tr><td class="key" data-label="Unit">{{u["id"]}}</td><td data-label="Place">{{u["city"]}} / {{u["district"]}}</td><td data-label="Content" class="content wide">{{u["content"]}}{{" 📷" if u["media"] else ""}}</td>
       <td data-label="Status">{{u["status"]}}{{(" · order #%d" % u["order_id"]) if u["order_id"] else ""}}</td>
-      <td>
+      <td class="actions">
       % if u["status"] == "available":
-        <button type="button" class="small danger" hx-post="/admin/units/{{u['id']}}/delete" hx-confirm="Delete this unit?">Delete</button>
+        <button type="button" class="small danger" hx-post="/admin/units/{{u['id']}}/delete" hx-confirm="Delete this unit?">Delete<span class="visually-hidden"> unit {{u["id"]}}</span></button>
       % end
       </td></tr>
     % end
