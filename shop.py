@@ -4651,7 +4651,7 @@ def _order_paid(conn, payment, order, owners, note=None):
             f"{f' ({esc(note)})' if note else ''}, by "
             f"{describe_user(get_user(conn, user_id))}",
         )
-    elif payment["provider"] in REFUNDED_IN_KIND:
+    elif payment["provider"] in STARS_PROVIDERS:
         return _give_back(
             conn, payment, owners, f"order #{order_id} was paid after its items were gone"
         )
@@ -4688,58 +4688,66 @@ def _order_paid(conn, payment, order, owners, note=None):
     return outcome
 
 
-# Providers whose money the shop cannot turn into balance credit (Telegram's rule: Stars buy
-# digital goods, not a balance for anything): a payment it cannot honour goes back to the payer.
-REFUNDED_IN_KIND = ("stars", "sandbox_stars")
+# Telegram Stars' providers (real and the sandbox's). Their money the shop cannot turn into
+# balance credit (Telegram's rule: Stars buy digital goods, not a balance for anything): a payment
+# it cannot honour goes back to the payer.
+STARS_PROVIDERS = ("stars", "sandbox_stars")
+
+
+def _refund_charge(conn, owners, charge_id, user_id, stars, reason, told, noted, **where):
+    """Queue a Stars charge's refund (made after this commits) and tell the shopper (`told`) and
+    the owners (`noted`); a charge already queued or refunded changes nothing and nobody is told
+    again. where: payment_id and order_id. Returns whether it is new."""
+    if not queue_star_refund(
+        conn,
+        charge_id=charge_id,
+        user_id=user_id,
+        stars=stars,
+        reason=reason,
+        requested_by="shop",
+        payment_id=where.get("payment_id"),
+    ):
+        return False
+    enqueue_message(conn, user_id, told, order_id=where.get("order_id"))
+    alert_owners(conn, owners, noted)
+    return True
 
 
 def _give_back(conn, payment, owners, why):
-    """A Stars payment the shop cannot honour: its refund is queued (made after this commits) and
-    the shopper and the owners are told."""
-    queue_star_refund(
-        conn,
-        charge_id=payment["charge_id"],
-        user_id=payment["user_id"],
-        stars=int(payment["pay_amount"]),
-        reason=why[0].upper() + why[1:],
-        requested_by="shop",
-        payment_id=payment["id"],
-    )
-    enqueue_message(
-        conn,
-        payment["user_id"],
-        f"⚠️ Sorry: {esc(why)}. Your {payment['pay_amount']} ⭐ are being refunded to you.",
-        order_id=payment["order_id"],
-    )
-    alert_owners(
+    """A Stars payment the shop cannot honour: its refund is queued and everyone told."""
+    stars, why_ = payment["pay_amount"], why[0].upper() + why[1:]
+    _refund_charge(
         conn,
         owners,
-        f"↩️ {esc(why[0].upper() + why[1:])}: refunding {payment['pay_amount']} ⭐ to "
+        payment["charge_id"],
+        payment["user_id"],
+        int(stars),
+        why_,
+        f"⚠️ Sorry: {esc(why)}. Your {stars} ⭐ are being refunded to you.",
+        f"↩️ {esc(why_)}: refunding {stars} ⭐ to "
         f"{describe_user(get_user(conn, payment['user_id']))}",
+        payment_id=payment["id"],
+        order_id=payment["order_id"],
     )
-    return f"refunding {payment['pay_amount']} Stars"
+    return f"refunding {stars} Stars"
 
 
 def _second_charge(conn, payment, news, owners):
     """One invoice paid twice (a second charge for a payment the shop already has money for):
     the second charge goes back."""
-    queue_star_refund(
+    paid, order_id = news.paid or payment["pay_amount"], payment["order_id"]
+    _refund_charge(
         conn,
-        charge_id=news.charge_id,
-        user_id=payment["user_id"],
-        stars=int(Decimal(news.paid or payment["pay_amount"])),
-        reason=f"Payment {payment['id']} was paid twice",
-        requested_by="shop",
-    )
-    enqueue_message(
-        conn,
+        owners,
+        news.charge_id,
         payment["user_id"],
-        f"↩️ You paid for {'order #%s' % payment['order_id'] if payment['order_id'] else 'this'} "
-        f"twice; the second payment of {esc(news.paid or payment['pay_amount'])} ⭐ is being "
-        "refunded to you.",
-        order_id=payment["order_id"],
+        int(Decimal(paid)),
+        f"Payment {payment['id']} was paid twice",
+        f"↩️ You paid for {'order #%s' % order_id if order_id else 'this'} twice; the second "
+        f"payment of {esc(paid)} ⭐ is being refunded to you.",
+        f"↩️ Payment {payment['id']} was paid twice; refunding the second.",
+        order_id=order_id,
     )
-    alert_owners(conn, owners, f"↩️ Payment {payment['id']} was paid twice; refunding the second.")
     return f"unchanged ({payment['status']}); a second charge is refunded"
 
 
@@ -4759,28 +4767,21 @@ def queue_star_refund(conn, *, charge_id, user_id, stars, reason, requested_by, 
 
 def refund_unknown_charge(conn, news, user_id, owners):
     """Stars paid for an invoice this shop does not know (or cannot match): given back, once."""
+    invoice = esc(news.provider_id[:40])
     with transaction(conn):
-        if not queue_star_refund(
-            conn,
-            charge_id=news.charge_id,
-            user_id=user_id,
-            stars=int(Decimal(news.paid or news.amount or "0")) or 1,
-            reason=f"A payment for an invoice this shop does not know ({news.provider_id[:40]})",
-            requested_by="shop",
-        ):
-            return "already being refunded"
-        enqueue_message(
-            conn,
-            user_id,
-            "⚠️ Sorry: the shop could not match your Stars payment to an open order. "
-            f"Your {esc(news.paid)} ⭐ are being refunded to you.",
-        )
-        alert_owners(
+        if not _refund_charge(
             conn,
             owners,
-            f"↩️ Telegram Stars paid for an unknown invoice ({esc(news.provider_id[:40])}) by "
+            news.charge_id,
+            user_id,
+            int(Decimal(news.paid or news.amount or "0")) or 1,
+            f"A payment for an invoice this shop does not know ({news.provider_id[:40]})",
+            "⚠️ Sorry: the shop could not match your Stars payment to an open order. "
+            f"Your {esc(news.paid)} ⭐ are being refunded to you.",
+            f"↩️ Telegram Stars paid for an unknown invoice ({invoice}) by "
             f"<code>{user_id}</code>: refunding {esc(news.paid)} ⭐",
-        )
+        ):
+            return "already being refunded"
         return "unknown invoice: refunding"
 
 
@@ -4862,7 +4863,7 @@ def request_owner_star_refund(conn, order_id, reason, remote=None):
         payment = conn.execute(
             "SELECT * FROM payments WHERE order_id = ? AND charge_id IS NOT NULL "
             "AND provider IN (SELECT value FROM json_each(?)) ORDER BY id DESC LIMIT 1",
-            (order_id, json.dumps(REFUNDED_IN_KIND)),
+            (order_id, json.dumps(STARS_PROVIDERS)),
         ).fetchone()
         if payment is None or order["payment_method"] != "stars":
             raise InvalidInput(f"Order #{order_id} was not paid in Telegram Stars.")
@@ -4964,15 +4965,18 @@ def lapsed_stars_invoices(conn, providers, grace_seconds=600):
     ]
 
 
-def charge_is_known(conn, charge_id):
-    """Whether a Stars charge was applied to a payment or is being (or was) refunded."""
-    return (
+def known_charges(conn, charge_ids):
+    """What the shop knows of these Stars charges, in one query: {charge id: "paid" (applied to a
+    payment), or its refund's status, "pending" or "done" (a refund wins over "paid")}."""
+    ids = json.dumps(list(charge_ids))
+    return dict(
         conn.execute(
-            "SELECT 1 FROM payments WHERE charge_id = ? UNION ALL "
-            "SELECT 1 FROM star_refunds WHERE charge_id = ?",
-            (charge_id, charge_id),
-        ).fetchone()
-        is not None
+            "SELECT charge_id, 'paid' FROM payments "
+            "WHERE charge_id IN (SELECT value FROM json_each(?)) UNION ALL "
+            "SELECT charge_id, status FROM star_refunds "
+            "WHERE charge_id IN (SELECT value FROM json_each(?))",
+            (ids, ids),
+        ).fetchall()
     )
 
 
@@ -5716,7 +5720,6 @@ def make_digital_stars_only(conn, remote=None):
 # Orders, payments, users
 
 # The providers whose payments are Telegram Stars (the ones refunded in kind).
-STARS_PROVIDERS = REFUNDED_IN_KIND
 
 
 def refund_order(conn, order_id, reason, remote=None):
@@ -7663,7 +7666,6 @@ class PaymentDesk:
         self.client = next(p for p in providers if isinstance(p, NowPayments))
         # Telegram Stars (real with a bot, played in the sandbox), or None.
         self.stars = next((p for p in providers if isinstance(p, StarsPayments)), None)
-        self.stars_names = [p.name for p in providers if isinstance(p, StarsPayments)]
         self.refund_lock = threading.Lock()
         self.alerts = Throttle(600)
         self.refusals_logged = Throttle(60)
@@ -7784,16 +7786,27 @@ class PaymentDesk:
             return existing
         checkout = get_checkout(conn, user_id, nonce)
         self._check_coin(coin, checkout["amount_cents"])
+        return self._invoice_order(
+            conn,
+            user_id,
+            nonce,
+            "crypto",
+            lambda order_id, total: self._create(
+                self.client, coin, total, f"order-{order_id}", f"Order #{order_id}"
+            ),
+        )
+
+    def _invoice_order(self, conn, user_id, nonce, method, create):
+        """Reserve a checkout's units in an order paid by `method`, have `create(order_id, total)`
+        make its invoice (a NewInvoice) and record it; the reservation is dropped if that fails."""
         minutes = self.shop.setting("reservation_minutes")
         order_id, total, created = reserve_for_checkout(
-            conn, user_id, nonce, minutes, self.limits()
+            conn, user_id, nonce, minutes, self.limits(), method=method
         )
         if not created:  # an earlier attempt stopped between the reservation and the provider
             raise InvalidInput("This checkout already has an order; please check out again.")
         try:
-            invoice = self._create(
-                self.client, coin, total, f"order-{order_id}", f"Order #{order_id}"
-            )
+            invoice = create(order_id, total)
             reserved = reservation_end(conn, order_id) or now_iso(minutes * 60)
             return record_payment(
                 conn,
@@ -7863,17 +7876,14 @@ class PaymentDesk:
                 raise InvalidInput("This checkout already has a crypto invoice.")
             if existing:
                 return existing
-            checkout = get_checkout(conn, user_id, nonce)
-            lines = normalise_lines(checkout_lines(checkout))
+            lines = normalise_lines(checkout_lines(get_checkout(conn, user_id, nonce)))
             stars = stars_total(conn, price_lines(conn, lines)[1], lines)
-            minutes = self.shop.setting("reservation_minutes")
-            order_id, total, created = reserve_for_checkout(
-                conn, user_id, nonce, minutes, self.limits(), method="stars"
-            )
-            if not created:
-                raise InvalidInput("This checkout already has an order; please check out again.")
-            try:
-                invoice = self.stars.create_invoice(
+            return self._invoice_order(
+                conn,
+                user_id,
+                nonce,
+                "stars",
+                lambda order_id, total: self.stars.create_invoice(
                     method="xtr",
                     price_cents=total,
                     reference=f"order-{order_id}",
@@ -7882,27 +7892,15 @@ class PaymentDesk:
                     amount=stars,
                     title=f"Order #{order_id}",
                     chat_id=chat_id,
-                )
-                return record_payment(
-                    conn,
-                    kind="order",
-                    user_id=user_id,
-                    reference=f"order-{order_id}",
-                    price_cents=total,
-                    invoice=invoice,
-                    expires_at=reservation_end(conn, order_id) or now_iso(minutes * 60),
-                    order_id=order_id,
-                )
-            except BaseException:
-                drop_reservation(conn, order_id)
-                raise
+                ),
+            )
 
     def stars_pre_checkout(self, user_id, payload, currency, total):
         """Telegram's pre_checkout_query: None to let the payment go ahead, else the reason for the
         shopper. Telegram waits 10 s at most, so a failure here refuses rather than raises."""
         try:
             return stars_pre_checkout(
-                self.shop.db(), self.stars_names, user_id, payload, currency, total
+                self.shop.db(), STARS_PROVIDERS, user_id, payload, currency, total
             )
         except Exception as e:
             log.warning("stars: could not check a payment before it was made: %s", e)
@@ -7914,8 +7912,7 @@ class PaymentDesk:
     def stars_paid(self, user_id, payload, charge_id, total, currency="XTR", source="telegram"):
         """Telegram took the Stars (successful_payment, or found again by the sweep): deliver once,
         or give them back when the shop cannot honour the payment. Returns what happened."""
-        name = self.stars.name if self.stars else "stars"
-        news = stars_news(name, payload, charge_id, total, currency)
+        news = stars_news(self.stars.name, payload, charge_id, total, currency)
         conn = self.shop.db()
         try:
             outcome = apply_payment_status(conn, news, source=source, owners=self.owners)
@@ -7953,14 +7950,16 @@ class PaymentDesk:
             return
         conn = self.shop.db()
         payments, refunded = self.stars.sweep(int(time.time()) - 7 * 86400)
+        known = known_charges(conn, [news.charge_id for news, _ in payments] + list(refunded))
         for charge_id in refunded:
-            star_refund_done(conn, charge_id, "found refunded in Telegram's record")
+            if known.get(charge_id) == "pending":  # made, though the shop did not hear it
+                star_refund_done(conn, charge_id, "found refunded in Telegram's record")
         for news, user_id in payments:
-            if news.charge_id in refunded or charge_is_known(conn, news.charge_id):
+            if news.charge_id in refunded or news.charge_id in known:
                 continue
             log.warning("stars: payment %s found by the sweep", news.charge_id[:12])
             self.stars_paid(user_id, news.provider_id, news.charge_id, news.paid, source="poll")
-        for provider_id in lapsed_stars_invoices(conn, self.stars_names):
+        for provider_id in lapsed_stars_invoices(conn, STARS_PROVIDERS):
             news = PaymentNews(provider=self.stars.name, provider_id=provider_id, status="expired")
             apply_payment_status(conn, news, source="poll", owners=self.owners)
         self.make_refunds()
@@ -8009,7 +8008,7 @@ class PaymentDesk:
         p = find_payment(conn, payment_id)
         if p["status"] in MONEY_STATUSES:
             raise InvalidInput(f"This payment is already {p['status']}.")
-        if p["provider"] in self.stars_names:
+        if p["provider"] in STARS_PROVIDERS:
             raise InvalidInput("Telegram Stars payments are made only through Telegram.")
         news = PaymentNews(
             provider=p["provider"],
@@ -11072,7 +11071,7 @@ def screen_product(conn, user_id, product_id, district_id):
     offer = get_offer(conn, product_id, district_id)
     in_basket = get_basket_line_quantity(conn, user_id, product_id, district_id)
     photo = f"public:{offer['photo']}" if offer["photo"] else None
-    stars = offer_stars(conn, offer)
+    stars = offer_stars(offer, telegram_rule(conn), stars_per_euro(conn))
     facts = [
         "",
         f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>"
@@ -11166,11 +11165,13 @@ def screen_not_selling():
     return Screen(esc(NotSellingYet.__doc__), [[("🛒 Shop", "cities"), ("👤 Profile", "profile")]])
 
 
-def offer_stars(conn, offer):
-    """What an offer costs in Stars, or None when it is not paid in Stars."""
-    if "stars" not in product_methods(offer, telegram_rule(conn)):
-        return None
-    return stars_of(offer, stars_per_euro(conn))
+RULE_NOTE = "Digital goods are paid in Telegram Stars, by Telegram's rule."
+
+
+def offer_stars(offer, rule, rate):
+    """What an offer costs in Stars (under Telegram's rule or not, at the rate), or None when it
+    is not paid in Stars."""
+    return stars_of(offer, rate) if "stars" in product_methods(offer, rule) else None
 
 
 def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
@@ -11181,10 +11182,10 @@ def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
     lines = normalise_lines(checkout_lines(checkout))
     total, offers = price_lines(conn, lines)
     text = ["💳 <b>Checkout</b>", ""]
-    short = False
+    short, rule, rate = False, telegram_rule(conn), stars_per_euro(conn)
     for offer, (_, _, quantity) in zip(offers, lines, strict=False):
         place = esc(place_name(offer["city_name"], offer["district_name"]))
-        each_stars = offer_stars(conn, offer) if stars else None
+        each_stars = offer_stars(offer, rule, rate) if stars else None
         line = (
             f"• <b>{esc(offer['name'])}</b> · {place}"
             f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}"
@@ -11215,8 +11216,8 @@ def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
         return Screen("\n".join(text + ["", esc(NotSellingYet.__doc__)]), [back])
     rows = []
     if "stars" in methods:
-        if "crypto" not in methods and "balance" not in methods and telegram_rule(conn):
-            text += ["", "Digital goods are paid in Telegram Stars, by Telegram's rule."]
+        if "crypto" not in methods and "balance" not in methods and rule:
+            text += ["", RULE_NOTE]
         amount = stars_total(conn, offers, lines)
         rows.append([(f"⭐ Pay {fmt_stars(amount)}", f"stars:{checkout['nonce']}")])
     if "balance" in methods and user["balance_cents"] >= total:
@@ -11256,7 +11257,7 @@ def _screen_split(conn, user, checkout, lines, offers, text, back, stars):
         label = ", ".join(get_offer(conn, p, d)["name"] for p, d, _ in part)
         rows.append([(f"💳 {shorten(label, 40)} · {fmt_eur(cents)}", f"part:{nonce}")])
     if telegram_rule(conn) and any(o["kind"] == "digital" for o in offers):
-        text += ["", "Digital goods are paid in Telegram Stars, by Telegram's rule."]
+        text += ["", RULE_NOTE]
     return Screen("\n".join(text), rows + [back])
 
 

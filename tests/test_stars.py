@@ -463,3 +463,28 @@ def test_in_the_sandbox_an_owner_pays_a_stars_invoice_with_the_test_button(make_
     tester.click(next(label for label in tester.buttons() if "#1" in label))
     assert "paid 1,250 ⭐ in Telegram Stars" in tester.screen.content
     conn.close()
+
+
+def test_an_invoice_paid_twice_gives_the_second_charge_back_once(make_shop):
+    """Two charges for one invoice (two payment sheets confirmed at once): the order is delivered
+    once and the second charge refunded once; that charge's update coming again changes
+    nothing and tells nobody again."""
+    s = make_shop()  # the sandbox: its Stars refunds need no Telegram
+    conn = shop.connect(s.config.shop_db)
+    gift = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 2)])[("Gift card", "Mitte")]
+    uid = user(conn, 5)
+    nonce = shop.create_checkout(conn, uid, "order", 2500, [(*gift, 1)])
+    bill = s.payments.open_stars_invoice(uid, nonce)
+    paid = s.payments.stars_paid(uid, bill["provider_id"], "charge-a", 1250)
+    assert paid == "waiting -> finished: delivered"
+    for _ in range(2):
+        again = s.payments.stars_paid(uid, bill["provider_id"], "charge-b", 1250)
+        assert again == "unchanged (finished); a second charge is refunded"
+    refunds = conn.execute("SELECT charge_id, stars, status FROM star_refunds").fetchall()
+    assert [tuple(r) for r in refunds] == [("charge-b", 1250, "done")]
+    texts = [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = ?", (uid,))]
+    assert sum("twice" in t for t in texts) == 1
+    assert sum("1250 ⭐ were refunded to you" in t for t in texts) == 1
+    row = conn.execute("SELECT status, charge_id FROM payments").fetchone()
+    assert tuple(row) == ("finished", "charge-a")
+    conn.close()
