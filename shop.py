@@ -8613,6 +8613,18 @@ def _body_int(body, key, low, high):
     return value
 
 
+def stars_amount(payment):
+    """A payment's amount in whole Telegram Stars, or None: not a Stars payment (or no payment)."""
+    if payment and payment["pay_currency"] == "xtr":
+        return int(payment["pay_amount"])
+    return None
+
+
+def offered_methods(methods, stars):
+    """The ways to pay the Mini App offers: methods, less Stars when the shop takes none."""
+    return [m for m in methods if m != "stars" or stars]
+
+
 def invoice_json(conn, payment, sandbox, simulate=False):
     closed = payment["status"] == "waiting" and not invoice_is_open(payment)
     stars = payment["pay_currency"] == "xtr"
@@ -8644,7 +8656,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         # Telegram Stars: the link Telegram.WebApp.openInvoice opens (none in the sandbox), and
         # the amount in whole Stars.
         "invoice_link": payment["pay_address"] or None if stars else None,
-        "stars": int(payment["pay_amount"]) if stars else None,
+        "stars": stars_amount(payment),
         "sandbox": sandbox,
         "simulate": simulate and invoice_is_open(payment),
     }
@@ -8662,7 +8674,7 @@ def catalog_json(conn, stars=True):
         district = city["districts"].setdefault(
             r["district_id"], {"id": r["district_id"], "name": r["district"], "products": []}
         )
-        methods = [m for m in product_methods(r, rule) if m != "stars" or stars]
+        methods = offered_methods(product_methods(r, rule), stars)
         district["products"].append(
             {
                 "id": r["id"],
@@ -8716,7 +8728,7 @@ def payment_ways_json(conn, lines, stars=True):
     each do (checked out one at a time with {"part": true})."""
     lines = normalise_lines(lines)
     total, offers = price_lines(conn, lines)
-    methods = [m for m in checkout_methods(conn, offers) if m != "stars" or stars]
+    methods = offered_methods(checkout_methods(conn, offers), stars)
     ways = {
         "methods": methods,
         "stars": stars_total(conn, offers, lines) if "stars" in methods else None,
@@ -8724,13 +8736,13 @@ def payment_ways_json(conn, lines, stars=True):
     }
     if not methods:
         for part_methods, part in split_by_methods(conn, lines, offers):
-            part_offers = price_lines(conn, part)[1]
-            usable = [m for m in part_methods if m != "stars" or stars]
+            part_total, part_offers = price_lines(conn, part)
+            usable = offered_methods(part_methods, stars)
             ways["parts"].append(
                 {
                     "methods": usable,
                     "lines": [[p, d, q] for p, d, q in part],
-                    "total": cents_to_str(price_lines(conn, part)[0]),
+                    "total": cents_to_str(part_total),
                     "stars": stars_total(conn, part_offers, part) if "stars" in usable else None,
                 }
             )
@@ -8789,9 +8801,7 @@ def orders_json(conn, user_id, before_id=None):
                 "total": cents_to_str(o["total_cents"]),
                 "method": o["payment_method"],
                 # Paid (or to be paid) in Telegram Stars: how many, else None.
-                "stars": int(payment["pay_amount"])
-                if payment and payment["pay_currency"] == "xtr"
-                else None,
+                "stars": stars_amount(payment),
                 "created_at": o["created_at"][:19] + "Z",
                 "payment_id": payment["provider_id"] if payment else None,
                 "items": [
@@ -8931,6 +8941,11 @@ def api_invoice(shop, conn, user, payment):
     return invoice_json(conn, payment, shop.config.sandbox, shop.may_simulate(user["id"]))
 
 
+def takes_stars(shop):
+    """Whether the shop takes Telegram Stars (set for the life of the process)."""
+    return shop.payments.stars is not None
+
+
 def api_me(shop, conn, user, data):
     c = shop.config
     return {
@@ -8944,7 +8959,7 @@ def api_me(shop, conn, user, data):
         "preview": user["id"] == PREVIEW_USER["id"],
         "test_mode": shop.test_mode,
         "can_buy": shop.may_buy(user["id"]),
-        "stars": shop.payments.stars is not None,  # whether the shop takes Telegram Stars
+        "stars": takes_stars(shop),
         "telegram_rule": telegram_rule(conn),
         "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
         "max_deposit": cents_to_str(c.max_deposit_cents),
@@ -8952,7 +8967,7 @@ def api_me(shop, conn, user, data):
 
 
 def api_catalog(shop, conn, user, data):
-    raw, packed = shop.miniapp.catalog.get(conn, shop.payments.stars is not None)
+    raw, packed = shop.miniapp.catalog.get(conn, takes_stars(shop))
     packing = "gzip" in (header("Accept-Encoding") or "").lower()
     return bottle.HTTPResponse(
         packed if packing else raw,
@@ -8966,7 +8981,7 @@ def api_catalog(shop, conn, user, data):
 
 
 def api_basket(shop, conn, user, data):
-    return basket_json(conn, user["id"], shop.payments.stars is not None)
+    return basket_json(conn, user["id"], takes_stars(shop))
 
 
 def api_set_basket_line(shop, conn, user, data):
@@ -8981,12 +8996,12 @@ def api_set_basket_line(shop, conn, user, data):
         set_basket_quantity(conn, user["id"], row["id"], quantity)
     elif quantity:
         add_to_basket(conn, user["id"], product_id, district_id, quantity)
-    return basket_json(conn, user["id"], shop.payments.stars is not None)
+    return basket_json(conn, user["id"], takes_stars(shop))
 
 
 def api_delete_basket_line(shop, conn, user, data, item_id):
     set_basket_quantity(conn, user["id"], item_id, 0)
-    return basket_json(conn, user["id"], shop.payments.stars is not None)
+    return basket_json(conn, user["id"], takes_stars(shop))
 
 
 def api_currencies(shop, conn, user, data):

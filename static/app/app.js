@@ -202,10 +202,14 @@ function photo(product, className, lazy = true) {
   return h("span", { class: `${className} no-photo tint-${hue}`, "aria-hidden": "true" }, (Array.from(name)[0] || "?").toUpperCase());
 }
 
+/** " · 1,250 ⭐" after a euro amount where it may be paid in Stars (stars not null), else nothing. */
+function inStars(stars) {
+  return stars != null ? h("span", { class: "in-stars" }, ` · ${starsText(stars)}`) : null;
+}
+
 /** "€25.00 · 1,250 ⭐" where the product may be paid in Stars, else "€25.00". */
 function priceTag(product, className = "price") {
-  return h("span", { class: className }, eur(product.price),
-    product.stars != null ? h("span", { class: "in-stars" }, ` · ${starsText(product.stars)}`) : null);
+  return h("span", { class: className }, eur(product.price), inStars(product.stars));
 }
 
 function plural(n, one, many) {
@@ -646,7 +650,7 @@ const SCREENS = {
           stepper(item.quantity, Math.min(item.available, 100), item.name,
                   (q) => setQuantity(item.product_id, item.district_id, q)), remove));
     })), h("p", { class: "total" }, h("span", null, "Total"),
-      h("strong", null, eur(S.basket.total), pay && pay.stars != null ? h("span", { class: "in-stars" }, ` · ${starsText(pay.stars)}`) : null)),
+      h("strong", null, eur(S.basket.total), inStars(pay && pay.stars))),
     split];
   },
 
@@ -665,8 +669,7 @@ const SCREENS = {
     const amount = () => ({ total: plan.total, stars: plan.stars });
     const choice = plan.methods.length ? payChoice(p, v, plan.methods, amount, coins, () => startPayment(p, plan.body)) : null;
     return [h("h1", null, "Checkout"), summary(plan.lines),
-      h("p", { class: "total" }, h("span", null, "Total"), h("strong", null, eur(plan.total),
-        plan.stars != null ? h("span", { class: "in-stars" }, ` · ${starsText(plan.stars)}`) : null)),
+      h("p", { class: "total" }, h("span", null, "Total"), h("strong", null, eur(plan.total), inStars(plan.stars))),
       plan.methods.length ? h("h2", null, "Pay with") : h("p", { class: "warn" }, "This cannot be paid here right now."),
       ruled(plan.lines, plan.methods) ? h("p", { class: "note rule-note" }, RULE_NOTE) : null,
       choice];
@@ -723,7 +726,7 @@ const SCREENS = {
     const showGoods = async () => {
       goodsAsked = true;
       try {
-        const order = (await api("/api/orders")).orders.find((o) => o.id === inv.order_id);
+        const order = await findOrder(inv.order_id);
         if (v.alive && order) goods.replaceChildren(...goodsSection(order, v));
       } catch (e) { /* they are in My orders too */ }
     };
@@ -797,7 +800,7 @@ const SCREENS = {
 
   /** A purchase paid from the balance: paid at once, so its goods are here at once. */
   async paid(p, v) {
-    const order = (await api("/api/orders")).orders.find((o) => o.id === p.order);
+    const order = await findOrder(p.order);
     if (!order) return missing("This order is not among your orders.");
     v.main("Open my orders", () => go("orders", { highlight: order.id }, "reset"));
     return [h("h1", null, `Order #${order.id} · ${eur(order.total)}`),
@@ -903,6 +906,11 @@ function clock(seconds) {
   const mm = Math.floor((s % 3600) / 60);
   const two = (n) => String(n).padStart(2, "0");
   return (hh ? `${hh}:${two(mm)}` : String(mm)) + ":" + two(s % 60);
+}
+
+/** One of the shopper's latest orders by id (a paid one, to show its goods), or undefined. */
+async function findOrder(id) {
+  return (await api("/api/orders")).orders.find((o) => o.id === id);
 }
 
 /** After a purchase, what is still in the basket (a basket paid one part at a time). */
