@@ -1400,11 +1400,13 @@ def init_db(path, migrations=None, schema_version=None):
 
 DEFAULT_SETTINGS = {
     "shop_name": "Demo Shop",
-    "welcome_text": "Welcome! Browse the shop, fill your basket and pay in crypto or from your "
-    "balance. Your goods arrive right here in this chat.",
+    "welcome_text": "Welcome! Browse the shop, fill your basket and pay in Telegram Stars, in "
+    "crypto or from your balance. Your goods arrive right here in this chat.",
     "help_text": "🛒 Shop: browse by city and district.\n"
     "🧺 Basket: change quantities, then check out.\n"
-    "💳 Pay in crypto (BTC, ETH, LTC, USDT, USDC, TON, SOL) or from your balance.\n"
+    "⭐ Digital goods are paid in Telegram Stars; 💳 the rest in crypto (BTC, ETH, LTC, USDT, "
+    "USDC, TON, SOL) or from your balance.\n"
+    "🛟 /paysupport: help with a payment; 📜 /terms: the terms of sale.\n"
     "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
     "support_contact": "",
     "underpayment_tolerance": "0",
