@@ -7202,17 +7202,11 @@ class StarsPayments(PaymentProvider):
         """Give a charge's Stars back (refundStarPayment). Returns a note: "" when done now,
         or Telegram's words when it was refunded before. ProviderError otherwise."""
         try:
-            self.api.refund_star_payment(user_id, charge_id)
-        except apihelper.ApiTelegramException as e:
-            if "ALREADY_REFUNDED" in (e.description or ""):
-                return e.description
-            raise ProviderError(
-                f"Telegram refused the refund: {e.description}", http=e.error_code
-            ) from None
-        except (requests.RequestException, OSError) as e:
-            raise ProviderError(
-                f"cannot reach Telegram for a refund ({type(e).__name__})"
-            ) from None
+            self._call("the refund", self.api.refund_star_payment, user_id, charge_id)
+        except ProviderError as e:
+            if "ALREADY_REFUNDED" not in e.detail:
+                raise
+            return e.detail.removeprefix("Telegram refused the refund: ")
         return ""
 
     def sweep(self, since):

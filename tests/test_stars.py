@@ -488,3 +488,25 @@ def test_an_invoice_paid_twice_gives_the_second_charge_back_once(make_shop):
     row = conn.execute("SELECT status, charge_id FROM payments").fetchone()
     assert tuple(row) == ("finished", "charge-a")
     conn.close()
+
+
+def test_a_charge_refunded_outside_the_shop_is_taken_as_refunded(fake_tg, stars_shop):
+    """Telegram answers CHARGE_ALREADY_REFUNDED (someone gave the Stars back another way): the
+    shop's refund is done, with Telegram's words, and not tried again."""
+    s = stars_shop()
+    paid = fake_tg.user_pays(113, buy_now_in_stars(Shopper(fake_tg, 113)))
+    wait_for_row(s.conn, "SELECT 1 FROM orders WHERE id = 1 AND status = 'paid'")
+    r = requests.post(
+        f"{fake_tg.base_url}/bot{TOKEN}/refundStarPayment",
+        data={"user_id": 113, "telegram_payment_charge_id": paid.charge_id},
+        timeout=5,
+    )
+    assert r.json()["ok"] is True
+    shop.request_owner_star_refund(s.conn, 1, "Refunded by hand")
+    s.payments.make_refunds()
+    row = s.conn.execute("SELECT status, attempts, last_error FROM star_refunds").fetchone()
+    assert row["status"] == "done" and row["attempts"] == 0
+    assert "CHARGE_ALREADY_REFUNDED" in row["last_error"]
+    assert shop.get_order_status(s.conn, 1) == "refunded"
+    s.payments.make_refunds()
+    assert len(fake_tg.calls_to("refundStarPayment")) == 2  # ours and the one by hand, no more
