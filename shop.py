@@ -9669,8 +9669,10 @@ def admin_rule_summary(report):
 
 
 def admin_catalog_helpers(conn):
-    """What the catalog's pages show beside each product: its ways to pay and its Stars price."""
+    """What the catalog's pages show beside each product: its ways to pay and its Stars price,
+    and where Telegram states its rule."""
     return {
+        "rule_source": TELEGRAM_RULE_SOURCE,
         "rate": stars_per_euro(conn),
         "rule_on": telegram_rule(conn),
         "ways_of": admin_product_ways,  # (product, rule_on)
@@ -9687,7 +9689,6 @@ def admin_catalog_page(shop, conn, sess, part="catalog.tpl", **kw):
         sess,
         report=find_rule_report(conn),
         rule_summary=admin_rule_summary,
-        rule_source=TELEGRAM_RULE_SOURCE,
         places=admin_place_tree(catalog),
         **catalog,
         **admin_catalog_helpers(conn),
@@ -9998,7 +9999,6 @@ def admin_product_form(shop, conn, sess, product, error=None, form=None):
         error=error,
         more=more,
         stars_hint=admin_stars_hint(product, helpers["rate"]),
-        rule_source=TELEGRAM_RULE_SOURCE,
         **helpers,
     )
     return bottle.HTTPResponse(page, 400) if error else page
@@ -10089,7 +10089,6 @@ def admin_product_part(shop, conn, sess, product_id, editing, error=None, form=N
         said=said or "",
         report=find_rule_report(conn),
         rule_summary=admin_rule_summary,
-        rule_source=TELEGRAM_RULE_SOURCE,
         **helpers,
     )
     return bottle.HTTPResponse(page, 400) if error else page
