@@ -9679,8 +9679,10 @@ def admin_rule_summary(report):
 
 
 def admin_catalog_helpers(conn):
-    """What the catalog's pages show beside each product: its ways to pay and its Stars price."""
+    """What the catalog's pages show beside each product: its ways to pay and its Stars price,
+    and where Telegram states its rule."""
     return {
+        "rule_source": TELEGRAM_RULE_SOURCE,
         "rate": stars_per_euro(conn),
         "rule_on": telegram_rule(conn),
         "ways_of": admin_product_ways,  # (product, rule_on)
@@ -9697,7 +9699,6 @@ def admin_catalog_page(shop, conn, sess, part="catalog.tpl", **kw):
         sess,
         report=find_rule_report(conn),
         rule_summary=admin_rule_summary,
-        rule_source=TELEGRAM_RULE_SOURCE,
         places=admin_place_tree(catalog),
         **catalog,
         **admin_catalog_helpers(conn),
@@ -9832,7 +9833,14 @@ def admin_place_save(shop, conn, sess, kind, place_id):
     page = admin_catalog_page(
         shop, conn, sess, part="_places.tpl", status=said, focus=f"{kind}-{place_id}"
     )
-    return bottle.HTTPResponse(page, headers={"HX-Retarget": "#places", "HX-Reswap": "outerHTML"})
+    return admin_places_swap(page)
+
+
+def admin_places_swap(page, status=200):
+    """An htmx answer that replaces the catalog page's whole places section with `page`."""
+    return bottle.HTTPResponse(
+        page, status, headers={"HX-Retarget": "#places", "HX-Reswap": "outerHTML"}
+    )
 
 
 def admin_form_ids(name):
@@ -9856,9 +9864,7 @@ def admin_places_order(shop):
             if not header("HX-Request"):
                 raise
             page = admin_catalog_page(shop, conn, sess, part="_places.tpl", alert=str(e))
-            return bottle.HTTPResponse(
-                page, 400, headers={"HX-Retarget": "#places", "HX-Reswap": "outerHTML"}
-            )
+            return admin_places_swap(page, 400)
     said = "Order saved: shoppers see the places in this order." if moved else "Nothing moved."
     if not header("HX-Request"):
         return admin_done(shop, sess, "/admin/catalog#places", said)
@@ -9898,34 +9904,39 @@ def admin_place_added(shop, conn, sess, what, said=None, error=None):
     return bottle.HTTPResponse(page, 400) if error else page
 
 
-def admin_city_add(shop):
+def admin_place_create(conn, what):
+    """Add the city or district the catalog's form names; InvalidInput when refused."""
+    f = bottle.request.forms
+    if what == "city":
+        return add_city(conn, f.getunicode("name"), admin_remote())
+    city_id = f.get("city_id", "")
+    if not re.fullmatch(r"[0-9]{1,18}", city_id):
+        raise InvalidInput("Choose a city.")
+    return add_district(conn, int(city_id), f.getunicode("name"), admin_remote())
+
+
+def admin_place_add(shop, what):
+    """The catalog's "Add a city or a district" (what: "city" or "district"). htmx gets
+    admin_place_added; a plain form goes back to the catalog."""
+    said = f"{what.title()} added."
     with admin_change(shop) as (conn, sess):
         try:
-            add_city(conn, bottle.request.forms.getunicode("name"), admin_remote())
+            admin_place_create(conn, what)
         except InvalidInput as e:
             if not header("HX-Request"):
                 raise
-            return admin_place_added(shop, conn, sess, "city", error=str(e))
+            return admin_place_added(shop, conn, sess, what, error=str(e))
         if header("HX-Request"):
-            return admin_place_added(shop, conn, sess, "city", said="City added.")
-    return admin_done(shop, sess, "/admin/catalog", "City added.")
+            return admin_place_added(shop, conn, sess, what, said=said)
+    return admin_done(shop, sess, "/admin/catalog", said)
+
+
+def admin_city_add(shop):
+    return admin_place_add(shop, "city")
 
 
 def admin_district_add(shop):
-    with admin_change(shop) as (conn, sess):
-        city_id = bottle.request.forms.get("city_id", "")
-        try:
-            if not re.fullmatch(r"[0-9]{1,18}", city_id):
-                raise InvalidInput("Choose a city.")
-            name = bottle.request.forms.getunicode("name")
-            add_district(conn, int(city_id), name, admin_remote())
-        except InvalidInput as e:
-            if not header("HX-Request"):
-                raise
-            return admin_place_added(shop, conn, sess, "district", error=str(e))
-        if header("HX-Request"):
-            return admin_place_added(shop, conn, sess, "district", said="District added.")
-    return admin_done(shop, sess, "/admin/catalog", "District added.")
+    return admin_place_add(shop, "district")
 
 
 def admin_product_values(product, form=None):
@@ -9998,7 +10009,6 @@ def admin_product_form(shop, conn, sess, product, error=None, form=None):
         error=error,
         more=more,
         stars_hint=admin_stars_hint(product, helpers["rate"]),
-        rule_source=TELEGRAM_RULE_SOURCE,
         **helpers,
     )
     return bottle.HTTPResponse(page, 400) if error else page
@@ -10030,9 +10040,12 @@ def admin_product_fields(form):
     }
 
 
-def admin_product_saved(conn, product_id, subject="Product"):
-    """What the owner reads after saving a product: saved, or saved but nobody can buy it."""
-    if product_methods(find_product(conn, product_id), telegram_rule(conn)):
+def admin_product_saved(conn, product_id, named=False):
+    """What the owner reads after saving a product: saved, or saved but nobody can buy it. named:
+    the product by its name, not "Product"."""
+    product = find_product(conn, product_id)
+    subject = product["name"] if named else "Product"
+    if product_methods(product, telegram_rule(conn)):
         return f"{subject} saved."
     return (
         f"⚠️ {subject} saved, but nobody can buy it now: it is digital and does not allow "
@@ -10086,7 +10099,6 @@ def admin_product_part(shop, conn, sess, product_id, editing, error=None, form=N
         said=said or "",
         report=find_rule_report(conn),
         rule_summary=admin_rule_summary,
-        rule_source=TELEGRAM_RULE_SOURCE,
         **helpers,
     )
     return bottle.HTTPResponse(page, 400) if error else page
@@ -10123,7 +10135,7 @@ def admin_product_row_save(shop, product_id):
             if not header("HX-Request"):
                 raise
             return admin_product_part(shop, conn, sess, product_id, True, error=str(e), form=f)
-        said = admin_product_saved(conn, product_id, find_product(conn, product_id)["name"])
+        said = admin_product_saved(conn, product_id, named=True)
         if not header("HX-Request"):
             return admin_done(shop, sess, f"/admin/catalog#product-{product_id}", said)
         return admin_product_part(shop, conn, sess, product_id, False, said=said)
@@ -10321,7 +10333,7 @@ PAYMENT_STATUS_WORDS = {
 
 
 # The payments page's filter by way of paying (a payment is an invoice: never the balance).
-PAYMENT_METHOD_WORDS = {"crypto": "crypto", "stars": "⭐ Telegram Stars"}
+PAYMENT_METHOD_WORDS = {m: ADMIN_METHOD_WORDS[m] for m in ("crypto", "stars")}
 
 
 def admin_payments(shop):
