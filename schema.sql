@@ -14,6 +14,9 @@ CREATE TABLE IF NOT EXISTS users (
     username        TEXT,
     first_name      TEXT NOT NULL DEFAULT '',
     language_code   TEXT,
+    -- The language the shopper chose (/language, the Mini App), a code of a catalog under
+    -- locales/; NULL: Telegram's language_code, else the shop's default language.
+    language        TEXT,
     -- Cached sum of the user's ledger rows; updated in the same transaction as
     -- every ledger insert and checked by shop.check_ledger().
     balance_cents   INTEGER NOT NULL DEFAULT 0 CHECK (balance_cents >= 0),
@@ -58,7 +61,10 @@ CREATE TABLE IF NOT EXISTS products (
     -- The ways it may be paid, comma-separated from shop.PAY_METHODS; NULL: every way.
     pay_methods   TEXT,
     -- Its own price in Telegram Stars; NULL: the euro price at the shop's rate, rounded up.
-    stars_price   INTEGER CHECK (stars_price IS NULL OR stars_price BETWEEN 1 AND 100000)
+    stars_price   INTEGER CHECK (stars_price IS NULL OR stars_price BETWEEN 1 AND 100000),
+    -- The name and description in other languages: JSON {"de": {"name": ..., "description":
+    -- ...}, ...}; name and description above are the shop's default language's. NULL: none.
+    translations  TEXT CHECK (translations IS NULL OR json_valid(translations))
 );
 
 -- One sellable item with its own delivery content. The content and media are

@@ -31,30 +31,31 @@ Flows:
     deliver:  outbox -> each unit's content (and photo) in the buyer's chat
 
 Sections (grep for their banners, "# Name ####"):
-     1. Errors -- ShopError and its kinds (the docstring is the message), storage trouble
-     2. Money, time, text and JSON -- cents, exact decimals, timestamps, Telegram HTML
-     3. Configuration -- Config from the environment and .env
-     4. Logging -- secrets redacted, honest levels
-     5. Database -- connect(), transaction(), schema.sql and numbered MIGRATIONS
-     6. Services: users and settings
-     7. Services: ledger
-     8. Services: outbox
-     9. Services: catalog
-    10. Services: catalog import
-    11. Services: basket
-    12. Services: orders
-    13. Services: payments -- PaymentNews in, exactly once; checkouts and limits
-    14. Services: owner -- the admin's sessions, catalog edits, refunds, pages, exports
-    15. Payment providers -- PaymentProvider, NowPayments, the sandbox, PAYMENT_PROVIDERS
-    16. Payment desk -- invoices, webhooks, checks, reconciliation, for every provider
-    17. Web -- the app's hooks, the storefront, webhooks
-    18. Web: Mini App -- /app and its JSON API
-    19. Web: admin -- the htmx admin
-    20. Bot -- pure screen_* functions, then ShopBot's handlers
-    21. Outbox sender
-    22. Scheduler -- JOBS
-    23. Runtime -- Shop builds and starts everything
-    24. Command line
+     1. Languages -- gettext catalogs per language, tr()/ntr(), speaking(), CLDR formats
+     2. Errors -- ShopError and its kinds (each with its shopper-facing message), storage trouble
+     3. Money, time, text and JSON -- cents, exact decimals, timestamps, Telegram HTML
+     4. Configuration -- Config from the environment and .env
+     5. Logging -- secrets redacted, honest levels
+     6. Database -- connect(), transaction(), schema.sql and numbered MIGRATIONS
+     7. Services: users and settings
+     8. Services: ledger
+     9. Services: outbox
+    10. Services: catalog
+    11. Services: catalog import
+    12. Services: basket
+    13. Services: orders
+    14. Services: payments -- PaymentNews in, exactly once; checkouts and limits
+    15. Services: owner -- the admin's sessions, catalog edits, refunds, pages, exports
+    16. Payment providers -- PaymentProvider, NowPayments, the sandbox, PAYMENT_PROVIDERS
+    17. Payment desk -- invoices, webhooks, checks, reconciliation, for every provider
+    18. Web -- the app's hooks, the storefront, webhooks
+    19. Web: Mini App -- /app and its JSON API
+    20. Web: admin -- the htmx admin
+    21. Bot -- pure screen_* functions, then ShopBot's handlers
+    22. Outbox sender
+    23. Scheduler -- JOBS
+    24. Runtime -- Shop builds and starts everything
+    25. Command line
 
 The rule (tests/test_layering.py checks it): a section uses only sections above
 it. Services take `conn` and plain values, never the Shop, bottle, telebot or
@@ -71,6 +72,7 @@ Run `python shop.py --help`. Importing this module has no side effects.
 
 import argparse
 import collections
+import contextvars
 import csv
 import email.utils
 import functools
@@ -126,6 +128,175 @@ TEMPLATES_DIR = ROOT / "templates"
 log = logging.getLogger("shop")
 
 
+# Languages #####################################################################
+
+# Shoppers read the shop in their language: gettext catalogs, one file per language
+# (locales/<lang>/LC_MESSAGES/messages.po, read on first use; no compiled .mo to keep in step),
+# and CLDR's formats through Babel. The language of the moment is a context variable: the bot and
+# the web set it for each update and request (speaking()); a service writing to someone else
+# speaks the addressee's language. The code's own texts are English, the source language.
+
+LOCALES_DIR = ROOT / "locales"
+SOURCE_LANGUAGE = "en"
+
+
+# CLDR formats a bare language the way one country writes it; where the shop means another, the
+# locale it formats with. English: Ireland (€, a 24-hour clock); Portuguese: Portugal, not Brazil.
+FORMAT_LOCALES = {"en": "en_IE", "pt": "pt_PT", "es": "es_ES"}
+
+
+def N_(message):
+    """Marks a text for translation where it is defined; tr() translates it where it is shown."""
+    return message
+
+
+@functools.cache
+def available_languages():
+    """The source language, then every language with a catalog under locales/, by code."""
+    found = sorted(p.parent.parent.name for p in LOCALES_DIR.glob("*/LC_MESSAGES/messages.po"))
+    return (SOURCE_LANGUAGE, *(code for code in found if code != SOURCE_LANGUAGE))
+
+
+def match_language(tag):
+    """The shop's language for an IETF tag as Telegram sends it ('de', 'pt-br', 'uk'), or None:
+    the exact language and region first, then the language alone."""
+    if not isinstance(tag, str) or not tag.strip():
+        return None
+    wanted = tag.strip().replace("-", "_").lower()
+    by_lower = {code.lower(): code for code in available_languages()}
+    return by_lower.get(wanted) or by_lower.get(wanted.split("_")[0])
+
+
+class Language:
+    """One language: its catalog (falling back to its base language's, then to the source
+    texts) and its formats."""
+
+    def __init__(self, code):
+        self.code = code
+        self.format_locale = FORMAT_LOCALES.get(code, code)
+        self.translations = _read_catalog(code)
+        self._money = {}
+
+    def gettext(self, message):
+        return self.translations.gettext(message)
+
+    def ngettext(self, singular, plural, n):
+        return self.translations.ngettext(singular, plural, n)
+
+    def pgettext(self, context, message):
+        return self.translations.pgettext(context, message)
+
+    def money(self, cents):
+        """Euro cents as this language writes them: '€25.00', '25,00 €', '1 234,50 €'."""
+        text = self._money.get(cents)
+        if text is None:
+            import babel.numbers
+
+            text = babel.numbers.format_currency(
+                Decimal(cents).scaleb(-2), "EUR", locale=self.format_locale
+            )
+            if len(self._money) < 4096:
+                self._money[cents] = text
+        return text
+
+    def number(self, n):
+        """A whole number with this language's grouping: '1,250', '1.250', '1 250'."""
+        import babel.numbers
+
+        return babel.numbers.format_decimal(int(n), locale=self.format_locale)
+
+    def when(self, moment):
+        """A UTC moment (datetime or the shop's ISO text) as this language writes a date and
+        time to the minute: '14 Mar 2026, 18:05', '14. März 2026, 18:05'."""
+        import babel.dates
+
+        if isinstance(moment, str):
+            moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        return babel.dates.format_skeleton(
+            "yMMMdHm", moment, tzinfo=timezone.utc, locale=self.format_locale
+        )
+
+    def name(self):
+        """The language's name in itself: 'Deutsch', 'Polski', 'Українська'."""
+        import babel
+
+        name = babel.Locale.parse(self.code).get_display_name(self.code) or self.code
+        return name[:1].upper() + name[1:]
+
+
+def _read_catalog(code):
+    """The gettext translations of a language from its .po file, chained to its base language
+    (pt_BR -> pt); the source language has none."""
+    import gettext
+
+    if code == SOURCE_LANGUAGE:
+        return gettext.NullTranslations()
+    import babel.messages.mofile
+    import babel.messages.pofile
+
+    with open(LOCALES_DIR / code / "LC_MESSAGES" / "messages.po", "rb") as f:
+        catalog = babel.messages.pofile.read_po(f, locale=code)
+    buffer = io.BytesIO()
+    babel.messages.mofile.write_mo(buffer, catalog)
+    buffer.seek(0)
+    translations = gettext.GNUTranslations(buffer)
+    base = code.split("_")[0]
+    if base != code and base in available_languages():
+        translations.add_fallback(language(base).translations)
+    return translations
+
+
+_languages, _languages_lock = {}, threading.Lock()
+
+
+def language(code):
+    """The Language for a code from available_languages(), read on first use and kept."""
+    found = _languages.get(code)
+    if found is None:
+        with _languages_lock:
+            found = _languages.get(code)
+            if found is None:
+                if code not in available_languages():
+                    raise ValueError(f"no catalog for language {code!r} under {LOCALES_DIR}")
+                found = _languages[code] = Language(code)
+    return found
+
+
+_speaking = contextvars.ContextVar("speaking", default=None)
+
+
+@contextmanager
+def speaking(code):
+    """Within the block, tr() and the formats speak this language (a code from
+    available_languages())."""
+    token = _speaking.set(language(code))
+    try:
+        yield
+    finally:
+        _speaking.reset(token)
+
+
+def current_language():
+    return _speaking.get() or language(SOURCE_LANGUAGE)
+
+
+def tr(message, **values):
+    """`message` in the language of the moment, its {placeholders} filled from `values`."""
+    text = current_language().gettext(message)
+    return text.format(**values) if values else text
+
+
+def ntr(singular, plural, n, **values):
+    """The plural form for `n` in the language of the moment ({n} is filled in too)."""
+    return current_language().ngettext(singular, plural, n).format(n=n, **values)
+
+
+def ptr(context, message, **values):
+    """tr() for a short text whose meaning depends on where it stands ('Order' the noun)."""
+    text = current_language().pgettext(context, message)
+    return text.format(**values) if values else text
+
+
 # Errors ########################################################################
 
 
@@ -145,57 +316,65 @@ class Throttle:
 
 
 class ShopError(Exception):
-    """Something went wrong."""
+    """A refusal the person who asked reads: its message, in their language (the kind's own
+    `message`, translated, unless the raise gives a more precise one), and an HTTP status."""
 
+    message = N_("Something went wrong.")
     status = 400
 
     def __init__(self, message=None):
-        super().__init__(message or self.__doc__)
+        super().__init__(message or tr(self.message))
 
 
 class InvalidInput(ShopError):
-    """That input is not valid."""
+    message = N_("That input is not valid.")
 
 
 class NotFound(ShopError):
-    """That does not exist (any more)."""
+    message = N_("That does not exist (any more).")
 
     status = 404
 
 
 class SoldOut(ShopError):
-    """Sorry, that is sold out."""
+    message = N_("Sorry, that is sold out.")
 
     status = 409
 
 
 class PriceChanged(ShopError):
-    """Your basket or its prices changed since you opened checkout; please check the new total."""
+    message = N_(
+        "Your basket or its prices changed since you opened checkout; please check the new total."
+    )
 
     status = 409
 
 
 class Banned(ShopError):
-    """Sorry, this shop is not available to you."""
+    message = N_("Sorry, this shop is not available to you.")
 
     status = 403
 
 
 class NotSellingYet(ShopError):
-    """🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid \
-here. You are welcome to look around."""
+    message = N_(
+        "🧪 This shop is in test mode: it is not selling yet, so nothing can be bought or paid "
+        "here. You are welcome to look around."
+    )
 
     status = 403
 
 
 class LimitReached(ShopError):
-    """You have too many open invoices; pay or cancel one first."""
+    message = N_("You have too many open invoices; pay or cancel one first.")
 
     status = 429
 
 
 class ProviderError(ShopError):
-    """The payment service is not answering right now. Please try again in a few minutes."""
+    message = N_(
+        "The payment service is not answering right now. Please try again in a few minutes."
+    )
 
     status = 502
 
@@ -211,19 +390,19 @@ class ProviderError(ShopError):
 
 
 class UnknownPayment(ShopError):
-    """No such payment."""
+    message = N_("No such payment.")
 
     status = 404
 
 
 class PaymentMismatch(ShopError):
-    """The payment does not match the one the shop created."""
+    message = N_("The payment does not match the one the shop created.")
 
     status = 409
 
 
 class Unauthorized(ShopError):
-    """Please open the shop from the Telegram bot."""
+    message = N_("Please open the shop from the Telegram bot.")
 
     status = 401
 
@@ -316,13 +495,13 @@ def cents_to_str(cents):
 
 
 def fmt_eur(cents):
-    """2550 -> '€25.50' (what shoppers read)."""
-    return ("-€" if cents < 0 else "€") + cents_to_str(abs(cents))
+    """2550 -> '€25.50', '25,50 €' ... (what shoppers read, in the language of the moment)."""
+    return current_language().money(cents)
 
 
 def fmt_stars(stars):
-    """1250 -> '1,250 ⭐' (whole Telegram Stars)."""
-    return f"{int(stars):,} ⭐"
+    """1250 -> '1,250 ⭐', '1.250 ⭐' ... (whole Telegram Stars)."""
+    return f"{current_language().number(stars)} ⭐"
 
 
 def fmt_coin(value):
@@ -1105,7 +1284,7 @@ def setup_logging(config, stream=None):
 
 # Database ######################################################################
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _daily_totals(conn):
@@ -1205,6 +1384,10 @@ MIGRATIONS = {
     4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
     5: _payment_providers,  # payments.provider: more than one way to pay
     6: _stars,  # Telegram Stars: product kinds and methods, Stars orders, charge ids
+    # languages: the shopper's chosen language, product names and descriptions per language
+    7: """ALTER TABLE users ADD COLUMN language TEXT;
+          ALTER TABLE products ADD COLUMN translations TEXT
+              CHECK (translations IS NULL OR json_valid(translations));""",
 }
 
 
@@ -1233,6 +1416,26 @@ _write_locks = {}
 _write_locks_guard = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1024)
+def _translations_of(text):
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def shopper_text(text, translations, field):
+    """SQL function shopper_text(p.name, p.translations, 'name'): a product's name or
+    description in the language of the moment, else as the owner wrote it in the default
+    language."""
+    if translations:
+        found = _translations_of(translations).get(current_language().code)
+        if isinstance(found, dict) and isinstance(found.get(field), str) and found[field]:
+            return found[field]
+    return text
+
+
 def connect(path, *, autocheckpoint=True):
     """Open the shop database with the settings every connection needs.
 
@@ -1242,6 +1445,7 @@ def connect(path, *, autocheckpoint=True):
     with _write_locks_guard:
         conn.write_lock = _write_locks.setdefault(os.path.realpath(path), threading.RLock())
     conn.row_factory = sqlite3.Row
+    conn.create_function("shopper_text", 3, shopper_text)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA foreign_keys = ON")
     # FULL: a commit the shop has acted on (a purchase, a paid IPN) survives power loss.
@@ -1400,14 +1604,23 @@ def init_db(path, migrations=None, schema_version=None):
 
 DEFAULT_SETTINGS = {
     "shop_name": "Demo Shop",
-    "welcome_text": "Welcome! Browse the shop, fill your basket and pay in Telegram Stars, in "
-    "crypto or from your balance. Your goods arrive right here in this chat.",
-    "help_text": "🛒 Shop: browse by city and district.\n"
-    "🧺 Basket: change quantities, then check out.\n"
-    "⭐ Digital goods are paid in Telegram Stars; 💳 the rest in crypto (BTC, ETH, LTC, USDT, "
-    "USDC, TON, SOL) or from your balance.\n"
-    "🛟 /paysupport: help with a payment; 📜 /terms: the terms of sale.\n"
-    "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again.",
+    # The texts shoppers read until the owner writes their own: tr() gives them in the
+    # shopper's language (shop_text()).
+    "welcome_text": N_(
+        "Welcome! Browse the shop, fill your basket and pay in Telegram Stars, in crypto or from "
+        "your balance. Your goods arrive right here in this chat."
+    ),
+    "help_text": N_(
+        "🛒 Shop: browse by city and district.\n"
+        "🧺 Basket: change quantities, then check out.\n"
+        "⭐ Digital goods are paid in Telegram Stars; 💳 the rest in crypto (BTC, ETH, LTC, USDT, "
+        "USDC, TON, SOL) or from your balance.\n"
+        "🛟 /paysupport: help with a payment; 📜 /terms: the terms of sale.\n"
+        "💰 Top up: add money to your balance.\n📦 Orders: your orders, and their items again."
+    ),
+    # The language of shoppers whose Telegram language the shop does not speak, and of the owner's
+    # own texts (welcome_text ...; welcome_text.de ... are the same in other languages).
+    "default_language": SOURCE_LANGUAGE,
     "support_contact": "",
     "underpayment_tolerance": "0",
     "low_stock_threshold": "2",
@@ -1426,26 +1639,98 @@ RUNTIME_SETTINGS = ("min_deposit_cents", "reservation_minutes", "max_unpaid_unit
 
 
 def default_terms_text(conn):
-    """/terms when the owner wrote none."""
+    """/terms when the owner wrote none, in the language of the moment."""
     contact = get_setting(conn, "support_contact")
-    return (
-        f"{get_setting(conn, 'shop_name')} sells the goods in its catalog at the prices shown at "
-        "checkout. Goods are delivered in this chat as soon as the payment is final. Digital "
-        "goods (codes, keys, downloads) cannot be returned once delivered; if one does not work, "
-        "we replace it or refund it. Payments in Telegram Stars are refunded in Stars. "
-        + (f"Questions: {contact}." if contact else "Questions: use /paysupport.")
+    terms = tr(
+        "{shop} sells the goods in its catalog at the prices shown at checkout. Goods are "
+        "delivered in this chat as soon as the payment is final. Digital goods (codes, keys, "
+        "downloads) cannot be returned once delivered; if one does not work, we replace it or "
+        "refund it. Payments in Telegram Stars are refunded in Stars.",
+        shop=get_setting(conn, "shop_name"),
     )
+    questions = (
+        tr("Questions: {contact}.", contact=contact)
+        if contact
+        else tr("Questions: use /paysupport.")
+    )
+    return f"{terms} {questions}"
 
 
 def default_paysupport_text(conn):
     """/paysupport when the owner wrote none: it names the support contact."""
     contact = get_setting(conn, "support_contact")
-    reach = f"write to {contact}" if contact else "reply here with your order number"
-    return (
-        f"A problem with a payment or an order? {reach[0].upper() + reach[1:]} and say what "
+    if contact:
+        return tr(
+            "A problem with a payment or an order? Write to {contact} and say what happened; we "
+            "answer within a day. Your orders and their payments are under 📦 Orders. Telegram's "
+            "support cannot help with purchases from this shop.",
+            contact=contact,
+        )
+    return tr(
+        "A problem with a payment or an order? Reply here with your order number and say what "
         "happened; we answer within a day. Your orders and their payments are under 📦 Orders. "
         "Telegram's support cannot help with purchases from this shop."
     )
+
+
+# The texts the owner writes for shoppers, in the default language (the key) and optionally in
+# others ('welcome_text.de'); shop_text() picks the shopper's.
+SHOPPER_TEXTS = ("welcome_text", "help_text", "terms_text", "paysupport_text")
+
+
+def shop_text(conn, key):
+    """An owner's text for shoppers in the language of the moment: the owner's text in it, else
+    the owner's text in the default language, else the shop's own default text, translated."""
+    code = current_language().code
+    wanted = [f"{key}.{code}"] if code != default_language(conn) else []
+    for stored in (*wanted, key):
+        row = conn.execute("SELECT value FROM settings WHERE key = ?", (stored,)).fetchone()
+        if row and row["value"]:
+            return row["value"]
+    if key == "terms_text":
+        return default_terms_text(conn)
+    if key == "paysupport_text":
+        return default_paysupport_text(conn)
+    return tr(DEFAULT_SETTINGS[key])
+
+
+def default_language(conn):
+    """The shop's default language (a code from available_languages())."""
+    return match_language(get_setting(conn, "default_language")) or SOURCE_LANGUAGE
+
+
+def shopper_language(conn, user):
+    """The language a shopper reads (a users row, or None for someone the shop has not met):
+    their own choice, else Telegram's language_code when the shop speaks it, else the shop's
+    default language."""
+    if user is not None:
+        for tag in (user["language"], user["language_code"]):
+            found = match_language(tag)
+            if found:
+                return found
+    return default_language(conn)
+
+
+def language_of(conn, user_id):
+    """The language to write to a user in (for messages the user did not just ask for)."""
+    row = conn.execute(
+        "SELECT language, language_code FROM users WHERE id = ?", (user_id,)
+    ).fetchone()
+    return shopper_language(conn, row)
+
+
+def set_user_language(conn, user_id, code):
+    """Remember the language a shopper chose (None: follow Telegram's again). InvalidInput when
+    the shop has no such language."""
+    if code is not None and code not in available_languages():
+        raise InvalidInput(
+            tr(
+                "This shop speaks {languages}.",
+                languages=", ".join(available_languages()),
+            )
+        )
+    with transaction(conn):
+        conn.execute("UPDATE users SET language = ? WHERE id = ?", (code, user_id))
 
 
 def get_setting(conn, key, config=None):
@@ -1521,6 +1806,11 @@ OWNER_SETTINGS = {
         "paysupport_text",
         "what /paysupport says, up to 2000 characters (empty: the default, naming the contact)",
     ),
+    "default_language": (
+        "default_language",
+        "the language of shoppers whose own the shop does not speak, and of the texts above, "
+        "like en or de",
+    ),
 }
 
 
@@ -1545,9 +1835,28 @@ def clean_owner_setting(name, text, *, max_deposit_cents, coin_codes):
     """A setting as the owner typed it (by its OWNER_SETTINGS name), checked the one way both the
     admin's Settings page and `python shop.py set` check it: (stored key, stored text). The coins
     are codes from `coin_codes`, comma- or space-separated. InvalidInput says what is wrong."""
+    if translated_text_setting(name):
+        return name, clean_text(
+            text,
+            f"{SETTING_RULES[name.split('.')[0]][0]} in {name.split('.')[1]}",
+            max_len=SETTING_RULES[name.split(".")[0]][1],
+            multiline=True,
+            required=False,
+        )
     if name not in OWNER_SETTINGS:
-        raise InvalidInput(f"Unknown setting {name!r}; settings are: {', '.join(OWNER_SETTINGS)}.")
+        raise InvalidInput(
+            f"Unknown setting {name!r}; settings are: {', '.join(OWNER_SETTINGS)}, and "
+            f"{'/'.join(SHOPPER_TEXTS)}.<language> for a text in another language."
+        )
     key = OWNER_SETTINGS[name][0]
+    if name == "default_language":
+        code = match_language(text)
+        if code is None or code.lower() != (text or "").strip().replace("-", "_").lower():
+            raise InvalidInput(
+                f"The default language must be one the shop speaks: "
+                f"{', '.join(available_languages())}; got {(text or '')[:20]!r}."
+            )
+        return key, code
     if name in SETTING_RULES:
         return key, clean_setting(name, text)
     if name == "min_deposit":
@@ -1592,6 +1901,23 @@ def clean_owner_setting(name, text, *, max_deposit_cents, coin_codes):
     return key, str(int(text))
 
 
+def translated_text_setting(name):
+    """Whether `name` is an owner's text in a language other than the default ('help_text.de')."""
+    base, dot, code = name.partition(".")
+    return bool(dot) and base in SHOPPER_TEXTS and code in available_languages()
+
+
+def translated_texts(conn):
+    """The owner's texts in other languages: {'welcome_text.de': text, ...}, only those written."""
+    return {
+        row["key"]: row["value"]
+        for row in conn.execute(
+            "SELECT key, value FROM settings WHERE key LIKE '%\\_text.%' ESCAPE '\\' ORDER BY key"
+        )
+        if translated_text_setting(row["key"]) and row["value"]
+    }
+
+
 def clean_owner_settings(typed, *, max_deposit_cents, coin_codes):
     """Settings as the owner typed them {name: text}, checked in OWNER_SETTINGS' order (the first
     wrong one raises InvalidInput): {stored key: stored text}."""
@@ -1599,7 +1925,7 @@ def clean_owner_settings(typed, *, max_deposit_cents, coin_codes):
         clean_owner_setting(
             name, typed[name], max_deposit_cents=max_deposit_cents, coin_codes=coin_codes
         )
-        for name in OWNER_SETTINGS
+        for name in (*OWNER_SETTINGS, *sorted(n for n in typed if translated_text_setting(n)))
         if name in typed
     )
 
@@ -1608,7 +1934,7 @@ def owner_setting_text(conn, name, config):
     """A setting (by its OWNER_SETTINGS name) as the owner reads and types it: the minimum top-up
     in EUR like 5.00, whole numbers as digits, the coins comma-separated (None: not chosen, every
     coin the merchant account takes)."""
-    key = OWNER_SETTINGS[name][0]
+    key = OWNER_SETTINGS[name][0] if name in OWNER_SETTINGS else name
     value = get_setting(conn, key, config)
     if name == "min_deposit":
         return cents_to_str(value)
@@ -2021,17 +2347,27 @@ def get_district(conn, district_id):
 def list_products(conn, district_id):
     """Products in stock in a district, with how many are available."""
     return conn.execute(
-        "SELECT p.id, p.name, p.price_cents, count(*) AS available "
-        f"FROM stock_units u {_AVAILABLE} "
-        "AND d.id = ? GROUP BY p.id ORDER BY p.name COLLATE NOCASE",
+        "SELECT p.id, shopper_text(p.name, p.translations, 'name') AS name, p.price_cents, "
+        f"count(*) AS available FROM stock_units u {_AVAILABLE} "
+        "AND d.id = ? GROUP BY p.id ORDER BY 2 COLLATE NOCASE",
         (district_id,),
     ).fetchall()
+
+
+# An order item's product name in the shopper's language (the item keeps the name it was sold as).
+_ITEM_NAME = (
+    "shopper_text(i.product_name, "
+    "(SELECT translations FROM products WHERE id = i.product_id), 'name')"
+)
 
 
 def get_offer(conn, product_id, district_id):
     """A product as offered in one district, with its available count (possibly 0)."""
     row = conn.execute(
-        "SELECT p.*, d.id AS district_id, d.name AS district_name, d.city_id, c.name AS city_name, "
+        "SELECT p.id, p.price_cents, p.photo, p.is_active, p.kind, p.pay_methods, p.stars_price, "
+        "shopper_text(p.name, p.translations, 'name') AS name, "
+        "shopper_text(p.description, p.translations, 'description') AS description, "
+        "d.id AS district_id, d.name AS district_name, d.city_id, c.name AS city_name, "
         "(SELECT count(*) FROM stock_units u WHERE u.product_id = p.id AND u.district_id = d.id "
         " AND u.status = 'available') AS available "
         "FROM products p, districts d JOIN cities c ON c.id = d.city_id "
@@ -2056,8 +2392,9 @@ def list_catalog_offers(conn):
     catalog's order: cities, then their districts, then their products."""
     return conn.execute(
         "SELECT c.id AS city_id, c.name AS city, d.id AS district_id, d.name AS district, "
-        "p.id, p.name, p.description, p.price_cents, p.photo, p.kind, p.pay_methods, "
-        "p.stars_price, count(*) AS available "
+        "p.id, shopper_text(p.name, p.translations, 'name') AS name, "
+        "shopper_text(p.description, p.translations, 'description') AS description, "
+        "p.price_cents, p.photo, p.kind, p.pay_methods, p.stars_price, count(*) AS available "
         f"FROM stock_units u {_AVAILABLE} "
         "GROUP BY d.id, p.id ORDER BY c.position, c.name COLLATE NOCASE, d.position, "
         "d.name COLLATE NOCASE, p.name COLLATE NOCASE"
@@ -3039,7 +3376,8 @@ class Basket:
 
 def get_basket(conn, user_id):
     rows = conn.execute(
-        "SELECT b.id, b.product_id, b.district_id, b.quantity, p.name, p.price_cents, "
+        "SELECT b.id, b.product_id, b.district_id, b.quantity, p.price_cents, "
+        "shopper_text(p.name, p.translations, 'name') AS name, "
         "d.name AS district_name, c.name AS city_name, "
         "(SELECT count(*) FROM stock_units u WHERE u.product_id = b.product_id "
         " AND u.district_id = b.district_id AND u.status = 'available' AND p.is_active = 1 "
@@ -3513,7 +3851,8 @@ def enqueue_delivery(conn, order_id, *, first=False):
         (order_id,),
     ).fetchone()
     items = conn.execute(
-        "SELECT i.product_name, i.place_name, s.content, s.media FROM order_items i "
+        f"SELECT {_ITEM_NAME} AS product_name, "
+        "i.place_name, s.content, s.media FROM order_items i "
         "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
         (order_id,),
     ).fetchall()
@@ -3608,7 +3947,8 @@ def get_order_lines(conn, order_id):
     """An order's items grouped by product and place:
     [{product_name, place_name, quantity, price_cents}]."""
     return conn.execute(
-        "SELECT product_name, place_name, count(*) AS quantity, price_cents FROM order_items "
+        f"SELECT {_ITEM_NAME} AS product_name, "
+        "place_name, count(*) AS quantity, price_cents FROM order_items i "
         "WHERE order_id = ? GROUP BY product_id, place_name, price_cents ORDER BY min(id)",
         (order_id,),
     ).fetchall()
@@ -4912,7 +5252,7 @@ def stars_pre_checkout(conn, providers, user_id, payload, currency, total):
             return "The price of this order changed. Please check out again."
         order = conn.execute("SELECT * FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()
         if get_user(conn, user_id)["is_banned"]:
-            return Banned.__doc__
+            return tr(Banned.message)
         if payment["status"] in MONEY_STATUSES or order["status"] == "paid":
             return f"Order #{order['id']} is already paid."
         if order["status"] in ("cancelled", "refunded") or payment["status"] == "failed":
@@ -4985,7 +5325,7 @@ def known_charges(conn, charge_ids):
 def order_summary(conn, order_id):
     """An order's items in one line, like "Gift card €25 × 2, Coffee beans" (for an invoice)."""
     counts = conn.execute(
-        "SELECT product_name, count(*) FROM order_items WHERE order_id = ? GROUP BY product_id "
+        f"SELECT {_ITEM_NAME}, count(*) FROM order_items i WHERE order_id = ? GROUP BY product_id "
         "ORDER BY min(id)",
         (order_id,),
     ).fetchall()
@@ -5125,7 +5465,8 @@ def get_order_status(conn, order_id):
 def list_order_goods(conn, order_id):
     """An order's items with their units' goods (content, media), in order."""
     return conn.execute(
-        "SELECT i.id, i.product_name, i.place_name, i.price_cents, s.content, s.media "
+        f"SELECT i.id, {_ITEM_NAME} AS product_name, "
+        "i.place_name, i.price_cents, s.content, s.media "
         "FROM order_items i JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? "
         "ORDER BY i.id",
         (order_id,),
@@ -11185,7 +11526,9 @@ TEST_MODE_OWNER = (
 
 
 def screen_not_selling():
-    return Screen(esc(NotSellingYet.__doc__), [[("🛒 Shop", "cities"), ("👤 Profile", "profile")]])
+    return Screen(
+        esc(tr(NotSellingYet.message)), [[("🛒 Shop", "cities"), ("👤 Profile", "profile")]]
+    )
 
 
 RULE_NOTE = "Digital goods are paid in Telegram Stars, by Telegram's rule."
@@ -11236,7 +11579,7 @@ def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
     if not methods:
         return _screen_split(conn, user, checkout, lines, offers, text, back, stars)
     if not selling:
-        return Screen("\n".join(text + ["", esc(NotSellingYet.__doc__)]), [back])
+        return Screen("\n".join(text + ["", esc(tr(NotSellingYet.message))]), [back])
     rows = []
     if "stars" in methods:
         if "crypto" not in methods and "balance" not in methods and rule:
@@ -11667,7 +12010,9 @@ class ShopBot:
         user = self.user_of(conn, message.from_user)
         if user["is_banned"]:
             if should_tell_banned(conn, user["id"]):
-                self.reply(message.chat.id, Banned.__doc__, reply_markup=tg.ReplyKeyboardRemove())
+                self.reply(
+                    message.chat.id, tr(Banned.message), reply_markup=tg.ReplyKeyboardRemove()
+                )
             return None
         return user
 
@@ -11864,7 +12209,7 @@ class ShopBot:
             welcome += "\n\n" + (
                 TEST_MODE_OWNER
                 if self.shop.may_buy(message.from_user.id)
-                else esc(NotSellingYet.__doc__)
+                else esc(tr(NotSellingYet.message))
             )
         self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
         if self.shop.webapp_url:
@@ -12070,7 +12415,7 @@ class ShopBot:
             conn = self.shop.db()
             user = self.user_of(conn, call.from_user)
             if user["is_banned"]:
-                alert = Banned.__doc__ if should_tell_banned(conn, user["id"]) else None
+                alert = tr(Banned.message) if should_tell_banned(conn, user["id"]) else None
             elif call.message is None or not getattr(call.message, "chat", None):
                 alert = "This menu is too old. Send /shop to start again."
             else:
