@@ -427,7 +427,7 @@ STORAGE_PROBLEMS = {
 }
 
 
-STORAGE_BUSY = "The shop cannot save anything right now. Please try again in a few minutes."
+STORAGE_BUSY = N_("The shop cannot save anything right now. Please try again in a few minutes.")
 
 
 _storage_alarm = Throttle(60)
@@ -502,6 +502,38 @@ def fmt_eur(cents):
 def fmt_stars(stars):
     """1250 -> '1,250 ⭐', '1.250 ⭐' ... (whole Telegram Stars)."""
     return f"{current_language().number(stars)} ⭐"
+
+
+class Money:
+    """Euro cents that format themselves in the language of the moment when put into a text
+    (tr("Balance: {balance}", balance=Money(2550)) -> 'Balance: 25,50 €' in German)."""
+
+    __slots__ = ("cents",)
+
+    def __init__(self, cents):
+        self.cents = cents
+
+    def __format__(self, spec):
+        return fmt_eur(self.cents)
+
+
+class StarsAmount(Money):
+    """Whole Telegram Stars, formatted like Money: '1.250 ⭐'."""
+
+    def __format__(self, spec):
+        return fmt_stars(self.cents)
+
+
+class Phrase:
+    """A part of a text made in the language of the moment when put into it: fn(*args)."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __format__(self, spec):
+        return self.fn(*self.args)
 
 
 def fmt_coin(value):
@@ -2068,12 +2100,13 @@ def audit(conn, action, details="", remote=None):
 
 
 class InsufficientBalance(ShopError):
-    """Your balance is too low."""
-
+    message = N_("Your balance is too low.")
     status = 409
 
     def __init__(self, short_cents, message=None):
-        super().__init__(message or f"Your balance is {fmt_eur(short_cents)} short.")
+        super().__init__(
+            message or tr("Your balance is {short} short.", short=fmt_eur(short_cents))
+        )
         self.short_cents = short_cents
 
 
@@ -2131,6 +2164,15 @@ def check_ledger(conn):
 
 # Set after a transaction that queued messages commits; wakes the sender.
 outbox_ready = threading.Event()
+
+
+def tell(conn, user_id, message, values=None, **where):
+    """Queue `message` (an N_() text) for a shopper in their language, its {placeholders} filled
+    from `values` (Money, StarsAmount and Phrase values are made in that language too). where:
+    enqueue_message's order_id, payment_id ... Needs a transaction."""
+    with speaking(language_of(conn, user_id)):
+        text = tr(message, **(values or {}))
+    return enqueue_message(conn, user_id, text, **where)
 
 
 def enqueue_message(
@@ -2320,7 +2362,7 @@ def list_cities(conn):
 def get_city(conn, city_id):
     row = conn.execute("SELECT * FROM cities WHERE id = ? AND is_hidden = 0", (city_id,)).fetchone()
     if row is None:
-        raise NotFound("That city is not in the shop any more.")
+        raise NotFound(tr("That city is not in the shop any more."))
     return row
 
 
@@ -2340,7 +2382,7 @@ def get_district(conn, district_id):
         (district_id,),
     ).fetchone()
     if row is None:
-        raise NotFound("That district is not in the shop any more.")
+        raise NotFound(tr("That district is not in the shop any more."))
     return row
 
 
@@ -2367,7 +2409,8 @@ def get_offer(conn, product_id, district_id):
         "SELECT p.id, p.price_cents, p.photo, p.is_active, p.kind, p.pay_methods, p.stars_price, "
         "shopper_text(p.name, p.translations, 'name') AS name, "
         "shopper_text(p.description, p.translations, 'description') AS description, "
-        "d.id AS district_id, d.name AS district_name, d.city_id, c.name AS city_name, "
+        "p.name AS source_name, d.id AS district_id, d.name AS district_name, d.city_id, "
+        "c.name AS city_name, "
         "(SELECT count(*) FROM stock_units u WHERE u.product_id = p.id AND u.district_id = d.id "
         " AND u.status = 'available') AS available "
         "FROM products p, districts d JOIN cities c ON c.id = d.city_id "
@@ -2375,7 +2418,7 @@ def get_offer(conn, product_id, district_id):
         (product_id, district_id),
     ).fetchone()
     if row is None:
-        raise NotFound("That product is not in the shop any more.")
+        raise NotFound(tr("That product is not in the shop any more."))
     return row
 
 
@@ -2403,8 +2446,9 @@ def list_catalog_offers(conn):
 
 # The ways a product may be paid, in the order checkout offers them.
 PAY_METHODS = ("stars", "crypto", "balance")
-METHOD_LABELS = {"stars": "⭐ Telegram Stars", "crypto": "crypto", "balance": "balance"}
-INVOICE_OF = {"stars": "a Telegram Stars invoice", "crypto": "a crypto invoice"}
+# How shoppers read the ways to pay (translated where shown: tr(METHOD_LABELS[method])).
+METHOD_LABELS = {"stars": N_("⭐ Telegram Stars"), "crypto": N_("crypto"), "balance": N_("balance")}
+INVOICE_OF = {"stars": N_("a Telegram Stars invoice"), "crypto": N_("a crypto invoice")}
 PRODUCT_KINDS = ("digital", "physical")
 
 
@@ -3415,7 +3459,26 @@ def _check_quantity(quantity):
         or isinstance(quantity, bool)
         or not 1 <= quantity <= MAX_QUANTITY
     ):
-        raise InvalidInput(f"The quantity must be a whole number from 1 to {MAX_QUANTITY}.")
+        raise InvalidInput(
+            tr("The quantity must be a whole number from 1 to {most}.", most=MAX_QUANTITY)
+        )
+
+
+def sold_out(offer, left):
+    place = place_name(offer["city_name"], offer["district_name"])
+    if not left:
+        return SoldOut(
+            tr("Sorry, {product} in {place} is sold out.", product=offer["name"], place=place)
+        )
+    return SoldOut(
+        ntr(
+            "Sorry, only {n} of {product} is available in {place}.",
+            "Sorry, only {n} of {product} are available in {place}.",
+            left,
+            product=offer["name"],
+            place=place,
+        )
+    )
 
 
 def add_to_basket(conn, user_id, product_id, district_id, quantity=1):
@@ -3430,15 +3493,9 @@ def add_to_basket(conn, user_id, product_id, district_id, quantity=1):
         ).fetchone()
         new = (row["quantity"] if row else 0) + quantity
         if offer["available"] == 0:
-            raise SoldOut(
-                f"Sorry, {offer['name']} is sold out in "
-                f"{place_name(offer['city_name'], offer['district_name'])}."
-            )
+            raise sold_out(offer, 0)
         if new > offer["available"]:
-            raise SoldOut(
-                f"Only {offer['available']} of {offer['name']} available in "
-                f"{place_name(offer['city_name'], offer['district_name'])}."
-            )
+            raise sold_out(offer, offer["available"])
         _check_quantity(new)
         if row:
             conn.execute("UPDATE basket_items SET quantity = ? WHERE id = ?", (new, row["id"]))
@@ -3447,7 +3504,13 @@ def add_to_basket(conn, user_id, product_id, district_id, quantity=1):
                 "SELECT count(*) FROM basket_items WHERE user_id = ?", (user_id,)
             ).fetchone()[0]
             if lines >= MAX_BASKET_LINES:
-                raise InvalidInput(f"Your basket holds at most {MAX_BASKET_LINES} different items.")
+                raise InvalidInput(
+                    ntr(
+                        "Your basket holds at most {n} different item.",
+                        "Your basket holds at most {n} different items.",
+                        MAX_BASKET_LINES,
+                    )
+                )
             conn.execute(
                 "INSERT INTO basket_items(user_id, product_id, district_id, quantity, added_at) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -3465,14 +3528,14 @@ def set_basket_quantity(conn, user_id, item_id, quantity):
             "SELECT * FROM basket_items WHERE id = ? AND user_id = ?", (item_id, user_id)
         ).fetchone()
         if row is None:
-            raise NotFound("That item is no longer in your basket.")
+            raise NotFound(tr("That item is no longer in your basket."))
         if quantity == 0:
             conn.execute("DELETE FROM basket_items WHERE id = ?", (item_id,))
             return 0
         if quantity > row["quantity"]:
             offer = get_offer(conn, row["product_id"], row["district_id"])
             if quantity > offer["available"]:
-                raise SoldOut(f"Only {offer['available']} of {offer['name']} available.")
+                raise sold_out(offer, offer["available"])
         conn.execute("UPDATE basket_items SET quantity = ? WHERE id = ?", (quantity, item_id))
         return quantity
 
@@ -3485,7 +3548,7 @@ def change_basket_quantity(conn, user_id, item_id, delta):
             "SELECT quantity FROM basket_items WHERE id = ? AND user_id = ?", (item_id, user_id)
         ).fetchone()
         if row is None:
-            raise NotFound("That item is no longer in your basket.")
+            raise NotFound(tr("That item is no longer in your basket."))
         return set_basket_quantity(
             conn, user_id, item_id, max(0, min(MAX_QUANTITY, row["quantity"] + delta))
         )
@@ -3522,14 +3585,21 @@ def check_methods(conn, offers, method):
     rule = telegram_rule(conn)
     for offer in offers:
         if method not in product_methods(offer, rule):
-            why = (
-                " (digital goods are paid in Telegram Stars, by Telegram's rule)"
-                if rule and offer["kind"] == "digital"
-                else ""
-            )
+            if rule and offer["kind"] == "digital":
+                raise InvalidInput(
+                    tr(
+                        "{product} cannot be paid with {way} (digital goods are paid in Telegram "
+                        "Stars, by Telegram's rule). Please choose another way to pay.",
+                        product=offer["name"],
+                        way=tr(METHOD_LABELS[method]),
+                    )
+                )
             raise InvalidInput(
-                f"{offer['name']} cannot be paid with {METHOD_LABELS[method]}{why}. "
-                "Please choose another way to pay."
+                tr(
+                    "{product} cannot be paid with {way}. Please choose another way to pay.",
+                    product=offer["name"],
+                    way=tr(METHOD_LABELS[method]),
+                )
             )
 
 
@@ -3558,15 +3628,6 @@ def stars_total(conn, offers, lines):
     return sum(stars_of(o, rate) * q for o, (_, _, q) in zip(offers, lines, strict=True))
 
 
-def sold_out(offer, left):
-    place = place_name(offer["city_name"], offer["district_name"])
-    return SoldOut(
-        f"Sorry, {offer['name']} in {place} is sold out."
-        if not left
-        else f"Sorry, only {left} of {offer['name']} available in {place}."
-    )
-
-
 def normalise_lines(lines):
     """Merge repeated (product, district) lines and check each quantity."""
     merged = {}
@@ -3574,7 +3635,7 @@ def normalise_lines(lines):
         _check_quantity(quantity)
         merged[(product_id, district_id)] = merged.get((product_id, district_id), 0) + quantity
     if not merged:
-        raise InvalidInput("Your basket is empty.")
+        raise InvalidInput(tr("Your basket is empty."))
     for quantity in merged.values():
         _check_quantity(quantity)
     return [(p, d, q) for (p, d), q in merged.items()]
@@ -3652,7 +3713,7 @@ def open_order(
                     order_id,
                     unit["id"],
                     product_id,
-                    offer["name"],
+                    offer["source_name"],  # as the owner named it (the shopper may read another)
                     place_name(offer["city_name"], offer["district_name"]),
                     offer["price_cents"],
                 ),
@@ -3774,8 +3835,11 @@ def buy_with_balance(
             ).fetchone()
             if done and done["payment_method"] != "balance":
                 raise InvalidInput(
-                    f"This checkout already has {INVOICE_OF[done['payment_method']]}. Pay or "
-                    "cancel that one, or check out again."
+                    tr(
+                        "This checkout already has {invoice}. Pay or cancel that one, or check "
+                        "out again.",
+                        invoice=tr(INVOICE_OF[done["payment_method"]]),
+                    )
                 )
             if done:
                 return done["id"]
@@ -3840,8 +3904,46 @@ CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
 
 
+def _delivery_header(conn, order, n, first):
+    """The receipt's first lines (in the language of the moment)."""
+    order_id = order["id"]
+    items = ntr("{n} item", "{n} items", n)
+    if first and order["payment_method"] == "stars":
+        stars = conn.execute(
+            "SELECT pay_amount FROM payments WHERE order_id = ? AND charge_id IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (order_id,),
+        ).fetchone()
+        return tr(
+            "✅ <b>Order #{order} is paid</b>: {items}, {amount} in Telegram Stars.\n\nYour items:",
+            order=order_id,
+            items=items,
+            amount=fmt_stars(stars[0]) if stars else fmt_eur(order["total_cents"]),
+        )
+    if first:
+        values = {
+            "order": order_id,
+            "items": items,
+            "amount": fmt_eur(order["total_cents"]),
+            "balance": fmt_eur(order["balance_cents"]),
+        }
+        if order["payment_method"] == "balance":
+            return tr(
+                "✅ <b>Order #{order} is paid</b>: {items}, {amount} from your balance.\n"
+                "Balance now: {balance}.\n\nYour items:",
+                **values,
+            )
+        return tr(
+            "✅ <b>Order #{order} is paid</b>: {items}, {amount} in crypto.\n"
+            "Balance now: {balance}.\n\nYour items:",
+            **values,
+        )
+    return tr("📨 <b>Order #{order}</b>: your items again.", order=order_id)
+
+
 def enqueue_delivery(conn, order_id, *, first=False):
-    """Queue the messages that hand over an order's goods: a header, then each unit's content.
+    """Queue the messages that hand over an order's goods, in the buyer's language: a header,
+    then each unit's content.
 
     Text-only units share messages up to Telegram's length limit; a unit with a
     photo gets its own photo message (with the content as caption when it fits).
@@ -3850,42 +3952,35 @@ def enqueue_delivery(conn, order_id, *, first=False):
         "SELECT o.*, u.balance_cents FROM orders o JOIN users u ON u.id = o.user_id WHERE o.id = ?",
         (order_id,),
     ).fetchone()
-    items = conn.execute(
-        f"SELECT {_ITEM_NAME} AS product_name, "
-        "i.place_name, s.content, s.media FROM order_items i "
-        "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
-        (order_id,),
-    ).fetchall()
-    chat = order["user_id"]
-    n = len(items)
-    if first and order["payment_method"] == "stars":
-        stars = conn.execute(
-            "SELECT pay_amount FROM payments WHERE order_id = ? AND charge_id IS NOT NULL "
-            "ORDER BY id DESC LIMIT 1",
+    with speaking(language_of(conn, order["user_id"])):
+        items = conn.execute(
+            f"SELECT {_ITEM_NAME} AS product_name, "
+            "i.place_name, s.content, s.media FROM order_items i "
+            "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ? ORDER BY i.id",
             (order_id,),
-        ).fetchone()
-        header = (
-            f"✅ <b>Order #{order_id} is paid</b>: {n} item{'s' if n != 1 else ''}, "
-            f"{fmt_stars(stars[0]) if stars else fmt_eur(order['total_cents'])} in Telegram "
-            "Stars.\n\nYour items:"
-        )
-    elif first:
-        paid = "from your balance" if order["payment_method"] == "balance" else "in crypto"
-        header = (
-            f"✅ <b>Order #{order_id} is paid</b>: {n} item{'s' if n != 1 else ''}, "
-            f"{fmt_eur(order['total_cents'])} {paid}.\n"
-            f"Balance now: {fmt_eur(order['balance_cents'])}.\n\nYour items:"
-        )
-    else:
-        header = f"📨 <b>Order #{order_id}</b>: your items again."
+        ).fetchall()
+        header = _delivery_header(conn, order, len(items), first)
+        titles = [
+            tr(
+                "📦 Order #{order} ({i}/{n}): <b>{product}</b> · {place}",
+                order=order_id,
+                i=i,
+                n=len(items),
+                product=esc(item["product_name"]),
+                place=esc(item["place_name"]),
+            )
+            for i, item in enumerate(items, 1)
+        ]
+    _queue_receipt(conn, order, items, header, titles)
+
+
+def _queue_receipt(conn, order, items, header, titles):
+    """The receipt's messages: the header and the goods in as few messages as fit."""
+    chat, order_id = order["user_id"], order["id"]
     # One receipt: the header and the goods in one message as far as they fit (a photo's caption
     # holds less, so a long one comes after its photo).
     block = header
-    for i, item in enumerate(items, 1):
-        title = (
-            f"📦 Order #{order_id} ({i}/{n}): <b>{esc(item['product_name'])}</b> · "
-            f"{esc(item['place_name'])}"
-        )
+    for item, title in zip(items, titles, strict=True):
         part = f"{title}\n{format_content(item['content'])}"
         with_block = f"{block}\n\n{part}" if block else part
         if item["media"] and tg_len(html_to_plain(with_block)) <= CAPTION_LIMIT:
@@ -3923,7 +4018,7 @@ def resend_delivery(conn, user_id, order_id):
         order = get_order(conn, user_id, order_id)
         if order["status"] != "paid":
             raise InvalidInput(
-                f"Order #{order_id} is {order['status']}; it has nothing to deliver."
+                tr("Order #{order} was not paid; it has nothing to deliver.", order=order_id)
             )
         if conn.execute(
             "SELECT 1 FROM outbox WHERE order_id = ? AND status = 'pending'", (order_id,)
@@ -3939,7 +4034,7 @@ def get_order(conn, user_id, order_id):
         "SELECT * FROM orders WHERE id = ? AND user_id = ?", (order_id, user_id)
     ).fetchone()
     if row is None:
-        raise NotFound("No such order.")
+        raise NotFound(tr("No such order."))
     return row
 
 
@@ -3975,8 +4070,11 @@ def release_order_units(conn, order_id):
 
 
 def went_back(lines_back):
-    """The end of 'the items went back on sale' for a shopper whose basket got lines back."""
-    return " and back into your basket" if lines_back else ""
+    """'The items went back on sale' for a shopper, and into their basket when it got lines
+    back (in the language of the moment)."""
+    if lines_back:
+        return tr("The items went back on sale and back into your basket.")
+    return tr("The items went back on sale.")
 
 
 def release_expired_reservations(conn):
@@ -4000,17 +4098,20 @@ def release_expired_reservations(conn):
                 "UPDATE orders SET status = 'expired' WHERE id = ? AND status = 'pending'",
                 (order["id"],),
             ).rowcount:
-                enqueue_message(
+                tell(
                     conn,
                     order["user_id"],
-                    f"⌛ <b>Order #{order['id']}</b>: the time to pay ran out and the items "
-                    f"went back on sale{went_back(lines_back)}. "
-                    + (
-                        "You can still pay its invoice while the items are there."
-                        if order["payment_method"] == "stars"
-                        else "If you already sent the payment, it is not lost: you get the items "
-                        "if they are still there, or the amount on your balance."
+                    N_(
+                        "⌛ <b>Order #{order}</b>: the time to pay ran out. {back} You can still "
+                        "pay its invoice while the items are there."
+                    )
+                    if order["payment_method"] == "stars"
+                    else N_(
+                        "⌛ <b>Order #{order}</b>: the time to pay ran out. {back} If you already "
+                        "sent the payment, it is not lost: you get the items if they are still "
+                        "there, or the amount on your balance."
                     ),
+                    {"order": order["id"], "back": Phrase(went_back, lines_back)},
                     order_id=order["id"],
                 )
     if freed:
@@ -4179,7 +4280,7 @@ def get_checkout(conn, user_id, nonce):
         "SELECT * FROM checkouts WHERE nonce = ? AND user_id = ?", (nonce, user_id)
     ).fetchone()
     if row is None:
-        raise NotFound("This checkout is too old. Please open your basket again.")
+        raise NotFound(tr("This checkout is too old. Please open your basket again."))
     return row
 
 
@@ -4235,8 +4336,11 @@ def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_unit
     open_ = len(orders) + topups + claims
     if open_ >= max_open:
         raise LimitReached(
-            f"You have {open_} unpaid invoice{'s' if open_ != 1 else ''}. "
-            "Pay or cancel one of them first."
+            ntr(
+                "You have {n} unpaid invoice. Pay or cancel it first.",
+                "You have {n} unpaid invoices. Pay or cancel one of them first.",
+                open_,
+            )
         )
     being_made = sum(1 for o in orders if not o["invoiced"]) + claims
     recent = (
@@ -4249,15 +4353,30 @@ def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_unit
     )
     if recent >= max_per_hour:
         raise LimitReached(
-            f"You created {recent} invoices in the last hour. Please wait a little "
-            "before creating another."
+            ntr(
+                "You created {n} invoice in the last hour. Please wait a little before creating "
+                "another.",
+                "You created {n} invoices in the last hour. Please wait a little before creating "
+                "another.",
+                recent,
+            )
         )
     held = sum(o["units"] for o in orders)
     if max_unpaid_units is not None and units and held + units > max_unpaid_units:
         raise LimitReached(
-            f"Unpaid invoices can hold at most {max_unpaid_units} items at once"
-            + (f"; yours hold {held} already" if held else "")
-            + f" and this one would hold {units}. Pay or cancel an invoice first, or buy fewer."
+            ntr(
+                "Unpaid invoices can hold at most {n} item at once, and this one would hold "
+                "{units}. Pay or cancel an invoice first, or buy fewer.",
+                "Unpaid invoices can hold at most {n} items at once, and this one would hold "
+                "{units}. Pay or cancel an invoice first, or buy fewer.",
+                max_unpaid_units,
+                units=units,
+            )
+            + (
+                " " + ntr("Yours hold {n} already.", "Yours hold {n} already.", held)
+                if held
+                else ""
+            )
         )
 
 
@@ -4275,11 +4394,14 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None, method="cry
             (nonce, user_id),
         ).fetchone()
         if done and done["payment_method"] == "balance":
-            raise InvalidInput("This checkout was already paid from your balance.")
+            raise InvalidInput(tr("This checkout was already paid from your balance."))
         if done and done["payment_method"] != method:
             raise InvalidInput(
-                f"This checkout already has {INVOICE_OF[done['payment_method']]}. "
-                "Pay or cancel that one, or check out again."
+                tr(
+                    "This checkout already has {invoice}. Pay or cancel that one, or check "
+                    "out again.",
+                    invoice=tr(INVOICE_OF[done["payment_method"]]),
+                )
             )
         if done:
             return done["id"], done["total_cents"], False
@@ -4310,7 +4432,7 @@ def claim_topup_invoice(conn, user_id, nonce, limits):
     with transaction(conn):
         checkout = get_checkout(conn, user_id, nonce)
         if checkout["kind"] != "topup":
-            raise NotFound("This top-up is too old. Please start again with 💰 Top up.")
+            raise NotFound(tr("This top-up is too old. Please start again with 💰 Top up."))
         check_invoice_limits(conn, user_id, **limits, claim=nonce)
         conn.execute("UPDATE checkouts SET invoicing_since = ? WHERE nonce = ?", (now_iso(), nonce))
 
@@ -4541,7 +4663,7 @@ def get_payment(conn, user_id, payment_id):
         "SELECT * FROM payments WHERE id = ? AND user_id = ?", (payment_id, user_id)
     ).fetchone()
     if row is None:
-        raise NotFound("No such payment.")
+        raise NotFound(tr("No such payment."))
     return row
 
 
@@ -4556,7 +4678,7 @@ def cancel_invoice(conn, user_id, payment_id):
     with transaction(conn):
         payment = get_payment(conn, user_id, payment_id)
         if payment["status"] != "waiting":
-            raise InvalidInput("This payment is already under way and cannot be cancelled.")
+            raise InvalidInput(tr("This payment is already under way and cannot be cancelled."))
         if not invoice_is_open(payment):
             return False
         if payment["order_id"]:
@@ -4789,7 +4911,7 @@ def _paid_in(payment):
 
 
 def _balance(conn, user_id):
-    return fmt_eur(get_user(conn, user_id)["balance_cents"])
+    return Money(get_user(conn, user_id)["balance_cents"])
 
 
 def _paid_text(payment):
@@ -4798,14 +4920,22 @@ def _paid_text(payment):
     )
 
 
-def _notify_seen(conn, payment, what):
+def _notify_seen(conn, payment):
     if not payment["seen_notified"]:
         conn.execute("UPDATE payments SET seen_notified = 1 WHERE id = ?", (payment["id"],))
-        enqueue_message(
+        tell(
             conn,
             payment["user_id"],
-            f"🔎 Your payment for {what} is on its way: seen on the "
-            "blockchain, waiting for confirmations. Nothing to do but wait.",
+            N_(
+                "🔎 Your payment for order #{order} is on its way: seen on the blockchain, "
+                "waiting for confirmations. Nothing to do but wait."
+            )
+            if payment["order_id"]
+            else N_(
+                "🔎 Your payment for the {amount} top-up is on its way: seen on the blockchain, "
+                "waiting for confirmations. Nothing to do but wait."
+            ),
+            {"order": payment["order_id"], "amount": Money(payment["price_cents"])},
             order_id=payment["order_id"],
             payment_id=payment["id"],
         )
@@ -4823,12 +4953,18 @@ def _settle_child(conn, payment, owners):
         "Another payment to an invoice's address",
     )
     if cents:
-        enqueue_message(
+        tell(
             conn,
             payment["user_id"],
-            f"💰 Another payment of {_paid_text(payment)} arrived at the address of an earlier "
-            f"invoice. {fmt_eur(cents)} was added to your balance. "
-            f"Balance: {_balance(conn, payment['user_id'])}.",
+            N_(
+                "💰 Another payment of {paid} arrived at the address of an earlier invoice. "
+                "{amount} was added to your balance. Balance: {balance}."
+            ),
+            {
+                "paid": _paid_text(payment),
+                "amount": Money(cents),
+                "balance": _balance(conn, payment["user_id"]),
+            },
         )
         parent = conn.execute(
             "SELECT provider_id FROM payments WHERE id = ?", (payment["parent_id"],)
@@ -4847,7 +4983,7 @@ def _settle_child(conn, payment, owners):
 def _settle_topup(conn, payment, owners):
     status, user_id = payment["status"], payment["user_id"]
     if status in OPEN_STATUSES:
-        _notify_seen(conn, payment, f"the {fmt_eur(payment['price_cents'])} top-up")
+        _notify_seen(conn, payment)
         return None
     if status in ("finished", "partially_paid"):
         value = value_of(
@@ -4857,19 +4993,23 @@ def _settle_topup(conn, payment, owners):
         cents = _credit(
             conn, payment, cents, "topup", "credit", f"Top-up, {payment['pay_currency'].upper()}"
         )
-        if status == "finished":
-            text = (
-                f"✅ Top-up received: {fmt_eur(cents)} added. Balance: {_balance(conn, user_id)}."
-            )
-        else:
-            text = (
-                f"⚠️ Your top-up was paid only in part: {_paid_text(payment)} of "
-                f"{esc(fmt_coin(payment['pay_amount']))} {esc(payment['pay_currency'].upper())} "
-                "arrived, "
-                "worth "
-                f"{fmt_eur(cents)}, which was added. Balance: {_balance(conn, user_id)}."
-            )
-        enqueue_message(conn, user_id, text)
+        tell(
+            conn,
+            user_id,
+            N_("✅ Top-up received: {amount} added. Balance: {balance}.")
+            if status == "finished"
+            else N_(
+                "⚠️ Your top-up was paid only in part: {paid} of {due} arrived, worth {amount}, "
+                "which was added. Balance: {balance}."
+            ),
+            {
+                "amount": Money(cents),
+                "balance": _balance(conn, user_id),
+                "paid": _paid_text(payment),
+                "due": f"{esc(fmt_coin(payment['pay_amount']))} "
+                f"{esc(payment['pay_currency'].upper())}",
+            },
+        )
         alert_owners(
             conn,
             owners,
@@ -4878,11 +5018,13 @@ def _settle_topup(conn, payment, owners):
         )
         return f"credited {cents_to_str(cents)}"
     if status in ("expired", "failed"):
-        enqueue_message(
+        tell(
             conn,
             user_id,
-            f"⌛ The invoice for your {fmt_eur(payment['price_cents'])} top-up "
-            f"{'expired' if status == 'expired' else 'failed'}; nothing was charged.",
+            N_("⌛ The invoice for your {amount} top-up expired; nothing was charged.")
+            if status == "expired"
+            else N_("⌛ The invoice for your {amount} top-up failed; nothing was charged."),
+            {"amount": Money(payment["price_cents"])},
         )
     return None
 
@@ -4891,7 +5033,7 @@ def _settle_order(conn, payment, owners):
     status, order_id, user_id = payment["status"], payment["order_id"], payment["user_id"]
     order = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
     if status in OPEN_STATUSES:
-        _notify_seen(conn, payment, f"order #{order_id}")
+        _notify_seen(conn, payment)
         return None
     if status == "finished":
         return _order_paid(conn, payment, order, owners)
@@ -4912,15 +5054,23 @@ def _settle_order(conn, payment, owners):
             "credit",
             f"Order #{order_id} paid in part",
         )
-        enqueue_message(
+        tell(
             conn,
             user_id,
-            f"⚠️ <b>Order #{order_id}</b>: only {_paid_text(payment)} of "
-            f"{esc(fmt_coin(payment['pay_amount']))} "
-            f"{esc(payment['pay_currency'].upper())} arrived, {_missing_text(payment)} short. "
-            "The order is cancelled and the value "
-            f"received, {fmt_eur(cents)}, was added to your balance. "
-            f"Balance: {_balance(conn, user_id)}.",
+            N_(
+                "⚠️ <b>Order #{order}</b>: only {paid} of {due} arrived, {missing} short. The "
+                "order is cancelled and the value received, {amount}, was added to your "
+                "balance. Balance: {balance}."
+            ),
+            {
+                "order": order_id,
+                "paid": _paid_text(payment),
+                "due": f"{esc(fmt_coin(payment['pay_amount']))} "
+                f"{esc(payment['pay_currency'].upper())}",
+                "missing": _missing_text(payment),
+                "amount": Money(cents),
+                "balance": _balance(conn, user_id),
+            },
             order_id=order_id,
         )
         alert_owners(
@@ -4936,16 +5086,23 @@ def _settle_order(conn, payment, owners):
             "UPDATE orders SET status = ? WHERE id = ?",
             ("expired" if status == "expired" else "cancelled", order_id),
         )
-        text = {
-            "expired": "the invoice expired without a payment",
-            "failed": "the payment failed",
-            "refunded": "the payment was refunded by the payment service",
-        }[status]
-        enqueue_message(
+        tell(
             conn,
             user_id,
-            f"⌛ <b>Order #{order_id}</b>: {text}. The items went back on "
-            f"sale{went_back(lines_back)} and nothing was charged.",
+            {
+                "expired": N_(
+                    "⌛ <b>Order #{order}</b>: the invoice expired without a payment, and nothing "
+                    "was charged. {back}"
+                ),
+                "failed": N_(
+                    "⌛ <b>Order #{order}</b>: the payment failed, and nothing was charged. {back}"
+                ),
+                "refunded": N_(
+                    "⌛ <b>Order #{order}</b>: the payment was refunded by the payment service, "
+                    "and nothing was charged. {back}"
+                ),
+            }[status],
+            {"order": order_id, "back": Phrase(went_back, lines_back)},
             order_id=order_id,
         )
     return None
@@ -4977,11 +5134,14 @@ def _order_paid(conn, payment, order, owners, note=None):
         ):  # its lines went back into the basket when it lapsed; now they are bought after all
             take_from_basket(conn, order_id)
         if late:
-            enqueue_message(
+            tell(
                 conn,
                 user_id,
-                f"✅ Your payment for <b>order #{order_id}</b> arrived after the time "
-                "to pay had run out, but the items were still there: here they are.",
+                N_(
+                    "✅ Your payment for <b>order #{order}</b> arrived after the time to pay had "
+                    "run out, but the items were still there: here they are."
+                ),
+                {"order": order_id},
                 order_id=order_id,
             )
         enqueue_delivery(conn, order_id, first=True)
@@ -5006,13 +5166,15 @@ def _order_paid(conn, payment, order, owners, note=None):
             "credit",
             f"Order #{order_id} paid after its items were gone",
         )
-        enqueue_message(
+        tell(
             conn,
             user_id,
-            f"⚠️ Your payment for <b>order #{order_id}</b> arrived after the time to pay "
-            "had run out, and the items are gone. The full price, "
-            f"{fmt_eur(cents)}, was added to your balance. Balance: "
-            f"{_balance(conn, user_id)}.",
+            N_(
+                "⚠️ Your payment for <b>order #{order}</b> arrived after the time to pay had run "
+                "out, and the items are gone. The full price, {amount}, was added to your "
+                "balance. Balance: {balance}."
+            ),
+            {"order": order_id, "amount": Money(cents), "balance": _balance(conn, user_id)},
             order_id=order_id,
         )
         outcome = f"late, credited {cents_to_str(cents)}"
@@ -5037,7 +5199,8 @@ STARS_PROVIDERS = ("stars", "sandbox_stars")
 
 
 def _refund_charge(conn, owners, charge_id, user_id, stars, reason, told, noted, **where):
-    """Queue a Stars charge's refund (made after this commits) and tell the shopper (`told`) and
+    """Queue a Stars charge's refund (made after this commits) and tell the shopper (`told`: an
+    N_() text and its values, for tell()) and
     the owners (`noted`); a charge already queued or refunded changes nothing and nobody is told
     again. where: payment_id and order_id. Returns whether it is new."""
     if not queue_star_refund(
@@ -5050,7 +5213,7 @@ def _refund_charge(conn, owners, charge_id, user_id, stars, reason, told, noted,
         payment_id=where.get("payment_id"),
     ):
         return False
-    enqueue_message(conn, user_id, told, order_id=where.get("order_id"))
+    tell(conn, user_id, *told, order_id=where.get("order_id"))
     alert_owners(conn, owners, noted)
     return True
 
@@ -5065,7 +5228,13 @@ def _give_back(conn, payment, owners, why):
         payment["user_id"],
         int(stars),
         why_,
-        f"⚠️ Sorry: {esc(why)}. Your {stars} ⭐ are being refunded to you.",
+        (
+            N_(
+                "⚠️ Sorry: order #{order} was paid after its items were gone. Your {stars} are "
+                "being refunded to you."
+            ),
+            {"order": payment["order_id"], "stars": StarsAmount(int(stars))},
+        ),
         f"↩️ {esc(why_)}: refunding {stars} ⭐ to "
         f"{describe_user(get_user(conn, payment['user_id']))}",
         payment_id=payment["id"],
@@ -5085,8 +5254,15 @@ def _second_charge(conn, payment, news, owners):
         payment["user_id"],
         int(Decimal(paid)),
         f"Payment {payment['id']} was paid twice",
-        f"↩️ You paid for {'order #%s' % order_id if order_id else 'this'} twice; the second "
-        f"payment of {esc(paid)} ⭐ is being refunded to you.",
+        (
+            N_(
+                "↩️ You paid for order #{order} twice; the second payment of {stars} is being "
+                "refunded to you."
+            )
+            if order_id
+            else N_("↩️ You paid for this twice; the second payment of {stars} is being refunded."),
+            {"order": order_id, "stars": StarsAmount(int(Decimal(paid)))},
+        ),
         f"↩️ Payment {payment['id']} was paid twice; refunding the second.",
         order_id=order_id,
     )
@@ -5118,8 +5294,13 @@ def refund_unknown_charge(conn, news, user_id, owners):
             user_id,
             int(Decimal(news.paid or news.amount or "0")) or 1,
             f"A payment for an invoice this shop does not know ({news.provider_id[:40]})",
-            "⚠️ Sorry: the shop could not match your Stars payment to an open order. "
-            f"Your {esc(news.paid)} ⭐ are being refunded to you.",
+            (
+                N_(
+                    "⚠️ Sorry: the shop could not match your Stars payment to an open order. Your "
+                    "{stars} are being refunded to you."
+                ),
+                {"stars": StarsAmount(int(Decimal(news.paid or news.amount or "0")))},
+            ),
             f"↩️ Telegram Stars paid for an unknown invoice ({invoice}) by "
             f"<code>{user_id}</code>: refunding {esc(news.paid)} ⭐",
         ):
@@ -5166,12 +5347,24 @@ def star_refund_done(conn, charge_id, note=""):
                     (payment["order_id"],),
                 )
         order = payment["order_id"] if payment else None
-        enqueue_message(
+        values = {"stars": StarsAmount(refund["stars"]), "order": order}
+        values["reason"] = esc(refund["reason"])  # the owner's words, as they wrote them
+        by_owner = refund["requested_by"] == "owner"
+        tell(
             conn,
             refund["user_id"],
-            f"↩️ {refund['stars']} ⭐ were refunded to you"
-            + (f" for order #{order}" if order else "")
-            + (f": {esc(refund['reason'])}." if refund["requested_by"] == "owner" else "."),
+            (
+                N_("↩️ {stars} were refunded to you for order #{order}: {reason}.")
+                if by_owner
+                else N_("↩️ {stars} were refunded to you for order #{order}.")
+            )
+            if order
+            else (
+                N_("↩️ {stars} were refunded to you: {reason}.")
+                if by_owner
+                else N_("↩️ {stars} were refunded to you.")
+            ),
+            values,
             order_id=order,
         )
         log.info("stars: refunded %d Stars of charge %s", refund["stars"], charge_id[:12])
@@ -5247,21 +5440,22 @@ def stars_pre_checkout(conn, providers, user_id, payload, currency, total):
             (json.dumps(list(providers)), payload),
         ).fetchone()
         if payment is None or payment["user_id"] != user_id or not payment["order_id"]:
-            return "This invoice is not valid any more. Please check out again."
+            return tr("This invoice is not valid any more. Please check out again.")
         if currency != "XTR" or str(total) != payment["pay_amount"]:
-            return "The price of this order changed. Please check out again."
+            return tr("The price of this order changed. Please check out again.")
         order = conn.execute("SELECT * FROM orders WHERE id = ?", (payment["order_id"],)).fetchone()
         if get_user(conn, user_id)["is_banned"]:
             return tr(Banned.message)
         if payment["status"] in MONEY_STATUSES or order["status"] == "paid":
-            return f"Order #{order['id']} is already paid."
+            return tr("Order #{order} is already paid.", order=order["id"])
         if order["status"] in ("cancelled", "refunded") or payment["status"] == "failed":
-            return f"Order #{order['id']} was cancelled. Please check out again."
+            return tr("Order #{order} was cancelled. Please check out again.", order=order["id"])
         if order["status"] == "expired":
             if not _retake_units(conn, order["id"]):
-                return (
-                    f"Sorry, the items of order #{order['id']} sold out after its time to pay ran "
-                    "out. Please check out again."
+                return tr(
+                    "Sorry, the items of order #{order} sold out after its time to pay ran out. "
+                    "Please check out again.",
+                    order=order["id"],
                 )
             conn.execute("UPDATE orders SET status = 'pending' WHERE id = ?", (order["id"],))
             if order_from_basket(conn, order["id"]):
@@ -5363,12 +5557,14 @@ def _credit_overpayment(conn, payment, order_id):
     extra = _credit(conn, payment, extra, "overpayment", "overpaid", f"Order #{order_id} overpaid")
     if not extra:
         return ""
-    enqueue_message(
+    tell(
         conn,
         user_id,
-        f"💰 You sent more than needed for order #{order_id}; the extra "
-        f"{fmt_eur(extra)} was added to your balance. Balance: "
-        f"{_balance(conn, user_id)}.",
+        N_(
+            "💰 You sent more than needed for order #{order}; the extra {amount} was added to "
+            "your balance. Balance: {balance}."
+        ),
+        {"order": order_id, "amount": Money(extra), "balance": _balance(conn, user_id)},
         order_id=order_id,
     )
     return f", overpaid {cents_to_str(extra)} credited"
@@ -6092,12 +6288,19 @@ def refund_order(conn, order_id, reason, remote=None):
             reason=f"Refund of order #{order_id}: {reason}",
             order_id=order_id,
         )
-        enqueue_message(
+        tell(
             conn,
             order["user_id"],
-            f"↩️ <b>Order #{order_id}</b> was refunded: "
-            f"{fmt_eur(order['total_cents'])} is back on your balance. "
-            f"Reason: {esc(reason)}. Balance: {_balance(conn, order['user_id'])}.",
+            N_(
+                "↩️ <b>Order #{order}</b> was refunded: {amount} is back on your balance. "
+                "Reason: {reason}. Balance: {balance}."
+            ),
+            {
+                "order": order_id,
+                "amount": Money(order["total_cents"]),
+                "reason": esc(reason),
+                "balance": _balance(conn, order["user_id"]),
+            },
             order_id=order_id,
         )
         audit(
@@ -6129,11 +6332,17 @@ def admin_adjust_balance(conn, user_id, amount, reason, remote=None):
         post_ledger(
             conn, user_id, cents, "adjustment", f"adjustment:{secrets.token_hex(8)}", reason=reason
         )
-        enqueue_message(
+        tell(
             conn,
             user_id,
-            f"💰 Your balance was {'credited' if cents > 0 else 'debited'} "
-            f"{fmt_eur(abs(cents))}: {esc(reason)}. Balance: {_balance(conn, user_id)}.",
+            N_("💰 Your balance was credited {amount}: {reason}. Balance: {balance}.")
+            if cents > 0
+            else N_("💰 Your balance was debited {amount}: {reason}. Balance: {balance}."),
+            {
+                "amount": Money(abs(cents)),
+                "reason": esc(reason),
+                "balance": _balance(conn, user_id),
+            },
         )
         audit(conn, "balance adjusted", f"user {user_id} {fmt_eur(cents)}: {reason}", remote)
     return cents
@@ -7104,7 +7313,7 @@ class NowPayments(PaymentProvider):
         if not self.slots.acquire(timeout=self.TIMEOUT[1]):
             raise ProviderError(
                 f"{method} {path}: {self.CONCURRENT} calls to NOWPayments already waiting",
-                message="The payment service is busy right now. Please try again in a moment.",
+                message=tr("The payment service is busy right now. Please try again in a moment."),
             )
         try:
             return self._request(method, path, **kw)
@@ -7481,7 +7690,9 @@ class StarsPayments(PaymentProvider):
             raise ProviderError(
                 f"Telegram refused {what}: {e.description}",
                 http=e.error_code,
-                message="Telegram could not make the invoice. Please try again in a few minutes.",
+                message=tr(
+                    "Telegram could not make the invoice. Please try again in a few minutes."
+                ),
             ) from None
         except (requests.RequestException, OSError) as e:
             self.failing_since = self.failing_since or time.monotonic()
@@ -8069,16 +8280,22 @@ class PaymentDesk:
 
     def _check_coin(self, coin, amount_cents):
         if coin not in COIN_LABELS:
-            raise InvalidInput("That coin is not offered.")
+            raise InvalidInput(tr("That coin is not offered."))
         offered = dict(self.coins())
         if coin not in offered:
             raise InvalidInput(
-                f"{COIN_LABELS[coin]} is not offered right now. Please choose another coin."
+                tr(
+                    "{coin} is not offered right now. Please choose another coin.",
+                    coin=COIN_LABELS[coin],
+                )
             )
         if offered[coin] is not None and offered[coin] > amount_cents:
             raise InvalidInput(
-                f"{COIN_LABELS[coin]} takes payments from {fmt_eur(offered[coin])}. "
-                "Please choose another coin."
+                tr(
+                    "{coin} takes payments from {minimum}. Please choose another coin.",
+                    coin=COIN_LABELS[coin],
+                    minimum=fmt_eur(offered[coin]),
+                )
             )
 
     def _create(self, provider, method, price_cents, reference, description):
@@ -8096,7 +8313,7 @@ class PaymentDesk:
         waits its turn."""
         with self.lock:
             if nonce in self.busy:
-                raise InvalidInput("Your invoice is being prepared, one moment.")
+                raise InvalidInput(tr("Your invoice is being prepared, one moment."))
             self.busy.add(nonce)
         try:
             yield
@@ -8116,8 +8333,10 @@ class PaymentDesk:
         existing = find_checkout_payment(conn, user_id, nonce)
         if existing and existing["pay_currency"] != coin:
             raise InvalidInput(
-                f"This checkout already has an invoice in "
-                f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}."
+                tr(
+                    "This checkout already has an invoice in {coin}.",
+                    coin=COIN_LABELS.get(existing["pay_currency"], existing["pay_currency"]),
+                )
             )
         if existing:
             return existing
@@ -8141,7 +8360,7 @@ class PaymentDesk:
             conn, user_id, nonce, minutes, self.limits(), method=method
         )
         if not created:  # an earlier attempt stopped between the reservation and the provider
-            raise InvalidInput("This checkout already has an order; please check out again.")
+            raise InvalidInput(tr("This checkout already has an order; please check out again."))
         try:
             invoice = create(order_id, total)
             reserved = reservation_end(conn, order_id) or now_iso(minutes * 60)
@@ -8170,14 +8389,16 @@ class PaymentDesk:
         existing = find_topup_payment(conn, user_id, reference)
         if existing and existing["pay_currency"] != coin:
             raise InvalidInput(
-                f"This top-up already has an invoice in "
-                f"{COIN_LABELS.get(existing['pay_currency'], existing['pay_currency'])}."
+                tr(
+                    "This top-up already has an invoice in {coin}.",
+                    coin=COIN_LABELS.get(existing["pay_currency"], existing["pay_currency"]),
+                )
             )
         if existing:
             return existing
         checkout = get_checkout(conn, user_id, nonce)
         if checkout["kind"] != "topup":
-            raise NotFound("This top-up is too old. Please start again with 💰 Top up.")
+            raise NotFound(tr("This top-up is too old. Please start again with 💰 Top up."))
         self._check_coin(coin, checkout["amount_cents"])
         claim_topup_invoice(conn, user_id, nonce, self.limits())
         try:
@@ -8205,12 +8426,12 @@ class PaymentDesk:
         into the chat (the bot) or as a link (the Mini App). A repeated tap gets the same one."""
         self.shop.check_may_buy(user_id)
         if self.stars is None:
-            raise InvalidInput("Telegram Stars are not taken here (the shop has no bot).")
+            raise InvalidInput(tr("Telegram Stars are not taken here (the shop has no bot)."))
         with self.opening(nonce):
             conn = self.shop.db()
             existing = find_checkout_payment(conn, user_id, nonce)
             if existing and existing["pay_currency"] != "xtr":
-                raise InvalidInput("This checkout already has a crypto invoice.")
+                raise InvalidInput(tr("This checkout already has a crypto invoice."))
             if existing:
                 return existing
             lines = normalise_lines(checkout_lines(get_checkout(conn, user_id, nonce)))
@@ -8227,7 +8448,8 @@ class PaymentDesk:
                     description=f"{shorten(order_summary(conn, order_id), 230)} · {fmt_eur(total)}",
                     webhook_url="",
                     amount=stars,
-                    title=f"Order #{order_id}",
+                    # TRANSLATORS: the title of a Telegram Stars invoice: at most 32 characters.
+                    title=shorten(tr("Order #{order}", order=order_id), 32),
                     chat_id=chat_id,
                 ),
             )
@@ -8241,9 +8463,9 @@ class PaymentDesk:
             )
         except Exception as e:
             log.warning("stars: could not check a payment before it was made: %s", e)
-            return (
-                "The shop could not check this order right now. Nothing was charged; "
-                "please try again."
+            return tr(
+                "The shop could not check this order right now. Nothing was charged; please try "
+                "again."
             )
 
     def stars_paid(self, user_id, payload, charge_id, total, currency="XTR", source="telegram"):
@@ -8328,7 +8550,7 @@ class PaymentDesk:
         """🧪 Pay with Stars: the sandbox's shopper pays, through the same pre-checkout and payment
         as Telegram's updates."""
         if outcome != "full":
-            raise InvalidInput("A Stars invoice is paid in full or not at all.")
+            raise InvalidInput(tr("A Stars invoice is paid in full or not at all."))
         args = (user_id, payment["provider_id"])
         reason = self.stars_pre_checkout(*args, "XTR", int(payment["pay_amount"]))
         if reason:
@@ -12917,12 +13139,13 @@ class OutboxSender:
     def refresh_invoice(self, conn, row):
         """Show an invoice as it is now, under its own message (the QR photo stays)."""
         payment = find_payment(conn, row["payment_id"])
-        screen = screen_invoice(
-            payment,
-            self.shop.config.sandbox,
-            with_qr=False,
-            simulate=self.shop.may_simulate(payment["user_id"]),
-        )
+        with speaking(language_of(conn, payment["user_id"])):
+            screen = screen_invoice(
+                payment,
+                self.shop.config.sandbox,
+                with_qr=False,
+                simulate=self.shop.may_simulate(payment["user_id"]),
+            )
         note = None
         edit = (
             self.shop.telegram.edit_message_text
