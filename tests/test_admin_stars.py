@@ -603,7 +603,7 @@ def test_a_refund_in_stars_calls_telegram_once_however_often_it_is_clicked(live,
     refunds = text_of(section(page, "<h2>Refunds in Stars</h2>"))
     assert f"{payment['charge_id']} 1,250 ⭐ refunded 0 the owner" in refunds
     assert "the code did not work" in refunds
-    fake_tg.wait_message(101, "1250 ⭐ were refunded to you for order #1: the code did not work.")
+    fake_tg.wait_message(101, "1,250 ⭐ were refunded to you for order #1: the code did not work.")
 
 
 def test_a_refund_telegram_refuses_is_queued_retried_and_still_made_once(live, fake_tg):

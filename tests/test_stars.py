@@ -293,8 +293,8 @@ def test_a_payment_the_shop_cannot_honour_is_refunded_in_stars_and_the_shopper_t
     shop.buy_with_balance(s.conn, other, [(*s.ids[("Gift card", "Mitte")], 2)])
     s.payments.sweep_stars()
     assert [r["telegram_payment_charge_id"] for r in fake_tg.refunds] == [paid.charge_id]
-    fake_tg.wait_message(109, "Your 1250 ⭐ are being refunded to you")
-    fake_tg.wait_message(109, "1250 ⭐ were refunded to you for order #1")
+    fake_tg.wait_message(109, "Your 1,250 ⭐ are being refunded to you")
+    fake_tg.wait_message(109, "1,250 ⭐ were refunded to you for order #1")
     fake_tg.wait_message(OWNER, "refunding 1250 ⭐")
     row = s.conn.execute("SELECT status, outcome FROM payments").fetchone()
     assert tuple(row) == ("refunded", "refunding 1250 Stars, refunded in Stars")
@@ -323,7 +323,7 @@ def test_an_owner_refund_calls_telegram_once_and_a_failed_one_is_retried_with_an
     s.payments.make_refunds()
     assert [r["telegram_payment_charge_id"] for r in fake_tg.refunds] == [paid.charge_id]
     assert shop.get_order_status(s.conn, 1) == "refunded"
-    fake_tg.wait_message(111, "1250 ⭐ were refunded to you for order #1: Code did not work.")
+    fake_tg.wait_message(111, "1,250 ⭐ were refunded to you for order #1: Code did not work.")
     s.payments.make_refunds()
     assert len(fake_tg.refunds) == 1
     audit = s.conn.execute("SELECT details FROM audit_log WHERE action = 'stars refund'").fetchall()
@@ -484,7 +484,7 @@ def test_an_invoice_paid_twice_gives_the_second_charge_back_once(make_shop):
     assert [tuple(r) for r in refunds] == [("charge-b", 1250, "done")]
     texts = [r[0] for r in conn.execute("SELECT text FROM outbox WHERE chat_id = ?", (uid,))]
     assert sum("twice" in t for t in texts) == 1
-    assert sum("1250 ⭐ were refunded to you" in t for t in texts) == 1
+    assert sum("1,250 ⭐ were refunded to you" in t for t in texts) == 1
     row = conn.execute("SELECT status, charge_id FROM payments").fetchone()
     assert tuple(row) == ("finished", "charge-a")
     conn.close()
