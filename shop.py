@@ -2238,6 +2238,16 @@ def enqueue_invoice_refresh(conn, payment):
             conn.after_commit.append(outbox_ready.set)
 
 
+def owner_eur(cents):
+    """Euro cents as the owner's notes write them (the admin's language, whoever's update made
+    the note)."""
+    return language(SOURCE_LANGUAGE).money(cents)
+
+
+def owner_stars(stars):
+    return f"{language(SOURCE_LANGUAGE).number(stars)} ⭐"
+
+
 def alert_owners(conn, owners, text):
     """Queue a short note (HTML) to each owner in ADMIN_IDS."""
     for owner in owners:
@@ -3873,7 +3883,7 @@ def buy_with_balance(
         alert_owners(
             conn,
             owners,
-            f"🛒 Order #{order_id} paid from balance: {fmt_eur(total)}, "
+            f"🛒 Order #{order_id} paid from balance: {owner_eur(total)}, "
             f"{count} item{'s' if count != 1 else ''}, by {describe_user(get_user(conn, user_id))}",
         )
         log.info(
@@ -4906,7 +4916,7 @@ def _credit(conn, payment, cents, kind, key_suffix, reason):
 def _paid_in(payment):
     """How a payment was made, for the owners: "BTC", "Telegram Stars (1,250 ⭐)"."""
     if payment["pay_currency"] == "xtr":
-        return f"Telegram Stars ({fmt_stars(payment['pay_amount'])})"
+        return f"Telegram Stars ({owner_stars(payment['pay_amount'])})"
     return esc(payment["pay_currency"].upper())
 
 
@@ -4975,7 +4985,7 @@ def _settle_child(conn, payment, owners):
             f"💰 Repeat deposit of {_paid_text(payment)} to the address of payment "
             f"{parent['provider_id']}"
             f"{' (order #%s)' % payment['order_id'] if payment['order_id'] else ''}: "
-            f"{fmt_eur(cents)} credited to <code>{payment['user_id']}</code>",
+            f"{owner_eur(cents)} credited to <code>{payment['user_id']}</code>",
         )
     return f"credited {cents_to_str(cents)}"
 
@@ -5013,7 +5023,7 @@ def _settle_topup(conn, payment, owners):
         alert_owners(
             conn,
             owners,
-            f"💰 Top-up {fmt_eur(cents)} ({_paid_text(payment)}) by "
+            f"💰 Top-up {owner_eur(cents)} ({_paid_text(payment)}) by "
             f"{describe_user(get_user(conn, user_id))}",
         )
         return f"credited {cents_to_str(cents)}"
@@ -5077,7 +5087,7 @@ def _settle_order(conn, payment, owners):
             conn,
             owners,
             f"⚠️ Order #{order_id} underpaid ({_paid_text(payment)}): cancelled, "
-            f"{fmt_eur(cents)} credited",
+            f"{owner_eur(cents)} credited",
         )
         return f"cancelled, credited {cents_to_str(cents)}"
     if order["status"] == "pending":  # expired, failed or refunded before any money counted
@@ -5149,7 +5159,7 @@ def _order_paid(conn, payment, order, owners, note=None):
             conn,
             owners,
             f"🛒 Order #{order_id} paid in {_paid_in(payment)}: "
-            f"{fmt_eur(payment['price_cents'])}{' (late)' if late else ''}"
+            f"{owner_eur(payment['price_cents'])}{' (late)' if late else ''}"
             f"{f' ({esc(note)})' if note else ''}, by "
             f"{describe_user(get_user(conn, user_id))}",
         )
@@ -5187,7 +5197,7 @@ def _order_paid(conn, payment, order, owners, note=None):
             conn,
             owners,
             f"⚠️ Order #{order_id} paid late and its items are gone: "
-            f"{fmt_eur(credited)} credited to the shopper's balance",
+            f"{owner_eur(credited)} credited to the shopper's balance",
         )
     return outcome
 
