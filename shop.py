@@ -5118,6 +5118,31 @@ def _settle_order(conn, payment, owners):
     return None
 
 
+def _credit_late_payment(conn, payment, order_id):
+    """A payment after the order's items were gone: its full price goes to the balance."""
+    user_id = payment["user_id"]
+    cents = _credit(
+        conn,
+        payment,
+        payment["price_cents"],
+        "late_payment",
+        "credit",
+        f"Order #{order_id} paid after its items were gone",
+    )
+    tell(
+        conn,
+        user_id,
+        N_(
+            "⚠️ Your payment for <b>order #{order}</b> arrived after the time to pay had run out, "
+            "and the items are gone. The full price, {amount}, was added to your balance. "
+            "Balance: {balance}."
+        ),
+        {"order": order_id, "amount": Money(cents), "balance": _balance(conn, user_id)},
+        order_id=order_id,
+    )
+    return f"late, credited {cents_to_str(cents)}"
+
+
 def _order_paid(conn, payment, order, owners, note=None):
     """A finished payment: deliver (late or not) if the goods can be had, else credit the full
     price. `note`: what the owners should know besides (a payment short within the tolerance)."""
@@ -5168,26 +5193,7 @@ def _order_paid(conn, payment, order, owners, note=None):
             conn, payment, owners, f"order #{order_id} was paid after its items were gone"
         )
     else:
-        cents = _credit(
-            conn,
-            payment,
-            payment["price_cents"],
-            "late_payment",
-            "credit",
-            f"Order #{order_id} paid after its items were gone",
-        )
-        tell(
-            conn,
-            user_id,
-            N_(
-                "⚠️ Your payment for <b>order #{order}</b> arrived after the time to pay had run "
-                "out, and the items are gone. The full price, {amount}, was added to your "
-                "balance. Balance: {balance}."
-            ),
-            {"order": order_id, "amount": Money(cents), "balance": _balance(conn, user_id)},
-            order_id=order_id,
-        )
-        outcome = f"late, credited {cents_to_str(cents)}"
+        outcome = _credit_late_payment(conn, payment, order_id)
     outcome += _credit_overpayment(conn, payment, order_id)
     if outcome.startswith("late, credited"):
         credited = conn.execute(

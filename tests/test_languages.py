@@ -58,7 +58,8 @@ def english_fragments(code):
         strings = message.string if isinstance(message.string, tuple) else (message.string,)
         translated = " ".join(strings)
         for text in english:
-            for piece in re.split(r"\n|[.:;!?()·,]\s|" + PLACEHOLDER.pattern + "|" + TAG.pattern, text):
+            breaks = r"\n|[.:;!?()·,]\s|" + PLACEHOLDER.pattern + "|" + TAG.pattern
+            for piece in re.split(breaks, text):
                 piece = piece.strip(" .,:;!?()·—-\"'“”")
                 words = re.findall(r"[A-Za-z]+", piece)
                 if (len(words) >= 2 or any(len(w) >= 7 for w in words)) and piece not in translated:
@@ -97,7 +98,9 @@ def language_shop(tmp_path, run_shop):
     conn = shop.init_db(str(tmp_path / "shop.db"))
     seed(conn, units=[("Lisboa", "Baixa", "Poster A2", 123450, 20)])
     with shop.transaction(conn):
-        conn.execute("UPDATE products SET kind = 'physical', description = 'Printed on matte paper.'")
+        conn.execute(
+            "UPDATE products SET kind = 'physical', description = 'Printed on matte paper.'"
+        )
     for user_id in SHOPPERS.values():
         shop.touch_user(conn, {"id": user_id, "first_name": "Ann"})
         shop.adjust_balance(conn, user_id, 500_000, "test funds")
