@@ -1362,6 +1362,20 @@ def _rebuild_table(conn, name):
     conn.execute(f"ALTER TABLE {name}_new RENAME TO {name}")
 
 
+def _languages(conn):
+    """users.language and products.translations (idempotent: a column already there stays)."""
+    for table, column, kind in (
+        ("users", "language", "TEXT"),
+        (
+            "products",
+            "translations",
+            "TEXT CHECK (translations IS NULL OR json_valid(translations))",
+        ),
+    ):
+        if column not in [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def _payment_providers(conn):
     """payments.provider, unique with provider_id (the table is rebuilt, since SQLite cannot drop
     the old UNIQUE on provider_id alone), and ipn_events.provider. Payments the sandbox's emulator
@@ -1416,10 +1430,7 @@ MIGRATIONS = {
     4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
     5: _payment_providers,  # payments.provider: more than one way to pay
     6: _stars,  # Telegram Stars: product kinds and methods, Stars orders, charge ids
-    # languages: the shopper's chosen language, product names and descriptions per language
-    7: """ALTER TABLE users ADD COLUMN language TEXT;
-          ALTER TABLE products ADD COLUMN translations TEXT
-              CHECK (translations IS NULL OR json_valid(translations));""",
+    7: _languages,  # the shopper's chosen language; product names and descriptions per language
 }
 
 

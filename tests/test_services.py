@@ -64,7 +64,7 @@ def test_basket_adds_changes_and_totals(conn):
         ("Coffee", 3, 2970),
     ]
     assert basket.total_cents == 7970 and basket.count == 5
-    with pytest.raises(shop.SoldOut, match="Only 3"):
+    with pytest.raises(shop.SoldOut, match="only 3 of Gift card are available"):
         shop.add_to_basket(conn, uid, *gift, quantity=2)
     coffee_line = basket.lines[1].item_id
     assert shop.set_basket_quantity(conn, uid, coffee_line, 1) == 1
