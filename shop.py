@@ -1362,7 +1362,7 @@ def _rebuild_table(conn, name):
     conn.execute(f"ALTER TABLE {name}_new RENAME TO {name}")
 
 
-def _languages(conn):
+def _language_columns(conn):
     """users.language and products.translations (idempotent: a column already there stays)."""
     for table, column, kind in (
         ("users", "language", "TEXT"),
@@ -1430,7 +1430,7 @@ MIGRATIONS = {
     4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
     5: _payment_providers,  # payments.provider: more than one way to pay
     6: _stars,  # Telegram Stars: product kinds and methods, Stars orders, charge ids
-    7: _languages,  # the shopper's chosen language; product names and descriptions per language
+    7: _language_columns,  # the shopper's chosen language; product names and descriptions per language
 }
 
 
