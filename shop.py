@@ -1430,7 +1430,7 @@ MIGRATIONS = {
     4: _invoicing_claims,  # top-up invoices being made count against the invoice limits
     5: _payment_providers,  # payments.provider: more than one way to pay
     6: _stars,  # Telegram Stars: product kinds and methods, Stars orders, charge ids
-    7: _language_columns,  # the shopper's chosen language; product names and descriptions per language
+    7: _language_columns,  # the shopper's language; product names, descriptions per language
 }
 
 
