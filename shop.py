@@ -2473,6 +2473,12 @@ INVOICE_OF = {"stars": N_("a Telegram Stars invoice"), "crypto": N_("a crypto in
 PRODUCT_KINDS = ("digital", "physical")
 
 
+def invoice_words(order):
+    """'a Telegram Stars invoice' / 'a crypto invoice' for an order's way to pay, translated."""
+    words = INVOICE_OF[order["payment_method"]]
+    return tr(words)
+
+
 def declared_methods(product):
     """The ways the owner lets a product be paid (every way unless they said otherwise)."""
     chosen = set((product["pay_methods"] or ",".join(PAY_METHODS)).split(","))
@@ -3859,7 +3865,7 @@ def buy_with_balance(
                     tr(
                         "This checkout already has {invoice}. Pay or cancel that one, or check "
                         "out again.",
-                        invoice=tr(INVOICE_OF[done["payment_method"]]),
+                        invoice=invoice_words(done),
                     )
                 )
             if done:
@@ -4421,7 +4427,7 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None, method="cry
                 tr(
                     "This checkout already has {invoice}. Pay or cancel that one, or check "
                     "out again.",
-                    invoice=tr(INVOICE_OF[done["payment_method"]]),
+                    invoice=invoice_words(done),
                 )
             )
         if done:

@@ -166,7 +166,9 @@ def test_counts_take_the_languages_plural_form(code, forms):
     """A counted text in the shop's catalogs picks CLDR's form for each number."""
     catalog = read(LOCALES / code / "LC_MESSAGES" / "messages.po", locale=code)
     message = catalog.get(("{n} item", "{n} items"))
-    assert message is not None and len(set(message.string)) == catalog.num_plurals
+    assert message is not None and len(message.string) == catalog.num_plurals
+    if catalog.num_plurals == 3:  # pl, uk, ru: three different words (1 sztuka, 2 sztuki, 5 sztuk)
+        assert len(set(message.string)) == 3, message.string
     with shop.speaking(code):
         for n, form in forms.items():
             assert shop.ntr("{n} item", "{n} items", n) == message.string[form].format(n=n)
