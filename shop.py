@@ -212,9 +212,16 @@ class Language:
 
         if isinstance(moment, str):
             moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-        return babel.dates.format_skeleton(
-            "yMMMdHm", moment, tzinfo=timezone.utc, locale=self.format_locale
+        # CLDR has date and time skeletons apart (Babel cannot match "yMMMdHm" as one): each,
+        # then the locale's pattern joining a date and a time.
+        date, time = (
+            babel.dates.format_skeleton(
+                part, moment, tzinfo=timezone.utc, locale=self.format_locale
+            )
+            for part in ("yMMMd", "Hm")
         )
+        joined = babel.dates.get_datetime_format("medium", locale=self.format_locale)
+        return str(joined).replace("{1}", date).replace("{0}", time)
 
     def name(self):
         """The language's name in itself: 'Deutsch', 'Polski', 'Українська'."""
