@@ -212,9 +212,16 @@ class Language:
 
         if isinstance(moment, str):
             moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-        return babel.dates.format_skeleton(
-            "yMMMdHm", moment, tzinfo=timezone.utc, locale=self.format_locale
+        # CLDR has date and time skeletons apart (Babel cannot match "yMMMdHm" as one): each,
+        # then the locale's pattern joining a date and a time.
+        date, time = (
+            babel.dates.format_skeleton(
+                part, moment, tzinfo=timezone.utc, locale=self.format_locale
+            )
+            for part in ("yMMMd", "Hm")
         )
+        joined = babel.dates.get_datetime_format("medium", locale=self.format_locale)
+        return str(joined).replace("{1}", date).replace("{0}", time)
 
     def name(self):
         """The language's name in itself: 'Deutsch', 'Polski', 'Українська'."""
@@ -2013,6 +2020,23 @@ def stored_secret(path, key):
             return conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
     finally:
         conn.close()
+
+
+def bot_introduced(conn):
+    """The fingerprint of what the bot last told Telegram about itself (its commands and
+    descriptions in each language), "" before the first time."""
+    return get_setting(conn, "bot_introduced")
+
+
+def note_bot_introduced(conn, fingerprint):
+    """Remember the fingerprint of what the bot told Telegram about itself, so that a start with
+    nothing new to tell makes no call."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO settings(key, value) VALUES ('bot_introduced', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (fingerprint,),
+        )
 
 
 def touch_user(conn, tg_user):
@@ -11594,29 +11618,65 @@ def unpack_zip(data, folder):
 
 # Bot ###########################################################################
 
-MENU_SHOP, MENU_BASKET, MENU_PROFILE = "🛒 Shop", "🧺 Basket", "👤 Profile"
+# Every text a shopper reads here is in the language of the moment: ShopBot speaks the language
+# of whoever sent the update (speaking()) while it handles it, so the screens just call tr().
 
-
-MENU_TOPUP, MENU_ORDERS, MENU_HELP = "💰 Top up", "📦 Orders", "❓ Help"
+# The reply keyboard under the message field. A pressed button comes back as its label in the
+# language the keyboard was sent in, so the bot knows it by its emoji (menu_choice()).
+# TRANSLATORS: a button of the keyboard under the message field, two to a row: at most about
+# 16 characters. Keep the emoji first: the bot knows which button was pressed by it.
+MENU_SHOP = N_("🛒 Shop")
+# TRANSLATORS: a button of the keyboard under the message field (see "🛒 Shop").
+MENU_BASKET = N_("🧺 Basket")
+# TRANSLATORS: a button of the keyboard under the message field (see "🛒 Shop").
+MENU_PROFILE = N_("👤 Profile")
+# TRANSLATORS: a button of the keyboard under the message field (see "🛒 Shop"); a verb: add
+# money to one's balance.
+MENU_TOPUP = N_("💰 Top up")
+# TRANSLATORS: a button of the keyboard under the message field (see "🛒 Shop"); a noun: the
+# shopper's orders.
+MENU_ORDERS = N_("📦 Orders")
+# TRANSLATORS: a button of the keyboard under the message field (see "🛒 Shop").
+MENU_HELP = N_("❓ Help")
 
 
 MENU = [[MENU_SHOP, MENU_BASKET], [MENU_PROFILE, MENU_TOPUP], [MENU_ORDERS, MENU_HELP]]
 
 
+# Telegram's command menu (setMyCommands, in each language): /command and what it does.
 COMMANDS = [
-    ("start", "Main menu"),
-    ("shop", "Browse the shop"),
-    ("basket", "Your basket"),
-    ("refill", "Top up your balance"),
-    ("profile", "Your balance and id"),
-    ("orders", "Your orders"),
-    ("help", "How this shop works"),
-    ("paysupport", "Help with a payment"),
-    ("terms", "Terms of sale"),
+    # TRANSLATORS: what a /command does, in Telegram's command menu (at most 256 characters;
+    # best under 25, the menu is narrow).
+    ("start", N_("Main menu")),
+    ("shop", N_("Browse the shop")),
+    ("basket", N_("Your basket")),
+    ("refill", N_("Top up your balance")),
+    ("profile", N_("Your balance and id")),
+    ("orders", N_("Your orders")),
+    ("language", N_("Choose your language")),
+    ("help", N_("How this shop works")),
+    ("paysupport", N_("Help with a payment")),
+    ("terms", N_("Terms of sale")),
 ]
 
 
 ORDERS_PAGE = 8
+
+
+# TRANSLATORS: the answer to a button from a message too old or changed to work.
+STALE_BUTTON = N_("That button is not valid any more.")
+
+
+SOMETHING_WRONG = N_("Something went wrong on our side. Please try again.")
+
+
+# What a shopper is told when a 🧪 button makes the sandbox pay an invoice (SIMULATIONS).
+SIMULATING = {
+    "full": N_("🧪 Simulating: pay in full. The payment service tells the shop in a moment."),
+    "partial": N_("🧪 Simulating: pay half. The payment service tells the shop in a moment."),
+    "over": N_("🧪 Simulating: pay 1.5 times. The payment service tells the shop in a moment."),
+    "expire": N_("🧪 Simulating: let it expire. The payment service tells the shop in a moment."),
+}
 
 
 @dataclass
@@ -11645,35 +11705,53 @@ def paged(rows, page, data, back=None):
     return out + ([nav] if nav else []) + ([back] if back else []), suffix
 
 
+def fitted(limit, render, texts):
+    """render(texts) with the owner's `texts` (names, places) shortened alike until the message
+    fits Telegram's `limit`: a screen fits however long its words are in the shopper's language."""
+    cap = max(map(tg_len, texts), default=0)
+    while True:
+        text = render([shorten(t, cap) for t in texts])
+        over = tg_len(html_to_plain(text)) - limit
+        if over <= 0 or cap <= 1:
+            return text
+        cap = max(1, cap - max(1, over // len(texts)))
+
+
+def back_button(data):
+    # TRANSLATORS: a button back to the previous screen (at most about 16 characters).
+    return (tr("⬅️ Back"), data)
+
+
 def screen_cities(conn, page=0):
     cities = list_cities(conn)
     if not cities:
         return Screen(
-            "🛒 The shop is empty right now. Please come back later.", [[("🔄 Refresh", "cities")]]
+            tr("🛒 The shop is empty right now. Please come back later."),
+            [[(tr("🔄 Refresh"), "cities")]],
         )
     rows, suffix = paged([[(c["name"], f"city:{c['id']}")] for c in cities], page, "cities")
-    return Screen(f"🛒 <b>Choose a city</b>{suffix}", rows)
+    return Screen(tr("🛒 <b>Choose a city</b>") + suffix, rows)
 
 
 def screen_districts(conn, city_id, page=0):
     city = get_city(conn, city_id)
     districts = list_districts(conn, city_id)
-    back = [("⬅️ Back", "cities")]
+    back = [back_button("cities")]
     if not districts:
-        return Screen(f"📍 Nothing is left in {esc(city['name'])}.", [back])
+        return Screen(tr("📍 Nothing is left in {place}.", place=esc(city["name"])), [back])
     rows, suffix = paged(
         [[(d["name"], f"dist:{d['id']}")] for d in districts], page, f"city:{city_id}", back
     )
-    return Screen(f"📍 <b>{esc(city['name'])}</b>: choose a district{suffix}", rows)
+    return Screen(tr("📍 <b>{city}</b>: choose a district", city=esc(city["name"])) + suffix, rows)
 
 
 def screen_products(conn, district_id, page=0):
     district = get_district(conn, district_id)
     products = list_products(conn, district_id)
-    back = [("⬅️ Back", f"city:{district['city_id']}")]
+    back = [back_button(f"city:{district['city_id']}")]
     place = esc(place_name(district["city_name"], district["name"]))
     if not products:
-        return Screen(f"📦 Nothing is left in {place}.", [back])
+        return Screen(tr("📍 Nothing is left in {place}.", place=place), [back])
     rows, suffix = paged(
         [
             [(f"{p['name']} · {fmt_eur(p['price_cents'])}", f"prod:{p['id']}:{district_id}")]
@@ -11683,7 +11761,7 @@ def screen_products(conn, district_id, page=0):
         f"dist:{district_id}",
         back,
     )
-    return Screen(f"📦 <b>{place}</b>: choose a product{suffix}", rows)
+    return Screen(tr("📦 <b>{place}</b>: choose a product", place=place) + suffix, rows)
 
 
 def screen_product(conn, user_id, product_id, district_id):
@@ -11691,15 +11769,17 @@ def screen_product(conn, user_id, product_id, district_id):
     in_basket = get_basket_line_quantity(conn, user_id, product_id, district_id)
     photo = f"public:{offer['photo']}" if offer["photo"] else None
     stars = offer_stars(offer, telegram_rule(conn), stars_per_euro(conn))
+    price = f"<b>{fmt_eur(offer['price_cents'])}</b>" + (f" · {fmt_stars(stars)}" if stars else "")
     facts = [
         "",
-        f"💶 Price: <b>{fmt_eur(offer['price_cents'])}</b>"
-        + (f" · {fmt_stars(stars)}" if stars else ""),
+        tr("💶 Price: {price}", price=price),
         f"📍 {esc(place_name(offer['city_name'], offer['district_name']))}",
-        f"📦 Available: {offer['available']}" if offer["available"] else "❌ Sold out here",
+        tr("📦 Available: {n}", n=offer["available"])
+        if offer["available"]
+        else tr("❌ Sold out here"),
     ]
     if in_basket is not None:
-        facts.append(f"🧺 In your basket: {in_basket}")
+        facts.append(tr("🧺 In your basket: {n}", n=in_basket))
     lines = [f"<b>{esc(offer['name'])}</b>"]
     if offer["description"]:
         room = (
@@ -11713,50 +11793,59 @@ def screen_product(conn, user_id, product_id, district_id):
     if offer["available"]:
         rows.append(
             [
-                ("➕ Add to basket", f"add:{product_id}:{district_id}"),
-                ("⚡ Buy now", f"buy:{product_id}:{district_id}"),
+                (tr("➕ Add to basket"), f"add:{product_id}:{district_id}"),
+                (tr("⚡ Buy now"), f"buy:{product_id}:{district_id}"),
             ]
         )
-    rows.append([("🧺 Basket", "basket"), ("⬅️ Back", f"dist:{district_id}")])
+    rows.append([(tr(MENU_BASKET), "basket"), back_button(f"dist:{district_id}")])
     return Screen("\n".join(lines), rows, photo)
 
 
 def screen_basket(conn, user_id):
     basket = get_basket(conn, user_id)
     if not basket.lines:
-        return Screen("🧺 Your basket is empty.", [[("🛒 Shop", "cities")]])
-    text = ["🧺 <b>Your basket</b>", ""]
-    rows = []
+        return Screen(tr("🧺 Your basket is empty."), [[(tr(MENU_SHOP), "cities")]])
+    rows = [
+        [
+            ("➖", f"dec:{line.item_id}"),
+            (f"{i}. {line.name} × {line.quantity}", f"prod:{line.product_id}:{line.district_id}"),
+            ("➕", f"inc:{line.item_id}"),
+            ("🗑", f"del:{line.item_id}"),
+        ]
+        for i, line in enumerate(basket.lines, 1)
+    ]
+    rows.append([(tr("🗑 Clear"), "clear"), (tr("💳 Checkout"), "checkout")])
+    rows.append([(tr("🛒 Continue shopping"), "cities")])
+    names = [text for line in basket.lines for text in (line.name, line.place)]
+    return Screen(fitted(TEXT_LIMIT, lambda fit: basket_text(basket, fit), names), rows)
+
+
+def basket_text(basket, names):
+    """The basket's message, with its lines' names and places as given (fitted to the limit)."""
+    text = [tr("🧺 <b>Your basket</b>"), ""]
     for i, line in enumerate(basket.lines, 1):
+        name, place = names[2 * i - 2], names[2 * i - 1]
         text.append(
-            f"{i}. <b>{esc(line.name)}</b> · {esc(line.place)}\n"
+            f"{i}. <b>{esc(name)}</b> · {esc(place)}\n"
             f"    {line.quantity} × {fmt_eur(line.price_cents)} = {fmt_eur(line.total_cents)}"
         )
-        if (
-            line.reserved
-        ):  # (held for this shopper, so not for sale to them either: never "sold out")
-            text.append(f"    ⏳ {line.reserved} reserved for you in an unpaid order (📦 Orders)")
-        elif line.available < line.quantity:
-            text.append(
-                f"    ⚠️ only {line.available} available now"
-                if line.available
-                else "    ⚠️ sold out now"
+        if line.reserved:  # held for this shopper, so not for sale to them either: never "sold out"
+            reserved = ntr(
+                "⏳ {n} reserved for you in an unpaid order ({orders})",
+                "⏳ {n} reserved for you in an unpaid order ({orders})",
+                line.reserved,
+                orders=tr(MENU_ORDERS),
             )
-        rows.append(
-            [
-                ("➖", f"dec:{line.item_id}"),
-                (
-                    f"{i}. {line.name} × {line.quantity}",
-                    f"prod:{line.product_id}:{line.district_id}",
-                ),
-                ("➕", f"inc:{line.item_id}"),
-                ("🗑", f"del:{line.item_id}"),
-            ]
-        )
-    text += ["", f"Total: <b>{fmt_eur(basket.total_cents)}</b>"]
-    rows.append([("🗑 Clear", "clear"), ("💳 Checkout", "checkout")])
-    rows.append([("🛒 Continue shopping", "cities")])
-    return Screen("\n".join(text), rows)
+            text.append(f"    {reserved}")
+        elif line.available < line.quantity:
+            short = (
+                ntr("⚠️ only {n} available now", "⚠️ only {n} available now", line.available)
+                if line.available
+                else tr("⚠️ sold out now")
+            )
+            text.append(f"    {short}")
+    text += ["", tr("Total: <b>{total}</b>", total=fmt_eur(basket.total_cents))]
+    return "\n".join(text)
 
 
 def coin_rows(coins, amount_cents, data):
@@ -11765,15 +11854,16 @@ def coin_rows(coins, amount_cents, data):
     buttons = []
     for code, minimum in coins:
         if minimum is not None and minimum > amount_cents:
-            buttons.append(
-                (f"{COIN_LABELS[code]} · min {fmt_eur(minimum)}", f"nocoin:{code}:{minimum}")
-            )
+            # TRANSLATORS: a coin's button when the amount is below the least it takes, like
+            # "BTC · min €18.60"; "min" is short for the minimum (keep it short).
+            label = tr("{coin} · min {minimum}", coin=COIN_LABELS[code], minimum=fmt_eur(minimum))
+            buttons.append((label, f"nocoin:{code}:{minimum}"))
         else:
             buttons.append((COIN_LABELS[code], f"{data}:{code}"))
     return [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
 
 
-TEST_MODE_OWNER = (
+TEST_MODE_OWNER = N_(
     "🧪 <b>Test mode</b>: you may buy here and pay with the 🧪 buttons, which simulate payments "
     "(you are in ADMIN_IDS or TESTER_IDS). Other shoppers cannot buy until NOWPAYMENTS_API_KEY "
     "is set."
@@ -11782,11 +11872,12 @@ TEST_MODE_OWNER = (
 
 def screen_not_selling():
     return Screen(
-        esc(tr(NotSellingYet.message)), [[("🛒 Shop", "cities"), ("👤 Profile", "profile")]]
+        esc(tr(NotSellingYet.message)),
+        [[(tr(MENU_SHOP), "cities"), (tr(MENU_PROFILE), "profile")]],
     )
 
 
-RULE_NOTE = "Digital goods are paid in Telegram Stars, by Telegram's rule."
+RULE_NOTE = N_("Digital goods are paid in Telegram Stars, by Telegram's rule.")
 
 
 def offer_stars(offer, rule, rate):
@@ -11802,119 +11893,228 @@ def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
     selling=False: test mode for a shopper who may not buy, who is told so instead."""
     lines = normalise_lines(checkout_lines(checkout))
     total, offers = price_lines(conn, lines)
-    text = ["💳 <b>Checkout</b>", ""]
-    short, rule, rate = False, telegram_rule(conn), stars_per_euro(conn)
+    items, short = _checkout_items(conn, offers, lines, stars)
+    methods = [m for m in checkout_methods(conn, offers) if m != "stars" or stars]
+    totals = [tr("Total: <b>{total}</b>", total=fmt_eur(total))]
+    if "balance" in methods:
+        totals.append(tr("Your balance: {balance}", balance=fmt_eur(user["balance_cents"])))
+    back = back_button("basket" if checkout["from_basket"] else f"prod:{lines[0][0]}:{lines[0][1]}")
+    parts, rows = [], []
+    if short:
+        notes = [
+            tr(
+                "⚠️ Some items are not available in that quantity any more. Please change your "
+                "basket."
+            )
+        ]
+    elif not methods:
+        parts, notes, rows = _checkout_parts(conn, user, checkout, lines, offers, stars)
+    elif not selling:
+        notes = [esc(tr(NotSellingYet.message))]
+    else:
+        notes, rows = _checkout_ways(conn, user, checkout, lines, offers, methods, total, coins)
+    names = [
+        text
+        for offer in offers
+        for text in (offer["name"], place_name(offer["city_name"], offer["district_name"]))
+    ]
+    text = fitted(TEXT_LIMIT, lambda fit: _checkout_text(fit, items, totals, parts, notes), names)
+    return Screen(text, rows + [[back]])
+
+
+def _checkout_items(conn, offers, lines, stars):
+    """What each line of a checkout says after its name and place (quantity, price, and what is
+    missing), and whether any is short."""
+    rule, rate = telegram_rule(conn), stars_per_euro(conn)
+    items, short = [], False
     for offer, (_, _, quantity) in zip(offers, lines, strict=False):
-        place = esc(place_name(offer["city_name"], offer["district_name"]))
         each_stars = offer_stars(offer, rule, rate) if stars else None
-        line = (
-            f"• <b>{esc(offer['name'])}</b> · {place}"
-            f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}"
-            + (f" · {fmt_stars(each_stars * quantity)}" if each_stars else "")
+        item = f" × {quantity} = {fmt_eur(offer['price_cents'] * quantity)}" + (
+            f" · {fmt_stars(each_stars * quantity)}" if each_stars else ""
         )
         if offer["available"] < quantity:
-            short = True
-            line += (
-                f" ⚠️ only {offer['available']} available" if offer["available"] else " ⚠️ sold out"
+            short, left = True, offer["available"]
+            item += " " + (
+                ntr("⚠️ only {n} available", "⚠️ only {n} available", left)
+                if left
+                else tr("⚠️ sold out")
             )
-        text.append(line)
-    methods = [m for m in checkout_methods(conn, offers) if m != "stars" or stars]
-    text += ["", f"Total: <b>{fmt_eur(total)}</b>"]
-    if "balance" in methods:
-        text.append(f"Your balance: {fmt_eur(user['balance_cents'])}")
-    back = [
-        ("⬅️ Back", "basket" if checkout["from_basket"] else f"prod:{lines[0][0]}:{lines[0][1]}")
-    ]
-    if short:
-        text += [
-            "",
-            "⚠️ Some items are not available in that quantity any more. Please change your basket.",
-        ]
-        return Screen("\n".join(text), [back])
-    if not methods:
-        return _screen_split(conn, user, checkout, lines, offers, text, back, stars)
-    if not selling:
-        return Screen("\n".join(text + ["", esc(tr(NotSellingYet.message))]), [back])
-    rows = []
-    if "stars" in methods:
-        if "crypto" not in methods and "balance" not in methods and rule:
-            text += ["", RULE_NOTE]
-        amount = stars_total(conn, offers, lines)
-        rows.append([(f"⭐ Pay {fmt_stars(amount)}", f"stars:{checkout['nonce']}")])
-    if "balance" in methods and user["balance_cents"] >= total:
-        rows.append([(f"💰 Pay {fmt_eur(total)} from balance", f"pay:{checkout['nonce']}")])
-    elif "balance" in methods:
-        text += ["", f"Your balance is <b>{fmt_eur(total - user['balance_cents'])}</b> short."]
-    if "crypto" in methods and coins is None:
-        text += [
-            "",
-            "⚠️ Crypto payments are unavailable right now. Please try again in a few minutes.",
-        ]
-    elif "crypto" in methods and coins:
-        text += ["", "Pay in crypto:" if not rows else "Or pay in crypto:"]
-        rows += coin_rows(coins, total, f"coin:{checkout['nonce']}")
-    if "balance" in methods and user["balance_cents"] < total:
-        rows.append([("💰 Top up", "topup")])
-    return Screen("\n".join(text), rows + [back])
+        items.append(item)
+    return items, short
 
 
-def _screen_split(conn, user, checkout, lines, offers, text, back, stars):
-    """A basket whose products share no way to pay: each part that does is checked out on its
-    own (the rest stays in the basket)."""
-    parts = split_by_methods(conn, lines, offers)
+def _checkout_text(names, items, totals, parts, notes):
+    """A checkout's message: its lines with these names and places (fitted to the limit), the
+    totals, the parts it is checked out in, the notes."""
+    text = [tr("💳 <b>Checkout</b>"), ""]
     text += [
-        "",
-        "These items are paid in different ways, so they are checked out one part at a time:",
+        f"• <b>{esc(names[2 * i])}</b> · {esc(names[2 * i + 1])}{item}"
+        for i, item in enumerate(items)
     ]
-    rows = []
-    for methods, part in parts:
-        names = ", ".join(esc(get_offer(conn, p, d)["name"]) for p, d, _ in part)
-        ways = [METHOD_LABELS[m] for m in methods if m != "stars" or stars]
-        text.append(f"• {names}: {' or '.join(ways) if ways else 'not on sale right now'}")
+    text += ["", *totals]
+    if parts:
+        text += [
+            "",
+            tr(
+                "These items are paid in different ways, so they are checked out one part at a "
+                "time:"
+            ),
+        ]
+        text += [
+            f"• {', '.join(esc(names[2 * i]) for i in indexes)}: {ways}" for indexes, ways in parts
+        ]
+    for note in notes:
+        text += ["", note]
+    return "\n".join(text)
+
+
+def _checkout_ways(conn, user, checkout, lines, offers, methods, total, coins):
+    """The ways to pay a checkout that every product in it allows: (notes, button rows)."""
+    notes, rows, nonce = [], [], checkout["nonce"]
+    if "stars" in methods:
+        if "crypto" not in methods and "balance" not in methods and telegram_rule(conn):
+            notes.append(tr(RULE_NOTE))
+        amount = fmt_stars(stars_total(conn, offers, lines))
+        rows.append([(tr("⭐ Pay {amount}", amount=amount), f"stars:{nonce}")])
+    if "balance" in methods and user["balance_cents"] >= total:
+        label = tr("💰 Pay {amount} from balance", amount=fmt_eur(total))
+        rows.append([(label, f"pay:{nonce}")])
+    elif "balance" in methods:
+        short = fmt_eur(total - user["balance_cents"])
+        notes.append(tr("Your balance is <b>{amount}</b> short.", amount=short))
+    if "crypto" in methods and coins is None:
+        notes.append(
+            tr("⚠️ Crypto payments are unavailable right now. Please try again in a few minutes.")
+        )
+    elif "crypto" in methods and coins:
+        notes.append(tr("Or pay in crypto:") if rows else tr("Pay in crypto:"))
+        rows += coin_rows(coins, total, f"coin:{nonce}")
+    if "balance" in methods and user["balance_cents"] < total:
+        rows.append([(tr(MENU_TOPUP), "topup")])
+    return notes, rows
+
+
+def _checkout_parts(conn, user, checkout, lines, offers, stars):
+    """A basket whose products share no way to pay: each part that does is checked out on its
+    own (the rest stays in the basket). ([(its lines' indexes, how it is paid)], notes, button
+    rows)."""
+    import babel.lists
+
+    parts, rows = [], []
+    for methods, part in split_by_methods(conn, lines, offers):
+        indexes = [lines.index(line) for line in part]
+        ways = [tr(METHOD_LABELS[m]) for m in methods if m != "stars" or stars]
         if not ways:
+            parts.append((indexes, tr("not on sale right now")))
             continue
+        said = babel.lists.format_list(ways, "or", locale=current_language().format_locale)
+        parts.append((indexes, said))
         cents, _ = price_lines(conn, part)
         nonce = create_checkout(conn, user["id"], "order", cents, part, checkout["from_basket"])
-        label = ", ".join(get_offer(conn, p, d)["name"] for p, d, _ in part)
+        label = ", ".join(offers[i]["name"] for i in indexes)
         rows.append([(f"💳 {shorten(label, 40)} · {fmt_eur(cents)}", f"part:{nonce}")])
-    if telegram_rule(conn) and any(o["kind"] == "digital" for o in offers):
-        text += ["", RULE_NOTE]
-    return Screen("\n".join(text), rows + [back])
+    rule = telegram_rule(conn) and any(o["kind"] == "digital" for o in offers)
+    return parts, [tr(RULE_NOTE)] if rule else [], rows
 
 
 def screen_profile(conn, user):
     orders = count_user_paid_orders(conn, user["id"])
     name = esc(user["first_name"]) + (f" (@{esc(user['username'])})" if user["username"] else "")
+    text = [
+        tr("👤 <b>Profile</b>"),
+        "",
+        tr("Name: {name}", name=name),
+        tr("Telegram ID: {id}", id=f"<code>{user['id']}</code>"),
+        tr("Balance: {balance}", balance=f"<b>{fmt_eur(user['balance_cents'])}</b>"),
+        tr("Orders: {n}", n=orders),
+        tr("Language: {language}", language=esc(current_language().name())),
+    ]
     return Screen(
-        f"👤 <b>Profile</b>\n\nName: {name}\nTelegram ID: <code>{user['id']}</code>\n"
-        f"Balance: <b>{fmt_eur(user['balance_cents'])}</b>\nOrders: {orders}",
-        [[("💰 Top up", "topup"), ("📦 Orders", "orders")]],
+        "\n".join(text),
+        [
+            [(tr(MENU_TOPUP), "topup"), (tr(MENU_ORDERS), "orders")],
+            # TRANSLATORS: the button to choose the language the shop speaks.
+            [(tr("🌐 Language"), "lang")],
+        ],
     )
+
+
+def screen_language(chosen):
+    """/language: a button per language the shop speaks, in its own name (✓ on the one spoken
+    now), and one to follow Telegram's language again (✓ when no language is chosen)."""
+    spoken = current_language().code
+    buttons = [
+        (("✓ " if code == spoken else "") + language(code).name(), f"lang:{language_key(code)}")
+        for code in available_languages()
+    ]
+    rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
+    # TRANSLATORS: the button to follow the language of the shopper's Telegram app again.
+    auto = ("✓ " if chosen is None else "") + tr("📱 Telegram's language")
+    rows += [[(auto, "lang:auto")], [(tr(MENU_PROFILE), "profile")]]
+    text = tr("🌐 <b>Language</b>") + "\n\n" + tr("Choose the language the shop speaks to you:")
+    return Screen(text, rows)
+
+
+def language_key(code):
+    """A language's code as a button carries it ('pt_BR' -> 'ptbr')."""
+    return code.lower().replace("_", "")
+
+
+def language_by_key(key):
+    """The language a button's language_key() names, None for 'auto' (Telegram's), else
+    NotFound."""
+    if key == "auto":
+        return None
+    for code in available_languages():
+        if language_key(code) == key:
+            return code
+    raise NotFound(tr(STALE_BUTTON))
 
 
 def screen_topup_prompt(user, minimum, maximum):
     quick = [c for c in (1000, 2000, 5000, 10000) if minimum <= c <= maximum]
     rows = [[(fmt_eur(c), f"tamt:{c}") for c in quick]] if quick else []
+    ask = tr(
+        "How much do you want to add? Send an amount in EUR from {minimum} to {maximum}, for "
+        "example <code>20</code> or <code>20.50</code>, or pick one:",
+        minimum=fmt_eur(minimum),
+        maximum=fmt_eur(maximum),
+    )
+    balance = tr("Balance: {balance}", balance=fmt_eur(user["balance_cents"]))
     return Screen(
-        f"💰 <b>Top up your balance</b>\n\nBalance: {fmt_eur(user['balance_cents'])}\n\n"
-        f"How much do you want to add? Send an amount in EUR from {fmt_eur(minimum)} to "
-        f"{fmt_eur(maximum)}, for example <code>20</code> or <code>20.50</code>, or pick one:",
-        rows + [[("✖️ Cancel", "profile")]],
+        "\n\n".join([tr("💰 <b>Top up your balance</b>"), balance, ask]),
+        rows + [[(tr("✖️ Cancel"), "profile")]],
     )
 
 
 def screen_topup_coins(checkout, coins):
-    amount = checkout["amount_cents"]
+    title = tr("💰 <b>Top up {amount}</b>", amount=fmt_eur(checkout["amount_cents"]))
     if coins is None:
-        return Screen(
-            f"💰 <b>Top up {fmt_eur(amount)}</b>\n\n⚠️ Crypto payments are unavailable right now. "
-            "Please try again in a few minutes.",
-            [[("👤 Profile", "profile")]],
+        unavailable = tr(
+            "⚠️ Crypto payments are unavailable right now. Please try again in a few minutes."
         )
+        return Screen(f"{title}\n\n{unavailable}", [[(tr(MENU_PROFILE), "profile")]])
     return Screen(
-        f"💰 <b>Top up {fmt_eur(amount)}</b>\n\nChoose the coin you want to pay with:",
-        coin_rows(coins, amount, f"tcoin:{checkout['nonce']}") + [[("✖️ Cancel", "profile")]],
+        title + "\n\n" + tr("Choose the coin you want to pay with:"),
+        coin_rows(coins, checkout["amount_cents"], f"tcoin:{checkout['nonce']}")
+        + [[(tr("✖️ Cancel"), "profile")]],
     )
+
+
+def deposit_cents(text, minimum, maximum):
+    """Cents of a top-up amount as a shopper typed it ('20', '20,50', '€20'), within the shop's
+    limits; else InvalidInput saying why in a sentence of the shopper's language."""
+    try:
+        cents = parse_eur(text, minimum=0, maximum=10**11)
+    except InvalidInput:
+        if re.match(r"\s*(€|eur)?\s*-", text, flags=re.IGNORECASE):
+            raise InvalidInput(tr("The amount must be positive.")) from None
+        raise InvalidInput(tr("The amount must be a number of euros, like 20 or 20.50.")) from None
+    if cents < minimum:
+        raise InvalidInput(tr("The amount must be at least {minimum}.", minimum=fmt_eur(minimum)))
+    if cents > maximum:
+        raise InvalidInput(tr("The amount must be at most {maximum}.", maximum=fmt_eur(maximum)))
+    return cents
 
 
 def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
@@ -11925,20 +12125,29 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
         return screen_stars_invoice(payment, sandbox, simulate)
     coin = payment["pay_currency"]
     label = COIN_LABELS.get(coin, coin.upper())
-    what = f"Order #{payment['order_id']}" if payment["order_id"] else "Top-up"
-    lines = [f"🧾 <b>{what}</b> · {fmt_eur(payment['price_cents'])}"]
+    price = fmt_eur(payment["price_cents"])
+    lines = [
+        tr("🧾 <b>Order #{order}</b> · {price}", order=payment["order_id"], price=price)
+        if payment["order_id"]
+        else tr("🧾 <b>Top-up</b> · {price}", price=price)
+    ]
     if sandbox:
         lines.append(
-            "🧪 <b>SANDBOX</b>: a test invoice, no real money."
-            + (" Use the 🧪 buttons to simulate a payment." if simulate else "")
+            tr("🧪 <b>SANDBOX</b>: a test invoice, no real money.")
+            + (" " + tr("Use the 🧪 buttons to simulate a payment.") if simulate else "")
         )
     lines += [
         "",
-        f"Send exactly <code>{esc(payment['pay_amount'])}</code> {esc(label)}",
-        f"to <code>{esc(payment['pay_address'])}</code>",
+        tr(
+            "Send exactly {amount} {coin}\nto {address}",
+            amount=f"<code>{esc(payment['pay_amount'])}</code>",
+            coin=esc(label),
+            address=f"<code>{esc(payment['pay_address'])}</code>",
+        ),
     ]
     if payment["payin_extra_id"]:
-        lines.append(f"Memo / tag (required): <code>{esc(payment['payin_extra_id'])}</code>")
+        memo = f"<code>{esc(payment['payin_extra_id'])}</code>"
+        lines.append(tr("Memo / tag (required): {memo}", memo=memo))
     expires = parse_iso(payment["expires_at"])
     seconds = (expires - datetime.now(timezone.utc)).total_seconds()
     left = math.ceil(seconds / 60) if seconds > 0 else -1
@@ -11946,33 +12155,24 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
     if status == "waiting" and left < 0:
         lines += [
             "",
-            "⌛ This invoice is no longer open. Money sent to it anyway is not lost: it is "
-            "delivered or credited to your balance.",
+            tr(
+                "⌛ This invoice is no longer open. Money sent to it anyway is not lost: it is "
+                "delivered or credited to your balance."
+            ),
         ]
     else:
         if status == "waiting":
-            reserved = " The items are reserved until then." if payment["order_id"] else ""
-            lines += ["", f"Pay by {expires:%H:%M} UTC ({left} min left).{reserved}"]
-        lines += ["", f"Status: {payment_status_text(payment)}"]
-    lines.append(f"Payment id: <code>{payment['provider_id']}</code>")
-    rows = []
-    if status in OPEN_STATUSES and left >= 0:
-        rows.append(
-            [("🔄 Check status", f"chk:{payment['id']}")]
-            + ([("❌ Cancel", f"cxl:{payment['id']}")] if status == "waiting" else [])
-        )
-        if simulate and status == "waiting":
-            rows += [
-                [
-                    ("🧪 Pay in full", f"sim:{payment['id']}:full"),
-                    ("🧪 Pay half", f"sim:{payment['id']}:partial"),
-                ],
-                [
-                    ("🧪 Overpay", f"sim:{payment['id']}:over"),
-                    ("🧪 Let it expire", f"sim:{payment['id']}:expire"),
-                ],
-            ]
-    rows.append([("📦 Orders", "orders")] if payment["order_id"] else [("👤 Profile", "profile")])
+            by = ntr(
+                "Pay by {when} UTC ({n} min left).",
+                "Pay by {when} UTC ({n} min left).",
+                left,
+                when=current_language().when(expires),
+            )
+            reserved = " " + tr("The items are reserved until then.")
+            lines += ["", by + (reserved if payment["order_id"] else "")]
+        lines += ["", tr("Status: {status}", status=tr(payment_status_text(payment)))]
+    lines.append(tr("Payment id: {id}", id=f"<code>{payment['provider_id']}</code>"))
+    rows = _invoice_buttons(payment, left, simulate)
     photo = (
         qr_png(payment_uri(coin, payment["pay_address"], payment["pay_amount"]))
         if with_qr
@@ -11981,55 +12181,108 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
     return Screen("\n".join(lines), rows, photo)
 
 
+def _invoice_buttons(payment, left, simulate):
+    rows, status, pid = [], payment["status"], payment["id"]
+    if status in OPEN_STATUSES and left >= 0:
+        rows.append(
+            [(tr("🔄 Check status"), f"chk:{pid}")]
+            + ([(tr("❌ Cancel"), f"cxl:{pid}")] if status == "waiting" else [])
+        )
+        if simulate and status == "waiting":
+            rows += [
+                [
+                    (tr("🧪 Pay in full"), f"sim:{pid}:full"),
+                    (tr("🧪 Pay half"), f"sim:{pid}:partial"),
+                ],
+                [
+                    (tr("🧪 Overpay"), f"sim:{pid}:over"),
+                    (tr("🧪 Let it expire"), f"sim:{pid}:expire"),
+                ],
+            ]
+    back = (MENU_ORDERS, "orders") if payment["order_id"] else (MENU_PROFILE, "profile")
+    return rows + [[(tr(back[0]), back[1])]]
+
+
 def screen_stars_invoice(payment, sandbox, simulate=False):
     """A Stars invoice's state, above Telegram's own invoice message (which has the Pay button);
     in the sandbox there is none, and 🧪 pays."""
     stars = int(payment["pay_amount"])
     lines = [
-        f"⭐ <b>Order #{payment['order_id']}</b> · {fmt_stars(stars)} "
-        f"({fmt_eur(payment['price_cents'])})"
+        tr(
+            "⭐ <b>Order #{order}</b> · {stars} ({price})",
+            order=payment["order_id"],
+            stars=fmt_stars(stars),
+            price=fmt_eur(payment["price_cents"]),
+        )
     ]
     if sandbox:
         lines.append(
-            "🧪 <b>SANDBOX</b>: a test invoice, no real Stars."
-            + (" Use the 🧪 button to simulate the payment." if simulate else "")
+            tr("🧪 <b>SANDBOX</b>: a test invoice, no real Stars.")
+            + (" " + tr("Use the 🧪 button to simulate the payment.") if simulate else "")
         )
     expires = parse_iso(payment["expires_at"])
     seconds = (expires - datetime.now(timezone.utc)).total_seconds()
     status, open_ = payment["status"], payment["status"] == "waiting" and seconds > 0
     if open_:
-        where = "with the 🧪 button" if sandbox else "with <b>Pay</b> on the invoice below"
-        lines += [
-            "",
-            f"Pay {where} by {expires:%H:%M} UTC ({math.ceil(seconds / 60)} min left). "
-            "The items are reserved until then.",
-        ]
+        left, when = math.ceil(seconds / 60), current_language().when(expires)
+        by = (
+            ntr(
+                "Pay with the 🧪 button by {when} UTC ({n} min left).",
+                "Pay with the 🧪 button by {when} UTC ({n} min left).",
+                left,
+                when=when,
+            )
+            if sandbox
+            else ntr(
+                "Pay with <b>Pay</b> on the invoice below by {when} UTC ({n} min left).",
+                "Pay with <b>Pay</b> on the invoice below by {when} UTC ({n} min left).",
+                left,
+                when=when,
+            )
+        )
+        lines += ["", by + " " + tr("The items are reserved until then.")]
     elif status == "waiting":
         lines += [
             "",
-            "⌛ The time to pay ran out. The invoice still works while the items are there; "
-            "if they are gone, Telegram does not charge you.",
+            tr(
+                "⌛ The time to pay ran out. The invoice still works while the items are there; "
+                "if they are gone, Telegram does not charge you."
+            ),
         ]
     else:
-        lines += ["", f"Status: {payment_status_text(payment)}"]
+        lines += ["", tr("Status: {status}", status=tr(payment_status_text(payment)))]
     rows = []
     if open_:
-        rows.append([("❌ Cancel", f"cxl:{payment['id']}")])
+        rows.append([(tr("❌ Cancel"), f"cxl:{payment['id']}")])
         if simulate:
-            rows.insert(0, [(f"🧪 Pay {fmt_stars(stars)}", f"sim:{payment['id']}:full")])
-    rows.append([("📦 Orders", "orders")])
+            pay = tr("🧪 Pay {amount}", amount=fmt_stars(stars))
+            rows.insert(0, [(pay, f"sim:{payment['id']}:full")])
+    rows.append([(tr(MENU_ORDERS), "orders")])
     return Screen("\n".join(lines), rows)
+
+
+def order_state(status):
+    """An order's status as the shopper reads it."""
+    # TRANSLATORS: an order's state, after its number (the orders list, the order's page).
+    return {
+        "pending": ptr("order status", "pending"),
+        "paid": ptr("order status", "paid"),
+        "cancelled": ptr("order status", "cancelled"),
+        "expired": ptr("order status", "expired"),
+        "refunded": ptr("order status", "refunded"),
+    }.get(status, status)
 
 
 def screen_orders(conn, user_id, before_id=None):
     orders = list_orders(conn, user_id, before_id=before_id, limit=ORDERS_PAGE + 1)
     if not orders and not before_id:
-        return Screen("📦 You have no orders yet.", [[("🛒 Shop", "cities")]])
+        return Screen(tr("📦 You have no orders yet."), [[(tr(MENU_SHOP), "cities")]])
+    when = current_language().when
     rows = [
         [
             (
-                f"#{o['id']} · {o['created_at'][:10]} · {fmt_eur(o['total_cents'])}"
-                f" · {o['status']}",
+                f"#{o['id']} · {when(o['created_at'])} · {fmt_eur(o['total_cents'])}"
+                f" · {order_state(o['status'])}",
                 f"order:{o['id']}",
             )
         ]
@@ -12037,52 +12290,113 @@ def screen_orders(conn, user_id, before_id=None):
     ]
     nav = []
     if before_id:
-        nav.append(("⏮ Newest", "orders"))
+        nav.append((tr("⏮ Newest"), "orders"))
     if len(orders) > ORDERS_PAGE:
-        nav.append(("Older ▶️", f"orders:{orders[ORDERS_PAGE - 1]['id']}"))
-    return Screen("📦 <b>Your orders</b>", rows + ([nav] if nav else []))
+        nav.append((tr("Older ▶️"), f"orders:{orders[ORDERS_PAGE - 1]['id']}"))
+    return Screen(tr("📦 <b>Your orders</b>"), rows + ([nav] if nav else []))
 
 
 def screen_order(conn, user_id, order_id):
     order = get_order(conn, user_id, order_id)
-    text = [
-        f"📦 <b>Order #{order['id']}</b> · {order['status']}",
-        f"Placed {order['created_at'][:16].replace('T', ' ')} UTC",
-        "",
-    ]
-    for line in get_order_lines(conn, order_id):
-        text.append(
-            f"• <b>{esc(line['product_name'])}</b> · {esc(line['place_name'])} × {line['quantity']}"
-            f" = {fmt_eur(line['price_cents'] * line['quantity'])}"
-        )
-    text += ["", f"Total: <b>{fmt_eur(order['total_cents'])}</b>"]
+    title = tr(
+        "📦 <b>Order #{order}</b> · {state}", order=order["id"], state=order_state(order["status"])
+    )
+    placed = tr("Placed {when} UTC", when=current_language().when(order["created_at"]))
+    order_lines = get_order_lines(conn, order_id)
+    total = tr("Total: <b>{total}</b>", total=fmt_eur(order["total_cents"]))
     payment = latest_order_payment(conn, order_id)
     if payment is not None and payment["pay_currency"] == "xtr" and payment["charge_id"]:
-        text[-1] += f" · paid {fmt_stars(payment['pay_amount'])} in Telegram Stars"
-    rows = [[("📨 Send my items again", f"resend:{order_id}")]] if order["status"] == "paid" else []
-    return Screen("\n".join(text), rows + [[("⬅️ Orders", "orders")]])
+        stars = fmt_stars(int(payment["pay_amount"]))
+        total = tr(
+            "Total: <b>{total}</b> · paid {stars} in Telegram Stars",
+            total=fmt_eur(order["total_cents"]),
+            stars=stars,
+        )
+
+    def render(names):
+        text = [title, placed, ""]
+        text += [
+            f"• <b>{esc(names[2 * i])}</b> · {esc(names[2 * i + 1])} × {line['quantity']}"
+            f" = {fmt_eur(line['price_cents'] * line['quantity'])}"
+            for i, line in enumerate(order_lines)
+        ]
+        return "\n".join([*text, "", total])
+
+    names = [text for line in order_lines for text in (line["product_name"], line["place_name"])]
+    rows = (
+        [[(tr("📨 Send my items again"), f"resend:{order_id}")]]
+        if order["status"] == "paid"
+        else []
+    )
+    return Screen(fitted(TEXT_LIMIT, render, names), rows + [[(tr("⬅️ Orders"), "orders")]])
 
 
 def screen_help(conn):
-    text = (
-        f"❓ <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(get_setting(conn, 'help_text'))}"
-    )
+    text = f"❓ <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n{esc(shop_text(conn, 'help_text'))}"
     contact = get_setting(conn, "support_contact")
     if contact:
-        text += f"\n\nSupport: {esc(contact)}"
+        text += "\n\n" + tr("Support: {contact}", contact=esc(contact))
     return Screen(text)
 
 
 def screen_terms(conn):
     """/terms: the owner's terms, or the default."""
-    text = get_setting(conn, "terms_text") or default_terms_text(conn)
-    return Screen(f"📜 <b>Terms</b>\n\n{esc(text)}")
+    return Screen(tr("📜 <b>Terms</b>") + "\n\n" + esc(shop_text(conn, "terms_text")))
 
 
 def screen_paysupport(conn):
     """/paysupport: how to get help with a payment (Telegram asks Stars sellers to answer it)."""
-    text = get_setting(conn, "paysupport_text") or default_paysupport_text(conn)
-    return Screen(f"🛟 <b>Payment support</b>\n\n{esc(text)}")
+    text = esc(shop_text(conn, "paysupport_text"))
+    return Screen(tr("🛟 <b>Payment support</b>") + "\n\n" + text)
+
+
+def bot_introduction(conn):
+    """What the bot tells Telegram about itself in each language the shop speaks: [(language code
+    for Telegram, its commands [(command, description)], description, short description)], the
+    default language's first, with code None: for everyone whose language has none of its own."""
+    default, name = default_language(conn), get_setting(conn, "shop_name")
+    out = []
+    for code in (default, *(c for c in available_languages() if c != default)):
+        if code != default and not re.fullmatch(r"[a-z]{2}", code):
+            continue  # Telegram keeps them for two-letter codes only: 'pt' serves 'pt_BR' too
+        with speaking(code):
+            commands = [(command, tr(does)) for command, does in COMMANDS]
+            # TRANSLATORS: the bot's description, which Telegram shows in an empty chat with it
+            # ("What can this bot do?"); {shop} is the shop's name. At most 512 characters.
+            description = tr(
+                "{shop}: browse the shop, pay in Telegram Stars, in crypto or from your balance, "
+                "and get your goods right here in this chat.",
+                shop=name,
+            )
+            # TRANSLATORS: the bot's short description, on its profile page and in shared links;
+            # {shop} is the shop's name (up to 64 characters). At most 120 characters in all.
+            short = tr("{shop}: shop in Telegram, pay in Stars, crypto or balance.", shop=name)
+        out.append(
+            (
+                None if code == default else code,
+                commands,
+                shorten(description, 512),
+                shorten(short, 120),
+            )
+        )
+    return out
+
+
+def introduce_bot(api, conn, bot_id):
+    """Tell Telegram the bot's commands and descriptions in each language the shop speaks
+    (setMyCommands, setMyDescription, setMyShortDescription), unless they are what this bot was
+    told last time. Returns whether it told anything; raises what the Bot API raises."""
+    introduction = bot_introduction(conn)
+    said = json.dumps([bot_id, introduction], ensure_ascii=False, sort_keys=True)
+    fingerprint = hashlib.sha256(said.encode()).hexdigest()
+    if bot_introduced(conn) == fingerprint:
+        return False
+    for code, commands, description, short in introduction:
+        api.set_my_commands([tg.BotCommand(c, d) for c, d in commands], language_code=code)
+        api.set_my_description(description, language_code=code)
+        api.set_my_short_description(short, language_code=code)
+    note_bot_introduced(conn, fingerprint)
+    return True
 
 
 def inline_markup(buttons):
@@ -12095,10 +12409,24 @@ def inline_markup(buttons):
 
 
 def main_menu():
+    """The reply keyboard, in the language of the moment."""
     markup = tg.ReplyKeyboardMarkup(resize_keyboard=True, is_persistent=True)
     for row in MENU:
-        markup.row(*[tg.KeyboardButton(label) for label in row])
+        markup.row(*[tg.KeyboardButton(tr(label)) for label in row])
     return markup
+
+
+# The reply keyboard's buttons by their emoji: the labels' first word in every language.
+MENU_EMOJI = {label.split()[0]: label for row in MENU for label in row}
+
+
+def menu_choice(text):
+    """The MENU label of the reply keyboard's button a message is, whatever language the keyboard
+    was sent in (known by its emoji), else None."""
+    text = (text or "").strip().replace("\ufe0f", "")
+    if tg_len(text) > 64:
+        return None
+    return next((label for emoji, label in MENU_EMOJI.items() if text.startswith(emoji)), None)
 
 
 NO_PREVIEW = tg.LinkPreviewOptions(is_disabled=True)
@@ -12211,6 +12539,7 @@ class ShopBot:
             ("refill", self.msg_topup),
             ("profile", self.msg_profile),
             ("orders", self.msg_orders),
+            ("language", self.msg_language),
             ("help", self.msg_help),
             ("paysupport", self.msg_paysupport),
             ("terms", self.msg_terms),
@@ -12232,9 +12561,9 @@ class ShopBot:
             MENU_HELP: self.msg_help,
         }
         b.register_message_handler(
-            lambda m: self.run_guarded(menu[m.text], m),
+            lambda m: self.run_guarded(menu[menu_choice(m.text)], m),
             chat_types=["private"],
-            func=lambda m: m.text in menu,
+            func=lambda m: menu_choice(m.text) is not None,
         )
         b.register_message_handler(
             self.guarded(self.msg_other),
@@ -12247,6 +12576,25 @@ class ShopBot:
         b.register_callback_query_handler(self.on_callback, func=lambda c: True)
 
     # Plumbing
+
+    def language_for(self, tg_user, shopper=True):
+        """The language to answer an update in: its sender's (shopper_language), recorded first
+        (touch_user keeps Telegram's language_code) unless shopper=False (someone writing in a
+        group, who does not become a shopper by it). When the database cannot say, Telegram's
+        language: the handler then tells of the failure in it."""
+        conn = self.shop.db()
+        try:
+            if shopper:
+                return shopper_language(conn, self.user_of(conn, tg_user))
+            try:
+                chosen = get_user(conn, tg_user.id)["language"]
+            except NotFound:
+                chosen = None
+            return shopper_language(
+                conn, {"language": chosen, "language_code": tg_user.language_code}
+            )
+        except sqlite3.Error:
+            return match_language(tg_user.language_code) or SOURCE_LANGUAGE
 
     def user_of(self, conn, tg_user):
         return touch_user(
@@ -12402,39 +12750,40 @@ class ShopBot:
         return functools.partial(self.run_guarded, handler)
 
     def run_guarded(self, handler, message):
-        """Run a message handler for a shopper who is not banned; any command ends a question, and
-        failures become a short answer instead of an exception."""
-        try:
-            user = self.guard(message)
-            if user is None:
+        """Run a message handler for a shopper who is not banned, in their language; any command
+        ends a question, and failures become a short answer instead of an exception."""
+        with speaking(self.language_for(message.from_user)):
+            try:
+                user = self.guard(message)
+                if user is None:
+                    return
+                if user["awaiting"] and handler != self.msg_other:
+                    set_awaiting(self.shop.db(), user["id"], None)  # any command ends a question
+                handler(message)
+            except ShopError as e:
+                self.reply(message.chat.id, str(e))
+            except NETWORK_ERRORS as e:
+                log.warning(
+                    "bot: could not answer user %s, Telegram unreachable: %s",
+                    message.from_user.id,
+                    type(e).__name__,
+                )
                 return
-            if user["awaiting"] and handler != self.msg_other:
-                set_awaiting(self.shop.db(), user["id"], None)  # any command ends a question
-            handler(message)
-        except ShopError as e:
-            self.reply(message.chat.id, str(e))
-        except NETWORK_ERRORS as e:
-            log.warning(
-                "bot: could not answer user %s, Telegram unreachable: %s",
-                message.from_user.id,
-                type(e).__name__,
-            )
-            return
-        except sqlite3.OperationalError as e:
-            if not storage_problem(e):
+            except sqlite3.OperationalError as e:
+                if not storage_problem(e):
+                    log.exception(
+                        "bot: handling %r from user %s failed",
+                        (message.text or "")[:40],
+                        message.from_user.id,
+                    )
+                self.tell_failure(message, tr(STORAGE_BUSY))
+            except Exception:
                 log.exception(
                     "bot: handling %r from user %s failed",
                     (message.text or "")[:40],
                     message.from_user.id,
                 )
-            self.tell_failure(message, STORAGE_BUSY)
-        except Exception:
-            log.exception(
-                "bot: handling %r from user %s failed",
-                (message.text or "")[:40],
-                message.from_user.id,
-            )
-            self.tell_failure(message, "Something went wrong on our side. Please try again.")
+                self.tell_failure(message, tr(SOMETHING_WRONG))
 
     def tell_failure(self, message, text):
         try:
@@ -12444,8 +12793,8 @@ class ShopBot:
 
     def parse_deposit(self, text):
         """Cents of a top-up amount the shopper typed, within the shop's limits (else
-        InvalidInput)."""
-        return parse_eur(
+        InvalidInput saying why)."""
+        return deposit_cents(
             text,
             minimum=self.shop.setting("min_deposit_cents"),
             maximum=self.shop.config.max_deposit_cents,
@@ -12458,36 +12807,41 @@ class ShopBot:
             return self.start_refill_link(conn, message, payload)
         welcome = (
             f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n"
-            f"{esc(get_setting(conn, 'welcome_text'))}"
+            f"{esc(shop_text(conn, 'welcome_text'))}"
         )
         if self.shop.test_mode:
             welcome += "\n\n" + (
-                TEST_MODE_OWNER
+                tr(TEST_MODE_OWNER)
                 if self.shop.may_buy(message.from_user.id)
                 else esc(tr(NotSellingYet.message))
             )
         self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
         if self.shop.webapp_url:
             markup = tg.InlineKeyboardMarkup()
-            markup.row(
-                tg.InlineKeyboardButton("🛍 Open shop", web_app=tg.WebAppInfo(self.shop.webapp_url))
-            )
-            self.reply(message.chat.id, "Or shop in the app:", reply_markup=markup)
+            app = tg.WebAppInfo(self.shop.webapp_url)
+            markup.row(tg.InlineKeyboardButton(tr("🛍 Open shop"), web_app=app))
+            self.reply(message.chat.id, tr("Or shop in the app:"), reply_markup=markup)
 
     def start_refill_link(self, conn, message, payload):
         """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that
         amount."""
         parts = payload.split("_")
+        topup = tr(MENU_TOPUP)
         if len(parts) not in (3, 4) or not all(re.fullmatch(r"[0-9]{1,20}", p) for p in parts[1:]):
-            raise InvalidInput("This top-up link is not valid. Use 💰 Top up instead.")
+            raise InvalidInput(
+                tr("This top-up link is not valid. Use {topup} instead.", topup=topup)
+            )
         if int(parts[1]) != message.from_user.id:
             raise InvalidInput(
-                "This top-up link was made for another Telegram account. Use 💰 Top up instead."
+                tr(
+                    "This top-up link was made for another Telegram account. Use {topup} instead.",
+                    topup=topup,
+                )
             )
         try:
             cents = self.parse_deposit(".".join(parts[2:]))
         except InvalidInput as e:
-            raise InvalidInput(f"The amount in this top-up link {e}.") from None
+            raise InvalidInput(tr("This top-up link cannot be used.") + f" {e}") from None
         self.send(message.chat.id, self.topup_coins(conn, message.from_user.id, cents))
 
     def msg_shop(self, message):
@@ -12508,15 +12862,17 @@ class ShopBot:
             else ""
         )
         if amount:  # /refill 30
-            try:
-                cents = self.parse_deposit(amount)
-            except InvalidInput as e:
-                raise InvalidInput(f"The amount {e}.") from None
-            return self.send(message.chat.id, self.topup_coins(conn, uid, cents))
+            return self.send(
+                message.chat.id, self.topup_coins(conn, uid, self.parse_deposit(amount))
+            )
         self.send(message.chat.id, self.topup_prompt(conn, uid))
 
     def msg_orders(self, message):
         self.send(message.chat.id, screen_orders(self.shop.db(), message.from_user.id))
+
+    def msg_language(self, message):
+        user = get_user(self.shop.db(), message.from_user.id)
+        self.send(message.chat.id, screen_language(user["language"]))
 
     def msg_help(self, message):
         self.send(message.chat.id, screen_help(self.shop.db()), reply_keyboard=main_menu())
@@ -12530,9 +12886,10 @@ class ShopBot:
     def on_pre_checkout(self, query):
         """Telegram asks, before charging, whether a Stars payment may go ahead: answered within
         its 10 seconds, yes only when the order is open, its price unchanged and its items held."""
-        reason = self.shop.payments.stars_pre_checkout(
-            query.from_user.id, query.invoice_payload, query.currency, query.total_amount
-        )
+        with speaking(self.language_for(query.from_user)):
+            reason = self.shop.payments.stars_pre_checkout(
+                query.from_user.id, query.invoice_payload, query.currency, query.total_amount
+            )
         try:
             self.bot.answer_pre_checkout_query(
                 query.id, ok=reason is None, error_message=reason and shorten(reason, 200)
@@ -12544,13 +12901,14 @@ class ShopBot:
         """Telegram took the Stars: deliver (once; a repeated update changes nothing)."""
         paid = message.successful_payment
         try:
-            self.shop.payments.stars_paid(
-                message.from_user.id,
-                paid.invoice_payload,
-                paid.telegram_payment_charge_id,
-                paid.total_amount,
-                paid.currency,
-            )
+            with speaking(self.language_for(message.from_user)):
+                self.shop.payments.stars_paid(
+                    message.from_user.id,
+                    paid.invoice_payload,
+                    paid.telegram_payment_charge_id,
+                    paid.total_amount,
+                    paid.currency,
+                )
         except Exception:  # the sweep over getStarTransactions finds it again
             log.exception("stars: a successful payment could not be applied now")
 
@@ -12561,17 +12919,20 @@ class ShopBot:
             try:
                 cents = self.parse_deposit(message.text)
             except InvalidInput as e:
-                return self.reply(
-                    message.chat.id,
-                    f"The amount {e}. Send an amount in EUR like 20 or 20.50, or press ✖️ Cancel.",
+                again = tr(
+                    "Send an amount in EUR like 20 or 20.50, or press {cancel}.",
+                    cancel=tr("✖️ Cancel"),
                 )
+                return self.reply(message.chat.id, f"{e} {again}")
             set_awaiting(conn, user["id"], None)
             return self.send(message.chat.id, self.topup_coins(conn, user["id"], cents))
-        self.reply(message.chat.id, "Please use the menu below.", reply_markup=main_menu())
+        self.reply(message.chat.id, tr("Please use the menu below."), reply_markup=main_menu())
 
     def msg_group(self, message):
         try:
-            self.bot.reply_to(message, "I work in private chats: open a chat with me to shop.")
+            with speaking(self.language_for(message.from_user, shopper=False)):
+                answer = tr("I work in private chats: open a chat with me to shop.")
+            self.bot.reply_to(message, answer)
         except apihelper.ApiTelegramException as e:
             log.debug("could not answer in group %s: %s", message.chat.id, e.description)
 
@@ -12662,37 +13023,14 @@ class ShopBot:
         "order": ("i", "on_order"),
         "resend": ("i", "on_resend"),
         "profile": (ARGS_ANY, "on_profile"),
+        "lang": (("", "s"), "on_language"),
     }
 
     def on_callback(self, call):
-        alert = None
-        try:
-            conn = self.shop.db()
-            user = self.user_of(conn, call.from_user)
-            if user["is_banned"]:
-                alert = tr(Banned.message) if should_tell_banned(conn, user["id"]) else None
-            elif call.message is None or not getattr(call.message, "chat", None):
-                alert = "This menu is too old. Send /shop to start again."
-            else:
-                alert = self.dispatch(conn, user, call)
-        except ProviderError as e:
-            log.warning("payments: %s", e.detail)
-            alert = str(e)
-        except ShopError as e:
-            alert = str(e)
-        except NETWORK_ERRORS as e:
-            log.warning(
-                "bot: could not answer a button of user %s, Telegram unreachable: %s",
-                call.from_user.id,
-                type(e).__name__,
-            )
+        with speaking(self.language_for(call.from_user)):
+            alert = self.run_button(call)
+        if alert is False:  # Telegram unreachable: no answer can get through
             return
-        except Exception as e:
-            if storage_problem(e):
-                alert = STORAGE_BUSY
-            else:
-                log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
-                alert = "Something went wrong on our side. Please try again."
         if alert:
             # Telegram refuses longer notices, leaving the button spinning
             alert = shorten(alert, 200)
@@ -12702,6 +13040,35 @@ class ShopBot:
             )
         except (apihelper.ApiTelegramException, *NETWORK_ERRORS) as e:
             log.debug("could not answer callback: %s", e)
+
+    def run_button(self, call):
+        """Run a button press for a shopper who is not banned: the notice to answer it with (None:
+        none; False: none can be sent), failures included."""
+        try:
+            conn = self.shop.db()
+            user = self.user_of(conn, call.from_user)
+            if user["is_banned"]:
+                return tr(Banned.message) if should_tell_banned(conn, user["id"]) else None
+            if call.message is None or not getattr(call.message, "chat", None):
+                return tr("This menu is too old. Send /shop to start again.")
+            return self.dispatch(conn, user, call)
+        except ProviderError as e:
+            log.warning("payments: %s", e.detail)
+            return str(e)
+        except ShopError as e:
+            return str(e)
+        except NETWORK_ERRORS as e:
+            log.warning(
+                "bot: could not answer a button of user %s, Telegram unreachable: %s",
+                call.from_user.id,
+                type(e).__name__,
+            )
+            return False
+        except Exception as e:
+            if storage_problem(e):
+                return tr(STORAGE_BUSY)
+            log.exception("bot: button %r from user %s failed", call.data, call.from_user.id)
+            return tr(SOMETHING_WRONG)
 
     @classmethod
     def button_args(cls, spec, args):
@@ -12723,11 +13090,11 @@ class ShopBot:
         verb, _, rest = (call.data or "").partition(":")
         args = rest.split(":") if rest else []
         if not all(re.fullmatch(r"[0-9a-z]{1,18}", a) for a in args):
-            return "That button is not valid any more."
+            return tr(STALE_BUTTON)
         spec, method = self.CALLBACKS.get(verb, ((), None))
         values = self.button_args(spec, args)
         if method is None or values is None:
-            return "That button is not valid any more."
+            return tr(STALE_BUTTON)
         try:
             return getattr(self, method)(conn, user, call.message, *values)
         except NotFound as e:
@@ -12750,7 +13117,11 @@ class ShopBot:
     def on_add(self, conn, user, message, product_id, district_id):
         quantity = add_to_basket(conn, user["id"], product_id, district_id)
         self.show(message, screen_product(conn, user["id"], product_id, district_id))
-        return f"Added to your basket ({quantity} there now)."
+        return ntr(
+            "Added to your basket ({n} there now).",
+            "Added to your basket ({n} there now).",
+            quantity,
+        )
 
     def on_buy(self, conn, user, message, product_id, district_id):
         lines = [(product_id, district_id, 1)]
@@ -12786,7 +13157,7 @@ class ShopBot:
         lines = list_basket_lines(conn, user["id"])
         if not lines:
             self.show(message, screen_basket(conn, user["id"]))
-            return "Your basket is empty."
+            return tr("Your basket is empty.")
         self.show(message, self.checkout(conn, user, lines, from_basket=True))
 
     # Buttons: paying
@@ -12798,12 +13169,12 @@ class ShopBot:
         self.shop.check_may_buy(uid)
         checkout = get_checkout(conn, uid, nonce)
         if checkout["kind"] != "order":
-            return "That button is not valid any more."
+            return tr(STALE_BUTTON)
         lines = checkout_lines(checkout)
         back = (
-            [[("🧺 Basket", "basket")]]
+            [[(tr(MENU_BASKET), "basket")]]
             if checkout["from_basket"]
-            else [[("⬅️ Back", f"prod:{lines[0][0]}:{lines[0][1]}")]]
+            else [[back_button(f"prod:{lines[0][0]}:{lines[0][1]}")]]
         )
         try:
             order_id = buy_with_balance(
@@ -12818,15 +13189,15 @@ class ShopBot:
             self.show(message, Screen(f"⚠️ {esc(e)}", back))
             return str(e)
         order = get_order(conn, uid, order_id)
-        self.show(
-            message,
-            Screen(
-                f"✅ Thank you! {fmt_eur(order['total_cents'])} paid from your balance.\n"
-                f"Your items for order #{order_id} are on their way.",
-                [[("📦 Orders", "orders"), ("🛒 Shop", "cities")]],
-            ),
+        thanks = tr(
+            "✅ Thank you! {amount} paid from your balance.\n"
+            "Your items for order #{order} are on their way.",
+            amount=fmt_eur(order["total_cents"]),
+            order=order_id,
         )
-        return f"Order #{order_id} paid."
+        buttons = [[(tr(MENU_ORDERS), "orders"), (tr(MENU_SHOP), "cities")]]
+        self.show(message, Screen(thanks, buttons))
+        return tr("Order #{order} paid.", order=order_id)
 
     def on_coin(self, conn, user, message, nonce, coin):
         payment = self.shop.payments.open_order_invoice(user["id"], nonce, coin)
@@ -12845,7 +13216,7 @@ class ShopBot:
         """One part of a basket whose products are paid in different ways."""
         checkout = get_checkout(conn, user["id"], nonce)
         if checkout["kind"] != "order":
-            return "That button is not valid any more."
+            return tr(STALE_BUTTON)
         self.show(message, self.checkout_screen(conn, user, checkout))
 
     def on_tcoin(self, conn, user, message, nonce, coin):
@@ -12859,9 +13230,10 @@ class ShopBot:
             set_invoice_message(conn, payment["id"], sent.message_id)
 
     def on_nocoin(self, conn, user, message, coin, minimum):
-        return (
-            f"{COIN_LABELS[coin]} takes payments from {fmt_eur(minimum)}. "
-            "Please choose another coin."
+        return tr(
+            "{coin} takes payments from {minimum}. Please choose another coin.",
+            coin=COIN_LABELS[coin],
+            minimum=fmt_eur(minimum),
         )
 
     def on_topup(self, conn, user, message):
@@ -12870,7 +13242,7 @@ class ShopBot:
     def on_tamt(self, conn, user, message, cents):
         c = self.shop.config
         if not self.shop.setting("min_deposit_cents") <= cents <= c.max_deposit_cents:
-            return "That amount is not possible any more."
+            return tr("That amount is not possible any more.")
         set_awaiting(conn, user["id"], None)
         self.show(message, self.topup_coins(conn, user["id"], cents))
 
@@ -12881,35 +13253,37 @@ class ShopBot:
             payment = self.shop.payments.check(user["id"], payment_id)
         except ProviderError as e:
             log.warning("payments: status check failed: %s", e.detail)
-            return (
+            return tr(
                 "The payment service is not answering right now; the shop keeps checking by itself."
             )
         self.recaption(message, self.invoice_screen(payment, with_qr=False))
-        return payment_status_text(payment)
+        return tr(payment_status_text(payment))
 
     def on_cancel(self, conn, user, message, payment_id):
         try:  # the provider may know of money our records have not seen yet
             payment, cancelled = self.shop.payments.cancel(user["id"], payment_id)
         except ProviderError as e:
             log.warning("payments: status check before cancelling failed: %s", e.detail)
-            return "The payment service is not answering, so the invoice cannot be cancelled now."
+            return tr(
+                "The payment service is not answering, so the invoice cannot be cancelled now."
+            )
         self.recaption(message, self.invoice_screen(payment, with_qr=False))
         if cancelled:
-            return "Invoice cancelled."
+            return tr("Invoice cancelled.")
         return (
-            "This invoice is closed already."
+            tr("This invoice is closed already.")
             if payment["status"] == "waiting"
-            else payment_status_text(payment)
+            else tr(payment_status_text(payment))
         )
 
     def on_simulate(self, conn, user, message, payment_id, how):
         if not self.shop.config.sandbox:
-            return "Simulated payments exist only in sandbox mode."
+            return tr("Simulated payments exist only in sandbox mode.")
         outcome = self.shop.payments.simulate(user["id"], payment_id, how)
         if outcome is not None:  # Stars: paid at once, through the same path as Telegram's
             self.recaption(message, self.invoice_screen(get_payment(conn, user["id"], payment_id)))
-            return "🧪 Paid with Stars (simulated)."
-        return f"🧪 Simulating: {SIMULATIONS[how]}. The payment service tells the shop in a moment."
+            return tr("🧪 Paid with Stars (simulated).")
+        return tr(SIMULATING[how])
 
     # Buttons: orders and profile
 
@@ -12921,11 +13295,28 @@ class ShopBot:
 
     def on_resend(self, conn, user, message, order_id):
         queued = resend_delivery(conn, user["id"], order_id)
-        return "Your items are on their way." if queued else "Your items are already on their way."
+        if queued:
+            return tr("Your items are on their way.")
+        return tr("Your items are already on their way.")
 
     def on_profile(self, conn, user, message):
         set_awaiting(conn, user["id"], None)
         self.show(message, screen_profile(conn, get_user(conn, user["id"])))
+
+    def on_language(self, conn, user, message, key=None):
+        """🌐 Language: the languages (lang); one chosen (lang:<language_key>, or lang:auto to
+        follow Telegram's again), then everything in it, the reply keyboard too."""
+        if key is None:
+            self.show(message, screen_language(user["language"]))
+            return None
+        code = language_by_key(key)
+        set_user_language(conn, user["id"], code)
+        with speaking(shopper_language(conn, get_user(conn, user["id"]))):
+            name = current_language().name()
+            self.show(message, screen_language(code))
+            said = tr("🌐 Language: {language}", language=esc(name))
+            self.reply(message.chat.id, said, parse_mode="HTML", reply_markup=main_menu())
+        return f"✓ {name}"
 
 
 # Outbox sender #################################################################
@@ -13825,9 +14216,10 @@ class Shop:
         else:
             return
         try:
-            self.telegram.set_my_commands([tg.BotCommand(c, d) for c, d in COMMANDS])
+            if introduce_bot(self.telegram, self.db(), me.id):
+                log.info("bot: told Telegram its commands and descriptions in each language")
         except Exception as e:
-            log.warning("bot: could not register the command list: %s", e)
+            log.warning("bot: could not tell Telegram its commands and descriptions: %s", e)
         if self.webapp_url:
             try:
                 self.telegram.set_chat_menu_button(

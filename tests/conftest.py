@@ -395,12 +395,15 @@ def wait_for_row(conn, sql, args=(), timeout=10):
 class Shopper:
     """One Telegram user talking to the bot through the stand-in."""
 
-    def __init__(self, fake, user_id, name="Ann"):
+    def __init__(self, fake, user_id, name="Ann", language_code="en"):
         self.fake, self.id, self.name = fake, user_id, name
+        self.language_code = language_code  # Telegram's, as the app sends it ("de", "pt-br")
 
     def send(self, text, expect=""):
         """Send a message; return the bot's first reply after it that contains `expect`."""
-        sent = self.fake.user_sends(self.id, text, first_name=self.name)
+        sent = self.fake.user_sends(
+            self.id, text, first_name=self.name, language_code=self.language_code
+        )
         return self.fake.wait_for(
             lambda: next(
                 (

@@ -1581,15 +1581,14 @@ class FakeTelegram:
         # public records
         self.calls = []
         self.callback_answers = {}
-        self.commands = None
         self.uploads = {}
         self.chat_actions = []  # (chat_id, action)
         self.menu_buttons = {}  # chat id (None = default) -> MenuButton dict
         self.errors = []  # internal errors of the stand-in itself (should stay empty)
         self.rate_limited = 0
         self.sent_count = 0
-        self._commands_by_scope = {}
-        self._bot_texts = {}
+        self._commands_by_scope = {}  # (scope JSON, language code or "") -> [BotCommand]
+        self._bot_texts = {}  # (kind: "name"/"description"/"short_description", language) -> text
         # Telegram Stars
         self.pre_checkout_timeout = _PRE_CHECKOUT_TIMEOUT  # seconds; tests may shorten it
         self.payments = []  # Payment objects, oldest first
@@ -2766,15 +2765,70 @@ class FakeTelegram:
             info["allowed_updates"] = list(self._allowed_updates)
         return info
 
+    @staticmethod
+    def _bot_language(params):
+        """The language_code of a per-language setting (commands, name, descriptions): empty for
+        everyone without one of their own, else two lowercase letters (tdlib's
+        validate_bot_language_code; "pt-br" or "EN" are refused)."""
+        code = _to_str(params.get("language_code")) or ""
+        if code and not re.fullmatch(r"[a-z]{2}", code):
+            raise _bad("invalid language code specified")
+        return code
+
     def _scope_key(self, params):
         scope = _json_value(params.get("scope"), _bad("can't parse BotCommandScope JSON object"))
         scope = scope if isinstance(scope, dict) else {"type": "default"}
-        return (
-            json.dumps(scope, sort_keys=True) + "|" + (_to_str(params.get("language_code")) or "")
-        )
+        return json.dumps(scope, sort_keys=True), self._bot_language(params)
+
+    @property
+    def commands(self):
+        """The command list for everyone (default scope, no language), None when there is none."""
+        return copy.deepcopy(self._commands_by_scope.get(('{"type": "default"}', "")))
+
+    def commands_for(self, language_code="", scope=None):
+        """The command list set for exactly this scope (a dict, default scope if None) and
+        language_code ("" for none), as getMyCommands returns it."""
+        key = (json.dumps(scope or {"type": "default"}, sort_keys=True), language_code)
+        return copy.deepcopy(self._commands_by_scope.get(key, []))
+
+    def commands_seen_by(self, user_id):
+        """The command list a user sees in their private chat with the bot: the first one set of
+        chat + their language, chat, all private chats + language, all private chats, default +
+        language, default (core.telegram.org/bots/api#determining-list-of-commands), their
+        language being the first part of their language_code ("pt" for "pt-br")."""
+        user = self._chats.get(user_id, {}).get("user", {})
+        language = (user.get("language_code") or "").lower().split("-")[0]
+        scopes = ({"type": "chat", "chat_id": user_id}, {"type": "all_private_chats"}, None)
+        for scope in scopes:
+            for code in ([language] if language else []) + [""]:
+                found = self.commands_for(code, scope)
+                if found:
+                    return found
+        return []
+
+    def bot_text(self, kind, language_code=""):
+        """The bot's name, description or short description (kind "name", "description",
+        "short_description") set for exactly this language_code ("" for none), "" if none."""
+        return self._bot_texts.get((kind, language_code), "")
+
+    def _set_bot_text(self, params, kind, limit):
+        """setMyName / setMyDescription / setMyShortDescription: one text per language; empty
+        removes it. Telegram documents the limits (64, 512, 120 characters) but the stand-in does
+        not know the wording of its refusal; it refuses with a description that says the limit."""
+        text = _to_str(params.get(kind)) or ""
+        code = self._bot_language(params)
+        if len(text) > limit:
+            raise _bad(f"{kind} is longer than {limit} characters")
+        if text:
+            self._bot_texts[(kind, code)] = text
+        else:
+            self._bot_texts.pop((kind, code), None)
+        return True
 
     def _m_setMyCommands(self, params, files):
         commands = _json_value(params.get("commands"), _bad("can't parse commands JSON object"))
+        if commands is None:  # no list: as deleteMyCommands
+            commands = []
         if not isinstance(commands, list):
             raise _bad('Field "commands" must be an Array')
         if len(commands) > 100:
@@ -2795,8 +2849,10 @@ class FakeTelegram:
             if not 1 <= len(item["description"].strip()) <= 256:
                 raise _bad("BOT_COMMAND_DESCRIPTION_INVALID")
             result.append({"command": command, "description": item["description"]})
-        self._commands_by_scope[self._scope_key(params)] = result
-        self.commands = copy.deepcopy(result)
+        if result:
+            self._commands_by_scope[self._scope_key(params)] = result
+        else:
+            self._commands_by_scope.pop(self._scope_key(params), None)
         return True
 
     def _m_getMyCommands(self, params, files):
@@ -2804,7 +2860,6 @@ class FakeTelegram:
 
     def _m_deleteMyCommands(self, params, files):
         self._commands_by_scope.pop(self._scope_key(params), None)
-        self.commands = []
         return True
 
     def _m_setChatMenuButton(self, params, files):
@@ -2843,25 +2898,25 @@ class FakeTelegram:
         return copy.deepcopy(button)
 
     def _m_setMyDescription(self, params, files):
-        self._bot_texts["description"] = _to_str(params.get("description")) or ""
-        return True
+        return self._set_bot_text(params, "description", 512)
 
     def _m_getMyDescription(self, params, files):
-        return {"description": self._bot_texts.get("description", "")}
+        return {"description": self.bot_text("description", self._bot_language(params))}
 
     def _m_setMyShortDescription(self, params, files):
-        self._bot_texts["short_description"] = _to_str(params.get("short_description")) or ""
-        return True
+        return self._set_bot_text(params, "short_description", 120)
 
     def _m_getMyShortDescription(self, params, files):
-        return {"short_description": self._bot_texts.get("short_description", "")}
+        code = self._bot_language(params)
+        return {"short_description": self.bot_text("short_description", code)}
 
     def _m_setMyName(self, params, files):
-        self._bot_texts["name"] = _to_str(params.get("name")) or ""
-        return True
+        return self._set_bot_text(params, "name", 64)
 
     def _m_getMyName(self, params, files):
-        return {"name": self._bot_texts.get("name") or self.bot_user["first_name"]}
+        code = self._bot_language(params)
+        default = "" if code else self.bot_user["first_name"]
+        return {"name": self.bot_text("name", code) or default}
 
     # ----- methods: messages -----------------------------------------------------------------
 

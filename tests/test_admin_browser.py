@@ -579,7 +579,7 @@ def test_settings_apply_to_the_bot_at_once(admin, owner_shop, fake_tg):
 
     assert ann.send("/start", "Welcome").content.startswith(f"👋 {name}\n")  # no restart
     assert "from €7.50 to" in ann.send("💰 Top up", "How much").content
-    assert "must be at least 7.50 EUR" in ann.send("5", "The amount").content
+    assert "must be at least €7.50" in ann.send("5", "The amount").content
     action, details = admin.audit()[0]
     assert action == "settings changed" and {"shop_name", "min_deposit_cents"} <= set(
         details.split(", ")

@@ -46,6 +46,7 @@ def test_start_greets_with_the_menu_and_commands_are_registered(fake_tg, hostile
         "refill",
         "profile",
         "orders",
+        "language",
         "help",
         "paysupport",
         "terms",

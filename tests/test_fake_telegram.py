@@ -642,6 +642,44 @@ def test_commands_and_menu_button(fake, bot, chat):
     assert bot.get_chat(chat).first_name == "Ann"
 
 
+def test_commands_and_descriptions_per_language(fake, bot, chat):
+    """One list and one text per language_code (two lowercase letters, or none for everyone
+    without their own); the getters return exactly the language asked for; a user's menu is their
+    language's list, else the one for everyone."""
+    assert bot.set_my_commands([types.BotCommand("start", "Main menu")]) is True
+    assert bot.set_my_commands([types.BotCommand("start", "Hauptmenü")], language_code="de")
+    assert [c.description for c in bot.get_my_commands(language_code="de")] == ["Hauptmenü"]
+    assert [c.description for c in bot.get_my_commands()] == ["Main menu"]
+    assert bot.get_my_commands(language_code="pl") == []
+    assert fake.commands == [{"command": "start", "description": "Main menu"}]
+    fake.user_sends(2002, "hallo", language_code="de-at")
+    assert fake.commands_seen_by(2002) == fake.commands_for("de")
+    assert fake.commands_seen_by(chat) == fake.commands_for("")
+    for bad in ("pt-br", "pt_BR", "EN", "deu"):
+        with pytest.raises(ApiTelegramException) as excinfo:
+            bot.set_my_commands([types.BotCommand("start", "x")], language_code=bad)
+        assert api_error(excinfo) == (400, "Bad Request: invalid language code specified")
+    assert bot.set_my_commands([], language_code="de") is True  # an empty list removes it
+    assert bot.get_my_commands(language_code="de") == []
+
+    assert bot.set_my_description("A shop.") is True
+    assert bot.set_my_description("Ein Laden.", language_code="de") is True
+    assert bot.set_my_short_description("Laden", language_code="de") is True
+    assert bot.get_my_description(language_code="de").description == "Ein Laden."
+    assert bot.get_my_description().description == "A shop."
+    assert bot.get_my_description(language_code="pl").description == ""
+    assert bot.get_my_short_description(language_code="de").short_description == "Laden"
+    assert bot.get_my_short_description().short_description == ""
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.set_my_description("x" * 513, language_code="de")
+    assert excinfo.value.error_code == 400
+    with pytest.raises(ApiTelegramException) as excinfo:
+        bot.set_my_short_description("x" * 121)
+    assert excinfo.value.error_code == 400
+    assert bot.set_my_description("", language_code="de") is True  # removed
+    assert fake.bot_text("description", "de") == ""
+
+
 def test_stop_releases_long_polls():
     server = FakeTelegram(token=TOKEN).start()
     outcome = {}

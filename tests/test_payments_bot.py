@@ -122,11 +122,11 @@ def test_top_ups_from_the_menu_the_command_and_a_deep_link(fake_tg, bot_shop):
     ann = Shopper(fake_tg, 104)
     ann.send("/start", "Welcome")
     prompt = ann.send("💰 Top up", "How much do you want to add?")
-    assert "from €5.00 to €10000.00" in prompt.text
+    assert "from €5.00 to €10,000.00" in prompt.text
     for bad, why in (
-        ("abc", "must be an amount in EUR"),
-        ("2", "must be at least 5.00 EUR"),
-        ("20000", "must be at most 10000.00 EUR"),
+        ("abc", "must be a number of euros"),
+        ("2", "must be at least €5.00"),
+        ("20000", "must be at most €10,000.00"),
         ("-5", "must be positive"),
     ):
         assert why in ann.send(bad, "The amount").text
@@ -150,7 +150,7 @@ def test_top_ups_from_the_menu_the_command_and_a_deep_link(fake_tg, bot_shop):
     assert "Top up €15.00" in ann.send("/start refill_104_15", "Top up").text
     assert "Top up €15.50" in ann.send("/start refill_104_15_50", "Top up").text
     assert "another Telegram account" in ann.send("/start refill_105_15", "top-up link").text
-    assert "must be at least 5.00 EUR" in ann.send("/start refill_104_1", "top-up link").text
+    assert "must be at least €5.00" in ann.send("/start refill_104_1", "top-up link").text
     assert "not valid" in ann.send("/start refill_104_x", "top-up link").text
     # A command while the bot waits for an amount ends the question.
     ann.send("💰 Top up", "How much")
@@ -273,7 +273,7 @@ def test_crafted_buttons_and_links_get_polite_refusals(fake_tg, bot_shop, caplog
         ("/start refill_²_5", "not valid"),
         ("/start refill_110_5_5_5", "not valid"),
         ("/start refill_110_20000", "must be at most"),
-        ("/start refill_110_99999999999", "must be an amount"),
+        ("/start refill_110_99999999999", "must be a number of euros"),
     ):
         assert answer in ann.send(text, "top-up link").text
 
