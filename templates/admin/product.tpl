@@ -14,7 +14,7 @@
   % if languages:
   % written = sum(1 for t in languages if t["name"] or t["description"])
   <details class="translations" id="translations" {{'open' if languages_open else ''}}>
-    <summary>Translations <span class="muted">({{written}} of {{len(languages)}} languages)</span></summary>
+    <summary>Translations <span class="muted">({{written}} of {{len(languages)}} language{{'s' if len(languages) != 1 else ''}})</span></summary>
     <p class="muted hint">The name and description above are in {{default_language}}, the shop's default language. Shoppers who read one of these languages see the product in it; where its fields are empty, as above.</p>
     % for t in languages:
     <fieldset class="translation">
