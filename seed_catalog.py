@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Load the demo catalog, or import a catalog file, into the shop database.
 
-    python seed_catalog.py              # the demo catalog (gift cards, coffee, e-books, posters)
+    python seed_catalog.py              # the demo catalog (gift cards, coffee, e-books, posters,
+                                        # named in English, German, Polish, Portuguese, Spanish,
+                                        # Ukrainian and Russian)
     python seed_catalog.py FILE.json    # a catalog file (format below)
     python seed_catalog.py --db other.db FILE.json
 
@@ -17,7 +19,9 @@ A catalog file:
 `photo` (public product photo) and `media` (a private photo delivered with the
 unit) are optional paths relative to the file. `kind` ("digital" or "physical"),
 `methods` (any of "stars", "crypto", "balance") and `stars_price` (whole Telegram
-Stars) are optional too; see the README's "Telegram Stars". A price is EUR, "25.00" or 25.00
+Stars) are optional too; see the README's "Telegram Stars". `name` and `description` may
+be given per language, {"en": "Gift card", "de": "Geschenkkarte"}, the shop's default
+language's required (see the README's "Languages"). A price is EUR, "25.00" or 25.00
 ("25,00" reads as 25.00; no thousands separators). Importing is idempotent and
 atomic: names match existing rows, a unit already there is not added again,
 and a file with any problem imports nothing, lists every problem (each with its

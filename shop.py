@@ -1732,11 +1732,22 @@ def shop_text(conn, key):
     """An owner's text for shoppers in the language of the moment: the owner's text in it, else
     the owner's text in the default language, else the shop's own default text, translated."""
     code = current_language().code
-    wanted = [f"{key}.{code}"] if code != default_language(conn) else []
-    for stored in (*wanted, key):
-        row = conn.execute("SELECT value FROM settings WHERE key = ?", (stored,)).fetchone()
+    if code != default_language(conn):
+        row = conn.execute(
+            "SELECT value FROM settings WHERE key = ?", (f"{key}.{code}",)
+        ).fetchone()
         if row and row["value"]:
             return row["value"]
+    return fallback_text(conn, key)
+
+
+def fallback_text(conn, key):
+    """What shoppers in the language of the moment read of an owner's text when the owner wrote
+    none in their language: the owner's text in the default language, else the shop's own
+    default text, translated."""
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    if row and row["value"]:
+        return row["value"]
     if key == "terms_text":
         return default_terms_text(conn)
     if key == "paysupport_text":
@@ -1747,6 +1758,34 @@ def shop_text(conn, key):
 def default_language(conn):
     """The shop's default language (a code from available_languages())."""
     return match_language(get_setting(conn, "default_language")) or SOURCE_LANGUAGE
+
+
+def other_languages(conn):
+    """The languages the shop speaks besides its default one, by code: those the owner may give
+    texts and product names in."""
+    default = default_language(conn)
+    return [code for code in available_languages() if code != default]
+
+
+def is_language_code(code):
+    """Whether `code` names a language as the locales folders do ('de', 'pt_BR'), whether or not
+    the shop speaks it yet."""
+    import babel
+
+    try:
+        found = babel.Locale.parse(code)
+    except (ValueError, TypeError, babel.UnknownLocaleError):
+        return False
+    return str(found) == code and found.get_display_name(SOURCE_LANGUAGE) is not None
+
+
+def language_label(code):
+    """A language as the owner reads it in the admin and in errors: 'German (de)'."""
+    if not is_language_code(code):
+        return repr(code)
+    import babel
+
+    return f"{babel.Locale.parse(code).get_display_name(SOURCE_LANGUAGE)} ({code})"
 
 
 def shopper_language(conn, user):
@@ -1886,10 +1925,12 @@ def clean_owner_setting(name, text, *, max_deposit_cents, coin_codes):
     admin's Settings page and `python shop.py set` check it: (stored key, stored text). The coins
     are codes from `coin_codes`, comma- or space-separated. InvalidInput says what is wrong."""
     if translated_text_setting(name):
+        base, _, code = name.partition(".")
+        what, max_len, _ = SETTING_RULES[base]
         return name, clean_text(
             text,
-            f"{SETTING_RULES[name.split('.')[0]][0]} in {name.split('.')[1]}",
-            max_len=SETTING_RULES[name.split(".")[0]][1],
+            f"{what} in {language_label(code)}",
+            max_len=max_len,
             multiline=True,
             required=False,
         )
@@ -1996,15 +2037,46 @@ def owner_setting_text(conn, name, config):
 
 
 def save_settings(conn, changes, remote=None):
-    """Store already-checked settings {key: text} together, with one audit row naming them."""
+    """Store already-checked settings {key: text} together, with one audit row naming them. A new
+    default language takes the owner's texts in it as the default ones (see
+    _texts_to_new_default)."""
     with transaction(conn):
+        old_default = default_language(conn)
         for key, value in changes.items():
-            conn.execute(
-                "INSERT INTO settings(key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
-        audit(conn, "settings changed", ", ".join(changes) or "nothing", remote)
+            _store_setting(conn, key, value)
+        moved = []
+        if default_language(conn) != old_default:
+            moved = _texts_to_new_default(conn, old_default, default_language(conn))
+        names = [*changes, *(key for key in moved if key not in changes)]
+        audit(conn, "settings changed", ", ".join(names) or "nothing", remote)
+
+
+def _store_setting(conn, key, value):
+    conn.execute(
+        "INSERT INTO settings(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _texts_to_new_default(conn, old, new):
+    """The default language changed from `old` to `new`: each owner's text written in `new`
+    becomes the default one (welcome_text), and the one it replaces is kept as the text in `old`
+    (welcome_text.en), so every shopper reads what they read before. A text without one in `new`
+    stays as it is. Returns the keys it changed."""
+    moved = []
+    for key in SHOPPER_TEXTS:
+        own = get_setting(conn, f"{key}.{new}")
+        if not own:
+            continue
+        main = get_setting(conn, key)
+        if old in available_languages():  # the owner's text, else the shop's own as `old` read it
+            with speaking(old):
+                main = fallback_text(conn, key)
+        for stored, value in ((key, own), (f"{key}.{new}", ""), (f"{key}.{old}", main)):
+            _store_setting(conn, stored, value)
+            moved.append(stored)
+    return moved
 
 
 def stored_secret(path, key):
@@ -2621,11 +2693,48 @@ def read_catalog_file(path):
         raise CatalogError([f"{path}: not valid JSON: {e}"]) from None
 
 
+# A product's name and description in the shop's other languages: products.translations holds
+# {"de": {"name": ..., "description": ...}, ...} (products.name and description are the default
+# language's); the catalog file and the product form give them per field, {field: {code: text}}.
+PRODUCT_TEXTS = ("name", "description")
+
+
+def product_translations(stored):
+    """products.translations (JSON text or None) per field: {"name": {code: text},
+    "description": {code: text}}, languages in order, empty texts left out."""
+    try:
+        found = json.loads(stored) if stored else {}
+    except ValueError:
+        found = {}
+    by_field = {key: {} for key in PRODUCT_TEXTS}
+    for code, texts in sorted(found.items() if isinstance(found, dict) else ()):
+        for key in PRODUCT_TEXTS:
+            if isinstance(texts, dict) and isinstance(texts.get(key), str) and texts[key]:
+                by_field[key][code] = texts[key]
+    return by_field
+
+
+def stored_translations(stored, given, codes=None):
+    """products.translations after a change: the stored ones (JSON text or None) with, for each
+    field in `given` ({field: {code: text}}), that field's texts in the languages `codes` (None:
+    in every language) replaced by the given ones. JSON text, or None when none are left."""
+    by_field = product_translations(stored)
+    for key, texts in given.items():
+        kept = {} if codes is None else {c: t for c, t in by_field[key].items() if c not in codes}
+        by_field[key] = {**kept, **{c: t for c, t in texts.items() if t}}
+    by_code = {}
+    for key in PRODUCT_TEXTS:
+        for code, text in by_field[key].items():
+            by_code.setdefault(code, {})[key] = text
+    return json.dumps(dict(sorted(by_code.items())), ensure_ascii=False) if by_code else None
+
+
 @dataclass
 class CatalogPlan:
     cities: list  # [(name, [district names])]
     # [dict(name, description, price_cents, photo: (bytes, kind) | None, has_photo,
-    #       fields: {kind, pay_methods, stars_price} as far as the file says them)]
+    #       fields: {kind, pay_methods, stars_price} as far as the file says them,
+    #       translations: {field: {code: text}} of the fields the file gives per language)]
     products: list
     units: list  # [dict(product, city, district, content, media: (bytes, kind) | None, where)]
 
@@ -2663,6 +2772,7 @@ class _CatalogCheck:
     labels: dict = field(default_factory=dict)  # ("products", 3) -> "product 'Gift card'"
     places: dict = field(default_factory=dict)  # city -> {districts}; None: its list is unreadable
     cities_readable: bool = True  # False when "cities" is not a list: no city can be called unknown
+    default_code: str = SOURCE_LANGUAGE  # the shop's default language: its texts are required
 
 
 def _plan_error(check, path, message):
@@ -2714,6 +2824,47 @@ def _plan_text(check, path, obj, key, what, **kw):
         return clean_text(obj.get(key), what, **kw)
     except InvalidInput as e:
         _plan_error(check, (*path, key), str(e))
+
+
+def _plan_texts(check, path, obj, key, what, **kw):
+    """A text that may be given per language, {"en": ..., "de": ...}, as well as plain: (the
+    default language's text, {code: text} of the others, or None when it is plain). The default
+    language's is required in an object; each is checked as the plain text is, and one left empty
+    in another language means none in it."""
+    given = obj.get(key)
+    if not isinstance(given, dict):
+        return _plan_text(check, path, obj, key, what, **kw), None
+    text, others = None, {}
+    for code, value in given.items():
+        if not is_language_code(code):
+            _plan_error(
+                check,
+                (*path, key, code),
+                f"{_json_text(code)} is not a language code; write them as the shop's "
+                'languages are written, like "de", "pl" or "pt_BR"',
+            )
+            continue
+        default = code == check.default_code
+        required = kw.get("required", True) and default
+        try:
+            value = clean_text(
+                value, f"{what} in {language_label(code)}", **{**kw, "required": required}
+            )
+        except InvalidInput as e:
+            _plan_error(check, (*path, key, code), str(e))
+            continue
+        if default:
+            text = value
+        elif value:
+            others[code] = value
+    if check.default_code not in given:
+        _plan_error(
+            check,
+            (*path, key),
+            f"{what} in {language_label(check.default_code)}, the shop's default language, is "
+            f'missing: write it as "{check.default_code}": ... in the object',
+        )
+    return text, others
 
 
 def _plan_image(check, path, ref):
@@ -2976,13 +3127,15 @@ def _plan_product(check, i, p, first):
     """(product, units) of products[i]; first: the position of each product name seen so far."""
     path = ("products", i)
     _plan_keys(check, path, p, _PRODUCT_KEYS)
-    name = _plan_text(check, path, p, "name", "The product name", max_len=64)
+    name, names = _plan_texts(check, path, p, "name", "The product name", max_len=64)
     if name is not None:
         check.labels[path] = f"product {name!r}"
         if name in first:
             _plan_error(check, path, f"listed twice, first as products[{first[name]}]")
         first.setdefault(name, i)
-    description = _plan_text(
+    elif names:  # named in another language only: that names it in the problems
+        check.labels[path] = f"product {next(iter(names.values()))!r}"
+    description, descriptions = _plan_texts(
         check,
         path,
         p,
@@ -2992,9 +3145,12 @@ def _plan_product(check, i, p, first):
         multiline=True,
         required=False,
     )
+    translations = {"name": names, "description": descriptions}
     product = {
         "name": name,
         "description": description,
+        # {field: {code: text}} of the fields the file gives per language
+        "translations": {k: v for k, v in translations.items() if v is not None},
         "price_cents": _plan_price(check, (*path, "price"), p.get("price")),
         "photo": _plan_image(check, (*path, "photo"), p.get("photo")),
         "has_photo": p.get("photo") is not None,
@@ -3022,15 +3178,17 @@ def _plan_products(check, data):
     return products, units
 
 
-def plan_catalog(data, base_dir, confine=False, shop_places=None):
+def plan_catalog(data, base_dir, confine=False, shop_places=None, default_code=SOURCE_LANGUAGE):
     """Check a parsed catalog file completely, reading its images; raise CatalogError listing every
     problem, each once, in file order.
 
     confine: images must lie inside base_dir (an upload may not name the server's own files).
-    shop_places: {city: {districts}} the shop has already; a stock line may name them too."""
+    shop_places: {city: {districts}} the shop has already; a stock line may name them too.
+    default_code: the shop's default language, whose name and description a product given per
+    language must have."""
     if not isinstance(data, dict):
         raise CatalogError(['the catalog must be a JSON object with "cities" and "products"'])
-    check = _CatalogCheck(Path(base_dir), confine)
+    check = _CatalogCheck(Path(base_dir), confine, default_code=default_code)
     check.places = {city: set(districts) for city, districts in (shop_places or {}).items()}
     _plan_keys(check, (), data, ("cities", "products"))
     cities = _plan_cities(check, data)  # first, wherever they are: stock lines name them
@@ -3130,10 +3288,11 @@ def _import_products(conn, job, plan):
         row = conn.execute("SELECT * FROM products WHERE name = ?", (p["name"],)).fetchone()
         photo = _import_image(job, p["photo"], private=False) if p["photo"] else None
         fields = p["fields"]
+        translations = stored_translations(row and row["translations"], p["translations"])
         if row is None:
             product_ids[p["name"]] = conn.execute(
                 "INSERT INTO products(name, description, price_cents, photo, created_at, kind, "
-                "pay_methods, stars_price) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "pay_methods, stars_price, translations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     p["name"],
                     p["description"],
@@ -3141,6 +3300,7 @@ def _import_products(conn, job, plan):
                     photo,
                     now_iso(),
                     *(fields.get(k) for k in ("kind", "pay_methods", "stars_price")),
+                    translations,
                 ),
             ).lastrowid
             job.counts["products_added"] += 1
@@ -3150,6 +3310,7 @@ def _import_products(conn, job, plan):
             "description": p["description"],
             "price_cents": p["price_cents"],
             "photo": photo if p["has_photo"] else row["photo"],
+            "translations": translations,
             **fields,
         }
         if any(row[k] != v for k, v in new.items()):
@@ -3221,14 +3382,18 @@ def import_catalog(conn, data, base_dir, media_dir, dry_run=False, confine=False
 
     Cities, districts and products match existing rows by name (a product's
     description, price and photo are updated to the file's, and so are its kind,
-    ways to pay and Stars price when the file says them). A unit whose
+    ways to pay and Stars price when the file says them). A name or description
+    given per language ({"en": ..., "de": ...}) stores the default language's text
+    as the product's own (a product is matched by that name) and the others in
+    place of what the product had in other languages for that field; given as
+    plain text, the product keeps its texts in other languages. A unit whose
     product, district and content already exist, sold or not, is not added
     again, so re-importing a file never re-sells a code. Any problem raises
     CatalogError and nothing is imported. A unit listed twice in the file is
     added once (counted as units_repeated). dry_run counts what would change and
     changes nothing.
     """
-    plan = plan_catalog(data, base_dir, confine, _shop_places(conn))
+    plan = plan_catalog(data, base_dir, confine, _shop_places(conn), default_language(conn))
     job = _CatalogImport(media_dir, dry_run)
     try:
         with transaction(conn):
@@ -3247,7 +3412,8 @@ DEMO_IMAGES = STATIC_DIR / "img" / "demo"
 
 
 # The demo catalog, as a catalog file. Product photos come with the shop (DEMO_IMAGES); the pickup
-# photos (locker-door-N.png, door N highlighted) are drawn by load_demo beside the file.
+# photos (locker-door-N.png, door N highlighted) are drawn by load_demo beside the file. Names and
+# descriptions in each language the shop is made for: shoppers read the ones the shop speaks.
 DEMO_LOCKER_DOORS = (3, 17)
 
 
@@ -3259,12 +3425,39 @@ DEMO_CATALOG = {
     ],
     "products": [
         {
-            "name": "Paper & Ink gift card 25 €",
+            "name": {
+                "en": "Paper & Ink gift card 25 €",
+                "de": "Paper & Ink Geschenkkarte",
+                "pl": "Karta podarunkowa Paper & Ink",
+                "pt": "Cartão-oferta Paper & Ink",
+                "es": "Tarjeta regalo Paper & Ink",
+                "uk": "Подарункова картка Paper & Ink",
+                "ru": "Подарочная карта Paper & Ink",
+            },
             "kind": "digital",
             "price": "25.00",
             "photo": str(DEMO_IMAGES / "giftcard-books.jpg"),
-            "description": "A gift card for Paper & Ink Books, valid in every shop and online "
-            "for three years. Redeem the code at the till or at checkout.",
+            "description": {
+                "en": "A gift card for Paper & Ink Books, valid in every shop and online for "
+                "three years. Redeem the code at the till or at checkout.",
+                "de": "Geschenkkarte über 25 € für Paper & Ink Books, drei Jahre gültig in allen "
+                "Filialen und online. Den Code an der Kasse oder im Onlineshop einlösen.",
+                "pl": "Karta podarunkowa o wartości 25 € do Paper & Ink Books, ważna przez trzy "
+                "lata we wszystkich księgarniach i online. Kod zrealizujesz przy kasie lub "
+                "przy zamówieniu online.",
+                "pt": "Cartão-oferta de 25 € para a Paper & Ink Books, válido durante três anos "
+                "em todas as lojas e online. Utilize o código na caixa ou ao finalizar a "
+                "encomenda.",
+                "es": "Tarjeta regalo de 25 € para Paper & Ink Books, válida durante tres años "
+                "en todas las tiendas y online. Canjea el código en caja o al finalizar la "
+                "compra.",
+                "uk": "Подарункова картка на 25 € для Paper & Ink Books, дійсна три роки в усіх "
+                "книгарнях і онлайн. Код можна використати на касі або під час оформлення "
+                "замовлення.",
+                "ru": "Подарочная карта на 25 € для Paper & Ink Books, действует три года во "
+                "всех магазинах и онлайн. Код можно использовать на кассе или при оформлении "
+                "заказа.",
+            },
             "stock": [
                 {"city": c, "district": d, "content": code}
                 for c, d, code in [
@@ -3278,12 +3471,34 @@ DEMO_CATALOG = {
             ],
         },
         {
-            "name": "Corner Café voucher 10 €",
+            "name": {
+                "en": "Corner Café voucher 10 €",
+                "de": "Gutschein Corner Café",
+                "pl": "Voucher do Corner Café",
+                "pt": "Vale Corner Café",
+                "es": "Vale Corner Café",
+                "uk": "Ваучер Corner Café",
+                "ru": "Ваучер Corner Café",
+            },
             "kind": "digital",
             "price": "10.00",
             "photo": str(DEMO_IMAGES / "voucher-coffee.jpg"),
-            "description": "Coffee, cake or breakfast for 10 € at any Corner Café. Show the code "
-            "at the counter.",
+            "description": {
+                "en": "Coffee, cake or breakfast for 10 € at any Corner Café. Show the code at "
+                "the counter.",
+                "de": "Kaffee, Kuchen oder Frühstück für 10 € in jedem Corner Café. Einfach den "
+                "Code an der Theke zeigen.",
+                "pl": "Kawa, ciasto lub śniadanie za 10 € w każdej kawiarni Corner Café. Pokaż "
+                "kod przy ladzie.",
+                "pt": "Café, bolo ou pequeno-almoço no valor de 10 € em qualquer Corner Café. "
+                "Mostre o código ao balcão.",
+                "es": "Café, tarta o desayuno por 10 € en cualquier Corner Café. Enseña el código "
+                "en la barra.",
+                "uk": "Кава, тістечко або сніданок на 10 € у будь-якому Corner Café. Покажіть код "
+                "на касі.",
+                "ru": "Кофе, пирожное или завтрак на 10 € в любом Corner Café. Покажите код на "
+                "кассе.",
+            },
             "stock": [
                 {"city": c, "district": d, "content": code}
                 for c, d, code in [
@@ -3296,13 +3511,35 @@ DEMO_CATALOG = {
             ],
         },
         {
-            "name": "Ethiopian Yirgacheffe beans 250 g",
+            "name": {
+                "en": "Ethiopian Yirgacheffe beans 250 g",
+                "de": "Äthiopien Yirgacheffe, ganze Bohne, 250 g",
+                "pl": "Etiopia Yirgacheffe, kawa ziarnista 250 g",
+                "pt": "Café Etiópia Yirgacheffe em grão, 250 g",
+                "es": "Café Etiopía Yirgacheffe en grano, 250 g",
+                "uk": "Кава Ефіопія Іргачеффе в зернах, 250 г",
+                "ru": "Кофе Эфиопия Иргачеффе в зёрнах, 250 г",
+            },
             "kind": "physical",
             "methods": ["crypto", "balance"],
             "price": "12.90",
             "photo": str(DEMO_IMAGES / "coffee-beans.jpg"),
-            "description": "Washed Yirgacheffe, light roast: jasmine, lemon and honey. "
-            "Whole beans, roasted this week. Collected from a parcel locker near you.",
+            "description": {
+                "en": "Washed Yirgacheffe, light roast: jasmine, lemon and honey. Whole beans, "
+                "roasted this week. Collected from a parcel locker near you.",
+                "de": "Gewaschener Yirgacheffe, helle Röstung: Jasmin, Zitrone und Honig. Ganze "
+                "Bohnen, diese Woche geröstet. Abholung an einer Paketstation in der Nähe.",
+                "pl": "Yirgacheffe obróbki mytej, jasno palona: jaśmin, cytryna i miód. Całe "
+                "ziarna, palone w tym tygodniu. Odbiór z paczkomatu w pobliżu.",
+                "pt": "Yirgacheffe lavado, torra clara: jasmim, limão e mel. Café em grão, "
+                "torrado esta semana. Levantamento num cacifo perto de si.",
+                "es": "Yirgacheffe lavado, tueste claro: jazmín, limón y miel. Café en grano, "
+                "tostado esta semana. Recógelo en un locker cerca de ti.",
+                "uk": "Іргачеффе митої обробки, світле обсмаження: жасмин, лимон і мед. Цілі "
+                "зерна, обсмажені цього тижня. Отримання в поштоматі поблизу.",
+                "ru": "Иргачеффе мытой обработки, светлая обжарка: жасмин, лимон и мёд. Цельные "
+                "зёрна, обжарены на этой неделе. Получение в постамате рядом с вами.",
+            },
             "stock": [
                 {
                     "city": "Berlin",
@@ -3333,12 +3570,33 @@ DEMO_CATALOG = {
             ],
         },
         {
-            "name": "E-book: The Little Sourdough Handbook",
+            "name": {
+                "en": "E-book: The Little Sourdough Handbook",
+                "de": "E-Book: The Little Sourdough Handbook",
+                "pl": "E-book: The Little Sourdough Handbook",
+                "pt": "E-book: The Little Sourdough Handbook",
+                "es": "Ebook: The Little Sourdough Handbook",
+                "uk": "Електронна книга: The Little Sourdough Handbook",
+                "ru": "Электронная книга: The Little Sourdough Handbook",
+            },
             "kind": "digital",
             "price": "7.50",
             "photo": str(DEMO_IMAGES / "ebook-sourdough.jpg"),
-            "description": "From starter to first loaf in a weekend. EPUB and PDF, 142 pages, "
-            "no DRM.",
+            "description": {
+                "en": "From starter to first loaf in a weekend. EPUB and PDF, 142 pages, no DRM.",
+                "de": "Vom Anstellgut zum ersten Brot an einem Wochenende. EPUB und PDF, "
+                "142 Seiten, ohne DRM, auf Englisch.",
+                "pl": "Od zakwasu do pierwszego bochenka w jeden weekend. EPUB i PDF, 142 strony, "
+                "bez DRM, po angielsku.",
+                "pt": "Da massa-mãe ao primeiro pão num fim de semana. EPUB e PDF, 142 páginas, "
+                "sem DRM, em inglês.",
+                "es": "De la masa madre a tu primer pan en un fin de semana. EPUB y PDF, "
+                "142 páginas, sin DRM, en inglés.",
+                "uk": "Від закваски до першої хлібини за вихідні. EPUB і PDF, 142 сторінки, "
+                "без DRM, англійською.",
+                "ru": "От закваски до первой буханки за выходные. EPUB и PDF, 142 страницы, "
+                "без DRM, на английском.",
+            },
             "stock": [
                 {
                     "city": c,
@@ -3357,13 +3615,35 @@ DEMO_CATALOG = {
             ],
         },
         {
-            "name": "Poster: Lisbon Tram 28 (A2)",
+            "name": {
+                "en": "Poster: Lisbon Tram 28 (A2)",
+                "de": "Poster: Lissabonner Tram 28 (A2)",
+                "pl": "Plakat: Tramwaj 28 w Lizbonie (A2)",
+                "pt": "Poster: Elétrico 28 de Lisboa (A2)",
+                "es": "Póster: Tranvía 28 de Lisboa (A2)",
+                "uk": "Постер: Лісабонський трамвай 28 (A2)",
+                "ru": "Постер: Лиссабонский трамвай 28 (A2)",
+            },
             "kind": "physical",
             "methods": ["crypto", "balance"],
             "price": "19.00",
             "photo": str(DEMO_IMAGES / "poster-tram.jpg"),
-            "description": "Screen-printed A2 poster of the yellow tram 28 on heavy matte paper, "
-            "rolled in a tube.",
+            "description": {
+                "en": "Screen-printed A2 poster of the yellow tram 28 on heavy matte paper, "
+                "rolled in a tube.",
+                "de": "Siebdruck-Poster der gelben Tram 28 im Format A2 auf schwerem Mattpapier, "
+                "gerollt in einer Versandhülse.",
+                "pl": "Plakat A2 z żółtym tramwajem 28, sitodruk na grubym matowym papierze, "
+                "zwinięty w tubie.",
+                "pt": "Poster A2 serigrafado do elétrico amarelo 28 em papel mate grosso, "
+                "enrolado num tubo.",
+                "es": "Póster A2 serigrafiado del tranvía amarillo 28 en papel mate grueso, "
+                "enrollado en un tubo.",
+                "uk": "Постер A2 із жовтим трамваєм 28, шовкодрук на щільному матовому папері, "
+                "скручений у тубус.",
+                "ru": "Постер A2 с жёлтым трамваем 28, шелкография на плотной матовой бумаге, "
+                "свёрнут в тубус.",
+            },
             "stock": [
                 {
                     "city": "Lisbon",
@@ -3419,12 +3699,26 @@ def demo_locker_png(door):
     return png
 
 
+def demo_catalog(code):
+    """DEMO_CATALOG for a shop whose default language is `code`: where the demo has no text in it,
+    the English one stands in."""
+    products = []
+    for product in DEMO_CATALOG["products"]:
+        product = dict(product)
+        for key in PRODUCT_TEXTS:
+            texts = product[key]
+            if isinstance(texts, dict) and code not in texts:
+                product[key] = {**texts, code: texts[SOURCE_LANGUAGE]}
+        products.append(product)
+    return {**DEMO_CATALOG, "products": products}
+
+
 def load_demo(conn, media_dir):
     """Import the demo catalog (DEMO_CATALOG); returns the import counts."""
     with tempfile.TemporaryDirectory() as folder:
         for door in DEMO_LOCKER_DOORS:
             Path(folder, f"locker-door-{door}.png").write_bytes(demo_locker_png(door))
-        return import_catalog(conn, DEMO_CATALOG, folder, media_dir)
+        return import_catalog(conn, demo_catalog(default_language(conn)), folder, media_dir)
 
 
 # Services: basket ##############################################################
@@ -6087,16 +6381,78 @@ def product_payment_words(kind, pay_methods, stars_price):
     )
 
 
+def clean_product_translations(typed):
+    """The product form's names and descriptions in other languages as typed, {code: {"name": ...,
+    "description": ...}}, checked as the default language's are: {field: {code: text}}, an empty
+    text for none in that language. InvalidInput says what is wrong."""
+    by_field = {key: {} for key in PRODUCT_TEXTS}
+    for code, texts in typed.items():
+        if code not in available_languages():
+            raise InvalidInput(
+                f"The shop does not speak {language_label(code)}; its languages are "
+                f"{', '.join(available_languages())}."
+            )
+        label = language_label(code)
+        by_field["name"][code] = clean_text(
+            texts.get("name"), f"The product name in {label}", max_len=64, required=False
+        )
+        by_field["description"][code] = clean_text(
+            texts.get("description"),
+            f"The description in {label}",
+            max_len=800,
+            multiline=True,
+            required=False,
+        )
+    return by_field
+
+
+def _translation_changes(old, new):
+    """What a save changed of a product's texts in other languages (products.translations before
+    and after), for the audit log."""
+    before, after = product_translations(old), product_translations(new)
+    changes = []
+    for code in sorted(set(before["name"]) | set(after["name"])):
+        was, now = before["name"].get(code, ""), after["name"].get(code, "")
+        if was != now:
+            changes.append(f"name in {code}: {was!r} -> {now!r}")
+    for code in sorted(set(before["description"]) | set(after["description"])):
+        if before["description"].get(code) != after["description"].get(code):
+            changes.append(f"description in {code} changed")
+    return changes
+
+
 def _product_changes(old, new, description, stored):
     """What a product's save changed, for the audit log."""
     changes = [
-        f"{k}: {old[k]!r} -> {v!r}" for k, v in new.items() if k != "description" and old[k] != v
+        f"{k}: {old[k]!r} -> {v!r}"
+        for k, v in new.items()
+        if k not in ("description", "translations") and old[k] != v
     ]
     if description != old["description"]:
         changes.append("description changed")
+    if "translations" in new:
+        changes += _translation_changes(old["translations"], new["translations"])
     if stored:
         changes.append("new photo")
     return "; ".join(changes) or "no change"
+
+
+def _add_product(conn, new, remote):
+    """Insert a product, its columns {column: value} already checked, with its audit row; return
+    its id."""
+    product_id = conn.execute(
+        f"INSERT INTO products({', '.join(new)}) VALUES ({', '.join('?' for _ in new)})",
+        tuple(new.values()),
+    ).lastrowid
+    payment = product_payment_words(new["kind"], new["pay_methods"], new["stars_price"])
+    added = "".join(f"; {c}" for c in _translation_changes(None, new["translations"]))
+    audit(
+        conn,
+        "product added",
+        f"#{product_id} {new['name']} {fmt_eur(new['price_cents'])}; {payment}{added}",
+        remote,
+    )
+    return product_id
 
 
 def save_product(
@@ -6112,12 +6468,14 @@ def save_product(
     kind=None,
     methods=None,
     stars_price=None,
+    translations=None,
     remote=None,
 ):
     """Create (product_id None) or change a product; photo is (bytes, kind) or None to keep it;
     description None keeps it (a new product's is empty); kind, methods and stars_price as
     clean_product_payment takes them (None: keep, or for a new product not said, every way, from
-    the rate)."""
+    the rate); translations, its name and description in other languages as
+    clean_product_translations takes them, replace those languages' (None: keep them all)."""
     name = _name(name, "The product name")
     if description is not None:
         description = clean_text(
@@ -6128,6 +6486,7 @@ def save_product(
     except InvalidInput as e:
         raise InvalidInput(f"The price {e}.") from None
     fields = clean_product_payment(kind, methods, stars_price)
+    given = None if translations is None else clean_product_translations(translations)
     stored = store_media(media_dir, photo[0], photo[1], private=False) if photo else None
     with transaction(conn):
         clash = conn.execute(
@@ -6136,26 +6495,19 @@ def save_product(
         if clash:
             raise InvalidInput(f"There is already a product called “{name}”.")
         if product_id is None:
-            description = description or ""
-            payment = {k: fields.get(k) for k in ("kind", "pay_methods", "stars_price")}
-            product_id = conn.execute(
-                "INSERT INTO products(name, description, price_cents, photo, is_active, "
-                "created_at, kind, pay_methods, stars_price) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, description, price_cents, stored, int(active), now_iso(), *payment.values()),
-            ).lastrowid
-            audit(
-                conn,
-                "product added",
-                f"#{product_id} {name} {fmt_eur(price_cents)}; {product_payment_words(**payment)}",
-                remote,
-            )
-            return product_id
+            new = {"name": name, "description": description or "", "price_cents": price_cents}
+            new.update(photo=stored, is_active=int(active), created_at=now_iso())
+            new.update({k: fields.get(k) for k in ("kind", "pay_methods", "stars_price")})
+            new["translations"] = stored_translations(None, given) if given else None
+            return _add_product(conn, new, remote)
         old = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
         if old is None:
             raise NotFound("No such product.")
         description = old["description"] if description is None else description
         new = {"name": name, "description": description, "price_cents": price_cents}
         new.update(is_active=int(active), **fields)
+        if given is not None:
+            new["translations"] = stored_translations(old["translations"], given, set(translations))
         conn.execute(
             f"UPDATE products SET {', '.join(f'{k} = ?' for k in new)}, "
             "photo = coalesce(?, photo) WHERE id = ?",
@@ -10594,6 +10946,37 @@ def admin_product_values(product, form=None):
     }
 
 
+def admin_language_name(code):
+    """A language as the admin lists it: its own name and its code, 'Deutsch (de)'."""
+    return f"{language(code).name()} ({code})"
+
+
+def admin_product_languages(conn, product, form=None):
+    """The product form's names and descriptions in the shop's other languages, [{code, label,
+    name, description}]: the product's (none for a new one), or after a refused save as typed."""
+    stored = product_translations(product["translations"] if product else None)
+    rows = []
+    for code in other_languages(conn):
+        if form is not None:
+            texts = {key: form.getunicode(f"{key}.{code}") or "" for key in PRODUCT_TEXTS}
+        else:
+            texts = {key: stored[key].get(code, "") for key in PRODUCT_TEXTS}
+        rows.append({"code": code, "label": admin_language_name(code), **texts})
+    return rows
+
+
+def admin_typed_translations(conn, form):
+    """The product form's names and descriptions in the shop's other languages as typed,
+    {code: {"name": ..., "description": ...}}; None when the form has none (the catalog's row,
+    an older page)."""
+    typed = {
+        code: {key: form.getunicode(f"{key}.{code}") or "" for key in PRODUCT_TEXTS}
+        for code in other_languages(conn)
+        if f"name.{code}" in form or f"description.{code}" in form
+    }
+    return typed or None
+
+
 def admin_stars_hint(product, rate):
     """What a blank Stars price means for this product."""
     rate_words = f"{rate:f} Stars per euro"
@@ -10618,6 +11001,7 @@ def admin_product_form(shop, conn, sess, product, error=None, form=None):
         else None
     )
     helpers = admin_catalog_helpers(conn)
+    languages = admin_product_languages(conn, product, form)
     page = admin_render(
         shop,
         "product.tpl",
@@ -10626,6 +11010,10 @@ def admin_product_form(shop, conn, sess, product, error=None, form=None):
         stock=stock,
         units=units[:ADMIN_PAGE],
         values=admin_product_values(product, form),
+        languages=languages,
+        # open after a refused save with texts in other languages: the owner sees them as typed
+        languages_open=form is not None and any(t["name"] or t["description"] for t in languages),
+        default_language=admin_language_name(default_language(conn)),
         error=error,
         more=more,
         stars_hint=admin_stars_hint(product, helpers["rate"]),
@@ -10687,6 +11075,7 @@ def admin_product_save(shop, product_id=None):
                 product_id,
                 description=f.getunicode("description") or "",
                 photo=read_upload(bottle.request.files.get("photo"), "The photo"),
+                translations=admin_typed_translations(conn, f),
                 remote=admin_remote(),
                 **admin_product_fields(f),
             )
@@ -11310,6 +11699,11 @@ def admin_settings_page(shop, conn, sess, form=None, error=None):
         values.update({k: form.getunicode(k) or "" for k in values})
         enabled = set(form.getall("coins")) if form.get("coins_listed") else enabled
     sessions = find_live_admin_sessions(conn)
+    with speaking(default_language(conn)):  # what shoppers read while the box is empty
+        defaults = {
+            "terms_text": default_terms_text(conn),
+            "paysupport_text": default_paysupport_text(conn),
+        }
     page = admin_render(
         shop,
         "settings.tpl",
@@ -11321,14 +11715,55 @@ def admin_settings_page(shop, conn, sess, form=None, error=None):
         error=error,
         sessions=sessions,
         session_hash=sess["token_hash"],
-        defaults={
-            "terms_text": default_terms_text(conn),
-            "paysupport_text": default_paysupport_text(conn),
-        },
+        defaults=defaults,
+        language_options=[(code, admin_language_name(code)) for code in available_languages()],
+        default_language=admin_language_name(default_language(conn)),
+        other_languages=admin_settings_languages(conn, form),
         rule_summary=admin_rule_summary(find_rule_report(conn)),
         rule_source=TELEGRAM_RULE_SOURCE,
     )
     return bottle.HTTPResponse(page, 400) if error else page
+
+
+# The owner's texts as the Settings page shows them in other languages: (label, rows).
+ADMIN_TEXT_FIELDS = {
+    "welcome_text": ("Welcome text (after /start)", 3),
+    "help_text": ("Help text", 5),
+    "terms_text": ("/terms", 5),
+    "paysupport_text": ("/paysupport", 4),
+}
+
+
+def admin_settings_languages(conn, form=None):
+    """The owner's texts in the shop's other languages as the Settings page shows them: [{code,
+    label, written, texts: [{name, label, value, placeholder, max_len, rows}]}], stored or after a
+    refused save as typed. A placeholder is what shoppers in that language read while the box is
+    empty (the default language's text, or the shop's own in their language)."""
+    stored = translated_texts(conn)
+    found = []
+    for code in other_languages(conn):
+        texts = []
+        for key in SHOPPER_TEXTS:
+            name = f"{key}.{code}"
+            value = stored.get(name, "") if form is None else form.getunicode(name) or ""
+            with speaking(code):
+                placeholder = fallback_text(conn, key)
+            label, rows = ADMIN_TEXT_FIELDS[key]
+            texts.append(
+                {
+                    "name": name,
+                    "label": label,
+                    "value": value,
+                    "placeholder": placeholder,
+                    "max_len": SETTING_RULES[key][1],
+                    "rows": rows,
+                }
+            )
+        written = sum(1 for t in texts if t["value"])
+        found.append(
+            {"code": code, "label": admin_language_name(code), "written": written, "texts": texts}
+        )
+    return found
 
 
 def admin_settings_form(shop):
@@ -11346,6 +11781,7 @@ ADMIN_SETTINGS_ADDED_LATER = (
     "stars_per_euro",
     "terms_text",
     "paysupport_text",
+    "default_language",
 )
 
 
@@ -11358,6 +11794,7 @@ def admin_settings_read(shop, f):
             typed[name] = owner_setting_text(shop.db(), name, shop.config)
     if f.get("coins_listed"):
         typed["coins"] = ",".join(f.getall("coins"))
+    typed.update({name: f.getunicode(name) or "" for name in f if translated_text_setting(name)})
     return clean_owner_settings(
         typed, max_deposit_cents=shop.config.max_deposit_cents, coin_codes=COIN_CODES
     )
@@ -11381,6 +11818,12 @@ def admin_settings_changes(shop, conn, checked):
     return changes
 
 
+def admin_setting_words(key):
+    """A stored setting's name as the owner reads it: 'welcome text', 'welcome text in de'."""
+    base, _, code = key.partition(".")
+    return base.replace("_", " ") + (f" in {code}" if code else "")
+
+
 def admin_settings_save(shop):
     with admin_change(shop) as (conn, sess):
         f = bottle.request.forms
@@ -11393,7 +11836,7 @@ def admin_settings_save(shop):
             message = "Nothing changed."
         else:
             save_settings(conn, changes, admin_remote())
-            message = "Settings saved: " + ", ".join(k.replace("_", " ") for k in changes) + "."
+            message = "Settings saved: " + ", ".join(map(admin_setting_words, changes)) + "."
     return admin_done(shop, sess, "/admin/settings", message)
 
 
@@ -11504,7 +11947,7 @@ def admin_audit(shop):
         )
 
 
-ADMIN_ROUTES = [
+ADMIN_PAGES = [
     ("GET", "/admin/login", admin_login_form),
     ("POST", "/admin/login", admin_login),
     ("POST", "/admin/logout", admin_logout),
@@ -11557,6 +12000,20 @@ ADMIN_ROUTES = [
     ("GET", "/admin/export/ledger.csv", admin_export_ledger),
     ("GET", "/admin/backup", admin_backup),
     ("GET", "/admin/audit", admin_audit),
+]
+
+
+def admin_in_english(handler, shop, **url_args):
+    """An admin page, in the admin's language (the source language), explicitly: a shopper's
+    language never leaks into the owner's pages, their money formats or what they audit."""
+    with speaking(SOURCE_LANGUAGE):
+        return handler(shop, **url_args)
+
+
+# The admin's pages, each in the admin's language.
+ADMIN_ROUTES = [
+    (method, path, functools.partial(admin_in_english, handler))
+    for method, path, handler in ADMIN_PAGES
 ]
 
 
@@ -14331,6 +14788,19 @@ OWNER_COMMANDS = {
 }
 
 
+def owner_setting_name(text):
+    """`shop.py set`'s KEY: a setting the Settings page has, by its name, or an owner's text in
+    another language the shop speaks ('welcome_text.de')."""
+    if text in OWNER_SETTINGS or translated_text_setting(text):
+        return text
+    others = [code for code in available_languages() if code != SOURCE_LANGUAGE]
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(map(repr, OWNER_SETTINGS))}"
+        + (f", or TEXT.LANG, like 'welcome_text.{others[0]}'" if others else "")
+        + ")"
+    )
+
+
 def parse_args(argv):
     description = (
         "Run the Telegram shop: web server, bot, outbox sender and scheduler in one process.\n"
@@ -14386,11 +14856,15 @@ def parse_args(argv):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings:\n"
         + "\n".join(f"  {name:<24}{what}" for name, (_, what) in OWNER_SETTINGS.items())
-        + f"\n\ncoins: {', '.join(COIN_CODES)}"
+        + f"\n  {'TEXT.LANG':<24}"
+        + f"{', '.join(SHOPPER_TEXTS)} in another language the shop speaks, like "
+        + "welcome_text.de (empty: the default language's)"
+        + f"\n\nlanguages: {', '.join(available_languages())}"
+        + f"\ncoins: {', '.join(COIN_CODES)}"
         + "\n\nA change applies at once, also while the shop runs, and goes in the audit log.",
     )
     setting.add_argument(
-        "key", nargs="?", choices=list(OWNER_SETTINGS), metavar="KEY", help="one of the settings"
+        "key", nargs="?", type=owner_setting_name, metavar="KEY", help="one of the settings"
     )
     setting.add_argument("value", nargs="?", metavar="VALUE", help="its new value")
     return parser.parse_args(argv)
@@ -14446,7 +14920,7 @@ def setting_shown(conn, name, config, one=False):
     """A setting as `shop.py set` shows it: texts quoted in the list (as they are when `one`),
     the minimum top-up in EUR, the coins as they can be typed back."""
     text = owner_setting_text(conn, name, config)
-    if name in SETTING_RULES:
+    if name in SETTING_RULES or translated_text_setting(name):
         return text if one else repr(text)
     if name == "min_deposit":
         return f"{text} EUR"
@@ -14459,7 +14933,8 @@ def run_set(conn, args, config):
     """`shop.py set [KEY [VALUE]]`: a change is checked and stored as the admin's Settings page
     does it, with an audit row; InvalidInput says what is wrong."""
     if args.key is None:
-        for name in OWNER_SETTINGS:
+        texts = [f"{key}.{code}" for code in other_languages(conn) for key in SHOPPER_TEXTS]
+        for name in (*OWNER_SETTINGS, *texts):
             print(f"{name}: {setting_shown(conn, name, config)}")
     elif args.value is None:
         print(setting_shown(conn, args.key, config, one=True))

@@ -845,14 +845,14 @@ def test_the_revenue_chart_has_axes_dates_and_each_days_exact_total(admin):
     assert y_ticks == ["€0", "€500", "€1,000", "€1,500"]  # round steps above the best day
     assert x_dates == [short(days[i]) for i in (1, 8, 15, 22, 29)]
     assert len(bars) == 30
-    best = f"{long(days[-10])}: €1237.06, 2 paid orders"
+    best = f"{long(days[-10])}: €1,237.06, 2 paid orders"
     assert bars[best] == pytest.approx(160 * 123706 / 150000, abs=0.1)
     assert bars[f"{long(days[-21])}: €2.50, 1 paid order"] == 1.5  # small, but visible
     assert bars[f"{long(days[-1])}: €2.50, 1 paid order"] == 1.5
     assert bars[f"{long(days[-2])}: €0.00, 0 paid orders"] == 0
     assert label == (
-        f"Revenue per day, {short(days[0])} to {short(days[-1])}: €1242.06 from 4 paid orders; "
-        f"best day {short(days[-10])} with €1237.06."
+        f"Revenue per day, {short(days[0])} to {short(days[-1])}: €1,242.06 from 4 paid orders; "
+        f"best day {short(days[-10])} with €1,237.06."
     )
     numbers = re.search(r"<table class=\"chart-numbers\">.*?</table>", page, re.S).group(0)
     assert re.findall(r'<th scope="row">([^<]*)</th><td class="num">(\d+)</td>', numbers) == [
@@ -1259,3 +1259,266 @@ def test_from_payment_to_delivery_counts_every_paid_order(admin, sale):
     shop.mark_outbox_sent(conn, row["id"], 77)
     page = admin.get("/admin").text
     assert "over 1 paid order (30 days)" in page and "No paid order delivered" not in page
+
+
+# Languages: the owner's side
+
+
+def audit_rows(conn, action):
+    return [r[0] for r in conn.execute("SELECT details FROM audit_log WHERE action = ?", (action,))]
+
+
+def field(page, name):
+    """The value of an input or the text of a textarea named `name`, as the page shows it."""
+    found = re.search(
+        rf'<input name="{re.escape(name)}"[^>]*value="([^"]*)"|'
+        rf'<textarea name="{re.escape(name)}"[^>]*>([^<]*)</textarea>',
+        page,
+    )
+    assert found, name
+    return html.unescape(found.group(1) if found.group(1) is not None else found.group(2))
+
+
+def options(page, name):
+    """The options of the select named `name`: [(value, "selected" or "", label)]."""
+    select = re.search(rf'<select name="{name}".*?</select>', page, re.S).group(0)
+    return re.findall(r'<option value="([^"]*)" ?(selected)?>([^<]*)</option>', select)
+
+
+def test_a_product_has_its_name_and_description_in_each_language(admin, languages):
+    conn = admin.shop.conn
+    page = admin.get("/admin/products/new").text
+    assert '<details class="translations" id="translations" >' in page  # closed
+    assert "(0 of 3 languages)" in page
+    for label in ("Deutsch (de)", "Polski (pl)", "Português (pt)"):
+        assert f"<legend>{label}</legend>" in page
+    assert "are in English (en), the shop's default language" in page
+    form = {
+        "name": "Gift card",
+        "description": "Valid everywhere.",
+        "price": "25.00",
+        "active": "1",
+        "name.de": " Geschenkkarte ",
+        "description.de": "Überall gültig.\r\nDrei Jahre.",
+        "name.pl": "Karta podarunkowa",
+        "description.pl": "",
+        "name.pt": "",
+        "description.pt": "",
+    }
+    assert admin.post("/admin/products", form).status_code == 303
+    product = conn.execute("SELECT * FROM products").fetchone()
+    assert json.loads(product["translations"]) == {
+        "de": {"name": "Geschenkkarte", "description": "Überall gültig.\nDrei Jahre."},
+        "pl": {"name": "Karta podarunkowa"},
+    }
+    assert audit_rows(conn, "product added")[-1].endswith(
+        "; name in de: '' -> 'Geschenkkarte'; name in pl: '' -> 'Karta podarunkowa'; "
+        "description in de changed"
+    )
+    with shop.speaking("de"):
+        assert shop.find_product(conn, product["id"])["name"] == "Gift card"  # the owner's row
+        assert conn.execute(
+            "SELECT shopper_text(name, translations, 'name') FROM products"
+        ).fetchone()[0] == ("Geschenkkarte")
+    path = f"/admin/products/{product['id']}"
+    page = admin.get(path).text
+    assert "(2 of 3 languages)" in page
+    assert field(page, "name.de") == "Geschenkkarte"
+    assert field(page, "description.de") == "Überall gültig.\nDrei Jahre."
+    assert field(page, "name.pl") == "Karta podarunkowa" and field(page, "name.pt") == ""
+
+    changed = {**form, "name.de": "Gutschein", "name.pl": "", "name.pt": "Cartão-oferta"}
+    assert admin.post(path, changed).status_code == 303
+    assert json.loads(conn.execute("SELECT translations FROM products").fetchone()[0]) == {
+        "de": {"name": "Gutschein", "description": "Überall gültig.\nDrei Jahre."},
+        "pt": {"name": "Cartão-oferta"},
+    }
+    assert audit_rows(conn, "product changed")[-1] == (
+        f"#{product['id']} name in de: 'Geschenkkarte' -> 'Gutschein'; "
+        "name in pl: 'Karta podarunkowa' -> ''; name in pt: '' -> 'Cartão-oferta'"
+    )
+    before = conn.execute("SELECT * FROM products").fetchall()
+    for typed, said in (
+        ({"name.de": "G" * 65}, "The product name in German (de) is longer than 64 characters"),
+        ({"name.pl": "Karta\tpodarunkowa"}, "The product name in Polish (pl) must be one line"),
+    ):
+        r = admin.post(path, {**changed, **typed})
+        assert r.status_code == 400 and said in html.unescape(r.text), typed
+        assert '<details class="translations" id="translations" open>' in r.text  # as typed
+        assert field(r.text, next(iter(typed))) == next(iter(typed.values()))
+    assert [tuple(r) for r in conn.execute("SELECT * FROM products")] == [tuple(r) for r in before]
+
+    row = {"name": "Gift card", "price": "26.00", "active": "1"}  # the catalog's row: no languages
+    assert admin.post(f"{path}/row", row).status_code == 303
+    assert json.loads(conn.execute("SELECT translations FROM products").fetchone()[0]) == {
+        "de": {"name": "Gutschein", "description": "Überall gültig.\nDrei Jahre."},
+        "pt": {"name": "Cartão-oferta"},
+    }
+
+
+def test_a_shop_in_one_language_says_how_to_add_another(admin):
+    page = admin.get("/admin/products/new").text
+    assert 'name="name.' not in page and "Translations" not in page
+    assert "the shop speaks English (en) only; add a language as the README" in page
+    settings = admin.get("/admin/settings").text
+    assert options(settings, "default_language") == [("en", "selected", "English (en)")]
+    assert "The shop speaks English (en) only: to add a language, see the README" in settings
+
+
+def settings_form(**changes):
+    return {
+        "shop_name": "Demo Shop",
+        "welcome_text": "Welcome!",
+        "help_text": "Help",
+        "min_deposit": "5.00",
+        "reservation_minutes": "30",
+        "default_language": "en",
+        **changes,
+    }
+
+
+def test_settings_take_the_default_language_and_the_owners_texts_in_other_languages(
+    admin, languages
+):
+    conn = admin.shop.conn
+    page = admin.get("/admin/settings").text
+    assert options(page, "default_language") == [
+        ("en", "selected", "English (en)"),
+        ("de", "", "Deutsch (de)"),
+        ("pl", "", "Polski (pl)"),
+        ("pt", "", "Português (pt)"),
+    ]
+    for code in languages:
+        assert f'<details class="lang-texts" id="texts-{code}" >' in page
+        for key in shop.SHOPPER_TEXTS:
+            assert field(page, f"{key}.{code}") == ""
+    # while a box is empty, it shows what shoppers in that language read: the default language's
+    assert 'name="welcome_text.de" lang="de" rows="3" maxlength="1000" placeholder="' in page
+    assert re.search(r'name="terms_text.pl"[^>]*placeholder="Demo Shop sells the goods', page)
+
+    form = settings_form(
+        **{"welcome_text.de": "Willkommen!", "help_text.de": "Hilfe", "welcome_text.pl": "Witaj!"}
+    )
+    assert admin.post("/admin/settings", form).status_code == 303
+    assert admin.flash("/admin/settings") == (
+        "Settings saved: welcome text, help text, help text in de, welcome text in de, welcome "
+        "text in pl."
+    )
+    assert shop.translated_texts(conn) == {
+        "help_text.de": "Hilfe",
+        "welcome_text.de": "Willkommen!",
+        "welcome_text.pl": "Witaj!",
+    }
+    assert audit_rows(conn, "settings changed")[-1] == (
+        "welcome_text, help_text, help_text.de, welcome_text.de, welcome_text.pl"
+    )
+    read = {}
+    for code in ("en", "de", "pl", "pt"):
+        with shop.speaking(code):
+            read[code] = [shop.shop_text(conn, key) for key in ("welcome_text", "help_text")]
+    assert read == {
+        "en": ["Welcome!", "Help"],
+        "de": ["Willkommen!", "Hilfe"],
+        "pl": ["Witaj!", "Help"],
+        "pt": ["Welcome!", "Help"],  # none in Portuguese: the default language's
+    }
+    page = admin.get("/admin/settings").text
+    assert 'Deutsch (de) <span class="muted">(2 of 4 written)' in page
+    assert field(page, "welcome_text.de") == "Willkommen!"
+
+    before = conn.execute("SELECT * FROM settings ORDER BY key").fetchall()
+    for code in ("xx", "it", "DE!", ""):
+        r = admin.post("/admin/settings", {**form, "default_language": code, "help_text.pl": "P"})
+        assert r.status_code == 400, code
+        assert (
+            "The default language must be one the shop speaks: en, de, pl, pt; got "
+            f"{code!r}. Nothing was saved."
+        ) in html.unescape(r.text)
+        assert field(r.text, "help_text.pl") == "P"  # as typed
+    too_long = admin.post("/admin/settings", {**form, "help_text.pt": "x" * 2001})
+    assert too_long.status_code == 400
+    assert "The help text in Portuguese (pt) is longer than 2000 characters" in too_long.text
+    assert conn.execute("SELECT * FROM settings ORDER BY key").fetchall() == before
+
+    # German becomes the default: the owner's German texts become the default ones, and what
+    # English shoppers read is kept as the English ones
+    assert admin.post("/admin/settings", {**form, "default_language": "de"}).status_code == 303
+    assert shop.default_language(conn) == "de"
+    assert shop.get_setting(conn, "welcome_text") == "Willkommen!"
+    assert shop.translated_texts(conn) == {
+        "help_text.en": "Help",
+        "welcome_text.en": "Welcome!",
+        "welcome_text.pl": "Witaj!",
+    }
+    for code, welcome in (("en", "Welcome!"), ("de", "Willkommen!"), ("pt", "Willkommen!")):
+        with shop.speaking(code):
+            assert shop.shop_text(conn, "welcome_text") == welcome, code
+    assert audit_rows(conn, "settings changed")[-1] == (
+        "default_language, welcome_text, welcome_text.de, welcome_text.en, help_text, "
+        "help_text.de, help_text.en"
+    )
+    page = admin.get("/admin/settings").text
+    assert '<option value="de" selected>Deutsch (de)</option>' in page
+    assert 'id="texts-en"' in page and 'id="texts-de"' not in page
+    assert field(page, "welcome_text") == "Willkommen!" and field(page, "help_text.en") == "Help"
+
+
+def test_a_text_in_another_language_is_set_on_the_command_line(tmp_path, languages, capsys):
+    db = str(tmp_path / "cli.db")
+    config = shop.load_config(environ={"SHOP_DB": db}, env_file=None)
+
+    def run(*argv):
+        status = shop.run_command(shop.parse_args(["set", *argv]), config)
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    assert run("welcome_text.de", " Willkommen!\nSchön, dass du da bist. ") == (
+        0,
+        "welcome_text.de set to 'Willkommen!\\nSchön, dass du da bist.'\n",
+        "",
+    )
+    assert run("welcome_text.de") == (0, "Willkommen!\nSchön, dass du da bist.\n", "")
+    listed = run()[1].splitlines()
+    assert listed[-12:] == [
+        "welcome_text.de: 'Willkommen!\\nSchön, dass du da bist.'",
+        "help_text.de: ''",
+        "terms_text.de: ''",
+        "paysupport_text.de: ''",
+        *(f"{key}.{code}: ''" for code in ("pl", "pt") for key in shop.SHOPPER_TEXTS),
+    ]
+    assert run("help_text.pl", "x" * 2001)[1:] == (
+        "",
+        "shop.py: The help text in Polish (pl) is longer than 2000 characters\n",
+    )
+    assert run("default_language", "pl")[:2] == (0, "default_language set to pl\n")
+    conn = shop.connect(db)
+    with shop.speaking("de"):
+        assert shop.shop_text(conn, "welcome_text") == "Willkommen!\nSchön, dass du da bist."
+    assert [tuple(r) for r in conn.execute("SELECT action, details, remote_addr FROM audit_log")][
+        0
+    ] == ("settings changed", "welcome_text.de", "command line")
+    conn.close()
+    for wrong in ("welcome_text.it", "shop_name.de", "welcome_text."):
+        with pytest.raises(SystemExit):
+            shop.parse_args(["set", wrong, "x"])
+        assert f"invalid choice: {wrong!r}" in capsys.readouterr().err
+    assert (
+        "TEXT.LANG"
+        in subprocess.run(
+            [sys.executable, str(ROOT / "shop.py"), "set", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    )
+
+
+def test_the_admin_speaks_english_whatever_the_thread_spoke_before(admin, languages):
+    def page(shop_):
+        return shop.fmt_eur(123456), shop.current_language().code
+
+    with shop.speaking("de"):  # a shopper's request just before, on the same thread
+        assert shop.admin_in_english(page, admin.shop) == ("€1,234.56", "en")
+        assert shop.fmt_eur(123456) == "1.234,56\u00a0€"
+    assert all(h.func is shop.admin_in_english for _, _, h in shop.ADMIN_ROUTES)
+    assert admin.get("/admin/login").text.startswith('<!doctype html>\n<html lang="en">')

@@ -165,7 +165,7 @@ def test_the_owner_logs_in_builds_a_catalog_and_a_shopper_sees_it_in_the_bot(
     photo = tmp_path / "tea.png"
     photo.write_bytes(png(8, 8, (30, 140, 60)))
     page.get_by_label("Name", exact=True).fill(TEA)
-    page.get_by_label("Description").fill(TEA_TEXT)
+    page.get_by_label("Description", exact=True).fill(TEA_TEXT)
     page.get_by_label("Price in EUR").fill("12,90")
     page.get_by_label("Photo").set_input_files(photo)
     admin.button("Save").click()
@@ -584,6 +584,61 @@ def test_settings_apply_to_the_bot_at_once(admin, owner_shop, fake_tg):
     assert action == "settings changed" and {"shop_name", "min_deposit_cents"} <= set(
         details.split(", ")
     )
+
+
+def test_the_owner_names_a_product_and_writes_the_texts_in_other_languages(
+    admin, owner_shop, languages
+):
+    conn = owner_shop.conn
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 1)])
+    product = ids[("Gift card", "Mitte")][0]
+    page = admin.page
+    admin.log_in_at(f"/admin/products/{product}")
+    translations = page.locator("details#translations")
+    expect(translations.locator("summary")).to_have_text("Translations (0 of 3 languages)")
+    german = page.get_by_label("Name in Deutsch (de)")
+    expect(german).to_be_hidden()  # folded until the owner opens it
+    translations.locator("summary").click()
+    german.fill("Geschenkkarte")
+    page.get_by_label("Description in Deutsch (de)").fill("Überall gültig.\nDrei Jahre.")
+    page.get_by_label("Name in Polski (pl)").fill("Karta podarunkowa")
+    expect(german).to_have_attribute("lang", "de")  # the browser spells-checks it as German
+    admin.button("Save").click()
+    admin.says("Product saved.")
+    expect(translations.locator("summary")).to_have_text("Translations (2 of 3 languages)")
+    translations.locator("summary").click()
+    expect(german).to_have_value("Geschenkkarte")
+    with shop.speaking("de"):
+        assert [p["name"] for p in shop.list_products(conn, ids[("Gift card", "Mitte")][1])] == [
+            "Geschenkkarte"
+        ]
+
+    admin.nav("Settings")
+    default = page.get_by_label("Default language")
+    expect(default).to_have_value("en")
+    expect(default.locator("option")).to_have_text(
+        ["English (en)", "Deutsch (de)", "Polski (pl)", "Português (pt)"]
+    )
+    welcome = page.get_by_label("Welcome text (after /start) in Deutsch (de)", exact=True)
+    expect(welcome).to_be_hidden()
+    page.locator("details#texts-de > summary").click()
+    expect(welcome).to_have_attribute("placeholder", shop.get_setting(conn, "welcome_text"))
+    welcome.fill("Willkommen! Schön, dass du da bist.")
+    admin.button("Save").click()
+    admin.says("Settings saved: welcome text in de.")
+    expect(page.locator("details#texts-de > summary")).to_have_text("Deutsch (de) (1 of 4 written)")
+    with shop.speaking("de"):
+        assert shop.shop_text(conn, "welcome_text") == "Willkommen! Schön, dass du da bist."
+    with shop.speaking("pl"):
+        assert shop.shop_text(conn, "welcome_text") == shop.get_setting(conn, "welcome_text")
+    assert admin.audit()[:2] == [
+        ["settings changed", "welcome_text.de"],
+        [
+            "product changed",
+            f"#{product} name in de: '' -> 'Geschenkkarte'; name in pl: '' -> "
+            "'Karta podarunkowa'; description in de changed",
+        ],
+    ]
 
 
 def test_a_file_that_is_not_an_image_is_refused_and_the_backup_is_a_sound_database(

@@ -484,3 +484,159 @@ def test_the_admin_import_lists_more_than_fifty_problems_with_their_count(admin)
     assert r.status_code == 200 and "The file has 60 problems; nothing was imported" in r.text
     shown = re.search(r'<ul class="errors">(.*?)</ul>', r.text, re.S).group(1)
     assert len(re.findall(r"<li>", shown)) == 60
+
+
+# Names and descriptions per language
+
+
+def per_language_catalog():
+    return {
+        "cities": [{"name": "Berlin", "districts": ["Mitte"]}],
+        "products": [
+            {
+                "name": {"en": "Gift card", "de": "Geschenkkarte", "pl": "Karta podarunkowa"},
+                "description": {"en": "Valid everywhere.", "de": "Überall gültig.\nDrei Jahre."},
+                "price": "25.00",
+                "stock": [{"city": "Berlin", "district": "Mitte", "content": "CODE-1"}],
+            },
+            {
+                "name": "Poster",
+                "price": "19.00",
+                "stock": [{"city": "Berlin", "district": "Mitte", "content": "TUBE-1"}],
+            },
+        ],
+    }
+
+
+def shown(conn, code):
+    """What a shopper reading `code` sees of the catalog: {name: description}."""
+    with shop.speaking(code):
+        district = conn.execute("SELECT id FROM districts").fetchone()[0]
+        return {
+            p["name"]: shop.get_offer(conn, p["id"], district)["description"]
+            for p in shop.list_products(conn, district)
+        }
+
+
+def test_names_and_descriptions_per_language_are_imported_and_shoppers_read_their_own(
+    tmp_path, conn, languages
+):
+    data = per_language_catalog()
+    path = write_catalog(tmp_path, data)
+    media = tmp_path / "media"
+    counts = shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, media)
+    assert counts["products_added"] == 2
+    rows = conn.execute("SELECT name, description, translations FROM products ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        (
+            "Gift card",  # the default language's, the key a re-import matches
+            "Valid everywhere.",
+            '{"de": {"name": "Geschenkkarte", "description": "Überall gültig.\\nDrei Jahre."}, '
+            '"pl": {"name": "Karta podarunkowa"}}',
+        ),
+        ("Poster", "", None),
+    ]
+    assert shown(conn, "de") == {"Geschenkkarte": "Überall gültig.\nDrei Jahre.", "Poster": ""}
+    assert shown(conn, "pl") == {"Karta podarunkowa": "Valid everywhere.", "Poster": ""}
+    assert shown(conn, "pt") == {"Gift card": "Valid everywhere.", "Poster": ""}  # none in pt
+    assert shown(conn, "en") == {"Gift card": "Valid everywhere.", "Poster": ""}
+
+    again = shop.import_catalog(conn, shop.read_catalog_file(path), tmp_path, media)
+    assert (again["products_added"], again["products_updated"]) == (0, 0)
+
+    data["products"][0]["name"] = {"en": "Gift card", "de": "Gutschein"}  # pl's name dropped
+    data["products"][1]["name"] = {"en": "Poster", "pt": "Cartaz"}
+    counts = shop.import_catalog(conn, data, tmp_path, media)
+    assert (counts["products_added"], counts["products_updated"]) == (0, 2)  # matched by name
+    assert shown(conn, "de") == {"Gutschein": "Überall gültig.\nDrei Jahre.", "Poster": ""}
+    assert shown(conn, "pl") == {"Gift card": "Valid everywhere.", "Poster": ""}
+    assert shown(conn, "pt") == {"Gift card": "Valid everywhere.", "Cartaz": ""}
+
+    data["products"][0]["name"] = "Gift card"  # plain: its texts in other languages stay
+    data["products"][0]["description"] = "Valid in every shop."
+    shop.import_catalog(conn, data, tmp_path, media)
+    assert shown(conn, "de") == {"Gutschein": "Überall gültig.\nDrei Jahre.", "Poster": ""}
+    assert shown(conn, "en") == {"Gift card": "Valid in every shop.", "Poster": ""}
+    assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 2
+
+
+def test_with_another_default_language_its_texts_are_the_products_own(tmp_path, conn, languages):
+    shop.save_settings(conn, {"default_language": "de"})
+    data = per_language_catalog()
+    shop.import_catalog(conn, data, tmp_path, tmp_path / "media")
+    row = conn.execute("SELECT name, description, translations FROM products").fetchone()
+    assert tuple(row) == (
+        "Geschenkkarte",
+        "Überall gültig.\nDrei Jahre.",
+        '{"en": {"name": "Gift card", "description": "Valid everywhere."}, '
+        '"pl": {"name": "Karta podarunkowa"}}',
+    )
+    assert "Gift card" in shown(conn, "en") and "Geschenkkarte" in shown(conn, "pt")
+    del data["products"][0]["name"]["de"]
+    with pytest.raises(shop.CatalogError) as e:
+        shop.import_catalog(conn, data, tmp_path, tmp_path / "media")
+    assert e.value.errors == [
+        "products[0].name: The product name in German (de), the shop's default language, is "
+        "missing: write it as \"de\": ... in the object (product 'Gift card')"
+    ]
+
+
+def test_a_name_per_language_is_checked_as_a_plain_one_with_the_files_other_problems(
+    tmp_path, languages
+):
+    data = per_language_catalog()
+    data["products"][0]["name"] = {"de": "Geschenkkarte", "pl": "Karta podarunkowa"}
+    data["products"][0]["price"] = "cheap"
+    data["products"][1]["name"] = {"en": "Poster", "xx": "Plakat", "de": "P" * 65}
+    data["products"][1]["description"] = {"en": "Rolled.", "pl": "Zwinięty\x07", "de": 5}
+    data["products"].append(
+        {"name": {"en": "", "de": "Leer"}, "price": "1.00", "stock": []},
+    )
+    path = write_catalog(tmp_path, data)
+    r = run_seed(tmp_path, str(path))
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[1:] == [
+        "products[0].name: The product name in English (en), the shop's default language, is "
+        "missing: write it as \"en\": ... in the object (product 'Geschenkkarte')",
+        "products[0].price: 'cheap' is not an amount in EUR; write it like \"25.00\" "
+        "(product 'Geschenkkarte')",
+        'products[1].name.xx: "xx" is not a language code; write them as the shop\'s languages '
+        'are written, like "de", "pl" or "pt_BR" (product \'Poster\')',
+        "products[1].name.de: The product name in German (de) is longer than 64 characters "
+        "(product 'Poster')",
+        "products[1].description.pl: The description in Polish (pl) contains control characters "
+        "(product 'Poster')",
+        "products[1].description.de: The description in German (de) must be text "
+        "(product 'Poster')",
+        "products[2].name.en: The product name in English (en) is empty (product 'Leer')",
+    ]
+    conn = shop.connect(str(tmp_path / "shop.db"))
+    assert table_counts(conn) == dict.fromkeys(
+        ("cities", "districts", "products", "stock_units"), 0
+    )
+    conn.close()
+
+
+ISSUE_LANGUAGES = ("en", "de", "pl", "pt", "es", "uk", "ru")
+
+
+def test_the_demo_catalog_names_its_products_in_each_language(tmp_path, conn, languages):
+    shop.load_demo(conn, tmp_path / "media")
+    names = {code: sorted(shown(conn, code)) for code in ("en", "de", "pl", "pt")}
+    assert "Paper & Ink gift card 25 €" in names["en"]
+    assert "Paper & Ink Geschenkkarte" in names["de"]
+    assert "Karta podarunkowa Paper & Ink" in names["pl"]
+    assert "Cartão-oferta Paper & Ink" in names["pt"]
+    for code in ("de", "pl", "pt"):  # every product has its own name in each
+        assert not set(names[code]) & set(names["en"]) - {"E-book: The Little Sourdough Handbook"}
+    for product in shop.DEMO_CATALOG["products"]:  # seven languages, names without prices
+        assert set(product["name"]) == set(product["description"]) == set(ISSUE_LANGUAGES)
+        for code, name in product["name"].items():
+            assert code == "en" or not re.search(r"\d+(,\d\d)? ?€", name), name
+    other = shop.init_db(str(tmp_path / "pl.db"))  # a new shop in Polish
+    shop.save_settings(other, {"default_language": "pl"})
+    shop.load_demo(other, tmp_path / "media")
+    assert "Karta podarunkowa Paper & Ink" in {
+        r[0] for r in other.execute("SELECT name FROM products")
+    }
+    other.close()

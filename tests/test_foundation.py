@@ -713,6 +713,7 @@ SETTINGS_PAGE = (
     "stars_per_euro",
     "terms_text",
     "paysupport_text",
+    "default_language",
 )
 
 
@@ -786,6 +787,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "stars_per_euro: 62.5",
         "terms_text: ''",
         "paysupport_text: 'Write to @paperink with your order number.'",
+        "default_language: en",
     ]
     assert owner_command(db, "set", "min_deposit").stdout == "7.50 EUR\n"
     for args, said in (

@@ -11,6 +11,22 @@
   % end
   <label>Name <input name="name" required maxlength="64" value="{{values['name']}}"></label>
   <label>Description <textarea name="description" rows="4" maxlength="800">{{values["description"]}}</textarea></label>
+  % if languages:
+  % written = sum(1 for t in languages if t["name"] or t["description"])
+  <details class="translations" id="translations" {{'open' if languages_open else ''}}>
+    <summary>Translations <span class="muted">({{written}} of {{len(languages)}} language{{'s' if len(languages) != 1 else ''}})</span></summary>
+    <p class="muted hint">The name and description above are in {{default_language}}, the shop's default language. Shoppers who read one of these languages see the product in it; where its fields are empty, as above.</p>
+    % for t in languages:
+    <fieldset class="translation">
+      <legend>{{t["label"]}}</legend>
+      <label>Name in {{t["label"]}} <input name="name.{{t['code']}}" lang="{{t['code']}}" maxlength="64" value="{{t['name']}}"></label>
+      <label>Description in {{t["label"]}} <textarea name="description.{{t['code']}}" lang="{{t['code']}}" rows="3" maxlength="800">{{t["description"]}}</textarea></label>
+    </fieldset>
+    % end
+  </details>
+  % else:
+  <p class="muted hint">Names in other languages: the shop speaks {{default_language}} only; add a language as the README's "Languages" says.</p>
+  % end
   <label>Price in EUR <input name="price" required inputmode="decimal" value="{{values['price']}}" placeholder="25.00"></label>
   <fieldset class="choices" id="kind">
     <legend>What it is</legend>

@@ -31,6 +31,29 @@
     <label>/terms: what the bot says about the terms of sale (empty: the default, shown greyed while the box is empty) <textarea name="terms_text" rows="5" maxlength="3000" placeholder="{{defaults['terms_text']}}">{{values["terms_text"]}}</textarea></label>
     <label>/paysupport: what the bot says to a shopper with a payment problem (empty: the default, which names the support contact, shown greyed while the box is empty) <textarea name="paysupport_text" rows="4" maxlength="2000" placeholder="{{defaults['paysupport_text']}}">{{values["paysupport_text"]}}</textarea></label>
   </fieldset>
+  <fieldset class="languages" id="languages">
+    <legend>Languages</legend>
+    <label for="default_language">Default language
+      <select name="default_language" id="default_language" aria-describedby="default-language-note">
+        % for code, label in language_options:
+        <option value="{{code}}" {{'selected' if values['default_language'] == code else ''}}>{{label}}</option>
+        % end
+      </select></label>
+    <p class="muted" id="default-language-note">What shoppers read when the shop does not speak their Telegram language, and the language of the welcome, help, /terms and /paysupport texts above. Choosing another one makes your texts in it the default ones.</p>
+    % if other_languages:
+    <p class="lang-texts-head"><b>Texts in other languages</b> <span class="muted">(empty: shoppers in that language read the text in {{default_language}}, shown greyed while the box is empty)</span></p>
+    % for lang in other_languages:
+    <details class="lang-texts" id="texts-{{lang['code']}}" {{'open' if get('error') and lang['written'] else ''}}>
+      <summary>{{lang["label"]}} <span class="muted">({{lang["written"]}} of {{len(lang["texts"])}} written)</span></summary>
+      % for t in lang["texts"]:
+      <label>{{t["label"]}} in {{lang["label"]}} <textarea name="{{t['name']}}" lang="{{lang['code']}}" rows="{{t['rows']}}" maxlength="{{t['max_len']}}" placeholder="{{t['placeholder']}}">{{t["value"]}}</textarea></label>
+      % end
+    </details>
+    % end
+    % else:
+    <p class="muted">The shop speaks {{default_language}} only: to add a language, see the README's "Languages" (one file, no code change).</p>
+    % end
+  </fieldset>
   <fieldset>
     <legend>Coins offered</legend>
     % if coins is None:
