@@ -5076,16 +5076,17 @@ def payment_status_text(payment):
     return STATUS_TEXT[payment["status"]]
 
 
+# A payment's state as its shopper reads it (translated where shown: tr(payment_status_text(p))).
 STATUS_TEXT = {
-    "waiting": "⏳ Waiting for your payment",
-    "confirming": "🔎 Payment seen, waiting for confirmations",
-    "confirmed": "🔎 Payment confirmed, finishing",
-    "sending": "🔎 Payment confirmed, finishing",
-    "finished": "✅ Paid",
-    "partially_paid": "⚠️ Partly paid",
-    "failed": "❌ Payment failed",
-    "refunded": "↩️ Refunded",
-    "expired": "⌛ Expired",
+    "waiting": N_("⏳ Waiting for your payment"),
+    "confirming": N_("🔎 Payment seen, waiting for confirmations"),
+    "confirmed": N_("🔎 Payment confirmed, finishing"),
+    "sending": N_("🔎 Payment confirmed, finishing"),
+    "finished": N_("✅ Paid"),
+    "partially_paid": N_("⚠️ Partly paid"),
+    "failed": N_("❌ Payment failed"),
+    "refunded": N_("↩️ Refunded"),
+    "expired": N_("⌛ Expired"),
 }
 
 
