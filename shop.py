@@ -12843,12 +12843,20 @@ def bot_introduction(conn):
 def introduce_bot(api, conn, bot_id):
     """Tell Telegram the bot's commands and descriptions in each language the shop speaks
     (setMyCommands, setMyDescription, setMyShortDescription), unless they are what this bot was
-    told last time. Returns whether it told anything; raises what the Bot API raises."""
-    introduction = bot_introduction(conn)
-    said = json.dumps([bot_id, introduction], ensure_ascii=False, sort_keys=True)
+    told last time. Returns whether it told anything; raises what the Bot API raises.
+
+    What was told is known by what it is made of (the bot, the shop's name and default language,
+    the commands, each catalog file's bytes), so a start with nothing changed reads no catalog:
+    a shop whose shoppers speak one language keeps only that one in memory."""
+    made_of = [bot_id, get_setting(conn, "shop_name"), default_language(conn), COMMANDS]
+    for code in available_languages()[1:]:
+        po = (LOCALES_DIR / code / "LC_MESSAGES" / "messages.po").read_bytes()
+        made_of.append([code, hashlib.sha256(po).hexdigest()])
+    said = json.dumps(made_of, ensure_ascii=False, sort_keys=True)
     fingerprint = hashlib.sha256(said.encode()).hexdigest()
     if bot_introduced(conn) == fingerprint:
         return False
+    introduction = bot_introduction(conn)
     for code, commands, description, short in introduction:
         api.set_my_commands([tg.BotCommand(c, d) for c, d in commands], language_code=code)
         api.set_my_description(description, language_code=code)
