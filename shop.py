@@ -9369,14 +9369,55 @@ def web_webhook(shop, provider):
     return json_response(code, answer)
 
 
+def browser_language(conn, header):
+    """The language a browser asks for (Accept-Language, by its q weights) that the shop speaks,
+    else the shop's default language."""
+    wanted = []
+    for i, part in enumerate((header or "")[:500].split(",")):
+        tag, _, q = part.strip().partition(";q=")
+        try:
+            weight = float(q) if q else 1.0  # (a weight, not money)
+        except ValueError:
+            continue
+        wanted.append((-weight, i, tag.strip()))
+    for _, _, tag in sorted(wanted):
+        found = match_language(tag)
+        if found:
+            return found
+    return default_language(conn)
+
+
 def web_index(shop):
+    """The shop's public page, in the browser's language."""
     conn = shop.db()
+    code = browser_language(conn, bottle.request.headers.get("Accept-Language"))
+    bottle.response.set_header("Content-Language", code)
+    bottle.response.set_header("Vary", "Accept-Language")
+    with speaking(code):
+        words = {
+            "test_mode": tr(
+                "Test mode: payments are simulated and only the shop's owners can buy. The shop "
+                "opens once it takes real payments."
+            ),
+            "sandbox": tr("Sandbox mode: no real payments are taken."),
+            "in_stock": tr("In stock now in:"),
+            "empty": tr("The shop is empty right now."),
+            "open_bot": tr("Shop in Telegram: @{bot}", bot=shop.bot_username or ""),
+            "bot": tr("Shop through our Telegram bot."),
+            "status": tr("Status:"),
+        }
+        cities = [
+            {**city, "units_text": ntr("{n} item", "{n} items", city["units"])}
+            for city in list_cities(conn)
+        ]
     return bottle.template(
         "index",
         template_lookup=[str(TEMPLATES_DIR)],
         shop=shop,
+        lang=code.replace("_", "-"),
+        words=words,
         name=get_setting(conn, "shop_name"),
-        cities=list_cities(conn),
+        cities=cities,
         health=shop.health(),
     )
 

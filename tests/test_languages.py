@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+import requests
 from babel.messages.pofile import read_po
 
 import shop
@@ -192,3 +193,22 @@ def test_a_shopper_reads_the_whole_purchase_in_their_language(fake_tg, language_
     assert not english, f"{code} shopper read English:\n" + "\n".join(english[:20])
     wrong_prices = [f"{where}: {text!r}" for where, text in texts if ENGLISH_PRICE.search(text)]
     assert not wrong_prices, f"{code} prices written the English way:\n" + "\n".join(wrong_prices)
+
+
+def test_the_public_page_speaks_the_browsers_language(make_shop):
+    s = make_shop(demo=True)
+    asked = {
+        "pl-PL,pl;q=0.9,en;q=0.5": "pl",
+        "fr-CA, fr;q=0.9, de;q=0.5, en;q=0.1": "de",  # no French: the next one the shop speaks
+        "pt-BR": "pt",  # Brazilian Portuguese falls back to the shop's (Portugal's)
+        "xx, ;q=abc, *;q=0.1": "en",  # nothing it speaks, and garbage: the default language
+        "": "en",
+    }
+    for header, code in asked.items():
+        r = requests.get(s.url + "/", headers={"Accept-Language": header}, timeout=10)
+        assert r.status_code == 200 and r.headers["Content-Language"] == code, header
+        assert f'<html lang="{code}">' in r.text
+        with shop.speaking(code):
+            in_stock = shop.tr("In stock now in:")
+        assert in_stock in r.text
+        assert (in_stock == "In stock now in:") == (code == "en"), code
