@@ -774,8 +774,15 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
     assert shop.get_setting(conn, "min_deposit_cents", config) == 750
     assert shop.get_setting(conn, "enabled_coins", config) == {"btc", "ltc"}
     conn.close()
-    listed = owner_command(db, "set").stdout.splitlines()
+    every = owner_command(db, "set").stdout.splitlines()
+    listed = [line for line in every if "." not in line.split(":")[0]]
     assert [line.split(":")[0] for line in listed] == list(SETTINGS_PAGE)
+    # then the owner's texts in each other language, none written yet
+    assert [line for line in every if line not in listed] == [
+        f"{text}.{code}: ''"
+        for code in shop.available_languages()[1:]
+        for text in ("welcome_text", "help_text", "terms_text", "paysupport_text")
+    ]
     assert listed[4:] == [
         "min_deposit: 7.50 EUR",
         "reservation_minutes: 45",

@@ -166,7 +166,7 @@ def test_invoice_limits_in_the_bot(fake_tg, bot_shop):
     ann.click("BTC")
     ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
     ann.click("⚡ Buy now")
-    assert ann.click("ETH") == "You have 1 unpaid invoice. Pay or cancel one of them first."
+    assert ann.click("ETH") == "You have 1 unpaid invoice. Pay or cancel it first."
     assert s.conn.execute("SELECT count(*) FROM payments").fetchone()[0] == 1
     assert shop.get_offer(s.conn, *s.ids[("Gift card", "Mitte")])["available"] == 1
 
