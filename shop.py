@@ -8956,9 +8956,11 @@ def _body_int(body, key, low, high):
     if isinstance(value, bool) or not re.fullmatch(
         r"-?\d{1,18}", str(value) if value is not None else ""
     ):
+        # TRANSLATORS: key is a field of the app's request to the shop, like product_id
         raise InvalidInput(tr("{key} must be a whole number.", key=key))
     value = int(value)
     if not low <= value <= high:
+        # TRANSLATORS: key is a field of the app's request to the shop, like quantity
         raise InvalidInput(tr("{key} must be from {low} to {high}.", key=key, low=low, high=high))
     return value
 
@@ -8994,6 +8996,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "price_currency": "EUR",
         "expires_at": payment["expires_at"][:19] + "Z",
         "status": payment["status"],
+        # STATUS_TEXT's words, in the shopper's language once the catalogs have them.
         "status_text": tr("⌛ No longer open") if closed else tr(payment_status_text(payment)),
         "final": payment["status"] not in OPEN_STATUSES,
         "open": payment["status"] == "waiting" and not closed,
@@ -9556,6 +9559,14 @@ def api_currencies(shop, conn, user, data):
     ]
 
 
+# Why a part of a basket cannot be checked out, per way to pay: whole sentences for translators.
+NOTHING_PAID_WITH = {
+    "stars": N_("Nothing in your basket is paid with ⭐ Telegram Stars."),
+    "crypto": N_("Nothing in your basket is paid with crypto."),
+    "balance": N_("Nothing in your basket is paid with balance."),
+}
+
+
 def api_order_lines(conn, user, kind, data):
     """What an order checkout of this type sells: [(product_id, district_id, quantity)]."""
     if kind == "basket":
@@ -9588,14 +9599,6 @@ def api_order_lines(conn, user, kind, data):
             )
         ]
     raise InvalidInput(tr('type must be "basket" or "product".'))
-
-
-# Why a part of a basket cannot be checked out, per way to pay: whole sentences for translators.
-NOTHING_PAID_WITH = {
-    "stars": N_("Nothing in your basket is paid with ⭐ Telegram Stars."),
-    "crypto": N_("Nothing in your basket is paid with crypto."),
-    "balance": N_("Nothing in your basket is paid with balance."),
-}
 
 
 def api_checkout_lines(conn, user, data):

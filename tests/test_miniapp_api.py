@@ -1257,6 +1257,7 @@ def test_before_the_shopper_is_known_the_app_speaks_the_shops_default_language(a
     page = requests.get(app.url + "/app", timeout=5)
     assert '<html lang="de">' in page.text and "Demo Shop wird geladen…" in page.text
     assert ok(call(app, "GET", "/api/me", user_=JOSE))["language"] == "de"  # fr: the default
+    assert ok(call(app, "GET", "/api/me", user_=shop.PREVIEW_USER))["language"] == "de"
     assert ok(call(app, "GET", "/api/me"))["language"] == "pl"  # Ann's Polish is spoken
 
 
@@ -1308,7 +1309,12 @@ def test_pybabel_finds_every_text_of_the_app_even_inside_template_literals():
     call_re = re.compile(r'\b(tr|ntr|ptr)\(\s*"((?:[^"\\]|\\.)*)"(?:\s*,\s*"((?:[^"\\]|\\.)*)")?')
     missing, count = [], 0
     for script in sorted((throwaway_catalogs.ROOT / "static" / "app").glob("*.js")):
-        for fn, first, second in call_re.findall(script.read_text(encoding="utf-8")):
+        code = "\n".join(
+            line
+            for line in script.read_text(encoding="utf-8").splitlines()
+            if not line.strip().startswith(("//", "/*", "*"))  # comments, not calls
+        )
+        for fn, first, second in call_re.findall(code):
             context, text = (first, second) if fn == "ptr" else (None, first)
             text = text.encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
             count += 1
@@ -1317,7 +1323,9 @@ def test_pybabel_finds_every_text_of_the_app_even_inside_template_literals():
     assert count > 150 and not missing, missing
     plural = next(m for m in pot if m.id == ("{n} available", "{n} available"))
     assert plural.locations[0][0] == "static/app/app.js"
-    assert [m.id for m in pot if m.context == "tab"] == ["Shop", "Basket", "Orders", "Balance"]
+    tabs = [m for m in pot if m.context == "tab"]  # short labels: a context (and a comment)
+    assert [m.id for m in tabs] == ["Shop", "Basket", "Orders", "Balance"]
+    assert tabs[0].auto_comments[0].startswith("TRANSLATORS: the four tabs")
     copy = next(m for m in pot if m.id == "Copy")
     assert copy.auto_comments == [
         "TRANSLATORS: a button that copies an address, an amount or a code"

@@ -473,6 +473,7 @@ function splitCheckout(p, v, plan, coins, amountOf) {
   };
   draw();
   const partLines = (part) => part.lines.map(([productId, districtId]) => ({ product_id: productId, district_id: districtId }));
+  // TRANSLATORS: the heading of the screen where the shopper pays (a noun)
   return [h("h1", null, tr("Checkout")),
     h("p", { class: "split-note" }, tr("These items are paid in different ways, so they cannot be paid together. "
       + "Pay for one part now; the rest stays in your basket to pay next.")),
@@ -579,6 +580,7 @@ const SCREENS = {
   async cities(p, v) {
     const cities = S.catalog.cities;
     if (!cities.length) {
+      // TRANSLATORS: the heading of the catalog when nothing is in stock
       return [h("h1", null, tr("Shop")), h("p", { class: "empty" }, tr("Nothing is in stock right now. Please look again later.")), appTools(v)];
     }
     return [h("h1", null, tr("Choose a city")), h("ul", { class: "list" }, cities.map((city) => {
@@ -678,6 +680,7 @@ const SCREENS = {
         h("div", { class: "line-actions" },
           stepper(item.quantity, Math.min(item.available, 100), item.name,
                   (q) => setQuantity(item.product_id, item.district_id, q)), remove));
+    // TRANSLATORS: beside the sum of the basket
     })), h("p", { class: "total" }, h("span", null, tr("Total")),
       h("strong", null, S.basket.total_text, inStars(pay && pay.stars_text))),
     split];
@@ -817,6 +820,7 @@ const SCREENS = {
         Promise.allSettled([loadMe(), inv.kind === "order" ? loadBasket() : null, loadCatalog()]).then(() => update(inv));
       }
       if (inv.final && inv.kind === "order") v.main(tr("Open my orders"), () => go("orders", { highlight: inv.order_id }, "reset"));
+      // TRANSLATORS: the button under a finished top-up; it goes back to the balance
       else if (inv.final) v.main(tr("Done"), () => go("account", {}, "reset"));
       else if (stars && inv.invoice_link && inv.open && inv.status === "waiting") v.main(tr("Pay {stars}", { stars: inv.stars_text }), openStars);
       else v.main(null);
@@ -917,10 +921,13 @@ function topUpForm(p, v, coins) {
     } else if (S.amounts.get(amount)) {
       v.main(tr("Top up {amount} with {coin}", { amount: S.amounts.get(amount), coin: coinLabel(p.coin) }), topUp);
     } else {
-      // The shop words the amount (a moment later): until then the button says the coin alone.
+      // The shop words the amount (a moment later): until then, or if it cannot, the button says
+      // the coin alone.
       v.main(tr("Top up with {coin}", { coin: coinLabel(p.coin) }), topUp);
-      clearTimeout(asking);
-      asking = v.after(150, () => wordAmount(amount).then(() => v.alive && parseAmount(input.value) === amount && refresh()));
+      if (!S.amounts.has(amount)) {
+        clearTimeout(asking);
+        asking = v.after(150, () => wordAmount(amount).then(() => v.alive && parseAmount(input.value) === amount && refresh()));
+      }
     }
   };
   const topUp = async () => {
@@ -947,6 +954,7 @@ function topUpForm(p, v, coins) {
       input.dispatchEvent(new Event("input"));
     } }, s.amount_text));
   refresh();
+  // TRANSLATORS: the heading over the form that adds money to the balance
   return [h("h2", null, tr("Top up")),
     h("label", { for: "amount", class: "label" }, tr("Amount in EUR")), input,
     h("p", { id: "amount-hint", class: "muted small" }, tr("From {min} to {max}.", range)),
@@ -954,9 +962,11 @@ function topUpForm(p, v, coins) {
     h("h3", null, tr("Pay with")), list];
 }
 
-/** An amount the shopper typed, in the shop's words (kept in S.amounts, cents -> text). */
+/** An amount the shopper typed, in the shop's words (kept in S.amounts, cents -> text; null
+ * while asked, or when the shop could not say). */
 async function wordAmount(amount) {
   if (S.amounts.has(amount)) return;
+  S.amounts.set(amount, null);
   try {
     const quote = await api(`/api/payment/refill/quote?amount=${plainAmount(amount)}`);
     S.amounts.set(amount, quote.amount_text);
@@ -1075,8 +1085,8 @@ function buildChrome() {
     h("span", { class: "shop-name" }, S.me.shop_name), label, chrome.balance);
   chrome.tabs = {};
   chrome.count = h("span", { class: "count" });
-  const tabs = [["cities", ptr("tab", "Shop"), "🛍"], ["basket", ptr("tab", "Basket"), "🧺"],
-                ["orders", ptr("tab", "Orders"), "📦"], ["account", ptr("tab", "Balance"), "💰"]];
+  // TRANSLATORS: the four tabs at the bottom of the app, side by side on a phone: short words fit best
+  const tabs = [["cities", ptr("tab", "Shop"), "🛍"], ["basket", ptr("tab", "Basket"), "🧺"], ["orders", ptr("tab", "Orders"), "📦"], ["account", ptr("tab", "Balance"), "💰"]];
   const nav = h("nav", { class: "tabs" }, tabs.map(([name, text, icon]) => {
     const button = chrome.tabs[name] = h("button", { type: "button", class: "tab", onclick: () => {
       if (name === "cities") loadCatalog().then(() => stack.length === 1 && stack[0].name === "cities" && render()).catch(() => {});

@@ -2,8 +2,8 @@
 // shop.py, so one `pybabel extract` finds the texts of both; the translations come from the same
 // catalogs (GET /app/i18n/<lang>.json). Amounts and dates are never formatted here: the shop sends
 // them formatted, so the bot and the Mini App always write them alike.
-// pybabel's reader of template literals ends a ${...} at its first "}": a call with values,
-// tr("…{name}…", { name }), is written outside template literals or it is never extracted.
+// pybabel's reader of template literals ends a ${...} at its first "}": a call given values (an
+// object literal) is written outside template literals, or it is never extracted.
 
 let lang = "en";
 let messages = {};
