@@ -9799,8 +9799,9 @@ MINIAPP_CSP = (
 
 
 def web_miniapp_page(shop):
-    """The Mini App's page, in the shop's default language until the app knows the shopper's (the
-    page's address cannot say it: Telegram passes the shopper in the URL's fragment)."""
+    """The Mini App's page, in the shop's default language until the app knows the shopper's
+    (Telegram passes the shopper in the URL's fragment, which browsers never send), or in the one
+    its address names (/app?lang=de, where the bot knows it)."""
     conn = shop.db()
     # Where a plain browser gets the preview shopper's initData, if anywhere: see
     # web_miniapp_preview.
@@ -9811,7 +9812,8 @@ def web_miniapp_page(shop):
         if shop.config.bot_token
         else "/app/preview"
     )
-    name, code = get_setting(conn, "shop_name"), shop.miniapp.default_language(conn)
+    name = get_setting(conn, "shop_name")
+    code = match_language(bottle.request.query.get("lang")) or shop.miniapp.default_language(conn)
     with speaking(code):
         page = bottle.template(
             "app",

@@ -1256,6 +1256,9 @@ def test_before_the_shopper_is_known_the_app_speaks_the_shops_default_language(a
     refused(requests.get(app.url + "/api/me", timeout=5), 401, "Telegram-initData fehlen")
     page = requests.get(app.url + "/app", timeout=5)
     assert '<html lang="de">' in page.text and "Demo Shop wird geladen…" in page.text
+    page = requests.get(app.url + "/app?lang=pl", timeout=5)  # where the bot names it
+    assert '<html lang="pl">' in page.text and "Ładowanie: Demo Shop…" in page.text
+    assert '<html lang="de">' in requests.get(app.url + "/app?lang=xx", timeout=5).text
     assert ok(call(app, "GET", "/api/me", user_=JOSE))["language"] == "de"  # fr: the default
     assert ok(call(app, "GET", "/api/me", user_=shop.PREVIEW_USER))["language"] == "de"
     assert ok(call(app, "GET", "/api/me"))["language"] == "pl"  # Ann's Polish is spoken

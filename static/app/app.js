@@ -1124,14 +1124,16 @@ function fatal(message, link) {
 // Languages ###################################################################
 
 /** The language the shop most likely speaks to this shopper, to fetch its texts alongside the
- * first API calls: the one it spoke here last time, else Telegram's, else the page's (the shop's
- * default). The API's answer decides. */
+ * first API calls: the one the page's address names (/app?lang=de, from the bot), else the one it
+ * spoke here last time, else Telegram's, else the page's (the shop's default). The API decides. */
 function guessLanguage() {
+  const page = document.documentElement.lang.replace("-", "_");
+  if (new URLSearchParams(location.search).has("lang")) return page;
   try {
     const last = localStorage.getItem("shop.language");
     if (last) return last;
   } catch (e) { /* storage refused: guess on */ }
-  return tg.languageCode().split("-")[0].toLowerCase() || document.documentElement.lang.replace("-", "_");
+  return tg.languageCode().split("-")[0].toLowerCase() || page;
 }
 
 const catalogs = new Map();
