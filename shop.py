@@ -8743,15 +8743,36 @@ def web_webhook(shop, provider):
 
 
 def web_index(shop):
+    """The storefront: what is in stock where, and where to shop, in the shop's default language
+    (the links for its owners stay English, as the admin does)."""
     conn = shop.db()
-    return bottle.template(
-        "index",
-        template_lookup=[str(TEMPLATES_DIR)],
-        shop=shop,
-        name=get_setting(conn, "shop_name"),
-        cities=list_cities(conn),
-        health=shop.health(),
-    )
+    code = default_language(conn)
+    with speaking(code):
+        cities = [
+            {"name": c["name"], "units": ntr("{n} item", "{n} items", c["units"])}
+            for c in list_cities(conn)
+        ]
+        say = {
+            "test_mode": tr(
+                "Test mode: payments are simulated and only the shop's owners can buy. The shop "
+                "opens once it takes real payments."
+            ),
+            "sandbox": tr("Sandbox mode: no real payments are taken."),
+            "in_stock": tr("In stock now in:"),
+            "empty": tr("The shop is empty right now."),
+            "in_telegram": tr("Shop in Telegram: @{bot}", bot=shop.bot_username or ""),
+            "through_bot": tr("Shop through our Telegram bot."),
+        }
+        return bottle.template(
+            "index",
+            template_lookup=[str(TEMPLATES_DIR)],
+            shop=shop,
+            lang=code.replace("_", "-"),
+            say=say,
+            name=get_setting(conn, "shop_name"),
+            cities=cities,
+            health=shop.health(),
+        )
 
 
 class StaticGzip:

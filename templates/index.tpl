@@ -1,5 +1,5 @@
 <!doctype html>
-<html lang="en">
+<html lang="{{lang}}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -10,24 +10,24 @@
 <main>
   <h1>{{name}}</h1>
   % if shop.test_mode:
-  <p class="badge">Test mode: payments are simulated and only the shop's owners can buy. The shop opens once it takes real payments.</p>
+  <p class="badge">{{say["test_mode"]}}</p>
   % elif shop.config.sandbox:
-  <p class="badge">Sandbox mode: no real payments are taken.</p>
+  <p class="badge">{{say["sandbox"]}}</p>
   % end
   % if cities:
-  <p>In stock now in:</p>
+  <p>{{say["in_stock"]}}</p>
   <ul>
     % for city in cities:
-    <li>{{city["name"]}} <span class="muted">({{city["units"]}} item{{"s" if city["units"] != 1 else ""}})</span></li>
+    <li>{{city["name"]}} <span class="muted">({{city["units"]}})</span></li>
     % end
   </ul>
   % else:
-  <p>The shop is empty right now.</p>
+  <p>{{say["empty"]}}</p>
   % end
   % if shop.bot_username:
-  <p><a class="button" href="https://t.me/{{shop.bot_username}}">Shop in Telegram: @{{shop.bot_username}}</a></p>
+  <p><a class="button" href="https://t.me/{{shop.bot_username}}">{{say["in_telegram"]}}</a></p>
   % elif shop.config.bot_token:
-  <p>Shop through our Telegram bot.</p>
+  <p>{{say["through_bot"]}}</p>
   % else:
   <p class="muted">The Telegram bot is not connected yet (set <code>BOT_TOKEN</code>).</p>
   % end
