@@ -9488,21 +9488,25 @@ def web_media(shop, name):
 
 
 def web_error_page(error):
+    """An error as a JSON or HTML page; ours in the language of the request (a Mini App API call
+    records the shopper's in the environ), else the source language."""
     message = error.body
-    if storage_problem(error.exception):  # logged there for the owner
-        bottle.response.status = 503
-        bottle.response.set_header("Retry-After", "60")
-        message = STORAGE_BUSY
-    elif error.status_code >= 500:
-        log.error(
-            "web: %s %s failed: %s",
-            bottle.request.method,
-            bottle.request.path,
-            error.exception or error.body,
-            exc_info=error.exception,
-        )
-        message = "Internal error; the owner can find it in the log."
-    if bottle.request.path.startswith(("/api", "/healthz", "/webhook", "/sandbox")):
+    code = bottle.request.environ.get("shop.language")
+    with speaking(code if code in available_languages() else SOURCE_LANGUAGE):
+        if storage_problem(error.exception):  # logged there for the owner
+            bottle.response.status = 503
+            bottle.response.set_header("Retry-After", "60")
+            message = tr(STORAGE_BUSY)
+        elif error.status_code >= 500:
+            log.error(
+                "web: %s %s failed: %s",
+                bottle.request.method,
+                bottle.request.path,
+                error.exception or error.body,
+                exc_info=error.exception,
+            )
+            message = tr("Internal error; the owner can find it in the log.")
+    if bottle.request.path.startswith(("/api", "/app/i18n", "/healthz", "/webhook", "/sandbox")):
         bottle.response.content_type = "application/json"
         return json.dumps({"error": message})
     bottle.response.content_type = "text/html; charset=utf-8"
@@ -9528,7 +9532,8 @@ WEB_ERROR_CODES = (400, 403, 404, 405, 409, 413, 429, 500)
 
 # Web: Mini App #################################################################
 
-PREVIEW_USER = {"id": -1, "first_name": "Preview shopper", "username": None, "language_code": "en"}
+# Telegram tells no language for the preview shopper: the preview speaks the shop's default one.
+PREVIEW_USER = {"id": -1, "first_name": "Preview shopper", "username": None, "language_code": None}
 
 
 INIT_DATA_MAX_AGE = 24 * 3600
@@ -9542,7 +9547,7 @@ def init_data_hash(fields, bot_token):
     return hmac.new(secret, check.encode(), hashlib.sha256).hexdigest()
 
 
-PREVIEW_FOR_OWNERS = (
+PREVIEW_FOR_OWNERS = N_(
     "With a bot connected, the Mini App preview in a browser is for the shop's owners: "
     "log in to the admin first, or open the shop from the bot."
 )
@@ -9564,34 +9569,37 @@ def sign_init_data(user, bot_token, auth_date=None, **fields):
 
 def verify_init_data(init_data, bot_token, *, max_age=INIT_DATA_MAX_AGE, now=None):
     """Check a Mini App's raw initData; return its user (a dict with an int id) or raise
-    Unauthorized."""
+    Unauthorized (in the language of the moment: the shop's default, as no user is known yet)."""
     if not init_data:
-        raise Unauthorized("Missing Telegram initData: open the shop from the bot.")
+        raise Unauthorized(tr("Missing Telegram initData: open the shop from the bot."))
     if len(init_data) > 8192:
-        raise Unauthorized("initData is too long.")
+        raise Unauthorized(tr("initData is too long."))
     try:
         pairs = parse_qsl(init_data, keep_blank_values=True, strict_parsing=True)
     except ValueError:
-        raise Unauthorized("initData is not a query string.") from None
+        raise Unauthorized(tr("initData is not a query string.")) from None
     fields = {}
     for key, value in pairs:
         if key in fields:
-            raise Unauthorized("initData repeats a field.")
+            raise Unauthorized(tr("initData repeats a field."))
         fields[key] = value
     given = fields.pop("hash", "")
     if not re.fullmatch(r"[0-9a-f]{64}", given):
-        raise Unauthorized("initData has no valid hash.")
+        raise Unauthorized(tr("initData has no valid hash."))
     if not hmac.compare_digest(init_data_hash(fields, bot_token), given):
-        raise Unauthorized("initData is not signed by this shop's bot.")
+        raise Unauthorized(tr("initData is not signed by this shop's bot."))
     if not re.fullmatch(r"\d{1,12}", fields.get("auth_date", "")):
-        raise Unauthorized("initData has no auth_date.")
+        raise Unauthorized(tr("initData has no auth_date."))
     age = (time.time() if now is None else now) - int(fields["auth_date"])
     if max_age is not None and age > max_age:
         raise Unauthorized(
-            "This session is older than 24 hours: close the shop and open it again from the bot."
+            tr(
+                "This session is older than 24 hours: close the shop and open it again from "
+                "the bot."
+            )
         )
     if age < -300:
-        raise Unauthorized("initData comes from the future.")
+        raise Unauthorized(tr("initData comes from the future."))
     try:
         user = json.loads(fields.get("user", ""))
     except ValueError:
@@ -9601,13 +9609,13 @@ def verify_init_data(init_data, bot_token, *, max_age=INIT_DATA_MAX_AGE, now=Non
         or not isinstance(user.get("id"), int)
         or isinstance(user["id"], bool)
     ):
-        raise Unauthorized("initData has no user.")
+        raise Unauthorized(tr("initData has no user."))
     # Telegram writes ids that fit SQLite's integers and text for names; anything else is no user.
     if not -(2**63) < user["id"] < 2**63 or not all(
         isinstance(user.get(k), (str, type(None)))
         for k in ("first_name", "username", "language_code")
     ):
-        raise Unauthorized("initData has no valid user.")
+        raise Unauthorized(tr("initData has no valid user."))
     return user
 
 
@@ -9616,10 +9624,12 @@ def _body_int(body, key, low, high):
     if isinstance(value, bool) or not re.fullmatch(
         r"-?\d{1,18}", str(value) if value is not None else ""
     ):
-        raise InvalidInput(f"{key} must be a whole number.")
+        # TRANSLATORS: key is a field of the app's request to the shop, like product_id
+        raise InvalidInput(tr("{key} must be a whole number.", key=key))
     value = int(value)
     if not low <= value <= high:
-        raise InvalidInput(f"{key} must be from {low} to {high}.")
+        # TRANSLATORS: key is a field of the app's request to the shop, like quantity
+        raise InvalidInput(tr("{key} must be from {low} to {high}.", key=key, low=low, high=high))
     return value
 
 
@@ -9636,6 +9646,8 @@ def offered_methods(methods, stars):
 
 
 def invoice_json(conn, payment, sandbox, simulate=False):
+    """An invoice as the Mini App shows it; amounts also as the shopper's language writes them
+    (the *_text fields)."""
     closed = payment["status"] == "waiting" and not invoice_is_open(payment)
     stars = payment["pay_currency"] == "xtr"
     order_status = get_order_status(conn, payment["order_id"])
@@ -9648,10 +9660,12 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "pay_currency": payment["pay_currency"],
         "payin_extra_id": payment["payin_extra_id"],
         "price_amount": cents_to_str(payment["price_cents"]),
+        "price_text": fmt_eur(payment["price_cents"]),
         "price_currency": "EUR",
         "expires_at": payment["expires_at"][:19] + "Z",
         "status": payment["status"],
-        "status_text": "⌛ No longer open" if closed else payment_status_text(payment),
+        # STATUS_TEXT's words, in the shopper's language once the catalogs have them.
+        "status_text": tr("⌛ No longer open") if closed else tr(payment_status_text(payment)),
         "final": payment["status"] not in OPEN_STATUSES,
         "open": payment["status"] == "waiting" and not closed,
         # What the shop did: the order 'paid' (delivered), or 'cancelled'/'expired' (money, if
@@ -9659,6 +9673,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "order_status": order_status,
         "outcome": payment["outcome"],
         "credited": cents_to_str(payment["credited_cents"]),
+        "credited_text": fmt_eur(payment["credited_cents"]),
         "payment_uri": None
         if stars
         else payment_uri(payment["pay_currency"], payment["pay_address"], payment["pay_amount"]),
@@ -9667,6 +9682,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         # the amount in whole Stars.
         "invoice_link": payment["pay_address"] or None if stars else None,
         "stars": stars_amount(payment),
+        "stars_text": fmt_stars(stars_amount(payment)) if stars else None,
         "sandbox": sandbox,
         "simulate": simulate and invoice_is_open(payment),
     }
@@ -9674,9 +9690,9 @@ def invoice_json(conn, payment, sandbox, simulate=False):
 
 def catalog_json(conn, stars=True):
     """Everything in stock: cities > districts > products, with availability, price in Stars
-    (None when not paid in Stars) and the ways each may be paid. stars: whether the shop takes
-    Telegram Stars."""
-    rule, rate, cities = telegram_rule(conn), stars_per_euro(conn), {}
+    (None when not paid in Stars) and the ways each may be paid; names and prices in the
+    language of the moment. stars: whether the shop takes Telegram Stars."""
+    rule, rate, cities, lowest = telegram_rule(conn), stars_per_euro(conn), {}, {}
     for r in list_catalog_offers(conn):
         city = cities.setdefault(
             r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}}
@@ -9684,52 +9700,75 @@ def catalog_json(conn, stars=True):
         district = city["districts"].setdefault(
             r["district_id"], {"id": r["district_id"], "name": r["district"], "products": []}
         )
+        lowest[r["district_id"]] = min(
+            lowest.get(r["district_id"], r["price_cents"]), r["price_cents"]
+        )
         methods = offered_methods(product_methods(r, rule), stars)
+        in_stars = stars_of(r, rate) if "stars" in methods else None
         district["products"].append(
             {
                 "id": r["id"],
                 "name": r["name"],
                 "description": r["description"],
                 "price": cents_to_str(r["price_cents"]),
+                "price_text": fmt_eur(r["price_cents"]),
                 "available": r["available"],
                 "photo_url": f"/media/{r['photo']}" if r["photo"] else None,
                 "kind": r["kind"],
                 "methods": methods,
-                "stars": stars_of(r, rate) if "stars" in methods else None,
+                "stars": in_stars,
+                "stars_text": fmt_stars(in_stars) if in_stars is not None else None,
             }
         )
-    return {"cities": [dict(c, districts=list(c["districts"].values())) for c in cities.values()]}
+    return {
+        "cities": [
+            dict(
+                c,
+                districts=[
+                    dict(d, lowest_price_text=fmt_eur(lowest[d["id"]]))
+                    for d in c["districts"].values()
+                ],
+            )
+            for c in cities.values()
+        ]
+    }
 
 
 class CatalogCache:
-    """The Mini App's catalog encoded, plain and gzipped, built again only when catalog_version
-    moved (triggers move it with every change to places, products and units, from any connection or
-    process). While nothing was committed in this process it is served without asking SQLite,
-    checked once a second for other processes' changes (an import from the command line). Gzip
-    makes a 1,000-offer catalog many times smaller, for phones and for the server's buffers."""
+    """The Mini App's catalog encoded, plain and gzipped, one per language (names and prices are
+    the shopper's), built again only when catalog_version moved (triggers move it with every change
+    to places, products and units, from any connection or process). While nothing was committed in
+    this process it is served without asking SQLite, checked once a second for other processes'
+    changes (an import from the command line). Gzip makes a 1,000-offer catalog many times
+    smaller, for phones and for the server's buffers."""
 
     CHECK_SECONDS = 1.0
+    EMPTY = (None, None, 0.0, b"", b"")
 
     def __init__(self):
-        # (version, commits, checked at, plain, gzipped), replaced whole
-        self.built = (None, None, 0.0, b"", b"")
+        # language -> (version, commits, checked at, plain, gzipped), each replaced whole
+        self.built = {}
         self.lock = threading.Lock()  # one build at a time; the others wait for it and share it
 
     def get(self, conn, stars=True):
-        """stars: whether the shop takes Telegram Stars (the same for the life of the process)."""
+        """The catalog in the language of the moment. stars: whether the shop takes Telegram
+        Stars (the same for the life of the process)."""
+        code = current_language().code
         commits, now = _commits.value, time.monotonic()  # both before anything is read
-        version, seen, checked, raw, packed = self.built
+        version, seen, checked, raw, packed = self.built.get(code, self.EMPTY)
         if seen == commits and now - checked < self.CHECK_SECONDS:
             return raw, packed
         current = get_catalog_version(conn)
         if current != version:
             with self.lock:
-                if self.built[0] != current:
+                if self.built.get(code, self.EMPTY)[0] != current:
                     raw = json.dumps(catalog_json(conn, stars)).encode()
-                    self.built = (current, commits, now, raw, gzip.compress(raw, 6, mtime=0))
-                    return self.built[3:]
-        self.built = (current, commits, now, *self.built[3:])
-        return self.built[3:]
+                    built = (current, commits, now, raw, gzip.compress(raw, 6, mtime=0))
+                    self.built[code] = built
+                    return built[3:]
+        built = (current, commits, now, *self.built.get(code, self.EMPTY)[3:])
+        self.built[code] = built
+        return built[3:]
 
 
 def payment_ways_json(conn, lines, stars=True):
@@ -9739,24 +9778,59 @@ def payment_ways_json(conn, lines, stars=True):
     lines = normalise_lines(lines)
     total, offers = price_lines(conn, lines)
     methods = offered_methods(checkout_methods(conn, offers), stars)
+    in_stars = stars_total(conn, offers, lines) if "stars" in methods else None
     ways = {
         "methods": methods,
-        "stars": stars_total(conn, offers, lines) if "stars" in methods else None,
+        "stars": in_stars,
+        "stars_text": fmt_stars(in_stars) if in_stars is not None else None,
         "parts": [],
     }
     if not methods:
         for part_methods, part in split_by_methods(conn, lines, offers):
             part_total, part_offers = price_lines(conn, part)
             usable = offered_methods(part_methods, stars)
+            part_stars = stars_total(conn, part_offers, part) if "stars" in usable else None
             ways["parts"].append(
                 {
                     "methods": usable,
                     "lines": [[p, d, q] for p, d, q in part],
                     "total": cents_to_str(part_total),
-                    "stars": stars_total(conn, part_offers, part) if "stars" in usable else None,
+                    "total_text": fmt_eur(part_total),
+                    "stars": part_stars,
+                    "stars_text": fmt_stars(part_stars) if part_stars is not None else None,
                 }
             )
     return ways
+
+
+def payment_amounts_json(conn, lines, balance_cents, stars=True):
+    """What paying lines [(product_id, district_id, quantity)] costs each way some of them may be
+    paid: {way: {"total", "total_text", ...}}, with the Stars for "stars" and the balance and what
+    it lacks for "balance". A basket that shares no way to pay checks out, paid one way, every line
+    that allows it (api_order_lines, part)."""
+    lines = normalise_lines(lines)
+    offers = price_lines(conn, lines)[1]
+    rule, amounts = telegram_rule(conn), {}
+    for way in PAY_METHODS:
+        chosen = [
+            (line, offer)
+            for line, offer in zip(lines, offers, strict=True)
+            if way in offered_methods(product_methods(offer, rule), stars)
+        ]
+        if not chosen:
+            continue
+        total = sum(offer["price_cents"] * line[2] for line, offer in chosen)
+        amount = amounts[way] = {"total": cents_to_str(total), "total_text": fmt_eur(total)}
+        if way == "stars":
+            in_stars = stars_total(conn, [o for _, o in chosen], [line for line, _ in chosen])
+            amount.update(stars=in_stars, stars_text=fmt_stars(in_stars))
+        if way == "balance":
+            short = total - balance_cents
+            amount.update(
+                balance_text=fmt_eur(balance_cents),
+                short_text=fmt_eur(short) if short > 0 else None,
+            )
+    return amounts
 
 
 def basket_photo_url(conn, line):
@@ -9769,6 +9843,7 @@ def basket_photo_url(conn, line):
 
 
 def basket_json(conn, user_id, stars=True):
+    """The shopper's basket, its amounts also as their language writes them (*_text)."""
     basket = get_basket(conn, user_id)
     lines = [(line.product_id, line.district_id, line.quantity) for line in basket.lines]
     try:
@@ -9785,6 +9860,8 @@ def basket_json(conn, user_id, stars=True):
                 "name": line.name,
                 "place": line.place,
                 "price": cents_to_str(line.price_cents),
+                "price_text": fmt_eur(line.price_cents),
+                "sum_text": fmt_eur(line.total_cents),
                 "quantity": line.quantity,
                 "available": line.available,
                 "reserved": line.reserved,
@@ -9793,6 +9870,7 @@ def basket_json(conn, user_id, stars=True):
             for line in basket.lines
         ],
         "total": cents_to_str(basket.total_cents),
+        "total_text": fmt_eur(basket.total_cents),
         "count": basket.count,
     }
 
@@ -9804,15 +9882,19 @@ def orders_json(conn, user_id, before_id=None):
         items = list_order_goods(conn, o["id"])
         paid = o["status"] == "paid"
         payment = latest_order_payment(conn, o["id"])
+        in_stars = stars_amount(payment)
         out.append(
             {
                 "id": o["id"],
                 "status": o["status"],
                 "total": cents_to_str(o["total_cents"]),
+                "total_text": fmt_eur(o["total_cents"]),
                 "method": o["payment_method"],
                 # Paid (or to be paid) in Telegram Stars: how many, else None.
-                "stars": stars_amount(payment),
+                "stars": in_stars,
+                "stars_text": fmt_stars(in_stars) if in_stars is not None else None,
                 "created_at": o["created_at"][:19] + "Z",
+                "created_text": current_language().when(o["created_at"]),
                 "payment_id": payment["provider_id"] if payment else None,
                 "items": [
                     {
@@ -9820,6 +9902,7 @@ def orders_json(conn, user_id, before_id=None):
                         "name": i["product_name"],
                         "place": i["place_name"],
                         "price": cents_to_str(i["price_cents"]),
+                        "price_text": fmt_eur(i["price_cents"]),
                         # The goods themselves, only once paid for, and only to their buyer.
                         "content": i["content"] if paid else None,
                         "media_url": f"/api/orders/{o['id']}/items/{i['id']}/media"
@@ -9851,6 +9934,60 @@ class MiniAppCache:
             self.items[key] = value
 
 
+class MiniAppTexts:
+    """The Mini App's own texts per language, as GET /app/i18n/<lang>.json serves them: from the
+    language's catalog, only the messages found in static/app/ (the Python ones stay on the
+    server), built once per version of the .po files and kept, shared by the web server's
+    threads."""
+
+    def __init__(self):
+        self.built = {}  # language -> (the .po files' (mtime_ns, size), body, ETag)
+        self.lock = threading.Lock()
+
+    def get(self, code):
+        """(JSON bytes, ETag) of a language from available_languages()."""
+        chain = [code] + [base for base in (code.split("_")[0],) if base != code]
+        paths = [LOCALES_DIR / c / "LC_MESSAGES" / "messages.po" for c in chain]
+        stamp = tuple((s.st_mtime_ns, s.st_size) for s in (p.stat() for p in paths if p.exists()))
+        with self.lock:
+            built = self.built.get(code)
+            if built is None or built[0] != stamp:
+                body = json.dumps(app_texts_json(code), ensure_ascii=False).encode()
+                etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+                built = self.built[code] = (stamp, body, etag)
+        return built[1:]
+
+
+def app_texts_json(code):
+    """{"lang", "locale", "plural", "messages": {msgid: text or [plural forms]}} for the Mini
+    App: a message with context is keyed "context\u0004msgid" (as gettext keys it); a language
+    whose catalog lacks a text has it from its base language's (pt_BR from pt), else the app
+    shows the source text."""
+    import babel.messages.pofile
+
+    messages, plural = {}, 2
+    base = code.split("_")[0]
+    for c in ([base] if base != code and base in available_languages() else []) + [code]:
+        if c == SOURCE_LANGUAGE:
+            continue
+        with open(LOCALES_DIR / c / "LC_MESSAGES" / "messages.po", "rb") as f:
+            catalog = babel.messages.pofile.read_po(f, locale=c)
+        plural = catalog.num_plurals
+        for message in catalog:
+            if not message.id or message.fuzzy or not message.string:
+                continue
+            if not any(path.startswith("static/app/") for path, _ in message.locations):
+                continue
+            key = message.id[0] if message.pluralizable else message.id
+            if message.context:
+                key = f"{message.context}\x04{key}"
+            text = list(message.string) if message.pluralizable else message.string
+            if any(text):
+                messages[key] = text
+    locale = language(code).format_locale.replace("_", "-")
+    return {"lang": code, "locale": locale, "plural": plural, "messages": messages}
+
+
 class MiniAppCaches:
     """What the Mini App keeps between requests, shared by the web server's threads."""
 
@@ -9860,6 +9997,19 @@ class MiniAppCaches:
         self.users = MiniAppCache()
         # initData -> (its user, its auth_date): the app sends the same one all session long
         self.verified = MiniAppCache()
+        self.texts = MiniAppTexts()
+        # "default" -> (the shop's default language, commits, when), as for users
+        self.default = MiniAppCache(limit=1)
+
+    def default_language(self, conn):
+        """The shop's default language, read again after a commit (the owner may have changed
+        it) or after 2 seconds (another process may have)."""
+        commits, now = _commits.value, time.monotonic()
+        code, seen, fetched = self.default.get("default", (None, None, 0.0))
+        if code is None or seen != commits or now - fetched > 2.0:
+            code = default_language(conn)
+            self.default.put("default", (code, commits, now))
+        return code
 
 
 def api_init_data():
@@ -9879,7 +10029,7 @@ def api_current_user(shop):
         user = verify_init_data(init_data, shop.webapp_token)
         caches.verified.put(init_data, (user, int(dict(parse_qsl(init_data))["auth_date"])))
     if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
-        raise Unauthorized("Not a Telegram user.")
+        raise Unauthorized(tr("Not a Telegram user."))
     person = {
         "id": user["id"],
         "first_name": str(user.get("first_name") or "")[:64],
@@ -9899,26 +10049,31 @@ def api_current_user(shop):
 def api_body():
     """The request's JSON object (at most 16 KB); an empty body is {}."""
     if (bottle.request.content_length or 0) > 16384:
-        raise InvalidInput("The request is too large.")
+        raise InvalidInput(tr("The request is too large."))
     raw = bottle.request.body.read(16385)
     try:
         data = parse_json(raw.decode("utf-8")) if raw.strip() else {}
     except (UnicodeDecodeError, ValueError):
-        raise InvalidInput("The request body must be a JSON object.") from None
+        raise InvalidInput(tr("The request body must be a JSON object.")) from None
     if not isinstance(data, dict):
-        raise InvalidInput("The request body must be a JSON object.")
+        raise InvalidInput(tr("The request body must be a JSON object."))
     return data
 
 
 def api_call(shop, method, fn, **url_args):
     """Runs a Mini App API handler, fn(shop, conn, user, data, **url_args), for the shopper whose
-    initData signs the request: its result as JSON (or the response it made), errors as JSON."""
+    initData signs the request, in their language (until they are known, in the shop's default
+    one): its result as JSON (or the response it made), errors as JSON."""
     bottle.response.headers["Cache-Control"] = "no-store"
+    conn, environ = shop.db(), bottle.request.environ
     try:
-        user = api_current_user(shop)
-        result = fn(
-            shop, shop.db(), user, api_body() if method in ("POST", "DELETE") else {}, **url_args
-        )
+        environ["shop.language"] = shop.miniapp.default_language(conn)
+        with speaking(environ["shop.language"]):
+            user = api_current_user(shop)
+        environ["shop.language"] = shopper_language(conn, user)
+        with speaking(environ["shop.language"]):
+            body = api_body() if method in ("POST", "DELETE") else {}
+            result = fn(shop, conn, user, body, **url_args)
     except ProviderError as e:
         log.warning("mini app: %s", e.detail)
         return json_response(e.status, {"error": str(e)})
@@ -9932,7 +10087,9 @@ def api_call(shop, method, fn, **url_args):
 def api_coin_of(data):
     coin = str(data.get("currency") or "").lower()
     if coin not in ("balance", "stars") and coin not in COIN_LABELS:
-        raise InvalidInput(f"Unknown currency {str(data.get('currency'))[:20]!r}.")
+        raise InvalidInput(
+            tr("Unknown currency {currency}.", currency=repr(str(data.get("currency"))[:20]))
+        )
     return coin
 
 
@@ -9943,7 +10100,7 @@ def api_request_id(data):
     if rid is None:
         return None
     if not re.fullmatch(r"[0-9a-f]{16}", str(rid)):
-        raise InvalidInput("request_id must be 16 hex digits.")
+        raise InvalidInput(tr("request_id must be 16 hex digits."))
     return str(rid)
 
 
@@ -9956,13 +10113,21 @@ def takes_stars(shop):
     return shop.payments.stars is not None
 
 
+# What the Mini App offers to top up with, in cents, where the shop's limits allow them.
+SUGGESTED_TOP_UPS = (1000, 2000, 5000, 10000)
+
+
 def api_me(shop, conn, user, data):
+    """The shopper, the shop, and the language the shop speaks to them (with those it speaks, by
+    their own names); amounts also as that language writes them."""
     c = shop.config
+    low, high = shop.setting("min_deposit_cents"), c.max_deposit_cents
     return {
         "id": user["id"],
         "first_name": user["first_name"],
         "username": user["username"],
         "balance": cents_to_str(user["balance_cents"]),
+        "balance_text": fmt_eur(user["balance_cents"]),
         "currency": "EUR",
         "shop_name": get_setting(conn, "shop_name"),
         "sandbox": c.sandbox,
@@ -9971,9 +10136,41 @@ def api_me(shop, conn, user, data):
         "can_buy": shop.may_buy(user["id"]),
         "stars": takes_stars(shop),
         "telegram_rule": telegram_rule(conn),
-        "min_deposit": cents_to_str(shop.setting("min_deposit_cents")),
-        "max_deposit": cents_to_str(c.max_deposit_cents),
+        "min_deposit": cents_to_str(low),
+        "min_deposit_text": fmt_eur(low),
+        "max_deposit": cents_to_str(high),
+        "max_deposit_text": fmt_eur(high),
+        "suggested_top_ups": [
+            {"amount": cents_to_str(cents), "amount_text": fmt_eur(cents)}
+            for cents in SUGGESTED_TOP_UPS
+            if low <= cents <= high
+        ],
+        "language": current_language().code,
+        "language_choice": match_language(user["language"]),
+        "languages": [
+            {"code": code, "name": language(code).name()} for code in available_languages()
+        ],
     }
+
+
+def api_set_language(shop, conn, user, data):
+    """POST /api/language {"language": "de"}: the shop speaks that language to the shopper from
+    now on (in the bot too); null: Telegram's language again. Answers as /api/me does, in it."""
+    code = data.get("language")
+    if code is not None and code not in available_languages():
+        raise InvalidInput(
+            tr(
+                "The shop does not speak {language}; it speaks {languages}.",
+                language=repr(str(code)[:20]),
+                languages=", ".join(available_languages()),
+            )
+        )
+    set_user_language(conn, user["id"], code)
+    user = get_user(conn, user["id"])
+    code = shopper_language(conn, user)
+    bottle.request.environ["shop.language"] = code
+    with speaking(code):
+        return api_me(shop, conn, user, data)
 
 
 def api_catalog(shop, conn, user, data):
@@ -10024,9 +10221,18 @@ def api_currencies(shop, conn, user, data):
             # What the shopper picks first (USDT), then the network (TRC20), when there are several.
             "asset": COIN_LABELS[code].split(" · ")[0],
             "minimum": cents_to_str(minimum) if minimum is not None else None,
+            "minimum_text": fmt_eur(minimum) if minimum is not None else None,
         }
         for code, minimum in shop.payments.coins()
     ]
+
+
+# Why a part of a basket cannot be checked out, per way to pay: whole sentences for translators.
+NOTHING_PAID_WITH = {
+    "stars": N_("Nothing in your basket is paid with ⭐ Telegram Stars."),
+    "crypto": N_("Nothing in your basket is paid with crypto."),
+    "balance": N_("Nothing in your basket is paid with balance."),
+}
 
 
 def api_order_lines(conn, user, kind, data):
@@ -10037,7 +10243,7 @@ def api_order_lines(conn, user, kind, data):
             for line in get_basket(conn, user["id"]).lines
         ]
         if not lines:
-            raise InvalidInput("Your basket is empty.")
+            raise InvalidInput(tr("Your basket is empty."))
         if data.get("part") is True:  # only what may be paid the chosen way; the rest stays
             coin = str(data.get("currency") or "").lower()
             method = coin if coin in ("stars", "balance") else "crypto"
@@ -10050,7 +10256,7 @@ def api_order_lines(conn, user, kind, data):
                 if method in product_methods(offer, rule)
             ]
             if not lines:
-                raise InvalidInput(f"Nothing in your basket is paid with {METHOD_LABELS[method]}.")
+                raise InvalidInput(tr(NOTHING_PAID_WITH[method]))
         return lines
     if kind == "product":
         return [
@@ -10060,7 +10266,60 @@ def api_order_lines(conn, user, kind, data):
                 _body_int(data, "quantity", 1, MAX_QUANTITY),
             )
         ]
-    raise InvalidInput('type must be "basket" or "product".')
+    raise InvalidInput(tr('type must be "basket" or "product".'))
+
+
+def api_checkout_lines(conn, user, data):
+    """What a checkout (the body of payment/create) would sell, as its screen lists them: lines
+    with their price in cents and in the shopper's words."""
+    if data.get("type") == "basket":
+        return [
+            {
+                "product_id": line.product_id,
+                "district_id": line.district_id,
+                "name": line.name,
+                "place": line.place,
+                "quantity": line.quantity,
+                "price_cents": line.price_cents,
+                "price_text": fmt_eur(line.price_cents),
+                "photo_url": basket_photo_url(conn, line),
+            }
+            for line in get_basket(conn, user["id"]).lines
+        ]
+    [(product_id, district_id, quantity)] = api_order_lines(conn, user, "product", data)
+    offer = get_offer(conn, product_id, district_id)
+    return [
+        {
+            "product_id": product_id,
+            "district_id": district_id,
+            "name": offer["name"],
+            "place": place_name(offer["city_name"], offer["district_name"]),
+            "quantity": quantity,
+            "price_cents": offer["price_cents"],
+            "price_text": fmt_eur(offer["price_cents"]),
+            "photo_url": f"/media/{offer['photo']}" if offer["photo"] else None,
+        }
+    ]
+
+
+def api_checkout_quote(shop, conn, user, data):
+    """POST /api/checkout/quote, with the body payment/create takes: what that checkout sells and
+    what it costs each way the shop takes, worded for the shopper, so the checkout screen computes
+    no amount itself. "methods" None: a line is no longer sold (the screen says so)."""
+    shown = api_checkout_lines(conn, user, data)
+    lines = [(x["product_id"], x["district_id"], x["quantity"]) for x in shown]
+    total = sum(x.pop("price_cents") * x["quantity"] for x in shown)
+    quote = {"lines": shown, "total": cents_to_str(total), "total_text": fmt_eur(total)}
+    quote.update(methods=None, stars=None, stars_text=None, parts=[], ways={})
+    if lines:
+        try:
+            quote.update(payment_ways_json(conn, lines, takes_stars(shop)))
+            quote["ways"] = payment_amounts_json(
+                conn, lines, user["balance_cents"], takes_stars(shop)
+            )
+        except ShopError:  # no longer sold
+            pass
+    return quote
 
 
 def api_create_payment(shop, conn, user, data):
@@ -10086,28 +10345,46 @@ def api_create_payment(shop, conn, user, data):
             checkout_key=nonce,
             owners=shop.config.admin_ids,
         )
+        balance = get_user(conn, user["id"])["balance_cents"]
         return {
             "order_id": order_id,
             "status": "paid",
-            "balance": cents_to_str(get_user(conn, user["id"])["balance_cents"]),
+            "balance": cents_to_str(balance),
+            "balance_text": fmt_eur(balance),
         }
     return api_invoice(shop, conn, user, shop.payments.open_order_invoice(user["id"], nonce, coin))
 
 
+def api_top_up_cents(shop, amount):
+    """A top-up's amount (the API's "20.50"; "20,50" and "20" too) in cents, within the shop's
+    limits, else InvalidInput saying why in a whole sentence."""
+    low, high = shop.setting("min_deposit_cents"), shop.config.max_deposit_cents
+    if isinstance(amount, (int, str)) and str(amount).strip().startswith("-"):
+        raise InvalidInput(tr("The amount must be positive."))
+    try:
+        cents = parse_eur(amount, minimum=0, maximum=10**12)
+    except InvalidInput:
+        raise InvalidInput(tr("Please give the amount in EUR, such as 20 or 20.50.")) from None
+    if cents < low:
+        raise InvalidInput(tr("The amount must be at least {minimum}.", minimum=fmt_eur(low)))
+    if cents > high:
+        raise InvalidInput(tr("The amount must be at most {maximum}.", maximum=fmt_eur(high)))
+    return cents
+
+
+def api_refill_quote(shop, conn, user, data):
+    """GET /api/payment/refill/quote?amount=20.50: the amount as the shopper's language writes
+    it, for the button that tops it up (or why it cannot be topped up)."""
+    cents = api_top_up_cents(shop, bottle.request.query.get("amount"))
+    return {"amount": cents_to_str(cents), "amount_text": fmt_eur(cents)}
+
+
 def api_refill(shop, conn, user, data):
-    c = shop.config
     shop.check_may_buy(user["id"])
     coin, rid = api_coin_of(data), api_request_id(data)
     if coin == "balance":
-        raise InvalidInput("Top up with a coin, not with the balance.")
-    try:
-        cents = parse_eur(
-            data.get("amount"),
-            minimum=shop.setting("min_deposit_cents"),
-            maximum=c.max_deposit_cents,
-        )
-    except InvalidInput as e:
-        raise InvalidInput(f"The amount {e}.") from None
+        raise InvalidInput(tr("Top up with a coin, not with the balance."))
+    cents = api_top_up_cents(shop, data.get("amount"))
     nonce = checkout_for_request(conn, user["id"], "topup", cents, request_id=rid)
     return api_invoice(shop, conn, user, shop.payments.open_topup_invoice(user["id"], nonce, coin))
 
@@ -10124,7 +10401,7 @@ def api_payment_status(shop, conn, user, data, payment_id):
 def api_payment_qr(shop, conn, user, data, payment_id):
     p = get_payment_by_provider_id(conn, user["id"], payment_id)
     if p["pay_currency"] == "xtr":
-        raise NotFound("A Telegram Stars invoice is paid in Telegram: it has no QR code.")
+        raise NotFound(tr("A Telegram Stars invoice is paid in Telegram: it has no QR code."))
     return bottle.HTTPResponse(
         qr_png(payment_uri(p["pay_currency"], p["pay_address"], p["pay_amount"])),
         headers={"Content-Type": "image/png", "Cache-Control": "private, max-age=3600"},
@@ -10139,7 +10416,7 @@ def api_payment_cancel(shop, conn, user, data, payment_id):
 
 def api_payment_simulate(shop, conn, user, data, payment_id):
     if not shop.config.sandbox:
-        raise NotFound("Simulated payments exist only in sandbox mode.")
+        raise NotFound(tr("Simulated payments exist only in sandbox mode."))
     own = get_payment_by_provider_id(conn, user["id"], payment_id)
     shop.payments.simulate(user["id"], own["id"], str(data.get("outcome") or ""))
     return {"simulating": data.get("outcome")}
@@ -10153,7 +10430,7 @@ def api_orders(shop, conn, user, data):
 def api_order_media(shop, conn, user, data, order_id, item_id):
     media = find_paid_item_media(conn, user["id"], order_id, item_id)
     if not media:
-        raise NotFound("No such photo.")
+        raise NotFound(tr("No such photo."))
     response = bottle.static_file(media, root=str(shop.config.media_dir / "private"))
     response.set_header("Cache-Control", "private, no-store")
     return response
@@ -10167,8 +10444,11 @@ API_ROUTES = [
     ("POST", "/api/basket", api_set_basket_line),
     ("DELETE", "/api/basket/<item_id:id>", api_delete_basket_line),
     ("GET", "/api/currencies", api_currencies),
+    ("POST", "/api/language", api_set_language),
+    ("POST", "/api/checkout/quote", api_checkout_quote),
     ("POST", "/api/payment/create", api_create_payment),
     ("POST", "/api/payment/refill", api_refill),
+    ("GET", "/api/payment/refill/quote", api_refill_quote),
     ("GET", "/api/payment/status/<payment_id:re:[0-9a-z-]{1,64}>", api_payment_status),
     ("GET", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/qr", api_payment_qr),
     ("POST", "/api/payment/<payment_id:re:[0-9a-z-]{1,64}>/cancel", api_payment_cancel),
@@ -10187,6 +10467,9 @@ MINIAPP_CSP = (
 
 
 def web_miniapp_page(shop):
+    """The Mini App's page, in the shop's default language until the app knows the shopper's
+    (Telegram passes the shopper in the URL's fragment, which browsers never send), or in the one
+    its address names (/app?lang=de, where the bot knows it)."""
     conn = shop.db()
     # Where a plain browser gets the preview shopper's initData, if anywhere: see
     # web_miniapp_preview.
@@ -10197,14 +10480,19 @@ def web_miniapp_page(shop):
         if shop.config.bot_token
         else "/app/preview"
     )
-    response = bottle.HTTPResponse(
-        bottle.template(
+    name = get_setting(conn, "shop_name")
+    code = match_language(bottle.request.query.get("lang")) or shop.miniapp.default_language(conn)
+    with speaking(code):
+        page = bottle.template(
             "app",
             template_lookup=[str(TEMPLATES_DIR)],
-            name=get_setting(conn, "shop_name"),
+            name=name,
+            lang=code.replace("_", "-"),
+            loading=tr("Loading {name}…", name=name),
+            needs_js=tr("This shop needs JavaScript. Please open it from the Telegram bot."),
             preview_url=preview_url,
         )
-    )
+    response = bottle.HTTPResponse(page)
     response.set_header("Content-Security-Policy", MINIAPP_CSP)
     response.set_header("Cache-Control", "no-cache")
     return response
@@ -10214,20 +10502,52 @@ def web_miniapp_preview(shop):
     """Sandbox without a bot: initData for the preview shopper, so the Mini App can be tried in a
     browser. With a bot connected, anyone who can reach the shop could use it to simulate payments
     and take real goods: then the admin hands it out to owners (/admin/app-preview)."""
-    if not shop.config.sandbox:
-        return json_response(
-            404,
-            {"error": "The preview exists only in sandbox mode; open the shop from the bot."},
-        )
-    if shop.config.bot_token:
-        return json_response(403, {"error": PREVIEW_FOR_OWNERS, "login": "/admin/login?next=/app"})
+    with speaking(shop.miniapp.default_language(shop.db())):
+        if not shop.config.sandbox:
+            return json_response(
+                404,
+                {
+                    "error": tr(
+                        "The preview exists only in sandbox mode; open the shop from the bot."
+                    )
+                },
+            )
+        if shop.config.bot_token:
+            return json_response(
+                403, {"error": tr(PREVIEW_FOR_OWNERS), "login": "/admin/login?next=/app"}
+            )
     bottle.response.headers["Cache-Control"] = "no-store"
     return json_response(200, {"initData": preview_init_data(shop)})
+
+
+def web_miniapp_texts(shop, code):
+    """GET /app/i18n/<lang>.json: the Mini App's own texts in a language (MiniAppTexts); the
+    source language's are empty. Revalidated like the app's scripts (a cheap 304)."""
+    if code not in available_languages():
+        with speaking(shop.miniapp.default_language(shop.db())):
+            return json_response(
+                404,
+                {
+                    "error": tr(
+                        "The shop does not speak {language}; it speaks {languages}.",
+                        language=repr(code),
+                        languages=", ".join(available_languages()),
+                    )
+                },
+            )
+    body, etag = shop.miniapp.texts.get(code)
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+    if header("If-None-Match") == etag:
+        return bottle.HTTPResponse(status=304, headers=headers)
+    return bottle.HTTPResponse(
+        body, headers={**headers, "Content-Type": "application/json; charset=UTF-8"}
+    )
 
 
 MINIAPP_ROUTES = [
     ("GET", "/app", web_miniapp_page),
     ("GET", "/app/preview", web_miniapp_preview),
+    ("GET", "/app/i18n/<code:re:[A-Za-z_]{2,12}>.json", web_miniapp_texts),
 ]
 
 

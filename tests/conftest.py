@@ -469,3 +469,31 @@ class Shopper:
 
     def buttons(self):
         return self.screen.button_texts
+
+
+# Languages: throwaway catalogs (tests/throwaway_catalogs.py) in a temporary locales folder.
+
+
+@pytest.fixture
+def shop_languages(tmp_path):
+    """Factory: shop_languages("de", "pl", de={msgid: text}) makes the shop speak those languages
+    from throwaway catalogs (German and Polish come with translations for the shopper's walk; more
+    texts per language by keyword). The real locales folder is back after the test."""
+    import throwaway_catalogs
+
+    before = shop.LOCALES_DIR
+    folder = tmp_path / "locales"
+
+    def speak(*codes, **texts):
+        for code in codes:
+            given = {**throwaway_catalogs.TEXTS.get(code, {}), **texts.get(code, {})}
+            throwaway_catalogs.write_catalog(folder, code, given)
+        shop.LOCALES_DIR = folder
+        shop.available_languages.cache_clear()
+        shop._languages.clear()
+        return folder
+
+    yield speak
+    shop.LOCALES_DIR = before
+    shop.available_languages.cache_clear()
+    shop._languages.clear()

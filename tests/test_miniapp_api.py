@@ -121,6 +121,19 @@ def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
         "max_deposit": "10000.00",
         "stars": True,
         "telegram_rule": True,
+        # Every amount also as the shopper's language writes it (Ann's Polish is not spoken yet).
+        "balance_text": "€0.00",
+        "min_deposit_text": "€5.00",
+        "max_deposit_text": "€10,000.00",
+        "suggested_top_ups": [
+            {"amount": "10.00", "amount_text": "€10.00"},
+            {"amount": "20.00", "amount_text": "€20.00"},
+            {"amount": "50.00", "amount_text": "€50.00"},
+            {"amount": "100.00", "amount_text": "€100.00"},
+        ],
+        "language": "en",
+        "language_choice": None,
+        "languages": [{"code": "en", "name": "English"}],
     }
     packed = call(app, "GET", "/api/catalog")
     assert (
@@ -136,12 +149,15 @@ def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
         "name": "gift_card *25*",
         "description": "",
         "price": "25.00",
+        "price_text": "€25.00",
         "available": 2,
         "photo_url": None,
         "kind": None,
         "methods": ["stars", "crypto", "balance"],
         "stars": 1250,  # €25.00 at the default 50 Stars per euro
+        "stars_text": "1,250 ⭐",
     }
+    assert catalog["cities"][1]["districts"][0]["lowest_price_text"] == "€0.50"
     buyer = user(app.conn, 2, balance=1900)
     shop.buy_with_balance(app.conn, buyer, [(*app.ids[("Poster", "Mitte")], 1)])
     assert [c["name"] for c in ok(call(app, "GET", "/api/catalog"))["cities"]] == [
@@ -253,6 +269,7 @@ def test_currencies_show_their_minimums(app):
         "label": "USDT · TRC20",
         "asset": "USDT",
         "minimum": "9.30",
+        "minimum_text": "€9.30",
     }
     # The Mini App groups coins by asset, each with its networks.
     groups = {}
@@ -360,7 +377,12 @@ def test_paying_the_basket_from_the_balance(app):
     paid = ok(
         call(app, "POST", "/api/payment/create", json={"type": "basket", "currency": "balance"})
     )
-    assert paid == {"order_id": paid["order_id"], "status": "paid", "balance": "28.00"}
+    assert paid == {
+        "order_id": paid["order_id"],
+        "status": "paid",
+        "balance": "28.00",
+        "balance_text": "€28.00",
+    }
     assert ok(call(app, "GET", "/api/basket"))["items"] == []
     assert ok(call(app, "GET", "/api/me"))["balance"] == "28.00"
     refused(
@@ -458,7 +480,7 @@ def test_bad_payment_requests_get_a_reason_and_reserve_nothing(app, body, status
 @pytest.mark.parametrize(
     "amount, status, words",
     [
-        ("2", 400, "at least 5.00"),
+        ("2", 400, "at least €5.00"),
         ("20000", 400, "at most"),
         ("abc", 400, "amount in EUR"),
         (None, 400, "amount"),
@@ -995,15 +1017,44 @@ def test_a_basket_that_shares_no_way_to_pay_is_checked_out_one_part_at_a_time(ap
     assert basket["payment"] == {
         "methods": [],
         "stars": None,
+        "stars_text": None,
         "parts": [
-            {"methods": ["stars"], "lines": [[*gift, 2]], "total": "50.00", "stars": 2500},
+            {
+                "methods": ["stars"],
+                "lines": [[*gift, 2]],
+                "total": "50.00",
+                "total_text": "€50.00",
+                "stars": 2500,
+                "stars_text": "2,500 ⭐",
+            },
             {
                 "methods": ["crypto", "balance"],
                 "lines": [[*sticker, 3]],
                 "total": "1.50",
+                "total_text": "€1.50",
                 "stars": None,
+                "stars_text": None,
             },
         ],
+    }
+    # What checkout shows: each way's amount, for a part paid that way, worded by the shop.
+    quote = ok(call(app, "POST", "/api/checkout/quote", json={"type": "basket"}))
+    assert quote["parts"] == basket["payment"]["parts"] and quote["methods"] == []
+    assert quote["total_text"] == "€51.50"
+    assert quote["ways"] == {
+        "stars": {
+            "total": "50.00",
+            "total_text": "€50.00",
+            "stars": 2500,
+            "stars_text": "2,500 ⭐",
+        },
+        "crypto": {"total": "1.50", "total_text": "€1.50"},
+        "balance": {
+            "total": "1.50",
+            "total_text": "€1.50",
+            "balance_text": "€0.00",
+            "short_text": "€1.50",
+        },
     }
     whole = {"type": "basket", "currency": "stars"}
     refused(call(app, "POST", "/api/payment/create", json=whole), 400, "Sticker cannot be paid")
@@ -1028,7 +1079,12 @@ def test_a_basket_that_shares_no_way_to_pay_is_checked_out_one_part_at_a_time(ap
     )
     rest = ok(call(app, "GET", "/api/basket"))
     assert [(i["name"], i["quantity"]) for i in rest["items"]] == [("Sticker", 3)]
-    assert rest["payment"] == {"methods": ["crypto", "balance"], "stars": None, "parts": []}
+    assert rest["payment"] == {
+        "methods": ["crypto", "balance"],
+        "stars": None,
+        "stars_text": None,
+        "parts": [],
+    }
     refused(
         call(app, "POST", "/api/payment/create", json={**part, "request_id": "0000000000000c02"}),
         400,
@@ -1102,3 +1158,178 @@ def test_the_catalog_follows_telegrams_rule_and_the_stars_rate_at_once(app):
     assert gift() == (["stars", "crypto", "balance"], 1250)
     shop.save_settings(app.conn, {"stars_per_euro": "60"})
     assert gift() == (["stars", "crypto", "balance"], 1500)
+
+
+# Languages (issue 14) ########################################################
+
+BERND = {"id": 502, "first_name": "Bernd", "username": None, "language_code": "de-AT"}
+JOSE = {"id": 503, "first_name": "José", "username": None, "language_code": "fr"}
+
+
+def spoken(code, fn, *args):
+    with shop.speaking(code):
+        return fn(*args)
+
+
+def test_the_app_speaks_telegrams_language_then_the_shoppers_choice(app, shop_languages):
+    shop_languages("de", "pl")
+    gift = app.ids[("gift_card *25*", "Bałuty & Widzew")]
+    with shop.transaction(app.conn):  # the owner named the gift card in German
+        app.conn.execute(
+            "UPDATE products SET translations = ? WHERE id = ?",
+            ('{"de": {"name": "Geschenkgutschein"}}', gift[0]),
+        )
+    # Telegram's language_code from the signed initData: Polish; Austrian German is German; a
+    # language the shop does not speak is the shop's default (English).
+    me = ok(call(app, "GET", "/api/me"))
+    assert (me["language"], me["language_choice"]) == ("pl", None)
+    assert me["languages"] == [
+        {"code": "en", "name": "English"},
+        {"code": "de", "name": "Deutsch"},
+        {"code": "pl", "name": "Polski"},
+    ]
+    assert me["max_deposit_text"] == "10\u00a0000,00\u00a0€"
+    assert ok(call(app, "GET", "/api/me", user_=BERND))["language"] == "de"
+    assert ok(call(app, "GET", "/api/me", user_=JOSE))["language"] == "en"
+    assert shop.get_user(app.conn, 502)["language_code"] == "de-AT"  # stored, as touch_user does
+
+    # Names and amounts in each language: the catalog is kept once per language.
+    def product(user_):
+        catalog = ok(call(app, "GET", "/api/catalog", user_=user_))
+        return catalog["cities"][1]["districts"][0]["products"][0]
+
+    assert {k: product(BERND)[k] for k in ("name", "price", "price_text", "stars_text")} == {
+        "name": "Geschenkgutschein",
+        "price": "25.00",
+        "price_text": "25,00\u00a0€",
+        "stars_text": "1.250 ⭐",
+    }
+    assert (product(ANN)["name"], product(ANN)["stars_text"]) == ("gift_card *25*", "1\u00a0250 ⭐")
+    assert product(JOSE)["price_text"] == "€25.00"
+    basket = ok(
+        call(
+            app,
+            "POST",
+            "/api/basket",
+            user_=BERND,
+            json={"product_id": gift[0], "district_id": gift[1], "quantity": 2},
+        )
+    )
+    assert (basket["items"][0]["name"], basket["total_text"]) == (
+        "Geschenkgutschein",
+        "50,00\u00a0€",
+    )
+    quote = ok(call(app, "POST", "/api/checkout/quote", user_=BERND, json={"type": "basket"}))
+    assert quote["ways"]["balance"]["short_text"] == "50,00\u00a0€"
+    assert quote["lines"][0]["price_text"] == "25,00\u00a0€"
+
+    # Ann chooses German: remembered (the bot reads it too), and said in German from then on.
+    chosen = ok(call(app, "POST", "/api/language", json={"language": "de"}))
+    assert (chosen["language"], chosen["language_choice"]) == ("de", "de")
+    assert chosen["balance_text"] == "0,00\u00a0€"
+    assert shop.get_user(app.conn, 501)["language"] == "de"
+    assert ok(call(app, "GET", "/api/me"))["language"] == "de"
+    assert product(ANN)["name"] == "Geschenkgutschein"
+    refused(
+        call(app, "POST", "/api/basket", json={"product_id": "x", "district_id": 1, "quantity": 1}),
+        400,
+        "product_id muss eine ganze Zahl sein.",
+    )
+    # null: Telegram's language again.
+    back = ok(call(app, "POST", "/api/language", json={"language": None}))
+    assert (back["language"], back["language_choice"]) == ("pl", None)
+    assert shop.get_user(app.conn, 501)["language"] is None
+
+
+@pytest.mark.parametrize("language", ["xx", "DE", "", 5, ["de"], {"code": "de"}])
+def test_a_language_the_shop_does_not_speak_is_refused(app, shop_languages, language):
+    shop_languages("de")
+    error = refused(call(app, "POST", "/api/language", json={"language": language}), 400)["error"]
+    assert "en, de" in error
+    assert shop.get_user(app.conn, 501)["language"] is None
+    refused(call(app, "POST", "/api/language", data=b"[1]"), 400, "JSON object")
+
+
+def test_before_the_shopper_is_known_the_app_speaks_the_shops_default_language(app, shop_languages):
+    shop_languages("de", "pl")
+    shop.save_settings(app.conn, {"default_language": "de"})
+    refused(requests.get(app.url + "/api/me", timeout=5), 401, "Telegram-initData fehlen")
+    page = requests.get(app.url + "/app", timeout=5)
+    assert '<html lang="de">' in page.text and "Demo Shop wird geladen…" in page.text
+    page = requests.get(app.url + "/app?lang=pl", timeout=5)  # where the bot names it
+    assert '<html lang="pl">' in page.text and "Ładowanie: Demo Shop…" in page.text
+    assert '<html lang="de">' in requests.get(app.url + "/app?lang=xx", timeout=5).text
+    assert ok(call(app, "GET", "/api/me", user_=JOSE))["language"] == "de"  # fr: the default
+    assert ok(call(app, "GET", "/api/me", user_=shop.PREVIEW_USER))["language"] == "de"
+    assert ok(call(app, "GET", "/api/me"))["language"] == "pl"  # Ann's Polish is spoken
+
+
+def test_the_apps_own_texts_come_from_the_same_catalogs(app, shop_languages):
+    shop_languages("de", "pl")
+    r = requests.get(app.url + "/app/i18n/pl.json", timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    texts = r.json()
+    assert (texts["lang"], texts["locale"], texts["plural"]) == ("pl", "pl", 3)
+    messages = texts["messages"]
+    assert messages["Choose a city"] == "Wybierz miasto"
+    assert messages["{n} available"] == [
+        "{n} dostępna sztuka",
+        "{n} dostępne sztuki",
+        "{n} dostępnych sztuk",
+    ]
+    assert messages["tab\u0004Basket"] == "Koszyk"  # with its context, as gettext keys it
+    # Only the app's own: the server's texts stay on the server; untranslated ones are left out.
+    assert "Loading {name}…" not in messages and "{key} must be a whole number." not in messages
+    assert "Pay for the rest of your basket ({n} item)" not in messages
+    # Revalidated like the app's scripts.
+    assert r.headers["Cache-Control"] == "no-cache"
+    again = requests.get(
+        app.url + "/app/i18n/pl.json", headers={"If-None-Match": r.headers["ETag"]}, timeout=5
+    )
+    assert again.status_code == 304 and not again.content
+    assert requests.get(app.url + "/app/i18n/de.json", timeout=5).json()["locale"] == "de"
+    # The source language has no texts to send; a language the shop does not speak is not found.
+    assert requests.get(app.url + "/app/i18n/en.json", timeout=5).json() == {
+        "lang": "en",
+        "locale": "en-IE",
+        "plural": 2,
+        "messages": {},
+    }
+    for code in ("fr", "xx_YY", "de.json"):
+        refused(requests.get(app.url + f"/app/i18n/{code}.json", timeout=5), 404)
+
+
+def test_pybabel_finds_every_text_of_the_app_even_inside_template_literals():
+    """The README's extract command over the Mini App's scripts: every tr/ntr/ptr call's text (a
+    regular expression finds them) is in messages.pot, with its plural and its context; babel's
+    template-literal parser misses a call whose arguments hold braces, so none may be written so."""
+    import re
+
+    import throwaway_catalogs
+
+    pot = throwaway_catalogs.template()
+    found = {(m.context, m.id[0] if m.pluralizable else m.id) for m in pot if m.id}
+    call_re = re.compile(r'\b(tr|ntr|ptr)\(\s*"((?:[^"\\]|\\.)*)"(?:\s*,\s*"((?:[^"\\]|\\.)*)")?')
+    missing, count = [], 0
+    for script in sorted((throwaway_catalogs.ROOT / "static" / "app").glob("*.js")):
+        code = "\n".join(
+            line
+            for line in script.read_text(encoding="utf-8").splitlines()
+            if not line.strip().startswith(("//", "/*", "*"))  # comments, not calls
+        )
+        for fn, first, second in call_re.findall(code):
+            context, text = (first, second) if fn == "ptr" else (None, first)
+            text = text.encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
+            count += 1
+            if not any(c == context and m.startswith(text) for c, m in found):
+                missing.append((script.name, context, text))
+    assert count > 150 and not missing, missing
+    plural = next(m for m in pot if m.id == ("{n} available", "{n} available"))
+    assert plural.locations[0][0] == "static/app/app.js"
+    tabs = [m for m in pot if m.context == "tab"]  # short labels: a context (and a comment)
+    assert [m.id for m in tabs] == ["Shop", "Basket", "Orders", "Balance"]
+    assert tabs[0].auto_comments[0].startswith("TRANSLATORS: the four tabs")
+    copy = next(m for m in pot if m.id == "Copy")
+    assert copy.auto_comments == [
+        "TRANSLATORS: a button that copies an address, an amount or a code"
+    ]

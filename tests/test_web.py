@@ -134,3 +134,23 @@ def test_scripts_and_styles_are_served_gzipped_to_who_takes_gzip(web):
     for target, status in (("/static/img/nothing.js", 404), ("/static/%2e%2e/shop.py", 403)):
         r = requests.get(web.url + target, headers={"Accept-Encoding": "gzip"}, timeout=5)
         assert r.status_code == status and "Content-Encoding" not in r.headers
+
+
+def test_the_storefront_speaks_the_shops_default_language(web, shop_languages):
+    shop_languages(
+        "pl",
+        pl={
+            "In stock now in:": "Teraz dostępne w:",
+            "{n} item": ["{n} produkt", "{n} produkty", "{n} produktów"],
+            "Sandbox mode: no real payments are taken.": "Tryb piaskownicy: bez prawdziwych "
+            "płatności.",
+        },
+    )
+    page = requests.get(web.url + "/", timeout=5).text
+    assert '<html lang="en">' in page and "In stock now in:" in page and " items)" in page
+    conn = shop.connect(web.config.shop_db)
+    shop.save_settings(conn, {"default_language": "pl"})
+    conn.close()
+    page = requests.get(web.url + "/", timeout=5).text
+    assert '<html lang="pl">' in page and "Teraz dostępne w:" in page
+    assert "Tryb piaskownicy" in page and "produktów)" in page

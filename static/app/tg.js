@@ -3,11 +3,18 @@
 // something on the page, so the sandbox preview works the same way.
 
 import { h } from "./ui.js";
+import { tr } from "./i18n.js";
 
 const W = (window.Telegram && window.Telegram.WebApp) || null;
 // The script exists outside Telegram too; only initData says we are really inside it.
 export const inTelegram = !!(W && W.initData);
 export const initData = inTelegram ? W.initData : "";
+
+/** Telegram's language for the shopper ("de", "pt-br"), or "" (not in Telegram, or not told). */
+export function languageCode() {
+  const user = inTelegram && W.initDataUnsafe && W.initDataUnsafe.user;
+  return (user && typeof user.language_code === "string" && user.language_code) || "";
+}
 
 function safe(fn) {
   try { return fn(); } catch (e) { return undefined; }
@@ -99,8 +106,8 @@ export function fallbackButtons(onMove) {
   mainMoved = onMove;
   fallbackMain = h("button", { class: "main-button", type: "button", hidden: true,
                                onclick: () => mainAction && mainAction() });
-  fallbackBack = h("button", { class: "back", type: "button", hidden: true, "aria-label": "Back",
-                               onclick: () => backAction && backAction() }, "‹ Back");
+  fallbackBack = h("button", { class: "back", type: "button", hidden: true, onclick: () => backAction && backAction() },
+    h("span", { "aria-hidden": "true" }, "‹ "), tr("Back"));
   return { main: fallbackMain, back: fallbackBack };
 }
 
@@ -160,7 +167,8 @@ export function showAlert(message) {
     const box = h("div", { class: "alert", role: "alertdialog", "aria-modal": "true" },
       h("div", { class: "alert-box" },
         h("p", { class: "alert-text", role: "alert" }, String(message)),
-        h("button", { type: "button", class: "btn", onclick: () => { box.remove(); resolve(); } }, "OK")));
+        // TRANSLATORS: the button that closes a message box
+        h("button", { type: "button", class: "btn", onclick: () => { box.remove(); resolve(); } }, tr("OK"))));
     document.body.append(box);
     box.querySelector("button").focus();
   });

@@ -1,5 +1,7 @@
 // DOM, money and the shop's API. Data is only ever put on the page as text, never as HTML.
 
+import { tr } from "./i18n.js";
+
 /** h("p", {class: "x", onclick: f}, "text", child): an element; strings become text nodes. */
 export function h(tag, props, ...children) {
   const el = document.createElement(tag);
@@ -15,7 +17,8 @@ export function h(tag, props, ...children) {
   return el;
 }
 
-// Money: "25.00" strings from the shop become integer cents here and strings again for display.
+// Money: "25.00" strings from the shop become integer cents here, for comparing and for asking. The
+// shop formats every amount a shopper reads (the API sends "price_text" next to "price").
 export function cents(text) {
   const m = /^(-?)(\d+)(?:\.(\d{1,2}))?$/.exec(String(text));
   if (!m) return NaN;
@@ -23,27 +26,9 @@ export function cents(text) {
   return m[1] ? -value : value;
 }
 
-/** "1234567" -> "1,234,567": digits grouped in threes (text in, text out: exact for any length). */
-export function grouped(digits) {
-  return String(digits).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-}
-
-/** 123450 or "1234.50" -> "€1,234.50" (shown to the shopper). */
-export function eur(value) {
-  const c = typeof value === "number" ? value : cents(value);
-  if (!Number.isFinite(c)) return "€" + value;
-  const abs = Math.abs(c);
-  return (c < 0 ? "−€" : "€") + grouped(Math.floor(abs / 100)) + "." + String(abs % 100).padStart(2, "0");
-}
-
 /** 123450 -> "1234.50": an amount as the shop's API reads it (no grouping, no sign). */
 export function plainAmount(c) {
   return `${Math.floor(c / 100)}.${String(c % 100).padStart(2, "0")}`;
-}
-
-/** 1250 -> "1,250 ⭐": an amount in Telegram Stars (always whole). */
-export function starsText(n) {
-  return `${grouped(Math.round(Number(n)))} ⭐`;
 }
 
 /** "20", "20.5", "20,50", "1,234.50", "1.234,50", "1 234" -> cents, or NaN. */
@@ -80,7 +65,7 @@ async function request(path, { method = "GET", body, auth = true } = {}) {
     return await fetch(path, { method, headers, cache: "no-store",
                                body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (e) {
-    throw new ApiError("The shop cannot be reached. Please check your connection and try again.", 0);
+    throw new ApiError(tr("The shop cannot be reached. Please check your connection and try again."), 0);
   }
 }
 
@@ -91,7 +76,7 @@ export async function api(path, options) {
   try { data = await r.json(); } catch (e) { /* not JSON: the message below */ }
   if (!r.ok) {
     const message = data && typeof data.error === "string" && data.error;
-    throw new ApiError(message || `The shop answered with an error (${r.status}). Please try again.`, r.status);
+    throw new ApiError(message || tr("The shop answered with an error ({status}). Please try again.", { status: r.status }), r.status);
   }
   return data;
 }
@@ -99,7 +84,7 @@ export async function api(path, options) {
 /** An authenticated image (QR code, delivered photo) as a blob: URL; revoke it when done. */
 export async function blobUrl(path) {
   const r = await request(path);
-  if (!r.ok) throw new ApiError(`Could not load the image (${r.status}).`, r.status);
+  if (!r.ok) throw new ApiError(tr("Could not load the image ({status}).", { status: r.status }), r.status);
   return URL.createObjectURL(await r.blob());
 }
 
@@ -111,7 +96,8 @@ export function toast(message) {
   setTimeout(() => item.remove(), 2000);
 }
 
-export async function copyText(text, what) {
+/** Copy text; done: what the toast then says ("Address copied"). */
+export async function copyText(text, done) {
   try {
     await navigator.clipboard.writeText(text);
   } catch (e) {
@@ -122,7 +108,7 @@ export async function copyText(text, what) {
     area.select();
     const ok = document.execCommand("copy");
     area.remove();
-    if (!ok) { toast("Copying is not allowed here; press and hold to select it."); return; }
+    if (!ok) { toast(tr("Copying is not allowed here; press and hold to select it.")); return; }
   }
-  toast(`${what} copied`);
+  toast(done);
 }
