@@ -224,10 +224,15 @@ class Language:
         return str(joined).replace("{1}", date).replace("{0}", time)
 
     def name(self):
-        """The language's name in itself: 'Deutsch', 'Polski', 'Українська'."""
-        import babel
+        """The language's name in itself: 'Deutsch', 'Polski', 'Українська'. Its catalog says it
+        (no locale data is loaded for a language only named in a list); CLDR's name otherwise."""
+        # TRANSLATORS: the name of the language of this catalog, written in it ("Deutsch",
+        # "Polski", "Українська"), as the language pickers list it.
+        name = self.pgettext("language name", "English")
+        if name == "English" and self.code != SOURCE_LANGUAGE:
+            import babel
 
-        name = babel.Locale.parse(self.code).get_display_name(self.code) or self.code
+            name = babel.Locale.parse(self.code).get_display_name(self.code) or self.code
         return name[:1].upper() + name[1:]
 
 
