@@ -7,8 +7,10 @@ same {placeholders} and the same HTML tags as the English text. Babel's own chec
 brace placeholders nor empty plural slots (reference i18n.md, section 4), so they are checked here.
 """
 
+import ast
 import collections
 import re
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +176,54 @@ def test_counts_take_the_languages_plural_form(code, forms):
     with shop.speaking(code):
         for n, form in forms.items():
             assert shop.ntr("{n} item", "{n} items", n) == message.string[form].format(n=n)
+
+
+def _texts_of(node):
+    """The literal texts an expression may be: "..." or N_("..."), through `a if c else b`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "N_" and node.args:
+        return _texts_of(node.args[0])
+    if isinstance(node, ast.IfExp):
+        return _texts_of(node.body) + _texts_of(node.orelse)
+    if isinstance(node, ast.Dict):
+        return [t for value in node.values for t in _texts_of(value)]
+    return []
+
+
+def _named(text):
+    return {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+
+
+def test_every_text_is_given_exactly_its_placeholders():
+    """A tr()/ntr()/ptr() (or a tell() of an N_ text) whose text names a {placeholder} it is not
+    given would fail in the shopper's face; one given a value it does not name drops it."""
+    problems = []
+    tree = ast.parse((ROOT / "shop.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        name = getattr(getattr(node, "func", None), "id", None)
+        if not isinstance(node, ast.Call) or name not in ("tr", "ntr", "ptr", "tell"):
+            continue
+        if name == "tell":
+            if len(node.args) < 4 or not isinstance(node.args[3], ast.Dict):
+                continue
+            if not all(isinstance(k, ast.Constant) for k in node.args[3].keys):
+                continue
+            given = {k.value for k in node.args[3].keys}
+            texts = _texts_of(node.args[2])
+        else:
+            given = {k.arg for k in node.keywords}
+            if None in given:  # **values
+                continue
+            texts = [
+                t
+                for arg in (node.args[1:2] if name == "ptr" else node.args[:2])
+                for t in _texts_of(arg)
+            ]
+        for text in texts:
+            named = _named(text) - ({"n"} if name == "ntr" else set())
+            if name != "tell" and not node.keywords and not _named(text):
+                continue
+            if named != given and not (name == "tell" and named <= given):
+                problems.append(f"line {node.lineno}: {text[:60]!r} names {named}, given {given}")
+    assert not problems, "\n".join(problems)
