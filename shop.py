@@ -150,10 +150,14 @@ def N_(message):
     return message
 
 
-@functools.cache
 def available_languages():
-    """The source language, then every language with a catalog under locales/, by code."""
-    found = sorted(p.parent.parent.name for p in LOCALES_DIR.glob("*/LC_MESSAGES/messages.po"))
+    """The source language, then every language with a catalog under LOCALES_DIR, by code."""
+    return _catalogs_in(LOCALES_DIR)
+
+
+@functools.cache
+def _catalogs_in(folder):
+    found = sorted(p.parent.parent.name for p in Path(folder).glob("*/LC_MESSAGES/messages.po"))
     return (SOURCE_LANGUAGE, *(code for code in found if code != SOURCE_LANGUAGE))
 
 
@@ -171,10 +175,10 @@ class Language:
     """One language: its catalog (falling back to its base language's, then to the source
     texts) and its formats."""
 
-    def __init__(self, code):
+    def __init__(self, code, folder=None):
         self.code = code
         self.format_locale = FORMAT_LOCALES.get(code, code)
-        self.translations = _read_catalog(code)
+        self.translations = _read_catalog(code, Path(folder or LOCALES_DIR))
         self._money = {}
 
     def gettext(self, message):
@@ -236,7 +240,7 @@ class Language:
         return name[:1].upper() + name[1:]
 
 
-def _read_catalog(code):
+def _read_catalog(code, folder):
     """The gettext translations of a language from its .po file, chained to its base language
     (pt_BR -> pt); the source language has none."""
     import gettext
@@ -246,15 +250,15 @@ def _read_catalog(code):
     import babel.messages.mofile
     import babel.messages.pofile
 
-    with open(LOCALES_DIR / code / "LC_MESSAGES" / "messages.po", "rb") as f:
+    with open(folder / code / "LC_MESSAGES" / "messages.po", "rb") as f:
         catalog = babel.messages.pofile.read_po(f, locale=code)
     buffer = io.BytesIO()
     babel.messages.mofile.write_mo(buffer, catalog)
     buffer.seek(0)
     translations = gettext.GNUTranslations(buffer)
     base = code.split("_")[0]
-    if base != code and base in available_languages():
-        translations.add_fallback(language(base).translations)
+    if base != code and base in _catalogs_in(folder):
+        translations.add_fallback(_read_catalog(base, folder))
     return translations
 
 
@@ -262,15 +266,17 @@ _languages, _languages_lock = {}, threading.Lock()
 
 
 def language(code):
-    """The Language for a code from available_languages(), read on first use and kept."""
-    found = _languages.get(code)
+    """The Language for a code from available_languages(), read on first use and kept (per
+    catalogs folder: one read from another LOCALES_DIR is never taken for this one's)."""
+    key = (LOCALES_DIR, code)
+    found = _languages.get(key)
     if found is None:
         with _languages_lock:
-            found = _languages.get(code)
+            found = _languages.get(key)
             if found is None:
-                if code not in available_languages():
-                    raise ValueError(f"no catalog for language {code!r} under {LOCALES_DIR}")
-                found = _languages[code] = Language(code)
+                if code not in _catalogs_in(key[0]):
+                    raise ValueError(f"no catalog for language {code!r} under {key[0]}")
+                found = _languages[key] = Language(code, key[0])
     return found
 
 

@@ -1,5 +1,6 @@
 """Fixtures: real database files, the Bot API stand-in, and the real shop as a subprocess."""
 
+import itertools
 import json
 import os
 import sys
@@ -176,11 +177,8 @@ def languages(tmp_path, monkeypatch):
         po = folder / code / "LC_MESSAGES" / "messages.po"
         po.parent.mkdir(parents=True)
         po.write_text(EMPTY_CATALOG.format(code=code), encoding="utf-8")
-    monkeypatch.setattr(shop, "LOCALES_DIR", folder)
-    monkeypatch.setattr(shop, "_languages", {})
-    shop.available_languages.cache_clear()
+    monkeypatch.setattr(shop, "LOCALES_DIR", folder)  # (the shop keeps catalogs per folder)
     yield codes
-    shop.available_languages.cache_clear()  # (monkeypatch puts LOCALES_DIR back after this)
 
 
 @pytest.fixture
@@ -481,19 +479,16 @@ def shop_languages(tmp_path):
     texts per language by keyword). The real locales folder is back after the test."""
     import throwaway_catalogs
 
-    before = shop.LOCALES_DIR
-    folder = tmp_path / "locales"
+    before, made = shop.LOCALES_DIR, itertools.count()
 
     def speak(*codes, **texts):
+        # a new folder each time: the shop keeps the catalogs it read per folder
+        folder = tmp_path / f"locales-{next(made)}"
         for code in codes:
             given = {**throwaway_catalogs.TEXTS.get(code, {}), **texts.get(code, {})}
             throwaway_catalogs.write_catalog(folder, code, given)
         shop.LOCALES_DIR = folder
-        shop.available_languages.cache_clear()
-        shop._languages.clear()
         return folder
 
     yield speak
     shop.LOCALES_DIR = before
-    shop.available_languages.cache_clear()
-    shop._languages.clear()

@@ -1356,7 +1356,8 @@ def test_a_product_has_its_name_and_description_in_each_language(admin, language
     }
 
 
-def test_a_shop_in_one_language_says_how_to_add_another(admin):
+def test_a_shop_in_one_language_says_how_to_add_another(admin, tmp_path, monkeypatch):
+    monkeypatch.setattr(shop, "LOCALES_DIR", tmp_path / "no-catalogs")  # English only
     page = admin.get("/admin/products/new").text
     assert 'name="name.' not in page and "Translations" not in page
     assert "the shop speaks English (en) only; add a language as the README" in page

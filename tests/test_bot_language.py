@@ -71,12 +71,8 @@ def catalogs(tmp_path, monkeypatch):
         path = folder / code / "LC_MESSAGES" / "messages.po"
         path.parent.mkdir(parents=True)
         path.write_bytes(buffer.getvalue())
-    monkeypatch.setattr(shop, "LOCALES_DIR", folder)
-    shop.available_languages.cache_clear()
-    shop._languages.clear()
+    monkeypatch.setattr(shop, "LOCALES_DIR", folder)  # (the shop keeps catalogs per folder)
     yield folder
-    shop.available_languages.cache_clear()
-    shop._languages.clear()
 
 
 @pytest.fixture
