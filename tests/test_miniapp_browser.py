@@ -1383,13 +1383,16 @@ def fits(page, code, screen):
     settle(page)
 
 
+@pytest.mark.parametrize("catalogs", ["shop's", "long words"])
 @pytest.mark.parametrize("code", ["de", "pl"])
 def test_german_and_polish_fit_a_phone_from_the_catalog_to_checkout(
-    botless, open_app, shop_languages, code
+    botless, open_app, shop_languages, code, catalogs
 ):
-    """The long words of German and Polish (Sofortkaufbestätigung, Przejdź do kasy) wrap: the walk
-    from the catalog to checkout at 390x844, with the page's own main button in the dock."""
-    shop_languages("de", "pl")
+    """German and Polish wrap: the walk from the catalog to checkout at 390x844, with the page's
+    own main button in the dock, in the shop's own catalogs and in throwaway ones with longer
+    words still (Sofortkaufbestätigung, Zahlungsmethodenauswahl)."""
+    if catalogs == "long words":
+        shop_languages("de", "pl")
     ids = tour_stock(botless)
     with shop.transaction(botless.conn):
         botless.conn.execute(
@@ -1409,7 +1412,8 @@ def test_german_and_polish_fit_a_phone_from_the_catalog_to_checkout(
     expect(app.heading()).to_have_text(words["Choose a city"])
     expect(page.locator("html")).to_have_attribute("lang", code)
     expect(page.locator(".tab-label")).to_have_text(words["tabs"])
-    fits(page, code, "catalog")
+    shot = code if catalogs == "shop's" else f"{code}-long"
+    fits(page, shot, "catalog")
     app.button(re.compile("^Berlin")).click()
     expect(page.locator(".row-sub")).to_have_text(words["Mitte"])
     app.button(re.compile("^Mitte")).click()
@@ -1417,13 +1421,13 @@ def test_german_and_polish_fit_a_phone_from_the_catalog_to_checkout(
     expect(page.locator(".card").filter(has_text=machine).locator(".price")).to_have_text(
         words["machine price"]
     )
-    fits(page, code, "district")
+    fits(page, shot, "district")
     page.locator(".card").filter(has_text=machine).click()
     expect(app.heading()).to_have_text(machine)
-    fits(page, code, "product")
+    fits(page, shot, "product")
     ann.main(words["add"])
     expect(page.locator(".in-basket")).to_be_visible()
-    fits(page, code, "product in the basket")
+    fits(page, shot, "product in the basket")
     ann.tab(words["tabs"][0])
     open_mitte(app)
     page.locator(".card").filter(has_text="Coffee").click()
@@ -1431,51 +1435,41 @@ def test_german_and_polish_fit_a_phone_from_the_catalog_to_checkout(
     ann.tab(words["tabs"][1])
     expect(page.locator(".line")).to_have_count(2)
     expect(page.locator(".total")).to_contain_text(words["total"])
-    fits(page, code, "basket")
+    fits(page, shot, "basket")
     ann.main(words["checkout"])
     expect(app.heading()).to_have_text(words["Checkout"])
     expect(page.locator(".option[data-key=balance]")).to_contain_text(words["short"])
-    fits(page, code, "checkout")
+    fits(page, shot, "checkout")
     page.locator("[data-key=ltc]").click()
     expect(page.locator(".main-button")).to_have_text(words["pay"])
-    fits(page, code, "checkout with a coin")
+    fits(page, shot, "checkout with a coin")
     ann.tab(words["tabs"][3])
     expect(page.locator("#language")).to_have_value(code)
-    fits(page, code, "balance")
+    fits(page, shot, "balance")
     assert page.errors == []
 
 
 def shop_languages_words(code):
-    """What the walk reads in German or Polish (tests/throwaway_catalogs.py), amounts as Babel
-    writes them."""
-    nbsp = "\u00a0"
-    if code == "de":
+    """What the walk reads in German or Polish, from the catalogs the shop speaks now (its own, or
+    the throwaway ones), amounts as Babel writes them."""
+    eur = shop.fmt_eur
+    with shop.speaking(code):
         return {
-            "Choose a city": "Stadt auswählen",
-            "tabs": ["Shop", "Warenkorb", "Bestellungen", "Guthaben"],
-            "Mitte": ["3 Produkte · ab 12,90" + nbsp + "€"],
-            "machine price": f"1.234,50{nbsp}€ · 61.725 ⭐",
-            "add": f"In den Warenkorb legen · 1.234,50{nbsp}€",
-            "add coffee": f"In den Warenkorb legen · 12,90{nbsp}€",
-            "total": f"Gesamtsumme1.247,40{nbsp}€",
-            "checkout": f"Zur Kasse gehen · 1.247,40{nbsp}€",
-            "Checkout": "Kasse",
-            "short": f"20,00{nbsp}€ · es fehlen 1.227,40{nbsp}€",
-            "pay": f"1.247,40{nbsp}€ mit LTC bezahlen",
+            "Choose a city": shop.tr("Choose a city"),
+            "tabs": [shop.ptr("tab", t) for t in ("Shop", "Basket", "Orders", "Balance")],
+            "Mitte": [
+                f"{shop.ntr('{n} product', '{n} products', 3)} · "
+                f"{shop.tr('from {price}', price=eur(1290))}"
+            ],
+            "machine price": f"{eur(123450)} · {shop.fmt_stars(61725)}",
+            "add": shop.tr("Add to basket · {price}", price=eur(123450)),
+            "add coffee": shop.tr("Add to basket · {price}", price=eur(1290)),
+            "total": shop.tr("Total") + eur(124740),
+            "checkout": shop.tr("Checkout · {total}", total=eur(124740)),
+            "Checkout": shop.tr("Checkout"),
+            "short": shop.tr("{balance} · {short} short", balance=eur(2000), short=eur(122740)),
+            "pay": shop.tr("Pay {amount} with {coin}", amount=eur(124740), coin="LTC"),
         }
-    return {
-        "Choose a city": "Wybierz miasto",
-        "tabs": ["Sklep", "Koszyk", "Zamówienia", "Saldo"],
-        "Mitte": ["3 produkty · od 12,90" + nbsp + "€"],
-        "machine price": f"1{nbsp}234,50{nbsp}€ · 61{nbsp}725 ⭐",
-        "add": f"Dodaj do koszyka · 1{nbsp}234,50{nbsp}€",
-        "add coffee": f"Dodaj do koszyka · 12,90{nbsp}€",
-        "total": f"Razem do zapłaty1{nbsp}247,40{nbsp}€",
-        "checkout": f"Przejdź do kasy · 1{nbsp}247,40{nbsp}€",
-        "Checkout": "Kasa",
-        "short": f"20,00{nbsp}€ · brakuje 1{nbsp}227,40{nbsp}€",
-        "pay": f"Zapłać 1{nbsp}247,40{nbsp}€ w LTC",
-    }
 
 
 def test_the_app_speaks_telegrams_language_and_the_shopper_can_switch(
