@@ -56,8 +56,8 @@ def english_fragments(code):
     )
     fragments = {}
     for message in catalog:
-        if not message.id or message.id not in ids:
-            continue
+        if not message.id or message.id not in ids or message.context == "language name":
+            continue  # (a language's own name is in it, English's in English)
         english = message.id if isinstance(message.id, tuple) else (message.id,)
         for text in english:
             breaks = r"\n|[.:;!?()·,]\s|" + PLACEHOLDER.pattern + "|" + TAG.pattern

@@ -424,7 +424,7 @@ def test_someone_else_buys_the_last_unit_and_the_shop_says_so_in_an_alert(botles
     shop.buy_with_balance(botless.conn, 7, [(*ids[(TEA, "Mitte")], 1)])
     ann.button(f"One more {TEA}").click()
     page.wait_for_function("() => window.__tg.alerts.length > 0")
-    assert ann.tg("alerts") == [f"Only 1 of {TEA} available."]
+    assert ann.tg("alerts") == [f"Sorry, only 1 of {TEA} is available in Berlin / Mitte."]
     assert "notification:error" in ann.tg("haptics")
     expect(page.locator(".stepper output")).to_have_text("1")
     expect(page.locator(".price-row .stock")).to_have_text(
