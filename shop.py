@@ -506,6 +506,27 @@ def parse_eur(text, *, minimum=1, maximum=MAX_EUR_CENTS):
     return cents
 
 
+def deposit_cents(text, minimum, maximum):
+    """Cents of a top-up amount as a shopper typed it ('20', '20,50', '€20'; the Mini App's
+    "20.50" or 20), within the shop's limits; else InvalidInput saying why in a sentence of the
+    shopper's language."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise InvalidInput(tr("The amount must be a number of euros, like 20 or 20.50."))
+    try:
+        cents = parse_eur(text, minimum=0, maximum=10**11)
+    except InvalidInput:
+        if re.match(r"\s*(€|eur)?\s*-", text, flags=re.IGNORECASE):
+            raise InvalidInput(tr("The amount must be positive.")) from None
+        raise InvalidInput(tr("The amount must be a number of euros, like 20 or 20.50.")) from None
+    if cents < minimum:
+        raise InvalidInput(tr("The amount must be at least {minimum}.", minimum=fmt_eur(minimum)))
+    if cents > maximum:
+        raise InvalidInput(tr("The amount must be at most {maximum}.", maximum=fmt_eur(maximum)))
+    return cents
+
+
 def cents_to_str(cents):
     """2550 -> '25.50' (the API's and the ledger's notation)."""
     sign = "-" if cents < 0 else ""
@@ -10369,18 +10390,7 @@ def api_create_payment(shop, conn, user, data):
 def api_top_up_cents(shop, amount):
     """A top-up's amount (the API's "20.50"; "20,50" and "20" too) in cents, within the shop's
     limits, else InvalidInput saying why in a whole sentence."""
-    low, high = shop.setting("min_deposit_cents"), shop.config.max_deposit_cents
-    if isinstance(amount, (int, str)) and str(amount).strip().startswith("-"):
-        raise InvalidInput(tr("The amount must be positive."))
-    try:
-        cents = parse_eur(amount, minimum=0, maximum=10**12)
-    except InvalidInput:
-        raise InvalidInput(tr("Please give the amount in EUR, such as 20 or 20.50.")) from None
-    if cents < low:
-        raise InvalidInput(tr("The amount must be at least {minimum}.", minimum=fmt_eur(low)))
-    if cents > high:
-        raise InvalidInput(tr("The amount must be at most {maximum}.", maximum=fmt_eur(high)))
-    return cents
+    return deposit_cents(amount, shop.setting("min_deposit_cents"), shop.config.max_deposit_cents)
 
 
 def api_refill_quote(shop, conn, user, data):
@@ -12929,22 +12939,6 @@ def screen_topup_coins(checkout, coins):
         coin_rows(coins, checkout["amount_cents"], f"tcoin:{checkout['nonce']}")
         + [[(tr("✖️ Cancel"), "profile")]],
     )
-
-
-def deposit_cents(text, minimum, maximum):
-    """Cents of a top-up amount as a shopper typed it ('20', '20,50', '€20'), within the shop's
-    limits; else InvalidInput saying why in a sentence of the shopper's language."""
-    try:
-        cents = parse_eur(text, minimum=0, maximum=10**11)
-    except InvalidInput:
-        if re.match(r"\s*(€|eur)?\s*-", text, flags=re.IGNORECASE):
-            raise InvalidInput(tr("The amount must be positive.")) from None
-        raise InvalidInput(tr("The amount must be a number of euros, like 20 or 20.50.")) from None
-    if cents < minimum:
-        raise InvalidInput(tr("The amount must be at least {minimum}.", minimum=fmt_eur(minimum)))
-    if cents > maximum:
-        raise InvalidInput(tr("The amount must be at most {maximum}.", maximum=fmt_eur(maximum)))
-    return cents
 
 
 def screen_invoice(payment, sandbox, with_qr=True, simulate=False):

@@ -485,7 +485,7 @@ def test_bad_payment_requests_get_a_reason_and_reserve_nothing(app, body, status
     [
         ("2", 400, "at least €5.00"),
         ("20000", 400, "at most"),
-        ("abc", 400, "amount in EUR"),
+        ("abc", 400, "a number of euros"),
         (None, 400, "amount"),
         (-5, 400, "positive"),
         ("20,50", 200, ""),

@@ -28,6 +28,7 @@ EXTRACT = [
     "N_",
     "-c",
     "TRANSLATORS:",
+    "--add-location=file",
 ]
 
 
