@@ -12483,6 +12483,11 @@ MENU_HELP = N_("❓ Help")
 MENU = [[MENU_SHOP, MENU_BASKET], [MENU_PROFILE, MENU_TOPUP], [MENU_ORDERS, MENU_HELP]]
 
 
+# TRANSLATORS: the menu button beside the message field in the chat with the bot, which opens
+# the Mini App: very short.
+MENU_APP = N_("🛍 Shop")
+
+
 # Telegram's command menu (setMyCommands, in each language): /command and what it does.
 COMMANDS = [
     # TRANSLATORS: what a /command does, in Telegram's command menu (at most 256 characters;
@@ -13649,10 +13654,27 @@ class ShopBot:
             )
         self.reply(message.chat.id, welcome, parse_mode="HTML", reply_markup=main_menu())
         if self.shop.webapp_url:
+            code = current_language().code
             markup = tg.InlineKeyboardMarkup()
-            app = tg.WebAppInfo(self.shop.webapp_url)
+            app = tg.WebAppInfo(f"{self.shop.webapp_url}?lang={code}")
             markup.row(tg.InlineKeyboardButton(tr("🛍 Open shop"), web_app=app))
             self.reply(message.chat.id, tr("Or shop in the app:"), reply_markup=markup)
+            if code != default_language(conn):
+                self.app_button(message.chat.id)
+
+    def app_button(self, chat_id):
+        """This chat's menu button to the Mini App, in the language of the moment (every other
+        chat's is in the shop's default language; Telegram has no menu button per language)."""
+        if not self.shop.webapp_url:
+            return
+        code = current_language().code
+        button = tg.MenuButtonWebApp(
+            tr(MENU_APP), tg.WebAppInfo(f"{self.shop.webapp_url}?lang={code}")
+        )
+        try:
+            self.api(self.bot.set_chat_menu_button, chat_id, button)
+        except (apihelper.ApiTelegramException, *NETWORK_ERRORS) as e:
+            log.warning("bot: could not set chat %s's menu button: %s", chat_id, e)
 
     def start_refill_link(self, conn, message, payload):
         """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that
@@ -14148,6 +14170,7 @@ class ShopBot:
             self.show(message, screen_language(code))
             said = tr("🌐 Language: {language}", language=esc(name))
             self.reply(message.chat.id, said, parse_mode="HTML", reply_markup=main_menu())
+            self.app_button(message.chat.id)
         return f"✓ {name}"
 
 
@@ -15054,9 +15077,9 @@ class Shop:
             log.warning("bot: could not tell Telegram its commands and descriptions: %s", e)
         if self.webapp_url:
             try:
-                self.telegram.set_chat_menu_button(
-                    menu_button=tg.MenuButtonWebApp("🛍 Shop", tg.WebAppInfo(self.webapp_url))
-                )
+                with speaking(default_language(self.db())):
+                    button = tg.MenuButtonWebApp(tr(MENU_APP), tg.WebAppInfo(self.webapp_url))
+                self.telegram.set_chat_menu_button(menu_button=button)
             except Exception as e:
                 log.warning("bot: could not set the menu button to the Mini App: %s", e)
         else:

@@ -15,7 +15,7 @@ import requests
 from babel.messages.pofile import read_po
 
 import shop
-from conftest import seed
+from conftest import TOKEN, seed
 from test_locales import LOCALES, PLACEHOLDER, TAG, TEMPLATE
 
 # ids inside the tests' TESTER_IDS (a sandbox shop with a bot sells only to them)
@@ -219,3 +219,48 @@ def test_the_public_page_speaks_the_browsers_language(make_shop):
             in_stock = shop.tr("In stock now in:")
         assert in_stock in r.text
         assert (in_stock == "In stock now in:") == (code == "en"), code
+
+
+def app_button(fake, chat_id):
+    """The message with a button that opens the Mini App, or None."""
+    return next(
+        (m for m in fake.messages(chat_id) if m.buttons and "web_app" in m.buttons[0][0]), None
+    )
+
+
+def test_the_mini_app_buttons_speak_the_shoppers_language(make_shop, fake_tg):
+    """Telegram has one menu button for every chat, in the shop's default language; a shopper in
+    another language gets their chat's own, and the app opens in their language (?lang=)."""
+    s = make_shop(
+        env={
+            "BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_URL": fake_tg.base_url,
+            "WEBHOOK_URL": "https://shop.example.com",
+        }
+    )
+    fake_tg.wait_for(lambda: None in fake_tg.menu_buttons, what="the default menu button")
+    assert fake_tg.menu_buttons[None]["text"] == "🛍 Shop"
+    assert fake_tg.menu_buttons[None]["web_app"]["url"] == "https://shop.example.com/app"
+    ola = Walker(fake_tg, 1097, "pl")
+    ola.send("/start")
+    app = fake_tg.wait_for(lambda: app_button(fake_tg, 1097), what="the Mini App's button")
+    with shop.speaking("pl"):
+        assert app.button_texts == [shop.tr("🛍 Open shop")]
+        label = shop.tr(shop.MENU_APP)
+    assert app.buttons[0][0]["web_app"]["url"] == "https://shop.example.com/app?lang=pl"
+    fake_tg.wait_for(lambda: 1097 in fake_tg.menu_buttons, what="the chat's own menu button")
+    assert fake_tg.menu_buttons[1097] == {
+        "type": "web_app",
+        "text": label,
+        "web_app": {"url": "https://shop.example.com/app?lang=pl"},
+    }
+    assert label == "🛍 Sklep"
+    ann = Walker(fake_tg, 1098, "en")  # the default language: the shared button serves
+    ann.send("/start")
+    fake_tg.wait_for(lambda: app_button(fake_tg, 1098), what="the Mini App's button")
+    assert 1098 not in fake_tg.menu_buttons
+    ann.send("/language")  # choosing a language gives the chat its own button in it
+    ann.press("lang:de", None)
+    fake_tg.wait_for(lambda: 1098 in fake_tg.menu_buttons, what="Ann's menu button")
+    assert fake_tg.menu_buttons[1098]["web_app"]["url"].endswith("/app?lang=de")
+    assert s.bot_state == "running"

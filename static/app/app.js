@@ -1179,7 +1179,9 @@ async function start() {
     const preview = document.body.dataset.preview;
     if (!preview) {
       await guessed();
-      return fatal(tr("Please open this shop from the Telegram bot: tap its 🛍 Shop button in Telegram."));
+      // TRANSLATORS: {button} is the bot's menu button as the shopper's Telegram shows it.
+      const button = tr("🛍 Shop");
+      return fatal(tr("Please open this shop from the Telegram bot: tap its {button} button in Telegram.", { button }));
     }
     try {
       initData = (await api(preview, { auth: false })).initData;
