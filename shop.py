@@ -2079,6 +2079,8 @@ def save_settings(conn, changes, remote=None):
         moved = []
         if default_language(conn) != old_default:
             moved = _texts_to_new_default(conn, old_default, default_language(conn))
+            if _products_to_new_default(conn, old_default, default_language(conn)):
+                moved.append("product names and descriptions")
         names = [*changes, *(key for key in moved if key not in changes)]
         audit(conn, "settings changed", ", ".join(names) or "nothing", remote)
 
@@ -2094,21 +2096,59 @@ def _store_setting(conn, key, value):
 def _texts_to_new_default(conn, old, new):
     """The default language changed from `old` to `new`: each owner's text written in `new`
     becomes the default one (welcome_text), and the one it replaces is kept as the text in `old`
-    (welcome_text.en), so every shopper reads what they read before. A text without one in `new`
+    (welcome_text.en), so every shopper reads what they read before. Where the owner had written
+    no default text (shoppers read the shop's own, in their language), every other language
+    without its own text keeps the shop's own too, written down. A text without one in `new`
     stays as it is. Returns the keys it changed."""
     moved = []
     for key in SHOPPER_TEXTS:
         own = get_setting(conn, f"{key}.{new}")
         if not own:
             continue
-        main = get_setting(conn, key)
-        if old in available_languages():  # the owner's text, else the shop's own as `old` read it
-            with speaking(old):
-                main = fallback_text(conn, key)
-        for stored, value in ((key, own), (f"{key}.{new}", ""), (f"{key}.{old}", main)):
+        row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        keep = [old] if row and row["value"] else available_languages()
+        stores = [(key, own), (f"{key}.{new}", "")]
+        for code in keep:
+            if code != new and (code == old or not get_setting(conn, f"{key}.{code}")):
+                with speaking(code):  # the owner's text, else the shop's own as `code` read it
+                    stores.append((f"{key}.{code}", fallback_text(conn, key)))
+        for stored, value in stores:
             _store_setting(conn, stored, value)
             moved.append(stored)
     return moved
+
+
+def _products_to_new_default(conn, old, new):
+    """The default language changed from `old` to `new`: a product's name and description in
+    `new` become its own (the ones the admin edits first and a catalog import matches), its
+    former ones its texts in `old`. A product whose name in `new` another product has keeps its
+    texts as they are. Returns how many changed."""
+    changed = 0
+    for product in conn.execute(
+        "SELECT id, name, description, translations FROM products WHERE translations IS NOT NULL"
+    ).fetchall():
+        texts = json.loads(product["translations"])
+        theirs = texts.get(new) or {}
+        if (
+            not theirs.get("name")
+            or conn.execute(
+                "SELECT 1 FROM products WHERE name = ? AND id != ?", (theirs["name"], product["id"])
+            ).fetchone()
+        ):
+            continue
+        texts.pop(new)
+        texts[old] = {"name": product["name"], "description": product["description"]}
+        conn.execute(
+            "UPDATE products SET name = ?, description = ?, translations = ? WHERE id = ?",
+            (
+                theirs["name"],
+                theirs.get("description") or product["description"],
+                json.dumps(texts, ensure_ascii=False, sort_keys=True),
+                product["id"],
+            ),
+        )
+        changed += 1
+    return changed
 
 
 def stored_secret(path, key):

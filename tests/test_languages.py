@@ -264,3 +264,52 @@ def test_the_mini_app_buttons_speak_the_shoppers_language(make_shop, fake_tg):
     fake_tg.wait_for(lambda: 1098 in fake_tg.menu_buttons, what="Ann's menu button")
     assert fake_tg.menu_buttons[1098]["web_app"]["url"].endswith("/app?lang=de")
     assert s.bot_state == "running"
+
+
+def test_a_new_default_language_changes_nothing_any_shopper_reads(tmp_path):
+    """The owner writes their welcome only in German and names a product in German too, then
+    makes German the default: every language's shoppers read the welcome they read before; the
+    German name becomes the product's own (English keeps its), and a language without a name of
+    its own reads the default language's, now German."""
+    conn = shop.init_db(str(tmp_path / "shop.db"))
+    ids = seed(conn, units=[("Berlin", "Mitte", "Gift card", 2500, 1)])
+    product_id, district_id = ids[("Gift card", "Mitte")]
+    with shop.transaction(conn):
+        conn.execute(
+            "UPDATE products SET description = 'Valid in every café.', translations = ? "
+            "WHERE id = ?",
+            (
+                '{"de": {"name": "Geschenkkarte", "description": "In jedem Café gültig."}}',
+                product_id,
+            ),
+        )
+    shop.save_settings(conn, {"welcome_text.de": "Willkommen bei uns!"})
+
+    def read():
+        seen = {}
+        for code in shop.available_languages():
+            with shop.speaking(code):
+                offer = shop.get_offer(conn, product_id, district_id)
+                seen[code] = (
+                    shop.shop_text(conn, "welcome_text"),
+                    offer["name"],
+                    offer["description"],
+                )
+        return seen
+
+    before = read()
+    assert before["de"] == ("Willkommen bei uns!", "Geschenkkarte", "In jedem Café gültig.")
+    assert before["pl"][1:] == ("Gift card", "Valid in every café.")
+    shop.save_settings(conn, {"default_language": "de"})
+    after = read()
+    assert {c: w for c, (w, _, _) in after.items()} == {c: w for c, (w, _, _) in before.items()}
+    for code, (_, *product) in after.items():
+        assert product == list(before["en" if code == "en" else "de"][1:]), code
+    row = conn.execute("SELECT name, translations FROM products WHERE id = ?", (product_id,))
+    name, translations = row.fetchone()
+    assert name == "Geschenkkarte"
+    assert json.loads(translations) == {
+        "en": {"name": "Gift card", "description": "Valid in every café."}
+    }
+    assert shop.get_setting(conn, "welcome_text") == "Willkommen bei uns!"
+    conn.close()
