@@ -1878,8 +1878,8 @@ SETTING_RULES = {
 }
 
 
-# Texts that may be left empty (the shop then says its default).
-OPTIONAL_TEXTS = ("support_contact", "terms_text", "paysupport_text")
+# Texts that may be left empty (the shop then says its default, in each shopper's language).
+OPTIONAL_TEXTS = ("support_contact", "welcome_text", "help_text", "terms_text", "paysupport_text")
 
 
 def clean_setting(key, value):
@@ -1895,8 +1895,16 @@ def clean_setting(key, value):
 # the name the form and the command line use: (stored key, what the owner types).
 OWNER_SETTINGS = {
     "shop_name": ("shop_name", "the shop's name, one line of up to 64 characters"),
-    "welcome_text": ("welcome_text", "what the bot says after /start, up to 1000 characters"),
-    "help_text": ("help_text", "what /help says, up to 2000 characters"),
+    "welcome_text": (
+        "welcome_text",
+        "what the bot says after /start, up to 1000 characters (empty: the shop's own, in each "
+        "shopper's language)",
+    ),
+    "help_text": (
+        "help_text",
+        "what /help says, up to 2000 characters (empty: the shop's own, in each shopper's "
+        "language)",
+    ),
     "support_contact": ("support_contact", "how shoppers reach you, shown in /help (may be empty)"),
     "min_deposit": ("min_deposit_cents", "the smallest balance top-up, in EUR like 5.00"),
     "reservation_minutes": (
@@ -2058,6 +2066,9 @@ def owner_setting_text(conn, name, config):
     in EUR like 5.00, whole numbers as digits, the coins comma-separated (None: not chosen, every
     coin the merchant account takes)."""
     key = OWNER_SETTINGS[name][0] if name in OWNER_SETTINGS else name
+    if key in SHOPPER_TEXTS:  # only what the owner wrote: else the shop's own, translated
+        row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else ""
     value = get_setting(conn, key, config)
     if name == "min_deposit":
         return cents_to_str(value)
@@ -4297,7 +4308,7 @@ def buy_with_balance(
             "order #%d paid from balance by user %d: %s, %d unit(s)",
             order_id,
             user_id,
-            fmt_eur(total),
+            owner_eur(total),
             count,
         )
         return order_id
@@ -5301,7 +5312,7 @@ def _credit(conn, payment, cents, kind, key_suffix, reason):
         cents > MAX_EUR_CENTS
     ):  # worth more than the shop ever takes at once: for the owner to check, not to book
         raise InvalidInput(
-            f"payment {payment['provider_id']} would credit {fmt_eur(cents)}; refused: check it "
+            f"payment {payment['provider_id']} would credit {owner_eur(cents)}; refused: check it "
             f"with its provider ({payment['provider']})"
         )
     done = post_ledger(
@@ -6040,7 +6051,9 @@ def checkout_for_request(
             existing["lines"],
         ) == (user_id, kind, amount_cents, encoded)
         if not same:
-            raise InvalidInput("That request_id was used for a different checkout; make a new one.")
+            raise InvalidInput(
+                tr("That request_id was used for a different checkout; make a new one.")
+            )
         return request_id
     with transaction(conn):
         conn.execute(
@@ -6070,7 +6083,7 @@ def get_payment_by_provider_id(conn, user_id, provider_id):
         (provider_id, user_id),
     ).fetchone()
     if row is None:
-        raise NotFound("No such payment.")
+        raise NotFound(tr("No such payment."))
     return row
 
 
@@ -7951,15 +7964,20 @@ class NowPayments(PaymentProvider):
         if e.code == "AMOUNT_MINIMAL_ERROR":
             self.minimum_cache.pop(coin, None)
             return InvalidInput(
-                f"{fmt_eur(price_cents)} is below what {COIN_LABELS[coin]} can take. "
-                "Please choose another coin."
+                tr(
+                    "{amount} is below what {coin} can take. Please choose another coin.",
+                    amount=fmt_eur(price_cents),
+                    coin=COIN_LABELS[coin],
+                )
             )
         if e.outage:
             return e
         self.coins_cache = (0.0, None)  # what is enabled may have changed: ask again next time
         return InvalidInput(
-            f"The payment service cannot take {COIN_LABELS[coin]} right now. "
-            "Please choose another coin."
+            tr(
+                "The payment service cannot take {coin} right now. Please choose another coin.",
+                coin=COIN_LABELS[coin],
+            )
         )
 
     @classmethod
@@ -8621,7 +8639,9 @@ SIMULATIONS = {outcome: what for outcome, (what, _, _) in SANDBOX_OUTCOMES.items
 def sandbox_simulate(shop, payment_id, outcome):
     """Make the emulator's payment paid (in full, half, 1.5x) or expired, then send its IPNs."""
     if outcome not in SIMULATIONS:
-        raise InvalidInput(f"outcome must be one of {', '.join(SIMULATIONS)}")
+        raise InvalidInput(
+            tr("outcome must be one of {outcomes}.", outcomes=", ".join(SIMULATIONS))
+        )
     data, steps = settle_sandbox_payment(shop.db(), payment_id, outcome)
     threading.Thread(
         target=_send_sandbox_ipns, args=(shop, data, steps), name="sandbox-ipn", daemon=True
@@ -8886,7 +8906,7 @@ class PaymentDesk:
         try:
             amount = checkout["amount_cents"]
             invoice = self._create(
-                self.client, coin, amount, reference, f"Balance top-up {fmt_eur(amount)}"
+                self.client, coin, amount, reference, f"Balance top-up {cents_to_str(amount)} EUR"
             )
             expires = invoice.expires_at or now_iso(self.shop.setting("reservation_minutes") * 60)
             return record_payment(
@@ -9018,12 +9038,12 @@ class PaymentDesk:
         """🧪 in the bot or the Mini App: the sandbox's NOWPayments pays (or lets expire) one of the
         shopper's invoices. Only in sandbox mode, and with a bot connected only for owners."""
         if not self.shop.config.sandbox:
-            raise NotFound("Simulated payments exist only in sandbox mode.")
+            raise NotFound(tr("Simulated payments exist only in sandbox mode."))
         self.shop.check_may_buy(user_id)
         payment = get_payment(self.shop.db(), user_id, payment_id)
         provider = self.providers.get(payment["provider"])
         if not getattr(provider, "simulated", False):
-            raise NotFound("This payment was not made in the sandbox.")
+            raise NotFound(tr("This payment was not made in the sandbox."))
         if isinstance(provider, StarsPayments):
             return self.simulate_stars(user_id, payment, outcome)
         sandbox_simulate(self.shop, payment["provider_id"], outcome)
@@ -9446,12 +9466,17 @@ def browser_language(conn, header):
     else the shop's default language."""
     wanted = []
     for i, part in enumerate((header or "")[:500].split(",")):
-        tag, _, q = part.strip().partition(";q=")
-        try:
-            weight = float(q) if q else 1.0  # (a weight, not money)
-        except ValueError:
-            continue
-        wanted.append((-weight, i, tag.strip()))
+        tag, *parameters = [piece.strip() for piece in part.split(";")]
+        weight = 1.0  # (a weight, not money)
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if 0 < weight <= 1:  # q=0 means "not this one"
+            wanted.append((-weight, i, tag))
     for _, _, tag in sorted(wanted):
         found = match_language(tag)
         if found:
@@ -9966,7 +9991,7 @@ def orders_json(conn, user_id, before_id=None):
                 "stars": in_stars,
                 "stars_text": fmt_stars(in_stars) if in_stars is not None else None,
                 "created_at": o["created_at"][:19] + "Z",
-                "created_text": current_language().when(o["created_at"]),
+                "created_text": tr("{when} UTC", when=current_language().when(o["created_at"])),
                 "payment_id": payment["provider_id"] if payment else None,
                 "items": [
                     {
@@ -10114,7 +10139,8 @@ def api_current_user(shop):
         row = touch_user(shop.db(), person)
         caches.users.put(key, (row, commits, now))
     if row["is_banned"]:
-        raise Banned()
+        with speaking(shopper_language(shop.db(), row)):  # told in their own language
+            raise Banned()
     return row
 
 
@@ -12124,6 +12150,7 @@ def admin_settings_page(shop, conn, sess, form=None, error=None):
     sessions = find_live_admin_sessions(conn)
     with speaking(default_language(conn)):  # what shoppers read while the box is empty
         defaults = {
+            **{key: tr(DEFAULT_SETTINGS[key]) for key in ("welcome_text", "help_text")},
             "terms_text": default_terms_text(conn),
             "paysupport_text": default_paysupport_text(conn),
         }
@@ -12234,6 +12261,8 @@ def admin_settings_changes(shop, conn, checked):
             changed = set(value.split(",")) != current
         elif key in RUNTIME_SETTINGS:
             changed = int(value) != shop.setting(key)
+        elif key in SHOPPER_TEXTS:  # (an empty box: the shop's own text, as before)
+            changed = value != owner_setting_text(conn, key, shop.config)
         else:
             changed = value != get_setting(conn, key)
         if changed:
@@ -12525,6 +12554,8 @@ MENU = [[MENU_SHOP, MENU_BASKET], [MENU_PROFILE, MENU_TOPUP], [MENU_ORDERS, MENU
 
 # TRANSLATORS: the menu button beside the message field in the chat with the bot, which opens
 # the Mini App: very short.
+# (One for every chat, in the shop's default language: Telegram has no menu button per language,
+# and a chat's own would keep an old address after the shop moves, until that chat wrote again.)
 MENU_APP = N_("🛍 Shop")
 
 
@@ -13699,22 +13730,6 @@ class ShopBot:
             app = tg.WebAppInfo(f"{self.shop.webapp_url}?lang={code}")
             markup.row(tg.InlineKeyboardButton(tr("🛍 Open shop"), web_app=app))
             self.reply(message.chat.id, tr("Or shop in the app:"), reply_markup=markup)
-            if code != default_language(conn):
-                self.app_button(message.chat.id)
-
-    def app_button(self, chat_id):
-        """This chat's menu button to the Mini App, in the language of the moment (every other
-        chat's is in the shop's default language; Telegram has no menu button per language)."""
-        if not self.shop.webapp_url:
-            return
-        code = current_language().code
-        button = tg.MenuButtonWebApp(
-            tr(MENU_APP), tg.WebAppInfo(f"{self.shop.webapp_url}?lang={code}")
-        )
-        try:
-            self.api(self.bot.set_chat_menu_button, chat_id, button)
-        except (apihelper.ApiTelegramException, *NETWORK_ERRORS) as e:
-            log.warning("bot: could not set chat %s's menu button: %s", chat_id, e)
 
     def start_refill_link(self, conn, message, payload):
         """/start refill_<telegram id>_<euros>[_<cents>]: straight to the coin menu for that
@@ -14210,7 +14225,6 @@ class ShopBot:
             self.show(message, screen_language(code))
             said = tr("🌐 Language: {language}", language=esc(name))
             self.reply(message.chat.id, said, parse_mode="HTML", reply_markup=main_menu())
-            self.app_button(message.chat.id)
         return f"✓ {name}"
 
 

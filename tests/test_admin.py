@@ -1523,3 +1523,24 @@ def test_the_admin_speaks_english_whatever_the_thread_spoke_before(admin, langua
         assert shop.fmt_eur(123456) == "1.234,56\u00a0€"
     assert all(h.func is shop.admin_in_english for _, _, h in shop.ADMIN_ROUTES)
     assert admin.get("/admin/login").text.startswith('<!doctype html>\n<html lang="en">')
+
+
+def test_saving_the_settings_leaves_the_shops_own_welcome_in_every_language(admin):
+    """The welcome and help boxes hold only what the owner wrote (the shop's own text is their
+    placeholder): saving the page untouched pins no English text on every other language."""
+    conn = admin.shop.conn
+    page = admin.get("/admin/settings").text
+    assert re.search(
+        r'<textarea name="welcome_text"[^>]*placeholder="Welcome! [^"]*"></textarea>', page
+    )
+    r = admin.post("/admin/settings", settings_form(welcome_text="", help_text=""))
+    assert r.status_code in (200, 303)
+    assert shop.owner_setting_text(conn, "welcome_text", admin.shop.config) == ""
+    with shop.speaking("pl"):
+        assert shop.shop_text(conn, "welcome_text") == shop.tr(
+            shop.DEFAULT_SETTINGS["welcome_text"]
+        )
+        assert shop.shop_text(conn, "welcome_text").startswith("Witaj!")
+    admin.post("/admin/settings", settings_form(welcome_text="Hello from Paper & Ink"))
+    with shop.speaking("pl"):  # the owner's own text, in the default language, for everyone
+        assert shop.shop_text(conn, "welcome_text") == "Hello from Paper & Ink"

@@ -468,6 +468,8 @@ def test_the_stars_settings_are_saved_checked_and_kept_by_an_older_form(admin):
         for name, text in re.findall(r'<textarea name="(\w+)"[^>]*placeholder="([^"]*)"></', page)
     }
     assert placeholders == {
+        "welcome_text": shop.DEFAULT_SETTINGS["welcome_text"],
+        "help_text": shop.DEFAULT_SETTINGS["help_text"],
         "terms_text": shop.default_terms_text(conn),
         "paysupport_text": shop.default_paysupport_text(conn),
     }

@@ -1179,9 +1179,7 @@ async function start() {
     const preview = document.body.dataset.preview;
     if (!preview) {
       await guessed();
-      // TRANSLATORS: {button} is the bot's menu button as the shopper's Telegram shows it.
-      const button = tr("🛍 Shop");
-      return fatal(tr("Please open this shop from the Telegram bot: tap its {button} button in Telegram.", { button }));
+      return fatal(tr("Please open the shop from the Telegram bot."));
     }
     try {
       initData = (await api(preview, { auth: false })).initData;

@@ -6,8 +6,8 @@
   <p class="flash bad" role="alert">⚠️ {{error}} Nothing was saved.</p>
   % end
   <label>Shop name <input name="shop_name" value="{{values['shop_name']}}" maxlength="64" required></label>
-  <label>Welcome text (after /start) <textarea name="welcome_text" rows="3" maxlength="1000" required>{{values["welcome_text"]}}</textarea></label>
-  <label>Help text <textarea name="help_text" rows="5" maxlength="2000" required>{{values["help_text"]}}</textarea></label>
+  <label>Welcome text (after /start; empty: the shop's own, in each shopper's language, shown greyed while the box is empty) <textarea name="welcome_text" rows="3" maxlength="1000" placeholder="{{defaults['welcome_text']}}">{{values["welcome_text"]}}</textarea></label>
+  <label>Help text (empty: the shop's own, in each shopper's language) <textarea name="help_text" rows="5" maxlength="2000" placeholder="{{defaults['help_text']}}">{{values["help_text"]}}</textarea></label>
   <label>Support contact (shown in /help) <input name="support_contact" value="{{values['support_contact']}}" maxlength="100"></label>
   <label>Minimum top-up in EUR <input name="min_deposit" value="{{values['min_deposit']}}" inputmode="decimal" required></label>
   <label>Reservation (minutes an unpaid order holds its items) <input name="reservation_minutes" value="{{values['reservation_minutes']}}" inputmode="numeric" required></label>
