@@ -469,9 +469,7 @@ def test_in_production_outside_telegram_it_asks_to_be_opened_from_the_bot(make_s
         env={"NOWPAYMENTS_API_KEY": "live-key", "NOWPAYMENTS_API_URL": "http://127.0.0.1:9/v1"}
     )
     app = open_app(s, telegram=False)
-    expect(app.page.locator(".fatal")).to_contain_text(
-        "Please open the shop from the Telegram bot"
-    )
+    expect(app.page.locator(".fatal")).to_contain_text("Please open the shop from the Telegram bot")
     expect(app.page.locator(".tabs")).to_have_count(0)
     assert not any("/api/" in url or "/app/preview" in url for url in app.page.asked)
 

@@ -41,7 +41,7 @@
       </select></label>
     <p class="muted" id="default-language-note">What shoppers read when the shop does not speak their Telegram language, and the language of the welcome, help, /terms and /paysupport texts above. Choosing another one makes your texts in it the default ones.</p>
     % if other_languages:
-    <p class="lang-texts-head"><b>Texts in other languages</b> <span class="muted">(empty: shoppers in that language read the text in {{default_language}}, shown greyed while the box is empty)</span></p>
+    <p class="lang-texts-head"><b>Texts in other languages</b> <span class="muted">(empty: shoppers in that language read what shows greyed: your text in {{default_language}}, or where you wrote none the shop's own in their language)</span></p>
     % for lang in other_languages:
     <details class="lang-texts" id="texts-{{lang['code']}}" {{'open' if get('error') and lang['written'] else ''}}>
       <summary>{{lang["label"]}} <span class="muted">({{lang["written"]}} of {{len(lang["texts"])}} written)</span></summary>
