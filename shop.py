@@ -167,8 +167,13 @@ def match_language(tag):
     if not isinstance(tag, str) or not tag.strip():
         return None
     wanted = tag.strip().replace("-", "_").lower()
-    by_lower = {code.lower(): code for code in available_languages()}
+    by_lower = _languages_by_lower(LOCALES_DIR)
     return by_lower.get(wanted) or by_lower.get(wanted.split("_")[0])
+
+
+@functools.cache
+def _languages_by_lower(folder):
+    return {code.lower(): code for code in _catalogs_in(folder)}
 
 
 class Language:
@@ -2654,7 +2659,7 @@ PRODUCT_KINDS = ("digital", "physical")
 
 def invoice_words(order):
     """'a Telegram Stars invoice' / 'a crypto invoice' for an order's way to pay, translated."""
-    words = INVOICE_OF[order["payment_method"]]
+    words = INVOICE_OF[order["payment_method"]]  # (a key written inside tr() would be extracted)
     return tr(words)
 
 

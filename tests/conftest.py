@@ -159,24 +159,17 @@ def hostile_catalog(tmp_path):
     return write_catalog(folder, HOSTILE, HOSTILE_IMAGES)
 
 
-# A catalog that translates nothing: enough for the shop to speak a language (its formats, the
-# owner's texts and product names in it) before translators add the real ones.
-EMPTY_CATALOG = (
-    'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n"Language: {code}\\n"\n'
-)
-
-
 @pytest.fixture
 def languages(tmp_path, monkeypatch):
     """The shop speaks German, Polish and Portuguese besides English, from throwaway catalogs under
     a folder of the test's own (shop.LOCALES_DIR); returns their codes. Only this process (an
     in-process shop) sees them, not a subprocess."""
+    import throwaway_catalogs
+
     codes = ("de", "pl", "pt")
     folder = tmp_path / "locales"
-    for code in codes:
-        po = folder / code / "LC_MESSAGES" / "messages.po"
-        po.parent.mkdir(parents=True)
-        po.write_text(EMPTY_CATALOG.format(code=code), encoding="utf-8")
+    for code in codes:  # translating nothing: the formats, owner's texts and names in them
+        throwaway_catalogs.write_texts(folder, code)
     monkeypatch.setattr(shop, "LOCALES_DIR", folder)  # (the shop keeps catalogs per folder)
     yield codes
 

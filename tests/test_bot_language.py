@@ -4,13 +4,10 @@ told to Telegram in each language once (again only when they change). The real s
 process with its bot, against the Bot API stand-in, speaking throwaway German and Polish catalogs
 of a few texts (in place of the shop's own, so the tests do not depend on translators)."""
 
-import io
-
 import pytest
-from babel.messages.catalog import Catalog
-from babel.messages.pofile import write_po
 
 import shop
+import throwaway_catalogs
 from conftest import TOKEN, Shopper, seed
 
 # A few of the bot's texts in German and Polish; everything else stays in English (the source).
@@ -63,14 +60,7 @@ def catalogs(tmp_path, monkeypatch):
     """The throwaway catalogs as the shop's locales/ (read afresh, and forgotten afterwards)."""
     folder = tmp_path / "locales"
     for code, texts in THROWAWAY.items():
-        catalog = Catalog(locale=code)
-        for source, translated in texts.items():
-            catalog.add(source, translated)
-        buffer = io.BytesIO()
-        write_po(buffer, catalog)
-        path = folder / code / "LC_MESSAGES" / "messages.po"
-        path.parent.mkdir(parents=True)
-        path.write_bytes(buffer.getvalue())
+        throwaway_catalogs.write_texts(folder, code, texts)
     monkeypatch.setattr(shop, "LOCALES_DIR", folder)  # (the shop keeps catalogs per folder)
     yield folder
 

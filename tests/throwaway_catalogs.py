@@ -74,6 +74,19 @@ def write_catalog(locales, code, texts):
     for key, text in given.items():  # the Python side's, until they are marked for extraction
         context, msgid = key if isinstance(key, tuple) else (None, key)
         catalog.add(msgid, text, locations=[("shop.py", 1)], context=context)
+    return _write(locales, code, catalog)
+
+
+def write_texts(locales, code, texts=()):
+    """locales/<code>/LC_MESSAGES/messages.po holding only `texts` (msgid -> text, a tuple of
+    forms for a plural): the shop speaks the language, in English where it has no text."""
+    catalog = Catalog(locale=code)
+    for source, translated in dict(texts).items():
+        catalog.add(source, translated)
+    return _write(locales, code, catalog)
+
+
+def _write(locales, code, catalog):
     folder = Path(locales) / code / "LC_MESSAGES"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "messages.po", "wb") as f:
