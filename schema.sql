@@ -24,11 +24,17 @@ CREATE TABLE IF NOT EXISTS users (
     ban_notified_at TEXT,
     -- What the bot asked this user to type next (e.g. 'topup_amount'), or NULL.
     awaiting        TEXT,
+    -- The discount code the shopper applied to their basket (checked again at every checkout).
+    promo_id        INTEGER REFERENCES promo_codes(id),
+    -- Who brought them (their /start ref_<id> link), and when; NULL: nobody.
+    referrer_id     INTEGER REFERENCES users(id),
+    referred_at     TEXT,
     created_at      TEXT NOT NULL,
     last_seen_at    TEXT NOT NULL
 );
 
 CREATE INDEX IF NOT EXISTS users_username ON users(username COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS users_referrer ON users(referrer_id) WHERE referrer_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS cities (
     id        INTEGER PRIMARY KEY,
@@ -95,6 +101,52 @@ CREATE INDEX IF NOT EXISTS stock_units_reserved
 CREATE INDEX IF NOT EXISTS stock_units_dedupe
     ON stock_units(product_id, district_id, content);
 
+-- Discount codes. A use is an order made with the code: counted when paid, reserved while pending
+-- (its invoice open), given back when it expires or is cancelled (shop.promo_uses()).
+CREATE TABLE IF NOT EXISTS promo_codes (
+    id                INTEGER PRIMARY KEY,
+    code              TEXT NOT NULL UNIQUE COLLATE NOCASE
+                      CHECK (length(code) BETWEEN 3 AND 32),
+    kind              TEXT NOT NULL CHECK (kind IN ('percent', 'fixed')),
+    -- percent: 1 to 99 (per cent off); fixed: cents off.
+    value             INTEGER NOT NULL
+                      CHECK (value > 0 AND (kind = 'fixed' OR value <= 99)),
+    min_total_cents   INTEGER NOT NULL DEFAULT 0 CHECK (min_total_cents >= 0),
+    starts_at         TEXT,            -- NULL: from its creation
+    ends_at           TEXT,            -- NULL: no end
+    max_uses          INTEGER CHECK (max_uses IS NULL OR max_uses > 0),           -- NULL: no limit
+    max_uses_per_user INTEGER CHECK (max_uses_per_user IS NULL OR max_uses_per_user > 0),
+    -- Scope: JSON arrays of product and city ids; NULL: every product, every city.
+    product_ids       TEXT CHECK (product_ids IS NULL OR json_valid(product_ids)),
+    city_ids          TEXT CHECK (city_ids IS NULL OR json_valid(city_ids)),
+    is_active         INTEGER NOT NULL DEFAULT 1 CHECK (is_active IN (0, 1)),
+    note              TEXT NOT NULL DEFAULT '' CHECK (length(note) <= 200),
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
+    CHECK (starts_at IS NULL OR ends_at IS NULL OR starts_at < ends_at)
+);
+
+-- Shoppers waiting for a sold-out product to come back to a district (🔔 Notify me). A restock
+-- there tells each once, through the outbox, and forgets them.
+CREATE TABLE IF NOT EXISTS stock_watches (
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    product_id  INTEGER NOT NULL REFERENCES products(id),
+    district_id INTEGER NOT NULL REFERENCES districts(id),
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (user_id, product_id, district_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stock_watches_offer ON stock_watches(product_id, district_id);
+
+-- Products whose available units in a district fell to the low-stock threshold and whose owners
+-- were told: one note per crossing. The row goes when the units are above the threshold again.
+CREATE TABLE IF NOT EXISTS low_stock_notes (
+    product_id  INTEGER NOT NULL REFERENCES products(id),
+    district_id INTEGER NOT NULL REFERENCES districts(id),
+    available   INTEGER NOT NULL,      -- what was left when the note was written
+    noted_at    TEXT NOT NULL,
+    PRIMARY KEY (product_id, district_id)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS basket_items (
     id          INTEGER PRIMARY KEY,
     user_id     INTEGER NOT NULL REFERENCES users(id),
@@ -117,12 +169,19 @@ CREATE TABLE IF NOT EXISTS orders (
     checkout_key   TEXT,
     created_at     TEXT NOT NULL,
     paid_at        TEXT,
+    -- The discount code it was bought with, and what it took off the list prices: total_cents is
+    -- what the shopper pays, total_cents + discount_cents the list price.
+    promo_id       INTEGER REFERENCES promo_codes(id),
+    discount_cents INTEGER NOT NULL DEFAULT 0 CHECK (discount_cents >= 0),
     CHECK ((status = 'paid') <= (paid_at IS NOT NULL))
 );
 CREATE INDEX IF NOT EXISTS orders_user ON orders(user_id, id);
 CREATE INDEX IF NOT EXISTS orders_status ON orders(status, id);
 CREATE UNIQUE INDEX IF NOT EXISTS orders_checkout ON orders(user_id, checkout_key)
     WHERE checkout_key IS NOT NULL;
+-- A code's uses: its paid orders, and its pending ones (reserved while their invoice is open).
+CREATE INDEX IF NOT EXISTS orders_promo ON orders(promo_id, status, user_id)
+    WHERE promo_id IS NOT NULL;
 
 -- One row per unit sold (or reserved) in an order, with the names and price as
 -- they were at the time of sale.
@@ -133,7 +192,9 @@ CREATE TABLE IF NOT EXISTS order_items (
     product_id    INTEGER NOT NULL REFERENCES products(id),
     product_name  TEXT NOT NULL,
     place_name    TEXT NOT NULL,
-    price_cents   INTEGER NOT NULL CHECK (price_cents > 0)
+    price_cents   INTEGER NOT NULL CHECK (price_cents > 0),
+    -- This unit's share of the order's discount: it was paid price_cents - discount_cents.
+    discount_cents INTEGER NOT NULL DEFAULT 0 CHECK (discount_cents BETWEEN 0 AND price_cents)
 );
 CREATE INDEX IF NOT EXISTS order_items_order ON order_items(order_id);
 CREATE INDEX IF NOT EXISTS order_items_unit ON order_items(unit_id);
@@ -147,7 +208,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     balance_after_cents INTEGER NOT NULL CHECK (balance_after_cents >= 0),
     kind            TEXT NOT NULL CHECK (kind IN
                     ('topup', 'purchase', 'refund', 'adjustment', 'underpayment',
-                     'overpayment', 'late_payment', 'repeat_deposit')),
+                     'overpayment', 'late_payment', 'repeat_deposit', 'referral')),
     reason          TEXT NOT NULL DEFAULT '',
     idempotency_key TEXT NOT NULL UNIQUE,
     order_id        INTEGER REFERENCES orders(id),
@@ -218,7 +279,9 @@ CREATE TABLE IF NOT EXISTS checkouts (
     created_at   TEXT NOT NULL,
     -- Set while a top-up's invoice is being made (the provider has not answered yet), so it counts
     -- against the shopper's invoice limits like an open one; cleared when the payment is recorded.
-    invoicing_since TEXT
+    invoicing_since TEXT,
+    -- The discount code amount_cents was worked out with (its order is opened with it).
+    promo_id     INTEGER REFERENCES promo_codes(id)
 );
 CREATE INDEX IF NOT EXISTS checkouts_created ON checkouts(created_at);
 CREATE INDEX IF NOT EXISTS checkouts_invoicing ON checkouts(user_id, invoicing_since)

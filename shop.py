@@ -1360,7 +1360,7 @@ def setup_logging(config, stream=None):
 
 # Database ######################################################################
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _daily_totals(conn):
@@ -1460,6 +1460,38 @@ def _stars(conn):
         conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('telegram_rule', '0')")
 
 
+def _promotions(conn):
+    """Discount codes on users, checkouts, orders and their items; who referred whom; the
+    ledger's 'referral' kind (the ledger is rebuilt: SQLite cannot change its CHECK in place).
+    Idempotent: what is there already stays. The new tables come from schema.sql."""
+    conn.execute(
+        next(
+            s
+            for s in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8"))
+            if "TABLE IF NOT EXISTS promo_codes " in s
+        )
+    )
+    for table, column, kind in (
+        ("users", "promo_id", "INTEGER REFERENCES promo_codes(id)"),
+        ("users", "referrer_id", "INTEGER REFERENCES users(id)"),
+        ("users", "referred_at", "TEXT"),
+        ("checkouts", "promo_id", "INTEGER REFERENCES promo_codes(id)"),
+        ("orders", "promo_id", "INTEGER REFERENCES promo_codes(id)"),
+        ("orders", "discount_cents", "INTEGER NOT NULL DEFAULT 0 CHECK (discount_cents >= 0)"),
+        (
+            "order_items",
+            "discount_cents",
+            "INTEGER NOT NULL DEFAULT 0 CHECK (discount_cents BETWEEN 0 AND price_cents)",
+        ),
+    ):
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        if columns and column not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    ledger = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ledger'").fetchone()
+    if ledger and "'referral'" not in ledger[0]:
+        _rebuild_table(conn, "ledger")
+
+
 # Numbered migrations for databases created by older versions: {version: SQL or
 # a function of the connection}. A migration brings user_version from version-1
 # to version; schema.sql then adds any new tables, indexes and triggers. Keep
@@ -1475,6 +1507,7 @@ MIGRATIONS = {
     5: _payment_providers,  # payments.provider: more than one way to pay
     6: _stars,  # Telegram Stars: product kinds and methods, Stars orders, charge ids
     7: _language_columns,  # the shopper's language; product names, descriptions per language
+    8: _promotions,  # discount codes, referrals (stock watches, low-stock notes: schema.sql)
 }
 
 
@@ -1711,6 +1744,8 @@ DEFAULT_SETTINGS = {
     "support_contact": "",
     "underpayment_tolerance": "0",
     "low_stock_threshold": "2",
+    # Per cent of a referred shopper's first paid order credited to who referred them; 0: off.
+    "referral_percent": "0",
     # On for new shops; the migration to Stars sets it off for shops from before.
     "telegram_rule": "1",
     # About what shoppers pay for Stars in Telegram (100 ⭐ for about $1.99 in the app stores).

@@ -400,7 +400,10 @@ def test_a_version_5_database_upgrades_with_every_order_and_payment_intact(tmp_p
     conn = shop.init_db(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == shop.SCHEMA_VERSION >= 6
     after = {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in tables}
-    assert after["orders"] == before["orders"] and after["order_items"] == before["order_items"]
+    # + promo_id, discount_cents (schema 8): every order as it was, at its list price
+    assert [r[:-2] for r in after["orders"]] == before["orders"]
+    assert {r[-2:] for r in after["orders"]} == {(None, 0)}
+    assert [r[:-1] for r in after["order_items"]] == before["order_items"]
     assert after["ledger"] == before["ledger"] and after["daily_sales"] == before["daily_sales"]
     assert [r[:-1] for r in after["payments"]] == before["payments"]  # + charge_id (NULL)
     assert [r[:-3] for r in conn.execute("SELECT * FROM products")][0][1] == "Gift card"
