@@ -43,19 +43,20 @@ Sections (grep for their banners, "# Name ####"):
     10. Services: catalog
     11. Services: catalog import
     12. Services: basket
-    13. Services: orders
-    14. Services: payments -- PaymentNews in, exactly once; checkouts and limits
-    15. Services: owner -- the admin's sessions, catalog edits, refunds, pages, exports
-    16. Payment providers -- PaymentProvider, NowPayments, the sandbox, PAYMENT_PROVIDERS
-    17. Payment desk -- invoices, webhooks, checks, reconciliation, for every provider
-    18. Web -- the app's hooks, the storefront, webhooks
-    19. Web: Mini App -- /app and its JSON API
-    20. Web: admin -- the htmx admin
-    21. Bot -- pure screen_* functions, then ShopBot's handlers
-    22. Outbox sender
-    23. Scheduler -- JOBS
-    24. Runtime -- Shop builds and starts everything
-    25. Command line
+    13. Services: discount codes -- their rules, quotes, the one rounding rule
+    14. Services: orders
+    15. Services: payments -- PaymentNews in, exactly once; checkouts and limits
+    16. Services: owner -- the admin's sessions, catalog edits, refunds, pages, exports
+    17. Payment providers -- PaymentProvider, NowPayments, the sandbox, PAYMENT_PROVIDERS
+    18. Payment desk -- invoices, webhooks, checks, reconciliation, for every provider
+    19. Web -- the app's hooks, the storefront, webhooks
+    20. Web: Mini App -- /app and its JSON API
+    21. Web: admin -- the htmx admin
+    22. Bot -- pure screen_* functions, then ShopBot's handlers
+    23. Outbox sender
+    24. Scheduler -- JOBS
+    25. Runtime -- Shop builds and starts everything
+    26. Command line
 
 The rule (tests/test_layering.py checks it): a section uses only sections above
 it. Services take `conn` and plain values, never the Shop, bottle, telebot or
@@ -386,6 +387,12 @@ class NotSellingYet(ShopError):
     )
 
     status = 403
+
+
+class PromoRefused(ShopError):
+    message = N_("This promo code cannot be used here.")
+
+    status = 409
 
 
 class LimitReached(ShopError):
@@ -4036,9 +4043,6 @@ def find_basket_line(conn, user_id, product_id, district_id):
     ).fetchone()
 
 
-# Services: orders ##############################################################
-
-
 def price_lines(conn, lines):
     """[(product_id, district_id, quantity)] -> (total_cents, [offer rows]) at today's prices."""
     offers = []
@@ -4046,6 +4050,270 @@ def price_lines(conn, lines):
         _check_quantity(quantity)
         offers.append(get_offer(conn, product_id, district_id))
     return sum(o["price_cents"] * q for o, (_, _, q) in zip(offers, lines, strict=False)), offers
+
+
+def normalise_lines(lines):
+    """Merge repeated (product, district) lines and check each quantity."""
+    merged = {}
+    for product_id, district_id, quantity in lines:
+        _check_quantity(quantity)
+        merged[(product_id, district_id)] = merged.get((product_id, district_id), 0) + quantity
+    if not merged:
+        raise InvalidInput(tr("Your basket is empty."))
+    for quantity in merged.values():
+        _check_quantity(quantity)
+    return [(p, d, q) for (p, d), q in merged.items()]
+
+
+def list_basket_lines(conn, user_id):
+    """The shopper's basket as order lines [(product_id, district_id, quantity)]."""
+    return [
+        (line.product_id, line.district_id, line.quantity)
+        for line in get_basket(conn, user_id).lines
+    ]
+
+
+# Services: discount codes ######################################################
+
+# A code is case-insensitive letters, digits, - and _.
+PROMO_CODE = re.compile(r"[A-Za-z0-9_-]{3,32}")
+
+# The order statuses that hold a use of their code: paid (counted), pending (reserved while its
+# invoice is open). Expired, cancelled and refunded orders give theirs back.
+PROMO_HOLDING = ("paid", "pending")
+
+
+def find_promo_code(conn, code):
+    """The discount code as typed (any case), or None."""
+    code = str(code or "").strip()
+    if not PROMO_CODE.fullmatch(code):
+        return None
+    return conn.execute("SELECT * FROM promo_codes WHERE code = ?", (code,)).fetchone()
+
+
+def _utc_when(moment):
+    return tr("{when} UTC", when=current_language().when(moment))
+
+
+def promo_uses(conn, promo_id, user_id=None):
+    """Uses of a code (by one shopper): its paid orders and the pending ones that reserve a use."""
+    if user_id is None:
+        return conn.execute(
+            "SELECT count(*) FROM orders WHERE promo_id = ? AND status IN (?, ?)",
+            (promo_id, *PROMO_HOLDING),
+        ).fetchone()[0]
+    return conn.execute(
+        "SELECT count(*) FROM orders WHERE promo_id = ? AND status IN (?, ?) AND user_id = ?",
+        (promo_id, *PROMO_HOLDING, user_id),
+    ).fetchone()[0]
+
+
+def promo_scope(promo):
+    """(product ids, city ids) a code is limited to; None: no limit of that kind."""
+    return tuple(
+        set(json.loads(promo[column])) if promo[column] else None
+        for column in ("product_ids", "city_ids")
+    )
+
+
+def promo_covers(promo, offer):
+    """Whether a code takes something off this offer (a get_offer row)."""
+    products, cities = promo_scope(promo)
+    return (products is None or offer["id"] in products) and (
+        cities is None or offer["city_id"] in cities
+    )
+
+
+def check_promo_code(conn, promo, user_id):
+    """PromoRefused, saying why, when the code cannot be used now by this shopper (whatever the
+    basket)."""
+    code, now = promo["code"], now_iso()
+    if not promo["is_active"]:
+        raise PromoRefused(tr("The code {code} is paused right now.", code=code))
+    if promo["starts_at"] and now < promo["starts_at"]:
+        raise PromoRefused(
+            tr(
+                "The code {code} can be used from {when}.",
+                code=code,
+                when=_utc_when(promo["starts_at"]),
+            )
+        )
+    if promo["ends_at"] and now >= promo["ends_at"]:
+        raise PromoRefused(
+            tr("The code {code} expired on {when}.", code=code, when=_utc_when(promo["ends_at"]))
+        )
+    if promo["max_uses"] is not None and promo_uses(conn, promo["id"]) >= promo["max_uses"]:
+        raise PromoRefused(tr("The code {code} has been used up.", code=code))
+    most = promo["max_uses_per_user"]
+    if most is not None and promo_uses(conn, promo["id"], user_id) >= most:
+        raise PromoRefused(
+            ntr(
+                "You have used the code {code} already; it can be used once per shopper.",
+                "You have used the code {code} {n} times already, as often as it can be used "
+                "per shopper.",
+                most,
+                code=code,
+            )
+        )
+
+
+def promo_discount(conn, promo, user_id, lines, offers):
+    """What a code takes off these lines (normalised, with their get_offer rows): (cents, each
+    line's unit discounts [[cents per unit]]), or PromoRefused saying why.
+
+    The one rounding rule: a percentage is taken of the list prices of the items the code covers
+    and rounded down to the cent (the shopper never gets more than the code says); a fixed amount
+    is at most what those items cost. Either way the order keeps at least 1 cent to pay. The
+    discount is then split over the covered units in proportion to their prices, largest remainder
+    first (ties: the earlier unit), so the units' shares add up to the discount exactly."""
+    check_promo_code(conn, promo, user_id)
+    subtotal = sum(o["price_cents"] * q for o, (_, _, q) in zip(offers, lines, strict=True))
+    covered = [promo_covers(promo, offer) for offer in offers]
+    base = sum(
+        o["price_cents"] * q for o, c, (_, _, q) in zip(offers, covered, lines, strict=True) if c
+    )
+    if not base:
+        raise PromoRefused(
+            tr("The code {code} is not valid for anything in your basket.", code=promo["code"])
+        )
+    if subtotal < promo["min_total_cents"]:
+        raise PromoRefused(
+            tr(
+                "The code {code} needs a basket of at least {minimum}; yours comes to {total}.",
+                code=promo["code"],
+                minimum=fmt_eur(promo["min_total_cents"]),
+                total=fmt_eur(subtotal),
+            )
+        )
+    if promo["kind"] == "percent":
+        cents = base * promo["value"] // 100
+    else:
+        cents = promo["value"]
+    cents = max(0, min(cents, base, subtotal - 1))
+    prices = [
+        o["price_cents"] if c else 0
+        for o, c, (_, _, q) in zip(offers, covered, lines, strict=True)
+        for _ in range(q)
+    ]
+    shares = iter(split_discount(cents, prices))
+    return cents, [[next(shares) for _ in range(q)] for _, _, q in lines]
+
+
+def split_discount(cents, prices):
+    """cents split over units of these prices in proportion to them (largest remainder, ties to
+    the earlier unit); a unit priced 0 gets nothing."""
+    total = sum(prices)
+    if not total or not cents:
+        return [0] * len(prices)
+    shares = [cents * price // total for price in prices]
+    left = cents - sum(shares)
+    by_remainder = sorted(range(len(prices)), key=lambda i: (-(cents * prices[i] % total), i))
+    for i in by_remainder[:left]:
+        shares[i] += 1
+    return shares
+
+
+@dataclass
+class Quote:
+    """What lines cost a shopper: list price, what their code takes off (or why it does not) and
+    what they pay."""
+
+    lines: list
+    offers: list
+    subtotal_cents: int
+    discount_cents: int = 0
+    promo: object = None  # the code that applies (a promo_codes row), else None
+    refused: str = ""  # why the shopper's code does not apply to these lines
+    code: str = ""  # the shopper's code, applying or not
+
+    @property
+    def total_cents(self):
+        return self.subtotal_cents - self.discount_cents
+
+    @property
+    def promo_id(self):
+        return self.promo["id"] if self.promo is not None else None
+
+
+def quote_lines(conn, user_id, lines, promo_id=None):
+    """Quote [(product_id, district_id, quantity)] for a shopper, with the code on their basket
+    (or the one promo_id names)."""
+    lines = normalise_lines(lines)
+    subtotal, offers = price_lines(conn, lines)
+    quote = Quote(lines, offers, subtotal)
+    if promo_id is not None:
+        row = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT p.* FROM users u JOIN promo_codes p ON p.id = u.promo_id WHERE u.id = ?",
+            (user_id,),
+        ).fetchone()
+    if row is None:
+        return quote
+    quote.code = row["code"]
+    try:
+        quote.discount_cents = promo_discount(conn, row, user_id, lines, offers)[0]
+        quote.promo = row
+    except PromoRefused as e:
+        quote.refused = str(e)
+    return quote
+
+
+def apply_promo_code(conn, user_id, code, lines=None):
+    """The shopper types a code: it goes on their basket when it takes something off `lines` (the
+    basket's when None; with an empty basket, when the code can be used at all). Returns the
+    code's row; PromoRefused says why not, and changes nothing."""
+    with transaction(conn):
+        promo = find_promo_code(conn, code)
+        if promo is None:
+            raise PromoRefused(
+                tr("There is no promo code {code}.", code=shorten(str(code or "").strip(), 40))
+            )
+        if lines is None:
+            lines = list_basket_lines(conn, user_id)
+        if lines:
+            lines = normalise_lines(lines)
+            promo_discount(conn, promo, user_id, lines, price_lines(conn, lines)[1])
+        else:
+            check_promo_code(conn, promo, user_id)
+        conn.execute("UPDATE users SET promo_id = ? WHERE id = ?", (promo["id"], user_id))
+        return promo
+
+
+def remove_promo_code(conn, user_id):
+    """Take the code off the shopper's basket."""
+    with transaction(conn):
+        conn.execute("UPDATE users SET promo_id = NULL WHERE id = ?", (user_id,))
+
+
+def promo_codes_offered(conn):
+    """Whether the shop has a discount code a shopper could use now (else checkout does not ask
+    for one)."""
+    now = now_iso()
+    return (
+        conn.execute(
+            "SELECT 1 FROM promo_codes WHERE is_active = 1 AND (starts_at IS NULL OR starts_at "
+            "<= ?) AND (ends_at IS NULL OR ends_at > ?) LIMIT 1",
+            (now, now),
+        ).fetchone()
+        is not None
+    )
+
+
+def stars_after_discount(stars, quote_or_order):
+    """The Stars to pay when a code took something off: the list Stars times what is paid over
+    the list price, rounded up to a whole Star (Telegram takes whole Stars only)."""
+    paid, off = (
+        (quote_or_order.total_cents, quote_or_order.discount_cents)
+        if isinstance(quote_or_order, Quote)
+        else (quote_or_order["total_cents"], quote_or_order["discount_cents"])
+    )
+    if not off:
+        return stars
+    return max(1, -(-stars * paid // (paid + off)))
+
+
+# Services: orders ##############################################################
 
 
 def check_methods(conn, offers, method):
@@ -4096,19 +4364,6 @@ def stars_total(conn, offers, lines):
     return sum(stars_of(o, rate) * q for o, (_, _, q) in zip(offers, lines, strict=True))
 
 
-def normalise_lines(lines):
-    """Merge repeated (product, district) lines and check each quantity."""
-    merged = {}
-    for product_id, district_id, quantity in lines:
-        _check_quantity(quantity)
-        merged[(product_id, district_id)] = merged.get((product_id, district_id), 0) + quantity
-    if not merged:
-        raise InvalidInput(tr("Your basket is empty."))
-    for quantity in merged.values():
-        _check_quantity(quantity)
-    return [(p, d, q) for (p, d), q in merged.items()]
-
-
 def open_order(
     conn,
     user_id,
@@ -4118,18 +4373,28 @@ def open_order(
     expected_total_cents=None,
     checkout_key=None,
     reserve_minutes=None,
+    promo_id=None,
 ):
     """Inside a transaction: check the lines, create an order and take its units.
 
     method 'balance' sells the units at once (order 'paid'); 'crypto' and 'stars' reserve
     them for reserve_minutes (order 'pending'). Every product must allow the method
-    (product_methods). Returns (order_id, total_cents).
+    (product_methods). promo_id: the discount code the checkout was priced with, checked again
+    here (PromoRefused), so that its uses are decided one order at a time. Returns (order_id,
+    total_cents paid).
     """
     user = get_user(conn, user_id)
     if user["is_banned"]:
         raise Banned()
     lines = normalise_lines(lines)
     total, offers = price_lines(conn, lines)
+    discount, shares = 0, [[0] * q for _, _, q in lines]
+    if promo_id is not None:
+        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        if promo is None:
+            raise PromoRefused()
+        discount, shares = promo_discount(conn, promo, user_id, lines, offers)
+        total -= discount
     if expected_total_cents is not None and total != expected_total_cents:
         raise PriceChanged()
     check_methods(conn, offers, method)
@@ -4142,7 +4407,7 @@ def open_order(
     paid = method == "balance"
     order_id = conn.execute(
         "INSERT INTO orders(user_id, status, total_cents, payment_method, checkout_key, "
-        "created_at, paid_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "created_at, paid_at, promo_id, discount_cents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             user_id,
             "paid" if paid else "pending",
@@ -4151,10 +4416,24 @@ def open_order(
             checkout_key,
             now,
             now if paid else None,
+            promo_id if discount else None,
+            discount,
         ),
     ).lastrowid
+    if discount:  # the code is in the order now (it comes back with the lines if that lapses)
+        conn.execute(
+            "UPDATE users SET promo_id = NULL WHERE id = ? AND promo_id = ?", (user_id, promo_id)
+        )
     until = None if paid else now_iso(reserve_minutes * 60)
-    for offer, (product_id, district_id, quantity) in zip(offers, lines, strict=False):
+    _take_units(conn, order_id, offers, lines, shares, until)
+    return order_id, total
+
+
+def _take_units(conn, order_id, offers, lines, shares, until):
+    """An order's units: sold (until None) or reserved until then, each an order item with its
+    share of the discount."""
+    now, paid = now_iso(), until is None
+    for offer, (product_id, district_id, quantity), off in zip(offers, lines, shares, strict=True):
         units = conn.execute(
             "SELECT id FROM stock_units WHERE product_id = ? AND district_id = ? "
             "AND status = 'available' ORDER BY id LIMIT ?",
@@ -4162,7 +4441,7 @@ def open_order(
         ).fetchall()
         if len(units) < quantity:  # (cannot happen after the check above; guards the invariant)
             raise sold_out(offer, len(units))
-        for unit in units:
+        for unit, unit_off in zip(units, off, strict=True):
             conn.execute(
                 "UPDATE stock_units SET status = ?, order_id = ?, reserved_until = ?, sold_at = ? "
                 "WHERE id = ? AND status = 'available'",
@@ -4176,7 +4455,7 @@ def open_order(
             )
             conn.execute(
                 "INSERT INTO order_items(order_id, unit_id, product_id, product_name, place_name, "
-                "price_cents) VALUES (?, ?, ?, ?, ?, ?)",
+                "price_cents, discount_cents) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     order_id,
                     unit["id"],
@@ -4184,9 +4463,9 @@ def open_order(
                     offer["source_name"],  # as the owner named it (the shopper may read another)
                     place_name(offer["city_name"], offer["district_name"]),
                     offer["price_cents"],
+                    unit_off,
                 ),
             )
-    return order_id, total
 
 
 def remove_bought_from_basket(conn, order_id):
@@ -4285,7 +4564,14 @@ def describe_user(user):
 
 
 def buy_with_balance(
-    conn, user_id, lines=None, *, expected_total_cents=None, checkout_key=None, owners=()
+    conn,
+    user_id,
+    lines=None,
+    *,
+    expected_total_cents=None,
+    checkout_key=None,
+    owners=(),
+    promo_id=None,
 ):
     """Buy [(product_id, district_id, quantity)], or the whole basket (lines=None), with the
     balance.
@@ -4323,6 +4609,7 @@ def buy_with_balance(
             method="balance",
             expected_total_cents=expected_total_cents,
             checkout_key=checkout_key,
+            promo_id=promo_id,
         )
         remove_bought_from_basket(conn, order_id)
         post_ledger(
@@ -4506,6 +4793,11 @@ def get_order(conn, user_id, order_id):
     return row
 
 
+def order_row(conn, order_id):
+    """An order by id (for the shop's own use: whoever it belongs to)."""
+    return conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+
+
 def get_order_lines(conn, order_id):
     """An order's items grouped by product and place:
     [{product_name, place_name, quantity, price_cents}]."""
@@ -4534,7 +4826,15 @@ def release_order_units(conn, order_id):
         "WHERE order_id = ? AND status = 'reserved'",
         (order_id,),
     ).rowcount
-    return freed, return_to_basket(conn, order_id) if freed else 0
+    if not freed:
+        return 0, 0
+    # Its discount code goes back on the basket too, unless the shopper put another there since.
+    conn.execute(
+        "UPDATE users SET promo_id = o.promo_id FROM orders o WHERE o.id = ? "
+        "AND users.id = o.user_id AND users.promo_id IS NULL AND o.promo_id IS NOT NULL",
+        (order_id,),
+    )
+    return freed, return_to_basket(conn, order_id)
 
 
 def went_back(lines_back):
@@ -4595,14 +4895,6 @@ def get_basket_line_quantity(conn, user_id, product_id, district_id):
         (user_id, product_id, district_id),
     ).fetchone()
     return row["quantity"] if row is not None else None
-
-
-def list_basket_lines(conn, user_id):
-    """The shopper's basket as order lines [(product_id, district_id, quantity)]."""
-    return [
-        (line.product_id, line.district_id, line.quantity)
-        for line in get_basket(conn, user_id).lines
-    ]
 
 
 def count_user_paid_orders(conn, user_id):
@@ -4722,14 +5014,15 @@ def value_of(price_cents, paid, asked):
     return math.floor(Fraction(price_cents) * Fraction(paid) / Fraction(asked))
 
 
-def create_checkout(conn, user_id, kind, amount_cents, lines=(), from_basket=False):
-    """Remember a checkout screen (what it sells and for how much); returns its nonce."""
+def create_checkout(conn, user_id, kind, amount_cents, lines=(), from_basket=False, promo_id=None):
+    """Remember a checkout screen (what it sells and for how much, and the discount code that
+    amount was worked out with); returns its nonce."""
     nonce = secrets.token_hex(8)
     with transaction(conn):
         conn.execute("DELETE FROM checkouts WHERE created_at < ?", (now_iso(-7 * 86400),))
         conn.execute(
             "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "created_at, promo_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 nonce,
                 user_id,
@@ -4738,9 +5031,19 @@ def create_checkout(conn, user_id, kind, amount_cents, lines=(), from_basket=Fal
                 int(from_basket),
                 amount_cents,
                 now_iso(),
+                promo_id,
             ),
         )
     return nonce
+
+
+def checkout_order(conn, user_id, lines, from_basket):
+    """A checkout of these lines at what the shopper pays (their code taken off where it
+    applies); returns its nonce."""
+    quote = quote_lines(conn, user_id, lines)
+    return create_checkout(
+        conn, user_id, "order", quote.total_cents, lines, from_basket, quote.promo_id
+    )
 
 
 def get_checkout(conn, user_id, nonce):
@@ -4887,6 +5190,7 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None, method="cry
             expected_total_cents=checkout["amount_cents"],
             checkout_key=nonce,
             reserve_minutes=minutes,
+            promo_id=checkout["promo_id"],
         )
         if checkout["from_basket"]:
             take_from_basket(conn, order_id)
@@ -6075,21 +6379,21 @@ def _retake_units(conn, order_id):
 
 
 def checkout_for_request(
-    conn, user_id, kind, amount_cents, lines=(), from_basket=False, request_id=None
+    conn, user_id, kind, amount_cents, lines=(), from_basket=False, request_id=None, promo_id=None
 ):
     """A checkout's nonce. With a client-made request_id, that is the nonce: a repeated request
-    finds its checkout instead of making another (InvalidInput if it was for something else)."""
+    finds its checkout instead of making another (InvalidInput if it was for something else; an
+    order's amount may differ, its discount code having gone into the first request's order)."""
     if not request_id:
-        return create_checkout(conn, user_id, kind, amount_cents, lines, from_basket)
+        return create_checkout(conn, user_id, kind, amount_cents, lines, from_basket, promo_id)
     encoded = json.dumps([list(line) for line in lines])
     existing = conn.execute("SELECT * FROM checkouts WHERE nonce = ?", (request_id,)).fetchone()
     if existing:
-        same = (
-            existing["user_id"],
-            existing["kind"],
-            existing["amount_cents"],
-            existing["lines"],
-        ) == (user_id, kind, amount_cents, encoded)
+        same = (existing["user_id"], existing["kind"], existing["lines"]) == (
+            user_id,
+            kind,
+            encoded,
+        ) and (kind == "order" or existing["amount_cents"] == amount_cents)
         if not same:
             raise InvalidInput(
                 tr("That request_id was used for a different checkout; make a new one.")
@@ -6098,8 +6402,17 @@ def checkout_for_request(
     with transaction(conn):
         conn.execute(
             "INSERT INTO checkouts(nonce, user_id, kind, lines, from_basket, amount_cents, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (request_id, user_id, kind, encoded, int(from_basket), amount_cents, now_iso()),
+            "created_at, promo_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request_id,
+                user_id,
+                kind,
+                encoded,
+                int(from_basket),
+                amount_cents,
+                now_iso(),
+                promo_id,
+            ),
         )
     return request_id
 
@@ -8989,7 +9302,7 @@ class PaymentDesk:
                     reference=f"order-{order_id}",
                     description=f"{shorten(order_summary(conn, order_id), 230)} · {fmt_eur(total)}",
                     webhook_url="",
-                    amount=stars,
+                    amount=stars_after_discount(stars, order_row(conn, order_id)),
                     # TRANSLATORS: the title of a Telegram Stars invoice: at most 32 characters.
                     title=shorten(tr("Order #{order}", order=order_id), 32),
                     chat_id=chat_id,
@@ -10468,8 +10781,17 @@ def api_create_payment(shop, conn, user, data):
         nonce = rid
     else:
         lines = api_order_lines(conn, user, kind, data)
-        total, _ = price_lines(conn, normalise_lines(lines))
-        nonce = checkout_for_request(conn, user["id"], "order", total, lines, kind == "basket", rid)
+        quote = quote_lines(conn, user["id"], lines)
+        nonce = checkout_for_request(
+            conn,
+            user["id"],
+            "order",
+            quote.total_cents,
+            lines,
+            kind == "basket",
+            rid,
+            quote.promo_id,
+        )
     checkout = get_checkout(conn, user["id"], nonce)
     if coin == "stars":
         payment = shop.payments.open_stars_invoice(user["id"], nonce)
@@ -10482,6 +10804,7 @@ def api_create_payment(shop, conn, user, data):
             expected_total_cents=checkout["amount_cents"],
             checkout_key=nonce,
             owners=shop.config.admin_ids,
+            promo_id=checkout["promo_id"],
         )
         balance = get_user(conn, user["id"])["balance_cents"]
         return {
@@ -12847,11 +13170,11 @@ def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
     (checkout_methods). coins is None when crypto is unavailable; stars: whether the shop takes
     Telegram Stars. A basket whose products share no way to pay is split into parts that do.
     selling=False: test mode for a shopper who may not buy, who is told so instead."""
-    lines = normalise_lines(checkout_lines(checkout))
-    total, offers = price_lines(conn, lines)
+    quote = checkout_quote(conn, checkout)
+    lines, offers = quote.lines, quote.offers
     items, short = _checkout_items(conn, offers, lines, stars)
     methods = [m for m in checkout_methods(conn, offers) if m != "stars" or stars]
-    totals = [tr("Total: <b>{total}</b>", total=fmt_eur(total))]
+    totals = _checkout_totals(quote)
     if "balance" in methods:
         totals.append(tr("Your balance: {balance}", balance=fmt_eur(user["balance_cents"])))
     back = back_button("basket" if checkout["from_basket"] else f"prod:{lines[0][0]}:{lines[0][1]}")
@@ -12868,7 +13191,11 @@ def screen_checkout(conn, user, checkout, coins, selling=True, stars=True):
     elif not selling:
         notes = [esc(tr(NotSellingYet.message))]
     else:
-        notes, rows = _checkout_ways(conn, user, checkout, lines, offers, methods, total, coins)
+        notes, rows = _checkout_ways(conn, user, checkout, quote, methods, coins)
+    if quote.refused:
+        notes.insert(0, f"🏷 {esc(quote.refused)}")
+    if not short and selling and (quote.code or promo_codes_offered(conn)):
+        rows.append([_promo_button(quote, checkout["nonce"])])
     names = [
         text
         for offer in offers
@@ -12924,13 +13251,49 @@ def _checkout_text(names, items, totals, parts, notes):
     return "\n".join(text)
 
 
-def _checkout_ways(conn, user, checkout, lines, offers, methods, total, coins):
+def checkout_quote(conn, checkout):
+    """What a checkout costs as its screen was priced: with the discount code it was made with;
+    without one, why the shopper's code (if any) does not apply."""
+    lines = normalise_lines(checkout_lines(checkout))
+    if checkout["promo_id"] is not None:
+        return quote_lines(conn, checkout["user_id"], lines, promo_id=checkout["promo_id"])
+    quote = quote_lines(conn, checkout["user_id"], lines)
+    if quote.promo is not None:  # applied after this checkout was made: not in its price
+        quote.promo, quote.discount_cents, quote.code = None, 0, ""
+    return quote
+
+
+def _checkout_totals(quote):
+    """A checkout's total, and before it the list price and the code's discount when one applies."""
+    total = tr("Total: <b>{total}</b>", total=fmt_eur(quote.total_cents))
+    if not quote.discount_cents:
+        return [total]
+    return [
+        tr("Subtotal: {amount}", amount=fmt_eur(quote.subtotal_cents)),
+        # TRANSLATORS: the discount line of a checkout or receipt: "🏷 Code SPRING10: −€2.50".
+        tr(
+            "🏷 Code {code}: −{amount}",
+            code=f"<code>{esc(quote.promo['code'])}</code>",
+            amount=fmt_eur(quote.discount_cents),
+        ),
+        total,
+    ]
+
+
+def _promo_button(quote, nonce):
+    if quote.promo is not None:
+        return (tr("✖️ Remove code {code}", code=quote.promo["code"]), f"unpromo:{nonce}")
+    return (tr("🏷 Promo code"), f"promo:{nonce}")
+
+
+def _checkout_ways(conn, user, checkout, quote, methods, coins):
     """The ways to pay a checkout that every product in it allows: (notes, button rows)."""
     notes, rows, nonce = [], [], checkout["nonce"]
+    lines, offers, total = quote.lines, quote.offers, quote.total_cents
     if "stars" in methods:
         if "crypto" not in methods and "balance" not in methods and telegram_rule(conn):
             notes.append(tr(RULE_NOTE))
-        amount = fmt_stars(stars_total(conn, offers, lines))
+        amount = fmt_stars(stars_after_discount(stars_total(conn, offers, lines), quote))
         rows.append([(tr("⭐ Pay {amount}", amount=amount), f"stars:{nonce}")])
     if "balance" in methods and user["balance_cents"] >= total:
         label = tr("💰 Pay {amount} from balance", amount=fmt_eur(total))
@@ -12965,8 +13328,8 @@ def _checkout_parts(conn, user, checkout, lines, offers, stars):
             continue
         said = babel.lists.format_list(ways, "or", locale=current_language().format_locale)
         parts.append((indexes, said))
-        cents, _ = price_lines(conn, part)
-        nonce = create_checkout(conn, user["id"], "order", cents, part, checkout["from_basket"])
+        nonce = checkout_order(conn, user["id"], part, checkout["from_basket"])
+        cents = get_checkout(conn, user["id"], nonce)["amount_cents"]
         label = ", ".join(offers[i]["name"] for i in indexes)
         rows.append([(f"💳 {shorten(label, 40)} · {fmt_eur(cents)}", f"part:{nonce}")])
     rule = telegram_rule(conn) and any(o["kind"] == "digital" for o in offers)
@@ -13864,6 +14227,8 @@ class ShopBot:
     def msg_other(self, message):
         conn = self.shop.db()
         user = get_user(conn, message.from_user.id)
+        if (user["awaiting"] or "").startswith("promo:") and message.text:
+            return self.promo_typed(conn, user, message, user["awaiting"].split(":", 1)[1])
         if user["awaiting"] == "topup_amount" and message.text:
             try:
                 cents = self.parse_deposit(message.text)
@@ -13897,8 +14262,7 @@ class ShopBot:
             return None
 
     def checkout(self, conn, user, lines, from_basket):
-        total, _ = price_lines(conn, lines)
-        nonce = create_checkout(conn, user["id"], "order", total, lines, from_basket)
+        nonce = checkout_order(conn, user["id"], lines, from_basket)
         return self.checkout_screen(conn, user, get_checkout(conn, user["id"], nonce))
 
     def checkout_screen(self, conn, user, checkout):
@@ -13961,6 +14325,8 @@ class ShopBot:
         "coin": ("sc", "on_coin"),
         "stars": ("s", "on_stars"),
         "part": ("s", "on_part"),
+        "promo": ("s", "on_promo"),
+        "unpromo": ("s", "on_unpromo"),
         "tcoin": ("sc", "on_tcoin"),
         "nocoin": ("ci", "on_nocoin"),
         "topup": (ARGS_ANY, "on_topup"),
@@ -14133,8 +14499,9 @@ class ShopBot:
                 expected_total_cents=checkout["amount_cents"],
                 checkout_key=nonce,
                 owners=self.shop.config.admin_ids,
+                promo_id=checkout["promo_id"],
             )
-        except (SoldOut, PriceChanged, InsufficientBalance) as e:
+        except (SoldOut, PriceChanged, InsufficientBalance, PromoRefused) as e:
             self.show(message, Screen(f"⚠️ {esc(e)}", back))
             return str(e)
         order = get_order(conn, uid, order_id)
@@ -14167,6 +14534,40 @@ class ShopBot:
         if checkout["kind"] != "order":
             return tr(STALE_BUTTON)
         self.show(message, self.checkout_screen(conn, user, checkout))
+
+    def on_promo(self, conn, user, message, nonce):
+        """🏷 Promo code: the next message the shopper sends is the code for this checkout."""
+        if get_checkout(conn, user["id"], nonce)["kind"] != "order":
+            return tr(STALE_BUTTON)
+        set_awaiting(conn, user["id"], f"promo:{nonce}")
+        ask = tr("🏷 Send your promo code as a message.")
+        self.show(message, Screen(ask, [[(tr("✖️ Cancel"), f"part:{nonce}")]]))
+
+    def on_unpromo(self, conn, user, message, nonce):
+        """✖️ Remove code: the checkout again at list price."""
+        checkout = get_checkout(conn, user["id"], nonce)
+        if checkout["kind"] != "order":
+            return tr(STALE_BUTTON)
+        remove_promo_code(conn, user["id"])
+        lines = checkout_lines(checkout)
+        self.show(message, self.checkout(conn, user, lines, bool(checkout["from_basket"])))
+        return tr("The code was removed.")
+
+    def promo_typed(self, conn, user, message, nonce):
+        """The code the shopper sent after 🏷 Promo code: the checkout again with it, or why not
+        (and they may send another)."""
+        try:
+            checkout = get_checkout(conn, user["id"], nonce)
+            lines = checkout_lines(checkout)
+            promo = apply_promo_code(conn, user["id"], message.text, lines)
+        except (PromoRefused, NotFound, InvalidInput, SoldOut) as e:
+            again = tr("Send another code, or press {cancel}.", cancel=tr("✖️ Cancel"))
+            rows = [[(tr("✖️ Cancel"), f"part:{nonce}")]]
+            return self.send(message.chat.id, Screen(f"⚠️ {esc(e)} {esc(again)}", rows))
+        set_awaiting(conn, user["id"], None)
+        screen = self.checkout(conn, user, lines, bool(checkout["from_basket"]))
+        done = tr("🏷 Code {code} applied.", code=f"<code>{esc(promo['code'])}</code>")
+        return self.send(message.chat.id, Screen(f"{done}\n\n{screen.text}", screen.buttons))
 
     def on_tcoin(self, conn, user, message, nonce, coin):
         payment = self.shop.payments.open_topup_invoice(user["id"], nonce, coin)
