@@ -4280,6 +4280,15 @@ def apply_promo_code(conn, user_id, code, lines=None):
         return promo
 
 
+def basket_promo_code(conn, user_id):
+    """The code on the shopper's basket (as the owner wrote it), or None."""
+    row = conn.execute(
+        "SELECT p.code FROM users u JOIN promo_codes p ON p.id = u.promo_id WHERE u.id = ?",
+        (user_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def remove_promo_code(conn, user_id):
     """Take the code off the shopper's basket."""
     with transaction(conn):
@@ -10221,14 +10230,18 @@ class CatalogCache:
         return built[3:]
 
 
-def payment_ways_json(conn, lines, stars=True):
+def payment_ways_json(conn, user_id, lines, stars=True):
     """How lines [(product_id, district_id, quantity)] may be paid: the ways all of them allow,
     their price in Stars (None unless Stars is one), and when they share none, the parts that
-    each do (checked out one at a time with {"part": true})."""
-    lines = normalise_lines(lines)
-    total, offers = price_lines(conn, lines)
+    each do (checked out one at a time with {"part": true}); the shopper's code taken off."""
+    quote = quote_lines(conn, user_id, lines)
+    lines, offers = quote.lines, quote.offers
     methods = offered_methods(checkout_methods(conn, offers), stars)
-    in_stars = stars_total(conn, offers, lines) if "stars" in methods else None
+    in_stars = (
+        stars_after_discount(stars_total(conn, offers, lines), quote)
+        if "stars" in methods
+        else None
+    )
     ways = {
         "methods": methods,
         "stars": in_stars,
@@ -10237,9 +10250,14 @@ def payment_ways_json(conn, lines, stars=True):
     }
     if not methods:
         for part_methods, part in split_by_methods(conn, lines, offers):
-            part_total, part_offers = price_lines(conn, part)
+            part_quote = quote_lines(conn, user_id, part)
+            part_total = part_quote.total_cents
             usable = offered_methods(part_methods, stars)
-            part_stars = stars_total(conn, part_offers, part) if "stars" in usable else None
+            part_stars = (
+                stars_after_discount(stars_total(conn, part_quote.offers, part), part_quote)
+                if "stars" in usable
+                else None
+            )
             ways["parts"].append(
                 {
                     "methods": usable,
@@ -10253,14 +10271,15 @@ def payment_ways_json(conn, lines, stars=True):
     return ways
 
 
-def payment_amounts_json(conn, lines, balance_cents, stars=True):
+def payment_amounts_json(conn, user, lines, stars=True):
     """What paying lines [(product_id, district_id, quantity)] costs each way some of them may be
-    paid: {way: {"total", "total_text", ...}}, with the Stars for "stars" and the balance and what
-    it lacks for "balance". A basket that shares no way to pay checks out, paid one way, every line
-    that allows it (api_order_lines, part)."""
+    paid, the shopper's code taken off: {way: {"total", "total_text", ...}}, with the Stars for
+    "stars" and the balance and what it lacks for "balance", and what the code took off
+    ("discount_text", None when nothing). A basket that shares no way to pay checks out, paid one
+    way, every line that allows it (api_order_lines, part)."""
     lines = normalise_lines(lines)
     offers = price_lines(conn, lines)[1]
-    rule, amounts = telegram_rule(conn), {}
+    rule, amounts, balance_cents = telegram_rule(conn), {}, user["balance_cents"]
     for way in PAY_METHODS:
         chosen = [
             (line, offer)
@@ -10269,10 +10288,15 @@ def payment_amounts_json(conn, lines, balance_cents, stars=True):
         ]
         if not chosen:
             continue
-        total = sum(offer["price_cents"] * line[2] for line, offer in chosen)
-        amount = amounts[way] = {"total": cents_to_str(total), "total_text": fmt_eur(total)}
+        quote = quote_lines(conn, user["id"], [line for line, _ in chosen])
+        total = quote.total_cents
+        amount = amounts[way] = {
+            "total": cents_to_str(total),
+            "total_text": fmt_eur(total),
+            "discount_text": fmt_eur(quote.discount_cents) if quote.discount_cents else None,
+        }
         if way == "stars":
-            in_stars = stars_total(conn, [o for _, o in chosen], [line for line, _ in chosen])
+            in_stars = stars_after_discount(stars_total(conn, quote.offers, quote.lines), quote)
             amount.update(stars=in_stars, stars_text=fmt_stars(in_stars))
         if way == "balance":
             short = total - balance_cents
@@ -10292,14 +10316,41 @@ def basket_photo_url(conn, line):
     return f"/media/{photo}" if photo else None
 
 
+def promo_json(conn, user_id, lines):
+    """The code on the shopper's basket and what it does to these lines: {"code", "discount",
+    "discount_text", "subtotal", "subtotal_text", "total", "total_text", "refused"} ("refused":
+    why it takes nothing off, else None), or None when there is no code."""
+    code = basket_promo_code(conn, user_id)
+    if code is None:
+        return None
+    try:
+        quote = quote_lines(conn, user_id, lines) if lines else None
+    except ShopError:  # a line no longer on sale: checkout says what to do
+        quote = None
+    off = quote.discount_cents if quote else 0
+    subtotal = quote.subtotal_cents if quote else 0
+    return {
+        "code": code,
+        "discount": cents_to_str(off),
+        "discount_text": fmt_eur(off),
+        "subtotal": cents_to_str(subtotal),
+        "subtotal_text": fmt_eur(subtotal),
+        "total": cents_to_str(subtotal - off),
+        "total_text": fmt_eur(subtotal - off),
+        "refused": (quote.refused or None) if quote else None,
+    }
+
+
 def basket_json(conn, user_id, stars=True):
-    """The shopper's basket, its amounts also as their language writes them (*_text)."""
+    """The shopper's basket, its amounts also as their language writes them (*_text): "total" is
+    what it costs with the shopper's code taken off ("subtotal" before; "promo" says how)."""
     basket = get_basket(conn, user_id)
     lines = [(line.product_id, line.district_id, line.quantity) for line in basket.lines]
     try:
-        ways = payment_ways_json(conn, lines, stars) if lines else None
+        ways = payment_ways_json(conn, user_id, lines, stars) if lines else None
     except ShopError:  # a line no longer on sale: the basket shows it; checkout says what to do
         ways = None
+    promo = promo_json(conn, user_id, lines)
     return {
         "payment": ways,
         "items": [
@@ -10319,8 +10370,11 @@ def basket_json(conn, user_id, stars=True):
             }
             for line in basket.lines
         ],
-        "total": cents_to_str(basket.total_cents),
-        "total_text": fmt_eur(basket.total_cents),
+        "subtotal": cents_to_str(basket.total_cents),
+        "subtotal_text": fmt_eur(basket.total_cents),
+        "promo": promo,
+        "total": promo["total"] if promo else cents_to_str(basket.total_cents),
+        "total_text": promo["total_text"] if promo else fmt_eur(basket.total_cents),
         "count": basket.count,
     }
 
@@ -10657,6 +10711,22 @@ def api_set_basket_line(shop, conn, user, data):
     return basket_json(conn, user["id"], takes_stars(shop))
 
 
+def api_set_promo(shop, conn, user, data):
+    """POST /api/basket/promo {"code": "SPRING10"}: the code goes on the basket when it takes
+    something off it (409 with the reason otherwise); returns the basket."""
+    code = data.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise InvalidInput(tr("Please type a promo code."))
+    apply_promo_code(conn, user["id"], code)
+    return basket_json(conn, user["id"], takes_stars(shop))
+
+
+def api_remove_promo(shop, conn, user, data):
+    """DELETE /api/basket/promo: the basket without its code."""
+    remove_promo_code(conn, user["id"])
+    return basket_json(conn, user["id"], takes_stars(shop))
+
+
 def api_delete_basket_line(shop, conn, user, data, item_id):
     set_basket_quantity(conn, user["id"], item_id, 0)
     return basket_json(conn, user["id"], takes_stars(shop))
@@ -10762,12 +10832,14 @@ def api_checkout_quote(shop, conn, user, data):
     total = sum(x.pop("price_cents") * x["quantity"] for x in shown)
     quote = {"lines": shown, "total": cents_to_str(total), "total_text": fmt_eur(total)}
     quote.update(methods=None, stars=None, stars_text=None, parts=[], ways={})
+    quote["subtotal"], quote["subtotal_text"] = quote["total"], quote["total_text"]
+    quote["promo"] = promo_json(conn, user["id"], lines)
+    if quote["promo"]:
+        quote["total"], quote["total_text"] = quote["promo"]["total"], quote["promo"]["total_text"]
     if lines:
         try:
-            quote.update(payment_ways_json(conn, lines, takes_stars(shop)))
-            quote["ways"] = payment_amounts_json(
-                conn, lines, user["balance_cents"], takes_stars(shop)
-            )
+            quote.update(payment_ways_json(conn, user["id"], lines, takes_stars(shop)))
+            quote["ways"] = payment_amounts_json(conn, user, lines, takes_stars(shop))
         except ShopError:  # no longer sold
             pass
     return quote
@@ -10893,6 +10965,8 @@ API_ROUTES = [
     ("GET", "/api/basket", api_basket),
     ("POST", "/api/basket", api_set_basket_line),
     ("DELETE", "/api/basket/<item_id:id>", api_delete_basket_line),
+    ("POST", "/api/basket/promo", api_set_promo),
+    ("DELETE", "/api/basket/promo", api_remove_promo),
     ("GET", "/api/currencies", api_currencies),
     ("POST", "/api/language", api_set_language),
     ("POST", "/api/checkout/quote", api_checkout_quote),

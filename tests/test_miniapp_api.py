@@ -1049,13 +1049,15 @@ def test_a_basket_that_shares_no_way_to_pay_is_checked_out_one_part_at_a_time(ap
         "stars": {
             "total": "50.00",
             "total_text": "€50.00",
+            "discount_text": None,
             "stars": 2500,
             "stars_text": "2,500 ⭐",
         },
-        "crypto": {"total": "1.50", "total_text": "€1.50"},
+        "crypto": {"total": "1.50", "total_text": "€1.50", "discount_text": None},
         "balance": {
             "total": "1.50",
             "total_text": "€1.50",
+            "discount_text": None,
             "balance_text": "€0.00",
             "short_text": "€1.50",
         },
