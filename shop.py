@@ -4724,6 +4724,10 @@ def enqueue_delivery(conn, order_id, *, first=False):
             (order_id,),
         ).fetchall()
         header = _delivery_header(conn, order, len(items), first)
+        discount = order_discount(conn, order_id) if first else None
+        if discount:  # under the header's first line (what was paid)
+            first_line, _, rest = header.partition("\n")
+            header = "\n".join(filter(None, [first_line, discount_line(discount), rest]))
         titles = [
             tr(
                 "📦 Order #{order} ({i}/{n}): <b>{product}</b> · {place}",
@@ -4800,6 +4804,28 @@ def get_order(conn, user_id, order_id):
     if row is None:
         raise NotFound(tr("No such order."))
     return row
+
+
+def order_discount(conn, order_id):
+    """(code, cents) a discount code took off an order, or None."""
+    if order_id is None:
+        return None
+    row = conn.execute(
+        "SELECT p.code, o.discount_cents FROM orders o JOIN promo_codes p ON p.id = o.promo_id "
+        "WHERE o.id = ? AND o.discount_cents > 0",
+        (order_id,),
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def discount_line(discount):
+    """'🏷 Code SPRING10: −€2.50' in the language of the moment (discount: (code, cents))."""
+    # TRANSLATORS: the discount line of a checkout, invoice or receipt: "🏷 Code SPRING10: −€2.50".
+    return tr(
+        "🏷 Code {code}: −{amount}",
+        code=f"<code>{esc(discount[0])}</code>",
+        amount=fmt_eur(discount[1]),
+    )
 
 
 def order_row(conn, order_id):
@@ -6302,6 +6328,15 @@ def known_charges(conn, charge_ids):
             (ids, ids),
         ).fetchall()
     )
+
+
+def stars_invoice_description(conn, order_id, total):
+    """A Stars invoice's description (Telegram: at most 255 characters): the items, the code's
+    discount when one was taken off, and the price in euros."""
+    discount = order_discount(conn, order_id)
+    off = f" · 🏷 {discount[0]} −{fmt_eur(discount[1])}" if discount else ""
+    tail = f"{off} · {fmt_eur(total)}"
+    return f"{shorten(order_summary(conn, order_id), 255 - len(tail))}{tail}"
 
 
 def order_summary(conn, order_id):
@@ -9309,7 +9344,7 @@ class PaymentDesk:
                     method="xtr",
                     price_cents=total,
                     reference=f"order-{order_id}",
-                    description=f"{shorten(order_summary(conn, order_id), 230)} · {fmt_eur(total)}",
+                    description=stars_invoice_description(conn, order_id, total),
                     webhook_url="",
                     amount=stars_after_discount(stars, order_row(conn, order_id)),
                     # TRANSLATORS: the title of a Telegram Stars invoice: at most 32 characters.
@@ -10393,6 +10428,8 @@ def orders_json(conn, user_id, before_id=None):
                 "status": o["status"],
                 "total": cents_to_str(o["total_cents"]),
                 "total_text": fmt_eur(o["total_cents"]),
+                # What a discount code took off (the total is what was paid), else None.
+                "discount_text": fmt_eur(o["discount_cents"]) if o["discount_cents"] else None,
                 "method": o["payment_method"],
                 # Paid (or to be paid) in Telegram Stars: how many, else None.
                 "stars": in_stars,
@@ -10854,6 +10891,8 @@ def api_create_payment(shop, conn, user, data):
     else:
         lines = api_order_lines(conn, user, kind, data)
         quote = quote_lines(conn, user["id"], lines)
+        if quote.refused:  # never the list price instead of what the basket showed
+            raise PromoRefused(quote.refused + " " + tr("Remove the code to pay the full price."))
         nonce = checkout_for_request(
             conn,
             user["id"],
@@ -13344,12 +13383,7 @@ def _checkout_totals(quote):
         return [total]
     return [
         tr("Subtotal: {amount}", amount=fmt_eur(quote.subtotal_cents)),
-        # TRANSLATORS: the discount line of a checkout or receipt: "🏷 Code SPRING10: −€2.50".
-        tr(
-            "🏷 Code {code}: −{amount}",
-            code=f"<code>{esc(quote.promo['code'])}</code>",
-            amount=fmt_eur(quote.discount_cents),
-        ),
+        discount_line((quote.promo["code"], quote.discount_cents)),
         total,
     ]
 
@@ -13494,12 +13528,13 @@ def screen_topup_coins(checkout, coins):
     )
 
 
-def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
+def screen_invoice(payment, sandbox, with_qr=True, simulate=False, discount=None):
     """The invoice for a payment: exact amount and address, memo, expiry, status; QR code as the
     photo.
-    simulate: the 🧪 buttons that make the sandbox pay it (for whom Shop.may_simulate allows)."""
+    simulate: the 🧪 buttons that make the sandbox pay it (for whom Shop.may_simulate allows).
+    discount: (code, cents) a discount code took off its order (order_discount)."""
     if payment["pay_currency"] == "xtr":
-        return screen_stars_invoice(payment, sandbox, simulate)
+        return screen_stars_invoice(payment, sandbox, simulate, discount)
     coin = payment["pay_currency"]
     label = COIN_LABELS.get(coin, coin.upper())
     price = fmt_eur(payment["price_cents"])
@@ -13508,6 +13543,8 @@ def screen_invoice(payment, sandbox, with_qr=True, simulate=False):
         if payment["order_id"]
         else tr("🧾 <b>Top-up</b> · {price}", price=price)
     ]
+    if discount:
+        lines.append(discount_line(discount))
     if sandbox:
         lines.append(
             tr("🧪 <b>SANDBOX</b>: a test invoice, no real money.")
@@ -13580,7 +13617,7 @@ def _invoice_buttons(payment, left, simulate):
     return rows + [[(tr(back[0]), back[1])]]
 
 
-def screen_stars_invoice(payment, sandbox, simulate=False):
+def screen_stars_invoice(payment, sandbox, simulate=False, discount=None):
     """A Stars invoice's state, above Telegram's own invoice message (which has the Pay button);
     in the sandbox there is none, and 🧪 pays."""
     stars = int(payment["pay_amount"])
@@ -13592,6 +13629,8 @@ def screen_stars_invoice(payment, sandbox, simulate=False):
             price=fmt_eur(payment["price_cents"]),
         )
     ]
+    if discount:
+        lines.append(discount_line(discount))
     if sandbox:
         lines.append(
             tr("🧪 <b>SANDBOX</b>: a test invoice, no real Stars.")
@@ -13690,6 +13729,9 @@ def screen_order(conn, user_id, order_id):
             stars=stars,
         )
 
+    discount = order_discount(conn, order_id)
+    totals = [discount_line(discount), total] if discount else [total]
+
     def render(names):
         text = [title, placed, ""]
         text += [
@@ -13697,7 +13739,7 @@ def screen_order(conn, user_id, order_id):
             f" = {fmt_eur(line['price_cents'] * line['quantity'])}"
             for i, line in enumerate(order_lines)
         ]
-        return "\n".join([*text, "", total])
+        return "\n".join([*text, "", *totals])
 
     names = [text for line in order_lines for text in (line["product_name"], line["place_name"])]
     rows = (
@@ -14366,6 +14408,7 @@ class ShopBot:
             self.shop.config.sandbox,
             with_qr,
             simulate=self.shop.may_simulate(payment["user_id"]),
+            discount=order_discount(self.shop.db(), payment["order_id"]),
         )
 
     # Buttons: callback data is `verb[:arg...]`, each argument [0-9a-z]{1,18}. CALLBACKS maps a
@@ -14993,6 +15036,7 @@ class OutboxSender:
                 self.shop.config.sandbox,
                 with_qr=False,
                 simulate=self.shop.may_simulate(payment["user_id"]),
+                discount=order_discount(conn, payment["order_id"]),
             )
         note = None
         edit = (
@@ -15546,6 +15590,9 @@ class Shop:
                 port=c.port,
                 threads=8,
                 ident="shop",
+                # Waitress stops accepting at 100 open connections by default; a burst of 200 Mini
+                # App checkouts at once then left half of them waiting until they timed out.
+                connection_limit=1000,
                 channel_timeout=60,
                 asyncore_use_poll=True,
                 max_request_body_size=60 * 1024 * 1024,

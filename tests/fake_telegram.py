@@ -1674,6 +1674,12 @@ class FakeTelegram:
 
     # ----- shopper actions -------------------------------------------------------------------
 
+    def open_chat(self, user_id, first_name="Shopper", language_code="en"):
+        """A user who has a chat with the bot already (started it before the test), so that the
+        shop's messages to them arrive, without an update the bot would answer."""
+        with self._cond:
+            self._ensure_chat(user_id, first_name, None, language_code)
+
     def _ensure_chat(self, user_id, first_name, username, language_code):
         chat = self._chats.get(user_id)
         user = {"id": user_id, "is_bot": False, "first_name": first_name}
