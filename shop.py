@@ -7665,6 +7665,29 @@ def find_user_details(conn, user_id):
         "ledger": conn.execute(
             "SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)
         ).fetchall(),
+        **find_user_referrals(conn, user_id),
+    }
+
+
+def find_user_referrals(conn, user_id):
+    """Who brought a user (referrer: a users row or None), the last 100 shoppers they brought
+    (referred: each with the credit their first paid order earned, credit_cents and
+    credit_order_id, or None), how many in all and the cents all their referrals credited."""
+    referred_count, referral_cents = referral_summary(conn, user_id)
+    return {
+        "referrer": conn.execute(
+            "SELECT r.* FROM users u JOIN users r ON r.id = u.referrer_id WHERE u.id = ?",
+            (user_id,),
+        ).fetchone(),
+        "referred": conn.execute(
+            "SELECT u.id, u.first_name, u.username, u.referred_at, l.amount_cents AS credit_cents, "
+            "l.order_id AS credit_order_id FROM users u LEFT JOIN ledger l "
+            "ON l.idempotency_key = 'referral:' || u.id AND l.user_id = u.referrer_id "
+            "WHERE u.referrer_id = ? ORDER BY u.referred_at DESC, u.id DESC LIMIT 100",
+            (user_id,),
+        ).fetchall(),
+        "referred_count": referred_count,
+        "referral_cents": referral_cents,
     }
 
 
