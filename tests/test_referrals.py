@@ -9,6 +9,7 @@ import sys
 from urllib.parse import urlencode
 
 import pytest
+import requests
 
 import shop
 from conftest import ADMIN_PASSWORD, ROOT, TOKEN, Shopper, news, order_payment, seed, user
@@ -219,6 +220,13 @@ def test_a_friend_who_came_through_the_link_earns_the_referrer_once(fake_tg, bot
     profile = ann.send("👤 Profile", "Telegram ID")
     assert "Friends who joined: 1 · earned: €2.50" in profile.text
     assert shop.check_ledger(conn) == []
+    # The Mini App shows the same link.
+    init = shop.sign_init_data({"id": 101, "first_name": "Ann"}, TOKEN)
+    me = requests.get(bot_shop.url + "/api/me", headers={"X-Telegram-Init-Data": init}, timeout=10)
+    assert me.json()["referral"] == {
+        "link": link,
+        "text": "You get 10% of the first order of each friend who joins through it.",
+    }
 
 
 def referral_reason(conn, buyer):
@@ -327,7 +335,7 @@ def test_the_admin_user_page_shows_who_referred_whom_and_the_credit(make_shop):
     section = page[page.index('id="referrals"') : page.index("<h2>Orders</h2>")]
     assert "Nobody referred them." in section
     assert "Brought 2 shoppers through their link; referral credit earned: €2.50." in section
-    assert '<a href="/admin/users/202">Bob &lt;b&gt;  (202)</a>' in section  # escaped
+    assert '<a href="/admin/users/202">Bob &lt;b&gt; (202)</a>' in section  # escaped
     assert f'€2.50 (<a href="/admin/orders/{order}">order #{order}</a>)' in section
     cid = section[section.index('href="/admin/users/203"') :]
     assert "none yet" in cid
