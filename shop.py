@@ -1959,6 +1959,11 @@ OWNER_SETTINGS = {
         "minutes an unpaid order holds its items, 1-1440",
     ),
     "max_unpaid_units": ("max_unpaid_units", "items one shopper may hold unpaid at once, 1-10000"),
+    "referral_percent": (
+        "referral_percent",
+        "per cent of a referred shopper's first paid order credited to who referred them, 0-50 "
+        "(0: off)",
+    ),
     "coins": ("enabled_coins", "the coins offered, comma-separated, like btc,eth,usdttrc20"),
     "underpayment_tolerance": (
         "underpayment_tolerance",
@@ -1993,6 +1998,11 @@ OWNER_SETTINGS = {
 # The whole-number settings: (smallest allowed, largest allowed, what is wrong otherwise).
 NUMBER_SETTINGS = {
     "reservation_minutes": (1, 1440, "The reservation must be 1 to 1440 minutes."),
+    "referral_percent": (
+        0,
+        50,
+        "The referral credit must be a whole per cent from 0 to 50 (0 turns referrals off).",
+    ),
     "max_unpaid_units": (
         1,
         10000,
@@ -2305,6 +2315,76 @@ def should_tell_banned(conn, user_id):
             ).rowcount
             == 1
         )
+
+
+# Referrals: each shopper's link (/start ref_<their id>) records who brought a new shopper; the
+# first order the newcomer pays credits who brought them (credit_referrer, in Services: orders).
+
+
+def referral_percent(conn):
+    """The per cent of a referred shopper's first paid order credited to who referred them; 0:
+    referrals are off (no link is shown and nothing is credited)."""
+    text = get_setting(conn, "referral_percent")
+    return int(text) if text.isdigit() else 0
+
+
+def referral_link(conn, user_id, bot_username):
+    """The shopper's link that brings friends (t.me/<bot>?start=ref_<id>), None while referrals
+    are off or the bot's username is not known yet."""
+    if not bot_username or referral_percent(conn) <= 0:
+        return None
+    return f"https://t.me/{bot_username}?start=ref_{user_id}"
+
+
+def record_referral(conn, user_id, referrer_id):
+    """The shopper `user_id` came through the link of `referrer_id`: remember who brought them.
+    Returns None when recorded, else why nothing changed: 'unknown' (no such referrer), 'self',
+    'referred' (someone brought them already), 'customer' (they have paid an order, so they did
+    not arrive through the link) or 'loop' (the referrer was brought, directly or not, by them).
+    Recorded with referrals off too: were referrals turned on before the shopper's first paid
+    order, it counts."""
+    with transaction(conn):
+        user = get_user(conn, user_id)
+        if referrer_id == user_id:
+            why = "self"
+        elif not conn.execute("SELECT 1 FROM users WHERE id = ?", (referrer_id,)).fetchone():
+            why = "unknown"
+        elif user["referrer_id"] is not None:
+            why = "referred"
+        elif conn.execute(
+            "SELECT 1 FROM orders WHERE user_id = ? AND paid_at IS NOT NULL LIMIT 1", (user_id,)
+        ).fetchone():
+            why = "customer"
+        elif conn.execute(
+            "WITH RECURSIVE up(id) AS (SELECT ? UNION SELECT u.referrer_id FROM users u "
+            "JOIN up ON u.id = up.id WHERE u.referrer_id IS NOT NULL) "
+            "SELECT 1 FROM up WHERE id = ?",
+            (referrer_id, user_id),
+        ).fetchone():
+            why = "loop"
+        else:
+            why = None
+            conn.execute(
+                "UPDATE users SET referrer_id = ?, referred_at = ? WHERE id = ?",
+                (referrer_id, now_iso(), user_id),
+            )
+    if why is None:
+        log.info("referral: user %d came through the link of user %d", user_id, referrer_id)
+    else:
+        log.debug("referral: user %d, link of user %d: refused (%s)", user_id, referrer_id, why)
+    return why
+
+
+def referral_summary(conn, user_id):
+    """How many shoppers `user_id` brought, and the cents their referrals credited: (n, cents)."""
+    return (
+        conn.execute("SELECT count(*) FROM users WHERE referrer_id = ?", (user_id,)).fetchone()[0],
+        conn.execute(
+            "SELECT coalesce(sum(amount_cents), 0) FROM ledger WHERE user_id = ? "
+            "AND kind = 'referral'",
+            (user_id,),
+        ).fetchone()[0],
+    )
 
 
 def admin_password_is_stored(conn):
@@ -4640,6 +4720,7 @@ def buy_with_balance(
             f"🛒 Order #{order_id} paid from balance: {owner_eur(total)}, "
             f"{count} item{'s' if count != 1 else ''}, by {describe_user(get_user(conn, user_id))}",
         )
+        credit_referrer(conn, order_id, owners)
         log.info(
             "order #%d paid from balance by user %d: %s, %d unit(s)",
             order_id,
@@ -4953,6 +5034,55 @@ def save_telegram_file_id(conn, photo, bot_id, file_id):
             "INSERT OR REPLACE INTO telegram_files(photo, bot_id, file_id) VALUES (?, ?, ?)",
             (photo, bot_id, file_id),
         )
+
+
+def credit_referrer(conn, order_id, owners=()):
+    """The order was just paid (call in that transaction): if it is its buyer's first paid order
+    and someone brought them (record_referral), that referrer gets referral_percent of what the
+    buyer paid (total_cents, in euros for a Stars order too: the shop's reward to someone else, not
+    the payer's Stars turned into balance), once per referred shopper ever, and is told. Nothing
+    when referrals are off, the share rounds down to nothing, or the referrer is banned; a later
+    refund of the order leaves the credit. Returns the cents credited."""
+    order = conn.execute(
+        "SELECT o.user_id, o.total_cents, u.referrer_id FROM orders o "
+        "JOIN users u ON u.id = o.user_id WHERE o.id = ?",
+        (order_id,),
+    ).fetchone()
+    if order is None or order["referrer_id"] is None:
+        return 0
+    buyer_id, referrer_id = order["user_id"], order["referrer_id"]
+    cents = order["total_cents"] * referral_percent(conn) // 100
+    if (
+        cents <= 0
+        or get_user(conn, referrer_id)["is_banned"]
+        or conn.execute(
+            "SELECT 1 FROM orders WHERE user_id = ? AND id != ? AND paid_at IS NOT NULL LIMIT 1",
+            (buyer_id, order_id),
+        ).fetchone()
+    ):
+        return 0
+    reason = f"Referral: the first order (#{order_id}) of user {buyer_id}"
+    key = f"referral:{buyer_id}"
+    if not post_ledger(conn, referrer_id, cents, "referral", key, reason=reason, order_id=order_id):
+        return 0
+    tell(
+        conn,
+        referrer_id,
+        N_(
+            "🎁 A friend you invited paid their first order: {amount} was added to your balance. "
+            "Balance: {balance}."
+        ),
+        {"amount": Money(cents), "balance": Money(get_user(conn, referrer_id)["balance_cents"])},
+    )
+    alert_owners(
+        conn,
+        owners,
+        f"🎁 Referral: {owner_eur(cents)} credited to "
+        f"{describe_user(get_user(conn, referrer_id))} for the first order #{order_id} of "
+        f"{describe_user(get_user(conn, buyer_id))}",
+    )
+    log.info("referral: user %d credited %s for order #%d", referrer_id, owner_eur(cents), order_id)
+    return cents
 
 
 # Services: payments ############################################################
@@ -5986,6 +6116,7 @@ def _order_paid(conn, payment, order, owners, note=None):
             f"{f' ({esc(note)})' if note else ''}, by "
             f"{describe_user(get_user(conn, user_id))}",
         )
+        credit_referrer(conn, order_id, owners)
     elif payment["provider"] in STARS_PROVIDERS:
         return _give_back(
             conn, payment, owners, f"order #{order_id} was paid after its items were gone"
@@ -7891,6 +8022,29 @@ def find_user_details(conn, user_id):
         "ledger": conn.execute(
             "SELECT * FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 100", (user_id,)
         ).fetchall(),
+        **find_user_referrals(conn, user_id),
+    }
+
+
+def find_user_referrals(conn, user_id):
+    """Who brought a user (referrer: a users row or None), the last 100 shoppers they brought
+    (referred: each with the credit their first paid order earned, credit_cents and
+    credit_order_id, or None), how many in all and the cents all their referrals credited."""
+    referred_count, referral_cents = referral_summary(conn, user_id)
+    return {
+        "referrer": conn.execute(
+            "SELECT r.* FROM users u JOIN users r ON r.id = u.referrer_id WHERE u.id = ?",
+            (user_id,),
+        ).fetchone(),
+        "referred": conn.execute(
+            "SELECT u.id, u.first_name, u.username, u.referred_at, l.amount_cents AS credit_cents, "
+            "l.order_id AS credit_order_id FROM users u LEFT JOIN ledger l "
+            "ON l.idempotency_key = 'referral:' || u.id AND l.user_id = u.referrer_id "
+            "WHERE u.referrer_id = ? ORDER BY u.referred_at DESC, u.id DESC LIMIT 100",
+            (user_id,),
+        ).fetchall(),
+        "referred_count": referred_count,
+        "referral_cents": referral_cents,
     }
 
 
@@ -10692,6 +10846,22 @@ def api_me(shop, conn, user, data):
         "languages": [
             {"code": code, "name": language(code).name()} for code in available_languages()
         ],
+        "referral": api_referral(conn, user["id"], shop.bot_username),
+    }
+
+
+def api_referral(conn, user_id, bot_username):
+    """The shopper's link that brings friends, and what it earns them; None while referrals are
+    off (referral_link)."""
+    link = referral_link(conn, user_id, bot_username)
+    if link is None:
+        return None
+    return {
+        "link": link,
+        "text": tr(
+            "You get {percent}% of the first order of each friend who joins through it.",
+            percent=referral_percent(conn),
+        ),
     }
 
 
@@ -12704,6 +12874,7 @@ ADMIN_SETTINGS_ADDED_LATER = (
     "underpayment_tolerance",
     "low_stock_threshold",
     "telegram_rule",
+    "referral_percent",
     "stars_per_euro",
     "terms_text",
     "paysupport_text",
@@ -13444,7 +13615,9 @@ def _checkout_parts(conn, user, checkout, lines, offers, stars):
     return parts, [tr(RULE_NOTE)] if rule else [], rows
 
 
-def screen_profile(conn, user):
+def screen_profile(conn, user, bot_username=None):
+    """👤 Profile; with referrals on (and the bot's username known), the shopper's link to bring
+    friends, and what it earned."""
     orders = count_user_paid_orders(conn, user["id"])
     name = esc(user["first_name"]) + (f" (@{esc(user['username'])})" if user["username"] else "")
     text = [
@@ -13456,14 +13629,31 @@ def screen_profile(conn, user):
         tr("Orders: {n}", n=orders),
         tr("Language: {language}", language=esc(current_language().name())),
     ]
-    return Screen(
-        "\n".join(text),
-        [
-            [(tr(MENU_TOPUP), "topup"), (tr(MENU_ORDERS), "orders")],
-            # TRANSLATORS: the button to choose the language the shop speaks.
-            [(tr("🌐 Language"), "lang")],
-        ],
-    )
+    rows = [
+        [(tr(MENU_TOPUP), "topup"), (tr(MENU_ORDERS), "orders")],
+        # TRANSLATORS: the button to choose the language the shop speaks.
+        [(tr("🌐 Language"), "lang")],
+    ]
+    link = referral_link(conn, user["id"], bot_username)
+    if link:
+        brought, earned = referral_summary(conn, user["id"])
+        text += [
+            "",
+            tr("🤝 <b>Invite friends</b>: {link}", link=esc(link)),
+            tr(
+                "You get {percent}% of the first order of each friend who joins through it.",
+                percent=referral_percent(conn),
+            ),
+            tr(
+                "Friends who joined: {n} · earned: {amount}",
+                n=brought,
+                amount=fmt_eur(earned),
+            ),
+        ]
+        share = "https://t.me/share/url?" + urlencode({"url": link})
+        # TRANSLATORS: the button that opens Telegram's "share with" list for the invite link.
+        rows.append([(tr("📤 Share my link"), share)])
+    return Screen("\n".join(text), rows)
 
 
 def screen_language(chosen):
@@ -13831,8 +14021,15 @@ def inline_markup(buttons):
         return None
     markup = tg.InlineKeyboardMarkup()
     for row in buttons:
-        markup.row(*[tg.InlineKeyboardButton(text, callback_data=data) for text, data in row])
+        markup.row(*[inline_button(text, data) for text, data in row])
     return markup
+
+
+def inline_button(text, data):
+    """A button that calls back with `data`, or opens it when it is an https link."""
+    if data.startswith("https://"):
+        return tg.InlineKeyboardButton(text, url=data)
+    return tg.InlineKeyboardButton(text, callback_data=data)
 
 
 def main_menu():
@@ -14232,6 +14429,9 @@ class ShopBot:
         payload = (message.text or "").partition(" ")[2].strip()
         if payload.startswith("refill_"):
             return self.start_refill_link(conn, message, payload)
+        referrer = re.fullmatch(r"ref_([1-9][0-9]{0,15})", payload)
+        if referrer:  # refused or not, the newcomer just sees the welcome
+            record_referral(conn, message.from_user.id, int(referrer.group(1)))
         welcome = (
             f"👋 <b>{esc(get_setting(conn, 'shop_name'))}</b>\n\n"
             f"{esc(shop_text(conn, 'welcome_text'))}"
@@ -14280,7 +14480,8 @@ class ShopBot:
 
     def msg_profile(self, message):
         conn = self.shop.db()
-        self.send(message.chat.id, screen_profile(conn, get_user(conn, message.from_user.id)))
+        user = get_user(conn, message.from_user.id)
+        self.send(message.chat.id, screen_profile(conn, user, self.shop.bot_username))
 
     def msg_topup(self, message):
         conn, uid = self.shop.db(), message.from_user.id
@@ -14768,7 +14969,7 @@ class ShopBot:
 
     def on_profile(self, conn, user, message):
         set_awaiting(conn, user["id"], None)
-        self.show(message, screen_profile(conn, get_user(conn, user["id"])))
+        self.show(message, screen_profile(conn, get_user(conn, user["id"]), self.shop.bot_username))
 
     def on_language(self, conn, user, message, key=None):
         """🌐 Language: the languages (lang); one chosen (lang:<language_key>, or lang:auto to

@@ -706,6 +706,7 @@ SETTINGS_PAGE = (
     "min_deposit",
     "reservation_minutes",
     "max_unpaid_units",
+    "referral_percent",
     "coins",
     "underpayment_tolerance",
     "low_stock_threshold",
@@ -740,6 +741,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         ("min_deposit", "7,5", "7.50 EUR"),
         ("reservation_minutes", "045", "45"),
         ("max_unpaid_units", "12", "12"),
+        ("referral_percent", "07", "7"),
         ("coins", "LTC, btc", "btc,ltc"),
         ("underpayment_tolerance", "0.50", "0.5"),
         ("low_stock_threshold", "05", "5"),
@@ -760,6 +762,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "min_deposit_cents": "750",
         "reservation_minutes": "45",
         "max_unpaid_units": "12",
+        "referral_percent": "7",
         "enabled_coins": "btc,ltc",
         "underpayment_tolerance": "0.5",
         "low_stock_threshold": "5",
@@ -768,7 +771,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "paysupport_text": "Write to @paperink with your order number.",
     }
     assert audit[-1] == ("settings changed", "paysupport_text", "command line")
-    assert len(audit) == 11
+    assert len(audit) == 12
     config = shop.load_config(environ={"SHOP_DB": str(db)}, env_file=None)
     conn = shop.connect(str(db))
     assert shop.get_setting(conn, "min_deposit_cents", config) == 750
@@ -787,6 +790,7 @@ def test_set_takes_every_setting_of_the_settings_page_checked_and_stored_alike(t
         "min_deposit: 7.50 EUR",
         "reservation_minutes: 45",
         "max_unpaid_units: 12",
+        "referral_percent: 7",
         "coins: btc,ltc",
         "underpayment_tolerance: 0.5",
         "low_stock_threshold: 5",

@@ -137,6 +137,7 @@ def test_me_and_the_catalog_use_strings_for_money_and_show_names_literally(app):
             {"code": code, "name": shop.language(code).name()}
             for code in shop.available_languages()
         ],
+        "referral": None,  # referrals are off
     }
     packed = call(app, "GET", "/api/catalog")
     assert (

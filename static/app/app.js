@@ -882,12 +882,16 @@ const SCREENS = {
     const me = S.me;
     const who = h("p", { class: "muted" }, me.first_name, me.username ? ` (@${me.username})` : "",
                   " · ", tr("Telegram ID {id}", { id: me.id }));
+    // With referrals on: the shopper's link that brings friends, and what it earns (said by the shop).
+    const invite = me.referral ? [
+      copyRow(tr("Invite friends"), me.referral.link, tr("Copy your invite link"), tr("Link copied")),
+      h("p", { class: "muted" }, me.referral.text)] : [];
     if (!me.can_buy) {
       return [h("h1", null, tr("Balance")), h("p", { class: "balance" }, me.balance_text), who,
-        h("p", { class: "muted" }, tr("Top-ups open once the shop starts selling.")), languagePicker()];
+        h("p", { class: "muted" }, tr("Top-ups open once the shop starts selling.")), ...invite, languagePicker()];
     }
     return [h("h1", null, tr("Balance")), h("p", { class: "balance" }, me.balance_text), who,
-      ...topUpForm(p, v, coins), languagePicker()];
+      ...topUpForm(p, v, coins), ...invite, languagePicker()];
   },
 };
 

@@ -17,6 +17,28 @@
     <button type="submit" class="{{'' if user['is_banned'] else 'danger'}}">{{"Unban" if user["is_banned"] else "Ban"}}</button>
   </form>
 </section>
+<section class="card" id="referrals"><h2>Referrals</h2>
+  % r = get('referrer')
+  % if r:
+  <p>Referred by <a href="/admin/users/{{r['id']}}">{{r["first_name"] or "Shopper"}}{{(" @" + r["username"]) if r["username"] else ""}} ({{r["id"]}})</a>{{(" on " + user["referred_at"][:10]) if user["referred_at"] else ""}}.</p>
+  % else:
+  <p class="muted">Nobody referred them.</p>
+  % end
+  <p>Brought {{referred_count}} shopper{{"" if referred_count == 1 else "s"}} through their link; referral credit earned: {{fmt(referral_cents)}}.</p>
+  % if referred:
+  <table class="rows"><thead><tr><th>Shopper</th><th>Joined through the link (UTC)</th><th class="num">Credit</th></tr></thead><tbody>
+  % for f in referred:
+  <tr><td class="key"><a href="/admin/users/{{f['id']}}">{{f["first_name"] or "Shopper"}}{{(" @" + f["username"]) if f["username"] else ""}} ({{f["id"]}})</a></td><td data-label="Joined (UTC)">{{(f["referred_at"] or "")[:16].replace("T", " ")}}</td><td data-label="Credit" class="num">
+    % if f["credit_cents"] is not None:
+    {{fmt(f["credit_cents"])}} (<a href="/admin/orders/{{f['credit_order_id']}}">order #{{f["credit_order_id"]}}</a>)
+    % else:
+    <span class="muted">none yet</span>
+    % end
+  </td></tr>
+  % end
+  </tbody></table>
+  % end
+</section>
 <section class="card"><h2>Orders</h2>
   <table class="rows"><thead><tr><th>#</th><th>Created (UTC)</th><th class="num">Total</th><th>Status</th></tr></thead><tbody>
   % for o in orders:
