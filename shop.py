@@ -2157,12 +2157,16 @@ def rearm_low_stock(conn, product_id=None, district_id=None):
     again, so that the next fall to it is told again (note_low_stock); all of them when the
     threshold is 0. Run where units are added and when the threshold changes, in that
     transaction; None: every product, or every district."""
+    place = ""
+    if product_id is not None:
+        place += " AND n.product_id = :product"
+    if district_id is not None:
+        place += " AND n.district_id = :district"
     conn.execute(
-        "DELETE FROM low_stock_notes AS n WHERE (:product IS NULL OR n.product_id = :product) "
-        "AND (:district IS NULL OR n.district_id = :district) AND (:threshold <= 0 OR "
+        "DELETE FROM low_stock_notes AS n WHERE (:threshold <= 0 OR "
         "(SELECT count(*) FROM stock_units u INDEXED BY stock_units_available "
         "WHERE u.district_id = n.district_id AND u.product_id = n.product_id "
-        "AND u.status = 'available') > :threshold)",
+        f"AND u.status = 'available') > :threshold){place}",
         {"product": product_id, "district": district_id, "threshold": low_stock_threshold(conn)},
     )
 
@@ -2784,8 +2788,7 @@ _SOLD_OUT_OFFERS = (
     "shopper_text(p.description, p.translations, 'description') AS description, "
     "p.price_cents, p.photo, p.kind, p.pay_methods, p.stars_price, 0 AS available "
     "FROM districts d JOIN cities c ON c.id = d.city_id AND c.is_hidden = 0 "
-    "JOIN products p ON p.is_active = 1 WHERE d.is_hidden = 0 "
-    "AND (:district IS NULL OR d.id = :district) "
+    "JOIN products p ON p.is_active = 1 WHERE d.is_hidden = 0 {district} "
     "AND NOT EXISTS (SELECT 1 FROM stock_units a INDEXED BY stock_units_available "
     "WHERE a.district_id = d.id AND a.product_id = p.id AND a.status = 'available') "
     "AND EXISTS (SELECT 1 FROM stock_units e INDEXED BY stock_units_dedupe "
@@ -2797,7 +2800,8 @@ _SOLD_OUT_OFFERS = (
 def list_sold_out_offers(conn, district_id=None):
     """Products sold out in a district (every district: None) where they had units, in the
     catalog's columns, available 0, by name."""
-    return conn.execute(_SOLD_OUT_OFFERS, {"district": district_id}).fetchall()
+    one = "AND d.id = :district" if district_id is not None else ""
+    return conn.execute(_SOLD_OUT_OFFERS.format(district=one), {"district": district_id}).fetchall()
 
 
 def watch_offer(conn, user_id, product_id, district_id):

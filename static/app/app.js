@@ -346,7 +346,7 @@ async function watchBox(product, district, v) {
       gotWatches(await api("/api/watch", { method: on ? "DELETE" : "POST",
                                            body: { product_id: product.id, district_id: district.id } }));
       tg.haptic("select");
-      toast(on ? tr("You will not be told when it is back.") : tr("We will message you in Telegram when it is back here."));
+      toast(on ? tr("🔕 You will not be told when it is back.") : tr("🔔 We will message you in Telegram when it is back here."));
     } catch (e) {
       fail(e);
       await Promise.allSettled([loadCatalog(), loadWatches()]);   // it may be back in stock already
