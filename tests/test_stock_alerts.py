@@ -2,6 +2,7 @@
 me, in the bot and the Mini App), and owners told once when a place runs low. Real SQLite, the real
 shop over real HTTP, its bot on the Bot API stand-in."""
 
+import json
 import re
 
 import pytest
@@ -381,3 +382,38 @@ def test_a_new_threshold_rearms_the_notes_and_zero_turns_them_off(conn):
     assert conn.execute("SELECT count(*) FROM low_stock_notes").fetchone()[0] == 0
     buy()  # sold out, but the notes are off
     assert len(owner_notes(conn)) == 4
+
+
+def test_each_shopper_is_told_in_their_own_language(conn, shop_languages):
+    shop_languages(
+        "de",
+        de={
+            "🔔 <b>{product}</b> is back in stock in {place}.": (
+                "🔔 <b>{product}</b> ist wieder da in {place}."
+            ),
+            "🛒 Open {product}": "🛒 {product} öffnen",
+        },
+    )
+    ids = seed(conn, [("Berlin", "Mitte", "Tea", 500, 1)])
+    tea = ids[("Tea", "Mitte")]
+    with shop.transaction(conn):
+        conn.execute(
+            "UPDATE products SET translations = ? WHERE id = ?",
+            ('{"de": {"name": "Tee"}}', tea[0]),
+        )
+    buyer = user(conn, 704, balance=10_000)
+    shop.buy_with_balance(conn, buyer, [(*tea, 1)])
+    jonas, ann = user(conn, 705), user(conn, 706)
+    shop.set_user_language(conn, jonas, "de")
+    for shopper in (jonas, ann):
+        shop.watch_offer(conn, shopper, *tea)
+    shop.add_units(conn, None, *tea, "TEA-2")
+    told = {chat: (text, markup) for chat, text, markup in back_in_stock(conn)}
+    assert told[ann][0] == "🔔 <b>Tea</b> is back in stock in Berlin / Mitte."
+    assert json.loads(told[ann][1])["inline_keyboard"][0][0]["text"] == "🛒 Open Tea"
+    german = conn.execute("SELECT text, reply_markup FROM outbox WHERE chat_id = ?", (jonas,))
+    text, markup = german.fetchone()
+    assert text == "🔔 <b>Tee</b> ist wieder da in Berlin / Mitte."
+    assert json.loads(markup)["inline_keyboard"] == [
+        [{"text": "🛒 Tee öffnen", "callback_data": f"prod:{tea[0]}:{tea[1]}"}]
+    ]
