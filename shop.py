@@ -1971,7 +1971,8 @@ OWNER_SETTINGS = {
     ),
     "low_stock_threshold": (
         "low_stock_threshold",
-        "low stock on the dashboard: this many left or fewer, 0-1000 (0: no list)",
+        "low stock: this many left or fewer is listed on the dashboard and told to the owners "
+        "once, 0-1000 (0: neither)",
     ),
     "telegram_rule": (
         "telegram_rule",
@@ -2149,6 +2150,8 @@ def save_settings(conn, changes, remote=None):
             moved = _texts_to_new_default(conn, old_default, default_language(conn))
             if _products_to_new_default(conn, old_default, default_language(conn)):
                 moved.append("product names and descriptions")
+        if "low_stock_threshold" in changes:
+            rearm_low_stock(conn)
         names = [*changes, *(key for key in moved if key not in changes)]
         audit(conn, "settings changed", ", ".join(names) or "nothing", remote)
 
@@ -2158,6 +2161,30 @@ def _store_setting(conn, key, value):
         "INSERT INTO settings(key, value) VALUES (?, ?) "
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),
+    )
+
+
+def low_stock_threshold(conn):
+    """The owner's low-stock threshold (0: no low-stock list, no low-stock notes)."""
+    return int(get_setting(conn, "low_stock_threshold") or 0)
+
+
+def rearm_low_stock(conn, product_id=None, district_id=None):
+    """Forget the low-stock notes (low_stock_notes) of places whose product is above the threshold
+    again, so that the next fall to it is told again (note_low_stock); all of them when the
+    threshold is 0. Run where units are added and when the threshold changes, in that
+    transaction; None: every product, or every district."""
+    place = ""
+    if product_id is not None:
+        place += " AND n.product_id = :product"
+    if district_id is not None:
+        place += " AND n.district_id = :district"
+    conn.execute(
+        "DELETE FROM low_stock_notes AS n WHERE (:threshold <= 0 OR "
+        "(SELECT count(*) FROM stock_units u INDEXED BY stock_units_available "
+        "WHERE u.district_id = n.district_id AND u.product_id = n.product_id "
+        f"AND u.status = 'available') > :threshold){place}",
+        {"product": product_id, "district": district_id, "threshold": low_stock_threshold(conn)},
     )
 
 
@@ -2826,6 +2853,190 @@ def stars_of(product, rate):
 def get_catalog_version(conn):
     """Moved by triggers with every change to places, products and units."""
     return conn.execute("SELECT version FROM catalog_version").fetchone()[0]
+
+
+# Sold out and back again. Availability in a place falls only where an order takes units
+# (open_order, and a late payment taking its units again, _retake_units): there note_low_stock
+# tells the owners, once per crossing of the threshold. It rises for good where the owner adds
+# units (add_units, the catalog import): there stock_arrived tells the shoppers waiting for it
+# (🔔 Notify me) and re-arms the note. Units back on sale from a lapsed, failed or cancelled
+# reservation (release_order_units) do neither: they come and go with every unpaid invoice (a
+# shopper opening and dropping invoices would make an owner's note, and a "back in stock" message,
+# per cycle), and a basket order's units mostly go straight back into its shopper's basket. So a
+# note stays until a restock lifts the place above the threshold (or the owner changes it), and
+# watchers wait for a restock; the product card shows units back from a reservation meanwhile.
+
+# Active products with nothing available in a visible district where they had units (sold, or
+# held by an unpaid order; units the owner deleted unsold are gone): the sold-out offers a shopper
+# may still open, to ask to be told when they are back. One seek per district and product, so it
+# costs the catalog's size, never the sales'.
+_SOLD_OUT_OFFERS = (
+    "SELECT d.id AS district_id, p.id, shopper_text(p.name, p.translations, 'name') AS name, "
+    "shopper_text(p.description, p.translations, 'description') AS description, "
+    "p.price_cents, p.photo, p.kind, p.pay_methods, p.stars_price, 0 AS available "
+    "FROM districts d JOIN cities c ON c.id = d.city_id AND c.is_hidden = 0 "
+    "JOIN products p ON p.is_active = 1 WHERE d.is_hidden = 0 {district} "
+    "AND NOT EXISTS (SELECT 1 FROM stock_units a INDEXED BY stock_units_available "
+    "WHERE a.district_id = d.id AND a.product_id = p.id AND a.status = 'available') "
+    "AND EXISTS (SELECT 1 FROM stock_units e INDEXED BY stock_units_dedupe "
+    "WHERE e.product_id = p.id AND e.district_id = d.id) "
+    "ORDER BY d.id, 3 COLLATE NOCASE"
+)
+
+
+def list_sold_out_offers(conn, district_id=None):
+    """Products sold out in a district (every district: None) where they had units, in the
+    catalog's columns, available 0, by name."""
+    one = "AND d.id = :district" if district_id is not None else ""
+    return conn.execute(_SOLD_OUT_OFFERS.format(district=one), {"district": district_id}).fetchall()
+
+
+def watch_offer(conn, user_id, product_id, district_id):
+    """🔔 Notify me: the shopper waits for a product sold out in a district, to be told once when
+    units are added there (stock_arrived). Asking twice is asking once. InvalidInput while it is
+    in stock there, NotFound when it is not in the shop."""
+    with transaction(conn):
+        offer = get_offer(conn, product_id, district_id)
+        if offer["available"]:
+            raise InvalidInput(
+                tr(
+                    "{product} is in stock here, so there is nothing to wait for: you can buy it "
+                    "now.",
+                    product=offer["name"],
+                )
+            )
+        conn.execute(
+            "INSERT INTO stock_watches(user_id, product_id, district_id, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (user_id, product_id, district_id, now_iso()),
+        )
+
+
+def unwatch_offer(conn, user_id, product_id, district_id):
+    """🔕 The shopper stops waiting for the product there; whether they were. NotFound for a
+    product or place not in the shop that they were not waiting for."""
+    with transaction(conn):
+        gone = conn.execute(
+            "DELETE FROM stock_watches WHERE user_id = ? AND product_id = ? AND district_id = ?",
+            (user_id, product_id, district_id),
+        ).rowcount
+        if not gone:
+            get_offer(conn, product_id, district_id)
+        return bool(gone)
+
+
+def is_watching(conn, user_id, product_id, district_id):
+    return (
+        conn.execute(
+            "SELECT 1 FROM stock_watches WHERE user_id = ? AND product_id = ? AND district_id = ?",
+            (user_id, product_id, district_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def list_watches(conn, user_id):
+    """What the shopper waits for: [(product_id, district_id)], oldest first."""
+    return conn.execute(
+        "SELECT product_id, district_id FROM stock_watches WHERE user_id = ? "
+        "ORDER BY created_at, product_id, district_id",
+        (user_id,),
+    ).fetchall()
+
+
+def _offer_stock(conn, product_id, district_id, visible=True):
+    """A product in a district: names, price and units available and held, or None (with
+    visible: None too when the product is inactive or the place hidden)."""
+    return conn.execute(
+        "SELECT p.name, p.translations, p.price_cents, d.name AS district, c.name AS city, "
+        "(SELECT count(*) FROM stock_units u INDEXED BY stock_units_available "
+        " WHERE u.district_id = d.id AND u.product_id = p.id AND u.status = 'available') "
+        " AS available, "
+        "(SELECT count(*) FROM stock_units r INDEXED BY stock_units_product "
+        " WHERE r.product_id = p.id AND r.status = 'reserved' AND r.district_id = d.id) AS held "
+        "FROM products p, districts d JOIN cities c ON c.id = d.city_id "
+        "WHERE p.id = :product AND d.id = :district AND (NOT :visible OR "
+        "(p.is_active = 1 AND d.is_hidden = 0 AND c.is_hidden = 0))",
+        {"product": product_id, "district": district_id, "visible": visible},
+    ).fetchone()
+
+
+def notify_watchers(conn, product_id, district_id):
+    """Units of a product were added in a district: queue one message to each shopper waiting for
+    it there (in their language, with a button to its card), and forget them. Nothing while it is
+    not on sale there (inactive, hidden): they wait on. Returns how many were told. Needs the
+    transaction that added the units."""
+    assert conn.in_transaction, "notify_watchers needs the transaction that added the units"
+    offer = _offer_stock(conn, product_id, district_id)
+    if offer is None or not offer["available"]:
+        return 0
+    watchers = conn.execute(
+        "SELECT w.user_id, u.is_banned FROM stock_watches w JOIN users u ON u.id = w.user_id "
+        "WHERE w.product_id = ? AND w.district_id = ? ORDER BY w.created_at, w.user_id",
+        (product_id, district_id),
+    ).fetchall()
+    place = esc(place_name(offer["city"], offer["district"]))
+    for watcher in watchers:
+        if watcher["is_banned"]:
+            continue
+        with speaking(language_of(conn, watcher["user_id"])):
+            name = shopper_text(offer["name"], offer["translations"], "name")
+            # TRANSLATORS: the button under "back in stock", opening the product's card
+            label = tr("🛒 Open {product}", product=shorten(name, 40))
+        tell(
+            conn,
+            watcher["user_id"],
+            N_("🔔 <b>{product}</b> is back in stock in {place}."),
+            {"product": esc(name), "place": place},
+            buttons=[[(label, f"prod:{product_id}:{district_id}")]],
+        )
+    conn.execute(
+        "DELETE FROM stock_watches WHERE product_id = ? AND district_id = ?",
+        (product_id, district_id),
+    )
+    return sum(not w["is_banned"] for w in watchers)
+
+
+def stock_arrived(conn, product_id, district_id):
+    """The owner added units of a product in a district (see "Sold out and back again" above):
+    the shoppers waiting for it are told, and its low-stock note re-armed if it is above the
+    threshold again. Inside the transaction that added them."""
+    notify_watchers(conn, product_id, district_id)
+    rearm_low_stock(conn, product_id, district_id)
+
+
+def note_low_stock(conn, product_id, district_id, owners):
+    """An order took units of a product in a district: when what is left there is down to the
+    owner's threshold and they were not told since it last was above it, tell the owners (one
+    note per crossing: low_stock_notes remembers it until stock_arrived re-arms it). Nothing
+    without owners to tell, or with the threshold 0. Returns whether a note was queued."""
+    threshold = low_stock_threshold(conn)
+    if threshold <= 0 or not owners:
+        return False
+    noted = conn.execute(
+        "SELECT 1 FROM low_stock_notes WHERE product_id = ? AND district_id = ?",
+        (product_id, district_id),
+    ).fetchone()
+    offer = None if noted else _offer_stock(conn, product_id, district_id, visible=False)
+    if offer is None or offer["available"] > threshold:
+        return False
+    conn.execute(
+        "INSERT INTO low_stock_notes(product_id, district_id, available, noted_at) "
+        "VALUES (?, ?, ?, ?)",
+        (product_id, district_id, offer["available"], now_iso()),
+    )
+    what = f"<b>{esc(offer['name'])}</b> ({owner_eur(offer['price_cents'])})"
+    where = esc(place_name(offer["city"], offer["district"]))
+    if offer["available"]:
+        text = (
+            f"📉 Low stock: {what} in {where}: {offer['available']} left "
+            f"(your threshold is {threshold})."
+        )
+    else:
+        held = f", {offer['held']} held by unpaid orders" if offer["held"] else ""
+        text = f"📉 Sold out: {what} in {where}: none left{held}."
+    alert_owners(conn, owners, text)
+    return True
 
 
 # Services: catalog import ######################################################
@@ -3533,8 +3744,9 @@ def _import_products(conn, job, plan):
 
 
 def _import_units(conn, job, plan, product_ids, district_ids):
-    """Add the units the shop does not have yet (sold or not)."""
-    added = set()
+    """Add the units the shop does not have yet (sold or not); the shoppers waiting for them are
+    told (stock_arrived)."""
+    added, arrived = set(), {}
     for u in plan.units:
         key = (
             product_ids[u["product"]],
@@ -3558,6 +3770,9 @@ def _import_units(conn, job, plan, product_ids, district_ids):
             (*key, media, now_iso()),
         )
         job.counts["units_added"] += 1
+        arrived[key[:2]] = True
+    for product_id, district_id in arrived:  # (in the order the file first adds to each)
+        stock_arrived(conn, product_id, district_id)
 
 
 def _import_plan(conn, job, plan):
@@ -4463,14 +4678,15 @@ def open_order(
     checkout_key=None,
     reserve_minutes=None,
     promo_id=None,
+    owners=(),
 ):
     """Inside a transaction: check the lines, create an order and take its units.
 
     method 'balance' sells the units at once (order 'paid'); 'crypto' and 'stars' reserve
     them for reserve_minutes (order 'pending'). Every product must allow the method
     (product_methods). promo_id: the discount code the checkout was priced with, checked again
-    here (PromoRefused), so that its uses are decided one order at a time. Returns (order_id,
-    total_cents paid).
+    here (PromoRefused), so that its uses are decided one order at a time. A place left low is
+    told to the owners (note_low_stock). Returns (order_id, total_cents paid).
     """
     user = get_user(conn, user_id)
     if user["is_banned"]:
@@ -4515,6 +4731,8 @@ def open_order(
         )
     until = None if paid else now_iso(reserve_minutes * 60)
     _take_units(conn, order_id, offers, lines, shares, until)
+    for _, (product_id, district_id, _) in zip(offers, lines, strict=True):
+        note_low_stock(conn, product_id, district_id, owners)
     return order_id, total
 
 
@@ -4699,6 +4917,7 @@ def buy_with_balance(
             expected_total_cents=expected_total_cents,
             checkout_key=checkout_key,
             promo_id=promo_id,
+            owners=owners,
         )
         remove_bought_from_basket(conn, order_id)
         post_ledger(
@@ -5316,9 +5535,9 @@ def _check_invoice_limits(conn, user_id, max_open, max_per_hour, max_unpaid_unit
         )
 
 
-def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None, method="crypto"):
+def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None, method="crypto", owners=()):
     """Reserve a checkout's units in a pending order paid by `method` (crypto or stars); returns
-    (order_id, total, created).
+    (order_id, total, created). owners: who hears of a place left low (note_low_stock).
 
     limits: check_invoice_limits' keywords, decided in the same transaction as the reservation. A
     basket checkout moves its lines out of the basket into the order (a cancelled or expired invoice
@@ -5356,6 +5575,7 @@ def reserve_for_checkout(conn, user_id, nonce, minutes, limits=None, method="cry
             checkout_key=nonce,
             reserve_minutes=minutes,
             promo_id=checkout["promo_id"],
+            owners=owners,
         )
         if checkout["from_basket"]:
             take_from_basket(conn, order_id)
@@ -6078,7 +6298,7 @@ def _order_paid(conn, payment, order, owners, note=None):
     late = order["status"] != "pending"
     if not late:
         outcome = "delivered"
-    elif _retake_units(conn, order_id):
+    elif _retake_units(conn, order_id, owners):
         outcome = "delivered late"
     else:
         outcome = None
@@ -6374,10 +6594,11 @@ def request_owner_star_refund(conn, order_id, reason, remote=None):
 STARS_HOLD_SECONDS = 300  # a pre-checkout holds the items this long for Telegram to charge
 
 
-def stars_pre_checkout(conn, providers, user_id, payload, currency, total):
+def stars_pre_checkout(conn, providers, user_id, payload, currency, total, owners=()):
     """Telegram asks whether a Stars payment may go ahead (pre_checkout_query). Returns None (yes:
     the items are held for it) or the reason, for the shopper, why not; the shopper is then not
-    charged. An order whose reservation lapsed takes its items again if they are still there."""
+    charged. An order whose reservation lapsed takes its items again if they are still there
+    (a place left low is told to the owners)."""
     with transaction(conn):
         payment = conn.execute(
             "SELECT * FROM payments WHERE provider IN (SELECT value FROM json_each(?)) "
@@ -6396,7 +6617,7 @@ def stars_pre_checkout(conn, providers, user_id, payload, currency, total):
         if order["status"] in ("cancelled", "refunded") or payment["status"] == "failed":
             return tr("Order #{order} was cancelled. Please check out again.", order=order["id"])
         if order["status"] == "expired":
-            if not _retake_units(conn, order["id"]):
+            if not _retake_units(conn, order["id"], owners):
                 return tr(
                     "Sorry, the items of order #{order} sold out after its time to pay ran out. "
                     "Please check out again.",
@@ -6524,9 +6745,9 @@ def _credit_overpayment(conn, payment, order_id):
     return f", overpaid {cents_to_str(extra)} credited"
 
 
-def _retake_units(conn, order_id):
+def _retake_units(conn, order_id, owners=()):
     """Reserve again, for a late payment, the order's units or others of the same product and
-    place."""
+    place (a place left low is told to the owners, as open_order does)."""
     items = conn.execute(
         "SELECT i.id, i.unit_id, i.product_id, s.district_id FROM order_items i "
         "JOIN stock_units s ON s.id = i.unit_id WHERE i.order_id = ?",
@@ -6550,6 +6771,8 @@ def _retake_units(conn, order_id):
             (order_id, now_iso(), unit_id),
         )
         conn.execute("UPDATE order_items SET unit_id = ? WHERE id = ?", (unit_id, item["id"]))
+    for product_id, district_id in {(i["product_id"], i["district_id"]) for i in items}:
+        note_low_stock(conn, product_id, district_id, owners)
     return True
 
 
@@ -7185,6 +7408,8 @@ def add_units(conn, media_dir, product_id, district_id, text, media=None, remote
                 "VALUES (?, ?, ?, ?, ?)",
                 (product_id, district_id, content, name, now_iso()),
             )
+        if new:
+            stock_arrived(conn, product_id, district_id)
         skipped = (
             f"; skipped {len(present)} already in the shop, {len(repeated)} repeated"
             if present or repeated
@@ -7562,10 +7787,15 @@ def find_delivery_seconds(conn, since):
 _PLACE_ORDER = (
     "c.position, c.name COLLATE NOCASE, d.position, d.name COLLATE NOCASE, p.name COLLATE NOCASE"
 )
+# When the owners were told a place ran low (note_low_stock), or NULL.
+_NOTED_AT = (
+    "(SELECT n.noted_at FROM low_stock_notes n WHERE n.product_id = p.id "
+    "AND n.district_id = d.id) AS noted_at"
+)
 # Products with 1 to ? units available in a place, the fewest first.
 _LOW_STOCK = (
     "SELECT p.id, p.name, c.name AS city, d.name AS district, count(*) AS available, "
-    f"count(*) OVER () AS total FROM stock_units u {_AVAILABLE} GROUP BY d.id, p.id "
+    f"count(*) OVER () AS total, {_NOTED_AT} FROM stock_units u {_AVAILABLE} GROUP BY d.id, p.id "
     f"HAVING available <= ? ORDER BY available, {_PLACE_ORDER} LIMIT ?"
 )
 # Active products with nothing available in a visible place where they had units (sold or held by
@@ -7573,8 +7803,8 @@ _LOW_STOCK = (
 _SOLD_OUT = (
     "SELECT p.id, p.name, c.name AS city, d.name AS district, "
     "(SELECT count(*) FROM stock_units r INDEXED BY stock_units_product WHERE r.product_id = p.id "
-    "AND r.status = 'reserved' AND r.district_id = d.id) AS reserved, count(*) OVER () AS total "
-    "FROM cities c JOIN districts d ON d.city_id = c.id AND d.is_hidden = 0 "
+    "AND r.status = 'reserved' AND r.district_id = d.id) AS reserved, count(*) OVER () AS total, "
+    f"{_NOTED_AT} FROM cities c JOIN districts d ON d.city_id = c.id AND d.is_hidden = 0 "
     "JOIN products p ON p.is_active = 1 WHERE c.is_hidden = 0 "
     "AND NOT EXISTS (SELECT 1 FROM stock_units a INDEXED BY stock_units_available "
     "WHERE a.district_id = d.id AND a.product_id = p.id AND a.status = 'available') "
@@ -7583,11 +7813,6 @@ _SOLD_OUT = (
     f"ORDER BY {_PLACE_ORDER} LIMIT ?"
 )
 DASHBOARD_ROWS = 20
-
-
-def low_stock_threshold(conn):
-    """The owner's low-stock threshold (0: no low-stock list)."""
-    return int(get_setting(conn, "low_stock_threshold") or 0)
 
 
 def find_stock_alerts(conn, threshold, limit=DASHBOARD_ROWS):
@@ -9410,7 +9635,7 @@ class PaymentDesk:
         make its invoice (a NewInvoice) and record it; the reservation is dropped if that fails."""
         minutes = self.shop.setting("reservation_minutes")
         order_id, total, created = reserve_for_checkout(
-            conn, user_id, nonce, minutes, self.limits(), method=method
+            conn, user_id, nonce, minutes, self.limits(), method=method, owners=self.owners
         )
         if not created:  # an earlier attempt stopped between the reservation and the provider
             raise InvalidInput(tr("This checkout already has an order; please check out again."))
@@ -9512,7 +9737,7 @@ class PaymentDesk:
         shopper. Telegram waits 10 s at most, so a failure here refuses rather than raises."""
         try:
             return stars_pre_checkout(
-                self.shop.db(), STARS_PROVIDERS, user_id, payload, currency, total
+                self.shop.db(), STARS_PROVIDERS, user_id, payload, currency, total, self.owners
             )
         except Exception as e:
             log.warning("stars: could not check a payment before it was made: %s", e)
@@ -10336,11 +10561,31 @@ def invoice_json(conn, payment, sandbox, simulate=False):
     }
 
 
+def _catalog_product(r, rule, rate, stars):
+    methods = offered_methods(product_methods(r, rule), stars)
+    in_stars = stars_of(r, rate) if "stars" in methods else None
+    return {
+        "id": r["id"],
+        "name": r["name"],
+        "description": r["description"],
+        "price": cents_to_str(r["price_cents"]),
+        "price_text": fmt_eur(r["price_cents"]),
+        "available": r["available"],
+        "photo_url": f"/media/{r['photo']}" if r["photo"] else None,
+        "kind": r["kind"],
+        "methods": methods,
+        "stars": in_stars,
+        "stars_text": fmt_stars(in_stars) if in_stars is not None else None,
+    }
+
+
 def catalog_json(conn, stars=True):
     """Everything in stock: cities > districts > products, with availability, price in Stars
     (None when not paid in Stars) and the ways each may be paid; names and prices in the
-    language of the moment. stars: whether the shop takes Telegram Stars."""
+    language of the moment. stars: whether the shop takes Telegram Stars. After a district's
+    products in stock come those sold out there (available 0: 🔔 Notify me), as in the bot."""
     rule, rate, cities, lowest = telegram_rule(conn), stars_per_euro(conn), {}, {}
+    districts = {}
     for r in list_catalog_offers(conn):
         city = cities.setdefault(
             r["city_id"], {"id": r["city_id"], "name": r["city"], "districts": {}}
@@ -10348,26 +10593,14 @@ def catalog_json(conn, stars=True):
         district = city["districts"].setdefault(
             r["district_id"], {"id": r["district_id"], "name": r["district"], "products": []}
         )
+        districts[r["district_id"]] = district
         lowest[r["district_id"]] = min(
             lowest.get(r["district_id"], r["price_cents"]), r["price_cents"]
         )
-        methods = offered_methods(product_methods(r, rule), stars)
-        in_stars = stars_of(r, rate) if "stars" in methods else None
-        district["products"].append(
-            {
-                "id": r["id"],
-                "name": r["name"],
-                "description": r["description"],
-                "price": cents_to_str(r["price_cents"]),
-                "price_text": fmt_eur(r["price_cents"]),
-                "available": r["available"],
-                "photo_url": f"/media/{r['photo']}" if r["photo"] else None,
-                "kind": r["kind"],
-                "methods": methods,
-                "stars": in_stars,
-                "stars_text": fmt_stars(in_stars) if in_stars is not None else None,
-            }
-        )
+        district["products"].append(_catalog_product(r, rule, rate, stars))
+    for r in list_sold_out_offers(conn):
+        if r["district_id"] in districts:
+            districts[r["district_id"]]["products"].append(_catalog_product(r, rule, rate, stars))
     return {
         "cities": [
             dict(
@@ -10939,6 +11172,43 @@ def api_delete_basket_line(shop, conn, user, data, item_id):
     return basket_json(conn, user["id"], takes_stars(shop))
 
 
+def watches_json(conn, user_id):
+    return {
+        "watches": [
+            {"product_id": w["product_id"], "district_id": w["district_id"]}
+            for w in list_watches(conn, user_id)
+        ]
+    }
+
+
+def api_watches(shop, conn, user, data):
+    """GET /api/watch: the sold-out products the shopper waits for, [{product_id, district_id}]."""
+    return watches_json(conn, user["id"])
+
+
+def api_watch(shop, conn, user, data):
+    """POST /api/watch {"product_id", "district_id"}: 🔔 tell the shopper once when the product,
+    sold out in that district, is back there. Answers as GET does."""
+    watch_offer(
+        conn,
+        user["id"],
+        _body_int(data, "product_id", 1, 2**62),
+        _body_int(data, "district_id", 1, 2**62),
+    )
+    return watches_json(conn, user["id"])
+
+
+def api_unwatch(shop, conn, user, data):
+    """DELETE /api/watch {"product_id", "district_id"}: stop waiting. Answers as GET does."""
+    unwatch_offer(
+        conn,
+        user["id"],
+        _body_int(data, "product_id", 1, 2**62),
+        _body_int(data, "district_id", 1, 2**62),
+    )
+    return watches_json(conn, user["id"])
+
+
 def api_currencies(shop, conn, user, data):
     return [
         {
@@ -11176,6 +11446,9 @@ API_ROUTES = [
     ("DELETE", "/api/basket/<item_id:id>", api_delete_basket_line),
     ("POST", "/api/basket/promo", api_set_promo),
     ("DELETE", "/api/basket/promo", api_remove_promo),
+    ("GET", "/api/watch", api_watches),
+    ("POST", "/api/watch", api_watch),
+    ("DELETE", "/api/watch", api_unwatch),
     ("GET", "/api/currencies", api_currencies),
     ("POST", "/api/language", api_set_language),
     ("POST", "/api/checkout/quote", api_checkout_quote),
@@ -13309,16 +13582,24 @@ def screen_districts(conn, city_id, page=0):
 
 
 def screen_products(conn, district_id, page=0):
+    """The products in stock in a district, then those sold out there (which a shopper may open
+    to be told when they are back)."""
     district = get_district(conn, district_id)
     products = list_products(conn, district_id)
+    sold_out = list_sold_out_offers(conn, district_id)
     back = [back_button(f"city:{district['city_id']}")]
     place = esc(place_name(district["city_name"], district["name"]))
-    if not products:
+    if not products and not sold_out:
         return Screen(tr("📍 Nothing is left in {place}.", place=place), [back])
+    # TRANSLATORS: a button of a product sold out in the district, in the list of its products
+    gone = [(tr("{product} · sold out", product=p["name"]), p["id"]) for p in sold_out]
     rows, suffix = paged(
         [
-            [(f"{p['name']} · {fmt_eur(p['price_cents'])}", f"prod:{p['id']}:{district_id}")]
-            for p in products
+            [(label, f"prod:{product_id}:{district_id}")]
+            for label, product_id in [
+                *((f"{p['name']} · {fmt_eur(p['price_cents'])}", p["id"]) for p in products),
+                *gone,
+            ]
         ],
         page,
         f"dist:{district_id}",
@@ -13360,6 +13641,14 @@ def screen_product(conn, user_id, product_id, district_id):
                 (tr("⚡ Buy now"), f"buy:{product_id}:{district_id}"),
             ]
         )
+    elif is_watching(conn, user_id, product_id, district_id):
+        lines.append(tr("🔔 We will message you when it is back here."))
+        # TRANSLATORS: a button: stop waiting for a sold-out product (at most about 30 characters)
+        rows.append([(tr("🔕 Don't notify me"), f"unwatch:{product_id}:{district_id}")])
+    else:
+        # TRANSLATORS: a button: be told when a sold-out product is back (at most about 30
+        # characters)
+        rows.append([(tr("🔔 Notify me"), f"watch:{product_id}:{district_id}")])
     rows.append([(tr(MENU_BASKET), "basket"), back_button(f"dist:{district_id}")])
     return Screen("\n".join(lines), rows, photo)
 
@@ -14633,6 +14922,8 @@ class ShopBot:
         "prod": ("ii", "on_product"),
         "add": ("ii", "on_add"),
         "buy": ("ii", "on_buy"),
+        "watch": ("ii", "on_watch"),
+        "unwatch": ("ii", "on_unwatch"),
         "basket": (ARGS_ANY, "on_basket"),
         "inc": ("i", "on_inc"),
         "dec": ("i", "on_dec"),
@@ -14759,6 +15050,19 @@ class ShopBot:
     def on_buy(self, conn, user, message, product_id, district_id):
         lines = [(product_id, district_id, 1)]
         self.show(message, self.checkout(conn, user, lines, from_basket=False))
+
+    def on_watch(self, conn, user, message, product_id, district_id):
+        """🔔 Notify me; the card again either way (it may be back in stock meanwhile)."""
+        try:
+            watch_offer(conn, user["id"], product_id, district_id)
+        finally:
+            self.show(message, screen_product(conn, user["id"], product_id, district_id))
+        return tr("🔔 We will message you when it is back here.")
+
+    def on_unwatch(self, conn, user, message, product_id, district_id):
+        unwatch_offer(conn, user["id"], product_id, district_id)
+        self.show(message, screen_product(conn, user["id"], product_id, district_id))
+        return tr("🔕 You will not be told when it is back.")
 
     # Buttons: the basket
 

@@ -1023,6 +1023,54 @@ def test_stock_is_worded_one_way_everywhere(botless, open_app):
         assert again.page.errors == []
 
 
+def test_a_sold_out_product_offers_to_tell_the_shopper_when_it_is_back(botless, open_app):
+    """A product sold out in a district where it had units is still in the district's grid; its
+    page offers 🔔 Notify me instead of the basket, and takes the wish back with 🔕."""
+    conn = botless.conn
+    stock(botless)
+    vase = seed(conn, [("Berlin", "Mitte", "Vase", 3000, 1)])[("Vase", "Mitte")]
+    user(conn, 132)
+    nonce = shop.create_checkout(conn, 132, "order", 3000, [(*vase, 1)])
+    shop.reserve_for_checkout(conn, 132, nonce, 30)  # Bob's unpaid order holds the only vase
+    ann = open_app(botless, 131, viewport=PHONE)
+    page = ann.page
+    ann.button(re.compile("^Berlin")).click()
+    expect(page.locator(".row-sub").first).to_have_text("1 product · from €12.90")  # in stock
+    ann.button(re.compile("^Mitte")).click()
+    card = page.locator(".card.sold-out")
+    expect(card).to_have_count(1)
+    expect(card.locator(".card-name")).to_have_text("Vase")
+    expect(card.locator(".stock")).to_have_text("Sold out")
+    card.click()
+    expect(ann.heading()).to_have_text("Vase")
+    notify = ann.button("🔔 Notify me")
+    expect(notify).to_be_visible()
+    assert not ann.tg("main.visible")  # nothing to add to the basket
+    expect(page.locator("main")).not_to_contain_text("Buy now")
+    notify.click()
+    expect(ann.button("🔕 Don't notify me")).to_be_visible()
+    expect(page.locator(".watch-note")).to_have_text(
+        "🔔 We will message you in Telegram when it is back here."
+    )
+    rows = "SELECT user_id, product_id, district_id FROM stock_watches"
+    assert [tuple(r) for r in conn.execute(rows)] == [(131, *vase)]
+    ann.press_back()
+    expect(card.locator(".card-badge")).to_have_text("🔔")
+    card.click()
+    ann.button("🔕 Don't notify me").click()
+    expect(ann.button("🔔 Notify me")).to_be_visible()
+    assert conn.execute(rows).fetchall() == []
+    # Back on sale meanwhile: asking is refused in words, and the page shows it in stock.
+    with shop.transaction(conn):
+        shop.release_order_units(conn, conn.execute("SELECT max(id) FROM orders").fetchone()[0])
+    ann.button("🔔 Notify me").click()
+    ann.page.wait_for_function("() => window.__tg.alerts.length > 0")
+    assert "Vase is in stock here" in ann.tg("alerts")[0]
+    expect(page.locator(".price-row .stock")).to_have_text("1 available")
+    assert conn.execute(rows).fetchall() == []
+    assert page.errors == []
+
+
 def test_coins_are_grouped_by_asset_with_their_networks(botless, open_app):
     stock(botless)
     ann = open_app(botless, 132, viewport=PHONE)

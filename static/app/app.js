@@ -8,7 +8,7 @@ import { tr, ntr, ptr, useCatalog, fetchCatalog } from "./i18n.js";
 import * as tg from "./tg.js";
 
 const S = { me: null, catalog: { cities: [] }, basket: { items: [], total: "0.00", total_text: "", count: 0 }, basketAt: 0,
-            coins: null, coinsAt: 0, amounts: new Map() };
+            coins: null, coinsAt: 0, amounts: new Map(), watches: null };
 const stack = [];
 const chrome = {};
 let view = null;
@@ -63,6 +63,20 @@ async function loadBasket() {
 async function loadCatalog() {
   S.catalog = await api("/api/catalog");
 }
+
+/** The sold-out offers the shopper waits for (🔔 Notify me), as "product:district" keys. */
+function gotWatches(answer) {
+  S.watches = new Set(answer.watches.map((w) => `${w.product_id}:${w.district_id}`));
+}
+
+async function loadWatches() {
+  gotWatches(await api("/api/watch"));
+}
+
+const watching = (productId, districtId) => S.watches != null && S.watches.has(`${productId}:${districtId}`);
+
+/** In stock: a district's products that can be bought now (sold-out ones are listed after them). */
+const inStock = (products) => products.filter((p) => p.available > 0);
 
 async function loadMe() {
   S.me = await api("/api/me");
@@ -319,6 +333,28 @@ function coinChoices(coins, amount, selected, onPick) {
         "aria-checked": selected === c.code ? "true" : "false", onclick: onPick(c.code) },
       c.network, tooSmall(c) ? h("span", { class: "net-min" }, ` · ${from(c)}`) : null))));
   });
+}
+
+/** 🔔 Notify me (or 🔕 Don't notify me) on a product sold out in a district. */
+async function watchBox(product, district, v) {
+  if (S.watches == null) await loadWatches();
+  const on = watching(product.id, district.id);
+  const button = h("button", { type: "button", class: on ? "btn secondary watch" : "btn watch" },
+    on ? tr("🔕 Don't notify me") : tr("🔔 Notify me"));
+  button.addEventListener("click", busy(button, async () => {
+    try {
+      gotWatches(await api("/api/watch", { method: on ? "DELETE" : "POST",
+                                           body: { product_id: product.id, district_id: district.id } }));
+      tg.haptic("select");
+      toast(on ? tr("🔕 You will not be told when it is back.") : tr("🔔 We will message you in Telegram when it is back here."));
+    } catch (e) {
+      fail(e);
+      await Promise.allSettled([loadCatalog(), loadWatches()]);   // it may be back in stock already
+    }
+    if (v.alive) render();
+  }));
+  return [h("p", { class: "note watch-note" }, on ? tr("🔔 We will message you in Telegram when it is back here.")
+    : tr("Sold out here for now. We can message you in Telegram when it is back.")), button];
 }
 
 // Checkout ####################################################################
@@ -584,7 +620,7 @@ const SCREENS = {
       return [h("h1", null, tr("Shop")), h("p", { class: "empty" }, tr("Nothing is in stock right now. Please look again later.")), appTools(v)];
     }
     return [h("h1", null, tr("Choose a city")), h("ul", { class: "list" }, cities.map((city) => {
-      const products = city.districts.reduce((n, d) => n + d.products.length, 0);
+      const products = city.districts.reduce((n, d) => n + inStock(d.products).length, 0);
       return row(city.name, `${ntr("{n} district", "{n} districts", city.districts.length)} · ${ntr("{n} product", "{n} products", products)}`,
                  () => go("districts", { city: city.id }));
     })), appTools(v)];
@@ -596,7 +632,7 @@ const SCREENS = {
     return [h("h1", null, city.name), h("ul", { class: "list" }, city.districts.map((d) => {
       // TRANSLATORS: the lowest price in a district, e.g. "from €8.00"
       const from = tr("from {price}", { price: d.lowest_price_text });
-      return row(d.name, `${ntr("{n} product", "{n} products", d.products.length)} · ${from}`,
+      return row(d.name, `${ntr("{n} product", "{n} products", inStock(d.products).length)} · ${from}`,
                  () => go("products", { city: city.id, district: d.id }));
     }))];
   },
@@ -609,9 +645,12 @@ const SCREENS = {
     return [h("h1", null, district.name), h("p", { class: "place" }, city.name),
       h("div", { class: "grid" }, district.products.map((product) => {
         const line = basketLine(product.id, district.id);
-        return h("button", { type: "button", class: "card", onclick: () => go("product", { product: product.id, district: district.id }) },
+        const soldOut = product.available <= 0;
+        return h("button", { type: "button", class: soldOut ? "card sold-out" : "card", onclick: () => go("product", { product: product.id, district: district.id }) },
           photo(product, "card-photo"),
           line ? h("span", { class: "card-badge", "aria-label": tr("In your basket") }, `×${line.quantity}`) : null,
+          soldOut && watching(product.id, district.id)
+            ? h("span", { class: "card-badge", "aria-label": tr("We will message you when it is back") }, "🔔") : null,
           h("span", { class: "card-name" }, product.name),
           h("span", { class: "card-meta" }, priceTag(product),
             h("span", { class: "stock" }, stock(product.available))));
@@ -629,6 +668,7 @@ const SCREENS = {
         h("span", { class: "stock" }, stock(product.available))),
       onlyStars(product.methods) ? h("p", { class: "muted small" }, tr("⭐ Paid in Telegram Stars")) : null,
       product.description ? h("p", { class: "description" }, product.description) : null];
+    if (product.available <= 0) return nodes.concat(await watchBox(product, district, v));
     if (line) {
       nodes.push(h("div", { class: "in-basket" },
         h("span", null, tr("In your basket: {amount}", { amount: line.sum_text })),

@@ -65,11 +65,15 @@
     % if not threshold:
     <p class="muted">The low-stock list is off: its threshold is 0 in <a href="/admin/settings#low_stock_threshold">Settings</a>.</p>
     % else:
-    <p class="muted">At most {{threshold}} left in a place (<a href="/admin/settings#low_stock_threshold">change</a>).</p>
+    <p class="muted">At most {{threshold}} left in a place (<a href="/admin/settings#low_stock_threshold">change</a>). The owners get one Telegram note each time a place falls to it; adding units there above it arms the next.</p>
     % if stats["low_stock"]:
     <ul class="stock-list">
       % for row in stats["low_stock"]:
-      <li><span class="what"><a href="/admin/products/{{row['id']}}">{{row["name"]}}</a> <span class="place">{{row["city"]}} / {{row["district"]}}</span></span> <b class="left">{{row["available"]}} left</b></li>
+      <li><span class="what"><a href="/admin/products/{{row['id']}}">{{row["name"]}}</a> <span class="place">{{row["city"]}} / {{row["district"]}}</span></span> <b class="left">{{row["available"]}} left</b>
+      % if row["noted_at"]:
+      <span class="noted">🔔 Owners told {{row["noted_at"][:16].replace("T", " ")}} UTC</span>
+      % end
+      </li>
       % end
     </ul>
     % if stats["low_stock"][0]["total"] > len(stats["low_stock"]):
@@ -89,6 +93,9 @@
       <li><span class="what"><a href="/admin/products/{{row['id']}}">{{row["name"]}}</a> <span class="place">{{row["city"]}} / {{row["district"]}}</span></span>
       % if row["reserved"]:
       <span class="held">{{row["reserved"]}} held by {{"an unpaid order" if row["reserved"] == 1 else "unpaid orders"}}: back on sale if not paid in time</span>
+      % end
+      % if row["noted_at"]:
+      <span class="noted">🔔 Owners told {{row["noted_at"][:16].replace("T", " ")}} UTC</span>
       % end
       </li>
       % end

@@ -14,7 +14,7 @@
   <label>Items one shopper's unpaid invoices may hold at once <input name="max_unpaid_units" value="{{values['max_unpaid_units']}}" inputmode="numeric" required></label>
   <label>Referral credit in % (a shopper who brought a friend through their link gets this share of the friend's first paid order on their balance, once; 0 turns referrals off and hides the link) <input name="referral_percent" id="referral_percent" value="{{values['referral_percent']}}" inputmode="numeric" required></label>
   <label>Underpayment tolerance in % (a crypto payment short by at most this much pays its order in full; 0 turns it off) <input name="underpayment_tolerance" value="{{values['underpayment_tolerance']}}" inputmode="decimal" required></label>
-  <label>Low stock: the dashboard lists what has this many or fewer left in a place (0 turns the list off; sold out is always listed) <input name="low_stock_threshold" id="low_stock_threshold" value="{{values['low_stock_threshold']}}" inputmode="numeric" required></label>
+  <label>Low stock: the dashboard lists what has this many or fewer left in a place, and the owners get a Telegram note when a place falls to it (0 turns both off; sold out is always listed) <input name="low_stock_threshold" id="low_stock_threshold" value="{{values['low_stock_threshold']}}" inputmode="numeric" required></label>
   <fieldset class="stars-settings">
     <legend>Telegram Stars</legend>
     <label for="telegram_rule">Telegram's rule for digital goods
