@@ -7113,6 +7113,394 @@ def make_digital_stars_only(conn, remote=None):
     return len(breaking)
 
 
+# Discount codes, the owner's side: codes created, changed, paused and resumed from the admin or
+# `shop.py promo`, checked the one way (clean_promo_fields) and audited. The shopper's side (their
+# rules, the rounding) is in "Services: discount codes".
+
+PROMO_KIND_WORDS = {"percent": "a percentage off", "fixed": "an amount off in EUR"}
+
+# What the owner types for a code, by its name in the admin's form and `shop.py promo`'s fields.
+PROMO_FIELDS = (
+    "code",
+    "kind",
+    "value",
+    "min_total",
+    "starts",
+    "ends",
+    "max_uses",
+    "max_uses_per_user",
+    "products",
+    "cities",
+    "note",
+)
+
+PROMO_MAX_USES = 1_000_000
+
+# A code's scope: (field, column, table, what one of them is called).
+PROMO_SCOPES = (
+    ("products", "product_ids", "products", "product"),
+    ("cities", "city_ids", "cities", "city"),
+)
+
+_PROMO_MOMENT = re.compile(
+    r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(:\d{2})?)?\s*(?:Z|UTC)?", re.IGNORECASE
+)
+
+
+def promo_moment(text, what, end=False):
+    """A start or end as the owner types it, in UTC: a day ('2026-12-01': its start, or for an end
+    the end of that day) or a day and time ('2026-12-01T18:00', as a datetime-local field sends
+    it, or '2026-12-01 18:00'), as stored ('2026-12-01T18:00:00.000000Z'); None for ''.
+    InvalidInput says what is wrong."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    m = _PROMO_MOMENT.fullmatch(text)
+    try:
+        if not m:
+            raise ValueError(text)
+        day, clock, seconds = m.groups()
+        moment = datetime.strptime(
+            f"{day} {clock or '00:00'}{seconds or ':00'}", "%Y-%m-%d %H:%M:%S"
+        )
+    except ValueError:
+        raise InvalidInput(
+            f"{what} must be a day like 2026-12-01 or a day and time like 2026-12-01 18:00, in "
+            f"UTC; got {shorten(text, 40)!r}."
+        ) from None
+    if end and clock is None:
+        moment += timedelta(days=1)  # to the end of that day
+    if not 2000 <= moment.year <= 9998:
+        raise InvalidInput(f"{what} must be a day between the years 2000 and 9998.")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def promo_moment_words(stored, end=False):
+    """A stored start or end as the owner reads it, UTC: '2026-12-01 18:00', a whole day as
+    '2026-12-01' (an end at midnight as 'end of' the day before it)."""
+    moment = datetime.fromisoformat(stored.replace("Z", "+00:00"))
+    if (moment.hour, moment.minute, moment.second) != (0, 0, 0):
+        return moment.strftime("%Y-%m-%d %H:%M")
+    if end:
+        return "end of " + (moment - timedelta(days=1)).strftime("%Y-%m-%d")
+    return moment.strftime("%Y-%m-%d")
+
+
+def promo_moment_field(stored):
+    """A stored start or end as a datetime-local field shows it ('2026-12-01T18:00'), '' for
+    none."""
+    return stored[:16] if stored else ""
+
+
+def _promo_count(text, what):
+    """A limit as typed: a whole number from 1, or None for '' (no limit)."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[0-9]{1,7}", text) or not 1 <= int(text) <= PROMO_MAX_USES:
+        raise InvalidInput(
+            f"{what} must be a whole number from 1 to {PROMO_MAX_USES} (empty: no limit); got "
+            f"{shorten(text, 20)!r}."
+        )
+    return int(text)
+
+
+def _promo_value(kind, text):
+    """The code's value as typed: a whole percentage from 1 to 99, or an amount in EUR ('5',
+    '5.50', '5,50') as cents."""
+    text = str(text or "").strip()
+    if kind == "percent":
+        number = text.removesuffix("%").strip()
+        if not re.fullmatch(r"[0-9]{1,3}", number) or not 1 <= int(number) <= 99:
+            raise InvalidInput(
+                f"The percentage must be a whole number from 1 to 99; got {shorten(text, 20)!r}."
+            )
+        return int(number)
+    try:
+        return parse_eur(text)
+    except InvalidInput as e:
+        raise InvalidInput(f"The amount off {e}.") from None
+
+
+def _promo_ids(conn, given, table, what):
+    """Products or cities a code is limited to, as JSON (None: all of them): ids, or names (any
+    case), in a list or comma-separated; each must exist."""
+    if given is None or isinstance(given, str):
+        given = [part for part in str(given or "").split(",")]
+    names = [str(part).strip() for part in given if str(part).strip()]
+    ids = []
+    for name in names:
+        if re.fullmatch(r"[0-9]{1,18}", name):
+            row = conn.execute(f"SELECT id FROM {table} WHERE id = ?", (int(name),)).fetchone()
+        else:
+            row = conn.execute(
+                f"SELECT id FROM {table} WHERE name = ? COLLATE NOCASE", (name,)
+            ).fetchone()
+        if row is None:
+            raise InvalidInput(f"There is no {what} {shorten(name, 64)!r} (give its name or id).")
+        if row["id"] not in ids:
+            ids.append(row["id"])
+    return json.dumps(sorted(ids)) if ids else None
+
+
+def clean_promo_fields(conn, fields, old=None):
+    """The promo_codes columns for fields as the owner typed them (PROMO_FIELDS; texts, products
+    and cities also as lists), over the code `old` (a row; None: a new code, whose missing fields
+    are empty). A field left out keeps the old value; '' empties it. InvalidInput says what is
+    wrong."""
+    unknown = set(fields) - set(PROMO_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Unknown field {sorted(unknown)[0]!r}.")
+    new = {}
+    if "code" in fields or old is None:
+        code = str(fields.get("code") or "").strip()
+        if not PROMO_CODE.fullmatch(code):
+            raise InvalidInput(
+                "A code is 3 to 32 letters (A to Z), digits, - or _, like SPRING10; got "
+                f"{shorten(code, 40)!r}."
+            )
+        new["code"] = code
+    if "kind" in fields or old is None:
+        if fields.get("kind") not in PROMO_KIND_WORDS:
+            raise InvalidInput("Choose what the code takes off: a percentage or an amount.")
+        new["kind"] = fields["kind"]
+    kind = new.get("kind", old and old["kind"])
+    if "value" in fields or old is None:
+        new["value"] = _promo_value(kind, fields.get("value"))
+    elif kind != old["kind"]:
+        raise InvalidInput("Give the new value with the new kind (a percentage or an amount).")
+    if "min_total" in fields or old is None:
+        try:
+            new["min_total_cents"] = parse_eur(fields.get("min_total") or "0", minimum=0)
+        except InvalidInput as e:
+            raise InvalidInput(f"The minimum basket {e}.") from None
+    if "starts" in fields or old is None:
+        new["starts_at"] = promo_moment(fields.get("starts"), "The start")
+    if "ends" in fields or old is None:
+        new["ends_at"] = promo_moment(fields.get("ends"), "The end", end=True)
+    for key, what in (
+        ("max_uses", "The uses in all"),
+        ("max_uses_per_user", "The uses per shopper"),
+    ):
+        if key in fields or old is None:
+            new[key] = _promo_count(fields.get(key), what)
+    for key, column, table, what in PROMO_SCOPES:
+        if key in fields or old is None:
+            new[column] = _promo_ids(conn, fields.get(key), table, what)
+    if "note" in fields or old is None:
+        new["note"] = clean_text(fields.get("note"), "The note", max_len=200, required=False)
+    starts = new.get("starts_at", old and old["starts_at"])
+    ends = new.get("ends_at", old and old["ends_at"])
+    if starts and ends and starts >= ends:
+        raise InvalidInput(
+            f"The end ({promo_moment_words(ends, end=True)} UTC) must come after the start "
+            f"({promo_moment_words(starts)} UTC)."
+        )
+    return new
+
+
+def _promo_names(conn, stored, table):
+    """The names of a scope's ids (a JSON list), by id; an id gone from the table as #id."""
+    ids = json.loads(stored)
+    found = dict(
+        conn.execute(
+            f"SELECT id, name FROM {table} WHERE id IN ({', '.join('?' for _ in ids)})", ids
+        ).fetchall()
+    )
+    return [found.get(i, f"#{i}") for i in ids]
+
+
+def promo_terms(conn, promo):
+    """A code's terms as the owner reads them: {value, minimum, period, products, cities, limits}
+    (each a short English text)."""
+    if promo["kind"] == "percent":
+        value = f"{promo['value']}% off"
+    else:
+        value = f"{fmt_eur(promo['value'])} off"
+    starts, ends = promo["starts_at"], promo["ends_at"]
+    if starts and ends:
+        period = f"{promo_moment_words(starts)} to {promo_moment_words(ends, end=True)} UTC"
+    elif starts:
+        period = f"from {promo_moment_words(starts)} UTC"
+    elif ends:
+        period = f"until {promo_moment_words(ends, end=True)} UTC"
+    else:
+        period = "no dates"
+    scope = {}
+    for key, column, table, _ in PROMO_SCOPES:
+        stored = promo[column]
+        scope[key] = ", ".join(_promo_names(conn, stored, table)) if stored else f"all {key}"
+    limits = [
+        f"{promo['max_uses']} in all" if promo["max_uses"] else "no limit in all",
+        f"{promo['max_uses_per_user']} per shopper"
+        if promo["max_uses_per_user"]
+        else "no limit per shopper",
+    ]
+    minimum = promo["min_total_cents"]
+    return {
+        "value": value,
+        "minimum": f"basket from {fmt_eur(minimum)}" if minimum else "any basket",
+        "period": period,
+        **scope,
+        "limits": ", ".join(limits),
+    }
+
+
+def promo_terms_words(conn, promo):
+    """A code's terms in one line, for the audit log and `shop.py promo list`."""
+    terms = promo_terms(conn, promo)
+    return "; ".join(
+        terms[k] for k in ("value", "minimum", "period", "products", "cities", "limits")
+    )
+
+
+_PROMO_COUNTS = (
+    "SELECT p.*, "
+    "(SELECT count(*) FROM orders o WHERE o.promo_id = p.id AND o.status = 'paid') AS uses_paid, "
+    "(SELECT count(*) FROM orders o WHERE o.promo_id = p.id AND o.status = 'pending') "
+    "AS uses_reserved, "
+    "(SELECT coalesce(sum(o.discount_cents), 0) FROM orders o WHERE o.promo_id = p.id "
+    "AND o.status = 'paid') AS discount_paid_cents "
+    "FROM promo_codes p"
+)
+
+
+def _promo_with_uses(conn, row, now):
+    """A promo_codes row with its uses (paid, reserved by open invoices, left: None for no limit),
+    the discount its paid orders got, its state now and its terms in words, as a dict."""
+    promo = dict(row)
+    used = promo["uses_paid"] + promo["uses_reserved"]
+    promo["uses_left"] = None if promo["max_uses"] is None else max(0, promo["max_uses"] - used)
+    if not promo["is_active"]:
+        promo["state"] = "paused"
+    elif promo["starts_at"] and now < promo["starts_at"]:
+        promo["state"] = "not started"
+    elif promo["ends_at"] and now >= promo["ends_at"]:
+        promo["state"] = "ended"
+    elif promo["uses_left"] == 0:
+        promo["state"] = "used up"
+    else:
+        promo["state"] = "active"
+    promo["terms"] = promo_terms(conn, row)
+    return promo
+
+
+def list_promo_codes(conn):
+    """Every discount code, newest first, with its uses and state (_promo_with_uses)."""
+    now = now_iso()
+    rows = conn.execute(f"{_PROMO_COUNTS} ORDER BY p.id DESC").fetchall()
+    return [_promo_with_uses(conn, row, now) for row in rows]
+
+
+def get_promo_code(conn, promo_id):
+    """One discount code with its uses and state (_promo_with_uses); NotFound when there is none."""
+    row = conn.execute(f"{_PROMO_COUNTS} WHERE p.id = ?", (promo_id,)).fetchone()
+    if row is None:
+        raise NotFound("No such discount code.")
+    return _promo_with_uses(conn, row, now_iso())
+
+
+def find_promo_id(conn, code):
+    """The id of the code as typed (any case); InvalidInput when there is none."""
+    promo = find_promo_code(conn, code)
+    if promo is None:
+        raise InvalidInput(f"There is no discount code {shorten(str(code or ''), 40)!r}.")
+    return promo["id"]
+
+
+def find_promo_orders(conn, promo_id, limit=20):
+    """The newest orders with a code, as find_orders lists them."""
+    return conn.execute(
+        "SELECT o.*, u.first_name, u.username, p.code AS promo_code, "
+        "(SELECT count(*) FROM order_items i WHERE i.order_id = o.id) AS items "
+        "FROM orders o JOIN users u ON u.id = o.user_id JOIN promo_codes p ON p.id = o.promo_id "
+        f"WHERE o.promo_id = ? ORDER BY o.id DESC LIMIT {int(limit)}",
+        (promo_id,),
+    ).fetchall()
+
+
+def _promo_clash(conn, code, promo_id):
+    clash = conn.execute(
+        "SELECT code FROM promo_codes WHERE code = ? AND id IS NOT ?", (code, promo_id)
+    ).fetchone()
+    if clash:
+        raise InvalidInput(
+            f"There is already a code {clash['code']} (codes are the same in any case)."
+        )
+
+
+def create_promo_code(conn, fields, remote=None):
+    """A new discount code from fields as the owner typed them (clean_promo_fields), active;
+    returns its id. InvalidInput says what is wrong, and nothing is stored."""
+    with transaction(conn):
+        new = clean_promo_fields(conn, fields)
+        _promo_clash(conn, new["code"], None)
+        now = now_iso()
+        new.update(is_active=1, created_at=now, updated_at=now)
+        promo_id = conn.execute(
+            f"INSERT INTO promo_codes({', '.join(new)}) VALUES ({', '.join('?' for _ in new)})",
+            tuple(new.values()),
+        ).lastrowid
+        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        audit(
+            conn,
+            "promo code added",
+            f"#{promo_id} {promo['code']}: {promo_terms_words(conn, promo)}",
+            remote,
+        )
+        return promo_id
+
+
+def update_promo_code(conn, promo_id, fields, remote=None):
+    """Change a code: the fields given (clean_promo_fields), the others as they are. Everything may
+    change once it has been used (orders keep what they were given) but its text, but for its
+    case: orders show the code they were given by it. Returns what changed, in words ('' for
+    nothing). InvalidInput says what is wrong, and nothing changes."""
+    with transaction(conn):
+        old = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        if old is None:
+            raise NotFound("No such discount code.")
+        new = clean_promo_fields(conn, fields, old)
+        new = {k: v for k, v in new.items() if v != old[k]}
+        if "code" in new:
+            _promo_clash(conn, new["code"], promo_id)
+            given = conn.execute("SELECT 1 FROM orders WHERE promo_id = ? LIMIT 1", (promo_id,))
+            if new["code"].lower() != old["code"].lower() and given.fetchone():
+                raise InvalidInput(
+                    f"The code {old['code']} has been used, and its orders show it by that "
+                    "name, so it keeps it. To give shoppers another code, add that one and "
+                    "pause this one."
+                )
+        if not new:
+            return ""
+        conn.execute(
+            f"UPDATE promo_codes SET {', '.join(f'{k} = ?' for k in new)}, updated_at = ? "
+            "WHERE id = ?",
+            (*new.values(), now_iso(), promo_id),
+        )
+        changes = "; ".join(f"{k}: {old[k]!r} -> {v!r}" for k, v in new.items())
+        audit(conn, "promo code changed", f"#{promo_id} {old['code']}: {changes}", remote)
+        return changes
+
+
+def set_promo_active(conn, promo_id, active, remote=None):
+    """Pause (active False) or resume a code; returns whether that changed anything. Open invoices
+    with the code keep their price; a paused code is refused at checkout."""
+    with transaction(conn):
+        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        if promo is None:
+            raise NotFound("No such discount code.")
+        if bool(promo["is_active"]) == bool(active):
+            return False
+        conn.execute(
+            "UPDATE promo_codes SET is_active = ?, updated_at = ? WHERE id = ?",
+            (int(bool(active)), now_iso(), promo_id),
+        )
+        action = "promo code resumed" if active else "promo code paused"
+        audit(conn, action, f"#{promo_id} {promo['code']}", remote)
+        return True
+
+
 # Orders, payments, users
 
 # The providers whose payments are Telegram Stars (the ones refunded in kind).
