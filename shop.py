@@ -7419,6 +7419,15 @@ def find_promo_orders(conn, promo_id, limit=20):
     ).fetchall()
 
 
+def promo_scope_choices(conn):
+    """What a code may be limited to, for the admin's form: {"products": [(id, name)], "cities":
+    [(id, name)]}, by name."""
+    return {
+        table: [tuple(r) for r in conn.execute(f"SELECT id, name FROM {table} ORDER BY name")]
+        for table in ("products", "cities")
+    }
+
+
 def _promo_clash(conn, code, promo_id):
     clash = conn.execute(
         "SELECT code FROM promo_codes WHERE code = ? AND id IS NOT ?", (code, promo_id)
@@ -8099,19 +8108,21 @@ def find_orders(conn, filters, before, limit):
             where.append("o.user_id IN (SELECT id FROM users WHERE username = ? COLLATE NOCASE)")
             args.append(search.lstrip("@"))
     return conn.execute(
-        "SELECT o.*, u.first_name, u.username, "
-        "(SELECT count(*) FROM order_items i WHERE i.order_id = o.id) "
-        f"AS items FROM orders o JOIN users u ON u.id = o.user_id WHERE {' AND '.join(where)} "
+        "SELECT o.*, u.first_name, u.username, p.code AS promo_code, "
+        "(SELECT count(*) FROM order_items i WHERE i.order_id = o.id) AS items "
+        "FROM orders o JOIN users u ON u.id = o.user_id "
+        f"LEFT JOIN promo_codes p ON p.id = o.promo_id WHERE {' AND '.join(where)} "
         f"ORDER BY o.id DESC LIMIT {int(limit)}",
         args,
     ).fetchall()
 
 
 def find_order_details(conn, order_id):
-    """An order with its buyer's name, its items (with their units), its payments, their IPNs and
-    its messages per status."""
+    """An order with its buyer's name and its discount code (promo_code), its items (with their
+    units), its payments, their IPNs and its messages per status."""
     order = conn.execute(
-        "SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
+        "SELECT o.*, u.first_name, u.username, p.code AS promo_code FROM orders o "
+        "JOIN users u ON u.id = o.user_id LEFT JOIN promo_codes p ON p.id = o.promo_id "
         "WHERE o.id = ?",
         (order_id,),
     ).fetchone()
@@ -8273,6 +8284,8 @@ ORDERS_CSV_COLUMNS = [
     "username",
     "items",
     "stars",
+    "promo_code",
+    "discount_eur",
 ]
 
 
@@ -8310,15 +8323,19 @@ LEDGER_CSV_COLUMNS = [
 
 
 def export_orders(conn):
-    """Every order as a CSV row (ORDERS_CSV_COLUMNS), read from `conn` as the rows are used."""
+    """Every order as a CSV row (ORDERS_CSV_COLUMNS), read from `conn` as the rows are used.
+    total_eur is what was paid; discount_eur what its discount code (promo_code) took off, 0.00
+    without one (the list price is their sum)."""
     rows = conn.execute(
         "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, "
         "o.user_id, u.username, "
         "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i "
         "WHERE i.order_id = o.id), "
         "CASE WHEN o.payment_method = 'stars' THEN (SELECT s.pay_amount FROM payments s "
-        "WHERE s.order_id = o.id AND s.charge_id IS NOT NULL ORDER BY s.id DESC LIMIT 1) END "
-        "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id"
+        "WHERE s.order_id = o.id AND s.charge_id IS NOT NULL ORDER BY s.id DESC LIMIT 1) END, "
+        "p.code, o.discount_cents "
+        "FROM orders o JOIN users u ON u.id = o.user_id "
+        "LEFT JOIN promo_codes p ON p.id = o.promo_id ORDER BY o.id"
     )
     return (
         (
@@ -8332,6 +8349,8 @@ def export_orders(conn):
             r[7] or "",
             r[8] or "",
             r[9] or "",
+            r[10] or "",
+            cents_to_str(r[11]),
         )
         for r in rows
     )
@@ -12724,6 +12743,121 @@ def admin_user_ban(shop, user_id, action):
     )
 
 
+# Discount codes
+
+
+def admin_promo_values(promo, form=None):
+    """The code form's fields: the code's (a new one's defaults when it is None), or after a
+    refused save what the owner typed."""
+    if form is not None:
+        values = {k: form.getunicode(k) or "" for k in PROMO_FIELDS}
+        values.update(products=set(form.getall("products")), cities=set(form.getall("cities")))
+        return values
+    if promo is None:
+        values = dict.fromkeys(PROMO_FIELDS, "")
+        values.update(kind="percent", products=set(), cities=set())
+        return values
+    fixed = promo["kind"] == "fixed"
+    return {
+        "code": promo["code"],
+        "kind": promo["kind"],
+        "value": cents_to_str(promo["value"]) if fixed else str(promo["value"]),
+        "min_total": cents_to_str(promo["min_total_cents"]) if promo["min_total_cents"] else "",
+        "starts": promo_moment_field(promo["starts_at"]),
+        "ends": promo_moment_field(promo["ends_at"]),
+        "max_uses": str(promo["max_uses"] or ""),
+        "max_uses_per_user": str(promo["max_uses_per_user"] or ""),
+        "products": {str(i) for i in json.loads(promo["product_ids"] or "[]")},
+        "cities": {str(i) for i in json.loads(promo["city_ids"] or "[]")},
+        "note": promo["note"],
+    }
+
+
+def admin_promo_fields(form):
+    """create_promo_code's and update_promo_code's fields from the code form."""
+    fields = {k: form.getunicode(k) or "" for k in PROMO_FIELDS if k not in ("products", "cities")}
+    fields.update(products=form.getall("products"), cities=form.getall("cities"))
+    return fields
+
+
+def admin_promos_page(shop, conn, sess, error=None, form=None):
+    """The Promotions page: every code with its uses, and the form for a new one (after a refused
+    save as the owner typed it, with the reason, and status 400)."""
+    page = admin_render(
+        shop,
+        "promos.tpl",
+        sess,
+        promos=list_promo_codes(conn),
+        values=admin_promo_values(None, form),
+        choices=promo_scope_choices(conn),
+        error=error,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
+def admin_promo_page(shop, conn, sess, promo_id, error=None, form=None):
+    """A code's page: its uses, its orders and its form (after a refused save as the owner typed
+    it, with the reason, and status 400)."""
+    promo = get_promo_code(conn, promo_id)
+    page = admin_render(
+        shop,
+        "promo.tpl",
+        sess,
+        p=promo,
+        values=admin_promo_values(promo, form),
+        choices=promo_scope_choices(conn),
+        orders=find_promo_orders(conn, promo_id),
+        more=None,
+        error=error,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
+def admin_promos(shop):
+    with admin_page(shop) as (conn, sess):
+        return admin_promos_page(shop, conn, sess)
+
+
+def admin_promo(shop, promo_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_promo_page(shop, conn, sess, promo_id)
+
+
+def admin_promo_create(shop):
+    with admin_change(shop) as (conn, sess):
+        f = bottle.request.forms
+        try:
+            promo_id = create_promo_code(conn, admin_promo_fields(f), admin_remote())
+        except InvalidInput as e:
+            return admin_promos_page(shop, conn, sess, error=str(e), form=f)
+        code = get_promo_code(conn, promo_id)["code"]
+    return admin_done(shop, sess, "/admin/promos", f"Code {code} added: shoppers can use it.")
+
+
+def admin_promo_save(shop, promo_id):
+    with admin_change(shop) as (conn, sess):
+        f = bottle.request.forms
+        try:
+            changed = update_promo_code(conn, promo_id, admin_promo_fields(f), admin_remote())
+        except InvalidInput as e:
+            return admin_promo_page(shop, conn, sess, promo_id, error=str(e), form=f)
+        code = get_promo_code(conn, promo_id)["code"]
+    said = f"Code {code} saved." if changed else "Nothing changed."
+    return admin_done(shop, sess, f"/admin/promos/{promo_id}", said)
+
+
+def admin_promo_active(shop, promo_id, action):
+    """Pause or resume a code: htmx gets its row on the Promotions page back, a form the page it
+    came from."""
+    with admin_change(shop) as (conn, sess):
+        set_promo_active(conn, promo_id, action == "resume", admin_remote())
+        promo = get_promo_code(conn, promo_id)
+        if header("HX-Request"):
+            return admin_render(shop, "_promo_row.tpl", sess, p=promo)
+    said = f"Code {promo['code']} {'resumed' if action == 'resume' else 'paused'}."
+    return admin_done(shop, sess, admin_back(), said)
+
+
 # Broadcast
 
 _ADMIN_TG_TAGS = {
@@ -13264,6 +13398,11 @@ ADMIN_PAGES = [
     ("GET", "/admin/users/<user_id:id>", admin_user),
     ("POST", "/admin/users/<user_id:id>/balance", admin_user_balance),
     ("POST", "/admin/users/<user_id:id>/<action:re:ban|unban>", admin_user_ban),
+    ("GET", "/admin/promos", admin_promos),
+    ("POST", "/admin/promos", admin_promo_create),
+    ("GET", "/admin/promos/<promo_id:id>", admin_promo),
+    ("POST", "/admin/promos/<promo_id:id>", admin_promo_save),
+    ("POST", "/admin/promos/<promo_id:id>/<action:re:pause|resume>", admin_promo_active),
     ("GET", "/admin/broadcast", admin_broadcast_form),
     ("GET", "/admin/broadcast/preview", admin_broadcast_preview),
     ("POST", "/admin/broadcast", admin_broadcast_send),
