@@ -16279,6 +16279,7 @@ OWNER_COMMANDS = {
     "balance": ("ID AMOUNT REASON", "credit (20.00) or debit (-5.00) a shopper's balance"),
     "admin-password": ("[NEW]", "set the admin password (prints a random one if NEW is left out)"),
     "set": ("[KEY [VALUE]]", "list the settings, show one, or change one"),
+    "promo": ("ACTION ...", "list, add, change, pause or resume discount codes"),
 }
 
 
@@ -16361,7 +16362,55 @@ def parse_args(argv):
         "key", nargs="?", type=owner_setting_name, metavar="KEY", help="one of the settings"
     )
     setting.add_argument("value", nargs="?", metavar="VALUE", help="its new value")
+    add_promo_parser(commands)
     return parser.parse_args(argv)
+
+
+def add_promo_parser(commands):
+    """`shop.py promo ...`: the admin's Promotions page for scripts."""
+    promo = commands.add_parser(
+        "promo",
+        description=OWNER_COMMANDS["promo"][1] + ", with the checks of the admin's Promotions page",
+        epilog="Days and times are UTC: 2026-12-01 (an end: to the end of that day) or "
+        "'2026-12-01 18:00'. Every change goes in the audit log.",
+    )
+    verbs = promo.add_subparsers(dest="promo_command", metavar="ACTION", required=True)
+    verbs.add_parser("list", help="every code with its terms and uses (tab-separated)")
+    add = verbs.add_parser("add", help="a new code, active at once")
+    edit = verbs.add_parser("edit", help="change a code: only the options given ('' empties one)")
+    for parser, required in ((add, True), (edit, False)):
+        parser.add_argument("code", metavar="CODE", help="3 to 32 letters, digits, - or _")
+        off = parser.add_mutually_exclusive_group(required=required)
+        off.add_argument("--percent", metavar="N", help="a percentage off, 1 to 99")
+        off.add_argument("--amount", metavar="EUR", help="an amount off in EUR, like 5.00")
+        for option, metavar, what in PROMO_OPTIONS:
+            parser.add_argument(option, metavar=metavar, help=what)
+    edit.add_argument("--code", dest="new_code", metavar="NEW", help="its new text")
+    for verb in ("pause", "resume"):
+        verbs.add_parser(verb, help=f"{verb} a code").add_argument("code", metavar="CODE")
+
+
+# `shop.py promo add/edit`'s options: (option, metavar, help); PROMO_CLI_FIELDS: their fields.
+PROMO_OPTIONS = (
+    ("--min", "EUR", "the basket it needs, at least"),
+    ("--starts", "WHEN", "from this day or time (UTC)"),
+    ("--ends", "WHEN", "until this day (to its end) or time (UTC)"),
+    ("--uses", "N", "how often it may be used in all"),
+    ("--per-shopper", "N", "how often one shopper may use it"),
+    ("--products", "LIST", "only these products: names or ids, comma-separated"),
+    ("--cities", "LIST", "only in these cities: names or ids, comma-separated"),
+    ("--note", "TEXT", "a note for yourself"),
+)
+PROMO_CLI_FIELDS = {
+    "min": "min_total",
+    "starts": "starts",
+    "ends": "ends",
+    "uses": "max_uses",
+    "per_shopper": "max_uses_per_user",
+    "products": "products",
+    "cities": "cities",
+    "note": "note",
+}
 
 
 def balance_cents(text):
@@ -16443,6 +16492,72 @@ def run_set(conn, args, config):
         print(f"{args.key} set to {setting_shown(conn, args.key, config)}")
 
 
+def promo_cli_fields(args):
+    """The fields `shop.py promo add/edit` was given (clean_promo_fields' names)."""
+    fields = {
+        field: getattr(args, option)
+        for option, field in PROMO_CLI_FIELDS.items()
+        if getattr(args, option) is not None
+    }
+    if args.percent is not None:
+        fields.update(kind="percent", value=args.percent)
+    if args.amount is not None:
+        fields.update(kind="fixed", value=args.amount)
+    return fields
+
+
+def promo_cli_line(promo):
+    """A code as `shop.py promo list` prints it: code, state, uses, terms, tab-separated."""
+    left = "no limit" if promo["uses_left"] is None else f"{promo['uses_left']} left"
+    uses = f"{promo['uses_paid']} paid, {promo['uses_reserved']} reserved, {left}"
+    terms = promo["terms"]
+    words = "; ".join(terms[k] for k in ("value", "minimum", "period", "products", "cities"))
+    return "\t".join([promo["code"], promo["state"], uses, f"{words}; {terms['limits']}"])
+
+
+def run_promo_list(conn, args):
+    for promo in list_promo_codes(conn):
+        print(promo_cli_line(promo))
+
+
+def run_promo_add(conn, args):
+    promo_id = create_promo_code(
+        conn, {"code": args.code, **promo_cli_fields(args)}, "command line"
+    )
+    print("added: " + promo_cli_line(get_promo_code(conn, promo_id)))
+
+
+def run_promo_edit(conn, args):
+    promo_id = find_promo_id(conn, args.code)
+    fields = promo_cli_fields(args)
+    if args.new_code is not None:
+        fields["code"] = args.new_code
+    if not fields:
+        raise InvalidInput("Say what to change, like --percent 15 or --ends 2026-12-31.")
+    changed = update_promo_code(conn, promo_id, fields, "command line")
+    said = "changed" if changed else "unchanged"
+    print(f"{said}: " + promo_cli_line(get_promo_code(conn, promo_id)))
+
+
+def run_promo_active(conn, args):
+    promo_id = find_promo_id(conn, args.code)
+    resume = args.promo_command == "resume"
+    changed = set_promo_active(conn, promo_id, resume, "command line")
+    code = get_promo_code(conn, promo_id)["code"]
+    was = "" if changed else " already"
+    print(f"{code} is{was} {'active' if resume else 'paused'}")
+
+
+# `shop.py promo ACTION`'s handlers.
+PROMO_COMMANDS = {
+    "list": run_promo_list,
+    "add": run_promo_add,
+    "edit": run_promo_edit,
+    "pause": run_promo_active,
+    "resume": run_promo_active,
+}
+
+
 def run_command(args, config):
     """The owner's one-off commands; returns the exit status."""
     try:
@@ -16461,6 +16576,8 @@ def run_command(args, config):
             if args.password is not None and len(args.password) < 10:
                 raise InvalidInput("Choose a password of at least 10 characters.")
             print(f"Admin password set: {set_admin_password(conn, args.password)}")
+        elif args.command == "promo":
+            PROMO_COMMANDS[args.promo_command](conn, args)
         else:
             run_set(conn, args, config)
         return 0

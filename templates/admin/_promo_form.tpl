@@ -16,7 +16,7 @@
     <label>Starts (UTC, optional) <input type="datetime-local" name="starts" value="{{values['starts']}}"></label>
     <label>Ends (UTC, optional) <input type="datetime-local" name="ends" value="{{values['ends']}}"></label>
   </div>
-  <p class="muted hint">Times are UTC. Empty: from now, and no end.</p>
+  <p class="muted hint">Times are UTC. Empty: from now, and no end. An end at 00:00 is the end of the day before.</p>
   <div class="pair">
     <label>Uses in all (optional) <input name="max_uses" inputmode="numeric" value="{{values['max_uses']}}" placeholder="no limit"></label>
     <label>Uses per shopper (optional) <input name="max_uses_per_user" inputmode="numeric" value="{{values['max_uses_per_user']}}" placeholder="no limit"></label>

@@ -4,7 +4,7 @@
 <section class="card">
   <p>Shopper: <a href="/admin/users/{{order['user_id']}}">{{order["first_name"]}}{{(" @" + order["username"]) if order["username"] else ""}} ({{order["user_id"]}})</a></p>
   % if order["discount_cents"]:
-  <p class="discount">List price {{fmt(order["total_cents"] + order["discount_cents"])}} − discount {{fmt(order["discount_cents"])}} (code <a href="/admin/promos/{{order['promo_id']}}"><code>{{order["promo_code"] or "#%d" % order["promo_id"]}}</code></a>) = {{fmt(order["total_cents"])}} to pay</p>
+  <p class="discount">List price {{fmt(order["total_cents"] + order["discount_cents"])}} − discount {{fmt(order["discount_cents"])}} (code <a href="/admin/promos/{{order['promo_id']}}"><code>{{order["promo_code"] or "#%d" % order["promo_id"]}}</code></a>) = {{fmt(order["total_cents"])}} {{"paid" if order["paid_at"] else "to pay"}}</p>
   % end
   <p>Total {{fmt(order["total_cents"])}}{{(" = " + stars(stars_payment["pay_amount"])) if stars_payment else ""}}, paid with {{method_words.get(order["payment_method"], order["payment_method"])}} · created {{order["created_at"][:19].replace("T", " ")}} UTC{{(" · paid " + order["paid_at"][:19].replace("T", " ") + " UTC") if order["paid_at"] else ""}}</p>
   <p class="muted">Messages to the shopper: {{" · ".join("%d %s%s" % (m["n"], m["status"], (" (" + m["error"] + ")") if m["error"] and m["status"] == "failed" else "") for m in messages) or "none"}}</p>

@@ -1,5 +1,12 @@
 % rebase('admin/base.tpl', title='Promotions', section='/admin/promos')
 <h1>Promotions</h1>
+<details class="card add-promo" id="new-code" {{'open' if error or not promos else ''}}>
+  <summary><h2>New discount code</h2></summary>
+  <form method="post" action="/admin/promos" class="form">
+    % include('admin/_promo_form.tpl')
+    <button type="submit">Add the code</button>
+  </form>
+</details>
 <section class="card" aria-labelledby="promos-title">
   <div class="card-head">
     <h2 id="promos-title">Discount codes</h2>
@@ -18,10 +25,3 @@
   <p class="muted">No discount codes yet. Shoppers are asked for one at checkout only while a code can be used.</p>
   % end
 </section>
-<details class="card add-promo" id="new-code" {{'open' if error or not promos else ''}}>
-  <summary><h2>New discount code</h2></summary>
-  <form method="post" action="/admin/promos" class="form">
-    % include('admin/_promo_form.tpl')
-    <button type="submit">Add the code</button>
-  </form>
-</details>
