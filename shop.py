@@ -7504,6 +7504,403 @@ def make_digital_stars_only(conn, remote=None):
     return len(breaking)
 
 
+# Discount codes, the owner's side: codes created, changed, paused and resumed from the admin or
+# `shop.py promo`, checked the one way (clean_promo_fields) and audited. The shopper's side (their
+# rules, the rounding) is in "Services: discount codes".
+
+PROMO_KIND_WORDS = {"percent": "a percentage off", "fixed": "an amount off in EUR"}
+
+# What the owner types for a code, by its name in the admin's form and `shop.py promo`'s fields.
+PROMO_FIELDS = (
+    "code",
+    "kind",
+    "value",
+    "min_total",
+    "starts",
+    "ends",
+    "max_uses",
+    "max_uses_per_user",
+    "products",
+    "cities",
+    "note",
+)
+
+PROMO_MAX_USES = 1_000_000
+
+# A code's scope: (field, column, table, what one of them is called).
+PROMO_SCOPES = (
+    ("products", "product_ids", "products", "product"),
+    ("cities", "city_ids", "cities", "city"),
+)
+
+_PROMO_MOMENT = re.compile(
+    r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(:\d{2})?)?\s*(?:Z|UTC)?", re.IGNORECASE
+)
+
+
+def promo_moment(text, what, end=False):
+    """A start or end as the owner types it, in UTC: a day ('2026-12-01': its start, or for an end
+    the end of that day) or a day and time ('2026-12-01T18:00', as a datetime-local field sends
+    it, or '2026-12-01 18:00'), as stored ('2026-12-01T18:00:00.000000Z'); None for ''.
+    InvalidInput says what is wrong."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    m = _PROMO_MOMENT.fullmatch(text)
+    try:
+        if not m:
+            raise ValueError(text)
+        day, clock, seconds = m.groups()
+        moment = datetime.strptime(
+            f"{day} {clock or '00:00'}{seconds or ':00'}", "%Y-%m-%d %H:%M:%S"
+        )
+    except ValueError:
+        raise InvalidInput(
+            f"{what} must be a day like 2026-12-01 or a day and time like 2026-12-01 18:00, in "
+            f"UTC; got {shorten(text, 40)!r}."
+        ) from None
+    if end and clock is None:
+        moment += timedelta(days=1)  # to the end of that day
+    if not 2000 <= moment.year <= 9998:
+        raise InvalidInput(f"{what} must be a day between the years 2000 and 9998.")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def promo_moment_words(stored, end=False):
+    """A stored start or end as the owner reads it, UTC: '2026-12-01 18:00', a whole day as
+    '2026-12-01' (an end at midnight as 'end of' the day before it)."""
+    moment = datetime.fromisoformat(stored.replace("Z", "+00:00"))
+    if (moment.hour, moment.minute, moment.second) != (0, 0, 0):
+        return moment.strftime("%Y-%m-%d %H:%M")
+    if end:
+        return "end of " + (moment - timedelta(days=1)).strftime("%Y-%m-%d")
+    return moment.strftime("%Y-%m-%d")
+
+
+def promo_moment_field(stored):
+    """A stored start or end as a datetime-local field shows it ('2026-12-01T18:00'), '' for
+    none."""
+    return stored[:16] if stored else ""
+
+
+def _promo_count(text, what):
+    """A limit as typed: a whole number from 1, or None for '' (no limit)."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[0-9]{1,7}", text) or not 1 <= int(text) <= PROMO_MAX_USES:
+        raise InvalidInput(
+            f"{what} must be a whole number from 1 to {PROMO_MAX_USES} (empty: no limit); got "
+            f"{shorten(text, 20)!r}."
+        )
+    return int(text)
+
+
+def _promo_value(kind, text):
+    """The code's value as typed: a whole percentage from 1 to 99, or an amount in EUR ('5',
+    '5.50', '5,50') as cents."""
+    text = str(text or "").strip()
+    if kind == "percent":
+        number = text.removesuffix("%").strip()
+        if not re.fullmatch(r"[0-9]{1,3}", number) or not 1 <= int(number) <= 99:
+            raise InvalidInput(
+                f"The percentage must be a whole number from 1 to 99; got {shorten(text, 20)!r}."
+            )
+        return int(number)
+    try:
+        return parse_eur(text)
+    except InvalidInput as e:
+        raise InvalidInput(f"The amount off {e}.") from None
+
+
+def _promo_ids(conn, given, table, what):
+    """Products or cities a code is limited to, as JSON (None: all of them): ids, or names (any
+    case), in a list or comma-separated; each must exist."""
+    if given is None or isinstance(given, str):
+        given = [part for part in str(given or "").split(",")]
+    names = [str(part).strip() for part in given if str(part).strip()]
+    ids = []
+    for name in names:
+        if re.fullmatch(r"[0-9]{1,18}", name):
+            row = conn.execute(f"SELECT id FROM {table} WHERE id = ?", (int(name),)).fetchone()
+        else:
+            row = conn.execute(
+                f"SELECT id FROM {table} WHERE name = ? COLLATE NOCASE", (name,)
+            ).fetchone()
+        if row is None:
+            raise InvalidInput(f"There is no {what} {shorten(name, 64)!r} (give its name or id).")
+        if row["id"] not in ids:
+            ids.append(row["id"])
+    return json.dumps(sorted(ids)) if ids else None
+
+
+def clean_promo_fields(conn, fields, old=None):
+    """The promo_codes columns for fields as the owner typed them (PROMO_FIELDS; texts, products
+    and cities also as lists), over the code `old` (a row; None: a new code, whose missing fields
+    are empty). A field left out keeps the old value; '' empties it. InvalidInput says what is
+    wrong."""
+    unknown = set(fields) - set(PROMO_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Unknown field {sorted(unknown)[0]!r}.")
+    new = {}
+    if "code" in fields or old is None:
+        code = str(fields.get("code") or "").strip()
+        if not PROMO_CODE.fullmatch(code):
+            raise InvalidInput(
+                "A code is 3 to 32 letters (A to Z), digits, - or _, like SPRING10; got "
+                f"{shorten(code, 40)!r}."
+            )
+        new["code"] = code
+    if "kind" in fields or old is None:
+        if fields.get("kind") not in PROMO_KIND_WORDS:
+            raise InvalidInput("Choose what the code takes off: a percentage or an amount.")
+        new["kind"] = fields["kind"]
+    kind = new.get("kind", old and old["kind"])
+    if "value" in fields or old is None:
+        new["value"] = _promo_value(kind, fields.get("value"))
+    elif kind != old["kind"]:
+        raise InvalidInput("Give the new value with the new kind (a percentage or an amount).")
+    if "min_total" in fields or old is None:
+        try:
+            new["min_total_cents"] = parse_eur(fields.get("min_total") or "0", minimum=0)
+        except InvalidInput as e:
+            raise InvalidInput(f"The minimum basket {e}.") from None
+    if "starts" in fields or old is None:
+        new["starts_at"] = promo_moment(fields.get("starts"), "The start")
+    if "ends" in fields or old is None:
+        new["ends_at"] = promo_moment(fields.get("ends"), "The end", end=True)
+    for key, what in (
+        ("max_uses", "The uses in all"),
+        ("max_uses_per_user", "The uses per shopper"),
+    ):
+        if key in fields or old is None:
+            new[key] = _promo_count(fields.get(key), what)
+    for key, column, table, what in PROMO_SCOPES:
+        if key in fields or old is None:
+            new[column] = _promo_ids(conn, fields.get(key), table, what)
+    if "note" in fields or old is None:
+        new["note"] = clean_text(fields.get("note"), "The note", max_len=200, required=False)
+    starts = new.get("starts_at", old and old["starts_at"])
+    ends = new.get("ends_at", old and old["ends_at"])
+    if starts and ends and starts >= ends:
+        raise InvalidInput(
+            f"The end ({promo_moment_words(ends, end=True)} UTC) must come after the start "
+            f"({promo_moment_words(starts)} UTC)."
+        )
+    return new
+
+
+def _promo_names(conn, stored, table):
+    """The names of a scope's ids (a JSON list), by id; an id gone from the table as #id."""
+    ids = json.loads(stored)
+    found = dict(
+        conn.execute(
+            f"SELECT id, name FROM {table} WHERE id IN ({', '.join('?' for _ in ids)})", ids
+        ).fetchall()
+    )
+    return [found.get(i, f"#{i}") for i in ids]
+
+
+def promo_terms(conn, promo):
+    """A code's terms as the owner reads them: {value, minimum, period, products, cities, limits}
+    (each a short English text)."""
+    if promo["kind"] == "percent":
+        value = f"{promo['value']}% off"
+    else:
+        value = f"{fmt_eur(promo['value'])} off"
+    starts, ends = promo["starts_at"], promo["ends_at"]
+    if starts and ends:
+        period = f"{promo_moment_words(starts)} to {promo_moment_words(ends, end=True)} UTC"
+    elif starts:
+        period = f"from {promo_moment_words(starts)} UTC"
+    elif ends:
+        period = f"until {promo_moment_words(ends, end=True)} UTC"
+    else:
+        period = "no dates"
+    scope = {}
+    for key, column, table, _ in PROMO_SCOPES:
+        stored = promo[column]
+        scope[key] = ", ".join(_promo_names(conn, stored, table)) if stored else f"all {key}"
+    limits = [
+        f"{promo['max_uses']} in all" if promo["max_uses"] else "no limit in all",
+        f"{promo['max_uses_per_user']} per shopper"
+        if promo["max_uses_per_user"]
+        else "no limit per shopper",
+    ]
+    minimum = promo["min_total_cents"]
+    return {
+        "value": value,
+        "minimum": f"basket from {fmt_eur(minimum)}" if minimum else "any basket",
+        "period": period,
+        **scope,
+        "limits": ", ".join(limits),
+    }
+
+
+def promo_terms_words(conn, promo):
+    """A code's terms in one line, for the audit log and `shop.py promo list`."""
+    terms = promo_terms(conn, promo)
+    return "; ".join(
+        terms[k] for k in ("value", "minimum", "period", "products", "cities", "limits")
+    )
+
+
+_PROMO_COUNTS = (
+    "SELECT p.*, "
+    "(SELECT count(*) FROM orders o WHERE o.promo_id = p.id AND o.status = 'paid') AS uses_paid, "
+    "(SELECT count(*) FROM orders o WHERE o.promo_id = p.id AND o.status = 'pending') "
+    "AS uses_reserved, "
+    "(SELECT coalesce(sum(o.discount_cents), 0) FROM orders o WHERE o.promo_id = p.id "
+    "AND o.status = 'paid') AS discount_paid_cents "
+    "FROM promo_codes p"
+)
+
+
+def _promo_with_uses(conn, row, now):
+    """A promo_codes row with its uses (paid, reserved by open invoices, left: None for no limit),
+    the discount its paid orders got, its state now and its terms in words, as a dict."""
+    promo = dict(row)
+    used = promo["uses_paid"] + promo["uses_reserved"]
+    promo["uses_left"] = None if promo["max_uses"] is None else max(0, promo["max_uses"] - used)
+    if not promo["is_active"]:
+        promo["state"] = "paused"
+    elif promo["starts_at"] and now < promo["starts_at"]:
+        promo["state"] = "not started"
+    elif promo["ends_at"] and now >= promo["ends_at"]:
+        promo["state"] = "ended"
+    elif promo["uses_left"] == 0:
+        promo["state"] = "used up"
+    else:
+        promo["state"] = "active"
+    promo["terms"] = promo_terms(conn, row)
+    return promo
+
+
+def list_promo_codes(conn):
+    """Every discount code, newest first, with its uses and state (_promo_with_uses)."""
+    now = now_iso()
+    rows = conn.execute(f"{_PROMO_COUNTS} ORDER BY p.id DESC").fetchall()
+    return [_promo_with_uses(conn, row, now) for row in rows]
+
+
+def get_promo_code(conn, promo_id):
+    """One discount code with its uses and state (_promo_with_uses); NotFound when there is none."""
+    row = conn.execute(f"{_PROMO_COUNTS} WHERE p.id = ?", (promo_id,)).fetchone()
+    if row is None:
+        raise NotFound("No such discount code.")
+    return _promo_with_uses(conn, row, now_iso())
+
+
+def find_promo_id(conn, code):
+    """The id of the code as typed (any case); InvalidInput when there is none."""
+    promo = find_promo_code(conn, code)
+    if promo is None:
+        raise InvalidInput(f"There is no discount code {shorten(str(code or ''), 40)!r}.")
+    return promo["id"]
+
+
+def find_promo_orders(conn, promo_id, limit=20):
+    """The newest orders with a code, as find_orders lists them."""
+    return conn.execute(
+        "SELECT o.*, u.first_name, u.username, p.code AS promo_code, "
+        "(SELECT count(*) FROM order_items i WHERE i.order_id = o.id) AS items "
+        "FROM orders o JOIN users u ON u.id = o.user_id JOIN promo_codes p ON p.id = o.promo_id "
+        f"WHERE o.promo_id = ? ORDER BY o.id DESC LIMIT {int(limit)}",
+        (promo_id,),
+    ).fetchall()
+
+
+def promo_scope_choices(conn):
+    """What a code may be limited to, for the admin's form: {"products": [(id, name)], "cities":
+    [(id, name)]}, by name."""
+    return {
+        table: [tuple(r) for r in conn.execute(f"SELECT id, name FROM {table} ORDER BY name")]
+        for table in ("products", "cities")
+    }
+
+
+def _promo_clash(conn, code, promo_id):
+    clash = conn.execute(
+        "SELECT code FROM promo_codes WHERE code = ? AND id IS NOT ?", (code, promo_id)
+    ).fetchone()
+    if clash:
+        raise InvalidInput(
+            f"There is already a code {clash['code']} (codes are the same in any case)."
+        )
+
+
+def create_promo_code(conn, fields, remote=None):
+    """A new discount code from fields as the owner typed them (clean_promo_fields), active;
+    returns its id. InvalidInput says what is wrong, and nothing is stored."""
+    with transaction(conn):
+        new = clean_promo_fields(conn, fields)
+        _promo_clash(conn, new["code"], None)
+        now = now_iso()
+        new.update(is_active=1, created_at=now, updated_at=now)
+        promo_id = conn.execute(
+            f"INSERT INTO promo_codes({', '.join(new)}) VALUES ({', '.join('?' for _ in new)})",
+            tuple(new.values()),
+        ).lastrowid
+        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        audit(
+            conn,
+            "promo code added",
+            f"#{promo_id} {promo['code']}: {promo_terms_words(conn, promo)}",
+            remote,
+        )
+        return promo_id
+
+
+def update_promo_code(conn, promo_id, fields, remote=None):
+    """Change a code: the fields given (clean_promo_fields), the others as they are. Everything may
+    change once it has been used (orders keep what they were given) but its text, but for its
+    case: orders show the code they were given by it. Returns what changed, in words ('' for
+    nothing). InvalidInput says what is wrong, and nothing changes."""
+    with transaction(conn):
+        old = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        if old is None:
+            raise NotFound("No such discount code.")
+        new = clean_promo_fields(conn, fields, old)
+        new = {k: v for k, v in new.items() if v != old[k]}
+        if "code" in new:
+            _promo_clash(conn, new["code"], promo_id)
+            given = conn.execute("SELECT 1 FROM orders WHERE promo_id = ? LIMIT 1", (promo_id,))
+            if new["code"].lower() != old["code"].lower() and given.fetchone():
+                raise InvalidInput(
+                    f"The code {old['code']} has been used, and its orders show it by that "
+                    "name, so it keeps it. To give shoppers another code, add that one and "
+                    "pause this one."
+                )
+        if not new:
+            return ""
+        conn.execute(
+            f"UPDATE promo_codes SET {', '.join(f'{k} = ?' for k in new)}, updated_at = ? "
+            "WHERE id = ?",
+            (*new.values(), now_iso(), promo_id),
+        )
+        changes = "; ".join(f"{k}: {old[k]!r} -> {v!r}" for k, v in new.items())
+        audit(conn, "promo code changed", f"#{promo_id} {old['code']}: {changes}", remote)
+        return changes
+
+
+def set_promo_active(conn, promo_id, active, remote=None):
+    """Pause (active False) or resume a code; returns whether that changed anything. Open invoices
+    with the code keep their price; a paused code is refused at checkout."""
+    with transaction(conn):
+        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        if promo is None:
+            raise NotFound("No such discount code.")
+        if bool(promo["is_active"]) == bool(active):
+            return False
+        conn.execute(
+            "UPDATE promo_codes SET is_active = ?, updated_at = ? WHERE id = ?",
+            (int(bool(active)), now_iso(), promo_id),
+        )
+        action = "promo code resumed" if active else "promo code paused"
+        audit(conn, action, f"#{promo_id} {promo['code']}", remote)
+        return True
+
+
 # Orders, payments, users
 
 # The providers whose payments are Telegram Stars (the ones refunded in kind).
@@ -8102,19 +8499,21 @@ def find_orders(conn, filters, before, limit):
             where.append("o.user_id IN (SELECT id FROM users WHERE username = ? COLLATE NOCASE)")
             args.append(search.lstrip("@"))
     return conn.execute(
-        "SELECT o.*, u.first_name, u.username, "
-        "(SELECT count(*) FROM order_items i WHERE i.order_id = o.id) "
-        f"AS items FROM orders o JOIN users u ON u.id = o.user_id WHERE {' AND '.join(where)} "
+        "SELECT o.*, u.first_name, u.username, p.code AS promo_code, "
+        "(SELECT count(*) FROM order_items i WHERE i.order_id = o.id) AS items "
+        "FROM orders o JOIN users u ON u.id = o.user_id "
+        f"LEFT JOIN promo_codes p ON p.id = o.promo_id WHERE {' AND '.join(where)} "
         f"ORDER BY o.id DESC LIMIT {int(limit)}",
         args,
     ).fetchall()
 
 
 def find_order_details(conn, order_id):
-    """An order with its buyer's name, its items (with their units), its payments, their IPNs and
-    its messages per status."""
+    """An order with its buyer's name and its discount code (promo_code), its items (with their
+    units), its payments, their IPNs and its messages per status."""
     order = conn.execute(
-        "SELECT o.*, u.first_name, u.username FROM orders o JOIN users u ON u.id = o.user_id "
+        "SELECT o.*, u.first_name, u.username, p.code AS promo_code FROM orders o "
+        "JOIN users u ON u.id = o.user_id LEFT JOIN promo_codes p ON p.id = o.promo_id "
         "WHERE o.id = ?",
         (order_id,),
     ).fetchone()
@@ -8299,6 +8698,8 @@ ORDERS_CSV_COLUMNS = [
     "username",
     "items",
     "stars",
+    "promo_code",
+    "discount_eur",
 ]
 
 
@@ -8336,15 +8737,19 @@ LEDGER_CSV_COLUMNS = [
 
 
 def export_orders(conn):
-    """Every order as a CSV row (ORDERS_CSV_COLUMNS), read from `conn` as the rows are used."""
+    """Every order as a CSV row (ORDERS_CSV_COLUMNS), read from `conn` as the rows are used.
+    total_eur is what was paid; discount_eur what its discount code (promo_code) took off, 0.00
+    without one (the list price is their sum)."""
     rows = conn.execute(
         "SELECT o.id, o.created_at, o.paid_at, o.status, o.payment_method, o.total_cents, "
         "o.user_id, u.username, "
         "(SELECT group_concat(product_name || ' @ ' || place_name, '; ') FROM order_items i "
         "WHERE i.order_id = o.id), "
         "CASE WHEN o.payment_method = 'stars' THEN (SELECT s.pay_amount FROM payments s "
-        "WHERE s.order_id = o.id AND s.charge_id IS NOT NULL ORDER BY s.id DESC LIMIT 1) END "
-        "FROM orders o JOIN users u ON u.id = o.user_id ORDER BY o.id"
+        "WHERE s.order_id = o.id AND s.charge_id IS NOT NULL ORDER BY s.id DESC LIMIT 1) END, "
+        "p.code, o.discount_cents "
+        "FROM orders o JOIN users u ON u.id = o.user_id "
+        "LEFT JOIN promo_codes p ON p.id = o.promo_id ORDER BY o.id"
     )
     return (
         (
@@ -8358,6 +8763,8 @@ def export_orders(conn):
             r[7] or "",
             r[8] or "",
             r[9] or "",
+            r[10] or "",
+            cents_to_str(r[11]),
         )
         for r in rows
     )
@@ -12818,6 +13225,121 @@ def admin_user_ban(shop, user_id, action):
     )
 
 
+# Discount codes
+
+
+def admin_promo_values(promo, form=None):
+    """The code form's fields: the code's (a new one's defaults when it is None), or after a
+    refused save what the owner typed."""
+    if form is not None:
+        values = {k: form.getunicode(k) or "" for k in PROMO_FIELDS}
+        values.update(products=set(form.getall("products")), cities=set(form.getall("cities")))
+        return values
+    if promo is None:
+        values = dict.fromkeys(PROMO_FIELDS, "")
+        values.update(kind="percent", products=set(), cities=set())
+        return values
+    fixed = promo["kind"] == "fixed"
+    return {
+        "code": promo["code"],
+        "kind": promo["kind"],
+        "value": cents_to_str(promo["value"]) if fixed else str(promo["value"]),
+        "min_total": cents_to_str(promo["min_total_cents"]) if promo["min_total_cents"] else "",
+        "starts": promo_moment_field(promo["starts_at"]),
+        "ends": promo_moment_field(promo["ends_at"]),
+        "max_uses": str(promo["max_uses"] or ""),
+        "max_uses_per_user": str(promo["max_uses_per_user"] or ""),
+        "products": {str(i) for i in json.loads(promo["product_ids"] or "[]")},
+        "cities": {str(i) for i in json.loads(promo["city_ids"] or "[]")},
+        "note": promo["note"],
+    }
+
+
+def admin_promo_fields(form):
+    """create_promo_code's and update_promo_code's fields from the code form."""
+    fields = {k: form.getunicode(k) or "" for k in PROMO_FIELDS if k not in ("products", "cities")}
+    fields.update(products=form.getall("products"), cities=form.getall("cities"))
+    return fields
+
+
+def admin_promos_page(shop, conn, sess, error=None, form=None):
+    """The Promotions page: every code with its uses, and the form for a new one (after a refused
+    save as the owner typed it, with the reason, and status 400)."""
+    page = admin_render(
+        shop,
+        "promos.tpl",
+        sess,
+        promos=list_promo_codes(conn),
+        values=admin_promo_values(None, form),
+        choices=promo_scope_choices(conn),
+        error=error,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
+def admin_promo_page(shop, conn, sess, promo_id, error=None, form=None):
+    """A code's page: its uses, its orders and its form (after a refused save as the owner typed
+    it, with the reason, and status 400)."""
+    promo = get_promo_code(conn, promo_id)
+    page = admin_render(
+        shop,
+        "promo.tpl",
+        sess,
+        p=promo,
+        values=admin_promo_values(promo, form),
+        choices=promo_scope_choices(conn),
+        orders=find_promo_orders(conn, promo_id),
+        more=None,
+        error=error,
+    )
+    return bottle.HTTPResponse(page, 400) if error else page
+
+
+def admin_promos(shop):
+    with admin_page(shop) as (conn, sess):
+        return admin_promos_page(shop, conn, sess)
+
+
+def admin_promo(shop, promo_id):
+    with admin_page(shop) as (conn, sess):
+        return admin_promo_page(shop, conn, sess, promo_id)
+
+
+def admin_promo_create(shop):
+    with admin_change(shop) as (conn, sess):
+        f = bottle.request.forms
+        try:
+            promo_id = create_promo_code(conn, admin_promo_fields(f), admin_remote())
+        except InvalidInput as e:
+            return admin_promos_page(shop, conn, sess, error=str(e), form=f)
+        code = get_promo_code(conn, promo_id)["code"]
+    return admin_done(shop, sess, "/admin/promos", f"Code {code} added: shoppers can use it.")
+
+
+def admin_promo_save(shop, promo_id):
+    with admin_change(shop) as (conn, sess):
+        f = bottle.request.forms
+        try:
+            changed = update_promo_code(conn, promo_id, admin_promo_fields(f), admin_remote())
+        except InvalidInput as e:
+            return admin_promo_page(shop, conn, sess, promo_id, error=str(e), form=f)
+        code = get_promo_code(conn, promo_id)["code"]
+    said = f"Code {code} saved." if changed else "Nothing changed."
+    return admin_done(shop, sess, f"/admin/promos/{promo_id}", said)
+
+
+def admin_promo_active(shop, promo_id, action):
+    """Pause or resume a code: htmx gets its row on the Promotions page back, a form the page it
+    came from."""
+    with admin_change(shop) as (conn, sess):
+        set_promo_active(conn, promo_id, action == "resume", admin_remote())
+        promo = get_promo_code(conn, promo_id)
+        if header("HX-Request"):
+            return admin_render(shop, "_promo_row.tpl", sess, p=promo)
+    said = f"Code {promo['code']} {'resumed' if action == 'resume' else 'paused'}."
+    return admin_done(shop, sess, admin_back(), said)
+
+
 # Broadcast
 
 _ADMIN_TG_TAGS = {
@@ -13359,6 +13881,11 @@ ADMIN_PAGES = [
     ("GET", "/admin/users/<user_id:id>", admin_user),
     ("POST", "/admin/users/<user_id:id>/balance", admin_user_balance),
     ("POST", "/admin/users/<user_id:id>/<action:re:ban|unban>", admin_user_ban),
+    ("GET", "/admin/promos", admin_promos),
+    ("POST", "/admin/promos", admin_promo_create),
+    ("GET", "/admin/promos/<promo_id:id>", admin_promo),
+    ("POST", "/admin/promos/<promo_id:id>", admin_promo_save),
+    ("POST", "/admin/promos/<promo_id:id>/<action:re:pause|resume>", admin_promo_active),
     ("GET", "/admin/broadcast", admin_broadcast_form),
     ("GET", "/admin/broadcast/preview", admin_broadcast_preview),
     ("POST", "/admin/broadcast", admin_broadcast_send),
@@ -16304,6 +16831,7 @@ OWNER_COMMANDS = {
     "balance": ("ID AMOUNT REASON", "credit (20.00) or debit (-5.00) a shopper's balance"),
     "admin-password": ("[NEW]", "set the admin password (prints a random one if NEW is left out)"),
     "set": ("[KEY [VALUE]]", "list the settings, show one, or change one"),
+    "promo": ("ACTION ...", "list, add, change, pause or resume discount codes"),
 }
 
 
@@ -16386,7 +16914,55 @@ def parse_args(argv):
         "key", nargs="?", type=owner_setting_name, metavar="KEY", help="one of the settings"
     )
     setting.add_argument("value", nargs="?", metavar="VALUE", help="its new value")
+    add_promo_parser(commands)
     return parser.parse_args(argv)
+
+
+def add_promo_parser(commands):
+    """`shop.py promo ...`: the admin's Promotions page for scripts."""
+    promo = commands.add_parser(
+        "promo",
+        description=OWNER_COMMANDS["promo"][1] + ", with the checks of the admin's Promotions page",
+        epilog="Days and times are UTC: 2026-12-01 (an end: to the end of that day) or "
+        "'2026-12-01 18:00'. Every change goes in the audit log.",
+    )
+    verbs = promo.add_subparsers(dest="promo_command", metavar="ACTION", required=True)
+    verbs.add_parser("list", help="every code with its terms and uses (tab-separated)")
+    add = verbs.add_parser("add", help="a new code, active at once")
+    edit = verbs.add_parser("edit", help="change a code: only the options given ('' empties one)")
+    for parser, required in ((add, True), (edit, False)):
+        parser.add_argument("code", metavar="CODE", help="3 to 32 letters, digits, - or _")
+        off = parser.add_mutually_exclusive_group(required=required)
+        off.add_argument("--percent", metavar="N", help="a percentage off, 1 to 99")
+        off.add_argument("--amount", metavar="EUR", help="an amount off in EUR, like 5.00")
+        for option, metavar, what in PROMO_OPTIONS:
+            parser.add_argument(option, metavar=metavar, help=what)
+    edit.add_argument("--code", dest="new_code", metavar="NEW", help="its new text")
+    for verb in ("pause", "resume"):
+        verbs.add_parser(verb, help=f"{verb} a code").add_argument("code", metavar="CODE")
+
+
+# `shop.py promo add/edit`'s options: (option, metavar, help); PROMO_CLI_FIELDS: their fields.
+PROMO_OPTIONS = (
+    ("--min", "EUR", "the basket it needs, at least"),
+    ("--starts", "WHEN", "from this day or time (UTC)"),
+    ("--ends", "WHEN", "until this day (to its end) or time (UTC)"),
+    ("--uses", "N", "how often it may be used in all"),
+    ("--per-shopper", "N", "how often one shopper may use it"),
+    ("--products", "LIST", "only these products: names or ids, comma-separated"),
+    ("--cities", "LIST", "only in these cities: names or ids, comma-separated"),
+    ("--note", "TEXT", "a note for yourself"),
+)
+PROMO_CLI_FIELDS = {
+    "min": "min_total",
+    "starts": "starts",
+    "ends": "ends",
+    "uses": "max_uses",
+    "per_shopper": "max_uses_per_user",
+    "products": "products",
+    "cities": "cities",
+    "note": "note",
+}
 
 
 def balance_cents(text):
@@ -16468,6 +17044,72 @@ def run_set(conn, args, config):
         print(f"{args.key} set to {setting_shown(conn, args.key, config)}")
 
 
+def promo_cli_fields(args):
+    """The fields `shop.py promo add/edit` was given (clean_promo_fields' names)."""
+    fields = {
+        field: getattr(args, option)
+        for option, field in PROMO_CLI_FIELDS.items()
+        if getattr(args, option) is not None
+    }
+    if args.percent is not None:
+        fields.update(kind="percent", value=args.percent)
+    if args.amount is not None:
+        fields.update(kind="fixed", value=args.amount)
+    return fields
+
+
+def promo_cli_line(promo):
+    """A code as `shop.py promo list` prints it: code, state, uses, terms, tab-separated."""
+    left = "no limit" if promo["uses_left"] is None else f"{promo['uses_left']} left"
+    uses = f"{promo['uses_paid']} paid, {promo['uses_reserved']} reserved, {left}"
+    terms = promo["terms"]
+    words = "; ".join(terms[k] for k in ("value", "minimum", "period", "products", "cities"))
+    return "\t".join([promo["code"], promo["state"], uses, f"{words}; {terms['limits']}"])
+
+
+def run_promo_list(conn, args):
+    for promo in list_promo_codes(conn):
+        print(promo_cli_line(promo))
+
+
+def run_promo_add(conn, args):
+    promo_id = create_promo_code(
+        conn, {"code": args.code, **promo_cli_fields(args)}, "command line"
+    )
+    print("added: " + promo_cli_line(get_promo_code(conn, promo_id)))
+
+
+def run_promo_edit(conn, args):
+    promo_id = find_promo_id(conn, args.code)
+    fields = promo_cli_fields(args)
+    if args.new_code is not None:
+        fields["code"] = args.new_code
+    if not fields:
+        raise InvalidInput("Say what to change, like --percent 15 or --ends 2026-12-31.")
+    changed = update_promo_code(conn, promo_id, fields, "command line")
+    said = "changed" if changed else "unchanged"
+    print(f"{said}: " + promo_cli_line(get_promo_code(conn, promo_id)))
+
+
+def run_promo_active(conn, args):
+    promo_id = find_promo_id(conn, args.code)
+    resume = args.promo_command == "resume"
+    changed = set_promo_active(conn, promo_id, resume, "command line")
+    code = get_promo_code(conn, promo_id)["code"]
+    was = "" if changed else " already"
+    print(f"{code} is{was} {'active' if resume else 'paused'}")
+
+
+# `shop.py promo ACTION`'s handlers.
+PROMO_COMMANDS = {
+    "list": run_promo_list,
+    "add": run_promo_add,
+    "edit": run_promo_edit,
+    "pause": run_promo_active,
+    "resume": run_promo_active,
+}
+
+
 def run_command(args, config):
     """The owner's one-off commands; returns the exit status."""
     try:
@@ -16486,6 +17128,8 @@ def run_command(args, config):
             if args.password is not None and len(args.password) < 10:
                 raise InvalidInput("Choose a password of at least 10 characters.")
             print(f"Admin password set: {set_admin_password(conn, args.password)}")
+        elif args.command == "promo":
+            PROMO_COMMANDS[args.promo_command](conn, args)
         else:
             run_set(conn, args, config)
         return 0

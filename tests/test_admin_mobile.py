@@ -75,8 +75,11 @@ def fill(s):
             deadline -= 1
             time.sleep(0.05)
         assert deadline, "the sandbox's IPNs did not arrive"
+        promo, promo_order = fill_promos(conn, gift, long_one)
         stars = fill_stars(s, conn, gift, long_one)
         return {
+            "promo": promo,
+            "promo_order": promo_order,
             "product": long_one[0],
             "paid_order": paid,
             "crypto_order": crypto["order_id"],
@@ -121,6 +124,31 @@ def fill_stars(s, conn, gift, long_one):
     }
 
 
+def fill_promos(conn, gift, long_one):
+    """Discount codes: one at its longest, for the long product in Berlin with every limit and a
+    long note, used once; one paused. Returns that code's id and its order's."""
+    promo = shop.create_promo_code(
+        conn,
+        {
+            "code": "BLACK_FRIDAY_2026_EVERYTHING_XL",
+            "kind": "percent",
+            "value": "15",
+            "min_total": "20",
+            "starts": "2026-11-27",
+            "ends": "2030-11-30 18:00",
+            "max_uses": "500",
+            "max_uses_per_user": "1",
+            "products": [str(long_one[0]), str(gift[0])],
+            "cities": "Berlin",
+            "note": f"Newsletter: {LONG_CODE}",
+        },
+    )
+    paused = shop.create_promo_code(conn, {"code": "FIVE-OFF", "kind": "fixed", "value": "5"})
+    shop.set_promo_active(conn, paused, False)
+    order = shop.buy_with_balance(conn, 11, [(*gift, 1), (*long_one, 1)], promo_id=promo)
+    return promo, order
+
+
 def admin_pages(ids):
     """Every page of the admin a logged-in owner opens, with data on it."""
     return [
@@ -143,6 +171,9 @@ def admin_pages(ids):
         f"/admin/payments/{ids['topup_payment']}",
         "/admin/users",
         f"/admin/users/{ids['user']}",
+        "/admin/promos",
+        f"/admin/promos/{ids['promo']}",
+        f"/admin/orders/{ids['promo_order']}",
         "/admin/broadcast",
         f"/admin/broadcast/{ids['broadcast']}",
         "/admin/settings",
@@ -393,7 +424,7 @@ def test_on_a_desk_the_menu_is_a_row_of_links(browser, busy_shop):
     try:
         expect(page.locator("header summary")).to_be_hidden()
         links = page.locator("header nav a")
-        expect(links).to_have_count(9)
+        expect(links).to_have_count(10)
         tops = {round(b["y"]) for b in (link.bounding_box() for link in links.all())}
         assert len(tops) == 1, tops  # one row
         expect(page.get_by_role("button", name="Log out")).to_be_visible()

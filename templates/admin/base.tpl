@@ -21,7 +21,7 @@
   </details>
   <div class="menu" id="menu">
     <nav aria-label="Admin sections">
-      % for href, label in [("/admin", "Dashboard"), ("/admin/catalog", "Catalog"), ("/admin/orders", "Orders"), ("/admin/payments", "Payments"), ("/admin/users", "Users"), ("/admin/broadcast", "Broadcast"), ("/admin/settings", "Settings"), ("/admin/data", "Data"), ("/admin/audit", "Audit log")]:
+      % for href, label in [("/admin", "Dashboard"), ("/admin/catalog", "Catalog"), ("/admin/orders", "Orders"), ("/admin/payments", "Payments"), ("/admin/users", "Users"), ("/admin/promos", "Promotions"), ("/admin/broadcast", "Broadcast"), ("/admin/settings", "Settings"), ("/admin/data", "Data"), ("/admin/audit", "Audit log")]:
       % here = get('section') == href
       <a href="{{href}}" class="{{'on' if here else ''}}" {{!'aria-current="page"' if here else ''}}>{{label}}</a>
       % end

@@ -3,16 +3,24 @@
 <h1>Order #{{order["id"]}} <span class="status {{order['status']}}">{{order["status"]}}</span></h1>
 <section class="card">
   <p>Shopper: <a href="/admin/users/{{order['user_id']}}">{{order["first_name"]}}{{(" @" + order["username"]) if order["username"] else ""}} ({{order["user_id"]}})</a></p>
+  % if order["discount_cents"]:
+  <p class="discount">List price {{fmt(order["total_cents"] + order["discount_cents"])}} − discount {{fmt(order["discount_cents"])}} (code <a href="/admin/promos/{{order['promo_id']}}"><code>{{order["promo_code"] or "#%d" % order["promo_id"]}}</code></a>) = {{fmt(order["total_cents"])}} {{"paid" if order["paid_at"] else "to pay"}}</p>
+  % end
   <p>Total {{fmt(order["total_cents"])}}{{(" = " + stars(stars_payment["pay_amount"])) if stars_payment else ""}}, paid with {{method_words.get(order["payment_method"], order["payment_method"])}} · created {{order["created_at"][:19].replace("T", " ")}} UTC{{(" · paid " + order["paid_at"][:19].replace("T", " ") + " UTC") if order["paid_at"] else ""}}</p>
   <p class="muted">Messages to the shopper: {{" · ".join("%d %s%s" % (m["n"], m["status"], (" (" + m["error"] + ")") if m["error"] and m["status"] == "failed" else "") for m in messages) or "none"}}</p>
 </section>
 <section class="card">
   <h2>Items</h2>
   <table class="rows">
-    <thead><tr><th>Product</th><th>Place</th><th class="num">Price</th><th>Content (the goods)</th></tr></thead>
+    % off = order["discount_cents"]
+    <thead><tr><th>Product</th><th>Place</th><th class="num">Price</th>{{!'<th class="num">Discount</th><th class="num">Paid</th>' if off else ''}}<th>Content (the goods)</th></tr></thead>
     <tbody>
     % for i in items:
-    <tr><td data-label="Product" class="key">{{i["product_name"]}}</td><td data-label="Place">{{i["place_name"]}}</td><td data-label="Price" class="num">{{fmt(i["price_cents"])}}</td><td data-label="Content (the goods)" class="content wide">{{i["content"]}}{{" 📷" if i["media"] else ""}}</td></tr>
+    <tr><td data-label="Product" class="key">{{i["product_name"]}}</td><td data-label="Place">{{i["place_name"]}}</td><td data-label="Price" class="num">{{fmt(i["price_cents"])}}</td>
+      % if off:
+      <td data-label="Discount" class="num">{{("−" + fmt(i["discount_cents"])) if i["discount_cents"] else "none"}}</td><td data-label="Paid" class="num">{{fmt(i["price_cents"] - i["discount_cents"])}}</td>
+      % end
+      <td data-label="Content (the goods)" class="content wide">{{i["content"]}}{{" 📷" if i["media"] else ""}}</td></tr>
     % end
     </tbody>
   </table>
