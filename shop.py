@@ -4604,6 +4604,30 @@ def promo_codes_offered(conn):
     )
 
 
+def lapsed_order_promo_refusal(conn, order):
+    """An order whose time ran out is to be paid after all (a Stars invoice still open): why its
+    discount code cannot count it again (used up meanwhile), else None, the code then leaving the
+    shopper's basket again (it went back there when the order lapsed)."""
+    if order["promo_id"] is None:
+        return None
+    promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (order["promo_id"],)).fetchone()
+    most, mine = promo["max_uses"], promo["max_uses_per_user"]
+    if (most is not None and promo_uses(conn, promo["id"]) >= most) or (
+        mine is not None and promo_uses(conn, promo["id"], order["user_id"]) >= mine
+    ):
+        return tr(
+            "Sorry, the code {code} of order #{order} was used up after its time to pay ran out. "
+            "Nothing was charged; please check out again.",
+            code=promo["code"],
+            order=order["id"],
+        )
+    conn.execute(
+        "UPDATE users SET promo_id = NULL WHERE id = ? AND promo_id = ?",
+        (order["user_id"], promo["id"]),
+    )
+    return None
+
+
 def stars_after_discount(stars, quote_or_order):
     """The Stars to pay when a code took something off: the list Stars times what is paid over
     the list price, rounded up to a whole Star (Telegram takes whole Stars only)."""
@@ -6617,6 +6641,9 @@ def stars_pre_checkout(conn, providers, user_id, payload, currency, total, owner
         if order["status"] in ("cancelled", "refunded") or payment["status"] == "failed":
             return tr("Order #{order} was cancelled. Please check out again.", order=order["id"])
         if order["status"] == "expired":
+            refused = lapsed_order_promo_refusal(conn, order)
+            if refused:
+                return refused
             if not _retake_units(conn, order["id"], owners):
                 return tr(
                     "Sorry, the items of order #{order} sold out after its time to pay ran out. "
@@ -11202,6 +11229,8 @@ def basket_json(conn, user_id, stars=True):
         "subtotal": cents_to_str(basket.total_cents),
         "subtotal_text": fmt_eur(basket.total_cents),
         "promo": promo,
+        # Whether the shop has a code a shopper could use now (the basket then offers a field).
+        "promo_offered": promo_codes_offered(conn),
         "total": promo["total"] if promo else cents_to_str(basket.total_cents),
         "total_text": promo["total_text"] if promo else fmt_eur(basket.total_cents),
         "count": basket.count,

@@ -1611,3 +1611,48 @@ def test_plural_forms_in_the_app_are_the_catalogs(botless, open_app):
         "0 sztuk",
     ]
     assert app.page.errors == []
+
+
+def test_a_promo_code_in_the_basket_takes_its_discount_off_and_checkout_shows_it(
+    botless, open_app
+):
+    """The basket's field takes a code; an unknown one is refused in an alert and changes
+    nothing; a good one shows the list price, the discount and the new total, in the basket, on
+    the MainButton and at checkout, and comes off again with Remove."""
+    ids = stock(botless)
+    now = shop.now_iso()
+    with shop.transaction(botless.conn):
+        botless.conn.execute(
+            "INSERT INTO promo_codes(code, kind, value, created_at, updated_at) "
+            "VALUES ('MUG2', 'fixed', 200, ?, ?)",
+            (now, now),
+        )
+    user(botless.conn, 104)
+    shop.add_to_basket(botless.conn, 104, *ids[("Mug", "Pankow")], 2)
+    ann = open_app(botless, 104, viewport=PHONE)
+    page = ann.page
+    page.locator(".tab").filter(has_text="Basket").click()
+    expect(page.locator(".total strong")).to_have_text(re.compile("^€16.00"))
+    page.locator(".promo summary").click()
+    page.locator("#promo").fill("nope")
+    ann.button("Apply").click()
+    page.wait_for_function("() => window.__tg.alerts.length > 0")
+    assert ann.tg("alerts") == ["There is no promo code nope."]
+    assert shop.get_user(botless.conn, 104)["promo_id"] is None
+    page.locator("#promo").fill("mug2")
+    page.locator("#promo").press("Enter")
+    expect(page.locator(".discount .subtotal").first).to_contain_text("€16.00")
+    expect(page.locator(".discount .subtotal").nth(1)).to_contain_text("Code MUG2")
+    expect(page.locator(".discount .subtotal").nth(1)).to_contain_text("−€2.00")
+    expect(page.locator(".total strong")).to_have_text(re.compile("^€14.00 · 700 ⭐"))
+    ann.press_main("Checkout · €14.00")
+    expect(ann.heading()).to_have_text("Checkout")
+    expect(page.locator(".discount .subtotal").nth(1)).to_contain_text("−€2.00")
+    expect(page.locator(".total strong")).to_have_text(re.compile("^€14.00 · 700 ⭐"))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    ann.press_back()
+    ann.button("Remove the code MUG2").click()
+    expect(page.locator(".total strong")).to_have_text(re.compile("^€16.00"))
+    expect(page.locator(".discount")).to_have_count(0)
+    assert shop.get_user(botless.conn, 104)["promo_id"] is None
+    assert page.errors == []

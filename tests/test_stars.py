@@ -263,6 +263,42 @@ def test_a_lapsed_order_whose_items_remain_is_paid_and_delivered_after_all(fake_
     wait_for_row(s.conn, "SELECT 1 FROM orders WHERE id = 1 AND status = 'paid'")
 
 
+def test_a_lapsed_order_whose_code_was_used_up_meanwhile_is_refused_before_any_charge(
+    fake_tg, stars_shop
+):
+    """A Stars invoice with a discount code outlives its order; when the shopper pays it later,
+    the code's last use has gone to someone else: Telegram is told no, with the reason, and no
+    Star is taken."""
+    s = stars_shop()
+    now = shop.now_iso()
+    with shop.transaction(s.conn):
+        code = s.conn.execute(
+            "INSERT INTO promo_codes(code, kind, value, max_uses, created_at, updated_at) "
+            "VALUES ('ONCE', 'percent', 10, 1, ?, ?)",
+            (now, now),
+        ).lastrowid
+    ann = Shopper(fake_tg, 111)
+    ann.open_product("Berlin", "Mitte", "Gift card · €25.00")
+    ann.click("⚡ Buy now")
+    ann.click("🏷 Promo code")
+    ann.send("once", "Total: €22.50")
+    ann.click("⭐ Pay 1,125 ⭐")
+    bill = invoice_of(fake_tg, 111)
+    lapse(s.conn)
+    assert shop.promo_uses(s.conn, code) == 0 and shop.get_user(s.conn, 111)["promo_id"] == code
+    shop.touch_user(s.conn, {"id": 112, "first_name": "Bob"})
+    shop.adjust_balance(s.conn, 112, 5000, "test funds")
+    shop.buy_with_balance(s.conn, 112, [(*s.ids[("Poster", "Mitte")], 1)], promo_id=code)
+    refused = fake_tg.user_pays(111, bill)
+    assert refused.status == "refused"
+    assert refused.error_message == (
+        "Sorry, the code ONCE of order #1 was used up after its time to pay ran out. Nothing "
+        "was charged; please check out again."
+    )
+    assert fake_tg.star_transactions() == []
+    assert shop.get_order_status(s.conn, 1) == "expired" and shop.promo_uses(s.conn, code) == 1
+
+
 def test_a_dropped_successful_payment_is_found_by_the_sweep_and_delivered_once(fake_tg, stars_shop):
     s = stars_shop()
     ann = Shopper(fake_tg, 108)

@@ -221,6 +221,45 @@ function busy(button, fn) {
 
 // Shared pieces ###############################################################
 
+/** The list price and what the basket's discount code takes off (none: null), above a total. */
+function discountLines(promo) {
+  if (!promo || promo.refused) return null;
+  return h("div", { class: "discount" },
+    h("p", { class: "subtotal" }, h("span", null, tr("Subtotal")), h("span", null, promo.subtotal_text)),
+    // TRANSLATORS: the discount line under the subtotal: "Code SPRING10" ... "−€2.50"
+    h("p", { class: "subtotal" }, h("span", null, tr("🏷 Code {code}", { code: promo.code })),
+      h("span", null, `−${promo.discount_text}`)));
+}
+
+/** The basket's discount code: what it takes off (or why it does not), with a button to take it
+ * off; with none, a field to type one (when the shop has codes). */
+function promoBox(basket) {
+  const promo = basket.promo;
+  const apply = async (body, method) => {
+    gotBasket(await api("/api/basket/promo", { method, body }));
+    tg.haptic(method === "POST" ? "success" : "select");
+    render();
+  };
+  if (promo) {
+    const remove = h("button", { type: "button", class: "btn small ghost",
+                                 "aria-label": tr("Remove the code {code}", { code: promo.code }) }, tr("Remove"));
+    remove.addEventListener("click", busy(remove, () => apply(undefined, "DELETE")));
+    return h("div", { class: "promo" }, discountLines(promo),
+      promo.refused ? h("p", { class: "warn" }, `🏷 ${promo.refused}`) : null,
+      h("div", { class: "promo-actions" }, remove));
+  }
+  if (!basket.promo_offered) return null;
+  const input = h("input", { id: "promo", type: "text", autocomplete: "off", autocapitalize: "characters",
+                             spellcheck: "false", maxlength: "32", placeholder: tr("e.g. SPRING10") });
+  const button = h("button", { type: "button", class: "btn small" }, tr("Apply"));
+  const submit = busy(button, () => apply({ code: input.value.trim() }, "POST"));
+  button.addEventListener("click", submit);
+  input.addEventListener("keydown", (e) => { if (e.key === "Enter") submit(); });
+  return h("details", { class: "promo" }, h("summary", null, tr("🏷 Have a promo code?")),
+    h("label", { for: "promo", class: "label" }, tr("Promo code")),
+    h("div", { class: "promo-form" }, input, button));
+}
+
 function row(title, sub, onclick) {
   return h("li", null, h("button", { type: "button", class: "row", onclick },
     h("span", { class: "row-text" }, h("span", { class: "row-title" }, title), h("span", { class: "row-sub" }, sub)),
@@ -721,7 +760,7 @@ const SCREENS = {
           stepper(item.quantity, Math.min(item.available, 100), item.name,
                   (q) => setQuantity(item.product_id, item.district_id, q)), remove));
     // TRANSLATORS: beside the sum of the basket
-    })), h("p", { class: "total" }, h("span", null, tr("Total")),
+    })), promoBox(S.basket), h("p", { class: "total" }, h("span", null, tr("Total")),
       h("strong", null, S.basket.total_text, inStars(pay && pay.stars_text))),
     split];
   },
@@ -743,7 +782,8 @@ const SCREENS = {
     const amountOf = (method) => plan.ways[METHODS.includes(method) ? method : "crypto"] || {};
     if (!plan.methods.length && plan.parts.length) return splitCheckout(p, v, plan, coins, amountOf);
     const choice = plan.methods.length ? payChoice(p, v, plan.methods, amountOf, coins, () => startPayment(p, plan.body)) : null;
-    return [h("h1", null, tr("Checkout")), summary(plan.lines),
+    const refused = plan.promo && plan.promo.refused ? h("p", { class: "warn" }, `🏷 ${plan.promo.refused}`) : null;
+    return [h("h1", null, tr("Checkout")), summary(plan.lines), discountLines(plan.promo), refused,
       h("p", { class: "total" }, h("span", null, tr("Total")), h("strong", null, plan.total_text, inStars(plan.stars_text))),
       plan.methods.length ? h("h2", null, tr("Pay with")) : h("p", { class: "warn" }, tr("This cannot be paid here right now.")),
       ruled(plan.lines, plan.methods) ? h("p", { class: "note rule-note" }, ruleNote()) : null,
