@@ -215,6 +215,12 @@ class Language:
 
         return babel.numbers.format_decimal(int(n), locale=self.format_locale)
 
+    def percent(self, n):
+        """A whole percentage as this language writes it: '5%', '5 %', '5 %'."""
+        import babel.numbers
+
+        return babel.numbers.format_percent(Decimal(int(n)) / 100, locale=self.format_locale)
+
     def when(self, moment):
         """A UTC moment (datetime or the shop's ISO text) as this language writes a date and
         time to the minute: '14 Mar 2026, 18:05', '14. März 2026, 18:05'."""
@@ -553,6 +559,11 @@ def fmt_eur(cents):
 def fmt_stars(stars):
     """1250 -> '1,250 ⭐', '1.250 ⭐' ... (whole Telegram Stars)."""
     return f"{current_language().number(stars)} ⭐"
+
+
+def fmt_percent(n):
+    """5 -> '5%', '5 %' ... (a whole percentage, in the language of the moment)."""
+    return current_language().percent(n)
 
 
 class Money:
@@ -11528,8 +11539,8 @@ def api_referral(conn, user_id, bot_username):
     return {
         "link": link,
         "text": tr(
-            "You get {percent}% of the first order of each friend who joins through it.",
-            percent=referral_percent(conn),
+            "You get {percent} of the first order of each friend who joins through it.",
+            percent=fmt_percent(referral_percent(conn)),
         ),
     }
 
@@ -14486,8 +14497,8 @@ def screen_profile(conn, user, bot_username=None):
             "",
             tr("🤝 <b>Invite friends</b>: {link}", link=esc(link)),
             tr(
-                "You get {percent}% of the first order of each friend who joins through it.",
-                percent=referral_percent(conn),
+                "You get {percent} of the first order of each friend who joins through it.",
+                percent=fmt_percent(referral_percent(conn)),
             ),
             tr(
                 "Friends who joined: {n} · earned: {amount}",

@@ -1613,9 +1613,7 @@ def test_plural_forms_in_the_app_are_the_catalogs(botless, open_app):
     assert app.page.errors == []
 
 
-def test_a_promo_code_in_the_basket_takes_its_discount_off_and_checkout_shows_it(
-    botless, open_app
-):
+def test_a_promo_code_in_the_basket_takes_its_discount_off_and_checkout_shows_it(botless, open_app):
     """The basket's field takes a code; an unknown one is refused in an alert and changes
     nothing; a good one shows the list price, the discount and the new total, in the basket, on
     the MainButton and at checkout, and comes off again with Remove."""
