@@ -4617,8 +4617,7 @@ def promo_codes_offered(conn):
 
 def lapsed_order_promo_refusal(conn, order):
     """An order whose time ran out is to be paid after all (a Stars invoice still open): why its
-    discount code cannot count it again (used up meanwhile), else None, the code then leaving the
-    shopper's basket again (it went back there when the order lapsed)."""
+    discount code cannot count it again (used up meanwhile), else None."""
     if order["promo_id"] is None:
         return None
     promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (order["promo_id"],)).fetchone()
@@ -4632,11 +4631,17 @@ def lapsed_order_promo_refusal(conn, order):
             code=promo["code"],
             order=order["id"],
         )
-    conn.execute(
-        "UPDATE users SET promo_id = NULL WHERE id = ? AND promo_id = ?",
-        (order["user_id"], promo["id"]),
-    )
     return None
+
+
+def promo_back_in_order(conn, order):
+    """A lapsed order is paid after all: its code, which went back on the basket when it lapsed,
+    is the order's again."""
+    if order["promo_id"] is not None:
+        conn.execute(
+            "UPDATE users SET promo_id = NULL WHERE id = ? AND promo_id = ?",
+            (order["user_id"], order["promo_id"]),
+        )
 
 
 def stars_after_discount(stars, quote_or_order):
@@ -5638,12 +5643,15 @@ def drop_reservation(conn, order_id):
     """The invoice could not be created: release the units, put the lines back in the basket and
     free the checkout for another try."""
     with transaction(conn):
+        places = _order_quantities(conn, order_id)
         release_order_units(conn, order_id)
         conn.execute(
             "UPDATE orders SET status = 'cancelled', checkout_key = NULL WHERE id = ? "
             "AND status = 'pending'",
             (order_id,),
         )
+        for _, product_id, district_id, _ in places:  # its low-stock note was never true
+            rearm_low_stock(conn, product_id, district_id)
 
 
 def record_payment(
@@ -6345,6 +6353,8 @@ def _order_paid(conn, payment, order, owners, note=None):
             (now, order_id),
         )
         conn.execute("UPDATE orders SET status = 'paid', paid_at = ? WHERE id = ?", (now, order_id))
+        if late:
+            promo_back_in_order(conn, order)
         if not order_from_basket(conn, order_id):
             remove_bought_from_basket(conn, order_id)
         elif (
@@ -6662,6 +6672,7 @@ def stars_pre_checkout(conn, providers, user_id, payload, currency, total, owner
                     order=order["id"],
                 )
             conn.execute("UPDATE orders SET status = 'pending' WHERE id = ?", (order["id"],))
+            promo_back_in_order(conn, order)
             if order_from_basket(conn, order["id"]):
                 take_from_basket(conn, order["id"])
         hold = now_iso(STARS_HOLD_SECONDS)
@@ -7597,10 +7608,10 @@ def promo_moment(text, what, end=False):
             f"{what} must be a day like 2026-12-01 or a day and time like 2026-12-01 18:00, in "
             f"UTC; got {shorten(text, 40)!r}."
         ) from None
-    if end and clock is None:
-        moment += timedelta(days=1)  # to the end of that day
     if not 2000 <= moment.year <= 9998:
         raise InvalidInput(f"{what} must be a day between the years 2000 and 9998.")
+    if end and clock is None:
+        moment += timedelta(days=1)  # to the end of that day
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -10969,6 +10980,7 @@ def invoice_json(conn, payment, sandbox, simulate=False):
     closed = payment["status"] == "waiting" and not invoice_is_open(payment)
     stars = payment["pay_currency"] == "xtr"
     order_status = get_order_status(conn, payment["order_id"])
+    discount = order_discount(conn, payment["order_id"])
     return {
         "payment_id": payment["provider_id"],
         "order_id": payment["order_id"],
@@ -10980,6 +10992,8 @@ def invoice_json(conn, payment, sandbox, simulate=False):
         "price_amount": cents_to_str(payment["price_cents"]),
         "price_text": fmt_eur(payment["price_cents"]),
         "price_currency": "EUR",
+        # What a discount code took off its order ('🏷 Code SPRING10: −€2.50'), else None.
+        "discount_text": html_to_plain(discount_line(discount)) if discount else None,
         "expires_at": payment["expires_at"][:19] + "Z",
         "status": payment["status"],
         # STATUS_TEXT's words, in the shopper's language once the catalogs have them.
@@ -11183,7 +11197,7 @@ def basket_photo_url(conn, line):
     return f"/media/{photo}" if photo else None
 
 
-def promo_json(conn, user_id, lines):
+def promo_json(conn, user_id, lines, list_cents):
     """The code on the shopper's basket and what it does to these lines: {"code", "discount",
     "discount_text", "subtotal", "subtotal_text", "total", "total_text", "refused"} ("refused":
     why it takes nothing off, else None), or None when there is no code."""
@@ -11192,10 +11206,10 @@ def promo_json(conn, user_id, lines):
         return None
     try:
         quote = quote_lines(conn, user_id, lines) if lines else None
-    except ShopError:  # a line no longer on sale: checkout says what to do
+    except ShopError:  # a line no longer on sale: checkout says what to do; no discount till then
         quote = None
     off = quote.discount_cents if quote else 0
-    subtotal = quote.subtotal_cents if quote else 0
+    subtotal = quote.subtotal_cents if quote else list_cents
     return {
         "code": code,
         "discount": cents_to_str(off),
@@ -11217,7 +11231,7 @@ def basket_json(conn, user_id, stars=True):
         ways = payment_ways_json(conn, user_id, lines, stars) if lines else None
     except ShopError:  # a line no longer on sale: the basket shows it; checkout says what to do
         ways = None
-    promo = promo_json(conn, user_id, lines)
+    promo = promo_json(conn, user_id, lines, basket.total_cents)
     return {
         "payment": ways,
         "items": [
@@ -11598,6 +11612,28 @@ def api_set_basket_line(shop, conn, user, data):
     return basket_json(conn, user["id"], takes_stars(shop))
 
 
+def check_shown_total(quote, data, whole_basket):
+    """A Mini App checkout is paid at the total its screen showed ("total" in the body): never
+    another amount (PriceChanged; PromoRefused saying why, when the basket's code stopped
+    applying). Without one, a whole basket whose code stopped applying is refused likewise."""
+    shown = data.get("total")
+    if shown is not None:
+        try:
+            shown = parse_eur(str(shown), minimum=0, maximum=MAX_EUR_CENTS)
+        except InvalidInput:
+            raise InvalidInput(
+                tr('"total" must be the amount as a string, like "12.50".')
+            ) from None
+    if shown is None and not whole_basket:
+        return
+    if shown == quote.total_cents:
+        return
+    if quote.refused:
+        raise PromoRefused(quote.refused + " " + tr("Remove the code to pay the full price."))
+    if shown is not None:
+        raise PriceChanged()
+
+
 def api_set_promo(shop, conn, user, data):
     """POST /api/basket/promo {"code": "SPRING10"}: the code goes on the basket when it takes
     something off it (409 with the reason otherwise); returns the basket."""
@@ -11757,7 +11793,7 @@ def api_checkout_quote(shop, conn, user, data):
     quote = {"lines": shown, "total": cents_to_str(total), "total_text": fmt_eur(total)}
     quote.update(methods=None, stars=None, stars_text=None, parts=[], ways={})
     quote["subtotal"], quote["subtotal_text"] = quote["total"], quote["total_text"]
-    quote["promo"] = promo_json(conn, user["id"], lines)
+    quote["promo"] = promo_json(conn, user["id"], lines, total)
     if quote["promo"]:
         quote["total"], quote["total_text"] = quote["promo"]["total"], quote["promo"]["total_text"]
     if lines:
@@ -11778,8 +11814,7 @@ def api_create_payment(shop, conn, user, data):
     else:
         lines = api_order_lines(conn, user, kind, data)
         quote = quote_lines(conn, user["id"], lines)
-        if quote.refused:  # never the list price instead of what the basket showed
-            raise PromoRefused(quote.refused + " " + tr("Remove the code to pay the full price."))
+        check_shown_total(quote, data, kind == "basket" and data.get("part") is not True)
         nonce = checkout_for_request(
             conn,
             user["id"],
@@ -14416,8 +14451,8 @@ def _checkout_totals(quote):
 
 
 def _promo_button(quote, nonce):
-    if quote.promo is not None:
-        return (tr("✖️ Remove code {code}", code=quote.promo["code"]), f"unpromo:{nonce}")
+    if quote.code:  # applying or not (its note says why not)
+        return (tr("✖️ Remove code {code}", code=quote.code), f"unpromo:{nonce}")
     return (tr("🏷 Promo code"), f"promo:{nonce}")
 
 
@@ -14454,7 +14489,7 @@ def _checkout_parts(conn, user, checkout, lines, offers, stars):
     rows)."""
     import babel.lists
 
-    parts, rows = [], []
+    parts, rows, coded = [], [], False
     for methods, part in split_by_methods(conn, lines, offers):
         indexes = [lines.index(line) for line in part]
         ways = [tr(METHOD_LABELS[m]) for m in methods if m != "stars" or stars]
@@ -14463,8 +14498,15 @@ def _checkout_parts(conn, user, checkout, lines, offers, stars):
             continue
         said = babel.lists.format_list(ways, "or", locale=current_language().format_locale)
         parts.append((indexes, said))
-        nonce = checkout_order(conn, user["id"], part, checkout["from_basket"])
-        cents = get_checkout(conn, user["id"], nonce)["amount_cents"]
+        # The basket's code takes its discount off one part: the first it applies to.
+        quote = quote_lines(conn, user["id"], part)
+        if coded:
+            quote = Quote(quote.lines, quote.offers, quote.subtotal_cents)
+        coded = coded or quote.promo is not None
+        cents = quote.total_cents
+        nonce = create_checkout(
+            conn, user["id"], "order", cents, part, checkout["from_basket"], quote.promo_id
+        )
         label = ", ".join(offers[i]["name"] for i in indexes)
         rows.append([(f"💳 {shorten(label, 40)} · {fmt_eur(cents)}", f"part:{nonce}")])
     rule = telegram_rule(conn) and any(o["kind"] == "digital" for o in offers)
@@ -15439,6 +15481,12 @@ class ShopBot:
         return self.checkout_screen(conn, user, get_checkout(conn, user["id"], nonce))
 
     def checkout_screen(self, conn, user, checkout):
+        if checkout["promo_id"] is not None and checkout_quote(conn, checkout).refused:
+            # Its code stopped applying (used up, paused...): the same lines at today's price.
+            lines, basket = checkout_lines(checkout), bool(checkout["from_basket"])
+            checkout = get_checkout(
+                conn, user["id"], checkout_order(conn, user["id"], lines, basket)
+            )
         stars = self.shop.payments.stars is not None
         if not self.shop.may_buy(user["id"]):
             return screen_checkout(conn, user, checkout, None, selling=False, stars=stars)
@@ -15718,10 +15766,13 @@ class ShopBot:
         set_invoice_message(conn, payment["id"], (sent or message).message_id)
 
     def on_part(self, conn, user, message, nonce):
-        """One part of a basket whose products are paid in different ways."""
+        """One part of a basket whose products are paid in different ways (and a checkout shown
+        again, after ✖️ Cancel on the promo code question, which it ends)."""
         checkout = get_checkout(conn, user["id"], nonce)
         if checkout["kind"] != "order":
             return tr(STALE_BUTTON)
+        if (user["awaiting"] or "").startswith("promo:"):
+            set_awaiting(conn, user["id"], None)
         self.show(message, self.checkout_screen(conn, user, checkout))
 
     def on_promo(self, conn, user, message, nonce):

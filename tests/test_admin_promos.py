@@ -165,6 +165,7 @@ def test_a_day_without_a_time_starts_at_its_beginning_and_ends_at_its_end(admin)
         ({"min_total": "twenty"}, "The minimum basket must be an amount in EUR"),
         ({"starts": "tomorrow"}, "The start must be a day like 2026-12-01"),
         ({"ends": "2026-02-30"}, "The end must be a day like 2026-12-01"),
+        ({"ends": "9999-12-31"}, "The end must be a day between the years 2000 and 9998."),
         (
             {"starts": "2026-12-10", "ends": "2026-12-01"},
             "The end (end of 2026-12-01 UTC) must come after the start (2026-12-10 UTC).",
@@ -474,6 +475,7 @@ def test_the_command_line_adds_lists_edits_pauses_and_resumes_codes(admin):
         (["edit", "NOPE", "--percent", "5"], "There is no discount code 'NOPE'"),
         (["edit", "XMAS"], "Say what to change"),
         (["edit", "XMAS", "--ends", "someday"], "The end must be a day like 2026-12-01"),
+        (["edit", "XMAS", "--ends", "9999-12-31"], "between the years 2000 and 9998"),
         (["pause", "NOPE"], "There is no discount code 'NOPE'"),
         (["add", "NEW"], "one of the arguments --percent --amount is required"),
         (["add", "NEW", "--percent", "5", "--amount", "5"], "not allowed with argument"),

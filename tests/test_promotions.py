@@ -320,6 +320,7 @@ def test_a_crypto_and_a_stars_invoice_charge_the_discounted_price(app):
         "SELECT * FROM payments WHERE provider_id = ?", (str(crypto["payment_id"]),)
     ).fetchone()
     assert payment["price_cents"] == 1875  # 25.00 less 25%
+    assert crypto["discount_text"] == "🏷 Code QUARTER: −€6.25"  # the invoice says it too
     stars = ok(
         call(app, "POST", "/api/payment/create", BOB, json={"type": "basket", "currency": "stars"})
     )
@@ -582,3 +583,154 @@ def test_a_version_7_database_upgrades_in_place_and_takes_codes(tmp_path):
         t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in tables
     }
     conn.close()
+
+
+# What the reviewers found ######################################################################
+
+
+def test_the_mini_app_pays_what_its_checkout_showed_and_a_code_for_other_things_blocks_nothing(
+    app,
+):
+    """The basket's code covers coffee only: buying a poster at once pays its list price, as its
+    checkout shows; a total that is not the one the checkout would show is refused, changing
+    nothing."""
+    add_code(app.conn, "BEANS", value=10, product_ids=[app.ids[("Coffee beans", "Mitte")][0]])
+    shop.touch_user(app.conn, ANN)
+    shop.adjust_balance(app.conn, ANN["id"], 10000, "test funds")
+    put(app, "Coffee beans", "Mitte", 2)
+    ok(call(app, "POST", "/api/basket/promo", json={"code": "beans"}))
+    poster = app.ids[("Poster", "Altona")]
+    one = {"type": "product", "product_id": poster[0], "district_id": poster[1], "quantity": 1}
+    quote = ok(call(app, "POST", "/api/checkout/quote", json=one))
+    assert quote["total"] == "19.00" and "not valid" in quote["promo"]["refused"]
+    before = rows(snapshot(app.conn))
+    r = call(
+        app, "POST", "/api/payment/create", json={**one, "currency": "balance", "total": "17.10"}
+    )
+    assert r.status_code == 409 and "not valid for anything in your basket" in r.json()["error"]
+    assert rows(snapshot(app.conn)) == before
+    paid = ok(
+        call(
+            app,
+            "POST",
+            "/api/payment/create",
+            json={**one, "currency": "balance", "total": "19.00"},
+        )
+    )
+    assert paid["balance"] == "81.00"
+    assert shop.get_user(app.conn, ANN["id"])["promo_id"] is not None  # still on the basket
+    whole = {"type": "basket", "currency": "balance"}
+    r = call(app, "POST", "/api/payment/create", json={**whole, "total": "25.00"})
+    assert r.status_code == 409 and "prices changed" in r.json()["error"]
+    r = call(app, "POST", "/api/payment/create", json={**whole, "total": "22,5€x"})
+    assert r.status_code == 400 and "as a string" in r.json()["error"]
+    paid = ok(call(app, "POST", "/api/payment/create", json={**whole, "total": "22.50"}))
+    assert paid["balance"] == "58.50"
+
+
+def test_a_basket_paid_in_parts_takes_a_code_off_one_part_only(conn):
+    """Products that share no way to pay are checked out one part at a time; a fixed code is
+    taken off the first part it applies to, not off each."""
+    ids = seed(
+        conn,
+        [("Berlin", "Mitte", "Coffee beans", 1000, 3), ("Berlin", "Mitte", "Gift card", 2500, 3)],
+    )
+    with shop.transaction(conn):
+        conn.execute("UPDATE products SET pay_methods = 'balance' WHERE name = 'Coffee beans'")
+        conn.execute("UPDATE products SET pay_methods = 'crypto' WHERE name = 'Gift card'")
+    uid = user(conn, 1, balance=10000)
+    add_code(conn, "FIVE", kind="fixed", value=500)
+    lines = [(*ids[("Coffee beans", "Mitte")], 1), (*ids[("Gift card", "Mitte")], 1)]
+    for line in lines:
+        shop.add_to_basket(conn, uid, line[0], line[1], 1)
+    shop.apply_promo_code(conn, uid, "five")
+    nonce = shop.checkout_order(conn, uid, lines, True)
+    checkout = shop.get_checkout(conn, uid, nonce)
+    screen = shop.screen_checkout(conn, shop.get_user(conn, uid), checkout, None)
+    parts = conn.execute(
+        "SELECT amount_cents, promo_id FROM checkouts WHERE nonce != ? ORDER BY rowid", (nonce,)
+    ).fetchall()
+    assert [(p["amount_cents"], p["promo_id"] is not None) for p in parts] == [
+        (500, True),
+        (2500, False),
+    ]
+    assert "€5.00" in screen.buttons[0][0][0] and "€25.00" in screen.buttons[1][0][0]
+
+
+def test_a_dropped_reservation_takes_back_its_low_stock_note(conn):
+    """An invoice that could not be made: its units go back on sale, and the low-stock note its
+    reservation wrote goes too, so the next real fall is told."""
+    ids = seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 5)])
+    uid = user(conn, 1)
+    lines = [(*ids[("Gift card", "Mitte")], 3)]
+    nonce = shop.create_checkout(conn, uid, "order", 7500, lines)
+    order_id, _, _ = shop.reserve_for_checkout(conn, uid, nonce, 30, owners=[42])
+    assert conn.execute("SELECT count(*) FROM low_stock_notes").fetchone()[0] == 1
+    shop.drop_reservation(conn, order_id)
+    assert conn.execute("SELECT count(*) FROM low_stock_notes").fetchone()[0] == 0
+
+
+def test_a_late_payment_keeps_the_code_in_its_order_and_off_the_basket(conn):
+    """An invoice lapses (its code goes back on the basket); the money comes after all and the
+    items are still there: the order is paid with its code, and the basket no longer has it."""
+    ids = seed(conn, [("Berlin", "Mitte", "Poster", 2000, 2)])
+    uid = user(conn, 1)
+    code = add_code(conn, "HALF", value=50)
+    lines = [(*ids[("Poster", "Mitte")], 1)]
+    shop.apply_promo_code(conn, uid, "half", lines)
+    nonce = shop.checkout_order(conn, uid, lines, False)
+    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, 30)
+    payment = shop.record_payment(
+        conn,
+        kind="order",
+        user_id=uid,
+        reference=f"order-{order_id}",
+        price_cents=total,
+        invoice=shop.NewInvoice("sandbox", "9100002", "btc", "0.0004", "addr"),
+        expires_at=shop.now_iso(1800),
+        order_id=order_id,
+    )
+    with shop.transaction(conn):
+        conn.execute(
+            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
+            (shop.now_iso(-60),),
+        )
+    shop.release_expired_reservations(conn)
+    assert shop.get_user(conn, uid)["promo_id"] == code
+    news = shop.PaymentNews(
+        provider="sandbox",
+        provider_id="9100002",
+        status="finished",
+        paid="0.0004",
+        currency="btc",
+        amount="0.0004",
+        price="10.00",
+        price_currency="eur",
+        reference=payment["reference"],
+    )
+    assert shop.apply_payment_status(conn, news, source="ipn").endswith(": delivered late")
+    order = conn.execute("SELECT * FROM orders").fetchone()
+    assert (order["status"], order["promo_id"], order["discount_cents"]) == ("paid", code, 1000)
+    assert shop.get_user(conn, uid)["promo_id"] is None
+
+
+def test_in_the_bot_a_cancelled_question_ends_and_a_refused_code_can_be_removed(app):
+    code = add_code(app.conn, "ONE", value=10, max_uses=1)
+    shop.touch_user(app.conn, ANN)
+    ann = Shopper(app.fake, ANN["id"], "Ann")
+    ann.open_product("Berlin", "Mitte", "Coffee beans · €12.50")
+    ann.click("⚡ Buy now")
+    ann.click("🏷 Promo code")
+    ann.click("✖️ Cancel")
+    assert "Checkout" in ann.screen.text
+    assert "menu" in ann.send("ONE", "menu").text  # not taken for a code any more
+    ann.click("🏷 Promo code")
+    ann.send("one", "Total: €11.25")
+    Shopper(app.fake, 709, "Zoe").send("/start", "Welcome")
+    paid_order_with(app, code, 709)  # the last use goes to someone else meanwhile
+    ann.click("⬅️ Back")
+    ann.click("⚡ Buy now")
+    assert "🏷 The code ONE has been used up." in ann.screen.text
+    assert "Total: €12.50" in ann.screen.text
+    assert ann.click("✖️ Remove code ONE") == "The code was removed."
+    assert "🏷" not in ann.screen.text.split("Total")[0]

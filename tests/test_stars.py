@@ -297,6 +297,7 @@ def test_a_lapsed_order_whose_code_was_used_up_meanwhile_is_refused_before_any_c
     )
     assert fake_tg.star_transactions() == []
     assert shop.get_order_status(s.conn, 1) == "expired" and shop.promo_uses(s.conn, code) == 1
+    assert shop.get_user(s.conn, 111)["promo_id"] == code  # still on Ann's basket
 
 
 def test_a_dropped_successful_payment_is_found_by_the_sweep_and_delivered_once(fake_tg, stars_shop):

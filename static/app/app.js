@@ -64,7 +64,7 @@ async function loadCatalog() {
   S.catalog = await api("/api/catalog");
 }
 
-/** The sold-out offers the shopper waits for (🔔 Notify me), as "product:district" keys. */
+/** Sold-out offers the shopper waits for (🔔 Notify me): "product:district" keys. */
 function gotWatches(answer) {
   S.watches = new Set(answer.watches.map((w) => `${w.product_id}:${w.district_id}`));
 }
@@ -75,7 +75,7 @@ async function loadWatches() {
 
 const watching = (productId, districtId) => S.watches != null && S.watches.has(`${productId}:${districtId}`);
 
-/** In stock: a district's products that can be bought now (sold-out ones are listed after them). */
+/** A district's products on sale now (sold-out ones follow them). */
 const inStock = (products) => products.filter((p) => p.available > 0);
 
 async function loadMe() {
@@ -221,18 +221,16 @@ function busy(button, fn) {
 
 // Shared pieces ###############################################################
 
-/** The list price and what the basket's discount code takes off (none: null), above a total. */
+/** Subtotal and the code's discount, above a total (none: null). */
 function discountLines(promo) {
   if (!promo || promo.refused) return null;
-  return h("div", { class: "discount" },
-    h("p", { class: "subtotal" }, h("span", null, tr("Subtotal")), h("span", null, promo.subtotal_text)),
-    // TRANSLATORS: the discount line under the subtotal: "Code SPRING10" ... "−€2.50"
-    h("p", { class: "subtotal" }, h("span", null, tr("🏷 Code {code}", { code: promo.code })),
-      h("span", null, `−${promo.discount_text}`)));
+  const line = (a, b) => h("p", { class: "subtotal" }, h("span", null, a), h("span", null, b));
+  // TRANSLATORS: beside the discount: "🏷 Code SPRING10"
+  return h("div", { class: "discount" }, line(tr("Subtotal"), promo.subtotal_text),
+    line(tr("🏷 Code {code}", { code: promo.code }), `−${promo.discount_text}`));
 }
 
-/** The basket's discount code: what it takes off (or why it does not), with a button to take it
- * off; with none, a field to type one (when the shop has codes). */
+/** The basket's code (its discount, or why none) and Remove; else a field for one. */
 function promoBox(basket) {
   const promo = basket.promo;
   const apply = async (body, method) => {
@@ -245,12 +243,11 @@ function promoBox(basket) {
                                  "aria-label": tr("Remove the code {code}", { code: promo.code }) }, tr("Remove"));
     remove.addEventListener("click", busy(remove, () => apply(undefined, "DELETE")));
     return h("div", { class: "promo" }, discountLines(promo),
-      promo.refused ? h("p", { class: "warn" }, `🏷 ${promo.refused}`) : null,
-      h("div", { class: "promo-actions" }, remove));
+      promo.refused ? h("p", { class: "warn" }, `🏷 ${promo.refused}`) : null, remove);
   }
   if (!basket.promo_offered) return null;
   const input = h("input", { id: "promo", type: "text", autocomplete: "off", autocapitalize: "characters",
-                             spellcheck: "false", maxlength: "32", placeholder: tr("e.g. SPRING10") });
+                             placeholder: tr("e.g. SPRING10") });
   const button = h("button", { type: "button", class: "btn small" }, tr("Apply"));
   const submit = busy(button, () => apply({ code: input.value.trim() }, "POST"));
   button.addEventListener("click", submit);
@@ -277,7 +274,7 @@ function photo(product, className, lazy = true) {
   return h("span", { class: `${className} no-photo tint-${hue}`, "aria-hidden": "true" }, (Array.from(name)[0] || "?").toUpperCase());
 }
 
-/** " · 1,250 ⭐" after a euro amount where it may be paid in Stars (the shop's text), else nothing. */
+/** " · 1,250 ⭐" after a euro amount payable in Stars (the shop's text), else nothing. */
 function inStars(starsText) {
   return starsText ? h("span", { class: "in-stars" }, ` · ${starsText}`) : null;
 }
@@ -378,6 +375,7 @@ function coinChoices(coins, amount, selected, onPick) {
 async function watchBox(product, district, v) {
   if (S.watches == null) await loadWatches();
   const on = watching(product.id, district.id);
+  const told = tr("🔔 We will message you in Telegram when it is back here.");
   const button = h("button", { type: "button", class: on ? "btn secondary watch" : "btn watch" },
     on ? tr("🔕 Don't notify me") : tr("🔔 Notify me"));
   button.addEventListener("click", busy(button, async () => {
@@ -385,14 +383,14 @@ async function watchBox(product, district, v) {
       gotWatches(await api("/api/watch", { method: on ? "DELETE" : "POST",
                                            body: { product_id: product.id, district_id: district.id } }));
       tg.haptic("select");
-      toast(on ? tr("🔕 You will not be told when it is back.") : tr("🔔 We will message you in Telegram when it is back here."));
+      toast(on ? tr("🔕 You will not be told when it is back.") : told);
     } catch (e) {
       fail(e);
       await Promise.allSettled([loadCatalog(), loadWatches()]);   // it may be back in stock already
     }
     if (v.alive) render();
   }));
-  return [h("p", { class: "note watch-note" }, on ? tr("🔔 We will message you in Telegram when it is back here.")
+  return [h("p", { class: "note watch-note" }, on ? told
     : tr("Sold out here for now. We can message you in Telegram when it is back.")), button];
 }
 
@@ -491,7 +489,7 @@ async function startPayment(p, body) {
   try {
     result = await api("/api/payment/create", { method: "POST", body: { ...body, currency: p.method, request_id: p.rid } });
   } catch (e) {
-    // Refused: the next try is a new checkout. No answer at all: the same one, so it is not bought twice.
+    // Refused: a new checkout next. No answer: the same one (never bought twice).
     if (e.status) p.rid = requestId();
     throw e;
   }
@@ -543,7 +541,7 @@ function splitCheckout(p, v, plan, coins, amountOf) {
       v.main(null);
       return;
     }
-    const choice = payChoice(p, v, parts[p.part].methods, amountOf, coins, () => startPayment(p, { type: "basket", part: true }));
+    const choice = payChoice(p, v, parts[p.part].methods, amountOf, coins, () => startPayment(p, { type: "basket", part: true, total: amountOf(p.method).total }));
     payArea.replaceChildren(h("h2", null, tr("Pay for part {n} with", { n: p.part + 1 })), ...choice.filter(Boolean));
   };
   draw();
@@ -632,7 +630,7 @@ function starsNotes(inv, hint) {
   return say(tr("This invoice is no longer open and its items went back on sale. Stars paid for it anyway are given back to you."));
 }
 
-/** Full screen and a home screen shortcut, where the shopper's Telegram has them (Bot API 8.0). */
+/** Full screen and a home screen shortcut, where Telegram has them (Bot API 8.0). */
 function appTools(v) {
   const box = h("div", { class: "app-tools", hidden: true });
   const full = tg.canFullscreen() ? h("button", { type: "button", class: "chip tool", onclick: () => tg.setFullscreen(!tg.isFullscreen()) }) : null;
@@ -781,7 +779,7 @@ const SCREENS = {
     }
     const amountOf = (method) => plan.ways[METHODS.includes(method) ? method : "crypto"] || {};
     if (!plan.methods.length && plan.parts.length) return splitCheckout(p, v, plan, coins, amountOf);
-    const choice = plan.methods.length ? payChoice(p, v, plan.methods, amountOf, coins, () => startPayment(p, plan.body)) : null;
+    const choice = plan.methods.length ? payChoice(p, v, plan.methods, amountOf, coins, () => startPayment(p, { ...plan.body, total: amountOf(p.method).total })) : null;
     const refused = plan.promo && plan.promo.refused ? h("p", { class: "warn" }, `🏷 ${plan.promo.refused}`) : null;
     return [h("h1", null, tr("Checkout")), summary(plan.lines), discountLines(plan.promo), refused,
       h("p", { class: "total" }, h("span", null, tr("Total")), h("strong", null, plan.total_text, inStars(plan.stars_text))),
@@ -916,7 +914,7 @@ const SCREENS = {
     const amount = stars ? inv.stars_text : inv.price_text;
     const title = inv.kind === "topup" ? tr("Top-up · {amount}", { amount }) : tr("Order #{id} · {amount}", { id: inv.order_id, amount });
     return [h("h1", null, title), stars ? h("p", { class: "muted" }, tr("{amount} in Telegram Stars", { amount: inv.price_text })) : null,
-      status, countdown, details, actions, goods];
+      inv.discount_text ? h("p", { class: "muted" }, inv.discount_text) : null, status, countdown, details, actions, goods];
   },
 
   /** A purchase paid from the balance: paid at once, so its goods are here at once. */
@@ -962,7 +960,7 @@ const SCREENS = {
     const me = S.me;
     const who = h("p", { class: "muted" }, me.first_name, me.username ? ` (@${me.username})` : "",
                   " · ", tr("Telegram ID {id}", { id: me.id }));
-    // With referrals on: the shopper's link that brings friends, and what it earns (said by the shop).
+    // Referrals on: the shopper's link, and what it earns (the shop's words).
     const invite = me.referral ? [
       copyRow(tr("Invite friends"), me.referral.link, tr("Copy your invite link"), tr("Link copied")),
       h("p", { class: "muted" }, me.referral.text)] : [];
@@ -1149,7 +1147,7 @@ function updateChrome() {
   }
 }
 
-/** Keep the page's bottom padding (and toasts) clear of the dock: the main button and the tabs. */
+/** Keep the bottom padding (and toasts) clear of the dock: the main button and the tabs. */
 function fitDock() {
   if (chrome.dock) document.documentElement.style.setProperty("--dock-h", `${chrome.dock.offsetHeight}px`);
 }
@@ -1259,7 +1257,7 @@ async function start() {
   catalogs.get(guess).catch(() => catalogs.delete(guess));
   let initData = tg.initData;
   if (!initData) {
-    // Outside Telegram: a preview shopper, where the shop offers one (sandbox; with a bot, owners only).
+    // Outside Telegram: a preview shopper, where offered (sandbox; with a bot, owners only).
     const preview = document.body.dataset.preview;
     if (!preview) {
       await guessed();
