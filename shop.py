@@ -11672,24 +11672,19 @@ def api_watches(shop, conn, user, data):
 def api_watch(shop, conn, user, data):
     """POST /api/watch {"product_id", "district_id"}: 🔔 tell the shopper once when the product,
     sold out in that district, is back there. Answers as GET does."""
-    watch_offer(
-        conn,
-        user["id"],
-        _body_int(data, "product_id", 1, 2**62),
-        _body_int(data, "district_id", 1, 2**62),
-    )
+    watch_offer(conn, user["id"], *_body_offer(data))
     return watches_json(conn, user["id"])
 
 
 def api_unwatch(shop, conn, user, data):
     """DELETE /api/watch {"product_id", "district_id"}: stop waiting. Answers as GET does."""
-    unwatch_offer(
-        conn,
-        user["id"],
-        _body_int(data, "product_id", 1, 2**62),
-        _body_int(data, "district_id", 1, 2**62),
-    )
+    unwatch_offer(conn, user["id"], *_body_offer(data))
     return watches_json(conn, user["id"])
+
+
+def _body_offer(data):
+    """(product_id, district_id) a request's body names."""
+    return _body_int(data, "product_id", 1, 2**62), _body_int(data, "district_id", 1, 2**62)
 
 
 def api_currencies(shop, conn, user, data):
