@@ -16708,8 +16708,9 @@ class Shop:
                 port=c.port,
                 threads=8,
                 ident="shop",
-                # Waitress stops accepting at 100 open connections by default; a burst of 200 Mini
-                # App checkouts at once then left half of them waiting until they timed out.
+                # Waitress counts idle keep-alive connections against this limit (100 by default)
+                # until channel_timeout closes them: 100 Mini App clients keeping theirs open made
+                # every other shopper wait up to a minute for a connection.
                 connection_limit=1000,
                 channel_timeout=60,
                 asyncore_use_poll=True,
