@@ -82,6 +82,7 @@ import gzip
 import hashlib
 import hmac
 import html
+import http.client
 import io
 import itertools
 import json
@@ -94,6 +95,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -1174,6 +1176,8 @@ class Config:
     max_unpaid_units: int = 50
     trusted_proxy: str = ""
     log_level: str = "INFO"
+    # Litestream's control socket: set when the shop runs under `litestream replicate -exec`.
+    litestream_socket: str = ""
 
     @property
     def sandbox(self):
@@ -1231,6 +1235,12 @@ ENV_VARS = {
     ),
     "TRUSTED_PROXY": ("address of a reverse proxy whose X-Forwarded-* headers to trust", ""),
     "LOG_LEVEL": ("DEBUG, INFO, WARNING or ERROR", "INFO"),
+    "LITESTREAM_SOCKET": (
+        "Litestream's control socket (socket.path in litestream.yml), when the shop runs under "
+        "`litestream replicate -exec`: Litestream then does the WAL checkpoints, and /healthz, the "
+        "Data page and the owners' alerts follow the replication",
+        "",
+    ),
 }
 
 
@@ -1317,6 +1327,7 @@ def load_config(environ=None, env_file=".env", overrides=None):
             kw[name.lower()] = tuple(int(p) for p in parts)
     kw["admin_password"] = get("ADMIN_PASSWORD")
     kw["trusted_proxy"] = get("TRUSTED_PROXY")
+    kw["litestream_socket"] = get("LITESTREAM_SOCKET")
     level = get("LOG_LEVEL").upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -1683,12 +1694,13 @@ def _migrate(conn, path, version, schema_version, migrations):
             conn.execute(f"PRAGMA user_version = {v}")
 
 
-def init_db(path, migrations=None, schema_version=None):
-    """Create or upgrade the database at `path`; return a connection to it."""
+def init_db(path, migrations=None, schema_version=None, *, autocheckpoint=True):
+    """Create or upgrade the database at `path`; return a connection to it (autocheckpoint=False:
+    one that never checkpoints, for a database Litestream replicates)."""
     migrations = MIGRATIONS if migrations is None else migrations
     schema_version = SCHEMA_VERSION if schema_version is None else schema_version
     try:
-        conn = connect(path)
+        conn = connect(path, autocheckpoint=autocheckpoint)
         conn.execute("PRAGMA journal_mode = WAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as e:
@@ -2260,7 +2272,7 @@ def _products_to_new_default(conn, old, new):
 def stored_secret(path, key):
     """A random secret kept in the settings table, made on first use (e.g. the sandbox's IPN
     secret)."""
-    conn = connect(path)
+    conn = connect(path, autocheckpoint=False)  # the running shop's checkpoints, or Litestream's
     try:
         with transaction(conn):
             conn.execute(
@@ -7066,6 +7078,44 @@ def end_admin_session(conn, token, remote):
             (hashlib.sha256(token.encode()).hexdigest(),),
         )
         audit(conn, "logged out", remote=remote)
+
+
+def database_report(conn):
+    """What the database holds as the shop starts (after a restore above all): whether SQLite finds
+    it sound, the balances whose ledger rows say otherwise, the last order and the last payment,
+    and how many payments are still open at a provider (reconciliation asks about them)."""
+    order = conn.execute(
+        "SELECT id, status, created_at FROM orders ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    payment = conn.execute(
+        "SELECT id, provider, status, updated_at FROM payments ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    return {
+        "integrity": conn.execute("PRAGMA quick_check").fetchone()[0],
+        "ledger": check_ledger(conn),
+        "order": dict(order) if order else None,
+        "payment": dict(payment) if payment else None,
+        "open_payments": conn.execute(
+            "SELECT count(*) FROM payments WHERE status IN (?, ?, ?, ?)", OPEN_STATUSES
+        ).fetchone()[0],
+    }
+
+
+# Replication more than this far behind (or Litestream not answering) is a problem to report.
+REPLICATION_LAG_SECONDS = 60
+
+
+def replication_problem(status):
+    """What is wrong with a litestream_status() for the owner, or None."""
+    if status.get("error"):
+        return f"replication: {status['state']} ({status['error']})"
+    if status["state"] != "replicating":
+        return f"replication: Litestream says {status['state']}"
+    if (status["behind_seconds"] or 0) > REPLICATION_LAG_SECONDS:
+        return (
+            f"replication: {status['behind_seconds']} s behind (last sync {status['last_sync_at']})"
+        )
+    return None
 
 
 # Catalog management
@@ -13813,6 +13863,8 @@ def admin_data(shop):
             backups=sorted(shop.backup_dir.glob("shop-*.db"), reverse=True)
             if shop.backup_dir.exists()
             else [],
+            replication=shop.replication() if shop.config.litestream_socket else None,
+            replication_problem=replication_problem,
         )
 
 
@@ -16024,7 +16076,7 @@ class OutboxSender:
         return bool(self.thread and self.thread.is_alive())
 
     def run(self):
-        conn = connect(self.shop.config.shop_db)
+        conn = connect(self.shop.config.shop_db, autocheckpoint=False)
         try:
             while not self.stopping.is_set():
                 outbox_ready.clear()
@@ -16261,6 +16313,12 @@ def job_prune_outbox(shop):
         log.info("pruned %d sent outbox message(s) older than 90 days", n)
 
 
+def job_replication(shop):
+    """Under Litestream: the owners are told when replication stops or falls behind."""
+    if shop.config.litestream_socket:
+        shop.watch_replication()
+
+
 def job_backup(shop):
     try:
         shop.backup()
@@ -16278,6 +16336,7 @@ JOBS = [
     ("verify_ledger", job_verify_ledger, "interval", {"hours": 1, "first_run": 60}),
     ("prune_outbox", job_prune_outbox, "interval", {"hours": 24}),
     ("backup", job_backup, "cron", {"hour": 3, "minute": 17}),
+    ("replication", job_replication, "interval", {"seconds": 15}),
 ]
 
 
@@ -16303,6 +16362,55 @@ def run_job(shop, name, job):
 
 
 # Runtime #######################################################################
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (Litestream's control socket)."""
+
+    def __init__(self, path, timeout):
+        super().__init__("litestream", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def litestream_status(socket_path, db_path, timeout=2.0):
+    """Litestream's word on the shop's database, from its control socket (GET /list):
+    {"state": "replicating" (or Litestream's other word), "last_sync_at", "behind_seconds"}, or
+    {"state": "unreachable" | "not replicated", "error"} when it cannot say."""
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request("GET", "/list")
+        answer = conn.getresponse()
+        databases = json.loads(answer.read(1 << 20)).get("databases") or []
+    except (OSError, ValueError, AttributeError, http.client.HTTPException) as e:
+        return {"state": "unreachable", "error": f"{socket_path}: {e}"}
+    finally:
+        conn.close()
+    wanted = os.path.realpath(db_path)
+    found = next(
+        (
+            d
+            for d in databases
+            if isinstance(d, dict) and os.path.realpath(str(d.get("path"))) == wanted
+        ),
+        None,
+    )
+    if found is None:
+        return {"state": "not replicated", "error": f"Litestream does not list {wanted}"}
+    synced = re.sub(r"(\.\d{6})\d*", r"\1", str(found.get("last_sync_at") or ""))
+    try:
+        behind = time.time() - datetime.fromisoformat(synced.replace("Z", "+00:00")).timestamp()
+    except ValueError:  # just started: its first sync follows within a second
+        return {"state": str(found.get("status")), "last_sync_at": None, "behind_seconds": None}
+    return {
+        "state": str(found.get("status")),
+        "last_sync_at": synced[:19] + "Z",
+        "behind_seconds": max(0, int(behind)),
+    }
 
 
 def make_app(shop):
@@ -16453,6 +16561,7 @@ class Shop:
         self.sandbox_api_key = ""
         self.sandbox_app = None  # the sandbox's NOWPayments emulator (a WSGI app), in sandbox mode
         self.webapp_token = ""
+        self.replication_alerted = False  # the owners were told replication stopped
         self.instance_lock = None
         self.new_admin_password = (
             None  # generated on the first start without ADMIN_PASSWORD, shown once
@@ -16465,6 +16574,61 @@ class Shop:
             # The checkpoint thread does them, off the request path.
             conn = self._local.conn = connect(self.config.shop_db, autocheckpoint=False)
         return conn
+
+    def replication(self):
+        """Litestream's word on the database (litestream_status)."""
+        return litestream_status(self.config.litestream_socket, self.config.shop_db)
+
+    def watch_replication(self):
+        """Scheduled under Litestream: tell the owners once when replication stops or falls behind,
+        and once when it is back."""
+        problem = replication_problem(self.replication())
+        if bool(problem) == self.replication_alerted:
+            return
+        self.replication_alerted = bool(problem)
+        if problem:
+            log.error(
+                "%s: shoppers' orders and balances are not being copied off this box", problem
+            )
+            text = (
+                f"⚠️ <b>Replication stopped</b>: {esc(problem)}. Orders and balances are not "
+                "being copied off the box; see the Data page."
+            )
+        else:
+            log.info("replication: Litestream is copying the database again")
+            text = (
+                "✅ Replication is running again: Litestream is copying the database off the box."
+            )
+        tell_owners(self.db(), self.config.admin_ids, text)
+
+    def report_database(self, conn):
+        """Say what the database holds as the shop starts (after a restore, what survived): a
+        damaged one stops the start."""
+        found = database_report(conn)
+        if found["integrity"] != "ok":
+            raise StartupError(
+                f"{self.config.shop_db} is damaged (SQLite's check: {found['integrity']}); restore "
+                "it (litestream restore, or the newest file in backups/)"
+            )
+        for user_id, cached, total in found["ledger"]:
+            log.error(
+                "ledger: user %d has a cached balance of %s but ledger rows summing to %s",
+                user_id,
+                cents_to_str(cached),
+                cents_to_str(total),
+            )
+        order, payment = found["order"], found["payment"]
+        log.info(
+            "database: integrity ok; %s; last order %s; last payment %s; %d payment(s) open at "
+            "the providers (reconciliation asks about them)",
+            "ledger = balances" if not found["ledger"] else "LEDGER DIFFERS (see above)",
+            f"#{order['id']} ({order['status']}, {order['created_at'][:19]}Z)" if order else "none",
+            f"#{payment['id']} ({payment['provider']}, {payment['status']}, "
+            f"{payment['updated_at'][:19]}Z)"
+            if payment
+            else "none",
+            found["open_payments"],
+        )
 
     def checkpoint_wal(self, every=1.0):
         """Copy committed pages from the WAL into the database file once a second, so no IPN or
@@ -16636,7 +16800,15 @@ class Shop:
         self.claim_files()
         self.prepare_database()
         self.start_payments()
-        self._thread("checkpoint", self.checkpoint_wal)
+        if self.config.litestream_socket:
+            # Litestream does the checkpoints (it holds a read transaction that caps the shop's
+            # anyway, and one outside it costs a new snapshot); the shop's connections never do.
+            log.info(
+                "database: replicated by Litestream (socket %s), which does the checkpoints",
+                self.config.litestream_socket,
+            )
+        else:
+            self._thread("checkpoint", self.checkpoint_wal)
         self.start_web()
         # Only now, with the shop listening: a start that fails never uses up the password shown
         # once.
@@ -16652,9 +16824,14 @@ class Shop:
         media folders and, in a sandbox with an empty catalog, load the demo catalog."""
         c = self.config
         try:
-            conn = init_db(c.shop_db)
+            conn = init_db(c.shop_db, autocheckpoint=not c.litestream_socket)
         except (DatabaseError, sqlite3.Error, OSError) as e:
             raise StartupError(str(e)) from None
+        try:
+            self.report_database(conn)
+        except StartupError:
+            conn.close()
+            raise
         ended = end_sessions_of_an_old_password(conn, c.admin_password)
         if ended:
             log.info("admin: the admin password changed, so %d earlier session(s) ended", ended)
@@ -16867,6 +17044,10 @@ class Shop:
         if self.payments:
             # Informational: balance purchases and deliveries go on while a provider is away.
             state["payments"] = self.payments.health()
+        if self.config.litestream_socket:
+            state["replication"] = self.replication()
+            if replication_problem(state["replication"]):
+                state["status"] = "degraded"  # the shop sells; its copy off the box is not current
         down = (
             state["database"] != "ok"
             or state["scheduler"] != "running"
@@ -17200,7 +17381,7 @@ PROMO_COMMANDS = {
 def run_command(args, config):
     """The owner's one-off commands; returns the exit status."""
     try:
-        conn = init_db(config.shop_db)
+        conn = init_db(config.shop_db, autocheckpoint=not config.litestream_socket)
     except (DatabaseError, sqlite3.Error) as e:
         print(f"shop.py: {e}", file=sys.stderr)
         return 1

@@ -72,8 +72,10 @@ def free_port():
 class ShopProcess:
     """`python shop.py` in a subprocess, with its log captured line by line."""
 
-    def __init__(self, workdir, env):
+    def __init__(self, workdir, env, command=None):
         self.workdir, self.env = Path(workdir), env
+        # What runs the shop (under Litestream: `litestream replicate -exec "python shop.py"`).
+        self.command = command or [sys.executable, str(ROOT / "shop.py")]
         self.port = int(env["PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
@@ -86,7 +88,7 @@ class ShopProcess:
         self.lines.clear()
         self.eof = False
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "shop.py"), *args],
+            [*self.command, *args],
             cwd=self.workdir,
             env=self.env,
             stdout=subprocess.PIPE,
