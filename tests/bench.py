@@ -41,7 +41,7 @@ def benchmarks():
     found = {}
     for module in (bench_web, bench_bot, bench_growth):
         found.update(module.BENCHMARKS)
-    order = ["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth"]
+    order = ["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth", "litestream"]
     return {name: found[name] for name in order if name in found}
 
 
@@ -51,7 +51,9 @@ def main(argv=None):
         "--only",
         default="",
         help="comma-separated names: "
-        + ", ".join(["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth"]),
+        + ", ".join(
+            ["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth", "litestream"]
+        ),
     )
     parser.add_argument("--quick", action="store_true", help="less load: a smoke run")
     args = parser.parse_args(argv)

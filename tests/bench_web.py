@@ -20,8 +20,10 @@ import itertools
 import gzip
 import json
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 import shop  # noqa: E402
 from fake_telegram import FakeTelegram  # noqa: E402
-from harness import TOKEN, Row, ShopProcess, free_port, pct, png, ratio, shop_env  # noqa: E402
+from harness import ROOT, TOKEN, Row, ShopProcess, free_port, pct, png, ratio, shop_env  # noqa: E402
 
 
 def note(text):
@@ -47,28 +49,43 @@ def ms(seconds):
 
 
 @contextmanager
-def running_shop(tmp, seed=None, wait_bot=True, **env):
+def running_shop(tmp, seed=None, wait_bot=True, litestream=False, **env):
     """A fresh database seeded by seed(conn, db_path, port), the Bot API stand-in, and the real
-    shop."""
+    shop (litestream=True: run by `litestream replicate -exec`, replicating to a folder)."""
     tmp.mkdir(parents=True, exist_ok=True)
     db = tmp / "shop.db"
     fake = FakeTelegram(token=TOKEN).start()
-    proc = ShopProcess(
-        tmp, shop_env(tmp, fake.base_url, **{"ADMIN_PASSWORD": "bench-admin-password", **env})
-    )
+    env = shop_env(tmp, fake.base_url, **{"ADMIN_PASSWORD": "bench-admin-password", **env})
+    command, args, socket_dir = None, ["--no-demo"], None
+    if litestream:
+        socket_dir = Path(tempfile.mkdtemp(prefix="ls-"))  # a socket's path has 107 bytes at most
+        config = tmp / "litestream.yml"
+        config.write_text(
+            f"socket:\n  enabled: true\n  path: {socket_dir / 'ls.sock'}\n"
+            f"dbs:\n  - path: {db}\n    replica:\n"
+            f"      type: file\n      path: {tmp / 'replica'}\n",
+            encoding="utf-8",
+        )
+        env["LITESTREAM_SOCKET"] = str(socket_dir / "ls.sock")
+        env.pop("AWS_CA_BUNDLE", None)
+        command = ["litestream", "replicate", "-config", str(config), "-exec"]
+        command, args = [*command, f"{sys.executable} {ROOT / 'shop.py'} --no-demo"], []
+    proc = ShopProcess(tmp, env, command)
     try:
         conn = shop.init_db(str(db))
         try:
             info = seed(conn, db, proc.port) if seed else None
         finally:
             conn.close()
-        proc.start("--no-demo", ready="shop is running", timeout=30)
+        proc.start(*args, ready="shop is running", timeout=30)
         if wait_bot:
             proc.wait_log("bot: @", timeout=20)
         yield proc, fake, info
     finally:
         proc.stop()
         fake.stop()
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 BARE_APP = r"""
@@ -317,75 +334,7 @@ def bench_catalog(ctx):
 
 def bench_checkout(ctx):
     shoppers, units = (40, 10) if ctx.quick else (200, 50)
-    price, funds = 1500, 5000
-    first_user = 4_000_000
-
-    def seed(conn, db, port):
-        media = db.parent / "media"
-        with shop.transaction(conn):
-            city = shop.add_city(conn, "Berlin")
-            district = shop.add_district(conn, city, "Mitte")
-            product = shop.save_product(
-                conn,
-                media,
-                None,
-                name="Gift card 15",
-                description="A voucher.",
-                price=shop.cents_to_str(price),
-                active=True,
-            )
-            shop.add_units(
-                conn, media, product, district, "\n".join(f"GC-{i:04d}" for i in range(units))
-            )
-            for uid in range(first_user, first_user + shoppers):
-                shop.touch_user(
-                    conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"}
-                )
-                shop.adjust_balance(conn, uid, funds, "bench funds")
-        return product, district
-
-    # A sandbox shop with a bot is in test mode: the benchmark's shoppers are its testers, so they
-    # may buy.
-    testers = ",".join(str(uid) for uid in range(first_user, first_user + shoppers))
-    with running_shop(ctx.tmp / "shop", seed, TESTER_IDS=testers) as (
-        proc,
-        fake,
-        (product, district),
-    ):
-        body = json.dumps(
-            {
-                "type": "product",
-                "product_id": product,
-                "district_id": district,
-                "quantity": 1,
-                "currency": "balance",
-            }
-        )
-        answers = [None] * shoppers
-        barrier = threading.Barrier(shoppers + 1)
-
-        def buy(i):
-            client = Client(proc.port).connect()
-            headers = init_headers(first_user + i, **{"Content-Type": "application/json"})
-            barrier.wait()
-            t0 = time.monotonic()
-            status, data = client.request("POST", "/api/payment/create", body, headers)
-            answers[i] = (status, data, time.monotonic() - t0, time.monotonic())
-            client.close()
-
-        threads = [threading.Thread(target=buy, args=(i,), daemon=True) for i in range(shoppers)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        started = time.monotonic()
-        for t in threads:
-            t.join()
-        elapsed = max(a[3] for a in answers) - started
-        conn = shop.connect(str(ctx.tmp / "shop" / "shop.db"))
-        try:
-            problems = check_checkout(conn, answers, first_user, units, price, funds)
-        finally:
-            conn.close()
+    answers, elapsed, problems = checkout_run(ctx.tmp / "shop", shoppers, units)
     sold = sum(a[0] == 200 for a in answers)
     sold_out = sum(a[0] == 409 for a in answers)
     other = shoppers - sold - sold_out
@@ -421,6 +370,83 @@ def bench_checkout(ctx):
             met,
         ),
     ]
+
+
+PRICE, FUNDS, FIRST_BUYER = 1500, 5000, 4_000_000
+
+
+def checkout_run(tmp, shoppers, units, litestream=False):
+    """`shoppers` buyers paying by balance at once for `units` units: (answers, seconds from the
+    start to the last answer, problems)."""
+    price, funds, first_user = PRICE, FUNDS, FIRST_BUYER
+
+    def seed(conn, db, port):
+        media = db.parent / "media"
+        with shop.transaction(conn):
+            city = shop.add_city(conn, "Berlin")
+            district = shop.add_district(conn, city, "Mitte")
+            product = shop.save_product(
+                conn,
+                media,
+                None,
+                name="Gift card 15",
+                description="A voucher.",
+                price=shop.cents_to_str(price),
+                active=True,
+            )
+            shop.add_units(
+                conn, media, product, district, "\n".join(f"GC-{i:04d}" for i in range(units))
+            )
+            for uid in range(first_user, first_user + shoppers):
+                shop.touch_user(
+                    conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"}
+                )
+                shop.adjust_balance(conn, uid, funds, "bench funds")
+        return product, district
+
+    # A sandbox shop with a bot is in test mode: the benchmark's shoppers are its testers, so they
+    # may buy.
+    testers = ",".join(str(uid) for uid in range(first_user, first_user + shoppers))
+    with running_shop(tmp, seed, litestream=litestream, TESTER_IDS=testers) as (
+        proc,
+        fake,
+        (product, district),
+    ):
+        body = json.dumps(
+            {
+                "type": "product",
+                "product_id": product,
+                "district_id": district,
+                "quantity": 1,
+                "currency": "balance",
+            }
+        )
+        answers = [None] * shoppers
+        barrier = threading.Barrier(shoppers + 1)
+
+        def buy(i):
+            client = Client(proc.port).connect()
+            headers = init_headers(first_user + i, **{"Content-Type": "application/json"})
+            barrier.wait()
+            t0 = time.monotonic()
+            status, data = client.request("POST", "/api/payment/create", body, headers)
+            answers[i] = (status, data, time.monotonic() - t0, time.monotonic())
+            client.close()
+
+        threads = [threading.Thread(target=buy, args=(i,), daemon=True) for i in range(shoppers)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        started = time.monotonic()
+        for t in threads:
+            t.join()
+        elapsed = max(a[3] for a in answers) - started
+        conn = shop.connect(str(tmp / "shop.db"))
+        try:
+            problems = check_checkout(conn, answers, first_user, units, price, funds)
+        finally:
+            conn.close()
+    return answers, elapsed, problems
 
 
 def check_checkout(conn, answers, first_user, units, price, funds):
@@ -639,31 +665,9 @@ def register_chats(fake, users):
 def bench_ipn(ctx):
     payments = 200 if ctx.quick else 2000
     users = list(range(5_000_000, 5_000_000 + (10 if ctx.quick else 40)))
-    secret = {}
-
-    def seed(conn, db, port):
-        secret["ipn"] = shop.stored_secret(
-            str(db), "sandbox_ipn_secret"
-        )  # the sandbox signs with its own
-        for uid in users:
-            shop.touch_user(
-                conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"}
-            )
-        # Made directly (2,000 through POST /api/payment/refill take ~13 s on 2 cores; the memory
-        # benchmark creates its invoices over HTTP).
-        return seed_topups(conn, users, payments, f"http://127.0.0.1:{port}")
-
-    with running_shop(ctx.tmp / "shop", seed) as (proc, fake, made):
-        register_chats(fake, users)
-        conn = shop.connect(str(ctx.tmp / "shop" / "shop.db"))
-        try:
-            bodies = [finished_ipn(data, secret["ipn"]) for data in made]
-            deliveries = bodies * 3
-            random.Random(6).shuffle(deliveries)
-            shop_time, shop_answers = storm(proc.port, deliveries)
-            problems = check_ipns(conn, shop_answers, payments)
-        finally:
-            conn.close()
+    shop_time, shop_answers, deliveries, problems, secret = ipn_run(
+        ctx.tmp / "shop", payments, users
+    )
     with bare_app(ctx.tmp, secret=secret["ipn"]) as port:
         bare_time, bare_answers = storm(port, deliveries)
     bad_bare = [a for a in bare_answers if a[0] != 200]
@@ -709,6 +713,37 @@ def bench_ipn(ctx):
             "no" if problems else "yes",
         ),
     ]
+
+
+def ipn_run(tmp, payments, users, litestream=False):
+    """A storm of finished IPNs for `payments` top-ups, each sent 3 times, shuffled: (seconds,
+    answers, the deliveries, problems, {"ipn": the secret they are signed with})."""
+    secret = {}
+
+    def seed(conn, db, port):
+        secret["ipn"] = shop.stored_secret(
+            str(db), "sandbox_ipn_secret"
+        )  # the sandbox signs with its own
+        for uid in users:
+            shop.touch_user(
+                conn, {"id": uid, "first_name": f"Shopper {uid}", "language_code": "en"}
+            )
+        # Made directly (2,000 through POST /api/payment/refill take ~13 s on 2 cores; the memory
+        # benchmark creates its invoices over HTTP).
+        return seed_topups(conn, users, payments, f"http://127.0.0.1:{port}")
+
+    with running_shop(tmp, seed, litestream=litestream) as (proc, fake, made):
+        register_chats(fake, users)
+        conn = shop.connect(str(tmp / "shop.db"))
+        try:
+            bodies = [finished_ipn(data, secret["ipn"]) for data in made]
+            deliveries = bodies * 3
+            random.Random(6).shuffle(deliveries)
+            shop_time, shop_answers = storm(proc.port, deliveries)
+            problems = check_ipns(conn, shop_answers, payments)
+        finally:
+            conn.close()
+    return shop_time, shop_answers, deliveries, problems, secret
 
 
 def check_ipns(conn, answers, payments):
@@ -935,9 +970,50 @@ def bench_memory(ctx):
     ]
 
 
+def bench_litestream(ctx):
+    """The IPN storm and the checkout race with the shop run by Litestream (replicating to a
+    folder) against the same without it, in this run."""
+    if not shutil.which("litestream"):
+        note("litestream: not installed (pip install -r requirements-litestream.txt); skipped")
+        return []
+    payments, shoppers, units = (200, 40, 10) if ctx.quick else (1000, 200, 50)
+    users = list(range(5_000_000, 5_000_000 + 10))
+    ipn, buy = {}, {}
+    for under in (False, True):
+        name = "litestream" if under else "plain"
+        seconds, answers, _, problems, _ = ipn_run(ctx.tmp / f"ipn-{name}", payments, users, under)
+        ipn[under] = (pct([a[1] for a in answers], 0.99), len(answers) / seconds, problems)
+        answers, elapsed, problems = checkout_run(ctx.tmp / f"buy-{name}", shoppers, units, under)
+        buy[under] = (shoppers / elapsed, pct([a[2] for a in answers], 0.99), problems)
+    problems = ipn[True][2] + ipn[False][2] + buy[True][2] + buy[False][2]
+    for p in problems:
+        note(f"litestream PROBLEM: {p}")
+    return [
+        Row(
+            "8. Under Litestream",
+            f"IPN storm p99 ({payments:,} payments x 3), IPNs/s",
+            f"{ms(ipn[True][0])}, {ipn[True][1]:.0f}/s",
+            f"{ms(ipn[False][0])}, {ipn[False][1]:.0f}/s (without)",
+            ratio(ipn[True][0], ipn[False][0]),
+            "p99 < 100 ms",
+            "yes" if ipn[True][0] < 0.1 and not problems else "no",
+        ),
+        Row(
+            "8. Under Litestream",
+            f"checkouts/s, {shoppers} shoppers by balance for {units} units (p99)",
+            f"{buy[True][0]:.0f}/s ({ms(buy[True][1])})",
+            f"{buy[False][0]:.0f}/s ({ms(buy[False][1])}) (without)",
+            ratio(buy[True][0], buy[False][0]),
+            "",
+            "no" if problems else "yes",
+        ),
+    ]
+
+
 BENCHMARKS = {
     "catalog": bench_catalog,
     "checkout": bench_checkout,
     "ipn": bench_ipn,
     "memory": bench_memory,
+    "litestream": bench_litestream,
 }
