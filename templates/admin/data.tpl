@@ -9,7 +9,7 @@
     % problem = replication_problem(replication)
     <p><span class="state {{'off' if problem else 'on'}}">{{'stopped or behind' if problem else 'running'}}</span> Litestream says: {{replication['state']}}</p>
     % if replication.get('last_sync_at'):
-    <p>Last copy {{replication['last_sync_at']}} UTC, {{replication['behind_seconds']}} s ago.</p>
+    <p>Last copy {{replication['last_sync_at'][:19].replace('T', ' ')}} UTC, {{replication['behind_seconds']}} s ago.</p>
     % end
     % if problem:
     <p class="warn">{{problem}}. The owners are told when it stops and when it is back.</p>
