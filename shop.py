@@ -1178,6 +1178,9 @@ class Config:
     log_level: str = "INFO"
     # Litestream's control socket: set when the shop runs under `litestream replicate -exec`.
     litestream_socket: str = ""
+    # Secret keys of the object store Litestream copies to (it passes its environment on to the
+    # shop): never written to the log.
+    storage_secrets: tuple = ()
 
     @property
     def sandbox(self):
@@ -1200,6 +1203,7 @@ class Config:
                 self.nowpayments_api_key,
                 self.nowpayments_ipn_secret,
                 self.admin_password,
+                *self.storage_secrets,
             )
             if s
         ]
@@ -1328,6 +1332,9 @@ def load_config(environ=None, env_file=".env", overrides=None):
     kw["admin_password"] = get("ADMIN_PASSWORD")
     kw["trusted_proxy"] = get("TRUSTED_PROXY")
     kw["litestream_socket"] = get("LITESTREAM_SOCKET")
+    kw["storage_secrets"] = tuple(
+        get(name) for name in ("LITESTREAM_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY") if get(name)
+    )
     level = get("LOG_LEVEL").upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -7084,6 +7091,9 @@ def database_report(conn):
     """What the database holds as the shop starts (after a restore above all): whether SQLite finds
     it sound, the balances whose ledger rows say otherwise, the last order and the last payment,
     and how many payments are still open at a provider (reconciliation asks about them)."""
+    integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if integrity != "ok":
+        return {"integrity": integrity}
     order = conn.execute(
         "SELECT id, status, created_at FROM orders ORDER BY id DESC LIMIT 1"
     ).fetchone()
@@ -7091,7 +7101,7 @@ def database_report(conn):
         "SELECT id, provider, status, updated_at FROM payments ORDER BY id DESC LIMIT 1"
     ).fetchone()
     return {
-        "integrity": conn.execute("PRAGMA quick_check").fetchone()[0],
+        "integrity": integrity,
         "ledger": check_ledger(conn),
         "order": dict(order) if order else None,
         "payment": dict(payment) if payment else None,
@@ -7111,6 +7121,12 @@ def replication_problem(status):
         return f"replication: {status['state']} ({status['error']})"
     if status["state"] != "replicating":
         return f"replication: Litestream says {status['state']}"
+    if status.get("last_sync_at") is None and status.get("waiting_seconds", 0) > (
+        REPLICATION_LAG_SECONDS
+    ):
+        return (
+            f"replication: no copy made in {status['waiting_seconds']} s since Litestream started"
+        )
     if (status["behind_seconds"] or 0) > REPLICATION_LAG_SECONDS:
         return (
             f"replication: {status['behind_seconds']} s behind (last sync {status['last_sync_at']})"
@@ -13896,14 +13912,16 @@ def admin_csv_response(name, columns, rows, export):
 def admin_export_orders(shop):
     with admin_page(shop) as (conn, _):
         record_audit(conn, "orders exported", remote=admin_remote())
-        export = connect(shop.config.shop_db)  # its own: the rows stream after this handler returns
+        export = connect(
+            shop.config.shop_db, autocheckpoint=False
+        )  # its own: the rows stream after this handler returns
         return admin_csv_response("orders.csv", ORDERS_CSV_COLUMNS, export_orders(export), export)
 
 
 def admin_export_payments(shop):
     with admin_page(shop) as (conn, _):
         record_audit(conn, "payments exported", remote=admin_remote())
-        export = connect(shop.config.shop_db)
+        export = connect(shop.config.shop_db, autocheckpoint=False)
         return admin_csv_response(
             "payments.csv", PAYMENTS_CSV_COLUMNS, export_payments(export), export
         )
@@ -13912,7 +13930,7 @@ def admin_export_payments(shop):
 def admin_export_ledger(shop):
     with admin_page(shop) as (conn, _):
         record_audit(conn, "ledger exported", remote=admin_remote())
-        export = connect(shop.config.shop_db)
+        export = connect(shop.config.shop_db, autocheckpoint=False)
         return admin_csv_response("ledger.csv", LEDGER_CSV_COLUMNS, export_ledger(export), export)
 
 
@@ -16406,9 +16424,10 @@ def litestream_status(socket_path, db_path, timeout=2.0):
         behind = time.time() - datetime.fromisoformat(synced.replace("Z", "+00:00")).timestamp()
     except ValueError:  # just started: its first sync follows within a second
         return {"state": str(found.get("status")), "last_sync_at": None, "behind_seconds": None}
-    return {
+    moment = datetime.fromisoformat(synced.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return {  # (Litestream writes its local time; the shop says UTC)
         "state": str(found.get("status")),
-        "last_sync_at": synced[:19] + "Z",
+        "last_sync_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "behind_seconds": max(0, int(behind)),
     }
 
@@ -16562,6 +16581,9 @@ class Shop:
         self.sandbox_app = None  # the sandbox's NOWPayments emulator (a WSGI app), in sandbox mode
         self.webapp_token = ""
         self.replication_alerted = False  # the owners were told replication stopped
+        self.replication_good = 0  # checks in a row that found it running
+        self._replication, self._replication_lock = (0.0, None), threading.Lock()
+        self._unsynced_since = None
         self.instance_lock = None
         self.new_admin_password = (
             None  # generated on the first start without ADMIN_PASSWORD, shown once
@@ -16576,16 +16598,35 @@ class Shop:
         return conn
 
     def replication(self):
-        """Litestream's word on the database (litestream_status)."""
-        return litestream_status(self.config.litestream_socket, self.config.shop_db)
+        """Litestream's word on the database (litestream_status), asked at most every 5 s: a
+        request that finds another one asking (Litestream may take its 2 s to answer while its
+        store does not) gets the last answer. "waiting_seconds": how long it has listed the
+        database without a first copy."""
+        now = time.monotonic()
+        asked_at, status = self._replication
+        if status is not None and now - asked_at < 5:
+            return status
+        if not self._replication_lock.acquire(blocking=False):
+            return status or {"state": "being asked", "last_sync_at": None, "behind_seconds": None}
+        try:
+            status = litestream_status(self.config.litestream_socket, self.config.shop_db)
+            if status.get("last_sync_at", "") is None:
+                self._unsynced_since = self._unsynced_since or now
+                status["waiting_seconds"] = int(now - self._unsynced_since)
+            else:
+                self._unsynced_since = None
+            self._replication = (time.monotonic(), status)
+            return status
+        finally:
+            self._replication_lock.release()
 
     def watch_replication(self):
         """Scheduled under Litestream: tell the owners once when replication stops or falls behind,
         and once when it is back."""
         problem = replication_problem(self.replication())
-        if bool(problem) == self.replication_alerted:
-            return
-        self.replication_alerted = bool(problem)
+        self.replication_good = 0 if problem else self.replication_good + 1
+        if bool(problem) == self.replication_alerted or (not problem and self.replication_good < 2):
+            return  # told already; or back, but only once it has stayed back for two checks
         if problem:
             log.error(
                 "%s: shoppers' orders and balances are not being copied off this box", problem
@@ -16600,11 +16641,15 @@ class Shop:
                 "✅ Replication is running again: Litestream is copying the database off the box."
             )
         tell_owners(self.db(), self.config.admin_ids, text)
+        self.replication_alerted = bool(problem)  # only once the note is queued
 
     def report_database(self, conn):
         """Say what the database holds as the shop starts (after a restore, what survived): a
         damaged one stops the start."""
-        found = database_report(conn)
+        try:
+            found = database_report(conn)
+        except sqlite3.DatabaseError as e:
+            found = {"integrity": str(e)}
         if found["integrity"] != "ok":
             raise StartupError(
                 f"{self.config.shop_db} is damaged (SQLite's check: {found['integrity']}); restore "
@@ -17045,8 +17090,9 @@ class Shop:
             # Informational: balance purchases and deliveries go on while a provider is away.
             state["payments"] = self.payments.health()
         if self.config.litestream_socket:
-            state["replication"] = self.replication()
-            if replication_problem(state["replication"]):
+            status = self.replication()
+            state["replication"] = {k: v for k, v in status.items() if k != "error"}  # no paths
+            if replication_problem(status):
                 state["status"] = "degraded"  # the shop sells; its copy off the box is not current
         down = (
             state["database"] != "ok"

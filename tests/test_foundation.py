@@ -281,6 +281,23 @@ def test_secrets_never_reach_the_log():
     assert text.count("[redacted]") == 4
 
 
+def test_the_object_stores_keys_litestream_passes_on_never_reach_the_log():
+    config = shop.load_config(
+        environ={
+            "LITESTREAM_SECRET_ACCESS_KEY": "ls-secret-key-987",
+            "AWS_SECRET_ACCESS_KEY": "aws-secret-key-654",
+        },
+        env_file=None,
+    )
+    out = io.StringIO()
+    shop.setup_logging(config, stream=out)
+    try:
+        logging.getLogger("test").error("keys %s and %s", "ls-secret-key-987", "aws-secret-key-654")
+    finally:
+        logging.getLogger().handlers[:] = []
+    assert "secret-key" not in out.getvalue() and out.getvalue().count("[redacted]") == 2
+
+
 # Database
 
 

@@ -2,6 +2,7 @@
 file replica and to an S3-compatible store (moto's server), killed with its disk lost, restored,
 started again. Skipped where Litestream or moto's server is not installed; CI installs both."""
 
+import calendar
 import os
 import shutil
 import signal
@@ -85,13 +86,17 @@ def litestream_env(env):
     return {k: v for k, v in {**env, **S3_KEYS}.items() if k != "AWS_CA_BUNDLE"}
 
 
-def child_of(pid):
-    """The process Litestream started with -exec (any of its threads may have started it)."""
-    children = [
+def children_of(pid):
+    return [
         int(task.name)
         for task in Path("/proc").iterdir()
         if task.name.isdigit() and _parent(task) == pid
     ]
+
+
+def child_of(pid):
+    """The process Litestream started with -exec (any of its threads may have started it)."""
+    children = children_of(pid)
     assert len(children) == 1, children
     return children[0]
 
@@ -101,6 +106,12 @@ def _parent(task):
         return int((task / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def synced_at(socket_path, db):
+    """When Litestream last copied the database (seconds since the epoch; 0: not yet)."""
+    found = shop.litestream_status(str(socket_path), str(db)).get("last_sync_at")
+    return calendar.timegm(time.strptime(found, "%Y-%m-%dT%H:%M:%SZ")) if found else 0
 
 
 def rows(db, table):
@@ -173,13 +184,11 @@ def test_a_shop_whose_disk_is_lost_comes_back_from_its_replica(kind, make_shop, 
         committed = time.time()
         # Litestream's own word that it copied what came after that moment, 5 s on.
         wait_until(
-            lambda: (
-                shop.litestream_status(str(folder / "ls.sock"), str(db)).get("last_sync_at")
-                or "" > time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(committed + 5))
-            ),
+            lambda: synced_at(folder / "ls.sock", db) > committed + 5,
             30,
             "Litestream to sync 5 s after the sales",
         )
+        assert time.time() - committed > 5
         assert requests.get(proc.url + "/healthz", timeout=5).json()["replication"]["state"] == (
             "replicating"
         )
@@ -237,6 +246,7 @@ def test_a_shop_whose_disk_is_lost_comes_back_from_its_replica(kind, make_shop, 
             again.kill()
     finally:
         if proc.proc and proc.proc.poll() is None:
+            shop_pid = shop_pid or next(iter(children_of(proc.proc.pid)), None)
             proc.kill()
         if shop_pid and Path(f"/proc/{shop_pid}").exists():
             try:
@@ -297,9 +307,16 @@ def test_health_the_data_page_and_the_owners_follow_the_replication(make_shop, t
 
         litestream.kill()
         litestream.wait()
-        health = requests.get(s.url + "/healthz", timeout=5)
-        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        [health] = wait_until(  # (a list: a 503 Response is falsy)
+            lambda: (
+                [h] if (h := requests.get(s.url + "/healthz", timeout=5)).status_code == 503 else []
+            ),
+            20,
+            "/healthz to see it",
+        )
+        assert health.json()["status"] == "degraded"
         assert health.json()["replication"]["state"] == "unreachable"
+        assert "ls.sock" not in health.text  # no paths in the public answer
         s.watch_replication()
         s.watch_replication()  # still stopped: told once
         told = outbox_texts(str(db), 900)
@@ -312,10 +329,53 @@ def test_health_the_data_page_and_the_owners_follow_the_replication(make_shop, t
         litestream = replicate()
         wait_until(lambda: s.replication().get("last_sync_at"), 30, "Litestream again")
         s.watch_replication()
+        assert len(outbox_texts(str(db), 900)) == 1  # back for one check only: not yet told
         s.watch_replication()
         told = outbox_texts(str(db), 900)
         assert len(told) == 2 and "running again" in told[1]
         assert "running" in admin.get("/admin/data").text
+    finally:
+        litestream.kill()
+        litestream.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_replica_that_never_gets_its_first_copy_is_a_problem_too(
+    make_shop, tmp_path, monkeypatch
+):
+    """Litestream lists the database as replicating before its first copy, and goes on doing so
+    when it can never make one (here: its folder cannot be created): once that has lasted longer
+    than the lag the shop allows, it is a problem like any other."""
+    folder = Path(tempfile.mkdtemp(prefix="ls-"))
+    (folder / "not-a-folder").write_text("a file where the replica's folder should be")
+    db = tmp_path / "shop.db"
+    config = folder / "litestream.yml"
+    config.write_text(
+        f"socket:\n  enabled: true\n  path: {folder / 'ls.sock'}\n"
+        f"dbs:\n  - path: {db}\n    replica:\n      type: file\n"
+        f"      path: {folder / 'not-a-folder' / 'replica'}\n",
+        encoding="utf-8",
+    )
+    litestream = subprocess.Popen(
+        ["litestream", "replicate", "-config", str(config)],
+        env=litestream_env(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    monkeypatch.setattr(shop, "REPLICATION_LAG_SECONDS", 2)
+    try:
+        s = make_shop(env={"LITESTREAM_SOCKET": str(folder / "ls.sock"), "ADMIN_IDS": "900"})
+        first = wait_until(
+            lambda: s.replication().get("state") == "replicating" and s.replication(),
+            30,
+            "Litestream to list it",
+        )
+        assert first["last_sync_at"] is None  # listed, never copied
+        problem = wait_until(lambda: shop.replication_problem(s.replication()), 30, "the problem")
+        assert problem.startswith("replication: no copy made in ")
+        s.watch_replication()
+        told = outbox_texts(str(db), 900)
+        assert len(told) == 1 and "Replication stopped" in told[0]
     finally:
         litestream.kill()
         litestream.wait()
