@@ -4420,6 +4420,30 @@ def _utc_when(moment):
     return tr("{when} UTC", when=current_language().when(moment))
 
 
+def promo_by_id(conn, promo_id):
+    """A discount code's row by its id, or None."""
+    return conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+
+
+def basket_promo(conn, user_id):
+    """The code on the shopper's basket (its row), or None."""
+    return conn.execute(
+        "SELECT p.* FROM users u JOIN promo_codes p ON p.id = u.promo_id WHERE u.id = ?",
+        (user_id,),
+    ).fetchone()
+
+
+def promo_used_up(conn, promo, user_id):
+    """Whether a code has no use left: "all" (its uses in all), "mine" (the shopper's), else
+    None."""
+    if promo["max_uses"] is not None and promo_uses(conn, promo["id"]) >= promo["max_uses"]:
+        return "all"
+    most = promo["max_uses_per_user"]
+    if most is not None and promo_uses(conn, promo["id"], user_id) >= most:
+        return "mine"
+    return None
+
+
 def promo_uses(conn, promo_id, user_id=None):
     """Uses of a code (by one shopper): its paid orders and the pending ones that reserve a use."""
     if user_id is None:
@@ -4467,16 +4491,16 @@ def check_promo_code(conn, promo, user_id):
         raise PromoRefused(
             tr("The code {code} expired on {when}.", code=code, when=_utc_when(promo["ends_at"]))
         )
-    if promo["max_uses"] is not None and promo_uses(conn, promo["id"]) >= promo["max_uses"]:
+    used_up = promo_used_up(conn, promo, user_id)
+    if used_up == "all":
         raise PromoRefused(tr("The code {code} has been used up.", code=code))
-    most = promo["max_uses_per_user"]
-    if most is not None and promo_uses(conn, promo["id"], user_id) >= most:
+    if used_up == "mine":
         raise PromoRefused(
             ntr(
                 "You have used the code {code} already; it can be used once per shopper.",
                 "You have used the code {code} {n} times already, as often as it can be used "
                 "per shopper.",
-                most,
+                promo["max_uses_per_user"],
                 code=code,
             )
         )
@@ -4559,6 +4583,10 @@ class Quote:
     def promo_id(self):
         return self.promo["id"] if self.promo is not None else None
 
+    def without_code(self):
+        """The same lines at list price."""
+        return Quote(self.lines, self.offers, self.subtotal_cents)
+
 
 def quote_lines(conn, user_id, lines, promo_id=None):
     """Quote [(product_id, district_id, quantity)] for a shopper, with the code on their basket
@@ -4566,13 +4594,7 @@ def quote_lines(conn, user_id, lines, promo_id=None):
     lines = normalise_lines(lines)
     subtotal, offers = price_lines(conn, lines)
     quote = Quote(lines, offers, subtotal)
-    if promo_id is not None:
-        row = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
-    else:
-        row = conn.execute(
-            "SELECT p.* FROM users u JOIN promo_codes p ON p.id = u.promo_id WHERE u.id = ?",
-            (user_id,),
-        ).fetchone()
+    row = promo_by_id(conn, promo_id) if promo_id is not None else basket_promo(conn, user_id)
     if row is None:
         return quote
     quote.code = row["code"]
@@ -4605,15 +4627,6 @@ def apply_promo_code(conn, user_id, code, lines=None):
         return promo
 
 
-def basket_promo_code(conn, user_id):
-    """The code on the shopper's basket (as the owner wrote it), or None."""
-    row = conn.execute(
-        "SELECT p.code FROM users u JOIN promo_codes p ON p.id = u.promo_id WHERE u.id = ?",
-        (user_id,),
-    ).fetchone()
-    return row[0] if row else None
-
-
 def remove_promo_code(conn, user_id):
     """Take the code off the shopper's basket."""
     with transaction(conn):
@@ -4639,11 +4652,8 @@ def lapsed_order_promo_refusal(conn, order):
     discount code cannot count it again (used up meanwhile), else None."""
     if order["promo_id"] is None:
         return None
-    promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (order["promo_id"],)).fetchone()
-    most, mine = promo["max_uses"], promo["max_uses_per_user"]
-    if (most is not None and promo_uses(conn, promo["id"]) >= most) or (
-        mine is not None and promo_uses(conn, promo["id"], order["user_id"]) >= mine
-    ):
+    promo = promo_by_id(conn, order["promo_id"])
+    if promo_used_up(conn, promo, order["user_id"]):
         return tr(
             "Sorry, the code {code} of order #{order} was used up after its time to pay ran out. "
             "Nothing was charged; please check out again.",
@@ -4663,14 +4673,10 @@ def promo_back_in_order(conn, order):
         )
 
 
-def stars_after_discount(stars, quote_or_order):
-    """The Stars to pay when a code took something off: the list Stars times what is paid over
-    the list price, rounded up to a whole Star (Telegram takes whole Stars only)."""
-    paid, off = (
-        (quote_or_order.total_cents, quote_or_order.discount_cents)
-        if isinstance(quote_or_order, Quote)
-        else (quote_or_order["total_cents"], quote_or_order["discount_cents"])
-    )
+def stars_after_discount(stars, paid, off):
+    """The Stars to pay when a code took `off` cents off and `paid` are paid: the list Stars times
+    what is paid over the list price, rounded up to a whole Star (Telegram takes whole Stars
+    only)."""
     if not off:
         return stars
     return max(1, -(-stars * paid // (paid + off)))
@@ -4754,7 +4760,7 @@ def open_order(
     total, offers = price_lines(conn, lines)
     discount, shares = 0, [[0] * q for _, _, q in lines]
     if promo_id is not None:
-        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        promo = promo_by_id(conn, promo_id)
         if promo is None:
             raise PromoRefused()
         discount, shares = promo_discount(conn, promo, user_id, lines, offers)
@@ -5187,9 +5193,13 @@ def discount_line(discount):
     )
 
 
-def order_row(conn, order_id):
-    """An order by id (for the shop's own use: whoever it belongs to)."""
-    return conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+def order_paid_and_off(conn, order_id):
+    """(cents paid, cents a discount code took off) of an order."""
+    return tuple(
+        conn.execute(
+            "SELECT total_cents, discount_cents FROM orders WHERE id = ?", (order_id,)
+        ).fetchone()
+    )
 
 
 def get_order_lines(conn, order_id):
@@ -7956,7 +7966,7 @@ def create_promo_code(conn, fields, remote=None):
             f"INSERT INTO promo_codes({', '.join(new)}) VALUES ({', '.join('?' for _ in new)})",
             tuple(new.values()),
         ).lastrowid
-        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        promo = promo_by_id(conn, promo_id)
         audit(
             conn,
             "promo code added",
@@ -7972,7 +7982,7 @@ def update_promo_code(conn, promo_id, fields, remote=None):
     case: orders show the code they were given by it. Returns what changed, in words ('' for
     nothing). InvalidInput says what is wrong, and nothing changes."""
     with transaction(conn):
-        old = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        old = promo_by_id(conn, promo_id)
         if old is None:
             raise NotFound("No such discount code.")
         new = clean_promo_fields(conn, fields, old)
@@ -8002,7 +8012,7 @@ def set_promo_active(conn, promo_id, active, remote=None):
     """Pause (active False) or resume a code; returns whether that changed anything. Open invoices
     with the code keep their price; a paused code is refused at checkout."""
     with transaction(conn):
-        promo = conn.execute("SELECT * FROM promo_codes WHERE id = ?", (promo_id,)).fetchone()
+        promo = promo_by_id(conn, promo_id)
         if promo is None:
             raise NotFound("No such discount code.")
         if bool(promo["is_active"]) == bool(active):
@@ -10247,7 +10257,7 @@ class PaymentDesk:
                     reference=f"order-{order_id}",
                     description=stars_invoice_description(conn, order_id, total),
                     webhook_url="",
-                    amount=stars_after_discount(stars, order_row(conn, order_id)),
+                    amount=stars_after_discount(stars, *order_paid_and_off(conn, order_id)),
                     # TRANSLATORS: the title of a Telegram Stars invoice: at most 32 characters.
                     title=shorten(tr("Order #{order}", order=order_id), 32),
                     chat_id=chat_id,
@@ -11185,7 +11195,9 @@ def payment_ways_json(conn, user_id, lines, stars=True):
     lines, offers = quote.lines, quote.offers
     methods = offered_methods(checkout_methods(conn, offers), stars)
     in_stars = (
-        stars_after_discount(stars_total(conn, offers, lines), quote)
+        stars_after_discount(
+            stars_total(conn, offers, lines), quote.total_cents, quote.discount_cents
+        )
         if "stars" in methods
         else None
     )
@@ -11201,7 +11213,11 @@ def payment_ways_json(conn, user_id, lines, stars=True):
             part_total = part_quote.total_cents
             usable = offered_methods(part_methods, stars)
             part_stars = (
-                stars_after_discount(stars_total(conn, part_quote.offers, part), part_quote)
+                stars_after_discount(
+                    stars_total(conn, part_quote.offers, part),
+                    part_quote.total_cents,
+                    part_quote.discount_cents,
+                )
                 if "stars" in usable
                 else None
             )
@@ -11243,7 +11259,11 @@ def payment_amounts_json(conn, user, lines, stars=True):
             "discount_text": fmt_eur(quote.discount_cents) if quote.discount_cents else None,
         }
         if way == "stars":
-            in_stars = stars_after_discount(stars_total(conn, quote.offers, quote.lines), quote)
+            in_stars = stars_after_discount(
+                stars_total(conn, quote.offers, quote.lines),
+                quote.total_cents,
+                quote.discount_cents,
+            )
             amount.update(stars=in_stars, stars_text=fmt_stars(in_stars))
         if way == "balance":
             short = total - balance_cents
@@ -11267,8 +11287,8 @@ def promo_json(conn, user_id, lines, list_cents):
     """The code on the shopper's basket and what it does to these lines: {"code", "discount",
     "discount_text", "subtotal", "subtotal_text", "total", "total_text", "refused"} ("refused":
     why it takes nothing off, else None), or None when there is no code."""
-    code = basket_promo_code(conn, user_id)
-    if code is None:
+    promo = basket_promo(conn, user_id)
+    if promo is None:
         return None
     try:
         quote = quote_lines(conn, user_id, lines) if lines else None
@@ -11277,7 +11297,7 @@ def promo_json(conn, user_id, lines, list_cents):
     off = quote.discount_cents if quote else 0
     subtotal = quote.subtotal_cents if quote else list_cents
     return {
-        "code": code,
+        "code": promo["code"],
         "discount": cents_to_str(off),
         "discount_text": fmt_eur(off),
         "subtotal": cents_to_str(subtotal),
@@ -14499,7 +14519,7 @@ def checkout_quote(conn, checkout):
         return quote_lines(conn, checkout["user_id"], lines, promo_id=checkout["promo_id"])
     quote = quote_lines(conn, checkout["user_id"], lines)
     if quote.promo is not None:  # applied after this checkout was made: not in its price
-        quote.promo, quote.discount_cents, quote.code = None, 0, ""
+        return quote.without_code()
     return quote
 
 
@@ -14528,7 +14548,11 @@ def _checkout_ways(conn, user, checkout, quote, methods, coins):
     if "stars" in methods:
         if "crypto" not in methods and "balance" not in methods and telegram_rule(conn):
             notes.append(tr(RULE_NOTE))
-        amount = fmt_stars(stars_after_discount(stars_total(conn, offers, lines), quote))
+        amount = fmt_stars(
+            stars_after_discount(
+                stars_total(conn, offers, lines), quote.total_cents, quote.discount_cents
+            )
+        )
         rows.append([(tr("⭐ Pay {amount}", amount=amount), f"stars:{nonce}")])
     if "balance" in methods and user["balance_cents"] >= total:
         label = tr("💰 Pay {amount} from balance", amount=fmt_eur(total))
@@ -14566,7 +14590,7 @@ def _checkout_parts(conn, user, checkout, lines, offers, stars):
         # The basket's code takes its discount off one part: the first it applies to.
         quote = quote_lines(conn, user["id"], part)
         if coded:
-            quote = Quote(quote.lines, quote.offers, quote.subtotal_cents)
+            quote = quote.without_code()
         coded = coded or quote.promo is not None
         cents = quote.total_cents
         nonce = create_checkout(
