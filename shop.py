@@ -114,6 +114,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import bottle
 import requests
 import telebot
+import urllib3
 import waitress
 import waitress.trigger
 import waitress.wasyncore
@@ -15041,6 +15042,8 @@ def menu_choice(text):
 
 
 NO_PREVIEW = tg.LinkPreviewOptions(is_disabled=True)
+# Threads that run update handlers (telebot's pool); the bot benchmarks give the echo bot as many.
+BOT_WORKERS = 6
 
 
 # Failures of the link to Telegram itself, as opposed to Telegram refusing a request.
@@ -15075,6 +15078,85 @@ def send_photo_cached(shop, conn, chat_id, photo, caption, markup=None):
         )
     save_telegram_file_id(conn, photo, bot_id, message.photo[-1].file_id)
     return message
+
+
+class BotApiAnswer:
+    """Telegram's answer to one Bot API call, with what telebot reads of a requests.Response."""
+
+    __slots__ = ("status_code", "reason", "content")
+
+    def __init__(self, status_code, reason, content):
+        self.status_code, self.reason, self.content = status_code, reason, content
+
+    @property
+    def text(self):
+        return self.content.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class BotApiTransport:
+    """How telebot's Bot API calls travel (apihelper.CUSTOM_REQUEST_SENDER): straight over
+    urllib3's keep-alive pool, the pool requests itself sends through. requests' own work per
+    call (reading the proxy variables and ~/.netrc, cookies, hooks, re-parsing a URL carrying the
+    whole message) cost 0.6 of the 1.1 ms of CPU each call took, and under a burst every worker
+    waits its turn for that CPU. The parameters go in the body (a form, or multipart with files)
+    as Telegram takes them, not in the URL. Failures are raised as the requests exceptions telebot
+    and the shop already handle. Not used when the environment names a proxy for the Bot API
+    (install() says so): telebot's requests then honours it as it always did."""
+
+    def __init__(self, workers):
+        ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if not ca:
+            import certifi  # requests' own bundle, so both ways trust the same authorities
+
+            ca = certifi.where()
+        self.pool = urllib3.PoolManager(maxsize=workers, block=False, retries=False, ca_certs=ca)
+
+    @classmethod
+    def install(cls, api_url, workers):
+        """Send telebot's calls through a new transport unless a proxy is set for api_url."""
+        if requests.utils.get_environ_proxies(api_url):
+            apihelper.CUSTOM_REQUEST_SENDER = None
+            return None
+        apihelper.CUSTOM_REQUEST_SENDER = transport = cls(workers)
+        return transport
+
+    @staticmethod
+    def file_field(key, value):
+        """(file name, bytes) of a file telebot passes: a file, bytes, or (name, file or bytes);
+        named as requests names it."""
+        if isinstance(value, tuple):
+            name, value = value[0], value[1]
+        else:
+            name = getattr(value, "name", None)
+            name = os.path.basename(name) if isinstance(name, str) and name[:1] != "<" else key
+        return name, value.read() if hasattr(value, "read") else value
+
+    def __call__(self, method, url, params=None, files=None, timeout=None, proxies=None):
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        kw = {"timeout": urllib3.Timeout(connect=connect, read=read), "redirect": False}
+        method = method.upper()
+        if files:
+            fields = dict(params or {})
+            fields.update((k, self.file_field(k, v)) for k, v in files.items())
+            kw.update(fields=fields)
+        elif method == "GET":
+            kw.update(fields=params)
+        else:
+            kw.update(fields=params or {}, encode_multipart=False)
+        try:
+            r = self.pool.request(method, url, **kw)
+        except urllib3.exceptions.NewConnectionError as e:
+            raise requests.ConnectionError(e) from None
+        except urllib3.exceptions.ConnectTimeoutError as e:
+            raise requests.ConnectTimeout(e) from None
+        except urllib3.exceptions.ReadTimeoutError as e:
+            raise requests.ReadTimeout(e) from None
+        except urllib3.exceptions.HTTPError as e:
+            raise requests.ConnectionError(e) from None
+        return BotApiAnswer(r.status, r.reason, r.data)
 
 
 class PollingBot(telebot.TeleBot):
@@ -16926,6 +17008,8 @@ class Shop:
         if c.bot_token:  # every Bot API call, the bot's and Telegram Stars', goes here
             apihelper.API_URL = c.telegram_api_url + "/bot{0}/{1}"
             apihelper.FILE_URL = c.telegram_api_url + "/file/bot{0}/{1}"
+            # connections kept: the bot's workers, the outbox sender's 4 and a few web threads'
+            BotApiTransport.install(c.telegram_api_url, BOT_WORKERS + 8)
         self.start_providers()
         # initData is signed with the bot token; a sandbox without a bot signs its preview itself.
         self.webapp_token = c.bot_token or stored_secret(c.shop_db, "sandbox_webapp_token")
@@ -16992,7 +17076,10 @@ class Shop:
         if c.bot_token:
             self.polling_errors = PollingErrors(self)
             self.telegram = PollingBot(
-                c.bot_token, threaded=True, num_threads=6, exception_handler=self.polling_errors
+                c.bot_token,
+                threaded=True,
+                num_threads=BOT_WORKERS,
+                exception_handler=self.polling_errors,
             )
             ShopBot(self)
             self.sender = OutboxSender(self, self.limiter)

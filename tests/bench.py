@@ -19,6 +19,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 from harness import Context, table  # noqa: E402
 
 
+ORDER = ["catalog", "bot", "burst", "delivery", "checkout", "ipn", "memory", "growth", "litestream"]
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -41,8 +44,7 @@ def benchmarks():
     found = {}
     for module in (bench_web, bench_bot, bench_growth):
         found.update(module.BENCHMARKS)
-    order = ["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth", "litestream"]
-    return {name: found[name] for name in order if name in found}
+    return {name: found[name] for name in ORDER if name in found}
 
 
 def main(argv=None):
@@ -50,10 +52,7 @@ def main(argv=None):
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated names: "
-        + ", ".join(
-            ["catalog", "bot", "delivery", "checkout", "ipn", "memory", "growth", "litestream"]
-        ),
+        help="comma-separated names: " + ", ".join(ORDER),
     )
     parser.add_argument("--quick", action="store_true", help="less load: a smoke run")
     args = parser.parse_args(argv)

@@ -35,8 +35,8 @@ from harness import (  # noqa: E402
 # --------------------------------------------------------------------------------------------
 # 2. bot reply latency
 
-# The baseline: a bare telebot bot with the shop's polling settings (shop.py, Shop.start/_run_bot:
-# PollingBot(token, threaded=True, num_threads=6); infinity_polling(timeout=30,
+# The baseline: a bare telebot bot with the shop's polling settings (shop.py, Shop.start_bot and
+# _run_bot: PollingBot(token, threaded=True, num_threads=BOT_WORKERS); infinity_polling(timeout=30,
 # long_polling_timeout=25, allowed_updates=["message", "callback_query"])). It answers a message
 # with a message carrying inline buttons and a button press by editing that message and answering
 # the query: the calls the shop makes.
@@ -47,7 +47,8 @@ ECHO_BOT = textwrap.dedent("""
     base = os.environ["TELEGRAM_API_URL"]
     apihelper.API_URL = base + "/bot{0}/{1}"
     apihelper.FILE_URL = base + "/file/bot{0}/{1}"
-    bot = telebot.TeleBot(os.environ["BOT_TOKEN"], threaded=True, num_threads=6)
+    bot = telebot.TeleBot(os.environ["BOT_TOKEN"], threaded=True,
+                          num_threads=int(os.environ["BOT_WORKERS"]))
     counter = itertools.count()
     def keyboard():
         kb = types.InlineKeyboardMarkup()
@@ -165,17 +166,18 @@ def run_shoppers(fake, is_shop, shoppers, steps, think, seed):
     return failures, time.monotonic() - started
 
 
-def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
-    """Run one bot (the shop or the echo bot) against a fresh stand-in; return its latency
-    samples."""
+def measure_bot(tmp, is_shop, warm, run, seed_db=seed_catalog):
+    """Run one bot (the shop or the echo bot) against a fresh stand-in: warm(fake) -> failures
+    first (not measured), then run(fake) -> (failures, seconds); return the latency samples of
+    the run, its failures and its seconds."""
     tmp = Path(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     fake = TimedTelegram(token=TOKEN).start()
     proc = echo = None
     try:
-        env = shop_env(tmp, fake.base_url)
+        env = shop_env(tmp, fake.base_url, BOT_WORKERS=shop.BOT_WORKERS)
         if is_shop:
-            seed_catalog(env["SHOP_DB"], tmp / "media")
+            seed_db(env["SHOP_DB"], tmp / "media")
             proc = ShopProcess(tmp, env).start("--no-demo", ready="bot: @", timeout=30)
         else:
             script = tmp / "echo_bot.py"
@@ -189,12 +191,14 @@ def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
             )
         fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=30, what="the bot polling")
         # Warm-up (not measured): one shopper's first screens, so imports and caches are loaded.
-        failures, _ = run_shoppers(fake, is_shop, 1, steps[:5], (0.0, 0.0), seed + 99)
+        failures = warm(fake)
         if failures:
             raise AssertionError(f"warm-up failed: {failures}")
         fake.samples.clear()
-        failures, seconds = run_shoppers(fake, is_shop, shoppers, steps, think, seed)
+        calls_before = len(fake.calls)
+        failures, seconds = run(fake)
         samples = list(fake.samples)
+        calls = [c[0] if isinstance(c, tuple) else c for c in fake.calls[calls_before:]]
         if fake.errors:
             failures.append(f"stand-in errors: {fake.errors[:2]}")
         if proc is not None and " ERROR " in proc.log:
@@ -202,7 +206,7 @@ def measure_bot(tmp, is_shop, shoppers, steps, think, seed=1):
                 "shop logged errors:\n"
                 + "\n".join(line for line in proc.lines if " ERROR " in line)[:2000]
             )
-        return samples, failures, seconds
+        return samples, failures, seconds, calls
     finally:
         if proc is not None:
             proc.stop()
@@ -222,7 +226,16 @@ def bench_bot(ctx):
     think = (0.3, 0.9)  # seconds a shopper looks at a screen before the next tap
     results = {}
     for name, is_shop in (("echo", False), ("shop", True)):
-        samples, failures, seconds = measure_bot(ctx.tmp / name, is_shop, shoppers, steps, think)
+        samples, failures, seconds, _ = measure_bot(
+            ctx.tmp / name,
+            is_shop,
+            warm=lambda fake, is_shop=is_shop: run_shoppers(
+                fake, is_shop, 1, steps[:5], (0.0, 0.0), 100
+            )[0],
+            run=lambda fake, is_shop=is_shop: run_shoppers(
+                fake, is_shop, shoppers, steps, think, 1
+            ),
+        )
         lat = [s for _, s in samples]
         results[name] = {
             "median": pct(lat, 0.5),
@@ -273,6 +286,189 @@ def bench_bot(ctx):
             ms(shop_["p99"]),
             ms(echo["p99"]) + " (echo bot)",
             ratio(shop_["p99"], echo["p99"]),
+            "",
+            "",
+        ),
+    ] + (
+        []
+        if ok
+        else [
+            Row(
+                label,
+                "failures",
+                "; ".join((shop_["failures"] + echo["failures"])[:3])[:300],
+                "",
+                "",
+                "none",
+                "no",
+            )
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 2b. bot replies under bursts
+
+# Every shopper taps at the same moment, round after round: what a broadcast or a restock alert
+# brings. The taps go through real screens: the catalog, product cards with photos (a text screen
+# becoming a photo card and back), adding to the basket, the basket and the profile. "pick" presses
+# a catalog button, "add" the card's 🧺 Add to basket, "back" ⬅️ Back; the echo bot answers the same
+# kinds of updates (a message or a button press) in its one way.
+BURST = [
+    "/start",
+    "🛒 Shop",
+    "pick",
+    "pick",
+    "pick",
+    "add",
+    "back",
+    "pick",
+    "add",
+    "back",
+    "back",
+    "pick",
+    "pick",
+    "add",
+    "🧺 Basket",
+    "🛒 Shop",
+    "pick",
+    "pick",
+    "pick",
+    "👤 Profile",
+]
+
+
+def seed_photo_catalog(db, media):
+    """bench_web's catalog: 20 cities x 5 districts x 10 products with photos, 3 units each."""
+    from bench_web import seed_catalog as seed_with_photos
+
+    conn = shop.init_db(str(db))
+    try:
+        seed_with_photos(conn, Path(media), cities=4)
+    finally:
+        conn.close()
+
+
+def burst_button(fake, chat, step, is_shop, rng):
+    """(message id, callback data) of the button a shopper presses for step on their screen."""
+    screen = fake.last_message(chat)
+    buttons = [b for row in (screen.buttons if screen else []) for b in row if "callback_data" in b]
+    if is_shop and step == "add":
+        buttons = [b for b in buttons if b["callback_data"].startswith("add:")]
+    elif is_shop and step == "back":
+        buttons = [b for b in buttons if b["text"] == "⬅️ Back"]
+    elif is_shop:
+        buttons = [
+            b
+            for b in buttons
+            if b["callback_data"].startswith(NAV) and b["text"] not in ("◀️", "▶️", "⬅️ Back")
+        ]
+    else:
+        buttons = [b for b in buttons if (b["callback_data"] == "back") == (step == "back")]
+    if not buttons:
+        raise AssertionError(f"chat {chat}: no {step!r} button on {screen!r}")
+    return screen.message_id, rng.choice(buttons)["callback_data"]
+
+
+def run_bursts(fake, is_shop, shoppers, steps, seed, first=9_100_000):
+    """Each round, every shopper's next tap is pushed in one go (one getUpdates answer holds them
+    all); the round ends when every one is answered. Returns (failures, seconds)."""
+    chats = [first + i for i in range(shoppers)]
+    rngs = {chat: random.Random(seed * 1000 + chat) for chat in chats}
+    started = time.monotonic()
+    for step in steps:
+        events = []
+        try:
+            with fake._cond:  # the stand-in's lock: no poll sees the round until it is all there
+                for chat in chats:
+                    if step in ("pick", "add", "back"):
+                        message_id, data = burst_button(fake, chat, step, is_shop, rngs[chat])
+                        query = fake.user_clicks(chat, message_id, data)
+                        events.append((chat, step, fake.expect(chat, query)))
+                    else:
+                        events.append((chat, step, fake.expect(chat, "message")))
+                        fake.user_sends(chat, step, first_name=f"Shopper{chat}")
+        except AssertionError as e:
+            return [str(e)], time.monotonic() - started
+        deadline = time.monotonic() + 30
+        late = [(c, s) for c, s, e in events if not e.wait(max(0.0, deadline - time.monotonic()))]
+        if late:
+            return [f"no answer within 30 s to {late[:3]}"], time.monotonic() - started
+    return [], time.monotonic() - started
+
+
+def bench_burst(ctx):
+    shoppers = 50
+    steps = BURST if not ctx.quick else BURST[:10]
+    results = {}
+    for name, is_shop in (("echo", False), ("shop", True)):
+        samples, failures, seconds, calls = measure_bot(
+            ctx.tmp / name,
+            is_shop,
+            warm=lambda fake, is_shop=is_shop: run_bursts(fake, is_shop, 1, steps, 99, 9_099_000)[
+                0
+            ],
+            run=lambda fake, is_shop=is_shop: run_bursts(fake, is_shop, shoppers, steps, 1),
+            seed_db=seed_photo_catalog,
+        )
+        lat = [s for _, s in samples]
+        counted = {}
+        for method in calls:
+            if method != "getUpdates":
+                counted[method] = counted.get(method, 0) + 1
+        taps = shoppers * len(steps)
+        results[name] = {
+            "median": pct(lat, 0.5),
+            "p99": pct(lat, 0.99),
+            "n": len(lat),
+            "failures": failures,
+            "calls": sum(counted.values()) / taps,
+        }
+        print(
+            f"#   burst/{name}: {len(lat)} answers in {seconds:.1f} s; median "
+            f"{results[name]['median'] * 1000:.1f} ms, p99 {results[name]['p99'] * 1000:.1f} ms; "
+            f"Bot API calls per tap {results[name]['calls']:.2f} "
+            + ", ".join(f"{m} {n}" for m, n in sorted(counted.items(), key=lambda kv: -kv[1]))
+            + (f"; FAILURES: {failures[:3]}" if failures else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+    shop_, echo = results["shop"], results["echo"]
+    expected = shoppers * len(steps)
+    ok = not shop_["failures"] and not echo["failures"] and shop_["n"] == echo["n"] == expected
+
+    def ms(v):
+        return f"{v * 1000:.1f} ms"
+
+    label = "2b. Bot replies under bursts"
+    what = (
+        f"{shoppers} shoppers tapping at once, {len(steps)} rounds, {shop.BOT_WORKERS} workers each"
+    )
+    return [
+        Row(
+            label,
+            f"median update → answer ({what})",
+            ms(shop_["median"]),
+            ms(echo["median"]) + " (echo bot)",
+            ratio(shop_["median"], echo["median"]),
+            "≤ 1.2x",
+            "yes" if ok and shop_["median"] <= 1.2 * echo["median"] else "no",
+        ),
+        Row(
+            label,
+            "p99 update → answer",
+            ms(shop_["p99"]),
+            ms(echo["p99"]) + " (echo bot)",
+            ratio(shop_["p99"], echo["p99"]),
+            "≤ 1.5x",
+            "yes" if ok and shop_["p99"] <= 1.5 * echo["p99"] else "no",
+        ),
+        Row(
+            label,
+            "Bot API calls per tap (photo cards, basket, answers)",
+            f"{shop_['calls']:.2f}",
+            f"{echo['calls']:.2f} (echo bot)",
+            "",
             "",
             "",
         ),
@@ -404,7 +600,7 @@ def bench_delivery(ctx):
     ]
 
 
-BENCHMARKS = {"bot": bench_bot, "delivery": bench_delivery}
+BENCHMARKS = {"bot": bench_bot, "burst": bench_burst, "delivery": bench_delivery}
 
 
 if __name__ == "__main__":  # python tests/bench_bot.py [bot|delivery] [--quick]
