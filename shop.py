@@ -1379,6 +1379,31 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+# Threads that answer web requests (waitress's pool; benchmark 1's bare server has as many).
+WEB_THREADS = 8
+
+
+class BusyWebNote(logging.Filter):
+    """Waitress warns "Task queue depth is N" for every request that finds its threads busy:
+    thousands a second under load, each one formatted, redacted and written, and the dashboard's
+    recent problems filled with them. One line a minute says it, in words an owner can use."""
+
+    def __init__(self):
+        super().__init__()
+        self.throttle = Throttle(60)
+
+    def filter(self, record):
+        if not self.throttle():
+            return False
+        depth = record.args[0] if isinstance(record.args, tuple) and record.args else "some"
+        record.msg, record.args = (
+            "web: %s requests waited for a free web thread (all %d busy); if this repeats every "
+            "minute the box is too small for its traffic (more like it this minute not logged)",
+            (depth, WEB_THREADS),
+        )
+        return True
+
+
 def setup_logging(config, stream=None):
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
@@ -1393,6 +1418,8 @@ def setup_logging(config, stream=None):
     telebot.logger.setLevel(logging.CRITICAL if config.log_level != "DEBUG" else logging.DEBUG)
     for noisy in ("waitress.queue", "urllib3", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    busy = logging.getLogger("waitress.queue")
+    busy.filters[:] = [BusyWebNote()]
 
 
 # Database ######################################################################
@@ -10720,15 +10747,23 @@ def web_undecodable_input():
         raise bottle.HTTPError(400, "The request is not readable text.") from None
 
 
+# What every answer carries unless it says otherwise (the Mini App's page may be framed: see its
+# CSP).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
+)
+
+
 def web_security_headers():
     h = bottle.response.headers
     if bottle.request.path.startswith("/admin"):
         h["Content-Security-Policy"] = ADMIN_CSP
         h["Cache-Control"] = "no-store"
-    h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "same-origin")
-    if bottle.request.path != "/app":  # the Mini App lives in Telegram's frames; see its CSP
-        h.setdefault("X-Frame-Options", "DENY")
+    for name, value in SECURITY_HEADERS:
+        if name != "X-Frame-Options" or bottle.request.path != "/app":
+            h.setdefault(name, value)
 
 
 def web_favicon(shop):
@@ -11167,14 +11202,25 @@ class CatalogCache:
         self.built = {}
         self.lock = threading.Lock()  # one build at a time; the others wait for it and share it
 
+    def fresh(self, code, commits=None, now=None):
+        """(plain, gzipped) of the catalog in language `code` when it may be served without asking
+        SQLite (nothing committed in this process since, checked within the second), else None."""
+        commits = _commits.value if commits is None else commits
+        now = time.monotonic() if now is None else now
+        _, seen, checked, raw, packed = self.built.get(code, self.EMPTY)
+        if seen == commits and now - checked < self.CHECK_SECONDS:
+            return raw, packed
+        return None
+
     def get(self, conn, stars=True):
         """The catalog in the language of the moment. stars: whether the shop takes Telegram
         Stars (the same for the life of the process)."""
         code = current_language().code
         commits, now = _commits.value, time.monotonic()  # both before anything is read
-        version, seen, checked, raw, packed = self.built.get(code, self.EMPTY)
-        if seen == commits and now - checked < self.CHECK_SECONDS:
-            return raw, packed
+        found = self.fresh(code, commits, now)
+        if found is not None:
+            return found
+        version = self.built.get(code, self.EMPTY)[0]
         current = get_catalog_version(conn)
         if current != version:
             with self.lock:
@@ -11497,6 +11543,16 @@ def api_init_data():
     return init_data
 
 
+def api_person(user):
+    """What touch_user records of an initData user (and the key of its row in the users cache)."""
+    return {
+        "id": user["id"],
+        "first_name": str(user.get("first_name") or "")[:64],
+        "username": user.get("username"),
+        "language_code": user.get("language_code"),
+    }
+
+
 def api_current_user(shop):
     """The shopper whose initData signs this request (their users row), or Unauthorized/Banned."""
     caches, init_data = shop.miniapp, api_init_data()
@@ -11506,12 +11562,7 @@ def api_current_user(shop):
         caches.verified.put(init_data, (user, int(dict(parse_qsl(init_data))["auth_date"])))
     if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
         raise Unauthorized(tr("Not a Telegram user."))
-    person = {
-        "id": user["id"],
-        "first_name": str(user.get("first_name") or "")[:64],
-        "username": user.get("username"),
-        "language_code": user.get("language_code"),
-    }
+    person = api_person(user)
     key, commits, now = tuple(person.values()), _commits.value, time.monotonic()
     row, seen, fetched = caches.users.get(key, (None, None, 0.0))
     if row is None or seen != commits or now - fetched > 2.0:  # a commit may have changed it
@@ -11666,18 +11717,70 @@ def api_set_language(shop, conn, user, data):
         return api_me(shop, conn, user, data)
 
 
+def catalog_headers(packing):
+    """The headers of GET /api/catalog's answer (packing: gzipped)."""
+    return {
+        "Content-Type": "application/json",
+        "Cache-Control": "no-store",
+        "Vary": "Accept-Encoding",
+        **({"Content-Encoding": "gzip"} if packing else {}),
+    }
+
+
 def api_catalog(shop, conn, user, data):
     raw, packed = shop.miniapp.catalog.get(conn, takes_stars(shop))
     packing = "gzip" in (header("Accept-Encoding") or "").lower()
-    return bottle.HTTPResponse(
-        packed if packing else raw,
-        headers={
-            "Content-Type": "application/json",
-            "Cache-Control": "no-store",
-            "Vary": "Accept-Encoding",
-            **({"Content-Encoding": "gzip"} if packing else {}),
-        },
-    )
+    return bottle.HTTPResponse(packed if packing else raw, headers=catalog_headers(packing))
+
+
+class CatalogFastPath:
+    """GET /api/catalog answered before Bottle, in a WSGI layer around the app. The Mini App asks
+    for the catalog each time it opens, so a broadcast brings hundreds at once, and Bottle's own
+    work per request (routing, request and response objects, hooks) was most of what the shop
+    spent on one. When everything the answer needs is already in memory it is given here: the
+    shopper's initData was verified and has not expired, their row was read since the last commit
+    and they are not banned, and the catalog in their language was built and checked within the
+    second. The answer is the one the full path gives, byte for byte, headers included (a test
+    compares them). Anything else takes the full path, which answers it and fills the caches: a
+    first or expired initData, one in the Authorization header, a banned or unknown shopper, the
+    preview shopper, a query string, a header that is not ASCII."""
+
+    def __init__(self, shop, app):
+        self.shop, self.app, self.served = shop, app, 0
+
+    def __call__(self, environ, start_response):
+        if (
+            environ.get("PATH_INFO") == "/api/catalog"
+            and environ.get("REQUEST_METHOD") == "GET"
+            and not environ.get("QUERY_STRING")
+        ):
+            found = self.answer(environ)
+            if found is not None:
+                start_response("200 OK", found[0])
+                self.served += 1
+                return [found[1]]
+        return self.app(environ, start_response)
+
+    def answer(self, environ):
+        """(headers, body) of the answer, or None for the full path."""
+        if not all(v.isascii() for k, v in environ.items() if k[:5] == "HTTP_"):
+            return None
+        caches = self.shop.miniapp
+        user, signed_at = caches.verified.get(environ.get("HTTP_X_TELEGRAM_INIT_DATA"), (None, 0))
+        if user is None or user["id"] <= 0 or time.time() - signed_at > INIT_DATA_MAX_AGE:
+            return None
+        row, seen, fetched = caches.users.get(tuple(api_person(user).values()), (None, None, 0.0))
+        if row is None or seen != _commits.value or time.monotonic() - fetched > 2.0:
+            return None
+        if row["is_banned"]:
+            return None
+        found = caches.catalog.fresh(shopper_language(self.shop.db(), row))
+        if found is None:
+            return None
+        packing = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "").lower()
+        body = found[1] if packing else found[0]
+        headers = [*catalog_headers(packing).items(), *SECURITY_HEADERS]
+        return [*headers, ("Content-Length", str(len(body)))], body
 
 
 def api_basket(shop, conn, user, data):
@@ -17031,12 +17134,13 @@ class Shop:
         self._web_map = {}
         try:
             # poll(), not select(): select() cannot watch a socket whose number is 1024 or more.
+            self.catalog_fast_path = CatalogFastPath(self, make_app(self))
             self.server = waitress.create_server(
-                make_app(self),
+                self.catalog_fast_path,
                 map=self._web_map,
                 host=c.host,
                 port=c.port,
-                threads=8,
+                threads=WEB_THREADS,
                 ident="shop",
                 # Waitress counts idle keep-alive connections against this limit (100 by default)
                 # until channel_timeout closes them: 100 Mini App clients keeping theirs open made

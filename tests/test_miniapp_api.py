@@ -620,6 +620,53 @@ def test_cancel_from_the_app_frees_the_items(app):
     )
 
 
+def test_the_catalog_from_memory_is_the_full_paths_answer(app, fake_tg):
+    """GET /api/catalog is answered before Bottle once all it needs is in memory
+    (CatalogFastPath): the same bytes and headers as the full path. Whatever it cannot vouch for
+    takes the full path: a ban, a commit since the shopper was read, the Authorization header, a
+    query string, a header that is not ASCII."""
+    fast, init = app.catalog_fast_path, shop.sign_init_data(ANN, TOKEN, query_id="AAH")
+
+    def get(served, path="/api/catalog", **headers):
+        """(status, headers but Date, body as sent) of a GET; served: how many of them the fast
+        path must have answered (None: either)."""
+        before = fast.served
+        r = requests.get(
+            app.url + path,
+            headers={"X-Telegram-Init-Data": init, **headers},
+            timeout=10,
+            stream=True,
+        )
+        raw = r.raw.read(decode_content=False)
+        assert served is None or fast.served - before == served, (path, headers)
+        return r.status_code, {k: v for k, v in r.headers.items() if k != "Date"}, raw
+
+    # Quiet first: the bot notes that it introduced itself (a commit) before it polls.
+    fake_tg.wait_for(lambda: fake_tg.calls_to("getUpdates"), what="the bot polling")
+    assert get(0)[0] == 200  # verified, recorded, built; the recording is a commit
+    assert get(0)[0] == 200  # read again after that commit
+    for encoding in ("gzip, deflate, br", "identity"):
+        full = get(0, "/api/catalog?full=1", **{"Accept-Encoding": encoding})
+        from_memory = get(1, **{"Accept-Encoding": encoding})
+        assert from_memory == full and full[0] == 200
+    assert from_memory[1]["Content-Type"] == "application/json"
+    assert from_memory[1]["Cache-Control"] == "no-store"
+    assert from_memory[1]["X-Frame-Options"] == "DENY"
+    assert "Content-Encoding" not in from_memory[1]
+    gzipped = get(1, **{"Accept-Encoding": "gzip"})
+    assert gzipped[1]["Content-Encoding"] == "gzip" and gzipped[2][:2] == b"\x1f\x8b"
+    get(0, **{"X-Telegram-Init-Data": "", "Authorization": f"tma {init}"})
+    get(0, **{"X-Note": "caf\u00e9".encode().decode("latin1")})
+    shop.set_banned(app.conn, 501, True)  # a commit: the shopper is read again, and refused
+    status, _, body = get(0)
+    assert status == 403 and "not available to you" in body.decode()
+    assert get(0)[0] == 403
+    shop.set_banned(app.conn, 501, False)
+    assert get(0)[0] == 200 and get(None)[0] == 200 and get(1)[0] == 200
+    other = shop.sign_init_data({**ANN, "first_name": "Ann B"}, TOKEN, query_id="AAH")
+    assert get(0, **{"X-Telegram-Init-Data": other})[0] == 200  # first seen: verified, recorded
+
+
 def test_a_banned_shopper_is_refused(app):
     shop.touch_user(app.conn, ANN)
     shop.set_banned(app.conn, 501, True)
