@@ -17210,7 +17210,9 @@ class Shop:
                 providers.append(cls(**settings))
         for provider in providers:
             if isinstance(provider, SandboxPayments):  # its API answers in this process
-                adapter = InProcess(self.sandbox_app, "/sandbox/v1")
+                # Two threads: the emulator answers in a millisecond, and each thread that has
+                # run it keeps its stack and a database connection (some 0.5 MB after a load).
+                adapter = InProcess(self.sandbox_app, "/sandbox/v1", threads=2)
                 provider.session.mount(self.url + "/sandbox/v1/", adapter)
         self.payments = PaymentDesk(self, providers)
 

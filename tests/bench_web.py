@@ -817,7 +817,8 @@ def bare_rss():
 
 
 # What each part costs, in a process of its own: VmRSS after each step (KB, JSON on stdout).
-MEMORY_PARTS = r"""
+MEMORY_PARTS = (
+    r"""
 import json, sys, tempfile, threading, time
 from pathlib import Path
 
@@ -829,7 +830,9 @@ steps = []
 def step(name):
     steps.append((name, rss()))
 
-""" + BARE_IMPORTS.split("; print(")[0] + r"""
+"""
+    + BARE_IMPORTS.split("; print(")[0]
+    + r"""
 step("libraries")
 sys.path.insert(0, sys.argv[1])
 import shop
@@ -860,6 +863,7 @@ for t in threads:
 step("10 threads")
 print(json.dumps(steps), flush=True)
 """
+)
 
 
 def memory_parts():
@@ -871,7 +875,8 @@ def memory_parts():
         timeout=120,
     )
     steps = json.loads(out.stdout.strip().splitlines()[-1])
-    return [(name, kb - before) for (name, kb), (_, before) in zip(steps, [steps[0]] + steps)]
+    before = [steps[0]] + steps[:-1]
+    return [(name, kb - was) for (name, kb), (_, was) in zip(steps, before, strict=True)]
 
 
 def bench_memory(ctx):
@@ -1034,7 +1039,7 @@ def bench_memory(ctx):
             "≤ 1.8x",
             "yes" if loaded <= 1.8 * bare else "no",
         ),
-        Row("6. Memory", "what each part adds (measured apart, step by step)", costs, "", "", "", ""),
+        Row("6. Memory", "what each part adds (measured apart, in steps)", costs, "", "", "", ""),
     ]
 
 
