@@ -3,6 +3,7 @@ stand-in."""
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 
 import shop
 from conftest import HOSTILE, Shopper
+from harness import free_port, png
 
 
 @pytest.fixture
@@ -463,3 +465,103 @@ def test_a_photo_card_shown_again_is_edited_in_place_not_sent_anew(fake_tg, host
     assert len(fake_tg.calls_to("editMessageMedia")) == 1
     assert len(fake_tg.calls_to("sendPhoto")) == uploads
     assert len(fake_tg.calls_to("deleteMessage")) == deletes
+
+
+# How Bot API calls travel (BotApiTransport)
+
+
+@pytest.fixture
+def transport(fake_tg, monkeypatch):
+    """telebot's calls sent by the shop's transport, as a started shop sends them; put back
+    after."""
+    from telebot import apihelper
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(apihelper, "API_URL", fake_tg.base_url + "/bot{0}/{1}")
+    monkeypatch.setattr(apihelper, "CUSTOM_REQUEST_SENDER", None)
+    sent = shop.BotApiTransport.install(fake_tg.base_url, 4)
+    assert sent is not None and apihelper.CUSTOM_REQUEST_SENDER is sent
+    yield shop.PollingBot(fake_tg.token, threaded=False)
+
+
+def test_bot_api_calls_go_over_urllib3_with_their_parameters_in_the_body(fake_tg, transport):
+    """Text, keyboards and uploads arrive as sent (the stand-in parses forms and multipart as
+    Telegram does); Telegram's refusals stay telebot's ApiTelegramException."""
+    fake_tg.open_chat(4242)
+    markup = shop.inline_markup([[("Poster · €19.00 & more", "prod:1:2")]])
+    sent = transport.send_message(
+        4242, "<b>Łódź</b> &amp; 🧺 " + "x" * 3000, parse_mode="HTML", reply_markup=markup
+    )
+    got = fake_tg.last_message(4242)
+    assert got.message_id == sent.message_id and got.content.startswith("Łódź & 🧺 x")
+    assert got.buttons == [[{"text": "Poster · €19.00 & more", "callback_data": "prod:1:2"}]]
+    photo = png(6, 5)
+    first = transport.send_photo(4242, photo, caption="QR", reply_markup=markup)
+    assert fake_tg.uploads[first.photo[-1].file_id][:8] == photo[:8]
+    again = transport.send_photo(4242, first.photo[-1].file_id, caption="again")
+    assert fake_tg.last_message(4242).message_id == again.message_id
+    with pytest.raises(shop.apihelper.ApiTelegramException) as refused:
+        transport.send_message(999_999_001, "nobody")
+    assert refused.value.error_code in (400, 403)
+
+
+def test_the_parameters_travel_in_the_body_not_the_address(transport):
+    """A message of thousands of characters is not re-encoded into a URL on every call."""
+    import http.server
+    import threading
+
+    from telebot import apihelper
+
+    seen = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers["Content-Type"], body))
+            answer = b'{"ok": true, "result": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        apihelper.API_URL = f"http://127.0.0.1:{server.server_address[1]}/bot{{0}}/{{1}}"
+        transport.answer_callback_query("77", text="Added to your basket (2 there now).")
+    finally:
+        server.shutdown()
+        server.server_close()
+    path, kind, body = seen[0]
+    assert path.endswith("/answerCallbackQuery") and "?" not in path
+    assert kind == "application/x-www-form-urlencoded"
+    assert b"callback_query_id=77" in body and b"Added+to+your+basket" in body
+
+
+def test_network_failures_are_the_requests_exceptions_the_shop_handles(transport):
+    from telebot import apihelper
+
+    port = free_port()  # nothing listens there
+    apihelper.API_URL = f"http://127.0.0.1:{port}/bot{{0}}/{{1}}"
+    with pytest.raises(requests.ConnectionError):
+        transport.send_message(1, "hi")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        apihelper.API_URL = f"http://127.0.0.1:{silent.getsockname()[1]}/bot{{0}}/{{1}}"
+        with pytest.raises(requests.ReadTimeout):
+            apihelper._make_request(transport.token, "getMe", params={"timeout": 0.3})
+    assert issubclass(requests.ReadTimeout, shop.NETWORK_ERRORS)
+
+
+def test_with_a_proxy_in_the_environment_telebot_sends_as_it_always_did(fake_tg, monkeypatch):
+    from telebot import apihelper
+
+    monkeypatch.setattr(apihelper, "CUSTOM_REQUEST_SENDER", object())
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    assert shop.BotApiTransport.install("https://api.telegram.org", 4) is None
+    assert apihelper.CUSTOM_REQUEST_SENDER is None
