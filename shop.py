@@ -1395,11 +1395,10 @@ class BusyWebNote(logging.Filter):
     def filter(self, record):
         if not self.throttle():
             return False
-        depth = record.args[0] if isinstance(record.args, tuple) and record.args else "some"
-        record.msg, record.args = (
+        record.msg, record.args = (  # waitress's args: (depth,)
             "web: %s requests waited for a free web thread (all %d busy); if this repeats every "
             "minute the box is too small for its traffic (more like it this minute not logged)",
-            (depth, WEB_THREADS),
+            (*record.args, WEB_THREADS),
         )
         return True
 
@@ -5218,15 +5217,6 @@ def discount_line(discount):
         "🏷 Code {code}: −{amount}",
         code=f"<code>{esc(discount[0])}</code>",
         amount=fmt_eur(discount[1]),
-    )
-
-
-def order_paid_and_off(conn, order_id):
-    """(cents paid, cents a discount code took off) of an order."""
-    return tuple(
-        conn.execute(
-            "SELECT total_cents, discount_cents FROM orders WHERE id = ?", (order_id,)
-        ).fetchone()
     )
 
 
@@ -10285,7 +10275,9 @@ class PaymentDesk:
                     reference=f"order-{order_id}",
                     description=stars_invoice_description(conn, order_id, total),
                     webhook_url="",
-                    amount=stars_after_discount(stars, *order_paid_and_off(conn, order_id)),
+                    amount=stars_after_discount(
+                        stars, total, get_order(conn, user_id, order_id)["discount_cents"]
+                    ),
                     # TRANSLATORS: the title of a Telegram Stars invoice: at most 32 characters.
                     title=shorten(tr("Order #{order}", order=order_id), 32),
                     chat_id=chat_id,
@@ -11523,6 +11515,22 @@ class MiniAppCaches:
         # "default" -> (the shop's default language, commits, when), as for users
         self.default = MiniAppCache(limit=1)
 
+    def signed_user(self, init_data):
+        """The user an initData was found to sign, while it has not expired; None when it must be
+        checked (again)."""
+        user, signed_at = self.verified.get(init_data, (None, 0))
+        if user is None or time.time() - signed_at > INIT_DATA_MAX_AGE:
+            return None
+        return user
+
+    def shopper_row(self, person):
+        """The users row of api_person(user) when it was read since the last commit in this
+        process and within 2 s (a commit, here or elsewhere, may have changed it), else None."""
+        row, seen, fetched = self.users.get(tuple(person.values()), (None, None, 0.0))
+        if row is None or seen != _commits.value or time.monotonic() - fetched > 2.0:
+            return None
+        return row
+
     def default_language(self, conn):
         """The shop's default language, read again after a commit (the owner may have changed
         it) or after 2 seconds (another process may have)."""
@@ -11556,18 +11564,18 @@ def api_person(user):
 def api_current_user(shop):
     """The shopper whose initData signs this request (their users row), or Unauthorized/Banned."""
     caches, init_data = shop.miniapp, api_init_data()
-    user, signed_at = caches.verified.get(init_data, (None, 0))
-    if user is None or time.time() - signed_at > INIT_DATA_MAX_AGE:
+    user = caches.signed_user(init_data)
+    if user is None:
         user = verify_init_data(init_data, shop.webapp_token)
         caches.verified.put(init_data, (user, int(dict(parse_qsl(init_data))["auth_date"])))
     if user["id"] <= 0 and not (shop.config.sandbox and user["id"] == PREVIEW_USER["id"]):
         raise Unauthorized(tr("Not a Telegram user."))
     person = api_person(user)
-    key, commits, now = tuple(person.values()), _commits.value, time.monotonic()
-    row, seen, fetched = caches.users.get(key, (None, None, 0.0))
-    if row is None or seen != commits or now - fetched > 2.0:  # a commit may have changed it
+    commits, now = _commits.value, time.monotonic()  # before the row is read
+    row = caches.shopper_row(person)
+    if row is None:
         row = touch_user(shop.db(), person)
-        caches.users.put(key, (row, commits, now))
+        caches.users.put(tuple(person.values()), (row, commits, now))
     if row["is_banned"]:
         with speaking(shopper_language(shop.db(), row)):  # told in their own language
             raise Banned()
@@ -11766,13 +11774,11 @@ class CatalogFastPath:
         if not all(v.isascii() for k, v in environ.items() if k[:5] == "HTTP_"):
             return None
         caches = self.shop.miniapp
-        user, signed_at = caches.verified.get(environ.get("HTTP_X_TELEGRAM_INIT_DATA"), (None, 0))
-        if user is None or user["id"] <= 0 or time.time() - signed_at > INIT_DATA_MAX_AGE:
+        user = caches.signed_user(environ.get("HTTP_X_TELEGRAM_INIT_DATA"))
+        if user is None or user["id"] <= 0:
             return None
-        row, seen, fetched = caches.users.get(tuple(api_person(user).values()), (None, None, 0.0))
-        if row is None or seen != _commits.value or time.monotonic() - fetched > 2.0:
-            return None
-        if row["is_banned"]:
+        row = caches.shopper_row(api_person(user))
+        if row is None or row["is_banned"]:
             return None
         found = caches.catalog.fresh(shopper_language(self.shop.db(), row))
         if found is None:
@@ -16524,7 +16530,12 @@ def job_refresh_coins(shop):
 
 
 def job_verify_ledger(shop):
-    for user_id, cached, total in check_ledger(shop.db()):
+    log_ledger_differences(check_ledger(shop.db()))
+
+
+def log_ledger_differences(differences):
+    """An ERROR line for each balance its ledger rows disagree with (check_ledger's list)."""
+    for user_id, cached, total in differences:
         log.error(
             "ledger: user %d has a cached balance of %s but ledger rows summing to %s; "
             "the database was changed outside the shop",
@@ -16864,13 +16875,7 @@ class Shop:
                 f"{self.config.shop_db} is damaged (SQLite's check: {found['integrity']}); restore "
                 "it (litestream restore, or the newest file in backups/)"
             )
-        for user_id, cached, total in found["ledger"]:
-            log.error(
-                "ledger: user %d has a cached balance of %s but ledger rows summing to %s",
-                user_id,
-                cents_to_str(cached),
-                cents_to_str(total),
-            )
+        log_ledger_differences(found["ledger"])
         order, payment = found["order"], found["payment"]
         log.info(
             "database: integrity ok; %s; last order %s; last payment %s; %d payment(s) open at "
