@@ -16826,9 +16826,14 @@ class Shop:
         asked_at, status = self._replication
         if status is not None and now - asked_at < 5:
             return status
-        if not self._replication_lock.acquire(blocking=False):
+        # With nothing to answer yet, wait for the one asking (Litestream answers within its 2 s)
+        # rather than report a state that is no state, which the job would tell the owners.
+        if not self._replication_lock.acquire(timeout=3 if status is None else 0):
             return status or {"state": "being asked", "last_sync_at": None, "behind_seconds": None}
         try:
+            asked_at, known = self._replication
+            if known is not None and time.monotonic() - asked_at < 5:  # asked while we waited
+                return known
             status = litestream_status(self.config.litestream_socket, self.config.shop_db)
             if status.get("last_sync_at", "") is None:
                 self._unsynced_since = self._unsynced_since or now
