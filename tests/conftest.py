@@ -331,6 +331,12 @@ def order_payment(conn, uid, lines, pay_amount="0.0004", coin="btc", minutes=30)
     """An invoice as the desk opens it, with a made-up provider answer."""
     total = shop.price_lines(conn, lines)[0]
     nonce = shop.create_checkout(conn, uid, "order", total, lines)
+    return checkout_payment(conn, uid, nonce, pay_amount, coin, minutes)
+
+
+def checkout_payment(conn, uid, nonce, pay_amount="0.0004", coin="btc", minutes=30):
+    """The invoice the desk opens for a checkout the test made (its units reserved for
+    `minutes`), with a made-up provider answer."""
     order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, minutes)
     return shop.record_payment(
         conn,
@@ -371,6 +377,23 @@ def news(payment, status, paid=None, **extra):
         data["actually_paid"] = shop.Num(paid)
     data.update(extra)
     return data
+
+
+def apply(conn, data, source="ipn", owners=(900,)):
+    """Apply what the provider says (news(...)) as the desk does, owner 900 told of problems."""
+    return shop.apply_payment_status(
+        conn, shop.SandboxPayments.news(data), source=source, owners=owners
+    )
+
+
+def lapse(conn):
+    """Every reservation runs out now, as the scheduler would find it; how many orders lapsed."""
+    with shop.transaction(conn):
+        conn.execute(
+            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
+            (shop.now_iso(-1),),
+        )
+    return shop.release_expired_reservations(conn)
 
 
 def post_ipn(s, data=None, *, body=None, signature="sign", secret=None):

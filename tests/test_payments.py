@@ -8,9 +8,11 @@ import requests
 
 import shop
 from conftest import (
+    apply,
+    checkout_payment,
+    lapse,
     PAYMENT_IDS,
     emulator,
-    made_up_invoice,
     news,
     order_payment,
     post_ipn,
@@ -137,12 +139,6 @@ def test_forged_or_broken_ipns_are_recognised(body, signature, verdict):
 @pytest.fixture
 def gift(conn):
     return seed(conn, [("Berlin", "Mitte", "Gift card", 2500, 3)])[("Gift card", "Mitte")]
-
-
-def apply(conn, data, source="ipn"):
-    return shop.apply_payment_status(
-        conn, shop.SandboxPayments.news(data), source=source, owners=(900,)
-    )
 
 
 def outbox(conn, chat):
@@ -1117,23 +1113,8 @@ def test_a_late_payment_for_a_basket_order_takes_its_lines_out_of_the_basket_aga
     nonce = shop.create_checkout(
         conn, uid, "order", shop.price_lines(conn, lines)[0], lines, from_basket=True
     )
-    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, 30)
-    p = shop.record_payment(
-        conn,
-        kind="order",
-        user_id=uid,
-        reference=f"order-{order_id}",
-        price_cents=total,
-        invoice=made_up_invoice("0.0008"),
-        expires_at=shop.now_iso(1800),
-        order_id=order_id,
-    )
-    with shop.transaction(conn):
-        conn.execute(
-            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
-            (shop.now_iso(-1),),
-        )
-    shop.release_expired_reservations(conn)
+    p = checkout_payment(conn, uid, nonce, "0.0008")
+    lapse(conn)
     assert [(item.name, item.quantity) for item in shop.get_basket(conn, uid).lines] == [
         ("Gift card", 2)
     ]

@@ -12,7 +12,19 @@ import pytest
 import requests
 
 import shop
-from conftest import TOKEN, Shopper, rows, seed, snapshot, user, wait_for_row
+from conftest import (
+    TOKEN,
+    Shopper,
+    apply,
+    checkout_payment,
+    lapse,
+    news,
+    rows,
+    seed,
+    snapshot,
+    user,
+    wait_for_row,
+)
 from harness import TESTERS
 
 ANN = {"id": 701, "first_name": "Ann", "language_code": "en"}
@@ -399,12 +411,7 @@ def test_an_open_invoice_holds_its_use_and_a_lapsed_or_cancelled_one_gives_it_ba
     assert r.status_code == 409 and r.json()["error"] == "The code ONCE has been used up."
     # Ann's invoice runs out: its use comes free, and her code goes back on her basket with the
     # coffee.
-    with shop.transaction(app.conn):
-        app.conn.execute(
-            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
-            (shop.now_iso(-60),),
-        )
-    assert shop.release_expired_reservations(app.conn) == 1
+    assert lapse(app.conn) == 1
     assert app.conn.execute("SELECT status FROM orders").fetchone()[0] == "expired"
     assert shop.promo_uses(app.conn, code) == 0
     assert shop.get_user(app.conn, ANN["id"])["promo_id"] == code
@@ -485,37 +492,10 @@ def test_a_crypto_order_paid_with_a_code_is_refunded_its_discounted_price(conn):
     shop.apply_promo_code(conn, uid, "half", lines)
     quote = shop.quote_lines(conn, uid, lines)
     nonce = shop.create_checkout(conn, uid, "order", quote.total_cents, lines, False, code)
-    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, 30)
-    assert total == 2000
-    payment = shop.record_payment(
-        conn,
-        kind="order",
-        user_id=uid,
-        reference=f"order-{order_id}",
-        price_cents=total,
-        invoice=shop.SandboxPayments.new_invoice(
-            {
-                "payment_id": "9100001",
-                "pay_amount": "0.0004",
-                "pay_currency": "btc",
-                "pay_address": "addr",
-            }
-        ),
-        expires_at=shop.now_iso(1800),
-        order_id=order_id,
-    )
-    news = shop.PaymentNews(
-        provider=payment["provider"],
-        provider_id=payment["provider_id"],
-        status="finished",
-        paid="0.0004",
-        currency="btc",
-        amount="0.0004",
-        price="20.00",
-        price_currency="eur",
-        reference=payment["reference"],
-    )
-    shop.apply_payment_status(conn, news, source="ipn")
+    payment = checkout_payment(conn, uid, nonce)
+    order_id = payment["order_id"]
+    assert payment["price_cents"] == 2000
+    apply(conn, news(payment, "finished", paid="0.0004"), owners=())
     assert conn.execute("SELECT status FROM orders").fetchone()[0] == "paid"
     shop.refund_order(conn, order_id, "damaged in transit")
     assert shop.get_user(conn, uid)["balance_cents"] == 2000
@@ -687,36 +667,11 @@ def test_a_late_payment_keeps_the_code_in_its_order_and_off_the_basket(conn):
     lines = [(*ids[("Poster", "Mitte")], 1)]
     shop.apply_promo_code(conn, uid, "half", lines)
     nonce = shop.checkout_order(conn, uid, lines, False)
-    order_id, total, _ = shop.reserve_for_checkout(conn, uid, nonce, 30)
-    payment = shop.record_payment(
-        conn,
-        kind="order",
-        user_id=uid,
-        reference=f"order-{order_id}",
-        price_cents=total,
-        invoice=shop.NewInvoice("sandbox", "9100002", "btc", "0.0004", "addr"),
-        expires_at=shop.now_iso(1800),
-        order_id=order_id,
-    )
-    with shop.transaction(conn):
-        conn.execute(
-            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
-            (shop.now_iso(-60),),
-        )
-    shop.release_expired_reservations(conn)
+    payment = checkout_payment(conn, uid, nonce)
+    lapse(conn)
     assert shop.get_user(conn, uid)["promo_id"] == code
-    news = shop.PaymentNews(
-        provider="sandbox",
-        provider_id="9100002",
-        status="finished",
-        paid="0.0004",
-        currency="btc",
-        amount="0.0004",
-        price="10.00",
-        price_currency="eur",
-        reference=payment["reference"],
-    )
-    assert shop.apply_payment_status(conn, news, source="ipn").endswith(": delivered late")
+    answer = apply(conn, news(payment, "finished", paid="0.0004"), owners=())
+    assert answer.endswith(": delivered late")
     order = conn.execute("SELECT * FROM orders").fetchone()
     assert (order["status"], order["promo_id"], order["discount_cents"]) == ("paid", code, 1000)
     assert shop.get_user(conn, uid)["promo_id"] is None
@@ -732,6 +687,7 @@ def test_in_the_bot_a_cancelled_question_ends_and_a_refused_code_can_be_removed(
     ann.click("✖️ Cancel")
     assert "Checkout" in ann.screen.text
     assert "menu" in ann.send("ONE", "menu").text  # not taken for a code any more
+    assert shop.get_user(app.conn, ANN["id"])["promo_id"] is None
     ann.click("🏷 Promo code")
     ann.send("one", "Total: €11.25")
     Shopper(app.fake, 709, "Zoe").send("/start", "Welcome")

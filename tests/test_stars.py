@@ -6,7 +6,7 @@ import pytest
 import requests
 
 import shop
-from conftest import TOKEN, Shopper, seed, user, wait_for_row
+from conftest import TOKEN, Shopper, lapse, seed, user, wait_for_row
 
 OWNER = 9001
 
@@ -87,16 +87,6 @@ def app_call(s, uid, method, path, **kw):
     init = shop.sign_init_data({"id": uid, "first_name": "Ann"}, TOKEN)
     headers = {"X-Telegram-Init-Data": init}
     return requests.request(method, s.url + path, headers=headers, timeout=10, **kw)
-
-
-def lapse(conn):
-    """Every reservation runs out now, as the scheduler would find it."""
-    with shop.transaction(conn):
-        conn.execute(
-            "UPDATE stock_units SET reserved_until = ? WHERE status = 'reserved'",
-            (shop.now_iso(-1),),
-        )
-    shop.release_expired_reservations(conn)
 
 
 def deliveries(fake, chat_id, content):
