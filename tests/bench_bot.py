@@ -1,12 +1,13 @@
-"""Benchmarks 2 and 3: bot reply latency against a bare telebot echo bot, and outbox delivery
-throughput against Telegram's flood limits. Both run the real shop (`python shop.py --no-demo`) as a
-subprocess against the Bot API stand-in (tests/fake_telegram.py), subclassed by TimedTelegram
-(tests/harness.py) only to timestamp what passes through it. Standard library plus the shop's own
-dependencies.
+"""Benchmarks 2, 2b and 3: bot reply latency against a bare telebot echo bot, paced and under
+bursts, and outbox delivery throughput against Telegram's flood limits. They run the real shop
+(`python shop.py --no-demo`) as a subprocess against the Bot API stand-in
+(tests/fake_telegram.py), subclassed by TimedTelegram (tests/harness.py) only to timestamp what
+passes through it. Standard library plus the shop's own dependencies.
 
-    python tests/bench.py --only bot,delivery [--quick]
+    python tests/bench.py --only bot,burst,delivery [--quick]
 """
 
+import collections
 import random
 import signal
 import subprocess
@@ -172,9 +173,9 @@ def run_shoppers(fake, is_shop, shoppers, steps, think, seed):
 
 
 def measure_bot(tmp, is_shop, warm, run, seed_db=seed_catalog):
-    """Run one bot (the shop or the echo bot) against a fresh stand-in: warm(fake) -> failures
-    first (not measured), then run(fake) -> (failures, seconds); return the latency samples of
-    the run, its failures and its seconds."""
+    """Run one bot (the shop or the echo bot) against a fresh stand-in: warm(fake, is_shop) ->
+    failures first (not measured), then run(fake, is_shop) -> (failures, seconds). Returns the
+    run's latency samples, failures, seconds and Bot API calls by method (getUpdates aside)."""
     tmp = Path(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     fake = TimedTelegram(token=TOKEN).start()
@@ -196,14 +197,17 @@ def measure_bot(tmp, is_shop, warm, run, seed_db=seed_catalog):
             )
         fake.wait_for(lambda: fake.calls_to("getUpdates"), timeout=30, what="the bot polling")
         # Warm-up (not measured): one shopper's first screens, so imports and caches are loaded.
-        failures = warm(fake)
+        failures = warm(fake, is_shop)
         if failures:
             raise AssertionError(f"warm-up failed: {failures}")
         fake.samples.clear()
         calls_before = len(fake.calls)
-        failures, seconds = run(fake)
+        failures, seconds = run(fake, is_shop)
         samples = list(fake.samples)
-        calls = [c[0] if isinstance(c, tuple) else c for c in fake.calls[calls_before:]]
+        with fake._lock:
+            calls = collections.Counter(
+                name for name, _ in fake.calls[calls_before:] if name != "getUpdates"
+            )
         if fake.errors:
             failures.append(f"stand-in errors: {fake.errors[:2]}")
         if proc is not None and " ERROR " in proc.log:
@@ -234,44 +238,42 @@ def bench_bot(ctx):
         samples, failures, seconds, _ = measure_bot(
             ctx.tmp / name,
             is_shop,
-            warm=lambda fake, is_shop=is_shop: run_shoppers(
-                fake, is_shop, 1, steps[:5], (0.0, 0.0), 100
-            )[0],
-            run=lambda fake, is_shop=is_shop: run_shoppers(
-                fake, is_shop, shoppers, steps, think, 1
-            ),
+            warm=lambda fake, bot: run_shoppers(fake, bot, 1, steps[:5], (0.0, 0.0), 100)[0],
+            run=lambda fake, is_shop: run_shoppers(fake, is_shop, shoppers, steps, think, 1),
         )
-        lat = [s for _, s in samples]
-        results[name] = {
-            "median": pct(lat, 0.5),
-            "p99": pct(lat, 0.99),
-            "n": len(lat),
-            "failures": failures,
-            "rate": len(lat) / seconds if seconds else 0,
-            "msg": pct([s for k, s in samples if k == "message"], 0.5),
-            "cb": pct([s for k, s in samples if k == "callback_query"], 0.5),
-        }
+        results[name] = summary(samples, failures)
+        r = results[name]
         print(
-            f"#   bot/{name}: {len(lat)} answers in {seconds:.1f} s "
-            f"({results[name]['rate']:.0f}/s); median {results[name]['median'] * 1000:.1f} ms "
-            f"(messages {results[name]['msg'] * 1000:.1f}, "
-            f"buttons {results[name]['cb'] * 1000:.1f}), p99 {results[name]['p99'] * 1000:.1f} ms"
-            + (f"; FAILURES: {failures[:3]}" if failures else ""),
+            f"#   bot/{name}: {r['n']} answers in {seconds:.1f} s ({r['n'] / seconds:.0f}/s); "
+            f"median {r['median'] * 1000:.1f} ms (messages "
+            f"{pct([s for k, s in samples if k == 'message'], 0.5) * 1000:.1f}, buttons "
+            f"{pct([s for k, s in samples if k == 'callback_query'], 0.5) * 1000:.1f}), "
+            f"p99 {r['p99'] * 1000:.1f} ms" + (f"; FAILURES: {failures[:3]}" if failures else ""),
             file=sys.stderr,
             flush=True,
         )
     shop_, echo = results["shop"], results["echo"]
-    expected = shoppers * len(steps)
-    ok = (
-        not shop_["failures"]
-        and not echo["failures"]
-        and shop_["n"] == expected
-        and echo["n"] == expected
-    )
+    ok = all_answered(results, shoppers * len(steps))
 
     label = "2. Bot reply latency"
     what = f"{shoppers} shoppers, {len(steps)} taps each, {think[0]}-{think[1]} s apart"
     return latency_rows(label, what, shop_, echo, ok) + failure_rows(label, shop_, echo, ok)
+
+
+def summary(samples, failures):
+    """A bot's figures from its latency samples [(kind, seconds)]."""
+    latencies = [s for _, s in samples]
+    return {
+        "median": pct(latencies, 0.5),
+        "p99": pct(latencies, 0.99),
+        "n": len(latencies),
+        "failures": failures,
+    }
+
+
+def all_answered(results, expected):
+    """Both bots answered every tap, without a failure."""
+    return all(not r["failures"] and r["n"] == expected for r in results.values())
 
 
 def latency_rows(label, what, shop_, echo, ok):
@@ -342,7 +344,8 @@ BURST = [
 
 
 def seed_photo_catalog(db, media):
-    """bench_web's catalog: 20 cities x 5 districts x 10 products with photos, 3 units each."""
+    """bench_web's catalog on 4 cities: 4 x 5 districts x 10 products with photos, 3 units
+    each."""
     from bench_web import seed_catalog as seed_with_photos
 
     conn = shop.init_db(str(db))
@@ -360,18 +363,23 @@ def run_bursts(fake, is_shop, shoppers, steps, seed, first=9_100_000):
     started = time.monotonic()
     for step in steps:
         events = []
-        try:
-            with fake._cond:  # the stand-in's lock: no poll sees the round until it is all there
-                for chat in chats:
-                    if step in ("pick", "add", "back"):
-                        message_id, data = pick_button(fake, chat, step, is_shop, rngs[chat])
-                        query = fake.user_clicks(chat, message_id, data)
-                        events.append((chat, step, fake.expect(chat, query)))
-                    else:
-                        events.append((chat, step, fake.expect(chat, "message")))
-                        fake.user_sends(chat, step, first_name=f"Shopper{chat}")
+        try:  # the buttons first, so that pushing the round takes no longer than pushing
+            buttons = [
+                pick_button(fake, chat, step, is_shop, rngs[chat])
+                if step in ("pick", "add", "back")
+                else None
+                for chat in chats
+            ]
         except AssertionError as e:
             return [str(e)], time.monotonic() - started
+        with fake._cond:  # the stand-in's lock: no poll sees the round until it is all there
+            for chat, button in zip(chats, buttons, strict=True):
+                if button:
+                    query = fake.user_clicks(chat, *button)
+                    events.append((chat, step, fake.expect(chat, query)))
+                else:
+                    events.append((chat, step, fake.expect(chat, "message")))
+                    fake.user_sends(chat, step, first_name=f"Shopper{chat}")
         deadline = time.monotonic() + 30
         late = [(c, s) for c, s, e in events if not e.wait(max(0.0, deadline - time.monotonic()))]
         if late:
@@ -387,37 +395,23 @@ def bench_burst(ctx):
         samples, failures, seconds, calls = measure_bot(
             ctx.tmp / name,
             is_shop,
-            warm=lambda fake, is_shop=is_shop: run_bursts(fake, is_shop, 1, steps, 99, 9_099_000)[
-                0
-            ],
-            run=lambda fake, is_shop=is_shop: run_bursts(fake, is_shop, shoppers, steps, 1),
+            warm=lambda fake, is_shop: run_bursts(fake, is_shop, 1, steps, 99, 9_099_000)[0],
+            run=lambda fake, is_shop: run_bursts(fake, is_shop, shoppers, steps, 1),
             seed_db=seed_photo_catalog,
         )
-        lat = [s for _, s in samples]
-        counted = {}
-        for method in calls:
-            if method != "getUpdates":
-                counted[method] = counted.get(method, 0) + 1
         taps = shoppers * len(steps)
-        results[name] = {
-            "median": pct(lat, 0.5),
-            "p99": pct(lat, 0.99),
-            "n": len(lat),
-            "failures": failures,
-            "calls": sum(counted.values()) / taps,
-        }
+        results[name] = r = {**summary(samples, failures), "calls": calls.total() / taps}
         print(
-            f"#   burst/{name}: {len(lat)} answers in {seconds:.1f} s; median "
-            f"{results[name]['median'] * 1000:.1f} ms, p99 {results[name]['p99'] * 1000:.1f} ms; "
-            f"Bot API calls per tap {results[name]['calls']:.2f} "
-            + ", ".join(f"{m} {n}" for m, n in sorted(counted.items(), key=lambda kv: -kv[1]))
+            f"#   burst/{name}: {r['n']} answers in {seconds:.1f} s; median "
+            f"{r['median'] * 1000:.1f} ms, p99 {r['p99'] * 1000:.1f} ms; Bot API calls per tap "
+            f"{r['calls']:.2f} "
+            + ", ".join(f"{m} {n}" for m, n in calls.most_common())
             + (f"; FAILURES: {failures[:3]}" if failures else ""),
             file=sys.stderr,
             flush=True,
         )
     shop_, echo = results["shop"], results["echo"]
-    expected = shoppers * len(steps)
-    ok = not shop_["failures"] and not echo["failures"] and shop_["n"] == echo["n"] == expected
+    ok = all_answered(results, taps)
 
     label = "2b. Bot replies under bursts"
     what = (
